@@ -1,0 +1,96 @@
+/* Engine internals shared by the engine and the providers.  Not installed. */
+#ifndef VEIL_INTERNAL_H
+#define VEIL_INTERNAL_H
+
+#include <pthread.h>
+#include <openssl/evp.h>
+
+#include "provider.h"
+
+#define VEIL_MAX_PROVIDERS 16
+
+/* A provider instance: one table, bound to one place (the software
+ * provider, or one token of one PKCS#11 module). */
+struct veil_provider {
+    const veil_provider_ops *ops;
+    veil_engine *engine;
+    void *state;     /* ops->state_size bytes, zeroed, owned by the engine */
+    veil_caps caps;  /* static caps narrowed by open() */
+    char id[256];    /* identity used to reuse instances */
+};
+
+struct veil_engine {
+    veil_engine_config cfg;
+    char *pkcs11_module;  /* owned copies of cfg strings */
+    char *default_token;
+    char *pin_where;
+    pthread_mutex_t lock; /* guards providers[] */
+    veil_provider *providers[VEIL_MAX_PROVIDERS];
+    size_t n_providers;
+    veil_provider *software; /* always present */
+    const veil_provider_ops *extra_ops; /* test hook: see engine_test_hooks */
+};
+
+struct veil_key {
+    veil_provider *prov; /* provider holding the key; software for public */
+    EVP_PKEY *pub;       /* public half, always present */
+    veil_key_type type;
+    unsigned bits;
+    int has_private;
+    int persistent;
+    char label[128];
+    uint8_t id[64];
+    size_t id_len;
+    void *state; /* prov->ops->key_state_size bytes */
+};
+
+/* ---- errors (error.c) ------------------------------------------------- */
+
+/* Records the thread's last error and returns rc.  `provider` names the
+ * layer ("engine", "software", "pkcs11"), `pcode` the provider's own code
+ * (a CKR_ name, an OpenSSL reason) or NULL.  Also logs it at debug level
+ * through the engine when e is given. */
+veil_rc veil_err(veil_rc rc, const char *provider, const char *pcode,
+                 const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+/* Same, with the OpenSSL error queue's first reason as pcode (and the
+ * queue cleared). */
+veil_rc veil_err_ossl(veil_rc rc, const char *provider, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+void veil_err_clear(void);
+
+/* ---- logging (error.c) ------------------------------------------------ */
+
+void veil_log(const veil_engine *e, veil_log_level level, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* ---- secret memory (secmem.c) ----------------------------------------- */
+
+void veil_wipe(void *p, size_t len);
+/* Initialises the OpenSSL secure heap once (process-wide). */
+void veil_secmem_init(size_t secure_heap);
+
+/* ---- OAEP (oaep.c) ---------------------------------------------------- */
+
+/* Constant-time EME-OAEP decoding (RFC 8017 7.1.2 steps 3-4) of the k-byte
+ * encoded message em (the raw RSA output).  On success writes the message
+ * to a new secret buffer.  Failure is VEIL_E_DECRYPT with one fixed
+ * message, whatever the reason. */
+veil_rc veil_oaep_decode(const veil_oaep *oaep, const uint8_t *em, size_t k,
+                         veil_secbuf **out);
+const EVP_MD *veil_oaep_md(const veil_oaep *oaep);
+
+/* ---- helpers (engine.c) ----------------------------------------------- */
+
+/* Lower-case hex of n bytes into out (2n+1 bytes). */
+void veil_hex(const uint8_t *in, size_t n, char *out);
+/* SPKI DER of an EVP_PKEY (malloc'd). */
+veil_rc veil_spki_der(EVP_PKEY *pkey, uint8_t **der, size_t *len);
+/* Common key_info fields from the key itself. */
+void veil_key_info_base(const veil_key *k, veil_key_info *info);
+
+/* Test hook: an extra provider table tried before the registry.  Lets the
+ * tests plug a mock provider in to exercise dispatch and error paths. */
+void veil_engine_test_set_extra_provider(veil_engine *e,
+                                         const veil_provider_ops *ops);
+
+#endif /* VEIL_INTERNAL_H */

@@ -1,0 +1,166 @@
+/* Secret memory: locked, excluded from core dumps, wiped on free.
+ *
+ * Each veil_secbuf is its own anonymous mapping, so locking and
+ * MADV_DONTDUMP apply to exactly its pages and unlocking one buffer never
+ * unlocks another's.  Software private keys live in OpenSSL's secure heap
+ * (CRYPTO_secure_malloc_init), which does the same for BIGNUMs.
+ */
+#include "config.h"
+
+#include <errno.h>
+#include <stdatomic.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <openssl/crypto.h>
+
+#include "internal.h"
+
+struct veil_secbuf {
+    size_t len;      /* visible length */
+    size_t map_len;  /* whole mapping, header included */
+    int locked;
+    int dontdump;
+    uint8_t data[];
+};
+
+static atomic_ulong lock_failures;
+static atomic_ulong lock_successes;
+static atomic_int dontdump_failed;
+static pthread_once_t secure_heap_once = PTHREAD_ONCE_INIT;
+static size_t secure_heap_size;
+static int secure_heap_ok;
+
+void veil_wipe(void *p, size_t len)
+{
+    if (p && len)
+        OPENSSL_cleanse(p, len);
+}
+
+static void secure_heap_init(void)
+{
+    size_t n = secure_heap_size ? secure_heap_size : (size_t)1 << 20;
+
+    /* Returns 1 on success, 2 when the heap works but mlock failed. */
+    if (CRYPTO_secure_malloc_initialized())
+        secure_heap_ok = 1;
+    else
+        secure_heap_ok = CRYPTO_secure_malloc_init(n, 16) == 1;
+}
+
+void veil_secmem_init(size_t secure_heap)
+{
+    secure_heap_size = secure_heap;
+    pthread_once(&secure_heap_once, secure_heap_init);
+}
+
+veil_rc veil_secbuf_new(size_t len, veil_secbuf **out)
+{
+    size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    size_t need, map_len;
+    veil_secbuf *b;
+    void *m;
+
+    if (!out)
+        return veil_err(VEIL_E_ARG, "engine", NULL, "secbuf: no output");
+    *out = NULL;
+    need = sizeof(veil_secbuf) + (len ? len : 1);
+    if (need < len)
+        return veil_err(VEIL_E_ARG, "engine", NULL, "secbuf: size overflow");
+    map_len = (need + page - 1) / page * page;
+    m = mmap(NULL, map_len, PROT_READ | PROT_WRITE,
+             MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (m == MAP_FAILED)
+        return veil_err(VEIL_E_NOMEM, "engine", NULL,
+                        "secbuf: cannot map %zu bytes", map_len);
+    b = m;
+    b->len = len;
+    b->map_len = map_len;
+    b->dontdump = madvise(m, map_len, MADV_DONTDUMP) == 0;
+    if (!b->dontdump)
+        atomic_store(&dontdump_failed, 1);
+    b->locked = mlock(m, map_len) == 0;
+    if (b->locked)
+        atomic_fetch_add(&lock_successes, 1);
+    else
+        atomic_fetch_add(&lock_failures, 1);
+    *out = b;
+    return VEIL_OK;
+}
+
+uint8_t *veil_secbuf_data(veil_secbuf *b)
+{
+    return b ? b->data : NULL;
+}
+
+size_t veil_secbuf_len(const veil_secbuf *b)
+{
+    return b ? b->len : 0;
+}
+
+void veil_secbuf_truncate(veil_secbuf *b, size_t len)
+{
+    if (!b || len >= b->len)
+        return;
+    veil_wipe(b->data + len, b->len - len);
+    b->len = len;
+}
+
+int veil_secbuf_locked(const veil_secbuf *b)
+{
+    return b ? b->locked : 0;
+}
+
+void veil_secbuf_free(veil_secbuf *b)
+{
+    size_t map_len;
+    int locked;
+
+    if (!b)
+        return;
+    map_len = b->map_len;
+    locked = b->locked;
+    veil_wipe(b, map_len);
+    if (locked)
+        munlock(b, map_len);
+    munmap(b, map_len);
+}
+
+void veil_memory_status_get(veil_memory_status *st)
+{
+    struct rlimit rl;
+    veil_secbuf *probe = NULL;
+
+    if (!st)
+        return;
+    memset(st, 0, sizeof *st);
+    /* Probe: can a secret buffer be locked right now? */
+    if (veil_secbuf_new(1, &probe) == VEIL_OK) {
+        st->locking = probe->locked;
+        st->dontdump = probe->dontdump;
+        veil_secbuf_free(probe);
+    }
+    st->zeroing = 1;
+    st->core_dumps_off = getrlimit(RLIMIT_CORE, &rl) == 0 && rl.rlim_cur == 0 &&
+                         prctl(PR_GET_DUMPABLE, 0, 0, 0, 0) == 0;
+    st->secure_heap = secure_heap_ok && CRYPTO_secure_malloc_initialized();
+    st->lock_failures = atomic_load(&lock_failures);
+    if (atomic_load(&dontdump_failed))
+        st->dontdump = 0;
+}
+
+veil_rc veil_disable_core_dumps(void)
+{
+    struct rlimit rl = {0, 0};
+
+    if (setrlimit(RLIMIT_CORE, &rl) != 0)
+        return veil_err(VEIL_E_ARG, "engine", NULL,
+                        "setrlimit(RLIMIT_CORE): %s", strerror(errno));
+    if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0)
+        return veil_err(VEIL_E_ARG, "engine", NULL, "prctl(PR_SET_DUMPABLE): %s",
+                        strerror(errno));
+    return VEIL_OK;
+}

@@ -1,0 +1,1689 @@
+/* The PKCS#11 provider: any module, loaded through p11-kit; token and keys
+ * chosen by PKCS#11 URI (RFC 7512, parsed with p11-kit's URI API).
+ *
+ * Layout of this file:
+ *   1. CKR names and the one wrapper every PKCS#11 call goes through
+ *   2. modules (loaded once per process, reference counted)
+ *   3. token instance: slot, mechanisms, login, session pool
+ *   4. keys: find, load, generate, list, delete
+ *   5. operations: RSA-OAEP (native or raw + host decode), ECDSA, and the
+ *      optional in-token public/symmetric operations
+ *
+ * Threading: the module is initialised with CKF_OS_LOCKING_OK; each
+ * operation borrows a session from the instance's pool (never shared by
+ * two threads at once); the user logs in once per token.  Pool sessions
+ * are closed only when the instance closes, so session objects (ephemeral
+ * keys) live as long as the instance.
+ */
+#include "config.h"
+
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <p11-kit/p11-kit.h>
+#include <p11-kit/pkcs11.h>
+#include <p11-kit/uri.h>
+
+#include <openssl/core_names.h>
+#include <openssl/ec.h>
+#include <openssl/err.h>
+#include <openssl/param_build.h>
+#include <openssl/rand.h>
+
+#include "internal.h"
+
+#define PK "pkcs11"
+
+/* ---- 1. CKR names and the call wrapper -------------------------------- */
+
+static const struct {
+    CK_RV rv;
+    const char *name;
+} ckr_names[] = {
+#define N(x) {x, #x}
+    N(CKR_OK), N(CKR_CANCEL), N(CKR_HOST_MEMORY), N(CKR_SLOT_ID_INVALID),
+    N(CKR_GENERAL_ERROR), N(CKR_FUNCTION_FAILED), N(CKR_ARGUMENTS_BAD),
+    N(CKR_ATTRIBUTE_READ_ONLY), N(CKR_ATTRIBUTE_SENSITIVE),
+    N(CKR_ATTRIBUTE_TYPE_INVALID), N(CKR_ATTRIBUTE_VALUE_INVALID),
+    N(CKR_DATA_INVALID), N(CKR_DATA_LEN_RANGE), N(CKR_DEVICE_ERROR),
+    N(CKR_DEVICE_MEMORY), N(CKR_DEVICE_REMOVED), N(CKR_ENCRYPTED_DATA_INVALID),
+    N(CKR_ENCRYPTED_DATA_LEN_RANGE), N(CKR_FUNCTION_NOT_SUPPORTED),
+    N(CKR_KEY_HANDLE_INVALID), N(CKR_KEY_SIZE_RANGE),
+    N(CKR_KEY_TYPE_INCONSISTENT), N(CKR_KEY_FUNCTION_NOT_PERMITTED),
+    N(CKR_MECHANISM_INVALID), N(CKR_MECHANISM_PARAM_INVALID),
+    N(CKR_OBJECT_HANDLE_INVALID), N(CKR_OPERATION_ACTIVE),
+    N(CKR_OPERATION_NOT_INITIALIZED), N(CKR_PIN_INCORRECT),
+    N(CKR_PIN_INVALID), N(CKR_PIN_LEN_RANGE), N(CKR_PIN_EXPIRED),
+    N(CKR_PIN_LOCKED), N(CKR_SESSION_CLOSED), N(CKR_SESSION_COUNT),
+    N(CKR_SESSION_HANDLE_INVALID), N(CKR_SESSION_READ_ONLY),
+    N(CKR_SIGNATURE_INVALID), N(CKR_SIGNATURE_LEN_RANGE),
+    N(CKR_TEMPLATE_INCOMPLETE), N(CKR_TEMPLATE_INCONSISTENT),
+    N(CKR_TOKEN_NOT_PRESENT), N(CKR_TOKEN_NOT_RECOGNIZED),
+    N(CKR_TOKEN_WRITE_PROTECTED), N(CKR_USER_ALREADY_LOGGED_IN),
+    N(CKR_USER_NOT_LOGGED_IN), N(CKR_USER_PIN_NOT_INITIALIZED),
+    N(CKR_USER_TYPE_INVALID), N(CKR_BUFFER_TOO_SMALL),
+    N(CKR_CRYPTOKI_NOT_INITIALIZED), N(CKR_CRYPTOKI_ALREADY_INITIALIZED),
+    N(CKR_DOMAIN_PARAMS_INVALID), N(CKR_CURVE_NOT_SUPPORTED),
+    N(CKR_RANDOM_NO_RNG), N(CKR_NEED_TO_CREATE_THREADS), N(CKR_CANT_LOCK),
+#undef N
+};
+
+static const char *ckr_name(CK_RV rv, char *buf, size_t n)
+{
+    for (size_t i = 0; i < sizeof ckr_names / sizeof ckr_names[0]; i++)
+        if (ckr_names[i].rv == rv)
+            return ckr_names[i].name;
+    snprintf(buf, n, "CKR_0x%08lx", (unsigned long)rv);
+    return buf;
+}
+
+static veil_rc rc_of(CK_RV rv)
+{
+    switch (rv) {
+    case CKR_OK:
+        return VEIL_OK;
+    case CKR_PIN_INCORRECT:
+    case CKR_PIN_INVALID:
+    case CKR_PIN_LEN_RANGE:
+    case CKR_PIN_EXPIRED:
+        return VEIL_E_PIN;
+    case CKR_PIN_LOCKED:
+        return VEIL_E_PIN_LOCKED;
+    case CKR_USER_NOT_LOGGED_IN:
+    case CKR_USER_PIN_NOT_INITIALIZED:
+        return VEIL_E_PIN_REQUIRED;
+    case CKR_ENCRYPTED_DATA_INVALID:
+    case CKR_ENCRYPTED_DATA_LEN_RANGE:
+        return VEIL_E_DECRYPT;
+    case CKR_SIGNATURE_INVALID:
+    case CKR_SIGNATURE_LEN_RANGE:
+        return VEIL_E_VERIFY;
+    case CKR_MECHANISM_INVALID:
+    case CKR_MECHANISM_PARAM_INVALID:
+    case CKR_FUNCTION_NOT_SUPPORTED:
+    case CKR_CURVE_NOT_SUPPORTED:
+        return VEIL_E_UNSUPPORTED;
+    case CKR_HOST_MEMORY:
+    case CKR_DEVICE_MEMORY:
+        return VEIL_E_NOMEM;
+    case CKR_TOKEN_NOT_PRESENT:
+    case CKR_SLOT_ID_INVALID:
+    case CKR_DEVICE_REMOVED:
+        return VEIL_E_NOT_FOUND;
+    case CKR_KEY_SIZE_RANGE:
+    case CKR_KEY_TYPE_INCONSISTENT:
+    case CKR_KEY_FUNCTION_NOT_PERMITTED:
+    case CKR_KEY_HANDLE_INVALID:
+        return VEIL_E_KEY;
+    case CKR_BUFFER_TOO_SMALL:
+        return VEIL_E_BUFFER;
+    default:
+        return VEIL_E_TOKEN;
+    }
+}
+
+typedef struct pk_module pk_module;
+
+typedef struct pk_state {
+    pk_module *mod;
+    CK_FUNCTION_LIST *f;
+    CK_SLOT_ID slot;
+    CK_TOKEN_INFO token;
+    char token_label[33];
+    char token_serial[17];
+    pthread_mutex_t pool_lock;
+    CK_SESSION_HANDLE *pool; /* idle sessions */
+    size_t pool_n, pool_cap;
+    CK_SESSION_HANDLE *all; /* every session opened, to close at the end */
+    size_t all_n, all_cap;
+    int logged_in;
+    int lock_ready;
+} pk_state;
+
+static pk_state *st_of(veil_provider *p)
+{
+    return p->state;
+}
+
+/* Every PKCS#11 call goes through CALL(): it checks the function pointer
+ * and logs a failing call with its CKR name at debug level. */
+static CK_RV pk_done(veil_provider *p, const char *fn, CK_RV rv)
+{
+    char buf[24];
+
+    if (rv != CKR_OK)
+        veil_log(p->engine, VEIL_LOG_DEBUG, "pkcs11: %s -> %s", fn,
+                 ckr_name(rv, buf, sizeof buf));
+    return rv;
+}
+
+#define CALL(p, fn, ...)                                                       \
+    pk_done((p), #fn,                                                          \
+            st_of(p)->f->fn ? st_of(p)->f->fn(__VA_ARGS__)                     \
+                            : CKR_FUNCTION_NOT_SUPPORTED)
+
+/* Records a PKCS#11 failure: code, "pkcs11 (token)", CKR name. */
+static veil_rc pk_fail(veil_provider *p, CK_RV rv, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static veil_rc pk_fail(veil_provider *p, CK_RV rv, const char *fmt, ...)
+{
+    char what[200], buf[24], prov[48];
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(what, sizeof what, fmt, ap);
+    va_end(ap);
+    snprintf(prov, sizeof prov, "pkcs11 (%s)",
+             p && st_of(p)->token_label[0] ? st_of(p)->token_label : "module");
+    return veil_err(rc_of(rv), prov, ckr_name(rv, buf, sizeof buf), "%s", what);
+}
+
+/* ---- 2. modules ------------------------------------------------------- */
+
+struct pk_module {
+    char key[512];        /* path or name as asked for */
+    char name[128];       /* for messages */
+    CK_FUNCTION_LIST *f;
+    int refs;
+    int finalize;         /* we initialised it */
+    pk_module *next;
+};
+
+static pthread_mutex_t modules_lock = PTHREAD_MUTEX_INITIALIZER;
+static pk_module *modules;
+
+/* PINs a token rejected (by token serial+label and SHA-256 of the PIN):
+ * never sent again in this process, so veil cannot lock a token. */
+typedef struct rejected_pin {
+    char token[64];
+    uint8_t pin_hash[32];
+    struct rejected_pin *next;
+} rejected_pin;
+static rejected_pin *rejected_pins;
+
+static int is_path(const char *m)
+{
+    return strchr(m, '/') != NULL || strstr(m, ".so") != NULL;
+}
+
+/* Loads a module by path, or by p11-kit module name (e.g. "softhsm2"). */
+static veil_rc module_load(const char *which, CK_FUNCTION_LIST **out)
+{
+    CK_FUNCTION_LIST **all;
+    char *file = NULL;
+
+    *out = NULL;
+    if (is_path(which)) {
+        *out = p11_kit_module_load(which, P11_KIT_MODULE_UNMANAGED);
+        if (!*out)
+            return veil_err(VEIL_E_MODULE, PK, NULL,
+                            "cannot load PKCS#11 module %s: %s", which,
+                            p11_kit_message() ? p11_kit_message() : "not found");
+        return VEIL_OK;
+    }
+    all = p11_kit_modules_load(NULL, P11_KIT_MODULE_UNMANAGED);
+    for (size_t i = 0; all && all[i] && !file; i++) {
+        char *name = p11_kit_module_get_name(all[i]);
+        if (name && strcmp(name, which) == 0)
+            file = p11_kit_module_get_filename(all[i]);
+        free(name);
+    }
+    if (all)
+        p11_kit_modules_release(all);
+    if (!file)
+        return veil_err(VEIL_E_MODULE, PK, NULL,
+                        "no p11-kit module named \"%s\" (see `p11-kit "
+                        "list-modules`; or give the module's path)",
+                        which);
+    *out = p11_kit_module_load(file, P11_KIT_MODULE_UNMANAGED);
+    if (!*out) {
+        veil_rc rc = veil_err(VEIL_E_MODULE, PK, NULL,
+                              "cannot load PKCS#11 module %s (%s)", which, file);
+        free(file);
+        return rc;
+    }
+    free(file);
+    return VEIL_OK;
+}
+
+static veil_rc module_acquire(const char *which, pk_module **out)
+{
+    CK_C_INITIALIZE_ARGS args = {0};
+    pk_module *m;
+    CK_RV rv;
+    veil_rc rc;
+
+    pthread_mutex_lock(&modules_lock);
+    for (m = modules; m; m = m->next) {
+        if (strcmp(m->key, which) == 0) {
+            m->refs++;
+            pthread_mutex_unlock(&modules_lock);
+            *out = m;
+            return VEIL_OK;
+        }
+    }
+    m = calloc(1, sizeof *m);
+    if (!m) {
+        pthread_mutex_unlock(&modules_lock);
+        return veil_err(VEIL_E_NOMEM, PK, NULL, "out of memory");
+    }
+    rc = module_load(which, &m->f);
+    if (rc != VEIL_OK) {
+        pthread_mutex_unlock(&modules_lock);
+        free(m);
+        return rc;
+    }
+    /* OS locking: the gateway calls from many threads at once. */
+    args.flags = CKF_OS_LOCKING_OK;
+    rv = m->f->C_Initialize(&args);
+    if (rv != CKR_OK && rv != CKR_CRYPTOKI_ALREADY_INITIALIZED) {
+        char buf[24];
+        p11_kit_module_release(m->f);
+        pthread_mutex_unlock(&modules_lock);
+        free(m);
+        return veil_err(VEIL_E_MODULE, PK, ckr_name(rv, buf, sizeof buf),
+                        "C_Initialize of %s failed", which);
+    }
+    m->finalize = rv == CKR_OK;
+    m->refs = 1;
+    snprintf(m->key, sizeof m->key, "%s", which);
+    snprintf(m->name, sizeof m->name, "%s",
+             strrchr(which, '/') ? strrchr(which, '/') + 1 : which);
+    m->next = modules;
+    modules = m;
+    pthread_mutex_unlock(&modules_lock);
+    *out = m;
+    return VEIL_OK;
+}
+
+static void module_release(pk_module *m)
+{
+    pk_module **pp;
+
+    if (!m)
+        return;
+    pthread_mutex_lock(&modules_lock);
+    if (--m->refs == 0) {
+        for (pp = &modules; *pp; pp = &(*pp)->next)
+            if (*pp == m) {
+                *pp = m->next;
+                break;
+            }
+        if (m->finalize)
+            m->f->C_Finalize(NULL);
+        p11_kit_module_release(m->f);
+        free(m);
+    }
+    pthread_mutex_unlock(&modules_lock);
+}
+
+/* ---- 3. token instance ------------------------------------------------ */
+
+static void trim(char *dst, const CK_UTF8CHAR *src, size_t n)
+{
+    memcpy(dst, src, n);
+    dst[n] = '\0';
+    while (n > 0 && dst[n - 1] == ' ')
+        dst[--n] = '\0';
+}
+
+/* Parses a URI; refuses pin-value (a PIN must not live in a URI that ends
+ * up in argv, config files or logs). */
+static veil_rc uri_parse(const char *where, P11KitUri **out)
+{
+    P11KitUri *uri = p11_kit_uri_new();
+    int r;
+
+    *out = NULL;
+    if (!uri)
+        return veil_err(VEIL_E_NOMEM, PK, NULL, "out of memory");
+    r = p11_kit_uri_parse(where, P11_KIT_URI_FOR_ANY, uri);
+    if (r != P11_KIT_URI_OK) {
+        p11_kit_uri_free(uri);
+        return veil_err(VEIL_E_ARG, PK, NULL, "bad PKCS#11 URI: %s",
+                        p11_kit_uri_message(r));
+    }
+    if (p11_kit_uri_get_pin_value(uri)) {
+        p11_kit_uri_free(uri);
+        return veil_err(VEIL_E_ARG, PK, NULL,
+                        "pin-value in a URI is refused (it would end up in "
+                        "argv or logs); use pin-source=file:... or a PIN "
+                        "source option");
+    }
+    *out = uri;
+    return VEIL_OK;
+}
+
+static int pk_claims(const char *where)
+{
+    return strncmp(where, "pkcs11:", 7) == 0;
+}
+
+/* The module a URI asks for, else the engine's default. */
+static const char *uri_module(const veil_engine *e, P11KitUri *uri)
+{
+    const char *m = p11_kit_uri_get_module_path(uri);
+
+    if (!m)
+        m = p11_kit_uri_get_module_name(uri);
+    if (!m)
+        m = e->cfg.pkcs11_module;
+    return m;
+}
+
+/* Whether the URI names a token at all. */
+static int uri_has_token(P11KitUri *uri)
+{
+    CK_TOKEN_INFO *t = p11_kit_uri_get_token_info(uri);
+    static const CK_UTF8CHAR zero[32];
+
+    return t && (memcmp(t->label, zero, sizeof t->label) != 0 ||
+                 memcmp(t->serialNumber, zero, sizeof t->serialNumber) != 0 ||
+                 memcmp(t->model, zero, sizeof t->model) != 0 ||
+                 memcmp(t->manufacturerID, zero, sizeof t->manufacturerID) != 0);
+}
+
+/* A URI with no token attributes means the default token. */
+static const char *token_uri_for(const veil_engine *e, const char *where,
+                                 P11KitUri *uri)
+{
+    if (!uri_has_token(uri) && e->cfg.default_token)
+        return e->cfg.default_token;
+    return where;
+}
+
+static veil_rc pk_instance_id(const veil_engine *e, const char *where, char *id,
+                              size_t n)
+{
+    P11KitUri *uri, *tok = NULL;
+    const char *twhere, *module;
+    CK_TOKEN_INFO *t;
+    char label[33], serial[17], model[17], manuf[33];
+    veil_rc rc;
+
+    rc = uri_parse(where, &uri);
+    if (rc != VEIL_OK)
+        return rc;
+    twhere = token_uri_for(e, where, uri);
+    if (twhere != where) {
+        rc = uri_parse(twhere, &tok);
+        if (rc != VEIL_OK) {
+            p11_kit_uri_free(uri);
+            return rc;
+        }
+    }
+    module = uri_module(e, uri);
+    if (!module && tok)
+        module = uri_module(e, tok);
+    t = p11_kit_uri_get_token_info(tok ? tok : uri);
+    trim(label, t->label, 32);
+    trim(serial, t->serialNumber, 16);
+    trim(model, t->model, 16);
+    trim(manuf, t->manufacturerID, 32);
+    snprintf(id, n, "%s|%s|%s|%s|%s", module ? module : "(p11-kit)", label,
+             serial, model, manuf);
+    p11_kit_uri_free(uri);
+    p11_kit_uri_free(tok);
+    return VEIL_OK;
+}
+
+static veil_rc session_get(veil_provider *p, CK_SESSION_HANDLE *out)
+{
+    pk_state *s = st_of(p);
+    CK_SESSION_HANDLE h;
+    CK_RV rv;
+
+    pthread_mutex_lock(&s->pool_lock);
+    if (s->pool_n > 0) {
+        *out = s->pool[--s->pool_n];
+        pthread_mutex_unlock(&s->pool_lock);
+        return VEIL_OK;
+    }
+    pthread_mutex_unlock(&s->pool_lock);
+    rv = CALL(p, C_OpenSession, s->slot, CKF_SERIAL_SESSION | CKF_RW_SESSION,
+              NULL, NULL, &h);
+    if (rv != CKR_OK)
+        return pk_fail(p, rv, "cannot open a session");
+    pthread_mutex_lock(&s->pool_lock);
+    if (s->all_n == s->all_cap) {
+        size_t cap = s->all_cap ? 2 * s->all_cap : 8;
+        CK_SESSION_HANDLE *a = realloc(s->all, cap * sizeof *a);
+        CK_SESSION_HANDLE *b = realloc(s->pool, cap * sizeof *b);
+        if (a)
+            s->all = a;
+        if (b)
+            s->pool = b;
+        if (!a || !b) {
+            pthread_mutex_unlock(&s->pool_lock);
+            CALL(p, C_CloseSession, h);
+            return veil_err(VEIL_E_NOMEM, PK, NULL, "out of memory");
+        }
+        s->all_cap = s->pool_cap = cap;
+    }
+    s->all[s->all_n++] = h;
+    pthread_mutex_unlock(&s->pool_lock);
+    *out = h;
+    return VEIL_OK;
+}
+
+static void session_put(veil_provider *p, CK_SESSION_HANDLE h)
+{
+    pk_state *s = st_of(p);
+
+    pthread_mutex_lock(&s->pool_lock);
+    s->pool[s->pool_n++] = h; /* pool_cap == all_cap >= sessions opened */
+    pthread_mutex_unlock(&s->pool_lock);
+}
+
+static void pin_hash(const veil_secbuf *pin, uint8_t out[32])
+{
+    EVP_Digest(veil_secbuf_data((veil_secbuf *)pin), veil_secbuf_len(pin), out,
+               NULL, EVP_sha256(), NULL);
+}
+
+static veil_rc pk_login(veil_provider *p, P11KitUri *uri)
+{
+    pk_state *s = st_of(p);
+    const char *src = p11_kit_uri_get_pin_source(uri);
+    veil_pin_source ps = p->engine->cfg.pin;
+    char prompt[80], tok[64];
+    veil_secbuf *pin = NULL;
+    uint8_t h[32];
+    CK_SESSION_HANDLE sh;
+    CK_RV rv;
+    veil_rc rc;
+
+    if (!(s->token.flags & CKF_LOGIN_REQUIRED))
+        return VEIL_OK;
+    if (src) {
+        rc = veil_pin_source_parse(src, &ps);
+        if (rc != VEIL_OK)
+            return rc;
+    }
+    if (ps.kind == VEIL_PIN_NONE &&
+        !(s->token.flags & CKF_PROTECTED_AUTHENTICATION_PATH))
+        return veil_err(VEIL_E_PIN_REQUIRED, "pkcs11", NULL,
+                        "token \"%s\" needs a PIN: give a PIN source "
+                        "(file:, env: or prompt)",
+                        s->token_label);
+    snprintf(prompt, sizeof prompt, "PIN for token \"%s\": ", s->token_label);
+    snprintf(tok, sizeof tok, "%s|%s", s->token_serial, s->token_label);
+    if (ps.kind != VEIL_PIN_NONE) {
+        rc = veil_pin_read(&ps, prompt, &pin);
+        if (rc != VEIL_OK)
+            return rc;
+        pin_hash(pin, h);
+        pthread_mutex_lock(&modules_lock);
+        for (rejected_pin *r = rejected_pins; r; r = r->next)
+            if (strcmp(r->token, tok) == 0 && memcmp(r->pin_hash, h, 32) == 0) {
+                pthread_mutex_unlock(&modules_lock);
+                veil_secbuf_free(pin);
+                return veil_err(VEIL_E_PIN, "pkcs11", "CKR_PIN_INCORRECT",
+                                "token \"%s\" already rejected this PIN; not "
+                                "sending it again (the token could lock)",
+                                s->token_label);
+            }
+        pthread_mutex_unlock(&modules_lock);
+    }
+    rc = session_get(p, &sh);
+    if (rc != VEIL_OK) {
+        veil_secbuf_free(pin);
+        return rc;
+    }
+    rv = CALL(p, C_Login, sh, CKU_USER,
+              pin ? veil_secbuf_data(pin) : NULL,
+              pin ? veil_secbuf_len(pin) : 0);
+    session_put(p, sh);
+    if (rv == CKR_PIN_INCORRECT) {
+        rejected_pin *r = calloc(1, sizeof *r);
+        if (r) {
+            snprintf(r->token, sizeof r->token, "%s", tok);
+            memcpy(r->pin_hash, h, 32);
+            pthread_mutex_lock(&modules_lock);
+            r->next = rejected_pins;
+            rejected_pins = r;
+            pthread_mutex_unlock(&modules_lock);
+        }
+    }
+    veil_secbuf_free(pin);
+    veil_wipe(h, sizeof h);
+    if (rv != CKR_OK && rv != CKR_USER_ALREADY_LOGGED_IN)
+        return pk_fail(p, rv, "login to token \"%s\" failed", s->token_label);
+    s->logged_in = rv == CKR_OK;
+    return VEIL_OK;
+}
+
+/* Narrows the capabilities to the token's mechanism list. */
+static void pk_read_mechs(veil_provider *p)
+{
+    pk_state *s = st_of(p);
+    CK_MECHANISM_TYPE *list = NULL;
+    CK_ULONG n = 0;
+    unsigned caps = 0;
+
+    if (CALL(p, C_GetMechanismList, s->slot, NULL, &n) == CKR_OK && n > 0 &&
+        (list = calloc(n, sizeof *list)) != NULL &&
+        CALL(p, C_GetMechanismList, s->slot, list, &n) == CKR_OK) {
+        for (CK_ULONG i = 0; i < n; i++) {
+            CK_MECHANISM_INFO mi = {0};
+            CALL(p, C_GetMechanismInfo, s->slot, list[i], &mi);
+            switch (list[i]) {
+            case CKM_RSA_PKCS_KEY_PAIR_GEN:
+                caps |= VEIL_CAP_RSA_GEN;
+                p->caps.rsa_min_bits = (unsigned)mi.ulMinKeySize;
+                p->caps.rsa_max_bits = (unsigned)mi.ulMaxKeySize;
+                break;
+            case CKM_RSA_PKCS_OAEP:
+                /* Which hashes really work is probed per key. */
+                caps |= VEIL_CAP_RSA_OAEP_SHA256 | VEIL_CAP_RSA_OAEP_SHA1;
+                break;
+            case CKM_RSA_X_509:
+                caps |= VEIL_CAP_RSA_RAW;
+                break;
+            case CKM_EC_KEY_PAIR_GEN:
+                caps |= VEIL_CAP_EC_GEN;
+                break;
+            case CKM_ECDSA:
+                caps |= VEIL_CAP_ECDSA;
+                break;
+            case CKM_AES_GCM:
+                caps |= VEIL_CAP_AES_GCM;
+                break;
+            default:
+                break;
+            }
+        }
+    }
+    free(list);
+    if (s->token.flags & CKF_RNG)
+        caps |= VEIL_CAP_RANDOM;
+    if (!(s->token.flags & CKF_WRITE_PROTECTED))
+        caps |= VEIL_CAP_PERSIST;
+    p->caps.mechs &= caps;
+}
+
+static veil_rc pk_find_slot(veil_provider *p, P11KitUri *turi)
+{
+    pk_state *s = st_of(p);
+    CK_SLOT_ID *slots = NULL;
+    CK_ULONG n = 0;
+    char seen[256] = "";
+    int found = 0;
+    CK_RV rv;
+
+    rv = CALL(p, C_GetSlotList, CK_TRUE, NULL, &n);
+    if (rv == CKR_OK && n > 0) {
+        slots = calloc(n, sizeof *slots);
+        if (!slots)
+            return veil_err(VEIL_E_NOMEM, PK, NULL, "out of memory");
+        rv = CALL(p, C_GetSlotList, CK_TRUE, slots, &n);
+    }
+    if (rv != CKR_OK) {
+        free(slots);
+        return pk_fail(NULL, rv, "cannot list the slots of %s", s->mod->name);
+    }
+    for (CK_ULONG i = 0; i < n; i++) {
+        CK_TOKEN_INFO ti;
+        char label[33];
+        if (CALL(p, C_GetTokenInfo, slots[i], &ti) != CKR_OK)
+            continue;
+        trim(label, ti.label, 32);
+        if (!(ti.flags & CKF_TOKEN_INITIALIZED))
+            continue;
+        if (strlen(seen) + strlen(label) + 4 < sizeof seen)
+            snprintf(seen + strlen(seen), sizeof seen - strlen(seen), "%s\"%s\"",
+                     seen[0] ? ", " : "", label);
+        if (!p11_kit_uri_match_token_info(turi, &ti))
+            continue;
+        if (found++) {
+            free(slots);
+            return veil_err(VEIL_E_AMBIGUOUS, PK, NULL,
+                            "more than one token in %s matches; name one with "
+                            "token= or serial= (tokens: %s)",
+                            s->mod->name, seen);
+        }
+        s->slot = slots[i];
+        s->token = ti;
+    }
+    free(slots);
+    if (!found)
+        return veil_err(VEIL_E_NOT_FOUND, PK, NULL,
+                        "no token matching the URI in %s (tokens: %s)",
+                        s->mod->name, seen[0] ? seen : "none");
+    trim(s->token_label, s->token.label, 32);
+    trim(s->token_serial, s->token.serialNumber, 16);
+    return VEIL_OK;
+}
+
+static void pk_close(veil_provider *p);
+
+static veil_rc pk_open(veil_provider *p, const char *where)
+{
+    pk_state *s = st_of(p);
+    P11KitUri *uri = NULL, *turi = NULL;
+    const char *module, *twhere;
+    char manuf[33], model[17];
+    veil_rc rc;
+
+    rc = uri_parse(where, &uri);
+    if (rc != VEIL_OK)
+        return rc;
+    twhere = token_uri_for(p->engine, where, uri);
+    if (twhere != where)
+        rc = uri_parse(twhere, &turi);
+    if (rc != VEIL_OK)
+        goto out;
+    module = uri_module(p->engine, uri);
+    if (!module && turi)
+        module = uri_module(p->engine, turi);
+    if (!module) {
+        rc = veil_err(VEIL_E_MODULE, PK, NULL,
+                      "no PKCS#11 module given: add module-name= or "
+                      "module-path= to the URI, or configure a module");
+        goto out;
+    }
+    pthread_mutex_init(&s->pool_lock, NULL);
+    s->lock_ready = 1;
+    rc = module_acquire(module, &s->mod);
+    if (rc != VEIL_OK)
+        goto out;
+    s->f = s->mod->f;
+    rc = pk_find_slot(p, turi ? turi : uri);
+    if (rc != VEIL_OK)
+        goto out;
+    trim(manuf, s->token.manufacturerID, 32);
+    trim(model, s->token.model, 16);
+    snprintf(p->caps.description, sizeof p->caps.description,
+             "token \"%s\" (%s %s, %.40s)", s->token_label, manuf, model,
+             s->mod->name);
+    pk_read_mechs(p);
+    rc = pk_login(p, turi ? turi : uri);
+out:
+    p11_kit_uri_free(uri);
+    p11_kit_uri_free(turi);
+    if (rc != VEIL_OK)
+        pk_close(p);
+    return rc;
+}
+
+static void pk_close(veil_provider *p)
+{
+    pk_state *s = st_of(p);
+
+    if (s->f) {
+        if (s->logged_in && s->all_n > 0)
+            CALL(p, C_Logout, s->all[0]);
+        for (size_t i = 0; i < s->all_n; i++)
+            CALL(p, C_CloseSession, s->all[i]);
+    }
+    free(s->all);
+    free(s->pool);
+    s->all = s->pool = NULL;
+    s->all_n = s->pool_n = 0;
+    if (s->lock_ready)
+        pthread_mutex_destroy(&s->pool_lock);
+    s->lock_ready = 0;
+    module_release(s->mod);
+    s->mod = NULL;
+    s->f = NULL;
+}
+
+/* ---- 4. keys ---------------------------------------------------------- */
+
+enum { OAEP_UNKNOWN = 0, OAEP_NATIVE = 1, OAEP_RAW = 2 };
+
+typedef struct pk_key {
+    CK_OBJECT_HANDLE priv, pub;
+    /* OAEP path per [hash][has label], probed once and cached. */
+    atomic_int oaep_mode[2][2];
+} pk_key;
+
+static veil_rc get_attr(veil_provider *p, CK_SESSION_HANDLE sh,
+                        CK_OBJECT_HANDLE o, CK_ATTRIBUTE_TYPE t, uint8_t **val,
+                        size_t *len)
+{
+    CK_ATTRIBUTE a = {t, NULL, 0};
+    CK_RV rv;
+
+    *val = NULL;
+    *len = 0;
+    rv = CALL(p, C_GetAttributeValue, sh, o, &a, 1);
+    if (rv != CKR_OK || a.ulValueLen == CK_UNAVAILABLE_INFORMATION)
+        return pk_fail(p, rv == CKR_OK ? CKR_ATTRIBUTE_TYPE_INVALID : rv,
+                       "cannot read attribute 0x%lx", (unsigned long)t);
+    a.pValue = malloc(a.ulValueLen ? a.ulValueLen : 1);
+    if (!a.pValue)
+        return veil_err(VEIL_E_NOMEM, PK, NULL, "out of memory");
+    rv = CALL(p, C_GetAttributeValue, sh, o, &a, 1);
+    if (rv != CKR_OK) {
+        free(a.pValue);
+        return pk_fail(p, rv, "cannot read attribute 0x%lx", (unsigned long)t);
+    }
+    *val = a.pValue;
+    *len = a.ulValueLen;
+    return VEIL_OK;
+}
+
+static int get_bool(veil_provider *p, CK_SESSION_HANDLE sh, CK_OBJECT_HANDLE o,
+                    CK_ATTRIBUTE_TYPE t)
+{
+    CK_BBOOL v = CK_FALSE;
+    CK_ATTRIBUTE a = {t, &v, sizeof v};
+
+    if (CALL(p, C_GetAttributeValue, sh, o, &a, 1) != CKR_OK)
+        return -1;
+    return v == CK_TRUE;
+}
+
+/* Finds up to `max` objects matching a template. */
+static veil_rc find_objects(veil_provider *p, CK_SESSION_HANDLE sh,
+                            CK_ATTRIBUTE *tmpl, CK_ULONG n,
+                            CK_OBJECT_HANDLE *found, CK_ULONG max,
+                            CK_ULONG *count)
+{
+    CK_RV rv = CALL(p, C_FindObjectsInit, sh, tmpl, n);
+
+    *count = 0;
+    if (rv != CKR_OK)
+        return pk_fail(p, rv, "object search failed");
+    rv = CALL(p, C_FindObjects, sh, found, max, count);
+    CALL(p, C_FindObjectsFinal, sh);
+    if (rv != CKR_OK)
+        return pk_fail(p, rv, "object search failed");
+    return VEIL_OK;
+}
+
+/* The DER of the P-256 OID, as CKA_EC_PARAMS. */
+static const uint8_t p256_oid[] = {0x06, 0x08, 0x2a, 0x86, 0x48,
+                                   0xce, 0x3d, 0x03, 0x01, 0x07};
+
+static veil_rc pkey_from_rsa(const uint8_t *n, size_t nl, const uint8_t *e,
+                             size_t el, EVP_PKEY **out)
+{
+    OSSL_PARAM_BLD *bld = OSSL_PARAM_BLD_new();
+    BIGNUM *bn = BN_bin2bn(n, (int)nl, NULL), *be = BN_bin2bn(e, (int)el, NULL);
+    OSSL_PARAM *params = NULL;
+    EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new_from_name(NULL, "RSA", NULL);
+    int ok = bld && bn && be && ctx &&
+             OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_RSA_N, bn) &&
+             OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_RSA_E, be) &&
+             (params = OSSL_PARAM_BLD_to_param(bld)) != NULL &&
+             EVP_PKEY_fromdata_init(ctx) > 0 &&
+             EVP_PKEY_fromdata(ctx, out, EVP_PKEY_PUBLIC_KEY, params) > 0;
+
+    OSSL_PARAM_free(params);
+    OSSL_PARAM_BLD_free(bld);
+    BN_free(bn);
+    BN_free(be);
+    EVP_PKEY_CTX_free(ctx);
+    return ok ? VEIL_OK
+              : veil_err_ossl(VEIL_E_KEY, PK, "token RSA public key unusable");
+}
+
+/* CKA_EC_POINT is a DER OCTET STRING around the point (some tokens give
+ * the bare point); returns the bare point. */
+static int ec_point_unwrap(const uint8_t *v, size_t len, const uint8_t **pt,
+                           size_t *pt_len)
+{
+    if (len == 65 && v[0] == 0x04) {
+        *pt = v;
+        *pt_len = 65;
+        return 1;
+    }
+    if (len == 67 && v[0] == 0x04 && v[1] == 65 && v[2] == 0x04) {
+        *pt = v + 2;
+        *pt_len = 65;
+        return 1;
+    }
+    return 0;
+}
+
+static veil_rc pkey_from_ec(const uint8_t *point, size_t len, EVP_PKEY **out)
+{
+    OSSL_PARAM params[3];
+    EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new_from_name(NULL, "EC", NULL);
+    int ok;
+
+    params[0] = OSSL_PARAM_construct_utf8_string(OSSL_PKEY_PARAM_GROUP_NAME,
+                                                 (char *)"prime256v1", 0);
+    params[1] = OSSL_PARAM_construct_octet_string(OSSL_PKEY_PARAM_PUB_KEY,
+                                                  (void *)point, len);
+    params[2] = OSSL_PARAM_construct_end();
+    ok = ctx && EVP_PKEY_fromdata_init(ctx) > 0 &&
+         EVP_PKEY_fromdata(ctx, out, EVP_PKEY_PUBLIC_KEY, params) > 0;
+    EVP_PKEY_CTX_free(ctx);
+    return ok ? VEIL_OK
+              : veil_err_ossl(VEIL_E_KEY, PK, "token EC public key unusable");
+}
+
+/* The public-key object paired with a private key (same CKA_ID, else the
+ * same label). */
+static CK_OBJECT_HANDLE find_pub(veil_provider *p, CK_SESSION_HANDLE sh,
+                                 const veil_key *k)
+{
+    CK_OBJECT_CLASS cls = CKO_PUBLIC_KEY;
+    CK_ATTRIBUTE t[2] = {{CKA_CLASS, &cls, sizeof cls}};
+    CK_OBJECT_HANDLE h[2];
+    CK_ULONG n = 0;
+
+    if (k->id_len) {
+        t[1] = (CK_ATTRIBUTE){CKA_ID, (void *)k->id, k->id_len};
+    } else if (k->label[0]) {
+        t[1] = (CK_ATTRIBUTE){CKA_LABEL, (void *)k->label, strlen(k->label)};
+    } else {
+        return CK_INVALID_HANDLE;
+    }
+    if (find_objects(p, sh, t, 2, h, 2, &n) != VEIL_OK || n != 1) {
+        veil_err_clear();
+        return CK_INVALID_HANDLE;
+    }
+    return h[0];
+}
+
+/* Fills a veil_key from a private-key object handle. */
+static veil_rc load_key(veil_provider *p, CK_SESSION_HANDLE sh,
+                        CK_OBJECT_HANDLE priv, veil_key *k)
+{
+    pk_key *pk = k->state;
+    CK_KEY_TYPE kt = 0;
+    CK_ATTRIBUTE a = {CKA_KEY_TYPE, &kt, sizeof kt};
+    uint8_t *v1 = NULL, *v2 = NULL;
+    size_t l1, l2;
+    CK_RV rv;
+    veil_rc rc;
+
+    pk->priv = priv;
+    rv = CALL(p, C_GetAttributeValue, sh, priv, &a, 1);
+    if (rv != CKR_OK)
+        return pk_fail(p, rv, "cannot read the key type");
+    if (get_attr(p, sh, priv, CKA_LABEL, &v1, &l1) == VEIL_OK) {
+        snprintf(k->label, sizeof k->label, "%.*s", (int)l1, (char *)v1);
+        free(v1);
+    }
+    if (get_attr(p, sh, priv, CKA_ID, &v1, &l1) == VEIL_OK) {
+        k->id_len = l1 < sizeof k->id ? l1 : sizeof k->id;
+        memcpy(k->id, v1, k->id_len);
+        free(v1);
+    }
+    veil_err_clear();
+    k->has_private = 1;
+    k->persistent = get_bool(p, sh, priv, CKA_TOKEN) == 1;
+    pk->pub = find_pub(p, sh, k);
+    if (kt == CKK_RSA) {
+        k->type = VEIL_KEY_RSA;
+        /* The modulus and exponent are public even on sensitive keys; fall
+         * back to the public object when a token hides them. */
+        rc = get_attr(p, sh, priv, CKA_MODULUS, &v1, &l1);
+        if (rc == VEIL_OK)
+            rc = get_attr(p, sh, priv, CKA_PUBLIC_EXPONENT, &v2, &l2);
+        if (rc != VEIL_OK && pk->pub != CK_INVALID_HANDLE) {
+            free(v1);
+            free(v2);
+            v1 = v2 = NULL;
+            rc = get_attr(p, sh, pk->pub, CKA_MODULUS, &v1, &l1);
+            if (rc == VEIL_OK)
+                rc = get_attr(p, sh, pk->pub, CKA_PUBLIC_EXPONENT, &v2, &l2);
+        }
+        if (rc == VEIL_OK)
+            rc = pkey_from_rsa(v1, l1, v2, l2, &k->pub);
+    } else if (kt == CKK_EC) {
+        const uint8_t *pt = NULL;
+        size_t pt_len = 0;
+        k->type = VEIL_KEY_EC_P256;
+        if (pk->pub == CK_INVALID_HANDLE)
+            return veil_err(VEIL_E_KEY, PK, NULL,
+                            "EC key \"%s\" has no public-key object with the "
+                            "same id", k->label);
+        rc = get_attr(p, sh, pk->pub, CKA_EC_PARAMS, &v1, &l1);
+        if (rc == VEIL_OK && (l1 != sizeof p256_oid ||
+                              memcmp(v1, p256_oid, l1) != 0))
+            rc = veil_err(VEIL_E_KEY, PK, NULL,
+                          "EC key \"%s\" is not on P-256", k->label);
+        if (rc == VEIL_OK)
+            rc = get_attr(p, sh, pk->pub, CKA_EC_POINT, &v2, &l2);
+        if (rc == VEIL_OK && !ec_point_unwrap(v2, l2, &pt, &pt_len))
+            rc = veil_err(VEIL_E_KEY, PK, NULL, "EC point not understood");
+        if (rc == VEIL_OK)
+            rc = pkey_from_ec(pt, pt_len, &k->pub);
+    } else {
+        rc = veil_err(VEIL_E_KEY, PK, NULL,
+                      "key \"%s\" is neither RSA nor EC", k->label);
+    }
+    free(v1);
+    free(v2);
+    if (rc == VEIL_OK)
+        k->bits = (unsigned)EVP_PKEY_get_bits(k->pub);
+    return rc;
+}
+
+static veil_rc pk_rsa_decrypt(veil_provider *p, const veil_key *k,
+                              const veil_oaep *oaep, const uint8_t *in,
+                              size_t in_len, veil_secbuf **out);
+
+/* Probe: does the token's own OAEP work for this hash / label form?  A
+ * value is wrapped in software to the key's public half and unwrapped in
+ * the token.  The answer is cached on the key. */
+static int oaep_probe(veil_provider *p, const veil_key *k, veil_hash hash,
+                      int with_label)
+{
+    static const uint8_t probe_label[] = "veil-probe";
+    veil_oaep o = {hash, with_label ? probe_label : NULL,
+                   with_label ? sizeof probe_label - 1 : 0};
+    pk_key *pk = k->state;
+    uint8_t secret[32], ct[1024];
+    size_t ct_len = sizeof ct;
+    veil_secbuf *got = NULL;
+    int mode = OAEP_RAW;
+    veil_rc rc;
+
+    if (!(p->caps.mechs &
+          (hash == VEIL_HASH_SHA1 ? VEIL_CAP_RSA_OAEP_SHA1
+                                  : VEIL_CAP_RSA_OAEP_SHA256))) {
+        mode = OAEP_RAW;
+    } else if (RAND_bytes(secret, sizeof secret) == 1 &&
+               veil_provider_software.rsa_encrypt(p->engine->software, k, &o,
+                                                  secret, sizeof secret, ct,
+                                                  &ct_len) == VEIL_OK) {
+        atomic_store(&pk->oaep_mode[hash][with_label], OAEP_NATIVE);
+        rc = pk_rsa_decrypt(p, k, &o, ct, ct_len, &got);
+        if (rc == VEIL_OK && veil_secbuf_len(got) == sizeof secret &&
+            memcmp(veil_secbuf_data(got), secret, sizeof secret) == 0)
+            mode = OAEP_NATIVE;
+        veil_secbuf_free(got);
+    }
+    veil_wipe(secret, sizeof secret);
+    veil_err_clear();
+    if (mode == OAEP_RAW && !(p->caps.mechs & VEIL_CAP_RSA_RAW)) {
+        atomic_store(&pk->oaep_mode[hash][with_label], OAEP_UNKNOWN);
+        return OAEP_UNKNOWN;
+    }
+    atomic_store(&pk->oaep_mode[hash][with_label], mode);
+    veil_log(p->engine, VEIL_LOG_DEBUG,
+             "pkcs11: %s, key \"%s\": RSA-OAEP-%s%s %s", p->caps.description,
+             k->label, hash == VEIL_HASH_SHA1 ? "SHA1" : "SHA256",
+             with_label ? " with label" : "",
+             mode == OAEP_NATIVE
+                 ? "runs natively (CKM_RSA_PKCS_OAEP)"
+                 : "is refused by the token; using raw RSA (CKM_RSA_X_509) in "
+                   "the token and OAEP decoding on the host");
+    return mode;
+}
+
+static veil_rc build_private_template_search(veil_provider *p, P11KitUri *uri,
+                                             const char *bare_label,
+                                             veil_key *k, int probe)
+{
+    CK_OBJECT_CLASS cls = CKO_PRIVATE_KEY;
+    CK_ATTRIBUTE t[3] = {{CKA_CLASS, &cls, sizeof cls}};
+    CK_ULONG nt = 1, count = 0;
+    CK_OBJECT_HANDLE h[2];
+    CK_SESSION_HANDLE sh;
+    CK_ATTRIBUTE *ua;
+    veil_rc rc;
+
+    if (bare_label) {
+        t[nt++] = (CK_ATTRIBUTE){CKA_LABEL, (void *)bare_label,
+                                 strlen(bare_label)};
+    } else {
+        ua = p11_kit_uri_get_attribute(uri, CKA_LABEL);
+        if (ua)
+            t[nt++] = *ua;
+        ua = p11_kit_uri_get_attribute(uri, CKA_ID);
+        if (ua)
+            t[nt++] = *ua;
+        ua = p11_kit_uri_get_attribute(uri, CKA_CLASS);
+        if (ua && (ua->ulValueLen != sizeof(CK_OBJECT_CLASS) ||
+                   *(CK_OBJECT_CLASS *)ua->pValue != CKO_PRIVATE_KEY))
+            return veil_err(VEIL_E_ARG, PK, NULL,
+                            "the URI must name a private key (type=private)");
+        if (nt == 1)
+            return veil_err(VEIL_E_ARG, PK, NULL,
+                            "the URI names no key: add object= or id=");
+    }
+    rc = session_get(p, &sh);
+    if (rc != VEIL_OK)
+        return rc;
+    rc = find_objects(p, sh, t, nt, h, 2, &count);
+    if (rc == VEIL_OK && count == 0)
+        rc = veil_err(VEIL_E_NOT_FOUND, PK, NULL,
+                      "no private key matching that URI in token \"%s\"",
+                      st_of(p)->token_label);
+    else if (rc == VEIL_OK && count > 1)
+        rc = veil_err(VEIL_E_AMBIGUOUS, PK, NULL,
+                      "more than one private key matches in token \"%s\"; "
+                      "add id= to the URI",
+                      st_of(p)->token_label);
+    if (rc == VEIL_OK)
+        rc = load_key(p, sh, h[0], k);
+    session_put(p, sh);
+    if (rc == VEIL_OK && probe && k->type == VEIL_KEY_RSA)
+        oaep_probe(p, k, VEIL_HASH_SHA256, 0);
+    return rc;
+}
+
+static veil_rc pk_key_open(veil_provider *p, const char *ref, veil_key *k)
+{
+    P11KitUri *uri = NULL;
+    veil_rc rc;
+
+    if (strncmp(ref, "pkcs11:", 7) != 0)
+        return build_private_template_search(p, NULL, ref, k, 1);
+    rc = uri_parse(ref, &uri);
+    if (rc != VEIL_OK)
+        return rc;
+    rc = build_private_template_search(p, uri, NULL, k, 1);
+    p11_kit_uri_free(uri);
+    return rc;
+}
+
+static veil_rc pk_key_generate(veil_provider *p, const veil_keygen_params *kp,
+                               veil_key *k)
+{
+    CK_BBOOL yes = CK_TRUE, no = CK_FALSE,
+             token = kp->session_only ? CK_FALSE : CK_TRUE;
+    CK_ULONG bits = kp->bits;
+    CK_BYTE exp[] = {0x01, 0x00, 0x01};
+    CK_MECHANISM mech = {kp->type == VEIL_KEY_RSA ? CKM_RSA_PKCS_KEY_PAIR_GEN
+                                                  : CKM_EC_KEY_PAIR_GEN,
+                         NULL, 0};
+    CK_OBJECT_HANDLE pub, priv, existing[1];
+    CK_OBJECT_CLASS pcls = CKO_PRIVATE_KEY;
+    CK_SESSION_HANDLE sh;
+    uint8_t id[16];
+    const uint8_t *idp = kp->id;
+    size_t id_len = kp->id_len;
+    CK_ULONG count = 0;
+    CK_RV rv;
+    veil_rc rc;
+
+    if (!kp->label || !*kp->label)
+        return veil_err(VEIL_E_ARG, PK, NULL, "a token key needs a label");
+    if (!idp) {
+        if (RAND_bytes(id, sizeof id) != 1)
+            return veil_err_ossl(VEIL_E_CRYPTO, PK, "random id");
+        idp = id;
+        id_len = sizeof id;
+    }
+    CK_ATTRIBUTE label = {CKA_LABEL, (void *)kp->label, strlen(kp->label)};
+    CK_ATTRIBUTE idattr = {CKA_ID, (void *)idp, id_len};
+    CK_ATTRIBUTE rsa_pub[] = {
+        {CKA_TOKEN, &token, sizeof token},
+        {CKA_ENCRYPT, &yes, sizeof yes},
+        {CKA_VERIFY, &yes, sizeof yes},
+        {CKA_MODULUS_BITS, &bits, sizeof bits},
+        {CKA_PUBLIC_EXPONENT, exp, sizeof exp},
+        label,
+        idattr,
+    };
+    CK_ATTRIBUTE ec_pub[] = {
+        {CKA_TOKEN, &token, sizeof token},
+        {CKA_VERIFY, &yes, sizeof yes},
+        {CKA_EC_PARAMS, (void *)p256_oid, sizeof p256_oid},
+        label,
+        idattr,
+    };
+    CK_ATTRIBUTE priv_t[] = {
+        {CKA_TOKEN, &token, sizeof token},
+        {CKA_PRIVATE, &yes, sizeof yes},
+        {CKA_SENSITIVE, &yes, sizeof yes},
+        {CKA_EXTRACTABLE, &no, sizeof no},
+        {kp->type == VEIL_KEY_RSA ? CKA_DECRYPT : CKA_SIGN, &yes, sizeof yes},
+        label,
+        idattr,
+    };
+    CK_ATTRIBUTE dup[] = {{CKA_CLASS, &pcls, sizeof pcls}, label};
+
+    rc = session_get(p, &sh);
+    if (rc != VEIL_OK)
+        return rc;
+    /* One label, one key: a second key with the same label would make
+     * every later lookup ambiguous. */
+    rc = find_objects(p, sh, dup, 2, existing, 1, &count);
+    if (rc == VEIL_OK && count > 0)
+        rc = veil_err(VEIL_E_EXISTS, PK, NULL,
+                      "token \"%s\" already has a key labelled \"%s\"",
+                      st_of(p)->token_label, kp->label);
+    if (rc == VEIL_OK) {
+        if (kp->type == VEIL_KEY_RSA)
+            rv = CALL(p, C_GenerateKeyPair, sh, &mech, rsa_pub,
+                      sizeof rsa_pub / sizeof rsa_pub[0], priv_t,
+                      sizeof priv_t / sizeof priv_t[0], &pub, &priv);
+        else
+            rv = CALL(p, C_GenerateKeyPair, sh, &mech, ec_pub,
+                      sizeof ec_pub / sizeof ec_pub[0], priv_t,
+                      sizeof priv_t / sizeof priv_t[0], &pub, &priv);
+        if (rv != CKR_OK)
+            rc = pk_fail(p, rv, "key generation in token \"%s\" failed",
+                         st_of(p)->token_label);
+    }
+    if (rc == VEIL_OK) {
+        rc = load_key(p, sh, priv, k);
+        if (rc != VEIL_OK) {
+            CALL(p, C_DestroyObject, sh, priv);
+            CALL(p, C_DestroyObject, sh, pub);
+        }
+    }
+    session_put(p, sh);
+    if (rc == VEIL_OK && k->type == VEIL_KEY_RSA)
+        oaep_probe(p, k, VEIL_HASH_SHA256, 0);
+    return rc;
+}
+
+static veil_rc pk_key_info(veil_provider *p, const veil_key *k,
+                           veil_key_info *info)
+{
+    const pk_key *pk = k->state;
+    pk_state *s = st_of(p);
+    CK_OBJECT_CLASS cls = CKO_PRIVATE_KEY;
+    P11KitUri *uri = p11_kit_uri_new();
+    CK_SESSION_HANDLE sh;
+    char *str = NULL;
+
+    if (session_get(p, &sh) == VEIL_OK) {
+        info->sensitive = get_bool(p, sh, pk->priv, CKA_SENSITIVE);
+        info->extractable = get_bool(p, sh, pk->priv, CKA_EXTRACTABLE);
+        session_put(p, sh);
+    }
+    if (uri) {
+        CK_ATTRIBUTE a[3] = {
+            {CKA_CLASS, &cls, sizeof cls},
+            {CKA_LABEL, (void *)k->label, strlen(k->label)},
+            {CKA_ID, (void *)k->id, k->id_len},
+        };
+        *p11_kit_uri_get_token_info(uri) = s->token;
+        p11_kit_uri_set_attributes(uri, a, k->id_len ? 3 : 2);
+        if (p11_kit_uri_format(uri, P11_KIT_URI_FOR_OBJECT_ON_TOKEN, &str) ==
+            P11_KIT_URI_OK)
+            snprintf(info->uri, sizeof info->uri, "%s", str);
+        free(str);
+        p11_kit_uri_free(uri);
+    }
+    veil_err_clear();
+    return VEIL_OK;
+}
+
+static veil_rc pk_key_list(veil_provider *p, const char *where,
+                           veil_key_list_fn cb, void *ctx)
+{
+    CK_OBJECT_CLASS cls = CKO_PRIVATE_KEY;
+    CK_ATTRIBUTE t = {CKA_CLASS, &cls, sizeof cls};
+    CK_OBJECT_HANDLE h[64];
+    CK_ULONG n = 0;
+    CK_SESSION_HANDLE sh;
+    veil_rc rc;
+
+    rc = session_get(p, &sh);
+    if (rc != VEIL_OK)
+        return rc;
+    rc = find_objects(p, sh, &t, 1, h, 64, &n);
+    for (CK_ULONG i = 0; rc == VEIL_OK && i < n; i++) {
+        veil_key k = {.prov = p};
+        pk_key pk = {0};
+        veil_key_info info;
+        k.state = &pk;
+        if (load_key(p, sh, h[i], &k) != VEIL_OK) {
+            veil_log(p->engine, VEIL_LOG_INFO, "pkcs11: skipping key: %s",
+                     veil_last_error()->message);
+            veil_err_clear();
+            EVP_PKEY_free(k.pub);
+            continue;
+        }
+        veil_key_info_base(&k, &info);
+        session_put(p, sh); /* pk_key_info borrows one */
+        pk_key_info(p, &k, &info);
+        EVP_PKEY_free(k.pub);
+        if (cb(ctx, &info))
+            return VEIL_OK;
+        rc = session_get(p, &sh);
+        if (rc != VEIL_OK)
+            return rc;
+    }
+    session_put(p, sh);
+    return rc;
+}
+
+static veil_rc pk_key_delete(veil_provider *p, veil_key *k)
+{
+    pk_key *pk = k->state;
+    CK_SESSION_HANDLE sh;
+    CK_RV rv;
+    veil_rc rc;
+
+    rc = session_get(p, &sh);
+    if (rc != VEIL_OK)
+        return rc;
+    rv = CALL(p, C_DestroyObject, sh, pk->priv);
+    if (rv == CKR_OK && pk->pub != CK_INVALID_HANDLE)
+        rv = CALL(p, C_DestroyObject, sh, pk->pub);
+    session_put(p, sh);
+    if (rv != CKR_OK)
+        return pk_fail(p, rv, "cannot delete key \"%s\"", k->label);
+    return VEIL_OK;
+}
+
+/* ---- 5. operations ---------------------------------------------------- */
+
+/* One private-key decryption in the token: init + decrypt on a pooled
+ * session.  `out` holds up to *out_len bytes. */
+static CK_RV decrypt_once(veil_provider *p, CK_MECHANISM *m,
+                          CK_OBJECT_HANDLE key, const uint8_t *in,
+                          size_t in_len, uint8_t *out, CK_ULONG *out_len,
+                          CK_RV *init_rv)
+{
+    CK_SESSION_HANDLE sh;
+    CK_RV rv;
+
+    if (session_get(p, &sh) != VEIL_OK)
+        return CKR_SESSION_COUNT;
+    rv = *init_rv = CALL(p, C_DecryptInit, sh, m, key);
+    if (rv == CKR_OK)
+        rv = CALL(p, C_Decrypt, sh, (CK_BYTE_PTR)in, in_len, out, out_len);
+    session_put(p, sh);
+    return rv;
+}
+
+static veil_rc pk_rsa_decrypt(veil_provider *p, const veil_key *k,
+                              const veil_oaep *oaep, const uint8_t *in,
+                              size_t in_len, veil_secbuf **out)
+{
+    pk_key *pk = k->state;
+    veil_hash hash = oaep ? oaep->hash : VEIL_HASH_SHA256;
+    int with_label = oaep && oaep->label_len;
+    size_t kbytes = (k->bits + 7) / 8;
+    int mode = atomic_load(&pk->oaep_mode[hash][with_label]);
+    CK_RSA_PKCS_OAEP_PARAMS op = {
+        hash == VEIL_HASH_SHA1 ? CKM_SHA_1 : CKM_SHA256,
+        hash == VEIL_HASH_SHA1 ? CKG_MGF1_SHA1 : CKG_MGF1_SHA256,
+        CKZ_DATA_SPECIFIED, with_label ? (void *)oaep->label : NULL,
+        with_label ? oaep->label_len : 0};
+    CK_MECHANISM m_oaep = {CKM_RSA_PKCS_OAEP, &op, sizeof op};
+    CK_MECHANISM m_raw = {CKM_RSA_X_509, NULL, 0};
+    veil_secbuf *buf = NULL;
+    CK_ULONG n = kbytes;
+    CK_RV rv, init_rv = CKR_OK;
+    veil_rc rc;
+
+    if (mode == OAEP_UNKNOWN)
+        mode = oaep_probe(p, k, hash, with_label);
+    if (mode == OAEP_UNKNOWN)
+        return veil_err(VEIL_E_UNSUPPORTED, PK, NULL,
+                        "%s offers neither RSA-OAEP with this hash nor raw RSA",
+                        p->caps.description);
+    rc = veil_secbuf_new(kbytes, &buf);
+    if (rc != VEIL_OK)
+        return rc;
+    if (mode == OAEP_NATIVE) {
+        rv = decrypt_once(p, &m_oaep, pk->priv, in, in_len,
+                          veil_secbuf_data(buf), &n, &init_rv);
+        if (rv == CKR_OK) {
+            veil_secbuf_truncate(buf, n);
+            *out = buf;
+            return VEIL_OK;
+        }
+    } else {
+        /* Raw path: the RSA private operation in the token, padding on the
+         * host.  A wrong-length input fails like any bad ciphertext. */
+        if (in_len != kbytes) {
+            veil_secbuf_free(buf);
+            return veil_err(VEIL_E_DECRYPT, PK, NULL, "decryption failed");
+        }
+        rv = decrypt_once(p, &m_raw, pk->priv, in, in_len,
+                          veil_secbuf_data(buf), &n, &init_rv);
+        if (rv == CKR_OK && n <= kbytes) {
+            uint8_t *d = veil_secbuf_data(buf);
+            if (n < kbytes) { /* tokens may strip leading zeros */
+                memmove(d + (kbytes - n), d, n);
+                memset(d, 0, kbytes - n);
+            }
+            rc = veil_oaep_decode(oaep, d, kbytes, out);
+            veil_secbuf_free(buf);
+            if (rc == VEIL_E_DECRYPT)
+                return veil_err(VEIL_E_DECRYPT, PK, NULL, "decryption failed");
+            return rc;
+        }
+    }
+    veil_secbuf_free(buf);
+    /* A ciphertext the token rejects is a decryption failure with the same
+     * message as any other; anything else names the CKR. */
+    if (init_rv == CKR_OK &&
+        (rv == CKR_ENCRYPTED_DATA_INVALID || rv == CKR_ENCRYPTED_DATA_LEN_RANGE ||
+         rv == CKR_DATA_INVALID || rv == CKR_DATA_LEN_RANGE ||
+         rv == CKR_FUNCTION_FAILED || rv == CKR_GENERAL_ERROR))
+        return veil_err(VEIL_E_DECRYPT, PK, NULL, "decryption failed");
+    return pk_fail(p, rv, "RSA decryption in the token failed");
+}
+
+static veil_rc pk_ecdsa_sign(veil_provider *p, const veil_key *k,
+                             const uint8_t *msg, size_t len, uint8_t *sig,
+                             size_t *sig_len)
+{
+    const pk_key *pk = k->state;
+    CK_MECHANISM m = {CKM_ECDSA, NULL, 0};
+    uint8_t digest[32], rs[132];
+    CK_ULONG rs_len = sizeof rs;
+    CK_SESSION_HANDLE sh;
+    ECDSA_SIG *es;
+    unsigned char *q = sig;
+    CK_RV rv;
+    veil_rc rc;
+    int n;
+
+    if (!EVP_Digest(msg, len, digest, NULL, EVP_sha256(), NULL))
+        return veil_err_ossl(VEIL_E_CRYPTO, PK, "SHA-256");
+    rc = session_get(p, &sh);
+    if (rc != VEIL_OK)
+        return rc;
+    rv = CALL(p, C_SignInit, sh, &m, pk->priv);
+    if (rv == CKR_OK)
+        rv = CALL(p, C_Sign, sh, digest, sizeof digest, rs, &rs_len);
+    session_put(p, sh);
+    if (rv != CKR_OK)
+        return pk_fail(p, rv, "ECDSA signing in the token failed");
+    if (rs_len != 64)
+        return veil_err(VEIL_E_TOKEN, PK, NULL,
+                        "token returned a %lu-byte ECDSA signature",
+                        (unsigned long)rs_len);
+    es = ECDSA_SIG_new();
+    if (!es || !ECDSA_SIG_set0(es, BN_bin2bn(rs, 32, NULL),
+                               BN_bin2bn(rs + 32, 32, NULL))) {
+        ECDSA_SIG_free(es);
+        return veil_err_ossl(VEIL_E_NOMEM, PK, "ECDSA signature");
+    }
+    n = i2d_ECDSA_SIG(es, &q);
+    ECDSA_SIG_free(es);
+    if (n <= 0 || (size_t)n > *sig_len)
+        return veil_err(VEIL_E_BUFFER, PK, NULL, "signature buffer too small");
+    *sig_len = (size_t)n;
+    return VEIL_OK;
+}
+
+/* A public key as a session object in the token, for in-token public
+ * operations on software keys.  Destroyed by the caller. */
+static veil_rc import_public(veil_provider *p, CK_SESSION_HANDLE sh,
+                             const veil_key *k, CK_OBJECT_HANDLE *out)
+{
+    CK_OBJECT_CLASS cls = CKO_PUBLIC_KEY;
+    CK_BBOOL no = CK_FALSE, yes = CK_TRUE;
+    CK_KEY_TYPE kt = k->type == VEIL_KEY_RSA ? CKK_RSA : CKK_EC;
+    uint8_t n[1024], e[16], pt[67];
+    size_t nl = 0, el = 0, ptl = 0;
+    BIGNUM *bn = NULL, *be = NULL;
+    CK_RV rv;
+
+    if (k->type == VEIL_KEY_RSA) {
+        if (!EVP_PKEY_get_bn_param(k->pub, OSSL_PKEY_PARAM_RSA_N, &bn) ||
+            !EVP_PKEY_get_bn_param(k->pub, OSSL_PKEY_PARAM_RSA_E, &be) ||
+            BN_num_bytes(bn) > (int)sizeof n || BN_num_bytes(be) > (int)sizeof e) {
+            BN_free(bn);
+            BN_free(be);
+            return veil_err_ossl(VEIL_E_KEY, PK, "RSA public key");
+        }
+        nl = (size_t)BN_bn2bin(bn, n);
+        el = (size_t)BN_bn2bin(be, e);
+        BN_free(bn);
+        BN_free(be);
+        CK_ATTRIBUTE t[] = {
+            {CKA_CLASS, &cls, sizeof cls},     {CKA_KEY_TYPE, &kt, sizeof kt},
+            {CKA_TOKEN, &no, sizeof no},       {CKA_ENCRYPT, &yes, sizeof yes},
+            {CKA_MODULUS, n, nl},              {CKA_PUBLIC_EXPONENT, e, el},
+        };
+        rv = CALL(p, C_CreateObject, sh, t, sizeof t / sizeof t[0], out);
+    } else {
+        if (!EVP_PKEY_get_octet_string_param(k->pub, OSSL_PKEY_PARAM_PUB_KEY,
+                                             pt + 2, 65, &ptl) ||
+            ptl != 65)
+            return veil_err_ossl(VEIL_E_KEY, PK, "EC public key");
+        pt[0] = 0x04; /* DER OCTET STRING */
+        pt[1] = 65;
+        CK_ATTRIBUTE t[] = {
+            {CKA_CLASS, &cls, sizeof cls},
+            {CKA_KEY_TYPE, &kt, sizeof kt},
+            {CKA_TOKEN, &no, sizeof no},
+            {CKA_VERIFY, &yes, sizeof yes},
+            {CKA_EC_PARAMS, (void *)p256_oid, sizeof p256_oid},
+            {CKA_EC_POINT, pt, sizeof pt},
+        };
+        rv = CALL(p, C_CreateObject, sh, t, sizeof t / sizeof t[0], out);
+    }
+    if (rv != CKR_OK)
+        return pk_fail(p, rv, "cannot import the public key into the token");
+    return VEIL_OK;
+}
+
+/* The public object to use for k, imported when k is not from this token. */
+static veil_rc public_handle(veil_provider *p, CK_SESSION_HANDLE sh,
+                             const veil_key *k, CK_OBJECT_HANDLE *h,
+                             int *imported)
+{
+    *imported = 0;
+    if (k->prov == p && ((pk_key *)k->state)->pub != CK_INVALID_HANDLE) {
+        *h = ((pk_key *)k->state)->pub;
+        return VEIL_OK;
+    }
+    *imported = 1;
+    return import_public(p, sh, k, h);
+}
+
+static veil_rc pk_rsa_encrypt(veil_provider *p, const veil_key *k,
+                              const veil_oaep *oaep, const uint8_t *in,
+                              size_t in_len, uint8_t *out, size_t *out_len)
+{
+    veil_hash hash = oaep ? oaep->hash : VEIL_HASH_SHA256;
+    CK_RSA_PKCS_OAEP_PARAMS op = {
+        hash == VEIL_HASH_SHA1 ? CKM_SHA_1 : CKM_SHA256,
+        hash == VEIL_HASH_SHA1 ? CKG_MGF1_SHA1 : CKG_MGF1_SHA256,
+        CKZ_DATA_SPECIFIED, oaep && oaep->label_len ? (void *)oaep->label : NULL,
+        oaep ? oaep->label_len : 0};
+    CK_MECHANISM m = {CKM_RSA_PKCS_OAEP, &op, sizeof op};
+    CK_OBJECT_HANDLE h;
+    CK_SESSION_HANDLE sh;
+    CK_ULONG n = *out_len;
+    int imported;
+    CK_RV rv;
+    veil_rc rc;
+
+    rc = session_get(p, &sh);
+    if (rc != VEIL_OK)
+        return rc;
+    rc = public_handle(p, sh, k, &h, &imported);
+    if (rc == VEIL_OK) {
+        rv = CALL(p, C_EncryptInit, sh, &m, h);
+        if (rv == CKR_OK)
+            rv = CALL(p, C_Encrypt, sh, (CK_BYTE_PTR)in, in_len, out, &n);
+        if (imported)
+            CALL(p, C_DestroyObject, sh, h);
+        if (rv == CKR_MECHANISM_PARAM_INVALID || rv == CKR_ARGUMENTS_BAD ||
+            rv == CKR_MECHANISM_INVALID) {
+            /* Learnt: this hash is not available here; stop routing it. */
+            __atomic_fetch_and(&p->caps.mechs,
+                               ~(hash == VEIL_HASH_SHA1 ? VEIL_CAP_RSA_OAEP_SHA1
+                                                        : VEIL_CAP_RSA_OAEP_SHA256),
+                               __ATOMIC_RELAXED);
+            rc = veil_err(VEIL_E_UNSUPPORTED, PK, NULL,
+                          "%s refuses RSA-OAEP with this hash",
+                          p->caps.description);
+        } else if (rv != CKR_OK) {
+            rc = pk_fail(p, rv, "RSA encryption in the token failed");
+        } else {
+            *out_len = n;
+        }
+    }
+    session_put(p, sh);
+    return rc;
+}
+
+static veil_rc pk_ecdsa_verify(veil_provider *p, const veil_key *k,
+                               const uint8_t *msg, size_t len,
+                               const uint8_t *sig, size_t sig_len)
+{
+    const unsigned char *q = sig;
+    CK_MECHANISM m = {CKM_ECDSA, NULL, 0};
+    uint8_t digest[32], rs[64];
+    unsigned char *der = NULL;
+    ECDSA_SIG *es;
+    const BIGNUM *r, *s;
+    CK_OBJECT_HANDLE h;
+    CK_SESSION_HANDLE sh;
+    int imported, strict;
+    CK_RV rv;
+    veil_rc rc;
+
+    /* Strict DER: decode, re-encode, compare (as OpenSSL does). */
+    es = sig_len <= LONG_MAX ? d2i_ECDSA_SIG(NULL, &q, (long)sig_len) : NULL;
+    strict = es && q == sig + sig_len;
+    if (strict) {
+        int n = i2d_ECDSA_SIG(es, &der);
+        strict = n > 0 && (size_t)n == sig_len && memcmp(der, sig, sig_len) == 0;
+        OPENSSL_free(der);
+    }
+    if (strict) {
+        ECDSA_SIG_get0(es, &r, &s);
+        strict = BN_num_bytes(r) <= 32 && BN_num_bytes(s) <= 32 &&
+                 !BN_is_negative(r) && !BN_is_negative(s) &&
+                 BN_bn2binpad(r, rs, 32) == 32 &&
+                 BN_bn2binpad(s, rs + 32, 32) == 32;
+    }
+    ECDSA_SIG_free(es);
+    ERR_clear_error();
+    if (!strict)
+        return veil_err(VEIL_E_VERIFY, PK, NULL, "signature does not verify");
+    if (!EVP_Digest(msg, len, digest, NULL, EVP_sha256(), NULL))
+        return veil_err_ossl(VEIL_E_CRYPTO, PK, "SHA-256");
+    rc = session_get(p, &sh);
+    if (rc != VEIL_OK)
+        return rc;
+    rc = public_handle(p, sh, k, &h, &imported);
+    if (rc == VEIL_OK) {
+        rv = CALL(p, C_VerifyInit, sh, &m, h);
+        if (rv == CKR_OK)
+            rv = CALL(p, C_Verify, sh, digest, sizeof digest, rs, sizeof rs);
+        if (imported)
+            CALL(p, C_DestroyObject, sh, h);
+        if (rv == CKR_SIGNATURE_INVALID || rv == CKR_SIGNATURE_LEN_RANGE)
+            rc = veil_err(VEIL_E_VERIFY, PK, NULL, "signature does not verify");
+        else if (rv != CKR_OK)
+            rc = pk_fail(p, rv, "ECDSA verification in the token failed");
+    }
+    session_put(p, sh);
+    return rc;
+}
+
+static veil_rc pk_aes_gcm(veil_provider *p, int enc, const uint8_t *key,
+                          size_t key_len, const uint8_t *iv, size_t iv_len,
+                          const uint8_t *aad, size_t aad_len,
+                          const uint8_t *in, size_t len, uint8_t *out,
+                          uint8_t *tag)
+{
+    CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
+    CK_KEY_TYPE kt = CKK_AES;
+    CK_BBOOL no = CK_FALSE, yes = CK_TRUE;
+    CK_ATTRIBUTE t[] = {
+        {CKA_CLASS, &cls, sizeof cls},   {CKA_KEY_TYPE, &kt, sizeof kt},
+        {CKA_TOKEN, &no, sizeof no},     {CKA_SENSITIVE, &yes, sizeof yes},
+        {CKA_ENCRYPT, &yes, sizeof yes}, {CKA_DECRYPT, &yes, sizeof yes},
+        {CKA_VALUE, (void *)key, key_len},
+    };
+    CK_GCM_PARAMS gp = {(CK_BYTE_PTR)iv, iv_len, iv_len * 8,
+                        (CK_BYTE_PTR)aad, aad_len, VEIL_GCM_TAG_LEN * 8};
+    CK_MECHANISM m = {CKM_AES_GCM, &gp, sizeof gp};
+    CK_OBJECT_HANDLE h;
+    CK_SESSION_HANDLE sh;
+    veil_secbuf *buf = NULL;
+    CK_ULONG n = len + VEIL_GCM_TAG_LEN;
+    CK_RV rv;
+    veil_rc rc;
+
+    /* The token reads and writes ct||tag; stage it in a secret buffer. */
+    rc = veil_secbuf_new(len + VEIL_GCM_TAG_LEN, &buf);
+    if (rc != VEIL_OK)
+        return rc;
+    if (!enc) {
+        if (len)
+            memcpy(veil_secbuf_data(buf), in, len);
+        memcpy(veil_secbuf_data(buf) + len, tag, VEIL_GCM_TAG_LEN);
+    }
+    rc = session_get(p, &sh);
+    if (rc != VEIL_OK) {
+        veil_secbuf_free(buf);
+        return rc;
+    }
+    rv = CALL(p, C_CreateObject, sh, t, sizeof t / sizeof t[0], &h);
+    if (rv == CKR_OK) {
+        if (enc) {
+            rv = CALL(p, C_EncryptInit, sh, &m, h);
+            if (rv == CKR_OK)
+                rv = CALL(p, C_Encrypt, sh, (CK_BYTE_PTR)in, len,
+                          veil_secbuf_data(buf), &n);
+        } else {
+            CK_ULONG in_n = len + VEIL_GCM_TAG_LEN;
+            n = len;
+            rv = CALL(p, C_DecryptInit, sh, &m, h);
+            if (rv == CKR_OK)
+                rv = CALL(p, C_Decrypt, sh, veil_secbuf_data(buf), in_n,
+                          len ? out : veil_secbuf_data(buf), &n);
+        }
+        CALL(p, C_DestroyObject, sh, h);
+    }
+    session_put(p, sh);
+    if (rv == CKR_OK && enc && n == len + VEIL_GCM_TAG_LEN) {
+        if (len)
+            memcpy(out, veil_secbuf_data(buf), len);
+        memcpy(tag, veil_secbuf_data(buf) + len, VEIL_GCM_TAG_LEN);
+    }
+    veil_secbuf_free(buf);
+    if (rv == CKR_OK && (enc ? n == len + VEIL_GCM_TAG_LEN : n == len))
+        return VEIL_OK;
+    if (!enc) {
+        if (len)
+            veil_wipe(out, len);
+        if (rv == CKR_ENCRYPTED_DATA_INVALID || rv == CKR_ENCRYPTED_DATA_LEN_RANGE ||
+            rv == CKR_FUNCTION_FAILED || rv == CKR_OK)
+            return veil_err(VEIL_E_DECRYPT, PK, NULL, "decryption failed");
+    }
+    return pk_fail(p, rv, "AES-GCM in the token failed");
+}
+
+static veil_rc pk_random(veil_provider *p, uint8_t *buf, size_t len)
+{
+    CK_SESSION_HANDLE sh;
+    CK_RV rv;
+    veil_rc rc;
+
+    rc = session_get(p, &sh);
+    if (rc != VEIL_OK)
+        return rc;
+    rv = CALL(p, C_GenerateRandom, sh, buf, len);
+    session_put(p, sh);
+    if (rv != CKR_OK)
+        return pk_fail(p, rv, "random generation in the token failed");
+    return VEIL_OK;
+}
+
+const veil_provider_ops veil_provider_pkcs11 = {
+    .abi = VEIL_PROVIDER_ABI,
+    .ops_size = sizeof(veil_provider_ops),
+    .name = PK,
+    .static_caps = VEIL_CAP_RSA_GEN | VEIL_CAP_RSA_OAEP_SHA256 |
+                   VEIL_CAP_RSA_OAEP_SHA1 | VEIL_CAP_RSA_RAW | VEIL_CAP_EC_GEN |
+                   VEIL_CAP_ECDSA | VEIL_CAP_AES_GCM | VEIL_CAP_RANDOM |
+                   VEIL_CAP_PERSIST,
+    .state_size = sizeof(pk_state),
+    .key_state_size = sizeof(pk_key),
+    .claims = pk_claims,
+    .instance_id = pk_instance_id,
+    .open = pk_open,
+    .close = pk_close,
+    .key_generate = pk_key_generate,
+    .key_open = pk_key_open,
+    .key_list = pk_key_list,
+    .key_delete = pk_key_delete,
+    .key_info = pk_key_info,
+    .rsa_decrypt = pk_rsa_decrypt,
+    .ecdsa_sign = pk_ecdsa_sign,
+    .rsa_encrypt = pk_rsa_encrypt,
+    .ecdsa_verify = pk_ecdsa_verify,
+    .aes_gcm = pk_aes_gcm,
+    .random = pk_random,
+};

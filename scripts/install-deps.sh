@@ -1,0 +1,53 @@
+#!/bin/bash
+# Install the Debian 12 packages needed to build and test veil.
+# Only missing packages are installed; apt-get update runs only if needed.
+set -euo pipefail
+
+PACKAGES=(
+    # build: toolchain, autotools and the libraries veil links against
+    # (OpenSSL, p11-kit, libcurl, cJSON, libmicrohttpd, tpm2-tss, CUnit for tests)
+    autoconf automake libtool autoconf-archive pkg-config make gcc
+    libssl-dev libp11-kit-dev p11-kit libcurl4-openssl-dev libcjson-dev
+    libmicrohttpd-dev libtss2-dev libcunit1-dev
+
+    # tokens: test PKCS#11 tokens started by tests/env/with-tokens.sh
+    # (SoftHSM2; tpm2-pkcs11 over swtpm behind tpm2-abrmd on a private dbus bus)
+    # plus the tools to inspect them (tpm2-tools, opensc's pkcs11-tool, gnutls p11tool)
+    softhsm2 libtpm2-pkcs11-1 libtpm2-pkcs11-tools swtpm swtpm-tools
+    tpm2-abrmd libtss2-tcti-tabrmd0 dbus tpm2-tools opensc gnutls-bin
+
+    # sanitizer runtime: nothing extra; gcc's libasan/libubsan come with gcc
+    # (libclang-rt-14-dev is deliberately not listed)
+)
+
+export DEBIAN_FRONTEND=noninteractive
+
+echo "install-deps: checking ${#PACKAGES[@]} packages"
+missing=()
+for pkg in "${PACKAGES[@]}"; do
+    status=$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null || true)
+    if [ "$status" != "install ok installed" ]; then
+        missing+=("$pkg")
+    fi
+done
+
+if [ "${#missing[@]}" -eq 0 ]; then
+    echo "install-deps: all packages already installed"
+    exit 0
+fi
+
+echo "install-deps: missing: ${missing[*]}"
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "install-deps: error: ${#missing[@]} package(s) missing and not running as root;" >&2
+    echo "install-deps: run as root, or: apt-get install -y --no-install-recommends ${missing[*]}" >&2
+    exit 1
+fi
+
+echo "install-deps: running apt-get update"
+apt-get update
+
+echo "install-deps: installing ${#missing[@]} package(s)"
+apt-get install -y --no-install-recommends "${missing[@]}"
+
+echo "install-deps: done"

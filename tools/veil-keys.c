@@ -1,0 +1,509 @@
+/* veil-keys: generate, list, show and delete veil keys, in a PKCS#11 token
+ * or in software (NOMYO key directory).  PINs never come from argv. */
+#include "config.h"
+
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "veil/engine.h"
+
+enum {
+    EXIT_OK = 0,
+    EXIT_FAIL = 1,      /* any other veil error */
+    EXIT_USAGE = 2,     /* bad command line */
+    EXIT_NOTFOUND = 3,  /* key, token or module not found */
+    EXIT_PIN = 4,       /* PIN missing, wrong or locked */
+    EXIT_TOKEN = 5,     /* module or token failure */
+    EXIT_EXISTS = 6     /* a key with that label (or files) already exists */
+};
+
+static const char usage_main[] =
+    "usage: veil-keys COMMAND [OPTIONS]\n"
+    "\n"
+    "Commands:\n"
+    "  generate   make a key pair in a token or in a key directory\n"
+    "  list       list the keys of a token or key directory\n"
+    "  show       print a key's public key (PEM) and SHA-256 fingerprint\n"
+    "  delete     destroy a key\n"
+    "  caps       what a token (or the software provider) can do\n"
+    "\n"
+    "Where the key lives (every command):\n"
+    "  --token URI         a PKCS#11 token, e.g. 'pkcs11:token=veil'\n"
+    "  --dir DIR           a NOMYO key directory (private_key.pem, public_key.pem)\n"
+    "  --module M          PKCS#11 module: a .so path or p11-kit name\n"
+    "                      (default: $VEIL_PKCS11_MODULE, or module-name= in the URI)\n"
+    "  --pin-source SPEC   file:PATH, env:NAME or prompt (default:\n"
+    "                      $VEIL_PIN_SOURCE, else prompt on a terminal)\n"
+    "  -v, --verbose       debug log on stderr (never shows keys or PINs)\n"
+    "\n"
+    "Run 'veil-keys COMMAND --help' for a command's options.\n"
+    "\n"
+    "Exit codes: 0 success, 1 other error, 2 usage, 3 not found, 4 PIN missing,\n"
+    "wrong or locked, 5 module or token failure, 6 already exists.\n";
+
+static const char usage_generate[] =
+    "usage: veil-keys generate (--token URI | --dir DIR) --label LABEL\n"
+    "                          [--type rsa|ec] [--bits 2048|3072|4096]\n"
+    "                          [--id HEX] [--session]\n"
+    "                          [--password-source SPEC]\n"
+    "Makes a key pair. In a token the private key is sensitive and not\n"
+    "extractable; --session makes it a session object that disappears when\n"
+    "veil-keys exits (for trying things out). In a key directory the private\n"
+    "key is written as PKCS#8 PEM, encrypted when --password-source is given,\n"
+    "files mode 0600. Defaults: --type rsa --bits 4096.\n";
+
+static const char usage_list[] =
+    "usage: veil-keys list (--token URI | --dir DIR) [--module M]\n"
+    "Lists private keys: label, type and size, fingerprint and URI.\n";
+
+static const char usage_show[] =
+    "usage: veil-keys show (--key URI|LABEL | --dir DIR) [--pem | --fingerprint]\n"
+    "Prints the key's details, public key (PEM SPKI) and fingerprint;\n"
+    "--pem or --fingerprint prints only that.\n";
+
+static const char usage_delete[] =
+    "usage: veil-keys delete (--key URI|LABEL | --dir DIR) --yes\n"
+    "Destroys the key (both halves in a token; both files in a directory).\n"
+    "Without --yes nothing is deleted.\n";
+
+static const char usage_caps[] =
+    "usage: veil-keys caps [--token URI]\n"
+    "Prints the mechanisms veil found in the token (or software provider).\n";
+
+struct opts {
+    const char *token, *dir, *key, *module, *pin_source, *password_source;
+    const char *label, *type, *id_hex;
+    unsigned bits;
+    int session, pem_only, fp_only, yes, verbose, help;
+};
+
+static int exit_for(veil_rc rc)
+{
+    switch (rc) {
+    case VEIL_OK:
+        return EXIT_OK;
+    case VEIL_E_ARG:
+        return EXIT_USAGE;
+    case VEIL_E_NOT_FOUND:
+        return EXIT_NOTFOUND;
+    case VEIL_E_PIN:
+    case VEIL_E_PIN_LOCKED:
+    case VEIL_E_PIN_REQUIRED:
+        return EXIT_PIN;
+    case VEIL_E_MODULE:
+    case VEIL_E_TOKEN:
+        return EXIT_TOKEN;
+    case VEIL_E_EXISTS:
+        return EXIT_EXISTS;
+    default:
+        return EXIT_FAIL;
+    }
+}
+
+static int fail(veil_rc rc)
+{
+    fprintf(stderr, "veil-keys: %s\n", veil_last_error()->message);
+    return exit_for(rc);
+}
+
+static void log_stderr(void *ctx, veil_log_level level, const char *line)
+{
+    static const char *const names[] = {"error", "warning", "info", "debug"};
+    fprintf(stderr, "veil-keys: %s: %s\n", names[level], line);
+}
+
+static void spinner(void *ctx)
+{
+    static const char frames[] = "|/-\\";
+    unsigned *n = ctx;
+
+    fprintf(stderr, "\r%c ", frames[(*n)++ % 4]);
+    fflush(stderr);
+}
+
+static int parse_hex(const char *hex, uint8_t *out, size_t max, size_t *len)
+{
+    size_t n = strlen(hex);
+
+    if (n % 2 || n / 2 > max)
+        return 0;
+    for (size_t i = 0; i < n / 2; i++) {
+        char b[3] = {hex[2 * i], hex[2 * i + 1], 0};
+        char *end;
+        unsigned long v = strtoul(b, &end, 16);
+        if (*end)
+            return 0;
+        out[i] = (uint8_t)v;
+    }
+    *len = n / 2;
+    return 1;
+}
+
+static int parse_opts(int argc, char **argv, struct opts *o)
+{
+    static const struct option longopts[] = {
+        {"token", required_argument, NULL, 't'},
+        {"dir", required_argument, NULL, 'd'},
+        {"key", required_argument, NULL, 'k'},
+        {"module", required_argument, NULL, 'm'},
+        {"pin-source", required_argument, NULL, 'P'},
+        {"password-source", required_argument, NULL, 'W'},
+        {"label", required_argument, NULL, 'l'},
+        {"type", required_argument, NULL, 'T'},
+        {"bits", required_argument, NULL, 'b'},
+        {"id", required_argument, NULL, 'i'},
+        {"session", no_argument, NULL, 's'},
+        {"pem", no_argument, NULL, 'p'},
+        {"fingerprint", no_argument, NULL, 'f'},
+        {"yes", no_argument, NULL, 'y'},
+        {"verbose", no_argument, NULL, 'v'},
+        {"help", no_argument, NULL, 'h'},
+        {"pin", required_argument, NULL, 'X'},
+        {NULL, 0, NULL, 0},
+    };
+    int c;
+
+    o->bits = 4096;
+    o->module = getenv("VEIL_PKCS11_MODULE");
+    o->pin_source = getenv("VEIL_PIN_SOURCE");
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "vh", longopts, NULL)) != -1) {
+        char *end;
+        switch (c) {
+        case 't': o->token = optarg; break;
+        case 'd': o->dir = optarg; break;
+        case 'k': o->key = optarg; break;
+        case 'm': o->module = optarg; break;
+        case 'P': o->pin_source = optarg; break;
+        case 'W': o->password_source = optarg; break;
+        case 'l': o->label = optarg; break;
+        case 'T': o->type = optarg; break;
+        case 'i': o->id_hex = optarg; break;
+        case 's': o->session = 1; break;
+        case 'p': o->pem_only = 1; break;
+        case 'f': o->fp_only = 1; break;
+        case 'y': o->yes = 1; break;
+        case 'v': o->verbose = 1; break;
+        case 'h': o->help = 1; break;
+        case 'b':
+            o->bits = (unsigned)strtoul(optarg, &end, 10);
+            if (*end || !*optarg) {
+                fprintf(stderr, "veil-keys: --bits takes a number\n");
+                return 0;
+            }
+            break;
+        case 'X':
+            fprintf(stderr, "veil-keys: a PIN is never taken on the command "
+                            "line; use --pin-source file:PATH, env:NAME or "
+                            "prompt\n");
+            return 0;
+        default:
+            return 0;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "veil-keys: unexpected argument '%s'\n", argv[optind]);
+        return 0;
+    }
+    return 1;
+}
+
+static veil_rc engine_for(const struct opts *o, veil_engine **e)
+{
+    veil_engine_config cfg = {0};
+    veil_rc rc;
+
+    cfg.pkcs11_module = o->module;
+    cfg.default_token = o->token;
+    /* A key directory's password comes from --password-source. */
+    if (o->pin_source || (o->dir && o->password_source)) {
+        rc = veil_pin_source_parse(o->pin_source ? o->pin_source
+                                                 : o->password_source,
+                                   &cfg.pin);
+        if (rc != VEIL_OK)
+            return rc;
+    } else if (isatty(STDIN_FILENO)) {
+        cfg.pin.kind = VEIL_PIN_PROMPT;
+    }
+    if (o->verbose) {
+        cfg.log = log_stderr;
+        cfg.log_level = VEIL_LOG_DEBUG;
+    } else {
+        cfg.log = log_stderr;
+        cfg.log_level = VEIL_LOG_WARN;
+    }
+    return veil_engine_new(&cfg, e);
+}
+
+static void print_info(const veil_key_info *i)
+{
+    printf("label:        %s\n", i->label);
+    if (i->type == VEIL_KEY_RSA)
+        printf("type:         RSA-%u\n", i->bits);
+    else
+        printf("type:         EC-P256\n");
+    printf("provider:     %s\n", i->provider);
+    if (i->uri[0])
+        printf("uri:          %s\n", i->uri);
+    if (i->id_hex[0])
+        printf("id:           %s\n", i->id_hex);
+    if (i->sensitive >= 0)
+        printf("sensitive:    %s\n", i->sensitive ? "yes" : "no");
+    if (i->extractable >= 0)
+        printf("extractable:  %s\n", i->extractable ? "yes" : "no");
+    printf("persistent:   %s\n", i->persistent ? "yes" : "no (session)");
+    printf("fingerprint:  %s\n", i->fingerprint);
+}
+
+static int list_cb(void *ctx, const veil_key_info *i)
+{
+    unsigned *n = ctx;
+
+    if ((*n)++)
+        printf("\n");
+    print_info(i);
+    return 0;
+}
+
+static veil_rc open_key(veil_engine *e, const struct opts *o, veil_key **k)
+{
+    char ref[4200];
+
+    if (o->dir) {
+        snprintf(ref, sizeof ref, "dir:%s", o->dir);
+        return veil_key_open(e, ref, k);
+    }
+    return veil_key_open(e, o->key, k);
+}
+
+static int cmd_generate(veil_engine *e, const struct opts *o)
+{
+    veil_keygen_params kp = {0};
+    veil_key_info info;
+    veil_key *k = NULL;
+    uint8_t id[64];
+    unsigned frame = 0;
+    int tty = isatty(STDERR_FILENO);
+    veil_rc rc;
+
+    if ((!o->token == !o->dir) || (o->token && !o->label)) {
+        fputs(usage_generate, stderr);
+        return EXIT_USAGE;
+    }
+    kp.type = (!o->type || strcmp(o->type, "rsa") == 0) ? VEIL_KEY_RSA
+              : strcmp(o->type, "ec") == 0              ? VEIL_KEY_EC_P256
+                                                        : 0;
+    if (!kp.type) {
+        fprintf(stderr, "veil-keys: --type is rsa or ec\n");
+        return EXIT_USAGE;
+    }
+    kp.bits = kp.type == VEIL_KEY_RSA ? o->bits : 256;
+    kp.label = o->label ? o->label : "veil";
+    kp.session_only = o->session;
+    if (o->id_hex) {
+        if (!parse_hex(o->id_hex, id, sizeof id, &kp.id_len) || !kp.id_len) {
+            fprintf(stderr, "veil-keys: --id takes 1 to 64 bytes in hex\n");
+            return EXIT_USAGE;
+        }
+        kp.id = id;
+    }
+    kp.progress = tty ? spinner : NULL;
+    kp.progress_ctx = &frame;
+    fprintf(stderr, "veil-keys: generating %s-%u key \"%s\" in %s%s\n",
+            kp.type == VEIL_KEY_RSA ? "RSA" : "EC-P", kp.bits, kp.label,
+            o->token ? o->token : "software",
+            kp.type == VEIL_KEY_RSA && kp.bits >= 4096 ? " (this takes a while)"
+                                                       : "");
+    rc = veil_key_generate(e, o->token ? o->token : "software", &kp, &k);
+    if (tty)
+        fprintf(stderr, "\r  \r");
+    if (rc != VEIL_OK)
+        return fail(rc);
+    if (o->dir) {
+        veil_pin_source pw = {0};
+        if (o->password_source &&
+            (rc = veil_pin_source_parse(o->password_source, &pw)) != VEIL_OK) {
+            veil_key_free(k);
+            return fail(rc);
+        }
+        rc = veil_key_save(e, k, o->dir, &pw);
+        if (rc != VEIL_OK) {
+            veil_key_free(k);
+            return fail(rc);
+        }
+        veil_key_free(k);
+        k = NULL;
+        rc = open_key(e, o, &k); /* report what was written */
+        if (rc != VEIL_OK)
+            return fail(rc);
+    }
+    rc = veil_key_get_info(k, &info);
+    if (rc == VEIL_OK)
+        print_info(&info);
+    veil_key_free(k);
+    return rc == VEIL_OK ? EXIT_OK : fail(rc);
+}
+
+static int cmd_show(veil_engine *e, const struct opts *o)
+{
+    veil_key_info info;
+    veil_key *k = NULL;
+    char *pem = NULL;
+    veil_rc rc;
+
+    if (!o->key == !o->dir) {
+        fputs(usage_show, stderr);
+        return EXIT_USAGE;
+    }
+    rc = open_key(e, o, &k);
+    if (rc == VEIL_OK)
+        rc = veil_key_get_info(k, &info);
+    if (rc == VEIL_OK)
+        rc = veil_key_public_pem(k, &pem);
+    if (rc == VEIL_OK) {
+        if (o->fp_only) {
+            printf("%s\n", info.fingerprint);
+        } else if (o->pem_only) {
+            fputs(pem, stdout);
+        } else {
+            print_info(&info);
+            fputs(pem, stdout);
+        }
+    }
+    free(pem);
+    veil_key_free(k);
+    return rc == VEIL_OK ? EXIT_OK : fail(rc);
+}
+
+static int cmd_list(veil_engine *e, const struct opts *o)
+{
+    char where[4200];
+    unsigned n = 0;
+    veil_rc rc;
+
+    if (!o->token == !o->dir) {
+        fputs(usage_list, stderr);
+        return EXIT_USAGE;
+    }
+    if (o->dir)
+        snprintf(where, sizeof where, "dir:%s", o->dir);
+    else
+        snprintf(where, sizeof where, "%s", o->token);
+    rc = veil_key_list(e, where, list_cb, &n);
+    if (rc != VEIL_OK)
+        return fail(rc);
+    if (n == 0)
+        fprintf(stderr, "veil-keys: no keys\n");
+    return EXIT_OK;
+}
+
+static int cmd_delete(veil_engine *e, const struct opts *o)
+{
+    veil_key_info info;
+    veil_key *k = NULL;
+    veil_rc rc;
+
+    if (!o->key == !o->dir) {
+        fputs(usage_delete, stderr);
+        return EXIT_USAGE;
+    }
+    rc = open_key(e, o, &k);
+    if (rc != VEIL_OK)
+        return fail(rc);
+    veil_key_get_info(k, &info);
+    if (!o->yes) {
+        fprintf(stderr,
+                "veil-keys: would delete \"%s\" (%s); add --yes to do it\n",
+                info.label, info.fingerprint);
+        veil_key_free(k);
+        return EXIT_USAGE;
+    }
+    rc = veil_key_delete(e, k);
+    if (rc != VEIL_OK)
+        return fail(rc);
+    fprintf(stderr, "veil-keys: deleted \"%s\" (%s)\n", info.label,
+            info.fingerprint);
+    return EXIT_OK;
+}
+
+static int cmd_caps(veil_engine *e, const struct opts *o)
+{
+    static const struct {
+        unsigned bit;
+        const char *name;
+    } names[] = {
+        {VEIL_CAP_RSA_GEN, "rsa-generate"},
+        {VEIL_CAP_RSA_OAEP_SHA256, "rsa-oaep (mechanism listed)"},
+        {VEIL_CAP_RSA_RAW, "rsa-x-509 (raw)"},
+        {VEIL_CAP_EC_GEN, "ec-generate"},
+        {VEIL_CAP_ECDSA, "ecdsa"},
+        {VEIL_CAP_AES_GCM, "aes-gcm"},
+        {VEIL_CAP_HKDF, "hkdf"},
+        {VEIL_CAP_RANDOM, "random"},
+        {VEIL_CAP_PERSIST, "persistent-keys"},
+    };
+    veil_caps caps;
+    veil_rc rc = veil_engine_caps(e, o->token ? o->token : "software", &caps);
+
+    if (rc != VEIL_OK)
+        return fail(rc);
+    printf("provider:     %s\n", caps.provider);
+    printf("description:  %s\n", caps.description);
+    if (caps.rsa_max_bits)
+        printf("rsa bits:     %u..%u\n", caps.rsa_min_bits, caps.rsa_max_bits);
+    printf("mechanisms:  ");
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+        if (caps.mechs & names[i].bit)
+            printf(" %s", names[i].name);
+    printf("\n");
+    return EXIT_OK;
+}
+
+int main(int argc, char **argv)
+{
+    static const struct {
+        const char *name;
+        int (*fn)(veil_engine *, const struct opts *);
+        const char *usage;
+    } cmds[] = {
+        {"generate", cmd_generate, usage_generate},
+        {"list", cmd_list, usage_list},
+        {"show", cmd_show, usage_show},
+        {"delete", cmd_delete, usage_delete},
+        {"caps", cmd_caps, usage_caps},
+    };
+    struct opts o = {0};
+    veil_engine *e = NULL;
+    int code = EXIT_USAGE;
+    veil_rc rc;
+
+    if (argc < 2 || strcmp(argv[1], "--help") == 0 ||
+        strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "help") == 0) {
+        fputs(usage_main, argc < 2 ? stderr : stdout);
+        return argc < 2 ? EXIT_USAGE : EXIT_OK;
+    }
+    for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++) {
+        if (strcmp(argv[1], cmds[i].name) != 0)
+            continue;
+        if (!parse_opts(argc - 1, argv + 1, &o)) {
+            fputs(cmds[i].usage, stderr);
+            return EXIT_USAGE;
+        }
+        if (o.help) {
+            fputs(cmds[i].usage, stdout);
+            return EXIT_OK;
+        }
+        rc = engine_for(&o, &e);
+        if (rc != VEIL_OK)
+            return fail(rc);
+        code = cmds[i].fn(e, &o);
+        veil_engine_free(e);
+        return code;
+    }
+    fprintf(stderr, "veil-keys: unknown command '%s'\n\n%s", argv[1],
+            usage_main);
+    return EXIT_USAGE;
+}
