@@ -14,6 +14,7 @@
 #include <string.h>
 #include <time.h>
 
+#include <openssl/bn.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
@@ -676,6 +677,22 @@ veil_rc veil_rsa_encrypt(veil_engine *e, const veil_key *pub,
     return p->ops->rsa_encrypt(p, pub, oaep, in, in_len, out, out_len);
 }
 
+static int rsa_ciphertext_in_range(const veil_key *k, const uint8_t *in,
+                                   size_t in_len)
+{
+    BIGNUM *n = NULL, *c;
+    int ok;
+
+    if (in_len != (k->bits + 7) / 8 ||
+        !EVP_PKEY_get_bn_param(k->pub, "n", &n))
+        return 0;
+    c = BN_bin2bn(in, (int)in_len, NULL);
+    ok = c && BN_cmp(c, n) < 0;
+    BN_free(c);
+    BN_free(n);
+    return ok;
+}
+
 veil_rc veil_rsa_decrypt(veil_engine *e, const veil_key *priv,
                          const veil_oaep *oaep, const uint8_t *in,
                          size_t in_len, veil_secbuf **out)
@@ -691,6 +708,12 @@ veil_rc veil_rsa_decrypt(veil_engine *e, const veil_key *priv,
         return rc;
     if (oaep && oaep->label_len && !oaep->label)
         return veil_err(VEIL_E_ARG, "engine", NULL, "OAEP label missing");
+    /* A ciphertext of the wrong length or not below the modulus is refused
+     * here, from public facts, before any token sees it (a TPM can fail
+     * hard on such input); same code and message as any other failure. */
+    if (!rsa_ciphertext_in_range(priv, in, in_len))
+        return veil_err(VEIL_E_DECRYPT, priv->prov->ops->name, NULL,
+                        "decryption failed");
     /* Private-key operation: always the holder, never a fallback. */
     return priv->prov->ops->rsa_decrypt(priv->prov, priv, oaep, in, in_len, out);
 }
@@ -732,8 +755,16 @@ static veil_rc aes_gcm(veil_engine *e, int enc, const uint8_t *key,
         return rc;
     p = route(e, VEIL_ENGINE_SYMMETRIC_IN_TOKEN, NULL, VEIL_CAP_AES_GCM,
               "AES-GCM");
-    if (!p)
-        p = e->software;
+    if (p) {
+        rc = p->ops->aes_gcm(p, enc, key, key_len, iv, iv_len, aad, aad_len,
+                             in, len, out, tag);
+        if (rc != VEIL_E_UNSUPPORTED)
+            return rc;
+        veil_log(e, VEIL_LOG_DEBUG, "AES-GCM: %s; computing in software",
+                 veil_last_error()->message);
+        veil_err_clear();
+    }
+    p = e->software;
     return p->ops->aes_gcm(p, enc, key, key_len, iv, iv_len, aad, aad_len, in,
                            len, out, tag);
 }

@@ -140,7 +140,24 @@ typedef struct pk_state {
     size_t all_n, all_cap;
     int logged_in;
     int lock_ready;
+    unsigned quirks; /* QUIRK_* from the table below */
 } pk_state;
+
+/* Per-module quirks, found by the module's C_GetInfo manufacturer, kept
+ * here rather than in if-statements through the code.  (SoftHSM2's refusal
+ * of OAEP-SHA256 is not listed: it is probed per key, so a fixed SoftHSM
+ * is used natively without a change here.) */
+#define QUIRK_NO_SESSION_KEYS (1u << 0)
+
+static const struct {
+    const char *manufacturer;
+    unsigned quirks;
+    const char *why;
+} quirk_table[] = {
+    {"tpm2-software.github.io", QUIRK_NO_SESSION_KEYS,
+     "tpm2-pkcs11 keeps every generated key in its store (CKA_TOKEN=FALSE "
+     "is refused)"},
+};
 
 static pk_state *st_of(veil_provider *p)
 {
@@ -657,6 +674,23 @@ static veil_rc pk_find_slot(veil_provider *p, P11KitUri *turi)
     return VEIL_OK;
 }
 
+static void pk_read_quirks(veil_provider *p)
+{
+    pk_state *s = st_of(p);
+    CK_INFO info;
+    char manuf[33];
+
+    if (CALL(p, C_GetInfo, &info) != CKR_OK)
+        return;
+    trim(manuf, info.manufacturerID, 32);
+    for (size_t i = 0; i < sizeof quirk_table / sizeof quirk_table[0]; i++)
+        if (strcmp(manuf, quirk_table[i].manufacturer) == 0) {
+            s->quirks |= quirk_table[i].quirks;
+            veil_log(p->engine, VEIL_LOG_DEBUG, "pkcs11: quirk: %s",
+                     quirk_table[i].why);
+        }
+}
+
 static void pk_close(veil_provider *p);
 
 static veil_rc pk_open(veil_provider *p, const char *where)
@@ -699,6 +733,7 @@ static veil_rc pk_open(veil_provider *p, const char *where)
              "token \"%s\" (%s %s, %.40s)", s->token_label, manuf, model,
              s->mod->name);
     pk_read_mechs(p);
+    pk_read_quirks(p);
     rc = pk_login(p, turi ? turi : uri);
 out:
     p11_kit_uri_free(uri);
@@ -1100,6 +1135,11 @@ static veil_rc pk_key_generate(veil_provider *p, const veil_keygen_params *kp,
 
     if (!kp->label || !*kp->label)
         return veil_err(VEIL_E_ARG, PK, NULL, "a token key needs a label");
+    if (kp->session_only && (st_of(p)->quirks & QUIRK_NO_SESSION_KEYS))
+        return veil_err(VEIL_E_UNSUPPORTED, PK, NULL,
+                        "%s cannot make session (temporary) keys; generate a "
+                        "persistent key and delete it afterwards",
+                        p->caps.description);
     if (!idp) {
         if (RAND_bytes(id, sizeof id) != 1)
             return veil_err_ossl(VEIL_E_CRYPTO, PK, "random id");
@@ -1590,59 +1630,64 @@ static veil_rc pk_aes_gcm(veil_provider *p, int enc, const uint8_t *key,
     CK_MECHANISM m = {CKM_AES_GCM, &gp, sizeof gp};
     CK_OBJECT_HANDLE h;
     CK_SESSION_HANDLE sh;
-    veil_secbuf *buf = NULL;
+    veil_secbuf *buf = NULL, *res = NULL;
     CK_ULONG n = len + VEIL_GCM_TAG_LEN;
-    CK_RV rv;
+    CK_RV rv, init_rv = CKR_OK;
     veil_rc rc;
 
-    /* The token reads and writes ct||tag; stage it in a secret buffer. */
+    /* Tokens built on OpenSSL 3.0 (SoftHSM2) share its 128-byte IV limit:
+     * decline, and the engine computes it in software. */
+    if (iv_len > 128)
+        return veil_err(VEIL_E_UNSUPPORTED, PK, NULL,
+                        "AES-GCM nonces over 128 bytes are not sent to tokens");
+    /* The token reads ct||tag and may want room for as much output as
+     * input; stage both sides in secret buffers. */
     rc = veil_secbuf_new(len + VEIL_GCM_TAG_LEN, &buf);
-    if (rc != VEIL_OK)
-        return rc;
-    if (!enc) {
-        if (len)
-            memcpy(veil_secbuf_data(buf), in, len);
-        memcpy(veil_secbuf_data(buf) + len, tag, VEIL_GCM_TAG_LEN);
-    }
-    rc = session_get(p, &sh);
+    if (rc == VEIL_OK)
+        rc = veil_secbuf_new(len + VEIL_GCM_TAG_LEN, &res);
+    if (rc == VEIL_OK)
+        rc = session_get(p, &sh);
     if (rc != VEIL_OK) {
         veil_secbuf_free(buf);
+        veil_secbuf_free(res);
         return rc;
     }
+    if (len)
+        memcpy(veil_secbuf_data(buf), in, len);
+    if (!enc)
+        memcpy(veil_secbuf_data(buf) + len, tag, VEIL_GCM_TAG_LEN);
     rv = CALL(p, C_CreateObject, sh, t, sizeof t / sizeof t[0], &h);
     if (rv == CKR_OK) {
-        if (enc) {
-            rv = CALL(p, C_EncryptInit, sh, &m, h);
-            if (rv == CKR_OK)
-                rv = CALL(p, C_Encrypt, sh, (CK_BYTE_PTR)in, len,
-                          veil_secbuf_data(buf), &n);
-        } else {
-            CK_ULONG in_n = len + VEIL_GCM_TAG_LEN;
-            n = len;
-            rv = CALL(p, C_DecryptInit, sh, &m, h);
-            if (rv == CKR_OK)
-                rv = CALL(p, C_Decrypt, sh, veil_secbuf_data(buf), in_n,
-                          len ? out : veil_secbuf_data(buf), &n);
-        }
+        rv = init_rv = enc ? CALL(p, C_EncryptInit, sh, &m, h)
+                           : CALL(p, C_DecryptInit, sh, &m, h);
+        if (rv == CKR_OK && enc)
+            rv = CALL(p, C_Encrypt, sh, veil_secbuf_data(buf), len,
+                      veil_secbuf_data(res), &n);
+        else if (rv == CKR_OK)
+            rv = CALL(p, C_Decrypt, sh, veil_secbuf_data(buf),
+                      len + VEIL_GCM_TAG_LEN, veil_secbuf_data(res), &n);
         CALL(p, C_DestroyObject, sh, h);
     }
     session_put(p, sh);
-    if (rv == CKR_OK && enc && n == len + VEIL_GCM_TAG_LEN) {
+    if (rv == CKR_OK && n == (enc ? len + VEIL_GCM_TAG_LEN : len)) {
         if (len)
-            memcpy(out, veil_secbuf_data(buf), len);
-        memcpy(tag, veil_secbuf_data(buf) + len, VEIL_GCM_TAG_LEN);
-    }
-    veil_secbuf_free(buf);
-    if (rv == CKR_OK && (enc ? n == len + VEIL_GCM_TAG_LEN : n == len))
-        return VEIL_OK;
-    if (!enc) {
+            memcpy(out, veil_secbuf_data(res), len);
+        if (enc)
+            memcpy(tag, veil_secbuf_data(res) + len, VEIL_GCM_TAG_LEN);
+        rc = VEIL_OK;
+    } else if (!enc && init_rv == CKR_OK && rv != CKR_HOST_MEMORY &&
+               rv != CKR_DEVICE_MEMORY && rv != CKR_DEVICE_REMOVED) {
+        /* Any refusal after a successful init: the tag did not verify. */
         if (len)
             veil_wipe(out, len);
-        if (rv == CKR_ENCRYPTED_DATA_INVALID || rv == CKR_ENCRYPTED_DATA_LEN_RANGE ||
-            rv == CKR_FUNCTION_FAILED || rv == CKR_OK)
-            return veil_err(VEIL_E_DECRYPT, PK, NULL, "decryption failed");
+        rc = veil_err(VEIL_E_DECRYPT, PK, NULL, "decryption failed");
+    } else {
+        rc = pk_fail(p, rv == CKR_OK ? CKR_GENERAL_ERROR : rv,
+                     "AES-GCM in the token failed");
     }
-    return pk_fail(p, rv, "AES-GCM in the token failed");
+    veil_secbuf_free(buf);
+    veil_secbuf_free(res);
+    return rc;
 }
 
 static veil_rc pk_random(veil_provider *p, uint8_t *buf, size_t len)

@@ -21,6 +21,7 @@
 #include <openssl/crypto.h>
 #include <openssl/err.h>
 #include <openssl/kdf.h>
+#include <openssl/modes.h>
 #include <openssl/pem.h>
 #include <openssl/rand.h>
 #include <openssl/rsa.h>
@@ -410,15 +411,72 @@ static const EVP_CIPHER *gcm_cipher(size_t key_len)
                            : EVP_aes_256_gcm();
 }
 
+/* OpenSSL 3.0's GCM takes IVs of at most 128 bytes; longer ones (allowed by
+ * the GCM spec, used by no protocol of ours) go through CRYPTO_gcm128 with
+ * AES-ECB as the block function. */
+#define GCM_EVP_MAX_IV 128
+
+static void gcm_block(const unsigned char in[16], unsigned char out[16],
+                      const void *ecb)
+{
+    int n;
+
+    EVP_EncryptUpdate((EVP_CIPHER_CTX *)ecb, out, &n, in, 16);
+}
+
+static veil_rc sw_aes_gcm_long_iv(int enc, const uint8_t *key, size_t key_len,
+                                  const uint8_t *iv, size_t iv_len,
+                                  const uint8_t *aad, size_t aad_len,
+                                  const uint8_t *in, size_t len, uint8_t *out,
+                                  uint8_t *tag)
+{
+    EVP_CIPHER_CTX *ecb = EVP_CIPHER_CTX_new();
+    GCM128_CONTEXT *g = NULL;
+    int ok, auth = 1;
+
+    ok = ecb &&
+         EVP_EncryptInit_ex(ecb,
+                            key_len == 16   ? EVP_aes_128_ecb()
+                            : key_len == 24 ? EVP_aes_192_ecb()
+                                            : EVP_aes_256_ecb(),
+                            NULL, key, NULL) &&
+         EVP_CIPHER_CTX_set_padding(ecb, 0) &&
+         (g = CRYPTO_gcm128_new(ecb, gcm_block)) != NULL;
+    if (ok) {
+        CRYPTO_gcm128_setiv(g, iv, iv_len);
+        ok = !aad_len || CRYPTO_gcm128_aad(g, aad, aad_len) == 0;
+    }
+    if (ok && len)
+        ok = (enc ? CRYPTO_gcm128_encrypt(g, in, out, len)
+                  : CRYPTO_gcm128_decrypt(g, in, out, len)) == 0;
+    if (ok && enc)
+        CRYPTO_gcm128_tag(g, tag, VEIL_GCM_TAG_LEN);
+    else if (ok)
+        auth = CRYPTO_gcm128_finish(g, tag, VEIL_GCM_TAG_LEN) == 0;
+    CRYPTO_gcm128_release(g);
+    EVP_CIPHER_CTX_free(ecb);
+    if (!ok)
+        return veil_err_ossl(VEIL_E_CRYPTO, SW, "AES-GCM failed");
+    if (!auth) {
+        veil_wipe(out, len); /* never hand out unauthenticated plaintext */
+        return veil_err(VEIL_E_DECRYPT, SW, NULL, "decryption failed");
+    }
+    return VEIL_OK;
+}
+
 static veil_rc sw_aes_gcm(veil_provider *p, int enc, const uint8_t *key,
                           size_t key_len, const uint8_t *iv, size_t iv_len,
                           const uint8_t *aad, size_t aad_len,
                           const uint8_t *in, size_t len, uint8_t *out,
                           uint8_t *tag)
 {
-    EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
+    EVP_CIPHER_CTX *ctx;
     int n = 0, ok;
 
+    if (iv_len > GCM_EVP_MAX_IV)
+        return sw_aes_gcm_long_iv(enc, key, key_len, iv, iv_len, aad, aad_len,
+                                  in, len, out, tag);
+    ctx = EVP_CIPHER_CTX_new();
     ok = ctx && EVP_CipherInit_ex(ctx, gcm_cipher(key_len), NULL, NULL, NULL,
                                   enc) &&
          EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_SET_IVLEN, (int)iv_len, NULL) &&

@@ -1,0 +1,83 @@
+#!/bin/bash
+# veil-keys as a user runs it, against a fresh SoftHSM2 token: what it
+# prints and its exit codes (documented in `veil-keys --help`).
+set -u
+B=${VEIL_BUILDDIR:-.}
+K="$B/veil-keys"
+export VEIL_PKCS11_MODULE="$VEIL_TEST_SOFTHSM_MODULE"
+export VEIL_PIN_SOURCE="file:$VEIL_TEST_PIN_FILE"
+TOK="pkcs11:token=$VEIL_TEST_SOFTHSM_TOKEN"
+pass=0 fail=0
+out="$VEIL_TEST_DIR/out" err="$VEIL_TEST_DIR/err"
+
+# check NAME EXPECTED_EXIT [grep-pattern-in-stdout+stderr] -- command...
+check() {
+    local name=$1 want=$2 pat=$3; shift 4
+    "$@" >"$out" 2>"$err" </dev/null
+    local got=$?
+    if [ "$got" -ne "$want" ]; then
+        echo "FAIL: $name: exit $got, expected $want"; cat "$err"; fail=$((fail+1)); return
+    fi
+    if [ -n "$pat" ] && ! grep -qE -- "$pat" "$out" "$err"; then
+        echo "FAIL: $name: output lacks /$pat/"; cat "$out" "$err"; fail=$((fail+1)); return
+    fi
+    echo "ok: $name"; pass=$((pass+1))
+}
+
+check "no arguments is a usage error" 2 "usage: veil-keys" -- "$K"
+check "--help" 0 "Exit codes" -- "$K" --help
+for c in generate list show delete test caps; do
+    check "$c --help" 0 "usage: veil-keys $c" -- "$K" "$c" --help
+done
+check "unknown command" 2 "unknown command" -- "$K" frobnicate
+check "a PIN on the command line is refused" 2 "never taken on the command line" -- "$K" list --token "$TOK" --pin 1234
+check "caps of the token" 0 "rsa-x-509" -- "$K" caps --token "$TOK"
+check "generate RSA-2048 in the token" 0 "sensitive: +yes" -- "$K" generate --token "$TOK" --label server --bits 2048
+grep -q "extractable:  no" "$out" && echo "ok: not extractable" && pass=$((pass+1)) || { echo "FAIL: extractable"; fail=$((fail+1)); }
+check "generate says it is working" 0 "generating RSA-3072" -- "$K" generate --token "$TOK" --label big --bits 3072
+check "same label again is refused" 6 "already has a key labelled" -- "$K" generate --token "$TOK" --label server --bits 2048
+check "bad key size" 2 "2048, 3072 or 4096" -- "$K" generate --token "$TOK" --label odd --bits 1024
+check "generate EC P-256" 0 "EC-P256" -- "$K" generate --token "$TOK" --label signer --type ec
+check "list shows the keys" 0 "label: +server" -- "$K" list --token "$TOK"
+grep -q "label:        signer" "$out" && pass=$((pass+1)) || { echo "FAIL: list lacks signer"; fail=$((fail+1)); }
+check "show --fingerprint" 0 "^sha256:[0-9a-f]{64}$" -- "$K" show --key "$TOK;object=server" --fingerprint
+fp=$(cat "$out")
+check "show by bare label with --token" 0 "$fp" -- "$K" show --token "$TOK" --key server
+check "show --pem" 0 "BEGIN PUBLIC KEY" -- "$K" show --key "$TOK;object=server" --pem
+openssl pkey -pubin -in "$out" -outform DER 2>/dev/null | sha256sum | grep -q "${fp#sha256:}" \
+    && { echo "ok: fingerprint is SHA-256 of the SPKI DER"; pass=$((pass+1)); } \
+    || { echo "FAIL: fingerprint mismatch"; fail=$((fail+1)); }
+check "test an RSA token key" 0 "^ok: pkcs11 RSA-2048" -- "$K" test --key "$TOK;object=server"
+check "test says the raw path in -v" 0 "CKM_RSA_X_509" -- "$K" test --key "$TOK;object=server" -v
+check "test an EC token key" 0 "^ok: pkcs11 EC" -- "$K" test --key "$TOK;object=signer"
+check "delete without --yes deletes nothing" 2 "add --yes" -- "$K" delete --key "$TOK;object=server"
+check "key still there" 0 "$fp" -- "$K" show --key "$TOK;object=server" --fingerprint
+check "delete --yes" 0 "deleted \"server\"" -- "$K" delete --key "$TOK;object=server" --yes
+check "deleted key is gone" 3 "no private key matching" -- "$K" show --key "$TOK;object=server"
+check "missing token" 3 "no token matching.*veil-test" -- "$K" list --token "pkcs11:token=nope"
+check "missing module" 5 "cannot load PKCS#11 module" -- "$K" list --token "$TOK" --module /nonexistent/lib.so
+check "wrong PIN" 4 "CKR_PIN_INCORRECT" -- "$K" list --token "$TOK" --pin-source "file:$VEIL_TEST_WRONG_PIN_FILE"
+check "bad PIN source" 2 "PIN source must be" -- "$K" list --token "$TOK" --pin-source 1234
+check "world-readable PIN file refused" 1 "" -- bash -c "cp '$VEIL_TEST_PIN_FILE' '$VEIL_TEST_DIR/open.pin'; chmod 644 '$VEIL_TEST_DIR/open.pin'; '$K' list --token '$TOK' --pin-source 'file:$VEIL_TEST_DIR/open.pin'"
+grep -q "chmod 600" "$err" && pass=$((pass+1)) || { echo "FAIL: chmod hint"; fail=$((fail+1)); }
+
+# Software keys in a NOMYO key directory.
+D="$VEIL_TEST_DIR/keys"
+export KEYPW=correct-horse
+check "generate into a key directory, encrypted" 0 "provider: +software" -- "$K" generate --dir "$D" --bits 2048 --password-source env:KEYPW
+[ "$(stat -c %a "$D/private_key.pem")" = 600 ] && [ "$(stat -c %a "$D/public_key.pem")" = 600 ] \
+    && { echo "ok: key files are 0600"; pass=$((pass+1)); } || { echo "FAIL: modes"; fail=$((fail+1)); }
+head -1 "$D/private_key.pem" | grep -q "BEGIN ENCRYPTED PRIVATE KEY" \
+    && { echo "ok: private key file is encrypted PKCS#8"; pass=$((pass+1)); } || { echo "FAIL: not encrypted"; fail=$((fail+1)); }
+check "key directory refuses overwrite" 6 "exists" -- "$K" generate --dir "$D" --bits 2048 --password-source env:KEYPW
+check "test the directory key" 0 "^ok: software RSA-2048" -- "$K" test --dir "$D" --password-source env:KEYPW
+KEYPW=wrong check "wrong password" 4 "wrong password" -- "$K" test --dir "$D" --password-source env:KEYPW
+check "no password for an encrypted key" 4 "no password" -- env -u VEIL_PIN_SOURCE "$K" test --dir "$D"
+check "delete the directory key" 0 "deleted" -- "$K" delete --dir "$D" --yes --password-source env:KEYPW
+[ ! -e "$D/private_key.pem" ] && pass=$((pass+1)) || { echo "FAIL: file left"; fail=$((fail+1)); }
+
+# Nothing secret on stdout or stderr of any command above.
+if grep -rqF "$(head -1 "$VEIL_TEST_PIN_FILE")" "$out" "$err"; then echo "FAIL: PIN printed"; fail=$((fail+1)); else pass=$((pass+1)); fi
+
+echo "test_tools: $pass passed, $fail failed"
+[ "$fail" -eq 0 ]

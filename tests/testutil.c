@@ -1,0 +1,523 @@
+/* Shared helpers for the veil test programs (see testutil.h). */
+#include "testutil.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include <openssl/bn.h>
+#include <openssl/core_names.h>
+#include <openssl/crypto.h>
+#include <p11-kit/p11-kit.h>
+
+/* automake: exit status 99 is a hard error (never a skip). */
+#define TU_HARD_ERROR 99
+
+char *tu_env(const char *name)
+{
+    char *v = getenv(name);
+
+    if (v == NULL || v[0] == '\0') {
+        fprintf(stderr,
+                "FATAL: environment variable %s is not set; run this test "
+                "through tests/env/with-tokens.sh (make check does)\n",
+                name);
+        fflush(stderr);
+        exit(TU_HARD_ERROR);
+    }
+    return v;
+}
+
+static int hex_nibble(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+unsigned char *tu_hex(const char *hex, size_t *len)
+{
+    size_t n, i;
+    unsigned char *out;
+
+    if (hex == NULL || len == NULL)
+        return NULL;
+    n = strlen(hex);
+    if (n % 2 != 0)
+        return NULL;
+    out = malloc(n / 2 > 0 ? n / 2 : 1);
+    if (out == NULL)
+        return NULL;
+    out[0] = 0;
+    for (i = 0; i < n / 2; i++) {
+        int hi = hex_nibble(hex[2 * i]);
+        int lo = hex_nibble(hex[2 * i + 1]);
+
+        if (hi < 0 || lo < 0) {
+            free(out);
+            return NULL;
+        }
+        out[i] = (unsigned char)(hi << 4 | lo);
+    }
+    *len = n / 2;
+    return out;
+}
+
+char *tu_read_file(const char *path, size_t *len)
+{
+    FILE *fp;
+    char *buf = NULL;
+    size_t cap = 0, used = 0;
+
+    fp = fopen(path, "rb");
+    if (fp == NULL) {
+        fprintf(stderr, "cannot open %s: %s\n", path, strerror(errno));
+        return NULL;
+    }
+    for (;;) {
+        size_t got;
+
+        if (cap - used < 4096) {
+            size_t ncap = cap ? cap * 2 : 65536;
+            char *nbuf = realloc(buf, ncap + 1);
+
+            if (nbuf == NULL) {
+                fprintf(stderr, "out of memory reading %s\n", path);
+                free(buf);
+                fclose(fp);
+                return NULL;
+            }
+            buf = nbuf;
+            cap = ncap;
+        }
+        got = fread(buf + used, 1, cap - used, fp);
+        used += got;
+        if (got == 0) {
+            if (ferror(fp)) {
+                fprintf(stderr, "cannot read %s: %s\n", path,
+                        strerror(errno));
+                free(buf);
+                fclose(fp);
+                return NULL;
+            }
+            break;
+        }
+    }
+    fclose(fp);
+    buf[used] = '\0';
+    if (len != NULL)
+        *len = used;
+    return buf;
+}
+
+cJSON *tu_json_file(const char *path)
+{
+    size_t len;
+    char *text = tu_read_file(path, &len);
+    cJSON *json;
+
+    if (text == NULL)
+        return NULL;
+    json = cJSON_ParseWithLength(text, len);
+    if (json == NULL) {
+        const char *where = cJSON_GetErrorPtr();
+
+        fprintf(stderr, "%s: JSON parse error near offset %ld\n", path,
+                where != NULL && where >= text ? (long)(where - text) : -1L);
+    }
+    free(text);
+    return json;
+}
+
+const char *tu_json_str(const cJSON *obj, const char *key)
+{
+    const cJSON *item = cJSON_GetObjectItemCaseSensitive(obj, key);
+
+    return cJSON_IsString(item) ? item->valuestring : NULL;
+}
+
+const char *tu_vectors_dir(void)
+{
+    static char dir[PATH_MAX];
+    const char *shared = getenv("VEIL_SHARED_DIR");
+    const char *srcdir = getenv("VEIL_SRCDIR");
+    struct stat st;
+    int n;
+
+    if (dir[0] != '\0')
+        return dir;
+    if (shared != NULL && shared[0] != '\0')
+        n = snprintf(dir, sizeof dir, "%s/testvectors/wycheproof", shared);
+    else if (srcdir != NULL && srcdir[0] != '\0')
+        n = snprintf(dir, sizeof dir, "%s/../shared/testvectors/wycheproof",
+                     srcdir);
+    else
+        n = snprintf(dir, sizeof dir, "../shared/testvectors/wycheproof");
+    if (n < 0 || (size_t)n >= sizeof dir) {
+        fprintf(stderr, "FATAL: test vector path too long\n");
+        exit(TU_HARD_ERROR);
+    }
+    if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode)) {
+        fprintf(stderr,
+                "FATAL: Wycheproof vectors not found at %s (set "
+                "VEIL_SHARED_DIR to the shared data directory)\n",
+                dir);
+        fflush(stderr);
+        exit(TU_HARD_ERROR);
+    }
+    return dir;
+}
+
+int tu_uri_escape(const char *in, char *out, size_t out_size)
+{
+    static const char hexd[] = "0123456789ABCDEF";
+    size_t o = 0;
+
+    for (; *in != '\0'; in++) {
+        unsigned char c = (unsigned char)*in;
+        int plain = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+                    (c >= '0' && c <= '9') || c == '-' || c == '.' ||
+                    c == '_' || c == '~';
+
+        if (plain) {
+            if (o + 1 >= out_size)
+                return -1;
+            out[o++] = (char)c;
+        } else {
+            if (o + 3 >= out_size)
+                return -1;
+            out[o++] = '%';
+            out[o++] = hexd[c >> 4];
+            out[o++] = hexd[c & 15];
+        }
+    }
+    if (o >= out_size)
+        return -1;
+    out[o] = '\0';
+    return 0;
+}
+
+/* ---- PKCS#11 ------------------------------------------------------------ */
+
+static void p11_report(const char *what, CK_RV rv)
+{
+    fprintf(stderr, "PKCS#11 %s failed: CKR 0x%lx (%s)\n", what,
+            (unsigned long)rv, p11_kit_strerror(rv));
+}
+
+/* 1 when the space-padded 32-byte token label equals want. */
+static int label_matches(const CK_UTF8CHAR field[32], const char *want)
+{
+    size_t n = strlen(want), i;
+
+    if (n > 32 || memcmp(field, want, n) != 0)
+        return 0;
+    for (i = n; i < 32; i++)
+        if (field[i] != ' ')
+            return 0;
+    return 1;
+}
+
+/* First line of the PIN file into pin (no newline); returns its length or
+ * -1. */
+static long read_pin(const char *pin_file, char *pin, size_t size)
+{
+    FILE *fp = fopen(pin_file, "r");
+    size_t n;
+
+    if (fp == NULL) {
+        fprintf(stderr, "cannot open PIN file %s: %s\n", pin_file,
+                strerror(errno));
+        return -1;
+    }
+    if (fgets(pin, (int)size, fp) == NULL) {
+        fprintf(stderr, "PIN file %s is empty\n", pin_file);
+        fclose(fp);
+        return -1;
+    }
+    fclose(fp);
+    n = strcspn(pin, "\r\n");
+    pin[n] = '\0';
+    return (long)n;
+}
+
+tu_p11 *tu_p11_open(const char *module_path, const char *token_label,
+                    const char *pin_file)
+{
+    tu_p11 *t;
+    CK_C_INITIALIZE_ARGS args;
+    CK_SLOT_ID *slots = NULL;
+    CK_ULONG n_slots = 0, i;
+    CK_RV rv;
+    char pin[256];
+    long pin_len;
+    int found = 0;
+
+    t = calloc(1, sizeof *t);
+    if (t == NULL)
+        return NULL;
+    t->session = CK_INVALID_HANDLE;
+    t->f = p11_kit_module_load(module_path, P11_KIT_MODULE_UNMANAGED);
+    if (t->f == NULL) {
+        fprintf(stderr, "cannot load PKCS#11 module %s: %s\n", module_path,
+                p11_kit_message() ? p11_kit_message() : "unknown error");
+        free(t);
+        return NULL;
+    }
+
+    memset(&args, 0, sizeof args);
+    args.flags = CKF_OS_LOCKING_OK;
+    rv = t->f->C_Initialize(&args);
+    if (rv == CKR_OK) {
+        t->initialized = 1;
+    } else if (rv != CKR_CRYPTOKI_ALREADY_INITIALIZED) {
+        p11_report("C_Initialize", rv);
+        goto fail;
+    }
+
+    rv = t->f->C_GetSlotList(CK_TRUE, NULL, &n_slots);
+    if (rv != CKR_OK) {
+        p11_report("C_GetSlotList", rv);
+        goto fail;
+    }
+    slots = calloc(n_slots ? n_slots : 1, sizeof *slots);
+    if (slots == NULL)
+        goto fail;
+    rv = t->f->C_GetSlotList(CK_TRUE, slots, &n_slots);
+    if (rv != CKR_OK) {
+        p11_report("C_GetSlotList", rv);
+        goto fail;
+    }
+    for (i = 0; i < n_slots && !found; i++) {
+        CK_TOKEN_INFO ti;
+
+        if (t->f->C_GetTokenInfo(slots[i], &ti) != CKR_OK)
+            continue;
+        if (label_matches(ti.label, token_label)) {
+            t->slot = slots[i];
+            found = 1;
+        }
+    }
+    free(slots);
+    slots = NULL;
+    if (!found) {
+        fprintf(stderr, "no token labelled \"%s\" in %s\n", token_label,
+                module_path);
+        goto fail;
+    }
+
+    rv = t->f->C_OpenSession(t->slot, CKF_SERIAL_SESSION | CKF_RW_SESSION,
+                             NULL, NULL, &t->session);
+    if (rv != CKR_OK) {
+        p11_report("C_OpenSession", rv);
+        t->session = CK_INVALID_HANDLE;
+        goto fail;
+    }
+
+    pin_len = read_pin(pin_file, pin, sizeof pin);
+    if (pin_len < 0)
+        goto fail;
+    rv = t->f->C_Login(t->session, CKU_USER, (CK_UTF8CHAR_PTR)pin,
+                       (CK_ULONG)pin_len);
+    OPENSSL_cleanse(pin, sizeof pin);
+    if (rv != CKR_OK && rv != CKR_USER_ALREADY_LOGGED_IN) {
+        p11_report("C_Login", rv);
+        goto fail;
+    }
+    return t;
+
+fail:
+    free(slots);
+    tu_p11_close(t);
+    return NULL;
+}
+
+void tu_p11_close(tu_p11 *t)
+{
+    if (t == NULL)
+        return;
+    if (t->f != NULL) {
+        if (t->session != CK_INVALID_HANDLE)
+            t->f->C_CloseSession(t->session);
+        if (t->initialized)
+            t->f->C_Finalize(NULL);
+        p11_kit_module_release(t->f);
+    }
+    free(t);
+}
+
+/* One RSA component as big-endian bytes. */
+typedef struct bn_bytes {
+    unsigned char *p;
+    size_t len;
+} bn_bytes;
+
+static int get_component(EVP_PKEY *pkey, const char *name, bn_bytes *out)
+{
+    BIGNUM *bn = NULL;
+    int n;
+
+    out->p = NULL;
+    out->len = 0;
+    if (EVP_PKEY_get_bn_param(pkey, name, &bn) != 1 || bn == NULL) {
+        fprintf(stderr, "RSA key lacks component %s\n", name);
+        return -1;
+    }
+    n = BN_num_bytes(bn);
+    out->p = malloc(n > 0 ? (size_t)n : 1);
+    if (out->p == NULL) {
+        BN_clear_free(bn);
+        return -1;
+    }
+    out->len = (size_t)BN_bn2bin(bn, out->p);
+    BN_clear_free(bn);
+    return 0;
+}
+
+static void wipe_component(bn_bytes *c)
+{
+    if (c->p != NULL) {
+        OPENSSL_cleanse(c->p, c->len);
+        free(c->p);
+    }
+    c->p = NULL;
+    c->len = 0;
+}
+
+CK_OBJECT_HANDLE tu_p11_import_rsa_private(tu_p11 *t, EVP_PKEY *pkey,
+                                           const char *label,
+                                           const unsigned char *id,
+                                           size_t id_len)
+{
+    enum { N, E, D, P, Q, DP, DQ, QINV, NCOMP };
+    static const char *const names[NCOMP] = {
+        OSSL_PKEY_PARAM_RSA_N,         OSSL_PKEY_PARAM_RSA_E,
+        OSSL_PKEY_PARAM_RSA_D,         OSSL_PKEY_PARAM_RSA_FACTOR1,
+        OSSL_PKEY_PARAM_RSA_FACTOR2,   OSSL_PKEY_PARAM_RSA_EXPONENT1,
+        OSSL_PKEY_PARAM_RSA_EXPONENT2, OSSL_PKEY_PARAM_RSA_COEFFICIENT1,
+    };
+    bn_bytes c[NCOMP];
+    CK_OBJECT_CLASS priv_class = CKO_PRIVATE_KEY, pub_class = CKO_PUBLIC_KEY;
+    CK_KEY_TYPE key_type = CKK_RSA;
+    CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
+    CK_OBJECT_HANDLE priv = CK_INVALID_HANDLE, pub = CK_INVALID_HANDLE;
+    CK_RV rv;
+    int i, ok = 1;
+
+    memset(c, 0, sizeof c);
+    if (t == NULL || pkey == NULL || label == NULL || id == NULL ||
+        id_len == 0) {
+        fprintf(stderr, "tu_p11_import_rsa_private: bad arguments\n");
+        return CK_INVALID_HANDLE;
+    }
+    if (EVP_PKEY_get_base_id(pkey) != EVP_PKEY_RSA) {
+        fprintf(stderr, "tu_p11_import_rsa_private: not an RSA key\n");
+        return CK_INVALID_HANDLE;
+    }
+    for (i = 0; i < NCOMP && ok; i++)
+        if (get_component(pkey, names[i], &c[i]) != 0)
+            ok = 0;
+
+    if (ok) {
+        CK_ATTRIBUTE tmpl[] = {
+            {CKA_CLASS, &priv_class, sizeof priv_class},
+            {CKA_KEY_TYPE, &key_type, sizeof key_type},
+            {CKA_TOKEN, &yes, sizeof yes},
+            {CKA_PRIVATE, &yes, sizeof yes},
+            {CKA_SENSITIVE, &yes, sizeof yes},
+            {CKA_EXTRACTABLE, &no, sizeof no},
+            {CKA_DECRYPT, &yes, sizeof yes},
+            {CKA_SIGN, &yes, sizeof yes},
+            {CKA_LABEL, (void *)label, strlen(label)},
+            {CKA_ID, (void *)id, id_len},
+            {CKA_MODULUS, c[N].p, c[N].len},
+            {CKA_PUBLIC_EXPONENT, c[E].p, c[E].len},
+            {CKA_PRIVATE_EXPONENT, c[D].p, c[D].len},
+            {CKA_PRIME_1, c[P].p, c[P].len},
+            {CKA_PRIME_2, c[Q].p, c[Q].len},
+            {CKA_EXPONENT_1, c[DP].p, c[DP].len},
+            {CKA_EXPONENT_2, c[DQ].p, c[DQ].len},
+            {CKA_COEFFICIENT, c[QINV].p, c[QINV].len},
+        };
+
+        rv = t->f->C_CreateObject(t->session, tmpl,
+                                  sizeof tmpl / sizeof tmpl[0], &priv);
+        if (rv != CKR_OK) {
+            p11_report("C_CreateObject (RSA private key)", rv);
+            priv = CK_INVALID_HANDLE;
+            ok = 0;
+        }
+    }
+
+    if (ok) {
+        CK_ATTRIBUTE tmpl[] = {
+            {CKA_CLASS, &pub_class, sizeof pub_class},
+            {CKA_KEY_TYPE, &key_type, sizeof key_type},
+            {CKA_TOKEN, &yes, sizeof yes},
+            {CKA_PRIVATE, &no, sizeof no},
+            {CKA_ENCRYPT, &yes, sizeof yes},
+            {CKA_VERIFY, &yes, sizeof yes},
+            {CKA_LABEL, (void *)label, strlen(label)},
+            {CKA_ID, (void *)id, id_len},
+            {CKA_MODULUS, c[N].p, c[N].len},
+            {CKA_PUBLIC_EXPONENT, c[E].p, c[E].len},
+        };
+
+        rv = t->f->C_CreateObject(t->session, tmpl,
+                                  sizeof tmpl / sizeof tmpl[0], &pub);
+        if (rv != CKR_OK) {
+            p11_report("C_CreateObject (RSA public key)", rv);
+            t->f->C_DestroyObject(t->session, priv);
+            priv = CK_INVALID_HANDLE;
+            ok = 0;
+        }
+    }
+
+    for (i = 0; i < NCOMP; i++)
+        wipe_component(&c[i]);
+    return ok ? priv : CK_INVALID_HANDLE;
+}
+
+int tu_p11_destroy_label(tu_p11 *t, const char *label)
+{
+    CK_ATTRIBUTE tmpl[] = {{CKA_LABEL, (void *)label, strlen(label)}};
+    CK_OBJECT_HANDLE found[16];
+    CK_ULONG n = 0;
+    CK_RV rv;
+    int destroyed = 0;
+
+    /* Find first, destroy after: objects must not vanish mid-search. */
+    for (;;) {
+        CK_ULONG i;
+
+        rv = t->f->C_FindObjectsInit(t->session, tmpl, 1);
+        if (rv != CKR_OK) {
+            p11_report("C_FindObjectsInit", rv);
+            return -1;
+        }
+        rv = t->f->C_FindObjects(t->session, found,
+                                 sizeof found / sizeof found[0], &n);
+        t->f->C_FindObjectsFinal(t->session);
+        if (rv != CKR_OK) {
+            p11_report("C_FindObjects", rv);
+            return -1;
+        }
+        if (n == 0)
+            return destroyed;
+        for (i = 0; i < n; i++) {
+            rv = t->f->C_DestroyObject(t->session, found[i]);
+            if (rv != CKR_OK) {
+                p11_report("C_DestroyObject", rv);
+                return -1;
+            }
+            destroyed++;
+        }
+    }
+}

@@ -1,0 +1,77 @@
+/* Shared helpers for the veil test programs: environment, hex, files,
+ * JSON, test-vector location, and direct PKCS#11 access (through p11-kit)
+ * for setting up token objects outside veil. */
+#ifndef VEIL_TESTUTIL_H
+#define VEIL_TESTUTIL_H
+
+#include <stddef.h>
+
+#include <cjson/cJSON.h>
+#include <openssl/evp.h>
+#include <p11-kit/pkcs11.h>
+
+/* getenv(name), or exit(99) (automake's "hard error") with a message on
+ * stderr when the variable is unset or empty.  The token suites need their
+ * environment: a suite that cannot start is a failure, not a skip. */
+char *tu_env(const char *name);
+
+/* Decodes hex (upper or lower case, even length) into a malloc'd buffer of
+ * *len bytes.  Never returns NULL on success, also for "" (the buffer then
+ * holds at least one byte and *len is 0).  NULL on bad input or no memory. */
+unsigned char *tu_hex(const char *hex, size_t *len);
+
+/* Reads a whole file into a malloc'd, NUL-terminated buffer; *len (may be
+ * NULL) gets the size without the NUL.  NULL with a message on failure. */
+char *tu_read_file(const char *path, size_t *len);
+
+/* Parses a JSON file; NULL with a message on failure.  cJSON_Delete it. */
+cJSON *tu_json_file(const char *path);
+
+/* obj[key] as a string, or NULL when absent or not a string. */
+const char *tu_json_str(const cJSON *obj, const char *key);
+
+/* The Wycheproof vector directory: $VEIL_SHARED_DIR/testvectors/wycheproof,
+ * else $VEIL_SRCDIR/../shared/testvectors/wycheproof, else
+ * ../shared/testvectors/wycheproof (relative to the working directory).
+ * Exits 99 with a message when the chosen directory does not exist. */
+const char *tu_vectors_dir(void);
+
+/* Percent-encodes a PKCS#11 URI path attribute value (RFC 7512) into out;
+ * returns 0, or -1 when it does not fit. */
+int tu_uri_escape(const char *in, char *out, size_t out_size);
+
+/* ---- PKCS#11 -------------------------------------------------------- */
+
+typedef struct tu_p11 {
+    CK_FUNCTION_LIST *f;       /* the module's function list */
+    CK_SLOT_ID slot;           /* slot holding the token */
+    CK_SESSION_HANDLE session; /* R/W session, logged in as user */
+    int initialized;           /* we ran C_Initialize: C_Finalize on close */
+} tu_p11;
+
+/* Loads the module (p11-kit, unmanaged), C_Initialize's it (an already
+ * initialised module is fine and is then not finalised by us), finds the
+ * token labelled token_label, opens an R/W session and logs in as user with
+ * the first line of pin_file.  NULL with a message on failure. */
+tu_p11 *tu_p11_open(const char *module_path, const char *token_label,
+                    const char *pin_file);
+
+/* Closes the session (no C_Logout: other sessions of this process, such as
+ * veil's, share the login), C_Finalize's when we initialised, releases the
+ * module.  Accepts NULL. */
+void tu_p11_close(tu_p11 *t);
+
+/* Imports an RSA key pair as token objects: a private key (private,
+ * sensitive, not extractable, decrypt+sign) and the matching public key
+ * (encrypt+verify), both with the given label and id.  Returns the private
+ * key's handle, or 0 with the CKR code printed on failure. */
+CK_OBJECT_HANDLE tu_p11_import_rsa_private(tu_p11 *t, EVP_PKEY *pkey,
+                                           const char *label,
+                                           const unsigned char *id,
+                                           size_t id_len);
+
+/* Destroys every object with this label.  Returns the number destroyed, or
+ * -1 on failure (printed). */
+int tu_p11_destroy_label(tu_p11 *t, const char *label);
+
+#endif /* VEIL_TESTUTIL_H */
