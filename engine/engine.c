@@ -102,8 +102,14 @@ static veil_rc provider_get(veil_engine *e, const char *where,
     char id[256];
     veil_rc rc;
 
-    if (!where)
+    if (!where) {
+        veil_provider *d = atomic_load(&e->default_prov);
+        if (d) {
+            *out = d;
+            return VEIL_OK;
+        }
         where = e->default_token;
+    }
     if (!where)
         return veil_err(VEIL_E_ARG, "engine", NULL,
                         "no token named and no default token configured");
@@ -127,6 +133,8 @@ static veil_rc provider_get(veil_engine *e, const char *where,
     for (size_t i = 0; i < e->n_providers; i++) {
         if (e->providers[i]->ops == ops && strcmp(e->providers[i]->id, id) == 0) {
             *out = e->providers[i];
+            if (where == e->default_token)
+                atomic_store(&e->default_prov, *out);
             pthread_mutex_unlock(&e->lock);
             return VEIL_OK;
         }
@@ -169,6 +177,8 @@ static veil_rc provider_get(veil_engine *e, const char *where,
     pthread_mutex_unlock(&e->lock);
     veil_log(e, VEIL_LOG_DEBUG, "%s: opened %s (%s)", ops->name, p->id,
              p->caps.description);
+    if (where == e->default_token)
+        atomic_store(&e->default_prov, p);
     *out = p;
     return VEIL_OK;
 }

@@ -28,6 +28,7 @@ struct veil_engine {
     veil_provider *providers[VEIL_MAX_PROVIDERS];
     size_t n_providers;
     veil_provider *software; /* always present */
+    veil_provider *_Atomic default_prov; /* default token, once opened */
     const veil_provider_ops *extra_ops; /* test hook: see engine_test_hooks */
 };
 
@@ -77,6 +78,9 @@ void veil_secmem_init(size_t secure_heap);
  * message, whatever the reason. */
 veil_rc veil_oaep_decode(const veil_oaep *oaep, const uint8_t *em, size_t k,
                          veil_secbuf **out);
+/* The same, in place: buf holds the k-byte EM and, on success, the message
+ * (truncated to its length); on failure it is wiped. */
+veil_rc veil_oaep_decode_inplace(const veil_oaep *oaep, veil_secbuf *buf);
 const EVP_MD *veil_oaep_md(const veil_oaep *oaep);
 
 /* ---- helpers (engine.c) ----------------------------------------------- */

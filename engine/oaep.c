@@ -62,19 +62,16 @@ static int mgf1_xor(const EVP_MD *md, const uint8_t *seed, size_t seed_len,
     return ok;
 }
 
-veil_rc veil_oaep_decode(const veil_oaep *oaep, const uint8_t *em, size_t k,
-                         veil_secbuf **out)
+veil_rc veil_oaep_decode_inplace(const veil_oaep *oaep, veil_secbuf *buf)
 {
     const EVP_MD *md = veil_oaep_md(oaep);
     size_t hlen = (size_t)EVP_MD_get_size(md);
+    size_t k = veil_secbuf_len(buf);
     uint8_t lhash[EVP_MAX_MD_SIZE];
-    veil_secbuf *work = NULL, *msg = NULL;
-    uint8_t *db, *seed;
-    size_t db_len, mlen, one_index = 0;
-    unsigned good, found = 0, i;
-    veil_rc rc;
+    uint8_t *em = veil_secbuf_data(buf), *db, *seed, *m;
+    size_t db_len, mlen, max, t, one_index = 0;
+    unsigned good, found = 0, diff = 0, i;
 
-    *out = NULL;
     /* Public facts (key size, hash) may be checked with branches. */
     if (k < 2 * hlen + 2)
         return veil_err(VEIL_E_KEY, "engine", NULL,
@@ -82,30 +79,22 @@ veil_rc veil_oaep_decode(const veil_oaep *oaep, const uint8_t *em, size_t k,
     if (!EVP_Digest(oaep && oaep->label ? oaep->label : (const uint8_t *)"",
                     oaep ? oaep->label_len : 0, lhash, NULL, md, NULL))
         return veil_err_ossl(VEIL_E_CRYPTO, "engine", "OAEP: label hash");
-
-    rc = veil_secbuf_new(k, &work);
-    if (rc != VEIL_OK)
-        return rc;
-    memcpy(veil_secbuf_data(work), em, k);
-    seed = veil_secbuf_data(work) + 1;
+    seed = em + 1;
     db = seed + hlen;
     db_len = k - hlen - 1;
 
     /* seed = maskedSeed ^ MGF(maskedDB); DB = maskedDB ^ MGF(seed) */
     if (!mgf1_xor(md, db, db_len, seed, hlen) ||
         !mgf1_xor(md, seed, hlen, db, db_len)) {
-        veil_secbuf_free(work);
+        veil_wipe(em, k);
         return veil_err_ossl(VEIL_E_CRYPTO, "engine", "OAEP: MGF1");
     }
 
     good = ct_eq(em[0], 0);
     /* lHash' == lHash, accumulated without early exit */
-    {
-        unsigned diff = 0;
-        for (i = 0; i < hlen; i++)
-            diff |= db[i] ^ lhash[i];
-        good &= ct_eq(diff, 0);
-    }
+    for (i = 0; i < hlen; i++)
+        diff |= db[i] ^ lhash[i];
+    good &= ct_eq(diff, 0);
     /* Find the first 0x01 after the zero padding; every byte is read. */
     for (i = (unsigned)hlen; i < db_len; i++) {
         unsigned is_one = ct_eq(db[i], 1);
@@ -119,36 +108,47 @@ veil_rc veil_oaep_decode(const veil_oaep *oaep, const uint8_t *em, size_t k,
     good &= found;
     mlen = db_len - one_index - 1;
 
-    /* Move the message to the front of its buffer by a secret offset t in
+    /* Move the message to the front of the buffer by a secret offset t in
      * log2 steps of masked conditional moves (no secret-dependent address),
      * then zero everything past mlen. */
-    rc = veil_secbuf_new(db_len - hlen - 1, &msg);
-    if (rc == VEIL_OK) {
-        uint8_t *m = veil_secbuf_data(msg);
-        size_t max = db_len - hlen - 1;
-        size_t t = (one_index - hlen) & (size_t)(int)found;
-
-        memcpy(m, db + hlen + 1, max);
-        for (size_t s = 1; s <= max; s <<= 1) {
-            uint8_t sel = (uint8_t)~ct_eq((unsigned)(t & s), 0);
-            for (size_t j = 0; j < max; j++) {
-                uint8_t next = j + s < max ? m[j + s] : 0;
-                m[j] = (uint8_t)((next & sel) | (m[j] & (uint8_t)~sel));
-            }
+    m = em;
+    max = db_len - hlen - 1;
+    t = (one_index - hlen) & (size_t)(int)found;
+    memmove(m, db + hlen + 1, max);
+    for (size_t s = 1; s <= max; s <<= 1) {
+        uint8_t sel = (uint8_t)~ct_eq((unsigned)(t & s), 0);
+        for (size_t j = 0; j < max; j++) {
+            uint8_t next = j + s < max ? m[j + s] : 0;
+            m[j] = (uint8_t)((next & sel) | (m[j] & (uint8_t)~sel));
         }
-        for (size_t j = 0; j < max; j++)
-            m[j] &= (uint8_t)ct_lt(j, mlen);
     }
-    veil_secbuf_free(work);
+    for (size_t j = 0; j < max; j++)
+        m[j] &= (uint8_t)ct_lt(j, mlen);
     veil_wipe(lhash, sizeof lhash);
-    if (rc != VEIL_OK)
-        return rc;
     /* The outcome is only revealed here, after all the work is done. */
     if (!good) {
-        veil_secbuf_free(msg);
+        veil_wipe(em, k);
         return veil_err(VEIL_E_DECRYPT, "engine", NULL, "decryption failed");
     }
-    veil_secbuf_truncate(msg, mlen);
-    *out = msg;
+    veil_secbuf_truncate(buf, mlen);
+    return VEIL_OK;
+}
+
+veil_rc veil_oaep_decode(const veil_oaep *oaep, const uint8_t *em, size_t k,
+                         veil_secbuf **out)
+{
+    veil_secbuf *buf = NULL;
+    veil_rc rc = veil_secbuf_new(k, &buf);
+
+    *out = NULL;
+    if (rc != VEIL_OK)
+        return rc;
+    memcpy(veil_secbuf_data(buf), em, k);
+    rc = veil_oaep_decode_inplace(oaep, buf);
+    if (rc != VEIL_OK) {
+        veil_secbuf_free(buf);
+        return rc;
+    }
+    *out = buf;
     return VEIL_OK;
 }

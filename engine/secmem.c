@@ -2,7 +2,9 @@
  *
  * Each veil_secbuf is its own anonymous mapping, so locking and
  * MADV_DONTDUMP apply to exactly its pages and unlocking one buffer never
- * unlocks another's.  Software private keys live in OpenSSL's secure heap
+ * unlocks another's.  Freed one-page buffers (the common size: keys, PINs,
+ * RSA blocks) are wiped and kept, still locked, in a small pool, so the
+ * hot paths do not pay mmap+mlock+munmap per operation.  Software private keys live in OpenSSL's secure heap
  * (CRYPTO_secure_malloc_init), which does the same for BIGNUMs.
  */
 #include "config.h"
@@ -30,6 +32,11 @@ struct veil_secbuf {
 static atomic_ulong lock_failures;
 static atomic_ulong lock_successes;
 static atomic_int dontdump_failed;
+#define POOL_MAX 64
+static pthread_mutex_t pool_lock = PTHREAD_MUTEX_INITIALIZER;
+static veil_secbuf *pool[POOL_MAX];
+static size_t pool_n;
+
 static pthread_once_t secure_heap_once = PTHREAD_ONCE_INIT;
 static size_t secure_heap_size;
 static int secure_heap_ok;
@@ -71,6 +78,16 @@ veil_rc veil_secbuf_new(size_t len, veil_secbuf **out)
     if (need < len)
         return veil_err(VEIL_E_ARG, "engine", NULL, "secbuf: size overflow");
     map_len = (need + page - 1) / page * page;
+    if (map_len == page) {
+        pthread_mutex_lock(&pool_lock);
+        b = pool_n ? pool[--pool_n] : NULL;
+        pthread_mutex_unlock(&pool_lock);
+        if (b) { /* wiped when it was freed */
+            b->len = len;
+            *out = b;
+            return VEIL_OK;
+        }
+    }
     m = mmap(NULL, map_len, PROT_READ | PROT_WRITE,
              MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (m == MAP_FAILED)
@@ -123,6 +140,18 @@ void veil_secbuf_free(veil_secbuf *b)
         return;
     map_len = b->map_len;
     locked = b->locked;
+    if (map_len == (size_t)sysconf(_SC_PAGESIZE) && locked && b->dontdump) {
+        veil_wipe(b->data, map_len - sizeof *b);
+        b->len = 0;
+        pthread_mutex_lock(&pool_lock);
+        if (pool_n < POOL_MAX) {
+            pool[pool_n++] = b;
+            b = NULL;
+        }
+        pthread_mutex_unlock(&pool_lock);
+        if (!b)
+            return;
+    }
     veil_wipe(b, map_len);
     if (locked)
         munlock(b, map_len);

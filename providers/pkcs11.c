@@ -1030,6 +1030,12 @@ static int oaep_probe(veil_provider *p, const veil_key *k, veil_hash hash,
     }
     veil_wipe(secret, sizeof secret);
     veil_err_clear();
+    if (mode == OAEP_RAW && !with_label)
+        /* Listed in the mechanism list but refused: stop advertising it. */
+        __atomic_fetch_and(&p->caps.mechs,
+                           ~(hash == VEIL_HASH_SHA1 ? VEIL_CAP_RSA_OAEP_SHA1
+                                                    : VEIL_CAP_RSA_OAEP_SHA256),
+                           __ATOMIC_RELAXED);
     if (mode == OAEP_RAW && !(p->caps.mechs & VEIL_CAP_RSA_RAW)) {
         atomic_store(&pk->oaep_mode[hash][with_label], OAEP_UNKNOWN);
         return OAEP_UNKNOWN;
@@ -1377,7 +1383,11 @@ static veil_rc pk_rsa_decrypt(veil_provider *p, const veil_key *k,
                 memmove(d + (kbytes - n), d, n);
                 memset(d, 0, kbytes - n);
             }
-            rc = veil_oaep_decode(oaep, d, kbytes, out);
+            rc = veil_oaep_decode_inplace(oaep, buf);
+            if (rc == VEIL_OK) {
+                *out = buf;
+                return VEIL_OK;
+            }
             veil_secbuf_free(buf);
             if (rc == VEIL_E_DECRYPT)
                 return veil_err(VEIL_E_DECRYPT, PK, NULL, "decryption failed");
@@ -1630,51 +1640,54 @@ static veil_rc pk_aes_gcm(veil_provider *p, int enc, const uint8_t *key,
     CK_MECHANISM m = {CKM_AES_GCM, &gp, sizeof gp};
     CK_OBJECT_HANDLE h;
     CK_SESSION_HANDLE sh;
-    veil_secbuf *buf = NULL, *res = NULL;
     CK_ULONG n = len + VEIL_GCM_TAG_LEN;
+    veil_secbuf *pt = NULL; /* open: the token's plaintext output */
+    uint8_t *ct = NULL;      /* seal: output, open: input; ct||tag */
     CK_RV rv, init_rv = CKR_OK;
-    veil_rc rc;
+    veil_rc rc = VEIL_OK;
 
     /* Tokens built on OpenSSL 3.0 (SoftHSM2) share its 128-byte IV limit:
      * decline, and the engine computes it in software. */
     if (iv_len > 128)
         return veil_err(VEIL_E_UNSUPPORTED, PK, NULL,
                         "AES-GCM nonces over 128 bytes are not sent to tokens");
-    /* The token reads ct||tag and may want room for as much output as
-     * input; stage both sides in secret buffers. */
-    rc = veil_secbuf_new(len + VEIL_GCM_TAG_LEN, &buf);
-    if (rc == VEIL_OK)
-        rc = veil_secbuf_new(len + VEIL_GCM_TAG_LEN, &res);
+    /* Ciphertext||tag is not secret: plain memory.  Plaintext is: the token
+     * may want room for as much output as input, so it lands in a secret
+     * buffer first. */
+    ct = malloc(len + VEIL_GCM_TAG_LEN);
+    if (!ct)
+        return veil_err(VEIL_E_NOMEM, PK, NULL, "out of memory");
+    if (!enc) {
+        if (len)
+            memcpy(ct, in, len);
+        memcpy(ct + len, tag, VEIL_GCM_TAG_LEN);
+        rc = veil_secbuf_new(len + VEIL_GCM_TAG_LEN, &pt);
+    }
     if (rc == VEIL_OK)
         rc = session_get(p, &sh);
     if (rc != VEIL_OK) {
-        veil_secbuf_free(buf);
-        veil_secbuf_free(res);
+        free(ct);
+        veil_secbuf_free(pt);
         return rc;
     }
-    if (len)
-        memcpy(veil_secbuf_data(buf), in, len);
-    if (!enc)
-        memcpy(veil_secbuf_data(buf) + len, tag, VEIL_GCM_TAG_LEN);
     rv = CALL(p, C_CreateObject, sh, t, sizeof t / sizeof t[0], &h);
     if (rv == CKR_OK) {
         rv = init_rv = enc ? CALL(p, C_EncryptInit, sh, &m, h)
                            : CALL(p, C_DecryptInit, sh, &m, h);
         if (rv == CKR_OK && enc)
-            rv = CALL(p, C_Encrypt, sh, veil_secbuf_data(buf), len,
-                      veil_secbuf_data(res), &n);
+            rv = CALL(p, C_Encrypt, sh, (CK_BYTE_PTR)(len ? in : ct), len, ct,
+                      &n);
         else if (rv == CKR_OK)
-            rv = CALL(p, C_Decrypt, sh, veil_secbuf_data(buf),
-                      len + VEIL_GCM_TAG_LEN, veil_secbuf_data(res), &n);
+            rv = CALL(p, C_Decrypt, sh, ct, len + VEIL_GCM_TAG_LEN,
+                      veil_secbuf_data(pt), &n);
         CALL(p, C_DestroyObject, sh, h);
     }
     session_put(p, sh);
     if (rv == CKR_OK && n == (enc ? len + VEIL_GCM_TAG_LEN : len)) {
         if (len)
-            memcpy(out, veil_secbuf_data(res), len);
+            memcpy(out, enc ? ct : veil_secbuf_data(pt), len);
         if (enc)
-            memcpy(tag, veil_secbuf_data(res) + len, VEIL_GCM_TAG_LEN);
-        rc = VEIL_OK;
+            memcpy(tag, ct + len, VEIL_GCM_TAG_LEN);
     } else if (!enc && init_rv == CKR_OK && rv != CKR_HOST_MEMORY &&
                rv != CKR_DEVICE_MEMORY && rv != CKR_DEVICE_REMOVED) {
         /* Any refusal after a successful init: the tag did not verify. */
@@ -1685,8 +1698,8 @@ static veil_rc pk_aes_gcm(veil_provider *p, int enc, const uint8_t *key,
         rc = pk_fail(p, rv == CKR_OK ? CKR_GENERAL_ERROR : rv,
                      "AES-GCM in the token failed");
     }
-    veil_secbuf_free(buf);
-    veil_secbuf_free(res);
+    free(ct);
+    veil_secbuf_free(pt);
     return rc;
 }
 

@@ -1,0 +1,1382 @@
+/* veil-bench: operations per second through each veil provider, next to
+ * the same operation done directly in the same process, and the ratio
+ * veil / baseline.
+ *
+ *   software  RSA-OAEP-SHA256 decrypt vs bare OpenSSL EVP_PKEY_decrypt,
+ *             AES-256-GCM seal vs bare OpenSSL EVP
+ *   pkcs11    RSA-OAEP-SHA256 decrypt vs a bare C_Decrypt loop on the same
+ *             token key (SoftHSM2), and AES-256-GCM seal in the token vs
+ *             a bare C_Encrypt loop
+ *
+ * The machines this runs on are shared and noisy, so each measurement is
+ * made of interleaved rounds (veil, baseline, veil, baseline, ...), each a
+ * fixed wall-clock slice, and the median rate of each side is compared.
+ * A ratio below the target is printed as BELOW but never changes the exit
+ * status: there are no timed assertions.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <limits.h>
+#include <math.h>
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/utsname.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <openssl/crypto.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/rsa.h>
+#include <openssl/x509.h>
+
+#include <p11-kit/p11-kit.h>
+#include <p11-kit/pkcs11.h>
+
+#include "veil/engine.h"
+
+#define EXIT_FAIL 1  /* a veil call (or a baseline / setup step) failed */
+#define EXIT_USAGE 2 /* bad command line */
+
+#define MAX_ROUNDS 1000
+#define MAX_SECONDS 60.0
+#define RSA_MSG_LEN 32 /* the protocol wraps a 32-byte AES key */
+#define GCM_IV_LEN 12
+#define TARGET 0.90    /* veil should reach 90% of the bare rate */
+
+/* ---- options ------------------------------------------------------------ */
+
+typedef struct bench_opts {
+    double seconds;      /* one timed slice */
+    unsigned rounds;     /* slices per side */
+    int quick;
+    int run_software;
+    int run_pkcs11;
+    int pkcs11_required; /* ENGINE was "pkcs11": missing settings are errors */
+    const char *module;
+    const char *token;
+    const char *pin_spec;
+    const char *skip_note; /* why the pkcs11 part does not run, or NULL */
+    char pin_spec_buf[PATH_MAX + 8];
+} bench_opts;
+
+static const char *const USAGE =
+    "Usage: veil-bench [ENGINE] [OPTIONS]\n"
+    "\n"
+    "Measures operations per second through veil next to the same operation\n"
+    "done directly (bare OpenSSL, bare PKCS#11) in the same process, and\n"
+    "prints ratio = veil / baseline.  Rounds are interleaved (veil, baseline,\n"
+    "veil, ...) and the median rate of each side is compared.\n"
+    "\n"
+    "ENGINE:\n"
+    "  all        software and pkcs11 measurements (default)\n"
+    "  software   RSA-OAEP-SHA256 decrypt (2048/3072/4096) vs OpenSSL,\n"
+    "             AES-256-GCM seal (1 KiB, 64 KiB, 10 MiB) vs OpenSSL\n"
+    "  pkcs11     RSA decrypt in a PKCS#11 token vs a bare C_Decrypt loop,\n"
+    "             AES-256-GCM seal in the token vs a bare C_Encrypt loop\n"
+    "\n"
+    "Options:\n"
+    "  --seconds S        length of one timed slice (default 0.3)\n"
+    "  --rounds N         slices per side; the median is used (default 5)\n"
+    "  --module PATH      PKCS#11 module (default $VEIL_TEST_SOFTHSM_MODULE)\n"
+    "  --token LABEL      token label (default $VEIL_TEST_SOFTHSM_TOKEN)\n"
+    "  --pin-source SPEC  user PIN: file:/path or env:NAME (default\n"
+    "                     $VEIL_PIN_SOURCE, else file:$VEIL_TEST_PIN_FILE);\n"
+    "                     a PIN is never taken from the command line\n"
+    "  --no-pkcs11        skip the PKCS#11 measurements\n"
+    "  --quick            1 round of 0.05 s, RSA 2048 only, AES 1 KiB and\n"
+    "                     64 KiB (smoke test); --seconds/--rounds override\n"
+    "  -h, --help         this text\n"
+    "\n"
+    "Output: one line per measurement:\n"
+    "  name  veil_rate  baseline_rate  unit  ratio  target  ok|BELOW\n"
+    "BELOW (ratio under the target) does not change the exit status.\n"
+    "\n"
+    "Exit status:\n"
+    "  0  all measurements ran\n"
+    "  1  a veil call failed (its message is printed), or a baseline or\n"
+    "     setup step failed\n"
+    "  2  usage error\n";
+
+static int usage_error(const char *fmt, const char *arg)
+{
+    fputs("veil-bench: ", stderr);
+    fprintf(stderr, "%s%s\n", fmt, arg ? arg : "");
+    fputs("Try 'veil-bench --help'.\n", stderr);
+    return EXIT_USAGE;
+}
+
+static int parse_seconds(const char *s, double *out)
+{
+    char *end = NULL;
+    double v;
+
+    errno = 0;
+    v = strtod(s, &end);
+    if (errno || end == s || *end || !isfinite(v) || v <= 0.0 ||
+        v > MAX_SECONDS)
+        return -1;
+    *out = v;
+    return 0;
+}
+
+static int parse_rounds(const char *s, unsigned *out)
+{
+    char *end = NULL;
+    unsigned long v;
+
+    if (*s == '-' || *s == '+')
+        return -1;
+    errno = 0;
+    v = strtoul(s, &end, 10);
+    if (errno || end == s || *end || v < 1 || v > MAX_ROUNDS)
+        return -1;
+    *out = (unsigned)v;
+    return 0;
+}
+
+static const char *env_nonempty(const char *name)
+{
+    const char *v = getenv(name);
+    return v && *v ? v : NULL;
+}
+
+/* Returns -1 when all went well and the program should run, else an exit
+ * status. */
+static int parse_args(int argc, char **argv, bench_opts *o)
+{
+    enum { O_SECONDS = 256, O_ROUNDS, O_MODULE, O_TOKEN, O_PIN, O_NOP11,
+           O_QUICK };
+    static const struct option longopts[] = {
+        {"seconds", required_argument, NULL, O_SECONDS},
+        {"rounds", required_argument, NULL, O_ROUNDS},
+        {"module", required_argument, NULL, O_MODULE},
+        {"token", required_argument, NULL, O_TOKEN},
+        {"pin-source", required_argument, NULL, O_PIN},
+        {"no-pkcs11", no_argument, NULL, O_NOP11},
+        {"quick", no_argument, NULL, O_QUICK},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    int c, have_seconds = 0, have_rounds = 0, no_pkcs11 = 0;
+    double seconds = 0;
+    unsigned rounds = 0;
+    const char *eng = "all";
+
+    memset(o, 0, sizeof *o);
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, ":h", longopts, NULL)) != -1) {
+        switch (c) {
+        case O_SECONDS:
+            if (parse_seconds(optarg, &seconds) != 0)
+                return usage_error("--seconds wants a number of seconds in "
+                                   "(0, 60], not: ", optarg);
+            have_seconds = 1;
+            break;
+        case O_ROUNDS:
+            if (parse_rounds(optarg, &rounds) != 0)
+                return usage_error("--rounds wants an integer in [1, 1000], "
+                                   "not: ", optarg);
+            have_rounds = 1;
+            break;
+        case O_MODULE:
+            o->module = optarg;
+            break;
+        case O_TOKEN:
+            o->token = optarg;
+            break;
+        case O_PIN:
+            o->pin_spec = optarg;
+            break;
+        case O_NOP11:
+            no_pkcs11 = 1;
+            break;
+        case O_QUICK:
+            o->quick = 1;
+            break;
+        case 'h':
+            fputs(USAGE, stdout);
+            return 0;
+        case ':':
+            return usage_error("option needs an argument: ",
+                               argv[optind - 1]);
+        default:
+            return usage_error("unknown option: ", argv[optind - 1]);
+        }
+    }
+    if (optind < argc)
+        eng = argv[optind++];
+    if (optind < argc)
+        return usage_error("unexpected argument: ", argv[optind]);
+
+    if (strcmp(eng, "all") == 0) {
+        o->run_software = 1;
+        o->run_pkcs11 = !no_pkcs11;
+    } else if (strcmp(eng, "software") == 0) {
+        o->run_software = 1;
+    } else if (strcmp(eng, "pkcs11") == 0) {
+        if (no_pkcs11)
+            return usage_error("ENGINE pkcs11 contradicts --no-pkcs11", NULL);
+        o->run_pkcs11 = 1;
+        o->pkcs11_required = 1;
+    } else {
+        return usage_error("ENGINE must be all, software or pkcs11, not: ",
+                           eng);
+    }
+
+    o->seconds = o->quick ? 0.05 : 0.3;
+    o->rounds = o->quick ? 1 : 5;
+    if (have_seconds)
+        o->seconds = seconds;
+    if (have_rounds)
+        o->rounds = rounds;
+
+    if (!o->module)
+        o->module = env_nonempty("VEIL_TEST_SOFTHSM_MODULE");
+    if (!o->token)
+        o->token = env_nonempty("VEIL_TEST_SOFTHSM_TOKEN");
+    if (!o->pin_spec)
+        o->pin_spec = env_nonempty("VEIL_PIN_SOURCE");
+    if (!o->pin_spec && env_nonempty("VEIL_TEST_PIN_FILE")) {
+        int n = snprintf(o->pin_spec_buf, sizeof o->pin_spec_buf, "file:%s",
+                         getenv("VEIL_TEST_PIN_FILE"));
+        if (n < 0 || (size_t)n >= sizeof o->pin_spec_buf)
+            return usage_error("VEIL_TEST_PIN_FILE is too long", NULL);
+        o->pin_spec = o->pin_spec_buf;
+    }
+
+    if (o->run_pkcs11 && (!o->module || !o->token)) {
+        if (o->pkcs11_required)
+            return usage_error(!o->module ? "pkcs11: no module (--module or "
+                                            "VEIL_TEST_SOFTHSM_MODULE)"
+                                          : "pkcs11: no token (--token or "
+                                            "VEIL_TEST_SOFTHSM_TOKEN)",
+                               NULL);
+        o->skip_note = !o->module
+                           ? "# pkcs11: skipped (no module: set --module or "
+                             "VEIL_TEST_SOFTHSM_MODULE, or run "
+                             "scripts/bench.sh)"
+                           : "# pkcs11: skipped (no token: set --token or "
+                             "VEIL_TEST_SOFTHSM_TOKEN, or run "
+                             "scripts/bench.sh)";
+        o->run_pkcs11 = 0;
+    }
+    return -1;
+}
+
+/* ---- errors ------------------------------------------------------------- */
+
+static int veil_fail(const char *what)
+{
+    const veil_error *err = veil_last_error();
+
+    fprintf(stderr, "veil-bench: %s failed: %s (%s%s%s)\n", what,
+            err->message, veil_rc_name(err->code),
+            err->provider_code[0] ? ", " : "", err->provider_code);
+    return -1;
+}
+
+static int ossl_fail(const char *what)
+{
+    char buf[256] = "no OpenSSL error queued";
+    unsigned long e = ERR_get_error();
+
+    if (e)
+        ERR_error_string_n(e, buf, sizeof buf);
+    ERR_clear_error();
+    fprintf(stderr, "veil-bench: %s failed: %s\n", what, buf);
+    return -1;
+}
+
+static const char *ckr_name(CK_RV rv)
+{
+    switch (rv) {
+    case CKR_OK: return "CKR_OK";
+    case CKR_ARGUMENTS_BAD: return "CKR_ARGUMENTS_BAD";
+    case CKR_BUFFER_TOO_SMALL: return "CKR_BUFFER_TOO_SMALL";
+    case CKR_CRYPTOKI_NOT_INITIALIZED: return "CKR_CRYPTOKI_NOT_INITIALIZED";
+    case CKR_CRYPTOKI_ALREADY_INITIALIZED:
+        return "CKR_CRYPTOKI_ALREADY_INITIALIZED";
+    case CKR_DEVICE_ERROR: return "CKR_DEVICE_ERROR";
+    case CKR_ENCRYPTED_DATA_INVALID: return "CKR_ENCRYPTED_DATA_INVALID";
+    case CKR_ENCRYPTED_DATA_LEN_RANGE: return "CKR_ENCRYPTED_DATA_LEN_RANGE";
+    case CKR_FUNCTION_FAILED: return "CKR_FUNCTION_FAILED";
+    case CKR_GENERAL_ERROR: return "CKR_GENERAL_ERROR";
+    case CKR_HOST_MEMORY: return "CKR_HOST_MEMORY";
+    case CKR_KEY_FUNCTION_NOT_PERMITTED:
+        return "CKR_KEY_FUNCTION_NOT_PERMITTED";
+    case CKR_KEY_HANDLE_INVALID: return "CKR_KEY_HANDLE_INVALID";
+    case CKR_KEY_TYPE_INCONSISTENT: return "CKR_KEY_TYPE_INCONSISTENT";
+    case CKR_MECHANISM_INVALID: return "CKR_MECHANISM_INVALID";
+    case CKR_MECHANISM_PARAM_INVALID: return "CKR_MECHANISM_PARAM_INVALID";
+    case CKR_OPERATION_ACTIVE: return "CKR_OPERATION_ACTIVE";
+    case CKR_SESSION_HANDLE_INVALID: return "CKR_SESSION_HANDLE_INVALID";
+    case CKR_TEMPLATE_INCOMPLETE: return "CKR_TEMPLATE_INCOMPLETE";
+    case CKR_TEMPLATE_INCONSISTENT: return "CKR_TEMPLATE_INCONSISTENT";
+    case CKR_TOKEN_NOT_PRESENT: return "CKR_TOKEN_NOT_PRESENT";
+    case CKR_USER_NOT_LOGGED_IN: return "CKR_USER_NOT_LOGGED_IN";
+    default: return "CKR_?";
+    }
+}
+
+static int ckr_fail(const char *what, CK_RV rv)
+{
+    fprintf(stderr, "veil-bench: %s failed: %s (0x%lx)\n", what, ckr_name(rv),
+            (unsigned long)rv);
+    return -1;
+}
+
+/* Engine log lines (warnings and errors only) go to stderr. */
+static void log_to_stderr(void *ctx, veil_log_level level, const char *line)
+{
+    fprintf(stderr, "veil-bench: veil %s: %s\n",
+            level == VEIL_LOG_ERROR ? "error" : "warning", line);
+}
+
+/* ---- timing ------------------------------------------------------------- */
+
+/* One operation; returns 0, or -1 after printing why it failed. */
+typedef int (*bench_op)(void *ctx);
+
+static double now_s(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* Runs op back to back for `seconds` of wall-clock time (at least once)
+ * and returns operations per second. */
+static int time_slice(bench_op op, void *ctx, double seconds, double *rate)
+{
+    double t0 = now_s(), t;
+    unsigned long n = 0;
+
+    do {
+        if (op(ctx) != 0)
+            return -1;
+        n++;
+        t = now_s();
+    } while (t - t0 < seconds);
+    *rate = (double)n / (t - t0);
+    return 0;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static double median(double *v, unsigned n)
+{
+    qsort(v, n, sizeof *v, cmp_double);
+    return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2.0;
+}
+
+static void print_table_header(void)
+{
+    printf("%-36s %12s %12s %-4s %7s %6s  %s\n", "measurement", "veil",
+           "baseline", "unit", "ratio", "target", "result");
+}
+
+/* Interleaved rounds of veil_op and base_op; prints one table line.
+ * `scale` turns operations per second into `unit`. */
+static int measure(const bench_opts *o, const char *name, const char *unit,
+                   double scale, bench_op veil_op, void *veil_ctx,
+                   bench_op base_op, void *base_ctx, double *ratio_out)
+{
+    double vr[MAX_ROUNDS], br[MAX_ROUNDS];
+    double v, b, ratio;
+    unsigned r;
+
+    for (r = 0; r < o->rounds; r++) {
+        if (time_slice(veil_op, veil_ctx, o->seconds, &vr[r]) != 0 ||
+            time_slice(base_op, base_ctx, o->seconds, &br[r]) != 0)
+            return -1;
+    }
+    v = median(vr, o->rounds) * scale;
+    b = median(br, o->rounds) * scale;
+    ratio = b > 0 ? v / b : 0;
+    printf("%-36s %12.1f %12.1f %-4s %7.3f %6.2f  %s\n", name, v, b, unit,
+           ratio, TARGET, ratio >= TARGET ? "ok" : "BELOW");
+    fflush(stdout);
+    if (ratio_out)
+        *ratio_out = ratio;
+    return 0;
+}
+
+/* ---- software RSA ------------------------------------------------------- */
+
+typedef struct rsa_sw_ctx {
+    veil_engine *e;
+    veil_key *key;  /* veil's copy of the key (software provider) */
+    EVP_PKEY *pkey; /* the same key, for bare OpenSSL */
+    uint8_t ct[512];
+    size_t ct_len;
+    uint8_t out[512];
+    size_t out_len;
+} rsa_sw_ctx;
+
+static int op_veil_rsa_decrypt(void *arg)
+{
+    rsa_sw_ctx *c = arg;
+    veil_secbuf *pt = NULL;
+
+    if (veil_rsa_decrypt(c->e, c->key, NULL, c->ct, c->ct_len, &pt) !=
+        VEIL_OK)
+        return veil_fail("veil_rsa_decrypt");
+    veil_secbuf_free(pt);
+    return 0;
+}
+
+/* The baseline makes a fresh EVP_PKEY_CTX per operation: that is what a
+ * straightforward caller of EVP_PKEY_decrypt does, and a fair match for an
+ * engine call that carries no per-key context between calls. */
+static int op_ossl_rsa_decrypt(void *arg)
+{
+    rsa_sw_ctx *c = arg;
+    EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new(c->pkey, NULL);
+    size_t outlen = sizeof c->out;
+    int ok;
+
+    ok = ctx && EVP_PKEY_decrypt_init(ctx) == 1 &&
+         EVP_PKEY_CTX_set_rsa_padding(ctx, RSA_PKCS1_OAEP_PADDING) == 1 &&
+         EVP_PKEY_CTX_set_rsa_oaep_md(ctx, EVP_sha256()) == 1 &&
+         EVP_PKEY_CTX_set_rsa_mgf1_md(ctx, EVP_sha256()) == 1 &&
+         EVP_PKEY_decrypt(ctx, c->out, &outlen, c->ct, c->ct_len) == 1;
+    EVP_PKEY_CTX_free(ctx);
+    if (!ok)
+        return ossl_fail("EVP_PKEY_decrypt");
+    c->out_len = outlen;
+    return 0;
+}
+
+static int write_pem_file(const char *path, EVP_PKEY *pkey, int priv)
+{
+    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    FILE *fp;
+    int ok;
+
+    if (fd < 0) {
+        fprintf(stderr, "veil-bench: cannot create %s: %s\n", path,
+                strerror(errno));
+        return -1;
+    }
+    fp = fdopen(fd, "w");
+    if (!fp) {
+        fprintf(stderr, "veil-bench: fdopen %s: %s\n", path, strerror(errno));
+        close(fd);
+        return -1;
+    }
+    ok = priv ? PEM_write_PrivateKey(fp, pkey, NULL, NULL, 0, NULL, NULL)
+              : PEM_write_PUBKEY(fp, pkey);
+    if (fclose(fp) != 0)
+        ok = 0;
+    if (ok != 1) {
+        ERR_clear_error();
+        fprintf(stderr, "veil-bench: cannot write %s\n", path);
+        return -1;
+    }
+    return 0;
+}
+
+/* 1 when veil's key and pkey have the same public key. */
+static int same_public_key(const veil_key *k, EVP_PKEY *pkey)
+{
+    uint8_t *vder = NULL, *oder = NULL;
+    size_t vlen = 0;
+    int olen, same;
+
+    if (veil_key_public_der(k, &vder, &vlen) != VEIL_OK)
+        return veil_fail("veil_key_public_der");
+    olen = i2d_PUBKEY(pkey, &oder);
+    if (olen <= 0) {
+        free(vder);
+        return ossl_fail("i2d_PUBKEY");
+    }
+    same = (size_t)olen == vlen && memcmp(vder, oder, vlen) == 0;
+    free(vder);
+    OPENSSL_free(oder);
+    return same;
+}
+
+/* Generates an RSA key with OpenSSL and loads the very same key into veil
+ * through a temporary key directory (the public API exports no private
+ * keys, so this is how both sides get one key).  The files are removed as
+ * soon as veil has read them. */
+static int make_shared_rsa_key(veil_engine *e, unsigned bits,
+                               EVP_PKEY **pkey_out, veil_key **key_out)
+{
+    const char *tmp = env_nonempty("TMPDIR");
+    char dir[PATH_MAX], priv[PATH_MAX + 32], pub[PATH_MAX + 32];
+    char ref[PATH_MAX + 8];
+    EVP_PKEY *pkey;
+    veil_key *key = NULL;
+    veil_rc rc;
+    int n, ret = -1, have_priv = 0, have_pub = 0;
+
+    *pkey_out = NULL;
+    *key_out = NULL;
+    pkey = EVP_RSA_gen(bits);
+    if (!pkey)
+        return ossl_fail("EVP_RSA_gen");
+
+    n = snprintf(dir, sizeof dir, "%s/veil-bench.XXXXXX", tmp ? tmp : "/tmp");
+    if (n < 0 || (size_t)n >= sizeof dir) {
+        fprintf(stderr, "veil-bench: TMPDIR is too long\n");
+        EVP_PKEY_free(pkey);
+        return -1;
+    }
+    if (!mkdtemp(dir)) {
+        fprintf(stderr, "veil-bench: mkdtemp %s: %s\n", dir, strerror(errno));
+        EVP_PKEY_free(pkey);
+        return -1;
+    }
+    snprintf(priv, sizeof priv, "%s/private_key.pem", dir);
+    snprintf(pub, sizeof pub, "%s/public_key.pem", dir);
+    snprintf(ref, sizeof ref, "dir:%s", dir);
+
+    have_priv = write_pem_file(priv, pkey, 1) == 0;
+    have_pub = have_priv && write_pem_file(pub, pkey, 0) == 0;
+    if (have_pub) {
+        rc = veil_key_open(e, ref, &key);
+        if (rc != VEIL_OK)
+            veil_fail("veil_key_open(dir:...)");
+    }
+    if (have_pub && unlink(pub) != 0)
+        fprintf(stderr, "veil-bench: unlink %s: %s\n", pub, strerror(errno));
+    if (have_priv && unlink(priv) != 0)
+        fprintf(stderr, "veil-bench: unlink %s: %s\n", priv, strerror(errno));
+    if (rmdir(dir) != 0)
+        fprintf(stderr, "veil-bench: rmdir %s: %s\n", dir, strerror(errno));
+
+    if (key) {
+        int same = same_public_key(key, pkey);
+        if (same == 1) {
+            ret = 0;
+        } else if (same == 0) {
+            fprintf(stderr, "veil-bench: the key veil loaded from %s is not "
+                            "the key that was written there\n", ref);
+        }
+    }
+    if (ret != 0) {
+        veil_key_free(key);
+        EVP_PKEY_free(pkey);
+        return -1;
+    }
+    *pkey_out = pkey;
+    *key_out = key;
+    return 0;
+}
+
+static int check_plaintext(const char *who, const uint8_t *got, size_t len,
+                           const uint8_t *want, size_t want_len)
+{
+    if (len != want_len || memcmp(got, want, len) != 0) {
+        fprintf(stderr, "veil-bench: %s returned the wrong plaintext\n", who);
+        return -1;
+    }
+    return 0;
+}
+
+static int bench_rsa_software(const bench_opts *o, veil_engine *e,
+                              unsigned bits)
+{
+    rsa_sw_ctx c;
+    uint8_t msg[RSA_MSG_LEN];
+    veil_secbuf *pt = NULL;
+    char name[64];
+    int ret = -1;
+
+    memset(&c, 0, sizeof c);
+    c.e = e;
+    if (make_shared_rsa_key(e, bits, &c.pkey, &c.key) != 0)
+        return -1;
+    if (veil_random(e, msg, sizeof msg) != VEIL_OK) {
+        veil_fail("veil_random");
+        goto out;
+    }
+    c.ct_len = sizeof c.ct;
+    if (veil_rsa_encrypt(e, c.key, NULL, msg, sizeof msg, c.ct, &c.ct_len) !=
+        VEIL_OK) {
+        veil_fail("veil_rsa_encrypt");
+        goto out;
+    }
+    /* Both sides must recover the message before anything is timed. */
+    if (veil_rsa_decrypt(e, c.key, NULL, c.ct, c.ct_len, &pt) != VEIL_OK) {
+        veil_fail("veil_rsa_decrypt");
+        goto out;
+    }
+    if (check_plaintext("veil_rsa_decrypt", veil_secbuf_data(pt),
+                        veil_secbuf_len(pt), msg, sizeof msg) != 0 ||
+        op_ossl_rsa_decrypt(&c) != 0 ||
+        check_plaintext("EVP_PKEY_decrypt", c.out, c.out_len, msg,
+                        sizeof msg) != 0)
+        goto out;
+
+    snprintf(name, sizeof name, "software rsa%u oaep-decrypt", bits);
+    ret = measure(o, name, "op/s", 1.0, op_veil_rsa_decrypt, &c,
+                  op_ossl_rsa_decrypt, &c, NULL);
+out:
+    veil_secbuf_free(pt);
+    OPENSSL_cleanse(c.out, sizeof c.out);
+    OPENSSL_cleanse(msg, sizeof msg);
+    veil_key_free(c.key);
+    EVP_PKEY_free(c.pkey);
+    return ret;
+}
+
+/* ---- software AES-GCM --------------------------------------------------- */
+
+typedef struct aes_ctx {
+    veil_engine *e;
+    uint8_t key[32];
+    uint8_t iv[GCM_IV_LEN]; /* reused on purpose: nothing here is secret */
+    const uint8_t *pt;
+    size_t len;
+    uint8_t *ct_veil;
+    uint8_t tag_veil[VEIL_GCM_TAG_LEN];
+    uint8_t *ct_base; /* baseline output; for PKCS#11 len + tag bytes */
+    uint8_t tag_base[VEIL_GCM_TAG_LEN];
+} aes_ctx;
+
+static int op_veil_gcm_seal(void *arg)
+{
+    aes_ctx *c = arg;
+
+    if (veil_aes_gcm_seal(c->e, c->key, sizeof c->key, c->iv, sizeof c->iv,
+                          NULL, 0, c->pt, c->len, c->ct_veil,
+                          c->tag_veil) != VEIL_OK)
+        return veil_fail("veil_aes_gcm_seal");
+    return 0;
+}
+
+/* Bare EVP, a fresh EVP_CIPHER_CTX per operation. */
+static int op_ossl_gcm_seal(void *arg)
+{
+    aes_ctx *c = arg;
+    EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
+    int n1 = 0, n2 = 0, ok;
+
+    ok = ctx &&
+         EVP_EncryptInit_ex(ctx, EVP_aes_256_gcm(), NULL, NULL, NULL) == 1 &&
+         EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_SET_IVLEN, (int)sizeof c->iv,
+                             NULL) == 1 &&
+         EVP_EncryptInit_ex(ctx, NULL, NULL, c->key, c->iv) == 1 &&
+         EVP_EncryptUpdate(ctx, c->ct_base, &n1, c->pt, (int)c->len) == 1 &&
+         EVP_EncryptFinal_ex(ctx, c->ct_base + n1, &n2) == 1 &&
+         EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_GET_TAG, VEIL_GCM_TAG_LEN,
+                             c->tag_base) == 1;
+    EVP_CIPHER_CTX_free(ctx);
+    if (!ok)
+        return ossl_fail("EVP AES-256-GCM seal");
+    return 0;
+}
+
+static void size_name(size_t len, char *buf, size_t n)
+{
+    if (len >= 1024 * 1024 && len % (1024 * 1024) == 0)
+        snprintf(buf, n, "%zuMiB", len / (1024 * 1024));
+    else if (len >= 1024 && len % 1024 == 0)
+        snprintf(buf, n, "%zuKiB", len / 1024);
+    else
+        snprintf(buf, n, "%zuB", len);
+}
+
+/* Allocates the buffers for one message size; fills key, iv and pt. */
+static int aes_ctx_init(aes_ctx *c, veil_engine *e, size_t len,
+                        size_t base_extra)
+{
+    uint8_t *pt;
+    size_t i;
+
+    memset(c, 0, sizeof *c);
+    c->e = e;
+    c->len = len;
+    pt = malloc(len);
+    c->ct_veil = malloc(len);
+    c->ct_base = malloc(len + base_extra);
+    if (!pt || !c->ct_veil || !c->ct_base) {
+        free(pt);
+        fprintf(stderr, "veil-bench: out of memory\n");
+        return -1;
+    }
+    for (i = 0; i < len; i++)
+        pt[i] = (uint8_t)(i * 131u + 7u);
+    c->pt = pt;
+    if (veil_random(e, c->key, sizeof c->key) != VEIL_OK ||
+        veil_random(e, c->iv, sizeof c->iv) != VEIL_OK)
+        return veil_fail("veil_random");
+    return 0;
+}
+
+static void aes_ctx_free(aes_ctx *c)
+{
+    free((void *)c->pt);
+    free(c->ct_veil);
+    free(c->ct_base);
+    memset(c, 0, sizeof *c);
+}
+
+static int bench_aes_software(const bench_opts *o, veil_engine *e, size_t len)
+{
+    aes_ctx c;
+    char name[96], sz[32];
+    int ret = -1;
+
+    if (len > INT_MAX)
+        return -1;
+    if (aes_ctx_init(&c, e, len, 0) != 0)
+        goto out;
+    /* One call each, compared, before anything is timed (also warms up). */
+    if (op_veil_gcm_seal(&c) != 0 || op_ossl_gcm_seal(&c) != 0)
+        goto out;
+    if (memcmp(c.ct_veil, c.ct_base, len) != 0 ||
+        memcmp(c.tag_veil, c.tag_base, sizeof c.tag_veil) != 0) {
+        fprintf(stderr, "veil-bench: veil_aes_gcm_seal and OpenSSL disagree "
+                        "(%zu bytes)\n", len);
+        goto out;
+    }
+    size_name(len, sz, sizeof sz);
+    snprintf(name, sizeof name, "software aes256-gcm seal %s", sz);
+    ret = measure(o, name, "MB/s", (double)len / 1e6, op_veil_gcm_seal, &c,
+                  op_ossl_gcm_seal, &c, NULL);
+out:
+    aes_ctx_free(&c);
+    return ret;
+}
+
+/* ---- PKCS#11: the bare side --------------------------------------------- */
+
+typedef struct p11_bare {
+    CK_FUNCTION_LIST *f;
+    CK_SLOT_ID slot;
+    CK_SESSION_HANDLE s;
+    int have_session;
+    int we_initialized; /* C_Initialize returned CKR_OK: we finalize */
+} p11_bare;
+
+static int token_label_is(const CK_UTF8CHAR label[32], const char *want)
+{
+    size_t n = strlen(want), i;
+
+    if (n > 32 || memcmp(label, want, n) != 0)
+        return 0;
+    for (i = n; i < 32; i++)
+        if (label[i] != ' ')
+            return 0;
+    return 1;
+}
+
+static int p11_open_session(p11_bare *b)
+{
+    CK_RV rv = b->f->C_OpenSession(b->slot, CKF_SERIAL_SESSION, NULL, NULL,
+                                   &b->s);
+    if (rv != CKR_OK)
+        return ckr_fail("C_OpenSession", rv);
+    b->have_session = 1;
+    return 0;
+}
+
+static void p11_close_session(p11_bare *b)
+{
+    if (b->have_session)
+        b->f->C_CloseSession(b->s);
+    b->have_session = 0;
+}
+
+/* Loads the module the engine already uses (the same shared object, so the
+ * same initialised library and login state), finds the token by label and
+ * opens a session of our own.  The user login is per application, so the
+ * new session is logged in already. */
+static int p11_bare_open(p11_bare *b, const char *module, const char *token)
+{
+    CK_C_INITIALIZE_ARGS args;
+    CK_SLOT_ID *slots = NULL;
+    CK_ULONG n = 0, i;
+    CK_RV rv;
+    int found = 0;
+
+    memset(b, 0, sizeof *b);
+    b->f = p11_kit_module_load(module, P11_KIT_MODULE_UNMANAGED);
+    if (!b->f) {
+        const char *m = p11_kit_message();
+        fprintf(stderr, "veil-bench: p11_kit_module_load %s failed: %s\n",
+                module, m ? m : "unknown error");
+        return -1;
+    }
+    memset(&args, 0, sizeof args);
+    args.flags = CKF_OS_LOCKING_OK;
+    rv = b->f->C_Initialize(&args);
+    if (rv == CKR_OK) {
+        /* The engine's instance of the module is not this one: the token
+         * key will most likely not be visible from here. */
+        b->we_initialized = 1;
+        fprintf(stderr, "veil-bench: warning: C_Initialize returned CKR_OK: "
+                        "the engine did not initialise %s in this process\n",
+                module);
+    } else if (rv != CKR_CRYPTOKI_ALREADY_INITIALIZED) {
+        return ckr_fail("C_Initialize", rv);
+    }
+
+    rv = b->f->C_GetSlotList(CK_TRUE, NULL, &n);
+    if (rv != CKR_OK)
+        return ckr_fail("C_GetSlotList", rv);
+    slots = calloc(n ? n : 1, sizeof *slots);
+    if (!slots) {
+        fprintf(stderr, "veil-bench: out of memory\n");
+        return -1;
+    }
+    rv = b->f->C_GetSlotList(CK_TRUE, slots, &n);
+    if (rv != CKR_OK) {
+        free(slots);
+        return ckr_fail("C_GetSlotList", rv);
+    }
+    for (i = 0; i < n && !found; i++) {
+        CK_TOKEN_INFO ti;
+        if (b->f->C_GetTokenInfo(slots[i], &ti) == CKR_OK &&
+            token_label_is(ti.label, token)) {
+            b->slot = slots[i];
+            found = 1;
+        }
+    }
+    free(slots);
+    if (!found) {
+        fprintf(stderr, "veil-bench: no token labelled '%s' in %s\n", token,
+                module);
+        return -1;
+    }
+    return p11_open_session(b);
+}
+
+static void p11_bare_close(p11_bare *b)
+{
+    if (!b->f)
+        return;
+    p11_close_session(b);
+    if (b->we_initialized)
+        b->f->C_Finalize(NULL);
+    p11_kit_module_release(b->f);
+    memset(b, 0, sizeof *b);
+}
+
+static int hex_decode(const char *hex, uint8_t *out, size_t cap, size_t *len)
+{
+    size_t n = strlen(hex), i;
+
+    if (n % 2 || n / 2 > cap)
+        return -1;
+    for (i = 0; i < n / 2; i++) {
+        char pair[3] = {hex[2 * i], hex[2 * i + 1], 0};
+        char *end = NULL;
+        unsigned long v = strtoul(pair, &end, 16);
+        if (!end || *end || pair[0] == '+' || pair[0] == '-' || v > 255)
+            return -1;
+        out[i] = (uint8_t)v;
+    }
+    *len = n / 2;
+    return 0;
+}
+
+/* Finds the private key veil generated: CKO_PRIVATE_KEY + CKA_LABEL, plus
+ * the CKA_ID veil reports, so that a leftover key never gets in the way.
+ * (Session objects are visible to every session of the application.) */
+static int p11_find_private_key(p11_bare *b, const veil_key *k,
+                                CK_OBJECT_HANDLE *out)
+{
+    veil_key_info info;
+    CK_OBJECT_CLASS cls = CKO_PRIVATE_KEY;
+    uint8_t id[64];
+    size_t id_len = 0;
+    CK_ATTRIBUTE tmpl[3];
+    CK_ULONG nt = 0, found = 0;
+    CK_OBJECT_HANDLE h[2];
+    CK_RV rv;
+
+    if (veil_key_get_info(k, &info) != VEIL_OK)
+        return veil_fail("veil_key_get_info");
+    tmpl[nt++] = (CK_ATTRIBUTE){CKA_CLASS, &cls, sizeof cls};
+    tmpl[nt++] = (CK_ATTRIBUTE){CKA_LABEL, info.label, strlen(info.label)};
+    if (info.id_hex[0]) {
+        if (hex_decode(info.id_hex, id, sizeof id, &id_len) != 0) {
+            fprintf(stderr, "veil-bench: veil_key_get_info: bad id_hex '%s'\n",
+                    info.id_hex);
+            return -1;
+        }
+        tmpl[nt++] = (CK_ATTRIBUTE){CKA_ID, id, id_len};
+    }
+    rv = b->f->C_FindObjectsInit(b->s, tmpl, nt);
+    if (rv != CKR_OK)
+        return ckr_fail("C_FindObjectsInit", rv);
+    rv = b->f->C_FindObjects(b->s, h, 2, &found);
+    b->f->C_FindObjectsFinal(b->s);
+    if (rv != CKR_OK)
+        return ckr_fail("C_FindObjects", rv);
+    if (found != 1) {
+        fprintf(stderr, "veil-bench: %lu private keys labelled '%s' (id %s) "
+                        "visible from a new session; expected 1\n",
+                (unsigned long)found, info.label, info.id_hex);
+        return -1;
+    }
+    *out = h[0];
+    return 0;
+}
+
+/* ---- PKCS#11 RSA -------------------------------------------------------- */
+
+typedef struct p11_rsa_ctx {
+    veil_engine *e;
+    veil_key *key;
+    p11_bare *b;
+    CK_OBJECT_HANDLE h;
+    CK_RSA_PKCS_OAEP_PARAMS oaep;
+    CK_MECHANISM mech;
+    uint8_t ct[512];
+    size_t ct_len;
+    uint8_t out[512];
+    CK_ULONG out_len;
+    size_t k; /* modulus bytes */
+} p11_rsa_ctx;
+
+static CK_RV p11_decrypt_once(p11_rsa_ctx *c)
+{
+    CK_RV rv = c->b->f->C_DecryptInit(c->b->s, &c->mech, c->h);
+
+    if (rv != CKR_OK)
+        return rv;
+    c->out_len = (CK_ULONG)c->k;
+    return c->b->f->C_Decrypt(c->b->s, c->ct, (CK_ULONG)c->ct_len, c->out,
+                              &c->out_len);
+}
+
+/* The bare loop: C_DecryptInit + C_Decrypt into a k-byte buffer. */
+static int op_p11_decrypt(void *arg)
+{
+    p11_rsa_ctx *c = arg;
+    CK_RV rv = p11_decrypt_once(c);
+
+    if (rv != CKR_OK)
+        return ckr_fail("C_DecryptInit/C_Decrypt", rv);
+    return 0;
+}
+
+static int op_veil_p11_decrypt(void *arg)
+{
+    p11_rsa_ctx *c = arg;
+    veil_secbuf *pt = NULL;
+
+    if (veil_rsa_decrypt(c->e, c->key, NULL, c->ct, c->ct_len, &pt) !=
+        VEIL_OK)
+        return veil_fail("veil_rsa_decrypt (pkcs11)");
+    veil_secbuf_free(pt);
+    return 0;
+}
+
+/* Picks the baseline mechanism: native OAEP with SHA-256 if the token
+ * takes it, else CKM_RSA_X_509 (what veil itself falls back to, doing the
+ * OAEP decoding on the host).  Checks the result either way. */
+static int p11_pick_mechanism(p11_rsa_ctx *c, const uint8_t *msg,
+                              size_t msg_len, const char **mech_name)
+{
+    CK_RV rv;
+
+    c->oaep.hashAlg = CKM_SHA256;
+    c->oaep.mgf = CKG_MGF1_SHA256;
+    c->oaep.source = CKZ_DATA_SPECIFIED;
+    c->oaep.pSourceData = NULL;
+    c->oaep.ulSourceDataLen = 0;
+    c->mech.mechanism = CKM_RSA_PKCS_OAEP;
+    c->mech.pParameter = &c->oaep;
+    c->mech.ulParameterLen = sizeof c->oaep;
+    rv = p11_decrypt_once(c);
+    if (rv == CKR_OK && c->out_len == msg_len &&
+        memcmp(c->out, msg, msg_len) == 0) {
+        *mech_name = "OAEP";
+        return 0;
+    }
+    printf("#   rsa%zu: token refused CKM_RSA_PKCS_OAEP with SHA-256 (%s); "
+           "bare loop uses CKM_RSA_X_509\n", c->k * 8,
+           rv == CKR_OK ? "wrong plaintext" : ckr_name(rv));
+    /* Start again from a clean session: no operation left half-done. */
+    p11_close_session(c->b);
+    if (p11_open_session(c->b) != 0)
+        return -1;
+    c->mech.mechanism = CKM_RSA_X_509;
+    c->mech.pParameter = NULL;
+    c->mech.ulParameterLen = 0;
+    rv = p11_decrypt_once(c);
+    if (rv != CKR_OK)
+        return ckr_fail("C_Decrypt(CKM_RSA_X_509)", rv);
+    /* The raw result is the k-byte OAEP encoding: it starts with 0x00. */
+    if (c->out_len != c->k || c->out[0] != 0) {
+        fprintf(stderr, "veil-bench: C_Decrypt(CKM_RSA_X_509) returned %lu "
+                        "bytes that are not an OAEP encoding\n",
+                (unsigned long)c->out_len);
+        return -1;
+    }
+    *mech_name = "X_509";
+    return 0;
+}
+
+static int bench_rsa_pkcs11(const bench_opts *o, veil_engine *e,
+                            const char *token_uri, p11_bare *b, unsigned bits)
+{
+    p11_rsa_ctx c;
+    uint8_t msg[RSA_MSG_LEN];
+    char label[32], name[64];
+    const char *mech_name = "?";
+    veil_keygen_params kp;
+    veil_secbuf *pt = NULL;
+    int ret = -1;
+
+    memset(&c, 0, sizeof c);
+    c.e = e;
+    c.b = b;
+    c.k = bits / 8;
+    snprintf(label, sizeof label, "bench-%u", bits);
+    memset(&kp, 0, sizeof kp);
+    kp.type = VEIL_KEY_RSA;
+    kp.bits = bits;
+    kp.label = label;
+    kp.session_only = 1;
+    if (veil_key_generate(e, token_uri, &kp, &c.key) != VEIL_OK)
+        return veil_fail("veil_key_generate(pkcs11)");
+
+    if (veil_random(e, msg, sizeof msg) != VEIL_OK) {
+        veil_fail("veil_random");
+        goto out;
+    }
+    c.ct_len = sizeof c.ct;
+    if (veil_rsa_encrypt(e, c.key, NULL, msg, sizeof msg, c.ct, &c.ct_len) !=
+        VEIL_OK) {
+        veil_fail("veil_rsa_encrypt");
+        goto out;
+    }
+    if (c.ct_len != c.k) {
+        fprintf(stderr, "veil-bench: veil_rsa_encrypt gave %zu bytes for a "
+                        "%u-bit key\n", c.ct_len, bits);
+        goto out;
+    }
+    if (veil_rsa_decrypt(e, c.key, NULL, c.ct, c.ct_len, &pt) != VEIL_OK) {
+        veil_fail("veil_rsa_decrypt (pkcs11)");
+        goto out;
+    }
+    if (check_plaintext("veil_rsa_decrypt (pkcs11)", veil_secbuf_data(pt),
+                        veil_secbuf_len(pt), msg, sizeof msg) != 0)
+        goto out;
+    /* The engine has surely initialised the module and logged in by now:
+     * only then do we load it ourselves (see p11_bare_open). */
+    if (!b->f && p11_bare_open(b, o->module, o->token) != 0)
+        goto out;
+    if (p11_find_private_key(b, c.key, &c.h) != 0 ||
+        p11_pick_mechanism(&c, msg, sizeof msg, &mech_name) != 0)
+        goto out;
+
+    snprintf(name, sizeof name, "pkcs11 rsa%u oaep-decrypt [%s]", bits,
+             mech_name);
+    ret = measure(o, name, "op/s", 1.0, op_veil_p11_decrypt, &c,
+                  op_p11_decrypt, &c, NULL);
+out:
+    veil_secbuf_free(pt);
+    OPENSSL_cleanse(c.out, sizeof c.out);
+    OPENSSL_cleanse(msg, sizeof msg);
+    if (c.key && veil_key_delete(e, c.key) != VEIL_OK) {
+        veil_fail("veil_key_delete(pkcs11)");
+        ret = -1;
+    }
+    return ret;
+}
+
+/* ---- PKCS#11 AES-GCM ---------------------------------------------------- */
+
+/* What a bare PKCS#11 caller with a raw AES key does per message: import
+ * the key as a session object, C_EncryptInit(CKM_AES_GCM) + C_Encrypt
+ * (ciphertext || tag), destroy the object. */
+typedef struct p11_aes_ctx {
+    aes_ctx a;
+    p11_bare *b;
+} p11_aes_ctx;
+
+static int op_p11_gcm_seal(void *arg)
+{
+    p11_aes_ctx *c = arg;
+    CK_FUNCTION_LIST *f = c->b->f;
+    CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
+    CK_KEY_TYPE kt = CKK_AES;
+    CK_BBOOL no = CK_FALSE, yes = CK_TRUE;
+    CK_ATTRIBUTE tmpl[] = {
+        {CKA_CLASS, &cls, sizeof cls},
+        {CKA_KEY_TYPE, &kt, sizeof kt},
+        {CKA_TOKEN, &no, sizeof no},
+        {CKA_ENCRYPT, &yes, sizeof yes},
+        {CKA_VALUE, c->a.key, sizeof c->a.key},
+    };
+    CK_GCM_PARAMS gp;
+    CK_MECHANISM m;
+    CK_OBJECT_HANDLE h;
+    CK_ULONG out_len = (CK_ULONG)(c->a.len + VEIL_GCM_TAG_LEN);
+    CK_RV rv;
+
+    memset(&gp, 0, sizeof gp);
+    gp.pIv = c->a.iv;
+    gp.ulIvLen = sizeof c->a.iv;
+    gp.ulIvBits = sizeof c->a.iv * 8;
+    gp.pAAD = NULL;
+    gp.ulAADLen = 0;
+    gp.ulTagBits = VEIL_GCM_TAG_LEN * 8;
+    m.mechanism = CKM_AES_GCM;
+    m.pParameter = &gp;
+    m.ulParameterLen = sizeof gp;
+
+    rv = f->C_CreateObject(c->b->s, tmpl, sizeof tmpl / sizeof tmpl[0], &h);
+    if (rv != CKR_OK)
+        return ckr_fail("C_CreateObject(AES key)", rv);
+    rv = f->C_EncryptInit(c->b->s, &m, h);
+    if (rv == CKR_OK)
+        rv = f->C_Encrypt(c->b->s, (CK_BYTE_PTR)c->a.pt, (CK_ULONG)c->a.len,
+                          c->a.ct_base, &out_len);
+    f->C_DestroyObject(c->b->s, h);
+    if (rv != CKR_OK)
+        return ckr_fail("C_EncryptInit/C_Encrypt(CKM_AES_GCM)", rv);
+    if (out_len != c->a.len + VEIL_GCM_TAG_LEN) {
+        fprintf(stderr, "veil-bench: C_Encrypt(CKM_AES_GCM) returned %lu "
+                        "bytes for %zu\n", (unsigned long)out_len, c->a.len);
+        return -1;
+    }
+    return 0;
+}
+
+static int bench_aes_pkcs11(const bench_opts *o, veil_engine *e, p11_bare *b,
+                            size_t len)
+{
+    p11_aes_ctx c;
+    char name[96], sz[32];
+    double ratio = 0;
+    int ret = -1;
+
+    c.b = b;
+    if (aes_ctx_init(&c.a, e, len, VEIL_GCM_TAG_LEN) != 0)
+        goto out;
+    if (op_veil_gcm_seal(&c.a) != 0 || op_p11_gcm_seal(&c) != 0)
+        goto out;
+    if (memcmp(c.a.ct_veil, c.a.ct_base, len) != 0 ||
+        memcmp(c.a.tag_veil, c.a.ct_base + len, VEIL_GCM_TAG_LEN) != 0) {
+        fprintf(stderr, "veil-bench: veil_aes_gcm_seal (token) and "
+                        "C_Encrypt disagree (%zu bytes)\n", len);
+        goto out;
+    }
+    size_name(len, sz, sizeof sz);
+    snprintf(name, sizeof name, "pkcs11 aes256-gcm seal %s", sz);
+    ret = measure(o, name, "MB/s", (double)len / 1e6, op_veil_gcm_seal, &c.a,
+                  op_p11_gcm_seal, &c, &ratio);
+    /* Much faster than the token itself: the seal cannot have run there. */
+    if (ret == 0 && ratio > 3.0)
+        printf("#   note: veil is %.0fx faster than the token's own "
+               "C_Encrypt: the seal probably ran in software, not in the "
+               "token\n", ratio);
+out:
+    aes_ctx_free(&c.a);
+    return ret;
+}
+
+/* ---- the runs ----------------------------------------------------------- */
+
+static const unsigned RSA_BITS[] = {2048, 3072, 4096};
+static const size_t AES_SIZES[] = {1024, 64 * 1024, 10 * 1024 * 1024};
+
+static size_t n_rsa(const bench_opts *o)
+{
+    return o->quick ? 1 : sizeof RSA_BITS / sizeof RSA_BITS[0];
+}
+
+static size_t n_aes(const bench_opts *o)
+{
+    return o->quick ? 2 : sizeof AES_SIZES / sizeof AES_SIZES[0];
+}
+
+static int run_software(const bench_opts *o, veil_engine *e)
+{
+    size_t i;
+
+    printf("# software provider vs bare OpenSSL in this process\n"
+           "#   rsa: EVP_PKEY_decrypt OAEP/SHA-256/MGF1-SHA-256, fresh "
+           "EVP_PKEY_CTX per op, same key\n"
+           "#   aes: EVP aes-256-gcm, 12-byte IV, fresh EVP_CIPHER_CTX per "
+           "op (MB = 10^6 bytes)\n");
+    fflush(stdout);
+    for (i = 0; i < n_rsa(o); i++)
+        if (bench_rsa_software(o, e, RSA_BITS[i]) != 0)
+            return -1;
+    for (i = 0; i < n_aes(o); i++)
+        if (bench_aes_software(o, e, AES_SIZES[i]) != 0)
+            return -1;
+    return 0;
+}
+
+/* "pkcs11:token=<label>", the label percent-encoded (RFC 7512). */
+static int token_uri(const char *label, char *out, size_t n)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    size_t used;
+    int w = snprintf(out, n, "pkcs11:token=");
+
+    if (w < 0 || (size_t)w >= n)
+        return -1;
+    used = (size_t)w;
+    for (; *label; label++) {
+        unsigned char ch = (unsigned char)*label;
+        int plain = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
+                    (ch >= '0' && ch <= '9') || ch == '-' || ch == '.' ||
+                    ch == '_' || ch == '~';
+        if (used + (plain ? 1 : 3) >= n)
+            return -1;
+        if (plain) {
+            out[used++] = (char)ch;
+        } else {
+            out[used++] = '%';
+            out[used++] = hex[ch >> 4];
+            out[used++] = hex[ch & 15];
+        }
+    }
+    out[used] = '\0';
+    return 0;
+}
+
+static void print_caps(const char *what, const veil_caps *caps)
+{
+    printf("#   %s: %s (%s)%s%s%s%s\n", what, caps->description, caps->provider,
+           caps->mechs & VEIL_CAP_RSA_OAEP_SHA256 ? " oaep-sha256" : "",
+           caps->mechs & VEIL_CAP_RSA_RAW ? " rsa-raw" : "",
+           caps->mechs & VEIL_CAP_AES_GCM ? " aes-gcm" : "",
+           caps->mechs & VEIL_CAP_RANDOM ? " random" : "");
+}
+
+static int run_pkcs11(const bench_opts *o, veil_engine *e,
+                      const veil_engine_config *base_cfg, const char *uri)
+{
+    p11_bare b;
+    veil_caps caps;
+    veil_engine *e2 = NULL;
+    veil_engine_config cfg2;
+    size_t i;
+    int ret = -1;
+
+    memset(&b, 0, sizeof b);
+    if (veil_engine_caps(e, uri, &caps) != VEIL_OK)
+        return veil_fail("veil_engine_caps(pkcs11)");
+    printf("# pkcs11 provider vs bare PKCS#11 calls on the same token key in "
+           "this process\n"
+           "#   module %s, %s\n", o->module, uri);
+    print_caps("token", &caps);
+    printf("#   rsa: bare loop = C_DecryptInit + C_Decrypt per op; [X_509] "
+           "means the token has no\n"
+           "#        OAEP-SHA256, so veil decodes OAEP on the host and the "
+           "bare loop does not\n");
+    fflush(stdout);
+
+    for (i = 0; i < n_rsa(o); i++)
+        if (bench_rsa_pkcs11(o, e, uri, &b, RSA_BITS[i]) != 0)
+            goto out;
+
+    /* AES-GCM in the token: a second engine asking for symmetric
+     * operations in the token. */
+    cfg2 = *base_cfg;
+    cfg2.flags |= VEIL_ENGINE_SYMMETRIC_IN_TOKEN;
+    if (veil_engine_new(&cfg2, &e2) != VEIL_OK) {
+        veil_fail("veil_engine_new(SYMMETRIC_IN_TOKEN)");
+        goto out;
+    }
+    if (veil_engine_caps(e2, NULL, &caps) != VEIL_OK) {
+        veil_fail("veil_engine_caps(default token)");
+        goto out;
+    }
+    if (!(caps.mechs & VEIL_CAP_AES_GCM)) {
+        printf("#   aes: skipped: the token has no AES-GCM per veil's caps\n");
+        ret = 0;
+        goto out;
+    }
+    printf("#   aes: engine with VEIL_ENGINE_SYMMETRIC_IN_TOKEN; bare loop = "
+           "C_CreateObject(key) +\n"
+           "#        C_EncryptInit(CKM_AES_GCM) + C_Encrypt + "
+           "C_DestroyObject per op\n");
+    fflush(stdout);
+    for (i = 0; i < n_aes(o); i++)
+        if (bench_aes_pkcs11(o, e2, &b, AES_SIZES[i]) != 0)
+            goto out;
+    ret = 0;
+out:
+    /* Our session and module reference go first; the engines own the
+     * module's initialisation. */
+    p11_bare_close(&b);
+    veil_engine_free(e2);
+    return ret;
+}
+
+static void print_machine(const bench_opts *o)
+{
+    struct utsname u;
+    cpu_set_t set;
+    long ncpu = -1;
+
+    if (sched_getaffinity(0, sizeof set, &set) == 0)
+        ncpu = CPU_COUNT(&set);
+    if (ncpu <= 0)
+        ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    if (uname(&u) != 0)
+        snprintf(u.machine, sizeof u.machine, "unknown");
+    printf("# veil-bench: machine %s, nproc %ld; %s\n", u.machine, ncpu,
+           OpenSSL_version(OPENSSL_VERSION));
+    printf("# %u round%s x %.2f s per side, interleaved; rates are medians; "
+           "ratio = veil / baseline\n",
+           o->rounds, o->rounds == 1 ? "" : "s", o->seconds);
+    fflush(stdout);
+}
+
+int main(int argc, char **argv)
+{
+    bench_opts o;
+    veil_engine_config cfg;
+    veil_engine *e = NULL;
+    char uri[512];
+    int st, failed = 0;
+
+    st = parse_args(argc, argv, &o);
+    if (st >= 0)
+        return st;
+
+    memset(&cfg, 0, sizeof cfg);
+    cfg.log = log_to_stderr;
+    cfg.log_level = VEIL_LOG_WARN;
+    if (o.run_pkcs11) {
+        if (token_uri(o.token, uri, sizeof uri) != 0)
+            return usage_error("token label too long: ", o.token);
+        cfg.pkcs11_module = o.module;
+        cfg.default_token = uri;
+        if (o.pin_spec && veil_pin_source_parse(o.pin_spec, &cfg.pin) !=
+                              VEIL_OK)
+            return usage_error("--pin-source: ",
+                               veil_last_error()->message);
+    }
+
+    print_machine(&o);
+    if (veil_engine_new(&cfg, &e) != VEIL_OK) {
+        veil_fail("veil_engine_new");
+        return EXIT_FAIL;
+    }
+    print_table_header();
+    if (o.skip_note)
+        printf("%s\n", o.skip_note);
+    if (o.run_software && run_software(&o, e) != 0)
+        failed = 1;
+    if (!failed && o.run_pkcs11 && run_pkcs11(&o, e, &cfg, uri) != 0)
+        failed = 1;
+    veil_engine_free(e);
+    return failed ? EXIT_FAIL : 0;
+}
