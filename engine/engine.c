@@ -115,9 +115,11 @@ static veil_rc provider_get(veil_engine *e, const char *where,
                         "no token named and no default token configured");
     ops = ops_for(e, where);
     if (!ops)
-        return veil_err(VEIL_E_ARG, "engine", NULL,
-                        "no provider for \"%.64s\" (expected software, dir:PATH "
-                        "or a pkcs11: URI)", where);
+        return veil_err(
+            VEIL_E_ARG, "engine", NULL,
+            "no provider for \"%.64s\" (expected software, dir:PATH "
+            "or a pkcs11: URI)",
+            where);
     rc = check_ops(ops);
     if (rc != VEIL_OK)
         return rc;
@@ -131,7 +133,8 @@ static veil_rc provider_get(veil_engine *e, const char *where,
 
     pthread_mutex_lock(&e->lock);
     for (size_t i = 0; i < e->n_providers; i++) {
-        if (e->providers[i]->ops == ops && strcmp(e->providers[i]->id, id) == 0) {
+        if (e->providers[i]->ops == ops &&
+            strcmp(e->providers[i]->id, id) == 0) {
             *out = e->providers[i];
             if (where == e->default_token)
                 atomic_store(&e->default_prov, *out);
@@ -142,7 +145,8 @@ static veil_rc provider_get(veil_engine *e, const char *where,
     if (e->n_providers == VEIL_MAX_PROVIDERS) {
         pthread_mutex_unlock(&e->lock);
         return veil_err(VEIL_E_NOMEM, "engine", NULL,
-                        "too many tokens open (at most %d)", VEIL_MAX_PROVIDERS);
+                        "too many tokens open (at most %d)",
+                        VEIL_MAX_PROVIDERS);
     }
     p = calloc(1, sizeof *p);
     if (p && ops->state_size)
@@ -334,7 +338,8 @@ veil_rc veil_key_generate(veil_engine *e, const char *where,
 
     veil_err_clear();
     if (!e || !kp || !out)
-        return veil_err(VEIL_E_ARG, "engine", NULL, "generate: missing argument");
+        return veil_err(VEIL_E_ARG, "engine", NULL,
+                        "generate: missing argument");
     *out = NULL;
     if (kp->type == VEIL_KEY_RSA && kp->bits != 2048 && kp->bits != 3072 &&
         kp->bits != 4096)
@@ -649,9 +654,8 @@ static veil_rc need_key(const veil_key *k, veil_key_type type, int priv,
     if (!k)
         return veil_err(VEIL_E_ARG, "engine", NULL, "%s: no key", what);
     if (k->type != type)
-        return veil_err(VEIL_E_KEY, k->prov->ops->name, NULL,
-                        "%s needs %s key", what,
-                        type == VEIL_KEY_RSA ? "an RSA" : "an EC P-256");
+        return veil_err(VEIL_E_KEY, k->prov->ops->name, NULL, "%s needs %s key",
+                        what, type == VEIL_KEY_RSA ? "an RSA" : "an EC P-256");
     if (priv && !k->has_private)
         return veil_err(VEIL_E_KEY, k->prov->ops->name, NULL,
                         "%s needs a private key; this is a public key", what);
@@ -667,7 +671,8 @@ veil_rc veil_rsa_encrypt(veil_engine *e, const veil_key *pub,
 
     veil_err_clear();
     if (!e || !in || !out || !out_len)
-        return veil_err(VEIL_E_ARG, "engine", NULL, "encrypt: missing argument");
+        return veil_err(VEIL_E_ARG, "engine", NULL,
+                        "encrypt: missing argument");
     rc = need_key(pub, VEIL_KEY_RSA, 0, "RSA-OAEP encrypt");
     if (rc != VEIL_OK)
         return rc;
@@ -693,8 +698,7 @@ static int rsa_ciphertext_in_range(const veil_key *k, const uint8_t *in,
     BIGNUM *n = NULL, *c;
     int ok;
 
-    if (in_len != (k->bits + 7) / 8 ||
-        !EVP_PKEY_get_bn_param(k->pub, "n", &n))
+    if (in_len != (k->bits + 7) / 8 || !EVP_PKEY_get_bn_param(k->pub, "n", &n))
         return 0;
     c = BN_bin2bn(in, (int)in_len, NULL);
     ok = c && BN_cmp(c, n) < 0;
@@ -711,7 +715,8 @@ veil_rc veil_rsa_decrypt(veil_engine *e, const veil_key *priv,
 
     veil_err_clear();
     if (!e || !in || !out)
-        return veil_err(VEIL_E_ARG, "engine", NULL, "decrypt: missing argument");
+        return veil_err(VEIL_E_ARG, "engine", NULL,
+                        "decrypt: missing argument");
     *out = NULL;
     rc = need_key(priv, VEIL_KEY_RSA, 1, "RSA-OAEP decrypt");
     if (rc != VEIL_OK)
@@ -725,7 +730,8 @@ veil_rc veil_rsa_decrypt(veil_engine *e, const veil_key *priv,
         return veil_err(VEIL_E_DECRYPT, priv->prov->ops->name, NULL,
                         "decryption failed");
     /* Private-key operation: always the holder, never a fallback. */
-    return priv->prov->ops->rsa_decrypt(priv->prov, priv, oaep, in, in_len, out);
+    return priv->prov->ops->rsa_decrypt(priv->prov, priv, oaep, in, in_len,
+                                        out);
 }
 
 static veil_rc gcm_args(const uint8_t *key, size_t key_len, const uint8_t *iv,
@@ -741,8 +747,7 @@ static veil_rc gcm_args(const uint8_t *key, size_t key_len, const uint8_t *iv,
         return veil_err(VEIL_E_ARG, "engine", NULL,
                         "AES-GCM nonce must not be empty");
     if ((aad_len && !aad) || (len && (!in || !out)) || !tag)
-        return veil_err(VEIL_E_ARG, "engine", NULL,
-                        "AES-GCM: missing buffer");
+        return veil_err(VEIL_E_ARG, "engine", NULL, "AES-GCM: missing buffer");
     if (len > ((uint64_t)1 << 36) - 32 || len > INT32_MAX ||
         aad_len > INT32_MAX)
         return veil_err(VEIL_E_ARG, "engine", NULL, "AES-GCM: input too long");
@@ -766,8 +771,8 @@ static veil_rc aes_gcm(veil_engine *e, int enc, const uint8_t *key,
     p = route(e, VEIL_ENGINE_SYMMETRIC_IN_TOKEN, NULL, VEIL_CAP_AES_GCM,
               "AES-GCM");
     if (p) {
-        rc = p->ops->aes_gcm(p, enc, key, key_len, iv, iv_len, aad, aad_len,
-                             in, len, out, tag);
+        rc = p->ops->aes_gcm(p, enc, key, key_len, iv, iv_len, aad, aad_len, in,
+                             len, out, tag);
         if (rc != VEIL_E_UNSUPPORTED)
             return rc;
         veil_log(e, VEIL_LOG_DEBUG, "AES-GCM: %s; computing in software",
@@ -811,11 +816,13 @@ veil_rc veil_ecdsa_sign(veil_engine *e, const veil_key *priv,
         return rc;
     if (*sig_len < VEIL_ECDSA_SIG_MAX)
         return veil_err(VEIL_E_BUFFER, "engine", NULL,
-                        "signature buffer must hold %d bytes", VEIL_ECDSA_SIG_MAX);
+                        "signature buffer must hold %d bytes",
+                        VEIL_ECDSA_SIG_MAX);
     if (!priv->prov->ops->ecdsa_sign)
         return veil_err(VEIL_E_UNSUPPORTED, priv->prov->ops->name, NULL,
                         "cannot sign");
-    return priv->prov->ops->ecdsa_sign(priv->prov, priv, msg, len, sig, sig_len);
+    return priv->prov->ops->ecdsa_sign(priv->prov, priv, msg, len, sig,
+                                       sig_len);
 }
 
 veil_rc veil_ecdsa_verify(veil_engine *e, const veil_key *pub,
@@ -846,8 +853,8 @@ veil_rc veil_hkdf_sha256(veil_engine *e, const uint8_t *salt, size_t salt_len,
     veil_provider *p;
 
     veil_err_clear();
-    if (!e || (salt_len && !salt) || (ikm_len && !ikm) ||
-        (info_len && !info) || !out)
+    if (!e || (salt_len && !salt) || (ikm_len && !ikm) || (info_len && !info) ||
+        !out)
         return veil_err(VEIL_E_ARG, "engine", NULL, "HKDF: missing argument");
     if (out_len == 0 || out_len > 255 * 32)
         return veil_err(VEIL_E_ARG, "engine", NULL,

@@ -14,22 +14,22 @@
 struct veil_provider {
     const veil_provider_ops *ops;
     veil_engine *engine;
-    void *state;     /* ops->state_size bytes, zeroed, owned by the engine */
-    veil_caps caps;  /* static caps narrowed by open() */
-    char id[256];    /* identity used to reuse instances */
+    void *state;    /* ops->state_size bytes, zeroed, owned by the engine */
+    veil_caps caps; /* static caps narrowed by open() */
+    char id[256];   /* identity used to reuse instances */
 };
 
 struct veil_engine {
     veil_engine_config cfg;
-    char *pkcs11_module;  /* owned copies of cfg strings */
+    char *pkcs11_module; /* owned copies of cfg strings */
     char *default_token;
     char *pin_where;
     pthread_mutex_t lock; /* guards providers[] */
     veil_provider *providers[VEIL_MAX_PROVIDERS];
     size_t n_providers;
-    veil_provider *software; /* always present */
+    veil_provider *software;             /* always present */
     veil_provider *_Atomic default_prov; /* default token, once opened */
-    const veil_provider_ops *extra_ops; /* test hook: see engine_test_hooks */
+    const veil_provider_ops *extra_ops;  /* test hook: see engine_test_hooks */
 };
 
 struct veil_key {

@@ -50,7 +50,8 @@ static veil_rc pin_from_bytes(const char *src, size_t n, veil_secbuf **pin)
     while (len < n && src[len] != '\n' && src[len] != '\r')
         len++;
     if (len == 0)
-        return veil_err(VEIL_E_PIN_REQUIRED, "engine", NULL, "the PIN is empty");
+        return veil_err(VEIL_E_PIN_REQUIRED, "engine", NULL,
+                        "the PIN is empty");
     rc = veil_secbuf_new(len, pin);
     if (rc != VEIL_OK)
         return rc;
@@ -92,7 +93,8 @@ static veil_rc pin_from_file(const char *path, veil_secbuf **pin)
         rc = veil_err(VEIL_E_IO, "engine", NULL, "PIN file %s: %s", path,
                       strerror(errno));
     else
-        rc = pin_from_bytes((const char *)veil_secbuf_data(raw), (size_t)n, pin);
+        rc =
+            pin_from_bytes((const char *)veil_secbuf_data(raw), (size_t)n, pin);
     veil_secbuf_free(raw);
     return rc;
 }

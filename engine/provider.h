@@ -23,8 +23,8 @@ typedef struct veil_provider_ops veil_provider_ops;
 struct veil_provider_ops {
     uint32_t abi;
     size_t ops_size;
-    const char *name;      /* "software", "pkcs11" */
-    unsigned static_caps;  /* VEIL_CAP_* before narrowing */
+    const char *name;     /* "software", "pkcs11" */
+    unsigned static_caps; /* VEIL_CAP_* before narrowing */
     size_t state_size;
     size_t key_state_size;
 

@@ -4,8 +4,9 @@
  * MADV_DONTDUMP apply to exactly its pages and unlocking one buffer never
  * unlocks another's.  Freed one-page buffers (the common size: keys, PINs,
  * RSA blocks) are wiped and kept, still locked, in a small pool, so the
- * hot paths do not pay mmap+mlock+munmap per operation.  Software private keys live in OpenSSL's secure heap
- * (CRYPTO_secure_malloc_init), which does the same for BIGNUMs.
+ * hot paths do not pay mmap+mlock+munmap per operation.  Software private keys
+ * live in OpenSSL's secure heap (CRYPTO_secure_malloc_init), which does the
+ * same for BIGNUMs.
  */
 #include "config.h"
 
@@ -22,8 +23,8 @@
 #include "internal.h"
 
 struct veil_secbuf {
-    size_t len;      /* visible length */
-    size_t map_len;  /* whole mapping, header included */
+    size_t len;     /* visible length */
+    size_t map_len; /* whole mapping, header included */
     int locked;
     int dontdump;
     uint8_t data[];
@@ -88,8 +89,8 @@ veil_rc veil_secbuf_new(size_t len, veil_secbuf **out)
             return VEIL_OK;
         }
     }
-    m = mmap(NULL, map_len, PROT_READ | PROT_WRITE,
-             MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    m = mmap(NULL, map_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+             -1, 0);
     if (m == MAP_FAILED)
         return veil_err(VEIL_E_NOMEM, "engine", NULL,
                         "secbuf: cannot map %zu bytes", map_len);
@@ -189,7 +190,7 @@ veil_rc veil_disable_core_dumps(void)
         return veil_err(VEIL_E_ARG, "engine", NULL,
                         "setrlimit(RLIMIT_CORE): %s", strerror(errno));
     if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0)
-        return veil_err(VEIL_E_ARG, "engine", NULL, "prctl(PR_SET_DUMPABLE): %s",
-                        strerror(errno));
+        return veil_err(VEIL_E_ARG, "engine", NULL,
+                        "prctl(PR_SET_DUMPABLE): %s", strerror(errno));
     return VEIL_OK;
 }

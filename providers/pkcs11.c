@@ -42,31 +42,66 @@ static const struct {
     CK_RV rv;
     const char *name;
 } ckr_names[] = {
-#define N(x) {x, #x}
-    N(CKR_OK), N(CKR_CANCEL), N(CKR_HOST_MEMORY), N(CKR_SLOT_ID_INVALID),
-    N(CKR_GENERAL_ERROR), N(CKR_FUNCTION_FAILED), N(CKR_ARGUMENTS_BAD),
-    N(CKR_ATTRIBUTE_READ_ONLY), N(CKR_ATTRIBUTE_SENSITIVE),
-    N(CKR_ATTRIBUTE_TYPE_INVALID), N(CKR_ATTRIBUTE_VALUE_INVALID),
-    N(CKR_DATA_INVALID), N(CKR_DATA_LEN_RANGE), N(CKR_DEVICE_ERROR),
-    N(CKR_DEVICE_MEMORY), N(CKR_DEVICE_REMOVED), N(CKR_ENCRYPTED_DATA_INVALID),
-    N(CKR_ENCRYPTED_DATA_LEN_RANGE), N(CKR_FUNCTION_NOT_SUPPORTED),
-    N(CKR_KEY_HANDLE_INVALID), N(CKR_KEY_SIZE_RANGE),
-    N(CKR_KEY_TYPE_INCONSISTENT), N(CKR_KEY_FUNCTION_NOT_PERMITTED),
-    N(CKR_MECHANISM_INVALID), N(CKR_MECHANISM_PARAM_INVALID),
-    N(CKR_OBJECT_HANDLE_INVALID), N(CKR_OPERATION_ACTIVE),
-    N(CKR_OPERATION_NOT_INITIALIZED), N(CKR_PIN_INCORRECT),
-    N(CKR_PIN_INVALID), N(CKR_PIN_LEN_RANGE), N(CKR_PIN_EXPIRED),
-    N(CKR_PIN_LOCKED), N(CKR_SESSION_CLOSED), N(CKR_SESSION_COUNT),
-    N(CKR_SESSION_HANDLE_INVALID), N(CKR_SESSION_READ_ONLY),
-    N(CKR_SIGNATURE_INVALID), N(CKR_SIGNATURE_LEN_RANGE),
-    N(CKR_TEMPLATE_INCOMPLETE), N(CKR_TEMPLATE_INCONSISTENT),
-    N(CKR_TOKEN_NOT_PRESENT), N(CKR_TOKEN_NOT_RECOGNIZED),
-    N(CKR_TOKEN_WRITE_PROTECTED), N(CKR_USER_ALREADY_LOGGED_IN),
-    N(CKR_USER_NOT_LOGGED_IN), N(CKR_USER_PIN_NOT_INITIALIZED),
-    N(CKR_USER_TYPE_INVALID), N(CKR_BUFFER_TOO_SMALL),
-    N(CKR_CRYPTOKI_NOT_INITIALIZED), N(CKR_CRYPTOKI_ALREADY_INITIALIZED),
-    N(CKR_DOMAIN_PARAMS_INVALID), N(CKR_CURVE_NOT_SUPPORTED),
-    N(CKR_RANDOM_NO_RNG), N(CKR_NEED_TO_CREATE_THREADS), N(CKR_CANT_LOCK),
+#define N(x)                                                                   \
+    {                                                                          \
+        x, #x                                                                  \
+    }
+    N(CKR_OK),
+    N(CKR_CANCEL),
+    N(CKR_HOST_MEMORY),
+    N(CKR_SLOT_ID_INVALID),
+    N(CKR_GENERAL_ERROR),
+    N(CKR_FUNCTION_FAILED),
+    N(CKR_ARGUMENTS_BAD),
+    N(CKR_ATTRIBUTE_READ_ONLY),
+    N(CKR_ATTRIBUTE_SENSITIVE),
+    N(CKR_ATTRIBUTE_TYPE_INVALID),
+    N(CKR_ATTRIBUTE_VALUE_INVALID),
+    N(CKR_DATA_INVALID),
+    N(CKR_DATA_LEN_RANGE),
+    N(CKR_DEVICE_ERROR),
+    N(CKR_DEVICE_MEMORY),
+    N(CKR_DEVICE_REMOVED),
+    N(CKR_ENCRYPTED_DATA_INVALID),
+    N(CKR_ENCRYPTED_DATA_LEN_RANGE),
+    N(CKR_FUNCTION_NOT_SUPPORTED),
+    N(CKR_KEY_HANDLE_INVALID),
+    N(CKR_KEY_SIZE_RANGE),
+    N(CKR_KEY_TYPE_INCONSISTENT),
+    N(CKR_KEY_FUNCTION_NOT_PERMITTED),
+    N(CKR_MECHANISM_INVALID),
+    N(CKR_MECHANISM_PARAM_INVALID),
+    N(CKR_OBJECT_HANDLE_INVALID),
+    N(CKR_OPERATION_ACTIVE),
+    N(CKR_OPERATION_NOT_INITIALIZED),
+    N(CKR_PIN_INCORRECT),
+    N(CKR_PIN_INVALID),
+    N(CKR_PIN_LEN_RANGE),
+    N(CKR_PIN_EXPIRED),
+    N(CKR_PIN_LOCKED),
+    N(CKR_SESSION_CLOSED),
+    N(CKR_SESSION_COUNT),
+    N(CKR_SESSION_HANDLE_INVALID),
+    N(CKR_SESSION_READ_ONLY),
+    N(CKR_SIGNATURE_INVALID),
+    N(CKR_SIGNATURE_LEN_RANGE),
+    N(CKR_TEMPLATE_INCOMPLETE),
+    N(CKR_TEMPLATE_INCONSISTENT),
+    N(CKR_TOKEN_NOT_PRESENT),
+    N(CKR_TOKEN_NOT_RECOGNIZED),
+    N(CKR_TOKEN_WRITE_PROTECTED),
+    N(CKR_USER_ALREADY_LOGGED_IN),
+    N(CKR_USER_NOT_LOGGED_IN),
+    N(CKR_USER_PIN_NOT_INITIALIZED),
+    N(CKR_USER_TYPE_INVALID),
+    N(CKR_BUFFER_TOO_SMALL),
+    N(CKR_CRYPTOKI_NOT_INITIALIZED),
+    N(CKR_CRYPTOKI_ALREADY_INITIALIZED),
+    N(CKR_DOMAIN_PARAMS_INVALID),
+    N(CKR_CURVE_NOT_SUPPORTED),
+    N(CKR_RANDOM_NO_RNG),
+    N(CKR_NEED_TO_CREATE_THREADS),
+    N(CKR_CANT_LOCK),
 #undef N
 };
 
@@ -200,11 +235,11 @@ static veil_rc pk_fail(veil_provider *p, CK_RV rv, const char *fmt, ...)
 /* ---- 2. modules ------------------------------------------------------- */
 
 struct pk_module {
-    char key[512];        /* path or name as asked for */
-    char name[128];       /* for messages */
+    char key[512];  /* path or name as asked for */
+    char name[128]; /* for messages */
     CK_FUNCTION_LIST *f;
     int refs;
-    int finalize;         /* we initialised it */
+    int finalize; /* we initialised it */
     pk_module *next;
 };
 
@@ -235,9 +270,9 @@ static veil_rc module_load(const char *which, CK_FUNCTION_LIST **out)
     if (is_path(which)) {
         *out = p11_kit_module_load(which, P11_KIT_MODULE_UNMANAGED);
         if (!*out)
-            return veil_err(VEIL_E_MODULE, PK, NULL,
-                            "cannot load PKCS#11 module %s: %s", which,
-                            p11_kit_message() ? p11_kit_message() : "not found");
+            return veil_err(
+                VEIL_E_MODULE, PK, NULL, "cannot load PKCS#11 module %s: %s",
+                which, p11_kit_message() ? p11_kit_message() : "not found");
         return VEIL_OK;
     }
     all = p11_kit_modules_load(NULL, P11_KIT_MODULE_UNMANAGED);
@@ -256,8 +291,9 @@ static veil_rc module_load(const char *which, CK_FUNCTION_LIST **out)
                         which);
     *out = p11_kit_module_load(file, P11_KIT_MODULE_UNMANAGED);
     if (!*out) {
-        veil_rc rc = veil_err(VEIL_E_MODULE, PK, NULL,
-                              "cannot load PKCS#11 module %s (%s)", which, file);
+        veil_rc rc =
+            veil_err(VEIL_E_MODULE, PK, NULL,
+                     "cannot load PKCS#11 module %s (%s)", which, file);
         free(file);
         return rc;
     }
@@ -396,10 +432,11 @@ static int uri_has_token(P11KitUri *uri)
     CK_TOKEN_INFO *t = p11_kit_uri_get_token_info(uri);
     static const CK_UTF8CHAR zero[32];
 
-    return t && (memcmp(t->label, zero, sizeof t->label) != 0 ||
-                 memcmp(t->serialNumber, zero, sizeof t->serialNumber) != 0 ||
-                 memcmp(t->model, zero, sizeof t->model) != 0 ||
-                 memcmp(t->manufacturerID, zero, sizeof t->manufacturerID) != 0);
+    return t &&
+           (memcmp(t->label, zero, sizeof t->label) != 0 ||
+            memcmp(t->serialNumber, zero, sizeof t->serialNumber) != 0 ||
+            memcmp(t->model, zero, sizeof t->model) != 0 ||
+            memcmp(t->manufacturerID, zero, sizeof t->manufacturerID) != 0);
 }
 
 /* A URI with no token attributes means the default token. */
@@ -549,8 +586,7 @@ static veil_rc pk_login(veil_provider *p, P11KitUri *uri)
         veil_secbuf_free(pin);
         return rc;
     }
-    rv = CALL(p, C_Login, sh, CKU_USER,
-              pin ? veil_secbuf_data(pin) : NULL,
+    rv = CALL(p, C_Login, sh, CKU_USER, pin ? veil_secbuf_data(pin) : NULL,
               pin ? veil_secbuf_len(pin) : 0);
     session_put(p, sh);
     if (rv == CKR_PIN_INCORRECT) {
@@ -650,8 +686,8 @@ static veil_rc pk_find_slot(veil_provider *p, P11KitUri *turi)
         if (!(ti.flags & CKF_TOKEN_INITIALIZED))
             continue;
         if (strlen(seen) + strlen(label) + 4 < sizeof seen)
-            snprintf(seen + strlen(seen), sizeof seen - strlen(seen), "%s\"%s\"",
-                     seen[0] ? ", " : "", label);
+            snprintf(seen + strlen(seen), sizeof seen - strlen(seen),
+                     "%s\"%s\"", seen[0] ? ", " : "", label);
         if (!p11_kit_uri_match_token_info(turi, &ti))
             continue;
         if (found++) {
@@ -970,12 +1006,13 @@ static veil_rc load_key(veil_provider *p, CK_SESSION_HANDLE sh,
         if (pk->pub == CK_INVALID_HANDLE)
             return veil_err(VEIL_E_KEY, PK, NULL,
                             "EC key \"%s\" has no public-key object with the "
-                            "same id", k->label);
+                            "same id",
+                            k->label);
         rc = get_attr(p, sh, pk->pub, CKA_EC_PARAMS, &v1, &l1);
-        if (rc == VEIL_OK && (l1 != sizeof p256_oid ||
-                              memcmp(v1, p256_oid, l1) != 0))
-            rc = veil_err(VEIL_E_KEY, PK, NULL,
-                          "EC key \"%s\" is not on P-256", k->label);
+        if (rc == VEIL_OK &&
+            (l1 != sizeof p256_oid || memcmp(v1, p256_oid, l1) != 0))
+            rc = veil_err(VEIL_E_KEY, PK, NULL, "EC key \"%s\" is not on P-256",
+                          k->label);
         if (rc == VEIL_OK)
             rc = get_attr(p, sh, pk->pub, CKA_EC_POINT, &v2, &l2);
         if (rc == VEIL_OK && !ec_point_unwrap(v2, l2, &pt, &pt_len))
@@ -983,8 +1020,8 @@ static veil_rc load_key(veil_provider *p, CK_SESSION_HANDLE sh,
         if (rc == VEIL_OK)
             rc = pkey_from_ec(pt, pt_len, &k->pub);
     } else {
-        rc = veil_err(VEIL_E_KEY, PK, NULL,
-                      "key \"%s\" is neither RSA nor EC", k->label);
+        rc = veil_err(VEIL_E_KEY, PK, NULL, "key \"%s\" is neither RSA nor EC",
+                      k->label);
     }
     free(v1);
     free(v2);
@@ -1065,8 +1102,8 @@ static veil_rc build_private_template_search(veil_provider *p, P11KitUri *uri,
     veil_rc rc;
 
     if (bare_label) {
-        t[nt++] = (CK_ATTRIBUTE){CKA_LABEL, (void *)bare_label,
-                                 strlen(bare_label)};
+        t[nt++] =
+            (CK_ATTRIBUTE){CKA_LABEL, (void *)bare_label, strlen(bare_label)};
     } else {
         ua = p11_kit_uri_get_attribute(uri, CKA_LABEL);
         if (ua)
@@ -1398,9 +1435,10 @@ static veil_rc pk_rsa_decrypt(veil_provider *p, const veil_key *k,
     /* A ciphertext the token rejects is a decryption failure with the same
      * message as any other; anything else names the CKR. */
     if (init_rv == CKR_OK &&
-        (rv == CKR_ENCRYPTED_DATA_INVALID || rv == CKR_ENCRYPTED_DATA_LEN_RANGE ||
-         rv == CKR_DATA_INVALID || rv == CKR_DATA_LEN_RANGE ||
-         rv == CKR_FUNCTION_FAILED || rv == CKR_GENERAL_ERROR))
+        (rv == CKR_ENCRYPTED_DATA_INVALID ||
+         rv == CKR_ENCRYPTED_DATA_LEN_RANGE || rv == CKR_DATA_INVALID ||
+         rv == CKR_DATA_LEN_RANGE || rv == CKR_FUNCTION_FAILED ||
+         rv == CKR_GENERAL_ERROR))
         return veil_err(VEIL_E_DECRYPT, PK, NULL, "decryption failed");
     return pk_fail(p, rv, "RSA decryption in the token failed");
 }
@@ -1465,7 +1503,8 @@ static veil_rc import_public(veil_provider *p, CK_SESSION_HANDLE sh,
     if (k->type == VEIL_KEY_RSA) {
         if (!EVP_PKEY_get_bn_param(k->pub, OSSL_PKEY_PARAM_RSA_N, &bn) ||
             !EVP_PKEY_get_bn_param(k->pub, OSSL_PKEY_PARAM_RSA_E, &be) ||
-            BN_num_bytes(bn) > (int)sizeof n || BN_num_bytes(be) > (int)sizeof e) {
+            BN_num_bytes(bn) > (int)sizeof n ||
+            BN_num_bytes(be) > (int)sizeof e) {
             BN_free(bn);
             BN_free(be);
             return veil_err_ossl(VEIL_E_KEY, PK, "RSA public key");
@@ -1475,9 +1514,9 @@ static veil_rc import_public(veil_provider *p, CK_SESSION_HANDLE sh,
         BN_free(bn);
         BN_free(be);
         CK_ATTRIBUTE t[] = {
-            {CKA_CLASS, &cls, sizeof cls},     {CKA_KEY_TYPE, &kt, sizeof kt},
-            {CKA_TOKEN, &no, sizeof no},       {CKA_ENCRYPT, &yes, sizeof yes},
-            {CKA_MODULUS, n, nl},              {CKA_PUBLIC_EXPONENT, e, el},
+            {CKA_CLASS, &cls, sizeof cls}, {CKA_KEY_TYPE, &kt, sizeof kt},
+            {CKA_TOKEN, &no, sizeof no},   {CKA_ENCRYPT, &yes, sizeof yes},
+            {CKA_MODULUS, n, nl},          {CKA_PUBLIC_EXPONENT, e, el},
         };
         rv = CALL(p, C_CreateObject, sh, t, sizeof t / sizeof t[0], out);
     } else {
@@ -1524,7 +1563,8 @@ static veil_rc pk_rsa_encrypt(veil_provider *p, const veil_key *k,
     CK_RSA_PKCS_OAEP_PARAMS op = {
         hash == VEIL_HASH_SHA1 ? CKM_SHA_1 : CKM_SHA256,
         hash == VEIL_HASH_SHA1 ? CKG_MGF1_SHA1 : CKG_MGF1_SHA256,
-        CKZ_DATA_SPECIFIED, oaep && oaep->label_len ? (void *)oaep->label : NULL,
+        CKZ_DATA_SPECIFIED,
+        oaep && oaep->label_len ? (void *)oaep->label : NULL,
         oaep ? oaep->label_len : 0};
     CK_MECHANISM m = {CKM_RSA_PKCS_OAEP, &op, sizeof op};
     CK_OBJECT_HANDLE h;
@@ -1548,8 +1588,9 @@ static veil_rc pk_rsa_encrypt(veil_provider *p, const veil_key *k,
             rv == CKR_MECHANISM_INVALID) {
             /* Learnt: this hash is not available here; stop routing it. */
             __atomic_fetch_and(&p->caps.mechs,
-                               ~(hash == VEIL_HASH_SHA1 ? VEIL_CAP_RSA_OAEP_SHA1
-                                                        : VEIL_CAP_RSA_OAEP_SHA256),
+                               ~(hash == VEIL_HASH_SHA1
+                                     ? VEIL_CAP_RSA_OAEP_SHA1
+                                     : VEIL_CAP_RSA_OAEP_SHA256),
                                __ATOMIC_RELAXED);
             rc = veil_err(VEIL_E_UNSUPPORTED, PK, NULL,
                           "%s refuses RSA-OAEP with this hash",
@@ -1585,7 +1626,8 @@ static veil_rc pk_ecdsa_verify(veil_provider *p, const veil_key *k,
     strict = es && q == sig + sig_len;
     if (strict) {
         int n = i2d_ECDSA_SIG(es, &der);
-        strict = n > 0 && (size_t)n == sig_len && memcmp(der, sig, sig_len) == 0;
+        strict =
+            n > 0 && (size_t)n == sig_len && memcmp(der, sig, sig_len) == 0;
         OPENSSL_free(der);
     }
     if (strict) {
@@ -1622,27 +1664,26 @@ static veil_rc pk_ecdsa_verify(veil_provider *p, const veil_key *k,
 
 static veil_rc pk_aes_gcm(veil_provider *p, int enc, const uint8_t *key,
                           size_t key_len, const uint8_t *iv, size_t iv_len,
-                          const uint8_t *aad, size_t aad_len,
-                          const uint8_t *in, size_t len, uint8_t *out,
-                          uint8_t *tag)
+                          const uint8_t *aad, size_t aad_len, const uint8_t *in,
+                          size_t len, uint8_t *out, uint8_t *tag)
 {
     CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
     CK_KEY_TYPE kt = CKK_AES;
     CK_BBOOL no = CK_FALSE, yes = CK_TRUE;
     CK_ATTRIBUTE t[] = {
-        {CKA_CLASS, &cls, sizeof cls},   {CKA_KEY_TYPE, &kt, sizeof kt},
-        {CKA_TOKEN, &no, sizeof no},     {CKA_SENSITIVE, &yes, sizeof yes},
-        {CKA_ENCRYPT, &yes, sizeof yes}, {CKA_DECRYPT, &yes, sizeof yes},
+        {CKA_CLASS, &cls, sizeof cls},     {CKA_KEY_TYPE, &kt, sizeof kt},
+        {CKA_TOKEN, &no, sizeof no},       {CKA_SENSITIVE, &yes, sizeof yes},
+        {CKA_ENCRYPT, &yes, sizeof yes},   {CKA_DECRYPT, &yes, sizeof yes},
         {CKA_VALUE, (void *)key, key_len},
     };
-    CK_GCM_PARAMS gp = {(CK_BYTE_PTR)iv, iv_len, iv_len * 8,
+    CK_GCM_PARAMS gp = {(CK_BYTE_PTR)iv,  iv_len,  iv_len * 8,
                         (CK_BYTE_PTR)aad, aad_len, VEIL_GCM_TAG_LEN * 8};
     CK_MECHANISM m = {CKM_AES_GCM, &gp, sizeof gp};
     CK_OBJECT_HANDLE h;
     CK_SESSION_HANDLE sh;
     CK_ULONG n = len + VEIL_GCM_TAG_LEN;
     veil_secbuf *pt = NULL; /* open: the token's plaintext output */
-    uint8_t *ct = NULL;      /* seal: output, open: input; ct||tag */
+    uint8_t *ct = NULL;     /* seal: output, open: input; ct||tag */
     CK_RV rv, init_rv = CKR_OK;
     veil_rc rc = VEIL_OK;
 

@@ -71,7 +71,8 @@ static veil_rc sw_generate(veil_provider *p, const veil_keygen_params *kp,
             EVP_PKEY_CTX_set_rsa_keygen_bits(ctx, (int)kp->bits) <= 0 ||
             EVP_PKEY_generate(ctx, &pkey) <= 0) {
             EVP_PKEY_CTX_free(ctx);
-            return veil_err_ossl(VEIL_E_CRYPTO, SW, "RSA key generation failed");
+            return veil_err_ossl(VEIL_E_CRYPTO, SW,
+                                 "RSA key generation failed");
         }
         EVP_PKEY_CTX_free(ctx);
     } else {
@@ -253,16 +254,17 @@ static veil_rc sw_key_save(veil_provider *p, const veil_key *k, const char *dir,
     bio = BIO_new(BIO_s_secmem());
     ok = bio != NULL;
     if (ok && pw)
-        ok = PEM_write_bio_PKCS8PrivateKey(bio, k->pub, EVP_aes_256_cbc(),
-                                           (const char *)veil_secbuf_data(pw),
-                                           (int)veil_secbuf_len(pw), NULL, NULL);
+        ok = PEM_write_bio_PKCS8PrivateKey(
+            bio, k->pub, EVP_aes_256_cbc(), (const char *)veil_secbuf_data(pw),
+            (int)veil_secbuf_len(pw), NULL, NULL);
     else if (ok)
         ok = PEM_write_bio_PKCS8PrivateKey(bio, k->pub, NULL, NULL, 0, NULL,
                                            NULL);
     veil_secbuf_free(pw);
     if (!ok) {
         BIO_free(bio);
-        return veil_err_ossl(VEIL_E_CRYPTO, SW, "cannot encode the private key");
+        return veil_err_ossl(VEIL_E_CRYPTO, SW,
+                             "cannot encode the private key");
     }
     rc = write_new_file(priv, bio);
     BIO_free(bio);
@@ -307,7 +309,8 @@ static int set_oaep(EVP_PKEY_CTX *ctx, const veil_oaep *oaep)
     label = OPENSSL_memdup(oaep->label, oaep->label_len);
     if (!label)
         return 0;
-    if (EVP_PKEY_CTX_set0_rsa_oaep_label(ctx, label, (int)oaep->label_len) <= 0) {
+    if (EVP_PKEY_CTX_set0_rsa_oaep_label(ctx, label, (int)oaep->label_len) <=
+        0) {
         OPENSSL_free(label);
         return 0;
     }
@@ -389,9 +392,8 @@ static veil_rc sw_ecdsa_verify(veil_provider *p, const veil_key *k,
     EVP_MD_CTX *ctx = EVP_MD_CTX_new();
     int r;
 
-    if (!ctx ||
-        EVP_DigestVerifyInit_ex(ctx, NULL, "SHA256", NULL, NULL, k->pub, NULL) <=
-            0) {
+    if (!ctx || EVP_DigestVerifyInit_ex(ctx, NULL, "SHA256", NULL, NULL, k->pub,
+                                        NULL) <= 0) {
         EVP_MD_CTX_free(ctx);
         return veil_err_ossl(VEIL_E_CRYPTO, SW, "ECDSA verify set-up failed");
     }
@@ -406,7 +408,7 @@ static veil_rc sw_ecdsa_verify(veil_provider *p, const veil_key *k,
 
 static const EVP_CIPHER *gcm_cipher(size_t key_len)
 {
-    return key_len == 16 ? EVP_aes_128_gcm()
+    return key_len == 16   ? EVP_aes_128_gcm()
            : key_len == 24 ? EVP_aes_192_gcm()
                            : EVP_aes_256_gcm();
 }
@@ -466,9 +468,8 @@ static veil_rc sw_aes_gcm_long_iv(int enc, const uint8_t *key, size_t key_len,
 
 static veil_rc sw_aes_gcm(veil_provider *p, int enc, const uint8_t *key,
                           size_t key_len, const uint8_t *iv, size_t iv_len,
-                          const uint8_t *aad, size_t aad_len,
-                          const uint8_t *in, size_t len, uint8_t *out,
-                          uint8_t *tag)
+                          const uint8_t *aad, size_t aad_len, const uint8_t *in,
+                          size_t len, uint8_t *out, uint8_t *tag)
 {
     EVP_CIPHER_CTX *ctx;
     int n = 0, ok;
@@ -477,8 +478,8 @@ static veil_rc sw_aes_gcm(veil_provider *p, int enc, const uint8_t *key,
         return sw_aes_gcm_long_iv(enc, key, key_len, iv, iv_len, aad, aad_len,
                                   in, len, out, tag);
     ctx = EVP_CIPHER_CTX_new();
-    ok = ctx && EVP_CipherInit_ex(ctx, gcm_cipher(key_len), NULL, NULL, NULL,
-                                  enc) &&
+    ok = ctx &&
+         EVP_CipherInit_ex(ctx, gcm_cipher(key_len), NULL, NULL, NULL, enc) &&
          EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_SET_IVLEN, (int)iv_len, NULL) &&
          EVP_CipherInit_ex(ctx, NULL, NULL, key, iv, enc);
     if (ok && !enc)
@@ -501,8 +502,8 @@ static veil_rc sw_aes_gcm(veil_provider *p, int enc, const uint8_t *key,
         veil_wipe(out, len);
         return veil_err(VEIL_E_DECRYPT, SW, NULL, "decryption failed");
     }
-    if (enc && !EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_GET_TAG,
-                                    VEIL_GCM_TAG_LEN, tag)) {
+    if (enc && !EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_GET_TAG, VEIL_GCM_TAG_LEN,
+                                    tag)) {
         EVP_CIPHER_CTX_free(ctx);
         return veil_err_ossl(VEIL_E_CRYPTO, SW, "AES-GCM tag");
     }

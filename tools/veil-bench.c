@@ -47,13 +47,13 @@
 #define MAX_SECONDS 60.0
 #define RSA_MSG_LEN 32 /* the protocol wraps a 32-byte AES key */
 #define GCM_IV_LEN 12
-#define TARGET 0.90    /* veil should reach 90% of the bare rate */
+#define TARGET 0.90 /* veil should reach 90% of the bare rate */
 
 /* ---- options ------------------------------------------------------------ */
 
 typedef struct bench_opts {
-    double seconds;      /* one timed slice */
-    unsigned rounds;     /* slices per side */
+    double seconds;  /* one timed slice */
+    unsigned rounds; /* slices per side */
     int quick;
     int run_software;
     int run_pkcs11;
@@ -150,8 +150,15 @@ static const char *env_nonempty(const char *name)
  * status. */
 static int parse_args(int argc, char **argv, bench_opts *o)
 {
-    enum { O_SECONDS = 256, O_ROUNDS, O_MODULE, O_TOKEN, O_PIN, O_NOP11,
-           O_QUICK };
+    enum {
+        O_SECONDS = 256,
+        O_ROUNDS,
+        O_MODULE,
+        O_TOKEN,
+        O_PIN,
+        O_NOP11,
+        O_QUICK
+    };
     static const struct option longopts[] = {
         {"seconds", required_argument, NULL, O_SECONDS},
         {"rounds", required_argument, NULL, O_ROUNDS},
@@ -175,13 +182,15 @@ static int parse_args(int argc, char **argv, bench_opts *o)
         case O_SECONDS:
             if (parse_seconds(optarg, &seconds) != 0)
                 return usage_error("--seconds wants a number of seconds in "
-                                   "(0, 60], not: ", optarg);
+                                   "(0, 60], not: ",
+                                   optarg);
             have_seconds = 1;
             break;
         case O_ROUNDS:
             if (parse_rounds(optarg, &rounds) != 0)
                 return usage_error("--rounds wants an integer in [1, 1000], "
-                                   "not: ", optarg);
+                                   "not: ",
+                                   optarg);
             have_rounds = 1;
             break;
         case O_MODULE:
@@ -203,8 +212,7 @@ static int parse_args(int argc, char **argv, bench_opts *o)
             fputs(USAGE, stdout);
             return 0;
         case ':':
-            return usage_error("option needs an argument: ",
-                               argv[optind - 1]);
+            return usage_error("option needs an argument: ", argv[optind - 1]);
         default:
             return usage_error("unknown option: ", argv[optind - 1]);
         }
@@ -275,9 +283,9 @@ static int veil_fail(const char *what)
 {
     const veil_error *err = veil_last_error();
 
-    fprintf(stderr, "veil-bench: %s failed: %s (%s%s%s)\n", what,
-            err->message, veil_rc_name(err->code),
-            err->provider_code[0] ? ", " : "", err->provider_code);
+    fprintf(stderr, "veil-bench: %s failed: %s (%s%s%s)\n", what, err->message,
+            veil_rc_name(err->code), err->provider_code[0] ? ", " : "",
+            err->provider_code);
     return -1;
 }
 
@@ -296,31 +304,52 @@ static int ossl_fail(const char *what)
 static const char *ckr_name(CK_RV rv)
 {
     switch (rv) {
-    case CKR_OK: return "CKR_OK";
-    case CKR_ARGUMENTS_BAD: return "CKR_ARGUMENTS_BAD";
-    case CKR_BUFFER_TOO_SMALL: return "CKR_BUFFER_TOO_SMALL";
-    case CKR_CRYPTOKI_NOT_INITIALIZED: return "CKR_CRYPTOKI_NOT_INITIALIZED";
+    case CKR_OK:
+        return "CKR_OK";
+    case CKR_ARGUMENTS_BAD:
+        return "CKR_ARGUMENTS_BAD";
+    case CKR_BUFFER_TOO_SMALL:
+        return "CKR_BUFFER_TOO_SMALL";
+    case CKR_CRYPTOKI_NOT_INITIALIZED:
+        return "CKR_CRYPTOKI_NOT_INITIALIZED";
     case CKR_CRYPTOKI_ALREADY_INITIALIZED:
         return "CKR_CRYPTOKI_ALREADY_INITIALIZED";
-    case CKR_DEVICE_ERROR: return "CKR_DEVICE_ERROR";
-    case CKR_ENCRYPTED_DATA_INVALID: return "CKR_ENCRYPTED_DATA_INVALID";
-    case CKR_ENCRYPTED_DATA_LEN_RANGE: return "CKR_ENCRYPTED_DATA_LEN_RANGE";
-    case CKR_FUNCTION_FAILED: return "CKR_FUNCTION_FAILED";
-    case CKR_GENERAL_ERROR: return "CKR_GENERAL_ERROR";
-    case CKR_HOST_MEMORY: return "CKR_HOST_MEMORY";
+    case CKR_DEVICE_ERROR:
+        return "CKR_DEVICE_ERROR";
+    case CKR_ENCRYPTED_DATA_INVALID:
+        return "CKR_ENCRYPTED_DATA_INVALID";
+    case CKR_ENCRYPTED_DATA_LEN_RANGE:
+        return "CKR_ENCRYPTED_DATA_LEN_RANGE";
+    case CKR_FUNCTION_FAILED:
+        return "CKR_FUNCTION_FAILED";
+    case CKR_GENERAL_ERROR:
+        return "CKR_GENERAL_ERROR";
+    case CKR_HOST_MEMORY:
+        return "CKR_HOST_MEMORY";
     case CKR_KEY_FUNCTION_NOT_PERMITTED:
         return "CKR_KEY_FUNCTION_NOT_PERMITTED";
-    case CKR_KEY_HANDLE_INVALID: return "CKR_KEY_HANDLE_INVALID";
-    case CKR_KEY_TYPE_INCONSISTENT: return "CKR_KEY_TYPE_INCONSISTENT";
-    case CKR_MECHANISM_INVALID: return "CKR_MECHANISM_INVALID";
-    case CKR_MECHANISM_PARAM_INVALID: return "CKR_MECHANISM_PARAM_INVALID";
-    case CKR_OPERATION_ACTIVE: return "CKR_OPERATION_ACTIVE";
-    case CKR_SESSION_HANDLE_INVALID: return "CKR_SESSION_HANDLE_INVALID";
-    case CKR_TEMPLATE_INCOMPLETE: return "CKR_TEMPLATE_INCOMPLETE";
-    case CKR_TEMPLATE_INCONSISTENT: return "CKR_TEMPLATE_INCONSISTENT";
-    case CKR_TOKEN_NOT_PRESENT: return "CKR_TOKEN_NOT_PRESENT";
-    case CKR_USER_NOT_LOGGED_IN: return "CKR_USER_NOT_LOGGED_IN";
-    default: return "CKR_?";
+    case CKR_KEY_HANDLE_INVALID:
+        return "CKR_KEY_HANDLE_INVALID";
+    case CKR_KEY_TYPE_INCONSISTENT:
+        return "CKR_KEY_TYPE_INCONSISTENT";
+    case CKR_MECHANISM_INVALID:
+        return "CKR_MECHANISM_INVALID";
+    case CKR_MECHANISM_PARAM_INVALID:
+        return "CKR_MECHANISM_PARAM_INVALID";
+    case CKR_OPERATION_ACTIVE:
+        return "CKR_OPERATION_ACTIVE";
+    case CKR_SESSION_HANDLE_INVALID:
+        return "CKR_SESSION_HANDLE_INVALID";
+    case CKR_TEMPLATE_INCOMPLETE:
+        return "CKR_TEMPLATE_INCOMPLETE";
+    case CKR_TEMPLATE_INCONSISTENT:
+        return "CKR_TEMPLATE_INCONSISTENT";
+    case CKR_TOKEN_NOT_PRESENT:
+        return "CKR_TOKEN_NOT_PRESENT";
+    case CKR_USER_NOT_LOGGED_IN:
+        return "CKR_USER_NOT_LOGGED_IN";
+    default:
+        return "CKR_?";
     }
 }
 
@@ -429,8 +458,7 @@ static int op_veil_rsa_decrypt(void *arg)
     rsa_sw_ctx *c = arg;
     veil_secbuf *pt = NULL;
 
-    if (veil_rsa_decrypt(c->e, c->key, NULL, c->ct, c->ct_len, &pt) !=
-        VEIL_OK)
+    if (veil_rsa_decrypt(c->e, c->key, NULL, c->ct, c->ct_len, &pt) != VEIL_OK)
         return veil_fail("veil_rsa_decrypt");
     veil_secbuf_free(pt);
     return 0;
@@ -562,8 +590,10 @@ static int make_shared_rsa_key(veil_engine *e, unsigned bits,
         if (same == 1) {
             ret = 0;
         } else if (same == 0) {
-            fprintf(stderr, "veil-bench: the key veil loaded from %s is not "
-                            "the key that was written there\n", ref);
+            fprintf(stderr,
+                    "veil-bench: the key veil loaded from %s is not "
+                    "the key that was written there\n",
+                    ref);
         }
     }
     if (ret != 0) {
@@ -740,8 +770,10 @@ static int bench_aes_software(const bench_opts *o, veil_engine *e, size_t len)
         goto out;
     if (memcmp(c.ct_veil, c.ct_base, len) != 0 ||
         memcmp(c.tag_veil, c.tag_base, sizeof c.tag_veil) != 0) {
-        fprintf(stderr, "veil-bench: veil_aes_gcm_seal and OpenSSL disagree "
-                        "(%zu bytes)\n", len);
+        fprintf(stderr,
+                "veil-bench: veil_aes_gcm_seal and OpenSSL disagree "
+                "(%zu bytes)\n",
+                len);
         goto out;
     }
     size_name(len, sz, sizeof sz);
@@ -777,8 +809,8 @@ static int token_label_is(const CK_UTF8CHAR label[32], const char *want)
 
 static int p11_open_session(p11_bare *b)
 {
-    CK_RV rv = b->f->C_OpenSession(b->slot, CKF_SERIAL_SESSION, NULL, NULL,
-                                   &b->s);
+    CK_RV rv =
+        b->f->C_OpenSession(b->slot, CKF_SERIAL_SESSION, NULL, NULL, &b->s);
     if (rv != CKR_OK)
         return ckr_fail("C_OpenSession", rv);
     b->have_session = 1;
@@ -819,8 +851,9 @@ static int p11_bare_open(p11_bare *b, const char *module, const char *token)
         /* The engine's instance of the module is not this one: the token
          * key will most likely not be visible from here. */
         b->we_initialized = 1;
-        fprintf(stderr, "veil-bench: warning: C_Initialize returned CKR_OK: "
-                        "the engine did not initialise %s in this process\n",
+        fprintf(stderr,
+                "veil-bench: warning: C_Initialize returned CKR_OK: "
+                "the engine did not initialise %s in this process\n",
                 module);
     } else if (rv != CKR_CRYPTOKI_ALREADY_INITIALIZED) {
         return ckr_fail("C_Initialize", rv);
@@ -920,8 +953,9 @@ static int p11_find_private_key(p11_bare *b, const veil_key *k,
     if (rv != CKR_OK)
         return ckr_fail("C_FindObjects", rv);
     if (found != 1) {
-        fprintf(stderr, "veil-bench: %lu private keys labelled '%s' (id %s) "
-                        "visible from a new session; expected 1\n",
+        fprintf(stderr,
+                "veil-bench: %lu private keys labelled '%s' (id %s) "
+                "visible from a new session; expected 1\n",
                 (unsigned long)found, info.label, info.id_hex);
         return -1;
     }
@@ -972,8 +1006,7 @@ static int op_veil_p11_decrypt(void *arg)
     p11_rsa_ctx *c = arg;
     veil_secbuf *pt = NULL;
 
-    if (veil_rsa_decrypt(c->e, c->key, NULL, c->ct, c->ct_len, &pt) !=
-        VEIL_OK)
+    if (veil_rsa_decrypt(c->e, c->key, NULL, c->ct, c->ct_len, &pt) != VEIL_OK)
         return veil_fail("veil_rsa_decrypt (pkcs11)");
     veil_secbuf_free(pt);
     return 0;
@@ -1002,8 +1035,8 @@ static int p11_pick_mechanism(p11_rsa_ctx *c, const uint8_t *msg,
         return 0;
     }
     printf("#   rsa%zu: token refused CKM_RSA_PKCS_OAEP with SHA-256 (%s); "
-           "bare loop uses CKM_RSA_X_509\n", c->k * 8,
-           rv == CKR_OK ? "wrong plaintext" : ckr_name(rv));
+           "bare loop uses CKM_RSA_X_509\n",
+           c->k * 8, rv == CKR_OK ? "wrong plaintext" : ckr_name(rv));
     /* Start again from a clean session: no operation left half-done. */
     p11_close_session(c->b);
     if (p11_open_session(c->b) != 0)
@@ -1016,8 +1049,9 @@ static int p11_pick_mechanism(p11_rsa_ctx *c, const uint8_t *msg,
         return ckr_fail("C_Decrypt(CKM_RSA_X_509)", rv);
     /* The raw result is the k-byte OAEP encoding: it starts with 0x00. */
     if (c->out_len != c->k || c->out[0] != 0) {
-        fprintf(stderr, "veil-bench: C_Decrypt(CKM_RSA_X_509) returned %lu "
-                        "bytes that are not an OAEP encoding\n",
+        fprintf(stderr,
+                "veil-bench: C_Decrypt(CKM_RSA_X_509) returned %lu "
+                "bytes that are not an OAEP encoding\n",
                 (unsigned long)c->out_len);
         return -1;
     }
@@ -1060,8 +1094,10 @@ static int bench_rsa_pkcs11(const bench_opts *o, veil_engine *e,
         goto out;
     }
     if (c.ct_len != c.k) {
-        fprintf(stderr, "veil-bench: veil_rsa_encrypt gave %zu bytes for a "
-                        "%u-bit key\n", c.ct_len, bits);
+        fprintf(stderr,
+                "veil-bench: veil_rsa_encrypt gave %zu bytes for a "
+                "%u-bit key\n",
+                c.ct_len, bits);
         goto out;
     }
     if (veil_rsa_decrypt(e, c.key, NULL, c.ct, c.ct_len, &pt) != VEIL_OK) {
@@ -1081,8 +1117,8 @@ static int bench_rsa_pkcs11(const bench_opts *o, veil_engine *e,
 
     snprintf(name, sizeof name, "pkcs11 rsa%u oaep-decrypt [%s]", bits,
              mech_name);
-    ret = measure(o, name, "op/s", 1.0, op_veil_p11_decrypt, &c,
-                  op_p11_decrypt, &c, NULL);
+    ret = measure(o, name, "op/s", 1.0, op_veil_p11_decrypt, &c, op_p11_decrypt,
+                  &c, NULL);
 out:
     veil_secbuf_free(pt);
     OPENSSL_cleanse(c.out, sizeof c.out);
@@ -1146,8 +1182,10 @@ static int op_p11_gcm_seal(void *arg)
     if (rv != CKR_OK)
         return ckr_fail("C_EncryptInit/C_Encrypt(CKM_AES_GCM)", rv);
     if (out_len != c->a.len + VEIL_GCM_TAG_LEN) {
-        fprintf(stderr, "veil-bench: C_Encrypt(CKM_AES_GCM) returned %lu "
-                        "bytes for %zu\n", (unsigned long)out_len, c->a.len);
+        fprintf(stderr,
+                "veil-bench: C_Encrypt(CKM_AES_GCM) returned %lu "
+                "bytes for %zu\n",
+                (unsigned long)out_len, c->a.len);
         return -1;
     }
     return 0;
@@ -1168,8 +1206,10 @@ static int bench_aes_pkcs11(const bench_opts *o, veil_engine *e, p11_bare *b,
         goto out;
     if (memcmp(c.a.ct_veil, c.a.ct_base, len) != 0 ||
         memcmp(c.a.tag_veil, c.a.ct_base + len, VEIL_GCM_TAG_LEN) != 0) {
-        fprintf(stderr, "veil-bench: veil_aes_gcm_seal (token) and "
-                        "C_Encrypt disagree (%zu bytes)\n", len);
+        fprintf(stderr,
+                "veil-bench: veil_aes_gcm_seal (token) and "
+                "C_Encrypt disagree (%zu bytes)\n",
+                len);
         goto out;
     }
     size_name(len, sz, sizeof sz);
@@ -1180,7 +1220,8 @@ static int bench_aes_pkcs11(const bench_opts *o, veil_engine *e, p11_bare *b,
     if (ret == 0 && ratio > 3.0)
         printf("#   note: veil is %.0fx faster than the token's own "
                "C_Encrypt: the seal probably ran in software, not in the "
-               "token\n", ratio);
+               "token\n",
+               ratio);
 out:
     aes_ctx_free(&c.a);
     return ret;
@@ -1273,7 +1314,8 @@ static int run_pkcs11(const bench_opts *o, veil_engine *e,
         return veil_fail("veil_engine_caps(pkcs11)");
     printf("# pkcs11 provider vs bare PKCS#11 calls on the same token key in "
            "this process\n"
-           "#   module %s, %s\n", o->module, uri);
+           "#   module %s, %s\n",
+           o->module, uri);
     print_caps("token", &caps);
     printf("#   rsa: bare loop = C_DecryptInit + C_Decrypt per op; [X_509] "
            "means the token has no\n"
@@ -1359,10 +1401,9 @@ int main(int argc, char **argv)
             return usage_error("token label too long: ", o.token);
         cfg.pkcs11_module = o.module;
         cfg.default_token = uri;
-        if (o.pin_spec && veil_pin_source_parse(o.pin_spec, &cfg.pin) !=
-                              VEIL_OK)
-            return usage_error("--pin-source: ",
-                               veil_last_error()->message);
+        if (o.pin_spec &&
+            veil_pin_source_parse(o.pin_spec, &cfg.pin) != VEIL_OK)
+            return usage_error("--pin-source: ", veil_last_error()->message);
     }
 
     print_machine(&o);

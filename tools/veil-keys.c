@@ -12,12 +12,12 @@
 
 enum {
     EXIT_OK = 0,
-    EXIT_FAIL = 1,      /* any other veil error */
-    EXIT_USAGE = 2,     /* bad command line */
-    EXIT_NOTFOUND = 3,  /* key, token or module not found */
-    EXIT_PIN = 4,       /* PIN missing, wrong or locked */
-    EXIT_TOKEN = 5,     /* module or token failure */
-    EXIT_EXISTS = 6     /* a key with that label (or files) already exists */
+    EXIT_FAIL = 1,     /* any other veil error */
+    EXIT_USAGE = 2,    /* bad command line */
+    EXIT_NOTFOUND = 3, /* key, token or module not found */
+    EXIT_PIN = 4,      /* PIN missing, wrong or locked */
+    EXIT_TOKEN = 5,    /* module or token failure */
+    EXIT_EXISTS = 6    /* a key with that label (or files) already exists */
 };
 
 static const char usage_main[] =
@@ -28,21 +28,25 @@ static const char usage_main[] =
     "  list       list the keys of a token or key directory\n"
     "  show       print a key's public key (PEM) and SHA-256 fingerprint\n"
     "  delete     destroy a key\n"
-    "  test       check a key works: wrap in software, unwrap (or sign) with it\n"
+    "  test       check a key works: wrap in software, unwrap (or sign) with "
+    "it\n"
     "  caps       what a token (or the software provider) can do\n"
     "\n"
     "Where the key lives (every command):\n"
     "  --token URI         a PKCS#11 token, e.g. 'pkcs11:token=veil'\n"
-    "  --dir DIR           a NOMYO key directory (private_key.pem, public_key.pem)\n"
+    "  --dir DIR           a NOMYO key directory (private_key.pem, "
+    "public_key.pem)\n"
     "  --module M          PKCS#11 module: a .so path or p11-kit name\n"
-    "                      (default: $VEIL_PKCS11_MODULE, or module-name= in the URI)\n"
+    "                      (default: $VEIL_PKCS11_MODULE, or module-name= in "
+    "the URI)\n"
     "  --pin-source SPEC   file:PATH, env:NAME or prompt (default:\n"
     "                      $VEIL_PIN_SOURCE, else prompt on a terminal)\n"
     "  -v, --verbose       debug log on stderr (never shows keys or PINs)\n"
     "\n"
     "Run 'veil-keys COMMAND --help' for a command's options.\n"
     "\n"
-    "Exit codes: 0 success, 1 other error, 2 usage, 3 not found, 4 PIN missing,\n"
+    "Exit codes: 0 success, 1 other error, 2 usage, 3 not found, 4 PIN "
+    "missing,\n"
     "wrong or locked, 5 module or token failure, 6 already exists.\n";
 
 static const char usage_generate[] =
@@ -61,7 +65,8 @@ static const char usage_list[] =
     "Lists private keys: label, type and size, fingerprint and URI.\n";
 
 static const char usage_show[] =
-    "usage: veil-keys show (--key URI|LABEL | --dir DIR) [--pem | --fingerprint]\n"
+    "usage: veil-keys show (--key URI|LABEL | --dir DIR) [--pem | "
+    "--fingerprint]\n"
     "Prints the key's details, public key (PEM SPKI) and fingerprint;\n"
     "--pem or --fingerprint prints only that.\n";
 
@@ -182,21 +187,51 @@ static int parse_opts(int argc, char **argv, struct opts *o)
     while ((c = getopt_long(argc, argv, "vh", longopts, NULL)) != -1) {
         char *end;
         switch (c) {
-        case 't': o->token = optarg; break;
-        case 'd': o->dir = optarg; break;
-        case 'k': o->key = optarg; break;
-        case 'm': o->module = optarg; break;
-        case 'P': o->pin_source = optarg; break;
-        case 'W': o->password_source = optarg; break;
-        case 'l': o->label = optarg; break;
-        case 'T': o->type = optarg; break;
-        case 'i': o->id_hex = optarg; break;
-        case 's': o->session = 1; break;
-        case 'p': o->pem_only = 1; break;
-        case 'f': o->fp_only = 1; break;
-        case 'y': o->yes = 1; break;
-        case 'v': o->verbose = 1; break;
-        case 'h': o->help = 1; break;
+        case 't':
+            o->token = optarg;
+            break;
+        case 'd':
+            o->dir = optarg;
+            break;
+        case 'k':
+            o->key = optarg;
+            break;
+        case 'm':
+            o->module = optarg;
+            break;
+        case 'P':
+            o->pin_source = optarg;
+            break;
+        case 'W':
+            o->password_source = optarg;
+            break;
+        case 'l':
+            o->label = optarg;
+            break;
+        case 'T':
+            o->type = optarg;
+            break;
+        case 'i':
+            o->id_hex = optarg;
+            break;
+        case 's':
+            o->session = 1;
+            break;
+        case 'p':
+            o->pem_only = 1;
+            break;
+        case 'f':
+            o->fp_only = 1;
+            break;
+        case 'y':
+            o->yes = 1;
+            break;
+        case 'v':
+            o->verbose = 1;
+            break;
+        case 'h':
+            o->help = 1;
+            break;
         case 'b':
             o->bits = (unsigned)strtoul(optarg, &end, 10);
             if (*end || !*optarg) {
@@ -229,10 +264,9 @@ static veil_rc engine_for(const struct opts *o, veil_engine **e)
     cfg.default_token = o->token;
     /* A key directory's password comes from --password-source first. */
     if (o->pin_source || (o->dir && o->password_source)) {
-        rc = veil_pin_source_parse(o->dir && o->password_source
-                                       ? o->password_source
-                                       : o->pin_source,
-                                   &cfg.pin);
+        rc = veil_pin_source_parse(
+            o->dir && o->password_source ? o->password_source : o->pin_source,
+            &cfg.pin);
         if (rc != VEIL_OK)
             return rc;
     } else if (isatty(STDIN_FILENO)) {
@@ -462,9 +496,9 @@ static int cmd_test(veil_engine *e, const struct opts *o)
             rc = veil_rsa_encrypt(e, k, NULL, secret, sizeof secret, buf, &len);
         if (rc == VEIL_OK)
             rc = veil_rsa_decrypt(e, k, NULL, buf, len, &got);
-        if (rc == VEIL_OK && (veil_secbuf_len(got) != sizeof secret ||
-                              memcmp(veil_secbuf_data(got), secret,
-                                     sizeof secret) != 0)) {
+        if (rc == VEIL_OK &&
+            (veil_secbuf_len(got) != sizeof secret ||
+             memcmp(veil_secbuf_data(got), secret, sizeof secret) != 0)) {
             fprintf(stderr, "veil-keys: unwrapped value differs\n");
             rc = VEIL_E_CRYPTO;
         }

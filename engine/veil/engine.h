@@ -168,9 +168,10 @@ void veil_engine_free(veil_engine *e);
 /* ---- capabilities ----------------------------------------------------- */
 
 #define VEIL_CAP_RSA_GEN (1u << 0)
-#define VEIL_CAP_RSA_OAEP_SHA256 (1u << 1) /* native OAEP-SHA256/MGF1-SHA256 */
+#define VEIL_CAP_RSA_OAEP_SHA256 (1u << 1) /* native OAEP-SHA256/MGF1-SHA256   \
+                                            */
 #define VEIL_CAP_RSA_OAEP_SHA1 (1u << 2)
-#define VEIL_CAP_RSA_RAW (1u << 3)         /* CKM_RSA_X_509 */
+#define VEIL_CAP_RSA_RAW (1u << 3) /* CKM_RSA_X_509 */
 #define VEIL_CAP_EC_GEN (1u << 4)
 #define VEIL_CAP_ECDSA (1u << 5)
 #define VEIL_CAP_AES_GCM (1u << 6)
@@ -201,11 +202,11 @@ typedef void (*veil_progress_fn)(void *ctx);
 
 typedef struct veil_keygen_params {
     veil_key_type type;
-    unsigned bits;            /* RSA: 2048, 3072 or 4096 */
-    const char *label;        /* required in a token */
-    const uint8_t *id;        /* CKA_ID; NULL: 16 random bytes */
+    unsigned bits;     /* RSA: 2048, 3072 or 4096 */
+    const char *label; /* required in a token */
+    const uint8_t *id; /* CKA_ID; NULL: 16 random bytes */
     size_t id_len;
-    int session_only;         /* token: session object, gone at close */
+    int session_only;          /* token: session object, gone at close */
     veil_progress_fn progress; /* called while a long generation runs */
     void *progress_ctx;
 } veil_keygen_params;
@@ -234,11 +235,11 @@ typedef struct veil_key_info {
     char provider[32];
     char label[128];
     char id_hex[129];
-    char uri[512];       /* PKCS#11 URI of the private key, or "" */
+    char uri[512]; /* PKCS#11 URI of the private key, or "" */
     int has_private;
-    int sensitive;       /* token: CKA_SENSITIVE; software: -1 */
-    int extractable;     /* token: CKA_EXTRACTABLE; software: -1 */
-    int persistent;      /* token object or saved file */
+    int sensitive;        /* token: CKA_SENSITIVE; software: -1 */
+    int extractable;      /* token: CKA_EXTRACTABLE; software: -1 */
+    int persistent;       /* token object or saved file */
     char fingerprint[72]; /* "sha256:<64 hex>" of the SPKI DER */
 } veil_key_info;
 
