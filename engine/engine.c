@@ -9,6 +9,7 @@
  */
 #include "config.h"
 
+#include <limits.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
@@ -386,10 +387,11 @@ veil_rc veil_key_generate(veil_engine *e, const char *where,
     return key_finish(rc, k, out);
 }
 
-static int is_uri_or_dir(const char *ref)
+/* A reference some provider claims ("pkcs11:", "dir:", ...), as opposed
+ * to a bare label for the default token. */
+static int is_provider_ref(const veil_engine *e, const char *ref)
 {
-    return strncmp(ref, "pkcs11:", 7) == 0 || strncmp(ref, "dir:", 4) == 0 ||
-           strcmp(ref, "software") == 0;
+    return ops_for(e, ref) != NULL;
 }
 
 veil_rc veil_key_open(veil_engine *e, const char *ref, veil_key **out)
@@ -403,7 +405,7 @@ veil_rc veil_key_open(veil_engine *e, const char *ref, veil_key **out)
         return veil_err(VEIL_E_ARG, "engine", NULL, "open: missing argument");
     *out = NULL;
     /* A bare label is looked up in the default token. */
-    rc = provider_get(e, is_uri_or_dir(ref) ? ref : NULL, &p);
+    rc = provider_get(e, is_provider_ref(e, ref) ? ref : NULL, &p);
     if (rc != VEIL_OK)
         return rc;
     if (!p->ops->key_open)
@@ -428,6 +430,8 @@ veil_rc veil_key_from_public(veil_engine *e, const uint8_t *data, size_t len,
         return veil_err(VEIL_E_ARG, "engine", NULL,
                         "public key: missing argument");
     *out = NULL;
+    if (len > INT_MAX)
+        return veil_err(VEIL_E_ARG, "engine", NULL, "public key too long");
     if (len > 11 && memcmp(data, "-----BEGIN ", 11) == 0) {
         BIO *bio = BIO_new_mem_buf(data, (int)len);
         if (bio)
@@ -729,6 +733,9 @@ veil_rc veil_rsa_decrypt(veil_engine *e, const veil_key *priv,
     if (!rsa_ciphertext_in_range(priv, in, in_len))
         return veil_err(VEIL_E_DECRYPT, priv->prov->ops->name, NULL,
                         "decryption failed");
+    if (!priv->prov->ops->rsa_decrypt)
+        return veil_err(VEIL_E_UNSUPPORTED, priv->prov->ops->name, NULL,
+                        "cannot decrypt");
     /* Private-key operation: always the holder, never a fallback. */
     return priv->prov->ops->rsa_decrypt(priv->prov, priv, oaep, in, in_len,
                                         out);

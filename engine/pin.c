@@ -23,9 +23,13 @@ veil_rc veil_pin_source_parse(const char *spec, veil_pin_source *out)
     if (strncmp(spec, "file:", 5) == 0 && spec[5]) {
         out->kind = VEIL_PIN_FILE;
         out->where = spec + 5;
-        /* RFC 8089 form file:///path */
-        if (strncmp(out->where, "//", 2) == 0)
+        /* RFC 8089 form file:///path (a host part is not supported) */
+        if (strncmp(out->where, "///", 3) == 0)
             out->where += 2;
+        else if (strncmp(out->where, "//", 2) == 0)
+            return veil_err(VEIL_E_ARG, "engine", NULL,
+                            "PIN source file://HOST/... is not supported; "
+                            "use file:/path");
     } else if (strncmp(spec, "env:", 4) == 0 && spec[4]) {
         out->kind = VEIL_PIN_ENV;
         out->where = spec + 4;

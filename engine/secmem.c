@@ -12,6 +12,7 @@
 
 #include <errno.h>
 #include <stdatomic.h>
+#include <stdint.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
@@ -37,6 +38,35 @@ static atomic_int dontdump_failed;
 static pthread_mutex_t pool_lock = PTHREAD_MUTEX_INITIALIZER;
 static veil_secbuf *pool[POOL_MAX];
 static size_t pool_n;
+
+/* Memory locks are not inherited across fork(): a child drops the pool
+ * (its pages are not locked there) rather than hand out buffers that claim
+ * to be locked. */
+static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
+
+static void pool_prepare(void)
+{
+    pthread_mutex_lock(&pool_lock);
+}
+
+static void pool_parent(void)
+{
+    pthread_mutex_unlock(&pool_lock);
+}
+
+static void pool_child(void)
+{
+    while (pool_n > 0) {
+        veil_secbuf *b = pool[--pool_n];
+        munmap(b, b->map_len); /* already wiped when pooled */
+    }
+    pthread_mutex_unlock(&pool_lock);
+}
+
+static void pool_atfork_register(void)
+{
+    pthread_atfork(pool_prepare, pool_parent, pool_child);
+}
 
 static pthread_once_t secure_heap_once = PTHREAD_ONCE_INIT;
 static size_t secure_heap_size;
@@ -76,8 +106,9 @@ veil_rc veil_secbuf_new(size_t len, veil_secbuf **out)
         return veil_err(VEIL_E_ARG, "engine", NULL, "secbuf: no output");
     *out = NULL;
     need = sizeof(veil_secbuf) + (len ? len : 1);
-    if (need < len)
+    if (need < len || need > SIZE_MAX - page)
         return veil_err(VEIL_E_ARG, "engine", NULL, "secbuf: size overflow");
+    pthread_once(&atfork_once, pool_atfork_register);
     map_len = (need + page - 1) / page * page;
     if (map_len == page) {
         pthread_mutex_lock(&pool_lock);
@@ -162,16 +193,23 @@ void veil_secbuf_free(veil_secbuf *b)
 void veil_memory_status_get(veil_memory_status *st)
 {
     struct rlimit rl;
-    veil_secbuf *probe = NULL;
 
     if (!st)
         return;
     memset(st, 0, sizeof *st);
-    /* Probe: can a secret buffer be locked right now? */
-    if (veil_secbuf_new(1, &probe) == VEIL_OK) {
-        st->locking = probe->locked;
-        st->dontdump = probe->dontdump;
-        veil_secbuf_free(probe);
+    /* Probe: can a fresh page be locked right now?  (Not through the pool,
+     * whose pages were locked earlier.) */
+    {
+        size_t page = (size_t)sysconf(_SC_PAGESIZE);
+        void *m = mmap(NULL, page, PROT_READ | PROT_WRITE,
+                       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (m != MAP_FAILED) {
+            st->dontdump = madvise(m, page, MADV_DONTDUMP) == 0;
+            st->locking = mlock(m, page) == 0;
+            if (st->locking)
+                munlock(m, page);
+            munmap(m, page);
+        }
     }
     st->zeroing = 1;
     st->core_dumps_off = getrlimit(RLIMIT_CORE, &rl) == 0 && rl.rlim_cur == 0 &&

@@ -168,8 +168,7 @@ void veil_engine_free(veil_engine *e);
 /* ---- capabilities ----------------------------------------------------- */
 
 #define VEIL_CAP_RSA_GEN (1u << 0)
-#define VEIL_CAP_RSA_OAEP_SHA256 (1u << 1) /* native OAEP-SHA256/MGF1-SHA256   \
-                                            */
+#define VEIL_CAP_RSA_OAEP_SHA256 (1u << 1) /* OAEP, MGF1: SHA-256 */
 #define VEIL_CAP_RSA_OAEP_SHA1 (1u << 2)
 #define VEIL_CAP_RSA_RAW (1u << 3) /* CKM_RSA_X_509 */
 #define VEIL_CAP_EC_GEN (1u << 4)
