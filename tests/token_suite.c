@@ -381,10 +381,12 @@ static void *worker(void *arg)
 
     for (int i = 0; i < 10; i++) {
         veil_secbuf *got = NULL;
-        if (veil_rsa_decrypt(j->e, j->k, NULL, j->ct, j->ct_len, &got) ==
-                VEIL_OK &&
-            veil_secbuf_len(got) == 32)
+        veil_rc rc = veil_rsa_decrypt(j->e, j->k, NULL, j->ct, j->ct_len, &got);
+        if (rc == VEIL_OK && veil_secbuf_len(got) == 32)
             j->ok++;
+        else
+            fprintf(stderr, "thread decrypt %d: %s\n", i,
+                    veil_last_error()->message);
         veil_secbuf_free(got);
     }
     return NULL;
