@@ -680,9 +680,7 @@ veil_rc veil_rsa_encrypt(veil_engine *e, const veil_key *pub,
     rc = need_key(pub, VEIL_KEY_RSA, 0, "RSA-OAEP encrypt");
     if (rc != VEIL_OK)
         return rc;
-    p = route(e, VEIL_ENGINE_PUBLIC_IN_TOKEN, pub,
-              oaep && oaep->hash == VEIL_HASH_SHA1 ? VEIL_CAP_RSA_OAEP_SHA1
-                                                   : VEIL_CAP_RSA_OAEP_SHA256,
+    p = route(e, VEIL_ENGINE_PUBLIC_IN_TOKEN, pub, veil_oaep_cap(oaep),
               "RSA-OAEP encrypt");
     if (p) {
         rc = p->ops->rsa_encrypt(p, pub, oaep, in, in_len, out, out_len);

@@ -82,6 +82,8 @@ veil_rc veil_oaep_decode(const veil_oaep *oaep, const uint8_t *em, size_t k,
  * (truncated to its length); on failure it is wiped. */
 veil_rc veil_oaep_decode_inplace(const veil_oaep *oaep, veil_secbuf *buf);
 const EVP_MD *veil_oaep_md(const veil_oaep *oaep);
+/* The capability bit for native OAEP with this hash (NULL: SHA-256). */
+unsigned veil_oaep_cap(const veil_oaep *oaep);
 
 /* ---- helpers (engine.c) ----------------------------------------------- */
 

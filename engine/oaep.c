@@ -35,6 +35,12 @@ const EVP_MD *veil_oaep_md(const veil_oaep *oaep)
     return (oaep && oaep->hash == VEIL_HASH_SHA1) ? EVP_sha1() : EVP_sha256();
 }
 
+unsigned veil_oaep_cap(const veil_oaep *oaep)
+{
+    return (oaep && oaep->hash == VEIL_HASH_SHA1) ? VEIL_CAP_RSA_OAEP_SHA1
+                                                  : VEIL_CAP_RSA_OAEP_SHA256;
+}
+
 /* MGF1: out ^= MGF1(seed, len). */
 static int mgf1_xor(const EVP_MD *md, const uint8_t *seed, size_t seed_len,
                     uint8_t *out, size_t len)

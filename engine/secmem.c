@@ -95,10 +95,25 @@ void veil_secmem_init(size_t secure_heap)
     pthread_once(&secure_heap_once, secure_heap_init);
 }
 
+/* A fresh anonymous mapping, excluded from dumps and locked where the
+ * system allows; NULL when it cannot be mapped. */
+static void *map_secret(size_t len, int *dontdump, int *locked)
+{
+    void *m = mmap(NULL, len, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+
+    if (m == MAP_FAILED)
+        return NULL;
+    *dontdump = madvise(m, len, MADV_DONTDUMP) == 0;
+    *locked = mlock(m, len) == 0;
+    return m;
+}
+
 veil_rc veil_secbuf_new(size_t len, veil_secbuf **out)
 {
     size_t page = (size_t)sysconf(_SC_PAGESIZE);
     size_t need, map_len;
+    int dontdump, locked;
     veil_secbuf *b;
     void *m;
 
@@ -120,18 +135,17 @@ veil_rc veil_secbuf_new(size_t len, veil_secbuf **out)
             return VEIL_OK;
         }
     }
-    m = mmap(NULL, map_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
-             -1, 0);
-    if (m == MAP_FAILED)
+    m = map_secret(map_len, &dontdump, &locked);
+    if (!m)
         return veil_err(VEIL_E_NOMEM, "engine", NULL,
                         "secbuf: cannot map %zu bytes", map_len);
     b = m;
     b->len = len;
     b->map_len = map_len;
-    b->dontdump = madvise(m, map_len, MADV_DONTDUMP) == 0;
+    b->dontdump = dontdump;
     if (!b->dontdump)
         atomic_store(&dontdump_failed, 1);
-    b->locked = mlock(m, map_len) == 0;
+    b->locked = locked;
     if (b->locked)
         atomic_fetch_add(&lock_successes, 1);
     else
@@ -201,11 +215,8 @@ void veil_memory_status_get(veil_memory_status *st)
      * whose pages were locked earlier.) */
     {
         size_t page = (size_t)sysconf(_SC_PAGESIZE);
-        void *m = mmap(NULL, page, PROT_READ | PROT_WRITE,
-                       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-        if (m != MAP_FAILED) {
-            st->dontdump = madvise(m, page, MADV_DONTDUMP) == 0;
-            st->locking = mlock(m, page) == 0;
+        void *m = map_secret(page, &st->dontdump, &st->locking);
+        if (m) {
             if (st->locking)
                 munlock(m, page);
             munmap(m, page);

@@ -1034,6 +1034,26 @@ static veil_rc pk_rsa_decrypt(veil_provider *p, const veil_key *k,
                               const veil_oaep *oaep, const uint8_t *in,
                               size_t in_len, veil_secbuf **out);
 
+/* CKM_RSA_PKCS_OAEP parameters for veil's OAEP settings (hash = MGF1 hash;
+ * NULL: SHA-256, empty label). */
+static CK_RSA_PKCS_OAEP_PARAMS oaep_params(const veil_oaep *oaep)
+{
+    int sha1 = oaep && oaep->hash == VEIL_HASH_SHA1;
+    int with_label = oaep && oaep->label_len;
+    CK_RSA_PKCS_OAEP_PARAMS op = {
+        sha1 ? CKM_SHA_1 : CKM_SHA256, sha1 ? CKG_MGF1_SHA1 : CKG_MGF1_SHA256,
+        CKZ_DATA_SPECIFIED, with_label ? (void *)oaep->label : NULL,
+        with_label ? oaep->label_len : 0};
+    return op;
+}
+
+/* A mechanism listed by the token but refused in use: stop advertising
+ * (and routing) it.  Other threads may read caps meanwhile. */
+static void caps_drop(veil_provider *p, unsigned cap)
+{
+    __atomic_fetch_and(&p->caps.mechs, ~cap, __ATOMIC_RELAXED);
+}
+
 /* Probe: does the token's own OAEP work for this hash / label form?  A
  * value is wrapped in software to the key's public half and unwrapped in
  * the token.  The answer is cached on the key. */
@@ -1050,9 +1070,7 @@ static int oaep_probe(veil_provider *p, const veil_key *k, veil_hash hash,
     int mode = OAEP_RAW;
     veil_rc rc;
 
-    if (!(p->caps.mechs &
-          (hash == VEIL_HASH_SHA1 ? VEIL_CAP_RSA_OAEP_SHA1
-                                  : VEIL_CAP_RSA_OAEP_SHA256))) {
+    if (!(p->caps.mechs & veil_oaep_cap(&o))) {
         mode = OAEP_RAW;
     } else if (RAND_bytes(secret, sizeof secret) == 1 &&
                veil_provider_software.rsa_encrypt(p->engine->software, k, &o,
@@ -1069,10 +1087,7 @@ static int oaep_probe(veil_provider *p, const veil_key *k, veil_hash hash,
     veil_err_clear();
     if (mode == OAEP_RAW && !with_label)
         /* Listed in the mechanism list but refused: stop advertising it. */
-        __atomic_fetch_and(&p->caps.mechs,
-                           ~(hash == VEIL_HASH_SHA1 ? VEIL_CAP_RSA_OAEP_SHA1
-                                                    : VEIL_CAP_RSA_OAEP_SHA256),
-                           __ATOMIC_RELAXED);
+        caps_drop(p, veil_oaep_cap(&o));
     if (mode == OAEP_RAW && !(p->caps.mechs & VEIL_CAP_RSA_RAW)) {
         atomic_store(&pk->oaep_mode[hash][with_label], OAEP_UNKNOWN);
         return OAEP_UNKNOWN;
@@ -1376,11 +1391,7 @@ static veil_rc pk_rsa_decrypt(veil_provider *p, const veil_key *k,
     int with_label = oaep && oaep->label_len;
     size_t kbytes = (k->bits + 7) / 8;
     int mode = atomic_load(&pk->oaep_mode[hash][with_label]);
-    CK_RSA_PKCS_OAEP_PARAMS op = {
-        hash == VEIL_HASH_SHA1 ? CKM_SHA_1 : CKM_SHA256,
-        hash == VEIL_HASH_SHA1 ? CKG_MGF1_SHA1 : CKG_MGF1_SHA256,
-        CKZ_DATA_SPECIFIED, with_label ? (void *)oaep->label : NULL,
-        with_label ? oaep->label_len : 0};
+    CK_RSA_PKCS_OAEP_PARAMS op = oaep_params(oaep);
     CK_MECHANISM m_oaep = {CKM_RSA_PKCS_OAEP, &op, sizeof op};
     CK_MECHANISM m_raw = {CKM_RSA_X_509, NULL, 0};
     veil_secbuf *buf = NULL;
@@ -1559,13 +1570,7 @@ static veil_rc pk_rsa_encrypt(veil_provider *p, const veil_key *k,
                               const veil_oaep *oaep, const uint8_t *in,
                               size_t in_len, uint8_t *out, size_t *out_len)
 {
-    veil_hash hash = oaep ? oaep->hash : VEIL_HASH_SHA256;
-    CK_RSA_PKCS_OAEP_PARAMS op = {
-        hash == VEIL_HASH_SHA1 ? CKM_SHA_1 : CKM_SHA256,
-        hash == VEIL_HASH_SHA1 ? CKG_MGF1_SHA1 : CKG_MGF1_SHA256,
-        CKZ_DATA_SPECIFIED,
-        oaep && oaep->label_len ? (void *)oaep->label : NULL,
-        oaep ? oaep->label_len : 0};
+    CK_RSA_PKCS_OAEP_PARAMS op = oaep_params(oaep);
     CK_MECHANISM m = {CKM_RSA_PKCS_OAEP, &op, sizeof op};
     CK_OBJECT_HANDLE h;
     CK_SESSION_HANDLE sh;
@@ -1587,11 +1592,7 @@ static veil_rc pk_rsa_encrypt(veil_provider *p, const veil_key *k,
         if (rv == CKR_MECHANISM_PARAM_INVALID || rv == CKR_ARGUMENTS_BAD ||
             rv == CKR_MECHANISM_INVALID) {
             /* Learnt: this hash is not available here; stop routing it. */
-            __atomic_fetch_and(&p->caps.mechs,
-                               ~(hash == VEIL_HASH_SHA1
-                                     ? VEIL_CAP_RSA_OAEP_SHA1
-                                     : VEIL_CAP_RSA_OAEP_SHA256),
-                               __ATOMIC_RELAXED);
+            caps_drop(p, veil_oaep_cap(oaep));
             rc = veil_err(VEIL_E_UNSUPPORTED, PK, NULL,
                           "%s refuses RSA-OAEP with this hash",
                           p->caps.description);

@@ -21,6 +21,7 @@
 #include <openssl/rsa.h>
 #include <openssl/x509.h>
 
+#include "testutil.h"
 #include "internal.h"
 
 /* ==== the mock provider ===================================================
@@ -363,16 +364,7 @@ static char scratch[512];
 
 static int make_scratch(void)
 {
-    const char *base = getenv("VEIL_TEST_DIR");
-
-    if (!base || !*base)
-        base = getenv("TMPDIR");
-    if (!base || !*base)
-        base = "/tmp";
-    if (snprintf(scratch, sizeof scratch, "%s/engine.XXXXXX", base) >=
-        (int)sizeof scratch)
-        return -1;
-    return mkdtemp(scratch) ? 0 : -1;
+    return tu_scratch_dir("engine", scratch, sizeof scratch);
 }
 
 static void remove_keydir(const char *dir)

@@ -19,6 +19,7 @@
 
 #include <CUnit/Basic.h>
 
+#include "testutil.h"
 #include "internal.h"
 
 /* AddressSanitizer intercepts mlock() and makes it a no-op that reports
@@ -43,16 +44,7 @@ static char scratch[512];
 
 static int make_scratch(void)
 {
-    const char *base = getenv("VEIL_TEST_DIR");
-
-    if (!base || !*base)
-        base = getenv("TMPDIR");
-    if (!base || !*base)
-        base = "/tmp";
-    if (snprintf(scratch, sizeof scratch, "%s/secmem.XXXXXX", base) >=
-        (int)sizeof scratch)
-        return -1;
-    return mkdtemp(scratch) ? 0 : -1;
+    return tu_scratch_dir("secmem", scratch, sizeof scratch);
 }
 
 static void scratch_path(char *out, size_t size, const char *name)

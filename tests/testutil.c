@@ -521,3 +521,16 @@ int tu_p11_destroy_label(tu_p11 *t, const char *label)
         }
     }
 }
+
+int tu_scratch_dir(const char *prefix, char *out, size_t size)
+{
+    const char *base = getenv("VEIL_TEST_DIR");
+
+    if (!base || !*base)
+        base = getenv("TMPDIR");
+    if (!base || !*base)
+        base = "/tmp";
+    if (snprintf(out, size, "%s/%s.XXXXXX", base, prefix) >= (int)size)
+        return -1;
+    return mkdtemp(out) ? 0 : -1;
+}

@@ -36,6 +36,11 @@ const char *tu_json_str(const cJSON *obj, const char *key);
  * Exits 99 with a message when the chosen directory does not exist. */
 const char *tu_vectors_dir(void);
 
+/* Makes a fresh directory PREFIX.XXXXXX under $VEIL_TEST_DIR (set by
+ * tests/env/with-tokens.sh), else $TMPDIR, else /tmp; its path goes to
+ * out.  0 on success, -1 on failure. */
+int tu_scratch_dir(const char *prefix, char *out, size_t size);
+
 /* Percent-encodes a PKCS#11 URI path attribute value (RFC 7512) into out;
  * returns 0, or -1 when it does not fit. */
 int tu_uri_escape(const char *in, char *out, size_t out_size);
