@@ -7,6 +7,9 @@
 
 #include "provider.h"
 
+/* Nothing declared here is exported from libveil.so. */
+#pragma GCC visibility push(hidden)
+
 #define VEIL_MAX_PROVIDERS 16
 
 /* A provider instance: one table, bound to one place (the software
@@ -98,5 +101,7 @@ void veil_key_info_base(const veil_key *k, veil_key_info *info);
  * tests plug a mock provider in to exercise dispatch and error paths. */
 void veil_engine_test_set_extra_provider(veil_engine *e,
                                          const veil_provider_ops *ops);
+
+#pragma GCC visibility pop
 
 #endif /* VEIL_INTERNAL_H */

@@ -84,11 +84,16 @@ struct veil_provider_ops {
                         const veil_pin_source *password);
 };
 
+/* Not exported from libveil.so. */
+#pragma GCC visibility push(hidden)
+
 /* The registry (providers/registry.c): NULL-terminated. */
 extern const veil_provider_ops *const veil_provider_registry[];
 
 /* Built-in providers. */
 extern const veil_provider_ops veil_provider_software;
 extern const veil_provider_ops veil_provider_pkcs11;
+
+#pragma GCC visibility pop
 
 #endif /* VEIL_PROVIDER_H */

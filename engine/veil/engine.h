@@ -281,7 +281,8 @@ typedef struct veil_oaep {
     size_t label_len;
 } veil_oaep;
 
-/* out must hold the modulus size in bytes; *out_len gets the length. */
+/* *out_len: in, the size of out (at least the modulus size in bytes);
+ * out, the ciphertext length. */
 veil_rc veil_rsa_encrypt(veil_engine *e, const veil_key *pub,
                          const veil_oaep *oaep, const uint8_t *in,
                          size_t in_len, uint8_t *out, size_t *out_len);

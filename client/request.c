@@ -1,0 +1,334 @@
+/* Requests and answers as JSON: checking a request before it is sealed,
+ * serialising it into secret memory, reading answers, error details. */
+#include "config.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+void veil_cl_wipe(void *p, size_t len)
+{
+    if (p != NULL && len > 0)
+        explicit_bzero(p, len);
+}
+
+const char *veil_client_status_name(veil_client_status s)
+{
+    switch (s) {
+    case VEIL_CLIENT_OK:
+        return "OK";
+    case VEIL_CLIENT_E_INVALID_REQUEST:
+        return "InvalidRequestError";
+    case VEIL_CLIENT_E_AUTHENTICATION:
+        return "AuthenticationError";
+    case VEIL_CLIENT_E_FORBIDDEN:
+        return "ForbiddenError";
+    case VEIL_CLIENT_E_API:
+        return "APIError";
+    case VEIL_CLIENT_E_RATE_LIMIT:
+        return "RateLimitError";
+    case VEIL_CLIENT_E_SERVER:
+        return "ServerError";
+    case VEIL_CLIENT_E_SERVICE_UNAVAILABLE:
+        return "ServiceUnavailableError";
+    case VEIL_CLIENT_E_CONNECTION:
+        return "APIConnectionError";
+    case VEIL_CLIENT_E_SECURITY:
+        return "SecurityError";
+    case VEIL_CLIENT_E_DISPOSED:
+        return "DisposedError";
+    case VEIL_CLIENT_E_CONFIG:
+        return "ConfigurationError";
+    }
+    return "UnknownError";
+}
+
+veil_client_status veil_cl_fail(veil_client_error *err,
+                                veil_client_status status, int http_status,
+                                veil_rc rc, const char *fmt, ...)
+{
+    if (err == NULL)
+        return status;
+    err->status = status;
+    err->http_status = http_status;
+    err->rc = rc;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err->detail, sizeof err->detail, fmt, ap);
+    va_end(ap);
+    for (char *p = err->detail; *p; p++)
+        if ((unsigned char)*p < 0x20 || *p == 0x7f)
+            *p = ' ';
+    return status;
+}
+
+/* ---- checking a request ------------------------------------------------ */
+
+static int is_int(const cJSON *it, double min)
+{
+    return cJSON_IsNumber(it) && isfinite(it->valuedouble) &&
+           it->valuedouble == floor(it->valuedouble) && it->valuedouble >= min;
+}
+
+static int is_number(const cJSON *it)
+{
+    return cJSON_IsNumber(it) && isfinite(it->valuedouble);
+}
+
+static int all_strings(const cJSON *arr)
+{
+    const cJSON *it;
+    cJSON_ArrayForEach(it, arr) if (!cJSON_IsString(it)) return 0;
+    return 1;
+}
+
+static int all_numbers(const cJSON *obj)
+{
+    const cJSON *it;
+    cJSON_ArrayForEach(it, obj) if (!is_number(it)) return 0;
+    return 1;
+}
+
+static int all_objects(const cJSON *arr)
+{
+    const cJSON *it;
+    cJSON_ArrayForEach(it, arr) if (!cJSON_IsObject(it)) return 0;
+    return 1;
+}
+
+#define FAIL(...)                                                            \
+    do {                                                                     \
+        snprintf(why, why_size, __VA_ARGS__);                                \
+        return 0;                                                            \
+    } while (0)
+
+static int check_messages(const cJSON *msgs, char *why, size_t why_size)
+{
+    if (!cJSON_IsArray(msgs) || cJSON_GetArraySize(msgs) == 0)
+        FAIL("request member \"messages\" must be a non-empty array");
+    int i = 0;
+    const cJSON *m;
+    cJSON_ArrayForEach(m, msgs)
+    {
+        if (!cJSON_IsObject(m))
+            FAIL("messages[%d] must be an object", i);
+        const cJSON *role = cJSON_GetObjectItemCaseSensitive(m, "role");
+        if (!cJSON_IsString(role) || role->valuestring[0] == '\0')
+            FAIL("messages[%d].role must be a non-empty string", i);
+        const cJSON *content = cJSON_GetObjectItemCaseSensitive(m, "content");
+        if (content && !cJSON_IsString(content) && !cJSON_IsArray(content) &&
+            !cJSON_IsNull(content))
+            FAIL("messages[%d].content must be a string, an array or null",
+                 i);
+        i++;
+    }
+    return 1;
+}
+
+int veil_cl_request_check(const cJSON *r, char *why, size_t why_size)
+{
+    if (!cJSON_IsObject(r))
+        FAIL("the request must be a JSON object");
+    const cJSON *model = cJSON_GetObjectItemCaseSensitive(r, "model");
+    if (!cJSON_IsString(model) || model->valuestring[0] == '\0')
+        FAIL("request member \"model\" must be a non-empty string");
+    if (!check_messages(cJSON_GetObjectItemCaseSensitive(r, "messages"), why,
+                        why_size))
+        return 0;
+
+    const cJSON *it;
+    cJSON_ArrayForEach(it, r)
+    {
+        const char *k = it->string;
+        if (!strcmp(k, "temperature") || !strcmp(k, "top_p") ||
+            !strcmp(k, "presence_penalty") || !strcmp(k, "frequency_penalty")) {
+            if (!is_number(it))
+                FAIL("request member \"%s\" must be a number", k);
+        } else if (!strcmp(k, "max_tokens") || !strcmp(k, "n")) {
+            if (!is_int(it, 1))
+                FAIL("request member \"%s\" must be a positive integer", k);
+        } else if (!strcmp(k, "stop")) {
+            if (!cJSON_IsString(it) && !cJSON_IsNull(it) &&
+                !(cJSON_IsArray(it) && all_strings(it)))
+                FAIL("request member \"stop\" must be a string or an array "
+                     "of strings");
+        } else if (!strcmp(k, "logit_bias")) {
+            if (!cJSON_IsObject(it) || !all_numbers(it))
+                FAIL("request member \"logit_bias\" must be an object of "
+                     "numbers");
+        } else if (!strcmp(k, "user")) {
+            if (!cJSON_IsString(it))
+                FAIL("request member \"user\" must be a string");
+        } else if (!strcmp(k, "tools")) {
+            if (!cJSON_IsArray(it) || !all_objects(it))
+                FAIL("request member \"tools\" must be an array of objects");
+        } else if (!strcmp(k, "tool_choice")) {
+            if (!cJSON_IsString(it) && !cJSON_IsObject(it))
+                FAIL("request member \"tool_choice\" must be a string or an "
+                     "object");
+        } else if (!strcmp(k, "stream")) {
+            if (!cJSON_IsBool(it))
+                FAIL("request member \"stream\" must be true or false");
+        }
+    }
+    return 1;
+}
+
+#undef FAIL
+
+veil_rc veil_cl_request_print(const cJSON *request, size_t max,
+                              veil_secbuf **out)
+{
+    /* cJSON may need a few bytes beyond the text (its own advice: 5). */
+    const size_t slack = 8;
+    size_t size = 16384;
+    *out = NULL;
+    for (;;) {
+        if (size > max + slack)
+            size = max + slack;
+        veil_secbuf *b;
+        veil_rc rc = veil_secbuf_new(size, &b);
+        if (rc != VEIL_OK)
+            return rc;
+        char *p = (char *)veil_secbuf_data(b);
+        if (cJSON_PrintPreallocated((cJSON *)request, p, (int)size, 0)) {
+            size_t len = strlen(p);
+            if (len > max) {
+                veil_secbuf_free(b);
+                return VEIL_E_BUFFER;
+            }
+            veil_secbuf_truncate(b, len + 1);
+            *out = b;
+            return VEIL_OK;
+        }
+        veil_secbuf_free(b);
+        if (size >= max + slack)
+            return VEIL_E_BUFFER;
+        size *= 4;
+    }
+}
+
+void veil_cl_error_detail(const char *body, size_t len, char *out,
+                          size_t out_size)
+{
+    out[0] = '\0';
+    cJSON *j = body ? cJSON_ParseWithLength(body, len) : NULL;
+    const cJSON *d = cJSON_GetObjectItemCaseSensitive(j, "detail");
+    if (cJSON_IsString(d)) {
+        snprintf(out, out_size, "%s", d->valuestring);
+    } else if (d != NULL) {
+        char *s = cJSON_PrintUnformatted(d);
+        if (s)
+            snprintf(out, out_size, "%s", s);
+        free(s);
+    } else if (body != NULL && len > 0) {
+        size_t n = 0;
+        for (size_t i = 0; i < len && i < 200 && n + 1 < out_size; i++) {
+            unsigned char c = (unsigned char)body[i];
+            out[n++] = (c >= 0x20 && c < 0x7f) ? (char)c : ' ';
+        }
+        out[n] = '\0';
+    }
+    cJSON_Delete(j);
+}
+
+/* ---- building requests ------------------------------------------------- */
+
+cJSON *veil_chat_request_new(const char *model)
+{
+    cJSON *r = cJSON_CreateObject();
+    if (r == NULL || !cJSON_AddStringToObject(r, "model", model ? model : "") ||
+        !cJSON_AddArrayToObject(r, "messages")) {
+        cJSON_Delete(r);
+        return NULL;
+    }
+    return r;
+}
+
+int veil_chat_request_add_message(cJSON *request, const char *role,
+                                  const char *content)
+{
+    cJSON *msgs = cJSON_GetObjectItemCaseSensitive(request, "messages");
+    cJSON *m = cJSON_CreateObject();
+    if (!cJSON_IsArray(msgs) || m == NULL || role == NULL ||
+        !cJSON_AddStringToObject(m, "role", role) ||
+        !(content ? cJSON_AddStringToObject(m, "content", content)
+                  : cJSON_AddNullToObject(m, "content")) ||
+        !cJSON_AddItemToArray(msgs, m)) {
+        veil_chat_response_free(m);
+        return 0;
+    }
+    return 1;
+}
+
+/* ---- reading answers --------------------------------------------------- */
+
+static const cJSON *first_message(const cJSON *r)
+{
+    const cJSON *choices = cJSON_GetObjectItemCaseSensitive(r, "choices");
+    const cJSON *c0 = cJSON_GetArrayItem(choices, 0);
+    return cJSON_GetObjectItemCaseSensitive(c0, "message");
+}
+
+static const char *message_string(const cJSON *r, const char *name)
+{
+    const cJSON *s =
+        cJSON_GetObjectItemCaseSensitive(first_message(r), name);
+    return cJSON_IsString(s) ? s->valuestring : NULL;
+}
+
+const char *veil_chat_content(const cJSON *response)
+{
+    return message_string(response, "content");
+}
+
+const char *veil_chat_reasoning(const cJSON *response)
+{
+    return message_string(response, "reasoning_content");
+}
+
+const cJSON *veil_chat_tool_calls(const cJSON *response)
+{
+    const cJSON *t =
+        cJSON_GetObjectItemCaseSensitive(first_message(response), "tool_calls");
+    return cJSON_IsArray(t) ? t : NULL;
+}
+
+static long usage_field(const cJSON *u, const char *name)
+{
+    const cJSON *it = cJSON_GetObjectItemCaseSensitive(u, name);
+    return is_int(it, 0) ? (long)it->valuedouble : -1;
+}
+
+int veil_chat_get_usage(const cJSON *response, veil_chat_usage *usage)
+{
+    const cJSON *u = cJSON_GetObjectItemCaseSensitive(response, "usage");
+    usage->prompt_tokens = usage_field(u, "prompt_tokens");
+    usage->completion_tokens = usage_field(u, "completion_tokens");
+    usage->total_tokens = usage_field(u, "total_tokens");
+    return cJSON_IsObject(u);
+}
+
+/* Wipes the strings a node owns (not borrowed references or constant
+ * keys), then its children. */
+static void wipe_node(cJSON *it)
+{
+    if (it->valuestring && !(it->type & cJSON_IsReference))
+        veil_cl_wipe(it->valuestring, strlen(it->valuestring));
+    if (it->string && !(it->type & cJSON_StringIsConst))
+        veil_cl_wipe(it->string, strlen(it->string));
+    if (!(it->type & cJSON_IsReference))
+        for (cJSON *c = it->child; c != NULL; c = c->next)
+            wipe_node(c);
+}
+
+void veil_chat_response_free(cJSON *response)
+{
+    if (response == NULL)
+        return;
+    wipe_node(response);
+    cJSON_Delete(response);
+}

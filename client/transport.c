@@ -1,0 +1,249 @@
+/* HTTP for the client: libcurl easy handles kept in a small pool, so that
+ * connections (and TLS sessions) are reused across requests and threads. */
+#include "config.h"
+
+#include <ctype.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <curl/curl.h>
+
+#include "internal.h"
+
+#define POOL_MAX 8
+/* Largest answer read: a 10 MiB plaintext in base64 plus the wrapping. */
+#define MAX_RESPONSE (20u * 1024u * 1024u)
+
+struct veil_transport {
+    char *ca_file;
+    unsigned timeout_ms;
+    pthread_mutex_t lock;
+    CURL *idle[POOL_MAX];
+    size_t n_idle;
+};
+
+static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
+static int curl_ok;
+
+static void curl_init_once(void)
+{
+    curl_ok = curl_global_init(CURL_GLOBAL_DEFAULT) == CURLE_OK;
+}
+
+veil_transport *veil_transport_new(const char *ca_file, unsigned timeout_ms)
+{
+    pthread_once(&curl_once, curl_init_once);
+    if (!curl_ok)
+        return NULL;
+    veil_transport *t = calloc(1, sizeof *t);
+    if (t == NULL)
+        return NULL;
+    if (ca_file && (t->ca_file = strdup(ca_file)) == NULL) {
+        free(t);
+        return NULL;
+    }
+    t->timeout_ms = timeout_ms;
+    pthread_mutex_init(&t->lock, NULL);
+    return t;
+}
+
+void veil_transport_free(veil_transport *t)
+{
+    if (t == NULL)
+        return;
+    for (size_t i = 0; i < t->n_idle; i++)
+        curl_easy_cleanup(t->idle[i]);
+    pthread_mutex_destroy(&t->lock);
+    free(t->ca_file);
+    free(t);
+}
+
+static CURL *take(veil_transport *t)
+{
+    CURL *h = NULL;
+    pthread_mutex_lock(&t->lock);
+    if (t->n_idle > 0)
+        h = t->idle[--t->n_idle];
+    pthread_mutex_unlock(&t->lock);
+    if (h != NULL) {
+        curl_easy_reset(h); /* keeps its live connections */
+        return h;
+    }
+    return curl_easy_init();
+}
+
+static void give_back(veil_transport *t, CURL *h)
+{
+    pthread_mutex_lock(&t->lock);
+    if (t->n_idle < POOL_MAX) {
+        t->idle[t->n_idle++] = h;
+        h = NULL;
+    }
+    pthread_mutex_unlock(&t->lock);
+    if (h != NULL)
+        curl_easy_cleanup(h);
+}
+
+typedef struct sink {
+    veil_http_response *resp;
+    size_t cap;
+    int too_big;
+} sink;
+
+static size_t on_body(char *data, size_t size, size_t n, void *ctx)
+{
+    sink *s = ctx;
+    size_t len = size * n;
+    veil_http_response *r = s->resp;
+    if (r->len + len > MAX_RESPONSE) {
+        s->too_big = 1;
+        return 0; /* aborts the transfer */
+    }
+    if (r->len + len + 1 > s->cap) {
+        size_t cap = s->cap ? s->cap : 4096;
+        while (cap < r->len + len + 1)
+            cap *= 2;
+        char *b = realloc(r->body, cap);
+        if (b == NULL)
+            return 0;
+        r->body = b;
+        s->cap = cap;
+    }
+    memcpy(r->body + r->len, data, len);
+    r->len += len;
+    r->body[r->len] = '\0';
+    return len;
+}
+
+static size_t on_header(char *data, size_t size, size_t n, void *ctx)
+{
+    sink *s = ctx;
+    size_t len = size * n;
+    static const char name[] = "retry-after:";
+    if (len > sizeof name - 1 && len < 200 &&
+        strncasecmp(data, name, sizeof name - 1) == 0) {
+        char v[200];
+        size_t vlen = len - (sizeof name - 1);
+        memcpy(v, data + sizeof name - 1, vlen);
+        v[vlen] = '\0';
+        s->resp->retry_after_ms = veil_cl_retry_after_ms(v);
+    }
+    return len;
+}
+
+long veil_cl_retry_after_ms(const char *value)
+{
+    while (isspace((unsigned char)*value))
+        value++;
+    char v[128];
+    size_t n = strcspn(value, "\r\n");
+    if (n == 0 || n >= sizeof v)
+        return -1;
+    memcpy(v, value, n);
+    while (n > 0 && isspace((unsigned char)v[n - 1]))
+        n--;
+    v[n] = '\0';
+    if (isdigit((unsigned char)v[0])) {
+        char *end;
+        unsigned long s = strtoul(v, &end, 10);
+        if (*end != '\0' || s > 86400)
+            return -1;
+        return (long)s * 1000;
+    }
+    time_t when = curl_getdate(v, NULL);
+    if (when < 0)
+        return -1;
+    time_t now = time(NULL);
+    return when <= now ? 0 : (long)(when - now > 86400 ? 86400 : when - now) *
+                                 1000;
+}
+
+/* Header lines may hold the API key: wiped before they are freed. */
+static void wipe_free(struct curl_slist *list)
+{
+    for (struct curl_slist *l = list; l; l = l->next)
+        veil_cl_wipe(l->data, strlen(l->data));
+    curl_slist_free_all(list);
+}
+
+veil_client_status veil_transport_send(veil_transport *t, const char *url,
+                                       const char *const *headers,
+                                       const char *body, size_t len,
+                                       veil_http_response *resp,
+                                       veil_client_error *err)
+{
+    memset(resp, 0, sizeof *resp);
+    resp->retry_after_ms = -1;
+    CURL *h = take(t);
+    if (h == NULL)
+        return veil_cl_fail(err, VEIL_CLIENT_E_CONNECTION, 0, VEIL_E_NOMEM,
+                            "could not make an HTTP handle");
+    struct curl_slist *list = NULL;
+    for (const char *const *p = headers; p && *p; p++) {
+        struct curl_slist *l = curl_slist_append(list, *p);
+        if (l == NULL) {
+            wipe_free(list);
+            give_back(t, h);
+            return veil_cl_fail(err, VEIL_CLIENT_E_CONNECTION, 0,
+                                VEIL_E_NOMEM, "out of memory");
+        }
+        list = l;
+    }
+    sink s = {.resp = resp};
+    char errbuf[CURL_ERROR_SIZE] = "";
+    curl_easy_setopt(h, CURLOPT_URL, url);
+    curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http,https");
+    curl_easy_setopt(h, CURLOPT_FOLLOWLOCATION, 0L);
+    curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, (long)t->timeout_ms);
+    curl_easy_setopt(h, CURLOPT_SSL_VERIFYPEER, 1L);
+    curl_easy_setopt(h, CURLOPT_SSL_VERIFYHOST, 2L);
+    if (t->ca_file)
+        curl_easy_setopt(h, CURLOPT_CAINFO, t->ca_file);
+    curl_easy_setopt(h, CURLOPT_HTTPHEADER, list);
+    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_body);
+    curl_easy_setopt(h, CURLOPT_WRITEDATA, &s);
+    curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, on_header);
+    curl_easy_setopt(h, CURLOPT_HEADERDATA, &s);
+    curl_easy_setopt(h, CURLOPT_ERRORBUFFER, errbuf);
+    curl_easy_setopt(h, CURLOPT_USERAGENT, "veil/" PACKAGE_VERSION);
+    if (body != NULL) {
+        curl_easy_setopt(h, CURLOPT_POST, 1L);
+        curl_easy_setopt(h, CURLOPT_POSTFIELDS, body);
+        curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)len);
+    }
+    CURLcode cc = curl_easy_perform(h);
+    veil_client_status st = VEIL_CLIENT_OK;
+    if (cc == CURLE_OK) {
+        curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &resp->status);
+    } else {
+        const char *why = errbuf[0] ? errbuf : curl_easy_strerror(cc);
+        free(resp->body);
+        memset(resp, 0, sizeof *resp);
+        resp->retry_after_ms = -1;
+        if (s.too_big)
+            st = veil_cl_fail(err, VEIL_CLIENT_E_CONNECTION, 0, VEIL_E_IO,
+                              "the answer is larger than %u MiB",
+                              MAX_RESPONSE >> 20);
+        else if (cc == CURLE_OPERATION_TIMEDOUT)
+            st = veil_cl_fail(err, VEIL_CLIENT_E_CONNECTION, 0, VEIL_E_IO,
+                              "no answer within %u ms (%s)", t->timeout_ms,
+                              why);
+        else if (cc == CURLE_PEER_FAILED_VERIFICATION ||
+                 cc == CURLE_SSL_CACERT_BADFILE ||
+                 cc == CURLE_SSL_ISSUER_ERROR)
+            st = veil_cl_fail(err, VEIL_CLIENT_E_SECURITY, 0, VEIL_E_VERIFY,
+                              "the server's TLS certificate could not be "
+                              "verified: %s",
+                              why);
+        else
+            st = veil_cl_fail(err, VEIL_CLIENT_E_CONNECTION, 0, VEIL_E_IO,
+                              "%s", why);
+    }
+    curl_easy_setopt(h, CURLOPT_HTTPHEADER, NULL);
+    curl_easy_setopt(h, CURLOPT_ERRORBUFFER, NULL);
+    wipe_free(list);
+    give_back(t, h);
+    return st;
+}

@@ -1,0 +1,210 @@
+/* veil client: end-to-end encrypted chat completions (NOMYO v1 protocol).
+ *
+ * The shape follows NOMYO's SecureChatCompletion: make a client from a
+ * config, then create chat completions from OpenAI-style requests.  Each
+ * request is sealed to the server's key (AES-256-GCM, key wrapped with
+ * RSA-OAEP-SHA256) and the answer is opened with the client's own private
+ * key, which may live in a PKCS#11 token and never leave it.
+ *
+ * Conventions (as in veil/engine.h): every *_new has a *_free that accepts
+ * NULL; returned strings and trees are owned by the caller unless a
+ * comment says otherwise.  Calls that talk to a server return a
+ * veil_client_status (VEIL_CLIENT_OK == 0) and fill a veil_client_error.
+ *
+ * Thread safety: one veil_client may be used from many threads at once;
+ * veil_client_dispose and veil_client_free must not race with calls that
+ * are still running.  See docs/CLIENT.md.
+ */
+#ifndef VEIL_CLIENT_H
+#define VEIL_CLIENT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cjson/cJSON.h>
+
+#include "veil/engine.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- error classes ---------------------------------------------------- */
+
+/* One class per NOMYO client error (stable numbers; new ones appended).
+ * The veil CLI exits with 10 + the class number. */
+typedef enum veil_client_status {
+    VEIL_CLIENT_OK = 0,
+    VEIL_CLIENT_E_INVALID_REQUEST = 1, /* 400, or refused before sending */
+    VEIL_CLIENT_E_AUTHENTICATION = 2,  /* 401 */
+    VEIL_CLIENT_E_FORBIDDEN = 3,       /* 403 */
+    VEIL_CLIENT_E_API = 4,             /* 404 and any status not below */
+    VEIL_CLIENT_E_RATE_LIMIT = 5,      /* 429 */
+    VEIL_CLIENT_E_SERVER = 6,          /* 500 */
+    VEIL_CLIENT_E_SERVICE_UNAVAILABLE = 7, /* 503 */
+    VEIL_CLIENT_E_CONNECTION = 8, /* network failure or timeout */
+    VEIL_CLIENT_E_SECURITY = 9,   /* crypto failure, pin mismatch, http */
+    VEIL_CLIENT_E_DISPOSED = 10,  /* the client was disposed */
+    VEIL_CLIENT_E_CONFIG = 11     /* bad configuration or key source */
+} veil_client_status;
+
+/* "InvalidRequestError", "AuthenticationError", ... (the NOMYO names). */
+const char *veil_client_status_name(veil_client_status s);
+
+/* Every crypto failure on an answer carries this one message. */
+#define VEIL_CLIENT_SECURITY_MESSAGE                                         \
+    "the response could not be verified or decrypted"
+
+typedef struct veil_client_error {
+    veil_client_status status;
+    int http_status;  /* the server's status; 0 when none was received */
+    veil_rc rc;       /* the engine's code behind a local failure, or 0 */
+    char detail[512]; /* the server's "detail", or what went wrong here */
+} veil_client_error;
+
+/* ---- configuration ---------------------------------------------------- */
+
+typedef enum veil_client_key_source {
+    VEIL_CLIENT_KEY_EPHEMERAL = 0, /* generated in memory, once per client */
+    VEIL_CLIENT_KEY_TOKEN = 1,     /* key_ref: a PKCS#11 URI or label */
+    VEIL_CLIENT_KEY_DIR = 2        /* key_ref: a NOMYO key directory */
+} veil_client_key_source;
+
+typedef enum veil_client_tag_mode {
+    VEIL_CLIENT_TAG_SEPARATE = 0, /* "tag" field (the Python client) */
+    VEIL_CLIENT_TAG_APPENDED = 1  /* tag after the ciphertext (JavaScript) */
+} veil_client_tag_mode;
+
+/* Called before each retry: attempt is 1 for the first retry; status is
+ * the HTTP status that caused it (0: a network failure). */
+typedef void (*veil_client_retry_fn)(void *ctx, unsigned attempt,
+                                     int http_status, unsigned delay_ms);
+
+typedef struct veil_client_config {
+    const char *base_url;   /* default "https://api.nomyo.ai" */
+    const char *api_key;    /* NULL: no Authorization header; copied */
+    int allow_http;         /* permit http:// (warns); default 0 */
+    const char *ca_file;    /* PEM CA bundle for https; NULL: system CAs */
+    unsigned timeout_ms;    /* per attempt; default 60000 */
+    unsigned max_retries;   /* default 2 */
+    unsigned retry_base_ms; /* first backoff; default 1000, then doubles */
+    unsigned retry_max_ms;  /* cap for backoff and Retry-After; 60000 */
+    const char *security_tier; /* "standard", "high", "maximum" or NULL */
+    /* SPKI SHA-256 of the expected server key: "sha256:<64 hex>" (or the
+     * bare hex).  A different key is a security error; nothing is sent. */
+    const char *server_key_pin;
+    veil_client_tag_mode tag_mode; /* for requests; answers: either */
+
+    veil_client_key_source key_source;
+    const char *key_ref;        /* TOKEN: URI/label; DIR: directory path */
+    unsigned key_bits;          /* generated keys: 2048..4096; 4096 */
+    veil_pin_source key_password; /* DIR: encrypt the saved private key */
+    unsigned rotate_seconds;    /* EPHEMERAL: new key pair every N s; 0 */
+
+    /* Keys in tokens: use this engine (borrowed; must outlive the client),
+     * or, when NULL, the client makes its own from these two. */
+    veil_engine *engine;
+    const char *pkcs11_module;
+    veil_pin_source pin;
+
+    veil_log_fn log; /* NULL: no log */
+    void *log_ctx;
+    veil_log_level log_level;
+    veil_client_retry_fn on_retry; /* NULL: none */
+    void *retry_ctx;
+} veil_client_config;
+
+/* Fills cfg with the defaults above.  Always start from this. */
+void veil_client_config_init(veil_client_config *cfg);
+
+typedef struct veil_client veil_client;
+
+/* Makes the client and loads or generates its key pair (the server key is
+ * fetched at the first request).  On failure err says why. */
+veil_client_status veil_client_new(const veil_client_config *cfg,
+                                   veil_client **out, veil_client_error *err);
+
+/* Releases the client's key (wiping it), its connections and its cached
+ * server key.  Every later call fails with VEIL_CLIENT_E_DISPOSED. */
+void veil_client_dispose(veil_client *c);
+/* Disposes (when not done yet) and frees.  Accepts NULL. */
+void veil_client_free(veil_client *c);
+
+/* ---- requests --------------------------------------------------------- */
+
+/* Per-request overrides of the client's config; NULL fields keep it. */
+typedef struct veil_request_opts {
+    const char *security_tier;
+    const char *api_key;
+    const char *base_url;
+} veil_request_opts;
+
+/* Where the time of one call went (wall clock, nanoseconds). */
+typedef struct veil_chat_stats {
+    uint64_t encrypt_ns; /* serialising and sealing the request */
+    uint64_t network_ns; /* HTTP exchanges, including backoff waits */
+    uint64_t decrypt_ns; /* opening and parsing the answer */
+    unsigned attempts;   /* packages sent */
+    char payload_id[37]; /* the payload ID of the answered package */
+} veil_chat_stats;
+
+/* Sends an OpenAI chat-completions request (model, messages, and any of
+ * temperature, top_p, max_tokens, stop, n, presence_penalty,
+ * frequency_penalty, logit_bias, user, tools, tool_choice, stream; other
+ * members pass through) and returns the decrypted chat.completion object
+ * with "_metadata" filled in (payload_id, processed_at, is_encrypted,
+ * encryption_algorithm, and what the server added).  The request is
+ * checked first: a wrong type or a payload over 10 MiB is refused before
+ * anything is encrypted.  Free the answer with veil_chat_response_free.
+ * opts and stats may be NULL. */
+veil_client_status veil_chat_create(veil_client *c, const cJSON *request,
+                                    const veil_request_opts *opts,
+                                    cJSON **response, veil_chat_stats *stats,
+                                    veil_client_error *err);
+
+/* Wipes every string in the tree, then deletes it.  Accepts NULL.  Use it
+ * for answers and for request trees that held a prompt. */
+void veil_chat_response_free(cJSON *response);
+
+/* Building requests without touching cJSON: a request object with model
+ * and an empty messages array, and appending a message to it.  NULL: no
+ * memory. */
+cJSON *veil_chat_request_new(const char *model);
+int veil_chat_request_add_message(cJSON *request, const char *role,
+                                  const char *content);
+
+/* ---- reading answers -------------------------------------------------- */
+
+/* The first choice's message content, reasoning content, or tool calls
+ * array; NULL when absent.  Borrowed from the answer. */
+const char *veil_chat_content(const cJSON *response);
+const char *veil_chat_reasoning(const cJSON *response);
+const cJSON *veil_chat_tool_calls(const cJSON *response);
+
+typedef struct veil_chat_usage {
+    long prompt_tokens; /* -1 when absent */
+    long completion_tokens;
+    long total_tokens;
+} veil_chat_usage;
+
+/* 1 when the answer has a usage object (fields it lacks are -1), else 0. */
+int veil_chat_get_usage(const cJSON *response, veil_chat_usage *usage);
+
+/* ---- the server's key ------------------------------------------------- */
+
+/* Fetches the server's public key (or returns the cached one) and checks
+ * it against the pin.  pem is malloc'd; fingerprint is "sha256:<hex>". */
+veil_client_status veil_client_server_key(veil_client *c, char **pem,
+                                          char fingerprint[72],
+                                          veil_client_error *err);
+
+/* The client's own public key (PEM, malloc'd) and its fingerprint. */
+veil_client_status veil_client_public_key(veil_client *c, char **pem,
+                                          char fingerprint[72],
+                                          veil_client_error *err);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* VEIL_CLIENT_H */
