@@ -844,7 +844,7 @@ static veil_client_status exchange(call *k, veil_secbuf *pt,
 
         /* The server could not open the package: its key may have
          * rotated.  Refetch once; resend only when the key changed. */
-        if (status == 400 && !refetched && err &&
+        if (status == 400 && !refetched &&
             strcasestr(err->detail, "decrypt") != NULL) {
             refetched = 1;
             veil_client_error e2;
@@ -888,8 +888,10 @@ veil_client_status veil_chat_create(veil_client *c, const cJSON *request,
     call k = {.c = c, .stats = stats};
     veil_secbuf *pt = NULL;
     char why[256];
-    if (err)
-        memset(err, 0, sizeof *err);
+    veil_client_error local; /* the retry logic reads the detail */
+    if (err == NULL)
+        err = &local;
+    memset(err, 0, sizeof *err);
     if (stats)
         memset(stats, 0, sizeof *stats);
     if (response == NULL)

@@ -43,7 +43,7 @@ typedef enum veil_client_status {
     VEIL_CLIENT_E_SERVER = 6,          /* 500 */
     VEIL_CLIENT_E_SERVICE_UNAVAILABLE = 7, /* 503 */
     VEIL_CLIENT_E_CONNECTION = 8, /* network failure or timeout */
-    VEIL_CLIENT_E_SECURITY = 9,   /* crypto failure, pin mismatch, http */
+    VEIL_CLIENT_E_SECURITY = 9,   /* answer refused, pin, http, TLS */
     VEIL_CLIENT_E_DISPOSED = 10,  /* the client was disposed */
     VEIL_CLIENT_E_CONFIG = 11     /* bad configuration or key source */
 } veil_client_status;
@@ -66,7 +66,9 @@ typedef struct veil_client_error {
 
 typedef enum veil_client_key_source {
     VEIL_CLIENT_KEY_EPHEMERAL = 0, /* generated in memory, once per client */
-    VEIL_CLIENT_KEY_TOKEN = 1,     /* key_ref: a PKCS#11 URI or label */
+    VEIL_CLIENT_KEY_TOKEN = 1,     /* key_ref: a PKCS#11 URI (a bare label
+                                      only with an engine that has a
+                                      default token) */
     VEIL_CLIENT_KEY_DIR = 2        /* key_ref: a NOMYO key directory */
 } veil_client_key_source;
 
@@ -102,7 +104,9 @@ typedef struct veil_client_config {
     unsigned rotate_seconds;    /* EPHEMERAL: new key pair every N s; 0 */
 
     /* Keys in tokens: use this engine (borrowed; must outlive the client),
-     * or, when NULL, the client makes its own from these two. */
+     * or, when NULL, the client makes its own from these two.  For a key
+     * directory the client's own engine takes key_password as its PIN
+     * source; a borrowed engine uses its own. */
     veil_engine *engine;
     const char *pkcs11_module;
     veil_pin_source pin;
@@ -167,8 +171,9 @@ veil_client_status veil_chat_create(veil_client *c, const cJSON *request,
 void veil_chat_response_free(cJSON *response);
 
 /* Building requests without touching cJSON: a request object with model
- * and an empty messages array, and appending a message to it.  NULL: no
- * memory. */
+ * and an empty messages array (NULL: no memory), and appending a message
+ * to it (content NULL gives "content": null); 1 on success, 0 when the
+ * request has no messages array or memory ran out. */
 cJSON *veil_chat_request_new(const char *model);
 int veil_chat_request_add_message(cJSON *request, const char *role,
                                   const char *content);

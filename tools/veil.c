@@ -1,0 +1,1100 @@
+/* veil: end-to-end encrypted chat with a NOMYO v1 server from the command
+ * line.  The answer key may live in a PKCS#11 token.  No API key, PIN,
+ * prompt or answer is ever put in a log line or an error message; prompts
+ * and answers are held in memory that is wiped before it is released. */
+#include "config.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <math.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+#include <fcntl.h>
+
+#include <cjson/cJSON.h>
+
+#include "veil/engine.h"
+#include "veil/client.h"
+
+enum {
+    EXIT_OK = 0,
+    EXIT_FAIL = 1,       /* anything not below (output could not be written) */
+    EXIT_USAGE = 2,      /* bad command line */
+    EXIT_CLASS_BASE = 10 /* + veil_client_status: 11..21 */
+};
+
+/* The protocol's limit on a request; a bigger prompt cannot be sent. */
+#define MAX_PROMPT (10u * 1024u * 1024u)
+#define MAX_API_KEY 4096
+
+static const char usage_main[] =
+    "usage: veil COMMAND [OPTIONS]\n"
+    "\n"
+    "End-to-end encrypted chat with a server speaking the NOMYO v1 protocol:\n"
+    "the request is sealed to the server's key, the answer is sealed to a key\n"
+    "of this client (in memory, in a key directory or in a PKCS#11 token).\n"
+    "\n"
+    "Commands:\n"
+    "  chat         send a prompt, print the answer\n"
+    "  server-key   print the server's public key or its fingerprint\n"
+    "\n"
+    "Options of every command:\n"
+    "  --url URL              server base URL (default: $VEIL_URL, else\n"
+    "                         https://api.nomyo.ai)\n"
+    "  --api-key-file FILE    the API key: first line of FILE (default:\n"
+    "                         $VEIL_API_KEY); never taken on the command line\n"
+    "  --allow-http           permit a plain http:// URL (local development\n"
+    "                         only; a warning is printed)\n"
+    "  --ca-file FILE         PEM CA bundle for https (default: system CAs)\n"
+    "  --timeout SECONDS      time limit of each attempt (default 60)\n"
+    "  --retries N            retries after 429, 500, 502, 503, 504 and\n"
+    "                         network failures (default 2)\n"
+    "  --module M             PKCS#11 module: a .so path or p11-kit name\n"
+    "                         (default: $VEIL_PKCS11_MODULE)\n"
+    "  --pin-source SPEC      token PIN: file:PATH, env:NAME or prompt\n"
+    "                         (default: $VEIL_PIN_SOURCE, else prompt when\n"
+    "                         stdin is a terminal)\n"
+    "  --password-source SPEC password of a --key-dir private key (same "
+    "forms)\n"
+    "  --tag MODE             where requests carry the GCM tag: separate\n"
+    "                         (default) or appended\n"
+    "  -v, --verbose          debug log on stderr (never keys, PINs, prompts\n"
+    "                         or answers)\n"
+    "  -h, --help             this help; 'veil COMMAND --help' for a command\n"
+    "  --version              print the version\n"
+    "\n"
+    "Run 'veil COMMAND --help' for a command's options.\n"
+    "\n";
+
+static const char usage_chat[] =
+    "usage: veil chat -m MODEL [--system TEXT] [--tier standard|high|maximum]\n"
+    "                 [--token-key URI | --key-dir DIR] [--pin sha256:HEX]\n"
+    "                 [--temperature X] [--max-tokens N] [--json] [OPTIONS]\n"
+    "                 [PROMPT | -]\n"
+    "Sends PROMPT as a user message and prints the answer's content. With "
+    "'-',\n"
+    "or with no PROMPT when stdin is not a terminal, the prompt is read from\n"
+    "stdin (trailing newlines removed): this keeps it out of the process "
+    "list.\n"
+    "  -m, --model MODEL      model ID, e.g. Qwen/Qwen3-0.6B (required)\n"
+    "  --system TEXT          a system message before the prompt\n"
+    "  --tier TIER            security tier: standard, high or maximum\n"
+    "  --token-key URI        the answer key is in a PKCS#11 token:\n"
+    "                         'pkcs11:token=...;object=...' (RSA, 2048+ bits)\n"
+    "  --key-dir DIR          the answer key is in a NOMYO key directory;\n"
+    "                         made there (RSA-4096) when DIR has none\n"
+    "  --pin sha256:HEX       pin the server key: its SPKI SHA-256 "
+    "fingerprint\n"
+    "                         as 'veil server-key --fingerprint' prints it; "
+    "any\n"
+    "                         other key is refused before anything is sent.\n"
+    "                         NOT a token PIN (that is --pin-source)\n"
+    "  --temperature X        sampling temperature, sent in the request\n"
+    "  --max-tokens N         answer length limit, sent in the request\n"
+    "  --json                 print the whole answer JSON, with _metadata\n"
+    "Without --token-key or --key-dir a fresh RSA-4096 key is made in memory\n"
+    "for this run only. Tool calls in an answer are printed as JSON (after\n"
+    "its content, if any). A PROMPT argument is wiped from the command line\n"
+    "once read. Common OPTIONS: see 'veil --help'.\n";
+
+static const char usage_server_key[] =
+    "usage: veil server-key [--fingerprint] [--pin sha256:HEX] [OPTIONS]\n"
+    "Fetches the server's public key and prints it (PEM), or with\n"
+    "--fingerprint only 'sha256:<hex>': the SHA-256 of its "
+    "SubjectPublicKeyInfo,\n"
+    "the value 'veil chat --pin' takes. With --pin a different key is an\n"
+    "error (exit 19).\n";
+
+struct opts {
+    const char *url, *api_key_file, *ca_file, *module, *pin_source;
+    const char *password_source, *model, *system, *tier, *token_key, *key_dir;
+    char pin[72];     /* normalised "sha256:<64 lowercase hex>", or "" */
+    char *prompt_arg; /* PROMPT from argv (wiped there once copied) */
+    int prompt_stdin; /* "-" */
+    unsigned timeout_ms, retries;
+    veil_client_tag_mode tag;
+    double temperature;
+    long max_tokens; /* 0: not sent */
+    int has_temperature;
+    int allow_http, verbose, help, json, fingerprint;
+};
+
+/* ---- secrets ---------------------------------------------------------- */
+
+static void wipe(void *p, size_t n)
+{
+    if (p && n)
+        explicit_bzero(p, n);
+}
+
+/* A secret NUL-terminated string of len bytes in a new secret buffer. */
+static veil_secbuf *secstr(const char *s, size_t len)
+{
+    veil_secbuf *b = NULL;
+
+    if (veil_secbuf_new(len + 1, &b) != VEIL_OK)
+        return NULL;
+    memcpy(veil_secbuf_data(b), s, len);
+    veil_secbuf_data(b)[len] = 0;
+    return b;
+}
+
+/* Writes all of buf to fd; 0 on failure (errno set). */
+static int write_all(int fd, const char *buf, size_t len)
+{
+    while (len) {
+        ssize_t n = write(fd, buf, len);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            return 0;
+        buf += n;
+        len -= (size_t)n;
+    }
+    return 1;
+}
+
+/* ---- stderr: log lines and the spinner --------------------------------- */
+
+/* The spinner runs in its own thread while the main thread blocks in the
+ * library; log lines and the spinner share stderr under one mutex. */
+static struct {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    pthread_t thread;
+    int running, stop, shown;
+    unsigned frame, retry;
+    int retry_status;
+    const char *what;
+    struct timespec start;
+} spin = {.mu = PTHREAD_MUTEX_INITIALIZER};
+
+static volatile sig_atomic_t spin_on_screen;
+
+static void spin_clear_locked(void)
+{
+    if (spin.shown) {
+        fputs("\r\033[K", stderr);
+        fflush(stderr);
+        spin.shown = 0;
+        spin_on_screen = 0;
+    }
+}
+
+static void spin_draw_locked(void)
+{
+    static const char frames[] = "|/-\\";
+    struct timespec now;
+    char extra[64] = "";
+    long secs;
+
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    secs = (long)(now.tv_sec - spin.start.tv_sec);
+    if (spin.retry && spin.retry_status)
+        snprintf(extra, sizeof extra, ", retry %u after HTTP %d", spin.retry,
+                 spin.retry_status);
+    else if (spin.retry)
+        snprintf(extra, sizeof extra, ", retry %u after a network failure",
+                 spin.retry);
+    fprintf(stderr, "\r\033[K%c %s (%lds%s)", frames[spin.frame++ % 4],
+            spin.what, secs, extra);
+    fflush(stderr);
+    spin.shown = 1;
+    spin_on_screen = 1;
+}
+
+static void *spin_main(void *arg)
+{
+    pthread_mutex_lock(&spin.mu);
+    while (!spin.stop) {
+        struct timespec t;
+        spin_draw_locked();
+        clock_gettime(CLOCK_MONOTONIC, &t);
+        t.tv_nsec += 125000000L; /* eight frames a second */
+        if (t.tv_nsec >= 1000000000L) {
+            t.tv_sec++;
+            t.tv_nsec -= 1000000000L;
+        }
+        while (!spin.stop &&
+               pthread_cond_timedwait(&spin.cv, &spin.mu, &t) != ETIMEDOUT)
+            ;
+    }
+    spin_clear_locked();
+    pthread_mutex_unlock(&spin.mu);
+    return NULL;
+}
+
+/* Interrupted while the spinner is on the screen: leave a clean line. */
+static void spin_signal(int sig)
+{
+    if (spin_on_screen)
+        (void)!write(STDERR_FILENO, "\r\033[K", 4);
+    signal(sig, SIG_DFL);
+    raise(sig);
+}
+
+static void spin_start(const char *what)
+{
+    pthread_condattr_t ca;
+
+    if (spin.running) { /* the next step: a new label, a new clock */
+        pthread_mutex_lock(&spin.mu);
+        spin.what = what;
+        spin.retry = 0;
+        clock_gettime(CLOCK_MONOTONIC, &spin.start);
+        pthread_mutex_unlock(&spin.mu);
+        return;
+    }
+    spin.what = what;
+    spin.stop = 0;
+    clock_gettime(CLOCK_MONOTONIC, &spin.start);
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&spin.cv, &ca);
+    pthread_condattr_destroy(&ca);
+    signal(SIGINT, spin_signal);
+    signal(SIGTERM, spin_signal);
+    if (pthread_create(&spin.thread, NULL, spin_main, NULL) == 0)
+        spin.running = 1;
+    else
+        pthread_cond_destroy(&spin.cv);
+}
+
+static void spin_stop(void)
+{
+    if (!spin.running)
+        return;
+    pthread_mutex_lock(&spin.mu);
+    spin.stop = 1;
+    pthread_cond_signal(&spin.cv);
+    pthread_mutex_unlock(&spin.mu);
+    pthread_join(spin.thread, NULL);
+    pthread_cond_destroy(&spin.cv);
+    spin.running = 0;
+    signal(SIGINT, SIG_DFL);
+    signal(SIGTERM, SIG_DFL);
+}
+
+/* A message on stderr; clears the spinner line first.  Control characters
+ * (a server's detail text is untrusted) are shown as '?'. */
+static void say(const char *kind, const char *text)
+{
+    pthread_mutex_lock(&spin.mu);
+    spin_clear_locked();
+    fputs("veil: ", stderr);
+    if (kind)
+        fprintf(stderr, "%s: ", kind);
+    for (const unsigned char *p = (const unsigned char *)text; *p; p++)
+        fputc(*p < 0x20 || *p == 0x7f ? '?' : *p, stderr);
+    fputc('\n', stderr);
+    fflush(stderr);
+    pthread_mutex_unlock(&spin.mu);
+}
+
+static void log_stderr(void *ctx, veil_log_level level, const char *line)
+{
+    static const char *const names[] = {"error", "warning", "info", "debug"};
+
+    say(level <= VEIL_LOG_DEBUG ? names[level] : "log", line);
+}
+
+/* Retries show on the spinner line; the library logs them (-v). */
+static void on_retry(void *ctx, unsigned attempt, int http_status,
+                     unsigned delay_ms)
+{
+    pthread_mutex_lock(&spin.mu);
+    spin.retry = attempt;
+    spin.retry_status = http_status;
+    pthread_mutex_unlock(&spin.mu);
+}
+
+/* ---- errors ----------------------------------------------------------- */
+
+/* The URL is plain http and --allow-http was not given. */
+static int http_hint;
+
+static int usage_error(const char *msg)
+{
+    fprintf(stderr, "veil: %s\n", msg);
+    return EXIT_USAGE;
+}
+
+/* Prints "veil: <ClassName> (HTTP nnn): detail" and returns the exit code
+ * for the class. */
+static int client_fail(const veil_client_error *err)
+{
+    char head[96];
+    const char *name = veil_client_status_name(err->status);
+
+    spin_stop();
+    if (err->http_status)
+        snprintf(head, sizeof head, "%s (HTTP %d)", name, err->http_status);
+    else
+        snprintf(head, sizeof head, "%s", name);
+    if (err->detail[0]) {
+        say(head, err->detail);
+    } else {
+        pthread_mutex_lock(&spin.mu);
+        fprintf(stderr, "veil: %s\n", head);
+        pthread_mutex_unlock(&spin.mu);
+    }
+    if (err->status == VEIL_CLIENT_E_SECURITY && http_hint)
+        fputs("veil: --allow-http permits plain http (for local development "
+              "only)\n",
+              stderr);
+    return EXIT_CLASS_BASE + (int)err->status;
+}
+
+/* A local failure of class st with a message of our own. */
+static int local_fail(veil_client_status st, const char *what)
+{
+    veil_client_error err = {0};
+
+    err.status = st;
+    snprintf(err.detail, sizeof err.detail, "%s", what);
+    return client_fail(&err);
+}
+
+/* ---- option parsing --------------------------------------------------- */
+
+static int parse_uint(const char *s, unsigned long max, unsigned long *out)
+{
+    char *end;
+    unsigned long v;
+
+    if (*s < '0' || *s > '9')
+        return 0;
+    errno = 0;
+    v = strtoul(s, &end, 10);
+    if (*end || errno || v > max)
+        return 0;
+    *out = v;
+    return 1;
+}
+
+/* "sha256:<64 hex>" or the bare hex, any case -> "sha256:<lowercase>". */
+static int parse_fingerprint(const char *s, char out[72])
+{
+    size_t i;
+
+    if (strncmp(s, "sha256:", 7) == 0)
+        s += 7;
+    if (strlen(s) != 64)
+        return 0;
+    memcpy(out, "sha256:", 7);
+    for (i = 0; i < 64; i++) {
+        char c = s[i];
+        if (c >= 'A' && c <= 'F')
+            c = (char)(c - 'A' + 'a');
+        if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f')))
+            return 0;
+        out[7 + i] = c;
+    }
+    out[71] = 0;
+    return 1;
+}
+
+enum cmd { CMD_CHAT, CMD_SERVER_KEY };
+
+/* Options that only one command takes. */
+static int chat_only(int c)
+{
+    return c == 'm' || c == 's' || c == 'T' || c == 'K' || c == 'D' ||
+           c == 'j' || c == 't' || c == 'x';
+}
+
+static int parse_opts(int argc, char **argv, enum cmd cmd, struct opts *o)
+{
+    static const struct option longopts[] = {
+        {"url", required_argument, NULL, 'u'},
+        {"api-key-file", required_argument, NULL, 'A'},
+        {"allow-http", no_argument, NULL, 'H'},
+        {"ca-file", required_argument, NULL, 'C'},
+        {"timeout", required_argument, NULL, 'o'},
+        {"retries", required_argument, NULL, 'r'},
+        {"module", required_argument, NULL, 'M'},
+        {"pin-source", required_argument, NULL, 'P'},
+        {"password-source", required_argument, NULL, 'W'},
+        {"tag", required_argument, NULL, 'g'},
+        {"verbose", no_argument, NULL, 'v'},
+        {"help", no_argument, NULL, 'h'},
+        {"model", required_argument, NULL, 'm'},
+        {"system", required_argument, NULL, 's'},
+        {"tier", required_argument, NULL, 'T'},
+        {"token-key", required_argument, NULL, 'K'},
+        {"key-dir", required_argument, NULL, 'D'},
+        {"pin", required_argument, NULL, 'p'},
+        {"json", no_argument, NULL, 'j'},
+        {"temperature", required_argument, NULL, 't'},
+        {"max-tokens", required_argument, NULL, 'x'},
+        {"fingerprint", no_argument, NULL, 'f'},
+        {"api-key", required_argument, NULL, 'X'},
+        {NULL, 0, NULL, 0},
+    };
+    unsigned long n;
+    double d;
+    char *end;
+    int c;
+
+    o->url = getenv("VEIL_URL");
+    o->module = getenv("VEIL_PKCS11_MODULE");
+    o->pin_source = getenv("VEIL_PIN_SOURCE");
+    o->timeout_ms = 60000;
+    o->retries = 2;
+    o->tag = VEIL_CLIENT_TAG_SEPARATE;
+    optind = 1;
+    opterr = 0; /* our own messages: never echo an option's value */
+    while ((c = getopt_long(argc, argv, ":m:vh", longopts, NULL)) != -1) {
+        if (c == '?' || c == ':') {
+            const char *arg = argv[optind - 1];
+            int len = (int)strcspn(arg, "=");
+            if (strncmp(arg, "--", 2) != 0)
+                fprintf(stderr, "veil: option -%c %s\n", optopt,
+                        c == ':' ? "needs an argument" : "is unknown");
+            else
+                fprintf(stderr, "veil: option %.*s %s\n", len, arg,
+                        c == ':' ? "needs an argument" : "is unknown");
+            return 0;
+        }
+        if (cmd == CMD_SERVER_KEY && chat_only(c)) {
+            const char *name = "?";
+            for (const struct option *lo = longopts; lo->name; lo++)
+                if (lo->val == c)
+                    name = lo->name;
+            fprintf(stderr, "veil: --%s is an option of 'veil chat'\n", name);
+            return 0;
+        }
+        if (cmd == CMD_CHAT && c == 'f') {
+            fprintf(stderr,
+                    "veil: --fingerprint is an option of 'veil server-key'\n");
+            return 0;
+        }
+        switch (c) {
+        case 'u':
+            o->url = optarg;
+            break;
+        case 'A':
+            o->api_key_file = optarg;
+            break;
+        case 'H':
+            o->allow_http = 1;
+            break;
+        case 'C':
+            o->ca_file = optarg;
+            break;
+        case 'o':
+            d = strtod(optarg, &end);
+            if (end == optarg || *end || !isfinite(d) || d <= 0 || d > 86400) {
+                fprintf(stderr, "veil: --timeout takes seconds (a number "
+                                "above 0, at most 86400)\n");
+                return 0;
+            }
+            o->timeout_ms = (unsigned)(d * 1000 + 0.5);
+            if (!o->timeout_ms)
+                o->timeout_ms = 1;
+            break;
+        case 'r':
+            if (!parse_uint(optarg, 100, &n)) {
+                fprintf(stderr, "veil: --retries takes a number, 0 to 100\n");
+                return 0;
+            }
+            o->retries = (unsigned)n;
+            break;
+        case 'M':
+            o->module = optarg;
+            break;
+        case 'P':
+            o->pin_source = optarg;
+            break;
+        case 'W':
+            o->password_source = optarg;
+            break;
+        case 'g':
+            if (strcmp(optarg, "separate") == 0) {
+                o->tag = VEIL_CLIENT_TAG_SEPARATE;
+            } else if (strcmp(optarg, "appended") == 0) {
+                o->tag = VEIL_CLIENT_TAG_APPENDED;
+            } else {
+                fprintf(stderr, "veil: --tag is separate or appended\n");
+                return 0;
+            }
+            break;
+        case 'v':
+            o->verbose = 1;
+            break;
+        case 'h':
+            o->help = 1;
+            break;
+        case 'm':
+            o->model = optarg;
+            break;
+        case 's':
+            o->system = optarg;
+            break;
+        case 'T':
+            if (strcmp(optarg, "standard") != 0 &&
+                strcmp(optarg, "high") != 0 && strcmp(optarg, "maximum") != 0) {
+                fprintf(stderr, "veil: --tier is standard, high or maximum\n");
+                return 0;
+            }
+            o->tier = optarg;
+            break;
+        case 'K':
+            o->token_key = optarg;
+            break;
+        case 'D':
+            o->key_dir = optarg;
+            break;
+        case 'p':
+            /* Never echo the value: someone may have typed a token PIN. */
+            if (!parse_fingerprint(optarg, o->pin)) {
+                fprintf(stderr,
+                        "veil: --pin takes the server key's fingerprint, "
+                        "sha256:<64 hex digits> (see 'veil server-key "
+                        "--fingerprint'); it is not a token PIN, which is "
+                        "never taken on the command line: use --pin-source\n");
+                return 0;
+            }
+            break;
+        case 'j':
+            o->json = 1;
+            break;
+        case 't':
+            d = strtod(optarg, &end);
+            if (end == optarg || *end || !isfinite(d) || d < 0) {
+                fprintf(stderr, "veil: --temperature takes a number >= 0\n");
+                return 0;
+            }
+            o->temperature = d;
+            o->has_temperature = 1;
+            break;
+        case 'x':
+            if (!parse_uint(optarg, 100000000, &n) || n == 0) {
+                fprintf(stderr, "veil: --max-tokens takes a number above 0\n");
+                return 0;
+            }
+            o->max_tokens = (long)n;
+            break;
+        case 'f':
+            o->fingerprint = 1;
+            break;
+        case 'X':
+            fprintf(stderr, "veil: an API key is never taken on the command "
+                            "line; use --api-key-file FILE or the "
+                            "environment variable VEIL_API_KEY\n");
+            return 0;
+        default:
+            return 0;
+        }
+    }
+    if (o->help)
+        return 1;
+    /* Never echo a positional argument: it may be a prompt. */
+    if (cmd == CMD_SERVER_KEY && optind < argc) {
+        fprintf(stderr, "veil: server-key takes no arguments\n");
+        return 0;
+    }
+    if (cmd == CMD_CHAT) {
+        if (argc - optind > 1) {
+            fprintf(stderr, "veil: give the prompt as one argument (quote "
+                            "it), or '-' to read it from stdin\n");
+            return 0;
+        }
+        if (optind < argc) {
+            if (strcmp(argv[optind], "-") == 0)
+                o->prompt_stdin = 1;
+            else
+                o->prompt_arg = argv[optind];
+        }
+        if (!o->model) {
+            fprintf(stderr, "veil: -m MODEL is required\n");
+            return 0;
+        }
+        if (o->token_key && o->key_dir) {
+            fprintf(stderr,
+                    "veil: --token-key and --key-dir exclude each other\n");
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* ---- reading secrets -------------------------------------------------- */
+
+/* The prompt: from argv (then wiped there) or all of stdin.  Returns an
+ * exit code; *out holds a NUL-terminated string on success. */
+static int read_prompt(struct opts *o, veil_secbuf **out)
+{
+    veil_secbuf *b = NULL, *nb;
+    size_t cap = 65536, len = 0;
+    uint8_t *d;
+
+    if (o->prompt_arg) {
+        len = strlen(o->prompt_arg);
+        b = secstr(o->prompt_arg, len);
+        wipe(o->prompt_arg, len); /* out of /proc/PID/cmdline from now on */
+        if (!b)
+            return local_fail(VEIL_CLIENT_E_CONFIG, "out of memory");
+    } else {
+        if (!o->prompt_stdin && isatty(STDIN_FILENO))
+            return usage_error("no prompt: give PROMPT, or '-' to read it "
+                               "from stdin");
+        if (veil_secbuf_new(cap + 1, &b) != VEIL_OK)
+            return local_fail(VEIL_CLIENT_E_CONFIG, "out of memory");
+        if (isatty(STDIN_FILENO) && isatty(STDERR_FILENO))
+            say(NULL, "type the prompt, then Ctrl-D on a line of its own");
+        for (;;) {
+            ssize_t n;
+            if (len == cap) {
+                if (cap > MAX_PROMPT) {
+                    veil_secbuf_free(b);
+                    return local_fail(VEIL_CLIENT_E_INVALID_REQUEST,
+                                      "the prompt is larger than 10 MiB");
+                }
+                cap *= 2;
+                if (veil_secbuf_new(cap + 1, &nb) != VEIL_OK) {
+                    veil_secbuf_free(b);
+                    return local_fail(VEIL_CLIENT_E_CONFIG, "out of memory");
+                }
+                memcpy(veil_secbuf_data(nb), veil_secbuf_data(b), len);
+                veil_secbuf_free(b);
+                b = nb;
+            }
+            n = read(STDIN_FILENO, veil_secbuf_data(b) + len, cap - len);
+            if (n < 0 && errno == EINTR)
+                continue;
+            if (n < 0) {
+                char msg[128];
+                snprintf(msg, sizeof msg, "cannot read stdin: %s",
+                         strerror(errno));
+                veil_secbuf_free(b);
+                say(NULL, msg);
+                return EXIT_FAIL;
+            }
+            if (n == 0)
+                break;
+            len += (size_t)n;
+        }
+        if (len > MAX_PROMPT) {
+            veil_secbuf_free(b);
+            return local_fail(VEIL_CLIENT_E_INVALID_REQUEST,
+                              "the prompt is larger than 10 MiB");
+        }
+    }
+    d = veil_secbuf_data(b);
+    if (memchr(d, 0, len)) {
+        veil_secbuf_free(b);
+        return usage_error("the prompt contains a NUL byte");
+    }
+    if (!o->prompt_arg)
+        while (len && (d[len - 1] == '\n' || d[len - 1] == '\r'))
+            d[--len] = 0;
+    d[len] = 0;
+    if (!len) {
+        veil_secbuf_free(b);
+        return usage_error("the prompt is empty");
+    }
+    *out = b;
+    return EXIT_OK;
+}
+
+/* The API key: first line of --api-key-file, else $VEIL_API_KEY, else
+ * none (*out NULL).  Returns an exit code. */
+static int read_api_key(const struct opts *o, veil_secbuf **out)
+{
+    char msg[600];
+    const char *env;
+    veil_secbuf *b;
+    struct stat st;
+    size_t len = 0;
+    char *d;
+    int fd;
+
+    *out = NULL;
+    if (!o->api_key_file) {
+        env = getenv("VEIL_API_KEY");
+        if (!env || !*env)
+            return EXIT_OK;
+        if (!(*out = secstr(env, strlen(env))))
+            return local_fail(VEIL_CLIENT_E_CONFIG, "out of memory");
+        return EXIT_OK;
+    }
+    fd = open(o->api_key_file, O_RDONLY | O_CLOEXEC);
+    if (fd < 0 || fstat(fd, &st) != 0) {
+        snprintf(msg, sizeof msg, "cannot read the API key file %s: %s",
+                 o->api_key_file, strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        return local_fail(VEIL_CLIENT_E_CONFIG, msg);
+    }
+    if (st.st_mode & S_IRWXO) {
+        close(fd);
+        snprintf(msg, sizeof msg,
+                 "the API key file %s is accessible to other users "
+                 "(chmod 600 it)",
+                 o->api_key_file);
+        return local_fail(VEIL_CLIENT_E_CONFIG, msg);
+    }
+    if (veil_secbuf_new(MAX_API_KEY + 1, &b) != VEIL_OK) {
+        close(fd);
+        return local_fail(VEIL_CLIENT_E_CONFIG, "out of memory");
+    }
+    d = (char *)veil_secbuf_data(b);
+    for (;;) {
+        ssize_t n = read(fd, d + len, MAX_API_KEY - len);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            break;
+        len += (size_t)n;
+        if (memchr(d, '\n', len) || len == MAX_API_KEY)
+            break;
+    }
+    close(fd);
+    d[len] = 0;
+    len = strcspn(d, "\r\n");
+    wipe(d + len, MAX_API_KEY + 1 - len);
+    for (size_t i = 0; i < len; i++)
+        if ((unsigned char)d[i] < 0x20 || d[i] == 0x7f) {
+            veil_secbuf_free(b);
+            snprintf(msg, sizeof msg,
+                     "the API key in %s contains control characters",
+                     o->api_key_file);
+            return local_fail(VEIL_CLIENT_E_CONFIG, msg);
+        }
+    if (!len) {
+        veil_secbuf_free(b);
+        snprintf(msg, sizeof msg, "the API key file %s is empty",
+                 o->api_key_file);
+        return local_fail(VEIL_CLIENT_E_CONFIG, msg);
+    }
+    *out = b;
+    return EXIT_OK;
+}
+
+/* ---- output ----------------------------------------------------------- */
+
+/* Prints a JSON tree and a newline through a secret buffer (cJSON_Print
+ * would leave copies behind in freed memory). */
+static int print_json(const cJSON *j)
+{
+    size_t cap = 65536;
+
+    for (;;) {
+        veil_secbuf *b = NULL;
+        int ok;
+        if (cap > 256u * 1024 * 1024 || veil_secbuf_new(cap, &b) != VEIL_OK)
+            return 0;
+        if (cJSON_PrintPreallocated((cJSON *)j, (char *)veil_secbuf_data(b),
+                                    (int)cap - 8, 1)) {
+            char *s = (char *)veil_secbuf_data(b);
+            size_t len = strlen(s);
+            s[len] = '\n'; /* room: 8 bytes were kept */
+            ok = write_all(STDOUT_FILENO, s, len + 1);
+            veil_secbuf_free(b);
+            return ok;
+        }
+        veil_secbuf_free(b);
+        cap *= 2;
+    }
+}
+
+/* s and a newline (for a PEM: a newline only when it lacks one). */
+static int print_text(const char *s, int pem)
+{
+    size_t len = strlen(s);
+    int nl = !(pem && len && s[len - 1] == '\n');
+
+    return write_all(STDOUT_FILENO, s, len) &&
+           (!nl || write_all(STDOUT_FILENO, "\n", 1));
+}
+
+static int write_failed(void)
+{
+    char msg[128];
+
+    snprintf(msg, sizeof msg, "cannot write the answer: %s", strerror(errno));
+    say(NULL, msg);
+    return EXIT_FAIL;
+}
+
+/* ---- commands --------------------------------------------------------- */
+
+static void verbose_fingerprints(veil_client *c)
+{
+    veil_client_error err;
+    char fp[72], line[128];
+    char *pem = NULL;
+
+    if (veil_client_public_key(c, &pem, fp, &err) == VEIL_CLIENT_OK) {
+        snprintf(line, sizeof line, "client key %s", fp);
+        say("info", line);
+    }
+    free(pem);
+}
+
+static int cmd_chat(veil_client *c, const struct opts *o, veil_secbuf *prompt,
+                    int spinner)
+{
+    veil_client_error err = {0};
+    veil_chat_stats stats = {0};
+    cJSON *req, *resp = NULL;
+    const cJSON *calls;
+    const char *content;
+    veil_client_status st;
+    int ok = 1;
+
+    req = veil_chat_request_new(o->model);
+    if (!req ||
+        (o->system &&
+         !veil_chat_request_add_message(req, "system", o->system)) ||
+        !veil_chat_request_add_message(
+            req, "user", (const char *)veil_secbuf_data(prompt)) ||
+        (o->has_temperature &&
+         !cJSON_AddNumberToObject(req, "temperature", o->temperature)) ||
+        (o->max_tokens &&
+         !cJSON_AddNumberToObject(req, "max_tokens", (double)o->max_tokens))) {
+        veil_chat_response_free(req);
+        return local_fail(VEIL_CLIENT_E_CONFIG, "out of memory");
+    }
+    if (spinner)
+        spin_start("waiting for the answer");
+    st = veil_chat_create(c, req, NULL, &resp, &stats, &err);
+    spin_stop();
+    veil_chat_response_free(req);
+    if (st != VEIL_CLIENT_OK)
+        return client_fail(&err);
+    if (o->verbose) {
+        char line[256];
+        veil_chat_usage u;
+        snprintf(line, sizeof line,
+                 "payload %s: %u attempt(s); encrypt %.1f ms, network %.1f "
+                 "ms, decrypt %.1f ms",
+                 stats.payload_id, stats.attempts, stats.encrypt_ns / 1e6,
+                 stats.network_ns / 1e6, stats.decrypt_ns / 1e6);
+        say("info", line);
+        if (veil_chat_get_usage(resp, &u)) {
+            snprintf(line, sizeof line,
+                     "usage: %ld prompt + %ld completion = %ld tokens",
+                     u.prompt_tokens, u.completion_tokens, u.total_tokens);
+            say("info", line);
+        }
+    }
+    content = veil_chat_content(resp);
+    calls = veil_chat_tool_calls(resp);
+    if (o->json) {
+        ok = print_json(resp);
+    } else {
+        int has_calls = calls && cJSON_GetArraySize(calls) > 0;
+        if (content && (*content || !has_calls))
+            ok = print_text(content, 0);
+        if (ok && has_calls)
+            ok = print_json(calls);
+        if (!content && !has_calls)
+            say(NULL, "the answer has no content");
+    }
+    veil_chat_response_free(resp);
+    return ok ? EXIT_OK : write_failed();
+}
+
+static int cmd_server_key(veil_client *c, const struct opts *o)
+{
+    veil_client_error err = {0};
+    char fp[72];
+    char *pem = NULL;
+    int ok;
+
+    if (veil_client_server_key(c, &pem, fp, &err) != VEIL_CLIENT_OK)
+        return client_fail(&err);
+    if (o->verbose) {
+        char line[128];
+        snprintf(line, sizeof line, "server key %s", fp);
+        say("info", line);
+    }
+    ok = o->fingerprint ? print_text(fp, 0) : print_text(pem, 1);
+    free(pem);
+    return ok ? EXIT_OK : write_failed();
+}
+
+/* Parses a PIN or password source; 0 on a bad spec (message printed). */
+static int pin_source(const char *spec, const char *opt, veil_pin_source *out)
+{
+    char msg[400];
+
+    if (veil_pin_source_parse(spec, out) == VEIL_OK)
+        return 1;
+    snprintf(msg, sizeof msg, "%s: %s", opt, veil_last_error()->message);
+    say(NULL, msg);
+    return 0;
+}
+
+static int run(enum cmd cmd, struct opts *o)
+{
+    veil_client_config cfg;
+    veil_engine_config ecfg = {0};
+    veil_client_error err = {0};
+    veil_pin_source pin = {0}, password = {0};
+    veil_secbuf *prompt = NULL, *api_key = NULL;
+    veil_engine *e = NULL;
+    veil_client *c = NULL;
+    int code, spinner, prompting;
+
+    if (cmd == CMD_CHAT && (code = read_prompt(o, &prompt)) != EXIT_OK)
+        return code;
+    if ((code = read_api_key(o, &api_key)) != EXIT_OK)
+        goto out;
+    code = EXIT_USAGE;
+    if (o->pin_source && !pin_source(o->pin_source, "--pin-source", &pin))
+        goto out;
+    if (!o->pin_source && isatty(STDIN_FILENO))
+        pin.kind = VEIL_PIN_PROMPT;
+    if (o->password_source &&
+        !pin_source(o->password_source, "--password-source", &password))
+        goto out;
+
+    /* A key directory's password is what the engine asks for there; a
+     * token's PIN everywhere else. */
+    ecfg.pkcs11_module = o->module;
+    ecfg.pin = o->key_dir ? password : pin;
+    ecfg.log = log_stderr;
+    ecfg.log_level = o->verbose ? VEIL_LOG_DEBUG : VEIL_LOG_WARN;
+    if (veil_engine_new(&ecfg, &e) != VEIL_OK) {
+        code = local_fail(VEIL_CLIENT_E_CONFIG, veil_last_error()->message);
+        goto out;
+    }
+
+    veil_client_config_init(&cfg);
+    http_hint = o->url && strncmp(o->url, "http://", 7) == 0 && !o->allow_http;
+    if (o->url)
+        cfg.base_url = o->url;
+    cfg.api_key = api_key ? (const char *)veil_secbuf_data(api_key) : NULL;
+    cfg.allow_http = o->allow_http;
+    cfg.ca_file = o->ca_file;
+    cfg.timeout_ms = o->timeout_ms;
+    cfg.max_retries = o->retries;
+    cfg.security_tier = o->tier;
+    cfg.server_key_pin = o->pin[0] ? o->pin : NULL;
+    cfg.tag_mode = o->tag;
+    if (o->token_key) {
+        cfg.key_source = VEIL_CLIENT_KEY_TOKEN;
+        cfg.key_ref = o->token_key;
+    } else if (o->key_dir) {
+        cfg.key_source = VEIL_CLIENT_KEY_DIR;
+        cfg.key_ref = o->key_dir;
+    } else {
+        cfg.key_source = VEIL_CLIENT_KEY_EPHEMERAL;
+        /* server-key never uses its own key: make a quick one */
+        if (cmd == CMD_SERVER_KEY)
+            cfg.key_bits = 2048;
+    }
+    cfg.key_password = password;
+    cfg.engine = e;
+    cfg.pkcs11_module = o->module;
+    cfg.pin = pin;
+    cfg.log = log_stderr;
+    cfg.log_level = o->verbose ? VEIL_LOG_DEBUG : VEIL_LOG_WARN;
+    cfg.on_retry = on_retry;
+
+    /* No spinner when stderr is not a terminal, nor when a PIN or password
+     * may be asked for on the terminal. */
+    prompting = (o->token_key && pin.kind == VEIL_PIN_PROMPT) ||
+                (o->key_dir && password.kind == VEIL_PIN_PROMPT);
+    spinner = cmd == CMD_CHAT && isatty(STDERR_FILENO) && !prompting;
+    if (spinner && !o->token_key) {
+        char path[4200];
+        snprintf(path, sizeof path, "%s/private_key.pem",
+                 o->key_dir ? o->key_dir : ".");
+        spin_start(o->key_dir && access(path, F_OK) == 0 ? "loading the key"
+                                                         : "making a key");
+    }
+    if (veil_client_new(&cfg, &c, &err) != VEIL_CLIENT_OK) {
+        code = client_fail(&err);
+        goto out;
+    }
+    if (o->verbose)
+        verbose_fingerprints(c);
+    if (cmd == CMD_CHAT)
+        code = cmd_chat(c, o, prompt, spinner);
+    else
+        code = cmd_server_key(c, o);
+out:
+    spin_stop();
+    veil_client_free(c);
+    veil_engine_free(e);
+    veil_secbuf_free(api_key);
+    veil_secbuf_free(prompt);
+    return code;
+}
+
+int main(int argc, char **argv)
+{
+    static const struct {
+        const char *name;
+        enum cmd cmd;
+        const char *usage;
+    } cmds[] = {
+        {"chat", CMD_CHAT, usage_chat},
+        {"server-key", CMD_SERVER_KEY, usage_server_key},
+    };
+    struct opts o = {0};
+
+    if (argc < 2 || strcmp(argv[1], "--help") == 0 ||
+        strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "help") == 0) {
+        FILE *f = argc < 2 ? stderr : stdout;
+        fputs(usage_main, f);
+        fputs("Exit codes: 0 success, 1 other error, 2 usage; 10 + the error "
+              "class:\n",
+              f);
+        for (int s = VEIL_CLIENT_E_INVALID_REQUEST; s <= VEIL_CLIENT_E_CONFIG;
+             s++) {
+            static const char *const why[] = {
+                "",
+                "400, or refused before sending",
+                "401: missing or wrong API key",
+                "403: model not allowed on this tier",
+                "404, or another status",
+                "429",
+                "500",
+                "503",
+                "network failure or timeout",
+                "bad answer, key pin, TLS certificate, http",
+                "the client was disposed",
+                "bad configuration, key, PIN or file",
+            };
+            fprintf(f, "  %d %-25s %s\n", EXIT_CLASS_BASE + s,
+                    veil_client_status_name((veil_client_status)s), why[s]);
+        }
+        return argc < 2 ? EXIT_USAGE : EXIT_OK;
+    }
+    if (strcmp(argv[1], "--version") == 0) {
+        printf("veil %s\n", PACKAGE_VERSION);
+        return EXIT_OK;
+    }
+    for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++) {
+        if (strcmp(argv[1], cmds[i].name) != 0)
+            continue;
+        if (!parse_opts(argc - 1, argv + 1, cmds[i].cmd, &o)) {
+            fputs(cmds[i].usage, stderr);
+            return EXIT_USAGE;
+        }
+        if (o.help) {
+            fputs(cmds[i].usage, stdout);
+            return EXIT_OK;
+        }
+        return run(cmds[i].cmd, &o);
+    }
+    /* Echo it only when it looks like a command word, not like a prompt. */
+    if (strlen(argv[1]) <= 20 &&
+        strspn(argv[1], "abcdefghijklmnopqrstuvwxyz-") == strlen(argv[1]))
+        fprintf(stderr, "veil: unknown command '%s'\n\n%s", argv[1],
+                usage_main);
+    else
+        fprintf(stderr, "veil: unknown command\n\n%s", usage_main);
+    return EXIT_USAGE;
+}
