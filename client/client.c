@@ -24,15 +24,14 @@ typedef struct keyref {
     char *pem;        /* SPKI PEM */
     char *pem_header; /* percent-encoded PEM (client keys) */
     uint8_t fp[32];
-    char *url;        /* server keys: the base URL it came from */
+    char *url; /* server keys: the base URL it came from */
     time_t born;
     atomic_uint refs;
 } keyref;
 
 struct veil_client {
     veil_client_config cfg; /* strings below replace the borrowed ones */
-    char *base_url, *ca_file, *tier, *key_ref, *module, *pin_where,
-        *pw_where;
+    char *base_url, *ca_file, *tier, *key_ref, *module, *pin_where, *pw_where;
     veil_secbuf *api_key; /* NUL-terminated, or NULL */
     uint8_t pin[32];
     int has_pin;
@@ -47,11 +46,11 @@ struct veil_client {
 
 /* ---- small helpers ----------------------------------------------------- */
 
-static void cl_log(const veil_client *c, veil_log_level level,
-                   const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void cl_log(const veil_client *c, veil_log_level level, const char *fmt,
+                   ...) __attribute__((format(printf, 3, 4)));
 
-static void cl_log(const veil_client *c, veil_log_level level,
-                   const char *fmt, ...)
+static void cl_log(const veil_client *c, veil_log_level level, const char *fmt,
+                   ...)
 {
     if (c->cfg.log == NULL || level > c->cfg.log_level)
         return;
@@ -172,13 +171,11 @@ static int tier_valid(const char *t)
 
 /* ---- the client's own key ---------------------------------------------- */
 
-static veil_client_status check_rsa(const veil_key *key,
-                                    veil_client_error *err)
+static veil_client_status check_rsa(const veil_key *key, veil_client_error *err)
 {
     veil_key_info info;
     if (veil_key_get_info(key, &info) != VEIL_OK)
-        return engine_fail(err, VEIL_CLIENT_E_CONFIG, VEIL_E_KEY,
-                           "client key");
+        return engine_fail(err, VEIL_CLIENT_E_CONFIG, VEIL_E_KEY, "client key");
     if (info.type != VEIL_KEY_RSA || info.bits < VEIL_PKG_MIN_RSA_BITS ||
         !info.has_private)
         return veil_cl_fail(err, VEIL_CLIENT_E_CONFIG, 0, VEIL_E_KEY,
@@ -228,8 +225,8 @@ static veil_client_status load_key(veil_client *c, keyref **out,
                                "generating the client key");
         if ((rc = veil_key_save(c->engine, key, c->key_ref,
                                 &c->cfg.key_password)) != VEIL_OK) {
-            veil_client_status st2 = engine_fail(
-                err, VEIL_CLIENT_E_CONFIG, rc, "saving the client key");
+            veil_client_status st2 = engine_fail(err, VEIL_CLIENT_E_CONFIG, rc,
+                                                 "saving the client key");
             veil_key_free(key);
             return st2;
         }
@@ -304,8 +301,7 @@ static veil_client_status check_url(const veil_client *c, const char *url,
                             url);
     if (!url_ok(url, c->cfg.allow_http))
         return veil_cl_fail(err, VEIL_CLIENT_E_CONFIG, 0, VEIL_E_ARG,
-                            "the base URL must start with https:// (%s)",
-                            url);
+                            "the base URL must start with https:// (%s)", url);
     return VEIL_CLIENT_OK;
 }
 
@@ -396,7 +392,10 @@ veil_client_status veil_client_new(const veil_client_config *cfg,
         memcpy(veil_secbuf_data(c->api_key), cfg->api_key, n + 1);
     }
 
-    if (cfg->engine) {
+    /* A password-protected key directory needs an engine whose PIN source
+     * is that password: the client's own. */
+    if (cfg->engine && !(cfg->key_source == VEIL_CLIENT_KEY_DIR &&
+                         cfg->key_password.kind != VEIL_PIN_NONE)) {
         c->engine = cfg->engine;
     } else {
         veil_engine_config ec = {
@@ -508,8 +507,8 @@ static veil_client_status http_fail(const veil_http_response *r,
         snprintf(detail, sizeof detail, "secure inference not enabled");
     if (detail[0] == '\0')
         snprintf(detail, sizeof detail, "HTTP %ld", r->status);
-    return veil_cl_fail(err, status_class(r->status), (int)r->status, 0,
-                        "%s", detail);
+    return veil_cl_fail(err, status_class(r->status), (int)r->status, 0, "%s",
+                        detail);
 }
 
 static int retryable(long status)
@@ -521,8 +520,7 @@ static int retryable(long status)
 /* ---- the server key ----------------------------------------------------- */
 
 static veil_client_status fetch_server_key(veil_client *c, const char *url,
-                                           keyref **out,
-                                           veil_client_error *err)
+                                           keyref **out, veil_client_error *err)
 {
     char full[2048];
     *out = NULL;
@@ -531,8 +529,8 @@ static veil_client_status fetch_server_key(veil_client *c, const char *url,
         return veil_cl_fail(err, VEIL_CLIENT_E_CONFIG, 0, VEIL_E_ARG,
                             "the base URL is too long");
     veil_http_response r;
-    veil_client_status st = veil_transport_send(c->tx, full, NULL, NULL, 0,
-                                                &r, err);
+    veil_client_status st =
+        veil_transport_send(c->tx, full, NULL, NULL, 0, &r, err);
     if (st != VEIL_CLIENT_OK)
         return st;
     if (r.status != 200) {
@@ -551,8 +549,8 @@ static veil_client_status fetch_server_key(veil_client *c, const char *url,
                             "the server's /pki/public_key is not a PEM "
                             "public key");
     veil_key_info info;
-    if (veil_key_get_info(key, &info) != VEIL_OK ||
-        info.type != VEIL_KEY_RSA || info.bits < VEIL_PKG_MIN_RSA_BITS) {
+    if (veil_key_get_info(key, &info) != VEIL_OK || info.type != VEIL_KEY_RSA ||
+        info.bits < VEIL_PKG_MIN_RSA_BITS) {
         veil_key_free(key);
         return veil_cl_fail(err, VEIL_CLIENT_E_SECURITY, 200, VEIL_E_KEY,
                             "the server key is not RSA of at least %u bits; "
@@ -581,8 +579,7 @@ static veil_client_status fetch_server_key(veil_client *c, const char *url,
     }
     char fp[72];
     fp_text(k->fp, fp);
-    cl_log(c, VEIL_LOG_INFO, "server key of %s: RSA-%u %s", url, info.bits,
-           fp);
+    cl_log(c, VEIL_LOG_INFO, "server key of %s: RSA-%u %s", url, info.bits, fp);
     *out = k;
     return VEIL_CLIENT_OK;
 }
@@ -683,7 +680,8 @@ static unsigned backoff_ms(veil_client *c, unsigned attempt,
     unsigned cap = c->cfg.retry_max_ms;
     if (retry_after_ms >= 0)
         return retry_after_ms > (long)cap ? cap : (unsigned)retry_after_ms;
-    uint64_t d = (uint64_t)c->cfg.retry_base_ms << (attempt > 20 ? 20 : attempt - 1);
+    uint64_t d = (uint64_t)c->cfg.retry_base_ms
+                 << (attempt > 20 ? 20 : attempt - 1);
     if (d > cap)
         d = cap;
     uint32_t r = 0;
@@ -745,8 +743,7 @@ static veil_client_status open_answer(call *k, const veil_http_response *r,
 
 /* Seals pt to the server key and posts it once. */
 static veil_client_status post_once(call *k, veil_secbuf *pt,
-                                    char payload_id[37],
-                                    veil_http_response *r,
+                                    char payload_id[37], veil_http_response *r,
                                     veil_client_error *err)
 {
     veil_client *c = k->c;
@@ -798,8 +795,8 @@ static veil_client_status post_once(call *k, veil_secbuf *pt,
         headers[n++] = h_auth;
     }
     headers[n] = NULL;
-    cl_log(c, VEIL_LOG_DEBUG, "POST %s payload %s (%zu bytes)", url,
-           payload_id, strlen(pkg));
+    cl_log(c, VEIL_LOG_DEBUG, "POST %s payload %s (%zu bytes)", url, payload_id,
+           strlen(pkg));
     st = veil_transport_send(c->tx, url, headers, pkg, strlen(pkg), r, err);
 out:
     if (k->stats) {
@@ -815,8 +812,8 @@ out:
     return st;
 }
 
-static veil_client_status exchange(call *k, veil_secbuf *pt,
-                                   cJSON **response, veil_client_error *err)
+static veil_client_status exchange(call *k, veil_secbuf *pt, cJSON **response,
+                                   veil_client_error *err)
 {
     veil_client *c = k->c;
     int refetched = 0;

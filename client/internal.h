@@ -43,10 +43,10 @@ void veil_cl_error_detail(const char *body, size_t len, char *out,
 typedef struct veil_transport veil_transport;
 
 typedef struct veil_http_response {
-    long status;          /* 0 when no answer arrived */
-    char *body;           /* malloc'd, NUL-terminated (may be NULL) */
+    long status; /* 0 when no answer arrived */
+    char *body;  /* malloc'd, NUL-terminated (may be NULL) */
     size_t len;
-    long retry_after_ms;  /* -1 when the header was absent or unreadable */
+    long retry_after_ms; /* -1 when the header was absent or unreadable */
 } veil_http_response;
 
 veil_transport *veil_transport_new(const char *ca_file, unsigned timeout_ms);

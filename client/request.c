@@ -99,10 +99,10 @@ static int all_objects(const cJSON *arr)
     return 1;
 }
 
-#define FAIL(...)                                                            \
-    do {                                                                     \
-        snprintf(why, why_size, __VA_ARGS__);                                \
-        return 0;                                                            \
+#define FAIL(...)                                                              \
+    do {                                                                       \
+        snprintf(why, why_size, __VA_ARGS__);                                  \
+        return 0;                                                              \
     } while (0)
 
 static int check_messages(const cJSON *msgs, char *why, size_t why_size)
@@ -121,8 +121,7 @@ static int check_messages(const cJSON *msgs, char *why, size_t why_size)
         const cJSON *content = cJSON_GetObjectItemCaseSensitive(m, "content");
         if (content && !cJSON_IsString(content) && !cJSON_IsArray(content) &&
             !cJSON_IsNull(content))
-            FAIL("messages[%d].content must be a string, an array or null",
-                 i);
+            FAIL("messages[%d].content must be a string, an array or null", i);
         i++;
     }
     return 1;
@@ -275,8 +274,7 @@ static const cJSON *first_message(const cJSON *r)
 
 static const char *message_string(const cJSON *r, const char *name)
 {
-    const cJSON *s =
-        cJSON_GetObjectItemCaseSensitive(first_message(r), name);
+    const cJSON *s = cJSON_GetObjectItemCaseSensitive(first_message(r), name);
     return cJSON_IsString(s) ? s->valuestring : NULL;
 }
 

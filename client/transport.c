@@ -155,8 +155,8 @@ long veil_cl_retry_after_ms(const char *value)
     if (when < 0)
         return -1;
     time_t now = time(NULL);
-    return when <= now ? 0 : (long)(when - now > 86400 ? 86400 : when - now) *
-                                 1000;
+    return when <= now ? 0
+                       : (long)(when - now > 86400 ? 86400 : when - now) * 1000;
 }
 
 /* Header lines may hold the API key: wiped before they are freed. */
@@ -185,8 +185,8 @@ veil_client_status veil_transport_send(veil_transport *t, const char *url,
         if (l == NULL) {
             wipe_free(list);
             give_back(t, h);
-            return veil_cl_fail(err, VEIL_CLIENT_E_CONNECTION, 0,
-                                VEIL_E_NOMEM, "out of memory");
+            return veil_cl_fail(err, VEIL_CLIENT_E_CONNECTION, 0, VEIL_E_NOMEM,
+                                "out of memory");
         }
         list = l;
     }
@@ -227,19 +227,18 @@ veil_client_status veil_transport_send(veil_transport *t, const char *url,
                               "the answer is larger than %u MiB",
                               MAX_RESPONSE >> 20);
         else if (cc == CURLE_OPERATION_TIMEDOUT)
-            st = veil_cl_fail(err, VEIL_CLIENT_E_CONNECTION, 0, VEIL_E_IO,
-                              "no answer within %u ms (%s)", t->timeout_ms,
-                              why);
+            st =
+                veil_cl_fail(err, VEIL_CLIENT_E_CONNECTION, 0, VEIL_E_IO,
+                             "no answer within %u ms (%s)", t->timeout_ms, why);
         else if (cc == CURLE_PEER_FAILED_VERIFICATION ||
-                 cc == CURLE_SSL_CACERT_BADFILE ||
-                 cc == CURLE_SSL_ISSUER_ERROR)
+                 cc == CURLE_SSL_CACERT_BADFILE || cc == CURLE_SSL_ISSUER_ERROR)
             st = veil_cl_fail(err, VEIL_CLIENT_E_SECURITY, 0, VEIL_E_VERIFY,
                               "the server's TLS certificate could not be "
                               "verified: %s",
                               why);
         else
-            st = veil_cl_fail(err, VEIL_CLIENT_E_CONNECTION, 0, VEIL_E_IO,
-                              "%s", why);
+            st = veil_cl_fail(err, VEIL_CLIENT_E_CONNECTION, 0, VEIL_E_IO, "%s",
+                              why);
     }
     curl_easy_setopt(h, CURLOPT_HTTPHEADER, NULL);
     curl_easy_setopt(h, CURLOPT_ERRORBUFFER, NULL);

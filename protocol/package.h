@@ -36,10 +36,10 @@ typedef enum veil_tag_mode {
 
 /* What opening a package learnt besides the plaintext. */
 typedef struct veil_pkg_meta {
-    veil_tag_mode tag_mode;    /* the convention the package used */
-    char algorithm[64];        /* its "algorithm" field ("" when absent) */
-    int has_processed_at;      /* "processed_at" was a number */
-    double processed_at;       /* Unix seconds */
+    veil_tag_mode tag_mode;         /* the convention the package used */
+    char algorithm[64];             /* its "algorithm" field ("" when absent) */
+    int has_processed_at;           /* "processed_at" was a number */
+    double processed_at;            /* Unix seconds */
     uint8_t wrapped_key_sha256[32]; /* SHA-256 of the RSA ciphertext */
 } veil_pkg_meta;
 

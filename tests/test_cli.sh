@@ -309,6 +309,6 @@ for f in "$T"/*.err "$err"; do
 done
 [ "$leaks" -eq 0 ] && ok "no API key or PIN on any stderr" || bad "$leaks secret(s) on stderr"
 
-stop_fixtures
+fixture_stop
 echo "test_cli: $pass passed, $fail failed"
 [ "$fail" -eq 0 ]

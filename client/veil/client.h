@@ -35,24 +35,24 @@ extern "C" {
  * The veil CLI exits with 10 + the class number. */
 typedef enum veil_client_status {
     VEIL_CLIENT_OK = 0,
-    VEIL_CLIENT_E_INVALID_REQUEST = 1, /* 400, or refused before sending */
-    VEIL_CLIENT_E_AUTHENTICATION = 2,  /* 401 */
-    VEIL_CLIENT_E_FORBIDDEN = 3,       /* 403 */
-    VEIL_CLIENT_E_API = 4,             /* 404 and any status not below */
-    VEIL_CLIENT_E_RATE_LIMIT = 5,      /* 429 */
-    VEIL_CLIENT_E_SERVER = 6,          /* 500 */
+    VEIL_CLIENT_E_INVALID_REQUEST = 1,     /* 400, or refused before sending */
+    VEIL_CLIENT_E_AUTHENTICATION = 2,      /* 401 */
+    VEIL_CLIENT_E_FORBIDDEN = 3,           /* 403 */
+    VEIL_CLIENT_E_API = 4,                 /* 404 and any status not below */
+    VEIL_CLIENT_E_RATE_LIMIT = 5,          /* 429 */
+    VEIL_CLIENT_E_SERVER = 6,              /* 500 */
     VEIL_CLIENT_E_SERVICE_UNAVAILABLE = 7, /* 503 */
-    VEIL_CLIENT_E_CONNECTION = 8, /* network failure or timeout */
-    VEIL_CLIENT_E_SECURITY = 9,   /* answer refused, pin, http, TLS */
-    VEIL_CLIENT_E_DISPOSED = 10,  /* the client was disposed */
-    VEIL_CLIENT_E_CONFIG = 11     /* bad configuration or key source */
+    VEIL_CLIENT_E_CONNECTION = 8,          /* network failure or timeout */
+    VEIL_CLIENT_E_SECURITY = 9,            /* answer refused, pin, http, TLS */
+    VEIL_CLIENT_E_DISPOSED = 10,           /* the client was disposed */
+    VEIL_CLIENT_E_CONFIG = 11              /* bad configuration or key source */
 } veil_client_status;
 
 /* "InvalidRequestError", "AuthenticationError", ... (the NOMYO names). */
 const char *veil_client_status_name(veil_client_status s);
 
 /* Every crypto failure on an answer carries this one message. */
-#define VEIL_CLIENT_SECURITY_MESSAGE                                         \
+#define VEIL_CLIENT_SECURITY_MESSAGE                                           \
     "the response could not be verified or decrypted"
 
 typedef struct veil_client_error {
@@ -83,14 +83,14 @@ typedef void (*veil_client_retry_fn)(void *ctx, unsigned attempt,
                                      int http_status, unsigned delay_ms);
 
 typedef struct veil_client_config {
-    const char *base_url;   /* default "https://api.nomyo.ai" */
-    const char *api_key;    /* NULL: no Authorization header; copied */
-    int allow_http;         /* permit http:// (warns); default 0 */
-    const char *ca_file;    /* PEM CA bundle for https; NULL: system CAs */
-    unsigned timeout_ms;    /* per attempt; default 60000 */
-    unsigned max_retries;   /* default 2 */
-    unsigned retry_base_ms; /* first backoff; default 1000, then doubles */
-    unsigned retry_max_ms;  /* cap for backoff and Retry-After; 60000 */
+    const char *base_url;      /* default "https://api.nomyo.ai" */
+    const char *api_key;       /* NULL: no Authorization header; copied */
+    int allow_http;            /* permit http:// (warns); default 0 */
+    const char *ca_file;       /* PEM CA bundle for https; NULL: system CAs */
+    unsigned timeout_ms;       /* per attempt; default 60000 */
+    unsigned max_retries;      /* default 2 */
+    unsigned retry_base_ms;    /* first backoff; default 1000, then doubles */
+    unsigned retry_max_ms;     /* cap for backoff and Retry-After; 60000 */
     const char *security_tier; /* "standard", "high", "maximum" or NULL */
     /* SPKI SHA-256 of the expected server key: "sha256:<64 hex>" (or the
      * bare hex).  A different key is a security error; nothing is sent. */
@@ -98,15 +98,15 @@ typedef struct veil_client_config {
     veil_client_tag_mode tag_mode; /* for requests; answers: either */
 
     veil_client_key_source key_source;
-    const char *key_ref;        /* TOKEN: URI/label; DIR: directory path */
-    unsigned key_bits;          /* generated keys: 2048..4096; 4096 */
+    const char *key_ref;          /* TOKEN: URI/label; DIR: directory path */
+    unsigned key_bits;            /* generated keys: 2048..4096; 4096 */
     veil_pin_source key_password; /* DIR: encrypt the saved private key */
-    unsigned rotate_seconds;    /* EPHEMERAL: new key pair every N s; 0 */
+    unsigned rotate_seconds;      /* EPHEMERAL: new key pair every N s; 0 */
 
     /* Keys in tokens: use this engine (borrowed; must outlive the client),
-     * or, when NULL, the client makes its own from these two.  For a key
-     * directory the client's own engine takes key_password as its PIN
-     * source; a borrowed engine uses its own. */
+     * or, when NULL, the client makes its own from these two.  A key
+     * directory with key_password always gets the client's own engine,
+     * whose PIN source is that password. */
     veil_engine *engine;
     const char *pkcs11_module;
     veil_pin_source pin;

@@ -1,0 +1,1715 @@
+/* The client library (veil/client.h) against the protocol test server
+ * (tests/fixture.h): what a user of veil_chat_create sees, class, HTTP
+ * status and detail text, for answers, server errors, retries, timeouts,
+ * tampered answers, pinning, request checks, keys in a token, in a
+ * directory and rotated, TLS, connection reuse and threads.
+ *
+ * No upper bounds on time anywhere: the machines this runs on are shared
+ * and slow.  Run it through tests/env/with-tokens.sh (make check does).
+ */
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <CUnit/Basic.h>
+#include <openssl/bio.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
+#include <openssl/x509v3.h>
+
+#include "fixture.h"
+#include "package.h"
+#include "testutil.h"
+#include "veil/client.h"
+
+#define PROMPT                                                                 \
+    "Hello, fixture: \"quoted\", gr\xc3\xbc\xc3\x9f"                           \
+    "e, \xf0\x9f\x99\x82\n"
+#define MODEL "test/model"
+
+static veil_engine *sw_e;     /* software engine of the fixture's keys */
+static veil_key *server_key;  /* what the fixture serves at first */
+static veil_key *server_key2; /* what it rotates to */
+static fx_server *fx;         /* plain http, shared by most tests */
+
+/* ---- helpers ------------------------------------------------------------- */
+
+/* Back to a fresh fixture: nothing scripted, counters zero, first key. */
+static void reset(void)
+{
+    fx_clear_script(fx);
+    fx_reset_counters(fx);
+    fx_set_server_key(fx, server_key);
+    fx_serve_pem(fx, NULL);
+    fx_set_api_key(fx, NULL);
+}
+
+/* A config for the shared fixture: http allowed, quick keys and retries. */
+static void cfg_for(veil_client_config *cfg, const fx_server *s)
+{
+    veil_client_config_init(cfg);
+    cfg->base_url = fx_url(s);
+    cfg->allow_http = 1;
+    cfg->key_bits = 2048;
+    cfg->retry_base_ms = 20;
+}
+
+static veil_client *client_new(const veil_client_config *cfg)
+{
+    veil_client *c = NULL;
+    veil_client_error err;
+    veil_client_status st = veil_client_new(cfg, &c, &err);
+
+    if (st != VEIL_CLIENT_OK)
+        fprintf(stderr, "veil_client_new: %s: %s\n",
+                veil_client_status_name(st), err.detail);
+    CU_ASSERT_EQUAL_FATAL(st, VEIL_CLIENT_OK);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(c);
+    return c;
+}
+
+/* A request with a system and a user message (NULL when out of memory;
+ * no CUnit here: threads use it). */
+static cJSON *make_request(const char *model, const char *prompt)
+{
+    cJSON *req = veil_chat_request_new(model);
+
+    if (req == NULL ||
+        !veil_chat_request_add_message(req, "system", "Answer briefly.") ||
+        !veil_chat_request_add_message(req, "user", prompt)) {
+        veil_chat_response_free(req);
+        return NULL;
+    }
+    return req;
+}
+
+static veil_client_status chat(veil_client *c, const char *model,
+                               const char *prompt,
+                               const veil_request_opts *opts, cJSON **resp,
+                               veil_chat_stats *stats, veil_client_error *err)
+{
+    cJSON *req = make_request(model, prompt);
+    veil_client_status st;
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(req);
+    st = veil_chat_create(c, req, opts, resp, stats, err);
+    veil_chat_response_free(req);
+    return st;
+}
+
+/* Asks prompt and checks that the answer echoes it; returns the answer. */
+static cJSON *ask_ok(veil_client *c, const char *prompt,
+                     const veil_request_opts *opts)
+{
+    cJSON *resp = NULL;
+    veil_client_error err;
+    veil_client_status st = chat(c, MODEL, prompt, opts, &resp, NULL, &err);
+
+    if (st != VEIL_CLIENT_OK)
+        fprintf(stderr, "chat: %s (HTTP %d): %s\n", veil_client_status_name(st),
+                err.http_status, err.detail);
+    CU_ASSERT_EQUAL(st, VEIL_CLIENT_OK);
+    if (st != VEIL_CLIENT_OK)
+        return NULL;
+    CU_ASSERT_PTR_NOT_NULL(resp);
+    CU_ASSERT_PTR_NOT_NULL(veil_chat_content(resp));
+    if (veil_chat_content(resp))
+        CU_ASSERT_STRING_EQUAL(veil_chat_content(resp), prompt);
+    return resp;
+}
+
+/* One request that must succeed; the answer is dropped. */
+static void ask(veil_client *c, const char *prompt)
+{
+    veil_chat_response_free(ask_ok(c, prompt, NULL));
+}
+
+/* One request that must fail with want; checks that no answer came. */
+static veil_client_status ask_fail(veil_client *c, const char *model,
+                                   const veil_request_opts *opts,
+                                   veil_client_status want,
+                                   veil_client_error *err)
+{
+    cJSON *resp = (cJSON *)&resp; /* must be set to NULL */
+    veil_client_status st = chat(c, model, PROMPT, opts, &resp, NULL, err);
+
+    if (st != want)
+        fprintf(stderr, "expected %s, got %s (HTTP %d): %s\n",
+                veil_client_status_name(want), veil_client_status_name(st),
+                err->http_status, err->detail);
+    CU_ASSERT_EQUAL(st, want);
+    CU_ASSERT_EQUAL(err->status, st);
+    CU_ASSERT_PTR_NULL(resp);
+    if (st == VEIL_CLIENT_OK)
+        veil_chat_response_free(resp);
+    return st;
+}
+
+static void fp_hex(const uint8_t fp[32], char out[72])
+{
+    static const char hex[] = "0123456789abcdef";
+
+    memcpy(out, "sha256:", 7);
+    for (int i = 0; i < 32; i++) {
+        out[7 + 2 * i] = hex[fp[i] >> 4];
+        out[8 + 2 * i] = hex[fp[i] & 15];
+    }
+    out[71] = '\0';
+}
+
+static void key_fp(const veil_key *k, char out[72])
+{
+    uint8_t fp[32];
+
+    CU_ASSERT_EQUAL_FATAL(veil_key_fingerprint(k, fp), VEIL_OK);
+    fp_hex(fp, out);
+}
+
+static void own_fp(veil_client *c, char out[72])
+{
+    veil_client_error err;
+    char *pem = NULL;
+
+    CU_ASSERT_EQUAL_FATAL(veil_client_public_key(c, &pem, out, &err),
+                          VEIL_CLIENT_OK);
+    CU_ASSERT_PTR_NOT_NULL(pem);
+    if (pem)
+        CU_ASSERT_PTR_NOT_NULL(strstr(pem, "-----BEGIN PUBLIC KEY-----"));
+    free(pem);
+}
+
+static void sleep_ms(unsigned ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+
+    while (nanosleep(&ts, &ts) != 0)
+        ;
+}
+
+/* What on_retry reported. */
+typedef struct retry_log {
+    unsigned n;
+    unsigned attempt[8];
+    int status[8];
+    unsigned delay_ms[8];
+} retry_log;
+
+static void on_retry(void *ctx, unsigned attempt, int http_status,
+                     unsigned delay_ms)
+{
+    retry_log *l = ctx;
+
+    if (l->n < 8) {
+        l->attempt[l->n] = attempt;
+        l->status[l->n] = http_status;
+        l->delay_ms[l->n] = delay_ms;
+    }
+    l->n++;
+}
+
+static const char *str_at(const cJSON *obj, const char *key)
+{
+    return tu_json_str(obj, key);
+}
+
+/* A public key PEM made with OpenSSL directly (e.g. too small). */
+static char *rsa_public_pem(unsigned bits)
+{
+    EVP_PKEY *k = EVP_RSA_gen(bits);
+    BIO *b = BIO_new(BIO_s_mem());
+    char *data = NULL, *out = NULL;
+    long n;
+
+    if (k && b && PEM_write_bio_PUBKEY(b, k) == 1 &&
+        (n = BIO_get_mem_data(b, &data)) > 0 &&
+        (out = malloc((size_t)n + 1)) != NULL) {
+        memcpy(out, data, (size_t)n);
+        out[n] = '\0';
+    }
+    BIO_free(b);
+    EVP_PKEY_free(k);
+    return out;
+}
+
+/* A port on 127.0.0.1 where nothing listens (bound, then released). */
+static unsigned short dead_port(void)
+{
+    struct sockaddr_in sa;
+    socklen_t len = sizeof sa;
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    unsigned short port = 0;
+
+    memset(&sa, 0, sizeof sa);
+    sa.sin_family = AF_INET;
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (fd >= 0 && bind(fd, (struct sockaddr *)&sa, sizeof sa) == 0 &&
+        getsockname(fd, (struct sockaddr *)&sa, &len) == 0)
+        port = ntohs(sa.sin_port);
+    if (fd >= 0)
+        close(fd);
+    return port;
+}
+
+/* ---- 1. round trips ------------------------------------------------------ */
+
+static void test_round_trip(void)
+{
+    veil_client_config cfg;
+    veil_client *c;
+    cJSON *resp = NULL, *md, *mp;
+    veil_client_error err;
+    veil_chat_stats stats;
+    veil_chat_usage usage;
+    fx_request rec;
+    time_t before = time(NULL);
+
+    reset();
+    cfg_for(&cfg, fx);
+    c = client_new(&cfg);
+    CU_ASSERT_EQUAL_FATAL(chat(c, MODEL, PROMPT, NULL, &resp, &stats, &err),
+                          VEIL_CLIENT_OK);
+    CU_ASSERT_STRING_EQUAL(veil_chat_content(resp), PROMPT);
+    CU_ASSERT_PTR_NULL(veil_chat_reasoning(resp));
+    CU_ASSERT_PTR_NULL(veil_chat_tool_calls(resp));
+    CU_ASSERT_STRING_EQUAL(str_at(resp, "object"), "chat.completion");
+    CU_ASSERT_STRING_EQUAL(str_at(resp, "model"), MODEL);
+    CU_ASSERT_PTR_NOT_NULL(strstr(str_at(resp, "id"), "chatcmpl-fixture-"));
+    CU_ASSERT_EQUAL(veil_chat_get_usage(resp, &usage), 1);
+    CU_ASSERT_TRUE(usage.prompt_tokens > 0);
+    CU_ASSERT_TRUE(usage.completion_tokens > 0);
+    CU_ASSERT_EQUAL(usage.total_tokens,
+                    usage.prompt_tokens + usage.completion_tokens);
+
+    /* what the fixture saw */
+    CU_ASSERT_EQUAL(fx_posts(fx), 1);
+    CU_ASSERT_EQUAL(fx_key_fetches(fx), 1);
+    CU_ASSERT_EQUAL_FATAL(fx_request_get(fx, 0, &rec), 0);
+    CU_ASSERT_TRUE(rec.opened);
+    CU_ASSERT_EQUAL(rec.tag_mode, VEIL_TAG_SEPARATE); /* the default */
+    CU_ASSERT_STRING_EQUAL(rec.content_type, "application/octet-stream");
+    CU_ASSERT_STRING_EQUAL(rec.model, MODEL);
+    CU_ASSERT_STRING_EQUAL(rec.security_tier, "");
+    CU_ASSERT_STRING_EQUAL(rec.authorization, "");
+    CU_ASSERT_EQUAL(rec.status, 200);
+    CU_ASSERT_TRUE(veil_uuid_valid(rec.payload_id));
+
+    /* _metadata */
+    md = cJSON_GetObjectItemCaseSensitive(resp, "_metadata");
+    CU_ASSERT_FATAL(cJSON_IsObject(md));
+    CU_ASSERT_STRING_EQUAL(str_at(md, "payload_id"), rec.payload_id);
+    CU_ASSERT_STRING_EQUAL(stats.payload_id, rec.payload_id);
+    CU_ASSERT_TRUE(
+        cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(md, "is_encrypted")));
+    CU_ASSERT_STRING_EQUAL(str_at(md, "encryption_algorithm"),
+                           VEIL_PKG_ALGORITHM);
+    CU_ASSERT_TRUE(
+        cJSON_IsNumber(cJSON_GetObjectItemCaseSensitive(md, "processed_at")));
+    CU_ASSERT_TRUE(
+        cJSON_GetObjectItemCaseSensitive(md, "processed_at")->valuedouble >=
+        (double)before - 1);
+    CU_ASSERT_STRING_EQUAL(str_at(md, "security_tier"), "standard");
+    CU_ASSERT_STRING_EQUAL(str_at(md, "response_status"), "success");
+    mp = cJSON_GetObjectItemCaseSensitive(md, "memory_protection");
+    CU_ASSERT_STRING_EQUAL(str_at(mp, "platform"), "linux");
+    CU_ASSERT_TRUE(
+        cJSON_IsBool(cJSON_GetObjectItemCaseSensitive(mp, "secure_zeroing")));
+    CU_ASSERT_EQUAL(stats.attempts, 1);
+    CU_ASSERT_TRUE(stats.encrypt_ns > 0);
+    CU_ASSERT_TRUE(stats.network_ns > 0);
+    CU_ASSERT_TRUE(stats.decrypt_ns > 0);
+    veil_chat_response_free(resp);
+    veil_client_free(c);
+}
+
+static void test_reasoning_and_tools(void)
+{
+    veil_client_config cfg;
+    veil_client *c;
+    cJSON *resp = NULL, *req, *tools, *tool, *fn;
+    const cJSON *calls, *call;
+    veil_client_error err;
+
+    reset();
+    cfg_for(&cfg, fx);
+    c = client_new(&cfg);
+    CU_ASSERT_EQUAL_FATAL(
+        chat(c, "fixture-reasoner", PROMPT, NULL, &resp, NULL, &err),
+        VEIL_CLIENT_OK);
+    CU_ASSERT_STRING_EQUAL(veil_chat_content(resp), PROMPT);
+    CU_ASSERT_STRING_EQUAL(veil_chat_reasoning(resp), "fixture reasoning");
+    veil_chat_response_free(resp);
+    resp = NULL;
+
+    req = make_request(MODEL, "what is the weather?");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(req);
+    tools = cJSON_AddArrayToObject(req, "tools");
+    tool = cJSON_CreateObject();
+    cJSON_AddItemToArray(tools, tool);
+    cJSON_AddStringToObject(tool, "type", "function");
+    fn = cJSON_AddObjectToObject(tool, "function");
+    cJSON_AddStringToObject(fn, "name", "get_weather");
+    cJSON_AddObjectToObject(fn, "parameters");
+    CU_ASSERT_EQUAL_FATAL(veil_chat_create(c, req, NULL, &resp, NULL, &err),
+                          VEIL_CLIENT_OK);
+    CU_ASSERT_PTR_NULL(veil_chat_content(resp));
+    calls = veil_chat_tool_calls(resp);
+    CU_ASSERT_FATAL(cJSON_GetArraySize(calls) == 1);
+    call = cJSON_GetArrayItem(calls, 0);
+    CU_ASSERT_STRING_EQUAL(str_at(call, "id"), "call_fixture_1");
+    CU_ASSERT_STRING_EQUAL(str_at(call, "type"), "function");
+    CU_ASSERT_STRING_EQUAL(
+        str_at(cJSON_GetObjectItemCaseSensitive(call, "function"), "name"),
+        "get_weather");
+    CU_ASSERT_STRING_EQUAL(
+        str_at(cJSON_GetArrayItem(
+                   cJSON_GetObjectItemCaseSensitive(resp, "choices"), 0),
+               "finish_reason"),
+        "tool_calls");
+    veil_chat_response_free(resp);
+    veil_chat_response_free(req);
+    veil_client_free(c);
+}
+
+/* The defaults: a 4096-bit ephemeral key. */
+static void test_round_trip_4096(void)
+{
+    veil_client_config cfg;
+    veil_client *c;
+    veil_client_error err;
+    char *pem = NULL, fp[72];
+    veil_key *k = NULL;
+    veil_key_info info;
+
+    reset();
+    veil_client_config_init(&cfg);
+    CU_ASSERT_EQUAL(cfg.key_bits, 4096);
+    CU_ASSERT_EQUAL(cfg.max_retries, 2);
+    CU_ASSERT_EQUAL(cfg.timeout_ms, 60000);
+    CU_ASSERT_EQUAL(cfg.allow_http, 0);
+    CU_ASSERT_STRING_EQUAL(cfg.base_url, "https://api.nomyo.ai");
+    cfg.base_url = fx_url(fx);
+    cfg.allow_http = 1;
+    c = client_new(&cfg);
+    CU_ASSERT_EQUAL_FATAL(veil_client_public_key(c, &pem, fp, &err),
+                          VEIL_CLIENT_OK);
+    CU_ASSERT_EQUAL_FATAL(
+        veil_key_from_public(sw_e, (const uint8_t *)pem, strlen(pem), &k),
+        VEIL_OK);
+    CU_ASSERT_EQUAL(veil_key_get_info(k, &info), VEIL_OK);
+    CU_ASSERT_EQUAL(info.bits, 4096);
+    CU_ASSERT_STRING_EQUAL(info.fingerprint, fp);
+    ask(c, PROMPT);
+    veil_key_free(k);
+    free(pem);
+    veil_client_free(c);
+}
+
+/* ---- 2. a client key in the SoftHSM2 token ------------------------------- */
+
+static void softhsm_token_uri(char *out, size_t size)
+{
+    const char *t = tu_env("VEIL_TEST_SOFTHSM_TOKEN");
+    char esc[192];
+
+    /* with-tokens.sh exports the token label; accept a URI as well */
+    if (strncmp(t, "pkcs11:", 7) == 0) {
+        snprintf(out, size, "%s", t);
+        return;
+    }
+    CU_ASSERT_EQUAL_FATAL(tu_uri_escape(t, esc, sizeof esc), 0);
+    snprintf(out, size, "pkcs11:token=%s", esc);
+}
+
+static void test_token_key(void)
+{
+    const char *module = tu_env("VEIL_TEST_SOFTHSM_MODULE");
+    const char *pin_file = tu_env("VEIL_TEST_PIN_FILE");
+    veil_engine_config ecfg;
+    veil_engine *te = NULL;
+    veil_keygen_params kp = {
+        .type = VEIL_KEY_RSA, .bits = 2048, .label = "client-key"};
+    veil_key *k = NULL;
+    veil_client_config cfg;
+    veil_client *c;
+    char token[256], ref[600], want[72], got[72];
+    fx_request rec;
+
+    reset();
+    softhsm_token_uri(token, sizeof token);
+    memset(&ecfg, 0, sizeof ecfg);
+    ecfg.pkcs11_module = module;
+    ecfg.pin.kind = VEIL_PIN_FILE;
+    ecfg.pin.where = pin_file;
+    CU_ASSERT_EQUAL_FATAL(veil_engine_new(&ecfg, &te), VEIL_OK);
+    if (veil_key_generate(te, token, &kp, &k) != VEIL_OK)
+        fprintf(stderr, "token keygen: %s\n", veil_last_error()->message);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(k);
+    key_fp(k, want);
+    snprintf(ref, sizeof ref, "%s;object=client-key", token);
+
+    /* the client makes its own engine from module and PIN source */
+    cfg_for(&cfg, fx);
+    cfg.key_source = VEIL_CLIENT_KEY_TOKEN;
+    cfg.key_ref = ref;
+    cfg.pkcs11_module = module;
+    cfg.pin.kind = VEIL_PIN_FILE;
+    cfg.pin.where = pin_file;
+    c = client_new(&cfg);
+    own_fp(c, got);
+    CU_ASSERT_STRING_EQUAL(got, want);
+    ask(c, PROMPT);
+    ask(c, "a second question");
+    veil_client_free(c);
+
+    /* the caller's engine */
+    cfg_for(&cfg, fx);
+    cfg.key_source = VEIL_CLIENT_KEY_TOKEN;
+    cfg.key_ref = ref;
+    cfg.engine = te;
+    cfg.tag_mode = VEIL_CLIENT_TAG_APPENDED;
+    c = client_new(&cfg);
+    own_fp(c, got);
+    CU_ASSERT_STRING_EQUAL(got, want);
+    ask(c, PROMPT);
+    veil_client_free(c);
+    CU_ASSERT_EQUAL(fx_posts(fx), 3);
+    for (unsigned i = 0; i < 3; i++) {
+        CU_ASSERT_EQUAL(fx_request_get(fx, i, &rec), 0);
+        CU_ASSERT_EQUAL(rec.status, 200);
+    }
+
+    /* a missing token key is a configuration error */
+    cfg_for(&cfg, fx);
+    cfg.key_source = VEIL_CLIENT_KEY_TOKEN;
+    snprintf(ref, sizeof ref, "%s;object=no-such-key", token);
+    cfg.key_ref = ref;
+    cfg.engine = te;
+    {
+        veil_client *none = NULL;
+        veil_client_error err;
+
+        CU_ASSERT_EQUAL(veil_client_new(&cfg, &none, &err),
+                        VEIL_CLIENT_E_CONFIG);
+        CU_ASSERT_EQUAL(err.rc, VEIL_E_NOT_FOUND);
+        CU_ASSERT_PTR_NULL(none);
+    }
+    CU_ASSERT_EQUAL(veil_key_delete(te, k), VEIL_OK);
+    veil_engine_free(te);
+}
+
+/* ---- 3. tag placement ---------------------------------------------------- */
+
+static void tag_case(veil_client_tag_mode mode)
+{
+    veil_client_config cfg;
+    veil_client *c;
+    fx_reply r;
+    fx_request rec;
+    int want = mode == VEIL_CLIENT_TAG_APPENDED ? VEIL_TAG_APPENDED
+                                                : VEIL_TAG_SEPARATE;
+
+    reset();
+    cfg_for(&cfg, fx);
+    cfg.tag_mode = mode;
+    c = client_new(&cfg);
+    ask(c, PROMPT); /* answered in the request's convention */
+    fx_reply_init(&r);
+    r.tag_mode =
+        want == VEIL_TAG_APPENDED ? VEIL_TAG_SEPARATE : VEIL_TAG_APPENDED;
+    CU_ASSERT_EQUAL(fx_push(fx, &r), 0);
+    ask(c, PROMPT); /* answered the other way: still accepted */
+    for (unsigned i = 0; i < 2; i++) {
+        CU_ASSERT_EQUAL_FATAL(fx_request_get(fx, i, &rec), 0);
+        CU_ASSERT_TRUE(rec.opened);
+        CU_ASSERT_EQUAL(rec.tag_mode, want);
+    }
+    veil_client_free(c);
+}
+
+static void test_tag_separate(void)
+{
+    tag_case(VEIL_CLIENT_TAG_SEPARATE);
+}
+
+static void test_tag_appended(void)
+{
+    tag_case(VEIL_CLIENT_TAG_APPENDED);
+}
+
+/* ---- 4. error statuses --------------------------------------------------- */
+
+static void test_error_statuses(void)
+{
+    static const struct {
+        int status;
+        veil_client_status cls;
+    } cases[] = {
+        {400, VEIL_CLIENT_E_INVALID_REQUEST},
+        {401, VEIL_CLIENT_E_AUTHENTICATION},
+        {403, VEIL_CLIENT_E_FORBIDDEN},
+        {404, VEIL_CLIENT_E_API},
+        {429, VEIL_CLIENT_E_RATE_LIMIT},
+        {500, VEIL_CLIENT_E_SERVER},
+        {503, VEIL_CLIENT_E_SERVICE_UNAVAILABLE},
+        {418, VEIL_CLIENT_E_API},
+        {502, VEIL_CLIENT_E_API},
+    };
+    veil_client_config cfg;
+    veil_client *c;
+    veil_client_error err;
+    char detail[64];
+
+    reset();
+    cfg_for(&cfg, fx);
+    cfg.max_retries = 0;
+    c = client_new(&cfg);
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        snprintf(detail, sizeof detail, "scripted failure %d", cases[i].status);
+        CU_ASSERT_EQUAL(fx_push_status(fx, cases[i].status, detail), 0);
+        ask_fail(c, MODEL, NULL, cases[i].cls, &err);
+        CU_ASSERT_EQUAL(err.http_status, cases[i].status);
+        CU_ASSERT_STRING_EQUAL(err.detail, detail);
+        CU_ASSERT_EQUAL(fx_posts(fx), i + 1);
+    }
+
+    /* the same faults by model name (what the veil-fixture program does) */
+    fx_reset_counters(fx);
+    ask_fail(c, "fixture/status-403", NULL, VEIL_CLIENT_E_FORBIDDEN, &err);
+    CU_ASSERT_EQUAL(err.http_status, 403);
+    CU_ASSERT_STRING_EQUAL(err.detail, "fixture: status 403");
+    ask_fail(c, "fixture/retry-after-0", NULL, VEIL_CLIENT_E_RATE_LIMIT, &err);
+    CU_ASSERT_STRING_EQUAL(err.detail, "fixture: slow down");
+
+    /* a 404 without a detail: NOMYO's text */
+    {
+        fx_reply r;
+
+        fx_reply_init(&r);
+        r.status = 404;
+        r.raw_body = "";
+        CU_ASSERT_EQUAL(fx_push(fx, &r), 0);
+        ask_fail(c, MODEL, NULL, VEIL_CLIENT_E_API, &err);
+        CU_ASSERT_EQUAL(err.http_status, 404);
+        CU_ASSERT_STRING_EQUAL(err.detail, "secure inference not enabled");
+    }
+    veil_client_free(c);
+}
+
+static void test_connection_refused(void)
+{
+    veil_client_config cfg;
+    veil_client *c;
+    veil_client_error err;
+    char url[64];
+    unsigned short port = dead_port();
+
+    CU_ASSERT_FATAL(port != 0);
+    snprintf(url, sizeof url, "http://127.0.0.1:%u", (unsigned)port);
+    veil_client_config_init(&cfg);
+    cfg.base_url = url;
+    cfg.allow_http = 1;
+    cfg.key_bits = 2048;
+    cfg.max_retries = 0;
+    c = client_new(&cfg);
+    ask_fail(c, MODEL, NULL, VEIL_CLIENT_E_CONNECTION, &err);
+    CU_ASSERT_EQUAL(err.http_status, 0);
+    CU_ASSERT_TRUE(err.detail[0] != '\0');
+    veil_client_free(c);
+}
+
+/* ---- 5. retries ---------------------------------------------------------- */
+
+static void test_retry_then_success(void)
+{
+    veil_client_config cfg;
+    veil_client *c;
+    cJSON *resp = NULL;
+    veil_client_error err;
+    veil_chat_stats stats;
+    retry_log log = {0};
+    fx_request rec[3];
+
+    reset();
+    cfg_for(&cfg, fx);
+    cfg.on_retry = on_retry;
+    cfg.retry_ctx = &log;
+    c = client_new(&cfg);
+    CU_ASSERT_EQUAL(fx_push_status(fx, 503, NULL), 0);
+    CU_ASSERT_EQUAL(fx_push_status(fx, 503, NULL), 0);
+    CU_ASSERT_EQUAL_FATAL(chat(c, MODEL, PROMPT, NULL, &resp, &stats, &err),
+                          VEIL_CLIENT_OK);
+    CU_ASSERT_STRING_EQUAL(veil_chat_content(resp), PROMPT);
+    CU_ASSERT_EQUAL(fx_posts(fx), 3);
+    CU_ASSERT_EQUAL(stats.attempts, 3);
+    for (unsigned i = 0; i < 3; i++)
+        CU_ASSERT_EQUAL_FATAL(fx_request_get(fx, i, &rec[i]), 0);
+    CU_ASSERT_EQUAL(rec[0].status, 503);
+    CU_ASSERT_EQUAL(rec[1].status, 503);
+    CU_ASSERT_EQUAL(rec[2].status, 200);
+    CU_ASSERT_STRING_NOT_EQUAL(rec[0].payload_id, rec[1].payload_id);
+    CU_ASSERT_STRING_NOT_EQUAL(rec[1].payload_id, rec[2].payload_id);
+    CU_ASSERT_STRING_NOT_EQUAL(rec[0].payload_id, rec[2].payload_id);
+    /* the answer names the payload that was answered */
+    CU_ASSERT_STRING_EQUAL(
+        str_at(cJSON_GetObjectItemCaseSensitive(resp, "_metadata"),
+               "payload_id"),
+        rec[2].payload_id);
+    CU_ASSERT_STRING_EQUAL(stats.payload_id, rec[2].payload_id);
+    CU_ASSERT_EQUAL(log.n, 2);
+    CU_ASSERT_EQUAL(log.attempt[0], 1);
+    CU_ASSERT_EQUAL(log.attempt[1], 2);
+    CU_ASSERT_EQUAL(log.status[0], 503);
+    CU_ASSERT_EQUAL(log.status[1], 503);
+    veil_chat_response_free(resp);
+
+    /* retries exhausted: the last error, after 1 + max_retries POSTs */
+    fx_reset_counters(fx);
+    log.n = 0;
+    for (int i = 0; i < 3; i++)
+        CU_ASSERT_EQUAL(fx_push_status(fx, 500, "still broken"), 0);
+    ask_fail(c, MODEL, NULL, VEIL_CLIENT_E_SERVER, &err);
+    CU_ASSERT_EQUAL(err.http_status, 500);
+    CU_ASSERT_STRING_EQUAL(err.detail, "still broken");
+    CU_ASSERT_EQUAL(fx_posts(fx), 3);
+    CU_ASSERT_EQUAL(log.n, 2);
+    veil_client_free(c);
+}
+
+static void test_no_retry(void)
+{
+    static const struct {
+        int status;
+        veil_client_status cls;
+    } cases[] = {
+        {400, VEIL_CLIENT_E_INVALID_REQUEST},
+        {401, VEIL_CLIENT_E_AUTHENTICATION},
+        {403, VEIL_CLIENT_E_FORBIDDEN},
+        {404, VEIL_CLIENT_E_API},
+    };
+    veil_client_config cfg;
+    veil_client *c;
+    veil_client_error err;
+    retry_log log = {0};
+
+    reset();
+    cfg_for(&cfg, fx);
+    cfg.max_retries = 3;
+    cfg.on_retry = on_retry;
+    cfg.retry_ctx = &log;
+    c = client_new(&cfg);
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        fx_reset_counters(fx);
+        CU_ASSERT_EQUAL(fx_push_status(fx, cases[i].status, "no"), 0);
+        ask_fail(c, MODEL, NULL, cases[i].cls, &err);
+        CU_ASSERT_EQUAL(err.http_status, cases[i].status);
+        CU_ASSERT_EQUAL(fx_posts(fx), 1);
+    }
+    CU_ASSERT_EQUAL(log.n, 0);
+    CU_ASSERT_EQUAL(fx_script_left(fx), 0);
+
+    /* a rejected API key, from the server's own check: not retried */
+    fx_reset_counters(fx);
+    CU_ASSERT_EQUAL(fx_set_api_key(fx, "the-right-key"), 0);
+    ask_fail(c, MODEL, NULL, VEIL_CLIENT_E_AUTHENTICATION, &err);
+    CU_ASSERT_EQUAL(err.http_status, 401);
+    CU_ASSERT_STRING_EQUAL(err.detail, "fixture: invalid or missing API key");
+    CU_ASSERT_EQUAL(fx_posts(fx), 1);
+    CU_ASSERT_EQUAL(log.n, 0);
+    veil_client_free(c);
+}
+
+static void test_retry_after(void)
+{
+    veil_client_config cfg;
+    veil_client *c;
+    retry_log log = {0};
+    fx_reply r;
+    fx_request a, b;
+
+    reset();
+    cfg_for(&cfg, fx);
+    cfg.on_retry = on_retry;
+    cfg.retry_ctx = &log;
+    c = client_new(&cfg);
+    fx_reply_init(&r);
+    r.status = 429;
+    r.detail = "slow down";
+    r.retry_after = "1";
+    CU_ASSERT_EQUAL(fx_push(fx, &r), 0);
+    ask(c, PROMPT);
+    CU_ASSERT_EQUAL(log.n, 1);
+    CU_ASSERT_EQUAL(log.status[0], 429);
+    CU_ASSERT_EQUAL(log.delay_ms[0], 1000);
+    CU_ASSERT_EQUAL_FATAL(fx_request_get(fx, 0, &a), 0);
+    CU_ASSERT_EQUAL_FATAL(fx_request_get(fx, 1, &b), 0);
+    CU_ASSERT_TRUE(b.arrival_ns >= a.arrival_ns + 900000000u);
+    veil_client_free(c);
+
+    /* Retry-After above retry_max_ms is capped */
+    reset();
+    log.n = 0;
+    cfg.retry_max_ms = 50;
+    c = client_new(&cfg);
+    r.retry_after = "30";
+    CU_ASSERT_EQUAL(fx_push(fx, &r), 0);
+    ask(c, PROMPT);
+    CU_ASSERT_EQUAL(log.n, 1);
+    CU_ASSERT_EQUAL(log.delay_ms[0], 50);
+    veil_client_free(c);
+}
+
+/* ---- 6. timeouts --------------------------------------------------------- */
+
+static void test_timeout(void)
+{
+    veil_client_config cfg;
+    veil_client *c;
+    veil_client_error err;
+    fx_reply r;
+    retry_log log = {0};
+
+    reset();
+    cfg_for(&cfg, fx);
+    cfg.timeout_ms = 300;
+    cfg.max_retries = 0;
+    c = client_new(&cfg);
+    fx_reply_init(&r);
+    r.delay_ms = 3000;
+    CU_ASSERT_EQUAL(fx_push(fx, &r), 0);
+    ask_fail(c, MODEL, NULL, VEIL_CLIENT_E_CONNECTION, &err);
+    CU_ASSERT_EQUAL(err.http_status, 0);
+    CU_ASSERT_EQUAL(fx_posts(fx), 1);
+    veil_client_free(c);
+
+    /* a network failure is retried (a generous limit here: the attempt
+     * that succeeds must fit in it, also on a slow machine) */
+    reset();
+    cfg.timeout_ms = 1500;
+    cfg.max_retries = 1;
+    cfg.on_retry = on_retry;
+    cfg.retry_ctx = &log;
+    c = client_new(&cfg);
+    r.delay_ms = 8000; /* cut short when the fixture stops */
+    CU_ASSERT_EQUAL(fx_push(fx, &r), 0);
+    ask(c, PROMPT);
+    CU_ASSERT_EQUAL(log.n, 1);
+    CU_ASSERT_EQUAL(log.status[0], 0);
+    CU_ASSERT_EQUAL(fx_posts(fx), 2);
+    veil_client_free(c);
+}
+
+/* ---- 7. tampered answers ------------------------------------------------- */
+
+static void tamper_cases(veil_client_tag_mode mode)
+{
+    static const fx_tamper modes[] = {
+        FX_TAMPER_CIPHERTEXT,    FX_TAMPER_TAG,           FX_TAMPER_WRAPPED_KEY,
+        FX_TAMPER_MISSING_FIELD, FX_TAMPER_MISSING_NONCE, FX_TAMPER_BAD_BASE64,
+        FX_TAMPER_NOT_JSON,      FX_TAMPER_NONCE_SIZE,
+    };
+    veil_client_config cfg;
+    veil_client *c;
+    veil_client_error err;
+    char model[64];
+    fx_reply r;
+
+    reset();
+    cfg_for(&cfg, fx);
+    cfg.tag_mode = mode;
+    c = client_new(&cfg);
+    for (size_t i = 0; i < sizeof modes / sizeof modes[0]; i++) {
+        fx_reset_counters(fx);
+        CU_ASSERT_EQUAL(fx_push_tamper(fx, modes[i]), 0);
+        ask_fail(c, MODEL, NULL, VEIL_CLIENT_E_SECURITY, &err);
+        CU_ASSERT_STRING_EQUAL(err.detail, VEIL_CLIENT_SECURITY_MESSAGE);
+        CU_ASSERT_EQUAL(fx_posts(fx), 1); /* never retried */
+
+        /* the same by model name */
+        snprintf(model, sizeof model, "fixture/tamper-%s",
+                 fx_tamper_name(modes[i]));
+        ask_fail(c, model, NULL, VEIL_CLIENT_E_SECURITY, &err);
+        CU_ASSERT_STRING_EQUAL(err.detail, VEIL_CLIENT_SECURITY_MESSAGE);
+    }
+    /* a tag flipped in the other convention than the request's */
+    fx_reply_init(&r);
+    r.tamper = FX_TAMPER_TAG;
+    r.tag_mode = mode == VEIL_CLIENT_TAG_APPENDED ? VEIL_TAG_SEPARATE
+                                                  : VEIL_TAG_APPENDED;
+    CU_ASSERT_EQUAL(fx_push(fx, &r), 0);
+    ask_fail(c, MODEL, NULL, VEIL_CLIENT_E_SECURITY, &err);
+    CU_ASSERT_STRING_EQUAL(err.detail, VEIL_CLIENT_SECURITY_MESSAGE);
+    /* raw bodies: an empty 200, JSON that is no package */
+    fx_reply_init(&r);
+    r.raw_body = "";
+    CU_ASSERT_EQUAL(fx_push(fx, &r), 0);
+    ask_fail(c, MODEL, NULL, VEIL_CLIENT_E_SECURITY, &err);
+    CU_ASSERT_STRING_EQUAL(err.detail, VEIL_CLIENT_SECURITY_MESSAGE);
+    r.raw_body = "{\"choices\": [{\"message\": {\"content\": \"plain\"}}]}";
+    CU_ASSERT_EQUAL(fx_push(fx, &r), 0);
+    ask_fail(c, MODEL, NULL, VEIL_CLIENT_E_SECURITY, &err);
+    CU_ASSERT_STRING_EQUAL(err.detail, VEIL_CLIENT_SECURITY_MESSAGE);
+    /* and the client still works afterwards */
+    ask(c, PROMPT);
+    veil_client_free(c);
+}
+
+static void test_tampered_separate(void)
+{
+    tamper_cases(VEIL_CLIENT_TAG_SEPARATE);
+}
+
+static void test_tampered_appended(void)
+{
+    tamper_cases(VEIL_CLIENT_TAG_APPENDED);
+}
+
+/* ---- 8. the server key: pin and size ------------------------------------- */
+
+static void test_pin(void)
+{
+    veil_client_config cfg;
+    veil_client *c;
+    veil_client_error err;
+    char pin[72], got[72], *pem = NULL;
+
+    reset();
+    cfg_for(&cfg, fx);
+    cfg.server_key_pin = "sha256:"
+                         "0000000000000000000000000000000000000000000000000000"
+                         "000000000000";
+    c = client_new(&cfg);
+    ask_fail(c, MODEL, NULL, VEIL_CLIENT_E_SECURITY, &err);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err.detail, "pinned"));
+    CU_ASSERT_EQUAL(fx_posts(fx), 0);
+    CU_ASSERT_EQUAL(fx_key_fetches(fx), 1);
+    CU_ASSERT_EQUAL(veil_client_server_key(c, &pem, got, &err),
+                    VEIL_CLIENT_E_SECURITY);
+    CU_ASSERT_PTR_NULL(pem);
+    veil_client_free(c);
+
+    /* the right pin, with and without "sha256:" */
+    key_fp(server_key, pin);
+    cfg.server_key_pin = pin;
+    c = client_new(&cfg);
+    ask(c, PROMPT);
+    CU_ASSERT_EQUAL(veil_client_server_key(c, &pem, got, &err), VEIL_CLIENT_OK);
+    CU_ASSERT_STRING_EQUAL(got, pin);
+    CU_ASSERT_PTR_NOT_NULL(pem);
+    free(pem);
+    veil_client_free(c);
+    cfg.server_key_pin = pin + 7;
+    c = client_new(&cfg);
+    ask(c, PROMPT);
+    veil_client_free(c);
+
+    /* a pin that is not one is a configuration error */
+    cfg.server_key_pin = "sha256:1234";
+    c = (veil_client *)&c;
+    CU_ASSERT_EQUAL(veil_client_new(&cfg, &c, &err), VEIL_CLIENT_E_CONFIG);
+    CU_ASSERT_PTR_NULL(c);
+}
+
+static void test_small_server_key(void)
+{
+    veil_client_config cfg;
+    veil_client *c;
+    veil_client_error err;
+    char *pem = rsa_public_pem(1024);
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(pem);
+    reset();
+    CU_ASSERT_EQUAL(fx_serve_pem(fx, pem), 0);
+    cfg_for(&cfg, fx);
+    c = client_new(&cfg);
+    ask_fail(c, MODEL, NULL, VEIL_CLIENT_E_SECURITY, &err);
+    CU_ASSERT_EQUAL(fx_posts(fx), 0);
+    CU_ASSERT_EQUAL(fx_key_fetches(fx), 1);
+
+    /* not a key at all */
+    fx_reset_counters(fx);
+    CU_ASSERT_EQUAL(fx_serve_pem(fx, "hello, I am not a key\n"), 0);
+    ask_fail(c, MODEL, NULL, VEIL_CLIENT_E_SECURITY, &err);
+    CU_ASSERT_EQUAL(fx_posts(fx), 0);
+    veil_client_free(c);
+    free(pem);
+}
+
+/* ---- 9. plain http ------------------------------------------------------- */
+
+static void test_http_refused(void)
+{
+    veil_client_config cfg;
+    veil_client *c = NULL;
+    veil_client_error err;
+    veil_request_opts opts = {0};
+
+    reset();
+    cfg_for(&cfg, fx);
+    cfg.allow_http = 0;
+    CU_ASSERT_EQUAL(veil_client_new(&cfg, &c, &err), VEIL_CLIENT_E_SECURITY);
+    CU_ASSERT_EQUAL(err.status, VEIL_CLIENT_E_SECURITY);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err.detail, "http"));
+    CU_ASSERT_PTR_NULL(c);
+
+    /* an https client asked to use http for one request */
+    cfg.base_url = "https://127.0.0.1:1";
+    c = client_new(&cfg);
+    opts.base_url = fx_url(fx);
+    ask_fail(c, MODEL, &opts, VEIL_CLIENT_E_SECURITY, &err);
+    veil_client_free(c);
+    CU_ASSERT_EQUAL(fx_key_fetches(fx), 0);
+    CU_ASSERT_EQUAL(fx_posts(fx), 0);
+    CU_ASSERT_EQUAL(fx_connections(fx), 0);
+}
+
+/* ---- 10. requests refused before sending --------------------------------- */
+
+static void expect_invalid(veil_client *c, cJSON *req, const char *field)
+{
+    veil_client_error err;
+    cJSON *resp = (cJSON *)&resp;
+    veil_client_status st = veil_chat_create(c, req, NULL, &resp, NULL, &err);
+
+    CU_ASSERT_EQUAL(st, VEIL_CLIENT_E_INVALID_REQUEST);
+    CU_ASSERT_EQUAL(err.http_status, 0);
+    CU_ASSERT_PTR_NULL(resp);
+    if (field && !strstr(err.detail, field)) {
+        fprintf(stderr, "detail \"%s\" does not name %s\n", err.detail, field);
+        CU_FAIL("the detail does not name the field");
+    }
+    veil_chat_response_free(req);
+}
+
+static void test_invalid_requests(void)
+{
+    veil_client_config cfg;
+    veil_client *c;
+    veil_client_error err;
+    cJSON *req, *msg;
+    char *big;
+    size_t big_len = 11u * 1024u * 1024u;
+    veil_request_opts opts = {0};
+
+    reset();
+    cfg_for(&cfg, fx);
+    c = client_new(&cfg);
+
+    big = malloc(big_len + 1);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(big);
+    memset(big, 'a', big_len);
+    big[big_len] = '\0';
+    req = make_request(MODEL, big);
+    free(big);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(req);
+    expect_invalid(c, req, "MiB");
+
+    req = make_request(MODEL, PROMPT);
+    cJSON_AddStringToObject(req, "temperature", "hot");
+    expect_invalid(c, req, "temperature");
+
+    req = make_request(MODEL, PROMPT);
+    cJSON_DeleteItemFromObjectCaseSensitive(req, "messages");
+    expect_invalid(c, req, "messages");
+
+    req = make_request(MODEL, PROMPT);
+    cJSON_DeleteItemFromObjectCaseSensitive(req, "model");
+    expect_invalid(c, req, "model");
+
+    req = make_request(MODEL, PROMPT);
+    cJSON_AddNumberToObject(req, "max_tokens", -3);
+    expect_invalid(c, req, "max_tokens");
+
+    req = make_request(MODEL, PROMPT);
+    cJSON_AddStringToObject(req, "stream", "yes");
+    expect_invalid(c, req, "stream");
+
+    req = make_request(MODEL, PROMPT);
+    msg = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(req, "messages"),
+                             1);
+    cJSON_ReplaceItemInObjectCaseSensitive(msg, "content",
+                                           cJSON_CreateNumber(42));
+    expect_invalid(c, req, "messages[1]");
+
+    req = cJSON_CreateArray();
+    expect_invalid(c, req, NULL);
+
+    /* a tier that does not exist, per request: InvalidRequestError */
+    opts.security_tier = "ultra";
+    ask_fail(c, MODEL, &opts, VEIL_CLIENT_E_INVALID_REQUEST, &err);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err.detail, "tier"));
+    /* an API key with a line break (header injection) */
+    opts.security_tier = NULL;
+    opts.api_key = "key\r\nX-Evil: 1";
+    ask_fail(c, MODEL, &opts, VEIL_CLIENT_E_INVALID_REQUEST, &err);
+    CU_ASSERT_EQUAL(fx_posts(fx), 0);
+    CU_ASSERT_EQUAL(fx_key_fetches(fx), 0);
+    veil_client_free(c);
+
+    /* ... and in the config: a configuration error */
+    cfg.security_tier = "ultra";
+    c = (veil_client *)&c;
+    CU_ASSERT_EQUAL(veil_client_new(&cfg, &c, &err), VEIL_CLIENT_E_CONFIG);
+    CU_ASSERT_PTR_NULL(c);
+    CU_ASSERT_EQUAL(fx_connections(fx), 0);
+}
+
+/* ---- 11. dispose --------------------------------------------------------- */
+
+static void test_dispose(void)
+{
+    veil_client_config cfg;
+    veil_client *c;
+    veil_client_error err;
+    char *pem = NULL, fp[72];
+    unsigned posts;
+
+    reset();
+    cfg_for(&cfg, fx);
+    c = client_new(&cfg);
+    ask(c, PROMPT);
+    posts = fx_posts(fx);
+    veil_client_dispose(c);
+    ask_fail(c, MODEL, NULL, VEIL_CLIENT_E_DISPOSED, &err);
+    CU_ASSERT_EQUAL(veil_client_server_key(c, &pem, fp, &err),
+                    VEIL_CLIENT_E_DISPOSED);
+    CU_ASSERT_EQUAL(err.status, VEIL_CLIENT_E_DISPOSED);
+    CU_ASSERT_EQUAL(veil_client_public_key(c, &pem, fp, &err),
+                    VEIL_CLIENT_E_DISPOSED);
+    CU_ASSERT_PTR_NULL(pem);
+    CU_ASSERT_STRING_EQUAL(veil_client_status_name(VEIL_CLIENT_E_DISPOSED),
+                           "DisposedError");
+    veil_client_dispose(c); /* twice is fine */
+    CU_ASSERT_EQUAL(fx_posts(fx), posts);
+    veil_client_free(c);
+    veil_client_free(NULL);
+}
+
+/* ---- 12. the server key cache and rotation ------------------------------- */
+
+static void test_key_cache(void)
+{
+    veil_client_config cfg;
+    veil_client *c;
+
+    reset();
+    cfg_for(&cfg, fx);
+    c = client_new(&cfg);
+    ask(c, PROMPT);
+    ask(c, "a second question");
+    CU_ASSERT_EQUAL(fx_key_fetches(fx), 1);
+    CU_ASSERT_EQUAL(fx_posts(fx), 2);
+    veil_client_free(c);
+}
+
+static void test_server_key_rotation(void)
+{
+    veil_client_config cfg;
+    veil_client *c;
+    veil_client_error err;
+    fx_request rec;
+    char fp[72], want[72];
+
+    reset();
+    cfg_for(&cfg, fx);
+    c = client_new(&cfg);
+    ask(c, PROMPT);
+    fx_set_server_key(fx, server_key2);
+    ask(c, "after the rotation");
+    CU_ASSERT_EQUAL(fx_key_fetches(fx), 2);
+    CU_ASSERT_EQUAL(fx_posts(fx), 3);
+    CU_ASSERT_EQUAL_FATAL(fx_request_get(fx, 1, &rec), 0);
+    CU_ASSERT_FALSE(rec.opened); /* sealed to the old key */
+    CU_ASSERT_EQUAL(rec.status, 400);
+    CU_ASSERT_EQUAL_FATAL(fx_request_get(fx, 2, &rec), 0);
+    CU_ASSERT_TRUE(rec.opened);
+    CU_ASSERT_EQUAL(rec.status, 200);
+    CU_ASSERT_EQUAL(veil_client_server_key(c, NULL, fp, &err), VEIL_CLIENT_OK);
+    key_fp(server_key2, want);
+    CU_ASSERT_STRING_EQUAL(fp, want);
+    CU_ASSERT_EQUAL(fx_key_fetches(fx), 2);
+
+    /* a 400 "could not be decrypted" with an unchanged key: one refetch,
+     * no resend, the server's error */
+    fx_reset_counters(fx);
+    CU_ASSERT_EQUAL(fx_push_status(fx, 400, VEIL_PKG_DECRYPT_DETAIL), 0);
+    ask_fail(c, MODEL, NULL, VEIL_CLIENT_E_INVALID_REQUEST, &err);
+    CU_ASSERT_EQUAL(err.http_status, 400);
+    CU_ASSERT_STRING_EQUAL(err.detail, VEIL_PKG_DECRYPT_DETAIL);
+    CU_ASSERT_EQUAL(fx_key_fetches(fx), 1);
+    CU_ASSERT_EQUAL(fx_posts(fx), 1);
+    veil_client_free(c);
+}
+
+/* ---- 13. per-request overrides ------------------------------------------- */
+
+static void test_overrides(void)
+{
+    veil_client_config cfg;
+    veil_client *c;
+    veil_request_opts opts = {0};
+    fx_request rec;
+    cJSON *resp;
+    char url[80];
+
+    reset();
+    cfg_for(&cfg, fx);
+    cfg.api_key = "config-key";
+    cfg.security_tier = "high";
+    c = client_new(&cfg);
+    resp = ask_ok(c, PROMPT, NULL);
+    CU_ASSERT_STRING_EQUAL(
+        str_at(cJSON_GetObjectItemCaseSensitive(resp, "_metadata"),
+               "security_tier"),
+        "high");
+    veil_chat_response_free(resp);
+    opts.security_tier = "maximum";
+    opts.api_key = "request-key";
+    ask(c, PROMPT); /* no opts */
+    veil_chat_response_free(ask_ok(c, PROMPT, &opts));
+    opts.api_key = NULL;
+    opts.security_tier = "standard";
+    snprintf(url, sizeof url, "%s/", fx_url(fx));
+    opts.base_url = url; /* a trailing slash is fine */
+    veil_chat_response_free(ask_ok(c, PROMPT, &opts));
+    CU_ASSERT_EQUAL_FATAL(fx_request_get(fx, 0, &rec), 0);
+    CU_ASSERT_STRING_EQUAL(rec.authorization, "Bearer config-key");
+    CU_ASSERT_STRING_EQUAL(rec.security_tier, "high");
+    CU_ASSERT_EQUAL_FATAL(fx_request_get(fx, 1, &rec), 0);
+    CU_ASSERT_STRING_EQUAL(rec.authorization, "Bearer config-key");
+    CU_ASSERT_EQUAL_FATAL(fx_request_get(fx, 2, &rec), 0);
+    CU_ASSERT_STRING_EQUAL(rec.authorization, "Bearer request-key");
+    CU_ASSERT_STRING_EQUAL(rec.security_tier, "maximum");
+    CU_ASSERT_EQUAL_FATAL(fx_request_get(fx, 3, &rec), 0);
+    CU_ASSERT_STRING_EQUAL(rec.authorization, "Bearer config-key");
+    CU_ASSERT_STRING_EQUAL(rec.security_tier, "standard");
+
+    /* another server for one request: its own key, fetched once */
+    {
+        fx_config fcfg;
+        fx_server *other = NULL;
+
+        memset(&fcfg, 0, sizeof fcfg);
+        fcfg.engine = sw_e;
+        fcfg.server_key = server_key2;
+        CU_ASSERT_EQUAL_FATAL(fx_start(&fcfg, &other), 0);
+        fx_reset_counters(fx);
+        memset(&opts, 0, sizeof opts);
+        opts.base_url = fx_url(other);
+        ask(c, PROMPT);
+        veil_chat_response_free(ask_ok(c, PROMPT, &opts));
+        veil_chat_response_free(ask_ok(c, PROMPT, &opts));
+        ask(c, PROMPT);
+        CU_ASSERT_EQUAL(fx_posts(other), 2);
+        CU_ASSERT_EQUAL(fx_key_fetches(other), 1);
+        CU_ASSERT_EQUAL(fx_posts(fx), 2);
+        CU_ASSERT_EQUAL(fx_key_fetches(fx), 0); /* still cached */
+        fx_stop(other);
+    }
+    veil_client_free(c);
+
+    /* no key, no tier: neither header */
+    fx_reset_counters(fx);
+    cfg_for(&cfg, fx);
+    c = client_new(&cfg);
+    ask(c, PROMPT);
+    CU_ASSERT_EQUAL_FATAL(fx_request_get(fx, 0, &rec), 0);
+    CU_ASSERT_STRING_EQUAL(rec.authorization, "");
+    CU_ASSERT_STRING_EQUAL(rec.security_tier, "");
+
+    /* the server checks the key: the override is what it sees */
+    CU_ASSERT_EQUAL(fx_set_api_key(fx, "sesame"), 0);
+    memset(&opts, 0, sizeof opts);
+    opts.api_key = "sesame";
+    veil_chat_response_free(ask_ok(c, PROMPT, &opts));
+    veil_client_free(c);
+}
+
+/* ---- 14. connection reuse ------------------------------------------------ */
+
+static void test_connection_reuse(void)
+{
+    veil_client_config cfg;
+    veil_client *c;
+
+    reset();
+    cfg_for(&cfg, fx);
+    c = client_new(&cfg);
+    for (int i = 0; i < 5; i++)
+        ask(c, PROMPT);
+    CU_ASSERT_EQUAL(fx_posts(fx), 5);
+    CU_ASSERT_EQUAL(fx_key_fetches(fx), 1);
+    /* one thread, requests one after the other: the key fetch and every
+     * POST go over one kept-alive connection */
+    CU_ASSERT_EQUAL(fx_connections(fx), 1);
+    veil_client_free(c);
+}
+
+/* ---- 15. threads --------------------------------------------------------- */
+
+#define THREADS 4
+#define PER_THREAD 5
+
+typedef struct worker {
+    veil_client *c;
+    int id;
+    int ok;     /* answers with the right content */
+    int failed; /* calls that did not succeed */
+    char last_error[600];
+} worker;
+
+static void *work(void *arg)
+{
+    worker *w = arg;
+
+    for (int i = 0; i < PER_THREAD; i++) {
+        char prompt[64];
+        cJSON *req, *resp = NULL;
+        veil_client_error err;
+        veil_client_status st;
+
+        snprintf(prompt, sizeof prompt, "thread %d, question %d", w->id, i);
+        req = make_request(MODEL, prompt);
+        if (req == NULL) {
+            w->failed++;
+            continue;
+        }
+        st = veil_chat_create(w->c, req, NULL, &resp, NULL, &err);
+        if (st == VEIL_CLIENT_OK && veil_chat_content(resp) &&
+            strcmp(veil_chat_content(resp), prompt) == 0) {
+            w->ok++;
+        } else {
+            w->failed++;
+            snprintf(w->last_error, sizeof w->last_error, "%s: %s",
+                     veil_client_status_name(st), err.detail);
+        }
+        veil_chat_response_free(resp);
+        veil_chat_response_free(req);
+    }
+    return NULL;
+}
+
+static void test_threads(void)
+{
+    veil_client_config cfg;
+    veil_client *c;
+    pthread_t th[THREADS];
+    worker w[THREADS];
+
+    reset();
+    cfg_for(&cfg, fx);
+    c = client_new(&cfg);
+    for (int i = 0; i < THREADS; i++) {
+        memset(&w[i], 0, sizeof w[i]);
+        w[i].c = c;
+        w[i].id = i;
+        CU_ASSERT_EQUAL_FATAL(pthread_create(&th[i], NULL, work, &w[i]), 0);
+    }
+    for (int i = 0; i < THREADS; i++) {
+        pthread_join(th[i], NULL);
+        if (w[i].failed)
+            fprintf(stderr, "thread %d: %d failed, last: %s\n", i, w[i].failed,
+                    w[i].last_error);
+        CU_ASSERT_EQUAL(w[i].ok, PER_THREAD);
+    }
+    CU_ASSERT_EQUAL(fx_posts(fx), THREADS * PER_THREAD);
+    CU_ASSERT_TRUE(fx_key_fetches(fx) >= 1);
+    veil_client_free(c);
+}
+
+/* ---- 16. a key directory ------------------------------------------------- */
+
+static int starts_with_file(const char *path, const char *prefix)
+{
+    char *text = tu_read_file(path, NULL);
+    int r = text && strncmp(text, prefix, strlen(prefix)) == 0;
+
+    free(text);
+    return r;
+}
+
+static void test_key_dir(void)
+{
+    veil_client_config cfg;
+    veil_client *c;
+    veil_client_error err;
+    char dir[512], pw_dir[512], path[600], pw_file[600];
+    char fp1[72], fp2[72];
+    struct stat st;
+    FILE *fp;
+
+    reset();
+    CU_ASSERT_EQUAL_FATAL(tu_scratch_dir("client-keys", dir, sizeof dir), 0);
+    cfg_for(&cfg, fx);
+    cfg.key_source = VEIL_CLIENT_KEY_DIR;
+    cfg.key_ref = dir;
+    c = client_new(&cfg);
+    own_fp(c, fp1);
+    ask(c, PROMPT);
+    veil_client_free(c);
+    snprintf(path, sizeof path, "%s/private_key.pem", dir);
+    CU_ASSERT_EQUAL_FATAL(stat(path, &st), 0);
+    CU_ASSERT_EQUAL(st.st_mode & 0777, 0600);
+    CU_ASSERT_TRUE(starts_with_file(path, "-----BEGIN PRIVATE KEY-----"));
+    snprintf(path, sizeof path, "%s/public_key.pem", dir);
+    CU_ASSERT_EQUAL(stat(path, &st), 0);
+    CU_ASSERT_TRUE(starts_with_file(path, "-----BEGIN PUBLIC KEY-----"));
+
+    c = client_new(&cfg); /* loads what the first one saved */
+    own_fp(c, fp2);
+    CU_ASSERT_STRING_EQUAL(fp1, fp2);
+    ask(c, PROMPT);
+    veil_client_free(c);
+
+    /* with a password */
+    CU_ASSERT_EQUAL_FATAL(
+        tu_scratch_dir("client-keys-pw", pw_dir, sizeof pw_dir), 0);
+    snprintf(pw_file, sizeof pw_file, "%s.pass", pw_dir);
+    fp = fopen(pw_file, "w");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(fp);
+    fputs("correct horse battery staple\n", fp);
+    fclose(fp);
+    CU_ASSERT_EQUAL_FATAL(chmod(pw_file, 0600), 0);
+    cfg.key_ref = pw_dir;
+    cfg.key_password.kind = VEIL_PIN_FILE;
+    cfg.key_password.where = pw_file;
+    c = client_new(&cfg);
+    own_fp(c, fp1);
+    ask(c, PROMPT);
+    veil_client_free(c);
+    snprintf(path, sizeof path, "%s/private_key.pem", pw_dir);
+    CU_ASSERT_TRUE(
+        starts_with_file(path, "-----BEGIN ENCRYPTED PRIVATE KEY-----"));
+    CU_ASSERT_EQUAL(stat(path, &st), 0);
+    CU_ASSERT_EQUAL(st.st_mode & 0777, 0600);
+    c = client_new(&cfg);
+    own_fp(c, fp2);
+    CU_ASSERT_STRING_EQUAL(fp1, fp2);
+    veil_client_free(c);
+    /* a borrowed engine knows no password: the client opens the directory
+     * with its own engine, whose PIN source is key_password */
+    cfg.engine = sw_e;
+    c = client_new(&cfg);
+    own_fp(c, fp2);
+    CU_ASSERT_STRING_EQUAL(fp1, fp2);
+    ask(c, PROMPT);
+    veil_client_free(c);
+    cfg.engine = NULL;
+
+    /* the wrong password: a configuration error naming the PIN */
+    fp = fopen(pw_file, "w");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(fp);
+    fputs("wrong password\n", fp);
+    fclose(fp);
+    c = (veil_client *)&c;
+    CU_ASSERT_EQUAL(veil_client_new(&cfg, &c, &err), VEIL_CLIENT_E_CONFIG);
+    CU_ASSERT_EQUAL(err.rc, VEIL_E_PIN);
+    CU_ASSERT_PTR_NULL(c);
+}
+
+/* ---- 17. rotation of an ephemeral key ------------------------------------ */
+
+static void test_key_rotation(void)
+{
+    veil_client_config cfg;
+    veil_client *c;
+    char fp1[72], fp2[72];
+
+    reset();
+    cfg_for(&cfg, fx);
+    cfg.rotate_seconds = 1;
+    c = client_new(&cfg);
+    own_fp(c, fp1);
+    ask(c, PROMPT);
+    sleep_ms(1200);
+    ask(c, "after the rotation");
+    own_fp(c, fp2);
+    CU_ASSERT_STRING_NOT_EQUAL(fp1, fp2);
+    veil_client_free(c);
+
+    /* rotation is for ephemeral keys only */
+    cfg.key_source = VEIL_CLIENT_KEY_DIR;
+    cfg.key_ref = "/nonexistent";
+    {
+        veil_client_error err;
+        veil_client *none = NULL;
+
+        CU_ASSERT_EQUAL(veil_client_new(&cfg, &none, &err),
+                        VEIL_CLIENT_E_CONFIG);
+        CU_ASSERT_PTR_NULL(none);
+    }
+}
+
+/* ---- TLS ----------------------------------------------------------------- */
+
+static int add_ext(X509 *cert, X509 *issuer, int nid, const char *value)
+{
+    X509V3_CTX ctx;
+    X509_EXTENSION *ex;
+    int ok;
+
+    X509V3_set_ctx_nodb(&ctx);
+    X509V3_set_ctx(&ctx, issuer, cert, NULL, NULL, 0);
+    ex = X509V3_EXT_conf_nid(NULL, &ctx, nid, value);
+    if (ex == NULL)
+        return 0;
+    ok = X509_add_ext(cert, ex, -1);
+    X509_EXTENSION_free(ex);
+    return ok;
+}
+
+/* A certificate for key, signed by signer (issuer NULL: self-signed CA). */
+static X509 *make_cert(EVP_PKEY *key, EVP_PKEY *signer, X509 *issuer,
+                       const char *cn, long serial)
+{
+    X509 *x = X509_new();
+    X509_NAME *name;
+    int ca = issuer == NULL, ok;
+
+    if (x == NULL)
+        return NULL;
+    name = X509_get_subject_name(x);
+    ok = X509_set_version(x, 2) &&
+         ASN1_INTEGER_set(X509_get_serialNumber(x), serial) &&
+         X509_gmtime_adj(X509_getm_notBefore(x), -3600) &&
+         X509_gmtime_adj(X509_getm_notAfter(x), 86400) &&
+         X509_set_pubkey(x, key) &&
+         X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC,
+                                    (const unsigned char *)cn, -1, -1, 0) &&
+         X509_set_issuer_name(x, ca ? name : X509_get_subject_name(issuer));
+    ok = ok && add_ext(x, ca ? x : issuer, NID_subject_key_identifier, "hash");
+    if (ca) {
+        ok = ok && add_ext(x, x, NID_basic_constraints, "critical,CA:TRUE") &&
+             add_ext(x, x, NID_key_usage, "critical,keyCertSign,cRLSign");
+    } else {
+        ok = ok &&
+             add_ext(x, issuer, NID_basic_constraints, "critical,CA:FALSE") &&
+             add_ext(x, issuer, NID_key_usage, "critical,digitalSignature") &&
+             add_ext(x, issuer, NID_ext_key_usage, "serverAuth") &&
+             add_ext(x, issuer, NID_subject_alt_name, "IP:127.0.0.1") &&
+             add_ext(x, issuer, NID_authority_key_identifier, "keyid:always");
+    }
+    ok = ok && X509_sign(x, signer, EVP_sha256()) > 0;
+    if (!ok) {
+        X509_free(x);
+        return NULL;
+    }
+    return x;
+}
+
+/* What a BIO holds as a NUL-terminated string (malloc'd). */
+static char *bio_text(BIO *b)
+{
+    char *data = NULL, *out;
+    long n = BIO_get_mem_data(b, &data);
+
+    if (n <= 0 || (out = malloc((size_t)n + 1)) == NULL)
+        return NULL;
+    memcpy(out, data, (size_t)n);
+    out[n] = '\0';
+    return out;
+}
+
+static void test_tls(void)
+{
+    EVP_PKEY *ca_key = EVP_EC_gen("P-256"), *srv_key = EVP_EC_gen("P-256");
+    X509 *ca = NULL, *crt = NULL;
+    BIO *b_ca = BIO_new(BIO_s_mem()), *b_crt = BIO_new(BIO_s_mem());
+    BIO *b_key = BIO_new(BIO_s_mem());
+    char *ca_pem = NULL, *crt_pem = NULL, *key_pem = NULL;
+    char dir[512], ca_file[600];
+    fx_config fcfg;
+    fx_server *tls = NULL;
+    veil_client_config cfg;
+    veil_client *c;
+    veil_client_error err;
+    FILE *fp;
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(ca_key);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(srv_key);
+    ca = make_cert(ca_key, ca_key, NULL, "veil test CA", 1);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(ca);
+    crt = make_cert(srv_key, ca_key, ca, "127.0.0.1", 2);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(crt);
+    CU_ASSERT_FATAL(PEM_write_bio_X509(b_ca, ca) == 1 &&
+                    PEM_write_bio_X509(b_crt, crt) == 1 &&
+                    PEM_write_bio_PrivateKey(b_key, srv_key, NULL, NULL, 0,
+                                             NULL, NULL) == 1);
+    ca_pem = bio_text(b_ca);
+    crt_pem = bio_text(b_crt);
+    key_pem = bio_text(b_key);
+    CU_ASSERT_FATAL(ca_pem && crt_pem && key_pem);
+    CU_ASSERT_EQUAL_FATAL(tu_scratch_dir("client-tls", dir, sizeof dir), 0);
+    snprintf(ca_file, sizeof ca_file, "%s/ca.pem", dir);
+    fp = fopen(ca_file, "w");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(fp);
+    fputs(ca_pem, fp);
+    fclose(fp);
+
+    memset(&fcfg, 0, sizeof fcfg);
+    fcfg.engine = sw_e;
+    fcfg.server_key = server_key;
+    fcfg.tls_cert_pem = crt_pem;
+    fcfg.tls_key_pem = key_pem;
+    CU_ASSERT_EQUAL_FATAL(fx_start(&fcfg, &tls), 0);
+    CU_ASSERT_PTR_NOT_NULL(strstr(fx_url(tls), "https://127.0.0.1:"));
+
+    /* with the CA: works, http not needed */
+    cfg_for(&cfg, tls);
+    cfg.allow_http = 0;
+    cfg.ca_file = ca_file;
+    c = client_new(&cfg);
+    ask(c, PROMPT);
+    ask(c, PROMPT);
+    veil_client_free(c);
+    CU_ASSERT_EQUAL(fx_posts(tls), 2);
+    CU_ASSERT_EQUAL(fx_key_fetches(tls), 1);
+
+    /* without it (system CAs): the certificate cannot be verified.  The
+     * library reports that as VEIL_CLIENT_E_SECURITY (not CONNECTION), and
+     * never retries it; nothing reaches the HTTP layer. */
+    fx_reset_counters(tls);
+    cfg.ca_file = NULL;
+    c = client_new(&cfg);
+    ask_fail(c, MODEL, NULL, VEIL_CLIENT_E_SECURITY, &err);
+    CU_ASSERT_EQUAL(err.http_status, 0);
+    CU_ASSERT_EQUAL(fx_key_fetches(tls), 0);
+    CU_ASSERT_EQUAL(fx_posts(tls), 0);
+    veil_client_free(c);
+
+    fx_stop(tls);
+    free(ca_pem);
+    free(crt_pem);
+    free(key_pem);
+    BIO_free(b_ca);
+    BIO_free(b_crt);
+    BIO_free(b_key);
+    X509_free(ca);
+    X509_free(crt);
+    EVP_PKEY_free(ca_key);
+    EVP_PKEY_free(srv_key);
+}
+
+/* ---- main ---------------------------------------------------------------- */
+
+static int fixtures_init(void)
+{
+    veil_engine_config ecfg;
+    veil_keygen_params kp = {.type = VEIL_KEY_RSA, .bits = 2048};
+    fx_config fcfg;
+
+    memset(&ecfg, 0, sizeof ecfg);
+    if (veil_engine_new(&ecfg, &sw_e) != VEIL_OK ||
+        veil_key_generate(sw_e, "software", &kp, &server_key) != VEIL_OK ||
+        veil_key_generate(sw_e, "software", &kp, &server_key2) != VEIL_OK) {
+        fprintf(stderr, "fixture keys: %s\n", veil_last_error()->message);
+        return -1;
+    }
+    memset(&fcfg, 0, sizeof fcfg);
+    fcfg.engine = sw_e;
+    fcfg.server_key = server_key;
+    fcfg.verbose = getenv("VEIL_FIXTURE_VERBOSE") != NULL;
+    return fx_start(&fcfg, &fx);
+}
+
+static void fixtures_free(void)
+{
+    fx_stop(fx);
+    veil_key_free(server_key);
+    veil_key_free(server_key2);
+    veil_engine_free(sw_e);
+}
+
+typedef struct {
+    const char *name;
+    CU_TestFunc fn;
+} test_def;
+
+static int add_suite(const char *name, const test_def *tests, size_t n)
+{
+    CU_pSuite s = CU_add_suite(name, NULL, NULL);
+
+    if (!s)
+        return -1;
+    for (size_t i = 0; i < n; i++)
+        if (!CU_add_test(s, tests[i].name, tests[i].fn))
+            return -1;
+    return 0;
+}
+
+#define ADD_SUITE(name, arr) add_suite(name, arr, sizeof arr / sizeof arr[0])
+
+int main(void)
+{
+    static const test_def round_trips[] = {
+        {"round trip, ephemeral key", test_round_trip},
+        {"reasoning and tool calls", test_reasoning_and_tools},
+        {"round trip, defaults (RSA-4096)", test_round_trip_4096},
+        {"client key in SoftHSM2", test_token_key},
+        {"tag separate, answers either way", test_tag_separate},
+        {"tag appended, answers either way", test_tag_appended},
+        {"https with a CA file", test_tls},
+    };
+    static const test_def errors[] = {
+        {"status to class, with detail", test_error_statuses},
+        {"connection refused", test_connection_refused},
+        {"503, 503, 200: retried", test_retry_then_success},
+        {"400/401/403/404: not retried", test_no_retry},
+        {"Retry-After honoured", test_retry_after},
+        {"timeout", test_timeout},
+    };
+    static const test_def security[] = {
+        {"tampered answers (tag separate)", test_tampered_separate},
+        {"tampered answers (tag appended)", test_tampered_appended},
+        {"server key pin", test_pin},
+        {"server key too small", test_small_server_key},
+        {"plain http refused", test_http_refused},
+    };
+    static const test_def requests[] = {
+        {"refused before sending", test_invalid_requests},
+        {"per-request overrides", test_overrides},
+    };
+    static const test_def lifecycle[] = {
+        {"dispose", test_dispose},
+        {"server key cached", test_key_cache},
+        {"server key rotation", test_server_key_rotation},
+        {"connection reuse", test_connection_reuse},
+        {"threads", test_threads},
+        {"key directory", test_key_dir},
+        {"ephemeral key rotation", test_key_rotation},
+    };
+    unsigned failures;
+    CU_ErrorCode err;
+
+    if (fixtures_init() != 0) {
+        fixtures_free();
+        return 1;
+    }
+    if (CU_initialize_registry() != CUE_SUCCESS) {
+        fixtures_free();
+        return 1;
+    }
+    if (ADD_SUITE("round trips", round_trips) ||
+        ADD_SUITE("errors and retries", errors) ||
+        ADD_SUITE("security", security) || ADD_SUITE("requests", requests) ||
+        ADD_SUITE("lifecycle and keys", lifecycle)) {
+        CU_cleanup_registry();
+        fixtures_free();
+        return 1;
+    }
+    CU_basic_set_mode(CU_BRM_VERBOSE);
+    err = CU_basic_run_tests();
+    failures = CU_get_number_of_failures() + CU_get_number_of_suites_failed();
+    if (err == CUE_SUCCESS)
+        err = CU_get_error();
+    CU_cleanup_registry();
+    fixtures_free();
+    return failures || err != CUE_SUCCESS ? 1 : 0;
+}
