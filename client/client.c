@@ -24,7 +24,8 @@ typedef struct keyref {
     char *pem;        /* SPKI PEM */
     char *pem_header; /* percent-encoded PEM (client keys) */
     uint8_t fp[32];
-    char *url; /* server keys: the base URL it came from */
+    char fp_text[72]; /* "sha256:<hex>" */
+    char *url;        /* server keys: the base URL it came from */
     time_t born;
     atomic_uint refs;
 } keyref;
@@ -34,6 +35,7 @@ struct veil_client {
     char *base_url, *ca_file, *tier, *key_ref, *module, *pin_where, *pw_where;
     veil_secbuf *api_key; /* NUL-terminated, or NULL */
     uint8_t pin[32];
+    char pin_text[72]; /* "sha256:<hex>" as configured */
     int has_pin;
     veil_engine *engine;
     int own_engine;
@@ -113,6 +115,7 @@ static keyref *keyref_get(keyref *k)
 static veil_rc keyref_new(veil_key *key, int header, keyref **out)
 {
     keyref *k = calloc(1, sizeof *k);
+    veil_key_info info;
     veil_rc rc = VEIL_E_NOMEM;
     *out = NULL;
     if (k == NULL)
@@ -121,8 +124,10 @@ static veil_rc keyref_new(veil_key *key, int header, keyref **out)
     atomic_init(&k->refs, 1);
     k->born = time(NULL);
     if ((rc = veil_key_public_pem(key, &k->pem)) != VEIL_OK ||
-        (rc = veil_key_fingerprint(key, k->fp)) != VEIL_OK)
+        (rc = veil_key_fingerprint(key, k->fp)) != VEIL_OK ||
+        (rc = veil_key_get_info(key, &info)) != VEIL_OK)
         goto fail;
+    memcpy(k->fp_text, info.fingerprint, sizeof k->fp_text);
     if (header && (k->pem_header = veil_percent_encode(k->pem)) == NULL) {
         rc = VEIL_E_NOMEM;
         goto fail;
@@ -133,17 +138,6 @@ fail:
     k->key = NULL; /* the caller still owns key */
     keyref_put(k);
     return rc;
-}
-
-static void fp_text(const uint8_t fp[32], char out[72])
-{
-    static const char hex[] = "0123456789abcdef";
-    memcpy(out, "sha256:", 7);
-    for (int i = 0; i < 32; i++) {
-        out[7 + 2 * i] = hex[fp[i] >> 4];
-        out[8 + 2 * i] = hex[fp[i] & 15];
-    }
-    out[71] = '\0';
 }
 
 static int parse_pin(const char *s, uint8_t out[32])
@@ -377,6 +371,9 @@ veil_client_status veil_client_new(const veil_client_config *cfg,
             goto fail;
         }
         c->has_pin = 1;
+        snprintf(c->pin_text, sizeof c->pin_text, "sha256:%s",
+                 cfg->server_key_pin +
+                     (strncmp(cfg->server_key_pin, "sha256:", 7) == 0 ? 7 : 0));
     }
     if (cfg->api_key && cfg->api_key[0]) {
         size_t n = strlen(cfg->api_key);
@@ -568,18 +565,15 @@ static veil_client_status fetch_server_key(veil_client *c, const char *url,
                             "out of memory");
     }
     if (c->has_pin && CRYPTO_memcmp(k->fp, c->pin, 32) != 0) {
-        char got[72], want[72];
-        fp_text(k->fp, got);
-        fp_text(c->pin, want);
+        veil_cl_fail(err, VEIL_CLIENT_E_SECURITY, 0, VEIL_E_VERIFY,
+                     "the server key %s does not match the pinned %s; "
+                     "nothing was sent",
+                     k->fp_text, c->pin_text);
         keyref_put(k);
-        return veil_cl_fail(err, VEIL_CLIENT_E_SECURITY, 0, VEIL_E_VERIFY,
-                            "the server key %s does not match the pinned "
-                            "%s; nothing was sent",
-                            got, want);
+        return VEIL_CLIENT_E_SECURITY;
     }
-    char fp[72];
-    fp_text(k->fp, fp);
-    cl_log(c, VEIL_LOG_INFO, "server key of %s: RSA-%u %s", url, info.bits, fp);
+    cl_log(c, VEIL_LOG_INFO, "server key of %s: RSA-%u %s", url, info.bits,
+           k->fp_text);
     *out = k;
     return VEIL_CLIENT_OK;
 }
@@ -623,21 +617,29 @@ static veil_client_status server_key(veil_client *c, const char *url,
     return VEIL_CLIENT_OK;
 }
 
+/* Hands out a key's PEM and fingerprint, then drops the reference. */
+static veil_client_status key_out(keyref *k, char **pem, char fingerprint[72],
+                                  veil_client_error *err)
+{
+    veil_client_status st = VEIL_CLIENT_OK;
+    if (fingerprint)
+        memcpy(fingerprint, k->fp_text, 72);
+    if (pem && (*pem = strdup(k->pem)) == NULL)
+        st = veil_cl_fail(err, VEIL_CLIENT_E_CONFIG, 0, VEIL_E_NOMEM,
+                          "out of memory");
+    keyref_put(k);
+    return st;
+}
+
 veil_client_status veil_client_server_key(veil_client *c, char **pem,
                                           char fingerprint[72],
                                           veil_client_error *err)
 {
     veil_client_status st = disposed(c, err);
     keyref *k;
-    if (st != VEIL_CLIENT_OK ||
-        (st = server_key(c, c->base_url, NULL, &k, err)) != VEIL_CLIENT_OK)
-        return st;
-    if (fingerprint)
-        fp_text(k->fp, fingerprint);
-    if (pem && (*pem = strdup(k->pem)) == NULL)
-        st = veil_cl_fail(err, VEIL_CLIENT_E_CONFIG, 0, VEIL_E_NOMEM,
-                          "out of memory");
-    keyref_put(k);
+    if (st == VEIL_CLIENT_OK &&
+        (st = server_key(c, c->base_url, NULL, &k, err)) == VEIL_CLIENT_OK)
+        st = key_out(k, pem, fingerprint, err);
     return st;
 }
 
@@ -647,14 +649,8 @@ veil_client_status veil_client_public_key(veil_client *c, char **pem,
 {
     veil_client_status st = disposed(c, err);
     keyref *k;
-    if (st != VEIL_CLIENT_OK || (st = own_key(c, &k, err)) != VEIL_CLIENT_OK)
-        return st;
-    if (fingerprint)
-        fp_text(k->fp, fingerprint);
-    if (pem && (*pem = strdup(k->pem)) == NULL)
-        st = veil_cl_fail(err, VEIL_CLIENT_E_CONFIG, 0, VEIL_E_NOMEM,
-                          "out of memory");
-    keyref_put(k);
+    if (st == VEIL_CLIENT_OK && (st = own_key(c, &k, err)) == VEIL_CLIENT_OK)
+        st = key_out(k, pem, fingerprint, err);
     return st;
 }
 
