@@ -842,8 +842,12 @@ static veil_client_status exchange(call *k, veil_secbuf *pt, cJSON **response,
             refetched = 1;
             veil_client_error e2;
             keyref *fresh;
-            if (server_key(c, k->url, k->server, &fresh, &e2) ==
-                VEIL_CLIENT_OK) {
+            uint64_t t = now_ns();
+            veil_client_status got =
+                server_key(c, k->url, k->server, &fresh, &e2);
+            if (k->stats)
+                k->stats->network_ns += now_ns() - t;
+            if (got == VEIL_CLIENT_OK) {
                 int changed = CRYPTO_memcmp(fresh->fp, k->server->fp, 32);
                 keyref_put(k->server);
                 k->server = fresh;
@@ -923,7 +927,7 @@ veil_client_status veil_chat_create(veil_client *c, const cJSON *request,
                             "%s", why);
 
     uint64_t t0 = now_ns();
-    veil_rc rc = veil_cl_request_print(request, VEIL_PKG_MAX_PLAINTEXT, &pt);
+    veil_rc rc = veil_json_print_secret(request, VEIL_PKG_MAX_PLAINTEXT, &pt);
     if (stats)
         stats->encrypt_ns += now_ns() - t0;
     if (rc == VEIL_E_BUFFER)
@@ -935,8 +939,18 @@ veil_client_status veil_chat_create(veil_client *c, const cJSON *request,
         return veil_cl_fail(err, VEIL_CLIENT_E_INVALID_REQUEST, 0, rc,
                             "the request could not be serialised");
 
-    if ((st = own_key(c, &k.own, err)) == VEIL_CLIENT_OK &&
-        (st = server_key(c, k.url, NULL, &k.server, err)) == VEIL_CLIENT_OK)
+    /* A rotation (key generation) counts as encrypting, a server key
+     * fetch as network. */
+    t0 = now_ns();
+    st = own_key(c, &k.own, err);
+    uint64_t t1 = now_ns();
+    if (st == VEIL_CLIENT_OK)
+        st = server_key(c, k.url, NULL, &k.server, err);
+    if (stats) {
+        stats->encrypt_ns += t1 - t0;
+        stats->network_ns += now_ns() - t1;
+    }
+    if (st == VEIL_CLIENT_OK)
         st = exchange(&k, pt, response, err);
     keyref_put(k.own);
     keyref_put(k.server);

@@ -27,12 +27,6 @@ void veil_cl_wipe(void *p, size_t len);
  * writes one line naming the member to why and returns 0. */
 int veil_cl_request_check(const cJSON *request, char *why, size_t why_size);
 
-/* Serialises the request into a new secret buffer (NUL-terminated; the
- * length excludes the NUL).  VEIL_E_BUFFER when the text is longer than
- * max bytes. */
-veil_rc veil_cl_request_print(const cJSON *request, size_t max,
-                              veil_secbuf **out);
-
 /* The "detail" of an error body: its string, or compact JSON of another
  * value, or a printable prefix of a body that is not JSON. */
 void veil_cl_error_detail(const char *body, size_t len, char *out,

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "internal.h"
+#include "package.h"
 
 void veil_cl_wipe(void *p, size_t len)
 {
@@ -178,38 +179,6 @@ int veil_cl_request_check(const cJSON *r, char *why, size_t why_size)
 
 #undef FAIL
 
-veil_rc veil_cl_request_print(const cJSON *request, size_t max,
-                              veil_secbuf **out)
-{
-    /* cJSON may need a few bytes beyond the text (its own advice: 5). */
-    const size_t slack = 8;
-    size_t size = 16384;
-    *out = NULL;
-    for (;;) {
-        if (size > max + slack)
-            size = max + slack;
-        veil_secbuf *b;
-        veil_rc rc = veil_secbuf_new(size, &b);
-        if (rc != VEIL_OK)
-            return rc;
-        char *p = (char *)veil_secbuf_data(b);
-        if (cJSON_PrintPreallocated((cJSON *)request, p, (int)size, 0)) {
-            size_t len = strlen(p);
-            if (len > max) {
-                veil_secbuf_free(b);
-                return VEIL_E_BUFFER;
-            }
-            veil_secbuf_truncate(b, len + 1);
-            *out = b;
-            return VEIL_OK;
-        }
-        veil_secbuf_free(b);
-        if (size >= max + slack)
-            return VEIL_E_BUFFER;
-        size *= 4;
-    }
-}
-
 void veil_cl_error_detail(const char *body, size_t len, char *out,
                           size_t out_size)
 {
@@ -310,23 +279,7 @@ int veil_chat_get_usage(const cJSON *response, veil_chat_usage *usage)
     return cJSON_IsObject(u);
 }
 
-/* Wipes the strings a node owns (not borrowed references or constant
- * keys), then its children. */
-static void wipe_node(cJSON *it)
-{
-    if (it->valuestring && !(it->type & cJSON_IsReference))
-        veil_cl_wipe(it->valuestring, strlen(it->valuestring));
-    if (it->string && !(it->type & cJSON_StringIsConst))
-        veil_cl_wipe(it->string, strlen(it->string));
-    if (!(it->type & cJSON_IsReference))
-        for (cJSON *c = it->child; c != NULL; c = c->next)
-            wipe_node(c);
-}
-
 void veil_chat_response_free(cJSON *response)
 {
-    if (response == NULL)
-        return;
-    wipe_node(response);
-    cJSON_Delete(response);
+    veil_json_wipe_free(response);
 }

@@ -14,6 +14,83 @@
 #include "package.h"
 
 #define PKG "protocol"
+/* Room for an RSA ciphertext: moduli up to 16384 bits. */
+#define WRAPPED_MAX 2048
+
+/* ---- JSON holding secrets --------------------------------------------- */
+
+/* Bytes the strings of a tree take unescaped (a lower bound on the printed
+ * size), and a count of the values. */
+static void json_measure(const cJSON *it, size_t *text, size_t *values)
+{
+    for (; it != NULL; it = it->next) {
+        (*values)++;
+        if (it->string)
+            *text += strlen(it->string) + 3; /* "key": */
+        if (it->valuestring && (cJSON_IsString(it) || cJSON_IsRaw(it)))
+            *text += strlen(it->valuestring) + 2;
+        json_measure(it->child, text, values);
+    }
+}
+
+veil_rc veil_json_print_secret(const cJSON *json, size_t max, veil_secbuf **out)
+{
+    /* cJSON may need a few bytes beyond the text (its own advice: 5). */
+    const size_t slack = 8;
+    size_t text = 0, values = 0;
+    *out = NULL;
+    json_measure(json, &text, &values);
+    if (text > max)
+        return VEIL_E_BUFFER;
+    /* First try: the strings plus room for punctuation and numbers (one
+     * print in practice).  Escapes can make text up to 6 times longer
+     * (\uXXXX), so the second try is the worst case. */
+    size_t tries[2] = {text + text / 16 + 32 * values + 64,
+                       6 * text + 32 * values + 64};
+    for (int i = 0; i < 2; i++) {
+        size_t size = tries[i] < max + slack ? tries[i] : max + slack;
+        veil_secbuf *b;
+        veil_rc rc = veil_secbuf_new(size, &b);
+        if (rc != VEIL_OK)
+            return rc;
+        char *p = (char *)veil_secbuf_data(b);
+        if (cJSON_PrintPreallocated((cJSON *)json, p, (int)size, 0)) {
+            size_t len = strlen(p);
+            if (len > max) {
+                veil_secbuf_free(b);
+                return VEIL_E_BUFFER;
+            }
+            veil_secbuf_truncate(b, len + 1);
+            *out = b;
+            return VEIL_OK;
+        }
+        veil_secbuf_free(b);
+        if (size >= max + slack)
+            return VEIL_E_BUFFER;
+    }
+    return VEIL_E_BUFFER;
+}
+
+/* Wipes the strings a node owns (not borrowed references or constant
+ * keys), then its children. */
+static void wipe_node(cJSON *it)
+{
+    if (it->valuestring && !(it->type & cJSON_IsReference))
+        veil_wipe(it->valuestring, strlen(it->valuestring));
+    if (it->string && !(it->type & cJSON_StringIsConst))
+        veil_wipe(it->string, strlen(it->string));
+    if (!(it->type & cJSON_IsReference))
+        for (cJSON *c = it->child; c != NULL; c = c->next)
+            wipe_node(c);
+}
+
+void veil_json_wipe_free(cJSON *json)
+{
+    if (json == NULL)
+        return;
+    wipe_node(json);
+    cJSON_Delete(json);
+}
 
 /* ---- base64 ----------------------------------------------------------- */
 
@@ -33,11 +110,18 @@ char *veil_b64_encode(const uint8_t *in, size_t len)
     return out;
 }
 
-static int b64_char(char c)
-{
-    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') ||
-           (c >= '0' && c <= '9') || c == '+' || c == '/';
-}
+/* 1 for the 64 characters of the standard alphabet. */
+static const uint8_t b64_alphabet[256] = {
+    ['A'] = 1, ['B'] = 1, ['C'] = 1, ['D'] = 1, ['E'] = 1, ['F'] = 1, ['G'] = 1,
+    ['H'] = 1, ['I'] = 1, ['J'] = 1, ['K'] = 1, ['L'] = 1, ['M'] = 1, ['N'] = 1,
+    ['O'] = 1, ['P'] = 1, ['Q'] = 1, ['R'] = 1, ['S'] = 1, ['T'] = 1, ['U'] = 1,
+    ['V'] = 1, ['W'] = 1, ['X'] = 1, ['Y'] = 1, ['Z'] = 1, ['a'] = 1, ['b'] = 1,
+    ['c'] = 1, ['d'] = 1, ['e'] = 1, ['f'] = 1, ['g'] = 1, ['h'] = 1, ['i'] = 1,
+    ['j'] = 1, ['k'] = 1, ['l'] = 1, ['m'] = 1, ['n'] = 1, ['o'] = 1, ['p'] = 1,
+    ['q'] = 1, ['r'] = 1, ['s'] = 1, ['t'] = 1, ['u'] = 1, ['v'] = 1, ['w'] = 1,
+    ['x'] = 1, ['y'] = 1, ['z'] = 1, ['0'] = 1, ['1'] = 1, ['2'] = 1, ['3'] = 1,
+    ['4'] = 1, ['5'] = 1, ['6'] = 1, ['7'] = 1, ['8'] = 1, ['9'] = 1, ['+'] = 1,
+    ['/'] = 1};
 
 veil_rc veil_b64_decode(const char *in, size_t len, uint8_t **out,
                         size_t *out_len)
@@ -50,10 +134,12 @@ veil_rc veil_b64_decode(const char *in, size_t len, uint8_t **out,
     size_t pad = 0;
     if (len > 0 && in[len - 1] == '=')
         pad = (len > 1 && in[len - 2] == '=') ? 2 : 1;
+    unsigned bad = 0;
     for (size_t i = 0; i < len - pad; i++)
-        if (!b64_char(in[i]))
-            return veil_err(VEIL_E_ARG, PKG, NULL,
-                            "base64 has a character outside the alphabet");
+        bad |= b64_alphabet[(unsigned char)in[i]] ^ 1u;
+    if (bad)
+        return veil_err(VEIL_E_ARG, PKG, NULL,
+                        "base64 has a character outside the alphabet");
     uint8_t *buf = malloc(len / 4 * 3 + 1);
     if (buf == NULL)
         return veil_err(VEIL_E_NOMEM, PKG, NULL, "out of memory");
@@ -167,40 +253,21 @@ int veil_uuid_valid(const char *s)
 
 /* ---- sealing ----------------------------------------------------------- */
 
-/* Adds "name": base64(data) to obj; 0 on failure. */
-static int add_b64(cJSON *obj, const char *name, const uint8_t *data,
-                   size_t len)
-{
-    char *b = veil_b64_encode(data, len);
-    if (b == NULL)
-        return 0;
-    cJSON *s = cJSON_AddStringToObject(obj, name, b);
-    free(b);
-    return s != NULL;
-}
-
 veil_rc veil_pkg_seal(veil_engine *e, const veil_key *recipient,
                       const uint8_t *pt, size_t pt_len, veil_tag_mode mode,
                       double processed_at, char **json)
 {
     *json = NULL;
-    veil_key_info info;
-    veil_rc rc = veil_key_get_info(recipient, &info);
-    if (rc != VEIL_OK)
-        return rc;
-    if (info.type != VEIL_KEY_RSA || info.bits < VEIL_PKG_MIN_RSA_BITS)
-        return veil_err(VEIL_E_KEY, PKG, NULL,
-                        "recipient key is not RSA of at least %u bits",
-                        VEIL_PKG_MIN_RSA_BITS);
+    veil_rc rc;
     if (pt_len > (size_t)1 << 30)
         return veil_err(VEIL_E_ARG, PKG, NULL, "plaintext too large");
 
     veil_secbuf *aes = NULL;
     uint8_t nonce[VEIL_PKG_NONCE_LEN], tag[VEIL_GCM_TAG_LEN];
     uint8_t *ct = malloc(pt_len + VEIL_GCM_TAG_LEN);
-    uint8_t *wrapped = malloc(info.bits / 8 + 1);
-    size_t wrapped_len = info.bits / 8 + 1;
-    cJSON *root = NULL;
+    uint8_t *wrapped = malloc(WRAPPED_MAX);
+    size_t wrapped_len = WRAPPED_MAX;
+    char *b_ct = NULL, *b_nonce = NULL, *b_tag = NULL, *b_key = NULL;
     if (ct == NULL || wrapped == NULL) {
         rc = veil_err(VEIL_E_NOMEM, PKG, NULL, "out of memory");
         goto out;
@@ -219,34 +286,37 @@ veil_rc veil_pkg_seal(veil_engine *e, const veil_key *recipient,
     if (rc != VEIL_OK)
         goto out;
 
-    rc = VEIL_E_NOMEM;
-    root = cJSON_CreateObject();
-    cJSON *payload = cJSON_CreateObject();
+    /* Base64 needs no JSON escaping: the package is printed directly. */
     size_t ct_len = pt_len;
     if (mode == VEIL_TAG_APPENDED) {
         memcpy(ct + pt_len, tag, VEIL_GCM_TAG_LEN);
         ct_len += VEIL_GCM_TAG_LEN;
     }
-    if (root == NULL || payload == NULL ||
-        !add_b64(payload, "ciphertext", ct, ct_len) ||
-        !add_b64(payload, "nonce", nonce, sizeof nonce) ||
-        (mode == VEIL_TAG_SEPARATE &&
-         !add_b64(payload, "tag", tag, sizeof tag)) ||
-        !cJSON_AddStringToObject(root, "version", VEIL_PKG_VERSION) ||
-        !cJSON_AddStringToObject(root, "algorithm", VEIL_PKG_ALGORITHM) ||
-        !cJSON_AddItemToObject(root, "encrypted_payload", payload)) {
-        cJSON_Delete(payload);
+    rc = VEIL_E_NOMEM;
+    b_ct = veil_b64_encode(ct, ct_len);
+    b_nonce = veil_b64_encode(nonce, sizeof nonce);
+    b_tag = veil_b64_encode(tag, sizeof tag);
+    b_key = veil_b64_encode(wrapped, wrapped_len);
+    if (!b_ct || !b_nonce || !b_tag || !b_key)
         goto out;
-    }
-    if (!add_b64(root, "encrypted_aes_key", wrapped, wrapped_len) ||
-        !cJSON_AddStringToObject(root, "key_algorithm",
-                                 VEIL_PKG_KEY_ALGORITHM) ||
-        !cJSON_AddStringToObject(root, "payload_algorithm",
-                                 VEIL_PKG_PAYLOAD_ALGORITHM) ||
-        (processed_at >= 0 &&
-         !cJSON_AddNumberToObject(root, "processed_at", processed_at)))
+    char at[40] = "";
+    if (processed_at >= 0)
+        snprintf(at, sizeof at, ",\"processed_at\":%.3f", processed_at);
+    size_t n = strlen(b_ct) + strlen(b_key) + 512;
+    if ((*json = malloc(n)) == NULL)
         goto out;
-    *json = cJSON_PrintUnformatted(root);
+    snprintf(*json, n,
+             "{\"version\":\"" VEIL_PKG_VERSION "\","
+             "\"algorithm\":\"" VEIL_PKG_ALGORITHM "\","
+             "\"encrypted_payload\":{\"ciphertext\":\"%s\","
+             "\"nonce\":\"%s\"%s%s%s},"
+             "\"encrypted_aes_key\":\"%s\","
+             "\"key_algorithm\":\"" VEIL_PKG_KEY_ALGORITHM "\","
+             "\"payload_algorithm\":\"" VEIL_PKG_PAYLOAD_ALGORITHM "\"%s}",
+             b_ct, b_nonce, mode == VEIL_TAG_SEPARATE ? ",\"tag\":\"" : "",
+             mode == VEIL_TAG_SEPARATE ? b_tag : "",
+             mode == VEIL_TAG_SEPARATE ? "\"" : "", b_key, at);
+    rc = VEIL_OK;
 out:
     if (rc == VEIL_E_NOMEM && *json == NULL)
         veil_err(rc, PKG, NULL, "out of memory");
@@ -254,7 +324,10 @@ out:
     veil_wipe(tag, sizeof tag);
     free(ct);
     free(wrapped);
-    cJSON_Delete(root);
+    free(b_ct);
+    free(b_nonce);
+    free(b_tag);
+    free(b_key);
     return *json ? VEIL_OK : rc;
 }
 
@@ -348,25 +421,36 @@ veil_rc veil_pkg_open(veil_engine *e, const veil_key *priv, const char *json,
     }
     SHA256(wrapped, wrapped_len, m.wrapped_key_sha256);
 
-    /* From here on every failure is the same VEIL_E_DECRYPT: the unwrap
-     * and the tag check are not told apart. */
-    rc = veil_rsa_decrypt(e, priv, NULL, wrapped, wrapped_len, &aes);
-    if (rc == VEIL_OK && veil_secbuf_len(aes) != VEIL_PKG_AES_KEY_LEN)
-        rc = VEIL_E_DECRYPT;
-    if (rc == VEIL_OK)
-        rc = veil_secbuf_new(ct_len ? ct_len : 1, &out);
-    if (rc == VEIL_OK) {
-        veil_secbuf_truncate(out, ct_len);
-        rc = veil_aes_gcm_open(e, veil_secbuf_data(aes), VEIL_PKG_AES_KEY_LEN,
-                               nonce, nonce_len, NULL, 0, ct, ct_len, tag,
-                               veil_secbuf_data(out));
+    /* From here on every failure is the same VEIL_E_DECRYPT, and the work
+     * done is the same: when the unwrap fails (or gives a key of the wrong
+     * size) the GCM open still runs, under a random key, so the time taken
+     * does not tell an OAEP failure from a tag failure. */
+    veil_rc unwrap =
+        veil_rsa_decrypt(e, priv, NULL, wrapped, wrapped_len, &aes);
+    if (unwrap == VEIL_E_NOMEM) {
+        rc = veil_err(unwrap, PKG, NULL, "out of memory");
+        goto done;
     }
-    if (rc == VEIL_E_NOMEM) {
-        veil_err(rc, PKG, NULL, "out of memory");
-    } else if (rc != VEIL_OK) {
+    int key_ok =
+        unwrap == VEIL_OK && veil_secbuf_len(aes) == VEIL_PKG_AES_KEY_LEN;
+    uint8_t dummy[VEIL_PKG_AES_KEY_LEN];
+    if (!key_ok)
+        veil_random(e, dummy, sizeof dummy);
+    rc = veil_secbuf_new(ct_len ? ct_len : 1, &out);
+    if (rc != VEIL_OK) {
+        rc = veil_err(rc, PKG, NULL, "out of memory");
+        goto done;
+    }
+    veil_secbuf_truncate(out, ct_len);
+    rc = veil_aes_gcm_open(e, key_ok ? veil_secbuf_data(aes) : dummy,
+                           VEIL_PKG_AES_KEY_LEN, nonce, nonce_len, NULL, 0, ct,
+                           ct_len, tag, veil_secbuf_data(out));
+    veil_wipe(dummy, sizeof dummy);
+    if (rc == VEIL_OK && !key_ok)
+        rc = VEIL_E_DECRYPT; /* a random key cannot open it; be sure */
+    if (rc != VEIL_OK)
         rc = veil_err(VEIL_E_DECRYPT, PKG, NULL,
                       "package could not be decrypted");
-    }
 done:
     if (rc == VEIL_OK) {
         *pt = out;

@@ -8,6 +8,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <cjson/cJSON.h>
+
 #include "veil/engine.h"
 
 #pragma GCC visibility push(hidden)
@@ -43,7 +45,8 @@ typedef struct veil_pkg_meta {
     uint8_t wrapped_key_sha256[32]; /* SHA-256 of the RSA ciphertext */
 } veil_pkg_meta;
 
-/* Seals pt to the recipient's RSA public key: a fresh AES-256 key and
+/* Seals pt to the recipient's RSA public key (the caller has checked it is
+ * RSA of VEIL_PKG_MIN_RSA_BITS or more): a fresh AES-256 key and
  * 12-byte nonce, AES-256-GCM with no associated data, the key wrapped with
  * RSA-OAEP-SHA256.  Writes the package JSON text (malloc'd, NUL-terminated;
  * it holds no secret) to *json.  processed_at < 0 leaves that field out.
@@ -61,6 +64,17 @@ veil_rc veil_pkg_seal(veil_engine *e, const veil_key *recipient,
  * The plaintext lands in a new secret buffer.  meta may be NULL. */
 veil_rc veil_pkg_open(veil_engine *e, const veil_key *priv, const char *json,
                       size_t json_len, veil_secbuf **pt, veil_pkg_meta *meta);
+
+/* ---- JSON holding secrets --------------------------------------------- */
+
+/* Serialises a JSON tree (unformatted) straight into a new secret buffer,
+ * NUL-terminated, its length not counting the NUL: no unwiped copy is left
+ * in freed memory.  VEIL_E_BUFFER when the text is longer than max. */
+veil_rc veil_json_print_secret(const cJSON *json, size_t max,
+                               veil_secbuf **out);
+
+/* Wipes every string the tree owns, then deletes it.  Accepts NULL. */
+void veil_json_wipe_free(cJSON *json);
 
 /* ---- encodings -------------------------------------------------------- */
 

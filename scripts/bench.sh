@@ -2,17 +2,31 @@
 # Runs veil-bench against a fresh SoftHSM2 token.
 #
 #   scripts/bench.sh [veil-bench arguments...]     e.g. --quick, --seconds 1
+#   scripts/bench.sh client [arguments...]         the client benchmark
 #
 # tests/env/with-tokens.sh creates the token in a temporary directory,
 # exports VEIL_TEST_SOFTHSM_MODULE, VEIL_TEST_SOFTHSM_TOKEN and
 # VEIL_TEST_PIN_FILE (which veil-bench uses by default) and removes it all
-# afterwards.  The exit status is veil-bench's (see veil-bench --help).
+# afterwards.  For "client" it also starts the protocol test server
+# (tests/veil-fixture, over HTTPS with a throwaway CA: tests/env/fixture.sh),
+# passes its --url and --ca-file to veil-bench, and stops it by PID.
+#
+# The programs come from the build directory VEIL_BUILDDIR (default: the
+# source tree, for an in-tree build).  The exit status is veil-bench's (see
+# veil-bench --help).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+BUILD=${VEIL_BUILDDIR:-$ROOT}
+BUILD=$(cd "$BUILD" 2>/dev/null && pwd) || {
+    echo "bench.sh: VEIL_BUILDDIR=$VEIL_BUILDDIR is not a directory" >&2
+    exit 2
+}
+export VEIL_BUILDDIR="$BUILD"
 
-if [ ! -x "$ROOT/veil-bench" ]; then
-    echo "bench.sh: $ROOT/veil-bench not found; build it first: make" >&2
+if [ ! -x "$BUILD/veil-bench" ]; then
+    echo "bench.sh: $BUILD/veil-bench not found; build it first: make" \
+        "(or set VEIL_BUILDDIR to the build directory)" >&2
     exit 2
 fi
 if [ ! -x "$ROOT/tests/env/with-tokens.sh" ]; then
@@ -20,4 +34,61 @@ if [ ! -x "$ROOT/tests/env/with-tokens.sh" ]; then
     exit 2
 fi
 
-exec "$ROOT/tests/env/with-tokens.sh" "$ROOT/veil-bench" "$@"
+# ENGINE is veil-bench's first argument that is not an option or an
+# option's value.
+engine=""
+skip=0
+for arg in "$@"; do
+    if [ "$skip" = 1 ]; then
+        skip=0
+        continue
+    fi
+    case $arg in
+    --seconds | --rounds | --module | --token | --pin-source | --url | --ca-file)
+        skip=1 ;;
+    -*) ;;
+    *)
+        engine=$arg
+        break
+        ;;
+    esac
+done
+if [ "$engine" != client ]; then
+    exec "$ROOT/tests/env/with-tokens.sh" "$BUILD/veil-bench" "$@"
+fi
+
+if [ ! -x "$BUILD/tests/veil-fixture" ]; then
+    echo "bench.sh: $BUILD/tests/veil-fixture not found; build it first:" \
+        "make tests/veil-fixture" >&2
+    exit 2
+fi
+
+# Runs inside with-tokens.sh: start the fixture, run the benchmark in the
+# background (so that a signal is handled at once), stop both by PID.
+# shellcheck disable=SC2016 # expanded by the inner shell
+inner='
+set -u
+. "$1/tests/env/fixture.sh"
+shift
+BENCH_PID=
+stop() {
+    if [ -n "$BENCH_PID" ]; then
+        kill "$BENCH_PID" 2>/dev/null
+        wait "$BENCH_PID" 2>/dev/null
+    fi
+    fixture_stop
+}
+trap stop EXIT
+trap "exit 130" INT
+trap "exit 143" TERM
+fixture_start
+"$VEIL_BUILDDIR/veil-bench" "$@" --url "$FIXTURE_URL" \
+    --ca-file "$FIXTURE_CA" &
+BENCH_PID=$!
+rc=0
+wait "$BENCH_PID" || rc=$?
+BENCH_PID=
+exit "$rc"
+'
+exec "$ROOT/tests/env/with-tokens.sh" bash -c "$inner" bench-client \
+    "$ROOT" "$@"

@@ -7,6 +7,8 @@
  *   pkcs11    RSA-OAEP-SHA256 decrypt vs a bare C_Decrypt loop on the same
  *             token key (SoftHSM2), and AES-256-GCM seal in the token vs
  *             a bare C_Encrypt loop
+ *   client    the client's cost per request against a protocol server,
+ *             and its cold start (see bench_client.c)
  *
  * The machines this runs on are shared and noisy, so each measurement is
  * made of interleaved rounds (veil, baseline, veil, baseline, ...), each a
@@ -19,13 +21,10 @@
 #include <getopt.h>
 #include <limits.h>
 #include <math.h>
-#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <sys/utsname.h>
-#include <time.h>
 #include <unistd.h>
 
 #include <openssl/crypto.h>
@@ -38,32 +37,9 @@
 #include <p11-kit/p11-kit.h>
 #include <p11-kit/pkcs11.h>
 
-#include "veil/engine.h"
+#include "bench.h"
 
-#define EXIT_FAIL 1  /* a veil call (or a baseline / setup step) failed */
-#define EXIT_USAGE 2 /* bad command line */
-
-#define MAX_ROUNDS 1000
-#define MAX_SECONDS 60.0
-#define RSA_MSG_LEN 32 /* the protocol wraps a 32-byte AES key */
-#define GCM_IV_LEN 12
 #define TARGET 0.90 /* veil should reach 90% of the bare rate */
-
-/* ---- options ------------------------------------------------------------ */
-
-typedef struct bench_opts {
-    double seconds;  /* one timed slice */
-    unsigned rounds; /* slices per side */
-    int quick;
-    int run_software;
-    int run_pkcs11;
-    int pkcs11_required; /* ENGINE was "pkcs11": missing settings are errors */
-    const char *module;
-    const char *token;
-    const char *pin_spec;
-    const char *skip_note; /* why the pkcs11 part does not run, or NULL */
-    char pin_spec_buf[PATH_MAX + 8];
-} bench_opts;
 
 static const char *const USAGE =
     "Usage: veil-bench [ENGINE] [OPTIONS]\n"
@@ -79,6 +55,14 @@ static const char *const USAGE =
     "             AES-256-GCM seal (1 KiB, 64 KiB, 10 MiB) vs OpenSSL\n"
     "  pkcs11     RSA decrypt in a PKCS#11 token vs a bare C_Decrypt loop,\n"
     "             AES-256-GCM seal in the token vs a bare C_Encrypt loop\n"
+    "  client     the veil client against a NOMYO protocol server (--url;\n"
+    "             scripts/bench.sh client starts tests/veil-fixture): time\n"
+    "             per request split into encrypt, network and decrypt (100 B\n"
+    "             and 1 MiB prompts) vs a bare OpenSSL seal, a bare libcurl\n"
+    "             POST and a bare OpenSSL (or PKCS#11) open; and cold start\n"
+    "             (client_new + first request) vs a warm request, for\n"
+    "             ephemeral RSA-4096 and RSA-2048 keys and a token key.\n"
+    "             Not part of all.\n"
     "\n"
     "Options:\n"
     "  --seconds S        length of one timed slice (default 0.3)\n"
@@ -88,14 +72,20 @@ static const char *const USAGE =
     "  --pin-source SPEC  user PIN: file:/path or env:NAME (default\n"
     "                     $VEIL_PIN_SOURCE, else file:$VEIL_TEST_PIN_FILE);\n"
     "                     a PIN is never taken from the command line\n"
-    "  --no-pkcs11        skip the PKCS#11 measurements\n"
+    "  --no-pkcs11        skip the PKCS#11 measurements (client: the token\n"
+    "                     key)\n"
+    "  --url URL          client: base URL of the protocol server\n"
+    "  --ca-file FILE     client: PEM CA bundle for an https URL\n"
     "  --quick            1 round of 0.05 s, RSA 2048 only, AES 1 KiB and\n"
-    "                     64 KiB (smoke test); --seconds/--rounds override\n"
+    "                     64 KiB (smoke test); --seconds/--rounds override;\n"
+    "                     client: 1 round of 0.05 s, same sizes and keys\n"
     "  -h, --help         this text\n"
     "\n"
     "Output: one line per measurement:\n"
     "  name  veil_rate  baseline_rate  unit  ratio  target  ok|BELOW\n"
     "BELOW (ratio under the target) does not change the exit status.\n"
+    "client prints times instead of rates, and no target:\n"
+    "  name  veil_time  baseline_time  unit  ratio (veil / baseline time)\n"
     "\n"
     "Exit status:\n"
     "  0  all measurements ran\n"
@@ -140,12 +130,6 @@ static int parse_rounds(const char *s, unsigned *out)
     return 0;
 }
 
-static const char *env_nonempty(const char *name)
-{
-    const char *v = getenv(name);
-    return v && *v ? v : NULL;
-}
-
 /* Returns -1 when all went well and the program should run, else an exit
  * status. */
 static int parse_args(int argc, char **argv, bench_opts *o)
@@ -157,7 +141,9 @@ static int parse_args(int argc, char **argv, bench_opts *o)
         O_TOKEN,
         O_PIN,
         O_NOP11,
-        O_QUICK
+        O_QUICK,
+        O_URL,
+        O_CAFILE
     };
     static const struct option longopts[] = {
         {"seconds", required_argument, NULL, O_SECONDS},
@@ -167,6 +153,8 @@ static int parse_args(int argc, char **argv, bench_opts *o)
         {"pin-source", required_argument, NULL, O_PIN},
         {"no-pkcs11", no_argument, NULL, O_NOP11},
         {"quick", no_argument, NULL, O_QUICK},
+        {"url", required_argument, NULL, O_URL},
+        {"ca-file", required_argument, NULL, O_CAFILE},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -208,6 +196,12 @@ static int parse_args(int argc, char **argv, bench_opts *o)
         case O_QUICK:
             o->quick = 1;
             break;
+        case O_URL:
+            o->url = optarg;
+            break;
+        case O_CAFILE:
+            o->ca_file = optarg;
+            break;
         case 'h':
             fputs(USAGE, stdout);
             return 0;
@@ -232,10 +226,21 @@ static int parse_args(int argc, char **argv, bench_opts *o)
             return usage_error("ENGINE pkcs11 contradicts --no-pkcs11", NULL);
         o->run_pkcs11 = 1;
         o->pkcs11_required = 1;
+    } else if (strcmp(eng, "client") == 0) {
+        o->run_client = 1;
+        o->run_pkcs11 = !no_pkcs11; /* the token key */
+        if (!o->url)
+            return usage_error("client: --url is required (or run "
+                               "scripts/bench.sh client)",
+                               NULL);
     } else {
-        return usage_error("ENGINE must be all, software or pkcs11, not: ",
+        return usage_error("ENGINE must be all, software, pkcs11 or client, "
+                           "not: ",
                            eng);
     }
+    if (!o->run_client && (o->url || o->ca_file))
+        return usage_error("--url and --ca-file apply to ENGINE client only",
+                           NULL);
 
     o->seconds = o->quick ? 0.05 : 0.3;
     o->rounds = o->quick ? 1 : 5;
@@ -265,13 +270,22 @@ static int parse_args(int argc, char **argv, bench_opts *o)
                                           : "pkcs11: no token (--token or "
                                             "VEIL_TEST_SOFTHSM_TOKEN)",
                                NULL);
-        o->skip_note = !o->module
-                           ? "# pkcs11: skipped (no module: set --module or "
-                             "VEIL_TEST_SOFTHSM_MODULE, or run "
-                             "scripts/bench.sh)"
-                           : "# pkcs11: skipped (no token: set --token or "
-                             "VEIL_TEST_SOFTHSM_TOKEN, or run "
-                             "scripts/bench.sh)";
+        if (o->run_client)
+            o->skip_note = !o->module
+                               ? "# token key: skipped (no module: set "
+                                 "--module or VEIL_TEST_SOFTHSM_MODULE, or "
+                                 "run scripts/bench.sh client)"
+                               : "# token key: skipped (no token: set "
+                                 "--token or VEIL_TEST_SOFTHSM_TOKEN, or "
+                                 "run scripts/bench.sh client)";
+        else
+            o->skip_note = !o->module
+                               ? "# pkcs11: skipped (no module: set --module "
+                                 "or VEIL_TEST_SOFTHSM_MODULE, or run "
+                                 "scripts/bench.sh)"
+                               : "# pkcs11: skipped (no token: set --token or "
+                                 "VEIL_TEST_SOFTHSM_TOKEN, or run "
+                                 "scripts/bench.sh)";
         o->run_pkcs11 = 0;
     }
     return -1;
@@ -279,29 +293,7 @@ static int parse_args(int argc, char **argv, bench_opts *o)
 
 /* ---- errors ------------------------------------------------------------- */
 
-static int veil_fail(const char *what)
-{
-    const veil_error *err = veil_last_error();
-
-    fprintf(stderr, "veil-bench: %s failed: %s (%s%s%s)\n", what, err->message,
-            veil_rc_name(err->code), err->provider_code[0] ? ", " : "",
-            err->provider_code);
-    return -1;
-}
-
-static int ossl_fail(const char *what)
-{
-    char buf[256] = "no OpenSSL error queued";
-    unsigned long e = ERR_get_error();
-
-    if (e)
-        ERR_error_string_n(e, buf, sizeof buf);
-    ERR_clear_error();
-    fprintf(stderr, "veil-bench: %s failed: %s\n", what, buf);
-    return -1;
-}
-
-static const char *ckr_name(CK_RV rv)
+const char *ckr_name(CK_RV rv)
 {
     switch (rv) {
     case CKR_OK:
@@ -353,61 +345,14 @@ static const char *ckr_name(CK_RV rv)
     }
 }
 
-static int ckr_fail(const char *what, CK_RV rv)
+int ckr_fail(const char *what, CK_RV rv)
 {
     fprintf(stderr, "veil-bench: %s failed: %s (0x%lx)\n", what, ckr_name(rv),
             (unsigned long)rv);
     return -1;
 }
 
-/* Engine log lines (warnings and errors only) go to stderr. */
-static void log_to_stderr(void *ctx, veil_log_level level, const char *line)
-{
-    fprintf(stderr, "veil-bench: veil %s: %s\n",
-            level == VEIL_LOG_ERROR ? "error" : "warning", line);
-}
-
-/* ---- timing ------------------------------------------------------------- */
-
-/* One operation; returns 0, or -1 after printing why it failed. */
-typedef int (*bench_op)(void *ctx);
-
-static double now_s(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-/* Runs op back to back for `seconds` of wall-clock time (at least once)
- * and returns operations per second. */
-static int time_slice(bench_op op, void *ctx, double seconds, double *rate)
-{
-    double t0 = now_s(), t;
-    unsigned long n = 0;
-
-    do {
-        if (op(ctx) != 0)
-            return -1;
-        n++;
-        t = now_s();
-    } while (t - t0 < seconds);
-    *rate = (double)n / (t - t0);
-    return 0;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-static double median(double *v, unsigned n)
-{
-    qsort(v, n, sizeof *v, cmp_double);
-    return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2.0;
-}
+/* ---- measuring ---------------------------------------------------------- */
 
 static void print_table_header(void)
 {
@@ -470,17 +415,9 @@ static int op_veil_rsa_decrypt(void *arg)
 static int op_ossl_rsa_decrypt(void *arg)
 {
     rsa_sw_ctx *c = arg;
-    EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new(c->pkey, NULL);
     size_t outlen = sizeof c->out;
-    int ok;
 
-    ok = ctx && EVP_PKEY_decrypt_init(ctx) == 1 &&
-         EVP_PKEY_CTX_set_rsa_padding(ctx, RSA_PKCS1_OAEP_PADDING) == 1 &&
-         EVP_PKEY_CTX_set_rsa_oaep_md(ctx, EVP_sha256()) == 1 &&
-         EVP_PKEY_CTX_set_rsa_mgf1_md(ctx, EVP_sha256()) == 1 &&
-         EVP_PKEY_decrypt(ctx, c->out, &outlen, c->ct, c->ct_len) == 1;
-    EVP_PKEY_CTX_free(ctx);
-    if (!ok)
+    if (ossl_oaep_decrypt(c->pkey, c->ct, c->ct_len, c->out, &outlen) != 0)
         return ossl_fail("EVP_PKEY_decrypt");
     c->out_len = outlen;
     return 0;
@@ -692,32 +629,11 @@ static int op_veil_gcm_seal(void *arg)
 static int op_ossl_gcm_seal(void *arg)
 {
     aes_ctx *c = arg;
-    EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
-    int n1 = 0, n2 = 0, ok;
 
-    ok = ctx &&
-         EVP_EncryptInit_ex(ctx, EVP_aes_256_gcm(), NULL, NULL, NULL) == 1 &&
-         EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_SET_IVLEN, (int)sizeof c->iv,
-                             NULL) == 1 &&
-         EVP_EncryptInit_ex(ctx, NULL, NULL, c->key, c->iv) == 1 &&
-         EVP_EncryptUpdate(ctx, c->ct_base, &n1, c->pt, (int)c->len) == 1 &&
-         EVP_EncryptFinal_ex(ctx, c->ct_base + n1, &n2) == 1 &&
-         EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_GET_TAG, VEIL_GCM_TAG_LEN,
-                             c->tag_base) == 1;
-    EVP_CIPHER_CTX_free(ctx);
-    if (!ok)
+    if (ossl_gcm_seal(c->key, c->iv, sizeof c->iv, c->pt, c->len, c->ct_base,
+                      c->tag_base) != 0)
         return ossl_fail("EVP AES-256-GCM seal");
     return 0;
-}
-
-static void size_name(size_t len, char *buf, size_t n)
-{
-    if (len >= 1024 * 1024 && len % (1024 * 1024) == 0)
-        snprintf(buf, n, "%zuMiB", len / (1024 * 1024));
-    else if (len >= 1024 && len % 1024 == 0)
-        snprintf(buf, n, "%zuKiB", len / 1024);
-    else
-        snprintf(buf, n, "%zuB", len);
 }
 
 /* Allocates the buffers for one message size; fills key, iv and pt. */
@@ -787,14 +703,6 @@ out:
 
 /* ---- PKCS#11: the bare side --------------------------------------------- */
 
-typedef struct p11_bare {
-    CK_FUNCTION_LIST *f;
-    CK_SLOT_ID slot;
-    CK_SESSION_HANDLE s;
-    int have_session;
-    int we_initialized; /* C_Initialize returned CKR_OK: we finalize */
-} p11_bare;
-
 static int token_label_is(const CK_UTF8CHAR label[32], const char *want)
 {
     size_t n = strlen(want), i;
@@ -828,7 +736,7 @@ static void p11_close_session(p11_bare *b)
  * same initialised library and login state), finds the token by label and
  * opens a session of our own.  The user login is per application, so the
  * new session is logged in already. */
-static int p11_bare_open(p11_bare *b, const char *module, const char *token)
+int p11_bare_open(p11_bare *b, const char *module, const char *token)
 {
     CK_C_INITIALIZE_ARGS args;
     CK_SLOT_ID *slots = NULL;
@@ -889,7 +797,7 @@ static int p11_bare_open(p11_bare *b, const char *module, const char *token)
     return p11_open_session(b);
 }
 
-static void p11_bare_close(p11_bare *b)
+void p11_bare_close(p11_bare *b)
 {
     if (!b->f)
         return;
@@ -921,8 +829,7 @@ static int hex_decode(const char *hex, uint8_t *out, size_t cap, size_t *len)
 /* Finds the private key veil generated: CKO_PRIVATE_KEY + CKA_LABEL, plus
  * the CKA_ID veil reports, so that a leftover key never gets in the way.
  * (Session objects are visible to every session of the application.) */
-static int p11_find_private_key(p11_bare *b, const veil_key *k,
-                                CK_OBJECT_HANDLE *out)
+int p11_find_private_key(p11_bare *b, const veil_key *k, CK_OBJECT_HANDLE *out)
 {
     veil_key_info info;
     CK_OBJECT_CLASS cls = CKO_PRIVATE_KEY;
@@ -965,21 +872,7 @@ static int p11_find_private_key(p11_bare *b, const veil_key *k,
 
 /* ---- PKCS#11 RSA -------------------------------------------------------- */
 
-typedef struct p11_rsa_ctx {
-    veil_engine *e;
-    veil_key *key;
-    p11_bare *b;
-    CK_OBJECT_HANDLE h;
-    CK_RSA_PKCS_OAEP_PARAMS oaep;
-    CK_MECHANISM mech;
-    uint8_t ct[512];
-    size_t ct_len;
-    uint8_t out[512];
-    CK_ULONG out_len;
-    size_t k; /* modulus bytes */
-} p11_rsa_ctx;
-
-static CK_RV p11_decrypt_once(p11_rsa_ctx *c)
+CK_RV p11_decrypt_once(p11_rsa_ctx *c)
 {
     CK_RV rv = c->b->f->C_DecryptInit(c->b->s, &c->mech, c->h);
 
@@ -1015,8 +908,8 @@ static int op_veil_p11_decrypt(void *arg)
 /* Picks the baseline mechanism: native OAEP with SHA-256 if the token
  * takes it, else CKM_RSA_X_509 (what veil itself falls back to, doing the
  * OAEP decoding on the host).  Checks the result either way. */
-static int p11_pick_mechanism(p11_rsa_ctx *c, const uint8_t *msg,
-                              size_t msg_len, const char **mech_name)
+int p11_pick_mechanism(p11_rsa_ctx *c, const uint8_t *msg, size_t msg_len,
+                       const char **mech_name)
 {
     CK_RV rv;
 
@@ -1261,35 +1154,6 @@ static int run_software(const bench_opts *o, veil_engine *e)
     return 0;
 }
 
-/* "pkcs11:token=<label>", the label percent-encoded (RFC 7512). */
-static int token_uri(const char *label, char *out, size_t n)
-{
-    static const char hex[] = "0123456789ABCDEF";
-    size_t used;
-    int w = snprintf(out, n, "pkcs11:token=");
-
-    if (w < 0 || (size_t)w >= n)
-        return -1;
-    used = (size_t)w;
-    for (; *label; label++) {
-        unsigned char ch = (unsigned char)*label;
-        int plain = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
-                    (ch >= '0' && ch <= '9') || ch == '-' || ch == '.' ||
-                    ch == '_' || ch == '~';
-        if (used + (plain ? 1 : 3) >= n)
-            return -1;
-        if (plain) {
-            out[used++] = (char)ch;
-        } else {
-            out[used++] = '%';
-            out[used++] = hex[ch >> 4];
-            out[used++] = hex[ch & 15];
-        }
-    }
-    out[used] = '\0';
-    return 0;
-}
-
 static void print_caps(const char *what, const veil_caps *caps)
 {
     printf("#   %s: %s (%s)%s%s%s%s\n", what, caps->description, caps->provider,
@@ -1361,26 +1225,6 @@ out:
     return ret;
 }
 
-static void print_machine(const bench_opts *o)
-{
-    struct utsname u;
-    cpu_set_t set;
-    long ncpu = -1;
-
-    if (sched_getaffinity(0, sizeof set, &set) == 0)
-        ncpu = CPU_COUNT(&set);
-    if (ncpu <= 0)
-        ncpu = sysconf(_SC_NPROCESSORS_ONLN);
-    if (uname(&u) != 0)
-        snprintf(u.machine, sizeof u.machine, "unknown");
-    printf("# veil-bench: machine %s, nproc %ld; %s\n", u.machine, ncpu,
-           OpenSSL_version(OPENSSL_VERSION));
-    printf("# %u round%s x %.2f s per side, interleaved; rates are medians; "
-           "ratio = veil / baseline\n",
-           o->rounds, o->rounds == 1 ? "" : "s", o->seconds);
-    fflush(stdout);
-}
-
 int main(int argc, char **argv)
 {
     bench_opts o;
@@ -1392,6 +1236,8 @@ int main(int argc, char **argv)
     st = parse_args(argc, argv, &o);
     if (st >= 0)
         return st;
+    if (o.run_client)
+        return bench_client_run(&o);
 
     memset(&cfg, 0, sizeof cfg);
     cfg.log = log_to_stderr;
@@ -1406,7 +1252,7 @@ int main(int argc, char **argv)
             return usage_error("--pin-source: ", veil_last_error()->message);
     }
 
-    print_machine(&o);
+    print_machine(&o, "rates are medians; ratio = veil / baseline");
     if (veil_engine_new(&cfg, &e) != VEIL_OK) {
         veil_fail("veil_engine_new");
         return EXIT_FAIL;

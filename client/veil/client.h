@@ -145,8 +145,10 @@ typedef struct veil_request_opts {
 
 /* Where the time of one call went (wall clock, nanoseconds). */
 typedef struct veil_chat_stats {
-    uint64_t encrypt_ns; /* serialising and sealing the request */
-    uint64_t network_ns; /* HTTP exchanges, including backoff waits */
+    uint64_t encrypt_ns; /* serialising and sealing the request (and a
+                            key rotation, when one falls due) */
+    uint64_t network_ns; /* HTTP exchanges, server key fetches and
+                            backoff waits */
     uint64_t decrypt_ns; /* opening and parsing the answer */
     unsigned attempts;   /* packages sent */
     char payload_id[37]; /* the payload ID of the answered package */
