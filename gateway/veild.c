@@ -1,0 +1,295 @@
+/* veild: the veil gateway.  Publishes the server's public key, opens each
+ * NOMYO v1 request inside the token that holds the private key, forwards
+ * the plaintext to an OpenAI-compatible inference server, and seals the
+ * answer to the caller's key.  See docs/GATEWAY.md and veild(8). */
+#include "config.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "gateway.h"
+#include "package.h"
+
+#define GRACE_S 30
+
+static const char usage[] =
+    "usage: veild [--config FILE] [--SETTING VALUE]...\n"
+    "\n"
+    "The veil gateway: end-to-end encrypted chat completions (NOMYO v1\n"
+    "protocol) with the server's private key in a PKCS#11 token.\n"
+    "\n"
+    "  --config FILE   read settings from FILE (format: docs/GATEWAY.md);\n"
+    "                  flags given after it override it\n"
+    "  -h, --help      this help\n"
+    "  --version       print the version\n"
+    "\n"
+    "Every setting of the config file is also a flag (--NAME VALUE):\n";
+
+static veil_log_level log_level = VEIL_LOG_INFO;
+
+static void log_stderr(void *ctx, veil_log_level level, const char *line)
+{
+    static const char *const names[] = {"error", "warn", "info", "debug"};
+    (void)ctx;
+    if (level <= log_level)
+        fprintf(stderr, "veild: %s: %s\n", names[level], line);
+}
+
+static void say(veil_log_level level, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+static void say(veil_log_level level, const char *fmt, ...)
+{
+    char line[600];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof line, fmt, ap);
+    va_end(ap);
+    log_stderr(NULL, level, line);
+}
+
+static int parse_level(const char *s, veil_log_level *out)
+{
+    static const char *const names[] = {"error", "warn", "info", "debug"};
+    for (int i = 0; i < 4; i++)
+        if (s && strcmp(s, names[i]) == 0) {
+            *out = (veil_log_level)i;
+            return 1;
+        }
+    return 0;
+}
+
+/* Reads the config file named by --config first, then applies every flag
+ * in order.  0 on success, 2 on a usage error (printed). */
+static int parse_args(int argc, char **argv, gw_config *cfg)
+{
+    char err[512];
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--config")) {
+            if (i + 1 >= argc) {
+                fprintf(stderr, "veild: --config needs a file\n");
+                return 2;
+            }
+            if (gw_config_load(cfg, argv[i + 1], err, sizeof err) != 0) {
+                fprintf(stderr, "veild: %s\n", err);
+                return 2;
+            }
+        }
+    }
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "--config")) {
+            i++;
+            continue;
+        }
+        if (strncmp(a, "--", 2) != 0 || a[2] == '\0') {
+            fprintf(stderr, "veild: unexpected argument '%s' (see --help)\n",
+                    a);
+            return 2;
+        }
+        char name[64];
+        const char *value;
+        const char *eq = strchr(a, '=');
+        if (eq) {
+            snprintf(name, sizeof name, "%.*s", (int)(eq - a - 2), a + 2);
+            value = eq + 1;
+        } else {
+            snprintf(name, sizeof name, "%s", a + 2);
+            if (i + 1 >= argc) {
+                fprintf(stderr, "veild: %s needs a value\n", a);
+                return 2;
+            }
+            value = argv[++i];
+        }
+        if (gw_config_set(cfg, name, value, err, sizeof err) != 0) {
+            fprintf(stderr, "veild: %s\n", err);
+            return 2;
+        }
+    }
+    if (gw_config_check(cfg, err, sizeof err) != 0) {
+        fprintf(stderr, "veild: %s\n", err);
+        return 2;
+    }
+    return 0;
+}
+
+static int write_port_file(const char *path, unsigned port)
+{
+    char tmp[4096];
+    if (snprintf(tmp, sizeof tmp, "%s.tmp", path) >= (int)sizeof tmp)
+        return -1;
+    FILE *f = fopen(tmp, "w");
+    if (f == NULL)
+        return -1;
+    int ok = fprintf(f, "%u\n", port) > 0;
+    ok &= fclose(f) == 0;
+    return ok && rename(tmp, path) == 0 ? 0 : -1;
+}
+
+/* Opens the server key: an RSA private key of 2048 bits or more. */
+static veil_key *open_server_key(veil_engine *e, const gw_config *cfg)
+{
+    veil_key *k = NULL;
+    veil_key_info info;
+    if (veil_key_open(e, cfg->server_key, &k) != VEIL_OK) {
+        say(VEIL_LOG_ERROR, "server key %s: %s", cfg->server_key,
+            veil_last_error()->message);
+        return NULL;
+    }
+    if (veil_key_get_info(k, &info) != VEIL_OK || info.type != VEIL_KEY_RSA ||
+        info.bits < VEIL_PKG_MIN_RSA_BITS || !info.has_private) {
+        say(VEIL_LOG_ERROR,
+            "server key %s must be an RSA private key of at least %u bits",
+            cfg->server_key, VEIL_PKG_MIN_RSA_BITS);
+        veil_key_free(k);
+        return NULL;
+    }
+    say(VEIL_LOG_INFO, "server key: %s RSA-%u %s%s%s", info.provider, info.bits,
+        info.fingerprint, info.sensitive == 1 ? ", sensitive" : "",
+        info.extractable == 0 ? ", not extractable" : "");
+    return k;
+}
+
+static int loopback(const char *addr)
+{
+    return !strcmp(addr, "127.0.0.1") || !strcmp(addr, "::1") ||
+           !strncmp(addr, "127.", 4);
+}
+
+int main(int argc, char **argv)
+{
+    gw_config cfg;
+    gw_config_init(&cfg);
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
+            fputs(usage, stdout);
+            gw_config_help(stdout);
+            gw_config_free(&cfg);
+            return 0;
+        }
+        if (!strcmp(argv[i], "--version")) {
+            printf("veild %s\n", PACKAGE_VERSION);
+            gw_config_free(&cfg);
+            return 0;
+        }
+    }
+    int rc = parse_args(argc, argv, &cfg);
+    if (rc != 0) {
+        gw_config_free(&cfg);
+        return rc;
+    }
+    parse_level(cfg.log_level, &log_level);
+
+    /* Signals are taken by sigwait below; every thread inherits the mask. */
+    sigset_t sigs;
+    sigemptyset(&sigs);
+    sigaddset(&sigs, SIGTERM);
+    sigaddset(&sigs, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    if (veil_disable_core_dumps() != VEIL_OK)
+        say(VEIL_LOG_WARN, "core dumps could not be turned off: %s",
+            veil_last_error()->message);
+
+    veil_engine *e = NULL;
+    veil_key *key = NULL;
+    gw_auth *auth = NULL;
+    gw_strikes *strikes = NULL;
+    gw_rate *rate = NULL;
+    gw_server *server = NULL;
+    char err[512];
+    rc = 1;
+
+    veil_engine_config ec = {
+        .pkcs11_module = cfg.pkcs11_module,
+        .log = log_stderr,
+        .log_level = log_level,
+    };
+    if (cfg.pin_source &&
+        veil_pin_source_parse(cfg.pin_source, &ec.pin) != VEIL_OK) {
+        say(VEIL_LOG_ERROR, "pin_source: %s", veil_last_error()->message);
+        goto out;
+    }
+    if (veil_engine_new(&ec, &e) != VEIL_OK) {
+        say(VEIL_LOG_ERROR, "engine: %s", veil_last_error()->message);
+        goto out;
+    }
+    if ((key = open_server_key(e, &cfg)) == NULL)
+        goto out;
+    if (cfg.api_keys &&
+        (auth = gw_auth_load(cfg.api_keys, err, sizeof err)) == NULL) {
+        say(VEIL_LOG_ERROR, "api_keys: %s", err);
+        goto out;
+    }
+    strikes = gw_strikes_new(cfg.replay_window, cfg.replay_capacity);
+    rate = gw_rate_new(cfg.rate, cfg.burst, 65536);
+    if (strikes == NULL || rate == NULL) {
+        say(VEIL_LOG_ERROR, "out of memory");
+        goto out;
+    }
+    gw_deps deps = {
+        .cfg = &cfg,
+        .engine = e,
+        .server_key = key,
+        .auth = auth,
+        .strikes = strikes,
+        .rate = rate,
+        .log = log_stderr,
+        .log_level = log_level,
+    };
+    if ((server = gw_server_start(&deps, err, sizeof err)) == NULL) {
+        say(VEIL_LOG_ERROR, "%s", err);
+        goto out;
+    }
+    unsigned port = gw_server_port(server);
+    veil_memory_status mem;
+    veil_memory_status_get(&mem);
+    say(VEIL_LOG_INFO,
+        "listening on %s://%s:%u; %zu model(s); memory: locking %s, "
+        "core dumps %s; replay register %zu KiB",
+        cfg.tls_cert ? "https" : "http", cfg.listen_addr, port, cfg.n_models,
+        mem.locking ? "on" : "OFF", mem.core_dumps_off ? "off" : "ON",
+        gw_strikes_bytes(strikes) / 1024);
+    if (!auth)
+        say(VEIL_LOG_WARN, "no api_keys file: authentication is off");
+    if (!cfg.tls_cert && !loopback(cfg.listen_addr))
+        say(VEIL_LOG_WARN,
+            "plain http on %s: put TLS in front (tls_cert, "
+            "tls_key, or a reverse proxy)",
+            cfg.listen_addr);
+    if (cfg.port_file && write_port_file(cfg.port_file, port) != 0) {
+        say(VEIL_LOG_ERROR, "cannot write %s: %s", cfg.port_file,
+            strerror(errno));
+        goto out;
+    }
+
+    int sig = 0;
+    while (sigwait(&sigs, &sig) != 0)
+        ;
+    say(VEIL_LOG_INFO, "%s: finishing requests in flight (at most %d s)",
+        sig == SIGTERM ? "SIGTERM" : "SIGINT", GRACE_S);
+    unsigned cut = gw_server_stop(server, GRACE_S);
+    server = NULL;
+    if (cut)
+        say(VEIL_LOG_WARN, "%u request(s) cut off at shutdown", cut);
+    say(VEIL_LOG_INFO, "stopped");
+    rc = 0;
+out:
+    gw_server_stop(server, 0);
+    gw_upstream_cleanup();
+    gw_rate_free(rate);
+    gw_strikes_free(strikes);
+    gw_auth_free(auth);
+    veil_key_free(key);
+    veil_engine_free(e);
+    gw_config_free(&cfg);
+    return rc;
+}

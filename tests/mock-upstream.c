@@ -1,0 +1,709 @@
+/* mock-upstream: a stand-in inference server for the gateway's tests.  No
+ * real model can run in CI here; this answers like an OpenAI-compatible
+ * server, or fails on purpose.
+ *
+ *   mock-upstream --port-file FILE [--api-key-file FILE]
+ *
+ * Listens on 127.0.0.1 on an ephemeral port and writes the port number and
+ * a newline to FILE (atomically: FILE.tmp, then rename) once listening.
+ * Runs until SIGTERM or SIGINT, then exits 0.  Exit status 1: could not
+ * start; 2: usage.
+ *
+ *   POST /v1/chat/completions   by the request's model name:
+ *     mock/status-NNN   HTTP NNN, {"error": {"message": "mock upstream:
+ *                       status NNN", "type": "invalid_request_error"}}
+ *     mock/slow-MS      waits MS milliseconds, then answers normally
+ *     mock/detail-NNN   HTTP NNN, {"detail": "mock upstream: detail NNN"}
+ *     mock/text-NNN     HTTP NNN, plain text: several lines, control
+ *                       characters, invalid UTF-8, over 400 bytes
+ *     mock/not-json     200 with "<html>oops</html>"
+ *     mock/big-N        a normal answer whose content is N bytes of 'x'
+ *     mock/chunked-N    the same, sent chunked (no Content-Length)
+ *     anything else     a chat.completion whose content is "mock: " and
+ *                       the last user message
+ *     "stream": true is refused with 400 (the gateway must turn it off).
+ *     With --api-key-file, a missing or wrong Bearer key gets 401.
+ *   GET /v1/models              {"object":"list","data":[{"id":"mock",...}]}
+ *   GET /mock/stats             {"requests": N, "connections": M} (tests)
+ *
+ * One line per request on stderr: its number, model and status (never a
+ * message's content).
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cjson/cJSON.h>
+#include <microhttpd.h>
+
+#define MOCK_CHAT_PATH "/v1/chat/completions"
+#define MOCK_MODELS_PATH "/v1/models"
+#define MOCK_STATS_PATH "/mock/stats"
+#define MOCK_MAX_BODY (64u * 1024u * 1024u)
+/* Largest mock/big-N answer and longest mock/slow-MS wait. */
+#define MOCK_MAX_BIG (256u * 1024u * 1024u)
+#define MOCK_MAX_SLOW_MS 600000u
+
+static const char usage_text[] =
+    "usage: mock-upstream --port-file FILE [--api-key-file FILE]\n";
+
+typedef struct mock {
+    struct MHD_Daemon *d;
+    char *api_key;
+    pthread_mutex_t lock; /* everything below */
+    pthread_cond_t cond;  /* signalled when stopping */
+    int stopping;
+    unsigned long requests, connections;
+} mock;
+
+/* What one connection's current request has read so far. */
+typedef struct mock_body {
+    char *data;
+    size_t len, cap;
+    int too_large;
+} mock_body;
+
+/* ---- helpers ------------------------------------------------------------ */
+
+static unsigned long count_request(mock *s)
+{
+    unsigned long n;
+
+    pthread_mutex_lock(&s->lock);
+    n = ++s->requests;
+    pthread_mutex_unlock(&s->lock);
+    return n;
+}
+
+static void log_request(unsigned long n, const char *method, const char *url,
+                        const char *model, unsigned status)
+{
+    char line[512];
+
+    snprintf(line, sizeof line, "mock-upstream: #%lu %s %s model=%s -> %u\n", n,
+             method, url, model ? model : "-", status);
+    fputs(line, stderr); /* one call: lines of threads do not mix */
+}
+
+/* Waits up to ms milliseconds; returns early when the server stops. */
+static void wait_ms(mock *s, unsigned ms)
+{
+    struct timespec dl;
+
+    clock_gettime(CLOCK_MONOTONIC, &dl);
+    dl.tv_sec += ms / 1000;
+    dl.tv_nsec += (long)(ms % 1000) * 1000000L;
+    if (dl.tv_nsec >= 1000000000L) {
+        dl.tv_sec++;
+        dl.tv_nsec -= 1000000000L;
+    }
+    pthread_mutex_lock(&s->lock);
+    while (!s->stopping)
+        if (pthread_cond_timedwait(&s->cond, &s->lock, &dl) == ETIMEDOUT)
+            break;
+    pthread_mutex_unlock(&s->lock);
+}
+
+/* Queues text (taken: freed by libmicrohttpd) with status. */
+static enum MHD_Result send_text(struct MHD_Connection *conn, unsigned status,
+                                 char *text, const char *content_type)
+{
+    struct MHD_Response *resp;
+    enum MHD_Result ret;
+
+    if (text == NULL)
+        return MHD_NO;
+    resp = MHD_create_response_from_buffer(strlen(text), text,
+                                           MHD_RESPMEM_MUST_FREE);
+    if (resp == NULL) {
+        free(text);
+        return MHD_NO;
+    }
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, content_type);
+    ret = MHD_queue_response(conn, status, resp);
+    MHD_destroy_response(resp);
+    return ret;
+}
+
+/* A body sent without Content-Length (chunked), from the callback below. */
+typedef struct mock_stream {
+    char *text;
+    size_t len;
+} mock_stream;
+
+static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max)
+{
+    mock_stream *st = cls;
+    size_t n;
+
+    if (pos >= st->len)
+        return MHD_CONTENT_READER_END_OF_STREAM;
+    n = st->len - (size_t)pos;
+    if (n > max)
+        n = max;
+    memcpy(buf, st->text + pos, n);
+    return (ssize_t)n;
+}
+
+static void stream_free(void *cls)
+{
+    mock_stream *st = cls;
+
+    free(st->text);
+    free(st);
+}
+
+static enum MHD_Result send_chunked(struct MHD_Connection *conn,
+                                    unsigned status, char *text)
+{
+    mock_stream *st = text ? malloc(sizeof *st) : NULL;
+    struct MHD_Response *resp;
+    enum MHD_Result ret;
+
+    if (st == NULL) {
+        free(text);
+        return MHD_NO;
+    }
+    st->text = text;
+    st->len = strlen(text);
+    resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 65536,
+                                             stream_read, st, stream_free);
+    if (resp == NULL) {
+        stream_free(st);
+        return MHD_NO;
+    }
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE,
+                            "application/json");
+    ret = MHD_queue_response(conn, status, resp);
+    MHD_destroy_response(resp);
+    return ret;
+}
+
+static enum MHD_Result send_json(struct MHD_Connection *conn, unsigned status,
+                                 cJSON *j)
+{
+    char *text = j ? cJSON_PrintUnformatted(j) : NULL;
+
+    cJSON_Delete(j);
+    return send_text(conn, status, text, "application/json");
+}
+
+/* {"error": {"message": message, "type": type[, "code": code]}} */
+static enum MHD_Result send_error(struct MHD_Connection *conn, unsigned status,
+                                  const char *message, const char *type,
+                                  const char *code)
+{
+    cJSON *j = cJSON_CreateObject(), *e = NULL;
+    int ok = j != NULL;
+
+    ok = ok && (e = cJSON_AddObjectToObject(j, "error")) != NULL;
+    ok = ok && cJSON_AddStringToObject(e, "message", message);
+    ok = ok && cJSON_AddStringToObject(e, "type", type);
+    ok = ok && (code ? cJSON_AddStringToObject(e, "code", code) != NULL
+                     : cJSON_AddNullToObject(e, "code") != NULL);
+    if (!ok) {
+        cJSON_Delete(j);
+        return MHD_NO;
+    }
+    return send_json(conn, status, j);
+}
+
+/* The content of the last user message ("" when there is none); a list of
+ * parts is joined from its text parts.  malloc'd; NULL: no memory. */
+static char *last_user_content(const cJSON *messages)
+{
+    const cJSON *m, *last = NULL, *content, *part;
+    size_t n = 0;
+    char *out;
+
+    cJSON_ArrayForEach(m, messages)
+    {
+        const cJSON *role = cJSON_GetObjectItemCaseSensitive(m, "role");
+
+        if (cJSON_IsString(role) && strcmp(role->valuestring, "user") == 0)
+            last = m;
+    }
+    content = last ? cJSON_GetObjectItemCaseSensitive(last, "content") : NULL;
+    if (cJSON_IsString(content))
+        return strdup(content->valuestring);
+    if (!cJSON_IsArray(content))
+        return strdup("");
+    cJSON_ArrayForEach(part, content)
+    {
+        const cJSON *t = cJSON_GetObjectItemCaseSensitive(part, "text");
+
+        if (cJSON_IsString(t))
+            n += strlen(t->valuestring);
+    }
+    if ((out = malloc(n + 1)) == NULL)
+        return NULL;
+    n = 0;
+    cJSON_ArrayForEach(part, content)
+    {
+        const cJSON *t = cJSON_GetObjectItemCaseSensitive(part, "text");
+
+        if (cJSON_IsString(t)) {
+            size_t l = strlen(t->valuestring);
+
+            memcpy(out + n, t->valuestring, l);
+            n += l;
+        }
+    }
+    out[n] = '\0';
+    return out;
+}
+
+/* A chat.completion with content (taken). */
+static cJSON *make_answer(unsigned long n, const char *model, char *content)
+{
+    cJSON *a = cJSON_CreateObject(), *choices = NULL, *choice = NULL;
+    cJSON *msg = NULL, *usage = NULL;
+    char id[64];
+    int ok = a != NULL && content != NULL;
+    double completion = content ? (double)(strlen(content) / 4 + 1) : 0;
+
+    snprintf(id, sizeof id, "chatcmpl-mock-%lu", n);
+    ok = ok && cJSON_AddStringToObject(a, "id", id);
+    ok = ok && cJSON_AddStringToObject(a, "object", "chat.completion");
+    ok = ok && cJSON_AddNumberToObject(a, "created", (double)time(NULL));
+    ok = ok && cJSON_AddStringToObject(a, "model", model);
+    ok = ok && (choices = cJSON_AddArrayToObject(a, "choices")) != NULL;
+    ok = ok && (choice = cJSON_CreateObject()) != NULL;
+    ok = ok && cJSON_AddItemToArray(choices, choice);
+    ok = ok && cJSON_AddNumberToObject(choice, "index", 0);
+    ok = ok && (msg = cJSON_AddObjectToObject(choice, "message")) != NULL;
+    ok = ok && cJSON_AddStringToObject(msg, "role", "assistant");
+    ok = ok && cJSON_AddStringToObject(msg, "content", content);
+    ok = ok && cJSON_AddStringToObject(choice, "finish_reason", "stop");
+    ok = ok && (usage = cJSON_AddObjectToObject(a, "usage")) != NULL;
+    ok = ok && cJSON_AddNumberToObject(usage, "prompt_tokens", 1);
+    ok = ok && cJSON_AddNumberToObject(usage, "completion_tokens", completion);
+    ok = ok && cJSON_AddNumberToObject(usage, "total_tokens", completion + 1);
+    free(content);
+    if (!ok) {
+        cJSON_Delete(a);
+        return NULL;
+    }
+    return a;
+}
+
+/* The number after prefix in s, within [lo, hi]; -1 when s is not that. */
+static long suffix_number(const char *s, const char *prefix, long lo, long hi)
+{
+    size_t n = strlen(prefix);
+    char *end;
+    long v;
+
+    if (strncmp(s, prefix, n) != 0 || s[n] < '0' || s[n] > '9')
+        return -1;
+    errno = 0;
+    v = strtol(s + n, &end, 10);
+    if (errno != 0 || *end != '\0' || v < lo || v > hi)
+        return -1;
+    return v;
+}
+
+/* ---- routes ------------------------------------------------------------- */
+
+static int authorized(mock *s, struct MHD_Connection *conn)
+{
+    const char *auth;
+
+    if (s->api_key == NULL)
+        return 1;
+    auth = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
+                                       MHD_HTTP_HEADER_AUTHORIZATION);
+    return auth != NULL && strncmp(auth, "Bearer ", 7) == 0 &&
+           strcmp(auth + 7, s->api_key) == 0;
+}
+
+static enum MHD_Result handle_chat(mock *s, struct MHD_Connection *conn,
+                                   const mock_body *body)
+{
+    unsigned long n = count_request(s);
+    cJSON *req = NULL, *answer;
+    const cJSON *model_j, *messages, *stream;
+    const char *model = NULL;
+    char message[128], *content;
+    unsigned status = 200;
+    long v;
+    enum MHD_Result ret;
+
+    if (!authorized(s, conn)) {
+        status = 401;
+        ret = send_error(conn, status, "mock upstream: invalid API key",
+                         "invalid_request_error", "invalid_api_key");
+        goto out;
+    }
+    if (body->too_large) {
+        status = 413;
+        ret = send_error(conn, status, "mock upstream: request too large",
+                         "invalid_request_error", NULL);
+        goto out;
+    }
+    req = cJSON_ParseWithLength(body->data ? body->data : "", body->len);
+    if (!cJSON_IsObject(req)) {
+        status = 400;
+        ret = send_error(conn, status, "mock upstream: request is not JSON",
+                         "invalid_request_error", NULL);
+        goto out;
+    }
+    model_j = cJSON_GetObjectItemCaseSensitive(req, "model");
+    messages = cJSON_GetObjectItemCaseSensitive(req, "messages");
+    stream = cJSON_GetObjectItemCaseSensitive(req, "stream");
+    if (cJSON_IsString(model_j))
+        model = model_j->valuestring;
+    if (model == NULL || !cJSON_IsArray(messages)) {
+        status = 400;
+        ret = send_error(conn, status,
+                         "mock upstream: \"model\" and \"messages\" are "
+                         "required",
+                         "invalid_request_error", NULL);
+        goto out;
+    }
+    if (cJSON_IsTrue(stream)) {
+        status = 400;
+        ret = send_error(conn, status, "mock upstream: stream must be false",
+                         "invalid_request_error", NULL);
+        goto out;
+    }
+    if ((v = suffix_number(model, "mock/status-", 100, 599)) >= 0) {
+        status = (unsigned)v;
+        snprintf(message, sizeof message, "mock upstream: status %ld", v);
+        ret = send_error(
+            conn, status, message,
+            status >= 500 ? "server_error" : "invalid_request_error", NULL);
+        goto out;
+    }
+    if ((v = suffix_number(model, "mock/detail-", 100, 599)) >= 0) {
+        cJSON *d = cJSON_CreateObject();
+
+        status = (unsigned)v;
+        snprintf(message, sizeof message, "mock upstream: detail %ld", v);
+        if (d && !cJSON_AddStringToObject(d, "detail", message)) {
+            cJSON_Delete(d);
+            d = NULL;
+        }
+        ret = send_json(conn, status, d);
+        goto out;
+    }
+    if ((v = suffix_number(model, "mock/text-", 100, 599)) >= 0) {
+        static const char head[] =
+            "mock upstream:\tplain\r\ntext \x01\x1b[31m\xff ";
+        char *text = malloc(sizeof head + 401);
+
+        status = (unsigned)v;
+        if (text) {
+            memcpy(text, head, sizeof head - 1);
+            memset(text + sizeof head - 1, 'y', 400);
+            text[sizeof head - 1 + 400] = '\n';
+            text[sizeof head + 400] = '\0';
+        }
+        ret = send_text(conn, status, text, "text/plain");
+        goto out;
+    }
+    if (strcmp(model, "mock/not-json") == 0) {
+        ret = send_text(conn, status, strdup("<html>oops</html>"), "text/html");
+        goto out;
+    }
+    if ((v = suffix_number(model, "mock/slow-", 0, MOCK_MAX_SLOW_MS)) >= 0)
+        wait_ms(s, (unsigned)v);
+    if ((v = suffix_number(model, "mock/big-", 0, MOCK_MAX_BIG)) >= 0 ||
+        (v = suffix_number(model, "mock/chunked-", 0, MOCK_MAX_BIG)) >= 0) {
+        if ((content = malloc((size_t)v + 1)) != NULL) {
+            memset(content, 'x', (size_t)v);
+            content[v] = '\0';
+        }
+    } else {
+        char *last = last_user_content(messages);
+        size_t size = last ? strlen(last) + sizeof "mock: " : 0;
+
+        if (last && (content = malloc(size)) != NULL)
+            snprintf(content, size, "mock: %s", last);
+        else
+            content = NULL;
+        free(last);
+    }
+    answer = make_answer(n, model, content);
+    if (answer == NULL) {
+        status = 500;
+        ret = send_error(conn, status, "mock upstream: out of memory",
+                         "server_error", NULL);
+        goto out;
+    }
+    if (strncmp(model, "mock/chunked-", 13) == 0) {
+        char *text = cJSON_PrintUnformatted(answer);
+
+        cJSON_Delete(answer);
+        ret = send_chunked(conn, status, text);
+    } else {
+        ret = send_json(conn, status, answer);
+    }
+out:
+    log_request(n, "POST", MOCK_CHAT_PATH, model, status);
+    cJSON_Delete(req);
+    return ret;
+}
+
+static enum MHD_Result handle_models(mock *s, struct MHD_Connection *conn)
+{
+    unsigned long n = count_request(s);
+    cJSON *j = cJSON_Parse("{\"object\":\"list\",\"data\":[{\"id\":\"mock\","
+                           "\"object\":\"model\",\"owned_by\":\"mock\"}]}");
+
+    log_request(n, "GET", MOCK_MODELS_PATH, NULL, 200);
+    return send_json(conn, 200, j);
+}
+
+static enum MHD_Result handle_stats(mock *s, struct MHD_Connection *conn)
+{
+    cJSON *j = cJSON_CreateObject();
+    unsigned long requests, connections;
+
+    pthread_mutex_lock(&s->lock);
+    requests = s->requests;
+    connections = s->connections;
+    pthread_mutex_unlock(&s->lock);
+    if (j == NULL ||
+        !cJSON_AddNumberToObject(j, "requests", (double)requests) ||
+        !cJSON_AddNumberToObject(j, "connections", (double)connections)) {
+        cJSON_Delete(j);
+        return MHD_NO;
+    }
+    return send_json(conn, 200, j);
+}
+
+/* ---- the daemon --------------------------------------------------------- */
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn,
+                                  const char *url, const char *method,
+                                  const char *version, const char *upload,
+                                  size_t *upload_size, void **con_cls)
+{
+    mock *s = cls;
+    mock_body *b = *con_cls;
+    int get = strcmp(method, MHD_HTTP_METHOD_GET) == 0;
+    int post = strcmp(method, MHD_HTTP_METHOD_POST) == 0;
+
+    if (b == NULL) {
+        if ((b = calloc(1, sizeof *b)) == NULL)
+            return MHD_NO;
+        *con_cls = b;
+        return MHD_YES;
+    }
+    if (*upload_size) {
+        size_t n = *upload_size;
+
+        *upload_size = 0;
+        if (b->too_large || n > MOCK_MAX_BODY - b->len) {
+            b->too_large = 1;
+            return MHD_YES;
+        }
+        if (b->len + n + 1 > b->cap) {
+            size_t cap = b->cap ? b->cap : 4096;
+            char *d;
+
+            while (cap < b->len + n + 1)
+                cap *= 2;
+            if ((d = realloc(b->data, cap)) == NULL) {
+                b->too_large = 1;
+                return MHD_YES;
+            }
+            b->data = d;
+            b->cap = cap;
+        }
+        memcpy(b->data + b->len, upload, n);
+        b->len += n;
+        b->data[b->len] = '\0';
+        return MHD_YES;
+    }
+    if (strcmp(url, MOCK_CHAT_PATH) == 0 && post)
+        return handle_chat(s, conn, b);
+    if (strcmp(url, MOCK_MODELS_PATH) == 0 && get)
+        return handle_models(s, conn);
+    if (strcmp(url, MOCK_STATS_PATH) == 0 && get)
+        return handle_stats(s, conn);
+    log_request(count_request(s), method, url, NULL, 404);
+    return send_error(conn, 404, "mock upstream: no such route",
+                      "invalid_request_error", "not_found");
+}
+
+static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
+                         enum MHD_RequestTerminationCode toe)
+{
+    mock_body *b = *con_cls;
+
+    if (b) {
+        free(b->data);
+        free(b);
+        *con_cls = NULL;
+    }
+}
+
+static void on_connection(void *cls, struct MHD_Connection *conn,
+                          void **socket_context,
+                          enum MHD_ConnectionNotificationCode toe)
+{
+    mock *s = cls;
+
+    if (toe == MHD_CONNECTION_NOTIFY_STARTED) {
+        pthread_mutex_lock(&s->lock);
+        s->connections++;
+        pthread_mutex_unlock(&s->lock);
+    }
+}
+
+/* The whole file, NUL-terminated (malloc'd), or NULL with a message. */
+static char *slurp(const char *path)
+{
+    FILE *fp = fopen(path, "rb");
+    char *buf;
+    size_t len;
+
+    if (fp == NULL || (buf = malloc(65536)) == NULL) {
+        fprintf(stderr, "mock-upstream: cannot read %s\n", path);
+        if (fp)
+            fclose(fp);
+        return NULL;
+    }
+    len = fread(buf, 1, 65535, fp);
+    buf[len] = '\0';
+    fclose(fp);
+    return buf;
+}
+
+/* Writes "PORT\n" to path.tmp and renames it to path. */
+static int write_port_file(const char *path, unsigned port)
+{
+    char tmp[4096];
+    FILE *fp;
+
+    if (snprintf(tmp, sizeof tmp, "%s.tmp", path) >= (int)sizeof tmp)
+        return -1;
+    if ((fp = fopen(tmp, "w")) == NULL)
+        return -1;
+    if (fprintf(fp, "%u\n", port) < 0 || fflush(fp) != 0 ||
+        fsync(fileno(fp)) != 0) {
+        fclose(fp);
+        unlink(tmp);
+        return -1;
+    }
+    if (fclose(fp) != 0 || rename(tmp, path) != 0) {
+        unlink(tmp);
+        return -1;
+    }
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    const char *port_file = NULL, *key_file = NULL;
+    struct sockaddr_in sa;
+    const union MHD_DaemonInfo *info;
+    pthread_condattr_t ca;
+    sigset_t set;
+    int sig = 0, status = 1;
+    mock s;
+
+    for (int i = 1; i < argc; i++) {
+        const char **slot = NULL;
+
+        if (strcmp(argv[i], "--port-file") == 0)
+            slot = &port_file;
+        else if (strcmp(argv[i], "--api-key-file") == 0)
+            slot = &key_file;
+        else if (strcmp(argv[i], "--help") == 0) {
+            fputs(usage_text, stdout);
+            return 0;
+        }
+        if (slot == NULL || i + 1 >= argc) {
+            fprintf(stderr, "mock-upstream: bad argument %s\n%s", argv[i],
+                    usage_text);
+            return 2;
+        }
+        *slot = argv[++i];
+    }
+    if (port_file == NULL) {
+        fputs(usage_text, stderr);
+        return 2;
+    }
+
+    memset(&s, 0, sizeof s);
+    pthread_mutex_init(&s.lock, NULL);
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&s.cond, &ca);
+    pthread_condattr_destroy(&ca);
+    if (key_file) {
+        char *k;
+        size_t n;
+
+        if ((s.api_key = slurp(key_file)) == NULL)
+            goto out;
+        /* the first line, without surrounding blanks */
+        k = s.api_key + strspn(s.api_key, " \t");
+        n = strcspn(k, "\r\n");
+        while (n > 0 && (k[n - 1] == ' ' || k[n - 1] == '\t'))
+            n--;
+        memmove(s.api_key, k, n);
+        s.api_key[n] = '\0';
+    }
+
+    /* Signals are taken with sigwait: block them before any thread starts,
+     * so that the daemon's threads inherit the mask. */
+    signal(SIGPIPE, SIG_IGN);
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
+
+    memset(&sa, 0, sizeof sa);
+    sa.sin_family = AF_INET;
+    sa.sin_port = 0;
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    s.d = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD |
+                               MHD_USE_THREAD_PER_CONNECTION | MHD_USE_AUTO,
+                           0, NULL, NULL, on_request, &s, MHD_OPTION_SOCK_ADDR,
+                           (struct sockaddr *)&sa, MHD_OPTION_NOTIFY_COMPLETED,
+                           on_completed, &s, MHD_OPTION_NOTIFY_CONNECTION,
+                           on_connection, &s, MHD_OPTION_CONNECTION_TIMEOUT,
+                           120u, MHD_OPTION_END);
+    if (s.d == NULL) {
+        fputs("mock-upstream: cannot start the HTTP daemon\n", stderr);
+        goto out;
+    }
+    info = MHD_get_daemon_info(s.d, MHD_DAEMON_INFO_BIND_PORT);
+    if (info == NULL || info->port == 0) {
+        fputs("mock-upstream: cannot read the bound port\n", stderr);
+        goto out;
+    }
+    if (write_port_file(port_file, info->port) != 0) {
+        fprintf(stderr, "mock-upstream: cannot write %s\n", port_file);
+        goto out;
+    }
+    while (sig != SIGTERM && sig != SIGINT)
+        if (sigwait(&set, &sig) != 0)
+            break;
+    status = 0;
+out:
+    pthread_mutex_lock(&s.lock);
+    s.stopping = 1;
+    pthread_cond_broadcast(&s.cond);
+    pthread_mutex_unlock(&s.lock);
+    if (s.d)
+        MHD_stop_daemon(s.d);
+    fprintf(stderr, "mock-upstream: %lu requests, %lu connections\n",
+            s.requests, s.connections);
+    pthread_cond_destroy(&s.cond);
+    pthread_mutex_destroy(&s.lock);
+    free(s.api_key);
+    return status;
+}

@@ -1,0 +1,1368 @@
+/* The gateway's small modules, each on its own: the configuration (file,
+ * flags, checks, the example file), API keys, the replay register and the
+ * rate limiter.
+ *
+ * Nothing here needs a token or a network.  Every time is an explicit value
+ * handed to the module: no sleeps, no clocks.
+ */
+#include <errno.h>
+#include <pthread.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <CUnit/Basic.h>
+#include <openssl/evp.h>
+
+#include "testutil.h"
+#include "gateway.h"
+
+static char scratch[512]; /* a fresh directory for the files of this run */
+/* every name write_file is given, removed at the end */
+static const char *const scratch_files[] = {"veild.conf", "nul.conf", "ww.conf",
+                                            "keys"};
+
+/* ==== helpers ============================================================= */
+
+/* Writes text to scratch/name with mode; returns the path (static buffer,
+ * one at a time) or NULL. */
+static const char *write_file(const char *name, const char *text, mode_t mode)
+{
+    static char path[700];
+    FILE *f;
+
+    if (snprintf(path, sizeof path, "%s/%s", scratch, name) >= (int)sizeof path)
+        return NULL;
+    unlink(path);
+    f = fopen(path, "w");
+    if (!f)
+        return NULL;
+    fputs(text, f);
+    if (fclose(f) != 0 || chmod(path, mode) != 0)
+        return NULL;
+    return path;
+}
+
+/* Loads text as a config file into a fresh cfg; returns what
+ * gw_config_load returned.  err gets the message. */
+static int load_text(gw_config *cfg, const char *text, char *err, size_t size)
+{
+    const char *path = write_file("veild.conf", text, 0644);
+
+    gw_config_init(cfg);
+    err[0] = '\0';
+    if (!path)
+        return -99;
+    return gw_config_load(cfg, path, err, size);
+}
+
+/* The part of a file error after "PATH:": "LINE: message". */
+static const char *after_path(const char *err)
+{
+    const char *p = strstr(err, "veild.conf:");
+
+    return p ? p + strlen("veild.conf:") : err;
+}
+
+/* 1 when text, loaded as a config file, fails with exactly "PATH:want". */
+static int load_fails_with(const char *text, const char *want)
+{
+    gw_config cfg;
+    char err[512];
+    int rc = load_text(&cfg, text, err, sizeof err);
+    int ok = rc == -1 && strcmp(after_path(err), want) == 0;
+
+    if (!ok)
+        fprintf(stderr, "\n  config %s: got rc %d, '%s'; wanted '%s'\n", text,
+                rc, err, want);
+    gw_config_free(&cfg);
+    return ok;
+}
+
+/* 1 when gw_config_set(name, value) fails with exactly want. */
+static int set_fails_with(const char *name, const char *value, const char *want)
+{
+    gw_config cfg;
+    char err[512] = "";
+    int rc, ok;
+
+    gw_config_init(&cfg);
+    rc = gw_config_set(&cfg, name, value, err, sizeof err);
+    ok = rc == -1 && (!want || strcmp(err, want) == 0);
+    if (!ok)
+        fprintf(stderr, "\n  --%s %s: got rc %d, '%s'; wanted '%s'\n", name,
+                value ? value : "(null)", rc, err, want ? want : "(any)");
+    gw_config_free(&cfg);
+    return ok;
+}
+
+static int set_ok(gw_config *cfg, const char *name, const char *value)
+{
+    char err[512] = "";
+    int rc = gw_config_set(cfg, name, value, err, sizeof err);
+
+    if (rc != 0)
+        fprintf(stderr, "\n  --%s %s: %s\n", name, value, err);
+    return rc == 0;
+}
+
+static void sha256(const void *data, size_t len, uint8_t out[32])
+{
+    unsigned int n = 0;
+
+    CU_ASSERT_FATAL(EVP_Digest(data, len, out, &n, EVP_sha256(), NULL) == 1);
+}
+
+static void to_hex(const uint8_t *b, size_t n, char *out)
+{
+    static const char d[] = "0123456789abcdef";
+
+    for (size_t i = 0; i < n; i++) {
+        out[2 * i] = d[b[i] >> 4];
+        out[2 * i + 1] = d[b[i] & 15];
+    }
+    out[2 * n] = '\0';
+}
+
+/* A distinct 32-byte mark for each (kind, n). */
+static void mark(uint8_t out[32], int kind, unsigned n)
+{
+    memset(out, 0, 32);
+    out[0] = (uint8_t)kind;
+    memcpy(out + 1, &n, sizeof n);
+}
+
+/* ==== configuration ======================================================= */
+
+static void test_config_defaults(void)
+{
+    gw_config cfg;
+    char err[256];
+
+    gw_config_init(&cfg);
+    CU_ASSERT_STRING_EQUAL(cfg.listen_addr, "127.0.0.1");
+    CU_ASSERT_EQUAL(cfg.port, 8443);
+    CU_ASSERT_PTR_NULL(cfg.port_file);
+    CU_ASSERT_PTR_NULL(cfg.tls_cert);
+    CU_ASSERT_PTR_NULL(cfg.tls_key);
+    CU_ASSERT_PTR_NULL(cfg.server_key);
+    CU_ASSERT_PTR_NULL(cfg.pkcs11_module);
+    CU_ASSERT_PTR_NULL(cfg.pin_source);
+    CU_ASSERT_PTR_NULL(cfg.api_keys);
+    CU_ASSERT_DOUBLE_EQUAL(cfg.rate, 1.0, 1e-12);
+    CU_ASSERT_EQUAL(cfg.burst, 2);
+    CU_ASSERT_EQUAL(cfg.body_limit, (size_t)16 * 1024 * 1024);
+    CU_ASSERT_EQUAL(cfg.workers, 4);
+    CU_ASSERT_EQUAL(cfg.replay_window, 600);
+    CU_ASSERT_EQUAL(cfg.replay_capacity, 262144);
+    CU_ASSERT_EQUAL(cfg.upstream_timeout, 300);
+    CU_ASSERT_EQUAL(cfg.connect_timeout, 10);
+    CU_ASSERT_STRING_EQUAL(cfg.log_level, "info");
+    CU_ASSERT_EQUAL(cfg.n_models, 0);
+    /* not usable as it is: no server key, no model */
+    CU_ASSERT_EQUAL(gw_config_check(&cfg, err, sizeof err), -1);
+    gw_config_free(&cfg);
+    gw_config_free(&cfg); /* a freed config is an empty one */
+}
+
+static void test_config_every_setting(void)
+{
+    static const char text[] =
+        "listen = ::1\n"
+        "port = 0\n"
+        "port_file = /run/veild.port\n"
+        "tls_cert = /etc/veil/cert.pem\n"
+        "tls_key = /etc/veil/key.pem\n"
+        "server_key = pkcs11:token=veil;object=server\n"
+        "pkcs11_module = /usr/lib/softhsm/libsofthsm2.so\n"
+        "pin_source = env:VEIL_PIN\n"
+        "api_keys = /etc/veil/api-keys\n"
+        "rate = 0.5\n"
+        "burst = 7\n"
+        "body_limit = 2M\n"
+        "workers = 256\n"
+        "replay_window = 30\n"
+        "replay_capacity = 1024\n"
+        "upstream_timeout = 60\n"
+        "connect_timeout = 3\n"
+        "log_level = debug\n"
+        "model = a/b=echo\n"
+        "model = c=https://llm.example:8443/v1/,tiers=high+maximum,"
+        "key-file=/etc/veil/c.key\n";
+    gw_config cfg;
+    char err[512];
+
+    CU_ASSERT_EQUAL_FATAL(load_text(&cfg, text, err, sizeof err), 0);
+    CU_ASSERT_STRING_EQUAL(cfg.listen_addr, "::1");
+    CU_ASSERT_EQUAL(cfg.port, 0);
+    CU_ASSERT_STRING_EQUAL(cfg.port_file, "/run/veild.port");
+    CU_ASSERT_STRING_EQUAL(cfg.tls_cert, "/etc/veil/cert.pem");
+    CU_ASSERT_STRING_EQUAL(cfg.tls_key, "/etc/veil/key.pem");
+    CU_ASSERT_STRING_EQUAL(cfg.server_key, "pkcs11:token=veil;object=server");
+    CU_ASSERT_STRING_EQUAL(cfg.pkcs11_module,
+                           "/usr/lib/softhsm/libsofthsm2.so");
+    CU_ASSERT_STRING_EQUAL(cfg.pin_source, "env:VEIL_PIN");
+    CU_ASSERT_STRING_EQUAL(cfg.api_keys, "/etc/veil/api-keys");
+    CU_ASSERT_DOUBLE_EQUAL(cfg.rate, 0.5, 1e-12);
+    CU_ASSERT_EQUAL(cfg.burst, 7);
+    CU_ASSERT_EQUAL(cfg.body_limit, (size_t)2 * 1024 * 1024);
+    CU_ASSERT_EQUAL(cfg.workers, 256);
+    CU_ASSERT_EQUAL(cfg.replay_window, 30);
+    CU_ASSERT_EQUAL(cfg.replay_capacity, 1024);
+    CU_ASSERT_EQUAL(cfg.upstream_timeout, 60);
+    CU_ASSERT_EQUAL(cfg.connect_timeout, 3);
+    CU_ASSERT_STRING_EQUAL(cfg.log_level, "debug");
+    CU_ASSERT_EQUAL_FATAL(cfg.n_models, 2);
+    CU_ASSERT_STRING_EQUAL(cfg.models[0].id, "a/b");
+    CU_ASSERT_STRING_EQUAL(cfg.models[0].upstream, "echo");
+    CU_ASSERT_PTR_NULL(cfg.models[0].upstream_key_file);
+    CU_ASSERT_EQUAL(cfg.models[0].tiers, GW_TIER_ALL);
+    CU_ASSERT_STRING_EQUAL(cfg.models[1].id, "c");
+    /* the trailing '/' is dropped */
+    CU_ASSERT_STRING_EQUAL(cfg.models[1].upstream,
+                           "https://llm.example:8443/v1");
+    CU_ASSERT_STRING_EQUAL(cfg.models[1].upstream_key_file, "/etc/veil/c.key");
+    CU_ASSERT_EQUAL(cfg.models[1].tiers, GW_TIER_HIGH | GW_TIER_MAXIMUM);
+    CU_ASSERT_EQUAL(gw_config_check(&cfg, err, sizeof err), 0);
+    gw_config_free(&cfg);
+}
+
+static void test_config_sections_comments(void)
+{
+    static const char text[] = "# a comment\n"
+                               "\n"
+                               "   # an indented comment\n"
+                               "  port=9000  \r\n"
+                               "\tserver-key = dir:/var/lib/veil/keys\n"
+                               "log-level=warn\n"
+                               "\n"
+                               "[model Qwen/Qwen3-0.6B]\n"
+                               "upstream = http://127.0.0.1:8080/v1\n"
+                               "# comments inside a section\n"
+                               "tiers = standard, high\n"
+                               "\n"
+                               "[ model   llama3.2:3b ]\n"
+                               "upstream-key-file = /etc/veil/ollama key\n"
+                               "upstream = http://127.0.0.1:11434/v1\n"
+                               "[model echo-1]\n"
+                               "upstream = echo\n"
+                               "tiers = maximum";
+    gw_config cfg;
+    char err[512];
+    const gw_model *m;
+
+    CU_ASSERT_EQUAL_FATAL(load_text(&cfg, text, err, sizeof err), 0);
+    CU_ASSERT_EQUAL(cfg.port, 9000);
+    CU_ASSERT_STRING_EQUAL(cfg.server_key, "dir:/var/lib/veil/keys");
+    CU_ASSERT_STRING_EQUAL(cfg.log_level, "warn");
+    CU_ASSERT_EQUAL_FATAL(cfg.n_models, 3);
+    m = gw_config_model(&cfg, "Qwen/Qwen3-0.6B");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(m);
+    CU_ASSERT_STRING_EQUAL(m->upstream, "http://127.0.0.1:8080/v1");
+    CU_ASSERT_EQUAL(m->tiers, GW_TIER_STANDARD | GW_TIER_HIGH);
+    CU_ASSERT_PTR_NULL(m->upstream_key_file);
+    m = gw_config_model(&cfg, "llama3.2:3b");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(m);
+    CU_ASSERT_STRING_EQUAL(m->upstream, "http://127.0.0.1:11434/v1");
+    CU_ASSERT_STRING_EQUAL(m->upstream_key_file, "/etc/veil/ollama key");
+    CU_ASSERT_EQUAL(m->tiers, GW_TIER_ALL);
+    m = gw_config_model(&cfg, "echo-1");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(m);
+    CU_ASSERT_STRING_EQUAL(m->upstream, "echo");
+    CU_ASSERT_EQUAL(m->tiers, GW_TIER_MAXIMUM);
+    /* exact IDs only */
+    CU_ASSERT_PTR_NULL(gw_config_model(&cfg, "qwen/qwen3-0.6b"));
+    CU_ASSERT_PTR_NULL(gw_config_model(&cfg, "Qwen/Qwen3"));
+    CU_ASSERT_PTR_NULL(gw_config_model(&cfg, "Qwen/Qwen3-0.6B "));
+    CU_ASSERT_PTR_NULL(gw_config_model(&cfg, NULL));
+    CU_ASSERT_EQUAL(gw_config_check(&cfg, err, sizeof err), 0);
+    /* flags after the file: override settings, add models */
+    CU_ASSERT_TRUE(set_ok(&cfg, "port", "9001"));
+    CU_ASSERT_TRUE(set_ok(&cfg, "model", "extra=echo"));
+    CU_ASSERT_EQUAL(cfg.port, 9001);
+    CU_ASSERT_EQUAL(cfg.n_models, 4);
+    gw_config_free(&cfg);
+
+    /* a later line overrides an earlier one */
+    CU_ASSERT_EQUAL_FATAL(
+        load_text(&cfg, "workers = 2\nworkers = 3\n", err, sizeof err), 0);
+    CU_ASSERT_EQUAL(cfg.workers, 3);
+    gw_config_free(&cfg);
+
+    /* an empty file is a valid (if useless) one */
+    CU_ASSERT_EQUAL(load_text(&cfg, "", err, sizeof err), 0);
+    gw_config_free(&cfg);
+}
+
+static void test_config_file_errors(void)
+{
+    gw_config cfg;
+    char err[512];
+
+    CU_ASSERT_TRUE(load_fails_with("port = 1\n\n# c\nprot = 2\n",
+                                   "4: unknown setting 'prot'"));
+    CU_ASSERT_TRUE(load_fails_with("port 8443\n", "1: expected NAME = VALUE"));
+    CU_ASSERT_TRUE(load_fails_with("= 8443\n", "1: expected NAME = VALUE"));
+    CU_ASSERT_TRUE(load_fails_with("\n\nport =\n", "3: port: needs a value"));
+    CU_ASSERT_TRUE(load_fails_with(
+        "#\nport = 70000\n", "2: port: '70000' is not a port (1-65535, or 0)"));
+    CU_ASSERT_TRUE(load_fails_with(
+        "port = 8443 # https\n",
+        "1: port: '8443 # https' is not a port (1-65535, or 0)"));
+    CU_ASSERT_TRUE(load_fails_with(
+        "workers = 0\n", "1: workers: '0' is not a whole number from 1 to "
+                         "256"));
+    CU_ASSERT_TRUE(load_fails_with(
+        "log_level = loud\n",
+        "1: log_level: 'loud' is not a log level (error, warn, info, "
+        "debug)"));
+    CU_ASSERT_TRUE(load_fails_with(
+        "upstream = echo\n", "1: 'upstream' belongs in a [model ID] section "
+                             "(or use model = ID=UPSTREAM)"));
+    CU_ASSERT_TRUE(load_fails_with(
+        "[server]\n", "1: unknown section '[server]' (expected [model ID])"));
+    CU_ASSERT_TRUE(load_fails_with("[model]\n",
+                                   "1: [model] needs a model ID: [model ID]"));
+    CU_ASSERT_TRUE(
+        load_fails_with("[model a\n", "1: a section header ends with ']'"));
+    CU_ASSERT_TRUE(load_fails_with(
+        "[model a b]\n", "1: 'a b' is not a model ID (letters, digits and "
+                         ". _ - : / @ +; at most 200)"));
+    CU_ASSERT_TRUE(load_fails_with("\n[model a]\ntiers = high\n",
+                                   "2: [model a] has no upstream"));
+    CU_ASSERT_TRUE(
+        load_fails_with("[model a]\ntiers = high\n[model b]\nupstream = echo\n",
+                        "1: [model a] has no upstream"));
+    CU_ASSERT_TRUE(load_fails_with(
+        "[model a]\nupstream = echo\nport = 1\n",
+        "3: 'port' is a global setting: put it before the first [model] "
+        "section"));
+    CU_ASSERT_TRUE(
+        load_fails_with("[model a]\nupstream = echo\ncolour = red\n",
+                        "3: unknown setting 'colour' in [model a] (upstream, "
+                        "upstream_key_file, tiers)"));
+    CU_ASSERT_TRUE(load_fails_with(
+        "[model a]\nupstream = ftp://x\n",
+        "2: 'ftp://x' is not an upstream (echo, or an http:// or https:// "
+        "base URL such as http://127.0.0.1:8080/v1)"));
+    CU_ASSERT_TRUE(
+        load_fails_with("[model a]\nupstream = echo\ntiers = standard,ultra\n",
+                        "3: 'ultra' is not a tier (standard, high, maximum)"));
+    CU_ASSERT_TRUE(load_fails_with(
+        "[model a]\nupstream = echo\ntiers = standard,\n",
+        "3: 'standard,' is not a list of tiers (standard, high, maximum)"));
+    CU_ASSERT_TRUE(load_fails_with(
+        "[model a]\nupstream = echo\n[model a]\nupstream = echo\n",
+        "3: model 'a' is configured twice"));
+    CU_ASSERT_TRUE(load_fails_with("model = a=echo\nmodel = a=echo\n",
+                                   "2: model: model 'a' is configured twice"));
+    CU_ASSERT_TRUE(load_fails_with(
+        "pin_source = 123456\n",
+        "1: pin_source: must be file:PATH, env:NAME, prompt or none (a PIN "
+        "itself is never accepted)"));
+
+    /* a line too long, and a NUL byte */
+    {
+        char big[5000];
+
+        memset(big, 'x', sizeof big - 1);
+        memcpy(big, "api_keys=", 9);
+        big[sizeof big - 1] = '\0';
+        CU_ASSERT_TRUE(
+            load_fails_with(big, "1: line too long (at most 4096 bytes)"));
+    }
+    {
+        const char *path = write_file("nul.conf", "", 0644);
+        FILE *f = path ? fopen(path, "w") : NULL;
+
+        CU_ASSERT_PTR_NOT_NULL_FATAL(f);
+        fwrite("port = 1\nport\0 = 2\n", 1, 19, f);
+        fclose(f);
+        gw_config_init(&cfg);
+        CU_ASSERT_EQUAL(gw_config_load(&cfg, path, err, sizeof err), -1);
+        CU_ASSERT_PTR_NOT_NULL(strstr(err, "nul.conf:2: contains a NUL byte"));
+        gw_config_free(&cfg);
+    }
+
+    /* the whole message names the file */
+    CU_ASSERT_EQUAL(load_text(&cfg, "prot = 1\n", err, sizeof err), -1);
+    {
+        char want[700];
+
+        snprintf(want, sizeof want, "%s/veild.conf:1: unknown setting 'prot'",
+                 scratch);
+        CU_ASSERT_STRING_EQUAL(err, want);
+    }
+    gw_config_free(&cfg);
+
+    /* a missing file, a directory, a world-writable file */
+    gw_config_init(&cfg);
+    CU_ASSERT_EQUAL(
+        gw_config_load(&cfg, "/nonexistent/veild.conf", err, sizeof err), -1);
+    CU_ASSERT_STRING_EQUAL(
+        err, "/nonexistent/veild.conf: No such file or directory");
+    CU_ASSERT_EQUAL(gw_config_load(&cfg, scratch, err, sizeof err), -1);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err, "not a regular file"));
+    CU_ASSERT_PTR_NOT_NULL_FATAL(write_file("ww.conf", "port = 1\n", 0666));
+    CU_ASSERT_EQUAL(gw_config_load(&cfg,
+                                   write_file("ww.conf", "port = 1\n", 0666),
+                                   err, sizeof err),
+                    -1);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err, "ww.conf: writable by others"));
+    CU_ASSERT_EQUAL(cfg.port, 8443);
+    gw_config_free(&cfg);
+}
+
+static void test_config_sizes(void)
+{
+    static const struct {
+        const char *v;
+        size_t want; /* 0: refused */
+    } cases[] = {
+        {"16M", 16u << 20},
+        {"16m", 16u << 20},
+        {"1K", 1024},
+        {"1k", 1024},
+        {"1024", 1024},
+        {"1G", 1u << 30},
+        {"1048576", 1u << 20},
+        {"1023", 0},
+        {"0K", 0},
+        {"2G", 0},
+        {"1025M", 0},
+        {"1T", 0},
+        {"16MB", 0},
+        {"16 M", 0},
+        {"M", 0},
+        {"-1K", 0},
+        {"1.5M", 0},
+        {"0x400", 0},
+        {" 1024", 0},
+        {"99999999999999999999999K", 0},
+    };
+    gw_config cfg;
+
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        gw_config_init(&cfg);
+        if (cases[i].want) {
+            CU_ASSERT_TRUE(set_ok(&cfg, "body_limit", cases[i].v));
+            CU_ASSERT_EQUAL(cfg.body_limit, cases[i].want);
+        } else {
+            char want[256];
+
+            snprintf(want, sizeof want,
+                     "--body_limit: '%s' is not a size from 1K to 1G (bytes, "
+                     "or with a suffix K, M or G)",
+                     cases[i].v);
+            CU_ASSERT_TRUE(set_fails_with("body_limit", cases[i].v, want));
+        }
+        gw_config_free(&cfg);
+    }
+}
+
+static void test_config_numbers(void)
+{
+    gw_config cfg;
+
+    /* ports */
+    CU_ASSERT_TRUE(set_fails_with(
+        "port", "70000", "--port: '70000' is not a port (1-65535, or 0)"));
+    CU_ASSERT_TRUE(set_fails_with(
+        "port", "-1", "--port: '-1' is not a port (1-65535, or 0)"));
+    CU_ASSERT_TRUE(set_fails_with("port", "8443x", NULL));
+    CU_ASSERT_TRUE(set_fails_with("port", " 80", NULL));
+    CU_ASSERT_TRUE(set_fails_with("port", "0x50", NULL));
+    CU_ASSERT_TRUE(set_fails_with("port", "+80", NULL));
+    CU_ASSERT_TRUE(set_fails_with("port", "", "--port: needs a value"));
+    CU_ASSERT_TRUE(set_fails_with("port", NULL, "--port: needs a value"));
+    CU_ASSERT_TRUE(set_fails_with("port", "18446744073709551617", NULL));
+    gw_config_init(&cfg);
+    CU_ASSERT_TRUE(set_ok(&cfg, "port", "65535"));
+    CU_ASSERT_EQUAL(cfg.port, 65535);
+    CU_ASSERT_TRUE(set_ok(&cfg, "port", "0"));
+    CU_ASSERT_EQUAL(cfg.port, 0);
+    gw_config_free(&cfg);
+
+    /* whole numbers with ranges: both ends */
+    CU_ASSERT_TRUE(
+        set_fails_with("workers", "257",
+                       "--workers: '257' is not a whole number from 1 to "
+                       "256"));
+    CU_ASSERT_TRUE(set_fails_with("workers", "0", NULL));
+    CU_ASSERT_TRUE(set_fails_with("workers", "four", NULL));
+    CU_ASSERT_TRUE(set_fails_with("burst", "0", NULL));
+    CU_ASSERT_TRUE(set_fails_with(
+        "replay_capacity", "1023",
+        "--replay_capacity: '1023' is not a whole number from 1024 to "
+        "16777216"));
+    CU_ASSERT_TRUE(set_fails_with("replay_window", "0", NULL));
+    CU_ASSERT_TRUE(set_fails_with("upstream_timeout", "0", NULL));
+    CU_ASSERT_TRUE(set_fails_with("connect_timeout", "1.5", NULL));
+    gw_config_init(&cfg);
+    CU_ASSERT_TRUE(set_ok(&cfg, "workers", "1"));
+    CU_ASSERT_TRUE(set_ok(&cfg, "burst", "1"));
+    CU_ASSERT_TRUE(set_ok(&cfg, "replay_capacity", "16777216"));
+    CU_ASSERT_EQUAL(cfg.workers, 1);
+    CU_ASSERT_EQUAL(cfg.burst, 1);
+    CU_ASSERT_EQUAL(cfg.replay_capacity, 16777216);
+    gw_config_free(&cfg);
+
+    /* rates: positive decimals only */
+    gw_config_init(&cfg);
+    CU_ASSERT_TRUE(set_ok(&cfg, "rate", "2"));
+    CU_ASSERT_DOUBLE_EQUAL(cfg.rate, 2.0, 1e-12);
+    CU_ASSERT_TRUE(set_ok(&cfg, "rate", ".25"));
+    CU_ASSERT_DOUBLE_EQUAL(cfg.rate, 0.25, 1e-12);
+    CU_ASSERT_TRUE(set_ok(&cfg, "rate", "1e3"));
+    CU_ASSERT_DOUBLE_EQUAL(cfg.rate, 1000.0, 1e-9);
+    gw_config_free(&cfg);
+    CU_ASSERT_TRUE(
+        set_fails_with("rate", "0",
+                       "--rate: '0' is not a rate (requests per second: a "
+                       "number above 0, at most 1000000)"));
+    CU_ASSERT_TRUE(set_fails_with("rate", "-1", NULL));
+    CU_ASSERT_TRUE(set_fails_with("rate", "nan", NULL));
+    CU_ASSERT_TRUE(set_fails_with("rate", "inf", NULL));
+    CU_ASSERT_TRUE(set_fails_with("rate", "0x10", NULL));
+    CU_ASSERT_TRUE(set_fails_with("rate", "1/s", NULL));
+    CU_ASSERT_TRUE(set_fails_with("rate", "1e400", NULL));
+    CU_ASSERT_TRUE(set_fails_with("rate", "2000000", NULL));
+
+    /* other checked values */
+    CU_ASSERT_TRUE(set_fails_with(
+        "listen", "localhost",
+        "--listen: 'localhost' is not an IP address (such as 127.0.0.1, ::1, "
+        "0.0.0.0)"));
+    CU_ASSERT_TRUE(set_fails_with("log_level", "INFO", NULL));
+    CU_ASSERT_TRUE(set_fails_with("server_key", "server",
+                                  "--server_key: must be a pkcs11: URI or "
+                                  "dir:PATH"));
+    CU_ASSERT_TRUE(set_fails_with("server_key", "pkcs11:", NULL));
+    /* a PIN is never repeated in a message */
+    CU_ASSERT_TRUE(set_fails_with(
+        "server_key", "pkcs11:token=veil;object=s?pin-value=4711",
+        "--server_key: a PIN in the URI (pin-value) is refused; use "
+        "pin_source"));
+    CU_ASSERT_TRUE(set_fails_with(
+        "pin_source", "4711",
+        "--pin_source: must be file:PATH, env:NAME, prompt or none (a PIN "
+        "itself is never accepted)"));
+    CU_ASSERT_TRUE(set_fails_with("pin_source", "file:", NULL));
+    gw_config_init(&cfg);
+    CU_ASSERT_TRUE(set_ok(&cfg, "pin_source", "prompt"));
+    CU_ASSERT_TRUE(set_ok(&cfg, "pin_source", "file:/etc/veil/pin"));
+    CU_ASSERT_TRUE(set_ok(&cfg, "listen", "0.0.0.0"));
+    CU_ASSERT_STRING_EQUAL(cfg.pin_source, "file:/etc/veil/pin");
+    CU_ASSERT_STRING_EQUAL(cfg.listen_addr, "0.0.0.0");
+    gw_config_free(&cfg);
+}
+
+static void test_config_flags(void)
+{
+    gw_config cfg;
+
+    gw_config_init(&cfg);
+    CU_ASSERT_TRUE(set_ok(&cfg, "body-limit", "1M"));
+    CU_ASSERT_EQUAL(cfg.body_limit, (size_t)1 << 20);
+    CU_ASSERT_TRUE(set_ok(&cfg, "body_limit", "2M"));
+    CU_ASSERT_EQUAL(cfg.body_limit, (size_t)2 << 20);
+    CU_ASSERT_TRUE(set_ok(&cfg, "--replay-window", "60"));
+    CU_ASSERT_EQUAL(cfg.replay_window, 60);
+    CU_ASSERT_TRUE(set_ok(&cfg, "server-key", "dir:/tmp/k"));
+    CU_ASSERT_TRUE(set_ok(&cfg, "pin-source", "env:PIN"));
+    CU_ASSERT_TRUE(set_ok(&cfg, "api-keys", "/etc/veil/keys"));
+    CU_ASSERT_TRUE(set_ok(&cfg, "tls-cert", "c.pem"));
+    CU_ASSERT_TRUE(set_ok(&cfg, "tls_key", "k.pem"));
+    CU_ASSERT_TRUE(set_ok(&cfg, "port-file", "p"));
+    CU_ASSERT_TRUE(set_ok(&cfg, "pkcs11-module", "softhsm2"));
+    CU_ASSERT_TRUE(set_ok(&cfg, "upstream-timeout", "5"));
+    CU_ASSERT_TRUE(set_ok(&cfg, "connect-timeout", "2"));
+    CU_ASSERT_TRUE(set_ok(&cfg, "log-level", "error"));
+    CU_ASSERT_TRUE(set_ok(&cfg, "replay-capacity", "2048"));
+    /* strings set twice: the second wins, nothing leaks */
+    CU_ASSERT_TRUE(set_ok(&cfg, "tls_cert", "cert.pem"));
+    CU_ASSERT_STRING_EQUAL(cfg.tls_cert, "cert.pem");
+    CU_ASSERT_STRING_EQUAL(cfg.server_key, "dir:/tmp/k");
+    CU_ASSERT_STRING_EQUAL(cfg.pkcs11_module, "softhsm2");
+    CU_ASSERT_EQUAL(cfg.upstream_timeout, 5);
+    CU_ASSERT_EQUAL(cfg.connect_timeout, 2);
+    CU_ASSERT_STRING_EQUAL(cfg.log_level, "error");
+    CU_ASSERT_EQUAL(cfg.replay_capacity, 2048);
+    gw_config_free(&cfg);
+
+    CU_ASSERT_TRUE(set_fails_with(
+        "prot", "1", "unknown option '--prot' (veild --help lists them)"));
+    CU_ASSERT_TRUE(set_fails_with(
+        "--prot", "1", "unknown option '--prot' (veild --help lists them)"));
+    CU_ASSERT_TRUE(set_fails_with("body--limit", "1M", NULL));
+    CU_ASSERT_TRUE(set_fails_with("upstream", "echo", NULL));
+    CU_ASSERT_TRUE(
+        set_fails_with("body-limit", "1",
+                       "--body-limit: '1' is not a size from 1K to 1G "
+                       "(bytes, or with a suffix K, M or G)"));
+}
+
+static void test_config_model_flag(void)
+{
+    gw_config cfg;
+
+    gw_config_init(&cfg);
+    CU_ASSERT_TRUE(set_ok(&cfg, "model", "Qwen/Qwen3-0.6B=echo"));
+    CU_ASSERT_TRUE(set_ok(&cfg, "model",
+                          "m2=http://127.0.0.1:8080/v1/,tiers=standard+high,"
+                          "key-file=/etc/veil/m2.key"));
+    CU_ASSERT_TRUE(
+        set_ok(&cfg, "model", "m3=https://h/v1,key_file=k,tiers=maximum"));
+    CU_ASSERT_TRUE(set_ok(&cfg, "model", "user@org/x.y_z+1=echo,tiers=high"));
+    CU_ASSERT_EQUAL_FATAL(cfg.n_models, 4);
+    CU_ASSERT_STRING_EQUAL(cfg.models[0].id, "Qwen/Qwen3-0.6B");
+    CU_ASSERT_STRING_EQUAL(cfg.models[0].upstream, "echo");
+    CU_ASSERT_EQUAL(cfg.models[0].tiers, GW_TIER_ALL);
+    CU_ASSERT_PTR_NULL(cfg.models[0].upstream_key_file);
+    CU_ASSERT_STRING_EQUAL(cfg.models[1].upstream, "http://127.0.0.1:8080/v1");
+    CU_ASSERT_EQUAL(cfg.models[1].tiers, GW_TIER_STANDARD | GW_TIER_HIGH);
+    CU_ASSERT_STRING_EQUAL(cfg.models[1].upstream_key_file, "/etc/veil/m2.key");
+    CU_ASSERT_STRING_EQUAL(cfg.models[2].upstream, "https://h/v1");
+    CU_ASSERT_STRING_EQUAL(cfg.models[2].upstream_key_file, "k");
+    CU_ASSERT_EQUAL(cfg.models[2].tiers, GW_TIER_MAXIMUM);
+    CU_ASSERT_EQUAL(cfg.models[3].tiers, GW_TIER_HIGH);
+    CU_ASSERT_PTR_NOT_NULL(gw_config_model(&cfg, "user@org/x.y_z+1"));
+    /* a refused model leaves the list as it was */
+    CU_ASSERT_EQUAL(gw_config_set(&cfg, "model", "m2=echo", NULL, 0), -1);
+    CU_ASSERT_EQUAL(gw_config_set(&cfg, "model", "m5=echo,tiers=gold", NULL, 0),
+                    -1);
+    CU_ASSERT_EQUAL(cfg.n_models, 4);
+    gw_config_free(&cfg);
+
+    CU_ASSERT_TRUE(set_fails_with(
+        "model", "noequals",
+        "--model: expected ID=UPSTREAM[,tiers=A+B][,key-file=FILE]"));
+    CU_ASSERT_TRUE(
+        set_fails_with("model", "=echo",
+                       "--model: '' is not a model ID (letters, digits and "
+                       ". _ - : / @ +; at most 200)"));
+    CU_ASSERT_TRUE(
+        set_fails_with("model", "x=",
+                       "--model: '' is not an upstream (echo, or an http:// "
+                       "or https:// base URL such as "
+                       "http://127.0.0.1:8080/v1)"));
+    CU_ASSERT_TRUE(set_fails_with("model", "x=ftp://h/v1", NULL));
+    CU_ASSERT_TRUE(set_fails_with("model", "x=http://", NULL));
+    CU_ASSERT_TRUE(set_fails_with("model", "x=http:///v1", NULL));
+    CU_ASSERT_TRUE(set_fails_with("model", "x=http://h/ v1", NULL));
+    CU_ASSERT_TRUE(set_fails_with("model", "x=ECHO", NULL));
+    CU_ASSERT_TRUE(set_fails_with(
+        "model", "x=echo,tiers=",
+        "--model: unknown model option 'tiers=' (tiers=A+B, key-file=FILE)"));
+    CU_ASSERT_TRUE(set_fails_with(
+        "model", "x=echo,tiers=ultra",
+        "--model: 'ultra' is not a tier (standard, high, maximum)"));
+    CU_ASSERT_TRUE(set_fails_with("model", "x=echo,tiers=high+", NULL));
+    CU_ASSERT_TRUE(
+        set_fails_with("model", "x=echo,colour=red",
+                       "--model: unknown model option 'colour=red' (tiers=A+B, "
+                       "key-file=FILE)"));
+    CU_ASSERT_TRUE(set_fails_with("model", "x=echo,", NULL));
+    CU_ASSERT_TRUE(set_fails_with("model", "bad id=echo", NULL));
+    CU_ASSERT_TRUE(set_fails_with("model", "a,b=echo", NULL));
+
+    /* at most GW_MAX_MODELS */
+    gw_config_init(&cfg);
+    for (int i = 0; i < GW_MAX_MODELS; i++) {
+        char spec[32];
+
+        snprintf(spec, sizeof spec, "m%d=echo", i);
+        CU_ASSERT_TRUE(set_ok(&cfg, "model", spec));
+    }
+    {
+        char err[256];
+
+        CU_ASSERT_EQUAL(
+            gw_config_set(&cfg, "model", "one-more=echo", err, sizeof err), -1);
+        CU_ASSERT_STRING_EQUAL(err, "--model: too many models (at most 64)");
+    }
+    CU_ASSERT_EQUAL(cfg.n_models, GW_MAX_MODELS);
+    gw_config_free(&cfg);
+}
+
+/* check() on cfg after a few flags; returns 1 when the message is want. */
+static int check_says(gw_config *cfg, const char *want)
+{
+    char err[512] = "";
+    int rc = gw_config_check(cfg, err, sizeof err);
+    int ok = want ? rc == -1 && strcmp(err, want) == 0 : rc == 0;
+
+    if (!ok)
+        fprintf(stderr, "\n  check: rc %d '%s', wanted '%s'\n", rc, err,
+                want ? want : "(success)");
+    return ok;
+}
+
+static void test_config_check(void)
+{
+    gw_config cfg;
+
+    gw_config_init(&cfg);
+    CU_ASSERT_TRUE(
+        check_says(&cfg, "server_key is not set (a pkcs11: URI, or dir:PATH)"));
+    CU_ASSERT_TRUE(set_ok(&cfg, "server_key", "pkcs11:token=veil;object=s"));
+    CU_ASSERT_TRUE(check_says(&cfg, "no model configured (model = "
+                                    "ID=UPSTREAM, or a [model ID] section)"));
+    CU_ASSERT_TRUE(set_ok(&cfg, "model", "m=echo"));
+    CU_ASSERT_TRUE(check_says(&cfg, NULL));
+    CU_ASSERT_TRUE(set_ok(&cfg, "tls_cert", "c.pem"));
+    CU_ASSERT_TRUE(check_says(
+        &cfg, "tls_cert is set but tls_key is not: give both or neither"));
+    CU_ASSERT_TRUE(set_ok(&cfg, "tls_key", "k.pem"));
+    CU_ASSERT_TRUE(check_says(&cfg, NULL));
+    free(cfg.tls_cert);
+    cfg.tls_cert = NULL;
+    CU_ASSERT_TRUE(check_says(
+        &cfg, "tls_key is set but tls_cert is not: give both or neither"));
+    free(cfg.tls_key);
+    cfg.tls_key = NULL;
+
+    /* values put into the struct directly are checked too */
+    cfg.pin_source = strdup("123456");
+    CU_ASSERT_TRUE(check_says(
+        &cfg, "pin_source: must be file:PATH, env:NAME, prompt or none (a "
+              "PIN itself is never accepted)"));
+    free(cfg.pin_source);
+    cfg.pin_source = strdup("env:VEIL_PIN");
+    CU_ASSERT_TRUE(check_says(&cfg, NULL));
+    free(cfg.server_key);
+    cfg.server_key = strdup("pkcs11:token=veil;pin-value=1234");
+    CU_ASSERT_TRUE(check_says(&cfg, "server_key: a PIN in the URI "
+                                    "(pin-value) is refused; use pin_source"));
+    free(cfg.server_key);
+    cfg.server_key = strdup("dir:/k");
+    CU_ASSERT_TRUE(check_says(&cfg, NULL));
+
+    /* duplicate model IDs (set() refuses them; a struct filled by hand) */
+    cfg.models[1].id = strdup("m");
+    cfg.models[1].upstream = strdup("echo");
+    cfg.models[1].tiers = GW_TIER_ALL;
+    cfg.n_models = 2;
+    CU_ASSERT_TRUE(check_says(&cfg, "model 'm' is configured twice"));
+    free(cfg.models[1].id);
+    cfg.models[1].id = strdup("n");
+    CU_ASSERT_TRUE(check_says(&cfg, NULL));
+    cfg.models[1].tiers = 0;
+    CU_ASSERT_TRUE(
+        check_says(&cfg, "model 2 lacks an ID, an upstream or a tier"));
+    gw_config_free(&cfg);
+}
+
+static void test_config_example(void)
+{
+    char path[1024], err[512];
+    gw_config cfg;
+    const gw_model *m;
+    int n_echo = 0, n_standard_high = 0;
+
+    snprintf(path, sizeof path, "%s/docs/veild.conf.example",
+             tu_env("VEIL_SRCDIR"));
+    gw_config_init(&cfg);
+    CU_ASSERT_EQUAL(gw_config_load(&cfg, path, err, sizeof err), 0);
+    if (err[0] && cfg.n_models == 0)
+        fprintf(stderr, "\n  %s\n", err);
+    CU_ASSERT_TRUE(check_says(&cfg, NULL));
+    for (size_t i = 0; i < cfg.n_models; i++) {
+        m = &cfg.models[i];
+        if (strcmp(m->upstream, "echo") == 0)
+            n_echo++;
+        if (m->tiers == (GW_TIER_STANDARD | GW_TIER_HIGH))
+            n_standard_high++;
+    }
+    CU_ASSERT(n_echo >= 1);
+    CU_ASSERT(n_standard_high >= 1);
+    m = gw_config_model(&cfg, "Qwen/Qwen3-0.6B");
+    CU_ASSERT_PTR_NOT_NULL(m);
+    if (m)
+        CU_ASSERT_STRING_EQUAL(m->upstream, "http://127.0.0.1:8080/v1");
+    m = gw_config_model(&cfg, "llama3.2:3b");
+    CU_ASSERT_PTR_NOT_NULL(m);
+    if (m)
+        CU_ASSERT_STRING_EQUAL(m->upstream, "http://127.0.0.1:11434/v1");
+    gw_config_free(&cfg);
+}
+
+static void test_config_help(void)
+{
+    static const char *const names[] = {
+        "--listen ",
+        "--port ",
+        "--port_file ",
+        "--tls_cert ",
+        "--tls_key ",
+        "--server_key ",
+        "--pkcs11_module ",
+        "--pin_source ",
+        "--api_keys ",
+        "--rate ",
+        "--burst ",
+        "--body_limit ",
+        "--workers ",
+        "--replay_window ",
+        "--replay_capacity ",
+        "--upstream_timeout ",
+        "--connect_timeout ",
+        "--log_level ",
+        "--model ",
+        "[model ID]",
+        "upstream = ",
+        "upstream_key_file = ",
+        "tiers = ",
+        "(default: 16M)",
+        "(default: 127.0.0.1)",
+        "(default: 8443)",
+    };
+    char *text = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&text, &len);
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(f);
+    gw_config_help(f);
+    fclose(f);
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+        if (!strstr(text, names[i]))
+            fprintf(stderr, "\n  help lacks '%s'\n", names[i]);
+        CU_ASSERT_PTR_NOT_NULL(strstr(text, names[i]));
+    }
+    free(text);
+}
+
+/* ==== API keys ============================================================ */
+
+static const char *const KEY_ALICE = "vk-alice-0123456789";
+static const char *const KEY_BOB = "vk-bob-9876543210";
+
+/* "sha256:<hex>" of key */
+static void key_line(const char *key, char *out)
+{
+    uint8_t h[32];
+
+    sha256(key, strlen(key), h);
+    memcpy(out, "sha256:", 7);
+    to_hex(h, 32, out + 7);
+}
+
+static void test_auth_good(void)
+{
+    char la[80], lb[80], text[600], err[256];
+    uint8_t id[32], want[32];
+    const char *path;
+    gw_auth *a;
+
+    key_line(KEY_ALICE, la);
+    key_line(KEY_BOB, lb);
+    /* bob's hash in upper case, without a name */
+    for (char *p = lb + 7; *p; p++)
+        if (*p >= 'a' && *p <= 'f')
+            *p = (char)(*p - 'a' + 'A');
+    snprintf(text, sizeof text,
+             "# API keys of veild\n\n  %s   alice (ops team)\n%s\n"
+             "\t# the end\n",
+             la, lb);
+    path = write_file("keys", text, 0600);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(path);
+    a = gw_auth_load(path, err, sizeof err);
+    if (!a)
+        fprintf(stderr, "\n  %s\n", err);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(a);
+    CU_ASSERT_EQUAL(gw_auth_count(a), 2);
+
+    CU_ASSERT_EQUAL(gw_auth_check(a, KEY_ALICE, id), 1);
+    sha256(KEY_ALICE, strlen(KEY_ALICE), want);
+    CU_ASSERT_EQUAL(memcmp(id, want, 32), 0);
+    CU_ASSERT_PTR_NOT_NULL(gw_auth_name(a, id));
+    if (gw_auth_name(a, id))
+        CU_ASSERT_STRING_EQUAL(gw_auth_name(a, id), "alice (ops team)");
+
+    CU_ASSERT_EQUAL(gw_auth_check(a, KEY_BOB, id), 1);
+    sha256(KEY_BOB, strlen(KEY_BOB), want);
+    CU_ASSERT_EQUAL(memcmp(id, want, 32), 0);
+    CU_ASSERT_PTR_NULL(gw_auth_name(a, id)); /* no name given */
+
+    /* wrong keys: near misses, empty, NULL */
+    CU_ASSERT_EQUAL(gw_auth_check(a, "vk-alice-012345678", id), 0);
+    sha256("vk-alice-012345678", strlen("vk-alice-012345678"), want);
+    CU_ASSERT_EQUAL(memcmp(id, want, 32), 0); /* the id is still given */
+    CU_ASSERT_PTR_NULL(gw_auth_name(a, id));
+    CU_ASSERT_EQUAL(gw_auth_check(a, "vk-alice-0123456789\n", id), 0);
+    CU_ASSERT_EQUAL(gw_auth_check(a, "", id), 0);
+    CU_ASSERT_EQUAL(gw_auth_check(a, NULL, id), 0);
+    CU_ASSERT_EQUAL(gw_auth_check(NULL, KEY_ALICE, id), 0);
+    gw_auth_free(a);
+    gw_auth_free(NULL);
+
+    /* mode 0640 is fine too */
+    path = write_file("keys", text, 0640);
+    a = gw_auth_load(path, err, sizeof err);
+    CU_ASSERT_PTR_NOT_NULL(a);
+    gw_auth_free(a);
+}
+
+static void test_auth_refused(void)
+{
+    char la[80], text[600], err[256], want[700];
+    const char *path;
+    const char *bad[] = {
+        "sha256:%.63s\n",       /* one digit short */
+        "sha256:%sf\n",         /* one digit more */
+        "sha1:%s\n",            /* another hash */
+        "%s\n",                 /* no prefix */
+        "sha256:%.63sg\n",      /* not hex */
+        "sha256: %s\n",         /* space after the colon */
+        "sha256:%s\x01name\n",  /* glued control character */
+        "sha256:%s na\x7fme\n", /* control character in the name */
+    };
+
+    key_line(KEY_ALICE, la);
+    snprintf(text, sizeof text, "%s alice\n", la);
+    /* writable by others, or by the group */
+    path = write_file("keys", text, 0666);
+    CU_ASSERT_PTR_NULL(gw_auth_load(path, err, sizeof err));
+    snprintf(want, sizeof want,
+             "%s: writable by group or others (chmod 600 or 640)", path);
+    CU_ASSERT_STRING_EQUAL(err, want);
+    path = write_file("keys", text, 0620);
+    CU_ASSERT_PTR_NULL(gw_auth_load(path, err, sizeof err));
+    CU_ASSERT_PTR_NOT_NULL(strstr(err, "writable by group or others"));
+    /* not a regular file, missing */
+    CU_ASSERT_PTR_NULL(gw_auth_load(scratch, err, sizeof err));
+    CU_ASSERT_PTR_NOT_NULL(strstr(err, "not a regular file"));
+    CU_ASSERT_PTR_NULL(gw_auth_load("/nonexistent/keys", err, sizeof err));
+    CU_ASSERT_STRING_EQUAL(err, "/nonexistent/keys: No such file or directory");
+    /* empty, or only comments */
+    path = write_file("keys", "", 0600);
+    CU_ASSERT_PTR_NULL(gw_auth_load(path, err, sizeof err));
+    CU_ASSERT_PTR_NOT_NULL(strstr(err, ": no API keys in the file"));
+    path = write_file("keys", "# nobody yet\n\n", 0600);
+    CU_ASSERT_PTR_NULL(gw_auth_load(path, err, sizeof err));
+    CU_ASSERT_PTR_NOT_NULL(strstr(err, ": no API keys in the file"));
+
+    /* malformed lines, named by number (here line 3) */
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        char line[200];
+        gw_auth *a;
+
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wformat-nonliteral"
+        snprintf(line, sizeof line, bad[i], la + 7);
+#pragma GCC diagnostic pop
+        snprintf(text, sizeof text, "# keys\n%s bob\n%s", la, line);
+        path = write_file("keys", text, 0600);
+        a = gw_auth_load(path, err, sizeof err);
+        CU_ASSERT_PTR_NULL(a);
+        snprintf(want, sizeof want,
+                 "%s:3: expected \"sha256:<64 hex digits> [name]\"", path);
+        if (strcmp(err, want) != 0)
+            fprintf(stderr, "\n  case %zu: %s\n", i, err);
+        CU_ASSERT_STRING_EQUAL(err, want);
+        gw_auth_free(a);
+    }
+}
+
+/* ==== replay register ===================================================== */
+
+static void test_strikes_basic(void)
+{
+    gw_strikes *s = gw_strikes_new(600, 1024);
+    uint8_t a1[32], a2[32], a3[32], b1[32], b2[32], b3[32];
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(s);
+    mark(a1, 'a', 1);
+    mark(a2, 'a', 2);
+    mark(a3, 'a', 3);
+    mark(b1, 'b', 1);
+    mark(b2, 'b', 2);
+    mark(b3, 'b', 3);
+    CU_ASSERT_EQUAL(gw_strikes_add(s, a1, b1, 1000), GW_STRIKE_NEW);
+    /* the same package again */
+    CU_ASSERT_EQUAL(gw_strikes_add(s, a1, b1, 1001), GW_STRIKE_SEEN);
+    /* replay by payload ID, with a new wrapped key */
+    CU_ASSERT_EQUAL(gw_strikes_add(s, a1, b2, 1002), GW_STRIKE_SEEN);
+    /* replay by wrapped key, with a new payload ID */
+    CU_ASSERT_EQUAL(gw_strikes_add(s, a2, b1, 1003), GW_STRIKE_SEEN);
+    /* a replay records nothing: neither b2 nor a2 is known now */
+    CU_ASSERT_EQUAL(gw_strikes_add(s, a2, b2, 1004), GW_STRIKE_NEW);
+    /* the two kinds of marks are apart: b1's bytes as a payload ID are
+     * new (and a1's bytes as a wrapped key) */
+    CU_ASSERT_EQUAL(gw_strikes_add(s, b1, a1, 1005), GW_STRIKE_NEW);
+    CU_ASSERT_EQUAL(gw_strikes_add(s, a3, b3, 1006), GW_STRIKE_NEW);
+    gw_strikes_free(s);
+    gw_strikes_free(NULL);
+
+    CU_ASSERT_PTR_NULL(gw_strikes_new(600, 1));
+    CU_ASSERT_PTR_NULL(gw_strikes_new(600, (1u << 24) + 1));
+}
+
+static void test_strikes_expiry(void)
+{
+    gw_strikes *s = gw_strikes_new(10, 1024);
+    uint8_t a1[32], b1[32], a2[32], b2[32];
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(s);
+    mark(a1, 'a', 1);
+    mark(b1, 'b', 1);
+    mark(a2, 'a', 2);
+    mark(b2, 'b', 2);
+    CU_ASSERT_EQUAL(gw_strikes_add(s, a1, b1, 100), GW_STRIKE_NEW);
+    CU_ASSERT_EQUAL(gw_strikes_add(s, a2, b2, 105), GW_STRIKE_NEW);
+    /* 10 s old: still inside the window */
+    CU_ASSERT_EQUAL(gw_strikes_add(s, a1, b1, 110), GW_STRIKE_SEEN);
+    /* 11 s old: forgotten, so it is recorded anew (at 111) */
+    CU_ASSERT_EQUAL(gw_strikes_add(s, a1, b1, 111), GW_STRIKE_NEW);
+    CU_ASSERT_EQUAL(gw_strikes_add(s, a2, b2, 115), GW_STRIKE_SEEN);
+    CU_ASSERT_EQUAL(gw_strikes_add(s, a2, b2, 116), GW_STRIKE_NEW);
+    CU_ASSERT_EQUAL(gw_strikes_add(s, a1, b1, 121), GW_STRIKE_SEEN);
+    CU_ASSERT_EQUAL(gw_strikes_add(s, a1, b1, 122), GW_STRIKE_NEW);
+    /* a clock that steps back keeps marks longer */
+    CU_ASSERT_EQUAL(gw_strikes_add(s, a2, b2, 50), GW_STRIKE_SEEN);
+    gw_strikes_free(s);
+}
+
+static void test_strikes_full(void)
+{
+    /* room for 4 packages */
+    gw_strikes *s = gw_strikes_new(10, 8);
+    uint8_t a[32], b[32];
+    size_t bytes;
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(s);
+    bytes = gw_strikes_bytes(s);
+    CU_ASSERT(bytes >= 8 * (32 + sizeof(time_t)));
+    for (unsigned i = 0; i < 4; i++) {
+        mark(a, 'a', i);
+        mark(b, 'b', i);
+        CU_ASSERT_EQUAL(gw_strikes_add(s, a, b, 100 + i), GW_STRIKE_NEW);
+    }
+    mark(a, 'a', 4);
+    mark(b, 'b', 4);
+    /* full of live marks: refused, fail closed */
+    CU_ASSERT_EQUAL(gw_strikes_add(s, a, b, 105), GW_STRIKE_FULL);
+    CU_ASSERT_EQUAL(gw_strikes_add(s, a, b, 110), GW_STRIKE_FULL);
+    /* a replay is still recognised as one */
+    mark(a, 'a', 3);
+    mark(b, 'b', 99);
+    CU_ASSERT_EQUAL(gw_strikes_add(s, a, b, 110), GW_STRIKE_SEEN);
+    /* at 111 the package of 100 has expired: room for one more */
+    mark(a, 'a', 4);
+    mark(b, 'b', 4);
+    CU_ASSERT_EQUAL(gw_strikes_add(s, a, b, 111), GW_STRIKE_NEW);
+    mark(a, 'a', 5);
+    mark(b, 'b', 5);
+    CU_ASSERT_EQUAL(gw_strikes_add(s, a, b, 111), GW_STRIKE_FULL);
+    /* the package of 100 is gone: new again */
+    mark(a, 'a', 0);
+    mark(b, 'b', 0);
+    CU_ASSERT_EQUAL(gw_strikes_add(s, a, b, 112), GW_STRIKE_NEW);
+    /* the refused package 4 at 105 was not recorded then: it was new at
+     * 111, and is seen now */
+    mark(a, 'a', 4);
+    mark(b, 'b', 4);
+    CU_ASSERT_EQUAL(gw_strikes_add(s, a, b, 112), GW_STRIKE_SEEN);
+    /* long after: everything expired, all new */
+    for (unsigned i = 10; i < 14; i++) {
+        mark(a, 'a', i);
+        mark(b, 'b', i);
+        CU_ASSERT_EQUAL(gw_strikes_add(s, a, b, 200), GW_STRIKE_NEW);
+    }
+    CU_ASSERT_EQUAL(gw_strikes_bytes(s), bytes);
+    gw_strikes_free(s);
+}
+
+/* 10x the capacity over time, with replays mixed in: every fresh package is
+ * NEW, every replay inside the window SEEN, the memory never grows. */
+static void test_strikes_bounded(void)
+{
+    /* 40 packages a second, 11 seconds live (age 0 to 10): 880 of the 1024
+     * entries, plus a few for the expired replays below */
+    const unsigned cap = 1024, window = 10, per_second = 40;
+    const unsigned packages = 10 * cap;
+    gw_strikes *s = gw_strikes_new(window, cap);
+    uint8_t a[32], b[32];
+    size_t bytes;
+    unsigned new_ok = 0, seen_ok = 0, expired_new = 0, expired_tries = 0;
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(s);
+    bytes = gw_strikes_bytes(s);
+    for (unsigned i = 0; i < packages; i++) {
+        time_t now = 1000 + i / per_second;
+
+        mark(a, 'a', i);
+        mark(b, 'b', i);
+        new_ok += gw_strikes_add(s, a, b, now) == GW_STRIKE_NEW;
+        if (i >= 7 * per_second) {
+            unsigned j = i - 7 * per_second; /* 7 s old: still live */
+
+            mark(a, 'a', j);
+            mark(b, 'b', 100000 + j);
+            seen_ok += gw_strikes_add(s, a, b, now) == GW_STRIKE_SEEN;
+        }
+        if (i >= 12 * per_second && i % 97 == 0) {
+            unsigned j = i - 12 * per_second; /* 12 s old: forgotten */
+
+            mark(a, 'a', 200000 + j);
+            mark(b, 'b', j);
+            expired_new += gw_strikes_add(s, a, b, now) == GW_STRIKE_NEW;
+            expired_tries++;
+        }
+        CU_ASSERT_EQUAL(gw_strikes_bytes(s), bytes);
+    }
+    CU_ASSERT_EQUAL(new_ok, packages);
+    CU_ASSERT_EQUAL(seen_ok, packages - 7 * per_second);
+    CU_ASSERT(expired_tries > 50);
+    CU_ASSERT_EQUAL(expired_new, expired_tries);
+    /* at most 56 bytes an entry (documented: about 48) */
+    CU_ASSERT(bytes <= 512 + (size_t)cap * 56);
+    gw_strikes_free(s);
+}
+
+typedef struct race {
+    gw_strikes *s;
+    unsigned news;
+} race;
+
+static void *race_thread(void *arg)
+{
+    race *r = arg;
+    uint8_t a[32], b[32];
+
+    for (unsigned i = 0; i < 2000; i++) {
+        mark(a, 'a', i);
+        mark(b, 'b', i);
+        r->news += gw_strikes_add(r->s, a, b, 5000) == GW_STRIKE_NEW;
+    }
+    return NULL;
+}
+
+/* Threads racing with the same packages: each is NEW exactly once. */
+static void test_strikes_threads(void)
+{
+    gw_strikes *s = gw_strikes_new(600, 8192);
+    race r[4];
+    pthread_t t[4];
+    unsigned total = 0;
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(s);
+    for (int i = 0; i < 4; i++) {
+        r[i].s = s;
+        r[i].news = 0;
+        CU_ASSERT_EQUAL_FATAL(pthread_create(&t[i], NULL, race_thread, &r[i]),
+                              0);
+    }
+    for (int i = 0; i < 4; i++) {
+        pthread_join(t[i], NULL);
+        total += r[i].news;
+    }
+    CU_ASSERT_EQUAL(total, 2000);
+    gw_strikes_free(s);
+}
+
+/* ==== rate limits ========================================================= */
+
+static void test_rate_burst(void)
+{
+    gw_rate *r = gw_rate_new(1.0, 2, 16);
+    uint8_t k[32];
+    unsigned retry = 0;
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(r);
+    mark(k, 'k', 1);
+    CU_ASSERT_EQUAL(gw_rate_take(r, k, 100.0, &retry), 1);
+    CU_ASSERT_EQUAL(gw_rate_take(r, k, 100.0, &retry), 1);
+    CU_ASSERT_EQUAL(gw_rate_take(r, k, 100.0, &retry), 0);
+    CU_ASSERT_EQUAL(retry, 1);
+    /* half a token back after 0.5 s: still no, retry in 1 s (rounded up) */
+    CU_ASSERT_EQUAL(gw_rate_take(r, k, 100.5, &retry), 0);
+    CU_ASSERT_EQUAL(retry, 1);
+    /* a full token at 101 */
+    CU_ASSERT_EQUAL(gw_rate_take(r, k, 101.0, &retry), 1);
+    CU_ASSERT_EQUAL(gw_rate_take(r, k, 101.0, &retry), 0);
+    /* long idle: back to a full bucket of 2, not more */
+    CU_ASSERT_EQUAL(gw_rate_take(r, k, 1000.0, &retry), 1);
+    CU_ASSERT_EQUAL(gw_rate_take(r, k, 1000.0, &retry), 1);
+    CU_ASSERT_EQUAL(gw_rate_take(r, k, 1000.0, &retry), 0);
+    /* time going back gives nothing */
+    CU_ASSERT_EQUAL(gw_rate_take(r, k, 500.0, &retry), 0);
+    gw_rate_free(r);
+    gw_rate_free(NULL);
+
+    /* a slow rate: retry_after is whole seconds, rounded up */
+    r = gw_rate_new(0.25, 1, 4);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(r);
+    CU_ASSERT_EQUAL(gw_rate_take(r, k, 0.0, &retry), 1);
+    CU_ASSERT_EQUAL(gw_rate_take(r, k, 0.0, &retry), 0);
+    CU_ASSERT_EQUAL(retry, 4);
+    CU_ASSERT_EQUAL(gw_rate_take(r, k, 1.5, &retry), 0);
+    CU_ASSERT_EQUAL(retry, 3); /* 2.5 s to go */
+    CU_ASSERT_EQUAL(gw_rate_take(r, k, 3.9, &retry), 0);
+    CU_ASSERT_EQUAL(retry, 1);
+    CU_ASSERT_EQUAL(gw_rate_take(r, k, 4.0, &retry), 1);
+    gw_rate_free(r);
+
+    CU_ASSERT_PTR_NULL(gw_rate_new(0.0, 2, 4));
+    CU_ASSERT_PTR_NULL(gw_rate_new(1.0, 0, 4));
+    CU_ASSERT_PTR_NULL(gw_rate_new(1.0, 2, 0));
+}
+
+static void test_rate_keys_apart(void)
+{
+    gw_rate *r = gw_rate_new(1.0, 2, 16);
+    uint8_t k1[32], k2[32];
+    unsigned retry = 0;
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(r);
+    mark(k1, 'k', 1);
+    mark(k2, 'k', 2);
+    CU_ASSERT_EQUAL(gw_rate_take(r, k1, 10.0, &retry), 1);
+    CU_ASSERT_EQUAL(gw_rate_take(r, k1, 10.0, &retry), 1);
+    CU_ASSERT_EQUAL(gw_rate_take(r, k1, 10.0, &retry), 0);
+    /* k1 spent its bucket; k2 has its own */
+    CU_ASSERT_EQUAL(gw_rate_take(r, k2, 10.0, &retry), 1);
+    CU_ASSERT_EQUAL(gw_rate_take(r, k2, 10.0, &retry), 1);
+    CU_ASSERT_EQUAL(gw_rate_take(r, k2, 10.0, &retry), 0);
+    CU_ASSERT_EQUAL(gw_rate_take(r, k1, 11.0, &retry), 1);
+    CU_ASSERT_EQUAL(gw_rate_take(r, k1, 11.0, &retry), 0);
+    gw_rate_free(r);
+}
+
+static void test_rate_bounded(void)
+{
+    const unsigned max = 8;
+    gw_rate *r = gw_rate_new(1.0, 2, max);
+    uint8_t k[32], hot[32];
+    unsigned retry = 0, ok = 0;
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(r);
+    /* a hot key spends its bucket */
+    mark(hot, 'h', 0);
+    CU_ASSERT_EQUAL(gw_rate_take(r, hot, 0.0, &retry), 1);
+    CU_ASSERT_EQUAL(gw_rate_take(r, hot, 0.0, &retry), 1);
+    CU_ASSERT_EQUAL(gw_rate_take(r, hot, 0.0, &retry), 0);
+    /* many keys pass through the table; the hot key is used between them,
+     * so it is never the one idle longest and keeps its (empty) bucket */
+    for (unsigned i = 0; i < 1000; i++) {
+        mark(k, 'k', i);
+        ok += gw_rate_take(r, k, 0.0, &retry);
+        if (i % 4 == 0)
+            CU_ASSERT_EQUAL(gw_rate_take(r, hot, 0.0, &retry), 0);
+    }
+    CU_ASSERT_EQUAL(ok, 1000); /* each new key: a full bucket */
+    /* an early key was evicted long ago: it comes back with a full bucket
+     * (which it would have anyway after 2 s idle) */
+    mark(k, 'k', 0);
+    CU_ASSERT_EQUAL(gw_rate_take(r, k, 0.0, &retry), 1);
+    CU_ASSERT_EQUAL(gw_rate_take(r, k, 0.0, &retry), 1);
+    CU_ASSERT_EQUAL(gw_rate_take(r, k, 0.0, &retry), 0);
+    /* the most recent keys are still there, with one token left */
+    mark(k, 'k', 999);
+    CU_ASSERT_EQUAL(gw_rate_take(r, k, 0.0, &retry), 1);
+    CU_ASSERT_EQUAL(gw_rate_take(r, k, 0.0, &retry), 0);
+    CU_ASSERT_EQUAL(gw_rate_take(r, hot, 0.0, &retry), 0);
+    gw_rate_free(r);
+
+    /* a table of one bucket */
+    r = gw_rate_new(1.0, 1, 1);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(r);
+    mark(k, 'k', 1);
+    CU_ASSERT_EQUAL(gw_rate_take(r, k, 0.0, &retry), 1);
+    CU_ASSERT_EQUAL(gw_rate_take(r, k, 0.0, &retry), 0);
+    mark(hot, 'k', 2);
+    CU_ASSERT_EQUAL(gw_rate_take(r, hot, 0.0, &retry), 1);
+    CU_ASSERT_EQUAL(gw_rate_take(r, hot, 0.0, &retry), 0);
+    gw_rate_free(r);
+}
+
+/* ==== main ================================================================ */
+
+typedef struct {
+    const char *name;
+    CU_TestFunc fn;
+} test_def;
+
+static int add_suite(const char *name, CU_InitializeFunc init,
+                     CU_CleanupFunc cleanup, const test_def *tests, size_t n)
+{
+    CU_pSuite s = CU_add_suite(name, init, cleanup);
+
+    if (!s)
+        return -1;
+    for (size_t i = 0; i < n; i++)
+        if (!CU_add_test(s, tests[i].name, tests[i].fn))
+            return -1;
+    return 0;
+}
+
+#define ADD_SUITE(name, init, cleanup, arr)                                    \
+    add_suite(name, init, cleanup, arr, sizeof arr / sizeof arr[0])
+
+int main(void)
+{
+    static const test_def config[] = {
+        {"defaults", test_config_defaults},
+        {"a file with every setting", test_config_every_setting},
+        {"sections, comments, overrides", test_config_sections_comments},
+        {"file errors name their line", test_config_file_errors},
+        {"sizes with suffixes", test_config_sizes},
+        {"numbers and checked values", test_config_numbers},
+        {"flags: '-' and '_' alike", test_config_flags},
+        {"model flag syntax", test_config_model_flag},
+        {"check()", test_config_check},
+        {"docs/veild.conf.example", test_config_example},
+        {"--help lists the table", test_config_help},
+    };
+    static const test_def auth[] = {
+        {"a good key file", test_auth_good},
+        {"refused files and lines", test_auth_refused},
+    };
+    static const test_def strikes[] = {
+        {"new and replays", test_strikes_basic},
+        {"expiry after the window", test_strikes_expiry},
+        {"full, then free again", test_strikes_full},
+        {"10x capacity, bounded memory", test_strikes_bounded},
+        {"threads", test_strikes_threads},
+    };
+    static const test_def rate[] = {
+        {"burst, refusal, refill", test_rate_burst},
+        {"keys apart", test_rate_keys_apart},
+        {"bounded table", test_rate_bounded},
+    };
+    unsigned failures;
+    CU_ErrorCode err;
+
+    if (tu_scratch_dir("gwunits", scratch, sizeof scratch) != 0) {
+        fprintf(stderr, "cannot make a scratch directory: %s\n",
+                strerror(errno));
+        return 99;
+    }
+    if (CU_initialize_registry() != CUE_SUCCESS)
+        return 1;
+    if (ADD_SUITE("configuration", NULL, NULL, config) ||
+        ADD_SUITE("API keys", NULL, NULL, auth) ||
+        ADD_SUITE("replay register", NULL, NULL, strikes) ||
+        ADD_SUITE("rate limits", NULL, NULL, rate)) {
+        CU_cleanup_registry();
+        return 1;
+    }
+    CU_basic_set_mode(CU_BRM_VERBOSE);
+    err = CU_basic_run_tests();
+    failures = CU_get_number_of_failures() + CU_get_number_of_suites_failed();
+    if (err == CUE_SUCCESS)
+        err = CU_get_error();
+    CU_cleanup_registry();
+    for (size_t i = 0; i < sizeof scratch_files / sizeof scratch_files[0];
+         i++) {
+        char path[700];
+
+        snprintf(path, sizeof path, "%s/%s", scratch, scratch_files[i]);
+        unlink(path);
+    }
+    rmdir(scratch);
+    return failures || err != CUE_SUCCESS ? 1 : 0;
+}

@@ -1,0 +1,888 @@
+/* The gateway's inference backend (gateway/upstream.c) against the stand-in
+ * inference server tests/mock-upstream (started here as a child process):
+ * answers, the mapping of every failure to the client's status and detail
+ * text, "stream": true turned off, the backend's API key, the echo model,
+ * health probes, connection reuse and threads.
+ *
+ * Needs $VEIL_BUILDDIR (where tests/mock-upstream is).  No tight upper
+ * bounds on time: the machines this runs on are shared and slow.
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <CUnit/Basic.h>
+#include <cjson/cJSON.h>
+#include <curl/curl.h>
+
+#include "gateway.h"
+#include "testutil.h"
+
+#define API_KEY "sk-mock-0123456789abcdef"
+
+typedef struct mock_proc {
+    pid_t pid;
+    unsigned port;
+    char base[64]; /* http://127.0.0.1:PORT/v1 */
+} mock_proc;
+
+static char scratch[4096];
+static mock_proc plain, keyed; /* without and with --api-key-file */
+static char key_file[4200], wrong_key_file[4200], missing_key_file[4200];
+static char dead_base[64]; /* a port nobody listens on */
+
+/* ---- helpers ------------------------------------------------------------ */
+
+static int write_text(const char *path, const char *text)
+{
+    FILE *fp = fopen(path, "w");
+
+    if (fp == NULL)
+        return -1;
+    fputs(text, fp);
+    return fclose(fp);
+}
+
+static double now_s(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* Starts mock-upstream (with an API key file when key is not NULL) and
+ * waits for its port file. */
+static int mock_start(mock_proc *m, const char *name, const char *key)
+{
+    char port_file[4200], exe[4096];
+    const char *builddir = tu_env("VEIL_BUILDDIR");
+    double deadline = now_s() + 30;
+
+    snprintf(exe, sizeof exe, "%s/tests/mock-upstream", builddir);
+    snprintf(port_file, sizeof port_file, "%s/%s.port", scratch, name);
+    m->pid = fork();
+    if (m->pid < 0)
+        return -1;
+    if (m->pid == 0) {
+        if (key)
+            execl(exe, exe, "--port-file", port_file, "--api-key-file", key,
+                  (char *)NULL);
+        else
+            execl(exe, exe, "--port-file", port_file, (char *)NULL);
+        fprintf(stderr, "test_upstream: cannot run %s: %s\n", exe,
+                strerror(errno));
+        _exit(127);
+    }
+    while (now_s() < deadline) {
+        FILE *fp = fopen(port_file, "r");
+        int status;
+
+        if (fp != NULL) {
+            int ok = fscanf(fp, "%u", &m->port) == 1;
+
+            fclose(fp);
+            if (ok && m->port > 0) {
+                snprintf(m->base, sizeof m->base, "http://127.0.0.1:%u/v1",
+                         m->port);
+                return 0;
+            }
+        }
+        if (waitpid(m->pid, &status, WNOHANG) == m->pid) {
+            fprintf(stderr, "test_upstream: %s exited early\n", exe);
+            m->pid = 0;
+            return -1;
+        }
+        usleep(20000);
+    }
+    fprintf(stderr, "test_upstream: %s did not start\n", exe);
+    return -1;
+}
+
+/* SIGTERM to the mock, by its PID; 0 when it exited 0. */
+static int mock_stop(mock_proc *m)
+{
+    int status = 0;
+
+    if (m->pid <= 0)
+        return 0;
+    kill(m->pid, SIGTERM);
+    if (waitpid(m->pid, &status, 0) != m->pid)
+        return -1;
+    m->pid = 0;
+    return WIFEXITED(status) && WEXITSTATUS(status) == 0 ? 0 : -1;
+}
+
+/* A port nobody listens on: bound, not listened on, closed. */
+static unsigned free_port(void)
+{
+    struct sockaddr_in sa;
+    socklen_t len = sizeof sa;
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    unsigned port = 0;
+
+    memset(&sa, 0, sizeof sa);
+    sa.sin_family = AF_INET;
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (fd >= 0 && bind(fd, (struct sockaddr *)&sa, sizeof sa) == 0 &&
+        getsockname(fd, (struct sockaddr *)&sa, &len) == 0)
+        port = ntohs(sa.sin_port);
+    if (fd >= 0)
+        close(fd);
+    return port;
+}
+
+static size_t on_body(char *data, size_t size, size_t n, void *ctx)
+{
+    cJSON **out = ctx;
+    char buf[512];
+    size_t len = size * n;
+
+    if (len < sizeof buf) {
+        memcpy(buf, data, len);
+        buf[len] = '\0';
+        *out = cJSON_Parse(buf);
+    }
+    return len;
+}
+
+/* The mock's counters (GET /mock/stats, on a connection of its own). */
+static int mock_stats(const mock_proc *m, unsigned long *requests,
+                      unsigned long *connections)
+{
+    char url[128];
+    cJSON *j = NULL;
+    CURL *h = curl_easy_init();
+    int rc = -1;
+
+    snprintf(url, sizeof url, "http://127.0.0.1:%u/mock/stats", m->port);
+    curl_easy_setopt(h, CURLOPT_URL, url);
+    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_body);
+    curl_easy_setopt(h, CURLOPT_WRITEDATA, &j);
+    if (curl_easy_perform(h) == CURLE_OK && j != NULL) {
+        *requests = (unsigned long)cJSON_GetNumberValue(
+            cJSON_GetObjectItem(j, "requests"));
+        *connections = (unsigned long)cJSON_GetNumberValue(
+            cJSON_GetObjectItem(j, "connections"));
+        rc = 0;
+    }
+    cJSON_Delete(j);
+    curl_easy_cleanup(h);
+    return rc;
+}
+
+static gw_config make_cfg(unsigned timeout)
+{
+    gw_config c;
+    const char *v;
+
+    memset(&c, 0, sizeof c);
+    c.upstream_timeout = timeout;
+    c.connect_timeout = 5;
+    v = getenv("VEIL_TEST_VERBOSE");
+    c.log_level = v && strcmp(v, "1") == 0 ? "debug" : "error";
+    return c;
+}
+
+static gw_model make_model(const char *id, const char *upstream,
+                           const char *key)
+{
+    gw_model m;
+
+    memset(&m, 0, sizeof m);
+    m.id = (char *)id;
+    m.upstream = (char *)upstream;
+    m.upstream_key_file = (char *)key;
+    m.tiers = GW_TIER_ALL;
+    return m;
+}
+
+/* {"model": model, "messages": [{"role": "user", "content": content}]}
+ * plus extra members (a JSON text without braces, or NULL).  malloc'd. */
+static char *chat_request(const char *model, const char *content,
+                          const char *extra)
+{
+    cJSON *j = cJSON_CreateObject(), *msgs, *msg;
+    char *text, *out;
+    size_t size;
+
+    cJSON_AddStringToObject(j, "model", model);
+    msgs = cJSON_AddArrayToObject(j, "messages");
+    msg = cJSON_CreateObject();
+    cJSON_AddStringToObject(msg, "role", "user");
+    cJSON_AddStringToObject(msg, "content", content);
+    cJSON_AddItemToArray(msgs, msg);
+    text = cJSON_PrintUnformatted(j);
+    cJSON_Delete(j);
+    if (extra == NULL)
+        return text;
+    size = strlen(text) + strlen(extra) + 2;
+    out = malloc(size);
+    /* text ends in '}': put the extra members before it */
+    snprintf(out, size, "%.*s,%s}", (int)strlen(text) - 1, text, extra);
+    free(text);
+    return out;
+}
+
+/* gw_upstream_call with a request for model name `model` at upstream. */
+static void call(const gw_config *cfg, const gw_model *m, const char *model,
+                 const char *content, const char *extra, gw_upstream_result *r)
+{
+    char *req = chat_request(model, content, extra);
+
+    gw_upstream_call(cfg, m, req, strlen(req), r);
+    free(req);
+}
+
+static void result_free(gw_upstream_result *r)
+{
+    if (r->body) {
+        explicit_bzero(r->body, r->len);
+        free(r->body);
+    }
+    memset(r, 0, sizeof *r);
+}
+
+/* choices[0].message.content of a chat.completion text (malloc'd). */
+static char *answer_content(const char *text)
+{
+    cJSON *j = cJSON_Parse(text);
+    const cJSON *c = cJSON_GetObjectItem(
+        cJSON_GetObjectItem(
+            cJSON_GetArrayItem(cJSON_GetObjectItem(j, "choices"), 0),
+            "message"),
+        "content");
+    char *out = cJSON_IsString(c) ? strdup(c->valuestring) : NULL;
+
+    cJSON_Delete(j);
+    return out;
+}
+
+/* Checks status and exact detail text. */
+static void expect(const gw_upstream_result *r, int status, const char *detail)
+{
+    CU_ASSERT_EQUAL(r->status, status);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(r->body);
+    CU_ASSERT_EQUAL(r->len, strlen(r->body));
+    if (detail && strcmp(r->body, detail) != 0) {
+        fprintf(stderr, "\n  want %d \"%s\"\n  got  %d \"%s\"\n", status,
+                detail, r->status, r->body);
+        CU_FAIL("detail text");
+    }
+}
+
+/* ---- answers and mapping ------------------------------------------------ */
+
+static void test_ok(void)
+{
+    gw_config cfg = make_cfg(30);
+    gw_model m = make_model("mock-ok", plain.base, NULL);
+    char slash[80];
+    gw_upstream_result r;
+    char *content;
+
+    call(&cfg, &m, "mock-ok", "hello \"there\"\n", NULL, &r);
+    CU_ASSERT_EQUAL_FATAL(r.status, 200);
+    content = answer_content(r.body);
+    CU_ASSERT_PTR_NOT_NULL(content);
+    if (content)
+        CU_ASSERT_STRING_EQUAL(content, "mock: hello \"there\"\n");
+    free(content);
+    result_free(&r);
+
+    /* a base URL with a trailing '/' */
+    snprintf(slash, sizeof slash, "%s/", plain.base);
+    m.upstream = slash;
+    call(&cfg, &m, "mock-ok", "again", NULL, &r);
+    CU_ASSERT_EQUAL(r.status, 200);
+    result_free(&r);
+}
+
+static void test_4xx(void)
+{
+    gw_config cfg = make_cfg(30);
+    gw_model m = make_model("mock-4xx", plain.base, NULL);
+    gw_upstream_result r;
+
+    call(&cfg, &m, "mock/status-404", "x", NULL, &r);
+    expect(&r, 400, "mock upstream: status 404");
+    result_free(&r);
+    call(&cfg, &m, "mock/status-422", "x", NULL, &r);
+    expect(&r, 400, "mock upstream: status 422");
+    result_free(&r);
+    /* {"detail": ...} */
+    call(&cfg, &m, "mock/detail-403", "x", NULL, &r);
+    expect(&r, 400, "mock upstream: detail 403");
+    result_free(&r);
+    /* plain text: one line, no control characters, at most 300 bytes */
+    call(&cfg, &m, "mock/text-400", "x", NULL, &r);
+    CU_ASSERT_EQUAL(r.status, 400);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(r.body);
+    CU_ASSERT_EQUAL(r.len, 300);
+    CU_ASSERT_EQUAL(strlen(r.body), 300);
+    CU_ASSERT_EQUAL(strncmp(r.body, "mock upstream: plain text [31m yyy", 34),
+                    0);
+    CU_ASSERT_EQUAL(strspn(r.body + 31, "y"), 300 - 31);
+    result_free(&r);
+    /* busy: not the client's fault, and clients retry 503 */
+    call(&cfg, &m, "mock/status-429", "x", NULL, &r);
+    expect(&r, 503, "inference backend is busy (HTTP 429)");
+    result_free(&r);
+}
+
+static void test_api_key(void)
+{
+    gw_config cfg = make_cfg(30);
+    gw_model m = make_model("mock-keyed", keyed.base, NULL);
+    gw_upstream_result r;
+
+    /* no key: the backend's 401 becomes a 400 with its message */
+    call(&cfg, &m, "mock-keyed", "x", NULL, &r);
+    expect(&r, 400, "mock upstream: invalid API key");
+    result_free(&r);
+    m.upstream_key_file = wrong_key_file;
+    call(&cfg, &m, "mock-keyed", "x", NULL, &r);
+    expect(&r, 400, "mock upstream: invalid API key");
+    result_free(&r);
+    m.upstream_key_file = key_file;
+    call(&cfg, &m, "mock-keyed", "with key", NULL, &r);
+    CU_ASSERT_EQUAL(r.status, 200);
+    result_free(&r);
+    m.upstream_key_file = missing_key_file;
+    call(&cfg, &m, "mock-keyed", "x", NULL, &r);
+    expect(&r, 500, "the gateway cannot read the inference backend's API key");
+    result_free(&r);
+}
+
+static void test_5xx(void)
+{
+    gw_config cfg = make_cfg(30);
+    gw_model m = make_model("mock-5xx", plain.base, NULL);
+    gw_upstream_result r;
+
+    call(&cfg, &m, "mock/status-500", "x", NULL, &r);
+    expect(&r, 502, "inference backend error (HTTP 500)");
+    result_free(&r);
+    call(&cfg, &m, "mock/status-503", "x", NULL, &r);
+    expect(&r, 502, "inference backend error (HTTP 503)");
+    result_free(&r);
+    /* redirects are not followed */
+    call(&cfg, &m, "mock/status-302", "x", NULL, &r);
+    expect(&r, 502, "inference backend answered HTTP 302");
+    result_free(&r);
+}
+
+static void test_timeout(void)
+{
+    gw_config cfg = make_cfg(1);
+    gw_model m = make_model("mock-slow", plain.base, NULL);
+    gw_upstream_result r;
+    double t0 = now_s();
+
+    call(&cfg, &m, "mock/slow-3000", "x", NULL, &r);
+    expect(&r, 504, "inference backend timed out after 1 s");
+    CU_ASSERT_TRUE(now_s() - t0 >= 0.9);
+    result_free(&r);
+
+    /* within the timeout: fine */
+    cfg = make_cfg(30);
+    call(&cfg, &m, "mock/slow-200", "slowly", NULL, &r);
+    CU_ASSERT_EQUAL(r.status, 200);
+    result_free(&r);
+}
+
+static void test_unreachable(void)
+{
+    gw_config cfg = make_cfg(30);
+    gw_model m = make_model("mock-dead", dead_base, NULL);
+    gw_upstream_result r;
+
+    call(&cfg, &m, "mock-dead", "x", NULL, &r);
+    expect(&r, 503, "inference backend unavailable: mock-dead");
+    result_free(&r);
+
+    m = make_model("mock-nxdomain", "http://no-such-host.invalid/v1", NULL);
+    call(&cfg, &m, "mock-nxdomain", "x", NULL, &r);
+    expect(&r, 503, "inference backend unavailable: mock-nxdomain");
+    result_free(&r);
+
+    /* only http and https */
+    m = make_model("mock-ftp", "ftp://127.0.0.1/v1", NULL);
+    call(&cfg, &m, "mock-ftp", "x", NULL, &r);
+    CU_ASSERT_EQUAL(r.status, 502);
+    result_free(&r);
+}
+
+static void test_not_json(void)
+{
+    gw_config cfg = make_cfg(30);
+    gw_model m = make_model("mock-html", plain.base, NULL);
+    gw_upstream_result r;
+
+    call(&cfg, &m, "mock/not-json", "x", NULL, &r);
+    expect(&r, 502,
+           "inference backend answered with something that is not JSON");
+    result_free(&r);
+}
+
+static void test_big(void)
+{
+    gw_config cfg = make_cfg(120);
+    gw_model m = make_model("mock-big", plain.base, NULL);
+    gw_upstream_result r;
+    char *content;
+    size_t n = 20u * 1024u * 1024u;
+
+    call(&cfg, &m, "mock/big-20971520", "x", NULL, &r);
+    CU_ASSERT_EQUAL_FATAL(r.status, 200);
+    CU_ASSERT_TRUE(r.len > n);
+    content = answer_content(r.body);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(content);
+    CU_ASSERT_EQUAL(strlen(content), n);
+    CU_ASSERT_EQUAL(strspn(content, "x"), n);
+    free(content);
+    result_free(&r);
+
+    /* without Content-Length: the buffer grows as the answer comes */
+    call(&cfg, &m, "mock/chunked-20971520", "x", NULL, &r);
+    CU_ASSERT_EQUAL_FATAL(r.status, 200);
+    content = answer_content(r.body);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(content);
+    CU_ASSERT_EQUAL(strlen(content), n);
+    free(content);
+    result_free(&r);
+
+    /* above 64 MiB, announced or not */
+    call(&cfg, &m, "mock/big-70000000", "x", NULL, &r);
+    expect(&r, 502, "upstream answer too large");
+    result_free(&r);
+    call(&cfg, &m, "mock/chunked-70000000", "x", NULL, &r);
+    expect(&r, 502, "upstream answer too large");
+    result_free(&r);
+    /* just below 64 MiB with its wrapping (content 64 MiB - 1 KiB): fits */
+    call(&cfg, &m, "mock/chunked-67107840", "x", NULL, &r);
+    CU_ASSERT_EQUAL(r.status, 200);
+    result_free(&r);
+}
+
+static void test_stream_off(void)
+{
+    gw_config cfg = make_cfg(30);
+    gw_model m = make_model("mock-stream", plain.base, NULL);
+    gw_upstream_result r;
+    char *content;
+
+    /* the mock answers 400 to "stream": true */
+    call(&cfg, &m, "mock-stream", "streamed?",
+         "\"stream\":true,\"stream_options\":{\"include_usage\":true},"
+         "\"temperature\":1e-1",
+         &r);
+    CU_ASSERT_EQUAL_FATAL(r.status, 200);
+    content = answer_content(r.body);
+    CU_ASSERT_PTR_NOT_NULL(content);
+    if (content)
+        CU_ASSERT_STRING_EQUAL(content, "mock: streamed?");
+    free(content);
+    result_free(&r);
+
+    call(&cfg, &m, "mock-stream", "not streamed", "\"stream\":false", &r);
+    CU_ASSERT_EQUAL(r.status, 200);
+    result_free(&r);
+}
+
+static void test_bad_request(void)
+{
+    gw_config cfg = make_cfg(30);
+    gw_model m = make_model("mock-bad", plain.base, NULL);
+    gw_upstream_result r;
+    unsigned long before = 0, after = 0, conns;
+
+    CU_ASSERT_EQUAL(mock_stats(&plain, &before, &conns), 0);
+    gw_upstream_call(&cfg, &m, "{\"model\":", 9, &r);
+    expect(&r, 400, "request is not a chat completion request: not JSON");
+    result_free(&r);
+    gw_upstream_call(&cfg, &m, "[1,2]", 5, &r);
+    expect(&r, 400,
+           "request is not a chat completion request: not a JSON object");
+    result_free(&r);
+    /* neither went to the backend */
+    CU_ASSERT_EQUAL(mock_stats(&plain, &after, &conns), 0);
+    CU_ASSERT_EQUAL(after, before); /* /mock/stats is not counted */
+}
+
+/* ---- echo --------------------------------------------------------------- */
+
+static void test_echo(void)
+{
+    static const char req[] =
+        "{\"model\":\"echo-model\",\"messages\":["
+        "{\"role\":\"system\",\"content\":\"be brief\"},"
+        "{\"role\":\"user\",\"content\":\"first question\"},"
+        "{\"role\":\"assistant\",\"content\":\"an answer\"},"
+        "{\"role\":\"user\",\"content\":\"second  question\\nhere\"}]}";
+    char *a = gw_echo_answer(req, strlen(req));
+    cJSON *j;
+    const cJSON *usage, *choice;
+    char *content;
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(a);
+    j = cJSON_Parse(a);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(j);
+    CU_ASSERT_STRING_EQUAL(tu_json_str(j, "object"), "chat.completion");
+    CU_ASSERT_STRING_EQUAL(tu_json_str(j, "model"), "echo-model");
+    CU_ASSERT_EQUAL(strncmp(tu_json_str(j, "id"), "chatcmpl-echo-", 14), 0);
+    CU_ASSERT_TRUE(strlen(tu_json_str(j, "id")) > 14);
+    CU_ASSERT_TRUE(cJSON_IsNumber(cJSON_GetObjectItem(j, "created")));
+    CU_ASSERT_TRUE(cJSON_GetNumberValue(cJSON_GetObjectItem(j, "created")) >
+                   1.7e9);
+    choice = cJSON_GetArrayItem(cJSON_GetObjectItem(j, "choices"), 0);
+    CU_ASSERT_EQUAL(cJSON_GetNumberValue(cJSON_GetObjectItem(choice, "index")),
+                    0);
+    CU_ASSERT_STRING_EQUAL(tu_json_str(choice, "finish_reason"), "stop");
+    CU_ASSERT_STRING_EQUAL(
+        tu_json_str(cJSON_GetObjectItem(choice, "message"), "role"),
+        "assistant");
+    content = answer_content(a);
+    CU_ASSERT_STRING_EQUAL(content, "second  question\nhere");
+    free(content);
+    usage = cJSON_GetObjectItem(j, "usage");
+    /* 2 + 2 + 2 + 3 words asked, 3 answered */
+    CU_ASSERT_EQUAL(
+        cJSON_GetNumberValue(cJSON_GetObjectItem(usage, "prompt_tokens")), 9);
+    CU_ASSERT_EQUAL(
+        cJSON_GetNumberValue(cJSON_GetObjectItem(usage, "completion_tokens")),
+        3);
+    CU_ASSERT_EQUAL(
+        cJSON_GetNumberValue(cJSON_GetObjectItem(usage, "total_tokens")), 12);
+    cJSON_Delete(j);
+    free(a);
+}
+
+static void test_echo_array_content(void)
+{
+    static const char req[] =
+        "{\"model\":\"e\",\"messages\":[{\"role\":\"user\",\"content\":["
+        "{\"type\":\"text\",\"text\":\"part one, \"},"
+        "{\"type\":\"image_url\",\"image_url\":{\"url\":\"data:,\"}},"
+        "{\"type\":\"text\",\"text\":\"part two\"}]}]}";
+    char *a = gw_echo_answer(req, strlen(req));
+    char *content;
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(a);
+    content = answer_content(a);
+    CU_ASSERT_PTR_NOT_NULL(content);
+    if (content)
+        CU_ASSERT_STRING_EQUAL(content, "part one, part two");
+    free(content);
+    free(a);
+}
+
+static void test_echo_no_user(void)
+{
+    static const char req[] =
+        "{\"model\":\"e\",\"messages\":[{\"role\":\"system\",\"content\":"
+        "\"only a system prompt\"}]}";
+    static const char empty[] = "{\"model\":\"e\",\"messages\":[]}";
+    char *a = gw_echo_answer(req, strlen(req));
+    char *content;
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(a);
+    content = answer_content(a);
+    CU_ASSERT_PTR_NOT_NULL(content);
+    if (content)
+        CU_ASSERT_STRING_EQUAL(content, "");
+    free(content);
+    free(a);
+    a = gw_echo_answer(empty, strlen(empty));
+    CU_ASSERT_PTR_NOT_NULL(a);
+    free(a);
+}
+
+static void test_echo_bad(void)
+{
+    static const char *const bad[] = {
+        "",
+        "not json",
+        "[]",
+        "{\"model\":\"e\"}",
+        "{\"model\":\"e\",\"messages\":{}}",
+    };
+    static const char *const why[] = {
+        "not JSON",
+        "not JSON",
+        "not a JSON object",
+        "no \"messages\" array",
+        "no \"messages\" array",
+    };
+    gw_config cfg = make_cfg(30);
+    gw_model m = make_model("echo", "echo", NULL);
+    gw_upstream_result r;
+    char want[200];
+
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        char *a = gw_echo_answer(bad[i], strlen(bad[i]));
+
+        CU_ASSERT_PTR_NULL(a);
+        free(a);
+        gw_upstream_call(&cfg, &m, bad[i], strlen(bad[i]), &r);
+        snprintf(want, sizeof want,
+                 "request is not a chat completion request: %s", why[i]);
+        expect(&r, 400, want);
+        result_free(&r);
+    }
+    /* not NUL-terminated: len is what counts */
+    {
+        static const char req[] = "{\"model\":\"e\",\"messages\":[]}GARBAGE";
+        char *a = gw_echo_answer(req, strlen(req) - 7);
+
+        CU_ASSERT_PTR_NOT_NULL(a);
+        free(a);
+    }
+}
+
+static void test_echo_call(void)
+{
+    gw_config cfg = make_cfg(30);
+    gw_model m = make_model("echo", "echo", NULL);
+    gw_upstream_result r;
+    char *content;
+
+    call(&cfg, &m, "echo", "say it back", "\"stream\":true", &r);
+    CU_ASSERT_EQUAL_FATAL(r.status, 200);
+    CU_ASSERT_EQUAL(r.len, strlen(r.body));
+    content = answer_content(r.body);
+    CU_ASSERT_PTR_NOT_NULL(content);
+    if (content)
+        CU_ASSERT_STRING_EQUAL(content, "say it back");
+    free(content);
+    result_free(&r);
+}
+
+/* ---- health, reuse, threads --------------------------------------------- */
+
+static void test_alive(void)
+{
+    gw_config cfg = make_cfg(30);
+    gw_model echo = make_model("echo", "echo", NULL);
+    gw_model live = make_model("mock", plain.base, NULL);
+    gw_model keyed_m = make_model("mock-keyed", keyed.base, NULL);
+    gw_model dead = make_model("dead", dead_base, NULL);
+
+    CU_ASSERT_EQUAL(gw_upstream_alive(&cfg, &echo), 1);
+    CU_ASSERT_EQUAL(gw_upstream_alive(&cfg, &live), 1);
+    /* /v1/models answers 401 there without a key: still alive */
+    CU_ASSERT_EQUAL(gw_upstream_alive(&cfg, &keyed_m), 1);
+    CU_ASSERT_EQUAL(gw_upstream_alive(&cfg, &dead), 0);
+    CU_ASSERT_EQUAL(gw_upstream_alive(&cfg, NULL), 0);
+}
+
+static void test_reuse(void)
+{
+    gw_config cfg = make_cfg(30);
+    gw_model m = make_model("mock-reuse", plain.base, NULL);
+    gw_upstream_result r;
+    unsigned long req0, conn0, req1, conn1;
+
+    CU_ASSERT_EQUAL_FATAL(mock_stats(&plain, &req0, &conn0), 0);
+    for (int i = 0; i < 20; i++) {
+        call(&cfg, &m, "mock-reuse", "again", NULL, &r);
+        CU_ASSERT_EQUAL(r.status, 200);
+        result_free(&r);
+    }
+    CU_ASSERT_EQUAL_FATAL(mock_stats(&plain, &req1, &conn1), 0);
+    CU_ASSERT_EQUAL(req1 - req0, 20);
+    /* one stats connection, and at most one new one for the calls */
+    CU_ASSERT_TRUE(conn1 - conn0 <= 2);
+
+    /* cleanup, then calls work again */
+    gw_upstream_cleanup();
+    call(&cfg, &m, "mock-reuse", "after cleanup", NULL, &r);
+    CU_ASSERT_EQUAL(r.status, 200);
+    result_free(&r);
+}
+
+#define THREADS 8
+#define PER_THREAD 25
+
+typedef struct worker {
+    int n;
+    int ok, failed;
+} worker;
+
+static void *work(void *arg)
+{
+    worker *w = arg;
+    gw_config cfg = make_cfg(60);
+    gw_model m = make_model("mock-threads", plain.base, NULL);
+    gw_model e = make_model("echo", "echo", NULL);
+
+    for (int i = 0; i < PER_THREAD; i++) {
+        char text[64], want[80], *content;
+        gw_upstream_result r;
+        int kind = i % 5;
+
+        snprintf(text, sizeof text, "thread %d call %d", w->n, i);
+        if (kind == 3)
+            call(&cfg, &m, "mock/status-400", text, NULL, &r);
+        else if (kind == 4)
+            call(&cfg, &e, "echo", text, NULL, &r);
+        else
+            call(&cfg, &m, "mock-threads", text, NULL, &r);
+        if (kind == 3) {
+            if (r.status == 400 && r.body &&
+                strcmp(r.body, "mock upstream: status 400") == 0)
+                w->ok++;
+            else
+                w->failed++;
+            result_free(&r);
+            continue;
+        }
+        snprintf(want, sizeof want, "%s%s", kind == 4 ? "" : "mock: ", text);
+        content = r.status == 200 ? answer_content(r.body) : NULL;
+        if (content && strcmp(content, want) == 0)
+            w->ok++;
+        else
+            w->failed++;
+        free(content);
+        result_free(&r);
+    }
+    return NULL;
+}
+
+static void test_threads(void)
+{
+    pthread_t t[THREADS];
+    worker w[THREADS];
+    int ok = 0, failed = 0;
+    unsigned long req0, conn0, req1, conn1;
+
+    CU_ASSERT_EQUAL_FATAL(mock_stats(&plain, &req0, &conn0), 0);
+    for (int i = 0; i < THREADS; i++) {
+        memset(&w[i], 0, sizeof w[i]);
+        w[i].n = i;
+        CU_ASSERT_EQUAL_FATAL(pthread_create(&t[i], NULL, work, &w[i]), 0);
+    }
+    for (int i = 0; i < THREADS; i++) {
+        pthread_join(t[i], NULL);
+        ok += w[i].ok;
+        failed += w[i].failed;
+    }
+    CU_ASSERT_EQUAL(ok, THREADS * PER_THREAD);
+    CU_ASSERT_EQUAL(failed, 0);
+    CU_ASSERT_EQUAL_FATAL(mock_stats(&plain, &req1, &conn1), 0);
+    /* 4 in 5 calls went to the mock (/mock/stats is not counted) */
+    CU_ASSERT_EQUAL(req1 - req0, THREADS * PER_THREAD * 4 / 5);
+    /* connections were reused: far fewer than calls */
+    CU_ASSERT_TRUE(conn1 - conn0 <= THREADS * 2 + 1);
+}
+
+/* ---- main --------------------------------------------------------------- */
+
+typedef struct {
+    const char *name;
+    CU_TestFunc fn;
+} test_def;
+
+static int add_suite(const char *name, const test_def *tests, size_t n)
+{
+    CU_pSuite s = CU_add_suite(name, NULL, NULL);
+
+    if (!s)
+        return -1;
+    for (size_t i = 0; i < n; i++)
+        if (!CU_add_test(s, tests[i].name, tests[i].fn))
+            return -1;
+    return 0;
+}
+
+#define ADD_SUITE(name, arr) add_suite(name, arr, sizeof arr / sizeof arr[0])
+
+static int setup(void)
+{
+    unsigned port;
+
+    if (tu_scratch_dir("test_upstream", scratch, sizeof scratch) != 0)
+        return -1;
+    snprintf(key_file, sizeof key_file, "%s/upstream.key", scratch);
+    snprintf(wrong_key_file, sizeof wrong_key_file, "%s/wrong.key", scratch);
+    snprintf(missing_key_file, sizeof missing_key_file, "%s/missing.key",
+             scratch);
+    if (write_text(key_file, "  " API_KEY "  \nsecond line\n") != 0 ||
+        write_text(wrong_key_file, "sk-wrong\n") != 0)
+        return -1;
+    if ((port = free_port()) == 0)
+        return -1;
+    snprintf(dead_base, sizeof dead_base, "http://127.0.0.1:%u/v1", port);
+    if (mock_start(&plain, "plain", NULL) != 0 ||
+        mock_start(&keyed, "keyed", key_file) != 0)
+        return -1;
+    return 0;
+}
+
+int main(void)
+{
+    static const test_def mapping[] = {
+        {"200: the backend's answer", test_ok},
+        {"4xx: 400 with the backend's message", test_4xx},
+        {"API key: 401 -> 400, key file sent", test_api_key},
+        {"5xx: 502", test_5xx},
+        {"timeout: 504", test_timeout},
+        {"unreachable: 503", test_unreachable},
+        {"not JSON: 502", test_not_json},
+        {"big answers, and too big: 502", test_big},
+        {"stream: true turned off", test_stream_off},
+        {"bad request: 400, nothing sent", test_bad_request},
+    };
+    static const test_def echo[] = {
+        {"last user message", test_echo},
+        {"array content", test_echo_array_content},
+        {"no user message", test_echo_no_user},
+        {"bad requests", test_echo_bad},
+        {"through gw_upstream_call", test_echo_call},
+    };
+    static const test_def lifecycle[] = {
+        {"health probe", test_alive},
+        {"connection reuse, cleanup", test_reuse},
+        {"8 threads", test_threads},
+    };
+    unsigned failures;
+    CU_ErrorCode err;
+    int rc = 1;
+
+    signal(SIGPIPE, SIG_IGN);
+    curl_global_init(CURL_GLOBAL_DEFAULT);
+    if (setup() != 0)
+        goto out;
+    if (CU_initialize_registry() != CUE_SUCCESS)
+        goto out;
+    if (ADD_SUITE("answers and mapping", mapping) || ADD_SUITE("echo", echo) ||
+        ADD_SUITE("lifecycle", lifecycle)) {
+        CU_cleanup_registry();
+        goto out;
+    }
+    CU_basic_set_mode(CU_BRM_VERBOSE);
+    err = CU_basic_run_tests();
+    failures = CU_get_number_of_failures() + CU_get_number_of_suites_failed();
+    if (err == CUE_SUCCESS)
+        err = CU_get_error();
+    CU_cleanup_registry();
+    rc = failures || err != CUE_SUCCESS ? 1 : 0;
+out:
+    gw_upstream_cleanup();
+    if (mock_stop(&plain) != 0 || mock_stop(&keyed) != 0) {
+        fprintf(stderr, "test_upstream: mock-upstream did not exit 0\n");
+        rc = 1;
+    }
+    curl_global_cleanup();
+    return rc;
+}
