@@ -29,30 +29,30 @@
 #define GW_TIER_ALL (GW_TIER_STANDARD | GW_TIER_HIGH | GW_TIER_MAXIMUM)
 
 typedef struct gw_model {
-    char *id;            /* model ID as clients name it */
-    char *upstream;      /* base URL (".../v1") or "echo" */
+    char *id;                /* model ID as clients name it */
+    char *upstream;          /* base URL (".../v1") or "echo" */
     char *upstream_key_file; /* file holding the upstream's API key, or NULL */
-    unsigned tiers;      /* GW_TIER_* allowed */
+    unsigned tiers;          /* GW_TIER_* allowed */
 } gw_model;
 
 typedef struct gw_config {
-    char *listen_addr;   /* "127.0.0.1" */
-    unsigned port;       /* 8443; 0: any free port (see port_file) */
-    char *port_file;     /* write the bound port here (tests, scripts) */
+    char *listen_addr;        /* "127.0.0.1" */
+    unsigned port;            /* 8443; 0: any free port (see port_file) */
+    char *port_file;          /* write the bound port here (tests, scripts) */
     char *tls_cert, *tls_key; /* PEM files; both or neither */
-    char *server_key;    /* PKCS#11 URI, or "dir:PATH" (software, trying out) */
+    char *server_key; /* PKCS#11 URI, or "dir:PATH" (software, trying out) */
     char *pkcs11_module;
-    char *pin_source;    /* "file:...", "env:..." */
-    char *api_keys;      /* file of "sha256:<hex> [name]" lines; NULL: no auth */
-    double rate;         /* requests per second per API key (1) */
-    unsigned burst;      /* bucket size (2) */
-    size_t body_limit;   /* bytes (16 MiB) */
-    unsigned workers;    /* threads (4) */
-    unsigned replay_window; /* seconds (600) */
-    unsigned replay_capacity; /* entries (262144) */
+    char *pin_source;  /* "file:...", "env:..." */
+    char *api_keys;    /* file of "sha256:<hex> [name]" lines; NULL: no auth */
+    double rate;       /* requests per second per API key (1) */
+    unsigned burst;    /* bucket size (2) */
+    size_t body_limit; /* bytes (16 MiB) */
+    unsigned workers;  /* threads (4) */
+    unsigned replay_window;    /* seconds (600) */
+    unsigned replay_capacity;  /* entries (262144) */
     unsigned upstream_timeout; /* seconds (300) */
     unsigned connect_timeout;  /* seconds (10) */
-    char *log_level;     /* error, warn, info, debug */
+    char *log_level;           /* error, warn, info, debug */
     gw_model models[GW_MAX_MODELS];
     size_t n_models;
 } gw_config;
@@ -135,8 +135,8 @@ int gw_rate_take(gw_rate *r, const uint8_t id[32], double now,
 /* ---- upstream (upstream.c) -------------------------------------------- */
 
 typedef struct gw_upstream_result {
-    int status;   /* HTTP status to give the client: 200, 400, 502, ... */
-    char *body;   /* 200: the chat.completion JSON; else the detail text */
+    int status; /* HTTP status to give the client: 200, 400, 502, ... */
+    char *body; /* 200: the chat.completion JSON; else the detail text */
     size_t len;
 } gw_upstream_result;
 
@@ -145,8 +145,7 @@ typedef struct gw_upstream_result {
  * upstream 4xx 400 with its message, 5xx 502.  body is secret: the
  * caller wipes and frees it. */
 void gw_upstream_call(const gw_config *cfg, const gw_model *m,
-                      const char *request, size_t len,
-                      gw_upstream_result *out);
+                      const char *request, size_t len, gw_upstream_result *out);
 /* Answers an echo request (a chat.completion repeating the last user
  * message); also used by the tests. */
 char *gw_echo_answer(const char *request, size_t len);
