@@ -15,6 +15,7 @@ PACKAGES=(
     # plus the tools to inspect them (tpm2-tools, opensc's pkcs11-tool, gnutls p11tool)
     softhsm2 libtpm2-pkcs11-1 libtpm2-pkcs11-tools swtpm swtpm-tools
     tpm2-abrmd libtss2-tcti-tabrmd0 dbus tpm2-tools opensc gnutls-bin
+    python3-cryptography  # tests/nomyo_client.py, the NOMYO wire-format client
 
     # sanitizer runtime: nothing extra; gcc's libasan/libubsan come with gcc
     # (libclang-rt-14-dev is deliberately not listed)

@@ -1,11 +1,17 @@
 #!/bin/bash
 # The C examples in docs/CLIENT.md, compiled against the built libveil and
-# run against the protocol test server (tests/veil-fixture over HTTPS), with
-# the token example's key in a fresh SoftHSM2 token.  Each example's output
-# is checked for what the page says it prints.
+# run against the gateway, veild over HTTPS, serving the echo model under
+# the name the examples use (Qwen/Qwen3-0.6B), with its server key in one
+# fresh SoftHSM2 token and the token example's client key in the other.
+# The error examples meet real refusals of veild: a model not served on
+# the standard tier (403) and a second veild that wants an API key (401).
+# Only the tools example still runs against the protocol test server
+# (tests/veil-fixture): veild's echo model never answers with a tool call.
+# Each example's output is checked for what the page says it prints.
 set -u
 SRC=${VEIL_SRCDIR:?} B=${VEIL_BUILDDIR:?}
 . "$SRC/tests/env/fixture.sh"
+. "$SRC/tests/env/veild.sh"
 W="$VEIL_TEST_DIR/examples"
 mkdir -p "$W"
 pass=0 fail=0
@@ -34,9 +40,23 @@ for n in $names; do
     fi
 done
 
+MOD="$VEIL_TEST_SOFTHSM_MODULE" PINSRC="file:$VEIL_TEST_PIN_FILE"
+trap 'fixture_stop; veild_stop' EXIT
+"$B/veil-keys" generate --module "$MOD" --pin-source "$PINSRC" \
+    --token "pkcs11:token=$VEIL_TEST_SOFTHSM_TOKEN2" --label doc-server --bits 2048 >"$W/server-key.log" 2>&1 \
+    || { cat "$W/server-key.log"; echo "could not make the server key"; exit 99; }
+GW=(--server-key "pkcs11:token=$VEIL_TEST_SOFTHSM_TOKEN2;object=doc-server"
+    --pkcs11-module "$MOD" --pin-source "$PINSRC" --rate 100 --burst 100
+    --model Qwen/Qwen3-0.6B=echo)
+veild_start docs --tls "${GW[@]}" --model "tier/high-only=echo,tiers=high"
+export VEIL_URL="$VEILD_URL" VEIL_CA_FILE="$VEILD_CA"
+# a gateway that wants an API key (the examples send none)
+(umask 077 && printf 'sha256:%s doc-test\n' "$(od -An -tx1 -N16 /dev/urandom | tr -d ' \n' | sha256sum | cut -d' ' -f1)" \
+    >"$W/api_keys") || { echo "cannot write the API key file"; exit 99; }
+veild_start docs-auth --tls "${GW[@]}" --api-keys "$W/api_keys"
+AUTH_URL=$VEILD_URL
+# the protocol test server, for the tools example only
 fixture_start
-trap fixture_stop EXIT
-export VEIL_URL="$FIXTURE_URL" VEIL_CA_FILE="$FIXTURE_CA"
 
 # run NAME PATTERN [args...]: exit 0 and stdout matching PATTERN
 run() {
@@ -51,9 +71,11 @@ run() {
 
 run basic '^Hello, who are you\?$'
 run system '^answer: What is PKCS#11\?$'
+grep -q "high tier needs locked" "$W/system.err" &&
+    echo "    (veild refused the high tier: it cannot lock its memory here; raise RLIMIT_MEMLOCK)"
 grep -q '^tier: high$' "$W/system.out" && ok "system: per-request tier reached the server" || bad "system: tier"
 grep -qE '^payload id: [0-9a-f-]{36} \(1 attempt\(s\)\)$' "$W/system.out" && ok "system: stats" || bad "system: stats"
-run tools '^call get_weather\(\{\}\)$'
+VEIL_URL="$FIXTURE_URL" VEIL_CA_FILE="$FIXTURE_CA" run tools '^call get_weather\(\{\}\)$'
 
 "$B/veil-keys" generate --module "$VEIL_TEST_SOFTHSM_MODULE" --pin-source "file:$VEIL_TEST_PIN_FILE" \
     --token "pkcs11:token=$VEIL_TEST_SOFTHSM_TOKEN" --label doc-client --bits 2048 >/dev/null \
@@ -64,8 +86,8 @@ VEIL_PKCS11_MODULE="$VEIL_TEST_SOFTHSM_MODULE" VEIL_PIN_SOURCE="file:$VEIL_TEST_
 grep -qE '^client key: sha256:[0-9a-f]{64}$' "$W/token.out" && ok "token: fingerprint printed" || bad "token: fingerprint"
 
 run errors '^ok: Hello$'
-run errors '^model not allowed on this tier: fixture: status 403$' fixture/status-403
-run errors '^check the API key: fixture: status 401$' fixture/status-401
+run errors "^model not allowed on this tier: model 'tier/high-only' is not allowed on the standard tier\$" tier/high-only
+VEIL_URL="$AUTH_URL" run errors '^check the API key: missing API key \(Authorization: Bearer\)$'
 VEIL_SERVER_PIN="sha256:$(printf '0%.0s' $(seq 64))" run errors '^security: the server key sha256:[0-9a-f]{64} does not match'
 
 echo "$pass passed, $fail failed"
