@@ -31,6 +31,8 @@
 
 #define ROUTE_COMPLETION "/v1/chat/secure_completion"
 #define HEALTH_CACHE_S 5
+/* Body bytes past the limit read (and dropped) to deliver the 413. */
+#define DISCARD_MAX ((size_t)64 << 20)
 
 enum route { R_NONE, R_KEY, R_MODELS, R_HEALTH, R_COMPLETION };
 
@@ -58,6 +60,8 @@ typedef struct req {
     enum route route;
     int has_slot;
     int answered; /* a response is queued */
+    int refused;  /* 413 or 503 decided while the body was arriving */
+    size_t seen;  /* body bytes received, kept or not */
     int status;
     char *body;
     size_t len, cap;
@@ -101,10 +105,12 @@ static double now_s(void)
 static enum MHD_Result queue(struct MHD_Connection *c, req *r, int status,
                              struct MHD_Response *resp)
 {
-    r->answered = 1;
-    r->status = status;
     enum MHD_Result ok = MHD_queue_response(c, (unsigned)status, resp);
     MHD_destroy_response(resp);
+    if (ok == MHD_YES) {
+        r->answered = 1;
+        r->status = status;
+    }
     return ok;
 }
 
@@ -623,19 +629,27 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c,
         }
     }
     if (*upload_size > 0) {
-        if (!r->answered) {
+        /* libmicrohttpd answers only once the body is in: past the limit
+         * the rest is counted and dropped, and the 413 goes at the end;
+         * a body more than 64 MiB over the limit closes the connection. */
+        if (r->refused == 0) {
             int a = append(s, r, upload, *upload_size);
-            if (a == 0)
-                fail(c, r, 413, "request body is over the limit of %zu bytes",
-                     s->d.cfg->body_limit);
-            else if (a < 0)
-                fail(c, r, 503, "out of memory");
+            if (a <= 0)
+                r->refused = a == 0 ? 413 : 503;
         }
+        r->seen += *upload_size;
         *upload_size = 0;
-        return MHD_YES;
+        size_t limit = s->d.cfg->body_limit;
+        return r->seen > limit && r->seen - limit > DISCARD_MAX ? MHD_NO
+                                                                : MHD_YES;
     }
     if (r->answered)
         return MHD_YES;
+    if (r->refused == 413)
+        return fail(c, r, 413, "request body is over the limit of %zu bytes",
+                    s->d.cfg->body_limit);
+    if (r->refused)
+        return fail(c, r, 503, "out of memory");
     return exchange(s, c, r);
 }
 
