@@ -67,7 +67,7 @@ typedef struct setting {
 /* clang-format off */
 static const setting settings[] = {
     {"listen", "ADDR", K_ADDR, OFF(listen_addr), 0, 0, "127.0.0.1",
-     "IP address to listen on (IPv4 or IPv6; 0.0.0.0 or :: for all)"},
+     "IP address to listen on (IPv4 or IPv6; 0.0.0.0 for all IPv4, :: for all IPv4 and IPv6)"},
     {"port", "PORT", K_PORT, OFF(port), 0, 65535, "8443",
      "TCP port; 0 takes any free port (see port_file)"},
     {"port_file", "FILE", K_STR, OFF(port_file), 0, 0, NULL,
@@ -94,7 +94,7 @@ static const setting settings[] = {
     {"body_limit", "SIZE", K_SIZE, OFF(body_limit), KIB, GIB, "16M",
      "largest request body in bytes (suffixes K, M, G; 1K to 1G)"},
     {"workers", "N", K_UINT, OFF(workers), 1, 256, "4",
-     "worker threads (1 to 256)"},
+     "requests processed at once (1 to 256); others wait, their bodies unread"},
     {"replay_window", "SECONDS", K_UINT, OFF(replay_window), 1, 604800, "600",
      "how long a request is remembered against replay"},
     {"replay_capacity", "N", K_UINT, OFF(replay_capacity), 1024, 16777216,

@@ -59,9 +59,10 @@ struct gw_server {
 typedef struct req {
     enum route route;
     int has_slot;
-    int answered; /* a response is queued */
-    int refused;  /* 413 or 503 decided while the body was arriving */
-    size_t seen;  /* body bytes received, kept or not */
+    int answered;         /* a response is queued */
+    int refused;          /* 413 or 503 decided while the body was arriving */
+    size_t seen;          /* body bytes received, kept or not */
+    const char *key_name; /* the API key's name from the key file, or NULL */
     int status;
     char *body;
     size_t len, cap;
@@ -312,27 +313,31 @@ static enum MHD_Result admit(gw_server *s, struct MHD_Connection *c, req *r)
             return fail(c, r, 401, "missing API key (Authorization: Bearer)");
         if (!gw_auth_check(s->d.auth, a + 7, r->id))
             return fail(c, r, 401, "invalid API key");
+        r->key_name = gw_auth_name(s->d.auth, r->id);
     } else {
         const union MHD_ConnectionInfo *ci =
             MHD_get_connection_info(c, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
         const struct sockaddr *sa = ci ? ci->client_addr : NULL;
         if (sa && sa->sa_family == AF_INET6)
-            SHA256((const uint8_t *)sa, 24, r->id); /* family+port+addr */
+            SHA256(
+                (const uint8_t *)&((const struct sockaddr_in6 *)sa)->sin6_addr,
+                16, r->id);
         else if (sa)
-            SHA256((const uint8_t *)sa + 4, 4, r->id); /* IPv4 address */
+            SHA256((const uint8_t *)&((const struct sockaddr_in *)sa)->sin_addr,
+                   4, r->id);
     }
     unsigned retry = 0;
     if (!gw_rate_take(s->d.rate, r->id, now_s(), &retry))
         return too_many(c, r, retry);
+    while (sem_wait(&s->slots) != 0 && errno == EINTR)
+        ;
+    r->has_slot = 1;
     if (declared > 0) {
         r->body = malloc(declared + 1);
         if (r->body == NULL)
             return fail(c, r, 503, "out of memory");
         r->cap = declared + 1;
     }
-    while (sem_wait(&s->slots) != 0 && errno == EINTR)
-        ;
-    r->has_slot = 1;
     return MHD_YES;
 }
 
@@ -511,8 +516,8 @@ static enum MHD_Result exchange(gw_server *s, struct MHD_Connection *c, req *r)
                    m->id, tier_name(tbit));
         goto out;
     }
-    if (tbit == GW_TIER_HIGH &&
-        !(s->mem.locking && s->mem.core_dumps_off && s->mem.dontdump)) {
+    if (tbit == GW_TIER_HIGH && !(s->mem.locking && s->mem.core_dumps_off &&
+                                  s->mem.dontdump && veil_secbuf_locked(pt))) {
         ret = fail(c, r, 503,
                    "the high tier needs locked, unswappable, undumpable "
                    "memory, which is not in force on this gateway");
@@ -661,8 +666,9 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
     if (r == NULL)
         return;
     if (r->route == R_COMPLETION) {
-        slog(s, VEIL_LOG_INFO, "POST %s %d%s%s %.1f ms", ROUTE_COMPLETION,
+        slog(s, VEIL_LOG_INFO, "POST %s %d%s%s%s%s %.1f ms", ROUTE_COMPLETION,
              r->status, r->payload_id[0] ? " payload " : "", r->payload_id,
+             r->key_name ? " key " : "", r->key_name ? r->key_name : "",
              ms_since(&r->t0));
         if (r->has_slot)
             sem_post(&s->slots);
@@ -671,7 +677,9 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
         pthread_cond_broadcast(&s->idle);
         pthread_mutex_unlock(&s->lock);
     } else {
-        slog(s, VEIL_LOG_DEBUG, "GET %d %.1f ms", r->status, ms_since(&r->t0));
+        slog(s, VEIL_LOG_DEBUG, "%s %d %.1f ms",
+             r->route == R_NONE ? "request" : "GET", r->status,
+             ms_since(&r->t0));
     }
     if (r->body) {
         explicit_bzero(r->body, r->len);
@@ -754,7 +762,9 @@ gw_server *gw_server_start(const gw_deps *deps, char *err, size_t err_size)
     } else if (inet_pton(AF_INET6, cfg->listen_addr, &in6->sin6_addr) == 1) {
         in6->sin6_family = AF_INET6;
         in6->sin6_port = htons((uint16_t)cfg->port);
-        flags |= MHD_USE_IPv6;
+        /* "::" takes IPv4 too; a specific IPv6 address only IPv6 */
+        flags |= IN6_IS_ADDR_UNSPECIFIED(&in6->sin6_addr) ? MHD_USE_DUAL_STACK
+                                                          : MHD_USE_IPv6;
     } else {
         snprintf(err, err_size, "listen address '%s' is not an IP address",
                  cfg->listen_addr);

@@ -26,7 +26,7 @@ static const char usage[] =
     "protocol) with the server's private key in a PKCS#11 token.\n"
     "\n"
     "  --config FILE   read settings from FILE (format: docs/GATEWAY.md);\n"
-    "                  flags given after it override it\n"
+    "                  flags override it wherever they stand\n"
     "  -h, --help      this help\n"
     "  --version       print the version\n"
     "\n"
@@ -72,15 +72,19 @@ static int parse_args(int argc, char **argv, gw_config *cfg)
 {
     char err[512];
     for (int i = 1; i < argc; i++) {
+        const char *file = NULL;
         if (!strcmp(argv[i], "--config")) {
             if (i + 1 >= argc) {
                 fprintf(stderr, "veild: --config needs a file\n");
                 return 2;
             }
-            if (gw_config_load(cfg, argv[i + 1], err, sizeof err) != 0) {
-                fprintf(stderr, "veild: %s\n", err);
-                return 2;
-            }
+            file = argv[i + 1];
+        } else if (!strncmp(argv[i], "--config=", 9)) {
+            file = argv[i] + 9;
+        }
+        if (file && gw_config_load(cfg, file, err, sizeof err) != 0) {
+            fprintf(stderr, "veild: %s\n", err);
+            return 2;
         }
     }
     for (int i = 1; i < argc; i++) {
@@ -89,6 +93,8 @@ static int parse_args(int argc, char **argv, gw_config *cfg)
             i++;
             continue;
         }
+        if (!strncmp(a, "--config=", 9))
+            continue;
         if (strncmp(a, "--", 2) != 0 || a[2] == '\0') {
             fprintf(stderr, "veild: unexpected argument '%s' (see --help)\n",
                     a);
@@ -192,6 +198,7 @@ int main(int argc, char **argv)
     sigemptyset(&sigs);
     sigaddset(&sigs, SIGTERM);
     sigaddset(&sigs, SIGINT);
+    sigaddset(&sigs, SIGHUP); /* no reload: a hang-up stops as gracefully */
     pthread_sigmask(SIG_BLOCK, &sigs, NULL);
     signal(SIGPIPE, SIG_IGN);
 
@@ -252,14 +259,17 @@ int main(int argc, char **argv)
     unsigned port = gw_server_port(server);
     veil_memory_status mem;
     veil_memory_status_get(&mem);
+    int v6 = strchr(cfg.listen_addr, ':') != NULL;
     say(VEIL_LOG_INFO,
-        "listening on %s://%s:%u; %zu model(s); memory: locking %s, "
+        "listening on %s://%s%s%s:%u; %zu model(s); memory: locking %s, "
         "core dumps %s; replay register %zu KiB",
-        cfg.tls_cert ? "https" : "http", cfg.listen_addr, port, cfg.n_models,
-        mem.locking ? "on" : "OFF", mem.core_dumps_off ? "off" : "ON",
-        gw_strikes_bytes(strikes) / 1024);
+        cfg.tls_cert ? "https" : "http", v6 ? "[" : "", cfg.listen_addr,
+        v6 ? "]" : "", port, cfg.n_models, mem.locking ? "on" : "OFF",
+        mem.core_dumps_off ? "off" : "ON", gw_strikes_bytes(strikes) / 1024);
     if (!auth)
         say(VEIL_LOG_WARN, "no api_keys file: authentication is off");
+    else
+        say(VEIL_LOG_INFO, "%zu API key(s) loaded", gw_auth_count(auth));
     if (!cfg.tls_cert && !loopback(cfg.listen_addr))
         say(VEIL_LOG_WARN,
             "plain http on %s: put TLS in front (tls_cert, "
@@ -275,7 +285,10 @@ int main(int argc, char **argv)
     while (sigwait(&sigs, &sig) != 0)
         ;
     say(VEIL_LOG_INFO, "%s: finishing requests in flight (at most %d s)",
-        sig == SIGTERM ? "SIGTERM" : "SIGINT", GRACE_S);
+        sig == SIGTERM  ? "SIGTERM"
+        : sig == SIGHUP ? "SIGHUP"
+                        : "SIGINT",
+        GRACE_S);
     unsigned cut = gw_server_stop(server, GRACE_S);
     server = NULL;
     if (cut)
