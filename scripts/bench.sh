@@ -3,6 +3,7 @@
 #
 #   scripts/bench.sh [veil-bench arguments...]     e.g. --quick, --seconds 1
 #   scripts/bench.sh client [arguments...]         the client benchmark
+#   scripts/bench.sh gateway [arguments...]        the gateway benchmark
 #
 # tests/env/with-tokens.sh creates the token in a temporary directory,
 # exports VEIL_TEST_SOFTHSM_MODULE, VEIL_TEST_SOFTHSM_TOKEN and
@@ -10,6 +11,14 @@
 # afterwards.  For "client" it also starts the protocol test server
 # (tests/veil-fixture, over HTTPS with a throwaway CA: tests/env/fixture.sh),
 # passes its --url and --ca-file to veil-bench, and stops it by PID.
+#
+# For "gateway" veil-bench starts veild itself ($VEIL_BUILDDIR/veild, passed
+# as --veild): it needs a veild per server key (a software key it saves to
+# a key directory, and a key it makes in the SoftHSM2 token) and a fresh
+# one for the memory measurement, and it knows each one's PID.  Each veild
+# runs with the echo model, the rate limits out of the way and --port 0;
+# veil-bench stops them by PID (they also get SIGTERM should veil-bench
+# die: PR_SET_PDEATHSIG) and deletes the keys.
 #
 # The programs come from the build directory VEIL_BUILDDIR (default: the
 # source tree, for an in-tree build).  The exit status is veil-bench's (see
@@ -44,7 +53,8 @@ for arg in "$@"; do
         continue
     fi
     case $arg in
-    --seconds | --rounds | --module | --token | --pin-source | --url | --ca-file)
+    --seconds | --rounds | --module | --token | --pin-source | --url | --ca-file | \
+        --veild | --requests | --clients | --bits | --workers | --timing | --memory-waves)
         skip=1 ;;
     -*) ;;
     *)
@@ -53,6 +63,14 @@ for arg in "$@"; do
         ;;
     esac
 done
+if [ "$engine" = gateway ]; then
+    if [ ! -x "$BUILD/veild" ]; then
+        echo "bench.sh: $BUILD/veild not found; build it first: make veild" >&2
+        exit 2
+    fi
+    exec "$ROOT/tests/env/with-tokens.sh" "$BUILD/veil-bench" "$@" \
+        --veild "$BUILD/veild"
+fi
 if [ "$engine" != client ]; then
     exec "$ROOT/tests/env/with-tokens.sh" "$BUILD/veil-bench" "$@"
 fi

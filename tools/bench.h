@@ -1,6 +1,7 @@
-/* veil-bench internals shared by the engine benchmark (veil-bench.c) and
- * the client benchmark (bench_client.c): options, errors, timing, medians,
- * and the bare PKCS#11 side.
+/* veil-bench internals shared by the engine benchmark (veil-bench.c), the
+ * client benchmark (bench_client.c) and the gateway benchmark
+ * (bench_gateway.c): options, errors, timing, medians, and the bare PKCS#11
+ * side.
  *
  * The small helpers are static inline here; the PKCS#11 helpers live in
  * veil-bench.c and are declared here.
@@ -31,6 +32,9 @@
 #define EXIT_USAGE 2 /* bad command line */
 
 #define MAX_ROUNDS 1000
+#define GW_MAX_LEVELS 8    /* gateway: concurrency levels in one run */
+#define GW_MAX_CLIENTS 512 /* gateway: client threads at one level */
+#define GW_MAX_REQUESTS 1000000
 #define MAX_SECONDS 60.0
 #define RSA_MSG_LEN 32 /* the protocol wraps a 32-byte AES key */
 #define GCM_IV_LEN 12
@@ -52,6 +56,17 @@ typedef struct bench_opts {
     const char *url;       /* client: the protocol server's base URL */
     const char *ca_file;   /* client: PEM CA bundle for https, or NULL */
     char pin_spec_buf[PATH_MAX + 8];
+    /* gateway (bench_gateway.c) */
+    int run_gateway;                 /* ENGINE was "gateway" */
+    const char *veild;               /* the veild program to start */
+    unsigned requests;               /* requests per load phase */
+    unsigned clients[GW_MAX_LEVELS]; /* concurrency levels */
+    unsigned n_clients;
+    unsigned workers;   /* veild --workers; 0: veild's default */
+    unsigned bits;      /* server key size */
+    unsigned timing_n;  /* refusal timing: packages of each kind; 0: skip */
+    unsigned mem_waves; /* memory: waves of concurrent 1 MiB requests */
+    char veild_buf[PATH_MAX];
 } bench_opts;
 
 static inline const char *env_nonempty(const char *name)
@@ -304,5 +319,10 @@ int p11_pick_mechanism(p11_rsa_ctx *c, const uint8_t *msg, size_t msg_len,
 
 /* Runs `veil-bench client`; returns the exit status. */
 int bench_client_run(const bench_opts *o);
+
+/* ---- the gateway benchmark (bench_gateway.c) ---------------------------- */
+
+/* Runs `veil-bench gateway`; returns the exit status. */
+int bench_gateway_run(const bench_opts *o);
 
 #endif /* VEIL_BENCH_H */

@@ -9,6 +9,8 @@
  *             a bare C_Encrypt loop
  *   client    the client's cost per request against a protocol server,
  *             and its cold start (see bench_client.c)
+ *   gateway   veild under load next to the machine's bare RSA limit,
+ *             refusal timing, and veild's memory (see bench_gateway.c)
  *
  * The machines this runs on are shared and noisy, so each measurement is
  * made of interleaved rounds (veil, baseline, veil, baseline, ...), each a
@@ -63,6 +65,16 @@ static const char *const USAGE =
     "             (client_new + first request) vs a warm request, for\n"
     "             ephemeral RSA-4096 and RSA-2048 keys and a token key.\n"
     "             Not part of all.\n"
+    "  gateway    veild (started here: --veild) with the echo model,\n"
+    "             driven by N concurrent clients (--clients) for a fixed\n"
+    "             count of requests (--requests): req/s, p50/p99 latency\n"
+    "             and errors, next to the machine's bare private-RSA rate\n"
+    "             with the same key on all cores (the limit), measured in\n"
+    "             the same run; for a software key (bare EVP_PKEY_decrypt)\n"
+    "             and a token key (bare C_Decrypt); then the timing of\n"
+    "             refused packages and veild's memory under 64 concurrent\n"
+    "             1 MiB requests.  scripts/bench.sh gateway runs it under a\n"
+    "             fresh SoftHSM2 token.  Not part of all.\n"
     "\n"
     "Options:\n"
     "  --seconds S        length of one timed slice (default 0.3)\n"
@@ -78,7 +90,19 @@ static const char *const USAGE =
     "  --ca-file FILE     client: PEM CA bundle for an https URL\n"
     "  --quick            1 round of 0.05 s, RSA 2048 only, AES 1 KiB and\n"
     "                     64 KiB (smoke test); --seconds/--rounds override;\n"
-    "                     client: 1 round of 0.05 s, same sizes and keys\n"
+    "                     client: 1 round of 0.05 s, same sizes and keys;\n"
+    "                     gateway: RSA-2048, 1 round of 50 requests, 0.2 s\n"
+    "                     limit slices, 10 timing packages, 1 memory wave\n"
+    "gateway (--seconds: one limit slice [1]; --rounds: load phases per\n"
+    "level [3]; --no-pkcs11: no token key):\n"
+    "  --veild PATH       the veild program [veild next to veil-bench]\n"
+    "  --requests N       requests per load phase [1000]\n"
+    "  --clients LIST     concurrency levels [1,8,64]; targets apply at >= 64\n"
+    "  --bits N           server key size: 2048, 3072 or 4096 [4096]\n"
+    "  --workers N        veild --workers [veild's default, 4]\n"
+    "  --timing N         refusal timing: packages of each kind, 0 skips\n"
+    "                     [200]\n"
+    "  --memory-waves N   waves of 64 concurrent 1 MiB requests; 0 skips [3]\n"
     "  -h, --help         this text\n"
     "\n"
     "Output: one line per measurement:\n"
@@ -86,6 +110,12 @@ static const char *const USAGE =
     "BELOW (ratio under the target) does not change the exit status.\n"
     "client prints times instead of rates, and no target:\n"
     "  name  veil_time  baseline_time  unit  ratio (veil / baseline time)\n"
+    "gateway prints, per server key and concurrency level:\n"
+    "  name  req/s  limit/s  ratio  p50_ms  p99_ms  p99/p50  errors  result\n"
+    "(targets at 64 clients: ratio >= 0.80, p99/p50 <= 4, no errors: ok,\n"
+    "else BELOW and what missed), then the refusal timing and memory\n"
+    "lines.  Failed requests are counted, not fatal; a failed warm-up\n"
+    "request, or veild failing to start or stop, is.\n"
     "\n"
     "Exit status:\n"
     "  0  all measurements ran\n"
@@ -130,6 +160,62 @@ static int parse_rounds(const char *s, unsigned *out)
     return 0;
 }
 
+static int parse_uint(const char *s, unsigned lo, unsigned hi, unsigned *out)
+{
+    char *end = NULL;
+    unsigned long v;
+
+    if (*s == '-' || *s == '+')
+        return -1;
+    errno = 0;
+    v = strtoul(s, &end, 10);
+    if (errno || end == s || *end || v < lo || v > hi)
+        return -1;
+    *out = (unsigned)v;
+    return 0;
+}
+
+/* "1,8,64": up to GW_MAX_LEVELS levels of 1 to GW_MAX_CLIENTS clients. */
+static int parse_levels(const char *s, bench_opts *o)
+{
+    char buf[128], *p, *comma;
+
+    if (snprintf(buf, sizeof buf, "%s", s) >= (int)sizeof buf)
+        return -1;
+    o->n_clients = 0;
+    for (p = buf;; p = comma + 1) {
+        comma = strchr(p, ',');
+        if (comma)
+            *comma = '\0';
+        if (o->n_clients == GW_MAX_LEVELS ||
+            parse_uint(p, 1, GW_MAX_CLIENTS, &o->clients[o->n_clients]) != 0)
+            return -1;
+        o->n_clients++;
+        if (!comma)
+            return 0;
+    }
+}
+
+/* veild next to this program (both sit at the top of the build tree). */
+static int default_veild(bench_opts *o)
+{
+    char self[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+    char *slash;
+
+    if (n <= 0)
+        return -1;
+    self[n] = '\0';
+    if (!(slash = strrchr(self, '/')))
+        return -1;
+    *slash = '\0';
+    if (snprintf(o->veild_buf, sizeof o->veild_buf, "%s/veild", self) >=
+        (int)sizeof o->veild_buf)
+        return -1;
+    o->veild = o->veild_buf;
+    return 0;
+}
+
 /* Returns -1 when all went well and the program should run, else an exit
  * status. */
 static int parse_args(int argc, char **argv, bench_opts *o)
@@ -143,7 +229,14 @@ static int parse_args(int argc, char **argv, bench_opts *o)
         O_NOP11,
         O_QUICK,
         O_URL,
-        O_CAFILE
+        O_CAFILE,
+        O_VEILD,
+        O_REQUESTS,
+        O_CLIENTS,
+        O_BITS,
+        O_WORKERS,
+        O_TIMING,
+        O_MEMWAVES
     };
     static const struct option longopts[] = {
         {"seconds", required_argument, NULL, O_SECONDS},
@@ -155,12 +248,20 @@ static int parse_args(int argc, char **argv, bench_opts *o)
         {"quick", no_argument, NULL, O_QUICK},
         {"url", required_argument, NULL, O_URL},
         {"ca-file", required_argument, NULL, O_CAFILE},
+        {"veild", required_argument, NULL, O_VEILD},
+        {"requests", required_argument, NULL, O_REQUESTS},
+        {"clients", required_argument, NULL, O_CLIENTS},
+        {"bits", required_argument, NULL, O_BITS},
+        {"workers", required_argument, NULL, O_WORKERS},
+        {"timing", required_argument, NULL, O_TIMING},
+        {"memory-waves", required_argument, NULL, O_MEMWAVES},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
-    int c, have_seconds = 0, have_rounds = 0, no_pkcs11 = 0;
+    int c, have_seconds = 0, have_rounds = 0, no_pkcs11 = 0, gw_opt = 0;
+    int have_requests = 0, have_bits = 0, have_timing = 0, have_waves = 0;
     double seconds = 0;
-    unsigned rounds = 0;
+    unsigned rounds = 0, v;
     const char *eng = "all";
 
     memset(o, 0, sizeof *o);
@@ -202,6 +303,53 @@ static int parse_args(int argc, char **argv, bench_opts *o)
         case O_CAFILE:
             o->ca_file = optarg;
             break;
+        case O_VEILD:
+            o->veild = optarg;
+            gw_opt = 1;
+            break;
+        case O_REQUESTS:
+            if (parse_uint(optarg, 1, GW_MAX_REQUESTS, &o->requests) != 0)
+                return usage_error("--requests wants an integer in "
+                                   "[1, 1000000], not: ",
+                                   optarg);
+            have_requests = gw_opt = 1;
+            break;
+        case O_CLIENTS:
+            if (parse_levels(optarg, o) != 0)
+                return usage_error("--clients wants up to 8 comma-separated "
+                                   "integers in [1, 512], not: ",
+                                   optarg);
+            gw_opt = 1;
+            break;
+        case O_BITS:
+            if (parse_uint(optarg, 2048, 4096, &v) != 0 ||
+                (v != 2048 && v != 3072 && v != 4096))
+                return usage_error("--bits wants 2048, 3072 or 4096, not: ",
+                                   optarg);
+            o->bits = v;
+            have_bits = gw_opt = 1;
+            break;
+        case O_WORKERS:
+            if (parse_uint(optarg, 1, 256, &o->workers) != 0)
+                return usage_error("--workers wants an integer in [1, 256], "
+                                   "not: ",
+                                   optarg);
+            gw_opt = 1;
+            break;
+        case O_TIMING:
+            if (parse_uint(optarg, 0, 100000, &o->timing_n) != 0)
+                return usage_error("--timing wants an integer in "
+                                   "[0, 100000], not: ",
+                                   optarg);
+            have_timing = gw_opt = 1;
+            break;
+        case O_MEMWAVES:
+            if (parse_uint(optarg, 0, 100, &o->mem_waves) != 0)
+                return usage_error("--memory-waves wants an integer in "
+                                   "[0, 100], not: ",
+                                   optarg);
+            have_waves = gw_opt = 1;
+            break;
         case 'h':
             fputs(USAGE, stdout);
             return 0;
@@ -226,6 +374,9 @@ static int parse_args(int argc, char **argv, bench_opts *o)
             return usage_error("ENGINE pkcs11 contradicts --no-pkcs11", NULL);
         o->run_pkcs11 = 1;
         o->pkcs11_required = 1;
+    } else if (strcmp(eng, "gateway") == 0) {
+        o->run_gateway = 1;
+        o->run_pkcs11 = !no_pkcs11; /* the token key */
     } else if (strcmp(eng, "client") == 0) {
         o->run_client = 1;
         o->run_pkcs11 = !no_pkcs11; /* the token key */
@@ -234,16 +385,43 @@ static int parse_args(int argc, char **argv, bench_opts *o)
                                "scripts/bench.sh client)",
                                NULL);
     } else {
-        return usage_error("ENGINE must be all, software, pkcs11 or client, "
-                           "not: ",
+        return usage_error("ENGINE must be all, software, pkcs11, client "
+                           "or gateway, not: ",
                            eng);
     }
     if (!o->run_client && (o->url || o->ca_file))
         return usage_error("--url and --ca-file apply to ENGINE client only",
                            NULL);
+    if (!o->run_gateway && gw_opt)
+        return usage_error("--veild, --requests, --clients, --bits, "
+                           "--workers, --timing and --memory-waves apply to "
+                           "ENGINE gateway only",
+                           NULL);
 
     o->seconds = o->quick ? 0.05 : 0.3;
     o->rounds = o->quick ? 1 : 5;
+    if (o->run_gateway) {
+        o->seconds = o->quick ? 0.2 : 1.0;
+        o->rounds = o->quick ? 1 : 3;
+        if (!have_requests)
+            o->requests = o->quick ? 50 : 1000;
+        if (!have_bits)
+            o->bits = o->quick ? 2048 : 4096;
+        if (!have_timing)
+            o->timing_n = o->quick ? 10 : 200;
+        if (!have_waves)
+            o->mem_waves = o->quick ? 1 : 3;
+        if (o->n_clients == 0) {
+            o->clients[0] = 1;
+            o->clients[1] = 8;
+            o->clients[2] = 64;
+            o->n_clients = 3;
+        }
+        if (!o->veild && default_veild(o) != 0)
+            return usage_error("gateway: cannot tell where veild is; give "
+                               "--veild PATH",
+                               NULL);
+    }
     if (have_seconds)
         o->seconds = seconds;
     if (have_rounds)
@@ -270,7 +448,15 @@ static int parse_args(int argc, char **argv, bench_opts *o)
                                           : "pkcs11: no token (--token or "
                                             "VEIL_TEST_SOFTHSM_TOKEN)",
                                NULL);
-        if (o->run_client)
+        if (o->run_gateway)
+            o->skip_note = !o->module
+                               ? "# token key: skipped (no module: set "
+                                 "--module or VEIL_TEST_SOFTHSM_MODULE, or "
+                                 "run scripts/bench.sh gateway)"
+                               : "# token key: skipped (no token: set "
+                                 "--token or VEIL_TEST_SOFTHSM_TOKEN, or "
+                                 "run scripts/bench.sh gateway)";
+        else if (o->run_client)
             o->skip_note = !o->module
                                ? "# token key: skipped (no module: set "
                                  "--module or VEIL_TEST_SOFTHSM_MODULE, or "
@@ -1238,6 +1424,8 @@ int main(int argc, char **argv)
         return st;
     if (o.run_client)
         return bench_client_run(&o);
+    if (o.run_gateway)
+        return bench_gateway_run(&o);
 
     memset(&cfg, 0, sizeof cfg);
     cfg.log = log_to_stderr;
