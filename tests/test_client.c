@@ -1439,61 +1439,6 @@ static void test_key_rotation(void)
 
 /* ---- TLS ----------------------------------------------------------------- */
 
-static int add_ext(X509 *cert, X509 *issuer, int nid, const char *value)
-{
-    X509V3_CTX ctx;
-    X509_EXTENSION *ex;
-    int ok;
-
-    X509V3_set_ctx_nodb(&ctx);
-    X509V3_set_ctx(&ctx, issuer, cert, NULL, NULL, 0);
-    ex = X509V3_EXT_conf_nid(NULL, &ctx, nid, value);
-    if (ex == NULL)
-        return 0;
-    ok = X509_add_ext(cert, ex, -1);
-    X509_EXTENSION_free(ex);
-    return ok;
-}
-
-/* A certificate for key, signed by signer (issuer NULL: self-signed CA). */
-static X509 *make_cert(EVP_PKEY *key, EVP_PKEY *signer, X509 *issuer,
-                       const char *cn, long serial)
-{
-    X509 *x = X509_new();
-    X509_NAME *name;
-    int ca = issuer == NULL, ok;
-
-    if (x == NULL)
-        return NULL;
-    name = X509_get_subject_name(x);
-    ok = X509_set_version(x, 2) &&
-         ASN1_INTEGER_set(X509_get_serialNumber(x), serial) &&
-         X509_gmtime_adj(X509_getm_notBefore(x), -3600) &&
-         X509_gmtime_adj(X509_getm_notAfter(x), 86400) &&
-         X509_set_pubkey(x, key) &&
-         X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC,
-                                    (const unsigned char *)cn, -1, -1, 0) &&
-         X509_set_issuer_name(x, ca ? name : X509_get_subject_name(issuer));
-    ok = ok && add_ext(x, ca ? x : issuer, NID_subject_key_identifier, "hash");
-    if (ca) {
-        ok = ok && add_ext(x, x, NID_basic_constraints, "critical,CA:TRUE") &&
-             add_ext(x, x, NID_key_usage, "critical,keyCertSign,cRLSign");
-    } else {
-        ok = ok &&
-             add_ext(x, issuer, NID_basic_constraints, "critical,CA:FALSE") &&
-             add_ext(x, issuer, NID_key_usage, "critical,digitalSignature") &&
-             add_ext(x, issuer, NID_ext_key_usage, "serverAuth") &&
-             add_ext(x, issuer, NID_subject_alt_name, "IP:127.0.0.1") &&
-             add_ext(x, issuer, NID_authority_key_identifier, "keyid:always");
-    }
-    ok = ok && X509_sign(x, signer, EVP_sha256()) > 0;
-    if (!ok) {
-        X509_free(x);
-        return NULL;
-    }
-    return x;
-}
-
 /* What a BIO holds as a NUL-terminated string (malloc'd). */
 static char *bio_text(BIO *b)
 {
@@ -1524,9 +1469,9 @@ static void test_tls(void)
 
     CU_ASSERT_PTR_NOT_NULL_FATAL(ca_key);
     CU_ASSERT_PTR_NOT_NULL_FATAL(srv_key);
-    ca = make_cert(ca_key, ca_key, NULL, "veil test CA", 1);
+    ca = tu_make_cert(ca_key, ca_key, NULL, "veil test CA", 1);
     CU_ASSERT_PTR_NOT_NULL_FATAL(ca);
-    crt = make_cert(srv_key, ca_key, ca, "127.0.0.1", 2);
+    crt = tu_make_cert(srv_key, ca_key, ca, "127.0.0.1", 2);
     CU_ASSERT_PTR_NOT_NULL_FATAL(crt);
     CU_ASSERT_FATAL(PEM_write_bio_X509(b_ca, ca) == 1 &&
                     PEM_write_bio_X509(b_crt, crt) == 1 &&

@@ -11,6 +11,7 @@
 #include <openssl/bn.h>
 #include <openssl/core_names.h>
 #include <openssl/crypto.h>
+#include <openssl/x509v3.h>
 #include <p11-kit/p11-kit.h>
 
 /* automake: exit status 99 is a hard error (never a skip). */
@@ -101,8 +102,7 @@ char *tu_read_file(const char *path, size_t *len)
         used += got;
         if (got == 0) {
             if (ferror(fp)) {
-                fprintf(stderr, "cannot read %s: %s\n", path,
-                        strerror(errno));
+                fprintf(stderr, "cannot read %s: %s\n", path, strerror(errno));
                 free(buf);
                 fclose(fp);
                 return NULL;
@@ -313,8 +313,8 @@ tu_p11 *tu_p11_open(const char *module_path, const char *token_label,
         goto fail;
     }
 
-    rv = t->f->C_OpenSession(t->slot, CKF_SERIAL_SESSION | CKF_RW_SESSION,
-                             NULL, NULL, &t->session);
+    rv = t->f->C_OpenSession(t->slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL,
+                             NULL, &t->session);
     if (rv != CKR_OK) {
         p11_report("C_OpenSession", rv);
         t->session = CK_INVALID_HANDLE;
@@ -533,4 +533,60 @@ int tu_scratch_dir(const char *prefix, char *out, size_t size)
     if (snprintf(out, size, "%s/%s.XXXXXX", base, prefix) >= (int)size)
         return -1;
     return mkdtemp(out) ? 0 : -1;
+}
+
+/* ---- TLS test certificates --------------------------------------------- */
+
+static int add_ext(X509 *cert, X509 *issuer, int nid, const char *value)
+{
+    X509V3_CTX ctx;
+    X509_EXTENSION *ex;
+    int ok;
+
+    X509V3_set_ctx_nodb(&ctx);
+    X509V3_set_ctx(&ctx, issuer, cert, NULL, NULL, 0);
+    ex = X509V3_EXT_conf_nid(NULL, &ctx, nid, value);
+    if (ex == NULL)
+        return 0;
+    ok = X509_add_ext(cert, ex, -1);
+    X509_EXTENSION_free(ex);
+    return ok;
+}
+
+X509 *tu_make_cert(EVP_PKEY *key, EVP_PKEY *signer, X509 *issuer,
+                   const char *cn, long serial)
+{
+    X509 *x = X509_new();
+    X509_NAME *name;
+    int ca = issuer == NULL, ok;
+
+    if (x == NULL)
+        return NULL;
+    name = X509_get_subject_name(x);
+    ok = X509_set_version(x, 2) &&
+         ASN1_INTEGER_set(X509_get_serialNumber(x), serial) &&
+         X509_gmtime_adj(X509_getm_notBefore(x), -3600) &&
+         X509_gmtime_adj(X509_getm_notAfter(x), 86400) &&
+         X509_set_pubkey(x, key) &&
+         X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC,
+                                    (const unsigned char *)cn, -1, -1, 0) &&
+         X509_set_issuer_name(x, ca ? name : X509_get_subject_name(issuer));
+    ok = ok && add_ext(x, ca ? x : issuer, NID_subject_key_identifier, "hash");
+    if (ca) {
+        ok = ok && add_ext(x, x, NID_basic_constraints, "critical,CA:TRUE") &&
+             add_ext(x, x, NID_key_usage, "critical,keyCertSign,cRLSign");
+    } else {
+        ok = ok &&
+             add_ext(x, issuer, NID_basic_constraints, "critical,CA:FALSE") &&
+             add_ext(x, issuer, NID_key_usage, "critical,digitalSignature") &&
+             add_ext(x, issuer, NID_ext_key_usage, "serverAuth") &&
+             add_ext(x, issuer, NID_subject_alt_name, "IP:127.0.0.1") &&
+             add_ext(x, issuer, NID_authority_key_identifier, "keyid:always");
+    }
+    ok = ok && X509_sign(x, signer, EVP_sha256()) > 0;
+    if (!ok) {
+        X509_free(x);
+        return NULL;
+    }
+    return x;
 }

@@ -8,6 +8,7 @@
 
 #include <cjson/cJSON.h>
 #include <openssl/evp.h>
+#include <openssl/x509.h>
 #include <p11-kit/pkcs11.h>
 
 /* getenv(name), or exit(99) (automake's "hard error") with a message on
@@ -44,6 +45,12 @@ int tu_scratch_dir(const char *prefix, char *out, size_t size);
 /* Percent-encodes a PKCS#11 URI path attribute value (RFC 7512) into out;
  * returns 0, or -1 when it does not fit. */
 int tu_uri_escape(const char *in, char *out, size_t out_size);
+
+/* A certificate for key, signed by signer: issuer NULL makes a self-signed
+ * CA; otherwise a server certificate for IP 127.0.0.1 issued by issuer.
+ * Valid from an hour ago for a day.  NULL on failure; X509_free it. */
+X509 *tu_make_cert(EVP_PKEY *key, EVP_PKEY *signer, X509 *issuer,
+                   const char *cn, long serial);
 
 /* ---- PKCS#11 -------------------------------------------------------- */
 
