@@ -25,7 +25,7 @@ out="$T/out" err="$T/err"
 # Nothing from the caller's environment may change what veil does.
 unset VEIL_URL VEIL_API_KEY VEIL_PKCS11_MODULE VEIL_PIN_SOURCE
 
-hard() { echo "ERROR (setup): $*"; exit 99; }
+. "${VEIL_SRCDIR:?}/tests/env/check.sh"
 
 trap fixture_stop EXIT
 trap 'exit 130' INT
@@ -37,32 +37,6 @@ done
 command -v openssl >/dev/null || hard "openssl not found"
 command -v python3 >/dev/null || hard "python3 not found"
 mkdir -p "$T" || hard "cannot make $T"
-
-ok() { echo "ok: $1"; pass=$((pass + 1)); }
-bad() {
-    echo "FAIL: $1"
-    shift
-    for f in "$@"; do [ -s "$f" ] && sed 's/^/    /' "$f"; done
-    fail=$((fail + 1))
-}
-
-# check NAME EXPECTED_EXIT [ERE-in-stdout+stderr] -- command...
-# stdin is $IN (default /dev/null); stdout in $out, stderr in $err.
-check() {
-    local name=$1 want=$2 pat=$3
-    shift 4
-    "$@" >"$out" 2>"$err" <"${IN:-/dev/null}"
-    local got=$?
-    if [ "$got" -ne "$want" ]; then
-        bad "$name: exit $got, expected $want" "$out" "$err"
-        return 1
-    fi
-    if [ -n "$pat" ] && ! grep -qE -- "$pat" "$out" "$err"; then
-        bad "$name: output lacks /$pat/" "$out" "$err"
-        return 1
-    fi
-    ok "$name"
-}
 
 # same_out NAME TEXT: stdout of the last check is exactly TEXT + newline.
 same_out() {

@@ -30,7 +30,7 @@ out="$T/out" err="$T/err"
 
 unset VEIL_URL VEIL_API_KEY VEIL_PKCS11_MODULE VEIL_PIN_SOURCE
 
-hard() { echo "ERROR (setup): $*"; exit 99; }
+. "${VEIL_SRCDIR:?}/tests/env/check.sh"
 
 stopped=0
 finish() { [ "$stopped" = 1 ] || veild_stop; }
@@ -45,32 +45,6 @@ done
 "$PY" -c 'import cryptography' 2>/dev/null || hard "$PY lacks the cryptography package (Debian: python3-cryptography)"
 command -v curl >/dev/null || hard "curl not found"
 mkdir -p "$T" || hard "cannot make $T"
-
-ok() { echo "ok: $1"; pass=$((pass + 1)); }
-bad() {
-    echo "FAIL: $1"
-    shift
-    for f in "$@"; do [ -s "$f" ] && sed 's/^/    /' "$f"; done
-    fail=$((fail + 1))
-}
-
-# check NAME EXPECTED_EXIT [ERE-in-stdout+stderr] -- command...
-# stdout in $out, stderr in $err.
-check() {
-    local name=$1 want=$2 pat=$3
-    shift 4
-    "$@" >"$out" 2>"$err" </dev/null
-    local got=$?
-    if [ "$got" -ne "$want" ]; then
-        bad "$name: exit $got, expected $want" "$out" "$err"
-        return 1
-    fi
-    if [ -n "$pat" ] && ! grep -qE -- "$pat" "$out" "$err"; then
-        bad "$name: output lacks /$pat/" "$out" "$err"
-        return 1
-    fi
-    ok "$name"
-}
 
 # answer_is NAME PYTHON-EXPR: the expression is true of the answer JSON on
 # the last stdout (as `a`) and the last stderr's lines (as `err`, a list);

@@ -28,7 +28,7 @@ out="$T/out" err="$T/err"
 
 unset VEIL_URL VEIL_API_KEY VEIL_PKCS11_MODULE VEIL_PIN_SOURCE
 
-hard() { echo "ERROR (setup): $*"; exit 99; }
+. "${VEIL_SRCDIR:?}/tests/env/check.sh"
 
 trap veild_stop EXIT
 trap 'exit 130' INT
@@ -40,31 +40,6 @@ done
 [ -f "$NC" ] || hard "$NC is missing"
 "$PY" -c 'import cryptography' 2>/dev/null || hard "$PY lacks the cryptography package (Debian: python3-cryptography)"
 mkdir -p "$T" || hard "cannot make $T"
-
-ok() { echo "ok: $1"; pass=$((pass + 1)); }
-bad() {
-    echo "FAIL: $1"
-    shift
-    for f in "$@"; do [ -s "$f" ] && sed 's/^/    /' "$f"; done
-    fail=$((fail + 1))
-}
-
-# check NAME EXPECTED_EXIT [ERE-in-stdout+stderr] -- command...
-check() {
-    local name=$1 want=$2 pat=$3
-    shift 4
-    "$@" >"$out" 2>"$err" </dev/null
-    local got=$?
-    if [ "$got" -ne "$want" ]; then
-        bad "$name: exit $got, expected $want" "$out" "$err"
-        return 1
-    fi
-    if [ -n "$pat" ] && ! grep -qE -- "$pat" "$out" "$err"; then
-        bad "$name: output lacks /$pat/" "$out" "$err"
-        return 1
-    fi
-    ok "$name"
-}
 
 # answer_is NAME PYTHON-EXPR: true of the answer JSON on the last stdout
 # (`a`, its _metadata `md`); `sent` is the X-Payload-ID the client sent.
