@@ -144,17 +144,7 @@ static int parse_pin(const char *s, uint8_t out[32])
 {
     if (strncmp(s, "sha256:", 7) == 0)
         s += 7;
-    if (strlen(s) != 64)
-        return 0;
-    for (int i = 0; i < 32; i++) {
-        unsigned v;
-        if (sscanf(s + 2 * i, "%2x", &v) != 1 ||
-            !strchr("0123456789abcdefABCDEF", s[2 * i]) ||
-            !strchr("0123456789abcdefABCDEF", s[2 * i + 1]))
-            return 0;
-        out[i] = (uint8_t)v;
-    }
-    return 1;
+    return strlen(s) == 64 && veil_hex_decode(s, 32, out);
 }
 
 static int tier_valid(const char *t)

@@ -36,6 +36,7 @@
 #include <openssl/evp.h>
 
 #include "gateway.h"
+#include "package.h"
 
 #define AUTH_FILE_MAX (16u * 1024u * 1024u)
 #define NAME_MAX_LEN 128
@@ -49,31 +50,6 @@ struct gw_auth {
     auth_entry *e;
     size_t n;
 };
-
-static void put_err(char *err, size_t err_size, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void put_err(char *err, size_t err_size, const char *fmt, ...)
-{
-    va_list ap;
-
-    if (!err || err_size == 0)
-        return;
-    va_start(ap, fmt);
-    vsnprintf(err, err_size, fmt, ap);
-    va_end(ap);
-}
-
-static int nibble(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
 
 static int is_blank(char c)
 {
@@ -91,35 +67,36 @@ static char *read_keys_file(const char *path, size_t *len, char *err,
     int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
 
     if (fd < 0) {
-        put_err(err, err_size, "%s: %s", path, strerror(errno));
+        gw_put_err(err, err_size, "%s: %s", path, strerror(errno));
         return NULL;
     }
     if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-        put_err(err, err_size, "%s: not a regular file", path);
+        gw_put_err(err, err_size, "%s: not a regular file", path);
         close(fd);
         return NULL;
     }
     if (st.st_mode & (S_IWGRP | S_IWOTH)) {
-        put_err(err, err_size,
-                "%s: writable by group or others (chmod 600 or 640)", path);
+        gw_put_err(err, err_size,
+                   "%s: writable by group or others (chmod 600 or 640)", path);
         close(fd);
         return NULL;
     }
     if (st.st_uid != 0 && st.st_uid != geteuid()) {
-        put_err(err, err_size,
-                "%s: owned by uid %lu, neither root nor veild's user", path,
-                (unsigned long)st.st_uid);
+        gw_put_err(err, err_size,
+                   "%s: owned by uid %lu, neither root nor veild's user", path,
+                   (unsigned long)st.st_uid);
         close(fd);
         return NULL;
     }
     if (st.st_size > (off_t)AUTH_FILE_MAX) {
-        put_err(err, err_size, "%s: larger than %u bytes", path, AUTH_FILE_MAX);
+        gw_put_err(err, err_size, "%s: larger than %u bytes", path,
+                   AUTH_FILE_MAX);
         close(fd);
         return NULL;
     }
     buf = malloc((size_t)st.st_size + 2);
     if (!buf) {
-        put_err(err, err_size, "%s: out of memory", path);
+        gw_put_err(err, err_size, "%s: out of memory", path);
         close(fd);
         return NULL;
     }
@@ -130,7 +107,7 @@ static char *read_keys_file(const char *path, size_t *len, char *err,
         if (n < 0 && errno == EINTR)
             continue;
         if (n < 0) {
-            put_err(err, err_size, "%s: %s", path, strerror(errno));
+            gw_put_err(err, err_size, "%s: %s", path, strerror(errno));
             free(buf);
             close(fd);
             return NULL;
@@ -141,7 +118,7 @@ static char *read_keys_file(const char *path, size_t *len, char *err,
     }
     close(fd);
     if (got > (size_t)st.st_size) {
-        put_err(err, err_size, "%s: changed while being read", path);
+        gw_put_err(err, err_size, "%s: changed while being read", path);
         free(buf);
         return NULL;
     }
@@ -162,13 +139,8 @@ static int parse_line(const char *s, size_t len, auth_entry *out)
     if (len - i < 7 + 64 || strncmp(s + i, "sha256:", 7) != 0)
         return -1;
     i += 7;
-    for (size_t k = 0; k < 32; k++) {
-        int hi = nibble(s[i + 2 * k]), lo = nibble(s[i + 2 * k + 1]);
-
-        if (hi < 0 || lo < 0)
-            return -1;
-        out->hash[k] = (uint8_t)(hi << 4 | lo);
-    }
+    if (!veil_hex_decode(s + i, 32, out->hash))
+        return -1;
     i += 64;
     end = len;
     while (end > i && is_blank(s[end - 1]))
@@ -197,7 +169,7 @@ gw_auth *gw_auth_load(const char *path, char *err, size_t err_size)
     unsigned line = 0;
 
     if (!path) {
-        put_err(err, err_size, "no API key file named");
+        gw_put_err(err, err_size, "no API key file named");
         return NULL;
     }
     buf = read_keys_file(path, &len, err, err_size);
@@ -211,7 +183,7 @@ gw_auth *gw_auth_load(const char *path, char *err, size_t err_size)
     if (a)
         a->e = calloc(cap, sizeof *a->e);
     if (!a || !a->e) {
-        put_err(err, err_size, "%s: out of memory", path);
+        gw_put_err(err, err_size, "%s: out of memory", path);
         goto fail;
     }
     while (pos < len) {
@@ -222,25 +194,25 @@ gw_auth *gw_auth_load(const char *path, char *err, size_t err_size)
         line++;
         pos += n + (nl ? 1 : 0);
         if (memchr(s, '\0', n)) {
-            put_err(err, err_size, "%s:%u: contains a NUL byte", path, line);
+            gw_put_err(err, err_size, "%s:%u: contains a NUL byte", path, line);
             goto fail;
         }
         r = parse_line(s, n, &a->e[a->n]);
         if (r == -1) {
-            put_err(err, err_size,
-                    "%s:%u: expected \"sha256:<64 hex digits> [name]\"", path,
-                    line);
+            gw_put_err(err, err_size,
+                       "%s:%u: expected \"sha256:<64 hex digits> [name]\"",
+                       path, line);
             goto fail;
         }
         if (r == -2) {
-            put_err(err, err_size, "%s: out of memory", path);
+            gw_put_err(err, err_size, "%s: out of memory", path);
             goto fail;
         }
         if (r == 1)
             a->n++;
     }
     if (a->n == 0) {
-        put_err(err, err_size, "%s: no API keys in the file", path);
+        gw_put_err(err, err_size, "%s: no API keys in the file", path);
         goto fail;
     }
     OPENSSL_cleanse(buf, len);

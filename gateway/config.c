@@ -141,10 +141,7 @@ static const struct {
 
 /* ---- small helpers ------------------------------------------------------ */
 
-static void put_err(char *err, size_t err_size, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void put_err(char *err, size_t err_size, const char *fmt, ...)
+void gw_put_err(char *err, size_t err_size, const char *fmt, ...)
 {
     va_list ap;
 
@@ -234,7 +231,7 @@ static int set_str(char **slot, const char *v, size_t len, char *msg,
     char *copy = strndup(v, len);
 
     if (!copy) {
-        put_err(msg, msize, "out of memory");
+        gw_put_err(msg, msize, "out of memory");
         return -1;
     }
     free(*slot);
@@ -293,21 +290,21 @@ static int model_check_id(const gw_config *cfg, const char *id, size_t len,
     char b[64];
 
     if (!model_id_ok(id, len)) {
-        put_err(msg, msize,
-                "'%s' is not a model ID (letters, digits and . _ - : / @ +; "
-                "at most %d)",
-                shown(id, len, b, sizeof b), MODEL_ID_MAX);
+        gw_put_err(msg, msize,
+                   "'%s' is not a model ID (letters, digits and . _ - : / @ +; "
+                   "at most %d)",
+                   shown(id, len, b, sizeof b), MODEL_ID_MAX);
         return -1;
     }
     for (size_t i = 0; i < cfg->n_models; i++)
         if (cfg->models[i].id && strlen(cfg->models[i].id) == len &&
             memcmp(cfg->models[i].id, id, len) == 0) {
-            put_err(msg, msize, "model '%.*s' is configured twice", (int)len,
-                    id);
+            gw_put_err(msg, msize, "model '%.*s' is configured twice", (int)len,
+                       id);
             return -1;
         }
     if (cfg->n_models >= GW_MAX_MODELS) {
-        put_err(msg, msize, "too many models (at most %d)", GW_MAX_MODELS);
+        gw_put_err(msg, msize, "too many models (at most %d)", GW_MAX_MODELS);
         return -1;
     }
     return 0;
@@ -334,10 +331,10 @@ static int model_set_upstream(gw_model *m, const char *v, size_t len, char *msg,
             len--;
         return set_str(&m->upstream, v, len, msg, msize);
     }
-    put_err(msg, msize,
-            "'%s' is not an upstream (echo, or an http:// or https:// base "
-            "URL such as http://127.0.0.1:8080/v1)",
-            shown(v, len, b, sizeof b));
+    gw_put_err(msg, msize,
+               "'%s' is not an upstream (echo, or an http:// or https:// base "
+               "URL such as http://127.0.0.1:8080/v1)",
+               shown(v, len, b, sizeof b));
     return -1;
 }
 
@@ -366,14 +363,14 @@ static int parse_tiers(const char *v, size_t len, unsigned *out, char *msg,
                 break;
         if (j == sizeof tier_names / sizeof tier_names[0]) {
             if (end == start)
-                put_err(msg, msize,
-                        "'%s' is not a list of tiers (standard, high, "
-                        "maximum)",
-                        shown(v, len, b, sizeof b));
+                gw_put_err(msg, msize,
+                           "'%s' is not a list of tiers (standard, high, "
+                           "maximum)",
+                           shown(v, len, b, sizeof b));
             else
-                put_err(msg, msize,
-                        "'%s' is not a tier (standard, high, maximum)",
-                        shown(v + start, end - start, b, sizeof b));
+                gw_put_err(msg, msize,
+                           "'%s' is not a tier (standard, high, maximum)",
+                           shown(v + start, end - start, b, sizeof b));
             return -1;
         }
         tiers |= tier_names[j].bit;
@@ -393,7 +390,8 @@ static int model_from_spec(gw_config *cfg, const char *spec, char *msg,
     memset(&m, 0, sizeof m);
     m.tiers = GW_TIER_ALL;
     if (!eq) {
-        put_err(msg, msize, "expected ID=UPSTREAM[,tiers=A+B][,key-file=FILE]");
+        gw_put_err(msg, msize,
+                   "expected ID=UPSTREAM[,tiers=A+B][,key-file=FILE]");
         return -1;
     }
     if (model_check_id(cfg, spec, (size_t)(eq - spec), msg, msize) != 0)
@@ -423,9 +421,9 @@ static int model_from_spec(gw_config *cfg, const char *spec, char *msg,
         } else {
             char b[64];
 
-            put_err(msg, msize,
-                    "unknown model option '%s' (tiers=A+B, key-file=FILE)",
-                    shown(p, len, b, sizeof b));
+            gw_put_err(msg, msize,
+                       "unknown model option '%s' (tiers=A+B, key-file=FILE)",
+                       shown(p, len, b, sizeof b));
             goto fail;
         }
     }
@@ -443,12 +441,12 @@ static int check_keyref(const char *v, char *msg, size_t msize)
 {
     if (!((strncmp(v, "pkcs11:", 7) == 0 && v[7]) ||
           (strncmp(v, "dir:", 4) == 0 && v[4]))) {
-        put_err(msg, msize, "must be a pkcs11: URI or dir:PATH");
+        gw_put_err(msg, msize, "must be a pkcs11: URI or dir:PATH");
         return -1;
     }
     if (strcasestr(v, "pin-value")) {
-        put_err(msg, msize,
-                "a PIN in the URI (pin-value) is refused; use pin_source");
+        gw_put_err(msg, msize,
+                   "a PIN in the URI (pin-value) is refused; use pin_source");
         return -1;
     }
     return 0;
@@ -459,9 +457,9 @@ static int check_pin_source(const char *v, char *msg, size_t msize)
     veil_pin_source ps;
 
     if (veil_pin_source_parse(v, &ps) != VEIL_OK) {
-        put_err(msg, msize,
-                "must be file:PATH, env:NAME, prompt or none (a PIN itself "
-                "is never accepted)");
+        gw_put_err(msg, msize,
+                   "must be file:PATH, env:NAME, prompt or none (a PIN itself "
+                   "is never accepted)");
         return -1;
     }
     return 0;
@@ -477,7 +475,7 @@ static int apply(gw_config *cfg, const setting *s, const char *v, char *msg,
     char b[64];
 
     if (len == 0) {
-        put_err(msg, msize, "needs a value");
+        gw_put_err(msg, msize, "needs a value");
         return -1;
     }
     switch (s->kind) {
@@ -488,10 +486,10 @@ static int apply(gw_config *cfg, const setting *s, const char *v, char *msg,
 
         if (inet_pton(AF_INET, v, addr) != 1 &&
             inet_pton(AF_INET6, v, addr) != 1) {
-            put_err(msg, msize,
-                    "'%s' is not an IP address (such as 127.0.0.1, ::1, "
-                    "0.0.0.0)",
-                    shown_str(v, b, sizeof b));
+            gw_put_err(msg, msize,
+                       "'%s' is not an IP address (such as 127.0.0.1, ::1, "
+                       "0.0.0.0)",
+                       shown_str(v, b, sizeof b));
             return -1;
         }
         return set_str(field, v, len, msg, msize);
@@ -508,14 +506,14 @@ static int apply(gw_config *cfg, const setting *s, const char *v, char *msg,
         for (size_t i = 0; i < sizeof levels / sizeof levels[0]; i++)
             if (strcmp(v, levels[i]) == 0)
                 return set_str(field, v, len, msg, msize);
-        put_err(msg, msize,
-                "'%s' is not a log level (error, warn, info, debug)",
-                shown_str(v, b, sizeof b));
+        gw_put_err(msg, msize,
+                   "'%s' is not a log level (error, warn, info, debug)",
+                   shown_str(v, b, sizeof b));
         return -1;
     case K_PORT:
         if (parse_ulong(v, len, &n, &used) != 0 || used != len || n > 65535) {
-            put_err(msg, msize, "'%s' is not a port (1-65535, or 0)",
-                    shown_str(v, b, sizeof b));
+            gw_put_err(msg, msize, "'%s' is not a port (1-65535, or 0)",
+                       shown_str(v, b, sizeof b));
             return -1;
         }
         *(unsigned *)field = (unsigned)n;
@@ -523,8 +521,8 @@ static int apply(gw_config *cfg, const setting *s, const char *v, char *msg,
     case K_UINT:
         if (parse_ulong(v, len, &n, &used) != 0 || used != len || n < s->min ||
             n > s->max) {
-            put_err(msg, msize, "'%s' is not a whole number from %lu to %lu",
-                    shown_str(v, b, sizeof b), s->min, s->max);
+            gw_put_err(msg, msize, "'%s' is not a whole number from %lu to %lu",
+                       shown_str(v, b, sizeof b), s->min, s->max);
             return -1;
         }
         *(unsigned *)field = (unsigned)n;
@@ -540,10 +538,10 @@ static int apply(gw_config *cfg, const setting *s, const char *v, char *msg,
                 ? strtod(v, &end)
                 : -1;
         if (!end || *end || errno || !(d > 0 && d <= 1e6)) {
-            put_err(msg, msize,
-                    "'%s' is not a rate (requests per second: a number "
-                    "above 0, at most 1000000)",
-                    shown_str(v, b, sizeof b));
+            gw_put_err(msg, msize,
+                       "'%s' is not a rate (requests per second: a number "
+                       "above 0, at most 1000000)",
+                       shown_str(v, b, sizeof b));
             return -1;
         }
         *(double *)field = d;
@@ -574,10 +572,10 @@ static int apply(gw_config *cfg, const setting *s, const char *v, char *msg,
             ok = 0;
         }
         if (!ok || n > s->max / mult || n * mult < s->min) {
-            put_err(msg, msize,
-                    "'%s' is not a size from 1K to 1G (bytes, or with a "
-                    "suffix K, M or G)",
-                    shown_str(v, b, sizeof b));
+            gw_put_err(msg, msize,
+                       "'%s' is not a size from 1K to 1G (bytes, or with a "
+                       "suffix K, M or G)",
+                       shown_str(v, b, sizeof b));
             return -1;
         }
         *(size_t *)field = (size_t)(n * mult);
@@ -586,7 +584,7 @@ static int apply(gw_config *cfg, const setting *s, const char *v, char *msg,
     case K_MODEL:
         return model_from_spec(cfg, v, msg, msize);
     }
-    put_err(msg, msize, "internal error");
+    gw_put_err(msg, msize, "internal error");
     return -1;
 }
 
@@ -628,24 +626,24 @@ int gw_config_set(gw_config *cfg, const char *name, const char *value,
     char msg[MSG_SIZE], b[64];
 
     if (!cfg || !name) {
-        put_err(err, err_size, "no setting named");
+        gw_put_err(err, err_size, "no setting named");
         return -1;
     }
     if (strncmp(name, "--", 2) == 0)
         name += 2;
     s = find_setting(name);
     if (!s) {
-        put_err(err, err_size,
-                "unknown option '--%s' (veild --help lists them)",
-                shown_str(name, b, sizeof b));
+        gw_put_err(err, err_size,
+                   "unknown option '--%s' (veild --help lists them)",
+                   shown_str(name, b, sizeof b));
         return -1;
     }
     if (!value) {
-        put_err(err, err_size, "--%s: needs a value", name);
+        gw_put_err(err, err_size, "--%s: needs a value", name);
         return -1;
     }
     if (apply(cfg, s, value, msg, sizeof msg) != 0) {
-        put_err(err, err_size, "--%s: %s", name, msg);
+        gw_put_err(err, err_size, "--%s: %s", name, msg);
         return -1;
     }
     return 0;
@@ -666,8 +664,8 @@ static int section_close(gw_config *cfg, section *sec, const char *path,
         return 0;
     sec->open = 0;
     if (!sec->m.upstream) {
-        put_err(err, err_size, "%s:%u: [model %s] has no upstream", path,
-                sec->line, sec->m.id);
+        gw_put_err(err, err_size, "%s:%u: [model %s] has no upstream", path,
+                   sec->line, sec->m.id);
         model_clear(&sec->m);
         return -1;
     }
@@ -683,13 +681,13 @@ static int section_open(gw_config *cfg, section *sec, char *inner,
     char b[64];
 
     if (strncmp(inner, "model", 5) != 0 || (inner[5] && !is_space(inner[5]))) {
-        put_err(msg, msize, "unknown section '[%s]' (expected [model ID])",
-                shown_str(inner, b, sizeof b));
+        gw_put_err(msg, msize, "unknown section '[%s]' (expected [model ID])",
+                   shown_str(inner, b, sizeof b));
         return -1;
     }
     id = trim(inner + 5);
     if (!*id) {
-        put_err(msg, msize, "[model] needs a model ID: [model ID]");
+        gw_put_err(msg, msize, "[model] needs a model ID: [model ID]");
         return -1;
     }
     if (model_check_id(cfg, id, strlen(id), msg, msize) != 0)
@@ -707,7 +705,7 @@ static int section_set(section *sec, const char *name, const char *v, char *msg,
                        size_t msize)
 {
     if (!*v) {
-        put_err(msg, msize, "%s: needs a value", name);
+        gw_put_err(msg, msize, "%s: needs a value", name);
         return -1;
     }
     if (name_eq("upstream", name))
@@ -728,7 +726,7 @@ static int load_line(gw_config *cfg, section *sec, char *s, unsigned line,
 
     if (s[0] == '[') {
         if (s[n - 1] != ']') {
-            put_err(msg, msize, "a section header ends with ']'");
+            gw_put_err(msg, msize, "a section header ends with ']'");
             return -1;
         }
         s[n - 1] = '\0';
@@ -736,14 +734,14 @@ static int load_line(gw_config *cfg, section *sec, char *s, unsigned line,
     }
     eq = strchr(s, '=');
     if (!eq) {
-        put_err(msg, msize, "expected NAME = VALUE");
+        gw_put_err(msg, msize, "expected NAME = VALUE");
         return -1;
     }
     *eq = '\0';
     name = trim(s);
     value = trim(eq + 1);
     if (!*name) {
-        put_err(msg, msize, "expected NAME = VALUE");
+        gw_put_err(msg, msize, "expected NAME = VALUE");
         return -1;
     }
     if (sec->open) {
@@ -753,35 +751,35 @@ static int load_line(gw_config *cfg, section *sec, char *s, unsigned line,
             return 0;
         }
         if (find_setting(name)) {
-            put_err(msg, msize,
-                    "'%s' is a global setting: put it before the first "
-                    "[model] section",
-                    shown_str(name, b, sizeof b));
+            gw_put_err(msg, msize,
+                       "'%s' is a global setting: put it before the first "
+                       "[model] section",
+                       shown_str(name, b, sizeof b));
             return -1;
         }
-        put_err(msg, msize,
-                "unknown setting '%s' in [model %s] (upstream, "
-                "upstream_key_file, tiers)",
-                shown_str(name, b, sizeof b), sec->m.id);
+        gw_put_err(msg, msize,
+                   "unknown setting '%s' in [model %s] (upstream, "
+                   "upstream_key_file, tiers)",
+                   shown_str(name, b, sizeof b), sec->m.id);
         return -1;
     }
     st = find_setting(name);
     if (!st) {
         if (is_section_key(name))
-            put_err(msg, msize,
-                    "'%s' belongs in a [model ID] section (or use "
-                    "model = ID=UPSTREAM)",
-                    shown_str(name, b, sizeof b));
+            gw_put_err(msg, msize,
+                       "'%s' belongs in a [model ID] section (or use "
+                       "model = ID=UPSTREAM)",
+                       shown_str(name, b, sizeof b));
         else
-            put_err(msg, msize, "unknown setting '%s'",
-                    shown_str(name, b, sizeof b));
+            gw_put_err(msg, msize, "unknown setting '%s'",
+                       shown_str(name, b, sizeof b));
         return -1;
     }
     if (apply(cfg, st, value, msg, msize) != 0) {
         char tmp[MSG_SIZE];
 
         snprintf(tmp, sizeof tmp, "%s", msg);
-        put_err(msg, msize, "%s: %s", st->name, tmp);
+        gw_put_err(msg, msize, "%s: %s", st->name, tmp);
         return -1;
     }
     return 0;
@@ -800,22 +798,22 @@ int gw_config_load(gw_config *cfg, const char *path, char *err, size_t err_size)
     int rc = 0;
 
     if (!cfg || !path) {
-        put_err(err, err_size, "no config file named");
+        gw_put_err(err, err_size, "no config file named");
         return -1;
     }
     f = fopen(path, "re");
     if (!f) {
-        put_err(err, err_size, "%s: %s", path, strerror(errno));
+        gw_put_err(err, err_size, "%s: %s", path, strerror(errno));
         return -1;
     }
     if (fstat(fileno(f), &st) != 0 || !S_ISREG(st.st_mode)) {
-        put_err(err, err_size, "%s: not a regular file", path);
+        gw_put_err(err, err_size, "%s: not a regular file", path);
         fclose(f);
         return -1;
     }
     /* It says which key and which upstream to trust. */
     if (st.st_mode & S_IWOTH) {
-        put_err(err, err_size, "%s: writable by others (chmod o-w)", path);
+        gw_put_err(err, err_size, "%s: writable by others (chmod o-w)", path);
         fclose(f);
         return -1;
     }
@@ -825,13 +823,13 @@ int gw_config_load(gw_config *cfg, const char *path, char *err, size_t err_size)
 
         line++;
         if ((size_t)got > LINE_MAX_LEN) {
-            put_err(err, err_size, "%s:%u: line too long (at most %d bytes)",
-                    path, line, LINE_MAX_LEN);
+            gw_put_err(err, err_size, "%s:%u: line too long (at most %d bytes)",
+                       path, line, LINE_MAX_LEN);
             rc = -1;
             break;
         }
         if (strlen(buf) != (size_t)got) {
-            put_err(err, err_size, "%s:%u: contains a NUL byte", path, line);
+            gw_put_err(err, err_size, "%s:%u: contains a NUL byte", path, line);
             rc = -1;
             break;
         }
@@ -843,13 +841,13 @@ int gw_config_load(gw_config *cfg, const char *path, char *err, size_t err_size)
             break;
         }
         if (load_line(cfg, &sec, s, line, msg, sizeof msg) != 0) {
-            put_err(err, err_size, "%s:%u: %s", path, line, msg);
+            gw_put_err(err, err_size, "%s:%u: %s", path, line, msg);
             rc = -1;
             break;
         }
     }
     if (rc == 0 && ferror(f)) {
-        put_err(err, err_size, "%s: %s", path, strerror(errno));
+        gw_put_err(err, err_size, "%s: %s", path, strerror(errno));
         rc = -1;
     }
     if (rc == 0)
@@ -865,54 +863,57 @@ int gw_config_check(const gw_config *cfg, char *err, size_t err_size)
     char msg[MSG_SIZE];
 
     if (!cfg) {
-        put_err(err, err_size, "no configuration");
+        gw_put_err(err, err_size, "no configuration");
         return -1;
     }
     if (!cfg->listen_addr || !cfg->log_level) {
-        put_err(err, err_size, "out of memory");
+        gw_put_err(err, err_size, "out of memory");
         return -1;
     }
     if (!cfg->server_key) {
-        put_err(err, err_size,
-                "server_key is not set (a pkcs11: URI, or dir:PATH)");
+        gw_put_err(err, err_size,
+                   "server_key is not set (a pkcs11: URI, or dir:PATH)");
         return -1;
     }
     if (check_keyref(cfg->server_key, msg, sizeof msg) != 0) {
-        put_err(err, err_size, "server_key: %s", msg);
+        gw_put_err(err, err_size, "server_key: %s", msg);
         return -1;
     }
     if (cfg->pin_source &&
         check_pin_source(cfg->pin_source, msg, sizeof msg) != 0) {
-        put_err(err, err_size, "pin_source: %s", msg);
+        gw_put_err(err, err_size, "pin_source: %s", msg);
         return -1;
     }
     if (!cfg->tls_cert != !cfg->tls_key) {
-        put_err(err, err_size, "%s is set but %s is not: give both or neither",
-                cfg->tls_cert ? "tls_cert" : "tls_key",
-                cfg->tls_cert ? "tls_key" : "tls_cert");
+        gw_put_err(err, err_size,
+                   "%s is set but %s is not: give both or neither",
+                   cfg->tls_cert ? "tls_cert" : "tls_key",
+                   cfg->tls_cert ? "tls_key" : "tls_cert");
         return -1;
     }
     if (cfg->n_models == 0) {
-        put_err(err, err_size,
-                "no model configured (model = ID=UPSTREAM, or a [model ID] "
-                "section)");
+        gw_put_err(err, err_size,
+                   "no model configured (model = ID=UPSTREAM, or a [model ID] "
+                   "section)");
         return -1;
     }
     if (cfg->n_models > GW_MAX_MODELS) {
-        put_err(err, err_size, "too many models (at most %d)", GW_MAX_MODELS);
+        gw_put_err(err, err_size, "too many models (at most %d)",
+                   GW_MAX_MODELS);
         return -1;
     }
     for (size_t i = 0; i < cfg->n_models; i++) {
         const gw_model *m = &cfg->models[i];
 
         if (!m->id || !m->upstream || !(m->tiers & GW_TIER_ALL)) {
-            put_err(err, err_size,
-                    "model %zu lacks an ID, an upstream or a tier", i + 1);
+            gw_put_err(err, err_size,
+                       "model %zu lacks an ID, an upstream or a tier", i + 1);
             return -1;
         }
         for (size_t j = 0; j < i; j++)
             if (strcmp(cfg->models[j].id, m->id) == 0) {
-                put_err(err, err_size, "model '%s' is configured twice", m->id);
+                gw_put_err(err, err_size, "model '%s' is configured twice",
+                           m->id);
                 return -1;
             }
     }

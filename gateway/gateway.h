@@ -20,6 +20,11 @@
 
 #include "veil/engine.h"
 
+/* Writes one formatted line to err (ignored when err is NULL or
+ * err_size 0): how config.c and auth.c report problems. */
+void gw_put_err(char *err, size_t err_size, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
 /* ---- configuration (config.c) ----------------------------------------- */
 
 #define GW_MAX_MODELS 64

@@ -193,6 +193,17 @@ static int hexval(char c)
     return -1;
 }
 
+int veil_hex_decode(const char *s, size_t n, uint8_t *out)
+{
+    for (size_t i = 0; i < n; i++) {
+        int hi = hexval(s[2 * i]), lo = hi < 0 ? -1 : hexval(s[2 * i + 1]);
+        if (lo < 0)
+            return 0;
+        out[i] = (uint8_t)(hi << 4 | lo);
+    }
+    return 1;
+}
+
 veil_rc veil_percent_decode(const char *s, char **out)
 {
     *out = NULL;

@@ -93,6 +93,10 @@ char *veil_percent_encode(const char *s);
  * so is an escaped NUL).  '+' is left as it is.  *out is malloc'd. */
 veil_rc veil_percent_decode(const char *s, char **out);
 
+/* Decodes exactly 2*n hex digits (either case) at s into out; 1 on
+ * success, 0 when one of them is not a hex digit. */
+int veil_hex_decode(const char *s, size_t n, uint8_t *out);
+
 /* A random UUID v4 in its 36-character text form. */
 veil_rc veil_uuid4(veil_engine *e, char out[37]);
 
