@@ -58,12 +58,14 @@ struct gw_server {
         uint64_t used;
     } keys[KEY_CACHE];
     uint64_t key_clock;
-    pthread_mutex_t lock; /* in_flight, health cache */
+    pthread_mutex_t lock; /* in_flight */
     pthread_cond_t idle;
     unsigned in_flight;
     atomic_int stopping;
     veil_memory_status mem;
     struct MHD_Response *undecryptable; /* one answer for every failure */
+    pthread_mutex_t health_lock;        /* the health cache; held while probing,
+                                           so never together with lock */
     time_t health_at;
     char *health;
     int health_ok;
@@ -266,7 +268,7 @@ static int token_alive(gw_server *s, char *why, size_t why_size)
 static enum MHD_Result get_health(gw_server *s, struct MHD_Connection *c,
                                   req *r)
 {
-    pthread_mutex_lock(&s->lock);
+    pthread_mutex_lock(&s->health_lock);
     time_t now = time(NULL);
     if (s->health == NULL || now - s->health_at >= HEALTH_CACHE_S) {
         char why[320] = "";
@@ -295,7 +297,7 @@ static enum MHD_Result get_health(gw_server *s, struct MHD_Connection *c,
             ? text_response("application/json", s->health, strlen(s->health))
             : NULL;
     int ok = s->health_ok;
-    pthread_mutex_unlock(&s->lock);
+    pthread_mutex_unlock(&s->health_lock);
     if (resp == NULL)
         return fail(c, r, 500, "out of memory");
     return queue(c, r, ok ? 200 : 503, resp);
@@ -818,6 +820,7 @@ gw_server *gw_server_start(const gw_deps *deps, char *err, size_t err_size)
     s->d = *deps;
     const gw_config *cfg = deps->cfg;
     pthread_mutex_init(&s->lock, NULL);
+    pthread_mutex_init(&s->health_lock, NULL);
     pthread_cond_init(&s->idle, NULL);
     pthread_mutex_init(&s->slot_lock, NULL);
     pthread_cond_init(&s->slot_free, NULL);
@@ -942,6 +945,7 @@ unsigned gw_server_stop(gw_server *s, unsigned grace_s)
     pthread_cond_destroy(&s->slot_free);
     pthread_mutex_destroy(&s->slot_lock);
     pthread_cond_destroy(&s->idle);
+    pthread_mutex_destroy(&s->health_lock);
     pthread_mutex_destroy(&s->lock);
     free(s);
     return cut;
