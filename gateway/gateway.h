@@ -8,6 +8,9 @@
  *   auth.c      API keys stored as SHA-256 hashes, constant-time compare
  *   strikes.c   the replay register (bounded)
  *   ratelimit.c token buckets per API key (bounded)
+ *   tpm.c       the TPM over tpm2-tss ESAPI: attestation key, quotes,
+ *               certification, credential activation
+ *   signlog.c   answer signatures kept by payload ID for a retention period
  */
 #ifndef VEIL_GATEWAY_H
 #define VEIL_GATEWAY_H
@@ -17,6 +20,8 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <time.h>
+
+#include <cjson/cJSON.h>
 
 #include "veil/engine.h"
 
@@ -158,6 +163,90 @@ char *gw_echo_answer(const char *request, size_t len);
 int gw_upstream_alive(const gw_config *cfg, const gw_model *m);
 /* Releases the upstream connection pool (at shutdown). */
 void gw_upstream_cleanup(void);
+
+/* ---- the TPM (tpm.c) -------------------------------------------------- */
+
+/* Formats on the wire: docs/ATTESTATION.md and protocol/evidence.h.  All
+ * TPM structures are base64 of their marshaled form. */
+typedef struct gw_tpm gw_tpm;
+
+typedef struct gw_tpm_options {
+    const char *tcti;   /* tss2 TCTI string ("device:/dev/tpmrm0",
+                           "tabrmd:bus_type=session", "swtpm:port=2321");
+                           NULL: the tss2 default */
+    const char *pcrs;   /* "sha256:0,7,10" */
+    int ak_per_request; /* a fresh AK for every answer, certified by the
+                           long-term AK */
+    /* Optional: the gateway's encryption key as a TPM object, so reports
+     * and answers carry a TPM2_Certify of it.  tss2_key: a "TSS2 PRIVATE
+     * KEY" PEM (tpm2_ptool export --format=pem); its auth value is read
+     * from tss2_key_auth (a veil PIN source: "file:PATH", "env:NAME").
+     * Its public key must be the one in encryption_spki. */
+    const char *tss2_key;
+    const char *tss2_key_auth;
+    const uint8_t *encryption_spki; /* the gateway key's SPKI DER */
+    size_t encryption_spki_len;
+    veil_log_fn log;
+    void *log_ctx;
+    veil_log_level log_level;
+} gw_tpm_options;
+
+/* Connects to the TPM, makes (or reads) the EK, reads the EK certificate
+ * from NV (RSA 0x01c00002, else ECC 0x01c0000a; absent is not an error),
+ * creates the attestation key (restricted ECDSA P-256 signing primary in
+ * the endorsement hierarchy) and checks the PCR selection is readable.
+ * NULL with err ("TPM: ...") on failure. */
+gw_tpm *gw_tpm_open(const gw_tpm_options *opt, char *err, size_t err_size);
+void gw_tpm_free(gw_tpm *t);
+
+/* 1 when the TPM says it is a software TPM (swtpm, the IBM simulator):
+ * its evidence proves nothing about the machine. */
+int gw_tpm_is_software(const gw_tpm *t);
+/* "IBM SW TPM firmware 1.59" or similar, for the start-up log. */
+const char *gw_tpm_describe(const gw_tpm *t);
+
+/* Quotes the PCR selection with `qualifying` as extraData and returns the
+ * NOMYO-shaped object that goes in _metadata.tpm_attestation:
+ *   is_available, format, pcr_banks, pcr_values, aik_pubkey_b64,
+ *   aik_name, quote_b64, signature_b64, qualifying_data, software_tpm,
+ *   and, when ak_per_request, aik_certify {attest_b64, signature_b64}
+ *   (the per-request AK certified by the long-term AK, same qualifying
+ *   data); when an encryption key object was given, key_certify likewise.
+ * Thread-safe (one TPM context behind a lock).  NULL with err. */
+cJSON *gw_tpm_quote(gw_tpm *t, const uint8_t qualifying[32], char *err,
+                    size_t err_size);
+
+/* Adds the report fields to `report` (docs/ATTESTATION.md): tpm {...},
+ * ek_pubkey_b64, ek_spki_b64, ek_cert_b64 (or null), aik_pubkey_b64,
+ * aik_name, pcr_banks, pcr_values, quote_b64, signature_b64,
+ * qualifying_data, key_certify (or null), event_log_b64 (or null).  The
+ * quote is by the long-term AK.  0, or -1 with err. */
+int gw_tpm_report(gw_tpm *t, const uint8_t qualifying[32], cJSON *report,
+                  char *err, size_t err_size);
+
+/* TPM2_ActivateCredential of a credential made for the long-term AK's
+ * name under the EK: blob is a marshaled TPM2B_ID_OBJECT, enc_secret a
+ * TPM2B_ENCRYPTED_SECRET.  The recovered secret (at most 64 bytes) goes
+ * to out.  0; 1 when the TPM refused the credential (not for this AK or
+ * EK, or tampered: answer 400); -1 with err on a TPM failure (503). */
+int gw_tpm_activate(gw_tpm *t, const uint8_t *blob, size_t blob_len,
+                    const uint8_t *enc_secret, size_t enc_len,
+                    uint8_t out[64], size_t *out_len, char *err,
+                    size_t err_size);
+
+/* ---- answer signatures kept by payload ID (signlog.c) ----------------- */
+
+typedef struct gw_signlog gw_signlog;
+/* Keeps at most `capacity` entries for `retention_s` seconds; the oldest
+ * goes first when full.  NULL on bad arguments or no memory. */
+gw_signlog *gw_signlog_new(unsigned retention_s, unsigned capacity);
+void gw_signlog_free(gw_signlog *l);
+/* Stores a copy of `json` (the GET /v1/signatures/ID body) under the
+ * payload ID.  0, or -1 on no memory. */
+int gw_signlog_put(gw_signlog *l, const char *payload_id, const char *json,
+                   time_t now);
+/* A malloc'd copy of the stored body, or NULL when unknown or expired. */
+char *gw_signlog_get(gw_signlog *l, const char *payload_id, time_t now);
 
 /* ---- the HTTP server (server.c) --------------------------------------- */
 

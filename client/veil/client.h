@@ -116,6 +116,13 @@ typedef struct veil_client_config {
     veil_log_level log_level;
     veil_client_retry_fn on_retry; /* NULL: none */
     void *retry_ctx;
+    /* A trust file from veil_attest_enroll (veil/attest.h).  When set,
+     * every answer is verified against it: its signature, and on
+     * `maximum` its TPM quote.  On `maximum` without one, the answer's
+     * quote is still checked for this request and server key, but its
+     * attestation key is not known to be genuine.  A failed check is
+     * VEIL_CLIENT_E_SECURITY and the answer is not returned. */
+    const char *trust_file;
 } veil_client_config;
 
 /* Fills cfg with the defaults above.  Always start from this. */
@@ -141,6 +148,10 @@ typedef struct veil_request_opts {
     const char *security_tier;
     const char *api_key;
     const char *base_url;
+    /* Output, optional: when not NULL, receives the evidence of the
+     * answer (veil-evidence-v1 JSON text, malloc'd; the caller frees it;
+     * it holds no plaintext) for veil_verify_evidence. */
+    char **evidence;
 } veil_request_opts;
 
 /* Where the time of one call went (wall clock, nanoseconds). */

@@ -1,0 +1,2 @@
+/* stub: being written */
+typedef int veil_stub_tpm;
