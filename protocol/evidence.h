@@ -153,7 +153,7 @@ veil_rc veil_tpm_check_certify(veil_engine *e, const veil_tpm_pub *signer,
  * SHA-256, label "IDENTITY\0"; KDFa SHA-256; AES-128-CFB; HMAC-SHA256).
  * Writes the marshaled TPM2B_ID_OBJECT to blob and TPM2B_ENCRYPTED_SECRET
  * to enc_secret; *blob_len and *enc_len are in: capacity, out: length
- * (512 bytes each always suffice). */
+ * (514 bytes each suffice for EKs up to RSA-4096). */
 veil_rc veil_tpm_make_credential(veil_engine *e, const veil_tpm_pub *ek,
                                  const uint8_t *name, size_t name_len,
                                  const uint8_t *secret, size_t secret_len,
