@@ -16,8 +16,9 @@
  * then a flag, overrides an earlier setting; "model" adds a model each
  * time.  Global settings come before the first section.
  *
- * Error messages are one line and never repeat the value of pin_source or
- * server_key (an operator may have put a PIN there by mistake).
+ * Error messages are one line and never repeat the value of a key
+ * reference or a PIN source (server_key, signing_key, pin_source,
+ * tpm_certify_key_auth): an operator may have put a PIN there by mistake.
  */
 #include "config.h"
 
@@ -30,11 +31,14 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "evidence.h"
 #include "gateway.h"
 
 #define LINE_MAX_LEN 4096
 #define MODEL_ID_MAX 200
 #define MSG_SIZE 256
+/* veil_pcr_sel_format wants at least 96 bytes */
+#define PCRS_TEXT_MAX 128
 
 typedef enum kind {
     K_STR,    /* char *: any non-empty text (a path, a module) */
@@ -46,6 +50,8 @@ typedef enum kind {
     K_UINT,   /* unsigned: min..max */
     K_RATE,   /* double: > 0, at most 1e6 */
     K_SIZE,   /* size_t: bytes, min..max, suffixes K M G */
+    K_BOOL,   /* int: on/off, true/false, yes/no, 1/0 */
+    K_PCRS,   /* char *: a PCR selection, "sha256:0,7,10" (canonical form) */
     K_MODEL   /* appends to models[] */
 } kind;
 
@@ -107,6 +113,35 @@ static const setting settings[] = {
      "longest wait for an upstream connection"},
     {"log_level", "LEVEL", K_LEVEL, OFF(log_level), 0, 0, "info",
      "error, warn, info or debug"},
+    {"signing_key", "REF", K_KEYREF, OFF(signing_key), 0, 0, NULL,
+     "ECDSA P-256 key that signs every answer: a pkcs11: URI, or dir:PATH; "
+     "unset: answers are not signed"},
+    {"signature_retention", "SECONDS", K_UINT, OFF(signature_retention), 1,
+     31536000, "86400",
+     "how long GET /v1/signatures/ID finds an answer's signature"},
+    {"signature_capacity", "N", K_UINT, OFF(signature_capacity), 1, 16777216,
+     "65536",
+     "signatures kept for GET /v1/signatures/ID (about 1 KiB each; the "
+     "oldest go first)"},
+    {"tpm", "off|on", K_BOOL, OFF(tpm), 0, 0, "off",
+     "attest with the TPM: the maximum tier, /v1/attestation/*; on: start-up "
+     "fails without a usable TPM"},
+    {"tpm_tcti", "TCTI", K_STR, OFF(tpm_tcti), 0, 0, NULL,
+     "how to reach the TPM (device:/dev/tpmrm0, tabrmd:, swtpm:port=2321); "
+     "unset: the tss2 default"},
+    {"tpm_pcrs", "SELECTION", K_PCRS, OFF(tpm_pcrs), 0, 0, "sha256:0,7,10",
+     "the PCRs every quote covers (only the sha256 bank)"},
+    {"tpm_ak_per_request", "off|on", K_BOOL, OFF(tpm_ak_per_request), 0, 0,
+     "off",
+     "a fresh attestation key for every maximum answer, certified by the "
+     "long-term one (slower)"},
+    {"tpm_certify_key", "FILE", K_STR, OFF(tpm_certify_key), 0, 0, NULL,
+     "the server key as a TPM object (a TSS2 PRIVATE KEY PEM), so that quotes "
+     "carry a TPM2_Certify of it; needs tpm = on"},
+    {"tpm_certify_key_auth", "SOURCE", K_PIN, OFF(tpm_certify_key_auth), 0, 0,
+     NULL,
+     "where the auth value of tpm_certify_key comes from: file:PATH, "
+     "env:NAME, prompt or none"},
     {"model", "ID=UPSTREAM[,tiers=A+B][,key-file=FILE]", K_MODEL, 0, 0, 0,
      NULL,
      "a model clients may name; UPSTREAM is echo or a base URL such as "
@@ -129,6 +164,14 @@ static const struct {
 #define N_SETTINGS (sizeof settings / sizeof settings[0])
 
 static const char *const levels[] = {"error", "warn", "info", "debug"};
+
+static const struct {
+    const char *name;
+    int value;
+} bools[] = {
+    {"on", 1},  {"off", 0}, {"true", 1}, {"false", 0},
+    {"yes", 1}, {"no", 0},  {"1", 1},    {"0", 0},
+};
 
 static const struct {
     const char *name;
@@ -465,6 +508,25 @@ static int check_pin_source(const char *v, char *msg, size_t msize)
     return 0;
 }
 
+/* A PCR selection, as the TPM module and the evidence formats take it;
+ * its canonical form (indices ascending) goes to canon. */
+static int check_pcrs(const char *v, char *canon, size_t csize, char *msg,
+                      size_t msize)
+{
+    veil_pcr_sel sel;
+    char b[64];
+
+    if (veil_pcr_sel_parse(v, &sel) != VEIL_OK || sel.n == 0) {
+        gw_put_err(msg, msize,
+                   "'%s' is not a PCR selection such as sha256:0,7,10 (the "
+                   "sha256 bank, PCRs 0 to 23, each once)",
+                   shown_str(v, b, sizeof b));
+        return -1;
+    }
+    veil_pcr_sel_format(&sel, canon, csize);
+    return 0;
+}
+
 /* Applies value to setting s; 0, or -1 with the problem in msg. */
 static int apply(gw_config *cfg, const setting *s, const char *v, char *msg,
                  size_t msize)
@@ -581,6 +643,22 @@ static int apply(gw_config *cfg, const setting *s, const char *v, char *msg,
         *(size_t *)field = (size_t)(n * mult);
         return 0;
     }
+    case K_BOOL:
+        for (size_t i = 0; i < sizeof bools / sizeof bools[0]; i++)
+            if (strcmp(v, bools[i].name) == 0) {
+                *(int *)field = bools[i].value;
+                return 0;
+            }
+        gw_put_err(msg, msize, "'%s' is not on or off",
+                   shown_str(v, b, sizeof b));
+        return -1;
+    case K_PCRS: {
+        char canon[PCRS_TEXT_MAX];
+
+        if (check_pcrs(v, canon, sizeof canon, msg, msize) != 0)
+            return -1;
+        return set_str(field, canon, strlen(canon), msg, msize);
+    }
     case K_MODEL:
         return model_from_spec(cfg, v, msg, msize);
     }
@@ -611,7 +689,7 @@ void gw_config_free(gw_config *cfg)
         kind k = settings[i].kind;
 
         if (k == K_STR || k == K_ADDR || k == K_KEYREF || k == K_PIN ||
-            k == K_LEVEL)
+            k == K_LEVEL || k == K_PCRS)
             free(*(char **)((char *)cfg + settings[i].off));
     }
     for (size_t i = 0; i < cfg->n_models && i < GW_MAX_MODELS; i++)
@@ -882,6 +960,41 @@ int gw_config_check(const gw_config *cfg, char *err, size_t err_size)
     if (cfg->pin_source &&
         check_pin_source(cfg->pin_source, msg, sizeof msg) != 0) {
         gw_put_err(err, err_size, "pin_source: %s", msg);
+        return -1;
+    }
+    if (cfg->signing_key &&
+        check_keyref(cfg->signing_key, msg, sizeof msg) != 0) {
+        gw_put_err(err, err_size, "signing_key: %s", msg);
+        return -1;
+    }
+    if (cfg->tpm_pcrs) {
+        char canon[PCRS_TEXT_MAX];
+
+        if (check_pcrs(cfg->tpm_pcrs, canon, sizeof canon, msg, sizeof msg) !=
+            0) {
+            gw_put_err(err, err_size, "tpm_pcrs: %s", msg);
+            return -1;
+        }
+    } else if (cfg->tpm) {
+        gw_put_err(err, err_size, "tpm = on needs tpm_pcrs");
+        return -1;
+    }
+    /* Certification settings without the TPM would be ignored in silence:
+     * an operator who set them expects certified answers. */
+    if (cfg->tpm_certify_key && !cfg->tpm) {
+        gw_put_err(err, err_size,
+                   "tpm_certify_key is set but tpm is off: set tpm = on, or "
+                   "drop tpm_certify_key");
+        return -1;
+    }
+    if (cfg->tpm_certify_key_auth && !cfg->tpm_certify_key) {
+        gw_put_err(err, err_size,
+                   "tpm_certify_key_auth is set but tpm_certify_key is not");
+        return -1;
+    }
+    if (cfg->tpm_certify_key_auth &&
+        check_pin_source(cfg->tpm_certify_key_auth, msg, sizeof msg) != 0) {
+        gw_put_err(err, err_size, "tpm_certify_key_auth: %s", msg);
         return -1;
     }
     if (!cfg->tls_cert != !cfg->tls_key) {

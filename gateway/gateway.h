@@ -63,6 +63,16 @@ typedef struct gw_config {
     unsigned upstream_timeout; /* seconds (300) */
     unsigned connect_timeout;  /* seconds (10) */
     char *log_level;           /* error, warn, info, debug */
+    /* answer signatures and attestation (docs/ATTESTATION.md) */
+    char *signing_key; /* ECDSA P-256: PKCS#11 URI or "dir:PATH"; NULL: none */
+    unsigned signature_retention; /* seconds (86400) */
+    unsigned signature_capacity;  /* entries (65536) */
+    int tpm;                      /* 1: attest with the TPM (0) */
+    char *tpm_tcti;               /* NULL: the tss2 default */
+    char *tpm_pcrs;               /* "sha256:0,7,10", canonical form */
+    int tpm_ak_per_request;       /* (0) */
+    char *tpm_certify_key;        /* TSS2 PRIVATE KEY PEM of the server key */
+    char *tpm_certify_key_auth;   /* its auth value's PIN source */
     gw_model models[GW_MAX_MODELS];
     size_t n_models;
 } gw_config;
@@ -83,8 +93,11 @@ int gw_config_load(gw_config *cfg, const char *path, char *err,
 int gw_config_set(gw_config *cfg, const char *name, const char *value,
                   char *err, size_t err_size);
 /* Checks the whole config once everything is read: server_key set (and
- * no pin-value in it), pin_source a source and not a PIN, tls_cert and
- * tls_key both or neither, at least one model, no ID twice. */
+ * no pin-value in it, nor in signing_key), pin_source and
+ * tpm_certify_key_auth sources and not PINs, tpm_pcrs a selection,
+ * tpm_certify_key only with tpm on (and its auth only with it), tls_cert
+ * and tls_key both or neither, at least one model, no ID twice.  A model
+ * allowing `maximum` without tpm is fine: such requests answer 503. */
 int gw_config_check(const gw_config *cfg, char *err, size_t err_size);
 /* Prints the settings table (for --help). */
 void gw_config_help(FILE *out);
@@ -192,7 +205,7 @@ typedef struct gw_tpm_options {
 } gw_tpm_options;
 
 /* Connects to the TPM, makes (or reads) the EK, reads the EK certificate
- * from NV (RSA 0x01c00002, else ECC 0x01c0000a; absent is not an error),
+ * from NV (RSA, 0x01c00002: the one for this EK; absent is not an error),
  * creates the attestation key (restricted ECDSA P-256 signing primary in
  * the endorsement hierarchy) and checks the PCR selection is readable.
  * NULL with err ("TPM: ...") on failure. */
@@ -260,6 +273,16 @@ typedef struct gw_deps {
     gw_auth *auth;        /* NULL: no authentication */
     gw_strikes *strikes;
     gw_rate *rate;
+    /* Answer signatures: the ECDSA P-256 private key (NULL: answers are
+     * not signed) and the store behind GET /v1/signatures/ID (NULL with
+     * no signing key). */
+    veil_key *signing_key;
+    gw_signlog *signlog;
+    /* SHA-256 of each key's SPKI DER (the signing key's: 32 zero bytes
+     * when there is none), as the evidence formats use them. */
+    uint8_t encryption_key_sha256[32];
+    uint8_t signing_key_sha256[32];
+    gw_tpm *tpm; /* NULL: no TPM (maximum and the attestation routes: 503) */
     veil_log_fn log;
     void *log_ctx;
     veil_log_level log_level;

@@ -1,7 +1,8 @@
 /* veild's HTTP side (libmicrohttpd): routes, early refusals, body limits,
  * and the NOMYO v1 exchange: open the request package with the server key
  * (inside the token), check replay, tier and model, ask the upstream, seal
- * the answer to the caller's key.
+ * the answer to the caller's key, sign it.  Also the attestation routes
+ * and the signature store's route (docs/ATTESTATION.md).
  *
  * Threads: one thread per connection (a blocking upstream call stalls only
  * its own connection), and `workers` slots taken before a request body is
@@ -27,17 +28,33 @@
 #include <microhttpd.h>
 #include <openssl/sha.h>
 
+#include "evidence.h"
 #include "gateway.h"
 #include "package.h"
 
 #define ROUTE_COMPLETION "/v1/chat/secure_completion"
+#define ROUTE_REPORT "/v1/attestation/report"
+#define ROUTE_ACTIVATE "/v1/attestation/activate"
+#define ROUTE_SIGNATURES "/v1/signatures/"
+/* Largest body of the routes other than the completion (the activation's
+ * JSON is a few hundred bytes). */
+#define SMALL_BODY_MAX 4096
 #define HEALTH_CACHE_S 5
 /* Parsed client keys kept (a PEM parse and checks cost ~0.35 ms). */
 #define KEY_CACHE 64
 /* Body bytes past the limit read (and dropped) to deliver the 413. */
 #define DISCARD_MAX ((size_t)64 << 20)
 
-enum route { R_NONE, R_KEY, R_MODELS, R_HEALTH, R_COMPLETION };
+enum route {
+    R_NONE,
+    R_KEY,
+    R_MODELS,
+    R_HEALTH,
+    R_COMPLETION,
+    R_REPORT,
+    R_ACTIVATE,
+    R_SIGNATURE
+};
 
 struct gw_server {
     gw_deps d;
@@ -69,11 +86,18 @@ struct gw_server {
     time_t health_at;
     char *health;
     int health_ok;
+    /* the two keys as the evidence formats name them */
+    char enc_hex[65], sign_hex[65];     /* SHA-256 of the SPKI DER */
+    char *enc_spki_b64, *sign_spki_b64; /* sign_spki_b64: NULL, no signer */
+    char sign_key_header[72];           /* "sha256:<hex>" */
 };
 
 /* One request's state, from its first byte to its completion callback. */
 typedef struct req {
     enum route route;
+    const char *method; /* for the log: "GET", "HEAD" or "POST" */
+    int admitted;       /* went through admit(): counted in in_flight */
+    size_t limit;       /* largest body accepted */
     int has_slot;
     int answered;         /* a response is queued */
     int refused;          /* 413 or 503 decided while the body was arriving */
@@ -84,7 +108,7 @@ typedef struct req {
     size_t len, cap;
     uint8_t id[32]; /* API key hash or client address hash */
     struct timespec t0;
-    char payload_id[37];
+    char payload_id[37]; /* the completion's, or the one in the path */
 } req;
 
 /* ---- small helpers ----------------------------------------------------- */
@@ -193,6 +217,44 @@ static enum MHD_Result too_many(struct MHD_Connection *c, req *r,
 static const char *header(struct MHD_Connection *c, const char *name)
 {
     return MHD_lookup_connection_value(c, MHD_HEADER_KIND, name);
+}
+
+/* Queues the JSON j (deleted here) with the status. */
+static enum MHD_Result json_answer(struct MHD_Connection *c, req *r, int status,
+                                   cJSON *j)
+{
+    char *body = j ? cJSON_PrintUnformatted(j) : NULL;
+
+    cJSON_Delete(j);
+    if (body == NULL)
+        return fail(c, r, 500, "out of memory");
+    struct MHD_Response *resp =
+        text_response("application/json", body, strlen(body));
+    free(body);
+    return resp ? queue(c, r, status, resp) : MHD_NO;
+}
+
+static void to_hex(const uint8_t *b, size_t n, char *out)
+{
+    static const char digits[] = "0123456789abcdef";
+
+    for (size_t i = 0; i < n; i++) {
+        out[2 * i] = digits[b[i] >> 4];
+        out[2 * i + 1] = digits[b[i] & 15];
+    }
+    out[2 * n] = '\0';
+}
+
+/* A UUID (checked by the caller) in lower case: the signature store's key,
+ * so that the case a client writes its payload ID in does not matter. */
+static void lower_id(const char *id, char out[37])
+{
+    size_t i;
+
+    for (i = 0; i < 36 && id[i]; i++)
+        out[i] =
+            id[i] >= 'A' && id[i] <= 'Z' ? (char)(id[i] - 'A' + 'a') : id[i];
+    out[i] = '\0';
 }
 
 /* ---- GET routes -------------------------------------------------------- */
@@ -305,8 +367,11 @@ static enum MHD_Result get_health(gw_server *s, struct MHD_Connection *c,
 
 /* ---- the exchange ------------------------------------------------------ */
 
-/* Early refusals, before any body is read: size, auth, rate. */
-static enum MHD_Result admit(gw_server *s, struct MHD_Connection *c, req *r)
+/* Early refusals, before any body is read: size, auth, rate; then, when
+ * take_slot, a worker slot (routes that do real work: the exchange, the
+ * TPM).  r->limit is the largest body the route takes. */
+static enum MHD_Result admit(gw_server *s, struct MHD_Connection *c, req *r,
+                             int take_slot)
 {
     if (atomic_load(&s->stopping))
         return fail(c, r, 503, "the gateway is shutting down");
@@ -318,10 +383,10 @@ static enum MHD_Result admit(gw_server *s, struct MHD_Connection *c, req *r)
         declared = strtoull(cl, &end, 10);
         if (errno || *end || end == cl)
             return fail(c, r, 400, "Content-Length is not a number");
-        if (declared > s->d.cfg->body_limit)
+        if (declared > r->limit)
             return fail(c, r, 413,
                         "request body of %llu bytes is over the limit of %zu",
-                        declared, s->d.cfg->body_limit);
+                        declared, r->limit);
     }
     if (s->d.auth) {
         const char *a = header(c, MHD_HTTP_HEADER_AUTHORIZATION);
@@ -345,12 +410,14 @@ static enum MHD_Result admit(gw_server *s, struct MHD_Connection *c, req *r)
     unsigned retry = 0;
     if (!gw_rate_take(s->d.rate, r->id, now_s(), &retry))
         return too_many(c, r, retry);
-    pthread_mutex_lock(&s->slot_lock);
-    uint64_t ticket = s->ticket_next++;
-    while (ticket >= s->ticket_admit)
-        pthread_cond_wait(&s->slot_free, &s->slot_lock);
-    pthread_mutex_unlock(&s->slot_lock);
-    r->has_slot = 1;
+    if (take_slot) {
+        pthread_mutex_lock(&s->slot_lock);
+        uint64_t ticket = s->ticket_next++;
+        while (ticket >= s->ticket_admit)
+            pthread_cond_wait(&s->slot_free, &s->slot_lock);
+        pthread_mutex_unlock(&s->slot_lock);
+        r->has_slot = 1;
+    }
     if (declared > 0) {
         r->body = malloc(declared + 1);
         if (r->body == NULL)
@@ -360,16 +427,16 @@ static enum MHD_Result admit(gw_server *s, struct MHD_Connection *c, req *r)
     return MHD_YES;
 }
 
-static int append(gw_server *s, req *r, const char *data, size_t n)
+static int append(req *r, const char *data, size_t n)
 {
-    if (r->len + n > s->d.cfg->body_limit)
+    if (r->len + n > r->limit)
         return 0;
     if (r->len + n + 1 > r->cap) {
         size_t cap = r->cap ? r->cap * 2 : 65536;
         while (cap < r->len + n + 1)
             cap *= 2;
-        if (cap > s->d.cfg->body_limit + 1)
-            cap = s->d.cfg->body_limit + 1;
+        if (cap > r->limit + 1)
+            cap = r->limit + 1;
         char *b = realloc(r->body, cap);
         if (b == NULL)
             return -1;
@@ -493,9 +560,13 @@ static int client_key(gw_server *s, struct MHD_Connection *c, req *r,
     return 1;
 }
 
-/* Adds _metadata to the upstream's answer. */
+/* Adds _metadata to the upstream's answer.  *attestation (the TPM's
+ * quote object, or NULL) goes in as tpm_attestation and is then owned by
+ * the answer (*attestation set to NULL).  A tpm_attestation the backend
+ * put there is dropped in every tier: only the gateway's own may reach
+ * the client. */
 static int add_metadata(gw_server *s, cJSON *answer, const char *payload_id,
-                        const char *tier)
+                        const char *tier, cJSON **attestation)
 {
     cJSON *md = cJSON_GetObjectItemCaseSensitive(answer, "_metadata");
     if (md == NULL)
@@ -515,10 +586,83 @@ static int add_metadata(gw_server *s, cJSON *answer, const char *payload_id,
     cJSON_DeleteItemFromObjectCaseSensitive(md, "payload_id");
     cJSON_DeleteItemFromObjectCaseSensitive(md, "security_tier");
     cJSON_DeleteItemFromObjectCaseSensitive(md, "response_status");
-    return cJSON_AddItemToObject(md, "memory_protection", mp) &&
-           cJSON_AddStringToObject(md, "payload_id", payload_id) &&
-           cJSON_AddStringToObject(md, "security_tier", tier) &&
-           cJSON_AddStringToObject(md, "response_status", "success");
+    cJSON_DeleteItemFromObjectCaseSensitive(md, "tpm_attestation");
+    if (!cJSON_AddItemToObject(md, "memory_protection", mp) ||
+        !cJSON_AddStringToObject(md, "payload_id", payload_id) ||
+        !cJSON_AddStringToObject(md, "security_tier", tier) ||
+        !cJSON_AddStringToObject(md, "response_status", "success"))
+        return 0;
+    if (*attestation) {
+        if (!cJSON_AddItemToObject(md, "tpm_attestation", *attestation))
+            return 0;
+        *attestation = NULL;
+    }
+    return 1;
+}
+
+/* The signature of one answer, as it goes out in the headers. */
+typedef struct answer_sig {
+    char *sig_b64; /* malloc'd */
+    char signed_at[24];
+} answer_sig;
+
+/* Signs the statement of an answer (docs/ATTESTATION.md) and keeps the
+ * signature for GET /v1/signatures/ID.  1, or 0 (logged) when it could not
+ * be signed. */
+static int sign_answer(gw_server *s, const char *pid, const char *tier,
+                       const uint8_t request_sha256[32], const char *pkg,
+                       answer_sig *out)
+{
+    uint8_t response_sha256[32], sig[VEIL_ECDSA_SIG_MAX];
+    size_t sig_len = sizeof sig, st_len;
+    char statement[VEIL_EV_STATEMENT_MAX], req_hex[65], resp_hex[65], key[37];
+    long long signed_at = (long long)time(NULL);
+    cJSON *j;
+    char *body = NULL;
+
+    SHA256((const uint8_t *)pkg, strlen(pkg), response_sha256);
+    st_len = veil_ev_statement(pid, tier, request_sha256, response_sha256,
+                               s->d.signing_key_sha256, signed_at, statement,
+                               sizeof statement);
+    if (st_len == 0) {
+        slog(s, VEIL_LOG_ERROR, "signing the answer to %s: no statement", pid);
+        return 0;
+    }
+    if (veil_ecdsa_sign(s->d.engine, s->d.signing_key,
+                        (const uint8_t *)statement, st_len, sig,
+                        &sig_len) != VEIL_OK) {
+        slog(s, VEIL_LOG_ERROR, "signing the answer to %s failed: %s", pid,
+             veil_last_error()->message);
+        return 0;
+    }
+    if ((out->sig_b64 = veil_b64_encode(sig, sig_len)) == NULL) {
+        slog(s, VEIL_LOG_ERROR, "signing the answer to %s: out of memory", pid);
+        return 0;
+    }
+    snprintf(out->signed_at, sizeof out->signed_at, "%lld", signed_at);
+
+    /* The stored copy: losing it costs only the later lookup, so a failure
+     * here is logged and the answer still goes. */
+    to_hex(request_sha256, 32, req_hex);
+    to_hex(response_sha256, 32, resp_hex);
+    j = cJSON_CreateObject();
+    if (j && cJSON_AddStringToObject(j, "format", "veil-signature-v1") &&
+        cJSON_AddStringToObject(j, "payload_id", pid) &&
+        cJSON_AddStringToObject(j, "security_tier", tier) &&
+        cJSON_AddStringToObject(j, "request_sha256", req_hex) &&
+        cJSON_AddStringToObject(j, "response_sha256", resp_hex) &&
+        cJSON_AddStringToObject(j, "signing_key_sha256", s->sign_hex) &&
+        cJSON_AddNumberToObject(j, "signed_at", (double)signed_at) &&
+        cJSON_AddStringToObject(j, "signature_b64", out->sig_b64) &&
+        cJSON_AddStringToObject(j, "statement", statement))
+        body = cJSON_PrintUnformatted(j);
+    cJSON_Delete(j);
+    lower_id(pid, key);
+    if (body == NULL || gw_signlog_put(s->d.signlog, key, body, time(NULL)))
+        slog(s, VEIL_LOG_WARN,
+             "the signature of %s could not be kept for /v1/signatures", pid);
+    free(body);
+    return 1;
 }
 
 static enum MHD_Result exchange(gw_server *s, struct MHD_Connection *c, req *r)
@@ -527,10 +671,12 @@ static enum MHD_Result exchange(gw_server *s, struct MHD_Connection *c, req *r)
     const char *tier = header(c, "X-Security-Tier");
     ckey_ref ck = {0};
     veil_secbuf *pt = NULL, *answer_text = NULL;
-    cJSON *request = NULL, *answer = NULL;
+    cJSON *request = NULL, *answer = NULL, *attestation = NULL;
     gw_upstream_result up = {0};
     char *pkg = NULL;
     veil_pkg_meta meta;
+    answer_sig sig = {0};
+    uint8_t request_sha256[32];
     enum MHD_Result ret;
 
     if (!veil_uuid_valid(pid))
@@ -544,6 +690,8 @@ static enum MHD_Result exchange(gw_server *s, struct MHD_Connection *c, req *r)
         return fail(c, r, 400, "the request body is empty");
     if (!client_key(s, c, r, &ck))
         return MHD_YES;
+    /* the exact bytes received: what the client hashes too */
+    SHA256((const uint8_t *)r->body, r->len, request_sha256);
 
     veil_rc rc = veil_pkg_open(s->d.engine, s->d.server_key, r->body, r->len,
                                &pt, &meta);
@@ -607,8 +755,25 @@ static enum MHD_Result exchange(gw_server *s, struct MHD_Connection *c, req *r)
         goto out;
     }
     if (tbit == GW_TIER_MAXIMUM) {
-        ret = fail(c, r, 503, "no TPM attestation available");
-        goto out;
+        /* Quoted before the backend runs: a TPM that fails costs no
+         * inference, and no answer ever leaves unattested. */
+        uint8_t qualifying[32];
+        char why[320];
+
+        if (s->d.tpm == NULL) {
+            ret = fail(c, r, 503, "no TPM attestation available");
+            goto out;
+        }
+        veil_ev_answer_qualifying(pid, request_sha256,
+                                  s->d.encryption_key_sha256,
+                                  s->d.signing_key_sha256, qualifying);
+        attestation = gw_tpm_quote(s->d.tpm, qualifying, why, sizeof why);
+        if (attestation == NULL) {
+            slog(s, VEIL_LOG_ERROR, "quote for %s failed: %s", pid, why);
+            ret =
+                fail(c, r, 503, "no TPM attestation for this answer: %s", why);
+            goto out;
+        }
     }
 
     gw_upstream_call(s->d.cfg, m, (const char *)veil_secbuf_data(pt),
@@ -619,7 +784,7 @@ static enum MHD_Result exchange(gw_server *s, struct MHD_Connection *c, req *r)
     }
     answer = cJSON_ParseWithLength(up.body, up.len);
     if (!cJSON_IsObject(answer) ||
-        !add_metadata(s, answer, pid, tier_name(tbit))) {
+        !add_metadata(s, answer, pid, tier_name(tbit), &attestation)) {
         ret = fail(c, r, 502, "inference backend answer could not be used");
         goto out;
     }
@@ -634,6 +799,12 @@ static enum MHD_Result exchange(gw_server *s, struct MHD_Connection *c, req *r)
         ret = fail(c, r, 500, "the answer could not be sealed");
         goto out;
     }
+    /* A gateway with a signing key never sends an unsigned answer. */
+    if (s->d.signing_key &&
+        !sign_answer(s, pid, tier_name(tbit), request_sha256, pkg, &sig)) {
+        ret = fail(c, r, 500, "the answer could not be signed");
+        goto out;
+    }
     struct MHD_Response *resp = MHD_create_response_from_buffer(
         strlen(pkg), pkg, MHD_RESPMEM_MUST_FREE);
     if (resp == NULL) {
@@ -644,8 +815,21 @@ static enum MHD_Result exchange(gw_server *s, struct MHD_Connection *c, req *r)
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE,
                             "application/json");
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
+    if (sig.sig_b64 &&
+        (MHD_add_response_header(resp, "X-Veil-Signature", sig.sig_b64) !=
+             MHD_YES ||
+         MHD_add_response_header(resp, "X-Veil-Signed-At", sig.signed_at) !=
+             MHD_YES ||
+         MHD_add_response_header(resp, "X-Veil-Signing-Key",
+                                 s->sign_key_header) != MHD_YES)) {
+        MHD_destroy_response(resp);
+        ret = fail(c, r, 500, "the answer could not be signed");
+        goto out;
+    }
     ret = queue(c, r, 200, resp);
 out:
+    free(sig.sig_b64);
+    cJSON_Delete(attestation);
     free(pkg);
     veil_secbuf_free(answer_text);
     veil_json_wipe_free(answer);
@@ -657,6 +841,149 @@ out:
     veil_secbuf_free(pt);
     ckey_release(s, &ck);
     return ret;
+}
+
+/* ---- attestation and signatures ---------------------------------------- */
+
+/* GET /v1/attestation/report?nonce=HEX: a quote over the nonce and both
+ * keys, with what a verifier needs to enrol this gateway. */
+static enum MHD_Result get_report(gw_server *s, struct MHD_Connection *c,
+                                  req *r)
+{
+    const char *hex =
+        MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "nonce");
+    size_t n = hex ? strlen(hex) : 0;
+    uint8_t nonce[VEIL_EV_NONCE_MAX], qualifying[32];
+    char why[320];
+    cJSON *j;
+
+    if (n % 2 || n < 2 * VEIL_EV_NONCE_MIN || n > 2 * VEIL_EV_NONCE_MAX ||
+        !veil_hex_decode(hex, n / 2, nonce))
+        return fail(c, r, 400,
+                    "nonce must be %d to %d random bytes in hex (%d to %d "
+                    "digits): ?nonce=HEX",
+                    VEIL_EV_NONCE_MIN, VEIL_EV_NONCE_MAX, 2 * VEIL_EV_NONCE_MIN,
+                    2 * VEIL_EV_NONCE_MAX);
+    if (s->d.tpm == NULL)
+        return fail(c, r, 503, "no TPM attestation available");
+    veil_ev_report_qualifying(nonce, n / 2, s->d.encryption_key_sha256,
+                              s->d.signing_key_sha256, qualifying);
+    j = cJSON_CreateObject();
+    if (!j ||
+        !cJSON_AddStringToObject(j, "format", "veil-attestation-report-v1") ||
+        !cJSON_AddStringToObject(j, "nonce", hex) ||
+        !cJSON_AddStringToObject(j, "encryption_key_spki_b64",
+                                 s->enc_spki_b64) ||
+        !cJSON_AddStringToObject(j, "encryption_key_sha256", s->enc_hex) ||
+        !(s->sign_spki_b64
+              ? cJSON_AddStringToObject(j, "signing_key_spki_b64",
+                                        s->sign_spki_b64)
+              : cJSON_AddNullToObject(j, "signing_key_spki_b64")) ||
+        !cJSON_AddStringToObject(j, "signing_key_sha256", s->sign_hex)) {
+        cJSON_Delete(j);
+        return fail(c, r, 500, "out of memory");
+    }
+    if (gw_tpm_report(s->d.tpm, qualifying, j, why, sizeof why) != 0) {
+        cJSON_Delete(j);
+        slog(s, VEIL_LOG_ERROR, "attestation report failed: %s", why);
+        return fail(c, r, 503, "no attestation report: %s", why);
+    }
+    return json_answer(c, r, 200, j);
+}
+
+/* A member of o holding standard base64: decoded into *out (malloc'd,
+ * at least one byte).  0 when absent, empty or not base64. */
+static int b64_member(const cJSON *o, const char *name, uint8_t **out,
+                      size_t *len)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, name);
+
+    *out = NULL;
+    if (!cJSON_IsString(v) || v->valuestring[0] == '\0')
+        return 0;
+    if (veil_b64_decode(v->valuestring, strlen(v->valuestring), out, len) !=
+        VEIL_OK) {
+        *out = NULL;
+        return 0;
+    }
+    return *len > 0;
+}
+
+/* POST /v1/attestation/activate: TPM2_ActivateCredential of a credential
+ * the verifier made for the long-term AK under the EK. */
+static enum MHD_Result post_activate(gw_server *s, struct MHD_Connection *c,
+                                     req *r)
+{
+    cJSON *in = r->len ? cJSON_ParseWithLength(r->body, r->len) : NULL, *j;
+    uint8_t *blob = NULL, *enc = NULL, secret[64];
+    size_t blob_len = 0, enc_len = 0, secret_len = 0;
+    char why[320], *b64;
+    enum MHD_Result ret;
+    int rc;
+
+    if (!cJSON_IsObject(in) ||
+        !b64_member(in, "credential_blob_b64", &blob, &blob_len) ||
+        !b64_member(in, "encrypted_secret_b64", &enc, &enc_len)) {
+        ret = fail(c, r, 400,
+                   "the body must be a JSON object with credential_blob_b64 "
+                   "and encrypted_secret_b64 in standard base64");
+        goto out;
+    }
+    if (s->d.tpm == NULL) {
+        ret = fail(c, r, 503, "no TPM attestation available");
+        goto out;
+    }
+    rc = gw_tpm_activate(s->d.tpm, blob, blob_len, enc, enc_len, secret,
+                         &secret_len, why, sizeof why);
+    if (rc == 1) {
+        ret = fail(c, r, 400, "the TPM refused the credential");
+        goto out;
+    }
+    if (rc != 0) {
+        slog(s, VEIL_LOG_ERROR, "credential activation failed: %s", why);
+        ret = fail(c, r, 503, "the credential could not be activated: %s", why);
+        goto out;
+    }
+    b64 = veil_b64_encode(secret, secret_len);
+    j = cJSON_CreateObject();
+    if (b64 == NULL || j == NULL ||
+        !cJSON_AddStringToObject(j, "secret_b64", b64)) {
+        cJSON_Delete(j);
+        ret = fail(c, r, 500, "out of memory");
+    } else {
+        ret = json_answer(c, r, 200, j);
+    }
+    free(b64);
+out:
+    explicit_bzero(secret, sizeof secret);
+    free(blob);
+    free(enc);
+    cJSON_Delete(in);
+    return ret;
+}
+
+/* GET /v1/signatures/ID: the signature of an answer, while it is kept. */
+static enum MHD_Result get_signature(gw_server *s, struct MHD_Connection *c,
+                                     req *r)
+{
+    char key[37], *body;
+    struct MHD_Response *resp;
+
+    if (!veil_uuid_valid(r->payload_id))
+        return fail(c, r, 400, "the path must end in a payload ID (a UUID)");
+    if (s->d.signlog == NULL)
+        return fail(c, r, 404,
+                    "this gateway does not sign answers (no signing_key)");
+    lower_id(r->payload_id, key);
+    body = gw_signlog_get(s->d.signlog, key, time(NULL));
+    if (body == NULL)
+        return fail(c, r, 404,
+                    "no signature is kept for payload ID %s (unknown, or "
+                    "older than signature_retention)",
+                    r->payload_id);
+    resp = text_response("application/json", body, strlen(body));
+    free(body);
+    return resp ? queue(c, r, 200, resp) : MHD_NO;
 }
 
 /* ---- MHD callbacks ----------------------------------------------------- */
@@ -671,13 +998,19 @@ static enum route route_of(const char *method, const char *url, int *bad_method)
         {"/v1/models", "GET", R_MODELS},
         {"/healthz", "GET", R_HEALTH},
         {ROUTE_COMPLETION, "POST", R_COMPLETION},
+        {ROUTE_REPORT, "GET", R_REPORT},
+        {ROUTE_ACTIVATE, "POST", R_ACTIVATE},
+        {ROUTE_SIGNATURES, "GET", R_SIGNATURE}, /* a prefix: .../ID */
     };
     *bad_method = 0;
     for (size_t i = 0; i < sizeof routes / sizeof routes[0]; i++) {
-        if (strcmp(url, routes[i].path) != 0)
+        if (routes[i].r == R_SIGNATURE
+                ? strncmp(url, routes[i].path, strlen(routes[i].path)) != 0
+                : strcmp(url, routes[i].path) != 0)
             continue;
         if (strcmp(method, routes[i].method) == 0 ||
-            (strcmp(method, "HEAD") == 0 && routes[i].r != R_COMPLETION))
+            (strcmp(method, "HEAD") == 0 &&
+             strcmp(routes[i].method, "GET") == 0))
             return routes[i].r;
         *bad_method = 1;
         return R_NONE;
@@ -699,6 +1032,11 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c,
         clock_gettime(CLOCK_MONOTONIC, &r->t0);
         int bad_method;
         r->route = route_of(method, url, &bad_method);
+        r->method = !strcmp(method, "POST")   ? "POST"
+                    : !strcmp(method, "HEAD") ? "HEAD"
+                                              : "GET";
+        r->limit =
+            r->route == R_COMPLETION ? s->d.cfg->body_limit : SMALL_BODY_MAX;
         switch (r->route) {
         case R_KEY:
             return get_key(s, c, r);
@@ -706,11 +1044,24 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c,
             return get_models(s, c, r);
         case R_HEALTH:
             return get_health(s, c, r);
+        case R_SIGNATURE: {
+            /* the ID, kept only when it can be one (it is logged) */
+            const char *id = url + strlen(ROUTE_SIGNATURES);
+            if (strlen(id) == 36)
+                memcpy(r->payload_id, id, 37);
+        }
+            /* fall through */
         case R_COMPLETION:
+        case R_REPORT:
+        case R_ACTIVATE:
+            /* The same refusals as a completion; only the signature
+             * lookup, which is cheap and holds no body, does without a
+             * worker slot. */
             pthread_mutex_lock(&s->lock);
             s->in_flight++;
             pthread_mutex_unlock(&s->lock);
-            return admit(s, c, r);
+            r->admitted = 1;
+            return admit(s, c, r, r->route != R_SIGNATURE);
         case R_NONE:
             return bad_method ? fail(c, r, 405, "method not allowed")
                               : fail(c, r, 404, "not found");
@@ -721,13 +1072,13 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c,
          * the rest is counted and dropped, and the 413 goes at the end;
          * a body more than 64 MiB over the limit closes the connection. */
         if (r->refused == 0) {
-            int a = append(s, r, upload, *upload_size);
+            int a = append(r, upload, *upload_size);
             if (a <= 0)
                 r->refused = a == 0 ? 413 : 503;
         }
         r->seen += *upload_size;
         *upload_size = 0;
-        size_t limit = s->d.cfg->body_limit;
+        size_t limit = r->limit;
         return r->seen > limit && r->seen - limit > DISCARD_MAX ? MHD_NO
                                                                 : MHD_YES;
     }
@@ -735,10 +1086,19 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c,
         return MHD_YES;
     if (r->refused == 413)
         return fail(c, r, 413, "request body is over the limit of %zu bytes",
-                    s->d.cfg->body_limit);
+                    r->limit);
     if (r->refused)
         return fail(c, r, 503, "out of memory");
-    return exchange(s, c, r);
+    switch (r->route) {
+    case R_REPORT:
+        return get_report(s, c, r);
+    case R_ACTIVATE:
+        return post_activate(s, c, r);
+    case R_SIGNATURE:
+        return get_signature(s, c, r);
+    default:
+        return exchange(s, c, r);
+    }
 }
 
 static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
@@ -748,11 +1108,23 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
     req *r = *con_cls;
     if (r == NULL)
         return;
-    if (r->route == R_COMPLETION) {
-        slog(s, VEIL_LOG_INFO, "POST %s %d%s%s%s%s %.1f ms", ROUTE_COMPLETION,
-             r->status, r->payload_id[0] ? " payload " : "", r->payload_id,
-             r->key_name ? " key " : "", r->key_name ? r->key_name : "",
-             ms_since(&r->t0));
+    if (r->admitted) {
+        /* payload_id is set only once checked, so the line carries no text
+         * a client chose */
+        static const char *const paths[] = {
+            [R_COMPLETION] = ROUTE_COMPLETION,
+            [R_REPORT] = ROUTE_REPORT,
+            [R_ACTIVATE] = ROUTE_ACTIVATE,
+            [R_SIGNATURE] = "/v1/signatures/ID",
+        };
+        int id_ok =
+            r->route == R_COMPLETION
+                ? r->payload_id[0] != '\0'
+                : r->route == R_SIGNATURE && veil_uuid_valid(r->payload_id);
+        slog(s, VEIL_LOG_INFO, "%s %s %d%s%s%s%s %.1f ms", r->method,
+             paths[r->route], r->status, id_ok ? " payload " : "",
+             id_ok ? r->payload_id : "", r->key_name ? " key " : "",
+             r->key_name ? r->key_name : "", ms_since(&r->t0));
         if (r->has_slot) {
             pthread_mutex_lock(&s->slot_lock);
             s->ticket_admit++;
@@ -801,6 +1173,20 @@ static char *read_pem(const char *path, size_t *len, char *err, size_t size)
     return buf;
 }
 
+/* Base64 of a key's SPKI DER (malloc'd), or NULL. */
+static char *spki_b64(const veil_key *k)
+{
+    uint8_t *der = NULL;
+    size_t len = 0;
+    char *out;
+
+    if (veil_key_public_der(k, &der, &len) != VEIL_OK)
+        return NULL;
+    out = veil_b64_encode(der, len);
+    free(der);
+    return out;
+}
+
 static void mhd_log(void *cls, const char *fmt, va_list ap)
 {
     gw_server *s = cls;
@@ -827,10 +1213,23 @@ gw_server *gw_server_start(const gw_deps *deps, char *err, size_t err_size)
     s->ticket_admit = cfg->workers;
     pthread_mutex_init(&s->key_lock, NULL);
     veil_memory_status_get(&s->mem);
-    if (veil_key_public_pem(deps->server_key, &s->pem) != VEIL_OK) {
+    if (veil_key_public_pem(deps->server_key, &s->pem) != VEIL_OK ||
+        (s->enc_spki_b64 = spki_b64(deps->server_key)) == NULL) {
         snprintf(err, err_size, "server key: %s", veil_last_error()->message);
         goto fail;
     }
+    if (deps->signing_key &&
+        (deps->signlog == NULL ||
+         (s->sign_spki_b64 = spki_b64(deps->signing_key)) == NULL)) {
+        snprintf(err, err_size, "signing key: %s",
+                 deps->signlog ? veil_last_error()->message
+                               : "no signature store");
+        goto fail;
+    }
+    to_hex(deps->encryption_key_sha256, 32, s->enc_hex);
+    to_hex(deps->signing_key_sha256, 32, s->sign_hex);
+    snprintf(s->sign_key_header, sizeof s->sign_key_header, "sha256:%s",
+             s->sign_hex);
     static const char undecryptable[] =
         "{\"detail\":\"" VEIL_PKG_DECRYPT_DETAIL "\"}";
     s->undecryptable = text_response("application/json", undecryptable,
@@ -938,6 +1337,8 @@ unsigned gw_server_stop(gw_server *s, unsigned grace_s)
     }
     free(s->tls_cert);
     free(s->pem);
+    free(s->enc_spki_b64);
+    free(s->sign_spki_b64);
     free(s->health);
     for (int i = 0; i < KEY_CACHE; i++)
         veil_key_free(s->keys[i].key);

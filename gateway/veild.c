@@ -164,6 +164,80 @@ static veil_key *open_server_key(veil_engine *e, const gw_config *cfg)
     return k;
 }
 
+/* Opens the answer-signing key: an ECDSA P-256 private key, on the same
+ * engine (token, PIN) as the server key. */
+static veil_key *open_signing_key(veil_engine *e, const gw_config *cfg)
+{
+    veil_key *k = NULL;
+    veil_key_info info;
+
+    if (veil_key_open(e, cfg->signing_key, &k) != VEIL_OK) {
+        say(VEIL_LOG_ERROR, "signing key %s: %s", cfg->signing_key,
+            veil_last_error()->message);
+        return NULL;
+    }
+    if (veil_key_get_info(k, &info) != VEIL_OK ||
+        info.type != VEIL_KEY_EC_P256 || !info.has_private) {
+        say(VEIL_LOG_ERROR, "signing key %s must be an EC P-256 private key",
+            cfg->signing_key);
+        veil_key_free(k);
+        return NULL;
+    }
+    say(VEIL_LOG_INFO, "signing key: %s EC-P256 %s%s%s", info.provider,
+        info.fingerprint, info.sensitive == 1 ? ", sensitive" : "",
+        info.extractable == 0 ? ", not extractable" : "");
+    return k;
+}
+
+/* Opens the TPM for attestation; NULL (logged) when it cannot be used. */
+static gw_tpm *open_tpm(const gw_config *cfg, veil_key *server_key)
+{
+    uint8_t *spki = NULL;
+    size_t spki_len = 0;
+    char err[512];
+    gw_tpm *t;
+
+    if (veil_key_public_der(server_key, &spki, &spki_len) != VEIL_OK) {
+        say(VEIL_LOG_ERROR, "server key: %s", veil_last_error()->message);
+        return NULL;
+    }
+    gw_tpm_options opt = {
+        .tcti = cfg->tpm_tcti,
+        .pcrs = cfg->tpm_pcrs,
+        .ak_per_request = cfg->tpm_ak_per_request,
+        .tss2_key = cfg->tpm_certify_key,
+        .tss2_key_auth = cfg->tpm_certify_key_auth,
+        .encryption_spki = spki,
+        .encryption_spki_len = spki_len,
+        .log = log_stderr,
+        .log_level = log_level,
+    };
+    t = gw_tpm_open(&opt, err, sizeof err);
+    free(spki);
+    if (t == NULL) {
+        say(VEIL_LOG_ERROR, "tpm = on, but the TPM cannot be used: %s", err);
+        return NULL;
+    }
+    say(VEIL_LOG_INFO, "TPM: %s; quotes of %s%s%s", gw_tpm_describe(t),
+        cfg->tpm_pcrs, cfg->tpm_ak_per_request ? ", a fresh AK per answer" : "",
+        cfg->tpm_certify_key ? ", the server key certified" : "");
+    if (gw_tpm_is_software(t))
+        say(VEIL_LOG_WARN,
+            "the TPM is a software TPM (%s, which says so of itself): its "
+            "attestation proves nothing about this machine; use it only "
+            "for testing",
+            gw_tpm_describe(t));
+    return t;
+}
+
+static int any_model_on(const gw_config *cfg, unsigned tier)
+{
+    for (size_t i = 0; i < cfg->n_models; i++)
+        if (cfg->models[i].tiers & tier)
+            return 1;
+    return 0;
+}
+
 static int loopback(const char *addr)
 {
     return !strcmp(addr, "127.0.0.1") || !strcmp(addr, "::1") ||
@@ -212,8 +286,10 @@ int main(int argc, char **argv)
             veil_last_error()->message);
 
     veil_engine *e = NULL;
-    veil_key *key = NULL;
+    veil_key *key = NULL, *signer = NULL;
     gw_auth *auth = NULL;
+    gw_signlog *signlog = NULL;
+    gw_tpm *tpm = NULL;
     gw_strikes *strikes = NULL;
     gw_rate *rate = NULL;
     gw_server *server = NULL;
@@ -236,6 +312,21 @@ int main(int argc, char **argv)
     }
     if ((key = open_server_key(e, &cfg)) == NULL)
         goto out;
+    if (cfg.signing_key && (signer = open_signing_key(e, &cfg)) == NULL)
+        goto out;
+    uint8_t enc_sha[32], sign_sha[32] = {0};
+    if (veil_key_fingerprint(key, enc_sha) != VEIL_OK ||
+        (signer && veil_key_fingerprint(signer, sign_sha) != VEIL_OK)) {
+        say(VEIL_LOG_ERROR, "key hash: %s", veil_last_error()->message);
+        goto out;
+    }
+    if (signer && (signlog = gw_signlog_new(cfg.signature_retention,
+                                            cfg.signature_capacity)) == NULL) {
+        say(VEIL_LOG_ERROR, "out of memory");
+        goto out;
+    }
+    if (cfg.tpm && (tpm = open_tpm(&cfg, key)) == NULL)
+        goto out;
     if (cfg.api_keys &&
         (auth = gw_auth_load(cfg.api_keys, err, sizeof err)) == NULL) {
         say(VEIL_LOG_ERROR, "api_keys: %s", err);
@@ -254,9 +345,14 @@ int main(int argc, char **argv)
         .auth = auth,
         .strikes = strikes,
         .rate = rate,
+        .signing_key = signer,
+        .signlog = signlog,
+        .tpm = tpm,
         .log = log_stderr,
         .log_level = log_level,
     };
+    memcpy(deps.encryption_key_sha256, enc_sha, 32);
+    memcpy(deps.signing_key_sha256, sign_sha, 32);
     if ((server = gw_server_start(&deps, err, sizeof err)) == NULL) {
         say(VEIL_LOG_ERROR, "%s", err);
         goto out;
@@ -275,6 +371,10 @@ int main(int argc, char **argv)
         say(VEIL_LOG_WARN, "no api_keys file: authentication is off");
     else
         say(VEIL_LOG_INFO, "%zu API key(s) loaded", gw_auth_count(auth));
+    if (!signer)
+        say(VEIL_LOG_INFO, "no signing_key: answers are not signed");
+    if (!tpm && any_model_on(&cfg, GW_TIER_MAXIMUM))
+        say(VEIL_LOG_INFO, "tpm is off: maximum-tier requests answer 503");
     if (!cfg.tls_cert && !loopback(cfg.listen_addr))
         say(VEIL_LOG_WARN,
             "plain http on %s: put TLS in front (tls_cert, "
@@ -306,6 +406,9 @@ out:
     gw_rate_free(rate);
     gw_strikes_free(strikes);
     gw_auth_free(auth);
+    gw_tpm_free(tpm);
+    gw_signlog_free(signlog);
+    veil_key_free(signer);
     veil_key_free(key);
     veil_engine_free(e);
     gw_config_free(&cfg);

@@ -5,6 +5,12 @@
  * (libcurl, or a plain socket).  Every case checks what a user sees: the
  * status, the detail text and the client's error class.
  *
+ * The main gateway signs its answers with an ECDSA P-256 key in the
+ * SoftHSM2 token; the signatures are checked against the statement of
+ * docs/ATTESTATION.md, rebuilt here from what the test sent and received.
+ * No TPM here: the attestation routes and the maximum tier are checked for
+ * their refusals only (tests/test_attest_tpm.sh has the TPM).
+ *
  * Needs VEIL_BUILDDIR (veild and tests/mock-upstream live there) and the
  * SoftHSM2 token of tests/env/with-tokens.sh.  Each process writes its
  * output to a log in VEIL_TEST_DIR (VEIL_KEEP_TEST_DIR=1 keeps it); a
@@ -56,6 +62,7 @@ static char pin_spec[600];     /* file:PIN_FILE */
 static char token_uri[256];    /* pkcs11:token=<label> */
 static char server_ref[700];   /* ...;object=gw-server */
 static char client_ref[700];   /* ...;object=gw-client */
+static char signer_ref[700];   /* ...;object=gw-signer (EC P-256) */
 static veil_engine *sw_e;      /* software: client keys, sealing */
 static veil_engine *tok_e;     /* the SoftHSM2 token */
 static veil_key *srv_key;      /* the server key in the token */
@@ -63,6 +70,9 @@ static veil_key *srv_pub;      /* its public half, in software */
 static char *srv_pem;          /* its SPKI PEM */
 static veil_key *cli_key;      /* client key of raw exchanges */
 static char *cli_hdr;          /* its PEM, percent-encoded (X-Public-Key) */
+static veil_key *sign_key;     /* the answer-signing key in the token */
+static EVP_PKEY *sign_pub;     /* its public half, in OpenSSL */
+static char sign_hex[65];      /* SHA-256 of its SPKI DER, hex */
 static veil_memory_status mem; /* this process's (veild runs as us) */
 
 /* ---- processes ----------------------------------------------------------- */
@@ -272,6 +282,8 @@ static int gw_start(proc *p, const char *name, const char *const *extra)
 #define TOKEN_KEY                                                              \
     "--server-key", server_ref, "--pkcs11-module", module, "--pin-source",     \
         pin_spec
+/* The signing key flag (the same token, module and PIN). */
+#define SIGNING_KEY "--signing-key", signer_ref
 
 /* A port on 127.0.0.1 where nothing listens (bound, then released). */
 static unsigned short dead_port(void)
@@ -729,6 +741,8 @@ static void check_metadata(const cJSON *resp, const char *payload_id,
     for (size_t i = 0; i < 3; i++)
         CU_ASSERT_TRUE(
             cJSON_IsBool(cJSON_GetObjectItemCaseSensitive(mp, flags[i])));
+    /* attestation only on the maximum tier */
+    CU_ASSERT_PTR_NULL(cJSON_GetObjectItemCaseSensitive(md, "tpm_attestation"));
     /* always wiped; veild turns core dumps off at start */
     CU_ASSERT_TRUE(
         cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(mp, "secure_zeroing")));
@@ -2023,6 +2037,502 @@ static void test_concurrency(void)
     veil_client_free(c);
 }
 
+/* ---- 12. answer signatures ---------------------------------------------- */
+
+static void hex_of(const uint8_t *b, size_t n, char *out)
+{
+    for (size_t i = 0; i < n; i++)
+        snprintf(out + 2 * i, 3, "%02x", b[i]);
+}
+
+/* The statement of docs/ATTESTATION.md, written out here from the doc (not
+ * with the library's veil_ev_statement), from what the test sent and got. */
+static int statement_of(char *out, size_t size, const char *pid,
+                        const char *tier, const char *request,
+                        const http_resp *answer, long long signed_at)
+{
+    uint8_t h[32];
+    char req_hex[65], resp_hex[65];
+
+    SHA256((const uint8_t *)request, strlen(request), h);
+    hex_of(h, 32, req_hex);
+    SHA256((const uint8_t *)answer->body, answer->len, h);
+    hex_of(h, 32, resp_hex);
+    return snprintf(out, size,
+                    "veil-response-signature-v1\n"
+                    "payload_id=%s\n"
+                    "security_tier=%s\n"
+                    "request_sha256=%s\n"
+                    "response_sha256=%s\n"
+                    "signing_key_sha256=%s\n"
+                    "signed_at=%lld\n",
+                    pid, tier, req_hex, resp_hex, sign_hex, signed_at);
+}
+
+/* 1 when sig (DER) verifies over msg under the signing key, with OpenSSL
+ * alone. */
+static int openssl_verify(const char *msg, const uint8_t *sig, size_t sig_len)
+{
+    EVP_MD_CTX *m = EVP_MD_CTX_new();
+    int ok =
+        m && EVP_DigestVerifyInit(m, NULL, EVP_sha256(), NULL, sign_pub) == 1 &&
+        EVP_DigestVerify(m, sig, sig_len, (const uint8_t *)msg, strlen(msg)) ==
+            1;
+
+    EVP_MD_CTX_free(m);
+    return ok;
+}
+
+static void test_signature_headers(void)
+{
+    char *pkg = seal("echo", "signed", VEIL_TAG_SEPARATE), pid[37];
+    char sig_b64[256] = "", at[32] = "", key[128] = "", want_key[80], *end;
+    char statement[1024];
+    uint8_t *sig = NULL, *der = NULL;
+    size_t sig_len = 0;
+    int der_len;
+    long long signed_at;
+    time_t before = time(NULL), after;
+    veil_key *pub = NULL;
+    http_resp r;
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(pkg);
+    CU_ASSERT_EQUAL_FATAL(raw_post(&gw, NULL, pkg, strlen(pkg), &r, pid), 0);
+    after = time(NULL);
+    CU_ASSERT_EQUAL_FATAL(r.status, 200);
+    CU_ASSERT_TRUE(
+        header_value(&r, "X-Veil-Signature", sig_b64, sizeof sig_b64));
+    CU_ASSERT_TRUE(header_value(&r, "X-Veil-Signed-At", at, sizeof at));
+    CU_ASSERT_TRUE(header_value(&r, "X-Veil-Signing-Key", key, sizeof key));
+    snprintf(want_key, sizeof want_key, "sha256:%s", sign_hex);
+    CU_ASSERT_STRING_EQUAL(key, want_key);
+    signed_at = strtoll(at, &end, 10);
+    CU_ASSERT_TRUE(end != at && *end == '\0');
+    CU_ASSERT_TRUE(signed_at >= (long long)before &&
+                   signed_at <= (long long)after);
+    CU_ASSERT_EQUAL_FATAL(
+        veil_b64_decode(sig_b64, strlen(sig_b64), &sig, &sig_len), VEIL_OK);
+    CU_ASSERT_TRUE(sig_len > 8 && sig_len <= VEIL_ECDSA_SIG_MAX);
+
+    /* the statement from what was sent and received verifies, with
+     * OpenSSL and with the library */
+    CU_ASSERT_FATAL(statement_of(statement, sizeof statement, pid, "standard",
+                                 pkg, &r, signed_at) > 0);
+    CU_ASSERT_TRUE(openssl_verify(statement, sig, sig_len));
+    der_len = i2d_PUBKEY(sign_pub, &der);
+    CU_ASSERT_FATAL(der_len > 0);
+    CU_ASSERT_EQUAL_FATAL(
+        veil_key_from_public(sw_e, der, (size_t)der_len, &pub), VEIL_OK);
+    CU_ASSERT_EQUAL(veil_ecdsa_verify(sw_e, pub, (const uint8_t *)statement,
+                                      strlen(statement), sig, sig_len),
+                    VEIL_OK);
+    /* ... and binds each part: another tier, another request, another
+     * time do not */
+    statement_of(statement, sizeof statement, pid, "high", pkg, &r, signed_at);
+    CU_ASSERT_FALSE(openssl_verify(statement, sig, sig_len));
+    statement_of(statement, sizeof statement, pid, "standard", "{}", &r,
+                 signed_at);
+    CU_ASSERT_FALSE(openssl_verify(statement, sig, sig_len));
+    statement_of(statement, sizeof statement, pid, "standard", pkg, &r,
+                 signed_at + 1);
+    CU_ASSERT_FALSE(openssl_verify(statement, sig, sig_len));
+
+    /* the same signature, fetched later by payload ID */
+    {
+        char path[128];
+        http_resp g;
+        cJSON *j;
+        const cJSON *sa;
+
+        statement_of(statement, sizeof statement, pid, "standard", pkg, &r,
+                     signed_at);
+        snprintf(path, sizeof path, "/v1/signatures/%s", pid);
+        CU_ASSERT_EQUAL_FATAL(get(&gw, path, &g), 0);
+        CU_ASSERT_EQUAL(g.status, 200);
+        j = g.body ? cJSON_Parse(g.body) : NULL;
+        CU_ASSERT_PTR_NOT_NULL_FATAL(j);
+        CU_ASSERT_STRING_EQUAL(tu_json_str(j, "format"), "veil-signature-v1");
+        CU_ASSERT_STRING_EQUAL(tu_json_str(j, "payload_id"), pid);
+        CU_ASSERT_STRING_EQUAL(tu_json_str(j, "security_tier"), "standard");
+        CU_ASSERT_STRING_EQUAL(tu_json_str(j, "signing_key_sha256"), sign_hex);
+        CU_ASSERT_STRING_EQUAL(tu_json_str(j, "signature_b64"), sig_b64);
+        CU_ASSERT_STRING_EQUAL(tu_json_str(j, "statement"), statement);
+        sa = cJSON_GetObjectItemCaseSensitive(j, "signed_at");
+        CU_ASSERT_TRUE(cJSON_IsNumber(sa) &&
+                       (long long)sa->valuedouble == signed_at);
+        {
+            uint8_t h[32];
+            char hx[65];
+
+            SHA256((const uint8_t *)pkg, strlen(pkg), h);
+            hex_of(h, 32, hx);
+            CU_ASSERT_STRING_EQUAL(tu_json_str(j, "request_sha256"), hx);
+            SHA256((const uint8_t *)r.body, r.len, h);
+            hex_of(h, 32, hx);
+            CU_ASSERT_STRING_EQUAL(tu_json_str(j, "response_sha256"), hx);
+        }
+        cJSON_Delete(j);
+        /* the ID in another case is the same ID */
+        for (char *p = path + strlen("/v1/signatures/"); *p; p++)
+            if (*p >= 'a' && *p <= 'f')
+                *p = (char)(*p - 'a' + 'A');
+        {
+            http_resp g2;
+
+            CU_ASSERT_EQUAL_FATAL(get(&gw, path, &g2), 0);
+            CU_ASSERT_EQUAL(g2.status, 200);
+            CU_ASSERT_TRUE(g2.body && g.body && strcmp(g2.body, g.body) == 0);
+            resp_free(&g2);
+        }
+        resp_free(&g);
+    }
+
+    /* unknown and malformed IDs */
+    {
+        http_resp g;
+        char other[37], path[128];
+
+        CU_ASSERT_EQUAL_FATAL(veil_uuid4(sw_e, other), VEIL_OK);
+        snprintf(path, sizeof path, "/v1/signatures/%s", other);
+        CU_ASSERT_EQUAL_FATAL(get(&gw, path, &g), 0);
+        CU_ASSERT_EQUAL(g.status, 404);
+        ASSERT_DETAIL_HAS(&g, "no signature is kept for payload ID");
+        resp_free(&g);
+        CU_ASSERT_EQUAL_FATAL(get(&gw, "/v1/signatures/not-a-uuid", &g), 0);
+        CU_ASSERT_EQUAL(g.status, 400);
+        ASSERT_DETAIL_HAS(&g, "must end in a payload ID");
+        resp_free(&g);
+        CU_ASSERT_EQUAL_FATAL(get(&gw, "/v1/signatures/", &g), 0);
+        CU_ASSERT_EQUAL(g.status, 400);
+        resp_free(&g);
+    }
+
+    /* refusals carry no signature */
+    {
+        raw_opts o = {.tier = "maximum"};
+        char *pkg2 = seal("echo", "max", VEIL_TAG_SEPARATE), v[256];
+        http_resp m;
+
+        CU_ASSERT_PTR_NOT_NULL_FATAL(pkg2);
+        CU_ASSERT_EQUAL_FATAL(raw_post(&gw, &o, pkg2, strlen(pkg2), &m, NULL),
+                              0);
+        CU_ASSERT_EQUAL(m.status, 503);
+        ASSERT_DETAIL_HAS(&m, "no TPM attestation available");
+        CU_ASSERT_FALSE(header_value(&m, "X-Veil-Signature", v, sizeof v));
+        resp_free(&m);
+        free(pkg2);
+    }
+    veil_key_free(pub);
+    OPENSSL_free(der);
+    free(sig);
+    resp_free(&r);
+    free(pkg);
+}
+
+/* ---- 13. attestation without a TPM --------------------------------------- */
+
+static void expect_get(const proc *p, const char *path, int status,
+                       const char *detail)
+{
+    http_resp r;
+
+    CU_ASSERT_EQUAL_FATAL(get(p, path, &r), 0);
+    if (r.status != status)
+        fprintf(stderr, "GET %s: expected %d, got %ld: %s\n", path, status,
+                r.status, r.body ? r.body : "");
+    CU_ASSERT_EQUAL(r.status, status);
+    if (detail)
+        ASSERT_DETAIL_HAS(&r, detail);
+    resp_free(&r);
+}
+
+static void expect_post(const proc *p, const char *path, const char *body,
+                        size_t len, int status, const char *detail)
+{
+    char url[256];
+    http_resp r;
+
+    url_of(url, sizeof url, p, path);
+    CU_ASSERT_EQUAL_FATAL(http("POST", url, NULL, NULL, body, len, &r), 0);
+    if (r.status != status)
+        fprintf(stderr, "POST %s: expected %d, got %ld: %s\n", path, status,
+                r.status, r.body ? r.body : "");
+    CU_ASSERT_EQUAL(r.status, status);
+    if (detail)
+        ASSERT_DETAIL_HAS(&r, detail);
+    resp_free(&r);
+}
+
+#define REPORT "/v1/attestation/report"
+#define ACTIVATE "/v1/attestation/activate"
+#define NONCE16 "00112233445566778899aabbccddeeff"
+#define GOOD_CREDENTIAL                                                        \
+    "{\"credential_blob_b64\":\"AAQAAQ==\",\"encrypted_secret_b64\":\"AAIAAA=" \
+    "=\"}"
+
+/* The attestation routes on a gateway without a TPM: a malformed request
+ * is still 400 (it is checked first), a good one 503. */
+static void attestation_refusals(const proc *p)
+{
+    static const char *const bad_nonces[] = {
+        REPORT,                                                /* none */
+        REPORT "?nonce=",                                      /* empty */
+        REPORT "?nonce",                                       /* no value */
+        REPORT "?nonce=0",                                     /* odd */
+        REPORT "?nonce=00112233445566778899aabbccddee",        /* 15 bytes */
+        REPORT "?nonce=" NONCE16 NONCE16 NONCE16 NONCE16 "00", /* 65 */
+        REPORT "?nonce=zz112233445566778899aabbccddeeff",      /* not hex */
+        REPORT "?other=" NONCE16,
+    };
+    static const char *const bad_bodies[] = {
+        "",
+        "not JSON",
+        "[]",
+        "{}",
+        "{\"credential_blob_b64\":\"AAQAAQ==\"}",
+        "{\"credential_blob_b64\":\"AAQAAQ=\",\"encrypted_secret_b64\":"
+        "\"AAIAAA==\"}",
+        "{\"credential_blob_b64\":\"AAQA AQ==\",\"encrypted_secret_b64\":"
+        "\"AAIAAA==\"}",
+        "{\"credential_blob_b64\":1,\"encrypted_secret_b64\":\"AAIAAA==\"}",
+        "{\"credential_blob_b64\":\"\",\"encrypted_secret_b64\":\"AAIAAA==\"}",
+    };
+
+    for (size_t i = 0; i < sizeof bad_nonces / sizeof bad_nonces[0]; i++)
+        expect_get(p, bad_nonces[i], 400, "nonce must be 16 to 64");
+    expect_get(p, REPORT "?nonce=" NONCE16, 503,
+               "no TPM attestation available");
+    expect_get(p, REPORT "?nonce=" NONCE16 NONCE16 NONCE16 NONCE16, 503,
+               "no TPM attestation available");
+    expect_get(p, REPORT "?nonce=00112233445566778899AABBCCDDEEFF", 503,
+               "no TPM attestation available");
+
+    for (size_t i = 0; i < sizeof bad_bodies / sizeof bad_bodies[0]; i++)
+        expect_post(p, ACTIVATE, bad_bodies[i], strlen(bad_bodies[i]), 400,
+                    "credential_blob_b64 and encrypted_secret_b64");
+    expect_post(p, ACTIVATE, GOOD_CREDENTIAL, strlen(GOOD_CREDENTIAL), 503,
+                "no TPM attestation available");
+}
+
+static void test_attestation_no_tpm(void)
+{
+    attestation_refusals(&gw);
+
+    /* at most 4 KiB for the activation, refused before the body */
+    {
+        char *big = malloc(5000);
+
+        CU_ASSERT_PTR_NOT_NULL_FATAL(big);
+        memset(big, ' ', 5000);
+        expect_post(&gw, ACTIVATE, big, 5000, 413, "over the limit of 4096");
+        free(big);
+    }
+    /* the routes and their methods */
+    {
+        char url[256];
+        http_resp r;
+
+        expect_get(&gw, ACTIVATE, 405, "method not allowed");
+        expect_post(&gw, REPORT "?nonce=" NONCE16, "", 0, 405,
+                    "method not allowed");
+        url_of(url, sizeof url, &gw, "/v1/signatures/x");
+        CU_ASSERT_EQUAL(http("DELETE", url, NULL, NULL, NULL, 0, &r), 0);
+        CU_ASSERT_EQUAL(r.status, 405);
+        resp_free(&r);
+        expect_get(&gw, "/v1/attestation", 404, "not found");
+        expect_get(&gw, "/v1/signatures", 404, "not found");
+    }
+}
+
+/* A gateway without a signing key: nothing signed, nothing kept; the same
+ * refusals. */
+static void test_no_signing_key(void)
+{
+    const char *extra[] = {TOKEN_KEY,
+                           "--model",
+                           "echo=echo",
+                           "--model",
+                           "std-only=echo,tiers=standard",
+                           NULL};
+    char *pkg = seal("echo", "unsigned", VEIL_TAG_SEPARATE), pid[37], path[128],
+         v[256];
+    raw_opts o = {0};
+    http_resp r;
+    proc g;
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(pkg);
+    CU_ASSERT_EQUAL_FATAL(gw_start(&g, "gw-nosign", extra), 0);
+    CU_ASSERT_EQUAL_FATAL(raw_post(&g, NULL, pkg, strlen(pkg), &r, pid), 0);
+    CU_ASSERT_EQUAL(r.status, 200);
+    CU_ASSERT_FALSE(header_value(&r, "X-Veil-Signature", v, sizeof v));
+    CU_ASSERT_FALSE(header_value(&r, "X-Veil-Signed-At", v, sizeof v));
+    CU_ASSERT_FALSE(header_value(&r, "X-Veil-Signing-Key", v, sizeof v));
+    resp_free(&r);
+    snprintf(path, sizeof path, "/v1/signatures/%s", pid);
+    expect_get(&g, path, 404, "does not sign answers");
+
+    /* maximum: a model not allowed on it is 403 first, else 503 */
+    free(pkg);
+    pkg = seal("std-only", "max", VEIL_TAG_SEPARATE);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(pkg);
+    o.tier = "maximum";
+    CU_ASSERT_EQUAL_FATAL(raw_post(&g, &o, pkg, strlen(pkg), &r, NULL), 0);
+    CU_ASSERT_EQUAL(r.status, 403);
+    ASSERT_DETAIL_HAS(&r,
+                      "model 'std-only' is not allowed on the maximum tier");
+    resp_free(&r);
+    free(pkg);
+    pkg = seal("echo", "max", VEIL_TAG_SEPARATE);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(pkg);
+    CU_ASSERT_EQUAL_FATAL(raw_post(&g, &o, pkg, strlen(pkg), &r, NULL), 0);
+    CU_ASSERT_EQUAL(r.status, 503);
+    ASSERT_DETAIL_HAS(&r, "no TPM attestation available");
+    resp_free(&r);
+
+    attestation_refusals(&g);
+    free(pkg);
+    stop_ok(&g);
+}
+
+/* The attestation and signature routes take from the rate limit like a
+ * completion (a bucket of one that does not refill within the test). */
+static void test_attestation_rate_limit(void)
+{
+    const char *extra[] = {TOKEN_KEY, "--model", "echo=echo", "--rate",
+                           "0.001",   "--burst", "1",         NULL};
+    char url[256], retry[32];
+    http_resp r;
+    proc g;
+
+    CU_ASSERT_EQUAL_FATAL(gw_start(&g, "gw-attest-rate", extra), 0);
+    /* the key and the models are not limited */
+    expect_get(&g, "/pki/public_key", 200, NULL);
+    expect_get(&g, "/pki/public_key", 200, NULL);
+    /* one request goes ... */
+    expect_get(&g, "/v1/signatures/123e4567-e89b-12d3-a456-426614174000", 404,
+               NULL);
+    /* ... the next, whatever the route, is refused before anything else */
+    expect_get(&g, REPORT "?nonce=" NONCE16, 429, "rate limit exceeded");
+    expect_get(&g, REPORT, 429, "rate limit exceeded");
+    expect_post(&g, ACTIVATE, GOOD_CREDENTIAL, strlen(GOOD_CREDENTIAL), 429,
+                "rate limit exceeded");
+    url_of(url, sizeof url, &g, "/v1/signatures/not-a-uuid");
+    CU_ASSERT_EQUAL_FATAL(http("GET", url, NULL, NULL, NULL, 0, &r), 0);
+    CU_ASSERT_EQUAL(r.status, 429);
+    CU_ASSERT_TRUE(header_value(&r, "Retry-After", retry, sizeof retry));
+    resp_free(&r);
+    stop_ok(&g);
+}
+
+/* The attestation and signature routes want the API key like a
+ * completion, and are refused before anything else. */
+static void test_attestation_api_keys(void)
+{
+    static const char key[] = "veil-test-attest-key-77a1";
+    uint8_t h[32];
+    char line[200], dir[512], path[600], url[256], bearer[128], hx[65];
+    const char *extra[] = {TOKEN_KEY,    SIGNING_KEY, "--model", "echo=echo",
+                           "--api-keys", path,        NULL};
+    const char *with_key[] = {bearer, NULL};
+    http_resp r;
+    proc g;
+
+    SHA256((const uint8_t *)key, strlen(key), h);
+    hex_of(h, 32, hx);
+    snprintf(line, sizeof line, "sha256:%s attester\n", hx);
+    CU_ASSERT_EQUAL_FATAL(tu_scratch_dir("gw-attest-auth", dir, sizeof dir), 0);
+    snprintf(path, sizeof path, "%s/api-keys", dir);
+    CU_ASSERT_EQUAL_FATAL(write_file(path, line, 0600), 0);
+    CU_ASSERT_EQUAL_FATAL(gw_start(&g, "gw-attest-auth", extra), 0);
+
+    /* no key: 401, even for a request that is malformed otherwise */
+    expect_get(&g, REPORT "?nonce=" NONCE16, 401, "missing API key");
+    expect_get(&g, REPORT, 401, "missing API key");
+    expect_get(&g, "/v1/signatures/123e4567-e89b-12d3-a456-426614174000", 401,
+               "missing API key");
+    expect_get(&g, "/v1/signatures/x", 401, "missing API key");
+    expect_post(&g, ACTIVATE, GOOD_CREDENTIAL, strlen(GOOD_CREDENTIAL), 401,
+                "missing API key");
+
+    /* with it: the route's own answers */
+    snprintf(bearer, sizeof bearer, "Authorization: Bearer %s", key);
+    url_of(url, sizeof url, &g, REPORT "?nonce=" NONCE16);
+    CU_ASSERT_EQUAL_FATAL(http("GET", url, NULL, with_key, NULL, 0, &r), 0);
+    CU_ASSERT_EQUAL(r.status, 503);
+    resp_free(&r);
+    url_of(url, sizeof url, &g,
+           "/v1/signatures/123e4567-e89b-12d3-a456-426614174000");
+    CU_ASSERT_EQUAL_FATAL(http("GET", url, NULL, with_key, NULL, 0, &r), 0);
+    CU_ASSERT_EQUAL(r.status, 404);
+    resp_free(&r);
+    url_of(url, sizeof url, &g, ACTIVATE);
+    CU_ASSERT_EQUAL_FATAL(http("POST", url, NULL, with_key, GOOD_CREDENTIAL,
+                               strlen(GOOD_CREDENTIAL), &r),
+                          0);
+    CU_ASSERT_EQUAL(r.status, 503);
+    resp_free(&r);
+
+    /* a signed answer, then its signature: only with the key */
+    {
+        raw_opts o = {.auth = bearer + strlen("Authorization: ")};
+        char *pkg = seal("echo", "auth", VEIL_TAG_SEPARATE), pid[37], p2[128];
+
+        CU_ASSERT_PTR_NOT_NULL_FATAL(pkg);
+        CU_ASSERT_EQUAL_FATAL(raw_post(&g, &o, pkg, strlen(pkg), &r, pid), 0);
+        CU_ASSERT_EQUAL(r.status, 200);
+        resp_free(&r);
+        snprintf(p2, sizeof p2, "/v1/signatures/%s", pid);
+        expect_get(&g, p2, 401, "missing API key");
+        url_of(url, sizeof url, &g, p2);
+        CU_ASSERT_EQUAL_FATAL(http("GET", url, NULL, with_key, NULL, 0, &r), 0);
+        CU_ASSERT_EQUAL(r.status, 200);
+        resp_free(&r);
+        free(pkg);
+    }
+    stop_ok(&g);
+}
+
+/* tpm = on without a usable TPM: veild does not start (exit 1, saying
+ * why), rather than serve maximum without attestation. */
+static void test_tpm_unavailable(void)
+{
+    char exe[600], log[600], *text;
+    const char *dir = tu_env("VEIL_TEST_DIR");
+    int status = -1;
+    pid_t pid;
+
+    snprintf(exe, sizeof exe, "%s/veild", builddir);
+    snprintf(log, sizeof log, "%s/gw-notpm.log", dir);
+    unlink(log);
+    fflush(NULL);
+    pid = fork();
+    CU_ASSERT_FATAL(pid >= 0);
+    if (pid == 0) {
+        int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0600);
+        int nul = open("/dev/null", O_RDONLY);
+
+        if (fd < 0 || nul < 0 || dup2(nul, 0) < 0 || dup2(fd, 1) < 0 ||
+            dup2(fd, 2) < 0)
+            _exit(126);
+        execl(exe, exe, "--port", "0", "--server-key", server_ref,
+              "--pkcs11-module", module, "--pin-source", pin_spec, "--model",
+              "echo=echo", "--tpm", "on", "--tpm-tcti",
+              "device:/nonexistent/veil-test-tpm", (char *)NULL);
+        _exit(127);
+    }
+    while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
+        ;
+    CU_ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 1);
+    text = tu_read_file(log, NULL);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(text);
+    if (!strstr(text, "tpm = on, but the TPM cannot be used"))
+        fprintf(stderr, "veild said:\n%s\n", text);
+    CU_ASSERT_PTR_NOT_NULL(
+        strstr(text, "tpm = on, but the TPM cannot be used"));
+    CU_ASSERT_PTR_NULL(strstr(text, "listening on"));
+    free(text);
+}
+
 /* ---- main ---------------------------------------------------------------- */
 
 static int setup(void)
@@ -2062,6 +2572,35 @@ static int setup(void)
     if (veil_key_generate(tok_e, token_uri, &kp, &ck) != VEIL_OK)
         goto fail;
     veil_key_free(ck);
+    {
+        veil_keygen_params ep = {.type = VEIL_KEY_EC_P256,
+                                 .label = "gw-signer"};
+        char *spem = NULL;
+        BIO *b;
+        uint8_t *der = NULL;
+        int der_len;
+        uint8_t h[32];
+
+        snprintf(signer_ref, sizeof signer_ref, "%s;object=gw-signer",
+                 token_uri);
+        if (veil_key_generate(tok_e, token_uri, &ep, &sign_key) != VEIL_OK ||
+            veil_key_public_pem(sign_key, &spem) != VEIL_OK)
+            goto fail;
+        /* the public half and its hash, through OpenSSL alone */
+        b = BIO_new_mem_buf(spem, -1);
+        sign_pub = b ? PEM_read_bio_PUBKEY(b, NULL, NULL, NULL) : NULL;
+        BIO_free(b);
+        free(spem);
+        der_len = sign_pub ? i2d_PUBKEY(sign_pub, &der) : -1;
+        if (der_len <= 0) {
+            fprintf(stderr, "setup: the signing key's public half\n");
+            return -1;
+        }
+        SHA256(der, (size_t)der_len, h);
+        OPENSSL_free(der);
+        for (int i = 0; i < 32; i++)
+            snprintf(sign_hex + 2 * i, 3, "%02x", h[i]);
+    }
     kp.label = NULL;
     if (veil_key_public_pem(srv_key, &srv_pem) != VEIL_OK ||
         veil_key_from_public(sw_e, (const uint8_t *)srv_pem, strlen(srv_pem),
@@ -2089,6 +2628,7 @@ static int setup(void)
 #undef MOCK_MODEL
     {
         const char *extra[] = {TOKEN_KEY,
+                               SIGNING_KEY,
                                "--body-limit",
                                "64K",
                                "--upstream-timeout",
@@ -2135,6 +2675,9 @@ static void teardown(void)
     free(srv_pem);
     veil_key_free(cli_key);
     veil_key_free(srv_pub);
+    EVP_PKEY_free(sign_pub);
+    if (sign_key)
+        veil_key_delete(tok_e, sign_key);
     if (srv_key)
         veil_key_delete(tok_e, srv_key);
     veil_engine_free(tok_e);
@@ -2188,6 +2731,14 @@ int main(void)
         {"rate limit", test_rate_limit},
         {"replays", test_replay},
     };
+    static const test_def attestation[] = {
+        {"signed answers, kept by payload ID", test_signature_headers},
+        {"attestation routes without a TPM", test_attestation_no_tpm},
+        {"a gateway without a signing key", test_no_signing_key},
+        {"attestation routes are rate limited", test_attestation_rate_limit},
+        {"attestation routes want the API key", test_attestation_api_keys},
+        {"tpm = on without a TPM: no start", test_tpm_unavailable},
+    };
     static const test_def backend[] = {
         {"upstream failures", test_upstream_failures},
         {"concurrency", test_concurrency},
@@ -2213,6 +2764,7 @@ int main(void)
     }
     if (ADD_SUITE("round trips", round_trips) || ADD_SUITE("errors", errors) ||
         ADD_SUITE("guards", guards) ||
+        ADD_SUITE("signatures and attestation", attestation) ||
         ADD_SUITE("backend and lifecycle", backend)) {
         CU_cleanup_registry();
         teardown();

@@ -1,6 +1,6 @@
 /* The gateway's small modules, each on its own: the configuration (file,
- * flags, checks, the example file), API keys, the replay register and the
- * rate limiter.
+ * flags, checks, the example file), API keys, the replay register, the
+ * rate limiter and the store of answer signatures.
  *
  * Nothing here needs a token or a network.  Every time is an explicit value
  * handed to the module: no sleeps, no clocks.
@@ -161,6 +161,15 @@ static void test_config_defaults(void)
     CU_ASSERT_EQUAL(cfg.upstream_timeout, 300);
     CU_ASSERT_EQUAL(cfg.connect_timeout, 10);
     CU_ASSERT_STRING_EQUAL(cfg.log_level, "info");
+    CU_ASSERT_PTR_NULL(cfg.signing_key);
+    CU_ASSERT_EQUAL(cfg.signature_retention, 86400);
+    CU_ASSERT_EQUAL(cfg.signature_capacity, 65536);
+    CU_ASSERT_EQUAL(cfg.tpm, 0);
+    CU_ASSERT_PTR_NULL(cfg.tpm_tcti);
+    CU_ASSERT_STRING_EQUAL(cfg.tpm_pcrs, "sha256:0,7,10");
+    CU_ASSERT_EQUAL(cfg.tpm_ak_per_request, 0);
+    CU_ASSERT_PTR_NULL(cfg.tpm_certify_key);
+    CU_ASSERT_PTR_NULL(cfg.tpm_certify_key_auth);
     CU_ASSERT_EQUAL(cfg.n_models, 0);
     /* not usable as it is: no server key, no model */
     CU_ASSERT_EQUAL(gw_config_check(&cfg, err, sizeof err), -1);
@@ -189,6 +198,15 @@ static void test_config_every_setting(void)
         "upstream_timeout = 60\n"
         "connect_timeout = 3\n"
         "log_level = debug\n"
+        "signing_key = pkcs11:token=veil;object=signer\n"
+        "signature_retention = 3600\n"
+        "signature_capacity = 100\n"
+        "tpm = on\n"
+        "tpm_tcti = swtpm:host=127.0.0.1,port=2321\n"
+        "tpm_pcrs = sha256:10,0,7,1\n"
+        "tpm_ak_per_request = yes\n"
+        "tpm_certify_key = /etc/veil/server.tss2.pem\n"
+        "tpm_certify_key_auth = file:/etc/veil/server.auth\n"
         "model = a/b=echo\n"
         "model = c=https://llm.example:8443/v1/,tiers=high+maximum,"
         "key-file=/etc/veil/c.key\n";
@@ -215,6 +233,17 @@ static void test_config_every_setting(void)
     CU_ASSERT_EQUAL(cfg.upstream_timeout, 60);
     CU_ASSERT_EQUAL(cfg.connect_timeout, 3);
     CU_ASSERT_STRING_EQUAL(cfg.log_level, "debug");
+    CU_ASSERT_STRING_EQUAL(cfg.signing_key, "pkcs11:token=veil;object=signer");
+    CU_ASSERT_EQUAL(cfg.signature_retention, 3600);
+    CU_ASSERT_EQUAL(cfg.signature_capacity, 100);
+    CU_ASSERT_EQUAL(cfg.tpm, 1);
+    CU_ASSERT_STRING_EQUAL(cfg.tpm_tcti, "swtpm:host=127.0.0.1,port=2321");
+    /* kept in canonical form, as the evidence carries it */
+    CU_ASSERT_STRING_EQUAL(cfg.tpm_pcrs, "sha256:0,1,7,10");
+    CU_ASSERT_EQUAL(cfg.tpm_ak_per_request, 1);
+    CU_ASSERT_STRING_EQUAL(cfg.tpm_certify_key, "/etc/veil/server.tss2.pem");
+    CU_ASSERT_STRING_EQUAL(cfg.tpm_certify_key_auth,
+                           "file:/etc/veil/server.auth");
     CU_ASSERT_EQUAL_FATAL(cfg.n_models, 2);
     CU_ASSERT_STRING_EQUAL(cfg.models[0].id, "a/b");
     CU_ASSERT_STRING_EQUAL(cfg.models[0].upstream, "echo");
@@ -756,6 +785,107 @@ static void test_config_check(void)
     gw_config_free(&cfg);
 }
 
+static void test_config_attestation(void)
+{
+    gw_config cfg;
+
+    /* the signing key: a reference like the server key's, never a PIN */
+    CU_ASSERT_TRUE(set_fails_with("signing_key", "signer",
+                                  "--signing_key: must be a pkcs11: URI or "
+                                  "dir:PATH"));
+    CU_ASSERT_TRUE(set_fails_with(
+        "signing_key", "pkcs11:token=veil;object=s;pin-value=4711",
+        "--signing_key: a PIN in the URI (pin-value) is refused; use "
+        "pin_source"));
+    CU_ASSERT_TRUE(set_fails_with(
+        "tpm_certify_key_auth", "4711",
+        "--tpm_certify_key_auth: must be file:PATH, env:NAME, prompt or none "
+        "(a PIN itself is never accepted)"));
+
+    /* retention and capacity: both ends */
+    CU_ASSERT_TRUE(set_fails_with(
+        "signature_retention", "0",
+        "--signature_retention: '0' is not a whole number from 1 to "
+        "31536000"));
+    CU_ASSERT_TRUE(set_fails_with("signature_retention", "31536001", NULL));
+    CU_ASSERT_TRUE(set_fails_with(
+        "signature_capacity", "16777217",
+        "--signature_capacity: '16777217' is not a whole number from 1 to "
+        "16777216"));
+    CU_ASSERT_TRUE(set_fails_with("signature_capacity", "0", NULL));
+
+    /* on and off, in the usual spellings only */
+    gw_config_init(&cfg);
+    CU_ASSERT_TRUE(set_ok(&cfg, "tpm", "on"));
+    CU_ASSERT_EQUAL(cfg.tpm, 1);
+    CU_ASSERT_TRUE(set_ok(&cfg, "tpm", "off"));
+    CU_ASSERT_EQUAL(cfg.tpm, 0);
+    CU_ASSERT_TRUE(set_ok(&cfg, "tpm", "true"));
+    CU_ASSERT_EQUAL(cfg.tpm, 1);
+    CU_ASSERT_TRUE(set_ok(&cfg, "tpm-ak-per-request", "1"));
+    CU_ASSERT_EQUAL(cfg.tpm_ak_per_request, 1);
+    CU_ASSERT_TRUE(set_ok(&cfg, "tpm_ak_per_request", "no"));
+    CU_ASSERT_EQUAL(cfg.tpm_ak_per_request, 0);
+    gw_config_free(&cfg);
+    CU_ASSERT_TRUE(set_fails_with("tpm", "ON", "--tpm: 'ON' is not on or off"));
+    CU_ASSERT_TRUE(set_fails_with("tpm", "2", NULL));
+    CU_ASSERT_TRUE(set_fails_with("tpm", "", "--tpm: needs a value"));
+
+    /* PCR selections */
+    gw_config_init(&cfg);
+    CU_ASSERT_TRUE(set_ok(&cfg, "tpm_pcrs", "sha256:7"));
+    CU_ASSERT_STRING_EQUAL(cfg.tpm_pcrs, "sha256:7");
+    CU_ASSERT_TRUE(set_ok(&cfg, "tpm-pcrs", "sha256:23,0"));
+    CU_ASSERT_STRING_EQUAL(cfg.tpm_pcrs, "sha256:0,23");
+    gw_config_free(&cfg);
+    CU_ASSERT_TRUE(set_fails_with(
+        "tpm_pcrs", "sha1:0,7",
+        "--tpm_pcrs: 'sha1:0,7' is not a PCR selection such as "
+        "sha256:0,7,10 (the sha256 bank, PCRs 0 to 23, each once)"));
+    CU_ASSERT_TRUE(set_fails_with("tpm_pcrs", "sha256:24", NULL));
+    CU_ASSERT_TRUE(set_fails_with("tpm_pcrs", "sha256:0,0", NULL));
+    CU_ASSERT_TRUE(set_fails_with("tpm_pcrs", "sha256:", NULL));
+    CU_ASSERT_TRUE(set_fails_with("tpm_pcrs", "0,7,10", NULL));
+
+    /* check(): what goes together */
+    gw_config_init(&cfg);
+    CU_ASSERT_TRUE(set_ok(&cfg, "server_key", "dir:/k"));
+    /* a model allowing maximum is fine without a TPM (it answers 503) */
+    CU_ASSERT_TRUE(set_ok(&cfg, "model", "m=echo,tiers=maximum"));
+    CU_ASSERT_TRUE(check_says(&cfg, NULL));
+    CU_ASSERT_TRUE(set_ok(&cfg, "signing_key", "pkcs11:token=veil;object=g"));
+    CU_ASSERT_TRUE(check_says(&cfg, NULL));
+    CU_ASSERT_TRUE(set_ok(&cfg, "tpm_certify_key", "/k.pem"));
+    CU_ASSERT_TRUE(check_says(&cfg, "tpm_certify_key is set but tpm is off: "
+                                    "set tpm = on, or drop tpm_certify_key"));
+    CU_ASSERT_TRUE(set_ok(&cfg, "tpm", "on"));
+    CU_ASSERT_TRUE(check_says(&cfg, NULL));
+    CU_ASSERT_TRUE(set_ok(&cfg, "tpm_certify_key_auth", "env:KEY_AUTH"));
+    CU_ASSERT_TRUE(check_says(&cfg, NULL));
+    free(cfg.tpm_certify_key);
+    cfg.tpm_certify_key = NULL;
+    CU_ASSERT_TRUE(check_says(
+        &cfg, "tpm_certify_key_auth is set but tpm_certify_key is not"));
+    free(cfg.tpm_certify_key_auth);
+    cfg.tpm_certify_key_auth = NULL;
+    /* values put into the struct directly are checked too */
+    free(cfg.tpm_pcrs);
+    cfg.tpm_pcrs = strdup("sha256:99");
+    CU_ASSERT_TRUE(check_says(
+        &cfg, "tpm_pcrs: 'sha256:99' is not a PCR selection such as "
+              "sha256:0,7,10 (the sha256 bank, PCRs 0 to 23, each once)"));
+    free(cfg.tpm_pcrs);
+    cfg.tpm_pcrs = NULL;
+    CU_ASSERT_TRUE(check_says(&cfg, "tpm = on needs tpm_pcrs"));
+    cfg.tpm = 0;
+    CU_ASSERT_TRUE(check_says(&cfg, NULL));
+    free(cfg.signing_key);
+    cfg.signing_key = strdup("pkcs11:object=g;pin-value=1");
+    CU_ASSERT_TRUE(check_says(&cfg, "signing_key: a PIN in the URI "
+                                    "(pin-value) is refused; use pin_source"));
+    gw_config_free(&cfg);
+}
+
 static void test_config_example(void)
 {
     char path[1024], err[512];
@@ -811,6 +941,18 @@ static void test_config_help(void)
         "--upstream_timeout ",
         "--connect_timeout ",
         "--log_level ",
+        "--signing_key ",
+        "--signature_retention ",
+        "--signature_capacity ",
+        "--tpm off|on",
+        "--tpm_tcti ",
+        "--tpm_pcrs ",
+        "--tpm_ak_per_request ",
+        "--tpm_certify_key ",
+        "--tpm_certify_key_auth ",
+        "(default: sha256:0,7,10)",
+        "(default: 86400)",
+        "(default: 65536)",
         "--model ",
         "[model ID]",
         "upstream = ",
@@ -1279,6 +1421,225 @@ static void test_rate_bounded(void)
     gw_rate_free(r);
 }
 
+/* ==== the signature store ================================================ */
+
+/* A payload ID for n (a UUID in form) and a body naming it and a version. */
+static void sl_id(unsigned n, char out[37])
+{
+    snprintf(out, 37, "%08x-0000-4000-8000-%012x", n, n);
+}
+
+static void sl_body(unsigned n, int version, char *out, size_t size)
+{
+    snprintf(out, size, "{\"n\":%u,\"v\":%d}", n, version);
+}
+
+/* 1 when id is stored at now with exactly want (NULL: not found). */
+static int sl_has(gw_signlog *l, const char *id, time_t now, const char *want)
+{
+    char *got = gw_signlog_get(l, id, now);
+    int ok = want ? got && strcmp(got, want) == 0 : got == NULL;
+
+    if (!ok)
+        fprintf(stderr, "\n  signlog %s at %lld: got %s, wanted %s\n", id,
+                (long long)now, got ? got : "(none)", want ? want : "(none)");
+    free(got);
+    return ok;
+}
+
+static void test_signlog_basic(void)
+{
+    gw_signlog *l = gw_signlog_new(100, 8);
+    char id[37], other[37], body[64];
+    char *copy;
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(l);
+    sl_id(1, id);
+    sl_body(1, 1, body, sizeof body);
+    CU_ASSERT_EQUAL(gw_signlog_put(l, id, body, 1000), 0);
+    CU_ASSERT_TRUE(sl_has(l, id, 1000, body));
+    /* a copy each time, owned by the caller */
+    copy = gw_signlog_get(l, id, 1001);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(copy);
+    copy[0] = 'X';
+    free(copy);
+    CU_ASSERT_TRUE(sl_has(l, id, 1001, body));
+    /* unknown IDs, and nothing for things that are not IDs */
+    sl_id(2, other);
+    CU_ASSERT_TRUE(sl_has(l, other, 1000, NULL));
+    CU_ASSERT_TRUE(sl_has(l, "", 1000, NULL));
+    CU_ASSERT_TRUE(
+        sl_has(l, "0123456789012345678901234567890123456", 1000, NULL));
+    CU_ASSERT_PTR_NULL(gw_signlog_get(l, NULL, 1000));
+    CU_ASSERT_PTR_NULL(gw_signlog_get(NULL, id, 1000));
+    CU_ASSERT_EQUAL(gw_signlog_put(l, NULL, body, 1000), -1);
+    CU_ASSERT_EQUAL(gw_signlog_put(l, id, NULL, 1000), -1);
+    CU_ASSERT_EQUAL(gw_signlog_put(NULL, id, body, 1000), -1);
+    gw_signlog_free(l);
+    gw_signlog_free(NULL);
+
+    /* bad arguments */
+    CU_ASSERT_PTR_NULL(gw_signlog_new(0, 8));
+    CU_ASSERT_PTR_NULL(gw_signlog_new(100, 0));
+    CU_ASSERT_PTR_NULL(gw_signlog_new(100, (1u << 24) + 1));
+}
+
+static void test_signlog_retention(void)
+{
+    gw_signlog *l = gw_signlog_new(60, 16);
+    char a[37], b[37], ba[64], bb[64];
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(l);
+    sl_id(1, a);
+    sl_id(2, b);
+    sl_body(1, 1, ba, sizeof ba);
+    sl_body(2, 1, bb, sizeof bb);
+    CU_ASSERT_EQUAL(gw_signlog_put(l, a, ba, 1000), 0);
+    CU_ASSERT_EQUAL(gw_signlog_put(l, b, bb, 1030), 0);
+    /* kept for 60 s: found at 1059, gone at 1060 */
+    CU_ASSERT_TRUE(sl_has(l, a, 1059, ba));
+    CU_ASSERT_TRUE(sl_has(l, a, 1060, NULL));
+    CU_ASSERT_TRUE(sl_has(l, b, 1060, bb));
+    CU_ASSERT_TRUE(sl_has(l, b, 1089, bb));
+    CU_ASSERT_TRUE(sl_has(l, b, 1090, NULL));
+    /* a clock that steps back keeps entries, it loses none */
+    CU_ASSERT_TRUE(sl_has(l, b, 900, bb));
+    /* a put long after drops both; new ones are found */
+    CU_ASSERT_EQUAL(gw_signlog_put(l, a, bb, 5000), 0);
+    CU_ASSERT_TRUE(sl_has(l, a, 5000, bb));
+    CU_ASSERT_TRUE(sl_has(l, b, 5000, NULL));
+    gw_signlog_free(l);
+}
+
+static void test_signlog_capacity(void)
+{
+    enum { CAP = 32 };
+    gw_signlog *l = gw_signlog_new(1000000, CAP);
+    char id[37], body[64];
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(l);
+    for (unsigned i = 0; i < 3 * CAP; i++) {
+        sl_id(i, id);
+        sl_body(i, 1, body, sizeof body);
+        CU_ASSERT_EQUAL(gw_signlog_put(l, id, body, 1000 + (time_t)i), 0);
+    }
+    /* the last CAP are kept, the older ones went first */
+    for (unsigned i = 0; i < 3 * CAP; i++) {
+        sl_id(i, id);
+        sl_body(i, 1, body, sizeof body);
+        CU_ASSERT_TRUE(sl_has(l, id, 2000, i >= 2 * CAP ? body : NULL));
+    }
+    /* a body over 4 KiB is refused (memory stays bounded), and changes
+     * nothing */
+    {
+        char *big = malloc(4098);
+
+        CU_ASSERT_PTR_NOT_NULL_FATAL(big);
+        memset(big, 'a', 4097);
+        big[4097] = '\0';
+        sl_id(9999, id);
+        CU_ASSERT_EQUAL(gw_signlog_put(l, id, big, 2000), -1);
+        big[4096] = '\0';
+        CU_ASSERT_EQUAL(gw_signlog_put(l, id, big, 2000), 0);
+        CU_ASSERT_TRUE(sl_has(l, id, 2000, big));
+        free(big);
+    }
+    gw_signlog_free(l);
+
+    /* capacity 1: each put replaces the one before */
+    l = gw_signlog_new(10, 1);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(l);
+    for (unsigned i = 0; i < 5; i++) {
+        sl_id(i, id);
+        sl_body(i, 1, body, sizeof body);
+        CU_ASSERT_EQUAL(gw_signlog_put(l, id, body, 1000), 0);
+        CU_ASSERT_TRUE(sl_has(l, id, 1000, body));
+    }
+    sl_id(3, id);
+    CU_ASSERT_TRUE(sl_has(l, id, 1000, NULL));
+    gw_signlog_free(l);
+}
+
+static void test_signlog_same_id(void)
+{
+    gw_signlog *l = gw_signlog_new(100, 4);
+    char a[37], b[37], c[37], v1[64], v2[64], bb[64], bc[64];
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(l);
+    sl_id(1, a);
+    sl_id(2, b);
+    sl_id(3, c);
+    sl_body(1, 1, v1, sizeof v1);
+    sl_body(1, 2, v2, sizeof v2);
+    sl_body(2, 1, bb, sizeof bb);
+    sl_body(3, 1, bc, sizeof bc);
+    CU_ASSERT_EQUAL(gw_signlog_put(l, a, v1, 1000), 0);
+    CU_ASSERT_EQUAL(gw_signlog_put(l, b, bb, 1010), 0);
+    /* the same ID again (an answer after the replay window): the newer
+     * body wins, and it is kept from its own time */
+    CU_ASSERT_EQUAL(gw_signlog_put(l, a, v2, 1050), 0);
+    CU_ASSERT_TRUE(sl_has(l, a, 1050, v2));
+    CU_ASSERT_TRUE(sl_has(l, a, 1120, v2));
+    CU_ASSERT_TRUE(sl_has(l, b, 1120, NULL));
+    /* the old copy's place leaves with the oldest; the rest still fit */
+    CU_ASSERT_EQUAL(gw_signlog_put(l, c, bc, 1060), 0);
+    CU_ASSERT_EQUAL(gw_signlog_put(l, b, bb, 1061), 0);
+    CU_ASSERT_TRUE(sl_has(l, a, 1061, v2));
+    CU_ASSERT_TRUE(sl_has(l, b, 1061, bb));
+    CU_ASSERT_TRUE(sl_has(l, c, 1061, bc));
+    /* many rewrites of one ID never take more than one place */
+    for (int i = 0; i < 20; i++)
+        CU_ASSERT_EQUAL(gw_signlog_put(l, a, v1, 1062), 0);
+    CU_ASSERT_TRUE(sl_has(l, a, 1062, v1));
+    CU_ASSERT_TRUE(sl_has(l, c, 1062, NULL)); /* went when the ring filled */
+    gw_signlog_free(l);
+}
+
+typedef struct sl_worker {
+    gw_signlog *l;
+    unsigned base;
+    int failed;
+} sl_worker;
+
+static void *sl_work(void *arg)
+{
+    sl_worker *w = arg;
+    char id[37], body[64];
+
+    for (unsigned i = 0; i < 2000; i++) {
+        char *got;
+
+        sl_id(w->base + i, id);
+        sl_body(w->base + i, 1, body, sizeof body);
+        if (gw_signlog_put(w->l, id, body, 1000) != 0)
+            w->failed++;
+        got = gw_signlog_get(w->l, id, 1000);
+        /* just stored: found unless three other threads pushed it out */
+        if (got && strcmp(got, body) != 0)
+            w->failed++;
+        free(got);
+    }
+    return NULL;
+}
+
+static void test_signlog_threads(void)
+{
+    gw_signlog *l = gw_signlog_new(100, 512);
+    pthread_t th[4];
+    sl_worker w[4];
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(l);
+    for (unsigned i = 0; i < 4; i++) {
+        w[i] = (sl_worker){l, i * 100000u, 0};
+        CU_ASSERT_EQUAL_FATAL(pthread_create(&th[i], NULL, sl_work, &w[i]), 0);
+    }
+    for (unsigned i = 0; i < 4; i++) {
+        pthread_join(th[i], NULL);
+        CU_ASSERT_EQUAL(w[i].failed, 0);
+    }
+    gw_signlog_free(l);
+}
+
 /* ==== main ================================================================ */
 
 typedef struct {
@@ -1314,6 +1675,7 @@ int main(void)
         {"flags: '-' and '_' alike", test_config_flags},
         {"model flag syntax", test_config_model_flag},
         {"check()", test_config_check},
+        {"signatures and the TPM", test_config_attestation},
         {"docs/veild.conf.example", test_config_example},
         {"--help lists the table", test_config_help},
     };
@@ -1327,6 +1689,13 @@ int main(void)
         {"full, then free again", test_strikes_full},
         {"10x capacity, bounded memory", test_strikes_bounded},
         {"threads", test_strikes_threads},
+    };
+    static const test_def signlog[] = {
+        {"put, get, unknown IDs", test_signlog_basic},
+        {"retention", test_signlog_retention},
+        {"capacity: the oldest go first", test_signlog_capacity},
+        {"the same ID twice", test_signlog_same_id},
+        {"threads", test_signlog_threads},
     };
     static const test_def rate[] = {
         {"burst, refusal, refill", test_rate_burst},
@@ -1346,7 +1715,8 @@ int main(void)
     if (ADD_SUITE("configuration", NULL, NULL, config) ||
         ADD_SUITE("API keys", NULL, NULL, auth) ||
         ADD_SUITE("replay register", NULL, NULL, strikes) ||
-        ADD_SUITE("rate limits", NULL, NULL, rate)) {
+        ADD_SUITE("rate limits", NULL, NULL, rate) ||
+        ADD_SUITE("signature store", NULL, NULL, signlog)) {
         CU_cleanup_registry();
         return 1;
     }
