@@ -747,11 +747,13 @@ static enum MHD_Result exchange(gw_server *s, struct MHD_Connection *c, req *r)
                    m->id, tier_name(tbit));
         goto out;
     }
-    if (tbit == GW_TIER_HIGH && !(s->mem.locking && s->mem.core_dumps_off &&
+    /* maximum is high plus the TPM (PROTOCOL-NOMYO.md, tiers). */
+    if (tbit >= GW_TIER_HIGH && !(s->mem.locking && s->mem.core_dumps_off &&
                                   s->mem.dontdump && veil_secbuf_locked(pt))) {
         ret = fail(c, r, 503,
-                   "the high tier needs locked, unswappable, undumpable "
-                   "memory, which is not in force on this gateway");
+                   "the %s tier needs locked, unswappable, undumpable "
+                   "memory, which is not in force on this gateway",
+                   tier_name(tbit));
         goto out;
     }
     if (tbit == GW_TIER_MAXIMUM) {

@@ -12,13 +12,21 @@
 #   SoftHSM2  always
 #   TPM       tpm2-pkcs11 over swtpm behind tpm2-abrmd on a private dbus
 #             session bus; only when the program's basename contains "tpm"
-#             or VEIL_TEST_TPM=1
+#             or VEIL_TEST_TPM=1.  Before swtpm starts, swtpm_setup
+#             "manufactures" it: EK certificates (RSA 2048 in NV 0x01c00002,
+#             ECC P-384 in 0x01c00016) issued by a fresh local CA
+#             (swtpm_localca, all its state in the test directory), a
+#             platform certificate, NV locked.  This costs about 1 s.
 #
 # Exported: VEIL_TEST_DIR VEIL_SHARED_DIR SOFTHSM2_CONF
 #   VEIL_TEST_SOFTHSM_MODULE VEIL_TEST_SOFTHSM_TOKEN VEIL_TEST_SOFTHSM_TOKEN2
 #   VEIL_TEST_PIN_FILE VEIL_TEST_WRONG_PIN_FILE VEIL_TEST_SO_PIN_FILE
 #   and for the TPM: VEIL_TEST_TPM_MODULE VEIL_TEST_TPM_TOKEN
 #   DBUS_SESSION_BUS_ADDRESS TPM2TOOLS_TCTI TPM2_PKCS11_TCTI TPM2_PKCS11_STORE
+#   VEIL_TEST_EK_CA (PEM: the local CA's root and the intermediate that
+#   signed the EK certificates; both are needed to build the chain)
+#   VEIL_TEST_OTHER_EK_CA (PEM: an unrelated root and intermediate with the
+#   same subject names, for "EK certificate from another CA" tests)
 #
 # If a token cannot be set up this exits 99 (automake "hard error"), never
 # 77 (skip): CI must fail, not skip, when a token cannot start.
@@ -278,10 +286,89 @@ start_swtpm() {
     fail "swtpm failed to start after 5 attempts" "$DIR/swtpm.log"
 }
 
+# provision_tpm: the TPM's "manufacturing" with swtpm_setup, before swtpm
+# runs on the state.  Our own swtpm_setup.conf and swtpm-localca.conf keep
+# every file in $DIR (the defaults are under /etc and /var/lib).  On its
+# first call swtpm_localca makes a root CA (swtpm-localca-rootca-*.pem next
+# to the signing key) and an intermediate (signkey.pem, issuercert.pem)
+# that signs the certificates, so a verifier needs both.
+provision_tpm() {
+    local ca="$DIR/tpm-localca" localca_bin
+    mkdir "$ca"
+    localca_bin=$(command -v swtpm_localca)
+    cat >"$DIR/swtpm-localca.conf" <<EOF
+statedir = $ca
+signingkey = $ca/signkey.pem
+issuercert = $ca/issuercert.pem
+certserial = $ca/certserial
+EOF
+    cat >"$DIR/swtpm-localca.options" <<EOF
+--platform-manufacturer veil
+--platform-version 1.0
+--platform-model veil-test
+EOF
+    cat >"$DIR/swtpm_setup.conf" <<EOF
+create_certs_tool = $localca_bin
+create_certs_tool_config = $DIR/swtpm-localca.conf
+create_certs_tool_options = $DIR/swtpm-localca.options
+EOF
+    log "manufacturing the TPM (swtpm_setup, EK certificates from a local CA)"
+    # All four PCR banks stay active, as in an unprovisioned swtpm
+    # (swtpm_setup's default keeps only sha256), so nothing else changes for
+    # the tests.  In the foreground: swtpm_setup runs and stops a swtpm of
+    # its own, and takes about a second, so a signal waits that long.
+    if ! swtpm_setup --tpm2 --tpmstate "$DIR/tpm" --create-ek-cert \
+            --create-platform-cert --lock-nvram \
+            --pcr-banks sha1,sha256,sha384,sha512 \
+            --config "$DIR/swtpm_setup.conf" \
+            --logfile "$DIR/swtpm-setup.log" \
+            </dev/null >>"$DIR/swtpm-setup.out" 2>&1; then
+        cat "$DIR/swtpm-setup.out" >>"$DIR/swtpm-setup.log" 2>/dev/null || true
+        fail "swtpm_setup failed" "$DIR/swtpm-setup.log"
+    fi
+    if [ ! -s "$ca/swtpm-localca-rootca-cert.pem" ] \
+            || [ ! -s "$ca/issuercert.pem" ]; then
+        fail "swtpm_localca made no CA certificates in $ca" \
+            "$DIR/swtpm-setup.log"
+    fi
+    cat "$ca/swtpm-localca-rootca-cert.pem" "$ca/issuercert.pem" \
+        >"$DIR/ek-ca.pem" || fail "cannot write $DIR/ek-ca.pem"
+    export VEIL_TEST_EK_CA="$DIR/ek-ca.pem"
+    log "EK CA bundle $VEIL_TEST_EK_CA"
+}
+
+# make_other_ek_ca: a root and an intermediate that have nothing to do with
+# the TPM but carry the same subject names as swtpm_localca's, so that a
+# verifier that matched names instead of checking signatures would be
+# caught.  P-256 keys with openssl: fast.
+make_other_ek_ca() {
+    local d="$DIR/other-ek-ca"
+    mkdir "$d"
+    log "making an unrelated EK CA"
+    (
+        cd "$d" &&
+            openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 \
+                -nodes -keyout root.key -out root.pem -days 2 \
+                -subj "/CN=swtpm-localca-rootca" \
+                -addext "basicConstraints=critical,CA:TRUE" \
+                -addext "keyUsage=critical,keyCertSign" &&
+            openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+                -keyout inter.key -out inter.csr -subj "/CN=swtpm-localca" &&
+            printf '%s\n' "basicConstraints=critical,CA:TRUE" \
+                "keyUsage=critical,keyCertSign" >inter.ext &&
+            openssl x509 -req -in inter.csr -CA root.pem -CAkey root.key \
+                -CAcreateserial -days 2 -extfile inter.ext -out inter.pem &&
+            cat root.pem inter.pem >"$DIR/other-ek-ca.pem"
+    ) >>"$DIR/other-ek-ca.log" 2>&1 \
+        || fail "cannot make the unrelated EK CA" "$DIR/other-ek-ca.log"
+    export VEIL_TEST_OTHER_EK_CA="$DIR/other-ek-ca.pem"
+}
+
 setup_tpm() {
     local i cmd
 
-    for cmd in swtpm dbus-daemon tpm2-abrmd tpm2_getcap tpm2_ptool; do
+    for cmd in swtpm swtpm_setup swtpm_localca openssl dbus-daemon \
+            tpm2-abrmd tpm2_getcap tpm2_ptool; do
         command -v "$cmd" >/dev/null \
             || fail "$cmd not found (run scripts/install-deps.sh)"
     done
@@ -293,6 +380,8 @@ setup_tpm() {
     log "TPM module $VEIL_TEST_TPM_MODULE"
 
     mkdir "$DIR/tpm" "$DIR/tpm2-store"
+    provision_tpm
+    make_other_ek_ca
     start_swtpm
 
     log "starting private dbus session bus"
