@@ -4,6 +4,7 @@
 #   scripts/bench.sh [veil-bench arguments...]     e.g. --quick, --seconds 1
 #   scripts/bench.sh client [arguments...]         the client benchmark
 #   scripts/bench.sh gateway [arguments...]        the gateway benchmark
+#   scripts/bench.sh attest [arguments...]         signing and TPM attestation
 #
 # tests/env/with-tokens.sh creates the token in a temporary directory,
 # exports VEIL_TEST_SOFTHSM_MODULE, VEIL_TEST_SOFTHSM_TOKEN and
@@ -19,6 +20,13 @@
 # runs with the echo model, the rate limits out of the way and --port 0;
 # veil-bench stops them by PID (they also get SIGTERM should veil-bench
 # die: PR_SET_PDEATHSIG) and deletes the keys.
+#
+# "attest" is run the same way, with VEIL_TEST_TPM=1: with-tokens.sh also
+# starts swtpm, a private dbus session bus and tpm2-abrmd, and exports
+# TPM2TOOLS_TCTI (tabrmd:bus_type=session) and DBUS_SESSION_BUS_ADDRESS;
+# veil-bench passes TPM2TOOLS_TCTI to its veild instances as --tpm-tcti
+# (unless given --tcti) and they inherit the bus address.  It makes the
+# signing key in the SoftHSM2 token and deletes it at the end.
 #
 # The programs come from the build directory VEIL_BUILDDIR (default: the
 # source tree, for an in-tree build).  The exit status is veil-bench's (see
@@ -54,7 +62,8 @@ for arg in "$@"; do
     fi
     case $arg in
     --seconds | --rounds | --module | --token | --pin-source | --url | --ca-file | \
-        --veild | --requests | --clients | --bits | --workers | --timing | --memory-waves)
+        --veild | --requests | --clients | --bits | --workers | --timing | --memory-waves | \
+        --tcti)
         skip=1 ;;
     -*) ;;
     *)
@@ -63,10 +72,13 @@ for arg in "$@"; do
         ;;
     esac
 done
-if [ "$engine" = gateway ]; then
+if [ "$engine" = gateway ] || [ "$engine" = attest ]; then
     if [ ! -x "$BUILD/veild" ]; then
         echo "bench.sh: $BUILD/veild not found; build it first: make veild" >&2
         exit 2
+    fi
+    if [ "$engine" = attest ]; then
+        export VEIL_TEST_TPM=1
     fi
     exec "$ROOT/tests/env/with-tokens.sh" "$BUILD/veil-bench" "$@" \
         --veild "$BUILD/veild"

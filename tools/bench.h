@@ -1,5 +1,5 @@
 /* veil-bench internals shared by the engine benchmark (veil-bench.c), the
- * client benchmark (bench_client.c) and the gateway benchmark
+ * client benchmark (bench_client.c) and the gateway and attest benchmarks
  * (bench_gateway.c): options, errors, timing, medians, and the bare PKCS#11
  * side.
  *
@@ -67,6 +67,9 @@ typedef struct bench_opts {
     unsigned timing_n;  /* refusal timing: packages of each kind; 0: skip */
     unsigned mem_waves; /* memory: waves of concurrent 1 MiB requests */
     char veild_buf[PATH_MAX];
+    /* attest (bench_gateway.c): the gateway fields above apply too */
+    int run_attest;   /* ENGINE was "attest" */
+    const char *tcti; /* veild --tpm-tcti: --tcti, else $TPM2TOOLS_TCTI */
 } bench_opts;
 
 static inline const char *env_nonempty(const char *name)
@@ -253,9 +256,8 @@ static inline int token_uri(const char *label, char *out, size_t n)
     return 0;
 }
 
-/* The two header lines of every run: the machine, and how figures are
- * made (`how`: what the figures and the ratio column are). */
-static inline void print_machine(const bench_opts *o, const char *how)
+/* The first header line of every run: the machine. */
+static inline void print_machine_id(void)
 {
     struct utsname u;
     cpu_set_t set;
@@ -269,6 +271,13 @@ static inline void print_machine(const bench_opts *o, const char *how)
         snprintf(u.machine, sizeof u.machine, "unknown");
     printf("# veil-bench: machine %s, nproc %ld; %s\n", u.machine, ncpu,
            OpenSSL_version(OPENSSL_VERSION));
+}
+
+/* The two header lines of every run: the machine, and how figures are
+ * made (`how`: what the figures and the ratio column are). */
+static inline void print_machine(const bench_opts *o, const char *how)
+{
+    print_machine_id();
     printf("# %u round%s x %.2f s per side, interleaved; %s\n", o->rounds,
            o->rounds == 1 ? "" : "s", o->seconds, how);
     fflush(stdout);
@@ -324,5 +333,8 @@ int bench_client_run(const bench_opts *o);
 
 /* Runs `veil-bench gateway`; returns the exit status. */
 int bench_gateway_run(const bench_opts *o);
+
+/* Runs `veil-bench attest`; returns the exit status. */
+int bench_attest_run(const bench_opts *o);
 
 #endif /* VEIL_BENCH_H */

@@ -11,6 +11,8 @@
  *             and its cold start (see bench_client.c)
  *   gateway   veild under load next to the machine's bare RSA limit,
  *             refusal timing, and veild's memory (see bench_gateway.c)
+ *   attest    the latency signing and TPM attestation add to an answer:
+ *             four veild configurations, interleaved (bench_gateway.c)
  *
  * The machines this runs on are shared and noisy, so each measurement is
  * made of interleaved rounds (veil, baseline, veil, baseline, ...), each a
@@ -75,6 +77,17 @@ static const char *const USAGE =
     "             refused packages and veild's memory under 64 concurrent\n"
     "             1 MiB requests.  scripts/bench.sh gateway runs it under a\n"
     "             fresh SoftHSM2 token.  Not part of all.\n"
+    "  attest     the added latency per answer of signing and TPM\n"
+    "             attestation: four veild instances (started here, the\n"
+    "             same software server key, the echo model), one client,\n"
+    "             sequential requests, interleaved: A standard tier, no\n"
+    "             signing key; B standard, signing key (ECDSA P-256 made in\n"
+    "             the token for this run); C maximum, TPM quote per answer;\n"
+    "             D maximum, tpm_ak_per_request (fresh AK + TPM2_Certify +\n"
+    "             quote).  Medians and p90, added ms B-A, C-B, D-B, D-C and\n"
+    "             the ratio to A; sampled answers opened and checked.\n"
+    "             Needs a TPM (--tcti); scripts/bench.sh attest runs it\n"
+    "             under a fresh SoftHSM2 token and swtpm.  Not part of all.\n"
     "\n"
     "Options:\n"
     "  --seconds S        length of one timed slice (default 0.3)\n"
@@ -92,7 +105,8 @@ static const char *const USAGE =
     "                     64 KiB (smoke test); --seconds/--rounds override;\n"
     "                     client: 1 round of 0.05 s, same sizes and keys;\n"
     "                     gateway: RSA-2048, 1 round of 50 requests, 0.2 s\n"
-    "                     limit slices, 10 timing packages, 1 memory wave\n"
+    "                     limit slices, 10 timing packages, 1 memory wave;\n"
+    "                     attest: RSA-2048, 2 rounds of 3 requests each\n"
     "gateway (--seconds: one limit slice [1]; --rounds: load phases per\n"
     "level [3]; --no-pkcs11: no token key):\n"
     "  --veild PATH       the veild program [veild next to veil-bench]\n"
@@ -103,6 +117,10 @@ static const char *const USAGE =
     "  --timing N         refusal timing: packages of each kind, 0 skips\n"
     "                     [200]\n"
     "  --memory-waves N   waves of 64 concurrent 1 MiB requests; 0 skips [3]\n"
+    "attest (--rounds: interleaved rounds [20]; --veild, --bits [4096] and\n"
+    "--workers as for gateway; the signing key goes in --module/--token):\n"
+    "  --requests N       requests per configuration and round [50]\n"
+    "  --tcti TCTI        veild --tpm-tcti [$TPM2TOOLS_TCTI]\n"
     "  -h, --help         this text\n"
     "\n"
     "Output: one line per measurement:\n"
@@ -116,6 +134,10 @@ static const char *const USAGE =
     "else BELOW and what missed), then the refusal timing and memory\n"
     "lines.  Failed requests are counted, not fatal; a failed warm-up\n"
     "request, or veild failing to start or stop, is.\n"
+    "attest prints, per configuration, the median and p90 POST time and\n"
+    "veild's own time (its log), then the added ms of each comparison\n"
+    "(median over the rounds of the difference of the round medians) and\n"
+    "the ratio to A; no targets.\n"
     "\n"
     "Exit status:\n"
     "  0  all measurements ran\n"
@@ -236,7 +258,8 @@ static int parse_args(int argc, char **argv, bench_opts *o)
         O_BITS,
         O_WORKERS,
         O_TIMING,
-        O_MEMWAVES
+        O_MEMWAVES,
+        O_TCTI
     };
     static const struct option longopts[] = {
         {"seconds", required_argument, NULL, O_SECONDS},
@@ -255,10 +278,13 @@ static int parse_args(int argc, char **argv, bench_opts *o)
         {"workers", required_argument, NULL, O_WORKERS},
         {"timing", required_argument, NULL, O_TIMING},
         {"memory-waves", required_argument, NULL, O_MEMWAVES},
+        {"tcti", required_argument, NULL, O_TCTI},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
+    /* gw_opt: an option of gateway and attest; gw_only: of gateway only */
     int c, have_seconds = 0, have_rounds = 0, no_pkcs11 = 0, gw_opt = 0;
+    int gw_only = 0;
     int have_requests = 0, have_bits = 0, have_timing = 0, have_waves = 0;
     double seconds = 0;
     unsigned rounds = 0, v;
@@ -319,7 +345,7 @@ static int parse_args(int argc, char **argv, bench_opts *o)
                 return usage_error("--clients wants up to 8 comma-separated "
                                    "integers in [1, 512], not: ",
                                    optarg);
-            gw_opt = 1;
+            gw_only = 1;
             break;
         case O_BITS:
             if (parse_uint(optarg, 2048, 4096, &v) != 0 ||
@@ -341,14 +367,19 @@ static int parse_args(int argc, char **argv, bench_opts *o)
                 return usage_error("--timing wants an integer in "
                                    "[0, 100000], not: ",
                                    optarg);
-            have_timing = gw_opt = 1;
+            have_timing = gw_only = 1;
             break;
         case O_MEMWAVES:
             if (parse_uint(optarg, 0, 100, &o->mem_waves) != 0)
                 return usage_error("--memory-waves wants an integer in "
                                    "[0, 100], not: ",
                                    optarg);
-            have_waves = gw_opt = 1;
+            have_waves = gw_only = 1;
+            break;
+        case O_TCTI:
+            if (!*optarg)
+                return usage_error("--tcti wants a TCTI string", NULL);
+            o->tcti = optarg;
             break;
         case 'h':
             fputs(USAGE, stdout);
@@ -377,6 +408,14 @@ static int parse_args(int argc, char **argv, bench_opts *o)
     } else if (strcmp(eng, "gateway") == 0) {
         o->run_gateway = 1;
         o->run_pkcs11 = !no_pkcs11; /* the token key */
+    } else if (strcmp(eng, "attest") == 0) {
+        if (no_pkcs11)
+            return usage_error("ENGINE attest contradicts --no-pkcs11 (the "
+                               "signing key is in the token)",
+                               NULL);
+        o->run_attest = 1;
+        o->run_pkcs11 = 1;
+        o->pkcs11_required = 1;
     } else if (strcmp(eng, "client") == 0) {
         o->run_client = 1;
         o->run_pkcs11 = !no_pkcs11; /* the token key */
@@ -385,17 +424,26 @@ static int parse_args(int argc, char **argv, bench_opts *o)
                                "scripts/bench.sh client)",
                                NULL);
     } else {
-        return usage_error("ENGINE must be all, software, pkcs11, client "
-                           "or gateway, not: ",
+        return usage_error("ENGINE must be all, software, pkcs11, client, "
+                           "gateway or attest, not: ",
                            eng);
     }
     if (!o->run_client && (o->url || o->ca_file))
         return usage_error("--url and --ca-file apply to ENGINE client only",
                            NULL);
-    if (!o->run_gateway && gw_opt)
-        return usage_error("--veild, --requests, --clients, --bits, "
-                           "--workers, --timing and --memory-waves apply to "
+    if (!o->run_gateway && gw_only)
+        return usage_error("--clients, --timing and --memory-waves apply to "
                            "ENGINE gateway only",
+                           NULL);
+    if (!o->run_gateway && !o->run_attest && gw_opt)
+        return usage_error("--veild, --requests, --bits and --workers apply "
+                           "to ENGINE gateway and attest only",
+                           NULL);
+    if (!o->run_attest && o->tcti)
+        return usage_error("--tcti applies to ENGINE attest only", NULL);
+    if (o->run_attest && have_seconds)
+        return usage_error("attest: --seconds does not apply (it counts "
+                           "requests: --requests, --rounds)",
                            NULL);
 
     o->seconds = o->quick ? 0.05 : 0.3;
@@ -422,6 +470,24 @@ static int parse_args(int argc, char **argv, bench_opts *o)
                                "--veild PATH",
                                NULL);
     }
+    if (o->run_attest) {
+        o->rounds = o->quick ? 2 : 20;
+        if (!have_requests)
+            o->requests = o->quick ? 3 : 50;
+        if (!have_bits)
+            o->bits = o->quick ? 2048 : 4096;
+        if (!o->tcti)
+            o->tcti = env_nonempty("TPM2TOOLS_TCTI");
+        if (!o->tcti)
+            return usage_error("attest: no TPM: give --tcti, set "
+                               "TPM2TOOLS_TCTI, or run scripts/bench.sh "
+                               "attest (it starts swtpm)",
+                               NULL);
+        if (!o->veild && default_veild(o) != 0)
+            return usage_error("attest: cannot tell where veild is; give "
+                               "--veild PATH",
+                               NULL);
+    }
     if (have_seconds)
         o->seconds = seconds;
     if (have_rounds)
@@ -442,6 +508,15 @@ static int parse_args(int argc, char **argv, bench_opts *o)
     }
 
     if (o->run_pkcs11 && (!o->module || !o->token)) {
+        if (o->run_attest)
+            return usage_error(!o->module
+                                   ? "attest: no module for the signing key "
+                                     "(--module or VEIL_TEST_SOFTHSM_MODULE, "
+                                     "or run scripts/bench.sh attest)"
+                                   : "attest: no token for the signing key "
+                                     "(--token or VEIL_TEST_SOFTHSM_TOKEN, "
+                                     "or run scripts/bench.sh attest)",
+                               NULL);
         if (o->pkcs11_required)
             return usage_error(!o->module ? "pkcs11: no module (--module or "
                                             "VEIL_TEST_SOFTHSM_MODULE)"
@@ -1426,6 +1501,8 @@ int main(int argc, char **argv)
         return bench_client_run(&o);
     if (o.run_gateway)
         return bench_gateway_run(&o);
+    if (o.run_attest)
+        return bench_attest_run(&o);
 
     memset(&cfg, 0, sizeof cfg);
     cfg.log = log_to_stderr;
