@@ -43,6 +43,7 @@ struct veil_client {
     pthread_mutex_t lock; /* guards own, servers[], and rotation */
     keyref *own;
     keyref *servers[SERVER_CACHE];
+    veil_trust *trust; /* cfg.trust_file, loaded; NULL when none */
     atomic_int disposed;
 };
 
@@ -379,6 +380,22 @@ veil_client_status veil_client_new(const veil_client_config *cfg,
         memcpy(veil_secbuf_data(c->api_key), cfg->api_key, n + 1);
     }
 
+    if (cfg->trust_file) {
+        if ((st = veil_trust_load(cfg->trust_file, &c->trust, err)) !=
+            VEIL_CLIENT_OK)
+            goto fail;
+        /* Answers from another gateway could not be checked against it. */
+        st = VEIL_CLIENT_E_CONFIG;
+        if (strcmp(veil_trust_url(c->trust), c->base_url) != 0) {
+            veil_cl_fail(err, st, 0, VEIL_E_ARG,
+                         "the trust file %s was enrolled for %s, not %s",
+                         cfg->trust_file, veil_trust_url(c->trust),
+                         c->base_url);
+            goto fail;
+        }
+    }
+    c->cfg.trust_file = NULL;
+
     /* A password-protected key directory needs an engine whose PIN source
      * is that password: the client's own. */
     if (cfg->engine && !(cfg->key_source == VEIL_CLIENT_KEY_DIR &&
@@ -452,6 +469,7 @@ void veil_client_free(veil_client *c)
     free(c->module);
     free(c->pin_where);
     free(c->pw_where);
+    veil_trust_free(c->trust);
     free(c);
 }
 
@@ -485,8 +503,8 @@ static veil_client_status status_class(long status)
     }
 }
 
-static veil_client_status http_fail(const veil_http_response *r,
-                                    veil_client_error *err)
+veil_client_status veil_cl_http_fail(const veil_http_response *r,
+                                     veil_client_error *err)
 {
     char detail[512];
     veil_cl_error_detail(r->body, r->len, detail, sizeof detail);
@@ -521,7 +539,7 @@ static veil_client_status fetch_server_key(veil_client *c, const char *url,
     if (st != VEIL_CLIENT_OK)
         return st;
     if (r.status != 200) {
-        st = http_fail(&r, err);
+        st = veil_cl_http_fail(&r, err);
         free(r.body);
         return st;
     }
@@ -559,6 +577,18 @@ static veil_client_status fetch_server_key(veil_client *c, const char *url,
                      "the server key %s does not match the pinned %s; "
                      "nothing was sent",
                      k->fp_text, c->pin_text);
+        keyref_put(k);
+        return VEIL_CLIENT_E_SECURITY;
+    }
+    /* An enrolled gateway's quotes bind its enrolled key: a request sealed
+     * to another one could never be verified, so it is not sent. */
+    if (c->trust && !strcmp(url, veil_trust_url(c->trust)) &&
+        CRYPTO_memcmp(k->fp, veil_cl_trust_encryption_key(c->trust), 32)) {
+        veil_cl_fail(err, VEIL_CLIENT_E_SECURITY, 0, VEIL_E_VERIFY,
+                     "the server key %s is not the key enrolled in the "
+                     "trust file; nothing was sent (enrol again if the "
+                     "gateway's key was replaced)",
+                     k->fp_text);
         keyref_put(k);
         return VEIL_CLIENT_E_SECURITY;
     }
@@ -655,6 +685,7 @@ typedef struct call {
     keyref *own;
     keyref *server;
     veil_chat_stats *stats;
+    char **evidence; /* opts->evidence */
 } call;
 
 /* Backoff before retry number `attempt` (1-based): Retry-After when the
@@ -727,13 +758,16 @@ static veil_client_status open_answer(call *k, const veil_http_response *r,
     return VEIL_CLIENT_OK;
 }
 
-/* Seals pt to the server key and posts it once. */
+/* Seals pt to the server key and posts it once.  *sent receives the
+ * request body (ciphertext) as sent, or NULL; the caller frees it. */
 static veil_client_status post_once(call *k, veil_secbuf *pt,
-                                    char payload_id[37], veil_http_response *r,
+                                    char payload_id[37], char **sent,
+                                    veil_http_response *r,
                                     veil_client_error *err)
 {
     veil_client *c = k->c;
     char *pkg = NULL;
+    *sent = NULL;
     uint64_t t0 = now_ns();
     veil_rc rc = veil_uuid4(c->engine, payload_id);
     if (rc == VEIL_OK)
@@ -794,8 +828,63 @@ out:
         veil_cl_wipe(h_auth, auth_len);
     free(h_auth);
     free(h_key);
-    free(pkg);
+    *sent = pkg;
     return st;
+}
+
+/* Logs each check made on an answer (debug). */
+static void log_check(void *ctx, const char *check, int ok, const char *detail)
+{
+    const call *k = ctx;
+    cl_log(k->c, VEIL_LOG_DEBUG, "answer check: %s %s: %s", ok ? "ok" : "FAIL",
+           check, detail);
+}
+
+/* Verifies an opened answer (veil_cl_verify_answer) when there is
+ * something to verify: a trust file, the maximum tier, or evidence to
+ * record.  A failure wipes and drops the answer. */
+static veil_client_status verify_answer(call *k, const veil_http_response *r,
+                                        const char *payload_id,
+                                        const char *sent, cJSON **response,
+                                        veil_client_error *err)
+{
+    veil_client *c = k->c;
+    const char *tier = k->tier ? k->tier : "standard";
+    int maximum = !strcmp(tier, "maximum");
+    if (c->trust == NULL && !maximum && k->evidence == NULL)
+        return VEIL_CLIENT_OK;
+    const cJSON *md = cJSON_GetObjectItemCaseSensitive(*response, "_metadata");
+    veil_cl_answer a = {
+        .url = k->url,
+        .payload_id = payload_id,
+        .tier = tier,
+        .request = sent,
+        .request_len = strlen(sent),
+        .response = r,
+        .server_key_sha256 = k->server->fp,
+        .tpm_attestation =
+            cJSON_GetObjectItemCaseSensitive(md, "tpm_attestation"),
+    };
+    veil_client_status st = veil_cl_verify_answer(
+        c->engine, c->trust, &a, log_check, k, k->evidence, err);
+    if (st != VEIL_CLIENT_OK) {
+        cl_log(c, VEIL_LOG_DEBUG, "answer to %s refused: %s", payload_id,
+               err->detail);
+        veil_chat_response_free(*response);
+        *response = NULL;
+        return st;
+    }
+    if (maximum && c->trust == NULL)
+        cl_log(c, VEIL_LOG_WARN,
+               a.quote_checked
+                   ? "answer %s: its TPM quote matches this request and "
+                     "server key, but the attestation key is not enrolled, "
+                     "so nothing shows it is a TPM's (set a trust file from "
+                     "'veil attest enroll')"
+                   : "answer %s: the maximum tier answer carries no veil TPM "
+                     "quote; nothing about the gateway was verified",
+               payload_id);
+    return VEIL_CLIENT_OK;
 }
 
 static veil_client_status exchange(call *k, veil_secbuf *pt, cJSON **response,
@@ -805,22 +894,27 @@ static veil_client_status exchange(call *k, veil_secbuf *pt, cJSON **response,
     int refetched = 0;
     for (unsigned attempt = 0;;) {
         char payload_id[37];
+        char *sent = NULL;
         veil_http_response r;
-        veil_client_status st = post_once(k, pt, payload_id, &r, err);
+        veil_client_status st = post_once(k, pt, payload_id, &sent, &r, err);
         long status = st == VEIL_CLIENT_OK ? r.status : 0;
         if (status == 200) {
             uint64_t t = now_ns();
             st = open_answer(k, &r, payload_id, response, err);
+            if (st == VEIL_CLIENT_OK)
+                st = verify_answer(k, &r, payload_id, sent, response, err);
             if (k->stats) {
                 k->stats->decrypt_ns += now_ns() - t;
                 if (st == VEIL_CLIENT_OK)
                     memcpy(k->stats->payload_id, payload_id, 37);
             }
+            free(sent);
             free(r.body);
             return st;
         }
+        free(sent);
         if (st == VEIL_CLIENT_OK)
-            st = http_fail(&r, err);
+            st = veil_cl_http_fail(&r, err);
         free(r.body);
         if (st == VEIL_CLIENT_E_SECURITY)
             return st; /* TLS verification: never retried */
@@ -890,6 +984,9 @@ veil_client_status veil_chat_create(veil_client *c, const cJSON *request,
         return st;
     if (opts == NULL)
         opts = &none;
+    if (opts->evidence)
+        *opts->evidence = NULL;
+    k.evidence = opts->evidence;
     k.url = opts->base_url ? opts->base_url : c->base_url;
     k.tier = opts->security_tier ? opts->security_tier : c->tier;
     k.api_key = opts->api_key ? opts->api_key
@@ -912,6 +1009,10 @@ veil_client_status veil_chat_create(veil_client *c, const cJSON *request,
     for (size_t n = strlen(url); n > 0 && url[n - 1] == '/';)
         url[--n] = '\0';
     k.url = url;
+    if (c->trust && strcmp(url, veil_trust_url(c->trust)) != 0)
+        return veil_cl_fail(err, VEIL_CLIENT_E_CONFIG, 0, VEIL_E_ARG,
+                            "the trust file is for %s, not %s",
+                            veil_trust_url(c->trust), url);
     if (!veil_cl_request_check(request, why, sizeof why))
         return veil_cl_fail(err, VEIL_CLIENT_E_INVALID_REQUEST, 0, VEIL_E_ARG,
                             "%s", why);

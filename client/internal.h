@@ -1,5 +1,5 @@
-/* Client internals shared by client.c, request.c and transport.c.  Not
- * installed; nothing here is exported from libveil.so. */
+/* Client internals shared by client.c, request.c, transport.c and
+ * attest.c.  Not installed; nothing here is exported from libveil.so. */
 #ifndef VEIL_CLIENT_INTERNAL_H
 #define VEIL_CLIENT_INTERNAL_H
 
@@ -7,6 +7,7 @@
 #include <stdarg.h>
 #include <stdatomic.h>
 
+#include "veil/attest.h"
 #include "veil/client.h"
 
 #pragma GCC visibility push(hidden)
@@ -41,6 +42,13 @@ typedef struct veil_http_response {
     char *body;  /* malloc'd, NUL-terminated (may be NULL) */
     size_t len;
     long retry_after_ms; /* -1 when the header was absent or unreadable */
+    /* The answer-signature headers (docs/ATTESTATION.md), trimmed; ""
+     * when absent.  veil_headers_bad: one of them came twice or was too
+     * long to be genuine, so the answer cannot be verified. */
+    char veil_signature[128];  /* X-Veil-Signature: b64 of <= 72 bytes */
+    char veil_signed_at[24];   /* X-Veil-Signed-At */
+    char veil_signing_key[80]; /* X-Veil-Signing-Key: sha256:<hex> */
+    int veil_headers_bad;
 } veil_http_response;
 
 veil_transport *veil_transport_new(const char *ca_file, unsigned timeout_ms);
@@ -57,9 +65,46 @@ veil_client_status veil_transport_send(veil_transport *t, const char *url,
                                        veil_http_response *resp,
                                        veil_client_error *err);
 
+/* The error class and detail of a non-200 answer (the server's "detail",
+ * or a default). */
+veil_client_status veil_cl_http_fail(const veil_http_response *r,
+                                     veil_client_error *err);
+
 /* Parses a Retry-After value (delta-seconds or an HTTP date) into ms;
  * -1 when unreadable. */
 long veil_cl_retry_after_ms(const char *value);
+
+/* ---- attestation (attest.c) ------------------------------------------- */
+
+/* The enrolled encryption key's SPKI SHA-256: the client refuses to seal
+ * to any other key of the enrolled gateway. */
+const uint8_t *veil_cl_trust_encryption_key(const veil_trust *t);
+
+/* One answer as the client saw it, for veil_cl_verify_answer. */
+typedef struct veil_cl_answer {
+    const char *url;        /* the base URL, no trailing slash */
+    const char *payload_id; /* the X-Payload-ID sent */
+    const char *tier;       /* the tier sent ("standard" when none) */
+    const char *request;    /* the request body exactly as sent */
+    size_t request_len;
+    const veil_http_response *response; /* body and signature headers */
+    const uint8_t *server_key_sha256;   /* the key the request went to */
+    const cJSON *tpm_attestation;       /* _metadata.tpm_attestation */
+    int quote_checked;                  /* out: a TPM quote was verified */
+} veil_cl_answer;
+
+/* Verifies one opened answer: with a trust file, its signature under the
+ * enrolled signing key and, on maximum, its quote against the enrolled
+ * AK and golden PCR values; without one, on maximum, a veil quote in the
+ * answer against this request and server key only.  Each check goes to
+ * on_check.  A failure is VEIL_CLIENT_E_SECURITY with
+ * VEIL_CLIENT_SECURITY_MESSAGE and the failed check in err->detail.
+ * evidence (may be NULL) receives the veil-evidence-v1 text. */
+veil_client_status veil_cl_verify_answer(veil_engine *e, const veil_trust *t,
+                                         veil_cl_answer *a,
+                                         veil_check_fn on_check, void *ctx,
+                                         char **evidence,
+                                         veil_client_error *err);
 
 #pragma GCC visibility pop
 

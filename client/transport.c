@@ -3,6 +3,7 @@
 #include "config.h"
 
 #include <ctype.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -116,18 +117,65 @@ static size_t on_body(char *data, size_t size, size_t n, void *ctx)
     return len;
 }
 
+/* Copies a header's value (trimmed) into out; a value that does not fit,
+ * or a second copy of the header, marks the answer's headers bad: a
+ * verifier must not pick one of two signatures. */
+static void keep_value(veil_http_response *r, const char *v, size_t len,
+                       char *out, size_t size)
+{
+    while (len > 0 && (*v == ' ' || *v == '\t')) {
+        v++;
+        len--;
+    }
+    while (len > 0 && (v[len - 1] == '\r' || v[len - 1] == '\n' ||
+                       v[len - 1] == ' ' || v[len - 1] == '\t'))
+        len--;
+    if (out[0] != '\0' || len >= size) {
+        r->veil_headers_bad = 1;
+        return;
+    }
+    memcpy(out, v, len);
+    out[len] = '\0';
+}
+
 static size_t on_header(char *data, size_t size, size_t n, void *ctx)
 {
     sink *s = ctx;
     size_t len = size * n;
+    veil_http_response *r = s->resp;
     static const char name[] = "retry-after:";
+    static const struct {
+        const char *name;
+        size_t off, size;
+    } veil[] = {
+        {"x-veil-signature:", offsetof(veil_http_response, veil_signature),
+         sizeof r->veil_signature},
+        {"x-veil-signed-at:", offsetof(veil_http_response, veil_signed_at),
+         sizeof r->veil_signed_at},
+        {"x-veil-signing-key:", offsetof(veil_http_response, veil_signing_key),
+         sizeof r->veil_signing_key},
+    };
+    /* A status line starts a new response (an interim 1xx one, say): only
+     * the final response's headers count. */
+    if (len > 5 && strncmp(data, "HTTP/", 5) == 0) {
+        r->veil_signature[0] = r->veil_signed_at[0] = '\0';
+        r->veil_signing_key[0] = '\0';
+        r->veil_headers_bad = 0;
+        return len;
+    }
     if (len > sizeof name - 1 && len < 200 &&
         strncasecmp(data, name, sizeof name - 1) == 0) {
         char v[200];
         size_t vlen = len - (sizeof name - 1);
         memcpy(v, data + sizeof name - 1, vlen);
         v[vlen] = '\0';
-        s->resp->retry_after_ms = veil_cl_retry_after_ms(v);
+        r->retry_after_ms = veil_cl_retry_after_ms(v);
+    }
+    for (size_t i = 0; i < sizeof veil / sizeof veil[0]; i++) {
+        size_t nl = strlen(veil[i].name);
+        if (len >= nl && strncasecmp(data, veil[i].name, nl) == 0)
+            keep_value(r, data + nl, len - nl, (char *)r + veil[i].off,
+                       veil[i].size);
     }
     return len;
 }

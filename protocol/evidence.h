@@ -99,12 +99,12 @@ void veil_pcr_sel_format(const veil_pcr_sel *sel, char *out, size_t size);
 
 /* A TPM object's public area, parsed. */
 typedef struct veil_tpm_pub {
-    uint16_t type;          /* TPM2_ALG_RSA 0x0001 or TPM2_ALG_ECC 0x0023 */
-    uint16_t name_alg;      /* must be TPM2_ALG_SHA256 0x000B */
-    uint32_t attributes;    /* TPMA_OBJECT */
-    uint8_t name[34];       /* nameAlg (2 bytes, big-endian) || SHA-256 */
-    uint8_t spki_sha256[32];/* SHA-256 of the SPKI DER of the same key */
-    veil_key *key;          /* the public key, for veil_* operations */
+    uint16_t type;           /* TPM2_ALG_RSA 0x0001 or TPM2_ALG_ECC 0x0023 */
+    uint16_t name_alg;       /* must be TPM2_ALG_SHA256 0x000B */
+    uint32_t attributes;     /* TPMA_OBJECT */
+    uint8_t name[34];        /* nameAlg (2 bytes, big-endian) || SHA-256 */
+    uint8_t spki_sha256[32]; /* SHA-256 of the SPKI DER of the same key */
+    veil_key *key;           /* the public key, for veil_* operations */
 } veil_tpm_pub;
 
 /* Parses a marshaled TPM2B_PUBLIC (RSA 2048..4096 with exponent 65537, or

@@ -21,6 +21,7 @@
 
 #include "veil/engine.h"
 #include "veil/client.h"
+#include "veil/attest.h"
 
 enum {
     EXIT_OK = 0,
@@ -32,6 +33,8 @@ enum {
 /* The protocol's limit on a request; a bigger prompt cannot be sent. */
 #define MAX_PROMPT (10u * 1024u * 1024u)
 #define MAX_API_KEY 4096
+/* Evidence holds two packages of up to a 10 MiB prompt each, in base64. */
+#define MAX_EVIDENCE (64u * 1024u * 1024u)
 
 static const char usage_main[] =
     "usage: veil COMMAND [OPTIONS]\n"
@@ -41,10 +44,16 @@ static const char usage_main[] =
     "of this client (in memory, in a key directory or in a PKCS#11 token).\n"
     "\n"
     "Commands:\n"
-    "  chat         send a prompt, print the answer\n"
-    "  server-key   print the server's public key or its fingerprint\n"
+    "  chat           send a prompt, print the answer\n"
+    "  server-key     print the server's public key or its fingerprint\n"
+    "  attest enroll  verify a gateway's TPM (EK certificate, credential\n"
+    "                 activation, quote) and write a trust file\n"
+    "  verify         check saved evidence of an answer against a trust "
+    "file\n"
     "\n"
-    "Options of every command:\n"
+    "Options of chat and server-key (attest enroll takes --url,\n"
+    "--api-key-file, --allow-http, --ca-file, --timeout and -v; verify takes\n"
+    "only -v):\n"
     "  --url URL              server base URL (default: $VEIL_URL, else\n"
     "                         https://api.nomyo.ai)\n"
     "  --api-key-file FILE    the API key: first line of FILE (default:\n"
@@ -98,6 +107,13 @@ static const char usage_chat[] =
     "  --temperature X        sampling temperature, sent in the request\n"
     "  --max-tokens N         answer length limit, sent in the request\n"
     "  --json                 print the whole answer JSON, with _metadata\n"
+    "  --trust FILE           verify the answer against a trust file from\n"
+    "                         'veil attest enroll': its signature and, on\n"
+    "                         maximum, its TPM quote; a failed check is exit\n"
+    "                         19 and nothing is printed. The URL defaults to\n"
+    "                         the one enrolled\n"
+    "  --evidence FILE        save the answer's evidence (no plaintext) for\n"
+    "                         'veil verify'; FILE must not exist\n"
     "Without --token-key or --key-dir a fresh RSA-4096 key is made in memory\n"
     "for this run only. Tool calls in an answer are printed as JSON (after\n"
     "its content, if any). A PROMPT argument is wiped from the command line\n"
@@ -111,9 +127,43 @@ static const char usage_server_key[] =
     "the value 'veil chat --pin' takes. With --pin a different key is an\n"
     "error (exit 19).\n";
 
+static const char usage_enroll[] =
+    "usage: veil attest enroll --url URL --out FILE [--ek-ca FILE]\n"
+    "                          [--allow-unverified-ek] [--force] [OPTIONS]\n"
+    "Fetches the gateway's attestation report on a fresh nonce and checks\n"
+    "it: the EK certificate against --ek-ca, that the certificate holds the\n"
+    "reported EK, the attestation key's attributes, credential activation\n"
+    "(only the TPM holding the EK can answer it for that AK), the server's\n"
+    "encryption and signing keys, and the quote over both keys and the\n"
+    "nonce. Prints one line per check ('ok   ...' or 'FAIL ...') and the\n"
+    "verdict; then writes the trust file that 'veil chat --trust' and\n"
+    "'veil verify' use. Any failed check: exit 19 and no file.\n"
+    "  --url URL              the gateway (default: $VEIL_URL)\n"
+    "  --out FILE             the trust file to write (0644)\n"
+    "  --ek-ca FILE           PEM: the TPM vendor's CA certificate(s) that\n"
+    "                         must have issued the EK certificate (a root,\n"
+    "                         an intermediate, or both)\n"
+    "  --allow-unverified-ek  enrol without checking the EK certificate\n"
+    "                         (recorded in the trust file as unverified)\n"
+    "  --force                replace an existing trust file\n"
+    "Also --api-key-file, --allow-http, --ca-file, --timeout, -v: see\n"
+    "'veil --help'.\n";
+
+static const char usage_verify[] =
+    "usage: veil verify --trust FILE EVIDENCE\n"
+    "Checks evidence saved by 'veil chat --evidence' against a trust file,\n"
+    "offline: the packages' hashes, the answer signature under the enrolled\n"
+    "signing key and, on maximum, the TPM quote (enrolled attestation key,\n"
+    "this request, enrolled keys, PCR values as enrolled). Prints one line\n"
+    "per check and 'verdict: VALID' (exit 0) or 'verdict: INVALID (...)'\n"
+    "(exit 19); unreadable evidence or trust file: exit 21. It cannot check\n"
+    "that the quote came out of that response package: that needs the\n"
+    "private key the answer was sealed to.\n";
+
 struct opts {
     const char *url, *api_key_file, *ca_file, *module, *pin_source;
     const char *password_source, *model, *system, *tier, *token_key, *key_dir;
+    const char *trust, *evidence, *ek_ca, *out_file, *evidence_in;
     char pin[72];     /* normalised "sha256:<64 lowercase hex>", or "" */
     char *prompt_arg; /* PROMPT from argv (wiped there once copied) */
     int prompt_stdin; /* "-" */
@@ -123,6 +173,8 @@ struct opts {
     long max_tokens; /* 0: not sent */
     int has_temperature;
     int allow_http, verbose, help, json, fingerprint;
+    int allow_unverified_ek, force;
+    int url_given; /* --url on the command line (not $VEIL_URL) */
 };
 
 /* ---- secrets ---------------------------------------------------------- */
@@ -400,13 +452,75 @@ static int parse_fingerprint(const char *s, char out[72])
     return 1;
 }
 
-enum cmd { CMD_CHAT, CMD_SERVER_KEY };
+enum cmd { CMD_CHAT, CMD_SERVER_KEY, CMD_ENROLL, CMD_VERIFY };
 
-/* Options that only one command takes. */
-static int chat_only(int c)
+static const char *const cmd_names[] = {"veil chat", "veil server-key",
+                                        "veil attest enroll", "veil verify"};
+
+#define ON(c) (1u << (c))
+#define NET (ON(CMD_CHAT) | ON(CMD_SERVER_KEY) | ON(CMD_ENROLL))
+#define KEYS (ON(CMD_CHAT) | ON(CMD_SERVER_KEY))
+#define ALL (NET | ON(CMD_VERIFY))
+
+/* The commands that take an option (by its getopt value). */
+static unsigned option_cmds(int c)
 {
-    return c == 'm' || c == 's' || c == 'T' || c == 'K' || c == 'D' ||
-           c == 'j' || c == 't' || c == 'x';
+    switch (c) {
+    case 'u': /* --url */
+    case 'A': /* --api-key-file */
+    case 'H': /* --allow-http */
+    case 'C': /* --ca-file */
+    case 'o': /* --timeout */
+        return NET;
+    case 'r': /* --retries */
+    case 'M': /* --module */
+    case 'P': /* --pin-source */
+    case 'W': /* --password-source */
+    case 'g': /* --tag */
+    case 'p': /* --pin */
+        return KEYS;
+    case 'f': /* --fingerprint */
+        return ON(CMD_SERVER_KEY);
+    case 'R': /* --trust */
+        return ON(CMD_CHAT) | ON(CMD_VERIFY);
+    case 'E': /* --ek-ca */
+    case 'U': /* --allow-unverified-ek */
+    case 'O': /* --out */
+    case 'F': /* --force */
+        return ON(CMD_ENROLL);
+    case 'm':
+    case 's':
+    case 'T':
+    case 'K':
+    case 'D':
+    case 'j':
+    case 't':
+    case 'x':
+    case 'V': /* --evidence */
+        return ON(CMD_CHAT);
+    default:
+        return ALL;
+    }
+}
+
+/* "'veil chat'" or "'veil chat' and 'veil verify'" into out. */
+static void cmds_text(unsigned mask, char *out, size_t size)
+{
+    size_t n = 0;
+    unsigned left = mask;
+    out[0] = '\0';
+    for (unsigned i = 0; i < sizeof cmd_names / sizeof cmd_names[0]; i++) {
+        if (!(mask & ON(i)))
+            continue;
+        left &= ~ON(i);
+        n += (size_t)snprintf(out + n, size - n, "%s'%s'",
+                              n == 0 ? ""
+                              : left ? ", "
+                                     : " and ",
+                              cmd_names[i]);
+        if (n >= size)
+            return;
+    }
 }
 
 static int parse_opts(int argc, char **argv, enum cmd cmd, struct opts *o)
@@ -435,6 +549,12 @@ static int parse_opts(int argc, char **argv, enum cmd cmd, struct opts *o)
         {"max-tokens", required_argument, NULL, 'x'},
         {"fingerprint", no_argument, NULL, 'f'},
         {"api-key", required_argument, NULL, 'X'},
+        {"trust", required_argument, NULL, 'R'},
+        {"evidence", required_argument, NULL, 'V'},
+        {"ek-ca", required_argument, NULL, 'E'},
+        {"allow-unverified-ek", no_argument, NULL, 'U'},
+        {"out", required_argument, NULL, 'O'},
+        {"force", no_argument, NULL, 'F'},
         {NULL, 0, NULL, 0},
     };
     unsigned long n;
@@ -462,22 +582,38 @@ static int parse_opts(int argc, char **argv, enum cmd cmd, struct opts *o)
                         c == ':' ? "needs an argument" : "is unknown");
             return 0;
         }
-        if (cmd == CMD_SERVER_KEY && chat_only(c)) {
+        if (!(option_cmds(c) & ON(cmd))) {
             const char *name = "?";
+            char where[128];
             for (const struct option *lo = longopts; lo->name; lo++)
                 if (lo->val == c)
                     name = lo->name;
-            fprintf(stderr, "veil: --%s is an option of 'veil chat'\n", name);
-            return 0;
-        }
-        if (cmd == CMD_CHAT && c == 'f') {
-            fprintf(stderr,
-                    "veil: --fingerprint is an option of 'veil server-key'\n");
+            cmds_text(option_cmds(c), where, sizeof where);
+            fprintf(stderr, "veil: --%s is an option of %s\n", name, where);
             return 0;
         }
         switch (c) {
         case 'u':
             o->url = optarg;
+            o->url_given = 1;
+            break;
+        case 'R':
+            o->trust = optarg;
+            break;
+        case 'V':
+            o->evidence = optarg;
+            break;
+        case 'E':
+            o->ek_ca = optarg;
+            break;
+        case 'U':
+            o->allow_unverified_ek = 1;
+            break;
+        case 'O':
+            o->out_file = optarg;
+            break;
+        case 'F':
+            o->force = 1;
             break;
         case 'A':
             o->api_key_file = optarg;
@@ -596,9 +732,39 @@ static int parse_opts(int argc, char **argv, enum cmd cmd, struct opts *o)
     if (o->help)
         return 1;
     /* Never echo a positional argument: it may be a prompt. */
-    if (cmd == CMD_SERVER_KEY && optind < argc) {
-        fprintf(stderr, "veil: server-key takes no arguments\n");
+    if ((cmd == CMD_SERVER_KEY || cmd == CMD_ENROLL) && optind < argc) {
+        fprintf(stderr, "veil: %s takes no arguments\n",
+                cmd == CMD_ENROLL ? "attest enroll" : "server-key");
         return 0;
+    }
+    if (cmd == CMD_ENROLL) {
+        if (!o->url) {
+            fprintf(stderr, "veil: attest enroll needs --url URL (or "
+                            "$VEIL_URL)\n");
+            return 0;
+        }
+        if (!o->out_file) {
+            fprintf(stderr, "veil: attest enroll needs --out FILE\n");
+            return 0;
+        }
+        if (!o->ek_ca && !o->allow_unverified_ek) {
+            fprintf(stderr,
+                    "veil: give --ek-ca FILE (the TPM vendor's CA), or "
+                    "--allow-unverified-ek to enrol without checking the EK "
+                    "certificate\n");
+            return 0;
+        }
+    }
+    if (cmd == CMD_VERIFY) {
+        if (!o->trust) {
+            fprintf(stderr, "veil: verify needs --trust FILE\n");
+            return 0;
+        }
+        if (argc - optind != 1) {
+            fprintf(stderr, "veil: verify takes one EVIDENCE file\n");
+            return 0;
+        }
+        o->evidence_in = argv[optind];
     }
     if (cmd == CMD_CHAT) {
         if (argc - optind > 1) {
@@ -839,16 +1005,39 @@ static void verbose_fingerprints(veil_client *c)
     free(pem);
 }
 
+/* Writes text and a newline to a new file (0644): evidence is not
+ * secret, and an existing file is never replaced.  0 with errno set. */
+static int write_new_file(const char *path, const char *text)
+{
+    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    int ok, e;
+
+    if (fd < 0)
+        return 0;
+    ok = write_all(fd, text, strlen(text)) && write_all(fd, "\n", 1);
+    e = errno;
+    if (close(fd) != 0 && ok) {
+        ok = 0;
+        e = errno;
+    }
+    if (!ok)
+        unlink(path);
+    errno = e;
+    return ok;
+}
+
 static int cmd_chat(veil_client *c, const struct opts *o, veil_secbuf *prompt,
                     int spinner)
 {
     veil_client_error err = {0};
     veil_chat_stats stats = {0};
+    veil_request_opts ropts = {0};
+    char *evidence = NULL;
     cJSON *req, *resp = NULL;
     const cJSON *calls;
     const char *content;
     veil_client_status st;
-    int ok = 1;
+    int ok = 1, evidence_failed = 0;
 
     req = veil_chat_request_new(o->model);
     if (!req ||
@@ -865,11 +1054,29 @@ static int cmd_chat(veil_client *c, const struct opts *o, veil_secbuf *prompt,
     }
     if (spinner)
         spin_start("waiting for the answer");
-    st = veil_chat_create(c, req, NULL, &resp, &stats, &err);
+    if (o->evidence)
+        ropts.evidence = &evidence;
+    st = veil_chat_create(c, req, &ropts, &resp, &stats, &err);
     spin_stop();
     veil_chat_response_free(req);
     if (st != VEIL_CLIENT_OK)
         return client_fail(&err);
+    if (o->trust && o->verbose) {
+        char line[4200];
+        snprintf(line, sizeof line, "answer %s verified against %s",
+                 stats.payload_id, o->trust);
+        say("info", line);
+    }
+    /* The answer was verified and is printed either way; a lost evidence
+     * file still makes the exit status say so. */
+    if (o->evidence && !write_new_file(o->evidence, evidence)) {
+        char msg[4200];
+        snprintf(msg, sizeof msg, "cannot write the evidence file %s: %s",
+                 o->evidence, strerror(errno));
+        say(NULL, msg);
+        evidence_failed = 1;
+    }
+    free(evidence);
     if (o->verbose) {
         char line[256];
         veil_chat_usage u;
@@ -900,7 +1107,9 @@ static int cmd_chat(veil_client *c, const struct opts *o, veil_secbuf *prompt,
             say(NULL, "the answer has no content");
     }
     veil_chat_response_free(resp);
-    return ok ? EXIT_OK : write_failed();
+    if (!ok)
+        return write_failed();
+    return evidence_failed ? EXIT_FAIL : EXIT_OK;
 }
 
 static int cmd_server_key(veil_client *c, const struct opts *o)
@@ -920,6 +1129,134 @@ static int cmd_server_key(veil_client *c, const struct opts *o)
     ok = o->fingerprint ? print_text(fp, 0) : print_text(pem, 1);
     free(pem);
     return ok ? EXIT_OK : write_failed();
+}
+
+/* Text on stdout that may quote the gateway: control characters are
+ * shown as '?'. */
+static void put_clean(const char *text)
+{
+    for (const unsigned char *p = (const unsigned char *)text; *p; p++)
+        putchar(*p < 0x20 || *p == 0x7f ? '?' : *p);
+}
+
+/* One line per check on stdout: "ok   NAME: detail" or "FAIL NAME: ...". */
+static void print_check(void *ctx, const char *check, int ok,
+                        const char *detail)
+{
+    (void)ctx;
+    fputs(ok ? "ok   " : "FAIL ", stdout);
+    put_clean(check);
+    fputs(": ", stdout);
+    put_clean(detail);
+    putchar('\n');
+    fflush(stdout);
+}
+
+/* "verdict: VERDICT" and, for a failure, " (why)". */
+static void print_verdict(const char *verdict, const char *why)
+{
+    printf("verdict: %s", verdict);
+    if (why) {
+        fputs(" (", stdout);
+        put_clean(why);
+        putchar(')');
+    }
+    putchar('\n');
+    fflush(stdout);
+}
+
+static int cmd_enroll(const struct opts *o, veil_secbuf *api_key)
+{
+    veil_enroll_options eo = {0};
+    veil_client_error err = {0};
+
+    http_hint = strncmp(o->url, "http://", 7) == 0 && !o->allow_http;
+    eo.url = o->url;
+    eo.ek_ca_file = o->ek_ca;
+    eo.allow_unverified_ek = o->allow_unverified_ek;
+    eo.trust_file = o->out_file;
+    eo.overwrite = o->force;
+    eo.api_key = api_key ? (const char *)veil_secbuf_data(api_key) : NULL;
+    eo.ca_file = o->ca_file;
+    eo.allow_http = o->allow_http;
+    eo.timeout_ms = o->timeout_ms;
+    eo.on_check = print_check;
+    if (veil_attest_enroll(&eo, &err) != VEIL_CLIENT_OK) {
+        print_verdict("NOT ENROLLED", err.detail);
+        return client_fail(&err);
+    }
+    print_verdict("ENROLLED", NULL);
+    return EXIT_OK;
+}
+
+/* Reads a whole evidence file (NUL-terminated). */
+static char *read_evidence(const char *path, size_t *len, char *why,
+                           size_t why_size)
+{
+    FILE *f = fopen(path, "rb");
+    char *buf = NULL;
+    size_t cap = 0, n = 0;
+
+    if (!f) {
+        snprintf(why, why_size, "cannot read %s: %s", path, strerror(errno));
+        return NULL;
+    }
+    for (;;) {
+        size_t got;
+        if (n + 1 >= cap) {
+            char *nb;
+            cap = cap ? cap * 2 : 65536;
+            if (cap > MAX_EVIDENCE + 1 || !(nb = realloc(buf, cap))) {
+                snprintf(why, why_size, "%s is larger than %u MiB", path,
+                         MAX_EVIDENCE >> 20);
+                free(buf);
+                fclose(f);
+                return NULL;
+            }
+            buf = nb;
+        }
+        got = fread(buf + n, 1, cap - n - 1, f);
+        n += got;
+        if (got == 0)
+            break;
+    }
+    if (ferror(f)) {
+        snprintf(why, why_size, "cannot read %s: %s", path, strerror(errno));
+        free(buf);
+        fclose(f);
+        return NULL;
+    }
+    fclose(f);
+    buf[n] = '\0';
+    *len = n;
+    return buf;
+}
+
+static int cmd_verify(const struct opts *o)
+{
+    veil_client_error err = {0};
+    veil_trust *trust = NULL;
+    char why[4200];
+    size_t len = 0;
+    char *text;
+    veil_client_status st;
+
+    if (veil_trust_load(o->trust, &trust, &err) != VEIL_CLIENT_OK)
+        return client_fail(&err);
+    if (!(text = read_evidence(o->evidence_in, &len, why, sizeof why))) {
+        veil_trust_free(trust);
+        return local_fail(VEIL_CLIENT_E_CONFIG, why);
+    }
+    st = veil_verify_evidence(NULL, trust, text, len, print_check, NULL, &err);
+    free(text);
+    veil_trust_free(trust);
+    if (st == VEIL_CLIENT_OK) {
+        print_verdict("VALID", NULL);
+        return EXIT_OK;
+    }
+    if (st == VEIL_CLIENT_E_SECURITY)
+        print_verdict("INVALID", err.detail);
+    return client_fail(&err);
 }
 
 /* Parses a PIN or password source; 0 on a bad spec (message printed). */
@@ -943,12 +1280,36 @@ static int run(enum cmd cmd, struct opts *o)
     veil_secbuf *prompt = NULL, *api_key = NULL;
     veil_engine *e = NULL;
     veil_client *c = NULL;
+    veil_trust *trust = NULL;
     int code, spinner, prompting;
 
+    if (cmd == CMD_VERIFY)
+        return cmd_verify(o);
     if (cmd == CMD_CHAT && (code = read_prompt(o, &prompt)) != EXIT_OK)
         return code;
+    if (cmd == CMD_CHAT && o->evidence && access(o->evidence, F_OK) == 0) {
+        char msg[4200];
+        snprintf(msg, sizeof msg,
+                 "the evidence file %s already exists; nothing was sent",
+                 o->evidence);
+        code = local_fail(VEIL_CLIENT_E_CONFIG, msg);
+        goto out;
+    }
+    /* With a trust file the gateway is the one enrolled there, unless a
+     * URL is given (which must then be that one). */
+    if (cmd == CMD_CHAT && o->trust && !o->url_given) {
+        if (veil_trust_load(o->trust, &trust, &err) != VEIL_CLIENT_OK) {
+            code = client_fail(&err);
+            goto out;
+        }
+        o->url = veil_trust_url(trust);
+    }
     if ((code = read_api_key(o, &api_key)) != EXIT_OK)
         goto out;
+    if (cmd == CMD_ENROLL) {
+        code = cmd_enroll(o, api_key);
+        goto out;
+    }
     code = EXIT_USAGE;
     if (o->pin_source && !pin_source(o->pin_source, "--pin-source", &pin))
         goto out;
@@ -1000,6 +1361,7 @@ static int run(enum cmd cmd, struct opts *o)
     cfg.log = log_stderr;
     cfg.log_level = o->verbose ? VEIL_LOG_DEBUG : VEIL_LOG_WARN;
     cfg.on_retry = on_retry;
+    cfg.trust_file = o->trust;
 
     /* No spinner when stderr is not a terminal, nor when a PIN or password
      * may be asked for on the terminal. */
@@ -1029,6 +1391,7 @@ out:
     veil_engine_free(e);
     veil_secbuf_free(api_key);
     veil_secbuf_free(prompt);
+    veil_trust_free(trust);
     return code;
 }
 
@@ -1041,6 +1404,8 @@ int main(int argc, char **argv)
     } cmds[] = {
         {"chat", CMD_CHAT, usage_chat},
         {"server-key", CMD_SERVER_KEY, usage_server_key},
+        {"attest", CMD_ENROLL, usage_enroll},
+        {"verify", CMD_VERIFY, usage_verify},
     };
     struct opts o = {0};
 
@@ -1063,7 +1428,7 @@ int main(int argc, char **argv)
                 "500",
                 "503",
                 "network failure or timeout",
-                "bad answer, key pin, TLS certificate, http",
+                "bad or unverified answer, key pin, TLS, http",
                 "the client was disposed",
                 "bad configuration, key, PIN or file",
             };
@@ -1079,6 +1444,21 @@ int main(int argc, char **argv)
     for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++) {
         if (strcmp(argv[1], cmds[i].name) != 0)
             continue;
+        /* "attest" has one subcommand so far: "attest enroll". */
+        if (cmds[i].cmd == CMD_ENROLL) {
+            if (argc > 2 && (strcmp(argv[2], "--help") == 0 ||
+                             strcmp(argv[2], "-h") == 0)) {
+                fputs(cmds[i].usage, stdout);
+                return EXIT_OK;
+            }
+            if (argc < 3 || strcmp(argv[2], "enroll") != 0) {
+                fputs("veil: attest takes a subcommand: enroll\n", stderr);
+                fputs(cmds[i].usage, stderr);
+                return EXIT_USAGE;
+            }
+            argc--;
+            argv++;
+        }
         if (!parse_opts(argc - 1, argv + 1, cmds[i].cmd, &o)) {
             fputs(cmds[i].usage, stderr);
             return EXIT_USAGE;

@@ -43,8 +43,8 @@ typedef struct veil_enroll_options {
     const char *api_key;
     const char *ca_file;
     int allow_http;
-    unsigned timeout_ms;   /* default 60000 */
-    veil_engine *engine;   /* software operations; NULL: own engine */
+    unsigned timeout_ms;    /* default 60000 */
+    veil_engine *engine;    /* software operations; NULL: own engine */
     veil_check_fn on_check; /* each check as it is made */
     void *check_ctx;
 } veil_enroll_options;
