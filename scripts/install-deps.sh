@@ -16,6 +16,7 @@ PACKAGES=(
     softhsm2 libtpm2-pkcs11-1 libtpm2-pkcs11-tools swtpm swtpm-tools
     tpm2-abrmd libtss2-tcti-tabrmd0 dbus tpm2-tools opensc gnutls-bin
     python3-cryptography  # tests/nomyo_client.py, the NOMYO wire-format client
+    openssl curl          # the tests' independent checks: openssl dgst, plain HTTP
 
     # sanitizer runtime: nothing extra; gcc's libasan/libubsan come with gcc
     # (libclang-rt-14-dev is deliberately not listed)
