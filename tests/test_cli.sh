@@ -107,6 +107,18 @@ err_lacks "the prompt arguments are not echoed" "secret"
 check "chat option given to server-key" 2 "--model is an option of 'veil chat'" -- "$V" server-key -m x
 check "bad --pin-source" 2 "pin-source" -- "$V" chat "${FAST[@]}" -m x --pin-source 1234 hello
 IN=/dev/null check "an empty prompt on stdin" 2 "prompt is empty" -- "$V" chat "${FAST[@]}" -m x -
+check "attest without its subcommand" 2 "attest takes a subcommand: enroll" -- "$V" attest
+check "attest enroll --help" 0 "usage: veil attest enroll" -- "$V" attest enroll --help
+check "attest enroll without --out" 2 "needs --out FILE" -- "$V" attest enroll --url "$URL"
+check "verify --help" 0 "usage: veil verify" -- "$V" verify --help
+check "verify without --trust" 2 "verify needs --trust FILE" -- "$V" verify "$T/none.json"
+check "verify with a missing trust file: configuration error (exit 21)" 21 "trust file: cannot read" -- \
+    "$V" verify --trust "$T/no-such.trust" "$T/none.json"
+check "chat --trust with a missing trust file: exit 21, nothing sent" 21 "trust file: cannot read" -- \
+    "$V" chat "${FAST[@]}" -m x --trust "$T/no-such.trust" hello
+: >"$T/exists.json"
+check "chat --evidence refuses to overwrite a file (exit 21), nothing sent" 21 "already exists; nothing was sent" -- \
+    "$V" chat "${FAST[@]}" -m x --evidence "$T/exists.json" hello
 
 # ----------------------------------------------------------------- http
 
