@@ -65,16 +65,6 @@ struct veil_trust {
 
 /* ---- small helpers ----------------------------------------------------- */
 
-static void to_hex(const uint8_t *in, size_t n, char *out)
-{
-    static const char digits[] = "0123456789abcdef";
-    for (size_t i = 0; i < n; i++) {
-        out[2 * i] = digits[in[i] >> 4];
-        out[2 * i + 1] = digits[in[i] & 15];
-    }
-    out[2 * n] = '\0';
-}
-
 static void sha256(const void *p, size_t n, uint8_t out[32])
 {
     unsigned len = 32;
@@ -216,7 +206,7 @@ static cJSON *pcrs_json(const veil_pcr_sel *sel,
     for (unsigned i = 0; bank && i < sel->n; i++) {
         char k[8], h[65];
         snprintf(k, sizeof k, "%u", sel->index[i]);
-        to_hex(values[i], 32, h);
+        veil_hex(values[i], 32, h);
         if (!cJSON_AddStringToObject(bank, k, h))
             bank = NULL;
     }
@@ -471,14 +461,16 @@ static int trust_keys_ok(veil_engine *e, const veil_trust *t, char *why,
     return 1;
 }
 
-static int trust_parse(const cJSON *j, veil_trust *t, char *why,
-                       size_t why_size)
-{
+/* The parsers below fill `why` and fail with BAD("..."). */
 #define BAD(...)                                                               \
     do {                                                                       \
         snprintf(why, why_size, __VA_ARGS__);                                  \
         return 0;                                                              \
     } while (0)
+
+static int trust_parse(const cJSON *j, veil_trust *t, char *why,
+                       size_t why_size)
+{
     if (!cJSON_IsObject(j))
         BAD("not a JSON object");
     const char *format = jstr(j, "format");
@@ -522,7 +514,6 @@ static int trust_parse(const cJSON *j, veil_trust *t, char *why,
     if (!parse_pcrs(j, &t->sel, t->golden, why, why_size))
         return 0;
     return 1;
-#undef BAD
 }
 
 veil_client_status veil_trust_load(const char *path, veil_trust **out,
@@ -591,7 +582,7 @@ static int check_signature(veil_engine *e, const veil_trust *t,
                            const answer_in *a, checker *ck)
 {
     char hx[65];
-    to_hex(t->sign_sha, 32, hx);
+    veil_hex(t->sign_sha, 32, hx);
     if (!a->has_signing_key)
         return check(ck, "signing key", 0,
                      "the answer names no signing key (X-Veil-Signing-Key); "
@@ -599,7 +590,7 @@ static int check_signature(veil_engine *e, const veil_trust *t,
                      hx);
     if (!same(a->signing_key, t->sign_sha, 32)) {
         char got[65];
-        to_hex(a->signing_key, 32, got);
+        veil_hex(a->signing_key, 32, got);
         return check(ck, "signing key", 0,
                      "signed by sha256:%s, not by the enrolled sha256:%s", got,
                      hx);
@@ -800,9 +791,9 @@ static char *evidence_json(const char *url, const answer_in *a, const char *req,
     /* The packages travel as JSON strings: a NUL could not. */
     if (j == NULL || memchr(req, 0, req_len) || memchr(resp, 0, resp_len))
         goto out;
-    to_hex(a->req_sha, 32, rq);
-    to_hex(a->resp_sha, 32, rs);
-    to_hex(a->signing_key, 32, sk);
+    veil_hex(a->req_sha, 32, rq);
+    veil_hex(a->resp_sha, 32, rs);
+    veil_hex(a->signing_key, 32, sk);
     cJSON *tpm = cJSON_IsObject(a->tpm) ? cJSON_Duplicate(a->tpm, 1)
                                         : cJSON_CreateNull();
     if (tpm == NULL || !cJSON_AddItemToObject(j, "tpm_attestation", tpm)) {
@@ -907,11 +898,6 @@ static int evidence_parse(const cJSON *j, answer_in *a, const char **url,
                           uint8_t rec_req[32], uint8_t rec_resp[32], char *why,
                           size_t why_size)
 {
-#define BAD(...)                                                               \
-    do {                                                                       \
-        snprintf(why, why_size, __VA_ARGS__);                                  \
-        return 0;                                                              \
-    } while (0)
     if (!cJSON_IsObject(j))
         BAD("not a JSON object");
     const char *format = jstr(j, "format");
@@ -1013,12 +999,12 @@ veil_client_status veil_verify_evidence(veil_engine *engine,
     check(&ck, "gateway", 1, "%s, as enrolled", trust->url);
     sha256(req, strlen(req), a.req_sha);
     sha256(resp, strlen(resp), a.resp_sha);
-    to_hex(a.req_sha, 32, hx);
+    veil_hex(a.req_sha, 32, hx);
     if (!check(&ck, "request hash", same(a.req_sha, rec_req, 32),
                "SHA-256 of the request package: %s%s", hx,
                same(a.req_sha, rec_req, 32) ? "" : ", not as recorded"))
         goto out;
-    to_hex(a.resp_sha, 32, hx);
+    veil_hex(a.resp_sha, 32, hx);
     if (!check(&ck, "response hash", same(a.resp_sha, rec_resp, 32),
                "SHA-256 of the response package: %s%s", hx,
                same(a.resp_sha, rec_resp, 32) ? "" : ", not as recorded"))
@@ -1320,7 +1306,7 @@ static veil_client_status check_keys(enroll *en, veil_client_error *err)
         goto fail;
     }
     char hx[65];
-    to_hex(en->enc_sha, 32, hx);
+    veil_hex(en->enc_sha, 32, hx);
     check(&en->ck, n, 1, "sha256:%s, as /pki/public_key serves it", hx);
 
     n = "signing key";
@@ -1355,7 +1341,7 @@ static veil_client_status check_keys(enroll *en, veil_client_error *err)
               "signing_key_spki_b64");
         goto fail;
     }
-    to_hex(en->sign_sha, 32, hx);
+    veil_hex(en->sign_sha, 32, hx);
     check(&en->ck, n, 1, "ECDSA P-256 sha256:%s", hx);
     return VEIL_CLIENT_OK;
 fail:
@@ -1488,7 +1474,7 @@ static veil_client_status write_trust(enroll *en, veil_client_error *err)
              cJSON_AddNumberToObject(j, "enrolled_at", (double)time(NULL)) &&
              cJSON_AddBoolToObject(j, "ek_verified", en->ek_verified);
     if (ok && en->has_cert) {
-        to_hex(en->cert_sha, 32, hx);
+        veil_hex(en->cert_sha, 32, hx);
         ok = cJSON_AddStringToObject(j, "ek_cert_sha256", hx) != NULL;
     } else if (ok) {
         ok = cJSON_AddNullToObject(j, "ek_cert_sha256") != NULL;
@@ -1499,16 +1485,16 @@ static veil_client_status write_trust(enroll *en, veil_client_error *err)
          cJSON_AddStringToObject(j, "aik_pubkey_b64",
                                  jstr(rep, "aik_pubkey_b64"));
     if (ok) {
-        to_hex(en->ak.name, NAME_LEN, hx);
+        veil_hex(en->ak.name, NAME_LEN, hx);
         ok = cJSON_AddStringToObject(j, "aik_name", hx) != NULL;
     }
     if (ok) {
-        to_hex(en->enc_sha, 32, hx);
+        veil_hex(en->enc_sha, 32, hx);
         ok = cJSON_AddStringToObject(j, "encryption_key_sha256", hx) &&
              cJSON_AddStringToObject(j, "signing_key_spki_b64", sign_b64);
     }
     if (ok) {
-        to_hex(en->sign_sha, 32, hx);
+        veil_hex(en->sign_sha, 32, hx);
         sel_text(&en->sel, selt, sizeof selt);
         ok = cJSON_AddStringToObject(j, "signing_key_sha256", hx) &&
              cJSON_AddStringToObject(j, "pcr_banks", selt) &&
@@ -1593,7 +1579,7 @@ static veil_client_status fetch_report(enroll *en, veil_client_error *err)
     if (veil_random(en->e, en->nonce, sizeof en->nonce) != VEIL_OK)
         return veil_cl_fail(err, VEIL_CLIENT_E_CONFIG, 0, VEIL_E_CRYPTO,
                             "no random nonce: %s", why_last());
-    to_hex(en->nonce, sizeof en->nonce, nonce_hex);
+    veil_hex(en->nonce, sizeof en->nonce, nonce_hex);
     snprintf(path, sizeof path, "/v1/attestation/report?nonce=%s", nonce_hex);
     veil_client_status st = gw_http(en, path, NULL, &r, err);
     if (st != VEIL_CLIENT_OK) {

@@ -234,17 +234,6 @@ static enum MHD_Result json_answer(struct MHD_Connection *c, req *r, int status,
     return resp ? queue(c, r, status, resp) : MHD_NO;
 }
 
-static void to_hex(const uint8_t *b, size_t n, char *out)
-{
-    static const char digits[] = "0123456789abcdef";
-
-    for (size_t i = 0; i < n; i++) {
-        out[2 * i] = digits[b[i] >> 4];
-        out[2 * i + 1] = digits[b[i] & 15];
-    }
-    out[2 * n] = '\0';
-}
-
 /* A UUID (checked by the caller) in lower case: the signature store's key,
  * so that the case a client writes its payload ID in does not matter. */
 static void lower_id(const char *id, char out[37])
@@ -643,8 +632,8 @@ static int sign_answer(gw_server *s, const char *pid, const char *tier,
 
     /* The stored copy: losing it costs only the later lookup, so a failure
      * here is logged and the answer still goes. */
-    to_hex(request_sha256, 32, req_hex);
-    to_hex(response_sha256, 32, resp_hex);
+    veil_hex(request_sha256, 32, req_hex);
+    veil_hex(response_sha256, 32, resp_hex);
     j = cJSON_CreateObject();
     if (j && cJSON_AddStringToObject(j, "format", "veil-signature-v1") &&
         cJSON_AddStringToObject(j, "payload_id", pid) &&
@@ -1228,8 +1217,8 @@ gw_server *gw_server_start(const gw_deps *deps, char *err, size_t err_size)
                                : "no signature store");
         goto fail;
     }
-    to_hex(deps->encryption_key_sha256, 32, s->enc_hex);
-    to_hex(deps->signing_key_sha256, 32, s->sign_hex);
+    veil_hex(deps->encryption_key_sha256, 32, s->enc_hex);
+    veil_hex(deps->signing_key_sha256, 32, s->sign_hex);
     snprintf(s->sign_key_header, sizeof s->sign_key_header, "sha256:%s",
              s->sign_hex);
     static const char undecryptable[] =
