@@ -768,11 +768,15 @@ static int verify_core(veil_engine *e, const veil_trust *t, const answer_in *a,
         return 1;
     if (t == NULL) {
         /* Without enrolment, only a veil quote can be checked at all
-         * (another server's shape is not); the caller warns. */
+         * (another server's shape is not; the caller warns), but a
+         * maximum answer with no attestation is refused: the tier asked
+         * for one. */
         const char *format = jstr(a->tpm, "format");
         if (!cJSON_IsTrue(
-                cJSON_GetObjectItemCaseSensitive(a->tpm, "is_available")) ||
-            format == NULL || strcmp(format, QUOTE_FORMAT) != 0)
+                cJSON_GetObjectItemCaseSensitive(a->tpm, "is_available")))
+            return check(ck, "quote", 0,
+                         "the maximum answer carries no TPM attestation");
+        if (format == NULL || strcmp(format, QUOTE_FORMAT) != 0)
             return 1;
     }
     if (!check_quote(e, t, a, ck))
@@ -1355,7 +1359,7 @@ fail:
 static veil_client_status activate(enroll *en, veil_client_error *err)
 {
     const char *n = "credential activation";
-    uint8_t secret[SECRET_LEN], blob[512], enc[512];
+    uint8_t secret[SECRET_LEN], blob[514], enc[514]; /* RSA-4096 EKs */
     size_t blob_len = sizeof blob, enc_len = sizeof enc;
     char *b1 = NULL, *b2 = NULL, *body = NULL;
     cJSON *req = NULL, *ans = NULL;

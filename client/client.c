@@ -881,8 +881,9 @@ static veil_client_status verify_answer(call *k, const veil_http_response *r,
                      "server key, but the attestation key is not enrolled, "
                      "so nothing shows it is a TPM's (set a trust file from "
                      "'veil attest enroll')"
-                   : "answer %s: the maximum tier answer carries no veil TPM "
-                     "quote; nothing about the gateway was verified",
+                   : "answer %s: the maximum tier answer carries a TPM "
+                     "attestation in another format than veil's; it was not "
+                     "verified",
                payload_id);
     return VEIL_CLIENT_OK;
 }

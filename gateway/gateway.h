@@ -255,7 +255,8 @@ typedef struct gw_signlog gw_signlog;
 gw_signlog *gw_signlog_new(unsigned retention_s, unsigned capacity);
 void gw_signlog_free(gw_signlog *l);
 /* Stores a copy of `json` (the GET /v1/signatures/ID body) under the
- * payload ID.  0, or -1 on no memory. */
+ * payload ID; a live entry for the same ID is kept, not replaced.  0, or
+ * -1 on no memory or a body over 4 KiB. */
 int gw_signlog_put(gw_signlog *l, const char *payload_id, const char *json,
                    time_t now);
 /* A malloc'd copy of the stored body, or NULL when unknown or expired. */

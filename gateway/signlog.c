@@ -20,8 +20,9 @@
  * process: nobody can choose IDs that pile into one chain.
  *
  * The same ID stored again (possible once the replay window has passed)
- * replaces the earlier body: the old entry is unlinked and left as a hole
- * in the ring, and the new one goes at the newest end with its own time.
+ * while the first entry is live keeps the first: whoever reuses a payload
+ * ID later must not be able to replace the signature another client may
+ * still fetch.
  *
  * An entry stored at t is found while now - t < retention_s.  A clock that
  * steps back only keeps entries longer.
@@ -210,8 +211,11 @@ int gw_signlog_put(gw_signlog *l, const char *payload_id, const char *json,
     pthread_mutex_lock(&l->mu);
     expire(l, (int64_t)now);
     pos = find(l, (uint32_t)b, payload_id);
-    if (pos != NONE)
-        clear_entry(l, pos); /* replaced: the newer signature wins */
+    if (pos != NONE) {
+        pthread_mutex_unlock(&l->mu);
+        free(copy);
+        return 0; /* the first signature stays */
+    }
     if (l->count == l->cap)
         drop_oldest(l);
     pos = (l->head + l->count) % l->cap;

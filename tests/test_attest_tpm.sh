@@ -164,6 +164,10 @@ else
     bad "GET /v1/signatures/$PID1" "$T/sigfetch.json" "$err"
 fi
 
+code=$(curl -s -o /dev/null -w '%{http_code}' -I "$URL/v1/attestation/report?nonce=$(printf '%064d' 0)")
+[ "$code" = 405 ] && ok "HEAD of the report is refused (405): no TPM quote that nobody reads" \
+    || bad "HEAD /v1/attestation/report answered $code, expected 405"
+
 # ---------------------------------------------------------------- forgeries
 
 forged() { # NAME MODE ARGS... : veil verify must say INVALID (exit 19)

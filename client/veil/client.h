@@ -118,9 +118,11 @@ typedef struct veil_client_config {
     void *retry_ctx;
     /* A trust file from veil_attest_enroll (veil/attest.h).  When set,
      * every answer is verified against it: its signature, and on
-     * `maximum` its TPM quote.  On `maximum` without one, the answer's
-     * quote is still checked for this request and server key, but its
-     * attestation key is not known to be genuine.  A failed check is
+     * `maximum` its TPM quote.  On `maximum` without one, an answer with
+     * no attestation is refused, and a veil quote is still checked for
+     * this request and server key, but its attestation key is not known
+     * to be genuine (a warning is logged; so is an attestation in a
+     * format other than veil's, which cannot be checked).  A failed check is
      * VEIL_CLIENT_E_SECURITY and the answer is not returned. */
     const char *trust_file;
 } veil_client_config;
