@@ -18,7 +18,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include <CUnit/Basic.h>
+#include <CUnit/CUnit.h>
 #include <openssl/bio.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
@@ -1562,28 +1562,9 @@ static void fixtures_free(void)
     veil_engine_free(sw_e);
 }
 
-typedef struct {
-    const char *name;
-    CU_TestFunc fn;
-} test_def;
-
-static int add_suite(const char *name, const test_def *tests, size_t n)
-{
-    CU_pSuite s = CU_add_suite(name, NULL, NULL);
-
-    if (!s)
-        return -1;
-    for (size_t i = 0; i < n; i++)
-        if (!CU_add_test(s, tests[i].name, tests[i].fn))
-            return -1;
-    return 0;
-}
-
-#define ADD_SUITE(name, arr) add_suite(name, arr, sizeof arr / sizeof arr[0])
-
 int main(void)
 {
-    static const test_def round_trips[] = {
+    static const tu_test round_trips[] = {
         {"round trip, ephemeral key", test_round_trip},
         {"reasoning and tool calls", test_reasoning_and_tools},
         {"round trip, defaults (RSA-4096)", test_round_trip_4096},
@@ -1592,7 +1573,7 @@ int main(void)
         {"tag appended, answers either way", test_tag_appended},
         {"https with a CA file", test_tls},
     };
-    static const test_def errors[] = {
+    static const tu_test errors[] = {
         {"status to class, with detail", test_error_statuses},
         {"connection refused", test_connection_refused},
         {"503, 503, 200: retried", test_retry_then_success},
@@ -1600,18 +1581,18 @@ int main(void)
         {"Retry-After honoured", test_retry_after},
         {"timeout", test_timeout},
     };
-    static const test_def security[] = {
+    static const tu_test security[] = {
         {"tampered answers (tag separate)", test_tampered_separate},
         {"tampered answers (tag appended)", test_tampered_appended},
         {"server key pin", test_pin},
         {"server key too small", test_small_server_key},
         {"plain http refused", test_http_refused},
     };
-    static const test_def requests[] = {
+    static const tu_test requests[] = {
         {"refused before sending", test_invalid_requests},
         {"per-request overrides", test_overrides},
     };
-    static const test_def lifecycle[] = {
+    static const tu_test lifecycle[] = {
         {"dispose", test_dispose},
         {"server key cached", test_key_cache},
         {"server key rotation", test_server_key_rotation},
@@ -1620,31 +1601,18 @@ int main(void)
         {"key directory", test_key_dir},
         {"ephemeral key rotation", test_key_rotation},
     };
-    unsigned failures;
-    CU_ErrorCode err;
+    int rc;
 
     if (fixtures_init() != 0) {
         fixtures_free();
         return 1;
     }
-    if (CU_initialize_registry() != CUE_SUCCESS) {
-        fixtures_free();
-        return 1;
-    }
-    if (ADD_SUITE("round trips", round_trips) ||
-        ADD_SUITE("errors and retries", errors) ||
-        ADD_SUITE("security", security) || ADD_SUITE("requests", requests) ||
-        ADD_SUITE("lifecycle and keys", lifecycle)) {
-        CU_cleanup_registry();
-        fixtures_free();
-        return 1;
-    }
-    CU_basic_set_mode(CU_BRM_VERBOSE);
-    err = CU_basic_run_tests();
-    failures = CU_get_number_of_failures() + CU_get_number_of_suites_failed();
-    if (err == CUE_SUCCESS)
-        err = CU_get_error();
-    CU_cleanup_registry();
+    TU_ADD_SUITE("round trips", NULL, NULL, round_trips);
+    TU_ADD_SUITE("errors and retries", NULL, NULL, errors);
+    TU_ADD_SUITE("security", NULL, NULL, security);
+    TU_ADD_SUITE("requests", NULL, NULL, requests);
+    TU_ADD_SUITE("lifecycle and keys", NULL, NULL, lifecycle);
+    rc = tu_run_tests();
     fixtures_free();
-    return failures || err != CUE_SUCCESS ? 1 : 0;
+    return rc;
 }

@@ -14,7 +14,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <CUnit/Basic.h>
+#include <CUnit/CUnit.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
@@ -1849,30 +1849,9 @@ static void test_oaep_decode_crafted(void)
 
 /* ==== main ================================================================ */
 
-typedef struct {
-    const char *name;
-    CU_TestFunc fn;
-} test_def;
-
-static int add_suite(const char *name, CU_InitializeFunc init,
-                     CU_CleanupFunc cleanup, const test_def *tests, size_t n)
-{
-    CU_pSuite s = CU_add_suite(name, init, cleanup);
-
-    if (!s)
-        return -1;
-    for (size_t i = 0; i < n; i++)
-        if (!CU_add_test(s, tests[i].name, tests[i].fn))
-            return -1;
-    return 0;
-}
-
-#define ADD_SUITE(name, init, cleanup, arr)                                    \
-    add_suite(name, init, cleanup, arr, sizeof arr / sizeof arr[0])
-
 int main(void)
 {
-    static const test_def dispatch[] = {
+    static const tu_test dispatch[] = {
         {"bad provider tables are rejected", test_table_rejected},
         {"open() can only narrow caps", test_table_accepted_caps_narrowed},
         {"key_open reaches the mock", test_key_open_dispatch},
@@ -1884,52 +1863,38 @@ int main(void)
         {"routing: RSA-OAEP encrypt", test_route_rsa_encrypt},
         {"routing: AES-GCM and random", test_route_aes_gcm},
     };
-    static const test_def args[] = {
+    static const tu_test args[] = {
         {"argument checks", test_argument_checks},
         {"veil_key_from_public", test_key_from_public},
     };
-    static const test_def software[] = {
+    static const tu_test software[] = {
         {"export, fingerprint, info", test_sw_export},
         {"RSA-OAEP", test_sw_oaep},
         {"ECDSA P-256", test_sw_ecdsa},
         {"AES-GCM", test_sw_aes_gcm},
         {"HKDF and random", test_sw_hkdf_random},
     };
-    static const test_def keyfiles[] = {
+    static const tu_test keyfiles[] = {
         {"save and open without password", test_key_save_plain},
         {"save and open with password", test_key_save_password},
         {"delete a directory key", test_key_delete_dir},
     };
-    static const test_def oaep[] = {
+    static const tu_test oaep[] = {
         {"decode real OAEP", test_oaep_decode_real},
         {"decode crafted encodings", test_oaep_decode_crafted},
     };
-    unsigned failures;
-    CU_ErrorCode err;
+    int rc;
 
     if (fixtures_init() != 0) {
         fixtures_free();
         return 1;
     }
-    if (CU_initialize_registry() != CUE_SUCCESS) {
-        fixtures_free();
-        return 1;
-    }
-    if (ADD_SUITE("dispatch (mock provider)", NULL, NULL, dispatch) ||
-        ADD_SUITE("arguments and public keys", NULL, NULL, args) ||
-        ADD_SUITE("software provider", NULL, NULL, software) ||
-        ADD_SUITE("key files", NULL, NULL, keyfiles) ||
-        ADD_SUITE("host OAEP decoder", NULL, NULL, oaep)) {
-        CU_cleanup_registry();
-        fixtures_free();
-        return 1;
-    }
-    CU_basic_set_mode(CU_BRM_VERBOSE);
-    err = CU_basic_run_tests();
-    failures = CU_get_number_of_failures() + CU_get_number_of_suites_failed();
-    if (err == CUE_SUCCESS)
-        err = CU_get_error();
-    CU_cleanup_registry();
+    TU_ADD_SUITE("dispatch (mock provider)", NULL, NULL, dispatch);
+    TU_ADD_SUITE("arguments and public keys", NULL, NULL, args);
+    TU_ADD_SUITE("software provider", NULL, NULL, software);
+    TU_ADD_SUITE("key files", NULL, NULL, keyfiles);
+    TU_ADD_SUITE("host OAEP decoder", NULL, NULL, oaep);
+    rc = tu_run_tests();
     fixtures_free();
-    return failures || err != CUE_SUCCESS ? 1 : 0;
+    return rc;
 }

@@ -18,7 +18,7 @@
 #include <string.h>
 #include <sys/wait.h>
 
-#include <CUnit/Basic.h>
+#include <CUnit/CUnit.h>
 #include <openssl/rand.h>
 #include <tss2/tss2_mu.h>
 
@@ -1204,14 +1204,9 @@ static void test_credential_args(void)
 
 /* ---- main -------------------------------------------------------------- */
 
-typedef struct {
-    const char *name;
-    CU_TestFunc fn;
-} test_def;
-
 int main(void)
 {
-    static const test_def tests[] = {
+    static const tu_test tests[] = {
         {"public areas: names, SPKI, attributes", test_pub_parse},
         {"public areas: malformed and unsupported", test_pub_malformed},
         {"quote: ECDSA and RSASSA AKs verify", test_quote_good},
@@ -1234,27 +1229,7 @@ int main(void)
          test_credential_tools_format},
         {"MakeCredential: argument checks", test_credential_args},
     };
-    CU_pSuite s;
-    unsigned failures;
-    CU_ErrorCode err;
 
-    if (CU_initialize_registry() != CUE_SUCCESS)
-        return 1;
-    s = CU_add_suite("TPM evidence (swtpm)", suite_init, suite_clean);
-    if (!s) {
-        CU_cleanup_registry();
-        return 1;
-    }
-    for (size_t i = 0; i < sizeof tests / sizeof tests[0]; i++)
-        if (!CU_add_test(s, tests[i].name, tests[i].fn)) {
-            CU_cleanup_registry();
-            return 1;
-        }
-    CU_basic_set_mode(CU_BRM_VERBOSE);
-    err = CU_basic_run_tests();
-    failures = CU_get_number_of_failures() + CU_get_number_of_suites_failed();
-    if (err == CUE_SUCCESS)
-        err = CU_get_error();
-    CU_cleanup_registry();
-    return failures || err != CUE_SUCCESS ? 1 : 0;
+    TU_ADD_SUITE("TPM evidence (swtpm)", suite_init, suite_clean, tests);
+    return tu_run_tests();
 }

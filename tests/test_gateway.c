@@ -36,7 +36,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include <CUnit/Basic.h>
+#include <CUnit/CUnit.h>
 #include <curl/curl.h>
 #include <openssl/bio.h>
 #include <openssl/evp.h>
@@ -2690,35 +2690,16 @@ static void test_main_gateway_exit(void)
     stop_ok(&gw);
 }
 
-typedef struct {
-    const char *name;
-    CU_TestFunc fn;
-} test_def;
-
-static int add_suite(const char *name, const test_def *tests, size_t n)
-{
-    CU_pSuite s = CU_add_suite(name, NULL, NULL);
-
-    if (!s)
-        return -1;
-    for (size_t i = 0; i < n; i++)
-        if (!CU_add_test(s, tests[i].name, tests[i].fn))
-            return -1;
-    return 0;
-}
-
-#define ADD_SUITE(name, arr) add_suite(name, arr, sizeof arr / sizeof arr[0])
-
 int main(void)
 {
-    static const test_def round_trips[] = {
+    static const tu_test round_trips[] = {
         {"server key in SoftHSM2", test_round_trip_token},
         {"client key in SoftHSM2 too", test_round_trip_client_token},
         {"server key in a key directory", test_round_trip_key_dir},
         {"over TLS", test_round_trip_tls},
         {"tag separate and appended", test_tag_modes},
     };
-    static const test_def errors[] = {
+    static const tu_test errors[] = {
         {"bad headers", test_bad_headers},
         {"bad bodies", test_bad_bodies},
         {"models and tiers", test_models_and_tiers},
@@ -2726,12 +2707,12 @@ int main(void)
         {"body limit before the body", test_body_limit},
         {"one answer for every decryption failure", test_uniform_failure},
     };
-    static const test_def guards[] = {
+    static const tu_test guards[] = {
         {"API keys", test_api_keys},
         {"rate limit", test_rate_limit},
         {"replays", test_replay},
     };
-    static const test_def attestation[] = {
+    static const tu_test attestation[] = {
         {"signed answers, kept by payload ID", test_signature_headers},
         {"attestation routes without a TPM", test_attestation_no_tpm},
         {"a gateway without a signing key", test_no_signing_key},
@@ -2739,14 +2720,13 @@ int main(void)
         {"attestation routes want the API key", test_attestation_api_keys},
         {"tpm = on without a TPM: no start", test_tpm_unavailable},
     };
-    static const test_def backend[] = {
+    static const tu_test backend[] = {
         {"upstream failures", test_upstream_failures},
         {"concurrency", test_concurrency},
         {"SIGTERM with requests in flight", test_sigterm_in_flight},
         {"main gateway exits 0", test_main_gateway_exit},
     };
-    unsigned failures;
-    CU_ErrorCode err;
+    int rc;
     double t0 = now_s();
 
     signal(SIGPIPE, SIG_IGN);
@@ -2757,28 +2737,14 @@ int main(void)
         curl_global_cleanup();
         return 1;
     }
-    if (CU_initialize_registry() != CUE_SUCCESS) {
-        teardown();
-        curl_global_cleanup();
-        return 1;
-    }
-    if (ADD_SUITE("round trips", round_trips) || ADD_SUITE("errors", errors) ||
-        ADD_SUITE("guards", guards) ||
-        ADD_SUITE("signatures and attestation", attestation) ||
-        ADD_SUITE("backend and lifecycle", backend)) {
-        CU_cleanup_registry();
-        teardown();
-        curl_global_cleanup();
-        return 1;
-    }
-    CU_basic_set_mode(CU_BRM_VERBOSE);
-    err = CU_basic_run_tests();
-    failures = CU_get_number_of_failures() + CU_get_number_of_suites_failed();
-    if (err == CUE_SUCCESS)
-        err = CU_get_error();
-    CU_cleanup_registry();
+    TU_ADD_SUITE("round trips", NULL, NULL, round_trips);
+    TU_ADD_SUITE("errors", NULL, NULL, errors);
+    TU_ADD_SUITE("guards", NULL, NULL, guards);
+    TU_ADD_SUITE("signatures and attestation", NULL, NULL, attestation);
+    TU_ADD_SUITE("backend and lifecycle", NULL, NULL, backend);
+    rc = tu_run_tests();
     teardown();
     curl_global_cleanup();
     fprintf(stderr, "test_gateway: %.1f s\n", now_s() - t0);
-    return failures || err != CUE_SUCCESS ? 1 : 0;
+    return rc;
 }

@@ -14,7 +14,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <CUnit/Basic.h>
+#include <CUnit/CUnit.h>
 #include <openssl/evp.h>
 
 #include "testutil.h"
@@ -1575,23 +1575,25 @@ static void test_signlog_same_id(void)
     sl_body(3, 1, bc, sizeof bc);
     CU_ASSERT_EQUAL(gw_signlog_put(l, a, v1, 1000), 0);
     CU_ASSERT_EQUAL(gw_signlog_put(l, b, bb, 1010), 0);
-    /* the same ID again (an answer after the replay window): the newer
-     * body wins, and it is kept from its own time */
+    /* the same ID again while the first is live (an answer after the
+     * replay window): the first body stays, with its own time, so a
+     * later user of the ID cannot replace a signature others may fetch */
     CU_ASSERT_EQUAL(gw_signlog_put(l, a, v2, 1050), 0);
-    CU_ASSERT_TRUE(sl_has(l, a, 1050, v2));
-    CU_ASSERT_TRUE(sl_has(l, a, 1120, v2));
-    CU_ASSERT_TRUE(sl_has(l, b, 1120, NULL));
-    /* the old copy's place leaves with the oldest; the rest still fit */
-    CU_ASSERT_EQUAL(gw_signlog_put(l, c, bc, 1060), 0);
-    CU_ASSERT_EQUAL(gw_signlog_put(l, b, bb, 1061), 0);
-    CU_ASSERT_TRUE(sl_has(l, a, 1061, v2));
-    CU_ASSERT_TRUE(sl_has(l, b, 1061, bb));
-    CU_ASSERT_TRUE(sl_has(l, c, 1061, bc));
-    /* many rewrites of one ID never take more than one place */
+    CU_ASSERT_TRUE(sl_has(l, a, 1050, v1));
+    CU_ASSERT_TRUE(sl_has(l, a, 1099, v1));
+    CU_ASSERT_TRUE(sl_has(l, a, 1100, NULL)); /* expired at 1000 + 100 */
+    /* once it has expired, the ID can be stored afresh */
+    CU_ASSERT_EQUAL(gw_signlog_put(l, a, v2, 1101), 0);
+    CU_ASSERT_TRUE(sl_has(l, a, 1101, v2));
+    CU_ASSERT_TRUE(sl_has(l, b, 1110, NULL));
+    /* many puts of one ID never take more than one place */
+    CU_ASSERT_EQUAL(gw_signlog_put(l, b, bb, 1102), 0);
+    CU_ASSERT_EQUAL(gw_signlog_put(l, c, bc, 1103), 0);
     for (int i = 0; i < 20; i++)
-        CU_ASSERT_EQUAL(gw_signlog_put(l, a, v1, 1062), 0);
-    CU_ASSERT_TRUE(sl_has(l, a, 1062, v1));
-    CU_ASSERT_TRUE(sl_has(l, c, 1062, NULL)); /* went when the ring filled */
+        CU_ASSERT_EQUAL(gw_signlog_put(l, a, v1, 1104), 0);
+    CU_ASSERT_TRUE(sl_has(l, a, 1104, v2));
+    CU_ASSERT_TRUE(sl_has(l, b, 1104, bb));
+    CU_ASSERT_TRUE(sl_has(l, c, 1104, bc));
     gw_signlog_free(l);
 }
 
@@ -1642,30 +1644,9 @@ static void test_signlog_threads(void)
 
 /* ==== main ================================================================ */
 
-typedef struct {
-    const char *name;
-    CU_TestFunc fn;
-} test_def;
-
-static int add_suite(const char *name, CU_InitializeFunc init,
-                     CU_CleanupFunc cleanup, const test_def *tests, size_t n)
-{
-    CU_pSuite s = CU_add_suite(name, init, cleanup);
-
-    if (!s)
-        return -1;
-    for (size_t i = 0; i < n; i++)
-        if (!CU_add_test(s, tests[i].name, tests[i].fn))
-            return -1;
-    return 0;
-}
-
-#define ADD_SUITE(name, init, cleanup, arr)                                    \
-    add_suite(name, init, cleanup, arr, sizeof arr / sizeof arr[0])
-
 int main(void)
 {
-    static const test_def config[] = {
+    static const tu_test config[] = {
         {"defaults", test_config_defaults},
         {"a file with every setting", test_config_every_setting},
         {"sections, comments, overrides", test_config_sections_comments},
@@ -1679,53 +1660,42 @@ int main(void)
         {"docs/veild.conf.example", test_config_example},
         {"--help lists the table", test_config_help},
     };
-    static const test_def auth[] = {
+    static const tu_test auth[] = {
         {"a good key file", test_auth_good},
         {"refused files and lines", test_auth_refused},
     };
-    static const test_def strikes[] = {
+    static const tu_test strikes[] = {
         {"new and replays", test_strikes_basic},
         {"expiry after the window", test_strikes_expiry},
         {"full, then free again", test_strikes_full},
         {"10x capacity, bounded memory", test_strikes_bounded},
         {"threads", test_strikes_threads},
     };
-    static const test_def signlog[] = {
+    static const tu_test signlog[] = {
         {"put, get, unknown IDs", test_signlog_basic},
         {"retention", test_signlog_retention},
         {"capacity: the oldest go first", test_signlog_capacity},
         {"the same ID twice", test_signlog_same_id},
         {"threads", test_signlog_threads},
     };
-    static const test_def rate[] = {
+    static const tu_test rate[] = {
         {"burst, refusal, refill", test_rate_burst},
         {"keys apart", test_rate_keys_apart},
         {"bounded table", test_rate_bounded},
     };
-    unsigned failures;
-    CU_ErrorCode err;
+    int rc;
 
     if (tu_scratch_dir("gwunits", scratch, sizeof scratch) != 0) {
         fprintf(stderr, "cannot make a scratch directory: %s\n",
                 strerror(errno));
         return 99;
     }
-    if (CU_initialize_registry() != CUE_SUCCESS)
-        return 1;
-    if (ADD_SUITE("configuration", NULL, NULL, config) ||
-        ADD_SUITE("API keys", NULL, NULL, auth) ||
-        ADD_SUITE("replay register", NULL, NULL, strikes) ||
-        ADD_SUITE("rate limits", NULL, NULL, rate) ||
-        ADD_SUITE("signature store", NULL, NULL, signlog)) {
-        CU_cleanup_registry();
-        return 1;
-    }
-    CU_basic_set_mode(CU_BRM_VERBOSE);
-    err = CU_basic_run_tests();
-    failures = CU_get_number_of_failures() + CU_get_number_of_suites_failed();
-    if (err == CUE_SUCCESS)
-        err = CU_get_error();
-    CU_cleanup_registry();
+    TU_ADD_SUITE("configuration", NULL, NULL, config);
+    TU_ADD_SUITE("API keys", NULL, NULL, auth);
+    TU_ADD_SUITE("replay register", NULL, NULL, strikes);
+    TU_ADD_SUITE("rate limits", NULL, NULL, rate);
+    TU_ADD_SUITE("signature store", NULL, NULL, signlog);
+    rc = tu_run_tests();
     for (size_t i = 0; i < sizeof scratch_files / sizeof scratch_files[0];
          i++) {
         char path[700];
@@ -1734,5 +1704,5 @@ int main(void)
         unlink(path);
     }
     rmdir(scratch);
-    return failures || err != CUE_SUCCESS ? 1 : 0;
+    return rc;
 }

@@ -16,7 +16,7 @@
 #include <sys/wait.h>
 #include <time.h>
 
-#include <CUnit/Basic.h>
+#include <CUnit/CUnit.h>
 #include <openssl/bn.h>
 #include <openssl/core_names.h>
 #include <openssl/ec.h>
@@ -999,14 +999,9 @@ static void test_key_certify(void)
 
 /* ---- main ---------------------------------------------------------------- */
 
-typedef struct {
-    const char *name;
-    CU_TestFunc fn;
-} test_def;
-
 int main(void)
 {
-    static const test_def tests[] = {
+    static const tu_test tests[] = {
         {"open: errors", test_open_errors},
         {"software TPM, description", test_identity},
         {"report: fields, EK, EK certificate, quote", test_report},
@@ -1016,27 +1011,7 @@ int main(void)
         {"credential activation", test_activate},
         {"the encryption key certified (tss2_key)", test_key_certify},
     };
-    CU_pSuite s;
-    unsigned failures;
-    CU_ErrorCode err;
 
-    if (CU_initialize_registry() != CUE_SUCCESS)
-        return 1;
-    s = CU_add_suite("gateway TPM (swtpm)", suite_init, suite_cleanup);
-    if (!s) {
-        CU_cleanup_registry();
-        return 1;
-    }
-    for (size_t i = 0; i < sizeof tests / sizeof tests[0]; i++)
-        if (!CU_add_test(s, tests[i].name, tests[i].fn)) {
-            CU_cleanup_registry();
-            return 1;
-        }
-    CU_basic_set_mode(CU_BRM_VERBOSE);
-    err = CU_basic_run_tests();
-    failures = CU_get_number_of_failures() + CU_get_number_of_suites_failed();
-    if (err == CUE_SUCCESS)
-        err = CU_get_error();
-    CU_cleanup_registry();
-    return failures || err != CUE_SUCCESS ? 1 : 0;
+    TU_ADD_SUITE("gateway TPM (swtpm)", suite_init, suite_cleanup, tests);
+    return tu_run_tests();
 }

@@ -17,7 +17,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include <CUnit/Basic.h>
+#include <CUnit/CUnit.h>
 
 #include "testutil.h"
 #include "internal.h"
@@ -764,10 +764,7 @@ static int suite_cleanup(void)
 
 int main(void)
 {
-    static const struct {
-        const char *name;
-        CU_TestFunc fn;
-    } tests[] = {
+    static const tu_test tests[] = {
         {"secbuf basic", test_secbuf_basic},
         {"secbuf length 0", test_secbuf_zero_len},
         {"secbuf 10 MiB", test_secbuf_large},
@@ -789,27 +786,7 @@ int main(void)
         {"veil_rc_name", test_rc_names},
         {"veil_last_error", test_last_error},
     };
-    CU_pSuite suite;
-    unsigned failures;
-    CU_ErrorCode err;
 
-    if (CU_initialize_registry() != CUE_SUCCESS)
-        return 1;
-    suite = CU_add_suite("secmem", suite_init, suite_cleanup);
-    if (!suite) {
-        CU_cleanup_registry();
-        return 1;
-    }
-    for (size_t i = 0; i < sizeof tests / sizeof tests[0]; i++)
-        if (!CU_add_test(suite, tests[i].name, tests[i].fn)) {
-            CU_cleanup_registry();
-            return 1;
-        }
-    CU_basic_set_mode(CU_BRM_VERBOSE);
-    err = CU_basic_run_tests();
-    failures = CU_get_number_of_failures() + CU_get_number_of_suites_failed();
-    if (err == CUE_SUCCESS)
-        err = CU_get_error();
-    CU_cleanup_registry();
-    return failures || err != CUE_SUCCESS ? 1 : 0;
+    TU_ADD_SUITE("secmem", suite_init, suite_cleanup, tests);
+    return tu_run_tests();
 }

@@ -21,7 +21,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include <CUnit/Basic.h>
+#include <CUnit/CUnit.h>
 #include <cjson/cJSON.h>
 #include <curl/curl.h>
 
@@ -788,25 +788,6 @@ static void test_threads(void)
 
 /* ---- main --------------------------------------------------------------- */
 
-typedef struct {
-    const char *name;
-    CU_TestFunc fn;
-} test_def;
-
-static int add_suite(const char *name, const test_def *tests, size_t n)
-{
-    CU_pSuite s = CU_add_suite(name, NULL, NULL);
-
-    if (!s)
-        return -1;
-    for (size_t i = 0; i < n; i++)
-        if (!CU_add_test(s, tests[i].name, tests[i].fn))
-            return -1;
-    return 0;
-}
-
-#define ADD_SUITE(name, arr) add_suite(name, arr, sizeof arr / sizeof arr[0])
-
 static int setup(void)
 {
     unsigned port;
@@ -831,7 +812,7 @@ static int setup(void)
 
 int main(void)
 {
-    static const test_def mapping[] = {
+    static const tu_test mapping[] = {
         {"200: the backend's answer", test_ok},
         {"4xx: 400 with the backend's message", test_4xx},
         {"API key: 401 -> 400, key file sent", test_api_key},
@@ -843,40 +824,28 @@ int main(void)
         {"stream: true turned off", test_stream_off},
         {"bad request: 400, nothing sent", test_bad_request},
     };
-    static const test_def echo[] = {
+    static const tu_test echo[] = {
         {"last user message", test_echo},
         {"array content", test_echo_array_content},
         {"no user message", test_echo_no_user},
         {"bad requests", test_echo_bad},
         {"through gw_upstream_call", test_echo_call},
     };
-    static const test_def lifecycle[] = {
+    static const tu_test lifecycle[] = {
         {"health probe", test_alive},
         {"connection reuse, cleanup", test_reuse},
         {"8 threads", test_threads},
     };
-    unsigned failures;
-    CU_ErrorCode err;
     int rc = 1;
 
     signal(SIGPIPE, SIG_IGN);
     curl_global_init(CURL_GLOBAL_DEFAULT);
     if (setup() != 0)
         goto out;
-    if (CU_initialize_registry() != CUE_SUCCESS)
-        goto out;
-    if (ADD_SUITE("answers and mapping", mapping) || ADD_SUITE("echo", echo) ||
-        ADD_SUITE("lifecycle", lifecycle)) {
-        CU_cleanup_registry();
-        goto out;
-    }
-    CU_basic_set_mode(CU_BRM_VERBOSE);
-    err = CU_basic_run_tests();
-    failures = CU_get_number_of_failures() + CU_get_number_of_suites_failed();
-    if (err == CUE_SUCCESS)
-        err = CU_get_error();
-    CU_cleanup_registry();
-    rc = failures || err != CUE_SUCCESS ? 1 : 0;
+    TU_ADD_SUITE("answers and mapping", NULL, NULL, mapping);
+    TU_ADD_SUITE("echo", NULL, NULL, echo);
+    TU_ADD_SUITE("lifecycle", NULL, NULL, lifecycle);
+    rc = tu_run_tests();
 out:
     gw_upstream_cleanup();
     if (mock_stop(&plain) != 0 || mock_stop(&keyed) != 0) {

@@ -14,7 +14,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <CUnit/Basic.h>
+#include <CUnit/CUnit.h>
 #include <openssl/evp.h>
 #include <openssl/x509.h>
 
@@ -1032,12 +1032,7 @@ WP_TEST(test_hsm_oaep_sha1_2048, PROV_SOFTHSM, 3)
 WP_TEST(test_hsm_hkdf_sha256, PROV_SOFTHSM, 4)
 WP_TEST(test_hsm_ecdsa_p256, PROV_SOFTHSM, 5)
 
-typedef struct test_entry {
-    const char *name;
-    CU_TestFunc fn;
-} test_entry;
-
-static const test_entry sw_tests[N_FILES] = {
+static const tu_test sw_tests[N_FILES] = {
     {"aes_gcm_test.json", test_sw_aes_gcm},
     {"rsa_oaep_2048_sha256_mgf1sha256_test.json", test_sw_oaep_sha256_2048},
     {"rsa_oaep_4096_sha256_mgf1sha256_test.json", test_sw_oaep_sha256_4096},
@@ -1046,7 +1041,7 @@ static const test_entry sw_tests[N_FILES] = {
     {"ecdsa_secp256r1_sha256_test.json", test_sw_ecdsa_p256},
 };
 
-static const test_entry hsm_tests[N_FILES] = {
+static const tu_test hsm_tests[N_FILES] = {
     {"aes_gcm_test.json", test_hsm_aes_gcm},
     {"rsa_oaep_2048_sha256_mgf1sha256_test.json", test_hsm_oaep_sha256_2048},
     {"rsa_oaep_4096_sha256_mgf1sha256_test.json", test_hsm_oaep_sha256_4096},
@@ -1055,23 +1050,9 @@ static const test_entry hsm_tests[N_FILES] = {
     {"ecdsa_secp256r1_sha256_test.json", test_hsm_ecdsa_p256},
 };
 
-static int add_suite(const char *name, const test_entry *tests)
-{
-    CU_pSuite s = CU_add_suite(name, NULL, NULL);
-    size_t i;
-
-    if (s == NULL)
-        return -1;
-    for (i = 0; i < N_FILES; i++)
-        if (CU_add_test(s, tests[i].name, tests[i].fn) == NULL)
-            return -1;
-    return 0;
-}
-
 int main(void)
 {
-    unsigned failures;
-    CU_ErrorCode err;
+    int rc;
 
     /* A token suite that cannot start is a failure: tu_env exits 99. */
     (void)tu_env("SOFTHSM2_CONF");
@@ -1081,23 +1062,9 @@ int main(void)
     env.test_dir = tu_env("VEIL_TEST_DIR");
     printf("wycheproof vectors: %s\n", tu_vectors_dir());
 
-    if (CU_initialize_registry() != CUE_SUCCESS) {
-        fprintf(stderr, "CUnit: %s\n", CU_get_error_msg());
-        return 1;
-    }
-    if (add_suite("wycheproof/software", sw_tests) != 0 ||
-        add_suite("wycheproof/softhsm2", hsm_tests) != 0) {
-        fprintf(stderr, "CUnit: %s\n", CU_get_error_msg());
-        CU_cleanup_registry();
-        return 1;
-    }
-    CU_basic_set_mode(CU_BRM_VERBOSE);
-    CU_basic_run_tests();
-    failures = CU_get_number_of_failures();
-    err = CU_get_error();
-    if (err != CUE_SUCCESS)
-        fprintf(stderr, "CUnit error: %s\n", CU_get_error_msg());
-    CU_cleanup_registry();
+    TU_ADD_SUITE("wycheproof/software", NULL, NULL, sw_tests);
+    TU_ADD_SUITE("wycheproof/softhsm2", NULL, NULL, hsm_tests);
+    rc = tu_run_tests();
     logs_free();
-    return failures != 0 || err != CUE_SUCCESS ? 1 : 0;
+    return rc;
 }

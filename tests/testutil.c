@@ -14,8 +14,73 @@
 #include <openssl/x509v3.h>
 #include <p11-kit/p11-kit.h>
 
+#include <CUnit/Basic.h>
+
 /* automake: exit status 99 is a hard error (never a skip). */
 #define TU_HARD_ERROR 99
+
+/* ---- CUnit ------------------------------------------------------------- */
+
+/* A tu_add_suite() failed since the last tu_run_tests(). */
+static int tu_add_failed;
+
+int tu_add_suite(const char *name, CU_InitializeFunc init, CU_CleanupFunc clean,
+                 const tu_test *tests, size_t n)
+{
+    CU_pSuite s;
+
+    if (tu_add_failed)
+        return -1;
+    if (!CU_registry_initialized() && CU_initialize_registry() != CUE_SUCCESS) {
+        fprintf(stderr, "CUnit: cannot initialise the registry: %s\n",
+                CU_get_error_msg());
+        tu_add_failed = 1;
+        return -1;
+    }
+    s = CU_add_suite(name, init, clean);
+    if (!s) {
+        fprintf(stderr, "CUnit: cannot add suite \"%s\": %s\n",
+                name ? name : "(null)", CU_get_error_msg());
+        tu_add_failed = 1;
+        return -1;
+    }
+    for (size_t i = 0; i < n; i++)
+        if (!CU_add_test(s, tests[i].name, tests[i].fn)) {
+            fprintf(stderr, "CUnit: cannot add test \"%s\" to \"%s\": %s\n",
+                    tests[i].name ? tests[i].name : "(null)", name,
+                    CU_get_error_msg());
+            tu_add_failed = 1;
+            return -1;
+        }
+    return 0;
+}
+
+int tu_run_tests(void)
+{
+    unsigned failures;
+    CU_ErrorCode err;
+
+    if (tu_add_failed) {
+        tu_add_failed = 0;
+        CU_cleanup_registry();
+        return 1;
+    }
+    if (!CU_registry_initialized()) {
+        fprintf(stderr, "CUnit: no suites to run\n");
+        return 1;
+    }
+    CU_basic_set_mode(CU_BRM_VERBOSE);
+    err = CU_basic_run_tests();
+    failures = CU_get_number_of_failures() + CU_get_number_of_suites_failed();
+    if (err == CUE_SUCCESS)
+        err = CU_get_error();
+    if (err != CUE_SUCCESS)
+        fprintf(stderr, "CUnit error: %s\n", CU_get_error_msg());
+    CU_cleanup_registry();
+    return failures || err != CUE_SUCCESS ? 1 : 0;
+}
+
+/* ---- environment, data and files --------------------------------------- */
 
 char *tu_env(const char *name)
 {

@@ -1,15 +1,44 @@
-/* Shared helpers for the veil test programs: environment, hex, files,
- * JSON, test-vector location, and direct PKCS#11 access (through p11-kit)
- * for setting up token objects outside veil. */
+/* Shared helpers for the veil test programs: the CUnit registry and run,
+ * environment, hex, files, JSON, test-vector location, and direct PKCS#11
+ * access (through p11-kit) for setting up token objects outside veil. */
 #ifndef VEIL_TESTUTIL_H
 #define VEIL_TESTUTIL_H
 
 #include <stddef.h>
 
+#include <CUnit/CUnit.h>
 #include <cjson/cJSON.h>
 #include <openssl/evp.h>
 #include <openssl/x509.h>
 #include <p11-kit/pkcs11.h>
+
+/* ---- CUnit ---------------------------------------------------------- */
+
+/* One test of a suite: its name in the report and its function. */
+typedef struct tu_test {
+    const char *name;
+    CU_TestFunc fn;
+} tu_test;
+
+/* Adds a suite (init and clean may be NULL) holding the n tests, in order;
+ * the CUnit registry is initialised on first use.  0 on success, -1 with a
+ * message on stderr on failure.  A failure is remembered: later calls add
+ * nothing, and tu_run_tests() runs nothing and returns 1, so a main() may
+ * add its suites without checking each result. */
+int tu_add_suite(const char *name, CU_InitializeFunc init, CU_CleanupFunc clean,
+                 const tu_test *tests, size_t n);
+
+/* tu_add_suite() for an array of tu_test (not a pointer). */
+#define TU_ADD_SUITE(name, init, clean, tests)                                 \
+    tu_add_suite(name, init, clean, tests, sizeof(tests) / sizeof((tests)[0]))
+
+/* Runs every suite added, in CUnit's verbose basic mode, and releases the
+ * registry.  Returns the process exit status: 0 when every test ran and
+ * passed; 1 on a failed assertion, a failed suite initialisation or
+ * cleanup, a CUnit error, or an earlier tu_add_suite() failure. */
+int tu_run_tests(void);
+
+/* ---- environment, data and files ------------------------------------ */
 
 /* getenv(name), or exit(99) (automake's "hard error") with a message on
  * stderr when the variable is unset or empty.  The token suites need their

@@ -6,7 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <CUnit/Basic.h>
+#include <CUnit/CUnit.h>
 #include <openssl/rand.h>
 #include <openssl/rsa.h>
 
@@ -538,12 +538,10 @@ static void test_key_made_elsewhere(void)
 
 int ts_run(const ts_token *t)
 {
-    static const struct {
-        const char *name;
-        CU_TestFunc fn;
-    } cases[] = {
+    static const tu_test cases[] = {
         {"generate 2048/3072/4096 and unwrap", test_generate_and_unwrap},
-        {"private key sensitive, not extractable", test_private_key_stays_in_token},
+        {"private key sensitive, not extractable",
+         test_private_key_stays_in_token},
         {"persistent key reopened and deleted", test_persistent_reopen_delete},
         {"duplicate label refused", test_duplicate_label_refused},
         {"session keys vanish (or are refused)", test_session_keys},
@@ -558,8 +556,6 @@ int ts_run(const ts_token *t)
         {"second token kept apart", test_other_token},
         {"key made outside veil", test_key_made_elsewhere},
     };
-    CU_pSuite s;
-    unsigned failures;
 
     T = t;
     snprintf(token_uri, sizeof token_uri, "pkcs11:token=%s", t->label);
@@ -567,16 +563,6 @@ int ts_run(const ts_token *t)
      * name leaks inside it (tests/lsan.supp) instead of "<unknown module>". */
     if (!dlopen(t->module, RTLD_NOW | RTLD_NODELETE))
         fprintf(stderr, "note: %s\n", dlerror());
-    if (CU_initialize_registry() != CUE_SUCCESS)
-        return 99;
-    s = CU_add_suite(t->name, NULL, NULL);
-    for (size_t i = 0; s && i < sizeof cases / sizeof cases[0]; i++)
-        CU_add_test(s, cases[i].name, cases[i].fn);
-    CU_basic_set_mode(CU_BRM_VERBOSE);
-    CU_basic_run_tests();
-    failures = CU_get_number_of_failures() + CU_get_number_of_tests_failed();
-    if (CU_get_error() != CUE_SUCCESS)
-        failures++;
-    CU_cleanup_registry();
-    return failures ? 1 : 0;
+    TU_ADD_SUITE(t->name, NULL, NULL, cases);
+    return tu_run_tests();
 }
