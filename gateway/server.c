@@ -283,14 +283,11 @@ static enum MHD_Result get_models(gw_server *s, struct MHD_Connection *c,
             if (m->tiers & b)
                 cJSON_AddItemToArray(tiers, cJSON_CreateString(tier_name(b)));
     }
-    char *body = data ? cJSON_PrintUnformatted(j) : NULL;
-    cJSON_Delete(j);
-    if (body == NULL)
-        return fail(c, r, 500, "out of memory");
-    struct MHD_Response *resp =
-        text_response("application/json", body, strlen(body));
-    free(body);
-    return resp ? queue(c, r, 200, resp) : MHD_NO;
+    if (data == NULL) { /* out of memory part-way: json_answer says 500 */
+        cJSON_Delete(j);
+        j = NULL;
+    }
+    return json_answer(c, r, 200, j);
 }
 
 /* The token answers when a fresh secret wrapped to the server key comes
@@ -1003,8 +1000,7 @@ static enum route route_of(const char *method, const char *url, int *bad_method)
          * a TPM quote that nobody reads. */
         if (strcmp(method, routes[i].method) == 0 ||
             (strcmp(method, "HEAD") == 0 &&
-             strcmp(routes[i].method, "GET") == 0 &&
-             routes[i].r != R_REPORT))
+             strcmp(routes[i].method, "GET") == 0 && routes[i].r != R_REPORT))
             return routes[i].r;
         *bad_method = 1;
         return R_NONE;

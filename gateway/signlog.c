@@ -45,7 +45,7 @@
 #define BODY_MAX 4096
 
 typedef struct entry {
-    char id[ID_MAX + 1]; /* "" for a hole (replaced or never used) */
+    char id[ID_MAX + 1]; /* "" when unused */
     int64_t t;
     char *body;
     uint32_t next; /* next entry in the same bucket, or NONE */
@@ -56,7 +56,7 @@ struct gw_signlog {
     int64_t retention;
     uint32_t cap;   /* entries in the ring */
     uint32_t head;  /* oldest entry */
-    uint32_t count; /* entries in the ring, holes included */
+    uint32_t count; /* entries in the ring, from head on */
     uint32_t mask;  /* buckets - 1 */
     entry *ring;
     uint32_t *bucket; /* first ring position of each chain, or NONE */
@@ -136,20 +136,18 @@ static void unlink_entry(gw_signlog *l, uint32_t b, uint32_t pos)
         *link = l->ring[pos].next;
 }
 
-/* Makes the entry at pos a hole (it stays in the ring). */
+/* Unlinks the entry at pos and frees its body. */
 static void clear_entry(gw_signlog *l, uint32_t pos)
 {
     entry *e = &l->ring[pos];
 
-    if (e->id[0]) {
-        int64_t b = bucket_of(l, e->id, strlen(e->id));
+    int64_t b = bucket_of(l, e->id, strlen(e->id));
 
-        /* the digest was made once for this ID, so it is made again; if
-         * it were not, a lookup would no longer reach this entry either,
-         * and it is only freed */
-        if (b >= 0)
-            unlink_entry(l, (uint32_t)b, pos);
-    }
+    /* the digest was made once for this ID, so it is made again; if it
+     * were not, a lookup would no longer reach this entry either, and it
+     * is only freed */
+    if (b >= 0)
+        unlink_entry(l, (uint32_t)b, pos);
     free(e->body);
     memset(e, 0, sizeof *e);
     e->next = NONE;
@@ -173,7 +171,7 @@ static void expire(gw_signlog *l, int64_t now)
     while (l->count > 0) {
         const entry *e = &l->ring[l->head];
 
-        if (e->id[0] && live(l, e, now))
+        if (live(l, e, now))
             break;
         drop_oldest(l);
     }
