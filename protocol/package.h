@@ -1,4 +1,4 @@
-/* The NOMYO v1 wire package (../shared/PROTOCOL-NOMYO.md), shared by the
+/* The NOMYO v1 wire package (docs/PROTOCOL-NOMYO.md), shared by the
  * client and the gateway: sealing and opening a package, and the encodings
  * the protocol uses around it (standard base64, percent-encoded PEM in a
  * header, UUID v4 payload IDs).  Internal to libveil; not installed. */

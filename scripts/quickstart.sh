@@ -11,9 +11,6 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 JOBS=$(nproc 2>/dev/null || echo 2)
 cd "$ROOT"
-# The shared test vectors sit beside the clone; pin the path so that
-# distcheck's copy of the tree (elsewhere) finds them too.
-export VEIL_SHARED_DIR=${VEIL_SHARED_DIR:-$(cd "$ROOT/.." && pwd)/shared}
 
 step() { printf '\n== %s\n' "$*"; }
 

@@ -1,5 +1,5 @@
 /* The protocol test server: an in-process stand-in for a NOMYO v1 server
- * (../shared/PROTOCOL-NOMYO.md) with fault injection, on libmicrohttpd.
+ * (docs/PROTOCOL-NOMYO.md) with fault injection, on libmicrohttpd.
  *
  * It listens on 127.0.0.1 on an ephemeral port (optionally over TLS) and
  * serves

@@ -211,28 +211,22 @@ const char *tu_json_str(const cJSON *obj, const char *key)
 const char *tu_vectors_dir(void)
 {
     static char dir[PATH_MAX];
-    const char *shared = getenv("VEIL_SHARED_DIR");
     const char *srcdir = getenv("VEIL_SRCDIR");
     struct stat st;
     int n;
 
     if (dir[0] != '\0')
         return dir;
-    if (shared != NULL && shared[0] != '\0')
-        n = snprintf(dir, sizeof dir, "%s/testvectors/wycheproof", shared);
-    else if (srcdir != NULL && srcdir[0] != '\0')
-        n = snprintf(dir, sizeof dir, "%s/../shared/testvectors/wycheproof",
-                     srcdir);
-    else
-        n = snprintf(dir, sizeof dir, "../shared/testvectors/wycheproof");
+    n = snprintf(dir, sizeof dir, "%s/tests/data/wycheproof",
+                 srcdir != NULL && srcdir[0] != '\0' ? srcdir : ".");
     if (n < 0 || (size_t)n >= sizeof dir) {
         fprintf(stderr, "FATAL: test vector path too long\n");
         exit(TU_HARD_ERROR);
     }
     if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode)) {
         fprintf(stderr,
-                "FATAL: Wycheproof vectors not found at %s (set "
-                "VEIL_SHARED_DIR to the shared data directory)\n",
+                "FATAL: Wycheproof vectors not found at %s (the tree's "
+                "tests/data/wycheproof; is VEIL_SRCDIR the source tree?)\n",
                 dir);
         fflush(stderr);
         exit(TU_HARD_ERROR);

@@ -60,10 +60,9 @@ cJSON *tu_json_file(const char *path);
 /* obj[key] as a string, or NULL when absent or not a string. */
 const char *tu_json_str(const cJSON *obj, const char *key);
 
-/* The Wycheproof vector directory: $VEIL_SHARED_DIR/testvectors/wycheproof,
- * else $VEIL_SRCDIR/../shared/testvectors/wycheproof, else
- * ../shared/testvectors/wycheproof (relative to the working directory).
- * Exits 99 with a message when the chosen directory does not exist. */
+/* The Wycheproof vector directory, part of the source tree:
+ * $VEIL_SRCDIR/tests/data/wycheproof (else ./tests/data/wycheproof).
+ * Exits 99 with a message when it does not exist. */
 const char *tu_vectors_dir(void);
 
 /* Makes a fresh directory PREFIX.XXXXXX under $VEIL_TEST_DIR (set by
