@@ -666,6 +666,23 @@ static veil_rc need_key(const veil_key *k, veil_key_type type, int priv,
     return VEIL_OK;
 }
 
+/* OAEP parameters a provider may be given: a hash from the enum, and a
+ * label pointer whenever a label length is.  Anything else is refused here,
+ * before a provider indexes a table with it. */
+static veil_rc oaep_args(const veil_oaep *oaep, const char *what)
+{
+    if (!oaep)
+        return VEIL_OK;
+    if (oaep->hash != VEIL_HASH_SHA256 && oaep->hash != VEIL_HASH_SHA1)
+        return veil_err(VEIL_E_ARG, "engine", NULL,
+                        "%s: unknown OAEP hash %d (VEIL_HASH_SHA256 or "
+                        "VEIL_HASH_SHA1)",
+                        what, (int)oaep->hash);
+    if (oaep->label_len && !oaep->label)
+        return veil_err(VEIL_E_ARG, "engine", NULL, "OAEP label missing");
+    return VEIL_OK;
+}
+
 veil_rc veil_rsa_encrypt(veil_engine *e, const veil_key *pub,
                          const veil_oaep *oaep, const uint8_t *in,
                          size_t in_len, uint8_t *out, size_t *out_len)
@@ -678,6 +695,8 @@ veil_rc veil_rsa_encrypt(veil_engine *e, const veil_key *pub,
         return veil_err(VEIL_E_ARG, "engine", NULL,
                         "encrypt: missing argument");
     rc = need_key(pub, VEIL_KEY_RSA, 0, "RSA-OAEP encrypt");
+    if (rc == VEIL_OK)
+        rc = oaep_args(oaep, "RSA-OAEP encrypt");
     if (rc != VEIL_OK)
         return rc;
     p = route(e, VEIL_ENGINE_PUBLIC_IN_TOKEN, pub, veil_oaep_cap(oaep),
@@ -721,10 +740,10 @@ veil_rc veil_rsa_decrypt(veil_engine *e, const veil_key *priv,
                         "decrypt: missing argument");
     *out = NULL;
     rc = need_key(priv, VEIL_KEY_RSA, 1, "RSA-OAEP decrypt");
+    if (rc == VEIL_OK)
+        rc = oaep_args(oaep, "RSA-OAEP decrypt");
     if (rc != VEIL_OK)
         return rc;
-    if (oaep && oaep->label_len && !oaep->label)
-        return veil_err(VEIL_E_ARG, "engine", NULL, "OAEP label missing");
     /* A ciphertext of the wrong length or not below the modulus is refused
      * here, from public facts, before any token sees it (a TPM can fail
      * hard on such input); same code and message as any other failure. */
@@ -845,8 +864,15 @@ veil_rc veil_ecdsa_verify(veil_engine *e, const veil_key *pub,
         return rc;
     p = route(e, VEIL_ENGINE_PUBLIC_IN_TOKEN, pub, VEIL_CAP_ECDSA,
               "ECDSA verify");
-    if (!p)
-        p = e->software;
+    if (p) {
+        rc = p->ops->ecdsa_verify(p, pub, msg, len, sig, sig_len);
+        if (rc != VEIL_E_UNSUPPORTED)
+            return rc;
+        veil_log(e, VEIL_LOG_DEBUG, "ECDSA verify: %s; using software",
+                 veil_last_error()->message);
+        veil_err_clear();
+    }
+    p = e->software;
     return p->ops->ecdsa_verify(p, pub, msg, len, sig, sig_len);
 }
 

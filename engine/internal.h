@@ -86,6 +86,11 @@ veil_rc veil_oaep_decode(const veil_oaep *oaep, const uint8_t *em, size_t k,
 veil_rc veil_oaep_decode_inplace(const veil_oaep *oaep, veil_secbuf *buf);
 const EVP_MD *veil_oaep_md(const veil_oaep *oaep);
 /* The capability bit for native OAEP with this hash (NULL: SHA-256). */
+/* Right-aligns the n bytes at d[0..n) in d[0..k), zero-filling the left
+ * (n <= k).  Constant time in n: a token's raw RSA output may have lost its
+ * leading zero bytes, and how many tells whether the OAEP encoding's first
+ * byte was zero, the bit Manger's attack needs. */
+void veil_ct_right_align(uint8_t *d, size_t n, size_t k);
 unsigned veil_oaep_cap(const veil_oaep *oaep);
 
 /* ---- helpers (engine.c) ----------------------------------------------- */

@@ -35,6 +35,23 @@ const EVP_MD *veil_oaep_md(const veil_oaep *oaep)
     return (oaep && oaep->hash == VEIL_HASH_SHA1) ? EVP_sha1() : EVP_sha256();
 }
 
+void veil_ct_right_align(uint8_t *d, size_t n, size_t k)
+{
+    size_t shift = k - n; /* the caller checked n <= k */
+    unsigned b = 0;
+
+    /* Shift right by each power of two in `shift`, selected by a mask:
+     * every round touches every byte, whatever n is. */
+    for (size_t m = 1; m <= k; m <<= 1, b++) {
+        uint8_t mask = (uint8_t)(0u - (unsigned)((shift >> b) & 1u));
+
+        for (size_t i = k; i-- > 0;) {
+            uint8_t src = i >= m ? d[i - m] : 0; /* i, m: public */
+            d[i] = (uint8_t)((src & mask) | (d[i] & (uint8_t)~mask));
+        }
+    }
+}
+
 unsigned veil_oaep_cap(const veil_oaep *oaep)
 {
     return (oaep && oaep->hash == VEIL_HASH_SHA1) ? VEIL_CAP_RSA_OAEP_SHA1

@@ -172,9 +172,14 @@ typedef struct pk_state {
     CK_SESSION_HANDLE *pool; /* idle sessions */
     size_t pool_n, pool_cap;
     CK_SESSION_HANDLE *all; /* every session opened, to close at the end */
+    unsigned char *owns;    /* per all[i]: holds session objects */
+    unsigned char *active;  /* per all[i]: pk_op that may still be active */
     size_t all_n, all_cap;
+    size_t parked;          /* sessions kept out of the pool (see retire) */
     int logged_in;
     int lock_ready;
+    int cancel_ok;          /* Cryptoki >= 3.0: C_XxxInit(NULL) ends an op */
+    atomic_int no_ec_import; /* the token refused an EC public key object */
     unsigned quirks; /* QUIRK_* from the table below */
 } pk_state;
 
@@ -483,11 +488,69 @@ static veil_rc pk_instance_id(const veil_engine *e, const char *where, char *id,
     return VEIL_OK;
 }
 
+/* Sessions.  An operation borrows an idle session from the pool
+ * (session_get) and gives it back (session_put).  A session goes back into
+ * the pool only in a known-idle state.  After a failure that may leave an
+ * operation active -- an init succeeded and the call after it failed;
+ * tpm2-pkcs11 leaves C_Decrypt active after a refused ciphertext, against
+ * the standard -- the caller marks the session with session_mark() before
+ * giving it back, and session_put() then ends the operation or replaces the
+ * session, so one bad ciphertext cannot leave every later operation failing
+ * with CKR_OPERATION_ACTIVE. */
+typedef enum pk_op {
+    PK_OP_NONE = 0,
+    PK_OP_DECRYPT,
+    PK_OP_ENCRYPT,
+    PK_OP_SIGN,
+    PK_OP_VERIFY,
+    PK_OP_FIND,
+} pk_op;
+
+/* Index of h in all[], or all_n.  Called with pool_lock held. */
+static size_t session_index(const pk_state *s, CK_SESSION_HANDLE h)
+{
+    size_t i;
+
+    for (i = 0; i < s->all_n && s->all[i] != h; i++)
+        ;
+    return i;
+}
+
+/* Records a new session in all[] and makes room for it in the pool.
+ * Called with pool_lock held. */
+static veil_rc session_track(pk_state *s, CK_SESSION_HANDLE h)
+{
+    if (s->all_n == s->all_cap) {
+        size_t cap = s->all_cap ? 2 * s->all_cap : 8;
+        CK_SESSION_HANDLE *a = realloc(s->all, cap * sizeof *a);
+        CK_SESSION_HANDLE *b = a ? realloc(s->pool, cap * sizeof *b) : NULL;
+        unsigned char *o = b ? realloc(s->owns, cap) : NULL;
+        unsigned char *m = o ? realloc(s->active, cap) : NULL;
+
+        if (a)
+            s->all = a;
+        if (b)
+            s->pool = b;
+        if (o)
+            s->owns = o;
+        if (m)
+            s->active = m;
+        if (!m)
+            return veil_err(VEIL_E_NOMEM, PK, NULL, "out of memory");
+        s->all_cap = s->pool_cap = cap;
+    }
+    s->owns[s->all_n] = 0;
+    s->active[s->all_n] = PK_OP_NONE;
+    s->all[s->all_n++] = h;
+    return VEIL_OK;
+}
+
 static veil_rc session_get(veil_provider *p, CK_SESSION_HANDLE *out)
 {
     pk_state *s = st_of(p);
     CK_SESSION_HANDLE h;
     CK_RV rv;
+    veil_rc rc;
 
     pthread_mutex_lock(&s->pool_lock);
     if (s->pool_n > 0) {
@@ -501,34 +564,160 @@ static veil_rc session_get(veil_provider *p, CK_SESSION_HANDLE *out)
     if (rv != CKR_OK)
         return pk_fail(p, rv, "cannot open a session");
     pthread_mutex_lock(&s->pool_lock);
-    if (s->all_n == s->all_cap) {
-        size_t cap = s->all_cap ? 2 * s->all_cap : 8;
-        CK_SESSION_HANDLE *a = realloc(s->all, cap * sizeof *a);
-        CK_SESSION_HANDLE *b = realloc(s->pool, cap * sizeof *b);
-        if (a)
-            s->all = a;
-        if (b)
-            s->pool = b;
-        if (!a || !b) {
-            pthread_mutex_unlock(&s->pool_lock);
-            CALL(p, C_CloseSession, h);
-            return veil_err(VEIL_E_NOMEM, PK, NULL, "out of memory");
-        }
-        s->all_cap = s->pool_cap = cap;
-    }
-    s->all[s->all_n++] = h;
+    rc = session_track(s, h);
     pthread_mutex_unlock(&s->pool_lock);
+    if (rc != VEIL_OK) {
+        CALL(p, C_CloseSession, h);
+        return rc;
+    }
     *out = h;
     return VEIL_OK;
 }
 
+/* The operation `op` may still be active on h (set before session_put). */
+static void session_mark(veil_provider *p, CK_SESSION_HANDLE h, pk_op op)
+{
+    pk_state *s = st_of(p);
+    size_t i;
+
+    pthread_mutex_lock(&s->pool_lock);
+    i = session_index(s, h);
+    if (i < s->all_n)
+        s->active[i] = (unsigned char)op;
+    pthread_mutex_unlock(&s->pool_lock);
+}
+
+/* h holds session objects (session-only keys): closing it would destroy
+ * them, so it is never replaced. */
+static void session_owns_objects(veil_provider *p, CK_SESSION_HANDLE h)
+{
+    pk_state *s = st_of(p);
+    size_t i;
+
+    pthread_mutex_lock(&s->pool_lock);
+    i = session_index(s, h);
+    if (i < s->all_n)
+        s->owns[i] = 1;
+    pthread_mutex_unlock(&s->pool_lock);
+}
+
+/* Ends `op` on h where the module supports it: Cryptoki 3.0 terminates an
+ * active operation when its init is called with a NULL mechanism.  Older
+ * modules are not asked (a 2.x module need not expect NULL there). */
+static int session_cancel(veil_provider *p, CK_SESSION_HANDLE h, pk_op op)
+{
+    CK_RV rv = CKR_FUNCTION_NOT_SUPPORTED;
+
+    if (!st_of(p)->cancel_ok)
+        return 0;
+    switch (op) {
+    case PK_OP_DECRYPT:
+        rv = CALL(p, C_DecryptInit, h, NULL, CK_INVALID_HANDLE);
+        break;
+    case PK_OP_ENCRYPT:
+        rv = CALL(p, C_EncryptInit, h, NULL, CK_INVALID_HANDLE);
+        break;
+    case PK_OP_SIGN:
+        rv = CALL(p, C_SignInit, h, NULL, CK_INVALID_HANDLE);
+        break;
+    case PK_OP_VERIFY:
+        rv = CALL(p, C_VerifyInit, h, NULL, CK_INVALID_HANDLE);
+        break;
+    case PK_OP_FIND:
+        rv = CALL(p, C_FindObjectsFinal, h);
+        break;
+    case PK_OP_NONE:
+        rv = CKR_OK;
+        break;
+    }
+    return rv == CKR_OK;
+}
+
+/* A marked session: back to the pool when its operation could be ended;
+ * otherwise a fresh session takes its place.  The fresh one is opened
+ * before the old one is closed, so the application never drops to zero
+ * sessions (which logs the token out).  A session holding session objects,
+ * or one that cannot be replaced, is parked: kept open, never used again,
+ * closed with the instance. */
+static void session_retire(veil_provider *p, CK_SESSION_HANDLE h, pk_op op,
+                           int owns)
+{
+    pk_state *s = st_of(p);
+    CK_SESSION_HANDLE fresh = CK_INVALID_HANDLE;
+    size_t i;
+
+    if (session_cancel(p, h, op)) {
+        pthread_mutex_lock(&s->pool_lock);
+        i = session_index(s, h);
+        if (i < s->all_n)
+            s->active[i] = PK_OP_NONE;
+        s->pool[s->pool_n++] = h;
+        pthread_mutex_unlock(&s->pool_lock);
+        return;
+    }
+    if (!owns && CALL(p, C_OpenSession, s->slot,
+                      CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL,
+                      &fresh) == CKR_OK) {
+        pthread_mutex_lock(&s->pool_lock);
+        i = session_index(s, h);
+        if (i < s->all_n) {
+            s->all[i] = fresh;
+            s->owns[i] = 0;
+            s->active[i] = PK_OP_NONE;
+        }
+        s->pool[s->pool_n++] = fresh;
+        pthread_mutex_unlock(&s->pool_lock);
+        CALL(p, C_CloseSession, h);
+        veil_log(p->engine, VEIL_LOG_DEBUG,
+                 "pkcs11: %s: a session kept an operation active after a "
+                 "failure; replaced it",
+                 p->caps.description);
+        return;
+    }
+    pthread_mutex_lock(&s->pool_lock);
+    s->parked++;
+    pthread_mutex_unlock(&s->pool_lock);
+    veil_log(p->engine, VEIL_LOG_WARN,
+             "pkcs11: %s: a session kept an operation active after a failure "
+             "and %s; it is no longer used",
+             p->caps.description,
+             owns ? "holds session keys" : "could not be replaced");
+}
+
+/* After an init (init_rv) and the call that should end its operation
+ * (rv): marks sh when that operation may still be active.  Any failure
+ * after a successful init counts, whatever the standard says it does, and
+ * so does an init refused because an operation is already active. */
+static void session_check(veil_provider *p, CK_SESSION_HANDLE sh, pk_op op,
+                          CK_RV init_rv, CK_RV rv)
+{
+    if ((init_rv == CKR_OK && rv != CKR_OK) ||
+        init_rv == CKR_OPERATION_ACTIVE)
+        session_mark(p, sh, op);
+}
+
+/* Gives a session back: into the pool when idle, through session_retire()
+ * when session_mark() said an operation may still be active. */
 static void session_put(veil_provider *p, CK_SESSION_HANDLE h)
 {
     pk_state *s = st_of(p);
+    pk_op op = PK_OP_NONE;
+    int owns = 0;
+    size_t i;
 
     pthread_mutex_lock(&s->pool_lock);
-    s->pool[s->pool_n++] = h; /* pool_cap == all_cap >= sessions opened */
+    i = session_index(s, h);
+    if (i < s->all_n) {
+        op = (pk_op)s->active[i];
+        owns = s->owns[i];
+    }
+    if (op == PK_OP_NONE) {
+        s->pool[s->pool_n++] = h; /* pool_cap == all_cap >= sessions opened */
+        pthread_mutex_unlock(&s->pool_lock);
+        return;
+    }
     pthread_mutex_unlock(&s->pool_lock);
+    session_retire(p, h, op, owns);
 }
 
 static void pin_hash(const veil_secbuf *pin, uint8_t out[32])
@@ -718,6 +907,7 @@ static void pk_read_quirks(veil_provider *p)
 
     if (CALL(p, C_GetInfo, &info) != CKR_OK)
         return;
+    s->cancel_ok = info.cryptokiVersion.major >= 3;
     trim(manuf, info.manufacturerID, 32);
     for (size_t i = 0; i < sizeof quirk_table / sizeof quirk_table[0]; i++)
         if (strcmp(manuf, quirk_table[i].manufacturer) == 0) {
@@ -791,6 +981,9 @@ static void pk_close(veil_provider *p)
     }
     free(s->all);
     free(s->pool);
+    free(s->owns);
+    free(s->active);
+    s->owns = s->active = NULL;
     s->all = s->pool = NULL;
     s->all_n = s->pool_n = 0;
     if (s->lock_ready)
@@ -854,13 +1047,18 @@ static veil_rc find_objects(veil_provider *p, CK_SESSION_HANDLE sh,
                             CK_OBJECT_HANDLE *found, CK_ULONG max,
                             CK_ULONG *count)
 {
-    CK_RV rv = CALL(p, C_FindObjectsInit, sh, tmpl, n);
+    CK_RV rv = CALL(p, C_FindObjectsInit, sh, tmpl, n), final_rv;
 
     *count = 0;
     if (rv != CKR_OK)
         return pk_fail(p, rv, "object search failed");
     rv = CALL(p, C_FindObjects, sh, found, max, count);
-    CALL(p, C_FindObjectsFinal, sh);
+    final_rv = CALL(p, C_FindObjectsFinal, sh);
+    if (final_rv != CKR_OK) {
+        session_mark(p, sh, PK_OP_FIND);
+        *count = 0;
+        return pk_fail(p, final_rv, "object search could not be ended");
+    }
     if (rv != CKR_OK)
         return pk_fail(p, rv, "object search failed");
     return VEIL_OK;
@@ -1036,6 +1234,11 @@ static veil_rc pk_rsa_decrypt(veil_provider *p, const veil_key *k,
 
 /* CKM_RSA_PKCS_OAEP parameters for veil's OAEP settings (hash = MGF1 hash;
  * NULL: SHA-256, empty label). */
+/* OAEP parameters for the token: MGF1 with the OAEP hash (tpm2-pkcs11 also
+ * wants that hash to be the key's name algorithm; where it is not, the
+ * probe finds the refusal and decryption takes the raw-RSA path), and
+ * source = CKZ_DATA_SPECIFIED always, even with no label: strict HSMs
+ * (Thales Luna among them) refuse OAEP otherwise. */
 static CK_RSA_PKCS_OAEP_PARAMS oaep_params(const veil_oaep *oaep)
 {
     int sha1 = oaep && oaep->hash == VEIL_HASH_SHA1;
@@ -1255,6 +1458,9 @@ static veil_rc pk_key_generate(veil_provider *p, const veil_keygen_params *kp,
         if (rv != CKR_OK)
             rc = pk_fail(p, rv, "key generation in token \"%s\" failed",
                          st_of(p)->token_label);
+        else if (token == CK_FALSE)
+            /* Session objects die with the session that made them. */
+            session_owns_objects(p, sh);
     }
     if (rc == VEIL_OK) {
         rc = load_key(p, sh, priv, k);
@@ -1378,6 +1584,7 @@ static CK_RV decrypt_once(veil_provider *p, CK_MECHANISM *m,
     rv = *init_rv = CALL(p, C_DecryptInit, sh, m, key);
     if (rv == CKR_OK)
         rv = CALL(p, C_Decrypt, sh, (CK_BYTE_PTR)in, in_len, out, out_len);
+    session_check(p, sh, PK_OP_DECRYPT, *init_rv, rv);
     session_put(p, sh);
     return rv;
 }
@@ -1426,11 +1633,9 @@ static veil_rc pk_rsa_decrypt(veil_provider *p, const veil_key *k,
         rv = decrypt_once(p, &m_raw, pk->priv, in, in_len,
                           veil_secbuf_data(buf), &n, &init_rv);
         if (rv == CKR_OK && n <= kbytes) {
-            uint8_t *d = veil_secbuf_data(buf);
-            if (n < kbytes) { /* tokens may strip leading zeros */
-                memmove(d + (kbytes - n), d, n);
-                memset(d, 0, kbytes - n);
-            }
+            /* Tokens may strip leading zeros: realign without a branch
+             * on n (veil_ct_right_align says why). */
+            veil_ct_right_align(veil_secbuf_data(buf), n, kbytes);
             rc = veil_oaep_decode_inplace(oaep, buf);
             if (rc == VEIL_OK) {
                 *out = buf;
@@ -1465,7 +1670,7 @@ static veil_rc pk_ecdsa_sign(veil_provider *p, const veil_key *k,
     CK_SESSION_HANDLE sh;
     ECDSA_SIG *es;
     unsigned char *q = sig;
-    CK_RV rv;
+    CK_RV rv, init_rv;
     veil_rc rc;
     int n;
 
@@ -1474,9 +1679,10 @@ static veil_rc pk_ecdsa_sign(veil_provider *p, const veil_key *k,
     rc = session_get(p, &sh);
     if (rc != VEIL_OK)
         return rc;
-    rv = CALL(p, C_SignInit, sh, &m, pk->priv);
+    rv = init_rv = CALL(p, C_SignInit, sh, &m, pk->priv);
     if (rv == CKR_OK)
         rv = CALL(p, C_Sign, sh, digest, sizeof digest, rs, &rs_len);
+    session_check(p, sh, PK_OP_SIGN, init_rv, rv);
     session_put(p, sh);
     if (rv != CKR_OK)
         return pk_fail(p, rv, "ECDSA signing in the token failed");
@@ -1546,9 +1752,22 @@ static veil_rc import_public(veil_provider *p, CK_SESSION_HANDLE sh,
             {CKA_EC_POINT, pt, sizeof pt},
         };
         rv = CALL(p, C_CreateObject, sh, t, sizeof t / sizeof t[0], out);
+        if (rv != CKR_OK && !atomic_exchange(&st_of(p)->no_ec_import, 1))
+            veil_log(p->engine, VEIL_LOG_INFO,
+                     "pkcs11: %s cannot hold an EC public key; ECDSA "
+                     "verification with keys from outside it runs in "
+                     "software",
+                     p->caps.description);
     }
-    if (rv != CKR_OK)
-        return pk_fail(p, rv, "cannot import the public key into the token");
+    if (rv != CKR_OK) {
+        /* A public operation the token cannot do: the engine computes it
+         * in software instead. */
+        char buf[24];
+
+        return veil_err(VEIL_E_UNSUPPORTED, PK, ckr_name(rv, buf, sizeof buf),
+                        "%s cannot import this public key",
+                        p->caps.description);
+    }
     return VEIL_OK;
 }
 
@@ -1576,7 +1795,7 @@ static veil_rc pk_rsa_encrypt(veil_provider *p, const veil_key *k,
     CK_SESSION_HANDLE sh;
     CK_ULONG n = *out_len;
     int imported;
-    CK_RV rv;
+    CK_RV rv, init_rv;
     veil_rc rc;
 
     rc = session_get(p, &sh);
@@ -1584,9 +1803,10 @@ static veil_rc pk_rsa_encrypt(veil_provider *p, const veil_key *k,
         return rc;
     rc = public_handle(p, sh, k, &h, &imported);
     if (rc == VEIL_OK) {
-        rv = CALL(p, C_EncryptInit, sh, &m, h);
+        rv = init_rv = CALL(p, C_EncryptInit, sh, &m, h);
         if (rv == CKR_OK)
             rv = CALL(p, C_Encrypt, sh, (CK_BYTE_PTR)in, in_len, out, &n);
+        session_check(p, sh, PK_OP_ENCRYPT, init_rv, rv);
         if (imported)
             CALL(p, C_DestroyObject, sh, h);
         if (rv == CKR_MECHANISM_PARAM_INVALID || rv == CKR_ARGUMENTS_BAD ||
@@ -1598,6 +1818,14 @@ static veil_rc pk_rsa_encrypt(veil_provider *p, const veil_key *k,
                           p->caps.description);
         } else if (rv != CKR_OK) {
             rc = pk_fail(p, rv, "RSA encryption in the token failed");
+        } else if (n != (k->bits + 7) / 8) {
+            /* tpm2-pkcs11 1.9 leaves the output length at the buffer's
+             * size: a ciphertext of any other length than the modulus is
+             * not trusted, and the engine encrypts in software instead. */
+            rc = veil_err(VEIL_E_UNSUPPORTED, PK, NULL,
+                          "%s returned a %lu-byte RSA ciphertext for a "
+                          "%u-bit key",
+                          p->caps.description, (unsigned long)n, k->bits);
         } else {
             *out_len = n;
         }
@@ -1619,7 +1847,7 @@ static veil_rc pk_ecdsa_verify(veil_provider *p, const veil_key *k,
     CK_OBJECT_HANDLE h;
     CK_SESSION_HANDLE sh;
     int imported, strict;
-    CK_RV rv;
+    CK_RV rv, init_rv;
     veil_rc rc;
 
     /* Strict DER: decode, re-encode, compare (as OpenSSL does). */
@@ -1644,14 +1872,19 @@ static veil_rc pk_ecdsa_verify(veil_provider *p, const veil_key *k,
         return veil_err(VEIL_E_VERIFY, PK, NULL, "signature does not verify");
     if (!EVP_Digest(msg, len, digest, NULL, EVP_sha256(), NULL))
         return veil_err_ossl(VEIL_E_CRYPTO, PK, "SHA-256");
+    if (k->prov != p && atomic_load(&st_of(p)->no_ec_import))
+        return veil_err(VEIL_E_UNSUPPORTED, PK, NULL,
+                        "%s cannot hold an EC public key",
+                        p->caps.description);
     rc = session_get(p, &sh);
     if (rc != VEIL_OK)
         return rc;
     rc = public_handle(p, sh, k, &h, &imported);
     if (rc == VEIL_OK) {
-        rv = CALL(p, C_VerifyInit, sh, &m, h);
+        rv = init_rv = CALL(p, C_VerifyInit, sh, &m, h);
         if (rv == CKR_OK)
             rv = CALL(p, C_Verify, sh, digest, sizeof digest, rs, sizeof rs);
+        session_check(p, sh, PK_OP_VERIFY, init_rv, rv);
         if (imported)
             CALL(p, C_DestroyObject, sh, h);
         if (rv == CKR_SIGNATURE_INVALID || rv == CKR_SIGNATURE_LEN_RANGE)
@@ -1722,6 +1955,8 @@ static veil_rc pk_aes_gcm(veil_provider *p, int enc, const uint8_t *key,
         else if (rv == CKR_OK)
             rv = CALL(p, C_Decrypt, sh, ct, len + VEIL_GCM_TAG_LEN,
                       veil_secbuf_data(pt), &n);
+        session_check(p, sh, enc ? PK_OP_ENCRYPT : PK_OP_DECRYPT, init_rv,
+                      rv);
         CALL(p, C_DestroyObject, sh, h);
     }
     session_put(p, sh);

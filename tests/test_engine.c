@@ -1192,6 +1192,30 @@ static void test_sw_export(void)
     check_export(sw_ec, VEIL_KEY_EC_P256, 256);
 }
 
+/* The raw-RSA output of a token that strips leading zeros: every length
+ * from 0 to k lands right-aligned, zeros to its left, whatever followed it
+ * in the buffer. */
+static void test_ct_right_align(void)
+{
+    static const size_t sizes[] = {1, 2, 3, 7, 64, 255, 256, 257, 512, 1024};
+    uint8_t d[1024], want[1024];
+
+    for (size_t si = 0; si < sizeof sizes / sizeof sizes[0]; si++) {
+        size_t k = sizes[si], bad = 0;
+
+        for (size_t n = 0; n <= k; n++) {
+            for (size_t i = 0; i < k; i++)
+                d[i] = (uint8_t)(i < n ? 0x80 | (i * 7 + n) : 0x5a);
+            memset(want, 0, k);
+            for (size_t i = 0; i < n; i++)
+                want[k - n + i] = (uint8_t)(0x80 | (i * 7 + n));
+            veil_ct_right_align(d, n, k);
+            bad += memcmp(d, want, k) != 0;
+        }
+        CU_ASSERT_EQUAL(bad, 0);
+    }
+}
+
 static void test_sw_oaep(void)
 {
     static const uint8_t msg[32] = "0123456789abcdef0123456789abcdef";
@@ -1880,6 +1904,7 @@ int main(void)
         {"delete a directory key", test_key_delete_dir},
     };
     static const tu_test oaep[] = {
+        {"right-align raw RSA output, every length", test_ct_right_align},
         {"decode real OAEP", test_oaep_decode_real},
         {"decode crafted encodings", test_oaep_decode_crafted},
     };

@@ -1,9 +1,15 @@
-/* Wycheproof conformance: every shared test-vector file (AES-GCM, RSA-OAEP,
- * HKDF-SHA256, ECDSA P-256) runs through the public veil API twice, once
- * with the software provider and once with an engine bound to a SoftHSM2
- * token (public-key and symmetric operations routed into the token).
+/* Wycheproof conformance: every test-vector file in tests/data/wycheproof
+ * (AES-GCM, RSA-OAEP, HKDF-SHA256, ECDSA P-256) runs through the public veil
+ * API on every provider its keys fit: the software provider, a SoftHSM2
+ * token and tpm2-pkcs11 on swtpm (public-key and symmetric operations
+ * routed into the token; ECDSA on the TPM also with them in software).
  * Valid cases must succeed, invalid ones must fail, and every case of a
- * file must run.  Needs the environment set by tests/env/with-tokens.sh. */
+ * file must run or be counted "not applicable" with the reason printed
+ * (never as passed).  After every invalid RSA-OAEP vector a known-good
+ * ciphertext must still decrypt on the same engine and key: one bad
+ * ciphertext must never take a token out of service.  Needs the environment
+ * set by tests/env/with-tokens.sh (which starts the TPM for this program). */
+#include <pthread.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -16,6 +22,8 @@
 
 #include <CUnit/CUnit.h>
 #include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/rand.h>
 #include <openssl/x509.h>
 
 #include "testutil.h"
@@ -23,9 +31,19 @@
 
 /* ---- configuration ------------------------------------------------------ */
 
-typedef enum prov_kind { PROV_SOFTWARE = 0, PROV_SOFTHSM = 1 } prov_kind;
+typedef enum prov_kind {
+    PROV_SOFTWARE = 0,
+    PROV_SOFTHSM = 1,
+    PROV_TPM = 2,       /* tpm2-pkcs11, public/symmetric ops in the token */
+    PROV_TPM_SWPUB = 3, /* tpm2-pkcs11, public/symmetric ops in software */
+} prov_kind;
 
-static const char *const prov_names[] = {"software", "softhsm2"};
+static const char *const prov_names[] = {"software", "softhsm2", "tpm2-pkcs11",
+                                         "tpm2-pkcs11 (public ops in "
+                                         "software)"};
+
+#define IS_TOKEN(p) ((p) != PROV_SOFTWARE)
+#define IS_TPM(p) ((p) == PROV_TPM || (p) == PROV_TPM_SWPUB)
 
 typedef enum file_kind { K_AES, K_OAEP, K_HKDF, K_ECDSA } file_kind;
 
@@ -35,17 +53,35 @@ typedef struct file_spec {
     const char *tag;      /* short name for labels and directories */
     int hkdf_sw_log;      /* softhsm2: expect "HKDF in software" debug line */
     int raw_rsa_log;      /* softhsm2: expect "raw RSA" debug line */
+    int threads;          /* also run the 4-thread check on group 0's key */
+    const char *tpm_na;   /* the TPM cannot run this file: why */
 } file_spec;
 
+#define TPM_NO_GCM "tpm2-pkcs11 has no CKM_AES_GCM"
+#define TPM_NO_HKDF "tpm2-pkcs11 has no HKDF mechanism"
+
 static const file_spec files[] = {
-    {"aes_gcm_test.json", K_AES, "aes-gcm", 0, 0},
+    {"aes_gcm_test.json", K_AES, "aes-gcm", 0, 0, 0, TPM_NO_GCM},
     {"rsa_oaep_2048_sha256_mgf1sha256_test.json", K_OAEP, "oaep-sha256-2048",
-     0, 1},
+     0, 1, 1, NULL},
+    {"rsa_oaep_3072_sha256_mgf1sha256_test.json", K_OAEP, "oaep-sha256-3072",
+     0, 1, 0, NULL},
     {"rsa_oaep_4096_sha256_mgf1sha256_test.json", K_OAEP, "oaep-sha256-4096",
-     0, 1},
-    {"rsa_oaep_2048_sha1_mgf1sha1_test.json", K_OAEP, "oaep-sha1-2048", 0, 0},
-    {"hkdf_sha256_test.json", K_HKDF, "hkdf-sha256", 1, 0},
-    {"ecdsa_secp256r1_sha256_test.json", K_ECDSA, "ecdsa-p256", 0, 0},
+     0, 1, 0, NULL},
+    {"rsa_oaep_2048_sha1_mgf1sha1_test.json", K_OAEP, "oaep-sha1-2048", 0, 0,
+     0, NULL},
+    {"rsa_oaep_misc_test.json", K_OAEP, "oaep-misc", 0, 0, 0, NULL},
+    {"rsa_oaep_misc_sha1_mgf1sha256_test.json", K_OAEP, "oaep-mgf-mismatch",
+     0, 0, 0, NULL},
+    {"rsa_three_primes_oaep_2048_sha1_mgf1sha1_test.json", K_OAEP,
+     "oaep3-sha1-2048", 0, 0, 0, NULL},
+    {"rsa_three_primes_oaep_3072_sha224_mgf1sha224_test.json", K_OAEP,
+     "oaep3-sha224-3072", 0, 0, 0, NULL},
+    {"rsa_three_primes_oaep_4096_sha256_mgf1sha256_test.json", K_OAEP,
+     "oaep3-sha256-4096", 0, 0, 0, NULL},
+    {"hkdf_sha256_test.json", K_HKDF, "hkdf-sha256", 1, 0, 0, TPM_NO_HKDF},
+    {"ecdsa_secp256r1_sha256_test.json", K_ECDSA, "ecdsa-p256", 0, 0, 0,
+     NULL},
 };
 
 #define N_FILES (sizeof files / sizeof files[0])
@@ -54,6 +90,8 @@ static const file_spec files[] = {
 static struct {
     const char *module;
     const char *token;
+    const char *tpm_module;
+    const char *tpm_token;
     const char *pin_file;
     const char *test_dir;
 } env;
@@ -174,6 +212,8 @@ typedef struct run {
     unsigned invalid, invalid_rej;
     unsigned acceptable;
     unsigned api_rej; /* cases the API refused (counted as rejected) */
+    unsigned na;      /* not applicable here (never counted as passed) */
+    unsigned recheck, recheck_ok; /* good decryptions after invalid cases */
     unsigned run;
     unsigned notices;
     unsigned codes[RC_SLOTS]; /* rejection codes seen */
@@ -264,6 +304,23 @@ static void outcome(run *r, const cJSON *tc, int accepted, int api_rej,
     }
     CHECK(ok, "%s via %s tcId %d: expected %s", r->spec->name,
           prov_names[r->prov], tc_id(tc), expect ? expect : "");
+}
+
+/* A case this provider cannot run: counted as run and as "not
+ * applicable", never as passed; the reason is printed once per group. */
+static void not_applicable(run *r, const cJSON *tests, const char *why)
+{
+    const cJSON *tc;
+    unsigned n = 0;
+
+    cJSON_ArrayForEach(tc, tests)
+    {
+        r->run++;
+        r->na++;
+        n++;
+    }
+    printf("  not applicable %s via %s: %u cases: %s\n", r->spec->name,
+           prov_names[r->prov], n, why);
 }
 
 /* Right after a failing call: the thread's last error must describe it.
@@ -454,56 +511,174 @@ static int oaep_dir(const run *r, size_t gi, char *out, size_t size)
     return n < 0 || (size_t)n >= size ? -1 : 0;
 }
 
-/* SoftHSM2: imports every group's key into the token with our own
- * PKCS#11 session, before the engine is created (so the two never hold
- * the module at once). */
+static int write_key_dir(const char *dir, const char *pem);
+static void remove_key_dir(const char *dir);
+
+/* The group's private key as PKCS#8 PEM, made from privateKeyPkcs8 (the
+ * one encoding every file states the same way; some files' privateKeyPem
+ * holds PKCS#1 under a PKCS#8 header).  Freed with free(). */
+static char *group_pem(const cJSON *g)
+{
+    size_t der_len;
+    unsigned char *der = field_hex(g, "privateKeyPkcs8", &der_len);
+    const unsigned char *p = der;
+    EVP_PKEY *pkey = der ? d2i_AutoPrivateKey(NULL, &p, (long)der_len) : NULL;
+    BIO *bio = BIO_new(BIO_s_secmem());
+    char *pem = NULL, *data;
+    long n;
+
+    if (pkey && bio &&
+        PEM_write_bio_PrivateKey(bio, pkey, NULL, NULL, 0, NULL, NULL) &&
+        (n = BIO_get_mem_data(bio, &data)) > 0 && (pem = malloc((size_t)n + 1))) {
+        memcpy(pem, data, (size_t)n);
+        pem[n] = '\0';
+    }
+    BIO_free(bio);
+    EVP_PKEY_free(pkey);
+    if (der) {
+        OPENSSL_cleanse(der, der_len);
+        free(der);
+    }
+    return pem;
+}
+
+/* tpm2-pkcs11: imports the group's key with tpm2_ptool, as an operator
+ * would (the token refuses C_CreateObject for private keys).  The
+ * throwaway test PIN goes on tpm2_ptool's command line: it takes it no
+ * other way. */
+static int tpm_import(const run *r, const cJSON *g, size_t gi,
+                      const char *label)
+{
+    char *pem = group_pem(g);
+    char dir[PATH_MAX], cmd[3 * PATH_MAX + 512];
+    int n, st;
+
+    n = snprintf(dir, sizeof dir, "%s/tpm-%s-g%zu", env.test_dir,
+                 r->spec->tag, gi);
+    if (pem == NULL || n < 0 || (size_t)n >= sizeof dir ||
+        write_key_dir(dir, pem) != 0) {
+        free(pem);
+        return -1;
+    }
+    free(pem);
+    n = snprintf(cmd, sizeof cmd,
+                 "tpm2_ptool import --label='%s' --key-label='%s' "
+                 "--userpin=\"$(cat '%s')\" --privkey='%s/private_key.pem' "
+                 "--algorithm=rsa >>'%s/tpm2-import.log' 2>&1",
+                 env.tpm_token, label, env.pin_file, dir, env.test_dir);
+    st = n > 0 && (size_t)n < sizeof cmd ? system(cmd) : -1;
+    remove_key_dir(dir);
+    if (st != 0)
+        printf("  ERROR %s via %s: group %zu: tpm2_ptool import failed "
+               "(status %d; see tpm2-import.log)\n",
+               r->spec->name, prov_names[r->prov], gi, st);
+    return st == 0 ? 0 : -1;
+}
+
+/* Whether a group's key can go into this provider; *why says why not. */
+static int group_fits(const run *r, const cJSON *g, const char **why)
+{
+    const cJSON *ks = cJSON_GetObjectItemCaseSensitive(g, "keySize");
+    const cJSON *pk = cJSON_GetObjectItemCaseSensitive(g, "privateKey");
+    const char *sha = tu_json_str(g, "sha"), *mgf = tu_json_str(g, "mgf");
+    const char *mgf_sha = tu_json_str(g, "mgfSha");
+
+    /* veil_oaep carries one hash for OAEP and MGF1, SHA-256 or SHA-1. */
+    if (sha == NULL || mgf == NULL || mgf_sha == NULL ||
+        (strcmp(sha, "SHA-256") != 0 && strcmp(sha, "SHA-1") != 0) ||
+        strcmp(mgf, "MGF1") != 0 || strcmp(mgf_sha, sha) != 0) {
+        *why = "OAEP parameters outside veil's API (hash = MGF1 hash, "
+               "SHA-256 or SHA-1)";
+        return 0;
+    }
+    if (!IS_TOKEN(r->prov))
+        return 1;
+    if (cJSON_GetObjectItemCaseSensitive(pk, "otherPrimeInfos") != NULL ||
+        strstr(r->spec->name, "three_primes") != NULL) {
+        *why = "a three-prime RSA key: PKCS#11 has no attributes for more "
+               "than two primes, so no token can hold it";
+        return 0;
+    }
+    if (IS_TPM(r->prov) && (!cJSON_IsNumber(ks) ||
+                            (ks->valueint != 1024 && ks->valueint != 2048))) {
+        /* The vectors' keys must be imported, and tpm2_ptool import (over
+         * tpm2-tools' tpm2_import) takes RSA keys of 1024 and 2048 bits
+         * only ("RSA key-size 3072 is not supported"). */
+        *why = "tpm2_ptool import takes RSA keys of 1024 and 2048 bits only";
+        return 0;
+    }
+    return 1;
+}
+
+/* Tokens: imports every group's key that fits, before the engine is
+ * created (so the two never hold the module at once): SoftHSM2 through
+ * our own PKCS#11 session, tpm2-pkcs11 with tpm2_ptool import. */
 static void oaep_import_all(run *r, const cJSON *groups)
 {
     const cJSON *g;
-    tu_p11 *t;
+    tu_p11 *t = NULL;
     size_t gi = 0;
 
-    t = tu_p11_open(env.module, env.token, env.pin_file);
-    CHECK(t != NULL, "cannot open token \"%s\" for key import", env.token);
-    if (t == NULL)
-        return;
+    if (r->prov == PROV_SOFTHSM) {
+        t = tu_p11_open(env.module, env.token, env.pin_file);
+        CHECK(t != NULL, "cannot open token \"%s\" for key import", env.token);
+        if (t == NULL)
+            return;
+    }
     cJSON_ArrayForEach(g, groups)
     {
         size_t der_len;
-        unsigned char *der = field_hex(g, "privateKeyPkcs8", &der_len);
-        const unsigned char *p = der;
+        unsigned char *der = NULL;
+        const unsigned char *p;
         EVP_PKEY *pkey = NULL;
         unsigned char id[8];
         char label[128];
+        const char *why;
         CK_OBJECT_HANDLE h;
 
+        if (!group_fits(r, g, &why)) {
+            gi++;
+            continue;
+        }
         oaep_label(r, gi, label, sizeof label);
         oaep_id(r, gi, id);
-        if (der != NULL)
-            pkey = d2i_AutoPrivateKey(NULL, &p, (long)der_len);
-        CHECK(pkey != NULL, "%s group %zu: cannot parse privateKeyPkcs8",
-              r->spec->name, gi);
-        if (pkey != NULL) {
-            h = tu_p11_import_rsa_private(t, pkey, label, id, sizeof id);
-            CHECK(h != CK_INVALID_HANDLE, "%s group %zu: key import failed",
+        if (r->prov == PROV_SOFTHSM) {
+            der = field_hex(g, "privateKeyPkcs8", &der_len);
+            p = der;
+            if (der != NULL)
+                pkey = d2i_AutoPrivateKey(NULL, &p, (long)der_len);
+            CHECK(pkey != NULL, "%s group %zu: cannot parse privateKeyPkcs8",
                   r->spec->name, gi);
-            EVP_PKEY_free(pkey);
-        }
-        if (der != NULL) {
-            OPENSSL_cleanse(der, der_len);
-            free(der);
+            if (pkey != NULL) {
+                h = tu_p11_import_rsa_private(t, pkey, label, id, sizeof id);
+                CHECK(h != CK_INVALID_HANDLE,
+                      "%s group %zu: key import failed", r->spec->name, gi);
+                EVP_PKEY_free(pkey);
+            }
+            if (der != NULL) {
+                OPENSSL_cleanse(der, der_len);
+                free(der);
+            }
+        } else {
+            CHECK(tpm_import(r, g, gi, label) == 0,
+                  "%s group %zu: tpm2_ptool import failed", r->spec->name,
+                  gi);
         }
         gi++;
     }
     tu_p11_close(t);
 }
 
-/* SoftHSM2: removes the imported objects after the engine is gone. */
+/* SoftHSM2: removes the imported objects after the engine is gone (the
+ * TPM's store lives in the test directory and goes with it). */
 static void oaep_cleanup_all(run *r, size_t n_groups)
 {
-    tu_p11 *t = tu_p11_open(env.module, env.token, env.pin_file);
+    tu_p11 *t;
     size_t gi;
 
+    if (r->prov != PROV_SOFTHSM)
+        return;
+    t = tu_p11_open(env.module, env.token, env.pin_file);
     if (t == NULL)
         return;
     for (gi = 0; gi < n_groups; gi++) {
@@ -561,17 +736,40 @@ static void remove_key_dir(const char *dir)
     rmdir(dir);
 }
 
-static int hash_of(const char *name, veil_hash *h)
+/* A fresh ciphertext of the key (empty label, the group's hash) must
+ * decrypt: run after every invalid vector, on the same engine and key. */
+static int good_decrypt(veil_engine *e, const veil_key *key, veil_hash hash)
 {
-    if (name != NULL && strcmp(name, "SHA-256") == 0) {
-        *h = VEIL_HASH_SHA256;
-        return 0;
+    veil_oaep oaep = {hash, NULL, 0};
+    uint8_t secret[32], ct[1024];
+    size_t ct_len = sizeof ct;
+    veil_secbuf *got = NULL;
+    int ok;
+
+    RAND_bytes(secret, sizeof secret);
+    ok = veil_rsa_encrypt(e, key, &oaep, secret, sizeof secret, ct, &ct_len) ==
+             VEIL_OK &&
+         veil_rsa_decrypt(e, key, &oaep, ct, ct_len, &got) == VEIL_OK &&
+         veil_secbuf_len(got) == sizeof secret &&
+         memcmp(veil_secbuf_data(got), secret, sizeof secret) == 0;
+    veil_secbuf_free(got);
+    return ok;
+}
+
+static void recheck(run *r, const veil_key *key, veil_hash hash,
+                    const cJSON *tc)
+{
+    r->recheck++;
+    if (good_decrypt(r->e, key, hash)) {
+        r->recheck_ok++;
+        return;
     }
-    if (name != NULL && strcmp(name, "SHA-1") == 0) {
-        *h = VEIL_HASH_SHA1;
-        return 0;
-    }
-    return -1;
+    printf("  MISMATCH %s via %s: after tcId %d a known-good ciphertext no "
+           "longer decrypts: %s\n",
+           r->spec->name, prov_names[r->prov], tc_id(tc),
+           veil_last_error()->message);
+    CHECK(0, "%s via %s: a good decryption failed after invalid tcId %d",
+          r->spec->name, prov_names[r->prov], tc_id(tc));
 }
 
 static void oaep_case(run *r, const veil_key *key, const veil_oaep *base,
@@ -584,6 +782,7 @@ static void oaep_case(run *r, const veil_key *key, const veil_oaep *base,
     veil_oaep oaep = *base;
     veil_secbuf *sb = NULL;
     int valid = strcmp(result_of(tc), "valid") == 0;
+    int invalid = strcmp(result_of(tc), "invalid") == 0;
     char why[WHY_LEN];
     veil_rc rc;
 
@@ -614,6 +813,8 @@ static void oaep_case(run *r, const veil_key *key, const veil_oaep *base,
     outcome(r, tc, 1, 0, VEIL_OK, NULL);
 
 out:
+    if (invalid && ct != NULL)
+        recheck(r, key, base->hash, tc);
     veil_secbuf_free(sb);
     free(ct);
     free(label);
@@ -623,38 +824,141 @@ out:
     }
 }
 
+/* An OAEP hash outside the enum is refused with VEIL_E_ARG by every entry
+ * point, before any provider sees it, and leaves the key usable. */
+static void oaep_bad_hash(run *r, const veil_key *key, veil_hash hash)
+{
+    veil_oaep bad = {(veil_hash)7, NULL, 0};
+    uint8_t secret[32] = {1}, ct[1024];
+    size_t ct_len = sizeof ct;
+    veil_secbuf *got = NULL;
+    veil_rc enc, dec;
+
+    enc = veil_rsa_encrypt(r->e, key, &bad, secret, sizeof secret, ct,
+                           &ct_len);
+    memset(ct, 0, sizeof ct);
+    dec = veil_rsa_decrypt(r->e, key, &bad, ct, 256, &got);
+    bad.hash = (veil_hash)-1;
+    CHECK(enc == VEIL_E_ARG && dec == VEIL_E_ARG &&
+              veil_rsa_decrypt(r->e, key, &bad, ct, 256, &got) == VEIL_E_ARG,
+          "%s via %s: OAEP hash outside the enum: encrypt %s, decrypt %s "
+          "(expected VEIL_E_ARG)",
+          r->spec->name, prov_names[r->prov], veil_rc_name(enc),
+          veil_rc_name(dec));
+    CHECK(got == NULL, "decrypt with a bad hash returned output");
+    veil_secbuf_free(got);
+    CHECK(good_decrypt(r->e, key, hash),
+          "%s via %s: key unusable after a refused OAEP hash",
+          r->spec->name, prov_names[r->prov]);
+}
+
+/* 4 threads on one engine and key: three decrypt good ciphertexts, one
+ * feeds the group's invalid vectors.  Every good decryption succeeds. */
+struct thread_job {
+    veil_engine *e;
+    const veil_key *key;
+    veil_hash hash;
+    const cJSON *tests; /* NULL: good decryptions */
+    unsigned done, ok;
+};
+
+static void *thread_main(void *arg)
+{
+    struct thread_job *j = arg;
+    const cJSON *tc;
+
+    if (j->tests == NULL) {
+        for (int i = 0; i < 12; i++) {
+            j->done++;
+            j->ok += (unsigned)good_decrypt(j->e, j->key, j->hash);
+        }
+        return NULL;
+    }
+    cJSON_ArrayForEach(tc, j->tests)
+    {
+        size_t ct_len, label_len;
+        unsigned char *ct, *label;
+        veil_oaep oaep = {j->hash, NULL, 0};
+        veil_secbuf *got = NULL;
+
+        if (strcmp(result_of(tc), "invalid") != 0)
+            continue;
+        ct = field_hex(tc, "ct", &ct_len);
+        label = field_hex(tc, "label", &label_len);
+        oaep.label = label;
+        oaep.label_len = label_len;
+        j->done++;
+        if (ct && label &&
+            veil_rsa_decrypt(j->e, j->key, &oaep, ct, ct_len, &got) != VEIL_OK)
+            j->ok++;
+        veil_secbuf_free(got);
+        free(ct);
+        free(label);
+    }
+    return NULL;
+}
+
+static void oaep_threads(run *r, const veil_key *key, veil_hash hash,
+                         const cJSON *tests)
+{
+    struct thread_job jobs[4];
+    pthread_t th[4];
+    unsigned good = 0, good_ok = 0;
+
+    for (int i = 0; i < 4; i++) {
+        jobs[i] = (struct thread_job){r->e, key, hash, i == 3 ? tests : NULL,
+                                      0, 0};
+        CHECK(pthread_create(&th[i], NULL, thread_main, &jobs[i]) == 0,
+              "pthread_create");
+    }
+    for (int i = 0; i < 4; i++) {
+        pthread_join(th[i], NULL);
+        if (i < 3) {
+            good += jobs[i].done;
+            good_ok += jobs[i].ok;
+        }
+    }
+    printf("  threads %s via %s: %u/%u good decryptions while a fourth "
+           "thread fed %u invalid ciphertexts (%u refused)\n",
+           r->spec->name, prov_names[r->prov], good_ok, good, jobs[3].done,
+           jobs[3].ok);
+    CHECK(good_ok == good && good == 36,
+          "%s via %s: %u of %u good decryptions failed beside invalid ones",
+          r->spec->name, prov_names[r->prov], good - good_ok, good);
+    CHECK(jobs[3].ok == jobs[3].done && jobs[3].done > 0,
+          "%s via %s: an invalid ciphertext was accepted in the thread test",
+          r->spec->name, prov_names[r->prov]);
+}
+
 static void oaep_group(run *r, const cJSON *g, size_t gi)
 {
     const cJSON *tests = cJSON_GetObjectItemCaseSensitive(g, "tests");
     const cJSON *tc;
     const char *sha = tu_json_str(g, "sha");
-    const char *mgf_sha = tu_json_str(g, "mgfSha");
-    const char *mgf = tu_json_str(g, "mgf");
     veil_oaep oaep = {VEIL_HASH_SHA256, NULL, 0};
     veil_key *key = NULL;
     char dir[PATH_MAX] = "", ref[PATH_MAX + 16] = "";
+    const char *why = NULL;
     veil_rc rc = VEIL_E_ARG;
-    int api_ok;
 
-    api_ok = hash_of(sha, &oaep.hash) == 0 && mgf != NULL &&
-             strcmp(mgf, "MGF1") == 0 && mgf_sha != NULL && sha != NULL &&
-             strcmp(mgf_sha, sha) == 0;
-    if (!api_ok) {
-        /* OAEP with a hash (or MGF hash) the API cannot express. */
-        cJSON_ArrayForEach(tc, tests)
-            outcome(r, tc, 0, 1, VEIL_E_ARG, "OAEP parameters outside the API");
+    if (!group_fits(r, g, &why)) {
+        not_applicable(r, tests, why);
         return;
     }
+    if (sha != NULL && strcmp(sha, "SHA-1") == 0)
+        oaep.hash = VEIL_HASH_SHA1;
 
     if (r->prov == PROV_SOFTWARE) {
-        const char *pem = tu_json_str(g, "privateKeyPem");
+        char *pem = group_pem(g);
 
         if (oaep_dir(r, gi, dir, sizeof dir) != 0)
             dir[0] = '\0';
         if (pem == NULL || dir[0] == '\0' || write_key_dir(dir, pem) != 0) {
+            free(pem);
             CHECK(0, "%s group %zu: cannot write %s/private_key.pem",
                   r->spec->name, gi, dir);
         } else {
+            free(pem);
             snprintf(ref, sizeof ref, "dir:%s", dir);
             rc = veil_key_open(r->e, ref, &key);
         }
@@ -663,7 +967,8 @@ static void oaep_group(run *r, const cJSON *g, size_t gi)
 
         oaep_label(r, gi, label, sizeof label);
         if (tu_uri_escape(label, esc_label, sizeof esc_label) == 0 &&
-            tu_uri_escape(env.token, esc_token, sizeof esc_token) == 0) {
+            tu_uri_escape(IS_TPM(r->prov) ? env.tpm_token : env.token,
+                          esc_token, sizeof esc_token) == 0) {
             snprintf(ref, sizeof ref, "pkcs11:token=%s;object=%s;type=private",
                      esc_token, esc_label);
             rc = veil_key_open(r->e, ref, &key);
@@ -686,6 +991,10 @@ static void oaep_group(run *r, const cJSON *g, size_t gi)
     } else {
         cJSON_ArrayForEach(tc, tests)
             oaep_case(r, key, &oaep, tc);
+        if (gi == 0)
+            oaep_bad_hash(r, key, oaep.hash);
+        if (gi == 0 && r->spec->threads)
+            oaep_threads(r, key, oaep.hash, tests);
     }
     veil_key_free(key);
     if (dir[0] != '\0')
@@ -834,16 +1143,18 @@ static veil_rc make_engine(prov_kind prov, veil_engine **e)
     memset(&cfg, 0, sizeof cfg);
     cfg.log = log_cb;
     cfg.log_level = VEIL_LOG_DEBUG;
-    if (prov == PROV_SOFTHSM) {
-        if (tu_uri_escape(env.token, esc, sizeof esc) != 0)
+    if (IS_TOKEN(prov)) {
+        if (tu_uri_escape(IS_TPM(prov) ? env.tpm_token : env.token, esc,
+                          sizeof esc) != 0)
             return VEIL_E_ARG;
         snprintf(token_uri, sizeof token_uri, "pkcs11:token=%s", esc);
-        cfg.pkcs11_module = env.module;
+        cfg.pkcs11_module = IS_TPM(prov) ? env.tpm_module : env.module;
         cfg.default_token = token_uri;
         cfg.pin.kind = VEIL_PIN_FILE;
         cfg.pin.where = env.pin_file;
-        cfg.flags = VEIL_ENGINE_PUBLIC_IN_TOKEN |
-                    VEIL_ENGINE_SYMMETRIC_IN_TOKEN;
+        if (prov != PROV_TPM_SWPUB)
+            cfg.flags = VEIL_ENGINE_PUBLIC_IN_TOKEN |
+                        VEIL_ENGINE_SYMMETRIC_IN_TOKEN;
     }
     return veil_engine_new(&cfg, e);
 }
@@ -928,7 +1239,22 @@ static void run_file(prov_kind prov, const file_spec *spec)
     CHECK(cJSON_IsArray(groups) && expected > 0,
           "%s: no testGroups or numberOfTests", spec->name);
 
-    if (spec->kind == K_OAEP && prov == PROV_SOFTHSM)
+    if (IS_TPM(prov) && spec->tpm_na != NULL) {
+        cJSON_ArrayForEach(g, groups)
+        {
+            const cJSON *tc;
+
+            cJSON_ArrayForEach(tc, cJSON_GetObjectItemCaseSensitive(g, "tests"))
+            {
+                r.run++;
+                r.na++;
+            }
+        }
+        printf("  not applicable %s via %s: all %u cases: %s\n", spec->name,
+               prov_names[prov], r.na, spec->tpm_na);
+        goto report;
+    }
+    if (spec->kind == K_OAEP && IS_TOKEN(prov))
         oaep_import_all(&r, groups);
 
     rc = make_engine(prov, &r.e);
@@ -941,6 +1267,8 @@ static void run_file(prov_kind prov, const file_spec *spec)
         r.e = NULL;
     } else {
         if (prov == PROV_SOFTHSM && spec->kind != K_HKDF)
+            check_token_caps(&r);
+        if (prov == PROV_TPM && spec->kind == K_OAEP)
             check_token_caps(&r);
         cJSON_ArrayForEach(g, groups)
         {
@@ -963,16 +1291,36 @@ static void run_file(prov_kind prov, const file_spec *spec)
     }
     veil_engine_free(r.e);
 
-    if (spec->kind == K_OAEP && prov == PROV_SOFTHSM)
+    if (spec->kind == K_OAEP && IS_TOKEN(prov))
         oaep_cleanup_all(&r, n_groups);
 
+report:
     printf("wycheproof %s via %s: %u/%u valid accepted, %u/%u invalid "
-           "rejected, %u acceptable",
+           "rejected, %u acceptable, %u not applicable",
            spec->name, prov_names[prov], r.valid_ok, r.valid, r.invalid_rej,
-           r.invalid, r.acceptable);
+           r.invalid, r.acceptable, r.na);
     if (r.api_rej)
         printf(" (%u rejected by API)", r.api_rej);
+    if (r.recheck)
+        printf("; %u/%u good decryptions after invalid vectors",
+               r.recheck_ok, r.recheck);
     printf("\n");
+    CHECK(r.recheck_ok == r.recheck,
+          "%s via %s: %u good decryptions failed after invalid vectors",
+          spec->name, prov_names[prov], r.recheck - r.recheck_ok);
+    if (prov == PROV_TPM && spec->kind == K_ECDSA) {
+        /* The TPM cannot hold an EC public key: software, said once. */
+        unsigned said = 0;
+
+        for (size_t i = 0; i < logs.n; i++)
+            if (strstr(logs.v[i].text, "cannot hold an EC public key") &&
+                logs.v[i].level == VEIL_LOG_INFO)
+                said++;
+        CHECK(said == 1,
+              "%s via %s: the software fallback for EC public keys was "
+              "logged %u times (expected once)",
+              spec->name, prov_names[prov], said);
+    }
     print_codes(&r);
 
     CHECK(r.valid_ok == r.valid, "%s via %s: %u of %u valid cases failed",
@@ -1013,41 +1361,48 @@ static void run_file(prov_kind prov, const file_spec *spec)
     logs_clear();
 }
 
-#define WP_TEST(fn, prov, idx)                                              \
-    static void fn(void)                                                    \
-    {                                                                       \
-        run_file(prov, &files[idx]);                                        \
-    }
+/* One CUnit test per file and provider. */
+#define WP_TESTS(prefix, prov)                                                \
+    static void prefix##0(void) { run_file(prov, &files[0]); }              \
+    static void prefix##1(void) { run_file(prov, &files[1]); }              \
+    static void prefix##2(void) { run_file(prov, &files[2]); }              \
+    static void prefix##3(void) { run_file(prov, &files[3]); }              \
+    static void prefix##4(void) { run_file(prov, &files[4]); }              \
+    static void prefix##5(void) { run_file(prov, &files[5]); }              \
+    static void prefix##6(void) { run_file(prov, &files[6]); }              \
+    static void prefix##7(void) { run_file(prov, &files[7]); }              \
+    static void prefix##8(void) { run_file(prov, &files[8]); }              \
+    static void prefix##9(void) { run_file(prov, &files[9]); }              \
+    static void prefix##10(void) { run_file(prov, &files[10]); }            \
+    static void prefix##11(void) { run_file(prov, &files[11]); }            \
+    static const tu_test prefix##tests[] = {                                \
+        {"aes_gcm", prefix##0},                                             \
+        {"rsa_oaep_2048_sha256", prefix##1},                                \
+        {"rsa_oaep_3072_sha256", prefix##2},                                \
+        {"rsa_oaep_4096_sha256", prefix##3},                                \
+        {"rsa_oaep_2048_sha1", prefix##4},                                  \
+        {"rsa_oaep_misc", prefix##5},                                       \
+        {"rsa_oaep_misc_sha1_mgf1sha256", prefix##6},                       \
+        {"rsa_three_primes_oaep_2048_sha1", prefix##7},                     \
+        {"rsa_three_primes_oaep_3072_sha224", prefix##8},                   \
+        {"rsa_three_primes_oaep_4096_sha256", prefix##9},                   \
+        {"hkdf_sha256", prefix##10},                                        \
+        {"ecdsa_secp256r1_sha256", prefix##11},                             \
+    };
 
-WP_TEST(test_sw_aes_gcm, PROV_SOFTWARE, 0)
-WP_TEST(test_sw_oaep_sha256_2048, PROV_SOFTWARE, 1)
-WP_TEST(test_sw_oaep_sha256_4096, PROV_SOFTWARE, 2)
-WP_TEST(test_sw_oaep_sha1_2048, PROV_SOFTWARE, 3)
-WP_TEST(test_sw_hkdf_sha256, PROV_SOFTWARE, 4)
-WP_TEST(test_sw_ecdsa_p256, PROV_SOFTWARE, 5)
-WP_TEST(test_hsm_aes_gcm, PROV_SOFTHSM, 0)
-WP_TEST(test_hsm_oaep_sha256_2048, PROV_SOFTHSM, 1)
-WP_TEST(test_hsm_oaep_sha256_4096, PROV_SOFTHSM, 2)
-WP_TEST(test_hsm_oaep_sha1_2048, PROV_SOFTHSM, 3)
-WP_TEST(test_hsm_hkdf_sha256, PROV_SOFTHSM, 4)
-WP_TEST(test_hsm_ecdsa_p256, PROV_SOFTHSM, 5)
+_Static_assert(N_FILES == 12, "one WP_TESTS row per file");
 
-static const tu_test sw_tests[N_FILES] = {
-    {"aes_gcm_test.json", test_sw_aes_gcm},
-    {"rsa_oaep_2048_sha256_mgf1sha256_test.json", test_sw_oaep_sha256_2048},
-    {"rsa_oaep_4096_sha256_mgf1sha256_test.json", test_sw_oaep_sha256_4096},
-    {"rsa_oaep_2048_sha1_mgf1sha1_test.json", test_sw_oaep_sha1_2048},
-    {"hkdf_sha256_test.json", test_sw_hkdf_sha256},
-    {"ecdsa_secp256r1_sha256_test.json", test_sw_ecdsa_p256},
-};
+WP_TESTS(sw_, PROV_SOFTWARE)
+WP_TESTS(hsm_, PROV_SOFTHSM)
+WP_TESTS(tpm_, PROV_TPM)
 
-static const tu_test hsm_tests[N_FILES] = {
-    {"aes_gcm_test.json", test_hsm_aes_gcm},
-    {"rsa_oaep_2048_sha256_mgf1sha256_test.json", test_hsm_oaep_sha256_2048},
-    {"rsa_oaep_4096_sha256_mgf1sha256_test.json", test_hsm_oaep_sha256_4096},
-    {"rsa_oaep_2048_sha1_mgf1sha1_test.json", test_hsm_oaep_sha1_2048},
-    {"hkdf_sha256_test.json", test_hsm_hkdf_sha256},
-    {"ecdsa_secp256r1_sha256_test.json", test_hsm_ecdsa_p256},
+static void tpm_swpub_ecdsa(void)
+{
+    run_file(PROV_TPM_SWPUB, &files[11]);
+}
+
+static const tu_test tpm_swpub_tests[] = {
+    {"ecdsa_secp256r1_sha256", tpm_swpub_ecdsa},
 };
 
 int main(void)
@@ -1060,10 +1415,15 @@ int main(void)
     env.token = tu_env("VEIL_TEST_SOFTHSM_TOKEN");
     env.pin_file = tu_env("VEIL_TEST_PIN_FILE");
     env.test_dir = tu_env("VEIL_TEST_DIR");
+    env.tpm_module = tu_env("VEIL_TEST_TPM_MODULE");
+    env.tpm_token = tu_env("VEIL_TEST_TPM_TOKEN");
     printf("wycheproof vectors: %s\n", tu_vectors_dir());
 
     TU_ADD_SUITE("wycheproof/software", NULL, NULL, sw_tests);
     TU_ADD_SUITE("wycheproof/softhsm2", NULL, NULL, hsm_tests);
+    TU_ADD_SUITE("wycheproof/tpm2-pkcs11", NULL, NULL, tpm_tests);
+    TU_ADD_SUITE("wycheproof/tpm2-pkcs11, public ops in software", NULL, NULL,
+                 tpm_swpub_tests);
     rc = tu_run_tests();
     logs_free();
     return rc;

@@ -12,13 +12,13 @@
 #   SoftHSM2  always
 #   TPM       tpm2-pkcs11 over swtpm behind tpm2-abrmd on a private dbus
 #             session bus; only when the program's basename contains "tpm"
-#             or VEIL_TEST_TPM=1.  Before swtpm starts, swtpm_setup
+#             or starts with "test_wycheproof", or VEIL_TEST_TPM=1.  Before swtpm starts, swtpm_setup
 #             "manufactures" it: EK certificates (RSA 2048 in NV 0x01c00002,
 #             ECC P-384 in 0x01c00016) issued by a fresh local CA
 #             (swtpm_localca, all its state in the test directory), a
 #             platform certificate, NV locked.  This costs about 1 s.
 #
-# Exported: VEIL_TEST_DIR VEIL_SHARED_DIR SOFTHSM2_CONF
+# Exported: VEIL_TEST_DIR SOFTHSM2_CONF
 #   VEIL_TEST_SOFTHSM_MODULE VEIL_TEST_SOFTHSM_TOKEN VEIL_TEST_SOFTHSM_TOKEN2
 #   VEIL_TEST_PIN_FILE VEIL_TEST_WRONG_PIN_FILE VEIL_TEST_SO_PIN_FILE
 #   and for the TPM: VEIL_TEST_TPM_MODULE VEIL_TEST_TPM_TOKEN
@@ -177,12 +177,6 @@ find_lib() {
 
 # ---------------------------------------------------------------- directories
 
-SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-ROOT=$(cd "$SCRIPT_DIR/../.." && pwd)
-if [ -z "${VEIL_SHARED_DIR:-}" ]; then
-    VEIL_SHARED_DIR="$(cd "$ROOT/.." && pwd)/shared"
-fi
-export VEIL_SHARED_DIR
 
 DIR=$(mktemp -d "${TMPDIR:-/tmp}/veil-test.XXXXXX") \
     || fail "cannot create a temporary directory under ${TMPDIR:-/tmp}"
@@ -437,7 +431,9 @@ setup_tpm() {
 }
 
 prog_name=$(basename -- "$1")
-if [ "${VEIL_TEST_TPM:-0}" = 1 ] || [[ "$prog_name" == *tpm* ]]; then
+# test_wycheproof runs every vector through every token kind, the TPM too.
+if [ "${VEIL_TEST_TPM:-0}" = 1 ] || [[ "$prog_name" == *tpm* ]] ||
+    [[ "$prog_name" == test_wycheproof* ]]; then
     setup_tpm
 fi
 
