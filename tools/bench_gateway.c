@@ -127,6 +127,7 @@ typedef struct veild_proc {
     char url[64];
     char log[PATH_MAX + 64];
     char port_file[PATH_MAX + 64];
+    char state_dir[PATH_MAX + 64]; /* its replay register */
 } veild_proc;
 
 /* A server key and the veild serving it. */
@@ -804,6 +805,8 @@ static int veild_start(const gw *g, veild_proc *v, const char *name,
     snprintf(v->log, sizeof v->log, "%s/veild-%s.log", g->dir, name);
     snprintf(v->port_file, sizeof v->port_file, "%s/veild-%s.port", g->dir,
              name);
+    snprintf(v->state_dir, sizeof v->state_dir, "%s/veild-%s.state", g->dir,
+             name);
     snprintf(cap, sizeof cap, "%u", replay_cap);
     snprintf(workers, sizeof workers, "%u", o->workers);
     argv[n++] = o->veild;
@@ -821,6 +824,8 @@ static int veild_start(const gw *g, veild_proc *v, const char *name,
     argv[n++] = "1000000";
     argv[n++] = "--replay-capacity";
     argv[n++] = cap;
+    argv[n++] = "--state-dir";
+    argv[n++] = v->state_dir;
     argv[n++] = "--body-limit";
     argv[n++] = body_limit;
     argv[n++] = "--log-level";
