@@ -61,7 +61,7 @@ typedef struct gw_config {
     unsigned burst;    /* bucket size (2) */
     size_t body_limit; /* bytes (16 MiB) */
     unsigned workers;  /* threads (4) */
-    char *state_dir;           /* what veild keeps across restarts */
+    char *state_dir;   /* what veild keeps across restarts */
     unsigned replay_window;    /* seconds (86400) */
     unsigned replay_capacity;  /* marks (4194304) */
     unsigned replay_sync;      /* seconds between write-backs (1) */
@@ -187,8 +187,8 @@ typedef struct gw_request {
     long model_len;  /* -1: no "model" string (or one over 255 bytes) */
     char model[256]; /* its value, unescaped */
     int stream;      /* "stream" is true */
-    int has_stream_options;
-    veil_json_member m_stream, m_stream_options;
+    int has_stream_options, has_messages;
+    veil_json_member m_stream, m_stream_options, m_messages;
     /* by model (index in cfg->models): the member named by its
      * cache_salt_field, when the request has one */
     int has_salt[GW_MAX_MODELS];
@@ -204,6 +204,7 @@ typedef struct gw_request {
  * client's 400). */
 int gw_request_scan(const gw_config *cfg, const char *text, size_t len,
                     gw_request *out, char *why, size_t why_size);
+/* (cfg may be NULL: no salt fields are looked for.) */
 
 typedef struct gw_upstream_result {
     int status; /* HTTP status to give the client: 200, 400, 502, ... */
@@ -227,7 +228,7 @@ void gw_upstream_call(const gw_config *cfg, const gw_model *m,
                       const char *request, size_t len, const gw_request *rq,
                       const char *salt, gw_upstream_result *out);
 /* Answers an echo request (a chat.completion repeating the last user
- * message); also used by the tests. */
+ * message); NULL when it is not one.  Also used by the tests. */
 char *gw_echo_answer(const char *request, size_t len);
 /* 1 when the upstream answers (for /healthz). */
 int gw_upstream_alive(const gw_config *cfg, const gw_model *m);

@@ -726,11 +726,15 @@ static char *content_text(const cJSON *msg)
 
 /* The echo answer, or NULL with *why saying what is wrong with the request
  * (*why NULL: no memory). */
-static char *echo_answer(const char *request, size_t len, const char **why)
+/* The echo answer to a request scanned into rq: only its "messages" is
+ * parsed (into a tree: the echo is for trying out, not for load). */
+static char *echo_answer(const char *request, size_t len, const gw_request *rq,
+                         const char **why)
 {
-    cJSON *req = NULL, *a = NULL, *choices = NULL, *choice = NULL;
+    cJSON *messages = NULL, *a = NULL, *choices = NULL, *choice = NULL;
     cJSON *msg = NULL, *usage = NULL;
-    const cJSON *messages, *model, *mm;
+    const cJSON *mm;
+    const char *model = rq->model_len >= 0 ? rq->model : "";
     char *content = NULL, *text = NULL, id[64];
     uint8_t rnd[12];
     size_t prompt_words = 0, completion_words, text_len, hint;
@@ -738,17 +742,14 @@ static char *echo_answer(const char *request, size_t len, const char **why)
     int ok = 1;
 
     *why = NULL;
-    req = request ? cJSON_ParseWithLength(request, len) : NULL;
-    if (!cJSON_IsObject(req)) {
-        *why = req ? "not a JSON object" : "not JSON";
-        goto out;
-    }
-    messages = cJSON_GetObjectItemCaseSensitive(req, "messages");
+    if (rq->has_messages && rq->m_messages.value_end <= len)
+        messages = cJSON_ParseWithLength(request + rq->m_messages.value,
+                                         rq->m_messages.value_end -
+                                             rq->m_messages.value);
     if (!cJSON_IsArray(messages)) {
         *why = "no \"messages\" array";
         goto out;
     }
-    model = cJSON_GetObjectItemCaseSensitive(req, "model");
     cJSON_ArrayForEach(mm, messages)
     {
         const cJSON *role = cJSON_GetObjectItemCaseSensitive(mm, "role");
@@ -782,8 +783,7 @@ static char *echo_answer(const char *request, size_t len, const char **why)
     ok = ok && cJSON_AddStringToObject(a, "id", id);
     ok = ok && cJSON_AddStringToObject(a, "object", "chat.completion");
     ok = ok && cJSON_AddNumberToObject(a, "created", (double)time(NULL));
-    ok = ok && cJSON_AddStringToObject(
-                   a, "model", cJSON_IsString(model) ? model->valuestring : "");
+    ok = ok && cJSON_AddStringToObject(a, "model", model);
     ok = ok && (choices = cJSON_AddArrayToObject(a, "choices")) != NULL;
     ok = ok && (choice = cJSON_CreateObject()) != NULL;
     ok = ok && cJSON_AddItemToArray(choices, choice);
@@ -804,21 +804,25 @@ static char *echo_answer(const char *request, size_t len, const char **why)
         goto out;
     /* Escaping makes a character at most six. */
     hint = 6 * strlen(content) + 512;
-    if (cJSON_IsString(model))
-        hint += 6 * strlen(model->valuestring);
+    hint += 6 * strlen(model);
     text = print_secret(a, hint, &text_len);
 out:
     wipe_free_str(content);
     json_wipe_delete(a);
-    json_wipe_delete(req);
+    json_wipe_delete(messages);
     return text;
 }
 
 char *gw_echo_answer(const char *request, size_t len)
 {
     const char *why;
+    gw_request rq;
+    char err[320];
 
-    return echo_answer(request, len, &why);
+    if (request == NULL ||
+        gw_request_scan(NULL, request, len, &rq, err, sizeof err) != 0)
+        return NULL;
+    return echo_answer(request, len, &rq, &why);
 }
 
 /* ---- the exchange ------------------------------------------------------- */
@@ -859,7 +863,11 @@ static int on_member(void *ctx, const char *text, const veil_json_member *m)
         rq->m_stream_options = *m;
         rq->has_stream_options = 1;
     }
-    for (size_t i = 0; i < c->cfg->n_models; i++) {
+    if (veil_json_key_is(text, m, "messages")) {
+        rq->m_messages = *m;
+        rq->has_messages = 1;
+    }
+    for (size_t i = 0; c->cfg && i < c->cfg->n_models; i++) {
         const char *f = c->cfg->models[i].cache_salt_field;
 
         if (f && veil_json_key_is(text, m, f)) {
@@ -1016,7 +1024,8 @@ void gw_upstream_call(const gw_config *cfg, const gw_model *m,
         body_len = copy_len;
     }
     if (strcmp(m->upstream, "echo") == 0) {
-        char *a = echo_answer(body, body_len, &why);
+        /* the request as it came: the edits do not concern the echo */
+        char *a = echo_answer(request, len, rq, &why);
 
         if (a == NULL && why != NULL) {
             up_log(cfg, VEIL_LOG_INFO,

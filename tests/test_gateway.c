@@ -2679,6 +2679,8 @@ static void test_byte_exact(void)
     free(got);
 }
 
+#define HOSTILE_ID "5e1f0a3c-7d2b-4c8e-9f60-1a2b3c4d5e6f"
+
 /* A hostile backend: its _metadata never reaches the client, whatever it
  * holds (a forged payload ID, is_encrypted false, two tpm_attestation);
  * an answer with a top-level key twice is refused. */
@@ -2690,7 +2692,7 @@ static void test_hostile_backend(void)
     static const char dup[] =
         "{\"model\":\"mock/dup-metadata\",\"messages\":[{\"role\":"
         "\"user\",\"content\":\"hi\"}]}";
-    raw_opts o = {.payload_id = "hostile-backend-test-1"};
+    raw_opts o = {.payload_id = HOSTILE_ID};
     http_resp r;
     size_t len = 0;
     char *plain;
@@ -2711,8 +2713,9 @@ static void test_hostile_backend(void)
         VEIL_JSON_OK);
     a = cJSON_Parse(plain);
     md = cJSON_GetObjectItemCaseSensitive(a, "_metadata");
-    CU_ASSERT_STRING_EQUAL(tu_json_str(md, "payload_id"),
-                           "hostile-backend-test-1");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(tu_json_str(md, "payload_id"));
+    CU_ASSERT_STRING_EQUAL(tu_json_str(md, "payload_id"), HOSTILE_ID);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(tu_json_str(md, "security_tier"));
     CU_ASSERT_STRING_EQUAL(tu_json_str(md, "security_tier"), "standard");
     CU_ASSERT_EQUAL(cJSON_GetArraySize(md), 4);
     cJSON_Delete(a);
@@ -2800,7 +2803,11 @@ static void test_payload_ids(void)
     {
         cJSON *j = r.body ? cJSON_Parse(r.body) : NULL;
 
-        CU_ASSERT_STRING_EQUAL(tu_json_str(j, "payload_id"), LONG_ID);
+        const char *v = tu_json_str(j, "payload_id");
+
+        CU_ASSERT_PTR_NOT_NULL(v);
+        if (v)
+            CU_ASSERT_STRING_EQUAL(v, LONG_ID);
         cJSON_Delete(j);
     }
     resp_free(&r);
