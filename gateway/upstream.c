@@ -643,7 +643,7 @@ static void map_answer(const gw_config *cfg, const gw_model *m, CURL *h,
     up_log(cfg, VEIL_LOG_WARN, "%s: HTTP %ld (%zu bytes)", m->id, status,
            b->len);
     if (status == 429) {
-        /* The backend is busy: not the client's fault; clients retry 503. */
+        /* The backend is busy: not the client's fault (veil retries 503). */
         set_result(out, 503, "inference backend is busy (HTTP 429)");
     } else if (status >= 400 && status < 500) {
         char *msg = error_message(b->data, b->len);

@@ -448,8 +448,8 @@ static int item_seal(const gw *g, EVP_PKEY *to, item *it)
     static const char post[] = "\"}]}";
     static const char x[] = "\"}],\"x\":[";
     size_t k = it->small_values / 2; /* "0," each */
-    size_t n = sizeof pre - 1 + it->prompt_len + sizeof post - 1 +
-               (k ? sizeof x - 1 + 2 * k : 0);
+    size_t n = sizeof pre - 1 + it->prompt_len +
+               (k ? sizeof x - 1 + 2 * k + 1 : sizeof post - 1);
     char *req = malloc(n + 1), *p;
 
     if (!req)
@@ -2047,10 +2047,10 @@ static int make_dir(gw *g)
 /* Removes the logs and port files we made, then the directory. */
 static void remove_dir(gw *g)
 {
-    static const char *const names[] = {"sw",       "token",    "memory",
-                                        "attest-a", "attest-b", "attest-c",
-                                        "attest-d"};
-    char path[PATH_MAX + 64];
+    static const char *const names[] = {
+        "sw",       "token",    "memory",   "memory-small",
+        "attest-a", "attest-b", "attest-c", "attest-d"};
+    char path[PATH_MAX + 96];
 
     if (!g->have_dir)
         return;
@@ -2060,6 +2060,12 @@ static void remove_dir(gw *g)
                      pf ? "port" : "log");
             unlink(path);
         }
+        /* the state directory: its replay register */
+        snprintf(path, sizeof path, "%s/veild-%s.state/replay.db", g->dir,
+                 names[i]);
+        unlink(path);
+        snprintf(path, sizeof path, "%s/veild-%s.state", g->dir, names[i]);
+        rmdir(path);
     }
     if (rmdir(g->dir) != 0)
         fprintf(stderr, "veil-bench: rmdir %s: %s\n", g->dir, strerror(errno));
