@@ -2873,13 +2873,13 @@ static void test_degenerate_keys(void)
         "{\"model\":\"mock/hello\",\"messages\":[{\"role\":\"user\","
         "\"content\":\"degenerate\"}]}";
     EVP_PKEY *good = EVP_RSA_gen(2048);
-    BIGNUM *n = NULL, *e = BN_new(), *n_even = NULL;
+    BIGNUM *n = NULL, *e = BN_new(), *n_even = NULL, *n_big = NULL;
     struct {
         const char *what;
         const BIGNUM *n;
         unsigned long e; /* 0 with e_bn: e = that */
         const BIGNUM *e_bn;
-    } cases[4 + 3];
+    } cases[4 + 4];
     size_t nc = 0;
     double before;
     http_resp r;
@@ -2894,6 +2894,11 @@ static void test_degenerate_keys(void)
     cases[nc++] = (typeof(cases[0])){"e = 65535", n, 65535, NULL};
     cases[nc++] = (typeof(cases[0])){"e = n", n, 0, n};
     cases[nc++] = (typeof(cases[0])){"even n", n_even, 65537, NULL};
+    /* over 4096 bits: its check would cost seconds */
+    n_big = BN_new();
+    CU_ASSERT_FATAL(n_big &&
+                    BN_rand(n_big, 4104, BN_RAND_TOP_ONE, BN_RAND_BOTTOM_ODD));
+    cases[nc++] = (typeof(cases[0])){"4104 bits", n_big, 65537, NULL};
     before = mock_requests();
     for (size_t i = 0; i < nc; i++) {
         EVP_PKEY *k;
@@ -2919,7 +2924,11 @@ static void test_degenerate_keys(void)
             fprintf(stderr, "%s: %ld %s\n", cases[i].what, r.status,
                     r.body ? r.body : "");
         CU_ASSERT_EQUAL(r.status, 400);
-        ASSERT_DETAIL_HAS(&r, "X-Public-Key is not a valid RSA public key");
+        ASSERT_DETAIL_HAS(&r, cases[i].n == n_big
+                                  ? "X-Public-Key must be an RSA key of at "
+                                    "most 4096 bits"
+                                  : "X-Public-Key is not a valid RSA public "
+                                    "key");
         resp_free(&r);
         free(hdr);
         EVP_PKEY_free(k);
@@ -2932,6 +2941,7 @@ static void test_degenerate_keys(void)
     resp_free(&r);
     BN_free(n);
     BN_free(n_even);
+    BN_free(n_big);
     BN_free(e);
     EVP_PKEY_free(good);
 }
