@@ -4,9 +4,11 @@
  *   veild.c     main: flags, config, signals, start and clean shutdown
  *   config.c    one table of settings, read from a file and from flags
  *   server.c    libmicrohttpd: routes, body limits, the exchange itself
- *   upstream.c  the inference backend over libcurl, and the echo model
+ *   upstream.c  the request scan, the inference backend over libcurl, and
+ *               the echo model
  *   auth.c      API keys stored as SHA-256 hashes, constant-time compare
- *   strikes.c   the replay register (bounded)
+ *   strikes.c   the replay register (bounded, a file in state_dir) and
+ *               the state directory
  *   ratelimit.c token buckets per API key (bounded)
  *   tpm.c       the TPM over tpm2-tss ESAPI: attestation key, quotes,
  *               certification, credential activation

@@ -1,5 +1,10 @@
 /* The inference backend: an OpenAI-compatible server reached over libcurl
- * (POST <base>/chat/completions), or the built-in echo model.
+ * (POST <base>/chat/completions), or the built-in echo model; and the one
+ * scan of a decrypted request (gw_request_scan, protocol/json_scan.h) that
+ * decides what is forwarded: the request's own bytes, edited in place only
+ * to turn "stream" off and to set a cache salt.  The backend's answer is
+ * checked the same way (one JSON object, no key twice) and handed back as
+ * it came, with the place of its "_metadata".
  *
  * Requests and answers are plaintext here: nothing of either is logged
  * (log lines name the model, statuses and sizes), every copy made here is
