@@ -150,10 +150,13 @@ static int check(checker *ck, const char *name, int ok, const char *fmt, ...)
     return ok;
 }
 
-/* The reason a veil_* call just gave. */
+/* Why tpm_pub just refused a key that parsed ("" when it did not). */
+static _Thread_local char key_refusal[200];
+
+/* The reason a veil_* call (or tpm_pub) just gave. */
 static const char *why_last(void)
 {
-    return veil_last_error()->message;
+    return key_refusal[0] ? key_refusal : veil_last_error()->message;
 }
 
 /* ---- TPM objects --------------------------------------------------------- */
@@ -217,11 +220,23 @@ static cJSON *pcrs_json(const veil_pcr_sel *sel,
     return o;
 }
 
+/* A TPM public area, its key checked as every server key is
+ * (veil_cl_key_check); why_last() says why when it fails. */
 static int tpm_pub(veil_engine *e, const uint8_t *b, size_t n,
                    veil_tpm_pub *out)
 {
+    char why[160];
     memset(out, 0, sizeof *out);
-    return veil_tpm_pub_parse(e, b, n, out) == VEIL_OK;
+    key_refusal[0] = '\0';
+    if (veil_tpm_pub_parse(e, b, n, out) != VEIL_OK)
+        return 0;
+    if (!veil_cl_key_check(out->key, 0, why, sizeof why)) {
+        snprintf(key_refusal, sizeof key_refusal, "the key is refused: %s",
+                 why);
+        veil_tpm_pub_clear(out);
+        return 0;
+    }
+    return 1;
 }
 
 /* The TPM objects of a quote, decoded from a report or a
@@ -576,6 +591,7 @@ typedef struct answer_in {
     uint8_t signing_key[32];   /* what the answer says signed it */
     const cJSON *tpm;          /* tpm_attestation, or NULL */
     const uint8_t *server_sha; /* without a trust file: the key used */
+    int allow_foreign;         /* without a trust file: see veil_cl_answer */
 } answer_in;
 
 static int check_signature(veil_engine *e, const veil_trust *t,
@@ -767,17 +783,27 @@ static int verify_core(veil_engine *e, const veil_trust *t, const answer_in *a,
     if (!maximum)
         return 1;
     if (t == NULL) {
-        /* Without enrolment, only a veil quote can be checked at all
-         * (another server's shape is not; the caller warns), but a
-         * maximum answer with no attestation is refused: the tier asked
-         * for one. */
+        /* Without enrolment, only a veil quote can be checked at all: a
+         * maximum answer with no attestation is refused (the tier asked
+         * for one), and so is one in another shape ({"is_available":
+         * true} alone would do) unless the caller allows foreign
+         * attestations (and warns). */
         const char *format = jstr(a->tpm, "format");
         if (!cJSON_IsTrue(
                 cJSON_GetObjectItemCaseSensitive(a->tpm, "is_available")))
             return check(ck, "quote", 0,
                          "the maximum answer carries no TPM attestation");
-        if (format == NULL || strcmp(format, QUOTE_FORMAT) != 0)
-            return 1;
+        if (format == NULL || strcmp(format, QUOTE_FORMAT) != 0) {
+            if (a->allow_foreign)
+                return check(ck, "TPM attestation", 1,
+                             "in another format than veil's, not checked "
+                             "(foreign attestations are allowed)");
+            return check(ck, "TPM attestation", 0,
+                         "not a veil TPM quote (format \"" QUOTE_FORMAT
+                         "\"); another format cannot be checked and is "
+                         "accepted only when foreign attestations are "
+                         "allowed");
+        }
     }
     if (!check_quote(e, t, a, ck))
         return 0;
@@ -873,6 +899,7 @@ veil_client_status veil_cl_verify_answer(veil_engine *e, const veil_trust *t,
         .tier = in->tier,
         .tpm = in->tpm_attestation,
         .server_sha = in->server_key_sha256,
+        .allow_foreign = in->allow_foreign,
     };
     int ok = 1;
     in->quote_checked = 0;
@@ -1074,7 +1101,7 @@ static veil_client_status gw_http(enroll *en, const char *path,
     }
     h[n] = NULL;
     veil_client_status st = veil_transport_send(
-        en->tx, url, h, body, body ? strlen(body) : 0, r, err);
+        en->tx, url, h, body, body ? strlen(body) : 0, 0, r, err);
     if (auth)
         veil_cl_wipe(auth, auth_len);
     free(auth);
@@ -1099,12 +1126,21 @@ static veil_client_status fetch_encryption_key(enroll *en, uint8_t sha[32],
     }
     veil_key *k = NULL;
     veil_key_info info;
+    char why[160] = "";
     int ok = r.body != NULL && strstr(r.body, "-----BEGIN PUBLIC KEY-----") &&
              veil_key_from_public(en->e, (const uint8_t *)r.body, r.len, &k) ==
                  VEIL_OK &&
              veil_key_get_info(k, &info) == VEIL_OK &&
              info.type == VEIL_KEY_RSA && info.bits >= 2048 &&
              veil_key_fingerprint(k, sha) == VEIL_OK;
+    if (ok && !veil_cl_key_check(k, 0, why, sizeof why)) {
+        veil_key_free(k);
+        free(r.body);
+        check(&en->ck, "encryption key", 0, "/pki/public_key is refused: %s",
+              why);
+        return veil_cl_fail(err, VEIL_CLIENT_E_SECURITY, 200, VEIL_E_KEY, "%s",
+                            en->ck.failed);
+    }
     veil_key_free(k);
     free(r.body);
     if (!ok) {
