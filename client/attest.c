@@ -457,11 +457,18 @@ static int trust_keys_ok(veil_engine *e, const veil_trust *t, char *why,
     veil_key_info info;
     uint8_t h[32];
     sha256(t->sign_spki, t->sign_spki_len, h);
+    char refused[160] = "";
     ok = veil_key_from_public(e, t->sign_spki, t->sign_spki_len, &k) ==
              VEIL_OK &&
          veil_key_get_info(k, &info) == VEIL_OK &&
-         info.type == VEIL_KEY_EC_P256;
+         info.type == VEIL_KEY_EC_P256 &&
+         veil_cl_key_check(k, 0, refused, sizeof refused);
     veil_key_free(k);
+    if (refused[0]) {
+        snprintf(why, why_size, "\"signing_key_spki_b64\" is refused: %s",
+                 refused);
+        return 0;
+    }
     if (!ok) {
         snprintf(why, why_size,
                  "\"signing_key_spki_b64\" is not a P-256 public key");
@@ -1366,11 +1373,17 @@ static veil_client_status check_keys(enroll *en, veil_client_error *err)
         goto fail;
     }
     sha256(en->sign_spki, en->sign_spki_len, h);
+    char refused[160] = "";
     int kok = veil_key_from_public(en->e, en->sign_spki, en->sign_spki_len,
                                    &k) == VEIL_OK &&
               veil_key_get_info(k, &info) == VEIL_OK &&
-              info.type == VEIL_KEY_EC_P256;
+              info.type == VEIL_KEY_EC_P256 &&
+              veil_cl_key_check(k, 0, refused, sizeof refused);
     veil_key_free(k);
+    if (refused[0]) {
+        check(&en->ck, n, 0, "signing_key_spki_b64 is refused: %s", refused);
+        goto fail;
+    }
     if (!kok) {
         check(&en->ck, n, 0, "signing_key_spki_b64 is not a P-256 key");
         goto fail;
