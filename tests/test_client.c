@@ -1986,7 +1986,7 @@ static void test_maximum_foreign(void)
     /* veil's format named, but not a quote of its shape */
     push_plaintext(HOSTILE_HEAD ",\"_metadata\":{\"tpm_attestation\":"
                                 "{\"is_available\":true,\"format\":"
-                                "\"veil-tpm-quote-v1\"}}}");
+                                "\"veil-tpm2-quote-v1\"}}}");
     ask_fail(c, MODEL, &opts, VEIL_CLIENT_E_SECURITY, &err);
     veil_client_free(c);
 
