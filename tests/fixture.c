@@ -550,24 +550,27 @@ static char *hostile_answer(const char *kind, int *bad)
             snprintf(out, n, "%s\"bad \xff\xfe bytes \xc3(\xed\xa0\x80\"%s}",
                      head, tail);
     } else if (strcmp(kind, "deep") == 0) {
-        /* 400000 values 900 arrays deep: small as compact JSON (under
-         * 1 MiB), over 300 MiB with one tab per level of indentation */
+        /* 400000 members in an object 900 objects deep: 2.4 MB as compact
+         * JSON, over 300 MB indented (a line of 900 tabs per member) */
         const size_t depth = 900, values = 400000;
-        size_t n = strlen(head) + strlen(tail) + 2 * depth + 2 * values + 64;
+        size_t n = strlen(head) + strlen(tail) + 6 * depth + 6 * values + 64;
         char *o;
 
         if ((out = o = malloc(n)) != NULL) {
             o += snprintf(o, n, "%s\"deep\"%s,\"deep\":", head, tail);
-            memset(o, '[', depth);
-            o += depth;
-            for (size_t i = 0; i < values; i++) {
-                *o++ = '0';
-                *o++ = ',';
+            for (size_t i = 0; i < depth; i++) {
+                memcpy(o, "{\"d\":", 5);
+                o += 5;
             }
-            *o++ = '0';
-            memset(o, ']', depth);
-            o += depth;
-            memcpy(o, "}", 2);
+            *o++ = '{';
+            for (size_t i = 0; i < values; i++) {
+                memcpy(o, "\"a\":0,", 6);
+                o += 6;
+            }
+            o[-1] = '}'; /* the last comma */
+            memset(o, '}', depth + 1);
+            o += depth + 1;
+            *o = '\0';
         }
     } else {
         *bad = 1;

@@ -24,7 +24,7 @@
  *   fixture/hostile-KIND   a hostile answer, sealed as usual: KIND escapes
  *                          (terminal escapes, C1 controls and bidi
  *                          overrides in the content), badutf8 (invalid
- *                          UTF-8 in it), deep (400000 values 900 arrays
+ *                          UTF-8 in it), deep (400000 members 900 objects
  *                          deep), detail (a 500 whose detail has the
  *                          escapes)
  * A model name containing "reason" adds reasoning_content; a non-empty
