@@ -1026,15 +1026,17 @@ veil_client_status veil_verify_evidence(veil_engine *engine,
 
     int ok = 0, quote_checked;
     char *u = url_dup(url);
-    char hx[65];
+    char hx[65], shown[512], shown_trust[512];
+    veil_cl_redact_url(url, shown, sizeof shown);
+    veil_cl_redact_url(trust->url, shown_trust, sizeof shown_trust);
     if (u == NULL || strcmp(u, trust->url) != 0) {
         check(&ck, "gateway", 0,
               "the evidence is from %s, the trust file "
               "for %s",
-              url, trust->url);
+              shown, shown_trust);
         goto out;
     }
-    check(&ck, "gateway", 1, "%s, as enrolled", trust->url);
+    check(&ck, "gateway", 1, "%s, as enrolled", shown_trust);
     sha256(req, strlen(req), a.req_sha);
     sha256(resp, strlen(resp), a.resp_sha);
     veil_hex(a.req_sha, 32, hx);
@@ -1678,15 +1680,17 @@ veil_client_status veil_attest_enroll(const veil_enroll_options *opt,
                             "enrolment needs a URL and a trust file");
     en.ck.fn = opt->on_check;
     en.ck.ctx = opt->check_ctx;
+    char shown[512];
+    veil_cl_redact_url(opt->url, shown, sizeof shown);
     if (!strncmp(opt->url, "http://", 7) && !opt->allow_http)
         return veil_cl_fail(err, VEIL_CLIENT_E_SECURITY, 0, VEIL_E_ARG,
                             "plain http is refused (%s): use https, or allow "
                             "http for local development only",
-                            opt->url);
+                            shown);
     if (strncmp(opt->url, "https://", 8) && strncmp(opt->url, "http://", 7))
         return veil_cl_fail(err, st, 0, VEIL_E_ARG,
                             "the base URL must start with https:// (%s)",
-                            opt->url);
+                            shown);
     if (opt->api_key &&
         (opt->api_key[0] == '\0' || strpbrk(opt->api_key, "\r\n")))
         return veil_cl_fail(err, st, 0, VEIL_E_ARG,

@@ -33,6 +33,7 @@
 #include "fixture.h"
 #include "package.h"
 #include "testutil.h"
+#include "veil/attest.h"
 #include "veil/client.h"
 
 #define PROMPT                                                                 \
@@ -2103,6 +2104,16 @@ static void test_url_password_redacted(void)
     CU_ASSERT_EQUAL(veil_client_new(&cfg, &c, &err), VEIL_CLIENT_E_SECURITY);
     CU_ASSERT_PTR_NULL(strstr(err.detail, "s3cr3t"));
     CU_ASSERT_PTR_NOT_NULL(strstr(err.detail, "alice:***@"));
+    /* enrolment too */
+    {
+        veil_enroll_options eo = {.url = url,
+                                  .trust_file = "/nonexistent/trust.json",
+                                  .allow_unverified_ek = 1};
+
+        CU_ASSERT_EQUAL(veil_attest_enroll(&eo, &err), VEIL_CLIENT_E_SECURITY);
+        CU_ASSERT_PTR_NULL(strstr(err.detail, "s3cr3t"));
+        CU_ASSERT_PTR_NOT_NULL(strstr(err.detail, "alice:***@"));
+    }
 }
 
 static int fixtures_init(void)
