@@ -847,6 +847,10 @@ static veil_client_status open_answer(call *k, const veil_http_response *r,
     const char *where = "";
     if (dup == NULL && (dup = veil_cl_json_dup_key(md)) != NULL)
         where = "_metadata.";
+    if (dup == NULL &&
+        (dup = veil_cl_json_dup_key(
+             cJSON_GetObjectItemCaseSensitive(md, "tpm_attestation"))) != NULL)
+        where = "_metadata.tpm_attestation.";
     if (dup != NULL) {
         snprintf(why, sizeof why, "the answer has the member \"%s%.40s\" twice",
                  where, dup);

@@ -1542,8 +1542,8 @@ static void test_tls(void)
 /* An answer's plaintext before its _metadata (the fixture fills in
  * "$PAYLOAD_ID" with the request's ID). */
 #define HOSTILE_HEAD                                                           \
-    "{\"id\":\"chatcmpl-hostile\",\"object\":\"chat.completion\","            \
-    "\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\","         \
+    "{\"id\":\"chatcmpl-hostile\",\"object\":\"chat.completion\","             \
+    "\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\","           \
     "\"content\":\"hostile\"},\"finish_reason\":\"stop\"}]"
 #define OTHER_ID "00000000-0000-4000-8000-000000000000"
 
@@ -1553,7 +1553,8 @@ static int members(const cJSON *obj, const char *name)
     const cJSON *it;
     int n = 0;
 
-    cJSON_ArrayForEach(it, obj) if (it->string && !strcmp(it->string, name)) n++;
+    cJSON_ArrayForEach(it, obj) if (it->string && !strcmp(it->string, name))
+        n++;
     return n;
 }
 
@@ -1586,6 +1587,9 @@ static void test_duplicate_members(void)
         HOSTILE_HEAD ",\"_metadata\":{\"tpm_attestation\":{\"is_available\":"
                      "false},\"tpm_attestation\":{\"is_available\":true}}}",
         HOSTILE_HEAD ",\"choices\":[]}",
+        /* the quote's own members: the one checked, the one shown */
+        HOSTILE_HEAD ",\"_metadata\":{\"tpm_attestation\":{\"is_available\":"
+                     "true,\"format\":\"a\",\"format\":\"b\"}}}",
     };
     veil_client_config cfg;
     veil_client *c;
@@ -1599,7 +1603,8 @@ static void test_duplicate_members(void)
     for (size_t i = 0; i < sizeof answers / sizeof answers[0]; i++) {
         push_plaintext(answers[i]);
         ask_fail(c, MODEL, NULL, VEIL_CLIENT_E_SECURITY, &err);
-        CU_ASSERT_PTR_NOT_NULL(strstr(err.detail, VEIL_CLIENT_SECURITY_MESSAGE));
+        CU_ASSERT_PTR_NOT_NULL(
+            strstr(err.detail, VEIL_CLIENT_SECURITY_MESSAGE));
         CU_ASSERT_PTR_NOT_NULL(strstr(err.detail, "twice"));
     }
     /* each member once: accepted, and the client's own values replace the
@@ -1612,8 +1617,8 @@ static void test_duplicate_members(void)
     if (resp) {
         cJSON *md = cJSON_GetObjectItemCaseSensitive(resp, "_metadata");
 
-        CU_ASSERT_TRUE(cJSON_IsTrue(
-            cJSON_GetObjectItemCaseSensitive(md, "is_encrypted")));
+        CU_ASSERT_TRUE(
+            cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(md, "is_encrypted")));
         CU_ASSERT_EQUAL(members(md, "is_encrypted"), 1);
         CU_ASSERT_EQUAL(members(md, "payload_id"), 1);
         CU_ASSERT_STRING_EQUAL(str_at(md, "security_tier"), "high");
@@ -1692,10 +1697,9 @@ static void test_outer_fields(void)
     CU_ASSERT_EQUAL_FATAL(chat(c, MODEL, PROMPT, NULL, &resp, NULL, &err),
                           VEIL_CLIENT_OK);
     md = cJSON_GetObjectItemCaseSensitive(resp, "_metadata");
-    CU_ASSERT_EQUAL(
-        cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(md,
-                                                              "processed_at")),
-        42);
+    CU_ASSERT_EQUAL(cJSON_GetNumberValue(
+                        cJSON_GetObjectItemCaseSensitive(md, "processed_at")),
+                    42);
     veil_chat_response_free(resp);
     veil_client_free(c);
 }
