@@ -184,7 +184,8 @@ typedef struct veil_chat_stats {
  * with "_metadata" filled in (payload_id, is_encrypted,
  * encryption_algorithm, and what the server put inside the encrypted
  * answer, processed_at among it; nothing from outside the encryption).
- * An answer with a member twice (at its top level or in _metadata), or
+ * An answer with a member twice (at its top level, in _metadata or in its
+ * tpm_attestation), or
  * whose _metadata.payload_id is not this request's (a replayed answer),
  * is VEIL_CLIENT_E_SECURITY.  The request is
  * checked first: a wrong type or a payload over 10 MiB is refused before
