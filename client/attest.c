@@ -150,10 +150,13 @@ static int check(checker *ck, const char *name, int ok, const char *fmt, ...)
     return ok;
 }
 
-/* The reason a veil_* call just gave. */
+/* Why tpm_pub just refused a key that parsed ("" when it did not). */
+static _Thread_local char key_refusal[200];
+
+/* The reason a veil_* call (or tpm_pub) just gave. */
 static const char *why_last(void)
 {
-    return veil_last_error()->message;
+    return key_refusal[0] ? key_refusal : veil_last_error()->message;
 }
 
 /* ---- TPM objects --------------------------------------------------------- */
@@ -217,11 +220,23 @@ static cJSON *pcrs_json(const veil_pcr_sel *sel,
     return o;
 }
 
+/* A TPM public area, its key checked as every server key is
+ * (veil_cl_key_check); why_last() says why when it fails. */
 static int tpm_pub(veil_engine *e, const uint8_t *b, size_t n,
                    veil_tpm_pub *out)
 {
+    char why[160];
     memset(out, 0, sizeof *out);
-    return veil_tpm_pub_parse(e, b, n, out) == VEIL_OK;
+    key_refusal[0] = '\0';
+    if (veil_tpm_pub_parse(e, b, n, out) != VEIL_OK)
+        return 0;
+    if (!veil_cl_key_check(out->key, 0, why, sizeof why)) {
+        snprintf(key_refusal, sizeof key_refusal, "the key is refused: %s",
+                 why);
+        veil_tpm_pub_clear(out);
+        return 0;
+    }
+    return 1;
 }
 
 /* The TPM objects of a quote, decoded from a report or a
@@ -442,11 +457,18 @@ static int trust_keys_ok(veil_engine *e, const veil_trust *t, char *why,
     veil_key_info info;
     uint8_t h[32];
     sha256(t->sign_spki, t->sign_spki_len, h);
+    char refused[160] = "";
     ok = veil_key_from_public(e, t->sign_spki, t->sign_spki_len, &k) ==
              VEIL_OK &&
          veil_key_get_info(k, &info) == VEIL_OK &&
-         info.type == VEIL_KEY_EC_P256;
+         info.type == VEIL_KEY_EC_P256 &&
+         veil_cl_key_check(k, 0, refused, sizeof refused);
     veil_key_free(k);
+    if (refused[0]) {
+        snprintf(why, why_size, "\"signing_key_spki_b64\" is refused: %s",
+                 refused);
+        return 0;
+    }
     if (!ok) {
         snprintf(why, why_size,
                  "\"signing_key_spki_b64\" is not a P-256 public key");
@@ -576,6 +598,7 @@ typedef struct answer_in {
     uint8_t signing_key[32];   /* what the answer says signed it */
     const cJSON *tpm;          /* tpm_attestation, or NULL */
     const uint8_t *server_sha; /* without a trust file: the key used */
+    int allow_foreign;         /* without a trust file: see veil_cl_answer */
 } answer_in;
 
 static int check_signature(veil_engine *e, const veil_trust *t,
@@ -767,17 +790,27 @@ static int verify_core(veil_engine *e, const veil_trust *t, const answer_in *a,
     if (!maximum)
         return 1;
     if (t == NULL) {
-        /* Without enrolment, only a veil quote can be checked at all
-         * (another server's shape is not; the caller warns), but a
-         * maximum answer with no attestation is refused: the tier asked
-         * for one. */
+        /* Without enrolment, only a veil quote can be checked at all: a
+         * maximum answer with no attestation is refused (the tier asked
+         * for one), and so is one in another shape ({"is_available":
+         * true} alone would do) unless the caller allows foreign
+         * attestations (and warns). */
         const char *format = jstr(a->tpm, "format");
         if (!cJSON_IsTrue(
                 cJSON_GetObjectItemCaseSensitive(a->tpm, "is_available")))
             return check(ck, "quote", 0,
                          "the maximum answer carries no TPM attestation");
-        if (format == NULL || strcmp(format, QUOTE_FORMAT) != 0)
-            return 1;
+        if (format == NULL || strcmp(format, QUOTE_FORMAT) != 0) {
+            if (a->allow_foreign)
+                return check(ck, "TPM attestation", 1,
+                             "in another format than veil's, not checked "
+                             "(foreign attestations are allowed)");
+            return check(ck, "TPM attestation", 0,
+                         "not a veil TPM quote (format \"" QUOTE_FORMAT
+                         "\"); another format cannot be checked and is "
+                         "accepted only when foreign attestations are "
+                         "allowed");
+        }
     }
     if (!check_quote(e, t, a, ck))
         return 0;
@@ -873,6 +906,7 @@ veil_client_status veil_cl_verify_answer(veil_engine *e, const veil_trust *t,
         .tier = in->tier,
         .tpm = in->tpm_attestation,
         .server_sha = in->server_key_sha256,
+        .allow_foreign = in->allow_foreign,
     };
     int ok = 1;
     in->quote_checked = 0;
@@ -992,15 +1026,17 @@ veil_client_status veil_verify_evidence(veil_engine *engine,
 
     int ok = 0, quote_checked;
     char *u = url_dup(url);
-    char hx[65];
+    char hx[65], shown[512], shown_trust[512];
+    veil_cl_redact_url(url, shown, sizeof shown);
+    veil_cl_redact_url(trust->url, shown_trust, sizeof shown_trust);
     if (u == NULL || strcmp(u, trust->url) != 0) {
         check(&ck, "gateway", 0,
               "the evidence is from %s, the trust file "
               "for %s",
-              url, trust->url);
+              shown, shown_trust);
         goto out;
     }
-    check(&ck, "gateway", 1, "%s, as enrolled", trust->url);
+    check(&ck, "gateway", 1, "%s, as enrolled", shown_trust);
     sha256(req, strlen(req), a.req_sha);
     sha256(resp, strlen(resp), a.resp_sha);
     veil_hex(a.req_sha, 32, hx);
@@ -1074,7 +1110,7 @@ static veil_client_status gw_http(enroll *en, const char *path,
     }
     h[n] = NULL;
     veil_client_status st = veil_transport_send(
-        en->tx, url, h, body, body ? strlen(body) : 0, r, err);
+        en->tx, url, h, body, body ? strlen(body) : 0, 0, r, err);
     if (auth)
         veil_cl_wipe(auth, auth_len);
     free(auth);
@@ -1099,12 +1135,21 @@ static veil_client_status fetch_encryption_key(enroll *en, uint8_t sha[32],
     }
     veil_key *k = NULL;
     veil_key_info info;
+    char why[160] = "";
     int ok = r.body != NULL && strstr(r.body, "-----BEGIN PUBLIC KEY-----") &&
              veil_key_from_public(en->e, (const uint8_t *)r.body, r.len, &k) ==
                  VEIL_OK &&
              veil_key_get_info(k, &info) == VEIL_OK &&
              info.type == VEIL_KEY_RSA && info.bits >= 2048 &&
              veil_key_fingerprint(k, sha) == VEIL_OK;
+    if (ok && !veil_cl_key_check(k, 0, why, sizeof why)) {
+        veil_key_free(k);
+        free(r.body);
+        check(&en->ck, "encryption key", 0, "/pki/public_key is refused: %s",
+              why);
+        return veil_cl_fail(err, VEIL_CLIENT_E_SECURITY, 200, VEIL_E_KEY, "%s",
+                            en->ck.failed);
+    }
     veil_key_free(k);
     free(r.body);
     if (!ok) {
@@ -1330,11 +1375,17 @@ static veil_client_status check_keys(enroll *en, veil_client_error *err)
         goto fail;
     }
     sha256(en->sign_spki, en->sign_spki_len, h);
+    char refused[160] = "";
     int kok = veil_key_from_public(en->e, en->sign_spki, en->sign_spki_len,
                                    &k) == VEIL_OK &&
               veil_key_get_info(k, &info) == VEIL_OK &&
-              info.type == VEIL_KEY_EC_P256;
+              info.type == VEIL_KEY_EC_P256 &&
+              veil_cl_key_check(k, 0, refused, sizeof refused);
     veil_key_free(k);
+    if (refused[0]) {
+        check(&en->ck, n, 0, "signing_key_spki_b64 is refused: %s", refused);
+        goto fail;
+    }
     if (!kok) {
         check(&en->ck, n, 0, "signing_key_spki_b64 is not a P-256 key");
         goto fail;
@@ -1629,15 +1680,17 @@ veil_client_status veil_attest_enroll(const veil_enroll_options *opt,
                             "enrolment needs a URL and a trust file");
     en.ck.fn = opt->on_check;
     en.ck.ctx = opt->check_ctx;
+    char shown[512];
+    veil_cl_redact_url(opt->url, shown, sizeof shown);
     if (!strncmp(opt->url, "http://", 7) && !opt->allow_http)
         return veil_cl_fail(err, VEIL_CLIENT_E_SECURITY, 0, VEIL_E_ARG,
                             "plain http is refused (%s): use https, or allow "
                             "http for local development only",
-                            opt->url);
+                            shown);
     if (strncmp(opt->url, "https://", 8) && strncmp(opt->url, "http://", 7))
         return veil_cl_fail(err, st, 0, VEIL_E_ARG,
                             "the base URL must start with https:// (%s)",
-                            opt->url);
+                            shown);
     if (opt->api_key &&
         (opt->api_key[0] == '\0' || strpbrk(opt->api_key, "\r\n")))
         return veil_cl_fail(err, st, 0, VEIL_E_ARG,

@@ -9,13 +9,25 @@
 #include <sys/stat.h>
 #include <time.h>
 
+#include <openssl/bn.h>
+#include <openssl/core_names.h>
 #include <openssl/crypto.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
 
 #include "internal.h"
 #include "package.h"
 
 #define DEFAULT_URL "https://api.nomyo.ai"
 #define SERVER_CACHE 8
+/* The largest /pki/public_key body read: an SPKI PEM of RSA-16384 is
+ * about 3 KiB. */
+#define MAX_KEY_BODY (64u * 1024u)
+/* A package has about a dozen values (docs/CLIENT.md): anything with more,
+ * or nested deeper, is refused before cJSON parses it. */
+#define PACKAGE_MAX_VALUES 64
+#define PACKAGE_MAX_DEPTH 4
 
 /* A key with the text forms the protocol needs, shared by reference so
  * that a rotation or a refetch never frees a key another thread uses. */
@@ -279,14 +291,17 @@ static int url_ok(const char *url, int allow_http)
 static veil_client_status check_url(const veil_client *c, const char *url,
                                     veil_client_error *err)
 {
+    char shown[512];
+    veil_cl_redact_url(url, shown, sizeof shown);
     if (!strncmp(url, "http://", 7) && !c->cfg.allow_http)
         return veil_cl_fail(err, VEIL_CLIENT_E_SECURITY, 0, VEIL_E_ARG,
                             "plain http is refused (%s): use https, or allow "
                             "http for local development only",
-                            url);
+                            shown);
     if (!url_ok(url, c->cfg.allow_http))
         return veil_cl_fail(err, VEIL_CLIENT_E_CONFIG, 0, VEIL_E_ARG,
-                            "the base URL must start with https:// (%s)", url);
+                            "the base URL must start with https:// (%s)",
+                            shown);
     return VEIL_CLIENT_OK;
 }
 
@@ -387,10 +402,12 @@ veil_client_status veil_client_new(const veil_client_config *cfg,
         /* Answers from another gateway could not be checked against it. */
         st = VEIL_CLIENT_E_CONFIG;
         if (strcmp(veil_trust_url(c->trust), c->base_url) != 0) {
+            char a[512], b[512];
+            veil_cl_redact_url(veil_trust_url(c->trust), a, sizeof a);
+            veil_cl_redact_url(c->base_url, b, sizeof b);
             veil_cl_fail(err, st, 0, VEIL_E_ARG,
                          "the trust file %s was enrolled for %s, not %s",
-                         cfg->trust_file, veil_trust_url(c->trust),
-                         c->base_url);
+                         cfg->trust_file, a, b);
             goto fail;
         }
     }
@@ -423,11 +440,14 @@ veil_client_status veil_client_new(const veil_client_config *cfg,
     }
     if ((st = load_key(c, &c->own, err)) != VEIL_CLIENT_OK)
         goto fail;
-    if (!strncmp(c->base_url, "http://", 7))
+    if (!strncmp(c->base_url, "http://", 7)) {
+        char shown[512];
+        veil_cl_redact_url(c->base_url, shown, sizeof shown);
         cl_log(c, VEIL_LOG_WARN,
                "plain http to %s: the API key and the request metadata "
                "travel unprotected; use it for local development only",
-               c->base_url);
+               shown);
+    }
     *out = c;
     return VEIL_CLIENT_OK;
 fail:
@@ -524,6 +544,48 @@ static int retryable(long status)
 
 /* ---- the server key ----------------------------------------------------- */
 
+int veil_cl_key_check(const veil_key *k, int allow_small_exponent, char *why,
+                      size_t why_size)
+{
+    char *pem = NULL;
+    EVP_PKEY *p = NULL;
+    EVP_PKEY_CTX *ctx = NULL;
+    BIGNUM *e = NULL;
+    int ok = 0;
+    if (veil_key_public_pem(k, &pem) == VEIL_OK) {
+        BIO *b = BIO_new_mem_buf(pem, -1);
+        p = b ? PEM_read_bio_PUBKEY(b, NULL, NULL, NULL) : NULL;
+        BIO_free(b);
+    }
+    free(pem);
+    if (p != NULL)
+        ctx = EVP_PKEY_CTX_new_from_pkey(NULL, p, NULL);
+    if (ctx == NULL)
+        snprintf(why, why_size, "OpenSSL cannot read it");
+    else if (EVP_PKEY_public_check(ctx) != 1)
+        snprintf(why, why_size,
+                 "it fails OpenSSL's public key check (a degenerate "
+                 "modulus or exponent)");
+    else if (!EVP_PKEY_is_a(p, "RSA"))
+        ok = 1;
+    else if (!EVP_PKEY_get_bn_param(p, OSSL_PKEY_PARAM_RSA_E, &e))
+        snprintf(why, why_size, "its RSA exponent cannot be read");
+    else if (BN_num_bits(e) <= 17 && BN_get_word(e) < 65537 &&
+             !(allow_small_exponent && BN_is_odd(e) && BN_get_word(e) >= 3))
+        snprintf(why, why_size, "its RSA public exponent %lu is below 65537%s",
+                 (unsigned long)BN_get_word(e),
+                 BN_is_odd(e) && BN_get_word(e) >= 3
+                     ? " (allow_small_exponent accepts it)"
+                     : "");
+    else
+        ok = 1;
+    BN_free(e);
+    EVP_PKEY_CTX_free(ctx);
+    EVP_PKEY_free(p);
+    ERR_clear_error();
+    return ok;
+}
+
 static veil_client_status fetch_server_key(veil_client *c, const char *url,
                                            keyref **out, veil_client_error *err)
 {
@@ -535,7 +597,7 @@ static veil_client_status fetch_server_key(veil_client *c, const char *url,
                             "the base URL is too long");
     veil_http_response r;
     veil_client_status st =
-        veil_transport_send(c->tx, full, NULL, NULL, 0, &r, err);
+        veil_transport_send(c->tx, full, NULL, NULL, 0, MAX_KEY_BODY, &r, err);
     if (st != VEIL_CLIENT_OK)
         return st;
     if (r.status != 200) {
@@ -545,8 +607,19 @@ static veil_client_status fetch_server_key(veil_client *c, const char *url,
     }
     veil_key *key = NULL;
     veil_rc rc = VEIL_E_KEY;
-    if (r.body != NULL && strstr(r.body, "-----BEGIN PUBLIC KEY-----"))
-        rc = veil_key_from_public(c->engine, (const uint8_t *)r.body, r.len,
+    /* The PEM, without the white space around it. */
+    const char *pem = r.body ? r.body : "";
+    size_t pem_len = r.body ? r.len : 0;
+    while (pem_len > 0 && strchr(" \t\r\n", *pem) && *pem) {
+        pem++;
+        pem_len--;
+    }
+    while (pem_len > 0 && pem[pem_len - 1] &&
+           strchr(" \t\r\n", pem[pem_len - 1]))
+        pem_len--;
+    if (pem_len > 26 && !strncmp(pem, "-----BEGIN PUBLIC KEY-----", 26) &&
+        memchr(pem, 0, pem_len) == NULL)
+        rc = veil_key_from_public(c->engine, (const uint8_t *)pem, pem_len,
                                   &key);
     free(r.body);
     if (rc != VEIL_OK)
@@ -554,6 +627,7 @@ static veil_client_status fetch_server_key(veil_client *c, const char *url,
                             "the server's /pki/public_key is not a PEM "
                             "public key");
     veil_key_info info;
+    char why[160];
     if (veil_key_get_info(key, &info) != VEIL_OK || info.type != VEIL_KEY_RSA ||
         info.bits < VEIL_PKG_MIN_RSA_BITS) {
         veil_key_free(key);
@@ -561,6 +635,12 @@ static veil_client_status fetch_server_key(veil_client *c, const char *url,
                             "the server key is not RSA of at least %u bits; "
                             "refused",
                             VEIL_PKG_MIN_RSA_BITS);
+    }
+    if (!veil_cl_key_check(key, c->cfg.allow_small_exponent, why, sizeof why)) {
+        veil_key_free(key);
+        return veil_cl_fail(err, VEIL_CLIENT_E_SECURITY, 200, VEIL_E_KEY,
+                            "the server key is refused: %s; nothing was sent",
+                            why);
     }
     keyref *k;
     if ((rc = keyref_new(key, 0, &k)) != VEIL_OK ||
@@ -592,7 +672,9 @@ static veil_client_status fetch_server_key(veil_client *c, const char *url,
         keyref_put(k);
         return VEIL_CLIENT_E_SECURITY;
     }
-    cl_log(c, VEIL_LOG_INFO, "server key of %s: RSA-%u %s", url, info.bits,
+    char shown[512];
+    veil_cl_redact_url(url, shown, sizeof shown);
+    cl_log(c, VEIL_LOG_INFO, "server key of %s: RSA-%u %s", shown, info.bits,
            k->fp_text);
     *out = k;
     return VEIL_CLIENT_OK;
@@ -706,19 +788,41 @@ static unsigned backoff_ms(veil_client *c, unsigned attempt,
     return (unsigned)(d / 2 + (d / 2 + 1) * (uint64_t)r / UINT32_MAX);
 }
 
+/* Refuses an answer: the one security message, and what was wrong with it
+ * in the log (debug) and after the message. */
+static veil_client_status refuse(call *k, const char *payload_id, veil_rc rc,
+                                 const char *why, veil_client_error *err)
+{
+    cl_log(k->c, VEIL_LOG_DEBUG, "answer to %s refused: %s", payload_id, why);
+    return veil_cl_fail(err, VEIL_CLIENT_E_SECURITY, 200, rc, "%s (%s)",
+                        VEIL_CLIENT_SECURITY_MESSAGE, why);
+}
+
 /* Opens a 200 answer into the caller's tree and fills _metadata.  Any
- * failure is the one security error. */
+ * failure is the one security error.  Before the package is opened
+ * nothing in it is trusted: it is parsed only when it is package-sized in
+ * values (its strings may be large), and nothing from outside the
+ * encryption (the package's "algorithm" and "processed_at") reaches the
+ * answer. */
 static veil_client_status open_answer(call *k, const veil_http_response *r,
                                       const char *payload_id, cJSON **out,
                                       veil_client_error *err)
 {
     veil_secbuf *pt = NULL;
-    veil_pkg_meta meta;
     cJSON *tree = NULL;
     veil_rc rc = VEIL_E_DECRYPT;
-    if (r->body != NULL)
-        rc = veil_pkg_open(k->c->engine, k->own->key, r->body, r->len, &pt,
-                           &meta);
+    char why[160];
+    if (r->body == NULL ||
+        !veil_cl_json_small(r->body, r->len, PACKAGE_MAX_VALUES,
+                            PACKAGE_MAX_DEPTH)) {
+        cl_log(k->c, VEIL_LOG_DEBUG,
+               "answer to %s refused: not a package (too many values or "
+               "too deep)",
+               payload_id);
+        return veil_cl_fail(err, VEIL_CLIENT_E_SECURITY, 200, VEIL_E_ARG, "%s",
+                            VEIL_CLIENT_SECURITY_MESSAGE);
+    }
+    rc = veil_pkg_open(k->c->engine, k->own->key, r->body, r->len, &pt, NULL);
     if (rc != VEIL_OK) {
         cl_log(k->c, VEIL_LOG_DEBUG, "answer to %s refused: %s", payload_id,
                veil_last_error()->message);
@@ -737,19 +841,42 @@ static veil_client_status open_answer(call *k, const veil_http_response *r,
         return veil_cl_fail(err, VEIL_CLIENT_E_SECURITY, 200, VEIL_E_DECRYPT,
                             "%s", VEIL_CLIENT_SECURITY_MESSAGE);
     }
+    /* A reader of the tree gets the first of two members, a JSON parser
+     * elsewhere the last: neither may be the server's choice. */
+    const char *dup = veil_cl_json_dup_key(tree);
+    const char *where = "";
+    if (dup == NULL && (dup = veil_cl_json_dup_key(md)) != NULL)
+        where = "_metadata.";
+    if (dup == NULL &&
+        (dup = veil_cl_json_dup_key(
+             cJSON_GetObjectItemCaseSensitive(md, "tpm_attestation"))) != NULL)
+        where = "_metadata.tpm_attestation.";
+    if (dup != NULL) {
+        snprintf(why, sizeof why, "the answer has the member \"%s%.40s\" twice",
+                 where, dup);
+        veil_chat_response_free(tree);
+        return refuse(k, payload_id, VEIL_E_VERIFY, why, err);
+    }
+    /* The payload ID inside the encryption must be this request's: with a
+     * long-lived client key an earlier answer still opens. */
+    const cJSON *id = cJSON_GetObjectItemCaseSensitive(md, "payload_id");
+    if (id != NULL &&
+        (!cJSON_IsString(id) || strcmp(id->valuestring, payload_id) != 0)) {
+        veil_chat_response_free(tree);
+        return refuse(k, payload_id, VEIL_E_VERIFY,
+                      "the answer is for another payload ID than this "
+                      "request's (a replayed answer?)",
+                      err);
+    }
     if (md == NULL)
         md = cJSON_AddObjectToObject(tree, "_metadata");
     cJSON_DeleteItemFromObjectCaseSensitive(md, "payload_id");
-    cJSON_DeleteItemFromObjectCaseSensitive(md, "processed_at");
     cJSON_DeleteItemFromObjectCaseSensitive(md, "is_encrypted");
     cJSON_DeleteItemFromObjectCaseSensitive(md, "encryption_algorithm");
     if (md == NULL || !cJSON_AddStringToObject(md, "payload_id", payload_id) ||
-        (meta.has_processed_at &&
-         !cJSON_AddNumberToObject(md, "processed_at", meta.processed_at)) ||
         !cJSON_AddTrueToObject(md, "is_encrypted") ||
         !cJSON_AddStringToObject(md, "encryption_algorithm",
-                                 meta.algorithm[0] ? meta.algorithm
-                                                   : VEIL_PKG_ALGORITHM)) {
+                                 VEIL_PKG_ALGORITHM)) {
         veil_chat_response_free(tree);
         return veil_cl_fail(err, VEIL_CLIENT_E_SECURITY, 200, VEIL_E_NOMEM,
                             "out of memory");
@@ -815,9 +942,11 @@ static veil_client_status post_once(call *k, veil_secbuf *pt,
         headers[n++] = h_auth;
     }
     headers[n] = NULL;
-    cl_log(c, VEIL_LOG_DEBUG, "POST %s payload %s (%zu bytes)", url, payload_id,
-           strlen(pkg));
-    st = veil_transport_send(c->tx, url, headers, pkg, strlen(pkg), r, err);
+    char shown[2048];
+    veil_cl_redact_url(url, shown, sizeof shown);
+    cl_log(c, VEIL_LOG_DEBUG, "POST %s payload %s (%zu bytes)", shown,
+           payload_id, strlen(pkg));
+    st = veil_transport_send(c->tx, url, headers, pkg, strlen(pkg), 0, r, err);
 out:
     if (k->stats) {
         k->stats->encrypt_ns += t1 - t0;
@@ -864,6 +993,7 @@ static veil_client_status verify_answer(call *k, const veil_http_response *r,
         .server_key_sha256 = k->server->fp,
         .tpm_attestation =
             cJSON_GetObjectItemCaseSensitive(md, "tpm_attestation"),
+        .allow_foreign = c->cfg.allow_foreign_attestation,
     };
     veil_client_status st = veil_cl_verify_answer(
         c->engine, c->trust, &a, log_check, k, k->evidence, err);
@@ -883,7 +1013,7 @@ static veil_client_status verify_answer(call *k, const veil_http_response *r,
                      "'veil attest enroll')"
                    : "answer %s: the maximum tier answer carries a TPM "
                      "attestation in another format than veil's; it was not "
-                     "verified",
+                     "verified (accepted as foreign attestation is allowed)",
                payload_id);
     return VEIL_CLIENT_OK;
 }
@@ -941,6 +1071,11 @@ static veil_client_status exchange(call *k, veil_secbuf *pt, cJSON **response,
                            "server key changed; resending with the new key");
                     continue;
                 }
+            } else if (got == VEIL_CLIENT_E_SECURITY) {
+                /* the new key is refused (pin, trust file, check): that,
+                 * not the 400, is what the caller must hear */
+                *err = e2;
+                return got;
             }
             return st;
         }
@@ -1010,10 +1145,13 @@ veil_client_status veil_chat_create(veil_client *c, const cJSON *request,
     for (size_t n = strlen(url); n > 0 && url[n - 1] == '/';)
         url[--n] = '\0';
     k.url = url;
-    if (c->trust && strcmp(url, veil_trust_url(c->trust)) != 0)
+    if (c->trust && strcmp(url, veil_trust_url(c->trust)) != 0) {
+        char a[512], b[512];
+        veil_cl_redact_url(veil_trust_url(c->trust), a, sizeof a);
+        veil_cl_redact_url(url, b, sizeof b);
         return veil_cl_fail(err, VEIL_CLIENT_E_CONFIG, 0, VEIL_E_ARG,
-                            "the trust file is for %s, not %s",
-                            veil_trust_url(c->trust), url);
+                            "the trust file is for %s, not %s", a, b);
+    }
     if (!veil_cl_request_check(request, why, sizeof why))
         return veil_cl_fail(err, VEIL_CLIENT_E_INVALID_REQUEST, 0, VEIL_E_ARG,
                             "%s", why);

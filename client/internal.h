@@ -29,9 +29,32 @@ void veil_cl_wipe(void *p, size_t len);
 int veil_cl_request_check(const cJSON *request, char *why, size_t why_size);
 
 /* The "detail" of an error body: its string, or compact JSON of another
- * value, or a printable prefix of a body that is not JSON. */
+ * value, or a printable prefix of a body that is not JSON (or too big to
+ * be worth parsing: see veil_cl_json_small). */
 void veil_cl_error_detail(const char *body, size_t len, char *out,
                           size_t out_size);
+
+/* A cheap scan of JSON text before cJSON sees it: 1 when it has at most
+ * max_values values (strings, numbers, literals, arrays, objects) and
+ * nests at most max_depth deep.  It does not check the syntax (cJSON
+ * does that next); it bounds what parsing can cost.  Used on everything
+ * a server sends before it is authenticated. */
+int veil_cl_json_small(const char *text, size_t len, unsigned max_values,
+                       unsigned max_depth);
+
+/* The name of the first member that occurs twice in obj, or NULL. */
+const char *veil_cl_json_dup_key(const cJSON *obj);
+
+/* url with the password of its user part, if any, replaced by "***"
+ * (for log lines and error details). */
+void veil_cl_redact_url(const char *url, char *out, size_t out_size);
+
+/* Checks a server's public key beyond type and size: OpenSSL's public
+ * key check (EVP_PKEY_public_check), and for RSA an exponent of at least
+ * 65537 (an odd one from 3 up with allow_small_exponent).  1 when it
+ * passes; else 0 with the reason in why. */
+int veil_cl_key_check(const veil_key *k, int allow_small_exponent, char *why,
+                      size_t why_size);
 
 /* ---- HTTP (transport.c) ----------------------------------------------- */
 
@@ -51,17 +74,26 @@ typedef struct veil_http_response {
     int veil_headers_bad;
 } veil_http_response;
 
+/* Bodies of answers other than 200 are kept up to this size (the rest is
+ * read and dropped): only a detail is taken from them. */
+#define VEIL_CL_MAX_ERROR_BODY (64u * 1024u)
+
 veil_transport *veil_transport_new(const char *ca_file, unsigned timeout_ms);
 void veil_transport_free(veil_transport *t);
 
 /* One exchange: GET when body is NULL, else POST.  headers: NULL-ended
  * "Name: value" lines.  Connections are reused across calls and threads.
+ * max_body: the largest 200 body accepted (0: 20 MiB); other statuses
+ * keep VEIL_CL_MAX_ERROR_BODY bytes.  A POST body is sent at most once:
+ * when a reused connection dies, libcurl's own resend is refused and the
+ * call fails as a network error (the caller seals a fresh package).
  * Returns VEIL_CLIENT_OK when an answer (any status) arrived, else
  * VEIL_CLIENT_E_CONNECTION or VEIL_CLIENT_E_SECURITY (TLS verification)
  * with err filled.  Free resp->body. */
 veil_client_status veil_transport_send(veil_transport *t, const char *url,
                                        const char *const *headers,
                                        const char *body, size_t len,
+                                       size_t max_body,
                                        veil_http_response *resp,
                                        veil_client_error *err);
 
@@ -90,7 +122,9 @@ typedef struct veil_cl_answer {
     const veil_http_response *response; /* body and signature headers */
     const uint8_t *server_key_sha256;   /* the key the request went to */
     const cJSON *tpm_attestation;       /* _metadata.tpm_attestation */
-    int quote_checked;                  /* out: a TPM quote was verified */
+    int allow_foreign; /* maximum, no trust file: accept an attestation in
+                          another format than veil's (unchecked) */
+    int quote_checked; /* out: a TPM quote was verified */
 } veil_cl_answer;
 
 /* Verifies one opened answer: with a trust file, its signature under the

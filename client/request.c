@@ -179,11 +179,18 @@ int veil_cl_request_check(const cJSON *r, char *why, size_t why_size)
 
 #undef FAIL
 
+/* An error body is parsed only when it is this small in values. */
+#define ERROR_MAX_VALUES 256
+#define ERROR_MAX_DEPTH 16
+
 void veil_cl_error_detail(const char *body, size_t len, char *out,
                           size_t out_size)
 {
     out[0] = '\0';
-    cJSON *j = body ? cJSON_ParseWithLength(body, len) : NULL;
+    cJSON *j =
+        body && veil_cl_json_small(body, len, ERROR_MAX_VALUES, ERROR_MAX_DEPTH)
+            ? cJSON_ParseWithLength(body, len)
+            : NULL;
     const cJSON *d = cJSON_GetObjectItemCaseSensitive(j, "detail");
     if (cJSON_IsString(d)) {
         snprintf(out, out_size, "%s", d->valuestring);
@@ -201,6 +208,94 @@ void veil_cl_error_detail(const char *body, size_t len, char *out,
         out[n] = '\0';
     }
     cJSON_Delete(j);
+}
+
+int veil_cl_json_small(const char *text, size_t len, unsigned max_values,
+                       unsigned max_depth)
+{
+    /* Every value cJSON makes follows one of these outside a string, or is
+     * the top one: counting them bounds the nodes it allocates. */
+    size_t marks = 0, depth = 0;
+    int in_string = 0;
+    for (size_t i = 0; i < len; i++) {
+        char c = text[i];
+        if (in_string) {
+            if (c == '\\')
+                i++;
+            else if (c == '"')
+                in_string = 0;
+            continue;
+        }
+        switch (c) {
+        case '"':
+            in_string = 1;
+            break;
+        case '{':
+        case '[':
+            if (++depth > max_depth)
+                return 0;
+            /* fall through */
+        case ',':
+        case ':':
+            if (++marks >= max_values)
+                return 0;
+            break;
+        case '}':
+        case ']':
+            if (depth > 0)
+                depth--;
+            break;
+        default:
+            break;
+        }
+    }
+    return 1;
+}
+
+static int cmp_names(const void *a, const void *b)
+{
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+const char *veil_cl_json_dup_key(const cJSON *obj)
+{
+    if (!cJSON_IsObject(obj))
+        return NULL;
+    size_t n = 0;
+    for (const cJSON *a = obj->child; a != NULL; a = a->next)
+        n++;
+    /* sorted, so that a server's answer with many members costs n log n */
+    const char **names = malloc((n ? n : 1) * sizeof *names);
+    const char *dup = NULL;
+    if (names == NULL)
+        return "(out of memory)";
+    n = 0;
+    for (const cJSON *a = obj->child; a != NULL; a = a->next)
+        names[n++] = a->string ? a->string : "";
+    qsort(names, n, sizeof *names, cmp_names);
+    for (size_t i = 1; i < n && dup == NULL; i++)
+        if (strcmp(names[i - 1], names[i]) == 0)
+            dup = names[i];
+    free(names);
+    return dup;
+}
+
+void veil_cl_redact_url(const char *url, char *out, size_t out_size)
+{
+    const char *scheme = strstr(url, "://");
+    const char *auth = scheme ? scheme + 3 : url;
+    size_t host_len = strcspn(auth, "/?#");
+    const char *at = memchr(auth, '@', host_len);
+    /* the last '@' before the path ends the user part */
+    for (const char *p = at; p != NULL && p < auth + host_len;
+         p = memchr(p + 1, '@', (size_t)(auth + host_len - p - 1)))
+        at = p;
+    const char *colon = at ? memchr(auth, ':', (size_t)(at - auth)) : NULL;
+    if (colon == NULL) {
+        snprintf(out, out_size, "%s", url);
+        return;
+    }
+    snprintf(out, out_size, "%.*s:***%s", (int)(colon - url), url, at);
 }
 
 /* ---- building requests ------------------------------------------------- */

@@ -4,6 +4,7 @@
 
 #include <ctype.h>
 #include <stddef.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -88,22 +89,37 @@ static void give_back(veil_transport *t, CURL *h)
 
 typedef struct sink {
     veil_http_response *resp;
+    CURL *h;
     size_t cap;
+    size_t max;  /* the largest 200 body */
+    size_t seen; /* body bytes received, kept or not */
     int too_big;
 } sink;
 
 static size_t on_body(char *data, size_t size, size_t n, void *ctx)
 {
     sink *s = ctx;
-    size_t len = size * n;
+    size_t len = size * n, keep = len;
     veil_http_response *r = s->resp;
-    if (r->len + len > MAX_RESPONSE) {
+    long status = 0;
+    curl_easy_getinfo(s->h, CURLINFO_RESPONSE_CODE, &status);
+    s->seen += len;
+    if (s->seen > (status == 200 ? s->max : MAX_RESPONSE)) {
         s->too_big = 1;
         return 0; /* aborts the transfer */
     }
-    if (r->len + len + 1 > s->cap) {
+    /* An error answer is read for its detail only: its head is kept, the
+     * rest dropped, so that it never costs more memory than that. */
+    if (status != 200)
+        keep = r->len >= VEIL_CL_MAX_ERROR_BODY ? 0
+               : len < VEIL_CL_MAX_ERROR_BODY - r->len
+                   ? len
+                   : VEIL_CL_MAX_ERROR_BODY - r->len;
+    if (keep == 0)
+        return len;
+    if (r->len + keep + 1 > s->cap) {
         size_t cap = s->cap ? s->cap : 4096;
-        while (cap < r->len + len + 1)
+        while (cap < r->len + keep + 1)
             cap *= 2;
         char *b = realloc(r->body, cap);
         if (b == NULL)
@@ -111,8 +127,8 @@ static size_t on_body(char *data, size_t size, size_t n, void *ctx)
         r->body = b;
         s->cap = cap;
     }
-    memcpy(r->body + r->len, data, len);
-    r->len += len;
+    memcpy(r->body + r->len, data, keep);
+    r->len += keep;
     r->body[r->len] = '\0';
     return len;
 }
@@ -161,6 +177,7 @@ static size_t on_header(char *data, size_t size, size_t n, void *ctx)
         r->veil_signature[0] = r->veil_signed_at[0] = '\0';
         r->veil_signing_key[0] = '\0';
         r->veil_headers_bad = 0;
+        r->retry_after_ms = -1;
         return len;
     }
     if (len > sizeof name - 1 && len < 200 &&
@@ -207,6 +224,35 @@ long veil_cl_retry_after_ms(const char *value)
                        : (long)(when - now > 86400 ? 86400 : when - now) * 1000;
 }
 
+/* A POST body, handed to libcurl by a read callback so that it cannot be
+ * sent twice: libcurl resends a request by itself when a reused
+ * connection turns out dead, and for that it must rewind the body, which
+ * on_seek refuses once any of it was read.  The caller's own retry seals
+ * a fresh package instead (a server refuses a payload ID it has seen). */
+typedef struct upload {
+    const char *data;
+    size_t len, off;
+} upload;
+
+static size_t on_read(char *buf, size_t size, size_t n, void *ctx)
+{
+    upload *u = ctx;
+    size_t room = size * n, left = u->len - u->off;
+    if (room > left)
+        room = left;
+    memcpy(buf, u->data + u->off, room);
+    u->off += room;
+    return room;
+}
+
+static int on_seek(void *ctx, curl_off_t offset, int origin)
+{
+    upload *u = ctx;
+    if (origin == SEEK_SET && offset == 0 && u->off == 0)
+        return CURL_SEEKFUNC_OK;
+    return CURL_SEEKFUNC_CANTSEEK;
+}
+
 /* Header lines may hold the API key: wiped before they are freed. */
 static void wipe_free(struct curl_slist *list)
 {
@@ -218,6 +264,7 @@ static void wipe_free(struct curl_slist *list)
 veil_client_status veil_transport_send(veil_transport *t, const char *url,
                                        const char *const *headers,
                                        const char *body, size_t len,
+                                       size_t max_body,
                                        veil_http_response *resp,
                                        veil_client_error *err)
 {
@@ -238,7 +285,8 @@ veil_client_status veil_transport_send(veil_transport *t, const char *url,
         }
         list = l;
     }
-    sink s = {.resp = resp};
+    sink s = {.resp = resp, .h = h, .max = max_body ? max_body : MAX_RESPONSE};
+    upload up = {.data = body, .len = len};
     char errbuf[CURL_ERROR_SIZE] = "";
     curl_easy_setopt(h, CURLOPT_URL, url);
     curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http,https");
@@ -258,7 +306,10 @@ veil_client_status veil_transport_send(veil_transport *t, const char *url,
     curl_easy_setopt(h, CURLOPT_USERAGENT, "veil/" PACKAGE_VERSION);
     if (body != NULL) {
         curl_easy_setopt(h, CURLOPT_POST, 1L);
-        curl_easy_setopt(h, CURLOPT_POSTFIELDS, body);
+        curl_easy_setopt(h, CURLOPT_READFUNCTION, on_read);
+        curl_easy_setopt(h, CURLOPT_READDATA, &up);
+        curl_easy_setopt(h, CURLOPT_SEEKFUNCTION, on_seek);
+        curl_easy_setopt(h, CURLOPT_SEEKDATA, &up);
         curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)len);
     }
     CURLcode cc = curl_easy_perform(h);
@@ -270,10 +321,17 @@ veil_client_status veil_transport_send(veil_transport *t, const char *url,
         free(resp->body);
         memset(resp, 0, sizeof *resp);
         resp->retry_after_ms = -1;
-        if (s.too_big)
+        if (s.too_big && s.max < MAX_RESPONSE)
+            st = veil_cl_fail(err, VEIL_CLIENT_E_CONNECTION, 0, VEIL_E_IO,
+                              "the answer is larger than %zu KiB", s.max >> 10);
+        else if (s.too_big)
             st = veil_cl_fail(err, VEIL_CLIENT_E_CONNECTION, 0, VEIL_E_IO,
                               "the answer is larger than %u MiB",
                               MAX_RESPONSE >> 20);
+        else if (cc == CURLE_SEND_FAIL_REWIND)
+            st = veil_cl_fail(err, VEIL_CLIENT_E_CONNECTION, 0, VEIL_E_IO,
+                              "the connection was lost before an answer "
+                              "came; the package was not sent again");
         else if (cc == CURLE_OPERATION_TIMEDOUT)
             st =
                 veil_cl_fail(err, VEIL_CLIENT_E_CONNECTION, 0, VEIL_E_IO,
@@ -290,6 +348,8 @@ veil_client_status veil_transport_send(veil_transport *t, const char *url,
     }
     curl_easy_setopt(h, CURLOPT_HTTPHEADER, NULL);
     curl_easy_setopt(h, CURLOPT_ERRORBUFFER, NULL);
+    curl_easy_setopt(h, CURLOPT_READDATA, NULL);
+    curl_easy_setopt(h, CURLOPT_SEEKDATA, NULL);
     wipe_free(list);
     give_back(t, h);
     return st;

@@ -11,6 +11,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <cjson/cJSON.h>
 #include <microhttpd.h>
@@ -26,7 +27,7 @@
 
 typedef struct fx_entry {
     fx_reply r; /* strings point at the copies below */
-    char *detail, *retry_after, *raw_body;
+    char *detail, *retry_after, *raw_body, *plaintext;
     struct fx_entry *next;
 } fx_entry;
 
@@ -51,6 +52,7 @@ struct fx_server {
     unsigned key_fetches, posts, connections;
     unsigned gen; /* bumped by fx_reset_counters */
     unsigned long answers;
+    char *last_sealed; /* the last 200 package sent (fx_reply.replay) */
 
     pthread_mutex_t other_lock; /* other[]: keys for FX_TAMPER_WRAPPED_KEY */
     veil_key *other[3];         /* 2048, 3072, 4096 bits */
@@ -77,6 +79,7 @@ static const char *const tamper_names[] = {
     NULL,          "ciphertext",    "tag",
     "wrapped-key", "missing-field", "missing-nonce",
     "bad-base64",  "not-json",      "nonce-size",
+    "outer-fields",
 };
 
 const char *fx_tamper_name(fx_tamper t)
@@ -477,6 +480,12 @@ static char *tamper_package(const char *json, fx_tamper t, veil_tag_mode mode)
         ok = cJSON_ReplaceItemInObjectCaseSensitive(
             ep, "nonce", cJSON_CreateString("AAECAwQFBgc=")); /* 8 bytes */
         break;
+    case FX_TAMPER_OUTER_FIELDS:
+        cJSON_DeleteItemFromObjectCaseSensitive(p, "algorithm");
+        cJSON_DeleteItemFromObjectCaseSensitive(p, "processed_at");
+        ok = cJSON_AddStringToObject(p, "algorithm", "fixture-forged") &&
+             cJSON_AddNumberToObject(p, "processed_at", 12345);
+        break;
     default:
         break;
     }
@@ -506,6 +515,98 @@ static char *tamper_package(const char *json, fx_tamper t, veil_tag_mode mode)
 }
 
 /* ---- POST /v1/chat/secure_completion ------------------------------------ */
+
+/* Terminal escapes, C1 controls and bidi overrides in an answer: a clear
+ * screen, a window title, a forged line and a right-to-left override. */
+#define FX_ESCAPES                                                             \
+    "\x1b]0;fixture title\x07\x1b[2J\x1b[31mred\x1b[0m\r"                        \
+    "verdict: VALID\n\xc2\x9b" "1mC1\xe2\x80\xae" "desrever\xe2\x80\xac\tend"
+
+/* The plaintext of a "fixture/hostile-KIND" answer (malloc'd), or NULL
+ * for an unknown KIND (*bad set) or no memory. */
+static char *hostile_answer(const char *kind, int *bad)
+{
+    static const char head[] =
+        "{\"id\":\"chatcmpl-fixture-hostile\",\"object\":\"chat.completion\","
+        "\"model\":\"fixture/hostile\",\"choices\":[{\"index\":0,"
+        "\"message\":{\"role\":\"assistant\",\"content\":";
+    static const char tail[] = "},\"finish_reason\":\"stop\"}]";
+    char *out = NULL;
+
+    *bad = 0;
+    if (strcmp(kind, "escapes") == 0) {
+        cJSON *c = cJSON_CreateString(FX_ESCAPES);
+        char *t = c ? cJSON_PrintUnformatted(c) : NULL;
+        size_t n = t ? strlen(head) + strlen(t) + strlen(tail) + 2 : 0;
+
+        if (t && (out = malloc(n)) != NULL)
+            snprintf(out, n, "%s%s%s}", head, t, tail);
+        free(t);
+        cJSON_Delete(c);
+    } else if (strcmp(kind, "badutf8") == 0) {
+        size_t n = strlen(head) + strlen(tail) + 64;
+
+        if ((out = malloc(n)) != NULL)
+            snprintf(out, n, "%s\"bad \xff\xfe bytes \xc3(\xed\xa0\x80\"%s}",
+                     head, tail);
+    } else if (strcmp(kind, "deep") == 0) {
+        /* 400000 members in an object 900 objects deep: 2.4 MB as compact
+         * JSON, over 300 MB indented (a line of 900 tabs per member) */
+        const size_t depth = 900, values = 400000;
+        size_t n = strlen(head) + strlen(tail) + 6 * depth + 6 * values + 64;
+        char *o;
+
+        if ((out = o = malloc(n)) != NULL) {
+            o += snprintf(o, n, "%s\"deep\"%s,\"deep\":", head, tail);
+            for (size_t i = 0; i < depth; i++) {
+                memcpy(o, "{\"d\":", 5);
+                o += 5;
+            }
+            *o++ = '{';
+            for (size_t i = 0; i < values; i++) {
+                memcpy(o, "\"a\":0,", 6);
+                o += 6;
+            }
+            o[-1] = '}'; /* the last comma */
+            memset(o, '}', depth + 1);
+            o += depth + 1;
+            *o = '\0';
+        }
+    } else {
+        *bad = 1;
+    }
+    return out;
+}
+
+/* text with every `name` replaced by value (malloc'd; NULL: no memory). */
+static char *substitute(const char *text, const char *name, const char *value)
+{
+    size_t nl = strlen(name), vl = strlen(value), n = 0, len;
+    const char *p;
+    char *out, *o;
+
+    for (p = strstr(text, name); p; p = strstr(p + nl, name))
+        n++;
+    len = strlen(text) + n * vl + 1;
+    if ((out = malloc(len)) == NULL)
+        return NULL;
+    o = out;
+    p = text;
+    for (;;) {
+        const char *hit = strstr(p, name);
+        size_t k = hit ? (size_t)(hit - p) : strlen(p);
+
+        memcpy(o, p, k);
+        o += k;
+        if (hit == NULL)
+            break;
+        memcpy(o, value, vl);
+        o += vl;
+        p = hit + nl;
+    }
+    *o = '\0';
+    return out;
+}
 
 /* A header value or "". */
 static const char *header(struct MHD_Connection *conn, const char *name)
@@ -569,6 +670,7 @@ static void free_entry(fx_entry *e)
     free(e->detail);
     free(e->retry_after);
     free(e->raw_body);
+    free(e->plaintext);
     free(e);
 }
 
@@ -650,9 +752,31 @@ static enum MHD_Result handle_chat(fx_server *s, struct MHD_Connection *conn,
             goto done;
         }
     }
-    /* 2. scripted delay and raw bodies */
+    /* 2. scripted delay, a dropped connection, replays and raw bodies */
     if (r->delay_ms)
         wait_ms(s, r->delay_ms);
+    if (r->drop) {
+        fx_log(s, "connection dropped (scripted)");
+        ret = MHD_NO; /* closes the connection */
+        goto done;
+    }
+    if (r->replay) {
+        char *old;
+
+        pthread_mutex_lock(&s->lock);
+        old = dup_or_null(s->last_sealed);
+        pthread_mutex_unlock(&s->lock);
+        if (old == NULL) {
+            ret = send_detail(s, conn, &slot, 500,
+                              "fixture: no answer to replay yet", NULL);
+            goto done;
+        }
+        fx_log(s, "answer 200 (scripted replay)");
+        ret = send_body(s, conn, &slot, 200, old, strlen(old),
+                        "application/json", NULL);
+        free(old);
+        goto done;
+    }
     if (r->raw_body) {
         int st = r->status ? r->status : 200;
 
@@ -793,9 +917,33 @@ static enum MHD_Result handle_chat(fx_server *s, struct MHD_Connection *conn,
         if (tamper == FX_TAMPER_NONE)
             tamper = (fx_tamper)t;
     }
+    if (model_fault(model, "hostile", &arg)) {
+        int bad;
+
+        if (strcmp(arg, "detail") == 0) {
+            ret = send_detail(s, conn, &slot, 500, "fixture: " FX_ESCAPES,
+                              NULL);
+            goto done;
+        }
+        text = hostile_answer(arg, &bad);
+        if (text == NULL) {
+            ret = send_detail(s, conn, &slot, bad ? 400 : 500,
+                              bad ? "fixture: unknown hostile answer in the "
+                                    "model name"
+                                  : "fixture: out of memory",
+                              NULL);
+            goto done;
+        }
+    }
     /* 7. the answer */
-    answer = make_answer(s, req, model, header(conn, "X-Payload-ID"), tier);
-    text = answer ? cJSON_PrintUnformatted(answer) : NULL;
+    if (text)
+        ; /* a hostile one */
+    else if (r->plaintext)
+        text = substitute(r->plaintext, "$PAYLOAD_ID",
+                          header(conn, "X-Payload-ID"));
+    else if ((answer = make_answer(s, req, model, header(conn, "X-Payload-ID"),
+                                   tier)) != NULL)
+        text = cJSON_PrintUnformatted(answer);
     if (text == NULL) {
         ret = send_detail(s, conn, &slot, 500, "fixture: out of memory", NULL);
         goto done;
@@ -828,6 +976,10 @@ static enum MHD_Result handle_chat(fx_server *s, struct MHD_Connection *conn,
             goto done;
         }
     }
+    pthread_mutex_lock(&s->lock);
+    free(s->last_sealed);
+    s->last_sealed = strdup(sealed);
+    pthread_mutex_unlock(&s->lock);
     fx_log(s, "answer 200 (%s tag%s%s)",
            tag_mode == VEIL_TAG_SEPARATE ? "separate" : "appended",
            tamper ? ", tampered: " : "", tamper ? fx_tamper_name(tamper) : "");
@@ -1046,6 +1198,7 @@ void fx_stop(fx_server *s)
     pthread_mutex_destroy(&s->other_lock);
     pthread_mutex_destroy(&s->lock);
     free(s->recs);
+    free(s->last_sealed);
     free(s->served_pem);
     free(s->api_key);
     free(s->tls_cert);
@@ -1075,14 +1228,16 @@ int fx_push(fx_server *s, const fx_reply *r)
     e->detail = dup_or_null(r->detail);
     e->retry_after = dup_or_null(r->retry_after);
     e->raw_body = dup_or_null(r->raw_body);
+    e->plaintext = dup_or_null(r->plaintext);
     if ((r->detail && !e->detail) || (r->retry_after && !e->retry_after) ||
-        (r->raw_body && !e->raw_body)) {
+        (r->raw_body && !e->raw_body) || (r->plaintext && !e->plaintext)) {
         free_entry(e);
         return -1;
     }
     e->r.detail = e->detail;
     e->r.retry_after = e->retry_after;
     e->r.raw_body = e->raw_body;
+    e->r.plaintext = e->plaintext;
     pthread_mutex_lock(&s->lock);
     if (s->tail)
         s->tail->next = e;
@@ -1220,4 +1375,173 @@ void fx_reset_counters(fx_server *s)
     s->nrec = 0;
     s->gen++;
     pthread_mutex_unlock(&s->lock);
+}
+
+/* ---- a raw HTTP/1.1 server ------------------------------------------------ */
+
+struct fx_raw {
+    int fd;
+    pthread_t thread;
+    char url[64];
+    char *pem, *reply;
+    pthread_mutex_t lock;
+    unsigned requests;
+    int stopping;
+};
+
+static int raw_write(int fd, const char *p, size_t len)
+{
+    while (len > 0) {
+        ssize_t n = send(fd, p, len, MSG_NOSIGNAL);
+
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            return -1;
+        p += n;
+        len -= (size_t)n;
+    }
+    return 0;
+}
+
+/* Reads one request (head and Content-Length body) and answers it. */
+static void raw_serve(fx_raw *r, int c)
+{
+    char buf[16384], head[256], *end = NULL;
+    size_t len = 0, body = 0, have;
+    const char *cl;
+    int is_key;
+
+    while (end == NULL && len < sizeof buf - 1) {
+        ssize_t n = recv(c, buf + len, sizeof buf - 1 - len, 0);
+
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            return;
+        len += (size_t)n;
+        buf[len] = '\0';
+        end = strstr(buf, "\r\n\r\n");
+    }
+    if (end == NULL)
+        return;
+    *end = '\0';
+    if ((cl = strcasestr(buf, "\r\nContent-Length:")) != NULL)
+        body = strtoul(cl + 17, NULL, 10);
+    have = len - (size_t)(end + 4 - buf);
+    while (have < body) {
+        ssize_t n = recv(c, buf, sizeof buf, 0);
+
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            return;
+        have += (size_t)n;
+    }
+    is_key = strncmp(buf, "GET " FX_KEY_PATH " ", strlen(FX_KEY_PATH) + 5) == 0;
+    if (is_key) {
+        snprintf(head, sizeof head,
+                 "HTTP/1.1 200 OK\r\nContent-Type: application/x-pem-file\r\n"
+                 "Content-Length: %zu\r\nConnection: close\r\n\r\n",
+                 strlen(r->pem));
+        if (raw_write(c, head, strlen(head)) == 0)
+            raw_write(c, r->pem, strlen(r->pem));
+    } else {
+        raw_write(c, r->reply, strlen(r->reply));
+    }
+    pthread_mutex_lock(&r->lock);
+    r->requests++;
+    pthread_mutex_unlock(&r->lock);
+}
+
+static void *raw_main(void *arg)
+{
+    fx_raw *r = arg;
+
+    for (;;) {
+        int c = accept(r->fd, NULL, NULL), stop;
+
+        if (c < 0 && errno == EINTR)
+            continue;
+        pthread_mutex_lock(&r->lock);
+        stop = r->stopping;
+        pthread_mutex_unlock(&r->lock);
+        if (c < 0 || stop) {
+            if (c >= 0)
+                close(c);
+            break;
+        }
+        raw_serve(r, c);
+        shutdown(c, SHUT_RDWR);
+        close(c);
+    }
+    return NULL;
+}
+
+int fx_raw_start(const char *key_pem, const char *post_reply, fx_raw **out)
+{
+    fx_raw *r = calloc(1, sizeof *r);
+    struct sockaddr_in sa;
+    socklen_t sl = sizeof sa;
+
+    *out = NULL;
+    if (r == NULL)
+        return -1;
+    r->fd = -1;
+    pthread_mutex_init(&r->lock, NULL);
+    r->pem = strdup(key_pem);
+    r->reply = strdup(post_reply);
+    memset(&sa, 0, sizeof sa);
+    sa.sin_family = AF_INET;
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (r->pem == NULL || r->reply == NULL ||
+        (r->fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0)) < 0 ||
+        bind(r->fd, (struct sockaddr *)&sa, sizeof sa) != 0 ||
+        listen(r->fd, 8) != 0 ||
+        getsockname(r->fd, (struct sockaddr *)&sa, &sl) != 0 ||
+        pthread_create(&r->thread, NULL, raw_main, r) != 0) {
+        fprintf(stderr, "fixture: cannot start the raw server\n");
+        if (r->fd >= 0)
+            close(r->fd);
+        free(r->pem);
+        free(r->reply);
+        pthread_mutex_destroy(&r->lock);
+        free(r);
+        return -1;
+    }
+    snprintf(r->url, sizeof r->url, "http://127.0.0.1:%u",
+             (unsigned)ntohs(sa.sin_port));
+    *out = r;
+    return 0;
+}
+
+const char *fx_raw_url(const fx_raw *r)
+{
+    return r->url;
+}
+
+unsigned fx_raw_requests(fx_raw *r)
+{
+    unsigned n;
+
+    pthread_mutex_lock(&r->lock);
+    n = r->requests;
+    pthread_mutex_unlock(&r->lock);
+    return n;
+}
+
+void fx_raw_stop(fx_raw *r)
+{
+    if (r == NULL)
+        return;
+    pthread_mutex_lock(&r->lock);
+    r->stopping = 1;
+    pthread_mutex_unlock(&r->lock);
+    shutdown(r->fd, SHUT_RDWR); /* wakes accept() */
+    pthread_join(r->thread, NULL);
+    close(r->fd);
+    free(r->pem);
+    free(r->reply);
+    pthread_mutex_destroy(&r->lock);
+    free(r);
 }

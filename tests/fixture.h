@@ -13,13 +13,20 @@
  *                                    the request used.
  *
  * Faults come from a FIFO of scripted replies (each POST consumes one; an
- * empty queue means a normal answer) or from the request's model name:
+ * empty queue means a normal answer: see fx_reply for what a hostile
+ * server can be made to do) or from the request's model name:
  *   fixture/status-NNN     HTTP NNN, {"detail": "fixture: status NNN"}
  *   fixture/slow-MS        wait MS ms, then answer normally
  *   fixture/tamper-MODE    MODE: ciphertext, tag, wrapped-key,
  *                          missing-field, missing-nonce, bad-base64,
  *                          not-json, nonce-size
  *   fixture/retry-after-S  429 with Retry-After: S, "fixture: slow down"
+ *   fixture/hostile-KIND   a hostile answer, sealed as usual: KIND escapes
+ *                          (terminal escapes, C1 controls and bidi
+ *                          overrides in the content), badutf8 (invalid
+ *                          UTF-8 in it), deep (400000 members 900 objects
+ *                          deep), detail (a 500 whose detail has the
+ *                          escapes)
  * A model name containing "reason" adds reasoning_content; a non-empty
  * "tools" array makes the answer a tool call.
  *
@@ -45,7 +52,10 @@ typedef enum fx_tamper {
     FX_TAMPER_MISSING_NONCE, /* no "nonce" in "encrypted_payload" */
     FX_TAMPER_BAD_BASE64,    /* "ciphertext" is not base64 */
     FX_TAMPER_NOT_JSON,      /* the body is not JSON at all */
-    FX_TAMPER_NONCE_SIZE     /* an 8-byte nonce */
+    FX_TAMPER_NONCE_SIZE,    /* an 8-byte nonce */
+    FX_TAMPER_OUTER_FIELDS   /* the unencrypted "algorithm" and
+                                "processed_at" changed (the answer still
+                                opens) */
 } fx_tamper;
 
 /* "ciphertext", "tag", ... as in the model names above; NULL when out of
@@ -67,6 +77,12 @@ typedef struct fx_reply {
     int tag_mode;            /* answer tag convention (FX_TAG_AS_REQUEST) */
     fx_tamper tamper;        /* applied to a normal answer */
     const char *raw_body;    /* sent as-is with `status` (200 when 0) */
+    /* A hostile server's answer: this JSON text, with every "$PAYLOAD_ID"
+     * replaced by the request's X-Payload-ID, is sealed to the client's
+     * key instead of the normal answer (tamper still applies). */
+    const char *plaintext;
+    int replay; /* send the last 200 package this server sent, again */
+    int drop;   /* read the request, then close the connection unanswered */
 } fx_reply;
 
 /* Initialises r: a normal answer, tag as the request. */
@@ -109,6 +125,19 @@ void fx_set_server_key(fx_server *s, veil_key *k);
 int fx_serve_pem(fx_server *s, const char *pem);
 /* Changes the API key check (NULL: none).  0, or -1: no memory. */
 int fx_set_api_key(fx_server *s, const char *api_key);
+
+/* ---- a raw HTTP/1.1 server ------------------------------------------------ */
+
+/* For what libmicrohttpd will not send (an interim 1xx response with
+ * headers, say): a one-thread server on 127.0.0.1 that answers GET
+ * /pki/public_key with key_pem and any other request with post_reply,
+ * written to the socket byte for byte, then closes the connection. */
+typedef struct fx_raw fx_raw;
+int fx_raw_start(const char *key_pem, const char *post_reply, fx_raw **out);
+const char *fx_raw_url(const fx_raw *r);
+/* Requests answered so far. */
+unsigned fx_raw_requests(fx_raw *r);
+void fx_raw_stop(fx_raw *r);
 
 /* ---- what the server saw ------------------------------------------------ */
 

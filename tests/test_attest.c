@@ -1174,6 +1174,27 @@ static void test_trust_files(void)
         trust_bad("signing_key_spki_b64", sv, "P-256");
         free(sv);
     }
+    /* an EK whose modulus is even: a well-formed public area, but not an
+     * RSA key (OpenSSL's public key check refuses it) */
+    {
+        TPM2B_PUBLIC pa;
+        uint8_t buf[1024];
+        size_t off = 0, len = 0;
+        memset(&pa, 0, sizeof pa);
+        CU_ASSERT_EQUAL_FATAL(
+            Tss2_MU_TPM2B_PUBLIC_Unmarshal(M.ek.pub, M.ek.pub_len, &off, &pa),
+            TSS2_RC_SUCCESS);
+        pa.publicArea.unique.rsa.buffer[pa.publicArea.unique.rsa.size - 1] &=
+            0xfe;
+        CU_ASSERT_EQUAL_FATAL(
+            Tss2_MU_TPM2B_PUBLIC_Marshal(&pa, buf, sizeof buf, &len),
+            TSS2_RC_SUCCESS);
+        char *ek = b64(buf, len), *v = malloc(strlen(ek) + 3);
+        snprintf(v, strlen(ek) + 3, "\"%s\"", ek);
+        trust_bad("ek_pubkey_b64", v, "public key check");
+        free(v);
+        free(ek);
+    }
 }
 
 /* ---- answers ------------------------------------------------------------- */

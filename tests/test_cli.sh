@@ -285,6 +285,73 @@ else
     echo "note: no pseudo-terminal (script(1)); the spinner on a terminal is not checked"
 fi
 
+# ------------------------------------------------------ a hostile server
+
+check "--evidence writes the evidence" 0 "" -- "$V" chat "${FAST[@]}" -m test/echo --evidence "$T/ev.json" "evidence please"
+[ "$(stat -c %a "$T/ev.json" 2>/dev/null)" = 600 ] && ok "the evidence file is 0600" || bad "evidence file mode $(stat -c %a "$T/ev.json" 2>&1)"
+
+# Escapes in an answer: to a pipe as they came; on a terminal neutralised
+# (C0 and C1 controls, bidi overrides) but for newline and tab, or raw
+# with --raw.
+check "an answer with escapes to a pipe" 0 "" -- "$V" chat "${FAST[@]}" -m fixture/hostile-escapes "escapes"
+LC_ALL=C grep -q $'\033\\]0;fixture title' "$out" && ok "to a pipe the answer is printed as it came" || bad "escapes to a pipe" "$out"
+if command -v script >/dev/null 2>&1 && script -qec true /dev/null </dev/null >/dev/null 2>&1; then
+    script -qec "'$V' chat --url '$URL' --ca-file '$CA' --key-dir '$T/fastkey' -m fixture/hostile-escapes escapes 2>'$T/tty.err'" /dev/null \
+        </dev/null >"$T/tty.out"
+    if LC_ALL=C grep -qE $'\033|\302\233|\342\200\256' "$T/tty.out"; then
+        bad "on a terminal an escape, a C1 control or a bidi override came through" "$T/tty.out"
+    elif grep -qF "?desrever?	end" "$T/tty.out" && grep -qF "?verdict: VALID" "$T/tty.out" && ! grep -q "^verdict" "$T/tty.out"; then
+        ok "on a terminal escapes and overrides are shown as '?', tab and newline kept, no forged line"
+    else
+        bad "the neutralised answer on a terminal" "$T/tty.out"
+    fi
+    script -qec "'$V' chat --url '$URL' --ca-file '$CA' --key-dir '$T/fastkey' --raw -m fixture/hostile-escapes escapes 2>'$T/tty.err'" /dev/null \
+        </dev/null >"$T/tty.out"
+    LC_ALL=C grep -q $'\033\\]0;fixture title' "$T/tty.out" && ok "--raw prints escapes to a terminal as they came" || bad "--raw on a terminal" "$T/tty.out"
+else
+    echo "note: no pseudo-terminal (script(1)); the terminal filter is not checked"
+fi
+check "an error detail with escapes" 16 "ServerError" -- "$V" chat "${FAST[@]}" --retries 0 -m fixture/hostile-detail "detail"
+if LC_ALL=C grep -qE $'\033|\302\233|\342\200\256' "$err"; then bad "stderr has an escape, a C1 control or a bidi override" "$err"; else ok "an error detail is neutralised (C0, C1, bidi)"; fi
+
+# --json: valid JSON whatever the answer holds; errors as a JSON object
+check "--json with invalid UTF-8 in the answer" 0 "" -- "$V" chat "${FAST[@]}" -m fixture/hostile-badutf8 --json "bad utf-8"
+if python3 -c '
+import json, sys
+a = json.loads(open(sys.argv[1], "rb").read().decode("utf-8"))
+assert a["choices"][0]["message"]["content"].count("\ufffd") >= 4, a
+' "$out"; then ok "--json replaces invalid UTF-8 with U+FFFD: the output is valid JSON"; else bad "--json with invalid UTF-8" "$out"; fi
+check "--json with a deeply nested answer" 0 "" -- "$V" chat "${FAST[@]}" -m fixture/hostile-deep --json "deep"
+if [ "$(wc -c <"$out")" -lt 4000000 ] && python3 -c '
+import json, sys
+sys.setrecursionlimit(10000)
+a = json.load(open(sys.argv[1]))
+assert a["choices"][0]["message"]["content"] == "deep"
+' "$out"; then ok "--json prints a large nested answer compactly"; else bad "--json with a deep answer: $(wc -c <"$out") bytes" "$err"; fi
+# json_error NAME EXIT CLASS STATUS DETAIL: stdout of the last check is the error object
+json_error() {
+    if python3 -c '
+import json, sys
+e = json.load(open(sys.argv[1]))["error"]
+want_status = None if sys.argv[4] == "null" else int(sys.argv[4])
+assert e["class"] == sys.argv[2] and e["status"] == want_status, e
+assert e["exit_code"] == int(sys.argv[3]) and sys.argv[5] in e["detail"], e
+' "$out" "$3" "$2" "$4" "$5"; then ok "$1"; else bad "$1" "$out"; fi
+}
+check "--json and a 503" 17 "" -- "$V" chat "${FAST[@]}" --retries 0 --json -m fixture/status-503 hello
+json_error "--json: a 503 is a JSON error object on stdout" 17 ServiceUnavailableError 503 "fixture: status 503"
+check "--json and a tampered answer" 19 "" -- "$V" chat "${FAST[@]}" --json -m fixture/tamper-tag hello
+json_error "--json: a SecurityError as a JSON object" 19 SecurityError 200 "$SECMSG"
+check "--json and a closed port" 18 "" -- "$V" chat --url "https://127.0.0.1:1" --ca-file "$CA" --key-dir "$T/fastkey" --retries 0 --json -m test/echo hello
+json_error "--json: no answer at all: status null" 18 APIConnectionError null ""
+
+# maximum without --trust: the fixture's NOMYO-shaped attestation is not a
+# veil quote
+check "--tier maximum with a foreign attestation is refused (exit 19)" 19 "not a veil TPM quote" -- "$V" chat "${FAST[@]}" --tier maximum -m test/echo "max"
+[ -s "$out" ] && bad "the refused maximum answer was printed" "$out" || ok "nothing printed for the refused maximum answer"
+check "--allow-foreign-attestation accepts it" 0 "warning.*another format" -- "$V" chat "${FAST[@]}" --tier maximum --allow-foreign-attestation -m test/echo "max foreign"
+same_out "the foreign-attested answer" "max foreign"
+
 # ------------------------------------------------------- secrets on stderr
 
 leaks=0

@@ -18,9 +18,14 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <stdatomic.h>
+
 #include <CUnit/CUnit.h>
 #include <openssl/bio.h>
+#include <openssl/bn.h>
+#include <openssl/core_names.h>
 #include <openssl/evp.h>
+#include <openssl/param_build.h>
 #include <openssl/pem.h>
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
@@ -28,6 +33,7 @@
 #include "fixture.h"
 #include "package.h"
 #include "testutil.h"
+#include "veil/attest.h"
 #include "veil/client.h"
 
 #define PROMPT                                                                 \
@@ -259,7 +265,6 @@ static void test_round_trip(void)
     veil_chat_stats stats;
     veil_chat_usage usage;
     fx_request rec;
-    time_t before = time(NULL);
 
     reset();
     cfg_for(&cfg, fx);
@@ -300,11 +305,8 @@ static void test_round_trip(void)
         cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(md, "is_encrypted")));
     CU_ASSERT_STRING_EQUAL(str_at(md, "encryption_algorithm"),
                            VEIL_PKG_ALGORITHM);
-    CU_ASSERT_TRUE(
-        cJSON_IsNumber(cJSON_GetObjectItemCaseSensitive(md, "processed_at")));
-    CU_ASSERT_TRUE(
-        cJSON_GetObjectItemCaseSensitive(md, "processed_at")->valuedouble >=
-        (double)before - 1);
+    /* the package's processed_at is outside the encryption: not taken */
+    CU_ASSERT_PTR_NULL(cJSON_GetObjectItemCaseSensitive(md, "processed_at"));
     CU_ASSERT_STRING_EQUAL(str_at(md, "security_tier"), "standard");
     CU_ASSERT_STRING_EQUAL(str_at(md, "response_status"), "success");
     mp = cJSON_GetObjectItemCaseSensitive(md, "memory_protection");
@@ -1153,6 +1155,7 @@ static void test_overrides(void)
     cfg_for(&cfg, fx);
     cfg.api_key = "config-key";
     cfg.security_tier = "high";
+    cfg.allow_foreign_attestation = 1; /* the fixture's is NOMYO's shape */
     c = client_new(&cfg);
     resp = ask_ok(c, PROMPT, NULL);
     CU_ASSERT_STRING_EQUAL(
@@ -1534,6 +1537,589 @@ static void test_tls(void)
 
 /* ---- main ---------------------------------------------------------------- */
 
+/* ---- 18. a hostile server (docs/CLIENT.md, "Against a hostile server") -- */
+
+/* An answer's plaintext before its _metadata (the fixture fills in
+ * "$PAYLOAD_ID" with the request's ID). */
+#define HOSTILE_HEAD                                                           \
+    "{\"id\":\"chatcmpl-hostile\",\"object\":\"chat.completion\","             \
+    "\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\","           \
+    "\"content\":\"hostile\"},\"finish_reason\":\"stop\"}]"
+#define OTHER_ID "00000000-0000-4000-8000-000000000000"
+
+/* How many members of obj are called name. */
+static int members(const cJSON *obj, const char *name)
+{
+    const cJSON *it;
+    int n = 0;
+
+    cJSON_ArrayForEach(it, obj) if (it->string && !strcmp(it->string, name))
+        n++;
+    return n;
+}
+
+/* One scripted plaintext answer. */
+static void push_plaintext(const char *text)
+{
+    fx_reply r;
+
+    fx_reply_init(&r);
+    r.plaintext = text;
+    CU_ASSERT_EQUAL(fx_push(fx, &r), 0);
+}
+
+/* Answers whose members come twice, at the top or in _metadata: whichever
+ * copy a reader takes, the server chose it.  All are refused. */
+static void test_duplicate_members(void)
+{
+    static const char *const answers[] = {
+        /* a forged "is_encrypted" behind the server's own */
+        HOSTILE_HEAD ",\"_metadata\":{\"is_encrypted\":false,"
+                     "\"is_encrypted\":false}}",
+        /* an attacker's payload ID after the genuine one */
+        HOSTILE_HEAD ",\"_metadata\":{\"payload_id\":\"$PAYLOAD_ID\","
+                     "\"payload_id\":\"" OTHER_ID "\"}}",
+        HOSTILE_HEAD ",\"_metadata\":{\"encryption_algorithm\":\"none\","
+                     "\"encryption_algorithm\":\"none\"}}",
+        /* a second _metadata, a second tpm_attestation, a second choices */
+        HOSTILE_HEAD ",\"_metadata\":{},\"_metadata\":{\"is_encrypted\":"
+                     "false}}",
+        HOSTILE_HEAD ",\"_metadata\":{\"tpm_attestation\":{\"is_available\":"
+                     "false},\"tpm_attestation\":{\"is_available\":true}}}",
+        HOSTILE_HEAD ",\"choices\":[]}",
+        /* the quote's own members: the one checked, the one shown */
+        HOSTILE_HEAD ",\"_metadata\":{\"tpm_attestation\":{\"is_available\":"
+                     "true,\"format\":\"a\",\"format\":\"b\"}}}",
+    };
+    veil_client_config cfg;
+    veil_client *c;
+    veil_client_error err;
+    cJSON *resp = NULL;
+
+    reset();
+    cfg_for(&cfg, fx);
+    cfg.max_retries = 0;
+    c = client_new(&cfg);
+    for (size_t i = 0; i < sizeof answers / sizeof answers[0]; i++) {
+        push_plaintext(answers[i]);
+        ask_fail(c, MODEL, NULL, VEIL_CLIENT_E_SECURITY, &err);
+        CU_ASSERT_PTR_NOT_NULL(
+            strstr(err.detail, VEIL_CLIENT_SECURITY_MESSAGE));
+        CU_ASSERT_PTR_NOT_NULL(strstr(err.detail, "twice"));
+    }
+    /* each member once: accepted, and the client's own values replace the
+     * server's */
+    push_plaintext(HOSTILE_HEAD ",\"_metadata\":{\"payload_id\":"
+                                "\"$PAYLOAD_ID\",\"is_encrypted\":false,"
+                                "\"security_tier\":\"high\"}}");
+    CU_ASSERT_EQUAL(chat(c, MODEL, PROMPT, NULL, &resp, NULL, &err),
+                    VEIL_CLIENT_OK);
+    if (resp) {
+        cJSON *md = cJSON_GetObjectItemCaseSensitive(resp, "_metadata");
+
+        CU_ASSERT_TRUE(
+            cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(md, "is_encrypted")));
+        CU_ASSERT_EQUAL(members(md, "is_encrypted"), 1);
+        CU_ASSERT_EQUAL(members(md, "payload_id"), 1);
+        CU_ASSERT_STRING_EQUAL(str_at(md, "security_tier"), "high");
+    }
+    veil_chat_response_free(resp);
+    veil_client_free(c);
+}
+
+/* A server that sends an earlier answer again: with a client key that
+ * lives on, it still opens, but it is for another payload ID. */
+static void test_replayed_answer(void)
+{
+    veil_client_config cfg;
+    veil_client *c;
+    veil_client_error err;
+    fx_reply r;
+
+    reset();
+    cfg_for(&cfg, fx);
+    cfg.max_retries = 0;
+    c = client_new(&cfg);
+    ask(c, PROMPT);
+    fx_reply_init(&r);
+    r.replay = 1;
+    CU_ASSERT_EQUAL(fx_push(fx, &r), 0);
+    ask_fail(c, MODEL, NULL, VEIL_CLIENT_E_SECURITY, &err);
+    CU_ASSERT_EQUAL(err.http_status, 200);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err.detail, VEIL_CLIENT_SECURITY_MESSAGE));
+    CU_ASSERT_PTR_NOT_NULL(strstr(err.detail, "payload ID"));
+    /* a fresh answer naming another payload ID, or a non-string one */
+    push_plaintext(HOSTILE_HEAD ",\"_metadata\":{\"payload_id\":\"" OTHER_ID
+                                "\"}}");
+    ask_fail(c, MODEL, NULL, VEIL_CLIENT_E_SECURITY, &err);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err.detail, "payload ID"));
+    push_plaintext(HOSTILE_HEAD ",\"_metadata\":{\"payload_id\":7}}");
+    ask_fail(c, MODEL, NULL, VEIL_CLIENT_E_SECURITY, &err);
+    /* an answer without one gets the request's */
+    push_plaintext(HOSTILE_HEAD "}");
+    {
+        cJSON *resp = NULL;
+        veil_chat_stats stats;
+
+        CU_ASSERT_EQUAL(chat(c, MODEL, PROMPT, NULL, &resp, &stats, &err),
+                        VEIL_CLIENT_OK);
+        CU_ASSERT_STRING_EQUAL(
+            str_at(cJSON_GetObjectItemCaseSensitive(resp, "_metadata"),
+                   "payload_id"),
+            stats.payload_id);
+        veil_chat_response_free(resp);
+    }
+    veil_client_free(c);
+}
+
+/* The package's unencrypted "algorithm" and "processed_at" never reach
+ * the answer. */
+static void test_outer_fields(void)
+{
+    veil_client_config cfg;
+    veil_client *c;
+    veil_client_error err;
+    cJSON *resp = NULL, *md;
+
+    reset();
+    cfg_for(&cfg, fx);
+    c = client_new(&cfg);
+    CU_ASSERT_EQUAL(fx_push_tamper(fx, FX_TAMPER_OUTER_FIELDS), 0);
+    CU_ASSERT_EQUAL_FATAL(chat(c, MODEL, PROMPT, NULL, &resp, NULL, &err),
+                          VEIL_CLIENT_OK);
+    md = cJSON_GetObjectItemCaseSensitive(resp, "_metadata");
+    CU_ASSERT_STRING_EQUAL(str_at(md, "encryption_algorithm"),
+                           VEIL_PKG_ALGORITHM);
+    CU_ASSERT_PTR_NULL(cJSON_GetObjectItemCaseSensitive(md, "processed_at"));
+    veil_chat_response_free(resp);
+    /* a processed_at inside the encryption is the server's to give */
+    push_plaintext(HOSTILE_HEAD ",\"_metadata\":{\"processed_at\":42}}");
+    CU_ASSERT_EQUAL_FATAL(chat(c, MODEL, PROMPT, NULL, &resp, NULL, &err),
+                          VEIL_CLIENT_OK);
+    md = cJSON_GetObjectItemCaseSensitive(resp, "_metadata");
+    CU_ASSERT_EQUAL(cJSON_GetNumberValue(
+                        cJSON_GetObjectItemCaseSensitive(md, "processed_at")),
+                    42);
+    veil_chat_response_free(resp);
+    veil_client_free(c);
+}
+
+/* An RSA public key PEM with modulus n of key and exponent e. */
+static char *pem_with_exponent(EVP_PKEY *key, unsigned long e)
+{
+    BIGNUM *n = NULL, *be = BN_new();
+    OSSL_PARAM_BLD *bld = OSSL_PARAM_BLD_new();
+    OSSL_PARAM *params = NULL;
+    EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new_from_name(NULL, "RSA", NULL);
+    EVP_PKEY *out = NULL;
+    BIO *b = BIO_new(BIO_s_mem());
+    char *data = NULL, *text = NULL;
+    long len;
+
+    if (EVP_PKEY_get_bn_param(key, OSSL_PKEY_PARAM_RSA_N, &n) && be &&
+        BN_set_word(be, e) && bld &&
+        OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_RSA_N, n) &&
+        OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_RSA_E, be) &&
+        (params = OSSL_PARAM_BLD_to_param(bld)) != NULL && ctx &&
+        EVP_PKEY_fromdata_init(ctx) > 0 &&
+        EVP_PKEY_fromdata(ctx, &out, EVP_PKEY_PUBLIC_KEY, params) > 0 && b &&
+        PEM_write_bio_PUBKEY(b, out) == 1 &&
+        (len = BIO_get_mem_data(b, &data)) > 0 &&
+        (text = malloc((size_t)len + 1)) != NULL) {
+        memcpy(text, data, (size_t)len);
+        text[len] = '\0';
+    }
+    BIO_free(b);
+    EVP_PKEY_free(out);
+    EVP_PKEY_CTX_free(ctx);
+    OSSL_PARAM_free(params);
+    OSSL_PARAM_BLD_free(bld);
+    BN_free(n);
+    BN_free(be);
+    return text;
+}
+
+/* A software key of the fixture with public exponent 3 (made with
+ * OpenSSL, loaded as a key directory). */
+static veil_key *key_with_e3(void)
+{
+    EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new_from_name(NULL, "RSA", NULL);
+    EVP_PKEY *k = NULL;
+    BIGNUM *e = BN_new();
+    veil_key *out = NULL;
+    char dir[4200], path[4300];
+    FILE *f;
+
+    snprintf(dir, sizeof dir, "%s/e3key", getenv("VEIL_TEST_DIR"));
+    snprintf(path, sizeof path, "%s/private_key.pem", dir);
+    mkdir(dir, 0700);
+    if (ctx && e && BN_set_word(e, 3) && EVP_PKEY_keygen_init(ctx) > 0 &&
+        EVP_PKEY_CTX_set_rsa_keygen_bits(ctx, 2048) > 0 &&
+        EVP_PKEY_CTX_set1_rsa_keygen_pubexp(ctx, e) > 0 &&
+        EVP_PKEY_keygen(ctx, &k) > 0 && (f = fopen(path, "w")) != NULL) {
+        int ok = PEM_write_PrivateKey(f, k, NULL, NULL, 0, NULL, NULL) == 1;
+
+        if (fclose(f) == 0 && ok) {
+            snprintf(path, sizeof path, "dir:%s", dir);
+            if (veil_key_open(sw_e, path, &out) != VEIL_OK)
+                fprintf(stderr, "e3 key: %s\n", veil_last_error()->message);
+        }
+    }
+    EVP_PKEY_free(k);
+    EVP_PKEY_CTX_free(ctx);
+    BN_free(e);
+    return out;
+}
+
+/* Degenerate server keys are refused before anything is sealed to them:
+ * e = 1 (the wrapped AES key is its own OAEP encoding), an even e, and a
+ * small e unless allowed. */
+static void test_server_key_checks(void)
+{
+    EVP_PKEY *real = EVP_RSA_gen(2048);
+    static const unsigned long bad[] = {1, 2, 65536, 3, 17};
+    veil_client_config cfg;
+    veil_client *c;
+    veil_client_error err;
+    veil_key *k3;
+    char *pem;
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(real);
+    reset();
+    cfg_for(&cfg, fx);
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        pem = pem_with_exponent(real, bad[i]);
+        CU_ASSERT_PTR_NOT_NULL_FATAL(pem);
+        CU_ASSERT_EQUAL(fx_serve_pem(fx, pem), 0);
+        fx_reset_counters(fx);
+        c = client_new(&cfg);
+        ask_fail(c, MODEL, NULL, VEIL_CLIENT_E_SECURITY, &err);
+        CU_ASSERT_PTR_NOT_NULL(strstr(err.detail, "refused"));
+        CU_ASSERT_EQUAL(fx_posts(fx), 0);
+        CU_ASSERT_EQUAL(fx_key_fetches(fx), 1);
+        veil_client_free(c);
+        free(pem);
+    }
+    EVP_PKEY_free(real);
+
+    /* e = 3 for real: refused by default, served and used when allowed */
+    k3 = key_with_e3();
+    CU_ASSERT_PTR_NOT_NULL_FATAL(k3);
+    reset();
+    fx_set_server_key(fx, k3);
+    c = client_new(&cfg);
+    ask_fail(c, MODEL, NULL, VEIL_CLIENT_E_SECURITY, &err);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err.detail, "exponent 3"));
+    CU_ASSERT_EQUAL(fx_posts(fx), 0);
+    veil_client_free(c);
+    cfg.allow_small_exponent = 1;
+    c = client_new(&cfg);
+    ask(c, PROMPT);
+    veil_client_free(c);
+    reset();
+    veil_key_free(k3);
+
+    /* a PEM with white space around it is the same key */
+    CU_ASSERT_EQUAL_FATAL(veil_key_public_pem(server_key, &pem), VEIL_OK);
+    {
+        size_t n = strlen(pem) + 8;
+        char *padded = malloc(n);
+
+        CU_ASSERT_PTR_NOT_NULL_FATAL(padded);
+        snprintf(padded, n, "\n\r\n%s \n\n", pem);
+        CU_ASSERT_EQUAL(fx_serve_pem(fx, padded), 0);
+        free(padded);
+    }
+    free(pem);
+    cfg.allow_small_exponent = 0;
+    c = client_new(&cfg);
+    ask(c, PROMPT);
+    veil_client_free(c);
+    reset();
+}
+
+/* cJSON allocations, counted (the library shares cJSON's hooks). */
+static atomic_size_t cjson_bytes;
+
+static void *counting_malloc(size_t n)
+{
+    atomic_fetch_add(&cjson_bytes, n);
+    return malloc(n);
+}
+
+/* n bytes of "[0,0,...,0]" (n odd, at least 3). */
+static char *zeros_array(size_t n, const char *before, const char *after)
+{
+    size_t bl = strlen(before), al = strlen(after);
+    char *s = malloc(bl + n + al + 1), *p;
+
+    if (s == NULL)
+        return NULL;
+    memcpy(s, before, bl);
+    p = s + bl;
+    p[0] = '[';
+    for (size_t i = 1; i + 1 < n; i++)
+        p[i] = (i % 2) ? '0' : ',';
+    p[n - 1] = ']';
+    memcpy(p + n, after, al + 1);
+    return s;
+}
+
+/* Nothing a server sends before its answer is authenticated may cost
+ * much more memory than its size: a 2 MiB array of a million values (a
+ * cJSON node each, 64 MiB) as an answer and as an error detail. */
+static void test_parse_bounds(void)
+{
+    cJSON_Hooks hooks = {counting_malloc, free};
+    const size_t size = 2u * 1024 * 1024 + 1;
+    char *answer = zeros_array(size, "", "");
+    char *detail = zeros_array(size, "{\"detail\":", "}");
+    veil_client_config cfg;
+    veil_client *c;
+    veil_client_error err;
+    fx_reply r;
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(answer);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(detail);
+    reset();
+    cfg_for(&cfg, fx);
+    cfg.max_retries = 0;
+    c = client_new(&cfg);
+    ask(c, PROMPT); /* the server key is fetched */
+
+    cJSON_InitHooks(&hooks);
+    atomic_store(&cjson_bytes, 0);
+    fx_reply_init(&r);
+    r.raw_body = answer;
+    CU_ASSERT_EQUAL(fx_push(fx, &r), 0);
+    ask_fail(c, MODEL, NULL, VEIL_CLIENT_E_SECURITY, &err);
+    CU_ASSERT_STRING_EQUAL(err.detail, VEIL_CLIENT_SECURITY_MESSAGE);
+    fprintf(stderr, "  cJSON bytes for a 2 MiB array answer: %zu\n",
+            atomic_load(&cjson_bytes));
+    CU_ASSERT_TRUE(atomic_load(&cjson_bytes) < size / 2);
+
+    atomic_store(&cjson_bytes, 0);
+    fx_reply_init(&r);
+    r.status = 500;
+    r.raw_body = detail;
+    CU_ASSERT_EQUAL(fx_push(fx, &r), 0);
+    ask_fail(c, MODEL, NULL, VEIL_CLIENT_E_SERVER, &err);
+    CU_ASSERT_EQUAL(strncmp(err.detail, "{\"detail\":[0,0,0,", 17), 0);
+    fprintf(stderr, "  cJSON bytes for a 2 MiB array detail: %zu\n",
+            atomic_load(&cjson_bytes));
+    CU_ASSERT_TRUE(atomic_load(&cjson_bytes) < size / 2);
+    cJSON_InitHooks(NULL);
+
+    /* an honest error detail is still read */
+    CU_ASSERT_EQUAL(fx_push_status(fx, 500, "an honest detail"), 0);
+    ask_fail(c, MODEL, NULL, VEIL_CLIENT_E_SERVER, &err);
+    CU_ASSERT_STRING_EQUAL(err.detail, "an honest detail");
+    veil_client_free(c);
+
+    /* a /pki/public_key body far larger than any key */
+    reset();
+    CU_ASSERT_EQUAL(fx_serve_pem(fx, answer), 0);
+    c = client_new(&cfg);
+    ask_fail(c, MODEL, NULL, VEIL_CLIENT_E_CONNECTION, &err);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err.detail, "larger than 64 KiB"));
+    CU_ASSERT_EQUAL(fx_posts(fx), 0);
+    veil_client_free(c);
+    reset();
+    free(answer);
+    free(detail);
+}
+
+/* A kept-alive connection that dies under a POST: libcurl would send the
+ * same package again by itself; the client instead fails that attempt
+ * and, when it may retry, seals a fresh package. */
+static void test_no_resend(void)
+{
+    veil_client_config cfg;
+    veil_client *c;
+    veil_client_error err;
+    fx_request a, b;
+    fx_reply r;
+
+    reset();
+    cfg_for(&cfg, fx);
+    cfg.max_retries = 0;
+    c = client_new(&cfg);
+    ask(c, PROMPT); /* the connection is now kept alive */
+    fx_reply_init(&r);
+    r.drop = 1;
+    CU_ASSERT_EQUAL(fx_push(fx, &r), 0);
+    ask_fail(c, MODEL, NULL, VEIL_CLIENT_E_CONNECTION, &err);
+    CU_ASSERT_EQUAL(fx_posts(fx), 2); /* not sent a third time */
+    CU_ASSERT_PTR_NOT_NULL(strstr(err.detail, "not sent again"));
+    veil_client_free(c);
+
+    /* with a retry: a second package, with its own payload ID */
+    reset();
+    cfg.max_retries = 1;
+    c = client_new(&cfg);
+    ask(c, PROMPT);
+    CU_ASSERT_EQUAL(fx_push(fx, &r), 0);
+    ask(c, PROMPT);
+    CU_ASSERT_EQUAL(fx_posts(fx), 3);
+    CU_ASSERT_EQUAL_FATAL(fx_request_get(fx, 1, &a), 0);
+    CU_ASSERT_EQUAL_FATAL(fx_request_get(fx, 2, &b), 0);
+    CU_ASSERT_STRING_NOT_EQUAL(a.payload_id, b.payload_id);
+    CU_ASSERT_EQUAL(b.status, 200);
+    veil_client_free(c);
+}
+
+/* maximum without a trust file: an attestation that is not a veil quote
+ * ({"is_available": true} alone, or NOMYO's shape, which the fixture
+ * sends) is refused unless foreign attestations are allowed. */
+static void test_maximum_foreign(void)
+{
+    veil_request_opts opts = {.security_tier = "maximum"};
+    veil_client_config cfg;
+    veil_client *c;
+    veil_client_error err;
+
+    reset();
+    cfg_for(&cfg, fx);
+    cfg.max_retries = 0;
+    c = client_new(&cfg);
+    ask_fail(c, MODEL, &opts, VEIL_CLIENT_E_SECURITY, &err);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err.detail, "not a veil TPM quote"));
+    push_plaintext(HOSTILE_HEAD ",\"_metadata\":{\"tpm_attestation\":"
+                                "{\"is_available\":true}}}");
+    ask_fail(c, MODEL, &opts, VEIL_CLIENT_E_SECURITY, &err);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err.detail, "not a veil TPM quote"));
+    /* veil's format named, but not a quote of its shape */
+    push_plaintext(HOSTILE_HEAD ",\"_metadata\":{\"tpm_attestation\":"
+                                "{\"is_available\":true,\"format\":"
+                                "\"veil-tpm2-quote-v1\"}}}");
+    ask_fail(c, MODEL, &opts, VEIL_CLIENT_E_SECURITY, &err);
+    veil_client_free(c);
+
+    cfg.allow_foreign_attestation = 1;
+    c = client_new(&cfg);
+    veil_chat_response_free(ask_ok(c, PROMPT, &opts));
+    /* no attestation at all: still refused */
+    push_plaintext(HOSTILE_HEAD "}");
+    ask_fail(c, MODEL, &opts, VEIL_CLIENT_E_SECURITY, &err);
+    veil_client_free(c);
+}
+
+/* Retry-After on an interim 1xx response is not the final answer's. */
+static void test_interim_retry_after(void)
+{
+    static const char reply[] =
+        "HTTP/1.1 102 Processing\r\nRetry-After: 3600\r\n\r\n"
+        "HTTP/1.1 503 Service Unavailable\r\n"
+        "Content-Type: application/json\r\nContent-Length: 27\r\n"
+        "Connection: close\r\n\r\n{\"detail\":\"fixture: busy.\"}";
+    veil_client_config cfg;
+    veil_client *c;
+    veil_client_error err;
+    retry_log log = {0};
+    fx_raw *raw = NULL;
+    char *pem = NULL;
+
+    CU_ASSERT_EQUAL_FATAL(veil_key_public_pem(server_key, &pem), VEIL_OK);
+    CU_ASSERT_EQUAL_FATAL(fx_raw_start(pem, reply, &raw), 0);
+    free(pem);
+    veil_client_config_init(&cfg);
+    cfg.base_url = fx_raw_url(raw);
+    cfg.allow_http = 1;
+    cfg.key_bits = 2048;
+    cfg.retry_base_ms = 20;
+    cfg.retry_max_ms = 5000;
+    cfg.max_retries = 1;
+    cfg.on_retry = on_retry;
+    cfg.retry_ctx = &log;
+    c = client_new(&cfg);
+    ask_fail(c, MODEL, NULL, VEIL_CLIENT_E_SERVICE_UNAVAILABLE, &err);
+    CU_ASSERT_STRING_EQUAL(err.detail, "fixture: busy.");
+    CU_ASSERT_EQUAL(log.n, 1);
+    CU_ASSERT_EQUAL(log.status[0], 503);
+    /* the backoff of a first retry (base 20 ms), not the 102's hour */
+    CU_ASSERT_TRUE(log.delay_ms[0] <= 20);
+    veil_client_free(c);
+    fx_raw_stop(raw);
+}
+
+/* The key changes under a pin: the refetch after the server's "could not
+ * be decrypted" finds a key the pin refuses, and says so. */
+static void test_pin_on_refetch(void)
+{
+    veil_client_config cfg;
+    veil_client *c;
+    veil_client_error err;
+    char pin[72];
+
+    reset();
+    key_fp(server_key, pin);
+    cfg_for(&cfg, fx);
+    cfg.server_key_pin = pin;
+    c = client_new(&cfg);
+    ask(c, PROMPT);
+    fx_set_server_key(fx, server_key2);
+    ask_fail(c, MODEL, NULL, VEIL_CLIENT_E_SECURITY, &err);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err.detail, "pinned"));
+    CU_ASSERT_EQUAL(fx_posts(fx), 2);
+    veil_client_free(c);
+    reset();
+}
+
+/* Log lines the client wrote. */
+typedef struct log_lines {
+    char text[4096];
+    size_t len;
+} log_lines;
+
+static void collect_log(void *ctx, veil_log_level level, const char *line)
+{
+    log_lines *l = ctx;
+
+    (void)level;
+    l->len += (size_t)snprintf(l->text + l->len, sizeof l->text - l->len,
+                               "%s\n", line);
+    if (l->len >= sizeof l->text)
+        l->len = sizeof l->text - 1;
+}
+
+/* A password in the URL's user part shows in no log line or error. */
+static void test_url_password_redacted(void)
+{
+    veil_client_config cfg;
+    veil_client *c = NULL;
+    veil_client_error err;
+    log_lines log = {.len = 0};
+    char url[128];
+
+    reset();
+    snprintf(url, sizeof url, "http://alice:s3cr3t-pw@127.0.0.1:%u",
+             (unsigned)fx_port(fx));
+    cfg_for(&cfg, fx);
+    cfg.base_url = url;
+    cfg.log = collect_log;
+    cfg.log_ctx = &log;
+    cfg.log_level = VEIL_LOG_DEBUG;
+    c = client_new(&cfg);
+    ask(c, PROMPT);
+    veil_client_free(c);
+    CU_ASSERT_PTR_NULL(strstr(log.text, "s3cr3t"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(log.text, "http://alice:***@127.0.0.1"));
+    cfg.allow_http = 0;
+    CU_ASSERT_EQUAL(veil_client_new(&cfg, &c, &err), VEIL_CLIENT_E_SECURITY);
+    CU_ASSERT_PTR_NULL(strstr(err.detail, "s3cr3t"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(err.detail, "alice:***@"));
+    /* enrolment too */
+    {
+        veil_enroll_options eo = {.url = url,
+                                  .trust_file = "/nonexistent/trust.json",
+                                  .allow_unverified_ek = 1};
+
+        CU_ASSERT_EQUAL(veil_attest_enroll(&eo, &err), VEIL_CLIENT_E_SECURITY);
+        CU_ASSERT_PTR_NULL(strstr(err.detail, "s3cr3t"));
+        CU_ASSERT_PTR_NOT_NULL(strstr(err.detail, "alice:***@"));
+    }
+}
+
 static int fixtures_init(void)
 {
     veil_engine_config ecfg;
@@ -1601,17 +2187,36 @@ int main(void)
         {"key directory", test_key_dir},
         {"ephemeral key rotation", test_key_rotation},
     };
+    static const tu_test hostile[] = {
+        {"members twice", test_duplicate_members},
+        {"a replayed answer", test_replayed_answer},
+        {"unencrypted package fields", test_outer_fields},
+        {"degenerate server keys", test_server_key_checks},
+        {"bounded parsing before authentication", test_parse_bounds},
+        {"a dead connection: no resend", test_no_resend},
+        {"maximum: foreign attestation", test_maximum_foreign},
+        {"Retry-After of a 1xx", test_interim_retry_after},
+        {"pin checked on refetch", test_pin_on_refetch},
+        {"URL password redacted", test_url_password_redacted},
+    };
+    /* VEIL_TEST_SUITE=NAME runs that suite alone (while working on it) */
+    const char *only = getenv("VEIL_TEST_SUITE");
     int rc;
 
     if (fixtures_init() != 0) {
         fixtures_free();
         return 1;
     }
-    TU_ADD_SUITE("round trips", NULL, NULL, round_trips);
-    TU_ADD_SUITE("errors and retries", NULL, NULL, errors);
-    TU_ADD_SUITE("security", NULL, NULL, security);
-    TU_ADD_SUITE("requests", NULL, NULL, requests);
-    TU_ADD_SUITE("lifecycle and keys", NULL, NULL, lifecycle);
+#define SUITE(name, tests)                                                     \
+    if (only == NULL || strcmp(only, name) == 0)                               \
+    TU_ADD_SUITE(name, NULL, NULL, tests)
+    SUITE("round trips", round_trips);
+    SUITE("errors and retries", errors);
+    SUITE("security", security);
+    SUITE("requests", requests);
+    SUITE("lifecycle and keys", lifecycle);
+    SUITE("hostile server", hostile);
+#undef SUITE
     rc = tu_run_tests();
     fixtures_free();
     return rc;

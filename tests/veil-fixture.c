@@ -11,7 +11,7 @@
  * Without --server-key it generates a 2048-bit software RSA key.  Faults
  * are chosen by the request's model name (see fixture.h):
  * fixture/status-NNN, fixture/slow-MS, fixture/tamper-MODE,
- * fixture/retry-after-S.  Runs until SIGTERM or SIGINT, then stops the
+ * fixture/retry-after-S, fixture/hostile-KIND.  Runs until SIGTERM or SIGINT, then stops the
  * daemon and exits 0.  Exit status 1: could not start; 2: usage.
  */
 #include <signal.h>

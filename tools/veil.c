@@ -107,20 +107,35 @@ static const char usage_chat[] =
     "  --temperature X        sampling temperature, sent in the request\n"
     "  --max-tokens N         answer length limit, sent in the request\n"
     "  --json                 print the whole answer JSON, with _metadata\n"
+    "                         (compact when large; invalid UTF-8 replaced);\n"
+    "                         an error is then also printed on stdout as\n"
+    "                         {\"error\": {\"class\", \"status\", "
+    "\"exit_code\",\n"
+    "                         \"detail\"}}\n"
     "  --trust FILE           verify the answer against a trust file from\n"
     "                         'veil attest enroll': its signature and, on\n"
     "                         maximum, its TPM quote; a failed check is exit\n"
     "                         19 and nothing is printed. The URL defaults to\n"
     "                         the one enrolled\n"
     "  --evidence FILE        save the answer's evidence (no plaintext) for\n"
-    "                         'veil verify'; FILE must not exist\n"
+    "                         'veil verify'; FILE must not exist (made 0600)\n"
+    "  --allow-foreign-attestation  on maximum without --trust, accept a TPM\n"
+    "                         attestation in another format than veil's,\n"
+    "                         unchecked (default: refused, exit 19)\n"
+    "  --allow-small-exponent accept a server RSA key with a public exponent\n"
+    "                         below 65537 (odd, 3 or more; default: refused)\n"
+    "  --raw                  print the answer as it came, even to a\n"
+    "                         terminal (default there: control characters,\n"
+    "                         bidi overrides and bytes that are not UTF-8\n"
+    "                         are shown as '?' or U+FFFD)\n"
     "Without --token-key or --key-dir a fresh RSA-4096 key is made in memory\n"
     "for this run only. Tool calls in an answer are printed as JSON (after\n"
     "its content, if any). A PROMPT argument is wiped from the command line\n"
     "once read. Common OPTIONS: see 'veil --help'.\n";
 
 static const char usage_server_key[] =
-    "usage: veil server-key [--fingerprint] [--pin sha256:HEX] [OPTIONS]\n"
+    "usage: veil server-key [--fingerprint] [--pin sha256:HEX]\n"
+    "                       [--allow-small-exponent] [OPTIONS]\n"
     "Fetches the server's public key and prints it (PEM), or with\n"
     "--fingerprint only 'sha256:<hex>': the SHA-256 of its "
     "SubjectPublicKeyInfo,\n"
@@ -175,6 +190,7 @@ struct opts {
     int allow_http, verbose, help, json, fingerprint;
     int allow_unverified_ek, force;
     int url_given; /* --url on the command line (not $VEIL_URL) */
+    int raw, allow_foreign, allow_small_exponent;
 };
 
 /* ---- secrets ---------------------------------------------------------- */
@@ -210,6 +226,102 @@ static int write_all(int fd, const char *buf, size_t len)
         len -= (size_t)n;
     }
     return 1;
+}
+
+/* ---- text from the server on a terminal -------------------------------- */
+
+/* The length (1..4) of the well-formed UTF-8 sequence at p (n bytes left)
+ * and its code point in *cp; 0 when the bytes there are not one
+ * (overlong forms, surrogates and values above U+10FFFF are not). */
+static size_t utf8_next(const unsigned char *p, size_t n, unsigned *cp)
+{
+    static const unsigned min[5] = {0, 0, 0x80, 0x800, 0x10000};
+    size_t len;
+    unsigned c = p[0];
+
+    if (c < 0x80) {
+        *cp = c;
+        return 1;
+    }
+    len = c >= 0xf0 ? 4 : c >= 0xe0 ? 3 : c >= 0xc0 ? 2 : 0;
+    if (len == 0 || len > n || c > 0xf4)
+        return 0;
+    c &= 0x3fu >> (len - 1);
+    for (size_t i = 1; i < len; i++) {
+        if ((p[i] & 0xc0) != 0x80)
+            return 0;
+        c = c << 6 | (p[i] & 0x3fu);
+    }
+    if (c < min[len] || c > 0x10ffff || (c >= 0xd800 && c <= 0xdfff))
+        return 0;
+    *cp = c;
+    return len;
+}
+
+/* Characters a terminal acts on instead of showing: C0 and C1 controls,
+ * DEL, and the bidirectional formatting characters that reorder what
+ * follows them (U+061C, U+200E, U+200F, U+202A..U+202E, U+2066..U+2069). */
+static int term_unsafe(unsigned cp)
+{
+    return cp < 0x20 || (cp >= 0x7f && cp <= 0x9f) || cp == 0x61c ||
+           cp == 0x200e || cp == 0x200f || (cp >= 0x202a && cp <= 0x202e) ||
+           (cp >= 0x2066 && cp <= 0x2069);
+}
+
+/* Copies text from the server into out (room for 3 * len + 1 bytes) so
+ * that a terminal shows it and does nothing else: every character
+ * term_unsafe names becomes '?' (newline and tab stay when keep_lines is
+ * set), every byte that is not UTF-8 becomes U+FFFD.  Returns the length
+ * written (out is NUL-terminated). */
+static size_t term_safe(const char *text, size_t len, char *out, int keep_lines)
+{
+    const unsigned char *p = (const unsigned char *)text;
+    size_t i = 0, o = 0;
+
+    while (i < len) {
+        unsigned cp;
+        size_t n = utf8_next(p + i, len - i, &cp);
+
+        if (n == 0) {
+            memcpy(out + o, "\xef\xbf\xbd", 3);
+            o += 3;
+            i++;
+        } else if (term_unsafe(cp) &&
+                   !(keep_lines && (cp == '\n' || cp == '\t'))) {
+            out[o++] = '?';
+            i += n;
+        } else {
+            memcpy(out + o, p + i, n);
+            o += n;
+            i += n;
+        }
+    }
+    out[o] = '\0';
+    return o;
+}
+
+/* stdout is a terminal and --raw was not given: answers are filtered
+ * through term_safe. */
+static int tty_filter;
+
+/* Writes answer text (len bytes) to stdout, through term_safe when
+ * tty_filter is set (in a secret buffer: it is the answer).  0 on a
+ * failure (errno set). */
+static int write_out(const char *text, size_t len)
+{
+    veil_secbuf *b = NULL;
+    int ok;
+
+    if (!tty_filter)
+        return write_all(STDOUT_FILENO, text, len);
+    if (len > SIZE_MAX / 3 - 1 || veil_secbuf_new(3 * len + 1, &b) != VEIL_OK) {
+        errno = ENOMEM;
+        return 0;
+    }
+    len = term_safe(text, len, (char *)veil_secbuf_data(b), 1);
+    ok = write_all(STDOUT_FILENO, (const char *)veil_secbuf_data(b), len);
+    veil_secbuf_free(b);
+    return ok;
 }
 
 /* ---- stderr: log lines and the spinner --------------------------------- */
@@ -333,17 +445,25 @@ static void spin_stop(void)
     signal(SIGTERM, SIG_DFL);
 }
 
-/* A message on stderr; clears the spinner line first.  Control characters
- * (a server's detail text is untrusted) are shown as '?'. */
+/* A message on stderr; clears the spinner line first.  A server's detail
+ * text is untrusted: control characters (C0 and C1), bidi overrides and
+ * bytes that are not UTF-8 are neutralised (write_safe). */
 static void say(const char *kind, const char *text)
 {
     pthread_mutex_lock(&spin.mu);
     spin_clear_locked();
+    size_t len = strlen(text);
+    char *clean = len < 65536 ? malloc(3 * len + 1) : NULL;
     fputs("veil: ", stderr);
     if (kind)
         fprintf(stderr, "%s: ", kind);
-    for (const unsigned char *p = (const unsigned char *)text; *p; p++)
-        fputc(*p < 0x20 || *p == 0x7f ? '?' : *p, stderr);
+    if (clean) {
+        term_safe(text, len, clean, 0);
+        fputs(clean, stderr);
+    } else {
+        fputs("(a message that cannot be shown)", stderr);
+    }
+    free(clean);
     fputc('\n', stderr);
     fflush(stderr);
     pthread_mutex_unlock(&spin.mu);
@@ -370,10 +490,32 @@ static void on_retry(void *ctx, unsigned attempt, int http_status,
 
 /* The URL is plain http and --allow-http was not given. */
 static int http_hint;
+/* --json: errors are also reported as a JSON object on stdout. */
+static int json_errors;
+
+static int print_json(cJSON *j);
+
+/* With --json: {"error": {"class", "status", "exit_code", "detail"}} on
+ * stdout (status: the HTTP status, or null when none came). */
+static void json_error(const char *class_name, int http_status, int code,
+                       const char *detail)
+{
+    cJSON *j = json_errors ? cJSON_CreateObject() : NULL;
+    cJSON *e = j ? cJSON_AddObjectToObject(j, "error") : NULL;
+
+    if (e && cJSON_AddStringToObject(e, "class", class_name) &&
+        (http_status ? cJSON_AddNumberToObject(e, "status", http_status)
+                     : cJSON_AddNullToObject(e, "status")) &&
+        cJSON_AddNumberToObject(e, "exit_code", code) &&
+        cJSON_AddStringToObject(e, "detail", detail))
+        print_json(j);
+    cJSON_Delete(j);
+}
 
 static int usage_error(const char *msg)
 {
     fprintf(stderr, "veil: %s\n", msg);
+    json_error("UsageError", 0, EXIT_USAGE, msg);
     return EXIT_USAGE;
 }
 
@@ -400,6 +542,8 @@ static int client_fail(const veil_client_error *err)
         fputs("veil: --allow-http permits plain http (for local development "
               "only)\n",
               stderr);
+    json_error(name, err->http_status, EXIT_CLASS_BASE + (int)err->status,
+               err->detail);
     return EXIT_CLASS_BASE + (int)err->status;
 }
 
@@ -478,6 +622,7 @@ static unsigned option_cmds(int c)
     case 'W': /* --password-source */
     case 'g': /* --tag */
     case 'p': /* --pin */
+    case 'e': /* --allow-small-exponent */
         return KEYS;
     case 'f': /* --fingerprint */
         return ON(CMD_SERVER_KEY);
@@ -497,6 +642,8 @@ static unsigned option_cmds(int c)
     case 't':
     case 'x':
     case 'V': /* --evidence */
+    case 'w': /* --raw */
+    case 'a': /* --allow-foreign-attestation */
         return ON(CMD_CHAT);
     default:
         return ALL;
@@ -555,6 +702,9 @@ static int parse_opts(int argc, char **argv, enum cmd cmd, struct opts *o)
         {"allow-unverified-ek", no_argument, NULL, 'U'},
         {"out", required_argument, NULL, 'O'},
         {"force", no_argument, NULL, 'F'},
+        {"raw", no_argument, NULL, 'w'},
+        {"allow-foreign-attestation", no_argument, NULL, 'a'},
+        {"allow-small-exponent", no_argument, NULL, 'e'},
         {NULL, 0, NULL, 0},
     };
     unsigned long n;
@@ -700,6 +850,16 @@ static int parse_opts(int argc, char **argv, enum cmd cmd, struct opts *o)
             break;
         case 'j':
             o->json = 1;
+            json_errors = 1;
+            break;
+        case 'w':
+            o->raw = 1;
+            break;
+        case 'a':
+            o->allow_foreign = 1;
+            break;
+        case 'e':
+            o->allow_small_exponent = 1;
             break;
         case 't':
             d = strtod(optarg, &end);
@@ -946,23 +1106,100 @@ static int read_api_key(const struct opts *o, veil_secbuf **out)
 
 /* ---- output ----------------------------------------------------------- */
 
-/* Prints a JSON tree and a newline through a secret buffer (cJSON_Print
- * would leave copies behind in freed memory). */
-static int print_json(const cJSON *j)
+/* Replaces every byte of the strings (and member names) of a tree that
+ * is not UTF-8 by U+FFFD, so that the JSON printed is valid: a server
+ * may put any byte in an answer.  0 when memory ran out. */
+static int json_fix_utf8(cJSON *it)
 {
+    for (; it != NULL; it = it->next) {
+        char **slots[2] = {cJSON_IsString(it) ? &it->valuestring : NULL,
+                           (it->type & cJSON_StringIsConst) ? NULL
+                                                            : &it->string};
+        for (int k = 0; k < 2; k++) {
+            char *v = slots[k] ? *slots[k] : NULL, *nv;
+            size_t len, i = 0, o = 0;
+            unsigned cp;
+
+            if (v == NULL)
+                continue;
+            len = strlen(v);
+            while (i < len &&
+                   utf8_next((const unsigned char *)v + i, len - i, &cp) > 0)
+                i += utf8_next((const unsigned char *)v + i, len - i, &cp);
+            if (i == len)
+                continue;
+            if ((nv = cJSON_malloc(3 * len + 1)) == NULL)
+                return 0;
+            for (i = 0; i < len;) {
+                size_t n =
+                    utf8_next((const unsigned char *)v + i, len - i, &cp);
+                if (n == 0) {
+                    memcpy(nv + o, "\xef\xbf\xbd", 3);
+                    o += 3;
+                    i++;
+                } else {
+                    memcpy(nv + o, v + i, n);
+                    o += n;
+                    i += n;
+                }
+            }
+            nv[o] = '\0';
+            wipe(v, len);
+            cJSON_free(v);
+            *slots[k] = nv;
+        }
+        if (it->child && !json_fix_utf8(it->child))
+            return 0;
+    }
+    return 1;
+}
+
+/* A rough size of a tree printed with indentation: each value on its own
+ * line behind one tab per level. */
+static size_t json_formatted_size(const cJSON *it, size_t depth)
+{
+    size_t n = 0;
+
+    for (; it != NULL; it = it->next) {
+        n += depth + 8;
+        if (it->string)
+            n += strlen(it->string);
+        if (cJSON_IsString(it) && it->valuestring)
+            n += strlen(it->valuestring);
+        n += json_formatted_size(it->child, depth + 1);
+    }
+    return n;
+}
+
+/* The largest JSON text printed, and the size above which it is printed
+ * compactly (deep nesting can make the indentation alone hundreds of
+ * times larger than the answer). */
+#define MAX_JSON_OUT (256u * 1024 * 1024)
+#define MAX_JSON_FORMATTED (16u * 1024 * 1024)
+
+/* Prints a JSON tree and a newline through a secret buffer (cJSON_Print
+ * would leave copies behind in freed memory): indented, or compact when
+ * that would be large; invalid UTF-8 in it replaced.  1 on success, 0
+ * when writing failed (errno set), -1 when it is larger than
+ * MAX_JSON_OUT even compact (or memory ran out). */
+static int print_json(cJSON *j)
+{
+    int formatted = json_formatted_size(j, 0) <= MAX_JSON_FORMATTED;
     size_t cap = 65536;
 
+    if (!json_fix_utf8(j))
+        return -1;
     for (;;) {
         veil_secbuf *b = NULL;
         int ok;
-        if (cap > 256u * 1024 * 1024 || veil_secbuf_new(cap, &b) != VEIL_OK)
-            return 0;
-        if (cJSON_PrintPreallocated((cJSON *)j, (char *)veil_secbuf_data(b),
-                                    (int)cap - 8, 1)) {
+        if (cap > MAX_JSON_OUT || veil_secbuf_new(cap, &b) != VEIL_OK)
+            return -1;
+        if (cJSON_PrintPreallocated(j, (char *)veil_secbuf_data(b),
+                                    (int)cap - 8, formatted)) {
             char *s = (char *)veil_secbuf_data(b);
             size_t len = strlen(s);
             s[len] = '\n'; /* room: 8 bytes were kept */
-            ok = write_all(STDOUT_FILENO, s, len + 1);
+            ok = write_out(s, len + 1);
             veil_secbuf_free(b);
             return ok;
         }
@@ -977,16 +1214,24 @@ static int print_text(const char *s, int pem)
     size_t len = strlen(s);
     int nl = !(pem && len && s[len - 1] == '\n');
 
-    return write_all(STDOUT_FILENO, s, len) &&
-           (!nl || write_all(STDOUT_FILENO, "\n", 1));
+    return write_out(s, len) && (!nl || write_all(STDOUT_FILENO, "\n", 1));
 }
 
-static int write_failed(void)
+/* printed: what print_json or print_text returned. */
+static int write_failed(int printed)
 {
     char msg[128];
 
-    snprintf(msg, sizeof msg, "cannot write the answer: %s", strerror(errno));
+    if (printed < 0)
+        snprintf(msg, sizeof msg,
+                 "cannot print the answer: it is larger than %u MiB as "
+                 "JSON, or memory ran out",
+                 MAX_JSON_OUT >> 20);
+    else
+        snprintf(msg, sizeof msg, "cannot write the answer: %s",
+                 strerror(errno));
     say(NULL, msg);
+    json_error("OutputError", 0, EXIT_FAIL, msg);
     return EXIT_FAIL;
 }
 
@@ -1005,11 +1250,13 @@ static void verbose_fingerprints(veil_client *c)
     free(pem);
 }
 
-/* Writes text and a newline to a new file (0644): evidence is not
- * secret, and an existing file is never replaced.  0 with errno set. */
+/* Writes text and a newline to a new file (0600: evidence holds no
+ * plaintext, but the sealed packages and what the request went to are
+ * the user's business); an existing file is never replaced.  0 with
+ * errno set. */
 static int write_new_file(const char *path, const char *text)
 {
-    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
     int ok, e;
 
     if (fd < 0)
@@ -1037,7 +1284,7 @@ static int cmd_chat(veil_client *c, const struct opts *o, veil_secbuf *prompt,
     const cJSON *calls;
     const char *content;
     veil_client_status st;
-    int ok = 1, evidence_failed = 0;
+    int ok = 1, evidence_failed = 0; /* ok: as print_json returns */
 
     req = veil_chat_request_new(o->model);
     if (!req ||
@@ -1101,14 +1348,14 @@ static int cmd_chat(veil_client *c, const struct opts *o, veil_secbuf *prompt,
         int has_calls = calls && cJSON_GetArraySize(calls) > 0;
         if (content && (*content || !has_calls))
             ok = print_text(content, 0);
-        if (ok && has_calls)
-            ok = print_json(calls);
+        if (ok > 0 && has_calls)
+            ok = print_json((cJSON *)calls);
         if (!content && !has_calls)
             say(NULL, "the answer has no content");
     }
     veil_chat_response_free(resp);
-    if (!ok)
-        return write_failed();
+    if (ok <= 0)
+        return write_failed(ok);
     return evidence_failed ? EXIT_FAIL : EXIT_OK;
 }
 
@@ -1128,15 +1375,20 @@ static int cmd_server_key(veil_client *c, const struct opts *o)
     }
     ok = o->fingerprint ? print_text(fp, 0) : print_text(pem, 1);
     free(pem);
-    return ok ? EXIT_OK : write_failed();
+    return ok ? EXIT_OK : write_failed(ok);
 }
 
-/* Text on stdout that may quote the gateway: control characters are
- * shown as '?'. */
+/* Text on stdout that may quote the gateway: neutralised as in say(). */
 static void put_clean(const char *text)
 {
-    for (const unsigned char *p = (const unsigned char *)text; *p; p++)
-        putchar(*p < 0x20 || *p == 0x7f ? '?' : *p);
+    size_t len = strlen(text);
+    char *clean = malloc(3 * len + 1);
+
+    if (clean) {
+        term_safe(text, len, clean, 0);
+        fputs(clean, stdout);
+    }
+    free(clean);
 }
 
 /* One line per check on stdout: "ok   NAME: detail" or "FAIL NAME: ...". */
@@ -1362,6 +1614,9 @@ static int run(enum cmd cmd, struct opts *o)
     cfg.log_level = o->verbose ? VEIL_LOG_DEBUG : VEIL_LOG_WARN;
     cfg.on_retry = on_retry;
     cfg.trust_file = o->trust;
+    cfg.allow_foreign_attestation = o->allow_foreign;
+    cfg.allow_small_exponent = o->allow_small_exponent;
+    tty_filter = !o->raw && isatty(STDOUT_FILENO);
 
     /* No spinner when stderr is not a terminal, nor when a PIN or password
      * may be asked for on the terminal. */

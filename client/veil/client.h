@@ -121,10 +121,20 @@ typedef struct veil_client_config {
      * `maximum` its TPM quote.  On `maximum` without one, an answer with
      * no attestation is refused, and a veil quote is still checked for
      * this request and server key, but its attestation key is not known
-     * to be genuine (a warning is logged; so is an attestation in a
-     * format other than veil's, which cannot be checked).  A failed check is
+     * to be genuine (a warning is logged).  An attestation that is not a
+     * veil TPM quote of the shape docs/ATTESTATION.md gives is refused
+     * there unless allow_foreign_attestation is set.  A failed check is
      * VEIL_CLIENT_E_SECURITY and the answer is not returned. */
     const char *trust_file;
+    /* maximum without a trust file: accept an attestation in another
+     * format than veil's (NOMYO's, say), which cannot be checked; a
+     * warning is logged.  Default 0: such an answer is refused. */
+    int allow_foreign_attestation;
+    /* Every server key (fetched, pinned, enrolled) must pass OpenSSL's
+     * public key check and, being RSA, have a public exponent of at least
+     * 65537.  Set this to accept an odd exponent from 3 up (legacy keys);
+     * an exponent of 1 or an even one is never accepted. */
+    int allow_small_exponent;
 } veil_client_config;
 
 /* Fills cfg with the defaults above.  Always start from this. */
@@ -171,8 +181,13 @@ typedef struct veil_chat_stats {
  * temperature, top_p, max_tokens, stop, n, presence_penalty,
  * frequency_penalty, logit_bias, user, tools, tool_choice, stream; other
  * members pass through) and returns the decrypted chat.completion object
- * with "_metadata" filled in (payload_id, processed_at, is_encrypted,
- * encryption_algorithm, and what the server added).  The request is
+ * with "_metadata" filled in (payload_id, is_encrypted,
+ * encryption_algorithm, and what the server put inside the encrypted
+ * answer, processed_at among it; nothing from outside the encryption).
+ * An answer with a member twice (at its top level, in _metadata or in its
+ * tpm_attestation), or
+ * whose _metadata.payload_id is not this request's (a replayed answer),
+ * is VEIL_CLIENT_E_SECURITY.  The request is
  * checked first: a wrong type or a payload over 10 MiB is refused before
  * anything is encrypted.  Free the answer with veil_chat_response_free.
  * opts and stats may be NULL. */
