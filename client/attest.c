@@ -944,8 +944,9 @@ static int evidence_parse(const cJSON *j, answer_in *a, const char **url,
     if ((*url = jstr(j, "url")) == NULL)
         BAD("\"url\" is missing");
     a->payload_id = jstr(j, "payload_id");
-    if (a->payload_id == NULL || !veil_uuid_valid(a->payload_id))
-        BAD("\"payload_id\" is not a UUID");
+    if (a->payload_id == NULL || !veil_payload_id_valid(a->payload_id))
+        BAD("\"payload_id\" is not a payload ID (1 to 128 printable ASCII "
+            "characters, no spaces)");
     a->tier = jstr(j, "security_tier");
     if (a->tier == NULL ||
         (strcmp(a->tier, "standard") && strcmp(a->tier, "high") &&
