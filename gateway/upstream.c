@@ -452,34 +452,6 @@ static void headers_free(struct curl_slist *list)
 
 /* ---- mapping the backend's answers -------------------------------------- */
 
-/* Length of the valid UTF-8 sequence at s (at most n bytes), 0 if none. */
-static size_t utf8_len(const unsigned char *s, size_t n)
-{
-    size_t want;
-    unsigned c = s[0];
-
-    if (c < 0x80)
-        return 1;
-    if (c >= 0xc2 && c <= 0xdf)
-        want = 2;
-    else if (c >= 0xe0 && c <= 0xef)
-        want = 3;
-    else if (c >= 0xf0 && c <= 0xf4)
-        want = 4;
-    else
-        return 0;
-    if (want > n)
-        return 0;
-    for (size_t i = 1; i < want; i++)
-        if ((s[i] & 0xc0) != 0x80)
-            return 0;
-    if (want == 3 && ((c == 0xe0 && s[1] < 0xa0) || (c == 0xed && s[1] > 0x9f)))
-        return 0; /* overlong, surrogate */
-    if (want == 4 && ((c == 0xf0 && s[1] < 0x90) || (c == 0xf4 && s[1] > 0x8f)))
-        return 0; /* overlong, beyond U+10FFFF */
-    return want;
-}
-
 /* text as one line of at most UP_DETAIL_MAX bytes: line breaks and tabs
  * become spaces, runs of spaces one, other control characters and invalid
  * UTF-8 go.  malloc'd; NULL: no memory. */
@@ -501,7 +473,7 @@ static char *one_line(const char *text, size_t n)
             i++;
             continue;
         }
-        if (c < 0x20 || c == 0x7f || (l = utf8_len(s + i, n - i)) == 0) {
+        if (c < 0x20 || c == 0x7f || (l = veil_utf8_seq(s + i, n - i)) == 0) {
             i++;
             continue;
         }

@@ -74,9 +74,7 @@ static long hex4(const unsigned char *s)
     return v;
 }
 
-/* Length of the UTF-8 sequence at s (at most n bytes), 0 if invalid
- * (RFC 3629: no overlong form, no surrogate, nothing past U+10FFFF). */
-static size_t utf8_seq(const unsigned char *s, size_t n)
+size_t veil_utf8_seq(const unsigned char *s, size_t n)
 {
     unsigned c = s[0];
     size_t want;
@@ -149,7 +147,7 @@ static veil_json_rc scan_string(const unsigned char *s, size_t len, size_t i,
             i++;
             continue;
         }
-        size_t n = utf8_seq(s + i, len - i);
+        size_t n = veil_utf8_seq(s + i, len - i);
 
         if (n == 0) {
             *end = i;

@@ -40,6 +40,11 @@ typedef enum veil_json_rc {
 /* "a key appears twice", ...: for error details. */
 const char *veil_json_rc_text(veil_json_rc rc);
 
+/* Length of the UTF-8 sequence at s (at most n bytes, n >= 1), 0 if
+ * invalid (RFC 3629: no overlong form, no surrogate, nothing past
+ * U+10FFFF). */
+size_t veil_utf8_seq(const unsigned char *s, size_t n);
+
 /* One member of the top-level object, as offsets into the text. */
 typedef struct veil_json_member {
     size_t key;       /* the key's opening '"' */
