@@ -1510,7 +1510,7 @@ static void test_evidence(void)
     evidence_bad("payload_id", "\"00000000-0000-4000-8000-000000000000\"", SEC,
                  "answer signature");
     evidence_bad("format", "\"veil-evidence-v0\"", CFG, "\"format\"");
-    evidence_bad("payload_id", "\"x\"", CFG, "\"payload_id\"");
+    evidence_bad("payload_id", "\"not an id\"", CFG, "\"payload_id\"");
     evidence_bad("request_sha256", "\"00\"", CFG, "\"request_sha256\"");
     evidence_bad("signed_at", "\"now\"", CFG, "\"signed_at\"");
     evidence_bad("tpm_attestation", "[]", CFG, "\"tpm_attestation\"");
