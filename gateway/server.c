@@ -11,7 +11,9 @@
  * memory are bounded by body_memory instead, counted as their bytes come:
  * a body that would pass it waits (its bytes stay in the kernel), except
  * the oldest body being read, which always proceeds, so that the bodies
- * in memory always drain (at most body_memory + body_limit).  Slots
+ * in memory always drain (at most body_memory + body_limit).  An answer
+ * queued and not yet sent counts there too, so slow readers cannot pile
+ * up answers in memory either.  Slots
  * go first come, first served (a ticket queue): a plain semaphore lets a
  * connection that was just answered take the slot again and starves the
  * others (a p99 36 times the p50).
@@ -162,6 +164,8 @@ typedef struct req {
     int admitted;       /* went through admit(): counted in in_flight */
     size_t limit;       /* largest body accepted */
     size_t reserved;    /* of body_mem */
+    size_t answer_len;  /* the sealed answer's size (the exchange sets it) */
+    size_t answer_held; /* of body_mem, until the answer is sent */
     conn *conn;         /* its connection (NULL: untracked) */
     int has_slot;
     int answered;         /* a response is queued */
@@ -386,7 +390,8 @@ static void charge_body(gw_server *s, req *r, size_t n)
     pthread_mutex_unlock(&s->lock);
 }
 
-/* Wipes and frees the body and gives its memory back. */
+/* Wipes and frees the body and gives its memory back (and, once it is
+ * sent, the answer's). */
 static void drop_body(gw_server *s, req *r)
 {
     if (r->body) {
@@ -400,6 +405,11 @@ static void drop_body(gw_server *s, req *r)
     if (r->reserved) {
         s->body_mem -= r->reserved;
         r->reserved = 0;
+        pthread_cond_broadcast(&s->body_room);
+    }
+    if (r->answer_held) {
+        s->body_mem -= r->answer_held;
+        r->answer_held = 0;
         pthread_cond_broadcast(&s->body_room);
     }
     pthread_mutex_unlock(&s->lock);
@@ -981,6 +991,7 @@ static enum MHD_Result exchange(gw_server *s, struct MHD_Connection *c, req *r)
         ret = MHD_NO;
         goto out;
     }
+    r->answer_len = strlen(pkg); /* held until sent: counted in body_mem */
     pkg = NULL;
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE,
                             "application/json");
@@ -1309,9 +1320,16 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c,
             }
         }
     }
-    /* the answer is queued: a slow reader holds neither slot nor body */
+    /* the answer is queued: a slow reader holds neither slot nor body,
+     * only its answer's memory */
     release_slot(s, r);
     drop_body(s, r);
+    if (r->answered && r->answer_len) {
+        pthread_mutex_lock(&s->lock);
+        s->body_mem += r->answer_len;
+        r->answer_held = r->answer_len;
+        pthread_mutex_unlock(&s->lock);
+    }
     set_phase(s, r->conn, P_SEND);
     return ret;
 }
