@@ -550,8 +550,7 @@ static void test_slowloris(void)
     stop_ok(&g);
 }
 
-/* ---- 2. slow uploaders and slow readers hold no worker --------------------
- */
+/* ---- 2. slow uploaders and slow readers hold no worker ------------------- */
 
 #define SLOW 4 /* of each kind: 4 x workers (1) */
 
@@ -657,8 +656,57 @@ static void test_slow_clients(void)
     stop_ok(&g);
 }
 
-/* ---- 8. early refusals reach a client that sends its body first -----------
- */
+/* Two bodies that do not fit in body_memory together: the second waits
+ * for the first (the oldest always goes on), and both are answered. */
+static void test_body_memory(void)
+{
+    const char *extra[] = {"--body-limit", "64K", "--body-memory", "64K", NULL};
+    char *pa, *pb, *qa, *qb, *got;
+    size_t la, lb;
+    int fa, fb;
+    answer a;
+    proc g;
+
+    pa = malloc(25001);
+    pb = malloc(35001);
+    CU_ASSERT_FATAL(pa && pb);
+    memset(pa, 'a', 25000);
+    pa[25000] = '\0';
+    memset(pb, 'b', 35000);
+    pb[35000] = '\0';
+    qa = request("echo", pa, "", &la, NULL);
+    qb = request("echo", pb, "", &lb, NULL);
+    CU_ASSERT_FATAL(qa && qb);
+    CU_ASSERT_EQUAL_FATAL(gw_start(&g, "conn-bodymem", extra), 0);
+    fa = connect_from(NULL, g.port, 0);
+    fb = connect_from(NULL, g.port, 0);
+    CU_ASSERT_FATAL(fa >= 0 && fb >= 0);
+    /* the first body half in, the second whole: it must wait */
+    CU_ASSERT_EQUAL(send_all(fa, qa, la / 2), 0);
+    sleep_ms(300);
+    CU_ASSERT_EQUAL(send_all(fb, qb, lb), 0);
+    sleep_ms(300);
+    CU_ASSERT_EQUAL(send_all(fa, qa + la / 2, la - la / 2), 0);
+    read_answer(fa, &a);
+    got = content(&a);
+    CU_ASSERT_TRUE(got && strcmp(got, pa) == 0);
+    free(got);
+    answer_free(&a);
+    read_answer(fb, &a);
+    got = content(&a);
+    CU_ASSERT_TRUE(got && strcmp(got, pb) == 0);
+    free(got);
+    answer_free(&a);
+    close(fa);
+    close(fb);
+    stop_ok(&g);
+    free(qa);
+    free(qb);
+    free(pa);
+    free(pb);
+}
+
+/* ---- 8. early refusals reach a client sending its body first ------------- */
 
 /* Sends head + a body of body_len bytes (declared as such) in one go, as
  * httpx and Node do without Expect: 100-continue, then reads the answer. */
@@ -753,8 +801,7 @@ static void test_early_refusals(void)
     stop_ok(&g);
 }
 
-/* ---- 10. SIGTERM ----------------------------------------------------------
- */
+/* ---- 10. SIGTERM --------------------------------------------------------- */
 
 static double mock_requests(void)
 {
@@ -885,8 +932,7 @@ static void test_sigterm(void)
         dump_log(&g);
 }
 
-/* ---- 11. IPv6 clients by prefix; the PIN source ----------------------------
- */
+/* ---- 11. IPv6 clients by prefix; the PIN source -------------------------- */
 
 static void v6(const char *text, struct sockaddr_in6 *sa)
 {
@@ -1048,6 +1094,7 @@ int main(void)
     static const tu_test attacks[] = {
         {"slowloris: header deadline, per-address cap", test_slowloris},
         {"slow uploaders and slow readers hold no worker", test_slow_clients},
+        {"bodies over body_memory wait, none is lost", test_body_memory},
         {"early refusals reach a client sending its body first",
          test_early_refusals},
         {"SIGTERM: listener closed, waiting 503, cut logged as cut",
