@@ -387,9 +387,7 @@ int main(int argc, char **argv)
     int sig = 0;
     while (sigwait(&sigs, &sig) != 0)
         ;
-    say(VEIL_LOG_INFO,
-        "%s: no new connections; finishing requests in flight (at most %u "
-        "s)",
+    say(VEIL_LOG_INFO, "%s: stopping (requests in flight get at most %u s)",
         sig == SIGTERM  ? "SIGTERM"
         : sig == SIGHUP ? "SIGHUP"
                         : "SIGINT",

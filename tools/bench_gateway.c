@@ -1905,6 +1905,9 @@ static unsigned replay_capacity(const bench_opts *o)
     for (unsigned i = 0; i < o->n_clients; i++)
         n += (unsigned long long)o->rounds * o->requests + o->clients[i];
     n += (unsigned long long)(o->timing_n + 1) * K_N;
+    /* the slow-clients row: both phases, and the slow readers' requests */
+    n += 2ull * o->rounds * o->requests + SLOW_CLIENTS +
+         4ull * o->rounds * SLOW_READERS;
     n = 2 * n + 4096;
     return n > 16777216ull ? 16777216u : (unsigned)n;
 }
