@@ -9,11 +9,11 @@
  * once its body is in and leaves it as soon as its answer is queued, so
  * neither a slow uploader nor a slow reader holds one.  The bodies in
  * memory are bounded by body_memory instead, counted as their bytes come:
- * a body that would pass it waits (its bytes stay in the kernel), except
- * the oldest body being read, which always proceeds, so that the bodies
- * in memory always drain (at most body_memory + body_limit).  An answer
- * queued and not yet sent counts there too, so slow readers cannot pile
- * up answers in memory either.  Slots
+ * a body that would pass it waits (its bytes stay in the kernel).  An
+ * answer queued and not yet sent counts there too, so slow readers cannot
+ * pile up answers in memory either.  When only bodies still being read
+ * hold that memory, the oldest of them goes on anyway, so that they cannot
+ * all wait for each other (at most body_memory + body_limit).  Slots
  * go first come, first served: a plain semaphore lets a connection that
  * was just answered take the slot again and starves the others (a p99 36
  * times the p50).  A freed slot is handed to the first waiter alone (its
@@ -132,6 +132,7 @@ struct gw_server {
     pthread_cond_t idle;
     unsigned in_flight;
     size_t body_mem, body_mem_cap; /* body bytes held; the cap */
+    size_t partial_mem;            /* of body_mem: bodies still being read */
     pthread_cond_t body_room;      /* body_mem fell, or the oldest changed */
     struct req *body_head, *body_tail; /* reading a body, oldest first */
     atomic_int stopping;
@@ -399,6 +400,7 @@ static void body_list(gw_server *s, req *r, int on)
         s->body_tail = r;
         r->reading = 1;
     } else if (!on && r->reading) {
+        s->partial_mem -= r->reserved;
         if (r->bprev)
             r->bprev->bnext = r->bnext;
         else
@@ -412,20 +414,32 @@ static void body_list(gw_server *s, req *r, int on)
     }
 }
 
-/* Counts n more body bytes against body_memory, waiting while they do not
- * fit, unless this is the oldest body being read (or the gateway stops). */
+/* 1 when n more bytes of r's body must wait: they do not fit, and either
+ * something else will free memory (a whole body at work or waiting for a
+ * slot, an answer being sent) or r is not the oldest body being read.  When
+ * only bodies still being read hold the memory, the oldest goes on, so the
+ * bodies cannot all wait for each other: body_mem stays under body_memory
+ * + body_limit. */
+static int body_must_wait(const gw_server *s, const req *r, size_t n)
+{
+    if (s->body_mem + n <= s->body_mem_cap || atomic_load(&s->stopping))
+        return 0;
+    return s->body_head != r || s->body_mem > s->partial_mem;
+}
+
+/* Counts n more body bytes against body_memory, waiting while they must. */
 static void charge_body(gw_server *s, req *r, size_t n)
 {
     pthread_mutex_lock(&s->lock);
     body_list(s, r, 1);
-    if (s->body_mem + n > s->body_mem_cap && s->body_head != r) {
+    if (body_must_wait(s, r, n)) {
         set_phase(s, r->conn, P_WAIT);
-        while (s->body_mem + n > s->body_mem_cap && s->body_head != r &&
-               !atomic_load(&s->stopping))
+        while (body_must_wait(s, r, n))
             pthread_cond_wait(&s->body_room, &s->lock);
         set_phase(s, r->conn, P_BODY);
     }
     s->body_mem += n;
+    s->partial_mem += n;
     r->reserved += n;
     pthread_mutex_unlock(&s->lock);
 }
