@@ -117,8 +117,8 @@ static const setting settings[] = {
      "connections one client address may hold open at once (more are closed "
      "at accept)"},
     {"body_memory", "SIZE", K_SIZE, OFF(body_memory), 0, 64 * GIB, "0",
-     "request body bytes held at once; past it a body waits, its bytes "
-     "unread (the oldest always goes on); 0: 2 x workers x body_limit"},
+     "request body and unsent answer bytes held at once; past it a body "
+     "waits, its bytes unread; 0: 2 x workers x body_limit"},
     {"ipv6_prefix", "BITS", K_UINT, OFF(ipv6_prefix), 8, 128, "64",
      "without api_keys, IPv6 clients are rate limited by this prefix of their "
      "address (IPv4 by the whole address)"},
