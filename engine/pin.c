@@ -71,7 +71,9 @@ static veil_rc pin_from_file(const char *path, veil_secbuf **pin)
     int fd;
     veil_rc rc;
 
-    fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    /* O_NONBLOCK: opening a FIFO (or a device) must not wait for a
+     * writer; it is refused just below. */
+    fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
     if (fd < 0)
         return veil_err(VEIL_E_IO, "engine", NULL, "PIN file %s: %s", path,
                         strerror(errno));

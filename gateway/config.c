@@ -102,7 +102,30 @@ static const setting settings[] = {
     {"body_limit", "SIZE", K_SIZE, OFF(body_limit), KIB, GIB, "16M",
      "largest request body in bytes (suffixes K, M, G; 1K to 1G)"},
     {"workers", "N", K_UINT, OFF(workers), 1, 256, "4",
-     "requests processed at once (1 to 256); others wait, their bodies unread"},
+     "requests processed at once (1 to 256); a request takes a worker once "
+     "its body is in and leaves it when its answer is queued"},
+    {"header_timeout", "SECONDS", K_UINT, OFF(header_timeout), 1, 3600, "5",
+     "a request's header block must be complete this long after the connection "
+     "opens or the previous answer went (else the connection is closed)"},
+    {"body_min_rate", "SIZE", K_SIZE, OFF(body_min_rate), 1, GIB, "16K",
+     "bytes per second a request body must average after its first 2 "
+     "seconds, else the connection is closed"},
+    {"body_timeout", "SECONDS", K_UINT, OFF(body_timeout), 1, 86400, "120",
+     "longest a request body may take to arrive, whatever its rate"},
+    {"answer_timeout", "SECONDS", K_UINT, OFF(answer_timeout), 1, 86400, "60",
+     "longest a client may take to read its answer"},
+    {"connections_per_address", "N", K_UINT, OFF(connections_per_address), 1,
+     1024, "16",
+     "connections one client address may hold open at once (more are closed "
+     "at accept)"},
+    {"body_memory", "SIZE", K_SIZE, OFF(body_memory), 0, 64 * GIB, "0",
+     "request body and unsent answer bytes held at once; past it a body "
+     "waits, its bytes unread; 0: 2 x workers x body_limit"},
+    {"ipv6_prefix", "BITS", K_UINT, OFF(ipv6_prefix), 8, 128, "64",
+     "without api_keys, IPv6 clients are rate limited by this prefix of their "
+     "address (IPv4 by the whole address)"},
+    {"shutdown_grace", "SECONDS", K_UINT, OFF(shutdown_grace), 0, 3600, "30",
+     "on SIGTERM, how long requests in flight may take to finish"},
     {"state_dir", "DIR", K_STR, OFF(state_dir), 0, 0, "/var/lib/veild",
      "what veild keeps across restarts (the replay register, the cache "
      "salt secret); made 0700 if missing, must be ours"},
@@ -292,6 +315,23 @@ static int set_str(char **slot, const char *v, size_t len, char *msg,
     free(*slot);
     *slot = copy;
     return 0;
+}
+
+/* A size as a value would give it: "1K", "64G", "0". */
+static const char *size_text(unsigned long n, char out[24])
+{
+    static const struct {
+        unsigned long mult;
+        const char *suffix;
+    } units[] = {{GIB, "G"}, {MIB, "M"}, {KIB, "K"}};
+
+    for (size_t i = 0; i < sizeof units / sizeof units[0]; i++)
+        if (n >= units[i].mult && n % units[i].mult == 0) {
+            snprintf(out, 24, "%lu%s", n / units[i].mult, units[i].suffix);
+            return out;
+        }
+    snprintf(out, 24, "%lu", n);
+    return out;
 }
 
 /* Decimal digits only (no sign, no space, no 0x), no overflow. */
@@ -672,10 +712,13 @@ static int apply(gw_config *cfg, const setting *s, const char *v, char *msg,
             ok = 0;
         }
         if (!ok || n > s->max / mult || n * mult < s->min) {
+            char lo[24], hi[24];
+
             gw_put_err(msg, msize,
-                       "'%s' is not a size from 1K to 1G (bytes, or with a "
+                       "'%s' is not a size from %s to %s (bytes, or with a "
                        "suffix K, M or G)",
-                       shown_str(v, b, sizeof b));
+                       shown_str(v, b, sizeof b), size_text(s->min, lo),
+                       size_text(s->max, hi));
             return -1;
         }
         *(size_t *)field = (size_t)(n * mult);
@@ -1042,6 +1085,13 @@ int gw_config_check(const gw_config *cfg, char *err, size_t err_size)
                    "%s is set but %s is not: give both or neither",
                    cfg->tls_cert ? "tls_cert" : "tls_key",
                    cfg->tls_cert ? "tls_key" : "tls_cert");
+        return -1;
+    }
+    if (cfg->body_memory && cfg->body_memory < cfg->body_limit) {
+        gw_put_err(err, err_size,
+                   "body_memory (%zu bytes) is below body_limit (%zu bytes): "
+                   "a body at the limit could never be taken",
+                   cfg->body_memory, cfg->body_limit);
         return -1;
     }
     if (cfg->n_models == 0) {

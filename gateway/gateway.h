@@ -63,6 +63,15 @@ typedef struct gw_config {
     unsigned burst;    /* bucket size (2) */
     size_t body_limit; /* bytes (16 MiB) */
     unsigned workers;  /* threads (4) */
+    unsigned header_timeout; /* seconds to a complete header block (5) */
+    size_t body_min_rate;    /* bytes/s a body averages after 2 s (16 KiB) */
+    unsigned body_timeout;   /* seconds a body may take at most (120) */
+    unsigned answer_timeout; /* seconds a client may take to read (60) */
+    unsigned connections_per_address; /* open at once (16) */
+    size_t body_memory;        /* body bytes held at once; 0: 2 x workers x
+                                  body_limit */
+    unsigned ipv6_prefix;      /* rate-limit key of an IPv6 client, bits (64) */
+    unsigned shutdown_grace;   /* seconds for requests in flight (30) */
     char *state_dir;   /* what veild keeps across restarts */
     unsigned replay_window;    /* seconds (86400) */
     unsigned replay_capacity;  /* marks (4194304) */
@@ -180,6 +189,14 @@ void gw_rate_free(gw_rate *r);
  * when one will (whole seconds, at least 1). */
 int gw_rate_take(gw_rate *r, const uint8_t id[32], double now,
                  unsigned *retry_after_s);
+
+/* The bucket id of a client without an API key: SHA-256 of its IPv4
+ * address, or of the first ipv6_prefix bits of its IPv6 address (the rest
+ * zero: one host may hold a whole /64); an IPv4-mapped IPv6 address counts
+ * as its IPv4 address.  32 zero bytes for another family or NULL. */
+struct sockaddr;
+void gw_rate_address_id(const struct sockaddr *sa, unsigned ipv6_prefix,
+                        uint8_t id[32]);
 
 /* ---- upstream (upstream.c) -------------------------------------------- */
 

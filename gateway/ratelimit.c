@@ -26,10 +26,13 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/rand.h>
+#include <openssl/sha.h>
 
 #include "gateway.h"
 
@@ -258,4 +261,35 @@ int gw_rate_take(gw_rate *r, const uint8_t id[32], double now,
     }
     pthread_mutex_unlock(&r->mu);
     return ok;
+}
+
+void gw_rate_address_id(const struct sockaddr *sa, unsigned ipv6_prefix,
+                        uint8_t id[32])
+{
+    uint8_t b[16];
+
+    memset(id, 0, 32);
+    if (sa && sa->sa_family == AF_INET6) {
+        const struct in6_addr *a =
+            &((const struct sockaddr_in6 *)sa)->sin6_addr;
+
+        memcpy(b, a->s6_addr, 16);
+        if (IN6_IS_ADDR_V4MAPPED(a)) {
+            SHA256(b + 12, 4, id);
+            return;
+        }
+        for (unsigned i = 0, bits = ipv6_prefix < 128 ? ipv6_prefix : 128;
+             i < 16; i++) {
+            if (bits >= 8) {
+                bits -= 8;
+                continue;
+            }
+            b[i] &= (uint8_t)(0xff00u >> bits);
+            bits = 0;
+        }
+        SHA256(b, 16, id);
+    } else if (sa && sa->sa_family == AF_INET) {
+        memcpy(b, &((const struct sockaddr_in *)sa)->sin_addr, 4);
+        SHA256(b, 4, id);
+    }
 }

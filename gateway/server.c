@@ -5,11 +5,28 @@
  * and the signature store's route (docs/ATTESTATION.md).
  *
  * Threads: one thread per connection (a blocking upstream call stalls only
- * its own connection), and `workers` slots taken before a request body is
- * read, so at most `workers` bodies are in memory at once; the others wait
- * in the kernel's socket buffers.  Slots go first come, first served (a
- * ticket queue): a plain semaphore lets a connection that was just answered
- * take the slot again and starves the others (a p99 36 times the p50). */
+ * its own connection), and `workers` slots.  A request takes a slot only
+ * once its body is in and leaves it as soon as its answer is queued, so
+ * neither a slow uploader nor a slow reader holds one.  The bodies in
+ * memory are bounded by body_memory instead, counted as their bytes come:
+ * a body that would pass it waits (its bytes stay in the kernel).  An
+ * answer queued and not yet sent counts there too, so slow readers cannot
+ * pile up answers in memory either.  When only bodies still being read
+ * hold that memory, the oldest of them goes on anyway, so that they cannot
+ * all wait for each other (at most body_memory + body_limit).  Slots
+ * go first come, first served: a plain semaphore lets a connection that
+ * was just answered take the slot again and starves the others (a p99 36
+ * times the p50).  A freed slot is handed to the first waiter alone (its
+ * own condition variable): a broadcast woke every waiting thread for each
+ * answer, about 60 context switches per request at 64 clients.
+ *
+ * Connections: a watchdog thread holds every connection to its deadlines
+ * (header block, body rate and total, writing the answer) and closes it by
+ * shutting its socket down; a request refused before its body (401, 429,
+ * 413, 503) gets its answer, then the socket is kept open a while with its
+ * input read and dropped (at most DISCARD_MAX bytes, under the body rules),
+ * so that a client that sends its whole body before reading sees the
+ * answer, not a reset. */
 #include "config.h"
 
 #include <errno.h>
@@ -21,6 +38,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <arpa/inet.h>
+#include <poll.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -55,8 +73,44 @@
 #define CLIENT_KEY_MAX_BITS 4096u
 /* The longest payload ID taken. */
 #define PID_MAX VEIL_PAYLOAD_ID_MAX
-/* Body bytes past the limit read (and dropped) to deliver the 413. */
+/* Body bytes past the limit read (and dropped) to deliver the 413; also
+ * the most a refused connection's drain reads. */
 #define DISCARD_MAX ((size_t)64 << 20)
+/* A body's rate is judged after this many seconds. */
+#define BODY_GRACE_S 2
+/* How often the watchdog looks at the deadlines. */
+#define WATCH_TICK_MS 200
+/* Refused connections drained at once; more are closed at once. */
+#define LINGER_MAX 256
+/* Retry-After of a 503 at shutdown, seconds. */
+#define STOP_RETRY_S 5
+
+/* One connection (MHD's socket context), from accept to close: what the
+ * watchdog holds to its deadlines.  Fields under gw_server.conn_lock. */
+enum phase {
+    P_HEAD, /* waiting for a complete header block */
+    P_BODY, /* reading a body */
+    P_WAIT, /* waiting for a worker slot, or for body_memory */
+    P_WORK, /* being answered: no deadline here (upstream_timeout is) */
+    P_SEND  /* answer queued, being written */
+};
+
+typedef struct conn {
+    struct conn *prev, *next;
+    int fd;
+    enum phase phase;
+    double since;    /* when the phase began (now_s) */
+    size_t got;      /* body bytes read in P_BODY */
+    int linger;      /* refused before its body: drain it after the close */
+    const char *cut; /* why the gateway closed it, or NULL */
+} conn;
+
+/* A refused connection being drained (a dup of its socket). */
+struct drain_fd {
+    int fd;
+    double since;
+    size_t got;
+};
 
 enum route {
     R_NONE,
@@ -76,10 +130,9 @@ struct gw_server {
     char *pem;
     char *tls_cert, *tls_key;
     size_t tls_key_len;
-    pthread_mutex_t slot_lock; /* the ticket queue of worker slots */
-    pthread_cond_t slot_free;
-    uint64_t ticket_next;     /* tickets handed out */
-    uint64_t ticket_admit;    /* tickets below this may run */
+    pthread_mutex_t slot_lock; /* the worker slots and their queue */
+    unsigned slots_free;
+    struct slot_waiter *wait_head, *wait_tail;
     pthread_mutex_t key_lock; /* the cache of parsed client keys */
     struct ckey {
         uint8_t hash[32]; /* SHA-256 of the X-Public-Key header */
@@ -88,10 +141,22 @@ struct gw_server {
         uint64_t used;
     } keys[KEY_CACHE];
     uint64_t key_clock;
-    pthread_mutex_t lock; /* in_flight */
+    pthread_mutex_t lock; /* in_flight, body_mem */
     pthread_cond_t idle;
     unsigned in_flight;
+    size_t body_mem, body_mem_cap; /* body bytes held; the cap */
+    size_t partial_mem;            /* of body_mem: bodies still being read */
+    pthread_cond_t body_room;      /* body_mem fell, or the oldest changed */
+    struct req *body_head, *body_tail; /* reading a body, oldest first */
     atomic_int stopping;
+    pthread_mutex_t conn_lock; /* conns, lingering, watch_stop */
+    conn *conns;
+    struct drain_fd lingering[LINGER_MAX];
+    int n_linger;
+    int watch_stop;
+    int watching; /* the watchdog thread runs */
+    pthread_t watchdog;
+    MHD_socket listen_fd; /* after MHD_quiesce_daemon, ours to close */
     veil_memory_status mem;
     struct MHD_Response *undecryptable; /* one answer for every failure */
     pthread_mutex_t health_lock;        /* the health cache; held while probing,
@@ -108,10 +173,16 @@ struct gw_server {
 
 /* One request's state, from its first byte to its completion callback. */
 typedef struct req {
+    struct req *bprev, *bnext; /* the list of bodies being read */
+    int reading;               /* in that list */
     enum route route;
     const char *method; /* for the log: "GET", "HEAD" or "POST" */
     int admitted;       /* went through admit(): counted in in_flight */
     size_t limit;       /* largest body accepted */
+    size_t reserved;    /* of body_mem */
+    size_t answer_len;  /* the sealed answer's size (the exchange sets it) */
+    size_t answer_held; /* of body_mem, until the answer is sent */
+    conn *conn;         /* its connection (NULL: untracked) */
     int has_slot;
     int answered;         /* a response is queued */
     int refused;          /* 413 or 503 decided while the body was arriving */
@@ -227,6 +298,190 @@ static enum MHD_Result too_many(struct MHD_Connection *c, req *r,
     snprintf(v, sizeof v, "%u", retry_s);
     MHD_add_response_header(resp, MHD_HTTP_HEADER_RETRY_AFTER, v);
     return queue(c, r, 429, resp);
+}
+
+/* 503 with Retry-After. */
+static enum MHD_Result unavailable(struct MHD_Connection *c, req *r,
+                                   unsigned retry_s, const char *detail)
+{
+    char v[16];
+    struct MHD_Response *resp = detail_response(detail);
+
+    if (resp == NULL)
+        return MHD_NO;
+    snprintf(v, sizeof v, "%u", retry_s);
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_RETRY_AFTER, v);
+    return queue(c, r, 503, resp);
+}
+
+/* ---- connections, slots and body memory -------------------------------- */
+
+static void set_phase(gw_server *s, conn *k, enum phase p)
+{
+    if (k == NULL)
+        return;
+    pthread_mutex_lock(&s->conn_lock);
+    k->phase = p;
+    k->since = now_s();
+    k->got = 0;
+    pthread_mutex_unlock(&s->conn_lock);
+}
+
+/* Why a body (or a drain) that began el seconds ago and has brought got
+ * bytes must be cut, or NULL. */
+static const char *body_late(const gw_config *cfg, double el, size_t got)
+{
+    if (el > cfg->body_timeout)
+        return "body_timeout";
+    if (el > BODY_GRACE_S &&
+        (double)got < (double)cfg->body_min_rate * (el - BODY_GRACE_S))
+        return "body below body_min_rate";
+    return NULL;
+}
+
+/* A request waiting for a worker slot, on its own stack. */
+struct slot_waiter {
+    pthread_cond_t cv;
+    struct slot_waiter *next;
+    int granted;
+};
+
+/* Waits for a worker slot, first come, first served.  0 when the gateway
+ * began to stop before this request's turn came. */
+static int take_slot(gw_server *s, req *r)
+{
+    pthread_mutex_lock(&s->slot_lock);
+    if (s->slots_free > 0 && s->wait_head == NULL) {
+        s->slots_free--;
+        r->has_slot = 1;
+    } else {
+        struct slot_waiter w = {.next = NULL, .granted = 0};
+
+        pthread_cond_init(&w.cv, NULL);
+        if (s->wait_tail)
+            s->wait_tail->next = &w;
+        else
+            s->wait_head = &w;
+        s->wait_tail = &w;
+        while (!w.granted && !atomic_load(&s->stopping))
+            pthread_cond_wait(&w.cv, &s->slot_lock);
+        if (!w.granted) { /* stopping: leave the queue */
+            struct slot_waiter **p = &s->wait_head, *prev = NULL;
+            while (*p != &w) {
+                prev = *p;
+                p = &(*p)->next;
+            }
+            *p = w.next;
+            if (s->wait_tail == &w)
+                s->wait_tail = prev;
+        }
+        pthread_cond_destroy(&w.cv);
+        r->has_slot = w.granted;
+    }
+    pthread_mutex_unlock(&s->slot_lock);
+    return r->has_slot;
+}
+
+/* Hands the slot to the first waiter, or frees it. */
+static void release_slot(gw_server *s, req *r)
+{
+    if (!r->has_slot)
+        return;
+    r->has_slot = 0;
+    pthread_mutex_lock(&s->slot_lock);
+    struct slot_waiter *w = s->wait_head;
+    if (w) {
+        s->wait_head = w->next;
+        if (s->wait_head == NULL)
+            s->wait_tail = NULL;
+        w->granted = 1;
+        pthread_cond_signal(&w->cv);
+    } else {
+        s->slots_free++;
+    }
+    pthread_mutex_unlock(&s->slot_lock);
+}
+
+/* Enters (on) or leaves the list of bodies being read (s->lock held). */
+static void body_list(gw_server *s, req *r, int on)
+{
+    if (on && !r->reading) {
+        r->bprev = s->body_tail;
+        r->bnext = NULL;
+        if (s->body_tail)
+            s->body_tail->bnext = r;
+        else
+            s->body_head = r;
+        s->body_tail = r;
+        r->reading = 1;
+    } else if (!on && r->reading) {
+        s->partial_mem -= r->reserved;
+        if (r->bprev)
+            r->bprev->bnext = r->bnext;
+        else
+            s->body_head = r->bnext;
+        if (r->bnext)
+            r->bnext->bprev = r->bprev;
+        else
+            s->body_tail = r->bprev;
+        r->reading = 0;
+        pthread_cond_broadcast(&s->body_room);
+    }
+}
+
+/* 1 when n more bytes of r's body must wait: they do not fit, and either
+ * something else will free memory (a whole body at work or waiting for a
+ * slot, an answer being sent) or r is not the oldest body being read.  When
+ * only bodies still being read hold the memory, the oldest goes on, so the
+ * bodies cannot all wait for each other: body_mem stays under body_memory
+ * + body_limit. */
+static int body_must_wait(const gw_server *s, const req *r, size_t n)
+{
+    if (s->body_mem + n <= s->body_mem_cap || atomic_load(&s->stopping))
+        return 0;
+    return s->body_head != r || s->body_mem > s->partial_mem;
+}
+
+/* Counts n more body bytes against body_memory, waiting while they must. */
+static void charge_body(gw_server *s, req *r, size_t n)
+{
+    pthread_mutex_lock(&s->lock);
+    body_list(s, r, 1);
+    if (body_must_wait(s, r, n)) {
+        set_phase(s, r->conn, P_WAIT);
+        while (body_must_wait(s, r, n))
+            pthread_cond_wait(&s->body_room, &s->lock);
+        set_phase(s, r->conn, P_BODY);
+    }
+    s->body_mem += n;
+    s->partial_mem += n;
+    r->reserved += n;
+    pthread_mutex_unlock(&s->lock);
+}
+
+/* Wipes and frees the body and gives its memory back (and, once it is
+ * sent, the answer's). */
+static void drop_body(gw_server *s, req *r)
+{
+    if (r->body) {
+        explicit_bzero(r->body, r->len);
+        free(r->body);
+        r->body = NULL;
+        r->len = r->cap = 0;
+    }
+    pthread_mutex_lock(&s->lock);
+    body_list(s, r, 0);
+    if (r->reserved) {
+        s->body_mem -= r->reserved;
+        r->reserved = 0;
+        pthread_cond_broadcast(&s->body_room);
+    }
+    if (r->answer_held) {
+        s->body_mem -= r->answer_held;
+        r->answer_held = 0;
+        pthread_cond_broadcast(&s->body_room);
+    }
+    pthread_mutex_unlock(&s->lock);
 }
 
 static const char *header(struct MHD_Connection *c, const char *name)
@@ -378,14 +633,22 @@ static enum MHD_Result get_health(gw_server *s, struct MHD_Connection *c,
 
 /* ---- the exchange ------------------------------------------------------ */
 
-/* Early refusals, before any body is read: size, auth, rate; then, when
- * take_slot, a worker slot (routes that do real work: the exchange, the
- * TPM).  r->limit is the largest body the route takes. */
-static enum MHD_Result admit(gw_server *s, struct MHD_Connection *c, req *r,
-                             int take_slot)
+static void address_id(const gw_server *s, struct MHD_Connection *c,
+                       uint8_t id[32])
+{
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(c, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+
+    gw_rate_address_id(ci ? ci->client_addr : NULL, s->d.cfg->ipv6_prefix, id);
+}
+
+/* Early refusals, before any body is read: size, auth, rate, room for the
+ * body.  r->limit is the largest body the route takes.  The worker slot
+ * comes later, once the body is in. */
+static enum MHD_Result admit(gw_server *s, struct MHD_Connection *c, req *r)
 {
     if (atomic_load(&s->stopping))
-        return fail(c, r, 503, "the gateway is shutting down");
+        return unavailable(c, r, STOP_RETRY_S, "the gateway is shutting down");
     const char *cl = header(c, MHD_HTTP_HEADER_CONTENT_LENGTH);
     unsigned long long declared = 0;
     if (cl) {
@@ -407,28 +670,11 @@ static enum MHD_Result admit(gw_server *s, struct MHD_Connection *c, req *r,
             return fail(c, r, 401, "invalid API key");
         r->key_name = gw_auth_name(s->d.auth, r->id);
     } else {
-        const union MHD_ConnectionInfo *ci =
-            MHD_get_connection_info(c, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
-        const struct sockaddr *sa = ci ? ci->client_addr : NULL;
-        if (sa && sa->sa_family == AF_INET6)
-            SHA256(
-                (const uint8_t *)&((const struct sockaddr_in6 *)sa)->sin6_addr,
-                16, r->id);
-        else if (sa)
-            SHA256((const uint8_t *)&((const struct sockaddr_in *)sa)->sin_addr,
-                   4, r->id);
+        address_id(s, c, r->id);
     }
     unsigned retry = 0;
     if (!gw_rate_take(s->d.rate, r->id, now_s(), &retry))
         return too_many(c, r, retry);
-    if (take_slot) {
-        pthread_mutex_lock(&s->slot_lock);
-        uint64_t ticket = s->ticket_next++;
-        while (ticket >= s->ticket_admit)
-            pthread_cond_wait(&s->slot_free, &s->slot_lock);
-        pthread_mutex_unlock(&s->slot_lock);
-        r->has_slot = 1;
-    }
     if (declared > 0) {
         r->body = malloc(declared + 1);
         if (r->body == NULL)
@@ -947,6 +1193,7 @@ static enum MHD_Result exchange(gw_server *s, struct MHD_Connection *c, req *r)
         ret = MHD_NO;
         goto out;
     }
+    r->answer_len = strlen(pkg); /* held until sent: counted in body_mem */
     pkg = NULL;
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE,
                             "application/json");
@@ -1171,6 +1418,10 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c,
             return MHD_NO;
         *con_cls = r;
         clock_gettime(CLOCK_MONOTONIC, &r->t0);
+        const union MHD_ConnectionInfo *sc =
+            MHD_get_connection_info(c, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+        r->conn = sc ? sc->socket_context : NULL;
+        set_phase(s, r->conn, P_WORK);
         int bad_method;
         r->route = route_of(method, url, &bad_method);
         r->method = !strcmp(method, "POST")   ? "POST"
@@ -1202,7 +1453,15 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c,
             s->in_flight++;
             pthread_mutex_unlock(&s->lock);
             r->admitted = 1;
-            return admit(s, c, r, r->route != R_SIGNATURE);
+            enum MHD_Result ret = admit(s, c, r);
+            if (r->answered && r->conn) {
+                /* refused before its body: drain that after the answer */
+                pthread_mutex_lock(&s->conn_lock);
+                r->conn->linger = 1;
+                pthread_mutex_unlock(&s->conn_lock);
+            }
+            set_phase(s, r->conn, r->answered ? P_SEND : P_BODY);
+            return ret;
         case R_NONE:
             return bad_method ? fail(c, r, 405, "method not allowed")
                               : fail(c, r, 404, "not found");
@@ -1213,11 +1472,17 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c,
          * the rest is counted and dropped, and the 413 goes at the end;
          * a body more than 64 MiB over the limit closes the connection. */
         if (r->refused == 0) {
+            charge_body(s, r, *upload_size);
             int a = append(r, upload, *upload_size);
             if (a <= 0)
                 r->refused = a == 0 ? 413 : 503;
         }
         r->seen += *upload_size;
+        if (r->conn) {
+            pthread_mutex_lock(&s->conn_lock);
+            r->conn->got += *upload_size;
+            pthread_mutex_unlock(&s->conn_lock);
+        }
         *upload_size = 0;
         size_t limit = r->limit;
         return r->seen > limit && r->seen - limit > DISCARD_MAX ? MHD_NO
@@ -1225,21 +1490,89 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c,
     }
     if (r->answered)
         return MHD_YES;
-    if (r->refused == 413)
-        return fail(c, r, 413, "request body is over the limit of %zu bytes",
-                    r->limit);
-    if (r->refused)
-        return fail(c, r, 503, "out of memory");
-    switch (r->route) {
-    case R_REPORT:
-        return get_report(s, c, r);
-    case R_ACTIVATE:
-        return post_activate(s, c, r);
-    case R_SIGNATURE:
-        return get_signature(s, c, r);
-    default:
-        return exchange(s, c, r);
+    /* the body is in: the next body in line may go */
+    pthread_mutex_lock(&s->lock);
+    body_list(s, r, 0);
+    pthread_mutex_unlock(&s->lock);
+    enum MHD_Result ret;
+    if (r->refused == 413) {
+        ret = fail(c, r, 413, "request body is over the limit of %zu bytes",
+                   r->limit);
+    } else if (r->refused) {
+        ret = fail(c, r, 503, "out of memory");
+    } else {
+        /* The body is in: now a worker slot (routes that do real work: the
+         * exchange, the TPM; the signature lookup is cheap). */
+        int slot = r->route != R_SIGNATURE;
+        set_phase(s, r->conn, slot ? P_WAIT : P_WORK);
+        if (slot && !take_slot(s, r)) {
+            ret =
+                unavailable(c, r, STOP_RETRY_S, "the gateway is shutting down");
+        } else {
+            set_phase(s, r->conn, P_WORK);
+            switch (r->route) {
+            case R_REPORT:
+                ret = get_report(s, c, r);
+                break;
+            case R_ACTIVATE:
+                ret = post_activate(s, c, r);
+                break;
+            case R_SIGNATURE:
+                ret = get_signature(s, c, r);
+                break;
+            default:
+                ret = exchange(s, c, r);
+            }
+        }
     }
+    /* the answer is queued: a slow reader holds neither slot nor body,
+     * only its answer's memory */
+    release_slot(s, r);
+    drop_body(s, r);
+    if (r->answered && r->answer_len) {
+        pthread_mutex_lock(&s->lock);
+        s->body_mem += r->answer_len;
+        r->answer_held = r->answer_len;
+        pthread_mutex_unlock(&s->lock);
+    }
+    set_phase(s, r->conn, P_SEND);
+    return ret;
+}
+
+/* What the client got, for the log: the status when the answer went out
+ * whole; else "cut (why; ...)", never the status of an answer that was
+ * not delivered. */
+static void outcome(gw_server *s, const req *r,
+                    enum MHD_RequestTerminationCode toe, char *out, size_t size)
+{
+    static const char *const toes[] = {
+        [MHD_REQUEST_TERMINATED_COMPLETED_OK] = "completed",
+        [MHD_REQUEST_TERMINATED_WITH_ERROR] = "connection error",
+        [MHD_REQUEST_TERMINATED_TIMEOUT_REACHED] = "connection timeout",
+        [MHD_REQUEST_TERMINATED_DAEMON_SHUTDOWN] = "shutdown",
+        [MHD_REQUEST_TERMINATED_READ_ERROR] = "read error",
+        [MHD_REQUEST_TERMINATED_CLIENT_ABORT] = "client closed",
+    };
+    const char *why = NULL;
+
+    if (toe == MHD_REQUEST_TERMINATED_COMPLETED_OK && r->answered) {
+        snprintf(out, size, "%d", r->status);
+        return;
+    }
+    if (r->conn) {
+        pthread_mutex_lock(&s->conn_lock);
+        why = r->conn->cut;
+        pthread_mutex_unlock(&s->conn_lock);
+    }
+    if (why == NULL)
+        why = (unsigned)toe < sizeof toes / sizeof toes[0] && toes[toe]
+                  ? toes[toe]
+                  : "closed";
+    if (r->answered)
+        snprintf(out, size, "cut (%s; its %d answer was not delivered)", why,
+                 r->status);
+    else
+        snprintf(out, size, "cut (%s; no answer)", why);
 }
 
 static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
@@ -1247,9 +1580,12 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
 {
     gw_server *s = cls;
     req *r = *con_cls;
+    (void)c;
     if (r == NULL)
         return;
     if (r->admitted) {
+        char what[128];
+        outcome(s, r, toe, what, sizeof what);
         /* payload_id is set only once checked, so the line carries no text
          * a client chose */
         static const char *const paths[] = {
@@ -1260,16 +1596,11 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
         };
         int id_ok = (r->route == R_COMPLETION || r->route == R_SIGNATURE) &&
                     r->payload_id[0] != '\0';
-        slog(s, VEIL_LOG_INFO, "%s %s %d%s%s%s%s %.1f ms", r->method,
-             paths[r->route], r->status, id_ok ? " payload " : "",
+        slog(s, VEIL_LOG_INFO, "%s %s %s%s%s%s%s %.1f ms", r->method,
+             paths[r->route], what, id_ok ? " payload " : "",
              id_ok ? r->payload_id : "", r->key_name ? " key " : "",
              r->key_name ? r->key_name : "", ms_since(&r->t0));
-        if (r->has_slot) {
-            pthread_mutex_lock(&s->slot_lock);
-            s->ticket_admit++;
-            pthread_cond_broadcast(&s->slot_free);
-            pthread_mutex_unlock(&s->slot_lock);
-        }
+        release_slot(s, r);
         pthread_mutex_lock(&s->lock);
         s->in_flight--;
         pthread_cond_broadcast(&s->idle);
@@ -1279,12 +1610,150 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
              r->route == R_NONE ? "request" : "GET", r->status,
              ms_since(&r->t0));
     }
-    if (r->body) {
-        explicit_bzero(r->body, r->len);
-        free(r->body);
-    }
+    drop_body(s, r);
+    /* the next request on this connection: its header deadline */
+    set_phase(s, r->conn, P_HEAD);
     free(r);
     *con_cls = NULL;
+}
+
+/* MHD_OPTION_NOTIFY_CONNECTION: tracks each connection for the watchdog;
+ * at the close, a connection refused before its body goes to the drain
+ * (a dup of its socket, so MHD's close does not reset it). */
+static void on_connection(void *cls, struct MHD_Connection *c,
+                          void **socket_context,
+                          enum MHD_ConnectionNotificationCode code)
+{
+    gw_server *s = cls;
+    conn *k;
+
+    if (code == MHD_CONNECTION_NOTIFY_STARTED) {
+        const union MHD_ConnectionInfo *ci =
+            MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
+        *socket_context = NULL;
+        if (ci == NULL || (k = calloc(1, sizeof *k)) == NULL) {
+            slog(s, VEIL_LOG_ERROR, "a connection without deadlines (%s)",
+                 ci ? "out of memory" : "no socket");
+            return;
+        }
+        k->fd = ci->connect_fd;
+        k->phase = P_HEAD;
+        k->since = now_s();
+        pthread_mutex_lock(&s->conn_lock);
+        k->next = s->conns;
+        if (s->conns)
+            s->conns->prev = k;
+        s->conns = k;
+        pthread_mutex_unlock(&s->conn_lock);
+        *socket_context = k;
+        return;
+    }
+    if ((k = *socket_context) == NULL)
+        return;
+    pthread_mutex_lock(&s->conn_lock);
+    if (k->prev)
+        k->prev->next = k->next;
+    else
+        s->conns = k->next;
+    if (k->next)
+        k->next->prev = k->prev;
+    if (k->linger && !k->cut && !s->watch_stop && s->n_linger < LINGER_MAX) {
+        int fd = fcntl(k->fd, F_DUPFD_CLOEXEC, 0);
+        if (fd >= 0) {
+            shutdown(fd, SHUT_WR);
+            s->lingering[s->n_linger++] = (struct drain_fd){fd, now_s(), 0};
+        }
+    }
+    pthread_mutex_unlock(&s->conn_lock);
+    free(k);
+    *socket_context = NULL;
+}
+
+/* Reads and drops what a refused connection still sends.  1 when it is
+ * done (end of input, error, too much, too slow). */
+static int drain(const gw_config *cfg, struct drain_fd *l, double now)
+{
+    char buf[16384];
+    ssize_t n;
+
+    while ((n = recv(l->fd, buf, sizeof buf, MSG_DONTWAIT)) > 0) {
+        l->got += (size_t)n;
+        if (l->got > DISCARD_MAX)
+            return 1;
+    }
+    if (n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR))
+        return 1;
+    return body_late(cfg, now - l->since, l->got) != NULL;
+}
+
+/* Cuts the connections past a deadline, every WATCH_TICK_MS, and drains
+ * refused ones as their bytes come. */
+static void *watchdog(void *arg)
+{
+    gw_server *s = arg;
+    const gw_config *cfg = s->d.cfg;
+    struct pollfd pf[LINGER_MAX];
+    double last = 0;
+
+    pthread_mutex_lock(&s->conn_lock);
+    while (!s->watch_stop) {
+        int n = s->n_linger;
+        for (int i = 0; i < n; i++)
+            pf[i] = (struct pollfd){s->lingering[i].fd, POLLIN, 0};
+        pthread_mutex_unlock(&s->conn_lock);
+        if (n > 0)
+            poll(pf, (nfds_t)n, WATCH_TICK_MS);
+        else
+            poll(NULL, 0, WATCH_TICK_MS);
+        pthread_mutex_lock(&s->conn_lock);
+        double now = now_s();
+        int keep = 0;
+        /* entries past n came in during the poll: kept as they are */
+        for (int i = 0; i < s->n_linger; i++) {
+            struct drain_fd *l = &s->lingering[i];
+            if (i < n && (pf[i].revents || now - last >= 0.2) &&
+                drain(cfg, l, now)) {
+                close(l->fd);
+                continue;
+            }
+            s->lingering[keep++] = *l;
+        }
+        s->n_linger = keep;
+        if (now - last < WATCH_TICK_MS / 1000.0)
+            continue;
+        last = now;
+        for (conn *k = s->conns; k; k = k->next) {
+            double el = now - k->since;
+            const char *why = NULL;
+            switch (k->phase) {
+            case P_HEAD:
+                if (el > cfg->header_timeout)
+                    why = "header_timeout";
+                break;
+            case P_BODY:
+                why = body_late(cfg, el, k->got);
+                break;
+            case P_SEND:
+                if (el > cfg->answer_timeout)
+                    why = "answer_timeout";
+                break;
+            case P_WAIT:
+            case P_WORK:
+                break;
+            }
+            if (why && !k->cut) {
+                k->cut = why;
+                shutdown(k->fd, SHUT_RDWR);
+                slog(s, k->phase == P_HEAD ? VEIL_LOG_DEBUG : VEIL_LOG_INFO,
+                     "connection closed: %s", why);
+            }
+        }
+    }
+    for (int i = 0; i < s->n_linger; i++)
+        close(s->lingering[i].fd);
+    s->n_linger = 0;
+    pthread_mutex_unlock(&s->conn_lock);
+    return NULL;
 }
 
 /* ---- start and stop ---------------------------------------------------- */
@@ -1348,9 +1817,14 @@ gw_server *gw_server_start(const gw_deps *deps, char *err, size_t err_size)
     pthread_mutex_init(&s->health_lock, NULL);
     pthread_cond_init(&s->idle, NULL);
     pthread_mutex_init(&s->slot_lock, NULL);
-    pthread_cond_init(&s->slot_free, NULL);
-    s->ticket_admit = cfg->workers;
+    s->slots_free = cfg->workers;
     pthread_mutex_init(&s->key_lock, NULL);
+    pthread_mutex_init(&s->conn_lock, NULL);
+    pthread_cond_init(&s->body_room, NULL);
+    s->listen_fd = MHD_INVALID_SOCKET;
+    s->body_mem_cap = cfg->body_memory
+                          ? cfg->body_memory
+                          : (size_t)2 * cfg->workers * cfg->body_limit;
     veil_memory_status_get(&s->mem);
     if (veil_key_public_pem(deps->server_key, &s->pem) != VEIL_OK ||
         (s->enc_spki_b64 = spki_b64(deps->server_key)) == NULL) {
@@ -1406,7 +1880,7 @@ gw_server *gw_server_start(const gw_deps *deps, char *err, size_t err_size)
                  cfg->listen_addr);
         goto fail;
     }
-    struct MHD_OptionItem opts[12];
+    struct MHD_OptionItem opts[16];
     int n = 0;
     /* the logger first, so that MHD reports everything through it */
     opts[n++] = (struct MHD_OptionItem){MHD_OPTION_EXTERNAL_LOGGER,
@@ -1419,6 +1893,11 @@ gw_server *gw_server_start(const gw_deps *deps, char *err, size_t err_size)
                                 (intptr_t)(cfg->upstream_timeout + 60), NULL};
     opts[n++] =
         (struct MHD_OptionItem){MHD_OPTION_CONNECTION_LIMIT, 1024, NULL};
+    opts[n++] =
+        (struct MHD_OptionItem){MHD_OPTION_PER_IP_CONNECTION_LIMIT,
+                                (intptr_t)cfg->connections_per_address, NULL};
+    opts[n++] = (struct MHD_OptionItem){MHD_OPTION_NOTIFY_CONNECTION,
+                                        (intptr_t)on_connection, s};
     if (cfg->tls_cert) {
         size_t clen;
         if ((s->tls_cert = read_pem(cfg->tls_cert, &clen, err, err_size)) ==
@@ -1433,6 +1912,11 @@ gw_server *gw_server_start(const gw_deps *deps, char *err, size_t err_size)
             (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_KEY, 0, s->tls_key};
     }
     opts[n++] = (struct MHD_OptionItem){MHD_OPTION_END, 0, NULL};
+    if (pthread_create(&s->watchdog, NULL, watchdog, s) != 0) {
+        snprintf(err, err_size, "cannot start the connection watchdog");
+        goto fail;
+    }
+    s->watching = 1;
     s->mhd = MHD_start_daemon(flags, 0, NULL, NULL, on_request, s,
                               MHD_OPTION_ARRAY, opts, MHD_OPTION_END);
     if (s->mhd == NULL) {
@@ -1460,8 +1944,22 @@ unsigned gw_server_stop(gw_server *s, unsigned grace_s)
         return 0;
     unsigned cut = 0;
     if (s->mhd) {
+        /* New requests on open connections get 503, waiting ones too */
         atomic_store(&s->stopping, 1);
-        MHD_socket sock = MHD_quiesce_daemon(s->mhd);
+        pthread_mutex_lock(&s->lock);
+        pthread_cond_broadcast(&s->body_room);
+        pthread_mutex_unlock(&s->lock);
+        pthread_mutex_lock(&s->slot_lock);
+        for (struct slot_waiter *w = s->wait_head; w; w = w->next)
+            pthread_cond_signal(&w->cv);
+        pthread_mutex_unlock(&s->slot_lock);
+        /* and new connections are refused at once: a listening socket left
+         * open would queue them unanswered.  shutdown() stops it listening;
+         * the descriptor stays valid for MHD's thread until the close. */
+        s->listen_fd = MHD_quiesce_daemon(s->mhd);
+        if (s->listen_fd != MHD_INVALID_SOCKET)
+            shutdown(s->listen_fd, SHUT_RDWR);
+        slog(s, VEIL_LOG_INFO, "listener closed: new connections are refused");
         struct timespec until;
         clock_gettime(CLOCK_REALTIME, &until);
         until.tv_sec += grace_s;
@@ -1471,9 +1969,25 @@ unsigned gw_server_stop(gw_server *s, unsigned grace_s)
             ;
         cut = s->in_flight;
         pthread_mutex_unlock(&s->lock);
+        if (cut) {
+            /* past the grace: cut, and logged as cut by on_completed */
+            pthread_mutex_lock(&s->conn_lock);
+            for (conn *k = s->conns; k; k = k->next)
+                if (k->cut == NULL) {
+                    k->cut = "shutdown";
+                    shutdown(k->fd, SHUT_RDWR);
+                }
+            pthread_mutex_unlock(&s->conn_lock);
+        }
         MHD_stop_daemon(s->mhd);
-        if (sock != MHD_INVALID_SOCKET)
-            close(sock);
+        if (s->listen_fd != MHD_INVALID_SOCKET)
+            close(s->listen_fd);
+    }
+    if (s->watching) {
+        pthread_mutex_lock(&s->conn_lock);
+        s->watch_stop = 1;
+        pthread_mutex_unlock(&s->conn_lock);
+        pthread_join(s->watchdog, NULL);
     }
     if (s->undecryptable)
         MHD_destroy_response(s->undecryptable);
@@ -1490,7 +2004,8 @@ unsigned gw_server_stop(gw_server *s, unsigned grace_s)
         veil_key_free(s->keys[i].key);
     OPENSSL_cleanse(s->salt_secret, sizeof s->salt_secret);
     pthread_mutex_destroy(&s->key_lock);
-    pthread_cond_destroy(&s->slot_free);
+    pthread_mutex_destroy(&s->conn_lock);
+    pthread_cond_destroy(&s->body_room);
     pthread_mutex_destroy(&s->slot_lock);
     pthread_cond_destroy(&s->idle);
     pthread_mutex_destroy(&s->health_lock);

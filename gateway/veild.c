@@ -18,8 +18,6 @@
 #include "gateway.h"
 #include "package.h"
 
-#define GRACE_S 30
-
 static const char usage[] =
     "usage: veild [--config FILE] [--SETTING VALUE]...\n"
     "\n"
@@ -395,12 +393,12 @@ int main(int argc, char **argv)
     int sig = 0;
     while (sigwait(&sigs, &sig) != 0)
         ;
-    say(VEIL_LOG_INFO, "%s: finishing requests in flight (at most %d s)",
+    say(VEIL_LOG_INFO, "%s: stopping (requests in flight get at most %u s)",
         sig == SIGTERM  ? "SIGTERM"
         : sig == SIGHUP ? "SIGHUP"
                         : "SIGINT",
-        GRACE_S);
-    unsigned cut = gw_server_stop(server, GRACE_S);
+        cfg.shutdown_grace);
+    unsigned cut = gw_server_stop(server, cfg.shutdown_grace);
     server = NULL;
     if (cut)
         say(VEIL_LOG_WARN, "%u request(s) cut off at shutdown", cut);
