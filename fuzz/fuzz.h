@@ -42,8 +42,8 @@ static inline void fuzz_say(const char *what, veil_rc rc)
     if (verbose < 0)
         verbose = getenv("VEIL_FUZZ_VERBOSE") != NULL;
     if (verbose)
-        fprintf(stderr, "%s: %s%s%s\n", what, veil_rc_name(rc),
-                rc ? ": " : "", rc ? veil_last_error()->message : "");
+        fprintf(stderr, "%s: %s%s%s\n", what, veil_rc_name(rc), rc ? ": " : "",
+                rc ? veil_last_error()->message : "");
 }
 
 /* The data directory, and path = data dir + "/" + name. */
@@ -71,8 +71,8 @@ static inline void fuzz_scan_secure_heap(void)
         fuzz_die("finding the secure heap");
     while (fgets(line, sizeof line, f)) {
         unsigned long lo, hi;
-        if (sscanf(line, "%lx-%lx", &lo, &hi) == 2 &&
-            (unsigned long)p >= lo && (unsigned long)p < hi) {
+        if (sscanf(line, "%lx-%lx", &lo, &hi) == 2 && (unsigned long)p >= lo &&
+            (unsigned long)p < hi) {
             __lsan_register_root_region((void *)lo, hi - lo);
             found = 1;
         }

@@ -50,9 +50,9 @@ static void as_trust_file(const uint8_t *data, size_t size)
     if (getenv("VEIL_FUZZ_VERBOSE"))
         fprintf(stderr, "trust file: %d %s\n", (int)st, err.detail);
     /* a refusal is a configuration error with a reason, and no trust */
-    if (st == VEIL_CLIENT_OK ? t == NULL || veil_trust_url(t) == NULL
-                             : t != NULL || st != VEIL_CLIENT_E_CONFIG ||
-                                   err.detail[0] == '\0')
+    if (st == VEIL_CLIENT_OK
+            ? t == NULL || veil_trust_url(t) == NULL
+            : t != NULL || st != VEIL_CLIENT_E_CONFIG || err.detail[0] == '\0')
         abort();
     veil_trust_free(t);
 }
@@ -60,9 +60,8 @@ static void as_trust_file(const uint8_t *data, size_t size)
 static void as_evidence(const uint8_t *data, size_t size)
 {
     veil_client_error err;
-    veil_client_status st =
-        veil_verify_evidence(fuzz_engine(), A.trust, (const char *)data, size,
-                             NULL, NULL, &err);
+    veil_client_status st = veil_verify_evidence(
+        fuzz_engine(), A.trust, (const char *)data, size, NULL, NULL, &err);
     if (getenv("VEIL_FUZZ_VERBOSE"))
         fprintf(stderr, "evidence: %d %s\n", (int)st, err.detail);
     if (st != VEIL_CLIENT_OK && st != VEIL_CLIENT_E_CONFIG &&

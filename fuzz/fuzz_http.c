@@ -75,16 +75,11 @@ static void setup(void)
         fuzz_die("API key file");
     close(fd);
     static const char *const settings[][2] = {
-        {"listen", "127.0.0.1"},
-        {"port", "0"},
-        {"model", "echo=echo"},
-        {"model", "std-only=echo,tiers=standard"},
-        {"rate", "1000000"},
-        {"burst", "1000000"},
-        {"body_limit", "64K"},
-        {"workers", "2"},
-        {"replay_window", "1"},
-        {"log_level", "error"},
+        {"listen", "127.0.0.1"}, {"port", "0"},
+        {"model", "echo=echo"},  {"model", "std-only=echo,tiers=standard"},
+        {"rate", "1000000"},     {"burst", "1000000"},
+        {"body_limit", "64K"},   {"workers", "2"},
+        {"replay_window", "1"},  {"log_level", "error"},
     };
     for (size_t i = 0; i < sizeof settings / sizeof settings[0]; i++)
         if (gw_config_set(&H.cfg, settings[i][0], settings[i][1], err,
@@ -150,8 +145,7 @@ static char *build(const uint8_t *data, size_t size, size_t *out_len)
     if (head_end - in > MAX_HEAD || head_end == in)
         return NULL;
     if (data[0] & 1) {
-        if (veil_pkg_seal(fuzz_engine(), H.key, (const uint8_t *)body,
-                          body_len,
+        if (veil_pkg_seal(fuzz_engine(), H.key, (const uint8_t *)body, body_len,
                           data[0] & 2 ? VEIL_TAG_APPENDED : VEIL_TAG_SEPARATE,
                           -1, &sealed) != VEIL_OK)
             return NULL;
@@ -209,7 +203,8 @@ static int exchange(const char *msg, size_t len, char *status, size_t size)
         if (w < 0 && errno == EINTR)
             continue;
         if (w <= 0)
-            break; /* the server may close early (413, 400): read what it said */
+            break; /* the server may close early (413, 400): read what it said
+                    */
         off += (size_t)w;
     }
     status[0] = '\0';

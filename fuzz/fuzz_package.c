@@ -4,10 +4,11 @@
  * opened with the fuzzing-only server key (fuzz/data/server-key, the key
  * the seeds in fuzz/corpus/package were sealed to), so a seed that still
  * decrypts after a mutation reaches the success path, and everything else
- * the refusal paths (see below for the one input in eight rule).  The same bytes also go through the encodings the
- * gateway decodes from headers and package fields: strict base64 (whose
- * output must survive encoding and decoding again unchanged),
- * percent-decoding (X-Public-Key) and the payload-ID check. */
+ * the refusal paths (see below for the one input in eight rule).  The same
+ * bytes also go through the encodings the gateway decodes from headers and
+ * package fields: strict base64 (whose output must survive encoding and
+ * decoding again unchanged), percent-decoding (X-Public-Key) and the payload-ID
+ * check. */
 #include "config.h"
 
 #include <stdlib.h>
@@ -97,9 +98,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (rc == VEIL_OK) {
         /* an opened package has a plaintext no longer than its ciphertext
          * and one of the two tag conventions */
-        if (veil_secbuf_len(pt) > size ||
-            (meta.tag_mode != VEIL_TAG_SEPARATE &&
-             meta.tag_mode != VEIL_TAG_APPENDED))
+        if (veil_secbuf_len(pt) > size || (meta.tag_mode != VEIL_TAG_SEPARATE &&
+                                           meta.tag_mode != VEIL_TAG_APPENDED))
             abort();
     } else if (pt != NULL || (rc != VEIL_E_ARG && rc != VEIL_E_DECRYPT &&
                               rc != VEIL_E_NOMEM)) {

@@ -110,13 +110,12 @@ static void signed_by_ak(const uint8_t *d, size_t n, int certify)
     size_t sig_len;
     if (!fsim_sign(fuzz_engine(), F.ak_key, d, n, sig, sizeof sig, &sig_len))
         fuzz_die("signing with the stand-in AK");
-    veil_rc rc =
-        certify ? veil_tpm_check_certify(fuzz_engine(), &F.ak, d, n, sig,
-                                         sig_len, F.qualifying, &F.ek,
-                                         VEIL_TPMA_FIXEDTPM)
-                : veil_tpm_check_quote(fuzz_engine(), &F.ak, d, n, sig, sig_len,
-                                       F.qualifying, &F.sel,
-                                       (const uint8_t(*)[32])F.values);
+    veil_rc rc = certify ? veil_tpm_check_certify(fuzz_engine(), &F.ak, d, n,
+                                                  sig, sig_len, F.qualifying,
+                                                  &F.ek, VEIL_TPMA_FIXEDTPM)
+                         : veil_tpm_check_quote(fuzz_engine(), &F.ak, d, n, sig,
+                                                sig_len, F.qualifying, &F.sel,
+                                                (const uint8_t(*)[32])F.values);
     fuzz_say(certify ? "certification" : "quote", rc);
     /* the signature is good: nothing may be blamed on it */
     if (rc != VEIL_OK && rc != VEIL_E_ARG && rc != VEIL_E_VERIFY)
@@ -132,9 +131,9 @@ static void make_credential(const uint8_t *d, size_t n)
     size_t blob_len = sizeof blob, enc_len = sizeof enc;
     if (n < 1 || (size_t)d[0] > n - 1)
         return;
-    veil_rc rc = veil_tpm_make_credential(
-        fuzz_engine(), &F.ek, d + 1, d[0], d + 1 + d[0], n - 1 - d[0], blob,
-        &blob_len, enc, &enc_len);
+    veil_rc rc = veil_tpm_make_credential(fuzz_engine(), &F.ek, d + 1, d[0],
+                                          d + 1 + d[0], n - 1 - d[0], blob,
+                                          &blob_len, enc, &enc_len);
     fuzz_say("make credential", rc);
     if (rc == VEIL_OK && (blob_len > sizeof blob || enc_len > sizeof enc))
         abort();

@@ -174,8 +174,8 @@ static void package_seeds(veil_key *server)
     for (size_t i = 0; i < N_REQUESTS; i++) {
         veil_tag_mode mode = i % 2 ? VEIL_TAG_APPENDED : VEIL_TAG_SEPARATE;
         if (veil_pkg_seal(fuzz_engine(), server, (const uint8_t *)requests[i],
-                          strlen(requests[i]), mode,
-                          i % 3 ? -1 : 1733500000.25, &pkg) != VEIL_OK)
+                          strlen(requests[i]), mode, i % 3 ? -1 : 1733500000.25,
+                          &pkg) != VEIL_OK)
             fuzz_die("sealing a seed");
         /* padded with spaces to a multiple of 8 bytes: the length the
          * harness opens with the private key */
@@ -264,8 +264,8 @@ static void tpm_seeds(void)
     memcpy(cred + 1, ek.name, 34);
     memset(cred + 35, 0x5a, 32);
     put_mode("make-credential", 5, cred, sizeof cred, NULL, 0, 0);
-    put_mode("pcr-selection", 6, (const uint8_t *)"sha256:10,0,7,23", 16,
-             NULL, 0, 0);
+    put_mode("pcr-selection", 6, (const uint8_t *)"sha256:10,0,7,23", 16, NULL,
+             0, 0);
     veil_tpm_pub_clear(&ek);
     veil_key_free(ak);
 }
@@ -322,7 +322,8 @@ static void http_seeds(veil_key *server)
         "GET /v1/signatures/6f1c2a9e-3b4d-4e5f-8a6b-7c8d9e0f1a20 HTTP/1.1\r\n"
         "Host: h\r\nAuthorization: Bearer veil-fuzz-api-key\r\n\r\n",
         "GET /v1/attestation/report?nonce=00112233445566778899aabbccddeeff "
-        "HTTP/1.1\r\nHost: h\r\nAuthorization: Bearer veil-fuzz-api-key\r\n\r\n",
+        "HTTP/1.1\r\nHost: h\r\nAuthorization: Bearer "
+        "veil-fuzz-api-key\r\n\r\n",
         "POST /v1/attestation/activate HTTP/1.1\r\nHost: h\r\n"
         "Authorization: Bearer veil-fuzz-api-key\r\n\r\n"
         "{\"credential_blob_b64\":\"AAA=\",\"encrypted_secret_b64\":\"AAA=\"}",

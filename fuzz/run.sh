@@ -31,6 +31,8 @@ while read -r line; do
     case $line in '' | '#'*) continue ;; esac
     opts+=("$line")
 done <"$spec"
+# ASan as make check sets it, plus a ceiling on one allocation
+export ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1}:max_allocation_size_mb=1024:allocator_may_return_null=0"
 echo "run.sh: $bin over $seeds, then ${secs} s; options: ${opts[*]} $*"
 exec "$bin" "${opts[@]}" -max_total_time="$secs" -print_final_stats=1 \
     -artifact_prefix="$art/" "$@" "$work" "$seeds"

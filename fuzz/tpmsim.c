@@ -95,8 +95,8 @@ int fsim_public(const veil_key *k, uint32_t attrs, uint8_t *out, size_t cap,
     }
     EVP_PKEY_free(pk);
     *len = 0;
-    return ok && Tss2_MU_TPM2B_PUBLIC_Marshal(&pub, out, cap, len) ==
-                     TSS2_RC_SUCCESS;
+    return ok &&
+           Tss2_MU_TPM2B_PUBLIC_Marshal(&pub, out, cap, len) == TSS2_RC_SUCCESS;
 }
 
 int fsim_sign(veil_engine *e, const veil_key *ak, const uint8_t *msg,
@@ -130,8 +130,8 @@ int fsim_sign(veil_engine *e, const veil_key *ak, const uint8_t *msg,
 }
 
 int fsim_attest(const uint8_t qualifying[32], const veil_pcr_sel *sel,
-                const uint8_t (*values)[32], const uint8_t *name,
-                uint8_t *out, size_t cap, size_t *len)
+                const uint8_t (*values)[32], const uint8_t *name, uint8_t *out,
+                size_t cap, size_t *len)
 {
     TPMS_ATTEST a;
 
@@ -164,8 +164,8 @@ int fsim_attest(const uint8_t qualifying[32], const veil_pcr_sel *sel,
         int ok = md && EVP_DigestInit_ex(md, EVP_sha256(), NULL);
         for (unsigned i = 0; ok && i < sel->n; i++)
             ok = EVP_DigestUpdate(md, values[i], 32);
-        ok = ok && EVP_DigestFinal_ex(
-                       md, a.attested.quote.pcrDigest.buffer, &dlen);
+        ok = ok &&
+             EVP_DigestFinal_ex(md, a.attested.quote.pcrDigest.buffer, &dlen);
         EVP_MD_CTX_free(md);
         if (!ok)
             return 0;

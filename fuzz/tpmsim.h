@@ -42,7 +42,7 @@ int fsim_sign(veil_engine *e, const veil_key *ak, const uint8_t *msg,
  * pcrDigest SHA-256 of the values; or of a certification (name != NULL:
  * TPM_ST_ATTEST_CERTIFY of the object with that 34-byte name). */
 int fsim_attest(const uint8_t qualifying[32], const veil_pcr_sel *sel,
-                const uint8_t (*values)[32], const uint8_t *name,
-                uint8_t *out, size_t cap, size_t *len);
+                const uint8_t (*values)[32], const uint8_t *name, uint8_t *out,
+                size_t cap, size_t *len);
 
 #endif /* VEIL_FUZZ_TPMSIM_H */
