@@ -1,7 +1,8 @@
 /* What the libFuzzer harnesses in fuzz/ share (docs/SECURITY.md,
- * "Fuzzing").  Each harness is one file defining LLVMFuzzerTestOneInput;
- * it sets up what it needs (an engine, a key) once, on the first input,
- * and aborts when that fails: a harness that cannot start must not pass.
+ * "Fuzzing").  Each harness is one file defining LLVMFuzzerTestOneInput
+ * and, when it needs an engine, keys or a server, LLVMFuzzerInitialize,
+ * which sets them up once and aborts when that fails: a harness that
+ * cannot start must not pass.
  *
  * FUZZ_DATA_DIR (set by Makefile.am to $(abs_srcdir)/fuzz/data; the
  * environment variable VEIL_FUZZ_DATA overrides it) holds the fuzzing-only
