@@ -6,10 +6,12 @@
  *   # a comment (whole lines only)
  *   NAME = VALUE            a setting of the table below
  *   model = ID=UPSTREAM[,tiers=standard+high][,key-file=FILE]
+ *                      [,cache-salt=FIELD]
  *   [model ID]              a model section; its lines until the next
  *   upstream = URL|echo     section: upstream (required),
- *   upstream_key_file = F   upstream_key_file and
- *   tiers = standard,high   tiers (default: all three)
+ *   upstream_key_file = F   upstream_key_file,
+ *   tiers = standard,high   tiers (default: all three) and
+ *   cache_salt_field = F    cache_salt_field
  *
  * Names are the flag names without "--"; '-' and '_' are the same.  The
  * value is the rest of the line, trimmed (no quoting).  A later line, and
@@ -101,12 +103,18 @@ static const setting settings[] = {
      "largest request body in bytes (suffixes K, M, G; 1K to 1G)"},
     {"workers", "N", K_UINT, OFF(workers), 1, 256, "4",
      "requests processed at once (1 to 256); others wait, their bodies unread"},
-    {"replay_window", "SECONDS", K_UINT, OFF(replay_window), 1, 604800, "600",
-     "how long a request is remembered against replay"},
+    {"state_dir", "DIR", K_STR, OFF(state_dir), 0, 0, "/var/lib/veild",
+     "what veild keeps across restarts (the replay register, the cache "
+     "salt secret); made 0700 if missing, must be ours"},
+    {"replay_window", "SECONDS", K_UINT, OFF(replay_window), 1, 604800,
+     "86400", "how long a request is remembered against replay"},
     {"replay_capacity", "N", K_UINT, OFF(replay_capacity), 1024, 16777216,
-     "262144",
-     "entries of the replay register, two per request (about 48 bytes "
-     "each; full: 503)"},
+     "4194304",
+     "marks of the replay register, two per request (28 to 36 bytes each, "
+     "in state_dir/replay.db and memory; full: 503)"},
+    {"replay_sync", "SECONDS", K_UINT, OFF(replay_sync), 1, 60, "1",
+     "how often the replay register is written to disk (a machine crash "
+     "loses at most this much)"},
     {"upstream_timeout", "SECONDS", K_UINT, OFF(upstream_timeout), 1, 86400,
      "300", "longest wait for an upstream answer"},
     {"connect_timeout", "SECONDS", K_UINT, OFF(connect_timeout), 1, 3600, "10",
@@ -142,7 +150,8 @@ static const setting settings[] = {
      NULL,
      "where the auth value of tpm_certify_key comes from: file:PATH, "
      "env:NAME, prompt or none"},
-    {"model", "ID=UPSTREAM[,tiers=A+B][,key-file=FILE]", K_MODEL, 0, 0, 0,
+    {"model", "ID=UPSTREAM[,tiers=A+B][,key-file=FILE][,cache-salt=FIELD]",
+     K_MODEL, 0, 0, 0,
      NULL,
      "a model clients may name; UPSTREAM is echo or a base URL such as "
      "http://127.0.0.1:8080/v1; repeatable (or a [model ID] section)"},
@@ -158,6 +167,9 @@ static const struct {
      "file holding the upstream's API key (sent as a Bearer token)"},
     {"tiers", "standard,high,maximum",
      "security tiers this model serves (default: all three)"},
+    {"cache_salt_field", "FIELD",
+     "request field by which the backend keeps prompt caches apart (vLLM: "
+     "cache_salt); veild sets it per API key.  Unset: one shared cache"},
 };
 /* clang-format on */
 
@@ -324,7 +336,28 @@ static void model_clear(gw_model *m)
     free(m->id);
     free(m->upstream);
     free(m->upstream_key_file);
+    free(m->cache_salt_field);
     memset(m, 0, sizeof *m);
+}
+
+/* The name of a request field for the prompt cache's salt: 1 to 64 of
+ * A-Z a-z 0-9 _ . - (it goes into JSON unescaped). */
+static int set_salt_field(gw_model *m, const char *v, size_t len, char *msg,
+                          size_t msize)
+{
+    int ok = len >= 1 && len <= 64;
+
+    for (size_t i = 0; ok && i < len; i++)
+        ok = (v[i] >= 'a' && v[i] <= 'z') || (v[i] >= 'A' && v[i] <= 'Z') ||
+             (v[i] >= '0' && v[i] <= '9') || v[i] == '_' || v[i] == '.' ||
+             v[i] == '-';
+    if (!ok) {
+        gw_put_err(msg, msize,
+                   "cache_salt_field: 1 to 64 of A-Z a-z 0-9 _ . - "
+                   "(such as cache_salt)");
+        return -1;
+    }
+    return set_str(&m->cache_salt_field, v, len, msg, msize);
 }
 
 static int model_check_id(const gw_config *cfg, const char *id, size_t len,
@@ -461,11 +494,16 @@ static int model_from_spec(gw_config *cfg, const char *spec, char *msg,
             val = p + 9;
             if (set_str(&m.upstream_key_file, val, len - 9, msg, msize) != 0)
                 goto fail;
+        } else if (len > 11 && (strncmp(p, "cache-salt=", 11) == 0 ||
+                                strncmp(p, "cache_salt=", 11) == 0)) {
+            if (set_salt_field(&m, p + 11, len - 11, msg, msize) != 0)
+                goto fail;
         } else {
             char b[64];
 
             gw_put_err(msg, msize,
-                       "unknown model option '%s' (tiers=A+B, key-file=FILE)",
+                       "unknown model option '%s' (tiers=A+B, key-file=FILE, "
+                       "cache-salt=FIELD)",
                        shown(p, len, b, sizeof b));
             goto fail;
         }
@@ -790,6 +828,8 @@ static int section_set(section *sec, const char *name, const char *v, char *msg,
         return model_set_upstream(&sec->m, v, strlen(v), msg, msize);
     if (name_eq("upstream_key_file", name))
         return set_str(&sec->m.upstream_key_file, v, strlen(v), msg, msize);
+    if (name_eq("cache_salt_field", name))
+        return set_salt_field(&sec->m, v, strlen(v), msg, msize);
     return parse_tiers(v, strlen(v), &sec->m.tiers, msg, msize);
 }
 
@@ -837,7 +877,7 @@ static int load_line(gw_config *cfg, section *sec, char *s, unsigned line,
         }
         gw_put_err(msg, msize,
                    "unknown setting '%s' in [model %s] (upstream, "
-                   "upstream_key_file, tiers)",
+                   "upstream_key_file, tiers, cache_salt_field)",
                    shown_str(name, b, sizeof b), sec->m.id);
         return -1;
     }

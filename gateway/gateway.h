@@ -4,9 +4,11 @@
  *   veild.c     main: flags, config, signals, start and clean shutdown
  *   config.c    one table of settings, read from a file and from flags
  *   server.c    libmicrohttpd: routes, body limits, the exchange itself
- *   upstream.c  the inference backend over libcurl, and the echo model
+ *   upstream.c  the request scan, the inference backend over libcurl, and
+ *               the echo model
  *   auth.c      API keys stored as SHA-256 hashes, constant-time compare
- *   strikes.c   the replay register (bounded)
+ *   strikes.c   the replay register (bounded, a file in state_dir) and
+ *               the state directory
  *   ratelimit.c token buckets per API key (bounded)
  *   tpm.c       the TPM over tpm2-tss ESAPI: attestation key, quotes,
  *               certification, credential activation
@@ -23,6 +25,7 @@
 
 #include <cjson/cJSON.h>
 
+#include "json_scan.h"
 #include "veil/engine.h"
 
 /* Writes one formatted line to err (ignored when err is NULL or
@@ -43,6 +46,8 @@ typedef struct gw_model {
     char *upstream;          /* base URL (".../v1") or "echo" */
     char *upstream_key_file; /* file holding the upstream's API key, or NULL */
     unsigned tiers;          /* GW_TIER_* allowed */
+    char *cache_salt_field;  /* request field isolating the backend's prompt
+                                cache per API key ("cache_salt"), or NULL */
 } gw_model;
 
 typedef struct gw_config {
@@ -58,8 +63,10 @@ typedef struct gw_config {
     unsigned burst;    /* bucket size (2) */
     size_t body_limit; /* bytes (16 MiB) */
     unsigned workers;  /* threads (4) */
-    unsigned replay_window;    /* seconds (600) */
-    unsigned replay_capacity;  /* entries (262144) */
+    char *state_dir;   /* what veild keeps across restarts */
+    unsigned replay_window;    /* seconds (86400) */
+    unsigned replay_capacity;  /* marks (4194304) */
+    unsigned replay_sync;      /* seconds between write-backs (1) */
     unsigned upstream_timeout; /* seconds (300) */
     unsigned connect_timeout;  /* seconds (10) */
     char *log_level;           /* error, warn, info, debug */
@@ -125,9 +132,17 @@ const char *gw_auth_name(const gw_auth *a, const uint8_t id[32]);
 /* ---- replay register (strikes.c) -------------------------------------- */
 
 typedef struct gw_strikes gw_strikes;
-/* capacity: marks held (two per package), 2 to 2^24; all memory is
- * allocated here.  NULL on bad arguments or no memory. */
+/* The register kept in dir/replay.db (made if missing; see strikes.c),
+ * written back every sync_s seconds (1 or more).  capacity: marks held
+ * (two per package), 2 to 2^24; it must match a file made before.  All
+ * memory is allocated here.  NULL with err on bad arguments, no memory, or
+ * a file that is damaged, of another capacity, or in use. */
+gw_strikes *gw_strikes_open(const char *dir, unsigned window_s,
+                            unsigned capacity, unsigned sync_s, char *err,
+                            size_t err_size);
+/* The same in memory only (forgotten at exit): for tests. */
 gw_strikes *gw_strikes_new(unsigned window_s, unsigned capacity);
+/* Frees it; a file register is written back first. */
 void gw_strikes_free(gw_strikes *s);
 typedef enum gw_strike {
     GW_STRIKE_NEW = 0,  /* recorded */
@@ -140,8 +155,19 @@ typedef enum gw_strike {
  * dropping expired marks (answer 503; also on an internal failure). */
 gw_strike gw_strikes_add(gw_strikes *s, const uint8_t a[32],
                          const uint8_t b[32], time_t now);
-/* Memory held, bytes (constant after gw_strikes_new). */
+/* Memory held (the mapping and the index), bytes: constant after
+ * gw_strikes_open. */
 size_t gw_strikes_bytes(const gw_strikes *s);
+
+/* ---- the state directory (strikes.c) ---------------------------------- */
+
+/* Makes dir (0700) when missing, and checks that it is a directory of ours
+ * that nobody else may write.  0, or -1 with err. */
+int gw_state_dir(const char *dir, char *err, size_t err_size);
+/* The 32-byte secret in dir/name, made (random, 0600) when missing.  0, or
+ * -1 with err. */
+int gw_state_secret(const char *dir, const char *name, uint8_t out[32],
+                    char *err, size_t err_size);
 
 /* ---- rate limits (ratelimit.c) ---------------------------------------- */
 
@@ -157,20 +183,54 @@ int gw_rate_take(gw_rate *r, const uint8_t id[32], double now,
 
 /* ---- upstream (upstream.c) -------------------------------------------- */
 
+/* What the gateway reads of a decrypted request: one scan of its text
+ * (protocol/json_scan.h), no tree. */
+typedef struct gw_request {
+    long model_len;  /* -1: no "model" string (or one over 255 bytes) */
+    char model[256]; /* its value, unescaped */
+    int stream;      /* "stream" is true */
+    int has_stream_options, has_messages;
+    veil_json_member m_stream, m_stream_options, m_messages;
+    /* by model (index in cfg->models): the member named by its
+     * cache_salt_field, when the request has one */
+    int has_salt[GW_MAX_MODELS];
+    veil_json_member m_salt[GW_MAX_MODELS];
+    size_t close;   /* offset of the object's '}' */
+    size_t members; /* how many it has */
+} gw_request;
+
+/* Scans a decrypted request: one JSON object (RFC 8259), no key twice, no
+ * key that is "model" or "stream" in another case (backends differ on
+ * which of two they take, and some match names in any case: the gateway
+ * forwards only what it checked).  0, or -1 with the reason in why (the
+ * client's 400). */
+int gw_request_scan(const gw_config *cfg, const char *text, size_t len,
+                    gw_request *out, char *why, size_t why_size);
+/* (cfg may be NULL: no salt fields are looked for.) */
+
 typedef struct gw_upstream_result {
     int status; /* HTTP status to give the client: 200, 400, 502, ... */
     char *body; /* 200: the chat.completion JSON; else the detail text */
     size_t len;
+    /* 200: the body is one JSON object with no key twice; where its
+     * "_metadata" member (the backend's: never passed on) and its '}' are */
+    int has_metadata;
+    veil_json_member metadata;
+    size_t close, members;
 } gw_upstream_result;
 
-/* Sends the plaintext chat request to the model's upstream (or answers it
- * with the echo model) and maps failures: unreachable 503, timeout 504,
- * upstream 4xx 400 with its message, 5xx 502.  body is secret: the
- * caller wipes and frees it. */
+/* Sends the plaintext chat request (scanned into rq) to the model's
+ * upstream, or answers it with the echo model, and maps failures:
+ * unreachable 503, timeout 504, upstream 4xx 400 with its message, 5xx
+ * 502.  The request goes byte for byte as it came, but for "stream": true
+ * (sent as false, without "stream_options") and, when the model has a
+ * cache_salt_field and salt is not NULL, that field set to salt.  body is
+ * secret: the caller wipes and frees it. */
 void gw_upstream_call(const gw_config *cfg, const gw_model *m,
-                      const char *request, size_t len, gw_upstream_result *out);
+                      const char *request, size_t len, const gw_request *rq,
+                      const char *salt, gw_upstream_result *out);
 /* Answers an echo request (a chat.completion repeating the last user
- * message); also used by the tests. */
+ * message); NULL when it is not one.  Also used by the tests. */
 char *gw_echo_answer(const char *request, size_t len);
 /* 1 when the upstream answers (for /healthz). */
 int gw_upstream_alive(const gw_config *cfg, const gw_model *m);

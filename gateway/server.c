@@ -26,6 +26,13 @@
 #include <unistd.h>
 
 #include <microhttpd.h>
+#include <openssl/bn.h>
+#include <openssl/core_names.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <openssl/pem.h>
+#include <openssl/rand.h>
 #include <openssl/sha.h>
 
 #include "evidence.h"
@@ -42,6 +49,12 @@
 #define HEALTH_CACHE_S 5
 /* Parsed client keys kept (a PEM parse and checks cost ~0.35 ms). */
 #define KEY_CACHE 64
+/* The largest client key taken: OpenSSL's public-key check costs about
+ * 15 ms for 2048 bits and 170 ms for 4096 (a Miller-Rabin test of n), and
+ * grows with the cube of the size. */
+#define CLIENT_KEY_MAX_BITS 4096u
+/* The longest payload ID taken. */
+#define PID_MAX VEIL_PAYLOAD_ID_MAX
 /* Body bytes past the limit read (and dropped) to deliver the 413. */
 #define DISCARD_MAX ((size_t)64 << 20)
 
@@ -90,6 +103,7 @@ struct gw_server {
     char enc_hex[65], sign_hex[65];     /* SHA-256 of the SPKI DER */
     char *enc_spki_b64, *sign_spki_b64; /* sign_spki_b64: NULL, no signer */
     char sign_key_header[72];           /* "sha256:<hex>" */
+    uint8_t salt_secret[32];            /* cache_salt's key */
 };
 
 /* One request's state, from its first byte to its completion callback. */
@@ -108,7 +122,8 @@ typedef struct req {
     size_t len, cap;
     uint8_t id[32]; /* API key hash or client address hash */
     struct timespec t0;
-    char payload_id[37]; /* the completion's, or the one in the path */
+    char payload_id[PID_MAX + 1]; /* the completion's, or the one in the
+                                     path (once checked) */
 } req;
 
 /* ---- small helpers ----------------------------------------------------- */
@@ -234,16 +249,24 @@ static enum MHD_Result json_answer(struct MHD_Connection *c, req *r, int status,
     return resp ? queue(c, r, status, resp) : MHD_NO;
 }
 
-/* A UUID (checked by the caller) in lower case: the signature store's key,
- * so that the case a client writes its payload ID in does not matter. */
-static void lower_id(const char *id, char out[37])
+/* A payload ID is 1 to PID_MAX printable ASCII characters without space:
+ * the Python client sends a UUID, the JavaScript client's create() IDs like
+ * "openai-compat-1733500000000-k2j4h5".  Its canonical form, the only one
+ * the replay register and the signature store see, is the ID in ASCII
+ * lower case (a UUID is the same whatever case it is written in).  1, with
+ * the canonical form in out (may be NULL), when id is one. */
+static int payload_id_canonical(const char *id, char out[PID_MAX + 1])
 {
     size_t i;
 
-    for (i = 0; i < 36 && id[i]; i++)
+    if (!veil_payload_id_valid(id))
+        return 0;
+    for (i = 0; out && id[i]; i++)
         out[i] =
             id[i] >= 'A' && id[i] <= 'Z' ? (char)(id[i] - 'A' + 'a') : id[i];
-    out[i] = '\0';
+    if (out)
+        out[i] = '\0';
+    return 1;
 }
 
 /* ---- GET routes -------------------------------------------------------- */
@@ -324,6 +347,8 @@ static enum MHD_Result get_health(gw_server *s, struct MHD_Connection *c,
         cJSON *tok = cJSON_AddObjectToObject(j, "token");
         cJSON *ups = cJSON_AddObjectToObject(j, "upstreams");
         int ok = token_alive(s, why, sizeof why);
+        if (!ok)
+            slog(s, VEIL_LOG_ERROR, "token check failed: %s", why);
         cJSON_AddBoolToObject(tok, "ok", ok);
         if (!ok)
             cJSON_AddStringToObject(tok, "detail", why);
@@ -505,21 +530,64 @@ static void ckey_insert(gw_server *s, const uint8_t hash[32], ckey_ref *k)
     pthread_mutex_unlock(&s->key_lock);
 }
 
-/* The caller's key from X-Public-Key: RSA, 2048 bits or more. */
+/* What is wrong with an RSA public key, or NULL: OpenSSL's public-key
+ * check (n odd, of no small factor, e in range) and the rules of NIST SP
+ * 800-56B on e (odd, 65537 <= e < 2^256, so below n), checked here too so
+ * that they hold whatever the OpenSSL version. */
+static const char *rsa_key_problem(const char *pem)
+{
+    BIO *b = BIO_new_mem_buf(pem, -1);
+    EVP_PKEY *k = b ? PEM_read_bio_PUBKEY(b, NULL, NULL, NULL) : NULL;
+    EVP_PKEY_CTX *ctx = k ? EVP_PKEY_CTX_new_from_pkey(NULL, k, NULL) : NULL;
+    BIGNUM *n = NULL, *e = NULL;
+    const char *why = NULL;
+
+    if (ctx == NULL || !EVP_PKEY_get_bn_param(k, OSSL_PKEY_PARAM_RSA_N, &n) ||
+        !EVP_PKEY_get_bn_param(k, OSSL_PKEY_PARAM_RSA_E, &e))
+        why = "its modulus and exponent cannot be read";
+    else if (!BN_is_odd(n))
+        why = "its modulus is even";
+    else if (!BN_is_odd(e) || BN_num_bits(e) > 256 ||
+             BN_cmp(e, BN_value_one()) <= 0 || BN_get_word(e) < 65537)
+        why = "its public exponent must be odd, at least 65537 and below "
+              "2^256";
+    else if (BN_cmp(e, n) >= 0)
+        why = "its public exponent is not below its modulus";
+    else if (EVP_PKEY_public_check(ctx) != 1)
+        why = "OpenSSL's public-key check fails";
+    ERR_clear_error();
+    BN_free(n);
+    BN_free(e);
+    EVP_PKEY_CTX_free(ctx);
+    EVP_PKEY_free(k);
+    BIO_free(b);
+    return why;
+}
+
+/* The caller's key from X-Public-Key: RSA, 2048 bits or more, and a valid
+ * public key (rsa_key_problem), checked before anything runs for it.
+ *
+ * The cache of parsed keys is keyed by the header and the caller's API key
+ * (or address, without API keys): whether a key is in it shows in the time
+ * an answer takes, and this way nobody learns that way whether someone
+ * else used a public key lately. */
 static int client_key(gw_server *s, struct MHD_Connection *c, req *r,
                       ckey_ref *out)
 {
     const char *h = header(c, "X-Public-Key");
     char *pem = NULL;
+    const char *problem;
     veil_key_info info;
-    uint8_t hash[32];
+    uint8_t hash[32], both[64];
     out->key = NULL;
     out->entry = NULL;
     if (h == NULL || *h == '\0') {
         fail(c, r, 400, "X-Public-Key header is missing");
         return 0;
     }
-    SHA256((const uint8_t *)h, strlen(h), hash);
+    memcpy(both, r->id, 32);
+    SHA256((const uint8_t *)h, strlen(h), both + 32);
+    SHA256(both, sizeof both, hash);
     if (ckey_lookup(s, hash, out))
         return 1;
     if (veil_percent_decode(h, &pem) != VEIL_OK) {
@@ -530,60 +598,115 @@ static int client_key(gw_server *s, struct MHD_Connection *c, req *r,
                      ? veil_key_from_public(s->d.engine, (const uint8_t *)pem,
                                             strlen(pem), &out->key)
                      : VEIL_E_KEY;
-    free(pem);
     if (rc != VEIL_OK) {
+        free(pem);
         fail(c, r, 400, "X-Public-Key is not a PEM public key");
         return 0;
     }
     if (veil_key_get_info(out->key, &info) != VEIL_OK ||
         info.type != VEIL_KEY_RSA || info.bits < VEIL_PKG_MIN_RSA_BITS) {
+        free(pem);
         ckey_release(s, out);
         fail(c, r, 400, "X-Public-Key must be an RSA key of at least %u bits",
              VEIL_PKG_MIN_RSA_BITS);
+        return 0;
+    }
+    if (info.bits > CLIENT_KEY_MAX_BITS) {
+        free(pem);
+        ckey_release(s, out);
+        fail(c, r, 400,
+             "X-Public-Key must be an RSA key of at most %u bits (the NOMYO "
+             "clients use 2048 or 4096)",
+             CLIENT_KEY_MAX_BITS);
+        return 0;
+    }
+    problem = rsa_key_problem(pem);
+    free(pem);
+    if (problem) {
+        ckey_release(s, out);
+        fail(c, r, 400, "X-Public-Key is not a valid RSA public key: %s",
+             problem);
         return 0;
     }
     ckey_insert(s, hash, out);
     return 1;
 }
 
-/* Adds _metadata to the upstream's answer.  *attestation (the TPM's
- * quote object, or NULL) goes in as tpm_attestation and is then owned by
- * the answer (*attestation set to NULL).  A tpm_attestation the backend
- * put there is dropped in every tier: only the gateway's own may reach
- * the client. */
-static int add_metadata(gw_server *s, cJSON *answer, const char *payload_id,
-                        const char *tier, cJSON **attestation)
+/* The value of a model's cache_salt_field for this caller: hex of
+ * HMAC-SHA256(gateway secret, the API key's hash, or the address's without
+ * API keys).  Requests of one API key share the backend's prompt cache,
+ * those of two keys never do; the salt tells nothing of the key. */
+static void cache_salt(gw_server *s, const uint8_t id[32], char out[65])
 {
-    cJSON *md = cJSON_GetObjectItemCaseSensitive(answer, "_metadata");
-    if (md == NULL)
-        md = cJSON_AddObjectToObject(answer, "_metadata");
-    if (!cJSON_IsObject(md))
-        return 0;
-    cJSON *mp = cJSON_CreateObject();
-    if (mp == NULL || !cJSON_AddStringToObject(mp, "platform", "linux") ||
-        !cJSON_AddBoolToObject(mp, "memory_locking", s->mem.locking) ||
-        !cJSON_AddBoolToObject(mp, "secure_zeroing", s->mem.zeroing) ||
-        !cJSON_AddBoolToObject(mp, "core_dump_prevention",
-                               s->mem.core_dumps_off)) {
-        cJSON_Delete(mp);
-        return 0;
+    uint8_t mac[32];
+    unsigned int len = sizeof mac;
+
+    if (HMAC(EVP_sha256(), s->salt_secret, sizeof s->salt_secret, id, 32, mac,
+             &len) == NULL)
+        RAND_bytes(mac, sizeof mac); /* fail safe: a cache of its own */
+    veil_hex(mac, sizeof mac, out);
+    OPENSSL_cleanse(mac, sizeof mac);
+}
+
+/* The "_metadata" member veild adds to an answer, as text: ",\"_metadata\":
+ * {...}" (the comma when the answer keeps other members).  *attestation
+ * (the TPM's quote object, or NULL) goes in as tpm_attestation and is then
+ * owned here (*attestation set to NULL).  malloc'd; NULL: no memory. */
+static char *metadata_member(gw_server *s, const char *payload_id,
+                             const char *tier, cJSON **attestation, int comma)
+{
+    cJSON *md = cJSON_CreateObject(), *mp = cJSON_CreateObject();
+    char *text = NULL, *out = NULL;
+    size_t size;
+
+    if (md && mp && cJSON_AddStringToObject(mp, "platform", "linux") &&
+        cJSON_AddBoolToObject(mp, "memory_locking", s->mem.locking) &&
+        cJSON_AddBoolToObject(mp, "secure_zeroing", s->mem.zeroing) &&
+        cJSON_AddBoolToObject(mp, "core_dump_prevention",
+                              s->mem.core_dumps_off) &&
+        cJSON_AddItemToObject(md, "memory_protection", mp)) {
+        mp = NULL;
+        if (cJSON_AddStringToObject(md, "payload_id", payload_id) &&
+            cJSON_AddStringToObject(md, "security_tier", tier) &&
+            cJSON_AddStringToObject(md, "response_status", "success") &&
+            (*attestation == NULL ||
+             cJSON_AddItemToObject(md, "tpm_attestation", *attestation))) {
+            *attestation = NULL;
+            text = cJSON_PrintUnformatted(md);
+        }
     }
-    cJSON_DeleteItemFromObjectCaseSensitive(md, "memory_protection");
-    cJSON_DeleteItemFromObjectCaseSensitive(md, "payload_id");
-    cJSON_DeleteItemFromObjectCaseSensitive(md, "security_tier");
-    cJSON_DeleteItemFromObjectCaseSensitive(md, "response_status");
-    cJSON_DeleteItemFromObjectCaseSensitive(md, "tpm_attestation");
-    if (!cJSON_AddItemToObject(md, "memory_protection", mp) ||
-        !cJSON_AddStringToObject(md, "payload_id", payload_id) ||
-        !cJSON_AddStringToObject(md, "security_tier", tier) ||
-        !cJSON_AddStringToObject(md, "response_status", "success"))
-        return 0;
-    if (*attestation) {
-        if (!cJSON_AddItemToObject(md, "tpm_attestation", *attestation))
-            return 0;
-        *attestation = NULL;
-    }
-    return 1;
+    cJSON_Delete(mp);
+    cJSON_Delete(md);
+    if (text == NULL)
+        return NULL;
+    size = strlen(text) + sizeof ",\"_metadata\":";
+    if ((out = malloc(size)) != NULL)
+        snprintf(out, size, "%s\"_metadata\":%s", comma ? "," : "", text);
+    free(text);
+    return out;
+}
+
+/* The answer to seal: the backend's text byte for byte, without its own
+ * "_metadata" (whatever it holds: only veild's reaches the client), with
+ * veild's spliced in before the closing brace.  A secret buffer, or NULL
+ * (no memory). */
+static veil_secbuf *answer_text(const gw_upstream_result *up,
+                                const char *metadata)
+{
+    veil_json_edit edits[2];
+    size_t n = 0, len;
+    veil_secbuf *out = NULL;
+
+    if (up->has_metadata)
+        n = veil_json_remove_members(up->body, up->len, &up->metadata, 1,
+                                     edits);
+    edits[n++] = (veil_json_edit){up->close, 0, metadata, strlen(metadata)};
+    len = veil_json_spliced_len(up->len, edits, n);
+    if (len == (size_t)-1 || veil_secbuf_new(len, &out) != VEIL_OK)
+        return NULL;
+    veil_json_splice(up->body, up->len, edits, n,
+                     (char *)veil_secbuf_data(out));
+    return out;
 }
 
 /* The signature of one answer, as it goes out in the headers. */
@@ -601,7 +724,8 @@ static int sign_answer(gw_server *s, const char *pid, const char *tier,
 {
     uint8_t response_sha256[32], sig[VEIL_ECDSA_SIG_MAX];
     size_t sig_len = sizeof sig, st_len;
-    char statement[VEIL_EV_STATEMENT_MAX], req_hex[65], resp_hex[65], key[37];
+    char statement[VEIL_EV_STATEMENT_MAX], req_hex[65], resp_hex[65],
+        key[PID_MAX + 1];
     long long signed_at = (long long)time(NULL);
     cJSON *j;
     char *body = NULL;
@@ -643,7 +767,7 @@ static int sign_answer(gw_server *s, const char *pid, const char *tier,
         cJSON_AddStringToObject(j, "statement", statement))
         body = cJSON_PrintUnformatted(j);
     cJSON_Delete(j);
-    lower_id(pid, key);
+    payload_id_canonical(pid, key);
     if (body == NULL || gw_signlog_put(s->d.signlog, key, body, time(NULL)))
         slog(s, VEIL_LOG_WARN,
              "the signature of %s could not be kept for /v1/signatures", pid);
@@ -656,17 +780,22 @@ static enum MHD_Result exchange(gw_server *s, struct MHD_Connection *c, req *r)
     const char *pid = header(c, "X-Payload-ID");
     const char *tier = header(c, "X-Security-Tier");
     ckey_ref ck = {0};
-    veil_secbuf *pt = NULL, *answer_text = NULL;
-    cJSON *request = NULL, *answer = NULL, *attestation = NULL;
+    veil_secbuf *pt = NULL, *answer = NULL;
+    cJSON *attestation = NULL;
     gw_upstream_result up = {0};
-    char *pkg = NULL;
+    gw_request *rq = NULL;
+    char *pkg = NULL, *metadata = NULL, pid_key[PID_MAX + 1], why[320];
+    char salt[65], *salt_p = NULL;
     veil_pkg_meta meta;
     answer_sig sig = {0};
     uint8_t request_sha256[32];
     enum MHD_Result ret;
 
-    if (!veil_uuid_valid(pid))
-        return fail(c, r, 400, "X-Payload-ID must be a UUID");
+    if (!payload_id_canonical(pid, pid_key))
+        return fail(c, r, 400,
+                    "X-Payload-ID must be 1 to %d printable ASCII characters "
+                    "without spaces",
+                    PID_MAX);
     snprintf(r->payload_id, sizeof r->payload_id, "%s", pid);
     unsigned tbit = (unsigned)tier_bit(tier);
     if (tbit == 0)
@@ -681,6 +810,18 @@ static enum MHD_Result exchange(gw_server *s, struct MHD_Connection *c, req *r)
 
     veil_rc rc = veil_pkg_open(s->d.engine, s->d.server_key, r->body, r->len,
                                &pt, &meta);
+    if (rc == VEIL_E_DECRYPT && meta.unwrap_rc != VEIL_OK &&
+        meta.unwrap_rc != VEIL_E_DECRYPT) {
+        /* The token failed, not the package: logged when it happens (not
+         * only at the next /healthz), and no 400 that would send the
+         * client to refetch a key that is fine. */
+        slog(s, VEIL_LOG_ERROR,
+             "the token failed to unwrap the key of request %s (%s)",
+             r->payload_id, veil_rc_name(meta.unwrap_rc));
+        ret =
+            fail(c, r, 503, "the gateway's key store failed; try again later");
+        goto out;
+    }
     if (rc == VEIL_E_DECRYPT) {
         /* One answer, byte for byte, whatever failed inside. */
         r->answered = 1;
@@ -694,7 +835,7 @@ static enum MHD_Result exchange(gw_server *s, struct MHD_Connection *c, req *r)
         goto out;
     }
     uint8_t pid_hash[32];
-    SHA256((const uint8_t *)pid, strlen(pid), pid_hash);
+    SHA256((const uint8_t *)pid_key, strlen(pid_key), pid_hash);
     switch (gw_strikes_add(s->d.strikes, pid_hash, meta.wrapped_key_sha256,
                            time(NULL))) {
     case GW_STRIKE_SEEN:
@@ -709,23 +850,28 @@ static enum MHD_Result exchange(gw_server *s, struct MHD_Connection *c, req *r)
         break;
     }
 
-    request = cJSON_ParseWithLength((const char *)veil_secbuf_data(pt),
-                                    veil_secbuf_len(pt));
-    const cJSON *model = cJSON_GetObjectItemCaseSensitive(request, "model");
-    if (!cJSON_IsObject(request)) {
-        ret = fail(c, r, 400, "the decrypted request is not a JSON object");
+    /* One scan of the request, no tree: what is checked is what goes. */
+    if ((rq = malloc(sizeof *rq)) == NULL) {
+        ret = fail(c, r, 503, "out of memory");
         goto out;
     }
-    if (!cJSON_IsString(model)) {
+    if (gw_request_scan(s->d.cfg, (const char *)veil_secbuf_data(pt),
+                        veil_secbuf_len(pt), rq, why, sizeof why) != 0) {
+        ret = fail(c, r, 400, "%s", why);
+        goto out;
+    }
+    if (rq->model_len < 0) {
         ret = fail(c, r, 400, "the request has no \"model\"");
         goto out;
     }
-    const gw_model *m = gw_config_model(s->d.cfg, model->valuestring);
+    const gw_model *m = (size_t)rq->model_len == strlen(rq->model)
+                            ? gw_config_model(s->d.cfg, rq->model)
+                            : NULL;
     if (m == NULL) {
         ret = fail(c, r, 400,
                    "model '%.200s' is not served here (GET /v1/models lists "
                    "them)",
-                   model->valuestring);
+                   rq->model);
         goto out;
     }
     if (!(m->tiers & tbit)) {
@@ -746,7 +892,6 @@ static enum MHD_Result exchange(gw_server *s, struct MHD_Connection *c, req *r)
         /* Quoted before the backend runs: a TPM that fails costs no
          * inference, and no answer ever leaves unattested. */
         uint8_t qualifying[32];
-        char why[320];
 
         if (s->d.tpm == NULL) {
             ret = fail(c, r, 503, "no TPM attestation available");
@@ -763,24 +908,27 @@ static enum MHD_Result exchange(gw_server *s, struct MHD_Connection *c, req *r)
             goto out;
         }
     }
+    if (m->cache_salt_field) {
+        cache_salt(s, r->id, salt);
+        salt_p = salt;
+    }
 
     gw_upstream_call(s->d.cfg, m, (const char *)veil_secbuf_data(pt),
-                     veil_secbuf_len(pt), &up);
+                     veil_secbuf_len(pt), rq, salt_p, &up);
     if (up.status != 200) {
         ret = fail(c, r, up.status, "%s", up.body ? up.body : "upstream error");
         goto out;
     }
-    answer = cJSON_ParseWithLength(up.body, up.len);
-    if (!cJSON_IsObject(answer) ||
-        !add_metadata(s, answer, pid, tier_name(tbit), &attestation)) {
-        ret = fail(c, r, 502, "inference backend answer could not be used");
+    metadata = metadata_member(s, pid, tier_name(tbit), &attestation,
+                               up.members > (size_t)up.has_metadata);
+    answer = metadata ? answer_text(&up, metadata) : NULL;
+    if (answer == NULL) {
+        ret = fail(c, r, 503, "out of memory");
         goto out;
     }
-    rc = veil_json_print_secret(answer, (size_t)1 << 30, &answer_text);
-    if (rc == VEIL_OK)
-        rc = veil_pkg_seal(s->d.engine, ck.key, veil_secbuf_data(answer_text),
-                           veil_secbuf_len(answer_text) - 1, meta.tag_mode,
-                           floor((double)time(NULL)), &pkg);
+    rc = veil_pkg_seal(s->d.engine, ck.key, veil_secbuf_data(answer),
+                       veil_secbuf_len(answer), meta.tag_mode,
+                       floor((double)time(NULL)), &pkg);
     if (rc != VEIL_OK) {
         slog(s, VEIL_LOG_ERROR, "sealing the answer to %s failed: %s", pid,
              veil_last_error()->message);
@@ -819,9 +967,10 @@ out:
     free(sig.sig_b64);
     cJSON_Delete(attestation);
     free(pkg);
-    veil_secbuf_free(answer_text);
-    veil_json_wipe_free(answer);
-    veil_json_wipe_free(request);
+    free(metadata);
+    veil_secbuf_free(answer);
+    free(rq);
+    explicit_bzero(salt, sizeof salt);
     if (up.body) {
         explicit_bzero(up.body, up.len);
         free(up.body);
@@ -954,15 +1103,17 @@ out:
 static enum MHD_Result get_signature(gw_server *s, struct MHD_Connection *c,
                                      req *r)
 {
-    char key[37], *body;
+    char key[PID_MAX + 1], *body;
     struct MHD_Response *resp;
 
-    if (!veil_uuid_valid(r->payload_id))
-        return fail(c, r, 400, "the path must end in a payload ID (a UUID)");
+    if (!payload_id_canonical(r->payload_id, key))
+        return fail(c, r, 400,
+                    "the path must end in a payload ID (1 to %d printable "
+                    "ASCII characters, no space)",
+                    PID_MAX);
     if (s->d.signlog == NULL)
         return fail(c, r, 404,
                     "this gateway does not sign answers (no signing_key)");
-    lower_id(r->payload_id, key);
     body = gw_signlog_get(s->d.signlog, key, time(NULL));
     if (body == NULL)
         return fail(c, r, 404,
@@ -1035,10 +1186,10 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c,
         case R_HEALTH:
             return get_health(s, c, r);
         case R_SIGNATURE: {
-            /* the ID, kept only when it can be one (it is logged) */
+            /* the ID, kept only when it is one (it is logged) */
             const char *id = url + strlen(ROUTE_SIGNATURES);
-            if (strlen(id) == 36)
-                memcpy(r->payload_id, id, 37);
+            if (payload_id_canonical(id, NULL))
+                snprintf(r->payload_id, sizeof r->payload_id, "%s", id);
         }
             /* fall through */
         case R_COMPLETION:
@@ -1107,10 +1258,8 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
             [R_ACTIVATE] = ROUTE_ACTIVATE,
             [R_SIGNATURE] = "/v1/signatures/ID",
         };
-        int id_ok =
-            r->route == R_COMPLETION
-                ? r->payload_id[0] != '\0'
-                : r->route == R_SIGNATURE && veil_uuid_valid(r->payload_id);
+        int id_ok = (r->route == R_COMPLETION || r->route == R_SIGNATURE) &&
+                    r->payload_id[0] != '\0';
         slog(s, VEIL_LOG_INFO, "%s %s %d%s%s%s%s %.1f ms", r->method,
              paths[r->route], r->status, id_ok ? " payload " : "",
              id_ok ? r->payload_id : "", r->key_name ? " key " : "",
@@ -1228,6 +1377,13 @@ gw_server *gw_server_start(const gw_deps *deps, char *err, size_t err_size)
         snprintf(err, err_size, "out of memory");
         goto fail;
     }
+    for (size_t i = 0; i < cfg->n_models; i++)
+        if (cfg->models[i].cache_salt_field) {
+            if (gw_state_secret(cfg->state_dir, "cache-salt.key",
+                                s->salt_secret, err, err_size) != 0)
+                goto fail;
+            break;
+        }
 
     struct sockaddr_storage ss;
     memset(&ss, 0, sizeof ss);
@@ -1332,6 +1488,7 @@ unsigned gw_server_stop(gw_server *s, unsigned grace_s)
     free(s->health);
     for (int i = 0; i < KEY_CACHE; i++)
         veil_key_free(s->keys[i].key);
+    OPENSSL_cleanse(s->salt_secret, sizeof s->salt_secret);
     pthread_mutex_destroy(&s->key_lock);
     pthread_cond_destroy(&s->slot_free);
     pthread_mutex_destroy(&s->slot_lock);

@@ -38,10 +38,11 @@
 #include <openssl/rand.h>
 
 #include "gateway.h"
+#include "package.h"
 
 #define NONE UINT32_MAX
 #define CAPACITY_MAX (1u << 24)
-#define ID_MAX 36
+#define ID_MAX VEIL_PAYLOAD_ID_MAX /* the canonical form (server.c) */
 #define BODY_MAX 4096
 
 typedef struct entry {

@@ -1,5 +1,10 @@
 /* The inference backend: an OpenAI-compatible server reached over libcurl
- * (POST <base>/chat/completions), or the built-in echo model.
+ * (POST <base>/chat/completions), or the built-in echo model; and the one
+ * scan of a decrypted request (gw_request_scan, protocol/json_scan.h) that
+ * decides what is forwarded: the request's own bytes, edited in place only
+ * to turn "stream" off and to set a cache salt.  The backend's answer is
+ * checked the same way (one JSON object, no key twice) and handed back as
+ * it came, with the place of its "_metadata".
  *
  * Requests and answers are plaintext here: nothing of either is logged
  * (log lines name the model, statuses and sizes), every copy made here is
@@ -512,6 +517,30 @@ static char *one_line(const char *text, size_t n)
     return out;
 }
 
+static int on_answer_member(void *ctx, const char *text,
+                            const veil_json_member *m)
+{
+    gw_upstream_result *out = ctx;
+
+    out->members++;
+    if (veil_json_key_is(text, m, "_metadata")) {
+        out->metadata = *m;
+        out->has_metadata = 1;
+    }
+    return 0;
+}
+
+/* Checks an answer (one JSON object, no key twice) and notes in out where
+ * its "_metadata" and its '}' are. */
+static veil_json_rc scan_answer(const char *text, size_t len,
+                                gw_upstream_result *out)
+{
+    out->members = 0;
+    out->has_metadata = 0;
+    return veil_json_scan_object(text, len, on_answer_member, out, NULL,
+                                 &out->close, NULL);
+}
+
 /* The message of a backend's error answer: {"error": {"message": M}},
  * {"error": M}, {"detail": M}, {"detail": [{"msg": M}]}, {"message": M},
  * or the start of a body that is not JSON.  malloc'd one line ("" when
@@ -595,17 +624,18 @@ static void map_answer(const gw_config *cfg, const gw_model *m, CURL *h,
         return;
     }
     if (status >= 200 && status < 300) {
-        cJSON *j = cJSON_ParseWithLength(b->data ? b->data : "", b->len);
-        int is_object = cJSON_IsObject(j);
+        veil_json_rc rc = scan_answer(b->data ? b->data : "", b->len, out);
 
-        json_wipe_delete(j);
-        if (!is_object) {
+        if (rc != VEIL_JSON_OK) {
             up_log(cfg, VEIL_LOG_WARN,
-                   "%s: HTTP %ld with %zu bytes that are not a JSON object",
-                   m->id, status, b->len);
+                   "%s: HTTP %ld with %zu bytes that are not a JSON object "
+                   "with unique keys (%s)",
+                   m->id, status, b->len, veil_json_rc_text(rc));
             set_result(out, 502,
-                       "inference backend answered with something that is "
-                       "not JSON");
+                       rc == VEIL_JSON_DUPLICATE
+                           ? "inference backend answered with a key twice"
+                           : "inference backend answered with something that "
+                             "is not JSON");
             return;
         }
         out->status = 200;
@@ -618,7 +648,7 @@ static void map_answer(const gw_config *cfg, const gw_model *m, CURL *h,
     up_log(cfg, VEIL_LOG_WARN, "%s: HTTP %ld (%zu bytes)", m->id, status,
            b->len);
     if (status == 429) {
-        /* The backend is busy: not the client's fault; clients retry 503. */
+        /* The backend is busy: not the client's fault (veil retries 503). */
         set_result(out, 503, "inference backend is busy (HTTP 429)");
     } else if (status >= 400 && status < 500) {
         char *msg = error_message(b->data, b->len);
@@ -701,11 +731,15 @@ static char *content_text(const cJSON *msg)
 
 /* The echo answer, or NULL with *why saying what is wrong with the request
  * (*why NULL: no memory). */
-static char *echo_answer(const char *request, size_t len, const char **why)
+/* The echo answer to a request scanned into rq: only its "messages" is
+ * parsed (into a tree: the echo is for trying out, not for load). */
+static char *echo_answer(const char *request, size_t len, const gw_request *rq,
+                         const char **why)
 {
-    cJSON *req = NULL, *a = NULL, *choices = NULL, *choice = NULL;
+    cJSON *messages = NULL, *a = NULL, *choices = NULL, *choice = NULL;
     cJSON *msg = NULL, *usage = NULL;
-    const cJSON *messages, *model, *mm;
+    const cJSON *mm;
+    const char *model = rq->model_len >= 0 ? rq->model : "";
     char *content = NULL, *text = NULL, id[64];
     uint8_t rnd[12];
     size_t prompt_words = 0, completion_words, text_len, hint;
@@ -713,17 +747,14 @@ static char *echo_answer(const char *request, size_t len, const char **why)
     int ok = 1;
 
     *why = NULL;
-    req = request ? cJSON_ParseWithLength(request, len) : NULL;
-    if (!cJSON_IsObject(req)) {
-        *why = req ? "not a JSON object" : "not JSON";
-        goto out;
-    }
-    messages = cJSON_GetObjectItemCaseSensitive(req, "messages");
+    if (rq->has_messages && rq->m_messages.value_end <= len)
+        messages = cJSON_ParseWithLength(request + rq->m_messages.value,
+                                         rq->m_messages.value_end -
+                                             rq->m_messages.value);
     if (!cJSON_IsArray(messages)) {
         *why = "no \"messages\" array";
         goto out;
     }
-    model = cJSON_GetObjectItemCaseSensitive(req, "model");
     cJSON_ArrayForEach(mm, messages)
     {
         const cJSON *role = cJSON_GetObjectItemCaseSensitive(mm, "role");
@@ -757,8 +788,7 @@ static char *echo_answer(const char *request, size_t len, const char **why)
     ok = ok && cJSON_AddStringToObject(a, "id", id);
     ok = ok && cJSON_AddStringToObject(a, "object", "chat.completion");
     ok = ok && cJSON_AddNumberToObject(a, "created", (double)time(NULL));
-    ok = ok && cJSON_AddStringToObject(
-                   a, "model", cJSON_IsString(model) ? model->valuestring : "");
+    ok = ok && cJSON_AddStringToObject(a, "model", model);
     ok = ok && (choices = cJSON_AddArrayToObject(a, "choices")) != NULL;
     ok = ok && (choice = cJSON_CreateObject()) != NULL;
     ok = ok && cJSON_AddItemToArray(choices, choice);
@@ -779,66 +809,193 @@ static char *echo_answer(const char *request, size_t len, const char **why)
         goto out;
     /* Escaping makes a character at most six. */
     hint = 6 * strlen(content) + 512;
-    if (cJSON_IsString(model))
-        hint += 6 * strlen(model->valuestring);
+    hint += 6 * strlen(model);
     text = print_secret(a, hint, &text_len);
 out:
     wipe_free_str(content);
     json_wipe_delete(a);
-    json_wipe_delete(req);
+    json_wipe_delete(messages);
     return text;
 }
 
 char *gw_echo_answer(const char *request, size_t len)
 {
     const char *why;
+    gw_request rq;
+    char err[320];
 
-    return echo_answer(request, len, &why);
+    if (request == NULL ||
+        gw_request_scan(NULL, request, len, &rq, err, sizeof err) != 0)
+        return NULL;
+    return echo_answer(request, len, &rq, &why);
 }
 
 /* ---- the exchange ------------------------------------------------------- */
 
-/* The request to send: the client's text as it is, or, when it asks for
- * "stream": true, a copy with "stream": false (and no "stream_options",
- * which backends refuse without streaming).  *copy is set when a copy was
- * made (the caller wipes and frees it).  0, or -1 with *why (NULL: no
- * memory). */
-static int prepare_request(const char *request, size_t len, char **copy,
-                           size_t *copy_len, const char **why)
-{
-    cJSON *req = request ? cJSON_ParseWithLength(request, len) : NULL;
-    const cJSON *stream;
-    cJSON *no;
-    int rc = 0;
+/* ---- the request: one scan, and the edits -------------------------------- */
 
-    *copy = NULL;
-    *why = NULL;
-    if (!cJSON_IsObject(req)) {
-        *why = req ? "not a JSON object" : "not JSON";
-        json_wipe_delete(req);
-        return -1;
-    }
-    stream = cJSON_GetObjectItemCaseSensitive(req, "stream");
-    if (cJSON_IsTrue(stream)) {
-        if ((no = cJSON_CreateFalse()) == NULL ||
-            !cJSON_ReplaceItemInObjectCaseSensitive(req, "stream", no)) {
-            cJSON_Delete(no);
-            rc = -1;
-        } else {
-            cJSON_DeleteItemFromObjectCaseSensitive(req, "stream_options");
-            /* Printing may grow numbers ("1e5" -> "100000"): room to spare,
-             * print_secret doubles it when that is not enough. */
-            *copy = print_secret(req, len + len / 8 + 64, copy_len);
-            if (*copy == NULL)
-                rc = -1;
+typedef struct scan_ctx {
+    const gw_config *cfg;
+    gw_request *rq;
+    const char *variant; /* a case variant of this name was seen */
+} scan_ctx;
+
+static int on_member(void *ctx, const char *text, const veil_json_member *m)
+{
+    static const char *const watched[] = {"model", "stream"};
+    scan_ctx *c = ctx;
+    gw_request *rq = c->rq;
+
+    rq->members++;
+    for (size_t i = 0; i < sizeof watched / sizeof watched[0]; i++) {
+        if (veil_json_key_is(text, m, watched[i])) {
+            if (i == 0) {
+                rq->model_len = veil_json_string_value(text, m, rq->model,
+                                                       sizeof rq->model);
+            } else {
+                rq->m_stream = *m;
+                rq->stream = m->value_end - m->value == 4 &&
+                             memcmp(text + m->value, "true", 4) == 0;
+            }
+            return 0;
+        }
+        if (veil_json_key_is_nocase(text, m, watched[i])) {
+            c->variant = watched[i];
+            return 1;
         }
     }
-    json_wipe_delete(req);
-    return rc;
+    if (veil_json_key_is(text, m, "stream_options")) {
+        rq->m_stream_options = *m;
+        rq->has_stream_options = 1;
+    }
+    if (veil_json_key_is(text, m, "messages")) {
+        rq->m_messages = *m;
+        rq->has_messages = 1;
+    }
+    for (size_t i = 0; c->cfg && i < c->cfg->n_models; i++) {
+        const char *f = c->cfg->models[i].cache_salt_field;
+
+        if (f && veil_json_key_is(text, m, f)) {
+            rq->m_salt[i] = *m;
+            rq->has_salt[i] = 1;
+        }
+    }
+    return 0;
+}
+
+int gw_request_scan(const gw_config *cfg, const char *text, size_t len,
+                    gw_request *out, char *why, size_t why_size)
+{
+    scan_ctx c = {cfg, out, NULL};
+    size_t where = 0;
+    veil_json_rc rc;
+
+    memset(out, 0, sizeof *out);
+    out->model_len = -1;
+    rc = veil_json_scan_object(text, len, on_member, &c, NULL, &out->close,
+                               &where);
+    switch (rc) {
+    case VEIL_JSON_OK:
+        return 0;
+    case VEIL_JSON_STOPPED:
+        snprintf(why, why_size,
+                 "the request has a key \"%s\" in another case; only "
+                 "\"%s\" is taken",
+                 c.variant, c.variant);
+        break;
+    case VEIL_JSON_DUPLICATE:
+        snprintf(why, why_size,
+                 "the request has a key twice (at byte %zu); every key "
+                 "must be unique",
+                 where);
+        break;
+    case VEIL_JSON_NOT_OBJECT:
+        snprintf(why, why_size, "the decrypted request is not a JSON object");
+        break;
+    case VEIL_JSON_NOMEM:
+        snprintf(why, why_size, "out of memory");
+        break;
+    default:
+        snprintf(why, why_size,
+                 "the decrypted request is not a JSON object: %s at byte "
+                 "%zu",
+                 veil_json_rc_text(rc), where);
+        break;
+    }
+    memset(out, 0, sizeof *out);
+    out->model_len = -1;
+    return -1;
+}
+
+static int edit_order(const void *a, const void *b)
+{
+    const veil_json_edit *x = a, *y = b;
+
+    return x->at < y->at ? -1 : x->at > y->at;
+}
+
+static int member_order(const void *a, const void *b)
+{
+    const veil_json_member *x = a, *y = b;
+
+    return x->key < y->key ? -1 : x->key > y->key;
+}
+
+/* The request to send: the client's text as it is, or a copy with the
+ * edits: "stream": true sent as false and "stream_options" dropped
+ * (backends refuse it without streaming); the model's salt field set.
+ * *copy is set when a copy was made (the caller wipes and frees it).
+ * 0, or -1: no memory. */
+static int prepare_request(const gw_config *cfg, const gw_model *m,
+                           const char *request, size_t len,
+                           const gw_request *rq, const char *salt, char **copy,
+                           size_t *copy_len)
+{
+    veil_json_member rm[2];
+    veil_json_edit edits[4];
+    size_t n_rm = 0, n = 0, mi = (size_t)(m - cfg->models), size;
+    char *salt_member = NULL;
+    int with_salt = salt && m->cache_salt_field && mi < cfg->n_models;
+
+    *copy = NULL;
+    *copy_len = 0;
+    if (rq->stream && rq->has_stream_options)
+        rm[n_rm++] = rq->m_stream_options;
+    if (with_salt && rq->has_salt[mi])
+        rm[n_rm++] = rq->m_salt[mi];
+    if (n_rm == 2)
+        qsort(rm, n_rm, sizeof rm[0], member_order);
+    n = veil_json_remove_members(request, len, rm, n_rm, edits);
+    if (rq->stream)
+        edits[n++] = (veil_json_edit){rq->m_stream.value, 4, "false", 5};
+    if (with_salt) {
+        /* the field and the salt are plain ASCII: no escaping needed */
+        size = strlen(m->cache_salt_field) + strlen(salt) + 8;
+        if ((salt_member = malloc(size)) == NULL)
+            return -1;
+        snprintf(salt_member, size, "%s\"%s\":\"%s\"",
+                 rq->members > n_rm ? "," : "", m->cache_salt_field, salt);
+        edits[n++] =
+            (veil_json_edit){rq->close, 0, salt_member, strlen(salt_member)};
+    }
+    if (n == 0)
+        return 0;
+    qsort(edits, n, sizeof edits[0], edit_order);
+    size = veil_json_spliced_len(len, edits, n);
+    if (size == (size_t)-1 || (*copy = malloc(size + 1)) == NULL) {
+        free(salt_member);
+        return -1;
+    }
+    veil_json_splice(request, len, edits, n, *copy);
+    (*copy)[size] = '\0';
+    *copy_len = size;
+    free(salt_member);
+    return 0;
 }
 
 void gw_upstream_call(const gw_config *cfg, const gw_model *m,
-                      const char *request, size_t len, gw_upstream_result *out)
+                      const char *request, size_t len, const gw_request *rq,
+                      const char *salt, gw_upstream_result *out)
 {
     char *copy = NULL, *url = NULL, errbuf[CURL_ERROR_SIZE] = "";
     char key[UP_KEY_MAX + 1], auth[UP_KEY_MAX + 32];
@@ -862,8 +1019,18 @@ void gw_upstream_call(const gw_config *cfg, const gw_model *m,
         set_result(out, 500, "no inference backend configured");
         return;
     }
+    if (rq == NULL || prepare_request(cfg, m, request, len, rq, salt, &copy,
+                                      &copy_len) != 0) {
+        set_result(out, 500, rq ? "out of memory" : "no request");
+        return;
+    }
+    if (copy != NULL) {
+        body = copy;
+        body_len = copy_len;
+    }
     if (strcmp(m->upstream, "echo") == 0) {
-        char *a = echo_answer(request, len, &why);
+        /* the request as it came: the edits do not concern the echo */
+        char *a = echo_answer(request, len, rq, &why);
 
         if (a == NULL && why != NULL) {
             up_log(cfg, VEIL_LOG_INFO,
@@ -872,26 +1039,15 @@ void gw_upstream_call(const gw_config *cfg, const gw_model *m,
                        why);
         } else if (a == NULL) {
             set_result(out, 500, "out of memory");
+        } else if (scan_answer(a, strlen(a), out) != VEIL_JSON_OK) {
+            wipe_free_str(a); /* cannot be: echo_answer prints JSON */
+            set_result(out, 500, "the echo answer is not JSON");
         } else {
             out->status = 200;
             out->body = a;
             out->len = strlen(a);
         }
-        return;
-    }
-    if (prepare_request(request, len, &copy, &copy_len, &why) != 0) {
-        if (why != NULL) {
-            up_log(cfg, VEIL_LOG_INFO, "%s: bad request (%s)", m->id, why);
-            set_result(out, 400, "request is not a chat completion request: %s",
-                       why);
-        } else {
-            set_result(out, 500, "out of memory");
-        }
-        return;
-    }
-    if (copy != NULL) {
-        body = copy;
-        body_len = copy_len;
+        goto out;
     }
     if (!up_init() ||
         (url = make_url(m->upstream, "/chat/completions")) == NULL) {

@@ -332,9 +332,15 @@ int main(int argc, char **argv)
         say(VEIL_LOG_ERROR, "api_keys: %s", err);
         goto out;
     }
-    strikes = gw_strikes_new(cfg.replay_window, cfg.replay_capacity);
+    if (gw_state_dir(cfg.state_dir, err, sizeof err) != 0 ||
+        (strikes = gw_strikes_open(cfg.state_dir, cfg.replay_window,
+                                   cfg.replay_capacity, cfg.replay_sync, err,
+                                   sizeof err)) == NULL) {
+        say(VEIL_LOG_ERROR, "replay register: %s", err);
+        goto out;
+    }
     rate = gw_rate_new(cfg.rate, cfg.burst, 65536);
-    if (strikes == NULL || rate == NULL) {
+    if (rate == NULL) {
         say(VEIL_LOG_ERROR, "out of memory");
         goto out;
     }

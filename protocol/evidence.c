@@ -68,7 +68,7 @@ size_t veil_ev_statement(const char *payload_id, const char *tier,
     if (out == NULL || out_size == 0)
         return 0;
     out[0] = '\0';
-    if (!veil_uuid_valid(payload_id) || tier == NULL || *tier == '\0' ||
+    if (!veil_payload_id_valid(payload_id) || tier == NULL || *tier == '\0' ||
         strlen(tier) > 16 || signed_at < 0)
         return 0;
     for (const char *p = tier; *p; p++)

@@ -262,6 +262,18 @@ int veil_uuid_valid(const char *s)
     return 1;
 }
 
+int veil_payload_id_valid(const char *s)
+{
+    size_t i;
+
+    if (s == NULL)
+        return 0;
+    for (i = 0; s[i]; i++)
+        if (i == VEIL_PAYLOAD_ID_MAX || s[i] <= ' ' || s[i] > '~')
+            return 0;
+    return i > 0;
+}
+
 /* ---- sealing ----------------------------------------------------------- */
 
 veil_rc veil_pkg_seal(veil_engine *e, const veil_key *recipient,
@@ -438,6 +450,7 @@ veil_rc veil_pkg_open(veil_engine *e, const veil_key *priv, const char *json,
      * does not tell an OAEP failure from a tag failure. */
     veil_rc unwrap =
         veil_rsa_decrypt(e, priv, NULL, wrapped, wrapped_len, &aes);
+    m.unwrap_rc = unwrap;
     if (unwrap == VEIL_E_NOMEM) {
         rc = veil_err(unwrap, PKG, NULL, "out of memory");
         goto done;
@@ -468,6 +481,8 @@ done:
         out = NULL;
         if (meta)
             *meta = m;
+    } else if (meta) {
+        meta->unwrap_rc = m.unwrap_rc;
     }
     veil_secbuf_free(out);
     veil_secbuf_free(aes);

@@ -43,6 +43,10 @@ typedef struct veil_pkg_meta {
     int has_processed_at;           /* "processed_at" was a number */
     double processed_at;            /* Unix seconds */
     uint8_t wrapped_key_sha256[32]; /* SHA-256 of the RSA ciphertext */
+    /* How the key unwrap went, set on failure too: VEIL_OK, VEIL_E_DECRYPT
+     * (not for this key), or the token's own failure (VEIL_E_TOKEN, ...).
+     * For the server's log only: the answer must not depend on it. */
+    veil_rc unwrap_rc;
 } veil_pkg_meta;
 
 /* Seals pt to the recipient's RSA public key (the caller has checked it is
@@ -61,7 +65,8 @@ veil_rc veil_pkg_seal(veil_engine *e, const veil_key *recipient,
  *                   veil_last_error() says which field;
  *   VEIL_E_DECRYPT  the key unwrap or the GCM tag failed (one fixed
  *                   message, whichever it was).
- * The plaintext lands in a new secret buffer.  meta may be NULL. */
+ * The plaintext lands in a new secret buffer.  meta may be NULL; on a
+ * failure only its unwrap_rc is set. */
 veil_rc veil_pkg_open(veil_engine *e, const veil_key *priv, const char *json,
                       size_t json_len, veil_secbuf **pt, veil_pkg_meta *meta);
 
@@ -106,6 +111,13 @@ veil_rc veil_uuid4(veil_engine *e, char out[37]);
 
 /* 1 when s is a UUID in text form (any version, either case). */
 int veil_uuid_valid(const char *s);
+
+/* The longest payload ID (X-Payload-ID) either side takes. */
+#define VEIL_PAYLOAD_ID_MAX 128
+/* 1 when s can be a payload ID: 1 to VEIL_PAYLOAD_ID_MAX printable ASCII
+ * characters (0x21 to 0x7e), no space.  The NOMYO Python client sends a
+ * UUID, the JavaScript client's create() "openai-compat-<ms>-<random>". */
+int veil_payload_id_valid(const char *s);
 
 #pragma GCC visibility pop
 

@@ -19,6 +19,14 @@
  *     mock/not-json     200 with "<html>oops</html>"
  *     mock/big-N        a normal answer whose content is N bytes of 'x'
  *     mock/chunked-N    the same, sent chunked (no Content-Length)
+ *     mock/mirror       200 with MOCK_MIRROR_HEAD, the request's body byte
+ *                       for byte, and "}": what reached the backend (any
+ *                       request holding the string "mock/mirror", quoted,
+ *                       unparsed: cJSON refuses some of what it mirrors)
+ *     mock/hostile-metadata  a chat.completion with a "_metadata" of its
+ *                       own: a forged payload ID, is_encrypted false, two
+ *                       tpm_attestation members (a hostile backend)
+ *     mock/dup-metadata the same with "_metadata" twice at the top level
  *     anything else     a chat.completion whose content is "mock: " and
  *                       the last user message
  *     "stream": true is refused with 400 (the gateway must turn it off).
@@ -51,6 +59,19 @@
 /* Largest mock/big-N answer and longest mock/slow-MS wait. */
 #define MOCK_MAX_BIG (256u * 1024u * 1024u)
 #define MOCK_MAX_SLOW_MS 600000u
+/* mock/mirror's answer starts so (tests/test_gateway.c has the same). */
+#define MOCK_MIRROR_HEAD                                                       \
+    "{\"id\":\"chatcmpl-mirror\",\"object\":\"chat.completion\","              \
+    "\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\","           \
+    "\"content\":\"mirror\"},\"finish_reason\":\"stop\"}],\"request\":"
+#define MOCK_HOSTILE_BODY                                                      \
+    "{\"id\":\"chatcmpl-hostile\",\"object\":\"chat.completion\","             \
+    "\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\","           \
+    "\"content\":\"hostile\"},\"finish_reason\":\"stop\"}],"                   \
+    "\"_metadata\":{\"payload_id\":\"forged\",\"is_encrypted\":false,"         \
+    "\"security_tier\":\"maximum\",\"tpm_attestation\":{\"is_available\":"     \
+    "true,\"format\":\"forged\"},\"tpm_attestation\":{\"is_available\":"       \
+    "false}}}"
 
 static const char usage_text[] =
     "usage: mock-upstream --port-file FILE [--api-key-file FILE]\n";
@@ -349,6 +370,21 @@ static enum MHD_Result handle_chat(mock *s, struct MHD_Connection *conn,
                          "invalid_request_error", NULL);
         goto out;
     }
+    /* before any parsing: the mirror takes what cJSON cannot (escaped lone
+     * surrogates, U+0000) */
+    if (body->data && memmem(body->data, body->len, "\"mock/mirror\"", 13)) {
+        model = "mock/mirror";
+        size_t size = sizeof MOCK_MIRROR_HEAD + body->len + 1;
+        char *text = malloc(size);
+
+        if (text) {
+            memcpy(text, MOCK_MIRROR_HEAD, sizeof MOCK_MIRROR_HEAD - 1);
+            memcpy(text + sizeof MOCK_MIRROR_HEAD - 1, body->data, body->len);
+            memcpy(text + sizeof MOCK_MIRROR_HEAD - 1 + body->len, "}", 2);
+        }
+        ret = send_text(conn, status, text, "application/json");
+        goto out;
+    }
     req = cJSON_ParseWithLength(body->data ? body->data : "", body->len);
     if (!cJSON_IsObject(req)) {
         status = 400;
@@ -373,6 +409,22 @@ static enum MHD_Result handle_chat(mock *s, struct MHD_Connection *conn,
         status = 400;
         ret = send_error(conn, status, "mock upstream: stream must be false",
                          "invalid_request_error", NULL);
+        goto out;
+    }
+    if (strcmp(model, "mock/hostile-metadata") == 0 ||
+        strcmp(model, "mock/dup-metadata") == 0) {
+        char *text = malloc(sizeof MOCK_HOSTILE_BODY + 64);
+
+        if (text) {
+            memcpy(text, MOCK_HOSTILE_BODY, sizeof MOCK_HOSTILE_BODY);
+            static const char second[] =
+                ",\"_metadata\":{\"payload_id\":\"forged\"}}";
+
+            if (model[5] == 'd') /* a second _metadata, the forged one */
+                memcpy(text + sizeof MOCK_HOSTILE_BODY - 2, second,
+                       sizeof second);
+        }
+        ret = send_text(conn, status, text, "application/json");
         goto out;
     }
     if ((v = suffix_number(model, "mock/status-", 100, 599)) >= 0) {

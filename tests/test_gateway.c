@@ -39,12 +39,16 @@
 #include <CUnit/CUnit.h>
 #include <curl/curl.h>
 #include <openssl/bio.h>
+#include <openssl/bn.h>
+#include <openssl/core_names.h>
 #include <openssl/evp.h>
+#include <openssl/param_build.h>
 #include <openssl/pem.h>
 #include <openssl/sha.h>
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
 
+#include "json_scan.h"
 #include "package.h"
 #include "testutil.h"
 #include "veil/client.h"
@@ -54,6 +58,10 @@
     "e, \xf0\x9f\x99\x82\n"
 #define COMPLETION "/v1/chat/secure_completion"
 #define BIG_DECLARED (10u * 1024u * 1024u)
+/* The longest payload ID taken: 128 printable characters. */
+#define LONG_ID                                                                \
+    "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ!#$%&'()*+" \
+    ",-./:;<=>?@[\\]^_`{|}~0123456789abcdefghijklmnopqrstuvwxy"
 
 /* ---- the world ----------------------------------------------------------- */
 
@@ -252,22 +260,30 @@ static int mock_start(proc *p, const char *name)
     return spawn(p, name, argv, port_file);
 }
 
-/* veild --port 0 --port-file F --rate 1000 --burst 1000 EXTRA...  (later
- * flags override earlier ones, so EXTRA may set rate and burst). */
+/* veild --port 0 --port-file F --state-dir DIR --replay-capacity 65536
+ * --rate 1000 --burst 1000 EXTRA...  (later flags override earlier ones,
+ * so EXTRA may set any of them).  DIR is $VEIL_TEST_DIR/NAME.state. */
 static int gw_start(proc *p, const char *name, const char *const *extra)
 {
-    char exe[600], port_file[700];
+    char exe[600], port_file[700], state_dir[700];
     const char *argv[64];
     size_t n = 0;
 
     snprintf(exe, sizeof exe, "%s/veild", builddir);
     snprintf(port_file, sizeof port_file, "%s/%s.port", tu_env("VEIL_TEST_DIR"),
              name);
+    /* one state directory per name: a restart finds its replay register */
+    snprintf(state_dir, sizeof state_dir, "%s/%s.state",
+             tu_env("VEIL_TEST_DIR"), name);
     argv[n++] = exe;
     argv[n++] = "--port";
     argv[n++] = "0";
     argv[n++] = "--port-file";
     argv[n++] = port_file;
+    argv[n++] = "--state-dir";
+    argv[n++] = state_dir;
+    argv[n++] = "--replay-capacity";
+    argv[n++] = "65536";
     argv[n++] = "--rate";
     argv[n++] = "1000";
     argv[n++] = "--burst";
@@ -523,8 +539,8 @@ typedef struct raw_opts {
 static int raw_post(const proc *p, const raw_opts *o, const char *body,
                     size_t len, http_resp *r, char pid_out[37])
 {
-    char url[256], pid[37] = "", h_pid[80], h_key[4096], h_tier[128],
-                   h_auth[512];
+    char url[256], pid[VEIL_PAYLOAD_ID_MAX + 2] = "", h_pid[200], h_key[4096],
+                                             h_tier[128], h_auth[512];
     const char *headers[8];
     size_t n = 0;
     raw_opts none = {0};
@@ -557,8 +573,8 @@ static int raw_post(const proc *p, const raw_opts *o, const char *body,
     if (o->extra)
         headers[n++] = o->extra;
     headers[n] = NULL;
-    if (pid_out)
-        memcpy(pid_out, pid, sizeof pid);
+    if (pid_out) /* a UUID: the callers' buffers hold 37 */
+        snprintf(pid_out, 37, "%s", pid);
     return http("POST", url, NULL, headers, body, len, r);
 }
 
@@ -1114,11 +1130,13 @@ static void test_bad_headers(void)
 
     memset(&o, 0, sizeof o);
     o.payload_id = omit;
-    raw_expect(&o, pkg, 400, "X-Payload-ID must be a UUID");
-    o.payload_id = "not-a-uuid";
-    raw_expect(&o, pkg, 400, "X-Payload-ID must be a UUID");
-    o.payload_id = "123e4567-e89b-12d3-a456-42661417400"; /* one short */
-    raw_expect(&o, pkg, 400, "X-Payload-ID must be a UUID");
+    raw_expect(&o, pkg, 400, "X-Payload-ID must be 1 to 128 printable ASCII");
+    o.payload_id = "has space";
+    raw_expect(&o, pkg, 400, "X-Payload-ID must be 1 to 128 printable ASCII");
+    o.payload_id = "caf\xc3\xa9"; /* not ASCII */
+    raw_expect(&o, pkg, 400, "X-Payload-ID must be 1 to 128 printable ASCII");
+    o.payload_id = LONG_ID "x"; /* 129 */
+    raw_expect(&o, pkg, 400, "X-Payload-ID must be 1 to 128 printable ASCII");
 
     memset(&o, 0, sizeof o);
     o.public_key = omit;
@@ -1333,7 +1351,7 @@ static void test_routes(void)
     }
     CU_ASSERT_EQUAL(seen_echo, 1);
     CU_ASSERT_EQUAL(seen_std, 1);
-    CU_ASSERT_EQUAL(cJSON_GetArraySize(data), 8);
+    CU_ASSERT_EQUAL(cJSON_GetArraySize(data), 11);
     cJSON_Delete(j);
     resp_free(&r);
 
@@ -2198,7 +2216,11 @@ static void test_signature_headers(void)
         CU_ASSERT_EQUAL(g.status, 404);
         ASSERT_DETAIL_HAS(&g, "no signature is kept for payload ID");
         resp_free(&g);
+        /* any payload ID may be asked for; only a malformed one is 400 */
         CU_ASSERT_EQUAL_FATAL(get(&gw, "/v1/signatures/not-a-uuid", &g), 0);
+        CU_ASSERT_EQUAL(g.status, 404);
+        resp_free(&g);
+        CU_ASSERT_EQUAL_FATAL(get(&gw, "/v1/signatures/a%20b", &g), 0);
         CU_ASSERT_EQUAL(g.status, 400);
         ASSERT_DETAIL_HAS(&g, "must end in a payload ID");
         resp_free(&g);
@@ -2535,6 +2557,564 @@ static void test_tpm_unavailable(void)
 
 /* ---- main ---------------------------------------------------------------- */
 
+/* ---- 14. what passes through, and who may send it (issue 11) ------------ */
+
+/* The head of mock/mirror's answer (tests/mock-upstream.c has the same). */
+#define MIRROR_HEAD                                                            \
+    "{\"id\":\"chatcmpl-mirror\",\"object\":\"chat.completion\","              \
+    "\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\","           \
+    "\"content\":\"mirror\"},\"finish_reason\":\"stop\"}],\"request\":"
+
+/* Seals the request text (any bytes) to the token server key and POSTs
+ * it to p with the options.  0 or -1. */
+static int post_text(const proc *p, const raw_opts *o, const char *text,
+                     http_resp *r)
+{
+    char *pkg = NULL;
+    int rc;
+
+    if (veil_pkg_seal(sw_e, srv_pub, (const uint8_t *)text, strlen(text),
+                      VEIL_TAG_SEPARATE, -1, &pkg) != VEIL_OK)
+        return -1;
+    rc = raw_post(p, o, pkg, strlen(pkg), r, NULL);
+    free(pkg);
+    return rc;
+}
+
+/* The answer's plaintext, byte for byte (malloc'd, NUL added), or NULL. */
+static char *open_raw(const http_resp *r, size_t *len)
+{
+    veil_secbuf *pt = NULL;
+    veil_pkg_meta meta;
+    char *out = NULL;
+
+    if (r->body &&
+        veil_pkg_open(sw_e, cli_key, r->body, r->len, &pt, &meta) == VEIL_OK &&
+        (out = malloc(veil_secbuf_len(pt) + 1)) != NULL) {
+        *len = veil_secbuf_len(pt);
+        memcpy(out, veil_secbuf_data(pt), *len);
+        out[*len] = '\0';
+    }
+    veil_secbuf_free(pt);
+    return out;
+}
+
+/* POSTs text (a mock/mirror request) and returns what reached the backend:
+ * the "request" member of the mirrored answer, byte for byte (malloc'd),
+ * after checking that the rest of the answer is the mock's, byte for byte,
+ * with veild's _metadata spliced in before the closing brace. */
+static char *mirrored(const proc *p, const raw_opts *o, const char *text)
+{
+    http_resp r;
+    size_t len = 0, head = strlen(MIRROR_HEAD), i;
+    char *plain, *out = NULL;
+    const char *md;
+    int ok;
+
+    if (post_text(p, o, text, &r) != 0)
+        return NULL;
+    if (r.status != 200)
+        fprintf(stderr, "mirror: %ld %s\n", r.status, r.body ? r.body : "");
+    CU_ASSERT_EQUAL(r.status, 200);
+    plain = r.status == 200 ? open_raw(&r, &len) : NULL;
+    resp_free(&r);
+    if (plain == NULL)
+        return NULL;
+    /* MIRROR_HEAD, the request, ",\"_metadata\":{...}", "}" */
+    md = strstr(plain, ",\"_metadata\":{\"memory_protection\"");
+    ok = len > head && memcmp(plain, MIRROR_HEAD, head) == 0 && md != NULL &&
+         plain[len - 1] == '}' && plain[len - 2] == '}';
+    CU_ASSERT_TRUE(ok);
+    /* the last ",\"_metadata\"" is veild's: the mirrored request may hold
+     * one too */
+    for (const char *m = md; m; m = strstr(m + 1, ",\"_metadata\":{\"memory_"))
+        md = m;
+    if (ok) {
+        i = (size_t)(md - plain);
+        out = malloc(i - head + 1);
+        if (out) {
+            memcpy(out, plain + head, i - head);
+            out[i - head] = '\0';
+        }
+        /* the whole answer is JSON with unique keys */
+        CU_ASSERT_EQUAL(
+            veil_json_scan_object(plain, len, NULL, NULL, NULL, NULL, NULL),
+            VEIL_JSON_OK);
+    }
+    free(plain);
+    return out;
+}
+
+/* Every Unicode edge case goes to the backend and comes back byte for
+ * byte: U+0000, escaped lone surrogates, U+2028 raw and escaped, 4-byte
+ * characters raw and as a surrogate pair, escapes cJSON would print
+ * otherwise, numbers it would reprint, whitespace.  "stream": true is the
+ * one change (to false, stream_options gone), made in place. */
+static void test_byte_exact(void)
+{
+    static const char text[] =
+        "{ \"model\" : \"mock/mirror\",\"messages\":[{\"role\":\"user\","
+        "\"content\":\"a\\u0000b|\\ud800|\\udfff|\\uDBFF|\\u2028|\xe2\x80\xa8|"
+        "\xf0\x9f\x98\x80|\\ud83d\\ude00|\\\"|\\\\|\\/|\\u00e9|\xc3\xa9|"
+        "\\t\"}],\n\t\"temperature\" : 1.0E+2 ,\"n\":[ 1 ,-0.0, 1e-7 ],"
+        "\"_metadata\":{\"x\":\"\\u0000\"} }";
+    static const char streamed[] =
+        "{\"model\":\"mock/mirror\",\"stream\" :true,\"messages\":[{\"role\":"
+        "\"user\",\"content\":\"\\u0000\"}],\"stream_options\":{\"include_"
+        "usage\":true}}";
+    static const char streamed_sent[] =
+        "{\"model\":\"mock/mirror\",\"stream\" :false,\"messages\":[{\"role\":"
+        "\"user\",\"content\":\"\\u0000\"}]}";
+    char *got;
+
+    got = mirrored(&gw, NULL, text);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(got);
+    if (strcmp(got, text) != 0)
+        fprintf(stderr, "sent:     %s\nreceived: %s\n", text, got);
+    CU_ASSERT_STRING_EQUAL(got, text);
+    free(got);
+    got = mirrored(&gw, NULL, streamed);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(got);
+    CU_ASSERT_STRING_EQUAL(got, streamed_sent);
+    free(got);
+}
+
+#define HOSTILE_ID "5e1f0a3c-7d2b-4c8e-9f60-1a2b3c4d5e6f"
+
+/* A hostile backend: its _metadata never reaches the client, whatever it
+ * holds (a forged payload ID, is_encrypted false, two tpm_attestation);
+ * an answer with a top-level key twice is refused. */
+static void test_hostile_backend(void)
+{
+    static const char hostile[] =
+        "{\"model\":\"mock/hostile-metadata\",\"messages\":[{\"role\":"
+        "\"user\",\"content\":\"hi\"}]}";
+    static const char dup[] =
+        "{\"model\":\"mock/dup-metadata\",\"messages\":[{\"role\":"
+        "\"user\",\"content\":\"hi\"}]}";
+    raw_opts o = {.payload_id = HOSTILE_ID};
+    http_resp r;
+    size_t len = 0;
+    char *plain;
+    cJSON *a, *md;
+
+    CU_ASSERT_EQUAL_FATAL(post_text(&gw, &o, hostile, &r), 0);
+    if (r.status != 200)
+        fprintf(stderr, "hostile: %ld %s\n", r.status, r.body ? r.body : "");
+    CU_ASSERT_EQUAL_FATAL(r.status, 200);
+    plain = open_raw(&r, &len);
+    resp_free(&r);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(plain);
+    CU_ASSERT_PTR_NULL(strstr(plain, "forged"));
+    CU_ASSERT_PTR_NULL(strstr(plain, "is_encrypted"));
+    CU_ASSERT_PTR_NULL(strstr(plain, "tpm_attestation"));
+    CU_ASSERT_EQUAL(
+        veil_json_scan_object(plain, len, NULL, NULL, NULL, NULL, NULL),
+        VEIL_JSON_OK);
+    a = cJSON_Parse(plain);
+    md = cJSON_GetObjectItemCaseSensitive(a, "_metadata");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(tu_json_str(md, "payload_id"));
+    CU_ASSERT_STRING_EQUAL(tu_json_str(md, "payload_id"), HOSTILE_ID);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(tu_json_str(md, "security_tier"));
+    CU_ASSERT_STRING_EQUAL(tu_json_str(md, "security_tier"), "standard");
+    CU_ASSERT_EQUAL(cJSON_GetArraySize(md), 4);
+    cJSON_Delete(a);
+    free(plain);
+
+    CU_ASSERT_EQUAL_FATAL(post_text(&gw, NULL, dup, &r), 0);
+    CU_ASSERT_EQUAL(r.status, 502);
+    ASSERT_DETAIL_HAS(&r, "inference backend answered with a key twice");
+    resp_free(&r);
+}
+
+/* The gateway forwards only what it checked: a request with a key twice,
+ * or "model"/"stream" in another case, is refused before anything runs. */
+static void test_duplicate_keys(void)
+{
+    static const struct {
+        const char *text, *detail;
+    } cases[] = {
+        {"{\"model\":\"echo\",\"messages\":[],\"model\":\"std-only\"}",
+         "the request has a key twice"},
+        {"{\"model\":\"echo\",\"messages\":[],\"mod\\u0065l\":\"std-only\"}",
+         "the request has a key twice"},
+        {"{\"model\":\"echo\",\"messages\":[],\"MODEL\":\"std-only\"}",
+         "the request has a key \"model\" in another case"},
+        {"{\"Model\":\"std-only\",\"model\":\"echo\",\"messages\":[]}",
+         "the request has a key \"model\" in another case"},
+        {"{\"model\":\"echo\",\"messages\":[],\"stream\":false,"
+         "\"STREAM\":true}",
+         "the request has a key \"stream\" in another case"},
+        {"{\"model\":\"echo\",\"messages\":[],\"stream\":false,"
+         "\"stream\":true}",
+         "the request has a key twice"},
+        {"{\"model\":\"echo\",\"messages\":[]} {}",
+         "the decrypted request is not a JSON object: not valid JSON"},
+    };
+    http_resp r;
+
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        CU_ASSERT_EQUAL_FATAL(post_text(&gw, NULL, cases[i].text, &r), 0);
+        if (r.status != 400)
+            fprintf(stderr, "case %zu: %ld %s\n", i, r.status,
+                    r.body ? r.body : "");
+        CU_ASSERT_EQUAL(r.status, 400);
+        ASSERT_DETAIL_HAS(&r, cases[i].detail);
+        resp_free(&r);
+    }
+    /* and without the extra key it goes */
+    CU_ASSERT_EQUAL_FATAL(
+        post_text(&gw, NULL, "{\"model\":\"echo\",\"messages\":[]}", &r), 0);
+    CU_ASSERT_EQUAL(r.status, 200);
+    resp_free(&r);
+}
+
+/* Payload IDs: any 1 to 128 printable ASCII characters (the NOMYO
+ * JavaScript client's among them), in one canonical form everywhere. */
+static void test_payload_ids(void)
+{
+    char *pkg, pid[37], upper[37], path[230], *esc;
+    raw_opts o;
+    http_resp r;
+    CURL *h = curl_easy_init();
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(h);
+    memset(&o, 0, sizeof o);
+    o.payload_id = "openai-compat-1733500000000-k2j4h5";
+    pkg = seal("echo", "js", VEIL_TAG_APPENDED);
+    CU_ASSERT_EQUAL_FATAL(raw_post(&gw, &o, pkg, strlen(pkg), &r, NULL), 0);
+    CU_ASSERT_EQUAL(r.status, 200);
+    resp_free(&r);
+    free(pkg);
+
+    /* the longest, and its signature by that ID (percent-encoded) */
+    o.payload_id = LONG_ID;
+    pkg = seal("echo", "long", VEIL_TAG_SEPARATE);
+    CU_ASSERT_EQUAL_FATAL(raw_post(&gw, &o, pkg, strlen(pkg), &r, NULL), 0);
+    CU_ASSERT_EQUAL(r.status, 200);
+    resp_free(&r);
+    free(pkg);
+    esc = curl_easy_escape(h, LONG_ID, 0);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(esc);
+    snprintf(path, sizeof path, "/v1/signatures/%s", esc);
+    curl_free(esc);
+    CU_ASSERT_EQUAL_FATAL(get(&gw, path, &r), 0);
+    CU_ASSERT_EQUAL(r.status, 200);
+    {
+        cJSON *j = r.body ? cJSON_Parse(r.body) : NULL;
+
+        const char *v = tu_json_str(j, "payload_id");
+
+        CU_ASSERT_PTR_NOT_NULL(v);
+        if (v)
+            CU_ASSERT_STRING_EQUAL(v, LONG_ID);
+        cJSON_Delete(j);
+    }
+    resp_free(&r);
+
+    /* an upper-case copy of a used ID is that ID: a replay */
+    CU_ASSERT_EQUAL_FATAL(veil_uuid4(sw_e, pid), VEIL_OK);
+    for (size_t i = 0; i < sizeof pid; i++)
+        upper[i] =
+            pid[i] >= 'a' && pid[i] <= 'f' ? (char)(pid[i] - 32) : pid[i];
+    o.payload_id = pid;
+    pkg = seal("echo", "first", VEIL_TAG_SEPARATE);
+    CU_ASSERT_EQUAL_FATAL(raw_post(&gw, &o, pkg, strlen(pkg), &r, NULL), 0);
+    CU_ASSERT_EQUAL(r.status, 200);
+    resp_free(&r);
+    free(pkg);
+    o.payload_id = upper;
+    pkg = seal("echo", "second", VEIL_TAG_SEPARATE);
+    CU_ASSERT_EQUAL_FATAL(raw_post(&gw, &o, pkg, strlen(pkg), &r, NULL), 0);
+    CU_ASSERT_EQUAL(r.status, 409);
+    ASSERT_DETAIL_HAS(&r, "was seen before");
+    resp_free(&r);
+    free(pkg);
+    o.payload_id = "Mixed-Case-ID-for-the-replay-test";
+    pkg = seal("echo", "third", VEIL_TAG_SEPARATE);
+    CU_ASSERT_EQUAL_FATAL(raw_post(&gw, &o, pkg, strlen(pkg), &r, NULL), 0);
+    CU_ASSERT_EQUAL(r.status, 200);
+    resp_free(&r);
+    free(pkg);
+    o.payload_id = "mixed-case-id-FOR-the-replay-test";
+    pkg = seal("echo", "fourth", VEIL_TAG_SEPARATE);
+    CU_ASSERT_EQUAL_FATAL(raw_post(&gw, &o, pkg, strlen(pkg), &r, NULL), 0);
+    CU_ASSERT_EQUAL(r.status, 409);
+    resp_free(&r);
+    free(pkg);
+    curl_easy_cleanup(h);
+}
+
+/* An RSA public key made from n and e as given (no checks). */
+static EVP_PKEY *rsa_from(const BIGNUM *n, const BIGNUM *e)
+{
+    OSSL_PARAM_BLD *b = OSSL_PARAM_BLD_new();
+    OSSL_PARAM *params = NULL;
+    EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new_from_name(NULL, "RSA", NULL);
+    EVP_PKEY *k = NULL;
+
+    if (b && ctx && OSSL_PARAM_BLD_push_BN(b, OSSL_PKEY_PARAM_RSA_N, n) &&
+        OSSL_PARAM_BLD_push_BN(b, OSSL_PKEY_PARAM_RSA_E, e) &&
+        (params = OSSL_PARAM_BLD_to_param(b)) != NULL &&
+        EVP_PKEY_fromdata_init(ctx) == 1 &&
+        EVP_PKEY_fromdata(ctx, &k, EVP_PKEY_PUBLIC_KEY, params) != 1)
+        k = NULL;
+    OSSL_PARAM_free(params);
+    OSSL_PARAM_BLD_free(b);
+    EVP_PKEY_CTX_free(ctx);
+    return k;
+}
+
+/* Degenerate client keys are refused when the header is read: nothing
+ * runs at the backend for them. */
+static void test_degenerate_keys(void)
+{
+    static const char text[] =
+        "{\"model\":\"mock/hello\",\"messages\":[{\"role\":\"user\","
+        "\"content\":\"degenerate\"}]}";
+    EVP_PKEY *good = EVP_RSA_gen(2048);
+    BIGNUM *n = NULL, *e = BN_new(), *n_even = NULL, *n_big = NULL;
+    struct {
+        const char *what;
+        const BIGNUM *n;
+        unsigned long e; /* 0 with e_bn: e = that */
+        const BIGNUM *e_bn;
+    } cases[4 + 4];
+    size_t nc = 0;
+    double before;
+    http_resp r;
+
+    CU_ASSERT_FATAL(good && e &&
+                    EVP_PKEY_get_bn_param(good, OSSL_PKEY_PARAM_RSA_N, &n));
+    n_even = BN_dup(n);
+    CU_ASSERT_FATAL(n_even && BN_add_word(n_even, 1));
+    cases[nc++] = (typeof(cases[0])){"e = 1", n, 1, NULL};
+    cases[nc++] = (typeof(cases[0])){"e = 2", n, 2, NULL};
+    cases[nc++] = (typeof(cases[0])){"e = 3", n, 3, NULL};
+    cases[nc++] = (typeof(cases[0])){"e = 65535", n, 65535, NULL};
+    cases[nc++] = (typeof(cases[0])){"e = n", n, 0, n};
+    cases[nc++] = (typeof(cases[0])){"even n", n_even, 65537, NULL};
+    /* over 4096 bits: its check would cost seconds */
+    n_big = BN_new();
+    CU_ASSERT_FATAL(n_big &&
+                    BN_rand(n_big, 4104, BN_RAND_TOP_ONE, BN_RAND_BOTTOM_ODD));
+    cases[nc++] = (typeof(cases[0])){"4104 bits", n_big, 65537, NULL};
+    before = mock_requests();
+    for (size_t i = 0; i < nc; i++) {
+        EVP_PKEY *k;
+        char *hdr;
+        raw_opts o;
+
+        if (cases[i].e_bn)
+            BN_copy(e, cases[i].e_bn);
+        else
+            BN_set_word(e, cases[i].e);
+        k = rsa_from(cases[i].n, e);
+        hdr = k ? encoded_public(k) : NULL;
+        if (hdr == NULL) {
+            fprintf(stderr, "%s: OpenSSL will not encode it\n", cases[i].what);
+            CU_FAIL("key not made");
+            EVP_PKEY_free(k);
+            continue;
+        }
+        memset(&o, 0, sizeof o);
+        o.public_key = hdr;
+        CU_ASSERT_EQUAL_FATAL(post_text(&gw, &o, text, &r), 0);
+        if (r.status != 400)
+            fprintf(stderr, "%s: %ld %s\n", cases[i].what, r.status,
+                    r.body ? r.body : "");
+        CU_ASSERT_EQUAL(r.status, 400);
+        ASSERT_DETAIL_HAS(&r, cases[i].n == n_big
+                                  ? "X-Public-Key must be an RSA key of at "
+                                    "most 4096 bits"
+                                  : "X-Public-Key is not a valid RSA public "
+                                    "key");
+        resp_free(&r);
+        free(hdr);
+        EVP_PKEY_free(k);
+    }
+    /* nothing reached the backend */
+    CU_ASSERT_EQUAL(mock_requests(), before);
+    /* and a good key works */
+    CU_ASSERT_EQUAL_FATAL(post_text(&gw, NULL, text, &r), 0);
+    CU_ASSERT_EQUAL(r.status, 200);
+    resp_free(&r);
+    BN_free(n);
+    BN_free(n_even);
+    BN_free(n_big);
+    BN_free(e);
+    EVP_PKEY_free(good);
+}
+
+/* The replay register outlives a restart: a package seen before the
+ * restart is refused after it, under any payload ID.  A damaged register,
+ * or one another veild holds, stops the start-up. */
+static void test_replay_restart(void)
+{
+    const char *extra[] = {TOKEN_KEY, "--model", "echo=echo", NULL};
+    char *pkg = seal("echo", "remember me", VEIL_TAG_SEPARATE), *pkg2;
+    char pid[37], db[700], *log;
+    raw_opts o;
+    http_resp r;
+    proc g, g2;
+    FILE *f;
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(pkg);
+    pkg2 = seal("echo", "another", VEIL_TAG_SEPARATE);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(pkg2);
+    snprintf(db, sizeof db, "%s/gw-replay.state/replay.db",
+             tu_env("VEIL_TEST_DIR"));
+    CU_ASSERT_EQUAL_FATAL(gw_start(&g, "gw-replay", extra), 0);
+    CU_ASSERT_EQUAL_FATAL(raw_post(&g, NULL, pkg, strlen(pkg), &r, pid), 0);
+    CU_ASSERT_EQUAL(r.status, 200);
+    resp_free(&r);
+    /* a second veild on the same state directory does not start */
+    CU_ASSERT_EQUAL(gw_start(&g2, "gw-replay", extra), -1);
+    log = tu_read_file(g2.log, NULL);
+    CU_ASSERT_PTR_NOT_NULL(log && strstr(log, "in use by another veild"));
+    free(log);
+    stop_ok(&g);
+
+    CU_ASSERT_EQUAL_FATAL(gw_start(&g, "gw-replay", extra), 0);
+    /* the same package under a new payload ID, and its ID on another */
+    CU_ASSERT_EQUAL_FATAL(raw_post(&g, NULL, pkg, strlen(pkg), &r, NULL), 0);
+    CU_ASSERT_EQUAL(r.status, 409);
+    ASSERT_DETAIL_HAS(&r, "was seen before");
+    resp_free(&r);
+    memset(&o, 0, sizeof o);
+    o.payload_id = pid;
+    CU_ASSERT_EQUAL_FATAL(raw_post(&g, &o, pkg2, strlen(pkg2), &r, NULL), 0);
+    CU_ASSERT_EQUAL(r.status, 409);
+    resp_free(&r);
+    stop_ok(&g);
+
+    /* a damaged register stops the start-up, naming the file */
+    f = fopen(db, "r+b");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(f);
+    fputs("garbage!", f);
+    fclose(f);
+    CU_ASSERT_EQUAL(gw_start(&g, "gw-replay", extra), -1);
+    log = tu_read_file(g.log, NULL);
+    CU_ASSERT_PTR_NOT_NULL(log && strstr(log, "is not a replay register"));
+    free(log);
+    unlink(db);
+    free(pkg);
+    free(pkg2);
+}
+
+/* Prompt caches apart per API key: the model's salt field is set from the
+ * key (the client's own value replaced), the same for one key, across a
+ * restart too, and different for two keys. */
+static void test_cache_salt(void)
+{
+    static const char *const keys[] = {"salt-key-one", "salt-key-two"};
+    static const char text[] =
+        "{\"model\":\"mock/mirror\",\"cache_salt\":\"mine\",\"messages\":[]}";
+    char dir[600], path[700], lines[400], model[200], bearer[2][64];
+    char salt[3][65];
+    const char *extra[] = {TOKEN_KEY,    "--model", model,
+                           "--api-keys", path,      NULL};
+    size_t o = 0;
+    proc g;
+
+    CU_ASSERT_EQUAL_FATAL(tu_scratch_dir("gw-salt", dir, sizeof dir), 0);
+    snprintf(path, sizeof path, "%s/api-keys", dir);
+    for (int k = 0; k < 2; k++) {
+        uint8_t h[32];
+
+        SHA256((const uint8_t *)keys[k], strlen(keys[k]), h);
+        o += (size_t)snprintf(lines + o, sizeof lines - o, "sha256:");
+        for (int i = 0; i < 32; i++)
+            o += (size_t)snprintf(lines + o, sizeof lines - o, "%02x", h[i]);
+        o += (size_t)snprintf(lines + o, sizeof lines - o, " k%d\n", k);
+        snprintf(bearer[k], sizeof bearer[k], "Bearer %s", keys[k]);
+    }
+    CU_ASSERT_EQUAL_FATAL(write_file(path, lines, 0600), 0);
+    snprintf(model, sizeof model,
+             "mock/mirror=http://127.0.0.1:%u/v1,cache-salt=cache_salt",
+             upstream.port);
+    CU_ASSERT_EQUAL_FATAL(gw_start(&g, "gw-salt", extra), 0);
+    for (int round = 0; round < 3; round++) {
+        raw_opts ro = {.auth = bearer[round == 1]};
+        char *sent;
+        const char *v;
+
+        if (round == 2) { /* after a restart */
+            stop_ok(&g);
+            CU_ASSERT_EQUAL_FATAL(gw_start(&g, "gw-salt", extra), 0);
+            ro.auth = bearer[0];
+        }
+        sent = mirrored(&g, &ro, text);
+        CU_ASSERT_PTR_NOT_NULL_FATAL(sent);
+        /* the client's value is gone, veild's is the last member */
+        CU_ASSERT_PTR_NULL(strstr(sent, "mine"));
+        v = strstr(sent, ",\"cache_salt\":\"");
+        CU_ASSERT_PTR_NOT_NULL_FATAL(v);
+        v += strlen(",\"cache_salt\":\"");
+        CU_ASSERT_EQUAL(strspn(v, "0123456789abcdef"), 64);
+        CU_ASSERT_STRING_EQUAL(v + 64, "\"}");
+        memcpy(salt[round], v, 64);
+        salt[round][64] = '\0';
+        CU_ASSERT_EQUAL(
+            strncmp(sent, "{\"model\":\"mock/mirror\",\"messages\":[]", 35), 0);
+        free(sent);
+        if (round == 0) { /* the same key again */
+            sent = mirrored(&g, &ro, text);
+            CU_ASSERT_PTR_NOT_NULL_FATAL(sent);
+            CU_ASSERT_PTR_NOT_NULL(strstr(sent, salt[0]));
+            free(sent);
+        }
+    }
+    CU_ASSERT_STRING_NOT_EQUAL(salt[0], salt[1]);
+    CU_ASSERT_STRING_EQUAL(salt[0], salt[2]);
+    stop_ok(&g);
+}
+
+/* A token failure is logged when it happens, and answered 503 (not the
+ * 400 that sends clients to refetch a key that is fine). */
+static void test_token_failure_logged(void)
+{
+    veil_keygen_params kp = {
+        .type = VEIL_KEY_RSA, .bits = 2048, .label = "gw-doomed"};
+    char ref[800], *pem = NULL, *pkg = NULL, *text, *log;
+    const char *extra[] = {
+        "--server-key", ref,       "--pkcs11-module", module, "--pin-source",
+        pin_spec,       "--model", "echo=echo",       NULL};
+    veil_key *k = NULL, *pub = NULL;
+    http_resp r;
+    proc g;
+
+    snprintf(ref, sizeof ref, "%s;object=gw-doomed", token_uri);
+    CU_ASSERT_EQUAL_FATAL(veil_key_generate(tok_e, token_uri, &kp, &k),
+                          VEIL_OK);
+    CU_ASSERT_EQUAL_FATAL(veil_key_public_pem(k, &pem), VEIL_OK);
+    CU_ASSERT_EQUAL_FATAL(
+        veil_key_from_public(sw_e, (const uint8_t *)pem, strlen(pem), &pub),
+        VEIL_OK);
+    CU_ASSERT_EQUAL_FATAL(gw_start(&g, "gw-doomed", extra), 0);
+    /* the key goes from the token under the running gateway */
+    CU_ASSERT_EQUAL(veil_key_delete(tok_e, k), VEIL_OK);
+    text = request_text("echo", "doomed");
+    CU_ASSERT_EQUAL(veil_pkg_seal(sw_e, pub, (const uint8_t *)text,
+                                  strlen(text), VEIL_TAG_SEPARATE, -1, &pkg),
+                    VEIL_OK);
+    CU_ASSERT_EQUAL_FATAL(raw_post(&g, NULL, pkg, strlen(pkg), &r, NULL), 0);
+    if (r.status != 503)
+        fprintf(stderr, "token failure: %ld %s\n", r.status,
+                r.body ? r.body : "");
+    CU_ASSERT_EQUAL(r.status, 503);
+    ASSERT_DETAIL_HAS(&r, "key store failed");
+    resp_free(&r);
+    stop_ok(&g);
+    log = tu_read_file(g.log, NULL);
+    CU_ASSERT_PTR_NOT_NULL(log && strstr(log, "the token failed to unwrap"));
+    free(log);
+    free(text);
+    free(pkg);
+    free(pem);
+    veil_key_free(pub);
+}
+
 static int setup(void)
 {
     const char *label = tu_env("VEIL_TEST_SOFTHSM_TOKEN");
@@ -2544,7 +3124,7 @@ static int setup(void)
     veil_key *ck = NULL;
     char esc[192], *pem = NULL;
     char m_down[128], m_slow[160], m_500[160], m_404[160], m_nj[160],
-        m_hello[160];
+        m_hello[160], m_mirror[160], m_hostile[160], m_dup[160];
 
     builddir = tu_env("VEIL_BUILDDIR");
     module = tu_env("VEIL_TEST_SOFTHSM_MODULE");
@@ -2625,6 +3205,9 @@ static int setup(void)
     MOCK_MODEL(m_404, "mock/status-404");
     MOCK_MODEL(m_nj, "mock/not-json");
     MOCK_MODEL(m_hello, "mock/hello");
+    MOCK_MODEL(m_mirror, "mock/mirror");
+    MOCK_MODEL(m_hostile, "mock/hostile-metadata");
+    MOCK_MODEL(m_dup, "mock/dup-metadata");
 #undef MOCK_MODEL
     {
         const char *extra[] = {TOKEN_KEY,
@@ -2649,6 +3232,12 @@ static int setup(void)
                                m_nj,
                                "--model",
                                m_hello,
+                               "--model",
+                               m_mirror,
+                               "--model",
+                               m_hostile,
+                               "--model",
+                               m_dup,
                                "--log-level",
                                "debug",
                                NULL};
@@ -2720,6 +3309,16 @@ int main(void)
         {"attestation routes want the API key", test_attestation_api_keys},
         {"tpm = on without a TPM: no start", test_tpm_unavailable},
     };
+    static const tu_test content[] = {
+        {"byte-exact requests and answers", test_byte_exact},
+        {"a hostile backend's _metadata", test_hostile_backend},
+        {"duplicate and case-variant keys", test_duplicate_keys},
+        {"payload IDs: any printable, one form", test_payload_ids},
+        {"degenerate client keys", test_degenerate_keys},
+        {"the replay register outlives a restart", test_replay_restart},
+        {"prompt caches apart per API key", test_cache_salt},
+        {"a token failure is logged", test_token_failure_logged},
+    };
     static const tu_test backend[] = {
         {"upstream failures", test_upstream_failures},
         {"concurrency", test_concurrency},
@@ -2741,6 +3340,7 @@ int main(void)
     TU_ADD_SUITE("errors", NULL, NULL, errors);
     TU_ADD_SUITE("guards", NULL, NULL, guards);
     TU_ADD_SUITE("signatures and attestation", NULL, NULL, attestation);
+    TU_ADD_SUITE("content and keys", NULL, NULL, content);
     TU_ADD_SUITE("backend and lifecycle", NULL, NULL, backend);
     rc = tu_run_tests();
     teardown();

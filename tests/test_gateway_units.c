@@ -156,8 +156,10 @@ static void test_config_defaults(void)
     CU_ASSERT_EQUAL(cfg.burst, 2);
     CU_ASSERT_EQUAL(cfg.body_limit, (size_t)16 * 1024 * 1024);
     CU_ASSERT_EQUAL(cfg.workers, 4);
-    CU_ASSERT_EQUAL(cfg.replay_window, 600);
-    CU_ASSERT_EQUAL(cfg.replay_capacity, 262144);
+    CU_ASSERT_STRING_EQUAL(cfg.state_dir, "/var/lib/veild");
+    CU_ASSERT_EQUAL(cfg.replay_window, 86400);
+    CU_ASSERT_EQUAL(cfg.replay_capacity, 4194304);
+    CU_ASSERT_EQUAL(cfg.replay_sync, 1);
     CU_ASSERT_EQUAL(cfg.upstream_timeout, 300);
     CU_ASSERT_EQUAL(cfg.connect_timeout, 10);
     CU_ASSERT_STRING_EQUAL(cfg.log_level, "info");
@@ -372,7 +374,7 @@ static void test_config_file_errors(void)
     CU_ASSERT_TRUE(
         load_fails_with("[model a]\nupstream = echo\ncolour = red\n",
                         "3: unknown setting 'colour' in [model a] (upstream, "
-                        "upstream_key_file, tiers)"));
+                        "upstream_key_file, tiers, cache_salt_field)"));
     CU_ASSERT_TRUE(load_fails_with(
         "[model a]\nupstream = ftp://x\n",
         "2: 'ftp://x' is not an upstream (echo, or an http:// or https:// "
@@ -685,7 +687,8 @@ static void test_config_model_flag(void)
     CU_ASSERT_TRUE(set_fails_with("model", "x=ECHO", NULL));
     CU_ASSERT_TRUE(set_fails_with(
         "model", "x=echo,tiers=",
-        "--model: unknown model option 'tiers=' (tiers=A+B, key-file=FILE)"));
+        "--model: unknown model option 'tiers=' (tiers=A+B, key-file=FILE, "
+        "cache-salt=FIELD)"));
     CU_ASSERT_TRUE(set_fails_with(
         "model", "x=echo,tiers=ultra",
         "--model: 'ultra' is not a tier (standard, high, maximum)"));
@@ -693,7 +696,11 @@ static void test_config_model_flag(void)
     CU_ASSERT_TRUE(
         set_fails_with("model", "x=echo,colour=red",
                        "--model: unknown model option 'colour=red' (tiers=A+B, "
-                       "key-file=FILE)"));
+                       "key-file=FILE, cache-salt=FIELD)"));
+    CU_ASSERT_TRUE(set_fails_with("model", "x=echo,cache-salt=a b",
+                                  "--model: cache_salt_field: 1 to 64 of "
+                                  "A-Z a-z 0-9 _ . - (such as cache_salt)"));
+    CU_ASSERT_TRUE(set_fails_with("model", "x=echo,cache-salt=a\"b", NULL));
     CU_ASSERT_TRUE(set_fails_with("model", "x=echo,", NULL));
     CU_ASSERT_TRUE(set_fails_with("model", "bad id=echo", NULL));
     CU_ASSERT_TRUE(set_fails_with("model", "a,b=echo", NULL));
@@ -917,6 +924,10 @@ static void test_config_example(void)
     CU_ASSERT_PTR_NOT_NULL(m);
     if (m)
         CU_ASSERT_STRING_EQUAL(m->upstream, "http://127.0.0.1:11434/v1");
+    m = gw_config_model(&cfg, "Qwen/Qwen3-8B");
+    CU_ASSERT_PTR_NOT_NULL(m);
+    if (m)
+        CU_ASSERT_STRING_EQUAL(m->cache_salt_field, "cache_salt");
     gw_config_free(&cfg);
 }
 
@@ -936,8 +947,10 @@ static void test_config_help(void)
         "--burst ",
         "--body_limit ",
         "--workers ",
+        "--state_dir ",
         "--replay_window ",
         "--replay_capacity ",
+        "--replay_sync ",
         "--upstream_timeout ",
         "--connect_timeout ",
         "--log_level ",
@@ -958,6 +971,8 @@ static void test_config_help(void)
         "upstream = ",
         "upstream_key_file = ",
         "tiers = ",
+        "cache_salt_field = ",
+        "(default: /var/lib/veild)",
         "(default: 16M)",
         "(default: 127.0.0.1)",
         "(default: 8443)",
@@ -1642,6 +1657,298 @@ static void test_signlog_threads(void)
     gw_signlog_free(l);
 }
 
+/* The register in a state directory: kept across a reopen, refused when
+ * its capacity changed, damaged, or held by another opener. */
+static void test_strikes_file(void)
+{
+    char dir[700], db[800], err[512];
+    uint8_t a[32], b[32], c[32];
+    gw_strikes *s, *s2;
+    FILE *f;
+
+    memset(a, 1, sizeof a);
+    memset(b, 2, sizeof b);
+    memset(c, 3, sizeof c);
+    snprintf(dir, sizeof dir, "%s/state", scratch);
+    snprintf(db, sizeof db, "%s/replay.db", dir);
+    CU_ASSERT_EQUAL_FATAL(gw_state_dir(dir, err, sizeof err), 0);
+    s = gw_strikes_open(dir, 600, 1024, 1, err, sizeof err);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(s);
+    CU_ASSERT_EQUAL(gw_strikes_add(s, a, b, 1000), GW_STRIKE_NEW);
+    /* one opener at a time */
+    s2 = gw_strikes_open(dir, 600, 1024, 1, err, sizeof err);
+    CU_ASSERT_PTR_NULL(s2);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err, "in use by another veild"));
+    gw_strikes_free(s);
+
+    s = gw_strikes_open(dir, 600, 1024, 1, err, sizeof err);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(s);
+    CU_ASSERT_EQUAL(gw_strikes_add(s, c, b, 1001), GW_STRIKE_SEEN);
+    CU_ASSERT_EQUAL(gw_strikes_add(s, a, c, 1002), GW_STRIKE_SEEN);
+    CU_ASSERT_EQUAL(gw_strikes_add(s, a, b, 1600), GW_STRIKE_SEEN);
+    CU_ASSERT_EQUAL(gw_strikes_add(s, a, b, 1601), GW_STRIKE_NEW);
+    gw_strikes_free(s);
+
+    s = gw_strikes_open(dir, 600, 2048, 1, err, sizeof err);
+    CU_ASSERT_PTR_NULL(s);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err, "set replay_capacity = 1024"));
+    f = fopen(db, "r+b");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(f);
+    fputs("garbage!", f);
+    fclose(f);
+    s = gw_strikes_open(dir, 600, 1024, 1, err, sizeof err);
+    CU_ASSERT_PTR_NULL(s);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err, "is not a replay register"));
+    CU_ASSERT_EQUAL(truncate(db, 100), 0);
+    s = gw_strikes_open(dir, 600, 1024, 1, err, sizeof err);
+    CU_ASSERT_PTR_NULL(s);
+    unlink(db);
+
+    /* a directory others may write is refused */
+    CU_ASSERT_EQUAL(chmod(dir, 0770), 0);
+    CU_ASSERT_EQUAL(gw_state_dir(dir, err, sizeof err), -1);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err, "writable by nobody else"));
+    CU_ASSERT_EQUAL(chmod(dir, 0700), 0);
+    {
+        uint8_t k1[32], k2[32];
+
+        CU_ASSERT_EQUAL(gw_state_secret(dir, "x.key", k1, err, sizeof err), 0);
+        CU_ASSERT_EQUAL(gw_state_secret(dir, "x.key", k2, err, sizeof err), 0);
+        CU_ASSERT_EQUAL(memcmp(k1, k2, 32), 0);
+        snprintf(db, sizeof db, "%s/x.key", dir);
+        unlink(db);
+    }
+    rmdir(dir);
+}
+
+/* ==== the JSON scanner (protocol/json_scan.c) ============================= */
+
+#define JS_MAX_MEMBERS 16
+
+typedef struct js_members {
+    veil_json_member m[JS_MAX_MEMBERS];
+    size_t n;
+} js_members;
+
+static int js_collect(void *ctx, const char *text, const veil_json_member *m)
+{
+    js_members *c = ctx;
+
+    (void)text;
+    if (c->n < JS_MAX_MEMBERS)
+        c->m[c->n] = *m;
+    c->n++;
+    return 0;
+}
+
+static veil_json_rc js_scan(const char *text, size_t len, js_members *out)
+{
+    memset(out, 0, sizeof *out);
+    return veil_json_scan_object(text, len, js_collect, out, NULL, NULL, NULL);
+}
+
+static void test_json_grammar(void)
+{
+    static const struct {
+        const char *text; /* NUL-terminated */
+        veil_json_rc want;
+    } cases[] = {
+        {"{}", VEIL_JSON_OK},
+        {" \t\r\n{ } \n", VEIL_JSON_OK},
+        {"{\"a\":[1,-0,0.5,1e9,1E+2,-2.5e-3,true,false,null,{},[]]}",
+         VEIL_JSON_OK},
+        {"{\"a\":\"\\u0000 \\ud800 \\udc00 \\ud83d\\ude00 \\\" \\\\ \\/ \\b\\f"
+         "\\n\\r\\t\"}",
+         VEIL_JSON_OK},
+        {"{\"a\":\"\xe2\x80\xa8 \xf0\x9f\x99\x82 \xc3\xa9 \x7f\"}",
+         VEIL_JSON_OK},
+        {"{\"a\":{\"x\":1,\"x\":2}}", VEIL_JSON_OK}, /* only the top level */
+        {"", VEIL_JSON_SYNTAX},
+        {"   ", VEIL_JSON_SYNTAX},
+        {"{", VEIL_JSON_SYNTAX},
+        {"{\"a\":01}", VEIL_JSON_SYNTAX},
+        {"{\"a\":1,}", VEIL_JSON_SYNTAX},
+        {"{,}", VEIL_JSON_SYNTAX},
+        {"{\"a\" 1}", VEIL_JSON_SYNTAX},
+        {"{'a':1}", VEIL_JSON_SYNTAX},
+        {"{a:1}", VEIL_JSON_SYNTAX},
+        {"{\"a\":+1}", VEIL_JSON_SYNTAX},
+        {"{\"a\":1.}", VEIL_JSON_SYNTAX},
+        {"{\"a\":.5}", VEIL_JSON_SYNTAX},
+        {"{\"a\":1e}", VEIL_JSON_SYNTAX},
+        {"{\"a\":-}", VEIL_JSON_SYNTAX},
+        {"{\"a\":NaN}", VEIL_JSON_SYNTAX},
+        {"{\"a\":tru}", VEIL_JSON_SYNTAX},
+        {"{\"a\":nul}", VEIL_JSON_SYNTAX},
+        {"{\"a\":\"\\x\"}", VEIL_JSON_SYNTAX},
+        {"{\"a\":\"\\u12\"}", VEIL_JSON_SYNTAX},
+        {"{\"a\":\"\\u12g4\"}", VEIL_JSON_SYNTAX},
+        {"{\"a\":\"tab\there\"}", VEIL_JSON_SYNTAX},
+        {"{\"a\":\"unterminated}", VEIL_JSON_SYNTAX},
+        {"{\"a\":1}x", VEIL_JSON_SYNTAX},
+        {"{\"a\":1} {}", VEIL_JSON_SYNTAX},
+        {"{\"a\":[1,]}", VEIL_JSON_SYNTAX},
+        {"{\"a\":[1 2]}", VEIL_JSON_SYNTAX},
+        {"{\"a\":[1}", VEIL_JSON_SYNTAX},
+        {"{\"a\":{]}", VEIL_JSON_SYNTAX},
+        {"\xef\xbb\xbf{}", VEIL_JSON_SYNTAX},         /* a byte-order mark */
+        {"{\"a\":\"\xc0\xaf\"}", VEIL_JSON_UTF8},     /* overlong */
+        {"{\"a\":\"\xed\xa0\x80\"}", VEIL_JSON_UTF8}, /* a raw surrogate */
+        {"{\"a\":\"\xf4\x90\x80\x80\"}", VEIL_JSON_UTF8}, /* > U+10FFFF */
+        {"{\"a\":\"\xe2\x80\"}", VEIL_JSON_UTF8},         /* cut short */
+        {"{\"\xff\":1}", VEIL_JSON_UTF8},
+        {"[1]", VEIL_JSON_NOT_OBJECT},
+        {"\"s\"", VEIL_JSON_NOT_OBJECT},
+        {"1", VEIL_JSON_NOT_OBJECT},
+        {"{\"a\":1,\"a\":2}", VEIL_JSON_DUPLICATE},
+        {"{\"a\":1,\"b\":2,\"\\u0061\":3}", VEIL_JSON_DUPLICATE},
+        {"{\"\\ud800\":1,\"\\uD800\":2}", VEIL_JSON_DUPLICATE},
+        {"{\"\\ud83d\\ude00\":1,\"\xf0\x9f\x98\x80\":2}", VEIL_JSON_DUPLICATE},
+        {"{\"\\/\":1,\"/\":2}", VEIL_JSON_DUPLICATE},
+        {"{\"\\ud800\":1,\"\\udc00\":2,\"\\ud800\\udc00\":3}", VEIL_JSON_OK},
+        {"{\"a\":1,\"A\":2,\"a \":3}", VEIL_JSON_OK},
+    };
+    js_members c;
+
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        veil_json_rc rc = js_scan(cases[i].text, strlen(cases[i].text), &c);
+
+        if (rc != cases[i].want)
+            fprintf(stderr, "case %zu: %s, want %s\n", i, veil_json_rc_text(rc),
+                    veil_json_rc_text(cases[i].want));
+        CU_ASSERT_EQUAL(rc, cases[i].want);
+    }
+    /* a U+0000 byte in the text itself is a control character */
+    CU_ASSERT_EQUAL(js_scan("{\"a\":\"\0\"}", 9, &c), VEIL_JSON_SYNTAX);
+    /* len is what counts, not a NUL */
+    CU_ASSERT_EQUAL(js_scan("{\"a\":1}GARBAGE", 7, &c), VEIL_JSON_OK);
+    CU_ASSERT_EQUAL(veil_json_scan("[1,{\"a\":[]}]", 12, NULL), VEIL_JSON_OK);
+    CU_ASSERT_EQUAL(veil_json_scan("[1,{\"a\":[]}", 11, NULL),
+                    VEIL_JSON_SYNTAX);
+}
+
+/* VEIL_JSON_MAX_DEPTH levels are fine, one more is not; 10^6 of them cost
+ * no stack. */
+static void test_json_depth(void)
+{
+    size_t deep = 1000000, len;
+    char *t = malloc(2 * deep + 16);
+    size_t n = 0;
+    js_members c;
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(t);
+    for (unsigned extra = 0; extra < 2; extra++) {
+        size_t levels = VEIL_JSON_MAX_DEPTH - 1 + extra; /* + the object */
+
+        n = 0;
+        n += (size_t)snprintf(t, 8, "{\"a\":");
+        memset(t + n, '[', levels);
+        n += levels;
+        memset(t + n, ']', levels);
+        n += levels;
+        t[n++] = '}';
+        CU_ASSERT_EQUAL(js_scan(t, n, &c),
+                        extra ? VEIL_JSON_DEPTH : VEIL_JSON_OK);
+    }
+    memset(t, '[', deep);
+    memset(t + deep, ']', deep);
+    len = 2 * deep;
+    CU_ASSERT_EQUAL(veil_json_scan(t, len, NULL), VEIL_JSON_DEPTH);
+    free(t);
+}
+
+static void test_json_members(void)
+{
+    static const char text[] =
+        "{ \"model\" : \"m\\u00e9\\u0000x\" , \"MOD\\u0045L\":1,\"n\":[1,{}]}";
+    js_members c;
+    size_t open = 9, close = 0, where;
+    char v[16];
+
+    CU_ASSERT_EQUAL_FATAL(veil_json_scan_object(text, strlen(text), js_collect,
+                                                &c, &open, &close, &where),
+                          VEIL_JSON_OK);
+    memset(&c, 0, sizeof c);
+    CU_ASSERT_EQUAL_FATAL(js_scan(text, strlen(text), &c), VEIL_JSON_OK);
+    CU_ASSERT_EQUAL(open, 0);
+    CU_ASSERT_EQUAL(close, strlen(text) - 1);
+    CU_ASSERT_EQUAL_FATAL(c.n, 3);
+    CU_ASSERT_EQUAL(c.m[0].key, 2);
+    CU_ASSERT_EQUAL(c.m[0].key_end, 9);
+    CU_ASSERT_EQUAL(c.m[0].value, 12);
+    CU_ASSERT_EQUAL(text[c.m[0].value_end - 1], '"');
+    CU_ASSERT_EQUAL(c.m[0].prev_end, 1);
+    CU_ASSERT_EQUAL(c.m[1].prev_end, c.m[0].value_end);
+    CU_ASSERT_TRUE(veil_json_key_is(text, &c.m[0], "model"));
+    CU_ASSERT_FALSE(veil_json_key_is(text, &c.m[0], "mode"));
+    CU_ASSERT_FALSE(veil_json_key_is(text, &c.m[0], "models"));
+    CU_ASSERT_FALSE(veil_json_key_is(text, &c.m[1], "model"));
+    CU_ASSERT_TRUE(veil_json_key_is_nocase(text, &c.m[1], "model"));
+    CU_ASSERT_EQUAL(veil_json_string_value(text, &c.m[0], v, sizeof v), 5);
+    CU_ASSERT_EQUAL(memcmp(v, "m\xc3\xa9\0x", 6), 0);
+    CU_ASSERT_EQUAL(veil_json_string_value(text, &c.m[0], v, 5), -1);
+    CU_ASSERT_EQUAL(veil_json_string_value(text, &c.m[1], v, sizeof v), -1);
+    /* the duplicate's place: the later key */
+    CU_ASSERT_EQUAL(veil_json_scan_object("{\"a\":1,\"b\":2,\"a\":3}", 19, NULL,
+                                          NULL, NULL, NULL, &where),
+                    VEIL_JSON_DUPLICATE);
+    CU_ASSERT_EQUAL(where, 13);
+}
+
+/* Removing any set of members leaves an object, every other byte kept. */
+static void test_json_remove(void)
+{
+    static const char text[] = "{\"a\":1, \"b\":[2] ,\"c\":{\"d\":3}\n}";
+    static const struct {
+        unsigned set; /* bit i: member i goes */
+        const char *want;
+    } cases[] = {
+        {0, "{\"a\":1, \"b\":[2] ,\"c\":{\"d\":3}\n}"},
+        {1, "{\"b\":[2] ,\"c\":{\"d\":3}\n}"},
+        {2, "{\"a\":1, \"c\":{\"d\":3}\n}"},
+        {4, "{\"a\":1, \"b\":[2]\n}"},
+        {3, "{\"c\":{\"d\":3}\n}"},
+        {5, "{\"b\":[2]\n}"},
+        {6, "{\"a\":1\n}"},
+        {7, "{\n}"},
+    };
+    js_members c;
+
+    CU_ASSERT_EQUAL_FATAL(js_scan(text, strlen(text), &c), VEIL_JSON_OK);
+    CU_ASSERT_EQUAL_FATAL(c.n, 3);
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        veil_json_member rm[3];
+        veil_json_edit e[4];
+        size_t n = 0, ne, len;
+        char out[64];
+        js_members after;
+
+        for (unsigned b = 0; b < 3; b++)
+            if (cases[i].set & (1u << b))
+                rm[n++] = c.m[b];
+        ne = veil_json_remove_members(text, strlen(text), rm, n, e);
+        CU_ASSERT_TRUE(ne <= n);
+        /* and a member added before the brace */
+        e[ne++] = (veil_json_edit){strlen(text) - 1, 0, "", 0};
+        len = veil_json_spliced_len(strlen(text), e, ne);
+        CU_ASSERT_FATAL(len < sizeof out);
+        veil_json_splice(text, strlen(text), e, ne, out);
+        out[len] = '\0';
+        if (strcmp(out, cases[i].want) != 0)
+            fprintf(stderr, "case %zu: got '%s'\n", i, out);
+        CU_ASSERT_STRING_EQUAL(out, cases[i].want);
+        CU_ASSERT_EQUAL(js_scan(out, len, &after), VEIL_JSON_OK);
+    }
+    /* edits out of order or past the end are refused */
+    {
+        veil_json_edit bad[2] = {{5, 1, NULL, 0}, {4, 1, NULL, 0}};
+
+        CU_ASSERT_EQUAL(veil_json_spliced_len(10, bad, 2), (size_t)-1);
+        bad[1] = (veil_json_edit){9, 2, NULL, 0};
+        CU_ASSERT_EQUAL(veil_json_spliced_len(10, bad, 2), (size_t)-1);
+    }
+}
+
 /* ==== main ================================================================ */
 
 int main(void)
@@ -1670,6 +1977,7 @@ int main(void)
         {"full, then free again", test_strikes_full},
         {"10x capacity, bounded memory", test_strikes_bounded},
         {"threads", test_strikes_threads},
+        {"in a file: reopened, checked", test_strikes_file},
     };
     static const tu_test signlog[] = {
         {"put, get, unknown IDs", test_signlog_basic},
@@ -1677,6 +1985,12 @@ int main(void)
         {"capacity: the oldest go first", test_signlog_capacity},
         {"the same ID twice", test_signlog_same_id},
         {"threads", test_signlog_threads},
+    };
+    static const tu_test json[] = {
+        {"strict RFC 8259, duplicate keys", test_json_grammar},
+        {"depth bounded, no recursion", test_json_depth},
+        {"members, keys, string values", test_json_members},
+        {"removing members, splicing", test_json_remove},
     };
     static const tu_test rate[] = {
         {"burst, refusal, refill", test_rate_burst},
@@ -1695,6 +2009,7 @@ int main(void)
     TU_ADD_SUITE("replay register", NULL, NULL, strikes);
     TU_ADD_SUITE("rate limits", NULL, NULL, rate);
     TU_ADD_SUITE("signature store", NULL, NULL, signlog);
+    TU_ADD_SUITE("JSON scanner", NULL, NULL, json);
     rc = tu_run_tests();
     for (size_t i = 0; i < sizeof scratch_files / sizeof scratch_files[0];
          i++) {

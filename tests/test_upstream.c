@@ -238,9 +238,12 @@ static char *chat_request(const char *model, const char *content,
 static void call(const gw_config *cfg, const gw_model *m, const char *model,
                  const char *content, const char *extra, gw_upstream_result *r)
 {
-    char *req = chat_request(model, content, extra);
+    char *req = chat_request(model, content, extra), why[320];
+    gw_request rq;
 
-    gw_upstream_call(cfg, m, req, strlen(req), r);
+    CU_ASSERT_EQUAL_FATAL(
+        gw_request_scan(cfg, req, strlen(req), &rq, why, sizeof why), 0);
+    gw_upstream_call(cfg, m, req, strlen(req), &rq, NULL, r);
     free(req);
 }
 
@@ -500,24 +503,48 @@ static void test_stream_off(void)
     result_free(&r);
 }
 
+/* The request scan (gw_request_scan) is the gate: what it refuses never
+ * reaches gw_upstream_call, so never the backend. */
 static void test_bad_request(void)
 {
+    static const struct {
+        const char *text, *why;
+    } bad[] = {
+        {"{\"model\":", "not a JSON object: not valid JSON at byte 9"},
+        {"[1,2]", "the decrypted request is not a JSON object"},
+        {"{\"model\":\"a\",\"model\":\"b\"}", "has a key twice"},
+        {"{\"model\":\"a\",\"mod\\u0065l\":\"b\"}", "has a key twice"},
+        {"{\"model\":\"a\",\"MODEL\":\"b\"}",
+         "has a key \"model\" in another case"},
+        {"{\"Stream\":true,\"model\":\"a\"}",
+         "has a key \"stream\" in another case"},
+        {"{\"model\":\"a\"}\n{}", "not valid JSON at byte 14"},
+        {"{\"model\":\"a\xc0\xaf\"}", "not valid UTF-8"},
+    };
     gw_config cfg = make_cfg(30);
-    gw_model m = make_model("mock-bad", plain.base, NULL);
-    gw_upstream_result r;
-    unsigned long before = 0, after = 0, conns;
+    gw_request rq;
+    char why[320];
 
-    CU_ASSERT_EQUAL(mock_stats(&plain, &before, &conns), 0);
-    gw_upstream_call(&cfg, &m, "{\"model\":", 9, &r);
-    expect(&r, 400, "request is not a chat completion request: not JSON");
-    result_free(&r);
-    gw_upstream_call(&cfg, &m, "[1,2]", 5, &r);
-    expect(&r, 400,
-           "request is not a chat completion request: not a JSON object");
-    result_free(&r);
-    /* neither went to the backend */
-    CU_ASSERT_EQUAL(mock_stats(&plain, &after, &conns), 0);
-    CU_ASSERT_EQUAL(after, before); /* /mock/stats is not counted */
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        CU_ASSERT_EQUAL(gw_request_scan(&cfg, bad[i].text, strlen(bad[i].text),
+                                        &rq, why, sizeof why),
+                        -1);
+        if (strstr(why, bad[i].why) == NULL)
+            fprintf(stderr, "case %zu: '%s' lacks '%s'\n", i, why, bad[i].why);
+        CU_ASSERT_PTR_NOT_NULL(strstr(why, bad[i].why));
+    }
+    /* and what it takes */
+    {
+        static const char ok[] =
+            "{\"messages\":[],\"model\":\"m\\u00e9\",\"stream\":true}";
+
+        CU_ASSERT_EQUAL(
+            gw_request_scan(&cfg, ok, strlen(ok), &rq, why, sizeof why), 0);
+        CU_ASSERT_EQUAL(rq.model_len, 3);
+        CU_ASSERT_STRING_EQUAL(rq.model, "m\xc3\xa9");
+        CU_ASSERT_TRUE(rq.stream);
+        CU_ASSERT_EQUAL(rq.members, 3);
+    }
 }
 
 /* ---- echo --------------------------------------------------------------- */
@@ -627,14 +654,20 @@ static void test_echo_bad(void)
     gw_config cfg = make_cfg(30);
     gw_model m = make_model("echo", "echo", NULL);
     gw_upstream_result r;
-    char want[200];
+    gw_request rq;
+    char want[200], scan_why[320];
 
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         char *a = gw_echo_answer(bad[i], strlen(bad[i]));
 
         CU_ASSERT_PTR_NULL(a);
         free(a);
-        gw_upstream_call(&cfg, &m, bad[i], strlen(bad[i]), &r);
+        if (i < 3) /* not objects: the request scan refuses them */
+            continue;
+        CU_ASSERT_EQUAL_FATAL(gw_request_scan(&cfg, bad[i], strlen(bad[i]), &rq,
+                                              scan_why, sizeof scan_why),
+                              0);
+        gw_upstream_call(&cfg, &m, bad[i], strlen(bad[i]), &rq, NULL, &r);
         snprintf(want, sizeof want,
                  "request is not a chat completion request: %s", why[i]);
         expect(&r, 400, want);

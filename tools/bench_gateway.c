@@ -30,7 +30,8 @@
  * client, in shuffled order: latency medians and ratios.
  *
  * Memory: a fresh veild, VmRSS when idle, then waves of 64 concurrent
- * 1 MiB requests while VmRSS is sampled; VmHWM at the end.
+ * 1 MiB requests while VmRSS is sampled; VmHWM at the end.  Then the same
+ * with many small values: a short prompt beside 1 MiB of [0,0,...].
  *
  * veil-bench attest (bench_attest_run, at the end): what signing and TPM
  * attestation add to the latency of one answer.  Four veild instances
@@ -92,6 +93,7 @@
 #define MEM_PROMPT (1024u * 1024u)
 #define MEM_CLIENTS 64
 #define MEM_BODY_LIMIT "2M"
+#define MEM_BODY_LIMIT_MIB 2.0
 #define MAX_CORES 64
 #define TARGET_CLIENTS 64
 #define TARGET_RATIO 0.80
@@ -127,6 +129,7 @@ typedef struct veild_proc {
     char url[64];
     char log[PATH_MAX + 64];
     char port_file[PATH_MAX + 64];
+    char state_dir[PATH_MAX + 64]; /* its replay register */
 } veild_proc;
 
 /* A server key and the veild serving it. */
@@ -423,9 +426,10 @@ typedef struct item {
     uint32_t seq;
     pkg_kind kind;
     size_t prompt_len;
-    const char *tier; /* X-Security-Tier; NULL: "standard", and the W_
-                         checks are skipped (gateway) */
-    unsigned want;    /* W_ flags, when tier is set */
+    const char *tier;    /* X-Security-Tier; NULL: "standard", and the W_
+                            checks are skipped (gateway) */
+    unsigned want;       /* W_ flags, when tier is set */
+    size_t small_values; /* > 0: bytes of a top-level "x": [0,0,...] */
 } item;
 
 static void item_clear(item *it)
@@ -442,14 +446,27 @@ static int item_seal(const gw *g, EVP_PKEY *to, item *it)
         "{\"model\":\"" MODEL "\",\"messages\":[{\"role\":\"user\","
         "\"content\":\"";
     static const char post[] = "\"}]}";
-    size_t n = sizeof pre - 1 + it->prompt_len + sizeof post - 1;
-    char *req = malloc(n + 1);
+    static const char x[] = "\"}],\"x\":[";
+    size_t k = it->small_values / 2; /* "0," each */
+    size_t n = sizeof pre - 1 + it->prompt_len +
+               (k ? sizeof x - 1 + 2 * k + 1 : sizeof post - 1);
+    char *req = malloc(n + 1), *p;
 
     if (!req)
         return oom_fail();
     memcpy(req, pre, sizeof pre - 1);
     fill_prompt(req + sizeof pre - 1, it->prompt_len, g->salt, it->seq);
-    memcpy(req + sizeof pre - 1 + it->prompt_len, post, sizeof post);
+    p = req + sizeof pre - 1 + it->prompt_len;
+    if (k) {
+        /* many small values next to the messages: "x":[0,0,...,0] */
+        memcpy(p, x, sizeof x - 1);
+        p += sizeof x - 1;
+        for (size_t i = 0; i < k; i++, p += 2)
+            memcpy(p, i + 1 < k ? "0," : "0]", 2);
+        memcpy(p, "}", 2);
+    } else {
+        memcpy(p, post, sizeof post);
+    }
     item_clear(it);
     it->pkg = seal_pkg(to, it->kind, (const uint8_t *)req, n, &it->len);
     free(req);
@@ -804,6 +821,8 @@ static int veild_start(const gw *g, veild_proc *v, const char *name,
     snprintf(v->log, sizeof v->log, "%s/veild-%s.log", g->dir, name);
     snprintf(v->port_file, sizeof v->port_file, "%s/veild-%s.port", g->dir,
              name);
+    snprintf(v->state_dir, sizeof v->state_dir, "%s/veild-%s.state", g->dir,
+             name);
     snprintf(cap, sizeof cap, "%u", replay_cap);
     snprintf(workers, sizeof workers, "%u", o->workers);
     argv[n++] = o->veild;
@@ -821,6 +840,8 @@ static int veild_start(const gw *g, veild_proc *v, const char *name,
     argv[n++] = "1000000";
     argv[n++] = "--replay-capacity";
     argv[n++] = cap;
+    argv[n++] = "--state-dir";
+    argv[n++] = v->state_dir;
     argv[n++] = "--body-limit";
     argv[n++] = body_limit;
     argv[n++] = "--log-level";
@@ -1529,8 +1550,10 @@ static double mib(unsigned long kib)
 }
 
 /* A fresh veild; VmRSS after one small request; then waves of MEM_CLIENTS
- * concurrent 1 MiB requests (one new connection each). */
-static int run_memory(const gw *g, target *t, unsigned *seq)
+ * concurrent 1 MiB requests (one new connection each): a 1 MiB prompt, or
+ * with small_values a short prompt beside 1 MiB of [0,0,...] (the body
+ * that made one cJSON tree per request cost ~85 times its size). */
+static int run_memory(const gw *g, target *t, unsigned *seq, int small_values)
 {
     unsigned w, i, nw = g->o->mem_waves;
     unsigned long idle_rss, hwm, after_rss = 0;
@@ -1547,9 +1570,16 @@ static int run_memory(const gw *g, target *t, unsigned *seq)
     errs_init(&er);
     if (!clients || !items || !lat)
         goto out;
-    if (veild_start(g, &t->v, "memory", t, 1u << 18, MEM_BODY_LIMIT) != 0)
+    if (veild_start(g, &t->v, small_values ? "memory-small" : "memory", t,
+                    1u << 18, MEM_BODY_LIMIT) != 0)
         goto out;
     started = 1;
+    if (small_values)
+        printf("# memory, many small values: as below, but each request is a "
+               "short prompt\n"
+               "#   beside \"x\": [0,0,...] of 1 MiB (half a million "
+               "values); target: peak above idle\n"
+               "#   <= 4 x body_limit x workers\n");
     printf("# memory: a fresh veild (%s key, body_limit %s, workers %u%s, "
            "replay_capacity 262144),\n"
            "#   VmRSS and VmHWM from /proc/%ld/status; idle = VmRSS after one "
@@ -1592,8 +1622,11 @@ static int run_memory(const gw *g, target *t, unsigned *seq)
 
     for (w = 0; w < nw; w++) {
         for (i = 0; i < MEM_CLIENTS; i++)
-            items[i] = (item){
-                .seq = (*seq)++, .kind = K_VALID, .prompt_len = MEM_PROMPT};
+            items[i] =
+                (item){.seq = (*seq)++,
+                       .kind = K_VALID,
+                       .prompt_len = small_values ? SMALL_PROMPT : MEM_PROMPT,
+                       .small_values = small_values ? MEM_PROMPT : 0};
         if (seal_all(g, t->pub, items, MEM_CLIENTS) != 0)
             goto out;
         for (i = 0; i < MEM_CLIENTS; i++)
@@ -1638,10 +1671,23 @@ static int run_memory(const gw *g, target *t, unsigned *seq)
     }
     above = mib(hwm) - mib(idle_rss);
     errs_text(&er, etext, sizeof etext);
-    printf("%-36s %9.1f MiB  target < %.0f  %s\n", "memory peak above idle",
-           above, TARGET_MEM_MIB,
-           above < TARGET_MEM_MIB ? (errs_total(&er) ? "ok, but ERRORS" : "ok")
-                                  : "BELOW");
+    if (small_values) {
+        unsigned workers =
+            g->o->workers ? g->o->workers : VEILD_WORKERS_DEFAULT;
+        double goal = 4.0 * MEM_BODY_LIMIT_MIB * workers;
+
+        printf("%-36s %9.1f MiB  target <= %.0f (4 x %g MiB x %u)  %s\n",
+               "memory peak above idle, small values", above, goal,
+               MEM_BODY_LIMIT_MIB, workers,
+               above <= goal ? (errs_total(&er) ? "ok, but ERRORS" : "ok")
+                             : "BELOW");
+    } else {
+        printf("%-36s %9.1f MiB  target < %.0f  %s\n", "memory peak above idle",
+               above, TARGET_MEM_MIB,
+               above < TARGET_MEM_MIB
+                   ? (errs_total(&er) ? "ok, but ERRORS" : "ok")
+                   : "BELOW");
+    }
     printf("#   after the last wave: %.1f MiB above idle; errors: %s\n",
            mib(after_rss) - mib(idle_rss), etext);
     errs_print_first(&er);
@@ -2001,10 +2047,10 @@ static int make_dir(gw *g)
 /* Removes the logs and port files we made, then the directory. */
 static void remove_dir(gw *g)
 {
-    static const char *const names[] = {"sw",       "token",    "memory",
-                                        "attest-a", "attest-b", "attest-c",
-                                        "attest-d"};
-    char path[PATH_MAX + 64];
+    static const char *const names[] = {
+        "sw",       "token",    "memory",   "memory-small",
+        "attest-a", "attest-b", "attest-c", "attest-d"};
+    char path[PATH_MAX + 96];
 
     if (!g->have_dir)
         return;
@@ -2014,6 +2060,12 @@ static void remove_dir(gw *g)
                      pf ? "port" : "log");
             unlink(path);
         }
+        /* the state directory: its replay register */
+        snprintf(path, sizeof path, "%s/veild-%s.state/replay.db", g->dir,
+                 names[i]);
+        unlink(path);
+        snprintf(path, sizeof path, "%s/veild-%s.state", g->dir, names[i]);
+        rmdir(path);
     }
     if (rmdir(g->dir) != 0)
         fprintf(stderr, "veil-bench: rmdir %s: %s\n", g->dir, strerror(errno));
@@ -2159,7 +2211,10 @@ int bench_gateway_run(const bench_opts *o)
     if (o->mem_waves) {
         t_mem = t_sw;
         memset(&t_mem.v, 0, sizeof t_mem.v);
-        if (run_memory(&g, &t_mem, &seq) != 0)
+        if (run_memory(&g, &t_mem, &seq, 0) != 0)
+            goto out;
+        memset(&t_mem.v, 0, sizeof t_mem.v);
+        if (run_memory(&g, &t_mem, &seq, 1) != 0)
             goto out;
     }
     failed = 0;

@@ -4,8 +4,9 @@
 # --tls, and stops every one it started, by PID.
 #
 #   veild_start [NAME] [--tls] [veild flags...]
-#       runs veild --port 0 --port-file ... with the flags given (at least
-#       --server-key and --model); waits (polling, at most 15 s) for the
+#       runs veild --port 0 --port-file ... --state-dir $VEIL_TEST_DIR/
+#       veild-NAME.state --replay-capacity 65536 with the flags given (at
+#       least --server-key and --model; later flags win); waits (polling, at most 15 s) for the
 #       port file; sets VEILD_URL (http://127.0.0.1:PORT, https:// with
 #       --tls), VEILD_PORT, VEILD_LOG (veild's log: $VEIL_TEST_DIR/
 #       veild-NAME.log), VEILD_PID and, with --tls, VEILD_CA (the CA
@@ -42,7 +43,9 @@ veild_start() {
     local pf="$VEIL_TEST_DIR/veild-$name.port"
     VEILD_LOG="$VEIL_TEST_DIR/veild-$name.log"
     rm -f "$pf"
-    "$VEIL_BUILDDIR/veild" --port 0 --port-file "$pf" "${tls[@]}" "$@" \
+    "$VEIL_BUILDDIR/veild" --port 0 --port-file "$pf" \
+        --state-dir "$VEIL_TEST_DIR/veild-$name.state" --replay-capacity 65536 \
+        "${tls[@]}" "$@" \
         >"$VEILD_LOG" 2>&1 </dev/null &
     pid=$!
     VEILD_PIDS+=("$pid")

@@ -1,0 +1,667 @@
+/* The strict JSON scanner: see json_scan.h.
+ *
+ * One loop over the text with an explicit stack (one bit per level: object
+ * or array), so no input can make it recurse.  Keys of the top-level
+ * object are kept as 4-byte offsets; once the text is scanned they are
+ * sorted by their unescaped bytes and neighbours compared.
+ *
+ * Unescaped bytes: a string's raw UTF-8 is taken as it is; \uXXXX becomes
+ * the UTF-8 of its code point (a surrogate pair one 4-byte character);
+ * an escaped lone surrogate becomes the 3 bytes its code unit would have
+ * in UTF-8, which raw (strict) UTF-8 never holds, so two keys give the
+ * same bytes exactly when they are the same string. */
+#include "config.h"
+
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "json_scan.h"
+
+const char *veil_json_rc_text(veil_json_rc rc)
+{
+    static const char *const text[] = {
+        [VEIL_JSON_OK] = "valid",
+        [VEIL_JSON_SYNTAX] = "not valid JSON",
+        [VEIL_JSON_UTF8] = "not valid UTF-8",
+        [VEIL_JSON_DEPTH] = "nested too deeply",
+        [VEIL_JSON_NOT_OBJECT] = "not a JSON object",
+        [VEIL_JSON_DUPLICATE] = "a key appears twice",
+        [VEIL_JSON_TOO_BIG] = "too large",
+        [VEIL_JSON_STOPPED] = "stopped",
+        [VEIL_JSON_NOMEM] = "out of memory",
+    };
+    return (unsigned)rc < sizeof text / sizeof text[0] ? text[rc] : "?";
+}
+
+/* ---- lexical pieces ---------------------------------------------------- */
+
+static int is_ws(unsigned char c)
+{
+    return c == ' ' || c == '\t' || c == '\n' || c == '\r';
+}
+
+static size_t skip_ws(const unsigned char *s, size_t len, size_t i)
+{
+    while (i < len && is_ws(s[i]))
+        i++;
+    return i;
+}
+
+static int hex_val(unsigned char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+/* Four hex digits at s (the caller made sure there are four bytes). */
+static long hex4(const unsigned char *s)
+{
+    long v = 0;
+
+    for (int k = 0; k < 4; k++) {
+        int h = hex_val(s[k]);
+
+        if (h < 0)
+            return -1;
+        v = v * 16 + h;
+    }
+    return v;
+}
+
+/* Length of the UTF-8 sequence at s (at most n bytes), 0 if invalid
+ * (RFC 3629: no overlong form, no surrogate, nothing past U+10FFFF). */
+static size_t utf8_seq(const unsigned char *s, size_t n)
+{
+    unsigned c = s[0];
+    size_t want;
+
+    if (c < 0x80)
+        return 1;
+    if (c >= 0xc2 && c <= 0xdf)
+        want = 2;
+    else if (c >= 0xe0 && c <= 0xef)
+        want = 3;
+    else if (c >= 0xf0 && c <= 0xf4)
+        want = 4;
+    else
+        return 0;
+    if (want > n)
+        return 0;
+    for (size_t k = 1; k < want; k++)
+        if ((s[k] & 0xc0) != 0x80)
+            return 0;
+    if (want == 3 && ((c == 0xe0 && s[1] < 0xa0) || (c == 0xed && s[1] > 0x9f)))
+        return 0;
+    if (want == 4 && ((c == 0xf0 && s[1] < 0x90) || (c == 0xf4 && s[1] > 0x8f)))
+        return 0;
+    return want;
+}
+
+/* A string starting at s[i] == '"': *end just past its closing quote. */
+static veil_json_rc scan_string(const unsigned char *s, size_t len, size_t i,
+                                size_t *end)
+{
+    i++;
+    while (i < len) {
+        unsigned char c = s[i];
+
+        if (c == '"') {
+            *end = i + 1;
+            return VEIL_JSON_OK;
+        }
+        if (c < 0x20) {
+            *end = i;
+            return VEIL_JSON_SYNTAX;
+        }
+        if (c == '\\') {
+            if (i + 1 >= len)
+                break;
+            switch (s[i + 1]) {
+            case '"':
+            case '\\':
+            case '/':
+            case 'b':
+            case 'f':
+            case 'n':
+            case 'r':
+            case 't':
+                i += 2;
+                continue;
+            case 'u':
+                if (len - i < 6 || hex4(s + i + 2) < 0) {
+                    *end = i;
+                    return VEIL_JSON_SYNTAX;
+                }
+                i += 6;
+                continue;
+            default:
+                *end = i;
+                return VEIL_JSON_SYNTAX;
+            }
+        }
+        if (c < 0x80) {
+            i++;
+            continue;
+        }
+        size_t n = utf8_seq(s + i, len - i);
+
+        if (n == 0) {
+            *end = i;
+            return VEIL_JSON_UTF8;
+        }
+        i += n;
+    }
+    *end = len;
+    return VEIL_JSON_SYNTAX;
+}
+
+static int is_digit(unsigned char c)
+{
+    return c >= '0' && c <= '9';
+}
+
+/* A number starting at s[i]: *end just past it. */
+static veil_json_rc scan_number(const unsigned char *s, size_t len, size_t i,
+                                size_t *end)
+{
+    if (i < len && s[i] == '-')
+        i++;
+    if (i < len && s[i] == '0') {
+        i++;
+    } else if (i < len && s[i] >= '1' && s[i] <= '9') {
+        while (i < len && is_digit(s[i]))
+            i++;
+    } else {
+        *end = i;
+        return VEIL_JSON_SYNTAX;
+    }
+    if (i < len && s[i] == '.') {
+        i++;
+        if (i >= len || !is_digit(s[i])) {
+            *end = i;
+            return VEIL_JSON_SYNTAX;
+        }
+        while (i < len && is_digit(s[i]))
+            i++;
+    }
+    if (i < len && (s[i] == 'e' || s[i] == 'E')) {
+        i++;
+        if (i < len && (s[i] == '+' || s[i] == '-'))
+            i++;
+        if (i >= len || !is_digit(s[i])) {
+            *end = i;
+            return VEIL_JSON_SYNTAX;
+        }
+        while (i < len && is_digit(s[i]))
+            i++;
+    }
+    *end = i;
+    return VEIL_JSON_OK;
+}
+
+static veil_json_rc scan_literal(const unsigned char *s, size_t len, size_t i,
+                                 size_t *end)
+{
+    static const char *const words[] = {"true", "false", "null"};
+
+    for (size_t k = 0; k < sizeof words / sizeof words[0]; k++) {
+        size_t n = strlen(words[k]);
+
+        if (len - i >= n && memcmp(s + i, words[k], n) == 0) {
+            *end = i + n;
+            return VEIL_JSON_OK;
+        }
+    }
+    *end = i;
+    return VEIL_JSON_SYNTAX;
+}
+
+/* ---- unescaped bytes of a string --------------------------------------- */
+
+/* Yields the unescaped bytes of a string already checked by scan_string. */
+typedef struct unesc {
+    const unsigned char *p; /* next byte of the text */
+    unsigned char pend[4];  /* bytes of the current escape still to give */
+    int n_pend, i_pend;
+} unesc;
+
+static void unesc_init(unesc *u, const char *text, size_t open_quote)
+{
+    u->p = (const unsigned char *)text + open_quote + 1;
+    u->n_pend = u->i_pend = 0;
+}
+
+static int put_utf8(unsigned char *out, unsigned long cp)
+{
+    if (cp < 0x80) {
+        out[0] = (unsigned char)cp;
+        return 1;
+    }
+    if (cp < 0x800) {
+        out[0] = (unsigned char)(0xc0 | (cp >> 6));
+        out[1] = (unsigned char)(0x80 | (cp & 0x3f));
+        return 2;
+    }
+    if (cp < 0x10000) { /* lone surrogates too: see the top of the file */
+        out[0] = (unsigned char)(0xe0 | (cp >> 12));
+        out[1] = (unsigned char)(0x80 | ((cp >> 6) & 0x3f));
+        out[2] = (unsigned char)(0x80 | (cp & 0x3f));
+        return 3;
+    }
+    out[0] = (unsigned char)(0xf0 | (cp >> 18));
+    out[1] = (unsigned char)(0x80 | ((cp >> 12) & 0x3f));
+    out[2] = (unsigned char)(0x80 | ((cp >> 6) & 0x3f));
+    out[3] = (unsigned char)(0x80 | (cp & 0x3f));
+    return 4;
+}
+
+/* The next unescaped byte, or -1 at the closing quote. */
+static int unesc_next(unesc *u)
+{
+    unsigned long cp;
+
+    if (u->i_pend < u->n_pend)
+        return u->pend[u->i_pend++];
+    if (*u->p == '"')
+        return -1;
+    if (*u->p != '\\')
+        return *u->p++;
+    switch (u->p[1]) {
+    case 'b':
+        u->p += 2;
+        return '\b';
+    case 'f':
+        u->p += 2;
+        return '\f';
+    case 'n':
+        u->p += 2;
+        return '\n';
+    case 'r':
+        u->p += 2;
+        return '\r';
+    case 't':
+        u->p += 2;
+        return '\t';
+    case 'u':
+        break;
+    default: /* " \ / */
+        u->p += 2;
+        return u->p[-1];
+    }
+    cp = (unsigned long)hex4(u->p + 2);
+    u->p += 6;
+    if (cp >= 0xd800 && cp <= 0xdbff && u->p[0] == '\\' && u->p[1] == 'u') {
+        long lo = hex4(u->p + 2);
+
+        if (lo >= 0xdc00 && lo <= 0xdfff) {
+            cp = 0x10000 + ((cp - 0xd800) << 10) + ((unsigned long)lo - 0xdc00);
+            u->p += 6;
+        }
+    }
+    u->n_pend = put_utf8(u->pend, cp);
+    u->i_pend = 1;
+    return u->pend[0];
+}
+
+/* Compares two checked strings (offsets of their opening quotes). */
+static int string_cmp(const char *text, size_t a, size_t b)
+{
+    unesc ua, ub;
+
+    unesc_init(&ua, text, a);
+    unesc_init(&ub, text, b);
+    for (;;) {
+        int ca = unesc_next(&ua), cb = unesc_next(&ub);
+
+        if (ca != cb)
+            return ca < cb ? -1 : 1;
+        if (ca < 0)
+            return 0;
+    }
+}
+
+static int key_is(const char *text, const veil_json_member *m, const char *name,
+                  int nocase)
+{
+    const unsigned char *n = (const unsigned char *)name;
+    unesc u;
+    int c;
+
+    unesc_init(&u, text, m->key);
+    while ((c = unesc_next(&u)) >= 0) {
+        int w = *n++;
+
+        if (nocase) {
+            if (c >= 'A' && c <= 'Z')
+                c += 'a' - 'A';
+            if (w >= 'A' && w <= 'Z')
+                w += 'a' - 'A';
+        }
+        if (w == 0 || c != w)
+            return 0;
+    }
+    return *n == 0;
+}
+
+int veil_json_key_is(const char *text, const veil_json_member *m,
+                     const char *name)
+{
+    return key_is(text, m, name, 0);
+}
+
+int veil_json_key_is_nocase(const char *text, const veil_json_member *m,
+                            const char *name)
+{
+    return key_is(text, m, name, 1);
+}
+
+long veil_json_string_value(const char *text, const veil_json_member *m,
+                            char *out, size_t size)
+{
+    unesc u;
+    size_t n = 0;
+    int c;
+
+    if (size == 0 || text[m->value] != '"')
+        return -1;
+    unesc_init(&u, text, m->value);
+    while ((c = unesc_next(&u)) >= 0) {
+        if (n + 1 >= size)
+            return -1;
+        out[n++] = (char)c;
+    }
+    out[n] = '\0';
+    return (long)n;
+}
+
+/* ---- the scan ---------------------------------------------------------- */
+
+typedef struct keys {
+    uint32_t *at; /* offsets of the top-level keys' opening quotes */
+    size_t n, cap;
+} keys;
+
+static int keys_add(keys *k, size_t at)
+{
+    if (k->n == k->cap) {
+        size_t cap = k->cap ? k->cap * 2 : 64;
+        uint32_t *a = realloc(k->at, cap * sizeof *a);
+
+        if (a == NULL)
+            return 0;
+        k->at = a;
+        k->cap = cap;
+    }
+    k->at[k->n++] = (uint32_t)at;
+    return 1;
+}
+
+static int key_order(const void *a, const void *b, void *text)
+{
+    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+    int c = string_cmp(text, x, y);
+
+    /* equal keys in text order, so the later one is reported */
+    return c ? c : (x < y ? -1 : x > y);
+}
+
+/* The first of two equal keys found, as the offset of the later one. */
+static int find_duplicate(const char *text, keys *k, size_t *where)
+{
+    int found = 0;
+
+    if (k->n < 2)
+        return 0;
+    qsort_r(k->at, k->n, sizeof *k->at, key_order, (void *)text);
+    for (size_t i = 1; i < k->n; i++) {
+        if (string_cmp(text, k->at[i - 1], k->at[i]) == 0 &&
+            (!found || k->at[i] < *where)) {
+            *where = k->at[i];
+            found = 1;
+        }
+    }
+    return found;
+}
+
+#define STACK_BYTES (VEIL_JSON_MAX_DEPTH / 8)
+
+/* The one scanning loop.  With want_object, the value must be an object
+ * and its members are reported and their keys checked. */
+static veil_json_rc scan(const char *text, size_t len, int want_object,
+                         veil_json_member_fn fn, void *ctx, size_t *open,
+                         size_t *close, size_t *where)
+{
+    const unsigned char *s = (const unsigned char *)text;
+    unsigned char stack[STACK_BYTES] = {0}; /* bit set: object */
+    unsigned depth = 0;
+    size_t i, end, dummy;
+    veil_json_member m = {0};
+    size_t prev_end = 0;
+    keys k = {0};
+    veil_json_rc rc = VEIL_JSON_OK;
+
+    if (where == NULL)
+        where = &dummy;
+    if (len >= UINT32_MAX) {
+        *where = 0;
+        return VEIL_JSON_TOO_BIG;
+    }
+#define TOP_IS_OBJECT (stack[(depth - 1) / 8] & (1u << ((depth - 1) % 8)))
+#define FAIL(code, at)                                                         \
+    do {                                                                       \
+        rc = (code);                                                           \
+        *where = (at);                                                         \
+        goto out;                                                              \
+    } while (0)
+    i = skip_ws(s, len, 0);
+    if (want_object && (i >= len || s[i] != '{'))
+        FAIL(i < len && strchr("[\"-0123456789tfn", s[i]) && s[i]
+                 ? VEIL_JSON_NOT_OBJECT
+                 : VEIL_JSON_SYNTAX,
+             i);
+    for (;;) {
+        /* a value starts at i */
+        if (i >= len)
+            FAIL(VEIL_JSON_SYNTAX, i);
+        switch (s[i]) {
+        case '{':
+        case '[': {
+            int obj = s[i] == '{';
+
+            if (depth == VEIL_JSON_MAX_DEPTH)
+                FAIL(VEIL_JSON_DEPTH, i);
+            if (depth == 0) {
+                prev_end = i + 1;
+                if (open)
+                    *open = i;
+            }
+            if (obj)
+                stack[depth / 8] |= (unsigned char)(1u << (depth % 8));
+            else
+                stack[depth / 8] &= (unsigned char)~(1u << (depth % 8));
+            depth++;
+            i = skip_ws(s, len, i + 1);
+            if (i < len && s[i] == (obj ? '}' : ']')) {
+                end = i + 1;
+                depth--;
+                goto after_value;
+            }
+            if (!obj)
+                continue;
+            goto member;
+        }
+        case '"':
+            if ((rc = scan_string(s, len, i, &end)) != VEIL_JSON_OK)
+                FAIL(rc, end);
+            break;
+        case 't':
+        case 'f':
+        case 'n':
+            if ((rc = scan_literal(s, len, i, &end)) != VEIL_JSON_OK)
+                FAIL(rc, end);
+            break;
+        default:
+            if ((rc = scan_number(s, len, i, &end)) != VEIL_JSON_OK)
+                FAIL(rc, end);
+            break;
+        }
+    after_value:
+        /* a value ended just before end */
+        if (depth == 0) {
+            if (want_object && close)
+                *close = end - 1;
+            i = skip_ws(s, len, end);
+            if (i != len)
+                FAIL(VEIL_JSON_SYNTAX, i);
+            break;
+        }
+        if (want_object && depth == 1) {
+            m.value_end = end;
+            m.prev_end = prev_end;
+            prev_end = end;
+            if (fn && fn(ctx, text, &m) != 0)
+                FAIL(VEIL_JSON_STOPPED, m.key);
+        }
+        i = skip_ws(s, len, end);
+        if (i >= len)
+            FAIL(VEIL_JSON_SYNTAX, i);
+        if (s[i] == ',') {
+            i = skip_ws(s, len, i + 1);
+            if (TOP_IS_OBJECT)
+                goto member;
+            continue;
+        }
+        if (s[i] == (TOP_IS_OBJECT ? '}' : ']')) {
+            end = i + 1;
+            depth--;
+            goto after_value;
+        }
+        FAIL(VEIL_JSON_SYNTAX, i);
+    member:
+        /* a key starts at i, inside an object */
+        if (i >= len || s[i] != '"')
+            FAIL(VEIL_JSON_SYNTAX, i);
+        if ((rc = scan_string(s, len, i, &end)) != VEIL_JSON_OK)
+            FAIL(rc, end);
+        if (want_object && depth == 1) {
+            if (!keys_add(&k, i))
+                FAIL(VEIL_JSON_NOMEM, i);
+            m.key = i;
+            m.key_end = end;
+        }
+        i = skip_ws(s, len, end);
+        if (i >= len || s[i] != ':')
+            FAIL(VEIL_JSON_SYNTAX, i);
+        i = skip_ws(s, len, i + 1);
+        if (want_object && depth == 1)
+            m.value = i;
+    }
+    if (want_object && find_duplicate(text, &k, where))
+        rc = VEIL_JSON_DUPLICATE;
+#undef FAIL
+#undef TOP_IS_OBJECT
+out:
+    free(k.at);
+    return rc;
+}
+
+veil_json_rc veil_json_scan_object(const char *text, size_t len,
+                                   veil_json_member_fn fn, void *ctx,
+                                   size_t *open, size_t *close, size_t *where)
+{
+    if (text == NULL) {
+        if (where)
+            *where = 0;
+        return VEIL_JSON_SYNTAX;
+    }
+    return scan(text, len, 1, fn, ctx, open, close, where);
+}
+
+veil_json_rc veil_json_scan(const char *text, size_t len, size_t *where)
+{
+    if (text == NULL) {
+        if (where)
+            *where = 0;
+        return VEIL_JSON_SYNTAX;
+    }
+    return scan(text, len, 0, NULL, NULL, NULL, NULL, where);
+}
+
+/* ---- editing ----------------------------------------------------------- */
+
+/* 1 when b is the member right after a. */
+static int adjacent(const unsigned char *s, size_t len,
+                    const veil_json_member *a, const veil_json_member *b)
+{
+    size_t i = skip_ws(s, len, a->value_end);
+
+    return i < len && s[i] == ',' && skip_ws(s, len, i + 1) == b->key;
+}
+
+size_t veil_json_remove_members(const char *text, size_t len,
+                                const veil_json_member *rm, size_t n,
+                                veil_json_edit *out)
+{
+    const unsigned char *s = (const unsigned char *)text;
+    size_t run = n, k = 0, i;
+
+    if (n == 0)
+        return 0;
+    /* The members removed at the end of the object (a run of neighbours
+     * up to the last) go with the comma before them; any other one goes
+     * with the comma after it. */
+    i = skip_ws(s, len, rm[n - 1].value_end);
+    if (i < len && s[i] == '}') {
+        run = n - 1;
+        while (run > 0 && adjacent(s, len, &rm[run - 1], &rm[run]))
+            run--;
+    }
+    for (; k < run; k++) {
+        i = skip_ws(s, len, rm[k].value_end); /* at its comma */
+        out[k] = (veil_json_edit){rm[k].key, skip_ws(s, len, i + 1) - rm[k].key,
+                                  NULL, 0};
+    }
+    if (run < n) {
+        out[k] = (veil_json_edit){
+            rm[run].prev_end, rm[n - 1].value_end - rm[run].prev_end, NULL, 0};
+        k++;
+    }
+    return k;
+}
+
+size_t veil_json_spliced_len(size_t len, const veil_json_edit *edits, size_t n)
+{
+    size_t out = len, pos = 0;
+
+    for (size_t k = 0; k < n; k++) {
+        if (edits[k].at < pos || edits[k].at > len ||
+            edits[k].drop > len - edits[k].at ||
+            out - edits[k].drop > SIZE_MAX - edits[k].insert_len - 1)
+            return (size_t)-1;
+        pos = edits[k].at + edits[k].drop;
+        out = out - edits[k].drop + edits[k].insert_len;
+    }
+    return out;
+}
+
+void veil_json_splice(const char *text, size_t len, const veil_json_edit *edits,
+                      size_t n, char *out)
+{
+    size_t pos = 0, o = 0;
+
+    for (size_t k = 0; k < n; k++) {
+        memcpy(out + o, text + pos, edits[k].at - pos);
+        o += edits[k].at - pos;
+        if (edits[k].insert_len)
+            memcpy(out + o, edits[k].insert, edits[k].insert_len);
+        o += edits[k].insert_len;
+        pos = edits[k].at + edits[k].drop;
+    }
+    memcpy(out + o, text + pos, len - pos);
+}
