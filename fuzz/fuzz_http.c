@@ -2,10 +2,12 @@
  *
  * The harness starts the real server (gateway/server.c) through its public
  * entry points only (gateway/gateway.h: gw_server_start with a gw_deps as
- * veild.c makes it): the echo model, a software server key (the
- * fuzzing-only fuzz/data/server-key), a software answer-signing key, an
- * API key file, the replay register, rate limits (set high) and the
- * signature store; no TPM.  It listens on 127.0.0.1 on a free port, so
+ * veild.c makes it): echo models (one per tier set, one with a prompt-cache
+ * salt field), a software server key (the fuzzing-only
+ * fuzz/data/server-key), a software answer-signing key, an API key file,
+ * the replay register in a fresh state directory under /tmp (window 1 s,
+ * so that a seed is not only ever a replay), rate limits (set high) and
+ * the signature store; no TPM.  It listens on 127.0.0.1 on a free port, so
  * every input is one real HTTP exchange over loopback handled by the
  * server's own threads in this process: the sanitizers and libFuzzer's
  * coverage see the handler, and nothing leaves the machine.
@@ -54,11 +56,24 @@ static struct {
     veil_key *key;
     struct sockaddr_in addr;
     unsigned long next_src; /* source address rotation, 127.0.0.0/8 */
+    char state[64];         /* the state directory, removed at exit */
 } H;
+
+static void remove_state(void)
+{
+    static const char *const files[] = {"replay.db", "cache-salt.key"};
+    char p[128];
+    for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
+        snprintf(p, sizeof p, "%s/%s", H.state, files[i]);
+        unlink(p);
+    }
+    rmdir(H.state);
+}
 
 static void setup(void)
 {
     char path[4096], ref[4200], err[512], keys[] = "/tmp/veil-fuzz-keysXXXXXX";
+    char state[] = "/tmp/veil-fuzz-stateXXXXXX";
     veil_key *signer = NULL;
     uint8_t hash[32];
     char hex[65];
@@ -74,18 +89,32 @@ static void setup(void)
     if (fd < 0 || dprintf(fd, "sha256:%s fuzz\n", hex) < 0)
         fuzz_die("API key file");
     close(fd);
+    /* clang-format off */
     static const char *const settings[][2] = {
-        {"listen", "127.0.0.1"}, {"port", "0"},
-        {"model", "echo=echo"},  {"model", "std-only=echo,tiers=standard"},
-        {"rate", "1000000"},     {"burst", "1000000"},
-        {"body_limit", "64K"},   {"workers", "2"},
-        {"replay_window", "1"},  {"log_level", "error"},
+        {"listen", "127.0.0.1"},
+        {"port", "0"},
+        {"model", "echo=echo"},
+        {"model", "std-only=echo,tiers=standard"},
+        {"model", "salted=echo,cache-salt=cache_salt"},
+        {"rate", "1000000"},
+        {"burst", "1000000"},
+        {"body_limit", "64K"},
+        {"workers", "2"},
+        {"replay_window", "1"},
+        {"replay_capacity", "65536"},
+        {"log_level", "error"},
     };
+    /* clang-format on */
     for (size_t i = 0; i < sizeof settings / sizeof settings[0]; i++)
         if (gw_config_set(&H.cfg, settings[i][0], settings[i][1], err,
                           sizeof err) != 0)
             fuzz_die(err);
+    if (mkdtemp(state) == NULL)
+        fuzz_die("state directory");
+    snprintf(H.state, sizeof H.state, "%s", state);
+    atexit(remove_state);
     if (gw_config_set(&H.cfg, "server_key", ref, err, sizeof err) != 0 ||
+        gw_config_set(&H.cfg, "state_dir", state, err, sizeof err) != 0 ||
         gw_config_set(&H.cfg, "api_keys", keys, err, sizeof err) != 0 ||
         gw_config_check(&H.cfg, err, sizeof err) != 0)
         fuzz_die(err);
@@ -96,7 +125,9 @@ static void setup(void)
         .engine = fuzz_engine(),
         .server_key = H.key = fuzz_key("server-key"),
         .auth = gw_auth_load(keys, err, sizeof err),
-        .strikes = gw_strikes_new(H.cfg.replay_window, H.cfg.replay_capacity),
+        .strikes =
+            gw_strikes_open(state, H.cfg.replay_window, H.cfg.replay_capacity,
+                            H.cfg.replay_sync, err, sizeof err),
         .rate = gw_rate_new(H.cfg.rate, H.cfg.burst, 1024),
         .signlog = gw_signlog_new(60, 4096),
         .log_level = VEIL_LOG_ERROR,

@@ -132,6 +132,9 @@ static const char *const requests[] = {
     "[{\"type\":\"text\",\"text\":\"parts\"}]}],\"_metadata\":{\"x\":1}}",
     "{\"messages\":[{\"role\":\"user\",\"content\":\"no model\"}]}",
     "[1,2,3]",
+    "{\"model\":\"salted\",\"cache_salt\":\"theirs\",\"messages\":"
+    "[{\"role\":\"user\",\"content\":\"salt\"}],\"stream_options\":"
+    "{\"include_usage\":true}}",
     "{\"model\":\"echo\",\"messages\":[{\"role\":\"user\",\"content\":"
     "\"deep\"}],\"n\":[[[[[[[[[[{\"a\":{\"b\":[null,true,false,-0.0e+1]}}]]"
     "]]]]]]]]}",
@@ -295,7 +298,7 @@ static void http_seeds(veil_key *server)
                          "X-Security-Tier: %s\r\n"
                          "X-Public-Key: %s\r\n\r\n%s",
                          (char)(1 | (i % 2) << 1), pid, (unsigned)i % 16,
-                         tiers[i % 3], xpk, requests[i]);
+                         tiers[i % 5 < 3 ? i % 5 : 0], xpk, requests[i]);
         snprintf(name, sizeof name, "completion-%02zu", i);
         put("corpus/http", name, head, (size_t)n);
     }

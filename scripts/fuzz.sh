@@ -27,8 +27,8 @@ build() {
     [ -x "$ROOT/configure" ] || (cd "$ROOT" && autoreconf -fi)
     mkdir -p "$B"
     (cd "$B" && { [ -f Makefile ] || "$ROOT/configure" -q CC=clang --enable-fuzzing; } &&
-        make -s -j"$JOBS" && make -s -j"$JOBS" fuzz/fuzz_package fuzz/fuzz_tpm \
-            fuzz/fuzz_attest fuzz/fuzz_http)
+        make -s -j"$JOBS" && make -s -j"$JOBS" fuzz/fuzz_package fuzz/fuzz_json_scan \
+            fuzz/fuzz_tpm fuzz/fuzz_attest fuzz/fuzz_http)
 }
 
 seed_attest() {
