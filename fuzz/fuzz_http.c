@@ -254,7 +254,7 @@ static int exchange(const char *msg, size_t len, char *status, size_t size)
             break;
         }
         if (got == 0)
-            snprintf(status, size, "%.*s", (int)(r < 12 ? r : 12), buf);
+            snprintf(status, size, "%.*s", (int)r, buf);
         got += (size_t)r;
     }
     close(fd);
@@ -269,7 +269,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    char status[16];
+    char status[2048];
     size_t len;
     char *msg;
 
@@ -278,7 +278,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     int answered = exchange(msg, len, status, sizeof status);
     free(msg);
     if (getenv("VEIL_FUZZ_VERBOSE"))
-        fprintf(stderr, "answer: %s\n", status);
+        fprintf(stderr, "answer: %.12s ... %s\n", status,
+                strstr(status, "\r\n\r\n") ? strstr(status, "\r\n\r\n") + 4
+                                           : "");
     if (!answered) {
         fprintf(stderr, "fuzz_http: no answer within %d ms\n",
                 ANSWER_TIMEOUT_MS);
