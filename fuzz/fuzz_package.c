@@ -52,6 +52,13 @@ static void check_encodings(const uint8_t *data, size_t size)
     free(dec);
     if (veil_uuid_valid(s) && strlen(s) != 36)
         abort();
+    /* payload IDs: 1 to VEIL_PAYLOAD_ID_MAX printable ASCII, no space */
+    size_t n = strlen(s), bad = 0;
+    for (size_t i = 0; i < n; i++)
+        bad += s[i] <= ' ' || s[i] > '~';
+    if (veil_payload_id_valid(s) !=
+        (n >= 1 && n <= VEIL_PAYLOAD_ID_MAX && !bad))
+        abort();
     free(s);
 }
 
