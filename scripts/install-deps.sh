@@ -18,8 +18,12 @@ PACKAGES=(
     python3-cryptography  # tests/nomyo_client.py, the NOMYO wire-format client
     openssl curl          # the tests' independent checks: openssl dgst, plain HTTP
 
-    # sanitizer runtime: nothing extra; gcc's libasan/libubsan come with gcc
-    # (libclang-rt-14-dev is deliberately not listed)
+    # sanitizer runtime for the gcc builds: nothing extra; gcc's
+    # libasan/libubsan come with gcc
+
+    # fuzzing (configure CC=clang --enable-fuzzing; fuzz/, scripts/fuzz.sh):
+    # clang 14 and its compiler-rt, which holds libFuzzer and clang's sanitizers
+    clang libclang-rt-14-dev
 )
 
 export DEBIAN_FRONTEND=noninteractive

@@ -4,7 +4,9 @@
 #                                main job on a fresh SoftHSM2 token
 #   scripts/quickstart.sh test   install what is missing, build with ASan and
 #                                UBSan, run the whole test suite (SoftHSM2 and
-#                                TPM suites included), then make distcheck
+#                                TPM suites included), build the libFuzzer
+#                                harnesses with clang and run each over its
+#                                seeds and for 60 s, then make distcheck
 # Run as root on a fresh Debian 12 machine (installing needs root; with
 # everything installed, any user can run it).
 set -euo pipefail
@@ -42,6 +44,14 @@ run_tests() {
     step "make check (sanitizers on)"
     if ! (cd "$ROOT/build-san" && make -s check -j"$JOBS"); then
         for log in "$ROOT"/build-san/tests/*.log; do
+            grep -qE '^(FAIL|ERROR)' "${log%.log}.trs" 2>/dev/null && { echo "---- $log"; tail -60 "$log"; }
+        done
+        exit 1
+    fi
+    step "fuzzing build (clang, libFuzzer, ASan + UBSan): each harness over its seeds, then 60 s"
+    build_in "$ROOT/build-fuzz" CC=clang --enable-fuzzing
+    if ! (cd "$ROOT/build-fuzz" && make -s check -j"$JOBS"); then
+        for log in "$ROOT"/build-fuzz/fuzz/*.log; do
             grep -qE '^(FAIL|ERROR)' "${log%.log}.trs" 2>/dev/null && { echo "---- $log"; tail -60 "$log"; }
         done
         exit 1
