@@ -505,7 +505,9 @@ static int trust_parse(const cJSON *j, veil_trust *t, char *why,
     if ((t->url = url_dup(url)) == NULL)
         BAD("out of memory");
     const cJSON *at = cJSON_GetObjectItemCaseSensitive(j, "enrolled_at");
-    if (!cJSON_IsNumber(at) || at->valuedouble < 0)
+    /* in range before the conversion (found by fuzz/fuzz_attest) */
+    if (!cJSON_IsNumber(at) ||
+        !(at->valuedouble >= 0 && at->valuedouble < 9.2e18))
         BAD("\"enrolled_at\" is not a time");
     t->enrolled_at = (long long)at->valuedouble;
     const cJSON *b = cJSON_GetObjectItemCaseSensitive(j, "ek_verified");

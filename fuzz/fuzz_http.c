@@ -226,9 +226,18 @@ static int exchange(const char *msg, size_t len, char *status, size_t size)
      * address, and no per-address limit is reached by the run itself */
     H.next_src = H.next_src % 0xfffffe + 1;
     src.sin_addr.s_addr = htonl(0x7f000000u | (uint32_t)H.next_src);
+    /* the port is picked at connect time, unique per address pair: a bound
+     * port would come from one range shared by all addresses, which the
+     * run's closed connections exhaust */
+    int one = 1;
+    setsockopt(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof one);
     if (bind(fd, (struct sockaddr *)&src, sizeof src) != 0 ||
-        connect(fd, (struct sockaddr *)&H.addr, sizeof H.addr) != 0)
+        connect(fd, (struct sockaddr *)&H.addr, sizeof H.addr) != 0) {
+        fprintf(stderr, "fuzz_http: connect from 127.%lu.%lu.%lu: %s\n",
+                H.next_src >> 16, H.next_src >> 8 & 255, H.next_src & 255,
+                strerror(errno));
         fuzz_die("connecting to the in-process gateway");
+    }
     for (size_t off = 0; off < len;) {
         ssize_t w = send(fd, msg + off, len - off, MSG_NOSIGNAL);
         if (w < 0 && errno == EINTR)

@@ -1143,6 +1143,9 @@ static void test_trust_files(void)
     trust_bad("url", "\"ftp://x\"", "\"url\"");
     trust_bad("url", NULL, "\"url\"");
     trust_bad("enrolled_at", "\"yesterday\"", "\"enrolled_at\"");
+    /* beyond any long long: refused, not converted (fuzz/fuzz_attest) */
+    trust_bad("enrolled_at", "9e96", "\"enrolled_at\"");
+    trust_bad("enrolled_at", "-1", "\"enrolled_at\"");
     trust_bad("ek_verified", "1", "\"ek_verified\"");
     trust_bad("software_tpm", NULL, "\"software_tpm\"");
     trust_bad("ek_cert_sha256", "\"abcd\"", "\"ek_cert_sha256\"");
