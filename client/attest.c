@@ -23,7 +23,7 @@
 #include <openssl/x509_vfy.h>
 
 #include "evidence.h"
-#include "internal.h"
+#include "client_int.h"
 #include "package.h"
 
 #define TRUST_FORMAT "veil-trust-v1"

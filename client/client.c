@@ -16,7 +16,7 @@
 #include <openssl/evp.h>
 #include <openssl/pem.h>
 
-#include "internal.h"
+#include "client_int.h"
 #include "package.h"
 
 #define DEFAULT_URL "https://api.nomyo.ai"

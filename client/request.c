@@ -7,7 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "internal.h"
+#include "client_int.h"
 #include "package.h"
 
 void veil_cl_wipe(void *p, size_t len)

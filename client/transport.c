@@ -11,7 +11,7 @@
 
 #include <curl/curl.h>
 
-#include "internal.h"
+#include "client_int.h"
 
 #define POOL_MAX 8
 /* Largest answer read: a 10 MiB plaintext in base64 plus the wrapping. */

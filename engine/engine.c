@@ -21,21 +21,11 @@
 #include <openssl/pem.h>
 #include <openssl/x509.h>
 
-#include "internal.h"
+#include "engine_int.h"
 
 static char *dup_or_null(const char *s)
 {
     return s ? strdup(s) : NULL;
-}
-
-void veil_hex(const uint8_t *in, size_t n, char *out)
-{
-    static const char digits[] = "0123456789abcdef";
-    for (size_t i = 0; i < n; i++) {
-        out[2 * i] = digits[in[i] >> 4];
-        out[2 * i + 1] = digits[in[i] & 15];
-    }
-    out[2 * n] = '\0';
 }
 
 /* ---- provider instances ----------------------------------------------- */

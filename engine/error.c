@@ -7,7 +7,7 @@
 
 #include <openssl/err.h>
 
-#include "internal.h"
+#include "engine_int.h"
 
 static _Thread_local veil_error last_error;
 
@@ -102,10 +102,11 @@ void veil_log(const veil_engine *e, veil_log_level level, const char *fmt, ...)
     char line[512];
     va_list ap;
 
-    if (!e || !e->cfg.log || level > e->cfg.log_level)
+    if (!e)
         return;
+    veil_logger l = {e->cfg.log, e->cfg.log_ctx, e->cfg.log_level};
     va_start(ap, fmt);
     vsnprintf(line, sizeof line, fmt, ap);
     va_end(ap);
-    e->cfg.log(e->cfg.log_ctx, level, line);
+    veil_logf(&l, level, "%s", line);
 }

@@ -15,7 +15,7 @@
 
 #include <openssl/evp.h>
 
-#include "internal.h"
+#include "engine_int.h"
 
 /* All-ones when a == b, else 0, without branches. */
 static unsigned ct_eq(unsigned a, unsigned b)

@@ -11,7 +11,7 @@
 #include <termios.h>
 #include <unistd.h>
 
-#include "internal.h"
+#include "engine_int.h"
 
 #define PIN_MAX 256
 

@@ -21,7 +21,7 @@
 
 #include <openssl/crypto.h>
 
-#include "internal.h"
+#include "engine_int.h"
 
 struct veil_secbuf {
     size_t len;     /* visible length */
@@ -71,12 +71,6 @@ static void pool_atfork_register(void)
 static pthread_once_t secure_heap_once = PTHREAD_ONCE_INIT;
 static size_t secure_heap_size;
 static int secure_heap_ok;
-
-void veil_wipe(void *p, size_t len)
-{
-    if (p && len)
-        OPENSSL_cleanse(p, len);
-}
 
 static void secure_heap_init(void)
 {

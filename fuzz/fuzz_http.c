@@ -44,6 +44,7 @@
 #include "fuzz.h"
 #include "gateway.h"
 #include "package.h"
+#include "util.h"
 
 /* the API key the seeds send (Authorization: Bearer ...) */
 #define FUZZ_API_KEY "veil-fuzz-api-key"

@@ -26,6 +26,7 @@
 #include <cjson/cJSON.h>
 
 #include "json_scan.h"
+#include "util.h"
 #include "veil/engine.h"
 
 /* Writes one formatted line to err (ignored when err is NULL or

@@ -9,7 +9,7 @@
 #include <openssl/evp.h>
 
 #include "evidence.h"
-#include "internal.h"
+#include "engine_int.h"
 #include "package.h"
 
 #define EV "evidence"

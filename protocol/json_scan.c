@@ -17,6 +17,7 @@
 #include <string.h>
 
 #include "json_scan.h"
+#include "util.h"
 
 const char *veil_json_rc_text(veil_json_rc rc)
 {
@@ -48,24 +49,13 @@ static size_t skip_ws(const unsigned char *s, size_t len, size_t i)
     return i;
 }
 
-static int hex_val(unsigned char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 /* Four hex digits at s (the caller made sure there are four bytes). */
 static long hex4(const unsigned char *s)
 {
     long v = 0;
 
     for (int k = 0; k < 4; k++) {
-        int h = hex_val(s[k]);
+        int h = veil_hex_digit(s[k]);
 
         if (h < 0)
             return -1;

@@ -10,7 +10,7 @@
 #include <openssl/evp.h>
 #include <openssl/sha.h>
 
-#include "internal.h"
+#include "engine_int.h"
 #include "package.h"
 
 #define PKG "protocol"
@@ -182,28 +182,6 @@ char *veil_percent_encode(const char *s)
     return out;
 }
 
-static int hexval(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
-int veil_hex_decode(const char *s, size_t n, uint8_t *out)
-{
-    for (size_t i = 0; i < n; i++) {
-        int hi = hexval(s[2 * i]), lo = hi < 0 ? -1 : hexval(s[2 * i + 1]);
-        if (lo < 0)
-            return 0;
-        out[i] = (uint8_t)(hi << 4 | lo);
-    }
-    return 1;
-}
-
 veil_rc veil_percent_decode(const char *s, char **out)
 {
     *out = NULL;
@@ -215,7 +193,7 @@ veil_rc veil_percent_decode(const char *s, char **out)
             *o++ = *p;
             continue;
         }
-        int hi = hexval(p[1]), lo = hi < 0 ? -1 : hexval(p[2]);
+        int hi = veil_hex_digit((unsigned char)p[1]), lo = hi < 0 ? -1 : veil_hex_digit((unsigned char)p[2]);
         if (hi < 0 || lo < 0 || (hi == 0 && lo == 0)) {
             free(buf);
             return veil_err(VEIL_E_ARG, PKG, NULL,
@@ -232,21 +210,6 @@ veil_rc veil_percent_decode(const char *s, char **out)
 
 /* ---- payload IDs ------------------------------------------------------- */
 
-veil_rc veil_uuid4(veil_engine *e, char out[37])
-{
-    uint8_t b[16];
-    veil_rc rc = veil_random(e, b, sizeof b);
-    if (rc != VEIL_OK)
-        return rc;
-    b[6] = (uint8_t)((b[6] & 0x0f) | 0x40);
-    b[8] = (uint8_t)((b[8] & 0x3f) | 0x80);
-    char hex[33];
-    veil_hex(b, sizeof b, hex);
-    snprintf(out, 37, "%.8s-%.4s-%.4s-%.4s-%.12s", hex, hex + 8, hex + 12,
-             hex + 16, hex + 20);
-    return VEIL_OK;
-}
-
 int veil_uuid_valid(const char *s)
 {
     if (s == NULL || strlen(s) != 36)
@@ -255,7 +218,7 @@ int veil_uuid_valid(const char *s)
         if (i == 8 || i == 13 || i == 18 || i == 23) {
             if (s[i] != '-')
                 return 0;
-        } else if (hexval(s[i]) < 0) {
+        } else if (veil_hex_digit((unsigned char)s[i]) < 0) {
             return 0;
         }
     }

@@ -98,16 +98,7 @@ char *veil_percent_encode(const char *s);
  * so is an escaped NUL).  '+' is left as it is.  *out is malloc'd. */
 veil_rc veil_percent_decode(const char *s, char **out);
 
-/* Decodes exactly 2*n hex digits (either case) at s into out; 1 on
- * success, 0 when one of them is not a hex digit. */
-int veil_hex_decode(const char *s, size_t n, uint8_t *out);
-/* And back: lower-case hex of n bytes into out (2n+1 bytes).  Defined in
- * engine.c (engine/internal.h); declared again here for the client and
- * the gateway, which do not see the engine's internal header. */
-void veil_hex(const uint8_t *in, size_t n, char *out);
-
-/* A random UUID v4 in its 36-character text form. */
-veil_rc veil_uuid4(veil_engine *e, char out[37]);
+/* Hex, UUID v4, wipe and logging: engine/util.h. */
 
 /* 1 when s is a UUID in text form (any version, either case). */
 int veil_uuid_valid(const char *s);

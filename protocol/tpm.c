@@ -19,7 +19,7 @@
 #include <tss2/tss2_mu.h>
 
 #include "evidence.h"
-#include "internal.h"
+#include "engine_int.h"
 
 #define TPM "protocol"
 

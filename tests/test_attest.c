@@ -38,6 +38,7 @@
 
 #include "package.h"
 #include "testutil.h"
+#include "util.h"
 #include "veil/attest.h"
 #include "veil/client.h"
 

@@ -22,7 +22,7 @@
 #include <openssl/x509.h>
 
 #include "testutil.h"
-#include "internal.h"
+#include "engine_int.h"
 
 /* ==== the mock provider ===================================================
  *

@@ -23,7 +23,7 @@
 #include <tss2/tss2_mu.h>
 
 #include "evidence.h"
-#include "internal.h"
+#include "engine_int.h"
 #include "testutil.h"
 
 /* Persistent handles (owner range) of the objects the TPM quotes with,

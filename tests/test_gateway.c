@@ -51,6 +51,7 @@
 #include "json_scan.h"
 #include "package.h"
 #include "testutil.h"
+#include "util.h"
 #include "veil/client.h"
 
 #define PROMPT                                                                 \

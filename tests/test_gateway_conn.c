@@ -36,6 +36,7 @@
 #include "gateway.h"
 #include "package.h"
 #include "testutil.h"
+#include "util.h"
 #include "veil/client.h"
 
 #define COMPLETION "/v1/chat/secure_completion"

@@ -20,7 +20,7 @@
 #include <CUnit/CUnit.h>
 
 #include "testutil.h"
-#include "internal.h"
+#include "engine_int.h"
 
 /* AddressSanitizer intercepts mlock() and makes it a no-op that reports
  * success, so under ASan a failed lock cannot be observed. */

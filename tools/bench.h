@@ -26,6 +26,7 @@
 
 #include <p11-kit/pkcs11.h>
 
+#include "util.h"
 #include "veil/engine.h"
 
 #define EXIT_FAIL 1  /* a veil call (or a baseline / setup step) failed */

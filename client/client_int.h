@@ -1,13 +1,14 @@
 /* Client internals shared by client.c, request.c, transport.c and
  * attest.c.  Not installed; nothing here is exported from libveil.so. */
-#ifndef VEIL_CLIENT_INTERNAL_H
-#define VEIL_CLIENT_INTERNAL_H
+#ifndef VEIL_CLIENT_INT_H
+#define VEIL_CLIENT_INT_H
 
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 
 #include "veil/attest.h"
+#include "util.h"
 #include "veil/client.h"
 
 #pragma GCC visibility push(hidden)
@@ -142,4 +143,4 @@ veil_client_status veil_cl_verify_answer(veil_engine *e, const veil_trust *t,
 
 #pragma GCC visibility pop
 
-#endif /* VEIL_CLIENT_INTERNAL_H */
+#endif /* VEIL_CLIENT_INT_H */

@@ -1,11 +1,14 @@
-/* Engine internals shared by the engine and the providers.  Not installed. */
-#ifndef VEIL_INTERNAL_H
-#define VEIL_INTERNAL_H
+/* engine/engine_int.h: engine internals shared by the engine, the
+ * providers and protocol/.  Not installed.  The helpers every layer shares
+ * (wipe, hex, UUID, logger) are in util.h, which this header includes. */
+#ifndef VEIL_ENGINE_INT_H
+#define VEIL_ENGINE_INT_H
 
 #include <pthread.h>
 #include <openssl/evp.h>
 
 #include "provider.h"
+#include "util.h"
 
 /* Nothing declared here is exported from libveil.so. */
 #pragma GCC visibility push(hidden)
@@ -69,7 +72,6 @@ void veil_log(const veil_engine *e, veil_log_level level, const char *fmt, ...)
 
 /* ---- secret memory (secmem.c) ----------------------------------------- */
 
-void veil_wipe(void *p, size_t len);
 /* Initialises the OpenSSL secure heap once (process-wide). */
 void veil_secmem_init(size_t secure_heap);
 
@@ -95,8 +97,6 @@ unsigned veil_oaep_cap(const veil_oaep *oaep);
 
 /* ---- helpers (engine.c) ----------------------------------------------- */
 
-/* Lower-case hex of n bytes into out (2n+1 bytes). */
-void veil_hex(const uint8_t *in, size_t n, char *out);
 /* SPKI DER of an EVP_PKEY (malloc'd). */
 veil_rc veil_spki_der(EVP_PKEY *pkey, uint8_t **der, size_t *len);
 /* Common key_info fields from the key itself. */
@@ -109,4 +109,4 @@ void veil_engine_test_set_extra_provider(veil_engine *e,
 
 #pragma GCC visibility pop
 
-#endif /* VEIL_INTERNAL_H */
+#endif /* VEIL_ENGINE_INT_H */

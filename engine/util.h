@@ -1,0 +1,53 @@
+/* engine/util.h: the small helpers every layer shares (engine, providers,
+ * protocol/, client/, gateway/, bench/).  Not installed, and it declares no
+ * engine structure, so that client/ and gateway/ may include it without
+ * seeing the engine's internals (engine/engine_int.h includes it).
+ *
+ * One definition each; a module never rewrites one of these:
+ *  - veil_wipe:   wipe memory that held a secret (OPENSSL_cleanse);
+ *  - veil_hex*:   lower-case hex and its decoding;
+ *  - veil_uuid4:  a random (version 4) UUID, as payload IDs use;
+ *  - veil_logger: a log callback with its level filter (veil_logf).
+ * Tier names and bits are in protocol/tier.h. */
+#ifndef VEIL_UTIL_H
+#define VEIL_UTIL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "veil/engine.h"
+
+#pragma GCC visibility push(hidden)
+
+/* Wipes len bytes at p (p may be NULL when len is 0).  The compiler may
+ * not drop it. */
+void veil_wipe(void *p, size_t len);
+
+/* Lower-case hex of n bytes into out (2n+1 bytes, NUL-terminated). */
+void veil_hex(const uint8_t *in, size_t n, char *out);
+/* The value of one hex digit (either case), or -1. */
+int veil_hex_digit(int c);
+/* Decodes exactly 2n hex digits at s into n bytes: 1, or 0 when a
+ * character is not a hex digit (out is then partly written). */
+int veil_hex_decode(const char *s, size_t n, uint8_t *out);
+
+/* A random version-4 UUID in lower-case text form (RFC 9562 4.4), from
+ * the engine's random source. */
+veil_rc veil_uuid4(veil_engine *e, char out[37]);
+
+/* A log destination: the callback of veil/engine.h, its context and the
+ * most verbose level it takes.  fn NULL: nothing is logged.  A line is
+ * at most 511 bytes (longer ones are cut).  Never log a key, a PIN, a
+ * prompt or an answer. */
+typedef struct veil_logger {
+    veil_log_fn fn;
+    void *ctx;
+    veil_log_level level;
+} veil_logger;
+
+void veil_logf(const veil_logger *l, veil_log_level level, const char *fmt,
+               ...) __attribute__((format(printf, 3, 4)));
+
+#pragma GCC visibility pop
+
+#endif /* VEIL_UTIL_H */
