@@ -9,6 +9,11 @@
 #     engine/ providers/ protocol/ client/ tools/ fuzz/.  A warning for now; VEIL_STRICT_FORMAT=1
 #     makes it an error.  Skipped when clang-format is not installed
 #     (an error under VEIL_STRICT_FORMAT=1).
+#  3. layers: tests/check_includes.py (no include circle, no layer that
+#     includes one above it, no call circle inside client/ or gateway/
+#     when VEIL_BUILDDIR holds their objects).  Always an error.
+#  4. file size: no .c or .h file in client/, gateway/ or service/ above
+#     MAX_LINES (900) lines; a feature gets its own files.  Always an error.
 #
 # Prints file:line for each banned call and ends with
 # "check_style: N passed, M failed"; exits 1 when a check failed.
@@ -156,6 +161,34 @@ if [ "$format_failed" = 1 ]; then
     failed=$((failed + 1))
 else
     passed=$((passed + 1))
+fi
+
+# -------------------------------------------------------------------- layers
+
+if python3 "$SRCDIR/tests/check_includes.py" "$SRCDIR"; then
+    passed=$((passed + 1))
+else
+    failed=$((failed + 1))
+fi
+
+# ----------------------------------------------------------------- file size
+
+MAX_LINES=900
+big=0
+while read -r f; do
+    n=$(wc -l <"$f")
+    if [ "$n" -gt "$MAX_LINES" ]; then
+        printf '%s: %s has %d lines (at most %d: split it along its seams)\n' \
+            "$ME" "$f" "$n" "$MAX_LINES"
+        big=$((big + 1))
+    fi
+done < <(c_files client gateway service)
+if [ "$big" -eq 0 ]; then
+    printf '%s: file size: none above %d lines in client/ gateway/ service/\n' \
+        "$ME" "$MAX_LINES"
+    passed=$((passed + 1))
+else
+    failed=$((failed + 1))
 fi
 
 printf '%s: %d passed, %d failed\n' "$ME" "$passed" "$failed"
