@@ -6,9 +6,6 @@
 
 #include <errno.h>
 #include <malloc.h>
-#include <pthread.h>
-#include <signal.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,6 +14,7 @@
 
 #include "gateway.h"
 #include "package.h"
+#include "run.h"
 
 static const char usage[] =
     "usage: veild [--config FILE] [--SETTING VALUE]...\n"
@@ -41,18 +39,8 @@ static void log_stderr(void *ctx, veil_log_level level, const char *line)
         fprintf(stderr, "veild: %s: %s\n", names[level], line);
 }
 
-static void say(veil_log_level level, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
-
-static void say(veil_log_level level, const char *fmt, ...)
-{
-    char line[600];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(line, sizeof line, fmt, ap);
-    va_end(ap);
-    log_stderr(NULL, level, line);
-}
+/* veild's own lines (log_stderr filters them by log_level) */
+static const veil_logger logger = {log_stderr, NULL, VEIL_LOG_DEBUG};
 
 static int parse_level(const char *s, veil_log_level *out)
 {
@@ -144,19 +132,19 @@ static veil_key *open_server_key(veil_engine *e, const gw_config *cfg)
     veil_key *k = NULL;
     veil_key_info info;
     if (veil_key_open(e, cfg->server_key, &k) != VEIL_OK) {
-        say(VEIL_LOG_ERROR, "server key %s: %s", cfg->server_key,
+        veil_logf(&logger, VEIL_LOG_ERROR, "server key %s: %s", cfg->server_key,
             veil_last_error()->message);
         return NULL;
     }
     if (veil_key_get_info(k, &info) != VEIL_OK || info.type != VEIL_KEY_RSA ||
         info.bits < VEIL_PKG_MIN_RSA_BITS || !info.has_private) {
-        say(VEIL_LOG_ERROR,
+        veil_logf(&logger, VEIL_LOG_ERROR,
             "server key %s must be an RSA private key of at least %u bits",
             cfg->server_key, VEIL_PKG_MIN_RSA_BITS);
         veil_key_free(k);
         return NULL;
     }
-    say(VEIL_LOG_INFO, "server key: %s RSA-%u %s%s%s", info.provider, info.bits,
+    veil_logf(&logger, VEIL_LOG_INFO, "server key: %s RSA-%u %s%s%s", info.provider, info.bits,
         info.fingerprint, info.sensitive == 1 ? ", sensitive" : "",
         info.extractable == 0 ? ", not extractable" : "");
     return k;
@@ -170,18 +158,18 @@ static veil_key *open_signing_key(veil_engine *e, const gw_config *cfg)
     veil_key_info info;
 
     if (veil_key_open(e, cfg->signing_key, &k) != VEIL_OK) {
-        say(VEIL_LOG_ERROR, "signing key %s: %s", cfg->signing_key,
+        veil_logf(&logger, VEIL_LOG_ERROR, "signing key %s: %s", cfg->signing_key,
             veil_last_error()->message);
         return NULL;
     }
     if (veil_key_get_info(k, &info) != VEIL_OK ||
         info.type != VEIL_KEY_EC_P256 || !info.has_private) {
-        say(VEIL_LOG_ERROR, "signing key %s must be an EC P-256 private key",
+        veil_logf(&logger, VEIL_LOG_ERROR, "signing key %s must be an EC P-256 private key",
             cfg->signing_key);
         veil_key_free(k);
         return NULL;
     }
-    say(VEIL_LOG_INFO, "signing key: %s EC-P256 %s%s%s", info.provider,
+    veil_logf(&logger, VEIL_LOG_INFO, "signing key: %s EC-P256 %s%s%s", info.provider,
         info.fingerprint, info.sensitive == 1 ? ", sensitive" : "",
         info.extractable == 0 ? ", not extractable" : "");
     return k;
@@ -196,7 +184,7 @@ static gw_tpm *open_tpm(const gw_config *cfg, veil_key *server_key)
     gw_tpm *t;
 
     if (veil_key_public_der(server_key, &spki, &spki_len) != VEIL_OK) {
-        say(VEIL_LOG_ERROR, "server key: %s", veil_last_error()->message);
+        veil_logf(&logger, VEIL_LOG_ERROR, "server key: %s", veil_last_error()->message);
         return NULL;
     }
     gw_tpm_options opt = {
@@ -213,14 +201,14 @@ static gw_tpm *open_tpm(const gw_config *cfg, veil_key *server_key)
     t = gw_tpm_open(&opt, err, sizeof err);
     free(spki);
     if (t == NULL) {
-        say(VEIL_LOG_ERROR, "tpm = on, but the TPM cannot be used: %s", err);
+        veil_logf(&logger, VEIL_LOG_ERROR, "tpm = on, but the TPM cannot be used: %s", err);
         return NULL;
     }
-    say(VEIL_LOG_INFO, "TPM: %s; quotes of %s%s%s", gw_tpm_describe(t),
+    veil_logf(&logger, VEIL_LOG_INFO, "TPM: %s; quotes of %s%s%s", gw_tpm_describe(t),
         cfg->tpm_pcrs, cfg->tpm_ak_per_request ? ", a fresh AK per answer" : "",
         cfg->tpm_certify_key ? ", the server key certified" : "");
     if (gw_tpm_is_software(t))
-        say(VEIL_LOG_WARN,
+        veil_logf(&logger, VEIL_LOG_WARN,
             "the TPM is a software TPM (%s, which says so of itself): its "
             "attestation proves nothing about this machine; use it only "
             "for testing",
@@ -270,17 +258,12 @@ int main(int argc, char **argv)
     }
     parse_level(cfg.log_level, &log_level);
 
-    /* Signals are taken by sigwait below; every thread inherits the mask. */
-    sigset_t sigs;
-    sigemptyset(&sigs);
-    sigaddset(&sigs, SIGTERM);
-    sigaddset(&sigs, SIGINT);
-    sigaddset(&sigs, SIGHUP); /* no reload: a hang-up stops as gracefully */
-    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
-    signal(SIGPIPE, SIG_IGN);
+    /* before any thread: the stop signals go to svc_run_wait only */
+    svc_run run;
+    svc_run_init(&run);
 
     if (veil_disable_core_dumps() != VEIL_OK)
-        say(VEIL_LOG_WARN, "core dumps could not be turned off: %s",
+        veil_logf(&logger, VEIL_LOG_WARN, "core dumps could not be turned off: %s",
             veil_last_error()->message);
 
     veil_engine *e = NULL;
@@ -301,11 +284,11 @@ int main(int argc, char **argv)
     };
     if (cfg.pin_source &&
         veil_pin_source_parse(cfg.pin_source, &ec.pin) != VEIL_OK) {
-        say(VEIL_LOG_ERROR, "pin_source: %s", veil_last_error()->message);
+        veil_logf(&logger, VEIL_LOG_ERROR, "pin_source: %s", veil_last_error()->message);
         goto out;
     }
     if (veil_engine_new(&ec, &e) != VEIL_OK) {
-        say(VEIL_LOG_ERROR, "engine: %s", veil_last_error()->message);
+        veil_logf(&logger, VEIL_LOG_ERROR, "engine: %s", veil_last_error()->message);
         goto out;
     }
     if ((key = open_server_key(e, &cfg)) == NULL)
@@ -315,31 +298,31 @@ int main(int argc, char **argv)
     uint8_t enc_sha[32], sign_sha[32] = {0};
     if (veil_key_fingerprint(key, enc_sha) != VEIL_OK ||
         (signer && veil_key_fingerprint(signer, sign_sha) != VEIL_OK)) {
-        say(VEIL_LOG_ERROR, "key hash: %s", veil_last_error()->message);
+        veil_logf(&logger, VEIL_LOG_ERROR, "key hash: %s", veil_last_error()->message);
         goto out;
     }
     if (signer && (signlog = gw_signlog_new(cfg.signature_retention,
                                             cfg.signature_capacity)) == NULL) {
-        say(VEIL_LOG_ERROR, "out of memory");
+        veil_logf(&logger, VEIL_LOG_ERROR, "out of memory");
         goto out;
     }
     if (cfg.tpm && (tpm = open_tpm(&cfg, key)) == NULL)
         goto out;
     if (cfg.api_keys &&
         (auth = gw_auth_load(cfg.api_keys, err, sizeof err)) == NULL) {
-        say(VEIL_LOG_ERROR, "api_keys: %s", err);
+        veil_logf(&logger, VEIL_LOG_ERROR, "api_keys: %s", err);
         goto out;
     }
     if (gw_state_dir(cfg.state_dir, err, sizeof err) != 0 ||
         (strikes = gw_strikes_open(cfg.state_dir, cfg.replay_window,
                                    cfg.replay_capacity, cfg.replay_sync, err,
                                    sizeof err)) == NULL) {
-        say(VEIL_LOG_ERROR, "replay register: %s", err);
+        veil_logf(&logger, VEIL_LOG_ERROR, "replay register: %s", err);
         goto out;
     }
     rate = gw_rate_new(cfg.rate, cfg.burst, 65536);
     if (rate == NULL) {
-        say(VEIL_LOG_ERROR, "out of memory");
+        veil_logf(&logger, VEIL_LOG_ERROR, "out of memory");
         goto out;
     }
     gw_deps deps = {
@@ -358,51 +341,47 @@ int main(int argc, char **argv)
     memcpy(deps.encryption_key_sha256, enc_sha, 32);
     memcpy(deps.signing_key_sha256, sign_sha, 32);
     if ((server = gw_server_start(&deps, err, sizeof err)) == NULL) {
-        say(VEIL_LOG_ERROR, "%s", err);
+        veil_logf(&logger, VEIL_LOG_ERROR, "%s", err);
         goto out;
     }
     unsigned port = gw_server_port(server);
     veil_memory_status mem;
     veil_memory_status_get(&mem);
     int v6 = strchr(cfg.listen_addr, ':') != NULL;
-    say(VEIL_LOG_INFO,
+    veil_logf(&logger, VEIL_LOG_INFO,
         "listening on %s://%s%s%s:%u; %zu model(s); memory: locking %s, "
         "core dumps %s; replay register %zu KiB",
         cfg.tls_cert ? "https" : "http", v6 ? "[" : "", cfg.listen_addr,
         v6 ? "]" : "", port, cfg.n_models, mem.locking ? "on" : "OFF",
         mem.core_dumps_off ? "off" : "ON", gw_strikes_bytes(strikes) / 1024);
     if (!auth)
-        say(VEIL_LOG_WARN, "no api_keys file: authentication is off");
+        veil_logf(&logger, VEIL_LOG_WARN, "no api_keys file: authentication is off");
     else
-        say(VEIL_LOG_INFO, "%zu API key(s) loaded", gw_auth_count(auth));
+        veil_logf(&logger, VEIL_LOG_INFO, "%zu API key(s) loaded", gw_auth_count(auth));
     if (!signer)
-        say(VEIL_LOG_INFO, "no signing_key: answers are not signed");
+        veil_logf(&logger, VEIL_LOG_INFO, "no signing_key: answers are not signed");
     if (!tpm && any_model_on(&cfg, GW_TIER_MAXIMUM))
-        say(VEIL_LOG_INFO, "tpm is off: maximum-tier requests answer 503");
+        veil_logf(&logger, VEIL_LOG_INFO, "tpm is off: maximum-tier requests answer 503");
     if (!cfg.tls_cert && !loopback(cfg.listen_addr))
-        say(VEIL_LOG_WARN,
+        veil_logf(&logger, VEIL_LOG_WARN,
             "plain http on %s: put TLS in front (tls_cert, "
             "tls_key, or a reverse proxy)",
             cfg.listen_addr);
     if (cfg.port_file && write_port_file(cfg.port_file, port) != 0) {
-        say(VEIL_LOG_ERROR, "cannot write %s: %s", cfg.port_file,
+        veil_logf(&logger, VEIL_LOG_ERROR, "cannot write %s: %s", cfg.port_file,
             strerror(errno));
         goto out;
     }
 
-    int sig = 0;
-    while (sigwait(&sigs, &sig) != 0)
-        ;
-    say(VEIL_LOG_INFO, "%s: stopping (requests in flight get at most %u s)",
-        sig == SIGTERM  ? "SIGTERM"
-        : sig == SIGHUP ? "SIGHUP"
-                        : "SIGINT",
-        cfg.shutdown_grace);
+    int sig = svc_run_wait(&run);
+    veil_logf(&logger, VEIL_LOG_INFO,
+              "%s: stopping (requests in flight get at most %u s)",
+              svc_run_signal_name(sig), cfg.shutdown_grace);
     unsigned cut = gw_server_stop(server, cfg.shutdown_grace);
     server = NULL;
     if (cut)
-        say(VEIL_LOG_WARN, "%u request(s) cut off at shutdown", cut);
-    say(VEIL_LOG_INFO, "stopped");
+        veil_logf(&logger, VEIL_LOG_WARN, "%u request(s) cut off at shutdown", cut);
+    veil_logf(&logger, VEIL_LOG_INFO, "stopped");
     rc = 0;
 out:
     gw_server_stop(server, 0);
