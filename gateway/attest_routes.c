@@ -51,8 +51,8 @@ void gw_attest_report(void *app, svc_req *r)
         gw_respond(s, r, GW_REFUSED,
                    "nonce must be %d to %d random bytes in hex (%d to %d "
                    "digits): ?nonce=HEX",
-                   VEIL_EV_NONCE_MIN, VEIL_EV_NONCE_MAX,
-                   2 * VEIL_EV_NONCE_MIN, 2 * VEIL_EV_NONCE_MAX);
+                   VEIL_EV_NONCE_MIN, VEIL_EV_NONCE_MAX, 2 * VEIL_EV_NONCE_MIN,
+                   2 * VEIL_EV_NONCE_MAX);
         return;
     }
     if (s->d.tpm == NULL) {
@@ -123,8 +123,8 @@ static gw_rc activate(gw_server *s, svc_req *r, uint8_t secret[64],
         snprintf(why, why_size, "the TPM refused the credential");
         rc = GW_REFUSED;
     } else if (t != 0) {
-        veil_logf(&s->log, VEIL_LOG_ERROR,
-                  "credential activation failed: %s", err);
+        veil_logf(&s->log, VEIL_LOG_ERROR, "credential activation failed: %s",
+                  err);
         snprintf(why, why_size, "the credential could not be activated: %s",
                  err);
         rc = GW_UNAVAILABLE;

@@ -41,19 +41,19 @@
  * into an HTTP answer: the status of each is in its table there. */
 typedef enum gw_rc {
     GW_OK = 0,
-    GW_REFUSED,       /* 400: the request is wrong (the detail says how) */
-    GW_UNAUTHORIZED,  /* 401: no API key, or an unknown one */
-    GW_FORBIDDEN,     /* 403: not allowed (a model on a tier) */
-    GW_NOT_FOUND,     /* 404 */
-    GW_REPLAY,        /* 409: a request package seen before */
-    GW_RATE_LIMITED,  /* 429, with Retry-After */
-    GW_INTERNAL,      /* 500 */
-    GW_UPSTREAM,      /* 502: the inference backend failed */
-    GW_UNAVAILABLE,   /* 503: try again later (token, TPM, register full) */
-    GW_NOMEM,         /* 503: out of memory */
-    GW_TIMEOUT,       /* 504: the inference backend timed out */
-    GW_UNDECRYPTABLE  /* 400: the one answer for every package that does not
-                         open (VEIL_PKG_DECRYPT_DETAIL) */
+    GW_REFUSED,      /* 400: the request is wrong (the detail says how) */
+    GW_UNAUTHORIZED, /* 401: no API key, or an unknown one */
+    GW_FORBIDDEN,    /* 403: not allowed (a model on a tier) */
+    GW_NOT_FOUND,    /* 404 */
+    GW_REPLAY,       /* 409: a request package seen before */
+    GW_RATE_LIMITED, /* 429, with Retry-After */
+    GW_INTERNAL,     /* 500 */
+    GW_UPSTREAM,     /* 502: the inference backend failed */
+    GW_UNAVAILABLE,  /* 503: try again later (token, TPM, register full) */
+    GW_NOMEM,        /* 503: out of memory */
+    GW_TIMEOUT,      /* 504: the inference backend timed out */
+    GW_UNDECRYPTABLE /* 400: the one answer for every package that does not
+                        open (VEIL_PKG_DECRYPT_DETAIL) */
 } gw_rc;
 
 /* Writes one formatted line to err (ignored when err is NULL or
@@ -101,7 +101,7 @@ typedef struct gw_config {
                                   body_limit */
     unsigned ipv6_prefix;      /* rate-limit key of an IPv6 client, bits (64) */
     unsigned shutdown_grace;   /* seconds for requests in flight (30) */
-    char *state_dir;   /* what veild keeps across restarts */
+    char *state_dir;           /* what veild keeps across restarts */
     unsigned replay_window;    /* seconds (86400) */
     unsigned replay_capacity;  /* marks (4194304) */
     unsigned replay_sync;      /* seconds between write-backs (1) */
@@ -218,7 +218,7 @@ void gw_rate_free(gw_rate *r);
 /* GW_OK when a request from `id` may go now; else GW_RATE_LIMITED and
  * *retry_after_s says when one will (whole seconds, at least 1). */
 gw_rc gw_rate_take(gw_rate *r, const uint8_t id[32], double now,
-                 unsigned *retry_after_s);
+                   unsigned *retry_after_s);
 
 /* The bucket id of a client without an API key: SHA-256 of its IPv4
  * address, or of the first ipv6_prefix bits of its IPv6 address (the rest
@@ -350,9 +350,8 @@ int gw_tpm_report(gw_tpm *t, const uint8_t qualifying[32], cJSON *report,
  * to out.  0; 1 when the TPM refused the credential (not for this AK or
  * EK, or tampered: answer 400); -1 with err on a TPM failure (503). */
 int gw_tpm_activate(gw_tpm *t, const uint8_t *blob, size_t blob_len,
-                    const uint8_t *enc_secret, size_t enc_len,
-                    uint8_t out[64], size_t *out_len, char *err,
-                    size_t err_size);
+                    const uint8_t *enc_secret, size_t enc_len, uint8_t out[64],
+                    size_t *out_len, char *err, size_t err_size);
 
 /* ---- answer signatures kept by payload ID (signlog.c) ----------------- */
 

@@ -201,8 +201,8 @@ gw_rc gw_client_key(gw_keycache *kc, veil_engine *e, const char *h,
         return GW_REFUSED;
     }
     if (!strstr(pem, "-----BEGIN PUBLIC KEY-----") ||
-        veil_key_from_public(e, (const uint8_t *)pem, strlen(pem),
-                             &out->key) != VEIL_OK) {
+        veil_key_from_public(e, (const uint8_t *)pem, strlen(pem), &out->key) !=
+            VEIL_OK) {
         free(pem);
         snprintf(why, why_size, "X-Public-Key is not a PEM public key");
         return GW_REFUSED;

@@ -116,7 +116,8 @@ int gw_payload_id_ok(const char *id)
     return gw_payload_id_canonical(id, NULL);
 }
 
-/* ---- admission ------------------------------------------------------------ */
+/* ---- admission ------------------------------------------------------------
+ */
 
 /* The API key (or, without API keys, the address) and its rate limit:
  * the early refusals of the HTTP layer's admission that are veild's. */
@@ -252,7 +253,8 @@ static void get_health(void *app, svc_req *r)
     free(body);
 }
 
-/* ---- the route table ------------------------------------------------------ */
+/* ---- the route table ------------------------------------------------------
+ */
 
 /* Each row carries its policy.  The public key, the models and the health
  * answer at once (no admission); everything else goes through the same
@@ -260,23 +262,45 @@ static void get_health(void *app, svc_req *r)
  * but for the signature lookup, which is cheap and holds no body.  No HEAD
  * of the report: it would cost a TPM quote that nobody reads. */
 static const svc_route routes[] = {
-    {.path = "/pki/public_key", .method = "GET", .body_max = SMALL_BODY_MAX,
+    {.path = "/pki/public_key",
+     .method = "GET",
+     .body_max = SMALL_BODY_MAX,
      .handle = get_key},
-    {.path = "/v1/models", .method = "GET", .body_max = SMALL_BODY_MAX,
+    {.path = "/v1/models",
+     .method = "GET",
+     .body_max = SMALL_BODY_MAX,
      .handle = get_models},
-    {.path = "/healthz", .method = "GET", .body_max = SMALL_BODY_MAX,
+    {.path = "/healthz",
+     .method = "GET",
+     .body_max = SMALL_BODY_MAX,
      .handle = get_health},
-    {.path = "/v1/chat/secure_completion", .method = "POST", .admit = 1,
-     .needs_slot = 1, .body_max = 0, .handle = gw_v1_completion},
-    {.path = "/v1/attestation/report", .method = "GET", .admit = 1,
-     .needs_slot = 1, .no_head = 1, .body_max = SMALL_BODY_MAX,
+    {.path = "/v1/chat/secure_completion",
+     .method = "POST",
+     .admit = 1,
+     .needs_slot = 1,
+     .body_max = 0,
+     .handle = gw_v1_completion},
+    {.path = "/v1/attestation/report",
+     .method = "GET",
+     .admit = 1,
+     .needs_slot = 1,
+     .no_head = 1,
+     .body_max = SMALL_BODY_MAX,
      .handle = gw_attest_report},
-    {.path = "/v1/attestation/activate", .method = "POST", .admit = 1,
-     .needs_slot = 1, .body_max = SMALL_BODY_MAX,
+    {.path = "/v1/attestation/activate",
+     .method = "POST",
+     .admit = 1,
+     .needs_slot = 1,
+     .body_max = SMALL_BODY_MAX,
      .handle = gw_attest_activate},
-    {.path = "/v1/signatures/", .method = "GET", .prefix = 1, .admit = 1,
-     .body_max = SMALL_BODY_MAX, .tail_ok = gw_payload_id_ok,
-     .handle = gw_signature_get, .log_path = "/v1/signatures/ID"},
+    {.path = "/v1/signatures/",
+     .method = "GET",
+     .prefix = 1,
+     .admit = 1,
+     .body_max = SMALL_BODY_MAX,
+     .tail_ok = gw_payload_id_ok,
+     .handle = gw_signature_get,
+     .log_path = "/v1/signatures/ID"},
 };
 
 /* ---- start and stop ---------------------------------------------------- */

@@ -79,9 +79,9 @@ static gw_rc v1_headers(svc_req *r, v1_x *x)
 /* The caller's key, then the package opened inside the token. */
 static gw_rc v1_open(gw_server *s, svc_req *r, v1_x *x)
 {
-    gw_rc rc = gw_client_key(s->keys, s->d.engine,
-                             svc_header(r, "X-Public-Key"), svc_client_id(r),
-                             &x->ck, x->why, sizeof x->why);
+    gw_rc rc =
+        gw_client_key(s->keys, s->d.engine, svc_header(r, "X-Public-Key"),
+                      svc_client_id(r), &x->ck, x->why, sizeof x->why);
     if (rc != GW_OK)
         return rc;
     /* the exact bytes received: what the client hashes too */
@@ -304,9 +304,8 @@ static veil_secbuf *answer_text(const gw_upstream_result *up,
 /* The answer with veild's _metadata, sealed to the caller's key. */
 static gw_rc v1_seal(gw_server *s, v1_x *x)
 {
-    x->metadata =
-        metadata_member(s, x->pid, x->tier_name, &x->attestation,
-                        x->up.members > (size_t)x->up.has_metadata);
+    x->metadata = metadata_member(s, x->pid, x->tier_name, &x->attestation,
+                                  x->up.members > (size_t)x->up.has_metadata);
     x->answer = x->metadata ? answer_text(&x->up, x->metadata) : NULL;
     if (x->answer == NULL) {
         snprintf(x->why, sizeof x->why, "out of memory");
@@ -398,9 +397,12 @@ static gw_rc v1_sign(gw_server *s, v1_x *x)
 /* Sends the sealed answer (and its signature headers). */
 static gw_rc v1_send(gw_server *s, svc_req *r, v1_x *x)
 {
-    const char *headers[] = {"X-Veil-Signature", x->sig.sig_b64,
-                             "X-Veil-Signed-At", x->sig.signed_at,
-                             "X-Veil-Signing-Key", s->sign_key_header,
+    const char *headers[] = {"X-Veil-Signature",
+                             x->sig.sig_b64,
+                             "X-Veil-Signed-At",
+                             x->sig.signed_at,
+                             "X-Veil-Signing-Key",
+                             s->sign_key_header,
                              NULL};
     char *pkg = x->pkg;
 
@@ -438,11 +440,10 @@ void gw_v1_completion(void *app, svc_req *r)
     gw_rc rc;
 
     if ((rc = v1_headers(r, &x)) == GW_OK &&
-        (rc = v1_open(s, r, &x)) == GW_OK &&
-        (rc = v1_replay(s, &x)) == GW_OK && (rc = v1_model(s, &x)) == GW_OK &&
-        (rc = v1_attest(s, &x)) == GW_OK &&
-        (rc = v1_infer(s, r, &x)) == GW_OK &&
-        (rc = v1_seal(s, &x)) == GW_OK && (rc = v1_sign(s, &x)) == GW_OK)
+        (rc = v1_open(s, r, &x)) == GW_OK && (rc = v1_replay(s, &x)) == GW_OK &&
+        (rc = v1_model(s, &x)) == GW_OK && (rc = v1_attest(s, &x)) == GW_OK &&
+        (rc = v1_infer(s, r, &x)) == GW_OK && (rc = v1_seal(s, &x)) == GW_OK &&
+        (rc = v1_sign(s, &x)) == GW_OK)
         rc = v1_send(s, r, &x);
     if (rc != GW_OK)
         gw_respond(s, r, rc, "%s", x.why);

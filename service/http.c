@@ -144,8 +144,7 @@ void svc_json(svc_req *r, int status, cJSON *j)
         svc_fail(r, 500, "out of memory");
         return;
     }
-    queue(r, status, text_response("application/json", body, strlen(body)),
-          0);
+    queue(r, status, text_response("application/json", body, strlen(body)), 0);
     free(body);
 }
 
@@ -155,8 +154,8 @@ void svc_text(svc_req *r, int status, const char *type, const char *body,
     queue(r, status, text_response(type, body, len), 0);
 }
 
-int svc_send(svc_req *r, int status, const char *type, char *body,
-             size_t len, const char *const *headers)
+int svc_send(svc_req *r, int status, const char *type, char *body, size_t len,
+             const char *const *headers)
 {
     struct MHD_Response *resp =
         MHD_create_response_from_buffer(len, body, MHD_RESPMEM_MUST_FREE);
@@ -177,8 +176,7 @@ int svc_send(svc_req *r, int status, const char *type, char *body,
     return 0;
 }
 
-svc_response *svc_response_new(const char *type, const char *body,
-                               size_t len)
+svc_response *svc_response_new(const char *type, const char *body, size_t len)
 {
     svc_response *p = malloc(sizeof *p);
 
@@ -387,8 +385,8 @@ static enum MHD_Result request_head(svc_http *h, struct MHD_Connection *c,
 /* A piece of the body.  libmicrohttpd answers only once the body is in:
  * past the limit the rest is counted and dropped, and the 413 goes at the
  * end; a body more than 64 MiB over the limit closes the connection. */
-static enum MHD_Result request_data(svc_http *h, svc_req *r,
-                                    const char *upload, size_t *upload_size)
+static enum MHD_Result request_data(svc_http *h, svc_req *r, const char *upload,
+                                    size_t *upload_size)
 {
     if (r->refused == 0) {
         svc_charge_body(h, r, *upload_size);
@@ -555,8 +553,8 @@ static void mhd_log(void *cls, const char *fmt, va_list ap)
 
 /* The listening address into ss, and the flags it needs; -1 when it is
  * not an IP address. */
-static int listen_addr(const svc_http_config *cfg,
-                       struct sockaddr_storage *ss, unsigned *flags)
+static int listen_addr(const svc_http_config *cfg, struct sockaddr_storage *ss,
+                       unsigned *flags)
 {
     struct sockaddr_in *in4 = (struct sockaddr_in *)ss;
     struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)ss;
@@ -571,9 +569,8 @@ static int listen_addr(const svc_http_config *cfg,
         in6->sin6_family = AF_INET6;
         in6->sin6_port = htons((uint16_t)cfg->port);
         /* "::" takes IPv4 too; a specific IPv6 address only IPv6 */
-        *flags |= IN6_IS_ADDR_UNSPECIFIED(&in6->sin6_addr)
-                      ? MHD_USE_DUAL_STACK
-                      : MHD_USE_IPv6;
+        *flags |= IN6_IS_ADDR_UNSPECIFIED(&in6->sin6_addr) ? MHD_USE_DUAL_STACK
+                                                           : MHD_USE_IPv6;
         return 0;
     }
     return -1;
@@ -581,8 +578,8 @@ static int listen_addr(const svc_http_config *cfg,
 
 /* MHD's options into opts (at least 16), with TLS when configured. */
 static int mhd_options(svc_http *h, struct sockaddr_storage *ss,
-                       unsigned *flags, struct MHD_OptionItem *opts,
-                       char *err, size_t err_size)
+                       unsigned *flags, struct MHD_OptionItem *opts, char *err,
+                       size_t err_size)
 {
     const svc_http_config *cfg = &h->cfg;
     int n = 0;
@@ -593,9 +590,8 @@ static int mhd_options(svc_http *h, struct sockaddr_storage *ss,
     opts[n++] = (struct MHD_OptionItem){MHD_OPTION_SOCK_ADDR, 0, ss};
     opts[n++] = (struct MHD_OptionItem){MHD_OPTION_NOTIFY_COMPLETED,
                                         (intptr_t)on_completed, h};
-    opts[n++] =
-        (struct MHD_OptionItem){MHD_OPTION_CONNECTION_TIMEOUT,
-                                (intptr_t)cfg->connection_timeout, NULL};
+    opts[n++] = (struct MHD_OptionItem){
+        MHD_OPTION_CONNECTION_TIMEOUT, (intptr_t)cfg->connection_timeout, NULL};
     opts[n++] =
         (struct MHD_OptionItem){MHD_OPTION_CONNECTION_LIMIT, 1024, NULL};
     opts[n++] =
@@ -640,8 +636,7 @@ static svc_http *http_new(const svc_http_config *cfg)
     return h;
 }
 
-svc_http *svc_http_start(const svc_http_config *cfg, char *err,
-                         size_t err_size)
+svc_http *svc_http_start(const svc_http_config *cfg, char *err, size_t err_size)
 {
     svc_http *h = http_new(cfg);
     struct sockaddr_storage ss;

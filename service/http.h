@@ -53,15 +53,15 @@ typedef struct svc_route {
 } svc_route;
 
 typedef struct svc_http_config {
-    const char *listen_addr; /* an IPv4 or IPv6 address */
-    unsigned port;           /* 0: any free port (svc_http_port) */
+    const char *listen_addr;        /* an IPv4 or IPv6 address */
+    unsigned port;                  /* 0: any free port (svc_http_port) */
     const char *tls_cert, *tls_key; /* PEM files; both or neither */
     size_t body_limit;
-    unsigned workers;        /* worker slots */
-    unsigned header_timeout; /* seconds to a complete header block */
-    size_t body_min_rate;    /* bytes/s a body averages after 2 s */
-    unsigned body_timeout;   /* seconds a body may take at most */
-    unsigned answer_timeout; /* seconds a client may take to read */
+    unsigned workers;                 /* worker slots */
+    unsigned header_timeout;          /* seconds to a complete header block */
+    size_t body_min_rate;             /* bytes/s a body averages after 2 s */
+    unsigned body_timeout;            /* seconds a body may take at most */
+    unsigned answer_timeout;          /* seconds a client may take to read */
     unsigned connection_timeout;      /* MHD's idle limit, seconds */
     unsigned connections_per_address; /* open at once */
     size_t body_memory; /* body bytes held at once; 0: 2 x workers x
@@ -125,12 +125,11 @@ void svc_text(svc_req *r, int status, const char *type, const char *body,
  * NULL-terminated; may be NULL); its size counts in body_memory until it
  * is sent.  0, or -1 (body freed, nothing queued) when the response could
  * not be made, -2 when a header could not be added. */
-int svc_send(svc_req *r, int status, const char *type, char *body,
-             size_t len, const char *const *headers);
+int svc_send(svc_req *r, int status, const char *type, char *body, size_t len,
+             const char *const *headers);
 /* A response made once and sent as often as needed (Cache-Control:
  * no-store).  NULL: no memory. */
-svc_response *svc_response_new(const char *type, const char *body,
-                               size_t len);
+svc_response *svc_response_new(const char *type, const char *body, size_t len);
 void svc_response_free(svc_response *resp);
 void svc_send_prebuilt(svc_req *r, int status, svc_response *resp);
 

@@ -88,7 +88,7 @@ struct svc_req {
     struct svc_req *bprev, *bnext; /* the list of bodies being read */
     int reading;                   /* in that list */
     const svc_route *route;        /* NULL: none (404, 405) */
-    const char *method; /* for the log: "GET", "HEAD" or "POST" */
+    const char *method;            /* for the log: "GET", "HEAD" or "POST" */
     int admitted;       /* went through admission: counted in in_flight */
     size_t limit;       /* largest body accepted */
     size_t reserved;    /* of body_mem */

@@ -12,7 +12,8 @@ void svc_run_init(svc_run *run)
     sigemptyset(&run->sigs);
     sigaddset(&run->sigs, SIGTERM);
     sigaddset(&run->sigs, SIGINT);
-    sigaddset(&run->sigs, SIGHUP); /* no reload: a hang-up stops as gracefully */
+    sigaddset(&run->sigs,
+              SIGHUP); /* no reload: a hang-up stops as gracefully */
     pthread_sigmask(SIG_BLOCK, &run->sigs, NULL);
     signal(SIGPIPE, SIG_IGN);
 }
@@ -28,7 +29,5 @@ int svc_run_wait(svc_run *run)
 
 const char *svc_run_signal_name(int sig)
 {
-    return sig == SIGTERM  ? "SIGTERM"
-           : sig == SIGHUP ? "SIGHUP"
-                           : "SIGINT";
+    return sig == SIGTERM ? "SIGTERM" : sig == SIGHUP ? "SIGHUP" : "SIGINT";
 }

@@ -1045,11 +1045,13 @@ static void test_auth_good(void)
     CU_ASSERT_PTR_NULL(gw_auth_name(a, id)); /* no name given */
 
     /* wrong keys: near misses, empty, NULL */
-    CU_ASSERT_EQUAL(gw_auth_check(a, "vk-alice-012345678", id), GW_UNAUTHORIZED);
+    CU_ASSERT_EQUAL(gw_auth_check(a, "vk-alice-012345678", id),
+                    GW_UNAUTHORIZED);
     sha256("vk-alice-012345678", strlen("vk-alice-012345678"), want);
     CU_ASSERT_EQUAL(memcmp(id, want, 32), 0); /* the id is still given */
     CU_ASSERT_PTR_NULL(gw_auth_name(a, id));
-    CU_ASSERT_EQUAL(gw_auth_check(a, "vk-alice-0123456789\n", id), GW_UNAUTHORIZED);
+    CU_ASSERT_EQUAL(gw_auth_check(a, "vk-alice-0123456789\n", id),
+                    GW_UNAUTHORIZED);
     CU_ASSERT_EQUAL(gw_auth_check(a, "", id), GW_UNAUTHORIZED);
     CU_ASSERT_EQUAL(gw_auth_check(a, NULL, id), GW_UNAUTHORIZED);
     CU_ASSERT_EQUAL(gw_auth_check(NULL, KEY_ALICE, id), GW_UNAUTHORIZED);
