@@ -345,7 +345,7 @@ static void log_started(const gw_deps *d, unsigned port)
     if (!d->signing_key)
         veil_logf(&logger, VEIL_LOG_INFO,
                   "no signing_key: answers are not signed");
-    if (!d->tpm && any_model_on(cfg, GW_TIER_MAXIMUM))
+    if (!d->tpm && any_model_on(cfg, VEIL_TIER_MAXIMUM))
         veil_logf(&logger, VEIL_LOG_INFO,
                   "tpm is off: maximum-tier requests answer 503");
     if (!cfg->tls_cert && !loopback(cfg->listen_addr))
