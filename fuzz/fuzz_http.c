@@ -1,6 +1,7 @@
 /* libFuzzer harness: veild's HTTP request path, in this process.
  *
- * The harness starts the real server (gateway/server.c) through its public
+ * The harness starts the real server (gateway/server.c, its route modules
+ * and the HTTP layer service/http.c) through its public
  * entry points only (gateway/gateway.h: gw_server_start with a gw_deps as
  * veild.c makes it): echo models (one per tier set, one with a prompt-cache
  * salt field), a software server key (the fuzzing-only

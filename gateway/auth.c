@@ -215,11 +215,11 @@ gw_auth *gw_auth_load(const char *path, char *err, size_t err_size)
         gw_put_err(err, err_size, "%s: no API keys in the file", path);
         goto fail;
     }
-    OPENSSL_cleanse(buf, len);
+    veil_wipe(buf, len);
     free(buf);
     return a;
 fail:
-    OPENSSL_cleanse(buf, len);
+    veil_wipe(buf, len);
     free(buf);
     gw_auth_free(a);
     return NULL;
@@ -235,7 +235,7 @@ void gw_auth_free(gw_auth *a)
     free(a);
 }
 
-int gw_auth_check(const gw_auth *a, const char *key, uint8_t id[32])
+gw_rc gw_auth_check(const gw_auth *a, const char *key, uint8_t id[32])
 {
     uint8_t h[32];
     unsigned int hlen = 0;
@@ -245,14 +245,14 @@ int gw_auth_check(const gw_auth *a, const char *key, uint8_t id[32])
     if (!key ||
         EVP_Digest(key, strlen(key), h, &hlen, EVP_sha256(), NULL) != 1 ||
         hlen != 32)
-        return 0;
+        return GW_UNAUTHORIZED;
     memcpy(id, h, 32);
     if (!a)
-        return 0;
+        return GW_UNAUTHORIZED;
     /* every entry, no early exit */
     for (size_t i = 0; i < a->n; i++)
         match |= (unsigned)(CRYPTO_memcmp(h, a->e[i].hash, 32) == 0);
-    return match != 0;
+    return match != 0 ? GW_OK : GW_UNAUTHORIZED;
 }
 
 size_t gw_auth_count(const gw_auth *a)

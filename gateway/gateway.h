@@ -1,9 +1,16 @@
 /* veild internals: the pieces of the gateway and how they meet.  Not
  * installed.
  *
- *   veild.c     main: flags, config, signals, start and clean shutdown
+ *   veild.c     main: flags, config, start and clean shutdown (signals:
+ *               service/run.c)
  *   config.c    one table of settings, read from a file and from flags
- *   server.c    libmicrohttpd: routes, body limits, the exchange itself
+ *   server.c    the server: the route table over service/http.c (the one
+ *               HTTP layer), admission (API key, rate), gw_respond (the
+ *               one map of gw_rc to HTTP), the small routes
+ *   v1.c        the NOMYO v1 exchange, as named steps returning gw_rc
+ *   keycache.c  clients' public keys: checked once, kept by use
+ *   attest_routes.c  the attestation routes and GET /v1/signatures/ID
+ *   (routes.h: what these four share; not for the units below)
  *   upstream.c  the request scan, the inference backend over libcurl, and
  *               the echo model
  *   auth.c      API keys stored as SHA-256 hashes, constant-time compare
@@ -26,8 +33,28 @@
 #include <cjson/cJSON.h>
 
 #include "json_scan.h"
+#include "tier.h"
 #include "util.h"
 #include "veil/engine.h"
+
+/* The outcome of a gateway step.  Only gw_respond (server.c) turns one
+ * into an HTTP answer: the status of each is in its table there. */
+typedef enum gw_rc {
+    GW_OK = 0,
+    GW_REFUSED,      /* 400: the request is wrong (the detail says how) */
+    GW_UNAUTHORIZED, /* 401: no API key, or an unknown one */
+    GW_FORBIDDEN,    /* 403: not allowed (a model on a tier) */
+    GW_NOT_FOUND,    /* 404 */
+    GW_REPLAY,       /* 409: a request package seen before */
+    GW_RATE_LIMITED, /* 429, with Retry-After */
+    GW_INTERNAL,     /* 500 */
+    GW_UPSTREAM,     /* 502: the inference backend failed */
+    GW_UNAVAILABLE,  /* 503: try again later (token, TPM, register full) */
+    GW_NOMEM,        /* 503: out of memory */
+    GW_TIMEOUT,      /* 504: the inference backend timed out */
+    GW_UNDECRYPTABLE /* 400: the one answer for every package that does not
+                        open (VEIL_PKG_DECRYPT_DETAIL) */
+} gw_rc;
 
 /* Writes one formatted line to err (ignored when err is NULL or
  * err_size 0): how config.c and auth.c report problems. */
@@ -37,10 +64,11 @@ void gw_put_err(char *err, size_t err_size, const char *fmt, ...)
 /* ---- configuration (config.c) ----------------------------------------- */
 
 #define GW_MAX_MODELS 64
-#define GW_TIER_STANDARD (1u << 0)
-#define GW_TIER_HIGH (1u << 1)
-#define GW_TIER_MAXIMUM (1u << 2)
-#define GW_TIER_ALL (GW_TIER_STANDARD | GW_TIER_HIGH | GW_TIER_MAXIMUM)
+/* the tiers of protocol/tier.h */
+#define GW_TIER_STANDARD VEIL_TIER_STANDARD
+#define GW_TIER_HIGH VEIL_TIER_HIGH
+#define GW_TIER_MAXIMUM VEIL_TIER_MAXIMUM
+#define GW_TIER_ALL VEIL_TIER_ALL
 
 typedef struct gw_model {
     char *id;                /* model ID as clients name it */
@@ -73,7 +101,7 @@ typedef struct gw_config {
                                   body_limit */
     unsigned ipv6_prefix;      /* rate-limit key of an IPv6 client, bits (64) */
     unsigned shutdown_grace;   /* seconds for requests in flight (30) */
-    char *state_dir;   /* what veild keeps across restarts */
+    char *state_dir;           /* what veild keeps across restarts */
     unsigned replay_window;    /* seconds (86400) */
     unsigned replay_capacity;  /* marks (4194304) */
     unsigned replay_sync;      /* seconds between write-backs (1) */
@@ -129,13 +157,14 @@ typedef struct gw_auth gw_auth;
  * ("FILE:LINE: ..." for a malformed line). */
 gw_auth *gw_auth_load(const char *path, char *err, size_t err_size);
 void gw_auth_free(gw_auth *a);
-/* 1 when `key` hashes to a stored hash (every entry compared, constant
- * time); the hash goes to id (used for rate limiting). */
-int gw_auth_check(const gw_auth *a, const char *key, uint8_t id[32]);
+/* GW_OK when `key` hashes to a stored hash (every entry compared,
+ * constant time), else GW_UNAUTHORIZED; the hash goes to id (used for
+ * rate limiting). */
+gw_rc gw_auth_check(const gw_auth *a, const char *key, uint8_t id[32]);
 /* How many keys the file holds (for the startup log). */
 size_t gw_auth_count(const gw_auth *a);
 /* The name written after the hash of the key with this id, or NULL (no
- * such key, or no name).  For logs, after gw_auth_check said 1; not
+ * such key, or no name).  For logs, after gw_auth_check said GW_OK; not
  * constant time. */
 const char *gw_auth_name(const gw_auth *a, const uint8_t id[32]);
 
@@ -186,10 +215,10 @@ typedef struct gw_rate gw_rate;
  * use, the one idle longest is reused.  NULL on bad arguments. */
 gw_rate *gw_rate_new(double per_second, unsigned burst, unsigned max_keys);
 void gw_rate_free(gw_rate *r);
-/* 1 when a request from `id` may go now; else 0 and *retry_after_s says
- * when one will (whole seconds, at least 1). */
-int gw_rate_take(gw_rate *r, const uint8_t id[32], double now,
-                 unsigned *retry_after_s);
+/* GW_OK when a request from `id` may go now; else GW_RATE_LIMITED and
+ * *retry_after_s says when one will (whole seconds, at least 1). */
+gw_rc gw_rate_take(gw_rate *r, const uint8_t id[32], double now,
+                   unsigned *retry_after_s);
 
 /* The bucket id of a client without an API key: SHA-256 of its IPv4
  * address, or of the first ipv6_prefix bits of its IPv6 address (the rest
@@ -321,9 +350,8 @@ int gw_tpm_report(gw_tpm *t, const uint8_t qualifying[32], cJSON *report,
  * to out.  0; 1 when the TPM refused the credential (not for this AK or
  * EK, or tampered: answer 400); -1 with err on a TPM failure (503). */
 int gw_tpm_activate(gw_tpm *t, const uint8_t *blob, size_t blob_len,
-                    const uint8_t *enc_secret, size_t enc_len,
-                    uint8_t out[64], size_t *out_len, char *err,
-                    size_t err_size);
+                    const uint8_t *enc_secret, size_t enc_len, uint8_t out[64],
+                    size_t *out_len, char *err, size_t err_size);
 
 /* ---- answer signatures kept by payload ID (signlog.c) ----------------- */
 
@@ -340,7 +368,7 @@ int gw_signlog_put(gw_signlog *l, const char *payload_id, const char *json,
 /* A malloc'd copy of the stored body, or NULL when unknown or expired. */
 char *gw_signlog_get(gw_signlog *l, const char *payload_id, time_t now);
 
-/* ---- the HTTP server (server.c) --------------------------------------- */
+/* ---- the server (server.c over service/http.c) ------------------------ */
 
 typedef struct gw_server gw_server;
 

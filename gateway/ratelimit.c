@@ -29,7 +29,6 @@
 #include <netinet/in.h>
 #include <sys/socket.h>
 
-#include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/rand.h>
 #include <openssl/sha.h>
@@ -82,7 +81,7 @@ gw_rate *gw_rate_new(double per_second, unsigned burst, unsigned max_keys)
         pthread_mutex_init(&r->mu, NULL) != 0) {
         free(r->b);
         free(r->index);
-        OPENSSL_cleanse(r->secret, sizeof r->secret);
+        veil_wipe(r->secret, sizeof r->secret);
         free(r);
         return NULL;
     }
@@ -97,7 +96,7 @@ void gw_rate_free(gw_rate *r)
     pthread_mutex_destroy(&r->mu);
     free(r->b);
     free(r->index);
-    OPENSSL_cleanse(r->secret, sizeof r->secret);
+    veil_wipe(r->secret, sizeof r->secret);
     free(r);
 }
 
@@ -199,8 +198,8 @@ static uint32_t bucket_for(gw_rate *r, const uint8_t h[32], uint32_t slot,
     return n;
 }
 
-int gw_rate_take(gw_rate *r, const uint8_t id[32], double now,
-                 unsigned *retry_after_s)
+gw_rc gw_rate_take(gw_rate *r, const uint8_t id[32], double now,
+                   unsigned *retry_after_s)
 {
     uint8_t in[64], h[32];
     unsigned int hlen = 0;
@@ -211,14 +210,14 @@ int gw_rate_take(gw_rate *r, const uint8_t id[32], double now,
     if (retry_after_s)
         *retry_after_s = 1;
     if (!r || !id)
-        return 0;
+        return GW_RATE_LIMITED;
     memcpy(in, r->secret, 32);
     memcpy(in + 32, id, 32);
     ok = EVP_Digest(in, sizeof in, h, &hlen, EVP_sha256(), NULL) == 1 &&
          hlen == 32;
-    OPENSSL_cleanse(in, sizeof in);
+    veil_wipe(in, sizeof in);
     if (!ok)
-        return 0;
+        return GW_RATE_LIMITED;
 
     pthread_mutex_lock(&r->mu);
     slot = find(r, h, &found);
@@ -260,7 +259,7 @@ int gw_rate_take(gw_rate *r, const uint8_t id[32], double now,
         ok = 0;
     }
     pthread_mutex_unlock(&r->mu);
-    return ok;
+    return ok ? GW_OK : GW_RATE_LIMITED;
 }
 
 void gw_rate_address_id(const struct sockaddr *sa, unsigned ipv6_prefix,

@@ -6,9 +6,6 @@
 
 #include <errno.h>
 #include <malloc.h>
-#include <pthread.h>
-#include <signal.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,6 +14,7 @@
 
 #include "gateway.h"
 #include "package.h"
+#include "run.h"
 
 static const char usage[] =
     "usage: veild [--config FILE] [--SETTING VALUE]...\n"
@@ -41,18 +39,8 @@ static void log_stderr(void *ctx, veil_log_level level, const char *line)
         fprintf(stderr, "veild: %s: %s\n", names[level], line);
 }
 
-static void say(veil_log_level level, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
-
-static void say(veil_log_level level, const char *fmt, ...)
-{
-    char line[600];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(line, sizeof line, fmt, ap);
-    va_end(ap);
-    log_stderr(NULL, level, line);
-}
+/* veild's own lines (log_stderr filters them by log_level) */
+static const veil_logger logger = {log_stderr, NULL, VEIL_LOG_DEBUG};
 
 static int parse_level(const char *s, veil_log_level *out)
 {
@@ -144,21 +132,23 @@ static veil_key *open_server_key(veil_engine *e, const gw_config *cfg)
     veil_key *k = NULL;
     veil_key_info info;
     if (veil_key_open(e, cfg->server_key, &k) != VEIL_OK) {
-        say(VEIL_LOG_ERROR, "server key %s: %s", cfg->server_key,
-            veil_last_error()->message);
+        veil_logf(&logger, VEIL_LOG_ERROR, "server key %s: %s", cfg->server_key,
+                  veil_last_error()->message);
         return NULL;
     }
     if (veil_key_get_info(k, &info) != VEIL_OK || info.type != VEIL_KEY_RSA ||
         info.bits < VEIL_PKG_MIN_RSA_BITS || !info.has_private) {
-        say(VEIL_LOG_ERROR,
+        veil_logf(
+            &logger, VEIL_LOG_ERROR,
             "server key %s must be an RSA private key of at least %u bits",
             cfg->server_key, VEIL_PKG_MIN_RSA_BITS);
         veil_key_free(k);
         return NULL;
     }
-    say(VEIL_LOG_INFO, "server key: %s RSA-%u %s%s%s", info.provider, info.bits,
-        info.fingerprint, info.sensitive == 1 ? ", sensitive" : "",
-        info.extractable == 0 ? ", not extractable" : "");
+    veil_logf(&logger, VEIL_LOG_INFO, "server key: %s RSA-%u %s%s%s",
+              info.provider, info.bits, info.fingerprint,
+              info.sensitive == 1 ? ", sensitive" : "",
+              info.extractable == 0 ? ", not extractable" : "");
     return k;
 }
 
@@ -170,20 +160,22 @@ static veil_key *open_signing_key(veil_engine *e, const gw_config *cfg)
     veil_key_info info;
 
     if (veil_key_open(e, cfg->signing_key, &k) != VEIL_OK) {
-        say(VEIL_LOG_ERROR, "signing key %s: %s", cfg->signing_key,
-            veil_last_error()->message);
+        veil_logf(&logger, VEIL_LOG_ERROR, "signing key %s: %s",
+                  cfg->signing_key, veil_last_error()->message);
         return NULL;
     }
     if (veil_key_get_info(k, &info) != VEIL_OK ||
         info.type != VEIL_KEY_EC_P256 || !info.has_private) {
-        say(VEIL_LOG_ERROR, "signing key %s must be an EC P-256 private key",
-            cfg->signing_key);
+        veil_logf(&logger, VEIL_LOG_ERROR,
+                  "signing key %s must be an EC P-256 private key",
+                  cfg->signing_key);
         veil_key_free(k);
         return NULL;
     }
-    say(VEIL_LOG_INFO, "signing key: %s EC-P256 %s%s%s", info.provider,
-        info.fingerprint, info.sensitive == 1 ? ", sensitive" : "",
-        info.extractable == 0 ? ", not extractable" : "");
+    veil_logf(&logger, VEIL_LOG_INFO, "signing key: %s EC-P256 %s%s%s",
+              info.provider, info.fingerprint,
+              info.sensitive == 1 ? ", sensitive" : "",
+              info.extractable == 0 ? ", not extractable" : "");
     return k;
 }
 
@@ -196,7 +188,8 @@ static gw_tpm *open_tpm(const gw_config *cfg, veil_key *server_key)
     gw_tpm *t;
 
     if (veil_key_public_der(server_key, &spki, &spki_len) != VEIL_OK) {
-        say(VEIL_LOG_ERROR, "server key: %s", veil_last_error()->message);
+        veil_logf(&logger, VEIL_LOG_ERROR, "server key: %s",
+                  veil_last_error()->message);
         return NULL;
     }
     gw_tpm_options opt = {
@@ -213,14 +206,17 @@ static gw_tpm *open_tpm(const gw_config *cfg, veil_key *server_key)
     t = gw_tpm_open(&opt, err, sizeof err);
     free(spki);
     if (t == NULL) {
-        say(VEIL_LOG_ERROR, "tpm = on, but the TPM cannot be used: %s", err);
+        veil_logf(&logger, VEIL_LOG_ERROR,
+                  "tpm = on, but the TPM cannot be used: %s", err);
         return NULL;
     }
-    say(VEIL_LOG_INFO, "TPM: %s; quotes of %s%s%s", gw_tpm_describe(t),
-        cfg->tpm_pcrs, cfg->tpm_ak_per_request ? ", a fresh AK per answer" : "",
-        cfg->tpm_certify_key ? ", the server key certified" : "");
+    veil_logf(&logger, VEIL_LOG_INFO, "TPM: %s; quotes of %s%s%s",
+              gw_tpm_describe(t), cfg->tpm_pcrs,
+              cfg->tpm_ak_per_request ? ", a fresh AK per answer" : "",
+              cfg->tpm_certify_key ? ", the server key certified" : "");
     if (gw_tpm_is_software(t))
-        say(VEIL_LOG_WARN,
+        veil_logf(
+            &logger, VEIL_LOG_WARN,
             "the TPM is a software TPM (%s, which says so of itself): its "
             "attestation proves nothing about this machine; use it only "
             "for testing",
@@ -242,6 +238,171 @@ static int loopback(const char *addr)
            !strncmp(addr, "127.", 4);
 }
 
+/* Opens the engine and the keys (server key, signing key and its store,
+ * the TPM) into d.  0, or -1 (logged). */
+static int open_keys(gw_deps *d, const gw_config *cfg)
+{
+    veil_engine_config ec = {
+        .pkcs11_module = cfg->pkcs11_module,
+        .log = log_stderr,
+        .log_level = log_level,
+    };
+    if (cfg->pin_source &&
+        veil_pin_source_parse(cfg->pin_source, &ec.pin) != VEIL_OK) {
+        veil_logf(&logger, VEIL_LOG_ERROR, "pin_source: %s",
+                  veil_last_error()->message);
+        return -1;
+    }
+    if (veil_engine_new(&ec, &d->engine) != VEIL_OK) {
+        veil_logf(&logger, VEIL_LOG_ERROR, "engine: %s",
+                  veil_last_error()->message);
+        return -1;
+    }
+    if ((d->server_key = open_server_key(d->engine, cfg)) == NULL)
+        return -1;
+    if (cfg->signing_key &&
+        (d->signing_key = open_signing_key(d->engine, cfg)) == NULL)
+        return -1;
+    if (veil_key_fingerprint(d->server_key, d->encryption_key_sha256) !=
+            VEIL_OK ||
+        (d->signing_key &&
+         veil_key_fingerprint(d->signing_key, d->signing_key_sha256) !=
+             VEIL_OK)) {
+        veil_logf(&logger, VEIL_LOG_ERROR, "key hash: %s",
+                  veil_last_error()->message);
+        return -1;
+    }
+    if (d->signing_key &&
+        (d->signlog = gw_signlog_new(cfg->signature_retention,
+                                     cfg->signature_capacity)) == NULL) {
+        veil_logf(&logger, VEIL_LOG_ERROR, "out of memory");
+        return -1;
+    }
+    if (cfg->tpm && (d->tpm = open_tpm(cfg, d->server_key)) == NULL)
+        return -1;
+    return 0;
+}
+
+/* Opens the API keys, the replay register and the rate limits into d.
+ * 0, or -1 (logged). */
+static int open_state(gw_deps *d, const gw_config *cfg)
+{
+    char err[512];
+
+    if (cfg->api_keys &&
+        (d->auth = gw_auth_load(cfg->api_keys, err, sizeof err)) == NULL) {
+        veil_logf(&logger, VEIL_LOG_ERROR, "api_keys: %s", err);
+        return -1;
+    }
+    if (gw_state_dir(cfg->state_dir, err, sizeof err) != 0 ||
+        (d->strikes = gw_strikes_open(cfg->state_dir, cfg->replay_window,
+                                      cfg->replay_capacity, cfg->replay_sync,
+                                      err, sizeof err)) == NULL) {
+        veil_logf(&logger, VEIL_LOG_ERROR, "replay register: %s", err);
+        return -1;
+    }
+    if ((d->rate = gw_rate_new(cfg->rate, cfg->burst, 65536)) == NULL) {
+        veil_logf(&logger, VEIL_LOG_ERROR, "out of memory");
+        return -1;
+    }
+    return 0;
+}
+
+static void close_deps(gw_deps *d)
+{
+    gw_upstream_cleanup();
+    gw_rate_free(d->rate);
+    gw_strikes_free(d->strikes);
+    gw_auth_free(d->auth);
+    gw_tpm_free(d->tpm);
+    gw_signlog_free(d->signlog);
+    veil_key_free(d->signing_key);
+    veil_key_free(d->server_key);
+    veil_engine_free(d->engine);
+}
+
+/* What the gateway runs with, once it listens. */
+static void log_started(const gw_deps *d, unsigned port)
+{
+    const gw_config *cfg = d->cfg;
+    veil_memory_status mem;
+    int v6 = strchr(cfg->listen_addr, ':') != NULL;
+
+    veil_memory_status_get(&mem);
+    veil_logf(&logger, VEIL_LOG_INFO,
+              "listening on %s://%s%s%s:%u; %zu model(s); memory: locking %s, "
+              "core dumps %s; replay register %zu KiB",
+              cfg->tls_cert ? "https" : "http", v6 ? "[" : "", cfg->listen_addr,
+              v6 ? "]" : "", port, cfg->n_models, mem.locking ? "on" : "OFF",
+              mem.core_dumps_off ? "off" : "ON",
+              gw_strikes_bytes(d->strikes) / 1024);
+    if (!d->auth)
+        veil_logf(&logger, VEIL_LOG_WARN,
+                  "no api_keys file: authentication is off");
+    else
+        veil_logf(&logger, VEIL_LOG_INFO, "%zu API key(s) loaded",
+                  gw_auth_count(d->auth));
+    if (!d->signing_key)
+        veil_logf(&logger, VEIL_LOG_INFO,
+                  "no signing_key: answers are not signed");
+    if (!d->tpm && any_model_on(cfg, VEIL_TIER_MAXIMUM))
+        veil_logf(&logger, VEIL_LOG_INFO,
+                  "tpm is off: maximum-tier requests answer 503");
+    if (!cfg->tls_cert && !loopback(cfg->listen_addr))
+        veil_logf(&logger, VEIL_LOG_WARN,
+                  "plain http on %s: put TLS in front (tls_cert, "
+                  "tls_key, or a reverse proxy)",
+                  cfg->listen_addr);
+}
+
+/* Serves until a stop signal, then stops gracefully.  0, or 1 (logged). */
+static int serve(gw_deps *d, svc_run *run)
+{
+    const gw_config *cfg = d->cfg;
+    char err[512];
+    gw_server *server = gw_server_start(d, err, sizeof err);
+
+    if (server == NULL) {
+        veil_logf(&logger, VEIL_LOG_ERROR, "%s", err);
+        return 1;
+    }
+    unsigned port = gw_server_port(server);
+    log_started(d, port);
+    if (cfg->port_file && write_port_file(cfg->port_file, port) != 0) {
+        veil_logf(&logger, VEIL_LOG_ERROR, "cannot write %s: %s",
+                  cfg->port_file, strerror(errno));
+        gw_server_stop(server, 0);
+        return 1;
+    }
+    int sig = svc_run_wait(run);
+    veil_logf(&logger, VEIL_LOG_INFO,
+              "%s: stopping (requests in flight get at most %u s)",
+              svc_run_signal_name(sig), cfg->shutdown_grace);
+    unsigned cut = gw_server_stop(server, cfg->shutdown_grace);
+    if (cut)
+        veil_logf(&logger, VEIL_LOG_WARN, "%u request(s) cut off at shutdown",
+                  cut);
+    veil_logf(&logger, VEIL_LOG_INFO, "stopped");
+    return 0;
+}
+
+/* -h/--help or --version anywhere: printed, and 1. */
+static int help_or_version(int argc, char **argv)
+{
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
+            fputs(usage, stdout);
+            gw_config_help(stdout);
+            return 1;
+        }
+        if (!strcmp(argv[i], "--version")) {
+            printf("veild %s\n", PACKAGE_VERSION);
+            return 1;
+        }
+    }
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     /* Large buffers (request bodies, answers) straight from mmap and back
@@ -250,18 +411,9 @@ int main(int argc, char **argv)
     mallopt(M_MMAP_THRESHOLD, 128 * 1024);
     gw_config cfg;
     gw_config_init(&cfg);
-    for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
-            fputs(usage, stdout);
-            gw_config_help(stdout);
-            gw_config_free(&cfg);
-            return 0;
-        }
-        if (!strcmp(argv[i], "--version")) {
-            printf("veild %s\n", PACKAGE_VERSION);
-            gw_config_free(&cfg);
-            return 0;
-        }
+    if (help_or_version(argc, argv)) {
+        gw_config_free(&cfg);
+        return 0;
     }
     int rc = parse_args(argc, argv, &cfg);
     if (rc != 0) {
@@ -270,151 +422,23 @@ int main(int argc, char **argv)
     }
     parse_level(cfg.log_level, &log_level);
 
-    /* Signals are taken by sigwait below; every thread inherits the mask. */
-    sigset_t sigs;
-    sigemptyset(&sigs);
-    sigaddset(&sigs, SIGTERM);
-    sigaddset(&sigs, SIGINT);
-    sigaddset(&sigs, SIGHUP); /* no reload: a hang-up stops as gracefully */
-    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
-    signal(SIGPIPE, SIG_IGN);
-
+    /* before any thread: the stop signals go to svc_run_wait only */
+    svc_run run;
+    svc_run_init(&run);
     if (veil_disable_core_dumps() != VEIL_OK)
-        say(VEIL_LOG_WARN, "core dumps could not be turned off: %s",
-            veil_last_error()->message);
+        veil_logf(&logger, VEIL_LOG_WARN,
+                  "core dumps could not be turned off: %s",
+                  veil_last_error()->message);
 
-    veil_engine *e = NULL;
-    veil_key *key = NULL, *signer = NULL;
-    gw_auth *auth = NULL;
-    gw_signlog *signlog = NULL;
-    gw_tpm *tpm = NULL;
-    gw_strikes *strikes = NULL;
-    gw_rate *rate = NULL;
-    gw_server *server = NULL;
-    char err[512];
-    rc = 1;
-
-    veil_engine_config ec = {
-        .pkcs11_module = cfg.pkcs11_module,
-        .log = log_stderr,
-        .log_level = log_level,
-    };
-    if (cfg.pin_source &&
-        veil_pin_source_parse(cfg.pin_source, &ec.pin) != VEIL_OK) {
-        say(VEIL_LOG_ERROR, "pin_source: %s", veil_last_error()->message);
-        goto out;
-    }
-    if (veil_engine_new(&ec, &e) != VEIL_OK) {
-        say(VEIL_LOG_ERROR, "engine: %s", veil_last_error()->message);
-        goto out;
-    }
-    if ((key = open_server_key(e, &cfg)) == NULL)
-        goto out;
-    if (cfg.signing_key && (signer = open_signing_key(e, &cfg)) == NULL)
-        goto out;
-    uint8_t enc_sha[32], sign_sha[32] = {0};
-    if (veil_key_fingerprint(key, enc_sha) != VEIL_OK ||
-        (signer && veil_key_fingerprint(signer, sign_sha) != VEIL_OK)) {
-        say(VEIL_LOG_ERROR, "key hash: %s", veil_last_error()->message);
-        goto out;
-    }
-    if (signer && (signlog = gw_signlog_new(cfg.signature_retention,
-                                            cfg.signature_capacity)) == NULL) {
-        say(VEIL_LOG_ERROR, "out of memory");
-        goto out;
-    }
-    if (cfg.tpm && (tpm = open_tpm(&cfg, key)) == NULL)
-        goto out;
-    if (cfg.api_keys &&
-        (auth = gw_auth_load(cfg.api_keys, err, sizeof err)) == NULL) {
-        say(VEIL_LOG_ERROR, "api_keys: %s", err);
-        goto out;
-    }
-    if (gw_state_dir(cfg.state_dir, err, sizeof err) != 0 ||
-        (strikes = gw_strikes_open(cfg.state_dir, cfg.replay_window,
-                                   cfg.replay_capacity, cfg.replay_sync, err,
-                                   sizeof err)) == NULL) {
-        say(VEIL_LOG_ERROR, "replay register: %s", err);
-        goto out;
-    }
-    rate = gw_rate_new(cfg.rate, cfg.burst, 65536);
-    if (rate == NULL) {
-        say(VEIL_LOG_ERROR, "out of memory");
-        goto out;
-    }
     gw_deps deps = {
         .cfg = &cfg,
-        .engine = e,
-        .server_key = key,
-        .auth = auth,
-        .strikes = strikes,
-        .rate = rate,
-        .signing_key = signer,
-        .signlog = signlog,
-        .tpm = tpm,
         .log = log_stderr,
         .log_level = log_level,
     };
-    memcpy(deps.encryption_key_sha256, enc_sha, 32);
-    memcpy(deps.signing_key_sha256, sign_sha, 32);
-    if ((server = gw_server_start(&deps, err, sizeof err)) == NULL) {
-        say(VEIL_LOG_ERROR, "%s", err);
-        goto out;
-    }
-    unsigned port = gw_server_port(server);
-    veil_memory_status mem;
-    veil_memory_status_get(&mem);
-    int v6 = strchr(cfg.listen_addr, ':') != NULL;
-    say(VEIL_LOG_INFO,
-        "listening on %s://%s%s%s:%u; %zu model(s); memory: locking %s, "
-        "core dumps %s; replay register %zu KiB",
-        cfg.tls_cert ? "https" : "http", v6 ? "[" : "", cfg.listen_addr,
-        v6 ? "]" : "", port, cfg.n_models, mem.locking ? "on" : "OFF",
-        mem.core_dumps_off ? "off" : "ON", gw_strikes_bytes(strikes) / 1024);
-    if (!auth)
-        say(VEIL_LOG_WARN, "no api_keys file: authentication is off");
-    else
-        say(VEIL_LOG_INFO, "%zu API key(s) loaded", gw_auth_count(auth));
-    if (!signer)
-        say(VEIL_LOG_INFO, "no signing_key: answers are not signed");
-    if (!tpm && any_model_on(&cfg, GW_TIER_MAXIMUM))
-        say(VEIL_LOG_INFO, "tpm is off: maximum-tier requests answer 503");
-    if (!cfg.tls_cert && !loopback(cfg.listen_addr))
-        say(VEIL_LOG_WARN,
-            "plain http on %s: put TLS in front (tls_cert, "
-            "tls_key, or a reverse proxy)",
-            cfg.listen_addr);
-    if (cfg.port_file && write_port_file(cfg.port_file, port) != 0) {
-        say(VEIL_LOG_ERROR, "cannot write %s: %s", cfg.port_file,
-            strerror(errno));
-        goto out;
-    }
-
-    int sig = 0;
-    while (sigwait(&sigs, &sig) != 0)
-        ;
-    say(VEIL_LOG_INFO, "%s: stopping (requests in flight get at most %u s)",
-        sig == SIGTERM  ? "SIGTERM"
-        : sig == SIGHUP ? "SIGHUP"
-                        : "SIGINT",
-        cfg.shutdown_grace);
-    unsigned cut = gw_server_stop(server, cfg.shutdown_grace);
-    server = NULL;
-    if (cut)
-        say(VEIL_LOG_WARN, "%u request(s) cut off at shutdown", cut);
-    say(VEIL_LOG_INFO, "stopped");
-    rc = 0;
-out:
-    gw_server_stop(server, 0);
-    gw_upstream_cleanup();
-    gw_rate_free(rate);
-    gw_strikes_free(strikes);
-    gw_auth_free(auth);
-    gw_tpm_free(tpm);
-    gw_signlog_free(signlog);
-    veil_key_free(signer);
-    veil_key_free(key);
-    veil_engine_free(e);
+    rc = 1;
+    if (open_keys(&deps, &cfg) == 0 && open_state(&deps, &cfg) == 0)
+        rc = serve(&deps, &run);
+    close_deps(&deps);
     gw_config_free(&cfg);
     return rc;
 }

@@ -22,8 +22,8 @@ set -u
 
 readonly ME="check_style"
 BANNED=(strcpy strcat sprintf vsprintf strtok gets atoi atol)
-C_DIRS=(engine providers protocol tools client gateway tests fuzz)
-FORMAT_DIRS=(engine providers protocol client tools fuzz)
+C_DIRS=(engine providers protocol tools client gateway service tests fuzz)
+FORMAT_DIRS=(engine providers protocol client service tools fuzz)
 
 if [ -n "${VEIL_SRCDIR:-}" ]; then
     SRCDIR=$VEIL_SRCDIR

@@ -1032,27 +1032,29 @@ static void test_auth_good(void)
     CU_ASSERT_PTR_NOT_NULL_FATAL(a);
     CU_ASSERT_EQUAL(gw_auth_count(a), 2);
 
-    CU_ASSERT_EQUAL(gw_auth_check(a, KEY_ALICE, id), 1);
+    CU_ASSERT_EQUAL(gw_auth_check(a, KEY_ALICE, id), GW_OK);
     sha256(KEY_ALICE, strlen(KEY_ALICE), want);
     CU_ASSERT_EQUAL(memcmp(id, want, 32), 0);
     CU_ASSERT_PTR_NOT_NULL(gw_auth_name(a, id));
     if (gw_auth_name(a, id))
         CU_ASSERT_STRING_EQUAL(gw_auth_name(a, id), "alice (ops team)");
 
-    CU_ASSERT_EQUAL(gw_auth_check(a, KEY_BOB, id), 1);
+    CU_ASSERT_EQUAL(gw_auth_check(a, KEY_BOB, id), GW_OK);
     sha256(KEY_BOB, strlen(KEY_BOB), want);
     CU_ASSERT_EQUAL(memcmp(id, want, 32), 0);
     CU_ASSERT_PTR_NULL(gw_auth_name(a, id)); /* no name given */
 
     /* wrong keys: near misses, empty, NULL */
-    CU_ASSERT_EQUAL(gw_auth_check(a, "vk-alice-012345678", id), 0);
+    CU_ASSERT_EQUAL(gw_auth_check(a, "vk-alice-012345678", id),
+                    GW_UNAUTHORIZED);
     sha256("vk-alice-012345678", strlen("vk-alice-012345678"), want);
     CU_ASSERT_EQUAL(memcmp(id, want, 32), 0); /* the id is still given */
     CU_ASSERT_PTR_NULL(gw_auth_name(a, id));
-    CU_ASSERT_EQUAL(gw_auth_check(a, "vk-alice-0123456789\n", id), 0);
-    CU_ASSERT_EQUAL(gw_auth_check(a, "", id), 0);
-    CU_ASSERT_EQUAL(gw_auth_check(a, NULL, id), 0);
-    CU_ASSERT_EQUAL(gw_auth_check(NULL, KEY_ALICE, id), 0);
+    CU_ASSERT_EQUAL(gw_auth_check(a, "vk-alice-0123456789\n", id),
+                    GW_UNAUTHORIZED);
+    CU_ASSERT_EQUAL(gw_auth_check(a, "", id), GW_UNAUTHORIZED);
+    CU_ASSERT_EQUAL(gw_auth_check(a, NULL, id), GW_UNAUTHORIZED);
+    CU_ASSERT_EQUAL(gw_auth_check(NULL, KEY_ALICE, id), GW_UNAUTHORIZED);
     gw_auth_free(a);
     gw_auth_free(NULL);
 
@@ -1331,36 +1333,36 @@ static void test_rate_burst(void)
 
     CU_ASSERT_PTR_NOT_NULL_FATAL(r);
     mark(k, 'k', 1);
-    CU_ASSERT_EQUAL(gw_rate_take(r, k, 100.0, &retry), 1);
-    CU_ASSERT_EQUAL(gw_rate_take(r, k, 100.0, &retry), 1);
-    CU_ASSERT_EQUAL(gw_rate_take(r, k, 100.0, &retry), 0);
+    CU_ASSERT_EQUAL(gw_rate_take(r, k, 100.0, &retry), GW_OK);
+    CU_ASSERT_EQUAL(gw_rate_take(r, k, 100.0, &retry), GW_OK);
+    CU_ASSERT_EQUAL(gw_rate_take(r, k, 100.0, &retry), GW_RATE_LIMITED);
     CU_ASSERT_EQUAL(retry, 1);
     /* half a token back after 0.5 s: still no, retry in 1 s (rounded up) */
-    CU_ASSERT_EQUAL(gw_rate_take(r, k, 100.5, &retry), 0);
+    CU_ASSERT_EQUAL(gw_rate_take(r, k, 100.5, &retry), GW_RATE_LIMITED);
     CU_ASSERT_EQUAL(retry, 1);
     /* a full token at 101 */
-    CU_ASSERT_EQUAL(gw_rate_take(r, k, 101.0, &retry), 1);
-    CU_ASSERT_EQUAL(gw_rate_take(r, k, 101.0, &retry), 0);
+    CU_ASSERT_EQUAL(gw_rate_take(r, k, 101.0, &retry), GW_OK);
+    CU_ASSERT_EQUAL(gw_rate_take(r, k, 101.0, &retry), GW_RATE_LIMITED);
     /* long idle: back to a full bucket of 2, not more */
-    CU_ASSERT_EQUAL(gw_rate_take(r, k, 1000.0, &retry), 1);
-    CU_ASSERT_EQUAL(gw_rate_take(r, k, 1000.0, &retry), 1);
-    CU_ASSERT_EQUAL(gw_rate_take(r, k, 1000.0, &retry), 0);
+    CU_ASSERT_EQUAL(gw_rate_take(r, k, 1000.0, &retry), GW_OK);
+    CU_ASSERT_EQUAL(gw_rate_take(r, k, 1000.0, &retry), GW_OK);
+    CU_ASSERT_EQUAL(gw_rate_take(r, k, 1000.0, &retry), GW_RATE_LIMITED);
     /* time going back gives nothing */
-    CU_ASSERT_EQUAL(gw_rate_take(r, k, 500.0, &retry), 0);
+    CU_ASSERT_EQUAL(gw_rate_take(r, k, 500.0, &retry), GW_RATE_LIMITED);
     gw_rate_free(r);
     gw_rate_free(NULL);
 
     /* a slow rate: retry_after is whole seconds, rounded up */
     r = gw_rate_new(0.25, 1, 4);
     CU_ASSERT_PTR_NOT_NULL_FATAL(r);
-    CU_ASSERT_EQUAL(gw_rate_take(r, k, 0.0, &retry), 1);
-    CU_ASSERT_EQUAL(gw_rate_take(r, k, 0.0, &retry), 0);
+    CU_ASSERT_EQUAL(gw_rate_take(r, k, 0.0, &retry), GW_OK);
+    CU_ASSERT_EQUAL(gw_rate_take(r, k, 0.0, &retry), GW_RATE_LIMITED);
     CU_ASSERT_EQUAL(retry, 4);
-    CU_ASSERT_EQUAL(gw_rate_take(r, k, 1.5, &retry), 0);
+    CU_ASSERT_EQUAL(gw_rate_take(r, k, 1.5, &retry), GW_RATE_LIMITED);
     CU_ASSERT_EQUAL(retry, 3); /* 2.5 s to go */
-    CU_ASSERT_EQUAL(gw_rate_take(r, k, 3.9, &retry), 0);
+    CU_ASSERT_EQUAL(gw_rate_take(r, k, 3.9, &retry), GW_RATE_LIMITED);
     CU_ASSERT_EQUAL(retry, 1);
-    CU_ASSERT_EQUAL(gw_rate_take(r, k, 4.0, &retry), 1);
+    CU_ASSERT_EQUAL(gw_rate_take(r, k, 4.0, &retry), GW_OK);
     gw_rate_free(r);
 
     CU_ASSERT_PTR_NULL(gw_rate_new(0.0, 2, 4));
@@ -1377,15 +1379,15 @@ static void test_rate_keys_apart(void)
     CU_ASSERT_PTR_NOT_NULL_FATAL(r);
     mark(k1, 'k', 1);
     mark(k2, 'k', 2);
-    CU_ASSERT_EQUAL(gw_rate_take(r, k1, 10.0, &retry), 1);
-    CU_ASSERT_EQUAL(gw_rate_take(r, k1, 10.0, &retry), 1);
-    CU_ASSERT_EQUAL(gw_rate_take(r, k1, 10.0, &retry), 0);
+    CU_ASSERT_EQUAL(gw_rate_take(r, k1, 10.0, &retry), GW_OK);
+    CU_ASSERT_EQUAL(gw_rate_take(r, k1, 10.0, &retry), GW_OK);
+    CU_ASSERT_EQUAL(gw_rate_take(r, k1, 10.0, &retry), GW_RATE_LIMITED);
     /* k1 spent its bucket; k2 has its own */
-    CU_ASSERT_EQUAL(gw_rate_take(r, k2, 10.0, &retry), 1);
-    CU_ASSERT_EQUAL(gw_rate_take(r, k2, 10.0, &retry), 1);
-    CU_ASSERT_EQUAL(gw_rate_take(r, k2, 10.0, &retry), 0);
-    CU_ASSERT_EQUAL(gw_rate_take(r, k1, 11.0, &retry), 1);
-    CU_ASSERT_EQUAL(gw_rate_take(r, k1, 11.0, &retry), 0);
+    CU_ASSERT_EQUAL(gw_rate_take(r, k2, 10.0, &retry), GW_OK);
+    CU_ASSERT_EQUAL(gw_rate_take(r, k2, 10.0, &retry), GW_OK);
+    CU_ASSERT_EQUAL(gw_rate_take(r, k2, 10.0, &retry), GW_RATE_LIMITED);
+    CU_ASSERT_EQUAL(gw_rate_take(r, k1, 11.0, &retry), GW_OK);
+    CU_ASSERT_EQUAL(gw_rate_take(r, k1, 11.0, &retry), GW_RATE_LIMITED);
     gw_rate_free(r);
 }
 
@@ -1399,40 +1401,40 @@ static void test_rate_bounded(void)
     CU_ASSERT_PTR_NOT_NULL_FATAL(r);
     /* a hot key spends its bucket */
     mark(hot, 'h', 0);
-    CU_ASSERT_EQUAL(gw_rate_take(r, hot, 0.0, &retry), 1);
-    CU_ASSERT_EQUAL(gw_rate_take(r, hot, 0.0, &retry), 1);
-    CU_ASSERT_EQUAL(gw_rate_take(r, hot, 0.0, &retry), 0);
+    CU_ASSERT_EQUAL(gw_rate_take(r, hot, 0.0, &retry), GW_OK);
+    CU_ASSERT_EQUAL(gw_rate_take(r, hot, 0.0, &retry), GW_OK);
+    CU_ASSERT_EQUAL(gw_rate_take(r, hot, 0.0, &retry), GW_RATE_LIMITED);
     /* many keys pass through the table; the hot key is used between them,
      * so it is never the one idle longest and keeps its (empty) bucket */
     for (unsigned i = 0; i < 1000; i++) {
         mark(k, 'k', i);
-        ok += gw_rate_take(r, k, 0.0, &retry);
+        ok += gw_rate_take(r, k, 0.0, &retry) == GW_OK;
         if (i % 4 == 0)
-            CU_ASSERT_EQUAL(gw_rate_take(r, hot, 0.0, &retry), 0);
+            CU_ASSERT_EQUAL(gw_rate_take(r, hot, 0.0, &retry), GW_RATE_LIMITED);
     }
     CU_ASSERT_EQUAL(ok, 1000); /* each new key: a full bucket */
     /* an early key was evicted long ago: it comes back with a full bucket
      * (which it would have anyway after 2 s idle) */
     mark(k, 'k', 0);
-    CU_ASSERT_EQUAL(gw_rate_take(r, k, 0.0, &retry), 1);
-    CU_ASSERT_EQUAL(gw_rate_take(r, k, 0.0, &retry), 1);
-    CU_ASSERT_EQUAL(gw_rate_take(r, k, 0.0, &retry), 0);
+    CU_ASSERT_EQUAL(gw_rate_take(r, k, 0.0, &retry), GW_OK);
+    CU_ASSERT_EQUAL(gw_rate_take(r, k, 0.0, &retry), GW_OK);
+    CU_ASSERT_EQUAL(gw_rate_take(r, k, 0.0, &retry), GW_RATE_LIMITED);
     /* the most recent keys are still there, with one token left */
     mark(k, 'k', 999);
-    CU_ASSERT_EQUAL(gw_rate_take(r, k, 0.0, &retry), 1);
-    CU_ASSERT_EQUAL(gw_rate_take(r, k, 0.0, &retry), 0);
-    CU_ASSERT_EQUAL(gw_rate_take(r, hot, 0.0, &retry), 0);
+    CU_ASSERT_EQUAL(gw_rate_take(r, k, 0.0, &retry), GW_OK);
+    CU_ASSERT_EQUAL(gw_rate_take(r, k, 0.0, &retry), GW_RATE_LIMITED);
+    CU_ASSERT_EQUAL(gw_rate_take(r, hot, 0.0, &retry), GW_RATE_LIMITED);
     gw_rate_free(r);
 
     /* a table of one bucket */
     r = gw_rate_new(1.0, 1, 1);
     CU_ASSERT_PTR_NOT_NULL_FATAL(r);
     mark(k, 'k', 1);
-    CU_ASSERT_EQUAL(gw_rate_take(r, k, 0.0, &retry), 1);
-    CU_ASSERT_EQUAL(gw_rate_take(r, k, 0.0, &retry), 0);
+    CU_ASSERT_EQUAL(gw_rate_take(r, k, 0.0, &retry), GW_OK);
+    CU_ASSERT_EQUAL(gw_rate_take(r, k, 0.0, &retry), GW_RATE_LIMITED);
     mark(hot, 'k', 2);
-    CU_ASSERT_EQUAL(gw_rate_take(r, hot, 0.0, &retry), 1);
-    CU_ASSERT_EQUAL(gw_rate_take(r, hot, 0.0, &retry), 0);
+    CU_ASSERT_EQUAL(gw_rate_take(r, hot, 0.0, &retry), GW_OK);
+    CU_ASSERT_EQUAL(gw_rate_take(r, hot, 0.0, &retry), GW_RATE_LIMITED);
     gw_rate_free(r);
 }
 

@@ -1,0 +1,192 @@
+/* gateway/attest_routes.c: the attestation routes (docs/ATTESTATION.md)
+ * and the signature store's route:
+ *   GET  /v1/attestation/report?nonce=HEX
+ *   POST /v1/attestation/activate
+ *   GET  /v1/signatures/ID */
+#include "config.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "evidence.h"
+#include "routes.h"
+
+/* The report's fixed members: the nonce and both keys.  NULL: no
+ * memory. */
+static cJSON *report_head(gw_server *s, const char *hex)
+{
+    cJSON *j = cJSON_CreateObject();
+
+    if (!j ||
+        !cJSON_AddStringToObject(j, "format", "veil-attestation-report-v1") ||
+        !cJSON_AddStringToObject(j, "nonce", hex) ||
+        !cJSON_AddStringToObject(j, "encryption_key_spki_b64",
+                                 s->enc_spki_b64) ||
+        !cJSON_AddStringToObject(j, "encryption_key_sha256", s->enc_hex) ||
+        !(s->sign_spki_b64
+              ? cJSON_AddStringToObject(j, "signing_key_spki_b64",
+                                        s->sign_spki_b64)
+              : cJSON_AddNullToObject(j, "signing_key_spki_b64")) ||
+        !cJSON_AddStringToObject(j, "signing_key_sha256", s->sign_hex)) {
+        cJSON_Delete(j);
+        return NULL;
+    }
+    return j;
+}
+
+/* GET /v1/attestation/report?nonce=HEX: a quote over the nonce and both
+ * keys, with what a verifier needs to enrol this gateway. */
+void gw_attest_report(void *app, svc_req *r)
+{
+    gw_server *s = app;
+    const char *hex = svc_query(r, "nonce");
+    size_t n = hex ? strlen(hex) : 0;
+    uint8_t nonce[VEIL_EV_NONCE_MAX], qualifying[32];
+    char why[320];
+    cJSON *j;
+
+    if (n % 2 || n < 2 * VEIL_EV_NONCE_MIN || n > 2 * VEIL_EV_NONCE_MAX ||
+        !veil_hex_decode(hex, n / 2, nonce)) {
+        gw_respond(s, r, GW_REFUSED,
+                   "nonce must be %d to %d random bytes in hex (%d to %d "
+                   "digits): ?nonce=HEX",
+                   VEIL_EV_NONCE_MIN, VEIL_EV_NONCE_MAX, 2 * VEIL_EV_NONCE_MIN,
+                   2 * VEIL_EV_NONCE_MAX);
+        return;
+    }
+    if (s->d.tpm == NULL) {
+        gw_respond(s, r, GW_UNAVAILABLE, "no TPM attestation available");
+        return;
+    }
+    veil_ev_report_qualifying(nonce, n / 2, s->d.encryption_key_sha256,
+                              s->d.signing_key_sha256, qualifying);
+    if ((j = report_head(s, hex)) == NULL) {
+        gw_respond(s, r, GW_INTERNAL, "out of memory");
+        return;
+    }
+    if (gw_tpm_report(s->d.tpm, qualifying, j, why, sizeof why) != 0) {
+        cJSON_Delete(j);
+        veil_logf(&s->log, VEIL_LOG_ERROR, "attestation report failed: %s",
+                  why);
+        gw_respond(s, r, GW_UNAVAILABLE, "no attestation report: %s", why);
+        return;
+    }
+    svc_json(r, 200, j);
+}
+
+/* A member of o holding standard base64: decoded into *out (malloc'd,
+ * at least one byte).  0 when absent, empty or not base64. */
+static int b64_member(const cJSON *o, const char *name, uint8_t **out,
+                      size_t *len)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, name);
+
+    *out = NULL;
+    if (!cJSON_IsString(v) || v->valuestring[0] == '\0')
+        return 0;
+    if (veil_b64_decode(v->valuestring, strlen(v->valuestring), out, len) !=
+        VEIL_OK) {
+        *out = NULL;
+        return 0;
+    }
+    return *len > 0;
+}
+
+/* TPM2_ActivateCredential of the credential in the body: the recovered
+ * secret to *secret_len bytes of secret, or the reason in why. */
+static gw_rc activate(gw_server *s, svc_req *r, uint8_t secret[64],
+                      size_t *secret_len, char *why, size_t why_size)
+{
+    size_t len;
+    const char *body = svc_body(r, &len);
+    cJSON *in = len ? cJSON_ParseWithLength(body, len) : NULL;
+    uint8_t *blob = NULL, *enc = NULL;
+    size_t blob_len = 0, enc_len = 0;
+    char err[320];
+    gw_rc rc = GW_OK;
+    int t = 0;
+
+    if (!cJSON_IsObject(in) ||
+        !b64_member(in, "credential_blob_b64", &blob, &blob_len) ||
+        !b64_member(in, "encrypted_secret_b64", &enc, &enc_len)) {
+        snprintf(why, why_size,
+                 "the body must be a JSON object with credential_blob_b64 "
+                 "and encrypted_secret_b64 in standard base64");
+        rc = GW_REFUSED;
+    } else if (s->d.tpm == NULL) {
+        snprintf(why, why_size, "no TPM attestation available");
+        rc = GW_UNAVAILABLE;
+    } else if ((t = gw_tpm_activate(s->d.tpm, blob, blob_len, enc, enc_len,
+                                    secret, secret_len, err, sizeof err)) ==
+               1) {
+        snprintf(why, why_size, "the TPM refused the credential");
+        rc = GW_REFUSED;
+    } else if (t != 0) {
+        veil_logf(&s->log, VEIL_LOG_ERROR, "credential activation failed: %s",
+                  err);
+        snprintf(why, why_size, "the credential could not be activated: %s",
+                 err);
+        rc = GW_UNAVAILABLE;
+    }
+    free(blob);
+    free(enc);
+    cJSON_Delete(in);
+    return rc;
+}
+
+/* POST /v1/attestation/activate: TPM2_ActivateCredential of a credential
+ * the verifier made for the long-term AK under the EK. */
+void gw_attest_activate(void *app, svc_req *r)
+{
+    gw_server *s = app;
+    uint8_t secret[64];
+    size_t secret_len = 0;
+    char why[512], *b64 = NULL;
+    cJSON *j = NULL;
+    gw_rc rc = activate(s, r, secret, &secret_len, why, sizeof why);
+
+    if (rc != GW_OK) {
+        gw_respond(s, r, rc, "%s", why);
+    } else if ((b64 = veil_b64_encode(secret, secret_len)) == NULL ||
+               (j = cJSON_CreateObject()) == NULL ||
+               !cJSON_AddStringToObject(j, "secret_b64", b64)) {
+        cJSON_Delete(j);
+        gw_respond(s, r, GW_INTERNAL, "out of memory");
+    } else {
+        svc_json(r, 200, j);
+    }
+    free(b64);
+    veil_wipe(secret, sizeof secret);
+}
+
+/* GET /v1/signatures/ID: the signature of an answer, while it is kept. */
+void gw_signature_get(void *app, svc_req *r)
+{
+    gw_server *s = app;
+    const char *pid = svc_tail(r);
+    char key[PID_MAX + 1], *body;
+
+    if (!gw_payload_id_canonical(pid, key)) {
+        gw_respond(s, r, GW_REFUSED,
+                   "the path must end in a payload ID (1 to %d printable "
+                   "ASCII characters, no space)",
+                   PID_MAX);
+        return;
+    }
+    if (s->d.signlog == NULL) {
+        gw_respond(s, r, GW_NOT_FOUND,
+                   "this gateway does not sign answers (no signing_key)");
+        return;
+    }
+    body = gw_signlog_get(s->d.signlog, key, time(NULL));
+    if (body == NULL) {
+        gw_respond(s, r, GW_NOT_FOUND,
+                   "no signature is kept for payload ID %s (unknown, or "
+                   "older than signature_retention)",
+                   pid);
+        return;
+    }
+    svc_text(r, 200, "application/json", body, strlen(body));
+    free(body);
+}

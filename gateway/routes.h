@@ -1,0 +1,87 @@
+/* gateway/routes.h: what the server (server.c) and its route modules
+ * (v1.c, attest_routes.c, keycache.c) share.  Not for the units below
+ * them (config, auth, strikes, rate, upstream, tpm, signlog), which know
+ * nothing of HTTP. */
+#ifndef VEIL_GW_ROUTES_H
+#define VEIL_GW_ROUTES_H
+
+#include <pthread.h>
+
+#include "gateway.h"
+#include "http.h"
+#include "package.h"
+
+#pragma GCC visibility push(hidden)
+
+/* The longest payload ID taken. */
+#define PID_MAX VEIL_PAYLOAD_ID_MAX
+
+/* ---- clients' public keys (keycache.c) -------------------------------- */
+
+typedef struct gw_keycache gw_keycache;
+gw_keycache *gw_keycache_new(void);
+void gw_keycache_free(gw_keycache *kc);
+
+/* A client key for one request: from the cache (entry set) or the
+ * request's own (entry NULL). */
+typedef struct gw_ckey {
+    veil_key *key;
+    struct gw_ckey_entry *entry;
+} gw_ckey;
+
+/* The caller's key from the X-Public-Key header (h; NULL: absent), kept
+ * by the header and the caller's id.  GW_OK, or GW_REFUSED with the reason
+ * in why. */
+gw_rc gw_client_key(gw_keycache *kc, veil_engine *e, const char *h,
+                    const uint8_t id[32], gw_ckey *out, char *why,
+                    size_t why_size);
+void gw_ckey_release(gw_keycache *kc, gw_ckey *k);
+
+/* ---- the server ---------------------------------------------------------- */
+
+struct gw_server {
+    gw_deps d;
+    veil_logger log;
+    svc_http *http;
+    char *pem;
+    gw_keycache *keys;
+    veil_memory_status mem;
+    svc_response *undecryptable; /* one answer for every failure */
+    pthread_mutex_t health_lock; /* the health cache; held while probing */
+    time_t health_at;
+    char *health;
+    int health_ok;
+    /* the two keys as the evidence formats name them */
+    char enc_hex[65], sign_hex[65];     /* SHA-256 of the SPKI DER */
+    char *enc_spki_b64, *sign_spki_b64; /* sign_spki_b64: NULL, no signer */
+    char sign_key_header[72];           /* "sha256:<hex>" */
+    uint8_t salt_secret[32];            /* cache_salt's key */
+};
+
+/* Answers r for the outcome rc (not GW_OK) with the detail: the one map
+ * of gw_rc to an HTTP status.  GW_UNDECRYPTABLE sends the one prebuilt
+ * answer whatever the detail. */
+void gw_respond(gw_server *s, svc_req *r, gw_rc rc, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+/* The same with Retry-After (GW_RATE_LIMITED). */
+void gw_respond_retry(gw_server *s, svc_req *r, gw_rc rc, unsigned retry_s,
+                      const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
+/* The outcome answered with this HTTP status (the upstream's). */
+gw_rc gw_rc_of_status(int status);
+
+/* A payload ID's canonical form (docs/PROTOCOL-NOMYO.md); 1 when id is
+ * one (out may be NULL). */
+int gw_payload_id_canonical(const char *id, char out[PID_MAX + 1]);
+/* tail_ok of the signature route */
+int gw_payload_id_ok(const char *id);
+
+/* the route handlers (the table is in server.c) */
+void gw_v1_completion(void *app, svc_req *r);
+void gw_attest_report(void *app, svc_req *r);
+void gw_attest_activate(void *app, svc_req *r);
+void gw_signature_get(void *app, svc_req *r);
+
+#pragma GCC visibility pop
+
+#endif /* VEIL_GW_ROUTES_H */

@@ -1,0 +1,451 @@
+/* gateway/v1.c: the NOMYO v1 exchange (POST /v1/chat/secure_completion),
+ * as named steps that each return a gw_rc: read the headers, take the
+ * caller's key, open the request package with the server key (inside the
+ * token), check replay, model and tier, quote with the TPM (maximum), ask
+ * the upstream, seal the answer to the caller's key, sign it.  Only the
+ * route handler at the end answers (gw_respond, or the sealed answer). */
+#include "config.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <openssl/rand.h>
+#include <openssl/sha.h>
+
+#include "evidence.h"
+#include "routes.h"
+
+/* The signature of one answer, as it goes out in the headers. */
+typedef struct answer_sig {
+    char *sig_b64; /* malloc'd */
+    char signed_at[24];
+} answer_sig;
+
+/* One exchange, from the headers to the sealed answer. */
+typedef struct v1_x {
+    const char *pid;           /* X-Payload-ID as sent (checked) */
+    char pid_key[PID_MAX + 1]; /* its canonical form */
+    unsigned tier;             /* VEIL_TIER_* */
+    const char *tier_name;
+    const char *body;
+    size_t len;
+    uint8_t request_sha256[32];
+    gw_ckey ck;
+    veil_secbuf *pt; /* the request in plaintext */
+    veil_pkg_meta meta;
+    gw_request *rq;
+    const gw_model *m;
+    cJSON *attestation;
+    char salt[65];
+    gw_upstream_result up;
+    char *metadata, *pkg;
+    veil_secbuf *answer;
+    answer_sig sig;
+    char why[512]; /* the detail of a failure */
+} v1_x;
+
+/* X-Payload-ID, X-Security-Tier and a body. */
+static gw_rc v1_headers(svc_req *r, v1_x *x)
+{
+    x->pid = svc_header(r, "X-Payload-ID");
+    if (!gw_payload_id_canonical(x->pid, x->pid_key)) {
+        snprintf(x->why, sizeof x->why,
+                 "X-Payload-ID must be 1 to %d printable ASCII characters "
+                 "without spaces",
+                 PID_MAX);
+        return GW_REFUSED;
+    }
+    svc_set_log_id(r, x->pid);
+    const char *tier = svc_header(r, "X-Security-Tier");
+    x->tier = tier ? veil_tier_parse(tier) : VEIL_TIER_STANDARD;
+    if (x->tier == 0) {
+        snprintf(x->why, sizeof x->why,
+                 "X-Security-Tier must be standard, high or maximum");
+        return GW_REFUSED;
+    }
+    x->tier_name = veil_tier_name(x->tier);
+    x->body = svc_body(r, &x->len);
+    if (x->len == 0) {
+        snprintf(x->why, sizeof x->why, "the request body is empty");
+        return GW_REFUSED;
+    }
+    return GW_OK;
+}
+
+/* The caller's key, then the package opened inside the token. */
+static gw_rc v1_open(gw_server *s, svc_req *r, v1_x *x)
+{
+    gw_rc rc =
+        gw_client_key(s->keys, s->d.engine, svc_header(r, "X-Public-Key"),
+                      svc_client_id(r), &x->ck, x->why, sizeof x->why);
+    if (rc != GW_OK)
+        return rc;
+    /* the exact bytes received: what the client hashes too */
+    SHA256((const uint8_t *)x->body, x->len, x->request_sha256);
+    veil_rc vr = veil_pkg_open(s->d.engine, s->d.server_key, x->body, x->len,
+                               &x->pt, &x->meta);
+    if (vr == VEIL_E_DECRYPT && x->meta.unwrap_rc != VEIL_OK &&
+        x->meta.unwrap_rc != VEIL_E_DECRYPT) {
+        /* The token failed, not the package: logged when it happens (not
+         * only at the next /healthz), and no 400 that would send the
+         * client to refetch a key that is fine. */
+        veil_logf(&s->log, VEIL_LOG_ERROR,
+                  "the token failed to unwrap the key of request %s (%s)",
+                  x->pid, veil_rc_name(x->meta.unwrap_rc));
+        snprintf(x->why, sizeof x->why,
+                 "the gateway's key store failed; try again later");
+        return GW_UNAVAILABLE;
+    }
+    if (vr == VEIL_E_DECRYPT) /* one answer, whatever failed inside */
+        return GW_UNDECRYPTABLE;
+    if (vr != VEIL_OK) {
+        snprintf(x->why, sizeof x->why, "%s", veil_last_error()->message);
+        return vr == VEIL_E_NOMEM ? GW_NOMEM : GW_REFUSED;
+    }
+    return GW_OK;
+}
+
+/* The replay register: both marks of the package (payload ID, wrapped
+ * key). */
+static gw_rc v1_replay(gw_server *s, v1_x *x)
+{
+    uint8_t pid_hash[32];
+
+    SHA256((const uint8_t *)x->pid_key, strlen(x->pid_key), pid_hash);
+    switch (gw_strikes_add(s->d.strikes, pid_hash, x->meta.wrapped_key_sha256,
+                           time(NULL))) {
+    case GW_STRIKE_SEEN:
+        snprintf(x->why, sizeof x->why,
+                 "this request package (payload ID or wrapped key) was "
+                 "seen before; replays are refused");
+        return GW_REPLAY;
+    case GW_STRIKE_FULL:
+        snprintf(x->why, sizeof x->why,
+                 "replay register full; try again later");
+        return GW_UNAVAILABLE;
+    case GW_STRIKE_NEW:
+        break;
+    }
+    return GW_OK;
+}
+
+/* One scan of the request, no tree (what is checked is what goes); the
+ * model, and whether it runs on this tier here. */
+static gw_rc v1_model(gw_server *s, v1_x *x)
+{
+    if ((x->rq = malloc(sizeof *x->rq)) == NULL) {
+        snprintf(x->why, sizeof x->why, "out of memory");
+        return GW_NOMEM;
+    }
+    if (gw_request_scan(s->d.cfg, (const char *)veil_secbuf_data(x->pt),
+                        veil_secbuf_len(x->pt), x->rq, x->why,
+                        sizeof x->why) != 0)
+        return GW_REFUSED;
+    if (x->rq->model_len < 0) {
+        snprintf(x->why, sizeof x->why, "the request has no \"model\"");
+        return GW_REFUSED;
+    }
+    x->m = (size_t)x->rq->model_len == strlen(x->rq->model)
+               ? gw_config_model(s->d.cfg, x->rq->model)
+               : NULL;
+    if (x->m == NULL) {
+        snprintf(x->why, sizeof x->why,
+                 "model '%.200s' is not served here (GET /v1/models lists "
+                 "them)",
+                 x->rq->model);
+        return GW_REFUSED;
+    }
+    if (!(x->m->tiers & x->tier)) {
+        snprintf(x->why, sizeof x->why,
+                 "model '%.200s' is not allowed on the %s tier", x->m->id,
+                 x->tier_name);
+        return GW_FORBIDDEN;
+    }
+    /* maximum is high plus the TPM (PROTOCOL-NOMYO.md, tiers). */
+    if (x->tier >= VEIL_TIER_HIGH &&
+        !(s->mem.locking && s->mem.core_dumps_off && s->mem.dontdump &&
+          veil_secbuf_locked(x->pt))) {
+        snprintf(x->why, sizeof x->why,
+                 "the %s tier needs locked, unswappable, undumpable "
+                 "memory, which is not in force on this gateway",
+                 x->tier_name);
+        return GW_UNAVAILABLE;
+    }
+    return GW_OK;
+}
+
+/* maximum: quoted before the backend runs, so a TPM that fails costs no
+ * inference, and no answer ever leaves unattested. */
+static gw_rc v1_attest(gw_server *s, v1_x *x)
+{
+    uint8_t qualifying[32];
+    char why[320];
+
+    if (x->tier != VEIL_TIER_MAXIMUM)
+        return GW_OK;
+    if (s->d.tpm == NULL) {
+        snprintf(x->why, sizeof x->why, "no TPM attestation available");
+        return GW_UNAVAILABLE;
+    }
+    veil_ev_answer_qualifying(x->pid, x->request_sha256,
+                              s->d.encryption_key_sha256,
+                              s->d.signing_key_sha256, qualifying);
+    x->attestation = gw_tpm_quote(s->d.tpm, qualifying, why, sizeof why);
+    if (x->attestation == NULL) {
+        veil_logf(&s->log, VEIL_LOG_ERROR, "quote for %s failed: %s", x->pid,
+                  why);
+        snprintf(x->why, sizeof x->why,
+                 "no TPM attestation for this answer: %s", why);
+        return GW_UNAVAILABLE;
+    }
+    return GW_OK;
+}
+
+/* The value of a model's cache_salt_field for this caller: hex of
+ * HMAC-SHA256(gateway secret, the API key's hash, or the address's without
+ * API keys).  Requests of one API key share the backend's prompt cache,
+ * those of two keys never do; the salt tells nothing of the key. */
+static void cache_salt(gw_server *s, const uint8_t id[32], char out[65])
+{
+    uint8_t mac[32];
+    unsigned int len = sizeof mac;
+
+    if (HMAC(EVP_sha256(), s->salt_secret, sizeof s->salt_secret, id, 32, mac,
+             &len) == NULL)
+        RAND_bytes(mac, sizeof mac); /* fail safe: a cache of its own */
+    veil_hex(mac, sizeof mac, out);
+    veil_wipe(mac, sizeof mac);
+}
+
+/* The inference: the plaintext to the model's upstream (or echo). */
+static gw_rc v1_infer(gw_server *s, svc_req *r, v1_x *x)
+{
+    const char *salt = NULL;
+
+    if (x->m->cache_salt_field) {
+        cache_salt(s, svc_client_id(r), x->salt);
+        salt = x->salt;
+    }
+    gw_upstream_call(s->d.cfg, x->m, (const char *)veil_secbuf_data(x->pt),
+                     veil_secbuf_len(x->pt), x->rq, salt, &x->up);
+    if (x->up.status != 200) {
+        snprintf(x->why, sizeof x->why, "%s",
+                 x->up.body ? x->up.body : "upstream error");
+        return gw_rc_of_status(x->up.status);
+    }
+    return GW_OK;
+}
+
+/* The "_metadata" member veild adds to an answer, as text: ",\"_metadata\":
+ * {...}" (the comma when the answer keeps other members).  *attestation
+ * (the TPM's quote object, or NULL) goes in as tpm_attestation and is then
+ * owned here (*attestation set to NULL).  malloc'd; NULL: no memory. */
+static char *metadata_member(gw_server *s, const char *payload_id,
+                             const char *tier, cJSON **attestation, int comma)
+{
+    cJSON *md = cJSON_CreateObject(), *mp = cJSON_CreateObject();
+    char *text = NULL, *out = NULL;
+    size_t size;
+
+    if (md && mp && cJSON_AddStringToObject(mp, "platform", "linux") &&
+        cJSON_AddBoolToObject(mp, "memory_locking", s->mem.locking) &&
+        cJSON_AddBoolToObject(mp, "secure_zeroing", s->mem.zeroing) &&
+        cJSON_AddBoolToObject(mp, "core_dump_prevention",
+                              s->mem.core_dumps_off) &&
+        cJSON_AddItemToObject(md, "memory_protection", mp)) {
+        mp = NULL;
+        if (cJSON_AddStringToObject(md, "payload_id", payload_id) &&
+            cJSON_AddStringToObject(md, "security_tier", tier) &&
+            cJSON_AddStringToObject(md, "response_status", "success") &&
+            (*attestation == NULL ||
+             cJSON_AddItemToObject(md, "tpm_attestation", *attestation))) {
+            *attestation = NULL;
+            text = cJSON_PrintUnformatted(md);
+        }
+    }
+    cJSON_Delete(mp);
+    cJSON_Delete(md);
+    if (text == NULL)
+        return NULL;
+    size = strlen(text) + sizeof ",\"_metadata\":";
+    if ((out = malloc(size)) != NULL)
+        snprintf(out, size, "%s\"_metadata\":%s", comma ? "," : "", text);
+    free(text);
+    return out;
+}
+
+/* The answer to seal: the backend's text byte for byte, without its own
+ * "_metadata" (whatever it holds: only veild's reaches the client), with
+ * veild's spliced in before the closing brace.  A secret buffer, or NULL
+ * (no memory). */
+static veil_secbuf *answer_text(const gw_upstream_result *up,
+                                const char *metadata)
+{
+    veil_json_edit edits[2];
+    size_t n = 0, len;
+    veil_secbuf *out = NULL;
+
+    if (up->has_metadata)
+        n = veil_json_remove_members(up->body, up->len, &up->metadata, 1,
+                                     edits);
+    edits[n++] = (veil_json_edit){up->close, 0, metadata, strlen(metadata)};
+    len = veil_json_spliced_len(up->len, edits, n);
+    if (len == (size_t)-1 || veil_secbuf_new(len, &out) != VEIL_OK)
+        return NULL;
+    veil_json_splice(up->body, up->len, edits, n,
+                     (char *)veil_secbuf_data(out));
+    return out;
+}
+
+/* The answer with veild's _metadata, sealed to the caller's key. */
+static gw_rc v1_seal(gw_server *s, v1_x *x)
+{
+    x->metadata = metadata_member(s, x->pid, x->tier_name, &x->attestation,
+                                  x->up.members > (size_t)x->up.has_metadata);
+    x->answer = x->metadata ? answer_text(&x->up, x->metadata) : NULL;
+    if (x->answer == NULL) {
+        snprintf(x->why, sizeof x->why, "out of memory");
+        return GW_NOMEM;
+    }
+    if (veil_pkg_seal(s->d.engine, x->ck.key, veil_secbuf_data(x->answer),
+                      veil_secbuf_len(x->answer), x->meta.tag_mode,
+                      floor((double)time(NULL)), &x->pkg) != VEIL_OK) {
+        veil_logf(&s->log, VEIL_LOG_ERROR,
+                  "sealing the answer to %s failed: %s", x->pid,
+                  veil_last_error()->message);
+        snprintf(x->why, sizeof x->why, "the answer could not be sealed");
+        return GW_INTERNAL;
+    }
+    return GW_OK;
+}
+
+/* Keeps the signature for GET /v1/signatures/ID: losing it costs only the
+ * later lookup, so a failure here is logged and the answer still goes. */
+static void keep_signature(gw_server *s, const v1_x *x,
+                           const uint8_t response_sha256[32],
+                           long long signed_at, const char *statement)
+{
+    char req_hex[65], resp_hex[65];
+    char *body = NULL;
+    cJSON *j = cJSON_CreateObject();
+
+    veil_hex(x->request_sha256, 32, req_hex);
+    veil_hex(response_sha256, 32, resp_hex);
+    if (j && cJSON_AddStringToObject(j, "format", "veil-signature-v1") &&
+        cJSON_AddStringToObject(j, "payload_id", x->pid) &&
+        cJSON_AddStringToObject(j, "security_tier", x->tier_name) &&
+        cJSON_AddStringToObject(j, "request_sha256", req_hex) &&
+        cJSON_AddStringToObject(j, "response_sha256", resp_hex) &&
+        cJSON_AddStringToObject(j, "signing_key_sha256", s->sign_hex) &&
+        cJSON_AddNumberToObject(j, "signed_at", (double)signed_at) &&
+        cJSON_AddStringToObject(j, "signature_b64", x->sig.sig_b64) &&
+        cJSON_AddStringToObject(j, "statement", statement))
+        body = cJSON_PrintUnformatted(j);
+    cJSON_Delete(j);
+    if (body == NULL ||
+        gw_signlog_put(s->d.signlog, x->pid_key, body, time(NULL)))
+        veil_logf(&s->log, VEIL_LOG_WARN,
+                  "the signature of %s could not be kept for /v1/signatures",
+                  x->pid);
+    free(body);
+}
+
+/* Signs the statement of the answer (docs/ATTESTATION.md) and keeps the
+ * signature.  A gateway with a signing key never sends an unsigned
+ * answer. */
+static gw_rc v1_sign(gw_server *s, v1_x *x)
+{
+    uint8_t response_sha256[32], sig[VEIL_ECDSA_SIG_MAX];
+    size_t sig_len = sizeof sig, st_len;
+    char statement[VEIL_EV_STATEMENT_MAX];
+    long long signed_at = (long long)time(NULL);
+
+    if (s->d.signing_key == NULL)
+        return GW_OK;
+    snprintf(x->why, sizeof x->why, "the answer could not be signed");
+    SHA256((const uint8_t *)x->pkg, strlen(x->pkg), response_sha256);
+    st_len = veil_ev_statement(x->pid, x->tier_name, x->request_sha256,
+                               response_sha256, s->d.signing_key_sha256,
+                               signed_at, statement, sizeof statement);
+    if (st_len == 0) {
+        veil_logf(&s->log, VEIL_LOG_ERROR,
+                  "signing the answer to %s: no statement", x->pid);
+        return GW_INTERNAL;
+    }
+    if (veil_ecdsa_sign(s->d.engine, s->d.signing_key,
+                        (const uint8_t *)statement, st_len, sig,
+                        &sig_len) != VEIL_OK) {
+        veil_logf(&s->log, VEIL_LOG_ERROR,
+                  "signing the answer to %s failed: %s", x->pid,
+                  veil_last_error()->message);
+        return GW_INTERNAL;
+    }
+    if ((x->sig.sig_b64 = veil_b64_encode(sig, sig_len)) == NULL) {
+        veil_logf(&s->log, VEIL_LOG_ERROR,
+                  "signing the answer to %s: out of memory", x->pid);
+        return GW_INTERNAL;
+    }
+    snprintf(x->sig.signed_at, sizeof x->sig.signed_at, "%lld", signed_at);
+    keep_signature(s, x, response_sha256, signed_at, statement);
+    return GW_OK;
+}
+
+/* Sends the sealed answer (and its signature headers). */
+static gw_rc v1_send(gw_server *s, svc_req *r, v1_x *x)
+{
+    const char *headers[] = {"X-Veil-Signature",
+                             x->sig.sig_b64,
+                             "X-Veil-Signed-At",
+                             x->sig.signed_at,
+                             "X-Veil-Signing-Key",
+                             s->sign_key_header,
+                             NULL};
+    char *pkg = x->pkg;
+
+    x->pkg = NULL; /* svc_send owns it now */
+    int sent = svc_send(r, 200, "application/json", pkg, strlen(pkg),
+                        x->sig.sig_b64 ? headers : NULL);
+    if (sent == -2) {
+        snprintf(x->why, sizeof x->why, "the answer could not be signed");
+        return GW_INTERNAL;
+    }
+    return GW_OK; /* -1: no memory for a response; the connection closes */
+}
+
+static void v1_free(gw_server *s, v1_x *x)
+{
+    free(x->sig.sig_b64);
+    cJSON_Delete(x->attestation);
+    free(x->pkg);
+    free(x->metadata);
+    veil_secbuf_free(x->answer);
+    free(x->rq);
+    veil_wipe(x->salt, sizeof x->salt);
+    if (x->up.body) {
+        veil_wipe(x->up.body, x->up.len);
+        free(x->up.body);
+    }
+    veil_secbuf_free(x->pt);
+    gw_ckey_release(s->keys, &x->ck);
+}
+
+void gw_v1_completion(void *app, svc_req *r)
+{
+    gw_server *s = app;
+    v1_x x = {0};
+    gw_rc rc;
+
+    if ((rc = v1_headers(r, &x)) == GW_OK &&
+        (rc = v1_open(s, r, &x)) == GW_OK && (rc = v1_replay(s, &x)) == GW_OK &&
+        (rc = v1_model(s, &x)) == GW_OK && (rc = v1_attest(s, &x)) == GW_OK &&
+        (rc = v1_infer(s, r, &x)) == GW_OK && (rc = v1_seal(s, &x)) == GW_OK &&
+        (rc = v1_sign(s, &x)) == GW_OK)
+        rc = v1_send(s, r, &x);
+    if (rc != GW_OK)
+        gw_respond(s, r, rc, "%s", x.why);
+    v1_free(s, &x);
+}

@@ -1,0 +1,744 @@
+/* service/http.c: the HTTP layer (service/http.h) over libmicrohttpd:
+ * requests, the route table, admission, body reading, answers, start and
+ * stop.  Connections, deadlines, worker slots and body memory are in
+ * http_conn.c. */
+#include "config.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <arpa/inet.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "http_int.h"
+
+/* The body an unknown path may bring (read and dropped). */
+#define UNROUTED_BODY_MAX 4096
+
+struct svc_response {
+    struct MHD_Response *resp;
+};
+
+double svc_now(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
+}
+
+static double ms_since(const struct timespec *t0)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)(t.tv_sec - t0->tv_sec) * 1e3 +
+           (double)(t.tv_nsec - t0->tv_nsec) / 1e6;
+}
+
+void svc_log(const svc_http *h, veil_log_level level, const char *fmt, ...)
+{
+    const veil_logger *l = &h->cfg.log;
+    char line[512];
+    va_list ap;
+
+    if (l->fn == NULL || level > l->level)
+        return;
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof line, fmt, ap);
+    va_end(ap);
+    l->fn(l->ctx, level, line);
+}
+
+/* ---- answers ----------------------------------------------------------- */
+
+/* Queues resp (destroyed here unless keep) with the status. */
+static void queue(svc_req *r, int status, struct MHD_Response *resp, int keep)
+{
+    if (r->answered)
+        return;
+    if (resp == NULL) {
+        r->queue_failed = 1;
+        return;
+    }
+    enum MHD_Result ok = MHD_queue_response(r->c, (unsigned)status, resp);
+    if (!keep)
+        MHD_destroy_response(resp);
+    if (ok == MHD_YES) {
+        r->answered = 1;
+        r->status = status;
+    } else {
+        r->queue_failed = 1;
+    }
+}
+
+static struct MHD_Response *text_response(const char *type, const char *body,
+                                          size_t len)
+{
+    struct MHD_Response *resp = MHD_create_response_from_buffer(
+        len, (void *)body, MHD_RESPMEM_MUST_COPY);
+    if (resp) {
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, type);
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL,
+                                "no-store");
+    }
+    return resp;
+}
+
+/* A {"detail": "..."} answer (NULL: no memory). */
+static struct MHD_Response *detail_response(const char *detail)
+{
+    cJSON *j = cJSON_CreateObject();
+    char *body = NULL;
+    if (j && cJSON_AddStringToObject(j, "detail", detail))
+        body = cJSON_PrintUnformatted(j);
+    cJSON_Delete(j);
+    struct MHD_Response *resp = text_response(
+        "application/json", body ? body : "{}", body ? strlen(body) : 2);
+    free(body);
+    return resp;
+}
+
+static void fail_v(svc_req *r, int status, unsigned retry_s, const char *fmt,
+                   va_list ap) __attribute__((format(printf, 4, 0)));
+
+static void fail_v(svc_req *r, int status, unsigned retry_s, const char *fmt,
+                   va_list ap)
+{
+    char detail[512], v[16];
+
+    vsnprintf(detail, sizeof detail, fmt, ap);
+    struct MHD_Response *resp = detail_response(detail);
+    if (resp && retry_s) {
+        snprintf(v, sizeof v, "%u", retry_s);
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_RETRY_AFTER, v);
+    }
+    queue(r, status, resp, 0);
+}
+
+void svc_fail(svc_req *r, int status, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fail_v(r, status, 0, fmt, ap);
+    va_end(ap);
+}
+
+void svc_fail_retry(svc_req *r, int status, unsigned retry_s, const char *fmt,
+                    ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fail_v(r, status, retry_s, fmt, ap);
+    va_end(ap);
+}
+
+void svc_json(svc_req *r, int status, cJSON *j)
+{
+    char *body = j ? cJSON_PrintUnformatted(j) : NULL;
+
+    cJSON_Delete(j);
+    if (body == NULL) {
+        svc_fail(r, 500, "out of memory");
+        return;
+    }
+    queue(r, status, text_response("application/json", body, strlen(body)), 0);
+    free(body);
+}
+
+void svc_text(svc_req *r, int status, const char *type, const char *body,
+              size_t len)
+{
+    queue(r, status, text_response(type, body, len), 0);
+}
+
+int svc_send(svc_req *r, int status, const char *type, char *body, size_t len,
+             const char *const *headers)
+{
+    struct MHD_Response *resp =
+        MHD_create_response_from_buffer(len, body, MHD_RESPMEM_MUST_FREE);
+    if (resp == NULL) {
+        free(body);
+        return -1;
+    }
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, type);
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
+    for (size_t i = 0; headers && headers[i]; i += 2)
+        if (MHD_add_response_header(resp, headers[i], headers[i + 1]) !=
+            MHD_YES) {
+            MHD_destroy_response(resp);
+            return -2;
+        }
+    r->answer_len = len; /* held until sent: counted in body_mem */
+    queue(r, status, resp, 0);
+    return 0;
+}
+
+svc_response *svc_response_new(const char *type, const char *body, size_t len)
+{
+    svc_response *p = malloc(sizeof *p);
+
+    if (p && (p->resp = text_response(type, body, len)) == NULL) {
+        free(p);
+        p = NULL;
+    }
+    return p;
+}
+
+void svc_response_free(svc_response *p)
+{
+    if (p) {
+        MHD_destroy_response(p->resp);
+        free(p);
+    }
+}
+
+void svc_send_prebuilt(svc_req *r, int status, svc_response *p)
+{
+    queue(r, status, p ? p->resp : NULL, 1);
+}
+
+/* ---- a request --------------------------------------------------------- */
+
+const char *svc_header(svc_req *r, const char *name)
+{
+    return MHD_lookup_connection_value(r->c, MHD_HEADER_KIND, name);
+}
+
+const char *svc_query(svc_req *r, const char *name)
+{
+    return MHD_lookup_connection_value(r->c, MHD_GET_ARGUMENT_KIND, name);
+}
+
+const char *svc_body(const svc_req *r, size_t *len)
+{
+    *len = r->len;
+    return r->len ? r->body : NULL;
+}
+
+const char *svc_tail(const svc_req *r)
+{
+    return r->tail;
+}
+
+const struct sockaddr *svc_client_addr(svc_req *r)
+{
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(r->c, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+    return ci ? ci->client_addr : NULL;
+}
+
+uint8_t *svc_client_id(svc_req *r)
+{
+    return r->id;
+}
+
+void svc_set_key_name(svc_req *r, const char *name)
+{
+    r->key_name = name;
+}
+
+void svc_set_log_id(svc_req *r, const char *id)
+{
+    snprintf(r->log_id, sizeof r->log_id, "%s", id ? id : "");
+}
+
+/* ---- the route table --------------------------------------------------- */
+
+static const svc_route *route_of(const svc_http *h, const char *method,
+                                 const char *url, int *bad_method)
+{
+    *bad_method = 0;
+    for (size_t i = 0; i < h->cfg.n_routes; i++) {
+        const svc_route *rt = &h->cfg.routes[i];
+        if (rt->prefix ? strncmp(url, rt->path, strlen(rt->path)) != 0
+                       : strcmp(url, rt->path) != 0)
+            continue;
+        /* HEAD for the cheap GETs only: a HEAD of a costly one (a TPM
+         * quote) would cost what nobody reads. */
+        if (strcmp(method, rt->method) == 0 ||
+            (strcmp(method, "HEAD") == 0 && strcmp(rt->method, "GET") == 0 &&
+             !rt->no_head))
+            return rt;
+        *bad_method = 1;
+        return NULL;
+    }
+    return NULL;
+}
+
+/* Early refusals, before any body is read: shutdown, size, then the
+ * application's (auth, rate), then room for the body.  r->limit is the
+ * largest body the route takes.  The worker slot comes later, once the
+ * body is in. */
+static void admit(svc_http *h, svc_req *r)
+{
+    if (atomic_load(&h->stopping)) {
+        svc_fail_retry(r, 503, STOP_RETRY_S, "the gateway is shutting down");
+        return;
+    }
+    const char *cl = svc_header(r, MHD_HTTP_HEADER_CONTENT_LENGTH);
+    unsigned long long declared = 0;
+    if (cl) {
+        char *end;
+        errno = 0;
+        declared = strtoull(cl, &end, 10);
+        if (errno || *end || end == cl) {
+            svc_fail(r, 400, "Content-Length is not a number");
+            return;
+        }
+        if (declared > r->limit) {
+            svc_fail(r, 413,
+                     "request body of %llu bytes is over the limit of %zu",
+                     declared, r->limit);
+            return;
+        }
+    }
+    if (h->cfg.admit)
+        h->cfg.admit(h->cfg.app, r);
+    if (r->answered || declared == 0)
+        return;
+    if ((r->body = malloc(declared + 1)) == NULL) {
+        svc_fail(r, 503, "out of memory");
+        return;
+    }
+    r->cap = declared + 1;
+}
+
+static int append(svc_req *r, const char *data, size_t n)
+{
+    if (r->len + n > r->limit)
+        return 0;
+    if (r->len + n + 1 > r->cap) {
+        size_t cap = r->cap ? r->cap * 2 : 65536;
+        while (cap < r->len + n + 1)
+            cap *= 2;
+        if (cap > r->limit + 1)
+            cap = r->limit + 1;
+        char *b = realloc(r->body, cap);
+        if (b == NULL)
+            return -1;
+        r->body = b;
+        r->cap = cap;
+    }
+    memcpy(r->body + r->len, data, n);
+    r->len += n;
+    r->body[r->len] = '\0';
+    return 1;
+}
+
+/* ---- MHD callbacks ----------------------------------------------------- */
+
+/* The first call of a request: its route, and either its answer (routes
+ * not admitted, unknown paths) or its admission. */
+static enum MHD_Result request_head(svc_http *h, struct MHD_Connection *c,
+                                    const char *url, const char *method,
+                                    void **con_cls)
+{
+    svc_req *r = calloc(1, sizeof *r);
+    if (r == NULL)
+        return MHD_NO;
+    *con_cls = r;
+    r->h = h;
+    r->c = c;
+    clock_gettime(CLOCK_MONOTONIC, &r->t0);
+    const union MHD_ConnectionInfo *sc =
+        MHD_get_connection_info(c, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    r->conn = sc ? sc->socket_context : NULL;
+    svc_set_phase(h, r->conn, P_WORK);
+    int bad_method;
+    r->route = route_of(h, method, url, &bad_method);
+    r->method = !strcmp(method, "POST")   ? "POST"
+                : !strcmp(method, "HEAD") ? "HEAD"
+                                          : "GET";
+    if (r->route == NULL) {
+        r->limit = UNROUTED_BODY_MAX;
+        if (bad_method)
+            svc_fail(r, 405, "method not allowed");
+        else
+            svc_fail(r, 404, "not found");
+        return r->answered ? MHD_YES : MHD_NO;
+    }
+    r->limit = r->route->body_max ? r->route->body_max : h->cfg.body_limit;
+    if (!r->route->admit) {
+        r->route->handle(h->cfg.app, r);
+        return r->answered ? MHD_YES : MHD_NO;
+    }
+    /* the tail, kept only when it is what the route takes (it is logged) */
+    const char *tail = url + strlen(r->route->path);
+    if (r->route->prefix && r->route->tail_ok && r->route->tail_ok(tail)) {
+        snprintf(r->tail, sizeof r->tail, "%s", tail);
+        svc_set_log_id(r, tail);
+    }
+    pthread_mutex_lock(&h->lock);
+    h->in_flight++;
+    pthread_mutex_unlock(&h->lock);
+    r->admitted = 1;
+    admit(h, r);
+    if (r->answered)
+        svc_linger(h, r->conn);
+    svc_set_phase(h, r->conn, r->answered ? P_SEND : P_BODY);
+    return r->queue_failed ? MHD_NO : MHD_YES;
+}
+
+/* A piece of the body.  libmicrohttpd answers only once the body is in:
+ * past the limit the rest is counted and dropped, and the 413 goes at the
+ * end; a body more than 64 MiB over the limit closes the connection. */
+static enum MHD_Result request_data(svc_http *h, svc_req *r, const char *upload,
+                                    size_t *upload_size)
+{
+    if (r->refused == 0) {
+        svc_charge_body(h, r, *upload_size);
+        int a = append(r, upload, *upload_size);
+        if (a <= 0)
+            r->refused = a == 0 ? 413 : 503;
+    }
+    r->seen += *upload_size;
+    svc_count_body(h, r->conn, *upload_size);
+    *upload_size = 0;
+    return r->seen > r->limit && r->seen - r->limit > DISCARD_MAX ? MHD_NO
+                                                                  : MHD_YES;
+}
+
+/* The body is in: the refusals decided while it came, else a worker slot
+ * (for the routes that need one) and the handler. */
+static enum MHD_Result request_end(svc_http *h, svc_req *r)
+{
+    svc_body_done(h, r);
+    if (r->refused == 413) {
+        svc_fail(r, 413, "request body is over the limit of %zu bytes",
+                 r->limit);
+    } else if (r->refused) {
+        svc_fail(r, 503, "out of memory");
+    } else {
+        int slot = r->route->needs_slot;
+        svc_set_phase(h, r->conn, slot ? P_WAIT : P_WORK);
+        if (slot && !svc_take_slot(h, r)) {
+            svc_fail_retry(r, 503, STOP_RETRY_S,
+                           "the gateway is shutting down");
+        } else {
+            svc_set_phase(h, r->conn, P_WORK);
+            r->route->handle(h->cfg.app, r);
+        }
+    }
+    /* the answer is queued: a slow reader holds neither slot nor body,
+     * only its answer's memory */
+    svc_release_slot(h, r);
+    svc_drop_body(h, r);
+    svc_hold_answer(h, r);
+    svc_set_phase(h, r->conn, P_SEND);
+    return r->answered ? MHD_YES : MHD_NO;
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *c,
+                                  const char *url, const char *method,
+                                  const char *version, const char *upload,
+                                  size_t *upload_size, void **con_cls)
+{
+    svc_http *h = cls;
+    svc_req *r = *con_cls;
+
+    (void)version;
+    if (r == NULL)
+        return request_head(h, c, url, method, con_cls);
+    if (*upload_size > 0)
+        return request_data(h, r, upload, upload_size);
+    if (r->answered)
+        return MHD_YES;
+    return request_end(h, r);
+}
+
+/* What the client got, for the log: the status when the answer went out
+ * whole; else "cut (why; ...)", never the status of an answer that was
+ * not delivered. */
+static void outcome(svc_http *h, const svc_req *r,
+                    enum MHD_RequestTerminationCode toe, char *out, size_t size)
+{
+    static const char *const toes[] = {
+        [MHD_REQUEST_TERMINATED_COMPLETED_OK] = "completed",
+        [MHD_REQUEST_TERMINATED_WITH_ERROR] = "connection error",
+        [MHD_REQUEST_TERMINATED_TIMEOUT_REACHED] = "connection timeout",
+        [MHD_REQUEST_TERMINATED_DAEMON_SHUTDOWN] = "shutdown",
+        [MHD_REQUEST_TERMINATED_READ_ERROR] = "read error",
+        [MHD_REQUEST_TERMINATED_CLIENT_ABORT] = "client closed",
+    };
+    const char *why = NULL;
+
+    if (toe == MHD_REQUEST_TERMINATED_COMPLETED_OK && r->answered) {
+        snprintf(out, size, "%d", r->status);
+        return;
+    }
+    why = svc_conn_cut(h, r->conn);
+    if (why == NULL)
+        why = (unsigned)toe < sizeof toes / sizeof toes[0] && toes[toe]
+                  ? toes[toe]
+                  : "closed";
+    if (r->answered)
+        snprintf(out, size, "cut (%s; its %d answer was not delivered)", why,
+                 r->status);
+    else
+        snprintf(out, size, "cut (%s; no answer)", why);
+}
+
+static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
+                         enum MHD_RequestTerminationCode toe)
+{
+    svc_http *h = cls;
+    svc_req *r = *con_cls;
+    (void)c;
+    if (r == NULL)
+        return;
+    if (r->admitted) {
+        char what[128];
+        const char *path =
+            r->route->log_path ? r->route->log_path : r->route->path;
+        int id_ok = r->log_id[0] != '\0';
+
+        outcome(h, r, toe, what, sizeof what);
+        svc_log(h, VEIL_LOG_INFO, "%s %s %s%s%s%s%s %.1f ms", r->method, path,
+                what, id_ok ? " payload " : "", id_ok ? r->log_id : "",
+                r->key_name ? " key " : "", r->key_name ? r->key_name : "",
+                ms_since(&r->t0));
+        svc_release_slot(h, r);
+        pthread_mutex_lock(&h->lock);
+        h->in_flight--;
+        pthread_cond_broadcast(&h->idle);
+        pthread_mutex_unlock(&h->lock);
+    } else {
+        svc_log(h, VEIL_LOG_DEBUG, "%s %d %.1f ms",
+                r->route == NULL ? "request" : "GET", r->status,
+                ms_since(&r->t0));
+    }
+    svc_drop_body(h, r);
+    /* the next request on this connection: its header deadline */
+    svc_set_phase(h, r->conn, P_HEAD);
+    free(r);
+    *con_cls = NULL;
+}
+
+/* ---- start and stop ---------------------------------------------------- */
+
+static char *read_pem(const char *path, size_t *len, char *err, size_t size)
+{
+    FILE *f = fopen(path, "rb");
+    char *buf = NULL;
+    size_t n = 0;
+    if (f == NULL) {
+        snprintf(err, size, "cannot open %s: %s", path, strerror(errno));
+        return NULL;
+    }
+    buf = malloc(1 << 20);
+    if (buf)
+        n = fread(buf, 1, (1 << 20) - 1, f);
+    fclose(f);
+    if (buf == NULL || n == 0) {
+        free(buf);
+        snprintf(err, size, "%s is empty or unreadable", path);
+        return NULL;
+    }
+    buf[n] = '\0';
+    *len = n;
+    return buf;
+}
+
+static void mhd_log(void *cls, const char *fmt, va_list ap)
+{
+    svc_http *h = cls;
+    char line[512];
+    vsnprintf(line, sizeof line, fmt, ap);
+    line[strcspn(line, "\n")] = '\0';
+    svc_log(h, VEIL_LOG_WARN, "http: %s", line);
+}
+
+/* The listening address into ss, and the flags it needs; -1 when it is
+ * not an IP address. */
+static int listen_addr(const svc_http_config *cfg, struct sockaddr_storage *ss,
+                       unsigned *flags)
+{
+    struct sockaddr_in *in4 = (struct sockaddr_in *)ss;
+    struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)ss;
+
+    memset(ss, 0, sizeof *ss);
+    if (inet_pton(AF_INET, cfg->listen_addr, &in4->sin_addr) == 1) {
+        in4->sin_family = AF_INET;
+        in4->sin_port = htons((uint16_t)cfg->port);
+        return 0;
+    }
+    if (inet_pton(AF_INET6, cfg->listen_addr, &in6->sin6_addr) == 1) {
+        in6->sin6_family = AF_INET6;
+        in6->sin6_port = htons((uint16_t)cfg->port);
+        /* "::" takes IPv4 too; a specific IPv6 address only IPv6 */
+        *flags |= IN6_IS_ADDR_UNSPECIFIED(&in6->sin6_addr) ? MHD_USE_DUAL_STACK
+                                                           : MHD_USE_IPv6;
+        return 0;
+    }
+    return -1;
+}
+
+/* MHD's options into opts (at least 16), with TLS when configured. */
+static int mhd_options(svc_http *h, struct sockaddr_storage *ss,
+                       unsigned *flags, struct MHD_OptionItem *opts, char *err,
+                       size_t err_size)
+{
+    const svc_http_config *cfg = &h->cfg;
+    int n = 0;
+
+    /* the logger first, so that MHD reports everything through it */
+    opts[n++] = (struct MHD_OptionItem){MHD_OPTION_EXTERNAL_LOGGER,
+                                        (intptr_t)mhd_log, h};
+    opts[n++] = (struct MHD_OptionItem){MHD_OPTION_SOCK_ADDR, 0, ss};
+    opts[n++] = (struct MHD_OptionItem){MHD_OPTION_NOTIFY_COMPLETED,
+                                        (intptr_t)on_completed, h};
+    opts[n++] = (struct MHD_OptionItem){
+        MHD_OPTION_CONNECTION_TIMEOUT, (intptr_t)cfg->connection_timeout, NULL};
+    opts[n++] =
+        (struct MHD_OptionItem){MHD_OPTION_CONNECTION_LIMIT, 1024, NULL};
+    opts[n++] =
+        (struct MHD_OptionItem){MHD_OPTION_PER_IP_CONNECTION_LIMIT,
+                                (intptr_t)cfg->connections_per_address, NULL};
+    opts[n++] = (struct MHD_OptionItem){MHD_OPTION_NOTIFY_CONNECTION,
+                                        (intptr_t)svc_on_connection, h};
+    if (cfg->tls_cert) {
+        size_t clen;
+        if ((h->tls_cert = read_pem(cfg->tls_cert, &clen, err, err_size)) ==
+                NULL ||
+            (h->tls_key = read_pem(cfg->tls_key, &h->tls_key_len, err,
+                                   err_size)) == NULL)
+            return -1;
+        *flags |= MHD_USE_TLS;
+        opts[n++] =
+            (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_CERT, 0, h->tls_cert};
+        opts[n++] =
+            (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_KEY, 0, h->tls_key};
+    }
+    opts[n++] = (struct MHD_OptionItem){MHD_OPTION_END, 0, NULL};
+    return 0;
+}
+
+static svc_http *http_new(const svc_http_config *cfg)
+{
+    svc_http *h = calloc(1, sizeof *h);
+
+    if (h == NULL)
+        return NULL;
+    h->cfg = *cfg;
+    pthread_mutex_init(&h->lock, NULL);
+    pthread_cond_init(&h->idle, NULL);
+    pthread_mutex_init(&h->slot_lock, NULL);
+    h->slots_free = cfg->workers;
+    pthread_mutex_init(&h->conn_lock, NULL);
+    pthread_cond_init(&h->body_room, NULL);
+    h->listen_fd = MHD_INVALID_SOCKET;
+    h->body_mem_cap = cfg->body_memory
+                          ? cfg->body_memory
+                          : (size_t)2 * cfg->workers * cfg->body_limit;
+    return h;
+}
+
+svc_http *svc_http_start(const svc_http_config *cfg, char *err, size_t err_size)
+{
+    svc_http *h = http_new(cfg);
+    struct sockaddr_storage ss;
+    struct MHD_OptionItem opts[16];
+    unsigned flags = MHD_USE_THREAD_PER_CONNECTION |
+                     MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ITC |
+                     MHD_USE_ERROR_LOG;
+
+    if (h == NULL) {
+        snprintf(err, err_size, "out of memory");
+        return NULL;
+    }
+    if (listen_addr(cfg, &ss, &flags) != 0) {
+        snprintf(err, err_size, "listen address '%s' is not an IP address",
+                 cfg->listen_addr);
+        goto fail;
+    }
+    if (mhd_options(h, &ss, &flags, opts, err, err_size) != 0)
+        goto fail;
+    if (pthread_create(&h->watchdog, NULL, svc_watchdog, h) != 0) {
+        snprintf(err, err_size, "cannot start the connection watchdog");
+        goto fail;
+    }
+    h->watching = 1;
+    h->mhd = MHD_start_daemon(flags, 0, NULL, NULL, on_request, h,
+                              MHD_OPTION_ARRAY, opts, MHD_OPTION_END);
+    if (h->mhd == NULL) {
+        snprintf(err, err_size, "cannot listen on %s port %u: %s",
+                 cfg->listen_addr, cfg->port, strerror(errno));
+        goto fail;
+    }
+    const union MHD_DaemonInfo *di =
+        MHD_get_daemon_info(h->mhd, MHD_DAEMON_INFO_BIND_PORT);
+    h->port = di ? di->port : cfg->port;
+    return h;
+fail:
+    svc_http_stop(h, 0);
+    return NULL;
+}
+
+unsigned svc_http_port(const svc_http *h)
+{
+    return h->port;
+}
+
+/* Refuses what comes, waits for what is in flight (at most grace_s), cuts
+ * the rest and stops MHD.  The number cut. */
+static unsigned stop_daemon(svc_http *h, unsigned grace_s)
+{
+    unsigned cut;
+
+    /* New requests on open connections get 503, waiting ones too */
+    atomic_store(&h->stopping, 1);
+    svc_wake_all(h);
+    /* and new connections are refused at once: a listening socket left
+     * open would queue them unanswered.  shutdown() stops it listening;
+     * the descriptor stays valid for MHD's thread until the close. */
+    h->listen_fd = MHD_quiesce_daemon(h->mhd);
+    if (h->listen_fd != MHD_INVALID_SOCKET)
+        shutdown(h->listen_fd, SHUT_RDWR);
+    svc_log(h, VEIL_LOG_INFO, "listener closed: new connections are refused");
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += grace_s;
+    pthread_mutex_lock(&h->lock);
+    while (h->in_flight > 0 &&
+           pthread_cond_timedwait(&h->idle, &h->lock, &until) == 0)
+        ;
+    cut = h->in_flight;
+    pthread_mutex_unlock(&h->lock);
+    if (cut) /* past the grace: cut, and logged as cut by on_completed */
+        svc_cut_all(h);
+    MHD_stop_daemon(h->mhd);
+    if (h->listen_fd != MHD_INVALID_SOCKET)
+        close(h->listen_fd);
+    return cut;
+}
+
+unsigned svc_http_stop(svc_http *h, unsigned grace_s)
+{
+    unsigned cut = 0;
+
+    if (h == NULL)
+        return 0;
+    if (h->mhd)
+        cut = stop_daemon(h, grace_s);
+    if (h->watching) {
+        pthread_mutex_lock(&h->conn_lock);
+        h->watch_stop = 1;
+        pthread_mutex_unlock(&h->conn_lock);
+        pthread_join(h->watchdog, NULL);
+    }
+    if (h->tls_key) {
+        veil_wipe(h->tls_key, h->tls_key_len);
+        free(h->tls_key);
+    }
+    free(h->tls_cert);
+    pthread_mutex_destroy(&h->conn_lock);
+    pthread_cond_destroy(&h->body_room);
+    pthread_mutex_destroy(&h->slot_lock);
+    pthread_cond_destroy(&h->idle);
+    pthread_mutex_destroy(&h->lock);
+    free(h);
+    return cut;
+}

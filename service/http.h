@@ -1,0 +1,138 @@
+/* service/http.h: the one HTTP layer (libmicrohttpd) of veild and of what
+ * comes after it (the proxy, the test servers).  Not installed; it knows
+ * nothing of the gateway (never includes gateway.h).
+ *
+ * It owns the request state, the early refusals (shutdown, Content-Length,
+ * then the application's admit hook), the body (read under body_limit and
+ * body_memory), the worker slots, the connection deadlines (watchdog), the
+ * response helpers and the route table.  A route row carries its own
+ * policy: path (or prefix), method, whether it goes through admission,
+ * whether it needs a worker slot, and its largest body.  Handlers answer
+ * through svc_fail/svc_json/svc_text/svc_send; nothing below the route
+ * handlers queues a response. */
+#ifndef VEIL_SVC_HTTP_H
+#define VEIL_SVC_HTTP_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cjson/cJSON.h>
+
+#include "util.h"
+
+#pragma GCC visibility push(hidden)
+
+typedef struct svc_http svc_http;
+typedef struct svc_req svc_req;
+typedef struct svc_response svc_response;
+
+/* The longest ID a request keeps for its log line (and a prefix route's
+ * tail). */
+#define SVC_ID_MAX 128
+
+/* Answers r (or leaves it unanswered: the connection is closed). */
+typedef void svc_handler_fn(void *app, svc_req *r);
+
+typedef struct svc_route {
+    const char *path;   /* exact path, or the prefix with `prefix` */
+    const char *method; /* "GET" (HEAD too, unless no_head) or "POST" */
+    unsigned prefix : 1;
+    /* Admitted: counted in flight, early refusals (shutdown, Content-
+     * Length, the admit hook), the body read, then the handler, logged at
+     * info.  Not admitted: the handler runs on the request line at once,
+     * logged at debug. */
+    unsigned admit : 1;
+    unsigned needs_slot : 1; /* a worker slot once the body is in */
+    unsigned no_head : 1;    /* HEAD not taken (a costly GET) */
+    size_t body_max;         /* largest body; 0: the config's body_limit */
+    /* a prefix route's tail is kept (svc_tail, and the log line) only
+     * when this says 1 */
+    int (*tail_ok)(const char *tail);
+    svc_handler_fn *handle;
+    const char *log_path; /* the path in the log line; NULL: path */
+} svc_route;
+
+typedef struct svc_http_config {
+    const char *listen_addr;        /* an IPv4 or IPv6 address */
+    unsigned port;                  /* 0: any free port (svc_http_port) */
+    const char *tls_cert, *tls_key; /* PEM files; both or neither */
+    size_t body_limit;
+    unsigned workers;                 /* worker slots */
+    unsigned header_timeout;          /* seconds to a complete header block */
+    size_t body_min_rate;             /* bytes/s a body averages after 2 s */
+    unsigned body_timeout;            /* seconds a body may take at most */
+    unsigned answer_timeout;          /* seconds a client may take to read */
+    unsigned connection_timeout;      /* MHD's idle limit, seconds */
+    unsigned connections_per_address; /* open at once */
+    size_t body_memory; /* body bytes held at once; 0: 2 x workers x
+                           body_limit */
+    const svc_route *routes;
+    size_t n_routes;
+    /* Called for an admitted request after the length checks and before
+     * its body: refuses by answering (svc_fail...), or sets svc_client_id
+     * (and svc_set_key_name) and returns. */
+    svc_handler_fn *admit;
+    void *app; /* given to admit and the handlers */
+    veil_logger log;
+} svc_http_config;
+
+/* Starts listening (the config is copied; routes and log are borrowed).
+ * NULL with err. */
+svc_http *svc_http_start(const svc_http_config *cfg, char *err,
+                         size_t err_size);
+unsigned svc_http_port(const svc_http *h);
+/* Stops accepting, lets requests in flight finish (at most grace_s
+ * seconds), then stops and frees h.  Returns the number of requests cut
+ * off. */
+unsigned svc_http_stop(svc_http *h, unsigned grace_s);
+
+/* Monotonic seconds (the clock of the deadlines and rate limits). */
+double svc_now(void);
+
+/* ---- a request, for its handler ---------------------------------------- */
+
+const char *svc_header(svc_req *r, const char *name);
+const char *svc_query(svc_req *r, const char *name);
+/* The body as received (NUL-terminated; NULL when empty). */
+const char *svc_body(const svc_req *r, size_t *len);
+/* A prefix route's tail when tail_ok took it, else "". */
+const char *svc_tail(const svc_req *r);
+/* The client's address (NULL when unknown). */
+const struct sockaddr *svc_client_addr(svc_req *r);
+/* 32 bytes naming whom the request counts for (set by the admit hook). */
+uint8_t *svc_client_id(svc_req *r);
+/* Names the API key in the log line (borrowed: must outlive the request). */
+void svc_set_key_name(svc_req *r, const char *name);
+/* An ID for the log line; give it only once checked (no text a client
+ * chose goes to the log). */
+void svc_set_log_id(svc_req *r, const char *id);
+
+/* ---- answers (each queues one response, at most once) ------------------ */
+
+/* {"detail": "..."} with the status. */
+void svc_fail(svc_req *r, int status, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* The same with Retry-After: retry_s. */
+void svc_fail_retry(svc_req *r, int status, unsigned retry_s, const char *fmt,
+                    ...) __attribute__((format(printf, 4, 5)));
+/* The JSON j (deleted here); j NULL: 500 "out of memory". */
+void svc_json(svc_req *r, int status, cJSON *j);
+/* A copy of body, with Content-Type type and Cache-Control: no-store. */
+void svc_text(svc_req *r, int status, const char *type, const char *body,
+              size_t len);
+/* body (malloc'd; owned from here, freed once sent) with Content-Type
+ * type, Cache-Control: no-store and the extra headers (name, value pairs,
+ * NULL-terminated; may be NULL); its size counts in body_memory until it
+ * is sent.  0, or -1 (body freed, nothing queued) when the response could
+ * not be made, -2 when a header could not be added. */
+int svc_send(svc_req *r, int status, const char *type, char *body, size_t len,
+             const char *const *headers);
+/* A response made once and sent as often as needed (Cache-Control:
+ * no-store).  NULL: no memory. */
+svc_response *svc_response_new(const char *type, const char *body, size_t len);
+void svc_response_free(svc_response *resp);
+void svc_send_prebuilt(svc_req *r, int status, svc_response *resp);
+
+#pragma GCC visibility pop
+
+#endif /* VEIL_SVC_HTTP_H */

@@ -1,0 +1,136 @@
+/* service/http_int.h: what service/http.c (requests, routes, answers,
+ * start and stop) and service/http_conn.c (connections, the watchdog,
+ * worker slots, body memory) share.  Nothing outside service/ includes
+ * it. */
+#ifndef VEIL_SVC_HTTP_INT_H
+#define VEIL_SVC_HTTP_INT_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <time.h>
+
+#include <microhttpd.h>
+
+#include "http.h"
+
+#pragma GCC visibility push(hidden)
+
+/* Body bytes past the limit read (and dropped) to deliver the 413; also
+ * the most a refused connection's drain reads. */
+#define DISCARD_MAX ((size_t)64 << 20)
+/* A body's rate is judged after this many seconds. */
+#define BODY_GRACE_S 2
+/* How often the watchdog looks at the deadlines. */
+#define WATCH_TICK_MS 200
+/* Refused connections drained at once; more are closed at once. */
+#define LINGER_MAX 256
+/* Retry-After of a 503 at shutdown, seconds. */
+#define STOP_RETRY_S 5
+
+/* One connection (MHD's socket context), from accept to close: what the
+ * watchdog holds to its deadlines.  Fields under svc_http.conn_lock. */
+enum phase {
+    P_HEAD, /* waiting for a complete header block */
+    P_BODY, /* reading a body */
+    P_WAIT, /* waiting for a worker slot, or for body_memory */
+    P_WORK, /* being answered: no deadline here (the handler's own) */
+    P_SEND  /* answer queued, being written */
+};
+
+typedef struct conn {
+    struct conn *prev, *next;
+    int fd;
+    enum phase phase;
+    double since;    /* when the phase began (svc_now) */
+    size_t got;      /* body bytes read in P_BODY */
+    int linger;      /* refused before its body: drain it after the close */
+    const char *cut; /* why the server closed it, or NULL */
+} conn;
+
+/* A refused connection being drained (a dup of its socket). */
+struct drain_fd {
+    int fd;
+    double since;
+    size_t got;
+};
+
+struct svc_http {
+    svc_http_config cfg;
+    struct MHD_Daemon *mhd;
+    unsigned port;
+    char *tls_cert, *tls_key;
+    size_t tls_key_len;
+    pthread_mutex_t slot_lock; /* the worker slots and their queue */
+    unsigned slots_free;
+    struct slot_waiter *wait_head, *wait_tail;
+    pthread_mutex_t lock; /* in_flight, body_mem */
+    pthread_cond_t idle;
+    unsigned in_flight;
+    size_t body_mem, body_mem_cap; /* body bytes held; the cap */
+    size_t partial_mem;            /* of body_mem: bodies still being read */
+    pthread_cond_t body_room;      /* body_mem fell, or the oldest changed */
+    struct svc_req *body_head, *body_tail; /* reading a body, oldest first */
+    atomic_int stopping;
+    pthread_mutex_t conn_lock; /* conns, lingering, watch_stop */
+    conn *conns;
+    struct drain_fd lingering[LINGER_MAX];
+    int n_linger;
+    int watch_stop;
+    int watching; /* the watchdog thread runs */
+    pthread_t watchdog;
+    MHD_socket listen_fd; /* after MHD_quiesce_daemon, ours to close */
+};
+
+/* One request's state, from its first byte to its completion callback. */
+struct svc_req {
+    svc_http *h;
+    struct MHD_Connection *c;
+    struct svc_req *bprev, *bnext; /* the list of bodies being read */
+    int reading;                   /* in that list */
+    const svc_route *route;        /* NULL: none (404, 405) */
+    const char *method;            /* for the log: "GET", "HEAD" or "POST" */
+    int admitted;       /* went through admission: counted in in_flight */
+    size_t limit;       /* largest body accepted */
+    size_t reserved;    /* of body_mem */
+    size_t answer_len;  /* the answer's size when it counts (svc_send) */
+    size_t answer_held; /* of body_mem, until the answer is sent */
+    conn *conn;         /* its connection (NULL: untracked) */
+    int has_slot;
+    int answered;         /* a response is queued */
+    int queue_failed;     /* an answer could not be queued: close */
+    int refused;          /* 413 or 503 decided while the body was arriving */
+    size_t seen;          /* body bytes received, kept or not */
+    const char *key_name; /* the API key's name, or NULL */
+    int status;
+    char *body;
+    size_t len, cap;
+    uint8_t id[32]; /* whom the request counts for (the admit hook's) */
+    struct timespec t0;
+    char tail[SVC_ID_MAX + 1];   /* a prefix route's tail, once checked */
+    char log_id[SVC_ID_MAX + 1]; /* svc_set_log_id */
+};
+
+void svc_log(const svc_http *h, veil_log_level level, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* http_conn.c */
+void svc_set_phase(svc_http *h, conn *k, enum phase p);
+int svc_take_slot(svc_http *h, struct svc_req *r);
+void svc_release_slot(svc_http *h, struct svc_req *r);
+void svc_body_done(svc_http *h, struct svc_req *r);
+void svc_charge_body(svc_http *h, struct svc_req *r, size_t n);
+void svc_drop_body(svc_http *h, struct svc_req *r);
+void svc_hold_answer(svc_http *h, struct svc_req *r);
+void svc_on_connection(void *cls, struct MHD_Connection *c,
+                       void **socket_context,
+                       enum MHD_ConnectionNotificationCode code);
+void *svc_watchdog(void *arg);
+void svc_wake_all(svc_http *h);
+void svc_cut_all(svc_http *h);
+void svc_linger(svc_http *h, conn *k);
+void svc_count_body(svc_http *h, conn *k, size_t n);
+const char *svc_conn_cut(svc_http *h, conn *k);
+
+#pragma GCC visibility pop
+
+#endif /* VEIL_SVC_HTTP_INT_H */
