@@ -1,30 +1,18 @@
-/* veil-bench: operations per second through each veil provider, next to
- * the same operation done directly in the same process, and the ratio
- * veil / baseline.
+/* veil-bench software, pkcs11 and all: operations per second through each
+ * veil provider next to the same operation done directly in the same
+ * process, and the ratio veil / baseline.
  *
  *   software  RSA-OAEP-SHA256 decrypt vs bare OpenSSL EVP_PKEY_decrypt,
  *             AES-256-GCM seal vs bare OpenSSL EVP
  *   pkcs11    RSA-OAEP-SHA256 decrypt vs a bare C_Decrypt loop on the same
  *             token key (SoftHSM2), and AES-256-GCM seal in the token vs
  *             a bare C_Encrypt loop
- *   client    the client's cost per request against a protocol server,
- *             and its cold start (see bench_client.c)
- *   gateway   veild under load next to the machine's bare RSA limit,
- *             refusal timing, and veild's memory (see bench_gateway.c)
- *   attest    the latency signing and TPM attestation add to an answer:
- *             four veild configurations, interleaved (bench_gateway.c)
  *
- * The machines this runs on are shared and noisy, so each measurement is
- * made of interleaved rounds (veil, baseline, veil, baseline, ...), each a
- * fixed wall-clock slice, and the median rate of each side is compared.
- * A ratio below the target is printed as BELOW but never changes the exit
- * status: there are no timed assertions.
+ * Also the bare PKCS#11 side that the gateway benchmark shares (bench.h).
  */
 #include <errno.h>
 #include <fcntl.h>
-#include <getopt.h>
 #include <limits.h>
-#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -44,513 +32,6 @@
 #include "bench.h"
 
 #define TARGET 0.90 /* veil should reach 90% of the bare rate */
-
-static const char *const USAGE =
-    "Usage: veil-bench [ENGINE] [OPTIONS]\n"
-    "\n"
-    "Measures operations per second through veil next to the same operation\n"
-    "done directly (bare OpenSSL, bare PKCS#11) in the same process, and\n"
-    "prints ratio = veil / baseline.  Rounds are interleaved (veil, baseline,\n"
-    "veil, ...) and the median rate of each side is compared.\n"
-    "\n"
-    "ENGINE:\n"
-    "  all        software and pkcs11 measurements (default)\n"
-    "  software   RSA-OAEP-SHA256 decrypt (2048/3072/4096) vs OpenSSL,\n"
-    "             AES-256-GCM seal (1 KiB, 64 KiB, 10 MiB) vs OpenSSL\n"
-    "  pkcs11     RSA decrypt in a PKCS#11 token vs a bare C_Decrypt loop,\n"
-    "             AES-256-GCM seal in the token vs a bare C_Encrypt loop\n"
-    "  client     the veil client against a NOMYO protocol server (--url;\n"
-    "             scripts/bench.sh client starts tests/veil-fixture): time\n"
-    "             per request split into encrypt, network and decrypt (100 B\n"
-    "             and 1 MiB prompts) vs a bare OpenSSL seal, a bare libcurl\n"
-    "             POST and a bare OpenSSL (or PKCS#11) open; and cold start\n"
-    "             (client_new + first request) vs a warm request, for\n"
-    "             ephemeral RSA-4096 and RSA-2048 keys and a token key.\n"
-    "             Not part of all.\n"
-    "  gateway    veild (started here: --veild) with the echo model,\n"
-    "             driven by N concurrent clients (--clients) for a fixed\n"
-    "             count of requests (--requests): req/s, p50/p99 latency\n"
-    "             and errors, next to the machine's bare private-RSA rate\n"
-    "             with the same key on all cores (the limit), measured in\n"
-    "             the same run; for a software key (bare EVP_PKEY_decrypt)\n"
-    "             and a token key (bare C_Decrypt); then the timing of\n"
-    "             refused packages and veild's memory under 64 concurrent\n"
-    "             1 MiB requests.  scripts/bench.sh gateway runs it under a\n"
-    "             fresh SoftHSM2 token.  Not part of all.\n"
-    "  attest     the added latency per answer of signing and TPM\n"
-    "             attestation: four veild instances (started here, the\n"
-    "             same software server key, the echo model), one client,\n"
-    "             sequential requests, interleaved: A standard tier, no\n"
-    "             signing key; B standard, signing key (ECDSA P-256 made in\n"
-    "             the token for this run); C maximum, TPM quote per answer;\n"
-    "             D maximum, tpm_ak_per_request (fresh AK + TPM2_Certify +\n"
-    "             quote).  Medians and p90, added ms B-A, C-B, D-B, D-C and\n"
-    "             the ratio to A; sampled answers opened and checked.\n"
-    "             Needs a TPM (--tcti); scripts/bench.sh attest runs it\n"
-    "             under a fresh SoftHSM2 token and swtpm.  Not part of all.\n"
-    "\n"
-    "Options:\n"
-    "  --seconds S        length of one timed slice (default 0.3)\n"
-    "  --rounds N         slices per side; the median is used (default 5)\n"
-    "  --module PATH      PKCS#11 module (default $VEIL_TEST_SOFTHSM_MODULE)\n"
-    "  --token LABEL      token label (default $VEIL_TEST_SOFTHSM_TOKEN)\n"
-    "  --pin-source SPEC  user PIN: file:/path or env:NAME (default\n"
-    "                     $VEIL_PIN_SOURCE, else file:$VEIL_TEST_PIN_FILE);\n"
-    "                     a PIN is never taken from the command line\n"
-    "  --no-pkcs11        skip the PKCS#11 measurements (client: the token\n"
-    "                     key)\n"
-    "  --url URL          client: base URL of the protocol server\n"
-    "  --ca-file FILE     client: PEM CA bundle for an https URL\n"
-    "  --quick            1 round of 0.05 s, RSA 2048 only, AES 1 KiB and\n"
-    "                     64 KiB (smoke test); --seconds/--rounds override;\n"
-    "                     client: 1 round of 0.05 s, same sizes and keys;\n"
-    "                     gateway: RSA-2048, 1 round of 50 requests, 0.2 s\n"
-    "                     limit slices, 10 timing packages, 1 memory wave;\n"
-    "                     attest: RSA-2048, 2 rounds of 3 requests each\n"
-    "gateway (--seconds: one limit slice [1]; --rounds: load phases per\n"
-    "level [3]; --no-pkcs11: no token key):\n"
-    "  --veild PATH       the veild program [veild next to veil-bench]\n"
-    "  --requests N       requests per load phase [1000]\n"
-    "  --clients LIST     concurrency levels [1,8,64]; targets apply at >= 64\n"
-    "  --bits N           server key size: 2048, 3072 or 4096 [4096]\n"
-    "  --workers N        veild --workers [veild's default, 4]\n"
-    "  --timing N         refusal timing: packages of each kind, 0 skips\n"
-    "                     [200]\n"
-    "  --memory-waves N   waves of 64 concurrent 1 MiB requests; 0 skips [3]\n"
-    "attest (--rounds: interleaved rounds [20]; --veild, --bits [4096] and\n"
-    "--workers as for gateway; the signing key goes in --module/--token):\n"
-    "  --requests N       requests per configuration and round [50]\n"
-    "  --tcti TCTI        veild --tpm-tcti [$TPM2TOOLS_TCTI]\n"
-    "  -h, --help         this text\n"
-    "\n"
-    "Output: one line per measurement:\n"
-    "  name  veil_rate  baseline_rate  unit  ratio  target  ok|BELOW\n"
-    "BELOW (ratio under the target) does not change the exit status.\n"
-    "client prints times instead of rates, and no target:\n"
-    "  name  veil_time  baseline_time  unit  ratio (veil / baseline time)\n"
-    "gateway prints, per server key and concurrency level:\n"
-    "  name  req/s  limit/s  ratio  p50_ms  p99_ms  p99/p50  errors  result\n"
-    "(targets at 64 clients: ratio >= 0.80, p99/p50 <= 4, no errors: ok,\n"
-    "else BELOW and what missed), then the refusal timing and memory\n"
-    "lines.  Failed requests are counted, not fatal; a failed warm-up\n"
-    "request, or veild failing to start or stop, is.\n"
-    "attest prints, per configuration, the median and p90 POST time and\n"
-    "veild's own time (its log), then the added ms of each comparison\n"
-    "(median over the rounds of the difference of the round medians) and\n"
-    "the ratio to A; no targets.\n"
-    "\n"
-    "Exit status:\n"
-    "  0  all measurements ran\n"
-    "  1  a veil call failed (its message is printed), or a baseline or\n"
-    "     setup step failed\n"
-    "  2  usage error\n";
-
-static int usage_error(const char *fmt, const char *arg)
-{
-    fputs("veil-bench: ", stderr);
-    fprintf(stderr, "%s%s\n", fmt, arg ? arg : "");
-    fputs("Try 'veil-bench --help'.\n", stderr);
-    return EXIT_USAGE;
-}
-
-static int parse_seconds(const char *s, double *out)
-{
-    char *end = NULL;
-    double v;
-
-    errno = 0;
-    v = strtod(s, &end);
-    if (errno || end == s || *end || !isfinite(v) || v <= 0.0 ||
-        v > MAX_SECONDS)
-        return -1;
-    *out = v;
-    return 0;
-}
-
-static int parse_rounds(const char *s, unsigned *out)
-{
-    char *end = NULL;
-    unsigned long v;
-
-    if (*s == '-' || *s == '+')
-        return -1;
-    errno = 0;
-    v = strtoul(s, &end, 10);
-    if (errno || end == s || *end || v < 1 || v > MAX_ROUNDS)
-        return -1;
-    *out = (unsigned)v;
-    return 0;
-}
-
-static int parse_uint(const char *s, unsigned lo, unsigned hi, unsigned *out)
-{
-    char *end = NULL;
-    unsigned long v;
-
-    if (*s == '-' || *s == '+')
-        return -1;
-    errno = 0;
-    v = strtoul(s, &end, 10);
-    if (errno || end == s || *end || v < lo || v > hi)
-        return -1;
-    *out = (unsigned)v;
-    return 0;
-}
-
-/* "1,8,64": up to GW_MAX_LEVELS levels of 1 to GW_MAX_CLIENTS clients. */
-static int parse_levels(const char *s, bench_opts *o)
-{
-    char buf[128], *p, *comma;
-
-    if (snprintf(buf, sizeof buf, "%s", s) >= (int)sizeof buf)
-        return -1;
-    o->n_clients = 0;
-    for (p = buf;; p = comma + 1) {
-        comma = strchr(p, ',');
-        if (comma)
-            *comma = '\0';
-        if (o->n_clients == GW_MAX_LEVELS ||
-            parse_uint(p, 1, GW_MAX_CLIENTS, &o->clients[o->n_clients]) != 0)
-            return -1;
-        o->n_clients++;
-        if (!comma)
-            return 0;
-    }
-}
-
-/* veild next to this program (both sit at the top of the build tree). */
-static int default_veild(bench_opts *o)
-{
-    char self[PATH_MAX];
-    ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
-    char *slash;
-
-    if (n <= 0)
-        return -1;
-    self[n] = '\0';
-    if (!(slash = strrchr(self, '/')))
-        return -1;
-    *slash = '\0';
-    if (snprintf(o->veild_buf, sizeof o->veild_buf, "%s/veild", self) >=
-        (int)sizeof o->veild_buf)
-        return -1;
-    o->veild = o->veild_buf;
-    return 0;
-}
-
-/* Returns -1 when all went well and the program should run, else an exit
- * status. */
-static int parse_args(int argc, char **argv, bench_opts *o)
-{
-    enum {
-        O_SECONDS = 256,
-        O_ROUNDS,
-        O_MODULE,
-        O_TOKEN,
-        O_PIN,
-        O_NOP11,
-        O_QUICK,
-        O_URL,
-        O_CAFILE,
-        O_VEILD,
-        O_REQUESTS,
-        O_CLIENTS,
-        O_BITS,
-        O_WORKERS,
-        O_TIMING,
-        O_MEMWAVES,
-        O_TCTI
-    };
-    static const struct option longopts[] = {
-        {"seconds", required_argument, NULL, O_SECONDS},
-        {"rounds", required_argument, NULL, O_ROUNDS},
-        {"module", required_argument, NULL, O_MODULE},
-        {"token", required_argument, NULL, O_TOKEN},
-        {"pin-source", required_argument, NULL, O_PIN},
-        {"no-pkcs11", no_argument, NULL, O_NOP11},
-        {"quick", no_argument, NULL, O_QUICK},
-        {"url", required_argument, NULL, O_URL},
-        {"ca-file", required_argument, NULL, O_CAFILE},
-        {"veild", required_argument, NULL, O_VEILD},
-        {"requests", required_argument, NULL, O_REQUESTS},
-        {"clients", required_argument, NULL, O_CLIENTS},
-        {"bits", required_argument, NULL, O_BITS},
-        {"workers", required_argument, NULL, O_WORKERS},
-        {"timing", required_argument, NULL, O_TIMING},
-        {"memory-waves", required_argument, NULL, O_MEMWAVES},
-        {"tcti", required_argument, NULL, O_TCTI},
-        {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0},
-    };
-    /* gw_opt: an option of gateway and attest; gw_only: of gateway only */
-    int c, have_seconds = 0, have_rounds = 0, no_pkcs11 = 0, gw_opt = 0;
-    int gw_only = 0;
-    int have_requests = 0, have_bits = 0, have_timing = 0, have_waves = 0;
-    double seconds = 0;
-    unsigned rounds = 0, v;
-    const char *eng = "all";
-
-    memset(o, 0, sizeof *o);
-    opterr = 0;
-    while ((c = getopt_long(argc, argv, ":h", longopts, NULL)) != -1) {
-        switch (c) {
-        case O_SECONDS:
-            if (parse_seconds(optarg, &seconds) != 0)
-                return usage_error("--seconds wants a number of seconds in "
-                                   "(0, 60], not: ",
-                                   optarg);
-            have_seconds = 1;
-            break;
-        case O_ROUNDS:
-            if (parse_rounds(optarg, &rounds) != 0)
-                return usage_error("--rounds wants an integer in [1, 1000], "
-                                   "not: ",
-                                   optarg);
-            have_rounds = 1;
-            break;
-        case O_MODULE:
-            o->module = optarg;
-            break;
-        case O_TOKEN:
-            o->token = optarg;
-            break;
-        case O_PIN:
-            o->pin_spec = optarg;
-            break;
-        case O_NOP11:
-            no_pkcs11 = 1;
-            break;
-        case O_QUICK:
-            o->quick = 1;
-            break;
-        case O_URL:
-            o->url = optarg;
-            break;
-        case O_CAFILE:
-            o->ca_file = optarg;
-            break;
-        case O_VEILD:
-            o->veild = optarg;
-            gw_opt = 1;
-            break;
-        case O_REQUESTS:
-            if (parse_uint(optarg, 1, GW_MAX_REQUESTS, &o->requests) != 0)
-                return usage_error("--requests wants an integer in "
-                                   "[1, 1000000], not: ",
-                                   optarg);
-            have_requests = gw_opt = 1;
-            break;
-        case O_CLIENTS:
-            if (parse_levels(optarg, o) != 0)
-                return usage_error("--clients wants up to 8 comma-separated "
-                                   "integers in [1, 512], not: ",
-                                   optarg);
-            gw_only = 1;
-            break;
-        case O_BITS:
-            if (parse_uint(optarg, 2048, 4096, &v) != 0 ||
-                (v != 2048 && v != 3072 && v != 4096))
-                return usage_error("--bits wants 2048, 3072 or 4096, not: ",
-                                   optarg);
-            o->bits = v;
-            have_bits = gw_opt = 1;
-            break;
-        case O_WORKERS:
-            if (parse_uint(optarg, 1, 256, &o->workers) != 0)
-                return usage_error("--workers wants an integer in [1, 256], "
-                                   "not: ",
-                                   optarg);
-            gw_opt = 1;
-            break;
-        case O_TIMING:
-            if (parse_uint(optarg, 0, 100000, &o->timing_n) != 0)
-                return usage_error("--timing wants an integer in "
-                                   "[0, 100000], not: ",
-                                   optarg);
-            have_timing = gw_only = 1;
-            break;
-        case O_MEMWAVES:
-            if (parse_uint(optarg, 0, 100, &o->mem_waves) != 0)
-                return usage_error("--memory-waves wants an integer in "
-                                   "[0, 100], not: ",
-                                   optarg);
-            have_waves = gw_only = 1;
-            break;
-        case O_TCTI:
-            if (!*optarg)
-                return usage_error("--tcti wants a TCTI string", NULL);
-            o->tcti = optarg;
-            break;
-        case 'h':
-            fputs(USAGE, stdout);
-            return 0;
-        case ':':
-            return usage_error("option needs an argument: ", argv[optind - 1]);
-        default:
-            return usage_error("unknown option: ", argv[optind - 1]);
-        }
-    }
-    if (optind < argc)
-        eng = argv[optind++];
-    if (optind < argc)
-        return usage_error("unexpected argument: ", argv[optind]);
-
-    if (strcmp(eng, "all") == 0) {
-        o->run_software = 1;
-        o->run_pkcs11 = !no_pkcs11;
-    } else if (strcmp(eng, "software") == 0) {
-        o->run_software = 1;
-    } else if (strcmp(eng, "pkcs11") == 0) {
-        if (no_pkcs11)
-            return usage_error("ENGINE pkcs11 contradicts --no-pkcs11", NULL);
-        o->run_pkcs11 = 1;
-        o->pkcs11_required = 1;
-    } else if (strcmp(eng, "gateway") == 0) {
-        o->run_gateway = 1;
-        o->run_pkcs11 = !no_pkcs11; /* the token key */
-    } else if (strcmp(eng, "attest") == 0) {
-        if (no_pkcs11)
-            return usage_error("ENGINE attest contradicts --no-pkcs11 (the "
-                               "signing key is in the token)",
-                               NULL);
-        o->run_attest = 1;
-        o->run_pkcs11 = 1;
-        o->pkcs11_required = 1;
-    } else if (strcmp(eng, "client") == 0) {
-        o->run_client = 1;
-        o->run_pkcs11 = !no_pkcs11; /* the token key */
-        if (!o->url)
-            return usage_error("client: --url is required (or run "
-                               "scripts/bench.sh client)",
-                               NULL);
-    } else {
-        return usage_error("ENGINE must be all, software, pkcs11, client, "
-                           "gateway or attest, not: ",
-                           eng);
-    }
-    if (!o->run_client && (o->url || o->ca_file))
-        return usage_error("--url and --ca-file apply to ENGINE client only",
-                           NULL);
-    if (!o->run_gateway && gw_only)
-        return usage_error("--clients, --timing and --memory-waves apply to "
-                           "ENGINE gateway only",
-                           NULL);
-    if (!o->run_gateway && !o->run_attest && gw_opt)
-        return usage_error("--veild, --requests, --bits and --workers apply "
-                           "to ENGINE gateway and attest only",
-                           NULL);
-    if (!o->run_attest && o->tcti)
-        return usage_error("--tcti applies to ENGINE attest only", NULL);
-    if (o->run_attest && have_seconds)
-        return usage_error("attest: --seconds does not apply (it counts "
-                           "requests: --requests, --rounds)",
-                           NULL);
-
-    o->seconds = o->quick ? 0.05 : 0.3;
-    o->rounds = o->quick ? 1 : 5;
-    if (o->run_gateway) {
-        o->seconds = o->quick ? 0.2 : 1.0;
-        o->rounds = o->quick ? 1 : 3;
-        if (!have_requests)
-            o->requests = o->quick ? 50 : 1000;
-        if (!have_bits)
-            o->bits = o->quick ? 2048 : 4096;
-        if (!have_timing)
-            o->timing_n = o->quick ? 10 : 200;
-        if (!have_waves)
-            o->mem_waves = o->quick ? 1 : 3;
-        if (o->n_clients == 0) {
-            o->clients[0] = 1;
-            o->clients[1] = 8;
-            o->clients[2] = 64;
-            o->n_clients = 3;
-        }
-        if (!o->veild && default_veild(o) != 0)
-            return usage_error("gateway: cannot tell where veild is; give "
-                               "--veild PATH",
-                               NULL);
-    }
-    if (o->run_attest) {
-        o->rounds = o->quick ? 2 : 20;
-        if (!have_requests)
-            o->requests = o->quick ? 3 : 50;
-        if (!have_bits)
-            o->bits = o->quick ? 2048 : 4096;
-        if (!o->tcti)
-            o->tcti = env_nonempty("TPM2TOOLS_TCTI");
-        if (!o->tcti)
-            return usage_error("attest: no TPM: give --tcti, set "
-                               "TPM2TOOLS_TCTI, or run scripts/bench.sh "
-                               "attest (it starts swtpm)",
-                               NULL);
-        if (!o->veild && default_veild(o) != 0)
-            return usage_error("attest: cannot tell where veild is; give "
-                               "--veild PATH",
-                               NULL);
-    }
-    if (have_seconds)
-        o->seconds = seconds;
-    if (have_rounds)
-        o->rounds = rounds;
-
-    if (!o->module)
-        o->module = env_nonempty("VEIL_TEST_SOFTHSM_MODULE");
-    if (!o->token)
-        o->token = env_nonempty("VEIL_TEST_SOFTHSM_TOKEN");
-    if (!o->pin_spec)
-        o->pin_spec = env_nonempty("VEIL_PIN_SOURCE");
-    if (!o->pin_spec && env_nonempty("VEIL_TEST_PIN_FILE")) {
-        int n = snprintf(o->pin_spec_buf, sizeof o->pin_spec_buf, "file:%s",
-                         getenv("VEIL_TEST_PIN_FILE"));
-        if (n < 0 || (size_t)n >= sizeof o->pin_spec_buf)
-            return usage_error("VEIL_TEST_PIN_FILE is too long", NULL);
-        o->pin_spec = o->pin_spec_buf;
-    }
-
-    if (o->run_pkcs11 && (!o->module || !o->token)) {
-        if (o->run_attest)
-            return usage_error(!o->module
-                                   ? "attest: no module for the signing key "
-                                     "(--module or VEIL_TEST_SOFTHSM_MODULE, "
-                                     "or run scripts/bench.sh attest)"
-                                   : "attest: no token for the signing key "
-                                     "(--token or VEIL_TEST_SOFTHSM_TOKEN, "
-                                     "or run scripts/bench.sh attest)",
-                               NULL);
-        if (o->pkcs11_required)
-            return usage_error(!o->module ? "pkcs11: no module (--module or "
-                                            "VEIL_TEST_SOFTHSM_MODULE)"
-                                          : "pkcs11: no token (--token or "
-                                            "VEIL_TEST_SOFTHSM_TOKEN)",
-                               NULL);
-        if (o->run_gateway)
-            o->skip_note = !o->module
-                               ? "# token key: skipped (no module: set "
-                                 "--module or VEIL_TEST_SOFTHSM_MODULE, or "
-                                 "run scripts/bench.sh gateway)"
-                               : "# token key: skipped (no token: set "
-                                 "--token or VEIL_TEST_SOFTHSM_TOKEN, or "
-                                 "run scripts/bench.sh gateway)";
-        else if (o->run_client)
-            o->skip_note = !o->module
-                               ? "# token key: skipped (no module: set "
-                                 "--module or VEIL_TEST_SOFTHSM_MODULE, or "
-                                 "run scripts/bench.sh client)"
-                               : "# token key: skipped (no token: set "
-                                 "--token or VEIL_TEST_SOFTHSM_TOKEN, or "
-                                 "run scripts/bench.sh client)";
-        else
-            o->skip_note = !o->module
-                               ? "# pkcs11: skipped (no module: set --module "
-                                 "or VEIL_TEST_SOFTHSM_MODULE, or run "
-                                 "scripts/bench.sh)"
-                               : "# pkcs11: skipped (no token: set --token or "
-                                 "VEIL_TEST_SOFTHSM_TOKEN, or run "
-                                 "scripts/bench.sh)";
-        o->run_pkcs11 = 0;
-    }
-    return -1;
-}
 
 /* ---- errors ------------------------------------------------------------- */
 
@@ -1486,48 +967,39 @@ out:
     return ret;
 }
 
-int main(int argc, char **argv)
+/* `veil-bench all`, `software` and `pkcs11`. */
+int bench_engine_run(const bench_opts *o)
 {
-    bench_opts o;
     veil_engine_config cfg;
     veil_engine *e = NULL;
     char uri[512];
-    int st, failed = 0;
-
-    st = parse_args(argc, argv, &o);
-    if (st >= 0)
-        return st;
-    if (o.run_client)
-        return bench_client_run(&o);
-    if (o.run_gateway)
-        return bench_gateway_run(&o);
-    if (o.run_attest)
-        return bench_attest_run(&o);
+    int failed = 0;
 
     memset(&cfg, 0, sizeof cfg);
     cfg.log = log_to_stderr;
     cfg.log_level = VEIL_LOG_WARN;
-    if (o.run_pkcs11) {
-        if (token_uri(o.token, uri, sizeof uri) != 0)
-            return usage_error("token label too long: ", o.token);
-        cfg.pkcs11_module = o.module;
+    if (o->run_pkcs11) {
+        if (token_uri(o->token, uri, sizeof uri) != 0)
+            return bench_usage_error("token label too long: ", o->token);
+        cfg.pkcs11_module = o->module;
         cfg.default_token = uri;
-        if (o.pin_spec &&
-            veil_pin_source_parse(o.pin_spec, &cfg.pin) != VEIL_OK)
-            return usage_error("--pin-source: ", veil_last_error()->message);
+        if (o->pin_spec &&
+            veil_pin_source_parse(o->pin_spec, &cfg.pin) != VEIL_OK)
+            return bench_usage_error("--pin-source: ",
+                                     veil_last_error()->message);
     }
 
-    print_machine(&o, "rates are medians; ratio = veil / baseline");
+    print_machine(o, "rates are medians; ratio = veil / baseline");
     if (veil_engine_new(&cfg, &e) != VEIL_OK) {
         veil_fail("veil_engine_new");
         return EXIT_FAIL;
     }
     print_table_header();
-    if (o.skip_note)
-        printf("%s\n", o.skip_note);
-    if (o.run_software && run_software(&o, e) != 0)
+    if (o->skip_note)
+        printf("%s\n", o->skip_note);
+    if (o->run_software && run_software(o, e) != 0)
         failed = 1;
-    if (!failed && o.run_pkcs11 && run_pkcs11(&o, e, &cfg, uri) != 0)
+    if (!failed && o->run_pkcs11 && run_pkcs11(o, e, &cfg, uri) != 0)
         failed = 1;
     veil_engine_free(e);
     return failed ? EXIT_FAIL : 0;

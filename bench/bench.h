@@ -1,15 +1,16 @@
-/* veil-bench internals shared by the engine benchmark (veil-bench.c), the
- * client benchmark (bench_client.c) and the gateway and attest benchmarks
- * (bench_gateway.c): options, errors, timing, medians, and the bare PKCS#11
- * side.
+/* veil-bench internals shared by the command line (bench/main.c), the
+ * engine benchmark (engine.c), the client benchmark (client.c) and the
+ * gateway and attest benchmarks (gateway*.c, attest.c): options, errors,
+ * timing, medians, and the bare PKCS#11 side.
  *
  * The small helpers are static inline here; the PKCS#11 helpers live in
- * veil-bench.c and are declared here.
+ * engine.c and are declared here.
  */
 #ifndef VEIL_BENCH_H
 #define VEIL_BENCH_H
 
 #include <limits.h>
+#include <stddef.h>
 #include <sched.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -57,7 +58,8 @@ typedef struct bench_opts {
     const char *url;       /* client: the protocol server's base URL */
     const char *ca_file;   /* client: PEM CA bundle for https, or NULL */
     char pin_spec_buf[PATH_MAX + 8];
-    /* gateway (bench_gateway.c) */
+    char skip_buf[160];
+    /* gateway (gateway.c) */
     int run_gateway;                 /* ENGINE was "gateway" */
     const char *veild;               /* the veild program to start */
     unsigned requests;               /* requests per load phase */
@@ -68,7 +70,7 @@ typedef struct bench_opts {
     unsigned timing_n;  /* refusal timing: packages of each kind; 0: skip */
     unsigned mem_waves; /* memory: waves of concurrent 1 MiB requests */
     char veild_buf[PATH_MAX];
-    /* attest (bench_gateway.c): the gateway fields above apply too */
+    /* attest (attest.c): the gateway fields above apply too */
     int run_attest;   /* ENGINE was "attest" */
     const char *tcti; /* veild --tpm-tcti: --tcti, else $TPM2TOOLS_TCTI */
 } bench_opts;
@@ -284,7 +286,12 @@ static inline void print_machine(const bench_opts *o, const char *how)
     fflush(stdout);
 }
 
-/* ---- PKCS#11: the bare side (veil-bench.c) ------------------------------ */
+/* ---- the command line (main.c) ------------------------------------------ */
+
+/* Prints a usage error (fmt, then arg when not NULL); returns EXIT_USAGE. */
+int bench_usage_error(const char *fmt, const char *arg);
+
+/* ---- PKCS#11: the bare side (engine.c) ---------------------------------- */
 
 typedef struct p11_bare {
     CK_FUNCTION_LIST *f;
@@ -325,12 +332,17 @@ CK_RV p11_decrypt_once(p11_rsa_ctx *c);
 int p11_pick_mechanism(p11_rsa_ctx *c, const uint8_t *msg, size_t msg_len,
                        const char **mech_name);
 
-/* ---- the client benchmark (bench_client.c) ------------------------------ */
+/* ---- the subcommands: each returns the exit status ---------------------- */
+
+/* `veil-bench all`, `software` and `pkcs11` (engine.c). */
+int bench_engine_run(const bench_opts *o);
+
+/* ---- the client benchmark (client.c) ------------------------------------ */
 
 /* Runs `veil-bench client`; returns the exit status. */
 int bench_client_run(const bench_opts *o);
 
-/* ---- the gateway benchmark (bench_gateway.c) ---------------------------- */
+/* ---- the gateway benchmark (gateway.c, attest.c) ------------------------ */
 
 /* Runs `veil-bench gateway`; returns the exit status. */
 int bench_gateway_run(const bench_opts *o);
