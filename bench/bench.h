@@ -144,16 +144,33 @@ static inline int ossl_oaep_decrypt(EVP_PKEY *k, const uint8_t *in,
     return ok ? 0 : -1;
 }
 
-/* AES-256-GCM seal with a fresh EVP_CIPHER_CTX, no associated data. */
-static inline int ossl_gcm_seal(const uint8_t key[32], const uint8_t *iv,
-                                size_t iv_len, const uint8_t *pt, size_t len,
-                                uint8_t *ct, uint8_t tag[16])
+/* RSA-OAEP-SHA256 encrypt to `to` with a fresh EVP_PKEY_CTX.  *out_len:
+ * in, the room in out.  0, or -1 (nothing printed). */
+static inline int ossl_oaep_encrypt(EVP_PKEY *to, const uint8_t *in,
+                                    size_t in_len, uint8_t *out,
+                                    size_t *out_len)
+{
+    EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new(to, NULL);
+    int ok = ctx && EVP_PKEY_encrypt_init(ctx) == 1 && ossl_set_oaep(ctx) &&
+             EVP_PKEY_encrypt(ctx, out, out_len, in, in_len) == 1;
+
+    EVP_PKEY_CTX_free(ctx);
+    return ok ? 0 : -1;
+}
+
+/* AES-GCM seal (AES-128 for a 16-byte key, else AES-256) with a fresh
+ * EVP_CIPHER_CTX, no associated data. */
+static inline int ossl_gcm_seal(const uint8_t *key, size_t key_len,
+                                const uint8_t *iv, size_t iv_len,
+                                const uint8_t *pt, size_t len, uint8_t *ct,
+                                uint8_t tag[16])
 {
     EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
+    const EVP_CIPHER *c = key_len == 16 ? EVP_aes_128_gcm() : EVP_aes_256_gcm();
     int n1 = 0, n2 = 0, ok;
 
-    ok = ctx &&
-         EVP_EncryptInit_ex(ctx, EVP_aes_256_gcm(), NULL, NULL, NULL) == 1 &&
+    ok = ctx && len <= INT_MAX &&
+         EVP_EncryptInit_ex(ctx, c, NULL, NULL, NULL) == 1 &&
          EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_SET_IVLEN, (int)iv_len, NULL) ==
              1 &&
          EVP_EncryptInit_ex(ctx, NULL, NULL, key, iv) == 1 &&

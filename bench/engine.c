@@ -372,8 +372,8 @@ static int op_ossl_gcm_seal(void *arg)
 {
     aes_ctx *c = arg;
 
-    if (ossl_gcm_seal(c->key, c->iv, sizeof c->iv, c->pt, c->len, c->ct_base,
-                      c->tag_base) != 0)
+    if (ossl_gcm_seal(c->key, sizeof c->key, c->iv, sizeof c->iv, c->pt, c->len,
+                      c->ct_base, c->tag_base) != 0)
         return ossl_fail("EVP AES-256-GCM seal");
     return 0;
 }
