@@ -4,7 +4,7 @@
  * timing, medians, and the bare PKCS#11 side.
  *
  * The small helpers are static inline here; the PKCS#11 helpers live in
- * engine.c and are declared here.
+ * p11.c and are declared here.
  */
 #ifndef VEIL_BENCH_H
 #define VEIL_BENCH_H
@@ -276,10 +276,9 @@ static inline int token_uri(const char *label, char *out, size_t n)
     return 0;
 }
 
-/* The first header line of every run: the machine. */
-static inline void print_machine_id(void)
+/* The cores this process may run on (else those online; -1: unknown). */
+static inline long bench_ncpu(void)
 {
-    struct utsname u;
     cpu_set_t set;
     long ncpu = -1;
 
@@ -287,6 +286,34 @@ static inline void print_machine_id(void)
         ncpu = CPU_COUNT(&set);
     if (ncpu <= 0)
         ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    return ncpu;
+}
+
+/* A NOMYO v1 package's text from its base64 parts (the tag in its own
+ * field, as veil sends it) into out: its length, or -1 when cap is too
+ * small. */
+static inline int bench_pkg_text(char *out, size_t cap, const char *ct_b64,
+                                 const char *nonce_b64, const char *tag_b64,
+                                 const char *wk_b64)
+{
+    int n = snprintf(out, cap,
+                     "{\"version\":\"1.0\",\"algorithm\":"
+                     "\"hybrid-aes256-rsa4096\",\"encrypted_payload\":{"
+                     "\"ciphertext\":\"%s\",\"nonce\":\"%s\",\"tag\":\"%s\"},"
+                     "\"encrypted_aes_key\":\"%s\",\"key_algorithm\":"
+                     "\"RSA-OAEP-SHA256\",\"payload_algorithm\":"
+                     "\"AES-256-GCM\"}",
+                     ct_b64, nonce_b64, tag_b64, wk_b64);
+
+    return n < 0 || (size_t)n >= cap ? -1 : n;
+}
+
+/* The first header line of every run: the machine. */
+static inline void print_machine_id(void)
+{
+    struct utsname u;
+    long ncpu = bench_ncpu();
+
     if (uname(&u) != 0)
         snprintf(u.machine, sizeof u.machine, "unknown");
     printf("# veil-bench: machine %s, nproc %ld; %s\n", u.machine, ncpu,
@@ -308,7 +335,7 @@ static inline void print_machine(const bench_opts *o, const char *how)
 /* Prints a usage error (fmt, then arg when not NULL); returns EXIT_USAGE. */
 int bench_usage_error(const char *fmt, const char *arg);
 
-/* ---- PKCS#11: the bare side (engine.c) ---------------------------------- */
+/* ---- PKCS#11: the bare side (p11.c) ------------------------------------- */
 
 typedef struct p11_bare {
     CK_FUNCTION_LIST *f;

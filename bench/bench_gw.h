@@ -253,6 +253,10 @@ int clients_open(const gw *g, target *t, client_set *cs, unsigned nc,
                  unsigned n, unsigned *seq);
 int clients_seal(const gw *g, target *t, client_set *cs, unsigned n,
                  unsigned *seq);
+/* One load phase: the first n items through the clients (done: per
+ * client, requests sent, or NULL); *wall its wall time. */
+int clients_run(const gw *g, client_set *cs, unsigned n, unsigned *done,
+                errs *er, double *wall);
 void clients_clear(client_set *cs, unsigned n);
 void clients_close(client_set *cs);
 /* Sorts v; its p50 and p99 in ms. */

@@ -160,7 +160,6 @@ static int run_level(const gw *g, target *t, unsigned nclients, unsigned *seq)
     char name[64], etext[96], result[64];
     int target_level = nclients >= TARGET_CLIENTS, ret = -1;
     client_set cs;
-    load l;
     errs er;
 
     errs_init(&er);
@@ -170,18 +169,10 @@ static int run_level(const gw *g, target *t, unsigned nclients, unsigned *seq)
     for (r = 0; r < o->rounds; r++) {
         if (clients_seal(g, t, &cs, n, seq) != 0)
             goto out;
-        l = (load){.g = g,
-                   .items = cs.items,
-                   .n = n,
-                   .lat = cs.lat,
-                   .clients = cs.clients,
-                   .nclients = nclients,
-                   .done = done,
-                   .er = &er};
         if (proc_cpu(t->v.p.pid, &v0) != 0)
             v0 = -1;
         c0 = self_cpu();
-        if (run_load(&l, &wall) != 0)
+        if (clients_run(g, &cs, n, done, &er, &wall) != 0)
             goto out;
         own_cpu += self_cpu() - c0;
         if (v0 >= 0 && proc_cpu(t->v.p.pid, &v1) == 0)

@@ -135,13 +135,8 @@ void sleep_s(double s)
 
 unsigned cpu_count(void)
 {
-    cpu_set_t set;
-    long n = -1;
+    long n = bench_ncpu();
 
-    if (sched_getaffinity(0, sizeof set, &set) == 0)
-        n = CPU_COUNT(&set);
-    if (n <= 0)
-        n = sysconf(_SC_NPROCESSORS_ONLN);
     if (n <= 0)
         n = 1;
     return n > MAX_CORES ? MAX_CORES : (unsigned)n;
@@ -221,15 +216,8 @@ static char *seal_pkg(EVP_PKEY *to, pkg_kind kind, const uint8_t *pt,
         oom_fail();
         goto out;
     }
-    n = snprintf(out, cap,
-                 "{\"version\":\"1.0\",\"algorithm\":"
-                 "\"hybrid-aes256-rsa4096\",\"encrypted_payload\":{"
-                 "\"ciphertext\":\"%s\",\"nonce\":\"%s\",\"tag\":\"%s\"},"
-                 "\"encrypted_aes_key\":\"%s\",\"key_algorithm\":"
-                 "\"RSA-OAEP-SHA256\",\"payload_algorithm\":"
-                 "\"AES-256-GCM\"}",
-                 ct_b64, nonce_b64, tag_b64, wk_b64);
-    if (n < 0 || (size_t)n >= cap) {
+    n = bench_pkg_text(out, cap, ct_b64, nonce_b64, tag_b64, wk_b64);
+    if (n < 0) {
         free(out);
         out = NULL;
         fprintf(stderr, "veil-bench: package does not fit\n");
@@ -687,6 +675,21 @@ int clients_seal(const gw *g, target *t, client_set *cs, unsigned n,
         cs->items[i] = (item){
             .seq = (*seq)++, .kind = K_VALID, .prompt_len = SMALL_PROMPT};
     return seal_all(g, t->pub, cs->items, n);
+}
+
+int clients_run(const gw *g, client_set *cs, unsigned n, unsigned *done,
+                errs *er, double *wall)
+{
+    load l = {.g = g,
+              .items = cs->items,
+              .n = n,
+              .lat = cs->lat,
+              .clients = cs->clients,
+              .nclients = cs->nc,
+              .done = done,
+              .er = er};
+
+    return run_load(&l, wall);
 }
 
 void clients_clear(client_set *cs, unsigned n)

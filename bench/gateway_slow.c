@@ -70,6 +70,21 @@ typedef struct slow_attack {
     pthread_t th;
 } slow_attack;
 
+/* The head of a completion request with body_len bytes to come. */
+static int slow_head(const slow_attack *a, char *head, size_t size,
+                     const char *pid, size_t body_len)
+{
+    int hl = snprintf(head, size,
+                      "POST " ROUTE " HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                      "Content-Type: application/octet-stream\r\n"
+                      "X-Payload-ID: %s\r\n%s\r\n"
+                      "X-Security-Tier: standard\r\n"
+                      "Content-Length: %zu\r\n\r\n",
+                      pid, a->g->pubkey_hdr, body_len);
+
+    return hl > 0 && (size_t)hl < size ? hl : -1;
+}
+
 static int slow_connect(slow_attack *a, slow_conn *c)
 {
     struct sockaddr_in sa;
@@ -102,15 +117,9 @@ static int slow_connect(slow_attack *a, slow_conn *c)
             close(fd);
             return -1;
         }
-        hl = snprintf(head, sizeof head,
-                      "POST " ROUTE " HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                      "Content-Type: application/octet-stream\r\n"
-                      "X-Payload-ID: %s\r\n%s\r\n"
-                      "X-Security-Tier: standard\r\n"
-                      "Content-Length: %zu\r\n\r\n",
-                      it.pid, a->g->pubkey_hdr, it.len);
-        c->req = malloc((size_t)hl + it.len);
-        if (hl <= 0 || (size_t)hl >= sizeof head || c->req == NULL) {
+        hl = slow_head(a, head, sizeof head, it.pid, it.len);
+        c->req = hl > 0 ? malloc((size_t)hl + it.len) : NULL;
+        if (c->req == NULL) {
             item_clear(&it);
             close(fd);
             return -1;
@@ -128,14 +137,8 @@ static int slow_connect(slow_attack *a, slow_conn *c)
             close(fd);
             return -1;
         }
-        hl = snprintf(head, sizeof head,
-                      "POST " ROUTE " HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                      "Content-Type: application/octet-stream\r\n"
-                      "X-Payload-ID: %s\r\n%s\r\n"
-                      "X-Security-Tier: standard\r\n"
-                      "Content-Length: %u\r\n\r\n",
-                      pid, a->g->pubkey_hdr, SLOW_DECLARED);
-        if (send(fd, head, (size_t)hl, MSG_NOSIGNAL) != hl) {
+        hl = slow_head(a, head, sizeof head, pid, SLOW_DECLARED);
+        if (hl < 0 || send(fd, head, (size_t)hl, MSG_NOSIGNAL) != hl) {
             close(fd);
             return -1;
         }
@@ -304,7 +307,6 @@ int run_slow(const gw *g, target *t, unsigned *seq)
     slow_attack *a = xcalloc(1, sizeof *a);
     int ret = -1;
     client_set cs;
-    load l;
     errs er;
 
     errs_init(&er);
@@ -316,14 +318,7 @@ int run_slow(const gw *g, target *t, unsigned *seq)
                 goto out;
             if (phase == 0 && slow_start(a, g, t, 1u << 30 | r << 20) != 0)
                 goto out;
-            l = (load){.g = g,
-                       .items = cs.items,
-                       .n = n,
-                       .lat = cs.lat,
-                       .clients = cs.clients,
-                       .nclients = nc,
-                       .er = &er};
-            if (run_load(&l, &wall) != 0)
+            if (clients_run(g, &cs, n, NULL, &er, &wall) != 0)
                 goto out;
             if (phase == 0) {
                 slow_stop(a, &held);

@@ -189,17 +189,10 @@ int proc_mem(pid_t pid, unsigned long *rss, unsigned long *hwm)
 {
     char path[64], buf[4096];
     const char *p;
-    ssize_t n;
-    int fd;
 
     snprintf(path, sizeof path, "/proc/%ld/status", (long)pid);
-    if ((fd = open(path, O_RDONLY | O_CLOEXEC)) < 0)
+    if (tu_read_text(path, buf, sizeof buf) < 0)
         return -1;
-    n = read(fd, buf, sizeof buf - 1);
-    close(fd);
-    if (n <= 0)
-        return -1;
-    buf[n] = '\0';
     if (!(p = strstr(buf, "VmRSS:")))
         return -1;
     *rss = strtoul(p + 6, NULL, 10);
@@ -215,17 +208,10 @@ int proc_cpu(pid_t pid, double *secs)
     char path[64], buf[1024], *p;
     unsigned long long ut = 0, st = 0;
     long tick = sysconf(_SC_CLK_TCK);
-    ssize_t n;
-    int fd;
 
     snprintf(path, sizeof path, "/proc/%ld/stat", (long)pid);
-    if ((fd = open(path, O_RDONLY | O_CLOEXEC)) < 0)
+    if (tick <= 0 || tu_read_text(path, buf, sizeof buf) < 0)
         return -1;
-    n = read(fd, buf, sizeof buf - 1);
-    close(fd);
-    if (n <= 0 || tick <= 0)
-        return -1;
-    buf[n] = '\0';
     /* after "pid (comm) ": state is field 3, utime 14, stime 15 */
     if (!(p = strrchr(buf, ')')))
         return -1;

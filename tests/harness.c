@@ -81,20 +81,28 @@ void tu_proc_log_tail(const tu_proc *p)
             p->name);
 }
 
-int tu_read_port(const char *path, unsigned *port)
+ssize_t tu_read_text(const char *path, char *buf, size_t size)
 {
-    char buf[32], *end;
-    unsigned long v;
     ssize_t n;
     int fd = open(path, O_RDONLY | O_CLOEXEC);
 
     if (fd < 0)
         return -1;
-    n = read(fd, buf, sizeof buf - 1);
+    n = read(fd, buf, size - 1);
     close(fd);
     if (n <= 0)
         return -1;
     buf[n] = '\0';
+    return n;
+}
+
+int tu_read_port(const char *path, unsigned *port)
+{
+    char buf[32], *end;
+    unsigned long v;
+
+    if (tu_read_text(path, buf, sizeof buf) < 0)
+        return -1;
     errno = 0;
     v = strtoul(buf, &end, 10);
     if (errno || end == buf || *end != '\n' || v == 0 || v > 65535)

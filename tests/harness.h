@@ -63,6 +63,10 @@ void tu_proc_stop_all(void);
 /* The last 30 lines of p's log on stderr. */
 void tu_proc_log_tail(const tu_proc *p);
 
+/* A small file's text (at most size - 1 bytes, NUL-terminated) into buf:
+ * its length, or -1 when it cannot be read or is empty. */
+ssize_t tu_read_text(const char *path, char *buf, size_t size);
+
 /* "PORT\n" (1 to 65535) from path into *port: 0, else -1. */
 int tu_read_port(const char *path, unsigned *port);
 
