@@ -16,6 +16,7 @@
 #include <cjson/cJSON.h>
 #include <microhttpd.h>
 
+#include "harness.h"
 #include "package.h"
 #include "stub_http.h"
 
@@ -1283,21 +1284,6 @@ struct fx_raw {
     int stopping;
 };
 
-static int raw_write(int fd, const char *p, size_t len)
-{
-    while (len > 0) {
-        ssize_t n = send(fd, p, len, MSG_NOSIGNAL);
-
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            return -1;
-        p += n;
-        len -= (size_t)n;
-    }
-    return 0;
-}
-
 /* Reads one request (head and Content-Length body) and answers it. */
 static void raw_serve(fx_raw *r, int c)
 {
@@ -1338,10 +1324,10 @@ static void raw_serve(fx_raw *r, int c)
                  "HTTP/1.1 200 OK\r\nContent-Type: application/x-pem-file\r\n"
                  "Content-Length: %zu\r\nConnection: close\r\n\r\n",
                  strlen(r->pem));
-        if (raw_write(c, head, strlen(head)) == 0)
-            raw_write(c, r->pem, strlen(r->pem));
+        if (tu_send_all(c, head, strlen(head)) == 0)
+            tu_send_all(c, r->pem, strlen(r->pem));
     } else {
-        raw_write(c, r->reply, strlen(r->reply));
+        tu_send_all(c, r->reply, strlen(r->reply));
     }
     pthread_mutex_lock(&r->lock);
     r->requests++;

@@ -59,21 +59,6 @@ int gt_veild_start(tu_proc *p, const char *name, const char *const *base,
     return tu_proc_start(p, NULL, name, argv, port_file, flags);
 }
 
-int gt_send_all(int fd, const char *buf, size_t len)
-{
-    while (len > 0) {
-        ssize_t n = send(fd, buf, len, MSG_NOSIGNAL);
-
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            return -1;
-        buf += n;
-        len -= (size_t)n;
-    }
-    return 0;
-}
-
 void gt_answer_free(gt_answer *a)
 {
     free(a->body);
@@ -162,7 +147,7 @@ double gt_mock_requests(const tu_proc *mock)
 
     if (fd < 0)
         return -1;
-    if (gt_send_all(fd, req, sizeof req - 1) == 0) {
+    if (tu_send_all(fd, req, sizeof req - 1) == 0) {
         gt_read_answer(fd, &a);
         if (a.status == 200) {
             cJSON *j = cJSON_Parse(a.body);

@@ -22,9 +22,6 @@ int gt_mock_start(tu_proc *p, const char *name);
 int gt_veild_start(tu_proc *p, const char *name, const char *const *base,
                    const char *const *extra, unsigned flags);
 
-/* 0 when all of buf went, else -1 with errno. */
-int gt_send_all(int fd, const char *buf, size_t len);
-
 typedef struct gt_answer {
     int status; /* 0: none (closed, reset or nothing in time) */
     int whole;  /* the body came up to its Content-Length */

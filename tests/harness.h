@@ -80,6 +80,9 @@ unsigned tu_dead_port(void);
  * -1 with errno. */
 int tu_tcp_connect(const char *src, unsigned port, int rcvbuf, int wait_s);
 
+/* Sends all of buf (MSG_NOSIGNAL): 0, else -1 with errno. */
+int tu_send_all(int fd, const char *buf, size_t len);
+
 /* Seconds on the monotonic clock; sleeping. */
 double tu_now(void);
 void tu_sleep_ms(unsigned ms);

@@ -188,7 +188,7 @@ static int legit(const proc *g, const char *src, const char *prompt)
     int fd = tu_tcp_connect(src, g->port, 0, SOCK_WAIT_S), ok = 0;
     gt_answer a = {0};
 
-    if (req && fd >= 0 && gt_send_all(fd, req, len) == 0) {
+    if (req && fd >= 0 && tu_send_all(fd, req, len) == 0) {
         gt_read_answer(fd, &a);
         got = content(&a);
         ok = got && strcmp(got, prompt) == 0;
@@ -218,7 +218,7 @@ static int get_status(const proc *g, const char *src, const char *path)
         return -1;
     snprintf(req, sizeof req, "GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
              path);
-    if (gt_send_all(fd, req, strlen(req)) == 0) {
+    if (tu_send_all(fd, req, strlen(req)) == 0) {
         gt_read_answer(fd, &a);
         st = a.status;
         gt_answer_free(&a);
@@ -245,7 +245,7 @@ static void test_slowloris(void)
     for (int i = 0; i < HALF_OPEN; i++) {
         fd[i] = tu_tcp_connect(NULL, g.port, 0, SOCK_WAIT_S);
         CU_ASSERT_FATAL(fd[i] >= 0);
-        CU_ASSERT_EQUAL(gt_send_all(fd[i], partial, sizeof partial - 1), 0);
+        CU_ASSERT_EQUAL(tu_send_all(fd[i], partial, sizeof partial - 1), 0);
     }
     /* one more from the same address is over the cap: closed unanswered */
     CU_ASSERT_EQUAL(get_status(&g, NULL, "/pki/public_key"), 0);
@@ -352,7 +352,7 @@ static void test_slow_clients(void)
         req = request("echo", big, "", &len, NULL);
         rd[i] = tu_tcp_connect(NULL, g.port, 4096, SOCK_WAIT_S);
         CU_ASSERT_FATAL(req && rd[i] >= 0);
-        CU_ASSERT_EQUAL(gt_send_all(rd[i], req, len), 0);
+        CU_ASSERT_EQUAL(tu_send_all(rd[i], req, len), 0);
         free(req);
     }
     free(big);
@@ -367,7 +367,7 @@ static void test_slow_clients(void)
         up[i].fd = tu_tcp_connect(NULL, g.port, 0, SOCK_WAIT_S);
         up[i].closed = 0;
         CU_ASSERT_FATAL(up[i].fd >= 0);
-        CU_ASSERT_EQUAL(gt_send_all(up[i].fd, head, strlen(head)), 0);
+        CU_ASSERT_EQUAL(tu_send_all(up[i].fd, head, strlen(head)), 0);
         CU_ASSERT_EQUAL_FATAL(pthread_create(&th[i], NULL, trickle, &up[i]), 0);
     }
 
@@ -420,11 +420,11 @@ static void test_body_memory(void)
     fb = tu_tcp_connect(NULL, g.port, 0, SOCK_WAIT_S);
     CU_ASSERT_FATAL(fa >= 0 && fb >= 0);
     /* the first body half in, the second whole: it must wait */
-    CU_ASSERT_EQUAL(gt_send_all(fa, qa, la / 2), 0);
+    CU_ASSERT_EQUAL(tu_send_all(fa, qa, la / 2), 0);
     tu_sleep_ms(300);
-    CU_ASSERT_EQUAL(gt_send_all(fb, qb, lb), 0);
+    CU_ASSERT_EQUAL(tu_send_all(fb, qb, lb), 0);
     tu_sleep_ms(300);
-    CU_ASSERT_EQUAL(gt_send_all(fa, qa + la / 2, la - la / 2), 0);
+    CU_ASSERT_EQUAL(tu_send_all(fa, qa + la / 2, la - la / 2), 0);
     gt_read_answer(fa, &a);
     got = content(&a);
     CU_ASSERT_TRUE(got && strcmp(got, pa) == 0);
@@ -463,7 +463,7 @@ static int whole_body_first(const proc *g, const char *head, size_t body_len,
     }
     memcpy(buf, head, strlen(head));
     memset(buf + strlen(head), 'x', body_len);
-    sent = gt_send_all(fd, buf, strlen(head) + body_len);
+    sent = tu_send_all(fd, buf, strlen(head) + body_len);
     if (sent != 0)
         fprintf(stderr, "(sending the body: %s) ", strerror(errno));
     gt_read_answer(fd, a);
@@ -569,12 +569,12 @@ static void test_sigterm(void)
     req = request("mock/slow-700", "fast", "", &len, pid_fast);
     fa = tu_tcp_connect(NULL, g.port, 0, SOCK_WAIT_S);
     CU_ASSERT_FATAL(req && fa >= 0);
-    CU_ASSERT_EQUAL(gt_send_all(fa, req, len), 0);
+    CU_ASSERT_EQUAL(tu_send_all(fa, req, len), 0);
     free(req);
     req = request("mock/slow-6000", "slow", "", &len, pid_slow);
     fs = tu_tcp_connect(NULL, g.port, 0, SOCK_WAIT_S);
     CU_ASSERT_FATAL(req && fs >= 0);
-    CU_ASSERT_EQUAL(gt_send_all(fs, req, len), 0);
+    CU_ASSERT_EQUAL(tu_send_all(fs, req, len), 0);
     free(req);
     while (gt_mock_requests(&upstream) < base + 2)
         tu_sleep_ms(20);
@@ -582,7 +582,7 @@ static void test_sigterm(void)
     req = request("echo", "waiting", "", &len, pid_wait);
     fw = tu_tcp_connect(NULL, g.port, 0, SOCK_WAIT_S);
     CU_ASSERT_FATAL(req && fw >= 0);
-    CU_ASSERT_EQUAL(gt_send_all(fw, req, len), 0);
+    CU_ASSERT_EQUAL(tu_send_all(fw, req, len), 0);
     free(req);
     tu_sleep_ms(300);
 
