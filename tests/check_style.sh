@@ -3,10 +3,12 @@
 # tests/env/with-tokens.sh; VEIL_SRCDIR names the source tree).
 #
 #  1. banned functions: strcpy strcat sprintf vsprintf strtok gets atoi atol
-#     called anywhere in engine/ providers/ protocol/ tools/ client/ gateway/ tests/ fuzz/
+#     called anywhere in engine/ providers/ protocol/ tools/ bench/ client/
+#     gateway/ service/ tests/ fuzz/
 #     (comments and string literals are ignored).  Always an error.
 #  2. formatting: clang-format with the project's .clang-format over
-#     engine/ providers/ protocol/ client/ tools/ fuzz/.  A warning for now; VEIL_STRICT_FORMAT=1
+#     engine/ providers/ protocol/ client/ service/ tools/ bench/ fuzz/.  A warning
+#     for now; VEIL_STRICT_FORMAT=1
 #     makes it an error.  Skipped when clang-format is not installed
 #     (an error under VEIL_STRICT_FORMAT=1).
 #  3. layers: tests/check_includes.py (no include circle, no layer that
@@ -22,8 +24,8 @@ set -u
 
 readonly ME="check_style"
 BANNED=(strcpy strcat sprintf vsprintf strtok gets atoi atol)
-C_DIRS=(engine providers protocol tools client gateway service tests fuzz)
-FORMAT_DIRS=(engine providers protocol client service tools fuzz)
+C_DIRS=(engine providers protocol tools bench client gateway service tests fuzz)
+FORMAT_DIRS=(engine providers protocol client service tools bench fuzz)
 
 if [ -n "${VEIL_SRCDIR:-}" ]; then
     SRCDIR=$VEIL_SRCDIR

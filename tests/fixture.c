@@ -16,7 +16,9 @@
 #include <cjson/cJSON.h>
 #include <microhttpd.h>
 
+#include "harness.h"
 #include "package.h"
+#include "stub_http.h"
 
 #define FX_KEY_PATH "/pki/public_key"
 #define FX_CHAT_PATH "/v1/chat/secure_completion"
@@ -32,7 +34,7 @@ typedef struct fx_entry {
 } fx_entry;
 
 struct fx_server {
-    struct MHD_Daemon *d;
+    stub_http http; /* the daemon (tests/stub_http.c) */
     veil_engine *e;
     unsigned short port;
     char url[64];
@@ -49,7 +51,7 @@ struct fx_server {
     size_t queued;
     fx_request *recs;
     size_t nrec, caprec;
-    unsigned key_fetches, posts, connections;
+    unsigned key_fetches, posts;
     unsigned gen; /* bumped by fx_reset_counters */
     unsigned long answers;
     char *last_sealed; /* the last 200 package sent (fx_reply.replay) */
@@ -66,19 +68,12 @@ typedef struct fx_slot {
     unsigned gen;
 } fx_slot;
 
-/* What one connection's current request has read so far. */
-typedef struct fx_body {
-    char *data;
-    size_t len, cap;
-    int too_large;
-} fx_body;
-
 /* ---- small helpers ------------------------------------------------------ */
 
 static const char *const tamper_names[] = {
-    NULL,          "ciphertext",    "tag",
-    "wrapped-key", "missing-field", "missing-nonce",
-    "bad-base64",  "not-json",      "nonce-size",
+    NULL,           "ciphertext",    "tag",
+    "wrapped-key",  "missing-field", "missing-nonce",
+    "bad-base64",   "not-json",      "nonce-size",
     "outer-fields",
 };
 
@@ -212,9 +207,6 @@ static enum MHD_Result send_body(fx_server *s, struct MHD_Connection *conn,
                                  const char *content_type,
                                  const char *retry_after)
 {
-    struct MHD_Response *resp;
-    enum MHD_Result ret;
-
     if (slot) {
         fx_request *rec;
 
@@ -223,18 +215,8 @@ static enum MHD_Result send_body(fx_server *s, struct MHD_Connection *conn,
             rec->status = status;
         pthread_mutex_unlock(&s->lock);
     }
-    resp = MHD_create_response_from_buffer(len, (void *)body,
-                                           MHD_RESPMEM_MUST_COPY);
-    if (resp == NULL)
-        return MHD_NO;
-    if (content_type)
-        MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE,
-                                content_type);
-    if (retry_after)
-        MHD_add_response_header(resp, MHD_HTTP_HEADER_RETRY_AFTER, retry_after);
-    ret = MHD_queue_response(conn, (unsigned)status, resp);
-    MHD_destroy_response(resp);
-    return ret;
+    return stub_send(conn, (unsigned)status, body, len, content_type,
+                     retry_after);
 }
 
 /* {"detail": detail} with status. */
@@ -519,8 +501,10 @@ static char *tamper_package(const char *json, fx_tamper t, veil_tag_mode mode)
 /* Terminal escapes, C1 controls and bidi overrides in an answer: a clear
  * screen, a window title, a forged line and a right-to-left override. */
 #define FX_ESCAPES                                                             \
-    "\x1b]0;fixture title\x07\x1b[2J\x1b[31mred\x1b[0m\r"                        \
-    "verdict: VALID\n\xc2\x9b" "1mC1\xe2\x80\xae" "desrever\xe2\x80\xac\tend"
+    "\x1b]0;fixture title\x07\x1b[2J\x1b[31mred\x1b[0m\r"                      \
+    "verdict: VALID\n\xc2\x9b"                                                 \
+    "1mC1\xe2\x80\xae"                                                         \
+    "desrever\xe2\x80\xac\tend"
 
 /* The plaintext of a "fixture/hostile-KIND" answer (malloc'd), or NULL
  * for an unknown KIND (*bad set) or no memory. */
@@ -675,7 +659,7 @@ static void free_entry(fx_entry *e)
 }
 
 static enum MHD_Result handle_chat(fx_server *s, struct MHD_Connection *conn,
-                                   fx_body *body)
+                                   stub_body *body)
 {
     fx_request rec;
     fx_entry *entry;
@@ -921,8 +905,8 @@ static enum MHD_Result handle_chat(fx_server *s, struct MHD_Connection *conn,
         int bad;
 
         if (strcmp(arg, "detail") == 0) {
-            ret = send_detail(s, conn, &slot, 500, "fixture: " FX_ESCAPES,
-                              NULL);
+            ret =
+                send_detail(s, conn, &slot, 500, "fixture: " FX_ESCAPES, NULL);
             goto done;
         }
         text = hostile_answer(arg, &bad);
@@ -1025,48 +1009,13 @@ static enum MHD_Result handle_key(fx_server *s, struct MHD_Connection *conn)
     return ret;
 }
 
+/* The routes, once a request's body is in (tests/stub_http.c). */
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn,
                                   const char *url, const char *method,
-                                  const char *version, const char *upload,
-                                  size_t *upload_size, void **con_cls)
+                                  stub_body *b)
 {
     fx_server *s = cls;
-    fx_body *b = *con_cls;
 
-    if (b == NULL) {
-        b = calloc(1, sizeof *b);
-        if (b == NULL)
-            return MHD_NO;
-        *con_cls = b;
-        return MHD_YES;
-    }
-    if (*upload_size) {
-        size_t n = *upload_size;
-
-        *upload_size = 0;
-        if (b->too_large || n > FX_MAX_BODY - b->len) {
-            b->too_large = 1;
-            return MHD_YES;
-        }
-        if (b->len + n + 1 > b->cap) {
-            size_t cap = b->cap ? b->cap : 4096;
-            char *d;
-
-            while (cap < b->len + n + 1)
-                cap *= 2;
-            d = realloc(b->data, cap);
-            if (d == NULL) {
-                b->too_large = 1;
-                return MHD_YES;
-            }
-            b->data = d;
-            b->cap = cap;
-        }
-        memcpy(b->data + b->len, upload, n);
-        b->len += n;
-        b->data[b->len] = '\0';
-        return MHD_YES;
-    }
     if (strcmp(url, FX_KEY_PATH) == 0) {
         if (strcmp(method, MHD_HTTP_METHOD_GET) != 0)
             return send_detail(s, conn, NULL, 405, "Method Not Allowed", NULL);
@@ -1080,39 +1029,11 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn,
     return send_detail(s, conn, NULL, 404, "Not Found", NULL);
 }
 
-static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
-                         enum MHD_RequestTerminationCode toe)
-{
-    fx_body *b = *con_cls;
-
-    if (b) {
-        free(b->data);
-        free(b);
-        *con_cls = NULL;
-    }
-}
-
-static void on_connection(void *cls, struct MHD_Connection *conn,
-                          void **socket_context,
-                          enum MHD_ConnectionNotificationCode toe)
-{
-    fx_server *s = cls;
-
-    if (toe == MHD_CONNECTION_NOTIFY_STARTED) {
-        pthread_mutex_lock(&s->lock);
-        s->connections++;
-        pthread_mutex_unlock(&s->lock);
-    }
-}
-
 int fx_start(const fx_config *cfg, fx_server **out)
 {
     fx_server *s;
-    struct sockaddr_in sa;
-    const union MHD_DaemonInfo *info;
     pthread_condattr_t ca;
-    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD |
-                     MHD_USE_THREAD_PER_CONNECTION | MHD_USE_AUTO;
+    stub_config sc;
     int tls;
 
     *out = NULL;
@@ -1121,10 +1042,6 @@ int fx_start(const fx_config *cfg, fx_server **out)
         return -1;
     }
     tls = cfg->tls_cert_pem && cfg->tls_key_pem;
-    if (tls && MHD_is_feature_supported(MHD_FEATURE_TLS) != MHD_YES) {
-        fprintf(stderr, "fixture: libmicrohttpd was built without TLS\n");
-        return -1;
-    }
     s = calloc(1, sizeof *s);
     if (s == NULL)
         return -1;
@@ -1145,33 +1062,16 @@ int fx_start(const fx_config *cfg, fx_server **out)
         if (!s->tls_cert || !s->tls_key)
             goto fail;
     }
-    memset(&sa, 0, sizeof sa);
-    sa.sin_family = AF_INET;
-    sa.sin_port = 0;
-    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (tls)
-        s->d = MHD_start_daemon(flags | MHD_USE_TLS, 0, NULL, NULL, on_request,
-                                s, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa,
-                                MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
-                                MHD_OPTION_NOTIFY_CONNECTION, on_connection, s,
-                                MHD_OPTION_HTTPS_MEM_CERT, s->tls_cert,
-                                MHD_OPTION_HTTPS_MEM_KEY, s->tls_key,
-                                MHD_OPTION_END);
-    else
-        s->d = MHD_start_daemon(
-            flags, 0, NULL, NULL, on_request, s, MHD_OPTION_SOCK_ADDR,
-            (struct sockaddr *)&sa, MHD_OPTION_NOTIFY_COMPLETED, on_completed,
-            s, MHD_OPTION_NOTIFY_CONNECTION, on_connection, s, MHD_OPTION_END);
-    if (s->d == NULL) {
-        fprintf(stderr, "fixture: cannot start the HTTP daemon\n");
+    memset(&sc, 0, sizeof sc);
+    sc.handle = on_request;
+    sc.ctx = s;
+    sc.max_body = FX_MAX_BODY;
+    sc.tls_cert = s->tls_cert;
+    sc.tls_key = s->tls_key;
+    sc.who = "fixture";
+    if (stub_start(&s->http, &sc) != 0)
         goto fail;
-    }
-    info = MHD_get_daemon_info(s->d, MHD_DAEMON_INFO_BIND_PORT);
-    if (info == NULL || info->port == 0) {
-        fprintf(stderr, "fixture: cannot read the bound port\n");
-        goto fail;
-    }
-    s->port = info->port;
+    s->port = s->http.port;
     snprintf(s->url, sizeof s->url, "%s://127.0.0.1:%u", tls ? "https" : "http",
              (unsigned)s->port);
     *out = s;
@@ -1189,8 +1089,7 @@ void fx_stop(fx_server *s)
     s->stopping = 1;
     pthread_cond_broadcast(&s->cond);
     pthread_mutex_unlock(&s->lock);
-    if (s->d)
-        MHD_stop_daemon(s->d);
+    stub_stop(&s->http);
     fx_clear_script(s);
     for (size_t i = 0; i < sizeof s->other / sizeof s->other[0]; i++)
         veil_key_free(s->other[i]);
@@ -1345,12 +1244,7 @@ unsigned fx_posts(fx_server *s)
 
 unsigned fx_connections(fx_server *s)
 {
-    unsigned n;
-
-    pthread_mutex_lock(&s->lock);
-    n = s->connections;
-    pthread_mutex_unlock(&s->lock);
-    return n;
+    return (unsigned)atomic_load(&s->http.connections);
 }
 
 int fx_request_get(fx_server *s, unsigned index, fx_request *out)
@@ -1371,13 +1265,14 @@ void fx_reset_counters(fx_server *s)
     pthread_mutex_lock(&s->lock);
     s->key_fetches = 0;
     s->posts = 0;
-    s->connections = 0;
+    atomic_store(&s->http.connections, 0);
     s->nrec = 0;
     s->gen++;
     pthread_mutex_unlock(&s->lock);
 }
 
-/* ---- a raw HTTP/1.1 server ------------------------------------------------ */
+/* ---- a raw HTTP/1.1 server ------------------------------------------------
+ */
 
 struct fx_raw {
     int fd;
@@ -1388,21 +1283,6 @@ struct fx_raw {
     unsigned requests;
     int stopping;
 };
-
-static int raw_write(int fd, const char *p, size_t len)
-{
-    while (len > 0) {
-        ssize_t n = send(fd, p, len, MSG_NOSIGNAL);
-
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            return -1;
-        p += n;
-        len -= (size_t)n;
-    }
-    return 0;
-}
 
 /* Reads one request (head and Content-Length body) and answers it. */
 static void raw_serve(fx_raw *r, int c)
@@ -1444,10 +1324,10 @@ static void raw_serve(fx_raw *r, int c)
                  "HTTP/1.1 200 OK\r\nContent-Type: application/x-pem-file\r\n"
                  "Content-Length: %zu\r\nConnection: close\r\n\r\n",
                  strlen(r->pem));
-        if (raw_write(c, head, strlen(head)) == 0)
-            raw_write(c, r->pem, strlen(r->pem));
+        if (tu_send_all(c, head, strlen(head)) == 0)
+            tu_send_all(c, r->pem, strlen(r->pem));
     } else {
-        raw_write(c, r->reply, strlen(r->reply));
+        tu_send_all(c, r->reply, strlen(r->reply));
     }
     pthread_mutex_lock(&r->lock);
     r->requests++;

@@ -52,6 +52,8 @@
 #include <cjson/cJSON.h>
 #include <microhttpd.h>
 
+#include "stub_http.h"
+
 #define MOCK_CHAT_PATH "/v1/chat/completions"
 #define MOCK_MODELS_PATH "/v1/models"
 #define MOCK_STATS_PATH "/mock/stats"
@@ -77,20 +79,13 @@ static const char usage_text[] =
     "usage: mock-upstream --port-file FILE [--api-key-file FILE]\n";
 
 typedef struct mock {
-    struct MHD_Daemon *d;
+    stub_http http; /* the daemon (tests/stub_http.c) */
     char *api_key;
     pthread_mutex_t lock; /* everything below */
     pthread_cond_t cond;  /* signalled when stopping */
     int stopping;
-    unsigned long requests, connections;
+    unsigned long requests;
 } mock;
-
-/* What one connection's current request has read so far. */
-typedef struct mock_body {
-    char *data;
-    size_t len, cap;
-    int too_large;
-} mock_body;
 
 /* ---- helpers ------------------------------------------------------------ */
 
@@ -131,27 +126,6 @@ static void wait_ms(mock *s, unsigned ms)
         if (pthread_cond_timedwait(&s->cond, &s->lock, &dl) == ETIMEDOUT)
             break;
     pthread_mutex_unlock(&s->lock);
-}
-
-/* Queues text (taken: freed by libmicrohttpd) with status. */
-static enum MHD_Result send_text(struct MHD_Connection *conn, unsigned status,
-                                 char *text, const char *content_type)
-{
-    struct MHD_Response *resp;
-    enum MHD_Result ret;
-
-    if (text == NULL)
-        return MHD_NO;
-    resp = MHD_create_response_from_buffer(strlen(text), text,
-                                           MHD_RESPMEM_MUST_FREE);
-    if (resp == NULL) {
-        free(text);
-        return MHD_NO;
-    }
-    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, content_type);
-    ret = MHD_queue_response(conn, status, resp);
-    MHD_destroy_response(resp);
-    return ret;
 }
 
 /* A body sent without Content-Length (chunked), from the callback below. */
@@ -214,7 +188,7 @@ static enum MHD_Result send_json(struct MHD_Connection *conn, unsigned status,
     char *text = j ? cJSON_PrintUnformatted(j) : NULL;
 
     cJSON_Delete(j);
-    return send_text(conn, status, text, "application/json");
+    return stub_send_owned(conn, status, text, "application/json");
 }
 
 /* {"error": {"message": message, "type": type[, "code": code]}} */
@@ -347,7 +321,7 @@ static int authorized(mock *s, struct MHD_Connection *conn)
 }
 
 static enum MHD_Result handle_chat(mock *s, struct MHD_Connection *conn,
-                                   const mock_body *body)
+                                   const stub_body *body)
 {
     unsigned long n = count_request(s);
     cJSON *req = NULL, *answer;
@@ -382,7 +356,7 @@ static enum MHD_Result handle_chat(mock *s, struct MHD_Connection *conn,
             memcpy(text + sizeof MOCK_MIRROR_HEAD - 1, body->data, body->len);
             memcpy(text + sizeof MOCK_MIRROR_HEAD - 1 + body->len, "}", 2);
         }
-        ret = send_text(conn, status, text, "application/json");
+        ret = stub_send_owned(conn, status, text, "application/json");
         goto out;
     }
     req = cJSON_ParseWithLength(body->data ? body->data : "", body->len);
@@ -424,7 +398,7 @@ static enum MHD_Result handle_chat(mock *s, struct MHD_Connection *conn,
                 memcpy(text + sizeof MOCK_HOSTILE_BODY - 2, second,
                        sizeof second);
         }
-        ret = send_text(conn, status, text, "application/json");
+        ret = stub_send_owned(conn, status, text, "application/json");
         goto out;
     }
     if ((v = suffix_number(model, "mock/status-", 100, 599)) >= 0) {
@@ -459,11 +433,12 @@ static enum MHD_Result handle_chat(mock *s, struct MHD_Connection *conn,
             text[sizeof head - 1 + 400] = '\n';
             text[sizeof head + 400] = '\0';
         }
-        ret = send_text(conn, status, text, "text/plain");
+        ret = stub_send_owned(conn, status, text, "text/plain");
         goto out;
     }
     if (strcmp(model, "mock/not-json") == 0) {
-        ret = send_text(conn, status, strdup("<html>oops</html>"), "text/html");
+        ret = stub_send_owned(conn, status, strdup("<html>oops</html>"),
+                              "text/html");
         goto out;
     }
     if ((v = suffix_number(model, "mock/slow-", 0, MOCK_MAX_SLOW_MS)) >= 0)
@@ -522,8 +497,8 @@ static enum MHD_Result handle_stats(mock *s, struct MHD_Connection *conn)
 
     pthread_mutex_lock(&s->lock);
     requests = s->requests;
-    connections = s->connections;
     pthread_mutex_unlock(&s->lock);
+    connections = atomic_load(&s->http.connections);
     if (j == NULL ||
         !cJSON_AddNumberToObject(j, "requests", (double)requests) ||
         !cJSON_AddNumberToObject(j, "connections", (double)connections)) {
@@ -535,48 +510,15 @@ static enum MHD_Result handle_stats(mock *s, struct MHD_Connection *conn)
 
 /* ---- the daemon --------------------------------------------------------- */
 
+/* The routes, once a request's body is in (tests/stub_http.c). */
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn,
                                   const char *url, const char *method,
-                                  const char *version, const char *upload,
-                                  size_t *upload_size, void **con_cls)
+                                  stub_body *b)
 {
     mock *s = cls;
-    mock_body *b = *con_cls;
     int get = strcmp(method, MHD_HTTP_METHOD_GET) == 0;
     int post = strcmp(method, MHD_HTTP_METHOD_POST) == 0;
 
-    if (b == NULL) {
-        if ((b = calloc(1, sizeof *b)) == NULL)
-            return MHD_NO;
-        *con_cls = b;
-        return MHD_YES;
-    }
-    if (*upload_size) {
-        size_t n = *upload_size;
-
-        *upload_size = 0;
-        if (b->too_large || n > MOCK_MAX_BODY - b->len) {
-            b->too_large = 1;
-            return MHD_YES;
-        }
-        if (b->len + n + 1 > b->cap) {
-            size_t cap = b->cap ? b->cap : 4096;
-            char *d;
-
-            while (cap < b->len + n + 1)
-                cap *= 2;
-            if ((d = realloc(b->data, cap)) == NULL) {
-                b->too_large = 1;
-                return MHD_YES;
-            }
-            b->data = d;
-            b->cap = cap;
-        }
-        memcpy(b->data + b->len, upload, n);
-        b->len += n;
-        b->data[b->len] = '\0';
-        return MHD_YES;
-    }
     if (strcmp(url, MOCK_CHAT_PATH) == 0 && post)
         return handle_chat(s, conn, b);
     if (strcmp(url, MOCK_MODELS_PATH) == 0 && get)
@@ -586,31 +528,6 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn,
     log_request(count_request(s), method, url, NULL, 404);
     return send_error(conn, 404, "mock upstream: no such route",
                       "invalid_request_error", "not_found");
-}
-
-static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
-                         enum MHD_RequestTerminationCode toe)
-{
-    mock_body *b = *con_cls;
-
-    if (b) {
-        free(b->data);
-        free(b);
-        *con_cls = NULL;
-    }
-}
-
-static void on_connection(void *cls, struct MHD_Connection *conn,
-                          void **socket_context,
-                          enum MHD_ConnectionNotificationCode toe)
-{
-    mock *s = cls;
-
-    if (toe == MHD_CONNECTION_NOTIFY_STARTED) {
-        pthread_mutex_lock(&s->lock);
-        s->connections++;
-        pthread_mutex_unlock(&s->lock);
-    }
 }
 
 /* The whole file, NUL-terminated (malloc'd), or NULL with a message. */
@@ -658,8 +575,7 @@ static int write_port_file(const char *path, unsigned port)
 int main(int argc, char **argv)
 {
     const char *port_file = NULL, *key_file = NULL;
-    struct sockaddr_in sa;
-    const union MHD_DaemonInfo *info;
+    stub_config sc;
     pthread_condattr_t ca;
     sigset_t set;
     int sig = 0, status = 1;
@@ -717,27 +633,15 @@ int main(int argc, char **argv)
     sigaddset(&set, SIGINT);
     pthread_sigmask(SIG_BLOCK, &set, NULL);
 
-    memset(&sa, 0, sizeof sa);
-    sa.sin_family = AF_INET;
-    sa.sin_port = 0;
-    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    s.d = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD |
-                               MHD_USE_THREAD_PER_CONNECTION | MHD_USE_AUTO,
-                           0, NULL, NULL, on_request, &s, MHD_OPTION_SOCK_ADDR,
-                           (struct sockaddr *)&sa, MHD_OPTION_NOTIFY_COMPLETED,
-                           on_completed, &s, MHD_OPTION_NOTIFY_CONNECTION,
-                           on_connection, &s, MHD_OPTION_CONNECTION_TIMEOUT,
-                           120u, MHD_OPTION_END);
-    if (s.d == NULL) {
-        fputs("mock-upstream: cannot start the HTTP daemon\n", stderr);
+    memset(&sc, 0, sizeof sc);
+    sc.handle = on_request;
+    sc.ctx = &s;
+    sc.max_body = MOCK_MAX_BODY;
+    sc.connection_timeout = 120;
+    sc.who = "mock-upstream";
+    if (stub_start(&s.http, &sc) != 0)
         goto out;
-    }
-    info = MHD_get_daemon_info(s.d, MHD_DAEMON_INFO_BIND_PORT);
-    if (info == NULL || info->port == 0) {
-        fputs("mock-upstream: cannot read the bound port\n", stderr);
-        goto out;
-    }
-    if (write_port_file(port_file, info->port) != 0) {
+    if (write_port_file(port_file, s.http.port) != 0) {
         fprintf(stderr, "mock-upstream: cannot write %s\n", port_file);
         goto out;
     }
@@ -750,10 +654,9 @@ out:
     s.stopping = 1;
     pthread_cond_broadcast(&s.cond);
     pthread_mutex_unlock(&s.lock);
-    if (s.d)
-        MHD_stop_daemon(s.d);
+    stub_stop(&s.http);
     fprintf(stderr, "mock-upstream: %lu requests, %lu connections\n",
-            s.requests, s.connections);
+            s.requests, (unsigned long)atomic_load(&s.http.connections));
     pthread_cond_destroy(&s.cond);
     pthread_mutex_destroy(&s.lock);
     free(s.api_key);

@@ -31,6 +31,7 @@
 #include <openssl/x509v3.h>
 
 #include "fixture.h"
+#include "harness.h"
 #include "package.h"
 #include "testutil.h"
 #include "veil/attest.h"
@@ -61,25 +62,8 @@ static void reset(void)
 /* A config for the shared fixture: http allowed, quick keys and retries. */
 static void cfg_for(veil_client_config *cfg, const fx_server *s)
 {
-    veil_client_config_init(cfg);
-    cfg->base_url = fx_url(s);
-    cfg->allow_http = 1;
-    cfg->key_bits = 2048;
+    tu_client_config(cfg, fx_url(s));
     cfg->retry_base_ms = 20;
-}
-
-static veil_client *client_new(const veil_client_config *cfg)
-{
-    veil_client *c = NULL;
-    veil_client_error err;
-    veil_client_status st = veil_client_new(cfg, &c, &err);
-
-    if (st != VEIL_CLIENT_OK)
-        fprintf(stderr, "veil_client_new: %s: %s\n",
-                veil_client_status_name(st), err.detail);
-    CU_ASSERT_EQUAL_FATAL(st, VEIL_CLIENT_OK);
-    CU_ASSERT_PTR_NOT_NULL_FATAL(c);
-    return c;
 }
 
 /* A request with a system and a user message (NULL when out of memory;
@@ -182,14 +166,6 @@ static void own_fp(veil_client *c, char out[72])
     free(pem);
 }
 
-static void sleep_ms(unsigned ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-
-    while (nanosleep(&ts, &ts) != 0)
-        ;
-}
-
 /* What on_retry reported. */
 typedef struct retry_log {
     unsigned n;
@@ -235,25 +211,6 @@ static char *rsa_public_pem(unsigned bits)
     return out;
 }
 
-/* A port on 127.0.0.1 where nothing listens (bound, then released). */
-static unsigned short dead_port(void)
-{
-    struct sockaddr_in sa;
-    socklen_t len = sizeof sa;
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    unsigned short port = 0;
-
-    memset(&sa, 0, sizeof sa);
-    sa.sin_family = AF_INET;
-    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (fd >= 0 && bind(fd, (struct sockaddr *)&sa, sizeof sa) == 0 &&
-        getsockname(fd, (struct sockaddr *)&sa, &len) == 0)
-        port = ntohs(sa.sin_port);
-    if (fd >= 0)
-        close(fd);
-    return port;
-}
-
 /* ---- 1. round trips ------------------------------------------------------ */
 
 static void test_round_trip(void)
@@ -268,7 +225,7 @@ static void test_round_trip(void)
 
     reset();
     cfg_for(&cfg, fx);
-    c = client_new(&cfg);
+    c = tu_client_new(&cfg);
     CU_ASSERT_EQUAL_FATAL(chat(c, MODEL, PROMPT, NULL, &resp, &stats, &err),
                           VEIL_CLIENT_OK);
     CU_ASSERT_STRING_EQUAL(veil_chat_content(resp), PROMPT);
@@ -331,7 +288,7 @@ static void test_reasoning_and_tools(void)
 
     reset();
     cfg_for(&cfg, fx);
-    c = client_new(&cfg);
+    c = tu_client_new(&cfg);
     CU_ASSERT_EQUAL_FATAL(
         chat(c, "fixture-reasoner", PROMPT, NULL, &resp, NULL, &err),
         VEIL_CLIENT_OK);
@@ -389,7 +346,7 @@ static void test_round_trip_4096(void)
     CU_ASSERT_STRING_EQUAL(cfg.base_url, "https://api.nomyo.ai");
     cfg.base_url = fx_url(fx);
     cfg.allow_http = 1;
-    c = client_new(&cfg);
+    c = tu_client_new(&cfg);
     CU_ASSERT_EQUAL_FATAL(veil_client_public_key(c, &pem, fp, &err),
                           VEIL_CLIENT_OK);
     CU_ASSERT_EQUAL_FATAL(
@@ -454,7 +411,7 @@ static void test_token_key(void)
     cfg.pkcs11_module = module;
     cfg.pin.kind = VEIL_PIN_FILE;
     cfg.pin.where = pin_file;
-    c = client_new(&cfg);
+    c = tu_client_new(&cfg);
     own_fp(c, got);
     CU_ASSERT_STRING_EQUAL(got, want);
     ask(c, PROMPT);
@@ -467,7 +424,7 @@ static void test_token_key(void)
     cfg.key_ref = ref;
     cfg.engine = te;
     cfg.tag_mode = VEIL_CLIENT_TAG_APPENDED;
-    c = client_new(&cfg);
+    c = tu_client_new(&cfg);
     own_fp(c, got);
     CU_ASSERT_STRING_EQUAL(got, want);
     ask(c, PROMPT);
@@ -511,7 +468,7 @@ static void tag_case(veil_client_tag_mode mode)
     reset();
     cfg_for(&cfg, fx);
     cfg.tag_mode = mode;
-    c = client_new(&cfg);
+    c = tu_client_new(&cfg);
     ask(c, PROMPT); /* answered in the request's convention */
     fx_reply_init(&r);
     r.tag_mode =
@@ -562,7 +519,7 @@ static void test_error_statuses(void)
     reset();
     cfg_for(&cfg, fx);
     cfg.max_retries = 0;
-    c = client_new(&cfg);
+    c = tu_client_new(&cfg);
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         snprintf(detail, sizeof detail, "scripted failure %d", cases[i].status);
         CU_ASSERT_EQUAL(fx_push_status(fx, cases[i].status, detail), 0);
@@ -601,7 +558,7 @@ static void test_connection_refused(void)
     veil_client *c;
     veil_client_error err;
     char url[64];
-    unsigned short port = dead_port();
+    unsigned short port = tu_dead_port();
 
     CU_ASSERT_FATAL(port != 0);
     snprintf(url, sizeof url, "http://127.0.0.1:%u", (unsigned)port);
@@ -610,7 +567,7 @@ static void test_connection_refused(void)
     cfg.allow_http = 1;
     cfg.key_bits = 2048;
     cfg.max_retries = 0;
-    c = client_new(&cfg);
+    c = tu_client_new(&cfg);
     ask_fail(c, MODEL, NULL, VEIL_CLIENT_E_CONNECTION, &err);
     CU_ASSERT_EQUAL(err.http_status, 0);
     CU_ASSERT_TRUE(err.detail[0] != '\0');
@@ -633,7 +590,7 @@ static void test_retry_then_success(void)
     cfg_for(&cfg, fx);
     cfg.on_retry = on_retry;
     cfg.retry_ctx = &log;
-    c = client_new(&cfg);
+    c = tu_client_new(&cfg);
     CU_ASSERT_EQUAL(fx_push_status(fx, 503, NULL), 0);
     CU_ASSERT_EQUAL(fx_push_status(fx, 503, NULL), 0);
     CU_ASSERT_EQUAL_FATAL(chat(c, MODEL, PROMPT, NULL, &resp, &stats, &err),
@@ -696,7 +653,7 @@ static void test_no_retry(void)
     cfg.max_retries = 3;
     cfg.on_retry = on_retry;
     cfg.retry_ctx = &log;
-    c = client_new(&cfg);
+    c = tu_client_new(&cfg);
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         fx_reset_counters(fx);
         CU_ASSERT_EQUAL(fx_push_status(fx, cases[i].status, "no"), 0);
@@ -730,7 +687,7 @@ static void test_retry_after(void)
     cfg_for(&cfg, fx);
     cfg.on_retry = on_retry;
     cfg.retry_ctx = &log;
-    c = client_new(&cfg);
+    c = tu_client_new(&cfg);
     fx_reply_init(&r);
     r.status = 429;
     r.detail = "slow down";
@@ -749,7 +706,7 @@ static void test_retry_after(void)
     reset();
     log.n = 0;
     cfg.retry_max_ms = 50;
-    c = client_new(&cfg);
+    c = tu_client_new(&cfg);
     r.retry_after = "30";
     CU_ASSERT_EQUAL(fx_push(fx, &r), 0);
     ask(c, PROMPT);
@@ -772,7 +729,7 @@ static void test_timeout(void)
     cfg_for(&cfg, fx);
     cfg.timeout_ms = 300;
     cfg.max_retries = 0;
-    c = client_new(&cfg);
+    c = tu_client_new(&cfg);
     fx_reply_init(&r);
     r.delay_ms = 3000;
     CU_ASSERT_EQUAL(fx_push(fx, &r), 0);
@@ -788,7 +745,7 @@ static void test_timeout(void)
     cfg.max_retries = 1;
     cfg.on_retry = on_retry;
     cfg.retry_ctx = &log;
-    c = client_new(&cfg);
+    c = tu_client_new(&cfg);
     r.delay_ms = 8000; /* cut short when the fixture stops */
     CU_ASSERT_EQUAL(fx_push(fx, &r), 0);
     ask(c, PROMPT);
@@ -816,7 +773,7 @@ static void tamper_cases(veil_client_tag_mode mode)
     reset();
     cfg_for(&cfg, fx);
     cfg.tag_mode = mode;
-    c = client_new(&cfg);
+    c = tu_client_new(&cfg);
     for (size_t i = 0; i < sizeof modes / sizeof modes[0]; i++) {
         fx_reset_counters(fx);
         CU_ASSERT_EQUAL(fx_push_tamper(fx, modes[i]), 0);
@@ -877,7 +834,7 @@ static void test_pin(void)
     cfg.server_key_pin = "sha256:"
                          "0000000000000000000000000000000000000000000000000000"
                          "000000000000";
-    c = client_new(&cfg);
+    c = tu_client_new(&cfg);
     ask_fail(c, MODEL, NULL, VEIL_CLIENT_E_SECURITY, &err);
     CU_ASSERT_PTR_NOT_NULL(strstr(err.detail, "pinned"));
     CU_ASSERT_EQUAL(fx_posts(fx), 0);
@@ -890,7 +847,7 @@ static void test_pin(void)
     /* the right pin, with and without "sha256:" */
     key_fp(server_key, pin);
     cfg.server_key_pin = pin;
-    c = client_new(&cfg);
+    c = tu_client_new(&cfg);
     ask(c, PROMPT);
     CU_ASSERT_EQUAL(veil_client_server_key(c, &pem, got, &err), VEIL_CLIENT_OK);
     CU_ASSERT_STRING_EQUAL(got, pin);
@@ -898,7 +855,7 @@ static void test_pin(void)
     free(pem);
     veil_client_free(c);
     cfg.server_key_pin = pin + 7;
-    c = client_new(&cfg);
+    c = tu_client_new(&cfg);
     ask(c, PROMPT);
     veil_client_free(c);
 
@@ -920,7 +877,7 @@ static void test_small_server_key(void)
     reset();
     CU_ASSERT_EQUAL(fx_serve_pem(fx, pem), 0);
     cfg_for(&cfg, fx);
-    c = client_new(&cfg);
+    c = tu_client_new(&cfg);
     ask_fail(c, MODEL, NULL, VEIL_CLIENT_E_SECURITY, &err);
     CU_ASSERT_EQUAL(fx_posts(fx), 0);
     CU_ASSERT_EQUAL(fx_key_fetches(fx), 1);
@@ -953,7 +910,7 @@ static void test_http_refused(void)
 
     /* an https client asked to use http for one request */
     cfg.base_url = "https://127.0.0.1:1";
-    c = client_new(&cfg);
+    c = tu_client_new(&cfg);
     opts.base_url = fx_url(fx);
     ask_fail(c, MODEL, &opts, VEIL_CLIENT_E_SECURITY, &err);
     veil_client_free(c);
@@ -992,7 +949,7 @@ static void test_invalid_requests(void)
 
     reset();
     cfg_for(&cfg, fx);
-    c = client_new(&cfg);
+    c = tu_client_new(&cfg);
 
     big = malloc(big_len + 1);
     CU_ASSERT_PTR_NOT_NULL_FATAL(big);
@@ -1065,7 +1022,7 @@ static void test_dispose(void)
 
     reset();
     cfg_for(&cfg, fx);
-    c = client_new(&cfg);
+    c = tu_client_new(&cfg);
     ask(c, PROMPT);
     posts = fx_posts(fx);
     veil_client_dispose(c);
@@ -1093,7 +1050,7 @@ static void test_key_cache(void)
 
     reset();
     cfg_for(&cfg, fx);
-    c = client_new(&cfg);
+    c = tu_client_new(&cfg);
     ask(c, PROMPT);
     ask(c, "a second question");
     CU_ASSERT_EQUAL(fx_key_fetches(fx), 1);
@@ -1111,7 +1068,7 @@ static void test_server_key_rotation(void)
 
     reset();
     cfg_for(&cfg, fx);
-    c = client_new(&cfg);
+    c = tu_client_new(&cfg);
     ask(c, PROMPT);
     fx_set_server_key(fx, server_key2);
     ask(c, "after the rotation");
@@ -1156,7 +1113,7 @@ static void test_overrides(void)
     cfg.api_key = "config-key";
     cfg.security_tier = "high";
     cfg.allow_foreign_attestation = 1; /* the fixture's is NOMYO's shape */
-    c = client_new(&cfg);
+    c = tu_client_new(&cfg);
     resp = ask_ok(c, PROMPT, NULL);
     CU_ASSERT_STRING_EQUAL(
         str_at(cJSON_GetObjectItemCaseSensitive(resp, "_metadata"),
@@ -1211,7 +1168,7 @@ static void test_overrides(void)
     /* no key, no tier: neither header */
     fx_reset_counters(fx);
     cfg_for(&cfg, fx);
-    c = client_new(&cfg);
+    c = tu_client_new(&cfg);
     ask(c, PROMPT);
     CU_ASSERT_EQUAL_FATAL(fx_request_get(fx, 0, &rec), 0);
     CU_ASSERT_STRING_EQUAL(rec.authorization, "");
@@ -1234,7 +1191,7 @@ static void test_connection_reuse(void)
 
     reset();
     cfg_for(&cfg, fx);
-    c = client_new(&cfg);
+    c = tu_client_new(&cfg);
     for (int i = 0; i < 5; i++)
         ask(c, PROMPT);
     CU_ASSERT_EQUAL(fx_posts(fx), 5);
@@ -1298,7 +1255,7 @@ static void test_threads(void)
 
     reset();
     cfg_for(&cfg, fx);
-    c = client_new(&cfg);
+    c = tu_client_new(&cfg);
     for (int i = 0; i < THREADS; i++) {
         memset(&w[i], 0, sizeof w[i]);
         w[i].c = c;
@@ -1343,7 +1300,7 @@ static void test_key_dir(void)
     cfg_for(&cfg, fx);
     cfg.key_source = VEIL_CLIENT_KEY_DIR;
     cfg.key_ref = dir;
-    c = client_new(&cfg);
+    c = tu_client_new(&cfg);
     own_fp(c, fp1);
     ask(c, PROMPT);
     veil_client_free(c);
@@ -1355,7 +1312,7 @@ static void test_key_dir(void)
     CU_ASSERT_EQUAL(stat(path, &st), 0);
     CU_ASSERT_TRUE(starts_with_file(path, "-----BEGIN PUBLIC KEY-----"));
 
-    c = client_new(&cfg); /* loads what the first one saved */
+    c = tu_client_new(&cfg); /* loads what the first one saved */
     own_fp(c, fp2);
     CU_ASSERT_STRING_EQUAL(fp1, fp2);
     ask(c, PROMPT);
@@ -1373,7 +1330,7 @@ static void test_key_dir(void)
     cfg.key_ref = pw_dir;
     cfg.key_password.kind = VEIL_PIN_FILE;
     cfg.key_password.where = pw_file;
-    c = client_new(&cfg);
+    c = tu_client_new(&cfg);
     own_fp(c, fp1);
     ask(c, PROMPT);
     veil_client_free(c);
@@ -1382,14 +1339,14 @@ static void test_key_dir(void)
         starts_with_file(path, "-----BEGIN ENCRYPTED PRIVATE KEY-----"));
     CU_ASSERT_EQUAL(stat(path, &st), 0);
     CU_ASSERT_EQUAL(st.st_mode & 0777, 0600);
-    c = client_new(&cfg);
+    c = tu_client_new(&cfg);
     own_fp(c, fp2);
     CU_ASSERT_STRING_EQUAL(fp1, fp2);
     veil_client_free(c);
     /* a borrowed engine knows no password: the client opens the directory
      * with its own engine, whose PIN source is key_password */
     cfg.engine = sw_e;
-    c = client_new(&cfg);
+    c = tu_client_new(&cfg);
     own_fp(c, fp2);
     CU_ASSERT_STRING_EQUAL(fp1, fp2);
     ask(c, PROMPT);
@@ -1418,10 +1375,10 @@ static void test_key_rotation(void)
     reset();
     cfg_for(&cfg, fx);
     cfg.rotate_seconds = 1;
-    c = client_new(&cfg);
+    c = tu_client_new(&cfg);
     own_fp(c, fp1);
     ask(c, PROMPT);
-    sleep_ms(1200);
+    tu_sleep_ms(1200);
     ask(c, "after the rotation");
     own_fp(c, fp2);
     CU_ASSERT_STRING_NOT_EQUAL(fp1, fp2);
@@ -1503,7 +1460,7 @@ static void test_tls(void)
     cfg_for(&cfg, tls);
     cfg.allow_http = 0;
     cfg.ca_file = ca_file;
-    c = client_new(&cfg);
+    c = tu_client_new(&cfg);
     ask(c, PROMPT);
     ask(c, PROMPT);
     veil_client_free(c);
@@ -1515,7 +1472,7 @@ static void test_tls(void)
      * never retries it; nothing reaches the HTTP layer. */
     fx_reset_counters(tls);
     cfg.ca_file = NULL;
-    c = client_new(&cfg);
+    c = tu_client_new(&cfg);
     ask_fail(c, MODEL, NULL, VEIL_CLIENT_E_SECURITY, &err);
     CU_ASSERT_EQUAL(err.http_status, 0);
     CU_ASSERT_EQUAL(fx_key_fetches(tls), 0);
@@ -1599,7 +1556,7 @@ static void test_duplicate_members(void)
     reset();
     cfg_for(&cfg, fx);
     cfg.max_retries = 0;
-    c = client_new(&cfg);
+    c = tu_client_new(&cfg);
     for (size_t i = 0; i < sizeof answers / sizeof answers[0]; i++) {
         push_plaintext(answers[i]);
         ask_fail(c, MODEL, NULL, VEIL_CLIENT_E_SECURITY, &err);
@@ -1639,7 +1596,7 @@ static void test_replayed_answer(void)
     reset();
     cfg_for(&cfg, fx);
     cfg.max_retries = 0;
-    c = client_new(&cfg);
+    c = tu_client_new(&cfg);
     ask(c, PROMPT);
     fx_reply_init(&r);
     r.replay = 1;
@@ -1683,7 +1640,7 @@ static void test_outer_fields(void)
 
     reset();
     cfg_for(&cfg, fx);
-    c = client_new(&cfg);
+    c = tu_client_new(&cfg);
     CU_ASSERT_EQUAL(fx_push_tamper(fx, FX_TAMPER_OUTER_FIELDS), 0);
     CU_ASSERT_EQUAL_FATAL(chat(c, MODEL, PROMPT, NULL, &resp, NULL, &err),
                           VEIL_CLIENT_OK);
@@ -1792,7 +1749,7 @@ static void test_server_key_checks(void)
         CU_ASSERT_PTR_NOT_NULL_FATAL(pem);
         CU_ASSERT_EQUAL(fx_serve_pem(fx, pem), 0);
         fx_reset_counters(fx);
-        c = client_new(&cfg);
+        c = tu_client_new(&cfg);
         ask_fail(c, MODEL, NULL, VEIL_CLIENT_E_SECURITY, &err);
         CU_ASSERT_PTR_NOT_NULL(strstr(err.detail, "refused"));
         CU_ASSERT_EQUAL(fx_posts(fx), 0);
@@ -1807,13 +1764,13 @@ static void test_server_key_checks(void)
     CU_ASSERT_PTR_NOT_NULL_FATAL(k3);
     reset();
     fx_set_server_key(fx, k3);
-    c = client_new(&cfg);
+    c = tu_client_new(&cfg);
     ask_fail(c, MODEL, NULL, VEIL_CLIENT_E_SECURITY, &err);
     CU_ASSERT_PTR_NOT_NULL(strstr(err.detail, "exponent 3"));
     CU_ASSERT_EQUAL(fx_posts(fx), 0);
     veil_client_free(c);
     cfg.allow_small_exponent = 1;
-    c = client_new(&cfg);
+    c = tu_client_new(&cfg);
     ask(c, PROMPT);
     veil_client_free(c);
     reset();
@@ -1832,7 +1789,7 @@ static void test_server_key_checks(void)
     }
     free(pem);
     cfg.allow_small_exponent = 0;
-    c = client_new(&cfg);
+    c = tu_client_new(&cfg);
     ask(c, PROMPT);
     veil_client_free(c);
     reset();
@@ -1884,7 +1841,7 @@ static void test_parse_bounds(void)
     reset();
     cfg_for(&cfg, fx);
     cfg.max_retries = 0;
-    c = client_new(&cfg);
+    c = tu_client_new(&cfg);
     ask(c, PROMPT); /* the server key is fetched */
 
     cJSON_InitHooks(&hooks);
@@ -1919,7 +1876,7 @@ static void test_parse_bounds(void)
     /* a /pki/public_key body far larger than any key */
     reset();
     CU_ASSERT_EQUAL(fx_serve_pem(fx, answer), 0);
-    c = client_new(&cfg);
+    c = tu_client_new(&cfg);
     ask_fail(c, MODEL, NULL, VEIL_CLIENT_E_CONNECTION, &err);
     CU_ASSERT_PTR_NOT_NULL(strstr(err.detail, "larger than 64 KiB"));
     CU_ASSERT_EQUAL(fx_posts(fx), 0);
@@ -1943,7 +1900,7 @@ static void test_no_resend(void)
     reset();
     cfg_for(&cfg, fx);
     cfg.max_retries = 0;
-    c = client_new(&cfg);
+    c = tu_client_new(&cfg);
     ask(c, PROMPT); /* the connection is now kept alive */
     fx_reply_init(&r);
     r.drop = 1;
@@ -1956,7 +1913,7 @@ static void test_no_resend(void)
     /* with a retry: a second package, with its own payload ID */
     reset();
     cfg.max_retries = 1;
-    c = client_new(&cfg);
+    c = tu_client_new(&cfg);
     ask(c, PROMPT);
     CU_ASSERT_EQUAL(fx_push(fx, &r), 0);
     ask(c, PROMPT);
@@ -1981,7 +1938,7 @@ static void test_maximum_foreign(void)
     reset();
     cfg_for(&cfg, fx);
     cfg.max_retries = 0;
-    c = client_new(&cfg);
+    c = tu_client_new(&cfg);
     ask_fail(c, MODEL, &opts, VEIL_CLIENT_E_SECURITY, &err);
     CU_ASSERT_PTR_NOT_NULL(strstr(err.detail, "not a veil TPM quote"));
     push_plaintext(HOSTILE_HEAD ",\"_metadata\":{\"tpm_attestation\":"
@@ -1996,7 +1953,7 @@ static void test_maximum_foreign(void)
     veil_client_free(c);
 
     cfg.allow_foreign_attestation = 1;
-    c = client_new(&cfg);
+    c = tu_client_new(&cfg);
     veil_chat_response_free(ask_ok(c, PROMPT, &opts));
     /* no attestation at all: still refused */
     push_plaintext(HOSTILE_HEAD "}");
@@ -2031,7 +1988,7 @@ static void test_interim_retry_after(void)
     cfg.max_retries = 1;
     cfg.on_retry = on_retry;
     cfg.retry_ctx = &log;
-    c = client_new(&cfg);
+    c = tu_client_new(&cfg);
     ask_fail(c, MODEL, NULL, VEIL_CLIENT_E_SERVICE_UNAVAILABLE, &err);
     CU_ASSERT_STRING_EQUAL(err.detail, "fixture: busy.");
     CU_ASSERT_EQUAL(log.n, 1);
@@ -2055,7 +2012,7 @@ static void test_pin_on_refetch(void)
     key_fp(server_key, pin);
     cfg_for(&cfg, fx);
     cfg.server_key_pin = pin;
-    c = client_new(&cfg);
+    c = tu_client_new(&cfg);
     ask(c, PROMPT);
     fx_set_server_key(fx, server_key2);
     ask_fail(c, MODEL, NULL, VEIL_CLIENT_E_SECURITY, &err);
@@ -2099,7 +2056,7 @@ static void test_url_password_redacted(void)
     cfg.log = collect_log;
     cfg.log_ctx = &log;
     cfg.log_level = VEIL_LOG_DEBUG;
-    c = client_new(&cfg);
+    c = tu_client_new(&cfg);
     ask(c, PROMPT);
     veil_client_free(c);
     CU_ASSERT_PTR_NULL(strstr(log.text, "s3cr3t"));

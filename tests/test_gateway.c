@@ -16,8 +16,10 @@
  * output to a log in VEIL_TEST_DIR (VEIL_KEEP_TEST_DIR=1 keeps it); a
  * failure prints the end of the log concerned.
  *
- * No upper bounds on time anywhere: the machines this runs on are shared
- * and slow.  Waits are lower bounds only.
+ * No timed assertions: the machines this runs on are shared and slow.
+ * The only upper bounds are tests/harness.h's deadlines for a process to
+ * start and to stop, so that a hung veild fails the run instead of
+ * hanging it.
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -48,6 +50,7 @@
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
 
+#include "gwtest.h"
 #include "json_scan.h"
 #include "package.h"
 #include "testutil.h"
@@ -86,213 +89,27 @@ static veil_memory_status mem; /* this process's (veild runs as us) */
 
 /* ---- processes ----------------------------------------------------------- */
 
-typedef struct proc {
-    pid_t pid; /* 0: not running */
-    unsigned port;
-    char name[40];
-    char log[600];
-} proc;
-
-#define MAX_PROCS 16
-static proc *live[MAX_PROCS]; /* started and not yet stopped */
+typedef tu_proc proc;
 
 static proc upstream; /* one mock upstream for every gateway */
 static proc gw;       /* the main gateway: token key, many models */
 static unsigned short dead;
 
-static void sleep_ms(unsigned ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-
-    while (nanosleep(&ts, &ts) != 0)
-        ;
-}
-
-static double now_s(void)
-{
-    struct timespec t;
-
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
-}
-
-/* The last lines of a process's log on stderr (after a failure). */
-static void dump_log(const proc *p)
-{
-    size_t len = 0;
-    char *text = tu_read_file(p->log, &len);
-    const char *from;
-    int lines = 0;
-
-    if (text == NULL)
-        return;
-    from = text + len;
-    while (from > text && lines <= 30)
-        if (*--from == '\n')
-            lines++;
-    fprintf(stderr, "---- end of %s ----\n%s---- (%s) ----\n", p->log, from,
-            p->name);
-    free(text);
-}
-
-static void track(proc *p, int on)
-{
-    for (int i = 0; i < MAX_PROCS; i++) {
-        if (on && live[i] == NULL) {
-            live[i] = p;
-            return;
-        }
-        if (!on && live[i] == p)
-            live[i] = NULL;
-    }
-}
-
-static int read_port(const char *path, unsigned *port)
-{
-    char *text, *end;
-    unsigned long v;
-    int ok;
-
-    if (access(path, R_OK) != 0 || (text = tu_read_file(path, NULL)) == NULL)
-        return 0;
-    errno = 0;
-    v = strtoul(text, &end, 10);
-    ok = errno == 0 && end != text && *end == '\n' && v > 0 && v < 65536;
-    free(text);
-    if (ok)
-        *port = (unsigned)v;
-    return ok;
-}
-
-/* Starts argv (a NULL-terminated list) with its output in
- * $VEIL_TEST_DIR/NAME.log and waits until it has written its port to
- * port_file.  0, or -1 (the log is printed) when it exits first. */
-static int spawn(proc *p, const char *name, const char *const *argv,
-                 const char *port_file)
-{
-    const char *dir = tu_env("VEIL_TEST_DIR");
-    int status, quiet = 0;
-    pid_t pid;
-
-    memset(p, 0, sizeof *p);
-    snprintf(p->name, sizeof p->name, "%s", name);
-    snprintf(p->log, sizeof p->log, "%s/%s.log", dir, name);
-    unlink(port_file);
-    fflush(NULL);
-    pid = fork();
-    if (pid < 0)
-        return -1;
-    if (pid == 0) {
-        int fd = open(p->log, O_WRONLY | O_CREAT | O_APPEND, 0600);
-        int nul = open("/dev/null", O_RDONLY);
-
-        if (fd < 0 || nul < 0 || dup2(nul, 0) < 0 || dup2(fd, 1) < 0 ||
-            dup2(fd, 2) < 0)
-            _exit(126);
-        execv(argv[0], (char *const *)argv);
-        _exit(127);
-    }
-    p->pid = pid;
-    track(p, 1);
-    while (!read_port(port_file, &p->port)) {
-        if (waitpid(pid, &status, WNOHANG) == pid) {
-            fprintf(stderr, "%s exited before listening (status %d)\n", name,
-                    WIFEXITED(status) ? WEXITSTATUS(status) : -1);
-            track(p, 0);
-            p->pid = 0;
-            dump_log(p);
-            return -1;
-        }
-        if (++quiet % 500 == 0)
-            fprintf(stderr, "(still waiting for %s to listen)\n", name);
-        sleep_ms(10);
-    }
-    return 0;
-}
-
-/* SIGTERM, then waits; the wait status (-1: was not running). */
-static int proc_stop(proc *p)
-{
-    int status = -1;
-
-    if (p->pid <= 0)
-        return -1;
-    kill(p->pid, SIGTERM);
-    while (waitpid(p->pid, &status, 0) < 0 && errno == EINTR)
-        ;
-    track(p, 0);
-    p->pid = 0;
-    return status;
-}
-
-/* Stops it and checks that it exited 0 (a sanitizer report makes that
- * fail). */
-static void stop_ok(proc *p)
-{
-    int status = proc_stop(p);
-    int ok = status != -1 && WIFEXITED(status) && WEXITSTATUS(status) == 0;
-
-    if (!ok) {
-        fprintf(stderr, "%s: wait status %d\n", p->name, status);
-        dump_log(p);
-    }
-    CU_ASSERT_TRUE(ok);
-}
-
-static void stop_all(void)
-{
-    for (int i = 0; i < MAX_PROCS; i++)
-        if (live[i])
-            proc_stop(live[i]);
-}
-
-static int mock_start(proc *p, const char *name)
-{
-    char exe[600], port_file[700];
-    const char *argv[4];
-
-    snprintf(exe, sizeof exe, "%s/tests/mock-upstream", builddir);
-    snprintf(port_file, sizeof port_file, "%s/%s.port", tu_env("VEIL_TEST_DIR"),
-             name);
-    argv[0] = exe;
-    argv[1] = "--port-file";
-    argv[2] = port_file;
-    argv[3] = NULL;
-    return spawn(p, name, argv, port_file);
-}
-
 /* veild --port 0 --port-file F --state-dir DIR --replay-capacity 65536
  * --rate 1000 --burst 1000 EXTRA...  (later flags override earlier ones,
- * so EXTRA may set any of them).  DIR is $VEIL_TEST_DIR/NAME.state. */
+ * so EXTRA may set any of them).  DIR is $VEIL_TEST_DIR/NAME.state; the
+ * log, $VEIL_TEST_DIR/NAME.log, is appended to across restarts. */
 static int gw_start(proc *p, const char *name, const char *const *extra)
 {
-    char exe[600], port_file[700], state_dir[700];
-    const char *argv[64];
-    size_t n = 0;
+    char state_dir[700];
+    const char *base[] = {"--state-dir", state_dir, "--replay-capacity",
+                          "65536",       "--rate",  "1000",
+                          "--burst",     "1000",    NULL};
 
-    snprintf(exe, sizeof exe, "%s/veild", builddir);
-    snprintf(port_file, sizeof port_file, "%s/%s.port", tu_env("VEIL_TEST_DIR"),
-             name);
     /* one state directory per name: a restart finds its replay register */
     snprintf(state_dir, sizeof state_dir, "%s/%s.state",
              tu_env("VEIL_TEST_DIR"), name);
-    argv[n++] = exe;
-    argv[n++] = "--port";
-    argv[n++] = "0";
-    argv[n++] = "--port-file";
-    argv[n++] = port_file;
-    argv[n++] = "--state-dir";
-    argv[n++] = state_dir;
-    argv[n++] = "--replay-capacity";
-    argv[n++] = "65536";
-    argv[n++] = "--rate";
-    argv[n++] = "1000";
-    argv[n++] = "--burst";
-    argv[n++] = "1000";
-    for (size_t i = 0; extra[i] && n < 63; i++)
-        argv[n++] = extra[i];
-    argv[n] = NULL;
-    return spawn(p, name, argv, port_file);
+    return gt_veild_start(p, name, base, extra, 0);
 }
 
 /* The server key flags of the token key. */
@@ -301,46 +118,6 @@ static int gw_start(proc *p, const char *name, const char *const *extra)
         pin_spec
 /* The signing key flag (the same token, module and PIN). */
 #define SIGNING_KEY "--signing-key", signer_ref
-
-/* A port on 127.0.0.1 where nothing listens (bound, then released). */
-static unsigned short dead_port(void)
-{
-    struct sockaddr_in sa;
-    socklen_t len = sizeof sa;
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    unsigned short port = 0;
-
-    memset(&sa, 0, sizeof sa);
-    sa.sin_family = AF_INET;
-    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (fd >= 0 && bind(fd, (struct sockaddr *)&sa, sizeof sa) == 0 &&
-        getsockname(fd, (struct sockaddr *)&sa, &len) == 0)
-        port = ntohs(sa.sin_port);
-    if (fd >= 0)
-        close(fd);
-    return port;
-}
-
-static int tcp_connect(unsigned port)
-{
-    struct sockaddr_in sa;
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-
-    if (fd < 0)
-        return -1;
-    memset(&sa, 0, sizeof sa);
-    sa.sin_family = AF_INET;
-    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    sa.sin_port = htons((uint16_t)port);
-    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0) {
-        int e = errno;
-
-        close(fd);
-        errno = e;
-        return -1;
-    }
-    return fd;
-}
 
 /* ---- raw HTTP ------------------------------------------------------------ */
 
@@ -690,25 +467,8 @@ static void cfg_for(veil_client_config *cfg, const proc *p, char *url,
                     size_t url_size)
 {
     url_of(url, url_size, p, "");
-    veil_client_config_init(cfg);
-    cfg->base_url = url;
-    cfg->allow_http = 1;
-    cfg->key_bits = 2048;
+    tu_client_config(cfg, url);
     cfg->max_retries = 0;
-}
-
-static veil_client *client_new(const veil_client_config *cfg)
-{
-    veil_client *c = NULL;
-    veil_client_error err;
-    veil_client_status st = veil_client_new(cfg, &c, &err);
-
-    if (st != VEIL_CLIENT_OK)
-        fprintf(stderr, "veil_client_new: %s: %s\n",
-                veil_client_status_name(st), err.detail);
-    CU_ASSERT_EQUAL_FATAL(st, VEIL_CLIENT_OK);
-    CU_ASSERT_PTR_NOT_NULL_FATAL(c);
-    return c;
 }
 
 /* No CUnit here: threads use it. */
@@ -828,7 +588,7 @@ static void test_round_trip_token(void)
     veil_key_info info;
 
     cfg_for(&cfg, &gw, url, sizeof url);
-    c = client_new(&cfg);
+    c = tu_client_new(&cfg);
     round_trip(c, NULL);
     round_trip(c, "standard");
     /* the key the client was given is the token's */
@@ -851,7 +611,7 @@ static void test_round_trip_client_token(void)
     cfg.key_source = VEIL_CLIENT_KEY_TOKEN;
     cfg.key_ref = client_ref;
     cfg.engine = tok_e;
-    c = client_new(&cfg);
+    c = tu_client_new(&cfg);
     round_trip(c, NULL);
     round_trip(c, NULL);
     veil_client_free(c);
@@ -887,11 +647,11 @@ static void test_round_trip_key_dir(void)
     resp_free(&r);
 
     cfg_for(&cfg, &g, url, sizeof url);
-    c = client_new(&cfg);
+    c = tu_client_new(&cfg);
     round_trip(c, NULL);
     cfg.tag_mode = VEIL_CLIENT_TAG_APPENDED;
     veil_client_free(c);
-    c = client_new(&cfg);
+    c = tu_client_new(&cfg);
     round_trip(c, NULL);
     veil_client_free(c);
 
@@ -904,7 +664,7 @@ static void test_round_trip_key_dir(void)
         cJSON_GetObjectItemCaseSensitive(j, "token"), "ok")));
     cJSON_Delete(j);
     resp_free(&r);
-    stop_ok(&g);
+    gt_stop_ok(&g);
     free(pem);
     free(kpem);
     veil_key_free(k);
@@ -987,7 +747,7 @@ static void test_round_trip_tls(void)
     cfg.ca_file = ca_file;
     cfg.key_bits = 2048;
     cfg.max_retries = 0;
-    c = client_new(&cfg);
+    c = tu_client_new(&cfg);
     round_trip(c, NULL);
     {
         cJSON *resp = NULL;
@@ -1027,7 +787,7 @@ static void test_round_trip_tls(void)
         http_quiet = 0;
         resp_free(&r);
     }
-    stop_ok(&g);
+    gt_stop_ok(&g);
     X509_free(ca);
     X509_free(crt);
     EVP_PKEY_free(ca_key);
@@ -1049,7 +809,7 @@ static void test_tag_modes(void)
     for (size_t i = 0; i < 2; i++) {
         cfg_for(&cfg, &gw, url, sizeof url);
         cfg.tag_mode = modes[i];
-        c = client_new(&cfg);
+        c = tu_client_new(&cfg);
         round_trip(c, NULL);
         veil_client_free(c);
     }
@@ -1252,7 +1012,7 @@ static void test_models_and_tiers(void)
     int high_ok = mem.locking && mem.dontdump;
 
     cfg_for(&cfg, &gw, url, sizeof url);
-    c = client_new(&cfg);
+    c = tu_client_new(&cfg);
     ask_fail(c, "no/such-model", NULL, VEIL_CLIENT_E_INVALID_REQUEST, 400,
              &err);
     ASSERT_ERR_DETAIL(err, "model 'no/such-model' is not served here");
@@ -1419,7 +1179,7 @@ static void send_big(unsigned port, int chunked, size_t total, int hold,
     memset(out, 0, sizeof *out);
     memset(chunk, 'a', sizeof chunk);
     CU_ASSERT_EQUAL_FATAL(veil_uuid4(sw_e, pid), VEIL_OK);
-    fd = tcp_connect(port);
+    fd = tu_tcp_connect(NULL, port, 0, 0);
     CU_ASSERT_FATAL(fd >= 0);
     if (chunked)
         snprintf(head, sizeof head,
@@ -1576,7 +1336,7 @@ static void test_body_limit(void)
         char url[128];
 
         cfg_for(&cfg, &gw, url, sizeof url);
-        c = client_new(&cfg);
+        c = tu_client_new(&cfg);
         round_trip(c, NULL);
         veil_client_free(c);
     }
@@ -1734,7 +1494,7 @@ static void test_api_keys(void)
 
     /* the client */
     cfg_for(&cfg, &g, url, sizeof url);
-    c = client_new(&cfg);
+    c = tu_client_new(&cfg);
     ask_fail(c, "echo", NULL, VEIL_CLIENT_E_AUTHENTICATION, 401, &err);
     ASSERT_ERR_DETAIL(err, "missing API key");
     {
@@ -1745,10 +1505,10 @@ static void test_api_keys(void)
     }
     veil_client_free(c);
     cfg.api_key = key;
-    c = client_new(&cfg);
+    c = tu_client_new(&cfg);
     round_trip(c, NULL);
     veil_client_free(c);
-    stop_ok(&g);
+    gt_stop_ok(&g);
 }
 
 /* ---- 7. rate limit ------------------------------------------------------- */
@@ -1775,7 +1535,7 @@ static void test_rate_limit(void)
         CU_ASSERT_PTR_NOT_NULL_FATAL(pkg[i]);
     }
     cfg_for(&cfg, &g, url, sizeof url);
-    c = client_new(&cfg);
+    c = tu_client_new(&cfg);
     CU_ASSERT_EQUAL_FATAL(veil_client_server_key(c, &pem, fp, &err),
                           VEIL_CLIENT_OK); /* GETs are not limited */
     free(pem);
@@ -1784,11 +1544,11 @@ static void test_rate_limit(void)
      * second refills one token: when this machine took a second or more
      * for the three, a token may be back, and the refusals are only
      * checked when they must happen.) */
-    t0 = now_s();
+    t0 = tu_now();
     for (int i = 0; i < 3; i++)
         CU_ASSERT_EQUAL_FATAL(
             raw_post(&g, NULL, pkg[i], strlen(pkg[i]), &r[i], NULL), 0);
-    quick = now_s() - t0 < 1.0;
+    quick = tu_now() - t0 < 1.0;
     CU_ASSERT_EQUAL(r[0].status, 200);
     CU_ASSERT_EQUAL(r[1].status, 200);
     if (quick || r[2].status == 429) {
@@ -1810,7 +1570,7 @@ static void test_rate_limit(void)
         veil_client_status st =
             chat(c, "echo", PROMPT, NULL, &resp, NULL, &err);
 
-        if (now_s() - t0 < 1.0 || st != VEIL_CLIENT_OK) {
+        if (tu_now() - t0 < 1.0 || st != VEIL_CLIENT_OK) {
             CU_ASSERT_EQUAL(st, VEIL_CLIENT_E_RATE_LIMIT);
             CU_ASSERT_EQUAL(err.http_status, 429);
             ASSERT_ERR_DETAIL(err, "rate limit exceeded");
@@ -1818,18 +1578,18 @@ static void test_rate_limit(void)
         }
         veil_chat_response_free(resp);
     }
-    t429 = now_s();
+    t429 = tu_now();
 
     /* Retry-After later: in again */
-    sleep_ms((unsigned)wait_s * 1000u);
-    CU_ASSERT_TRUE(now_s() - t429 >= (double)wait_s);
+    tu_sleep_ms((unsigned)wait_s * 1000u);
+    CU_ASSERT_TRUE(tu_now() - t429 >= (double)wait_s);
     round_trip(c, NULL);
     veil_client_free(c);
     for (int i = 0; i < 3; i++) {
         resp_free(&r[i]);
         free(pkg[i]);
     }
-    stop_ok(&g);
+    gt_stop_ok(&g);
 }
 
 /* ---- 8. replays ---------------------------------------------------------- */
@@ -1887,7 +1647,7 @@ static void test_upstream_failures(void)
     double t0;
 
     cfg_for(&cfg, &gw, url, sizeof url);
-    c = client_new(&cfg);
+    c = tu_client_new(&cfg);
 
     /* the mock answers */
     CU_ASSERT_EQUAL(chat(c, "mock/hello", PROMPT, NULL, &resp, NULL, &err),
@@ -1898,10 +1658,10 @@ static void test_upstream_failures(void)
 
     ask_fail(c, "down", NULL, VEIL_CLIENT_E_SERVICE_UNAVAILABLE, 503, &err);
     ASSERT_ERR_DETAIL(err, "inference backend unavailable");
-    t0 = now_s();
+    t0 = tu_now();
     ask_fail(c, "mock/slow-3000", NULL, VEIL_CLIENT_E_API, 504, &err);
     ASSERT_ERR_DETAIL(err, "timed out after 1 s");
-    CU_ASSERT_TRUE(now_s() - t0 >= 0.9); /* upstream_timeout 1 */
+    CU_ASSERT_TRUE(tu_now() - t0 >= 0.9); /* upstream_timeout 1 */
     ask_fail(c, "mock/status-500", NULL, VEIL_CLIENT_E_API, 502, &err);
     ASSERT_ERR_DETAIL(err, "inference backend error (HTTP 500)");
     ask_fail(c, "mock/status-404", NULL, VEIL_CLIENT_E_INVALID_REQUEST, 400,
@@ -1948,23 +1708,6 @@ static void *work(void *arg)
     return NULL;
 }
 
-static double mock_requests(void)
-{
-    http_resp r;
-    double n = -1;
-
-    if (get(&upstream, "/mock/stats", &r) == 0 && r.status == 200) {
-        cJSON *j = cJSON_Parse(r.body);
-        const cJSON *v = cJSON_GetObjectItemCaseSensitive(j, "requests");
-
-        if (cJSON_IsNumber(v))
-            n = v->valuedouble;
-        cJSON_Delete(j);
-    }
-    resp_free(&r);
-    return n;
-}
-
 static void test_sigterm_in_flight(void)
 {
     char slow[160], url[128], *pem = NULL, fp[72];
@@ -1982,11 +1725,11 @@ static void test_sigterm_in_flight(void)
              upstream.port);
     CU_ASSERT_EQUAL_FATAL(gw_start(&g, "gw-term", extra), 0);
     cfg_for(&cfg, &g, url, sizeof url);
-    c = client_new(&cfg);
+    c = tu_client_new(&cfg);
     CU_ASSERT_EQUAL_FATAL(veil_client_server_key(c, &pem, fp, &err),
                           VEIL_CLIENT_OK);
     free(pem);
-    base = mock_requests();
+    base = gt_mock_requests(&upstream);
     CU_ASSERT_FATAL(base >= 0);
     for (int i = 0; i < 3; i++) {
         memset(&w[i], 0, sizeof w[i]);
@@ -1997,8 +1740,8 @@ static void test_sigterm_in_flight(void)
         CU_ASSERT_EQUAL_FATAL(pthread_create(&th[i], NULL, work, &w[i]), 0);
     }
     /* all three are with the upstream, i.e. inside veild */
-    while (mock_requests() < base + 3)
-        sleep_ms(20);
+    while (gt_mock_requests(&upstream) < base + 3)
+        tu_sleep_ms(20);
     kill(g.pid, SIGTERM);
     for (int i = 0; i < 3; i++) {
         pthread_join(th[i], NULL);
@@ -2007,16 +1750,13 @@ static void test_sigterm_in_flight(void)
         CU_ASSERT_EQUAL(w[i].ok, 1);
     }
     veil_client_free(c);
-    while (waitpid(g.pid, &status, 0) < 0 && errno == EINTR)
-        ;
-    track(&g, 0);
-    g.pid = 0;
+    tu_proc_wait(&g, TU_STOP_WAIT_S, &status);
     if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
-        dump_log(&g);
+        tu_proc_log_tail(&g);
     CU_ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
 
     /* gone: nothing listens any more */
-    fd = tcp_connect(g.port);
+    fd = tu_tcp_connect(NULL, g.port, 0, 0);
     e = errno;
     if (fd >= 0)
         close(fd);
@@ -2037,7 +1777,7 @@ static void test_concurrency(void)
     char url[128];
 
     cfg_for(&cfg, &gw, url, sizeof url);
-    c = client_new(&cfg);
+    c = tu_client_new(&cfg);
     for (int i = 0; i < THREADS; i++) {
         memset(&w[i], 0, sizeof w[i]);
         w[i].c = c;
@@ -2414,7 +2154,7 @@ static void test_no_signing_key(void)
 
     attestation_refusals(&g);
     free(pkg);
-    stop_ok(&g);
+    gt_stop_ok(&g);
 }
 
 /* The attestation and signature routes take from the rate limit like a
@@ -2444,7 +2184,7 @@ static void test_attestation_rate_limit(void)
     CU_ASSERT_EQUAL(r.status, 429);
     CU_ASSERT_TRUE(header_value(&r, "Retry-After", retry, sizeof retry));
     resp_free(&r);
-    stop_ok(&g);
+    gt_stop_ok(&g);
 }
 
 /* The attestation and signature routes want the API key like a
@@ -2512,41 +2252,32 @@ static void test_attestation_api_keys(void)
         resp_free(&r);
         free(pkg);
     }
-    stop_ok(&g);
+    gt_stop_ok(&g);
 }
 
 /* tpm = on without a usable TPM: veild does not start (exit 1, saying
  * why), rather than serve maximum without attestation. */
 static void test_tpm_unavailable(void)
 {
-    char exe[600], log[600], *text;
-    const char *dir = tu_env("VEIL_TEST_DIR");
+    char exe[600], *text;
+    const char *argv[] = {exe,         "--port",
+                          "0",         "--server-key",
+                          server_ref,  "--pkcs11-module",
+                          module,      "--pin-source",
+                          pin_spec,    "--model",
+                          "echo=echo", "--tpm",
+                          "on",        "--tpm-tcti",
+                          "device:/nonexistent/veil-test-tpm",
+                          NULL};
     int status = -1;
-    pid_t pid;
+    proc p;
 
     snprintf(exe, sizeof exe, "%s/veild", builddir);
-    snprintf(log, sizeof log, "%s/gw-notpm.log", dir);
-    unlink(log);
-    fflush(NULL);
-    pid = fork();
-    CU_ASSERT_FATAL(pid >= 0);
-    if (pid == 0) {
-        int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0600);
-        int nul = open("/dev/null", O_RDONLY);
-
-        if (fd < 0 || nul < 0 || dup2(nul, 0) < 0 || dup2(fd, 1) < 0 ||
-            dup2(fd, 2) < 0)
-            _exit(126);
-        execl(exe, exe, "--port", "0", "--server-key", server_ref,
-              "--pkcs11-module", module, "--pin-source", pin_spec, "--model",
-              "echo=echo", "--tpm", "on", "--tpm-tcti",
-              "device:/nonexistent/veil-test-tpm", (char *)NULL);
-        _exit(127);
-    }
-    while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
-        ;
+    CU_ASSERT_EQUAL_FATAL(
+        tu_proc_start(&p, NULL, "gw-notpm", argv, NULL, TU_LOG_FRESH), 0);
+    CU_ASSERT_TRUE(tu_proc_wait(&p, TU_START_WAIT_S, &status));
     CU_ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 1);
-    text = tu_read_file(log, NULL);
+    text = tu_read_file(p.log, NULL);
     CU_ASSERT_PTR_NOT_NULL_FATAL(text);
     if (!strstr(text, "tpm = on, but the TPM cannot be used"))
         fprintf(stderr, "veild said:\n%s\n", text);
@@ -2900,7 +2631,7 @@ static void test_degenerate_keys(void)
     CU_ASSERT_FATAL(n_big &&
                     BN_rand(n_big, 4104, BN_RAND_TOP_ONE, BN_RAND_BOTTOM_ODD));
     cases[nc++] = (typeof(cases[0])){"4104 bits", n_big, 65537, NULL};
-    before = mock_requests();
+    before = gt_mock_requests(&upstream);
     for (size_t i = 0; i < nc; i++) {
         EVP_PKEY *k;
         char *hdr;
@@ -2935,7 +2666,7 @@ static void test_degenerate_keys(void)
         EVP_PKEY_free(k);
     }
     /* nothing reached the backend */
-    CU_ASSERT_EQUAL(mock_requests(), before);
+    CU_ASSERT_EQUAL(gt_mock_requests(&upstream), before);
     /* and a good key works */
     CU_ASSERT_EQUAL_FATAL(post_text(&gw, NULL, text, &r), 0);
     CU_ASSERT_EQUAL(r.status, 200);
@@ -2974,7 +2705,7 @@ static void test_replay_restart(void)
     log = tu_read_file(g2.log, NULL);
     CU_ASSERT_PTR_NOT_NULL(log && strstr(log, "in use by another veild"));
     free(log);
-    stop_ok(&g);
+    gt_stop_ok(&g);
 
     CU_ASSERT_EQUAL_FATAL(gw_start(&g, "gw-replay", extra), 0);
     /* the same package under a new payload ID, and its ID on another */
@@ -2987,7 +2718,7 @@ static void test_replay_restart(void)
     CU_ASSERT_EQUAL_FATAL(raw_post(&g, &o, pkg2, strlen(pkg2), &r, NULL), 0);
     CU_ASSERT_EQUAL(r.status, 409);
     resp_free(&r);
-    stop_ok(&g);
+    gt_stop_ok(&g);
 
     /* a damaged register stops the start-up, naming the file */
     f = fopen(db, "r+b");
@@ -3041,7 +2772,7 @@ static void test_cache_salt(void)
         const char *v;
 
         if (round == 2) { /* after a restart */
-            stop_ok(&g);
+            gt_stop_ok(&g);
             CU_ASSERT_EQUAL_FATAL(gw_start(&g, "gw-salt", extra), 0);
             ro.auth = bearer[0];
         }
@@ -3068,7 +2799,7 @@ static void test_cache_salt(void)
     }
     CU_ASSERT_STRING_NOT_EQUAL(salt[0], salt[1]);
     CU_ASSERT_STRING_EQUAL(salt[0], salt[2]);
-    stop_ok(&g);
+    gt_stop_ok(&g);
 }
 
 /* A token failure is logged when it happens, and answered 503 (not the
@@ -3106,7 +2837,7 @@ static void test_token_failure_logged(void)
     CU_ASSERT_EQUAL(r.status, 503);
     ASSERT_DETAIL_HAS(&r, "key store failed");
     resp_free(&r);
-    stop_ok(&g);
+    gt_stop_ok(&g);
     log = tu_read_file(g.log, NULL);
     CU_ASSERT_PTR_NOT_NULL(log && strstr(log, "the token failed to unwrap"));
     free(log);
@@ -3194,9 +2925,9 @@ static int setup(void)
     if (cli_hdr == NULL)
         return -1;
 
-    if (mock_start(&upstream, "mock-upstream") != 0)
+    if (gt_mock_start(&upstream, "mock-upstream") != 0)
         return -1;
-    dead = dead_port();
+    dead = tu_dead_port();
     snprintf(m_down, sizeof m_down, "down=http://127.0.0.1:%u/v1",
              (unsigned)dead);
 #define MOCK_MODEL(buf, id)                                                    \
@@ -3253,14 +2984,14 @@ fail:
 static void teardown(void)
 {
     if (gw.pid > 0) {
-        int status = proc_stop(&gw);
+        int status = tu_proc_stop(&gw);
 
         if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
             fprintf(stderr, "main gateway: wait status %d\n", status);
-            dump_log(&gw);
+            tu_proc_log_tail(&gw);
         }
     }
-    stop_all();
+    tu_proc_stop_all();
     free(cli_hdr);
     free(srv_pem);
     veil_key_free(cli_key);
@@ -3277,7 +3008,7 @@ static void teardown(void)
 /* The main gateway's clean exit is a test of its own (last). */
 static void test_main_gateway_exit(void)
 {
-    stop_ok(&gw);
+    gt_stop_ok(&gw);
 }
 
 int main(void)
@@ -3327,7 +3058,7 @@ int main(void)
         {"main gateway exits 0", test_main_gateway_exit},
     };
     int rc;
-    double t0 = now_s();
+    double t0 = tu_now();
 
     signal(SIGPIPE, SIG_IGN);
     if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
@@ -3346,6 +3077,6 @@ int main(void)
     rc = tu_run_tests();
     teardown();
     curl_global_cleanup();
-    fprintf(stderr, "test_gateway: %.1f s\n", now_s() - t0);
+    fprintf(stderr, "test_gateway: %.1f s\n", tu_now() - t0);
     return rc;
 }

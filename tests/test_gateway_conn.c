@@ -34,6 +34,7 @@
 #include <openssl/sha.h>
 
 #include "gateway.h"
+#include "gwtest.h"
 #include "package.h"
 #include "testutil.h"
 #include "util.h"
@@ -53,146 +54,19 @@ static char key_ref[600]; /* dir:KEY_DIR */
 
 /* ---- processes ----------------------------------------------------------- */
 
-typedef struct proc {
-    pid_t pid; /* 0: not running */
-    unsigned port;
-    char name[40];
-    char log[600];
-} proc;
+typedef tu_proc proc;
 
 static proc upstream;
 
-static void sleep_ms(unsigned ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-
-    while (nanosleep(&ts, &ts) != 0)
-        ;
-}
-
-static double now_s(void)
-{
-    struct timespec t;
-
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
-}
-
-static void dump_log(const proc *p)
-{
-    char *text = tu_read_file(p->log, NULL);
-
-    fprintf(stderr, "---- %s ----\n%s---- (%s) ----\n", p->log,
-            text ? text : "(none)\n", p->name);
-    free(text);
-}
-
-/* Starts argv with its output in $VEIL_TEST_DIR/NAME.log and, when
- * port_file is set, waits until the port is written there.  0, or -1 when
- * it exited first. */
-static int spawn(proc *p, const char *name, const char *const *argv,
-                 const char *port_file)
-{
-    const char *dir = tu_env("VEIL_TEST_DIR");
-    int status;
-    pid_t pid;
-
-    memset(p, 0, sizeof *p);
-    snprintf(p->name, sizeof p->name, "%s", name);
-    snprintf(p->log, sizeof p->log, "%s/%s.log", dir, name);
-    unlink(p->log);
-    if (port_file)
-        unlink(port_file);
-    fflush(NULL);
-    pid = fork();
-    if (pid < 0)
-        return -1;
-    if (pid == 0) {
-        int fd = open(p->log, O_WRONLY | O_CREAT | O_APPEND, 0600);
-        int nul = open("/dev/null", O_RDONLY);
-
-        if (fd < 0 || nul < 0 || dup2(nul, 0) < 0 || dup2(fd, 1) < 0 ||
-            dup2(fd, 2) < 0)
-            _exit(126);
-        execv(argv[0], (char *const *)argv);
-        _exit(127);
-    }
-    p->pid = pid;
-    while (port_file) {
-        char *text =
-            access(port_file, R_OK) == 0 ? tu_read_file(port_file, NULL) : NULL;
-
-        if (text && strchr(text, '\n')) {
-            p->port = (unsigned)strtoul(text, NULL, 10);
-            free(text);
-            break;
-        }
-        free(text);
-        if (waitpid(pid, &status, WNOHANG) == pid) {
-            fprintf(stderr, "%s exited before listening\n", name);
-            p->pid = 0;
-            dump_log(p);
-            return -1;
-        }
-        sleep_ms(10);
-    }
-    return 0;
-}
-
-/* The wait status after SIGTERM (-1: was not running). */
-static int proc_stop(proc *p)
-{
-    int status = -1;
-
-    if (p->pid <= 0)
-        return -1;
-    kill(p->pid, SIGTERM);
-    while (waitpid(p->pid, &status, 0) < 0 && errno == EINTR)
-        ;
-    p->pid = 0;
-    return status;
-}
-
-static void stop_ok(proc *p)
-{
-    int status = proc_stop(p);
-    int ok = status != -1 && WIFEXITED(status) && WEXITSTATUS(status) == 0;
-
-    if (!ok) {
-        fprintf(stderr, "%s: wait status %d\n", p->name, status);
-        dump_log(p);
-    }
-    CU_ASSERT_TRUE(ok);
-}
-
 /* veild with the software key and the echo model, then EXTRA flags (later
- * flags override earlier ones). */
+ * flags override earlier ones); a fresh log. */
 static int gw_start(proc *p, const char *name, const char *const *extra)
 {
-    char exe[600], port_file[700];
-    const char *argv[64];
-    size_t n = 0;
+    const char *base[] = {"--server-key", key_ref, "--model", "echo=echo",
+                          "--rate",       "1000",  "--burst", "1000",
+                          NULL};
 
-    snprintf(exe, sizeof exe, "%s/veild", builddir);
-    snprintf(port_file, sizeof port_file, "%s/%s.port", tu_env("VEIL_TEST_DIR"),
-             name);
-    argv[n++] = exe;
-    argv[n++] = "--port";
-    argv[n++] = "0";
-    argv[n++] = "--port-file";
-    argv[n++] = port_file;
-    argv[n++] = "--server-key";
-    argv[n++] = key_ref;
-    argv[n++] = "--model";
-    argv[n++] = "echo=echo";
-    argv[n++] = "--rate";
-    argv[n++] = "1000";
-    argv[n++] = "--burst";
-    argv[n++] = "1000";
-    for (size_t i = 0; extra[i] && n < 63; i++)
-        argv[n++] = extra[i];
-    argv[n] = NULL;
-    return spawn(p, name, argv, port_file);
+    return gt_veild_start(p, name, base, extra, TU_LOG_FRESH);
 }
 
 /* Lines of p's log holding every one of the texts (NULL-terminated). */
@@ -216,156 +90,15 @@ static int log_count(const proc *p, const char *const *texts)
 /* Waits (at most SOCK_WAIT_S) until p's log has `want` such lines. */
 static int log_wait(const proc *p, const char *const *texts, int want)
 {
-    double until = now_s() + SOCK_WAIT_S;
+    double until = tu_now() + SOCK_WAIT_S;
     int n;
 
-    while ((n = log_count(p, texts)) < want && now_s() < until)
-        sleep_ms(50);
+    while ((n = log_count(p, texts)) < want && tu_now() < until)
+        tu_sleep_ms(50);
     return n;
 }
 
 /* ---- sockets ------------------------------------------------------------- */
-
-/* A TCP connection to 127.0.0.1:port from source address src (NULL: the
- * kernel's choice); rcvbuf > 0 shrinks the receive buffer first (a reader
- * that holds back).  Waits on it give up after SOCK_WAIT_S. */
-static int connect_from(const char *src, unsigned port, int rcvbuf)
-{
-    struct sockaddr_in sa;
-    struct timeval tv = {SOCK_WAIT_S, 0};
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-
-    if (fd < 0)
-        return -1;
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-    if (rcvbuf > 0)
-        setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof rcvbuf);
-    memset(&sa, 0, sizeof sa);
-    sa.sin_family = AF_INET;
-    if (src) {
-        inet_pton(AF_INET, src, &sa.sin_addr);
-        if (bind(fd, (struct sockaddr *)&sa, sizeof sa) != 0) {
-            close(fd);
-            return -1;
-        }
-    }
-    inet_pton(AF_INET, "127.0.0.1", &sa.sin_addr);
-    sa.sin_port = htons((uint16_t)port);
-    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0) {
-        int e = errno;
-
-        close(fd);
-        errno = e;
-        return -1;
-    }
-    return fd;
-}
-
-/* 0 when all of buf went, else -1 with errno. */
-static int send_all(int fd, const char *buf, size_t len)
-{
-    while (len > 0) {
-        ssize_t n = send(fd, buf, len, MSG_NOSIGNAL);
-
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            return -1;
-        buf += n;
-        len -= (size_t)n;
-    }
-    return 0;
-}
-
-typedef struct answer {
-    int status; /* 0: none (closed, reset or nothing in time) */
-    int whole;  /* the body came up to its Content-Length */
-    char head[2048];
-    char *body; /* NUL-terminated */
-    size_t len;
-} answer;
-
-static void answer_free(answer *a)
-{
-    free(a->body);
-    memset(a, 0, sizeof *a);
-}
-
-/* Reads one answer: the head, then the body up to its Content-Length (or
- * until the connection ends). */
-static void read_answer(int fd, answer *a)
-{
-    size_t cap = 65536, got = 0, want = 0, head_len = 0;
-    char *buf = malloc(cap + 1);
-
-    memset(a, 0, sizeof *a);
-    if (buf == NULL)
-        return;
-    for (;;) {
-        ssize_t n;
-
-        if (got == cap) {
-            char *b = realloc(buf, 2 * cap + 1);
-
-            if (b == NULL)
-                break;
-            buf = b;
-            cap *= 2;
-        }
-        n = recv(fd, buf + got, cap - got, 0);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            break;
-        got += (size_t)n;
-        buf[got] = '\0';
-        if (head_len == 0) {
-            char *end = strstr(buf, "\r\n\r\n");
-            const char *cl;
-
-            if (end == NULL)
-                continue;
-            head_len = (size_t)(end + 4 - buf);
-            snprintf(a->head, sizeof a->head, "%.*s", (int)head_len, buf);
-            cl = strcasestr(a->head, "\r\nContent-Length:");
-            want = cl ? strtoul(cl + 17, NULL, 10) : 0;
-        }
-        if (got - head_len >= want)
-            break;
-    }
-    buf[got] = '\0';
-    if (head_len && strncmp(buf, "HTTP/1.", 7) == 0) {
-        a->status = (int)strtol(buf + 9, NULL, 10);
-        a->len = got - head_len;
-        a->whole = a->len >= want;
-        a->body = malloc(a->len + 1);
-        if (a->body) {
-            memcpy(a->body, buf + head_len, a->len);
-            a->body[a->len] = '\0';
-        }
-    }
-    free(buf);
-}
-
-/* A header's value in a's head, or "" (into out). */
-static const char *head_value(const answer *a, const char *name, char *out,
-                              size_t size)
-{
-    char pat[64];
-    const char *h, *e;
-
-    snprintf(pat, sizeof pat, "\r\n%s:", name);
-    out[0] = '\0';
-    if ((h = strcasestr(a->head, pat)) == NULL)
-        return out;
-    h += strlen(pat);
-    while (*h == ' ')
-        h++;
-    e = strstr(h, "\r\n");
-    snprintf(out, size, "%.*s", e ? (int)(e - h) : 0, h);
-    return out;
-}
 
 /* 1 when the server closed fd (end of input or reset) before sending
  * anything; waits at most SOCK_WAIT_S. */
@@ -423,7 +156,7 @@ static char *request(const char *model, const char *prompt, const char *extra,
 
 /* The answer's message content opened with the client key (malloc'd), or
  * NULL. */
-static char *content(const answer *a)
+static char *content(const gt_answer *a)
 {
     veil_secbuf *pt = NULL;
     veil_pkg_meta meta;
@@ -452,11 +185,11 @@ static int legit(const proc *g, const char *src, const char *prompt)
 {
     size_t len;
     char *req = request("echo", prompt, "", &len, NULL), *got = NULL;
-    int fd = connect_from(src, g->port, 0), ok = 0;
-    answer a = {0};
+    int fd = tu_tcp_connect(src, g->port, 0, SOCK_WAIT_S), ok = 0;
+    gt_answer a = {0};
 
-    if (req && fd >= 0 && send_all(fd, req, len) == 0) {
-        read_answer(fd, &a);
+    if (req && fd >= 0 && tu_send_all(fd, req, len) == 0) {
+        gt_read_answer(fd, &a);
         got = content(&a);
         ok = got && strcmp(got, prompt) == 0;
         if (!ok)
@@ -470,7 +203,7 @@ static int legit(const proc *g, const char *src, const char *prompt)
         close(fd);
     free(got);
     free(req);
-    answer_free(&a);
+    gt_answer_free(&a);
     return ok;
 }
 
@@ -478,17 +211,17 @@ static int legit(const proc *g, const char *src, const char *prompt)
 static int get_status(const proc *g, const char *src, const char *path)
 {
     char req[256];
-    int fd = connect_from(src, g->port, 0), st = 0;
-    answer a;
+    int fd = tu_tcp_connect(src, g->port, 0, SOCK_WAIT_S), st = 0;
+    gt_answer a;
 
     if (fd < 0)
         return -1;
     snprintf(req, sizeof req, "GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
              path);
-    if (send_all(fd, req, strlen(req)) == 0) {
-        read_answer(fd, &a);
+    if (tu_send_all(fd, req, strlen(req)) == 0) {
+        gt_read_answer(fd, &a);
         st = a.status;
-        answer_free(&a);
+        gt_answer_free(&a);
     }
     close(fd);
     return st;
@@ -510,9 +243,9 @@ static void test_slowloris(void)
 
     CU_ASSERT_EQUAL_FATAL(gw_start(&g, "conn-slowloris", extra), 0);
     for (int i = 0; i < HALF_OPEN; i++) {
-        fd[i] = connect_from(NULL, g.port, 0);
+        fd[i] = tu_tcp_connect(NULL, g.port, 0, SOCK_WAIT_S);
         CU_ASSERT_FATAL(fd[i] >= 0);
-        CU_ASSERT_EQUAL(send_all(fd[i], partial, sizeof partial - 1), 0);
+        CU_ASSERT_EQUAL(tu_send_all(fd[i], partial, sizeof partial - 1), 0);
     }
     /* one more from the same address is over the cap: closed unanswered */
     CU_ASSERT_EQUAL(get_status(&g, NULL, "/pki/public_key"), 0);
@@ -522,8 +255,8 @@ static void test_slowloris(void)
 
     /* The half-open ones keep trickling a header byte every 200 ms (never
      * idle): the header deadline closes them all the same. */
-    until = now_s() + SOCK_WAIT_S;
-    while (closed < HALF_OPEN && now_s() < until) {
+    until = tu_now() + SOCK_WAIT_S;
+    while (closed < HALF_OPEN && tu_now() < until) {
         struct pollfd p[HALF_OPEN];
 
         for (int i = 0; i < HALF_OPEN; i++)
@@ -548,11 +281,11 @@ static void test_slowloris(void)
             close(fd[i]);
     /* and the address is welcome again, once veild has counted those
      * connections out (its threads end a moment after the close) */
-    until = now_s() + SOCK_WAIT_S;
-    while (get_status(&g, NULL, "/pki/public_key") != 200 && now_s() < until)
-        sleep_ms(50);
+    until = tu_now() + SOCK_WAIT_S;
+    while (get_status(&g, NULL, "/pki/public_key") != 200 && tu_now() < until)
+        tu_sleep_ms(50);
     CU_ASSERT_TRUE(legit(&g, NULL, "after the slowloris"));
-    stop_ok(&g);
+    gt_stop_ok(&g);
 }
 
 /* ---- 2. slow uploaders and slow readers hold no worker ------------------- */
@@ -569,9 +302,9 @@ typedef struct trickler {
 static void *trickle(void *arg)
 {
     trickler *t = arg;
-    double until = now_s() + SOCK_WAIT_S;
+    double until = tu_now() + SOCK_WAIT_S;
 
-    while (now_s() < until) {
+    while (tu_now() < until) {
         struct pollfd p = {t->fd, POLLIN, 0};
 
         if (poll(&p, 1, 200) > 0) {
@@ -617,9 +350,9 @@ static void test_slow_clients(void)
     big[prompt_len] = '\0';
     for (int i = 0; i < SLOW; i++) {
         req = request("echo", big, "", &len, NULL);
-        rd[i] = connect_from(NULL, g.port, 4096);
+        rd[i] = tu_tcp_connect(NULL, g.port, 4096, SOCK_WAIT_S);
         CU_ASSERT_FATAL(req && rd[i] >= 0);
-        CU_ASSERT_EQUAL(send_all(rd[i], req, len), 0);
+        CU_ASSERT_EQUAL(tu_send_all(rd[i], req, len), 0);
         free(req);
     }
     free(big);
@@ -631,10 +364,10 @@ static void test_slow_clients(void)
              "X-Payload-ID: %s\r\nContent-Length: 65536\r\n\r\n",
              pid);
     for (int i = 0; i < SLOW; i++) {
-        up[i].fd = connect_from(NULL, g.port, 0);
+        up[i].fd = tu_tcp_connect(NULL, g.port, 0, SOCK_WAIT_S);
         up[i].closed = 0;
         CU_ASSERT_FATAL(up[i].fd >= 0);
-        CU_ASSERT_EQUAL(send_all(up[i].fd, head, strlen(head)), 0);
+        CU_ASSERT_EQUAL(tu_send_all(up[i].fd, head, strlen(head)), 0);
         CU_ASSERT_EQUAL_FATAL(pthread_create(&th[i], NULL, trickle, &up[i]), 0);
     }
 
@@ -650,15 +383,15 @@ static void test_slow_clients(void)
     CU_ASSERT_EQUAL(log_wait(&g, body_cut, SLOW), SLOW);
     CU_ASSERT_EQUAL(log_wait(&g, answer_cut, SLOW), SLOW);
     for (int i = 0; i < SLOW; i++) {
-        answer a;
+        gt_answer a;
 
-        read_answer(rd[i], &a);
+        gt_read_answer(rd[i], &a);
         CU_ASSERT_FALSE(a.whole); /* closed part-way */
-        answer_free(&a);
+        gt_answer_free(&a);
         close(rd[i]);
     }
     CU_ASSERT_TRUE(legit(&g, NULL, "after the slow clients"));
-    stop_ok(&g);
+    gt_stop_ok(&g);
 }
 
 /* Two bodies that do not fit in body_memory together: the second waits
@@ -669,7 +402,7 @@ static void test_body_memory(void)
     char *pa, *pb, *qa, *qb, *got;
     size_t la, lb;
     int fa, fb;
-    answer a;
+    gt_answer a;
     proc g;
 
     pa = malloc(25001);
@@ -683,28 +416,28 @@ static void test_body_memory(void)
     qb = request("echo", pb, "", &lb, NULL);
     CU_ASSERT_FATAL(qa && qb);
     CU_ASSERT_EQUAL_FATAL(gw_start(&g, "conn-bodymem", extra), 0);
-    fa = connect_from(NULL, g.port, 0);
-    fb = connect_from(NULL, g.port, 0);
+    fa = tu_tcp_connect(NULL, g.port, 0, SOCK_WAIT_S);
+    fb = tu_tcp_connect(NULL, g.port, 0, SOCK_WAIT_S);
     CU_ASSERT_FATAL(fa >= 0 && fb >= 0);
     /* the first body half in, the second whole: it must wait */
-    CU_ASSERT_EQUAL(send_all(fa, qa, la / 2), 0);
-    sleep_ms(300);
-    CU_ASSERT_EQUAL(send_all(fb, qb, lb), 0);
-    sleep_ms(300);
-    CU_ASSERT_EQUAL(send_all(fa, qa + la / 2, la - la / 2), 0);
-    read_answer(fa, &a);
+    CU_ASSERT_EQUAL(tu_send_all(fa, qa, la / 2), 0);
+    tu_sleep_ms(300);
+    CU_ASSERT_EQUAL(tu_send_all(fb, qb, lb), 0);
+    tu_sleep_ms(300);
+    CU_ASSERT_EQUAL(tu_send_all(fa, qa + la / 2, la - la / 2), 0);
+    gt_read_answer(fa, &a);
     got = content(&a);
     CU_ASSERT_TRUE(got && strcmp(got, pa) == 0);
     free(got);
-    answer_free(&a);
-    read_answer(fb, &a);
+    gt_answer_free(&a);
+    gt_read_answer(fb, &a);
     got = content(&a);
     CU_ASSERT_TRUE(got && strcmp(got, pb) == 0);
     free(got);
-    answer_free(&a);
+    gt_answer_free(&a);
     close(fa);
     close(fb);
-    stop_ok(&g);
+    gt_stop_ok(&g);
     free(qa);
     free(qb);
     free(pa);
@@ -716,10 +449,10 @@ static void test_body_memory(void)
 /* Sends head + a body of body_len bytes (declared as such) in one go, as
  * httpx and Node do without Expect: 100-continue, then reads the answer. */
 static int whole_body_first(const proc *g, const char *head, size_t body_len,
-                            answer *a)
+                            gt_answer *a)
 {
     char *buf = malloc(strlen(head) + body_len);
-    int fd = connect_from(NULL, g->port, 0), sent;
+    int fd = tu_tcp_connect(NULL, g->port, 0, SOCK_WAIT_S), sent;
 
     memset(a, 0, sizeof *a);
     if (buf == NULL || fd < 0) {
@@ -730,10 +463,10 @@ static int whole_body_first(const proc *g, const char *head, size_t body_len,
     }
     memcpy(buf, head, strlen(head));
     memset(buf + strlen(head), 'x', body_len);
-    sent = send_all(fd, buf, strlen(head) + body_len);
+    sent = tu_send_all(fd, buf, strlen(head) + body_len);
     if (sent != 0)
         fprintf(stderr, "(sending the body: %s) ", strerror(errno));
-    read_answer(fd, a);
+    gt_read_answer(fd, a);
     free(buf);
     close(fd);
     return sent;
@@ -748,7 +481,7 @@ static void test_early_refusals(void)
                            "--burst",    "1",  NULL};
     uint8_t h[32];
     size_t body = 8 * MIB;
-    answer a;
+    gt_answer a;
     proc g;
 
     snprintf(keys, sizeof keys, "%s/conn-keys", tu_env("VEIL_TEST_DIR"));
@@ -776,7 +509,7 @@ static void test_early_refusals(void)
     CU_ASSERT_EQUAL(whole_body_first(&g, head, body, &a), 0);
     CU_ASSERT_EQUAL(a.status, 401);
     CU_ASSERT_PTR_NOT_NULL(a.body ? strstr(a.body, "invalid API key") : NULL);
-    answer_free(&a);
+    gt_answer_free(&a);
 
     /* 413: 20 MiB declared and sent, over the 16 MiB limit */
     snprintf(head, sizeof head,
@@ -786,7 +519,7 @@ static void test_early_refusals(void)
              pid, (size_t)20 * MIB);
     CU_ASSERT_EQUAL(whole_body_first(&g, head, 20 * MIB, &a), 0);
     CU_ASSERT_EQUAL(a.status, 413);
-    answer_free(&a);
+    gt_answer_free(&a);
 
     /* 429: the good key's one token goes to a first request (a bad
      * package: 400), the second is over the rate */
@@ -797,42 +530,16 @@ static void test_early_refusals(void)
              pid, cli_hdr, body);
     CU_ASSERT_EQUAL(whole_body_first(&g, head, body, &a), 0);
     CU_ASSERT_EQUAL(a.status, 400);
-    answer_free(&a);
+    gt_answer_free(&a);
     CU_ASSERT_EQUAL(whole_body_first(&g, head, body, &a), 0);
     CU_ASSERT_EQUAL(a.status, 429);
     CU_ASSERT_TRUE(
-        strtol(head_value(&a, "Retry-After", v, sizeof v), NULL, 10) >= 1);
-    answer_free(&a);
-    stop_ok(&g);
+        strtol(gt_head_value(&a, "Retry-After", v, sizeof v), NULL, 10) >= 1);
+    gt_answer_free(&a);
+    gt_stop_ok(&g);
 }
 
 /* ---- 10. SIGTERM --------------------------------------------------------- */
-
-static double mock_requests(void)
-{
-    int fd = connect_from(NULL, upstream.port, 0);
-    static const char req[] =
-        "GET /mock/stats HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
-    double n = -1;
-    answer a;
-
-    if (fd < 0)
-        return -1;
-    if (send_all(fd, req, sizeof req - 1) == 0) {
-        read_answer(fd, &a);
-        if (a.status == 200) {
-            cJSON *j = cJSON_Parse(a.body);
-            const cJSON *v = cJSON_GetObjectItemCaseSensitive(j, "requests");
-
-            if (cJSON_IsNumber(v))
-                n = v->valuedouble;
-            cJSON_Delete(j);
-        }
-        answer_free(&a);
-    }
-    close(fd);
-    return n;
-}
 
 static void test_sigterm(void)
 {
@@ -847,7 +554,7 @@ static void test_sigterm(void)
     size_t len;
     int fa, fs, fw, fd, e, status;
     double base;
-    answer a;
+    gt_answer a;
     proc g;
 
     snprintf(fast, sizeof fast, "mock/slow-700=http://127.0.0.1:%u/v1",
@@ -855,47 +562,47 @@ static void test_sigterm(void)
     snprintf(slow, sizeof slow, "mock/slow-6000=http://127.0.0.1:%u/v1",
              upstream.port);
     CU_ASSERT_EQUAL_FATAL(gw_start(&g, "conn-term", extra), 0);
-    base = mock_requests();
+    base = gt_mock_requests(&upstream);
     CU_ASSERT_FATAL(base >= 0);
 
     /* both workers busy at the backend */
     req = request("mock/slow-700", "fast", "", &len, pid_fast);
-    fa = connect_from(NULL, g.port, 0);
+    fa = tu_tcp_connect(NULL, g.port, 0, SOCK_WAIT_S);
     CU_ASSERT_FATAL(req && fa >= 0);
-    CU_ASSERT_EQUAL(send_all(fa, req, len), 0);
+    CU_ASSERT_EQUAL(tu_send_all(fa, req, len), 0);
     free(req);
     req = request("mock/slow-6000", "slow", "", &len, pid_slow);
-    fs = connect_from(NULL, g.port, 0);
+    fs = tu_tcp_connect(NULL, g.port, 0, SOCK_WAIT_S);
     CU_ASSERT_FATAL(req && fs >= 0);
-    CU_ASSERT_EQUAL(send_all(fs, req, len), 0);
+    CU_ASSERT_EQUAL(tu_send_all(fs, req, len), 0);
     free(req);
-    while (mock_requests() < base + 2)
-        sleep_ms(20);
+    while (gt_mock_requests(&upstream) < base + 2)
+        tu_sleep_ms(20);
     /* a third waits for a worker */
     req = request("echo", "waiting", "", &len, pid_wait);
-    fw = connect_from(NULL, g.port, 0);
+    fw = tu_tcp_connect(NULL, g.port, 0, SOCK_WAIT_S);
     CU_ASSERT_FATAL(req && fw >= 0);
-    CU_ASSERT_EQUAL(send_all(fw, req, len), 0);
+    CU_ASSERT_EQUAL(tu_send_all(fw, req, len), 0);
     free(req);
-    sleep_ms(300);
+    tu_sleep_ms(300);
 
     kill(g.pid, SIGTERM);
     CU_ASSERT_EQUAL(log_wait(&g, stopping, 1), 1);
     /* nothing listens any more, at once */
-    fd = connect_from(NULL, g.port, 0);
+    fd = tu_tcp_connect(NULL, g.port, 0, SOCK_WAIT_S);
     e = errno;
     if (fd >= 0)
         close(fd);
     CU_ASSERT_TRUE(fd < 0 && e == ECONNREFUSED);
 
     /* the waiting one: 503 with Retry-After */
-    read_answer(fw, &a);
+    gt_read_answer(fw, &a);
     CU_ASSERT_EQUAL(a.status, 503);
     CU_ASSERT_TRUE(
-        strtol(head_value(&a, "Retry-After", v, sizeof v), NULL, 10) >= 1);
-    answer_free(&a);
+        strtol(gt_head_value(&a, "Retry-After", v, sizeof v), NULL, 10) >= 1);
+    gt_answer_free(&a);
     /* the one within the grace: its answer */
-    read_answer(fa, &a);
+    gt_read_answer(fa, &a);
     {
         char *got = content(&a);
 
@@ -904,37 +611,24 @@ static void test_sigterm(void)
             CU_ASSERT_STRING_EQUAL(got, "mock: fast");
         free(got);
     }
-    answer_free(&a);
+    gt_answer_free(&a);
     /* the one past it: closed without an answer */
-    read_answer(fs, &a);
+    gt_read_answer(fs, &a);
     CU_ASSERT_EQUAL(a.status, 0);
-    answer_free(&a);
+    gt_answer_free(&a);
     close(fa);
     close(fs);
     close(fw);
 
     /* it exits (a request left waiting for a slot kept it alive) */
-    {
-        double until = now_s() + SOCK_WAIT_S;
-        int done;
-
-        status = -1;
-        while (!(done = waitpid(g.pid, &status, WNOHANG) == g.pid) &&
-               now_s() < until)
-            sleep_ms(20);
-        if (!done) {
-            fprintf(stderr, "veild does not exit after SIGTERM\n");
-            kill(g.pid, SIGKILL);
-            waitpid(g.pid, &status, 0);
-        }
-    }
-    g.pid = 0;
+    if (!tu_proc_wait(&g, SOCK_WAIT_S, &status))
+        fprintf(stderr, "veild does not exit after SIGTERM\n");
     CU_ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
     /* logged as cut, never as 200 */
     CU_ASSERT_EQUAL(log_count(&g, cut_line), 1);
     CU_ASSERT_EQUAL(log_count(&g, as_200), 0);
     if (log_count(&g, cut_line) != 1 || log_count(&g, as_200) != 0)
-        dump_log(&g);
+        tu_proc_log_tail(&g);
 }
 
 /* ---- 11. IPv6 clients by prefix; the PIN source -------------------------- */
@@ -1004,7 +698,7 @@ static void test_dual_stack_rate(void)
     CU_ASSERT_EQUAL(get_status(&g, "127.0.0.1", path), 404);
     CU_ASSERT_EQUAL(get_status(&g, "127.0.0.1", path), 429);
     CU_ASSERT_EQUAL(get_status(&g, "127.0.0.3", path), 404);
-    stop_ok(&g);
+    gt_stop_ok(&g);
 }
 
 /* A FIFO as the PIN file is refused at once (it blocked start-up). */
@@ -1014,7 +708,6 @@ static void test_pin_fifo(void)
     char fifo[600], pin[700], ref[300], exe[600];
     const char *argv[16];
     const char *refused[] = {"not a regular file", NULL};
-    double until;
     int status = -1, done = 0;
     proc p;
 
@@ -1036,16 +729,11 @@ static void test_pin_fifo(void)
     argv[9] = "--port";
     argv[10] = "0";
     argv[11] = NULL;
-    CU_ASSERT_EQUAL_FATAL(spawn(&p, "conn-pin-fifo", argv, NULL), 0);
-    until = now_s() + SOCK_WAIT_S;
-    while (!(done = waitpid(p.pid, &status, WNOHANG) == p.pid) &&
-           now_s() < until)
-        sleep_ms(20);
-    if (!done) {
+    CU_ASSERT_EQUAL_FATAL(
+        tu_proc_start(&p, NULL, "conn-pin-fifo", argv, NULL, TU_LOG_FRESH), 0);
+    done = tu_proc_wait(&p, SOCK_WAIT_S, &status);
+    if (!done)
         fprintf(stderr, "veild still waits on the FIFO\n");
-        kill(p.pid, SIGKILL);
-        waitpid(p.pid, &status, 0);
-    }
     CU_ASSERT_TRUE(done);
     CU_ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) != 0);
     CU_ASSERT_EQUAL(log_count(&p, refused), 1);
@@ -1058,8 +746,7 @@ static int setup(void)
 {
     veil_engine_config ecfg;
     veil_keygen_params kp = {.type = VEIL_KEY_RSA, .bits = 2048};
-    char dir[512], exe[600], port_file[700], *pem = NULL;
-    const char *argv[4];
+    char dir[512], *pem = NULL;
 
     builddir = tu_env("VEIL_BUILDDIR");
     memset(&ecfg, 0, sizeof ecfg);
@@ -1075,19 +762,12 @@ static int setup(void)
     free(pem);
     if (cli_hdr == NULL)
         return -1;
-    snprintf(exe, sizeof exe, "%s/tests/mock-upstream", builddir);
-    snprintf(port_file, sizeof port_file, "%s/conn-mock.port",
-             tu_env("VEIL_TEST_DIR"));
-    argv[0] = exe;
-    argv[1] = "--port-file";
-    argv[2] = port_file;
-    argv[3] = NULL;
-    return spawn(&upstream, "conn-mock", argv, port_file);
+    return gt_mock_start(&upstream, "conn-mock");
 }
 
 static void teardown(void)
 {
-    proc_stop(&upstream);
+    tu_proc_stop(&upstream);
     free(cli_hdr);
     veil_key_free(cli_key);
     veil_key_free(srv_key);
@@ -1111,7 +791,7 @@ int main(void)
         {"a FIFO as PIN file is refused", test_pin_fifo},
     };
     int rc;
-    double t0 = now_s();
+    double t0 = tu_now();
 
     signal(SIGPIPE, SIG_IGN);
     if (setup() != 0) {
@@ -1123,6 +803,6 @@ int main(void)
     TU_ADD_SUITE("smaller ones", NULL, NULL, smaller);
     rc = tu_run_tests();
     teardown();
-    fprintf(stderr, "test_gateway_conn: %.1f s\n", now_s() - t0);
+    fprintf(stderr, "test_gateway_conn: %.1f s\n", tu_now() - t0);
     return rc;
 }

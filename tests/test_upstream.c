@@ -26,13 +26,14 @@
 #include <curl/curl.h>
 
 #include "gateway.h"
+#include "harness.h"
 #include "testutil.h"
 
 #define API_KEY "sk-mock-0123456789abcdef"
 
+/* a tests/mock-upstream process and its base URL */
 typedef struct mock_proc {
-    pid_t pid;
-    unsigned port;
+    tu_proc p;
     char base[64]; /* http://127.0.0.1:PORT/v1 */
 } mock_proc;
 
@@ -53,93 +54,24 @@ static int write_text(const char *path, const char *text)
     return fclose(fp);
 }
 
-static double now_s(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-/* Starts mock-upstream (with an API key file when key is not NULL) and
- * waits for its port file. */
+/* Starts mock-upstream (with an API key file when key is not NULL); its
+ * log goes to the scratch directory. */
 static int mock_start(mock_proc *m, const char *name, const char *key)
 {
     char port_file[4200], exe[4096];
-    const char *builddir = tu_env("VEIL_BUILDDIR");
-    double deadline = now_s() + 30;
+    const char *argv[] = {exe, "--port-file", port_file, "--api-key-file", key,
+                          NULL};
 
-    snprintf(exe, sizeof exe, "%s/tests/mock-upstream", builddir);
+    snprintf(exe, sizeof exe, "%s/tests/mock-upstream",
+             tu_env("VEIL_BUILDDIR"));
     snprintf(port_file, sizeof port_file, "%s/%s.port", scratch, name);
-    m->pid = fork();
-    if (m->pid < 0)
+    if (!key)
+        argv[3] = NULL;
+    if (tu_proc_start(&m->p, scratch, name, argv, port_file, TU_LOG_FRESH) !=
+        0)
         return -1;
-    if (m->pid == 0) {
-        if (key)
-            execl(exe, exe, "--port-file", port_file, "--api-key-file", key,
-                  (char *)NULL);
-        else
-            execl(exe, exe, "--port-file", port_file, (char *)NULL);
-        fprintf(stderr, "test_upstream: cannot run %s: %s\n", exe,
-                strerror(errno));
-        _exit(127);
-    }
-    while (now_s() < deadline) {
-        FILE *fp = fopen(port_file, "r");
-        int status;
-
-        if (fp != NULL) {
-            int ok = fscanf(fp, "%u", &m->port) == 1;
-
-            fclose(fp);
-            if (ok && m->port > 0) {
-                snprintf(m->base, sizeof m->base, "http://127.0.0.1:%u/v1",
-                         m->port);
-                return 0;
-            }
-        }
-        if (waitpid(m->pid, &status, WNOHANG) == m->pid) {
-            fprintf(stderr, "test_upstream: %s exited early\n", exe);
-            m->pid = 0;
-            return -1;
-        }
-        usleep(20000);
-    }
-    fprintf(stderr, "test_upstream: %s did not start\n", exe);
-    return -1;
-}
-
-/* SIGTERM to the mock, by its PID; 0 when it exited 0. */
-static int mock_stop(mock_proc *m)
-{
-    int status = 0;
-
-    if (m->pid <= 0)
-        return 0;
-    kill(m->pid, SIGTERM);
-    if (waitpid(m->pid, &status, 0) != m->pid)
-        return -1;
-    m->pid = 0;
-    return WIFEXITED(status) && WEXITSTATUS(status) == 0 ? 0 : -1;
-}
-
-/* A port nobody listens on: bound, not listened on, closed. */
-static unsigned free_port(void)
-{
-    struct sockaddr_in sa;
-    socklen_t len = sizeof sa;
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    unsigned port = 0;
-
-    memset(&sa, 0, sizeof sa);
-    sa.sin_family = AF_INET;
-    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (fd >= 0 && bind(fd, (struct sockaddr *)&sa, sizeof sa) == 0 &&
-        getsockname(fd, (struct sockaddr *)&sa, &len) == 0)
-        port = ntohs(sa.sin_port);
-    if (fd >= 0)
-        close(fd);
-    return port;
+    snprintf(m->base, sizeof m->base, "http://127.0.0.1:%u/v1", m->p.port);
+    return 0;
 }
 
 static size_t on_body(char *data, size_t size, size_t n, void *ctx)
@@ -165,7 +97,7 @@ static int mock_stats(const mock_proc *m, unsigned long *requests,
     CURL *h = curl_easy_init();
     int rc = -1;
 
-    snprintf(url, sizeof url, "http://127.0.0.1:%u/mock/stats", m->port);
+    snprintf(url, sizeof url, "http://127.0.0.1:%u/mock/stats", m->p.port);
     curl_easy_setopt(h, CURLOPT_URL, url);
     curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_body);
     curl_easy_setopt(h, CURLOPT_WRITEDATA, &j);
@@ -284,6 +216,34 @@ static void expect(const gw_upstream_result *r, int status, const char *detail)
     }
 }
 
+/* One mapping case: a request for `model` (content "x") to the model row
+ * id at base (with key_file), and the status and exact detail text the
+ * client gets (detail NULL: the status only). */
+typedef struct up_case {
+    const char *id, *base, *key_file, *model;
+    int status;
+    const char *detail;
+} up_case;
+
+static void run_cases(const up_case *c, size_t n)
+{
+    gw_config cfg = make_cfg(30);
+
+    for (size_t i = 0; i < n; i++) {
+        gw_model m = make_model(c[i].id, c[i].base, c[i].key_file);
+        gw_upstream_result r;
+
+        call(&cfg, &m, c[i].model, "x", NULL, &r);
+        if (c[i].detail)
+            expect(&r, c[i].status, c[i].detail);
+        else
+            CU_ASSERT_EQUAL(r.status, c[i].status);
+        result_free(&r);
+    }
+}
+
+#define RUN_CASES(cases) run_cases(cases, sizeof cases / sizeof cases[0])
+
 /* ---- answers and mapping ------------------------------------------------ */
 
 static void test_ok(void)
@@ -313,20 +273,23 @@ static void test_ok(void)
 
 static void test_4xx(void)
 {
+    static const up_case cases[] = {
+        {"mock-4xx", plain.base, NULL, "mock/status-404", 400,
+         "mock upstream: status 404"},
+        {"mock-4xx", plain.base, NULL, "mock/status-422", 400,
+         "mock upstream: status 422"},
+        /* {"detail": ...} */
+        {"mock-4xx", plain.base, NULL, "mock/detail-403", 400,
+         "mock upstream: detail 403"},
+        /* busy: not the client's fault, and clients retry 503 */
+        {"mock-4xx", plain.base, NULL, "mock/status-429", 503,
+         "inference backend is busy (HTTP 429)"},
+    };
     gw_config cfg = make_cfg(30);
     gw_model m = make_model("mock-4xx", plain.base, NULL);
     gw_upstream_result r;
 
-    call(&cfg, &m, "mock/status-404", "x", NULL, &r);
-    expect(&r, 400, "mock upstream: status 404");
-    result_free(&r);
-    call(&cfg, &m, "mock/status-422", "x", NULL, &r);
-    expect(&r, 400, "mock upstream: status 422");
-    result_free(&r);
-    /* {"detail": ...} */
-    call(&cfg, &m, "mock/detail-403", "x", NULL, &r);
-    expect(&r, 400, "mock upstream: detail 403");
-    result_free(&r);
+    RUN_CASES(cases);
     /* plain text: one line, no control characters, at most 300 bytes */
     call(&cfg, &m, "mock/text-400", "x", NULL, &r);
     CU_ASSERT_EQUAL(r.status, 400);
@@ -337,52 +300,37 @@ static void test_4xx(void)
                     0);
     CU_ASSERT_EQUAL(strspn(r.body + 31, "y"), 300 - 31);
     result_free(&r);
-    /* busy: not the client's fault, and clients retry 503 */
-    call(&cfg, &m, "mock/status-429", "x", NULL, &r);
-    expect(&r, 503, "inference backend is busy (HTTP 429)");
-    result_free(&r);
 }
 
 static void test_api_key(void)
 {
-    gw_config cfg = make_cfg(30);
-    gw_model m = make_model("mock-keyed", keyed.base, NULL);
-    gw_upstream_result r;
+    static const up_case cases[] = {
+        /* no key: the backend's 401 becomes a 400 with its message */
+        {"mock-keyed", keyed.base, NULL, "mock-keyed", 400,
+         "mock upstream: invalid API key"},
+        {"mock-keyed", keyed.base, wrong_key_file, "mock-keyed", 400,
+         "mock upstream: invalid API key"},
+        {"mock-keyed", keyed.base, key_file, "mock-keyed", 200, NULL},
+        {"mock-keyed", keyed.base, missing_key_file, "mock-keyed", 500,
+         "the gateway cannot read the inference backend's API key"},
+    };
 
-    /* no key: the backend's 401 becomes a 400 with its message */
-    call(&cfg, &m, "mock-keyed", "x", NULL, &r);
-    expect(&r, 400, "mock upstream: invalid API key");
-    result_free(&r);
-    m.upstream_key_file = wrong_key_file;
-    call(&cfg, &m, "mock-keyed", "x", NULL, &r);
-    expect(&r, 400, "mock upstream: invalid API key");
-    result_free(&r);
-    m.upstream_key_file = key_file;
-    call(&cfg, &m, "mock-keyed", "with key", NULL, &r);
-    CU_ASSERT_EQUAL(r.status, 200);
-    result_free(&r);
-    m.upstream_key_file = missing_key_file;
-    call(&cfg, &m, "mock-keyed", "x", NULL, &r);
-    expect(&r, 500, "the gateway cannot read the inference backend's API key");
-    result_free(&r);
+    RUN_CASES(cases);
 }
 
 static void test_5xx(void)
 {
-    gw_config cfg = make_cfg(30);
-    gw_model m = make_model("mock-5xx", plain.base, NULL);
-    gw_upstream_result r;
+    static const up_case cases[] = {
+        {"mock-5xx", plain.base, NULL, "mock/status-500", 502,
+         "inference backend error (HTTP 500)"},
+        {"mock-5xx", plain.base, NULL, "mock/status-503", 502,
+         "inference backend error (HTTP 503)"},
+        /* redirects are not followed */
+        {"mock-5xx", plain.base, NULL, "mock/status-302", 502,
+         "inference backend answered HTTP 302"},
+    };
 
-    call(&cfg, &m, "mock/status-500", "x", NULL, &r);
-    expect(&r, 502, "inference backend error (HTTP 500)");
-    result_free(&r);
-    call(&cfg, &m, "mock/status-503", "x", NULL, &r);
-    expect(&r, 502, "inference backend error (HTTP 503)");
-    result_free(&r);
-    /* redirects are not followed */
-    call(&cfg, &m, "mock/status-302", "x", NULL, &r);
-    expect(&r, 502, "inference backend answered HTTP 302");
-    result_free(&r);
+    RUN_CASES(cases);
 }
 
 static void test_timeout(void)
@@ -390,11 +338,11 @@ static void test_timeout(void)
     gw_config cfg = make_cfg(1);
     gw_model m = make_model("mock-slow", plain.base, NULL);
     gw_upstream_result r;
-    double t0 = now_s();
+    double t0 = tu_now();
 
     call(&cfg, &m, "mock/slow-3000", "x", NULL, &r);
     expect(&r, 504, "inference backend timed out after 1 s");
-    CU_ASSERT_TRUE(now_s() - t0 >= 0.9);
+    CU_ASSERT_TRUE(tu_now() - t0 >= 0.9);
     result_free(&r);
 
     /* within the timeout: fine */
@@ -406,36 +354,26 @@ static void test_timeout(void)
 
 static void test_unreachable(void)
 {
-    gw_config cfg = make_cfg(30);
-    gw_model m = make_model("mock-dead", dead_base, NULL);
-    gw_upstream_result r;
+    static const up_case cases[] = {
+        {"mock-dead", dead_base, NULL, "mock-dead", 503,
+         "inference backend unavailable: mock-dead"},
+        {"mock-nxdomain", "http://no-such-host.invalid/v1", NULL,
+         "mock-nxdomain", 503, "inference backend unavailable: mock-nxdomain"},
+        /* only http and https */
+        {"mock-ftp", "ftp://127.0.0.1/v1", NULL, "mock-ftp", 502, NULL},
+    };
 
-    call(&cfg, &m, "mock-dead", "x", NULL, &r);
-    expect(&r, 503, "inference backend unavailable: mock-dead");
-    result_free(&r);
-
-    m = make_model("mock-nxdomain", "http://no-such-host.invalid/v1", NULL);
-    call(&cfg, &m, "mock-nxdomain", "x", NULL, &r);
-    expect(&r, 503, "inference backend unavailable: mock-nxdomain");
-    result_free(&r);
-
-    /* only http and https */
-    m = make_model("mock-ftp", "ftp://127.0.0.1/v1", NULL);
-    call(&cfg, &m, "mock-ftp", "x", NULL, &r);
-    CU_ASSERT_EQUAL(r.status, 502);
-    result_free(&r);
+    RUN_CASES(cases);
 }
 
 static void test_not_json(void)
 {
-    gw_config cfg = make_cfg(30);
-    gw_model m = make_model("mock-html", plain.base, NULL);
-    gw_upstream_result r;
+    static const up_case cases[] = {
+        {"mock-html", plain.base, NULL, "mock/not-json", 502,
+         "inference backend answered with something that is not JSON"},
+    };
 
-    call(&cfg, &m, "mock/not-json", "x", NULL, &r);
-    expect(&r, 502,
-           "inference backend answered with something that is not JSON");
-    result_free(&r);
+    RUN_CASES(cases);
 }
 
 static void test_big(void)
@@ -834,7 +772,7 @@ static int setup(void)
     if (write_text(key_file, "  " API_KEY "  \nsecond line\n") != 0 ||
         write_text(wrong_key_file, "sk-wrong\n") != 0)
         return -1;
-    if ((port = free_port()) == 0)
+    if ((port = tu_dead_port()) == 0)
         return -1;
     snprintf(dead_base, sizeof dead_base, "http://127.0.0.1:%u/v1", port);
     if (mock_start(&plain, "plain", NULL) != 0 ||
@@ -869,7 +807,7 @@ int main(void)
         {"connection reuse, cleanup", test_reuse},
         {"8 threads", test_threads},
     };
-    int rc = 1;
+    int rc = 1, stopped;
 
     signal(SIGPIPE, SIG_IGN);
     curl_global_init(CURL_GLOBAL_DEFAULT);
@@ -881,7 +819,9 @@ int main(void)
     rc = tu_run_tests();
 out:
     gw_upstream_cleanup();
-    if (mock_stop(&plain) != 0 || mock_stop(&keyed) != 0) {
+    stopped = tu_proc_stop_ok(&plain.p);
+    stopped &= tu_proc_stop_ok(&keyed.p);
+    if (!stopped) {
         fprintf(stderr, "test_upstream: mock-upstream did not exit 0\n");
         rc = 1;
     }

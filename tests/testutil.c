@@ -649,3 +649,27 @@ X509 *tu_make_cert(EVP_PKEY *key, EVP_PKEY *signer, X509 *issuer,
     }
     return x;
 }
+
+/* ---- the client ------------------------------------------------------- */
+
+void tu_client_config(veil_client_config *cfg, const char *url)
+{
+    veil_client_config_init(cfg);
+    cfg->base_url = url;
+    cfg->allow_http = 1;
+    cfg->key_bits = 2048;
+}
+
+veil_client *tu_client_new(const veil_client_config *cfg)
+{
+    veil_client *c = NULL;
+    veil_client_error err;
+    veil_client_status st = veil_client_new(cfg, &c, &err);
+
+    if (st != VEIL_CLIENT_OK)
+        fprintf(stderr, "veil_client_new: %s: %s\n",
+                veil_client_status_name(st), err.detail);
+    CU_ASSERT_EQUAL_FATAL(st, VEIL_CLIENT_OK);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(c);
+    return c;
+}

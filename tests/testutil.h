@@ -1,5 +1,6 @@
 /* Shared helpers for the veil test programs: the CUnit registry and run,
- * environment, hex, files, JSON, test-vector location, and direct PKCS#11
+ * environment, hex, files, JSON, test-vector location, a client for tests,
+ * and direct PKCS#11
  * access (through p11-kit) for setting up token objects outside veil. */
 #ifndef VEIL_TESTUTIL_H
 #define VEIL_TESTUTIL_H
@@ -11,6 +12,8 @@
 #include <openssl/evp.h>
 #include <openssl/x509.h>
 #include <p11-kit/pkcs11.h>
+
+#include "veil/client.h"
 
 /* ---- CUnit ---------------------------------------------------------- */
 
@@ -79,6 +82,16 @@ int tu_uri_escape(const char *in, char *out, size_t out_size);
  * Valid from an hour ago for a day.  NULL on failure; X509_free it. */
 X509 *tu_make_cert(EVP_PKEY *key, EVP_PKEY *signer, X509 *issuer,
                    const char *cn, long serial);
+
+/* ---- the client ----------------------------------------------------- */
+
+/* veil_client_config_init(), then base_url = url, http allowed and
+ * RSA-2048 client keys (quick to make). */
+void tu_client_config(veil_client_config *cfg, const char *url);
+
+/* veil_client_new(), or a fatal CUnit failure naming its status and
+ * detail. */
+veil_client *tu_client_new(const veil_client_config *cfg);
 
 /* ---- PKCS#11 -------------------------------------------------------- */
 

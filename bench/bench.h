@@ -1,15 +1,16 @@
-/* veil-bench internals shared by the engine benchmark (veil-bench.c), the
- * client benchmark (bench_client.c) and the gateway and attest benchmarks
- * (bench_gateway.c): options, errors, timing, medians, and the bare PKCS#11
- * side.
+/* veil-bench internals shared by the command line (bench/main.c), the
+ * engine benchmark (engine.c), the client benchmark (client.c) and the
+ * gateway and attest benchmarks (gateway*.c, attest.c): options, errors,
+ * timing, medians, and the bare PKCS#11 side.
  *
  * The small helpers are static inline here; the PKCS#11 helpers live in
- * veil-bench.c and are declared here.
+ * p11.c and are declared here.
  */
 #ifndef VEIL_BENCH_H
 #define VEIL_BENCH_H
 
 #include <limits.h>
+#include <stddef.h>
 #include <sched.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -57,7 +58,8 @@ typedef struct bench_opts {
     const char *url;       /* client: the protocol server's base URL */
     const char *ca_file;   /* client: PEM CA bundle for https, or NULL */
     char pin_spec_buf[PATH_MAX + 8];
-    /* gateway (bench_gateway.c) */
+    char skip_buf[160];
+    /* gateway (gateway.c) */
     int run_gateway;                 /* ENGINE was "gateway" */
     const char *veild;               /* the veild program to start */
     unsigned requests;               /* requests per load phase */
@@ -68,7 +70,7 @@ typedef struct bench_opts {
     unsigned timing_n;  /* refusal timing: packages of each kind; 0: skip */
     unsigned mem_waves; /* memory: waves of concurrent 1 MiB requests */
     char veild_buf[PATH_MAX];
-    /* attest (bench_gateway.c): the gateway fields above apply too */
+    /* attest (attest.c): the gateway fields above apply too */
     int run_attest;   /* ENGINE was "attest" */
     const char *tcti; /* veild --tpm-tcti: --tcti, else $TPM2TOOLS_TCTI */
 } bench_opts;
@@ -142,16 +144,33 @@ static inline int ossl_oaep_decrypt(EVP_PKEY *k, const uint8_t *in,
     return ok ? 0 : -1;
 }
 
-/* AES-256-GCM seal with a fresh EVP_CIPHER_CTX, no associated data. */
-static inline int ossl_gcm_seal(const uint8_t key[32], const uint8_t *iv,
-                                size_t iv_len, const uint8_t *pt, size_t len,
-                                uint8_t *ct, uint8_t tag[16])
+/* RSA-OAEP-SHA256 encrypt to `to` with a fresh EVP_PKEY_CTX.  *out_len:
+ * in, the room in out.  0, or -1 (nothing printed). */
+static inline int ossl_oaep_encrypt(EVP_PKEY *to, const uint8_t *in,
+                                    size_t in_len, uint8_t *out,
+                                    size_t *out_len)
+{
+    EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new(to, NULL);
+    int ok = ctx && EVP_PKEY_encrypt_init(ctx) == 1 && ossl_set_oaep(ctx) &&
+             EVP_PKEY_encrypt(ctx, out, out_len, in, in_len) == 1;
+
+    EVP_PKEY_CTX_free(ctx);
+    return ok ? 0 : -1;
+}
+
+/* AES-GCM seal (AES-128 for a 16-byte key, else AES-256) with a fresh
+ * EVP_CIPHER_CTX, no associated data. */
+static inline int ossl_gcm_seal(const uint8_t *key, size_t key_len,
+                                const uint8_t *iv, size_t iv_len,
+                                const uint8_t *pt, size_t len, uint8_t *ct,
+                                uint8_t tag[16])
 {
     EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
+    const EVP_CIPHER *c = key_len == 16 ? EVP_aes_128_gcm() : EVP_aes_256_gcm();
     int n1 = 0, n2 = 0, ok;
 
-    ok = ctx &&
-         EVP_EncryptInit_ex(ctx, EVP_aes_256_gcm(), NULL, NULL, NULL) == 1 &&
+    ok = ctx && len <= INT_MAX &&
+         EVP_EncryptInit_ex(ctx, c, NULL, NULL, NULL) == 1 &&
          EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_SET_IVLEN, (int)iv_len, NULL) ==
              1 &&
          EVP_EncryptInit_ex(ctx, NULL, NULL, key, iv) == 1 &&
@@ -257,10 +276,9 @@ static inline int token_uri(const char *label, char *out, size_t n)
     return 0;
 }
 
-/* The first header line of every run: the machine. */
-static inline void print_machine_id(void)
+/* The cores this process may run on (else those online; -1: unknown). */
+static inline long bench_ncpu(void)
 {
-    struct utsname u;
     cpu_set_t set;
     long ncpu = -1;
 
@@ -268,6 +286,34 @@ static inline void print_machine_id(void)
         ncpu = CPU_COUNT(&set);
     if (ncpu <= 0)
         ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    return ncpu;
+}
+
+/* A NOMYO v1 package's text from its base64 parts (the tag in its own
+ * field, as veil sends it) into out: its length, or -1 when cap is too
+ * small. */
+static inline int bench_pkg_text(char *out, size_t cap, const char *ct_b64,
+                                 const char *nonce_b64, const char *tag_b64,
+                                 const char *wk_b64)
+{
+    int n = snprintf(out, cap,
+                     "{\"version\":\"1.0\",\"algorithm\":"
+                     "\"hybrid-aes256-rsa4096\",\"encrypted_payload\":{"
+                     "\"ciphertext\":\"%s\",\"nonce\":\"%s\",\"tag\":\"%s\"},"
+                     "\"encrypted_aes_key\":\"%s\",\"key_algorithm\":"
+                     "\"RSA-OAEP-SHA256\",\"payload_algorithm\":"
+                     "\"AES-256-GCM\"}",
+                     ct_b64, nonce_b64, tag_b64, wk_b64);
+
+    return n < 0 || (size_t)n >= cap ? -1 : n;
+}
+
+/* The first header line of every run: the machine. */
+static inline void print_machine_id(void)
+{
+    struct utsname u;
+    long ncpu = bench_ncpu();
+
     if (uname(&u) != 0)
         snprintf(u.machine, sizeof u.machine, "unknown");
     printf("# veil-bench: machine %s, nproc %ld; %s\n", u.machine, ncpu,
@@ -284,7 +330,12 @@ static inline void print_machine(const bench_opts *o, const char *how)
     fflush(stdout);
 }
 
-/* ---- PKCS#11: the bare side (veil-bench.c) ------------------------------ */
+/* ---- the command line (main.c) ------------------------------------------ */
+
+/* Prints a usage error (fmt, then arg when not NULL); returns EXIT_USAGE. */
+int bench_usage_error(const char *fmt, const char *arg);
+
+/* ---- PKCS#11: the bare side (p11.c) ------------------------------------- */
 
 typedef struct p11_bare {
     CK_FUNCTION_LIST *f;
@@ -325,12 +376,17 @@ CK_RV p11_decrypt_once(p11_rsa_ctx *c);
 int p11_pick_mechanism(p11_rsa_ctx *c, const uint8_t *msg, size_t msg_len,
                        const char **mech_name);
 
-/* ---- the client benchmark (bench_client.c) ------------------------------ */
+/* ---- the subcommands: each returns the exit status ---------------------- */
+
+/* `veil-bench all`, `software` and `pkcs11` (engine.c). */
+int bench_engine_run(const bench_opts *o);
+
+/* ---- the client benchmark (client.c) ------------------------------------ */
 
 /* Runs `veil-bench client`; returns the exit status. */
 int bench_client_run(const bench_opts *o);
 
-/* ---- the gateway benchmark (bench_gateway.c) ---------------------------- */
+/* ---- the gateway benchmark (gateway.c, attest.c) ------------------------ */
 
 /* Runs `veil-bench gateway`; returns the exit status. */
 int bench_gateway_run(const bench_opts *o);
