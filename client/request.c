@@ -1,5 +1,6 @@
 /* Requests and answers as JSON: checking a request before it is sealed,
- * serialising it into secret memory, reading answers, error details. */
+ * reading answers, and the cheap JSON checks made on what a server
+ * sends before it is parsed or trusted. */
 #include "config.h"
 
 #include <math.h>
@@ -9,62 +10,6 @@
 
 #include "client_int.h"
 #include "package.h"
-
-void veil_cl_wipe(void *p, size_t len)
-{
-    if (p != NULL && len > 0)
-        explicit_bzero(p, len);
-}
-
-const char *veil_client_status_name(veil_client_status s)
-{
-    switch (s) {
-    case VEIL_CLIENT_OK:
-        return "OK";
-    case VEIL_CLIENT_E_INVALID_REQUEST:
-        return "InvalidRequestError";
-    case VEIL_CLIENT_E_AUTHENTICATION:
-        return "AuthenticationError";
-    case VEIL_CLIENT_E_FORBIDDEN:
-        return "ForbiddenError";
-    case VEIL_CLIENT_E_API:
-        return "APIError";
-    case VEIL_CLIENT_E_RATE_LIMIT:
-        return "RateLimitError";
-    case VEIL_CLIENT_E_SERVER:
-        return "ServerError";
-    case VEIL_CLIENT_E_SERVICE_UNAVAILABLE:
-        return "ServiceUnavailableError";
-    case VEIL_CLIENT_E_CONNECTION:
-        return "APIConnectionError";
-    case VEIL_CLIENT_E_SECURITY:
-        return "SecurityError";
-    case VEIL_CLIENT_E_DISPOSED:
-        return "DisposedError";
-    case VEIL_CLIENT_E_CONFIG:
-        return "ConfigurationError";
-    }
-    return "UnknownError";
-}
-
-veil_client_status veil_cl_fail(veil_client_error *err,
-                                veil_client_status status, int http_status,
-                                veil_rc rc, const char *fmt, ...)
-{
-    if (err == NULL)
-        return status;
-    err->status = status;
-    err->http_status = http_status;
-    err->rc = rc;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err->detail, sizeof err->detail, fmt, ap);
-    va_end(ap);
-    for (char *p = err->detail; *p; p++)
-        if ((unsigned char)*p < 0x20 || *p == 0x7f)
-            *p = ' ';
-    return status;
-}
 
 /* ---- checking a request ------------------------------------------------ */
 
@@ -178,37 +123,6 @@ int veil_cl_request_check(const cJSON *r, char *why, size_t why_size)
 }
 
 #undef FAIL
-
-/* An error body is parsed only when it is this small in values. */
-#define ERROR_MAX_VALUES 256
-#define ERROR_MAX_DEPTH 16
-
-void veil_cl_error_detail(const char *body, size_t len, char *out,
-                          size_t out_size)
-{
-    out[0] = '\0';
-    cJSON *j =
-        body && veil_cl_json_small(body, len, ERROR_MAX_VALUES, ERROR_MAX_DEPTH)
-            ? cJSON_ParseWithLength(body, len)
-            : NULL;
-    const cJSON *d = cJSON_GetObjectItemCaseSensitive(j, "detail");
-    if (cJSON_IsString(d)) {
-        snprintf(out, out_size, "%s", d->valuestring);
-    } else if (d != NULL) {
-        char *s = cJSON_PrintUnformatted(d);
-        if (s)
-            snprintf(out, out_size, "%s", s);
-        free(s);
-    } else if (body != NULL && len > 0) {
-        size_t n = 0;
-        for (size_t i = 0; i < len && i < 200 && n + 1 < out_size; i++) {
-            unsigned char c = (unsigned char)body[i];
-            out[n++] = (c >= 0x20 && c < 0x7f) ? (char)c : ' ';
-        }
-        out[n] = '\0';
-    }
-    cJSON_Delete(j);
-}
 
 int veil_cl_json_small(const char *text, size_t len, unsigned max_values,
                        unsigned max_depth)
