@@ -26,6 +26,10 @@ veil_client_status veil_cl_fail(veil_client_error *err,
                                 veil_rc rc, const char *fmt, ...)
     __attribute__((format(printf, 5, 6)));
 
+/* fmt formatted into out as one line: control characters become
+ * spaces (for error details and check reports). */
+void veil_cl_vline(char *out, size_t size, const char *fmt, va_list ap);
+
 /* The engine's last error as a client failure: "what: <message>". */
 veil_client_status veil_cl_engine_fail(veil_client_error *err,
                                        veil_client_status st, veil_rc rc,

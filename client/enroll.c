@@ -131,68 +131,83 @@ static veil_client_status fetch_encryption_key(enroll *en, uint8_t sha[32],
     return VEIL_CLIENT_OK;
 }
 
-/* The EK: an RSA endorsement key whose SPKI is ek_spki_b64, whose
- * certificate (when the TPM has one) holds that key and chains to the CA
- * given.  Returns 0 on a failure that stops enrolment. */
-static int check_ek(enroll *en)
+/* 1 when the SHA-256 of n bytes at p is want. */
+static int sha256_is(const uint8_t *p, size_t n, const uint8_t want[32])
+{
+    uint8_t h[32];
+    veil_cl_sha256(p, n, h);
+    return veil_cl_same(h, want, 32);
+}
+
+/* check_ek, step 1: ek_pubkey_b64 is an RSA endorsement key whose SPKI
+ * is ek_spki_b64 (returned in *spki, malloc'd). */
+static int ek_public(enroll *en, uint8_t **spki, size_t *spki_len)
 {
     const cJSON *rep = en->report;
-    uint8_t *pub = NULL, *spki = NULL, *cert = NULL;
-    size_t pub_len, spki_len, cert_len = 0;
-    uint8_t spki_sha[32];
-    X509 *x = NULL;
+    const char *name = "EK public key";
+    uint8_t *pub = NULL;
+    size_t pub_len;
     int ok = 0;
-
+    *spki = NULL;
     if (!veil_cl_json_b64(rep, "ek_pubkey_b64", &pub, &pub_len) ||
-        !veil_cl_tpm_pub(en->e, pub, pub_len, &en->ek)) {
-        veil_cl_check(&en->ck, "EK public key", 0,
+        !veil_cl_tpm_pub(en->e, pub, pub_len, &en->ek))
+        veil_cl_check(&en->ck, name, 0,
                       "ek_pubkey_b64 is not a TPM public area%s%s",
                       pub ? ": " : "", pub ? veil_cl_why_last() : "");
-        goto out;
-    }
-    if (en->ek.type != VEIL_CL_TPM_ALG_RSA ||
-        (en->ek.attributes & EK_ATTRS) != EK_ATTRS) {
-        veil_cl_check(&en->ck, "EK public key", 0,
+    else if (en->ek.type != VEIL_CL_TPM_ALG_RSA ||
+             (en->ek.attributes & EK_ATTRS) != EK_ATTRS)
+        veil_cl_check(&en->ck, name, 0,
                       "not an RSA endorsement key (fixedTPM, fixedParent, "
                       "sensitiveDataOrigin, restricted, decrypt)");
-        goto out;
-    }
-    if (!veil_cl_json_b64(rep, "ek_spki_b64", &spki, &spki_len)) {
-        veil_cl_check(&en->ck, "EK public key", 0, "ek_spki_b64 is not base64");
-        goto out;
-    }
-    veil_cl_sha256(spki, spki_len, spki_sha);
-    if (!veil_cl_same(spki_sha, en->ek.spki_sha256, 32)) {
-        veil_cl_check(&en->ck, "EK public key", 0,
+    else if (!veil_cl_json_b64(rep, "ek_spki_b64", spki, spki_len))
+        veil_cl_check(&en->ck, name, 0, "ek_spki_b64 is not base64");
+    else if (!sha256_is(*spki, *spki_len, en->ek.spki_sha256))
+        veil_cl_check(&en->ck, name, 0,
                       "ek_spki_b64 and ek_pubkey_b64 are different keys");
+    else
+        ok = veil_cl_check(&en->ck, name, 1,
+                           "RSA endorsement key, %zu-byte area", pub_len);
+    free(pub);
+    return ok;
+}
+
+/* Step 2: the certificate, when the report has one (*x; en->cert_sha).
+ * NV often holds it padded with zeros after the DER, which are allowed;
+ * the hash is over the DER alone. */
+static int ek_cert(enroll *en, X509 **x)
+{
+    uint8_t *cert = NULL;
+    size_t cert_len = 0;
+    const unsigned char *p;
+    int ok = 0;
+    *x = NULL;
+    if (veil_cl_json_null(en->report, "ek_cert_b64"))
+        return 1;
+    if (!veil_cl_json_b64(en->report, "ek_cert_b64", &cert, &cert_len) ||
+        (p = cert, *x = d2i_X509(NULL, &p, (long)cert_len)) == NULL) {
+        veil_cl_check(&en->ck, "EK certificate", 0,
+                      "ek_cert_b64 is not a DER certificate");
         goto out;
     }
-    veil_cl_check(&en->ck, "EK public key", 1,
-                  "RSA endorsement key, %zu-byte area", pub_len);
-
-    /* The certificate: NV often holds it padded with zeros after the
-     * DER, which are allowed; the hash is over the DER alone. */
-    if (!veil_cl_json_null(rep, "ek_cert_b64")) {
-        const unsigned char *p;
-        if (!veil_cl_json_b64(rep, "ek_cert_b64", &cert, &cert_len) ||
-            (p = cert, x = d2i_X509(NULL, &p, (long)cert_len)) == NULL) {
+    size_t der_len = (size_t)(p - cert);
+    for (size_t i = der_len; i < cert_len; i++)
+        if (cert[i] != 0) {
             veil_cl_check(&en->ck, "EK certificate", 0,
-                          "ek_cert_b64 is not a DER "
-                          "certificate");
+                          "bytes other than padding follow the certificate");
             goto out;
         }
-        size_t der_len = (size_t)(p - cert);
-        for (size_t i = der_len; i < cert_len; i++)
-            if (cert[i] != 0) {
-                veil_cl_check(
-                    &en->ck, "EK certificate", 0,
-                    "bytes other than padding follow the certificate");
-                goto out;
-            }
-        veil_cl_sha256(cert, der_len, en->cert_sha);
-        en->has_cert = 1;
-    }
+    veil_cl_sha256(cert, der_len, en->cert_sha);
+    en->has_cert = 1;
+    ok = 1;
+out:
+    free(cert);
+    return ok;
+}
 
+/* Step 3: the certificate chains to the EK CA given.  Without either,
+ * enrolment goes on only when an unverified EK is allowed. */
+static int ek_chain(enroll *en, X509 *x)
+{
     const char *chain = "EK certificate chain";
     const char *ca = en->opt->ek_ca_file;
     if (!en->has_cert || ca == NULL) {
@@ -201,68 +216,69 @@ static int check_ek(enroll *en)
                       !en->has_cert ? "the TPM has no EK certificate"
                                     : "not checked: no EK CA given",
                       fine ? "; the EK is recorded as unverified" : "");
-        if (!fine)
-            goto out;
-    } else {
-        X509_STORE *store = X509_STORE_new();
-        X509_STORE_CTX *ctx = X509_STORE_CTX_new();
-        int vok = 0;
-        const char *why = "out of memory";
-        if (store && ctx) {
-            /* The CA file is the trust anchor the user chose: a vendor's
-             * intermediate alone is enough (PARTIAL_CHAIN).  Unknown
-             * critical extensions are not ignored: OpenSSL knows the ones
-             * EK certificates mark critical (subjectAltName with a
-             * directoryName of TPM attributes, keyUsage, basic
-             * constraints); the TCG ones it does not know are not
-             * critical.  No purpose is set: EK certificates carry the
-             * TCG EK purpose (2.23.133.8.1), which OpenSSL does not
-             * know. */
-            X509_STORE_set_flags(store, X509_V_FLAG_PARTIAL_CHAIN);
-            if (X509_STORE_load_file(store, ca) != 1)
-                why = "the EK CA file cannot be read as PEM certificates";
-            else if (X509_STORE_CTX_init(ctx, store, x, NULL) != 1)
-                why = "out of memory";
-            else if (X509_verify_cert(ctx) == 1)
-                vok = 1;
-            else
-                why = X509_verify_cert_error_string(
-                    X509_STORE_CTX_get_error(ctx));
-        }
-        if (vok) {
-            char subj[160] = "", iss[160] = "";
-            X509_NAME_oneline(X509_get_subject_name(x), subj, sizeof subj);
-            X509_NAME_oneline(X509_get_issuer_name(x), iss, sizeof iss);
-            veil_cl_check(&en->ck, chain, 1, "%s issued by %s, chains to %s",
-                          subj, iss, ca);
-            en->ek_verified = 1;
-        } else {
-            veil_cl_check(&en->ck, chain, 0, "%s (against %s)", why, ca);
-        }
-        X509_STORE_CTX_free(ctx);
-        X509_STORE_free(store);
-        if (!vok)
-            goto out;
+        return fine;
     }
-    if (en->has_cert) {
+    X509_STORE *store = X509_STORE_new();
+    X509_STORE_CTX *ctx = X509_STORE_CTX_new();
+    int vok = 0;
+    const char *why = "out of memory";
+    if (store && ctx) {
+        /* The CA file is the trust anchor the user chose: a vendor's
+         * intermediate alone is enough (PARTIAL_CHAIN).  Unknown critical
+         * extensions are not ignored: OpenSSL knows the ones EK
+         * certificates mark critical (subjectAltName with a directoryName
+         * of TPM attributes, keyUsage, basic constraints); the TCG ones it
+         * does not know are not critical.  No purpose is set: EK
+         * certificates carry the TCG EK purpose (2.23.133.8.1), which
+         * OpenSSL does not know. */
+        X509_STORE_set_flags(store, X509_V_FLAG_PARTIAL_CHAIN);
+        if (X509_STORE_load_file(store, ca) != 1)
+            why = "the EK CA file cannot be read as PEM certificates";
+        else if (X509_STORE_CTX_init(ctx, store, x, NULL) != 1)
+            why = "out of memory";
+        else if (X509_verify_cert(ctx) == 1)
+            vok = 1;
+        else
+            why = X509_verify_cert_error_string(X509_STORE_CTX_get_error(ctx));
+    }
+    if (vok) {
+        char subj[160] = "", iss[160] = "";
+        X509_NAME_oneline(X509_get_subject_name(x), subj, sizeof subj);
+        X509_NAME_oneline(X509_get_issuer_name(x), iss, sizeof iss);
+        veil_cl_check(&en->ck, chain, 1, "%s issued by %s, chains to %s", subj,
+                      iss, ca);
+        en->ek_verified = 1;
+    } else {
+        veil_cl_check(&en->ck, chain, 0, "%s (against %s)", why, ca);
+    }
+    X509_STORE_CTX_free(ctx);
+    X509_STORE_free(store);
+    return vok;
+}
+
+/* The EK: an RSA endorsement key whose SPKI is ek_spki_b64, whose
+ * certificate (when the TPM has one) holds that key and chains to the CA
+ * given.  Returns 0 on a failure that stops enrolment. */
+static int check_ek(enroll *en)
+{
+    uint8_t *spki = NULL;
+    size_t spki_len = 0;
+    X509 *x = NULL;
+    int ok =
+        ek_public(en, &spki, &spki_len) && ek_cert(en, &x) && ek_chain(en, x);
+    if (ok && en->has_cert) {
         unsigned char *der = NULL;
         int n = i2d_X509_PUBKEY(X509_get_X509_PUBKEY(x), &der);
         int match =
             n > 0 && (size_t)n == spki_len && !memcmp(der, spki, spki_len);
         OPENSSL_free(der);
-        if (!veil_cl_check(&en->ck, "EK certificate key", match, "%s",
-                           match
-                               ? "the certificate holds the reported EK"
-                               : "the certificate is for another key than the "
-                                 "reported EK"))
-            goto out;
+        ok = veil_cl_check(&en->ck, "EK certificate key", match, "%s",
+                           match ? "the certificate holds the reported EK"
+                                 : "the certificate is for another key than "
+                                   "the reported EK");
     }
-    ok = 1;
-out:
     X509_free(x);
-    free(pub);
     free(spki);
-    free(cert);
     return ok;
 }
 
@@ -295,89 +311,84 @@ static int check_ak(enroll *en)
     return ok;
 }
 
+/* check_keys, the encryption key: the report's hash is of the report's
+ * SPKI, and of the key /pki/public_key serves (served). */
+static int enc_key_check(enroll *en, const uint8_t served[32])
+{
+    const char *n = "encryption key";
+    uint8_t *spki = NULL;
+    size_t spki_len;
+    char hx[65];
+    int ok = 0;
+    if (!veil_cl_json_hex(en->report, "encryption_key_sha256", en->enc_sha,
+                          32) ||
+        !veil_cl_json_b64(en->report, "encryption_key_spki_b64", &spki,
+                          &spki_len))
+        veil_cl_check(&en->ck, n, 0,
+                      "encryption_key_sha256 or encryption_key_spki_b64 "
+                      "malformed");
+    else if (!sha256_is(spki, spki_len, en->enc_sha))
+        veil_cl_check(&en->ck, n, 0,
+                      "encryption_key_sha256 is not the hash of "
+                      "encryption_key_spki_b64");
+    else if (!veil_cl_same(served, en->enc_sha, 32))
+        veil_cl_check(&en->ck, n, 0,
+                      "the report names another key than /pki/public_key "
+                      "serves");
+    else {
+        veil_hex(en->enc_sha, 32, hx);
+        ok = veil_cl_check(&en->ck, n, 1,
+                           "sha256:%s, as /pki/public_key serves it", hx);
+    }
+    free(spki);
+    return ok;
+}
+
+/* The answer-signing key: a P-256 key whose hash the report gives. */
+static int sign_key_check(enroll *en)
+{
+    const cJSON *rep = en->report;
+    const char *n = "signing key";
+    char refused[160], hx[65];
+    if (veil_cl_json_null(rep, "signing_key_spki_b64"))
+        return veil_cl_check(&en->ck, n, 0,
+                             "the gateway has no answer-signing key "
+                             "(signing_key in veild.conf): its answers could "
+                             "not be verified");
+    if (!veil_cl_json_hex(rep, "signing_key_sha256", en->sign_sha, 32) ||
+        !veil_cl_json_b64(rep, "signing_key_spki_b64", &en->sign_spki,
+                          &en->sign_spki_len))
+        return veil_cl_check(&en->ck, n, 0,
+                             "signing_key_sha256 or signing_key_spki_b64 "
+                             "malformed");
+    int kok = veil_cl_p256_ok(en->e, en->sign_spki, en->sign_spki_len, refused,
+                              sizeof refused);
+    if (refused[0])
+        return veil_cl_check(&en->ck, n, 0,
+                             "signing_key_spki_b64 is refused: %s", refused);
+    if (!kok)
+        return veil_cl_check(&en->ck, n, 0,
+                             "signing_key_spki_b64 is not a P-256 key");
+    if (!sha256_is(en->sign_spki, en->sign_spki_len, en->sign_sha))
+        return veil_cl_check(&en->ck, n, 0,
+                             "signing_key_sha256 is not the hash of "
+                             "signing_key_spki_b64");
+    veil_hex(en->sign_sha, 32, hx);
+    return veil_cl_check(&en->ck, n, 1, "ECDSA P-256 sha256:%s", hx);
+}
+
 /* The keys the quote binds: the one /pki/public_key serves and the
  * answer-signing key, each as reported and as hashed here. */
 static veil_client_status check_keys(enroll *en, veil_client_error *err)
 {
-    const cJSON *rep = en->report;
-    uint8_t served[32], h[32], *spki = NULL;
-    size_t spki_len;
+    uint8_t served[32];
     veil_client_status st = fetch_encryption_key(en, served, err);
     if (st != VEIL_CLIENT_OK)
         return st;
-    const char *n = "encryption key";
-    if (!veil_cl_json_hex(rep, "encryption_key_sha256", en->enc_sha, 32) ||
-        !veil_cl_json_b64(rep, "encryption_key_spki_b64", &spki, &spki_len)) {
-        veil_cl_check(&en->ck, n, 0,
-                      "encryption_key_sha256 or "
-                      "encryption_key_spki_b64 malformed");
-        goto fail;
-    }
-    veil_cl_sha256(spki, spki_len, h);
-    free(spki);
-    spki = NULL;
-    if (!veil_cl_same(h, en->enc_sha, 32)) {
-        veil_cl_check(&en->ck, n, 0,
-                      "encryption_key_sha256 is not the hash of "
-                      "encryption_key_spki_b64");
-        goto fail;
-    }
-    if (!veil_cl_same(served, en->enc_sha, 32)) {
-        veil_cl_check(&en->ck, n, 0,
-                      "the report names another key than "
-                      "/pki/public_key serves");
-        goto fail;
-    }
-    char hx[65];
-    veil_hex(en->enc_sha, 32, hx);
-    veil_cl_check(&en->ck, n, 1, "sha256:%s, as /pki/public_key serves it", hx);
-
-    n = "signing key";
-    veil_key *k = NULL;
-    veil_key_info info;
-    if (veil_cl_json_null(rep, "signing_key_spki_b64")) {
-        veil_cl_check(&en->ck, n, 0,
-                      "the gateway has no answer-signing key (signing_key in "
-                      "veild.conf): its answers could not be verified");
-        goto fail;
-    }
-    if (!veil_cl_json_hex(rep, "signing_key_sha256", en->sign_sha, 32) ||
-        !veil_cl_json_b64(rep, "signing_key_spki_b64", &en->sign_spki,
-                          &en->sign_spki_len)) {
-        veil_cl_check(&en->ck, n, 0,
-                      "signing_key_sha256 or signing_key_spki_b64 malformed");
-        goto fail;
-    }
-    veil_cl_sha256(en->sign_spki, en->sign_spki_len, h);
-    char refused[160] = "";
-    int kok = veil_key_from_public(en->e, en->sign_spki, en->sign_spki_len,
-                                   &k) == VEIL_OK &&
-              veil_key_get_info(k, &info) == VEIL_OK &&
-              info.type == VEIL_KEY_EC_P256 &&
-              veil_cl_key_check(k, 0, refused, sizeof refused);
-    veil_key_free(k);
-    if (refused[0]) {
-        veil_cl_check(&en->ck, n, 0, "signing_key_spki_b64 is refused: %s",
-                      refused);
-        goto fail;
-    }
-    if (!kok) {
-        veil_cl_check(&en->ck, n, 0, "signing_key_spki_b64 is not a P-256 key");
-        goto fail;
-    }
-    if (!veil_cl_same(h, en->sign_sha, 32)) {
-        veil_cl_check(&en->ck, n, 0,
-                      "signing_key_sha256 is not the hash of "
-                      "signing_key_spki_b64");
-        goto fail;
-    }
-    veil_hex(en->sign_sha, 32, hx);
-    veil_cl_check(&en->ck, n, 1, "ECDSA P-256 sha256:%s", hx);
+    if (!enc_key_check(en, served) || !sign_key_check(en))
+        return veil_cl_fail(err, VEIL_CLIENT_E_SECURITY, 200, VEIL_E_VERIFY,
+                            "%s", en->ck.failed);
     return VEIL_CLIENT_OK;
-fail:
-    free(spki);
-    return veil_cl_fail(err, VEIL_CLIENT_E_SECURITY, 200, VEIL_E_VERIFY, "%s",
-                        en->ck.failed);
 }
 
 /* Credential activation: a secret only the TPM holding the EK's private
@@ -510,10 +521,11 @@ static cJSON *pcrs_json(const veil_pcr_sel *sel,
     return o;
 }
 
-static veil_client_status write_trust(enroll *en, veil_client_error *err)
+/* The trust file's text (veil-trust-v1) of a checked enrolment; NULL when
+ * out of memory. */
+static char *trust_text(const enroll *en)
 {
     const cJSON *rep = en->report;
-    const char *path = en->opt->trust_file;
     char hx[72], selt[96];
     cJSON *j = cJSON_CreateObject(), *pcrs = pcrs_json(&en->sel, en->values);
     char *text = NULL,
@@ -562,25 +574,30 @@ static veil_client_status write_trust(enroll *en, veil_client_error *err)
     cJSON_Delete(j);
     if (!ok) {
         free(text);
-        return veil_cl_fail(err, VEIL_CLIENT_E_CONFIG, 0, VEIL_E_NOMEM,
-                            "out of memory");
+        return NULL;
     }
+    return text;
+}
 
-    /* A temporary file next to the target, then renamed over it (or, when
-     * overwriting is not allowed, linked: that fails if the target
-     * appeared meanwhile), so a reader never sees half a file. */
+/* Writes text and a newline to path: a temporary file next to it, then
+ * renamed over it (or, when overwriting is not allowed, linked: that
+ * fails if the target appeared meanwhile), so a reader never sees half a
+ * file.  0 on failure, with the step that failed and errno. */
+static int write_atomic(const char *path, const char *text, int overwrite,
+                        const char **step)
+{
     size_t plen = strlen(path);
     char *tmp = malloc(plen + 16);
     int fd = -1, saved = 0;
-    const char *step = "out of memory";
+    *step = "out of memory";
     if (tmp != NULL) {
         snprintf(tmp, plen + 16, "%s.tmp.XXXXXX", path);
-        step = "creating a temporary file";
+        *step = "creating a temporary file";
         fd = mkstemp(tmp);
     }
     if (fd >= 0) {
         size_t len = strlen(text), off = 0;
-        step = "writing";
+        *step = "writing";
         while (off < len) {
             ssize_t w = write(fd, text + off, len - off);
             if (w < 0 && errno == EINTR)
@@ -591,11 +608,10 @@ static veil_client_status write_trust(enroll *en, veil_client_error *err)
         }
         if (off == len && write(fd, "\n", 1) == 1 && fchmod(fd, 0644) == 0 &&
             fsync(fd) == 0) {
-            step = en->opt->overwrite ? "renaming" : "linking";
-            if (en->opt->overwrite ? rename(tmp, path) == 0
-                                   : link(tmp, path) == 0) {
+            *step = overwrite ? "renaming" : "linking";
+            if (overwrite ? rename(tmp, path) == 0 : link(tmp, path) == 0) {
                 saved = 1;
-                if (!en->opt->overwrite)
+                if (!overwrite)
                     unlink(tmp);
             }
         }
@@ -607,6 +623,20 @@ static veil_client_status write_trust(enroll *en, veil_client_error *err)
             unlink(tmp);
     }
     free(tmp);
+    errno = e;
+    return saved;
+}
+
+static veil_client_status write_trust(enroll *en, veil_client_error *err)
+{
+    const char *path = en->opt->trust_file;
+    const char *step;
+    char *text = trust_text(en);
+    if (text == NULL)
+        return veil_cl_fail(err, VEIL_CLIENT_E_CONFIG, 0, VEIL_E_NOMEM,
+                            "out of memory");
+    int saved = write_atomic(path, text, en->opt->overwrite, &step);
+    int e = errno;
     free(text);
     if (!saved) {
         if (e == EEXIST)

@@ -42,6 +42,14 @@ const char *veil_client_status_name(veil_client_status s)
     return "UnknownError";
 }
 
+void veil_cl_vline(char *out, size_t size, const char *fmt, va_list ap)
+{
+    vsnprintf(out, size, fmt, ap);
+    for (char *p = out; *p; p++)
+        if ((unsigned char)*p < 0x20 || *p == 0x7f)
+            *p = ' ';
+}
+
 veil_client_status veil_cl_fail(veil_client_error *err,
                                 veil_client_status status, int http_status,
                                 veil_rc rc, const char *fmt, ...)
@@ -53,11 +61,8 @@ veil_client_status veil_cl_fail(veil_client_error *err,
     err->rc = rc;
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(err->detail, sizeof err->detail, fmt, ap);
+    veil_cl_vline(err->detail, sizeof err->detail, fmt, ap);
     va_end(ap);
-    for (char *p = err->detail; *p; p++)
-        if ((unsigned char)*p < 0x20 || *p == 0x7f)
-            *p = ' ';
     return status;
 }
 

@@ -174,31 +174,21 @@ veil_client_status veil_cl_own_key(veil_client *c, veil_cl_keyref **out,
 
 /* ---- server keys ------------------------------------------------------- */
 
-static veil_client_status fetch_server_key(veil_client *c, const char *url,
-                                           veil_cl_keyref **out,
-                                           veil_client_error *err)
+/* fetch_server_key, step 1: the key in a 200 /pki/public_key body (a PEM
+ * public key, white space around it allowed), RSA of the protocol's size
+ * that passes veil_cl_key_check.  *bits receives its size. */
+static veil_client_status key_from_body(veil_client *c,
+                                        const veil_cl_http_response *r,
+                                        veil_key **out, unsigned *bits,
+                                        veil_client_error *err)
 {
-    char full[2048];
-    *out = NULL;
-    if (snprintf(full, sizeof full, "%s/pki/public_key", url) >=
-        (int)sizeof full)
-        return veil_cl_fail(err, VEIL_CLIENT_E_CONFIG, 0, VEIL_E_ARG,
-                            "the base URL is too long");
-    veil_cl_http_response r;
-    veil_client_status st = veil_cl_transport_send(c->tx, full, NULL, NULL, 0,
-                                                   MAX_KEY_BODY, &r, err);
-    if (st != VEIL_CLIENT_OK)
-        return st;
-    if (r.status != 200) {
-        st = veil_cl_http_fail(&r, err);
-        free(r.body);
-        return st;
-    }
     veil_key *key = NULL;
+    veil_key_info info;
     veil_rc rc = VEIL_E_KEY;
-    /* The PEM, without the white space around it. */
-    const char *pem = r.body ? r.body : "";
-    size_t pem_len = r.body ? r.len : 0;
+    char why[160];
+    const char *pem = r->body ? r->body : "";
+    size_t pem_len = r->body ? r->len : 0;
+    *out = NULL;
     while (pem_len > 0 && strchr(" \t\r\n", *pem) && *pem) {
         pem++;
         pem_len--;
@@ -210,13 +200,10 @@ static veil_client_status fetch_server_key(veil_client *c, const char *url,
         memchr(pem, 0, pem_len) == NULL)
         rc = veil_key_from_public(c->engine, (const uint8_t *)pem, pem_len,
                                   &key);
-    free(r.body);
     if (rc != VEIL_OK)
         return veil_cl_fail(err, VEIL_CLIENT_E_SECURITY, 200, rc,
                             "the server's /pki/public_key is not a PEM "
                             "public key");
-    veil_key_info info;
-    char why[160];
     if (veil_key_get_info(key, &info) != VEIL_OK || info.type != VEIL_KEY_RSA ||
         info.bits < VEIL_PKG_MIN_RSA_BITS) {
         veil_key_free(key);
@@ -231,9 +218,59 @@ static veil_client_status fetch_server_key(veil_client *c, const char *url,
                             "the server key is refused: %s; nothing was sent",
                             why);
     }
+    *bits = info.bits;
+    *out = key;
+    return VEIL_CLIENT_OK;
+}
+
+/* Step 2: the key is the pinned one, and for the enrolled gateway the
+ * enrolled one (its quotes bind that key: a request sealed to another
+ * could never be verified, so it is not sent). */
+static veil_client_status key_allowed(const veil_client *c, const char *url,
+                                      const veil_cl_keyref *k,
+                                      veil_client_error *err)
+{
+    if (c->has_pin && CRYPTO_memcmp(k->fp, c->pin, 32) != 0)
+        return veil_cl_fail(err, VEIL_CLIENT_E_SECURITY, 0, VEIL_E_VERIFY,
+                            "the server key %s does not match the pinned %s; "
+                            "nothing was sent",
+                            k->fp_text, c->pin_text);
+    if (c->trust && !strcmp(url, veil_trust_url(c->trust)) &&
+        CRYPTO_memcmp(k->fp, veil_cl_trust_encryption_key(c->trust), 32))
+        return veil_cl_fail(err, VEIL_CLIENT_E_SECURITY, 0, VEIL_E_VERIFY,
+                            "the server key %s is not the key enrolled in the "
+                            "trust file; nothing was sent (enrol again if the "
+                            "gateway's key was replaced)",
+                            k->fp_text);
+    return VEIL_CLIENT_OK;
+}
+
+/* GETs url/pki/public_key into a new keyref, checked (steps 1 and 2). */
+static veil_client_status fetch_server_key(veil_client *c, const char *url,
+                                           veil_cl_keyref **out,
+                                           veil_client_error *err)
+{
+    char full[2048], shown[512];
+    veil_cl_http_response r;
+    veil_key *key;
     veil_cl_keyref *k;
-    if ((rc = keyref_new(key, 0, &k)) != VEIL_OK ||
-        (k->url = strdup(url)) == NULL) {
+    unsigned bits = 0;
+    *out = NULL;
+    if (snprintf(full, sizeof full, "%s/pki/public_key", url) >=
+        (int)sizeof full)
+        return veil_cl_fail(err, VEIL_CLIENT_E_CONFIG, 0, VEIL_E_ARG,
+                            "the base URL is too long");
+    veil_client_status st = veil_cl_transport_send(c->tx, full, NULL, NULL, 0,
+                                                   MAX_KEY_BODY, &r, err);
+    if (st != VEIL_CLIENT_OK)
+        return st;
+    st = r.status == 200 ? key_from_body(c, &r, &key, &bits, err)
+                         : veil_cl_http_fail(&r, err);
+    free(r.body);
+    if (st != VEIL_CLIENT_OK)
+        return st;
+    veil_rc rc = keyref_new(key, 0, &k);
+    if (rc != VEIL_OK || (k->url = strdup(url)) == NULL) {
         if (rc == VEIL_OK)
             veil_cl_keyref_put(k);
         else
@@ -241,30 +278,13 @@ static veil_client_status fetch_server_key(veil_client *c, const char *url,
         return veil_cl_fail(err, VEIL_CLIENT_E_CONNECTION, 0, VEIL_E_NOMEM,
                             "out of memory");
     }
-    if (c->has_pin && CRYPTO_memcmp(k->fp, c->pin, 32) != 0) {
-        veil_cl_fail(err, VEIL_CLIENT_E_SECURITY, 0, VEIL_E_VERIFY,
-                     "the server key %s does not match the pinned %s; "
-                     "nothing was sent",
-                     k->fp_text, c->pin_text);
+    if ((st = key_allowed(c, url, k, err)) != VEIL_CLIENT_OK) {
         veil_cl_keyref_put(k);
-        return VEIL_CLIENT_E_SECURITY;
+        return st;
     }
-    /* An enrolled gateway's quotes bind its enrolled key: a request sealed
-     * to another one could never be verified, so it is not sent. */
-    if (c->trust && !strcmp(url, veil_trust_url(c->trust)) &&
-        CRYPTO_memcmp(k->fp, veil_cl_trust_encryption_key(c->trust), 32)) {
-        veil_cl_fail(err, VEIL_CLIENT_E_SECURITY, 0, VEIL_E_VERIFY,
-                     "the server key %s is not the key enrolled in the "
-                     "trust file; nothing was sent (enrol again if the "
-                     "gateway's key was replaced)",
-                     k->fp_text);
-        veil_cl_keyref_put(k);
-        return VEIL_CLIENT_E_SECURITY;
-    }
-    char shown[512];
     veil_cl_redact_url(url, shown, sizeof shown);
     veil_logf(&c->log, VEIL_LOG_INFO, "server key of %s: RSA-%u %s", shown,
-              info.bits, k->fp_text);
+              bits, k->fp_text);
     *out = k;
     return VEIL_CLIENT_OK;
 }

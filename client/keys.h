@@ -1,8 +1,8 @@
-/* client/keys.h: the client object and its keys (keys.c), shared by
- * client.c (lifecycle, chat) and keys.c.  Not installed.
+/* client/keys.h: the client object (struct veil_client, client.c) and its
+ * keys (keys.c), shared by client.c, keys.c and chat.c.  Not installed.
  *
  * Layering (docs/ARCHITECTURE.md): keys.c uses trust.c, tpmobj.c and
- * client_int.h; only client.c calls it. */
+ * client_int.h; client.c uses keys.c; chat.c uses both. */
 #ifndef VEIL_CLIENT_KEYS_H
 #define VEIL_CLIENT_KEYS_H
 
@@ -44,6 +44,18 @@ struct veil_client {
     veil_trust *trust; /* cfg.trust_file, loaded; NULL when none */
     atomic_int disposed;
 };
+
+/* ---- the client object (client.c) -------------------------------------- */
+
+/* VEIL_CLIENT_OK, or VEIL_CLIENT_E_DISPOSED when c is NULL or disposed. */
+veil_client_status veil_cl_disposed(const veil_client *c,
+                                    veil_client_error *err);
+
+/* Checks a base URL: https, or http when the client allows it. */
+veil_client_status veil_cl_check_url(const veil_client *c, const char *url,
+                                     veil_client_error *err);
+
+/* ---- keys (keys.c) ----------------------------------------------------- */
 
 /* Drops a reference (k may be NULL); the last one frees the key. */
 void veil_cl_keyref_put(veil_cl_keyref *k);

@@ -91,11 +91,8 @@ int veil_cl_check(veil_cl_checker *ck, const char *name, int ok,
     char detail[320];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(detail, sizeof detail, fmt, ap);
+    veil_cl_vline(detail, sizeof detail, fmt, ap);
     va_end(ap);
-    for (char *p = detail; *p; p++)
-        if ((unsigned char)*p < 0x20 || *p == 0x7f)
-            *p = ' ';
     if (ck->fn)
         ck->fn(ck->ctx, name, ok, detail);
     if (!ok && ck->failed[0] == '\0')
@@ -313,5 +310,19 @@ int veil_cl_key_check(const veil_key *k, int allow_small_exponent, char *why,
     EVP_PKEY_CTX_free(ctx);
     EVP_PKEY_free(p);
     ERR_clear_error();
+    return ok;
+}
+
+int veil_cl_p256_ok(veil_engine *e, const uint8_t *spki, size_t len,
+                    char *refused, size_t refused_size)
+{
+    veil_key *k = NULL;
+    veil_key_info info;
+    refused[0] = '\0';
+    int ok = veil_key_from_public(e, spki, len, &k) == VEIL_OK &&
+             veil_key_get_info(k, &info) == VEIL_OK &&
+             info.type == VEIL_KEY_EC_P256 &&
+             veil_cl_key_check(k, 0, refused, refused_size);
+    veil_key_free(k);
     return ok;
 }

@@ -105,6 +105,12 @@ int veil_cl_key_certify_check(veil_engine *e, const veil_tpm_pub *signer,
 int veil_cl_key_check(const veil_key *k, int allow_small_exponent, char *why,
                       size_t why_size);
 
+/* 1 when spki (DER) is a P-256 public key that passes veil_cl_key_check
+ * (an answer-signing key); else 0, with the key check's reason in refused
+ * ("" when it is not a P-256 key at all). */
+int veil_cl_p256_ok(veil_engine *e, const uint8_t *spki, size_t len,
+                    char *refused, size_t refused_size);
+
 #pragma GCC visibility pop
 
 #endif /* VEIL_CLIENT_TPMOBJ_H */

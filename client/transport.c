@@ -263,33 +263,30 @@ static void wipe_free(struct curl_slist *list)
     curl_slist_free_all(list);
 }
 
-veil_client_status veil_cl_transport_send(veil_cl_transport *t, const char *url,
-                                          const char *const *headers,
-                                          const char *body, size_t len,
-                                          size_t max_body,
-                                          veil_cl_http_response *resp,
-                                          veil_client_error *err)
+/* The header lines as a curl list (NULL with *ok 0 when out of
+ * memory). */
+static struct curl_slist *header_list(const char *const *headers, int *ok)
 {
-    memset(resp, 0, sizeof *resp);
-    resp->retry_after_ms = -1;
-    CURL *h = take(t);
-    if (h == NULL)
-        return veil_cl_fail(err, VEIL_CLIENT_E_CONNECTION, 0, VEIL_E_NOMEM,
-                            "could not make an HTTP handle");
     struct curl_slist *list = NULL;
+    *ok = 1;
     for (const char *const *p = headers; p && *p; p++) {
         struct curl_slist *l = curl_slist_append(list, *p);
         if (l == NULL) {
             wipe_free(list);
-            give_back(t, h);
-            return veil_cl_fail(err, VEIL_CLIENT_E_CONNECTION, 0, VEIL_E_NOMEM,
-                                "out of memory");
+            *ok = 0;
+            return NULL;
         }
         list = l;
     }
-    sink s = {.resp = resp, .h = h, .max = max_body ? max_body : MAX_RESPONSE};
-    upload up = {.data = body, .len = len};
-    char errbuf[CURL_ERROR_SIZE] = "";
+    return list;
+}
+
+/* Sets up one exchange on h: TLS verified, no redirects, the answer into
+ * s, a body (when not NULL) from up. */
+static void set_options(const veil_cl_transport *t, CURL *h, const char *url,
+                        struct curl_slist *list, sink *s, upload *up,
+                        char *errbuf)
+{
     curl_easy_setopt(h, CURLOPT_URL, url);
     curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http,https");
     curl_easy_setopt(h, CURLOPT_FOLLOWLOCATION, 0L);
@@ -301,52 +298,83 @@ veil_client_status veil_cl_transport_send(veil_cl_transport *t, const char *url,
         curl_easy_setopt(h, CURLOPT_CAINFO, t->ca_file);
     curl_easy_setopt(h, CURLOPT_HTTPHEADER, list);
     curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_body);
-    curl_easy_setopt(h, CURLOPT_WRITEDATA, &s);
+    curl_easy_setopt(h, CURLOPT_WRITEDATA, s);
     curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, on_header);
-    curl_easy_setopt(h, CURLOPT_HEADERDATA, &s);
+    curl_easy_setopt(h, CURLOPT_HEADERDATA, s);
     curl_easy_setopt(h, CURLOPT_ERRORBUFFER, errbuf);
     curl_easy_setopt(h, CURLOPT_USERAGENT, "veil/" PACKAGE_VERSION);
-    if (body != NULL) {
+    if (up->data != NULL) {
         curl_easy_setopt(h, CURLOPT_POST, 1L);
         curl_easy_setopt(h, CURLOPT_READFUNCTION, on_read);
-        curl_easy_setopt(h, CURLOPT_READDATA, &up);
+        curl_easy_setopt(h, CURLOPT_READDATA, up);
         curl_easy_setopt(h, CURLOPT_SEEKFUNCTION, on_seek);
-        curl_easy_setopt(h, CURLOPT_SEEKDATA, &up);
-        curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)len);
+        curl_easy_setopt(h, CURLOPT_SEEKDATA, up);
+        curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)up->len);
     }
+}
+
+/* The client error of a failed transfer. */
+static veil_client_status transfer_fail(const veil_cl_transport *t, CURLcode cc,
+                                        const char *errbuf, const sink *s,
+                                        veil_client_error *err)
+{
+    const char *why = errbuf[0] ? errbuf : curl_easy_strerror(cc);
+    if (s->too_big && s->max < MAX_RESPONSE)
+        return veil_cl_fail(err, VEIL_CLIENT_E_CONNECTION, 0, VEIL_E_IO,
+                            "the answer is larger than %zu KiB", s->max >> 10);
+    if (s->too_big)
+        return veil_cl_fail(err, VEIL_CLIENT_E_CONNECTION, 0, VEIL_E_IO,
+                            "the answer is larger than %u MiB",
+                            MAX_RESPONSE >> 20);
+    if (cc == CURLE_SEND_FAIL_REWIND)
+        return veil_cl_fail(err, VEIL_CLIENT_E_CONNECTION, 0, VEIL_E_IO,
+                            "the connection was lost before an answer "
+                            "came; the package was not sent again");
+    if (cc == CURLE_OPERATION_TIMEDOUT)
+        return veil_cl_fail(err, VEIL_CLIENT_E_CONNECTION, 0, VEIL_E_IO,
+                            "no answer within %u ms (%s)", t->timeout_ms, why);
+    if (cc == CURLE_PEER_FAILED_VERIFICATION ||
+        cc == CURLE_SSL_CACERT_BADFILE || cc == CURLE_SSL_ISSUER_ERROR)
+        return veil_cl_fail(err, VEIL_CLIENT_E_SECURITY, 0, VEIL_E_VERIFY,
+                            "the server's TLS certificate could not be "
+                            "verified: %s",
+                            why);
+    return veil_cl_fail(err, VEIL_CLIENT_E_CONNECTION, 0, VEIL_E_IO, "%s", why);
+}
+
+veil_client_status veil_cl_transport_send(veil_cl_transport *t, const char *url,
+                                          const char *const *headers,
+                                          const char *body, size_t len,
+                                          size_t max_body,
+                                          veil_cl_http_response *resp,
+                                          veil_client_error *err)
+{
+    int ok;
+    memset(resp, 0, sizeof *resp);
+    resp->retry_after_ms = -1;
+    CURL *h = take(t);
+    if (h == NULL)
+        return veil_cl_fail(err, VEIL_CLIENT_E_CONNECTION, 0, VEIL_E_NOMEM,
+                            "could not make an HTTP handle");
+    struct curl_slist *list = header_list(headers, &ok);
+    if (!ok) {
+        give_back(t, h);
+        return veil_cl_fail(err, VEIL_CLIENT_E_CONNECTION, 0, VEIL_E_NOMEM,
+                            "out of memory");
+    }
+    sink s = {.resp = resp, .h = h, .max = max_body ? max_body : MAX_RESPONSE};
+    upload up = {.data = body, .len = len};
+    char errbuf[CURL_ERROR_SIZE] = "";
+    set_options(t, h, url, list, &s, &up, errbuf);
     CURLcode cc = curl_easy_perform(h);
     veil_client_status st = VEIL_CLIENT_OK;
     if (cc == CURLE_OK) {
         curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &resp->status);
     } else {
-        const char *why = errbuf[0] ? errbuf : curl_easy_strerror(cc);
         free(resp->body);
         memset(resp, 0, sizeof *resp);
         resp->retry_after_ms = -1;
-        if (s.too_big && s.max < MAX_RESPONSE)
-            st = veil_cl_fail(err, VEIL_CLIENT_E_CONNECTION, 0, VEIL_E_IO,
-                              "the answer is larger than %zu KiB", s.max >> 10);
-        else if (s.too_big)
-            st = veil_cl_fail(err, VEIL_CLIENT_E_CONNECTION, 0, VEIL_E_IO,
-                              "the answer is larger than %u MiB",
-                              MAX_RESPONSE >> 20);
-        else if (cc == CURLE_SEND_FAIL_REWIND)
-            st = veil_cl_fail(err, VEIL_CLIENT_E_CONNECTION, 0, VEIL_E_IO,
-                              "the connection was lost before an answer "
-                              "came; the package was not sent again");
-        else if (cc == CURLE_OPERATION_TIMEDOUT)
-            st =
-                veil_cl_fail(err, VEIL_CLIENT_E_CONNECTION, 0, VEIL_E_IO,
-                             "no answer within %u ms (%s)", t->timeout_ms, why);
-        else if (cc == CURLE_PEER_FAILED_VERIFICATION ||
-                 cc == CURLE_SSL_CACERT_BADFILE || cc == CURLE_SSL_ISSUER_ERROR)
-            st = veil_cl_fail(err, VEIL_CLIENT_E_SECURITY, 0, VEIL_E_VERIFY,
-                              "the server's TLS certificate could not be "
-                              "verified: %s",
-                              why);
-        else
-            st = veil_cl_fail(err, VEIL_CLIENT_E_CONNECTION, 0, VEIL_E_IO, "%s",
-                              why);
+        st = transfer_fail(t, cc, errbuf, &s, err);
     }
     curl_easy_setopt(h, CURLOPT_HTTPHEADER, NULL);
     curl_easy_setopt(h, CURLOPT_ERRORBUFFER, NULL);

@@ -113,17 +113,11 @@ static int trust_keys_ok(veil_engine *e, const veil_trust *t, char *why,
         snprintf(why, why_size, "\"ek_pubkey_b64\" is not an RSA key");
         return 0;
     }
-    veil_key *k = NULL;
-    veil_key_info info;
     uint8_t h[32];
+    char refused[160];
     veil_cl_sha256(t->sign_spki, t->sign_spki_len, h);
-    char refused[160] = "";
-    ok = veil_key_from_public(e, t->sign_spki, t->sign_spki_len, &k) ==
-             VEIL_OK &&
-         veil_key_get_info(k, &info) == VEIL_OK &&
-         info.type == VEIL_KEY_EC_P256 &&
-         veil_cl_key_check(k, 0, refused, sizeof refused);
-    veil_key_free(k);
+    ok = veil_cl_p256_ok(e, t->sign_spki, t->sign_spki_len, refused,
+                         sizeof refused);
     if (refused[0]) {
         snprintf(why, why_size, "\"signing_key_spki_b64\" is refused: %s",
                  refused);

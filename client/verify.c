@@ -105,6 +105,92 @@ static int check_signature(veil_engine *e, const veil_trust *t,
     return ok;
 }
 
+/* check_quote, step 1: the key that signed the quote.  Without a trust
+ * file, the AK the answer names; with one, the enrolled AK or a
+ * per-request AK it certified for this request.  NULL (the check
+ * reported) when there is none to trust.  enrolled and reported are the
+ * caller's to clear. */
+static const veil_tpm_pub *
+quote_signer(veil_engine *e, const veil_trust *t, const veil_cl_quote *q,
+             const uint8_t qual[32], veil_tpm_pub *enrolled,
+             veil_tpm_pub *reported, veil_cl_checker *ck)
+{
+    const char *name = "attestation key";
+    if (!veil_cl_tpm_pub(e, q->ak, q->ak_len, reported)) {
+        veil_cl_check(ck, name, 0, "aik_pubkey_b64: %s", veil_cl_why_last());
+        return NULL;
+    }
+    if (q->has_name &&
+        !veil_cl_same(q->ak_name, reported->name, VEIL_CL_NAME_LEN)) {
+        veil_cl_check(ck, name, 0,
+                      "\"aik_name\" is not the name of aik_pubkey_b64");
+        return NULL;
+    }
+    if (t == NULL) {
+        veil_cl_check(ck, name, 1,
+                      "the key the answer names; not enrolled, so not known "
+                      "to be a TPM's");
+        return reported;
+    }
+    if (!veil_cl_tpm_pub(e, t->ak_pub, t->ak_pub_len, enrolled)) {
+        veil_cl_check(ck, name, 0, "the enrolled AK: %s", veil_cl_why_last());
+        return NULL;
+    }
+    if (q->has_aikc) {
+        if (veil_tpm_check_certify(
+                e, enrolled, q->aikc_attest, q->aikc_attest_len, q->aikc_sig,
+                q->aikc_sig_len, qual, reported, VEIL_CL_AK_ATTRS) != VEIL_OK) {
+            veil_cl_check(ck, "attestation key certification", 0, "%s",
+                          veil_cl_why_last());
+            return NULL;
+        }
+        veil_cl_check(ck, "attestation key certification", 1,
+                      "the per-request AK (fixedTPM, fixedParent, "
+                      "sensitiveDataOrigin, restricted, sign) certified by "
+                      "the enrolled AK for this request");
+        return reported;
+    }
+    if (!veil_cl_same(reported->name, t->ak_name, VEIL_CL_NAME_LEN)) {
+        veil_cl_check(ck, name, 0,
+                      "the quote's AK is not the enrolled one, and no "
+                      "certification by it (aik_certify) came with it");
+        return NULL;
+    }
+    veil_cl_check(ck, name, 1, "the enrolled AK");
+    return enrolled;
+}
+
+/* The PCR selection of a quote, as enrolled. */
+static int pcr_selection_check(const veil_trust *t, const veil_cl_quote *q,
+                               veil_cl_checker *ck)
+{
+    char want[96], got[96];
+    veil_pcr_sel_format(&t->sel, want, sizeof want);
+    veil_pcr_sel_format(&q->sel, got, sizeof got);
+    if (q->sel.n != t->sel.n ||
+        memcmp(q->sel.index, t->sel.index, q->sel.n * sizeof q->sel.index[0]))
+        return veil_cl_check(ck, "PCR selection", 0, "%s, not the enrolled %s",
+                             got, want);
+    return 1;
+}
+
+/* The PCR values of a verified quote, as enrolled. */
+static int pcr_values_check(const veil_trust *t, const veil_cl_quote *q,
+                            veil_cl_checker *ck)
+{
+    char bad[128] = "";
+    size_t n = 0;
+    for (unsigned i = 0; i < q->sel.n; i++)
+        if (!veil_cl_same(q->values[i], t->golden[i], 32) && n < sizeof bad - 8)
+            n += (size_t)snprintf(bad + n, sizeof bad - n, "%s%u",
+                                  n ? ", " : "", q->sel.index[i]);
+    if (n)
+        return veil_cl_check(ck, "PCR values", 0,
+                             "PCR %s %s from the enrolled values", bad,
+                             strchr(bad, ',') ? "differ" : "differs");
+    return veil_cl_check(ck, "PCR values", 1, "as enrolled");
+}
+
 /* The quote of a maximum answer.  With a trust file: signed by the
  * enrolled AK (or a per-request AK it certified), qualifying data over
  * this request and the enrolled keys, PCRs as enrolled.  Without one:
@@ -143,91 +229,23 @@ static int check_quote(veil_engine *e, const veil_trust *t, const answer_in *a,
     veil_ev_answer_qualifying(a->payload_id, a->req_sha, enc, sign, qual);
 
     veil_tpm_pub enrolled = {0}, reported = {0};
-    const veil_tpm_pub *signer = NULL;
+    const veil_tpm_pub *signer =
+        quote_signer(e, t, &q, qual, &enrolled, &reported, ck);
     int ok = 0;
-    if (!veil_cl_tpm_pub(e, q.ak, q.ak_len, &reported)) {
-        veil_cl_check(ck, "attestation key", 0, "aik_pubkey_b64: %s",
-                      veil_cl_why_last());
+    if (signer == NULL || (t != NULL && !pcr_selection_check(t, &q, ck)))
         goto out;
-    }
-    if (q.has_name &&
-        !veil_cl_same(q.ak_name, reported.name, VEIL_CL_NAME_LEN)) {
-        veil_cl_check(ck, "attestation key", 0,
-                      "\"aik_name\" is not the name of aik_pubkey_b64");
-        goto out;
-    }
-    if (t == NULL) {
-        signer = &reported;
-        veil_cl_check(
-            ck, "attestation key", 1,
-            "the key the answer names; not enrolled, so not known to be "
-            "a TPM's");
-    } else if (!veil_cl_tpm_pub(e, t->ak_pub, t->ak_pub_len, &enrolled)) {
-        veil_cl_check(ck, "attestation key", 0, "the enrolled AK: %s",
-                      veil_cl_why_last());
-        goto out;
-    } else if (q.has_aikc) {
-        if (veil_tpm_check_certify(
-                e, &enrolled, q.aikc_attest, q.aikc_attest_len, q.aikc_sig,
-                q.aikc_sig_len, qual, &reported, VEIL_CL_AK_ATTRS) != VEIL_OK) {
-            veil_cl_check(ck, "attestation key certification", 0, "%s",
-                          veil_cl_why_last());
-            goto out;
-        }
-        veil_cl_check(ck, "attestation key certification", 1,
-                      "the per-request AK (fixedTPM, fixedParent, "
-                      "sensitiveDataOrigin, restricted, sign) certified by the "
-                      "enrolled AK for this request");
-        signer = &reported;
-    } else if (!veil_cl_same(reported.name, t->ak_name, VEIL_CL_NAME_LEN)) {
-        veil_cl_check(ck, "attestation key", 0,
-                      "the quote's AK is not the enrolled one, and no "
-                      "certification by it (aik_certify) came with it");
-        goto out;
-    } else {
-        veil_cl_check(ck, "attestation key", 1, "the enrolled AK");
-        signer = &enrolled;
-    }
-
-    if (t != NULL) {
-        char want[96], got[96];
-        veil_pcr_sel_format(&t->sel, want, sizeof want);
-        veil_pcr_sel_format(&q.sel, got, sizeof got);
-        if (q.sel.n != t->sel.n || memcmp(q.sel.index, t->sel.index,
-                                          q.sel.n * sizeof q.sel.index[0])) {
-            veil_cl_check(ck, "PCR selection", 0, "%s, not the enrolled %s",
-                          got, want);
-            goto out;
-        }
-    }
     if (veil_tpm_check_quote(e, signer, q.quote, q.quote_len, q.sig, q.sig_len,
                              qual, &q.sel,
                              (const uint8_t(*)[32])q.values) != VEIL_OK) {
         veil_cl_check(ck, "quote", 0, "%s", veil_cl_why_last());
         goto out;
     }
-    veil_cl_check(
-        ck, "quote", 1,
-        "signature, qualifying data (payload %s, this request, %s keys) "
-        "and PCR digest",
-        a->payload_id, t ? "the enrolled" : "the server's");
-    if (t != NULL) {
-        char bad[128] = "";
-        size_t n = 0;
-        for (unsigned i = 0; i < q.sel.n; i++)
-            if (!veil_cl_same(q.values[i], t->golden[i], 32) &&
-                n < sizeof bad - 8)
-                n += (size_t)snprintf(bad + n, sizeof bad - n, "%s%u",
-                                      n ? ", " : "", q.sel.index[i]);
-        if (n) {
-            veil_cl_check(ck, "PCR values", 0,
-                          "PCR %s %s from the enrolled values", bad,
-                          strchr(bad, ',') ? "differ" : "differs");
-            goto out;
-        }
-        veil_cl_check(ck, "PCR values", 1, "as enrolled");
-    }
-    if (q.has_kc && !veil_cl_key_certify_check(e, signer, &q, enc, qual, ck))
+    veil_cl_check(ck, "quote", 1,
+                  "signature, qualifying data (payload %s, this request, %s "
+                  "keys) and PCR digest",
+                  a->payload_id, t ? "the enrolled" : "the server's");
+    if ((t != NULL && !pcr_values_check(t, &q, ck)) ||
+        (q.has_kc && !veil_cl_key_certify_check(e, signer, &q, enc, qual, ck)))
         goto out;
     ok = 1;
 out:
@@ -444,6 +462,19 @@ static int evidence_parse(const cJSON *j, answer_in *a, const char **url,
 #undef BAD
 }
 
+/* The hash of a package as recorded in the evidence ("request hash",
+ * "response hash"). */
+static int hash_check(veil_cl_checker *ck, const char *which,
+                      const uint8_t got[32], const uint8_t recorded[32])
+{
+    char name[32], hx[65];
+    int same = veil_cl_same(got, recorded, 32);
+    snprintf(name, sizeof name, "%s hash", which);
+    veil_hex(got, 32, hx);
+    return veil_cl_check(ck, name, same, "SHA-256 of the %s package: %s%s",
+                         which, hx, same ? "" : ", not as recorded");
+}
+
 veil_client_status veil_verify_evidence(veil_engine *engine,
                                         const veil_trust *trust,
                                         const char *evidence_json_text,
@@ -488,7 +519,7 @@ veil_client_status veil_verify_evidence(veil_engine *engine,
 
     int ok = 0, quote_checked;
     char *u = veil_cl_url_dup(url);
-    char hx[65], shown[512], shown_trust[512];
+    char shown[512], shown_trust[512];
     veil_cl_redact_url(url, shown, sizeof shown);
     veil_cl_redact_url(trust->url, shown_trust, sizeof shown_trust);
     if (u == NULL || strcmp(u, trust->url) != 0) {
@@ -501,17 +532,8 @@ veil_client_status veil_verify_evidence(veil_engine *engine,
     veil_cl_check(&ck, "gateway", 1, "%s, as enrolled", shown_trust);
     veil_cl_sha256(req, strlen(req), a.req_sha);
     veil_cl_sha256(resp, strlen(resp), a.resp_sha);
-    veil_hex(a.req_sha, 32, hx);
-    if (!veil_cl_check(
-            &ck, "request hash", veil_cl_same(a.req_sha, rec_req, 32),
-            "SHA-256 of the request package: %s%s", hx,
-            veil_cl_same(a.req_sha, rec_req, 32) ? "" : ", not as recorded"))
-        goto out;
-    veil_hex(a.resp_sha, 32, hx);
-    if (!veil_cl_check(
-            &ck, "response hash", veil_cl_same(a.resp_sha, rec_resp, 32),
-            "SHA-256 of the response package: %s%s", hx,
-            veil_cl_same(a.resp_sha, rec_resp, 32) ? "" : ", not as recorded"))
+    if (!hash_check(&ck, "request", a.req_sha, rec_req) ||
+        !hash_check(&ck, "response", a.resp_sha, rec_resp))
         goto out;
     ok = verify_core(engine, trust, &a, &ck, &quote_checked);
 out:
