@@ -23,6 +23,10 @@
 #include "veil/client.h"
 #include "veil/attest.h"
 
+#include "json_scan.h" /* veil_utf8_seq */
+#include "tier.h"
+#include "util.h" /* veil_wipe */
+
 enum {
     EXIT_OK = 0,
     EXIT_FAIL = 1,       /* anything not below (output could not be written) */
@@ -195,12 +199,6 @@ struct opts {
 
 /* ---- secrets ---------------------------------------------------------- */
 
-static void wipe(void *p, size_t n)
-{
-    if (p && n)
-        explicit_bzero(p, n);
-}
-
 /* A secret NUL-terminated string of len bytes in a new secret buffer. */
 static veil_secbuf *secstr(const char *s, size_t len)
 {
@@ -232,28 +230,18 @@ static int write_all(int fd, const char *buf, size_t len)
 
 /* The length (1..4) of the well-formed UTF-8 sequence at p (n bytes left)
  * and its code point in *cp; 0 when the bytes there are not one
- * (overlong forms, surrogates and values above U+10FFFF are not). */
+ * (veil_utf8_seq: overlong forms, surrogates and values above U+10FFFF
+ * are not). */
 static size_t utf8_next(const unsigned char *p, size_t n, unsigned *cp)
 {
-    static const unsigned min[5] = {0, 0, 0x80, 0x800, 0x10000};
-    size_t len;
+    size_t len = veil_utf8_seq(p, n);
     unsigned c = p[0];
 
-    if (c < 0x80) {
-        *cp = c;
-        return 1;
+    if (len > 1) {
+        c &= 0x3fu >> (len - 1);
+        for (size_t i = 1; i < len; i++)
+            c = c << 6 | (p[i] & 0x3fu);
     }
-    len = c >= 0xf0 ? 4 : c >= 0xe0 ? 3 : c >= 0xc0 ? 2 : 0;
-    if (len == 0 || len > n || c > 0xf4)
-        return 0;
-    c &= 0x3fu >> (len - 1);
-    for (size_t i = 1; i < len; i++) {
-        if ((p[i] & 0xc0) != 0x80)
-            return 0;
-        c = c << 6 | (p[i] & 0x3fu);
-    }
-    if (c < min[len] || c > 0x10ffff || (c >= 0xd800 && c <= 0xdfff))
-        return 0;
     *cp = c;
     return len;
 }
@@ -824,8 +812,7 @@ static int parse_opts(int argc, char **argv, enum cmd cmd, struct opts *o)
             o->system = optarg;
             break;
         case 'T':
-            if (strcmp(optarg, "standard") != 0 &&
-                strcmp(optarg, "high") != 0 && strcmp(optarg, "maximum") != 0) {
+            if (!veil_tier_parse(optarg)) {
                 fprintf(stderr, "veil: --tier is standard, high or maximum\n");
                 return 0;
             }
@@ -964,7 +951,8 @@ static int read_prompt(struct opts *o, veil_secbuf **out)
     if (o->prompt_arg) {
         len = strlen(o->prompt_arg);
         b = secstr(o->prompt_arg, len);
-        wipe(o->prompt_arg, len); /* out of /proc/PID/cmdline from now on */
+        veil_wipe(o->prompt_arg,
+                  len); /* out of /proc/PID/cmdline from now on */
         if (!b)
             return local_fail(VEIL_CLIENT_E_CONFIG, "out of memory");
     } else {
@@ -1085,7 +1073,7 @@ static int read_api_key(const struct opts *o, veil_secbuf **out)
     close(fd);
     d[len] = 0;
     len = strcspn(d, "\r\n");
-    wipe(d + len, MAX_API_KEY + 1 - len);
+    veil_wipe(d + len, MAX_API_KEY + 1 - len);
     for (size_t i = 0; i < len; i++)
         if ((unsigned char)d[i] < 0x20 || d[i] == 0x7f) {
             veil_secbuf_free(b);
@@ -1144,7 +1132,7 @@ static int json_fix_utf8(cJSON *it)
                 }
             }
             nv[o] = '\0';
-            wipe(v, len);
+            veil_wipe(v, len);
             cJSON_free(v);
             *slots[k] = nv;
         }
