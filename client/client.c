@@ -51,7 +51,7 @@ static int url_ok(const char *url, int allow_http)
 
 /* Checks a base URL: https, or http when allowed. */
 veil_client_status veil_cl_check_url(const veil_client *c, const char *url,
-                                    veil_client_error *err)
+                                     veil_client_error *err)
 {
     char shown[512];
     veil_cl_redact_url(url, shown, sizeof shown);

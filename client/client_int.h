@@ -43,6 +43,14 @@ void veil_cl_error_detail(const char *body, size_t len, char *out,
 
 /* ---- requests (request.c) --------------------------------------------- */
 
+/* In a checker or parser that reports through (why, why_size): writes
+ * the reason and returns 0. */
+#define VEIL_CL_REFUSE(...)                                                    \
+    do {                                                                       \
+        snprintf(why, why_size, __VA_ARGS__);                                  \
+        return 0;                                                              \
+    } while (0)
+
 /* Checks the OpenAI request members the protocol names; on a problem
  * writes one line naming the member to why and returns 0. */
 int veil_cl_request_check(const cJSON *request, char *why, size_t why_size);

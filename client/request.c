@@ -45,29 +45,24 @@ static int all_objects(const cJSON *arr)
     return 1;
 }
 
-#define FAIL(...)                                                              \
-    do {                                                                       \
-        snprintf(why, why_size, __VA_ARGS__);                                  \
-        return 0;                                                              \
-    } while (0)
-
 static int check_messages(const cJSON *msgs, char *why, size_t why_size)
 {
     if (!cJSON_IsArray(msgs) || cJSON_GetArraySize(msgs) == 0)
-        FAIL("request member \"messages\" must be a non-empty array");
+        VEIL_CL_REFUSE("request member \"messages\" must be a non-empty array");
     int i = 0;
     const cJSON *m;
     cJSON_ArrayForEach(m, msgs)
     {
         if (!cJSON_IsObject(m))
-            FAIL("messages[%d] must be an object", i);
+            VEIL_CL_REFUSE("messages[%d] must be an object", i);
         const cJSON *role = cJSON_GetObjectItemCaseSensitive(m, "role");
         if (!cJSON_IsString(role) || role->valuestring[0] == '\0')
-            FAIL("messages[%d].role must be a non-empty string", i);
+            VEIL_CL_REFUSE("messages[%d].role must be a non-empty string", i);
         const cJSON *content = cJSON_GetObjectItemCaseSensitive(m, "content");
         if (content && !cJSON_IsString(content) && !cJSON_IsArray(content) &&
             !cJSON_IsNull(content))
-            FAIL("messages[%d].content must be a string, an array or null", i);
+            VEIL_CL_REFUSE(
+                "messages[%d].content must be a string, an array or null", i);
         i++;
     }
     return 1;
@@ -76,10 +71,10 @@ static int check_messages(const cJSON *msgs, char *why, size_t why_size)
 int veil_cl_request_check(const cJSON *r, char *why, size_t why_size)
 {
     if (!cJSON_IsObject(r))
-        FAIL("the request must be a JSON object");
+        VEIL_CL_REFUSE("the request must be a JSON object");
     const cJSON *model = cJSON_GetObjectItemCaseSensitive(r, "model");
     if (!cJSON_IsString(model) || model->valuestring[0] == '\0')
-        FAIL("request member \"model\" must be a non-empty string");
+        VEIL_CL_REFUSE("request member \"model\" must be a non-empty string");
     if (!check_messages(cJSON_GetObjectItemCaseSensitive(r, "messages"), why,
                         why_size))
         return 0;
@@ -91,38 +86,42 @@ int veil_cl_request_check(const cJSON *r, char *why, size_t why_size)
         if (!strcmp(k, "temperature") || !strcmp(k, "top_p") ||
             !strcmp(k, "presence_penalty") || !strcmp(k, "frequency_penalty")) {
             if (!is_number(it))
-                FAIL("request member \"%s\" must be a number", k);
+                VEIL_CL_REFUSE("request member \"%s\" must be a number", k);
         } else if (!strcmp(k, "max_tokens") || !strcmp(k, "n")) {
             if (!is_int(it, 1))
-                FAIL("request member \"%s\" must be a positive integer", k);
+                VEIL_CL_REFUSE(
+                    "request member \"%s\" must be a positive integer", k);
         } else if (!strcmp(k, "stop")) {
             if (!cJSON_IsString(it) && !cJSON_IsNull(it) &&
                 !(cJSON_IsArray(it) && all_strings(it)))
-                FAIL("request member \"stop\" must be a string or an array "
-                     "of strings");
+                VEIL_CL_REFUSE(
+                    "request member \"stop\" must be a string or an array "
+                    "of strings");
         } else if (!strcmp(k, "logit_bias")) {
             if (!cJSON_IsObject(it) || !all_numbers(it))
-                FAIL("request member \"logit_bias\" must be an object of "
-                     "numbers");
+                VEIL_CL_REFUSE(
+                    "request member \"logit_bias\" must be an object of "
+                    "numbers");
         } else if (!strcmp(k, "user")) {
             if (!cJSON_IsString(it))
-                FAIL("request member \"user\" must be a string");
+                VEIL_CL_REFUSE("request member \"user\" must be a string");
         } else if (!strcmp(k, "tools")) {
             if (!cJSON_IsArray(it) || !all_objects(it))
-                FAIL("request member \"tools\" must be an array of objects");
+                VEIL_CL_REFUSE(
+                    "request member \"tools\" must be an array of objects");
         } else if (!strcmp(k, "tool_choice")) {
             if (!cJSON_IsString(it) && !cJSON_IsObject(it))
-                FAIL("request member \"tool_choice\" must be a string or an "
-                     "object");
+                VEIL_CL_REFUSE(
+                    "request member \"tool_choice\" must be a string or an "
+                    "object");
         } else if (!strcmp(k, "stream")) {
             if (!cJSON_IsBool(it))
-                FAIL("request member \"stream\" must be true or false");
+                VEIL_CL_REFUSE(
+                    "request member \"stream\" must be true or false");
         }
     }
     return 1;
 }
-
-#undef FAIL
 
 int veil_cl_json_small(const char *text, size_t len, unsigned max_values,
                        unsigned max_depth)

@@ -137,59 +137,53 @@ static int trust_keys_ok(veil_engine *e, const veil_trust *t, char *why,
     return 1;
 }
 
-/* The parsers below fill `why` and fail with BAD("..."). */
-#define BAD(...)                                                               \
-    do {                                                                       \
-        snprintf(why, why_size, __VA_ARGS__);                                  \
-        return 0;                                                              \
-    } while (0)
-
 static int trust_parse(const cJSON *j, veil_trust *t, char *why,
                        size_t why_size)
 {
     if (!cJSON_IsObject(j))
-        BAD("not a JSON object");
+        VEIL_CL_REFUSE("not a JSON object");
     const char *format = veil_cl_json_str(j, "format");
     if (format == NULL || strcmp(format, VEIL_CL_TRUST_FORMAT) != 0)
-        BAD("\"format\" is not \"" VEIL_CL_TRUST_FORMAT "\"");
+        VEIL_CL_REFUSE("\"format\" is not \"" VEIL_CL_TRUST_FORMAT "\"");
     const char *url = veil_cl_json_str(j, "url");
     if (url == NULL ||
         (strncmp(url, "https://", 8) != 0 && strncmp(url, "http://", 7) != 0))
-        BAD("\"url\" is not an http(s) URL");
+        VEIL_CL_REFUSE("\"url\" is not an http(s) URL");
     if ((t->url = veil_cl_url_dup(url)) == NULL)
-        BAD("out of memory");
+        VEIL_CL_REFUSE("out of memory");
     const cJSON *at = cJSON_GetObjectItemCaseSensitive(j, "enrolled_at");
     /* in range before the conversion (found by fuzz/fuzz_attest) */
     if (!cJSON_IsNumber(at) ||
         !(at->valuedouble >= 0 && at->valuedouble < 9.2e18))
-        BAD("\"enrolled_at\" is not a time");
+        VEIL_CL_REFUSE("\"enrolled_at\" is not a time");
     t->enrolled_at = (long long)at->valuedouble;
     const cJSON *b = cJSON_GetObjectItemCaseSensitive(j, "ek_verified");
     if (!cJSON_IsBool(b))
-        BAD("\"ek_verified\" is not true or false");
+        VEIL_CL_REFUSE("\"ek_verified\" is not true or false");
     t->ek_verified = cJSON_IsTrue(b);
     b = cJSON_GetObjectItemCaseSensitive(j, "software_tpm");
     if (!cJSON_IsBool(b))
-        BAD("\"software_tpm\" is not true or false");
+        VEIL_CL_REFUSE("\"software_tpm\" is not true or false");
     t->software_tpm = cJSON_IsTrue(b);
     if (!veil_cl_json_null(j, "ek_cert_sha256")) {
         if (!veil_cl_json_hex(j, "ek_cert_sha256", t->ek_cert_sha256, 32))
-            BAD("\"ek_cert_sha256\" is not 64 hex digits");
+            VEIL_CL_REFUSE("\"ek_cert_sha256\" is not 64 hex digits");
         t->has_ek_cert = 1;
     }
     if (!veil_cl_json_b64(j, "ek_pubkey_b64", &t->ek_pub, &t->ek_pub_len))
-        BAD("\"ek_pubkey_b64\" is not base64");
+        VEIL_CL_REFUSE("\"ek_pubkey_b64\" is not base64");
     if (!veil_cl_json_b64(j, "aik_pubkey_b64", &t->ak_pub, &t->ak_pub_len))
-        BAD("\"aik_pubkey_b64\" is not base64");
+        VEIL_CL_REFUSE("\"aik_pubkey_b64\" is not base64");
     if (!veil_cl_json_hex(j, "aik_name", t->ak_name, VEIL_CL_NAME_LEN))
-        BAD("\"aik_name\" is not %d hex digits", 2 * VEIL_CL_NAME_LEN);
+        VEIL_CL_REFUSE("\"aik_name\" is not %d hex digits",
+                       2 * VEIL_CL_NAME_LEN);
     if (!veil_cl_json_hex(j, "encryption_key_sha256", t->enc_sha, 32))
-        BAD("\"encryption_key_sha256\" is not 64 hex digits");
+        VEIL_CL_REFUSE("\"encryption_key_sha256\" is not 64 hex digits");
     if (!veil_cl_json_b64(j, "signing_key_spki_b64", &t->sign_spki,
                           &t->sign_spki_len))
-        BAD("\"signing_key_spki_b64\" is not base64");
+        VEIL_CL_REFUSE("\"signing_key_spki_b64\" is not base64");
     if (!veil_cl_json_hex(j, "signing_key_sha256", t->sign_sha, 32))
-        BAD("\"signing_key_sha256\" is not 64 hex digits");
+        VEIL_CL_REFUSE("\"signing_key_sha256\" is not 64 hex digits");
     if (!veil_cl_pcrs_parse(j, &t->sel, t->golden, why, why_size))
         return 0;
     return 1;
@@ -241,5 +235,3 @@ veil_client_status veil_trust_load(const char *path, veil_trust **out,
     *out = t;
     return VEIL_CLIENT_OK;
 }
-
-#undef BAD

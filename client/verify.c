@@ -22,13 +22,6 @@
  * in base64. */
 #define MAX_EVIDENCE (64u << 20)
 
-/* The parsers below fill `why` and fail with BAD("..."). */
-#define BAD(...)                                                               \
-    do {                                                                       \
-        snprintf(why, why_size, __VA_ARGS__);                                  \
-        return 0;                                                              \
-    } while (0)
-
 /* ---- verifying one answer ------------------------------------------------ */
 
 /* One answer as a verifier knows it, from the client or from evidence. */
@@ -417,29 +410,32 @@ static int evidence_parse(const cJSON *j, answer_in *a, const char **url,
                           size_t why_size)
 {
     if (!cJSON_IsObject(j))
-        BAD("not a JSON object");
+        VEIL_CL_REFUSE("not a JSON object");
     const char *format = veil_cl_json_str(j, "format");
     if (format == NULL || strcmp(format, EVIDENCE_FORMAT) != 0)
-        BAD("\"format\" is not \"" EVIDENCE_FORMAT "\"");
+        VEIL_CL_REFUSE("\"format\" is not \"" EVIDENCE_FORMAT "\"");
     if ((*url = veil_cl_json_str(j, "url")) == NULL)
-        BAD("\"url\" is missing");
+        VEIL_CL_REFUSE("\"url\" is missing");
     a->payload_id = veil_cl_json_str(j, "payload_id");
     if (a->payload_id == NULL || !veil_payload_id_valid(a->payload_id))
-        BAD("\"payload_id\" is not a payload ID (1 to 128 printable ASCII "
+        VEIL_CL_REFUSE(
+            "\"payload_id\" is not a payload ID (1 to 128 printable ASCII "
             "characters, no spaces)");
     a->tier = veil_cl_json_str(j, "security_tier");
     if (veil_tier_parse(a->tier) == 0)
-        BAD("\"security_tier\" is not standard, high or maximum");
+        VEIL_CL_REFUSE("\"security_tier\" is not standard, high or maximum");
     if ((*req = veil_cl_json_str(j, "request_package")) == NULL ||
         (*resp = veil_cl_json_str(j, "response_package")) == NULL)
-        BAD("\"request_package\" and \"response_package\" must be strings");
+        VEIL_CL_REFUSE(
+            "\"request_package\" and \"response_package\" must be strings");
     if (!veil_cl_json_hex(j, "request_sha256", rec_req, 32) ||
         !veil_cl_json_hex(j, "response_sha256", rec_resp, 32))
-        BAD("\"request_sha256\" and \"response_sha256\" must be 64 hex "
+        VEIL_CL_REFUSE(
+            "\"request_sha256\" and \"response_sha256\" must be 64 hex "
             "digits");
     if (!veil_cl_json_null(j, "signature_b64") &&
         (a->sig_b64 = veil_cl_json_str(j, "signature_b64")) == NULL)
-        BAD("\"signature_b64\" is not a string");
+        VEIL_CL_REFUSE("\"signature_b64\" is not a string");
     const cJSON *at = cJSON_GetObjectItemCaseSensitive(j, "signed_at");
     if (cJSON_IsNumber(at) && at->valuedouble >= 0 &&
         at->valuedouble < 9.2e18 &&
@@ -447,19 +443,18 @@ static int evidence_parse(const cJSON *j, answer_in *a, const char **url,
         a->signed_at = (long long)at->valuedouble;
         a->has_signed_at = 1;
     } else if (!veil_cl_json_null(j, "signed_at")) {
-        BAD("\"signed_at\" is not Unix seconds");
+        VEIL_CL_REFUSE("\"signed_at\" is not Unix seconds");
     }
     if (!veil_cl_json_null(j, "signing_key_sha256")) {
         if (!veil_cl_json_hex(j, "signing_key_sha256", a->signing_key, 32))
-            BAD("\"signing_key_sha256\" is not 64 hex digits");
+            VEIL_CL_REFUSE("\"signing_key_sha256\" is not 64 hex digits");
         a->has_signing_key = 1;
     }
     const cJSON *tpm = cJSON_GetObjectItemCaseSensitive(j, "tpm_attestation");
     if (tpm != NULL && !cJSON_IsNull(tpm) && !cJSON_IsObject(tpm))
-        BAD("\"tpm_attestation\" is neither an object nor null");
+        VEIL_CL_REFUSE("\"tpm_attestation\" is neither an object nor null");
     a->tpm = cJSON_IsObject(tpm) ? tpm : NULL;
     return 1;
-#undef BAD
 }
 
 /* The hash of a package as recorded in the evidence ("request hash",
