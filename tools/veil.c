@@ -1261,6 +1261,25 @@ static int write_new_file(const char *path, const char *text)
     return ok;
 }
 
+/* What -v says of an answer: attempts, times and token usage. */
+static void say_stats(const veil_chat_stats *stats, const cJSON *resp)
+{
+    char line[256];
+    veil_chat_usage u;
+    snprintf(line, sizeof line,
+             "payload %s: %u attempt(s); encrypt %.1f ms, network %.1f "
+             "ms, decrypt %.1f ms",
+             stats->payload_id, stats->attempts, stats->encrypt_ns / 1e6,
+             stats->network_ns / 1e6, stats->decrypt_ns / 1e6);
+    say("info", line);
+    if (veil_chat_get_usage(resp, &u)) {
+        snprintf(line, sizeof line,
+                 "usage: %ld prompt + %ld completion = %ld tokens",
+                 u.prompt_tokens, u.completion_tokens, u.total_tokens);
+        say("info", line);
+    }
+}
+
 static int cmd_chat(veil_client *c, const struct opts *o, veil_secbuf *prompt,
                     int spinner)
 {
@@ -1312,22 +1331,8 @@ static int cmd_chat(veil_client *c, const struct opts *o, veil_secbuf *prompt,
         evidence_failed = 1;
     }
     free(evidence);
-    if (o->verbose) {
-        char line[256];
-        veil_chat_usage u;
-        snprintf(line, sizeof line,
-                 "payload %s: %u attempt(s); encrypt %.1f ms, network %.1f "
-                 "ms, decrypt %.1f ms",
-                 stats.payload_id, stats.attempts, stats.encrypt_ns / 1e6,
-                 stats.network_ns / 1e6, stats.decrypt_ns / 1e6);
-        say("info", line);
-        if (veil_chat_get_usage(resp, &u)) {
-            snprintf(line, sizeof line,
-                     "usage: %ld prompt + %ld completion = %ld tokens",
-                     u.prompt_tokens, u.completion_tokens, u.total_tokens);
-            say("info", line);
-        }
-    }
+    if (o->verbose)
+        say_stats(&stats, resp);
     content = veil_chat_content(resp);
     calls = veil_chat_tool_calls(resp);
     if (o->json) {
@@ -1511,10 +1516,75 @@ static int pin_source(const char *spec, const char *opt, veil_pin_source *out)
     return 0;
 }
 
+/* The PIN and password sources the flags name, and the engine: a key
+ * directory's password is what the engine asks for there; a token's PIN
+ * everywhere else. */
+static int open_engine(const struct opts *o, veil_pin_source *pin,
+                       veil_pin_source *password, veil_engine **e)
+{
+    veil_engine_config ecfg = {0};
+
+    if (o->pin_source && !pin_source(o->pin_source, "--pin-source", pin))
+        return EXIT_USAGE;
+    if (!o->pin_source && isatty(STDIN_FILENO))
+        pin->kind = VEIL_PIN_PROMPT;
+    if (o->password_source &&
+        !pin_source(o->password_source, "--password-source", password))
+        return EXIT_USAGE;
+    ecfg.pkcs11_module = o->module;
+    ecfg.pin = o->key_dir ? *password : *pin;
+    ecfg.log = log_stderr;
+    ecfg.log_level = o->verbose ? VEIL_LOG_DEBUG : VEIL_LOG_WARN;
+    if (veil_engine_new(&ecfg, e) != VEIL_OK)
+        return local_fail(VEIL_CLIENT_E_CONFIG, veil_last_error()->message);
+    return EXIT_OK;
+}
+
+/* The client configuration of a chat or server-key run. */
+static void client_config(enum cmd cmd, const struct opts *o,
+                          veil_secbuf *api_key, const veil_pin_source *pin,
+                          const veil_pin_source *password, veil_engine *e,
+                          veil_client_config *cfg)
+{
+    veil_client_config_init(cfg);
+    http_hint = o->url && strncmp(o->url, "http://", 7) == 0 && !o->allow_http;
+    if (o->url)
+        cfg->base_url = o->url;
+    cfg->api_key = api_key ? (const char *)veil_secbuf_data(api_key) : NULL;
+    cfg->allow_http = o->allow_http;
+    cfg->ca_file = o->ca_file;
+    cfg->timeout_ms = o->timeout_ms;
+    cfg->max_retries = o->retries;
+    cfg->security_tier = o->tier;
+    cfg->server_key_pin = o->pin[0] ? o->pin : NULL;
+    cfg->tag_mode = o->tag;
+    if (o->token_key) {
+        cfg->key_source = VEIL_CLIENT_KEY_TOKEN;
+        cfg->key_ref = o->token_key;
+    } else if (o->key_dir) {
+        cfg->key_source = VEIL_CLIENT_KEY_DIR;
+        cfg->key_ref = o->key_dir;
+    } else {
+        cfg->key_source = VEIL_CLIENT_KEY_EPHEMERAL;
+        /* server-key never uses its own key: make a quick one */
+        if (cmd == CMD_SERVER_KEY)
+            cfg->key_bits = 2048;
+    }
+    cfg->key_password = *password;
+    cfg->engine = e;
+    cfg->pkcs11_module = o->module;
+    cfg->pin = *pin;
+    cfg->log = log_stderr;
+    cfg->log_level = o->verbose ? VEIL_LOG_DEBUG : VEIL_LOG_WARN;
+    cfg->on_retry = on_retry;
+    cfg->trust_file = o->trust;
+    cfg->allow_foreign_attestation = o->allow_foreign;
+    cfg->allow_small_exponent = o->allow_small_exponent;
+}
+
 static int run(enum cmd cmd, struct opts *o)
 {
     veil_client_config cfg;
-    veil_engine_config ecfg = {0};
     veil_client_error err = {0};
     veil_pin_source pin = {0}, password = {0};
     veil_secbuf *prompt = NULL, *api_key = NULL;
@@ -1550,60 +1620,10 @@ static int run(enum cmd cmd, struct opts *o)
         code = cmd_enroll(o, api_key);
         goto out;
     }
-    code = EXIT_USAGE;
-    if (o->pin_source && !pin_source(o->pin_source, "--pin-source", &pin))
-        goto out;
-    if (!o->pin_source && isatty(STDIN_FILENO))
-        pin.kind = VEIL_PIN_PROMPT;
-    if (o->password_source &&
-        !pin_source(o->password_source, "--password-source", &password))
+    if ((code = open_engine(o, &pin, &password, &e)) != EXIT_OK)
         goto out;
 
-    /* A key directory's password is what the engine asks for there; a
-     * token's PIN everywhere else. */
-    ecfg.pkcs11_module = o->module;
-    ecfg.pin = o->key_dir ? password : pin;
-    ecfg.log = log_stderr;
-    ecfg.log_level = o->verbose ? VEIL_LOG_DEBUG : VEIL_LOG_WARN;
-    if (veil_engine_new(&ecfg, &e) != VEIL_OK) {
-        code = local_fail(VEIL_CLIENT_E_CONFIG, veil_last_error()->message);
-        goto out;
-    }
-
-    veil_client_config_init(&cfg);
-    http_hint = o->url && strncmp(o->url, "http://", 7) == 0 && !o->allow_http;
-    if (o->url)
-        cfg.base_url = o->url;
-    cfg.api_key = api_key ? (const char *)veil_secbuf_data(api_key) : NULL;
-    cfg.allow_http = o->allow_http;
-    cfg.ca_file = o->ca_file;
-    cfg.timeout_ms = o->timeout_ms;
-    cfg.max_retries = o->retries;
-    cfg.security_tier = o->tier;
-    cfg.server_key_pin = o->pin[0] ? o->pin : NULL;
-    cfg.tag_mode = o->tag;
-    if (o->token_key) {
-        cfg.key_source = VEIL_CLIENT_KEY_TOKEN;
-        cfg.key_ref = o->token_key;
-    } else if (o->key_dir) {
-        cfg.key_source = VEIL_CLIENT_KEY_DIR;
-        cfg.key_ref = o->key_dir;
-    } else {
-        cfg.key_source = VEIL_CLIENT_KEY_EPHEMERAL;
-        /* server-key never uses its own key: make a quick one */
-        if (cmd == CMD_SERVER_KEY)
-            cfg.key_bits = 2048;
-    }
-    cfg.key_password = password;
-    cfg.engine = e;
-    cfg.pkcs11_module = o->module;
-    cfg.pin = pin;
-    cfg.log = log_stderr;
-    cfg.log_level = o->verbose ? VEIL_LOG_DEBUG : VEIL_LOG_WARN;
-    cfg.on_retry = on_retry;
-    cfg.trust_file = o->trust;
-    cfg.allow_foreign_attestation = o->allow_foreign;
-    cfg.allow_small_exponent = o->allow_small_exponent;
+    client_config(cmd, o, api_key, &pin, &password, e, &cfg);
     tty_filter = !o->raw && isatty(STDOUT_FILENO);
 
     /* No spinner when stderr is not a terminal, nor when a PIN or password
