@@ -1,5 +1,9 @@
-/* Client internals shared by client.c, request.c, transport.c and
- * attest.c.  Not installed; nothing here is exported from libveil.so. */
+/* client/client_int.h: the lowest layer of client/, used by every other
+ * file in it: errors (error.c), JSON checks (request.c) and HTTP
+ * (transport.c).  Not installed; nothing here is exported from
+ * libveil.so.  These three files call nothing above them (tpmobj.c,
+ * trust.c, verify.c, enroll.c, keys.c, client.c): see the layering in
+ * docs/ARCHITECTURE.md. */
 #ifndef VEIL_CLIENT_INT_H
 #define VEIL_CLIENT_INT_H
 
@@ -13,6 +17,8 @@
 
 #pragma GCC visibility push(hidden)
 
+/* ---- errors (error.c) ------------------------------------------------- */
+
 /* Fills err (when not NULL) and returns its status.  The detail is one
  * line; control characters are replaced. */
 veil_client_status veil_cl_fail(veil_client_error *err,
@@ -20,20 +26,34 @@ veil_client_status veil_cl_fail(veil_client_error *err,
                                 veil_rc rc, const char *fmt, ...)
     __attribute__((format(printf, 5, 6)));
 
-/* explicit_bzero, also for NULL. */
-void veil_cl_wipe(void *p, size_t len);
+/* fmt formatted into out as one line: control characters become
+ * spaces (for error details and check reports). */
+void veil_cl_vline(char *out, size_t size, const char *fmt, va_list ap);
 
-/* ---- requests (request.c) --------------------------------------------- */
-
-/* Checks the OpenAI request members the protocol names; on a problem
- * writes one line naming the member to why and returns 0. */
-int veil_cl_request_check(const cJSON *request, char *why, size_t why_size);
+/* The engine's last error as a client failure: "what: <message>". */
+veil_client_status veil_cl_engine_fail(veil_client_error *err,
+                                       veil_client_status st, veil_rc rc,
+                                       const char *what);
 
 /* The "detail" of an error body: its string, or compact JSON of another
  * value, or a printable prefix of a body that is not JSON (or too big to
  * be worth parsing: see veil_cl_json_small). */
 void veil_cl_error_detail(const char *body, size_t len, char *out,
                           size_t out_size);
+
+/* ---- requests (request.c) --------------------------------------------- */
+
+/* In a checker or parser that reports through (why, why_size): writes
+ * the reason and returns 0. */
+#define VEIL_CL_REFUSE(...)                                                    \
+    do {                                                                       \
+        snprintf(why, why_size, __VA_ARGS__);                                  \
+        return 0;                                                              \
+    } while (0)
+
+/* Checks the OpenAI request members the protocol names; on a problem
+ * writes one line naming the member to why and returns 0. */
+int veil_cl_request_check(const cJSON *request, char *why, size_t why_size);
 
 /* A cheap scan of JSON text before cJSON sees it: 1 when it has at most
  * max_values values (strings, numbers, literals, arrays, objects) and
@@ -50,18 +70,11 @@ const char *veil_cl_json_dup_key(const cJSON *obj);
  * (for log lines and error details). */
 void veil_cl_redact_url(const char *url, char *out, size_t out_size);
 
-/* Checks a server's public key beyond type and size: OpenSSL's public
- * key check (EVP_PKEY_public_check), and for RSA an exponent of at least
- * 65537 (an odd one from 3 up with allow_small_exponent).  1 when it
- * passes; else 0 with the reason in why. */
-int veil_cl_key_check(const veil_key *k, int allow_small_exponent, char *why,
-                      size_t why_size);
-
 /* ---- HTTP (transport.c) ----------------------------------------------- */
 
-typedef struct veil_transport veil_transport;
+typedef struct veil_cl_transport veil_cl_transport;
 
-typedef struct veil_http_response {
+typedef struct veil_cl_http_response {
     long status; /* 0 when no answer arrived */
     char *body;  /* malloc'd, NUL-terminated (may be NULL) */
     size_t len;
@@ -73,14 +86,15 @@ typedef struct veil_http_response {
     char veil_signed_at[24];   /* X-Veil-Signed-At */
     char veil_signing_key[80]; /* X-Veil-Signing-Key: sha256:<hex> */
     int veil_headers_bad;
-} veil_http_response;
+} veil_cl_http_response;
 
 /* Bodies of answers other than 200 are kept up to this size (the rest is
  * read and dropped): only a detail is taken from them. */
 #define VEIL_CL_MAX_ERROR_BODY (64u * 1024u)
 
-veil_transport *veil_transport_new(const char *ca_file, unsigned timeout_ms);
-void veil_transport_free(veil_transport *t);
+veil_cl_transport *veil_cl_transport_new(const char *ca_file,
+                                         unsigned timeout_ms);
+void veil_cl_transport_free(veil_cl_transport *t);
 
 /* One exchange: GET when body is NULL, else POST.  headers: NULL-ended
  * "Name: value" lines.  Connections are reused across calls and threads.
@@ -91,55 +105,21 @@ void veil_transport_free(veil_transport *t);
  * Returns VEIL_CLIENT_OK when an answer (any status) arrived, else
  * VEIL_CLIENT_E_CONNECTION or VEIL_CLIENT_E_SECURITY (TLS verification)
  * with err filled.  Free resp->body. */
-veil_client_status veil_transport_send(veil_transport *t, const char *url,
-                                       const char *const *headers,
-                                       const char *body, size_t len,
-                                       size_t max_body,
-                                       veil_http_response *resp,
-                                       veil_client_error *err);
+veil_client_status veil_cl_transport_send(veil_cl_transport *t, const char *url,
+                                          const char *const *headers,
+                                          const char *body, size_t len,
+                                          size_t max_body,
+                                          veil_cl_http_response *resp,
+                                          veil_client_error *err);
 
 /* The error class and detail of a non-200 answer (the server's "detail",
- * or a default). */
-veil_client_status veil_cl_http_fail(const veil_http_response *r,
+ * or a default); error.c. */
+veil_client_status veil_cl_http_fail(const veil_cl_http_response *r,
                                      veil_client_error *err);
 
 /* Parses a Retry-After value (delta-seconds or an HTTP date) into ms;
  * -1 when unreadable. */
 long veil_cl_retry_after_ms(const char *value);
-
-/* ---- attestation (attest.c) ------------------------------------------- */
-
-/* The enrolled encryption key's SPKI SHA-256: the client refuses to seal
- * to any other key of the enrolled gateway. */
-const uint8_t *veil_cl_trust_encryption_key(const veil_trust *t);
-
-/* One answer as the client saw it, for veil_cl_verify_answer. */
-typedef struct veil_cl_answer {
-    const char *url;        /* the base URL, no trailing slash */
-    const char *payload_id; /* the X-Payload-ID sent */
-    const char *tier;       /* the tier sent ("standard" when none) */
-    const char *request;    /* the request body exactly as sent */
-    size_t request_len;
-    const veil_http_response *response; /* body and signature headers */
-    const uint8_t *server_key_sha256;   /* the key the request went to */
-    const cJSON *tpm_attestation;       /* _metadata.tpm_attestation */
-    int allow_foreign; /* maximum, no trust file: accept an attestation in
-                          another format than veil's (unchecked) */
-    int quote_checked; /* out: a TPM quote was verified */
-} veil_cl_answer;
-
-/* Verifies one opened answer: with a trust file, its signature under the
- * enrolled signing key and, on maximum, its quote against the enrolled
- * AK and golden PCR values; without one, on maximum, a veil quote in the
- * answer against this request and server key only.  Each check goes to
- * on_check.  A failure is VEIL_CLIENT_E_SECURITY with
- * VEIL_CLIENT_SECURITY_MESSAGE and the failed check in err->detail.
- * evidence (may be NULL) receives the veil-evidence-v1 text. */
-veil_client_status veil_cl_verify_answer(veil_engine *e, const veil_trust *t,
-                                         veil_cl_answer *a,
-                                         veil_check_fn on_check, void *ctx,
-                                         char **evidence,
-                                         veil_client_error *err);
 
 #pragma GCC visibility pop
 

@@ -1,5 +1,6 @@
 /* Requests and answers as JSON: checking a request before it is sealed,
- * serialising it into secret memory, reading answers, error details. */
+ * reading answers, and the cheap JSON checks made on what a server
+ * sends before it is parsed or trusted. */
 #include "config.h"
 
 #include <math.h>
@@ -9,62 +10,6 @@
 
 #include "client_int.h"
 #include "package.h"
-
-void veil_cl_wipe(void *p, size_t len)
-{
-    if (p != NULL && len > 0)
-        explicit_bzero(p, len);
-}
-
-const char *veil_client_status_name(veil_client_status s)
-{
-    switch (s) {
-    case VEIL_CLIENT_OK:
-        return "OK";
-    case VEIL_CLIENT_E_INVALID_REQUEST:
-        return "InvalidRequestError";
-    case VEIL_CLIENT_E_AUTHENTICATION:
-        return "AuthenticationError";
-    case VEIL_CLIENT_E_FORBIDDEN:
-        return "ForbiddenError";
-    case VEIL_CLIENT_E_API:
-        return "APIError";
-    case VEIL_CLIENT_E_RATE_LIMIT:
-        return "RateLimitError";
-    case VEIL_CLIENT_E_SERVER:
-        return "ServerError";
-    case VEIL_CLIENT_E_SERVICE_UNAVAILABLE:
-        return "ServiceUnavailableError";
-    case VEIL_CLIENT_E_CONNECTION:
-        return "APIConnectionError";
-    case VEIL_CLIENT_E_SECURITY:
-        return "SecurityError";
-    case VEIL_CLIENT_E_DISPOSED:
-        return "DisposedError";
-    case VEIL_CLIENT_E_CONFIG:
-        return "ConfigurationError";
-    }
-    return "UnknownError";
-}
-
-veil_client_status veil_cl_fail(veil_client_error *err,
-                                veil_client_status status, int http_status,
-                                veil_rc rc, const char *fmt, ...)
-{
-    if (err == NULL)
-        return status;
-    err->status = status;
-    err->http_status = http_status;
-    err->rc = rc;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err->detail, sizeof err->detail, fmt, ap);
-    va_end(ap);
-    for (char *p = err->detail; *p; p++)
-        if ((unsigned char)*p < 0x20 || *p == 0x7f)
-            *p = ' ';
-    return status;
-}
 
 /* ---- checking a request ------------------------------------------------ */
 
@@ -100,29 +45,24 @@ static int all_objects(const cJSON *arr)
     return 1;
 }
 
-#define FAIL(...)                                                              \
-    do {                                                                       \
-        snprintf(why, why_size, __VA_ARGS__);                                  \
-        return 0;                                                              \
-    } while (0)
-
 static int check_messages(const cJSON *msgs, char *why, size_t why_size)
 {
     if (!cJSON_IsArray(msgs) || cJSON_GetArraySize(msgs) == 0)
-        FAIL("request member \"messages\" must be a non-empty array");
+        VEIL_CL_REFUSE("request member \"messages\" must be a non-empty array");
     int i = 0;
     const cJSON *m;
     cJSON_ArrayForEach(m, msgs)
     {
         if (!cJSON_IsObject(m))
-            FAIL("messages[%d] must be an object", i);
+            VEIL_CL_REFUSE("messages[%d] must be an object", i);
         const cJSON *role = cJSON_GetObjectItemCaseSensitive(m, "role");
         if (!cJSON_IsString(role) || role->valuestring[0] == '\0')
-            FAIL("messages[%d].role must be a non-empty string", i);
+            VEIL_CL_REFUSE("messages[%d].role must be a non-empty string", i);
         const cJSON *content = cJSON_GetObjectItemCaseSensitive(m, "content");
         if (content && !cJSON_IsString(content) && !cJSON_IsArray(content) &&
             !cJSON_IsNull(content))
-            FAIL("messages[%d].content must be a string, an array or null", i);
+            VEIL_CL_REFUSE(
+                "messages[%d].content must be a string, an array or null", i);
         i++;
     }
     return 1;
@@ -131,10 +71,10 @@ static int check_messages(const cJSON *msgs, char *why, size_t why_size)
 int veil_cl_request_check(const cJSON *r, char *why, size_t why_size)
 {
     if (!cJSON_IsObject(r))
-        FAIL("the request must be a JSON object");
+        VEIL_CL_REFUSE("the request must be a JSON object");
     const cJSON *model = cJSON_GetObjectItemCaseSensitive(r, "model");
     if (!cJSON_IsString(model) || model->valuestring[0] == '\0')
-        FAIL("request member \"model\" must be a non-empty string");
+        VEIL_CL_REFUSE("request member \"model\" must be a non-empty string");
     if (!check_messages(cJSON_GetObjectItemCaseSensitive(r, "messages"), why,
                         why_size))
         return 0;
@@ -146,68 +86,41 @@ int veil_cl_request_check(const cJSON *r, char *why, size_t why_size)
         if (!strcmp(k, "temperature") || !strcmp(k, "top_p") ||
             !strcmp(k, "presence_penalty") || !strcmp(k, "frequency_penalty")) {
             if (!is_number(it))
-                FAIL("request member \"%s\" must be a number", k);
+                VEIL_CL_REFUSE("request member \"%s\" must be a number", k);
         } else if (!strcmp(k, "max_tokens") || !strcmp(k, "n")) {
             if (!is_int(it, 1))
-                FAIL("request member \"%s\" must be a positive integer", k);
+                VEIL_CL_REFUSE(
+                    "request member \"%s\" must be a positive integer", k);
         } else if (!strcmp(k, "stop")) {
             if (!cJSON_IsString(it) && !cJSON_IsNull(it) &&
                 !(cJSON_IsArray(it) && all_strings(it)))
-                FAIL("request member \"stop\" must be a string or an array "
-                     "of strings");
+                VEIL_CL_REFUSE(
+                    "request member \"stop\" must be a string or an array "
+                    "of strings");
         } else if (!strcmp(k, "logit_bias")) {
             if (!cJSON_IsObject(it) || !all_numbers(it))
-                FAIL("request member \"logit_bias\" must be an object of "
-                     "numbers");
+                VEIL_CL_REFUSE(
+                    "request member \"logit_bias\" must be an object of "
+                    "numbers");
         } else if (!strcmp(k, "user")) {
             if (!cJSON_IsString(it))
-                FAIL("request member \"user\" must be a string");
+                VEIL_CL_REFUSE("request member \"user\" must be a string");
         } else if (!strcmp(k, "tools")) {
             if (!cJSON_IsArray(it) || !all_objects(it))
-                FAIL("request member \"tools\" must be an array of objects");
+                VEIL_CL_REFUSE(
+                    "request member \"tools\" must be an array of objects");
         } else if (!strcmp(k, "tool_choice")) {
             if (!cJSON_IsString(it) && !cJSON_IsObject(it))
-                FAIL("request member \"tool_choice\" must be a string or an "
-                     "object");
+                VEIL_CL_REFUSE(
+                    "request member \"tool_choice\" must be a string or an "
+                    "object");
         } else if (!strcmp(k, "stream")) {
             if (!cJSON_IsBool(it))
-                FAIL("request member \"stream\" must be true or false");
+                VEIL_CL_REFUSE(
+                    "request member \"stream\" must be true or false");
         }
     }
     return 1;
-}
-
-#undef FAIL
-
-/* An error body is parsed only when it is this small in values. */
-#define ERROR_MAX_VALUES 256
-#define ERROR_MAX_DEPTH 16
-
-void veil_cl_error_detail(const char *body, size_t len, char *out,
-                          size_t out_size)
-{
-    out[0] = '\0';
-    cJSON *j =
-        body && veil_cl_json_small(body, len, ERROR_MAX_VALUES, ERROR_MAX_DEPTH)
-            ? cJSON_ParseWithLength(body, len)
-            : NULL;
-    const cJSON *d = cJSON_GetObjectItemCaseSensitive(j, "detail");
-    if (cJSON_IsString(d)) {
-        snprintf(out, out_size, "%s", d->valuestring);
-    } else if (d != NULL) {
-        char *s = cJSON_PrintUnformatted(d);
-        if (s)
-            snprintf(out, out_size, "%s", s);
-        free(s);
-    } else if (body != NULL && len > 0) {
-        size_t n = 0;
-        for (size_t i = 0; i < len && i < 200 && n + 1 < out_size; i++) {
-            unsigned char c = (unsigned char)body[i];
-            out[n++] = (c >= 0x20 && c < 0x7f) ? (char)c : ' ';
-        }
-        out[n] = '\0';
-    }
-    cJSON_Delete(j);
 }
 
 int veil_cl_json_small(const char *text, size_t len, unsigned max_values,

@@ -17,7 +17,7 @@
 /* Largest answer read: a 10 MiB plaintext in base64 plus the wrapping. */
 #define MAX_RESPONSE (20u * 1024u * 1024u)
 
-struct veil_transport {
+struct veil_cl_transport {
     char *ca_file;
     unsigned timeout_ms;
     pthread_mutex_t lock;
@@ -33,12 +33,13 @@ static void curl_init_once(void)
     curl_ok = curl_global_init(CURL_GLOBAL_DEFAULT) == CURLE_OK;
 }
 
-veil_transport *veil_transport_new(const char *ca_file, unsigned timeout_ms)
+veil_cl_transport *veil_cl_transport_new(const char *ca_file,
+                                         unsigned timeout_ms)
 {
     pthread_once(&curl_once, curl_init_once);
     if (!curl_ok)
         return NULL;
-    veil_transport *t = calloc(1, sizeof *t);
+    veil_cl_transport *t = calloc(1, sizeof *t);
     if (t == NULL)
         return NULL;
     if (ca_file && (t->ca_file = strdup(ca_file)) == NULL) {
@@ -50,7 +51,7 @@ veil_transport *veil_transport_new(const char *ca_file, unsigned timeout_ms)
     return t;
 }
 
-void veil_transport_free(veil_transport *t)
+void veil_cl_transport_free(veil_cl_transport *t)
 {
     if (t == NULL)
         return;
@@ -61,7 +62,7 @@ void veil_transport_free(veil_transport *t)
     free(t);
 }
 
-static CURL *take(veil_transport *t)
+static CURL *take(veil_cl_transport *t)
 {
     CURL *h = NULL;
     pthread_mutex_lock(&t->lock);
@@ -75,7 +76,7 @@ static CURL *take(veil_transport *t)
     return curl_easy_init();
 }
 
-static void give_back(veil_transport *t, CURL *h)
+static void give_back(veil_cl_transport *t, CURL *h)
 {
     pthread_mutex_lock(&t->lock);
     if (t->n_idle < POOL_MAX) {
@@ -88,7 +89,7 @@ static void give_back(veil_transport *t, CURL *h)
 }
 
 typedef struct sink {
-    veil_http_response *resp;
+    veil_cl_http_response *resp;
     CURL *h;
     size_t cap;
     size_t max;  /* the largest 200 body */
@@ -100,7 +101,7 @@ static size_t on_body(char *data, size_t size, size_t n, void *ctx)
 {
     sink *s = ctx;
     size_t len = size * n, keep = len;
-    veil_http_response *r = s->resp;
+    veil_cl_http_response *r = s->resp;
     long status = 0;
     curl_easy_getinfo(s->h, CURLINFO_RESPONSE_CODE, &status);
     s->seen += len;
@@ -136,7 +137,7 @@ static size_t on_body(char *data, size_t size, size_t n, void *ctx)
 /* Copies a header's value (trimmed) into out; a value that does not fit,
  * or a second copy of the header, marks the answer's headers bad: a
  * verifier must not pick one of two signatures. */
-static void keep_value(veil_http_response *r, const char *v, size_t len,
+static void keep_value(veil_cl_http_response *r, const char *v, size_t len,
                        char *out, size_t size)
 {
     while (len > 0 && (*v == ' ' || *v == '\t')) {
@@ -158,17 +159,18 @@ static size_t on_header(char *data, size_t size, size_t n, void *ctx)
 {
     sink *s = ctx;
     size_t len = size * n;
-    veil_http_response *r = s->resp;
+    veil_cl_http_response *r = s->resp;
     static const char name[] = "retry-after:";
     static const struct {
         const char *name;
         size_t off, size;
     } veil[] = {
-        {"x-veil-signature:", offsetof(veil_http_response, veil_signature),
+        {"x-veil-signature:", offsetof(veil_cl_http_response, veil_signature),
          sizeof r->veil_signature},
-        {"x-veil-signed-at:", offsetof(veil_http_response, veil_signed_at),
+        {"x-veil-signed-at:", offsetof(veil_cl_http_response, veil_signed_at),
          sizeof r->veil_signed_at},
-        {"x-veil-signing-key:", offsetof(veil_http_response, veil_signing_key),
+        {"x-veil-signing-key:",
+         offsetof(veil_cl_http_response, veil_signing_key),
          sizeof r->veil_signing_key},
     };
     /* A status line starts a new response (an interim 1xx one, say): only
@@ -257,37 +259,34 @@ static int on_seek(void *ctx, curl_off_t offset, int origin)
 static void wipe_free(struct curl_slist *list)
 {
     for (struct curl_slist *l = list; l; l = l->next)
-        veil_cl_wipe(l->data, strlen(l->data));
+        veil_wipe(l->data, strlen(l->data));
     curl_slist_free_all(list);
 }
 
-veil_client_status veil_transport_send(veil_transport *t, const char *url,
-                                       const char *const *headers,
-                                       const char *body, size_t len,
-                                       size_t max_body,
-                                       veil_http_response *resp,
-                                       veil_client_error *err)
+/* The header lines as a curl list (NULL with *ok 0 when out of
+ * memory). */
+static struct curl_slist *header_list(const char *const *headers, int *ok)
 {
-    memset(resp, 0, sizeof *resp);
-    resp->retry_after_ms = -1;
-    CURL *h = take(t);
-    if (h == NULL)
-        return veil_cl_fail(err, VEIL_CLIENT_E_CONNECTION, 0, VEIL_E_NOMEM,
-                            "could not make an HTTP handle");
     struct curl_slist *list = NULL;
+    *ok = 1;
     for (const char *const *p = headers; p && *p; p++) {
         struct curl_slist *l = curl_slist_append(list, *p);
         if (l == NULL) {
             wipe_free(list);
-            give_back(t, h);
-            return veil_cl_fail(err, VEIL_CLIENT_E_CONNECTION, 0, VEIL_E_NOMEM,
-                                "out of memory");
+            *ok = 0;
+            return NULL;
         }
         list = l;
     }
-    sink s = {.resp = resp, .h = h, .max = max_body ? max_body : MAX_RESPONSE};
-    upload up = {.data = body, .len = len};
-    char errbuf[CURL_ERROR_SIZE] = "";
+    return list;
+}
+
+/* Sets up one exchange on h: TLS verified, no redirects, the answer into
+ * s, a body (when not NULL) from up. */
+static void set_options(const veil_cl_transport *t, CURL *h, const char *url,
+                        struct curl_slist *list, sink *s, upload *up,
+                        char *errbuf)
+{
     curl_easy_setopt(h, CURLOPT_URL, url);
     curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http,https");
     curl_easy_setopt(h, CURLOPT_FOLLOWLOCATION, 0L);
@@ -299,52 +298,83 @@ veil_client_status veil_transport_send(veil_transport *t, const char *url,
         curl_easy_setopt(h, CURLOPT_CAINFO, t->ca_file);
     curl_easy_setopt(h, CURLOPT_HTTPHEADER, list);
     curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_body);
-    curl_easy_setopt(h, CURLOPT_WRITEDATA, &s);
+    curl_easy_setopt(h, CURLOPT_WRITEDATA, s);
     curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, on_header);
-    curl_easy_setopt(h, CURLOPT_HEADERDATA, &s);
+    curl_easy_setopt(h, CURLOPT_HEADERDATA, s);
     curl_easy_setopt(h, CURLOPT_ERRORBUFFER, errbuf);
     curl_easy_setopt(h, CURLOPT_USERAGENT, "veil/" PACKAGE_VERSION);
-    if (body != NULL) {
+    if (up->data != NULL) {
         curl_easy_setopt(h, CURLOPT_POST, 1L);
         curl_easy_setopt(h, CURLOPT_READFUNCTION, on_read);
-        curl_easy_setopt(h, CURLOPT_READDATA, &up);
+        curl_easy_setopt(h, CURLOPT_READDATA, up);
         curl_easy_setopt(h, CURLOPT_SEEKFUNCTION, on_seek);
-        curl_easy_setopt(h, CURLOPT_SEEKDATA, &up);
-        curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)len);
+        curl_easy_setopt(h, CURLOPT_SEEKDATA, up);
+        curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)up->len);
     }
+}
+
+/* The client error of a failed transfer. */
+static veil_client_status transfer_fail(const veil_cl_transport *t, CURLcode cc,
+                                        const char *errbuf, const sink *s,
+                                        veil_client_error *err)
+{
+    const char *why = errbuf[0] ? errbuf : curl_easy_strerror(cc);
+    if (s->too_big && s->max < MAX_RESPONSE)
+        return veil_cl_fail(err, VEIL_CLIENT_E_CONNECTION, 0, VEIL_E_IO,
+                            "the answer is larger than %zu KiB", s->max >> 10);
+    if (s->too_big)
+        return veil_cl_fail(err, VEIL_CLIENT_E_CONNECTION, 0, VEIL_E_IO,
+                            "the answer is larger than %u MiB",
+                            MAX_RESPONSE >> 20);
+    if (cc == CURLE_SEND_FAIL_REWIND)
+        return veil_cl_fail(err, VEIL_CLIENT_E_CONNECTION, 0, VEIL_E_IO,
+                            "the connection was lost before an answer "
+                            "came; the package was not sent again");
+    if (cc == CURLE_OPERATION_TIMEDOUT)
+        return veil_cl_fail(err, VEIL_CLIENT_E_CONNECTION, 0, VEIL_E_IO,
+                            "no answer within %u ms (%s)", t->timeout_ms, why);
+    if (cc == CURLE_PEER_FAILED_VERIFICATION ||
+        cc == CURLE_SSL_CACERT_BADFILE || cc == CURLE_SSL_ISSUER_ERROR)
+        return veil_cl_fail(err, VEIL_CLIENT_E_SECURITY, 0, VEIL_E_VERIFY,
+                            "the server's TLS certificate could not be "
+                            "verified: %s",
+                            why);
+    return veil_cl_fail(err, VEIL_CLIENT_E_CONNECTION, 0, VEIL_E_IO, "%s", why);
+}
+
+veil_client_status veil_cl_transport_send(veil_cl_transport *t, const char *url,
+                                          const char *const *headers,
+                                          const char *body, size_t len,
+                                          size_t max_body,
+                                          veil_cl_http_response *resp,
+                                          veil_client_error *err)
+{
+    int ok;
+    memset(resp, 0, sizeof *resp);
+    resp->retry_after_ms = -1;
+    CURL *h = take(t);
+    if (h == NULL)
+        return veil_cl_fail(err, VEIL_CLIENT_E_CONNECTION, 0, VEIL_E_NOMEM,
+                            "could not make an HTTP handle");
+    struct curl_slist *list = header_list(headers, &ok);
+    if (!ok) {
+        give_back(t, h);
+        return veil_cl_fail(err, VEIL_CLIENT_E_CONNECTION, 0, VEIL_E_NOMEM,
+                            "out of memory");
+    }
+    sink s = {.resp = resp, .h = h, .max = max_body ? max_body : MAX_RESPONSE};
+    upload up = {.data = body, .len = len};
+    char errbuf[CURL_ERROR_SIZE] = "";
+    set_options(t, h, url, list, &s, &up, errbuf);
     CURLcode cc = curl_easy_perform(h);
     veil_client_status st = VEIL_CLIENT_OK;
     if (cc == CURLE_OK) {
         curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &resp->status);
     } else {
-        const char *why = errbuf[0] ? errbuf : curl_easy_strerror(cc);
         free(resp->body);
         memset(resp, 0, sizeof *resp);
         resp->retry_after_ms = -1;
-        if (s.too_big && s.max < MAX_RESPONSE)
-            st = veil_cl_fail(err, VEIL_CLIENT_E_CONNECTION, 0, VEIL_E_IO,
-                              "the answer is larger than %zu KiB", s.max >> 10);
-        else if (s.too_big)
-            st = veil_cl_fail(err, VEIL_CLIENT_E_CONNECTION, 0, VEIL_E_IO,
-                              "the answer is larger than %u MiB",
-                              MAX_RESPONSE >> 20);
-        else if (cc == CURLE_SEND_FAIL_REWIND)
-            st = veil_cl_fail(err, VEIL_CLIENT_E_CONNECTION, 0, VEIL_E_IO,
-                              "the connection was lost before an answer "
-                              "came; the package was not sent again");
-        else if (cc == CURLE_OPERATION_TIMEDOUT)
-            st =
-                veil_cl_fail(err, VEIL_CLIENT_E_CONNECTION, 0, VEIL_E_IO,
-                             "no answer within %u ms (%s)", t->timeout_ms, why);
-        else if (cc == CURLE_PEER_FAILED_VERIFICATION ||
-                 cc == CURLE_SSL_CACERT_BADFILE || cc == CURLE_SSL_ISSUER_ERROR)
-            st = veil_cl_fail(err, VEIL_CLIENT_E_SECURITY, 0, VEIL_E_VERIFY,
-                              "the server's TLS certificate could not be "
-                              "verified: %s",
-                              why);
-        else
-            st = veil_cl_fail(err, VEIL_CLIENT_E_CONNECTION, 0, VEIL_E_IO, "%s",
-                              why);
+        st = transfer_fail(t, cc, errbuf, &s, err);
     }
     curl_easy_setopt(h, CURLOPT_HTTPHEADER, NULL);
     curl_easy_setopt(h, CURLOPT_ERRORBUFFER, NULL);

@@ -1,6 +1,6 @@
-/* libFuzzer harness: the client's attestation parsers (client/attest.c):
- * trust files (veil_trust_load) and saved evidence checked offline
- * (veil_verify_evidence).
+/* libFuzzer harness: the client's attestation parsers (client/trust.c,
+ * client/verify.c): trust files (veil_trust_load) and saved evidence
+ * checked offline (veil_verify_evidence).
  *
  * Every input goes through both: it is written to a memory file and loaded
  * as a trust file, and it is verified as evidence against the trust file

@@ -23,6 +23,10 @@
 #include "veil/client.h"
 #include "veil/attest.h"
 
+#include "json_scan.h" /* veil_utf8_seq */
+#include "tier.h"
+#include "util.h" /* veil_wipe */
+
 enum {
     EXIT_OK = 0,
     EXIT_FAIL = 1,       /* anything not below (output could not be written) */
@@ -195,12 +199,6 @@ struct opts {
 
 /* ---- secrets ---------------------------------------------------------- */
 
-static void wipe(void *p, size_t n)
-{
-    if (p && n)
-        explicit_bzero(p, n);
-}
-
 /* A secret NUL-terminated string of len bytes in a new secret buffer. */
 static veil_secbuf *secstr(const char *s, size_t len)
 {
@@ -232,28 +230,18 @@ static int write_all(int fd, const char *buf, size_t len)
 
 /* The length (1..4) of the well-formed UTF-8 sequence at p (n bytes left)
  * and its code point in *cp; 0 when the bytes there are not one
- * (overlong forms, surrogates and values above U+10FFFF are not). */
+ * (veil_utf8_seq: overlong forms, surrogates and values above U+10FFFF
+ * are not). */
 static size_t utf8_next(const unsigned char *p, size_t n, unsigned *cp)
 {
-    static const unsigned min[5] = {0, 0, 0x80, 0x800, 0x10000};
-    size_t len;
+    size_t len = veil_utf8_seq(p, n);
     unsigned c = p[0];
 
-    if (c < 0x80) {
-        *cp = c;
-        return 1;
+    if (len > 1) {
+        c &= 0x3fu >> (len - 1);
+        for (size_t i = 1; i < len; i++)
+            c = c << 6 | (p[i] & 0x3fu);
     }
-    len = c >= 0xf0 ? 4 : c >= 0xe0 ? 3 : c >= 0xc0 ? 2 : 0;
-    if (len == 0 || len > n || c > 0xf4)
-        return 0;
-    c &= 0x3fu >> (len - 1);
-    for (size_t i = 1; i < len; i++) {
-        if ((p[i] & 0xc0) != 0x80)
-            return 0;
-        c = c << 6 | (p[i] & 0x3fu);
-    }
-    if (c < min[len] || c > 0x10ffff || (c >= 0xd800 && c <= 0xdfff))
-        return 0;
     *cp = c;
     return len;
 }
@@ -824,8 +812,7 @@ static int parse_opts(int argc, char **argv, enum cmd cmd, struct opts *o)
             o->system = optarg;
             break;
         case 'T':
-            if (strcmp(optarg, "standard") != 0 &&
-                strcmp(optarg, "high") != 0 && strcmp(optarg, "maximum") != 0) {
+            if (!veil_tier_parse(optarg)) {
                 fprintf(stderr, "veil: --tier is standard, high or maximum\n");
                 return 0;
             }
@@ -964,7 +951,8 @@ static int read_prompt(struct opts *o, veil_secbuf **out)
     if (o->prompt_arg) {
         len = strlen(o->prompt_arg);
         b = secstr(o->prompt_arg, len);
-        wipe(o->prompt_arg, len); /* out of /proc/PID/cmdline from now on */
+        veil_wipe(o->prompt_arg,
+                  len); /* out of /proc/PID/cmdline from now on */
         if (!b)
             return local_fail(VEIL_CLIENT_E_CONFIG, "out of memory");
     } else {
@@ -1085,7 +1073,7 @@ static int read_api_key(const struct opts *o, veil_secbuf **out)
     close(fd);
     d[len] = 0;
     len = strcspn(d, "\r\n");
-    wipe(d + len, MAX_API_KEY + 1 - len);
+    veil_wipe(d + len, MAX_API_KEY + 1 - len);
     for (size_t i = 0; i < len; i++)
         if ((unsigned char)d[i] < 0x20 || d[i] == 0x7f) {
             veil_secbuf_free(b);
@@ -1144,7 +1132,7 @@ static int json_fix_utf8(cJSON *it)
                 }
             }
             nv[o] = '\0';
-            wipe(v, len);
+            veil_wipe(v, len);
             cJSON_free(v);
             *slots[k] = nv;
         }
@@ -1273,6 +1261,25 @@ static int write_new_file(const char *path, const char *text)
     return ok;
 }
 
+/* What -v says of an answer: attempts, times and token usage. */
+static void say_stats(const veil_chat_stats *stats, const cJSON *resp)
+{
+    char line[256];
+    veil_chat_usage u;
+    snprintf(line, sizeof line,
+             "payload %s: %u attempt(s); encrypt %.1f ms, network %.1f "
+             "ms, decrypt %.1f ms",
+             stats->payload_id, stats->attempts, stats->encrypt_ns / 1e6,
+             stats->network_ns / 1e6, stats->decrypt_ns / 1e6);
+    say("info", line);
+    if (veil_chat_get_usage(resp, &u)) {
+        snprintf(line, sizeof line,
+                 "usage: %ld prompt + %ld completion = %ld tokens",
+                 u.prompt_tokens, u.completion_tokens, u.total_tokens);
+        say("info", line);
+    }
+}
+
 static int cmd_chat(veil_client *c, const struct opts *o, veil_secbuf *prompt,
                     int spinner)
 {
@@ -1324,22 +1331,8 @@ static int cmd_chat(veil_client *c, const struct opts *o, veil_secbuf *prompt,
         evidence_failed = 1;
     }
     free(evidence);
-    if (o->verbose) {
-        char line[256];
-        veil_chat_usage u;
-        snprintf(line, sizeof line,
-                 "payload %s: %u attempt(s); encrypt %.1f ms, network %.1f "
-                 "ms, decrypt %.1f ms",
-                 stats.payload_id, stats.attempts, stats.encrypt_ns / 1e6,
-                 stats.network_ns / 1e6, stats.decrypt_ns / 1e6);
-        say("info", line);
-        if (veil_chat_get_usage(resp, &u)) {
-            snprintf(line, sizeof line,
-                     "usage: %ld prompt + %ld completion = %ld tokens",
-                     u.prompt_tokens, u.completion_tokens, u.total_tokens);
-            say("info", line);
-        }
-    }
+    if (o->verbose)
+        say_stats(&stats, resp);
     content = veil_chat_content(resp);
     calls = veil_chat_tool_calls(resp);
     if (o->json) {
@@ -1523,10 +1516,75 @@ static int pin_source(const char *spec, const char *opt, veil_pin_source *out)
     return 0;
 }
 
+/* The PIN and password sources the flags name, and the engine: a key
+ * directory's password is what the engine asks for there; a token's PIN
+ * everywhere else. */
+static int open_engine(const struct opts *o, veil_pin_source *pin,
+                       veil_pin_source *password, veil_engine **e)
+{
+    veil_engine_config ecfg = {0};
+
+    if (o->pin_source && !pin_source(o->pin_source, "--pin-source", pin))
+        return EXIT_USAGE;
+    if (!o->pin_source && isatty(STDIN_FILENO))
+        pin->kind = VEIL_PIN_PROMPT;
+    if (o->password_source &&
+        !pin_source(o->password_source, "--password-source", password))
+        return EXIT_USAGE;
+    ecfg.pkcs11_module = o->module;
+    ecfg.pin = o->key_dir ? *password : *pin;
+    ecfg.log = log_stderr;
+    ecfg.log_level = o->verbose ? VEIL_LOG_DEBUG : VEIL_LOG_WARN;
+    if (veil_engine_new(&ecfg, e) != VEIL_OK)
+        return local_fail(VEIL_CLIENT_E_CONFIG, veil_last_error()->message);
+    return EXIT_OK;
+}
+
+/* The client configuration of a chat or server-key run. */
+static void client_config(enum cmd cmd, const struct opts *o,
+                          veil_secbuf *api_key, const veil_pin_source *pin,
+                          const veil_pin_source *password, veil_engine *e,
+                          veil_client_config *cfg)
+{
+    veil_client_config_init(cfg);
+    http_hint = o->url && strncmp(o->url, "http://", 7) == 0 && !o->allow_http;
+    if (o->url)
+        cfg->base_url = o->url;
+    cfg->api_key = api_key ? (const char *)veil_secbuf_data(api_key) : NULL;
+    cfg->allow_http = o->allow_http;
+    cfg->ca_file = o->ca_file;
+    cfg->timeout_ms = o->timeout_ms;
+    cfg->max_retries = o->retries;
+    cfg->security_tier = o->tier;
+    cfg->server_key_pin = o->pin[0] ? o->pin : NULL;
+    cfg->tag_mode = o->tag;
+    if (o->token_key) {
+        cfg->key_source = VEIL_CLIENT_KEY_TOKEN;
+        cfg->key_ref = o->token_key;
+    } else if (o->key_dir) {
+        cfg->key_source = VEIL_CLIENT_KEY_DIR;
+        cfg->key_ref = o->key_dir;
+    } else {
+        cfg->key_source = VEIL_CLIENT_KEY_EPHEMERAL;
+        /* server-key never uses its own key: make a quick one */
+        if (cmd == CMD_SERVER_KEY)
+            cfg->key_bits = 2048;
+    }
+    cfg->key_password = *password;
+    cfg->engine = e;
+    cfg->pkcs11_module = o->module;
+    cfg->pin = *pin;
+    cfg->log = log_stderr;
+    cfg->log_level = o->verbose ? VEIL_LOG_DEBUG : VEIL_LOG_WARN;
+    cfg->on_retry = on_retry;
+    cfg->trust_file = o->trust;
+    cfg->allow_foreign_attestation = o->allow_foreign;
+    cfg->allow_small_exponent = o->allow_small_exponent;
+}
+
 static int run(enum cmd cmd, struct opts *o)
 {
     veil_client_config cfg;
-    veil_engine_config ecfg = {0};
     veil_client_error err = {0};
     veil_pin_source pin = {0}, password = {0};
     veil_secbuf *prompt = NULL, *api_key = NULL;
@@ -1562,60 +1620,10 @@ static int run(enum cmd cmd, struct opts *o)
         code = cmd_enroll(o, api_key);
         goto out;
     }
-    code = EXIT_USAGE;
-    if (o->pin_source && !pin_source(o->pin_source, "--pin-source", &pin))
-        goto out;
-    if (!o->pin_source && isatty(STDIN_FILENO))
-        pin.kind = VEIL_PIN_PROMPT;
-    if (o->password_source &&
-        !pin_source(o->password_source, "--password-source", &password))
+    if ((code = open_engine(o, &pin, &password, &e)) != EXIT_OK)
         goto out;
 
-    /* A key directory's password is what the engine asks for there; a
-     * token's PIN everywhere else. */
-    ecfg.pkcs11_module = o->module;
-    ecfg.pin = o->key_dir ? password : pin;
-    ecfg.log = log_stderr;
-    ecfg.log_level = o->verbose ? VEIL_LOG_DEBUG : VEIL_LOG_WARN;
-    if (veil_engine_new(&ecfg, &e) != VEIL_OK) {
-        code = local_fail(VEIL_CLIENT_E_CONFIG, veil_last_error()->message);
-        goto out;
-    }
-
-    veil_client_config_init(&cfg);
-    http_hint = o->url && strncmp(o->url, "http://", 7) == 0 && !o->allow_http;
-    if (o->url)
-        cfg.base_url = o->url;
-    cfg.api_key = api_key ? (const char *)veil_secbuf_data(api_key) : NULL;
-    cfg.allow_http = o->allow_http;
-    cfg.ca_file = o->ca_file;
-    cfg.timeout_ms = o->timeout_ms;
-    cfg.max_retries = o->retries;
-    cfg.security_tier = o->tier;
-    cfg.server_key_pin = o->pin[0] ? o->pin : NULL;
-    cfg.tag_mode = o->tag;
-    if (o->token_key) {
-        cfg.key_source = VEIL_CLIENT_KEY_TOKEN;
-        cfg.key_ref = o->token_key;
-    } else if (o->key_dir) {
-        cfg.key_source = VEIL_CLIENT_KEY_DIR;
-        cfg.key_ref = o->key_dir;
-    } else {
-        cfg.key_source = VEIL_CLIENT_KEY_EPHEMERAL;
-        /* server-key never uses its own key: make a quick one */
-        if (cmd == CMD_SERVER_KEY)
-            cfg.key_bits = 2048;
-    }
-    cfg.key_password = password;
-    cfg.engine = e;
-    cfg.pkcs11_module = o->module;
-    cfg.pin = pin;
-    cfg.log = log_stderr;
-    cfg.log_level = o->verbose ? VEIL_LOG_DEBUG : VEIL_LOG_WARN;
-    cfg.on_retry = on_retry;
-    cfg.trust_file = o->trust;
-    cfg.allow_foreign_attestation = o->allow_foreign;
-    cfg.allow_small_exponent = o->allow_small_exponent;
+    client_config(cmd, o, api_key, &pin, &password, e, &cfg);
     tty_filter = !o->raw && isatty(STDOUT_FILENO);
 
     /* No spinner when stderr is not a terminal, nor when a PIN or password

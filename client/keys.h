@@ -1,0 +1,84 @@
+/* client/keys.h: the client object (struct veil_client, client.c) and its
+ * keys (keys.c), shared by client.c, keys.c and chat.c.  Not installed.
+ *
+ * Layering (docs/ARCHITECTURE.md): keys.c uses trust.c, tpmobj.c and
+ * client_int.h; client.c uses keys.c; chat.c uses both. */
+#ifndef VEIL_CLIENT_KEYS_H
+#define VEIL_CLIENT_KEYS_H
+
+#include <time.h>
+
+#include "trust.h"
+
+#pragma GCC visibility push(hidden)
+
+#define VEIL_CL_SERVER_CACHE 8
+
+/* A key with the text forms the protocol needs, shared by reference so
+ * that a rotation or a refetch never frees a key another thread uses. */
+typedef struct veil_cl_keyref {
+    veil_key *key;
+    char *pem;        /* SPKI PEM */
+    char *pem_header; /* percent-encoded PEM (client keys) */
+    uint8_t fp[32];
+    char fp_text[72]; /* "sha256:<hex>" */
+    char *url;        /* server keys: the base URL it came from */
+    time_t born;
+    atomic_uint refs;
+} veil_cl_keyref;
+
+struct veil_client {
+    veil_client_config cfg; /* strings below replace the borrowed ones */
+    char *base_url, *ca_file, *tier, *key_ref, *module, *pin_where, *pw_where;
+    veil_secbuf *api_key; /* NUL-terminated, or NULL */
+    uint8_t pin[32];
+    char pin_text[72]; /* "sha256:<hex>" as configured */
+    int has_pin;
+    veil_logger log; /* cfg.log, cfg.log_ctx, cfg.log_level */
+    veil_engine *engine;
+    int own_engine;
+    veil_cl_transport *tx;
+    pthread_mutex_t lock; /* guards own, servers[], and rotation */
+    veil_cl_keyref *own;
+    veil_cl_keyref *servers[VEIL_CL_SERVER_CACHE];
+    veil_trust *trust; /* cfg.trust_file, loaded; NULL when none */
+    atomic_int disposed;
+};
+
+/* ---- the client object (client.c) -------------------------------------- */
+
+/* VEIL_CLIENT_OK, or VEIL_CLIENT_E_DISPOSED when c is NULL or disposed. */
+veil_client_status veil_cl_disposed(const veil_client *c,
+                                    veil_client_error *err);
+
+/* Checks a base URL: https, or http when the client allows it. */
+veil_client_status veil_cl_check_url(const veil_client *c, const char *url,
+                                     veil_client_error *err);
+
+/* ---- keys (keys.c) ----------------------------------------------------- */
+
+/* Drops a reference (k may be NULL); the last one frees the key. */
+void veil_cl_keyref_put(veil_cl_keyref *k);
+/* Takes another reference to k (may be NULL); returns k. */
+veil_cl_keyref *veil_cl_keyref_get(veil_cl_keyref *k);
+
+/* Loads or makes the key the config names into a new keyref. */
+veil_client_status veil_cl_load_key(veil_client *c, veil_cl_keyref **out,
+                                    veil_client_error *err);
+
+/* The current own key (a reference), rotated first when due. */
+veil_client_status veil_cl_own_key(veil_client *c, veil_cl_keyref **out,
+                                   veil_client_error *err);
+
+/* The cached server key for url (a reference), fetched when missing or
+ * when `stale` (the key the caller found wanting) is still the cached
+ * one.  A fetched key passes veil_cl_key_check, the pin and the trust
+ * file, or nothing is sent to it (VEIL_CLIENT_E_SECURITY). */
+veil_client_status veil_cl_server_key(veil_client *c, const char *url,
+                                      const veil_cl_keyref *stale,
+                                      veil_cl_keyref **out,
+                                      veil_client_error *err);
+
+#pragma GCC visibility pop
+
+#endif /* VEIL_CLIENT_KEYS_H */
