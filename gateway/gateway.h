@@ -4,14 +4,16 @@
  *   veild.c     main: flags, config, signals, start and clean shutdown
  *   config.c    one table of settings, read from a file and from flags
  *   server.c    libmicrohttpd: routes, body limits, the exchange itself
- *   upstream.c  the request scan, the inference backend over libcurl, and
- *               the echo model
+ *   upstream.c  the request scan and gw_upstream_call, which hands the
+ *               request to upstream_http.c (the inference backend over
+ *               libcurl) or to echo.c (the echo model)
  *   auth.c      API keys stored as SHA-256 hashes, constant-time compare
  *   strikes.c   the replay register (bounded, a file in state_dir) and
  *               the state directory
  *   ratelimit.c token buckets per API key (bounded)
- *   tpm.c       the TPM over tpm2-tss ESAPI: attestation key, quotes,
- *               certification, credential activation
+ *   tpm.c       the TPM over tpm2-tss ESAPI: the device and session
+ *               (tpm_ak.c: EK, attestation keys, credential activation;
+ *               tpm_quote.c: PCRs, quotes, certification; tpm_int.h)
  *   signlog.c   answer signatures kept by payload ID for a retention period
  */
 #ifndef VEIL_GATEWAY_H
@@ -28,6 +30,26 @@
 #include "json_scan.h"
 #include "util.h"
 #include "veil/engine.h"
+
+/* ---- outcomes (gw_rc) ------------------------------------------------- */
+
+/* What a gateway internal reports: named outcomes, as gw_strike does, with
+ * the reason in the caller's err buffer.  Below the HTTP layer nothing
+ * answers a client; gw_rc_status maps an outcome to its HTTP status, in
+ * one place. */
+typedef enum gw_rc {
+    GW_OK = 0,
+    GW_REFUSED,     /* the input is refused (400) */
+    GW_UNAVAILABLE, /* a part it needs is down or busy (503) */
+    GW_NOMEM,       /* out of memory (500) */
+    GW_INTERNAL,    /* a fault of ours (500) */
+    GW_TIMEOUT,     /* the inference backend took too long (504) */
+    GW_BAD_GATEWAY  /* the inference backend failed or answered wrongly
+                       (502) */
+} gw_rc;
+
+/* The HTTP status of an outcome (200 for GW_OK). */
+int gw_rc_status(gw_rc rc);
 
 /* Writes one formatted line to err (ignored when err is NULL or
  * err_size 0): how config.c and auth.c report problems. */
@@ -227,10 +249,10 @@ int gw_request_scan(const gw_config *cfg, const char *text, size_t len,
 /* (cfg may be NULL: no salt fields are looked for.) */
 
 typedef struct gw_upstream_result {
-    int status; /* HTTP status to give the client: 200, 400, 502, ... */
-    char *body; /* 200: the chat.completion JSON; else the detail text */
+    char *body; /* the chat.completion JSON (secret: the caller wipes and
+                   frees it) */
     size_t len;
-    /* 200: the body is one JSON object with no key twice; where its
+    /* the body is one JSON object with no key twice; where its
      * "_metadata" member (the backend's: never passed on) and its '}' are */
     int has_metadata;
     veil_json_member metadata;
@@ -238,20 +260,30 @@ typedef struct gw_upstream_result {
 } gw_upstream_result;
 
 /* Sends the plaintext chat request (scanned into rq) to the model's
- * upstream, or answers it with the echo model, and maps failures:
- * unreachable 503, timeout 504, upstream 4xx 400 with its message, 5xx
- * 502.  The request goes byte for byte as it came, but for "stream": true
- * (sent as false, without "stream_options") and, when the model has a
- * cache_salt_field and salt is not NULL, that field set to salt.  body is
- * secret: the caller wipes and frees it. */
-void gw_upstream_call(const gw_config *cfg, const gw_model *m,
-                      const char *request, size_t len, const gw_request *rq,
-                      const char *salt, gw_upstream_result *out);
+ * upstream (upstream_http.c), or answers it with the echo model (echo.c).
+ * The request goes byte for byte as it came, but for "stream": true (sent
+ * as false, without "stream_options") and, when the model has a
+ * cache_salt_field and salt is not NULL, that field set to salt.  GW_OK
+ * with the answer in out; else the outcome, with the detail text for the
+ * client in err (one line; never the prompt):
+ *   GW_REFUSED      the backend answered 4xx (err: its message, at most
+ *                   300 bytes), or not a chat request for the echo model;
+ *   GW_UNAVAILABLE  unreachable, or busy (429);
+ *   GW_TIMEOUT      no answer within upstream_timeout;
+ *   GW_BAD_GATEWAY  5xx, another status, an answer too large or not a
+ *                   JSON object with unique keys;
+ *   GW_NOMEM, GW_INTERNAL (a key file that cannot be read among them).
+ * Log lines (model, statuses and sizes) go to log (NULL: none). */
+gw_rc gw_upstream_call(const gw_config *cfg, const gw_model *m,
+                       const char *request, size_t len, const gw_request *rq,
+                       const char *salt, const veil_logger *log,
+                       gw_upstream_result *out, char *err, size_t err_size);
 /* Answers an echo request (a chat.completion repeating the last user
  * message); NULL when it is not one.  Also used by the tests. */
 char *gw_echo_answer(const char *request, size_t len);
 /* 1 when the upstream answers (for /healthz). */
-int gw_upstream_alive(const gw_config *cfg, const gw_model *m);
+int gw_upstream_alive(const gw_config *cfg, const gw_model *m,
+                      const veil_logger *log);
 /* Releases the upstream connection pool (at shutdown). */
 void gw_upstream_cleanup(void);
 
@@ -286,8 +318,12 @@ typedef struct gw_tpm_options {
  * from NV (RSA, 0x01c00002: the one for this EK; absent is not an error),
  * creates the attestation key (restricted ECDSA P-256 signing primary in
  * the endorsement hierarchy) and checks the PCR selection is readable.
- * NULL with err ("TPM: ...") on failure. */
-gw_tpm *gw_tpm_open(const gw_tpm_options *opt, char *err, size_t err_size);
+ * GW_OK with the TPM in *out; else *out is NULL and err says why ("TPM:
+ * ..."): GW_REFUSED for options that cannot work (none, a bad PCR
+ * selection), GW_UNAVAILABLE when the TPM cannot be reached or used,
+ * GW_NOMEM, GW_INTERNAL. */
+gw_rc gw_tpm_open(const gw_tpm_options *opt, gw_tpm **out, char *err,
+                  size_t err_size);
 void gw_tpm_free(gw_tpm *t);
 
 /* 1 when the TPM says it is a software TPM (swtpm, the IBM simulator):
@@ -318,9 +354,10 @@ int gw_tpm_report(gw_tpm *t, const uint8_t qualifying[32], cJSON *report,
 /* TPM2_ActivateCredential of a credential made for the long-term AK's
  * name under the EK: blob is a marshaled TPM2B_ID_OBJECT, enc_secret a
  * TPM2B_ENCRYPTED_SECRET.  The recovered secret (at most 64 bytes) goes
- * to out.  0; 1 when the TPM refused the credential (not for this AK or
- * EK, or tampered: answer 400); -1 with err on a TPM failure (503). */
-int gw_tpm_activate(gw_tpm *t, const uint8_t *blob, size_t blob_len,
+ * to out.  GW_OK; GW_REFUSED when the TPM refused the credential (not
+ * for this AK or EK, malformed, or tampered); GW_UNAVAILABLE with err on a
+ * TPM failure. */
+gw_rc gw_tpm_activate(gw_tpm *t, const uint8_t *blob, size_t blob_len,
                     const uint8_t *enc_secret, size_t enc_len,
                     uint8_t out[64], size_t *out_len, char *err,
                     size_t err_size);

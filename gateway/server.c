@@ -609,7 +609,8 @@ static enum MHD_Result get_health(gw_server *s, struct MHD_Connection *c,
             cJSON_AddStringToObject(tok, "detail", why);
         for (size_t i = 0; i < s->d.cfg->n_models; i++) {
             const gw_model *m = &s->d.cfg->models[i];
-            int up = gw_upstream_alive(s->d.cfg, m);
+            const veil_logger lg = {s->d.log, s->d.log_ctx, s->d.log_level};
+            int up = gw_upstream_alive(s->d.cfg, m, &lg);
             cJSON_AddBoolToObject(ups, m->id, up);
             ok &= up;
         }
@@ -1159,10 +1160,13 @@ static enum MHD_Result exchange(gw_server *s, struct MHD_Connection *c, req *r)
         salt_p = salt;
     }
 
-    gw_upstream_call(s->d.cfg, m, (const char *)veil_secbuf_data(pt),
-                     veil_secbuf_len(pt), rq, salt_p, &up);
-    if (up.status != 200) {
-        ret = fail(c, r, up.status, "%s", up.body ? up.body : "upstream error");
+    const veil_logger lg = {s->d.log, s->d.log_ctx, s->d.log_level};
+    char up_err[512];
+    gw_rc urc = gw_upstream_call(
+        s->d.cfg, m, (const char *)veil_secbuf_data(pt), veil_secbuf_len(pt),
+        rq, salt_p, &lg, &up, up_err, sizeof up_err);
+    if (urc != GW_OK) {
+        ret = fail(c, r, gw_rc_status(urc), "%s", up_err);
         goto out;
     }
     metadata = metadata_member(s, pid, tier_name(tbit), &attestation,
@@ -1303,7 +1307,7 @@ static enum MHD_Result post_activate(gw_server *s, struct MHD_Connection *c,
     size_t blob_len = 0, enc_len = 0, secret_len = 0;
     char why[320], *b64;
     enum MHD_Result ret;
-    int rc;
+    gw_rc rc;
 
     if (!cJSON_IsObject(in) ||
         !b64_member(in, "credential_blob_b64", &blob, &blob_len) ||
@@ -1319,11 +1323,11 @@ static enum MHD_Result post_activate(gw_server *s, struct MHD_Connection *c,
     }
     rc = gw_tpm_activate(s->d.tpm, blob, blob_len, enc, enc_len, secret,
                          &secret_len, why, sizeof why);
-    if (rc == 1) {
+    if (rc == GW_REFUSED) {
         ret = fail(c, r, 400, "the TPM refused the credential");
         goto out;
     }
-    if (rc != 0) {
+    if (rc != GW_OK) {
         slog(s, VEIL_LOG_ERROR, "credential activation failed: %s", why);
         ret = fail(c, r, 503, "the credential could not be activated: %s", why);
         goto out;

@@ -234,24 +234,45 @@ static char *chat_request(const char *model, const char *content,
     return out;
 }
 
+/* What a client would see of one gw_upstream_call: the HTTP status of
+ * its outcome (gw_rc_status), and the answer (200) or the detail text. */
+typedef struct result {
+    int status;
+    char *body; /* up.body on 200, else detail */
+    size_t len;
+    gw_upstream_result up;
+    char detail[512];
+} result;
+
+static void run(const gw_config *cfg, const gw_model *m, const char *req,
+                size_t len, const gw_request *rq, result *r)
+{
+    gw_rc rc = gw_upstream_call(cfg, m, req, len, rq, NULL, NULL, &r->up,
+                                r->detail, sizeof r->detail);
+
+    r->status = gw_rc_status(rc);
+    r->body = rc == GW_OK ? r->up.body : r->detail;
+    r->len = rc == GW_OK ? r->up.len : strlen(r->detail);
+}
+
 /* gw_upstream_call with a request for model name `model` at upstream. */
 static void call(const gw_config *cfg, const gw_model *m, const char *model,
-                 const char *content, const char *extra, gw_upstream_result *r)
+                 const char *content, const char *extra, result *r)
 {
     char *req = chat_request(model, content, extra), why[320];
     gw_request rq;
 
     CU_ASSERT_EQUAL_FATAL(
         gw_request_scan(cfg, req, strlen(req), &rq, why, sizeof why), 0);
-    gw_upstream_call(cfg, m, req, strlen(req), &rq, NULL, r);
+    run(cfg, m, req, strlen(req), &rq, r);
     free(req);
 }
 
-static void result_free(gw_upstream_result *r)
+static void result_free(result *r)
 {
-    if (r->body) {
-        explicit_bzero(r->body, r->len);
-        free(r->body);
+    if (r->up.body) {
+        explicit_bzero(r->up.body, r->up.len);
+        free(r->up.body);
     }
     memset(r, 0, sizeof *r);
 }
@@ -272,7 +293,7 @@ static char *answer_content(const char *text)
 }
 
 /* Checks status and exact detail text. */
-static void expect(const gw_upstream_result *r, int status, const char *detail)
+static void expect(const result *r, int status, const char *detail)
 {
     CU_ASSERT_EQUAL(r->status, status);
     CU_ASSERT_PTR_NOT_NULL_FATAL(r->body);
@@ -291,7 +312,7 @@ static void test_ok(void)
     gw_config cfg = make_cfg(30);
     gw_model m = make_model("mock-ok", plain.base, NULL);
     char slash[80];
-    gw_upstream_result r;
+    result r;
     char *content;
 
     call(&cfg, &m, "mock-ok", "hello \"there\"\n", NULL, &r);
@@ -315,7 +336,7 @@ static void test_4xx(void)
 {
     gw_config cfg = make_cfg(30);
     gw_model m = make_model("mock-4xx", plain.base, NULL);
-    gw_upstream_result r;
+    result r;
 
     call(&cfg, &m, "mock/status-404", "x", NULL, &r);
     expect(&r, 400, "mock upstream: status 404");
@@ -347,7 +368,7 @@ static void test_api_key(void)
 {
     gw_config cfg = make_cfg(30);
     gw_model m = make_model("mock-keyed", keyed.base, NULL);
-    gw_upstream_result r;
+    result r;
 
     /* no key: the backend's 401 becomes a 400 with its message */
     call(&cfg, &m, "mock-keyed", "x", NULL, &r);
@@ -371,7 +392,7 @@ static void test_5xx(void)
 {
     gw_config cfg = make_cfg(30);
     gw_model m = make_model("mock-5xx", plain.base, NULL);
-    gw_upstream_result r;
+    result r;
 
     call(&cfg, &m, "mock/status-500", "x", NULL, &r);
     expect(&r, 502, "inference backend error (HTTP 500)");
@@ -389,7 +410,7 @@ static void test_timeout(void)
 {
     gw_config cfg = make_cfg(1);
     gw_model m = make_model("mock-slow", plain.base, NULL);
-    gw_upstream_result r;
+    result r;
     double t0 = now_s();
 
     call(&cfg, &m, "mock/slow-3000", "x", NULL, &r);
@@ -408,7 +429,7 @@ static void test_unreachable(void)
 {
     gw_config cfg = make_cfg(30);
     gw_model m = make_model("mock-dead", dead_base, NULL);
-    gw_upstream_result r;
+    result r;
 
     call(&cfg, &m, "mock-dead", "x", NULL, &r);
     expect(&r, 503, "inference backend unavailable: mock-dead");
@@ -430,7 +451,7 @@ static void test_not_json(void)
 {
     gw_config cfg = make_cfg(30);
     gw_model m = make_model("mock-html", plain.base, NULL);
-    gw_upstream_result r;
+    result r;
 
     call(&cfg, &m, "mock/not-json", "x", NULL, &r);
     expect(&r, 502,
@@ -442,7 +463,7 @@ static void test_big(void)
 {
     gw_config cfg = make_cfg(120);
     gw_model m = make_model("mock-big", plain.base, NULL);
-    gw_upstream_result r;
+    result r;
     char *content;
     size_t n = 20u * 1024u * 1024u;
 
@@ -482,7 +503,7 @@ static void test_stream_off(void)
 {
     gw_config cfg = make_cfg(30);
     gw_model m = make_model("mock-stream", plain.base, NULL);
-    gw_upstream_result r;
+    result r;
     char *content;
 
     /* the mock answers 400 to "stream": true */
@@ -653,7 +674,7 @@ static void test_echo_bad(void)
     };
     gw_config cfg = make_cfg(30);
     gw_model m = make_model("echo", "echo", NULL);
-    gw_upstream_result r;
+    result r;
     gw_request rq;
     char want[200], scan_why[320];
 
@@ -667,7 +688,7 @@ static void test_echo_bad(void)
         CU_ASSERT_EQUAL_FATAL(gw_request_scan(&cfg, bad[i], strlen(bad[i]), &rq,
                                               scan_why, sizeof scan_why),
                               0);
-        gw_upstream_call(&cfg, &m, bad[i], strlen(bad[i]), &rq, NULL, &r);
+        run(&cfg, &m, bad[i], strlen(bad[i]), &rq, &r);
         snprintf(want, sizeof want,
                  "request is not a chat completion request: %s", why[i]);
         expect(&r, 400, want);
@@ -687,7 +708,7 @@ static void test_echo_call(void)
 {
     gw_config cfg = make_cfg(30);
     gw_model m = make_model("echo", "echo", NULL);
-    gw_upstream_result r;
+    result r;
     char *content;
 
     call(&cfg, &m, "echo", "say it back", "\"stream\":true", &r);
@@ -711,19 +732,19 @@ static void test_alive(void)
     gw_model keyed_m = make_model("mock-keyed", keyed.base, NULL);
     gw_model dead = make_model("dead", dead_base, NULL);
 
-    CU_ASSERT_EQUAL(gw_upstream_alive(&cfg, &echo), 1);
-    CU_ASSERT_EQUAL(gw_upstream_alive(&cfg, &live), 1);
+    CU_ASSERT_EQUAL(gw_upstream_alive(&cfg, &echo, NULL), 1);
+    CU_ASSERT_EQUAL(gw_upstream_alive(&cfg, &live, NULL), 1);
     /* /v1/models answers 401 there without a key: still alive */
-    CU_ASSERT_EQUAL(gw_upstream_alive(&cfg, &keyed_m), 1);
-    CU_ASSERT_EQUAL(gw_upstream_alive(&cfg, &dead), 0);
-    CU_ASSERT_EQUAL(gw_upstream_alive(&cfg, NULL), 0);
+    CU_ASSERT_EQUAL(gw_upstream_alive(&cfg, &keyed_m, NULL), 1);
+    CU_ASSERT_EQUAL(gw_upstream_alive(&cfg, &dead, NULL), 0);
+    CU_ASSERT_EQUAL(gw_upstream_alive(&cfg, NULL, NULL), 0);
 }
 
 static void test_reuse(void)
 {
     gw_config cfg = make_cfg(30);
     gw_model m = make_model("mock-reuse", plain.base, NULL);
-    gw_upstream_result r;
+    result r;
     unsigned long req0, conn0, req1, conn1;
 
     CU_ASSERT_EQUAL_FATAL(mock_stats(&plain, &req0, &conn0), 0);
@@ -761,7 +782,7 @@ static void *work(void *arg)
 
     for (int i = 0; i < PER_THREAD; i++) {
         char text[64], want[80], *content;
-        gw_upstream_result r;
+        result r;
         int kind = i % 5;
 
         snprintf(text, sizeof text, "thread %d call %d", w->n, i);
