@@ -32,7 +32,7 @@
 #include <openssl/param_build.h>
 #include <openssl/rand.h>
 
-#include "internal.h"
+#include "engine_int.h"
 
 #define PK "pkcs11"
 

@@ -26,7 +26,7 @@
 #include <openssl/rand.h>
 #include <openssl/rsa.h>
 
-#include "internal.h"
+#include "engine_int.h"
 
 #define SW "software"
 
