@@ -2,7 +2,8 @@
  * installed.
  *
  *   veild.c     main: flags, config, signals, start and clean shutdown
- *   config.c    one table of settings, read from a file and from flags
+ *   config.c    veild's rows of the settings table (service/settings.c
+ *               reads them from a file and from flags), models
  *   server.c    libmicrohttpd: routes, body limits, the exchange itself
  *   upstream.c  the request scan and gw_upstream_call, which hands the
  *               request to upstream_http.c (the inference backend over
@@ -28,6 +29,8 @@
 #include <cjson/cJSON.h>
 
 #include "json_scan.h"
+#include "settings.h"
+#include "tier.h"
 #include "util.h"
 #include "veil/engine.h"
 
@@ -52,17 +55,17 @@ typedef enum gw_rc {
 int gw_rc_status(gw_rc rc);
 
 /* Writes one formatted line to err (ignored when err is NULL or
- * err_size 0): how config.c and auth.c report problems. */
-void gw_put_err(char *err, size_t err_size, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
+ * err_size 0): service/settings.h's svc_put_err, under the gateway's name. */
+#define gw_put_err svc_put_err
 
 /* ---- configuration (config.c) ----------------------------------------- */
 
 #define GW_MAX_MODELS 64
-#define GW_TIER_STANDARD (1u << 0)
-#define GW_TIER_HIGH (1u << 1)
-#define GW_TIER_MAXIMUM (1u << 2)
-#define GW_TIER_ALL (GW_TIER_STANDARD | GW_TIER_HIGH | GW_TIER_MAXIMUM)
+/* the tiers' bits: protocol/tier.h */
+#define GW_TIER_STANDARD VEIL_TIER_STANDARD
+#define GW_TIER_HIGH VEIL_TIER_HIGH
+#define GW_TIER_MAXIMUM VEIL_TIER_MAXIMUM
+#define GW_TIER_ALL VEIL_TIER_ALL
 
 typedef struct gw_model {
     char *id;                /* model ID as clients name it */
@@ -118,11 +121,12 @@ typedef struct gw_config {
 
 void gw_config_init(gw_config *cfg);
 void gw_config_free(gw_config *cfg);
-/* Reads a config file (format: docs/veild.conf.example).  0, or -1 with a
- * line naming file, line and problem in err ("veild.conf:12: unknown
- * setting 'prot'").  Refuses a file writable by others.  Load the file
- * first, then apply flags (they override it), then gw_config_check. */
-int gw_config_load(gw_config *cfg, const char *path, char *err,
+/* Reads a config file (format: docs/veild.conf.example).  GW_OK, or
+ * GW_REFUSED with a line naming file, line and problem in err
+ * ("veild.conf:12: unknown setting 'prot'").  Refuses a file writable by
+ * others.  Load the file first, then apply flags (they override it), then
+ * gw_config_check. */
+gw_rc gw_config_load(gw_config *cfg, const char *path, char *err,
                    size_t err_size);
 /* Sets one setting by name, as a flag --NAME VALUE does (and a file line
  * NAME = VALUE); '-' and '_' are the same and a leading "--" is allowed.
