@@ -72,8 +72,8 @@ static int set_salt_field(gw_model *m, const char *v, size_t len, char *msg,
              v[i] == '-';
     if (!ok) {
         svc_put_err(msg, msize,
-                   "cache_salt_field: 1 to 64 of A-Z a-z 0-9 _ . - "
-                   "(such as cache_salt)");
+                    "cache_salt_field: 1 to 64 of A-Z a-z 0-9 _ . - "
+                    "(such as cache_salt)");
         return -1;
     }
     return svc_set_str(&m->cache_salt_field, v, len, msg, msize);
@@ -85,17 +85,18 @@ static int model_check_id(const gw_config *cfg, const char *id, size_t len,
     char b[64];
 
     if (!model_id_ok(id, len)) {
-        svc_put_err(msg, msize,
-                   "'%s' is not a model ID (letters, digits and . _ - : / @ +; "
-                   "at most %d)",
-                   svc_shown(id, len, b, sizeof b), MODEL_ID_MAX);
+        svc_put_err(
+            msg, msize,
+            "'%s' is not a model ID (letters, digits and . _ - : / @ +; "
+            "at most %d)",
+            svc_shown(id, len, b, sizeof b), MODEL_ID_MAX);
         return -1;
     }
     for (size_t i = 0; i < cfg->n_models; i++)
         if (cfg->models[i].id && strlen(cfg->models[i].id) == len &&
             memcmp(cfg->models[i].id, id, len) == 0) {
-            svc_put_err(msg, msize, "model '%.*s' is configured twice", (int)len,
-                       id);
+            svc_put_err(msg, msize, "model '%.*s' is configured twice",
+                        (int)len, id);
             return -1;
         }
     if (cfg->n_models >= GW_MAX_MODELS) {
@@ -127,9 +128,9 @@ static int model_set_upstream(gw_model *m, const char *v, size_t len, char *msg,
         return svc_set_str(&m->upstream, v, len, msg, msize);
     }
     svc_put_err(msg, msize,
-               "'%s' is not an upstream (echo, or an http:// or https:// base "
-               "URL such as http://127.0.0.1:8080/v1)",
-               svc_shown(v, len, b, sizeof b));
+                "'%s' is not an upstream (echo, or an http:// or https:// base "
+                "URL such as http://127.0.0.1:8080/v1)",
+                svc_shown(v, len, b, sizeof b));
     return -1;
 }
 
@@ -195,7 +196,7 @@ static int model_from_spec(gw_config *cfg, const char *spec, char *msg,
     m.tiers = VEIL_TIER_ALL;
     if (!eq) {
         svc_put_err(msg, msize,
-                   "expected ID=UPSTREAM[,tiers=A+B][,key-file=FILE]");
+                    "expected ID=UPSTREAM[,tiers=A+B][,key-file=FILE]");
         return -1;
     }
     if (model_check_id(cfg, spec, (size_t)(eq - spec), msg, msize) != 0)
@@ -220,7 +221,8 @@ static int model_from_spec(gw_config *cfg, const char *spec, char *msg,
         } else if (len > 9 && (strncmp(p, "key-file=", 9) == 0 ||
                                strncmp(p, "key_file=", 9) == 0)) {
             val = p + 9;
-            if (svc_set_str(&m.upstream_key_file, val, len - 9, msg, msize) != 0)
+            if (svc_set_str(&m.upstream_key_file, val, len - 9, msg, msize) !=
+                0)
                 goto fail;
         } else if (len > 11 && (strncmp(p, "cache-salt=", 11) == 0 ||
                                 strncmp(p, "cache_salt=", 11) == 0)) {
@@ -230,9 +232,9 @@ static int model_from_spec(gw_config *cfg, const char *spec, char *msg,
             char b[64];
 
             svc_put_err(msg, msize,
-                       "unknown model option '%s' (tiers=A+B, key-file=FILE, "
-                       "cache-salt=FIELD)",
-                       svc_shown(p, len, b, sizeof b));
+                        "unknown model option '%s' (tiers=A+B, key-file=FILE, "
+                        "cache-salt=FIELD)",
+                        svc_shown(p, len, b, sizeof b));
             goto fail;
         }
     }
@@ -255,7 +257,7 @@ static int check_keyref(const char *v, char *msg, size_t msize)
     }
     if (strcasestr(v, "pin-value")) {
         svc_put_err(msg, msize,
-                   "a PIN in the URI (pin-value) is refused; use pin_source");
+                    "a PIN in the URI (pin-value) is refused; use pin_source");
         return -1;
     }
     return 0;
@@ -267,8 +269,8 @@ static int check_pin_source(const char *v, char *msg, size_t msize)
 
     if (veil_pin_source_parse(v, &ps) != VEIL_OK) {
         svc_put_err(msg, msize,
-                   "must be file:PATH, env:NAME, prompt or none (a PIN itself "
-                   "is never accepted)");
+                    "must be file:PATH, env:NAME, prompt or none (a PIN itself "
+                    "is never accepted)");
         return -1;
     }
     return 0;
@@ -284,9 +286,9 @@ static int check_pcrs(const char *v, char *canon, size_t csize, char *msg,
 
     if (veil_pcr_sel_parse(v, &sel) != VEIL_OK || sel.n == 0) {
         svc_put_err(msg, msize,
-                   "'%s' is not a PCR selection such as sha256:0,7,10 (the "
-                   "sha256 bank, PCRs 0 to 23, each once)",
-                   svc_shown(v, strlen(v), b, sizeof b));
+                    "'%s' is not a PCR selection such as sha256:0,7,10 (the "
+                    "sha256 bank, PCRs 0 to 23, each once)",
+                    svc_shown(v, strlen(v), b, sizeof b));
         return -1;
     }
     veil_pcr_sel_format(&sel, canon, csize);
@@ -302,8 +304,8 @@ static int apply_keyref(void *base, const svc_setting *s, const char *v,
                        msize);
 }
 
-static int apply_pin(void *base, const svc_setting *s, const char *v,
-                     char *msg, size_t msize)
+static int apply_pin(void *base, const svc_setting *s, const char *v, char *msg,
+                     size_t msize)
 {
     if (check_pin_source(v, msg, msize) != 0)
         return -1;
@@ -525,14 +527,10 @@ static const svc_key section_keys[] = {
 /* clang-format on */
 
 static const svc_section model_section = {
-    "model",
-    "or use model = ID=UPSTREAM",
-    section_keys,
-    sizeof section_keys / sizeof section_keys[0],
-    section_open,
-    section_set,
-    section_close,
-    section_discard,
+    "model",       "or use model = ID=UPSTREAM",
+    section_keys,  sizeof section_keys / sizeof section_keys[0],
+    section_open,  section_set,
+    section_close, section_discard,
 };
 
 static const svc_table table = {
@@ -588,7 +586,7 @@ int gw_config_check(const gw_config *cfg, char *err, size_t err_size)
     }
     if (!cfg->server_key) {
         svc_put_err(err, err_size,
-                   "server_key is not set (a pkcs11: URI, or dir:PATH)");
+                    "server_key is not set (a pkcs11: URI, or dir:PATH)");
         return -1;
     }
     if (check_keyref(cfg->server_key, msg, sizeof msg) != 0) {
@@ -621,13 +619,13 @@ int gw_config_check(const gw_config *cfg, char *err, size_t err_size)
      * an operator who set them expects certified answers. */
     if (cfg->tpm_certify_key && !cfg->tpm) {
         svc_put_err(err, err_size,
-                   "tpm_certify_key is set but tpm is off: set tpm = on, or "
-                   "drop tpm_certify_key");
+                    "tpm_certify_key is set but tpm is off: set tpm = on, or "
+                    "drop tpm_certify_key");
         return -1;
     }
     if (cfg->tpm_certify_key_auth && !cfg->tpm_certify_key) {
         svc_put_err(err, err_size,
-                   "tpm_certify_key_auth is set but tpm_certify_key is not");
+                    "tpm_certify_key_auth is set but tpm_certify_key is not");
         return -1;
     }
     if (cfg->tpm_certify_key_auth &&
@@ -637,27 +635,27 @@ int gw_config_check(const gw_config *cfg, char *err, size_t err_size)
     }
     if (!cfg->tls_cert != !cfg->tls_key) {
         svc_put_err(err, err_size,
-                   "%s is set but %s is not: give both or neither",
-                   cfg->tls_cert ? "tls_cert" : "tls_key",
-                   cfg->tls_cert ? "tls_key" : "tls_cert");
+                    "%s is set but %s is not: give both or neither",
+                    cfg->tls_cert ? "tls_cert" : "tls_key",
+                    cfg->tls_cert ? "tls_key" : "tls_cert");
         return -1;
     }
     if (cfg->body_memory && cfg->body_memory < cfg->body_limit) {
         svc_put_err(err, err_size,
-                   "body_memory (%zu bytes) is below body_limit (%zu bytes): "
-                   "a body at the limit could never be taken",
-                   cfg->body_memory, cfg->body_limit);
+                    "body_memory (%zu bytes) is below body_limit (%zu bytes): "
+                    "a body at the limit could never be taken",
+                    cfg->body_memory, cfg->body_limit);
         return -1;
     }
     if (cfg->n_models == 0) {
         svc_put_err(err, err_size,
-                   "no model configured (model = ID=UPSTREAM, or a [model ID] "
-                   "section)");
+                    "no model configured (model = ID=UPSTREAM, or a [model ID] "
+                    "section)");
         return -1;
     }
     if (cfg->n_models > GW_MAX_MODELS) {
         svc_put_err(err, err_size, "too many models (at most %d)",
-                   GW_MAX_MODELS);
+                    GW_MAX_MODELS);
         return -1;
     }
     for (size_t i = 0; i < cfg->n_models; i++) {
@@ -665,13 +663,13 @@ int gw_config_check(const gw_config *cfg, char *err, size_t err_size)
 
         if (!m->id || !m->upstream || !(m->tiers & VEIL_TIER_ALL)) {
             svc_put_err(err, err_size,
-                       "model %zu lacks an ID, an upstream or a tier", i + 1);
+                        "model %zu lacks an ID, an upstream or a tier", i + 1);
             return -1;
         }
         for (size_t j = 0; j < i; j++)
             if (strcmp(cfg->models[j].id, m->id) == 0) {
                 svc_put_err(err, err_size, "model '%s' is configured twice",
-                           m->id);
+                            m->id);
                 return -1;
             }
     }

@@ -10,8 +10,8 @@ int gw_rc_status(gw_rc rc)
         gw_rc rc;
         int status;
     } map[] = {
-        {GW_OK, 200},         {GW_REFUSED, 400},     {GW_UNAVAILABLE, 503},
-        {GW_NOMEM, 500},      {GW_INTERNAL, 500},    {GW_TIMEOUT, 504},
+        {GW_OK, 200},          {GW_REFUSED, 400},  {GW_UNAVAILABLE, 503},
+        {GW_NOMEM, 500},       {GW_INTERNAL, 500}, {GW_TIMEOUT, 504},
         {GW_BAD_GATEWAY, 502},
     };
 

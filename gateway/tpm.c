@@ -81,7 +81,6 @@ char *tpm_hex(const uint8_t *in, size_t len)
     return out;
 }
 
-
 char *tpm_b64_public(const TPM2B_PUBLIC *pub)
 {
     uint8_t buf[sizeof(TPM2B_PUBLIC)];
@@ -138,7 +137,6 @@ EVP_PKEY *tpm_pkey_from_public(const TPMT_PUBLIC *p)
     BN_free(e);
     return pkey;
 }
-
 
 /* ---- what the TPM says of itself -------------------------------------- */
 
@@ -462,7 +460,8 @@ static int key_load(gw_tpm *t, const gw_tpm_options *opt, char *err,
     /* One certification now: a wrong auth value shows at start-up, not as
      * an authorization failure (and a step towards dictionary-attack
      * lockout) in every answer. */
-    if (tpm_certify(t, t->key, t->ak, zero, &info, &sig, msg, sizeof msg) != 0) {
+    if (tpm_certify(t, t->key, t->ak, zero, &info, &sig, msg, sizeof msg) !=
+        0) {
         gw_put_err(err, err_size, "%s (of tss2_key; is its auth right?)", msg);
         goto out;
     }
@@ -514,8 +513,9 @@ static void event_log_read(gw_tpm *t)
         len += n;
     }
     if (ferror(f) || len == 0 || len >= EVENT_LOG_MAX)
-        veil_logf(&t->log, VEIL_LOG_WARN, "TPM: %s: unreadable or too large; no event log",
-             EVENT_LOG_PATH);
+        veil_logf(&t->log, VEIL_LOG_WARN,
+                  "TPM: %s: unreadable or too large; no event log",
+                  EVENT_LOG_PATH);
     else
         t->event_log_b64 = veil_b64_encode(buf, len);
     fclose(f);
@@ -605,8 +605,8 @@ gw_rc gw_tpm_open(const gw_tpm_options *opt, gw_tpm **out, char *err,
         tpm_put_rc(err, err_size, "ESYS", rc);
         goto fail;
     }
-    if (read_identity(t, err, err_size) != 0 ||
-        tpm_ek_make(t, err, err_size) || tpm_ek_cert_read(t, err, err_size) != 0)
+    if (read_identity(t, err, err_size) != 0 || tpm_ek_make(t, err, err_size) ||
+        tpm_ek_cert_read(t, err, err_size) != 0)
         goto fail;
     tpm_ek_cert_check(t);
     if (open_ak(t, err, err_size) != 0)
@@ -659,4 +659,3 @@ const char *gw_tpm_describe(const gw_tpm *t)
 {
     return t ? t->describe : "no TPM";
 }
-

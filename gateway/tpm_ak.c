@@ -72,7 +72,8 @@ int tpm_ek_make(gw_tpm *t, char *err, size_t err_size)
         tpm_put_rc(err, err_size, "creating the EK", rc);
         return -1;
     }
-    veil_logf(&t->log, VEIL_LOG_DEBUG, "TPM: EK created in %.0f ms", tpm_now_ms() - t0);
+    veil_logf(&t->log, VEIL_LOG_DEBUG, "TPM: EK created in %.0f ms",
+              tpm_now_ms() - t0);
     pkey = tpm_pkey_from_public(&pub->publicArea);
     if (!pkey || (spki_len = i2d_PUBKEY(pkey, &spki)) <= 0 ||
         !(t->ek_pub_b64 = tpm_b64_public(pub)) ||
@@ -153,7 +154,8 @@ int tpm_ek_cert_read(gw_tpm *t, char *err, size_t err_size)
     else if (attrs & TPMA_NV_OWNERREAD)
         auth = ESYS_TR_RH_OWNER;
     else {
-        veil_logf(&t->log, VEIL_LOG_WARN, "TPM: the EK certificate in NV is not readable");
+        veil_logf(&t->log, VEIL_LOG_WARN,
+                  "TPM: the EK certificate in NV is not readable");
         ret = 0;
         goto out;
     }
@@ -189,7 +191,8 @@ int tpm_ek_cert_read(gw_tpm *t, char *err, size_t err_size)
         X509 *cert = d2i_X509(NULL, &p, size);
 
         if (!cert) {
-            veil_logf(&t->log, VEIL_LOG_WARN, "TPM: the EK certificate in NV is not DER X.509");
+            veil_logf(&t->log, VEIL_LOG_WARN,
+                      "TPM: the EK certificate in NV is not DER X.509");
             ret = 0;
             goto out;
         }
@@ -229,9 +232,10 @@ void tpm_ek_cert_check(gw_tpm *t)
     p = spki;
     ek = d2i_PUBKEY(NULL, &p, (long)spki_len);
     if (cert && ek && EVP_PKEY_eq(X509_get0_pubkey(cert), ek) != 1)
-        veil_logf(&t->log, VEIL_LOG_WARN,
-             "TPM: the EK certificate in NV is not for the EK of the default "
-             "template: verifiers will refuse it");
+        veil_logf(
+            &t->log, VEIL_LOG_WARN,
+            "TPM: the EK certificate in NV is not for the EK of the default "
+            "template: verifiers will refuse it");
 out:
     X509_free(cert);
     EVP_PKEY_free(ek);
@@ -244,7 +248,7 @@ out:
 /* A restricted ECDSA P-256/SHA-256 signing primary in the endorsement
  * hierarchy; a random `unique` makes it a new key each time. */
 int tpm_ak_make(gw_tpm *t, ESYS_TR *ak, TPM2B_PUBLIC **pub, char *err,
-                   size_t err_size)
+                size_t err_size)
 {
     TPM2B_PUBLIC tmpl = {
         .publicArea = {
@@ -288,7 +292,7 @@ int tpm_ak_make(gw_tpm *t, ESYS_TR *ak, TPM2B_PUBLIC **pub, char *err,
 
 /* The name (nameAlg || H(TPMT_PUBLIC)) of a loaded object. */
 int tpm_object_name(gw_tpm *t, ESYS_TR obj, TPM2B_NAME **name, char *err,
-                       size_t err_size)
+                    size_t err_size)
 {
     TSS2_RC rc = Esys_TR_GetName(t->ctx, obj, name);
 
@@ -300,7 +304,6 @@ int tpm_object_name(gw_tpm *t, ESYS_TR obj, TPM2B_NAME **name, char *err,
 }
 
 /* ---- credential activation ---------------------------------------------- */
-
 
 /* 1 when rc from TPM2_ActivateCredential is the TPM refusing the
  * credential rather than failing: an error on its first two parameters
@@ -327,9 +330,9 @@ static int refused_credential(TSS2_RC rc)
 }
 
 static gw_rc activate_locked(gw_tpm *t, const TPM2B_ID_OBJECT *blob,
-                           const TPM2B_ENCRYPTED_SECRET *secret,
-                           uint8_t out[64], size_t *out_len, char *err,
-                           size_t err_size)
+                             const TPM2B_ENCRYPTED_SECRET *secret,
+                             uint8_t out[64], size_t *out_len, char *err,
+                             size_t err_size)
 {
     TPMT_SYM_DEF no_sym = {.algorithm = TPM2_ALG_NULL};
     ESYS_TR ek = ESYS_TR_NONE, session = ESYS_TR_NONE;
@@ -391,8 +394,9 @@ out:
 }
 
 gw_rc gw_tpm_activate(gw_tpm *t, const uint8_t *blob, size_t blob_len,
-                    const uint8_t *enc_secret, size_t enc_len, uint8_t out[64],
-                    size_t *out_len, char *err, size_t err_size)
+                      const uint8_t *enc_secret, size_t enc_len,
+                      uint8_t out[64], size_t *out_len, char *err,
+                      size_t err_size)
 {
     TPM2B_ID_OBJECT id = {0};
     TPM2B_ENCRYPTED_SECRET secret = {0};

@@ -94,8 +94,7 @@ int tpm_object_name(gw_tpm *t, ESYS_TR obj, TPM2B_NAME **name, char *err,
 /* ---- tpm_quote.c -------------------------------------------------------- */
 
 /* Reads the selected PCRs into values (selection order).  0, or -1. */
-int tpm_pcr_read(gw_tpm *t, uint8_t (*values)[32], char *err,
-                 size_t err_size);
+int tpm_pcr_read(gw_tpm *t, uint8_t (*values)[32], char *err, size_t err_size);
 /* TPM2_Certify of obj by signer.  0, or -1 with err. */
 int tpm_certify(gw_tpm *t, ESYS_TR obj, ESYS_TR signer,
                 const uint8_t qualifying[32], TPM2B_ATTEST **info,

@@ -50,7 +50,6 @@ static int add_str_or_null(cJSON *obj, const char *key, const char *s)
     return cJSON_AddNullToObject(obj, key) ? 0 : -1;
 }
 
-
 /* ---- PCRs and quotes ----------------------------------------------------- */
 
 static void selection_of(const veil_pcr_sel *sel, TPML_PCR_SELECTION *out)
@@ -67,8 +66,7 @@ static void selection_of(const veil_pcr_sel *sel, TPML_PCR_SELECTION *out)
 /* Reads the selected PCRs into values (sel order, ascending).  A TPM
  * answers at most 8 digests a call, so this asks for the rest until every
  * PCR has come back. */
-int tpm_pcr_read(gw_tpm *t, uint8_t (*values)[32], char *err,
-                    size_t err_size)
+int tpm_pcr_read(gw_tpm *t, uint8_t (*values)[32], char *err, size_t err_size)
 {
     TPML_PCR_SELECTION want;
     int got[VEIL_EV_MAX_PCRS] = {0};
@@ -175,8 +173,9 @@ static int quote_pcrs(gw_tpm *t, ESYS_TR ak, const uint8_t qualifying[32],
                memcmp(info.attested.quote.pcrDigest.buffer, digest, 32) == 0;
         if (same)
             return 0;
-        veil_logf(&t->log, VEIL_LOG_DEBUG, "TPM: PCRs changed during the quote%s",
-             attempt == 0 ? "; once more" : "");
+        veil_logf(&t->log, VEIL_LOG_DEBUG,
+                  "TPM: PCRs changed during the quote%s",
+                  attempt == 0 ? "; once more" : "");
         if (attempt == 1)
             break;
         Esys_Free(*quoted);
@@ -195,8 +194,8 @@ fail:
 
 /* TPM2_Certify of `obj` by `signer` (both with password sessions). */
 int tpm_certify(gw_tpm *t, ESYS_TR obj, ESYS_TR signer,
-                   const uint8_t qualifying[32], TPM2B_ATTEST **info,
-                   TPMT_SIGNATURE **sig, char *err, size_t err_size)
+                const uint8_t qualifying[32], TPM2B_ATTEST **info,
+                TPMT_SIGNATURE **sig, char *err, size_t err_size)
 {
     TPM2B_DATA qd = {.size = 32};
     TPMT_SIG_SCHEME scheme = {.scheme = TPM2_ALG_ECDSA,
@@ -283,7 +282,7 @@ static cJSON *quote_locked(gw_tpm *t, const uint8_t qualifying[32], char *err,
         if (tpm_ak_make(t, &fresh, &fresh_pub, err, err_size) != 0 ||
             tpm_object_name(t, fresh, &fresh_name, err, err_size) != 0 ||
             tpm_certify(t, fresh, t->ak, qualifying, &ak_cert, &ak_sig, err,
-                    err_size) != 0)
+                        err_size) != 0)
             goto out;
         signer = fresh;
         fresh_pub_b64 = tpm_b64_public(fresh_pub);
@@ -296,7 +295,7 @@ static cJSON *quote_locked(gw_tpm *t, const uint8_t qualifying[32], char *err,
         goto out;
     if (t->key != ESYS_TR_NONE &&
         tpm_certify(t, t->key, signer, qualifying, &key_cert, &key_sig, err,
-                err_size) != 0)
+                    err_size) != 0)
         goto out;
 
     if (!(q = cJSON_CreateObject()) ||
@@ -375,7 +374,7 @@ int gw_tpm_report(gw_tpm *t, const uint8_t qualifying[32], cJSON *report,
                    err_size) != 0 ||
         (t->key != ESYS_TR_NONE &&
          tpm_certify(t, t->key, t->ak, qualifying, &key_cert, &key_sig, err,
-                 err_size) != 0)) {
+                     err_size) != 0)) {
         pthread_mutex_unlock(&t->lock);
         goto out;
     }

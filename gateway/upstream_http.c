@@ -472,8 +472,7 @@ static gw_rc map_status(long status, const up_buf *b, char *err,
         return GW_UNAVAILABLE;
     }
     if (status >= 500 && status < 600) {
-        gw_put_err(err, err_size, "inference backend error (HTTP %ld)",
-                   status);
+        gw_put_err(err, err_size, "inference backend error (HTTP %ld)", status);
         return GW_BAD_GATEWAY;
     }
     if (status < 400 || status >= 500) {
@@ -579,9 +578,9 @@ no_memory:
     return GW_NOMEM;
 }
 
-gw_rc gw_http_call(const gw_config *cfg, const gw_model *m,
-                   const char *request, size_t len, const veil_logger *log,
-                   gw_upstream_result *out, char *err, size_t err_size)
+gw_rc gw_http_call(const gw_config *cfg, const gw_model *m, const char *request,
+                   size_t len, const veil_logger *log, gw_upstream_result *out,
+                   char *err, size_t err_size)
 {
     char *url = NULL, errbuf[CURL_ERROR_SIZE] = "";
     struct curl_slist *headers = NULL;
@@ -668,9 +667,8 @@ int gw_upstream_alive(const gw_config *cfg, const gw_model *m,
     /* Any status line counts, even when the body did not come in time. */
     curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
     if (status == 0)
-        veil_logf(log, VEIL_LOG_DEBUG,
-                  "upstream: %s: health probe failed: %s", m->id,
-                  errbuf[0] ? errbuf : "no answer");
+        veil_logf(log, VEIL_LOG_DEBUG, "upstream: %s: health probe failed: %s",
+                  m->id, errbuf[0] ? errbuf : "no answer");
     give_back(h);
     free(url);
     return status > 0;

@@ -29,8 +29,8 @@ gw_rc gw_echo_call(const gw_model *m, const char *request, size_t len,
                    gw_upstream_result *out, char *err, size_t err_size);
 
 /* POST <upstream>/chat/completions (upstream_http.c). */
-gw_rc gw_http_call(const gw_config *cfg, const gw_model *m,
-                   const char *request, size_t len, const veil_logger *log,
-                   gw_upstream_result *out, char *err, size_t err_size);
+gw_rc gw_http_call(const gw_config *cfg, const gw_model *m, const char *request,
+                   size_t len, const veil_logger *log, gw_upstream_result *out,
+                   char *err, size_t err_size);
 
 #endif /* VEIL_UPSTREAM_INT_H */

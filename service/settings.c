@@ -111,8 +111,7 @@ static char *trim(char *s)
     return s;
 }
 
-int svc_set_str(char **slot, const char *v, size_t len, char *msg,
-                size_t msize)
+int svc_set_str(char **slot, const char *v, size_t len, char *msg, size_t msize)
 {
     char *copy = strndup(v, len);
 
@@ -173,8 +172,8 @@ static int parse_ulong(const char *v, size_t len, unsigned long *out,
 
 /* ---- the kinds ---------------------------------------------------------- */
 
-static int apply_str(void *base, const svc_setting *s, const char *v,
-                     char *msg, size_t msize)
+static int apply_str(void *base, const svc_setting *s, const char *v, char *msg,
+                     size_t msize)
 {
     return svc_set_str(FIELD(base, s), v, strlen(v), msg, msize);
 }
@@ -203,7 +202,8 @@ static int apply_level(void *base, const svc_setting *s, const char *v,
     for (size_t i = 0; i < sizeof levels / sizeof levels[0]; i++)
         if (strcmp(v, levels[i]) == 0)
             return apply_str(base, s, v, msg, msize);
-    svc_put_err(msg, msize, "'%s' is not a log level (error, warn, info, debug)",
+    svc_put_err(msg, msize,
+                "'%s' is not a log level (error, warn, info, debug)",
                 shown_str(v, b, sizeof b));
     return -1;
 }
@@ -421,8 +421,7 @@ static int section_open(const svc_table *t, void *base, section *sec,
     if (!k || strncmp(inner, k->name, n) != 0 ||
         (inner[n] && !svc_is_space(inner[n]))) {
         if (k)
-            svc_put_err(msg, msize,
-                        "unknown section '[%s]' (expected [%s ID])",
+            svc_put_err(msg, msize, "unknown section '[%s]' (expected [%s ID])",
                         shown_str(inner, b, sizeof b), k->name);
         else
             svc_put_err(msg, msize, "unknown section '[%s]'",
@@ -431,8 +430,8 @@ static int section_open(const svc_table *t, void *base, section *sec,
     }
     id = trim(inner + n);
     if (!*id) {
-        svc_put_err(msg, msize, "[%s] needs a %s ID: [%s ID]", k->name,
-                    k->name, k->name);
+        svc_put_err(msg, msize, "[%s] needs a %s ID: [%s ID]", k->name, k->name,
+                    k->name);
         return -1;
     }
     if (k->open(base, id, msg, msize) != 0)
