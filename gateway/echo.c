@@ -60,42 +60,16 @@ static void answer_id(char id[64])
     }
 }
 
-/* The chat.completion object answering with content. */
+/* The chat.completion answering with content. */
 static cJSON *completion(const char *model, const char *content,
                          size_t prompt_words)
 {
-    cJSON *a = cJSON_CreateObject(), *choices = NULL, *choice = NULL;
-    cJSON *msg = NULL, *usage = NULL;
     size_t completion_words = count_words(content);
     char id[64];
-    int ok = a != NULL;
 
     answer_id(id);
-    ok = ok && cJSON_AddStringToObject(a, "id", id);
-    ok = ok && cJSON_AddStringToObject(a, "object", "chat.completion");
-    ok = ok && cJSON_AddNumberToObject(a, "created", (double)time(NULL));
-    ok = ok && cJSON_AddStringToObject(a, "model", model);
-    ok = ok && (choices = cJSON_AddArrayToObject(a, "choices")) != NULL;
-    ok = ok && (choice = cJSON_CreateObject()) != NULL;
-    ok = ok && cJSON_AddItemToArray(choices, choice);
-    ok = ok && cJSON_AddNumberToObject(choice, "index", 0);
-    ok = ok && (msg = cJSON_AddObjectToObject(choice, "message")) != NULL;
-    ok = ok && cJSON_AddStringToObject(msg, "role", "assistant");
-    ok = ok && cJSON_AddStringToObject(msg, "content", content);
-    ok = ok && cJSON_AddStringToObject(choice, "finish_reason", "stop");
-    ok = ok && (usage = cJSON_AddObjectToObject(a, "usage")) != NULL;
-    ok = ok &&
-         cJSON_AddNumberToObject(usage, "prompt_tokens", (double)prompt_words);
-    ok = ok && cJSON_AddNumberToObject(usage, "completion_tokens",
-                                       (double)completion_words);
-    ok = ok &&
-         cJSON_AddNumberToObject(usage, "total_tokens",
-                                 (double)(prompt_words + completion_words));
-    if (!ok) {
-        veil_json_wipe_free(a);
-        return NULL;
-    }
-    return a;
+    return veil_openai_completion(id, model, content, (double)prompt_words,
+                                  (double)completion_words);
 }
 
 /* The tree printed into a malloc'd string (the caller wipes it); NULL: no

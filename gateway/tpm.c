@@ -164,20 +164,32 @@ static void trim_right(char *s)
 }
 
 /* One fixed property; 0 when the TPM does not report it. */
-static int get_property(gw_tpm *t, TPM2_PT pt, uint32_t *value, char *err,
-                        size_t err_size)
+int tpm_capability(gw_tpm *t, TPM2_CAP cap, UINT32 property, const char *what,
+                   TPMS_CAPABILITY_DATA **data, char *err, size_t err_size)
 {
-    TPMS_CAPABILITY_DATA *cap = NULL;
     TPMI_YES_NO more;
     TSS2_RC rc;
 
-    *value = 0;
+    *data = NULL;
     rc = Esys_GetCapability(t->ctx, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE,
-                            TPM2_CAP_TPM_PROPERTIES, pt, 1, &more, &cap);
+                            cap, property, 1, &more, data);
     if (rc != TSS2_RC_SUCCESS) {
-        tpm_put_rc(err, err_size, "GetCapability", rc);
+        *data = NULL;
+        tpm_put_rc(err, err_size, what, rc);
         return -1;
     }
+    return 0;
+}
+
+static int get_property(gw_tpm *t, TPM2_PT pt, uint32_t *value, char *err,
+                        size_t err_size)
+{
+    TPMS_CAPABILITY_DATA *cap;
+
+    *value = 0;
+    if (tpm_capability(t, TPM2_CAP_TPM_PROPERTIES, pt, "GetCapability", &cap,
+                       err, err_size) != 0)
+        return -1;
     if (cap->data.tpmProperties.count > 0 &&
         cap->data.tpmProperties.tpmProperty[0].property == pt)
         *value = cap->data.tpmProperties.tpmProperty[0].value;

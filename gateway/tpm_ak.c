@@ -101,17 +101,12 @@ out:
  * given. */
 static int nv_exists(gw_tpm *t, TPM2_HANDLE index, char *err, size_t err_size)
 {
-    TPMS_CAPABILITY_DATA *cap = NULL;
-    TPMI_YES_NO more;
-    TSS2_RC rc;
+    TPMS_CAPABILITY_DATA *cap;
     int found;
 
-    rc = Esys_GetCapability(t->ctx, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE,
-                            TPM2_CAP_HANDLES, index, 1, &more, &cap);
-    if (rc != TSS2_RC_SUCCESS) {
-        tpm_put_rc(err, err_size, "listing NV indices", rc);
+    if (tpm_capability(t, TPM2_CAP_HANDLES, index, "listing NV indices", &cap,
+                       err, err_size) != 0)
         return -1;
-    }
     found = cap->data.handles.count > 0 && cap->data.handles.handle[0] == index;
     Esys_Free(cap);
     return found;

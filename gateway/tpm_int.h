@@ -68,6 +68,10 @@ void tpm_put_rc(char *err, size_t err_size, const char *what, TSS2_RC rc);
 double tpm_now_ms(void);
 /* Lower-case hex of in, malloc'd; NULL: no memory. */
 char *tpm_hex(const uint8_t *in, size_t len);
+/* One TPM2_GetCapability of one item into *data (Esys_Free it).  0, or
+ * -1 with "TPM: what: ..." in err. */
+int tpm_capability(gw_tpm *t, TPM2_CAP cap, UINT32 property, const char *what,
+                   TPMS_CAPABILITY_DATA **data, char *err, size_t err_size);
 /* Base64 of a marshaled TPM2B_PUBLIC, malloc'd; NULL on failure. */
 char *tpm_b64_public(const TPM2B_PUBLIC *pub);
 /* The public key of an RSA or ECC P-256 TPM object; NULL on failure. */

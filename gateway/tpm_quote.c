@@ -50,6 +50,19 @@ static int add_str_or_null(cJSON *obj, const char *key, const char *s)
     return cJSON_AddNullToObject(obj, key) ? 0 : -1;
 }
 
+/* The signing scheme of every quote and certification. */
+static const TPMT_SIG_SCHEME ecdsa_sha256 = {
+    .scheme = TPM2_ALG_ECDSA, .details.ecdsa.hashAlg = TPM2_ALG_SHA256};
+
+/* The 32 bytes a quote or certification signs along (extraData). */
+static TPM2B_DATA qualifying_data(const uint8_t qualifying[32])
+{
+    TPM2B_DATA qd = {.size = 32};
+
+    memcpy(qd.buffer, qualifying, 32);
+    return qd;
+}
+
 /* ---- PCRs and quotes ----------------------------------------------------- */
 
 static void selection_of(const veil_pcr_sel *sel, TPML_PCR_SELECTION *out)
@@ -131,12 +144,9 @@ static int quote_pcrs(gw_tpm *t, ESYS_TR ak, const uint8_t qualifying[32],
                       uint8_t (*values)[32], TPM2B_ATTEST **quoted,
                       TPMT_SIGNATURE **sig, char *err, size_t err_size)
 {
-    TPM2B_DATA qd = {.size = 32};
-    TPMT_SIG_SCHEME scheme = {.scheme = TPM2_ALG_ECDSA,
-                              .details.ecdsa.hashAlg = TPM2_ALG_SHA256};
+    TPM2B_DATA qd = qualifying_data(qualifying);
     TPML_PCR_SELECTION sel;
 
-    memcpy(qd.buffer, qualifying, 32);
     selection_of(&t->sel, &sel);
     for (int attempt = 0; attempt < 2; attempt++) {
         TPMS_ATTEST info;
@@ -151,7 +161,7 @@ static int quote_pcrs(gw_tpm *t, ESYS_TR ak, const uint8_t qualifying[32],
         if (tpm_pcr_read(t, values, err, err_size) != 0)
             return -1;
         rc = Esys_Quote(t->ctx, ak, ESYS_TR_PASSWORD, ESYS_TR_NONE,
-                        ESYS_TR_NONE, &qd, &scheme, &sel, quoted, sig);
+                        ESYS_TR_NONE, &qd, &ecdsa_sha256, &sel, quoted, sig);
         if (rc != TSS2_RC_SUCCESS) {
             tpm_put_rc(err, err_size, "quote", rc);
             return -1;
@@ -197,14 +207,11 @@ int tpm_certify(gw_tpm *t, ESYS_TR obj, ESYS_TR signer,
                 const uint8_t qualifying[32], TPM2B_ATTEST **info,
                 TPMT_SIGNATURE **sig, char *err, size_t err_size)
 {
-    TPM2B_DATA qd = {.size = 32};
-    TPMT_SIG_SCHEME scheme = {.scheme = TPM2_ALG_ECDSA,
-                              .details.ecdsa.hashAlg = TPM2_ALG_SHA256};
+    TPM2B_DATA qd = qualifying_data(qualifying);
     TSS2_RC rc;
 
-    memcpy(qd.buffer, qualifying, 32);
     rc = Esys_Certify(t->ctx, obj, signer, ESYS_TR_PASSWORD, ESYS_TR_PASSWORD,
-                      ESYS_TR_NONE, &qd, &scheme, info, sig);
+                      ESYS_TR_NONE, &qd, &ecdsa_sha256, info, sig);
     if (rc != TSS2_RC_SUCCESS) {
         tpm_put_rc(err, err_size, "certify", rc);
         return -1;

@@ -3,8 +3,10 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "openai.h"
+#include "package.h"
 
 char *veil_openai_content_text(const cJSON *message)
 {
@@ -56,4 +58,37 @@ const cJSON *veil_openai_last_user(const cJSON *messages)
             last = m;
     }
     return last;
+}
+
+cJSON *veil_openai_completion(const char *id, const char *model,
+                              const char *content, double prompt_tokens,
+                              double completion_tokens)
+{
+    cJSON *a = cJSON_CreateObject(), *choices = NULL, *choice = NULL;
+    cJSON *msg = NULL, *usage = NULL;
+    int ok = a != NULL;
+
+    ok = ok && cJSON_AddStringToObject(a, "id", id);
+    ok = ok && cJSON_AddStringToObject(a, "object", "chat.completion");
+    ok = ok && cJSON_AddNumberToObject(a, "created", (double)time(NULL));
+    ok = ok && cJSON_AddStringToObject(a, "model", model);
+    ok = ok && (choices = cJSON_AddArrayToObject(a, "choices")) != NULL;
+    ok = ok && (choice = cJSON_CreateObject()) != NULL;
+    ok = ok && cJSON_AddItemToArray(choices, choice);
+    ok = ok && cJSON_AddNumberToObject(choice, "index", 0);
+    ok = ok && (msg = cJSON_AddObjectToObject(choice, "message")) != NULL;
+    ok = ok && cJSON_AddStringToObject(msg, "role", "assistant");
+    ok = ok && cJSON_AddStringToObject(msg, "content", content);
+    ok = ok && cJSON_AddStringToObject(choice, "finish_reason", "stop");
+    ok = ok && (usage = cJSON_AddObjectToObject(a, "usage")) != NULL;
+    ok = ok && cJSON_AddNumberToObject(usage, "prompt_tokens", prompt_tokens);
+    ok = ok &&
+         cJSON_AddNumberToObject(usage, "completion_tokens", completion_tokens);
+    ok = ok && cJSON_AddNumberToObject(usage, "total_tokens",
+                                       prompt_tokens + completion_tokens);
+    if (!ok) {
+        veil_json_wipe_free(a);
+        return NULL;
+    }
+    return a;
 }

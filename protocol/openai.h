@@ -18,6 +18,13 @@ char *veil_openai_content_text(const cJSON *message);
  * (none, or messages is not an array). */
 const cJSON *veil_openai_last_user(const cJSON *messages);
 
+/* A chat.completion object: one choice, the assistant's content,
+ * finish_reason "stop", and usage from the two token counts.  NULL: no
+ * memory.  The caller frees it (veil_json_wipe_free: content is secret). */
+cJSON *veil_openai_completion(const char *id, const char *model,
+                              const char *content, double prompt_tokens,
+                              double completion_tokens);
+
 #pragma GCC visibility pop
 
 #endif /* VEIL_OPENAI_H */
