@@ -16,6 +16,7 @@
  *               (tpm_ak.c: EK, attestation keys, credential activation;
  *               tpm_quote.c: PCRs, quotes, certification; tpm_int.h)
  *   signlog.c   answer signatures kept by payload ID for a retention period
+ *   rc.c        gw_rc_status: an outcome's HTTP status
  */
 #ifndef VEIL_GATEWAY_H
 #define VEIL_GATEWAY_H
