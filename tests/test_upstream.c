@@ -388,6 +388,57 @@ static void test_api_key(void)
     result_free(&r);
 }
 
+/* Log lines go to the caller's logger (veild: gw_deps' callback, with
+ * its level filter), never straight to stderr; they name the model and
+ * the status, never the prompt or the backend's text. */
+typedef struct log_capture {
+    char text[4096];
+    unsigned lines;
+} log_capture;
+
+static void capture(void *ctx, veil_log_level level, const char *line)
+{
+    log_capture *c = ctx;
+    size_t n = strlen(c->text);
+
+    (void)level;
+    snprintf(c->text + n, sizeof c->text - n, "%s\n", line);
+    c->lines++;
+}
+
+static void test_log(void)
+{
+    gw_config cfg = make_cfg(30);
+    gw_model m = make_model("mock-log", plain.base, NULL);
+    gw_model dead = make_model("mock-log-dead", dead_base, NULL);
+    log_capture c = {"", 0};
+    veil_logger warn = {capture, &c, VEIL_LOG_WARN};
+    char *req = chat_request("mock/status-500", "secret prompt", NULL);
+    char why[320], detail[512];
+    gw_upstream_result up;
+    gw_request rq;
+
+    CU_ASSERT_EQUAL_FATAL(
+        gw_request_scan(&cfg, req, strlen(req), &rq, why, sizeof why), 0);
+    CU_ASSERT_EQUAL(gw_upstream_call(&cfg, &m, req, strlen(req), &rq, NULL,
+                                     &warn, &up, detail, sizeof detail),
+                    GW_BAD_GATEWAY);
+    /* one warning (the debug line of the exchange is filtered out) */
+    CU_ASSERT_EQUAL(c.lines, 1);
+    CU_ASSERT_PTR_NOT_NULL(strstr(c.text, "upstream: mock-log: HTTP 500 ("));
+    CU_ASSERT_PTR_NULL(strstr(c.text, "secret"));
+    CU_ASSERT_PTR_NULL(strstr(c.text, "mock upstream"));
+    /* the health probe logs at debug only */
+    CU_ASSERT_EQUAL(gw_upstream_alive(&cfg, &dead, &warn), 0);
+    CU_ASSERT_EQUAL(c.lines, 1);
+    warn.level = VEIL_LOG_DEBUG;
+    CU_ASSERT_EQUAL(gw_upstream_alive(&cfg, &dead, &warn), 0);
+    CU_ASSERT_EQUAL(c.lines, 2);
+    CU_ASSERT_PTR_NOT_NULL(
+        strstr(c.text, "upstream: mock-log-dead: health probe failed: "));
+    free(req);
+}
+
 static void test_5xx(void)
 {
     gw_config cfg = make_cfg(30);
@@ -877,6 +928,7 @@ int main(void)
         {"big answers, and too big: 502", test_big},
         {"stream: true turned off", test_stream_off},
         {"bad request: 400, nothing sent", test_bad_request},
+        {"log lines through the caller's logger", test_log},
     };
     static const tu_test echo[] = {
         {"last user message", test_echo},
