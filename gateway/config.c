@@ -572,18 +572,11 @@ gw_rc gw_config_load(gw_config *cfg, const char *path, char *err,
                : GW_REFUSED;
 }
 
-int gw_config_check(const gw_config *cfg, char *err, size_t err_size)
+/* The key references and PIN sources (never repeated in messages). */
+static int check_keys(const gw_config *cfg, char *err, size_t err_size)
 {
     char msg[MSG_SIZE];
 
-    if (!cfg) {
-        svc_put_err(err, err_size, "no configuration");
-        return -1;
-    }
-    if (!cfg->listen_addr || !cfg->log_level) {
-        svc_put_err(err, err_size, "out of memory");
-        return -1;
-    }
     if (!cfg->server_key) {
         svc_put_err(err, err_size,
                     "server_key is not set (a pkcs11: URI, or dir:PATH)");
@@ -603,6 +596,14 @@ int gw_config_check(const gw_config *cfg, char *err, size_t err_size)
         svc_put_err(err, err_size, "signing_key: %s", msg);
         return -1;
     }
+    return 0;
+}
+
+/* The TPM settings: a selection, and certification only with tpm on. */
+static int check_tpm(const gw_config *cfg, char *err, size_t err_size)
+{
+    char msg[MSG_SIZE];
+
     if (cfg->tpm_pcrs) {
         char canon[PCRS_TEXT_MAX];
 
@@ -633,20 +634,12 @@ int gw_config_check(const gw_config *cfg, char *err, size_t err_size)
         svc_put_err(err, err_size, "tpm_certify_key_auth: %s", msg);
         return -1;
     }
-    if (!cfg->tls_cert != !cfg->tls_key) {
-        svc_put_err(err, err_size,
-                    "%s is set but %s is not: give both or neither",
-                    cfg->tls_cert ? "tls_cert" : "tls_key",
-                    cfg->tls_cert ? "tls_key" : "tls_cert");
-        return -1;
-    }
-    if (cfg->body_memory && cfg->body_memory < cfg->body_limit) {
-        svc_put_err(err, err_size,
-                    "body_memory (%zu bytes) is below body_limit (%zu bytes): "
-                    "a body at the limit could never be taken",
-                    cfg->body_memory, cfg->body_limit);
-        return -1;
-    }
+    return 0;
+}
+
+/* At least one model, each complete, no ID twice. */
+static int check_models(const gw_config *cfg, char *err, size_t err_size)
+{
     if (cfg->n_models == 0) {
         svc_put_err(err, err_size,
                     "no model configured (model = ID=UPSTREAM, or a [model ID] "
@@ -674,6 +667,36 @@ int gw_config_check(const gw_config *cfg, char *err, size_t err_size)
             }
     }
     return 0;
+}
+
+int gw_config_check(const gw_config *cfg, char *err, size_t err_size)
+{
+    if (!cfg) {
+        svc_put_err(err, err_size, "no configuration");
+        return -1;
+    }
+    if (!cfg->listen_addr || !cfg->log_level) {
+        svc_put_err(err, err_size, "out of memory");
+        return -1;
+    }
+    if (check_keys(cfg, err, err_size) != 0 ||
+        check_tpm(cfg, err, err_size) != 0)
+        return -1;
+    if (!cfg->tls_cert != !cfg->tls_key) {
+        svc_put_err(err, err_size,
+                    "%s is set but %s is not: give both or neither",
+                    cfg->tls_cert ? "tls_cert" : "tls_key",
+                    cfg->tls_cert ? "tls_key" : "tls_cert");
+        return -1;
+    }
+    if (cfg->body_memory && cfg->body_memory < cfg->body_limit) {
+        svc_put_err(err, err_size,
+                    "body_memory (%zu bytes) is below body_limit (%zu bytes): "
+                    "a body at the limit could never be taken",
+                    cfg->body_memory, cfg->body_limit);
+        return -1;
+    }
+    return check_models(cfg, err, err_size);
 }
 
 void gw_config_help(FILE *out)

@@ -376,6 +376,78 @@ static int tss2_read_file(const char *path, tss2_blob *blob, char *err,
     return ret;
 }
 
+/* A key worth certifying: made in the TPM and not duplicable, the
+ * gateway's encryption key, under a persistent parent.  0, or -1 with
+ * err. */
+static int key_check(const gw_tpm_options *opt, const tss2_blob *blob,
+                     char *err, size_t err_size)
+{
+    uint32_t attrs = blob->pub.publicArea.objectAttributes;
+    const unsigned char *p = opt->encryption_spki;
+    EVP_PKEY *mine = NULL, *given = NULL;
+    int same;
+
+    if (!(attrs & TPMA_OBJECT_FIXEDTPM) ||
+        !(attrs & TPMA_OBJECT_SENSITIVEDATAORIGIN)) {
+        gw_put_err(err, err_size,
+                   "TPM: tss2_key: the key is not fixedTPM and "
+                   "sensitiveDataOrigin (made outside the TPM or "
+                   "duplicable): certifying it proves nothing");
+        return -1;
+    }
+    mine = tpm_pkey_from_public(&blob->pub.publicArea);
+    given = d2i_PUBKEY(NULL, &p, (long)opt->encryption_spki_len);
+    same = mine && given && EVP_PKEY_eq(mine, given) == 1;
+    EVP_PKEY_free(mine);
+    EVP_PKEY_free(given);
+    if (!same) {
+        gw_put_err(err, err_size,
+                   "TPM: tss2_key: not the gateway's encryption key");
+        return -1;
+    }
+    if ((blob->parent >> 24) != TPM2_HT_PERSISTENT) {
+        gw_put_err(err, err_size,
+                   "TPM: tss2_key: parent 0x%08llx is not a persistent "
+                   "handle (only those are supported)",
+                   (unsigned long long)blob->parent);
+        return -1;
+    }
+    return 0;
+}
+
+/* The key's auth value, read from tss2_key_auth (empty without one, when
+ * the key has none).  0, or -1 with err. */
+static int key_auth(const gw_tpm_options *opt, const tss2_blob *blob,
+                    TPM2B_AUTH *auth, char *err, size_t err_size)
+{
+    veil_pin_source src;
+    veil_secbuf *pin = NULL;
+    int ret = -1;
+
+    if (!opt->tss2_key_auth) {
+        if (blob->empty_auth)
+            return 0;
+        gw_put_err(err, err_size,
+                   "TPM: tss2_key: the key has an auth value; set "
+                   "tpm_certify_key_auth");
+        return -1;
+    }
+    if (veil_pin_source_parse(opt->tss2_key_auth, &src) != VEIL_OK ||
+        veil_pin_read(&src, "TPM key auth: ", &pin) != VEIL_OK) {
+        gw_put_err(err, err_size, "TPM: tss2_key_auth: %s",
+                   veil_last_error()->message);
+    } else if (veil_secbuf_len(pin) > sizeof auth->buffer) {
+        gw_put_err(err, err_size, "TPM: tss2_key_auth: longer than %zu",
+                   sizeof auth->buffer);
+    } else {
+        auth->size = (uint16_t)veil_secbuf_len(pin);
+        memcpy(auth->buffer, veil_secbuf_data(pin), auth->size);
+        ret = 0;
+    }
+    veil_secbuf_free(pin);
+    return ret;
+}
+
 /* Loads the key under its persistent parent, checks it is the gateway's
  * encryption key and can be certified, and sets its auth value. */
 static int key_load(gw_tpm *t, const gw_tpm_options *opt, char *err,
@@ -384,15 +456,10 @@ static int key_load(gw_tpm *t, const gw_tpm_options *opt, char *err,
     tss2_blob blob;
     char msg[384];
     ESYS_TR parent = ESYS_TR_NONE;
-    EVP_PKEY *mine = NULL, *given = NULL;
-    const unsigned char *p;
-    veil_pin_source src;
-    veil_secbuf *pin = NULL;
     TPM2B_AUTH auth = {0};
     TPM2B_ATTEST *info = NULL;
     TPMT_SIGNATURE *sig = NULL;
     uint8_t zero[32] = {0};
-    uint32_t attrs;
     TSS2_RC rc;
     int ret = -1;
 
@@ -405,50 +472,9 @@ static int key_load(gw_tpm *t, const gw_tpm_options *opt, char *err,
         gw_put_err(err, err_size, "TPM: %s", msg);
         return -1;
     }
-    attrs = blob.pub.publicArea.objectAttributes;
-    if (!(attrs & TPMA_OBJECT_FIXEDTPM) ||
-        !(attrs & TPMA_OBJECT_SENSITIVEDATAORIGIN)) {
-        gw_put_err(err, err_size,
-                   "TPM: tss2_key: the key is not fixedTPM and "
-                   "sensitiveDataOrigin (made outside the TPM or "
-                   "duplicable): certifying it proves nothing");
+    if (key_check(opt, &blob, err, err_size) != 0 ||
+        key_auth(opt, &blob, &auth, err, err_size) != 0)
         goto out;
-    }
-    mine = tpm_pkey_from_public(&blob.pub.publicArea);
-    p = opt->encryption_spki;
-    given = d2i_PUBKEY(NULL, &p, (long)opt->encryption_spki_len);
-    if (!mine || !given || EVP_PKEY_eq(mine, given) != 1) {
-        gw_put_err(err, err_size,
-                   "TPM: tss2_key: not the gateway's encryption key");
-        goto out;
-    }
-    if ((blob.parent >> 24) != TPM2_HT_PERSISTENT) {
-        gw_put_err(err, err_size,
-                   "TPM: tss2_key: parent 0x%08llx is not a persistent "
-                   "handle (only those are supported)",
-                   (unsigned long long)blob.parent);
-        goto out;
-    }
-    if (opt->tss2_key_auth) {
-        if (veil_pin_source_parse(opt->tss2_key_auth, &src) != VEIL_OK ||
-            veil_pin_read(&src, "TPM key auth: ", &pin) != VEIL_OK) {
-            gw_put_err(err, err_size, "TPM: tss2_key_auth: %s",
-                       veil_last_error()->message);
-            goto out;
-        }
-        if (veil_secbuf_len(pin) > sizeof auth.buffer) {
-            gw_put_err(err, err_size, "TPM: tss2_key_auth: longer than %zu",
-                       sizeof auth.buffer);
-            goto out;
-        }
-        auth.size = (uint16_t)veil_secbuf_len(pin);
-        memcpy(auth.buffer, veil_secbuf_data(pin), auth.size);
-    } else if (!blob.empty_auth) {
-        gw_put_err(err, err_size,
-                   "TPM: tss2_key: the key has an auth value; set "
-                   "tpm_certify_key_auth");
-        goto out;
-    }
     rc = Esys_TR_FromTPMPublic(t->ctx, (TPM2_HANDLE)blob.parent, ESYS_TR_NONE,
                                ESYS_TR_NONE, ESYS_TR_NONE, &parent);
     if (rc != TSS2_RC_SUCCESS) {
@@ -486,9 +512,6 @@ out:
     if (parent != ESYS_TR_NONE)
         Esys_TR_Close(t->ctx, &parent);
     veil_wipe(&auth, sizeof auth);
-    veil_secbuf_free(pin);
-    EVP_PKEY_free(mine);
-    EVP_PKEY_free(given);
     Esys_Free(info);
     Esys_Free(sig);
     veil_wipe(&blob, sizeof blob);
