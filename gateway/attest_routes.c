@@ -105,7 +105,7 @@ static gw_rc activate(gw_server *s, svc_req *r, uint8_t secret[64],
     size_t blob_len = 0, enc_len = 0;
     char err[320];
     gw_rc rc = GW_OK;
-    int t = 0;
+    gw_rc t = GW_OK;
 
     if (!cJSON_IsObject(in) ||
         !b64_member(in, "credential_blob_b64", &blob, &blob_len) ||
@@ -119,10 +119,10 @@ static gw_rc activate(gw_server *s, svc_req *r, uint8_t secret[64],
         rc = GW_UNAVAILABLE;
     } else if ((t = gw_tpm_activate(s->d.tpm, blob, blob_len, enc, enc_len,
                                     secret, secret_len, err, sizeof err)) ==
-               1) {
+               GW_REFUSED) {
         snprintf(why, why_size, "the TPM refused the credential");
         rc = GW_REFUSED;
-    } else if (t != 0) {
+    } else if (t != GW_OK) {
         veil_logf(&s->log, VEIL_LOG_ERROR, "credential activation failed: %s",
                   err);
         snprintf(why, why_size, "the credential could not be activated: %s",

@@ -3,23 +3,28 @@
  *
  *   veild.c     main: flags, config, start and clean shutdown (signals:
  *               service/run.c)
- *   config.c    one table of settings, read from a file and from flags
+ *   config.c    veild's rows of the settings table (service/settings.c
+ *               reads them from a file and from flags), models
  *   server.c    the server: the route table over service/http.c (the one
- *               HTTP layer), admission (API key, rate), gw_respond (the
- *               one map of gw_rc to HTTP), the small routes
+ *               HTTP layer), admission (API key, rate), the small routes
+ *   respond.c   gw_respond: a gw_rc answered over HTTP (status from rc.c)
+ *   rc.c        the one map of gw_rc to an HTTP status and default detail
  *   v1.c        the NOMYO v1 exchange, as named steps returning gw_rc
  *   keycache.c  clients' public keys: checked once, kept by use
  *   attest_routes.c  the attestation routes and GET /v1/signatures/ID
- *   (routes.h: what these four share; not for the units below)
- *   upstream.c  the request scan, the inference backend over libcurl, and
- *               the echo model
+ *   (routes.h: what these share; not for the units below)
+ *   upstream.c  the request scan and gw_upstream_call, which hands the
+ *               request to upstream_http.c (the inference backend over
+ *               libcurl) or to echo.c (the echo model)
  *   auth.c      API keys stored as SHA-256 hashes, constant-time compare
  *   strikes.c   the replay register (bounded, a file in state_dir) and
  *               the state directory
  *   ratelimit.c token buckets per API key (bounded)
- *   tpm.c       the TPM over tpm2-tss ESAPI: attestation key, quotes,
- *               certification, credential activation
+ *   tpm.c       the TPM over tpm2-tss ESAPI: the device and session
+ *               (tpm_ak.c: EK, attestation keys, credential activation;
+ *               tpm_quote.c: PCRs, quotes, certification; tpm_int.h)
  *   signlog.c   answer signatures kept by payload ID for a retention period
+ *   rc.c        gw_rc_status: an outcome's HTTP status
  */
 #ifndef VEIL_GATEWAY_H
 #define VEIL_GATEWAY_H
@@ -33,12 +38,15 @@
 #include <cjson/cJSON.h>
 
 #include "json_scan.h"
+#include "settings.h"
 #include "tier.h"
 #include "util.h"
 #include "veil/engine.h"
 
-/* The outcome of a gateway step.  Only gw_respond (server.c) turns one
- * into an HTTP answer: the status of each is in its table there. */
+/* The outcome of a gateway step.  Only gw_respond (respond.c) turns one
+ * into an HTTP answer; the status of each is in rc.c's table, the one
+ * place (gw_rc_status).  Below the HTTP layer nothing answers a client:
+ * a step returns its outcome, with the reason in the caller's err buffer. */
 typedef enum gw_rc {
     GW_OK = 0,
     GW_REFUSED,      /* 400: the request is wrong (the detail says how) */
@@ -56,15 +64,19 @@ typedef enum gw_rc {
                         open (VEIL_PKG_DECRYPT_DETAIL) */
 } gw_rc;
 
+/* The HTTP status of an outcome (200 for GW_OK, 500 for an unknown one)
+ * and its default detail.  rc.c. */
+int gw_rc_status(gw_rc rc);
+const char *gw_rc_detail(gw_rc rc);
+
 /* Writes one formatted line to err (ignored when err is NULL or
- * err_size 0): how config.c and auth.c report problems. */
-void gw_put_err(char *err, size_t err_size, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
+ * err_size 0): service/settings.h's svc_put_err, under the gateway's name. */
+#define gw_put_err svc_put_err
 
 /* ---- configuration (config.c) ----------------------------------------- */
 
 #define GW_MAX_MODELS 64
-/* the tiers of protocol/tier.h */
+/* the tiers' bits: protocol/tier.h */
 #define GW_TIER_STANDARD VEIL_TIER_STANDARD
 #define GW_TIER_HIGH VEIL_TIER_HIGH
 #define GW_TIER_MAXIMUM VEIL_TIER_MAXIMUM
@@ -124,12 +136,13 @@ typedef struct gw_config {
 
 void gw_config_init(gw_config *cfg);
 void gw_config_free(gw_config *cfg);
-/* Reads a config file (format: docs/veild.conf.example).  0, or -1 with a
- * line naming file, line and problem in err ("veild.conf:12: unknown
- * setting 'prot'").  Refuses a file writable by others.  Load the file
- * first, then apply flags (they override it), then gw_config_check. */
-int gw_config_load(gw_config *cfg, const char *path, char *err,
-                   size_t err_size);
+/* Reads a config file (format: docs/veild.conf.example).  GW_OK, or
+ * GW_REFUSED with a line naming file, line and problem in err
+ * ("veild.conf:12: unknown setting 'prot'").  Refuses a file writable by
+ * others.  Load the file first, then apply flags (they override it), then
+ * gw_config_check. */
+gw_rc gw_config_load(gw_config *cfg, const char *path, char *err,
+                     size_t err_size);
 /* Sets one setting by name, as a flag --NAME VALUE does (and a file line
  * NAME = VALUE); '-' and '_' are the same and a leading "--" is allowed.
  * "model" takes "ID=UPSTREAM[,tiers=a+b][,key-file=F]" and adds a model.
@@ -256,10 +269,10 @@ int gw_request_scan(const gw_config *cfg, const char *text, size_t len,
 /* (cfg may be NULL: no salt fields are looked for.) */
 
 typedef struct gw_upstream_result {
-    int status; /* HTTP status to give the client: 200, 400, 502, ... */
-    char *body; /* 200: the chat.completion JSON; else the detail text */
+    char *body; /* the chat.completion JSON (secret: the caller wipes and
+                   frees it) */
     size_t len;
-    /* 200: the body is one JSON object with no key twice; where its
+    /* the body is one JSON object with no key twice; where its
      * "_metadata" member (the backend's: never passed on) and its '}' are */
     int has_metadata;
     veil_json_member metadata;
@@ -267,20 +280,30 @@ typedef struct gw_upstream_result {
 } gw_upstream_result;
 
 /* Sends the plaintext chat request (scanned into rq) to the model's
- * upstream, or answers it with the echo model, and maps failures:
- * unreachable 503, timeout 504, upstream 4xx 400 with its message, 5xx
- * 502.  The request goes byte for byte as it came, but for "stream": true
- * (sent as false, without "stream_options") and, when the model has a
- * cache_salt_field and salt is not NULL, that field set to salt.  body is
- * secret: the caller wipes and frees it. */
-void gw_upstream_call(const gw_config *cfg, const gw_model *m,
-                      const char *request, size_t len, const gw_request *rq,
-                      const char *salt, gw_upstream_result *out);
+ * upstream (upstream_http.c), or answers it with the echo model (echo.c).
+ * The request goes byte for byte as it came, but for "stream": true (sent
+ * as false, without "stream_options") and, when the model has a
+ * cache_salt_field and salt is not NULL, that field set to salt.  GW_OK
+ * with the answer in out; else the outcome, with the detail text for the
+ * client in err (one line; never the prompt):
+ *   GW_REFUSED      the backend answered 4xx (err: its message, at most
+ *                   300 bytes), or not a chat request for the echo model;
+ *   GW_UNAVAILABLE  unreachable, or busy (429);
+ *   GW_TIMEOUT      no answer within upstream_timeout;
+ *   GW_UPSTREAM     5xx, another status, an answer too large or not a
+ *                   JSON object with unique keys;
+ *   GW_NOMEM, GW_INTERNAL (a key file that cannot be read among them).
+ * Log lines (model, statuses and sizes) go to log (NULL: none). */
+gw_rc gw_upstream_call(const gw_config *cfg, const gw_model *m,
+                       const char *request, size_t len, const gw_request *rq,
+                       const char *salt, const veil_logger *log,
+                       gw_upstream_result *out, char *err, size_t err_size);
 /* Answers an echo request (a chat.completion repeating the last user
  * message); NULL when it is not one.  Also used by the tests. */
 char *gw_echo_answer(const char *request, size_t len);
 /* 1 when the upstream answers (for /healthz). */
-int gw_upstream_alive(const gw_config *cfg, const gw_model *m);
+int gw_upstream_alive(const gw_config *cfg, const gw_model *m,
+                      const veil_logger *log);
 /* Releases the upstream connection pool (at shutdown). */
 void gw_upstream_cleanup(void);
 
@@ -315,8 +338,12 @@ typedef struct gw_tpm_options {
  * from NV (RSA, 0x01c00002: the one for this EK; absent is not an error),
  * creates the attestation key (restricted ECDSA P-256 signing primary in
  * the endorsement hierarchy) and checks the PCR selection is readable.
- * NULL with err ("TPM: ...") on failure. */
-gw_tpm *gw_tpm_open(const gw_tpm_options *opt, char *err, size_t err_size);
+ * GW_OK with the TPM in *out; else *out is NULL and err says why ("TPM:
+ * ..."): GW_REFUSED for options that cannot work (none, a bad PCR
+ * selection), GW_UNAVAILABLE when the TPM cannot be reached or used,
+ * GW_NOMEM, GW_INTERNAL. */
+gw_rc gw_tpm_open(const gw_tpm_options *opt, gw_tpm **out, char *err,
+                  size_t err_size);
 void gw_tpm_free(gw_tpm *t);
 
 /* 1 when the TPM says it is a software TPM (swtpm, the IBM simulator):
@@ -347,11 +374,13 @@ int gw_tpm_report(gw_tpm *t, const uint8_t qualifying[32], cJSON *report,
 /* TPM2_ActivateCredential of a credential made for the long-term AK's
  * name under the EK: blob is a marshaled TPM2B_ID_OBJECT, enc_secret a
  * TPM2B_ENCRYPTED_SECRET.  The recovered secret (at most 64 bytes) goes
- * to out.  0; 1 when the TPM refused the credential (not for this AK or
- * EK, or tampered: answer 400); -1 with err on a TPM failure (503). */
-int gw_tpm_activate(gw_tpm *t, const uint8_t *blob, size_t blob_len,
-                    const uint8_t *enc_secret, size_t enc_len, uint8_t out[64],
-                    size_t *out_len, char *err, size_t err_size);
+ * to out.  GW_OK; GW_REFUSED when the TPM refused the credential (not
+ * for this AK or EK, malformed, or tampered); GW_UNAVAILABLE with err on a
+ * TPM failure. */
+gw_rc gw_tpm_activate(gw_tpm *t, const uint8_t *blob, size_t blob_len,
+                      const uint8_t *enc_secret, size_t enc_len,
+                      uint8_t out[64], size_t *out_len, char *err,
+                      size_t err_size);
 
 /* ---- answer signatures kept by payload ID (signlog.c) ----------------- */
 

@@ -1,5 +1,6 @@
-/* gateway/respond.c: the one place a gw_rc becomes an HTTP status and
- * message (gw_respond), and the canonical payload ID.  Used by server.c
+/* gateway/respond.c: a gw_rc answered over HTTP (gw_respond; the status
+ * and default detail come from rc.c's one table), and the canonical
+ * payload ID.  Used by server.c
  * and every route module; it calls none of them. */
 #include "config.h"
 
@@ -12,34 +13,6 @@
 
 /* ---- outcomes ------------------------------------------------------------ */
 
-/* The one map of gw_rc to HTTP. */
-static const struct {
-    int status;
-    const char *detail; /* when the caller gives none */
-} answers[] = {
-    [GW_OK] = {200, "ok"},
-    [GW_REFUSED] = {400, "bad request"},
-    [GW_UNAUTHORIZED] = {401, "invalid API key"},
-    [GW_FORBIDDEN] = {403, "forbidden"},
-    [GW_NOT_FOUND] = {404, "not found"},
-    [GW_REPLAY] = {409, "replays are refused"},
-    [GW_RATE_LIMITED] = {429, "rate limit exceeded"},
-    [GW_INTERNAL] = {500, "internal error"},
-    [GW_UPSTREAM] = {502, "upstream error"},
-    [GW_UNAVAILABLE] = {503, "try again later"},
-    [GW_NOMEM] = {503, "out of memory"},
-    [GW_TIMEOUT] = {504, "inference backend timed out"},
-    [GW_UNDECRYPTABLE] = {400, VEIL_PKG_DECRYPT_DETAIL},
-};
-
-gw_rc gw_rc_of_status(int status)
-{
-    for (size_t i = 1; i < sizeof answers / sizeof answers[0]; i++)
-        if (answers[i].status == status)
-            return (gw_rc)i;
-    return GW_UPSTREAM;
-}
-
 static void respond_v(gw_server *s, svc_req *r, gw_rc rc, unsigned retry_s,
                       const char *fmt, va_list ap)
     __attribute__((format(printf, 5, 0)));
@@ -49,19 +22,19 @@ static void respond_v(gw_server *s, svc_req *r, gw_rc rc, unsigned retry_s,
 {
     char detail[512];
 
-    if ((unsigned)rc >= sizeof answers / sizeof answers[0] || rc == GW_OK)
+    if (rc == GW_OK || gw_rc_status(rc) == 500)
         rc = GW_INTERNAL;
     if (rc == GW_UNDECRYPTABLE) { /* one answer, byte for byte */
-        svc_send_prebuilt(r, answers[rc].status, s->undecryptable);
+        svc_send_prebuilt(r, gw_rc_status(rc), s->undecryptable);
         return;
     }
     vsnprintf(detail, sizeof detail, fmt, ap);
     if (detail[0] == '\0')
-        snprintf(detail, sizeof detail, "%s", answers[rc].detail);
+        snprintf(detail, sizeof detail, "%s", gw_rc_detail(rc));
     if (retry_s)
-        svc_fail_retry(r, answers[rc].status, retry_s, "%s", detail);
+        svc_fail_retry(r, gw_rc_status(rc), retry_s, "%s", detail);
     else
-        svc_fail(r, answers[rc].status, "%s", detail);
+        svc_fail(r, gw_rc_status(rc), "%s", detail);
 }
 
 void gw_respond(gw_server *s, svc_req *r, gw_rc rc, const char *fmt, ...)

@@ -67,8 +67,6 @@ void gw_respond(gw_server *s, svc_req *r, gw_rc rc, const char *fmt, ...)
 void gw_respond_retry(gw_server *s, svc_req *r, gw_rc rc, unsigned retry_s,
                       const char *fmt, ...)
     __attribute__((format(printf, 5, 6)));
-/* The outcome answered with this HTTP status (the upstream's). */
-gw_rc gw_rc_of_status(int status);
 
 /* A payload ID's canonical form (docs/PROTOCOL-NOMYO.md); 1 when id is
  * one (out may be NULL). */

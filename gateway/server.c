@@ -128,7 +128,7 @@ static void health_probe(gw_server *s, time_t now)
         cJSON_AddStringToObject(tok, "detail", why);
     for (size_t i = 0; i < s->d.cfg->n_models; i++) {
         const gw_model *m = &s->d.cfg->models[i];
-        int up = gw_upstream_alive(s->d.cfg, m);
+        int up = gw_upstream_alive(s->d.cfg, m, &s->log);
         cJSON_AddBoolToObject(ups, m->id, up);
         ok &= up;
     }

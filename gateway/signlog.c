@@ -86,7 +86,7 @@ gw_signlog *gw_signlog_new(unsigned retention_s, unsigned capacity)
         pthread_mutex_init(&l->mu, NULL) != 0) {
         free(l->ring);
         free(l->bucket);
-        OPENSSL_cleanse(l->secret, sizeof l->secret);
+        veil_wipe(l->secret, sizeof l->secret);
         free(l);
         return NULL;
     }
@@ -103,7 +103,7 @@ void gw_signlog_free(gw_signlog *l)
     pthread_mutex_destroy(&l->mu);
     free(l->ring);
     free(l->bucket);
-    OPENSSL_cleanse(l->secret, sizeof l->secret);
+    veil_wipe(l->secret, sizeof l->secret);
     free(l);
 }
 

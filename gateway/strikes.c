@@ -381,7 +381,7 @@ void gw_strikes_free(gw_strikes *s)
         if (s->fd >= 0)
             msync(s->map, s->map_size, MS_SYNC);
         else
-            OPENSSL_cleanse(s->hd->secret, sizeof s->hd->secret);
+            veil_wipe(s->hd->secret, sizeof s->hd->secret);
         munmap(s->map, s->map_size);
     }
     if (s->fd >= 0)
@@ -414,8 +414,8 @@ static int digest(const gw_strikes *s, char tag, const uint8_t mark[32],
     ok = EVP_Digest(in, sizeof in, full, &len, EVP_sha256(), NULL) == 1 &&
          len == 32;
     memcpy(out, full, DIGEST_LEN);
-    OPENSSL_cleanse(in, sizeof in);
-    OPENSSL_cleanse(full, sizeof full);
+    veil_wipe(in, sizeof in);
+    veil_wipe(full, sizeof full);
     return ok;
 }
 
@@ -568,7 +568,7 @@ int gw_state_secret(const char *dir, const char *name, uint8_t out[32],
         if (ok && link(tmp, path) != 0 && errno != EEXIST)
             ok = 0;
         unlink(tmp);
-        OPENSSL_cleanse(fresh, sizeof fresh);
+        veil_wipe(fresh, sizeof fresh);
         if (!ok) {
             gw_put_err(err, err_size, "cannot write %s: %s", path,
                        strerror(errno));
@@ -584,7 +584,7 @@ int gw_state_secret(const char *dir, const char *name, uint8_t out[32],
          (st.st_mode & 077) == 0 && st.st_size == 32 && read(fd, out, 32) == 32;
     close(fd);
     if (!ok) {
-        OPENSSL_cleanse(out, 32);
+        veil_wipe(out, 32);
         gw_put_err(err, err_size,
                    "%s must be a file of ours, mode 0600, of 32 bytes", path);
         return -1;

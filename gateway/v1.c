@@ -230,14 +230,10 @@ static gw_rc v1_infer(gw_server *s, svc_req *r, v1_x *x)
         cache_salt(s, svc_client_id(r), x->salt);
         salt = x->salt;
     }
-    gw_upstream_call(s->d.cfg, x->m, (const char *)veil_secbuf_data(x->pt),
-                     veil_secbuf_len(x->pt), x->rq, salt, &x->up);
-    if (x->up.status != 200) {
-        snprintf(x->why, sizeof x->why, "%s",
-                 x->up.body ? x->up.body : "upstream error");
-        return gw_rc_of_status(x->up.status);
-    }
-    return GW_OK;
+    return gw_upstream_call(s->d.cfg, x->m,
+                            (const char *)veil_secbuf_data(x->pt),
+                            veil_secbuf_len(x->pt), x->rq, salt, &s->log,
+                            &x->up, x->why, sizeof x->why);
 }
 
 /* The "_metadata" member veild adds to an answer, as text: ",\"_metadata\":

@@ -69,7 +69,7 @@ static int parse_args(int argc, char **argv, gw_config *cfg)
         } else if (!strncmp(argv[i], "--config=", 9)) {
             file = argv[i] + 9;
         }
-        if (file && gw_config_load(cfg, file, err, sizeof err) != 0) {
+        if (file && gw_config_load(cfg, file, err, sizeof err) != GW_OK) {
             fprintf(stderr, "veild: %s\n", err);
             return 2;
         }
@@ -203,9 +203,9 @@ static gw_tpm *open_tpm(const gw_config *cfg, veil_key *server_key)
         .log = log_stderr,
         .log_level = log_level,
     };
-    t = gw_tpm_open(&opt, err, sizeof err);
+    gw_rc rc = gw_tpm_open(&opt, &t, err, sizeof err);
     free(spki);
-    if (t == NULL) {
+    if (rc != GW_OK) {
         veil_logf(&logger, VEIL_LOG_ERROR,
                   "tpm = on, but the TPM cannot be used: %s", err);
         return NULL;

@@ -140,8 +140,14 @@ def objects_of(build, comp):
             if not n.endswith(".o"):
                 continue
             base = n[:-2].rsplit("-", 1)[-1]
-            if os.path.isfile(os.path.join(SRC, comp, base + ".c")):
-                out.setdefault(base, os.path.join(sub, n))
+            if not os.path.isfile(os.path.join(SRC, comp, base + ".c")):
+                continue
+            path = os.path.join(sub, n)
+            # several programs compile the same file: the newest object
+            # is the one of the current source
+            if base not in out or (os.path.getmtime(path) >
+                                   os.path.getmtime(out[base])):
+                out[base] = path
     return out
 
 

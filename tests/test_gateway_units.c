@@ -47,7 +47,7 @@ static const char *write_file(const char *name, const char *text, mode_t mode)
 }
 
 /* Loads text as a config file into a fresh cfg; returns what
- * gw_config_load returned.  err gets the message. */
+ * gw_config_load returned (-99: no scratch file).  err gets the message. */
 static int load_text(gw_config *cfg, const char *text, char *err, size_t size)
 {
     const char *path = write_file("veild.conf", text, 0644);
@@ -73,7 +73,7 @@ static int load_fails_with(const char *text, const char *want)
     gw_config cfg;
     char err[512];
     int rc = load_text(&cfg, text, err, sizeof err);
-    int ok = rc == -1 && strcmp(after_path(err), want) == 0;
+    int ok = rc == GW_REFUSED && strcmp(after_path(err), want) == 0;
 
     if (!ok)
         fprintf(stderr, "\n  config %s: got rc %d, '%s'; wanted '%s'\n", text,
@@ -215,7 +215,7 @@ static void test_config_every_setting(void)
     gw_config cfg;
     char err[512];
 
-    CU_ASSERT_EQUAL_FATAL(load_text(&cfg, text, err, sizeof err), 0);
+    CU_ASSERT_EQUAL_FATAL(load_text(&cfg, text, err, sizeof err), GW_OK);
     CU_ASSERT_STRING_EQUAL(cfg.listen_addr, "::1");
     CU_ASSERT_EQUAL(cfg.port, 0);
     CU_ASSERT_STRING_EQUAL(cfg.port_file, "/run/veild.port");
@@ -285,7 +285,7 @@ static void test_config_sections_comments(void)
     char err[512];
     const gw_model *m;
 
-    CU_ASSERT_EQUAL_FATAL(load_text(&cfg, text, err, sizeof err), 0);
+    CU_ASSERT_EQUAL_FATAL(load_text(&cfg, text, err, sizeof err), GW_OK);
     CU_ASSERT_EQUAL(cfg.port, 9000);
     CU_ASSERT_STRING_EQUAL(cfg.server_key, "dir:/var/lib/veil/keys");
     CU_ASSERT_STRING_EQUAL(cfg.log_level, "warn");
@@ -319,12 +319,12 @@ static void test_config_sections_comments(void)
 
     /* a later line overrides an earlier one */
     CU_ASSERT_EQUAL_FATAL(
-        load_text(&cfg, "workers = 2\nworkers = 3\n", err, sizeof err), 0);
+        load_text(&cfg, "workers = 2\nworkers = 3\n", err, sizeof err), GW_OK);
     CU_ASSERT_EQUAL(cfg.workers, 3);
     gw_config_free(&cfg);
 
     /* an empty file is a valid (if useless) one */
-    CU_ASSERT_EQUAL(load_text(&cfg, "", err, sizeof err), 0);
+    CU_ASSERT_EQUAL(load_text(&cfg, "", err, sizeof err), GW_OK);
     gw_config_free(&cfg);
 }
 
@@ -413,13 +413,13 @@ static void test_config_file_errors(void)
         fwrite("port = 1\nport\0 = 2\n", 1, 19, f);
         fclose(f);
         gw_config_init(&cfg);
-        CU_ASSERT_EQUAL(gw_config_load(&cfg, path, err, sizeof err), -1);
+        CU_ASSERT_EQUAL(gw_config_load(&cfg, path, err, sizeof err), GW_REFUSED);
         CU_ASSERT_PTR_NOT_NULL(strstr(err, "nul.conf:2: contains a NUL byte"));
         gw_config_free(&cfg);
     }
 
     /* the whole message names the file */
-    CU_ASSERT_EQUAL(load_text(&cfg, "prot = 1\n", err, sizeof err), -1);
+    CU_ASSERT_EQUAL(load_text(&cfg, "prot = 1\n", err, sizeof err), GW_REFUSED);
     {
         char want[700];
 
@@ -432,16 +432,16 @@ static void test_config_file_errors(void)
     /* a missing file, a directory, a world-writable file */
     gw_config_init(&cfg);
     CU_ASSERT_EQUAL(
-        gw_config_load(&cfg, "/nonexistent/veild.conf", err, sizeof err), -1);
+        gw_config_load(&cfg, "/nonexistent/veild.conf", err, sizeof err), GW_REFUSED);
     CU_ASSERT_STRING_EQUAL(
         err, "/nonexistent/veild.conf: No such file or directory");
-    CU_ASSERT_EQUAL(gw_config_load(&cfg, scratch, err, sizeof err), -1);
+    CU_ASSERT_EQUAL(gw_config_load(&cfg, scratch, err, sizeof err), GW_REFUSED);
     CU_ASSERT_PTR_NOT_NULL(strstr(err, "not a regular file"));
     CU_ASSERT_PTR_NOT_NULL_FATAL(write_file("ww.conf", "port = 1\n", 0666));
     CU_ASSERT_EQUAL(gw_config_load(&cfg,
                                    write_file("ww.conf", "port = 1\n", 0666),
                                    err, sizeof err),
-                    -1);
+                    GW_REFUSED);
     CU_ASSERT_PTR_NOT_NULL(strstr(err, "ww.conf: writable by others"));
     CU_ASSERT_EQUAL(cfg.port, 8443);
     gw_config_free(&cfg);
@@ -903,7 +903,7 @@ static void test_config_example(void)
     snprintf(path, sizeof path, "%s/docs/veild.conf.example",
              tu_env("VEIL_SRCDIR"));
     gw_config_init(&cfg);
-    CU_ASSERT_EQUAL(gw_config_load(&cfg, path, err, sizeof err), 0);
+    CU_ASSERT_EQUAL(gw_config_load(&cfg, path, err, sizeof err), GW_OK);
     if (err[0] && cfg.n_models == 0)
         fprintf(stderr, "\n  %s\n", err);
     CU_ASSERT_TRUE(check_says(&cfg, NULL));

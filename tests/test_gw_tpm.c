@@ -69,6 +69,15 @@ static void log_line(void *ctx, veil_log_level level, const char *line)
     printf("  [log %d] %s\n", (int)level, line);
 }
 
+
+/* gw_tpm_open as the tests use it: the TPM, or NULL with err. */
+static gw_tpm *tpm_open(const gw_tpm_options *opt, char *err, size_t err_size)
+{
+    gw_tpm *t = NULL;
+
+    return gw_tpm_open(opt, &t, err, err_size) == GW_OK ? t : NULL;
+}
+
 static gw_tpm *open_tpm(const char *pcrs, int per_request, char *err,
                         size_t err_size)
 {
@@ -79,7 +88,7 @@ static gw_tpm *open_tpm(const char *pcrs, int per_request, char *err,
         .log = log_line,
         .log_level = VEIL_LOG_DEBUG,
     };
-    return gw_tpm_open(&opt, err, err_size);
+    return tpm_open(&opt, err, err_size);
 }
 
 static char *path_of(const char *name)
@@ -473,12 +482,12 @@ static void test_open_errors(void)
     gw_tpm_options bad_tcti = {.tcti = "no-such-tcti", .pcrs = PCRS};
     gw_tpm_options bad_pcrs = {.tcti = tcti, .pcrs = "sha1:0"};
 
-    CU_ASSERT_PTR_NULL(gw_tpm_open(&bad_tcti, err, sizeof err));
+    CU_ASSERT_PTR_NULL(tpm_open(&bad_tcti, err, sizeof err));
     CU_ASSERT_EQUAL(strncmp(err, "TPM: ", 5), 0);
     err[0] = '\0';
-    CU_ASSERT_PTR_NULL(gw_tpm_open(&bad_pcrs, err, sizeof err));
+    CU_ASSERT_PTR_NULL(tpm_open(&bad_pcrs, err, sizeof err));
     CU_ASSERT_NOT_EQUAL(strstr(err, "tpm_pcrs"), NULL);
-    CU_ASSERT_PTR_NULL(gw_tpm_open(NULL, err, sizeof err));
+    CU_ASSERT_PTR_NULL(tpm_open(NULL, err, sizeof err));
 }
 
 static void test_identity(void)
@@ -769,28 +778,28 @@ static void test_activate(void)
     t0 = now_ms();
     CU_ASSERT_EQUAL(gw_tpm_activate(tpm, blob, blob_len, enc, enc_len, out,
                                     &out_len, err, sizeof err),
-                    0);
+                    GW_OK);
     printf("\n  activate: %.0f ms\n", now_ms() - t0);
     CU_ASSERT_EQUAL(out_len, 32);
     CU_ASSERT_EQUAL(memcmp(out, secret, 32), 0);
     /* again: the EK is loaded per activation */
     CU_ASSERT_EQUAL(gw_tpm_activate(tpm, blob, blob_len, enc, enc_len, out,
                                     &out_len, err, sizeof err),
-                    0);
+                    GW_OK);
 
     /* tampered: the TPM's integrity check refuses it */
     blob[blob_len - 1] ^= 0x40;
     CU_ASSERT_EQUAL(gw_tpm_activate(tpm, blob, blob_len, enc, enc_len, out,
                                     &out_len, err, sizeof err),
-                    1);
+                    GW_REFUSED);
     printf("  tampered: %s\n", err);
     /* not a TPM2B_ID_OBJECT at all */
     CU_ASSERT_EQUAL(gw_tpm_activate(tpm, blob, blob_len - 1, enc, enc_len, out,
                                     &out_len, err, sizeof err),
-                    1);
+                    GW_REFUSED);
     CU_ASSERT_EQUAL(gw_tpm_activate(tpm, blob, blob_len, enc, 3, out, &out_len,
                                     err, sizeof err),
-                    1);
+                    GW_REFUSED);
 
     /* made for another name: refused */
     snprintf(other_name, sizeof other_name, "000b");
@@ -802,14 +811,14 @@ static void test_activate(void)
         make_credential(other_name, blob, &blob_len, enc, &enc_len), 0);
     CU_ASSERT_EQUAL(gw_tpm_activate(tpm, blob, blob_len, enc, enc_len, out,
                                     &out_len, err, sizeof err),
-                    1);
+                    GW_REFUSED);
     printf("  other name: %s\n", err);
     /* and a secret for another EK (garbage under ours): refused too */
     for (size_t i = 2; i < enc_len; i++)
         enc[i] = (uint8_t)(i * 7);
     CU_ASSERT_EQUAL(gw_tpm_activate(tpm, blob, blob_len, enc, enc_len, out,
                                     &out_len, err, sizeof err),
-                    1);
+                    GW_REFUSED);
     printf("  garbage secret: %s\n", err);
     cJSON_Delete(r);
 }
@@ -907,7 +916,7 @@ static void test_key_certify(void)
             .log = log_line,
             .log_level = VEIL_LOG_DEBUG,
         };
-        t3 = gw_tpm_open(&opt, err, sizeof err);
+        t3 = tpm_open(&opt, err, sizeof err);
     }
     if (!t3)
         printf("  gw_tpm_open with tss2_key: %s\n", err);
@@ -956,7 +965,7 @@ static void test_key_certify(void)
                               .encryption_spki = ek_spki,
                               .encryption_spki_len = ek_len};
         err[0] = '\0';
-        CU_ASSERT_PTR_NULL(gw_tpm_open(&opt, err, sizeof err));
+        CU_ASSERT_PTR_NULL(tpm_open(&opt, err, sizeof err));
         CU_ASSERT_NOT_EQUAL(strstr(err, "not the gateway's encryption key"),
                             NULL);
         free(ek_spki);
@@ -973,7 +982,7 @@ static void test_key_certify(void)
         setenv("VEIL_TEST_WRONG_KEY_AUTH", "0123456789abcdef0123456789abcdef",
                1);
         err[0] = '\0';
-        CU_ASSERT_PTR_NULL(gw_tpm_open(&opt, err, sizeof err));
+        CU_ASSERT_PTR_NULL(tpm_open(&opt, err, sizeof err));
         printf("  wrong auth: %s\n", err);
         CU_ASSERT_NOT_EQUAL(strstr(err, "auth"), NULL);
         unsetenv("VEIL_TEST_WRONG_KEY_AUTH");
@@ -987,7 +996,7 @@ static void test_key_certify(void)
                               .encryption_spki = spki,
                               .encryption_spki_len = spki_len};
         err[0] = '\0';
-        CU_ASSERT_PTR_NULL(gw_tpm_open(&opt, err, sizeof err));
+        CU_ASSERT_PTR_NULL(tpm_open(&opt, err, sizeof err));
         CU_ASSERT_NOT_EQUAL(strstr(err, "TSS2 PRIVATE KEY"), NULL);
     }
     EVP_PKEY_free(from_tpm);

@@ -59,16 +59,15 @@ static int write_text(const char *path, const char *text)
 static int mock_start(mock_proc *m, const char *name, const char *key)
 {
     char port_file[4200], exe[4096];
-    const char *argv[] = {exe, "--port-file", port_file, "--api-key-file", key,
-                          NULL};
+    const char *argv[] = {exe, "--port-file", port_file, "--api-key-file",
+                          key, NULL};
 
     snprintf(exe, sizeof exe, "%s/tests/mock-upstream",
              tu_env("VEIL_BUILDDIR"));
     snprintf(port_file, sizeof port_file, "%s/%s.port", scratch, name);
     if (!key)
         argv[3] = NULL;
-    if (tu_proc_start(&m->p, scratch, name, argv, port_file, TU_LOG_FRESH) !=
-        0)
+    if (tu_proc_start(&m->p, scratch, name, argv, port_file, TU_LOG_FRESH) != 0)
         return -1;
     snprintf(m->base, sizeof m->base, "http://127.0.0.1:%u/v1", m->p.port);
     return 0;
@@ -166,24 +165,45 @@ static char *chat_request(const char *model, const char *content,
     return out;
 }
 
+/* What a client would see of one gw_upstream_call: the HTTP status of
+ * its outcome (gw_rc_status), and the answer (200) or the detail text. */
+typedef struct result {
+    int status;
+    char *body; /* up.body on 200, else detail */
+    size_t len;
+    gw_upstream_result up;
+    char detail[512];
+} result;
+
+static void run(const gw_config *cfg, const gw_model *m, const char *req,
+                size_t len, const gw_request *rq, result *r)
+{
+    gw_rc rc = gw_upstream_call(cfg, m, req, len, rq, NULL, NULL, &r->up,
+                                r->detail, sizeof r->detail);
+
+    r->status = gw_rc_status(rc);
+    r->body = rc == GW_OK ? r->up.body : r->detail;
+    r->len = rc == GW_OK ? r->up.len : strlen(r->detail);
+}
+
 /* gw_upstream_call with a request for model name `model` at upstream. */
 static void call(const gw_config *cfg, const gw_model *m, const char *model,
-                 const char *content, const char *extra, gw_upstream_result *r)
+                 const char *content, const char *extra, result *r)
 {
     char *req = chat_request(model, content, extra), why[320];
     gw_request rq;
 
     CU_ASSERT_EQUAL_FATAL(
         gw_request_scan(cfg, req, strlen(req), &rq, why, sizeof why), 0);
-    gw_upstream_call(cfg, m, req, strlen(req), &rq, NULL, r);
+    run(cfg, m, req, strlen(req), &rq, r);
     free(req);
 }
 
-static void result_free(gw_upstream_result *r)
+static void result_free(result *r)
 {
-    if (r->body) {
-        explicit_bzero(r->body, r->len);
-        free(r->body);
+    if (r->up.body) {
+        explicit_bzero(r->up.body, r->up.len);
+        free(r->up.body);
     }
     memset(r, 0, sizeof *r);
 }
@@ -204,7 +224,7 @@ static char *answer_content(const char *text)
 }
 
 /* Checks status and exact detail text. */
-static void expect(const gw_upstream_result *r, int status, const char *detail)
+static void expect(const result *r, int status, const char *detail)
 {
     CU_ASSERT_EQUAL(r->status, status);
     CU_ASSERT_PTR_NOT_NULL_FATAL(r->body);
@@ -231,7 +251,7 @@ static void run_cases(const up_case *c, size_t n)
 
     for (size_t i = 0; i < n; i++) {
         gw_model m = make_model(c[i].id, c[i].base, c[i].key_file);
-        gw_upstream_result r;
+        result r;
 
         call(&cfg, &m, c[i].model, "x", NULL, &r);
         if (c[i].detail)
@@ -251,7 +271,7 @@ static void test_ok(void)
     gw_config cfg = make_cfg(30);
     gw_model m = make_model("mock-ok", plain.base, NULL);
     char slash[80];
-    gw_upstream_result r;
+    result r;
     char *content;
 
     call(&cfg, &m, "mock-ok", "hello \"there\"\n", NULL, &r);
@@ -287,7 +307,7 @@ static void test_4xx(void)
     };
     gw_config cfg = make_cfg(30);
     gw_model m = make_model("mock-4xx", plain.base, NULL);
-    gw_upstream_result r;
+    result r;
 
     RUN_CASES(cases);
     /* plain text: one line, no control characters, at most 300 bytes */
@@ -337,7 +357,7 @@ static void test_timeout(void)
 {
     gw_config cfg = make_cfg(1);
     gw_model m = make_model("mock-slow", plain.base, NULL);
-    gw_upstream_result r;
+    result r;
     double t0 = tu_now();
 
     call(&cfg, &m, "mock/slow-3000", "x", NULL, &r);
@@ -380,7 +400,7 @@ static void test_big(void)
 {
     gw_config cfg = make_cfg(120);
     gw_model m = make_model("mock-big", plain.base, NULL);
-    gw_upstream_result r;
+    result r;
     char *content;
     size_t n = 20u * 1024u * 1024u;
 
@@ -420,7 +440,7 @@ static void test_stream_off(void)
 {
     gw_config cfg = make_cfg(30);
     gw_model m = make_model("mock-stream", plain.base, NULL);
-    gw_upstream_result r;
+    result r;
     char *content;
 
     /* the mock answers 400 to "stream": true */
@@ -591,7 +611,7 @@ static void test_echo_bad(void)
     };
     gw_config cfg = make_cfg(30);
     gw_model m = make_model("echo", "echo", NULL);
-    gw_upstream_result r;
+    result r;
     gw_request rq;
     char want[200], scan_why[320];
 
@@ -605,7 +625,7 @@ static void test_echo_bad(void)
         CU_ASSERT_EQUAL_FATAL(gw_request_scan(&cfg, bad[i], strlen(bad[i]), &rq,
                                               scan_why, sizeof scan_why),
                               0);
-        gw_upstream_call(&cfg, &m, bad[i], strlen(bad[i]), &rq, NULL, &r);
+        run(&cfg, &m, bad[i], strlen(bad[i]), &rq, &r);
         snprintf(want, sizeof want,
                  "request is not a chat completion request: %s", why[i]);
         expect(&r, 400, want);
@@ -625,7 +645,7 @@ static void test_echo_call(void)
 {
     gw_config cfg = make_cfg(30);
     gw_model m = make_model("echo", "echo", NULL);
-    gw_upstream_result r;
+    result r;
     char *content;
 
     call(&cfg, &m, "echo", "say it back", "\"stream\":true", &r);
@@ -649,19 +669,19 @@ static void test_alive(void)
     gw_model keyed_m = make_model("mock-keyed", keyed.base, NULL);
     gw_model dead = make_model("dead", dead_base, NULL);
 
-    CU_ASSERT_EQUAL(gw_upstream_alive(&cfg, &echo), 1);
-    CU_ASSERT_EQUAL(gw_upstream_alive(&cfg, &live), 1);
+    CU_ASSERT_EQUAL(gw_upstream_alive(&cfg, &echo, NULL), 1);
+    CU_ASSERT_EQUAL(gw_upstream_alive(&cfg, &live, NULL), 1);
     /* /v1/models answers 401 there without a key: still alive */
-    CU_ASSERT_EQUAL(gw_upstream_alive(&cfg, &keyed_m), 1);
-    CU_ASSERT_EQUAL(gw_upstream_alive(&cfg, &dead), 0);
-    CU_ASSERT_EQUAL(gw_upstream_alive(&cfg, NULL), 0);
+    CU_ASSERT_EQUAL(gw_upstream_alive(&cfg, &keyed_m, NULL), 1);
+    CU_ASSERT_EQUAL(gw_upstream_alive(&cfg, &dead, NULL), 0);
+    CU_ASSERT_EQUAL(gw_upstream_alive(&cfg, NULL, NULL), 0);
 }
 
 static void test_reuse(void)
 {
     gw_config cfg = make_cfg(30);
     gw_model m = make_model("mock-reuse", plain.base, NULL);
-    gw_upstream_result r;
+    result r;
     unsigned long req0, conn0, req1, conn1;
 
     CU_ASSERT_EQUAL_FATAL(mock_stats(&plain, &req0, &conn0), 0);
@@ -699,7 +719,7 @@ static void *work(void *arg)
 
     for (int i = 0; i < PER_THREAD; i++) {
         char text[64], want[80], *content;
-        gw_upstream_result r;
+        result r;
         int kind = i % 5;
 
         snprintf(text, sizeof text, "thread %d call %d", w->n, i);
@@ -781,6 +801,57 @@ static int setup(void)
     return 0;
 }
 
+/* Log lines go to the caller's logger (veild: gw_deps' callback, with
+ * its level filter), never straight to stderr; they name the model and
+ * the status, never the prompt or the backend's text. */
+typedef struct log_capture {
+    char text[4096];
+    unsigned lines;
+} log_capture;
+
+static void capture(void *ctx, veil_log_level level, const char *line)
+{
+    log_capture *c = ctx;
+    size_t n = strlen(c->text);
+
+    (void)level;
+    snprintf(c->text + n, sizeof c->text - n, "%s\n", line);
+    c->lines++;
+}
+
+static void test_log(void)
+{
+    gw_config cfg = make_cfg(30);
+    gw_model m = make_model("mock-log", plain.base, NULL);
+    gw_model dead = make_model("mock-log-dead", dead_base, NULL);
+    log_capture c = {"", 0};
+    veil_logger warn = {capture, &c, VEIL_LOG_WARN};
+    char *req = chat_request("mock/status-500", "secret prompt", NULL);
+    char why[320], detail[512];
+    gw_upstream_result up;
+    gw_request rq;
+
+    CU_ASSERT_EQUAL_FATAL(
+        gw_request_scan(&cfg, req, strlen(req), &rq, why, sizeof why), 0);
+    CU_ASSERT_EQUAL(gw_upstream_call(&cfg, &m, req, strlen(req), &rq, NULL,
+                                     &warn, &up, detail, sizeof detail),
+                    GW_UPSTREAM);
+    /* one warning (the debug line of the exchange is filtered out) */
+    CU_ASSERT_EQUAL(c.lines, 1);
+    CU_ASSERT_PTR_NOT_NULL(strstr(c.text, "upstream: mock-log: HTTP 500 ("));
+    CU_ASSERT_PTR_NULL(strstr(c.text, "secret"));
+    CU_ASSERT_PTR_NULL(strstr(c.text, "mock upstream"));
+    /* the health probe logs at debug only */
+    CU_ASSERT_EQUAL(gw_upstream_alive(&cfg, &dead, &warn), 0);
+    CU_ASSERT_EQUAL(c.lines, 1);
+    warn.level = VEIL_LOG_DEBUG;
+    CU_ASSERT_EQUAL(gw_upstream_alive(&cfg, &dead, &warn), 0);
+    CU_ASSERT_EQUAL(c.lines, 2);
+    CU_ASSERT_PTR_NOT_NULL(
+        strstr(c.text, "upstream: mock-log-dead: health probe failed: "));
+    free(req);
+}
+
 int main(void)
 {
     static const tu_test mapping[] = {
@@ -794,6 +865,7 @@ int main(void)
         {"big answers, and too big: 502", test_big},
         {"stream: true turned off", test_stream_off},
         {"bad request: 400, nothing sent", test_bad_request},
+        {"log lines through the caller's logger", test_log},
     };
     static const tu_test echo[] = {
         {"last user message", test_echo},

@@ -1,0 +1,107 @@
+/* The gateway's TPM: what its three files share (not for the rest of the
+ * gateway, which sees gateway.h only).
+ *
+ *   tpm.c        the device and the session: open (TCTI, ESYS), what the
+ *                TPM says of itself, the encryption key as a TPM object
+ *                (tss2_key), the event log, and the helpers below
+ *   tpm_ak.c     the identity keys: the EK and its certificate, attestation
+ *                keys, credential activation
+ *   tpm_quote.c  PCRs, quotes and certifications, and the quote and report
+ *                objects
+ *
+ * Every function here expects t->lock held once gw_tpm_open returned. */
+#ifndef VEIL_TPM_INT_H
+#define VEIL_TPM_INT_H
+
+#include <pthread.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <openssl/evp.h>
+#include <tss2/tss2_esys.h>
+
+#include "evidence.h"
+#include "gateway.h"
+
+struct gw_tpm {
+    pthread_mutex_t lock;
+    TSS2_TCTI_CONTEXT *tcti;
+    ESYS_CONTEXT *ctx;
+
+    veil_logger log;
+
+    int ak_per_request;
+    veil_pcr_sel sel;
+    char pcr_banks[96];
+
+    /* what the TPM says of itself */
+    int software;
+    char manufacturer[8];
+    char vendor[20];
+    char firmware[48];
+    char describe[128];
+    uint32_t nv_buffer_max;
+
+    /* the EK: public parts, and a saved context to load for activation */
+    TPMS_CONTEXT *ek_saved;
+    char *ek_pub_b64;
+    char *ek_spki_b64;
+    char *ek_cert_b64; /* NULL: no certificate in NV */
+
+    /* the long-term AK */
+    ESYS_TR ak;
+    char *ak_pub_b64;
+    char *ak_name_hex;
+
+    /* the encryption key as a TPM object (ESYS_TR_NONE: none) */
+    ESYS_TR key;
+    char *key_pub_b64;
+
+    char *event_log_b64; /* NULL: none readable */
+};
+
+/* ---- tpm.c -------------------------------------------------------------- */
+
+/* "TPM: <what>: <tss2 decoding of rc>" into err. */
+void tpm_put_rc(char *err, size_t err_size, const char *what, TSS2_RC rc);
+/* A monotonic clock in milliseconds (for the debug log). */
+double tpm_now_ms(void);
+/* Lower-case hex of in, malloc'd; NULL: no memory. */
+char *tpm_hex(const uint8_t *in, size_t len);
+/* One TPM2_GetCapability of one item into *data (Esys_Free it).  0, or
+ * -1 with "TPM: what: ..." in err. */
+int tpm_capability(gw_tpm *t, TPM2_CAP cap, UINT32 property, const char *what,
+                   TPMS_CAPABILITY_DATA **data, char *err, size_t err_size);
+/* Base64 of a marshaled TPM2B_PUBLIC, malloc'd; NULL on failure. */
+char *tpm_b64_public(const TPM2B_PUBLIC *pub);
+/* The public key of an RSA or ECC P-256 TPM object; NULL on failure. */
+EVP_PKEY *tpm_pkey_from_public(const TPMT_PUBLIC *p);
+
+/* ---- tpm_ak.c ----------------------------------------------------------- */
+
+/* Makes the EK (default template L-1) and keeps its public parts and a
+ * saved context in t.  0, or -1 with err. */
+int tpm_ek_make(gw_tpm *t, char *err, size_t err_size);
+/* Reads the RSA EK certificate from NV into t (absent is not an error).
+ * 0, or -1 with err. */
+int tpm_ek_cert_read(gw_tpm *t, char *err, size_t err_size);
+/* Warns when the certificate in NV is not for the EK we made. */
+void tpm_ek_cert_check(gw_tpm *t);
+/* A new attestation key (restricted ECDSA P-256 signing primary in the
+ * endorsement hierarchy).  0, or -1 with err. */
+int tpm_ak_make(gw_tpm *t, ESYS_TR *ak, TPM2B_PUBLIC **pub, char *err,
+                size_t err_size);
+/* The name (nameAlg || H(TPMT_PUBLIC)) of a loaded object. */
+int tpm_object_name(gw_tpm *t, ESYS_TR obj, TPM2B_NAME **name, char *err,
+                    size_t err_size);
+
+/* ---- tpm_quote.c -------------------------------------------------------- */
+
+/* Reads the selected PCRs into values (selection order).  0, or -1. */
+int tpm_pcr_read(gw_tpm *t, uint8_t (*values)[32], char *err, size_t err_size);
+/* TPM2_Certify of obj by signer.  0, or -1 with err. */
+int tpm_certify(gw_tpm *t, ESYS_TR obj, ESYS_TR signer,
+                const uint8_t qualifying[32], TPM2B_ATTEST **info,
+                TPMT_SIGNATURE **sig, char *err, size_t err_size);
+
+#endif /* VEIL_TPM_INT_H */

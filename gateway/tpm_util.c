@@ -1,0 +1,122 @@
+/* The small helpers of the gateway's TPM module (tpm_int.h): TSS2 error
+ * text, a clock, hex and base64 of public areas, an EVP_PKEY of a TPM
+ * public area, one capability read.  Used by tpm.c, tpm_ak.c and
+ * tpm_quote.c; it calls none of them. */
+#include "config.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <openssl/bn.h>
+#include <openssl/core_names.h>
+#include <openssl/evp.h>
+#include <openssl/param_build.h>
+
+#include <tss2/tss2_esys.h>
+#include <tss2/tss2_mu.h>
+#include <tss2/tss2_rc.h>
+
+#include "package.h"
+#include "tpm_int.h"
+
+/* ---- small helpers ------------------------------------------------------ */
+
+/* "TPM: <what>: <tss2 decoding of rc>" into err. */
+void tpm_put_rc(char *err, size_t err_size, const char *what, TSS2_RC rc)
+{
+    gw_put_err(err, err_size, "TPM: %s: %s", what, Tss2_RC_Decode(rc));
+}
+
+double tpm_now_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
+char *tpm_hex(const uint8_t *in, size_t len)
+{
+    char *out = malloc(2 * len + 1);
+
+    if (out)
+        veil_hex(in, len, out);
+    return out;
+}
+
+char *tpm_b64_public(const TPM2B_PUBLIC *pub)
+{
+    uint8_t buf[sizeof(TPM2B_PUBLIC)];
+    size_t off = 0;
+
+    if (Tss2_MU_TPM2B_PUBLIC_Marshal(pub, buf, sizeof buf, &off) !=
+        TSS2_RC_SUCCESS)
+        return NULL;
+    return veil_b64_encode(buf, off);
+}
+
+/* The public key of an RSA or ECC P-256 TPM object as an EVP_PKEY. */
+EVP_PKEY *tpm_pkey_from_public(const TPMT_PUBLIC *p)
+{
+    OSSL_PARAM_BLD *bld = OSSL_PARAM_BLD_new();
+    OSSL_PARAM *params = NULL;
+    EVP_PKEY_CTX *pctx = NULL;
+    EVP_PKEY *pkey = NULL;
+    BIGNUM *n = NULL, *e = NULL;
+    uint8_t point[1 + 2 * 32];
+    int ok = 0;
+
+    if (!bld)
+        return NULL;
+    if (p->type == TPM2_ALG_RSA) {
+        uint32_t exp = p->parameters.rsaDetail.exponent;
+
+        n = BN_bin2bn(p->unique.rsa.buffer, p->unique.rsa.size, NULL);
+        e = BN_new();
+        ok = n && e && BN_set_word(e, exp ? exp : 65537) &&
+             OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_RSA_N, n) &&
+             OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_RSA_E, e) &&
+             (pctx = EVP_PKEY_CTX_new_from_name(NULL, "RSA", NULL));
+    } else if (p->type == TPM2_ALG_ECC &&
+               p->parameters.eccDetail.curveID == TPM2_ECC_NIST_P256 &&
+               p->unique.ecc.x.size == 32 && p->unique.ecc.y.size == 32) {
+        point[0] = 0x04; /* uncompressed */
+        memcpy(point + 1, p->unique.ecc.x.buffer, 32);
+        memcpy(point + 33, p->unique.ecc.y.buffer, 32);
+        ok = OSSL_PARAM_BLD_push_utf8_string(bld, OSSL_PKEY_PARAM_GROUP_NAME,
+                                             "prime256v1", 0) &&
+             OSSL_PARAM_BLD_push_octet_string(bld, OSSL_PKEY_PARAM_PUB_KEY,
+                                              point, sizeof point) &&
+             (pctx = EVP_PKEY_CTX_new_from_name(NULL, "EC", NULL));
+    }
+    if (ok && (params = OSSL_PARAM_BLD_to_param(bld)) != NULL &&
+        EVP_PKEY_fromdata_init(pctx) == 1 &&
+        EVP_PKEY_fromdata(pctx, &pkey, EVP_PKEY_PUBLIC_KEY, params) != 1)
+        pkey = NULL;
+    OSSL_PARAM_free(params);
+    OSSL_PARAM_BLD_free(bld);
+    EVP_PKEY_CTX_free(pctx);
+    BN_free(n);
+    BN_free(e);
+    return pkey;
+}
+
+/* One fixed property; 0 when the TPM does not report it. */
+int tpm_capability(gw_tpm *t, TPM2_CAP cap, UINT32 property, const char *what,
+                   TPMS_CAPABILITY_DATA **data, char *err, size_t err_size)
+{
+    TPMI_YES_NO more;
+    TSS2_RC rc;
+
+    *data = NULL;
+    rc = Esys_GetCapability(t->ctx, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE,
+                            cap, property, 1, &more, data);
+    if (rc != TSS2_RC_SUCCESS) {
+        *data = NULL;
+        tpm_put_rc(err, err_size, what, rc);
+        return -1;
+    }
+    return 0;
+}
