@@ -1,5 +1,6 @@
 /* The protocol test server (see fixture.h). */
 #include "fixture.h"
+#include "openai.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -240,59 +241,24 @@ static enum MHD_Result send_detail(fx_server *s, struct MHD_Connection *conn,
     return ret;
 }
 
-/* The content of the last user message ("" when there is none); a list
- * of parts is joined from its text parts.  malloc'd; NULL: no memory. */
+/* The content of the last user message ("" when there is none; a list of
+ * parts joined from its text parts: protocol/openai.c), and in
+ * *prompt_chars the length of every string content.  malloc'd; NULL: no
+ * memory. */
 static char *last_user_content(const cJSON *messages, size_t *prompt_chars)
 {
-    const cJSON *m, *last = NULL;
-    const cJSON *content;
+    const cJSON *m;
     size_t total = 0;
 
     cJSON_ArrayForEach(m, messages)
     {
-        const cJSON *role = cJSON_GetObjectItemCaseSensitive(m, "role");
+        const cJSON *content = cJSON_GetObjectItemCaseSensitive(m, "content");
 
-        content = cJSON_GetObjectItemCaseSensitive(m, "content");
         if (cJSON_IsString(content))
             total += strlen(content->valuestring);
-        if (cJSON_IsString(role) && strcmp(role->valuestring, "user") == 0)
-            last = m;
     }
     *prompt_chars = total;
-    content = last ? cJSON_GetObjectItemCaseSensitive(last, "content") : NULL;
-    if (cJSON_IsString(content))
-        return strdup(content->valuestring);
-    if (cJSON_IsArray(content)) {
-        size_t n = 0;
-        char *out;
-        const cJSON *part;
-
-        cJSON_ArrayForEach(part, content)
-        {
-            const cJSON *t = cJSON_GetObjectItemCaseSensitive(part, "text");
-
-            if (cJSON_IsString(t))
-                n += strlen(t->valuestring);
-        }
-        out = malloc(n + 1);
-        if (out == NULL)
-            return NULL;
-        n = 0;
-        cJSON_ArrayForEach(part, content)
-        {
-            const cJSON *t = cJSON_GetObjectItemCaseSensitive(part, "text");
-
-            if (cJSON_IsString(t)) {
-                size_t l = strlen(t->valuestring);
-
-                memcpy(out + n, t->valuestring, l);
-                n += l;
-            }
-        }
-        out[n] = '\0';
-        return out;
-    }
-    return strdup("");
+    return veil_openai_content_text(veil_openai_last_user(messages));
 }
 
 /* The chat.completion answer to req (a parsed request).  NULL: no memory. */

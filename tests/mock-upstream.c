@@ -52,6 +52,7 @@
 #include <cjson/cJSON.h>
 #include <microhttpd.h>
 
+#include "openai.h"
 #include "stub_http.h"
 
 #define MOCK_CHAT_PATH "/v1/chat/completions"
@@ -211,49 +212,12 @@ static enum MHD_Result send_error(struct MHD_Connection *conn, unsigned status,
     return send_json(conn, status, j);
 }
 
-/* The content of the last user message ("" when there is none); a list of
- * parts is joined from its text parts.  malloc'd; NULL: no memory. */
+/* The content of the last user message ("" when there is none; a list of
+ * parts joined from its text parts): protocol/openai.c, as the gateway's
+ * echo model reads it.  malloc'd; NULL: no memory. */
 static char *last_user_content(const cJSON *messages)
 {
-    const cJSON *m, *last = NULL, *content, *part;
-    size_t n = 0;
-    char *out;
-
-    cJSON_ArrayForEach(m, messages)
-    {
-        const cJSON *role = cJSON_GetObjectItemCaseSensitive(m, "role");
-
-        if (cJSON_IsString(role) && strcmp(role->valuestring, "user") == 0)
-            last = m;
-    }
-    content = last ? cJSON_GetObjectItemCaseSensitive(last, "content") : NULL;
-    if (cJSON_IsString(content))
-        return strdup(content->valuestring);
-    if (!cJSON_IsArray(content))
-        return strdup("");
-    cJSON_ArrayForEach(part, content)
-    {
-        const cJSON *t = cJSON_GetObjectItemCaseSensitive(part, "text");
-
-        if (cJSON_IsString(t))
-            n += strlen(t->valuestring);
-    }
-    if ((out = malloc(n + 1)) == NULL)
-        return NULL;
-    n = 0;
-    cJSON_ArrayForEach(part, content)
-    {
-        const cJSON *t = cJSON_GetObjectItemCaseSensitive(part, "text");
-
-        if (cJSON_IsString(t)) {
-            size_t l = strlen(t->valuestring);
-
-            memcpy(out + n, t->valuestring, l);
-            n += l;
-        }
-    }
-    out[n] = '\0';
-    return out;
+    return veil_openai_content_text(veil_openai_last_user(messages));
 }
 
 /* A chat.completion with content (taken). */
