@@ -44,8 +44,7 @@ static int p256_point_ok(const uint8_t *peer, size_t peer_len)
 }
 
 veil_rc veil_ecdh_derive(veil_engine *e, const veil_key *priv,
-                         const uint8_t *peer, size_t peer_len,
-                         veil_secbuf **z)
+                         const uint8_t *peer, size_t peer_len, veil_secbuf **z)
 {
     const char *who;
     unsigned caps;
@@ -118,8 +117,7 @@ static veil_rc hkdf_mode(int mode, const uint8_t *salt, size_t salt_len,
 
 veil_rc veil_hkdf_sha256_extract(veil_engine *e, const uint8_t *salt,
                                  size_t salt_len, const uint8_t *ikm,
-                                 size_t ikm_len,
-                                 uint8_t prk[VEIL_HKDF_PRK_LEN])
+                                 size_t ikm_len, uint8_t prk[VEIL_HKDF_PRK_LEN])
 {
     veil_err_clear();
     if (!e || (salt_len && !salt) || (ikm_len && !ikm) || !prk)
@@ -144,12 +142,12 @@ veil_rc veil_hkdf_sha256_expand(veil_engine *e, const uint8_t *prk,
                         prk_len);
     if (info_len > VEIL_HKDF_INFO_MAX)
         return veil_err(VEIL_E_ARG, "engine", NULL,
-                        "HKDF-Expand: info is %zu bytes; at most %d",
-                        info_len, VEIL_HKDF_INFO_MAX);
+                        "HKDF-Expand: info is %zu bytes; at most %d", info_len,
+                        VEIL_HKDF_INFO_MAX);
     if (out_len == 0 || out_len > 255 * 32)
         return veil_err(VEIL_E_ARG, "engine", NULL,
                         "HKDF-Expand output must be 1..8160 bytes (got %zu)",
                         out_len);
-    return hkdf_mode(EVP_KDF_HKDF_MODE_EXPAND_ONLY, NULL, 0, prk, prk_len,
-                     info, info_len, out, out_len);
+    return hkdf_mode(EVP_KDF_HKDF_MODE_EXPAND_ONLY, NULL, 0, prk, prk_len, info,
+                     info_len, out, out_len);
 }

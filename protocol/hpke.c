@@ -35,7 +35,9 @@
 
 size_t veil_hpke_nenc(uint16_t kem)
 {
-    return kem == VEIL_HPKE_KEM_P256 ? 65 : kem == VEIL_HPKE_KEM_X25519 ? 32 : 0;
+    return kem == VEIL_HPKE_KEM_P256     ? 65
+           : kem == VEIL_HPKE_KEM_X25519 ? 32
+                                         : 0;
 }
 
 size_t veil_hpke_nsk(uint16_t kem)
@@ -138,7 +140,8 @@ static veil_rc labeled_expand(veil_engine *e, const suite_id *sid,
                               const uint8_t *info, size_t info_len,
                               uint8_t *out, size_t len)
 {
-    uint8_t buf[2 + sizeof version_label + 10 + LABEL_MAX + EXP_CTX_MAX + 2 * 65],
+    uint8_t
+        buf[2 + sizeof version_label + 10 + LABEL_MAX + EXP_CTX_MAX + 2 * 65],
         *q = buf;
     size_t ll = strlen(label);
 
@@ -270,8 +273,8 @@ veil_rc veil_hpke_key_from_private(uint16_t kem, const uint8_t *sk,
                       "not a private key for HPKE KEM 0x%04x", kem);
     else if (kem == VEIL_HPKE_KEM_P256)
         rc = p256_from_scalar(sk, &k->pkey);
-    else if (!(k->pkey = EVP_PKEY_new_raw_private_key(EVP_PKEY_X25519, NULL,
-                                                      sk, 32)))
+    else if (!(k->pkey =
+                   EVP_PKEY_new_raw_private_key(EVP_PKEY_X25519, NULL, sk, 32)))
         rc = veil_err_ossl(VEIL_E_CRYPTO, HP, "X25519 private key");
     if (rc != VEIL_OK) {
         veil_hpke_key_free(k);
@@ -445,8 +448,7 @@ static veil_rc dh_soft(uint16_t kem, EVP_PKEY *sk, const uint8_t *peer,
         ctx = EVP_PKEY_CTX_new_from_pkey(NULL, sk, NULL);
         if (!ctx || EVP_PKEY_derive_init(ctx) <= 0 ||
             EVP_PKEY_derive_set_peer_ex(ctx, pk, 1) <= 0 ||
-            EVP_PKEY_derive(ctx, veil_secbuf_data(out), &len) <= 0 ||
-            len != 32)
+            EVP_PKEY_derive(ctx, veil_secbuf_data(out), &len) <= 0 || len != 32)
             rc = veil_err(VEIL_E_ARG, HP, NULL, "HPKE: DH failed");
     }
     for (size_t i = 0; rc == VEIL_OK && i < 32; i++)
@@ -487,8 +489,8 @@ static veil_rc extract_and_expand(veil_engine *e, uint16_t kem,
     memcpy(kem_context, enc, n);
     memcpy(kem_context + n, pkR, n);
     rc = labeled_extract(e, &sid, NULL, 0, "eae_prk",
-                         veil_secbuf_data((veil_secbuf *)z),
-                         veil_secbuf_len(z), eae_prk);
+                         veil_secbuf_data((veil_secbuf *)z), veil_secbuf_len(z),
+                         eae_prk);
     if (rc == VEIL_OK)
         rc = labeled_expand(e, &sid, eae_prk, "shared_secret", kem_context,
                             2 * n, ss, NH);

@@ -68,11 +68,9 @@ veil_rc veil_hpke_key_from_private(uint16_t kem, const uint8_t *sk,
 veil_rc veil_hpke_key_generate(uint16_t kem, veil_hpke_key **out);
 uint16_t veil_hpke_key_kem(const veil_hpke_key *k);
 /* SerializePublicKey: *len in, the room (at least Npk); out, Npk. */
-veil_rc veil_hpke_key_public(const veil_hpke_key *k, uint8_t *pk,
-                             size_t *len);
+veil_rc veil_hpke_key_public(const veil_hpke_key *k, uint8_t *pk, size_t *len);
 /* SerializePrivateKey, software keys only (a token key never leaves). */
-veil_rc veil_hpke_key_private(const veil_hpke_key *k, uint8_t *sk,
-                              size_t *len);
+veil_rc veil_hpke_key_private(const veil_hpke_key *k, uint8_t *sk, size_t *len);
 void veil_hpke_key_free(veil_hpke_key *k);
 
 /* ---- contexts --------------------------------------------------------- */
