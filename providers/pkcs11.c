@@ -1435,7 +1435,10 @@ static veil_rc pk_key_generate(veil_provider *p, const veil_keygen_params *kp,
         {CKA_PRIVATE, &yes, sizeof yes},
         {CKA_SENSITIVE, &yes, sizeof yes},
         {CKA_EXTRACTABLE, &no, sizeof no},
-        {kp->type == VEIL_KEY_RSA ? CKA_DECRYPT : CKA_SIGN, &yes, sizeof yes},
+        {kp->type == VEIL_KEY_RSA ? CKA_DECRYPT
+         : kp->derive             ? CKA_DERIVE
+                                  : CKA_SIGN,
+         &yes, sizeof yes},
         label,
         idattr,
     };

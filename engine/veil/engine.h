@@ -209,6 +209,9 @@ typedef struct veil_keygen_params {
     int session_only;          /* token: session object, gone at close */
     veil_progress_fn progress; /* called while a long generation runs */
     void *progress_ctx;
+    /* EC: a key-agreement (KEM) key for ECDH, not a signing key: in a
+     * token CKA_DERIVE true and CKA_SIGN false (one key, one purpose). */
+    int derive;
 } veil_keygen_params;
 
 /* `where`: "software" (in memory) or a PKCS#11 URI naming the token
