@@ -1754,8 +1754,8 @@ static veil_rc pk_ecdh_derive(veil_provider *p, const veil_key *k,
         veil_secbuf_free(out);
         return rc;
     }
-    rv = CALL(p, C_DeriveKey, sh, &m, pk->priv, t, sizeof t / sizeof t[0],
-              &obj);
+    rv =
+        CALL(p, C_DeriveKey, sh, &m, pk->priv, t, sizeof t / sizeof t[0], &obj);
     if (rv == CKR_OK) {
         val.pValue = veil_secbuf_data(out);
         val.ulValueLen = VEIL_ECDH_P256_Z_LEN;

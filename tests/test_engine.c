@@ -684,8 +684,7 @@ static void test_ecdh_dispatch(void)
     peer[0] = 0x02;
     CU_ASSERT_EQUAL(veil_ecdh_derive(e, k, peer, 33, &z), VEIL_E_ARG);
     peer[0] = 0x04;
-    CU_ASSERT_EQUAL(veil_ecdh_derive(e, k, peer, peer_len - 1, &z),
-                    VEIL_E_ARG);
+    CU_ASSERT_EQUAL(veil_ecdh_derive(e, k, peer, peer_len - 1, &z), VEIL_E_ARG);
     CU_ASSERT_EQUAL(mock.ecdh, 1);
 
     /* an RSA key is the wrong kind */
@@ -1556,9 +1555,9 @@ static void test_sw_hkdf_random(void)
         0x9c, 0x31, 0x22, 0xec, 0x84, 0x4a, 0xd7, 0xc2, 0xb3, 0xe5};
     uint8_t prk[VEIL_HKDF_PRK_LEN], big[VEIL_HKDF_INFO_MAX + 1] = {0};
 
-    CU_ASSERT_EQUAL(veil_hkdf_sha256_extract(sw_e, salt, sizeof salt, ikm,
-                                             sizeof ikm, prk),
-                    VEIL_OK);
+    CU_ASSERT_EQUAL(
+        veil_hkdf_sha256_extract(sw_e, salt, sizeof salt, ikm, sizeof ikm, prk),
+        VEIL_OK);
     CU_ASSERT_EQUAL(memcmp(prk, prk_want, sizeof prk), 0);
     memset(out, 0, sizeof out);
     CU_ASSERT_EQUAL(veil_hkdf_sha256_expand(sw_e, prk, sizeof prk, info,
@@ -1572,9 +1571,9 @@ static void test_sw_hkdf_random(void)
     CU_ASSERT_EQUAL(veil_hkdf_sha256_expand(sw_e, prk, sizeof prk, big,
                                             sizeof big, out, sizeof out),
                     VEIL_E_ARG);
-    CU_ASSERT_EQUAL(
-        veil_hkdf_sha256_expand(sw_e, prk, sizeof prk, info, sizeof info, out, 0),
-        VEIL_E_ARG);
+    CU_ASSERT_EQUAL(veil_hkdf_sha256_expand(sw_e, prk, sizeof prk, info,
+                                            sizeof info, out, 0),
+                    VEIL_E_ARG);
 
     memset(rnd, 0, sizeof rnd);
     memset(rnd2, 0, sizeof rnd2);
@@ -1598,8 +1597,9 @@ static void test_sw_ecdh(void)
 
     CU_ASSERT_EQUAL_FATAL(veil_key_generate(sw_e, "software", &ec, &b),
                           VEIL_OK);
-    CU_ASSERT_EQUAL_FATAL(EVP_PKEY_get_octet_string_param(
-                              sw_ec->pub, "encoded-pub-key", pa, sizeof pa, &la),
+    CU_ASSERT_EQUAL_FATAL(EVP_PKEY_get_octet_string_param(sw_ec->pub,
+                                                          "encoded-pub-key", pa,
+                                                          sizeof pa, &la),
                           1);
     CU_ASSERT_EQUAL_FATAL(EVP_PKEY_get_octet_string_param(
                               b->pub, "encoded-pub-key", pb, sizeof pb, &lb),

@@ -175,8 +175,8 @@ static veil_key *token_key(veil_hpke_key *k, const uint8_t *pk, int n)
                                 &h);
     OPENSSL_cleanse(sk, sizeof sk);
     if (rv == CKR_OK)
-        rv = p11->f->C_CreateObject(p11->session, pub,
-                                    sizeof pub / sizeof *pub, &h);
+        rv = p11->f->C_CreateObject(p11->session, pub, sizeof pub / sizeof *pub,
+                                    &h);
     if (rv != CKR_OK) {
         fprintf(stderr, "C_CreateObject (EC key): 0x%lx\n", (unsigned long)rv);
         return NULL;
@@ -405,9 +405,9 @@ static void test_tampering(void)
 
         CU_ASSERT_EQUAL_FATAL(veil_hpke_key_generate(s->kem, &skR), VEIL_OK);
         CU_ASSERT_EQUAL_FATAL(veil_hpke_key_public(skR, pk, &pk_len), VEIL_OK);
-        CU_ASSERT_EQUAL_FATAL(veil_hpke_setup_base_s(sw_e, s, pk, pk_len,
-                                                     NULL, 0, NULL, enc,
-                                                     &enc_len, &cs),
+        CU_ASSERT_EQUAL_FATAL(veil_hpke_setup_base_s(sw_e, s, pk, pk_len, NULL,
+                                                     0, NULL, enc, &enc_len,
+                                                     &cs),
                               VEIL_OK);
         CU_ASSERT_EQUAL(veil_hpke_seal(sw_e, cs, NULL, 0, msg, sizeof msg, ct),
                         VEIL_OK);
@@ -433,14 +433,15 @@ static void test_tampering(void)
         CU_ASSERT_EQUAL(veil_hpke_setup_base_r(sw_e, s, skR, enc, enc_len - 1,
                                                NULL, 0, &cr),
                         VEIL_E_ARG);
-        CU_ASSERT_EQUAL_FATAL(veil_hpke_setup_base_r(sw_e, s, skR, enc,
-                                                     enc_len, NULL, 0, &cr),
-                              VEIL_OK);
+        CU_ASSERT_EQUAL_FATAL(
+            veil_hpke_setup_base_r(sw_e, s, skR, enc, enc_len, NULL, 0, &cr),
+            VEIL_OK);
         /* every byte of the ciphertext flipped; every truncation */
         for (size_t j = 0; j < sizeof ct; j++) {
             ct[j] ^= 0x80;
-            CU_ASSERT_EQUAL(veil_hpke_open(sw_e, cr, NULL, 0, ct, sizeof ct, pt),
-                            VEIL_E_DECRYPT);
+            CU_ASSERT_EQUAL(
+                veil_hpke_open(sw_e, cr, NULL, 0, ct, sizeof ct, pt),
+                VEIL_E_DECRYPT);
             ct[j] ^= 0x80;
         }
         for (size_t j = 0; j < sizeof ct; j++)
@@ -492,8 +493,9 @@ static void test_bad_keys(void)
     CU_ASSERT_EQUAL(
         veil_hpke_setup_base_r(sw_e, &bad, p, zero, sizeof zero, NULL, 0, &c),
         VEIL_E_UNSUPPORTED);
-    CU_ASSERT_EQUAL(veil_hpke_key_from_private(VEIL_HPKE_KEM_P256, zero, 32, &p),
-                    VEIL_E_KEY); /* p is kept: the call failed */
+    CU_ASSERT_EQUAL(
+        veil_hpke_key_from_private(VEIL_HPKE_KEM_P256, zero, 32, &p),
+        VEIL_E_KEY); /* p is kept: the call failed */
     veil_hpke_key_free(x);
     veil_hpke_key_free(p);
 }
@@ -502,9 +504,8 @@ static void test_bad_keys(void)
  * with it is refused with the token's reason, not a crash or a fallback. */
 static void test_token_signing_key_cannot_derive(void)
 {
-    veil_keygen_params kp = {.type = VEIL_KEY_EC_P256,
-                             .label = "hpke-sign-only",
-                             .session_only = 1};
+    veil_keygen_params kp = {
+        .type = VEIL_KEY_EC_P256, .label = "hpke-sign-only", .session_only = 1};
     uint8_t peer[65];
     size_t peer_len = 0;
     veil_secbuf *z = NULL;

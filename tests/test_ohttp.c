@@ -54,7 +54,8 @@ static const char res_il[] =
     "6c652e6373733e3b2072656c3d7072656c6f61643b2061733d7374796c65046c696e6b24"
     "3c2f7363726970742e6a733e3b2072656c3d7072656c6f61643b2061733d736372697074"
     "0040c804646174651d4d6f6e2c203237204a756c20323030392031323a32383a35332047"
-    "4d540673657276657206417061636865" "0d6c6173742d6d6f6469666965641d5765642c"
+    "4d540673657276657206417061636865"
+    "0d6c6173742d6d6f6469666965641d5765642c"
     "203232204a756c20323030392031393a31353a353620474d5404657461671422333461"
     "613338372d642d3135363865623030220d6163636570742d72616e6765730562797465"
     "730e636f6e74656e742d6c656e67746802353104766172790f4163636570742d456e63"
@@ -84,8 +85,7 @@ static void check_hello(const veil_bhttp_msg *m)
         CU_ASSERT(m->headers.fields[i].name.len == hello_fields[i].name.len &&
                   memcmp(m->headers.fields[i].name.p, hello_fields[i].name.p,
                          hello_fields[i].name.len) == 0);
-        CU_ASSERT(m->headers.fields[i].value.len ==
-                      hello_fields[i].value.len &&
+        CU_ASSERT(m->headers.fields[i].value.len == hello_fields[i].value.len &&
                   memcmp(m->headers.fields[i].value.p, hello_fields[i].value.p,
                          hello_fields[i].value.len) == 0);
     }
@@ -112,9 +112,9 @@ static void test_rfc9292_request(void)
     veil_secbuf_free(enc);
     /* decoding, whole and with the last one or two bytes truncated */
     for (size_t cut = 0; cut <= 2; cut++) {
-        CU_ASSERT_EQUAL(veil_bhttp_decode(kl, kl_len - cut, VEIL_BHTTP_REQUEST,
-                                          NULL, &m),
-                        VEIL_OK);
+        CU_ASSERT_EQUAL(
+            veil_bhttp_decode(kl, kl_len - cut, VEIL_BHTTP_REQUEST, NULL, &m),
+            VEIL_OK);
         check_hello(m);
         CU_ASSERT(m && m->known_length);
         veil_bhttp_msg_free(m);
@@ -122,9 +122,9 @@ static void test_rfc9292_request(void)
     }
     /* the indeterminate-length form, up to 12 bytes removable */
     for (size_t cut = 0; cut <= 12; cut++) {
-        CU_ASSERT_EQUAL(veil_bhttp_decode(il, il_len - cut, VEIL_BHTTP_REQUEST,
-                                          NULL, &m),
-                        VEIL_OK);
+        CU_ASSERT_EQUAL(
+            veil_bhttp_decode(il, il_len - cut, VEIL_BHTTP_REQUEST, NULL, &m),
+            VEIL_OK);
         check_hello(m);
         CU_ASSERT(m && !m->known_length);
         veil_bhttp_msg_free(m);
@@ -252,7 +252,8 @@ static void test_rfc9458_example(void)
     veil_secbuf_free(got);
     CU_ASSERT_EQUAL(veil_bhttp_decode(rq, rq_len, VEIL_BHTTP_REQUEST, NULL, &m),
                     VEIL_OK);
-    CU_ASSERT(m && bstr_is(m->authority, "example.com") && bstr_is(m->path, "/"));
+    CU_ASSERT(m && bstr_is(m->authority, "example.com") &&
+              bstr_is(m->path, "/"));
     veil_bhttp_msg_free(m);
     CU_ASSERT_EQUAL(veil_bhttp_encode(&ok, VEIL_BHTTP_TRUNCATE, &got), VEIL_OK);
     CU_ASSERT(secbuf_is(got, rs, rs_len));
@@ -275,9 +276,9 @@ static void test_rfc9458_example(void)
         VEIL_OK);
     CU_ASSERT(secbuf_is(got, rq, rq_len));
     veil_secbuf_free(got);
-    CU_ASSERT_EQUAL_FATAL(veil_ohttp_encap_response(e, gctx, rs, rs_len, nonce,
-                                                    &out, &out_len),
-                          VEIL_OK);
+    CU_ASSERT_EQUAL_FATAL(
+        veil_ohttp_encap_response(e, gctx, rs, rs_len, nonce, &out, &out_len),
+        VEIL_OK);
     CU_ASSERT(out_len == ers_len && memcmp(out, ers, ers_len) == 0);
     free(out);
 
@@ -310,11 +311,11 @@ static void test_p256_round_trip(void)
     veil_keygen_params kp = {.type = VEIL_KEY_EC_P256, .label = "kem"};
     veil_ohttp_alg alg = {VEIL_HPKE_KDF_SHA256, VEIL_HPKE_AEAD_AES256GCM};
     static const char msg[] = "inner request";
-    veil_ohttp_keyconfig cfg = {.key_id = 7,
-                                .kem = VEIL_HPKE_KEM_P256,
-                                .n_algs = 1,
-                                .algs = {{VEIL_HPKE_KDF_SHA256,
-                                          VEIL_HPKE_AEAD_AES256GCM}}};
+    veil_ohttp_keyconfig cfg = {
+        .key_id = 7,
+        .kem = VEIL_HPKE_KEM_P256,
+        .n_algs = 1,
+        .algs = {{VEIL_HPKE_KDF_SHA256, VEIL_HPKE_AEAD_AES256GCM}}};
     veil_key *k = NULL;
     veil_hpke_key *skR = NULL;
     veil_ohttp_ctx *c1 = NULL, *c2 = NULL, *g1 = NULL, *g2 = NULL;
@@ -332,12 +333,12 @@ static void test_p256_round_trip(void)
     CU_ASSERT_EQUAL(veil_ohttp_keys_decode(keys, keys_len, &list, &n), VEIL_OK);
     CU_ASSERT(n == 1 && list && memcmp(list, &cfg, sizeof cfg) == 0);
     CU_ASSERT_EQUAL_FATAL(
-        veil_ohttp_encap_request(e, &cfg, alg, (const uint8_t *)msg,
-                                 sizeof msg, NULL, &rq1, &rq1_len, &c1),
+        veil_ohttp_encap_request(e, &cfg, alg, (const uint8_t *)msg, sizeof msg,
+                                 NULL, &rq1, &rq1_len, &c1),
         VEIL_OK);
     CU_ASSERT_EQUAL_FATAL(
-        veil_ohttp_encap_request(e, &cfg, alg, (const uint8_t *)msg,
-                                 sizeof msg, NULL, &rq2, &rq2_len, &c2),
+        veil_ohttp_encap_request(e, &cfg, alg, (const uint8_t *)msg, sizeof msg,
+                                 NULL, &rq2, &rq2_len, &c2),
         VEIL_OK);
     /* two encapsulations never share an enc (the replay register's key) */
     {
@@ -394,7 +395,8 @@ static void bhttp_mutations(const char *hex, veil_bhttp_kind kind)
     CU_ASSERT_PTR_NOT_NULL_FATAL(copy);
     for (size_t cut = 0; cut < len; cut++) {
         veil_rc rc;
-        memcpy(copy, b, cut); /* a fresh allocation edge: ASan sees reads past */
+        memcpy(copy, b,
+               cut); /* a fresh allocation edge: ASan sees reads past */
         m = NULL;
         rc = veil_bhttp_decode(copy, cut, kind, NULL, &m);
         CU_ASSERT(rc == VEIL_OK || (rc == VEIL_E_ARG && !m));
@@ -456,8 +458,8 @@ static void test_bhttp_hostile(void)
         {"0340c80000010200", VEIL_BHTTP_RESPONSE, "chunk past the end"},
         {"0140c8", VEIL_BHTTP_REQUEST, "a response as a request"},
     };
-    static const uint8_t head[] = {0x00, 0x03, 'G', 'E', 'T', 0x05, 'h', 't',
-                                   't',  'p',  's', 0x00, 0x01, '/'};
+    static const uint8_t head[] = {0x00, 0x03, 'G', 'E', 'T',  0x05, 'h',
+                                   't',  't',  'p', 's', 0x00, 0x01, '/'};
     uint8_t many[sizeof head + 2 + 130 * 4];
     veil_bhttp_limits lim = {2, 64, 16, 1, 2};
     veil_bhttp_msg *m;
@@ -481,19 +483,18 @@ static void test_bhttp_hostile(void)
     {
         static const char *const over[] = {
             "000347455405687474707300012f09017801790178017901780179",
-            "0140660040670040c8",
-            "0340c800010101010101010000",
+            "0140660040670040c8", "0340c800010101010101010000",
             "0340c800011101010101000000", /* 17 bytes > max_content 16 */
         };
         for (size_t i = 0; i < 4; i++) {
             size_t len;
             uint8_t *b = tu_hex(over[i], &len);
             m = NULL;
-            CU_ASSERT_EQUAL(veil_bhttp_decode(b, len,
-                                              i ? VEIL_BHTTP_RESPONSE
-                                                : VEIL_BHTTP_REQUEST,
-                                              &lim, &m),
-                            VEIL_E_ARG);
+            CU_ASSERT_EQUAL(
+                veil_bhttp_decode(b, len,
+                                  i ? VEIL_BHTTP_RESPONSE : VEIL_BHTTP_REQUEST,
+                                  &lim, &m),
+                VEIL_E_ARG);
             CU_ASSERT_PTR_NULL(m);
             free(b);
         }
@@ -547,7 +548,7 @@ static void test_ohttp_hostile(void)
         CU_ASSERT(!got && !g);
     }
     for (size_t i = 0; i < erq_len; i++) {
-        veil_rc rc, want = i == 0   ? VEIL_E_NOT_FOUND
+        veil_rc rc, want = i == 0  ? VEIL_E_NOT_FOUND
                            : i < 7 ? VEIL_E_UNSUPPORTED
                                    : VEIL_E_DECRYPT;
         memcpy(copy, erq, erq_len);
@@ -561,10 +562,10 @@ static void test_ohttp_hostile(void)
     CU_ASSERT_EQUAL_FATAL(
         veil_hpke_key_from_private(VEIL_HPKE_KEM_X25519, eph_b, eph_len, &eph),
         VEIL_OK);
-    CU_ASSERT_EQUAL_FATAL(
-        veil_ohttp_encap_request(e, &cfg, cfg.algs[0], rq, rq_len, eph, &out,
-                                 &out_len, &cctx),
-        VEIL_OK);
+    CU_ASSERT_EQUAL_FATAL(veil_ohttp_encap_request(e, &cfg, cfg.algs[0], rq,
+                                                   rq_len, eph, &out, &out_len,
+                                                   &cctx),
+                          VEIL_OK);
     free(out);
     for (size_t cut = 0; cut < ers_len; cut++) {
         memcpy(copy, ers, cut);
@@ -575,9 +576,8 @@ static void test_ohttp_hostile(void)
     for (size_t i = 0; i < ers_len; i++) {
         memcpy(copy, ers, ers_len);
         copy[i] ^= 0x40;
-        CU_ASSERT_EQUAL(
-            veil_ohttp_decap_response(e, cctx, copy, ers_len, &got),
-            VEIL_E_DECRYPT);
+        CU_ASSERT_EQUAL(veil_ohttp_decap_response(e, cctx, copy, ers_len, &got),
+                        VEIL_E_DECRYPT);
         CU_ASSERT_PTR_NULL(got);
     }
     /* key lists: every cut of a two-entry list; a length past the end */

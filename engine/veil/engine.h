@@ -350,8 +350,7 @@ veil_rc veil_hkdf_sha256_expand(veil_engine *e, const uint8_t *prk,
 #define VEIL_ECDH_P256_POINT_LEN 65
 #define VEIL_ECDH_P256_Z_LEN 32
 veil_rc veil_ecdh_derive(veil_engine *e, const veil_key *priv,
-                         const uint8_t *peer, size_t peer_len,
-                         veil_secbuf **z);
+                         const uint8_t *peer, size_t peer_len, veil_secbuf **z);
 
 veil_rc veil_random(veil_engine *e, uint8_t *buf, size_t len);
 
