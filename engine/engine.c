@@ -53,6 +53,8 @@ static veil_rc check_ops(const veil_provider_ops *ops)
         ok = ok && ops->hkdf_sha256;
     if (c & VEIL_CAP_RANDOM)
         ok = ok && ops->random;
+    if (c & VEIL_CAP_ECDH)
+        ok = ok && ops->ecdh_derive;
     if (!ok)
         return veil_err(VEIL_E_PROVIDER, "engine", NULL,
                         "provider %s: table rejected (ABI %u, size %zu, or a "

@@ -82,6 +82,14 @@ struct veil_provider_ops {
     /* Software only: persist a key (optional). */
     veil_rc (*key_save)(veil_provider *p, const veil_key *k, const char *dir,
                         const veil_pin_source *password);
+
+    /* ECDH with the private EC P-256 key k (VEIL_CAP_ECDH): the shared
+     * secret Z, the x-coordinate of k * peer, 32 bytes, into a new secret
+     * buffer.  `peer` is an uncompressed point (65 bytes) that the engine
+     * has already checked (on the curve, not infinity). */
+    veil_rc (*ecdh_derive)(veil_provider *p, const veil_key *k,
+                           const uint8_t *peer, size_t peer_len,
+                           veil_secbuf **z);
 };
 
 /* Not exported from libveil.so. */

@@ -833,6 +833,11 @@ static void pk_read_mechs(veil_provider *p)
             case CKM_AES_GCM:
                 caps |= VEIL_CAP_AES_GCM;
                 break;
+            case CKM_ECDH1_DERIVE:
+                /* tpm2-pkcs11 1.9.0 lists none: it never gets the bit. */
+                if (mi.flags & CKF_DERIVE)
+                    caps |= VEIL_CAP_ECDH;
+                break;
             default:
                 break;
             }
@@ -1430,7 +1435,10 @@ static veil_rc pk_key_generate(veil_provider *p, const veil_keygen_params *kp,
         {CKA_PRIVATE, &yes, sizeof yes},
         {CKA_SENSITIVE, &yes, sizeof yes},
         {CKA_EXTRACTABLE, &no, sizeof no},
-        {kp->type == VEIL_KEY_RSA ? CKA_DECRYPT : CKA_SIGN, &yes, sizeof yes},
+        {kp->type == VEIL_KEY_RSA ? CKA_DECRYPT
+         : kp->derive             ? CKA_DERIVE
+                                  : CKA_SIGN,
+         &yes, sizeof yes},
         label,
         idattr,
     };
@@ -1701,6 +1709,82 @@ static veil_rc pk_ecdsa_sign(veil_provider *p, const veil_key *k,
     if (n <= 0 || (size_t)n > *sig_len)
         return veil_err(VEIL_E_BUFFER, PK, NULL, "signature buffer too small");
     *sig_len = (size_t)n;
+    return VEIL_OK;
+}
+
+/* ECDH (CKM_ECDH1_DERIVE, CKD_NULL, no shared data): the token derives Z
+ * into a session object that is extractable and not sensitive (the only
+ * way to read it; SoftHSM2 2.6 refuses CKA_VALUE otherwise); the value is
+ * read into a secret buffer and the object destroyed at once, whatever
+ * happened.  The private key needs CKA_DERIVE.  A token that lists the
+ * mechanism but refuses it loses the capability (caps_drop). */
+static veil_rc pk_ecdh_derive(veil_provider *p, const veil_key *k,
+                              const uint8_t *peer, size_t peer_len,
+                              veil_secbuf **z)
+{
+    const pk_key *pk = k->state;
+    CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
+    CK_KEY_TYPE kt = CKK_GENERIC_SECRET;
+    CK_BBOOL no = CK_FALSE, yes = CK_TRUE;
+    CK_ULONG zlen = VEIL_ECDH_P256_Z_LEN;
+    CK_ATTRIBUTE t[] = {
+        {CKA_CLASS, &cls, sizeof cls},
+        {CKA_KEY_TYPE, &kt, sizeof kt},
+        {CKA_TOKEN, &no, sizeof no},
+        {CKA_PRIVATE, &yes, sizeof yes},
+        {CKA_SENSITIVE, &no, sizeof no},
+        {CKA_EXTRACTABLE, &yes, sizeof yes},
+        {CKA_VALUE_LEN, &zlen, sizeof zlen},
+    };
+    CK_ECDH1_DERIVE_PARAMS dp = {CKD_NULL, 0, NULL, (CK_ULONG)peer_len,
+                                 (CK_BYTE_PTR)peer};
+    CK_MECHANISM m = {CKM_ECDH1_DERIVE, &dp, sizeof dp};
+    CK_OBJECT_HANDLE obj = CK_INVALID_HANDLE;
+    CK_SESSION_HANDLE sh;
+    veil_secbuf *out = NULL;
+    CK_ATTRIBUTE val = {CKA_VALUE, NULL, 0};
+    CK_RV rv;
+    veil_rc rc;
+
+    rc = veil_secbuf_new(VEIL_ECDH_P256_Z_LEN, &out);
+    if (rc != VEIL_OK)
+        return rc;
+    rc = session_get(p, &sh);
+    if (rc != VEIL_OK) {
+        veil_secbuf_free(out);
+        return rc;
+    }
+    rv =
+        CALL(p, C_DeriveKey, sh, &m, pk->priv, t, sizeof t / sizeof t[0], &obj);
+    if (rv == CKR_OK) {
+        val.pValue = veil_secbuf_data(out);
+        val.ulValueLen = VEIL_ECDH_P256_Z_LEN;
+        rv = CALL(p, C_GetAttributeValue, sh, obj, &val, 1);
+        if (rv == CKR_OK && val.ulValueLen != VEIL_ECDH_P256_Z_LEN)
+            rv = CKR_ATTRIBUTE_VALUE_INVALID;
+        if (CALL(p, C_DestroyObject, sh, obj) != CKR_OK)
+            veil_log(p->engine, VEIL_LOG_WARN,
+                     "pkcs11: %s: a derived ECDH secret could not be "
+                     "destroyed; it goes with the session",
+                     p->caps.description);
+    }
+    session_put(p, sh);
+    if (rv == CKR_MECHANISM_INVALID || rv == CKR_MECHANISM_PARAM_INVALID ||
+        rv == CKR_FUNCTION_NOT_SUPPORTED || rv == CKR_TEMPLATE_INCONSISTENT) {
+        caps_drop(p, VEIL_CAP_ECDH);
+        veil_log(p->engine, VEIL_LOG_INFO,
+                 "pkcs11: %s lists CKM_ECDH1_DERIVE but refuses it; ECDH "
+                 "is no longer offered for this token",
+                 p->caps.description);
+    }
+    if (rv != CKR_OK) {
+        veil_secbuf_free(out);
+        return pk_fail(p, rv, "%s",
+                       rv == CKR_KEY_FUNCTION_NOT_PERMITTED
+                           ? "ECDH: the key may not derive (CKA_DERIVE false)"
+                           : "ECDH derive in the token failed");
+    }
+    *z = out;
     return VEIL_OK;
 }
 
@@ -2003,7 +2087,7 @@ const veil_provider_ops veil_provider_pkcs11 = {
     .static_caps = VEIL_CAP_RSA_GEN | VEIL_CAP_RSA_OAEP_SHA256 |
                    VEIL_CAP_RSA_OAEP_SHA1 | VEIL_CAP_RSA_RAW | VEIL_CAP_EC_GEN |
                    VEIL_CAP_ECDSA | VEIL_CAP_AES_GCM | VEIL_CAP_RANDOM |
-                   VEIL_CAP_PERSIST,
+                   VEIL_CAP_PERSIST | VEIL_CAP_ECDH,
     .state_size = sizeof(pk_state),
     .key_state_size = sizeof(pk_key),
     .claims = pk_claims,
@@ -2021,4 +2105,5 @@ const veil_provider_ops veil_provider_pkcs11 = {
     .ecdsa_verify = pk_ecdsa_verify,
     .aes_gcm = pk_aes_gcm,
     .random = pk_random,
+    .ecdh_derive = pk_ecdh_derive,
 };

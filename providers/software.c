@@ -537,6 +537,43 @@ static veil_rc sw_hkdf(veil_provider *p, const uint8_t *salt, size_t salt_len,
     return VEIL_OK;
 }
 
+/* ECDH: OpenSSL's EVP_PKEY_derive with the key pair and the peer's point
+ * (checked by the engine; OpenSSL validates it again). */
+static veil_rc sw_ecdh_derive(veil_provider *p, const veil_key *k,
+                              const uint8_t *peer, size_t peer_len,
+                              veil_secbuf **z)
+{
+    EVP_PKEY *pk = EVP_PKEY_new();
+    EVP_PKEY_CTX *ctx = NULL;
+    veil_secbuf *out = NULL;
+    size_t len = VEIL_ECDH_P256_Z_LEN;
+    veil_rc rc;
+
+    (void)p;
+    if (!pk || !EVP_PKEY_copy_parameters(pk, k->pub) ||
+        !EVP_PKEY_set1_encoded_public_key(pk, peer, peer_len)) {
+        EVP_PKEY_free(pk);
+        return veil_err_ossl(VEIL_E_ARG, SW, "ECDH: bad peer point");
+    }
+    rc = veil_secbuf_new(len, &out);
+    if (rc == VEIL_OK) {
+        ctx = EVP_PKEY_CTX_new_from_pkey(NULL, k->pub, NULL);
+        if (!ctx || EVP_PKEY_derive_init(ctx) <= 0 ||
+            EVP_PKEY_derive_set_peer_ex(ctx, pk, 1) <= 0 ||
+            EVP_PKEY_derive(ctx, veil_secbuf_data(out), &len) <= 0 ||
+            len != VEIL_ECDH_P256_Z_LEN)
+            rc = veil_err_ossl(VEIL_E_CRYPTO, SW, "ECDH derive failed");
+    }
+    EVP_PKEY_CTX_free(ctx);
+    EVP_PKEY_free(pk);
+    if (rc != VEIL_OK) {
+        veil_secbuf_free(out);
+        return rc;
+    }
+    *z = out;
+    return VEIL_OK;
+}
+
 static veil_rc sw_random(veil_provider *p, uint8_t *buf, size_t len)
 {
     if (len > INT_MAX || RAND_bytes(buf, (int)len) != 1)
@@ -551,7 +588,7 @@ const veil_provider_ops veil_provider_software = {
     .static_caps = VEIL_CAP_RSA_GEN | VEIL_CAP_RSA_OAEP_SHA256 |
                    VEIL_CAP_RSA_OAEP_SHA1 | VEIL_CAP_EC_GEN | VEIL_CAP_ECDSA |
                    VEIL_CAP_AES_GCM | VEIL_CAP_HKDF | VEIL_CAP_RANDOM |
-                   VEIL_CAP_PERSIST,
+                   VEIL_CAP_PERSIST | VEIL_CAP_ECDH,
     .state_size = 0,
     .key_state_size = sizeof(sw_key),
     .claims = sw_claims,
@@ -570,4 +607,5 @@ const veil_provider_ops veil_provider_software = {
     .hkdf_sha256 = sw_hkdf,
     .random = sw_random,
     .key_save = sw_key_save,
+    .ecdh_derive = sw_ecdh_derive,
 };

@@ -28,7 +28,7 @@ build() {
     mkdir -p "$B"
     (cd "$B" && { [ -f Makefile ] || "$ROOT/configure" -q CC=clang --enable-fuzzing; } &&
         make -s -j"$JOBS" && make -s -j"$JOBS" fuzz/fuzz_package fuzz/fuzz_json_scan \
-            fuzz/fuzz_tpm fuzz/fuzz_attest fuzz/fuzz_http)
+            fuzz/fuzz_tpm fuzz/fuzz_attest fuzz/fuzz_http fuzz/fuzz_ohttp)
 }
 
 seed_attest() {

@@ -40,23 +40,25 @@
 
 #define MOCK_CAPS                                                              \
     (VEIL_CAP_RSA_OAEP_SHA256 | VEIL_CAP_RSA_OAEP_SHA1 | VEIL_CAP_AES_GCM |    \
-     VEIL_CAP_RANDOM)
+     VEIL_CAP_RANDOM | VEIL_CAP_ECDH)
 #define MOCK_PLAINTEXT "mock plaintext"
 #define MOCK_CT_BYTE 0xE5  /* what the mock's rsa_encrypt writes */
 #define MOCK_GCM_BYTE 0xA5 /* what the mock's aes_gcm writes */
 #define MOCK_TAG_BYTE 0x5A
 #define MOCK_RAND_BYTE 0x42 /* what the mock's random writes */
+#define MOCK_Z_BYTE 0x3C    /* what the mock's ecdh_derive writes */
 
 static struct {
     /* calls */
     int instance_id, open, close, key_open, key_release, key_delete;
-    int rsa_decrypt, rsa_encrypt, aes_gcm, random;
+    int rsa_decrypt, rsa_encrypt, aes_gcm, random, ecdh;
     /* script */
     veil_rc open_rc, key_open_rc, decrypt_rc, encrypt_rc;
     unsigned caps; /* what open() puts in p->caps.mechs */
 } mock;
 
 static EVP_PKEY *mock_rsa; /* the key pair behind every mock key */
+static EVP_PKEY *mock_ec;  /* ... whose reference ends in "/ec" */
 
 static void mock_reset(void)
 {
@@ -101,11 +103,14 @@ static veil_rc mock_key_open(veil_provider *p, const char *ref, veil_key *k)
     if (mock.key_open_rc != VEIL_OK)
         return veil_err(mock.key_open_rc, "mock", NULL,
                         "scripted key_open failure");
-    if (!EVP_PKEY_up_ref(mock_rsa))
+    size_t n = strlen(ref);
+    int ec = n >= 3 && strcmp(ref + n - 3, "/ec") == 0;
+
+    if (!EVP_PKEY_up_ref(ec ? mock_ec : mock_rsa))
         return veil_err(VEIL_E_CRYPTO, "mock", NULL, "up_ref");
-    k->pub = mock_rsa;
-    k->type = VEIL_KEY_RSA;
-    k->bits = (unsigned)EVP_PKEY_get_bits(mock_rsa);
+    k->pub = ec ? mock_ec : mock_rsa;
+    k->type = ec ? VEIL_KEY_EC_P256 : VEIL_KEY_RSA;
+    k->bits = (unsigned)EVP_PKEY_get_bits(k->pub);
     k->has_private = 1;
     snprintf(k->label, sizeof k->label, "%s", ref);
     return VEIL_OK;
@@ -177,6 +182,19 @@ static veil_rc mock_random(veil_provider *p, uint8_t *buf, size_t len)
     return VEIL_OK;
 }
 
+static veil_rc mock_ecdh_derive(veil_provider *p, const veil_key *k,
+                                const uint8_t *peer, size_t peer_len,
+                                veil_secbuf **z)
+{
+    veil_rc rc;
+
+    mock.ecdh++;
+    rc = veil_secbuf_new(32, z);
+    if (rc == VEIL_OK)
+        memset(veil_secbuf_data(*z), MOCK_Z_BYTE, 32);
+    return rc;
+}
+
 static const veil_provider_ops mock_ops = {
     .abi = VEIL_PROVIDER_ABI,
     .ops_size = sizeof(veil_provider_ops),
@@ -195,6 +213,7 @@ static const veil_provider_ops mock_ops = {
     .rsa_encrypt = mock_rsa_encrypt,
     .aes_gcm = mock_aes_gcm,
     .random = mock_random,
+    .ecdh_derive = mock_ecdh_derive,
 };
 
 /* ==== helpers ============================================================= */
@@ -419,7 +438,8 @@ static int fixtures_init(void)
     veil_keygen_params ec = {.type = VEIL_KEY_EC_P256, .label = "ec"};
 
     mock_rsa = EVP_RSA_gen(2048);
-    if (!mock_rsa) {
+    mock_ec = EVP_EC_gen("P-256");
+    if (!mock_rsa || !mock_ec) {
         fprintf(stderr, "cannot generate the mock provider's RSA key\n");
         return -1;
     }
@@ -454,6 +474,7 @@ static void fixtures_free(void)
     veil_key_free(sw_ec);
     veil_engine_free(sw_e);
     EVP_PKEY_free(mock_rsa);
+    EVP_PKEY_free(mock_ec);
 }
 
 /* ==== suite: dispatch (mock provider) ===================================== */
@@ -512,6 +533,14 @@ static void test_table_rejected(void)
     bad = mock_ops;
     bad.rsa_encrypt = NULL; /* OAEP claimed */
     check_rejected(&bad, "OAEP without rsa_encrypt");
+
+    bad = mock_ops;
+    bad.ecdh_derive = NULL; /* VEIL_CAP_ECDH claimed */
+    check_rejected(&bad, "ECDH without ecdh_derive");
+
+    bad = mock_ops;
+    bad.ops_size = offsetof(veil_provider_ops, ecdh_derive);
+    check_rejected(&bad, "a table from before ecdh_derive");
 
     bad = mock_ops;
     bad.open = NULL;
@@ -617,6 +646,68 @@ static void test_private_op_no_fallback(void)
     CU_ASSERT_PTR_NULL(out);
     CU_ASSERT_EQUAL(mock.rsa_decrypt, 2);
 
+    veil_key_free(k);
+    veil_engine_free(e);
+}
+
+/* ECDH is a private-key operation: the holder only, never software, and
+ * the peer's point is checked before the holder sees it. */
+static void test_ecdh_dispatch(void)
+{
+    uint8_t peer[VEIL_ECDH_P256_POINT_LEN];
+    size_t peer_len = 0;
+    veil_secbuf *z = NULL;
+    veil_engine *e;
+    veil_key *k = NULL, *rsa = NULL;
+
+    CU_ASSERT_EQUAL_FATAL(
+        EVP_PKEY_get_octet_string_param(sw_ec->pub, "encoded-pub-key", peer,
+                                        sizeof peer, &peer_len),
+        1);
+    mock_reset();
+    e = mock_engine(0, "mock:default");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(e);
+    CU_ASSERT_EQUAL_FATAL(veil_key_open(e, "mock:t/ec", &k), VEIL_OK);
+    CU_ASSERT_EQUAL(veil_ecdh_derive(e, k, peer, peer_len, &z), VEIL_OK);
+    CU_ASSERT_EQUAL(mock.ecdh, 1);
+    CU_ASSERT_TRUE(z && veil_secbuf_len(z) == 32 &&
+                   all_bytes(veil_secbuf_data(z), 32, MOCK_Z_BYTE));
+    veil_secbuf_free(z);
+
+    /* a point off the curve, a compressed one, a short one: refused on
+     * the host, the holder never called */
+    peer[64] ^= 1;
+    z = SENTINEL;
+    CU_ASSERT_EQUAL(veil_ecdh_derive(e, k, peer, peer_len, &z), VEIL_E_ARG);
+    CU_ASSERT_PTR_NULL(z);
+    peer[64] ^= 1;
+    peer[0] = 0x02;
+    CU_ASSERT_EQUAL(veil_ecdh_derive(e, k, peer, 33, &z), VEIL_E_ARG);
+    peer[0] = 0x04;
+    CU_ASSERT_EQUAL(veil_ecdh_derive(e, k, peer, peer_len - 1, &z), VEIL_E_ARG);
+    CU_ASSERT_EQUAL(mock.ecdh, 1);
+
+    /* an RSA key is the wrong kind */
+    CU_ASSERT_EQUAL_FATAL(veil_key_open(e, "mock:t/rsa", &rsa), VEIL_OK);
+    CU_ASSERT_EQUAL(veil_ecdh_derive(e, rsa, peer, peer_len, &z), VEIL_E_KEY);
+    CU_ASSERT_EQUAL(mock.ecdh, 1);
+    veil_key_free(rsa);
+    veil_key_free(k);
+    veil_engine_free(e);
+
+    /* a holder without the capability: unsupported, and no fallback to
+     * software (which holds this key pair in k->pub and could derive) */
+    mock_reset();
+    mock.caps = MOCK_CAPS & ~VEIL_CAP_ECDH;
+    e = mock_engine(0, "mock:default");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(e);
+    CU_ASSERT_EQUAL_FATAL(veil_key_open(e, "mock:u/ec", &k), VEIL_OK);
+    z = SENTINEL;
+    CU_ASSERT_EQUAL(veil_ecdh_derive(e, k, peer, peer_len, &z),
+                    VEIL_E_UNSUPPORTED);
+    CU_ASSERT_PTR_NULL(z);
+    CU_ASSERT_EQUAL(mock.ecdh, 0);
+    CU_ASSERT_PTR_NOT_NULL(strstr(veil_last_error()->message, "ECDH"));
     veil_key_free(k);
     veil_engine_free(e);
 }
@@ -1456,6 +1547,34 @@ static void test_sw_hkdf_random(void)
                     VEIL_OK);
     CU_ASSERT_EQUAL(memcmp(out, okm, sizeof okm), 0);
 
+    /* the same case in two steps: Extract gives the RFC's PRK, Expand
+     * the OKM */
+    static const uint8_t prk_want[32] = {
+        0x07, 0x77, 0x09, 0x36, 0x2c, 0x2e, 0x32, 0xdf, 0x0d, 0xdc, 0x3f,
+        0x0d, 0xc4, 0x7b, 0xba, 0x63, 0x90, 0xb6, 0xc7, 0x3b, 0xb5, 0x0f,
+        0x9c, 0x31, 0x22, 0xec, 0x84, 0x4a, 0xd7, 0xc2, 0xb3, 0xe5};
+    uint8_t prk[VEIL_HKDF_PRK_LEN], big[VEIL_HKDF_INFO_MAX + 1] = {0};
+
+    CU_ASSERT_EQUAL(
+        veil_hkdf_sha256_extract(sw_e, salt, sizeof salt, ikm, sizeof ikm, prk),
+        VEIL_OK);
+    CU_ASSERT_EQUAL(memcmp(prk, prk_want, sizeof prk), 0);
+    memset(out, 0, sizeof out);
+    CU_ASSERT_EQUAL(veil_hkdf_sha256_expand(sw_e, prk, sizeof prk, info,
+                                            sizeof info, out, sizeof out),
+                    VEIL_OK);
+    CU_ASSERT_EQUAL(memcmp(out, okm, sizeof okm), 0);
+    /* limits: a short PRK, too much info, no output */
+    CU_ASSERT_EQUAL(veil_hkdf_sha256_expand(sw_e, prk, 16, info, sizeof info,
+                                            out, sizeof out),
+                    VEIL_E_ARG);
+    CU_ASSERT_EQUAL(veil_hkdf_sha256_expand(sw_e, prk, sizeof prk, big,
+                                            sizeof big, out, sizeof out),
+                    VEIL_E_ARG);
+    CU_ASSERT_EQUAL(veil_hkdf_sha256_expand(sw_e, prk, sizeof prk, info,
+                                            sizeof info, out, 0),
+                    VEIL_E_ARG);
+
     memset(rnd, 0, sizeof rnd);
     memset(rnd2, 0, sizeof rnd2);
     CU_ASSERT_EQUAL(veil_random(sw_e, rnd, sizeof rnd), VEIL_OK);
@@ -1463,6 +1582,46 @@ static void test_sw_hkdf_random(void)
     CU_ASSERT_FALSE(all_bytes(rnd, sizeof rnd, 0));
     CU_ASSERT_NOT_EQUAL(memcmp(rnd, rnd2, sizeof rnd), 0);
     CU_ASSERT_EQUAL(veil_random(sw_e, NULL, 0), VEIL_OK);
+}
+
+/* ECDH in software: both sides get the same Z, and it is OpenSSL's. */
+static void test_sw_ecdh(void)
+{
+    veil_keygen_params ec = {.type = VEIL_KEY_EC_P256, .label = "peer"};
+    uint8_t pa[VEIL_ECDH_P256_POINT_LEN], pb[VEIL_ECDH_P256_POINT_LEN];
+    size_t la = 0, lb = 0;
+    veil_secbuf *za = NULL, *zb = NULL;
+    veil_key *b = NULL, *pub = NULL;
+    uint8_t *der = NULL;
+    size_t der_len = 0;
+
+    CU_ASSERT_EQUAL_FATAL(veil_key_generate(sw_e, "software", &ec, &b),
+                          VEIL_OK);
+    CU_ASSERT_EQUAL_FATAL(EVP_PKEY_get_octet_string_param(sw_ec->pub,
+                                                          "encoded-pub-key", pa,
+                                                          sizeof pa, &la),
+                          1);
+    CU_ASSERT_EQUAL_FATAL(EVP_PKEY_get_octet_string_param(
+                              b->pub, "encoded-pub-key", pb, sizeof pb, &lb),
+                          1);
+    CU_ASSERT_EQUAL(veil_ecdh_derive(sw_e, sw_ec, pb, lb, &za), VEIL_OK);
+    CU_ASSERT_EQUAL(veil_ecdh_derive(sw_e, b, pa, la, &zb), VEIL_OK);
+    CU_ASSERT_TRUE(za && zb && veil_secbuf_len(za) == 32 &&
+                   veil_secbuf_len(zb) == 32 &&
+                   memcmp(veil_secbuf_data(za), veil_secbuf_data(zb), 32) == 0);
+    veil_secbuf_free(za);
+    veil_secbuf_free(zb);
+
+    /* a public key cannot derive */
+    CU_ASSERT_EQUAL_FATAL(veil_key_public_der(b, &der, &der_len), VEIL_OK);
+    CU_ASSERT_EQUAL_FATAL(veil_key_from_public(sw_e, der, der_len, &pub),
+                          VEIL_OK);
+    CU_ASSERT_EQUAL(veil_ecdh_derive(sw_e, pub, pa, la, &za), VEIL_E_KEY);
+    /* an RSA key is the wrong kind */
+    CU_ASSERT_EQUAL(veil_ecdh_derive(sw_e, sw_rsa, pa, la, &za), VEIL_E_KEY);
+    free(der);
+    veil_key_free(pub);
+    veil_key_free(b);
 }
 
 /* ==== suite: key files ==================================================== */
@@ -1881,6 +2040,7 @@ int main(void)
         {"key_open reaches the mock", test_key_open_dispatch},
         {"private op: key's provider, no fallback",
          test_private_op_no_fallback},
+        {"ECDH: holder only, peer checked first", test_ecdh_dispatch},
         {"one instance per instance id", test_instance_reuse},
         {"failed open propagates and is retried", test_open_failure_and_retry},
         {"key_delete dispatch", test_key_delete_dispatch},
@@ -1897,6 +2057,7 @@ int main(void)
         {"ECDSA P-256", test_sw_ecdsa},
         {"AES-GCM", test_sw_aes_gcm},
         {"HKDF and random", test_sw_hkdf_random},
+        {"ECDH P-256", test_sw_ecdh},
     };
     static const tu_test keyfiles[] = {
         {"save and open without password", test_key_save_plain},

@@ -16,6 +16,7 @@ int main(void)
         .native_oaep_sha256 = 0, /* SoftHSM2 2.6: OAEP with SHA-1 only */
         .session_keys = 1,
         .has_gcm = 1,
+        .has_ecdh = 1,
     };
     return ts_run(&t);
 }

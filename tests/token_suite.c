@@ -9,6 +9,7 @@
 #include <CUnit/CUnit.h>
 #include <openssl/rand.h>
 #include <openssl/rsa.h>
+#include <openssl/x509.h>
 
 #include "testutil.h"
 #include "token_suite.h"
@@ -335,6 +336,77 @@ static void test_ecdsa(void)
     veil_engine_free(e);
 }
 
+/* The uncompressed point of an EC key, from its SPKI. */
+static int point_of(const veil_key *k, uint8_t pt[65], size_t *len)
+{
+    uint8_t *der = NULL;
+    const unsigned char *q;
+    size_t der_len = 0;
+    EVP_PKEY *pk;
+    int ok;
+
+    if (veil_key_public_der(k, &der, &der_len) != VEIL_OK)
+        return 0;
+    q = der;
+    pk = d2i_PUBKEY(NULL, &q, (long)der_len);
+    ok = pk && EVP_PKEY_get_octet_string_param(pk, "encoded-pub-key", pt, 65,
+                                               len) == 1;
+    EVP_PKEY_free(pk);
+    free(der);
+    return ok;
+}
+
+/* ECDH with a key-agreement key made in the token: the token's Z for a
+ * software peer equals the software's Z the other way round.  A token
+ * without CKM_ECDH1_DERIVE must not claim it, and refuses cleanly. */
+static void test_ecdh(void)
+{
+    veil_engine *e = token_engine(), *sw = NULL;
+    veil_keygen_params kp = {.type = VEIL_KEY_EC_P256,
+                             .label = "kem",
+                             .session_only = T->session_keys,
+                             .derive = 1},
+                       skp = {.type = VEIL_KEY_EC_P256, .label = "peer"};
+    uint8_t tok_pt[65], sw_pt[65];
+    size_t tok_len = 0, sw_len = 0;
+    veil_secbuf *z1 = NULL, *z2 = NULL;
+    veil_key *k = NULL, *peer = NULL;
+    veil_caps caps;
+
+    CU_ASSERT_EQUAL_FATAL(veil_engine_caps(e, token_uri, &caps), VEIL_OK);
+    CU_ASSERT_EQUAL(!!(caps.mechs & VEIL_CAP_ECDH), T->has_ecdh);
+    CU_ASSERT_EQUAL_FATAL(veil_engine_new(NULL, &sw), VEIL_OK);
+    CU_ASSERT_EQUAL_FATAL(veil_key_generate(sw, "software", &skp, &peer),
+                          VEIL_OK);
+    CU_ASSERT_EQUAL_FATAL(veil_key_generate(e, token_uri, &kp, &k), VEIL_OK);
+    CU_ASSERT_FATAL(point_of(k, tok_pt, &tok_len));
+    CU_ASSERT_FATAL(point_of(peer, sw_pt, &sw_len));
+    if (T->has_ecdh) {
+        CU_ASSERT_EQUAL(veil_ecdh_derive(e, k, sw_pt, sw_len, &z1), VEIL_OK);
+        CU_ASSERT_EQUAL(veil_ecdh_derive(sw, peer, tok_pt, tok_len, &z2),
+                        VEIL_OK);
+        CU_ASSERT(z1 && z2 && veil_secbuf_len(z1) == 32 &&
+                  memcmp(veil_secbuf_data(z1), veil_secbuf_data(z2), 32) == 0);
+        /* a point off the curve never reaches the token */
+        veil_secbuf_free(z1);
+        z1 = NULL;
+        sw_pt[64] ^= 1;
+        CU_ASSERT_EQUAL(veil_ecdh_derive(e, k, sw_pt, sw_len, &z1),
+                        VEIL_E_ARG);
+        CU_ASSERT_PTR_NULL(z1);
+    } else {
+        CU_ASSERT_EQUAL(veil_ecdh_derive(e, k, sw_pt, sw_len, &z1),
+                        VEIL_E_UNSUPPORTED);
+        CU_ASSERT_PTR_NULL(z1);
+    }
+    veil_secbuf_free(z1);
+    veil_secbuf_free(z2);
+    veil_key_free(peer);
+    veil_engine_free(sw);
+    veil_key_delete(e, k);
+    veil_engine_free(e);
+}
+
 /* AES-GCM asked to run in the token: in it when it has the mechanism, in
  * software with a log line saying so when not; same answer either way. */
 static void test_symmetric_routing(void)
@@ -549,6 +621,7 @@ int ts_run(const ts_token *t)
         {"OAEP path said in the debug log", test_oaep_path_logged},
         {"bad ciphertexts", test_bad_ciphertexts},
         {"ECDSA P-256 in the token", test_ecdsa},
+        {"ECDH P-256 in the token (or refused)", test_ecdh},
         {"AES-GCM routed to the token or software", test_symmetric_routing},
         {"4 threads share one key", test_threads},
         {"wrong and missing PIN", test_wrong_pin},

@@ -15,6 +15,7 @@ typedef struct ts_token {
     int native_oaep_sha256;  /* 1: the token does OAEP-SHA256 itself */
     int has_gcm;             /* 1: CKM_AES_GCM in the token */
     int session_keys;        /* 1: can generate session (CKA_TOKEN=FALSE) keys */
+    int has_ecdh;            /* 1: CKM_ECDH1_DERIVE (VEIL_CAP_ECDH) */
 } ts_token;
 
 /* Runs the suite; returns the process exit code. */

@@ -533,6 +533,7 @@ static int cmd_caps(veil_engine *e, const struct opts *o)
         {VEIL_CAP_HKDF, "hkdf"},
         {VEIL_CAP_RANDOM, "random"},
         {VEIL_CAP_PERSIST, "persistent-keys"},
+        {VEIL_CAP_ECDH, "ecdh"},
     };
     veil_caps caps;
     veil_rc rc = veil_engine_caps(e, o->token ? o->token : "software", &caps);

@@ -177,6 +177,7 @@ void veil_engine_free(veil_engine *e);
 #define VEIL_CAP_HKDF (1u << 7)
 #define VEIL_CAP_RANDOM (1u << 8)
 #define VEIL_CAP_PERSIST (1u << 9) /* keys can outlive the process */
+#define VEIL_CAP_ECDH (1u << 10)   /* ECDH P-256 derive (CKM_ECDH1_DERIVE) */
 
 typedef struct veil_caps {
     unsigned mechs;        /* VEIL_CAP_* */
@@ -208,6 +209,9 @@ typedef struct veil_keygen_params {
     int session_only;          /* token: session object, gone at close */
     veil_progress_fn progress; /* called while a long generation runs */
     void *progress_ctx;
+    /* EC: a key-agreement (KEM) key for ECDH, not a signing key: in a
+     * token CKA_DERIVE true and CKA_SIGN false (one key, one purpose). */
+    int derive;
 } veil_keygen_params;
 
 /* `where`: "software" (in memory) or a PKCS#11 URI naming the token
@@ -319,6 +323,34 @@ veil_rc veil_hkdf_sha256(veil_engine *e, const uint8_t *salt, size_t salt_len,
                          const uint8_t *ikm, size_t ikm_len,
                          const uint8_t *info, size_t info_len, uint8_t *out,
                          size_t out_len);
+
+/* HKDF-SHA256's two halves (RFC 5869 2.2 and 2.3), for protocols that
+ * use them apart (HPKE, RFC 9180; Oblivious HTTP, RFC 9458).  Computed on
+ * the host (OpenSSL's HKDF in EXTRACT_ONLY / EXPAND_ONLY mode).  Extract
+ * writes the 32-byte PRK; an empty salt means 32 zero bytes.  Expand takes
+ * a PRK of at least 32 bytes, info of at most 1024 bytes and writes
+ * 1..8160 bytes. */
+#define VEIL_HKDF_PRK_LEN 32
+#define VEIL_HKDF_INFO_MAX 1024
+veil_rc veil_hkdf_sha256_extract(veil_engine *e, const uint8_t *salt,
+                                 size_t salt_len, const uint8_t *ikm,
+                                 size_t ikm_len,
+                                 uint8_t prk[VEIL_HKDF_PRK_LEN]);
+veil_rc veil_hkdf_sha256_expand(veil_engine *e, const uint8_t *prk,
+                                size_t prk_len, const uint8_t *info,
+                                size_t info_len, uint8_t *out, size_t out_len);
+
+/* ECDH (P-256) with a private key: the shared secret Z (the x-coordinate,
+ * 32 bytes) of priv and the peer's public point, into a new secret buffer.
+ * `peer` is the uncompressed SEC1 encoding (0x04 || X || Y, 65 bytes); it
+ * is checked on the host before any token sees it (length, form, on the
+ * curve, not infinity): a bad point is VEIL_E_ARG.  A private-key
+ * operation: it runs where priv is held and nowhere else; a holder without
+ * VEIL_CAP_ECDH gives VEIL_E_UNSUPPORTED. */
+#define VEIL_ECDH_P256_POINT_LEN 65
+#define VEIL_ECDH_P256_Z_LEN 32
+veil_rc veil_ecdh_derive(veil_engine *e, const veil_key *priv,
+                         const uint8_t *peer, size_t peer_len, veil_secbuf **z);
 
 veil_rc veil_random(veil_engine *e, uint8_t *buf, size_t len);
 
