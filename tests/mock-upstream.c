@@ -220,37 +220,18 @@ static char *last_user_content(const cJSON *messages)
     return veil_openai_content_text(veil_openai_last_user(messages));
 }
 
-/* A chat.completion with content (taken). */
+/* A chat.completion with content (taken): protocol/openai.c's, as the
+ * gateway's echo model makes it. */
 static cJSON *make_answer(unsigned long n, const char *model, char *content)
 {
-    cJSON *a = cJSON_CreateObject(), *choices = NULL, *choice = NULL;
-    cJSON *msg = NULL, *usage = NULL;
     char id[64];
-    int ok = a != NULL && content != NULL;
-    double completion = content ? (double)(strlen(content) / 4 + 1) : 0;
+    cJSON *a = NULL;
 
     snprintf(id, sizeof id, "chatcmpl-mock-%lu", n);
-    ok = ok && cJSON_AddStringToObject(a, "id", id);
-    ok = ok && cJSON_AddStringToObject(a, "object", "chat.completion");
-    ok = ok && cJSON_AddNumberToObject(a, "created", (double)time(NULL));
-    ok = ok && cJSON_AddStringToObject(a, "model", model);
-    ok = ok && (choices = cJSON_AddArrayToObject(a, "choices")) != NULL;
-    ok = ok && (choice = cJSON_CreateObject()) != NULL;
-    ok = ok && cJSON_AddItemToArray(choices, choice);
-    ok = ok && cJSON_AddNumberToObject(choice, "index", 0);
-    ok = ok && (msg = cJSON_AddObjectToObject(choice, "message")) != NULL;
-    ok = ok && cJSON_AddStringToObject(msg, "role", "assistant");
-    ok = ok && cJSON_AddStringToObject(msg, "content", content);
-    ok = ok && cJSON_AddStringToObject(choice, "finish_reason", "stop");
-    ok = ok && (usage = cJSON_AddObjectToObject(a, "usage")) != NULL;
-    ok = ok && cJSON_AddNumberToObject(usage, "prompt_tokens", 1);
-    ok = ok && cJSON_AddNumberToObject(usage, "completion_tokens", completion);
-    ok = ok && cJSON_AddNumberToObject(usage, "total_tokens", completion + 1);
+    if (content != NULL)
+        a = veil_openai_completion(id, model, content, 1,
+                                   (double)(strlen(content) / 4 + 1));
     free(content);
-    if (!ok) {
-        cJSON_Delete(a);
-        return NULL;
-    }
     return a;
 }
 

@@ -1,5 +1,6 @@
 /* Shared helpers for the veil test programs (see testutil.h). */
 #include "testutil.h"
+#include "util.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -97,17 +98,6 @@ char *tu_env(const char *name)
     return v;
 }
 
-static int hex_nibble(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 unsigned char *tu_hex(const char *hex, size_t *len)
 {
     size_t n, i;
@@ -123,8 +113,8 @@ unsigned char *tu_hex(const char *hex, size_t *len)
         return NULL;
     out[0] = 0;
     for (i = 0; i < n / 2; i++) {
-        int hi = hex_nibble(hex[2 * i]);
-        int lo = hex_nibble(hex[2 * i + 1]);
+        int hi = veil_hex_digit((unsigned char)hex[2 * i]);
+        int lo = veil_hex_digit((unsigned char)hex[2 * i + 1]);
 
         if (hi < 0 || lo < 0) {
             free(out);
