@@ -138,11 +138,14 @@ static struct {
     int lost;
 } logs;
 
-static void log_cb(void *ctx, veil_log_level level, const char *line)
+/* The engine logs from every thread that calls it (the 4-thread test):
+ * one lock around the record, or lines would be lost (and leak). */
+static pthread_mutex_t logs_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static void log_record(veil_log_level level, const char *line)
 {
     char *copy;
 
-    (void)ctx;
     if (logs.n == logs.cap) {
         size_t ncap = logs.cap ? logs.cap * 2 : 256;
         log_line *nv = realloc(logs.v, ncap * sizeof *nv);
@@ -162,6 +165,14 @@ static void log_cb(void *ctx, veil_log_level level, const char *line)
     logs.v[logs.n].level = level;
     logs.v[logs.n].text = copy;
     logs.n++;
+}
+
+static void log_cb(void *ctx, veil_log_level level, const char *line)
+{
+    (void)ctx;
+    pthread_mutex_lock(&logs_lock);
+    log_record(level, line);
+    pthread_mutex_unlock(&logs_lock);
 }
 
 static void logs_clear(void)
