@@ -193,7 +193,8 @@ veil_rc veil_percent_decode(const char *s, char **out)
             *o++ = *p;
             continue;
         }
-        int hi = veil_hex_digit((unsigned char)p[1]), lo = hi < 0 ? -1 : veil_hex_digit((unsigned char)p[2]);
+        int hi = veil_hex_digit((unsigned char)p[1]),
+            lo = hi < 0 ? -1 : veil_hex_digit((unsigned char)p[2]);
         if (hi < 0 || lo < 0 || (hi == 0 && lo == 0)) {
             free(buf);
             return veil_err(VEIL_E_ARG, PKG, NULL,
@@ -337,122 +338,149 @@ static veil_rc get_b64(const cJSON *obj, const char *name, uint8_t **out,
     return VEIL_OK;
 }
 
+/* The decoded members of a v1 package (veil_pkg_open). */
+typedef struct pkg_parts {
+    uint8_t *ct, *nonce, *tag, *wrapped;
+    size_t ct_len, nonce_len, tag_len, wrapped_len;
+} pkg_parts;
+
+static void parts_free(pkg_parts *p)
+{
+    free(p->ct);
+    free(p->nonce);
+    free(p->tag);
+    free(p->wrapped);
+}
+
+/* The GCM tag: a separate "tag" member (the Python client), or the last 16
+ * bytes of the ciphertext (the JavaScript client). */
+static veil_rc pkg_tag(const cJSON *payload, pkg_parts *p, veil_pkg_meta *m)
+{
+    veil_rc rc;
+
+    if (cJSON_GetObjectItemCaseSensitive(payload, "tag") != NULL) {
+        m->tag_mode = VEIL_TAG_SEPARATE;
+        if ((rc = get_b64(payload, "tag", &p->tag, &p->tag_len)) != VEIL_OK)
+            return rc;
+        if (p->tag_len != VEIL_GCM_TAG_LEN)
+            return veil_err(VEIL_E_ARG, PKG, NULL,
+                            "package tag is %zu bytes, not %d", p->tag_len,
+                            VEIL_GCM_TAG_LEN);
+        return VEIL_OK;
+    }
+    m->tag_mode = VEIL_TAG_APPENDED;
+    if (p->ct_len < VEIL_GCM_TAG_LEN)
+        return veil_err(VEIL_E_ARG, PKG, NULL,
+                        "package ciphertext is shorter than its tag");
+    p->ct_len -= VEIL_GCM_TAG_LEN;
+    if ((p->tag = malloc(VEIL_GCM_TAG_LEN)) == NULL)
+        return veil_err(VEIL_E_NOMEM, PKG, NULL, "out of memory");
+    memcpy(p->tag, p->ct + p->ct_len, VEIL_GCM_TAG_LEN);
+    p->tag_len = VEIL_GCM_TAG_LEN;
+    return VEIL_OK;
+}
+
+/* The package's members, decoded, and what meta reports of them.  Every
+ * failure here is about the form of the package (VEIL_E_ARG), found before
+ * any key is used. */
+static veil_rc pkg_parse(const cJSON *root, pkg_parts *p, veil_pkg_meta *m)
+{
+    veil_rc rc;
+    const cJSON *payload =
+        cJSON_GetObjectItemCaseSensitive(root, "encrypted_payload");
+
+    if (!cJSON_IsObject(payload))
+        return veil_err(VEIL_E_ARG, PKG, NULL,
+                        "package field \"encrypted_payload\" is missing or "
+                        "not an object");
+    if ((rc = get_b64(payload, "ciphertext", &p->ct, &p->ct_len)) != VEIL_OK ||
+        (rc = get_b64(payload, "nonce", &p->nonce, &p->nonce_len)) != VEIL_OK ||
+        (rc = get_b64(root, "encrypted_aes_key", &p->wrapped,
+                      &p->wrapped_len)) != VEIL_OK)
+        return rc;
+    if (p->nonce_len != VEIL_PKG_NONCE_LEN)
+        return veil_err(VEIL_E_ARG, PKG, NULL,
+                        "package nonce is %zu bytes, not %d", p->nonce_len,
+                        VEIL_PKG_NONCE_LEN);
+    if ((rc = pkg_tag(payload, p, m)) != VEIL_OK)
+        return rc;
+    const cJSON *alg = cJSON_GetObjectItemCaseSensitive(root, "algorithm");
+    if (cJSON_IsString(alg))
+        snprintf(m->algorithm, sizeof m->algorithm, "%s", alg->valuestring);
+    const cJSON *at = cJSON_GetObjectItemCaseSensitive(root, "processed_at");
+    if (cJSON_IsNumber(at) && isfinite(at->valuedouble)) {
+        m->has_processed_at = 1;
+        m->processed_at = at->valuedouble;
+    }
+    SHA256(p->wrapped, p->wrapped_len, m->wrapped_key_sha256);
+    return VEIL_OK;
+}
+
+/* The AES key unwrapped with priv, and the payload opened with it.  Every
+ * failure is the same VEIL_E_DECRYPT, and the work done is the same: when
+ * the unwrap fails (or gives a key of the wrong size) the GCM open still
+ * runs, under a random key, so the time taken does not tell an OAEP
+ * failure from a tag failure. */
+static veil_rc pkg_decrypt(veil_engine *e, const veil_key *priv,
+                           const pkg_parts *p, veil_pkg_meta *m,
+                           veil_secbuf **pt)
+{
+    veil_secbuf *aes = NULL, *out = NULL;
+    uint8_t dummy[VEIL_PKG_AES_KEY_LEN];
+    veil_rc rc, unwrap;
+    int key_ok;
+
+    unwrap = veil_rsa_decrypt(e, priv, NULL, p->wrapped, p->wrapped_len, &aes);
+    m->unwrap_rc = unwrap;
+    if (unwrap == VEIL_E_NOMEM)
+        return veil_err(unwrap, PKG, NULL, "out of memory");
+    key_ok = unwrap == VEIL_OK && veil_secbuf_len(aes) == VEIL_PKG_AES_KEY_LEN;
+    if (!key_ok)
+        veil_random(e, dummy, sizeof dummy);
+    rc = veil_secbuf_new(p->ct_len ? p->ct_len : 1, &out);
+    if (rc != VEIL_OK) {
+        veil_secbuf_free(aes);
+        veil_wipe(dummy, sizeof dummy);
+        return veil_err(rc, PKG, NULL, "out of memory");
+    }
+    veil_secbuf_truncate(out, p->ct_len);
+    rc = veil_aes_gcm_open(e, key_ok ? veil_secbuf_data(aes) : dummy,
+                           VEIL_PKG_AES_KEY_LEN, p->nonce, p->nonce_len, NULL,
+                           0, p->ct, p->ct_len, p->tag, veil_secbuf_data(out));
+    veil_wipe(dummy, sizeof dummy);
+    veil_secbuf_free(aes);
+    if (rc == VEIL_OK && !key_ok)
+        rc = VEIL_E_DECRYPT; /* a random key cannot open it; be sure */
+    if (rc != VEIL_OK) {
+        veil_secbuf_free(out);
+        return veil_err(VEIL_E_DECRYPT, PKG, NULL,
+                        "package could not be decrypted");
+    }
+    *pt = out;
+    return VEIL_OK;
+}
+
 veil_rc veil_pkg_open(veil_engine *e, const veil_key *priv, const char *json,
                       size_t json_len, veil_secbuf **pt, veil_pkg_meta *meta)
 {
     veil_pkg_meta m;
-    memset(&m, 0, sizeof m);
-    *pt = NULL;
-    uint8_t *ct = NULL, *nonce = NULL, *tag = NULL, *wrapped = NULL;
-    size_t ct_len = 0, nonce_len = 0, tag_len = 0, wrapped_len = 0;
-    veil_secbuf *aes = NULL, *out = NULL;
+    pkg_parts p;
     veil_rc rc;
+    cJSON *root;
 
-    cJSON *root = cJSON_ParseWithLength(json, json_len);
-    if (!cJSON_IsObject(root)) {
+    memset(&m, 0, sizeof m);
+    memset(&p, 0, sizeof p);
+    *pt = NULL;
+    root = cJSON_ParseWithLength(json, json_len);
+    if (!cJSON_IsObject(root))
         rc = veil_err(VEIL_E_ARG, PKG, NULL, "package is not a JSON object");
-        goto done;
-    }
-    const cJSON *payload =
-        cJSON_GetObjectItemCaseSensitive(root, "encrypted_payload");
-    if (!cJSON_IsObject(payload)) {
-        rc = veil_err(VEIL_E_ARG, PKG, NULL,
-                      "package field \"encrypted_payload\" is missing or "
-                      "not an object");
-        goto done;
-    }
-    if ((rc = get_b64(payload, "ciphertext", &ct, &ct_len)) != VEIL_OK ||
-        (rc = get_b64(payload, "nonce", &nonce, &nonce_len)) != VEIL_OK ||
-        (rc = get_b64(root, "encrypted_aes_key", &wrapped, &wrapped_len)) !=
-            VEIL_OK)
-        goto done;
-    if (nonce_len != VEIL_PKG_NONCE_LEN) {
-        rc = veil_err(VEIL_E_ARG, PKG, NULL,
-                      "package nonce is %zu bytes, not %d", nonce_len,
-                      VEIL_PKG_NONCE_LEN);
-        goto done;
-    }
-    if (cJSON_GetObjectItemCaseSensitive(payload, "tag") != NULL) {
-        m.tag_mode = VEIL_TAG_SEPARATE;
-        if ((rc = get_b64(payload, "tag", &tag, &tag_len)) != VEIL_OK)
-            goto done;
-        if (tag_len != VEIL_GCM_TAG_LEN) {
-            rc = veil_err(VEIL_E_ARG, PKG, NULL,
-                          "package tag is %zu bytes, not %d", tag_len,
-                          VEIL_GCM_TAG_LEN);
-            goto done;
-        }
-    } else {
-        m.tag_mode = VEIL_TAG_APPENDED;
-        if (ct_len < VEIL_GCM_TAG_LEN) {
-            rc = veil_err(VEIL_E_ARG, PKG, NULL,
-                          "package ciphertext is shorter than its tag");
-            goto done;
-        }
-        ct_len -= VEIL_GCM_TAG_LEN;
-        tag = malloc(VEIL_GCM_TAG_LEN);
-        if (tag == NULL) {
-            rc = veil_err(VEIL_E_NOMEM, PKG, NULL, "out of memory");
-            goto done;
-        }
-        memcpy(tag, ct + ct_len, VEIL_GCM_TAG_LEN);
-    }
-    const cJSON *alg = cJSON_GetObjectItemCaseSensitive(root, "algorithm");
-    if (cJSON_IsString(alg))
-        snprintf(m.algorithm, sizeof m.algorithm, "%s", alg->valuestring);
-    const cJSON *at = cJSON_GetObjectItemCaseSensitive(root, "processed_at");
-    if (cJSON_IsNumber(at) && isfinite(at->valuedouble)) {
-        m.has_processed_at = 1;
-        m.processed_at = at->valuedouble;
-    }
-    SHA256(wrapped, wrapped_len, m.wrapped_key_sha256);
-
-    /* From here on every failure is the same VEIL_E_DECRYPT, and the work
-     * done is the same: when the unwrap fails (or gives a key of the wrong
-     * size) the GCM open still runs, under a random key, so the time taken
-     * does not tell an OAEP failure from a tag failure. */
-    veil_rc unwrap =
-        veil_rsa_decrypt(e, priv, NULL, wrapped, wrapped_len, &aes);
-    m.unwrap_rc = unwrap;
-    if (unwrap == VEIL_E_NOMEM) {
-        rc = veil_err(unwrap, PKG, NULL, "out of memory");
-        goto done;
-    }
-    int key_ok =
-        unwrap == VEIL_OK && veil_secbuf_len(aes) == VEIL_PKG_AES_KEY_LEN;
-    uint8_t dummy[VEIL_PKG_AES_KEY_LEN];
-    if (!key_ok)
-        veil_random(e, dummy, sizeof dummy);
-    rc = veil_secbuf_new(ct_len ? ct_len : 1, &out);
-    if (rc != VEIL_OK) {
-        rc = veil_err(rc, PKG, NULL, "out of memory");
-        goto done;
-    }
-    veil_secbuf_truncate(out, ct_len);
-    rc = veil_aes_gcm_open(e, key_ok ? veil_secbuf_data(aes) : dummy,
-                           VEIL_PKG_AES_KEY_LEN, nonce, nonce_len, NULL, 0, ct,
-                           ct_len, tag, veil_secbuf_data(out));
-    veil_wipe(dummy, sizeof dummy);
-    if (rc == VEIL_OK && !key_ok)
-        rc = VEIL_E_DECRYPT; /* a random key cannot open it; be sure */
-    if (rc != VEIL_OK)
-        rc = veil_err(VEIL_E_DECRYPT, PKG, NULL,
-                      "package could not be decrypted");
-done:
-    if (rc == VEIL_OK) {
-        *pt = out;
-        out = NULL;
-        if (meta)
-            *meta = m;
-    } else if (meta) {
+    else if ((rc = pkg_parse(root, &p, &m)) == VEIL_OK)
+        rc = pkg_decrypt(e, priv, &p, &m, pt);
+    if (rc == VEIL_OK && meta)
+        *meta = m;
+    else if (meta)
         meta->unwrap_rc = m.unwrap_rc;
-    }
-    veil_secbuf_free(out);
-    veil_secbuf_free(aes);
     cJSON_Delete(root);
-    free(ct);
-    free(nonce);
-    free(tag);
-    free(wrapped);
+    parts_free(&p);
     return rc;
 }
