@@ -67,8 +67,7 @@ static void key_destroy(gw_kem *k, kem_key *kk)
 }
 
 /* A new key with this key ID, in the provider of the set. */
-static kem_key *key_make(gw_kem *k, uint8_t key_id, char *err,
-                         size_t err_size)
+static kem_key *key_make(gw_kem *k, uint8_t key_id, char *err, size_t err_size)
 {
     char label[LABEL_MAX];
     veil_keygen_params kp = {.type = VEIL_KEY_EC_P256,
@@ -114,8 +113,7 @@ static void kem_step(gw_kem *k, time_t now)
     pthread_rwlock_unlock(&k->lock);
     if (rotate && (fresh = key_make(k, next_id, err, sizeof err)) == NULL) {
         veil_logf(&k->log, VEIL_LOG_ERROR,
-                  "%s (the current key stays; next try in %d s)", err,
-                  RETRY_S);
+                  "%s (the current key stays; next try in %d s)", err, RETRY_S);
         pthread_rwlock_wrlock(&k->lock);
         k->cur->made = now + RETRY_S - (time_t)k->rotate_s;
         pthread_rwlock_unlock(&k->lock);
@@ -188,8 +186,8 @@ static int kem_place(gw_kem *k, const char *where, char *err, size_t err_size)
     veil_logf(&k->log, VEIL_LOG_INFO,
               "v2: KEM keys (P-256) are made %s, replaced every %u s, "
               "destroyed %u s later",
-              token ? "in the server key's token" : "in software",
-              k->rotate_s, k->grace_s);
+              token ? "in the server key's token" : "in software", k->rotate_s,
+              k->grace_s);
     return 0;
 }
 

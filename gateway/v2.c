@@ -221,8 +221,8 @@ static gw_rc v2_inner(gw_server *s, svc_req *r, v2_x *x)
     if (s->d.auth) {
         int has = field_text(x->in, "authorization", auth, sizeof auth) == 0 &&
                   strncasecmp(auth, "Bearer ", 7) == 0;
-        gw_rc rc = has ? gw_auth_check(s->d.auth, auth + 7, x->id)
-                       : GW_UNAUTHORIZED;
+        gw_rc rc =
+            has ? gw_auth_check(s->d.auth, auth + 7, x->id) : GW_UNAUTHORIZED;
         veil_wipe(auth, sizeof auth);
         if (rc != GW_OK) {
             snprintf(x->why, sizeof x->why, "%s",
@@ -308,10 +308,10 @@ static gw_rc v2_chat(gw_server *s, v2_x *x)
                           x->why, sizeof x->why);
     if (rc != GW_OK)
         return rc;
-    size_t n = x->up.has_metadata ? veil_json_remove_members(
-                                        x->up.body, x->up.len,
-                                        &x->up.metadata, 1, &cut)
-                                  : 0;
+    size_t n = x->up.has_metadata
+                   ? veil_json_remove_members(x->up.body, x->up.len,
+                                              &x->up.metadata, 1, &cut)
+                   : 0;
     size_t len = veil_json_spliced_len(x->up.len, &cut, n);
     if (len == (size_t)-1 || (x->content = malloc(len + 1)) == NULL)
         return GW_NOMEM;
@@ -393,15 +393,14 @@ static void v2_error(v2_x *x, gw_rc rc)
  * (RFC 9458 4.4), sent with 200 whatever the inner status. */
 static gw_rc v2_send(gw_server *s, svc_req *r, v2_x *x)
 {
-    veil_bhttp_field f[2] = {
-        {VEIL_BSTR("content-type"),
-         {(const uint8_t *)x->type, strlen(x->type)}},
-        {VEIL_BSTR("retry-after"),
-         {(const uint8_t *)x->retry, strlen(x->retry)}}};
-    veil_bhttp_msg m = {.status = (unsigned)x->status,
-                        .headers = {f, x->retry[0] ? 2 : 1},
-                        .content = {(const uint8_t *)x->content,
-                                    x->content_len}};
+    veil_bhttp_field f[2] = {{VEIL_BSTR("content-type"),
+                              {(const uint8_t *)x->type, strlen(x->type)}},
+                             {VEIL_BSTR("retry-after"),
+                              {(const uint8_t *)x->retry, strlen(x->retry)}}};
+    veil_bhttp_msg m = {
+        .status = (unsigned)x->status,
+        .headers = {f, x->retry[0] ? 2 : 1},
+        .content = {(const uint8_t *)x->content, x->content_len}};
     veil_secbuf *plain = NULL;
     uint8_t *out = NULL;
     size_t out_len = 0;

@@ -32,9 +32,11 @@
 #include "util.h"
 
 #define WK "/.well-known/ohttp-gateway"
-#define PROMPT "Hello over Oblivious HTTP, gr\xc3\xbc\xc3\x9f" "e"
+#define PROMPT                                                                 \
+    "Hello over Oblivious HTTP, gr\xc3\xbc\xc3\x9f"                            \
+    "e"
 #define UNIFORM                                                                \
-    "{\"type\":\"https://iana.org/assignments/http-problem-types#ohttp-key\","  \
+    "{\"type\":\"https://iana.org/assignments/http-problem-types#ohttp-key\"," \
     "\"title\":\"key configuration problem\"}"
 
 static const char *module, *pin_file;
@@ -121,7 +123,8 @@ static const char *head_value(const resp *r, const char *name, char *out,
     size_t n = strlen(name);
 
     out[0] = '\0';
-    for (const char *l = r->head; l && *l; l = strchr(l, '\n') ? strchr(l, '\n') + 1 : "") {
+    for (const char *l = r->head; l && *l;
+         l = strchr(l, '\n') ? strchr(l, '\n') + 1 : "") {
         if (strncasecmp(l, name, n) == 0 && l[n] == ':') {
             const char *v = l + n + 1;
             size_t k;
@@ -167,8 +170,8 @@ static uint8_t *encap(const veil_ohttp_keyconfig *cfg, const char *method,
                       const char *path, const char *content, size_t *len,
                       veil_ohttp_ctx **ctx)
 {
-    veil_bhttp_field f[] = {{VEIL_BSTR("content-type"),
-                             VEIL_BSTR("application/json")}};
+    veil_bhttp_field f[] = {
+        {VEIL_BSTR("content-type"), VEIL_BSTR("application/json")}};
     veil_bhttp_msg m = {
         .is_request = 1,
         .method = {(const uint8_t *)method, strlen(method)},
@@ -193,8 +196,8 @@ static uint8_t *encap(const veil_ohttp_keyconfig *cfg, const char *method,
 }
 
 #define CHAT_ECHO                                                              \
-    "{\"model\":\"echo\",\"messages\":[{\"role\":\"user\",\"content\":\""     \
-    PROMPT "\"}]}"
+    "{\"model\":\"echo\",\"messages\":[{\"role\":\"user\",\"content\":"        \
+    "\"" PROMPT "\"}]}"
 
 /* Opens an encapsulated answer: the inner status and a copy of its
  * content (malloc'd, NUL-terminated); -1 when it does not open. */
@@ -283,15 +286,15 @@ static void test_key_config(void)
     head_value(&r, "X-Veil-Keys-Signed-At", at, sizeof at);
     head_value(&r, "X-Veil-Keys-Expires", until, sizeof until);
     head_value(&r, "X-Veil-Signing-Key", key, sizeof key);
-    CU_ASSERT(atoll(until) > atoll(at));
-    CU_ASSERT(atoll(at) > 0);
+    CU_ASSERT(strtoll(until, NULL, 10) > strtoll(at, NULL, 10));
+    CU_ASSERT(strtoll(at, NULL, 10) > 0);
     SHA256((const uint8_t *)r.body, r.len, h);
     veil_hex(h, 32, hex);
     snprintf(st, sizeof st,
              "veil-ohttp-keys-v1\nkeys_sha256=%s\nsigned_at=%s\nnot_after=%s\n",
              hex, at, until);
-    CU_ASSERT_EQUAL_FATAL(
-        veil_b64_decode(sig, strlen(sig), &der, &der_len), VEIL_OK);
+    CU_ASSERT_EQUAL_FATAL(veil_b64_decode(sig, strlen(sig), &der, &der_len),
+                          VEIL_OK);
     CU_ASSERT_EQUAL(veil_ecdsa_verify(sw_e, sign_pub, (const uint8_t *)st,
                                       strlen(st), der, der_len),
                     VEIL_OK);
@@ -308,17 +311,16 @@ static void test_key_config(void)
     /* the software gateway has no signing key: no signature */
     CU_ASSERT_EQUAL_FATAL(http(&gw_sw, NULL, 0, NULL, &r), 0);
     CU_ASSERT_EQUAL(r.status, 200);
-    CU_ASSERT_STRING_EQUAL(head_value(&r, "X-Veil-Keys-Signature", sig,
-                                      sizeof sig),
-                           "");
+    CU_ASSERT_STRING_EQUAL(
+        head_value(&r, "X-Veil-Keys-Signature", sig, sizeof sig), "");
     resp_free(&r);
 }
 
 static void round_trip(const tu_proc *p)
 {
     char *content = NULL;
-    int status = exchange(p, "POST", "/v1/chat/completions", CHAT_ECHO,
-                          &content);
+    int status =
+        exchange(p, "POST", "/v1/chat/completions", CHAT_ECHO, &content);
 
     CU_ASSERT_EQUAL(status, 200);
     CU_ASSERT(content && strstr(content, "chat.completion") != NULL);
@@ -348,8 +350,8 @@ static void test_errors_encrypted(void)
         int status;
         const char *detail;
     } cases[] = {
-        {"POST", "/v1/chat/completions",
-         "{\"model\":\"nope\",\"messages\":[]}", 400, "is not served here"},
+        {"POST", "/v1/chat/completions", "{\"model\":\"nope\",\"messages\":[]}",
+         400, "is not served here"},
         {"POST", "/v1/chat/completions", "{\"model\":", 400, ""},
         {"GET", "/v1/nothing", NULL, 404, "no such route"},
         {"DELETE", "/v1/models", NULL, 404, "no such route"},
@@ -389,8 +391,8 @@ static void test_uniform_and_replay(void)
     for (size_t i = 0; i < sizeof at / sizeof at[0]; i++) {
         size_t k = i == 6 ? len - 1 : at[i];
         req[k] ^= 0x01;
-        CU_ASSERT_EQUAL_FATAL(
-            http(&gw_tok, req, len, VEIL_OHTTP_MEDIA_REQ, &r), 0);
+        CU_ASSERT_EQUAL_FATAL(http(&gw_tok, req, len, VEIL_OHTTP_MEDIA_REQ, &r),
+                              0);
         expect_uniform(&r);
         resp_free(&r);
         req[k] ^= 0x01;
@@ -399,8 +401,7 @@ static void test_uniform_and_replay(void)
     expect_uniform(&r); /* too short */
     resp_free(&r);
     /* the original opens, only with its own context */
-    CU_ASSERT_EQUAL_FATAL(http(&gw_tok, req, len, VEIL_OHTTP_MEDIA_REQ, &r),
-                          0);
+    CU_ASSERT_EQUAL_FATAL(http(&gw_tok, req, len, VEIL_OHTTP_MEDIA_REQ, &r), 0);
     CU_ASSERT_EQUAL(r.status, 200);
     CU_ASSERT_EQUAL(open_answer(other, &r, &content), -1);
     free(content);
@@ -408,13 +409,11 @@ static void test_uniform_and_replay(void)
     free(content);
     resp_free(&r);
     /* the replay: the uniform answer */
-    CU_ASSERT_EQUAL_FATAL(http(&gw_tok, req, len, VEIL_OHTTP_MEDIA_REQ, &r),
-                          0);
+    CU_ASSERT_EQUAL_FATAL(http(&gw_tok, req, len, VEIL_OHTTP_MEDIA_REQ, &r), 0);
     expect_uniform(&r);
     resp_free(&r);
     /* another media type: 415 in clear */
-    CU_ASSERT_EQUAL_FATAL(http(&gw_tok, req2, len2, "application/json", &r),
-                          0);
+    CU_ASSERT_EQUAL_FATAL(http(&gw_tok, req2, len2, "application/json", &r), 0);
     CU_ASSERT_EQUAL(r.status, 415);
     resp_free(&r);
     free(req);
@@ -437,10 +436,19 @@ static void test_rotation(void)
     const char *base[] = {"--state-dir", state_dir, "--replay-capacity",
                           "65536",       "--rate",  "1000",
                           "--burst",     "1000",    NULL};
-    const char *extra[] = {"--server-key", server_ref, "--pkcs11-module",
-                           module, "--pin-source", pin_spec, "--model",
-                           "echo=echo", "--kem-rotate", "6", "--kem-grace",
-                           "3", NULL};
+    const char *extra[] = {"--server-key",
+                           server_ref,
+                           "--pkcs11-module",
+                           module,
+                           "--pin-source",
+                           pin_spec,
+                           "--model",
+                           "echo=echo",
+                           "--kem-rotate",
+                           "6",
+                           "--kem-grace",
+                           "3",
+                           NULL};
     int i;
 
     snprintf(state_dir, sizeof state_dir, "%s/gw-v2-rot.state",
@@ -490,14 +498,22 @@ static int start_gateways(void)
     veil_keygen_params kp = {.type = VEIL_KEY_RSA, .bits = 2048};
     veil_key *k = NULL;
     const char *base0[] = {"--state-dir", state[0], "--replay-capacity",
-                           "65536",      "--rate",  "1000",
-                           "--burst",    "1000",    NULL};
+                           "65536",       "--rate", "1000",
+                           "--burst",     "1000",   NULL};
     const char *base1[] = {"--state-dir", state[1], "--replay-capacity",
-                           "65536",      "--rate",  "1000",
-                           "--burst",    "1000",    NULL};
-    const char *tok[] = {"--server-key", server_ref, "--pkcs11-module", module,
-                         "--pin-source", pin_spec, "--signing-key",
-                         signer_ref, "--model", "echo=echo", NULL};
+                           "65536",       "--rate", "1000",
+                           "--burst",     "1000",   NULL};
+    const char *tok[] = {"--server-key",
+                         server_ref,
+                         "--pkcs11-module",
+                         module,
+                         "--pin-source",
+                         pin_spec,
+                         "--signing-key",
+                         signer_ref,
+                         "--model",
+                         "echo=echo",
+                         NULL};
     const char *sw[] = {"--server-key", ref, "--model", "echo=echo", NULL};
 
     snprintf(state[0], sizeof state[0], "%s/gw-v2-tok.state",
