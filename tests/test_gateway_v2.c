@@ -166,11 +166,15 @@ static int fetch_config(const tu_proc *p, veil_ohttp_keyconfig *cfg)
 }
 
 /* An inner request, encapsulated to cfg with AES-256-GCM. */
+static const char *bearer; /* the inner authorization, or NULL */
+
 static uint8_t *encap(const veil_ohttp_keyconfig *cfg, const char *method,
                       const char *path, const char *content, size_t *len,
                       veil_ohttp_ctx **ctx)
 {
     veil_bhttp_field f[] = {
+        {VEIL_BSTR("authorization"),
+         {(const uint8_t *)bearer, bearer ? strlen(bearer) : 0}},
         {VEIL_BSTR("content-type"), VEIL_BSTR("application/json")}};
     veil_bhttp_msg m = {
         .is_request = 1,
@@ -178,7 +182,8 @@ static uint8_t *encap(const veil_ohttp_keyconfig *cfg, const char *method,
         .scheme = VEIL_BSTR("https"),
         .authority = VEIL_BSTR("gateway.test"),
         .path = {(const uint8_t *)path, strlen(path)},
-        .headers = {f, content ? 1 : 0},
+        .headers = {bearer ? f : f + 1,
+                    (bearer ? 1u : 0u) + (content ? 1u : 0u)},
         .content = {(const uint8_t *)content, content ? strlen(content) : 0}};
     veil_secbuf *plain = NULL;
     uint8_t *out = NULL;
@@ -199,6 +204,8 @@ static uint8_t *encap(const veil_ohttp_keyconfig *cfg, const char *method,
     "{\"model\":\"echo\",\"messages\":[{\"role\":\"user\",\"content\":"        \
     "\"" PROMPT "\"}]}"
 
+static int retry_after; /* of the last answer opened: its length, or -1 */
+
 /* Opens an encapsulated answer: the inner status and a copy of its
  * content (malloc'd, NUL-terminated); -1 when it does not open. */
 static int open_answer(veil_ohttp_ctx *ctx, const resp *r, char **content)
@@ -213,9 +220,12 @@ static int open_answer(veil_ohttp_ctx *ctx, const resp *r, char **content)
         veil_bhttp_decode(veil_secbuf_data(plain), veil_secbuf_len(plain),
                           VEIL_BHTTP_RESPONSE, NULL, &m) == VEIL_OK &&
         (*content = malloc(m->content.len + 1)) != NULL) {
+        const veil_bhttp_field *ra =
+            veil_bhttp_field_get(&m->headers, "retry-after");
         memcpy(*content, m->content.p, m->content.len);
         (*content)[m->content.len] = '\0';
         status = (int)m->status;
+        retry_after = ra ? (int)ra->value.len : -1;
     }
     veil_bhttp_msg_free(m);
     veil_secbuf_free(plain);
@@ -316,6 +326,15 @@ static void test_key_config(void)
     resp_free(&r);
 }
 
+/* The start-up log says where the KEM keys are made. */
+static void expect_log(const tu_proc *p, const char *text)
+{
+    char *log = tu_read_file(p->log, NULL);
+
+    CU_ASSERT(log && strstr(log, text) != NULL);
+    free(log);
+}
+
 static void round_trip(const tu_proc *p)
 {
     char *content = NULL;
@@ -335,11 +354,14 @@ static void round_trip(const tu_proc *p)
 static void test_round_trip_token(void)
 {
     round_trip(&gw_tok);
+    expect_log(&gw_tok, "v2: KEM keys (P-256) are made in the server key's "
+                        "token");
 }
 
 static void test_round_trip_software(void)
 {
     round_trip(&gw_sw);
+    expect_log(&gw_sw, "v2: KEM keys (P-256) are made in software");
 }
 
 /* Errors after decapsulation travel encrypted, with their status. */
@@ -420,6 +442,69 @@ static void test_uniform_and_replay(void)
     free(req2);
     veil_ohttp_ctx_free(ctx);
     veil_ohttp_ctx_free(other);
+}
+
+/* The API key travels inside (the outer request has none), and so do the
+ * refusals: 401 without it or with a wrong one, 429 with retry-after. */
+static void test_api_key_inside(void)
+{
+    static const char key[] = "veil-v2-api-key-7d2e";
+    uint8_t h[32];
+    char line[200], dir[512], path[600], state_dir[700], hex[65];
+    char *content = NULL;
+    const char *base[] = {"--state-dir", state_dir, "--replay-capacity",
+                          "65536", NULL};
+    const char *extra[] = {"--server-key",
+                           server_ref,
+                           "--pkcs11-module",
+                           module,
+                           "--pin-source",
+                           pin_spec,
+                           "--model",
+                           "echo=echo",
+                           "--api-keys",
+                           path,
+                           "--rate",
+                           "0.001",
+                           "--burst",
+                           "2",
+                           NULL};
+    FILE *f;
+    tu_proc g;
+
+    SHA256((const uint8_t *)key, strlen(key), h);
+    veil_hex(h, 32, hex);
+    snprintf(line, sizeof line, "sha256:%s tester\n", hex);
+    CU_ASSERT_EQUAL_FATAL(tu_scratch_dir("gw-v2-auth", dir, sizeof dir), 0);
+    snprintf(path, sizeof path, "%s/api-keys", dir);
+    snprintf(state_dir, sizeof state_dir, "%s/gw-v2-auth.state",
+             tu_env("VEIL_TEST_DIR"));
+    f = fopen(path, "w");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(f);
+    fputs(line, f);
+    fclose(f);
+    CU_ASSERT_EQUAL_FATAL(gt_veild_start(&g, "gw-v2-auth", base, extra, 0), 0);
+    bearer = NULL;
+    CU_ASSERT_EQUAL(exchange(&g, "GET", "/v1/models", NULL, &content), 401);
+    CU_ASSERT(content && strstr(content, "missing API key"));
+    free(content);
+    bearer = "Bearer not-the-key";
+    CU_ASSERT_EQUAL(exchange(&g, "GET", "/v1/models", NULL, &content), 401);
+    CU_ASSERT(content && strstr(content, "invalid API key"));
+    free(content);
+    bearer = "Bearer veil-v2-api-key-7d2e";
+    for (int i = 0; i < 2; i++) { /* the burst */
+        CU_ASSERT_EQUAL(
+            exchange(&g, "POST", "/v1/chat/completions", CHAT_ECHO, &content),
+            200);
+        free(content);
+    }
+    CU_ASSERT_EQUAL(exchange(&g, "GET", "/v1/models", NULL, &content), 429);
+    CU_ASSERT(retry_after > 0);
+    CU_ASSERT(content && strstr(content, "rate limit"));
+    free(content);
+    bearer = NULL;
+    gt_stop_ok(&g);
 }
 
 /* A key replaced still opens for its grace period, then is destroyed:
@@ -595,6 +680,7 @@ int main(void)
         {"chat and models, KEM key in software", test_round_trip_software},
         {"errors travel encrypted", test_errors_encrypted},
         {"one answer for tampering and replays", test_uniform_and_replay},
+        {"API key and rate limit inside", test_api_key_inside},
         {"rotation: grace, then destroyed", test_rotation},
         {"gateways exit 0", test_exit},
     };
