@@ -326,6 +326,39 @@ static void test_key_config(void)
     resp_free(&r);
 }
 
+/* v2 = off: both routes answer 404, and v1 goes on. */
+static void test_v2_off(void)
+{
+    char state_dir[700];
+    const char *base[] = {"--state-dir", state_dir, NULL};
+    const char *extra[] = {"--server-key",
+                           server_ref,
+                           "--pkcs11-module",
+                           module,
+                           "--pin-source",
+                           pin_spec,
+                           "--model",
+                           "echo=echo",
+                           "--v2",
+                           "off",
+                           NULL};
+    uint8_t body[80] = {0};
+    tu_proc g;
+    resp r;
+
+    snprintf(state_dir, sizeof state_dir, "%s/gw-v2-off.state",
+             tu_env("VEIL_TEST_DIR"));
+    CU_ASSERT_EQUAL_FATAL(gt_veild_start(&g, "gw-v2-off", base, extra, 0), 0);
+    CU_ASSERT_EQUAL_FATAL(http(&g, NULL, 0, NULL, &r), 0);
+    CU_ASSERT_EQUAL(r.status, 404);
+    resp_free(&r);
+    CU_ASSERT_EQUAL_FATAL(http(&g, body, sizeof body, VEIL_OHTTP_MEDIA_REQ, &r),
+                          0);
+    CU_ASSERT_EQUAL(r.status, 404);
+    resp_free(&r);
+    gt_stop_ok(&g);
+}
+
 /* The start-up log says where the KEM keys are made. */
 static void expect_log(const tu_proc *p, const char *text)
 {
@@ -682,6 +715,7 @@ int main(void)
         {"one answer for tampering and replays", test_uniform_and_replay},
         {"API key and rate limit inside", test_api_key_inside},
         {"rotation: grace, then destroyed", test_rotation},
+        {"v2 = off", test_v2_off},
         {"gateways exit 0", test_exit},
     };
     int rc;
