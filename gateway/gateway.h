@@ -10,6 +10,7 @@
  *   respond.c   gw_respond: a gw_rc answered over HTTP (status from rc.c)
  *   rc.c        the one map of gw_rc to an HTTP status and default detail
  *   v1.c        the NOMYO v1 exchange, as named steps returning gw_rc
+ *   v2.c        protocol v2 (Oblivious HTTP) at /.well-known/ohttp-gateway
  *   keycache.c  clients' public keys: checked once, kept by use
  *   attest_routes.c  the attestation routes and GET /v1/signatures/ID
  *   (routes.h: what these share; not for the units below)
@@ -24,6 +25,7 @@
  *               (tpm_ak.c: EK, attestation keys, credential activation;
  *               tpm_quote.c: PCRs, quotes, certification; tpm_int.h)
  *   signlog.c   answer signatures kept by payload ID for a retention period
+ *   kemkeys.c   protocol v2's KEM keys: made, rotated, destroyed
  *   rc.c        gw_rc_status: an outcome's HTTP status
  */
 #ifndef VEIL_GATEWAY_H

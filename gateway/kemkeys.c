@@ -82,7 +82,14 @@ static kem_key *key_make(gw_kem *k, uint8_t key_id, char *err, size_t err_size)
         snprintf(err, err_size, "out of memory");
         return NULL;
     }
-    if (veil_key_generate(k->e, k->where, &kp, &kk->key) != VEIL_OK ||
+    veil_rc rc = veil_key_generate(k->e, k->where, &kp, &kk->key);
+    if (rc == VEIL_E_UNSUPPORTED && kp.session_only) {
+        /* a token without session keys (its quirk row): a token object,
+         * deleted at destruction all the same */
+        kp.session_only = 0;
+        rc = veil_key_generate(k->e, k->where, &kp, &kk->key);
+    }
+    if (rc != VEIL_OK ||
         veil_hpke_key_from_engine(kk->key, &kk->hpk) != VEIL_OK ||
         veil_hpke_key_public(kk->hpk, kk->cfg.pk, &pk_len) != VEIL_OK) {
         snprintf(err, err_size, "v2: a KEM key could not be made: %s",

@@ -48,6 +48,11 @@ struct gw_server {
     veil_memory_status mem;
     svc_response *undecryptable; /* one answer for every failure */
     svc_response *ohttp_key;     /* v2's one answer (PROTOCOL-V2.md 7) */
+    /* v2's signed key configuration, signed once per key (v2.c) */
+    pthread_mutex_t keys_lock;
+    uint8_t keys_sha256[32]; /* of the body signed */
+    char *keys_sig_b64;      /* NULL: none yet */
+    char keys_at[24], keys_until[24];
     pthread_mutex_t health_lock; /* the health cache; held while probing */
     time_t health_at;
     char *health;

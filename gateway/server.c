@@ -309,6 +309,7 @@ gw_server *gw_server_start(const gw_deps *deps, char *err, size_t err_size)
     s->d = *deps;
     s->log = (veil_logger){deps->log, deps->log_ctx, deps->log_level};
     pthread_mutex_init(&s->health_lock, NULL);
+    pthread_mutex_init(&s->keys_lock, NULL);
     veil_memory_status_get(&s->mem);
     if (server_keys(s, err, err_size) != 0)
         goto fail;
@@ -356,6 +357,8 @@ unsigned gw_server_stop(gw_server *s, unsigned grace_s)
     gw_keycache_free(s->keys);
     veil_wipe(s->salt_secret, sizeof s->salt_secret);
     pthread_mutex_destroy(&s->health_lock);
+    pthread_mutex_destroy(&s->keys_lock);
+    free(s->keys_sig_b64);
     free(s);
     return cut;
 }

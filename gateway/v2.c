@@ -45,15 +45,18 @@ typedef struct v2_x {
     char *content; /* malloc'd; wiped (it may hold the model's answer) */
     size_t content_len;
     char retry[16]; /* retry-after, or "" */
+    int full;       /* the replay register had no room */
     char why[512];
 } v2_x;
 
 /* ---- GET: the key configurations ----------------------------------------- */
 
-/* The statement of PROTOCOL-V2.md 4.3, signed; headers filled in h. */
+/* The statement of PROTOCOL-V2.md 4.3, signed into the server's cache
+ * (keys_lock held); signed again only when the body changes (a new key),
+ * so that fetching the keys, which anyone may, cannot keep the token
+ * busy. */
 static gw_rc keys_sign(gw_server *s, const uint8_t *body, size_t len,
-                       time_t not_after, char **sig_b64, char at[24],
-                       char until[24])
+                       time_t not_after)
 {
     uint8_t h[32], sig[VEIL_ECDSA_SIG_MAX];
     size_t sig_len = sizeof sig;
@@ -61,6 +64,8 @@ static gw_rc keys_sign(gw_server *s, const uint8_t *body, size_t len,
     long long now = (long long)time(NULL);
 
     SHA256(body, len, h);
+    if (s->keys_sig_b64 && memcmp(h, s->keys_sha256, sizeof h) == 0)
+        return GW_OK;
     veil_hex(h, sizeof h, hex);
     int n = snprintf(st, sizeof st,
                      "veil-ohttp-keys-v1\nkeys_sha256=%s\nsigned_at=%lld\n"
@@ -72,10 +77,12 @@ static gw_rc keys_sign(gw_server *s, const uint8_t *body, size_t len,
                   veil_last_error()->message);
         return GW_INTERNAL;
     }
-    if ((*sig_b64 = veil_b64_encode(sig, sig_len)) == NULL)
+    free(s->keys_sig_b64);
+    if ((s->keys_sig_b64 = veil_b64_encode(sig, sig_len)) == NULL)
         return GW_NOMEM;
-    snprintf(at, 24, "%lld", now);
-    snprintf(until, 24, "%lld", (long long)not_after);
+    memcpy(s->keys_sha256, h, sizeof h);
+    snprintf(s->keys_at, sizeof s->keys_at, "%lld", now);
+    snprintf(s->keys_until, sizeof s->keys_until, "%lld", (long long)not_after);
     return GW_OK;
 }
 
@@ -85,14 +92,21 @@ void gw_v2_keys(void *app, svc_req *r)
     uint8_t *body = NULL;
     size_t len = 0;
     time_t rotate_at, not_after;
-    char *sig = NULL, at[24], until[24];
+    char *sig = NULL, at[24] = "", until[24] = "";
     gw_rc rc = GW_NOT_FOUND;
 
     if (s->d.kem &&
         (rc = gw_kem_keys(s->d.kem, &body, &len, &rotate_at, &not_after)) ==
             GW_OK &&
-        s->d.signing_key)
-        rc = keys_sign(s, body, len, not_after, &sig, at, until);
+        s->d.signing_key) {
+        pthread_mutex_lock(&s->keys_lock);
+        if ((rc = keys_sign(s, body, len, not_after)) == GW_OK &&
+            (sig = strdup(s->keys_sig_b64)) == NULL)
+            rc = GW_NOMEM;
+        snprintf(at, sizeof at, "%s", s->keys_at);
+        snprintf(until, sizeof until, "%s", s->keys_until);
+        pthread_mutex_unlock(&s->keys_lock);
+    }
     if (rc != GW_OK) {
         free(body);
         gw_respond(s, r, rc, "%s", s->d.kem ? "" : "protocol v2 is off");
@@ -163,10 +177,9 @@ static gw_rc v2_open(gw_server *s, svc_req *r, v2_x *x)
     switch (v2_replay(s, x)) {
     case GW_STRIKE_SEEN:
         return GW_OHTTP_KEY; /* no oracle: the same bytes as a bad key */
-    case GW_STRIKE_FULL:
-        snprintf(x->why, sizeof x->why,
-                 "replay register full; try again later");
-        return GW_UNAVAILABLE;
+    case GW_STRIKE_FULL:     /* opened: the answer goes inside */
+        x->full = 1;
+        break;
     case GW_STRIKE_NEW:
         break;
     }
@@ -448,7 +461,9 @@ void gw_v2_request(void *app, svc_req *r)
         v2_free(&x);
         return;
     }
-    if ((rc = v2_inner(s, r, &x)) == GW_OK)
+    if (x.full)
+        snprintf(x.why, sizeof x.why, "replay register full; try again later");
+    if ((rc = x.full ? GW_UNAVAILABLE : v2_inner(s, r, &x)) == GW_OK)
         rc = v2_route(s, &x);
     if (rc != GW_OK)
         v2_error(&x, rc);

@@ -318,6 +318,15 @@ static void test_key_config(void)
     }
     free(der);
     resp_free(&r);
+    /* signed once per key: a second fetch carries the same signature
+     * (ECDSA signatures differ each time they are made) */
+    {
+        char sig2[200];
+        CU_ASSERT_EQUAL_FATAL(http(&gw_tok, NULL, 0, NULL, &r), 0);
+        CU_ASSERT_STRING_EQUAL(
+            head_value(&r, "X-Veil-Keys-Signature", sig2, sizeof sig2), sig);
+        resp_free(&r);
+    }
     /* the software gateway has no signing key: no signature */
     CU_ASSERT_EQUAL_FATAL(http(&gw_sw, NULL, 0, NULL, &r), 0);
     CU_ASSERT_EQUAL(r.status, 200);
