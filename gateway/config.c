@@ -505,6 +505,14 @@ static const svc_setting settings[] = {
      NULL,
      "where the auth value of tpm_certify_key comes from: file:PATH, "
      "env:NAME, prompt or none"},
+    {"v2", "off|on", &svc_bool, OFF(v2), 0, 0, "on",
+     "protocol v2 (Oblivious HTTP, docs/PROTOCOL-V2.md) at "
+     "/.well-known/ohttp-gateway, beside v1"},
+    {"kem_rotate", "SECONDS", &svc_uint, OFF(kem_rotate), 2, 604800, "3600",
+     "how often v2's KEM key is replaced by a new one"},
+    {"kem_grace", "SECONDS", &svc_uint, OFF(kem_grace), 0, 604800, "300",
+     "how long a replaced KEM key still opens requests before it is "
+     "destroyed; at most kem_rotate"},
     {"model", "ID=UPSTREAM[,tiers=A+B][,key-file=FILE][,cache-salt=FIELD]",
      &k_model, 0, 0, 0,
      NULL,
@@ -687,6 +695,13 @@ int gw_config_check(const gw_config *cfg, char *err, size_t err_size)
                     "%s is set but %s is not: give both or neither",
                     cfg->tls_cert ? "tls_cert" : "tls_key",
                     cfg->tls_cert ? "tls_key" : "tls_cert");
+        return -1;
+    }
+    if (cfg->kem_grace > cfg->kem_rotate) {
+        svc_put_err(err, err_size,
+                    "kem_grace (%u s) is above kem_rotate (%u s): a replaced "
+                    "key must be gone before the next one is replaced",
+                    cfg->kem_grace, cfg->kem_rotate);
         return -1;
     }
     if (cfg->body_memory && cfg->body_memory < cfg->body_limit) {

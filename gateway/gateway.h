@@ -10,6 +10,7 @@
  *   respond.c   gw_respond: a gw_rc answered over HTTP (status from rc.c)
  *   rc.c        the one map of gw_rc to an HTTP status and default detail
  *   v1.c        the NOMYO v1 exchange, as named steps returning gw_rc
+ *   v2.c        protocol v2 (Oblivious HTTP) at /.well-known/ohttp-gateway
  *   keycache.c  clients' public keys: checked once, kept by use
  *   attest_routes.c  the attestation routes and GET /v1/signatures/ID
  *   (routes.h: what these share; not for the units below)
@@ -24,6 +25,7 @@
  *               (tpm_ak.c: EK, attestation keys, credential activation;
  *               tpm_quote.c: PCRs, quotes, certification; tpm_int.h)
  *   signlog.c   answer signatures kept by payload ID for a retention period
+ *   kemkeys.c   protocol v2's KEM keys: made, rotated, destroyed
  *   rc.c        gw_rc_status: an outcome's HTTP status
  */
 #ifndef VEIL_GATEWAY_H
@@ -60,8 +62,11 @@ typedef enum gw_rc {
     GW_UNAVAILABLE,  /* 503: try again later (token, TPM, register full) */
     GW_NOMEM,        /* 503: out of memory */
     GW_TIMEOUT,      /* 504: the inference backend timed out */
-    GW_UNDECRYPTABLE /* 400: the one answer for every package that does not
-                        open (VEIL_PKG_DECRYPT_DETAIL) */
+    GW_UNDECRYPTABLE, /* 400: the one answer for every package that does
+                         not open (VEIL_PKG_DECRYPT_DETAIL) */
+    GW_MEDIA_TYPE,    /* 415: a body of another Content-Type */
+    GW_OHTTP_KEY      /* 400: v2's one answer for every request that does not
+                         open (RFC 9458 5.3's key-configuration problem) */
 } gw_rc;
 
 /* The HTTP status of an outcome (200 for GW_OK, 500 for an unknown one)
@@ -130,6 +135,10 @@ typedef struct gw_config {
     int tpm_ak_per_request;       /* (0) */
     char *tpm_certify_key;        /* TSS2 PRIVATE KEY PEM of the server key */
     char *tpm_certify_key_auth;   /* its auth value's PIN source */
+    /* protocol v2 (docs/PROTOCOL-V2.md) */
+    int v2;              /* 1: /.well-known/ohttp-gateway is served (1) */
+    unsigned kem_rotate; /* seconds between KEM keys (3600) */
+    unsigned kem_grace;  /* seconds a replaced KEM key still opens (300) */
     gw_model models[GW_MAX_MODELS];
     size_t n_models;
 } gw_config;
@@ -397,6 +406,43 @@ int gw_signlog_put(gw_signlog *l, const char *payload_id, const char *json,
 /* A malloc'd copy of the stored body, or NULL when unknown or expired. */
 char *gw_signlog_get(gw_signlog *l, const char *payload_id, time_t now);
 
+/* ---- protocol v2's KEM keys (kemkeys.c) ------------------------------- */
+
+/* The set of KEM keys (DHKEM(P-256), docs/PROTOCOL-V2.md 4.2): the
+ * current one, listed, and the one it replaced, accepted for the grace
+ * period and then destroyed in its provider.  A thread of its own rotates
+ * and destroys on time, whether requests come or not.  Thread-safe. */
+typedef struct gw_kem gw_kem;
+struct veil_ohttp_ctx;
+
+/* Makes the first key where the server key lives (`where`: its reference)
+ * when that provider has VEIL_CAP_ECDH, in software otherwise (the log
+ * says which), as a session object where the token allows it.  NULL with
+ * err. */
+gw_kem *gw_kem_open(veil_engine *e, const char *where, unsigned rotate_s,
+                    unsigned grace_s, const veil_logger *log, char *err,
+                    size_t err_size);
+/* Stops the thread and destroys every key. */
+void gw_kem_free(gw_kem *k);
+/* "token" or "software": where the keys are made. */
+const char *gw_kem_where(const gw_kem *k);
+/* The application/ohttp-keys body (the current key; malloc'd) and when
+ * the current key stops being listed (*rotate_at) and stops opening
+ * (*not_after).  GW_OK or GW_NOMEM. */
+gw_rc gw_kem_keys(gw_kem *k, uint8_t **body, size_t *len, time_t *rotate_at,
+                  time_t *not_after);
+/* Opens a message/ohttp-req body with the key its header names (current,
+ * or in grace): the binary HTTP request in *req and the context for the
+ * answer in *ctx.  GW_OK; GW_UNDECRYPTABLE for every failure that is the
+ * request's (malformed, unknown or retired key ID, another suite, bad enc
+ * or ciphertext); GW_UNAVAILABLE when the provider failed (err says how);
+ * GW_NOMEM. */
+gw_rc gw_kem_open_request(gw_kem *k, const uint8_t *in, size_t len,
+                          veil_secbuf **req, struct veil_ohttp_ctx **ctx,
+                          char *err, size_t err_size);
+/* How many keys exist now (current and in grace): for the tests' log. */
+unsigned gw_kem_count(gw_kem *k);
+
 /* ---- the server (server.c over service/http.c) ------------------------ */
 
 typedef struct gw_server gw_server;
@@ -419,6 +465,7 @@ typedef struct gw_deps {
     uint8_t encryption_key_sha256[32];
     uint8_t signing_key_sha256[32];
     gw_tpm *tpm; /* NULL: no TPM (maximum and the attestation routes: 503) */
+    gw_kem *kem; /* NULL: protocol v2 is off */
     veil_log_fn log;
     void *log_ctx;
     veil_log_level log_level;

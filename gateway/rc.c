@@ -24,6 +24,8 @@ static const struct {
     [GW_NOMEM] = {503, "out of memory"},
     [GW_TIMEOUT] = {504, "inference backend timed out"},
     [GW_UNDECRYPTABLE] = {400, VEIL_PKG_DECRYPT_DETAIL},
+    [GW_MEDIA_TYPE] = {415, "unsupported media type"},
+    [GW_OHTTP_KEY] = {400, "key configuration problem"},
 };
 
 #define N_ANSWERS (sizeof answers / sizeof answers[0])

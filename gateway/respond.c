@@ -9,6 +9,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <openssl/rand.h>
+
 #include "routes.h"
 
 /* ---- outcomes ------------------------------------------------------------ */
@@ -26,6 +30,10 @@ static void respond_v(gw_server *s, svc_req *r, gw_rc rc, unsigned retry_s,
         rc = GW_INTERNAL;
     if (rc == GW_UNDECRYPTABLE) { /* one answer, byte for byte */
         svc_send_prebuilt(r, gw_rc_status(rc), s->undecryptable);
+        return;
+    }
+    if (rc == GW_OHTTP_KEY) { /* v2's, likewise (PROTOCOL-V2.md 7) */
+        svc_send_prebuilt(r, gw_rc_status(rc), s->ohttp_key);
         return;
     }
     vsnprintf(detail, sizeof detail, fmt, ap);
@@ -77,4 +85,20 @@ int gw_payload_id_canonical(const char *id, char out[PID_MAX + 1])
 int gw_payload_id_ok(const char *id)
 {
     return gw_payload_id_canonical(id, NULL);
+}
+
+/* The value of a model's cache_salt_field for this caller: hex of
+ * HMAC-SHA256(gateway secret, the API key's hash, or the address's without
+ * API keys).  Requests of one API key share the backend's prompt cache,
+ * those of two keys never do; the salt tells nothing of the key. */
+void gw_cache_salt(gw_server *s, const uint8_t id[32], char out[65])
+{
+    uint8_t mac[32];
+    unsigned int len = sizeof mac;
+
+    if (HMAC(EVP_sha256(), s->salt_secret, sizeof s->salt_secret, id, 32, mac,
+             &len) == NULL)
+        RAND_bytes(mac, sizeof mac); /* fail safe: a cache of its own */
+    veil_hex(mac, sizeof mac, out);
+    veil_wipe(mac, sizeof mac);
 }

@@ -1,5 +1,5 @@
 /* gateway/routes.h: what the server (server.c) and its route modules
- * (v1.c, attest_routes.c, keycache.c) share.  Not for the units below
+ * (v1.c, v2.c, attest_routes.c, keycache.c) share.  Not for the units below
  * them (config, auth, strikes, rate, upstream, tpm, signlog), which know
  * nothing of HTTP. */
 #ifndef VEIL_GW_ROUTES_H
@@ -47,6 +47,12 @@ struct gw_server {
     gw_keycache *keys;
     veil_memory_status mem;
     svc_response *undecryptable; /* one answer for every failure */
+    svc_response *ohttp_key;     /* v2's one answer (PROTOCOL-V2.md 7) */
+    /* v2's signed key configuration, signed once per key (v2.c) */
+    pthread_mutex_t keys_lock;
+    uint8_t keys_sha256[32]; /* of the body signed */
+    char *keys_sig_b64;      /* NULL: none yet */
+    char keys_at[24], keys_until[24];
     pthread_mutex_t health_lock; /* the health cache; held while probing */
     time_t health_at;
     char *health;
@@ -74,11 +80,22 @@ int gw_payload_id_canonical(const char *id, char out[PID_MAX + 1]);
 /* tail_ok of the signature route */
 int gw_payload_id_ok(const char *id);
 
+/* The value of a model's cache_salt_field for the caller id (hex of an
+ * HMAC under the gateway's secret; respond.c). */
+void gw_cache_salt(gw_server *s, const uint8_t id[32], char out[65]);
+
+/* A route's tag (svc_route_tag): its API key travels inside the request
+ * (protocol v2), so the admit hook checks none. */
+#define GW_TAG_INNER_KEY 1u
+
 /* the route handlers (the table is in server.c) */
 void gw_v1_completion(void *app, svc_req *r);
 void gw_attest_report(void *app, svc_req *r);
 void gw_attest_activate(void *app, svc_req *r);
 void gw_signature_get(void *app, svc_req *r);
+/* protocol v2 (v2.c): GET and POST /.well-known/ohttp-gateway */
+void gw_v2_keys(void *app, svc_req *r);
+void gw_v2_request(void *app, svc_req *r);
 
 #pragma GCC visibility pop
 

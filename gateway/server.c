@@ -1,7 +1,7 @@
 /* veild's server: the route table over the HTTP layer (service/http.c),
  * admission (API key, rate limit), the small routes (public key, models,
  * health), start and stop.  The routes that do the work are modules of
- * their own: v1.c (the exchange), attest_routes.c (attestation,
+ * their own: v1.c (the exchange), v2.c (Oblivious HTTP), attest_routes.c (attestation,
  * signatures), with keycache.c for the callers' keys; respond.c is the one
  * place a gw_rc becomes an HTTP status.  server.c points at the route
  * modules and they never call back into it (tests/check_includes.py). */
@@ -14,6 +14,7 @@
 #include <strings.h>
 #include <time.h>
 
+#include "ohttp.h"
 #include "routes.h"
 
 /* Largest body of the routes other than the completion (the activation's
@@ -32,6 +33,8 @@ static void admit(void *app, svc_req *r)
     uint8_t *id = svc_client_id(r);
     unsigned retry = 0;
 
+    if (s->d.auth && svc_route_tag(r) == GW_TAG_INNER_KEY)
+        return; /* v2: the key is inside, checked once opened (v2.c) */
     if (s->d.auth) {
         const char *a = svc_header(r, "Authorization");
         if (a == NULL || strncasecmp(a, "Bearer ", 7) != 0) {
@@ -198,6 +201,17 @@ static const svc_route routes[] = {
      .needs_slot = 1,
      .body_max = SMALL_BODY_MAX,
      .handle = gw_attest_activate},
+    {.path = "/.well-known/ohttp-gateway",
+     .method = "GET",
+     .body_max = SMALL_BODY_MAX,
+     .handle = gw_v2_keys},
+    {.path = "/.well-known/ohttp-gateway",
+     .method = "POST",
+     .admit = 1,
+     .needs_slot = 1,
+     .body_max = 0,
+     .handle = gw_v2_request,
+     .tag = GW_TAG_INNER_KEY},
     {.path = "/v1/signatures/",
      .method = "GET",
      .prefix = 1,
@@ -280,6 +294,11 @@ gw_server *gw_server_start(const gw_deps *deps, char *err, size_t err_size)
 {
     static const char undecryptable[] =
         "{\"detail\":\"" VEIL_PKG_DECRYPT_DETAIL "\"}";
+    /* PROTOCOL-V2.md 7: RFC 9458 5.3's problem for every request that does
+     * not open */
+    static const char ohttp_key[] = "{\"type\":\"" VEIL_OHTTP_PROBLEM_KEY
+                                    "\",\"title\":\"key configuration "
+                                    "problem\"}";
     gw_server *s = calloc(1, sizeof *s);
     svc_http_config hc;
 
@@ -290,12 +309,16 @@ gw_server *gw_server_start(const gw_deps *deps, char *err, size_t err_size)
     s->d = *deps;
     s->log = (veil_logger){deps->log, deps->log_ctx, deps->log_level};
     pthread_mutex_init(&s->health_lock, NULL);
+    pthread_mutex_init(&s->keys_lock, NULL);
     veil_memory_status_get(&s->mem);
     if (server_keys(s, err, err_size) != 0)
         goto fail;
     s->undecryptable = svc_response_new("application/json", undecryptable,
                                         sizeof undecryptable - 1);
-    if (s->undecryptable == NULL || (s->keys = gw_keycache_new()) == NULL) {
+    s->ohttp_key = svc_response_new("application/problem+json", ohttp_key,
+                                    sizeof ohttp_key - 1);
+    if (s->undecryptable == NULL || s->ohttp_key == NULL ||
+        (s->keys = gw_keycache_new()) == NULL) {
         snprintf(err, err_size, "out of memory");
         goto fail;
     }
@@ -326,6 +349,7 @@ unsigned gw_server_stop(gw_server *s, unsigned grace_s)
         return 0;
     unsigned cut = svc_http_stop(s->http, grace_s);
     svc_response_free(s->undecryptable);
+    svc_response_free(s->ohttp_key);
     free(s->pem);
     free(s->enc_spki_b64);
     free(s->sign_spki_b64);
@@ -333,6 +357,8 @@ unsigned gw_server_stop(gw_server *s, unsigned grace_s)
     gw_keycache_free(s->keys);
     veil_wipe(s->salt_secret, sizeof s->salt_secret);
     pthread_mutex_destroy(&s->health_lock);
+    pthread_mutex_destroy(&s->keys_lock);
+    free(s->keys_sig_b64);
     free(s);
     return cut;
 }

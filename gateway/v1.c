@@ -11,9 +11,6 @@
 #include <string.h>
 #include <time.h>
 
-#include <openssl/evp.h>
-#include <openssl/hmac.h>
-#include <openssl/rand.h>
 #include <openssl/sha.h>
 
 #include "evidence.h"
@@ -205,29 +202,13 @@ static gw_rc v1_attest(gw_server *s, v1_x *x)
     return GW_OK;
 }
 
-/* The value of a model's cache_salt_field for this caller: hex of
- * HMAC-SHA256(gateway secret, the API key's hash, or the address's without
- * API keys).  Requests of one API key share the backend's prompt cache,
- * those of two keys never do; the salt tells nothing of the key. */
-static void cache_salt(gw_server *s, const uint8_t id[32], char out[65])
-{
-    uint8_t mac[32];
-    unsigned int len = sizeof mac;
-
-    if (HMAC(EVP_sha256(), s->salt_secret, sizeof s->salt_secret, id, 32, mac,
-             &len) == NULL)
-        RAND_bytes(mac, sizeof mac); /* fail safe: a cache of its own */
-    veil_hex(mac, sizeof mac, out);
-    veil_wipe(mac, sizeof mac);
-}
-
 /* The inference: the plaintext to the model's upstream (or echo). */
 static gw_rc v1_infer(gw_server *s, svc_req *r, v1_x *x)
 {
     const char *salt = NULL;
 
     if (x->m->cache_salt_field) {
-        cache_salt(s, svc_client_id(r), x->salt);
+        gw_cache_salt(s, svc_client_id(r), x->salt);
         salt = x->salt;
     }
     return gw_upstream_call(s->d.cfg, x->m,

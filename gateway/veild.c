@@ -305,12 +305,20 @@ static int open_state(gw_deps *d, const gw_config *cfg)
         veil_logf(&logger, VEIL_LOG_ERROR, "out of memory");
         return -1;
     }
+    if (cfg->v2 &&
+        (d->kem = gw_kem_open(d->engine, cfg->server_key, cfg->kem_rotate,
+                              cfg->kem_grace, &logger, err, sizeof err)) ==
+            NULL) {
+        veil_logf(&logger, VEIL_LOG_ERROR, "%s", err);
+        return -1;
+    }
     return 0;
 }
 
 static void close_deps(gw_deps *d)
 {
     gw_upstream_cleanup();
+    gw_kem_free(d->kem);
     gw_rate_free(d->rate);
     gw_strikes_free(d->strikes);
     gw_auth_free(d->auth);

@@ -218,6 +218,11 @@ const char *svc_body(const svc_req *r, size_t *len)
     return r->len ? r->body : NULL;
 }
 
+unsigned svc_route_tag(const svc_req *r)
+{
+    return r->route ? r->route->tag : 0;
+}
+
 const char *svc_tail(const svc_req *r)
 {
     return r->tail;
@@ -262,8 +267,7 @@ static const svc_route *route_of(const svc_http *h, const char *method,
             (strcmp(method, "HEAD") == 0 && strcmp(rt->method, "GET") == 0 &&
              !rt->no_head))
             return rt;
-        *bad_method = 1;
-        return NULL;
+        *bad_method = 1; /* unless a later row has the path and method */
     }
     return NULL;
 }

@@ -50,6 +50,7 @@ typedef struct svc_route {
     int (*tail_ok)(const char *tail);
     svc_handler_fn *handle;
     const char *log_path; /* the path in the log line; NULL: path */
+    unsigned tag; /* the application's, for its admit hook (svc_route_tag) */
 } svc_route;
 
 typedef struct svc_http_config {
@@ -95,6 +96,8 @@ const char *svc_header(svc_req *r, const char *name);
 const char *svc_query(svc_req *r, const char *name);
 /* The body as received (NUL-terminated; NULL when empty). */
 const char *svc_body(const svc_req *r, size_t *len);
+/* The tag of the request's route (0 when unrouted). */
+unsigned svc_route_tag(const svc_req *r);
 /* A prefix route's tail when tail_ok took it, else "". */
 const char *svc_tail(const svc_req *r);
 /* The client's address (NULL when unknown). */

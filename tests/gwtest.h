@@ -1,4 +1,4 @@
-/* What test_gateway and test_gateway_conn share: veild and
+/* What test_gateway, test_gateway_v2 and test_gateway_conn share: veild and
  * tests/mock-upstream started as processes (tests/harness.h), and raw
  * HTTP/1.1 over a plain socket (a request out, one answer in), for the
  * cases a well-behaved client library cannot produce. */

@@ -777,6 +777,21 @@ static void test_config_check(void)
     cfg.server_key = strdup("dir:/k");
     CU_ASSERT_TRUE(check_says(&cfg, NULL));
 
+    /* protocol v2: defaults, and a grace longer than the rotation */
+    CU_ASSERT_EQUAL(cfg.v2, 1);
+    CU_ASSERT_EQUAL(cfg.kem_rotate, 3600);
+    CU_ASSERT_EQUAL(cfg.kem_grace, 300);
+    CU_ASSERT_TRUE(set_ok(&cfg, "kem_rotate", "10"));
+    CU_ASSERT_TRUE(set_ok(&cfg, "kem_grace", "11"));
+    CU_ASSERT_TRUE(check_says(&cfg,
+                              "kem_grace (11 s) is above kem_rotate (10 s): a "
+                              "replaced key must be gone before the next one "
+                              "is replaced"));
+    CU_ASSERT_TRUE(set_ok(&cfg, "kem_grace", "10"));
+    CU_ASSERT_TRUE(check_says(&cfg, NULL));
+    CU_ASSERT_TRUE(set_ok(&cfg, "v2", "off"));
+    CU_ASSERT_EQUAL(cfg.v2, 0);
+
     /* duplicate model IDs (set() refuses them; a struct filled by hand) */
     cfg.models[1].id = strdup("m");
     cfg.models[1].upstream = strdup("echo");

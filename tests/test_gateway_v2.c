@@ -1,0 +1,745 @@
+/* Protocol v2 (docs/PROTOCOL-V2.md) against veild for real: the gateway
+ * started as a process with the echo model, spoken to over HTTP (libcurl)
+ * by a client made here from protocol/ohttp.c, hpke.c and bhttp.c.  Two
+ * gateways: the server key (and so the KEM keys) in the SoftHSM2 token,
+ * with an answer-signing key; and the server key in a key directory (KEM
+ * keys in software).  A third rotates its KEM key every few seconds.
+ *
+ * Each case checks what a client sees: the outer status and bytes, and
+ * the inner status and content once the answer is opened.  No timed
+ * assertions; the rotation case waits a few seconds for the gateway's
+ * clock, never asserts how long anything took.
+ *
+ * Needs VEIL_BUILDDIR and the SoftHSM2 token of tests/env/with-tokens.sh. */
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <CUnit/CUnit.h>
+#include <curl/curl.h>
+#include <openssl/sha.h>
+
+#include "bhttp.h"
+#include "gwtest.h"
+#include "ohttp.h"
+#include "package.h"
+#include "testutil.h"
+#include "util.h"
+
+#define WK "/.well-known/ohttp-gateway"
+#define PROMPT                                                                 \
+    "Hello over Oblivious HTTP, gr\xc3\xbc\xc3\x9f"                            \
+    "e"
+#define UNIFORM                                                                \
+    "{\"type\":\"https://iana.org/assignments/http-problem-types#ohttp-key\"," \
+    "\"title\":\"key configuration problem\"}"
+
+static const char *module, *pin_file;
+static char pin_spec[600], token_uri[256], server_ref[700], signer_ref[700];
+static veil_engine *sw_e, *tok_e;
+static veil_key *srv_key, *sign_key, *sign_pub;
+static tu_proc gw_tok, gw_sw;
+
+/* ---- HTTP ---------------------------------------------------------------- */
+
+typedef struct resp {
+    long status;
+    char *body, *head;
+    size_t len, head_len;
+} resp;
+
+static size_t on_data(char *d, size_t size, size_t n, void *ctx)
+{
+    char **buf = ctx;
+    size_t *len = (size_t *)(buf + 1);
+    char *p = realloc(*buf, *len + size * n + 1);
+
+    if (p == NULL)
+        return 0;
+    memcpy(p + *len, d, size * n);
+    *len += size * n;
+    p[*len] = '\0';
+    *buf = p;
+    return size * n;
+}
+
+/* body NULL: GET. */
+static int http(const tu_proc *p, const uint8_t *body, size_t len,
+                const char *type, resp *r)
+{
+    char url[128], ct[128];
+    struct {
+        char *buf;
+        size_t len;
+    } b = {0}, h = {0};
+    struct curl_slist *hdrs = NULL;
+    CURL *c = curl_easy_init();
+    CURLcode rc;
+
+    memset(r, 0, sizeof *r);
+    snprintf(url, sizeof url, "http://127.0.0.1:%u" WK, p->port);
+    curl_easy_setopt(c, CURLOPT_URL, url);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_data);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, &b);
+    curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, on_data);
+    curl_easy_setopt(c, CURLOPT_HEADERDATA, &h);
+    curl_easy_setopt(c, CURLOPT_TIMEOUT, 60L);
+    if (body) {
+        snprintf(ct, sizeof ct, "Content-Type: %s", type);
+        hdrs = curl_slist_append(hdrs, ct);
+        curl_easy_setopt(c, CURLOPT_HTTPHEADER, hdrs);
+        curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
+        curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, (long)len);
+    }
+    rc = curl_easy_perform(c);
+    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &r->status);
+    curl_slist_free_all(hdrs);
+    curl_easy_cleanup(c);
+    r->body = b.buf;
+    r->len = b.len;
+    r->head = h.buf;
+    r->head_len = h.len;
+    if (rc != CURLE_OK)
+        fprintf(stderr, "HTTP to %s: %s\n", url, curl_easy_strerror(rc));
+    return rc == CURLE_OK ? 0 : -1;
+}
+
+static void resp_free(resp *r)
+{
+    free(r->body);
+    free(r->head);
+    memset(r, 0, sizeof *r);
+}
+
+/* A header's value (case-insensitive name) into out, or "". */
+static const char *head_value(const resp *r, const char *name, char *out,
+                              size_t size)
+{
+    size_t n = strlen(name);
+
+    out[0] = '\0';
+    for (const char *l = r->head; l && *l;
+         l = strchr(l, '\n') ? strchr(l, '\n') + 1 : "") {
+        if (strncasecmp(l, name, n) == 0 && l[n] == ':') {
+            const char *v = l + n + 1;
+            size_t k;
+            while (*v == ' ')
+                v++;
+            for (k = 0; v[k] && v[k] != '\r' && v[k] != '\n' && k + 1 < size;
+                 k++)
+                out[k] = v[k];
+            out[k] = '\0';
+        }
+    }
+    return out;
+}
+
+/* ---- the client ---------------------------------------------------------- */
+
+/* The first key configuration the gateway lists. */
+static int fetch_config(const tu_proc *p, veil_ohttp_keyconfig *cfg)
+{
+    resp r;
+    veil_ohttp_keyconfig *all = NULL;
+    size_t n = 0;
+    char ct[128];
+    int ok;
+
+    if (http(p, NULL, 0, NULL, &r) != 0)
+        return -1;
+    ok = r.status == 200 &&
+         strcmp(head_value(&r, "Content-Type", ct, sizeof ct),
+                VEIL_OHTTP_MEDIA_KEYS) == 0 &&
+         veil_ohttp_keys_decode((const uint8_t *)r.body, r.len, &all, &n) ==
+             VEIL_OK &&
+         n >= 1;
+    if (ok)
+        *cfg = all[0];
+    free(all);
+    resp_free(&r);
+    return ok ? 0 : -1;
+}
+
+/* An inner request, encapsulated to cfg with AES-256-GCM. */
+static const char *bearer; /* the inner authorization, or NULL */
+
+static uint8_t *encap(const veil_ohttp_keyconfig *cfg, const char *method,
+                      const char *path, const char *content, size_t *len,
+                      veil_ohttp_ctx **ctx)
+{
+    veil_bhttp_field f[] = {
+        {VEIL_BSTR("authorization"),
+         {(const uint8_t *)bearer, bearer ? strlen(bearer) : 0}},
+        {VEIL_BSTR("content-type"), VEIL_BSTR("application/json")}};
+    veil_bhttp_msg m = {
+        .is_request = 1,
+        .method = {(const uint8_t *)method, strlen(method)},
+        .scheme = VEIL_BSTR("https"),
+        .authority = VEIL_BSTR("gateway.test"),
+        .path = {(const uint8_t *)path, strlen(path)},
+        .headers = {bearer ? f : f + 1,
+                    (bearer ? 1u : 0u) + (content ? 1u : 0u)},
+        .content = {(const uint8_t *)content, content ? strlen(content) : 0}};
+    veil_secbuf *plain = NULL;
+    uint8_t *out = NULL;
+    veil_ohttp_alg alg = {VEIL_HPKE_KDF_SHA256, VEIL_HPKE_AEAD_AES256GCM};
+
+    if (veil_bhttp_encode(&m, 0, &plain) != VEIL_OK ||
+        veil_ohttp_encap_request(sw_e, cfg, alg, veil_secbuf_data(plain),
+                                 veil_secbuf_len(plain), NULL, &out, len,
+                                 ctx) != VEIL_OK) {
+        fprintf(stderr, "encap: %s\n", veil_last_error()->message);
+        out = NULL;
+    }
+    veil_secbuf_free(plain);
+    return out;
+}
+
+#define CHAT_ECHO                                                              \
+    "{\"model\":\"echo\",\"messages\":[{\"role\":\"user\",\"content\":"        \
+    "\"" PROMPT "\"}]}"
+
+static int retry_after; /* of the last answer opened: its length, or -1 */
+
+/* Opens an encapsulated answer: the inner status and a copy of its
+ * content (malloc'd, NUL-terminated); -1 when it does not open. */
+static int open_answer(veil_ohttp_ctx *ctx, const resp *r, char **content)
+{
+    veil_secbuf *plain = NULL;
+    veil_bhttp_msg *m = NULL;
+    int status = -1;
+
+    *content = NULL;
+    if (veil_ohttp_decap_response(sw_e, ctx, (const uint8_t *)r->body, r->len,
+                                  &plain) == VEIL_OK &&
+        veil_bhttp_decode(veil_secbuf_data(plain), veil_secbuf_len(plain),
+                          VEIL_BHTTP_RESPONSE, NULL, &m) == VEIL_OK &&
+        (*content = malloc(m->content.len + 1)) != NULL) {
+        const veil_bhttp_field *ra =
+            veil_bhttp_field_get(&m->headers, "retry-after");
+        memcpy(*content, m->content.p, m->content.len);
+        (*content)[m->content.len] = '\0';
+        status = (int)m->status;
+        retry_after = ra ? (int)ra->value.len : -1;
+    }
+    veil_bhttp_msg_free(m);
+    veil_secbuf_free(plain);
+    return status;
+}
+
+/* One whole exchange: the inner status, the content in *content. */
+static int exchange(const tu_proc *p, const char *method, const char *path,
+                    const char *content, char **out)
+{
+    veil_ohttp_keyconfig cfg;
+    veil_ohttp_ctx *ctx = NULL;
+    size_t len = 0;
+    uint8_t *req = NULL;
+    resp r = {0};
+    char ct[128];
+    int status = -1;
+
+    *out = NULL;
+    if (fetch_config(p, &cfg) == 0 &&
+        (req = encap(&cfg, method, path, content, &len, &ctx)) != NULL &&
+        http(p, req, len, VEIL_OHTTP_MEDIA_REQ, &r) == 0) {
+        CU_ASSERT_EQUAL(r.status, 200);
+        CU_ASSERT_STRING_EQUAL(head_value(&r, "Content-Type", ct, sizeof ct),
+                               VEIL_OHTTP_MEDIA_RES);
+        status = open_answer(ctx, &r, out);
+    }
+    resp_free(&r);
+    free(req);
+    veil_ohttp_ctx_free(ctx);
+    return status;
+}
+
+/* The outer answer is the uniform 400, byte for byte. */
+static void expect_uniform(const resp *r)
+{
+    char ct[128];
+
+    CU_ASSERT_EQUAL(r->status, 400);
+    CU_ASSERT_STRING_EQUAL(head_value(r, "Content-Type", ct, sizeof ct),
+                           "application/problem+json");
+    CU_ASSERT_EQUAL(r->len, sizeof UNIFORM - 1);
+    CU_ASSERT(r->body && r->len == sizeof UNIFORM - 1 &&
+              memcmp(r->body, UNIFORM, sizeof UNIFORM - 1) == 0);
+    if (r->status != 400 || r->len != sizeof UNIFORM - 1)
+        fprintf(stderr, "not the uniform answer: %ld %.*s\n", r->status,
+                (int)r->len, r->body ? r->body : "");
+}
+
+/* ---- the cases ----------------------------------------------------------- */
+
+static void test_key_config(void)
+{
+    veil_ohttp_keyconfig cfg;
+    resp r;
+    char sig[200], at[32], until[32], key[100], st[400], hex[65];
+    uint8_t h[32], *der = NULL;
+    size_t der_len = 0;
+
+    CU_ASSERT_EQUAL_FATAL(fetch_config(&gw_tok, &cfg), 0);
+    CU_ASSERT_EQUAL(cfg.kem, VEIL_HPKE_KEM_P256);
+    CU_ASSERT_EQUAL(cfg.pk_len, 65);
+    CU_ASSERT(cfg.n_algs >= 1);
+    CU_ASSERT_EQUAL(cfg.algs[0].aead, VEIL_HPKE_AEAD_AES256GCM);
+    /* the signature (PROTOCOL-V2.md 4.3) under the signing key */
+    CU_ASSERT_EQUAL_FATAL(http(&gw_tok, NULL, 0, NULL, &r), 0);
+    head_value(&r, "X-Veil-Keys-Signature", sig, sizeof sig);
+    head_value(&r, "X-Veil-Keys-Signed-At", at, sizeof at);
+    head_value(&r, "X-Veil-Keys-Expires", until, sizeof until);
+    head_value(&r, "X-Veil-Signing-Key", key, sizeof key);
+    CU_ASSERT(strtoll(until, NULL, 10) > strtoll(at, NULL, 10));
+    CU_ASSERT(strtoll(at, NULL, 10) > 0);
+    SHA256((const uint8_t *)r.body, r.len, h);
+    veil_hex(h, 32, hex);
+    snprintf(st, sizeof st,
+             "veil-ohttp-keys-v1\nkeys_sha256=%s\nsigned_at=%s\nnot_after=%s\n",
+             hex, at, until);
+    CU_ASSERT_EQUAL_FATAL(veil_b64_decode(sig, strlen(sig), &der, &der_len),
+                          VEIL_OK);
+    CU_ASSERT_EQUAL(veil_ecdsa_verify(sw_e, sign_pub, (const uint8_t *)st,
+                                      strlen(st), der, der_len),
+                    VEIL_OK);
+    {
+        uint8_t fp[32];
+        char want[80];
+        veil_key_fingerprint(sign_pub, fp);
+        veil_hex(fp, 32, hex);
+        snprintf(want, sizeof want, "sha256:%s", hex);
+        CU_ASSERT_STRING_EQUAL(key, want);
+    }
+    free(der);
+    resp_free(&r);
+    /* signed once per key: a second fetch carries the same signature
+     * (ECDSA signatures differ each time they are made) */
+    {
+        char sig2[200];
+        CU_ASSERT_EQUAL_FATAL(http(&gw_tok, NULL, 0, NULL, &r), 0);
+        CU_ASSERT_STRING_EQUAL(
+            head_value(&r, "X-Veil-Keys-Signature", sig2, sizeof sig2), sig);
+        resp_free(&r);
+    }
+    /* the software gateway has no signing key: no signature */
+    CU_ASSERT_EQUAL_FATAL(http(&gw_sw, NULL, 0, NULL, &r), 0);
+    CU_ASSERT_EQUAL(r.status, 200);
+    CU_ASSERT_STRING_EQUAL(
+        head_value(&r, "X-Veil-Keys-Signature", sig, sizeof sig), "");
+    resp_free(&r);
+}
+
+/* v2 = off: both routes answer 404, and v1 goes on. */
+static void test_v2_off(void)
+{
+    char state_dir[700];
+    const char *base[] = {"--state-dir", state_dir, NULL};
+    const char *extra[] = {"--server-key",
+                           server_ref,
+                           "--pkcs11-module",
+                           module,
+                           "--pin-source",
+                           pin_spec,
+                           "--model",
+                           "echo=echo",
+                           "--v2",
+                           "off",
+                           NULL};
+    uint8_t body[80] = {0};
+    tu_proc g;
+    resp r;
+
+    snprintf(state_dir, sizeof state_dir, "%s/gw-v2-off.state",
+             tu_env("VEIL_TEST_DIR"));
+    CU_ASSERT_EQUAL_FATAL(gt_veild_start(&g, "gw-v2-off", base, extra, 0), 0);
+    CU_ASSERT_EQUAL_FATAL(http(&g, NULL, 0, NULL, &r), 0);
+    CU_ASSERT_EQUAL(r.status, 404);
+    resp_free(&r);
+    CU_ASSERT_EQUAL_FATAL(http(&g, body, sizeof body, VEIL_OHTTP_MEDIA_REQ, &r),
+                          0);
+    CU_ASSERT_EQUAL(r.status, 404);
+    resp_free(&r);
+    gt_stop_ok(&g);
+}
+
+/* The start-up log says where the KEM keys are made. */
+static void expect_log(const tu_proc *p, const char *text)
+{
+    char *log = tu_read_file(p->log, NULL);
+
+    CU_ASSERT(log && strstr(log, text) != NULL);
+    free(log);
+}
+
+static void round_trip(const tu_proc *p)
+{
+    char *content = NULL;
+    int status =
+        exchange(p, "POST", "/v1/chat/completions", CHAT_ECHO, &content);
+
+    CU_ASSERT_EQUAL(status, 200);
+    CU_ASSERT(content && strstr(content, "chat.completion") != NULL);
+    CU_ASSERT(content && strstr(content, "Hello over Oblivious HTTP") != NULL);
+    free(content);
+    status = exchange(p, "GET", "/v1/models", NULL, &content);
+    CU_ASSERT_EQUAL(status, 200);
+    CU_ASSERT(content && strstr(content, "\"echo\"") != NULL);
+    free(content);
+}
+
+static void test_round_trip_token(void)
+{
+    round_trip(&gw_tok);
+    expect_log(&gw_tok, "v2: KEM keys (P-256) are made in the server key's "
+                        "token");
+}
+
+static void test_round_trip_software(void)
+{
+    round_trip(&gw_sw);
+    expect_log(&gw_sw, "v2: KEM keys (P-256) are made in software");
+}
+
+/* Errors after decapsulation travel encrypted, with their status. */
+static void test_errors_encrypted(void)
+{
+    static const struct {
+        const char *method, *path, *content;
+        int status;
+        const char *detail;
+    } cases[] = {
+        {"POST", "/v1/chat/completions", "{\"model\":\"nope\",\"messages\":[]}",
+         400, "is not served here"},
+        {"POST", "/v1/chat/completions", "{\"model\":", 400, ""},
+        {"GET", "/v1/nothing", NULL, 404, "no such route"},
+        {"DELETE", "/v1/models", NULL, 404, "no such route"},
+    };
+
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char *content = NULL;
+        int status = exchange(&gw_tok, cases[i].method, cases[i].path,
+                              cases[i].content, &content);
+        CU_ASSERT_EQUAL(status, cases[i].status);
+        CU_ASSERT(content && strstr(content, "\"detail\"") &&
+                  strstr(content, cases[i].detail));
+        if (status != cases[i].status)
+            fprintf(stderr, "case %zu: %d %s\n", i, status,
+                    content ? content : "(none)");
+        free(content);
+    }
+}
+
+/* A replay, and any byte of the key ID, enc or ciphertext changed: the
+ * same 400, byte for byte; an answer opens only with its own context. */
+static void test_uniform_and_replay(void)
+{
+    veil_ohttp_keyconfig cfg;
+    veil_ohttp_ctx *ctx = NULL, *other = NULL;
+    size_t len = 0, len2 = 0;
+    uint8_t *req, *req2;
+    resp r;
+    char *content = NULL;
+    const size_t at[] = {0, 2, 6, 7, 8 + 32, 71, 0 /* last */};
+
+    CU_ASSERT_EQUAL_FATAL(fetch_config(&gw_tok, &cfg), 0);
+    req = encap(&cfg, "POST", "/v1/chat/completions", CHAT_ECHO, &len, &ctx);
+    req2 = encap(&cfg, "GET", "/v1/models", NULL, &len2, &other);
+    CU_ASSERT_FATAL(req != NULL && req2 != NULL);
+    /* tampered copies first (they must not burn the original) */
+    for (size_t i = 0; i < sizeof at / sizeof at[0]; i++) {
+        size_t k = i == 6 ? len - 1 : at[i];
+        req[k] ^= 0x01;
+        CU_ASSERT_EQUAL_FATAL(http(&gw_tok, req, len, VEIL_OHTTP_MEDIA_REQ, &r),
+                              0);
+        expect_uniform(&r);
+        resp_free(&r);
+        req[k] ^= 0x01;
+    }
+    CU_ASSERT_EQUAL_FATAL(http(&gw_tok, req, 3, VEIL_OHTTP_MEDIA_REQ, &r), 0);
+    expect_uniform(&r); /* too short */
+    resp_free(&r);
+    /* the original opens, only with its own context */
+    CU_ASSERT_EQUAL_FATAL(http(&gw_tok, req, len, VEIL_OHTTP_MEDIA_REQ, &r), 0);
+    CU_ASSERT_EQUAL(r.status, 200);
+    CU_ASSERT_EQUAL(open_answer(other, &r, &content), -1);
+    free(content);
+    CU_ASSERT_EQUAL(open_answer(ctx, &r, &content), 200);
+    free(content);
+    resp_free(&r);
+    /* the replay: the uniform answer */
+    CU_ASSERT_EQUAL_FATAL(http(&gw_tok, req, len, VEIL_OHTTP_MEDIA_REQ, &r), 0);
+    expect_uniform(&r);
+    resp_free(&r);
+    /* another media type: 415 in clear */
+    CU_ASSERT_EQUAL_FATAL(http(&gw_tok, req2, len2, "application/json", &r), 0);
+    CU_ASSERT_EQUAL(r.status, 415);
+    resp_free(&r);
+    free(req);
+    free(req2);
+    veil_ohttp_ctx_free(ctx);
+    veil_ohttp_ctx_free(other);
+}
+
+/* The API key travels inside (the outer request has none), and so do the
+ * refusals: 401 without it or with a wrong one, 429 with retry-after. */
+static void test_api_key_inside(void)
+{
+    static const char key[] = "veil-v2-api-key-7d2e";
+    uint8_t h[32];
+    char line[200], dir[512], path[600], state_dir[700], hex[65];
+    char *content = NULL;
+    const char *base[] = {"--state-dir", state_dir, "--replay-capacity",
+                          "65536", NULL};
+    const char *extra[] = {"--server-key",
+                           server_ref,
+                           "--pkcs11-module",
+                           module,
+                           "--pin-source",
+                           pin_spec,
+                           "--model",
+                           "echo=echo",
+                           "--api-keys",
+                           path,
+                           "--rate",
+                           "0.001",
+                           "--burst",
+                           "2",
+                           NULL};
+    FILE *f;
+    tu_proc g;
+
+    SHA256((const uint8_t *)key, strlen(key), h);
+    veil_hex(h, 32, hex);
+    snprintf(line, sizeof line, "sha256:%s tester\n", hex);
+    CU_ASSERT_EQUAL_FATAL(tu_scratch_dir("gw-v2-auth", dir, sizeof dir), 0);
+    snprintf(path, sizeof path, "%s/api-keys", dir);
+    snprintf(state_dir, sizeof state_dir, "%s/gw-v2-auth.state",
+             tu_env("VEIL_TEST_DIR"));
+    f = fopen(path, "w");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(f);
+    fputs(line, f);
+    fclose(f);
+    CU_ASSERT_EQUAL_FATAL(gt_veild_start(&g, "gw-v2-auth", base, extra, 0), 0);
+    bearer = NULL;
+    CU_ASSERT_EQUAL(exchange(&g, "GET", "/v1/models", NULL, &content), 401);
+    CU_ASSERT(content && strstr(content, "missing API key"));
+    free(content);
+    bearer = "Bearer not-the-key";
+    CU_ASSERT_EQUAL(exchange(&g, "GET", "/v1/models", NULL, &content), 401);
+    CU_ASSERT(content && strstr(content, "invalid API key"));
+    free(content);
+    bearer = "Bearer veil-v2-api-key-7d2e";
+    for (int i = 0; i < 2; i++) { /* the burst */
+        CU_ASSERT_EQUAL(
+            exchange(&g, "POST", "/v1/chat/completions", CHAT_ECHO, &content),
+            200);
+        free(content);
+    }
+    CU_ASSERT_EQUAL(exchange(&g, "GET", "/v1/models", NULL, &content), 429);
+    CU_ASSERT(retry_after > 0);
+    CU_ASSERT(content && strstr(content, "rate limit"));
+    free(content);
+    bearer = NULL;
+    gt_stop_ok(&g);
+}
+
+/* A key replaced still opens for its grace period, then is destroyed:
+ * the same uniform 400. */
+static void test_rotation(void)
+{
+    veil_ohttp_keyconfig a, b;
+    veil_ohttp_ctx *c1 = NULL, *c2 = NULL;
+    size_t l1 = 0, l2 = 0;
+    uint8_t *r1, *r2;
+    char *content = NULL, state_dir[700];
+    resp r;
+    tu_proc g;
+    const char *base[] = {"--state-dir", state_dir, "--replay-capacity",
+                          "65536",       "--rate",  "1000",
+                          "--burst",     "1000",    NULL};
+    const char *extra[] = {"--server-key",
+                           server_ref,
+                           "--pkcs11-module",
+                           module,
+                           "--pin-source",
+                           pin_spec,
+                           "--model",
+                           "echo=echo",
+                           "--kem-rotate",
+                           "6",
+                           "--kem-grace",
+                           "3",
+                           NULL};
+    int i;
+
+    snprintf(state_dir, sizeof state_dir, "%s/gw-v2-rot.state",
+             tu_env("VEIL_TEST_DIR"));
+    CU_ASSERT_EQUAL_FATAL(gt_veild_start(&g, "gw-v2-rot", base, extra, 0), 0);
+    CU_ASSERT_EQUAL_FATAL(fetch_config(&g, &a), 0);
+    r1 = encap(&a, "POST", "/v1/chat/completions", CHAT_ECHO, &l1, &c1);
+    r2 = encap(&a, "POST", "/v1/chat/completions", CHAT_ECHO, &l2, &c2);
+    CU_ASSERT_FATAL(r1 && r2);
+    for (i = 0; i < 100; i++) { /* the next key, within 6 s */
+        CU_ASSERT_EQUAL_FATAL(fetch_config(&g, &b), 0);
+        if (b.key_id != a.key_id)
+            break;
+        usleep(100000);
+    }
+    CU_ASSERT_EQUAL_FATAL(b.key_id, (uint8_t)(a.key_id + 1));
+    CU_ASSERT(memcmp(a.pk, b.pk, 65) != 0);
+    /* in grace: it opens */
+    CU_ASSERT_EQUAL_FATAL(http(&g, r1, l1, VEIL_OHTTP_MEDIA_REQ, &r), 0);
+    CU_ASSERT_EQUAL(r.status, 200);
+    CU_ASSERT_EQUAL(open_answer(c1, &r, &content), 200);
+    free(content);
+    resp_free(&r);
+    sleep(4); /* past the grace: destroyed */
+    CU_ASSERT_EQUAL_FATAL(http(&g, r2, l2, VEIL_OHTTP_MEDIA_REQ, &r), 0);
+    expect_uniform(&r);
+    resp_free(&r);
+    gt_stop_ok(&g);
+    {
+        char *log = tu_read_file(g.log, NULL), line[64];
+        snprintf(line, sizeof line, "v2: KEM key %u destroyed",
+                 (unsigned)a.key_id);
+        CU_ASSERT(log && strstr(log, line) != NULL);
+        free(log);
+    }
+    free(r1);
+    free(r2);
+    veil_ohttp_ctx_free(c1);
+    veil_ohttp_ctx_free(c2);
+}
+
+/* ---- setup --------------------------------------------------------------- */
+
+static int start_gateways(void)
+{
+    char state[2][700], dir[512], ref[600];
+    veil_keygen_params kp = {.type = VEIL_KEY_RSA, .bits = 2048};
+    veil_key *k = NULL;
+    const char *base0[] = {"--state-dir", state[0], "--replay-capacity",
+                           "65536",       "--rate", "1000",
+                           "--burst",     "1000",   NULL};
+    const char *base1[] = {"--state-dir", state[1], "--replay-capacity",
+                           "65536",       "--rate", "1000",
+                           "--burst",     "1000",   NULL};
+    const char *tok[] = {"--server-key",
+                         server_ref,
+                         "--pkcs11-module",
+                         module,
+                         "--pin-source",
+                         pin_spec,
+                         "--signing-key",
+                         signer_ref,
+                         "--model",
+                         "echo=echo",
+                         NULL};
+    const char *sw[] = {"--server-key", ref, "--model", "echo=echo", NULL};
+
+    snprintf(state[0], sizeof state[0], "%s/gw-v2-tok.state",
+             tu_env("VEIL_TEST_DIR"));
+    snprintf(state[1], sizeof state[1], "%s/gw-v2-sw.state",
+             tu_env("VEIL_TEST_DIR"));
+    if (tu_scratch_dir("gw-v2-keydir", dir, sizeof dir) != 0 ||
+        veil_key_generate(sw_e, "software", &kp, &k) != VEIL_OK ||
+        veil_key_save(sw_e, k, dir, NULL) != VEIL_OK)
+        return -1;
+    veil_key_free(k);
+    snprintf(ref, sizeof ref, "dir:%s", dir);
+    if (gt_veild_start(&gw_tok, "gw-v2-tok", base0, tok, TU_LOG_FRESH) != 0 ||
+        gt_veild_start(&gw_sw, "gw-v2-sw", base1, sw, TU_LOG_FRESH) != 0)
+        return -1;
+    return 0;
+}
+
+static int setup(void)
+{
+    const char *label = tu_env("VEIL_TEST_SOFTHSM_TOKEN");
+    veil_engine_config ecfg = {0};
+    veil_keygen_params kp = {
+        .type = VEIL_KEY_RSA, .bits = 2048, .label = "v2-server"};
+    veil_keygen_params ep = {.type = VEIL_KEY_EC_P256, .label = "v2-signer"};
+    char esc[192], *pem = NULL;
+
+    module = tu_env("VEIL_TEST_SOFTHSM_MODULE");
+    pin_file = tu_env("VEIL_TEST_PIN_FILE");
+    snprintf(pin_spec, sizeof pin_spec, "file:%s", pin_file);
+    if (strncmp(label, "pkcs11:", 7) == 0)
+        snprintf(token_uri, sizeof token_uri, "%s", label);
+    else if (tu_uri_escape(label, esc, sizeof esc) == 0)
+        snprintf(token_uri, sizeof token_uri, "pkcs11:token=%s", esc);
+    snprintf(server_ref, sizeof server_ref, "%s;object=v2-server", token_uri);
+    snprintf(signer_ref, sizeof signer_ref, "%s;object=v2-signer", token_uri);
+    if (veil_engine_new(&ecfg, &sw_e) != VEIL_OK)
+        return -1;
+    ecfg.pkcs11_module = module;
+    ecfg.pin.kind = VEIL_PIN_FILE;
+    ecfg.pin.where = pin_file;
+    if (veil_engine_new(&ecfg, &tok_e) != VEIL_OK ||
+        veil_key_generate(tok_e, token_uri, &kp, &srv_key) != VEIL_OK ||
+        veil_key_generate(tok_e, token_uri, &ep, &sign_key) != VEIL_OK ||
+        veil_key_public_pem(sign_key, &pem) != VEIL_OK ||
+        veil_key_from_public(sw_e, (const uint8_t *)pem, strlen(pem),
+                             &sign_pub) != VEIL_OK) {
+        fprintf(stderr, "setup: %s\n", veil_last_error()->message);
+        free(pem);
+        return -1;
+    }
+    free(pem);
+    return start_gateways();
+}
+
+static void teardown(void)
+{
+    tu_proc_stop_all();
+    veil_key_free(sign_pub);
+    if (sign_key)
+        veil_key_delete(tok_e, sign_key);
+    if (srv_key)
+        veil_key_delete(tok_e, srv_key);
+    veil_engine_free(tok_e);
+    veil_engine_free(sw_e);
+}
+
+static void test_exit(void)
+{
+    gt_stop_ok(&gw_tok);
+    gt_stop_ok(&gw_sw);
+}
+
+int main(void)
+{
+    static const tu_test cases[] = {
+        {"key configurations, signed", test_key_config},
+        {"chat and models, KEM key in SoftHSM2", test_round_trip_token},
+        {"chat and models, KEM key in software", test_round_trip_software},
+        {"errors travel encrypted", test_errors_encrypted},
+        {"one answer for tampering and replays", test_uniform_and_replay},
+        {"API key and rate limit inside", test_api_key_inside},
+        {"rotation: grace, then destroyed", test_rotation},
+        {"v2 = off", test_v2_off},
+        {"gateways exit 0", test_exit},
+    };
+    int rc;
+
+    signal(SIGPIPE, SIG_IGN);
+    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
+        return 1;
+    if (setup() != 0) {
+        teardown();
+        curl_global_cleanup();
+        return 1;
+    }
+    TU_ADD_SUITE("protocol v2", NULL, NULL, cases);
+    rc = tu_run_tests();
+    teardown();
+    curl_global_cleanup();
+    return rc;
+}
