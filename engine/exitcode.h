@@ -14,10 +14,10 @@ enum veil_exit {
     VEIL_EXIT_OK = 0,
     VEIL_EXIT_FAIL = 1,      /* any other failure; a retry may succeed */
     VEIL_EXIT_USAGE = 2,     /* command line or configuration */
-    VEIL_EXIT_NOT_FOUND = 3, /* token identity: no such token, key or module */
+    VEIL_EXIT_NOT_FOUND = 3, /* token identity: no such token or key */
     VEIL_EXIT_PIN = 4,       /* PIN wrong, locked, missing or unreadable, or
                                 remembered as rejected (veild) */
-    VEIL_EXIT_TOKEN = 5,     /* the module or token failed */
+    VEIL_EXIT_TOKEN = 5,     /* the module cannot be loaded, the token failed */
     VEIL_EXIT_EXISTS = 6     /* veil-keys: the key or files already exist */
 };
 

@@ -33,15 +33,14 @@ static const char usage_main[] =
     "  --pin-source SPEC   file:PATH, env:NAME or prompt (default:\n"
     "                      $VEIL_PIN_SOURCE, else prompt on a terminal)\n"
     "  -v, --verbose       debug log on stderr (never shows keys or PINs)\n"
+    "  --version           print the version\n"
     "\n"
     "Run 'veil-keys COMMAND --help' for a command's options.\n"
     "\n"
-    "  --version           print the version\n"
-    "\n"
     "Exit codes (the same in veil and veild): 0 success, 1 other error,\n"
-    "2 usage or configuration, 3 token, key or module not found, 4 PIN\n"
-    "wrong, locked, missing or unreadable, 5 module or token failure,\n"
-    "6 already exists.\n";
+    "2 usage or configuration, 3 token or key not found, 4 PIN wrong,\n"
+    "locked, missing or unreadable, 5 module or token failure, 6 already\n"
+    "exists.\n";
 
 static const char usage_generate[] =
     "usage: veil-keys generate (--token URI | --dir DIR) --label LABEL\n"
