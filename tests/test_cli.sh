@@ -24,6 +24,8 @@ out="$T/out" err="$T/err"
 
 # Nothing from the caller's environment may change what veil does.
 unset VEIL_URL VEIL_API_KEY VEIL_PKCS11_MODULE VEIL_PIN_SOURCE
+# nor the caller's ~/.config/veil/config: an empty one of our own
+export XDG_CONFIG_HOME="$T/xdg"
 
 . "${VEIL_SRCDIR:?}/tests/env/check.sh"
 
@@ -106,8 +108,14 @@ check "a token PIN given to --server-key-pin is refused" 2 "not a token PIN" -- 
 err_lacks "the value given to --server-key-pin is not echoed" "123456"
 [ "$(wc -l <"$err")" -eq 1 ] && ok "--server-key-pin: one line, no usage dump" || bad "--server-key-pin printed more than its message" "$err"
 # No default server: nothing is sent anywhere not named.
-check "chat without --url or VEIL_URL: nothing sent" 2 "no server: give --url URL or set VEIL_URL \(there is no default; nothing was sent\)" -- "$V" chat -m x --key-dir "$T/fastkey" hello
-check "server-key without --url or VEIL_URL" 2 "no server: give --url URL or set VEIL_URL" -- "$V" server-key
+check "chat without --url or VEIL_URL: nothing sent" 2 "no server: give --url URL, set VEIL_URL or put 'url = URL' in $T/xdg/veil/config \(there is no default; nothing was sent\)" -- "$V" chat -m x --key-dir "$T/fastkey" hello
+check "server-key without --url or VEIL_URL" 2 "no server: give --url URL, set VEIL_URL" -- "$V" server-key
+mkdir -p "$T/xdg/veil"
+printf '# my gateway\n\nurl = %s\n' "$URL" >"$T/xdg/veil/config"
+check "the config file's url is used" 0 "BEGIN PUBLIC KEY" -- "$V" server-key --ca-file "$CA"
+printf 'url = %s\nmodel = x\n' "$URL" >"$T/xdg/veil/config"
+check "an unknown line in the config file" 2 "config:2: only 'url = URL' is known here" -- "$V" server-key --ca-file "$CA"
+rm -f "$T/xdg/veil/config"
 VEIL_URL="$URL" check "VEIL_URL is used when --url is not given" 0 "BEGIN PUBLIC KEY" -- "$V" server-key --ca-file "$CA"
 if grep -rq "nomyo\.ai" "$V" "$B/.libs/libveil.so" 2>/dev/null; then bad "a third-party URL is built into veil or libveil"; else ok "no third-party URL in veil or libveil"; fi
 check "bad --tier" 2 "standard, high or maximum" -- "$V" chat -m x --tier extreme hello

@@ -60,9 +60,9 @@ static const char usage_main[] =
     "Options of chat and server-key (attest enroll takes --url,\n"
     "--api-key-file, --allow-http, --ca-file, --timeout and -v; verify takes\n"
     "only -v):\n"
-    "  --url URL              server base URL (default: $VEIL_URL; there is\n"
-    "                         no other default: without either nothing is\n"
-    "                         sent)\n"
+    "  --url URL              server base URL (default: $VEIL_URL, else\n"
+    "                         'url = URL' in ~/.config/veil/config; there is\n"
+    "                         no other default: without one nothing is sent)\n"
     "  --api-key-file FILE    the API key: first line of FILE (default:\n"
     "                         $VEIL_API_KEY); never taken on the command line\n"
     "  --allow-http           permit a plain http:// URL (local development\n"
@@ -677,6 +677,69 @@ static void cmds_text(unsigned mask, char *out, size_t size)
     }
 }
 
+/* The user's config file: $XDG_CONFIG_HOME/veil/config, else
+ * ~/.config/veil/config, into path ("" when neither variable is set). */
+static void config_path(char *path, size_t size)
+{
+    const char *xdg = getenv("XDG_CONFIG_HOME");
+    const char *home = getenv("HOME");
+
+    path[0] = '\0';
+    if (xdg && xdg[0] == '/')
+        snprintf(path, size, "%s/veil/config", xdg);
+    else if (home && home[0])
+        snprintf(path, size, "%s/.config/veil/config", home);
+}
+
+/* The server URL from the config file's "url = URL" line (blank lines
+ * and lines starting with '#' are skipped; nothing else is known) into
+ * url.  1: found; 0: no file or no url line; -1: a bad file (printed). */
+static int config_url(const char *path, char *url, size_t size)
+{
+    char line[4096];
+    unsigned n = 0;
+    int found = 0;
+    FILE *f = path[0] ? fopen(path, "r") : NULL;
+
+    if (f == NULL) {
+        if (path[0] && errno != ENOENT) {
+            fprintf(stderr, "veil: %s: %s\n", path, strerror(errno));
+            return -1;
+        }
+        return 0;
+    }
+    while (fgets(line, sizeof line, f)) {
+        char *p = line, *end, *val;
+        n++;
+        p += strspn(p, " \t");
+        end = p + strcspn(p, "\r\n");
+        *end = '\0';
+        while (end > p && (end[-1] == ' ' || end[-1] == '\t'))
+            *--end = '\0';
+        if (*p == '\0' || *p == '#')
+            continue;
+        val = strncmp(p, "url", 3) == 0 ? p + 3 + strspn(p + 3, " \t") : NULL;
+        if (val == NULL || *val != '=') {
+            fprintf(stderr, "veil: %s:%u: only 'url = URL' is known here\n",
+                    path, n);
+            fclose(f);
+            return -1;
+        }
+        val++;
+        val += strspn(val, " \t");
+        if (*val == '\0' || strlen(val) >= size) {
+            fprintf(stderr, "veil: %s:%u: url needs a value (a URL)\n", path,
+                    n);
+            fclose(f);
+            return -1;
+        }
+        snprintf(url, size, "%s", val);
+        found = 1;
+    }
+    fclose(f);
+    return found;
+}
+
 /* 1: parsed; 0: a bad command line, the command's usage follows the
  * message; -1: a bad command line whose message says what to do. */
 static int parse_opts(int argc, char **argv, enum cmd cmd, struct opts *o)
@@ -910,6 +973,16 @@ static int parse_opts(int argc, char **argv, enum cmd cmd, struct opts *o)
     }
     if (o->help)
         return 1;
+    /* --url, else $VEIL_URL, else the config file */
+    if (!o->url || !o->url[0]) {
+        static char url[2048];
+        char path[4200];
+        config_path(path, sizeof path);
+        int got = config_url(path, url, sizeof url);
+        if (got < 0)
+            return -1;
+        o->url = got ? url : NULL;
+    }
     /* Never echo a positional argument: it may be a prompt. */
     if ((cmd == CMD_SERVER_KEY || cmd == CMD_ENROLL) && optind < argc) {
         fprintf(stderr, "veil: %s takes no arguments\n",
@@ -919,7 +992,7 @@ static int parse_opts(int argc, char **argv, enum cmd cmd, struct opts *o)
     if (cmd == CMD_ENROLL) {
         if (!o->url) {
             fprintf(stderr, "veil: attest enroll needs --url URL (or "
-                            "$VEIL_URL)\n");
+                            "$VEIL_URL, or 'url = URL' in the config file)\n");
             return 0;
         }
         if (!o->out_file) {
@@ -970,8 +1043,12 @@ static int parse_opts(int argc, char **argv, enum cmd cmd, struct opts *o)
     /* No default server: nothing is sent anywhere not named. */
     if ((cmd == CMD_SERVER_KEY || (cmd == CMD_CHAT && !o->trust)) &&
         (!o->url || !o->url[0])) {
-        fprintf(stderr, "veil: no server: give --url URL or set VEIL_URL "
-                        "(there is no default; nothing was sent)\n");
+        char path[4200];
+        config_path(path, sizeof path);
+        fprintf(stderr,
+                "veil: no server: give --url URL, set VEIL_URL or put "
+                "'url = URL' in %s (there is no default; nothing was sent)\n",
+                path[0] ? path : "~/.config/veil/config");
         return -1;
     }
     return 1;
