@@ -28,6 +28,13 @@ static const char usage[] =
     "  -h, --help      this help\n"
     "  --version       print the version\n"
     "\n"
+    "Exit codes (as in veil and veil-keys): 0 stopped cleanly, 1 start-up\n"
+    "failed (a restart may help), 2 usage or configuration,\n"
+    "3 token or key not found, 4 PIN wrong, locked, missing or unreadable\n"
+    "(a PIN the token rejected is remembered in state_dir and not tried\n"
+    "again), 5 module or token failure. Under systemd:\n"
+    "RestartPreventExitStatus=2 3 4.\n"
+    "\n"
     "Every setting of the config file is also a flag (--NAME VALUE):\n";
 
 static veil_log_level log_level = VEIL_LOG_INFO;

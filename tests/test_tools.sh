@@ -83,6 +83,9 @@ check "delete the directory key" 0 "deleted" -- "$K" delete --dir "$D" --yes --p
 V="$B/veil" VD="$B/veild" MOD="$VEIL_TEST_SOFTHSM_MODULE"
 WRONG="file:$VEIL_TEST_WRONG_PIN_FILE" RIGHT="file:$VEIL_TEST_PIN_FILE"
 SD="$VEIL_TEST_DIR/veild-pin.state"
+for tool in "$V" "$K" "$VD"; do
+    check "$(basename "$tool") --help has the shared exit codes" 0 "3 token or key not found, 4 PIN wrong" -- "$tool" --help
+done
 check "a gateway key for the exit-code checks" 0 "RSA-2048" -- "$K" generate --token "$TOK" --label gw --bits 2048
 # veild that fails to start exits at once; timeout only guards a hang.
 GWARGS=(--pkcs11-module "$MOD" --model m=echo --port 0 --state-dir "$SD" --log-level debug)

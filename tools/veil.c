@@ -1816,7 +1816,7 @@ int main(int argc, char **argv)
                 "network failure or timeout",
                 "bad or unverified answer, key pin, TLS, http",
                 "the client was disposed",
-                "bad configuration, key, PIN or file",
+                "bad configuration, key or file",
             };
             fprintf(f, "  %d %-25s %s\n", EXIT_CLASS_BASE + s,
                     veil_client_status_name((veil_client_status)s), why[s]);
