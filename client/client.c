@@ -12,8 +12,6 @@
 #include "keys.h"
 #include "tier.h"
 
-#define DEFAULT_URL "https://api.nomyo.ai"
-
 /* ---- small helpers ----------------------------------------------------- */
 
 static int dup_str(const char *in, char **out)
@@ -34,7 +32,6 @@ static int parse_pin(const char *s, uint8_t out[32])
 void veil_client_config_init(veil_client_config *cfg)
 {
     memset(cfg, 0, sizeof *cfg);
-    cfg->base_url = DEFAULT_URL;
     cfg->timeout_ms = 60000;
     cfg->max_retries = 2;
     cfg->retry_base_ms = 1000;
@@ -90,6 +87,11 @@ static veil_client_status cfg_check(const veil_client_config *cfg,
     if (cfg->timeout_ms == 0)
         return veil_cl_fail(err, VEIL_CLIENT_E_CONFIG, 0, VEIL_E_ARG,
                             "timeout_ms must be above 0");
+    /* No default server: a prompt goes only where the caller says. */
+    if (cfg->base_url == NULL || cfg->base_url[0] == '\0')
+        return veil_cl_fail(err, VEIL_CLIENT_E_CONFIG, 0, VEIL_E_ARG,
+                            "no server URL: set base_url (veil: --url or "
+                            "VEIL_URL); there is no default");
     return VEIL_CLIENT_OK;
 }
 
@@ -99,7 +101,7 @@ static veil_client_status cfg_check(const veil_client_config *cfg,
 static veil_client_status
 cfg_copy(veil_client *c, const veil_client_config *cfg, veil_client_error *err)
 {
-    const char *url = cfg->base_url ? cfg->base_url : DEFAULT_URL;
+    const char *url = cfg->base_url;
     c->cfg = *cfg;
     if (!dup_str(url, &c->base_url) || !dup_str(cfg->ca_file, &c->ca_file) ||
         !dup_str(cfg->security_tier, &c->tier) ||

@@ -208,13 +208,16 @@ veil_rc veil_engine_new(const veil_engine_config *cfg, veil_engine **out)
     e->pkcs11_module = dup_or_null(cfg->pkcs11_module);
     e->default_token = dup_or_null(cfg->default_token);
     e->pin_where = dup_or_null(cfg->pin.where);
+    e->pin_memory_dir = dup_or_null(cfg->pin_memory_dir);
+    e->cfg.pin_memory_dir = e->pin_memory_dir;
     e->cfg.pkcs11_module = e->pkcs11_module;
     e->cfg.default_token = e->default_token;
     e->cfg.pin.where = e->pin_where;
     pthread_mutex_init(&e->lock, NULL);
     if ((cfg->pkcs11_module && !e->pkcs11_module) ||
         (cfg->default_token && !e->default_token) ||
-        (cfg->pin.where && !e->pin_where)) {
+        (cfg->pin.where && !e->pin_where) ||
+        (cfg->pin_memory_dir && !e->pin_memory_dir)) {
         veil_engine_free(e);
         return veil_err(VEIL_E_NOMEM, "engine", NULL, "out of memory");
     }
@@ -238,6 +241,7 @@ void veil_engine_free(veil_engine *e)
     free(e->pkcs11_module);
     free(e->default_token);
     free(e->pin_where);
+    free(e->pin_memory_dir);
     free(e);
 }
 

@@ -30,6 +30,7 @@ struct veil_engine {
     char *pkcs11_module; /* owned copies of cfg strings */
     char *default_token;
     char *pin_where;
+    char *pin_memory_dir;
     pthread_mutex_t lock; /* guards providers[] */
     veil_provider *providers[VEIL_MAX_PROVIDERS];
     size_t n_providers;

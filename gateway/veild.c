@@ -12,6 +12,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "exitcode.h"
 #include "gateway.h"
 #include "package.h"
 #include "run.h"
@@ -26,6 +27,13 @@ static const char usage[] =
     "                  flags override it wherever they stand\n"
     "  -h, --help      this help\n"
     "  --version       print the version\n"
+    "\n"
+    "Exit codes (as in veil and veil-keys): 0 stopped cleanly, 1 start-up\n"
+    "failed (a restart may help), 2 usage or configuration,\n"
+    "3 token or key not found, 4 PIN wrong, locked, missing or unreadable\n"
+    "(a PIN the token rejected is remembered in state_dir and not tried\n"
+    "again), 5 module or token failure. Under systemd:\n"
+    "RestartPreventExitStatus=2 3 4.\n"
     "\n"
     "Every setting of the config file is also a flag (--NAME VALUE):\n";
 
@@ -126,16 +134,20 @@ static int write_port_file(const char *path, unsigned port)
     return ok && rename(tmp, path) == 0 ? 0 : -1;
 }
 
-/* Opens the server key: an RSA private key of 2048 bits or more. */
-static veil_key *open_server_key(veil_engine *e, const gw_config *cfg)
+/* Opens the server key: an RSA private key of 2048 bits or more.  NULL
+ * (logged) with *code the exit code (engine/exitcode.h). */
+static veil_key *open_server_key(veil_engine *e, const gw_config *cfg,
+                                 int *code)
 {
     veil_key *k = NULL;
     veil_key_info info;
     if (veil_key_open(e, cfg->server_key, &k) != VEIL_OK) {
         veil_logf(&logger, VEIL_LOG_ERROR, "server key %s: %s", cfg->server_key,
                   veil_last_error()->message);
+        *code = veil_exit_for(veil_last_error());
         return NULL;
     }
+    *code = VEIL_EXIT_USAGE; /* the wrong kind of key: configuration */
     if (veil_key_get_info(k, &info) != VEIL_OK || info.type != VEIL_KEY_RSA ||
         info.bits < VEIL_PKG_MIN_RSA_BITS || !info.has_private) {
         veil_logf(
@@ -153,8 +165,9 @@ static veil_key *open_server_key(veil_engine *e, const gw_config *cfg)
 }
 
 /* Opens the answer-signing key: an ECDSA P-256 private key, on the same
- * engine (token, PIN) as the server key. */
-static veil_key *open_signing_key(veil_engine *e, const gw_config *cfg)
+ * engine (token, PIN) as the server key.  NULL (logged) with *code. */
+static veil_key *open_signing_key(veil_engine *e, const gw_config *cfg,
+                                  int *code)
 {
     veil_key *k = NULL;
     veil_key_info info;
@@ -162,8 +175,10 @@ static veil_key *open_signing_key(veil_engine *e, const gw_config *cfg)
     if (veil_key_open(e, cfg->signing_key, &k) != VEIL_OK) {
         veil_logf(&logger, VEIL_LOG_ERROR, "signing key %s: %s",
                   cfg->signing_key, veil_last_error()->message);
+        *code = veil_exit_for(veil_last_error());
         return NULL;
     }
+    *code = VEIL_EXIT_USAGE; /* the wrong kind of key: configuration */
     if (veil_key_get_info(k, &info) != VEIL_OK ||
         info.type != VEIL_KEY_EC_P256 || !info.has_private) {
         veil_logf(&logger, VEIL_LOG_ERROR,
@@ -239,30 +254,39 @@ static int loopback(const char *addr)
 }
 
 /* Opens the engine and the keys (server key, signing key and its store,
- * the TPM) into d.  0, or -1 (logged). */
+ * the TPM) into d.  0, or the exit code (logged; engine/exitcode.h: a
+ * wrong PIN is 4, a token or key not found 3).  A PIN a token rejected
+ * is remembered in state_dir and never sent to that token again. */
 static int open_keys(gw_deps *d, const gw_config *cfg)
 {
+    char err[512];
+    int code = VEIL_EXIT_FAIL;
     veil_engine_config ec = {
         .pkcs11_module = cfg->pkcs11_module,
         .log = log_stderr,
         .log_level = log_level,
+        .pin_memory_dir = cfg->state_dir,
     };
+    if (gw_state_dir(cfg->state_dir, err, sizeof err) != 0) {
+        veil_logf(&logger, VEIL_LOG_ERROR, "%s", err);
+        return VEIL_EXIT_FAIL;
+    }
     if (cfg->pin_source &&
         veil_pin_source_parse(cfg->pin_source, &ec.pin) != VEIL_OK) {
         veil_logf(&logger, VEIL_LOG_ERROR, "pin_source: %s",
                   veil_last_error()->message);
-        return -1;
+        return VEIL_EXIT_USAGE;
     }
     if (veil_engine_new(&ec, &d->engine) != VEIL_OK) {
         veil_logf(&logger, VEIL_LOG_ERROR, "engine: %s",
                   veil_last_error()->message);
-        return -1;
+        return veil_exit_for(veil_last_error());
     }
-    if ((d->server_key = open_server_key(d->engine, cfg)) == NULL)
-        return -1;
+    if ((d->server_key = open_server_key(d->engine, cfg, &code)) == NULL)
+        return code;
     if (cfg->signing_key &&
-        (d->signing_key = open_signing_key(d->engine, cfg)) == NULL)
-        return -1;
+        (d->signing_key = open_signing_key(d->engine, cfg, &code)) == NULL)
+        return code;
     if (veil_key_fingerprint(d->server_key, d->encryption_key_sha256) !=
             VEIL_OK ||
         (d->signing_key &&
@@ -270,16 +294,16 @@ static int open_keys(gw_deps *d, const gw_config *cfg)
              VEIL_OK)) {
         veil_logf(&logger, VEIL_LOG_ERROR, "key hash: %s",
                   veil_last_error()->message);
-        return -1;
+        return VEIL_EXIT_FAIL;
     }
     if (d->signing_key &&
         (d->signlog = gw_signlog_new(cfg->signature_retention,
                                      cfg->signature_capacity)) == NULL) {
         veil_logf(&logger, VEIL_LOG_ERROR, "out of memory");
-        return -1;
+        return VEIL_EXIT_FAIL;
     }
     if (cfg->tpm && (d->tpm = open_tpm(cfg, d->server_key)) == NULL)
-        return -1;
+        return VEIL_EXIT_FAIL;
     return 0;
 }
 
@@ -443,9 +467,9 @@ int main(int argc, char **argv)
         .log = log_stderr,
         .log_level = log_level,
     };
-    rc = 1;
-    if (open_keys(&deps, &cfg) == 0 && open_state(&deps, &cfg) == 0)
-        rc = serve(&deps, &run);
+    rc = open_keys(&deps, &cfg);
+    if (rc == 0)
+        rc = open_state(&deps, &cfg) == 0 ? serve(&deps, &run) : VEIL_EXIT_FAIL;
     close_deps(&deps);
     gw_config_free(&cfg);
     return rc;

@@ -33,6 +33,7 @@
 #include <openssl/rand.h>
 
 #include "engine_int.h"
+#include "pin_memory.h"
 
 #define PK "pkcs11"
 
@@ -734,6 +735,8 @@ static veil_rc pk_login(veil_provider *p, P11KitUri *uri)
     char prompt[80], tok[64];
     veil_secbuf *pin = NULL;
     uint8_t h[32];
+    const char *memdir = p->engine->cfg.pin_memory_dir;
+    char file[4200], why[4300];
     CK_SESSION_HANDLE sh;
     CK_RV rv;
     veil_rc rc;
@@ -769,6 +772,18 @@ static veil_rc pk_login(veil_provider *p, P11KitUri *uri)
                                 s->token_label);
             }
         pthread_mutex_unlock(&modules_lock);
+        /* a rejection seen by an earlier run on this host */
+        if (memdir && pinmem_rejected_before(memdir, s->token_serial, pin, file,
+                                             sizeof file)) {
+            veil_secbuf_free(pin);
+            veil_wipe(h, sizeof h);
+            return veil_err(VEIL_E_PIN, "pkcs11", "CKR_PIN_INCORRECT",
+                            "token \"%s\" rejected this PIN before; not "
+                            "sent again (the token could lock): fix the PIN "
+                            "source, or delete %s if the token now has this "
+                            "PIN",
+                            s->token_label, file);
+        }
     }
     rc = session_get(p, &sh);
     if (rc != VEIL_OK) {
@@ -788,6 +803,12 @@ static veil_rc pk_login(veil_provider *p, P11KitUri *uri)
             rejected_pins = r;
             pthread_mutex_unlock(&modules_lock);
         }
+        if (memdir && pin &&
+            pinmem_remember(memdir, s->token_serial, pin, why, sizeof why))
+            veil_log(p->engine, VEIL_LOG_WARN,
+                     "cannot remember the rejected PIN: %s", why);
+    } else if (memdir && (rv == CKR_OK || rv == CKR_USER_ALREADY_LOGGED_IN)) {
+        pinmem_forget(memdir, s->token_serial);
     }
     veil_secbuf_free(pin);
     veil_wipe(h, sizeof h);

@@ -42,7 +42,7 @@ echo "-- veil chat, server key pinned, answer key in the token; the prompt comes
 echo "   \$ echo 'Summarise the attached patient record.' | veil chat -m demo/echo --token-key '$CLIENT_TOK;object=client' --pin $FP -"
 echo 'Summarise the attached patient record.' |
     "$V" chat --url "$VEILD_URL" --ca-file "$VEILD_CA" -m demo/echo \
-        --token-key "$CLIENT_TOK;object=client" --pin "$FP" -v - 2>"$VEIL_TEST_DIR/demo.err" |
+        --token-key "$CLIENT_TOK;object=client" --server-key-pin "$FP" -v - 2>"$VEIL_TEST_DIR/demo.err" |
     sed 's/^/   answer: /'
 echo
 echo "-- where the keys were used (from veil -v and veild's log; no plaintext is ever logged):"

@@ -437,8 +437,9 @@ def main(argv):
                     "15 RateLimitError (429), 16 ServerError (500), "
                     "17 ServiceUnavailableError (503), "
                     "18 APIConnectionError, 19 SecurityError.")
-    ap.add_argument("--url", default="https://api.nomyo.ai",
-                    help="service base URL (default %(default)s)")
+    ap.add_argument("--url",
+                    help="service base URL (required but for --self-test: "
+                         "there is no default server)")
     ap.add_argument("--ca-file", help="CA bundle (PEM) to verify TLS")
     ap.add_argument("--allow-http", action="store_true",
                     help="permit a plain http:// URL (local testing only)")
@@ -462,6 +463,8 @@ def main(argv):
 
     if opts.self_test:
         return self_test(opts.bits)
+    if not opts.url:
+        ap.error("--url is required (there is no default server)")
     if not opts.model:
         ap.error("--model is required")
     opts.api_key = None

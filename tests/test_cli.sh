@@ -24,6 +24,8 @@ out="$T/out" err="$T/err"
 
 # Nothing from the caller's environment may change what veil does.
 unset VEIL_URL VEIL_API_KEY VEIL_PKCS11_MODULE VEIL_PIN_SOURCE
+# nor the caller's ~/.config/veil/config: an empty one of our own
+export XDG_CONFIG_HOME="$T/xdg"
 
 . "${VEIL_SRCDIR:?}/tests/env/check.sh"
 
@@ -86,7 +88,7 @@ check "--help lists the exit codes" 0 "12 AuthenticationError" -- "$V" --help
 [ ! -s "$err" ] && ok "--help writes nothing on stderr" || bad "--help wrote on stderr" "$err"
 grep -q "21 ConfigurationError" "$out" && ok "--help names every class" || bad "--help lacks class 21" "$out"
 check "chat --help" 0 "usage: veil chat" -- "$V" chat --help
-grep -q "NOT a token PIN" "$out" && ok "chat --help says --pin is not a token PIN" || bad "--pin wording" "$out"
+grep -q "Not a token PIN" "$out" && ok "chat --help says --server-key-pin is not a token PIN" || bad "--server-key-pin wording" "$out"
 check "server-key --help" 0 "usage: veil server-key" -- "$V" server-key --help
 check "--version" 0 "^veil [0-9]" -- "$V" --version
 check "unknown command" 2 "unknown command 'frobnicate'" -- "$V" frobnicate
@@ -96,8 +98,26 @@ check "option without its argument" 2 "needs an argument" -- "$V" chat hello -m
 check "--token-key with --key-dir" 2 "exclude each other" -- "$V" chat -m x --token-key "$TOK;object=a" --key-dir "$T/kd" hello
 check "an API key on the command line is refused" 2 "never taken on the command line" -- "$V" chat -m x --api-key "$API_KEY" hello
 err_lacks "the refused API key is not echoed" "$API_KEY"
-check "a token PIN given to --pin is refused" 2 "not a token PIN" -- "$V" chat -m x --pin 123456 hello
+check "--pin is refused, naming --pin-source and --server-key-pin" 2 "there is no --pin: a token PIN is never taken on the command line \(use --pin-source.*--server-key-pin sha256:" -- "$V" chat -m x --pin 123456 hello
 err_lacks "the value given to --pin is not echoed" "123456"
+[ "$(wc -l <"$err")" -eq 1 ] && ok "--pin: one line, no usage dump" || bad "--pin printed more than its message" "$err"
+check "--pin=VALUE is refused the same way" 2 "there is no --pin" -- "$V" server-key --pin=123456
+err_lacks "the value given to --pin= is not echoed" "123456"
+check "--pin alone is refused the same way" 2 "there is no --pin" -- "$V" chat -m x --pin
+check "a token PIN given to --server-key-pin is refused" 2 "not a token PIN" -- "$V" chat -m x --server-key-pin 123456 hello
+err_lacks "the value given to --server-key-pin is not echoed" "123456"
+[ "$(wc -l <"$err")" -eq 1 ] && ok "--server-key-pin: one line, no usage dump" || bad "--server-key-pin printed more than its message" "$err"
+# No default server: nothing is sent anywhere not named.
+check "chat without --url or VEIL_URL: nothing sent" 2 "no server: give --url URL, set VEIL_URL or put 'url = URL' in $T/xdg/veil/config \(there is no default; nothing was sent\)" -- "$V" chat -m x --key-dir "$T/fastkey" hello
+check "server-key without --url or VEIL_URL" 2 "no server: give --url URL, set VEIL_URL" -- "$V" server-key
+mkdir -p "$T/xdg/veil"
+printf '# my gateway\n\nurl = %s\n' "$URL" >"$T/xdg/veil/config"
+check "the config file's url is used" 0 "BEGIN PUBLIC KEY" -- "$V" server-key --ca-file "$CA"
+printf 'url = %s\nmodel = x\n' "$URL" >"$T/xdg/veil/config"
+check "an unknown line in the config file" 2 "config:2: only 'url = URL' is known here" -- "$V" server-key --ca-file "$CA"
+rm -f "$T/xdg/veil/config"
+VEIL_URL="$URL" check "VEIL_URL is used when --url is not given" 0 "BEGIN PUBLIC KEY" -- "$V" server-key --ca-file "$CA"
+if grep -rq "nomyo\.ai" "$V" "$B/.libs/libveil.so" 2>/dev/null; then bad "a third-party URL is built into veil or libveil"; else ok "no third-party URL in veil or libveil"; fi
 check "bad --tier" 2 "standard, high or maximum" -- "$V" chat -m x --tier extreme hello
 check "bad --tag" 2 "separate or appended" -- "$V" chat -m x --tag inline hello
 check "bad --timeout" 2 "--timeout takes seconds" -- "$V" chat -m x --timeout soon hello
@@ -164,9 +184,9 @@ err_has "the client key is the token's key" "client key $(cat "$T/token.fp")"
 err_has "-v shows the token unwrapping the answer key" 'key "cli-client".*CKM_RSA_X_509'
 err_lacks "the token PIN is not in the log" "$(head -1 "$VEIL_TEST_PIN_FILE")"
 err_lacks "the prompt is not in the log" "token round trip"
-check "a wrong token PIN" 21 "ConfigurationError" -- "$V" chat --url "$URL" --ca-file "$CA" -m test/echo \
+check "a wrong token PIN: exit 4, as in veil-keys and veild" 4 "ConfigurationError.*CKR_PIN_INCORRECT" -- "$V" chat --url "$URL" --ca-file "$CA" -m test/echo \
     --token-key "$TOK;object=cli-client" --module "$MOD" --pin-source "file:$VEIL_TEST_WRONG_PIN_FILE" hello
-check "a token key that does not exist" 21 "ConfigurationError" -- "$V" chat --url "$URL" --ca-file "$CA" -m test/echo \
+check "a token key that does not exist: exit 3, as in veil-keys and veild" 3 "ConfigurationError.*no private key matching" -- "$V" chat --url "$URL" --ca-file "$CA" -m test/echo \
     --token-key "$TOK;object=nope" --module "$MOD" --pin-source "file:$VEIL_TEST_PIN_FILE" hello
 
 # ------------------------------------------------------------ key directory
@@ -184,22 +204,22 @@ fp2=$(grep -oE 'client key sha256:[0-9a-f]{64}' "$err")
 [ -n "$fp1" ] && [ "$fp1" = "$fp2" ] && [ "$sum1" = "$(sha256sum <"$KD/public_key.pem")" ] \
     && ok "same public key on both runs" || bad "the key changed: '$fp1' vs '$fp2'"
 
-# ------------------------------------------------------- server key and --pin
+# --------------------------------------------- server key and --server-key-pin
 
 check "server-key --fingerprint" 0 "^sha256:[0-9a-f]{64}$" -- "$V" server-key --url "$URL" --ca-file "$CA" --fingerprint
 FP=$(cat "$out")
 check "server-key prints the PEM" 0 "BEGIN PUBLIC KEY" -- "$V" server-key --url "$URL" --ca-file "$CA"
 openssl pkey -pubin -in "$out" -outform DER 2>/dev/null | sha256sum | grep -q "${FP#sha256:}" \
     && ok "the fingerprint is the SHA-256 of the PEM's SPKI" || bad "fingerprint mismatch" "$out"
-check "--pin with the server's fingerprint" 0 "" -- "$V" chat "${FAST[@]}" -m test/echo --pin "$FP" "pinned"
+check "--server-key-pin with the server's fingerprint" 0 "" -- "$V" chat "${FAST[@]}" -m test/echo --server-key-pin "$FP" "pinned"
 same_out "the pinned chat answers" "pinned"
 last=${FP: -1}
 [ "$last" = 0 ] && flip=1 || flip=0
 WRONG="${FP%?}$flip"
 mark=$(lines "$FXLOG")
-check "a wrong --pin is a SecurityError" 19 "SecurityError" -- "$V" chat "${FAST[@]}" -m fixture/status-503 --retries 0 --pin "$WRONG" hello
+check "a wrong --server-key-pin is a SecurityError" 19 "SecurityError" -- "$V" chat "${FAST[@]}" -m fixture/status-503 --retries 0 --server-key-pin "$WRONG" hello
 [ "$(new_in "$FXLOG" "$mark" 'POST')" -eq 0 ] && ok "nothing was sent to a server with another key" || bad "the fixture received a POST" "$FXLOG"
-check "server-key --pin with a wrong pin" 19 "SecurityError" -- "$V" server-key --url "$URL" --ca-file "$CA" --pin "$WRONG"
+check "server-key --server-key-pin with a wrong pin" 19 "SecurityError" -- "$V" server-key --url "$URL" --ca-file "$CA" --server-key-pin "$WRONG"
 
 # ------------------------------------------------------------ error classes
 
@@ -277,7 +297,7 @@ if command -v script >/dev/null 2>&1 && script -qec true /dev/null </dev/null >/
     else
         bad "spinner on a terminal" "$T/tty.out"
     fi
-    script -qec "'$V' chat -m test/echo" /dev/null </dev/null >"$T/tty.out" 2>&1
+    script -qec "'$V' chat --url '$URL' -m test/echo" /dev/null </dev/null >"$T/tty.out" 2>&1
     r=$?
     [ "$r" -eq 2 ] && grep -q "no prompt" "$T/tty.out" \
         && ok "no PROMPT with stdin a terminal is a usage error" || bad "no PROMPT on a terminal: exit $r" "$T/tty.out"

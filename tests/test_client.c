@@ -343,7 +343,10 @@ static void test_round_trip_4096(void)
     CU_ASSERT_EQUAL(cfg.max_retries, 2);
     CU_ASSERT_EQUAL(cfg.timeout_ms, 60000);
     CU_ASSERT_EQUAL(cfg.allow_http, 0);
-    CU_ASSERT_STRING_EQUAL(cfg.base_url, "https://api.nomyo.ai");
+    CU_ASSERT_PTR_NULL(cfg.base_url); /* no default server */
+    CU_ASSERT_EQUAL(veil_client_new(&cfg, &c, &err), VEIL_CLIENT_E_CONFIG);
+    CU_ASSERT_PTR_NULL(c);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err.detail, "no server URL"));
     cfg.base_url = fx_url(fx);
     cfg.allow_http = 1;
     c = tu_client_new(&cfg);

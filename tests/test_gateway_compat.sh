@@ -173,7 +173,7 @@ check "--send-twice, js variant: 409 too" 14 "APIError \(HTTP 409\)" -- nomyo js
 P3="veil chat through veild, both keys in tokens"
 check "veil chat (answer key in the other SoftHSM2 token): round trip" 0 "" -- \
     "$V" chat --url "$URL" --ca-file "$CA" -m echo --token-key "$CTOK;object=chat-client" \
-    --module "$MOD" --pin-source "$PINSRC" --pin "$SERVER_FP" "$P3"
+    --module "$MOD" --pin-source "$PINSRC" --server-key-pin "$SERVER_FP" "$P3"
 [ "$(cat "$out")" = "$P3" ] && ok "veil chat prints the prompt echoed (server key pinned to the token key)" || bad "veil chat output" "$out" "$err"
 check "veil chat --tag appended (the JavaScript convention) with the token key" 0 "" -- \
     "$V" chat --url "$URL" --ca-file "$CA" -m echo --token-key "$CTOK;object=chat-client" \

@@ -80,7 +80,7 @@ check "veil server-key --fingerprint: the served key is the TPM key" 0 "^$SERVER
 
 P1="sealed to a key inside the TPM"
 check "veil chat (answer key in memory), server key pinned: round trip" 0 "" -- \
-    "$V" chat --url "$URL" --ca-file "$CA" -m echo --pin "$SERVER_FP" "$P1"
+    "$V" chat --url "$URL" --ca-file "$CA" -m echo --server-key-pin "$SERVER_FP" "$P1"
 [ "$(cat "$out")" = "$P1" ] && ok "veil chat prints the prompt echoed" || bad "veil chat output" "$out" "$err"
 
 P2="the NOMYO Python wire format, opened in the TPM"

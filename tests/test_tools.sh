@@ -26,6 +26,7 @@ check() {
 
 check "no arguments is a usage error" 2 "usage: veil-keys" -- "$K"
 check "--help" 0 "Exit codes" -- "$K" --help
+check "--version" 0 "^veil-keys [0-9]" -- "$K" --version
 for c in generate list show delete test caps; do
     check "$c --help" 0 "usage: veil-keys $c" -- "$K" "$c" --help
 done
@@ -58,7 +59,8 @@ check "missing token" 3 "no token matching.*veil-test" -- "$K" list --token "pkc
 check "missing module" 5 "cannot load PKCS#11 module" -- "$K" list --token "$TOK" --module /nonexistent/lib.so
 check "wrong PIN" 4 "CKR_PIN_INCORRECT" -- "$K" list --token "$TOK" --pin-source "file:$VEIL_TEST_WRONG_PIN_FILE"
 check "bad PIN source" 2 "PIN source must be" -- "$K" list --token "$TOK" --pin-source 1234
-check "world-readable PIN file refused" 1 "" -- bash -c "cp '$VEIL_TEST_PIN_FILE' '$VEIL_TEST_DIR/open.pin'; chmod 644 '$VEIL_TEST_DIR/open.pin'; '$K' list --token '$TOK' --pin-source 'file:$VEIL_TEST_DIR/open.pin'"
+check "a missing PIN file is a PIN error (4)" 4 "PIN file .*/no-such.pin" -- "$K" list --token "$TOK" --pin-source "file:$VEIL_TEST_DIR/no-such.pin"
+check "world-readable PIN file refused (4)" 4 "" -- bash -c "cp '$VEIL_TEST_PIN_FILE' '$VEIL_TEST_DIR/open.pin'; chmod 644 '$VEIL_TEST_DIR/open.pin'; '$K' list --token '$TOK' --pin-source 'file:$VEIL_TEST_DIR/open.pin'"
 grep -q "chmod 600" "$err" && pass=$((pass+1)) || { echo "FAIL: chmod hint"; fail=$((fail+1)); }
 
 # Software keys in a NOMYO key directory.
@@ -75,6 +77,47 @@ KEYPW=wrong check "wrong password" 4 "wrong password" -- "$K" test --dir "$D" --
 check "no password for an encrypted key" 4 "no password" -- env -u VEIL_PIN_SOURCE "$K" test --dir "$D"
 check "delete the directory key" 0 "deleted" -- "$K" delete --dir "$D" --yes --password-source env:KEYPW
 [ ! -e "$D/private_key.pem" ] && pass=$((pass+1)) || { echo "FAIL: file left"; fail=$((fail+1)); }
+
+# ---- the same exit codes in veil-keys, veil and veild (veil-keys(1)); a
+# PIN the token rejected is remembered by veild and never sent again.
+V="$B/veil" VD="$B/veild" MOD="$VEIL_TEST_SOFTHSM_MODULE"
+WRONG="file:$VEIL_TEST_WRONG_PIN_FILE" RIGHT="file:$VEIL_TEST_PIN_FILE"
+SD="$VEIL_TEST_DIR/veild-pin.state"
+for tool in "$V" "$K" "$VD"; do
+    check "$(basename "$tool") --help has the shared exit codes" 0 "3 token or key not found, 4 PIN wrong" -- "$tool" --help
+done
+check "a gateway key for the exit-code checks" 0 "RSA-2048" -- "$K" generate --token "$TOK" --label gw --bits 2048
+# veild that fails to start exits at once; timeout only guards a hang.
+GWARGS=(--pkcs11-module "$MOD" --model m=echo --port 0 --state-dir "$SD" --log-level debug)
+check "veil: a wrong PIN exits 4" 4 "CKR_PIN_INCORRECT" -- "$V" chat -m m --url https://127.0.0.1:1 --token-key "$TOK;object=gw" --pin-source "$WRONG" hello
+check "veil: a missing PIN file exits 4" 4 "PIN file" -- "$V" chat -m m --url https://127.0.0.1:1 --token-key "$TOK;object=gw" --pin-source "file:$VEIL_TEST_DIR/no-such.pin" hello
+check "veil: a missing token exits 3" 3 "no token matching" -- "$V" chat -m m --url https://127.0.0.1:1 --token-key "pkcs11:token=nope;object=gw" --pin-source "$RIGHT" hello
+check "veild: a bad setting exits 2" 2 "" -- timeout 120 "$VD" "${GWARGS[@]}" --server-key "$TOK;object=gw" --rate nonsense
+check "veild: a missing token exits 3" 3 "no token matching" -- timeout 120 "$VD" "${GWARGS[@]}" --server-key "pkcs11:token=nope;object=gw" --pin-source "$RIGHT"
+check "veild: a missing PIN file exits 4" 4 "PIN file" -- timeout 120 "$VD" "${GWARGS[@]}" --server-key "$TOK;object=gw" --pin-source "file:$VEIL_TEST_DIR/no-such.pin"
+check "veild: a wrong PIN exits 4" 4 "C_Login -> CKR_PIN_INCORRECT" -- timeout 120 "$VD" "${GWARGS[@]}" --server-key "$TOK;object=gw" --pin-source "$WRONG"
+rec=$(ls "$SD"/pin-rejected-* 2>/dev/null)
+if [ -n "$rec" ] && [ "$(stat -c %a "$rec")" = 600 ] && [ "$(stat -c %a "$SD/pin-memory.key")" = 600 ] &&
+    ! grep -qF "$(head -1 "$VEIL_TEST_WRONG_PIN_FILE")" "$rec" && grep -qE '^[0-9a-f]{64}$' "$rec"; then
+    echo "ok: the rejection is remembered in $rec (an HMAC, 0600)"; pass=$((pass+1))
+else
+    echo "FAIL: no 0600 rejection record with an HMAC in $SD"; ls -l "$SD"; fail=$((fail+1))
+fi
+check "veild: the same wrong PIN is not tried again (4)" 4 "rejected this PIN before.*delete $rec if the token now has this PIN" -- timeout 120 "$VD" "${GWARGS[@]}" --server-key "$TOK;object=gw" --pin-source "$WRONG"
+if grep -q "C_Login" "$err"; then
+    echo "FAIL: veild called C_Login with a PIN the token had rejected"; cat "$err"; fail=$((fail+1))
+else
+    echo "ok: no C_Login the second time"; pass=$((pass+1))
+fi
+. "${VEIL_SRCDIR:?}/tests/env/veild.sh"
+trap veild_stop EXIT
+veild_start pin --server-key "$TOK;object=gw" "${GWARGS[@]}" --pin-source "$RIGHT" --state-dir "$SD"
+if [ -z "$(ls "$SD"/pin-rejected-* 2>/dev/null)" ]; then
+    echo "ok: the right PIN works and clears the memory"; pass=$((pass+1))
+else
+    echo "FAIL: the rejection record outlived a good login"; fail=$((fail+1))
+fi
+veild_stop && { echo "ok: veild stopped cleanly"; pass=$((pass+1)); } || { echo "FAIL: veild stop"; fail=$((fail+1)); }
 
 # Nothing secret on stdout or stderr of any command above.
 if grep -rqF "$(head -1 "$VEIL_TEST_PIN_FILE")" "$out" "$err"; then echo "FAIL: PIN printed"; fail=$((fail+1)); else pass=$((pass+1)); fi

@@ -8,17 +8,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "exitcode.h"
 #include "veil/engine.h"
-
-enum {
-    EXIT_OK = 0,
-    EXIT_FAIL = 1,     /* any other veil error */
-    EXIT_USAGE = 2,    /* bad command line */
-    EXIT_NOTFOUND = 3, /* key, token or module not found */
-    EXIT_PIN = 4,      /* PIN missing, wrong or locked */
-    EXIT_TOKEN = 5,    /* module or token failure */
-    EXIT_EXISTS = 6    /* a key with that label (or files) already exists */
-};
 
 static const char usage_main[] =
     "usage: veil-keys COMMAND [OPTIONS]\n"
@@ -42,12 +33,14 @@ static const char usage_main[] =
     "  --pin-source SPEC   file:PATH, env:NAME or prompt (default:\n"
     "                      $VEIL_PIN_SOURCE, else prompt on a terminal)\n"
     "  -v, --verbose       debug log on stderr (never shows keys or PINs)\n"
+    "  --version           print the version\n"
     "\n"
     "Run 'veil-keys COMMAND --help' for a command's options.\n"
     "\n"
-    "Exit codes: 0 success, 1 other error, 2 usage, 3 not found, 4 PIN "
-    "missing,\n"
-    "wrong or locked, 5 module or token failure, 6 already exists.\n";
+    "Exit codes (the same in veil and veild): 0 success, 1 other error,\n"
+    "2 usage or configuration, 3 token or key not found, 4 PIN wrong,\n"
+    "locked, missing or unreadable, 5 module or token failure, 6 already\n"
+    "exists.\n";
 
 static const char usage_generate[] =
     "usage: veil-keys generate (--token URI | --dir DIR) --label LABEL\n"
@@ -94,33 +87,13 @@ struct opts {
     int session, pem_only, fp_only, yes, verbose, help;
 };
 
-static int exit_for(veil_rc rc)
-{
-    switch (rc) {
-    case VEIL_OK:
-        return EXIT_OK;
-    case VEIL_E_ARG:
-        return EXIT_USAGE;
-    case VEIL_E_NOT_FOUND:
-        return EXIT_NOTFOUND;
-    case VEIL_E_PIN:
-    case VEIL_E_PIN_LOCKED:
-    case VEIL_E_PIN_REQUIRED:
-        return EXIT_PIN;
-    case VEIL_E_MODULE:
-    case VEIL_E_TOKEN:
-        return EXIT_TOKEN;
-    case VEIL_E_EXISTS:
-        return EXIT_EXISTS;
-    default:
-        return EXIT_FAIL;
-    }
-}
-
+/* The last error on stderr; its exit code (engine/exitcode.h). */
 static int fail(veil_rc rc)
 {
-    fprintf(stderr, "veil-keys: %s\n", veil_last_error()->message);
-    return exit_for(rc);
+    veil_error e = *veil_last_error();
+    fprintf(stderr, "veil-keys: %s\n", e.message);
+    e.code = rc;
+    return veil_exit_for(&e);
 }
 
 static void log_stderr(void *ctx, veil_log_level level, const char *line)
@@ -335,14 +308,14 @@ static int cmd_generate(veil_engine *e, const struct opts *o)
 
     if ((!o->token == !o->dir) || (o->token && !o->label)) {
         fputs(usage_generate, stderr);
-        return EXIT_USAGE;
+        return VEIL_EXIT_USAGE;
     }
     kp.type = (!o->type || strcmp(o->type, "rsa") == 0) ? VEIL_KEY_RSA
               : strcmp(o->type, "ec") == 0              ? VEIL_KEY_EC_P256
                                                         : 0;
     if (!kp.type) {
         fprintf(stderr, "veil-keys: --type is rsa or ec\n");
-        return EXIT_USAGE;
+        return VEIL_EXIT_USAGE;
     }
     kp.bits = kp.type == VEIL_KEY_RSA ? o->bits : 256;
     kp.label = o->label ? o->label : "veil";
@@ -350,7 +323,7 @@ static int cmd_generate(veil_engine *e, const struct opts *o)
     if (o->id_hex) {
         if (!parse_hex(o->id_hex, id, sizeof id, &kp.id_len) || !kp.id_len) {
             fprintf(stderr, "veil-keys: --id takes 1 to 64 bytes in hex\n");
-            return EXIT_USAGE;
+            return VEIL_EXIT_USAGE;
         }
         kp.id = id;
     }
@@ -388,7 +361,7 @@ static int cmd_generate(veil_engine *e, const struct opts *o)
     if (rc == VEIL_OK)
         print_info(&info);
     veil_key_free(k);
-    return rc == VEIL_OK ? EXIT_OK : fail(rc);
+    return rc == VEIL_OK ? VEIL_EXIT_OK : fail(rc);
 }
 
 static int cmd_show(veil_engine *e, const struct opts *o)
@@ -400,7 +373,7 @@ static int cmd_show(veil_engine *e, const struct opts *o)
 
     if (!o->key == !o->dir) {
         fputs(usage_show, stderr);
-        return EXIT_USAGE;
+        return VEIL_EXIT_USAGE;
     }
     rc = open_key(e, o, &k);
     if (rc == VEIL_OK)
@@ -419,7 +392,7 @@ static int cmd_show(veil_engine *e, const struct opts *o)
     }
     free(pem);
     veil_key_free(k);
-    return rc == VEIL_OK ? EXIT_OK : fail(rc);
+    return rc == VEIL_OK ? VEIL_EXIT_OK : fail(rc);
 }
 
 static int cmd_list(veil_engine *e, const struct opts *o)
@@ -430,7 +403,7 @@ static int cmd_list(veil_engine *e, const struct opts *o)
 
     if (!o->token == !o->dir) {
         fputs(usage_list, stderr);
-        return EXIT_USAGE;
+        return VEIL_EXIT_USAGE;
     }
     if (o->dir)
         snprintf(where, sizeof where, "dir:%s", o->dir);
@@ -441,7 +414,7 @@ static int cmd_list(veil_engine *e, const struct opts *o)
         return fail(rc);
     if (n == 0)
         fprintf(stderr, "veil-keys: no keys\n");
-    return EXIT_OK;
+    return VEIL_EXIT_OK;
 }
 
 static int cmd_delete(veil_engine *e, const struct opts *o)
@@ -452,7 +425,7 @@ static int cmd_delete(veil_engine *e, const struct opts *o)
 
     if (!o->key == !o->dir) {
         fputs(usage_delete, stderr);
-        return EXIT_USAGE;
+        return VEIL_EXIT_USAGE;
     }
     rc = open_key(e, o, &k);
     if (rc != VEIL_OK)
@@ -463,14 +436,14 @@ static int cmd_delete(veil_engine *e, const struct opts *o)
                 "veil-keys: would delete \"%s\" (%s); add --yes to do it\n",
                 info.label, info.fingerprint);
         veil_key_free(k);
-        return EXIT_USAGE;
+        return VEIL_EXIT_USAGE;
     }
     rc = veil_key_delete(e, k);
     if (rc != VEIL_OK)
         return fail(rc);
     fprintf(stderr, "veil-keys: deleted \"%s\" (%s)\n", info.label,
             info.fingerprint);
-    return EXIT_OK;
+    return VEIL_EXIT_OK;
 }
 
 static int cmd_test(veil_engine *e, const struct opts *o)
@@ -485,7 +458,7 @@ static int cmd_test(veil_engine *e, const struct opts *o)
 
     if (!o->key == !o->dir) {
         fputs(usage_test, stderr);
-        return EXIT_USAGE;
+        return VEIL_EXIT_USAGE;
     }
     rc = open_key(e, o, &k);
     if (rc == VEIL_OK)
@@ -515,7 +488,7 @@ static int cmd_test(veil_engine *e, const struct opts *o)
            info.type == VEIL_KEY_RSA ? "RSA" : "EC", info.bits, info.label,
            info.type == VEIL_KEY_RSA ? "unwrapped a secret wrapped in software"
                                      : "signed; signature verified");
-    return EXIT_OK;
+    return VEIL_EXIT_OK;
 }
 
 static int cmd_caps(veil_engine *e, const struct opts *o)
@@ -549,7 +522,7 @@ static int cmd_caps(veil_engine *e, const struct opts *o)
         if (caps.mechs & names[i].bit)
             printf(" %s", names[i].name);
     printf("\n");
-    return EXIT_OK;
+    return VEIL_EXIT_OK;
 }
 
 int main(int argc, char **argv)
@@ -568,24 +541,28 @@ int main(int argc, char **argv)
     };
     struct opts o = {0};
     veil_engine *e = NULL;
-    int code = EXIT_USAGE;
+    int code = VEIL_EXIT_USAGE;
     veil_rc rc;
 
     if (argc < 2 || strcmp(argv[1], "--help") == 0 ||
         strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "help") == 0) {
         fputs(usage_main, argc < 2 ? stderr : stdout);
-        return argc < 2 ? EXIT_USAGE : EXIT_OK;
+        return argc < 2 ? VEIL_EXIT_USAGE : VEIL_EXIT_OK;
+    }
+    if (strcmp(argv[1], "--version") == 0) {
+        printf("veil-keys %s\n", PACKAGE_VERSION);
+        return VEIL_EXIT_OK;
     }
     for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++) {
         if (strcmp(argv[1], cmds[i].name) != 0)
             continue;
         if (!parse_opts(argc - 1, argv + 1, &o)) {
             fputs(cmds[i].usage, stderr);
-            return EXIT_USAGE;
+            return VEIL_EXIT_USAGE;
         }
         if (o.help) {
             fputs(cmds[i].usage, stdout);
-            return EXIT_OK;
+            return VEIL_EXIT_OK;
         }
         rc = engine_for(&o, &e);
         if (rc != VEIL_OK)
@@ -596,5 +573,5 @@ int main(int argc, char **argv)
     }
     fprintf(stderr, "veil-keys: unknown command '%s'\n\n%s", argv[1],
             usage_main);
-    return EXIT_USAGE;
+    return VEIL_EXIT_USAGE;
 }

@@ -23,15 +23,17 @@
 #include "veil/client.h"
 #include "veil/attest.h"
 
+#include "exitcode.h"
 #include "json_scan.h" /* veil_utf8_seq */
 #include "tier.h"
 #include "util.h" /* veil_wipe */
 
+/* 0 to 5: the codes of every veil tool (exitcode.h); then the classes */
 enum {
-    EXIT_OK = 0,
-    EXIT_FAIL = 1,       /* anything not below (output could not be written) */
-    EXIT_USAGE = 2,      /* bad command line */
-    EXIT_CLASS_BASE = 10 /* + veil_client_status: 11..21 */
+    EXIT_OK = VEIL_EXIT_OK,
+    EXIT_FAIL = VEIL_EXIT_FAIL,   /* anything else (output not written) */
+    EXIT_USAGE = VEIL_EXIT_USAGE, /* bad command line */
+    EXIT_CLASS_BASE = 10          /* + veil_client_status: 11..21 */
 };
 
 /* The protocol's limit on a request; a bigger prompt cannot be sent. */
@@ -59,7 +61,8 @@ static const char usage_main[] =
     "--api-key-file, --allow-http, --ca-file, --timeout and -v; verify takes\n"
     "only -v):\n"
     "  --url URL              server base URL (default: $VEIL_URL, else\n"
-    "                         https://api.nomyo.ai)\n"
+    "                         'url = URL' in ~/.config/veil/config; there is\n"
+    "                         no other default: without one nothing is sent)\n"
     "  --api-key-file FILE    the API key: first line of FILE (default:\n"
     "                         $VEIL_API_KEY); never taken on the command line\n"
     "  --allow-http           permit a plain http:// URL (local development\n"
@@ -87,7 +90,8 @@ static const char usage_main[] =
 
 static const char usage_chat[] =
     "usage: veil chat -m MODEL [--system TEXT] [--tier standard|high|maximum]\n"
-    "                 [--token-key URI | --key-dir DIR] [--pin sha256:HEX]\n"
+    "                 [--token-key URI | --key-dir DIR]\n"
+    "                 [--server-key-pin sha256:HEX]\n"
     "                 [--temperature X] [--max-tokens N] [--json] [OPTIONS]\n"
     "                 [PROMPT | -]\n"
     "Sends PROMPT as a user message and prints the answer's content. With "
@@ -102,12 +106,11 @@ static const char usage_chat[] =
     "                         'pkcs11:token=...;object=...' (RSA, 2048+ bits)\n"
     "  --key-dir DIR          the answer key is in a NOMYO key directory;\n"
     "                         made there (RSA-4096) when DIR has none\n"
-    "  --pin sha256:HEX       pin the server key: its SPKI SHA-256 "
-    "fingerprint\n"
-    "                         as 'veil server-key --fingerprint' prints it; "
-    "any\n"
-    "                         other key is refused before anything is sent.\n"
-    "                         NOT a token PIN (that is --pin-source)\n"
+    "  --server-key-pin sha256:HEX  pin the server key: its SPKI SHA-256\n"
+    "                         fingerprint as 'veil server-key --fingerprint'\n"
+    "                         prints it; any other key is refused before\n"
+    "                         anything is sent. Not a token PIN (that is\n"
+    "                         --pin-source)\n"
     "  --temperature X        sampling temperature, sent in the request\n"
     "  --max-tokens N         answer length limit, sent in the request\n"
     "  --json                 print the whole answer JSON, with _metadata\n"
@@ -138,13 +141,13 @@ static const char usage_chat[] =
     "once read. Common OPTIONS: see 'veil --help'.\n";
 
 static const char usage_server_key[] =
-    "usage: veil server-key [--fingerprint] [--pin sha256:HEX]\n"
+    "usage: veil server-key [--fingerprint] [--server-key-pin sha256:HEX]\n"
     "                       [--allow-small-exponent] [OPTIONS]\n"
     "Fetches the server's public key and prints it (PEM), or with\n"
     "--fingerprint only 'sha256:<hex>': the SHA-256 of its "
     "SubjectPublicKeyInfo,\n"
-    "the value 'veil chat --pin' takes. With --pin a different key is an\n"
-    "error (exit 19).\n";
+    "the value 'veil chat --server-key-pin' takes. With --server-key-pin a\n"
+    "different key is an error (exit 19).\n";
 
 static const char usage_enroll[] =
     "usage: veil attest enroll --url URL --out FILE [--ek-ca FILE]\n"
@@ -507,8 +510,25 @@ static int usage_error(const char *msg)
     return EXIT_USAGE;
 }
 
-/* Prints "veil: <ClassName> (HTTP nnn): detail" and returns the exit code
- * for the class. */
+/* The exit code of a failure: 10 + its class, except a local
+ * configuration failure of the token (wrong token or key, PIN, module):
+ * those have the codes all veil tools share (engine/exitcode.h). */
+static int exit_code(const veil_client_error *err)
+{
+    if (err->status == VEIL_CLIENT_E_CONFIG && err->rc != VEIL_OK) {
+        veil_error e = {.code = err->rc};
+        /* exitcode.h looks at the message's first words only */
+        memcpy(e.message, err->detail, sizeof e.message - 1);
+        int code = veil_exit_for(&e);
+        if (code == VEIL_EXIT_NOT_FOUND || code == VEIL_EXIT_PIN ||
+            code == VEIL_EXIT_TOKEN)
+            return code;
+    }
+    return EXIT_CLASS_BASE + (int)err->status;
+}
+
+/* Prints "veil: <ClassName> (HTTP nnn): detail" and returns its exit
+ * code. */
 static int client_fail(const veil_client_error *err)
 {
     char head[96];
@@ -530,9 +550,8 @@ static int client_fail(const veil_client_error *err)
         fputs("veil: --allow-http permits plain http (for local development "
               "only)\n",
               stderr);
-    json_error(name, err->http_status, EXIT_CLASS_BASE + (int)err->status,
-               err->detail);
-    return EXIT_CLASS_BASE + (int)err->status;
+    json_error(name, err->http_status, exit_code(err), err->detail);
+    return exit_code(err);
 }
 
 /* A local failure of class st with a message of our own. */
@@ -609,7 +628,7 @@ static unsigned option_cmds(int c)
     case 'P': /* --pin-source */
     case 'W': /* --password-source */
     case 'g': /* --tag */
-    case 'p': /* --pin */
+    case 'p': /* --server-key-pin */
     case 'e': /* --allow-small-exponent */
         return KEYS;
     case 'f': /* --fingerprint */
@@ -658,6 +677,71 @@ static void cmds_text(unsigned mask, char *out, size_t size)
     }
 }
 
+/* The user's config file: $XDG_CONFIG_HOME/veil/config, else
+ * ~/.config/veil/config, into path ("" when neither variable is set). */
+static void config_path(char *path, size_t size)
+{
+    const char *xdg = getenv("XDG_CONFIG_HOME");
+    const char *home = getenv("HOME");
+
+    path[0] = '\0';
+    if (xdg && xdg[0] == '/')
+        snprintf(path, size, "%s/veil/config", xdg);
+    else if (home && home[0])
+        snprintf(path, size, "%s/.config/veil/config", home);
+}
+
+/* The server URL from the config file's "url = URL" line (blank lines
+ * and lines starting with '#' are skipped; nothing else is known) into
+ * url.  1: found; 0: no file or no url line; -1: a bad file (printed). */
+static int config_url(const char *path, char *url, size_t size)
+{
+    char line[4096];
+    unsigned n = 0;
+    int found = 0;
+    FILE *f = path[0] ? fopen(path, "r") : NULL;
+
+    if (f == NULL) {
+        if (path[0] && errno != ENOENT) {
+            fprintf(stderr, "veil: %s: %s\n", path, strerror(errno));
+            return -1;
+        }
+        return 0;
+    }
+    while (fgets(line, sizeof line, f)) {
+        char *p = line, *end, *val;
+        n++;
+        p += strspn(p, " \t");
+        end = p + strcspn(p, "\r\n");
+        *end = '\0';
+        while (end > p && (end[-1] == ' ' || end[-1] == '\t'))
+            *--end = '\0';
+        if (*p == '\0' || *p == '#')
+            continue;
+        val = strncmp(p, "url", 3) == 0 ? p + 3 + strspn(p + 3, " \t") : NULL;
+        if (val == NULL || *val != '=') {
+            fprintf(stderr, "veil: %s:%u: only 'url = URL' is known here\n",
+                    path, n);
+            fclose(f);
+            return -1;
+        }
+        val++;
+        val += strspn(val, " \t");
+        if (*val == '\0' || strlen(val) >= size) {
+            fprintf(stderr, "veil: %s:%u: url needs a value (a URL)\n", path,
+                    n);
+            fclose(f);
+            return -1;
+        }
+        snprintf(url, size, "%s", val);
+        found = 1;
+    }
+    fclose(f);
+    return found;
+}
+
+/* 1: parsed; 0: a bad command line, the command's usage follows the
+ * message; -1: a bad command line whose message says what to do. */
 static int parse_opts(int argc, char **argv, enum cmd cmd, struct opts *o)
 {
     static const struct option longopts[] = {
@@ -678,7 +762,8 @@ static int parse_opts(int argc, char **argv, enum cmd cmd, struct opts *o)
         {"tier", required_argument, NULL, 'T'},
         {"token-key", required_argument, NULL, 'K'},
         {"key-dir", required_argument, NULL, 'D'},
-        {"pin", required_argument, NULL, 'p'},
+        {"server-key-pin", required_argument, NULL, 'p'},
+        {"pin", optional_argument, NULL, 'Q'},
         {"json", no_argument, NULL, 'j'},
         {"temperature", required_argument, NULL, 't'},
         {"max-tokens", required_argument, NULL, 'x'},
@@ -828,13 +913,23 @@ static int parse_opts(int argc, char **argv, enum cmd cmd, struct opts *o)
             /* Never echo the value: someone may have typed a token PIN. */
             if (!parse_fingerprint(optarg, o->pin)) {
                 fprintf(stderr,
-                        "veil: --pin takes the server key's fingerprint, "
-                        "sha256:<64 hex digits> (see 'veil server-key "
-                        "--fingerprint'); it is not a token PIN, which is "
-                        "never taken on the command line: use --pin-source\n");
-                return 0;
+                        "veil: --server-key-pin takes the server key's "
+                        "fingerprint, sha256:<64 hex digits> (see 'veil "
+                        "server-key --fingerprint'); it is not a token PIN, "
+                        "which is never taken on the command line: use "
+                        "--pin-source\n");
+                return -1;
             }
             break;
+        case 'Q':
+            /* --pin: refused whatever its value, which is never echoed
+             * (someone may have typed a token PIN). */
+            fprintf(stderr,
+                    "veil: there is no --pin: a token PIN is never taken on "
+                    "the command line (use --pin-source file:PATH, env:NAME "
+                    "or prompt); to pin the server key's fingerprint use "
+                    "--server-key-pin sha256:<64 hex digits>\n");
+            return -1;
         case 'j':
             o->json = 1;
             json_errors = 1;
@@ -871,13 +966,23 @@ static int parse_opts(int argc, char **argv, enum cmd cmd, struct opts *o)
             fprintf(stderr, "veil: an API key is never taken on the command "
                             "line; use --api-key-file FILE or the "
                             "environment variable VEIL_API_KEY\n");
-            return 0;
+            return -1;
         default:
             return 0;
         }
     }
     if (o->help)
         return 1;
+    /* --url, else $VEIL_URL, else the config file */
+    if (!o->url || !o->url[0]) {
+        static char url[2048];
+        char path[4200];
+        config_path(path, sizeof path);
+        int got = config_url(path, url, sizeof url);
+        if (got < 0)
+            return -1;
+        o->url = got ? url : NULL;
+    }
     /* Never echo a positional argument: it may be a prompt. */
     if ((cmd == CMD_SERVER_KEY || cmd == CMD_ENROLL) && optind < argc) {
         fprintf(stderr, "veil: %s takes no arguments\n",
@@ -887,7 +992,7 @@ static int parse_opts(int argc, char **argv, enum cmd cmd, struct opts *o)
     if (cmd == CMD_ENROLL) {
         if (!o->url) {
             fprintf(stderr, "veil: attest enroll needs --url URL (or "
-                            "$VEIL_URL)\n");
+                            "$VEIL_URL, or 'url = URL' in the config file)\n");
             return 0;
         }
         if (!o->out_file) {
@@ -934,6 +1039,17 @@ static int parse_opts(int argc, char **argv, enum cmd cmd, struct opts *o)
                     "veil: --token-key and --key-dir exclude each other\n");
             return 0;
         }
+    }
+    /* No default server: nothing is sent anywhere not named. */
+    if ((cmd == CMD_SERVER_KEY || (cmd == CMD_CHAT && !o->trust)) &&
+        (!o->url || !o->url[0])) {
+        char path[4200];
+        config_path(path, sizeof path);
+        fprintf(stderr,
+                "veil: no server: give --url URL, set VEIL_URL or put "
+                "'url = URL' in %s (there is no default; nothing was sent)\n",
+                path[0] ? path : "~/.config/veil/config");
+        return -1;
     }
     return 1;
 }
@@ -1535,8 +1651,13 @@ static int open_engine(const struct opts *o, veil_pin_source *pin,
     ecfg.pin = o->key_dir ? *password : *pin;
     ecfg.log = log_stderr;
     ecfg.log_level = o->verbose ? VEIL_LOG_DEBUG : VEIL_LOG_WARN;
-    if (veil_engine_new(&ecfg, e) != VEIL_OK)
-        return local_fail(VEIL_CLIENT_E_CONFIG, veil_last_error()->message);
+    if (veil_engine_new(&ecfg, e) != VEIL_OK) {
+        veil_client_error err = {.status = VEIL_CLIENT_E_CONFIG,
+                                 .rc = veil_last_error()->code};
+        snprintf(err.detail, sizeof err.detail, "%s",
+                 veil_last_error()->message);
+        return client_fail(&err);
+    }
     return EXIT_OK;
 }
 
@@ -1676,8 +1797,10 @@ int main(int argc, char **argv)
         strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "help") == 0) {
         FILE *f = argc < 2 ? stderr : stdout;
         fputs(usage_main, f);
-        fputs("Exit codes: 0 success, 1 other error, 2 usage; 10 + the error "
-              "class:\n",
+        fputs("Exit codes (0 to 5 the same in veil-keys and veild): 0 "
+              "success,\n1 other error, 2 usage, 3 token or key not found, "
+              "4 PIN wrong, locked,\nmissing or unreadable, 5 module or "
+              "token failure; else 10 + the error class:\n",
               f);
         for (int s = VEIL_CLIENT_E_INVALID_REQUEST; s <= VEIL_CLIENT_E_CONFIG;
              s++) {
@@ -1693,7 +1816,7 @@ int main(int argc, char **argv)
                 "network failure or timeout",
                 "bad or unverified answer, key pin, TLS, http",
                 "the client was disposed",
-                "bad configuration, key, PIN or file",
+                "bad configuration, key or file",
             };
             fprintf(f, "  %d %-25s %s\n", EXIT_CLASS_BASE + s,
                     veil_client_status_name((veil_client_status)s), why[s]);
@@ -1722,8 +1845,11 @@ int main(int argc, char **argv)
             argc--;
             argv++;
         }
-        if (!parse_opts(argc - 1, argv + 1, cmds[i].cmd, &o)) {
-            fputs(cmds[i].usage, stderr);
+        int parsed = parse_opts(argc - 1, argv + 1, cmds[i].cmd, &o);
+        if (parsed <= 0) {
+            /* -1: the message says what to do; no usage after it */
+            if (parsed == 0)
+                fputs(cmds[i].usage, stderr);
             return EXIT_USAGE;
         }
         if (o.help) {

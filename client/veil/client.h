@@ -83,7 +83,7 @@ typedef void (*veil_client_retry_fn)(void *ctx, unsigned attempt,
                                      int http_status, unsigned delay_ms);
 
 typedef struct veil_client_config {
-    const char *base_url;      /* default "https://api.nomyo.ai" */
+    const char *base_url;      /* the server; required (no default) */
     const char *api_key;       /* NULL: no Authorization header; copied */
     int allow_http;            /* permit http:// (warns); default 0 */
     const char *ca_file;       /* PEM CA bundle for https; NULL: system CAs */

@@ -160,6 +160,13 @@ typedef struct veil_engine_config {
     /* OpenSSL secure heap for software private keys, bytes (power of two);
      * 0 means 1 MiB.  Process-wide; the first engine sets it. */
     size_t secure_heap;
+    /* A directory (0700, the caller's) where a token's rejection of a PIN
+     * is remembered across runs, so that PIN is never sent to that token
+     * again: pin-rejected-SERIAL holds an HMAC-SHA256 of the PIN under a
+     * random key kept in pin-memory.key (never the PIN); both 0600.  A
+     * successful login removes the token's file.  NULL: remembered only
+     * in memory, for the process (veild passes its state directory). */
+    const char *pin_memory_dir;
 } veil_engine_config;
 
 veil_rc veil_engine_new(const veil_engine_config *cfg, veil_engine **out);
