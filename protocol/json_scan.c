@@ -419,144 +419,197 @@ static int find_duplicate(const char *text, keys *k, size_t *where)
 
 #define STACK_BYTES (VEIL_JSON_MAX_DEPTH / 8)
 
-/* The one scanning loop.  With want_object, the value must be an object
- * and its members are reported and their keys checked. */
+/* The state of one scan: where it is (i, end), the stack of open
+ * containers, and what the top-level object's members are so far. */
+typedef struct scanner {
+    const unsigned char *s;
+    const char *text;
+    size_t len;
+    int want_object; /* the value must be an object; report its members */
+    veil_json_member_fn fn;
+    void *ctx;
+    size_t *open, *close, *where;
+    unsigned char stack[STACK_BYTES]; /* bit set: object */
+    unsigned depth;
+    size_t i, end;
+    veil_json_member m;
+    size_t prev_end;
+    keys k;
+    veil_json_rc rc;
+} scanner;
+
+/* What the scan looks at next. */
+typedef enum scan_step {
+    AT_VALUE,    /* a value starts at i */
+    AFTER_VALUE, /* a value ended just before end */
+    AT_MEMBER,   /* a key starts at i, inside an object */
+    SCAN_DONE,
+    SCAN_FAILED
+} scan_step;
+
+static scan_step scan_fail(scanner *sc, veil_json_rc code, size_t at)
+{
+    sc->rc = code;
+    *sc->where = at;
+    return SCAN_FAILED;
+}
+
+static int top_is_object(const scanner *sc)
+{
+    return (sc->stack[(sc->depth - 1) / 8] >> ((sc->depth - 1) % 8)) & 1u;
+}
+
+/* An object or an array opens at i. */
+static scan_step open_container(scanner *sc)
+{
+    const unsigned char *s = sc->s;
+    int obj = s[sc->i] == '{';
+    unsigned d = sc->depth;
+
+    if (d == VEIL_JSON_MAX_DEPTH)
+        return scan_fail(sc, VEIL_JSON_DEPTH, sc->i);
+    if (d == 0) {
+        sc->prev_end = sc->i + 1;
+        if (sc->open)
+            *sc->open = sc->i;
+    }
+    if (obj)
+        sc->stack[d / 8] |= (unsigned char)(1u << (d % 8));
+    else
+        sc->stack[d / 8] &= (unsigned char)~(1u << (d % 8));
+    sc->depth++;
+    sc->i = skip_ws(s, sc->len, sc->i + 1);
+    if (sc->i < sc->len && s[sc->i] == (obj ? '}' : ']')) {
+        sc->end = sc->i + 1;
+        sc->depth--;
+        return AFTER_VALUE;
+    }
+    return obj ? AT_MEMBER : AT_VALUE;
+}
+
+static scan_step at_value(scanner *sc)
+{
+    veil_json_rc rc;
+
+    if (sc->i >= sc->len)
+        return scan_fail(sc, VEIL_JSON_SYNTAX, sc->i);
+    switch (sc->s[sc->i]) {
+    case '{':
+    case '[':
+        return open_container(sc);
+    case '"':
+        rc = scan_string(sc->s, sc->len, sc->i, &sc->end);
+        break;
+    case 't':
+    case 'f':
+    case 'n':
+        rc = scan_literal(sc->s, sc->len, sc->i, &sc->end);
+        break;
+    default:
+        rc = scan_number(sc->s, sc->len, sc->i, &sc->end);
+        break;
+    }
+    return rc == VEIL_JSON_OK ? AFTER_VALUE : scan_fail(sc, rc, sc->end);
+}
+
+static scan_step after_value(scanner *sc)
+{
+    const unsigned char *s = sc->s;
+    size_t end = sc->end;
+
+    if (sc->depth == 0) {
+        if (sc->want_object && sc->close)
+            *sc->close = end - 1;
+        sc->i = skip_ws(s, sc->len, end);
+        return sc->i == sc->len ? SCAN_DONE
+                                : scan_fail(sc, VEIL_JSON_SYNTAX, sc->i);
+    }
+    if (sc->want_object && sc->depth == 1) {
+        sc->m.value_end = end;
+        sc->m.prev_end = sc->prev_end;
+        sc->prev_end = end;
+        if (sc->fn && sc->fn(sc->ctx, sc->text, &sc->m) != 0)
+            return scan_fail(sc, VEIL_JSON_STOPPED, sc->m.key);
+    }
+    sc->i = skip_ws(s, sc->len, end);
+    if (sc->i >= sc->len)
+        return scan_fail(sc, VEIL_JSON_SYNTAX, sc->i);
+    if (s[sc->i] == ',') {
+        sc->i = skip_ws(s, sc->len, sc->i + 1);
+        return top_is_object(sc) ? AT_MEMBER : AT_VALUE;
+    }
+    if (s[sc->i] == (top_is_object(sc) ? '}' : ']')) {
+        sc->end = sc->i + 1;
+        sc->depth--;
+        return AFTER_VALUE;
+    }
+    return scan_fail(sc, VEIL_JSON_SYNTAX, sc->i);
+}
+
+static scan_step at_member(scanner *sc)
+{
+    const unsigned char *s = sc->s;
+    int top = sc->want_object && sc->depth == 1;
+    veil_json_rc rc;
+
+    if (sc->i >= sc->len || s[sc->i] != '"')
+        return scan_fail(sc, VEIL_JSON_SYNTAX, sc->i);
+    if ((rc = scan_string(s, sc->len, sc->i, &sc->end)) != VEIL_JSON_OK)
+        return scan_fail(sc, rc, sc->end);
+    if (top) {
+        if (!keys_add(&sc->k, sc->i))
+            return scan_fail(sc, VEIL_JSON_NOMEM, sc->i);
+        sc->m.key = sc->i;
+        sc->m.key_end = sc->end;
+    }
+    sc->i = skip_ws(s, sc->len, sc->end);
+    if (sc->i >= sc->len || s[sc->i] != ':')
+        return scan_fail(sc, VEIL_JSON_SYNTAX, sc->i);
+    sc->i = skip_ws(s, sc->len, sc->i + 1);
+    if (top)
+        sc->m.value = sc->i;
+    return AT_VALUE;
+}
+
+/* The one scanning loop: a step at a time, without recursion.  With
+ * want_object, the value must be an object and its members are reported
+ * and their keys checked. */
 static veil_json_rc scan(const char *text, size_t len, int want_object,
                          veil_json_member_fn fn, void *ctx, size_t *open,
                          size_t *close, size_t *where)
 {
-    const unsigned char *s = (const unsigned char *)text;
-    unsigned char stack[STACK_BYTES] = {0}; /* bit set: object */
-    unsigned depth = 0;
-    size_t i, end, dummy;
-    veil_json_member m = {0};
-    size_t prev_end = 0;
-    keys k = {0};
-    veil_json_rc rc = VEIL_JSON_OK;
+    size_t dummy;
+    scanner sc = {.s = (const unsigned char *)text,
+                  .text = text,
+                  .len = len,
+                  .want_object = want_object,
+                  .fn = fn,
+                  .ctx = ctx,
+                  .open = open,
+                  .close = close,
+                  .where = where ? where : &dummy};
+    scan_step st = AT_VALUE;
 
-    if (where == NULL)
-        where = &dummy;
     if (len >= UINT32_MAX) {
-        *where = 0;
+        *sc.where = 0;
         return VEIL_JSON_TOO_BIG;
     }
-#define TOP_IS_OBJECT (stack[(depth - 1) / 8] & (1u << ((depth - 1) % 8)))
-#define FAIL(code, at)                                                         \
-    do {                                                                       \
-        rc = (code);                                                           \
-        *where = (at);                                                         \
-        goto out;                                                              \
-    } while (0)
-    i = skip_ws(s, len, 0);
-    if (want_object && (i >= len || s[i] != '{'))
-        FAIL(i < len && strchr("[\"-0123456789tfn", s[i]) && s[i]
-                 ? VEIL_JSON_NOT_OBJECT
-                 : VEIL_JSON_SYNTAX,
-             i);
-    for (;;) {
-        /* a value starts at i */
-        if (i >= len)
-            FAIL(VEIL_JSON_SYNTAX, i);
-        switch (s[i]) {
-        case '{':
-        case '[': {
-            int obj = s[i] == '{';
-
-            if (depth == VEIL_JSON_MAX_DEPTH)
-                FAIL(VEIL_JSON_DEPTH, i);
-            if (depth == 0) {
-                prev_end = i + 1;
-                if (open)
-                    *open = i;
-            }
-            if (obj)
-                stack[depth / 8] |= (unsigned char)(1u << (depth % 8));
-            else
-                stack[depth / 8] &= (unsigned char)~(1u << (depth % 8));
-            depth++;
-            i = skip_ws(s, len, i + 1);
-            if (i < len && s[i] == (obj ? '}' : ']')) {
-                end = i + 1;
-                depth--;
-                goto after_value;
-            }
-            if (!obj)
-                continue;
-            goto member;
-        }
-        case '"':
-            if ((rc = scan_string(s, len, i, &end)) != VEIL_JSON_OK)
-                FAIL(rc, end);
-            break;
-        case 't':
-        case 'f':
-        case 'n':
-            if ((rc = scan_literal(s, len, i, &end)) != VEIL_JSON_OK)
-                FAIL(rc, end);
-            break;
-        default:
-            if ((rc = scan_number(s, len, i, &end)) != VEIL_JSON_OK)
-                FAIL(rc, end);
-            break;
-        }
-    after_value:
-        /* a value ended just before end */
-        if (depth == 0) {
-            if (want_object && close)
-                *close = end - 1;
-            i = skip_ws(s, len, end);
-            if (i != len)
-                FAIL(VEIL_JSON_SYNTAX, i);
-            break;
-        }
-        if (want_object && depth == 1) {
-            m.value_end = end;
-            m.prev_end = prev_end;
-            prev_end = end;
-            if (fn && fn(ctx, text, &m) != 0)
-                FAIL(VEIL_JSON_STOPPED, m.key);
-        }
-        i = skip_ws(s, len, end);
-        if (i >= len)
-            FAIL(VEIL_JSON_SYNTAX, i);
-        if (s[i] == ',') {
-            i = skip_ws(s, len, i + 1);
-            if (TOP_IS_OBJECT)
-                goto member;
-            continue;
-        }
-        if (s[i] == (TOP_IS_OBJECT ? '}' : ']')) {
-            end = i + 1;
-            depth--;
-            goto after_value;
-        }
-        FAIL(VEIL_JSON_SYNTAX, i);
-    member:
-        /* a key starts at i, inside an object */
-        if (i >= len || s[i] != '"')
-            FAIL(VEIL_JSON_SYNTAX, i);
-        if ((rc = scan_string(s, len, i, &end)) != VEIL_JSON_OK)
-            FAIL(rc, end);
-        if (want_object && depth == 1) {
-            if (!keys_add(&k, i))
-                FAIL(VEIL_JSON_NOMEM, i);
-            m.key = i;
-            m.key_end = end;
-        }
-        i = skip_ws(s, len, end);
-        if (i >= len || s[i] != ':')
-            FAIL(VEIL_JSON_SYNTAX, i);
-        i = skip_ws(s, len, i + 1);
-        if (want_object && depth == 1)
-            m.value = i;
-    }
-    if (want_object && find_duplicate(text, &k, where))
-        rc = VEIL_JSON_DUPLICATE;
-#undef FAIL
-#undef TOP_IS_OBJECT
-out:
-    free(k.at);
-    return rc;
+    sc.i = skip_ws(sc.s, len, 0);
+    if (want_object && (sc.i >= len || sc.s[sc.i] != '{'))
+        st = scan_fail(&sc,
+                       sc.i < len && strchr("[\"-0123456789tfn", sc.s[sc.i]) &&
+                               sc.s[sc.i]
+                           ? VEIL_JSON_NOT_OBJECT
+                           : VEIL_JSON_SYNTAX,
+                       sc.i);
+    while (st != SCAN_DONE && st != SCAN_FAILED)
+        st = st == AT_VALUE      ? at_value(&sc)
+             : st == AFTER_VALUE ? after_value(&sc)
+                                 : at_member(&sc);
+    if (st == SCAN_DONE && want_object && find_duplicate(text, &sc.k, sc.where))
+        sc.rc = VEIL_JSON_DUPLICATE;
+    free(sc.k.at);
+    return sc.rc;
 }
 
 veil_json_rc veil_json_scan_object(const char *text, size_t len,
