@@ -39,7 +39,7 @@ FP=$("$V" server-key --url "$VEILD_URL" --ca-file "$VEILD_CA" --fingerprint)
 echo "   server key as fetched by the client: $FP"
 echo
 echo "-- veil chat, server key pinned, answer key in the token; the prompt comes from stdin:"
-echo "   \$ echo 'Summarise the attached patient record.' | veil chat -m demo/echo --token-key '$CLIENT_TOK;object=client' --pin $FP -"
+echo "   \$ echo 'Summarise the attached patient record.' | veil chat --url $VEILD_URL -m demo/echo --token-key '$CLIENT_TOK;object=client' --server-key-pin $FP -"
 echo 'Summarise the attached patient record.' |
     "$V" chat --url "$VEILD_URL" --ca-file "$VEILD_CA" -m demo/echo \
         --token-key "$CLIENT_TOK;object=client" --server-key-pin "$FP" -v - 2>"$VEIL_TEST_DIR/demo.err" |
