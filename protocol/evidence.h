@@ -31,11 +31,12 @@
 #define VEIL_EV_NONCE_MAX 64
 
 /* Qualifying data (TPM2_Quote extraData) of the quote in an answer:
- *   SHA-256( "veil-answer-quote-v1" 0x00 || payload_id (36 ASCII bytes)
+ *   SHA-256( "veil-answer-quote-v1" 0x00 || payload_id (1 to 128 ASCII bytes)
  *            || request_sha256 || encryption_key_sha256
  *            || signing_key_sha256 )
  * where request_sha256 is SHA-256 of the request body as sent, and the
- * key hashes are SHA-256 of each key's SubjectPublicKeyInfo DER.  A
+ * key hashes are SHA-256 of each key's SubjectPublicKeyInfo DER, each as
+ * its raw 32 bytes (never hex).  A
  * gateway without a signing key uses 32 zero bytes for its hash. */
 void veil_ev_answer_qualifying(const char *payload_id,
                                const uint8_t request_sha256[32],
