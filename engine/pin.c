@@ -1,4 +1,5 @@
-/* PIN sources: a file, an environment variable or a terminal prompt.
+/* PIN sources: a file, a systemd credential, an environment variable or a
+ * terminal prompt.
  * Never argv.  The PIN is read straight into a secret buffer. */
 #include "config.h"
 
@@ -33,14 +34,24 @@ veil_rc veil_pin_source_parse(const char *spec, veil_pin_source *out)
     } else if (strncmp(spec, "env:", 4) == 0 && spec[4]) {
         out->kind = VEIL_PIN_ENV;
         out->where = spec + 4;
+    } else if (strncmp(spec, VEIL_CREDENTIAL_PREFIX,
+                       sizeof VEIL_CREDENTIAL_PREFIX - 1) == 0 &&
+               spec[sizeof VEIL_CREDENTIAL_PREFIX - 1]) {
+        out->kind = VEIL_PIN_CREDENTIAL;
+        out->where = spec + sizeof VEIL_CREDENTIAL_PREFIX - 1;
+        if (strchr(out->where, '/'))
+            return veil_err(VEIL_E_ARG, "engine", NULL,
+                            "PIN source credential:NAME needs the name of "
+                            "one credential (no '/')");
     } else if (strcmp(spec, "prompt") == 0) {
         out->kind = VEIL_PIN_PROMPT;
     } else if (strcmp(spec, "none") == 0) {
         out->kind = VEIL_PIN_NONE;
     } else {
         return veil_err(VEIL_E_ARG, "engine", NULL,
-                        "PIN source must be file:PATH, env:NAME, prompt or "
-                        "none (a PIN is never taken from the command line)");
+                        "PIN source must be file:PATH, credential:NAME, "
+                        "env:NAME, prompt or none (a PIN is never taken "
+                        "from the command line)");
     }
     return VEIL_OK;
 }
@@ -105,6 +116,19 @@ static veil_rc pin_from_file(const char *path, veil_secbuf **pin)
     return rc;
 }
 
+/* systemd's credential NAME: a file in $CREDENTIALS_DIRECTORY. */
+static veil_rc pin_from_credential(const char *name, veil_secbuf **pin)
+{
+    char spec[256], path[4096];
+    const char *why = NULL;
+
+    snprintf(spec, sizeof spec, "%s%s", VEIL_CREDENTIAL_PREFIX, name);
+    if (veil_secret_path(spec, path, sizeof path, &why) != 0)
+        return veil_err(VEIL_E_PIN_REQUIRED, "engine", NULL,
+                        "PIN credential %s: %s", name, why);
+    return pin_from_file(path, pin);
+}
+
 static veil_rc pin_from_prompt(const char *prompt, veil_secbuf **pin)
 {
     struct termios old, quiet;
@@ -163,6 +187,8 @@ veil_rc veil_pin_read(const veil_pin_source *src, const char *prompt,
             return veil_err(VEIL_E_PIN_REQUIRED, "engine", NULL,
                             "PIN variable %s is not set", src->where);
         return pin_from_bytes(v, strlen(v), pin);
+    case VEIL_PIN_CREDENTIAL:
+        return pin_from_credential(src->where, pin);
     case VEIL_PIN_PROMPT:
         return pin_from_prompt(prompt, pin);
     case VEIL_PIN_NONE:

@@ -3,6 +3,8 @@
 
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include <openssl/crypto.h>
 
@@ -74,4 +76,35 @@ void veil_logf(const veil_logger *l, veil_log_level level, const char *fmt,
     vsnprintf(line, sizeof line, fmt, ap);
     va_end(ap);
     l->fn(l->ctx, level, line);
+}
+
+int veil_secret_path(const char *spec, char *out, size_t out_size,
+                     const char **why)
+{
+    const size_t plen = sizeof VEIL_CREDENTIAL_PREFIX - 1;
+    const char *name, *dir;
+    int n;
+
+    if (strncmp(spec, VEIL_CREDENTIAL_PREFIX, plen) != 0) {
+        n = snprintf(out, out_size, "%s", spec);
+    } else {
+        name = spec + plen;
+        if (*name == '\0' || strchr(name, '/') || strcmp(name, ".") == 0 ||
+            strcmp(name, "..") == 0) {
+            *why = "a credential name is one file name (no '/')";
+            return -1;
+        }
+        dir = getenv("CREDENTIALS_DIRECTORY");
+        if (dir == NULL || *dir == '\0') {
+            *why = "CREDENTIALS_DIRECTORY is not set (credential:NAME is "
+                   "for a systemd service with LoadCredential=NAME:...)";
+            return -1;
+        }
+        n = snprintf(out, out_size, "%s/%s", dir, name);
+    }
+    if (n < 0 || (size_t)n >= out_size) {
+        *why = "the path is too long";
+        return -1;
+    }
+    return 0;
 }

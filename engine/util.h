@@ -7,7 +7,8 @@
  *  - veil_wipe:   wipe memory that held a secret (OPENSSL_cleanse);
  *  - veil_hex*:   lower-case hex and its decoding;
  *  - veil_uuid4:  a random (version 4) UUID, as payload IDs use;
- *  - veil_logger: a log callback with its level filter (veil_logf).
+ *  - veil_logger: a log callback with its level filter (veil_logf);
+ *  - veil_secret_path: where a secret file named "credential:NAME" is.
  * Tier names and bits are in protocol/tier.h. */
 #ifndef VEIL_UTIL_H
 #define VEIL_UTIL_H
@@ -47,6 +48,16 @@ typedef struct veil_logger {
 
 void veil_logf(const veil_logger *l, veil_log_level level, const char *fmt,
                ...) __attribute__((format(printf, 3, 4)));
+
+/* The path of a file that holds a secret (PIN, API keys, the backend's
+ * key): "credential:NAME" is NAME in systemd's $CREDENTIALS_DIRECTORY
+ * (LoadCredential=, LoadCredentialEncrypted=); anything else is the path
+ * itself.  0 with the path in out; -1 with *why (a static message) when
+ * NAME is empty, holds '/', is "." or "..", CREDENTIALS_DIRECTORY is not
+ * set, or the path does not fit. */
+#define VEIL_CREDENTIAL_PREFIX "credential:"
+int veil_secret_path(const char *spec, char *out, size_t out_size,
+                     const char **why);
 
 #pragma GCC visibility pop
 

@@ -62,10 +62,17 @@ static char *read_keys_file(const char *path, size_t *len, char *err,
                             size_t err_size)
 {
     struct stat st;
-    char *buf;
+    char *buf, resolved[4096];
+    const char *why = NULL;
     size_t got = 0;
-    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+    int fd;
 
+    if (veil_secret_path(path, resolved, sizeof resolved, &why) != 0) {
+        gw_put_err(err, err_size, "%s: %s", path, why);
+        return NULL;
+    }
+    path = resolved;
+    fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
     if (fd < 0) {
         gw_put_err(err, err_size, "%s: %s", path, strerror(errno));
         return NULL;

@@ -269,8 +269,8 @@ static int check_pin_source(const char *v, char *msg, size_t msize)
 
     if (veil_pin_source_parse(v, &ps) != VEIL_OK) {
         svc_put_err(msg, msize,
-                    "must be file:PATH, env:NAME, prompt or none (a PIN itself "
-                    "is never accepted)");
+                    "must be file:PATH, credential:NAME, env:NAME, prompt or "
+                    "none (a PIN itself is never accepted)");
         return -1;
     }
     return 0;
@@ -333,7 +333,7 @@ static int apply_model(void *base, const svc_setting *s, const char *v,
 
 /* char *: "pkcs11:..." or "dir:PATH" */
 static const svc_kind k_keyref = {apply_keyref, svc_release_str};
-/* char *: file:PATH, env:NAME, prompt or none */
+/* char *: file:PATH, credential:NAME, env:NAME, prompt or none */
 static const svc_kind k_pin = {apply_pin, svc_release_str};
 /* char *: a PCR selection, "sha256:0,7,10" (canonical form) */
 static const svc_kind k_pcrs = {apply_pcrs, svc_release_str};
@@ -422,7 +422,8 @@ static const svc_setting settings[] = {
     {"pkcs11_module", "MODULE", &svc_str, OFF(pkcs11_module), 0, 0, NULL,
      "PKCS#11 module: a path to a .so or a p11-kit module name"},
     {"pin_source", "SOURCE", &k_pin, OFF(pin_source), 0, 0, NULL,
-     "where the token PIN comes from: file:PATH, env:NAME, prompt or none "
+     "where the token PIN comes from: file:PATH, credential:NAME, env:NAME, "
+     "prompt or none "
      "(never the PIN itself)"},
     {"api_keys", "FILE", &svc_str, OFF(api_keys), 0, 0, NULL,
      "API key hashes, lines \"sha256:<64 hex> [name]\"; unset: no API key "

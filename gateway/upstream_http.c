@@ -287,11 +287,14 @@ static size_t on_discard(char *data, size_t size, size_t n, void *ctx)
  * with errno-ish reason in *why.  The key never reaches a log. */
 static int read_key(const char *path, char *out, size_t size, const char **why)
 {
-    char buf[UP_KEY_MAX + 2];
+    char buf[UP_KEY_MAX + 2], resolved[4096];
     size_t len = 0, start, end;
     ssize_t r;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    int fd;
 
+    if (veil_secret_path(path, resolved, sizeof resolved, why) != 0)
+        return -1;
+    fd = open(resolved, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
         *why = strerror(errno);
         return -1;

@@ -308,7 +308,8 @@ static int open_keys(gw_deps *d, const gw_config *cfg)
 }
 
 /* Opens the API keys, the replay register and the rate limits into d.
- * 0, or -1 (logged). */
+ * 0, or an exit code (logged): VEIL_EXIT_USAGE for an API keys file that
+ * cannot be used (configuration: a restart would not help). */
 static int open_state(gw_deps *d, const gw_config *cfg)
 {
     char err[512];
@@ -316,7 +317,7 @@ static int open_state(gw_deps *d, const gw_config *cfg)
     if (cfg->api_keys &&
         (d->auth = gw_auth_load(cfg->api_keys, err, sizeof err)) == NULL) {
         veil_logf(&logger, VEIL_LOG_ERROR, "api_keys: %s", err);
-        return -1;
+        return VEIL_EXIT_USAGE;
     }
     if (gw_state_dir(cfg->state_dir, err, sizeof err) != 0 ||
         (d->strikes = gw_strikes_open(cfg->state_dir, cfg->replay_window,
@@ -469,7 +470,11 @@ int main(int argc, char **argv)
     };
     rc = open_keys(&deps, &cfg);
     if (rc == 0)
-        rc = open_state(&deps, &cfg) == 0 ? serve(&deps, &run) : VEIL_EXIT_FAIL;
+        rc = open_state(&deps, &cfg);
+    if (rc == 0)
+        rc = serve(&deps, &run);
+    else if (rc < 0)
+        rc = VEIL_EXIT_FAIL;
     close_deps(&deps);
     gw_config_free(&cfg);
     return rc;

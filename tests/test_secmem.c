@@ -557,13 +557,20 @@ static void test_pin_parse_ok(void)
 
     CU_ASSERT_EQUAL(veil_pin_source_parse("none", &s), VEIL_OK);
     CU_ASSERT_EQUAL(s.kind, VEIL_PIN_NONE);
+
+    CU_ASSERT_EQUAL(veil_pin_source_parse("credential:token-pin", &s),
+                    VEIL_OK);
+    CU_ASSERT_EQUAL(s.kind, VEIL_PIN_CREDENTIAL);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(s.where);
+    CU_ASSERT_STRING_EQUAL(s.where, "token-pin");
 }
 
 static void test_pin_parse_bad(void)
 {
     static const char *const bad[] = {"1234",   "",        "pin:1234",
                                       "file:",  "env:",    "prompt:x",
-                                      "PROMPT", " prompt", NULL};
+                                      "PROMPT", " prompt", "credential:",
+                                      NULL};
     veil_pin_source s;
 
     for (size_t i = 0; bad[i]; i++) {
@@ -675,6 +682,34 @@ static void test_pin_env(void)
     CU_ASSERT_PTR_NOT_NULL(strstr(veil_last_error()->message, var));
 }
 
+/* credential:NAME is NAME in $CREDENTIALS_DIRECTORY (systemd), with the
+ * checks of a PIN file. */
+static void test_pin_credential(void)
+{
+    veil_pin_source s = {VEIL_PIN_CREDENTIAL, "pin_ok"};
+    char got[64];
+    size_t len;
+
+    CU_ASSERT_EQUAL_FATAL(write_file("pin_ok", 0400, "123456\n", 7), 0);
+    CU_ASSERT_EQUAL_FATAL(setenv("CREDENTIALS_DIRECTORY", scratch, 1), 0);
+    CU_ASSERT_EQUAL(read_pin(&s, got, sizeof got, &len), VEIL_OK);
+    CU_ASSERT_STRING_EQUAL(got, "123456");
+
+    s.where = "no_such_pin"; /* a credential systemd did not load */
+    CU_ASSERT_EQUAL(read_pin(&s, got, sizeof got, &len), VEIL_E_IO);
+    CU_ASSERT_PTR_NOT_NULL(strstr(veil_last_error()->message, "no_such_pin"));
+
+    s.where = "pin_ok"; /* not under systemd: says what is missing */
+    CU_ASSERT_EQUAL_FATAL(unsetenv("CREDENTIALS_DIRECTORY"), 0);
+    CU_ASSERT_EQUAL(read_pin(&s, got, sizeof got, &len), VEIL_E_PIN_REQUIRED);
+    CU_ASSERT_PTR_NOT_NULL(
+        strstr(veil_last_error()->message, "CREDENTIALS_DIRECTORY"));
+    s.where = ".."; /* never a path out of the directory */
+    CU_ASSERT_EQUAL_FATAL(setenv("CREDENTIALS_DIRECTORY", scratch, 1), 0);
+    CU_ASSERT_EQUAL(read_pin(&s, got, sizeof got, &len), VEIL_E_PIN_REQUIRED);
+    CU_ASSERT_EQUAL_FATAL(unsetenv("CREDENTIALS_DIRECTORY"), 0);
+}
+
 static void test_pin_none(void)
 {
     veil_pin_source s = {VEIL_PIN_NONE, NULL};
@@ -780,6 +815,7 @@ int main(void)
         {"PIN source parse: accepted", test_pin_parse_ok},
         {"PIN source parse: refused", test_pin_parse_bad},
         {"PIN from file", test_pin_file},
+        {"PIN from a systemd credential", test_pin_credential},
         {"PIN from environment", test_pin_env},
         {"PIN source none", test_pin_none},
         {"PIN prompt without a terminal (child)", test_pin_prompt_no_tty},

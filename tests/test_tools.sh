@@ -119,6 +119,28 @@ else
 fi
 veild_stop && { echo "ok: veild stopped cleanly"; pass=$((pass+1)); } || { echo "FAIL: veild stop"; fail=$((fail+1)); }
 
+# systemd credentials (LoadCredential=): the PIN and the API keys read
+# from $CREDENTIALS_DIRECTORY by name.
+CRED="$VEIL_TEST_DIR/credentials"
+mkdir -p "$CRED" && chmod 700 "$CRED"
+cp "$VEIL_TEST_PIN_FILE" "$CRED/token-pin"
+APIKEY=veil-test-credential-key
+printf 'sha256:%s ci\n' "$(printf %s "$APIKEY" | sha256sum | cut -d' ' -f1)" >"$CRED/api-keys"
+chmod 400 "$CRED/token-pin" "$CRED/api-keys"
+check "veil-keys: credential:NAME without CREDENTIALS_DIRECTORY (4)" 4 "CREDENTIALS_DIRECTORY is not set" -- env -u CREDENTIALS_DIRECTORY "$K" list --token "$TOK" --pin-source credential:token-pin
+check "veil-keys: a PIN from a systemd credential" 0 "label: +gw" -- env CREDENTIALS_DIRECTORY="$CRED" "$K" list --token "$TOK" --pin-source credential:token-pin
+check "veil-keys: a credential name with a slash (2)" 2 "no '/'" -- env CREDENTIALS_DIRECTORY="$CRED" "$K" list --token "$TOK" --pin-source credential:../token-pin
+check "veild: API keys from a missing credential directory exit 2" 2 "CREDENTIALS_DIRECTORY is not set" -- env -u CREDENTIALS_DIRECTORY timeout 120 "$VD" "${GWARGS[@]}" --server-key "$TOK;object=gw" --pin-source "$RIGHT" --api-keys credential:api-keys
+CREDENTIALS_DIRECTORY="$CRED" veild_start cred --server-key "$TOK;object=gw" "${GWARGS[@]}" --state-dir "$VEIL_TEST_DIR/cred.state" --pin-source credential:token-pin --api-keys credential:api-keys
+code_none=$(curl -s -o /dev/null -w '%{http_code}' -X POST -H 'Content-Type: application/json' --data '{}' "$VEILD_URL/v1/chat/secure_completion")
+code_key=$(curl -s -o /dev/null -w '%{http_code}' -X POST -H "Authorization: Bearer $APIKEY" -H 'Content-Type: application/json' --data '{}' "$VEILD_URL/v1/chat/secure_completion")
+if [ "$code_none" = 401 ] && [ "$code_key" != 401 ]; then
+    echo "ok: veild logged in with the credential PIN and took the credential's API keys (401 without, $code_key with)"; pass=$((pass+1))
+else
+    echo "FAIL: credential API keys: $code_none without a key, $code_key with it"; cat "$VEILD_LOG"; fail=$((fail+1))
+fi
+veild_stop || { echo "FAIL: veild (credentials) stop"; fail=$((fail+1)); }
+
 # Nothing secret on stdout or stderr of any command above.
 if grep -rqF "$(head -1 "$VEIL_TEST_PIN_FILE")" "$out" "$err"; then echo "FAIL: PIN printed"; fail=$((fail+1)); else pass=$((pass+1)); fi
 

@@ -115,17 +115,21 @@ veil_rc veil_disable_core_dumps(void);
  *   "file:/path"  first line of a file (must not be world-readable)
  *   "env:NAME"    an environment variable
  *   "prompt"      read from the terminal with echo off
+ *   "credential:NAME"  first line of $CREDENTIALS_DIRECTORY/NAME (systemd
+ *                 LoadCredential= / LoadCredentialEncrypted=)
  * (A PKCS#11 URI may carry pin-source=file:... ; pin-value is refused.) */
 typedef enum veil_pin_kind {
     VEIL_PIN_NONE = 0,
     VEIL_PIN_FILE = 1,
     VEIL_PIN_ENV = 2,
-    VEIL_PIN_PROMPT = 3
+    VEIL_PIN_PROMPT = 3,
+    VEIL_PIN_CREDENTIAL = 4
 } veil_pin_kind;
 
 typedef struct veil_pin_source {
     veil_pin_kind kind;
-    const char *where; /* path for FILE, variable name for ENV; borrowed */
+    const char *where; /* path for FILE, variable name for ENV, the
+                          credential's name for CREDENTIAL; borrowed */
 } veil_pin_source;
 
 /* Parses a spec; out->where points into spec. */
