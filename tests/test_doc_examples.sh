@@ -90,5 +90,25 @@ run errors "^model not allowed on this tier: model 'tier/high-only' is not allow
 VEIL_URL="$AUTH_URL" run errors '^check the API key: missing API key \(Authorization: Bearer\)$'
 VEIL_SERVER_PIN="sha256:$(printf '0%.0s' $(seq 64))" run errors '^security: the server key sha256:[0-9a-f]{64} does not match'
 
+# The systemd unit: docs/veild.service is what GATEWAY.md shows, and
+# systemd takes every line of it (an unknown key is only a warning there).
+awk '/^```ini$/ { ini = 1; buf = ""; next }
+     /^```$/ && ini { ini = 0; if (buf ~ /^\[Unit\]\nDescription=veil gateway/) printf "%s", buf; next }
+     ini { buf = buf $0 "\n" }' "$SRC/docs/GATEWAY.md" >"$W/unit.md"
+sed -n '/^\[Unit\]/,$p' "$SRC/docs/veild.service" >"$W/unit.file"
+if [ -s "$W/unit.md" ] && cmp -s "$W/unit.md" "$W/unit.file"; then
+    ok "docs/veild.service is the unit GATEWAY.md shows"
+else
+    bad "docs/veild.service and GATEWAY.md's unit differ"; diff "$W/unit.md" "$W/unit.file" | head -20
+fi
+if command -v systemd-analyze >/dev/null; then
+    sed "s|^ExecStart=/usr/local/sbin/veild|ExecStart=$B/veild|" "$SRC/docs/veild.service" >"$W/veild.service"
+    if systemd-analyze verify --man=no "$W/veild.service" >"$W/unit.log" 2>&1 && [ ! -s "$W/unit.log" ]; then
+        ok "systemd-analyze verify takes docs/veild.service without a warning"
+    else
+        bad "systemd-analyze verify docs/veild.service"; cat "$W/unit.log"
+    fi
+fi
+
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]
