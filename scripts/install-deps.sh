@@ -1,6 +1,9 @@
 #!/bin/bash
 # Install the Debian 12 packages needed to build and test veil.
 # Only missing packages are installed; apt-get update runs only if needed.
+#   scripts/install-deps.sh [--packaging]
+# --packaging adds what building the Debian packages needs (debhelper,
+# lintian; scripts/quickstart.sh packages).
 set -euo pipefail
 
 PACKAGES=(
@@ -25,6 +28,10 @@ PACKAGES=(
     # clang 14 and its compiler-rt, which holds libFuzzer and clang's sanitizers
     clang libclang-rt-14-dev
 )
+if [ "${1:-}" = --packaging ]; then
+    # debian/: dpkg-buildpackage (dpkg-dev), dh, fakeroot, and lintian
+    PACKAGES+=(dpkg-dev debhelper fakeroot lintian git)
+fi
 
 export DEBIAN_FRONTEND=noninteractive
 

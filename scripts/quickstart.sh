@@ -7,6 +7,11 @@
 #                                TPM suites included), build the libFuzzer
 #                                harnesses with clang and run each over its
 #                                seeds and for 60 s, then make distcheck
+#   scripts/quickstart.sh packages
+#                                install what is missing, build the Debian
+#                                packages (debian/) from a copy of the tree in
+#                                build-deb/, check them with lintian (errors
+#                                fail), and list the .deb files
 # Run as root on a fresh Debian 12 machine (installing needs root; with
 # everything installed, any user can run it).
 set -euo pipefail
@@ -18,7 +23,7 @@ step() { printf '\n== %s\n' "$*"; }
 
 bootstrap() {
     step "dependencies"
-    "$ROOT/scripts/install-deps.sh"
+    "$ROOT/scripts/install-deps.sh" "$@"
     step "autoreconf"
     [ -x configure ] || autoreconf -fi
 }
@@ -63,8 +68,29 @@ run_tests() {
     step "all tests passed"
 }
 
+packages() {
+    local version dir
+    "$ROOT/scripts/install-deps.sh" --packaging
+    version=$(sed -n '1s/^veil (\([^)]*\)).*/\1/p' "$ROOT/debian/changelog")
+    dir="$ROOT/build-deb/veil-$version"
+    step "copy of the tree (tracked and new files, nothing ignored) in $dir"
+    rm -rf "$ROOT/build-deb"
+    mkdir -p "$dir"
+    (cd "$ROOT" && git ls-files -z --cached --others --exclude-standard |
+        xargs -0 tar -cf - --no-recursion) | tar -xf - -C "$dir"
+    step "dpkg-buildpackage -us -uc -b"
+    (cd "$dir" && dpkg-buildpackage -us -uc -b -j"$JOBS" >"$ROOT/build-deb/build.log" 2>&1) ||
+        { tail -60 "$ROOT/build-deb/build.log"; exit 1; }
+    step "lintian (an error fails)"
+    lintian --fail-on error "$ROOT"/build-deb/*.changes
+    step "packages in $ROOT/build-deb/"
+    ls -1 "$ROOT"/build-deb/*.deb
+    echo "install them with: apt install $ROOT/build-deb/veild_${version}_*.deb $ROOT/build-deb/veil_${version}_*.deb $ROOT/build-deb/libveil0_${version}_*.deb"
+}
+
 case "${1:-}" in
 demo) demo ;;
 test) run_tests ;;
-*) echo "usage: $0 demo|test" >&2; exit 2 ;;
+packages) packages ;;
+*) echo "usage: $0 demo|test|packages" >&2; exit 2 ;;
 esac
