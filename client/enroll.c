@@ -20,6 +20,7 @@
 #include <openssl/x509.h>
 #include <openssl/x509_vfy.h>
 
+#include "ekcert.h"
 #include "package.h"
 #include "trust.h"
 
@@ -45,6 +46,7 @@ typedef struct enroll {
     size_t sign_spki_len;
     int ek_verified, has_cert;
     uint8_t cert_sha[32];
+    veil_cl_ek_attrs ek_attrs; /* what the EK certificate says of the TPM */
     veil_pcr_sel sel;
     uint8_t values[VEIL_EV_MAX_PCRS][32];
 } enroll;
@@ -256,6 +258,29 @@ static int ek_chain(enroll *en, X509 *x)
     return vok;
 }
 
+/* Step 4: what the certificate says beyond its chain (ekcert.c): the EK
+ * purpose and key usage, no CA powers, and the TPM it names, which must
+ * be the manufacturer the gateway reports. */
+static int ek_profile(enroll *en, X509 *x)
+{
+    const cJSON *tpm = cJSON_GetObjectItemCaseSensitive(en->report, "tpm");
+    veil_cl_ek_attrs *a = &en->ek_attrs;
+    char why[300];
+
+    if (!veil_cl_ek_profile(x, veil_cl_json_str(tpm, "manufacturer"), a, why,
+                            sizeof why))
+        return veil_cl_check(&en->ck, "EK certificate profile", 0,
+                             "refused: %s", why);
+    return veil_cl_check(&en->ck, "EK certificate profile", 1,
+                         "EK purpose and key usage; TPM manufacturer %s%s, "
+                         "model %s, version %s",
+                         a->manufacturer,
+                         a->vendor_compared ? " (as reported)"
+                                            : " (not a TCG vendor ID: not "
+                                              "compared)",
+                         a->model, a->version);
+}
+
 /* The EK: an RSA endorsement key whose SPKI is ek_spki_b64, whose
  * certificate (when the TPM has one) holds that key and chains to the CA
  * given.  Returns 0 on a failure that stops enrolment. */
@@ -277,6 +302,8 @@ static int check_ek(enroll *en)
                                  : "the certificate is for another key than "
                                    "the reported EK");
     }
+    if (ok && en->has_cert)
+        ok = ek_profile(en, x);
     X509_free(x);
     free(spki);
     return ok;
@@ -538,8 +565,13 @@ static char *trust_text(const enroll *en)
              cJSON_AddNumberToObject(j, "enrolled_at", (double)time(NULL)) &&
              cJSON_AddBoolToObject(j, "ek_verified", en->ek_verified);
     if (ok && en->has_cert) {
+        cJSON *t = cJSON_AddObjectToObject(j, "ek_cert_tpm");
         veil_hex(en->cert_sha, 32, hx);
-        ok = cJSON_AddStringToObject(j, "ek_cert_sha256", hx) != NULL;
+        ok = cJSON_AddStringToObject(j, "ek_cert_sha256", hx) && t &&
+             cJSON_AddStringToObject(t, "manufacturer",
+                                     en->ek_attrs.manufacturer) &&
+             cJSON_AddStringToObject(t, "model", en->ek_attrs.model) &&
+             cJSON_AddStringToObject(t, "version", en->ek_attrs.version);
     } else if (ok) {
         ok = cJSON_AddNullToObject(j, "ek_cert_sha256") != NULL;
     }

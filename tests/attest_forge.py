@@ -23,6 +23,12 @@ veil's C code, and the forgeries the client must reject.
                               (AKDIR/ak.ctx, ak.pub, ak.name, made with
                               tpm2_createak on the same TPM): everything
                               verifies except credential activation.
+  proxy-ekcert UPSTREAM PORTFILE CERT
+                              the same man in the middle, but the report is
+                              the gateway's own with its EK certificate
+                              replaced by CERT (DER): a certificate for the
+                              same EK from the same CA that breaks the EK
+                              credential profile.
 """
 import base64
 import copy
@@ -103,12 +109,45 @@ def cmd_checkquote(ev_path, trust_path, out_dir):
     print(qual.hex(), tpm["pcr_banks"])
 
 
-def cmd_proxy(upstream, port_file, ak_dir):
+def forge_ak(ak_dir):
+    """The report answered with a quote by another AK of the same TPM."""
     with open(os.path.join(ak_dir, "ak.pub"), "rb") as f:
         ak_pub = f.read()
     with open(os.path.join(ak_dir, "ak.name"), "rb") as f:
         ak_name = f.read()
 
+    def forge(rep):
+        qual = report_qualifying(bytes.fromhex(rep["nonce"]),
+                                 rep["encryption_key_sha256"],
+                                 rep["signing_key_sha256"])
+        with tempfile.TemporaryDirectory() as d:
+            subprocess.run(
+                ["tpm2_quote", "-Q", "-c", os.path.join(ak_dir, "ak.ctx"),
+                 "-l", rep["pcr_banks"], "-q", qual.hex(), "-g", "sha256",
+                 "-m", d + "/m", "-s", d + "/s", "-o", d + "/p"],
+                check=True)
+            m, s = open(d + "/m", "rb").read(), open(d + "/s", "rb").read()
+        rep["aik_pubkey_b64"] = base64.b64encode(ak_pub).decode()
+        rep["aik_name"] = ak_name.hex()
+        rep["quote_b64"] = base64.b64encode(m).decode()
+        rep["signature_b64"] = base64.b64encode(s).decode()
+        rep["qualifying_data"] = qual.hex()
+        return rep
+    return forge
+
+
+def forge_ek_cert(cert_path):
+    """The report with another EK certificate."""
+    with open(cert_path, "rb") as f:
+        cert = f.read()
+
+    def forge(rep):
+        rep["ek_cert_b64"] = base64.b64encode(cert).decode()
+        return rep
+    return forge
+
+
+def cmd_proxy(upstream, port_file, forge_report):
     class Handler(http.server.BaseHTTPRequestHandler):
         def log_message(self, *args):
             pass
@@ -128,7 +167,7 @@ def cmd_proxy(upstream, port_file, ak_dir):
                 status, headers, data = e.code, e.headers, e.read()
             if method == "GET" and self.path.startswith("/v1/attestation/report") \
                     and status == 200:
-                data = self.forge(json.loads(data))
+                data = json.dumps(forge_report(json.loads(data))).encode()
             self.send_response(status)
             for k, v in headers.items():
                 if k.lower() not in ("content-length", "connection",
@@ -137,24 +176,6 @@ def cmd_proxy(upstream, port_file, ak_dir):
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             self.wfile.write(data)
-
-        def forge(self, rep):
-            qual = report_qualifying(bytes.fromhex(rep["nonce"]),
-                                     rep["encryption_key_sha256"],
-                                     rep["signing_key_sha256"])
-            with tempfile.TemporaryDirectory() as d:
-                subprocess.run(
-                    ["tpm2_quote", "-Q", "-c", os.path.join(ak_dir, "ak.ctx"),
-                     "-l", rep["pcr_banks"], "-q", qual.hex(), "-g", "sha256",
-                     "-m", d + "/m", "-s", d + "/s", "-o", d + "/p"],
-                    check=True)
-                m, s = open(d + "/m", "rb").read(), open(d + "/s", "rb").read()
-            rep["aik_pubkey_b64"] = base64.b64encode(ak_pub).decode()
-            rep["aik_name"] = ak_name.hex()
-            rep["quote_b64"] = base64.b64encode(m).decode()
-            rep["signature_b64"] = base64.b64encode(s).decode()
-            rep["qualifying_data"] = qual.hex()
-            return json.dumps(rep).encode()
 
         def do_GET(self):
             self.relay("GET")
@@ -201,7 +222,9 @@ def main(argv):
         a["signature_b64"], a["signed_at"] = b["signature_b64"], b["signed_at"]
         save(a, argv[4])
     elif cmd == "proxy":
-        cmd_proxy(argv[2], argv[3], argv[4])
+        cmd_proxy(argv[2], argv[3], forge_ak(argv[4]))
+    elif cmd == "proxy-ekcert":
+        cmd_proxy(argv[2], argv[3], forge_ek_cert(argv[4]))
     else:
         sys.stderr.write(__doc__)
         return 2

@@ -117,6 +117,56 @@ done
 check "enrolment refuses to overwrite the trust file without --force" 21 "" -- \
     "$V" attest enroll "${C[@]}" --ek-ca "$EKCA" --out "$T/trust.json"
 
+# The EK certificate profile (TCG EK Credential Profile): the TPM's
+# certificate passes and its TPM attributes are recorded; certificates for
+# the same EK from the same CA (swtpm_localca's intermediate, so the chain
+# holds) but with a wrong purpose, key usage or manufacturer are refused.
+grep -qE '^ok .*EK certificate profile.*manufacturer id:00001014 .*model swtpm, version id:' "$T/enroll.out" \
+    && ok "enrolment checked the EK certificate's profile and names the TPM" \
+    || bad "no EK certificate profile line naming the TPM" "$T/enroll.out"
+[ "$(field "$T/trust.json" 'j["ek_cert_tpm"]["model"]')" = swtpm ] \
+    && ok "trust file records the EK certificate's TPM model" || bad "trust file ek_cert_tpm" "$T/trust.json"
+EKDIR="$T/ekcert" LOCALCA="$(dirname "$EKCA")/tpm-localca"
+mkdir -p "$EKDIR"
+curl -sf "$URL/v1/attestation/report?nonce=$(openssl rand -hex 16)" >"$EKDIR/report.json" \
+    || hard "GET /v1/attestation/report for the EK"
+field "$EKDIR/report.json" 'j["ek_spki_b64"]' | base64 -d >"$EKDIR/ek.der"
+openssl pkey -pubin -inform DER -in "$EKDIR/ek.der" -out "$EKDIR/ek.pem" 2>"$EKDIR/ek.err" || hard "EK SPKI: $(cat "$EKDIR/ek.err")"
+# ek_cert NAME EKU KEY-USAGE MANUFACTURER: a certificate for the TPM's EK
+# issued by the TPM's own EK CA (the "m." prefixes are openssl's way to
+# give OIDs as attribute names).
+ek_cert() {
+    printf '%s\n' "[v3]" "extendedKeyUsage = $2" "keyUsage = critical, $3" \
+        "basicConstraints = critical, CA:FALSE" "subjectAltName = critical, dirName:tpm_dn" \
+        "[tpm_dn]" "m.2.23.133.2.1 = $4" "m.2.23.133.2.2 = swtpm" "m.2.23.133.2.3 = id:20191023" \
+        >"$EKDIR/$1.cnf"
+    openssl x509 -new -force_pubkey "$EKDIR/ek.pem" -subj "/CN=unknown" -days 1 \
+        -CA "$LOCALCA/issuercert.pem" -CAkey "$LOCALCA/signkey.pem" \
+        -extfile "$EKDIR/$1.cnf" -extensions v3 -outform DER -out "$EKDIR/$1.der" 2>"$EKDIR/$1.err" \
+        || hard "openssl could not issue the $1 certificate: $(cat "$EKDIR/$1.err")"
+}
+# enroll_through_ekcert NAME DESCRIPTION PATTERN STATUS
+enroll_through_ekcert() {
+    rm -f "$EKDIR/proxy.port"
+    "$PY" "$FORGE" proxy-ekcert "$URL" "$EKDIR/proxy.port" "$EKDIR/$1.der" >"$EKDIR/$1.proxy.log" 2>&1 &
+    PROXY_PID=$!
+    for _ in $(seq 100); do [ -s "$EKDIR/proxy.port" ] && break; sleep 0.05; done
+    [ -s "$EKDIR/proxy.port" ] || hard "the forging proxy did not start: $(cat "$EKDIR/$1.proxy.log")"
+    check "$2" "$4" "$3" -- "$V" attest enroll --url "http://127.0.0.1:$(cat "$EKDIR/proxy.port")" --allow-http \
+        --ek-ca "$EKCA" --out "$EKDIR/$1-trust.json"
+    kill -TERM "$PROXY_PID" 2>/dev/null; wait "$PROXY_PID" 2>/dev/null; PROXY_PID=""
+}
+ek_cert good 2.23.133.8.1 keyEncipherment id:00001014
+enroll_through_ekcert good "a certificate made like the TPM's by the same CA: ENROLLED (the forging path itself works)" "" 0
+ek_cert eku serverAuth keyEncipherment id:00001014
+enroll_through_ekcert eku "rejected: an EK certificate for TLS servers, not the EK purpose (exit 19)" "FAIL.*EK certificate profile.*tcg-kp-EKCertificate" 19
+ek_cert usage 2.23.133.8.1 digitalSignature id:00001014
+enroll_through_ekcert usage "rejected: an EK certificate without keyEncipherment (exit 19)" "FAIL.*EK certificate profile.*keyEncipherment" 19
+ek_cert vendor 2.23.133.8.1 keyEncipherment id:49465800
+enroll_through_ekcert vendor "rejected: an EK certificate of another manufacturer (IFX) than the TPM reports (IBM) (exit 19)" 'FAIL.*EK certificate profile.*id:49465800 \("IFX"\).*"IBM"' 19
+[ ! -e "$EKDIR/eku-trust.json" ] && [ ! -e "$EKDIR/usage-trust.json" ] && [ ! -e "$EKDIR/vendor-trust.json" ] \
+    && ok "no trust file for a refused EK certificate" || bad "a trust file was written for a refused EK certificate"
+
 # ------------------------------------------------------- verified answers
 
 P1="a prompt whose answer carries a quote"
