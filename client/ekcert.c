@@ -33,8 +33,8 @@ static int fail(char *why, size_t n, const char *msg)
 /* 1 when the certificate's extended key usage names the EK purpose. */
 static int has_ek_purpose(X509 *x)
 {
-    EXTENDED_KEY_USAGE *eku = X509_get_ext_d2i(x, NID_ext_key_usage, NULL,
-                                               NULL);
+    EXTENDED_KEY_USAGE *eku =
+        X509_get_ext_d2i(x, NID_ext_key_usage, NULL, NULL);
     ASN1_OBJECT *want = OBJ_txt2obj(OID_EK_CERTIFICATE, 1);
     int found = 0;
 
@@ -48,8 +48,7 @@ static int has_ek_purpose(X509 *x)
 
 /* The value of the attribute oid in a directory name, as printable text
  * (at most out_size - 1 bytes); 0 when absent or not text. */
-static int name_attr(X509_NAME *nm, const char *oid, char *out,
-                     size_t out_size)
+static int name_attr(X509_NAME *nm, const char *oid, char *out, size_t out_size)
 {
     ASN1_OBJECT *o = OBJ_txt2obj(oid, 1);
     int i = o ? X509_NAME_get_index_by_OBJ(nm, o, -1) : -1;
@@ -74,8 +73,7 @@ static int name_attr(X509_NAME *nm, const char *oid, char *out,
 /* The TPM attributes of the subject alternative name's directory name. */
 static int tpm_attrs(X509 *x, veil_cl_ek_attrs *a)
 {
-    GENERAL_NAMES *san = X509_get_ext_d2i(x, NID_subject_alt_name, NULL,
-                                          NULL);
+    GENERAL_NAMES *san = X509_get_ext_d2i(x, NID_subject_alt_name, NULL, NULL);
     int ok = 0;
 
     for (int i = 0; san && !ok && i < sk_GENERAL_NAME_num(san); i++) {
