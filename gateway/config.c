@@ -499,6 +499,10 @@ static const svc_setting settings[] = {
      "off",
      "a fresh attestation key for every maximum answer, certified by the "
      "long-term one (slower)"},
+    {"tpm_ak_rotate", "off|on", &svc_bool, OFF(tpm_ak_rotate), 0, 0, "off",
+     "make a new long-term attestation key at this start, certified by the "
+     "one kept in state_dir (give it once, as a flag; reports carry the "
+     "hand-over)"},
     {"tpm_certify_key", "FILE", &svc_str, OFF(tpm_certify_key), 0, 0, NULL,
      "the server key as a TPM object (a TSS2 PRIVATE KEY PEM), so that quotes "
      "carry a TPM2_Certify of it; needs tpm = on"},

@@ -133,6 +133,7 @@ typedef struct gw_config {
     char *tpm_tcti;               /* NULL: the tss2 default */
     char *tpm_pcrs;               /* "sha256:0,7,10", canonical form */
     int tpm_ak_per_request;       /* (0) */
+    int tpm_ak_rotate;            /* a new long-term AK at this start (0) */
     char *tpm_certify_key;        /* TSS2 PRIVATE KEY PEM of the server key */
     char *tpm_certify_key_auth;   /* its auth value's PIN source */
     /* protocol v2 (docs/PROTOCOL-V2.md) */
@@ -329,6 +330,11 @@ typedef struct gw_tpm_options {
     const char *pcrs;   /* "sha256:0,7,10" */
     int ak_per_request; /* a fresh AK for every answer, certified by the
                            long-term AK */
+    /* The long-term AK is kept across restarts in state_dir/tpm-ak (NULL:
+     * a new AK at every start); ak_rotate: make a new one at this start,
+     * certified by the kept one (the hand-over in reports). */
+    const char *state_dir;
+    int ak_rotate;
     /* Optional: the gateway's encryption key as a TPM object, so reports
      * and answers carry a TPM2_Certify of it.  tss2_key: a "TSS2 PRIVATE
      * KEY" PEM (tpm2_ptool export --format=pem); its auth value is read

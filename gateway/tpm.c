@@ -43,6 +43,7 @@
 #include <openssl/objects.h>
 #include <openssl/param_build.h>
 #include <openssl/pem.h>
+#include <openssl/rand.h>
 #include <openssl/x509.h>
 
 #include <tss2/tss2_esys.h>
@@ -461,9 +462,38 @@ static void event_log_read(gw_tpm *t)
 
 /* ---- the API ------------------------------------------------------------- */
 
+/* The long-term AK's template unique: the kept one (state_dir/tpm-ak),
+ * a new one written there at the first start, or, with rotate, a new one
+ * certified by the kept one.  0, or -1 with err. */
+static int ak_state(gw_tpm *t, int rotate, char *err, size_t err_size)
+{
+    int r = tpm_akstate_load(t->state_dir, &t->akstate, err, err_size);
+
+    if (r < 0)
+        return -1;
+    if (r == 1) {
+        if (RAND_bytes(t->akstate.unique, TPM_AK_UNIQUE_LEN) != 1) {
+            gw_put_err(err, err_size, "TPM: no random bytes for the AK");
+            return -1;
+        }
+        veil_logf(&t->log, VEIL_LOG_INFO,
+                  "TPM: a new long-term AK, kept in %s/tpm-ak", t->state_dir);
+        return tpm_akstate_save(t->state_dir, &t->akstate, err, err_size);
+    }
+    if (!rotate)
+        return 0;
+    if (tpm_ak_rotate(t, &t->akstate, err, err_size) != 0)
+        return -1;
+    veil_logf(&t->log, VEIL_LOG_WARN,
+              "TPM: the long-term AK was rotated; the previous AK %s "
+              "certified the new one (reports carry it as ak_handover)",
+              t->akstate.previous_name_hex);
+    return 0;
+}
+
 /* The long-term AK, its encodings in t, and the first PCR read (which
  * shows a selection the TPM cannot read).  0, or -1 with err. */
-static int open_ak(gw_tpm *t, char *err, size_t err_size)
+static int open_ak(gw_tpm *t, int rotate, char *err, size_t err_size)
 {
     TPM2B_PUBLIC *ak_pub = NULL;
     TPM2B_NAME *name = NULL;
@@ -471,7 +501,10 @@ static int open_ak(gw_tpm *t, char *err, size_t err_size)
     double t0 = tpm_now_ms();
     int ret = -1;
 
-    if (tpm_ak_make(t, &t->ak, &ak_pub, err, err_size) != 0)
+    if (t->state_dir && ak_state(t, rotate, err, err_size) != 0)
+        goto out;
+    if (tpm_ak_make(t, t->state_dir ? t->akstate.unique : NULL, &t->ak, &ak_pub,
+                    err, err_size) != 0)
         goto out;
     veil_logf(&t->log, VEIL_LOG_DEBUG, "TPM: AK created in %.0f ms",
               tpm_now_ms() - t0);
@@ -510,6 +543,7 @@ gw_rc gw_tpm_open(const gw_tpm_options *opt, gw_tpm **out, char *err,
     t->key = ESYS_TR_NONE;
     t->log = (veil_logger){opt->log, opt->log_ctx, opt->log_level};
     t->ak_per_request = opt->ak_per_request;
+    t->state_dir = opt->state_dir;
     if (pthread_mutex_init(&t->lock, NULL) != 0) {
         free(t);
         gw_put_err(err, err_size, "TPM: cannot make a lock");
@@ -546,7 +580,7 @@ gw_rc gw_tpm_open(const gw_tpm_options *opt, gw_tpm **out, char *err,
         tpm_ek_cert_read(t, err, err_size) != 0)
         goto fail;
     tpm_ek_cert_check(t);
-    if (open_ak(t, err, err_size) != 0)
+    if (open_ak(t, opt->ak_rotate, err, err_size) != 0)
         goto fail;
     if (opt->tss2_key && key_load(t, opt, err, err_size) != 0)
         goto fail;
@@ -583,6 +617,7 @@ void gw_tpm_free(gw_tpm *t)
     free(t->ak_name_hex);
     free(t->key_pub_b64);
     free(t->event_log_b64);
+    tpm_akstate_free(&t->akstate);
     pthread_mutex_destroy(&t->lock);
     free(t);
 }

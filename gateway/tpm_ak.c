@@ -241,9 +241,10 @@ out:
 /* ---- AK ------------------------------------------------------------------ */
 
 /* A restricted ECDSA P-256/SHA-256 signing primary in the endorsement
- * hierarchy; a random `unique` makes it a new key each time. */
-int tpm_ak_make(gw_tpm *t, ESYS_TR *ak, TPM2B_PUBLIC **pub, char *err,
-                size_t err_size)
+ * hierarchy; a random `unique` makes it a new key each time, a kept one
+ * the same key again (tpm_akstore.c). */
+int tpm_ak_make(gw_tpm *t, const uint8_t *unique, ESYS_TR *ak,
+                TPM2B_PUBLIC **pub, char *err, size_t err_size)
 {
     TPM2B_PUBLIC tmpl = {
         .publicArea = {
@@ -269,8 +270,11 @@ int tpm_ak_make(gw_tpm *t, ESYS_TR *ak, TPM2B_PUBLIC **pub, char *err,
     TSS2_RC rc;
 
     *ak = ESYS_TR_NONE;
-    if (RAND_bytes(tmpl.publicArea.unique.ecc.x.buffer, 32) != 1 ||
-        RAND_bytes(tmpl.publicArea.unique.ecc.y.buffer, 32) != 1) {
+    if (unique) {
+        memcpy(tmpl.publicArea.unique.ecc.x.buffer, unique, 32);
+        memcpy(tmpl.publicArea.unique.ecc.y.buffer, unique + 32, 32);
+    } else if (RAND_bytes(tmpl.publicArea.unique.ecc.x.buffer, 32) != 1 ||
+               RAND_bytes(tmpl.publicArea.unique.ecc.y.buffer, 32) != 1) {
         gw_put_err(err, err_size, "TPM: no random bytes for the AK");
         return -1;
     }

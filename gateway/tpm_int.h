@@ -8,6 +8,8 @@
  *                keys, credential activation
  *   tpm_quote.c  PCRs, quotes and certifications, and the quote and report
  *                objects
+ *   tpm_akstore.c the long-term AK across restarts (state_dir/tpm-ak) and
+ *                its rotation with a certified hand-over
  *
  * Every function here expects t->lock held once gw_tpm_open returned. */
 #ifndef VEIL_TPM_INT_H
@@ -22,6 +24,19 @@
 
 #include "evidence.h"
 #include "gateway.h"
+
+/* The template `unique` of the long-term AK (two 32-byte P-256
+ * coordinates), and the hand-over from the previous AK (tpm_akstore.c). */
+#define TPM_AK_UNIQUE_LEN 64
+/* Qualifying data of the hand-over: SHA-256(label 0x00 || new AK name). */
+#define TPM_AK_HANDOVER_LABEL "veil-ak-handover-v1"
+typedef struct tpm_akstate {
+    uint8_t unique[TPM_AK_UNIQUE_LEN];
+    int has_previous;
+    uint8_t previous_unique[TPM_AK_UNIQUE_LEN];
+    char *previous_pub_b64, *previous_name_hex;
+    char *handover_attest_b64, *handover_sig_b64;
+} tpm_akstate;
 
 struct gw_tpm {
     pthread_mutex_t lock;
@@ -48,7 +63,10 @@ struct gw_tpm {
     char *ek_spki_b64;
     char *ek_cert_b64; /* NULL: no certificate in NV */
 
-    /* the long-term AK */
+    /* the long-term AK, kept across restarts in state_dir (NULL: a new
+     * one at every start) */
+    const char *state_dir;
+    tpm_akstate akstate;
     ESYS_TR ak;
     char *ak_pub_b64;
     char *ak_name_hex;
@@ -87,10 +105,11 @@ int tpm_ek_make(gw_tpm *t, char *err, size_t err_size);
 int tpm_ek_cert_read(gw_tpm *t, char *err, size_t err_size);
 /* Warns when the certificate in NV is not for the EK we made. */
 void tpm_ek_cert_check(gw_tpm *t);
-/* A new attestation key (restricted ECDSA P-256 signing primary in the
- * endorsement hierarchy).  0, or -1 with err. */
-int tpm_ak_make(gw_tpm *t, ESYS_TR *ak, TPM2B_PUBLIC **pub, char *err,
-                size_t err_size);
+/* An attestation key (restricted ECDSA P-256 signing primary in the
+ * endorsement hierarchy) from the template's unique (the same unique, the
+ * same key; NULL: random, a new key).  0, or -1 with err. */
+int tpm_ak_make(gw_tpm *t, const uint8_t *unique, ESYS_TR *ak,
+                TPM2B_PUBLIC **pub, char *err, size_t err_size);
 /* The name (nameAlg || H(TPMT_PUBLIC)) of a loaded object. */
 int tpm_object_name(gw_tpm *t, ESYS_TR obj, TPM2B_NAME **name, char *err,
                     size_t err_size);
@@ -103,5 +122,21 @@ int tpm_pcr_read(gw_tpm *t, uint8_t (*values)[32], char *err, size_t err_size);
 int tpm_certify(gw_tpm *t, ESYS_TR obj, ESYS_TR signer,
                 const uint8_t qualifying[32], TPM2B_ATTEST **info,
                 TPMT_SIGNATURE **sig, char *err, size_t err_size);
+
+/* ---- tpm_akstore.c ------------------------------------------------------ */
+
+/* Reads state_dir/tpm-ak into *s: 0, 1 when there is none, -1 with err. */
+int tpm_akstate_load(const char *dir, tpm_akstate *s, char *err,
+                     size_t err_size);
+/* Writes *s to state_dir/tpm-ak (atomically, 0600).  0, or -1 with err. */
+int tpm_akstate_save(const char *dir, const tpm_akstate *s, char *err,
+                     size_t err_size);
+void tpm_akstate_free(tpm_akstate *s);
+/* The hand-over's qualifying data for the new AK's name. */
+void tpm_handover_qualifying(const uint8_t *new_name, size_t len,
+                             uint8_t out[32]);
+/* A new long-term AK certified by the one of *s, written to t->state_dir;
+ * *s becomes the new state.  0, or -1 with err (*s unchanged). */
+int tpm_ak_rotate(gw_tpm *t, tpm_akstate *s, char *err, size_t err_size);
 
 #endif /* VEIL_TPM_INT_H */

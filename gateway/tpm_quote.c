@@ -286,7 +286,7 @@ static cJSON *quote_locked(gw_tpm *t, const uint8_t qualifying[32], char *err,
     int ok = 0;
 
     if (t->ak_per_request) {
-        if (tpm_ak_make(t, &fresh, &fresh_pub, err, err_size) != 0 ||
+        if (tpm_ak_make(t, NULL, &fresh, &fresh_pub, err, err_size) != 0 ||
             tpm_object_name(t, fresh, &fresh_name, err, err_size) != 0 ||
             tpm_certify(t, fresh, t->ak, qualifying, &ak_cert, &ak_sig, err,
                         err_size) != 0)
@@ -363,6 +363,28 @@ cJSON *gw_tpm_quote(gw_tpm *t, const uint8_t qualifying[32], char *err,
     return q;
 }
 
+/* report["ak_handover"]: null, or the previous long-term AK's
+ * certification of the current one (tpm_akstore.c).  0, or -1. */
+static int add_handover(const gw_tpm *t, cJSON *report)
+{
+    const tpm_akstate *s = &t->akstate;
+    cJSON *h;
+
+    if (!s->has_previous)
+        return cJSON_AddNullToObject(report, "ak_handover") ? 0 : -1;
+    return (h = cJSON_AddObjectToObject(report, "ak_handover")) &&
+                   cJSON_AddStringToObject(h, "previous_aik_pubkey_b64",
+                                           s->previous_pub_b64) &&
+                   cJSON_AddStringToObject(h, "previous_aik_name",
+                                           s->previous_name_hex) &&
+                   cJSON_AddStringToObject(h, "attest_b64",
+                                           s->handover_attest_b64) &&
+                   cJSON_AddStringToObject(h, "signature_b64",
+                                           s->handover_sig_b64)
+               ? 0
+               : -1;
+}
+
 int gw_tpm_report(gw_tpm *t, const uint8_t qualifying[32], cJSON *report,
                   char *err, size_t err_size)
 {
@@ -402,7 +424,8 @@ int gw_tpm_report(gw_tpm *t, const uint8_t qualifying[32], cJSON *report,
         (key_cert ? add_attestation(report, "key_certify", key_cert, key_sig,
                                     t->key_pub_b64)
                   : !cJSON_AddNullToObject(report, "key_certify")) ||
-        add_str_or_null(report, "event_log_b64", t->event_log_b64)) {
+        add_str_or_null(report, "event_log_b64", t->event_log_b64) ||
+        add_handover(t, report)) {
         gw_put_err(err, err_size, "TPM: out of memory");
         goto out;
     }

@@ -211,6 +211,8 @@ static gw_tpm *open_tpm(const gw_config *cfg, veil_key *server_key)
         .tcti = cfg->tpm_tcti,
         .pcrs = cfg->tpm_pcrs,
         .ak_per_request = cfg->tpm_ak_per_request,
+        .state_dir = cfg->state_dir,
+        .ak_rotate = cfg->tpm_ak_rotate,
         .tss2_key = cfg->tpm_certify_key,
         .tss2_key_auth = cfg->tpm_certify_key_auth,
         .encryption_spki = spki,

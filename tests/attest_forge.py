@@ -23,6 +23,13 @@ veil's C code, and the forgeries the client must reject.
                               (AKDIR/ak.ctx, ak.pub, ak.name, made with
                               tpm2_createak on the same TPM): everything
                               verifies except credential activation.
+  handover REPORT TRUST        checks a report's ak_handover (docs/ATTESTATION.md)
+                              from the TPM 2.0 structures alone: the previous
+                              AK is the one TRUST enrolled, it signed (ECDSA
+                              P-256, SHA-256) a TPM2_Certify whose certified
+                              name is the report's AK and whose extraData is
+                              SHA-256("veil-ak-handover-v1" 0x00 || that name);
+                              prints "handover ok" or the first failure
   proxy-ekcert UPSTREAM PORTFILE CERT
                               the same man in the middle, but the report is
                               the gateway's own with its EK certificate
@@ -147,6 +154,65 @@ def forge_ek_cert(cert_path):
     return forge
 
 
+def tpm2b(buf, off):
+    n = int.from_bytes(buf[off:off + 2], "big")
+    return buf[off + 2:off + 2 + n], off + 2 + n
+
+
+def ecc_point_of_public(pub):
+    """(x, y) of a marshaled TPM2B_PUBLIC of an ECC signing key."""
+    area, _ = tpm2b(pub, 0)
+    off = 2 + 2 + 4  # type, nameAlg, objectAttributes
+    _, off = tpm2b(area, off)  # authPolicy
+    off += 2 + 2 + 2 + 2 + 2  # symmetric NULL, scheme + hash, curve, kdf NULL
+    x, off = tpm2b(area, off)
+    y, off = tpm2b(area, off)
+    return x, y
+
+
+def cmd_handover(report_path, trust_path):
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+    rep, trust = load(report_path), load(trust_path)
+    h = rep.get("ak_handover")
+    if not h:
+        return "no ak_handover in the report"
+    if h["previous_aik_name"] != trust["aik_name"]:
+        return "the previous AK is not the enrolled one"
+    prev_pub = base64.b64decode(h["previous_aik_pubkey_b64"])
+    area, _ = tpm2b(prev_pub, 0)
+    if (b"\x00\x0b" + hashlib.sha256(area).digest()).hex() != trust["aik_name"]:
+        return "previous_aik_pubkey_b64 is not the enrolled AK's public area"
+    attest = base64.b64decode(h["attest_b64"])
+    if attest[:4] != bytes.fromhex("ff544347") or attest[4:6] != bytes.fromhex("8017"):
+        return "attest_b64 is not a TPMS_ATTEST of a certification"
+    _, off = tpm2b(attest, 6)           # qualifiedSigner
+    extra, off = tpm2b(attest, off)     # extraData
+    off += 8 + 4 + 4 + 1 + 8            # clockInfo, firmwareVersion
+    name, off = tpm2b(attest, off)      # certify.name
+    new_name = bytes.fromhex(rep["aik_name"])
+    if name != new_name:
+        return "the certified name is not the report's AK"
+    if extra != hashlib.sha256(b"veil-ak-handover-v1\0" + new_name).digest():
+        return "extraData is not the hand-over's qualifying data"
+    sig = base64.b64decode(h["signature_b64"])
+    if sig[:2] != b"\x00\x18" or sig[2:4] != b"\x00\x0b":
+        return "the signature is not ECDSA with SHA-256"
+    r, off = tpm2b(sig, 4)
+    s, _ = tpm2b(sig, off)
+    x, y = ecc_point_of_public(prev_pub)
+    key = ec.EllipticCurvePublicNumbers(int.from_bytes(x, "big"), int.from_bytes(y, "big"),
+                                        ec.SECP256R1()).public_key()
+    try:
+        key.verify(encode_dss_signature(int.from_bytes(r, "big"), int.from_bytes(s, "big")),
+                   attest, ec.ECDSA(hashes.SHA256()))
+    except InvalidSignature:
+        return "the signature does not verify under the previous AK"
+    return None
+
+
 def cmd_proxy(upstream, port_file, forge_report):
     class Handler(http.server.BaseHTTPRequestHandler):
         def log_message(self, *args):
@@ -223,6 +289,10 @@ def main(argv):
         save(a, argv[4])
     elif cmd == "proxy":
         cmd_proxy(argv[2], argv[3], forge_ak(argv[4]))
+    elif cmd == "handover":
+        why = cmd_handover(argv[2], argv[3])
+        print("handover ok" if why is None else "handover refused: " + why)
+        return 0 if why is None else 1
     elif cmd == "proxy-ekcert":
         cmd_proxy(argv[2], argv[3], forge_ek_cert(argv[4]))
     else:

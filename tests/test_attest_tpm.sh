@@ -84,14 +84,15 @@ field() {
 (umask 077 && sed -n 's/^object-auth: *//p' "$T/export.out" | tr -d '\n' >"$T/srv.auth")
 [ -s "$T/srv.pem" ] && [ -s "$T/srv.auth" ] || { cat "$T/export.out"; hard "tpm2_ptool export wrote no key or auth"; }
 
-veild_start att --server-key "$TTOK;object=att-server" \
-    --pkcs11-module "$TM" --pin-source "$PINSRC" \
-    --signing-key "$STOK;object=att-signer?module-path=$SM" \
-    --tpm on --tpm-tcti "$TCTI" \
-    --tpm-certify-key "$T/srv.pem" --tpm-certify-key-auth "file:$T/srv.auth" \
-    --model echo=echo,tiers=standard+high+maximum --model plain=echo,tiers=standard \
-    --rate 100 --burst 100
-URL=$VEILD_URL LOG=$VEILD_LOG
+ATT_ARGS=(--server-key "$TTOK;object=att-server"
+    --pkcs11-module "$TM" --pin-source "$PINSRC"
+    --signing-key "$STOK;object=att-signer?module-path=$SM"
+    --tpm on --tpm-tcti "$TCTI"
+    --tpm-certify-key "$T/srv.pem" --tpm-certify-key-auth "file:$T/srv.auth"
+    --model echo=echo,tiers=standard+high+maximum --model plain=echo,tiers=standard
+    --rate 100 --burst 100)
+veild_start att "${ATT_ARGS[@]}"
+URL=$VEILD_URL LOG=$VEILD_LOG ATT_PID=$VEILD_PID
 C=(--url "$URL" --allow-http)
 
 grep -q 'software TPM' "$LOG" \
@@ -256,6 +257,20 @@ fi
 check "a model not allowed on maximum: 403 (exit 13)" 13 "not allowed on the maximum tier" -- \
     "$V" chat "${C[@]}" -m plain --tier maximum --trust "$T/trust.json" "not on maximum"
 
+# ------------------------------------------- a restart keeps the enrolment
+# The long-term AK is kept in state_dir (tpm-ak): veild restarted on the
+# same TPM and state answers with the same AK, and the trust file of the
+# enrolment above still verifies its answers.
+kill -TERM "$ATT_PID" && wait "$ATT_PID" || bad "the first veild did not stop cleanly"
+grep -q "a new long-term AK, kept in" "$LOG" && ok "the first start made and kept a long-term AK" || bad "no AK kept" "$LOG"
+veild_start att-restarted "${ATT_ARGS[@]}" --state-dir "$VEIL_TEST_DIR/veild-att.state" --port "${URL##*:}"
+ATT_PID=$VEILD_PID LOG2=$VEILD_LOG
+check "after a restart: a maximum answer verifies against the same trust file" 0 "" -- \
+    "$V" chat "${C[@]}" -m echo --tier maximum --trust "$T/trust.json" --evidence "$T/ev-restart.json" "after the restart"
+[ "$(field "$T/ev-restart.json" 'j["tpm_attestation"]["aik_name"]')" = "$(field "$T/trust.json" 'j["aik_name"]')" ] \
+    && ok "the restarted veild quotes with the enrolled AK" || bad "another AK after the restart" "$T/ev-restart.json"
+grep -q "a new long-term AK" "$LOG2" && bad "the restart made a new AK" "$LOG2" || ok "the restart made no new AK"
+
 # A PCR changed after enrolment: the live answer is refused, nothing printed.
 tpm2_pcrextend "10:sha256=$(printf 'veil test: boot changed' | sha256sum | cut -c1-64)" >"$T/extend.log" 2>&1 \
     || hard "tpm2_pcrextend: $(cat "$T/extend.log")"
@@ -297,6 +312,31 @@ veild_start notpm --server-key "$TTOK;object=att-server" \
     --model echo=echo,tiers=standard+maximum --rate 100 --burst 100
 check "maximum on a gateway without a TPM: 503 (exit 17)" 17 "no TPM attestation available" -- \
     "$V" chat --url "$VEILD_URL" --allow-http -m echo --tier maximum "no TPM here"
+
+# ---------------------------------------- rotating the AK: a certified hand-over
+# tpm_ak_rotate at a start makes a new long-term AK, certified by the kept
+# one; the report carries that certification, which an independent reading
+# of the TPM structures accepts; the next start keeps the new AK.
+kill -TERM "$ATT_PID" && wait "$ATT_PID" || bad "veild (restarted) did not stop cleanly"
+veild_start att-rotated "${ATT_ARGS[@]}" --state-dir "$VEIL_TEST_DIR/veild-att.state" --tpm-ak-rotate on
+ATT_PID=$VEILD_PID
+grep -q "long-term AK was rotated" "$VEILD_LOG" && ok "veild logs the AK rotation" || bad "no rotation in the log" "$VEILD_LOG"
+curl -sf "$VEILD_URL/v1/attestation/report?nonce=$(openssl rand -hex 16)" >"$T/report-rotated.json" \
+    || bad "GET /v1/attestation/report after the rotation"
+[ "$(field "$T/report-rotated.json" 'j["aik_name"]')" != "$(field "$T/trust.json" 'j["aik_name"]')" ] \
+    && ok "the rotated veild has a new AK" || bad "the AK did not change" "$T/report-rotated.json"
+check "the hand-over: the enrolled AK certified the new one (checked from the TPM structures)" 0 "^handover ok" -- \
+    "$PY" "$FORGE" handover "$T/report-rotated.json" "$T/trust.json"
+check "a hand-over checked against another gateway's trust file is refused" 1 "not the enrolled one" -- \
+    "$PY" "$FORGE" handover "$T/report-rotated.json" "$T/trust2.json"
+kill -TERM "$ATT_PID" && wait "$ATT_PID" || bad "veild (rotated) did not stop cleanly"
+veild_start att-after "${ATT_ARGS[@]}" --state-dir "$VEIL_TEST_DIR/veild-att.state"
+ATT_PID=$VEILD_PID
+curl -sf "$VEILD_URL/v1/attestation/report?nonce=$(openssl rand -hex 16)" >"$T/report-after.json" \
+    || bad "GET /v1/attestation/report after the next start"
+[ "$(field "$T/report-after.json" 'j["aik_name"]')" = "$(field "$T/report-rotated.json" 'j["aik_name"]')" ] \
+    && [ "$(field "$T/report-after.json" 'j["ak_handover"]["previous_aik_name"]')" = "$(field "$T/trust.json" 'j["aik_name"]')" ] \
+    && ok "the next start keeps the rotated AK and still shows the hand-over" || bad "AK or hand-over lost after the next start" "$T/report-after.json"
 
 grep -qF -- "$P1" "$LOG" && bad "plaintext in veild's log" "$LOG" || ok "no prompt in veild's log"
 grep -qF -- "$(cat "$T/srv.auth")" "$LOG" && bad "the key's auth value in veild's log" "$LOG" || ok "no auth value in veild's log"
