@@ -1469,7 +1469,7 @@ static void sl_body(unsigned n, int version, char *out, size_t size)
 /* 1 when id is stored at now with exactly want (NULL: not found). */
 static int sl_has(gw_signlog *l, const char *id, time_t now, const char *want)
 {
-    char *got = gw_signlog_get(l, id, now);
+    char *got = gw_signlog_get(l, id, NULL, now);
     int ok = want ? got && strcmp(got, want) == 0 : got == NULL;
 
     if (!ok)
@@ -1488,10 +1488,10 @@ static void test_signlog_basic(void)
     CU_ASSERT_PTR_NOT_NULL_FATAL(l);
     sl_id(1, id);
     sl_body(1, 1, body, sizeof body);
-    CU_ASSERT_EQUAL(gw_signlog_put(l, id, body, 1000), 0);
+    CU_ASSERT_EQUAL(gw_signlog_put(l, id, body, NULL, 1000), 0);
     CU_ASSERT_TRUE(sl_has(l, id, 1000, body));
     /* a copy each time, owned by the caller */
-    copy = gw_signlog_get(l, id, 1001);
+    copy = gw_signlog_get(l, id, NULL, 1001);
     CU_ASSERT_PTR_NOT_NULL_FATAL(copy);
     copy[0] = 'X';
     free(copy);
@@ -1502,11 +1502,11 @@ static void test_signlog_basic(void)
     CU_ASSERT_TRUE(sl_has(l, "", 1000, NULL));
     CU_ASSERT_TRUE(
         sl_has(l, "0123456789012345678901234567890123456", 1000, NULL));
-    CU_ASSERT_PTR_NULL(gw_signlog_get(l, NULL, 1000));
-    CU_ASSERT_PTR_NULL(gw_signlog_get(NULL, id, 1000));
-    CU_ASSERT_EQUAL(gw_signlog_put(l, NULL, body, 1000), -1);
-    CU_ASSERT_EQUAL(gw_signlog_put(l, id, NULL, 1000), -1);
-    CU_ASSERT_EQUAL(gw_signlog_put(NULL, id, body, 1000), -1);
+    CU_ASSERT_PTR_NULL(gw_signlog_get(l, NULL, NULL, 1000));
+    CU_ASSERT_PTR_NULL(gw_signlog_get(NULL, id, NULL, 1000));
+    CU_ASSERT_EQUAL(gw_signlog_put(l, NULL, body, NULL, 1000), -1);
+    CU_ASSERT_EQUAL(gw_signlog_put(l, id, NULL, NULL, 1000), -1);
+    CU_ASSERT_EQUAL(gw_signlog_put(NULL, id, body, NULL, 1000), -1);
     gw_signlog_free(l);
     gw_signlog_free(NULL);
 
@@ -1526,8 +1526,8 @@ static void test_signlog_retention(void)
     sl_id(2, b);
     sl_body(1, 1, ba, sizeof ba);
     sl_body(2, 1, bb, sizeof bb);
-    CU_ASSERT_EQUAL(gw_signlog_put(l, a, ba, 1000), 0);
-    CU_ASSERT_EQUAL(gw_signlog_put(l, b, bb, 1030), 0);
+    CU_ASSERT_EQUAL(gw_signlog_put(l, a, ba, NULL, 1000), 0);
+    CU_ASSERT_EQUAL(gw_signlog_put(l, b, bb, NULL, 1030), 0);
     /* kept for 60 s: found at 1059, gone at 1060 */
     CU_ASSERT_TRUE(sl_has(l, a, 1059, ba));
     CU_ASSERT_TRUE(sl_has(l, a, 1060, NULL));
@@ -1537,7 +1537,7 @@ static void test_signlog_retention(void)
     /* a clock that steps back keeps entries, it loses none */
     CU_ASSERT_TRUE(sl_has(l, b, 900, bb));
     /* a put long after drops both; new ones are found */
-    CU_ASSERT_EQUAL(gw_signlog_put(l, a, bb, 5000), 0);
+    CU_ASSERT_EQUAL(gw_signlog_put(l, a, bb, NULL, 5000), 0);
     CU_ASSERT_TRUE(sl_has(l, a, 5000, bb));
     CU_ASSERT_TRUE(sl_has(l, b, 5000, NULL));
     gw_signlog_free(l);
@@ -1553,7 +1553,7 @@ static void test_signlog_capacity(void)
     for (unsigned i = 0; i < 3 * CAP; i++) {
         sl_id(i, id);
         sl_body(i, 1, body, sizeof body);
-        CU_ASSERT_EQUAL(gw_signlog_put(l, id, body, 1000 + (time_t)i), 0);
+        CU_ASSERT_EQUAL(gw_signlog_put(l, id, body, NULL, 1000 + (time_t)i), 0);
     }
     /* the last CAP are kept, the older ones went first */
     for (unsigned i = 0; i < 3 * CAP; i++) {
@@ -1570,9 +1570,9 @@ static void test_signlog_capacity(void)
         memset(big, 'a', 4097);
         big[4097] = '\0';
         sl_id(9999, id);
-        CU_ASSERT_EQUAL(gw_signlog_put(l, id, big, 2000), -1);
+        CU_ASSERT_EQUAL(gw_signlog_put(l, id, big, NULL, 2000), -1);
         big[4096] = '\0';
-        CU_ASSERT_EQUAL(gw_signlog_put(l, id, big, 2000), 0);
+        CU_ASSERT_EQUAL(gw_signlog_put(l, id, big, NULL, 2000), 0);
         CU_ASSERT_TRUE(sl_has(l, id, 2000, big));
         free(big);
     }
@@ -1584,7 +1584,7 @@ static void test_signlog_capacity(void)
     for (unsigned i = 0; i < 5; i++) {
         sl_id(i, id);
         sl_body(i, 1, body, sizeof body);
-        CU_ASSERT_EQUAL(gw_signlog_put(l, id, body, 1000), 0);
+        CU_ASSERT_EQUAL(gw_signlog_put(l, id, body, NULL, 1000), 0);
         CU_ASSERT_TRUE(sl_has(l, id, 1000, body));
     }
     sl_id(3, id);
@@ -1605,24 +1605,24 @@ static void test_signlog_same_id(void)
     sl_body(1, 2, v2, sizeof v2);
     sl_body(2, 1, bb, sizeof bb);
     sl_body(3, 1, bc, sizeof bc);
-    CU_ASSERT_EQUAL(gw_signlog_put(l, a, v1, 1000), 0);
-    CU_ASSERT_EQUAL(gw_signlog_put(l, b, bb, 1010), 0);
+    CU_ASSERT_EQUAL(gw_signlog_put(l, a, v1, NULL, 1000), 0);
+    CU_ASSERT_EQUAL(gw_signlog_put(l, b, bb, NULL, 1010), 0);
     /* the same ID again while the first is live (an answer after the
      * replay window): the first body stays, with its own time, so a
      * later user of the ID cannot replace a signature others may fetch */
-    CU_ASSERT_EQUAL(gw_signlog_put(l, a, v2, 1050), 0);
+    CU_ASSERT_EQUAL(gw_signlog_put(l, a, v2, NULL, 1050), 0);
     CU_ASSERT_TRUE(sl_has(l, a, 1050, v1));
     CU_ASSERT_TRUE(sl_has(l, a, 1099, v1));
     CU_ASSERT_TRUE(sl_has(l, a, 1100, NULL)); /* expired at 1000 + 100 */
     /* once it has expired, the ID can be stored afresh */
-    CU_ASSERT_EQUAL(gw_signlog_put(l, a, v2, 1101), 0);
+    CU_ASSERT_EQUAL(gw_signlog_put(l, a, v2, NULL, 1101), 0);
     CU_ASSERT_TRUE(sl_has(l, a, 1101, v2));
     CU_ASSERT_TRUE(sl_has(l, b, 1110, NULL));
     /* many puts of one ID never take more than one place */
-    CU_ASSERT_EQUAL(gw_signlog_put(l, b, bb, 1102), 0);
-    CU_ASSERT_EQUAL(gw_signlog_put(l, c, bc, 1103), 0);
+    CU_ASSERT_EQUAL(gw_signlog_put(l, b, bb, NULL, 1102), 0);
+    CU_ASSERT_EQUAL(gw_signlog_put(l, c, bc, NULL, 1103), 0);
     for (int i = 0; i < 20; i++)
-        CU_ASSERT_EQUAL(gw_signlog_put(l, a, v1, 1104), 0);
+        CU_ASSERT_EQUAL(gw_signlog_put(l, a, v1, NULL, 1104), 0);
     CU_ASSERT_TRUE(sl_has(l, a, 1104, v2));
     CU_ASSERT_TRUE(sl_has(l, b, 1104, bb));
     CU_ASSERT_TRUE(sl_has(l, c, 1104, bc));
@@ -1645,9 +1645,9 @@ static void *sl_work(void *arg)
 
         sl_id(w->base + i, id);
         sl_body(w->base + i, 1, body, sizeof body);
-        if (gw_signlog_put(w->l, id, body, 1000) != 0)
+        if (gw_signlog_put(w->l, id, body, NULL, 1000) != 0)
             w->failed++;
-        got = gw_signlog_get(w->l, id, 1000);
+        got = gw_signlog_get(w->l, id, NULL, 1000);
         /* just stored: found unless three other threads pushed it out */
         if (got && strcmp(got, body) != 0)
             w->failed++;

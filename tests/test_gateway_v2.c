@@ -10,6 +10,10 @@
  * assertions; the rotation case waits a few seconds for the gateway's
  * clock, never asserts how long anything took.
  *
+ * The token gateway also serves models of tests/mock-upstream (a stand-in
+ * for an inference server, which cannot run here), for the backend's
+ * answers and errors at /v1/completions and /v1/embeddings.
+ *
  * Needs VEIL_BUILDDIR and the SoftHSM2 token of tests/env/with-tokens.sh. */
 #include <signal.h>
 #include <stdio.h>
@@ -21,6 +25,7 @@
 #include <unistd.h>
 
 #include <CUnit/CUnit.h>
+#include <cjson/cJSON.h>
 #include <curl/curl.h>
 #include <openssl/sha.h>
 
@@ -43,7 +48,8 @@ static const char *module, *pin_file;
 static char pin_spec[600], token_uri[256], server_ref[700], signer_ref[700];
 static veil_engine *sw_e, *tok_e;
 static veil_key *srv_key, *sign_key, *sign_pub;
-static tu_proc gw_tok, gw_sw;
+static tu_proc gw_tok, gw_sw, upstream;
+static char m_hello[96], m_500[96], m_404[96];
 
 /* ---- HTTP ---------------------------------------------------------------- */
 
@@ -384,6 +390,8 @@ static void round_trip(const tu_proc *p)
         exchange(p, "POST", "/v1/chat/completions", CHAT_ECHO, &content);
 
     CU_ASSERT_EQUAL(status, 200);
+    if (status != 200)
+        fprintf(stderr, "chat: %d %s\n", status, content ? content : "");
     CU_ASSERT(content && strstr(content, "chat.completion") != NULL);
     CU_ASSERT(content && strstr(content, "Hello over Oblivious HTTP") != NULL);
     free(content);
@@ -404,6 +412,131 @@ static void test_round_trip_software(void)
 {
     round_trip(&gw_sw);
     expect_log(&gw_sw, "v2: KEM keys (P-256) are made in software");
+}
+
+/* The member at path (names and array indices, "" ends) of j. */
+static const cJSON *at(const cJSON *j, const char *const *path)
+{
+    for (; j && **path; path++)
+        j = (**path >= '0' && **path <= '9')
+                ? cJSON_GetArrayItem(j, (int)strtol(*path, NULL, 10))
+                : cJSON_GetObjectItemCaseSensitive(j, *path);
+    return j;
+}
+
+#define AT(j, ...) at((j), (const char *const[]){__VA_ARGS__, ""})
+
+/* A string member's value, or "(none)". */
+static const char *sv(const cJSON *v)
+{
+    const char *s = cJSON_GetStringValue(v);
+
+    return s ? s : "(none)";
+}
+
+/* The embedding a user of the echo model (and of mock-upstream) gets for
+ * text, computed here from its definition (PROTOCOL-V2.md, GATEWAY.md):
+ * component i is (big-endian 16 bits i of SHA-256(text) - 32768) / 32768. */
+static int embedding_is(const cJSON *vec, const char *text)
+{
+    uint8_t h[32];
+    int ok = cJSON_GetArraySize(vec) == 16;
+
+    SHA256((const uint8_t *)text, strlen(text), h);
+    for (int i = 0; ok && i < 16; i++) {
+        const cJSON *v = cJSON_GetArrayItem(vec, i);
+        ok = cJSON_IsNumber(v) &&
+             v->valuedouble ==
+                 ((double)(h[2 * i] << 8 | h[2 * i + 1]) - 32768.0) / 32768.0;
+    }
+    return ok;
+}
+
+/* POST /v1/completions and /v1/embeddings with model: what the user sees
+ * in the answer (prefix: what the backend puts before each prompt). */
+static void texts_round_trip(const tu_proc *p, const char *model,
+                             const char *prefix)
+{
+    char req[400], want[200], *content = NULL;
+    cJSON *j;
+
+    snprintf(req, sizeof req,
+             "{\"model\":\"%s\",\"prompt\":\"" PROMPT "\",\"max_tokens\":8}",
+             model);
+    CU_ASSERT_EQUAL(exchange(p, "POST", "/v1/completions", req, &content), 200);
+    j = content ? cJSON_Parse(content) : NULL;
+    snprintf(want, sizeof want, "%s" PROMPT, prefix);
+    CU_ASSERT_STRING_EQUAL(sv(AT(j, "object")), "text_completion");
+    CU_ASSERT_STRING_EQUAL(sv(AT(j, "model")), model);
+    CU_ASSERT_STRING_EQUAL(sv(AT(j, "choices", "0", "text")), want);
+    CU_ASSERT_STRING_EQUAL(sv(AT(j, "choices", "0", "finish_reason")), "stop");
+    CU_ASSERT(cJSON_IsNumber(AT(j, "usage", "total_tokens")));
+    CU_ASSERT_PTR_NULL(AT(j, "_metadata"));
+    cJSON_Delete(j);
+    free(content);
+
+    snprintf(req, sizeof req,
+             "{\"model\":\"%s\",\"input\":[\"" PROMPT "\",\"second\"]}", model);
+    CU_ASSERT_EQUAL(exchange(p, "POST", "/v1/embeddings", req, &content), 200);
+    if (content == NULL)
+        return;
+    j = content ? cJSON_Parse(content) : NULL;
+    CU_ASSERT_STRING_EQUAL(sv(AT(j, "object")), "list");
+    CU_ASSERT_EQUAL(cJSON_GetArraySize(AT(j, "data")), 2);
+    CU_ASSERT_STRING_EQUAL(sv(AT(j, "data", "1", "object")), "embedding");
+    CU_ASSERT_EQUAL(cJSON_GetNumberValue(AT(j, "data", "1", "index")), 1);
+    CU_ASSERT(embedding_is(AT(j, "data", "0", "embedding"), PROMPT));
+    CU_ASSERT(embedding_is(AT(j, "data", "1", "embedding"), "second"));
+    CU_ASSERT(cJSON_IsNumber(AT(j, "usage", "prompt_tokens")));
+    cJSON_Delete(j);
+    free(content);
+}
+
+static void test_texts_token(void)
+{
+    texts_round_trip(&gw_tok, "echo", "");
+    texts_round_trip(&gw_tok, "mock/hello", "mock: ");
+}
+
+static void test_texts_software(void)
+{
+    texts_round_trip(&gw_sw, "echo", "");
+}
+
+/* Every inference route: the model allow-list and tier (an inner 403),
+ * and the backend's errors, all inside the encrypted answer. */
+static void test_route_refusals(void)
+{
+    static const char *const paths[] = {"/v1/chat/completions",
+                                        "/v1/completions", "/v1/embeddings"};
+    const struct {
+        const char *model;
+        int status;
+        const char *detail;
+    } cases[] = {
+        {"high-only", 403, "not allowed on the standard tier"},
+        {m_500, 502, "inference backend error (HTTP 500)"},
+        {m_404, 400, "mock upstream: status 404"},
+    };
+
+    for (size_t i = 0; i < sizeof paths / sizeof paths[0]; i++)
+        for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+            char req[300], *content = NULL;
+            int status;
+
+            snprintf(req, sizeof req,
+                     "{\"model\":\"%.*s\",\"messages\":[{\"role\":\"user\","
+                     "\"content\":\"hi\"}],\"prompt\":\"hi\",\"input\":\"hi\"}",
+                     (int)strcspn(cases[k].model, "="), cases[k].model);
+            status = exchange(&gw_tok, "POST", paths[i], req, &content);
+            CU_ASSERT_EQUAL(status, cases[k].status);
+            CU_ASSERT(content && strstr(content, "\"detail\"") &&
+                      strstr(content, cases[k].detail));
+            if (status != cases[k].status)
+                fprintf(stderr, "%s %s: %d %s\n", paths[i], cases[k].model,
+                        status, content ? content : "(none)");
+            free(content);
+        }
 }
 
 /* Errors after decapsulation travel encrypted, with their status. */
@@ -640,6 +773,14 @@ static int start_gateways(void)
                          signer_ref,
                          "--model",
                          "echo=echo",
+                         "--model",
+                         "high-only=echo,tiers=high",
+                         "--model",
+                         m_hello,
+                         "--model",
+                         m_500,
+                         "--model",
+                         m_404,
                          NULL};
     const char *sw[] = {"--server-key", ref, "--model", "echo=echo", NULL};
 
@@ -653,6 +794,14 @@ static int start_gateways(void)
         return -1;
     veil_key_free(k);
     snprintf(ref, sizeof ref, "dir:%s", dir);
+    if (gt_mock_start(&upstream, "gw-v2-mock") != 0)
+        return -1;
+    snprintf(m_hello, sizeof m_hello, "mock/hello=http://127.0.0.1:%u/v1",
+             upstream.port);
+    snprintf(m_500, sizeof m_500, "mock/status-500=http://127.0.0.1:%u/v1",
+             upstream.port);
+    snprintf(m_404, sizeof m_404, "mock/status-404=http://127.0.0.1:%u/v1",
+             upstream.port);
     if (gt_veild_start(&gw_tok, "gw-v2-tok", base0, tok, TU_LOG_FRESH) != 0 ||
         gt_veild_start(&gw_sw, "gw-v2-sw", base1, sw, TU_LOG_FRESH) != 0)
         return -1;
@@ -720,6 +869,11 @@ int main(void)
         {"key configurations, signed", test_key_config},
         {"chat and models, KEM key in SoftHSM2", test_round_trip_token},
         {"chat and models, KEM key in software", test_round_trip_software},
+        {"completions and embeddings, KEM key in SoftHSM2", test_texts_token},
+        {"completions and embeddings, KEM key in software",
+         test_texts_software},
+        {"every route: tier 403 and backend errors inside",
+         test_route_refusals},
         {"errors travel encrypted", test_errors_encrypted},
         {"one answer for tampering and replays", test_uniform_and_replay},
         {"API key and rate limit inside", test_api_key_inside},
