@@ -326,6 +326,18 @@ static int authorized(mock *s, struct MHD_Connection *conn)
            strcmp(auth + 7, s->api_key) == 0;
 }
 
+/* With --api-key-file, a request without that key: 401 (1), else 0. */
+static int refuse_unauthorized(mock *s, struct MHD_Connection *conn,
+                               unsigned *status, enum MHD_Result *ret)
+{
+    if (authorized(s, conn))
+        return 0;
+    *status = 401;
+    *ret = send_error(conn, *status, "mock upstream: invalid API key",
+                      "invalid_request_error", "invalid_api_key");
+    return 1;
+}
+
 static enum MHD_Result handle_chat(mock *s, struct MHD_Connection *conn,
                                    const stub_body *body)
 {
@@ -338,12 +350,8 @@ static enum MHD_Result handle_chat(mock *s, struct MHD_Connection *conn,
     long v;
     enum MHD_Result ret;
 
-    if (!authorized(s, conn)) {
-        status = 401;
-        ret = send_error(conn, status, "mock upstream: invalid API key",
-                         "invalid_request_error", "invalid_api_key");
+    if (refuse_unauthorized(s, conn, &status, &ret))
         goto out;
-    }
     if (body->too_large) {
         status = 413;
         ret = send_error(conn, status, "mock upstream: request too large",
@@ -465,12 +473,8 @@ static enum MHD_Result handle_texts(mock *s, struct MHD_Connection *conn,
     unsigned status = 200;
     enum MHD_Result ret;
 
-    if (!authorized(s, conn)) {
-        status = 401;
-        ret = send_error(conn, status, "mock upstream: invalid API key",
-                         "invalid_request_error", "invalid_api_key");
+    if (refuse_unauthorized(s, conn, &status, &ret))
         goto out;
-    }
     req = cJSON_ParseWithLength(body->data ? body->data : "", body->len);
     model_j = cJSON_GetObjectItemCaseSensitive(req, "model");
     if (cJSON_IsString(model_j))

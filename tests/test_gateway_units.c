@@ -1073,6 +1073,23 @@ static void test_auth_good(void)
     gw_auth_free(a);
     gw_auth_free(NULL);
 
+    /* operator_keys: by name, with blanks; a name no key has is refused */
+    a = gw_auth_load(path, err, sizeof err);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(a);
+    CU_ASSERT_EQUAL(gw_auth_set_operators(a, " alice (ops team) ", err,
+                                          sizeof err),
+                    0);
+    sha256(KEY_ALICE, strlen(KEY_ALICE), want);
+    CU_ASSERT_TRUE(gw_auth_is_operator(a, want));
+    sha256(KEY_BOB, strlen(KEY_BOB), want);
+    CU_ASSERT_FALSE(gw_auth_is_operator(a, want));
+    CU_ASSERT_EQUAL(gw_auth_set_operators(a, "alice (ops team),carol", err,
+                                          sizeof err),
+                    -1);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err, "'carol' names no key"));
+    CU_ASSERT_EQUAL(gw_auth_set_operators(NULL, "alice", err, sizeof err), -1);
+    gw_auth_free(a);
+
     /* mode 0640 is fine too */
     path = write_file("keys", text, 0640);
     a = gw_auth_load(path, err, sizeof err);
@@ -1514,6 +1531,41 @@ static void test_signlog_basic(void)
     CU_ASSERT_PTR_NULL(gw_signlog_new(0, 8));
     CU_ASSERT_PTR_NULL(gw_signlog_new(100, 0));
     CU_ASSERT_PTR_NULL(gw_signlog_new(100, (1u << 24) + 1));
+}
+
+/* An entry with an owner: found by its owner and by an operator lookup
+ * (who NULL), and for anyone else as absent as an unknown ID. */
+static void test_signlog_owner(void)
+{
+    gw_signlog *l = gw_signlog_new(100, 8);
+    uint8_t a[32], b[32];
+    char id[37], open_id[37], body[64];
+    char *got;
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(l);
+    memset(a, 0xaa, sizeof a);
+    memset(b, 0xaa, sizeof b);
+    b[31] = 0xab;
+    sl_id(1, id);
+    sl_id(2, open_id);
+    sl_body(1, 1, body, sizeof body);
+    CU_ASSERT_EQUAL(gw_signlog_put(l, id, body, a, 1000), 0);
+    CU_ASSERT_EQUAL(gw_signlog_put(l, open_id, body, NULL, 1000), 0);
+    got = gw_signlog_get(l, id, a, 1001);
+    CU_ASSERT(got && strcmp(got, body) == 0);
+    free(got);
+    CU_ASSERT_PTR_NULL(gw_signlog_get(l, id, b, 1001));
+    got = gw_signlog_get(l, id, NULL, 1001);
+    CU_ASSERT(got && strcmp(got, body) == 0);
+    free(got);
+    /* an entry without an owner: anyone */
+    got = gw_signlog_get(l, open_id, b, 1001);
+    CU_ASSERT(got && strcmp(got, body) == 0);
+    free(got);
+    /* another's ID stored again keeps its owner */
+    CU_ASSERT_EQUAL(gw_signlog_put(l, id, body, b, 1002), 0);
+    CU_ASSERT_PTR_NULL(gw_signlog_get(l, id, b, 1003));
+    gw_signlog_free(l);
 }
 
 static void test_signlog_retention(void)
@@ -1998,6 +2050,7 @@ int main(void)
     };
     static const tu_test signlog[] = {
         {"put, get, unknown IDs", test_signlog_basic},
+        {"an entry for its owner or an operator", test_signlog_owner},
         {"retention", test_signlog_retention},
         {"capacity: the oldest go first", test_signlog_capacity},
         {"the same ID twice", test_signlog_same_id},
