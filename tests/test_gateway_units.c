@@ -390,10 +390,11 @@ static void test_config_file_errors(void)
         "3: model 'a' is configured twice"));
     CU_ASSERT_TRUE(load_fails_with("model = a=echo\nmodel = a=echo\n",
                                    "2: model: model 'a' is configured twice"));
-    CU_ASSERT_TRUE(load_fails_with(
-        "pin_source = 123456\n",
-        "1: pin_source: must be file:PATH, env:NAME, prompt or none (a PIN "
-        "itself is never accepted)"));
+    CU_ASSERT_TRUE(
+        load_fails_with("pin_source = 123456\n",
+                        "1: pin_source: must be file:PATH, credential:NAME, "
+                        "env:NAME, prompt or none (a PIN "
+                        "itself is never accepted)"));
 
     /* a line too long, and a NUL byte */
     {
@@ -413,7 +414,8 @@ static void test_config_file_errors(void)
         fwrite("port = 1\nport\0 = 2\n", 1, 19, f);
         fclose(f);
         gw_config_init(&cfg);
-        CU_ASSERT_EQUAL(gw_config_load(&cfg, path, err, sizeof err), GW_REFUSED);
+        CU_ASSERT_EQUAL(gw_config_load(&cfg, path, err, sizeof err),
+                        GW_REFUSED);
         CU_ASSERT_PTR_NOT_NULL(strstr(err, "nul.conf:2: contains a NUL byte"));
         gw_config_free(&cfg);
     }
@@ -432,7 +434,8 @@ static void test_config_file_errors(void)
     /* a missing file, a directory, a world-writable file */
     gw_config_init(&cfg);
     CU_ASSERT_EQUAL(
-        gw_config_load(&cfg, "/nonexistent/veild.conf", err, sizeof err), GW_REFUSED);
+        gw_config_load(&cfg, "/nonexistent/veild.conf", err, sizeof err),
+        GW_REFUSED);
     CU_ASSERT_STRING_EQUAL(
         err, "/nonexistent/veild.conf: No such file or directory");
     CU_ASSERT_EQUAL(gw_config_load(&cfg, scratch, err, sizeof err), GW_REFUSED);
@@ -577,10 +580,11 @@ static void test_config_numbers(void)
         "server_key", "pkcs11:token=veil;object=s?pin-value=4711",
         "--server_key: a PIN in the URI (pin-value) is refused; use "
         "pin_source"));
-    CU_ASSERT_TRUE(set_fails_with(
-        "pin_source", "4711",
-        "--pin_source: must be file:PATH, env:NAME, prompt or none (a PIN "
-        "itself is never accepted)"));
+    CU_ASSERT_TRUE(
+        set_fails_with("pin_source", "4711",
+                       "--pin_source: must be file:PATH, credential:NAME, "
+                       "env:NAME, prompt or none (a PIN "
+                       "itself is never accepted)"));
     CU_ASSERT_TRUE(set_fails_with("pin_source", "file:", NULL));
     gw_config_init(&cfg);
     CU_ASSERT_TRUE(set_ok(&cfg, "pin_source", "prompt"));
@@ -763,9 +767,10 @@ static void test_config_check(void)
 
     /* values put into the struct directly are checked too */
     cfg.pin_source = strdup("123456");
-    CU_ASSERT_TRUE(check_says(
-        &cfg, "pin_source: must be file:PATH, env:NAME, prompt or none (a "
-              "PIN itself is never accepted)"));
+    CU_ASSERT_TRUE(check_says(&cfg,
+                              "pin_source: must be file:PATH, credential:NAME, "
+                              "env:NAME, prompt or none (a "
+                              "PIN itself is never accepted)"));
     free(cfg.pin_source);
     cfg.pin_source = strdup("env:VEIL_PIN");
     CU_ASSERT_TRUE(check_says(&cfg, NULL));
@@ -819,10 +824,10 @@ static void test_config_attestation(void)
         "signing_key", "pkcs11:token=veil;object=s;pin-value=4711",
         "--signing_key: a PIN in the URI (pin-value) is refused; use "
         "pin_source"));
-    CU_ASSERT_TRUE(set_fails_with(
-        "tpm_certify_key_auth", "4711",
-        "--tpm_certify_key_auth: must be file:PATH, env:NAME, prompt or none "
-        "(a PIN itself is never accepted)"));
+    CU_ASSERT_TRUE(set_fails_with("tpm_certify_key_auth", "4711",
+                                  "--tpm_certify_key_auth: must be file:PATH, "
+                                  "credential:NAME, env:NAME, prompt or none "
+                                  "(a PIN itself is never accepted)"));
 
     /* retention and capacity: both ends */
     CU_ASSERT_TRUE(set_fails_with(
@@ -1076,16 +1081,15 @@ static void test_auth_good(void)
     /* operator_keys: by name, with blanks; a name no key has is refused */
     a = gw_auth_load(path, err, sizeof err);
     CU_ASSERT_PTR_NOT_NULL_FATAL(a);
-    CU_ASSERT_EQUAL(gw_auth_set_operators(a, " alice (ops team) ", err,
-                                          sizeof err),
-                    0);
+    CU_ASSERT_EQUAL(
+        gw_auth_set_operators(a, " alice (ops team) ", err, sizeof err), 0);
     sha256(KEY_ALICE, strlen(KEY_ALICE), want);
     CU_ASSERT_TRUE(gw_auth_is_operator(a, want));
     sha256(KEY_BOB, strlen(KEY_BOB), want);
     CU_ASSERT_FALSE(gw_auth_is_operator(a, want));
-    CU_ASSERT_EQUAL(gw_auth_set_operators(a, "alice (ops team),carol", err,
-                                          sizeof err),
-                    -1);
+    CU_ASSERT_EQUAL(
+        gw_auth_set_operators(a, "alice (ops team),carol", err, sizeof err),
+        -1);
     CU_ASSERT_PTR_NOT_NULL(strstr(err, "'carol' names no key"));
     CU_ASSERT_EQUAL(gw_auth_set_operators(NULL, "alice", err, sizeof err), -1);
     gw_auth_free(a);
