@@ -115,7 +115,8 @@ typedef struct svc_answer {
     char *headers; /* "Name: value\r\n" lines: Content-Type,
                       Cache-Control and the handler's (not the ones
                       libmicrohttpd adds: Date, Content-Length, Connection) */
-    char *body;    /* NUL-terminated */
+    char *body;    /* NUL-terminated; as the handler gave it, also for a
+                      HEAD (whose body libmicrohttpd does not send) */
     size_t len;
 } svc_answer;
 
