@@ -2,7 +2,10 @@
  * service/http.h), which the fuzzing harness fuzz/fuzz_http.c drives: a
  * request injected into veild's server (gateway/server.c, in this process,
  * listening on 127.0.0.1) gets the answer the same request gets over a
- * real socket from the same server: status, Content-Type and body. */
+ * real socket from the same server: status, Content-Type and body, for
+ * each kind of answer (svc_text, svc_json, svc_fail, svc_fail_retry's
+ * refusals, svc_send and svc_send_prebuilt through protocol v2's key list
+ * and its key-configuration problem). */
 #include "config.h"
 
 #include <arpa/inet.h>
@@ -73,8 +76,11 @@ static int setup(void)
         .rate = gw_rate_new(1000, 1000, 64),
         .log_level = VEIL_LOG_ERROR,
     };
+    veil_logger quiet = {NULL, NULL, VEIL_LOG_ERROR};
     if (veil_engine_new(NULL, &T.d.engine) != VEIL_OK ||
         veil_key_open(T.d.engine, ref, &T.d.server_key) != VEIL_OK ||
+        (T.d.kem = gw_kem_open(T.d.engine, ref, 3600, 600, &quiet, err,
+                               sizeof err)) == NULL ||
         veil_key_fingerprint(T.d.server_key, T.d.encryption_key_sha256) !=
             VEIL_OK ||
         T.d.auth == NULL || T.d.strikes == NULL || T.d.rate == NULL) {
@@ -92,6 +98,7 @@ fail:
 static int teardown(void)
 {
     gw_server_stop(T.server, 0);
+    gw_kem_free(T.d.kem);
     gw_auth_free(T.d.auth);
     gw_strikes_free(T.d.strikes);
     gw_rate_free(T.d.rate);
@@ -143,6 +150,13 @@ static void test_same_answers(void)
         {"GET", "/pki/public_key", {NULL}, 0, 200, "BEGIN PUBLIC KEY"},
         {"GET", "/v1/models", {NULL}, 0, 200, "\"echo\""},
         {"GET", "/nowhere", {NULL}, 0, 404, "not found"},
+        {"GET", "/.well-known/ohttp-gateway", {NULL}, 0, 200, ""},
+        {"POST",
+         "/.well-known/ohttp-gateway",
+         {"Content-Type", "message/ohttp-req", NULL},
+         40,
+         400,
+         "key configuration problem"},
         {"DELETE", "/v1/models", {NULL}, 0, 405, "method not allowed"},
         {"POST",
          "/v1/chat/secure_completion",
