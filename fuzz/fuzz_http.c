@@ -1,63 +1,74 @@
-/* libFuzzer harness: veild's HTTP request path, in this process.
+/* libFuzzer harness: veild's HTTP request path, in this process, without
+ * a socket.
  *
  * The harness starts the real server (gateway/server.c, its route modules
- * and the HTTP layer service/http.c) through its public
- * entry points only (gateway/gateway.h: gw_server_start with a gw_deps as
- * veild.c makes it): echo models (one per tier set, one with a prompt-cache
- * salt field), a software server key (the fuzzing-only
- * fuzz/data/server-key), a software answer-signing key, an API key file,
- * the replay register in a fresh state directory under /tmp (window 1 s,
- * so that a seed is not only ever a replay), rate limits (set high) and
- * the signature store; no TPM.  It listens on 127.0.0.1 on a free port, so
- * every input is one real HTTP exchange over loopback handled by the
- * server's own threads in this process: the sanitizers and libFuzzer's
- * coverage see the handler, and nothing leaves the machine.
+ * and the HTTP layer service/http.c) through its public entry points
+ * (gateway/gateway.h: gw_server_start with a gw_deps as veild.c makes it,
+ * but with no_listen): echo models (one per tier set, one with a
+ * prompt-cache salt field), a software server key (the fuzzing-only
+ * RSA-2048 key fuzz/data/server-key), a software answer-signing key, an
+ * API key file, the replay register in a fresh state directory under /tmp
+ * (window 1 s, so that a seed is not only ever a replay), rate limits (set
+ * high) and the signature store; no TPM.  Each input is one request handed
+ * to the server's HTTP layer by svc_http_inject (service/http.h), in this
+ * thread: the same code as a request read from a socket runs on it (route,
+ * Content-Length and body limits, the API key and rate limit, body memory,
+ * worker slot, handler, answer), and the answer is captured.  What does
+ * not run is libmicrohttpd's own parsing of the request and its framing,
+ * and the connection handling (deadlines, drains): that is MHD's code and
+ * tests/test_gateway_conn's.
  *
  * Input: [flags][request head][\r\n\r\n][body]
  *   flags bit 0: the body is the plaintext of a chat request, which the
  *                harness seals to the server key (bit 1: tag appended, as
  *                the JavaScript client does; else separate) so that the
  *                decrypted-request checks are reached; otherwise the body
- *                is sent as it is (the package parser behind HTTP).
- *   the head:    request line and header lines, as the fuzzer made them.
- *                The harness frames the message itself: it drops any
- *                Content-Length, Transfer-Encoding, Connection and Expect
- *                line, turns stray CR and LF inside a line into spaces,
- *                and adds Content-Length and Connection: close.  (MHD's
- *                own parsing is not the target; a body the server would
- *                wait for forever would only stall the run.)
- * The exchange must end with a complete HTTP answer within the timeout:
- * a server that does not answer is a finding (abort). */
+ *                is given as it is (the package parser behind HTTP).
+ *         bit 2: the harness adds X-Public-Key (the fuzzing-only client
+ *                key fuzz/data/client-key.pem, percent-encoded) after the
+ *                input's headers, so that mutations go to the rest of the
+ *                request (and the parsed key stays in the server's key
+ *                cache); the seed completion-package carries the header
+ *                itself, and the key's parse is fuzzed through it.
+ *   the head:    request line ("METHOD URL VERSION") and header lines
+ *                ("Name: value"), as the fuzzer made them, parsed by the
+ *                harness where libmicrohttpd would: stray CR, LF and NUL
+ *                inside a line become spaces, a value loses its leading
+ *                and trailing blanks, a line without a colon is dropped
+ *                (MHD would answer 400 without reaching veild's code), and
+ *                so are Content-Length, Transfer-Encoding, Connection and
+ *                Expect: the body is the framing (svc_http_inject gives it
+ *                its Content-Length).
+ * Every request must get an answer (a status and its Content-Type):
+ * none would be a connection closed without a word, a finding (abort). */
 #include "config.h"
 
 #include <arpa/inet.h>
-#include <errno.h>
 #include <netinet/in.h>
-#include <poll.h>
-#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
+#include <strings.h>
 #include <unistd.h>
 
 #include <openssl/sha.h>
 
 #include "fuzz.h"
 #include "gateway.h"
+#include "http.h"
 #include "package.h"
 #include "util.h"
 
 /* the API key the seeds send (Authorization: Bearer ...) */
 #define FUZZ_API_KEY "veil-fuzz-api-key"
-#define ANSWER_TIMEOUT_MS 20000
 #define MAX_HEAD 16384
 
 static struct {
     gw_config cfg;
     gw_server *server;
+    svc_http *http;
     veil_key *key;
-    struct sockaddr_in addr;
-    unsigned long next_src; /* source address rotation, 127.0.0.0/8 */
+    char *xpk;              /* X-Public-Key for flags bit 2 */
+    unsigned long next_src; /* client address rotation, 127.0.0.0/8 */
     char state[64];         /* the state directory, removed at exit */
 } H;
 
@@ -80,8 +91,15 @@ static void setup(void)
     uint8_t hash[32];
     char hex[65];
 
-    signal(SIGPIPE, SIG_IGN);
     gw_config_init(&H.cfg);
+    fuzz_data_path("client-key.pem", path, sizeof path);
+    FILE *f = fopen(path, "r");
+    size_t n = f ? fread(path, 1, sizeof path - 1, f) : 0;
+    if (f)
+        fclose(f);
+    path[n] = '\0';
+    if (n == 0 || (H.xpk = veil_percent_encode(path)) == NULL)
+        fuzz_die("client key");
     fuzz_data_path("server-key", path, sizeof path);
     snprintf(ref, sizeof ref, "dir:%s", path);
     /* the API key file: one key, its name "fuzz" */
@@ -93,8 +111,6 @@ static void setup(void)
     close(fd);
     /* clang-format off */
     static const char *const settings[][2] = {
-        {"listen", "127.0.0.1"},
-        {"port", "0"},
         {"model", "echo=echo"},
         {"model", "std-only=echo,tiers=standard"},
         {"model", "salted=echo,cache-salt=cache_salt"},
@@ -133,6 +149,7 @@ static void setup(void)
         .rate = gw_rate_new(H.cfg.rate, H.cfg.burst, 1024),
         .signlog = gw_signlog_new(60, 4096),
         .log_level = VEIL_LOG_ERROR,
+        .no_listen = 1,
     };
     unlink(keys);
     if (d.auth == NULL || d.strikes == NULL || d.rate == NULL ||
@@ -146,130 +163,72 @@ static void setup(void)
      * the process ends. */
     if ((H.server = gw_server_start(&d, err, sizeof err)) == NULL)
         fuzz_die(err);
-    H.addr.sin_family = AF_INET;
-    H.addr.sin_port = htons((uint16_t)gw_server_port(H.server));
-    H.addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    H.http = gw_server_http(H.server);
 }
 
-/* A framing header the harness sets itself. */
-static int framing(const char *line, size_t n)
+/* A framing header: the harness's (svc_http_inject's) to set. */
+static int framing(const char *name)
 {
     static const char *const names[] = {"content-length", "transfer-encoding",
                                         "connection", "expect"};
-    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
-        size_t k = strlen(names[i]);
-        if (n > k && strncasecmp(line, names[i], k) == 0 &&
-            (line[k] == ':' || line[k] == ' ' || line[k] == '\t'))
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+        if (strcasecmp(name, names[i]) == 0)
             return 1;
-    }
     return 0;
 }
 
-/* The message to send, malloc'd; NULL when the input cannot be one. */
-static char *build(const uint8_t *data, size_t size, size_t *out_len)
+static char *trim(char *s)
 {
-    const char *in = (const char *)data + 1, *end = (const char *)data + size;
-    const char *sep = memmem(in, (size_t)(end - in), "\r\n\r\n", 4);
-    const char *head_end = sep ? sep : end;
-    const char *body = sep ? sep + 4 : end;
-    size_t body_len = (size_t)(end - body);
-    char *sealed = NULL;
-
-    if (head_end - in > MAX_HEAD || head_end == in)
-        return NULL;
-    if (data[0] & 1) {
-        if (veil_pkg_seal(fuzz_engine(), H.key, (const uint8_t *)body, body_len,
-                          data[0] & 2 ? VEIL_TAG_APPENDED : VEIL_TAG_SEPARATE,
-                          -1, &sealed) != VEIL_OK)
-            return NULL;
-        body = sealed;
-        body_len = strlen(sealed);
-    }
-    size_t cap = (size_t)(head_end - in) + body_len + 128, n = 0;
-    char *msg = malloc(cap);
-    if (msg == NULL) {
-        free(sealed);
-        return NULL;
-    }
-    for (const char *l = in; l < head_end;) {
-        const char *nl = memmem(l, (size_t)(head_end - l), "\r\n", 2);
-        const char *le = nl ? nl : head_end;
-        if (l == in || !framing(l, (size_t)(le - l))) {
-            for (const char *p = l; p < le; p++)
-                msg[n++] = (*p == '\r' || *p == '\n' || *p == '\0') ? ' ' : *p;
-            msg[n++] = '\r';
-            msg[n++] = '\n';
-        }
-        l = nl ? nl + 2 : head_end;
-    }
-    n += (size_t)snprintf(msg + n, cap - n,
-                          "Content-Length: %zu\r\nConnection: close\r\n\r\n",
-                          body_len);
-    memcpy(msg + n, body, body_len);
-    *out_len = n + body_len;
-    free(sealed);
-    return msg;
+    char *e = s + strlen(s);
+    while (*s == ' ' || *s == '\t')
+        s++;
+    while (e > s && (e[-1] == ' ' || e[-1] == '\t'))
+        *--e = '\0';
+    return s;
 }
 
-/* Sends msg and reads the answer to the end; 1 when it was an HTTP
- * answer (or the server closed the connection on a request it could not
- * parse), 0 when none came in time. */
-static int exchange(const char *msg, size_t len, char *status, size_t size)
+/* One request: the head parsed in place in head (its lines
+ * NUL-terminated), header pairs into hdr (room for max pairs).  The number
+ * of pairs, or -1 when there is no request line. */
+static int parse(char *head, const char **method, const char **url,
+                 const char **hdr, size_t max)
 {
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    struct sockaddr_in src = {.sin_family = AF_INET};
-    char buf[8192];
-    size_t got = 0;
-    int ok = 0;
+    size_t n = 0;
+    char *line = head, *next;
 
-    if (fd < 0)
-        fuzz_die("socket");
-    /* a different source address each time: no TIME_WAIT pile-up on one
-     * address, and no per-address limit is reached by the run itself */
-    H.next_src = H.next_src % 0xfffffe + 1;
-    src.sin_addr.s_addr = htonl(0x7f000000u | (uint32_t)H.next_src);
-    /* the port is picked at connect time, unique per address pair: a bound
-     * port would come from one range shared by all addresses, which the
-     * run's closed connections exhaust */
-    int one = 1;
-    setsockopt(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof one);
-    if (bind(fd, (struct sockaddr *)&src, sizeof src) != 0 ||
-        connect(fd, (struct sockaddr *)&H.addr, sizeof H.addr) != 0) {
-        fprintf(stderr, "fuzz_http: connect from 127.%lu.%lu.%lu: %s\n",
-                H.next_src >> 16, H.next_src >> 8 & 255, H.next_src & 255,
-                strerror(errno));
-        fuzz_die("connecting to the in-process gateway");
-    }
-    for (size_t off = 0; off < len;) {
-        ssize_t w = send(fd, msg + off, len - off, MSG_NOSIGNAL);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w <= 0)
-            break; /* the server may close early (413, 400): read what it said
-                    */
-        off += (size_t)w;
-    }
-    status[0] = '\0';
-    for (;;) {
-        struct pollfd pfd = {.fd = fd, .events = POLLIN};
-        int pr = poll(&pfd, 1, ANSWER_TIMEOUT_MS);
-        if (pr < 0 && errno == EINTR)
-            continue;
-        if (pr == 0)
-            break; /* no answer in time */
-        ssize_t r = recv(fd, buf, sizeof buf, 0);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r <= 0) {
-            ok = 1; /* closed: the answer (if any) is complete */
-            break;
+    for (; line; line = next) {
+        if ((next = strstr(line, "\r\n")) != NULL) {
+            *next = '\0';
+            next += 2;
         }
-        if (got == 0)
-            snprintf(status, size, "%.*s", (int)r, buf);
-        got += (size_t)r;
+        for (char *p = line; *p; p++)
+            if (*p == '\r' || *p == '\n')
+                *p = ' ';
+        if (line == head) { /* METHOD SP URL [SP VERSION] */
+            char *sp = strchr(line, ' '), *u;
+            if (sp == line || sp == NULL)
+                return -1;
+            *sp = '\0';
+            for (u = sp + 1; *u == ' '; u++)
+                ;
+            if (*u == '\0')
+                return -1;
+            u[strcspn(u, " ")] = '\0';
+            *method = line;
+            *url = u;
+            continue;
+        }
+        char *colon = strchr(line, ':');
+        if (colon == NULL || colon == line || n == max)
+            continue;
+        *colon = '\0';
+        if (strpbrk(line, " \t") || framing(line))
+            continue;
+        hdr[2 * n] = line;
+        hdr[2 * n + 1] = trim(colon + 1);
+        n++;
     }
-    close(fd);
-    return ok;
+    return (int)n;
 }
 
 int LLVMFuzzerInitialize(int *argc, char ***argv)
@@ -280,22 +239,63 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    char status[2048];
-    size_t len;
-    char *msg;
+    static char head[MAX_HEAD + 1];
+    static const char *hdr[2 * (MAX_HEAD / 4 + 1) + 1];
+    const char *in = (const char *)data + 1, *end = (const char *)data + size;
+    const char *method, *url, *sep;
+    char *sealed = NULL;
+    svc_answer out;
 
-    if (size < 2 || (msg = build(data, size, &len)) == NULL)
+    if (size < 2)
         return 0;
-    int answered = exchange(msg, len, status, sizeof status);
-    free(msg);
+    sep = memmem(in, (size_t)(end - in), "\r\n\r\n", 4);
+    size_t head_len = (size_t)((sep ? sep : end) - in);
+    if (head_len == 0 || head_len > MAX_HEAD)
+        return 0;
+    for (size_t i = 0; i < head_len; i++) /* a NUL ends no line */
+        head[i] = in[i] ? in[i] : ' ';
+    head[head_len] = '\0';
+    int n = parse(head, &method, &url, hdr, MAX_HEAD / 4);
+    if (n < 0)
+        return 0;
+    if (data[0] & 4) {
+        hdr[2 * n] = "X-Public-Key";
+        hdr[2 * n++ + 1] = H.xpk;
+    }
+    hdr[2 * n] = NULL;
+    svc_inject req = {.method = method, .url = url, .headers = hdr};
+    req.body = sep ? sep + 4 : end;
+    req.len = (size_t)(end - req.body);
+    if (data[0] & 1) {
+        if (veil_pkg_seal(fuzz_engine(), H.key, (const uint8_t *)req.body,
+                          req.len,
+                          data[0] & 2 ? VEIL_TAG_APPENDED : VEIL_TAG_SEPARATE,
+                          -1, &sealed) != VEIL_OK)
+            return 0;
+        req.body = sealed;
+        req.len = strlen(sealed);
+    }
+    /* a different client address each time, as before over loopback */
+    struct sockaddr_in src = {.sin_family = AF_INET};
+    H.next_src = H.next_src % 0xfffffe + 1;
+    src.sin_addr.s_addr = htonl(0x7f000000u | (uint32_t)H.next_src);
+    req.client = (const struct sockaddr *)&src;
+    if (svc_http_inject(H.http, &req, &out) != 0)
+        fuzz_die("out of memory");
+    free(sealed);
     if (getenv("VEIL_FUZZ_VERBOSE"))
-        fprintf(stderr, "answer: %.12s ... %s\n", status,
-                strstr(status, "\r\n\r\n") ? strstr(status, "\r\n\r\n") + 4
-                                           : "");
-    if (!answered) {
-        fprintf(stderr, "fuzz_http: no answer within %d ms\n",
-                ANSWER_TIMEOUT_MS);
+        fprintf(stderr, "answer: %d %s\n", out.status,
+                out.body ? out.body : "(none)");
+    /* every request gets an answer with its type: none would be a closed
+     * connection, which only a failed allocation may cause (and here an
+     * allocation does not fail: it aborts) */
+    if (out.status < 100 || out.status > 599 || out.headers == NULL ||
+        strncmp(out.headers, "Content-Type: ", 14) != 0) {
+        fprintf(stderr, "fuzz_http: %s (status %d)\n",
+                out.status ? "an answer without its headers" : "no answer",
+                out.status);
         abort();
     }
+    svc_answer_free(&out);
     return 0;
 }

@@ -287,7 +287,8 @@ static void http_seeds(veil_key *server)
         fuzz_die("percent-encoding");
     mkdirs("corpus/http");
 
-    /* completions: flags bit 0 = the harness seals the body */
+    /* completions: flags bit 0 = the harness seals the body; bit 2 = it
+     * adds X-Public-Key (completion-package carries the header itself) */
     for (size_t i = 0; i < N_REQUESTS; i++) {
         int n = snprintf(head, sizeof head,
                          "%cPOST /v1/chat/secure_completion HTTP/1.1\r\n"
@@ -295,10 +296,9 @@ static void http_seeds(veil_key *server)
                          "Authorization: Bearer veil-fuzz-api-key\r\n"
                          "Content-Type: application/json\r\n"
                          "X-Payload-ID: %.35s%x\r\n"
-                         "X-Security-Tier: %s\r\n"
-                         "X-Public-Key: %s\r\n\r\n%s",
-                         (char)(1 | (i % 2) << 1), pid, (unsigned)i % 16,
-                         tiers[i % 5 < 3 ? i % 5 : 0], xpk, requests[i]);
+                         "X-Security-Tier: %s\r\n\r\n%s",
+                         (char)(1 | (i % 2) << 1 | 4), pid, (unsigned)i % 16,
+                         tiers[i % 5 < 3 ? i % 5 : 0], requests[i]);
         snprintf(name, sizeof name, "completion-%02zu", i);
         put("corpus/http", name, head, (size_t)n);
     }

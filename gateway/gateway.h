@@ -495,11 +495,17 @@ typedef struct gw_deps {
     veil_log_fn log;
     void *log_ctx;
     veil_log_level log_level;
+    /* 1: no listener; requests come only through svc_http_inject on
+     * gw_server_http (the fuzzing harness) */
+    int no_listen;
 } gw_deps;
 
 /* Starts listening (the bound port is gw_server_port).  NULL with err. */
 gw_server *gw_server_start(const gw_deps *deps, char *err, size_t err_size);
 unsigned gw_server_port(const gw_server *s);
+/* The server's HTTP layer, to run a request through it without a socket
+ * (svc_http_inject, service/http.h). */
+struct svc_http *gw_server_http(gw_server *s);
 /* Stops accepting, lets requests in flight finish (at most grace_s
  * seconds), then stops.  Returns the number of requests cut off. */
 unsigned gw_server_stop(gw_server *s, unsigned grace_s);

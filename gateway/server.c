@@ -269,7 +269,7 @@ static void http_config(gw_server *s, svc_http_config *h)
     const gw_config *cfg = s->d.cfg;
 
     *h = (svc_http_config){
-        .listen_addr = cfg->listen_addr,
+        .listen_addr = s->d.no_listen ? NULL : cfg->listen_addr,
         .port = cfg->port,
         .tls_cert = cfg->tls_cert,
         .tls_key = cfg->tls_key,
@@ -341,6 +341,11 @@ fail:
 unsigned gw_server_port(const gw_server *s)
 {
     return svc_http_port(s->http);
+}
+
+svc_http *gw_server_http(gw_server *s)
+{
+    return s->http;
 }
 
 unsigned gw_server_stop(gw_server *s, unsigned grace_s)

@@ -1,7 +1,8 @@
 /* service/http.c: the HTTP layer (service/http.h) over libmicrohttpd:
  * requests, the route table, admission, body reading, answers, start and
  * stop.  Connections, deadlines, worker slots and body memory are in
- * http_conn.c. */
+ * http_conn.c; a request without a socket (the same steps, its answer
+ * captured) in http_inject.c. */
 #include "config.h"
 
 #include <errno.h>
@@ -18,10 +19,6 @@
 
 /* The body an unknown path may bring (read and dropped). */
 #define UNROUTED_BODY_MAX 4096
-
-struct svc_response {
-    struct MHD_Response *resp;
-};
 
 double svc_now(void)
 {
@@ -54,51 +51,97 @@ void svc_log(const svc_http *h, veil_log_level level, const char *fmt, ...)
 
 /* ---- answers ----------------------------------------------------------- */
 
-/* Queues resp (destroyed here unless keep) with the status. */
-static void queue(svc_req *r, int status, struct MHD_Response *resp, int keep)
+struct svc_response {
+    struct MHD_Response *resp;
+    char *type, *body; /* what an injected request's capture takes */
+    size_t len;
+};
+
+/* A header an answer may carry: a name without blanks or line breaks, a
+ * value without line breaks (the same on both paths). */
+static int header_ok(const char *name, const char *value)
 {
-    if (r->answered)
-        return;
+    return name && value && name[0] && !strpbrk(name, " \t\r\n:") &&
+           !strpbrk(value, "\r\n");
+}
+
+/* The answer a as a libmicrohttpd response (a->owned given over): 0,
+ * -1 when it could not be made, -2 when MHD refused a header. */
+static int mhd_response(const struct svc_reply *a, struct MHD_Response **out)
+{
+    struct MHD_Response *resp =
+        a->owned ? MHD_create_response_from_buffer(a->len, a->owned,
+                                                   MHD_RESPMEM_MUST_FREE)
+                 : MHD_create_response_from_buffer(a->len, (void *)a->body,
+                                                   MHD_RESPMEM_MUST_COPY);
+    *out = NULL;
     if (resp == NULL) {
-        r->queue_failed = 1;
-        return;
+        free(a->owned);
+        return -1;
     }
-    enum MHD_Result ok = MHD_queue_response(r->c, (unsigned)status, resp);
-    if (!keep)
-        MHD_destroy_response(resp);
-    if (ok == MHD_YES) {
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, a->type);
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
+    for (size_t i = 0; a->headers && a->headers[i]; i += 2)
+        if (MHD_add_response_header(resp, a->headers[i], a->headers[i + 1]) !=
+            MHD_YES) {
+            MHD_destroy_response(resp);
+            return -2;
+        }
+    *out = resp;
+    return 0;
+}
+
+/* Queues the answer with the status, or captures it (r->out); at most one
+ * answer a request.  0; -1 when it could not be made (nothing queued: the
+ * connection closes); -2 when a header was refused (nothing queued). */
+static int queue(svc_req *r, int status, const struct svc_reply *a)
+{
+    struct MHD_Response *resp = a->pre ? a->pre->resp : NULL;
+    int rc = 0;
+
+    for (size_t i = 0; a->headers && a->headers[i]; i += 2)
+        if (!header_ok(a->headers[i], a->headers[i + 1]))
+            rc = -2;
+    if (r->answered || rc) {
+        free(a->owned);
+        return rc;
+    }
+    if (r->out)
+        rc = svc_capture(r, status, a);
+    else if (resp == NULL)
+        rc = mhd_response(a, &resp);
+    if (rc == 0 && r->out == NULL) {
+        enum MHD_Result ok = MHD_queue_response(r->c, (unsigned)status, resp);
+        if (a->pre == NULL)
+            MHD_destroy_response(resp);
+        rc = ok == MHD_YES ? 0 : -1;
+    }
+    if (rc == 0) {
         r->answered = 1;
         r->status = status;
-    } else {
+    } else if (rc == -1) {
         r->queue_failed = 1;
     }
+    return rc;
 }
 
-static struct MHD_Response *text_response(const char *type, const char *body,
-                                          size_t len)
-{
-    struct MHD_Response *resp = MHD_create_response_from_buffer(
-        len, (void *)body, MHD_RESPMEM_MUST_COPY);
-    if (resp) {
-        MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, type);
-        MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL,
-                                "no-store");
-    }
-    return resp;
-}
-
-/* A {"detail": "..."} answer (NULL: no memory). */
-static struct MHD_Response *detail_response(const char *detail)
+/* A {"detail": "..."} answer with Retry-After (retry_s not 0). */
+static void detail(svc_req *r, int status, unsigned retry_s, const char *text)
 {
     cJSON *j = cJSON_CreateObject();
-    char *body = NULL;
-    if (j && cJSON_AddStringToObject(j, "detail", detail))
+    char *body = NULL, v[16];
+    const char *retry[] = {MHD_HTTP_HEADER_RETRY_AFTER, v, NULL};
+
+    if (j && cJSON_AddStringToObject(j, "detail", text))
         body = cJSON_PrintUnformatted(j);
     cJSON_Delete(j);
-    struct MHD_Response *resp = text_response(
-        "application/json", body ? body : "{}", body ? strlen(body) : 2);
+    snprintf(v, sizeof v, "%u", retry_s);
+    queue(r, status,
+          &(struct svc_reply){.type = "application/json",
+                              .body = body ? body : "{}",
+                              .len = body ? strlen(body) : 2,
+                              .headers = retry_s ? retry : NULL});
     free(body);
-    return resp;
 }
 
 static void fail_v(svc_req *r, int status, unsigned retry_s, const char *fmt,
@@ -107,15 +150,10 @@ static void fail_v(svc_req *r, int status, unsigned retry_s, const char *fmt,
 static void fail_v(svc_req *r, int status, unsigned retry_s, const char *fmt,
                    va_list ap)
 {
-    char detail[512], v[16];
+    char text[512];
 
-    vsnprintf(detail, sizeof detail, fmt, ap);
-    struct MHD_Response *resp = detail_response(detail);
-    if (resp && retry_s) {
-        snprintf(v, sizeof v, "%u", retry_s);
-        MHD_add_response_header(resp, MHD_HTTP_HEADER_RETRY_AFTER, v);
-    }
-    queue(r, status, resp, 0);
+    vsnprintf(text, sizeof text, fmt, ap);
+    detail(r, status, retry_s, text);
 }
 
 void svc_fail(svc_req *r, int status, const char *fmt, ...)
@@ -144,45 +182,48 @@ void svc_json(svc_req *r, int status, cJSON *j)
         svc_fail(r, 500, "out of memory");
         return;
     }
-    queue(r, status, text_response("application/json", body, strlen(body)), 0);
-    free(body);
+    queue(r, status,
+          &(struct svc_reply){.type = "application/json",
+                              .body = body,
+                              .len = strlen(body),
+                              .owned = body});
 }
 
 void svc_text(svc_req *r, int status, const char *type, const char *body,
               size_t len)
 {
-    queue(r, status, text_response(type, body, len), 0);
+    queue(r, status,
+          &(struct svc_reply){.type = type, .body = body, .len = len});
 }
 
 int svc_send(svc_req *r, int status, const char *type, char *body, size_t len,
              const char *const *headers)
 {
-    struct MHD_Response *resp =
-        MHD_create_response_from_buffer(len, body, MHD_RESPMEM_MUST_FREE);
-    if (resp == NULL) {
-        free(body);
-        return -1;
-    }
-    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, type);
-    MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
-    for (size_t i = 0; headers && headers[i]; i += 2)
-        if (MHD_add_response_header(resp, headers[i], headers[i + 1]) !=
-            MHD_YES) {
-            MHD_destroy_response(resp);
-            return -2;
-        }
     r->answer_len = len; /* held until sent: counted in body_mem */
-    queue(r, status, resp, 0);
-    return 0;
+    return queue(r, status,
+                 &(struct svc_reply){.type = type,
+                                     .body = body,
+                                     .len = len,
+                                     .owned = body,
+                                     .headers = headers});
 }
 
 svc_response *svc_response_new(const char *type, const char *body, size_t len)
 {
-    svc_response *p = malloc(sizeof *p);
+    svc_response *p = calloc(1, sizeof *p);
+    struct svc_reply a = {.type = type, .body = body, .len = len};
 
-    if (p && (p->resp = text_response(type, body, len)) == NULL) {
-        free(p);
-        p = NULL;
+    if (p && ((p->type = strdup(type)) == NULL ||
+              (p->body = malloc(len + 1)) == NULL ||
+              mhd_response(&a, &p->resp) != 0)) {
+        svc_response_free(p);
+        return NULL;
+    }
+    if (p) {
+        if (len)
+            memcpy(p->body, body, len);
+        p->body[len] = '\0';
+        p->len = len;
     }
     return p;
 }
@@ -190,26 +231,40 @@ svc_response *svc_response_new(const char *type, const char *body, size_t len)
 void svc_response_free(svc_response *p)
 {
     if (p) {
-        MHD_destroy_response(p->resp);
+        if (p->resp)
+            MHD_destroy_response(p->resp);
+        free(p->type);
+        free(p->body);
         free(p);
     }
 }
 
 void svc_send_prebuilt(svc_req *r, int status, svc_response *p)
 {
-    queue(r, status, p ? p->resp : NULL, 1);
+    if (p == NULL) { /* no memory for it at start */
+        if (!r->answered)
+            r->queue_failed = 1;
+        return;
+    }
+    queue(r, status,
+          &(struct svc_reply){
+              .type = p->type, .body = p->body, .len = p->len, .pre = p});
 }
 
 /* ---- a request --------------------------------------------------------- */
 
 const char *svc_header(svc_req *r, const char *name)
 {
-    return MHD_lookup_connection_value(r->c, MHD_HEADER_KIND, name);
+    if (r->inj == NULL)
+        return MHD_lookup_connection_value(r->c, MHD_HEADER_KIND, name);
+    return svc_inject_header(r, name);
 }
 
 const char *svc_query(svc_req *r, const char *name)
 {
-    return MHD_lookup_connection_value(r->c, MHD_GET_ARGUMENT_KIND, name);
+    if (r->inj == NULL)
+        return MHD_lookup_connection_value(r->c, MHD_GET_ARGUMENT_KIND, name);
+    return svc_inject_query(r, name);
 }
 
 const char *svc_body(const svc_req *r, size_t *len)
@@ -230,6 +285,8 @@ const char *svc_tail(const svc_req *r)
 
 const struct sockaddr *svc_client_addr(svc_req *r)
 {
+    if (r->inj)
+        return r->inj->client;
     const union MHD_ConnectionInfo *ci =
         MHD_get_connection_info(r->c, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
     return ci ? ci->client_addr : NULL;
@@ -332,24 +389,17 @@ static int append(svc_req *r, const char *data, size_t n)
     return 1;
 }
 
-/* ---- MHD callbacks ----------------------------------------------------- */
+/* ---- one request, read from a connection or injected ------------------- */
 
-/* The first call of a request: its route, and either its answer (routes
- * not admitted, unknown paths) or its admission. */
-static enum MHD_Result request_head(svc_http *h, struct MHD_Connection *c,
-                                    const char *url, const char *method,
-                                    void **con_cls)
+/* The first step of a request: its route, and either its answer (routes
+ * not admitted, unknown paths) or its admission.  1 when the request goes
+ * on (its body, then request_end, unless it is answered), 0 when its
+ * connection is to be closed. */
+int svc_request_head(svc_http *h, svc_req *r, const char *url,
+                     const char *method)
 {
-    svc_req *r = calloc(1, sizeof *r);
-    if (r == NULL)
-        return MHD_NO;
-    *con_cls = r;
     r->h = h;
-    r->c = c;
     clock_gettime(CLOCK_MONOTONIC, &r->t0);
-    const union MHD_ConnectionInfo *sc =
-        MHD_get_connection_info(c, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
-    r->conn = sc ? sc->socket_context : NULL;
     svc_set_phase(h, r->conn, P_WORK);
     int bad_method;
     r->route = route_of(h, method, url, &bad_method);
@@ -362,12 +412,12 @@ static enum MHD_Result request_head(svc_http *h, struct MHD_Connection *c,
             svc_fail(r, 405, "method not allowed");
         else
             svc_fail(r, 404, "not found");
-        return r->answered ? MHD_YES : MHD_NO;
+        return r->answered;
     }
     r->limit = r->route->body_max ? r->route->body_max : h->cfg.body_limit;
     if (!r->route->admit) {
         r->route->handle(h->cfg.app, r);
-        return r->answered ? MHD_YES : MHD_NO;
+        return r->answered;
     }
     /* the tail, kept only when it is what the route takes (it is logged) */
     const char *tail = url + strlen(r->route->path);
@@ -383,31 +433,28 @@ static enum MHD_Result request_head(svc_http *h, struct MHD_Connection *c,
     if (r->answered)
         svc_linger(h, r->conn);
     svc_set_phase(h, r->conn, r->answered ? P_SEND : P_BODY);
-    return r->queue_failed ? MHD_NO : MHD_YES;
+    return !r->queue_failed;
 }
 
 /* A piece of the body.  libmicrohttpd answers only once the body is in:
  * past the limit the rest is counted and dropped, and the 413 goes at the
- * end; a body more than 64 MiB over the limit closes the connection. */
-static enum MHD_Result request_data(svc_http *h, svc_req *r, const char *upload,
-                                    size_t *upload_size)
+ * end; a body more than 64 MiB over the limit closes the connection (0). */
+int svc_request_data(svc_http *h, svc_req *r, const char *upload, size_t n)
 {
     if (r->refused == 0) {
-        svc_charge_body(h, r, *upload_size);
-        int a = append(r, upload, *upload_size);
+        svc_charge_body(h, r, n);
+        int a = append(r, upload, n);
         if (a <= 0)
             r->refused = a == 0 ? 413 : 503;
     }
-    r->seen += *upload_size;
-    svc_count_body(h, r->conn, *upload_size);
-    *upload_size = 0;
-    return r->seen > r->limit && r->seen - r->limit > DISCARD_MAX ? MHD_NO
-                                                                  : MHD_YES;
+    r->seen += n;
+    svc_count_body(h, r->conn, n);
+    return !(r->seen > r->limit && r->seen - r->limit > DISCARD_MAX);
 }
 
 /* The body is in: the refusals decided while it came, else a worker slot
- * (for the routes that need one) and the handler. */
-static enum MHD_Result request_end(svc_http *h, svc_req *r)
+ * (for the routes that need one) and the handler.  1 when answered. */
+int svc_request_end(svc_http *h, svc_req *r)
 {
     svc_body_done(h, r);
     if (r->refused == 413) {
@@ -432,25 +479,7 @@ static enum MHD_Result request_end(svc_http *h, svc_req *r)
     svc_drop_body(h, r);
     svc_hold_answer(h, r);
     svc_set_phase(h, r->conn, P_SEND);
-    return r->answered ? MHD_YES : MHD_NO;
-}
-
-static enum MHD_Result on_request(void *cls, struct MHD_Connection *c,
-                                  const char *url, const char *method,
-                                  const char *version, const char *upload,
-                                  size_t *upload_size, void **con_cls)
-{
-    svc_http *h = cls;
-    svc_req *r = *con_cls;
-
-    (void)version;
-    if (r == NULL)
-        return request_head(h, c, url, method, con_cls);
-    if (*upload_size > 0)
-        return request_data(h, r, upload, upload_size);
-    if (r->answered)
-        return MHD_YES;
-    return request_end(h, r);
+    return r->answered;
 }
 
 /* What the client got, for the log: the status when the answer went out
@@ -485,14 +514,11 @@ static void outcome(svc_http *h, const svc_req *r,
         snprintf(out, size, "cut (%s; no answer)", why);
 }
 
-static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
-                         enum MHD_RequestTerminationCode toe)
+/* The request is over (toe: how it ended): its log line, and its state
+ * freed. */
+void svc_request_done(svc_http *h, svc_req *r,
+                      enum MHD_RequestTerminationCode toe)
 {
-    svc_http *h = cls;
-    svc_req *r = *con_cls;
-    (void)c;
-    if (r == NULL)
-        return;
     if (r->admitted) {
         char what[128];
         const char *path =
@@ -518,6 +544,45 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
     /* the next request on this connection: its header deadline */
     svc_set_phase(h, r->conn, P_HEAD);
     free(r);
+}
+
+/* ---- MHD callbacks ----------------------------------------------------- */
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *c,
+                                  const char *url, const char *method,
+                                  const char *version, const char *upload,
+                                  size_t *upload_size, void **con_cls)
+{
+    svc_http *h = cls;
+    svc_req *r = *con_cls;
+    int go;
+
+    (void)version;
+    if (r == NULL) {
+        if ((r = calloc(1, sizeof *r)) == NULL)
+            return MHD_NO;
+        *con_cls = r;
+        r->c = c;
+        const union MHD_ConnectionInfo *sc =
+            MHD_get_connection_info(c, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+        r->conn = sc ? sc->socket_context : NULL;
+        go = svc_request_head(h, r, url, method);
+    } else if (*upload_size > 0) {
+        go = svc_request_data(h, r, upload, *upload_size);
+        *upload_size = 0;
+    } else {
+        go = r->answered || svc_request_end(h, r);
+    }
+    return go ? MHD_YES : MHD_NO;
+}
+
+static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
+                         enum MHD_RequestTerminationCode toe)
+{
+    (void)c;
+    if (*con_cls == NULL)
+        return;
+    svc_request_done(cls, *con_cls, toe);
     *con_cls = NULL;
 }
 
@@ -653,6 +718,8 @@ svc_http *svc_http_start(const svc_http_config *cfg, char *err, size_t err_size)
         snprintf(err, err_size, "out of memory");
         return NULL;
     }
+    if (cfg->listen_addr == NULL) /* requests only by svc_http_inject */
+        return h;
     if (listen_addr(cfg, &ss, &flags) != 0) {
         snprintf(err, err_size, "listen address '%s' is not an IP address",
                  cfg->listen_addr);

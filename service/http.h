@@ -77,8 +77,9 @@ typedef struct svc_http_config {
     veil_logger log;
 } svc_http_config;
 
-/* Starts listening (the config is copied; routes and log are borrowed).
- * NULL with err. */
+/* Starts listening (the config is copied; routes and log are borrowed);
+ * listen_addr NULL: no listener, no threads, requests come only through
+ * svc_http_inject.  NULL with err. */
 svc_http *svc_http_start(const svc_http_config *cfg, char *err,
                          size_t err_size);
 unsigned svc_http_port(const svc_http *h);
@@ -86,6 +87,43 @@ unsigned svc_http_port(const svc_http *h);
  * seconds), then stops and frees h.  Returns the number of requests cut
  * off. */
 unsigned svc_http_stop(svc_http *h, unsigned grace_s);
+
+/* ---- a request without a socket ----------------------------------------
+ * For the fuzzing harness and the tests: one request as libmicrohttpd
+ * would hand it over, run through the same code as a request read from a
+ * connection (route, early refusals, body limit and memory, worker slot,
+ * handler, log line), in the caller's thread.  The answer is captured
+ * instead of sent.  What this does not run is libmicrohttpd itself: the
+ * parsing of the request line, headers and framing, the connection and
+ * its deadlines. */
+
+typedef struct svc_inject {
+    const char *method; /* as on the request line */
+    const char *url;    /* path and ?query, percent-encoded as sent */
+    /* header name, value pairs, NULL-terminated (may be NULL); looked up
+     * without regard to case, the first one counts.  Content-Length is
+     * the body's length (as libmicrohttpd's framing makes it): one in the
+     * list is not seen. */
+    const char *const *headers;
+    const char *body;
+    size_t len;
+    const struct sockaddr *client; /* may be NULL */
+} svc_inject;
+
+typedef struct svc_answer {
+    int status;    /* 0: no answer (the connection would be closed) */
+    char *headers; /* "Name: value\r\n" lines: Content-Type,
+                      Cache-Control and the handler's (not the ones
+                      libmicrohttpd adds: Date, Content-Length, Connection) */
+    char *body;    /* NUL-terminated; as the handler gave it, also for a
+                      HEAD (whose body libmicrohttpd does not send) */
+    size_t len;
+} svc_answer;
+
+/* Runs the request in (borrowed) through h and fills out (svc_answer_free).
+ * 0, or -1 when there was no memory to begin it. */
+int svc_http_inject(svc_http *h, const svc_inject *in, svc_answer *out);
+void svc_answer_free(svc_answer *a);
 
 /* Monotonic seconds (the clock of the deadlines and rate limits). */
 double svc_now(void);

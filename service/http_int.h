@@ -84,7 +84,13 @@ struct svc_http {
 /* One request's state, from its first byte to its completion callback. */
 struct svc_req {
     svc_http *h;
-    struct MHD_Connection *c;
+    struct MHD_Connection *c; /* NULL: injected (svc_http_inject) */
+    const svc_inject *inj;    /* the injected request, or NULL */
+    svc_answer *out;          /* where an injected request's answer goes */
+    size_t n_headers;         /* its header pairs */
+    char **args;              /* its query: name, value pairs (malloc'd) */
+    size_t n_args;
+    char clen[24];                 /* its Content-Length */
     struct svc_req *bprev, *bnext; /* the list of bodies being read */
     int reading;                   /* in that list */
     const svc_route *route;        /* NULL: none (404, 405) */
@@ -110,8 +116,38 @@ struct svc_req {
     char log_id[SVC_ID_MAX + 1]; /* svc_set_log_id */
 };
 
+/* One answer as a handler gives it, before it goes to its connection or,
+ * for an injected request, to its capture. */
+struct svc_reply {
+    const char *type; /* Content-Type */
+    const char *body;
+    size_t len;
+    char *owned;                /* the body given over (svc_send), or NULL */
+    const char *const *headers; /* name, value pairs, NULL-terminated */
+    const struct svc_response *pre; /* svc_send_prebuilt's, kept */
+};
+
 void svc_log(const svc_http *h, veil_log_level level, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+
+/* The steps of a request, read from a connection (http.c's MHD callbacks)
+ * or injected (http_inject.c), in http.c.  head: the route, then the
+ * answer at once or admission; data: a piece of the body; end: the
+ * handler once the body is in; done: the log line, r freed (toe: how the
+ * request ended).  head and data: 1 when the request goes on, 0 when its
+ * connection is to be closed; end: 1 when answered. */
+int svc_request_head(svc_http *h, svc_req *r, const char *url,
+                     const char *method);
+int svc_request_data(svc_http *h, svc_req *r, const char *upload, size_t n);
+int svc_request_end(svc_http *h, svc_req *r);
+void svc_request_done(svc_http *h, svc_req *r,
+                      enum MHD_RequestTerminationCode toe);
+
+/* http_inject.c: an injected request's headers and query, and its answer
+ * captured into r->out (a->owned freed): 0, or -1 (no memory). */
+const char *svc_inject_header(svc_req *r, const char *name);
+const char *svc_inject_query(svc_req *r, const char *name);
+int svc_capture(svc_req *r, int status, const struct svc_reply *a);
 
 /* http_conn.c */
 void svc_set_phase(svc_http *h, conn *k, enum phase p);
