@@ -332,13 +332,14 @@ static int apply_model(void *base, const svc_setting *s, const char *v,
 }
 
 /* char *: "pkcs11:..." or "dir:PATH" */
-static const svc_kind k_keyref = {apply_keyref, svc_release_str};
+static const svc_kind k_keyref = {apply_keyref, svc_release_str,
+                                  sizeof(char *)};
 /* char *: file:PATH, env:NAME, prompt or none */
-static const svc_kind k_pin = {apply_pin, svc_release_str};
+static const svc_kind k_pin = {apply_pin, svc_release_str, sizeof(char *)};
 /* char *: a PCR selection, "sha256:0,7,10" (canonical form) */
-static const svc_kind k_pcrs = {apply_pcrs, svc_release_str};
+static const svc_kind k_pcrs = {apply_pcrs, svc_release_str, sizeof(char *)};
 /* appends to models[] (freed by gw_config_free) */
-static const svc_kind k_model = {apply_model, NULL};
+static const svc_kind k_model = {apply_model, NULL, 0};
 
 /* ---- the [model ID] section ---------------------------------------------- */
 
@@ -548,6 +549,15 @@ static const svc_table table = {
     &model_section,
 };
 
+/* What a reload (SIGHUP) changes in a running veild; every other setting
+ * needs a restart (veild(8), RELOADING).  The models are always taken. */
+static const char *const live_settings[] = {
+    "tls_cert",         "tls_key",         "api_keys",
+    "rate",             "burst",           "log_level",
+    "upstream_timeout", "connect_timeout", "ipv6_prefix",
+    "shutdown_grace",
+};
+
 /* ---- public ------------------------------------------------------------ */
 
 void gw_config_init(gw_config *cfg)
@@ -712,6 +722,47 @@ int gw_config_check(const gw_config *cfg, char *err, size_t err_size)
         return -1;
     }
     return check_models(cfg, err, err_size);
+}
+
+int gw_config_live(const char *name)
+{
+    for (size_t i = 0; i < sizeof live_settings / sizeof live_settings[0];
+         i++)
+        if (strcmp(name, live_settings[i]) == 0)
+            return 1;
+    return strcmp(name, "model") == 0;
+}
+
+int gw_config_keep_fixed(const gw_config *now, gw_config *next,
+                         void (*report)(void *ctx, const char *name),
+                         void *ctx)
+{
+    size_t kept = svc_settings_keep(
+        &table, now, next, live_settings,
+        sizeof live_settings / sizeof live_settings[0], report, ctx);
+
+    if (kept == (size_t)-1)
+        return -1;
+    /* TLS turned on or off: the listener would have to change */
+    if (!now->tls_cert != !next->tls_cert) {
+        const char *v[2] = {now->tls_cert, now->tls_key};
+        char *copy[2] = {NULL, NULL};
+
+        for (int i = 0; i < 2; i++)
+            if (v[i] && (copy[i] = strdup(v[i])) == NULL) {
+                free(copy[0]);
+                return -1;
+            }
+        if (report)
+            report(ctx, now->tls_cert ? "tls_cert (turning TLS off)"
+                                      : "tls_cert (turning TLS on)");
+        free(next->tls_cert);
+        free(next->tls_key);
+        next->tls_cert = copy[0];
+        next->tls_key = copy[1];
+        kept++;
+    }
+    return (int)kept;
 }
 
 void gw_config_help(FILE *out)

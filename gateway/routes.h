@@ -41,6 +41,8 @@ void gw_ckey_release(gw_keycache *kc, gw_ckey *k);
 
 struct gw_server {
     gw_deps d;
+    pthread_mutex_t live_lock; /* live: swapped by a reload */
+    gw_live *live;             /* what new requests get (a reference) */
     veil_logger log;
     svc_http *http;
     char *pem;
@@ -62,7 +64,13 @@ struct gw_server {
     char *enc_spki_b64, *sign_spki_b64; /* sign_spki_b64: NULL, no signer */
     char sign_key_header[72];           /* "sha256:<hex>" */
     uint8_t salt_secret[32];            /* cache_salt's key */
+    int has_salt_secret;                /* salt_secret is read */
 };
+
+/* The live configuration of request r: the one current when it first
+ * asked (admission, or its handler), held until it is complete.  Never
+ * NULL. */
+gw_live *gw_req_live(gw_server *s, svc_req *r);
 
 /* Answers r for the outcome rc (not GW_OK) with the detail: the one map
  * of gw_rc to an HTTP status.  GW_UNDECRYPTABLE sends the one prebuilt

@@ -24,6 +24,7 @@ typedef struct answer_sig {
 
 /* One exchange, from the headers to the sealed answer. */
 typedef struct v1_x {
+    const gw_config *cfg;      /* the request's (gw_req_live) */
     const char *pid;           /* X-Payload-ID as sent (checked) */
     char pid_key[PID_MAX + 1]; /* its canonical form */
     unsigned tier;             /* VEIL_TIER_* */
@@ -138,7 +139,7 @@ static gw_rc v1_model(gw_server *s, v1_x *x)
         snprintf(x->why, sizeof x->why, "out of memory");
         return GW_NOMEM;
     }
-    if (gw_request_scan(s->d.cfg, (const char *)veil_secbuf_data(x->pt),
+    if (gw_request_scan(x->cfg, (const char *)veil_secbuf_data(x->pt),
                         veil_secbuf_len(x->pt), x->rq, x->why,
                         sizeof x->why) != 0)
         return GW_REFUSED;
@@ -147,7 +148,7 @@ static gw_rc v1_model(gw_server *s, v1_x *x)
         return GW_REFUSED;
     }
     x->m = (size_t)x->rq->model_len == strlen(x->rq->model)
-               ? gw_config_model(s->d.cfg, x->rq->model)
+               ? gw_config_model(x->cfg, x->rq->model)
                : NULL;
     if (x->m == NULL) {
         snprintf(x->why, sizeof x->why,
@@ -211,7 +212,7 @@ static gw_rc v1_infer(gw_server *s, svc_req *r, v1_x *x)
         gw_cache_salt(s, svc_client_id(r), x->salt);
         salt = x->salt;
     }
-    return gw_upstream_call(s->d.cfg, x->m,
+    return gw_upstream_call(x->cfg, x->m,
                             (const char *)veil_secbuf_data(x->pt),
                             veil_secbuf_len(x->pt), x->rq, salt, &s->log,
                             &x->up, x->why, sizeof x->why);
@@ -413,7 +414,7 @@ static void v1_free(gw_server *s, v1_x *x)
 void gw_v1_completion(void *app, svc_req *r)
 {
     gw_server *s = app;
-    v1_x x = {0};
+    v1_x x = {.cfg = gw_req_live(s, r)->cfg};
     gw_rc rc;
 
     if ((rc = v1_headers(r, &x)) == GW_OK &&

@@ -27,6 +27,7 @@
 
 /* One exchange: the request opened, then the inner answer. */
 typedef struct v2_x {
+    const gw_live *live; /* the request's configuration (gw_req_live) */
     const char *body;
     size_t len;
     veil_secbuf *req; /* the binary HTTP request (secret) */
@@ -231,11 +232,11 @@ static gw_rc v2_inner(gw_server *s, svc_req *r, v2_x *x)
         return GW_REFUSED;
     }
     memcpy(x->id, svc_client_id(r), sizeof x->id); /* the address's */
-    if (s->d.auth) {
+    if (x->live->auth) {
         int has = field_text(x->in, "authorization", auth, sizeof auth) == 0 &&
                   strncasecmp(auth, "Bearer ", 7) == 0;
-        gw_rc rc =
-            has ? gw_auth_check(s->d.auth, auth + 7, x->id) : GW_UNAUTHORIZED;
+        gw_rc rc = has ? gw_auth_check(x->live->auth, auth + 7, x->id)
+                       : GW_UNAUTHORIZED;
         veil_wipe(auth, sizeof auth);
         if (rc != GW_OK) {
             snprintf(x->why, sizeof x->why, "%s",
@@ -270,12 +271,12 @@ static gw_rc v2_model(gw_server *s, v2_x *x)
 
     if ((x->rq = malloc(sizeof *x->rq)) == NULL)
         return GW_NOMEM;
-    if (gw_request_scan(s->d.cfg, (const char *)c->p, c->len, x->rq, x->why,
-                        sizeof x->why) != 0)
+    if (gw_request_scan(x->live->cfg, (const char *)c->p, c->len, x->rq,
+                        x->why, sizeof x->why) != 0)
         return GW_REFUSED;
     x->m = x->rq->model_len >= 0 &&
                    (size_t)x->rq->model_len == strlen(x->rq->model)
-               ? gw_config_model(s->d.cfg, x->rq->model)
+               ? gw_config_model(x->live->cfg, x->rq->model)
                : NULL;
     if (x->m == NULL) {
         snprintf(x->why, sizeof x->why,
@@ -316,7 +317,8 @@ static gw_rc v2_chat(gw_server *s, v2_x *x)
         gw_cache_salt(s, x->id, x->salt);
         salt = x->salt;
     }
-    rc = gw_upstream_call(s->d.cfg, x->m, (const char *)x->in->content.p,
+    rc = gw_upstream_call(x->live->cfg, x->m,
+                          (const char *)x->in->content.p,
                           x->in->content.len, x->rq, salt, &s->log, &x->up,
                           x->why, sizeof x->why);
     if (rc != GW_OK)
@@ -342,8 +344,8 @@ static gw_rc v2_models(gw_server *s, v2_x *x)
 
     if (j && cJSON_AddStringToObject(j, "object", "list"))
         data = cJSON_AddArrayToObject(j, "data");
-    for (size_t i = 0; data && i < s->d.cfg->n_models; i++) {
-        const gw_model *m = &s->d.cfg->models[i];
+    for (size_t i = 0; data && i < x->live->cfg->n_models; i++) {
+        const gw_model *m = &x->live->cfg->models[i];
         cJSON *o = NULL;
         if ((m->tiers & x->tier) &&
             (!(o = cJSON_CreateObject()) || !cJSON_AddItemToArray(data, o) ||
@@ -453,7 +455,7 @@ static void v2_free(v2_x *x)
 void gw_v2_request(void *app, svc_req *r)
 {
     gw_server *s = app;
-    v2_x x = {0};
+    v2_x x = {.live = gw_req_live(s, r)};
     gw_rc rc = v2_open(s, r, &x);
 
     if (rc != GW_OK) { /* in clear: the uniform 400, or 404, 415, 503 */

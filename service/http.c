@@ -250,6 +250,20 @@ void svc_set_log_id(svc_req *r, const char *id)
     snprintf(r->log_id, sizeof r->log_id, "%s", id ? id : "");
 }
 
+int svc_set_app_ref(svc_req *r, void *ref, void (*release)(void *ref))
+{
+    if (r->app_ref)
+        return 0;
+    r->app_ref = ref;
+    r->app_release = release;
+    return 1;
+}
+
+void *svc_app_ref(const svc_req *r)
+{
+    return r->app_ref;
+}
+
 /* ---- the route table --------------------------------------------------- */
 
 static const svc_route *route_of(const svc_http *h, const char *method,
@@ -517,34 +531,13 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
     svc_drop_body(h, r);
     /* the next request on this connection: its header deadline */
     svc_set_phase(h, r->conn, P_HEAD);
+    if (r->app_ref && r->app_release)
+        r->app_release(r->app_ref);
     free(r);
     *con_cls = NULL;
 }
 
 /* ---- start and stop ---------------------------------------------------- */
-
-static char *read_pem(const char *path, size_t *len, char *err, size_t size)
-{
-    FILE *f = fopen(path, "rb");
-    char *buf = NULL;
-    size_t n = 0;
-    if (f == NULL) {
-        snprintf(err, size, "cannot open %s: %s", path, strerror(errno));
-        return NULL;
-    }
-    buf = malloc(1 << 20);
-    if (buf)
-        n = fread(buf, 1, (1 << 20) - 1, f);
-    fclose(f);
-    if (buf == NULL || n == 0) {
-        free(buf);
-        snprintf(err, size, "%s is empty or unreadable", path);
-        return NULL;
-    }
-    buf[n] = '\0';
-    *len = n;
-    return buf;
-}
 
 static void mhd_log(void *cls, const char *fmt, va_list ap)
 {
@@ -604,17 +597,12 @@ static int mhd_options(svc_http *h, struct sockaddr_storage *ss,
     opts[n++] = (struct MHD_OptionItem){MHD_OPTION_NOTIFY_CONNECTION,
                                         (intptr_t)svc_on_connection, h};
     if (cfg->tls_cert) {
-        size_t clen;
-        if ((h->tls_cert = read_pem(cfg->tls_cert, &clen, err, err_size)) ==
-                NULL ||
-            (h->tls_key = read_pem(cfg->tls_key, &h->tls_key_len, err,
+        /* checked here, so that a wrong file is named before listening;
+         * each handshake takes the current pair (svc_http_reload_tls) */
+        if ((h->tls = svc_tls_load(cfg->tls_cert, cfg->tls_key, err,
                                    err_size)) == NULL)
             return -1;
         *flags |= MHD_USE_TLS;
-        opts[n++] =
-            (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_CERT, 0, h->tls_cert};
-        opts[n++] =
-            (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_KEY, 0, h->tls_key};
     }
     opts[n++] = (struct MHD_OptionItem){MHD_OPTION_END, 0, NULL};
     return 0;
@@ -632,6 +620,7 @@ static svc_http *http_new(const svc_http_config *cfg)
     pthread_mutex_init(&h->slot_lock, NULL);
     h->slots_free = cfg->workers;
     pthread_mutex_init(&h->conn_lock, NULL);
+    pthread_mutex_init(&h->tls_lock, NULL);
     pthread_cond_init(&h->body_room, NULL);
     h->listen_fd = MHD_INVALID_SOCKET;
     h->body_mem_cap = cfg->body_memory
@@ -665,8 +654,13 @@ svc_http *svc_http_start(const svc_http_config *cfg, char *err, size_t err_size)
         goto fail;
     }
     h->watching = 1;
-    h->mhd = MHD_start_daemon(flags, 0, NULL, NULL, on_request, h,
-                              MHD_OPTION_ARRAY, opts, MHD_OPTION_END);
+    if (h->tls)
+        h->mhd = MHD_start_daemon(
+            flags, 0, NULL, NULL, on_request, h, MHD_OPTION_ARRAY, opts,
+            MHD_OPTION_HTTPS_CERT_CALLBACK, svc_tls_callback(), MHD_OPTION_END);
+    else
+        h->mhd = MHD_start_daemon(flags, 0, NULL, NULL, on_request, h,
+                                  MHD_OPTION_ARRAY, opts, MHD_OPTION_END);
     if (h->mhd == NULL) {
         snprintf(err, err_size, "cannot listen on %s port %u: %s",
                  cfg->listen_addr, cfg->port, strerror(errno));
@@ -733,11 +727,8 @@ unsigned svc_http_stop(svc_http *h, unsigned grace_s)
         pthread_mutex_unlock(&h->conn_lock);
         pthread_join(h->watchdog, NULL);
     }
-    if (h->tls_key) {
-        veil_wipe(h->tls_key, h->tls_key_len);
-        free(h->tls_key);
-    }
-    free(h->tls_cert);
+    svc_tls_free(h->tls);
+    pthread_mutex_destroy(&h->tls_lock);
     pthread_mutex_destroy(&h->conn_lock);
     pthread_cond_destroy(&h->body_room);
     pthread_mutex_destroy(&h->slot_lock);

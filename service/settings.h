@@ -39,8 +39,13 @@ typedef struct svc_kind {
      * the setting's name: the caller adds it). */
     int (*apply)(void *base, const svc_setting *s, const char *v, char *msg,
                  size_t msize);
-    /* Frees what apply stored (NULL: nothing to free). */
+    /* Frees what apply stored (NULL: nothing to free).  A kind whose
+     * release is svc_release_str stores a char *. */
     void (*release)(void *base, const svc_setting *s);
+    /* The size of the field (a char *, or a plain value compared and
+     * copied byte for byte); 0: not a field of its own (a kind that adds
+     * to a list, such as veild's models), never kept by svc_settings_keep */
+    size_t size;
 } svc_kind;
 
 struct svc_setting {
@@ -118,6 +123,15 @@ int svc_settings_set(const svc_table *t, void *base, const char *name,
  * a file that is not regular or that others may write. */
 int svc_settings_load(const svc_table *t, void *base, const char *path,
                       char *err, size_t err_size);
+/* For a reload: every row that is not named in live[] (and is a field of
+ * its own) and whose value differs between the running settings `now` and
+ * the ones just read, `next`, gets now's value back in next (a string
+ * copied), and report(ctx, name) is called for it: such a setting needs a
+ * restart.  The number kept, or (size_t)-1 when out of memory. */
+size_t svc_settings_keep(const svc_table *t, const void *now, void *next,
+                         const char *const *live, size_t n_live,
+                         void (*report)(void *ctx, const char *name),
+                         void *ctx);
 /* Prints the table (and the section's keys) for --help. */
 void svc_settings_help(const svc_table *t, FILE *out);
 
