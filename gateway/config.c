@@ -420,11 +420,13 @@ static const svc_setting settings[] = {
     {"server_key", "REF", &k_keyref, OFF(server_key), 0, 0, NULL,
      "the server's RSA key: a pkcs11: URI, or dir:PATH (a software key, "
      "for trying out); required"},
-    {"pkcs11_module", "MODULE", &svc_str, OFF(pkcs11_module), 0, 0, NULL,
-     "PKCS#11 module: a path to a .so or a p11-kit module name"},
+    {"module", "MODULE", &svc_str, OFF(pkcs11_module), 0, 0, NULL,
+     "PKCS#11 module: a path to a .so or a p11-kit module name (as in veil "
+     "and veil-keys; env VEIL_PKCS11_MODULE); unset: module-path= or "
+     "module-name= of the URI, else the p11-kit module whose token matches"},
     {"pin_source", "SOURCE", &k_pin, OFF(pin_source), 0, 0, NULL,
      "where the token PIN comes from: file:PATH, env:NAME, prompt or none "
-     "(never the PIN itself)"},
+     "(never the PIN itself; env VEIL_PIN_SOURCE)"},
     {"api_keys", "FILE", &svc_str, OFF(api_keys), 0, 0, NULL,
      "API key hashes, lines \"sha256:<64 hex> [name]\"; unset: no API key "
      "needed"},
@@ -542,11 +544,19 @@ static const svc_section model_section = {
     section_close, section_discard,
 };
 
+/* Former names, still taken: one name per concept in veil, veil-keys and
+ * veild (the module is --module in all three). */
+static const svc_alias aliases[] = {
+    {"pkcs11_module", "module"},
+};
+
 static const svc_table table = {
     "veild",
     settings,
     sizeof settings / sizeof settings[0],
     &model_section,
+    aliases,
+    sizeof aliases / sizeof aliases[0],
 };
 
 /* What a reload (SIGHUP) changes in a running veild; every other setting

@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "exitcode.h"
+#include "toolenv.h"
 #include "gateway.h"
 #include "package.h"
 #include "run.h"
@@ -86,6 +87,24 @@ static int read_settings(int argc, char **argv, gw_config *cfg, char *err,
         }
         if (file && gw_config_load(cfg, file, err, err_size) != GW_OK)
             return -1;
+    }
+    /* the environment of all three tools (engine/toolenv.h): over the
+     * file, under the flags */
+    static const struct {
+        veil_env_id id;
+        const char *setting;
+    } from_env[] = {{VEIL_ENV_MODULE, "module"},
+                    {VEIL_ENV_PIN_SOURCE, "pin_source"}};
+    for (size_t i = 0; i < sizeof from_env / sizeof from_env[0]; i++) {
+        const char *v = veil_env(from_env[i].id);
+        char why[400];
+
+        if (v && gw_config_set(cfg, from_env[i].setting, v, why,
+                               sizeof why) != 0) {
+            snprintf(err, err_size, "%s in the environment: %s",
+                     veil_env_vars[from_env[i].id].name, why);
+            return -1;
+        }
     }
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -507,6 +526,7 @@ static int help_or_version(int argc, char **argv)
         if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
             fputs(usage, stdout);
             gw_config_help(stdout);
+            veil_env_help(stdout, VEIL_TOOL_VEILD);
             return 1;
         }
         if (!strcmp(argv[i], "--version")) {

@@ -56,12 +56,26 @@ static int name_eq(const char *a, const char *b)
 
 static const svc_setting *find_setting(const svc_table *t, const char *name)
 {
+    for (size_t i = 0; i < t->n_aliases; i++)
+        if (name_eq(t->aliases[i].old_name, name)) {
+            name = t->aliases[i].name;
+            break;
+        }
     for (size_t i = 0; i < t->n_rows; i++)
         if (name_eq(t->rows[i].name, name))
             return &t->rows[i];
     return NULL;
 }
 
+/* "--" and the name with dashes, then " METAVAR": a flag as printed. */
+static void flag_text(const svc_setting *s, char *out, size_t size)
+{
+    size_t n = (size_t)snprintf(out, size, "--%s %s", s->name, s->metavar);
+
+    for (size_t i = 2; i < n && i < size && out[i] != ' '; i++)
+        if (out[i] == '_')
+            out[i] = '-';
+}
 
 static const svc_key *find_key(const svc_table *t, const char *name)
 {
@@ -421,12 +435,16 @@ int svc_settings_set(const svc_table *t, void *base, const char *name,
                     shown_str(name, b, sizeof b), t->program);
         return -1;
     }
+    char flag[128];
+
+    flag_text(s, flag, sizeof flag);
+    flag[strcspn(flag, " ")] = '\0'; /* the flag as --help prints it */
     if (!value) {
-        svc_put_err(err, err_size, "--%s: needs a value", name);
+        svc_put_err(err, err_size, "%s: needs a value", flag);
         return -1;
     }
     if (apply(base, s, value, msg, sizeof msg) != 0) {
-        svc_put_err(err, err_size, "--%s: %s", name, msg);
+        svc_put_err(err, err_size, "%s: %s", flag, msg);
         return -1;
     }
     return 0;
@@ -721,12 +739,12 @@ void svc_settings_help(const svc_table *t, FILE *out)
     const svc_section *k = t->section;
     char left[128];
 
-    fprintf(out, "Settings: \"NAME = VALUE\" lines in the config file, or "
-                 "flags --NAME VALUE\n"
-                 "('-' and '_' are the same; flags override the file):\n");
+    fprintf(out, "Settings: flags --NAME VALUE, or \"NAME = VALUE\" lines in "
+                 "the config file\n"
+                 "with '_' for '-' (--tls-cert is tls_cert; either spelling "
+                 "works in both);\nflags override the file:\n");
     for (size_t i = 0; i < t->n_rows; i++) {
-        snprintf(left, sizeof left, "--%s %s", t->rows[i].name,
-                 t->rows[i].metavar);
+        flag_text(&t->rows[i], left, sizeof left);
         help_row(out, left, t->rows[i].help, t->rows[i].def);
     }
     if (!k)

@@ -12,7 +12,8 @@
  *   KEY = VALUE           until the next section, go to the section's
  *                         callbacks; global settings come before the first
  *
- * Names are the flag names without "--"; '-' and '_' are the same.  The
+ * Names are the flag names without "--"; '-' and '_' are the same (--help
+ * prints flags with '-', the file's names are written with '_').  The
  * value is the rest of the line, trimmed (no quoting).  A later line, and
  * then a flag, overrides an earlier setting.
  *
@@ -58,6 +59,11 @@ struct svc_setting {
     const char *help;
 };
 
+/* A former name of a row, still accepted (never printed). */
+typedef struct svc_alias {
+    const char *old_name, *name;
+} svc_alias;
+
 /* The kinds every program has (the field's type after the colon): */
 extern const svc_kind svc_str;   /* char *: any non-empty text */
 extern const svc_kind svc_addr;  /* char *: a numeric IPv4 or IPv6 address */
@@ -101,6 +107,8 @@ typedef struct svc_table {
     const svc_setting *rows;
     size_t n_rows;
     const svc_section *section; /* NULL: no sections */
+    const svc_alias *aliases;   /* former names; may be NULL */
+    size_t n_aliases;
 } svc_table;
 
 /* Writes one formatted line to err (ignored when err is NULL or err_size
