@@ -584,7 +584,11 @@ static int mhd_options(svc_http *h, struct sockaddr_storage *ss,
     /* the logger first, so that MHD reports everything through it */
     opts[n++] = (struct MHD_OptionItem){MHD_OPTION_EXTERNAL_LOGGER,
                                         (intptr_t)mhd_log, h};
-    opts[n++] = (struct MHD_OptionItem){MHD_OPTION_SOCK_ADDR, 0, ss};
+    /* our socket (http_listen.c), so that a failure names the port */
+    if ((h->bound_fd = svc_listen_socket(cfg, ss, err, err_size)) < 0)
+        return -1;
+    opts[n++] = (struct MHD_OptionItem){MHD_OPTION_LISTEN_SOCKET,
+                                        h->bound_fd, NULL};
     opts[n++] = (struct MHD_OptionItem){MHD_OPTION_NOTIFY_COMPLETED,
                                         (intptr_t)on_completed, h};
     opts[n++] = (struct MHD_OptionItem){
@@ -623,6 +627,7 @@ static svc_http *http_new(const svc_http_config *cfg)
     pthread_mutex_init(&h->tls_lock, NULL);
     pthread_cond_init(&h->body_room, NULL);
     h->listen_fd = MHD_INVALID_SOCKET;
+    h->bound_fd = -1;
     h->body_mem_cap = cfg->body_memory
                           ? cfg->body_memory
                           : (size_t)2 * cfg->workers * cfg->body_limit;
@@ -661,14 +666,21 @@ svc_http *svc_http_start(const svc_http_config *cfg, char *err, size_t err_size)
     else
         h->mhd = MHD_start_daemon(flags, 0, NULL, NULL, on_request, h,
                                   MHD_OPTION_ARRAY, opts, MHD_OPTION_END);
+    /* MHD's from here, whether it started or not (it may have closed it) */
+    int fd = h->bound_fd;
+    h->bound_fd = -1;
     if (h->mhd == NULL) {
-        snprintf(err, err_size, "cannot listen on %s port %u: %s",
+        snprintf(err, err_size, "cannot serve on %s port %u: %s",
                  cfg->listen_addr, cfg->port, strerror(errno));
         goto fail;
     }
-    const union MHD_DaemonInfo *di =
-        MHD_get_daemon_info(h->mhd, MHD_DAEMON_INFO_BIND_PORT);
-    h->port = di ? di->port : cfg->port;
+    struct sockaddr_storage bound;
+    socklen_t blen = sizeof bound;
+    h->port = cfg->port;
+    if (getsockname(fd, (struct sockaddr *)&bound, &blen) == 0)
+        h->port = ntohs(bound.ss_family == AF_INET6
+                            ? ((struct sockaddr_in6 *)&bound)->sin6_port
+                            : ((struct sockaddr_in *)&bound)->sin_port);
     return h;
 fail:
     svc_http_stop(h, 0);
@@ -727,6 +739,8 @@ unsigned svc_http_stop(svc_http *h, unsigned grace_s)
         pthread_mutex_unlock(&h->conn_lock);
         pthread_join(h->watchdog, NULL);
     }
+    if (h->bound_fd >= 0) /* made, but MHD never took it */
+        close(h->bound_fd);
     svc_tls_free(h->tls);
     pthread_mutex_destroy(&h->tls_lock);
     pthread_mutex_destroy(&h->conn_lock);

@@ -80,6 +80,7 @@ struct svc_http {
     int watching; /* the watchdog thread runs */
     pthread_t watchdog;
     MHD_socket listen_fd; /* after MHD_quiesce_daemon, ours to close */
+    int bound_fd;         /* svc_listen_socket's, until MHD runs on it */
 };
 
 /* One request's state, from its first byte to its completion callback. */
@@ -127,6 +128,13 @@ svc_tls *svc_tls_load(const char *cert, const char *key, char *err,
 void svc_tls_free(svc_tls *t);
 /* The MHD_OPTION_HTTPS_CERT_CALLBACK function. */
 void *svc_tls_callback(void);
+
+/* http_listen.c: a socket bound to ss and listening (non-blocking,
+ * close-on-exec), or -1 with err naming the address and port configured
+ * and what to do (a port in use, a privileged port). */
+int svc_listen_socket(const svc_http_config *cfg,
+                      const struct sockaddr_storage *ss, char *err,
+                      size_t err_size);
 
 /* http_conn.c */
 void svc_set_phase(svc_http *h, conn *k, enum phase p);

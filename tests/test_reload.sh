@@ -214,6 +214,21 @@ hup
     bad "the new certificate is not served" "$VEILD_LOG"
 check "a chat over the new certificate" 0 "tls" -- chat "$T/b.key" echo2 "tls"
 
+# Start-up messages that say which file or port (issue 15 item 9): the
+# pair is checked before listening, and a port in use is named.
+VD=("$B/veild" --server-key "$TOK;object=reload" --pkcs11-module "$MOD"
+    --pin-source "file:$VEIL_TEST_PIN_FILE" --model m=echo --v2 off --state-dir "$T/second.state")
+check "a port in use is named at start-up (1)" 1 \
+    "error: port $VEILD_PORT on 127.0.0.1 is in use: another program listens there" -- \
+    "${VD[@]}" --port "$VEILD_PORT"
+grep -q "Failed to bind to port" "$err" && bad "MHD's 'Failed to bind to port' is still shown" "$err" ||
+    ok "no 'Failed to bind to port 0'"
+check "a certificate and key that do not match stop the start, naming the key file (1)" 1 \
+    "tls_key $FIXTURE_TLS_DIR/server.key is not the key of the certificate in tls_cert $T/tls2.pem" -- \
+    "${VD[@]}" --port 0 --tls-cert "$T/tls2.pem" --tls-key "$FIXTURE_TLS_DIR/server.key"
+check "a key given as the certificate is named (1)" 1 "tls_cert $T/tls2.key: not a PEM certificate chain" -- \
+    "${VD[@]}" --port 0 --tls-cert "$T/tls2.key" --tls-key "$T/tls2.key"
+
 # Never an exit on SIGHUP; a clean stop on SIGTERM.
 n=$(count "$VEILD_LOG" "reloaded:")
 kill -HUP "$VEILD_PID"
