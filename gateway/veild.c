@@ -437,10 +437,9 @@ static void reload(gw_server *server, const gw_config *running, int argc,
 {
     char err[512];
     gw_live *next = gw_live_new();
-    gw_live *now = gw_server_live(server);
 
     veil_logf(&logger, VEIL_LOG_INFO, "SIGHUP: reloading the configuration");
-    if (next == NULL || now == NULL) {
+    if (next == NULL) {
         snprintf(err, sizeof err, "out of memory");
         goto fail;
     }
@@ -473,13 +472,11 @@ static void reload(gw_server *server, const gw_config *running, int argc,
     if (next->auth)
         veil_logf(&logger, VEIL_LOG_INFO, "%zu API key(s) loaded",
                   gw_auth_count(next->auth));
-    gw_live_release(now);
     return;
 fail:
     veil_logf(&logger, VEIL_LOG_ERROR,
               "reload failed: %s; the running configuration stays", err);
     gw_live_release(next);
-    gw_live_release(now);
 }
 
 /* Serves until a stop signal (a SIGHUP reloads), then stops gracefully.

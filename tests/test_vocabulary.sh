@@ -35,20 +35,27 @@ mkdir -p "$T" || hard "cannot make $T"
 out_has() { grep -qE -- "$2" "$out" && ok "$1" || bad "$1: stdout lacks /$2/" "$out"; }
 out_lacks() { grep -qE -- "$2" "$out" && bad "$1: stdout has /$2/" "$out" || ok "$1"; }
 
-# starts NAME [env...] -- veild flags...: veild starts with them (then stopped)
+# starts NAME [env...] -- veild flags...: veild starts with them (then
+# stopped); each start has a log of its own (a log shared with the start
+# before could say "listening" before this veild blocks its signals)
+runs=0
 starts() {
-    local name=$1 envs=()
+    local name=$1 envs=() log
     shift
     while [ "$1" != -- ]; do envs+=("$1"); shift; done
     shift
+    runs=$((runs + 1))
+    log="$T/vd.$runs.log"
     if env "${envs[@]}" "$VD" --port 0 --port-file "$T/vd.port" --state-dir "$T/vd.state" \
-        --replay-capacity 65536 --v2 off --model m=echo "$@" >"$T/vd.log" 2>&1 </dev/null &
+        --replay-capacity 65536 --v2 off --model m=echo "$@" >"$log" 2>&1 </dev/null &
     then
         local pid=$! i
         for ((i = 0; i < 600; i++)); do
-            if grep -q "listening on" "$T/vd.log"; then
+            if grep -q "listening on" "$log" 2>/dev/null; then
                 kill -TERM "$pid"
-                wait "$pid" && ok "$name" || bad "$name: veild did not stop cleanly" "$T/vd.log"
+                local st=0
+                wait "$pid" || st=$?
+                [ "$st" -eq 0 ] && ok "$name" || bad "$name: veild did not stop cleanly (exit $st)" "$log"
                 rm -f "$T/vd.port"
                 return
             fi
@@ -57,7 +64,7 @@ starts() {
         done
         kill -TERM "$pid" 2>/dev/null
         wait "$pid"
-        bad "$name: veild did not start" "$T/vd.log"
+        bad "$name: veild did not start" "$log"
     fi
 }
 
