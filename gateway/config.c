@@ -551,21 +551,20 @@ static const svc_alias aliases[] = {
 };
 
 static const svc_table table = {
-    "veild",
-    settings,
-    sizeof settings / sizeof settings[0],
-    &model_section,
-    aliases,
-    sizeof aliases / sizeof aliases[0],
+    .program = "veild",
+    .rows = settings,
+    .n_rows = sizeof settings / sizeof settings[0],
+    .section = &model_section,
+    .aliases = aliases,
+    .n_aliases = sizeof aliases / sizeof aliases[0],
 };
 
 /* What a reload (SIGHUP) changes in a running veild; every other setting
- * needs a restart (veild(8), RELOADING).  The models are always taken. */
+ * needs a restart (veild(8), SIGNALS).  The models are always taken. */
 static const char *const live_settings[] = {
-    "tls_cert",         "tls_key",         "api_keys",
-    "rate",             "burst",           "log_level",
-    "upstream_timeout", "connect_timeout", "ipv6_prefix",
-    "shutdown_grace",
+    "tls_cert",    "tls_key",        "api_keys",         "rate",
+    "burst",       "log_level",      "upstream_timeout", "connect_timeout",
+    "ipv6_prefix", "shutdown_grace",
 };
 
 /* ---- public ------------------------------------------------------------ */
@@ -736,16 +735,14 @@ int gw_config_check(const gw_config *cfg, char *err, size_t err_size)
 
 int gw_config_live(const char *name)
 {
-    for (size_t i = 0; i < sizeof live_settings / sizeof live_settings[0];
-         i++)
+    for (size_t i = 0; i < sizeof live_settings / sizeof live_settings[0]; i++)
         if (strcmp(name, live_settings[i]) == 0)
             return 1;
     return strcmp(name, "model") == 0;
 }
 
 int gw_config_keep_fixed(const gw_config *now, gw_config *next,
-                         void (*report)(void *ctx, const char *name),
-                         void *ctx)
+                         void (*report)(void *ctx, const char *name), void *ctx)
 {
     size_t kept = svc_settings_keep(
         &table, now, next, live_settings,

@@ -320,9 +320,8 @@ int gw_server_reload(gw_server *s, gw_live *next, char *err, size_t err_size)
     /* before the swap: only requests of next read the secret */
     if (salt_secret(s, cfg, err, err_size) != 0)
         return -1;
-    if (cfg->tls_cert &&
-        svc_http_reload_tls(s->http, cfg->tls_cert, cfg->tls_key, err,
-                            err_size) != 0)
+    if (cfg->tls_cert && svc_http_reload_tls(s->http, cfg->tls_cert,
+                                             cfg->tls_key, err, err_size) != 0)
         return -1;
     gw_rate_set(s->d.rate, cfg->rate, cfg->burst);
     pthread_mutex_lock(&s->live_lock);

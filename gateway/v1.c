@@ -212,8 +212,7 @@ static gw_rc v1_infer(gw_server *s, svc_req *r, v1_x *x)
         gw_cache_salt(s, svc_client_id(r), x->salt);
         salt = x->salt;
     }
-    return gw_upstream_call(x->cfg, x->m,
-                            (const char *)veil_secbuf_data(x->pt),
+    return gw_upstream_call(x->cfg, x->m, (const char *)veil_secbuf_data(x->pt),
                             veil_secbuf_len(x->pt), x->rq, salt, &s->log,
                             &x->up, x->why, sizeof x->why);
 }

@@ -271,8 +271,8 @@ static gw_rc v2_model(gw_server *s, v2_x *x)
 
     if ((x->rq = malloc(sizeof *x->rq)) == NULL)
         return GW_NOMEM;
-    if (gw_request_scan(x->live->cfg, (const char *)c->p, c->len, x->rq,
-                        x->why, sizeof x->why) != 0)
+    if (gw_request_scan(x->live->cfg, (const char *)c->p, c->len, x->rq, x->why,
+                        sizeof x->why) != 0)
         return GW_REFUSED;
     x->m = x->rq->model_len >= 0 &&
                    (size_t)x->rq->model_len == strlen(x->rq->model)
@@ -317,8 +317,7 @@ static gw_rc v2_chat(gw_server *s, v2_x *x)
         gw_cache_salt(s, x->id, x->salt);
         salt = x->salt;
     }
-    rc = gw_upstream_call(x->live->cfg, x->m,
-                          (const char *)x->in->content.p,
+    rc = gw_upstream_call(x->live->cfg, x->m, (const char *)x->in->content.p,
                           x->in->content.len, x->rq, salt, &s->log, &x->up,
                           x->why, sizeof x->why);
     if (rc != GW_OK)

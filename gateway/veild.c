@@ -99,8 +99,8 @@ static int read_settings(int argc, char **argv, gw_config *cfg, char *err,
         const char *v = veil_env(from_env[i].id);
         char why[400];
 
-        if (v && gw_config_set(cfg, from_env[i].setting, v, why,
-                               sizeof why) != 0) {
+        if (v &&
+            gw_config_set(cfg, from_env[i].setting, v, why, sizeof why) != 0) {
             snprintf(err, err_size, "%s in the environment: %s",
                      veil_env_vars[from_env[i].id].name, why);
             return -1;
@@ -115,8 +115,7 @@ static int read_settings(int argc, char **argv, gw_config *cfg, char *err,
         if (!strncmp(a, "--config=", 9))
             continue;
         if (strncmp(a, "--", 2) != 0 || a[2] == '\0') {
-            snprintf(err, err_size, "unexpected argument '%s' (see --help)",
-                     a);
+            snprintf(err, err_size, "unexpected argument '%s' (see --help)", a);
             return -1;
         }
         char name[64];
@@ -454,8 +453,8 @@ static void reload(gw_server *server, const gw_config *running, int argc,
     if (next->cfg->api_keys) {
         char why[400];
 
-        if ((next->auth = gw_auth_load(next->cfg->api_keys, why,
-                                       sizeof why)) == NULL) {
+        if ((next->auth = gw_auth_load(next->cfg->api_keys, why, sizeof why)) ==
+            NULL) {
             snprintf(err, sizeof err, "api_keys: %s", why);
             goto fail;
         }

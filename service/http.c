@@ -587,8 +587,8 @@ static int mhd_options(svc_http *h, struct sockaddr_storage *ss,
     /* our socket (http_listen.c), so that a failure names the port */
     if ((h->bound_fd = svc_listen_socket(cfg, ss, err, err_size)) < 0)
         return -1;
-    opts[n++] = (struct MHD_OptionItem){MHD_OPTION_LISTEN_SOCKET,
-                                        h->bound_fd, NULL};
+    opts[n++] =
+        (struct MHD_OptionItem){MHD_OPTION_LISTEN_SOCKET, h->bound_fd, NULL};
     opts[n++] = (struct MHD_OptionItem){MHD_OPTION_NOTIFY_COMPLETED,
                                         (intptr_t)on_completed, h};
     opts[n++] = (struct MHD_OptionItem){
