@@ -234,13 +234,14 @@ gw_rc gw_answer_sign(gw_server *s, const char *id, const char *key,
     return GW_OK;
 }
 
-gw_rc gw_signature_find(gw_server *s, const char *id, const uint8_t caller[32],
-                        char **body, char *why, size_t why_size)
+gw_rc gw_signature_find(gw_server *s, const gw_auth *auth, const char *id,
+                        const uint8_t caller[32], char **body, char *why,
+                        size_t why_size)
 {
     char key[PID_MAX + 1];
     /* with API keys, an entry is its requester's (or an operator's) */
     const uint8_t *who =
-        s->d.auth && !gw_auth_is_operator(s->d.auth, caller) ? caller : NULL;
+        auth && !gw_auth_is_operator(auth, caller) ? caller : NULL;
 
     *body = NULL;
     if (!gw_payload_id_canonical(id, key)) {
@@ -271,8 +272,8 @@ void gw_signature_get(void *app, svc_req *r)
 {
     gw_server *s = app;
     char why[512], *body = NULL;
-    gw_rc rc = gw_signature_find(s, svc_tail(r), svc_client_id(r), &body, why,
-                                 sizeof why);
+    gw_rc rc = gw_signature_find(s, gw_req_live(s, r)->auth, svc_tail(r),
+                                 svc_client_id(r), &body, why, sizeof why);
 
     if (rc != GW_OK) {
         gw_respond(s, r, rc, "%s", why);

@@ -332,13 +332,14 @@ static int apply_model(void *base, const svc_setting *s, const char *v,
 }
 
 /* char *: "pkcs11:..." or "dir:PATH" */
-static const svc_kind k_keyref = {apply_keyref, svc_release_str};
+static const svc_kind k_keyref = {apply_keyref, svc_release_str,
+                                  sizeof(char *)};
 /* char *: file:PATH, credential:NAME, env:NAME, prompt or none */
-static const svc_kind k_pin = {apply_pin, svc_release_str};
+static const svc_kind k_pin = {apply_pin, svc_release_str, sizeof(char *)};
 /* char *: a PCR selection, "sha256:0,7,10" (canonical form) */
-static const svc_kind k_pcrs = {apply_pcrs, svc_release_str};
+static const svc_kind k_pcrs = {apply_pcrs, svc_release_str, sizeof(char *)};
 /* appends to models[] (freed by gw_config_free) */
-static const svc_kind k_model = {apply_model, NULL};
+static const svc_kind k_model = {apply_model, NULL, 0};
 
 /* ---- the [model ID] section ---------------------------------------------- */
 
@@ -419,12 +420,13 @@ static const svc_setting settings[] = {
     {"server_key", "REF", &k_keyref, OFF(server_key), 0, 0, NULL,
      "the server's RSA key: a pkcs11: URI, or dir:PATH (a software key, "
      "for trying out); required"},
-    {"pkcs11_module", "MODULE", &svc_str, OFF(pkcs11_module), 0, 0, NULL,
-     "PKCS#11 module: a path to a .so or a p11-kit module name"},
+    {"module", "MODULE", &svc_str, OFF(pkcs11_module), 0, 0, NULL,
+     "PKCS#11 module: a path to a .so or a p11-kit module name (as in veil "
+     "and veil-keys; env VEIL_PKCS11_MODULE); unset: module-path= or "
+     "module-name= of the URI, else the p11-kit module whose token matches"},
     {"pin_source", "SOURCE", &k_pin, OFF(pin_source), 0, 0, NULL,
      "where the token PIN comes from: file:PATH, credential:NAME, env:NAME, "
-     "prompt or none "
-     "(never the PIN itself)"},
+     "prompt or none (never the PIN itself; env VEIL_PIN_SOURCE)"},
     {"api_keys", "FILE", &svc_str, OFF(api_keys), 0, 0, NULL,
      "API key hashes, lines \"sha256:<64 hex> [name]\"; unset: no API key "
      "needed"},
@@ -550,11 +552,27 @@ static const svc_section model_section = {
     section_close, section_discard,
 };
 
+/* Former names, still taken: one name per concept in veil, veil-keys and
+ * veild (the module is --module in all three). */
+static const svc_alias aliases[] = {
+    {"pkcs11_module", "module"},
+};
+
 static const svc_table table = {
-    "veild",
-    settings,
-    sizeof settings / sizeof settings[0],
-    &model_section,
+    .program = "veild",
+    .rows = settings,
+    .n_rows = sizeof settings / sizeof settings[0],
+    .section = &model_section,
+    .aliases = aliases,
+    .n_aliases = sizeof aliases / sizeof aliases[0],
+};
+
+/* What a reload (SIGHUP) changes in a running veild; every other setting
+ * needs a restart (veild(8), SIGNALS).  The models are always taken. */
+static const char *const live_settings[] = {
+    "tls_cert",    "tls_key",        "api_keys",         "rate",
+    "burst",       "log_level",      "upstream_timeout", "connect_timeout",
+    "ipv6_prefix", "shutdown_grace",
 };
 
 /* ---- public ------------------------------------------------------------ */
@@ -721,6 +739,45 @@ int gw_config_check(const gw_config *cfg, char *err, size_t err_size)
         return -1;
     }
     return check_models(cfg, err, err_size);
+}
+
+int gw_config_live(const char *name)
+{
+    for (size_t i = 0; i < sizeof live_settings / sizeof live_settings[0]; i++)
+        if (strcmp(name, live_settings[i]) == 0)
+            return 1;
+    return strcmp(name, "model") == 0;
+}
+
+int gw_config_keep_fixed(const gw_config *now, gw_config *next,
+                         void (*report)(void *ctx, const char *name), void *ctx)
+{
+    size_t kept = svc_settings_keep(
+        &table, now, next, live_settings,
+        sizeof live_settings / sizeof live_settings[0], report, ctx);
+
+    if (kept == (size_t)-1)
+        return -1;
+    /* TLS turned on or off: the listener would have to change */
+    if (!now->tls_cert != !next->tls_cert) {
+        const char *v[2] = {now->tls_cert, now->tls_key};
+        char *copy[2] = {NULL, NULL};
+
+        for (int i = 0; i < 2; i++)
+            if (v[i] && (copy[i] = strdup(v[i])) == NULL) {
+                free(copy[0]);
+                return -1;
+            }
+        if (report)
+            report(ctx, now->tls_cert ? "tls_cert (turning TLS off)"
+                                      : "tls_cert (turning TLS on)");
+        free(next->tls_cert);
+        free(next->tls_key);
+        next->tls_cert = copy[0];
+        next->tls_key = copy[1];
+        kept++;
+    }
+    return (int)kept;
 }
 
 void gw_config_help(FILE *out)

@@ -1,12 +1,13 @@
 /* veild internals: the pieces of the gateway and how they meet.  Not
  * installed.
  *
- *   veild.c     main: flags, config, start and clean shutdown (signals:
- *               service/run.c)
+ *   veild.c     main: flags, config, start, reload (SIGHUP) and clean
+ *               shutdown (signals: service/run.c)
  *   config.c    veild's rows of the settings table (service/settings.c
  *               reads them from a file and from flags), models
  *   server.c    the server: the route table over service/http.c (the one
  *               HTTP layer), admission (API key, rate), the small routes
+ *   live.c      the live configuration a reload swaps and a request holds
  *   respond.c   gw_respond: a gw_rc answered over HTTP (status from rc.c)
  *   rc.c        the one map of gw_rc to an HTTP status and default detail
  *   v1.c        the NOMYO v1 exchange, as named steps returning gw_rc
@@ -171,10 +172,43 @@ int gw_config_check(const gw_config *cfg, char *err, size_t err_size);
 /* Prints the settings table (for --help). */
 void gw_config_help(FILE *out);
 const gw_model *gw_config_model(const gw_config *cfg, const char *id);
+/* 1 when a reload (SIGHUP) changes setting `name` in a running veild:
+ * tls_cert, tls_key, api_keys, rate, burst, log_level, upstream_timeout,
+ * connect_timeout, ipv6_prefix, shutdown_grace and the models. */
+int gw_config_live(const char *name);
+/* For a reload: every other setting that differs in next (just read and
+ * checked) from now (running) gets now's value back, and report(ctx,
+ * name) says so (it needs a restart; values are never passed: some are
+ * key references); also tls_cert when TLS would be turned on or off.
+ * The number kept, or -1 when out of memory. */
+int gw_config_keep_fixed(const gw_config *now, gw_config *next,
+                         void (*report)(void *ctx, const char *name),
+                         void *ctx);
+
+/* The configuration a request runs with: taken by reference when the
+ * request starts and released when it is complete, so that a reload
+ * (which swaps the server's current one, gw_server_reload) never changes
+ * it under a request in flight.  It owns cfg and auth (auth.c; NULL: no
+ * API keys). */
+typedef struct gw_auth gw_auth;
+typedef struct gw_live {
+    _Atomic unsigned refs;
+    gw_config *cfg;
+    gw_auth *auth;
+    int borrowed; /* cfg and auth are the caller's (gw_live_borrow) */
+} gw_live;
+/* One reference, its own cfg initialised (defaults) and no auth yet;
+ * NULL: no memory. */
+gw_live *gw_live_new(void);
+/* One reference to cfg and auth, which stay the caller's (they must
+ * outlive it).  NULL: no memory. */
+gw_live *gw_live_borrow(const gw_config *cfg, gw_auth *auth);
+gw_live *gw_live_ref(gw_live *l);
+/* The last release frees it (and cfg and auth, unless borrowed). */
+void gw_live_release(gw_live *l);
 
 /* ---- API keys (auth.c) ------------------------------------------------ */
 
-typedef struct gw_auth gw_auth;
 /* Loads "sha256:<64 hex> [name]" lines ('#' comments); the file must be
  * a regular file owned by root or by us and writable by neither group nor
  * others, and hold at least one key.  NULL with err filled on failure
@@ -245,6 +279,10 @@ typedef struct gw_rate gw_rate;
 /* At most max_keys buckets (1 to 2^24), allocated here; when all are in
  * use, the one idle longest is reused.  NULL on bad arguments. */
 gw_rate *gw_rate_new(double per_second, unsigned burst, unsigned max_keys);
+/* New limits for every bucket (a reload); the buckets keep their tokens
+ * (at most the new burst from their next request on).  0, or -1 on bad
+ * arguments. */
+int gw_rate_set(gw_rate *r, double per_second, unsigned burst);
 void gw_rate_free(gw_rate *r);
 /* GW_OK when a request from `id` may go now; else GW_RATE_LIMITED and
  * *retry_after_s says when one will (whole seconds, at least 1). */
@@ -475,6 +513,9 @@ typedef struct gw_server gw_server;
 
 /* What the server needs, made by veild.c; borrowed for the server's life. */
 typedef struct gw_deps {
+    /* the configuration it starts with: the settings a reload never
+     * changes are read here; the others through gw_req_live (routes.h),
+     * which starts as this and auth, borrowed */
     const gw_config *cfg;
     veil_engine *engine;
     veil_key *server_key; /* RSA private key (token or software) */
@@ -509,5 +550,14 @@ struct svc_http *gw_server_http(gw_server *s);
 /* Stops accepting, lets requests in flight finish (at most grace_s
  * seconds), then stops.  Returns the number of requests cut off. */
 unsigned gw_server_stop(gw_server *s, unsigned grace_s);
+/* A reference to the live configuration new requests get (release it). */
+gw_live *gw_server_live(gw_server *s);
+/* A reload: from now on new requests get next (whose reference the server
+ * takes on success); requests in flight keep theirs.  The rate limits
+ * follow next's rate and burst, and with TLS the certificate and key are
+ * read again from next's tls_cert and tls_key.  0; or -1 with err (a
+ * certificate or key that does not load, no memory), next untouched and
+ * the running configuration kept. */
+int gw_server_reload(gw_server *s, gw_live *next, char *err, size_t err_size);
 
 #endif /* VEIL_GATEWAY_H */

@@ -89,6 +89,17 @@ gw_rate *gw_rate_new(double per_second, unsigned burst, unsigned max_keys)
     return r;
 }
 
+int gw_rate_set(gw_rate *r, double per_second, unsigned burst)
+{
+    if (!r || !(per_second > 0 && per_second <= 1e9) || burst < 1)
+        return -1;
+    pthread_mutex_lock(&r->mu);
+    r->rate = per_second;
+    r->burst = burst;
+    pthread_mutex_unlock(&r->mu);
+    return 0;
+}
+
 void gw_rate_free(gw_rate *r)
 {
     if (!r)

@@ -41,6 +41,8 @@ void gw_ckey_release(gw_keycache *kc, gw_ckey *k);
 
 struct gw_server {
     gw_deps d;
+    pthread_mutex_t live_lock; /* live: swapped by a reload */
+    gw_live *live;             /* what new requests get (a reference) */
     veil_logger log;
     svc_http *http;
     char *pem;
@@ -62,7 +64,13 @@ struct gw_server {
     char *enc_spki_b64, *sign_spki_b64; /* sign_spki_b64: NULL, no signer */
     char sign_key_header[72];           /* "sha256:<hex>" */
     uint8_t salt_secret[32];            /* cache_salt's key */
+    int has_salt_secret;                /* salt_secret is read */
 };
+
+/* The live configuration of request r: the one current when it first
+ * asked (admission, or its handler), held until it is complete.  Never
+ * NULL. */
+gw_live *gw_req_live(gw_server *s, svc_req *r);
 
 /* Answers r for the outcome rc (not GW_OK) with the detail: the one map
  * of gw_rc to an HTTP status.  GW_UNDECRYPTABLE sends the one prebuilt
@@ -106,12 +114,14 @@ gw_rc gw_answer_sign(gw_server *s, const char *id, const char *key,
                      gw_answer_sig *sig);
 
 /* The kept signature of the answer to id (GET /v1/signatures/ID, outer
- * in v1, inner in v2) for caller (its API key's hash): the store's JSON
+ * in v1, inner in v2) for caller (its API key's hash, under the request's
+ * API keys auth; NULL auth: no API keys, anyone): the store's JSON
  * in *body (malloc'd), or the outcome with the reason in why: GW_REFUSED
  * (not an ID), GW_NOT_FOUND (unknown, expired, or another API key's: the
  * same answer, so that nobody learns another's ID exists). */
-gw_rc gw_signature_find(gw_server *s, const char *id, const uint8_t caller[32],
-                        char **body, char *why, size_t why_size);
+gw_rc gw_signature_find(gw_server *s, const gw_auth *auth, const char *id,
+                        const uint8_t caller[32], char **body, char *why,
+                        size_t why_size);
 
 /* A route's tag (svc_route_tag): its API key travels inside the request
  * (protocol v2), so the admit hook checks none. */

@@ -32,23 +32,25 @@ static void admit(void *app, svc_req *r)
     gw_server *s = app;
     uint8_t *id = svc_client_id(r);
     unsigned retry = 0;
+    const gw_live *live = gw_req_live(s, r);
 
-    if (s->d.auth && svc_route_tag(r) == GW_TAG_INNER_KEY)
+    if (live->auth && svc_route_tag(r) == GW_TAG_INNER_KEY)
         return; /* v2: the key is inside, checked once opened (v2.c) */
-    if (s->d.auth) {
+    if (live->auth) {
         const char *a = svc_header(r, "Authorization");
         if (a == NULL || strncasecmp(a, "Bearer ", 7) != 0) {
             gw_respond(s, r, GW_UNAUTHORIZED,
                        "missing API key (Authorization: Bearer)");
             return;
         }
-        if (gw_auth_check(s->d.auth, a + 7, id) != GW_OK) {
+        if (gw_auth_check(live->auth, a + 7, id) != GW_OK) {
             gw_respond(s, r, GW_UNAUTHORIZED, "invalid API key");
             return;
         }
-        svc_set_key_name(r, gw_auth_name(s->d.auth, id));
+        /* the name lives as long as the request's live configuration */
+        svc_set_key_name(r, gw_auth_name(live->auth, id));
     } else {
-        gw_rate_address_id(svc_client_addr(r), s->d.cfg->ipv6_prefix, id);
+        gw_rate_address_id(svc_client_addr(r), live->cfg->ipv6_prefix, id);
     }
     if (gw_rate_take(s->d.rate, id, svc_now(), &retry) != GW_OK)
         gw_respond_retry(s, r, GW_RATE_LIMITED, retry,
@@ -66,11 +68,12 @@ static void get_key(void *app, svc_req *r)
 static void get_models(void *app, svc_req *r)
 {
     gw_server *s = app;
+    const gw_config *cfg = gw_req_live(s, r)->cfg;
     cJSON *j = cJSON_CreateObject(), *data = NULL;
     if (j && cJSON_AddStringToObject(j, "object", "list"))
         data = cJSON_AddArrayToObject(j, "data");
-    for (size_t i = 0; data && i < s->d.cfg->n_models; i++) {
-        const gw_model *m = &s->d.cfg->models[i];
+    for (size_t i = 0; data && i < cfg->n_models; i++) {
+        const gw_model *m = &cfg->models[i];
         cJSON *o = cJSON_CreateObject(), *tiers;
         if (!cJSON_AddItemToArray(data, o) ||
             !cJSON_AddStringToObject(o, "id", m->id) ||
@@ -129,12 +132,14 @@ static void health_probe(gw_server *s, time_t now)
     cJSON_AddBoolToObject(tok, "ok", ok);
     if (!ok)
         cJSON_AddStringToObject(tok, "detail", why);
-    for (size_t i = 0; i < s->d.cfg->n_models; i++) {
-        const gw_model *m = &s->d.cfg->models[i];
-        int up = gw_upstream_alive(s->d.cfg, m, &s->log);
+    gw_live *live = gw_server_live(s);
+    for (size_t i = 0; i < live->cfg->n_models; i++) {
+        const gw_model *m = &live->cfg->models[i];
+        int up = gw_upstream_alive(live->cfg, m, &s->log);
         cJSON_AddBoolToObject(ups, m->id, up);
         ok &= up;
     }
+    gw_live_release(live);
     cJSON_AddStringToObject(j, "status", ok ? "ok" : "degraded");
     free(s->health);
     s->health = cJSON_PrintUnformatted(j);
@@ -290,6 +295,43 @@ static void http_config(gw_server *s, svc_http_config *h)
     };
 }
 
+/* The cache salt's secret, read (or made) once a model has a
+ * cache_salt_field.  0, or -1 with err. */
+static int salt_secret(gw_server *s, const gw_config *cfg, char *err,
+                       size_t err_size)
+{
+    if (s->has_salt_secret)
+        return 0;
+    for (size_t i = 0; i < cfg->n_models; i++)
+        if (cfg->models[i].cache_salt_field) {
+            if (gw_state_secret(s->d.cfg->state_dir, "cache-salt.key",
+                                s->salt_secret, err, err_size) != 0)
+                return -1;
+            s->has_salt_secret = 1;
+            break;
+        }
+    return 0;
+}
+
+int gw_server_reload(gw_server *s, gw_live *next, char *err, size_t err_size)
+{
+    const gw_config *cfg = next->cfg;
+
+    /* before the swap: only requests of next read the secret */
+    if (salt_secret(s, cfg, err, err_size) != 0)
+        return -1;
+    if (cfg->tls_cert && svc_http_reload_tls(s->http, cfg->tls_cert,
+                                             cfg->tls_key, err, err_size) != 0)
+        return -1;
+    gw_rate_set(s->d.rate, cfg->rate, cfg->burst);
+    pthread_mutex_lock(&s->live_lock);
+    gw_live *old = s->live;
+    s->live = next;
+    pthread_mutex_unlock(&s->live_lock);
+    gw_live_release(old);
+    return 0;
+}
+
 gw_server *gw_server_start(const gw_deps *deps, char *err, size_t err_size)
 {
     static const char undecryptable[] =
@@ -307,7 +349,9 @@ gw_server *gw_server_start(const gw_deps *deps, char *err, size_t err_size)
         return NULL;
     }
     s->d = *deps;
+    s->live = gw_live_borrow(deps->cfg, deps->auth);
     s->log = (veil_logger){deps->log, deps->log_ctx, deps->log_level};
+    pthread_mutex_init(&s->live_lock, NULL);
     pthread_mutex_init(&s->health_lock, NULL);
     pthread_mutex_init(&s->keys_lock, NULL);
     veil_memory_status_get(&s->mem);
@@ -322,13 +366,12 @@ gw_server *gw_server_start(const gw_deps *deps, char *err, size_t err_size)
         snprintf(err, err_size, "out of memory");
         goto fail;
     }
-    for (size_t i = 0; i < deps->cfg->n_models; i++)
-        if (deps->cfg->models[i].cache_salt_field) {
-            if (gw_state_secret(deps->cfg->state_dir, "cache-salt.key",
-                                s->salt_secret, err, err_size) != 0)
-                goto fail;
-            break;
-        }
+    if (s->live == NULL) {
+        snprintf(err, err_size, "out of memory");
+        goto fail;
+    }
+    if (salt_secret(s, deps->cfg, err, err_size) != 0)
+        goto fail;
     http_config(s, &hc);
     if ((s->http = svc_http_start(&hc, err, err_size)) == NULL)
         goto fail;
@@ -363,6 +406,8 @@ unsigned gw_server_stop(gw_server *s, unsigned grace_s)
     veil_wipe(s->salt_secret, sizeof s->salt_secret);
     pthread_mutex_destroy(&s->health_lock);
     pthread_mutex_destroy(&s->keys_lock);
+    gw_live_release(s->live);
+    pthread_mutex_destroy(&s->live_lock);
     free(s->keys_sig_b64);
     free(s);
     return cut;

@@ -18,6 +18,7 @@
 
 /* One exchange, from the headers to the sealed answer. */
 typedef struct v1_x {
+    const gw_config *cfg;      /* the request's (gw_req_live) */
     const char *pid;           /* X-Payload-ID as sent (checked) */
     char pid_key[PID_MAX + 1]; /* its canonical form */
     unsigned tier;             /* VEIL_TIER_* */
@@ -132,7 +133,7 @@ static gw_rc v1_model(gw_server *s, v1_x *x)
         snprintf(x->why, sizeof x->why, "out of memory");
         return GW_NOMEM;
     }
-    if (gw_request_scan(s->d.cfg, (const char *)veil_secbuf_data(x->pt),
+    if (gw_request_scan(x->cfg, (const char *)veil_secbuf_data(x->pt),
                         veil_secbuf_len(x->pt), x->rq, x->why,
                         sizeof x->why) != 0)
         return GW_REFUSED;
@@ -141,7 +142,7 @@ static gw_rc v1_model(gw_server *s, v1_x *x)
         return GW_REFUSED;
     }
     x->m = (size_t)x->rq->model_len == strlen(x->rq->model)
-               ? gw_config_model(s->d.cfg, x->rq->model)
+               ? gw_config_model(x->cfg, x->rq->model)
                : NULL;
     if (x->m == NULL) {
         snprintf(x->why, sizeof x->why,
@@ -205,7 +206,7 @@ static gw_rc v1_infer(gw_server *s, svc_req *r, v1_x *x)
         gw_cache_salt(s, svc_client_id(r), x->salt);
         salt = x->salt;
     }
-    return gw_upstream_call(s->d.cfg, x->m, GW_INFER_CHAT,
+    return gw_upstream_call(x->cfg, x->m, GW_INFER_CHAT,
                             (const char *)veil_secbuf_data(x->pt),
                             veil_secbuf_len(x->pt), x->rq, salt, &s->log,
                             &x->up, x->why, sizeof x->why);
@@ -303,7 +304,8 @@ static gw_rc v1_sign(gw_server *s, svc_req *r, v1_x *x)
 
     SHA256((const uint8_t *)x->pkg, strlen(x->pkg), response_sha256);
     rc = gw_answer_sign(s, x->pid, x->pid_key, x->tier_name, x->request_sha256,
-                        response_sha256, s->d.auth ? svc_client_id(r) : NULL,
+                        response_sha256,
+                        gw_req_live(s, r)->auth ? svc_client_id(r) : NULL,
                         &x->sig);
     if (rc != GW_OK)
         snprintf(x->why, sizeof x->why, "the answer could not be signed");
@@ -352,7 +354,7 @@ static void v1_free(gw_server *s, v1_x *x)
 void gw_v1_completion(void *app, svc_req *r)
 {
     gw_server *s = app;
-    v1_x x = {0};
+    v1_x x = {.cfg = gw_req_live(s, r)->cfg};
     gw_rc rc;
 
     if ((rc = v1_headers(r, &x)) == GW_OK &&

@@ -28,6 +28,7 @@
 
 /* One exchange: the request opened, then the inner answer. */
 typedef struct v2_x {
+    const gw_live *live; /* the request's configuration (gw_req_live) */
     const char *body;
     size_t len;
     veil_secbuf *req; /* the binary HTTP request (secret) */
@@ -241,11 +242,11 @@ static gw_rc v2_inner(gw_server *s, svc_req *r, v2_x *x)
         return GW_REFUSED;
     }
     memcpy(x->id, svc_client_id(r), sizeof x->id); /* the address's */
-    if (s->d.auth) {
+    if (x->live->auth) {
         int has = field_text(x->in, "authorization", auth, sizeof auth) == 0 &&
                   strncasecmp(auth, "Bearer ", 7) == 0;
-        gw_rc rc =
-            has ? gw_auth_check(s->d.auth, auth + 7, x->id) : GW_UNAUTHORIZED;
+        gw_rc rc = has ? gw_auth_check(x->live->auth, auth + 7, x->id)
+                       : GW_UNAUTHORIZED;
         veil_wipe(auth, sizeof auth);
         if (rc != GW_OK) {
             snprintf(x->why, sizeof x->why, "%s",
@@ -280,12 +281,12 @@ static gw_rc v2_model(gw_server *s, v2_x *x)
 
     if ((x->rq = malloc(sizeof *x->rq)) == NULL)
         return GW_NOMEM;
-    if (gw_request_scan(s->d.cfg, (const char *)c->p, c->len, x->rq, x->why,
+    if (gw_request_scan(x->live->cfg, (const char *)c->p, c->len, x->rq, x->why,
                         sizeof x->why) != 0)
         return GW_REFUSED;
     x->m = x->rq->model_len >= 0 &&
                    (size_t)x->rq->model_len == strlen(x->rq->model)
-               ? gw_config_model(s->d.cfg, x->rq->model)
+               ? gw_config_model(x->live->cfg, x->rq->model)
                : NULL;
     if (x->m == NULL) {
         snprintf(x->why, sizeof x->why,
@@ -323,7 +324,7 @@ static gw_rc v2_sign(gw_server *s, v2_x *x)
     SHA256(x->in->content.p, x->in->content.len, req_sha256);
     SHA256((const uint8_t *)x->content, x->content_len, resp_sha256);
     if (gw_answer_sign(s, x->rid, x->rid, x->tier_name, req_sha256, resp_sha256,
-                       s->d.auth ? x->id : NULL, &x->sig) != GW_OK) {
+                       x->live->auth ? x->id : NULL, &x->sig) != GW_OK) {
         snprintf(x->why, sizeof x->why, "the answer could not be signed");
         return GW_INTERNAL;
     }
@@ -345,7 +346,7 @@ static gw_rc v2_infer(gw_server *s, v2_x *x)
         gw_cache_salt(s, x->id, x->salt);
         salt = x->salt;
     }
-    rc = gw_upstream_call(s->d.cfg, x->m, x->infer,
+    rc = gw_upstream_call(x->live->cfg, x->m, x->infer,
                           (const char *)x->in->content.p, x->in->content.len,
                           x->rq, salt, &s->log, &x->up, x->why, sizeof x->why);
     if (rc != GW_OK)
@@ -371,8 +372,8 @@ static gw_rc v2_models(gw_server *s, v2_x *x)
 
     if (j && cJSON_AddStringToObject(j, "object", "list"))
         data = cJSON_AddArrayToObject(j, "data");
-    for (size_t i = 0; data && i < s->d.cfg->n_models; i++) {
-        const gw_model *m = &s->d.cfg->models[i];
+    for (size_t i = 0; data && i < x->live->cfg->n_models; i++) {
+        const gw_model *m = &x->live->cfg->models[i];
         cJSON *o = NULL;
         if ((m->tiers & x->tier) &&
             (!(o = cJSON_CreateObject()) || !cJSON_AddItemToArray(data, o) ||
@@ -411,7 +412,8 @@ static gw_rc v2_signature(gw_server *s, v2_x *x)
     memcpy(id, p->p + sizeof SIGNATURES - 1, n);
     id[n] = '\0';
     gw_rc rc =
-        gw_signature_find(s, id, x->id, &x->content, x->why, sizeof x->why);
+        gw_signature_find(s, x->live->auth, id, x->id, &x->content, x->why,
+                          sizeof x->why);
     if (rc != GW_OK)
         return rc;
     x->content_len = strlen(x->content);
@@ -548,7 +550,7 @@ static void v2_free(v2_x *x)
 void gw_v2_request(void *app, svc_req *r)
 {
     gw_server *s = app;
-    v2_x x = {0};
+    v2_x x = {.live = gw_req_live(s, r)};
     gw_rc rc = v2_open(s, r, &x);
 
     if (rc != GW_OK) { /* in clear: the uniform 400, or 404, 415, 503 */

@@ -6,6 +6,8 @@
 
 #include <errno.h>
 #include <malloc.h>
+#include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,6 +15,7 @@
 #include <unistd.h>
 
 #include "exitcode.h"
+#include "toolenv.h"
 #include "gateway.h"
 #include "package.h"
 #include "run.h"
@@ -35,51 +38,72 @@ static const char usage[] =
     "again), 5 module or token failure. Under systemd:\n"
     "RestartPreventExitStatus=2 3 4.\n"
     "\n"
+    "SIGHUP reloads the config file, flags, API keys, models and TLS\n"
+    "certificate (settings that need a restart are logged and kept);\n"
+    "SIGTERM and SIGINT stop gracefully.\n"
+    "\n"
     "Every setting of the config file is also a flag (--NAME VALUE):\n";
 
-static veil_log_level log_level = VEIL_LOG_INFO;
+/* The level of the lines written (log_level: a reload may change it).
+ * The parts of veild are given VEIL_LOG_DEBUG and everything is filtered
+ * here. */
+static _Atomic int log_level = VEIL_LOG_INFO;
 
 static void log_stderr(void *ctx, veil_log_level level, const char *line)
 {
     static const char *const names[] = {"error", "warn", "info", "debug"};
     (void)ctx;
-    if (level <= log_level)
+    if ((int)level <= atomic_load(&log_level))
         fprintf(stderr, "veild: %s: %s\n", names[level], line);
 }
 
 /* veild's own lines (log_stderr filters them by log_level) */
 static const veil_logger logger = {log_stderr, NULL, VEIL_LOG_DEBUG};
 
-static int parse_level(const char *s, veil_log_level *out)
+static void set_level(const char *s)
 {
     static const char *const names[] = {"error", "warn", "info", "debug"};
     for (int i = 0; i < 4; i++)
-        if (s && strcmp(s, names[i]) == 0) {
-            *out = (veil_log_level)i;
-            return 1;
-        }
-    return 0;
+        if (s && strcmp(s, names[i]) == 0)
+            atomic_store(&log_level, i);
 }
 
 /* Reads the config file named by --config first, then applies every flag
- * in order.  0 on success, 2 on a usage error (printed). */
-static int parse_args(int argc, char **argv, gw_config *cfg)
+ * in order, then checks the whole.  0, or -1 with the problem in err (the
+ * file and line, or the flag).  At start-up and at every reload. */
+static int read_settings(int argc, char **argv, gw_config *cfg, char *err,
+                         size_t err_size)
 {
-    char err[512];
     for (int i = 1; i < argc; i++) {
         const char *file = NULL;
         if (!strcmp(argv[i], "--config")) {
             if (i + 1 >= argc) {
-                fprintf(stderr, "veild: --config needs a file\n");
-                return 2;
+                snprintf(err, err_size, "--config needs a file");
+                return -1;
             }
             file = argv[i + 1];
         } else if (!strncmp(argv[i], "--config=", 9)) {
             file = argv[i] + 9;
         }
-        if (file && gw_config_load(cfg, file, err, sizeof err) != GW_OK) {
-            fprintf(stderr, "veild: %s\n", err);
-            return 2;
+        if (file && gw_config_load(cfg, file, err, err_size) != GW_OK)
+            return -1;
+    }
+    /* the environment of all three tools (engine/toolenv.h): over the
+     * file, under the flags */
+    static const struct {
+        veil_env_id id;
+        const char *setting;
+    } from_env[] = {{VEIL_ENV_MODULE, "module"},
+                    {VEIL_ENV_PIN_SOURCE, "pin_source"}};
+    for (size_t i = 0; i < sizeof from_env / sizeof from_env[0]; i++) {
+        const char *v = veil_env(from_env[i].id);
+        char why[400];
+
+        if (v &&
+            gw_config_set(cfg, from_env[i].setting, v, why, sizeof why) != 0) {
+            snprintf(err, err_size, "%s in the environment: %s",
+                     veil_env_vars[from_env[i].id].name, why);
+            return -1;
         }
     }
     for (int i = 1; i < argc; i++) {
@@ -91,9 +115,8 @@ static int parse_args(int argc, char **argv, gw_config *cfg)
         if (!strncmp(a, "--config=", 9))
             continue;
         if (strncmp(a, "--", 2) != 0 || a[2] == '\0') {
-            fprintf(stderr, "veild: unexpected argument '%s' (see --help)\n",
-                    a);
-            return 2;
+            snprintf(err, err_size, "unexpected argument '%s' (see --help)", a);
+            return -1;
         }
         char name[64];
         const char *value;
@@ -104,17 +127,23 @@ static int parse_args(int argc, char **argv, gw_config *cfg)
         } else {
             snprintf(name, sizeof name, "%s", a + 2);
             if (i + 1 >= argc) {
-                fprintf(stderr, "veild: %s needs a value\n", a);
-                return 2;
+                snprintf(err, err_size, "%s needs a value", a);
+                return -1;
             }
             value = argv[++i];
         }
-        if (gw_config_set(cfg, name, value, err, sizeof err) != 0) {
-            fprintf(stderr, "veild: %s\n", err);
-            return 2;
-        }
+        if (gw_config_set(cfg, name, value, err, err_size) != 0)
+            return -1;
     }
-    if (gw_config_check(cfg, err, sizeof err) != 0) {
+    return gw_config_check(cfg, err, err_size);
+}
+
+/* The settings at start-up: 0, or 2 (printed: a usage error). */
+static int parse_args(int argc, char **argv, gw_config *cfg)
+{
+    char err[512];
+
+    if (read_settings(argc, argv, cfg, err, sizeof err) != 0) {
         fprintf(stderr, "veild: %s\n", err);
         return 2;
     }
@@ -218,7 +247,7 @@ static gw_tpm *open_tpm(const gw_config *cfg, veil_key *server_key)
         .encryption_spki = spki,
         .encryption_spki_len = spki_len,
         .log = log_stderr,
-        .log_level = log_level,
+        .log_level = VEIL_LOG_DEBUG,
     };
     gw_rc rc = gw_tpm_open(&opt, &t, err, sizeof err);
     free(spki);
@@ -266,7 +295,7 @@ static int open_keys(gw_deps *d, const gw_config *cfg)
     veil_engine_config ec = {
         .pkcs11_module = cfg->pkcs11_module,
         .log = log_stderr,
-        .log_level = log_level,
+        .log_level = VEIL_LOG_DEBUG,
         .pin_memory_dir = cfg->state_dir,
     };
     if (gw_state_dir(cfg->state_dir, err, sizeof err) != 0) {
@@ -395,8 +424,77 @@ static void log_started(const gw_deps *d, unsigned port)
                   cfg->listen_addr);
 }
 
-/* Serves until a stop signal, then stops gracefully.  0, or 1 (logged). */
-static int serve(gw_deps *d, svc_run *run)
+/* A setting of the file that a reload cannot change. */
+static void needs_restart(void *ctx, const char *name)
+{
+    (void)ctx;
+    veil_logf(&logger, VEIL_LOG_WARN,
+              "reload: %s changed, which needs a restart; the running value "
+              "stays",
+              name);
+}
+
+/* SIGHUP: the config file, the flags, the API keys and the TLS
+ * certificate read again into a new live configuration, which new
+ * requests get; requests in flight keep theirs.  Anything that does not
+ * load leaves the running configuration as it is (logged).  Settings
+ * that need a restart keep their running values (logged). */
+static void reload(gw_server *server, const gw_config *running, int argc,
+                   char **argv)
+{
+    char err[512];
+    gw_live *next = gw_live_new();
+
+    veil_logf(&logger, VEIL_LOG_INFO, "SIGHUP: reloading the configuration");
+    if (next == NULL) {
+        snprintf(err, sizeof err, "out of memory");
+        goto fail;
+    }
+    if (read_settings(argc, argv, next->cfg, err, sizeof err) != 0)
+        goto fail;
+    /* compared with the settings veild runs on: those a reload never
+     * changes are the ones it started with */
+    if (gw_config_keep_fixed(running, next->cfg, needs_restart, NULL) < 0) {
+        snprintf(err, sizeof err, "out of memory");
+        goto fail;
+    }
+    if (next->cfg->api_keys) {
+        char why[400];
+
+        if ((next->auth = gw_auth_load(next->cfg->api_keys, why, sizeof why)) ==
+            NULL) {
+            snprintf(err, sizeof err, "api_keys: %s", why);
+            goto fail;
+        }
+    }
+    /* operator rights are named in the settings and given to the keys of
+     * the file just read */
+    if (next->cfg->operator_keys &&
+        gw_auth_set_operators(next->auth, next->cfg->operator_keys, err,
+                              sizeof err) != 0)
+        goto fail;
+    if (gw_server_reload(server, next, err, sizeof err) != 0)
+        goto fail;
+    set_level(next->cfg->log_level);
+    veil_logf(&logger, VEIL_LOG_INFO,
+              "reloaded: %zu model(s), %s%s; requests in flight finish on "
+              "the configuration they started with",
+              next->cfg->n_models,
+              next->auth ? "API keys on" : "no api_keys: authentication off",
+              next->cfg->tls_cert ? ", TLS certificate read again" : "");
+    if (next->auth)
+        veil_logf(&logger, VEIL_LOG_INFO, "%zu API key(s) loaded",
+                  gw_auth_count(next->auth));
+    return;
+fail:
+    veil_logf(&logger, VEIL_LOG_ERROR,
+              "reload failed: %s; the running configuration stays", err);
+    gw_live_release(next);
+}
+
+/* Serves until a stop signal (a SIGHUP reloads), then stops gracefully.
+ * 0, or 1 (logged). */
+static int serve(gw_deps *d, svc_run *run, int argc, char **argv)
 {
     const gw_config *cfg = d->cfg;
     char err[512];
@@ -414,11 +512,16 @@ static int serve(gw_deps *d, svc_run *run)
         gw_server_stop(server, 0);
         return 1;
     }
-    int sig = svc_run_wait(run);
+    int sig;
+    while ((sig = svc_run_wait(run)) == SIGHUP)
+        reload(server, cfg, argc, argv);
+    gw_live *live = gw_server_live(server);
+    unsigned grace = live ? live->cfg->shutdown_grace : cfg->shutdown_grace;
+    gw_live_release(live);
     veil_logf(&logger, VEIL_LOG_INFO,
               "%s: stopping (requests in flight get at most %u s)",
-              svc_run_signal_name(sig), cfg->shutdown_grace);
-    unsigned cut = gw_server_stop(server, cfg->shutdown_grace);
+              svc_run_signal_name(sig), grace);
+    unsigned cut = gw_server_stop(server, grace);
     if (cut)
         veil_logf(&logger, VEIL_LOG_WARN, "%u request(s) cut off at shutdown",
                   cut);
@@ -433,6 +536,7 @@ static int help_or_version(int argc, char **argv)
         if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
             fputs(usage, stdout);
             gw_config_help(stdout);
+            veil_env_help(stdout, VEIL_TOOL_VEILD);
             return 1;
         }
         if (!strcmp(argv[i], "--version")) {
@@ -460,7 +564,7 @@ int main(int argc, char **argv)
         gw_config_free(&cfg);
         return rc;
     }
-    parse_level(cfg.log_level, &log_level);
+    set_level(cfg.log_level);
 
     /* before any thread: the stop signals go to svc_run_wait only */
     svc_run run;
@@ -473,13 +577,13 @@ int main(int argc, char **argv)
     gw_deps deps = {
         .cfg = &cfg,
         .log = log_stderr,
-        .log_level = log_level,
+        .log_level = VEIL_LOG_DEBUG,
     };
     rc = open_keys(&deps, &cfg);
     if (rc == 0)
         rc = open_state(&deps, &cfg);
     if (rc == 0)
-        rc = serve(&deps, &run);
+        rc = serve(&deps, &run, argc, argv);
     else if (rc < 0)
         rc = VEIL_EXIT_FAIL;
     close_deps(&deps);

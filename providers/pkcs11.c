@@ -21,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include <p11-kit/p11-kit.h>
 #include <p11-kit/pkcs11.h>
@@ -388,16 +389,51 @@ static void trim(char *dst, const CK_UTF8CHAR *src, size_t n)
         dst[--n] = '\0';
 }
 
+/* RFC 7512 puts module-name and module-path in the query ("?module-name=
+ * softhsm2"); p11-kit drops them in silence from the path, where they would
+ * be ignored.  The name of the first found there, or NULL. */
+static const char *module_in_path(const char *where)
+{
+    static const char *const names[] = {"module-name", "module-path"};
+    size_t end = strcspn(where, "?");
+    const char *p = where + 7; /* past "pkcs11:" */
+
+    while (p < where + end) {
+        size_t len = strcspn(p, ";?");
+        for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+            size_t n = strlen(names[i]);
+            if (len > n && strncasecmp(p, names[i], n) == 0 && p[n] == '=')
+                return names[i];
+        }
+        p += len;
+        if (*p == ';')
+            p++;
+        else
+            break;
+    }
+    return NULL;
+}
+
 /* Parses a URI; refuses pin-value (a PIN must not live in a URI that ends
- * up in argv, config files or logs). */
+ * up in argv, config files or logs), and module-name or module-path in the
+ * path (RFC 7512 allows them in the query only). */
 static veil_rc uri_parse(const char *where, P11KitUri **out)
 {
     P11KitUri *uri = p11_kit_uri_new();
+    const char *misplaced = module_in_path(where);
     int r;
 
     *out = NULL;
     if (!uri)
         return veil_err(VEIL_E_NOMEM, PK, NULL, "out of memory");
+    if (misplaced) {
+        p11_kit_uri_free(uri);
+        return veil_err(VEIL_E_ARG, PK, NULL,
+                        "%s is a query attribute of a PKCS#11 URI (RFC "
+                        "7512): write pkcs11:token=...;object=...?%s=..., "
+                        "after a '?', not after a ';'",
+                        misplaced, misplaced);
+    }
     r = p11_kit_uri_parse(where, P11_KIT_URI_FOR_ANY, uri);
     if (r != P11_KIT_URI_OK) {
         p11_kit_uri_free(uri);
@@ -943,6 +979,122 @@ static void pk_read_quirks(veil_provider *p)
         }
 }
 
+/* Appends text to buf (cut when full). */
+static void append(char *buf, size_t size, const char *text)
+{
+    size_t used = strlen(buf);
+
+    if (used + 1 < size)
+        snprintf(buf + used, size - used, "%s", text);
+}
+
+/* A URI that names no module (nor does the engine): its token is looked
+ * for in every module registered with p11-kit (p11-kit list-modules), as
+ * veild(8) and veil-keys(1) say.  VEIL_OK with the module's file in *file
+ * (malloc'd) and its name in name; VEIL_E_NOT_FOUND (the modules and their
+ * tokens named) or VEIL_E_AMBIGUOUS (tokens of more than one module
+ * match). */
+static veil_rc search_modules(veil_provider *p, CK_FUNCTION_LIST **all,
+                              P11KitUri *turi, char **file, char *name,
+                              size_t name_size);
+
+/* The registered modules, loaded once and kept mapped until exit (each
+ * lookup initialises and finalises them): a module that fails or leaks in
+ * C_Initialize stays under its own name for the leak checker
+ * (tests/lsan.supp), and is not loaded and unloaded again and again. */
+static pthread_mutex_t lookup_lock = PTHREAD_MUTEX_INITIALIZER;
+static CK_FUNCTION_LIST **lookup_modules;
+
+static veil_rc module_for_token(veil_provider *p, P11KitUri *turi, char **file,
+                                char *name, size_t name_size)
+{
+    veil_rc rc;
+
+    pthread_mutex_lock(&lookup_lock);
+    if (lookup_modules == NULL)
+        lookup_modules = p11_kit_modules_load(NULL, 0);
+    if (lookup_modules == NULL) {
+        pthread_mutex_unlock(&lookup_lock);
+        return veil_err(VEIL_E_MODULE, PK, NULL,
+                        "no PKCS#11 module given and p11-kit's registered "
+                        "modules cannot be loaded (%s): give --module, or "
+                        "?module-name= in the URI",
+                        p11_kit_message() ? p11_kit_message() : "none");
+    }
+    /* a module that fails to initialise leaves the list (not unloaded) */
+    p11_kit_modules_initialize(lookup_modules, NULL);
+    rc = search_modules(p, lookup_modules, turi, file, name, name_size);
+    p11_kit_modules_finalize(lookup_modules);
+    pthread_mutex_unlock(&lookup_lock);
+    return rc;
+}
+
+static veil_rc search_modules(veil_provider *p, CK_FUNCTION_LIST **all,
+                              P11KitUri *turi, char **file, char *name,
+                              size_t name_size)
+{
+    char seen[600] = "", matched[200] = "";
+    int found = 0;
+
+    *file = NULL;
+    for (size_t i = 0; all[i]; i++) {
+        char *mname = p11_kit_module_get_name(all[i]);
+        CK_SLOT_ID slots[64];
+        CK_ULONG n = sizeof slots / sizeof slots[0];
+        int hit = 0, tokens = 0;
+
+        if (all[i]->C_GetSlotList(CK_TRUE, slots, &n) != CKR_OK)
+            n = 0;
+        append(seen, sizeof seen, seen[0] ? "; " : "");
+        append(seen, sizeof seen, mname ? mname : "?");
+        append(seen, sizeof seen, ":");
+        for (CK_ULONG j = 0; j < n; j++) {
+            CK_TOKEN_INFO ti;
+            char label[33];
+
+            if (all[i]->C_GetTokenInfo(slots[j], &ti) != CKR_OK ||
+                !(ti.flags & CKF_TOKEN_INITIALIZED))
+                continue;
+            trim(label, ti.label, 32);
+            append(seen, sizeof seen, tokens++ ? ", \"" : " \"");
+            append(seen, sizeof seen, label);
+            append(seen, sizeof seen, "\"");
+            hit |= p11_kit_uri_match_token_info(turi, &ti);
+        }
+        if (!tokens)
+            append(seen, sizeof seen, " no token");
+        if (hit) {
+            append(matched, sizeof matched, found++ ? ", " : "");
+            append(matched, sizeof matched, mname ? mname : "?");
+            if (*file == NULL) {
+                *file = p11_kit_module_get_filename(all[i]);
+                snprintf(name, name_size, "%s", mname ? mname : "?");
+            }
+        }
+        free(mname);
+    }
+    if (found == 1 && *file) {
+        veil_log(p->engine, VEIL_LOG_INFO,
+                 "pkcs11: no module given; the token is in p11-kit's module "
+                 "%s (%s)",
+                 name, *file);
+        return VEIL_OK;
+    }
+    free(*file);
+    *file = NULL;
+    if (found > 1)
+        return veil_err(VEIL_E_AMBIGUOUS, PK, NULL,
+                        "tokens matching the URI are in more than one "
+                        "p11-kit module (%s); name one with --module or "
+                        "?module-name=",
+                        matched);
+    return veil_err(VEIL_E_NOT_FOUND, PK, NULL,
+                    "no PKCS#11 module given and no token matching the URI "
+                    "in p11-kit's registered modules (%s); give --module, "
+                    "or ?module-name= in the URI",
+                    seen[0] ? seen : "none registered");
+}
+
 static void pk_close(veil_provider *p);
 
 static veil_rc pk_open(veil_provider *p, const char *where)
@@ -964,15 +1116,20 @@ static veil_rc pk_open(veil_provider *p, const char *where)
     module = uri_module(p->engine, uri);
     if (!module && turi)
         module = uri_module(p->engine, turi);
-    if (!module) {
-        rc = veil_err(VEIL_E_MODULE, PK, NULL,
-                      "no PKCS#11 module given: add module-name= or "
-                      "module-path= to the URI, or configure a module");
-        goto out;
-    }
     pthread_mutex_init(&s->pool_lock, NULL);
     s->lock_ready = 1;
-    rc = module_acquire(module, &s->mod);
+    if (module) {
+        rc = module_acquire(module, &s->mod);
+    } else {
+        char *file = NULL, name[128] = "";
+
+        rc = module_for_token(p, turi ? turi : uri, &file, name, sizeof name);
+        if (rc == VEIL_OK)
+            rc = module_acquire(file, &s->mod);
+        if (rc == VEIL_OK)
+            snprintf(s->mod->name, sizeof s->mod->name, "%s", name);
+        free(file);
+    }
     if (rc != VEIL_OK)
         goto out;
     s->f = s->mod->f;

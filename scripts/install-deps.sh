@@ -8,10 +8,11 @@ set -euo pipefail
 
 PACKAGES=(
     # build: toolchain, autotools and the libraries veil links against
-    # (OpenSSL, p11-kit, libcurl, cJSON, libmicrohttpd, tpm2-tss, CUnit for tests)
+    # (OpenSSL, p11-kit, libcurl, cJSON, libmicrohttpd and its GnuTLS,
+    # tpm2-tss, CUnit for tests)
     autoconf automake libtool autoconf-archive pkg-config make gcc
     libssl-dev libp11-kit-dev p11-kit libcurl4-openssl-dev libcjson-dev
-    libmicrohttpd-dev libtss2-dev libcunit1-dev
+    libmicrohttpd-dev libgnutls28-dev libtss2-dev libcunit1-dev
 
     # tokens: test PKCS#11 tokens started by tests/env/with-tokens.sh
     # (SoftHSM2; tpm2-pkcs11 over swtpm behind tpm2-abrmd on a private dbus bus)

@@ -307,6 +307,20 @@ void svc_set_log_id(svc_req *r, const char *id)
     snprintf(r->log_id, sizeof r->log_id, "%s", id ? id : "");
 }
 
+int svc_set_app_ref(svc_req *r, void *ref, void (*release)(void *ref))
+{
+    if (r->app_ref)
+        return 0;
+    r->app_ref = ref;
+    r->app_release = release;
+    return 1;
+}
+
+void *svc_app_ref(const svc_req *r)
+{
+    return r->app_ref;
+}
+
 /* ---- the route table --------------------------------------------------- */
 
 static const svc_route *route_of(const svc_http *h, const char *method,
@@ -543,6 +557,8 @@ void svc_request_done(svc_http *h, svc_req *r,
     svc_drop_body(h, r);
     /* the next request on this connection: its header deadline */
     svc_set_phase(h, r->conn, P_HEAD);
+    if (r->app_ref && r->app_release)
+        r->app_release(r->app_ref);
     free(r);
 }
 
@@ -587,29 +603,6 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
 }
 
 /* ---- start and stop ---------------------------------------------------- */
-
-static char *read_pem(const char *path, size_t *len, char *err, size_t size)
-{
-    FILE *f = fopen(path, "rb");
-    char *buf = NULL;
-    size_t n = 0;
-    if (f == NULL) {
-        snprintf(err, size, "cannot open %s: %s", path, strerror(errno));
-        return NULL;
-    }
-    buf = malloc(1 << 20);
-    if (buf)
-        n = fread(buf, 1, (1 << 20) - 1, f);
-    fclose(f);
-    if (buf == NULL || n == 0) {
-        free(buf);
-        snprintf(err, size, "%s is empty or unreadable", path);
-        return NULL;
-    }
-    buf[n] = '\0';
-    *len = n;
-    return buf;
-}
 
 static void mhd_log(void *cls, const char *fmt, va_list ap)
 {
@@ -656,7 +649,11 @@ static int mhd_options(svc_http *h, struct sockaddr_storage *ss,
     /* the logger first, so that MHD reports everything through it */
     opts[n++] = (struct MHD_OptionItem){MHD_OPTION_EXTERNAL_LOGGER,
                                         (intptr_t)mhd_log, h};
-    opts[n++] = (struct MHD_OptionItem){MHD_OPTION_SOCK_ADDR, 0, ss};
+    /* our socket (http_listen.c), so that a failure names the port */
+    if ((h->bound_fd = svc_listen_socket(cfg, ss, err, err_size)) < 0)
+        return -1;
+    opts[n++] =
+        (struct MHD_OptionItem){MHD_OPTION_LISTEN_SOCKET, h->bound_fd, NULL};
     opts[n++] = (struct MHD_OptionItem){MHD_OPTION_NOTIFY_COMPLETED,
                                         (intptr_t)on_completed, h};
     opts[n++] = (struct MHD_OptionItem){
@@ -669,17 +666,12 @@ static int mhd_options(svc_http *h, struct sockaddr_storage *ss,
     opts[n++] = (struct MHD_OptionItem){MHD_OPTION_NOTIFY_CONNECTION,
                                         (intptr_t)svc_on_connection, h};
     if (cfg->tls_cert) {
-        size_t clen;
-        if ((h->tls_cert = read_pem(cfg->tls_cert, &clen, err, err_size)) ==
-                NULL ||
-            (h->tls_key = read_pem(cfg->tls_key, &h->tls_key_len, err,
+        /* checked here, so that a wrong file is named before listening;
+         * each handshake takes the current pair (svc_http_reload_tls) */
+        if ((h->tls = svc_tls_load(cfg->tls_cert, cfg->tls_key, err,
                                    err_size)) == NULL)
             return -1;
         *flags |= MHD_USE_TLS;
-        opts[n++] =
-            (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_CERT, 0, h->tls_cert};
-        opts[n++] =
-            (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_KEY, 0, h->tls_key};
     }
     opts[n++] = (struct MHD_OptionItem){MHD_OPTION_END, 0, NULL};
     return 0;
@@ -697,8 +689,10 @@ static svc_http *http_new(const svc_http_config *cfg)
     pthread_mutex_init(&h->slot_lock, NULL);
     h->slots_free = cfg->workers;
     pthread_mutex_init(&h->conn_lock, NULL);
+    pthread_mutex_init(&h->tls_lock, NULL);
     pthread_cond_init(&h->body_room, NULL);
     h->listen_fd = MHD_INVALID_SOCKET;
+    h->bound_fd = -1;
     h->body_mem_cap = cfg->body_memory
                           ? cfg->body_memory
                           : (size_t)2 * cfg->workers * cfg->body_limit;
@@ -732,16 +726,28 @@ svc_http *svc_http_start(const svc_http_config *cfg, char *err, size_t err_size)
         goto fail;
     }
     h->watching = 1;
-    h->mhd = MHD_start_daemon(flags, 0, NULL, NULL, on_request, h,
-                              MHD_OPTION_ARRAY, opts, MHD_OPTION_END);
+    if (h->tls)
+        h->mhd = MHD_start_daemon(
+            flags, 0, NULL, NULL, on_request, h, MHD_OPTION_ARRAY, opts,
+            MHD_OPTION_HTTPS_CERT_CALLBACK, svc_tls_callback(), MHD_OPTION_END);
+    else
+        h->mhd = MHD_start_daemon(flags, 0, NULL, NULL, on_request, h,
+                                  MHD_OPTION_ARRAY, opts, MHD_OPTION_END);
+    /* MHD's from here, whether it started or not (it may have closed it) */
+    int fd = h->bound_fd;
+    h->bound_fd = -1;
     if (h->mhd == NULL) {
-        snprintf(err, err_size, "cannot listen on %s port %u: %s",
+        snprintf(err, err_size, "cannot serve on %s port %u: %s",
                  cfg->listen_addr, cfg->port, strerror(errno));
         goto fail;
     }
-    const union MHD_DaemonInfo *di =
-        MHD_get_daemon_info(h->mhd, MHD_DAEMON_INFO_BIND_PORT);
-    h->port = di ? di->port : cfg->port;
+    struct sockaddr_storage bound;
+    socklen_t blen = sizeof bound;
+    h->port = cfg->port;
+    if (getsockname(fd, (struct sockaddr *)&bound, &blen) == 0)
+        h->port = ntohs(bound.ss_family == AF_INET6
+                            ? ((struct sockaddr_in6 *)&bound)->sin6_port
+                            : ((struct sockaddr_in *)&bound)->sin_port);
     return h;
 fail:
     svc_http_stop(h, 0);
@@ -800,11 +806,10 @@ unsigned svc_http_stop(svc_http *h, unsigned grace_s)
         pthread_mutex_unlock(&h->conn_lock);
         pthread_join(h->watchdog, NULL);
     }
-    if (h->tls_key) {
-        veil_wipe(h->tls_key, h->tls_key_len);
-        free(h->tls_key);
-    }
-    free(h->tls_cert);
+    if (h->bound_fd >= 0) /* made, but MHD never took it */
+        close(h->bound_fd);
+    svc_tls_free(h->tls);
+    pthread_mutex_destroy(&h->tls_lock);
     pthread_mutex_destroy(&h->conn_lock);
     pthread_cond_destroy(&h->body_room);
     pthread_mutex_destroy(&h->slot_lock);

@@ -83,6 +83,12 @@ typedef struct svc_http_config {
 svc_http *svc_http_start(const svc_http_config *cfg, char *err,
                          size_t err_size);
 unsigned svc_http_port(const svc_http *h);
+/* Reads the TLS certificate chain and key again (a reload): new
+ * connections get them, open ones keep theirs.  0; or -1 with err naming
+ * the file that is wrong (the running ones stay), also when h serves
+ * plain HTTP. */
+int svc_http_reload_tls(svc_http *h, const char *cert, const char *key,
+                        char *err, size_t err_size);
 /* Stops accepting, lets requests in flight finish (at most grace_s
  * seconds), then stops and frees h.  Returns the number of requests cut
  * off. */
@@ -147,6 +153,12 @@ void svc_set_key_name(svc_req *r, const char *name);
 /* An ID for the log line; give it only once checked (no text a client
  * chose goes to the log). */
 void svc_set_log_id(svc_req *r, const char *id);
+/* Something of the application's that the request holds until it is
+ * complete (after its log line): release(ref) is called then, once.  At
+ * most one per request (set again: the first stays, and 0 is returned
+ * then; else 1).  svc_app_ref: it, or NULL. */
+int svc_set_app_ref(svc_req *r, void *ref, void (*release)(void *ref));
+void *svc_app_ref(const svc_req *r);
 
 /* ---- answers (each queues one response, at most once) ------------------ */
 

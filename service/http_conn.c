@@ -299,6 +299,7 @@ static void conn_started(svc_http *h, struct MHD_Connection *c,
         return;
     }
     k->fd = ci->connect_fd;
+    k->h = h;
     k->phase = P_HEAD;
     k->since = svc_now();
     pthread_mutex_lock(&h->conn_lock);

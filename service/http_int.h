@@ -39,6 +39,7 @@ enum phase {
 
 typedef struct conn {
     struct conn *prev, *next;
+    svc_http *h; /* its server (the TLS handshake looks it up) */
     int fd;
     enum phase phase;
     double since;    /* when the phase began (svc_now) */
@@ -58,8 +59,8 @@ struct svc_http {
     svc_http_config cfg;
     struct MHD_Daemon *mhd;
     unsigned port;
-    char *tls_cert, *tls_key;
-    size_t tls_key_len;
+    pthread_mutex_t tls_lock;  /* tls: swapped by a reload */
+    struct svc_tls *tls;       /* NULL: plain HTTP (http_tls.c) */
     pthread_mutex_t slot_lock; /* the worker slots and their queue */
     unsigned slots_free;
     struct slot_waiter *wait_head, *wait_tail;
@@ -79,6 +80,7 @@ struct svc_http {
     int watching; /* the watchdog thread runs */
     pthread_t watchdog;
     MHD_socket listen_fd; /* after MHD_quiesce_daemon, ours to close */
+    int bound_fd;         /* svc_listen_socket's, until MHD runs on it */
 };
 
 /* One request's state, from its first byte to its completion callback. */
@@ -107,6 +109,8 @@ struct svc_req {
     int refused;          /* 413 or 503 decided while the body was arriving */
     size_t seen;          /* body bytes received, kept or not */
     const char *key_name; /* the API key's name, or NULL */
+    void *app_ref;        /* svc_set_app_ref: released at completion */
+    void (*app_release)(void *ref);
     int status;
     char *body;
     size_t len, cap;
@@ -148,6 +152,24 @@ void svc_request_done(svc_http *h, svc_req *r,
 const char *svc_inject_header(svc_req *r, const char *name);
 const char *svc_inject_query(svc_req *r, const char *name);
 int svc_capture(svc_req *r, int status, const struct svc_reply *a);
+/* http_tls.c: the certificate and key (and the chain of replaced ones,
+ * freed by svc_tls_free) */
+typedef struct svc_tls svc_tls;
+/* Reads and checks a PEM certificate chain and its unencrypted PEM key
+ * (the key must be the first certificate's).  NULL with err naming the
+ * setting and file that is wrong. */
+svc_tls *svc_tls_load(const char *cert, const char *key, char *err,
+                      size_t err_size);
+void svc_tls_free(svc_tls *t);
+/* The MHD_OPTION_HTTPS_CERT_CALLBACK function. */
+void *svc_tls_callback(void);
+
+/* http_listen.c: a socket bound to ss and listening (non-blocking,
+ * close-on-exec), or -1 with err naming the address and port configured
+ * and what to do (a port in use, a privileged port). */
+int svc_listen_socket(const svc_http_config *cfg,
+                      const struct sockaddr_storage *ss, char *err,
+                      size_t err_size);
 
 /* http_conn.c */
 void svc_set_phase(svc_http *h, conn *k, enum phase p);

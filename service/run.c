@@ -1,4 +1,4 @@
-/* service/run.c: stop signals of a veil daemon (service/run.h). */
+/* service/run.c: the signals of a veil daemon (service/run.h). */
 #include "config.h"
 
 #include <pthread.h>
@@ -12,8 +12,7 @@ void svc_run_init(svc_run *run)
     sigemptyset(&run->sigs);
     sigaddset(&run->sigs, SIGTERM);
     sigaddset(&run->sigs, SIGINT);
-    sigaddset(&run->sigs,
-              SIGHUP); /* no reload: a hang-up stops as gracefully */
+    sigaddset(&run->sigs, SIGHUP); /* a reload: the caller's to do */
     pthread_sigmask(SIG_BLOCK, &run->sigs, NULL);
     signal(SIGPIPE, SIG_IGN);
 }

@@ -1,11 +1,13 @@
 /* service/run.h: how a veil daemon (veild, the coming `veil proxy`) takes
- * its stop signals.  Not installed; knows nothing of the gateway.
+ * its signals.  Not installed; knows nothing of the gateway.
  *
  *   svc_run_init   before any thread starts: SIGTERM, SIGINT and SIGHUP
  *                  blocked in every thread (taken by svc_run_wait only),
  *                  SIGPIPE ignored (a client that goes away is no signal)
- *   svc_run_wait   blocks until one of them comes; the caller then stops
- *                  gracefully (svc_http_stop with its grace period)
+ *   svc_run_wait   blocks until one of them comes; on SIGHUP the caller
+ *                  reloads its configuration and waits again, on the
+ *                  others it stops gracefully (svc_http_stop with its
+ *                  grace period)
  */
 #ifndef VEIL_SVC_RUN_H
 #define VEIL_SVC_RUN_H
@@ -19,8 +21,7 @@ typedef struct svc_run {
 } svc_run;
 
 void svc_run_init(svc_run *run);
-/* The signal that came (SIGTERM, SIGINT or SIGHUP: no reload, a hang-up
- * stops as gracefully). */
+/* The signal that came: SIGTERM or SIGINT (stop), or SIGHUP (reload). */
 int svc_run_wait(svc_run *run);
 /* "SIGTERM", "SIGHUP" or "SIGINT", for the log. */
 const char *svc_run_signal_name(int sig);

@@ -56,10 +56,25 @@ static int name_eq(const char *a, const char *b)
 
 static const svc_setting *find_setting(const svc_table *t, const char *name)
 {
+    for (size_t i = 0; i < t->n_aliases; i++)
+        if (name_eq(t->aliases[i].old_name, name)) {
+            name = t->aliases[i].name;
+            break;
+        }
     for (size_t i = 0; i < t->n_rows; i++)
         if (name_eq(t->rows[i].name, name))
             return &t->rows[i];
     return NULL;
+}
+
+/* "--" and the name with dashes, then " METAVAR": a flag as printed. */
+static void flag_text(const svc_setting *s, char *out, size_t size)
+{
+    size_t n = (size_t)snprintf(out, size, "--%s %s", s->name, s->metavar);
+
+    for (size_t i = 2; i < n && i < size && out[i] != ' '; i++)
+        if (out[i] == '_')
+            out[i] = '-';
 }
 
 static const svc_key *find_key(const svc_table *t, const char *name)
@@ -313,14 +328,14 @@ static int apply_bool(void *base, const svc_setting *s, const char *v,
     return -1;
 }
 
-const svc_kind svc_str = {apply_str, svc_release_str};
-const svc_kind svc_addr = {apply_addr, svc_release_str};
-const svc_kind svc_level = {apply_level, svc_release_str};
-const svc_kind svc_port = {apply_port, NULL};
-const svc_kind svc_uint = {apply_uint, NULL};
-const svc_kind svc_rate = {apply_rate, NULL};
-const svc_kind svc_size = {apply_size, NULL};
-const svc_kind svc_bool = {apply_bool, NULL};
+const svc_kind svc_str = {apply_str, svc_release_str, sizeof(char *)};
+const svc_kind svc_addr = {apply_addr, svc_release_str, sizeof(char *)};
+const svc_kind svc_level = {apply_level, svc_release_str, sizeof(char *)};
+const svc_kind svc_port = {apply_port, NULL, sizeof(unsigned)};
+const svc_kind svc_uint = {apply_uint, NULL, sizeof(unsigned)};
+const svc_kind svc_rate = {apply_rate, NULL, sizeof(double)};
+const svc_kind svc_size = {apply_size, NULL, sizeof(size_t)};
+const svc_kind svc_bool = {apply_bool, NULL, sizeof(int)};
 
 /* Applies value to row s; 0, or -1 with the problem in msg. */
 static int apply(void *base, const svc_setting *s, const char *v, char *msg,
@@ -345,6 +360,53 @@ void svc_settings_defaults(const svc_table *t, void *base)
     for (size_t i = 0; i < t->n_rows; i++)
         if (t->rows[i].def)
             (void)apply(base, &t->rows[i], t->rows[i].def, msg, sizeof msg);
+}
+
+/* 1 when row s holds the same value in a and b. */
+static int same_value(const svc_setting *s, const void *a, const void *b)
+{
+    const char *pa = (const char *)a + s->off, *pb = (const char *)b + s->off;
+
+    if (s->kind->release == svc_release_str) {
+        const char *x = *(char *const *)(const void *)pa;
+        const char *y = *(char *const *)(const void *)pb;
+        return x == y || (x && y && strcmp(x, y) == 0);
+    }
+    return memcmp(pa, pb, s->kind->size) == 0;
+}
+
+size_t svc_settings_keep(const svc_table *t, const void *now, void *next,
+                         const char *const *live, size_t n_live,
+                         void (*report)(void *ctx, const char *name), void *ctx)
+{
+    size_t kept = 0;
+
+    for (size_t i = 0; i < t->n_rows; i++) {
+        const svc_setting *s = &t->rows[i];
+        char *slot = (char *)next + s->off;
+        int is_live = s->kind->size == 0;
+
+        for (size_t j = 0; !is_live && j < n_live; j++)
+            is_live = name_eq(s->name, live[j]);
+        if (is_live || same_value(s, now, next))
+            continue;
+        if (report)
+            report(ctx, s->name);
+        kept++;
+        if (s->kind->release == svc_release_str) {
+            const char *v =
+                *(char *const *)(const void *)((const char *)now + s->off);
+            char *copy = v ? strdup(v) : NULL;
+
+            if (v && copy == NULL)
+                return (size_t)-1;
+            free(*(char **)(void *)slot);
+            *(char **)(void *)slot = copy;
+        } else {
+            memcpy(slot, (const char *)now + s->off, s->kind->size);
+        }
+    }
+    return kept;
 }
 
 void svc_settings_free(const svc_table *t, void *base)
@@ -373,12 +435,16 @@ int svc_settings_set(const svc_table *t, void *base, const char *name,
                     shown_str(name, b, sizeof b), t->program);
         return -1;
     }
+    char flag[128];
+
+    flag_text(s, flag, sizeof flag);
+    flag[strcspn(flag, " ")] = '\0'; /* the flag as --help prints it */
     if (!value) {
-        svc_put_err(err, err_size, "--%s: needs a value", name);
+        svc_put_err(err, err_size, "%s: needs a value", flag);
         return -1;
     }
     if (apply(base, s, value, msg, sizeof msg) != 0) {
-        svc_put_err(err, err_size, "--%s: %s", name, msg);
+        svc_put_err(err, err_size, "%s: %s", flag, msg);
         return -1;
     }
     return 0;
@@ -673,12 +739,12 @@ void svc_settings_help(const svc_table *t, FILE *out)
     const svc_section *k = t->section;
     char left[128];
 
-    fprintf(out, "Settings: \"NAME = VALUE\" lines in the config file, or "
-                 "flags --NAME VALUE\n"
-                 "('-' and '_' are the same; flags override the file):\n");
+    fprintf(out, "Settings: flags --NAME VALUE, or \"NAME = VALUE\" lines in "
+                 "the config file\n"
+                 "with '_' for '-' (--tls-cert is tls_cert; either spelling "
+                 "works in both);\nflags override the file:\n");
     for (size_t i = 0; i < t->n_rows; i++) {
-        snprintf(left, sizeof left, "--%s %s", t->rows[i].name,
-                 t->rows[i].metavar);
+        flag_text(&t->rows[i], left, sizeof left);
         help_row(out, left, t->rows[i].help, t->rows[i].def);
     }
     if (!k)

@@ -12,7 +12,8 @@
  *   KEY = VALUE           until the next section, go to the section's
  *                         callbacks; global settings come before the first
  *
- * Names are the flag names without "--"; '-' and '_' are the same.  The
+ * Names are the flag names without "--"; '-' and '_' are the same (--help
+ * prints flags with '-', the file's names are written with '_').  The
  * value is the rest of the line, trimmed (no quoting).  A later line, and
  * then a flag, overrides an earlier setting.
  *
@@ -39,8 +40,13 @@ typedef struct svc_kind {
      * the setting's name: the caller adds it). */
     int (*apply)(void *base, const svc_setting *s, const char *v, char *msg,
                  size_t msize);
-    /* Frees what apply stored (NULL: nothing to free). */
+    /* Frees what apply stored (NULL: nothing to free).  A kind whose
+     * release is svc_release_str stores a char *. */
     void (*release)(void *base, const svc_setting *s);
+    /* The size of the field (a char *, or a plain value compared and
+     * copied byte for byte); 0: not a field of its own (a kind that adds
+     * to a list, such as veild's models), never kept by svc_settings_keep */
+    size_t size;
 } svc_kind;
 
 struct svc_setting {
@@ -52,6 +58,11 @@ struct svc_setting {
     const char *def; /* default, parsed like a value; NULL: unset */
     const char *help;
 };
+
+/* A former name of a row, still accepted (never printed). */
+typedef struct svc_alias {
+    const char *old_name, *name;
+} svc_alias;
 
 /* The kinds every program has (the field's type after the colon): */
 extern const svc_kind svc_str;   /* char *: any non-empty text */
@@ -96,6 +107,8 @@ typedef struct svc_table {
     const svc_setting *rows;
     size_t n_rows;
     const svc_section *section; /* NULL: no sections */
+    const svc_alias *aliases;   /* former names; may be NULL */
+    size_t n_aliases;
 } svc_table;
 
 /* Writes one formatted line to err (ignored when err is NULL or err_size
@@ -118,6 +131,15 @@ int svc_settings_set(const svc_table *t, void *base, const char *name,
  * a file that is not regular or that others may write. */
 int svc_settings_load(const svc_table *t, void *base, const char *path,
                       char *err, size_t err_size);
+/* For a reload: every row that is not named in live[] (and is a field of
+ * its own) and whose value differs between the running settings `now` and
+ * the ones just read, `next`, gets now's value back in next (a string
+ * copied), and report(ctx, name) is called for it: such a setting needs a
+ * restart.  The number kept, or (size_t)-1 when out of memory. */
+size_t svc_settings_keep(const svc_table *t, const void *now, void *next,
+                         const char *const *live, size_t n_live,
+                         void (*report)(void *ctx, const char *name),
+                         void *ctx);
 /* Prints the table (and the section's keys) for --help. */
 void svc_settings_help(const svc_table *t, FILE *out);
 

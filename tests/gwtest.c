@@ -39,18 +39,27 @@ int gt_mock_start(tu_proc *p, const char *name)
 int gt_veild_start(tu_proc *p, const char *name, const char *const *base,
                    const char *const *extra, unsigned flags)
 {
-    char exe[600], port_file[700];
+    char exe[600], port_file[700], state_dir[700];
     const char *argv[MAX_ARGS];
     size_t n = 0;
 
     snprintf(exe, sizeof exe, "%s/veild", tu_env("VEIL_BUILDDIR"));
     snprintf(port_file, sizeof port_file, "%s/%s.port", tu_env("VEIL_TEST_DIR"),
              name);
+    /* a state directory of its own: the default (/var/lib/veild) is the
+     * host's, and one veild at a time may use it; a small replay register
+     * in it (the default is 83 MB) */
+    snprintf(state_dir, sizeof state_dir, "%s/%s.state",
+             tu_env("VEIL_TEST_DIR"), name);
     argv[n++] = exe;
     argv[n++] = "--port";
     argv[n++] = "0";
     argv[n++] = "--port-file";
     argv[n++] = port_file;
+    argv[n++] = "--state-dir";
+    argv[n++] = state_dir;
+    argv[n++] = "--replay-capacity";
+    argv[n++] = "65536";
     for (size_t i = 0; base && base[i] && n < MAX_ARGS - 1; i++)
         argv[n++] = base[i];
     for (size_t i = 0; extra && extra[i] && n < MAX_ARGS - 1; i++)

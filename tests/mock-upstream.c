@@ -13,6 +13,10 @@
  *     mock/status-NNN   HTTP NNN, {"error": {"message": "mock upstream:
  *                       status NNN", "type": "invalid_request_error"}}
  *     mock/slow-MS      waits MS milliseconds, then answers normally
+ *     mock/hold         writes "mock-upstream: holding #N" on stderr, then
+ *                       waits for SIGUSR1 (or the end), then answers
+ *                       normally: a request held in flight, as long as
+ *                       the test wants (tests/test_reload.sh)
  *     mock/detail-NNN   HTTP NNN, {"detail": "mock upstream: detail NNN"}
  *     mock/text-NNN     HTTP NNN, plain text: several lines, control
  *                       characters, invalid UTF-8, over 400 bytes
@@ -94,6 +98,7 @@ typedef struct mock {
     pthread_mutex_t lock; /* everything below */
     pthread_cond_t cond;  /* signalled when stopping */
     int stopping;
+    unsigned long released; /* SIGUSR1s received: mock/hold lets go */
     unsigned long requests;
 } mock;
 
@@ -135,6 +140,20 @@ static void wait_ms(mock *s, unsigned ms)
     while (!s->stopping)
         if (pthread_cond_timedwait(&s->cond, &s->lock, &dl) == ETIMEDOUT)
             break;
+    pthread_mutex_unlock(&s->lock);
+}
+
+/* mock/hold: waits for the next SIGUSR1 (or the end). */
+static void hold(mock *s, unsigned long n)
+{
+    char line[96];
+
+    pthread_mutex_lock(&s->lock);
+    unsigned long seen = s->released;
+    snprintf(line, sizeof line, "mock-upstream: holding #%lu\n", n);
+    fputs(line, stderr);
+    while (!s->stopping && s->released == seen)
+        pthread_cond_wait(&s->cond, &s->lock);
     pthread_mutex_unlock(&s->lock);
 }
 
@@ -419,6 +438,8 @@ static enum MHD_Result handle_chat(mock *s, struct MHD_Connection *conn,
         goto out;
     if ((v = suffix_number(model, "mock/slow-", 0, MOCK_MAX_SLOW_MS)) >= 0)
         wait_ms(s, (unsigned)v);
+    if (strcmp(model, "mock/hold") == 0)
+        hold(s, n);
     if ((v = suffix_number(model, "mock/big-", 0, MOCK_MAX_BIG)) >= 0 ||
         (v = suffix_number(model, "mock/chunked-", 0, MOCK_MAX_BIG)) >= 0) {
         if ((content = malloc((size_t)v + 1)) != NULL) {
@@ -685,6 +706,7 @@ int main(int argc, char **argv)
     sigemptyset(&set);
     sigaddset(&set, SIGTERM);
     sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGUSR1);
     pthread_sigmask(SIG_BLOCK, &set, NULL);
 
     memset(&sc, 0, sizeof sc);
@@ -699,9 +721,16 @@ int main(int argc, char **argv)
         fprintf(stderr, "mock-upstream: cannot write %s\n", port_file);
         goto out;
     }
-    while (sig != SIGTERM && sig != SIGINT)
+    while (sig != SIGTERM && sig != SIGINT) {
         if (sigwait(&set, &sig) != 0)
             break;
+        if (sig == SIGUSR1) { /* mock/hold: let the held requests go */
+            pthread_mutex_lock(&s.lock);
+            s.released++;
+            pthread_cond_broadcast(&s.cond);
+            pthread_mutex_unlock(&s.lock);
+        }
+    }
     status = 0;
 out:
     pthread_mutex_lock(&s.lock);

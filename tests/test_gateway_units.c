@@ -488,7 +488,7 @@ static void test_config_sizes(void)
             char want[256];
 
             snprintf(want, sizeof want,
-                     "--body_limit: '%s' is not a size from 1K to 1G (bytes, "
+                     "--body-limit: '%s' is not a size from 1K to 1G (bytes, "
                      "or with a suffix K, M or G)",
                      cases[i].v);
             CU_ASSERT_TRUE(set_fails_with("body_limit", cases[i].v, want));
@@ -530,7 +530,7 @@ static void test_config_numbers(void)
     CU_ASSERT_TRUE(set_fails_with("burst", "0", NULL));
     CU_ASSERT_TRUE(set_fails_with(
         "replay_capacity", "1023",
-        "--replay_capacity: '1023' is not a whole number from 1024 to "
+        "--replay-capacity: '1023' is not a whole number from 1024 to "
         "16777216"));
     CU_ASSERT_TRUE(set_fails_with("replay_window", "0", NULL));
     CU_ASSERT_TRUE(set_fails_with("upstream_timeout", "0", NULL));
@@ -572,19 +572,18 @@ static void test_config_numbers(void)
         "0.0.0.0)"));
     CU_ASSERT_TRUE(set_fails_with("log_level", "INFO", NULL));
     CU_ASSERT_TRUE(set_fails_with("server_key", "server",
-                                  "--server_key: must be a pkcs11: URI or "
+                                  "--server-key: must be a pkcs11: URI or "
                                   "dir:PATH"));
     CU_ASSERT_TRUE(set_fails_with("server_key", "pkcs11:", NULL));
     /* a PIN is never repeated in a message */
     CU_ASSERT_TRUE(set_fails_with(
         "server_key", "pkcs11:token=veil;object=s?pin-value=4711",
-        "--server_key: a PIN in the URI (pin-value) is refused; use "
+        "--server-key: a PIN in the URI (pin-value) is refused; use "
         "pin_source"));
-    CU_ASSERT_TRUE(
-        set_fails_with("pin_source", "4711",
-                       "--pin_source: must be file:PATH, credential:NAME, "
-                       "env:NAME, prompt or none (a PIN "
-                       "itself is never accepted)"));
+    CU_ASSERT_TRUE(set_fails_with(
+        "pin_source", "4711",
+        "--pin-source: must be file:PATH, credential:NAME, env:NAME, prompt or none (a PIN "
+        "itself is never accepted)"));
     CU_ASSERT_TRUE(set_fails_with("pin_source", "file:", NULL));
     gw_config_init(&cfg);
     CU_ASSERT_TRUE(set_ok(&cfg, "pin_source", "prompt"));
@@ -818,26 +817,26 @@ static void test_config_attestation(void)
 
     /* the signing key: a reference like the server key's, never a PIN */
     CU_ASSERT_TRUE(set_fails_with("signing_key", "signer",
-                                  "--signing_key: must be a pkcs11: URI or "
+                                  "--signing-key: must be a pkcs11: URI or "
                                   "dir:PATH"));
     CU_ASSERT_TRUE(set_fails_with(
         "signing_key", "pkcs11:token=veil;object=s;pin-value=4711",
-        "--signing_key: a PIN in the URI (pin-value) is refused; use "
+        "--signing-key: a PIN in the URI (pin-value) is refused; use "
         "pin_source"));
-    CU_ASSERT_TRUE(set_fails_with("tpm_certify_key_auth", "4711",
-                                  "--tpm_certify_key_auth: must be file:PATH, "
-                                  "credential:NAME, env:NAME, prompt or none "
-                                  "(a PIN itself is never accepted)"));
+    CU_ASSERT_TRUE(set_fails_with(
+        "tpm_certify_key_auth", "4711",
+        "--tpm-certify-key-auth: must be file:PATH, credential:NAME, env:NAME, prompt or none "
+        "(a PIN itself is never accepted)"));
 
     /* retention and capacity: both ends */
     CU_ASSERT_TRUE(set_fails_with(
         "signature_retention", "0",
-        "--signature_retention: '0' is not a whole number from 1 to "
+        "--signature-retention: '0' is not a whole number from 1 to "
         "31536000"));
     CU_ASSERT_TRUE(set_fails_with("signature_retention", "31536001", NULL));
     CU_ASSERT_TRUE(set_fails_with(
         "signature_capacity", "16777217",
-        "--signature_capacity: '16777217' is not a whole number from 1 to "
+        "--signature-capacity: '16777217' is not a whole number from 1 to "
         "16777216"));
     CU_ASSERT_TRUE(set_fails_with("signature_capacity", "0", NULL));
 
@@ -867,7 +866,7 @@ static void test_config_attestation(void)
     gw_config_free(&cfg);
     CU_ASSERT_TRUE(set_fails_with(
         "tpm_pcrs", "sha1:0,7",
-        "--tpm_pcrs: 'sha1:0,7' is not a PCR selection such as "
+        "--tpm-pcrs: 'sha1:0,7' is not a PCR selection such as "
         "sha256:0,7,10 (the sha256 bank, PCRs 0 to 23, each once)"));
     CU_ASSERT_TRUE(set_fails_with("tpm_pcrs", "sha256:24", NULL));
     CU_ASSERT_TRUE(set_fails_with("tpm_pcrs", "sha256:0,0", NULL));
@@ -956,33 +955,33 @@ static void test_config_help(void)
     static const char *const names[] = {
         "--listen ",
         "--port ",
-        "--port_file ",
-        "--tls_cert ",
-        "--tls_key ",
-        "--server_key ",
-        "--pkcs11_module ",
-        "--pin_source ",
-        "--api_keys ",
+        "--port-file ",
+        "--tls-cert ",
+        "--tls-key ",
+        "--server-key ",
+        "--module ",
+        "--pin-source ",
+        "--api-keys ",
         "--rate ",
         "--burst ",
-        "--body_limit ",
+        "--body-limit ",
         "--workers ",
-        "--state_dir ",
-        "--replay_window ",
-        "--replay_capacity ",
-        "--replay_sync ",
-        "--upstream_timeout ",
-        "--connect_timeout ",
-        "--log_level ",
-        "--signing_key ",
-        "--signature_retention ",
-        "--signature_capacity ",
+        "--state-dir ",
+        "--replay-window ",
+        "--replay-capacity ",
+        "--replay-sync ",
+        "--upstream-timeout ",
+        "--connect-timeout ",
+        "--log-level ",
+        "--signing-key ",
+        "--signature-retention ",
+        "--signature-capacity ",
         "--tpm off|on",
-        "--tpm_tcti ",
-        "--tpm_pcrs ",
-        "--tpm_ak_per_request ",
-        "--tpm_certify_key ",
-        "--tpm_certify_key_auth ",
+        "--tpm-tcti ",
+        "--tpm-pcrs ",
+        "--tpm-ak-per-request ",
+        "--tpm-certify-key ",
+        "--tpm-certify-key-auth ",
         "(default: sha256:0,7,10)",
         "(default: 86400)",
         "(default: 65536)",

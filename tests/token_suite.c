@@ -537,8 +537,20 @@ static void test_missing_module_token_key(void)
     CU_ASSERT_EQUAL(open_with("no-such-p11-module", T->pin_file,
                               "pkcs11:token=x;object=y", &k), VEIL_E_MODULE);
     CU_ASSERT_PTR_NOT_NULL(strstr(veil_last_error()->message, "p11-kit"));
+    /* no module anywhere: p11-kit's registered modules are asked (veild(8),
+     * veil-keys(1)); none has token "x" */
     CU_ASSERT_EQUAL(open_with(NULL, T->pin_file, "pkcs11:token=x;object=y", &k),
-                    VEIL_E_MODULE);
+                    VEIL_E_NOT_FOUND);
+    CU_ASSERT_PTR_NOT_NULL(
+        strstr(veil_last_error()->message, "p11-kit's registered modules"));
+    /* RFC 7512: module-name is a query attribute, never dropped from the
+     * path in silence */
+    CU_ASSERT_EQUAL(open_with(NULL, T->pin_file,
+                              "pkcs11:token=x;object=y;module-name=softhsm2",
+                              &k),
+                    VEIL_E_ARG);
+    CU_ASSERT_PTR_NOT_NULL(
+        strstr(veil_last_error()->message, "module-name is a query attribute"));
     CU_ASSERT_EQUAL(open_with(T->module, T->pin_file,
                               "pkcs11:token=no-such-token;object=y", &k),
                     VEIL_E_NOT_FOUND);

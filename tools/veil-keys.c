@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "exitcode.h"
+#include "toolenv.h"
 #include "veil/engine.h"
 
 static const char usage_main[] =
@@ -28,8 +29,9 @@ static const char usage_main[] =
     "  --dir DIR           a NOMYO key directory (private_key.pem, "
     "public_key.pem)\n"
     "  --module M          PKCS#11 module: a .so path or p11-kit name\n"
-    "                      (default: $VEIL_PKCS11_MODULE, or module-name= in "
-    "the URI)\n"
+    "                      (default: $VEIL_PKCS11_MODULE, module-path= or\n"
+    "                      module-name= in the URI, else the p11-kit module\n"
+    "                      whose token matches)\n"
     "  --pin-source SPEC   file:PATH, env:NAME or prompt (default:\n"
     "                      $VEIL_PIN_SOURCE, else prompt on a terminal)\n"
     "  -v, --verbose       debug log on stderr (never shows keys or PINs)\n"
@@ -40,7 +42,9 @@ static const char usage_main[] =
     "Exit codes (the same in veil and veild): 0 success, 1 other error,\n"
     "2 usage or configuration, 3 token or key not found, 4 PIN wrong,\n"
     "locked, missing or unreadable, 5 module or token failure, 6 already\n"
-    "exists.\n";
+    "exists.\n"
+    "\n"
+    "Flags are written with dashes; --pin_source works as --pin-source.\n";
 
 static const char usage_generate[] =
     "usage: veil-keys generate (--token URI | --dir DIR) --label LABEL\n"
@@ -153,11 +157,18 @@ static int parse_opts(int argc, char **argv, struct opts *o)
     };
     int c;
 
+    /* every flag with dashes, and the same with underscores */
+    struct option both[2 * sizeof longopts / sizeof longopts[0]];
+    char names[512];
+
+    if (veil_longopts_both(longopts, both, sizeof both / sizeof both[0], names,
+                           sizeof names) < 0)
+        return 0;
     o->bits = 4096;
-    o->module = getenv("VEIL_PKCS11_MODULE");
-    o->pin_source = getenv("VEIL_PIN_SOURCE");
+    o->module = veil_env(VEIL_ENV_MODULE);
+    o->pin_source = veil_env(VEIL_ENV_PIN_SOURCE);
     optind = 1;
-    while ((c = getopt_long(argc, argv, "vh", longopts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "vh", both, NULL)) != -1) {
         char *end;
         switch (c) {
         case 't':
@@ -547,6 +558,8 @@ int main(int argc, char **argv)
     if (argc < 2 || strcmp(argv[1], "--help") == 0 ||
         strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "help") == 0) {
         fputs(usage_main, argc < 2 ? stderr : stdout);
+        if (argc >= 2)
+            veil_env_help(stdout, VEIL_TOOL_KEYS);
         return argc < 2 ? VEIL_EXIT_USAGE : VEIL_EXIT_OK;
     }
     if (strcmp(argv[1], "--version") == 0) {
