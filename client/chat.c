@@ -516,9 +516,9 @@ static veil_client_status call_protocol(call *k, int *v2,
 
 /* One inner request over v2 with the call's tier and API key; body: the
  * serialised request (NUL-terminated, not counted), or NULL. */
-static veil_client_status call_v2(call *k, const char *method,
-                                  const char *path, veil_secbuf *body,
-                                  cJSON **response, veil_client_error *err)
+static veil_client_status call_v2(call *k, const char *method, const char *path,
+                                  veil_secbuf *body, cJSON **response,
+                                  veil_client_error *err)
 {
     veil_cl_v2_call v = {
         .url = k->url,
@@ -570,8 +570,7 @@ veil_client_status veil_chat_create(veil_client *c, const cJSON *request,
         (st = call_plaintext(&k, request, &pt, err)) == VEIL_CLIENT_OK &&
         (st = call_protocol(&k, &v2, err)) == VEIL_CLIENT_OK) {
         if (v2)
-            st = call_v2(&k, "POST", "/v1/chat/completions", pt, response,
-                         err);
+            st = call_v2(&k, "POST", "/v1/chat/completions", pt, response, err);
         else if ((st = call_keys(&k, err)) == VEIL_CLIENT_OK)
             st = exchange(&k, pt, response, err);
     }
@@ -652,8 +651,8 @@ veil_client_status veil_embeddings_create(veil_client *c, const cJSON *request,
                                           veil_chat_stats *stats,
                                           veil_client_error *err)
 {
-    return v2_only(c, "/v1/embeddings", "input", request, opts, response,
-                   stats, err);
+    return v2_only(c, "/v1/embeddings", "input", request, opts, response, stats,
+                   err);
 }
 
 veil_client_status veil_completions_create(veil_client *c, const cJSON *request,

@@ -229,6 +229,17 @@ static veil_client_status open_engine(veil_client *c,
     return VEIL_CLIENT_OK;
 }
 
+/* Whether veil_client_new opens the client key: always for v1, and under
+ * auto a key in a token or a directory (so that a wrong PIN or path is
+ * said at once); an ephemeral key under auto, and any key under v2, is
+ * made or opened at its first use over v1 (veil_cl_own_key). */
+static int key_now(const veil_client_config *cfg)
+{
+    return cfg->protocol == VEIL_CLIENT_PROTOCOL_V1 ||
+           (cfg->protocol == VEIL_CLIENT_PROTOCOL_AUTO &&
+            cfg->key_source != VEIL_CLIENT_KEY_EPHEMERAL);
+}
+
 veil_client_status veil_client_new(const veil_client_config *cfg,
                                    veil_client **out, veil_client_error *err)
 {
@@ -252,7 +263,7 @@ veil_client_status veil_client_new(const veil_client_config *cfg,
         (st = cfg_secrets(c, cfg, err)) != VEIL_CLIENT_OK ||
         (st = open_trust(c, cfg->trust_file, err)) != VEIL_CLIENT_OK ||
         (st = open_engine(c, cfg, err)) != VEIL_CLIENT_OK ||
-        (cfg->protocol == VEIL_CLIENT_PROTOCOL_V1 &&
+        (key_now(cfg) &&
          (st = veil_cl_load_key(c, &c->own, err)) != VEIL_CLIENT_OK)) {
         veil_client_free(c);
         return st;

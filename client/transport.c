@@ -209,10 +209,9 @@ static size_t on_header(char *data, size_t size, size_t n, void *ctx)
     for (size_t i = 0; i < sizeof veil / sizeof veil[0]; i++) {
         size_t nl = strlen(veil[i].name);
         if (len >= nl && strncasecmp(data, veil[i].name, nl) == 0)
-            keep_value(veil[i].keys ? &r->keys_headers_bad
-                                    : &r->veil_headers_bad,
-                       data + nl, len - nl, (char *)r + veil[i].off,
-                       veil[i].size);
+            keep_value(
+                veil[i].keys ? &r->keys_headers_bad : &r->veil_headers_bad,
+                data + nl, len - nl, (char *)r + veil[i].off, veil[i].size);
     }
     return len;
 }

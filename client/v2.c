@@ -29,10 +29,10 @@
  * after this long. */
 #define NO_V2_RECHECK_S 300
 #define STATEMENT_MAX 256
-#define V2_ALGORITHM                                                           \
-    "OHTTP DHKEM(P-256, HKDF-SHA256), HKDF-SHA256, AES-256-GCM"
+#define V2_ALGORITHM "OHTTP DHKEM(P-256, HKDF-SHA256), HKDF-SHA256, AES-256-GCM"
 
-/* ---- the per-URL state (c->lock held) ------------------------------------- */
+/* ---- the per-URL state (c->lock held) -------------------------------------
+ */
 
 /* The slot of url, made (a free one, else the last evicted) when `make`;
  * NULL when absent or out of memory. */
@@ -97,8 +97,7 @@ static veil_client_status signer_from_body(veil_client *c,
                             "public key");
     if (veil_key_get_info(key, &info) != VEIL_OK ||
         info.type != VEIL_KEY_EC_P256 ||
-        veil_key_public_der(key, &der, &len) != VEIL_OK ||
-        len > sizeof s->spki)
+        veil_key_public_der(key, &der, &len) != VEIL_OK || len > sizeof s->spki)
         st = veil_cl_fail(err, VEIL_CLIENT_E_SECURITY, 200, VEIL_E_KEY,
                           "the gateway's signing key is not an EC P-256 "
                           "key; refused");
@@ -120,8 +119,8 @@ static veil_client_status signer_fetch(veil_client *c, const char *url,
     char full[2048], shown[512];
     veil_cl_http_response r;
     snprintf(full, sizeof full, "%s/pki/signing_key", url);
-    veil_client_status st = veil_cl_transport_send(
-        c->tx, full, NULL, NULL, 0, SIGNER_MAX_BODY, &r, err);
+    veil_client_status st = veil_cl_transport_send(c->tx, full, NULL, NULL, 0,
+                                                   SIGNER_MAX_BODY, &r, err);
     if (st != VEIL_CLIENT_OK)
         return st;
     if (r.status == 200)
@@ -142,14 +141,13 @@ static veil_client_status signer_fetch(veil_client *c, const char *url,
                             "pinned %s; nothing was sent",
                             s->fp_text, c->sign_pin_text);
     veil_cl_redact_url(url, shown, sizeof shown);
-    veil_logf(&c->log, VEIL_LOG_INFO, "signing key of %s: EC P-256 %s%s",
-              shown, s->fp_text,
-              c->has_sign_pin ? " (pinned)" : " (first contact)");
+    veil_logf(&c->log, VEIL_LOG_INFO, "signing key of %s: EC P-256 %s%s", shown,
+              s->fp_text, c->has_sign_pin ? " (pinned)" : " (first contact)");
     return VEIL_CLIENT_OK;
 }
 
-static veil_client_status signer_get(veil_client *c, const char *url,
-                                     signer *s, veil_client_error *err)
+static veil_client_status signer_get(veil_client *c, const char *url, signer *s,
+                                     veil_client_error *err)
 {
     const veil_trust *t = c->trust;
     memset(s, 0, sizeof *s);
@@ -240,8 +238,7 @@ static int looks_v2(const veil_cl_http_response *r)
 {
     static const char type[] = VEIL_OHTTP_MEDIA_KEYS;
     const char *ct = r->content_type;
-    return r->status == 200 &&
-           !strncasecmp(ct, type, sizeof type - 1) &&
+    return r->status == 200 && !strncasecmp(ct, type, sizeof type - 1) &&
            (ct[sizeof type - 1] == '\0' || ct[sizeof type - 1] == ';' ||
             ct[sizeof type - 1] == ' ') &&
            (r->keys_signature[0] || r->keys_expires[0] ||
@@ -287,8 +284,8 @@ static veil_client_status statement_check(veil_client *c, const char *url,
                      "not_after=%s\n",
                      hex, r->keys_signed_at, r->keys_expires);
     int ok = n > 0 && (size_t)n < sizeof st &&
-             veil_b64_decode(r->keys_signature, strlen(r->keys_signature),
-                             &sig, &sig_len) == VEIL_OK &&
+             veil_b64_decode(r->keys_signature, strlen(r->keys_signature), &sig,
+                             &sig_len) == VEIL_OK &&
              veil_key_from_public(c->engine, s.spki, s.len, &key) == VEIL_OK &&
              veil_ecdsa_verify(c->engine, key, (const uint8_t *)st, (size_t)n,
                                sig, sig_len) == VEIL_OK;
@@ -365,8 +362,7 @@ static veil_client_status keys_fetch(veil_client *c, const char *url,
                       shown, r.status);
         st = probing ? VEIL_CLIENT_OK
              : r.status == 200
-                 ? veil_cl_fail(err, VEIL_CLIENT_E_SECURITY, 200,
-                                VEIL_E_VERIFY,
+                 ? veil_cl_fail(err, VEIL_CLIENT_E_SECURITY, 200, VEIL_E_VERIFY,
                                 "the gateway's key configuration is not "
                                 "signed (or not application/ohttp-keys): "
                                 "protocol v2 refuses it; nothing was sent")
@@ -393,8 +389,7 @@ static veil_client_status keys_fetch(veil_client *c, const char *url,
             sl->until = now + (time_t)age;
         veil_logf(&c->log, VEIL_LOG_DEBUG,
                   "v2 key configuration of %s: key ID %u, valid for %lld s",
-                  shown, (unsigned)sl->kc.key_id,
-                  (long long)(sl->until - now));
+                  shown, (unsigned)sl->kc.key_id, (long long)(sl->until - now));
     }
     free(r.body);
     return st;
@@ -403,17 +398,16 @@ static veil_client_status keys_fetch(veil_client *c, const char *url,
 /* url's key configuration (a copy into out): the cached one, else (or
  * when `stale` is the cached one's generation) fetched.  probing: auto,
  * where out->state 2 says "use v1". */
-static veil_client_status keys_get(veil_client *c, const char *url,
-                                   int probing, unsigned long stale,
-                                   veil_cl_v2_slot *out,
+static veil_client_status keys_get(veil_client *c, const char *url, int probing,
+                                   unsigned long stale, veil_cl_v2_slot *out,
                                    veil_client_error *err)
 {
     time_t now = time(NULL);
     pthread_mutex_lock(&c->lock);
     veil_cl_v2_slot *sl = slot_find(c, url, 0);
-    int cached = sl && now < sl->until &&
-                 ((sl->state == 1 && sl->gen != stale) ||
-                  (sl->state == 2 && probing));
+    int cached =
+        sl && now < sl->until &&
+        ((sl->state == 1 && sl->gen != stale) || (sl->state == 2 && probing));
     if (cached)
         *out = *sl;
     pthread_mutex_unlock(&c->lock);
@@ -473,9 +467,9 @@ static veil_client_status inner_encode(const veil_cl_v2_call *k,
                                     {(const uint8_t *)auth, auth_len - 1}};
     }
     if (k->tier)
-        f[n++] = (veil_bhttp_field){
-            VEIL_BSTR("x-security-tier"),
-            {(const uint8_t *)k->tier, strlen(k->tier)}};
+        f[n++] =
+            (veil_bhttp_field){VEIL_BSTR("x-security-tier"),
+                               {(const uint8_t *)k->tier, strlen(k->tier)}};
     if (k->body)
         f[n++] = (veil_bhttp_field){VEIL_BSTR("content-type"),
                                     VEIL_BSTR("application/json")};
@@ -535,8 +529,7 @@ static veil_client_status inner_open(veil_client *c, veil_ohttp_ctx *ctx,
                                              &plain)) != VEIL_OK ||
              (rc = veil_bhttp_decode(veil_secbuf_data(plain),
                                      veil_secbuf_len(plain),
-                                     VEIL_BHTTP_RESPONSE, NULL, &m)) !=
-                 VEIL_OK)
+                                     VEIL_BHTTP_RESPONSE, NULL, &m)) != VEIL_OK)
         why = veil_last_error()->message;
     else if ((in->body = malloc(m->content.len + 1)) == NULL)
         why = "out of memory";
@@ -572,7 +565,8 @@ static int uniform_400(const veil_cl_http_response *r)
         return 0;
     cJSON *j = cJSON_ParseWithLength(r->body, r->len);
     const cJSON *t = cJSON_GetObjectItemCaseSensitive(j, "type");
-    int is = cJSON_IsString(t) && !strcmp(t->valuestring, VEIL_OHTTP_PROBLEM_KEY);
+    int is =
+        cJSON_IsString(t) && !strcmp(t->valuestring, VEIL_OHTTP_PROBLEM_KEY);
     cJSON_Delete(j);
     return is;
 }
@@ -580,14 +574,14 @@ static int uniform_400(const veil_cl_http_response *r)
 /* Encapsulates req to kc and posts it once: the outer answer into r, the
  * context into *ctx (when sealed), the request ID into in. */
 static veil_client_status post_once(veil_client *c, const veil_cl_v2_call *k,
-                                    const veil_cl_v2_slot *kc,
-                                    veil_secbuf *req, veil_ohttp_ctx **ctx,
+                                    const veil_cl_v2_slot *kc, veil_secbuf *req,
+                                    veil_ohttp_ctx **ctx,
                                     veil_cl_http_response *r, inner *in,
                                     veil_client_error *err)
 {
-    static const char *const lines[] = {
-        "Content-Type: " VEIL_OHTTP_MEDIA_REQ, "Accept: " VEIL_OHTTP_MEDIA_RES,
-        "Expect:", NULL};
+    static const char *const lines[] = {"Content-Type: " VEIL_OHTTP_MEDIA_REQ,
+                                        "Accept: " VEIL_OHTTP_MEDIA_RES,
+                                        "Expect:", NULL};
     uint8_t *body = NULL, h[32];
     size_t len = 0, enc_len = 0;
     char full[2048];
@@ -605,9 +599,8 @@ static veil_client_status post_once(veil_client *c, const veil_cl_v2_call *k,
     uint64_t t1 = veil_cl_now_ns();
     snprintf(full, sizeof full, "%s" VEIL_OHTTP_WELL_KNOWN, k->url);
     veil_logf(&c->log, VEIL_LOG_DEBUG,
-              "v2 %s %s: request %.16s... to key ID %u (%zu bytes)",
-              k->method, k->path, in->request_id, (unsigned)kc->kc.key_id,
-              len);
+              "v2 %s %s: request %.16s... to key ID %u (%zu bytes)", k->method,
+              k->path, in->request_id, (unsigned)kc->kc.key_id, len);
     veil_client_status st = veil_cl_transport_send(
         c->tx, full, lines, (const char *)body, len, 0, r, err);
     free(body);
@@ -636,9 +629,8 @@ static veil_client_status answer_tree(veil_client *c, const inner *in,
         (md = cJSON_AddObjectToObject(j, "_metadata")) == NULL)
         why = "out of memory";
     if (why == NULL) {
-        static const char *const mine[] = {"protocol", "request_id",
-                                           "is_encrypted",
-                                           "encryption_algorithm"};
+        static const char *const mine[] = {
+            "protocol", "request_id", "is_encrypted", "encryption_algorithm"};
         for (size_t i = 0; i < sizeof mine / sizeof mine[0]; i++)
             cJSON_DeleteItemFromObjectCaseSensitive(md, mine[i]);
         if (!cJSON_AddStringToObject(md, "protocol", "v2") ||
@@ -664,8 +656,7 @@ static veil_client_status answer_tree(veil_client *c, const inner *in,
 static veil_client_status attempt(veil_client *c, const veil_cl_v2_call *k,
                                   const veil_cl_v2_slot *kc, veil_secbuf *req,
                                   cJSON **response, long *status, int *uniform,
-                                  long *retry_after_ms,
-                                  veil_client_error *err)
+                                  long *retry_after_ms, veil_client_error *err)
 {
     veil_ohttp_ctx *ctx = NULL;
     veil_cl_http_response r;

@@ -51,7 +51,8 @@ static veil_key *srv_key, *sign_key;
 static tu_proc gw_tok, gw_sw;
 static char url_tok[64], url_sw[64];
 
-/* ---- helpers -------------------------------------------------------------- */
+/* ---- helpers --------------------------------------------------------------
+ */
 
 static void url_of(const tu_proc *p, char *out, size_t size)
 {
@@ -118,8 +119,7 @@ static void chat_v2_ok(const char *url, veil_client_protocol proto)
         const cJSON *md = cJSON_GetObjectItem(resp, "_metadata");
         CU_ASSERT_STRING_EQUAL(tu_json_str(md, "protocol"), "v2");
         CU_ASSERT(cJSON_IsTrue(cJSON_GetObjectItem(md, "is_encrypted")));
-        CU_ASSERT_STRING_EQUAL(tu_json_str(md, "request_id"),
-                               stats.request_id);
+        CU_ASSERT_STRING_EQUAL(tu_json_str(md, "request_id"), stats.request_id);
         CU_ASSERT_EQUAL(strlen(stats.request_id), 64);
         CU_ASSERT_EQUAL(stats.protocol, 2);
         CU_ASSERT_EQUAL(stats.attempts, 1);
@@ -171,7 +171,8 @@ static int run_veil(const char *const *args, char **out, char **errout)
     return status;
 }
 
-/* ---- over real gateways ---------------------------------------------------- */
+/* ---- over real gateways ----------------------------------------------------
+ */
 
 /* Chat over v2, the KEM key in SoftHSM2, then in software. */
 static void test_chat_v2_token(void)
@@ -210,10 +211,18 @@ static void test_v2_off(void)
     char state_dir[700], url[64];
     const char *base[] = {"--state-dir", state_dir, "--rate", "1000",
                           "--burst",     "1000",    NULL};
-    const char *extra[] = {"--server-key", server_ref,   "--pkcs11-module",
-                           module,         "--pin-source", pin_spec,
-                           "--signing-key", signer_ref,  "--model",
-                           "echo=echo",    "--v2",       "off",
+    const char *extra[] = {"--server-key",
+                           server_ref,
+                           "--pkcs11-module",
+                           module,
+                           "--pin-source",
+                           pin_spec,
+                           "--signing-key",
+                           signer_ref,
+                           "--model",
+                           "echo=echo",
+                           "--v2",
+                           "off",
                            NULL};
     veil_chat_stats stats;
     veil_client_error err;
@@ -241,11 +250,10 @@ static void test_v2_off(void)
 
     /* the CLI: auto falls back, v2 exits 14 with the reason */
     {
-        const char *a1[] = {"chat", "--url", url, "--allow-http", "-m",
-                            "echo", "-v",    PROMPT, NULL};
-        const char *a2[] = {"chat", "--url",    url, "--allow-http",
-                            "-m",   "echo",     "--protocol", "v2",
-                            PROMPT, NULL};
+        const char *a1[] = {"chat", "--url", url, "--allow-http", "-m", "echo",
+                            "-v",   PROMPT,  NULL};
+        const char *a2[] = {"chat", "--url",      url,  "--allow-http", "-m",
+                            "echo", "--protocol", "v2", PROMPT,         NULL};
         char *out = NULL, *e = NULL;
         CU_ASSERT_EQUAL(run_veil(a1, &out, &e), 0);
         CU_ASSERT(out && !strcmp(out, PROMPT "\n"));
@@ -299,8 +307,8 @@ static void test_models(void)
         veil_client_error err;
         veil_chat_stats stats;
         cJSON *resp = NULL;
-        CU_ASSERT_EQUAL_FATAL(
-            veil_models_list(c, NULL, &resp, &stats, &err), VEIL_CLIENT_OK);
+        CU_ASSERT_EQUAL_FATAL(veil_models_list(c, NULL, &resp, &stats, &err),
+                              VEIL_CLIENT_OK);
         const cJSON *data = cJSON_GetObjectItem(resp, "data");
         CU_ASSERT_EQUAL(cJSON_GetArraySize(data), 1);
         CU_ASSERT_STRING_EQUAL(tu_json_str(cJSON_GetArrayItem(data, 0), "id"),
@@ -397,10 +405,18 @@ static void test_refetch_after_restart(void)
     char state_dir[700], url[64], port[16];
     const char *base[] = {"--state-dir", state_dir, "--rate", "1000",
                           "--burst",     "1000",    NULL};
-    const char *extra[] = {"--server-key", server_ref,   "--pkcs11-module",
-                           module,         "--pin-source", pin_spec,
-                           "--signing-key", signer_ref,  "--model",
-                           "echo=echo",    "--port",     port,
+    const char *extra[] = {"--server-key",
+                           server_ref,
+                           "--pkcs11-module",
+                           module,
+                           "--pin-source",
+                           pin_spec,
+                           "--signing-key",
+                           signer_ref,
+                           "--model",
+                           "echo=echo",
+                           "--port",
+                           port,
                            NULL};
     veil_chat_stats stats;
     veil_client_error err;
@@ -410,17 +426,15 @@ static void test_refetch_after_restart(void)
     snprintf(state_dir, sizeof state_dir, "%s/cv2-restart.state",
              tu_env("VEIL_TEST_DIR"));
     snprintf(port, sizeof port, "0");
-    CU_ASSERT_EQUAL_FATAL(gt_veild_start(&g, "cv2-restart", base, extra, 0),
-                          0);
+    CU_ASSERT_EQUAL_FATAL(gt_veild_start(&g, "cv2-restart", base, extra, 0), 0);
     snprintf(port, sizeof port, "%u", g.port);
     url_of(&g, url, sizeof url);
     veil_client *c = client_for(url, VEIL_CLIENT_PROTOCOL_V2);
     CU_ASSERT_EQUAL(chat(c, &stats, &err, &ok), VEIL_CLIENT_OK);
     CU_ASSERT_EQUAL(stats.attempts, 1);
     gt_stop_ok(&g);
-    CU_ASSERT_EQUAL_FATAL(gt_veild_start(&g, "cv2-restart", base, extra, 0),
-                          0);
-    CU_ASSERT_EQUAL_FATAL(g.port, (unsigned)atoi(port));
+    CU_ASSERT_EQUAL_FATAL(gt_veild_start(&g, "cv2-restart", base, extra, 0), 0);
+    CU_ASSERT_EQUAL_FATAL(g.port, (unsigned)strtoul(port, NULL, 10));
     CU_ASSERT_EQUAL(chat(c, &stats, &err, &ok), VEIL_CLIENT_OK);
     CU_ASSERT(ok);
     CU_ASSERT_EQUAL(stats.attempts, 2);
@@ -447,12 +461,23 @@ static void test_api_key_inner(void)
     uint8_t h[32];
     char line[200], dir[512], path[600], state_dir[700], hex[65], url[64];
     const char *base[] = {"--state-dir", state_dir, NULL};
-    const char *extra[] = {"--server-key", sw_ref,     "--pkcs11-module",
-                           module,         "--pin-source", pin_spec,
-                           "--signing-key", signer_ref, "--model",
-                           "echo=echo",    "--api-keys", path,
-                           "--rate",       "0.001",    "--burst",
-                           "2",            NULL};
+    const char *extra[] = {"--server-key",
+                           sw_ref,
+                           "--pkcs11-module",
+                           module,
+                           "--pin-source",
+                           pin_spec,
+                           "--signing-key",
+                           signer_ref,
+                           "--model",
+                           "echo=echo",
+                           "--api-keys",
+                           path,
+                           "--rate",
+                           "0.001",
+                           "--burst",
+                           "2",
+                           NULL};
     veil_client_config cfg;
     veil_chat_stats stats;
     veil_client_error err;
@@ -572,13 +597,15 @@ static int stand_in_start(void)
 {
     veil_keygen_params ep = {.type = VEIL_KEY_EC_P256};
     veil_hpke_key *kem = NULL;
-    veil_ohttp_keyconfig kc = {.key_id = 7,
-                               .kem = VEIL_HPKE_KEM_P256,
-                               .pk_len = sizeof kc.pk,
-                               .algs = {{VEIL_HPKE_KDF_SHA256,
-                                         VEIL_HPKE_AEAD_AES256GCM}},
-                               .n_algs = 1};
-    stub_config cfg = {.handle = si_handle, .ctx = &si, .max_body = 1 << 20,
+    veil_ohttp_keyconfig kc = {
+        .key_id = 7,
+        .kem = VEIL_HPKE_KEM_P256,
+        .pk_len = sizeof kc.pk,
+        .algs = {{VEIL_HPKE_KDF_SHA256, VEIL_HPKE_AEAD_AES256GCM}},
+        .n_algs = 1};
+    stub_config cfg = {.handle = si_handle,
+                       .ctx = &si,
+                       .max_body = 1 << 20,
                        .who = "stand-in gateway"};
     if (veil_key_generate(sw_e, "software", &ep, &si.signer) != VEIL_OK ||
         veil_key_public_pem(si.signer, &si.signer_pem) != VEIL_OK ||
@@ -666,14 +693,28 @@ static int start_gateways(void)
                            "--burst",     "1000",   NULL};
     const char *base1[] = {"--state-dir", state[1], "--rate", "1000",
                            "--burst",     "1000",   NULL};
-    const char *tok[] = {"--server-key", server_ref,   "--pkcs11-module",
-                         module,         "--pin-source", pin_spec,
-                         "--signing-key", signer_ref,  "--model",
-                         "echo=echo",    NULL};
-    const char *sw[] = {"--server-key", sw_ref,       "--pkcs11-module",
-                        module,         "--pin-source", pin_spec,
-                        "--signing-key", signer_ref,  "--model",
-                        "echo=echo",    NULL};
+    const char *tok[] = {"--server-key",
+                         server_ref,
+                         "--pkcs11-module",
+                         module,
+                         "--pin-source",
+                         pin_spec,
+                         "--signing-key",
+                         signer_ref,
+                         "--model",
+                         "echo=echo",
+                         NULL};
+    const char *sw[] = {"--server-key",
+                        sw_ref,
+                        "--pkcs11-module",
+                        module,
+                        "--pin-source",
+                        pin_spec,
+                        "--signing-key",
+                        signer_ref,
+                        "--model",
+                        "echo=echo",
+                        NULL};
 
     snprintf(state[0], sizeof state[0], "%s/cv2-tok.state",
              tu_env("VEIL_TEST_DIR"));
@@ -762,7 +803,8 @@ int main(void)
         {"embeddings need v2", test_embed_needs_v2},
         {"API key, 401 and 429 inside", test_api_key_inner},
         {"a wrong signing key pin", test_wrong_signing_pin},
-        {"uniform 400 after a restart: refetch, retry", test_refetch_after_restart},
+        {"uniform 400 after a restart: refetch, retry",
+         test_refetch_after_restart},
         {"stand-in: an expired statement", test_expired_statement},
         {"stand-in: a bad signature", test_bad_signature},
         {"stand-in: the uniform 400 twice", test_uniform_twice},

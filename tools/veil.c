@@ -114,7 +114,8 @@ static const char usage_chat[] =
     "                         v2 when the gateway offers a signed key\n"
     "                         configuration, else v1; v1 with --trust or\n"
     "                         --evidence)\n"
-    "  --signing-key-pin sha256:HEX  v2: the gateway's signing key, which must\n"
+    "  --signing-key-pin sha256:HEX  v2: the gateway's signing key, which "
+    "must\n"
     "                         sign its key configurations (default: the\n"
     "                         --trust file's, else the key it names at first\n"
     "                         contact)\n"
@@ -152,7 +153,8 @@ static const char usage_chat[] =
     "                         bidi overrides and bytes that are not UTF-8\n"
     "                         are shown as '?' or U+FFFD)\n"
     "Without --token-key or --key-dir a fresh RSA-4096 key is made in memory\n"
-    "for this run only, when v1 is used (v2 needs no client key). Tool calls in an answer are printed as JSON (after\n"
+    "for this run only, when v1 is used (v2 needs no client key). Tool calls "
+    "in an answer are printed as JSON (after\n"
     "its content, if any). A PROMPT argument is wiped from the command line\n"
     "once read. Common OPTIONS: see 'veil --help'.\n";
 
@@ -648,9 +650,9 @@ enum cmd {
     CMD_MODELS
 };
 
-static const char *const cmd_names[] = {
-    "veil chat",   "veil server-key", "veil attest enroll",
-    "veil verify", "veil embed",      "veil models"};
+static const char *const cmd_names[] = {"veil chat",          "veil server-key",
+                                        "veil attest enroll", "veil verify",
+                                        "veil embed",         "veil models"};
 
 #define ON(c) (1u << (c))
 #define V2 (ON(CMD_CHAT) | ON(CMD_EMBED) | ON(CMD_MODELS))
@@ -1059,8 +1061,7 @@ static int parse_opts(int argc, char **argv, enum cmd cmd, struct opts *o)
     /* Never echo a positional argument: it may be a prompt. */
     if ((cmd == CMD_SERVER_KEY || cmd == CMD_ENROLL || cmd == CMD_MODELS) &&
         optind < argc) {
-        fprintf(stderr, "veil: %s takes no arguments\n",
-                cmd_names[cmd] + 5);
+        fprintf(stderr, "veil: %s takes no arguments\n", cmd_names[cmd] + 5);
         return 0;
     }
     if (cmd == CMD_ENROLL) {
@@ -1094,8 +1095,9 @@ static int parse_opts(int argc, char **argv, enum cmd cmd, struct opts *o)
     }
     if (cmd == CMD_CHAT || cmd == CMD_EMBED) {
         if (argc - optind > 1) {
-            fprintf(stderr, "veil: give the %s as one argument (quote "
-                            "it), or '-' to read it from stdin\n",
+            fprintf(stderr,
+                    "veil: give the %s as one argument (quote "
+                    "it), or '-' to read it from stdin\n",
                     cmd == CMD_CHAT ? "prompt" : "text");
             return 0;
         }
@@ -1463,8 +1465,8 @@ static void say_stats(const veil_chat_stats *stats, const cJSON *resp)
              "%.1f ms, decrypt %.1f ms",
              stats->protocol, stats->protocol == 2 ? "request" : "payload",
              stats->protocol == 2 ? stats->request_id : stats->payload_id,
-             stats->attempts, stats->encrypt_ns / 1e6,
-             stats->network_ns / 1e6, stats->decrypt_ns / 1e6);
+             stats->attempts, stats->encrypt_ns / 1e6, stats->network_ns / 1e6,
+             stats->decrypt_ns / 1e6);
     say("info", line);
     if (veil_chat_get_usage(resp, &u)) {
         snprintf(line, sizeof line,
@@ -1525,6 +1527,10 @@ static int cmd_chat(veil_client *c, const struct opts *o, veil_secbuf *prompt,
         evidence_failed = 1;
     }
     free(evidence);
+    /* auto made the client key only when it took v1 */
+    if (o->verbose && stats.protocol == 1 &&
+        o->protocol != VEIL_CLIENT_PROTOCOL_V1)
+        verbose_fingerprints(c);
     if (o->verbose)
         say_stats(&stats, resp);
     content = veil_chat_content(resp);
@@ -1616,7 +1622,8 @@ static int cmd_models(veil_client *c, const struct opts *o)
         cJSON_ArrayForEach(m, cJSON_GetObjectItemCaseSensitive(resp, "data"))
         {
             const cJSON *id = cJSON_GetObjectItemCaseSensitive(m, "id");
-            if (cJSON_IsString(id) && (ok = print_text(id->valuestring, 0)) <= 0)
+            if (cJSON_IsString(id) &&
+                (ok = print_text(id->valuestring, 0)) <= 0)
                 break;
         }
     }
@@ -1858,7 +1865,8 @@ static void client_config(enum cmd cmd, const struct opts *o,
     cfg->allow_foreign_attestation = o->allow_foreign;
     cfg->allow_small_exponent = o->allow_small_exponent;
     /* server-key is v1's; embed and models never use the client key */
-    cfg->protocol = cmd == CMD_SERVER_KEY ? VEIL_CLIENT_PROTOCOL_V1 : o->protocol;
+    cfg->protocol =
+        cmd == CMD_SERVER_KEY ? VEIL_CLIENT_PROTOCOL_V1 : o->protocol;
     cfg->signing_key_pin = o->signing_pin[0] ? o->signing_pin : NULL;
 }
 
@@ -1912,7 +1920,7 @@ static int run(enum cmd cmd, struct opts *o)
     prompting = (o->token_key && pin.kind == VEIL_PIN_PROMPT) ||
                 (o->key_dir && password.kind == VEIL_PIN_PROMPT);
     spinner = cmd == CMD_CHAT && isatty(STDERR_FILENO) && !prompting;
-    if (spinner && !o->token_key) {
+    if (spinner && !o->token_key && o->protocol == VEIL_CLIENT_PROTOCOL_V1) {
         char path[4200];
         snprintf(path, sizeof path, "%s/private_key.pem",
                  o->key_dir ? o->key_dir : ".");

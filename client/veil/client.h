@@ -196,8 +196,8 @@ typedef struct veil_chat_stats {
     unsigned attempts;   /* packages sent */
     char payload_id[37]; /* v1: the payload ID of the answered package */
     /* Appended in libveil 1. */
-    int protocol;         /* 1 or 2: the protocol that carried the answer */
-    char request_id[65];  /* v2: hex SHA-256 of the answered request's enc */
+    int protocol;        /* 1 or 2: the protocol that carried the answer */
+    char request_id[65]; /* v2: hex SHA-256 of the answered request's enc */
 } veil_chat_stats;
 
 /* Sends an OpenAI chat-completions request (model, messages, and any of
