@@ -72,6 +72,7 @@ typedef struct bench_opts {
     char veild_buf[PATH_MAX];
     /* attest (attest.c): the gateway fields above apply too */
     int run_attest;   /* ENGINE was "attest" */
+    int protocol_v2;  /* gateway --protocol v2 */
     const char *tcti; /* veild --tpm-tcti: --tcti, else $TPM2TOOLS_TCTI */
 } bench_opts;
 
@@ -390,6 +391,8 @@ int bench_client_run(const bench_opts *o);
 
 /* Runs `veil-bench gateway`; returns the exit status. */
 int bench_gateway_run(const bench_opts *o);
+/* `veil-bench gateway --protocol v2` (gateway_v2.c). */
+int bench_gateway_v2_run(const bench_opts *o);
 
 /* Runs `veil-bench attest`; returns the exit status. */
 int bench_attest_run(const bench_opts *o);

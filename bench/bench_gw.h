@@ -207,6 +207,7 @@ double quantile(const double *sorted, size_t n, double q);
 void sort_doubles(double *v, size_t n);
 void sleep_s(double s);
 unsigned cpu_count(void);
+void fill_prompt(char *p, size_t len, uint32_t salt, uint32_t seq);
 void item_clear(item *it);
 int item_seal(const gw *g, EVP_PKEY *to, item *it);
 int seal_all(const gw *g, EVP_PKEY *to, item *items, unsigned n);
@@ -230,6 +231,10 @@ int tok_setup(const gw *g, tok_side *ts, target *t, const char *uri);
 int tok_cleanup(const gw *g, tok_side *ts, target *t);
 
 /* gateway.c */
+int bare_rate(const target *t, double seconds, double *rate,
+              double *cpu_per_op);
+int run_level(const gw *g, target *t, unsigned nclients, unsigned *seq,
+              double *rate_out);
 int op_sw_bare(void *arg);
 int op_tok_bare(void *arg);
 int gw_open(gw *g, const bench_opts *o, char *uri, size_t uri_size,

@@ -82,8 +82,7 @@ static void *bare_thread(void *arg)
 
 /* The target's bare op on every core at once for `seconds`: ops/s, all
  * threads together. */
-static int bare_rate(const target *t, double seconds, double *rate,
-                     double *cpu_per_op)
+int bare_rate(const target *t, double seconds, double *rate, double *cpu_per_op)
 {
     bare_arg a[MAX_CORES];
     pthread_t th[MAX_CORES];
@@ -147,8 +146,9 @@ static void print_header(void)
 }
 
 /* One concurrency level: warm-up, then rounds of (load phase, baseline
- * slice); prints one line. */
-static int run_level(const gw *g, target *t, unsigned nclients, unsigned *seq)
+ * slice); prints one line.  *rate_out (may be NULL): the median req/s. */
+int run_level(const gw *g, target *t, unsigned nclients, unsigned *seq,
+              double *rate_out)
 {
     const bench_opts *o = g->o;
     unsigned n = o->requests, r, i;
@@ -212,6 +212,8 @@ static int run_level(const gw *g, target *t, unsigned nclients, unsigned *seq)
     }
     printf("%-32s %8.1f %8.1f %6.3f %8.2f %8.2f %7.2f %6s  %s\n", name, rate,
            limit, ratio, p50, p99, tail, etext, result);
+    if (rate_out)
+        *rate_out = rate;
     /* CPU per request: veild's, and this process's during the load phases
      * (the client threads; packages were sealed before), against the CPU
      * of one bare op; "cores busy" below 100% under a full load means
@@ -277,7 +279,7 @@ static int run_target(const gw *g, target *t, const char *vname, int timing,
            t->key_ref);
     fflush(stdout);
     for (unsigned i = 0; i < g->o->n_clients; i++)
-        if (run_level(g, t, g->o->clients[i], seq) != 0)
+        if (run_level(g, t, g->o->clients[i], seq, NULL) != 0)
             goto out;
     if (!t->token && run_slow(g, t, seq) != 0)
         goto out;
@@ -494,6 +496,8 @@ int bench_gateway_run(const bench_opts *o)
     int failed = 1, have_sw = 0, have_tok = 0, st;
     gw g;
 
+    if (o->protocol_v2)
+        return bench_gateway_v2_run(o);
     memset(&sw, 0, sizeof sw);
     memset(&ts, 0, sizeof ts);
     memset(&t_sw, 0, sizeof t_sw);

@@ -143,7 +143,7 @@ unsigned cpu_count(void)
 }
 
 /* The prompt of request `seq`: "r<salt>.<seq> " and words, len bytes. */
-static void fill_prompt(char *p, size_t len, uint32_t salt, uint32_t seq)
+void fill_prompt(char *p, size_t len, uint32_t salt, uint32_t seq)
 {
     static const char words[] = "the quick brown fox jumps over the lazy "
                                 "dog while veil seals every request ";

@@ -107,6 +107,10 @@ static const char *const TAIL =
     "  --timing N         refusal timing: packages of each kind, 0 skips\n"
     "                     [200]\n"
     "  --memory-waves N   waves of 64 concurrent 1 MiB requests; 0 skips [3]\n"
+    "  --protocol v1|v2   v2: protocol v2 (Oblivious HTTP) next to the bare\n"
+    "                     P-256 ECDH derive rate and to v1 on the same veild\n"
+    "                     (software and token KEM key); no timing, memory "
+    "[v1]\n"
     "attest (--rounds: interleaved rounds [20]; --veild, --bits [4096] and\n"
     "--workers as for gateway; the signing key goes in --module/--token):\n"
     "  --requests N       requests per configuration and round [50]\n"
@@ -438,6 +442,15 @@ static int set_tcti(bench_opts *o, given *g, const char *s)
     return *s ? 0 : -1;
 }
 
+static int set_protocol(bench_opts *o, given *g, const char *s)
+{
+    (void)g;
+    if (strcmp(s, "v1") != 0 && strcmp(s, "v2") != 0)
+        return -1;
+    o->protocol_v2 = strcmp(s, "v2") == 0;
+    return 0;
+}
+
 static int set_no_pkcs11(bench_opts *o, given *g, const char *s)
 {
     (void)o;
@@ -475,8 +488,8 @@ typedef struct bench_opt {
 
 static const char URL_SCOPE[] = "--url and --ca-file apply to ENGINE client "
                                 "only";
-static const char GW_SCOPE[] = "--clients, --timing and --memory-waves apply "
-                               "to ENGINE gateway only";
+static const char GW_SCOPE[] = "--clients, --protocol, --timing and "
+                               "--memory-waves apply to ENGINE gateway only";
 static const char GWA_SCOPE[] = "--veild, --requests, --bits and --workers "
                                 "apply to ENGINE gateway and attest only";
 
@@ -486,6 +499,8 @@ static const bench_opt OPTIONS[] = {
     {"clients", 1, set_clients, NO_STORE,
      "--clients wants up to 8 comma-separated integers in [1, 512], not: ",
      C_GATEWAY, GW_SCOPE},
+    {"protocol", 1, set_protocol, NO_STORE,
+     "--protocol wants v1 or v2, not: ", C_GATEWAY, GW_SCOPE},
     {"timing", 1, set_timing, NO_STORE,
      "--timing wants an integer in [0, 100000], not: ", C_GATEWAY, GW_SCOPE},
     {"memory-waves", 1, set_waves, NO_STORE,

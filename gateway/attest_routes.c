@@ -1,4 +1,5 @@
-/* gateway/attest_routes.c: the attestation routes (docs/ATTESTATION.md)
+/* gateway/attest_routes.c: the attestation routes (docs/ATTESTATION.md),
+ * answer signatures (made for v1.c and v2.c, kept in the signature store)
  * and the signature store's route:
  *   GET  /v1/attestation/report?nonce=HEX
  *   POST /v1/attestation/activate
@@ -160,31 +161,121 @@ void gw_attest_activate(void *app, svc_req *r)
     veil_wipe(secret, sizeof secret);
 }
 
-/* GET /v1/signatures/ID: the signature of an answer, while it is kept. */
+/* Keeps the signature for GET /v1/signatures/ID: losing it costs only the
+ * later lookup, so a failure here is logged and the answer still goes. */
+static void keep_signature(gw_server *s, const char *id, const char *key,
+                           const char *tier, const uint8_t request_sha256[32],
+                           const uint8_t response_sha256[32],
+                           const uint8_t *owner, long long signed_at,
+                           const char *sig_b64, const char *statement)
+{
+    char req_hex[65], resp_hex[65];
+    char *body = NULL;
+    cJSON *j = cJSON_CreateObject();
+
+    veil_hex(request_sha256, 32, req_hex);
+    veil_hex(response_sha256, 32, resp_hex);
+    if (j && cJSON_AddStringToObject(j, "format", "veil-signature-v1") &&
+        cJSON_AddStringToObject(j, "payload_id", id) &&
+        cJSON_AddStringToObject(j, "security_tier", tier) &&
+        cJSON_AddStringToObject(j, "request_sha256", req_hex) &&
+        cJSON_AddStringToObject(j, "response_sha256", resp_hex) &&
+        cJSON_AddStringToObject(j, "signing_key_sha256", s->sign_hex) &&
+        cJSON_AddNumberToObject(j, "signed_at", (double)signed_at) &&
+        cJSON_AddStringToObject(j, "signature_b64", sig_b64) &&
+        cJSON_AddStringToObject(j, "statement", statement))
+        body = cJSON_PrintUnformatted(j);
+    cJSON_Delete(j);
+    if (body == NULL ||
+        gw_signlog_put(s->d.signlog, key, body, owner, time(NULL)))
+        veil_logf(&s->log, VEIL_LOG_WARN,
+                  "the signature of %s could not be kept for /v1/signatures",
+                  id);
+    free(body);
+}
+
+gw_rc gw_answer_sign(gw_server *s, const char *id, const char *key,
+                     const char *tier, const uint8_t request_sha256[32],
+                     const uint8_t response_sha256[32], const uint8_t *owner,
+                     gw_answer_sig *sig)
+{
+    uint8_t der[VEIL_ECDSA_SIG_MAX];
+    size_t der_len = sizeof der, st_len;
+    char statement[VEIL_EV_STATEMENT_MAX];
+    long long signed_at = (long long)time(NULL);
+
+    sig->sig_b64 = NULL;
+    if (s->d.signing_key == NULL)
+        return GW_OK;
+    st_len = veil_ev_statement(id, tier, request_sha256, response_sha256,
+                               s->d.signing_key_sha256, signed_at, statement,
+                               sizeof statement);
+    if (st_len == 0) {
+        veil_logf(&s->log, VEIL_LOG_ERROR,
+                  "signing the answer to %s: no statement", id);
+        return GW_INTERNAL;
+    }
+    if (veil_ecdsa_sign(s->d.engine, s->d.signing_key,
+                        (const uint8_t *)statement, st_len, der,
+                        &der_len) != VEIL_OK) {
+        veil_logf(&s->log, VEIL_LOG_ERROR,
+                  "signing the answer to %s failed: %s", id,
+                  veil_last_error()->message);
+        return GW_INTERNAL;
+    }
+    if ((sig->sig_b64 = veil_b64_encode(der, der_len)) == NULL) {
+        veil_logf(&s->log, VEIL_LOG_ERROR,
+                  "signing the answer to %s: out of memory", id);
+        return GW_INTERNAL;
+    }
+    snprintf(sig->signed_at, sizeof sig->signed_at, "%lld", signed_at);
+    keep_signature(s, id, key, tier, request_sha256, response_sha256, owner,
+                   signed_at, sig->sig_b64, statement);
+    return GW_OK;
+}
+
+gw_rc gw_signature_find(gw_server *s, const char *id, const uint8_t caller[32],
+                        char **body, char *why, size_t why_size)
+{
+    char key[PID_MAX + 1];
+    /* with API keys, an entry is its requester's (or an operator's) */
+    const uint8_t *who =
+        s->d.auth && !gw_auth_is_operator(s->d.auth, caller) ? caller : NULL;
+
+    *body = NULL;
+    if (!gw_payload_id_canonical(id, key)) {
+        snprintf(why, why_size,
+                 "the path must end in a payload ID (1 to %d printable "
+                 "ASCII characters, no space)",
+                 PID_MAX);
+        return GW_REFUSED;
+    }
+    if (s->d.signlog == NULL) {
+        snprintf(why, why_size,
+                 "this gateway does not sign answers (no signing_key)");
+        return GW_NOT_FOUND;
+    }
+    if ((*body = gw_signlog_get(s->d.signlog, key, who, time(NULL))) == NULL) {
+        snprintf(why, why_size,
+                 "no signature is kept for payload ID %s (unknown, or "
+                 "older than signature_retention)",
+                 id);
+        return GW_NOT_FOUND;
+    }
+    return GW_OK;
+}
+
+/* GET /v1/signatures/ID: the signature of an answer, while it is kept,
+ * for the API key that made the request or an operator key. */
 void gw_signature_get(void *app, svc_req *r)
 {
     gw_server *s = app;
-    const char *pid = svc_tail(r);
-    char key[PID_MAX + 1], *body;
+    char why[512], *body = NULL;
+    gw_rc rc = gw_signature_find(s, svc_tail(r), svc_client_id(r), &body, why,
+                                 sizeof why);
 
-    if (!gw_payload_id_canonical(pid, key)) {
-        gw_respond(s, r, GW_REFUSED,
-                   "the path must end in a payload ID (1 to %d printable "
-                   "ASCII characters, no space)",
-                   PID_MAX);
-        return;
-    }
-    if (s->d.signlog == NULL) {
-        gw_respond(s, r, GW_NOT_FOUND,
-                   "this gateway does not sign answers (no signing_key)");
-        return;
-    }
-    body = gw_signlog_get(s->d.signlog, key, time(NULL));
-    if (body == NULL) {
-        gw_respond(s, r, GW_NOT_FOUND,
-                   "no signature is kept for payload ID %s (unknown, or "
-                   "older than signature_retention)",
-                   pid);
+    if (rc != GW_OK) {
+        gw_respond(s, r, rc, "%s", why);
         return;
     }
     svc_text(r, 200, "application/json", body, strlen(body));

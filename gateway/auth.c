@@ -17,6 +17,10 @@
  * as, and writable by nobody else (mode 600 or 640): whoever can write it
  * can let anyone in.  A malformed line or a file without keys is refused.
  *
+ * The setting operator_keys names keys of the file (by the name on their
+ * line) that may read every answer signature (GET /v1/signatures/ID);
+ * other keys read only those of their own requests.
+ *
  * gw_auth_check hashes the presented key and compares the hash with every
  * entry using CRYPTO_memcmp, without stopping at a match, so the time taken
  * does not depend on which entry (if any) matched.
@@ -43,7 +47,8 @@
 
 typedef struct auth_entry {
     uint8_t hash[32];
-    char *name; /* NULL when the line has none */
+    char *name;      /* NULL when the line has none */
+    int is_operator; /* named in operator_keys */
 } auth_entry;
 
 struct gw_auth {
@@ -266,4 +271,50 @@ const char *gw_auth_name(const gw_auth *a, const uint8_t id[32])
         if (memcmp(a->e[i].hash, id, 32) == 0)
             return a->e[i].name;
     return NULL;
+}
+
+int gw_auth_set_operators(gw_auth *a, const char *names, char *err,
+                          size_t err_size)
+{
+    const char *p = names;
+
+    while (a && p && *p) {
+        size_t len = strcspn(p, ","), hits = 0;
+
+        while (len > 0 && is_blank(*p)) {
+            p++;
+            len--;
+        }
+        for (size_t l = len; l > 0 && is_blank(p[l - 1]); l--)
+            len = l - 1;
+        for (size_t i = 0; len > 0 && i < a->n; i++)
+            if (a->e[i].name && strlen(a->e[i].name) == len &&
+                memcmp(a->e[i].name, p, len) == 0) {
+                a->e[i].is_operator = 1;
+                hits++;
+            }
+        if (hits == 0) {
+            gw_put_err(err, err_size,
+                       "operator_keys: '%.*s' names no key of the api_keys "
+                       "file",
+                       (int)(len < NAME_MAX_LEN ? len : NAME_MAX_LEN), p);
+            return -1;
+        }
+        p += strcspn(p, ",");
+        if (*p == ',')
+            p++;
+    }
+    if (a == NULL) {
+        gw_put_err(err, err_size, "operator_keys needs api_keys");
+        return -1;
+    }
+    return 0;
+}
+
+int gw_auth_is_operator(const gw_auth *a, const uint8_t id[32])
+{
+    for (size_t i = 0; a && i < a->n; i++)
+        if (a->e[i].is_operator && memcmp(a->e[i].hash, id, 32) == 0)
+            return 1;
+    return 0;
 }

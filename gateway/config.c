@@ -427,6 +427,10 @@ static const svc_setting settings[] = {
     {"api_keys", "FILE", &svc_str, OFF(api_keys), 0, 0, NULL,
      "API key hashes, lines \"sha256:<64 hex> [name]\"; unset: no API key "
      "needed"},
+    {"operator_keys", "NAME[,NAME...]", &svc_str, OFF(operator_keys), 0, 0,
+     NULL,
+     "API keys (by their name in api_keys) that may fetch every answer's "
+     "signature; the others fetch only their own"},
     {"rate", "N", &svc_rate, OFF(rate), 0, 0, "1",
      "requests per second per API key (> 0; fractions allowed)"},
     {"burst", "N", &svc_uint, OFF(burst), 1, 1000000, "2",

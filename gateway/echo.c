@@ -1,6 +1,8 @@
-/* The echo model: a chat.completion repeating the last user message, with
- * word counts as usage.  For trying veild out without an inference server;
- * only the request's "messages" is parsed (into a tree: the echo is not
+/* The echo model: a chat.completion repeating the last user message, a
+ * text_completion repeating each prompt, or the deterministic embedding of
+ * each input (protocol/openai.c), with word counts as usage.  For trying
+ * veild out without an inference server; only the member the route reads
+ * ("messages", "prompt", "input") is parsed (into a tree: the echo is not
  * for load).  The prompt and the answer are secret here as anywhere: every
  * copy is wiped before it is freed. */
 #include "config.h"
@@ -43,9 +45,9 @@ static size_t count_words(const char *s)
     return n;
 }
 
-/* "chatcmpl-echo-" and 24 random hex digits (a counter if the random
- * source fails). */
-static void answer_id(char id[64])
+/* prefix ("chatcmpl-echo-", "cmpl-echo-") and 24 random hex digits (a
+ * counter if the random source fails). */
+static void answer_id(char id[64], const char *prefix)
 {
     static unsigned long counter;
     uint8_t rnd[12];
@@ -53,9 +55,9 @@ static void answer_id(char id[64])
 
     if (getrandom(rnd, sizeof rnd, 0) == (ssize_t)sizeof rnd) {
         veil_hex(rnd, sizeof rnd, hex);
-        snprintf(id, 64, "chatcmpl-echo-%s", hex);
+        snprintf(id, 64, "%s%s", prefix, hex);
     } else {
-        snprintf(id, 64, "chatcmpl-echo-%lx%lx", (unsigned long)time(0),
+        snprintf(id, 64, "%s%lx%lx", prefix, (unsigned long)time(0),
                  __atomic_add_fetch(&counter, 1, __ATOMIC_RELAXED));
     }
 }
@@ -67,7 +69,7 @@ static cJSON *completion(const char *model, const char *content,
     size_t completion_words = count_words(content);
     char id[64];
 
-    answer_id(id);
+    answer_id(id, "chatcmpl-echo-");
     return veil_openai_completion(id, model, content, (double)prompt_words,
                                   (double)completion_words);
 }
@@ -104,7 +106,8 @@ static char *echo_answer(const char *request, size_t len, const gw_request *rq,
                                          rq->m_messages.value_end -
                                              rq->m_messages.value);
     if (!cJSON_IsArray(messages)) {
-        *why = "no \"messages\" array";
+        *why =
+            "request is not a chat completion request: no \"messages\" array";
         goto out;
     }
     cJSON_ArrayForEach(mm, messages)
@@ -127,6 +130,42 @@ out:
     return text;
 }
 
+/* The answer of the completions or embeddings route: the request's
+ * "prompt" or "input" (a string or strings), echoed or embedded. */
+static char *echo_texts(gw_infer route, const char *request, size_t len,
+                        const gw_request *rq, const char **why)
+{
+    const char *name = route == GW_INFER_EMBEDDINGS ? "input" : "prompt";
+    const char *model = rq->model_len >= 0 ? rq->model : "";
+    cJSON *req = cJSON_ParseWithLength(request, len), *a = NULL;
+    const char **texts = NULL;
+    size_t n = 0, words = 0;
+    char *text = NULL, id[64];
+    veil_rc rc = veil_openai_texts(cJSON_GetObjectItemCaseSensitive(req, name),
+                                   &texts, &n);
+
+    *why = NULL;
+    if (rc == VEIL_E_ARG)
+        *why = route == GW_INFER_EMBEDDINGS
+                   ? "\"input\" must be a string or an array of strings"
+                   : "\"prompt\" must be a string or an array of strings";
+    for (size_t i = 0; i < n; i++)
+        words += count_words(texts[i]);
+    if (rc == VEIL_OK && route == GW_INFER_EMBEDDINGS) {
+        a = veil_openai_embeddings(model, texts, n, (double)words);
+    } else if (rc == VEIL_OK) {
+        answer_id(id, "cmpl-echo-");
+        a = veil_openai_text_completion(id, model, texts, n, (double)words,
+                                        (double)words);
+    }
+    if (a != NULL)
+        text = print_answer(a);
+    free(texts);
+    veil_json_wipe_free(a);
+    veil_json_wipe_free(req);
+    return text;
+}
+
 char *gw_echo_answer(const char *request, size_t len)
 {
     const char *why;
@@ -139,19 +178,20 @@ char *gw_echo_answer(const char *request, size_t len)
     return echo_answer(request, len, &rq, &why);
 }
 
-gw_rc gw_echo_call(const gw_model *m, const char *request, size_t len,
-                   const gw_request *rq, const veil_logger *log,
+gw_rc gw_echo_call(const gw_model *m, gw_infer route, const char *request,
+                   size_t len, const gw_request *rq, const veil_logger *log,
                    gw_upstream_result *out, char *err, size_t err_size)
 {
     const char *why;
-    char *a = echo_answer(request, len, rq, &why);
+    char *a = route == GW_INFER_CHAT
+                  ? echo_answer(request, len, rq, &why)
+                  : echo_texts(route, request, len, rq, &why);
 
     if (a == NULL && why != NULL) {
         veil_logf(log, VEIL_LOG_INFO,
                   "upstream: %s: bad request for the echo model (%s)", m->id,
                   why);
-        gw_put_err(err, err_size,
-                   "request is not a chat completion request: %s", why);
+        gw_put_err(err, err_size, "%s", why);
         return GW_REFUSED;
     }
     if (a == NULL) {

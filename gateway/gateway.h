@@ -105,6 +105,7 @@ typedef struct gw_config {
     char *pkcs11_module;
     char *pin_source;  /* "file:...", "env:..." */
     char *api_keys;    /* file of "sha256:<hex> [name]" lines; NULL: no auth */
+    char *operator_keys; /* names in api_keys with operator rights: "a,b" */
     double rate;       /* requests per second per API key (1) */
     unsigned burst;    /* bucket size (2) */
     size_t body_limit; /* bytes (16 MiB) */
@@ -189,6 +190,13 @@ size_t gw_auth_count(const gw_auth *a);
  * such key, or no name).  For logs, after gw_auth_check said GW_OK; not
  * constant time. */
 const char *gw_auth_name(const gw_auth *a, const uint8_t id[32]);
+/* Gives operator rights (every signature at GET /v1/signatures/ID) to the
+ * keys named in names ("alice,bob": names of the api_keys file).  0, or -1
+ * with the reason in err (a name no key has, or no memory). */
+int gw_auth_set_operators(gw_auth *a, const char *names, char *err,
+                          size_t err_size);
+/* 1 when id (gw_auth_check's) is an operator key's. */
+int gw_auth_is_operator(const gw_auth *a, const uint8_t id[32]);
 
 /* ---- replay register (strikes.c) -------------------------------------- */
 
@@ -278,7 +286,7 @@ int gw_request_scan(const gw_config *cfg, const char *text, size_t len,
 /* (cfg may be NULL: no salt fields are looked for.) */
 
 typedef struct gw_upstream_result {
-    char *body; /* the chat.completion JSON (secret: the caller wipes and
+    char *body; /* the answer's JSON (secret: the caller wipes and
                    frees it) */
     size_t len;
     /* the body is one JSON object with no key twice; where its
@@ -288,7 +296,15 @@ typedef struct gw_upstream_result {
     size_t close, members;
 } gw_upstream_result;
 
-/* Sends the plaintext chat request (scanned into rq) to the model's
+/* What an inference request asks of the backend: the route, and so the
+ * backend's path under the model's base URL (PROTOCOL-V2.md 5.3). */
+typedef enum gw_infer {
+    GW_INFER_CHAT,        /* POST <base>/chat/completions */
+    GW_INFER_COMPLETIONS, /* POST <base>/completions */
+    GW_INFER_EMBEDDINGS,  /* POST <base>/embeddings */
+} gw_infer;
+
+/* Sends the plaintext request (scanned into rq) for route to the model's
  * upstream (upstream_http.c), or answers it with the echo model (echo.c).
  * The request goes byte for byte as it came, but for "stream": true (sent
  * as false, without "stream_options") and, when the model has a
@@ -296,14 +312,14 @@ typedef struct gw_upstream_result {
  * with the answer in out; else the outcome, with the detail text for the
  * client in err (one line; never the prompt):
  *   GW_REFUSED      the backend answered 4xx (err: its message, at most
- *                   300 bytes), or not a chat request for the echo model;
+ *                   300 bytes), or a request the echo model cannot take;
  *   GW_UNAVAILABLE  unreachable, or busy (429);
  *   GW_TIMEOUT      no answer within upstream_timeout;
  *   GW_UPSTREAM     5xx, another status, an answer too large or not a
  *                   JSON object with unique keys;
  *   GW_NOMEM, GW_INTERNAL (a key file that cannot be read among them).
  * Log lines (model, statuses and sizes) go to log (NULL: none). */
-gw_rc gw_upstream_call(const gw_config *cfg, const gw_model *m,
+gw_rc gw_upstream_call(const gw_config *cfg, const gw_model *m, gw_infer route,
                        const char *request, size_t len, const gw_request *rq,
                        const char *salt, const veil_logger *log,
                        gw_upstream_result *out, char *err, size_t err_size);
@@ -399,12 +415,16 @@ typedef struct gw_signlog gw_signlog;
 gw_signlog *gw_signlog_new(unsigned retention_s, unsigned capacity);
 void gw_signlog_free(gw_signlog *l);
 /* Stores a copy of `json` (the GET /v1/signatures/ID body) under the
- * payload ID; a live entry for the same ID is kept, not replaced.  0, or
- * -1 on no memory or a body over 4 KiB. */
+ * payload ID, for owner (32 bytes: the SHA-256 of the API key that made
+ * the request; NULL: anyone); a live entry for the same ID is kept, not
+ * replaced.  0, or -1 on no memory or a body over 4 KiB. */
 int gw_signlog_put(gw_signlog *l, const char *payload_id, const char *json,
-                   time_t now);
-/* A malloc'd copy of the stored body, or NULL when unknown or expired. */
-char *gw_signlog_get(gw_signlog *l, const char *payload_id, time_t now);
+                   const uint8_t *owner, time_t now);
+/* A malloc'd copy of the stored body, or NULL when unknown, expired, or
+ * owned by another than who (32 bytes; NULL: whoever asks, as for an
+ * operator): a caller cannot tell another's entry from none. */
+char *gw_signlog_get(gw_signlog *l, const char *payload_id, const uint8_t *who,
+                     time_t now);
 
 /* ---- protocol v2's KEM keys (kemkeys.c) ------------------------------- */
 

@@ -85,6 +85,35 @@ int gw_payload_id_ok(const char *id);
  * HMAC under the gateway's secret; respond.c). */
 void gw_cache_salt(gw_server *s, const uint8_t id[32], char out[65]);
 
+/* ---- answer signatures (attest_routes.c) -------------------------------- */
+
+/* An answer's signature, as it goes out in the headers. */
+typedef struct gw_answer_sig {
+    char *sig_b64; /* malloc'd; NULL: the gateway has no signing key */
+    char signed_at[24];
+} gw_answer_sig;
+
+/* Signs the statement of an answer (docs/ATTESTATION.md) with the
+ * signing key and keeps it for GET /v1/signatures/ID under key, the
+ * canonical form of id, for owner (the caller's API key hash: only it, or
+ * an operator key, may fetch it; NULL: anyone).  id is the payload ID as
+ * sent (v1) or the hex SHA-256 of enc (v2); the hashes are of the request
+ * and answer bytes the client holds.  GW_OK (sig->sig_b64 NULL without a
+ * signing key), or GW_INTERNAL (logged): never an unsigned answer from a
+ * gateway that signs.  Free sig->sig_b64. */
+gw_rc gw_answer_sign(gw_server *s, const char *id, const char *key,
+                     const char *tier, const uint8_t request_sha256[32],
+                     const uint8_t response_sha256[32], const uint8_t *owner,
+                     gw_answer_sig *sig);
+
+/* The kept signature of the answer to id (GET /v1/signatures/ID, outer
+ * in v1, inner in v2) for caller (its API key's hash): the store's JSON
+ * in *body (malloc'd), or the outcome with the reason in why: GW_REFUSED
+ * (not an ID), GW_NOT_FOUND (unknown, expired, or another API key's: the
+ * same answer, so that nobody learns another's ID exists). */
+gw_rc gw_signature_find(gw_server *s, const char *id, const uint8_t caller[32],
+                        char **body, char *why, size_t why_size);
+
 /* A route's tag (svc_route_tag): its API key travels inside the request
  * (protocol v2), so the admit hook checks none. */
 #define GW_TAG_INNER_KEY 1u

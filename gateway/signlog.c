@@ -19,6 +19,10 @@
  * ID itself but from SHA-256(secret || ID) with a secret drawn per
  * process: nobody can choose IDs that pile into one chain.
  *
+ * An entry may name its owner (the SHA-256 of the API key that made the
+ * request): then only that key, or a lookup for an operator (who NULL),
+ * finds it; to anyone else it is as absent as an unknown ID.
+ *
  * The same ID stored again (possible once the replay window has passed)
  * while the first entry is live keeps the first: whoever reuses a payload
  * ID later must not be able to replace the signature another client may
@@ -49,7 +53,9 @@ typedef struct entry {
     char id[ID_MAX + 1]; /* "" when unused */
     int64_t t;
     char *body;
-    uint32_t next; /* next entry in the same bucket, or NONE */
+    int owned;         /* owner is set: only it may read the entry */
+    uint8_t owner[32]; /* SHA-256 of the API key that made the request */
+    uint32_t next;     /* next entry in the same bucket, or NONE */
 } entry;
 
 struct gw_signlog {
@@ -188,7 +194,7 @@ static uint32_t find(const gw_signlog *l, uint32_t b, const char *id)
 }
 
 int gw_signlog_put(gw_signlog *l, const char *payload_id, const char *json,
-                   time_t now)
+                   const uint8_t *owner, time_t now)
 {
     size_t id_len, body_len;
     int64_t b;
@@ -222,13 +228,17 @@ int gw_signlog_put(gw_signlog *l, const char *payload_id, const char *json,
     memcpy(l->ring[pos].id, payload_id, id_len + 1);
     l->ring[pos].t = (int64_t)now;
     l->ring[pos].body = copy;
+    l->ring[pos].owned = owner != NULL;
+    if (owner)
+        memcpy(l->ring[pos].owner, owner, sizeof l->ring[pos].owner);
     l->ring[pos].next = l->bucket[b];
     l->bucket[b] = pos;
     pthread_mutex_unlock(&l->mu);
     return 0;
 }
 
-char *gw_signlog_get(gw_signlog *l, const char *payload_id, time_t now)
+char *gw_signlog_get(gw_signlog *l, const char *payload_id, const uint8_t *who,
+                     time_t now)
 {
     size_t id_len;
     int64_t b;
@@ -243,7 +253,9 @@ char *gw_signlog_get(gw_signlog *l, const char *payload_id, time_t now)
         return NULL;
     pthread_mutex_lock(&l->mu);
     pos = find(l, (uint32_t)b, payload_id);
-    if (pos != NONE && live(l, &l->ring[pos], (int64_t)now))
+    if (pos != NONE && live(l, &l->ring[pos], (int64_t)now) &&
+        (!l->ring[pos].owned || who == NULL ||
+         CRYPTO_memcmp(l->ring[pos].owner, who, 32) == 0))
         out = strdup(l->ring[pos].body);
     pthread_mutex_unlock(&l->mu);
     return out;

@@ -84,7 +84,14 @@ static int prepare_request(const gw_config *cfg, const gw_model *m,
 
 /* ---- the call ----------------------------------------------------------- */
 
-gw_rc gw_upstream_call(const gw_config *cfg, const gw_model *m,
+/* The backend's path of each route, under the model's base URL. */
+static const char *const infer_path[] = {
+    [GW_INFER_CHAT] = "/chat/completions",
+    [GW_INFER_COMPLETIONS] = "/completions",
+    [GW_INFER_EMBEDDINGS] = "/embeddings",
+};
+
+gw_rc gw_upstream_call(const gw_config *cfg, const gw_model *m, gw_infer route,
                        const char *request, size_t len, const gw_request *rq,
                        const char *salt, const veil_logger *log,
                        gw_upstream_result *out, char *err, size_t err_size)
@@ -98,6 +105,10 @@ gw_rc gw_upstream_call(const gw_config *cfg, const gw_model *m,
         gw_put_err(err, err_size, "no inference backend configured");
         return GW_INTERNAL;
     }
+    if ((size_t)route >= sizeof infer_path / sizeof infer_path[0]) {
+        gw_put_err(err, err_size, "no such inference route");
+        return GW_INTERNAL;
+    }
     if (rq == NULL) {
         gw_put_err(err, err_size, "no request");
         return GW_INTERNAL;
@@ -109,11 +120,13 @@ gw_rc gw_upstream_call(const gw_config *cfg, const gw_model *m,
     }
     if (strcmp(m->upstream, "echo") == 0)
         /* the request as it came: the edits do not concern the echo */
-        rc = gw_echo_call(m, request, len, rq, log, out, err, err_size);
+        rc = gw_echo_call(m, route, request, len, rq, log, out, err, err_size);
     else if (copy != NULL)
-        rc = gw_http_call(cfg, m, copy, copy_len, log, out, err, err_size);
+        rc = gw_http_call(cfg, m, infer_path[route], copy, copy_len, log, out,
+                          err, err_size);
     else
-        rc = gw_http_call(cfg, m, request, len, log, out, err, err_size);
+        rc = gw_http_call(cfg, m, infer_path[route], request, len, log, out,
+                          err, err_size);
     if (copy != NULL) {
         veil_wipe(copy, copy_len);
         free(copy);

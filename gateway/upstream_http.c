@@ -1,7 +1,7 @@
 /* The real inference backend: an OpenAI-compatible server reached over
- * libcurl (POST <base>/chat/completions), its answers mapped to outcomes.
- * The backend's answer is checked (one JSON object, no key twice) and
- * handed back as it came.
+ * libcurl (POST <base>/chat/completions, /completions, /embeddings), its
+ * answers mapped to outcomes. The backend's answer is checked (one JSON object,
+ * no key twice) and handed back as it came.
  *
  * Requests and answers are plaintext here: nothing of either is logged
  * (log lines name the model, statuses and sizes), every copy made here is
@@ -578,9 +578,9 @@ no_memory:
     return GW_NOMEM;
 }
 
-gw_rc gw_http_call(const gw_config *cfg, const gw_model *m, const char *request,
-                   size_t len, const veil_logger *log, gw_upstream_result *out,
-                   char *err, size_t err_size)
+gw_rc gw_http_call(const gw_config *cfg, const gw_model *m, const char *path,
+                   const char *request, size_t len, const veil_logger *log,
+                   gw_upstream_result *out, char *err, size_t err_size)
 {
     char *url = NULL, errbuf[CURL_ERROR_SIZE] = "";
     struct curl_slist *headers = NULL;
@@ -593,8 +593,7 @@ gw_rc gw_http_call(const gw_config *cfg, const gw_model *m, const char *request,
     gw_rc rc;
 
     buf_init(&b, UP_ANSWER_MAX);
-    if (!up_init() ||
-        (url = make_url(m->upstream, "/chat/completions")) == NULL) {
+    if (!up_init() || (url = make_url(m->upstream, path)) == NULL) {
         gw_put_err(err, err_size, "cannot start an HTTP exchange");
         return GW_INTERNAL;
     }

@@ -24,13 +24,14 @@ veil_json_rc gw_answer_scan(const char *text, size_t len,
                             gw_upstream_result *out);
 
 /* The echo model (echo.c): the unedited request, as scanned into rq. */
-gw_rc gw_echo_call(const gw_model *m, const char *request, size_t len,
-                   const gw_request *rq, const veil_logger *log,
+gw_rc gw_echo_call(const gw_model *m, gw_infer route, const char *request,
+                   size_t len, const gw_request *rq, const veil_logger *log,
                    gw_upstream_result *out, char *err, size_t err_size);
 
-/* POST <upstream>/chat/completions (upstream_http.c). */
-gw_rc gw_http_call(const gw_config *cfg, const gw_model *m, const char *request,
-                   size_t len, const veil_logger *log, gw_upstream_result *out,
-                   char *err, size_t err_size);
+/* POST <upstream><path> (upstream_http.c); path: "/chat/completions",
+ * "/completions" or "/embeddings". */
+gw_rc gw_http_call(const gw_config *cfg, const gw_model *m, const char *path,
+                   const char *request, size_t len, const veil_logger *log,
+                   gw_upstream_result *out, char *err, size_t err_size);
 
 #endif /* VEIL_UPSTREAM_INT_H */

@@ -16,12 +16,6 @@
 #include "evidence.h"
 #include "routes.h"
 
-/* The signature of one answer, as it goes out in the headers. */
-typedef struct answer_sig {
-    char *sig_b64; /* malloc'd */
-    char signed_at[24];
-} answer_sig;
-
 /* One exchange, from the headers to the sealed answer. */
 typedef struct v1_x {
     const char *pid;           /* X-Payload-ID as sent (checked) */
@@ -41,7 +35,7 @@ typedef struct v1_x {
     gw_upstream_result up;
     char *metadata, *pkg;
     veil_secbuf *answer;
-    answer_sig sig;
+    gw_answer_sig sig;
     char why[512]; /* the detail of a failure */
 } v1_x;
 
@@ -211,7 +205,7 @@ static gw_rc v1_infer(gw_server *s, svc_req *r, v1_x *x)
         gw_cache_salt(s, svc_client_id(r), x->salt);
         salt = x->salt;
     }
-    return gw_upstream_call(s->d.cfg, x->m,
+    return gw_upstream_call(s->d.cfg, x->m, GW_INFER_CHAT,
                             (const char *)veil_secbuf_data(x->pt),
                             veil_secbuf_len(x->pt), x->rq, salt, &s->log,
                             &x->up, x->why, sizeof x->why);
@@ -300,75 +294,20 @@ static gw_rc v1_seal(gw_server *s, v1_x *x)
     return GW_OK;
 }
 
-/* Keeps the signature for GET /v1/signatures/ID: losing it costs only the
- * later lookup, so a failure here is logged and the answer still goes. */
-static void keep_signature(gw_server *s, const v1_x *x,
-                           const uint8_t response_sha256[32],
-                           long long signed_at, const char *statement)
+/* Signs the answer (the sealed package as sent) and keeps the signature
+ * (gw_answer_sign). */
+static gw_rc v1_sign(gw_server *s, svc_req *r, v1_x *x)
 {
-    char req_hex[65], resp_hex[65];
-    char *body = NULL;
-    cJSON *j = cJSON_CreateObject();
+    uint8_t response_sha256[32];
+    gw_rc rc;
 
-    veil_hex(x->request_sha256, 32, req_hex);
-    veil_hex(response_sha256, 32, resp_hex);
-    if (j && cJSON_AddStringToObject(j, "format", "veil-signature-v1") &&
-        cJSON_AddStringToObject(j, "payload_id", x->pid) &&
-        cJSON_AddStringToObject(j, "security_tier", x->tier_name) &&
-        cJSON_AddStringToObject(j, "request_sha256", req_hex) &&
-        cJSON_AddStringToObject(j, "response_sha256", resp_hex) &&
-        cJSON_AddStringToObject(j, "signing_key_sha256", s->sign_hex) &&
-        cJSON_AddNumberToObject(j, "signed_at", (double)signed_at) &&
-        cJSON_AddStringToObject(j, "signature_b64", x->sig.sig_b64) &&
-        cJSON_AddStringToObject(j, "statement", statement))
-        body = cJSON_PrintUnformatted(j);
-    cJSON_Delete(j);
-    if (body == NULL ||
-        gw_signlog_put(s->d.signlog, x->pid_key, body, time(NULL)))
-        veil_logf(&s->log, VEIL_LOG_WARN,
-                  "the signature of %s could not be kept for /v1/signatures",
-                  x->pid);
-    free(body);
-}
-
-/* Signs the statement of the answer (docs/ATTESTATION.md) and keeps the
- * signature.  A gateway with a signing key never sends an unsigned
- * answer. */
-static gw_rc v1_sign(gw_server *s, v1_x *x)
-{
-    uint8_t response_sha256[32], sig[VEIL_ECDSA_SIG_MAX];
-    size_t sig_len = sizeof sig, st_len;
-    char statement[VEIL_EV_STATEMENT_MAX];
-    long long signed_at = (long long)time(NULL);
-
-    if (s->d.signing_key == NULL)
-        return GW_OK;
-    snprintf(x->why, sizeof x->why, "the answer could not be signed");
     SHA256((const uint8_t *)x->pkg, strlen(x->pkg), response_sha256);
-    st_len = veil_ev_statement(x->pid, x->tier_name, x->request_sha256,
-                               response_sha256, s->d.signing_key_sha256,
-                               signed_at, statement, sizeof statement);
-    if (st_len == 0) {
-        veil_logf(&s->log, VEIL_LOG_ERROR,
-                  "signing the answer to %s: no statement", x->pid);
-        return GW_INTERNAL;
-    }
-    if (veil_ecdsa_sign(s->d.engine, s->d.signing_key,
-                        (const uint8_t *)statement, st_len, sig,
-                        &sig_len) != VEIL_OK) {
-        veil_logf(&s->log, VEIL_LOG_ERROR,
-                  "signing the answer to %s failed: %s", x->pid,
-                  veil_last_error()->message);
-        return GW_INTERNAL;
-    }
-    if ((x->sig.sig_b64 = veil_b64_encode(sig, sig_len)) == NULL) {
-        veil_logf(&s->log, VEIL_LOG_ERROR,
-                  "signing the answer to %s: out of memory", x->pid);
-        return GW_INTERNAL;
-    }
-    snprintf(x->sig.signed_at, sizeof x->sig.signed_at, "%lld", signed_at);
-    keep_signature(s, x, response_sha256, signed_at, statement);
-    return GW_OK;
+    rc = gw_answer_sign(s, x->pid, x->pid_key, x->tier_name, x->request_sha256,
+                        response_sha256, s->d.auth ? svc_client_id(r) : NULL,
+                        &x->sig);
+    if (rc != GW_OK)
+        snprintf(x->why, sizeof x->why, "the answer could not be signed");
+    return rc;
 }
 
 /* Sends the sealed answer (and its signature headers). */
@@ -420,7 +359,7 @@ void gw_v1_completion(void *app, svc_req *r)
         (rc = v1_open(s, r, &x)) == GW_OK && (rc = v1_replay(s, &x)) == GW_OK &&
         (rc = v1_model(s, &x)) == GW_OK && (rc = v1_attest(s, &x)) == GW_OK &&
         (rc = v1_infer(s, r, &x)) == GW_OK && (rc = v1_seal(s, &x)) == GW_OK &&
-        (rc = v1_sign(s, &x)) == GW_OK)
+        (rc = v1_sign(s, r, &x)) == GW_OK)
         rc = v1_send(s, r, &x);
     if (rc != GW_OK)
         gw_respond(s, r, rc, "%s", x.why);

@@ -5,9 +5,10 @@
  * with the KEM key (kemkeys.c) in its provider; every failure before that
  * succeeds, and a replay, gets one prebuilt answer (GW_OHTTP_KEY).  After
  * that, every answer, errors included, is a binary HTTP response inside
- * the encapsulated response.  The inner routes: POST /v1/chat/completions
- * (the checks of v1: API key, rate, model, tier, request scan, then
- * gw_upstream_call) and GET /v1/models. */
+ * the encapsulated response.  The inner routes (v2_routes): POST
+ * /v1/chat/completions, /v1/completions and /v1/embeddings (the checks of
+ * v1: API key, rate, model, tier, request scan, then gw_upstream_call at
+ * the same path) and GET /v1/models. */
 #include "config.h"
 
 #include <stdio.h>
@@ -37,6 +38,7 @@ typedef struct v2_x {
     const char *tier_name;
     gw_request *rq;
     const gw_model *m;
+    gw_infer infer; /* the inference route */
     char salt[65];
     gw_upstream_result up;
     /* the inner answer */
@@ -45,7 +47,9 @@ typedef struct v2_x {
     char *content; /* malloc'd; wiped (it may hold the model's answer) */
     size_t content_len;
     char retry[16]; /* retry-after, or "" */
-    int full;       /* the replay register had no room */
+    char rid[65];   /* the request identifier: hex SHA-256 of enc */
+    gw_answer_sig sig;
+    int full; /* the replay register had no room */
     char why[512];
 } v2_x;
 
@@ -174,6 +178,12 @@ static gw_rc v2_open(gw_server *s, svc_req *r, v2_x *x)
         veil_logf(&s->log, VEIL_LOG_ERROR, "v2: %s", x->why);
     if (rc != GW_OK)
         return rc;
+    size_t enc_len = 0;
+    const uint8_t *enc = veil_ohttp_ctx_enc(x->ctx, &enc_len);
+    uint8_t h[32];
+
+    SHA256(enc, enc_len, h); /* the request identifier (PROTOCOL-V2.md 8) */
+    veil_hex(h, sizeof h, x->rid);
     switch (v2_replay(s, x)) {
     case GW_STRIKE_SEEN:
         return GW_OHTTP_KEY; /* no oracle: the same bytes as a bad key */
@@ -302,9 +312,28 @@ static gw_rc v2_model(gw_server *s, v2_x *x)
     return GW_OK;
 }
 
-/* POST /v1/chat/completions: the backend's answer, without its own
- * "_metadata", as the inner content. */
-static gw_rc v2_chat(gw_server *s, v2_x *x)
+/* The answer's signature (PROTOCOL-V2.md 8): the statement of v1 with the
+ * request identifier (hex SHA-256 of enc) as its payload ID, and the
+ * hashes of the inner request's and the inner answer's content; kept for
+ * the inner GET /v1/signatures/<id>, for the API key that asked. */
+static gw_rc v2_sign(gw_server *s, v2_x *x)
+{
+    uint8_t req_sha256[32], resp_sha256[32];
+
+    SHA256(x->in->content.p, x->in->content.len, req_sha256);
+    SHA256((const uint8_t *)x->content, x->content_len, resp_sha256);
+    if (gw_answer_sign(s, x->rid, x->rid, x->tier_name, req_sha256, resp_sha256,
+                       s->d.auth ? x->id : NULL, &x->sig) != GW_OK) {
+        snprintf(x->why, sizeof x->why, "the answer could not be signed");
+        return GW_INTERNAL;
+    }
+    return GW_OK;
+}
+
+/* POST /v1/chat/completions, /v1/completions, /v1/embeddings: the
+ * backend's answer at the same path, without its own "_metadata", as the
+ * inner content. */
+static gw_rc v2_infer(gw_server *s, v2_x *x)
 {
     const char *salt = NULL;
     veil_json_edit cut;
@@ -316,9 +345,9 @@ static gw_rc v2_chat(gw_server *s, v2_x *x)
         gw_cache_salt(s, x->id, x->salt);
         salt = x->salt;
     }
-    rc = gw_upstream_call(s->d.cfg, x->m, (const char *)x->in->content.p,
-                          x->in->content.len, x->rq, salt, &s->log, &x->up,
-                          x->why, sizeof x->why);
+    rc = gw_upstream_call(s->d.cfg, x->m, x->infer,
+                          (const char *)x->in->content.p, x->in->content.len,
+                          x->rq, salt, &s->log, &x->up, x->why, sizeof x->why);
     if (rc != GW_OK)
         return rc;
     size_t n = x->up.has_metadata
@@ -332,7 +361,7 @@ static gw_rc v2_chat(gw_server *s, v2_x *x)
     x->content_len = len;
     x->status = 200;
     x->type = "application/json";
-    return GW_OK;
+    return v2_sign(s, x);
 }
 
 /* GET /v1/models: the models this tier may use. */
@@ -362,15 +391,66 @@ static gw_rc v2_models(gw_server *s, v2_x *x)
     return GW_OK;
 }
 
+#define SIGNATURES "/v1/signatures/"
+
+/* GET /v1/signatures/<id>: a kept signature, for the API key that made
+ * the request or an operator key (gw_signature_find). */
+static gw_rc v2_signature(gw_server *s, v2_x *x)
+{
+    const veil_bstr *p = &x->in->path;
+    size_t n = p->len - (sizeof SIGNATURES - 1);
+    char id[PID_MAX + 2];
+
+    if (n > PID_MAX || memchr(p->p, '\0', p->len)) {
+        snprintf(x->why, sizeof x->why,
+                 "the path must end in a payload ID (1 to %d printable "
+                 "ASCII characters, no space)",
+                 PID_MAX);
+        return GW_REFUSED;
+    }
+    memcpy(id, p->p + sizeof SIGNATURES - 1, n);
+    id[n] = '\0';
+    gw_rc rc =
+        gw_signature_find(s, id, x->id, &x->content, x->why, sizeof x->why);
+    if (rc != GW_OK)
+        return rc;
+    x->content_len = strlen(x->content);
+    x->status = 200;
+    x->type = "application/json";
+    return GW_OK;
+}
+
+/* The inner routes (PROTOCOL-V2.md 5.3). */
+static const struct v2_route {
+    const char *method, *path;
+    int prefix; /* path is a prefix (an ID follows) */
+    gw_rc (*handle)(gw_server *s, v2_x *x);
+    gw_infer infer; /* the backend's route, for v2_infer */
+} v2_routes[] = {
+    {"POST", "/v1/chat/completions", 0, v2_infer, GW_INFER_CHAT},
+    {"POST", "/v1/completions", 0, v2_infer, GW_INFER_COMPLETIONS},
+    {"POST", "/v1/embeddings", 0, v2_infer, GW_INFER_EMBEDDINGS},
+    {"GET", "/v1/models", 0, v2_models, GW_INFER_CHAT},
+    {"GET", SIGNATURES, 1, v2_signature, GW_INFER_CHAT},
+};
+
 /* The inner route. */
 static gw_rc v2_route(gw_server *s, v2_x *x)
 {
     const veil_bhttp_msg *m = x->in;
 
-    if (bstr_is(m->method, "POST") && bstr_is(m->path, "/v1/chat/completions"))
-        return v2_chat(s, x);
-    if (bstr_is(m->method, "GET") && bstr_is(m->path, "/v1/models"))
-        return v2_models(s, x);
+    for (size_t i = 0; i < sizeof v2_routes / sizeof v2_routes[0]; i++) {
+        const struct v2_route *r = &v2_routes[i];
+        size_t n = strlen(r->path);
+        int path = r->prefix
+                       ? m->path.len > n && memcmp(m->path.p, r->path, n) == 0
+                       : bstr_is(m->path, r->path);
+
+        if (bstr_is(m->method, r->method) && path) {
+            x->infer = r->infer;
+            return r->handle(s, x);
+        }
+    }
     snprintf(x->why, sizeof x->why, "no such route in protocol v2");
     return GW_NOT_FOUND;
 }
@@ -406,18 +486,32 @@ static void v2_error(v2_x *x, gw_rc rc)
  * (RFC 9458 4.4), sent with 200 whatever the inner status. */
 static gw_rc v2_send(gw_server *s, svc_req *r, v2_x *x)
 {
-    veil_bhttp_field f[2] = {{VEIL_BSTR("content-type"),
-                              {(const uint8_t *)x->type, strlen(x->type)}},
-                             {VEIL_BSTR("retry-after"),
-                              {(const uint8_t *)x->retry, strlen(x->retry)}}};
+    veil_bhttp_field f[5] = {{VEIL_BSTR("content-type"),
+                              {(const uint8_t *)x->type, strlen(x->type)}}};
+    size_t n = 1;
     veil_bhttp_msg m = {
         .status = (unsigned)x->status,
-        .headers = {f, x->retry[0] ? 2 : 1},
         .content = {(const uint8_t *)x->content, x->content_len}};
     veil_secbuf *plain = NULL;
     uint8_t *out = NULL;
     size_t out_len = 0;
 
+    if (x->retry[0])
+        f[n++] =
+            (veil_bhttp_field){VEIL_BSTR("retry-after"),
+                               {(const uint8_t *)x->retry, strlen(x->retry)}};
+    if (x->sig.sig_b64 && x->status == 200) {
+        f[n++] = (veil_bhttp_field){
+            VEIL_BSTR("x-veil-signature"),
+            {(const uint8_t *)x->sig.sig_b64, strlen(x->sig.sig_b64)}};
+        f[n++] = (veil_bhttp_field){
+            VEIL_BSTR("x-veil-signed-at"),
+            {(const uint8_t *)x->sig.signed_at, strlen(x->sig.signed_at)}};
+        f[n++] = (veil_bhttp_field){
+            VEIL_BSTR("x-veil-signing-key"),
+            {(const uint8_t *)s->sign_key_header, strlen(s->sign_key_header)}};
+    }
+    m.headers = (veil_bhttp_section){f, n};
     if (veil_bhttp_encode(&m, 0, &plain) != VEIL_OK ||
         veil_ohttp_encap_response(s->d.engine, x->ctx, veil_secbuf_data(plain),
                                   veil_secbuf_len(plain), NULL, &out,
@@ -435,6 +529,7 @@ static gw_rc v2_send(gw_server *s, svc_req *r, v2_x *x)
 
 static void v2_free(v2_x *x)
 {
+    free(x->sig.sig_b64);
     if (x->content) {
         veil_wipe(x->content, x->content_len);
         free(x->content);

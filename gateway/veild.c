@@ -318,6 +318,11 @@ static int open_state(gw_deps *d, const gw_config *cfg)
         veil_logf(&logger, VEIL_LOG_ERROR, "api_keys: %s", err);
         return -1;
     }
+    if (cfg->operator_keys && gw_auth_set_operators(d->auth, cfg->operator_keys,
+                                                    err, sizeof err) != 0) {
+        veil_logf(&logger, VEIL_LOG_ERROR, "%s", err);
+        return -1;
+    }
     if (gw_state_dir(cfg->state_dir, err, sizeof err) != 0 ||
         (d->strikes = gw_strikes_open(cfg->state_dir, cfg->replay_window,
                                       cfg->replay_capacity, cfg->replay_sync,

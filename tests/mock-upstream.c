@@ -30,6 +30,13 @@
  *     anything else     a chat.completion whose content is "mock: " and
  *                       the last user message
  *     "stream": true is refused with 400 (the gateway must turn it off).
+ *   POST /v1/completions        a text_completion: choice i's text is
+ *                               "mock: " and prompt i (a string or strings)
+ *   POST /v1/embeddings         a list of embedding objects: input i's
+ *                               deterministic vector (protocol/openai.c),
+ *                               usage; both with the failures above
+ *                               (mock/status-NNN, detail-NNN, text-NNN,
+ *                               not-json) by the model's name
  *     With --api-key-file, a missing or wrong Bearer key gets 401.
  *   GET /v1/models              {"object":"list","data":[{"id":"mock",...}]}
  *   GET /mock/stats             {"requests": N, "connections": M} (tests)
@@ -56,6 +63,8 @@
 #include "stub_http.h"
 
 #define MOCK_CHAT_PATH "/v1/chat/completions"
+#define MOCK_COMPLETIONS_PATH "/v1/completions"
+#define MOCK_EMBEDDINGS_PATH "/v1/embeddings"
 #define MOCK_MODELS_PATH "/v1/models"
 #define MOCK_STATS_PATH "/mock/stats"
 #define MOCK_MAX_BODY (64u * 1024u * 1024u)
@@ -253,6 +262,58 @@ static long suffix_number(const char *s, const char *prefix, long lo, long hi)
 
 /* ---- routes ------------------------------------------------------------- */
 
+/* The failures chosen by the model's name (mock/status-NNN,
+ * mock/detail-NNN, mock/text-NNN, mock/not-json), on every POST route:
+ * 1 when model names one (answered: *status, *ret), else 0. */
+static int fail_on_purpose(struct MHD_Connection *conn, const char *model,
+                           unsigned *status, enum MHD_Result *ret)
+{
+    char message[128];
+    long v;
+
+    if ((v = suffix_number(model, "mock/status-", 100, 599)) >= 0) {
+        *status = (unsigned)v;
+        snprintf(message, sizeof message, "mock upstream: status %ld", v);
+        *ret = send_error(
+            conn, *status, message,
+            *status >= 500 ? "server_error" : "invalid_request_error", NULL);
+        return 1;
+    }
+    if ((v = suffix_number(model, "mock/detail-", 100, 599)) >= 0) {
+        cJSON *d = cJSON_CreateObject();
+
+        *status = (unsigned)v;
+        snprintf(message, sizeof message, "mock upstream: detail %ld", v);
+        if (d && !cJSON_AddStringToObject(d, "detail", message)) {
+            cJSON_Delete(d);
+            d = NULL;
+        }
+        *ret = send_json(conn, *status, d);
+        return 1;
+    }
+    if ((v = suffix_number(model, "mock/text-", 100, 599)) >= 0) {
+        static const char head[] =
+            "mock upstream:\tplain\r\ntext \x01\x1b[31m\xff ";
+        char *text = malloc(sizeof head + 401);
+
+        *status = (unsigned)v;
+        if (text) {
+            memcpy(text, head, sizeof head - 1);
+            memset(text + sizeof head - 1, 'y', 400);
+            text[sizeof head - 1 + 400] = '\n';
+            text[sizeof head + 400] = '\0';
+        }
+        *ret = stub_send_owned(conn, *status, text, "text/plain");
+        return 1;
+    }
+    if (strcmp(model, "mock/not-json") == 0) {
+        *ret = stub_send_owned(conn, *status, strdup("<html>oops</html>"),
+                               "text/html");
+        return 1;
+    }
+    return 0;
+}
+
 static int authorized(mock *s, struct MHD_Connection *conn)
 {
     const char *auth;
@@ -265,6 +326,18 @@ static int authorized(mock *s, struct MHD_Connection *conn)
            strcmp(auth + 7, s->api_key) == 0;
 }
 
+/* With --api-key-file, a request without that key: 401 (1), else 0. */
+static int refuse_unauthorized(mock *s, struct MHD_Connection *conn,
+                               unsigned *status, enum MHD_Result *ret)
+{
+    if (authorized(s, conn))
+        return 0;
+    *status = 401;
+    *ret = send_error(conn, *status, "mock upstream: invalid API key",
+                      "invalid_request_error", "invalid_api_key");
+    return 1;
+}
+
 static enum MHD_Result handle_chat(mock *s, struct MHD_Connection *conn,
                                    const stub_body *body)
 {
@@ -272,17 +345,13 @@ static enum MHD_Result handle_chat(mock *s, struct MHD_Connection *conn,
     cJSON *req = NULL, *answer;
     const cJSON *model_j, *messages, *stream;
     const char *model = NULL;
-    char message[128], *content;
+    char *content;
     unsigned status = 200;
     long v;
     enum MHD_Result ret;
 
-    if (!authorized(s, conn)) {
-        status = 401;
-        ret = send_error(conn, status, "mock upstream: invalid API key",
-                         "invalid_request_error", "invalid_api_key");
+    if (refuse_unauthorized(s, conn, &status, &ret))
         goto out;
-    }
     if (body->too_large) {
         status = 413;
         ret = send_error(conn, status, "mock upstream: request too large",
@@ -346,46 +415,8 @@ static enum MHD_Result handle_chat(mock *s, struct MHD_Connection *conn,
         ret = stub_send_owned(conn, status, text, "application/json");
         goto out;
     }
-    if ((v = suffix_number(model, "mock/status-", 100, 599)) >= 0) {
-        status = (unsigned)v;
-        snprintf(message, sizeof message, "mock upstream: status %ld", v);
-        ret = send_error(
-            conn, status, message,
-            status >= 500 ? "server_error" : "invalid_request_error", NULL);
+    if (fail_on_purpose(conn, model, &status, &ret))
         goto out;
-    }
-    if ((v = suffix_number(model, "mock/detail-", 100, 599)) >= 0) {
-        cJSON *d = cJSON_CreateObject();
-
-        status = (unsigned)v;
-        snprintf(message, sizeof message, "mock upstream: detail %ld", v);
-        if (d && !cJSON_AddStringToObject(d, "detail", message)) {
-            cJSON_Delete(d);
-            d = NULL;
-        }
-        ret = send_json(conn, status, d);
-        goto out;
-    }
-    if ((v = suffix_number(model, "mock/text-", 100, 599)) >= 0) {
-        static const char head[] =
-            "mock upstream:\tplain\r\ntext \x01\x1b[31m\xff ";
-        char *text = malloc(sizeof head + 401);
-
-        status = (unsigned)v;
-        if (text) {
-            memcpy(text, head, sizeof head - 1);
-            memset(text + sizeof head - 1, 'y', 400);
-            text[sizeof head - 1 + 400] = '\n';
-            text[sizeof head + 400] = '\0';
-        }
-        ret = stub_send_owned(conn, status, text, "text/plain");
-        goto out;
-    }
-    if (strcmp(model, "mock/not-json") == 0) {
-        ret = stub_send_owned(conn, status, strdup("<html>oops</html>"),
-                              "text/html");
-        goto out;
-    }
     if ((v = suffix_number(model, "mock/slow-", 0, MOCK_MAX_SLOW_MS)) >= 0)
         wait_ms(s, (unsigned)v);
     if ((v = suffix_number(model, "mock/big-", 0, MOCK_MAX_BIG)) >= 0 ||
@@ -421,6 +452,80 @@ static enum MHD_Result handle_chat(mock *s, struct MHD_Connection *conn,
     }
 out:
     log_request(n, "POST", MOCK_CHAT_PATH, model, status);
+    cJSON_Delete(req);
+    return ret;
+}
+
+/* POST /v1/completions and /v1/embeddings: a text_completion whose
+ * choices are "mock: " and each prompt, or the deterministic embedding of
+ * each input (protocol/openai.c, as the gateway's echo model makes them);
+ * the failures of fail_on_purpose. */
+static enum MHD_Result handle_texts(mock *s, struct MHD_Connection *conn,
+                                    const char *path, const stub_body *body)
+{
+    int embed = strcmp(path, MOCK_EMBEDDINGS_PATH) == 0;
+    unsigned long n = count_request(s);
+    cJSON *req = NULL, *answer = NULL;
+    const cJSON *model_j;
+    const char *model = NULL, **texts = NULL;
+    char **echoed = NULL, id[64];
+    size_t k = 0, words = 0;
+    unsigned status = 200;
+    enum MHD_Result ret;
+
+    if (refuse_unauthorized(s, conn, &status, &ret))
+        goto out;
+    req = cJSON_ParseWithLength(body->data ? body->data : "", body->len);
+    model_j = cJSON_GetObjectItemCaseSensitive(req, "model");
+    if (cJSON_IsString(model_j))
+        model = model_j->valuestring;
+    if (model == NULL || veil_openai_texts(cJSON_GetObjectItemCaseSensitive(
+                                               req, embed ? "input" : "prompt"),
+                                           &texts, &k) != VEIL_OK) {
+        status = 400;
+        ret = send_error(conn, status,
+                         embed ? "mock upstream: \"model\" and \"input\" are "
+                                 "required"
+                               : "mock upstream: \"model\" and \"prompt\" "
+                                 "are required",
+                         "invalid_request_error", NULL);
+        goto out;
+    }
+    if (fail_on_purpose(conn, model, &status, &ret))
+        goto out;
+    for (size_t i = 0; i < k; i++)
+        words += strlen(texts[i]) / 4 + 1;
+    if (embed) {
+        answer = veil_openai_embeddings(model, texts, k, (double)words);
+    } else if ((echoed = calloc(k, sizeof *echoed)) != NULL) {
+        size_t i;
+
+        for (i = 0; i < k; i++) {
+            size_t size = strlen(texts[i]) + sizeof "mock: ";
+
+            if ((echoed[i] = malloc(size)) == NULL)
+                break;
+            snprintf(echoed[i], size, "mock: %s", texts[i]);
+        }
+        snprintf(id, sizeof id, "cmpl-mock-%lu", n);
+        if (i == k)
+            answer = veil_openai_text_completion(id, model,
+                                                 (const char *const *)echoed, k,
+                                                 (double)words, (double)words);
+        for (i = 0; i < k; i++)
+            free(echoed[i]);
+    }
+    if (answer == NULL) {
+        status = 500;
+        ret = send_error(conn, status, "mock upstream: out of memory",
+                         "server_error", NULL);
+        goto out;
+    }
+    ret = send_json(conn, status, answer);
+out:
+    log_request(n, "POST", path, model, status);
+    free(echoed);
+    free(texts);
     cJSON_Delete(req);
     return ret;
 }
@@ -466,6 +571,10 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn,
 
     if (strcmp(url, MOCK_CHAT_PATH) == 0 && post)
         return handle_chat(s, conn, b);
+    if ((strcmp(url, MOCK_COMPLETIONS_PATH) == 0 ||
+         strcmp(url, MOCK_EMBEDDINGS_PATH) == 0) &&
+        post)
+        return handle_texts(s, conn, url, b);
     if (strcmp(url, MOCK_MODELS_PATH) == 0 && get)
         return handle_models(s, conn);
     if (strcmp(url, MOCK_STATS_PATH) == 0 && get)

@@ -2188,24 +2188,39 @@ static void test_attestation_rate_limit(void)
 }
 
 /* The attestation and signature routes want the API key like a
- * completion, and are refused before anything else. */
+ * completion, and are refused before anything else.  A signature is the
+ * requester's: another tenant's key gets the 404 of an unknown ID, an
+ * operator key (operator_keys) gets it. */
 static void test_attestation_api_keys(void)
 {
+    /* the requester, another tenant, an operator */
+    static const char *const keys[] = {"veil-test-attest-key-77a1",
+                                       "veil-test-tenant-b-key-31c9",
+                                       "veil-test-operator-key-5e0d"};
+    static const char *const names[] = {"attester", "tenant-b", "ops"};
     static const char key[] = "veil-test-attest-key-77a1";
     uint8_t h[32];
-    char line[200], dir[512], path[600], url[256], bearer[128], hx[65];
-    const char *extra[] = {TOKEN_KEY,    SIGNING_KEY, "--model", "echo=echo",
-                           "--api-keys", path,        NULL};
+    char lines[600] = "", dir[512], path[600], url[256], bearer[128], hx[65];
+    char other[128], oper[128];
+    const char *extra[] = {TOKEN_KEY,    SIGNING_KEY, "--model",
+                           "echo=echo",  "--api-keys", path,
+                           "--operator-keys", "ops", NULL};
     const char *with_key[] = {bearer, NULL};
+    const char *with_other[] = {other, NULL}, *with_oper[] = {oper, NULL};
     http_resp r;
     proc g;
 
-    SHA256((const uint8_t *)key, strlen(key), h);
-    hex_of(h, 32, hx);
-    snprintf(line, sizeof line, "sha256:%s attester\n", hx);
+    for (size_t i = 0; i < 3; i++) {
+        size_t n = strlen(lines);
+        SHA256((const uint8_t *)keys[i], strlen(keys[i]), h);
+        hex_of(h, 32, hx);
+        snprintf(lines + n, sizeof lines - n, "sha256:%s %s\n", hx, names[i]);
+    }
+    snprintf(other, sizeof other, "Authorization: Bearer %s", keys[1]);
+    snprintf(oper, sizeof oper, "Authorization: Bearer %s", keys[2]);
     CU_ASSERT_EQUAL_FATAL(tu_scratch_dir("gw-attest-auth", dir, sizeof dir), 0);
     snprintf(path, sizeof path, "%s/api-keys", dir);
-    CU_ASSERT_EQUAL_FATAL(write_file(path, line, 0600), 0);
+    CU_ASSERT_EQUAL_FATAL(write_file(path, lines, 0600), 0);
     CU_ASSERT_EQUAL_FATAL(gw_start(&g, "gw-attest-auth", extra), 0);
 
     /* no key: 401, even for a request that is malformed otherwise */
@@ -2249,6 +2264,26 @@ static void test_attestation_api_keys(void)
         url_of(url, sizeof url, &g, p2);
         CU_ASSERT_EQUAL_FATAL(http("GET", url, NULL, with_key, NULL, 0, &r), 0);
         CU_ASSERT_EQUAL(r.status, 200);
+        CU_ASSERT(r.body && strstr(r.body, pid) != NULL);
+        resp_free(&r);
+        /* another tenant: the 404 of an ID never seen */
+        {
+            char want[300];
+            snprintf(want, sizeof want,
+                     "no signature is kept for payload ID %s (unknown, or "
+                     "older than signature_retention)",
+                     pid);
+            CU_ASSERT_EQUAL_FATAL(
+                http("GET", url, NULL, with_other, NULL, 0, &r), 0);
+            CU_ASSERT_EQUAL(r.status, 404);
+            ASSERT_DETAIL_HAS(&r, want);
+            resp_free(&r);
+        }
+        /* an operator key: every signature */
+        CU_ASSERT_EQUAL_FATAL(http("GET", url, NULL, with_oper, NULL, 0, &r),
+                              0);
+        CU_ASSERT_EQUAL(r.status, 200);
+        CU_ASSERT(r.body && strstr(r.body, pid) != NULL);
         resp_free(&r);
         free(pkg);
     }

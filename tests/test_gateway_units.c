@@ -1073,6 +1073,23 @@ static void test_auth_good(void)
     gw_auth_free(a);
     gw_auth_free(NULL);
 
+    /* operator_keys: by name, with blanks; a name no key has is refused */
+    a = gw_auth_load(path, err, sizeof err);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(a);
+    CU_ASSERT_EQUAL(gw_auth_set_operators(a, " alice (ops team) ", err,
+                                          sizeof err),
+                    0);
+    sha256(KEY_ALICE, strlen(KEY_ALICE), want);
+    CU_ASSERT_TRUE(gw_auth_is_operator(a, want));
+    sha256(KEY_BOB, strlen(KEY_BOB), want);
+    CU_ASSERT_FALSE(gw_auth_is_operator(a, want));
+    CU_ASSERT_EQUAL(gw_auth_set_operators(a, "alice (ops team),carol", err,
+                                          sizeof err),
+                    -1);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err, "'carol' names no key"));
+    CU_ASSERT_EQUAL(gw_auth_set_operators(NULL, "alice", err, sizeof err), -1);
+    gw_auth_free(a);
+
     /* mode 0640 is fine too */
     path = write_file("keys", text, 0640);
     a = gw_auth_load(path, err, sizeof err);
@@ -1469,7 +1486,7 @@ static void sl_body(unsigned n, int version, char *out, size_t size)
 /* 1 when id is stored at now with exactly want (NULL: not found). */
 static int sl_has(gw_signlog *l, const char *id, time_t now, const char *want)
 {
-    char *got = gw_signlog_get(l, id, now);
+    char *got = gw_signlog_get(l, id, NULL, now);
     int ok = want ? got && strcmp(got, want) == 0 : got == NULL;
 
     if (!ok)
@@ -1488,10 +1505,10 @@ static void test_signlog_basic(void)
     CU_ASSERT_PTR_NOT_NULL_FATAL(l);
     sl_id(1, id);
     sl_body(1, 1, body, sizeof body);
-    CU_ASSERT_EQUAL(gw_signlog_put(l, id, body, 1000), 0);
+    CU_ASSERT_EQUAL(gw_signlog_put(l, id, body, NULL, 1000), 0);
     CU_ASSERT_TRUE(sl_has(l, id, 1000, body));
     /* a copy each time, owned by the caller */
-    copy = gw_signlog_get(l, id, 1001);
+    copy = gw_signlog_get(l, id, NULL, 1001);
     CU_ASSERT_PTR_NOT_NULL_FATAL(copy);
     copy[0] = 'X';
     free(copy);
@@ -1502,11 +1519,11 @@ static void test_signlog_basic(void)
     CU_ASSERT_TRUE(sl_has(l, "", 1000, NULL));
     CU_ASSERT_TRUE(
         sl_has(l, "0123456789012345678901234567890123456", 1000, NULL));
-    CU_ASSERT_PTR_NULL(gw_signlog_get(l, NULL, 1000));
-    CU_ASSERT_PTR_NULL(gw_signlog_get(NULL, id, 1000));
-    CU_ASSERT_EQUAL(gw_signlog_put(l, NULL, body, 1000), -1);
-    CU_ASSERT_EQUAL(gw_signlog_put(l, id, NULL, 1000), -1);
-    CU_ASSERT_EQUAL(gw_signlog_put(NULL, id, body, 1000), -1);
+    CU_ASSERT_PTR_NULL(gw_signlog_get(l, NULL, NULL, 1000));
+    CU_ASSERT_PTR_NULL(gw_signlog_get(NULL, id, NULL, 1000));
+    CU_ASSERT_EQUAL(gw_signlog_put(l, NULL, body, NULL, 1000), -1);
+    CU_ASSERT_EQUAL(gw_signlog_put(l, id, NULL, NULL, 1000), -1);
+    CU_ASSERT_EQUAL(gw_signlog_put(NULL, id, body, NULL, 1000), -1);
     gw_signlog_free(l);
     gw_signlog_free(NULL);
 
@@ -1514,6 +1531,41 @@ static void test_signlog_basic(void)
     CU_ASSERT_PTR_NULL(gw_signlog_new(0, 8));
     CU_ASSERT_PTR_NULL(gw_signlog_new(100, 0));
     CU_ASSERT_PTR_NULL(gw_signlog_new(100, (1u << 24) + 1));
+}
+
+/* An entry with an owner: found by its owner and by an operator lookup
+ * (who NULL), and for anyone else as absent as an unknown ID. */
+static void test_signlog_owner(void)
+{
+    gw_signlog *l = gw_signlog_new(100, 8);
+    uint8_t a[32], b[32];
+    char id[37], open_id[37], body[64];
+    char *got;
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(l);
+    memset(a, 0xaa, sizeof a);
+    memset(b, 0xaa, sizeof b);
+    b[31] = 0xab;
+    sl_id(1, id);
+    sl_id(2, open_id);
+    sl_body(1, 1, body, sizeof body);
+    CU_ASSERT_EQUAL(gw_signlog_put(l, id, body, a, 1000), 0);
+    CU_ASSERT_EQUAL(gw_signlog_put(l, open_id, body, NULL, 1000), 0);
+    got = gw_signlog_get(l, id, a, 1001);
+    CU_ASSERT(got && strcmp(got, body) == 0);
+    free(got);
+    CU_ASSERT_PTR_NULL(gw_signlog_get(l, id, b, 1001));
+    got = gw_signlog_get(l, id, NULL, 1001);
+    CU_ASSERT(got && strcmp(got, body) == 0);
+    free(got);
+    /* an entry without an owner: anyone */
+    got = gw_signlog_get(l, open_id, b, 1001);
+    CU_ASSERT(got && strcmp(got, body) == 0);
+    free(got);
+    /* another's ID stored again keeps its owner */
+    CU_ASSERT_EQUAL(gw_signlog_put(l, id, body, b, 1002), 0);
+    CU_ASSERT_PTR_NULL(gw_signlog_get(l, id, b, 1003));
+    gw_signlog_free(l);
 }
 
 static void test_signlog_retention(void)
@@ -1526,8 +1578,8 @@ static void test_signlog_retention(void)
     sl_id(2, b);
     sl_body(1, 1, ba, sizeof ba);
     sl_body(2, 1, bb, sizeof bb);
-    CU_ASSERT_EQUAL(gw_signlog_put(l, a, ba, 1000), 0);
-    CU_ASSERT_EQUAL(gw_signlog_put(l, b, bb, 1030), 0);
+    CU_ASSERT_EQUAL(gw_signlog_put(l, a, ba, NULL, 1000), 0);
+    CU_ASSERT_EQUAL(gw_signlog_put(l, b, bb, NULL, 1030), 0);
     /* kept for 60 s: found at 1059, gone at 1060 */
     CU_ASSERT_TRUE(sl_has(l, a, 1059, ba));
     CU_ASSERT_TRUE(sl_has(l, a, 1060, NULL));
@@ -1537,7 +1589,7 @@ static void test_signlog_retention(void)
     /* a clock that steps back keeps entries, it loses none */
     CU_ASSERT_TRUE(sl_has(l, b, 900, bb));
     /* a put long after drops both; new ones are found */
-    CU_ASSERT_EQUAL(gw_signlog_put(l, a, bb, 5000), 0);
+    CU_ASSERT_EQUAL(gw_signlog_put(l, a, bb, NULL, 5000), 0);
     CU_ASSERT_TRUE(sl_has(l, a, 5000, bb));
     CU_ASSERT_TRUE(sl_has(l, b, 5000, NULL));
     gw_signlog_free(l);
@@ -1553,7 +1605,7 @@ static void test_signlog_capacity(void)
     for (unsigned i = 0; i < 3 * CAP; i++) {
         sl_id(i, id);
         sl_body(i, 1, body, sizeof body);
-        CU_ASSERT_EQUAL(gw_signlog_put(l, id, body, 1000 + (time_t)i), 0);
+        CU_ASSERT_EQUAL(gw_signlog_put(l, id, body, NULL, 1000 + (time_t)i), 0);
     }
     /* the last CAP are kept, the older ones went first */
     for (unsigned i = 0; i < 3 * CAP; i++) {
@@ -1570,9 +1622,9 @@ static void test_signlog_capacity(void)
         memset(big, 'a', 4097);
         big[4097] = '\0';
         sl_id(9999, id);
-        CU_ASSERT_EQUAL(gw_signlog_put(l, id, big, 2000), -1);
+        CU_ASSERT_EQUAL(gw_signlog_put(l, id, big, NULL, 2000), -1);
         big[4096] = '\0';
-        CU_ASSERT_EQUAL(gw_signlog_put(l, id, big, 2000), 0);
+        CU_ASSERT_EQUAL(gw_signlog_put(l, id, big, NULL, 2000), 0);
         CU_ASSERT_TRUE(sl_has(l, id, 2000, big));
         free(big);
     }
@@ -1584,7 +1636,7 @@ static void test_signlog_capacity(void)
     for (unsigned i = 0; i < 5; i++) {
         sl_id(i, id);
         sl_body(i, 1, body, sizeof body);
-        CU_ASSERT_EQUAL(gw_signlog_put(l, id, body, 1000), 0);
+        CU_ASSERT_EQUAL(gw_signlog_put(l, id, body, NULL, 1000), 0);
         CU_ASSERT_TRUE(sl_has(l, id, 1000, body));
     }
     sl_id(3, id);
@@ -1605,24 +1657,24 @@ static void test_signlog_same_id(void)
     sl_body(1, 2, v2, sizeof v2);
     sl_body(2, 1, bb, sizeof bb);
     sl_body(3, 1, bc, sizeof bc);
-    CU_ASSERT_EQUAL(gw_signlog_put(l, a, v1, 1000), 0);
-    CU_ASSERT_EQUAL(gw_signlog_put(l, b, bb, 1010), 0);
+    CU_ASSERT_EQUAL(gw_signlog_put(l, a, v1, NULL, 1000), 0);
+    CU_ASSERT_EQUAL(gw_signlog_put(l, b, bb, NULL, 1010), 0);
     /* the same ID again while the first is live (an answer after the
      * replay window): the first body stays, with its own time, so a
      * later user of the ID cannot replace a signature others may fetch */
-    CU_ASSERT_EQUAL(gw_signlog_put(l, a, v2, 1050), 0);
+    CU_ASSERT_EQUAL(gw_signlog_put(l, a, v2, NULL, 1050), 0);
     CU_ASSERT_TRUE(sl_has(l, a, 1050, v1));
     CU_ASSERT_TRUE(sl_has(l, a, 1099, v1));
     CU_ASSERT_TRUE(sl_has(l, a, 1100, NULL)); /* expired at 1000 + 100 */
     /* once it has expired, the ID can be stored afresh */
-    CU_ASSERT_EQUAL(gw_signlog_put(l, a, v2, 1101), 0);
+    CU_ASSERT_EQUAL(gw_signlog_put(l, a, v2, NULL, 1101), 0);
     CU_ASSERT_TRUE(sl_has(l, a, 1101, v2));
     CU_ASSERT_TRUE(sl_has(l, b, 1110, NULL));
     /* many puts of one ID never take more than one place */
-    CU_ASSERT_EQUAL(gw_signlog_put(l, b, bb, 1102), 0);
-    CU_ASSERT_EQUAL(gw_signlog_put(l, c, bc, 1103), 0);
+    CU_ASSERT_EQUAL(gw_signlog_put(l, b, bb, NULL, 1102), 0);
+    CU_ASSERT_EQUAL(gw_signlog_put(l, c, bc, NULL, 1103), 0);
     for (int i = 0; i < 20; i++)
-        CU_ASSERT_EQUAL(gw_signlog_put(l, a, v1, 1104), 0);
+        CU_ASSERT_EQUAL(gw_signlog_put(l, a, v1, NULL, 1104), 0);
     CU_ASSERT_TRUE(sl_has(l, a, 1104, v2));
     CU_ASSERT_TRUE(sl_has(l, b, 1104, bb));
     CU_ASSERT_TRUE(sl_has(l, c, 1104, bc));
@@ -1645,9 +1697,9 @@ static void *sl_work(void *arg)
 
         sl_id(w->base + i, id);
         sl_body(w->base + i, 1, body, sizeof body);
-        if (gw_signlog_put(w->l, id, body, 1000) != 0)
+        if (gw_signlog_put(w->l, id, body, NULL, 1000) != 0)
             w->failed++;
-        got = gw_signlog_get(w->l, id, 1000);
+        got = gw_signlog_get(w->l, id, NULL, 1000);
         /* just stored: found unless three other threads pushed it out */
         if (got && strcmp(got, body) != 0)
             w->failed++;
@@ -1998,6 +2050,7 @@ int main(void)
     };
     static const tu_test signlog[] = {
         {"put, get, unknown IDs", test_signlog_basic},
+        {"an entry for its owner or an operator", test_signlog_owner},
         {"retention", test_signlog_retention},
         {"capacity: the oldest go first", test_signlog_capacity},
         {"the same ID twice", test_signlog_same_id},

@@ -10,6 +10,10 @@
  * assertions; the rotation case waits a few seconds for the gateway's
  * clock, never asserts how long anything took.
  *
+ * The token gateway also serves models of tests/mock-upstream (a stand-in
+ * for an inference server, which cannot run here), for the backend's
+ * answers and errors at /v1/completions and /v1/embeddings.
+ *
  * Needs VEIL_BUILDDIR and the SoftHSM2 token of tests/env/with-tokens.sh. */
 #include <signal.h>
 #include <stdio.h>
@@ -21,11 +25,15 @@
 #include <unistd.h>
 
 #include <CUnit/CUnit.h>
+#include <cjson/cJSON.h>
 #include <curl/curl.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
 #include <openssl/sha.h>
 
 #include "bhttp.h"
 #include "gwtest.h"
+#include "hpke.h"
 #include "ohttp.h"
 #include "package.h"
 #include "testutil.h"
@@ -43,7 +51,9 @@ static const char *module, *pin_file;
 static char pin_spec[600], token_uri[256], server_ref[700], signer_ref[700];
 static veil_engine *sw_e, *tok_e;
 static veil_key *srv_key, *sign_key, *sign_pub;
-static tu_proc gw_tok, gw_sw;
+static char *sign_pem; /* the signing key's public PEM */
+static tu_proc gw_tok, gw_sw, upstream;
+static char m_hello[96], m_500[96], m_404[96];
 
 /* ---- HTTP ---------------------------------------------------------------- */
 
@@ -205,6 +215,23 @@ static uint8_t *encap(const veil_ohttp_keyconfig *cfg, const char *method,
     "\"" PROMPT "\"}]}"
 
 static int retry_after; /* of the last answer opened: its length, or -1 */
+/* of the last answer opened: its signature headers ("" when absent) */
+static char sig_b64[200], sig_at[32], sig_key[100];
+/* of the last exchange: its request identifier, hex SHA-256 of enc */
+static char last_rid[65];
+
+/* A field's value into out ("" when absent or too long). */
+static void field_copy(const veil_bhttp_msg *m, const char *name, char *out,
+                       size_t size)
+{
+    const veil_bhttp_field *f = veil_bhttp_field_get(&m->headers, name);
+
+    out[0] = '\0';
+    if (f && f->value.len < size) {
+        memcpy(out, f->value.p, f->value.len);
+        out[f->value.len] = '\0';
+    }
+}
 
 /* Opens an encapsulated answer: the inner status and a copy of its
  * content (malloc'd, NUL-terminated); -1 when it does not open. */
@@ -226,6 +253,9 @@ static int open_answer(veil_ohttp_ctx *ctx, const resp *r, char **content)
         (*content)[m->content.len] = '\0';
         status = (int)m->status;
         retry_after = ra ? (int)ra->value.len : -1;
+        field_copy(m, "x-veil-signature", sig_b64, sizeof sig_b64);
+        field_copy(m, "x-veil-signed-at", sig_at, sizeof sig_at);
+        field_copy(m, "x-veil-signing-key", sig_key, sizeof sig_key);
     }
     veil_bhttp_msg_free(m);
     veil_secbuf_free(plain);
@@ -248,6 +278,11 @@ static int exchange(const tu_proc *p, const char *method, const char *path,
     if (fetch_config(p, &cfg) == 0 &&
         (req = encap(&cfg, method, path, content, &len, &ctx)) != NULL &&
         http(p, req, len, VEIL_OHTTP_MEDIA_REQ, &r) == 0) {
+        size_t enc_len = 0;
+        const uint8_t *enc = veil_ohttp_ctx_enc(ctx, &enc_len);
+        uint8_t h[32];
+        SHA256(enc, enc_len, h);
+        veil_hex(h, 32, last_rid);
         CU_ASSERT_EQUAL(r.status, 200);
         CU_ASSERT_STRING_EQUAL(head_value(&r, "Content-Type", ct, sizeof ct),
                                VEIL_OHTTP_MEDIA_RES);
@@ -273,6 +308,29 @@ static void expect_uniform(const resp *r)
     if (r->status != 400 || r->len != sizeof UNIFORM - 1)
         fprintf(stderr, "not the uniform answer: %ld %.*s\n", r->status,
                 (int)r->len, r->body ? r->body : "");
+}
+
+/* A gateway of its own with the server key in the token: its state in
+ * $VEIL_TEST_DIR/NAME.state, the echo model, generous rates, and the
+ * flags of more (NULL-terminated). */
+static int start_token_gateway(tu_proc *g, const char *name,
+                               const char *const *more)
+{
+    char state_dir[700];
+    const char *base[] = {"--state-dir", state_dir, "--replay-capacity",
+                          "65536",       "--rate",  "1000",
+                          "--burst",     "1000",    NULL};
+    const char *extra[32] = {"--server-key", server_ref,     "--pkcs11-module",
+                             module,         "--pin-source", pin_spec,
+                             "--model",      "echo=echo"};
+    size_t n = 8;
+
+    for (; *more && n + 1 < sizeof extra / sizeof extra[0]; more++)
+        extra[n++] = *more;
+    extra[n] = NULL;
+    snprintf(state_dir, sizeof state_dir, "%s/%s.state",
+             tu_env("VEIL_TEST_DIR"), name);
+    return gt_veild_start(g, name, base, extra, 0);
 }
 
 /* ---- the cases ----------------------------------------------------------- */
@@ -384,6 +442,8 @@ static void round_trip(const tu_proc *p)
         exchange(p, "POST", "/v1/chat/completions", CHAT_ECHO, &content);
 
     CU_ASSERT_EQUAL(status, 200);
+    if (status != 200)
+        fprintf(stderr, "chat: %d %s\n", status, content ? content : "");
     CU_ASSERT(content && strstr(content, "chat.completion") != NULL);
     CU_ASSERT(content && strstr(content, "Hello over Oblivious HTTP") != NULL);
     free(content);
@@ -404,6 +464,310 @@ static void test_round_trip_software(void)
 {
     round_trip(&gw_sw);
     expect_log(&gw_sw, "v2: KEM keys (P-256) are made in software");
+}
+
+/* The member at path (names and array indices, "" ends) of j. */
+static const cJSON *at(const cJSON *j, const char *const *path)
+{
+    for (; j && **path; path++)
+        j = (**path >= '0' && **path <= '9')
+                ? cJSON_GetArrayItem(j, (int)strtol(*path, NULL, 10))
+                : cJSON_GetObjectItemCaseSensitive(j, *path);
+    return j;
+}
+
+#define AT(j, ...) at((j), (const char *const[]){__VA_ARGS__, ""})
+
+/* A string member's value, or "(none)". */
+static const char *sv(const cJSON *v)
+{
+    const char *s = cJSON_GetStringValue(v);
+
+    return s ? s : "(none)";
+}
+
+/* The embedding a user of the echo model (and of mock-upstream) gets for
+ * text, computed here from its definition (PROTOCOL-V2.md, GATEWAY.md):
+ * component i is (big-endian 16 bits i of SHA-256(text) - 32768) / 32768. */
+static int embedding_is(const cJSON *vec, const char *text)
+{
+    uint8_t h[32];
+    int ok = cJSON_GetArraySize(vec) == 16;
+
+    SHA256((const uint8_t *)text, strlen(text), h);
+    for (int i = 0; ok && i < 16; i++) {
+        const cJSON *v = cJSON_GetArrayItem(vec, i);
+        ok = cJSON_IsNumber(v) &&
+             v->valuedouble ==
+                 ((double)(h[2 * i] << 8 | h[2 * i + 1]) - 32768.0) / 32768.0;
+    }
+    return ok;
+}
+
+/* POST /v1/completions and /v1/embeddings with model: what the user sees
+ * in the answer (prefix: what the backend puts before each prompt). */
+static void texts_round_trip(const tu_proc *p, const char *model,
+                             const char *prefix)
+{
+    char req[400], want[200], *content = NULL;
+    cJSON *j;
+
+    snprintf(req, sizeof req,
+             "{\"model\":\"%s\",\"prompt\":\"" PROMPT "\",\"max_tokens\":8}",
+             model);
+    CU_ASSERT_EQUAL(exchange(p, "POST", "/v1/completions", req, &content), 200);
+    j = content ? cJSON_Parse(content) : NULL;
+    snprintf(want, sizeof want, "%s" PROMPT, prefix);
+    CU_ASSERT_STRING_EQUAL(sv(AT(j, "object")), "text_completion");
+    CU_ASSERT_STRING_EQUAL(sv(AT(j, "model")), model);
+    CU_ASSERT_STRING_EQUAL(sv(AT(j, "choices", "0", "text")), want);
+    CU_ASSERT_STRING_EQUAL(sv(AT(j, "choices", "0", "finish_reason")), "stop");
+    CU_ASSERT(cJSON_IsNumber(AT(j, "usage", "total_tokens")));
+    CU_ASSERT_PTR_NULL(AT(j, "_metadata"));
+    cJSON_Delete(j);
+    free(content);
+
+    snprintf(req, sizeof req,
+             "{\"model\":\"%s\",\"input\":[\"" PROMPT "\",\"second\"]}", model);
+    CU_ASSERT_EQUAL(exchange(p, "POST", "/v1/embeddings", req, &content), 200);
+    if (content == NULL)
+        return;
+    j = content ? cJSON_Parse(content) : NULL;
+    CU_ASSERT_STRING_EQUAL(sv(AT(j, "object")), "list");
+    CU_ASSERT_EQUAL(cJSON_GetArraySize(AT(j, "data")), 2);
+    CU_ASSERT_STRING_EQUAL(sv(AT(j, "data", "1", "object")), "embedding");
+    CU_ASSERT_EQUAL(cJSON_GetNumberValue(AT(j, "data", "1", "index")), 1);
+    CU_ASSERT(embedding_is(AT(j, "data", "0", "embedding"), PROMPT));
+    CU_ASSERT(embedding_is(AT(j, "data", "1", "embedding"), "second"));
+    CU_ASSERT(cJSON_IsNumber(AT(j, "usage", "prompt_tokens")));
+    cJSON_Delete(j);
+    free(content);
+}
+
+static void test_texts_token(void)
+{
+    texts_round_trip(&gw_tok, "echo", "");
+    texts_round_trip(&gw_tok, "mock/hello", "mock: ");
+}
+
+static void test_texts_software(void)
+{
+    texts_round_trip(&gw_sw, "echo", "");
+}
+
+/* Every inference route: the model allow-list and tier (an inner 403),
+ * and the backend's errors, all inside the encrypted answer. */
+static void test_route_refusals(void)
+{
+    static const char *const paths[] = {"/v1/chat/completions",
+                                        "/v1/completions", "/v1/embeddings"};
+    const struct {
+        const char *model;
+        int status;
+        const char *detail;
+    } cases[] = {
+        {"high-only", 403, "not allowed on the standard tier"},
+        {m_500, 502, "inference backend error (HTTP 500)"},
+        {m_404, 400, "mock upstream: status 404"},
+    };
+
+    for (size_t i = 0; i < sizeof paths / sizeof paths[0]; i++)
+        for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+            char req[300], *content = NULL;
+            int status;
+
+            snprintf(req, sizeof req,
+                     "{\"model\":\"%.*s\",\"messages\":[{\"role\":\"user\","
+                     "\"content\":\"hi\"}],\"prompt\":\"hi\",\"input\":\"hi\"}",
+                     (int)strcspn(cases[k].model, "="), cases[k].model);
+            status = exchange(&gw_tok, "POST", paths[i], req, &content);
+            CU_ASSERT_EQUAL(status, cases[k].status);
+            CU_ASSERT(content && strstr(content, "\"detail\"") &&
+                      strstr(content, cases[k].detail));
+            if (status != cases[k].status)
+                fprintf(stderr, "%s %s: %d %s\n", paths[i], cases[k].model,
+                        status, content ? content : "(none)");
+            free(content);
+        }
+}
+
+/* OpenSSL alone, as a verifier without veil would: 1 when sig (base64 of
+ * DER) is the signing key's ECDSA P-256 SHA-256 signature of text. */
+static int openssl_verifies(const char *b64, const char *text)
+{
+    BIO *bio = BIO_new_mem_buf(sign_pem, -1);
+    EVP_PKEY *pk = bio ? PEM_read_bio_PUBKEY(bio, NULL, NULL, NULL) : NULL;
+    EVP_MD_CTX *md = EVP_MD_CTX_new();
+    size_t n = strlen(b64), pad = 0;
+    unsigned char der[256];
+    int len = n < 4 * 64
+                  ? EVP_DecodeBlock(der, (const unsigned char *)b64, (int)n)
+                  : -1;
+    int ok = 0;
+
+    while (pad < n && pad < 2 && b64[n - 1 - pad] == '=')
+        pad++;
+    if (pk && md && len > (int)pad &&
+        EVP_DigestVerifyInit(md, NULL, EVP_sha256(), NULL, pk) == 1)
+        ok = EVP_DigestVerify(md, der, (size_t)len - pad,
+                              (const unsigned char *)text, strlen(text)) == 1;
+    EVP_MD_CTX_free(md);
+    EVP_PKEY_free(pk);
+    BIO_free(bio);
+    return ok;
+}
+
+/* hex of SHA-256 of len bytes (the test's own, for statements) */
+static void sha256_hex(const void *p, size_t len, char hex[65])
+{
+    uint8_t h[32];
+
+    SHA256(p, len, h);
+    for (int i = 0; i < 32; i++)
+        snprintf(hex + 2 * i, 3, "%02x", h[i]);
+}
+
+/* The statement a verifier rebuilds for the last exchange
+ * (PROTOCOL-V2.md 8, docs/ATTESTATION.md): ID = hex SHA-256 of enc,
+ * hashes of the inner request's and answer's content. */
+static void statement_of(const char *request, const char *answer, char *out,
+                         size_t size)
+{
+    char req[65], res[65], key[65];
+    BIO *bio = BIO_new_mem_buf(sign_pem, -1);
+    EVP_PKEY *pk = bio ? PEM_read_bio_PUBKEY(bio, NULL, NULL, NULL) : NULL;
+    unsigned char *der = NULL;
+    int der_len = pk ? i2d_PUBKEY(pk, &der) : -1;
+
+    sha256_hex(request, strlen(request), req);
+    sha256_hex(answer, strlen(answer), res);
+    sha256_hex(der, der_len > 0 ? (size_t)der_len : 0, key);
+    snprintf(out, size,
+             "veil-response-signature-v1\npayload_id=%s\nsecurity_tier="
+             "standard\nrequest_sha256=%s\nresponse_sha256=%s\n"
+             "signing_key_sha256=%s\nsigned_at=%s\n",
+             last_rid, req, res, key, sig_at);
+    OPENSSL_free(der);
+    EVP_PKEY_free(pk);
+    BIO_free(bio);
+}
+
+/* A v2 answer's signature, inside the encrypted answer, verified with
+ * OpenSSL from what the client holds; then fetched by its ID (inner GET
+ * /v1/signatures/<id>).  A gateway without a signing key sends none. */
+static void test_answer_signature(void)
+{
+    char *content = NULL, *kept = NULL, st[700], path[100], want_key[80];
+    char rid[65], sig[200], res[65], key[65];
+    cJSON *j;
+
+    CU_ASSERT_EQUAL_FATAL(
+        exchange(&gw_tok, "POST", "/v1/embeddings",
+                 "{\"model\":\"echo\",\"input\":\"" PROMPT "\"}", &content),
+        200);
+    CU_ASSERT_FATAL(content != NULL && sig_b64[0] != '\0');
+    statement_of("{\"model\":\"echo\",\"input\":\"" PROMPT "\"}", content, st,
+                 sizeof st);
+    CU_ASSERT(openssl_verifies(sig_b64, st));
+    sscanf(st,
+           "%*[^\n]\n%*[^\n]\n%*[^\n]\n%*[^\n]\n"
+           "response_sha256=%64[0-9a-f]\nsigning_key_sha256=%64[0-9a-f]",
+           res, key);
+    snprintf(want_key, sizeof want_key, "sha256:%s", key);
+    CU_ASSERT_STRING_EQUAL(sig_key, want_key);
+    /* the same signature does not cover another answer */
+    content[strlen(content) - 2] ^= 1;
+    {
+        char other[700];
+        statement_of("{\"model\":\"echo\",\"input\":\"" PROMPT "\"}", content,
+                     other, sizeof other);
+        CU_ASSERT(!openssl_verifies(sig_b64, other));
+    }
+    free(content);
+    snprintf(rid, sizeof rid, "%s", last_rid);
+    snprintf(sig, sizeof sig, "%s", sig_b64);
+
+    /* kept under its ID */
+    snprintf(path, sizeof path, "/v1/signatures/%s", rid);
+    CU_ASSERT_EQUAL(exchange(&gw_tok, "GET", path, NULL, &kept), 200);
+    j = kept ? cJSON_Parse(kept) : NULL;
+    CU_ASSERT_STRING_EQUAL(sv(AT(j, "payload_id")), rid);
+    CU_ASSERT_STRING_EQUAL(sv(AT(j, "signature_b64")), sig);
+    CU_ASSERT_STRING_EQUAL(sv(AT(j, "statement")), st);
+    CU_ASSERT_STRING_EQUAL(sv(AT(j, "response_sha256")), res);
+    cJSON_Delete(j);
+    free(kept);
+    /* an ID never signed: 404 inside */
+    rid[0] = rid[0] == '0' ? '1' : '0';
+    snprintf(path, sizeof path, "/v1/signatures/%s", rid);
+    CU_ASSERT_EQUAL(exchange(&gw_tok, "GET", path, NULL, &kept), 404);
+    free(kept);
+
+    /* no signing key: no signature */
+    CU_ASSERT_EQUAL(
+        exchange(&gw_sw, "POST", "/v1/chat/completions", CHAT_ECHO, &content),
+        200);
+    CU_ASSERT_STRING_EQUAL(sig_b64, "");
+    free(content);
+}
+
+/* A signature is its requester's: another tenant's API key gets, inside,
+ * the 404 of an ID never seen; an operator key (operator_keys) gets it. */
+static void test_signature_owner(void)
+{
+    static const char *const keys[] = {"veil-v2-tenant-a-1f0e",
+                                       "veil-v2-tenant-b-9c3d",
+                                       "veil-v2-operator-4b7a"};
+    static const char *const names[] = {"tenant-a", "tenant-b", "ops"};
+    char lines[600] = "", dir[512], path[600], hex[65];
+    char bearers[3][80], sig_path[100], want[300], *content = NULL;
+    const char *more[] = {"--signing-key",   signer_ref, "--api-keys", path,
+                          "--operator-keys", "ops",      NULL};
+    FILE *f;
+    tu_proc g;
+
+    for (size_t i = 0; i < 3; i++) {
+        size_t n = strlen(lines);
+        sha256_hex(keys[i], strlen(keys[i]), hex);
+        snprintf(lines + n, sizeof lines - n, "sha256:%s %s\n", hex, names[i]);
+        snprintf(bearers[i], sizeof bearers[i], "Bearer %s", keys[i]);
+    }
+    CU_ASSERT_EQUAL_FATAL(tu_scratch_dir("gw-v2-owner", dir, sizeof dir), 0);
+    snprintf(path, sizeof path, "%s/api-keys", dir);
+    f = fopen(path, "w");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(f);
+    fputs(lines, f);
+    fclose(f);
+    CU_ASSERT_EQUAL_FATAL(start_token_gateway(&g, "gw-v2-owner", more), 0);
+
+    bearer = bearers[0];
+    CU_ASSERT_EQUAL(
+        exchange(&g, "POST", "/v1/chat/completions", CHAT_ECHO, &content), 200);
+    CU_ASSERT(sig_b64[0] != '\0');
+    free(content);
+    snprintf(sig_path, sizeof sig_path, "/v1/signatures/%s", last_rid);
+    snprintf(want, sizeof want,
+             "{\"detail\":\"no signature is kept for payload ID %s (unknown, "
+             "or older than signature_retention)\"}",
+             sig_path + strlen("/v1/signatures/"));
+    /* its requester */
+    CU_ASSERT_EQUAL(exchange(&g, "GET", sig_path, NULL, &content), 200);
+    CU_ASSERT(content && strstr(content, sig_path + 15) != NULL);
+    free(content);
+    /* another tenant: the answer to an ID never seen, byte for byte */
+    bearer = bearers[1];
+    CU_ASSERT_EQUAL(exchange(&g, "GET", sig_path, NULL, &content), 404);
+    CU_ASSERT(content && strcmp(content, want) == 0);
+    if (content && strcmp(content, want) != 0)
+        fprintf(stderr, "tenant b got %s\n", content);
+    free(content);
+    /* an operator */
+    bearer = bearers[2];
+    CU_ASSERT_EQUAL(exchange(&g, "GET", sig_path, NULL, &content), 200);
+    CU_ASSERT(content && strstr(content, sig_path + 15) != NULL);
+    free(content);
+    bearer = NULL;
+    gt_stop_ok(&g);
 }
 
 /* Errors after decapsulation travel encrypted, with their status. */
@@ -549,38 +913,111 @@ static void test_api_key_inside(void)
     gt_stop_ok(&g);
 }
 
-/* A key replaced still opens for its grace period, then is destroyed:
- * the same uniform 400. */
+/* What the token holds, seen from outside veild (issue 14): every key
+ * listed, the recording tried with each private key that HPKE can use. */
+typedef struct token_scan {
+    const veil_ohttp_keyconfig *cfg; /* the recording's key configuration */
+    const uint8_t *rec;
+    size_t len;
+    const char *label; /* the KEM key's */
+    int with_label, private_keys, opened;
+} token_scan;
+
+static int scan_key(void *ctx, const veil_key_info *info)
+{
+    token_scan *t = ctx;
+    veil_key *k = NULL;
+    veil_hpke_key *hk = NULL;
+    veil_secbuf *req = NULL;
+    veil_ohttp_ctx *c = NULL;
+
+    t->with_label += strcmp(info->label, t->label) == 0;
+    if (!info->has_private)
+        return 0;
+    t->private_keys++;
+    /* an RSA key is no HPKE key; an EC key without CKA_DERIVE cannot
+     * derive; any other P-256 key derives a secret that does not open */
+    if (veil_key_open(tok_e, info->uri, &k) == VEIL_OK &&
+        veil_hpke_key_from_engine(k, &hk) == VEIL_OK &&
+        veil_ohttp_decap_request(tok_e, t->cfg, hk, t->rec, t->len, &req, &c) ==
+            VEIL_OK)
+        t->opened++;
+    veil_ohttp_ctx_free(c);
+    veil_secbuf_free(req);
+    veil_hpke_key_free(hk);
+    veil_key_free(k);
+    return 0;
+}
+
+static void scan_token(token_scan *t)
+{
+    CU_ASSERT_EQUAL(veil_key_list(tok_e, token_uri, scan_key, t), VEIL_OK);
+}
+
+/* The scan can open a request when the token does hold its key: a P-256
+ * derive key made here in the token, a request encapsulated to it. */
+static void scan_control(void)
+{
+    veil_keygen_params kp = {
+        .type = VEIL_KEY_EC_P256, .label = "v2-fs-control", .derive = 1};
+    veil_ohttp_keyconfig cfg = {.key_id = 7, .kem = VEIL_HPKE_KEM_P256};
+    veil_ohttp_ctx *ctx = NULL;
+    veil_hpke_key *hk = NULL;
+    veil_key *k = NULL;
+    uint8_t *req = NULL;
+    size_t len = 0;
+    token_scan t = {.cfg = &cfg, .label = "v2-fs-control"};
+
+    cfg.pk_len = sizeof cfg.pk;
+    cfg.algs[0] =
+        (veil_ohttp_alg){VEIL_HPKE_KDF_SHA256, VEIL_HPKE_AEAD_AES256GCM};
+    cfg.n_algs = 1;
+    CU_ASSERT_EQUAL_FATAL(veil_key_generate(tok_e, token_uri, &kp, &k),
+                          VEIL_OK);
+    CU_ASSERT_EQUAL(veil_hpke_key_from_engine(k, &hk), VEIL_OK);
+    CU_ASSERT_EQUAL(veil_hpke_key_public(hk, cfg.pk, &cfg.pk_len), VEIL_OK);
+    req = encap(&cfg, "GET", "/v1/models", NULL, &len, &ctx);
+    t.rec = req;
+    t.len = len;
+    scan_token(&t);
+    CU_ASSERT(t.with_label >= 1); /* listed under its label */
+    CU_ASSERT_EQUAL(t.opened, 1);
+    veil_hpke_key_free(hk);
+    veil_key_delete(tok_e, k);
+    veil_ohttp_ctx_free(ctx);
+    free(req);
+}
+
+/* A key replaced still opens for its grace period, then is destroyed
+ * (forward secrecy, PROTOCOL-V2.md 4.2; issue 14).  A request recorded
+ * under it then gets the uniform 400, byte for byte what a body that is
+ * no request at all gets; and the token no longer holds its private key:
+ * no object with its label, and none of the private keys left there (the
+ * long-term RSA and ECDSA keys) opens the recording.  SoftHSM2 takes
+ * veild's KEM keys as session objects, which no other application sees
+ * even while they live: there the label check only shows that no token
+ * object was left behind, and the decapsulation with every private key
+ * left (which scan_control shows can open a request) is what shows the
+ * key gone. */
 static void test_rotation(void)
 {
     veil_ohttp_keyconfig a, b;
     veil_ohttp_ctx *c1 = NULL, *c2 = NULL;
     size_t l1 = 0, l2 = 0;
     uint8_t *r1, *r2;
-    char *content = NULL, state_dir[700];
-    resp r;
+    char *content = NULL, label[32];
+    resp r, junk;
     tu_proc g;
-    const char *base[] = {"--state-dir", state_dir, "--replay-capacity",
-                          "65536",       "--rate",  "1000",
-                          "--burst",     "1000",    NULL};
-    const char *extra[] = {"--server-key",
-                           server_ref,
-                           "--pkcs11-module",
-                           module,
-                           "--pin-source",
-                           pin_spec,
-                           "--model",
-                           "echo=echo",
-                           "--kem-rotate",
-                           "6",
-                           "--kem-grace",
-                           "3",
-                           NULL};
+    const char *more[] = {"--signing-key",
+                          signer_ref,
+                          "--kem-rotate",
+                          "6",
+                          "--kem-grace",
+                          "3",
+                          NULL};
     int i;
 
-    snprintf(state_dir, sizeof state_dir, "%s/gw-v2-rot.state",
-             tu_env("VEIL_TEST_DIR"));
-    CU_ASSERT_EQUAL_FATAL(gt_veild_start(&g, "gw-v2-rot", base, extra, 0), 0);
+    CU_ASSERT_EQUAL_FATAL(start_token_gateway(&g, "gw-v2-rot", more), 0);
     CU_ASSERT_EQUAL_FATAL(fetch_config(&g, &a), 0);
     r1 = encap(&a, "POST", "/v1/chat/completions", CHAT_ECHO, &l1, &c1);
     r2 = encap(&a, "POST", "/v1/chat/completions", CHAT_ECHO, &l2, &c2);
@@ -600,10 +1037,21 @@ static void test_rotation(void)
     free(content);
     resp_free(&r);
     sleep(4); /* past the grace: destroyed */
+    /* (a) the recording: the uniform 400, the same bytes as junk gets */
     CU_ASSERT_EQUAL_FATAL(http(&g, r2, l2, VEIL_OHTTP_MEDIA_REQ, &r), 0);
     expect_uniform(&r);
+    CU_ASSERT_EQUAL_FATAL(
+        http(&g, (const uint8_t *)"junk", 4, VEIL_OHTTP_MEDIA_REQ, &junk), 0);
+    CU_ASSERT_EQUAL(junk.status, r.status);
+    CU_ASSERT(junk.len == r.len && memcmp(junk.body, r.body, r.len) == 0);
+    {
+        char t1[128], t2[128];
+        CU_ASSERT_STRING_EQUAL(
+            head_value(&r, "Content-Type", t1, sizeof t1),
+            head_value(&junk, "Content-Type", t2, sizeof t2));
+    }
+    resp_free(&junk);
     resp_free(&r);
-    gt_stop_ok(&g);
     {
         char *log = tu_read_file(g.log, NULL), line[64];
         snprintf(line, sizeof line, "v2: KEM key %u destroyed",
@@ -611,6 +1059,20 @@ static void test_rotation(void)
         CU_ASSERT(log && strstr(log, line) != NULL);
         free(log);
     }
+    /* (b) the token, opened here through the engine (PKCS#11), while the
+     * gateway still runs, and again once it has stopped */
+    snprintf(label, sizeof label, "veil-kem-%u", (unsigned)a.key_id);
+    for (int pass = 0; pass < 2; pass++) {
+        token_scan t = {.cfg = &a, .rec = r2, .len = l2, .label = label};
+
+        if (pass == 1)
+            gt_stop_ok(&g);
+        scan_token(&t);
+        CU_ASSERT_EQUAL(t.with_label, 0);
+        CU_ASSERT(t.private_keys >= 2); /* v2-server (RSA), v2-signer */
+        CU_ASSERT_EQUAL(t.opened, 0);
+    }
+    scan_control();
     free(r1);
     free(r2);
     veil_ohttp_ctx_free(c1);
@@ -640,6 +1102,14 @@ static int start_gateways(void)
                          signer_ref,
                          "--model",
                          "echo=echo",
+                         "--model",
+                         "high-only=echo,tiers=high",
+                         "--model",
+                         m_hello,
+                         "--model",
+                         m_500,
+                         "--model",
+                         m_404,
                          NULL};
     const char *sw[] = {"--server-key", ref, "--model", "echo=echo", NULL};
 
@@ -653,6 +1123,14 @@ static int start_gateways(void)
         return -1;
     veil_key_free(k);
     snprintf(ref, sizeof ref, "dir:%s", dir);
+    if (gt_mock_start(&upstream, "gw-v2-mock") != 0)
+        return -1;
+    snprintf(m_hello, sizeof m_hello, "mock/hello=http://127.0.0.1:%u/v1",
+             upstream.port);
+    snprintf(m_500, sizeof m_500, "mock/status-500=http://127.0.0.1:%u/v1",
+             upstream.port);
+    snprintf(m_404, sizeof m_404, "mock/status-404=http://127.0.0.1:%u/v1",
+             upstream.port);
     if (gt_veild_start(&gw_tok, "gw-v2-tok", base0, tok, TU_LOG_FRESH) != 0 ||
         gt_veild_start(&gw_sw, "gw-v2-sw", base1, sw, TU_LOG_FRESH) != 0)
         return -1;
@@ -692,7 +1170,7 @@ static int setup(void)
         free(pem);
         return -1;
     }
-    free(pem);
+    sign_pem = pem;
     return start_gateways();
 }
 
@@ -700,6 +1178,7 @@ static void teardown(void)
 {
     tu_proc_stop_all();
     veil_key_free(sign_pub);
+    free(sign_pem);
     if (sign_key)
         veil_key_delete(tok_e, sign_key);
     if (srv_key)
@@ -720,10 +1199,19 @@ int main(void)
         {"key configurations, signed", test_key_config},
         {"chat and models, KEM key in SoftHSM2", test_round_trip_token},
         {"chat and models, KEM key in software", test_round_trip_software},
+        {"completions and embeddings, KEM key in SoftHSM2", test_texts_token},
+        {"completions and embeddings, KEM key in software",
+         test_texts_software},
+        {"every route: tier 403 and backend errors inside",
+         test_route_refusals},
+        {"answer signature inside, verified, kept by ID",
+         test_answer_signature},
+        {"a signature only for its API key or an operator",
+         test_signature_owner},
         {"errors travel encrypted", test_errors_encrypted},
         {"one answer for tampering and replays", test_uniform_and_replay},
         {"API key and rate limit inside", test_api_key_inside},
-        {"rotation: grace, then destroyed", test_rotation},
+        {"rotation: grace, then destroyed (forward secrecy)", test_rotation},
         {"v2 = off", test_v2_off},
         {"gateways exit 0", test_exit},
     };

@@ -178,8 +178,8 @@ typedef struct result {
 static void run(const gw_config *cfg, const gw_model *m, const char *req,
                 size_t len, const gw_request *rq, result *r)
 {
-    gw_rc rc = gw_upstream_call(cfg, m, req, len, rq, NULL, NULL, &r->up,
-                                r->detail, sizeof r->detail);
+    gw_rc rc = gw_upstream_call(cfg, m, GW_INFER_CHAT, req, len, rq, NULL, NULL,
+                                &r->up, r->detail, sizeof r->detail);
 
     r->status = gw_rc_status(rc);
     r->body = rc == GW_OK ? r->up.body : r->detail;
@@ -833,8 +833,9 @@ static void test_log(void)
 
     CU_ASSERT_EQUAL_FATAL(
         gw_request_scan(&cfg, req, strlen(req), &rq, why, sizeof why), 0);
-    CU_ASSERT_EQUAL(gw_upstream_call(&cfg, &m, req, strlen(req), &rq, NULL,
-                                     &warn, &up, detail, sizeof detail),
+    CU_ASSERT_EQUAL(gw_upstream_call(&cfg, &m, GW_INFER_CHAT, req, strlen(req),
+                                     &rq, NULL, &warn, &up, detail,
+                                     sizeof detail),
                     GW_UPSTREAM);
     /* one warning (the debug line of the exchange is filtered out) */
     CU_ASSERT_EQUAL(c.lines, 1);
