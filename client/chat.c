@@ -488,25 +488,23 @@ static veil_client_status call_keys(call *k, veil_client_error *err)
     return st;
 }
 
-/* Step 4: the protocol (auto asks the gateway).  A trust file and
- * evidence are v1's: answers over v2 carry no signature yet, so auto
- * takes v1 for them and v2 refuses them. */
+/* Step 4: the protocol (auto asks the gateway).  Evidence is v1's (its
+ * format holds v1 packages): auto takes v1 for it and v2 refuses it.  The
+ * maximum tier (a TPM quote in the answer) is v1's too for now: auto
+ * takes v1 for it. */
 static veil_client_status call_protocol(call *k, int *v2,
                                         veil_client_error *err)
 {
     veil_client *c = k->c;
-    const char *v1_only = c->trust      ? "a trust file"
-                          : k->evidence ? "evidence"
-                                        : NULL;
+    int maximum = k->tier && !strcmp(k->tier, "maximum");
     *v2 = 0;
-    if (v1_only && c->cfg.protocol == VEIL_CLIENT_PROTOCOL_AUTO)
+    if ((k->evidence || maximum) &&
+        c->cfg.protocol == VEIL_CLIENT_PROTOCOL_AUTO)
         return VEIL_CLIENT_OK;
-    if (v1_only && c->cfg.protocol == VEIL_CLIENT_PROTOCOL_V2)
+    if (k->evidence && c->cfg.protocol == VEIL_CLIENT_PROTOCOL_V2)
         return veil_cl_fail(err, VEIL_CLIENT_E_CONFIG, 0, VEIL_E_ARG,
-                            "%s verifies answers of protocol v1 only (v2 "
-                            "answers carry no signature yet): use protocol "
-                            "v1 or auto",
-                            v1_only);
+                            "evidence is recorded for protocol v1 answers "
+                            "only: use protocol v1 or auto");
     uint64_t t = veil_cl_now_ns();
     veil_client_status st = veil_cl_v2_pick(c, k->url, v2, err);
     if (k->stats)

@@ -19,6 +19,7 @@
 #include <openssl/sha.h>
 
 #include "bhttp.h"
+#include "evidence.h"
 #include "package.h"
 #include "v2.h"
 
@@ -500,7 +501,30 @@ typedef struct inner {
     size_t len;
     long retry_after_ms;
     char request_id[65];
+    /* x-veil-signature, x-veil-signed-at, x-veil-signing-key ("" when
+     * absent); sig_bad: one came twice or too long */
+    char sig[128], signed_at[24], signing_key[80];
+    int sig_bad;
 } inner;
+
+/* The first field named so into out; a second one, or one too long,
+ * sets *bad. */
+static void field_copy(const veil_bhttp_msg *m, const char *name, char *out,
+                       size_t size, int *bad)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < m->headers.n; i++) {
+        const veil_bhttp_field *f = &m->headers.fields[i];
+        if (f->name.len != strlen(name) || memcmp(f->name.p, name, f->name.len))
+            continue;
+        if (n++ || f->value.len >= size) {
+            *bad = 1;
+            continue;
+        }
+        memcpy(out, f->value.p, f->value.len);
+        out[f->value.len] = '\0';
+    }
+}
 
 static void inner_free(inner *in)
 {
@@ -547,6 +571,12 @@ static veil_client_status inner_open(veil_client *c, veil_ohttp_ctx *ctx,
             v[ra->value.len] = '\0';
             in->retry_after_ms = veil_cl_retry_after_ms(v);
         }
+        field_copy(m, "x-veil-signature", in->sig, sizeof in->sig,
+                   &in->sig_bad);
+        field_copy(m, "x-veil-signed-at", in->signed_at, sizeof in->signed_at,
+                   &in->sig_bad);
+        field_copy(m, "x-veil-signing-key", in->signing_key,
+                   sizeof in->signing_key, &in->sig_bad);
     }
     veil_bhttp_msg_free(m);
     veil_secbuf_free(plain);
@@ -650,6 +680,63 @@ static veil_client_status answer_tree(veil_client *c, const inner *in,
     return VEIL_CLIENT_OK;
 }
 
+/* The answer signature of an inner 200 of an inference route (section
+ * 8): v1's statement with the request ID as payload ID and the hashes of
+ * the inner request's and answer's content, under the gateway's signing
+ * key (the one its key configurations are checked under).  A v2 gateway
+ * always has that key and signs every such answer: an unsigned one is
+ * refused. */
+static veil_client_status answer_signature(veil_client *c,
+                                           const veil_cl_v2_call *k,
+                                           const inner *in,
+                                           veil_client_error *err)
+{
+    uint8_t req_sha[32], resp_sha[32], *sig = NULL;
+    size_t sig_len = 0, n = 0;
+    long long at = 0;
+    char st[VEIL_EV_STATEMENT_MAX];
+    const char *why = NULL;
+    veil_key *key = NULL;
+    signer s;
+    veil_client_status rc = signer_get(c, k->url, &s, err);
+    if (rc != VEIL_CLIENT_OK)
+        return rc;
+    SHA256(k->body, k->body_len, req_sha);
+    SHA256((const uint8_t *)in->body, in->len, resp_sha);
+    if (in->sig_bad)
+        why = "a signature header came twice or is too long";
+    else if (in->sig[0] == '\0')
+        why = "the answer carries no signature (x-veil-signature)";
+    else if (strcmp(in->signing_key, s.fp_text) != 0)
+        why = "the answer is signed by another key than the gateway's "
+              "signing key";
+    else if (!parse_time(in->signed_at, &at) ||
+             (n = veil_ev_statement(in->request_id,
+                                    k->tier ? k->tier : "standard", req_sha,
+                                    resp_sha, s.fp, at, st, sizeof st)) == 0)
+        why = "the signature's signed-at or statement is malformed";
+    else if (veil_b64_decode(in->sig, strlen(in->sig), &sig, &sig_len) !=
+                 VEIL_OK ||
+             veil_key_from_public(c->engine, s.spki, s.len, &key) != VEIL_OK ||
+             veil_ecdsa_verify(c->engine, key, (const uint8_t *)st, n, sig,
+                               sig_len) != VEIL_OK)
+        why = "the answer signature does not verify over this request and "
+              "answer";
+    veil_key_free(key);
+    free(sig);
+    if (why == NULL) {
+        veil_logf(&c->log, VEIL_LOG_DEBUG,
+                  "v2 answer %.16s...: answer signature verified (%s, signed "
+                  "at %lld)",
+                  in->request_id, s.fp_text, at);
+        return VEIL_CLIENT_OK;
+    }
+    veil_logf(&c->log, VEIL_LOG_DEBUG, "v2 answer %.16s... refused: %s",
+              in->request_id, why);
+    return veil_cl_fail(err, VEIL_CLIENT_E_SECURITY, 200, VEIL_E_VERIFY,
+                        "%s (%s)", VEIL_CLIENT_SECURITY_MESSAGE, why);
+}
+
 /* One attempt's outcome: *status the status that decides a retry (the
  * inner one once the answer opened; 0 a network failure), *uniform the
  * uniform 400, *retry_after_ms what the server asked. */
@@ -683,8 +770,11 @@ static veil_client_status attempt(veil_client *c, const veil_cl_v2_call *k,
                                         .retry_after_ms = in.retry_after_ms};
             *status = in.status;
             *retry_after_ms = in.retry_after_ms;
-            st = in.status == 200 ? answer_tree(c, &in, response, err)
-                                  : veil_cl_http_fail(&ir, err);
+            if (in.status != 200)
+                st = veil_cl_http_fail(&ir, err);
+            else if (k->body == NULL ||
+                     (st = answer_signature(c, k, &in, err)) == VEIL_CLIENT_OK)
+                st = answer_tree(c, &in, response, err);
         }
         if (k->stats) {
             k->stats->decrypt_ns += veil_cl_now_ns() - t;

@@ -36,8 +36,10 @@ typedef struct veil_cl_v2_call {
  * configured retries and one refetch of the key configurations after the
  * uniform 400, and returns the inner 200 answer parsed as a JSON object
  * with "_metadata" (protocol, request_id, is_encrypted,
- * encryption_algorithm) set by the client.  An inner error status is
- * mapped as v1 maps an outer one (error.c). */
+ * encryption_algorithm) set by the client.  The answer to a request with a
+ * body must carry a valid answer signature (section 8) under the signing
+ * key its key configurations are checked under, or it is refused.  An
+ * inner error status is mapped as v1 maps an outer one (error.c). */
 veil_client_status veil_cl_v2_send(veil_client *c, const veil_cl_v2_call *k,
                                    cJSON **response, veil_client_error *err);
 

@@ -15,6 +15,7 @@
  * No timed assertions.  Needs VEIL_BUILDDIR and the SoftHSM2 token of
  * tests/env/with-tokens.sh. */
 #include <fcntl.h>
+#include <math.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -28,8 +29,13 @@
 #include <openssl/sha.h>
 
 #include "gwtest.h"
+#include "bhttp.h"
+#include "evidence.h"
+#include "bhttp.h"
+#include "evidence.h"
 #include "hpke.h"
 #include "ohttp.h"
+#include "openai.h"
 #include "package.h"
 #include "stub_http.h"
 #include "testutil.h"
@@ -59,11 +65,16 @@ static void url_of(const tu_proc *p, char *out, size_t size)
     snprintf(out, size, "http://127.0.0.1:%u", p->port);
 }
 
+static atomic_int sig_verified; /* "answer signature verified" lines */
+
 static void dbg_log(void *ctx, veil_log_level level, const char *line)
 {
     (void)ctx;
     (void)level;
-    fprintf(stderr, "log: %s\n", line);
+    if (strstr(line, "answer signature verified"))
+        atomic_fetch_add(&sig_verified, 1);
+    if (getenv("CV2_DEBUG"))
+        fprintf(stderr, "log: %s\n", line);
 }
 
 static veil_client *client_for(const char *url, veil_client_protocol proto)
@@ -72,10 +83,8 @@ static veil_client *client_for(const char *url, veil_client_protocol proto)
     tu_client_config(&cfg, url);
     cfg.protocol = proto;
     cfg.retry_base_ms = 20;
-    if (getenv("CV2_DEBUG")) {
-        cfg.log = dbg_log;
-        cfg.log_level = VEIL_LOG_DEBUG;
-    }
+    cfg.log = dbg_log;
+    cfg.log_level = VEIL_LOG_DEBUG;
     return tu_client_new(&cfg);
 }
 
@@ -110,6 +119,7 @@ static void chat_v2_ok(const char *url, veil_client_protocol proto)
     veil_chat_stats stats;
     veil_client_error err;
     veil_client_status st;
+    atomic_store(&sig_verified, 0);
     for (int round = 0; round < 2; round++) { /* the second: cached keys */
         st = veil_chat_create(c, req, NULL, &resp, &stats, &err);
         if (st != VEIL_CLIENT_OK)
@@ -129,6 +139,7 @@ static void chat_v2_ok(const char *url, veil_client_protocol proto)
         veil_chat_response_free(resp);
         resp = NULL;
     }
+    CU_ASSERT_EQUAL(atomic_load(&sig_verified), 2); /* each answer's */
     veil_chat_response_free(req);
     veil_client_free(c);
 }
@@ -346,6 +357,66 @@ static void test_embed_needs_v2(void)
     cJSON_Delete(req);
 }
 
+/* An embedding over v2 (the echo model's deterministic vector), from the
+ * library and from `veil embed`. */
+static void test_embed(void)
+{
+    double want[VEIL_OPENAI_EMBED_DIM];
+    veil_client *c = client_for(url_sw, VEIL_CLIENT_PROTOCOL_AUTO);
+    veil_client_error err;
+    veil_chat_stats stats;
+    cJSON *req = cJSON_CreateObject(), *resp = NULL;
+    cJSON_AddStringToObject(req, "model", "echo");
+    cJSON_AddStringToObject(req, "input", PROMPT);
+    veil_openai_embedding(PROMPT, want);
+    atomic_store(&sig_verified, 0);
+    CU_ASSERT_EQUAL_FATAL(
+        veil_embeddings_create(c, req, NULL, &resp, &stats, &err),
+        VEIL_CLIENT_OK);
+    CU_ASSERT_EQUAL(atomic_load(&sig_verified), 1);
+    CU_ASSERT_EQUAL(stats.protocol, 2);
+    const cJSON *emb = cJSON_GetObjectItem(
+        cJSON_GetArrayItem(cJSON_GetObjectItem(resp, "data"), 0), "embedding");
+    CU_ASSERT_EQUAL_FATAL(cJSON_GetArraySize(emb), VEIL_OPENAI_EMBED_DIM);
+    for (int i = 0; i < VEIL_OPENAI_EMBED_DIM; i++)
+        CU_ASSERT_DOUBLE_EQUAL(cJSON_GetArrayItem(emb, i)->valuedouble, want[i],
+                               1e-9);
+    veil_chat_response_free(resp);
+    /* a request without "input" is refused before anything is sent */
+    cJSON_DeleteItemFromObject(req, "input");
+    CU_ASSERT_EQUAL(veil_embeddings_create(c, req, NULL, &resp, &stats, &err),
+                    VEIL_CLIENT_E_INVALID_REQUEST);
+    CU_ASSERT_EQUAL(stats.attempts, 0);
+    cJSON_Delete(req);
+    veil_client_free(c);
+    {
+        const char *a[] = {"embed", "--url", url_sw, "--allow-http",
+                           "-m",    "echo",  PROMPT, NULL};
+        const char *aj[] = {"embed",        "--url", url_sw,
+                            "--allow-http", "-m",    "echo",
+                            "--json",       PROMPT,  NULL};
+        char *out = NULL, *e = NULL;
+        CU_ASSERT_EQUAL(run_veil(a, &out, &e), 0);
+        cJSON *vec = out ? cJSON_Parse(out) : NULL;
+        CU_ASSERT(out && strchr(out, '\n') == out + strlen(out) - 1);
+        CU_ASSERT_EQUAL(cJSON_GetArraySize(vec), VEIL_OPENAI_EMBED_DIM);
+        CU_ASSERT(vec && fabs(cJSON_GetArrayItem(vec, 3)->valuedouble -
+                              want[3]) < 1e-9);
+        cJSON_Delete(vec);
+        free(out);
+        free(e);
+        CU_ASSERT_EQUAL(run_veil(aj, &out, &e), 0);
+        vec = out ? cJSON_Parse(out) : NULL;
+        CU_ASSERT_STRING_EQUAL(
+            tu_json_str(cJSON_GetObjectItem(vec, "_metadata"), "protocol"),
+            "v2");
+        CU_ASSERT_STRING_EQUAL(tu_json_str(vec, "object"), "list");
+        cJSON_Delete(vec);
+        free(out);
+        free(e);
+    }
+}
+
 /* A pin of another signing key: refused before anything is sent. */
 static void test_wrong_signing_pin(void)
 {
@@ -536,17 +607,92 @@ typedef struct stand_in {
     size_t keys_len;
     long long not_after;
     int bad_signature;
+    veil_hpke_key *kem;
+    veil_ohttp_keyconfig kc;
+    /* what a POST gets: the uniform 400, or an inner 200 chat answer
+     * unsigned, signed over another answer, or signed right */
+    enum { POST_UNIFORM, POST_UNSIGNED, POST_MISSIGNED, POST_SIGNED } post;
     atomic_int gets, posts;
 } stand_in;
 
 static stand_in si;
+
+#define STAND_IN_ANSWER                                                        \
+    "{\"object\":\"chat.completion\",\"choices\":[{\"index\":0,"               \
+    "\"message\":{\"role\":\"assistant\",\"content\":\"stand-in\"}}]}"
+
+/* An inner 200 for a POST, signed as si.post says. */
+static enum MHD_Result si_answer(stand_in *s, struct MHD_Connection *conn,
+                                 stub_body *body)
+{
+    veil_secbuf *req = NULL, *plain = NULL;
+    veil_ohttp_ctx *ctx = NULL;
+    veil_bhttp_msg *in = NULL;
+    uint8_t h[32], req_sha[32], resp_sha[32], fp[32], sig[VEIL_ECDSA_SIG_MAX];
+    uint8_t *out = NULL;
+    size_t enc_len = 0, sig_len = sizeof sig, out_len = 0;
+    char rid[65], st[VEIL_EV_STATEMENT_MAX], at[24], fp_text[80], *b64 = NULL;
+    static const char answer[] = STAND_IN_ANSWER;
+    static const char other[] = "{\"other\":true}";
+    long long now = (long long)time(NULL);
+    enum MHD_Result ret = MHD_NO;
+
+    if (veil_ohttp_decap_request(sw_e, &s->kc, s->kem,
+                                 (const uint8_t *)body->data, body->len, &req,
+                                 &ctx) != VEIL_OK ||
+        veil_bhttp_decode(veil_secbuf_data(req), veil_secbuf_len(req),
+                          VEIL_BHTTP_REQUEST, NULL, &in) != VEIL_OK)
+        goto out;
+    const uint8_t *enc = veil_ohttp_ctx_enc(ctx, &enc_len);
+    SHA256(enc, enc_len, h);
+    veil_hex(h, 32, rid);
+    SHA256(in->content.p, in->content.len, req_sha);
+    if (s->post == POST_MISSIGNED)
+        SHA256((const uint8_t *)other, sizeof other - 1, resp_sha);
+    else
+        SHA256((const uint8_t *)answer, sizeof answer - 1, resp_sha);
+    veil_key_fingerprint(s->signer, fp);
+    memcpy(fp_text, "sha256:", 7);
+    veil_hex(fp, 32, fp_text + 7);
+    snprintf(at, sizeof at, "%lld", now);
+    size_t n = veil_ev_statement(rid, "standard", req_sha, resp_sha, fp, now,
+                                 st, sizeof st);
+    if (n == 0 ||
+        veil_ecdsa_sign(sw_e, s->signer, (const uint8_t *)st, n, sig,
+                        &sig_len) != VEIL_OK ||
+        (b64 = veil_b64_encode(sig, sig_len)) == NULL)
+        goto out;
+    veil_bhttp_field f[4] = {
+        {VEIL_BSTR("content-type"), VEIL_BSTR("application/json")},
+        {VEIL_BSTR("x-veil-signature"), {(const uint8_t *)b64, strlen(b64)}},
+        {VEIL_BSTR("x-veil-signed-at"), {(const uint8_t *)at, strlen(at)}},
+        {VEIL_BSTR("x-veil-signing-key"),
+         {(const uint8_t *)fp_text, strlen(fp_text)}}};
+    veil_bhttp_msg m = {.status = 200,
+                        .headers = {f, s->post == POST_UNSIGNED ? 1 : 4},
+                        .content = VEIL_BSTR(answer)};
+    if (veil_bhttp_encode(&m, 0, &plain) != VEIL_OK ||
+        veil_ohttp_encap_response(sw_e, ctx, veil_secbuf_data(plain),
+                                  veil_secbuf_len(plain), NULL, &out,
+                                  &out_len) != VEIL_OK)
+        goto out;
+    ret = stub_send(conn, 200, (const char *)out, out_len, VEIL_OHTTP_MEDIA_RES,
+                    NULL);
+out:
+    free(out);
+    free(b64);
+    veil_secbuf_free(plain);
+    veil_bhttp_msg_free(in);
+    veil_secbuf_free(req);
+    veil_ohttp_ctx_free(ctx);
+    return ret;
+}
 
 static enum MHD_Result si_handle(void *ctx, struct MHD_Connection *conn,
                                  const char *url, const char *method,
                                  stub_body *body)
 {
     stand_in *s = ctx;
-    (void)body;
     if (!strcmp(url, "/pki/signing_key"))
         return stub_send(conn, 200, s->signer_pem, strlen(s->signer_pem),
                          "text/plain", NULL);
@@ -555,6 +701,8 @@ static enum MHD_Result si_handle(void *ctx, struct MHD_Connection *conn,
                          "application/json", NULL);
     if (!strcmp(method, "POST")) {
         atomic_fetch_add(&s->posts, 1);
+        if (s->post != POST_UNIFORM)
+            return si_answer(s, conn, body);
         return stub_send(conn, 400, UNIFORM, strlen(UNIFORM),
                          "application/problem+json", NULL);
     }
@@ -596,26 +744,24 @@ static enum MHD_Result si_handle(void *ctx, struct MHD_Connection *conn,
 static int stand_in_start(void)
 {
     veil_keygen_params ep = {.type = VEIL_KEY_EC_P256};
-    veil_hpke_key *kem = NULL;
-    veil_ohttp_keyconfig kc = {
-        .key_id = 7,
-        .kem = VEIL_HPKE_KEM_P256,
-        .pk_len = sizeof kc.pk,
-        .algs = {{VEIL_HPKE_KDF_SHA256, VEIL_HPKE_AEAD_AES256GCM}},
-        .n_algs = 1};
+    veil_ohttp_keyconfig *kc = &si.kc;
     stub_config cfg = {.handle = si_handle,
                        .ctx = &si,
                        .max_body = 1 << 20,
                        .who = "stand-in gateway"};
     if (veil_key_generate(sw_e, "software", &ep, &si.signer) != VEIL_OK ||
         veil_key_public_pem(si.signer, &si.signer_pem) != VEIL_OK ||
-        veil_hpke_key_generate(VEIL_HPKE_KEM_P256, &kem) != VEIL_OK ||
-        veil_hpke_key_public(kem, kc.pk, &kc.pk_len) != VEIL_OK ||
-        veil_ohttp_keys_encode(&kc, 1, &si.keys, &si.keys_len) != VEIL_OK) {
-        veil_hpke_key_free(kem);
+        veil_hpke_key_generate(VEIL_HPKE_KEM_P256, &si.kem) != VEIL_OK)
         return -1;
-    }
-    veil_hpke_key_free(kem);
+    kc->key_id = 7;
+    kc->kem = VEIL_HPKE_KEM_P256;
+    kc->pk_len = sizeof kc->pk;
+    kc->algs[0] =
+        (veil_ohttp_alg){VEIL_HPKE_KDF_SHA256, VEIL_HPKE_AEAD_AES256GCM};
+    kc->n_algs = 1;
+    if (veil_hpke_key_public(si.kem, kc->pk, &kc->pk_len) != VEIL_OK ||
+        veil_ohttp_keys_encode(kc, 1, &si.keys, &si.keys_len) != VEIL_OK)
+        return -1;
     return stub_start(&si.http, &cfg);
 }
 
@@ -670,6 +816,7 @@ static void test_uniform_twice(void)
     stand_in_url(url, sizeof url);
     si.not_after = (long long)time(NULL) + 3600;
     si.bad_signature = 0;
+    si.post = POST_UNIFORM;
     atomic_store(&si.posts, 0);
     atomic_store(&si.gets, 0);
     veil_client *c = client_for(url, VEIL_CLIENT_PROTOCOL_V2);
@@ -680,6 +827,44 @@ static void test_uniform_twice(void)
     CU_ASSERT_EQUAL(atomic_load(&si.gets), 2);
     CU_ASSERT_EQUAL(stats.attempts, 2);
     veil_client_free(c);
+}
+
+/* Answers signed right, unsigned, and signed over another answer: only
+ * the first is taken. */
+static void test_answer_signatures(void)
+{
+    static const struct {
+        int post;
+        veil_client_status st;
+        const char *why;
+    } cases[] = {
+        {POST_SIGNED, VEIL_CLIENT_OK, NULL},
+        {POST_UNSIGNED, VEIL_CLIENT_E_SECURITY, "carries no signature"},
+        {POST_MISSIGNED, VEIL_CLIENT_E_SECURITY, "does not verify"},
+    };
+    char url[64];
+    stand_in_url(url, sizeof url);
+    si.not_after = (long long)time(NULL) + 3600;
+    si.bad_signature = 0;
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        veil_client *c = client_for(url, VEIL_CLIENT_PROTOCOL_V2);
+        cJSON *req = chat_request(), *resp = NULL;
+        veil_client_error err;
+        si.post = cases[i].post;
+        CU_ASSERT_EQUAL(veil_chat_create(c, req, NULL, &resp, NULL, &err),
+                        cases[i].st);
+        if (cases[i].why) {
+            CU_ASSERT_PTR_NULL(resp);
+            CU_ASSERT(strstr(err.detail, VEIL_CLIENT_SECURITY_MESSAGE) != NULL);
+            CU_ASSERT(strstr(err.detail, cases[i].why) != NULL);
+        } else {
+            CU_ASSERT_STRING_EQUAL(veil_chat_content(resp), "stand-in");
+        }
+        veil_chat_response_free(resp);
+        veil_chat_response_free(req);
+        veil_client_free(c);
+    }
+    si.post = POST_UNIFORM;
 }
 
 /* ---- setup --------------------------------------------------------------- */
@@ -773,6 +958,7 @@ static void teardown(void)
 {
     stub_stop(&si.http);
     veil_key_free(si.signer);
+    veil_hpke_key_free(si.kem);
     free(si.signer_pem);
     free(si.keys);
     tu_proc_stop_all();
@@ -801,6 +987,7 @@ int main(void)
         {"unsigned keys: auto v1, v2 refused", test_unsigned_keys},
         {"models over v2 and v1", test_models},
         {"embeddings need v2", test_embed_needs_v2},
+        {"embeddings over v2", test_embed},
         {"API key, 401 and 429 inside", test_api_key_inner},
         {"a wrong signing key pin", test_wrong_signing_pin},
         {"uniform 400 after a restart: refetch, retry",
@@ -808,6 +995,7 @@ int main(void)
         {"stand-in: an expired statement", test_expired_statement},
         {"stand-in: a bad signature", test_bad_signature},
         {"stand-in: the uniform 400 twice", test_uniform_twice},
+        {"stand-in: answer signatures", test_answer_signatures},
         {"gateways exit cleanly", test_exit},
     };
     int rc;
