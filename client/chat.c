@@ -1,9 +1,10 @@
-/* One chat completion, from request to decrypted and verified answer,
- * with retries: the request checked and serialised, sealed to the server
- * key and posted; the answer opened, its members checked and verified
- * (verify.c).  Uses client.c (the client object), keys.c, verify.c and
- * the bottom layer (client_int.h); nothing calls back into it
- * (docs/ARCHITECTURE.md). */
+/* One call, from request to decrypted and verified answer, with retries:
+ * the request checked and serialised, the protocol chosen; over v1 sealed
+ * to the server key and posted, the answer opened, its members checked
+ * and verified (verify.c); over v2 handed to v2.c.  Also the v2 routes
+ * beyond chat (embeddings, completions) and the model list.  Uses v2.c,
+ * client.c (the client object), keys.c, verify.c and the bottom layer
+ * (client_int.h); nothing calls back into it (docs/ARCHITECTURE.md). */
 #include "config.h"
 
 #include <stdio.h>

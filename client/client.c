@@ -1,8 +1,9 @@
 /* The veil client's lifecycle: the config checked and copied, the trust
  * file, the engine and the keys opened (veil_client_new in named steps),
- * dispose and free, and the two keys handed out.  One chat completion is
- * chat.c's.  Uses keys.c, trust.c and the bottom layer (client_int.h);
- * only chat.c calls into it (docs/ARCHITECTURE.md). */
+ * dispose and free, the two keys handed out, and the retry waits.  One
+ * chat completion is chat.c's (v2.c's over protocol v2).  Uses keys.c,
+ * trust.c and the bottom layer (client_int.h); only chat.c and v2.c call
+ * into it (docs/ARCHITECTURE.md). */
 #include "config.h"
 
 #include <errno.h>

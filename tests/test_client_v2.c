@@ -382,6 +382,23 @@ static void test_embed(void)
         CU_ASSERT_DOUBLE_EQUAL(cJSON_GetArrayItem(emb, i)->valuedouble, want[i],
                                1e-9);
     veil_chat_response_free(resp);
+    /* completions: the same path, another route */
+    {
+        cJSON *creq = cJSON_CreateObject(), *cresp = NULL;
+        cJSON_AddStringToObject(creq, "model", "echo");
+        cJSON_AddStringToObject(creq, "prompt", PROMPT);
+        CU_ASSERT_EQUAL(
+            veil_completions_create(c, creq, NULL, &cresp, &stats, &err),
+            VEIL_CLIENT_OK);
+        CU_ASSERT_STRING_EQUAL(
+            tu_json_str(
+                cJSON_GetArrayItem(cJSON_GetObjectItem(cresp, "choices"), 0),
+                "text"),
+            PROMPT);
+        CU_ASSERT_EQUAL(atomic_load(&sig_verified), 2);
+        veil_chat_response_free(cresp);
+        cJSON_Delete(creq);
+    }
     /* a request without "input" is refused before anything is sent */
     cJSON_DeleteItemFromObject(req, "input");
     CU_ASSERT_EQUAL(veil_embeddings_create(c, req, NULL, &resp, &stats, &err),
@@ -987,7 +1004,7 @@ int main(void)
         {"unsigned keys: auto v1, v2 refused", test_unsigned_keys},
         {"models over v2 and v1", test_models},
         {"embeddings need v2", test_embed_needs_v2},
-        {"embeddings over v2", test_embed},
+        {"embeddings and completions over v2", test_embed},
         {"API key, 401 and 429 inside", test_api_key_inner},
         {"a wrong signing key pin", test_wrong_signing_pin},
         {"uniform 400 after a restart: refetch, retry",
