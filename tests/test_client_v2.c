@@ -16,6 +16,7 @@
  * tests/env/with-tokens.sh. */
 #include <fcntl.h>
 #include <math.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -200,6 +201,43 @@ static void test_chat_v2_software(void)
 static void test_auto_picks_v2(void)
 {
     chat_v2_ok(url_tok, VEIL_CLIENT_PROTOCOL_AUTO);
+}
+
+typedef struct worker {
+    veil_client *c;
+    int ok; /* chats answered with the prompt over v2 */
+} worker;
+
+static void *work(void *arg)
+{
+    worker *w = arg;
+    for (int i = 0; i < 3; i++) {
+        veil_chat_stats stats;
+        veil_client_error err;
+        int same = 0;
+        if (chat(w->c, &stats, &err, &same) == VEIL_CLIENT_OK && same &&
+            stats.protocol == 2)
+            w->ok++;
+    }
+    return NULL;
+}
+
+/* One client, four threads at once from a cold start: the key
+ * configuration and signing key are fetched and cached under the lock. */
+static void test_threads(void)
+{
+    veil_client *c = client_for(url_sw, VEIL_CLIENT_PROTOCOL_AUTO);
+    pthread_t t[4];
+    worker w[4];
+    for (int i = 0; i < 4; i++) {
+        w[i] = (worker){c, 0};
+        CU_ASSERT_EQUAL_FATAL(pthread_create(&t[i], NULL, work, &w[i]), 0);
+    }
+    for (int i = 0; i < 4; i++) {
+        pthread_join(t[i], NULL);
+        CU_ASSERT_EQUAL(w[i].ok, 3);
+    }
+    veil_client_free(c);
 }
 
 /* v1 against the same gateway still works, and says so. */
@@ -999,6 +1037,7 @@ int main(void)
         {"chat over v2, KEM key in SoftHSM2", test_chat_v2_token},
         {"chat over v2, KEM key in software", test_chat_v2_software},
         {"auto picks v2", test_auto_picks_v2},
+        {"one client, four threads", test_threads},
         {"v1 still works", test_v1_still},
         {"v2 off: auto falls back to v1", test_v2_off},
         {"unsigned keys: auto v1, v2 refused", test_unsigned_keys},
