@@ -374,8 +374,11 @@ static veil_client_status keys_fetch(veil_client *c, const char *url,
                                 "the gateway does not speak protocol v2 "
                                 "(GET " VEIL_OHTTP_WELL_KNOWN ": HTTP %ld%s%s)",
                                 r.status, detail[0] ? ", " : "", detail);
+        /* a 404 or a 200 that is not v2 is the gateway's answer; another
+         * status (a 503 while it restarts, say) is not remembered */
         sl->state = 2;
-        sl->until = time(NULL) + NO_V2_RECHECK_S;
+        sl->until = time(NULL) +
+                    (r.status == 404 || r.status == 200 ? NO_V2_RECHECK_S : 0);
         free(r.body);
         return st;
     }
