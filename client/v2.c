@@ -367,13 +367,12 @@ static veil_client_status keys_fetch(veil_client *c, const char *url,
                                 "the gateway's key configuration is not "
                                 "signed (or not application/ohttp-keys): "
                                 "protocol v2 refuses it; nothing was sent")
-                 : veil_cl_fail(err,
-                                r.status == 404 ? VEIL_CLIENT_E_API
-                                                : VEIL_CLIENT_E_SERVER,
-                                (int)r.status, 0,
+             : r.status == 404
+                 ? veil_cl_fail(err, VEIL_CLIENT_E_API, 404, 0,
                                 "the gateway does not speak protocol v2 "
-                                "(GET " VEIL_OHTTP_WELL_KNOWN ": HTTP %ld%s%s)",
-                                r.status, detail[0] ? ", " : "", detail);
+                                "(GET " VEIL_OHTTP_WELL_KNOWN ": HTTP 404%s%s)",
+                                detail[0] ? ", " : "", detail)
+                 : veil_cl_http_fail(&r, err);
         /* a 404 or a 200 that is not v2 is the gateway's answer; another
          * status (a 503 while it restarts, say) is not remembered */
         sl->state = 2;
@@ -809,8 +808,17 @@ veil_client_status veil_cl_v2_send(veil_client *c, const veil_cl_v2_call *k,
         st = keys_get(c, k->url, 0, stale, &kc, err);
         if (k->stats)
             k->stats->network_ns += veil_cl_now_ns() - t;
-        if (st != VEIL_CLIENT_OK)
-            break;
+        if (st != VEIL_CLIENT_OK) {
+            /* a fetch that failed on the way (network, 429, 5xx) is
+             * retried as a request is */
+            long fs = st == VEIL_CLIENT_E_CONNECTION ? 0 : err->http_status;
+            if (n >= c->cfg.max_retries ||
+                !(st == VEIL_CLIENT_E_CONNECTION || veil_cl_retryable(fs)))
+                break;
+            veil_cl_wait_retry(c, ++n, fs, -1, k->stats);
+            st = VEIL_CLIENT_OK;
+            continue;
+        }
         st = attempt(c, k, &kc, req, response, &status, &uniform,
                      &retry_after_ms, err);
         if (uniform && refetched) {

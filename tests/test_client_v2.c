@@ -569,6 +569,16 @@ static void test_refetch_after_restart(void)
     gt_stop_ok(&g);
 }
 
+static void count_503(void *ctx, unsigned attempt, int http_status,
+                      unsigned delay_ms)
+{
+    int *seen = ctx;
+    (void)attempt;
+    (void)delay_ms;
+    if (http_status == 503)
+        (*seen)++;
+}
+
 static void count_retry(void *ctx, unsigned attempt, int http_status,
                         unsigned delay_ms)
 {
@@ -668,6 +678,7 @@ typedef struct stand_in {
      * unsigned, signed over another answer, or signed right */
     enum { POST_UNIFORM, POST_UNSIGNED, POST_MISSIGNED, POST_SIGNED } post;
     atomic_int gets, posts;
+    atomic_int gets_503; /* this many GETs of the keys answer 503 first */
 } stand_in;
 
 static stand_in si;
@@ -762,6 +773,11 @@ static enum MHD_Result si_handle(void *ctx, struct MHD_Connection *conn,
                          "application/problem+json", NULL);
     }
     atomic_fetch_add(&s->gets, 1);
+    if (atomic_load(&s->gets_503) > 0) {
+        atomic_fetch_sub(&s->gets_503, 1);
+        return stub_send(conn, 503, "{\"detail\":\"restarting\"}", 24,
+                         "application/json", NULL);
+    }
     uint8_t h[32], sig[VEIL_ECDSA_SIG_MAX];
     size_t sig_len = sizeof sig;
     char hex[65], st[256], *b64, fp[80];
@@ -922,6 +938,46 @@ static void test_answer_signatures(void)
     si.post = POST_UNIFORM;
 }
 
+/* A 503 to the key fetch is retried as a request is (explicit v2; under
+ * auto it is not taken for "no v2" either). */
+static void test_keys_503_retried(void)
+{
+    static const veil_client_protocol protos[] = {VEIL_CLIENT_PROTOCOL_V2,
+                                                  VEIL_CLIENT_PROTOCOL_AUTO};
+    char url[64];
+    stand_in_url(url, sizeof url);
+    si.not_after = (long long)time(NULL) + 3600;
+    si.bad_signature = 0;
+    si.post = POST_SIGNED;
+    for (size_t i = 0; i < 2; i++) {
+        veil_client_config cfg;
+        veil_chat_stats stats;
+        veil_client_error err;
+        int ok, seen = 0;
+        tu_client_config(&cfg, url);
+        cfg.protocol = protos[i];
+        cfg.retry_base_ms = 20;
+        cfg.on_retry = count_503;
+        cfg.retry_ctx = &seen;
+        veil_client *c = tu_client_new(&cfg);
+        atomic_store(&si.gets_503, 1);
+        veil_client_status st = chat(c, &stats, &err, &ok);
+        if (protos[i] == VEIL_CLIENT_PROTOCOL_V2) {
+            CU_ASSERT_EQUAL(st, VEIL_CLIENT_OK);
+            CU_ASSERT_EQUAL(seen, 1);
+            CU_ASSERT_EQUAL(stats.protocol, 2);
+        } else {
+            /* auto: the 503 is not remembered as "no v2"; v1 is tried
+             * (the stand-in has none: 404), and the next call finds v2 */
+            CU_ASSERT_EQUAL(st, VEIL_CLIENT_E_API);
+            CU_ASSERT_EQUAL(chat(c, &stats, &err, &ok), VEIL_CLIENT_OK);
+            CU_ASSERT_EQUAL(stats.protocol, 2);
+        }
+        veil_client_free(c);
+    }
+    si.post = POST_UNIFORM;
+}
+
 /* ---- setup --------------------------------------------------------------- */
 
 static int start_gateways(void)
@@ -1052,6 +1108,7 @@ int main(void)
         {"stand-in: a bad signature", test_bad_signature},
         {"stand-in: the uniform 400 twice", test_uniform_twice},
         {"stand-in: answer signatures", test_answer_signatures},
+        {"stand-in: a 503 to the key fetch", test_keys_503_retried},
         {"gateways exit cleanly", test_exit},
     };
     int rc;
