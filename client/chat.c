@@ -1,12 +1,12 @@
-/* One chat completion, from request to decrypted and verified answer,
- * with retries: the request checked and serialised, sealed to the server
- * key and posted; the answer opened, its members checked and verified
- * (verify.c).  Uses client.c (the client object), keys.c, verify.c and
- * the bottom layer (client_int.h); nothing calls back into it
- * (docs/ARCHITECTURE.md). */
+/* One call, from request to decrypted and verified answer, with retries:
+ * the request checked and serialised, the protocol chosen; over v1 sealed
+ * to the server key and posted, the answer opened, its members checked
+ * and verified (verify.c); over v2 handed to v2.c.  Also the v2 routes
+ * beyond chat (embeddings, completions) and the model list.  Uses v2.c,
+ * client.c (the client object), keys.c, verify.c and the bottom layer
+ * (client_int.h); nothing calls back into it (docs/ARCHITECTURE.md). */
 #include "config.h"
 
-#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,34 +17,13 @@
 #include "keys.h"
 #include "package.h"
 #include "tier.h"
+#include "v2.h"
 #include "verify.h"
 
 /* A package has about a dozen values (docs/CLIENT.md): anything with more,
  * or nested deeper, is refused before cJSON parses it. */
 #define PACKAGE_MAX_VALUES 64
 #define PACKAGE_MAX_DEPTH 4
-
-/* ---- small helpers ----------------------------------------------------- */
-
-static uint64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
-static void sleep_ms(unsigned ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
-        ;
-}
-
-static int retryable(long status)
-{
-    return status == 429 || status == 500 || status == 502 || status == 503 ||
-           status == 504;
-}
 
 /* ---- one chat completion ------------------------------------------------ */
 
@@ -59,24 +38,6 @@ typedef struct call {
     veil_chat_stats *stats;
     char **evidence; /* opts->evidence */
 } call;
-
-/* Backoff before retry number `attempt` (1-based): Retry-After when the
- * server sent one, else base * 2^(attempt-1), with the upper half jittered;
- * both capped. */
-static unsigned backoff_ms(veil_client *c, unsigned attempt,
-                           long retry_after_ms)
-{
-    unsigned cap = c->cfg.retry_max_ms;
-    if (retry_after_ms >= 0)
-        return retry_after_ms > (long)cap ? cap : (unsigned)retry_after_ms;
-    uint64_t d = (uint64_t)c->cfg.retry_base_ms
-                 << (attempt > 20 ? 20 : attempt - 1);
-    if (d > cap)
-        d = cap;
-    uint32_t r = 0;
-    veil_random(c->engine, (uint8_t *)&r, sizeof r);
-    return (unsigned)(d / 2 + (d / 2 + 1) * (uint64_t)r / UINT32_MAX);
-}
 
 /* Refuses an answer: the one security message, and what was wrong with it
  * in the log (debug) and after the message. */
@@ -270,7 +231,7 @@ static veil_client_status post_once(call *k, veil_secbuf *pt,
     post_headers h;
     veil_client_status st;
     *sent = NULL;
-    uint64_t t0 = now_ns();
+    uint64_t t0 = veil_cl_now_ns();
     veil_rc rc = veil_uuid4(c->engine, payload_id);
     if (rc == VEIL_OK)
         rc = veil_pkg_seal(c->engine, k->server->key, veil_secbuf_data(pt),
@@ -284,7 +245,7 @@ static veil_client_status post_once(call *k, veil_secbuf *pt,
         return veil_cl_engine_fail(err, VEIL_CLIENT_E_SECURITY, rc,
                                    "sealing the request");
     }
-    uint64_t t1 = now_ns();
+    uint64_t t1 = veil_cl_now_ns();
     if (!post_headers_make(k, payload_id, &h)) {
         st = veil_cl_fail(err, VEIL_CLIENT_E_CONNECTION, 0, VEIL_E_NOMEM,
                           "out of memory");
@@ -299,7 +260,7 @@ static veil_client_status post_once(call *k, veil_secbuf *pt,
     }
     if (k->stats) {
         k->stats->encrypt_ns += t1 - t0;
-        k->stats->network_ns += now_ns() - t1;
+        k->stats->network_ns += veil_cl_now_ns() - t1;
         k->stats->attempts++;
     }
     post_headers_free(&h);
@@ -369,14 +330,16 @@ static veil_client_status take_answer(call *k, const veil_cl_http_response *r,
                                       const char *payload_id, const char *sent,
                                       cJSON **response, veil_client_error *err)
 {
-    uint64_t t = now_ns();
+    uint64_t t = veil_cl_now_ns();
     veil_client_status st = open_answer(k, r, payload_id, response, err);
     if (st == VEIL_CLIENT_OK)
         st = verify_answer(k, r, payload_id, sent, response, err);
     if (k->stats) {
-        k->stats->decrypt_ns += now_ns() - t;
-        if (st == VEIL_CLIENT_OK)
+        k->stats->decrypt_ns += veil_cl_now_ns() - t;
+        if (st == VEIL_CLIENT_OK) {
             memcpy(k->stats->payload_id, payload_id, 37);
+            k->stats->protocol = 1;
+        }
     }
     return st;
 }
@@ -390,11 +353,11 @@ static int server_key_changed(call *k, veil_client_status *st,
 {
     veil_client_error e2;
     veil_cl_keyref *fresh;
-    uint64_t t = now_ns();
+    uint64_t t = veil_cl_now_ns();
     veil_client_status got =
         veil_cl_server_key(k->c, k->url, k->server, &fresh, &e2);
     if (k->stats)
-        k->stats->network_ns += now_ns() - t;
+        k->stats->network_ns += veil_cl_now_ns() - t;
     if (got == VEIL_CLIENT_OK) {
         int changed = CRYPTO_memcmp(fresh->fp, k->server->fp, 32);
         veil_cl_keyref_put(k->server);
@@ -409,23 +372,6 @@ static int server_key_changed(call *k, veil_client_status *st,
         *st = got;
     }
     return 0;
-}
-
-/* Waits before retry number `attempt` (status 0: a network error). */
-static void wait_retry(call *k, unsigned attempt, long status,
-                       long retry_after_ms)
-{
-    veil_client *c = k->c;
-    unsigned ms = backoff_ms(c, attempt, status ? retry_after_ms : -1);
-    veil_logf(&c->log, VEIL_LOG_INFO, "retry %u of %u in %u ms after %s",
-              attempt, c->cfg.max_retries, ms,
-              status ? "an HTTP error" : "a network error");
-    if (c->cfg.on_retry)
-        c->cfg.on_retry(c->cfg.retry_ctx, attempt, (int)status, ms);
-    uint64_t t = now_ns();
-    sleep_ms(ms);
-    if (k->stats)
-        k->stats->network_ns += now_ns() - t;
 }
 
 /* Posts until an answer is taken or refused, with one key refetch and
@@ -456,9 +402,9 @@ static veil_client_status exchange(call *k, veil_secbuf *pt, cJSON **response,
             return st;
         }
         if (attempt >= k->c->cfg.max_retries ||
-            !(st == VEIL_CLIENT_E_CONNECTION || retryable(status)))
+            !(st == VEIL_CLIENT_E_CONNECTION || veil_cl_retryable(status)))
             return st;
-        wait_retry(k, ++attempt, status, r.retry_after_ms);
+        veil_cl_wait_retry(k->c, ++attempt, status, r.retry_after_ms, k->stats);
     }
 }
 
@@ -512,10 +458,10 @@ static veil_client_status call_plaintext(call *k, const cJSON *request,
     if (!veil_cl_request_check(request, why, sizeof why))
         return veil_cl_fail(err, VEIL_CLIENT_E_INVALID_REQUEST, 0, VEIL_E_ARG,
                             "%s", why);
-    uint64_t t0 = now_ns();
+    uint64_t t0 = veil_cl_now_ns();
     veil_rc rc = veil_json_print_secret(request, VEIL_PKG_MAX_PLAINTEXT, pt);
     if (k->stats)
-        k->stats->encrypt_ns += now_ns() - t0;
+        k->stats->encrypt_ns += veil_cl_now_ns() - t0;
     if (rc == VEIL_E_BUFFER)
         return veil_cl_fail(err, VEIL_CLIENT_E_INVALID_REQUEST, 0, rc,
                             "the request is larger than %u MiB; nothing was "
@@ -531,15 +477,78 @@ static veil_client_status call_plaintext(call *k, const cJSON *request,
  * as encrypting, a server key fetch as network. */
 static veil_client_status call_keys(call *k, veil_client_error *err)
 {
-    uint64_t t0 = now_ns();
+    uint64_t t0 = veil_cl_now_ns();
     veil_client_status st = veil_cl_own_key(k->c, &k->own, err);
-    uint64_t t1 = now_ns();
+    uint64_t t1 = veil_cl_now_ns();
     if (st == VEIL_CLIENT_OK)
         st = veil_cl_server_key(k->c, k->url, NULL, &k->server, err);
     if (k->stats) {
         k->stats->encrypt_ns += t1 - t0;
-        k->stats->network_ns += now_ns() - t1;
+        k->stats->network_ns += veil_cl_now_ns() - t1;
     }
+    return st;
+}
+
+/* Step 4: the protocol (auto asks the gateway).  Evidence is v1's (its
+ * format holds v1 packages): auto takes v1 for it and v2 refuses it.  The
+ * maximum tier (a TPM quote in the answer) is v1's too for now: auto
+ * takes v1 for it. */
+static veil_client_status call_protocol(call *k, int *v2,
+                                        veil_client_error *err)
+{
+    veil_client *c = k->c;
+    int maximum = k->tier && !strcmp(k->tier, "maximum");
+    *v2 = 0;
+    if ((k->evidence || maximum) &&
+        c->cfg.protocol == VEIL_CLIENT_PROTOCOL_AUTO)
+        return VEIL_CLIENT_OK;
+    if (k->evidence && c->cfg.protocol == VEIL_CLIENT_PROTOCOL_V2)
+        return veil_cl_fail(err, VEIL_CLIENT_E_CONFIG, 0, VEIL_E_ARG,
+                            "evidence is recorded for protocol v1 answers "
+                            "only: use protocol v1 or auto");
+    uint64_t t = veil_cl_now_ns();
+    veil_client_status st = veil_cl_v2_pick(c, k->url, v2, err);
+    if (k->stats)
+        k->stats->network_ns += veil_cl_now_ns() - t;
+    return st;
+}
+
+/* One inner request over v2 with the call's tier and API key; body: the
+ * serialised request (NUL-terminated, not counted), or NULL. */
+static veil_client_status call_v2(call *k, const char *method, const char *path,
+                                  veil_secbuf *body, cJSON **response,
+                                  veil_client_error *err)
+{
+    veil_cl_v2_call v = {
+        .url = k->url,
+        .method = method,
+        .path = path,
+        .tier = k->tier,
+        .api_key = k->api_key,
+        .body = body ? veil_secbuf_data(body) : NULL,
+        .body_len = body ? veil_secbuf_len(body) - 1 : 0,
+        .stats = k->stats,
+    };
+    return veil_cl_v2_send(k->c, &v, response, err);
+}
+
+/* The start of every call: err and stats cleared, response checked,
+ * the client alive, the call resolved. */
+static veil_client_status call_begin(call *k, const veil_request_opts *opts,
+                                     char url[2048], cJSON **response,
+                                     veil_client_error *err)
+{
+    veil_request_opts none = {0};
+    memset(err, 0, sizeof *err);
+    if (k->stats)
+        memset(k->stats, 0, sizeof *k->stats);
+    if (response == NULL)
+        return veil_cl_fail(err, VEIL_CLIENT_E_INVALID_REQUEST, 0, VEIL_E_ARG,
+                            "response must not be NULL");
+    *response = NULL;
+    veil_client_status st = veil_cl_disposed(k->c, err);
+    if (st == VEIL_CLIENT_OK)
+        st = call_resolve(k, opts ? opts : &none, url, err);
     return st;
 }
 
@@ -548,29 +557,173 @@ veil_client_status veil_chat_create(veil_client *c, const cJSON *request,
                                     cJSON **response, veil_chat_stats *stats,
                                     veil_client_error *err)
 {
-    veil_request_opts none = {0};
     call k = {.c = c, .stats = stats};
     veil_secbuf *pt = NULL;
     char url[2048];
+    int v2 = 0;
     veil_client_error local; /* the retry logic reads the detail */
     if (err == NULL)
         err = &local;
-    memset(err, 0, sizeof *err);
-    if (stats)
-        memset(stats, 0, sizeof *stats);
-    if (response == NULL)
-        return veil_cl_fail(err, VEIL_CLIENT_E_INVALID_REQUEST, 0, VEIL_E_ARG,
-                            "response must not be NULL");
-    *response = NULL;
-    veil_client_status st = veil_cl_disposed(c, err);
+    veil_client_status st = call_begin(&k, opts, url, response, err);
     if (st == VEIL_CLIENT_OK &&
-        (st = call_resolve(&k, opts ? opts : &none, url, err)) ==
-            VEIL_CLIENT_OK &&
         (st = call_plaintext(&k, request, &pt, err)) == VEIL_CLIENT_OK &&
-        (st = call_keys(&k, err)) == VEIL_CLIENT_OK)
-        st = exchange(&k, pt, response, err);
+        (st = call_protocol(&k, &v2, err)) == VEIL_CLIENT_OK) {
+        if (v2)
+            st = call_v2(&k, "POST", "/v1/chat/completions", pt, response, err);
+        else if ((st = call_keys(&k, err)) == VEIL_CLIENT_OK)
+            st = exchange(&k, pt, response, err);
+    }
     veil_cl_keyref_put(k.own);
     veil_cl_keyref_put(k.server);
     veil_secbuf_free(pt);
+    return st;
+}
+
+/* ---- the other routes (v2) --------------------------------------------- */
+
+/* A request for a route other than chat: an object with a "model" string
+ * and the member the route needs, serialised into secret memory. */
+static veil_client_status route_plaintext(const cJSON *request,
+                                          const char *needs, veil_secbuf **pt,
+                                          veil_client_error *err)
+{
+    const cJSON *model = cJSON_GetObjectItemCaseSensitive(request, "model");
+    if (!cJSON_IsObject(request) || !cJSON_IsString(model) ||
+        model->valuestring[0] == '\0')
+        return veil_cl_fail(err, VEIL_CLIENT_E_INVALID_REQUEST, 0, VEIL_E_ARG,
+                            "the request must be an object with a \"model\" "
+                            "string");
+    if (cJSON_GetObjectItemCaseSensitive(request, needs) == NULL)
+        return veil_cl_fail(err, VEIL_CLIENT_E_INVALID_REQUEST, 0, VEIL_E_ARG,
+                            "the request has no \"%s\"", needs);
+    veil_rc rc = veil_json_print_secret(request, VEIL_PKG_MAX_PLAINTEXT, pt);
+    if (rc != VEIL_OK)
+        return veil_cl_fail(err, VEIL_CLIENT_E_INVALID_REQUEST, 0, rc,
+                            rc == VEIL_E_BUFFER
+                                ? "the request is larger than 10 MiB; "
+                                  "nothing was sent"
+                                : "the request could not be serialised");
+    return VEIL_CLIENT_OK;
+}
+
+/* POST path over v2 only. */
+static veil_client_status v2_only(veil_client *c, const char *path,
+                                  const char *needs, const cJSON *request,
+                                  const veil_request_opts *opts,
+                                  cJSON **response, veil_chat_stats *stats,
+                                  veil_client_error *err)
+{
+    call k = {.c = c, .stats = stats};
+    veil_secbuf *pt = NULL;
+    char url[2048];
+    int v2 = 0;
+    veil_client_error local;
+    if (err == NULL)
+        err = &local;
+    veil_client_status st = call_begin(&k, opts, url, response, err);
+    if (st == VEIL_CLIENT_OK && c->cfg.protocol == VEIL_CLIENT_PROTOCOL_V1)
+        st = veil_cl_fail(err, VEIL_CLIENT_E_CONFIG, 0, VEIL_E_ARG,
+                          "%s needs protocol v2 (the client is set to v1, "
+                          "which carries chat completions only)",
+                          path);
+    if (st == VEIL_CLIENT_OK && k.evidence)
+        st = veil_cl_fail(err, VEIL_CLIENT_E_CONFIG, 0, VEIL_E_ARG,
+                          "evidence is recorded for protocol v1 answers only");
+    if (st == VEIL_CLIENT_OK &&
+        (st = route_plaintext(request, needs, &pt, err)) == VEIL_CLIENT_OK &&
+        (st = veil_cl_v2_pick(c, k.url, &v2, err)) == VEIL_CLIENT_OK) {
+        if (v2 || c->cfg.protocol == VEIL_CLIENT_PROTOCOL_V2)
+            st = call_v2(&k, "POST", path, pt, response, err);
+        else
+            st = veil_cl_fail(err, VEIL_CLIENT_E_API, 404, 0,
+                              "%s needs protocol v2, and the gateway offers "
+                              "no signed v2 key configuration",
+                              path);
+    }
+    veil_secbuf_free(pt);
+    return st;
+}
+
+veil_client_status veil_embeddings_create(veil_client *c, const cJSON *request,
+                                          const veil_request_opts *opts,
+                                          cJSON **response,
+                                          veil_chat_stats *stats,
+                                          veil_client_error *err)
+{
+    return v2_only(c, "/v1/embeddings", "input", request, opts, response, stats,
+                   err);
+}
+
+veil_client_status veil_completions_create(veil_client *c, const cJSON *request,
+                                           const veil_request_opts *opts,
+                                           cJSON **response,
+                                           veil_chat_stats *stats,
+                                           veil_client_error *err)
+{
+    return v2_only(c, "/v1/completions", "prompt", request, opts, response,
+                   stats, err);
+}
+
+/* The models list over v1: the gateway's public GET /v1/models. */
+static veil_client_status models_v1(call *k, cJSON **response,
+                                    veil_client_error *err)
+{
+    char full[2048];
+    veil_cl_http_response r;
+    uint64_t t = veil_cl_now_ns();
+    snprintf(full, sizeof full, "%s/v1/models", k->url);
+    veil_client_status st = veil_cl_transport_send(k->c->tx, full, NULL, NULL,
+                                                   0, 1u << 20, &r, err);
+    if (k->stats) {
+        k->stats->network_ns += veil_cl_now_ns() - t;
+        k->stats->attempts++;
+    }
+    if (st != VEIL_CLIENT_OK)
+        return st;
+    if (r.status != 200) {
+        st = veil_cl_http_fail(&r, err);
+        free(r.body);
+        return st;
+    }
+    cJSON *j = r.body && veil_cl_json_small(r.body, r.len, 100000, 16)
+                   ? cJSON_ParseWithLength(r.body, r.len)
+                   : NULL;
+    cJSON *md = cJSON_IsObject(j) && !veil_cl_json_dup_key(j) &&
+                        !cJSON_GetObjectItemCaseSensitive(j, "_metadata")
+                    ? cJSON_AddObjectToObject(j, "_metadata")
+                    : NULL;
+    free(r.body);
+    if (md == NULL || !cJSON_AddStringToObject(md, "protocol", "v1") ||
+        !cJSON_AddFalseToObject(md, "is_encrypted")) {
+        cJSON_Delete(j);
+        return veil_cl_fail(err, VEIL_CLIENT_E_API, 200, VEIL_E_ARG,
+                            "the gateway's /v1/models is not a JSON object "
+                            "(or has a member twice)");
+    }
+    if (k->stats)
+        k->stats->protocol = 1;
+    *response = j;
+    return VEIL_CLIENT_OK;
+}
+
+veil_client_status veil_models_list(veil_client *c,
+                                    const veil_request_opts *opts,
+                                    cJSON **response, veil_chat_stats *stats,
+                                    veil_client_error *err)
+{
+    call k = {.c = c, .stats = stats};
+    char url[2048];
+    int v2 = 0;
+    veil_client_error local;
+    if (err == NULL)
+        err = &local;
+    veil_client_status st = call_begin(&k, opts, url, response, err);
+    if (st == VEIL_CLIENT_OK && k.evidence)
+        st = veil_cl_fail(err, VEIL_CLIENT_E_CONFIG, 0, VEIL_E_ARG,
+                          "evidence is recorded for chat answers only");
+    if (st == VEIL_CLIENT_OK &&
+        (st = veil_cl_v2_pick(c, k.url, &v2, err)) == VEIL_CLIENT_OK)
+        st = v2 ? call_v2(&k, "GET", "/v1/models", NULL, response, err)
+                : models_v1(&k, response, err);
     return st;
 }

@@ -1,13 +1,16 @@
 /* The veil client's lifecycle: the config checked and copied, the trust
  * file, the engine and the keys opened (veil_client_new in named steps),
- * dispose and free, and the two keys handed out.  One chat completion is
- * chat.c's.  Uses keys.c, trust.c and the bottom layer (client_int.h);
- * only chat.c calls into it (docs/ARCHITECTURE.md). */
+ * dispose and free, the two keys handed out, and the retry waits.  One
+ * chat completion is chat.c's (v2.c's over protocol v2).  Uses keys.c,
+ * trust.c and the bottom layer (client_int.h); only chat.c and v2.c call
+ * into it (docs/ARCHITECTURE.md). */
 #include "config.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "keys.h"
 #include "tier.h"
@@ -87,6 +90,12 @@ static veil_client_status cfg_check(const veil_client_config *cfg,
     if (cfg->timeout_ms == 0)
         return veil_cl_fail(err, VEIL_CLIENT_E_CONFIG, 0, VEIL_E_ARG,
                             "timeout_ms must be above 0");
+    if (cfg->protocol != VEIL_CLIENT_PROTOCOL_V1 &&
+        cfg->protocol != VEIL_CLIENT_PROTOCOL_V2 &&
+        cfg->protocol != VEIL_CLIENT_PROTOCOL_AUTO)
+        return veil_cl_fail(err, VEIL_CLIENT_E_CONFIG, 0, VEIL_E_ARG,
+                            "unknown protocol %d (v1, v2 or auto)",
+                            (int)cfg->protocol);
     /* No default server: a prompt goes only where the caller says. */
     if (cfg->base_url == NULL || cfg->base_url[0] == '\0')
         return veil_cl_fail(err, VEIL_CLIENT_E_CONFIG, 0, VEIL_E_ARG,
@@ -123,6 +132,7 @@ cfg_copy(veil_client *c, const veil_client_config *cfg, veil_client_error *err)
     c->cfg.key_password.where = c->pw_where;
     c->cfg.api_key = NULL;
     c->cfg.server_key_pin = NULL;
+    c->cfg.signing_key_pin = NULL;
     c->cfg.trust_file = NULL; /* open_trust loads it into c->trust */
     if (c->cfg.retry_max_ms == 0)
         c->cfg.retry_max_ms = 60000;
@@ -145,6 +155,16 @@ static veil_client_status cfg_secrets(veil_client *c,
                                 "digits");
         c->has_pin = 1;
         snprintf(c->pin_text, sizeof c->pin_text, "sha256:%s", hex);
+    }
+    if (cfg->signing_key_pin) {
+        const char *hex = cfg->signing_key_pin +
+                          (strncmp(cfg->signing_key_pin, "sha256:", 7) ? 0 : 7);
+        if (!parse_pin(cfg->signing_key_pin, c->sign_pin))
+            return veil_cl_fail(err, st, 0, VEIL_E_ARG,
+                                "signing_key_pin must be sha256: and 64 hex "
+                                "digits");
+        c->has_sign_pin = 1;
+        snprintf(c->sign_pin_text, sizeof c->sign_pin_text, "sha256:%s", hex);
     }
     if (cfg->api_key && cfg->api_key[0]) {
         size_t n = strlen(cfg->api_key);
@@ -210,6 +230,17 @@ static veil_client_status open_engine(veil_client *c,
     return VEIL_CLIENT_OK;
 }
 
+/* Whether veil_client_new opens the client key: always for v1, and under
+ * auto a key in a token or a directory (so that a wrong PIN or path is
+ * said at once); an ephemeral key under auto, and any key under v2, is
+ * made or opened at its first use over v1 (veil_cl_own_key). */
+static int key_now(const veil_client_config *cfg)
+{
+    return cfg->protocol == VEIL_CLIENT_PROTOCOL_V1 ||
+           (cfg->protocol == VEIL_CLIENT_PROTOCOL_AUTO &&
+            cfg->key_source != VEIL_CLIENT_KEY_EPHEMERAL);
+}
+
 veil_client_status veil_client_new(const veil_client_config *cfg,
                                    veil_client **out, veil_client_error *err)
 {
@@ -233,7 +264,8 @@ veil_client_status veil_client_new(const veil_client_config *cfg,
         (st = cfg_secrets(c, cfg, err)) != VEIL_CLIENT_OK ||
         (st = open_trust(c, cfg->trust_file, err)) != VEIL_CLIENT_OK ||
         (st = open_engine(c, cfg, err)) != VEIL_CLIENT_OK ||
-        (st = veil_cl_load_key(c, &c->own, err)) != VEIL_CLIENT_OK) {
+        (key_now(cfg) &&
+         (st = veil_cl_load_key(c, &c->own, err)) != VEIL_CLIENT_OK)) {
         veil_client_free(c);
         return st;
     }
@@ -259,6 +291,8 @@ void veil_client_dispose(veil_client *c)
     for (int i = 0; i < VEIL_CL_SERVER_CACHE; i++) {
         veil_cl_keyref_put(c->servers[i]);
         c->servers[i] = NULL;
+        free(c->v2[i].url);
+        memset(&c->v2[i], 0, sizeof c->v2[i]);
     }
     pthread_mutex_unlock(&c->lock);
     veil_secbuf_free(c->api_key);
@@ -335,4 +369,59 @@ veil_client_status veil_client_public_key(veil_client *c, char **pem,
         (st = veil_cl_own_key(c, &k, err)) == VEIL_CLIENT_OK)
         st = key_out(k, pem, fingerprint, err);
     return st;
+}
+
+/* ---- retries (chat.c, v2.c) ---------------------------------------------- */
+
+uint64_t veil_cl_now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static void sleep_ms(unsigned ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+        ;
+}
+
+int veil_cl_retryable(long status)
+{
+    return status == 429 || status == 500 || status == 502 || status == 503 ||
+           status == 504;
+}
+
+/* Backoff before retry number `attempt` (1-based): Retry-After when the
+ * server sent one, else base * 2^(attempt-1), with the upper half jittered;
+ * both capped. */
+static unsigned backoff_ms(veil_client *c, unsigned attempt,
+                           long retry_after_ms)
+{
+    unsigned cap = c->cfg.retry_max_ms;
+    if (retry_after_ms >= 0)
+        return retry_after_ms > (long)cap ? cap : (unsigned)retry_after_ms;
+    uint64_t d = (uint64_t)c->cfg.retry_base_ms
+                 << (attempt > 20 ? 20 : attempt - 1);
+    if (d > cap)
+        d = cap;
+    uint32_t r = 0;
+    veil_random(c->engine, (uint8_t *)&r, sizeof r);
+    return (unsigned)(d / 2 + (d / 2 + 1) * (uint64_t)r / UINT32_MAX);
+}
+
+void veil_cl_wait_retry(veil_client *c, unsigned attempt, long status,
+                        long retry_after_ms, veil_chat_stats *stats)
+{
+    unsigned ms = backoff_ms(c, attempt, status ? retry_after_ms : -1);
+    veil_logf(&c->log, VEIL_LOG_INFO, "retry %u of %u in %u ms after %s",
+              attempt, c->cfg.max_retries, ms,
+              status ? "an HTTP error" : "a network error");
+    if (c->cfg.on_retry)
+        c->cfg.on_retry(c->cfg.retry_ctx, attempt, (int)status, ms);
+    uint64_t t = veil_cl_now_ns();
+    sleep_ms(ms);
+    if (stats)
+        stats->network_ns += veil_cl_now_ns() - t;
 }

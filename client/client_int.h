@@ -86,6 +86,15 @@ typedef struct veil_cl_http_response {
     char veil_signed_at[24];   /* X-Veil-Signed-At */
     char veil_signing_key[80]; /* X-Veil-Signing-Key: sha256:<hex> */
     int veil_headers_bad;
+    /* The key-configuration headers of protocol v2 (PROTOCOL-V2.md 4.3)
+     * and the media type, trimmed; "" when absent.  keys_headers_bad: one
+     * came twice or was too long. */
+    char keys_signature[128]; /* X-Veil-Keys-Signature */
+    char keys_signed_at[24];  /* X-Veil-Keys-Signed-At */
+    char keys_expires[24];    /* X-Veil-Keys-Expires */
+    char cache_control[128];  /* Cache-Control */
+    char content_type[96];    /* Content-Type */
+    int keys_headers_bad;
 } veil_cl_http_response;
 
 /* Bodies of answers other than 200 are kept up to this size (the rest is

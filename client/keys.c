@@ -154,6 +154,10 @@ veil_client_status veil_cl_own_key(veil_client *c, veil_cl_keyref **out,
     veil_client_status st = VEIL_CLIENT_OK;
     pthread_mutex_lock(&c->lock);
     veil_cl_keyref *k = c->own;
+    /* v2 and auto make the key at its first use over v1 */
+    if (k == NULL && !atomic_load(&c->disposed) &&
+        (st = veil_cl_load_key(c, &c->own, err)) == VEIL_CLIENT_OK)
+        k = c->own;
     if (k != NULL && c->cfg.rotate_seconds > 0 &&
         time(NULL) - k->born >= (time_t)c->cfg.rotate_seconds) {
         veil_cl_keyref *fresh;
@@ -166,7 +170,9 @@ veil_client_status veil_cl_own_key(veil_client *c, veil_cl_keyref **out,
     }
     *out = st == VEIL_CLIENT_OK ? veil_cl_keyref_get(k) : NULL;
     pthread_mutex_unlock(&c->lock);
-    if (st == VEIL_CLIENT_OK && *out == NULL)
+    if (st != VEIL_CLIENT_OK)
+        return st;
+    if (*out == NULL)
         st = veil_cl_fail(err, VEIL_CLIENT_E_DISPOSED, 0, 0,
                           "the client was disposed");
     return st;

@@ -8,6 +8,7 @@
 
 #include <time.h>
 
+#include "ohttp.h"
 #include "trust.h"
 
 #pragma GCC visibility push(hidden)
@@ -27,6 +28,24 @@ typedef struct veil_cl_keyref {
     atomic_uint refs;
 } veil_cl_keyref;
 
+/* Protocol v2 state of one base URL (v2.c): the gateway's signing key as
+ * first seen (first contact), the key configuration chosen from its
+ * last verified GET /.well-known/ohttp-gateway and until when it holds,
+ * or, under auto, that the gateway answered no signed configuration
+ * (v1 is used until `until`). */
+#define VEIL_CL_SPKI_MAX 256
+typedef struct veil_cl_v2_slot {
+    char *url; /* NULL: a free slot */
+    uint8_t sign_spki[VEIL_CL_SPKI_MAX];
+    size_t sign_spki_len; /* 0: not fetched yet */
+    uint8_t sign_fp[32];
+    int state; /* 0 nothing known, 1 a key configuration, 2 no v2 */
+    veil_ohttp_keyconfig kc;
+    veil_ohttp_alg alg;
+    time_t until;
+    unsigned long gen; /* counts the fetches of this URL */
+} veil_cl_v2_slot;
+
 struct veil_client {
     veil_client_config cfg; /* strings below replace the borrowed ones */
     char *base_url, *ca_file, *tier, *key_ref, *module, *pin_where, *pw_where;
@@ -34,6 +53,9 @@ struct veil_client {
     uint8_t pin[32];
     char pin_text[72]; /* "sha256:<hex>" as configured */
     int has_pin;
+    uint8_t sign_pin[32]; /* cfg.signing_key_pin */
+    char sign_pin_text[72];
+    int has_sign_pin;
     veil_logger log; /* cfg.log, cfg.log_ctx, cfg.log_level */
     veil_engine *engine;
     int own_engine;
@@ -42,6 +64,7 @@ struct veil_client {
     veil_cl_keyref *own;
     veil_cl_keyref *servers[VEIL_CL_SERVER_CACHE];
     veil_trust *trust; /* cfg.trust_file, loaded; NULL when none */
+    veil_cl_v2_slot v2[VEIL_CL_SERVER_CACHE]; /* guarded by lock */
     atomic_int disposed;
 };
 
@@ -54,6 +77,15 @@ veil_client_status veil_cl_disposed(const veil_client *c,
 /* Checks a base URL: https, or http when the client allows it. */
 veil_client_status veil_cl_check_url(const veil_client *c, const char *url,
                                      veil_client_error *err);
+
+/* Monotonic time in ns; whether an HTTP status is retried (429, 500,
+ * 502, 503, 504); and the wait before retry number `attempt` (1-based;
+ * status 0: a network error), Retry-After first, else backoff with
+ * jitter, reported to cfg.on_retry and counted in stats (may be NULL). */
+uint64_t veil_cl_now_ns(void);
+int veil_cl_retryable(long status);
+void veil_cl_wait_retry(veil_client *c, unsigned attempt, long status,
+                        long retry_after_ms, veil_chat_stats *stats);
 
 /* ---- keys (keys.c) ----------------------------------------------------- */
 

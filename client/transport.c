@@ -137,8 +137,8 @@ static size_t on_body(char *data, size_t size, size_t n, void *ctx)
 /* Copies a header's value (trimmed) into out; a value that does not fit,
  * or a second copy of the header, marks the answer's headers bad: a
  * verifier must not pick one of two signatures. */
-static void keep_value(veil_cl_http_response *r, const char *v, size_t len,
-                       char *out, size_t size)
+static void keep_value(int *bad, const char *v, size_t len, char *out,
+                       size_t size)
 {
     while (len > 0 && (*v == ' ' || *v == '\t')) {
         v++;
@@ -148,7 +148,7 @@ static void keep_value(veil_cl_http_response *r, const char *v, size_t len,
                        v[len - 1] == ' ' || v[len - 1] == '\t'))
         len--;
     if (out[0] != '\0' || len >= size) {
-        r->veil_headers_bad = 1;
+        *bad = 1;
         return;
     }
     memcpy(out, v, len);
@@ -164,14 +164,27 @@ static size_t on_header(char *data, size_t size, size_t n, void *ctx)
     static const struct {
         const char *name;
         size_t off, size;
+        int keys; /* its doubles mark keys_headers_bad */
     } veil[] = {
         {"x-veil-signature:", offsetof(veil_cl_http_response, veil_signature),
-         sizeof r->veil_signature},
+         sizeof r->veil_signature, 0},
         {"x-veil-signed-at:", offsetof(veil_cl_http_response, veil_signed_at),
-         sizeof r->veil_signed_at},
+         sizeof r->veil_signed_at, 0},
         {"x-veil-signing-key:",
          offsetof(veil_cl_http_response, veil_signing_key),
-         sizeof r->veil_signing_key},
+         sizeof r->veil_signing_key, 0},
+        {"x-veil-keys-signature:",
+         offsetof(veil_cl_http_response, keys_signature),
+         sizeof r->keys_signature, 1},
+        {"x-veil-keys-signed-at:",
+         offsetof(veil_cl_http_response, keys_signed_at),
+         sizeof r->keys_signed_at, 1},
+        {"x-veil-keys-expires:", offsetof(veil_cl_http_response, keys_expires),
+         sizeof r->keys_expires, 1},
+        {"cache-control:", offsetof(veil_cl_http_response, cache_control),
+         sizeof r->cache_control, 1},
+        {"content-type:", offsetof(veil_cl_http_response, content_type),
+         sizeof r->content_type, 1},
     };
     /* A status line starts a new response (an interim 1xx one, say): only
      * the final response's headers count. */
@@ -179,6 +192,9 @@ static size_t on_header(char *data, size_t size, size_t n, void *ctx)
         r->veil_signature[0] = r->veil_signed_at[0] = '\0';
         r->veil_signing_key[0] = '\0';
         r->veil_headers_bad = 0;
+        r->keys_signature[0] = r->keys_signed_at[0] = '\0';
+        r->keys_expires[0] = r->cache_control[0] = r->content_type[0] = '\0';
+        r->keys_headers_bad = 0;
         r->retry_after_ms = -1;
         return len;
     }
@@ -193,8 +209,9 @@ static size_t on_header(char *data, size_t size, size_t n, void *ctx)
     for (size_t i = 0; i < sizeof veil / sizeof veil[0]; i++) {
         size_t nl = strlen(veil[i].name);
         if (len >= nl && strncasecmp(data, veil[i].name, nl) == 0)
-            keep_value(r, data + nl, len - nl, (char *)r + veil[i].off,
-                       veil[i].size);
+            keep_value(
+                veil[i].keys ? &r->keys_headers_bad : &r->veil_headers_bad,
+                data + nl, len - nl, (char *)r + veil[i].off, veil[i].size);
     }
     return len;
 }

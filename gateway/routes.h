@@ -46,6 +46,7 @@ struct gw_server {
     veil_logger log;
     svc_http *http;
     char *pem;
+    char *sign_pem; /* the signing key's SPKI PEM, or NULL */
     gw_keycache *keys;
     veil_memory_status mem;
     svc_response *undecryptable; /* one answer for every failure */

@@ -65,6 +65,21 @@ static void get_key(void *app, svc_req *r)
     svc_text(r, 200, "text/plain; charset=utf-8", s->pem, strlen(s->pem));
 }
 
+/* GET /pki/signing_key: the answer-signing key (SPKI PEM), which signs
+ * the v2 key configurations (docs/PROTOCOL-V2.md 4.3): what a client pins
+ * at first contact.  404 when the gateway signs nothing. */
+static void get_signing_key(void *app, svc_req *r)
+{
+    gw_server *s = app;
+    if (s->sign_pem == NULL) {
+        gw_respond(s, r, GW_NOT_FOUND,
+                   "this gateway does not sign (no signing_key)");
+        return;
+    }
+    svc_text(r, 200, "text/plain; charset=utf-8", s->sign_pem,
+             strlen(s->sign_pem));
+}
+
 static void get_models(void *app, svc_req *r)
 {
     gw_server *s = app;
@@ -179,6 +194,10 @@ static const svc_route routes[] = {
      .method = "GET",
      .body_max = SMALL_BODY_MAX,
      .handle = get_key},
+    {.path = "/pki/signing_key",
+     .method = "GET",
+     .body_max = SMALL_BODY_MAX,
+     .handle = get_signing_key},
     {.path = "/v1/models",
      .method = "GET",
      .body_max = SMALL_BODY_MAX,
@@ -255,7 +274,8 @@ static int server_keys(gw_server *s, char *err, size_t err_size)
     }
     if (deps->signing_key &&
         (deps->signlog == NULL ||
-         (s->sign_spki_b64 = spki_b64(deps->signing_key)) == NULL)) {
+         (s->sign_spki_b64 = spki_b64(deps->signing_key)) == NULL ||
+         veil_key_public_pem(deps->signing_key, &s->sign_pem) != VEIL_OK)) {
         snprintf(err, err_size, "signing key: %s",
                  deps->signlog ? veil_last_error()->message
                                : "no signature store");
@@ -401,6 +421,7 @@ unsigned gw_server_stop(gw_server *s, unsigned grace_s)
     free(s->pem);
     free(s->enc_spki_b64);
     free(s->sign_spki_b64);
+    free(s->sign_pem);
     free(s->health);
     gw_keycache_free(s->keys);
     veil_wipe(s->salt_secret, sizeof s->salt_secret);

@@ -178,6 +178,10 @@ check "a second maximum answer" 0 "" -- \
     "$V" chat "${C[@]}" -m echo --tier maximum --trust "$T/trust.json" --evidence "$T/ev2.json" "second prompt"
 check "a standard answer with --trust: its signature verifies" 0 "" -- \
     "$V" chat "${C[@]}" -m echo --trust "$T/trust.json" --evidence "$T/ev-std.json" "standard tier"
+check "over protocol v2 with --trust: key configuration and answer signed by the enrolled key" 0 \
+    "answer signature verified \(sha256:" -- \
+    "$V" chat "${C[@]}" -m echo --protocol v2 -v --trust "$T/trust.json" "standard over v2"
+[ "$(cat "$out")" = "standard over v2" ] && ok "the v2 answer is printed" || bad "v2 answer text" "$out" "$err"
 
 check "veil verify: the saved maximum answer is VALID" 0 "verdict: VALID" -- \
     "$V" verify --trust "$T/trust.json" "$T/ev1.json"

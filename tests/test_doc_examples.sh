@@ -45,7 +45,12 @@ trap 'fixture_stop; veild_stop' EXIT
 "$B/veil-keys" generate --module "$MOD" --pin-source "$PINSRC" \
     --token "pkcs11:token=$VEIL_TEST_SOFTHSM_TOKEN2" --label doc-server --bits 2048 >"$W/server-key.log" 2>&1 \
     || { cat "$W/server-key.log"; echo "could not make the server key"; exit 99; }
+# the signing key of answers and of protocol v2's key configurations
+"$B/veil-keys" generate --module "$MOD" --pin-source "$PINSRC" --type ec \
+    --token "pkcs11:token=$VEIL_TEST_SOFTHSM_TOKEN2" --label doc-signer >"$W/signer-key.log" 2>&1 \
+    || { cat "$W/signer-key.log"; echo "could not make the signing key"; exit 99; }
 GW=(--server-key "pkcs11:token=$VEIL_TEST_SOFTHSM_TOKEN2;object=doc-server"
+    --signing-key "pkcs11:token=$VEIL_TEST_SOFTHSM_TOKEN2;object=doc-signer"
     --pkcs11-module "$MOD" --pin-source "$PINSRC" --rate 100 --burst 100
     --model Qwen/Qwen3-0.6B=echo)
 veild_start docs --tls "${GW[@]}" --model "tier/high-only=echo,tiers=high"
@@ -75,6 +80,9 @@ grep -q "high tier needs locked" "$W/system.err" &&
     echo "    (veild refused the high tier: it cannot lock its memory here; raise RLIMIT_MEMLOCK)"
 grep -q '^tier: high$' "$W/system.out" && ok "system: per-request tier reached the server" || bad "system: tier"
 grep -qE '^payload id: [0-9a-f-]{36} \(1 attempt\(s\)\)$' "$W/system.out" && ok "system: stats" || bad "system: stats"
+run protocol '^answer over v2: Hello over Oblivious HTTP$'
+grep -q '^model: Qwen/Qwen3-0.6B$' "$W/protocol.out" && ok "protocol: the models listed" || bad "protocol: models"
+run protocol '^answer over v1: Hello over Oblivious HTTP$' v1
 VEIL_URL="$FIXTURE_URL" VEIL_CA_FILE="$FIXTURE_CA" run tools '^call get_weather\(\{\}\)$'
 
 "$B/veil-keys" generate --module "$VEIL_TEST_SOFTHSM_MODULE" --pin-source "file:$VEIL_TEST_PIN_FILE" \

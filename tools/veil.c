@@ -45,21 +45,26 @@ enum {
 static const char usage_main[] =
     "usage: veil COMMAND [OPTIONS]\n"
     "\n"
-    "End-to-end encrypted chat with a server speaking the NOMYO v1 protocol:\n"
-    "the request is sealed to the server's key, the answer is sealed to a key\n"
-    "of this client (in memory, in a key directory or in a PKCS#11 token).\n"
+    "End-to-end encrypted chat with a veil gateway or a NOMYO v1 server:\n"
+    "over veil protocol v2 (Oblivious HTTP, RFC 9458) the request is sealed\n"
+    "to the gateway's signed key configuration; over NOMYO v1 it is sealed to\n"
+    "the server's key and the answer to a key of this client (in memory, in\n"
+    "a key directory or in a PKCS#11 token).\n"
     "\n"
     "Commands:\n"
     "  chat           send a prompt, print the answer\n"
+    "  embed          print the embedding of a text (protocol v2)\n"
+    "  models         list the models the gateway serves\n"
     "  server-key     print the server's public key or its fingerprint\n"
     "  attest enroll  verify a gateway's TPM (EK certificate, credential\n"
     "                 activation, quote) and write a trust file\n"
     "  verify         check saved evidence of an answer against a trust "
     "file\n"
     "\n"
-    "Options of chat and server-key (attest enroll takes --url,\n"
-    "--api-key-file, --allow-http, --ca-file, --timeout and -v; verify takes\n"
-    "only -v):\n"
+    "Options of chat and server-key (embed and models take --url,\n"
+    "--api-key-file, --allow-http, --ca-file, --timeout, --retries and -v;\n"
+    "attest enroll takes --url, --api-key-file, --allow-http, --ca-file,\n"
+    "--timeout and -v; verify takes only -v):\n"
     "  --url URL              server base URL (default: $VEIL_URL, else\n"
     "                         'url = URL' in ~/.config/veil/config; there is\n"
     "                         no other default: without one nothing is sent)\n"
@@ -91,7 +96,8 @@ static const char usage_main[] =
 static const char usage_chat[] =
     "usage: veil chat -m MODEL [--system TEXT] [--tier standard|high|maximum]\n"
     "                 [--token-key URI | --key-dir DIR]\n"
-    "                 [--server-key-pin sha256:HEX]\n"
+    "                 [--server-key-pin sha256:HEX] [--protocol v1|v2|auto]\n"
+    "                 [--signing-key-pin sha256:HEX]\n"
     "                 [--temperature X] [--max-tokens N] [--json] [OPTIONS]\n"
     "                 [PROMPT | -]\n"
     "Sends PROMPT as a user message and prints the answer's content. With "
@@ -102,9 +108,19 @@ static const char usage_chat[] =
     "  -m, --model MODEL      model ID, e.g. Qwen/Qwen3-0.6B (required)\n"
     "  --system TEXT          a system message before the prompt\n"
     "  --tier TIER            security tier: standard, high or maximum\n"
-    "  --token-key URI        the answer key is in a PKCS#11 token:\n"
+    "  --protocol P           v2 (Oblivious HTTP to the gateway's signed key\n"
+    "                         configuration), v1 (NOMYO), or auto (default:\n"
+    "                         v2 when the gateway offers a signed key\n"
+    "                         configuration, else v1; v1 with --evidence\n"
+    "                         or --tier maximum)\n"
+    "  --signing-key-pin sha256:HEX  v2: the gateway's signing key, which "
+    "must\n"
+    "                         sign its key configurations and answers\n"
+    "                         (default: the --trust file's, else the key it\n"
+    "                         names at first contact)\n"
+    "  --token-key URI        v1: the answer key is in a PKCS#11 token:\n"
     "                         'pkcs11:token=...;object=...' (RSA, 2048+ bits)\n"
-    "  --key-dir DIR          the answer key is in a NOMYO key directory;\n"
+    "  --key-dir DIR          v1: the answer key is in a NOMYO key directory;\n"
     "                         made there (RSA-4096) when DIR has none\n"
     "  --server-key-pin sha256:HEX  pin the server key: its SPKI SHA-256\n"
     "                         fingerprint as 'veil server-key --fingerprint'\n"
@@ -136,9 +152,10 @@ static const char usage_chat[] =
     "                         bidi overrides and bytes that are not UTF-8\n"
     "                         are shown as '?' or U+FFFD)\n"
     "Without --token-key or --key-dir a fresh RSA-4096 key is made in memory\n"
-    "for this run only. Tool calls in an answer are printed as JSON (after\n"
-    "its content, if any). A PROMPT argument is wiped from the command line\n"
-    "once read. Common OPTIONS: see 'veil --help'.\n";
+    "for this run only, when v1 is used (v2 needs no client key). Tool calls\n"
+    "in an answer are printed as JSON (after its content, if any). A PROMPT\n"
+    "argument is wiped from the command line once read. Common OPTIONS: see\n"
+    "'veil --help'.\n";
 
 static const char usage_server_key[] =
     "usage: veil server-key [--fingerprint] [--server-key-pin sha256:HEX]\n"
@@ -148,6 +165,24 @@ static const char usage_server_key[] =
     "SubjectPublicKeyInfo,\n"
     "the value 'veil chat --server-key-pin' takes. With --server-key-pin a\n"
     "different key is an error (exit 19).\n";
+
+static const char usage_embed[] =
+    "usage: veil embed -m MODEL [--tier TIER] [--protocol v2|auto]\n"
+    "                  [--signing-key-pin sha256:HEX] [--json] [OPTIONS]\n"
+    "                  [TEXT | -]\n"
+    "Sends TEXT (or stdin, as for chat) to POST /v1/embeddings over protocol\n"
+    "v2 and prints its embedding as a JSON array of numbers on one line. A\n"
+    "gateway without v2 is an error (exit 14).\n"
+    "  -m, --model MODEL      embedding model ID (required)\n"
+    "  --json                 print the whole answer JSON, with _metadata\n"
+    "Also --tier, --protocol, --signing-key-pin: see 'veil chat --help'.\n";
+
+static const char usage_models[] =
+    "usage: veil models [--tier TIER] [--protocol v1|v2|auto]\n"
+    "                   [--signing-key-pin sha256:HEX] [--json] [OPTIONS]\n"
+    "Prints the IDs of the models the gateway serves (on TIER, over v2), one\n"
+    "a line; --json prints the whole list. Over v1 the list is the\n"
+    "gateway's public GET /v1/models.\n";
 
 static const char usage_enroll[] =
     "usage: veil attest enroll --url URL --out FILE [--ek-ca FILE]\n"
@@ -198,6 +233,8 @@ struct opts {
     int allow_unverified_ek, force;
     int url_given; /* --url on the command line (not $VEIL_URL) */
     int raw, allow_foreign, allow_small_exponent;
+    veil_client_protocol protocol;
+    char signing_pin[72]; /* as pin, for --signing-key-pin */
 };
 
 /* ---- secrets ---------------------------------------------------------- */
@@ -603,13 +640,22 @@ static int parse_fingerprint(const char *s, char out[72])
     return 1;
 }
 
-enum cmd { CMD_CHAT, CMD_SERVER_KEY, CMD_ENROLL, CMD_VERIFY };
+enum cmd {
+    CMD_CHAT,
+    CMD_SERVER_KEY,
+    CMD_ENROLL,
+    CMD_VERIFY,
+    CMD_EMBED,
+    CMD_MODELS
+};
 
-static const char *const cmd_names[] = {"veil chat", "veil server-key",
-                                        "veil attest enroll", "veil verify"};
+static const char *const cmd_names[] = {"veil chat",          "veil server-key",
+                                        "veil attest enroll", "veil verify",
+                                        "veil embed",         "veil models"};
 
 #define ON(c) (1u << (c))
-#define NET (ON(CMD_CHAT) | ON(CMD_SERVER_KEY) | ON(CMD_ENROLL))
+#define V2 (ON(CMD_CHAT) | ON(CMD_EMBED) | ON(CMD_MODELS))
+#define NET (V2 | ON(CMD_SERVER_KEY) | ON(CMD_ENROLL))
 #define KEYS (ON(CMD_CHAT) | ON(CMD_SERVER_KEY))
 #define ALL (NET | ON(CMD_VERIFY))
 
@@ -624,6 +670,14 @@ static unsigned option_cmds(int c)
     case 'o': /* --timeout */
         return NET;
     case 'r': /* --retries */
+        return KEYS | ON(CMD_EMBED) | ON(CMD_MODELS);
+    case 'y': /* --protocol */
+    case 'k': /* --signing-key-pin */
+    case 'T': /* --tier */
+    case 'j': /* --json */
+        return V2;
+    case 'm': /* --model */
+        return ON(CMD_CHAT) | ON(CMD_EMBED);
     case 'M': /* --module */
     case 'P': /* --pin-source */
     case 'W': /* --password-source */
@@ -640,12 +694,9 @@ static unsigned option_cmds(int c)
     case 'O': /* --out */
     case 'F': /* --force */
         return ON(CMD_ENROLL);
-    case 'm':
     case 's':
-    case 'T':
     case 'K':
     case 'D':
-    case 'j':
     case 't':
     case 'x':
     case 'V': /* --evidence */
@@ -778,6 +829,8 @@ static int parse_opts(int argc, char **argv, enum cmd cmd, struct opts *o)
         {"raw", no_argument, NULL, 'w'},
         {"allow-foreign-attestation", no_argument, NULL, 'a'},
         {"allow-small-exponent", no_argument, NULL, 'e'},
+        {"protocol", required_argument, NULL, 'y'},
+        {"signing-key-pin", required_argument, NULL, 'k'},
         {NULL, 0, NULL, 0},
     };
     unsigned long n;
@@ -791,6 +844,7 @@ static int parse_opts(int argc, char **argv, enum cmd cmd, struct opts *o)
     o->timeout_ms = 60000;
     o->retries = 2;
     o->tag = VEIL_CLIENT_TAG_SEPARATE;
+    o->protocol = VEIL_CLIENT_PROTOCOL_AUTO;
     optind = 1;
     opterr = 0; /* our own messages: never echo an option's value */
     while ((c = getopt_long(argc, argv, ":m:vh", longopts, NULL)) != -1) {
@@ -921,6 +975,26 @@ static int parse_opts(int argc, char **argv, enum cmd cmd, struct opts *o)
                 return -1;
             }
             break;
+        case 'y':
+            if (strcmp(optarg, "v1") == 0) {
+                o->protocol = VEIL_CLIENT_PROTOCOL_V1;
+            } else if (strcmp(optarg, "v2") == 0) {
+                o->protocol = VEIL_CLIENT_PROTOCOL_V2;
+            } else if (strcmp(optarg, "auto") == 0) {
+                o->protocol = VEIL_CLIENT_PROTOCOL_AUTO;
+            } else {
+                fprintf(stderr, "veil: --protocol is v1, v2 or auto\n");
+                return 0;
+            }
+            break;
+        case 'k':
+            if (!parse_fingerprint(optarg, o->signing_pin)) {
+                fprintf(stderr, "veil: --signing-key-pin takes the gateway "
+                                "signing key's fingerprint, sha256:<64 hex "
+                                "digits>\n");
+                return -1;
+            }
+            break;
         case 'Q':
             /* --pin: refused whatever its value, which is never echoed
              * (someone may have typed a token PIN). */
@@ -984,9 +1058,9 @@ static int parse_opts(int argc, char **argv, enum cmd cmd, struct opts *o)
         o->url = got ? url : NULL;
     }
     /* Never echo a positional argument: it may be a prompt. */
-    if ((cmd == CMD_SERVER_KEY || cmd == CMD_ENROLL) && optind < argc) {
-        fprintf(stderr, "veil: %s takes no arguments\n",
-                cmd == CMD_ENROLL ? "attest enroll" : "server-key");
+    if ((cmd == CMD_SERVER_KEY || cmd == CMD_ENROLL || cmd == CMD_MODELS) &&
+        optind < argc) {
+        fprintf(stderr, "veil: %s takes no arguments\n", cmd_names[cmd] + 5);
         return 0;
     }
     if (cmd == CMD_ENROLL) {
@@ -1018,10 +1092,12 @@ static int parse_opts(int argc, char **argv, enum cmd cmd, struct opts *o)
         }
         o->evidence_in = argv[optind];
     }
-    if (cmd == CMD_CHAT) {
+    if (cmd == CMD_CHAT || cmd == CMD_EMBED) {
         if (argc - optind > 1) {
-            fprintf(stderr, "veil: give the prompt as one argument (quote "
-                            "it), or '-' to read it from stdin\n");
+            fprintf(stderr,
+                    "veil: give the %s as one argument (quote "
+                    "it), or '-' to read it from stdin\n",
+                    cmd == CMD_CHAT ? "prompt" : "text");
             return 0;
         }
         if (optind < argc) {
@@ -1041,7 +1117,8 @@ static int parse_opts(int argc, char **argv, enum cmd cmd, struct opts *o)
         }
     }
     /* No default server: nothing is sent anywhere not named. */
-    if ((cmd == CMD_SERVER_KEY || (cmd == CMD_CHAT && !o->trust)) &&
+    if ((cmd == CMD_SERVER_KEY || cmd == CMD_EMBED || cmd == CMD_MODELS ||
+         (cmd == CMD_CHAT && !o->trust)) &&
         (!o->url || !o->url[0])) {
         char path[4200];
         config_path(path, sizeof path);
@@ -1383,10 +1460,12 @@ static void say_stats(const veil_chat_stats *stats, const cJSON *resp)
     char line[256];
     veil_chat_usage u;
     snprintf(line, sizeof line,
-             "payload %s: %u attempt(s); encrypt %.1f ms, network %.1f "
-             "ms, decrypt %.1f ms",
-             stats->payload_id, stats->attempts, stats->encrypt_ns / 1e6,
-             stats->network_ns / 1e6, stats->decrypt_ns / 1e6);
+             "protocol v%d, %s %s: %u attempt(s); encrypt %.1f ms, network "
+             "%.1f ms, decrypt %.1f ms",
+             stats->protocol, stats->protocol == 2 ? "request" : "payload",
+             stats->protocol == 2 ? stats->request_id : stats->payload_id,
+             stats->attempts, stats->encrypt_ns / 1e6, stats->network_ns / 1e6,
+             stats->decrypt_ns / 1e6);
     say("info", line);
     if (veil_chat_get_usage(resp, &u)) {
         snprintf(line, sizeof line,
@@ -1447,6 +1526,10 @@ static int cmd_chat(veil_client *c, const struct opts *o, veil_secbuf *prompt,
         evidence_failed = 1;
     }
     free(evidence);
+    /* auto made the client key only when it took v1 */
+    if (o->verbose && stats.protocol == 1 &&
+        o->protocol != VEIL_CLIENT_PROTOCOL_V1)
+        verbose_fingerprints(c);
     if (o->verbose)
         say_stats(&stats, resp);
     content = veil_chat_content(resp);
@@ -1466,6 +1549,85 @@ static int cmd_chat(veil_client *c, const struct opts *o, veil_secbuf *prompt,
     if (ok <= 0)
         return write_failed(ok);
     return evidence_failed ? EXIT_FAIL : EXIT_OK;
+}
+
+/* Each embedding of the answer on a line of its own: a JSON array of
+ * numbers (or the base64 string a base64 request asked for). */
+static int print_embeddings(const cJSON *resp)
+{
+    const cJSON *d, *data = cJSON_GetObjectItemCaseSensitive(resp, "data");
+    int ok = 1, n = 0;
+
+    cJSON_ArrayForEach(d, data)
+    {
+        const cJSON *emb = cJSON_GetObjectItemCaseSensitive(d, "embedding");
+        char *text;
+        if (!cJSON_IsArray(emb) && !cJSON_IsString(emb))
+            continue;
+        text = cJSON_IsString(emb) ? NULL : cJSON_PrintUnformatted(emb);
+        if (cJSON_IsArray(emb) && text == NULL)
+            return -1;
+        ok = print_text(text ? text : emb->valuestring, 0);
+        free(text);
+        n++;
+        if (ok <= 0)
+            return ok;
+    }
+    if (n == 0)
+        say(NULL, "the answer has no embedding");
+    return ok;
+}
+
+static int cmd_embed(veil_client *c, const struct opts *o, veil_secbuf *text)
+{
+    veil_client_error err = {0};
+    veil_chat_stats stats = {0};
+    cJSON *req = cJSON_CreateObject(), *resp = NULL;
+    veil_client_status st;
+    int ok;
+
+    if (!req || !cJSON_AddStringToObject(req, "model", o->model) ||
+        !cJSON_AddStringToObject(req, "input",
+                                 (const char *)veil_secbuf_data(text))) {
+        veil_chat_response_free(req);
+        return local_fail(VEIL_CLIENT_E_CONFIG, "out of memory");
+    }
+    st = veil_embeddings_create(c, req, NULL, &resp, &stats, &err);
+    veil_chat_response_free(req);
+    if (st != VEIL_CLIENT_OK)
+        return client_fail(&err);
+    if (o->verbose)
+        say_stats(&stats, resp);
+    ok = o->json ? print_json(resp) : print_embeddings(resp);
+    veil_chat_response_free(resp);
+    return ok <= 0 ? write_failed(ok) : EXIT_OK;
+}
+
+static int cmd_models(veil_client *c, const struct opts *o)
+{
+    veil_client_error err = {0};
+    veil_chat_stats stats = {0};
+    cJSON *resp = NULL;
+    const cJSON *m;
+    int ok = 1;
+
+    if (veil_models_list(c, NULL, &resp, &stats, &err) != VEIL_CLIENT_OK)
+        return client_fail(&err);
+    if (o->verbose)
+        say_stats(&stats, resp);
+    if (o->json) {
+        ok = print_json(resp);
+    } else {
+        cJSON_ArrayForEach(m, cJSON_GetObjectItemCaseSensitive(resp, "data"))
+        {
+            const cJSON *id = cJSON_GetObjectItemCaseSensitive(m, "id");
+            if (cJSON_IsString(id) &&
+                (ok = print_text(id->valuestring, 0)) <= 0)
+                break;
+        }
+    }
+    veil_chat_response_free(resp);
+    return ok <= 0 ? write_failed(ok) : EXIT_OK;
 }
 
 static int cmd_server_key(veil_client *c, const struct opts *o)
@@ -1701,6 +1863,10 @@ static void client_config(enum cmd cmd, const struct opts *o,
     cfg->trust_file = o->trust;
     cfg->allow_foreign_attestation = o->allow_foreign;
     cfg->allow_small_exponent = o->allow_small_exponent;
+    /* server-key is v1's; embed and models never use the client key */
+    cfg->protocol =
+        cmd == CMD_SERVER_KEY ? VEIL_CLIENT_PROTOCOL_V1 : o->protocol;
+    cfg->signing_key_pin = o->signing_pin[0] ? o->signing_pin : NULL;
 }
 
 static int run(enum cmd cmd, struct opts *o)
@@ -1716,7 +1882,8 @@ static int run(enum cmd cmd, struct opts *o)
 
     if (cmd == CMD_VERIFY)
         return cmd_verify(o);
-    if (cmd == CMD_CHAT && (code = read_prompt(o, &prompt)) != EXIT_OK)
+    if ((cmd == CMD_CHAT || cmd == CMD_EMBED) &&
+        (code = read_prompt(o, &prompt)) != EXIT_OK)
         return code;
     if (cmd == CMD_CHAT && o->evidence && access(o->evidence, F_OK) == 0) {
         char msg[4200];
@@ -1752,7 +1919,7 @@ static int run(enum cmd cmd, struct opts *o)
     prompting = (o->token_key && pin.kind == VEIL_PIN_PROMPT) ||
                 (o->key_dir && password.kind == VEIL_PIN_PROMPT);
     spinner = cmd == CMD_CHAT && isatty(STDERR_FILENO) && !prompting;
-    if (spinner && !o->token_key) {
+    if (spinner && !o->token_key && o->protocol == VEIL_CLIENT_PROTOCOL_V1) {
         char path[4200];
         snprintf(path, sizeof path, "%s/private_key.pem",
                  o->key_dir ? o->key_dir : ".");
@@ -1763,10 +1930,14 @@ static int run(enum cmd cmd, struct opts *o)
         code = client_fail(&err);
         goto out;
     }
-    if (o->verbose)
+    if (o->verbose && cfg.protocol == VEIL_CLIENT_PROTOCOL_V1)
         verbose_fingerprints(c);
     if (cmd == CMD_CHAT)
         code = cmd_chat(c, o, prompt, spinner);
+    else if (cmd == CMD_EMBED)
+        code = cmd_embed(c, o, prompt);
+    else if (cmd == CMD_MODELS)
+        code = cmd_models(c, o);
     else
         code = cmd_server_key(c, o);
 out:
@@ -1790,6 +1961,8 @@ int main(int argc, char **argv)
         {"server-key", CMD_SERVER_KEY, usage_server_key},
         {"attest", CMD_ENROLL, usage_enroll},
         {"verify", CMD_VERIFY, usage_verify},
+        {"embed", CMD_EMBED, usage_embed},
+        {"models", CMD_MODELS, usage_models},
     };
     struct opts o = {0};
 

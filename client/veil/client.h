@@ -1,4 +1,5 @@
-/* veil client: end-to-end encrypted chat completions (NOMYO v1 protocol).
+/* veil client: end-to-end encrypted chat completions, over the NOMYO v1
+ * protocol or veil protocol v2 (Oblivious HTTP, docs/PROTOCOL-V2.md).
  *
  * The shape follows NOMYO's SecureChatCompletion: make a client from a
  * config, then create chat completions from OpenAI-style requests.  Each
@@ -77,6 +78,15 @@ typedef enum veil_client_tag_mode {
     VEIL_CLIENT_TAG_APPENDED = 1  /* tag after the ciphertext (JavaScript) */
 } veil_client_tag_mode;
 
+/* Which protocol carries requests (docs/CLIENT.md, "Protocols"). */
+typedef enum veil_client_protocol {
+    VEIL_CLIENT_PROTOCOL_V1 = 0,  /* NOMYO v1 (the default) */
+    VEIL_CLIENT_PROTOCOL_V2 = 1,  /* veil v2: Oblivious HTTP (RFC 9458) */
+    VEIL_CLIENT_PROTOCOL_AUTO = 2 /* v2 when the gateway's GET
+                                     /.well-known/ohttp-gateway answers a
+                                     signed key configuration, else v1 */
+} veil_client_protocol;
+
 /* Called before each retry: attempt is 1 for the first retry; status is
  * the HTTP status that caused it (0: a network failure). */
 typedef void (*veil_client_retry_fn)(void *ctx, unsigned attempt,
@@ -135,6 +145,16 @@ typedef struct veil_client_config {
      * 65537.  Set this to accept an odd exponent from 3 up (legacy keys);
      * an exponent of 1 or an even one is never accepted. */
     int allow_small_exponent;
+
+    /* Appended in libveil 1 (version-info 1:0:0). */
+    veil_client_protocol protocol; /* default VEIL_CLIENT_PROTOCOL_V1 */
+    /* v2: the SPKI SHA-256 of the gateway's signing key, "sha256:<64
+     * hex>" (or the bare hex), which must sign its key configurations.
+     * NULL: the trust file's signing key when there is one, else the key
+     * the gateway names at first contact (GET /pki/signing_key), kept
+     * for the client's life.  A configuration signed by another key, or
+     * expired, is VEIL_CLIENT_E_SECURITY and nothing is sent. */
+    const char *signing_key_pin;
 } veil_client_config;
 
 /* Fills cfg with the defaults above.  Always start from this. */
@@ -174,7 +194,10 @@ typedef struct veil_chat_stats {
                             backoff waits */
     uint64_t decrypt_ns; /* opening and parsing the answer */
     unsigned attempts;   /* packages sent */
-    char payload_id[37]; /* the payload ID of the answered package */
+    char payload_id[37]; /* v1: the payload ID of the answered package */
+    /* Appended in libveil 1. */
+    int protocol;        /* 1 or 2: the protocol that carried the answer */
+    char request_id[65]; /* v2: hex SHA-256 of the answered request's enc */
 } veil_chat_stats;
 
 /* Sends an OpenAI chat-completions request (model, messages, and any of
@@ -192,6 +215,38 @@ typedef struct veil_chat_stats {
  * anything is encrypted.  Free the answer with veil_chat_response_free.
  * opts and stats may be NULL. */
 veil_client_status veil_chat_create(veil_client *c, const cJSON *request,
+                                    const veil_request_opts *opts,
+                                    cJSON **response, veil_chat_stats *stats,
+                                    veil_client_error *err);
+
+/* Over protocol v2 (or auto picking v2) the request travels as a
+ * binary HTTP POST /v1/chat/completions inside Oblivious HTTP; the answer
+ * is the backend's JSON with "_metadata" filled by the client: protocol
+ * "v2", request_id (hex SHA-256 of the request's enc), is_encrypted,
+ * encryption_algorithm.  The client's own key is not used.  An inner
+ * error status maps to the same classes and retries as v1's outer one. */
+
+/* Protocol v2 only (an error class VEIL_CLIENT_E_API with http_status 404
+ * when the gateway does not speak it, VEIL_CLIENT_E_CONFIG when the
+ * client is set to v1): POST /v1/embeddings and POST /v1/completions,
+ * the OpenAI request as given (a "model" string is required), the answer
+ * with "_metadata" as above. */
+veil_client_status veil_embeddings_create(veil_client *c, const cJSON *request,
+                                          const veil_request_opts *opts,
+                                          cJSON **response,
+                                          veil_chat_stats *stats,
+                                          veil_client_error *err);
+veil_client_status veil_completions_create(veil_client *c, const cJSON *request,
+                                           const veil_request_opts *opts,
+                                           cJSON **response,
+                                           veil_chat_stats *stats,
+                                           veil_client_error *err);
+
+/* The models the gateway serves on the call's tier: over v2, GET
+ * /v1/models inside Oblivious HTTP (with "_metadata" as above); over v1,
+ * the gateway's public GET /v1/models (not encrypted: it holds no
+ * secret; "_metadata" says protocol "v1", is_encrypted false). */
+veil_client_status veil_models_list(veil_client *c,
                                     const veil_request_opts *opts,
                                     cJSON **response, veil_chat_stats *stats,
                                     veil_client_error *err);

@@ -1,0 +1,1125 @@
+/* The client library over protocol v2 (veil/client.h, client/v2.c)
+ * against veild for real, with the echo model: what a user of
+ * veil_chat_create, veil_models_list and veil_embeddings_create sees,
+ * and the veil CLI (`veil chat --protocol`, `veil models`) as a user runs
+ * it.  Gateways: the server key and so the KEM keys in the SoftHSM2
+ * token; the server key in a key directory (KEM keys in software); one
+ * with v2 off; one with v2 on but no signing key.  Both v2 gateways sign
+ * their key configurations with an EC key in the token.
+ *
+ * What a real veild never sends (an expired statement, a forged
+ * signature, the uniform 400 on every request) comes from a stand-in
+ * gateway made here (tests/stub_http.c), named as such: a mock where the
+ * real part cannot misbehave on purpose.
+ *
+ * No timed assertions.  Needs VEIL_BUILDDIR and the SoftHSM2 token of
+ * tests/env/with-tokens.sh. */
+#include <fcntl.h>
+#include <math.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <CUnit/CUnit.h>
+#include <openssl/sha.h>
+
+#include "gwtest.h"
+#include "bhttp.h"
+#include "evidence.h"
+#include "bhttp.h"
+#include "evidence.h"
+#include "hpke.h"
+#include "ohttp.h"
+#include "openai.h"
+#include "package.h"
+#include "stub_http.h"
+#include "testutil.h"
+#include "util.h"
+#include "veil/client.h"
+
+#define PROMPT                                                                 \
+    "Hello over v2 from the client, gr\xc3\xbc\xc3\x9f"                        \
+    "e"
+#define UNIFORM                                                                \
+    "{\"type\":\"https://iana.org/assignments/http-problem-types#ohttp-key\"," \
+    "\"title\":\"key configuration problem\"}"
+
+static const char *module, *pin_file;
+static char pin_spec[600], token_uri[256], server_ref[700], signer_ref[700];
+static char sw_ref[600], signer_fp[72];
+static veil_engine *sw_e, *tok_e;
+static veil_key *srv_key, *sign_key;
+static tu_proc gw_tok, gw_sw;
+static char url_tok[64], url_sw[64];
+
+/* ---- helpers --------------------------------------------------------------
+ */
+
+static void url_of(const tu_proc *p, char *out, size_t size)
+{
+    snprintf(out, size, "http://127.0.0.1:%u", p->port);
+}
+
+static atomic_int sig_verified; /* "answer signature verified" lines */
+
+static void dbg_log(void *ctx, veil_log_level level, const char *line)
+{
+    (void)ctx;
+    (void)level;
+    if (strstr(line, "answer signature verified"))
+        atomic_fetch_add(&sig_verified, 1);
+    if (getenv("CV2_DEBUG"))
+        fprintf(stderr, "log: %s\n", line);
+}
+
+static veil_client *client_for(const char *url, veil_client_protocol proto)
+{
+    veil_client_config cfg;
+    tu_client_config(&cfg, url);
+    cfg.protocol = proto;
+    cfg.retry_base_ms = 20;
+    cfg.log = dbg_log;
+    cfg.log_level = VEIL_LOG_DEBUG;
+    return tu_client_new(&cfg);
+}
+
+static cJSON *chat_request(void)
+{
+    cJSON *req = veil_chat_request_new("echo");
+    veil_chat_request_add_message(req, "user", PROMPT);
+    return req;
+}
+
+/* One chat; the status, and the answer's content compared. */
+static veil_client_status chat(veil_client *c, veil_chat_stats *stats,
+                               veil_client_error *err, int *content_ok)
+{
+    cJSON *req = chat_request(), *resp = NULL;
+    veil_client_status st = veil_chat_create(c, req, NULL, &resp, stats, err);
+    const char *content = veil_chat_content(resp);
+    *content_ok = content && !strcmp(content, PROMPT);
+    if (st != VEIL_CLIENT_OK)
+        fprintf(stderr, "chat: %s: %s\n", veil_client_status_name(st),
+                err->detail);
+    veil_chat_response_free(resp);
+    veil_chat_response_free(req);
+    return st;
+}
+
+/* A chat over v2 to url: the answer, its _metadata and the stats. */
+static void chat_v2_ok(const char *url, veil_client_protocol proto)
+{
+    veil_client *c = client_for(url, proto);
+    cJSON *req = chat_request(), *resp = NULL;
+    veil_chat_stats stats;
+    veil_client_error err;
+    veil_client_status st;
+    atomic_store(&sig_verified, 0);
+    for (int round = 0; round < 2; round++) { /* the second: cached keys */
+        st = veil_chat_create(c, req, NULL, &resp, &stats, &err);
+        if (st != VEIL_CLIENT_OK)
+            fprintf(stderr, "chat: %s\n", err.detail);
+        CU_ASSERT_EQUAL_FATAL(st, VEIL_CLIENT_OK);
+        CU_ASSERT_STRING_EQUAL(veil_chat_content(resp), PROMPT);
+        const cJSON *md = cJSON_GetObjectItem(resp, "_metadata");
+        CU_ASSERT_STRING_EQUAL(tu_json_str(md, "protocol"), "v2");
+        CU_ASSERT(cJSON_IsTrue(cJSON_GetObjectItem(md, "is_encrypted")));
+        CU_ASSERT_STRING_EQUAL(tu_json_str(md, "request_id"), stats.request_id);
+        CU_ASSERT_EQUAL(strlen(stats.request_id), 64);
+        CU_ASSERT_EQUAL(stats.protocol, 2);
+        CU_ASSERT_EQUAL(stats.attempts, 1);
+        if (stats.attempts != 1)
+            fprintf(stderr, "attempts %u\n", stats.attempts);
+        CU_ASSERT_STRING_EQUAL(stats.payload_id, "");
+        veil_chat_response_free(resp);
+        resp = NULL;
+    }
+    CU_ASSERT_EQUAL(atomic_load(&sig_verified), 2); /* each answer's */
+    veil_chat_response_free(req);
+    veil_client_free(c);
+}
+
+/* Runs $VEIL_BUILDDIR/veil with args; stdout and stderr into files under
+ * $VEIL_TEST_DIR; the exit status (or -1). */
+static int run_veil(const char *const *args, char **out, char **errout)
+{
+    char exe[600], po[700], pe[700];
+    const char *argv[32];
+    size_t n = 0;
+    int status = -1;
+    snprintf(exe, sizeof exe, "%s/veil", tu_env("VEIL_BUILDDIR"));
+    snprintf(po, sizeof po, "%s/client-v2-cli.out", tu_env("VEIL_TEST_DIR"));
+    snprintf(pe, sizeof pe, "%s/client-v2-cli.err", tu_env("VEIL_TEST_DIR"));
+    argv[n++] = exe;
+    for (size_t i = 0; args[i] && n < 31; i++)
+        argv[n++] = args[i];
+    argv[n] = NULL;
+    pid_t pid = fork();
+    if (pid == 0) {
+        int fo = open(po, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+        int fe = open(pe, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+        int fi = open("/dev/null", O_RDONLY);
+        if (fo < 0 || fe < 0 || fi < 0)
+            _exit(127);
+        dup2(fi, 0);
+        dup2(fo, 1);
+        dup2(fe, 2);
+        unsetenv("VEIL_URL");
+        unsetenv("VEIL_API_KEY");
+        setenv("XDG_CONFIG_HOME", tu_env("VEIL_TEST_DIR"), 1);
+        execv(exe, (char *const *)argv);
+        _exit(127);
+    }
+    if (pid > 0 && waitpid(pid, &status, 0) == pid && WIFEXITED(status))
+        status = WEXITSTATUS(status);
+    *out = tu_read_file(po, NULL);
+    *errout = tu_read_file(pe, NULL);
+    return status;
+}
+
+/* ---- over real gateways ----------------------------------------------------
+ */
+
+/* Chat over v2, the KEM key in SoftHSM2, then in software. */
+static void test_chat_v2_token(void)
+{
+    chat_v2_ok(url_tok, VEIL_CLIENT_PROTOCOL_V2);
+}
+
+static void test_chat_v2_software(void)
+{
+    chat_v2_ok(url_sw, VEIL_CLIENT_PROTOCOL_V2);
+}
+
+/* auto picks v2 where the gateway signs a key configuration. */
+static void test_auto_picks_v2(void)
+{
+    chat_v2_ok(url_tok, VEIL_CLIENT_PROTOCOL_AUTO);
+}
+
+typedef struct worker {
+    veil_client *c;
+    int ok; /* chats answered with the prompt over v2 */
+} worker;
+
+static void *work(void *arg)
+{
+    worker *w = arg;
+    for (int i = 0; i < 3; i++) {
+        veil_chat_stats stats;
+        veil_client_error err;
+        int same = 0;
+        if (chat(w->c, &stats, &err, &same) == VEIL_CLIENT_OK && same &&
+            stats.protocol == 2)
+            w->ok++;
+    }
+    return NULL;
+}
+
+/* One client, four threads at once from a cold start: the key
+ * configuration and signing key are fetched and cached under the lock. */
+static void test_threads(void)
+{
+    veil_client *c = client_for(url_sw, VEIL_CLIENT_PROTOCOL_AUTO);
+    pthread_t t[4];
+    worker w[4];
+    for (int i = 0; i < 4; i++) {
+        w[i] = (worker){c, 0};
+        CU_ASSERT_EQUAL_FATAL(pthread_create(&t[i], NULL, work, &w[i]), 0);
+    }
+    for (int i = 0; i < 4; i++) {
+        pthread_join(t[i], NULL);
+        CU_ASSERT_EQUAL(w[i].ok, 3);
+    }
+    veil_client_free(c);
+}
+
+/* v1 against the same gateway still works, and says so. */
+static void test_v1_still(void)
+{
+    veil_client *c = client_for(url_tok, VEIL_CLIENT_PROTOCOL_V1);
+    veil_chat_stats stats;
+    veil_client_error err;
+    int ok;
+    CU_ASSERT_EQUAL(chat(c, &stats, &err, &ok), VEIL_CLIENT_OK);
+    CU_ASSERT(ok);
+    CU_ASSERT_EQUAL(stats.protocol, 1);
+    CU_ASSERT_EQUAL(strlen(stats.payload_id), 36);
+    veil_client_free(c);
+}
+
+/* A gateway with v2 off: auto falls back to v1; v2 is a clear error. */
+static void test_v2_off(void)
+{
+    char state_dir[700], url[64];
+    const char *base[] = {"--state-dir", state_dir, "--rate", "1000",
+                          "--burst",     "1000",    NULL};
+    const char *extra[] = {"--server-key",
+                           server_ref,
+                           "--pkcs11-module",
+                           module,
+                           "--pin-source",
+                           pin_spec,
+                           "--signing-key",
+                           signer_ref,
+                           "--model",
+                           "echo=echo",
+                           "--v2",
+                           "off",
+                           NULL};
+    veil_chat_stats stats;
+    veil_client_error err;
+    tu_proc g;
+    int ok;
+
+    snprintf(state_dir, sizeof state_dir, "%s/cv2-off.state",
+             tu_env("VEIL_TEST_DIR"));
+    CU_ASSERT_EQUAL_FATAL(gt_veild_start(&g, "cv2-off", base, extra, 0), 0);
+    url_of(&g, url, sizeof url);
+    veil_client *c = client_for(url, VEIL_CLIENT_PROTOCOL_AUTO);
+    CU_ASSERT_EQUAL(chat(c, &stats, &err, &ok), VEIL_CLIENT_OK);
+    CU_ASSERT(ok);
+    CU_ASSERT_EQUAL(stats.protocol, 1);
+    /* and again, from the client's memory of the gateway */
+    CU_ASSERT_EQUAL(chat(c, &stats, &err, &ok), VEIL_CLIENT_OK);
+    CU_ASSERT_EQUAL(stats.protocol, 1);
+    veil_client_free(c);
+
+    c = client_for(url, VEIL_CLIENT_PROTOCOL_V2);
+    CU_ASSERT_EQUAL(chat(c, &stats, &err, &ok), VEIL_CLIENT_E_API);
+    CU_ASSERT_EQUAL(err.http_status, 404);
+    CU_ASSERT(strstr(err.detail, "does not speak protocol v2") != NULL);
+    veil_client_free(c);
+
+    /* the CLI: auto falls back, v2 exits 14 with the reason */
+    {
+        const char *a1[] = {"chat", "--url", url, "--allow-http", "-m", "echo",
+                            "-v",   PROMPT,  NULL};
+        const char *a2[] = {"chat", "--url",      url,  "--allow-http", "-m",
+                            "echo", "--protocol", "v2", PROMPT,         NULL};
+        char *out = NULL, *e = NULL;
+        CU_ASSERT_EQUAL(run_veil(a1, &out, &e), 0);
+        CU_ASSERT(out && !strcmp(out, PROMPT "\n"));
+        CU_ASSERT(e && strstr(e, "protocol v1, payload") != NULL);
+        free(out);
+        free(e);
+        CU_ASSERT_EQUAL(run_veil(a2, &out, &e), 14);
+        CU_ASSERT(e && strstr(e, "does not speak protocol v2") != NULL);
+        free(out);
+        free(e);
+    }
+    gt_stop_ok(&g);
+}
+
+/* v2 on but nothing signs its keys: auto takes v1, v2 refuses. */
+static void test_unsigned_keys(void)
+{
+    char state_dir[700], url[64];
+    const char *base[] = {"--state-dir", state_dir, "--rate", "1000",
+                          "--burst",     "1000",    NULL};
+    const char *extra[] = {"--server-key", sw_ref, "--model", "echo=echo",
+                           NULL};
+    veil_chat_stats stats;
+    veil_client_error err;
+    tu_proc g;
+    int ok;
+
+    snprintf(state_dir, sizeof state_dir, "%s/cv2-unsigned.state",
+             tu_env("VEIL_TEST_DIR"));
+    CU_ASSERT_EQUAL_FATAL(gt_veild_start(&g, "cv2-unsigned", base, extra, 0),
+                          0);
+    url_of(&g, url, sizeof url);
+    veil_client *c = client_for(url, VEIL_CLIENT_PROTOCOL_AUTO);
+    CU_ASSERT_EQUAL(chat(c, &stats, &err, &ok), VEIL_CLIENT_OK);
+    CU_ASSERT_EQUAL(stats.protocol, 1);
+    veil_client_free(c);
+    c = client_for(url, VEIL_CLIENT_PROTOCOL_V2);
+    CU_ASSERT_EQUAL(chat(c, &stats, &err, &ok), VEIL_CLIENT_E_SECURITY);
+    CU_ASSERT(strstr(err.detail, "is not signed") != NULL);
+    veil_client_free(c);
+    gt_stop_ok(&g);
+}
+
+/* The models, over v2 (inner GET) and v1 (the public list). */
+static void test_models(void)
+{
+    static const veil_client_protocol protos[] = {VEIL_CLIENT_PROTOCOL_V2,
+                                                  VEIL_CLIENT_PROTOCOL_V1};
+    for (size_t i = 0; i < 2; i++) {
+        veil_client *c = client_for(url_tok, protos[i]);
+        veil_client_error err;
+        veil_chat_stats stats;
+        cJSON *resp = NULL;
+        CU_ASSERT_EQUAL_FATAL(veil_models_list(c, NULL, &resp, &stats, &err),
+                              VEIL_CLIENT_OK);
+        const cJSON *data = cJSON_GetObjectItem(resp, "data");
+        CU_ASSERT_EQUAL(cJSON_GetArraySize(data), 1);
+        CU_ASSERT_STRING_EQUAL(tu_json_str(cJSON_GetArrayItem(data, 0), "id"),
+                               "echo");
+        CU_ASSERT_STRING_EQUAL(
+            tu_json_str(cJSON_GetObjectItem(resp, "_metadata"), "protocol"),
+            i == 0 ? "v2" : "v1");
+        CU_ASSERT_EQUAL(stats.protocol, i == 0 ? 2 : 1);
+        veil_chat_response_free(resp);
+        veil_client_free(c);
+    }
+    {
+        const char *a[] = {"models", "--url", url_tok, "--allow-http", NULL};
+        char *out = NULL, *e = NULL;
+        CU_ASSERT_EQUAL(run_veil(a, &out, &e), 0);
+        CU_ASSERT(out && !strcmp(out, "echo\n"));
+        free(out);
+        free(e);
+    }
+}
+
+/* Embeddings need the gateway's inner /v1/embeddings. */
+static void test_embed_needs_v2(void)
+{
+    veil_client *c = client_for(url_tok, VEIL_CLIENT_PROTOCOL_V1);
+    veil_client_error err;
+    cJSON *req = cJSON_CreateObject(), *resp = NULL;
+    cJSON_AddStringToObject(req, "model", "echo");
+    cJSON_AddStringToObject(req, "input", PROMPT);
+    CU_ASSERT_EQUAL(veil_embeddings_create(c, req, NULL, &resp, NULL, &err),
+                    VEIL_CLIENT_E_CONFIG);
+    CU_ASSERT(strstr(err.detail, "needs protocol v2") != NULL);
+    CU_ASSERT_PTR_NULL(resp);
+    veil_client_free(c);
+    cJSON_Delete(req);
+}
+
+/* An embedding over v2 (the echo model's deterministic vector), from the
+ * library and from `veil embed`. */
+static void test_embed(void)
+{
+    double want[VEIL_OPENAI_EMBED_DIM];
+    veil_client *c = client_for(url_sw, VEIL_CLIENT_PROTOCOL_AUTO);
+    veil_client_error err;
+    veil_chat_stats stats;
+    cJSON *req = cJSON_CreateObject(), *resp = NULL;
+    cJSON_AddStringToObject(req, "model", "echo");
+    cJSON_AddStringToObject(req, "input", PROMPT);
+    veil_openai_embedding(PROMPT, want);
+    atomic_store(&sig_verified, 0);
+    CU_ASSERT_EQUAL_FATAL(
+        veil_embeddings_create(c, req, NULL, &resp, &stats, &err),
+        VEIL_CLIENT_OK);
+    CU_ASSERT_EQUAL(atomic_load(&sig_verified), 1);
+    CU_ASSERT_EQUAL(stats.protocol, 2);
+    const cJSON *emb = cJSON_GetObjectItem(
+        cJSON_GetArrayItem(cJSON_GetObjectItem(resp, "data"), 0), "embedding");
+    CU_ASSERT_EQUAL_FATAL(cJSON_GetArraySize(emb), VEIL_OPENAI_EMBED_DIM);
+    for (int i = 0; i < VEIL_OPENAI_EMBED_DIM; i++)
+        CU_ASSERT_DOUBLE_EQUAL(cJSON_GetArrayItem(emb, i)->valuedouble, want[i],
+                               1e-9);
+    veil_chat_response_free(resp);
+    /* completions: the same path, another route */
+    {
+        cJSON *creq = cJSON_CreateObject(), *cresp = NULL;
+        cJSON_AddStringToObject(creq, "model", "echo");
+        cJSON_AddStringToObject(creq, "prompt", PROMPT);
+        CU_ASSERT_EQUAL(
+            veil_completions_create(c, creq, NULL, &cresp, &stats, &err),
+            VEIL_CLIENT_OK);
+        CU_ASSERT_STRING_EQUAL(
+            tu_json_str(
+                cJSON_GetArrayItem(cJSON_GetObjectItem(cresp, "choices"), 0),
+                "text"),
+            PROMPT);
+        CU_ASSERT_EQUAL(atomic_load(&sig_verified), 2);
+        veil_chat_response_free(cresp);
+        cJSON_Delete(creq);
+    }
+    /* a request without "input" is refused before anything is sent */
+    cJSON_DeleteItemFromObject(req, "input");
+    CU_ASSERT_EQUAL(veil_embeddings_create(c, req, NULL, &resp, &stats, &err),
+                    VEIL_CLIENT_E_INVALID_REQUEST);
+    CU_ASSERT_EQUAL(stats.attempts, 0);
+    cJSON_Delete(req);
+    veil_client_free(c);
+    {
+        const char *a[] = {"embed", "--url", url_sw, "--allow-http",
+                           "-m",    "echo",  PROMPT, NULL};
+        const char *aj[] = {"embed",        "--url", url_sw,
+                            "--allow-http", "-m",    "echo",
+                            "--json",       PROMPT,  NULL};
+        char *out = NULL, *e = NULL;
+        CU_ASSERT_EQUAL(run_veil(a, &out, &e), 0);
+        cJSON *vec = out ? cJSON_Parse(out) : NULL;
+        CU_ASSERT(out && strchr(out, '\n') == out + strlen(out) - 1);
+        CU_ASSERT_EQUAL(cJSON_GetArraySize(vec), VEIL_OPENAI_EMBED_DIM);
+        CU_ASSERT(vec && fabs(cJSON_GetArrayItem(vec, 3)->valuedouble -
+                              want[3]) < 1e-9);
+        cJSON_Delete(vec);
+        free(out);
+        free(e);
+        CU_ASSERT_EQUAL(run_veil(aj, &out, &e), 0);
+        vec = out ? cJSON_Parse(out) : NULL;
+        CU_ASSERT_STRING_EQUAL(
+            tu_json_str(cJSON_GetObjectItem(vec, "_metadata"), "protocol"),
+            "v2");
+        CU_ASSERT_STRING_EQUAL(tu_json_str(vec, "object"), "list");
+        cJSON_Delete(vec);
+        free(out);
+        free(e);
+    }
+}
+
+/* A pin of another signing key: refused before anything is sent. */
+static void test_wrong_signing_pin(void)
+{
+    veil_client_config cfg;
+    veil_client_error err;
+    veil_chat_stats stats;
+    int ok;
+    tu_client_config(&cfg, url_tok);
+    cfg.protocol = VEIL_CLIENT_PROTOCOL_V2;
+    cfg.signing_key_pin = "sha256:"
+                          "00112233445566778899aabbccddeeff"
+                          "00112233445566778899aabbccddeeff";
+    veil_client *c = tu_client_new(&cfg);
+    CU_ASSERT_EQUAL(chat(c, &stats, &err, &ok), VEIL_CLIENT_E_SECURITY);
+    CU_ASSERT(strstr(err.detail, "does not match the pinned") != NULL);
+    CU_ASSERT(strstr(err.detail, signer_fp) != NULL);
+    CU_ASSERT_EQUAL(stats.attempts, 0);
+    veil_client_free(c);
+    /* auto refuses too: a signed configuration that fails is no v1 */
+    cfg.protocol = VEIL_CLIENT_PROTOCOL_AUTO;
+    c = tu_client_new(&cfg);
+    CU_ASSERT_EQUAL(chat(c, &stats, &err, &ok), VEIL_CLIENT_E_SECURITY);
+    veil_client_free(c);
+    /* the right pin */
+    cfg.protocol = VEIL_CLIENT_PROTOCOL_V2;
+    cfg.signing_key_pin = signer_fp;
+    c = tu_client_new(&cfg);
+    CU_ASSERT_EQUAL(chat(c, &stats, &err, &ok), VEIL_CLIENT_OK);
+    CU_ASSERT(ok);
+    veil_client_free(c);
+    {
+        const char *a[] = {"chat",
+                           "--url",
+                           url_tok,
+                           "--allow-http",
+                           "-m",
+                           "echo",
+                           "--signing-key-pin",
+                           "sha256:"
+                           "00112233445566778899aabbccddeeff"
+                           "00112233445566778899aabbccddeeff",
+                           PROMPT,
+                           NULL};
+        char *out = NULL, *e = NULL;
+        CU_ASSERT_EQUAL(run_veil(a, &out, &e), 19);
+        CU_ASSERT(e && strstr(e, "does not match the pinned") != NULL);
+        CU_ASSERT(out && out[0] == '\0');
+        free(out);
+        free(e);
+    }
+}
+
+/* The gateway restarted (new KEM keys) while the client holds its key
+ * configuration: the uniform 400, one refetch, one retry, success. */
+static void test_refetch_after_restart(void)
+{
+    char state_dir[700], url[64], port[16];
+    const char *base[] = {"--state-dir", state_dir, "--rate", "1000",
+                          "--burst",     "1000",    NULL};
+    const char *extra[] = {"--server-key",
+                           server_ref,
+                           "--pkcs11-module",
+                           module,
+                           "--pin-source",
+                           pin_spec,
+                           "--signing-key",
+                           signer_ref,
+                           "--model",
+                           "echo=echo",
+                           "--port",
+                           port,
+                           NULL};
+    veil_chat_stats stats;
+    veil_client_error err;
+    tu_proc g;
+    int ok;
+
+    snprintf(state_dir, sizeof state_dir, "%s/cv2-restart.state",
+             tu_env("VEIL_TEST_DIR"));
+    snprintf(port, sizeof port, "0");
+    CU_ASSERT_EQUAL_FATAL(gt_veild_start(&g, "cv2-restart", base, extra, 0), 0);
+    snprintf(port, sizeof port, "%u", g.port);
+    url_of(&g, url, sizeof url);
+    veil_client *c = client_for(url, VEIL_CLIENT_PROTOCOL_V2);
+    CU_ASSERT_EQUAL(chat(c, &stats, &err, &ok), VEIL_CLIENT_OK);
+    CU_ASSERT_EQUAL(stats.attempts, 1);
+    gt_stop_ok(&g);
+    CU_ASSERT_EQUAL_FATAL(gt_veild_start(&g, "cv2-restart", base, extra, 0), 0);
+    CU_ASSERT_EQUAL_FATAL(g.port, (unsigned)strtoul(port, NULL, 10));
+    CU_ASSERT_EQUAL(chat(c, &stats, &err, &ok), VEIL_CLIENT_OK);
+    CU_ASSERT(ok);
+    CU_ASSERT_EQUAL(stats.attempts, 2);
+    CU_ASSERT_EQUAL(stats.protocol, 2);
+    veil_client_free(c);
+    gt_stop_ok(&g);
+}
+
+static void count_503(void *ctx, unsigned attempt, int http_status,
+                      unsigned delay_ms)
+{
+    int *seen = ctx;
+    (void)attempt;
+    (void)delay_ms;
+    if (http_status == 503)
+        (*seen)++;
+}
+
+static void count_retry(void *ctx, unsigned attempt, int http_status,
+                        unsigned delay_ms)
+{
+    int *seen = ctx;
+    (void)attempt;
+    (void)delay_ms;
+    if (http_status == 429)
+        (*seen)++;
+}
+
+/* The API key travels inside (authorization); the gateway's inner 401 and
+ * 429 map to v1's classes, and an inner 429 is retried as v1 retries. */
+static void test_api_key_inner(void)
+{
+    static const char key[] = "veil-client-v2-key-41c9";
+    uint8_t h[32];
+    char line[200], dir[512], path[600], state_dir[700], hex[65], url[64];
+    const char *base[] = {"--state-dir", state_dir, NULL};
+    const char *extra[] = {"--server-key",
+                           sw_ref,
+                           "--pkcs11-module",
+                           module,
+                           "--pin-source",
+                           pin_spec,
+                           "--signing-key",
+                           signer_ref,
+                           "--model",
+                           "echo=echo",
+                           "--api-keys",
+                           path,
+                           "--rate",
+                           "0.001",
+                           "--burst",
+                           "2",
+                           NULL};
+    veil_client_config cfg;
+    veil_chat_stats stats;
+    veil_client_error err;
+    int ok, seen = 0;
+    FILE *f;
+    tu_proc g;
+
+    SHA256((const uint8_t *)key, strlen(key), h);
+    veil_hex(h, 32, hex);
+    snprintf(line, sizeof line, "sha256:%s tester\n", hex);
+    CU_ASSERT_EQUAL_FATAL(tu_scratch_dir("cv2-auth", dir, sizeof dir), 0);
+    snprintf(path, sizeof path, "%s/api-keys", dir);
+    snprintf(state_dir, sizeof state_dir, "%s/cv2-auth.state",
+             tu_env("VEIL_TEST_DIR"));
+    f = fopen(path, "w");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(f);
+    fputs(line, f);
+    fclose(f);
+    CU_ASSERT_EQUAL_FATAL(gt_veild_start(&g, "cv2-auth", base, extra, 0), 0);
+    url_of(&g, url, sizeof url);
+    tu_client_config(&cfg, url);
+    cfg.protocol = VEIL_CLIENT_PROTOCOL_V2;
+    cfg.max_retries = 1;
+    cfg.retry_max_ms = 20;
+    cfg.on_retry = count_retry;
+    cfg.retry_ctx = &seen;
+    cfg.api_key = "not-the-key";
+    veil_client *c = tu_client_new(&cfg);
+    CU_ASSERT_EQUAL(chat(c, &stats, &err, &ok), VEIL_CLIENT_E_AUTHENTICATION);
+    CU_ASSERT_EQUAL(err.http_status, 401);
+    CU_ASSERT_STRING_EQUAL(err.detail, "invalid API key");
+    CU_ASSERT_EQUAL(stats.attempts, 1);
+    veil_client_free(c);
+    cfg.api_key = key;
+    c = tu_client_new(&cfg);
+    for (int i = 0; i < 2; i++) { /* the burst */
+        CU_ASSERT_EQUAL(chat(c, &stats, &err, &ok), VEIL_CLIENT_OK);
+        CU_ASSERT(ok);
+    }
+    CU_ASSERT_EQUAL(chat(c, &stats, &err, &ok), VEIL_CLIENT_E_RATE_LIMIT);
+    CU_ASSERT_EQUAL(err.http_status, 429);
+    CU_ASSERT(strstr(err.detail, "rate limit") != NULL);
+    CU_ASSERT_EQUAL(stats.attempts, 2);
+    CU_ASSERT_EQUAL(seen, 1);
+    veil_client_free(c);
+    gt_stop_ok(&g);
+}
+
+/* ---- a stand-in gateway (mock: a real one never misbehaves so) ----------- */
+
+typedef struct stand_in {
+    stub_http http;
+    veil_key *signer; /* software EC P-256 */
+    char *signer_pem;
+    uint8_t *keys;
+    size_t keys_len;
+    long long not_after;
+    int bad_signature;
+    veil_hpke_key *kem;
+    veil_ohttp_keyconfig kc;
+    /* what a POST gets: the uniform 400, or an inner 200 chat answer
+     * unsigned, signed over another answer, or signed right */
+    enum { POST_UNIFORM, POST_UNSIGNED, POST_MISSIGNED, POST_SIGNED } post;
+    atomic_int gets, posts;
+    atomic_int gets_503; /* this many GETs of the keys answer 503 first */
+} stand_in;
+
+static stand_in si;
+
+#define STAND_IN_ANSWER                                                        \
+    "{\"object\":\"chat.completion\",\"choices\":[{\"index\":0,"               \
+    "\"message\":{\"role\":\"assistant\",\"content\":\"stand-in\"}}]}"
+
+/* An inner 200 for a POST, signed as si.post says. */
+static enum MHD_Result si_answer(stand_in *s, struct MHD_Connection *conn,
+                                 stub_body *body)
+{
+    veil_secbuf *req = NULL, *plain = NULL;
+    veil_ohttp_ctx *ctx = NULL;
+    veil_bhttp_msg *in = NULL;
+    uint8_t h[32], req_sha[32], resp_sha[32], fp[32], sig[VEIL_ECDSA_SIG_MAX];
+    uint8_t *out = NULL;
+    size_t enc_len = 0, sig_len = sizeof sig, out_len = 0;
+    char rid[65], st[VEIL_EV_STATEMENT_MAX], at[24], fp_text[80], *b64 = NULL;
+    static const char answer[] = STAND_IN_ANSWER;
+    static const char other[] = "{\"other\":true}";
+    long long now = (long long)time(NULL);
+    enum MHD_Result ret = MHD_NO;
+
+    if (veil_ohttp_decap_request(sw_e, &s->kc, s->kem,
+                                 (const uint8_t *)body->data, body->len, &req,
+                                 &ctx) != VEIL_OK ||
+        veil_bhttp_decode(veil_secbuf_data(req), veil_secbuf_len(req),
+                          VEIL_BHTTP_REQUEST, NULL, &in) != VEIL_OK)
+        goto out;
+    const uint8_t *enc = veil_ohttp_ctx_enc(ctx, &enc_len);
+    SHA256(enc, enc_len, h);
+    veil_hex(h, 32, rid);
+    SHA256(in->content.p, in->content.len, req_sha);
+    if (s->post == POST_MISSIGNED)
+        SHA256((const uint8_t *)other, sizeof other - 1, resp_sha);
+    else
+        SHA256((const uint8_t *)answer, sizeof answer - 1, resp_sha);
+    veil_key_fingerprint(s->signer, fp);
+    memcpy(fp_text, "sha256:", 7);
+    veil_hex(fp, 32, fp_text + 7);
+    snprintf(at, sizeof at, "%lld", now);
+    size_t n = veil_ev_statement(rid, "standard", req_sha, resp_sha, fp, now,
+                                 st, sizeof st);
+    if (n == 0 ||
+        veil_ecdsa_sign(sw_e, s->signer, (const uint8_t *)st, n, sig,
+                        &sig_len) != VEIL_OK ||
+        (b64 = veil_b64_encode(sig, sig_len)) == NULL)
+        goto out;
+    veil_bhttp_field f[4] = {
+        {VEIL_BSTR("content-type"), VEIL_BSTR("application/json")},
+        {VEIL_BSTR("x-veil-signature"), {(const uint8_t *)b64, strlen(b64)}},
+        {VEIL_BSTR("x-veil-signed-at"), {(const uint8_t *)at, strlen(at)}},
+        {VEIL_BSTR("x-veil-signing-key"),
+         {(const uint8_t *)fp_text, strlen(fp_text)}}};
+    veil_bhttp_msg m = {.status = 200,
+                        .headers = {f, s->post == POST_UNSIGNED ? 1 : 4},
+                        .content = VEIL_BSTR(answer)};
+    if (veil_bhttp_encode(&m, 0, &plain) != VEIL_OK ||
+        veil_ohttp_encap_response(sw_e, ctx, veil_secbuf_data(plain),
+                                  veil_secbuf_len(plain), NULL, &out,
+                                  &out_len) != VEIL_OK)
+        goto out;
+    ret = stub_send(conn, 200, (const char *)out, out_len, VEIL_OHTTP_MEDIA_RES,
+                    NULL);
+out:
+    free(out);
+    free(b64);
+    veil_secbuf_free(plain);
+    veil_bhttp_msg_free(in);
+    veil_secbuf_free(req);
+    veil_ohttp_ctx_free(ctx);
+    return ret;
+}
+
+static enum MHD_Result si_handle(void *ctx, struct MHD_Connection *conn,
+                                 const char *url, const char *method,
+                                 stub_body *body)
+{
+    stand_in *s = ctx;
+    if (!strcmp(url, "/pki/signing_key"))
+        return stub_send(conn, 200, s->signer_pem, strlen(s->signer_pem),
+                         "text/plain", NULL);
+    if (strcmp(url, "/.well-known/ohttp-gateway") != 0)
+        return stub_send(conn, 404, "{\"detail\":\"no\"}", 15,
+                         "application/json", NULL);
+    if (!strcmp(method, "POST")) {
+        atomic_fetch_add(&s->posts, 1);
+        if (s->post != POST_UNIFORM)
+            return si_answer(s, conn, body);
+        return stub_send(conn, 400, UNIFORM, strlen(UNIFORM),
+                         "application/problem+json", NULL);
+    }
+    atomic_fetch_add(&s->gets, 1);
+    if (atomic_load(&s->gets_503) > 0) {
+        atomic_fetch_sub(&s->gets_503, 1);
+        return stub_send(conn, 503, "{\"detail\":\"restarting\"}", 24,
+                         "application/json", NULL);
+    }
+    uint8_t h[32], sig[VEIL_ECDSA_SIG_MAX];
+    size_t sig_len = sizeof sig;
+    char hex[65], st[256], *b64, fp[80];
+    long long now = (long long)time(NULL);
+    SHA256(s->keys, s->keys_len, h);
+    veil_hex(h, 32, hex);
+    int n = snprintf(st, sizeof st,
+                     "veil-ohttp-keys-v1\nkeys_sha256=%s\nsigned_at=%lld\n"
+                     "not_after=%lld\n",
+                     hex, now - 10, s->not_after);
+    veil_ecdsa_sign(sw_e, s->signer, (const uint8_t *)st, (size_t)n, sig,
+                    &sig_len);
+    if (s->bad_signature)
+        sig[sig_len - 1] ^= 1;
+    b64 = veil_b64_encode(sig, sig_len);
+    struct MHD_Response *r = MHD_create_response_from_buffer(
+        s->keys_len, s->keys, MHD_RESPMEM_MUST_COPY);
+    uint8_t kfp[32];
+    veil_key_fingerprint(s->signer, kfp);
+    veil_hex(kfp, 32, hex);
+    snprintf(fp, sizeof fp, "sha256:%s", hex);
+    snprintf(st, sizeof st, "%lld", now - 10);
+    MHD_add_response_header(r, "Content-Type", VEIL_OHTTP_MEDIA_KEYS);
+    MHD_add_response_header(r, "X-Veil-Keys-Signature", b64);
+    MHD_add_response_header(r, "X-Veil-Keys-Signed-At", st);
+    snprintf(st, sizeof st, "%lld", s->not_after);
+    MHD_add_response_header(r, "X-Veil-Keys-Expires", st);
+    MHD_add_response_header(r, "X-Veil-Signing-Key", fp);
+    enum MHD_Result ret = MHD_queue_response(conn, 200, r);
+    MHD_destroy_response(r);
+    free(b64);
+    return ret;
+}
+
+static int stand_in_start(void)
+{
+    veil_keygen_params ep = {.type = VEIL_KEY_EC_P256};
+    veil_ohttp_keyconfig *kc = &si.kc;
+    stub_config cfg = {.handle = si_handle,
+                       .ctx = &si,
+                       .max_body = 1 << 20,
+                       .who = "stand-in gateway"};
+    if (veil_key_generate(sw_e, "software", &ep, &si.signer) != VEIL_OK ||
+        veil_key_public_pem(si.signer, &si.signer_pem) != VEIL_OK ||
+        veil_hpke_key_generate(VEIL_HPKE_KEM_P256, &si.kem) != VEIL_OK)
+        return -1;
+    kc->key_id = 7;
+    kc->kem = VEIL_HPKE_KEM_P256;
+    kc->pk_len = sizeof kc->pk;
+    kc->algs[0] =
+        (veil_ohttp_alg){VEIL_HPKE_KDF_SHA256, VEIL_HPKE_AEAD_AES256GCM};
+    kc->n_algs = 1;
+    if (veil_hpke_key_public(si.kem, kc->pk, &kc->pk_len) != VEIL_OK ||
+        veil_ohttp_keys_encode(kc, 1, &si.keys, &si.keys_len) != VEIL_OK)
+        return -1;
+    return stub_start(&si.http, &cfg);
+}
+
+static void stand_in_url(char *out, size_t size)
+{
+    snprintf(out, size, "http://127.0.0.1:%u", si.http.port);
+}
+
+/* A statement whose not_after has passed: refused, nothing posted. */
+static void test_expired_statement(void)
+{
+    char url[64];
+    veil_chat_stats stats;
+    veil_client_error err;
+    int ok;
+    stand_in_url(url, sizeof url);
+    si.not_after = (long long)time(NULL) - 5;
+    si.bad_signature = 0;
+    atomic_store(&si.posts, 0);
+    veil_client *c = client_for(url, VEIL_CLIENT_PROTOCOL_AUTO);
+    CU_ASSERT_EQUAL(chat(c, &stats, &err, &ok), VEIL_CLIENT_E_SECURITY);
+    CU_ASSERT(strstr(err.detail, "expired") != NULL);
+    CU_ASSERT_EQUAL(atomic_load(&si.posts), 0);
+    veil_client_free(c);
+}
+
+/* A signature that does not verify: refused, nothing posted. */
+static void test_bad_signature(void)
+{
+    char url[64];
+    veil_chat_stats stats;
+    veil_client_error err;
+    int ok;
+    stand_in_url(url, sizeof url);
+    si.not_after = (long long)time(NULL) + 3600;
+    si.bad_signature = 1;
+    atomic_store(&si.posts, 0);
+    veil_client *c = client_for(url, VEIL_CLIENT_PROTOCOL_V2);
+    CU_ASSERT_EQUAL(chat(c, &stats, &err, &ok), VEIL_CLIENT_E_SECURITY);
+    CU_ASSERT(strstr(err.detail, "does not verify") != NULL);
+    CU_ASSERT_EQUAL(atomic_load(&si.posts), 0);
+    veil_client_free(c);
+}
+
+/* The uniform 400 twice: one refetch, one retry, then a security error. */
+static void test_uniform_twice(void)
+{
+    char url[64];
+    veil_chat_stats stats;
+    veil_client_error err;
+    int ok;
+    stand_in_url(url, sizeof url);
+    si.not_after = (long long)time(NULL) + 3600;
+    si.bad_signature = 0;
+    si.post = POST_UNIFORM;
+    atomic_store(&si.posts, 0);
+    atomic_store(&si.gets, 0);
+    veil_client *c = client_for(url, VEIL_CLIENT_PROTOCOL_V2);
+    CU_ASSERT_EQUAL(chat(c, &stats, &err, &ok), VEIL_CLIENT_E_SECURITY);
+    CU_ASSERT(strstr(err.detail, "could not open the request twice") != NULL);
+    CU_ASSERT_EQUAL(err.http_status, 400);
+    CU_ASSERT_EQUAL(atomic_load(&si.posts), 2);
+    CU_ASSERT_EQUAL(atomic_load(&si.gets), 2);
+    CU_ASSERT_EQUAL(stats.attempts, 2);
+    veil_client_free(c);
+}
+
+/* Answers signed right, unsigned, and signed over another answer: only
+ * the first is taken. */
+static void test_answer_signatures(void)
+{
+    static const struct {
+        int post;
+        veil_client_status st;
+        const char *why;
+    } cases[] = {
+        {POST_SIGNED, VEIL_CLIENT_OK, NULL},
+        {POST_UNSIGNED, VEIL_CLIENT_E_SECURITY, "carries no signature"},
+        {POST_MISSIGNED, VEIL_CLIENT_E_SECURITY, "does not verify"},
+    };
+    char url[64];
+    stand_in_url(url, sizeof url);
+    si.not_after = (long long)time(NULL) + 3600;
+    si.bad_signature = 0;
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        veil_client *c = client_for(url, VEIL_CLIENT_PROTOCOL_V2);
+        cJSON *req = chat_request(), *resp = NULL;
+        veil_client_error err;
+        si.post = cases[i].post;
+        CU_ASSERT_EQUAL(veil_chat_create(c, req, NULL, &resp, NULL, &err),
+                        cases[i].st);
+        if (cases[i].why) {
+            CU_ASSERT_PTR_NULL(resp);
+            CU_ASSERT(strstr(err.detail, VEIL_CLIENT_SECURITY_MESSAGE) != NULL);
+            CU_ASSERT(strstr(err.detail, cases[i].why) != NULL);
+        } else {
+            CU_ASSERT_STRING_EQUAL(veil_chat_content(resp), "stand-in");
+        }
+        veil_chat_response_free(resp);
+        veil_chat_response_free(req);
+        veil_client_free(c);
+    }
+    si.post = POST_UNIFORM;
+}
+
+/* A 503 to the key fetch is retried as a request is (explicit v2; under
+ * auto it is not taken for "no v2" either). */
+static void test_keys_503_retried(void)
+{
+    static const veil_client_protocol protos[] = {VEIL_CLIENT_PROTOCOL_V2,
+                                                  VEIL_CLIENT_PROTOCOL_AUTO};
+    char url[64];
+    stand_in_url(url, sizeof url);
+    si.not_after = (long long)time(NULL) + 3600;
+    si.bad_signature = 0;
+    si.post = POST_SIGNED;
+    for (size_t i = 0; i < 2; i++) {
+        veil_client_config cfg;
+        veil_chat_stats stats;
+        veil_client_error err;
+        int ok, seen = 0;
+        tu_client_config(&cfg, url);
+        cfg.protocol = protos[i];
+        cfg.retry_base_ms = 20;
+        cfg.on_retry = count_503;
+        cfg.retry_ctx = &seen;
+        veil_client *c = tu_client_new(&cfg);
+        atomic_store(&si.gets_503, 1);
+        veil_client_status st = chat(c, &stats, &err, &ok);
+        if (protos[i] == VEIL_CLIENT_PROTOCOL_V2) {
+            CU_ASSERT_EQUAL(st, VEIL_CLIENT_OK);
+            CU_ASSERT_EQUAL(seen, 1);
+            CU_ASSERT_EQUAL(stats.protocol, 2);
+        } else {
+            /* auto: the 503 is not remembered as "no v2"; v1 is tried
+             * (the stand-in has none: 404), and the next call finds v2 */
+            CU_ASSERT_EQUAL(st, VEIL_CLIENT_E_API);
+            CU_ASSERT_EQUAL(chat(c, &stats, &err, &ok), VEIL_CLIENT_OK);
+            CU_ASSERT_EQUAL(stats.protocol, 2);
+        }
+        veil_client_free(c);
+    }
+    si.post = POST_UNIFORM;
+}
+
+/* ---- setup --------------------------------------------------------------- */
+
+static int start_gateways(void)
+{
+    char state[2][700], dir[512];
+    veil_keygen_params kp = {.type = VEIL_KEY_RSA, .bits = 2048};
+    veil_key *k = NULL;
+    const char *base0[] = {"--state-dir", state[0], "--rate", "1000",
+                           "--burst",     "1000",   NULL};
+    const char *base1[] = {"--state-dir", state[1], "--rate", "1000",
+                           "--burst",     "1000",   NULL};
+    const char *tok[] = {"--server-key",
+                         server_ref,
+                         "--pkcs11-module",
+                         module,
+                         "--pin-source",
+                         pin_spec,
+                         "--signing-key",
+                         signer_ref,
+                         "--model",
+                         "echo=echo",
+                         NULL};
+    const char *sw[] = {"--server-key",
+                        sw_ref,
+                        "--pkcs11-module",
+                        module,
+                        "--pin-source",
+                        pin_spec,
+                        "--signing-key",
+                        signer_ref,
+                        "--model",
+                        "echo=echo",
+                        NULL};
+
+    snprintf(state[0], sizeof state[0], "%s/cv2-tok.state",
+             tu_env("VEIL_TEST_DIR"));
+    snprintf(state[1], sizeof state[1], "%s/cv2-sw.state",
+             tu_env("VEIL_TEST_DIR"));
+    if (tu_scratch_dir("cv2-keydir", dir, sizeof dir) != 0 ||
+        veil_key_generate(sw_e, "software", &kp, &k) != VEIL_OK ||
+        veil_key_save(sw_e, k, dir, NULL) != VEIL_OK)
+        return -1;
+    veil_key_free(k);
+    snprintf(sw_ref, sizeof sw_ref, "dir:%s", dir);
+    if (gt_veild_start(&gw_tok, "cv2-tok", base0, tok, TU_LOG_FRESH) != 0 ||
+        gt_veild_start(&gw_sw, "cv2-sw", base1, sw, TU_LOG_FRESH) != 0)
+        return -1;
+    url_of(&gw_tok, url_tok, sizeof url_tok);
+    url_of(&gw_sw, url_sw, sizeof url_sw);
+    return stand_in_start();
+}
+
+static int setup(void)
+{
+    const char *label = tu_env("VEIL_TEST_SOFTHSM_TOKEN");
+    veil_engine_config ecfg = {0};
+    veil_keygen_params kp = {
+        .type = VEIL_KEY_RSA, .bits = 2048, .label = "cv2-server"};
+    veil_keygen_params ep = {.type = VEIL_KEY_EC_P256, .label = "cv2-signer"};
+    veil_key_info info;
+    char esc[192];
+
+    module = tu_env("VEIL_TEST_SOFTHSM_MODULE");
+    pin_file = tu_env("VEIL_TEST_PIN_FILE");
+    snprintf(pin_spec, sizeof pin_spec, "file:%s", pin_file);
+    if (strncmp(label, "pkcs11:", 7) == 0)
+        snprintf(token_uri, sizeof token_uri, "%s", label);
+    else if (tu_uri_escape(label, esc, sizeof esc) == 0)
+        snprintf(token_uri, sizeof token_uri, "pkcs11:token=%s", esc);
+    snprintf(server_ref, sizeof server_ref, "%s;object=cv2-server", token_uri);
+    snprintf(signer_ref, sizeof signer_ref, "%s;object=cv2-signer", token_uri);
+    if (veil_engine_new(&ecfg, &sw_e) != VEIL_OK)
+        return -1;
+    ecfg.pkcs11_module = module;
+    ecfg.pin.kind = VEIL_PIN_FILE;
+    ecfg.pin.where = pin_file;
+    if (veil_engine_new(&ecfg, &tok_e) != VEIL_OK ||
+        veil_key_generate(tok_e, token_uri, &kp, &srv_key) != VEIL_OK ||
+        veil_key_generate(tok_e, token_uri, &ep, &sign_key) != VEIL_OK ||
+        veil_key_get_info(sign_key, &info) != VEIL_OK) {
+        fprintf(stderr, "setup: %s\n", veil_last_error()->message);
+        return -1;
+    }
+    snprintf(signer_fp, sizeof signer_fp, "%s", info.fingerprint);
+    return start_gateways();
+}
+
+static void teardown(void)
+{
+    stub_stop(&si.http);
+    veil_key_free(si.signer);
+    veil_hpke_key_free(si.kem);
+    free(si.signer_pem);
+    free(si.keys);
+    tu_proc_stop_all();
+    if (sign_key)
+        veil_key_delete(tok_e, sign_key);
+    if (srv_key)
+        veil_key_delete(tok_e, srv_key);
+    veil_engine_free(tok_e);
+    veil_engine_free(sw_e);
+}
+
+static void test_exit(void)
+{
+    gt_stop_ok(&gw_tok);
+    gt_stop_ok(&gw_sw);
+}
+
+int main(void)
+{
+    static const tu_test cases[] = {
+        {"chat over v2, KEM key in SoftHSM2", test_chat_v2_token},
+        {"chat over v2, KEM key in software", test_chat_v2_software},
+        {"auto picks v2", test_auto_picks_v2},
+        {"one client, four threads", test_threads},
+        {"v1 still works", test_v1_still},
+        {"v2 off: auto falls back to v1", test_v2_off},
+        {"unsigned keys: auto v1, v2 refused", test_unsigned_keys},
+        {"models over v2 and v1", test_models},
+        {"embeddings need v2", test_embed_needs_v2},
+        {"embeddings and completions over v2", test_embed},
+        {"API key, 401 and 429 inside", test_api_key_inner},
+        {"a wrong signing key pin", test_wrong_signing_pin},
+        {"uniform 400 after a restart: refetch, retry",
+         test_refetch_after_restart},
+        {"stand-in: an expired statement", test_expired_statement},
+        {"stand-in: a bad signature", test_bad_signature},
+        {"stand-in: the uniform 400 twice", test_uniform_twice},
+        {"stand-in: answer signatures", test_answer_signatures},
+        {"stand-in: a 503 to the key fetch", test_keys_503_retried},
+        {"gateways exit cleanly", test_exit},
+    };
+    int rc;
+
+    signal(SIGPIPE, SIG_IGN);
+    if (setup() != 0) {
+        teardown();
+        return 1;
+    }
+    TU_ADD_SUITE("client v2", NULL, NULL, cases);
+    rc = tu_run_tests();
+    teardown();
+    return rc;
+}
