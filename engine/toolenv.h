@@ -43,7 +43,7 @@ static const veil_env_var veil_env_vars[VEIL_ENV_COUNT] = {
                          "PKCS#11 module: a .so path or a p11-kit module name"},
     [VEIL_ENV_PIN_SOURCE] = {"VEIL_PIN_SOURCE", "--pin-source", VEIL_TOOL_ALL,
                              "where the token PIN comes from: file:PATH, "
-                             "env:NAME, prompt"},
+                             "credential:NAME, env:NAME, prompt"},
 };
 /* clang-format on */
 

@@ -127,5 +127,16 @@ check "veil-keys: a flag wins over VEIL_PIN_SOURCE" 0 "label: +vocab" -- \
     env VEIL_PKCS11_MODULE="$MOD" VEIL_PIN_SOURCE="$NOPIN" "$K" list --token "$TOK" --pin-source "$RIGHT"
 check "veil-keys: an unknown flag is still refused" 2 "" -- "$K" list --token "$TOK" --no_such_flag
 
+# ---- veil: the same table and spellings
+V="$B/veil"
+check "veil --help" 0 "" -- "$V" --help
+out_has "veil --help lists VEIL_URL" "^  VEIL_URL .*--url"
+out_has "veil --help lists VEIL_PIN_SOURCE" "^  VEIL_PIN_SOURCE .*--pin-source"
+check "veil takes --server_key_pin as --server-key-pin (and says what it wants)" 2 "^veil: --server-key-pin takes" -- \
+    "$V" chat --url http://127.0.0.1:1 --server_key_pin nonsense -m m hello
+check "veil server-key takes --allow_http and VEIL_URL (a connection error, 18)" 18 "APIConnectionError" -- \
+    env VEIL_URL=http://127.0.0.1:1 "$V" server-key --allow_http --retries 0
+check "veil: an unknown flag is still refused" 2 "is unknown" -- "$V" chat --no_such_flag -m m hello
+
 echo "test_vocabulary: $pass passed, $fail failed"
 [ "$fail" -eq 0 ]

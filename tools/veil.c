@@ -26,6 +26,7 @@
 #include "exitcode.h"
 #include "json_scan.h" /* veil_utf8_seq */
 #include "tier.h"
+#include "toolenv.h"
 #include "util.h" /* veil_wipe */
 
 /* 0 to 5: the codes of every veil tool (exitcode.h); then the classes */
@@ -833,21 +834,30 @@ static int parse_opts(int argc, char **argv, enum cmd cmd, struct opts *o)
         {"signing-key-pin", required_argument, NULL, 'k'},
         {NULL, 0, NULL, 0},
     };
+    /* the same flags with underscores too (engine/toolenv.h) */
+    static struct option both[2 * sizeof longopts / sizeof longopts[0]];
+    static char names[1024];
     unsigned long n;
     double d;
     char *end;
     int c;
 
-    o->url = getenv("VEIL_URL");
-    o->module = getenv("VEIL_PKCS11_MODULE");
-    o->pin_source = getenv("VEIL_PIN_SOURCE");
+    if (both[0].name == NULL &&
+        veil_longopts_both(longopts, both, sizeof both / sizeof both[0], names,
+                           sizeof names) < 0) {
+        fputs("veil: internal error: the option table is too large\n", stderr);
+        return -1;
+    }
+    o->url = veil_env(VEIL_ENV_URL);
+    o->module = veil_env(VEIL_ENV_MODULE);
+    o->pin_source = veil_env(VEIL_ENV_PIN_SOURCE);
     o->timeout_ms = 60000;
     o->retries = 2;
     o->tag = VEIL_CLIENT_TAG_SEPARATE;
     o->protocol = VEIL_CLIENT_PROTOCOL_AUTO;
     optind = 1;
     opterr = 0; /* our own messages: never echo an option's value */
-    while ((c = getopt_long(argc, argv, ":m:vh", longopts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, ":m:vh", both, NULL)) != -1) {
         if (c == '?' || c == ':') {
             const char *arg = argv[optind - 1];
             int len = (int)strcspn(arg, "=");
@@ -1225,7 +1235,7 @@ static int read_api_key(const struct opts *o, veil_secbuf **out)
 
     *out = NULL;
     if (!o->api_key_file) {
-        env = getenv("VEIL_API_KEY");
+        env = veil_env(VEIL_ENV_API_KEY);
         if (!env || !*env)
             return EXIT_OK;
         if (!(*out = secstr(env, strlen(env))))
@@ -1994,6 +2004,7 @@ int main(int argc, char **argv)
             fprintf(f, "  %d %-25s %s\n", EXIT_CLASS_BASE + s,
                     veil_client_status_name((veil_client_status)s), why[s]);
         }
+        veil_env_help(f, VEIL_TOOL_VEIL);
         return argc < 2 ? EXIT_USAGE : EXIT_OK;
     }
     if (strcmp(argv[1], "--version") == 0) {
