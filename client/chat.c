@@ -276,32 +276,21 @@ static void log_check(void *ctx, const char *check, int ok, const char *detail)
               ok ? "ok" : "FAIL", check, detail);
 }
 
-/* Verifies an opened answer (veil_cl_verify_answer) when there is
+/* Verifies an opened answer a (veil_cl_verify_answer) when there is
  * something to verify: a trust file, the maximum tier, or evidence to
  * record.  A failure wipes and drops the answer. */
-static veil_client_status verify_answer(call *k, const veil_cl_http_response *r,
+static veil_client_status verify_answer(call *k, veil_cl_answer *a_in,
                                         const char *payload_id,
-                                        const char *sent, cJSON **response,
+                                        cJSON **response,
                                         veil_client_error *err)
 {
     veil_client *c = k->c;
-    const char *tier = k->tier ? k->tier : "standard";
-    int maximum = !strcmp(tier, "maximum");
+    int maximum = !strcmp(a_in->tier, "maximum");
     if (c->trust == NULL && !maximum && k->evidence == NULL)
         return VEIL_CLIENT_OK;
     const cJSON *md = cJSON_GetObjectItemCaseSensitive(*response, "_metadata");
-    veil_cl_answer a = {
-        .url = k->url,
-        .payload_id = payload_id,
-        .tier = tier,
-        .request = sent,
-        .request_len = strlen(sent),
-        .response = r,
-        .server_key_sha256 = k->server->fp,
-        .tpm_attestation =
-            cJSON_GetObjectItemCaseSensitive(md, "tpm_attestation"),
-        .allow_foreign = c->cfg.allow_foreign_attestation,
-    };
+    veil_cl_answer a = *a_in;
+    a.tpm_attestation = cJSON_GetObjectItemCaseSensitive(md, "tpm_attestation");
     veil_client_status st = veil_cl_verify_answer(
         c->engine, c->trust, &a, log_check, k, k->evidence, err);
     if (st != VEIL_CLIENT_OK) {
@@ -325,15 +314,30 @@ static veil_client_status verify_answer(call *k, const veil_cl_http_response *r,
     return VEIL_CLIENT_OK;
 }
 
-/* A 200 answer opened and verified into *response. */
+/* A 200 answer verified and opened into *response: with a trust file its
+ * signature is checked first, so that a forged answer never reaches the
+ * client's key; the TPM quote, inside the answer, after opening. */
 static veil_client_status take_answer(call *k, const veil_cl_http_response *r,
                                       const char *payload_id, const char *sent,
                                       cJSON **response, veil_client_error *err)
 {
     uint64_t t = veil_cl_now_ns();
-    veil_client_status st = open_answer(k, r, payload_id, response, err);
+    veil_cl_answer a = {
+        .url = k->url,
+        .payload_id = payload_id,
+        .tier = k->tier ? k->tier : "standard",
+        .request = sent,
+        .request_len = strlen(sent),
+        .response = r,
+        .server_key_sha256 = k->server->fp,
+        .allow_foreign = k->c->cfg.allow_foreign_attestation,
+    };
+    veil_client_status st = veil_cl_verify_signature(
+        k->c->engine, k->c->trust, &a, log_check, k, err);
     if (st == VEIL_CLIENT_OK)
-        st = verify_answer(k, r, payload_id, sent, response, err);
+        st = open_answer(k, r, payload_id, response, err);
+    if (st == VEIL_CLIENT_OK)
+        st = verify_answer(k, &a, payload_id, response, err);
     if (k->stats) {
         k->stats->decrypt_ns += veil_cl_now_ns() - t;
         if (st == VEIL_CLIENT_OK) {

@@ -37,6 +37,7 @@ typedef struct answer_in {
     const cJSON *tpm;          /* tpm_attestation, or NULL */
     const uint8_t *server_sha; /* without a trust file: the key used */
     int allow_foreign;         /* without a trust file: see veil_cl_answer */
+    int signature_checked;     /* verified before the answer was opened */
 } answer_in;
 
 static int check_signature(veil_engine *e, const veil_trust *t,
@@ -255,7 +256,7 @@ static int verify_core(veil_engine *e, const veil_trust *t, const answer_in *a,
 {
     int maximum = veil_tier_parse(a->tier) == VEIL_TIER_MAXIMUM;
     *quote_checked = 0;
-    if (t != NULL && !check_signature(e, t, a, ck))
+    if (t != NULL && !a->signature_checked && !check_signature(e, t, a, ck))
         return 0;
     if (!maximum)
         return 1;
@@ -365,6 +366,42 @@ static int answer_headers(const veil_cl_http_response *r, answer_in *a,
     return 1;
 }
 
+/* What the client saw of an answer, as a verifier takes it. */
+static answer_in answer_of(const veil_cl_answer *in)
+{
+    const veil_cl_http_response *r = in->response;
+    answer_in a = {
+        .payload_id = in->payload_id,
+        .tier = in->tier,
+        .tpm = in->tpm_attestation,
+        .server_sha = in->server_key_sha256,
+        .allow_foreign = in->allow_foreign,
+        .signature_checked = in->signature_checked,
+    };
+    veil_cl_sha256(in->request, in->request_len, a.req_sha);
+    veil_cl_sha256(r->body ? r->body : "", r->body ? r->len : 0, a.resp_sha);
+    return a;
+}
+
+veil_client_status veil_cl_verify_signature(veil_engine *e, const veil_trust *t,
+                                            veil_cl_answer *in,
+                                            veil_check_fn on_check, void *ctx,
+                                            veil_client_error *err)
+{
+    veil_cl_checker ck = {.fn = on_check, .ctx = ctx};
+    answer_in a;
+
+    if (t == NULL)
+        return VEIL_CLIENT_OK;
+    a = answer_of(in);
+    if (!answer_headers(in->response, &a, &ck) ||
+        !check_signature(e, t, &a, &ck))
+        return veil_cl_fail(err, VEIL_CLIENT_E_SECURITY, 200, VEIL_E_VERIFY,
+                            "%s (%s)", VEIL_CLIENT_SECURITY_MESSAGE, ck.failed);
+    in->signature_checked = 1;
+    return VEIL_CLIENT_OK;
+}
+
 veil_client_status veil_cl_verify_answer(veil_engine *e, const veil_trust *t,
                                          veil_cl_answer *in,
                                          veil_check_fn on_check, void *ctx,
@@ -373,17 +410,9 @@ veil_client_status veil_cl_verify_answer(veil_engine *e, const veil_trust *t,
 {
     veil_cl_checker ck = {.fn = on_check, .ctx = ctx};
     const veil_cl_http_response *r = in->response;
-    answer_in a = {
-        .payload_id = in->payload_id,
-        .tier = in->tier,
-        .tpm = in->tpm_attestation,
-        .server_sha = in->server_key_sha256,
-        .allow_foreign = in->allow_foreign,
-    };
+    answer_in a = answer_of(in);
     int ok = 1;
     in->quote_checked = 0;
-    veil_cl_sha256(in->request, in->request_len, a.req_sha);
-    veil_cl_sha256(r->body ? r->body : "", r->body ? r->len : 0, a.resp_sha);
     if (t != NULL || evidence != NULL ||
         veil_tier_parse(in->tier) == VEIL_TIER_MAXIMUM)
         ok = answer_headers(r, &a, &ck);

@@ -24,7 +24,20 @@ typedef struct veil_cl_answer {
     int allow_foreign; /* maximum, no trust file: accept an attestation in
                           another format than veil's (unchecked) */
     int quote_checked; /* out: a TPM quote was verified */
+    int signature_checked; /* in/out: the signature was verified already
+                              (veil_cl_verify_signature) */
 } veil_cl_answer;
+
+/* With a trust file, verifies the answer's signature alone, under the
+ * enrolled signing key, before anything is decrypted: its statement
+ * covers the request and the response as sent, so a forged answer is
+ * refused before the client's key (in its token) is used on it.  Sets
+ * a->signature_checked; without a trust file does nothing.  Errors as
+ * veil_cl_verify_answer. */
+veil_client_status veil_cl_verify_signature(veil_engine *e, const veil_trust *t,
+                                            veil_cl_answer *a,
+                                            veil_check_fn on_check, void *ctx,
+                                            veil_client_error *err);
 
 /* Verifies one opened answer: with a trust file, its signature under the
  * enrolled signing key and, on maximum, its quote against the enrolled

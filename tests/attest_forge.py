@@ -23,6 +23,11 @@ veil's C code, and the forgeries the client must reject.
                               (AKDIR/ak.ctx, ak.pub, ak.name, made with
                               tpm2_createak on the same TPM): everything
                               verifies except credential activation.
+  proxy-tamper UPSTREAM PORTFILE
+                              the same man in the middle, but every 200
+                              answer of the completion route has one
+                              character of its AES-GCM ciphertext changed
+                              (the signature headers are passed unchanged)
   handover REPORT TRUST        checks a report's ak_handover (docs/ATTESTATION.md)
                               from the TPM 2.0 structures alone: the previous
                               AK is the one TRUST enrolled, it signed (ECDSA
@@ -213,7 +218,16 @@ def cmd_handover(report_path, trust_path):
     return None
 
 
-def cmd_proxy(upstream, port_file, forge_report):
+def tamper_ciphertext(body):
+    """One base64 character of encrypted_payload.ciphertext changed."""
+    pkg = json.loads(body)
+    ct = pkg["encrypted_payload"]["ciphertext"]
+    i = len(ct) // 2
+    pkg["encrypted_payload"]["ciphertext"] = ct[:i] + ("A" if ct[i] != "A" else "B") + ct[i + 1:]
+    return json.dumps(pkg).encode()
+
+
+def cmd_proxy(upstream, port_file, forge_report, forge_answer=None):
     class Handler(http.server.BaseHTTPRequestHandler):
         def log_message(self, *args):
             pass
@@ -234,6 +248,9 @@ def cmd_proxy(upstream, port_file, forge_report):
             if method == "GET" and self.path.startswith("/v1/attestation/report") \
                     and status == 200:
                 data = json.dumps(forge_report(json.loads(data))).encode()
+            if forge_answer and method == "POST" and status == 200 \
+                    and self.path.startswith("/v1/chat/secure_completion"):
+                data = forge_answer(data)
             self.send_response(status)
             for k, v in headers.items():
                 if k.lower() not in ("content-length", "connection",
@@ -293,6 +310,8 @@ def main(argv):
         why = cmd_handover(argv[2], argv[3])
         print("handover ok" if why is None else "handover refused: " + why)
         return 0 if why is None else 1
+    elif cmd == "proxy-tamper":
+        cmd_proxy(argv[2], argv[3], lambda rep: rep, tamper_ciphertext)
     elif cmd == "proxy-ekcert":
         cmd_proxy(argv[2], argv[3], forge_ek_cert(argv[4]))
     else:

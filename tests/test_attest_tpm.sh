@@ -261,6 +261,25 @@ fi
 check "a model not allowed on maximum: 403 (exit 13)" 13 "not allowed on the maximum tier" -- \
     "$V" chat "${C[@]}" -m plain --tier maximum --trust "$T/trust.json" "not on maximum"
 
+# Verify before decrypt: a man in the middle changes one character of the
+# answer's AES-GCM ciphertext and passes the signature on.  The signature
+# check, made before anything is unwrapped, refuses it: the client's key
+# is never used on a forged answer (were it opened first, the AES-GCM tag
+# would fail first: the error would be the bare security message, without
+# the failed check in parentheses).
+rm -f "$T/tamper.port"
+"$PY" "$FORGE" proxy-tamper "$URL" "$T/tamper.port" >"$T/tamper.log" 2>&1 &
+PROXY_PID=$!
+for _ in $(seq 100); do [ -s "$T/tamper.port" ] && break; sleep 0.05; done
+[ -s "$T/tamper.port" ] || hard "the tampering proxy did not start: $(cat "$T/tamper.log")"
+TURL="http://127.0.0.1:$(cat "$T/tamper.port")"
+check "enrolment through a proxy that passes reports unchanged" 0 "" -- \
+    "$V" attest enroll --url "$TURL" --allow-http --ek-ca "$EKCA" --out "$T/tamper-trust.json"
+check "rejected before decryption: a changed ciphertext under a passed-on signature (exit 19)" 19 "\\(answer signature: ECDSA" -- \
+    "$V" chat --url "$TURL" --allow-http --protocol v1 -m echo --trust "$T/tamper-trust.json" "tampered in transit"
+[ ! -s "$out" ] && ok "nothing printed for the tampered answer" || bad "output for a tampered answer" "$out"
+kill -TERM "$PROXY_PID" 2>/dev/null; wait "$PROXY_PID" 2>/dev/null; PROXY_PID=""
+
 # ------------------------------------------- a restart keeps the enrolment
 # The long-term AK is kept in state_dir (tpm-ak): veild restarted on the
 # same TPM and state answers with the same AK, and the trust file of the
