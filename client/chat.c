@@ -332,8 +332,8 @@ static veil_client_status take_answer(call *k, const veil_cl_http_response *r,
         .server_key_sha256 = k->server->fp,
         .allow_foreign = k->c->cfg.allow_foreign_attestation,
     };
-    veil_client_status st = veil_cl_verify_signature(
-        k->c->engine, k->c->trust, &a, log_check, k, err);
+    veil_client_status st = veil_cl_verify_signature(k->c->engine, k->c->trust,
+                                                     &a, log_check, k, err);
     if (st == VEIL_CLIENT_OK)
         st = open_answer(k, r, payload_id, response, err);
     if (st == VEIL_CLIENT_OK)

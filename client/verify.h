@@ -21,9 +21,9 @@ typedef struct veil_cl_answer {
     const veil_cl_http_response *response; /* body and signature headers */
     const uint8_t *server_key_sha256;      /* the key the request went to */
     const cJSON *tpm_attestation;          /* _metadata.tpm_attestation */
-    int allow_foreign; /* maximum, no trust file: accept an attestation in
-                          another format than veil's (unchecked) */
-    int quote_checked; /* out: a TPM quote was verified */
+    int allow_foreign;     /* maximum, no trust file: accept an attestation in
+                              another format than veil's (unchecked) */
+    int quote_checked;     /* out: a TPM quote was verified */
     int signature_checked; /* in/out: the signature was verified already
                               (veil_cl_verify_signature) */
 } veil_cl_answer;
