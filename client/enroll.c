@@ -21,6 +21,7 @@
 #include <openssl/x509_vfy.h>
 
 #include "ekcert.h"
+#include "pcrpolicy.h"
 #include "package.h"
 #include "trust.h"
 
@@ -47,6 +48,7 @@ typedef struct enroll {
     int ek_verified, has_cert;
     uint8_t cert_sha[32];
     veil_cl_ek_attrs ek_attrs; /* what the EK certificate says of the TPM */
+    veil_cl_pcr_policy policy; /* the verifier's (pcrpolicy.c) */
     veil_pcr_sel sel;
     uint8_t values[VEIL_EV_MAX_PCRS][32];
 } enroll;
@@ -493,6 +495,32 @@ out:
     return st;
 }
 
+/* The quoted PCRs against the verifier's policy; with accept_current,
+ * each value taken is reported. */
+static int check_policy(enroll *en)
+{
+    char why[300], sel[96], hx[65];
+
+    if (!veil_cl_pcr_policy_check(&en->policy, &en->sel,
+                                  (const uint8_t(*)[32])en->values, why,
+                                  sizeof why))
+        return veil_cl_check(&en->ck, "PCR policy", 0, "%s", why);
+    veil_pcr_sel_format(&en->sel, sel, sizeof sel);
+    if (!en->policy.accept_current)
+        return veil_cl_check(&en->ck, "PCR policy", 1,
+                             "%u reference value(s) match; %s recorded",
+                             en->policy.golden_sel.n, sel);
+    for (unsigned i = 0; i < en->sel.n; i++) {
+        veil_hex(en->values[i], 32, hx);
+        veil_cl_check(&en->ck, "PCR accepted", 1,
+                      "PCR %u = %s (trust on first use)", en->sel.index[i], hx);
+    }
+    return veil_cl_check(&en->ck, "PCR policy", 1,
+                         "the values quoted now are accepted (%s); compare "
+                         "them with a known-good image",
+                         sel);
+}
+
 static int check_report_quote(enroll *en)
 {
     veil_cl_quote q;
@@ -523,7 +551,7 @@ static int check_report_quote(enroll *en)
         goto out;
     en->sel = q.sel;
     memcpy(en->values, q.values, sizeof en->values);
-    ok = 1;
+    ok = check_policy(en);
 out:
     veil_cl_quote_free(&q);
     return ok;
@@ -546,6 +574,21 @@ static cJSON *pcrs_json(const veil_pcr_sel *sel,
         return NULL;
     }
     return o;
+}
+
+/* j["pcr_policy"]: {"kind": "golden"|"accepted-current", "required":
+ * "sha256:..." or null}.  1, or 0 (no memory). */
+static int add_policy(cJSON *j, const veil_cl_pcr_policy *p)
+{
+    cJSON *o = cJSON_AddObjectToObject(j, "pcr_policy");
+    char req[96];
+
+    if (!o || !cJSON_AddStringToObject(o, "kind", veil_cl_pcr_policy_name(p)))
+        return 0;
+    if (!p->has_required)
+        return cJSON_AddNullToObject(o, "required") != NULL;
+    veil_pcr_sel_format(&p->required, req, sizeof req);
+    return cJSON_AddStringToObject(o, "required", req) != NULL;
 }
 
 /* The trust file's text (veil-trust-v1) of a checked enrolment; NULL when
@@ -597,7 +640,8 @@ static char *trust_text(const enroll *en)
              cJSON_AddItemToObject(j, "pcr_values", pcrs);
         if (ok)
             pcrs = NULL;
-        ok = ok && cJSON_AddBoolToObject(j, "software_tpm", cJSON_IsTrue(sw));
+        ok = ok && add_policy(j, &en->policy) &&
+             cJSON_AddBoolToObject(j, "software_tpm", cJSON_IsTrue(sw));
     }
     if (ok)
         ok = (text = cJSON_Print(j)) != NULL;
@@ -756,6 +800,11 @@ veil_client_status veil_attest_enroll(const veil_enroll_options *opt,
         (opt->api_key[0] == '\0' || strpbrk(opt->api_key, "\r\n")))
         return veil_cl_fail(err, st, 0, VEIL_E_ARG,
                             "the API key is empty or contains a line break");
+    char why[300];
+    if (!veil_cl_pcr_policy_load(opt->required_pcrs, opt->golden_file,
+                                 opt->accept_current, &en.policy, why,
+                                 sizeof why))
+        return veil_cl_fail(err, st, 0, VEIL_E_ARG, "%s", why);
     /* Refused before any traffic; write_trust still refuses atomically. */
     if (!opt->overwrite && lstat(opt->trust_file, &sb) == 0)
         return veil_cl_fail(err, st, 0, VEIL_E_EXISTS,

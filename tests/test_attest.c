@@ -783,7 +783,7 @@ static char *spki_b64_of(veil_key *k, uint8_t sha[32])
 
 static char *cert_b64(EVP_PKEY *key, EVP_PKEY *ca_key, X509 *ca, long serial)
 {
-    X509 *x = tu_make_cert(key, ca_key, ca, "EK", serial);
+    X509 *x = tu_make_ek_cert(key, ca_key, ca, "id:49424D00", serial);
     unsigned char *der = NULL;
     CU_ASSERT_PTR_NOT_NULL_FATAL(x);
     int n = i2d_X509(x, &der);
@@ -963,6 +963,7 @@ static veil_client_status enroll(const char *out, const char *ca,
     o.url = M.url;
     o.ek_ca_file = ca;
     o.allow_unverified_ek = allow_unverified;
+    o.accept_current = 1;
     o.trust_file = out;
     o.overwrite = overwrite;
     o.allow_http = 1;

@@ -102,11 +102,11 @@ grep -q 'software TPM' "$LOG" \
 # -------------------------------------------------------------- enrolment
 
 check "enrolment with an EK CA that did not issue the EK certificate: refused (exit 19)" 19 "FAIL.*EK certificate" -- \
-    "$V" attest enroll "${C[@]}" --ek-ca "$OTHERCA" --out "$T/bad-trust.json"
+    "$V" attest enroll --accept-current "${C[@]}" --ek-ca "$OTHERCA" --out "$T/bad-trust.json"
 [ ! -e "$T/bad-trust.json" ] && ok "no trust file written after a failed enrolment" || bad "a trust file was written" "$T/bad-trust.json"
 
 check "enrolment against the local EK CA: ENROLLED" 0 "" -- \
-    "$V" attest enroll "${C[@]}" --ek-ca "$EKCA" --out "$T/trust.json"
+    "$V" attest enroll --accept-current "${C[@]}" --ek-ca "$EKCA" --out "$T/trust.json"
 cp "$out" "$T/enroll.out"
 for what in "EK certificate" "activation" "quote" "certif"; do
     grep -qi "^ok .*$what" "$T/enroll.out" \
@@ -116,7 +116,38 @@ done
 [ "$(field "$T/trust.json" 'j["ek_verified"]')" = True ] \
     && ok "trust file: ek_verified true" || bad "trust file ek_verified" "$T/trust.json"
 check "enrolment refuses to overwrite the trust file without --force" 21 "" -- \
-    "$V" attest enroll "${C[@]}" --ek-ca "$EKCA" --out "$T/trust.json"
+    "$V" attest enroll --accept-current "${C[@]}" --ek-ca "$EKCA" --out "$T/trust.json"
+
+# The verifier's PCR policy: enrolment needs reference values or an
+# explicit trust-on-first-use; a golden file that matches enrols, one PCR
+# that differs, a required PCR the gateway does not quote, and a golden
+# PCR outside its selection are each refused naming the PCR.
+check "enrolment without a PCR policy is refused before any traffic (exit 21)" 21 "no PCR policy.*--golden FILE.*--accept-current" -- \
+    "$V" attest enroll "${C[@]}" --ek-ca "$EKCA" --out "$T/nopolicy-trust.json"
+grep -q "PCR accepted.*PCR 10 = " "$T/enroll.out" && ok "--accept-current printed each value it accepted" \
+    || bad "--accept-current did not print the values" "$T/enroll.out"
+[ "$(field "$T/trust.json" 'j["pcr_policy"]["kind"]')" = accepted-current ] \
+    && ok "trust file records the policy it enforces (accepted-current)" || bad "trust file pcr_policy" "$T/trust.json"
+"$PY" -c 'import json,sys; t=json.load(open(sys.argv[1])); json.dump(t["pcr_values"], open(sys.argv[2],"w"))' \
+    "$T/trust.json" "$T/golden.json"
+"$PY" -c 'import json,sys; g=json.load(open(sys.argv[1])); v=g["sha256"]["7"]; g["sha256"]["7"]=("0" if v[0]!="0" else "1")+v[1:]; json.dump(g, open(sys.argv[2],"w"))' \
+    "$T/golden.json" "$T/golden-bad.json"
+"$PY" -c 'import json,sys; g=json.load(open(sys.argv[1])); g["sha256"]["11"]="00"*32; json.dump(g, open(sys.argv[2],"w"))' \
+    "$T/golden.json" "$T/golden-extra.json"
+check "enrolment with a golden file that matches: ENROLLED" 0 "ok .*PCR policy.*reference value\\(s\\) match" -- \
+    "$V" attest enroll --golden "$T/golden.json" --pcrs sha256:0,7 "${C[@]}" --ek-ca "$EKCA" --out "$T/golden-trust.json"
+[ "$(field "$T/golden-trust.json" 'j["pcr_policy"]["kind"] + " " + j["pcr_policy"]["required"]')" = "golden sha256:0,7" ] \
+    && ok "trust file records the golden policy and the required PCRs" || bad "golden trust file pcr_policy" "$T/golden-trust.json"
+check "rejected: one PCR differs from its reference value (exit 19)" 19 "FAIL.*PCR policy.*PCR 7 is [0-9a-f]{64}, the reference value is" -- \
+    "$V" attest enroll --golden "$T/golden-bad.json" "${C[@]}" --ek-ca "$EKCA" --out "$T/golden-bad-trust.json"
+check "rejected: a required PCR the gateway does not quote (exit 19)" 19 "FAIL.*PCR policy.*PCR 11 is required" -- \
+    "$V" attest enroll --accept-current --pcrs sha256:0,7,11 "${C[@]}" --ek-ca "$EKCA" --out "$T/golden-req-trust.json"
+check "rejected: a reference value for a PCR the gateway does not quote (exit 19)" 19 "FAIL.*PCR policy.*PCR 11 has a reference value" -- \
+    "$V" attest enroll --golden "$T/golden-extra.json" "${C[@]}" --ek-ca "$EKCA" --out "$T/golden-extra-trust.json"
+check "--golden and --accept-current together are refused (exit 21)" 21 "exclude each other" -- \
+    "$V" attest enroll --golden "$T/golden.json" --accept-current "${C[@]}" --ek-ca "$EKCA" --out "$T/both-trust.json"
+[ ! -e "$T/golden-bad-trust.json" ] && [ ! -e "$T/golden-req-trust.json" ] && [ ! -e "$T/golden-extra-trust.json" ] \
+    && ok "no trust file for a refused PCR policy" || bad "a trust file was written for a refused PCR policy"
 
 # The EK certificate profile (TCG EK Credential Profile): the TPM's
 # certificate passes and its TPM attributes are recorded; certificates for
@@ -153,7 +184,7 @@ enroll_through_ekcert() {
     PROXY_PID=$!
     for _ in $(seq 100); do [ -s "$EKDIR/proxy.port" ] && break; sleep 0.05; done
     [ -s "$EKDIR/proxy.port" ] || hard "the forging proxy did not start: $(cat "$EKDIR/$1.proxy.log")"
-    check "$2" "$4" "$3" -- "$V" attest enroll --url "http://127.0.0.1:$(cat "$EKDIR/proxy.port")" --allow-http \
+    check "$2" "$4" "$3" -- "$V" attest enroll --accept-current --url "http://127.0.0.1:$(cat "$EKDIR/proxy.port")" --allow-http \
         --ek-ca "$EKCA" --out "$EKDIR/$1-trust.json"
     kill -TERM "$PROXY_PID" 2>/dev/null; wait "$PROXY_PID" 2>/dev/null; PROXY_PID=""
 }
@@ -250,7 +281,7 @@ if (cd "$T" && tpm2_createek -Q -c ek.ctx -G rsa -u ek.pub \
     for _ in $(seq 100); do [ -s "$T/proxy.port" ] && break; sleep 0.05; done
     [ -s "$T/proxy.port" ] || hard "the forging proxy did not start: $(cat "$T/proxy.log")"
     check "rejected: an AK that did not pass credential activation" 19 "FAIL.*activation" -- \
-        "$V" attest enroll --url "http://127.0.0.1:$(cat "$T/proxy.port")" --allow-http \
+        "$V" attest enroll --accept-current --url "http://127.0.0.1:$(cat "$T/proxy.port")" --allow-http \
         --ek-ca "$EKCA" --out "$T/mitm-trust.json" \
         && grep -h 'FAIL' "$out" "$err" | sed 's/^/    /'
     [ ! -e "$T/mitm-trust.json" ] && ok "no trust file for the substituted AK" || bad "trust file written for a substituted AK"
@@ -274,7 +305,7 @@ for _ in $(seq 100); do [ -s "$T/tamper.port" ] && break; sleep 0.05; done
 [ -s "$T/tamper.port" ] || hard "the tampering proxy did not start: $(cat "$T/tamper.log")"
 TURL="http://127.0.0.1:$(cat "$T/tamper.port")"
 check "enrolment through a proxy that passes reports unchanged" 0 "" -- \
-    "$V" attest enroll --url "$TURL" --allow-http --ek-ca "$EKCA" --out "$T/tamper-trust.json"
+    "$V" attest enroll --accept-current --url "$TURL" --allow-http --ek-ca "$EKCA" --out "$T/tamper-trust.json"
 check "rejected before decryption: a changed ciphertext under a passed-on signature (exit 19)" 19 "\\(answer signature: ECDSA" -- \
     "$V" chat --url "$TURL" --allow-http --protocol v1 -m echo --trust "$T/tamper-trust.json" "tampered in transit"
 [ ! -s "$out" ] && ok "nothing printed for the tampered answer" || bad "output for a tampered answer" "$out"
@@ -313,7 +344,7 @@ veild_start perreq --server-key "$TTOK;object=att-server" \
     --model echo=echo,tiers=standard+maximum --rate 100 --burst 100
 URL2=$VEILD_URL
 check "per-request AKs: enrolment" 0 "" -- \
-    "$V" attest enroll --url "$URL2" --allow-http --ek-ca "$EKCA" --out "$T/trust2.json"
+    "$V" attest enroll --accept-current --url "$URL2" --allow-http --ek-ca "$EKCA" --out "$T/trust2.json"
 check "per-request AKs: a maximum answer verifies" 0 "" -- \
     "$V" chat --url "$URL2" --allow-http -m echo --tier maximum --trust "$T/trust2.json" --evidence "$T/ev3.json" "fresh AK"
 [ "$(field "$T/ev3.json" 'j["tpm_attestation"]["aik_certify"] is not None')" = True ] \

@@ -602,12 +602,14 @@ static int add_ext(X509 *cert, X509 *issuer, int nid, const char *value)
     return ok;
 }
 
-X509 *tu_make_cert(EVP_PKEY *key, EVP_PKEY *signer, X509 *issuer,
-                   const char *cn, long serial)
+/* A certificate for key named cn, issued by issuer (NULL: itself), valid
+ * for a day, with its subject key identifier; no other extension yet.
+ * NULL on failure. */
+static X509 *cert_new(EVP_PKEY *key, X509 *issuer, const char *cn, long serial)
 {
     X509 *x = X509_new();
     X509_NAME *name;
-    int ca = issuer == NULL, ok;
+    int ok;
 
     if (x == NULL)
         return NULL;
@@ -619,8 +621,68 @@ X509 *tu_make_cert(EVP_PKEY *key, EVP_PKEY *signer, X509 *issuer,
          X509_set_pubkey(x, key) &&
          X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC,
                                     (const unsigned char *)cn, -1, -1, 0) &&
-         X509_set_issuer_name(x, ca ? name : X509_get_subject_name(issuer));
-    ok = ok && add_ext(x, ca ? x : issuer, NID_subject_key_identifier, "hash");
+         X509_set_issuer_name(x, issuer ? X509_get_subject_name(issuer)
+                                        : name) &&
+         add_ext(x, issuer ? issuer : x, NID_subject_key_identifier, "hash");
+    if (!ok) {
+        X509_free(x);
+        return NULL;
+    }
+    return x;
+}
+
+X509 *tu_make_ek_cert(EVP_PKEY *key, EVP_PKEY *signer, X509 *issuer,
+                      const char *manufacturer, long serial)
+{
+    static const char *const attrs[][2] = {
+        {"2.23.133.2.1", NULL}, /* tpmManufacturer */
+        {"2.23.133.2.2", "veil-test-tpm"}, /* tpmModel */
+        {"2.23.133.2.3", "id:00010002"},   /* tpmVersion */
+    };
+    X509 *x = cert_new(key, issuer, "EK", serial);
+    GENERAL_NAMES *gens = sk_GENERAL_NAME_new_null();
+    GENERAL_NAME *g = GENERAL_NAME_new();
+    X509_NAME *dn = X509_NAME_new();
+    int ok = x && gens && g && dn;
+
+    for (size_t i = 0; ok && i < sizeof attrs / sizeof attrs[0]; i++)
+        ok = X509_NAME_add_entry_by_txt(
+            dn, attrs[i][0], MBSTRING_UTF8,
+            (const unsigned char *)(attrs[i][1] ? attrs[i][1] : manufacturer),
+            -1, -1, 0);
+    if (ok) {
+        GENERAL_NAME_set0_value(g, GEN_DIRNAME, dn);
+        dn = NULL;
+        ok = sk_GENERAL_NAME_push(gens, g) > 0;
+        if (ok)
+            g = NULL;
+    }
+    ok = ok &&
+         add_ext(x, issuer, NID_basic_constraints, "critical,CA:FALSE") &&
+         add_ext(x, issuer, NID_key_usage, "critical,keyEncipherment") &&
+         add_ext(x, issuer, NID_ext_key_usage, "2.23.133.8.1") &&
+         X509_add1_ext_i2d(x, NID_subject_alt_name, gens, 1,
+                           X509V3_ADD_DEFAULT) == 1 &&
+         add_ext(x, issuer, NID_authority_key_identifier, "keyid:always") &&
+         X509_sign(x, signer, EVP_sha256()) > 0;
+    X509_NAME_free(dn);
+    GENERAL_NAME_free(g);
+    GENERAL_NAMES_free(gens);
+    if (!ok) {
+        X509_free(x);
+        return NULL;
+    }
+    return x;
+}
+
+X509 *tu_make_cert(EVP_PKEY *key, EVP_PKEY *signer, X509 *issuer,
+                   const char *cn, long serial)
+{
+    X509 *x = cert_new(key, issuer, cn, serial);
+    int ca = issuer == NULL, ok = x != NULL;
+
+    if (x == NULL)
+        return NULL;
     if (ca) {
         ok = ok && add_ext(x, x, NID_basic_constraints, "critical,CA:TRUE") &&
              add_ext(x, x, NID_key_usage, "critical,keyCertSign,cRLSign");

@@ -82,6 +82,12 @@ int tu_uri_escape(const char *in, char *out, size_t out_size);
  * Valid from an hour ago for a day.  NULL on failure; X509_free it. */
 X509 *tu_make_cert(EVP_PKEY *key, EVP_PKEY *signer, X509 *issuer,
                    const char *cn, long serial);
+/* An EK certificate by the TCG EK Credential Profile for key (an RSA EK),
+ * issued by issuer with signer: keyEncipherment, the EK purpose
+ * (2.23.133.8.1), CA:FALSE, and the TPM's manufacturer ("id:49424D00"),
+ * model and version in a critical subject alternative name. */
+X509 *tu_make_ek_cert(EVP_PKEY *key, EVP_PKEY *signer, X509 *issuer,
+                      const char *manufacturer, long serial);
 
 /* ---- the client ----------------------------------------------------- */
 

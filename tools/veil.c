@@ -187,6 +187,7 @@ static const char usage_models[] =
 
 static const char usage_enroll[] =
     "usage: veil attest enroll --url URL --out FILE [--ek-ca FILE]\n"
+    "                          --golden FILE | --accept-current [--pcrs SEL]\n"
     "                          [--allow-unverified-ek] [--force] [OPTIONS]\n"
     "Fetches the gateway's attestation report on a fresh nonce and checks\n"
     "it: the EK certificate against --ek-ca, that the certificate holds the\n"
@@ -203,6 +204,12 @@ static const char usage_enroll[] =
     "                         an intermediate, or both)\n"
     "  --allow-unverified-ek  enrol without checking the EK certificate\n"
     "                         (recorded in the trust file as unverified)\n"
+    "  --golden FILE          the PCR values you expect, JSON {\"sha256\":\n"
+    "                         {\"0\": \"<64 hex>\", ...}}: each must be quoted\n"
+    "                         and equal, or enrolment fails naming the PCR\n"
+    "  --accept-current       trust the values quoted now (trust on first\n"
+    "                         use), each printed; one of the two is needed\n"
+    "  --pcrs SEL             PCRs the gateway must quote, e.g. sha256:0,7\n"
     "  --force                replace an existing trust file\n"
     "Also --api-key-file, --allow-http, --ca-file, --timeout, -v: see\n"
     "'veil --help'.\n";
@@ -232,6 +239,8 @@ struct opts {
     int has_temperature;
     int allow_http, verbose, help, json, fingerprint;
     int allow_unverified_ek, force;
+    const char *pcrs, *golden; /* attest enroll: the PCR policy */
+    int accept_current;
     int url_given; /* --url on the command line (not $VEIL_URL) */
     int raw, allow_foreign, allow_small_exponent;
     veil_client_protocol protocol;
@@ -692,6 +701,9 @@ static unsigned option_cmds(int c)
         return ON(CMD_CHAT) | ON(CMD_VERIFY);
     case 'E': /* --ek-ca */
     case 'U': /* --allow-unverified-ek */
+    case 'z': /* --pcrs */
+    case 'G': /* --golden */
+    case 'c': /* --accept-current */
     case 'O': /* --out */
     case 'F': /* --force */
         return ON(CMD_ENROLL);
@@ -824,6 +836,9 @@ static int parse_opts(int argc, char **argv, enum cmd cmd, struct opts *o)
         {"trust", required_argument, NULL, 'R'},
         {"evidence", required_argument, NULL, 'V'},
         {"ek-ca", required_argument, NULL, 'E'},
+        {"pcrs", required_argument, NULL, 'z'},
+        {"golden", required_argument, NULL, 'G'},
+        {"accept-current", no_argument, NULL, 'c'},
         {"allow-unverified-ek", no_argument, NULL, 'U'},
         {"out", required_argument, NULL, 'O'},
         {"force", no_argument, NULL, 'F'},
@@ -895,6 +910,15 @@ static int parse_opts(int argc, char **argv, enum cmd cmd, struct opts *o)
             break;
         case 'U':
             o->allow_unverified_ek = 1;
+            break;
+        case 'z':
+            o->pcrs = optarg;
+            break;
+        case 'G':
+            o->golden = optarg;
+            break;
+        case 'c':
+            o->accept_current = 1;
             break;
         case 'O':
             o->out_file = optarg;
@@ -1707,6 +1731,9 @@ static int cmd_enroll(const struct opts *o, veil_secbuf *api_key)
     eo.url = o->url;
     eo.ek_ca_file = o->ek_ca;
     eo.allow_unverified_ek = o->allow_unverified_ek;
+    eo.required_pcrs = o->pcrs;
+    eo.golden_file = o->golden;
+    eo.accept_current = o->accept_current;
     eo.trust_file = o->out_file;
     eo.overwrite = o->force;
     eo.api_key = api_key ? (const char *)veil_secbuf_data(api_key) : NULL;

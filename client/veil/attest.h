@@ -36,6 +36,18 @@ typedef struct veil_enroll_options {
                                stop enrolment only when allow_unverified_ek
                                is set; otherwise enrolment fails) */
     int allow_unverified_ek;
+    /* The verifier's PCR policy (one of golden_file and accept_current):
+     *   required_pcrs: "sha256:0,7": the gateway's quote must cover these
+     *     (NULL: none beyond the golden file's);
+     *   golden_file: reference values, JSON {"sha256": {"0": "<64 hex>",
+     *     ...}} (the trust file's pcr_values shape): each must be quoted
+     *     and equal;
+     *   accept_current: trust on first use, chosen explicitly: the values
+     *     quoted now are recorded (each reported as a check).
+     * Neither: VEIL_CLIENT_E_CONFIG before any traffic. */
+    const char *required_pcrs;
+    const char *golden_file;
+    int accept_current;
     const char *trust_file; /* written here (0644; refuses to overwrite
                                unless overwrite is set) */
     int overwrite;
