@@ -64,8 +64,8 @@ static int golden_load(const char *path, veil_cl_pcr_policy *p, char *why,
         unsigned long i = strtoul(v->string, &end, 10);
         if (*v->string == '\0' || *end || i >= VEIL_EV_MAX_PCRS ||
             sel_has(&p->golden_sel, (unsigned)i, NULL) ||
-            !veil_cl_json_hex(bank, v->string,
-                              p->golden[p->golden_sel.n], 32)) {
+            !veil_cl_json_hex(bank, v->string, p->golden[p->golden_sel.n],
+                              32)) {
             snprintf(why, n,
                      "the golden file %s: PCR \"%s\" is not an index 0 to 23 "
                      "given once with 64 hex digits",

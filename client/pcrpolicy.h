@@ -12,7 +12,7 @@
 
 typedef struct veil_cl_pcr_policy {
     int has_required;
-    veil_pcr_sel required; /* PCRs the gateway's selection must hold */
+    veil_pcr_sel required;   /* PCRs the gateway's selection must hold */
     veil_pcr_sel golden_sel; /* PCRs with reference values, as read */
     uint8_t golden[VEIL_EV_MAX_PCRS][32];
     int accept_current; /* trust on first use, chosen explicitly */

@@ -621,8 +621,8 @@ static X509 *cert_new(EVP_PKEY *key, X509 *issuer, const char *cn, long serial)
          X509_set_pubkey(x, key) &&
          X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC,
                                     (const unsigned char *)cn, -1, -1, 0) &&
-         X509_set_issuer_name(x, issuer ? X509_get_subject_name(issuer)
-                                        : name) &&
+         X509_set_issuer_name(x,
+                              issuer ? X509_get_subject_name(issuer) : name) &&
          add_ext(x, issuer ? issuer : x, NID_subject_key_identifier, "hash");
     if (!ok) {
         X509_free(x);
@@ -635,7 +635,7 @@ X509 *tu_make_ek_cert(EVP_PKEY *key, EVP_PKEY *signer, X509 *issuer,
                       const char *manufacturer, long serial)
 {
     static const char *const attrs[][2] = {
-        {"2.23.133.2.1", NULL}, /* tpmManufacturer */
+        {"2.23.133.2.1", NULL},            /* tpmManufacturer */
         {"2.23.133.2.2", "veil-test-tpm"}, /* tpmModel */
         {"2.23.133.2.3", "id:00010002"},   /* tpmVersion */
     };
@@ -657,8 +657,7 @@ X509 *tu_make_ek_cert(EVP_PKEY *key, EVP_PKEY *signer, X509 *issuer,
         if (ok)
             g = NULL;
     }
-    ok = ok &&
-         add_ext(x, issuer, NID_basic_constraints, "critical,CA:FALSE") &&
+    ok = ok && add_ext(x, issuer, NID_basic_constraints, "critical,CA:FALSE") &&
          add_ext(x, issuer, NID_key_usage, "critical,keyEncipherment") &&
          add_ext(x, issuer, NID_ext_key_usage, "2.23.133.8.1") &&
          X509_add1_ext_i2d(x, NID_subject_alt_name, gens, 1,
