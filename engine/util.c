@@ -64,8 +64,7 @@ veil_rc veil_uuid4(veil_engine *e, char out[37])
     return VEIL_OK;
 }
 
-void veil_logf(const veil_logger *l, veil_log_level level, const char *fmt,
-               ...)
+void veil_logf(const veil_logger *l, veil_log_level level, const char *fmt, ...)
 {
     char line[512];
     va_list ap;

@@ -46,8 +46,8 @@ typedef struct veil_logger {
     veil_log_level level;
 } veil_logger;
 
-void veil_logf(const veil_logger *l, veil_log_level level, const char *fmt,
-               ...) __attribute__((format(printf, 3, 4)));
+void veil_logf(const veil_logger *l, veil_log_level level, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 
 /* The path of a file that holds a secret (PIN, API keys, the backend's
  * key): "credential:NAME" is NAME in systemd's $CREDENTIALS_DIRECTORY

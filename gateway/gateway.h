@@ -176,6 +176,16 @@ const gw_model *gw_config_model(const gw_config *cfg, const char *id);
  * tls_cert, tls_key, api_keys, rate, burst, log_level, upstream_timeout,
  * connect_timeout, ipv6_prefix, shutdown_grace and the models. */
 int gw_config_live(const char *name);
+
+/* Every file cfg names, checked at once (check.c): the API keys file (and
+ * operator_keys), each model's upstream_key_file, the TLS certificate and
+ * key as a pair, tpm_certify_key; with_secrets also reads the PIN sources
+ * that name a file or variable (veild --check-config; a start leaves that
+ * to the token login).  Each problem goes to report; returns how many.
+ * No token is opened. */
+unsigned gw_config_check_files(const gw_config *cfg, int with_secrets,
+                               void (*report)(void *ctx, const char *problem),
+                               void *ctx);
 /* For a reload: every other setting that differs in next (just read and
  * checked) from now (running) gets now's value back, and report(ctx,
  * name) says so (it needs a restart; values are never passed: some are

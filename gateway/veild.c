@@ -28,6 +28,9 @@ static const char usage[] =
     "\n"
     "  --config FILE   read settings from FILE (format: docs/GATEWAY.md);\n"
     "                  flags override it wherever they stand\n"
+    "  --check-config  check the settings and every file they name (API\n"
+    "                  keys, backend keys, TLS pair, PIN files), list every\n"
+    "                  problem, exit 0 or 2; no token is opened\n"
     "  -h, --help      this help\n"
     "  --version       print the version\n"
     "\n"
@@ -366,10 +369,9 @@ static int open_state(gw_deps *d, const gw_config *cfg)
         veil_logf(&logger, VEIL_LOG_ERROR, "out of memory");
         return -1;
     }
-    if (cfg->v2 &&
-        (d->kem = gw_kem_open(d->engine, cfg->server_key, cfg->kem_rotate,
-                              cfg->kem_grace, &logger, err, sizeof err)) ==
-            NULL) {
+    if (cfg->v2 && (d->kem = gw_kem_open(d->engine, cfg->server_key,
+                                         cfg->kem_rotate, cfg->kem_grace,
+                                         &logger, err, sizeof err)) == NULL) {
         veil_logf(&logger, VEIL_LOG_ERROR, "%s", err);
         return -1;
     }
@@ -529,6 +531,39 @@ static int serve(gw_deps *d, svc_run *run, int argc, char **argv)
     return 0;
 }
 
+/* Prints one problem of --check-config (or of a start). */
+static void print_problem(void *ctx, const char *problem)
+{
+    fprintf(stderr, "veild: %s%s\n", ctx ? (const char *)ctx : "", problem);
+}
+
+/* veild --check-config: the settings (every problem of a config file
+ * at once), then every file they name (the PIN sources read too, no
+ * token opened).  0 when all is well, else 2. */
+static int check_config(int argc, char **argv, gw_config *cfg)
+{
+    char err[4096];
+    unsigned n;
+
+    if (read_settings(argc, argv, cfg, err, sizeof err) != 0) {
+        char *save = NULL;
+        for (char *line = strtok_r(err, "\n", &save); line;
+             line = strtok_r(NULL, "\n", &save))
+            print_problem("check: ", line);
+        return VEIL_EXIT_USAGE;
+    }
+    n = gw_config_check_files(cfg, 1, print_problem, "check: ");
+    if (n) {
+        fprintf(stderr, "veild: check: %u problem(s)\n", n);
+        return VEIL_EXIT_USAGE;
+    }
+    printf("veild: configuration OK: %zu model(s)%s%s (tokens were not "
+           "opened)\n",
+           cfg->n_models, cfg->api_keys ? ", API keys" : "",
+           cfg->tls_cert ? ", TLS" : "");
+    return 0;
+}
+
 /* -h/--help or --version anywhere: printed, and 1. */
 static int help_or_version(int argc, char **argv)
 {
@@ -559,7 +594,23 @@ int main(int argc, char **argv)
         gw_config_free(&cfg);
         return 0;
     }
+    /* --check-config anywhere: check and exit, nothing started */
+    int check = 0, n = 0;
+    for (int i = 0; i < argc; i++) {
+        if (i > 0 && !strcmp(argv[i], "--check-config"))
+            check = 1;
+        else
+            argv[n++] = argv[i];
+    }
+    argc = n;
+    if (check) {
+        int crc = check_config(argc, argv, &cfg);
+        gw_config_free(&cfg);
+        return crc;
+    }
     int rc = parse_args(argc, argv, &cfg);
+    if (rc == 0 && gw_config_check_files(&cfg, 0, print_problem, NULL) != 0)
+        rc = VEIL_EXIT_USAGE;
     if (rc != 0) {
         gw_config_free(&cfg);
         return rc;

@@ -63,7 +63,8 @@ void veil_ev_report_qualifying(const uint8_t *nonce, size_t nonce_len,
  *   signed_at=<decimal Unix seconds>
  * Written into out (NUL-terminated); returns its length, or 0 when out is
  * too small (VEIL_EV_STATEMENT_MAX always suffices) or an argument is bad
- * (payload_id not one by veil_payload_id_valid, tier with a character outside [a-z]). */
+ * (payload_id not one by veil_payload_id_valid, tier with a character outside
+ * [a-z]). */
 #define VEIL_EV_STATEMENT_MAX 512
 size_t veil_ev_statement(const char *payload_id, const char *tier,
                          const uint8_t request_sha256[32],

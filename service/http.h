@@ -89,6 +89,10 @@ unsigned svc_http_port(const svc_http *h);
  * plain HTTP. */
 int svc_http_reload_tls(svc_http *h, const char *cert, const char *key,
                         char *err, size_t err_size);
+/* Reads and checks a TLS certificate chain and its key as a start would
+ * (veild --check-config): 0, or -1 with err naming the file. */
+int svc_http_check_tls(const char *cert, const char *key, char *err,
+                       size_t err_size);
 /* Stops accepting, lets requests in flight finish (at most grace_s
  * seconds), then stops and frees h.  Returns the number of requests cut
  * off. */

@@ -205,3 +205,14 @@ int svc_http_reload_tls(svc_http *h, const char *cert, const char *key,
     pthread_mutex_unlock(&h->tls_lock);
     return 0;
 }
+
+int svc_http_check_tls(const char *cert, const char *key, char *err,
+                       size_t err_size)
+{
+    svc_tls *t = svc_tls_load(cert, key, err, err_size);
+
+    if (t == NULL)
+        return -1;
+    svc_tls_free(t);
+    return 0;
+}

@@ -566,6 +566,12 @@ static int load_line(const svc_table *t, void *base, section *sec, char *s,
     }
     *eq = '\0';
     name = trim(s);
+    /* a '#' after a blank starts a comment, on a value's line too */
+    for (char *c = eq + 1; *c; c++)
+        if (*c == '#' && c > eq + 1 && (c[-1] == ' ' || c[-1] == '\t')) {
+            *c = '\0';
+            break;
+        }
     value = trim(eq + 1);
     if (!*name) {
         svc_put_err(msg, msize, "expected NAME = VALUE");
@@ -618,7 +624,44 @@ static FILE *open_file(const char *path, char *err, size_t err_size)
     return f;
 }
 
-/* The lines of f; 0, or -1 with "FILE:LINE: problem" in err. */
+/* One more problem into err: the first as it is, each later one on a
+ * line of its own (as long as err has room); *rc becomes -1. */
+static void problem(char *err, size_t err_size, int *rc, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static void problem(char *err, size_t err_size, int *rc, const char *fmt, ...)
+{
+    size_t used = *rc == 0 || err == NULL ? 0 : strlen(err);
+    va_list ap;
+
+    if (err != NULL && err_size > used + 1) {
+        if (used)
+            err[used++] = '\n';
+        va_start(ap, fmt);
+        vsnprintf(err + used, err_size - used, fmt, ap);
+        va_end(ap);
+    }
+    *rc = -1;
+}
+
+/* Ends the open section: checked (a problem into err), or, when one of
+ * its lines was already refused (bad), dropped without more words. */
+static void section_end(const svc_table *t, void *base, section *sec, int bad,
+                        const char *path, char *err, size_t err_size, int *rc)
+{
+    char sub[MSG_SIZE];
+
+    if (sec->open && bad) {
+        sec->open = 0;
+        t->section->discard(base);
+    } else if (section_close(t, base, sec, path, sub, sizeof sub) != 0) {
+        problem(err, err_size, rc, "%s", sub);
+    }
+}
+
+/* The lines of f, every one of them: 0, or -1 with each problem as
+ * "FILE:LINE: problem" on a line of err.  A problem does not cascade: the
+ * lines of a section whose header was refused are skipped, and a section
+ * with a refused line is not checked again as a whole. */
 static int load_lines(const svc_table *t, void *base, FILE *f, section *sec,
                       const char *path, char *err, size_t err_size)
 {
@@ -626,31 +669,37 @@ static int load_lines(const svc_table *t, void *base, FILE *f, section *sec,
     size_t cap = 0;
     ssize_t got;
     unsigned line = 0;
-    int rc = 0;
+    int rc = 0, skip = 0, bad = 0;
 
-    while (rc == 0 && (got = getline(&buf, &cap, f)) >= 0) {
+    while ((got = getline(&buf, &cap, f)) >= 0) {
         char *s;
 
         line++;
         if ((size_t)got > LINE_MAX_LEN) {
-            svc_put_err(err, err_size,
-                        "%s:%u: line too long (at most %d bytes)", path, line,
-                        LINE_MAX_LEN);
-            rc = -1;
+            problem(err, err_size, &rc,
+                    "%s:%u: line too long (at most %d bytes)", path, line,
+                    LINE_MAX_LEN);
+            bad = 1;
         } else if (strlen(buf) != (size_t)got) {
-            svc_put_err(err, err_size, "%s:%u: contains a NUL byte", path,
-                        line);
-            rc = -1;
+            problem(err, err_size, &rc, "%s:%u: contains a NUL byte", path,
+                    line);
+            bad = 1;
         } else if (!*(s = trim(buf)) || *s == '#') {
             continue;
-        } else if (*s == '[' &&
-                   section_close(t, base, sec, path, err, err_size) != 0) {
-            rc = -1;
-        } else if (load_line(t, base, sec, s, line, msg, sizeof msg) != 0) {
-            svc_put_err(err, err_size, "%s:%u: %s", path, line, msg);
-            rc = -1;
+        } else if (*s == '[') {
+            section_end(t, base, sec, bad, path, err, err_size, &rc);
+            bad = skip = 0;
+            if (load_line(t, base, sec, s, line, msg, sizeof msg) != 0) {
+                problem(err, err_size, &rc, "%s:%u: %s", path, line, msg);
+                skip = 1;
+            }
+        } else if (!skip &&
+                   load_line(t, base, sec, s, line, msg, sizeof msg) != 0) {
+            problem(err, err_size, &rc, "%s:%u: %s", path, line, msg);
+            bad = 1;
         }
     }
+    section_end(t, base, sec, bad, path, err, err_size, &rc);
     if (rc == 0 && ferror(f)) {
         svc_put_err(err, err_size, "%s: %s", path, strerror(errno));
         rc = -1;
@@ -678,8 +727,6 @@ int svc_settings_load(const svc_table *t, void *base, const char *path,
         return -1;
     }
     rc = load_lines(t, base, f, sec, path, err, err_size);
-    if (rc == 0)
-        rc = section_close(t, base, sec, path, err, err_size);
     if (sec->open)
         t->section->discard(base);
     free(sec);

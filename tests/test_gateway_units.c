@@ -340,9 +340,29 @@ static void test_config_file_errors(void)
     CU_ASSERT_TRUE(load_fails_with("\n\nport =\n", "3: port: needs a value"));
     CU_ASSERT_TRUE(load_fails_with(
         "#\nport = 70000\n", "2: port: '70000' is not a port (1-65535, or 0)"));
-    CU_ASSERT_TRUE(load_fails_with(
-        "port = 8443 # https\n",
-        "1: port: '8443 # https' is not a port (1-65535, or 0)"));
+    /* a '#' after a blank starts a comment */
+    CU_ASSERT_EQUAL(load_text(&cfg, "port = 8443 # https\n", err, sizeof err),
+                    GW_OK);
+    CU_ASSERT_EQUAL(cfg.port, 8443);
+    gw_config_free(&cfg);
+    /* every problem of a file at once, one a line, none cascading */
+    {
+        char all[1024];
+        const char *nl;
+
+        CU_ASSERT_EQUAL(load_text(&cfg,
+                                  "rate = abc\n[model a]\nupstream = ftp://x\n"
+                                  "[model b]\nupstream = echo\nworkers = 0\n",
+                                  all, sizeof all),
+                        GW_REFUSED);
+        nl = strchr(all, '\n');
+        CU_ASSERT_PTR_NOT_NULL(strstr(all, "veild.conf:1: rate: 'abc'"));
+        CU_ASSERT_PTR_NOT_NULL(strstr(all, "veild.conf:3: 'ftp://x'"));
+        CU_ASSERT_PTR_NOT_NULL(strstr(all, "veild.conf:6: "));
+        CU_ASSERT_PTR_NULL(strstr(all, "has no upstream")); /* no cascade */
+        CU_ASSERT_PTR_NOT_NULL(nl);
+        gw_config_free(&cfg);
+    }
     CU_ASSERT_TRUE(load_fails_with(
         "workers = 0\n", "1: workers: '0' is not a whole number from 1 to "
                          "256"));
@@ -580,10 +600,11 @@ static void test_config_numbers(void)
         "server_key", "pkcs11:token=veil;object=s?pin-value=4711",
         "--server-key: a PIN in the URI (pin-value) is refused; use "
         "pin_source"));
-    CU_ASSERT_TRUE(set_fails_with(
-        "pin_source", "4711",
-        "--pin-source: must be file:PATH, credential:NAME, env:NAME, prompt or none (a PIN "
-        "itself is never accepted)"));
+    CU_ASSERT_TRUE(
+        set_fails_with("pin_source", "4711",
+                       "--pin-source: must be file:PATH, credential:NAME, "
+                       "env:NAME, prompt or none (a PIN "
+                       "itself is never accepted)"));
     CU_ASSERT_TRUE(set_fails_with("pin_source", "file:", NULL));
     gw_config_init(&cfg);
     CU_ASSERT_TRUE(set_ok(&cfg, "pin_source", "prompt"));
@@ -823,10 +844,10 @@ static void test_config_attestation(void)
         "signing_key", "pkcs11:token=veil;object=s;pin-value=4711",
         "--signing-key: a PIN in the URI (pin-value) is refused; use "
         "pin_source"));
-    CU_ASSERT_TRUE(set_fails_with(
-        "tpm_certify_key_auth", "4711",
-        "--tpm-certify-key-auth: must be file:PATH, credential:NAME, env:NAME, prompt or none "
-        "(a PIN itself is never accepted)"));
+    CU_ASSERT_TRUE(set_fails_with("tpm_certify_key_auth", "4711",
+                                  "--tpm-certify-key-auth: must be file:PATH, "
+                                  "credential:NAME, env:NAME, prompt or none "
+                                  "(a PIN itself is never accepted)"));
 
     /* retention and capacity: both ends */
     CU_ASSERT_TRUE(set_fails_with(

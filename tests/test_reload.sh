@@ -223,10 +223,10 @@ check "a port in use is named at start-up (1)" 1 \
     "${VD[@]}" --port "$VEILD_PORT"
 grep -q "Failed to bind to port" "$err" && bad "MHD's 'Failed to bind to port' is still shown" "$err" ||
     ok "no 'Failed to bind to port 0'"
-check "a certificate and key that do not match stop the start, naming the key file (1)" 1 \
+check "a certificate and key that do not match stop the start, naming the key file (2, configuration)" 2 \
     "tls_key $FIXTURE_TLS_DIR/server.key is not the key of the certificate in tls_cert $T/tls2.pem" -- \
     "${VD[@]}" --port 0 --tls-cert "$T/tls2.pem" --tls-key "$FIXTURE_TLS_DIR/server.key"
-check "a key given as the certificate is named (1)" 1 "tls_cert $T/tls2.key: not a PEM certificate chain" -- \
+check "a key given as the certificate is named (2, configuration)" 2 "tls_cert $T/tls2.key: not a PEM certificate chain" -- \
     "${VD[@]}" --port 0 --tls-cert "$T/tls2.key" --tls-key "$T/tls2.key"
 
 # Never an exit on SIGHUP; a clean stop on SIGTERM.

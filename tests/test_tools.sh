@@ -141,6 +141,32 @@ else
 fi
 veild_stop || { echo "FAIL: veild (credentials) stop"; fail=$((fail+1)); }
 
+# veild --check-config: every problem of a file at once, then the files it
+# names; inline comments; a missing backend key file stops a start; the
+# shipped example starts as it is (its token, key and PIN given as flags).
+CC="$VEIL_TEST_DIR/check-config"
+mkdir -p "$CC"
+printf 'port = 8443   # the port, with a comment\nrate = abc\nworkers = 0\n' >"$CC/two.conf"
+check "--check-config lists every problem of a file at once (2)" 2 "two.conf:2: rate: .*" -- \
+    "$VD" --config "$CC/two.conf" --server-key "$TOK;object=gw" --check-config
+grep -q "two.conf:3: workers" "$err" && pass=$((pass+1)) || { echo "FAIL: the second problem is not listed"; cat "$err"; fail=$((fail+1)); }
+grep -q "two.conf:1" "$err" && { echo "FAIL: an inline comment was taken as part of the value"; fail=$((fail+1)); } || pass=$((pass+1))
+printf '[model m]\nupstream = http://127.0.0.1:9/v1\nupstream_key_file = %s/no-such.key\n' "$CC" >"$CC/key.conf"
+check "--check-config names a missing backend key file and API keys file (2)" 2 "model m: upstream_key_file .*no-such.key" -- \
+    "$VD" --config "$CC/key.conf" --server-key "$TOK;object=gw" --api-keys "$CC/no-such-keys" --check-config
+grep -q "api_keys: .*no-such-keys" "$err" && pass=$((pass+1)) || { echo "FAIL: api_keys not listed"; cat "$err"; fail=$((fail+1)); }
+check "a start stops at a missing backend key file, before the token (2)" 2 "upstream_key_file .*no-such.key" -- \
+    timeout 120 "$VD" --config "$CC/key.conf" --server-key "$TOK;object=gw" --module "$MOD" --pin-source "$RIGHT" --state-dir "$CC/st"
+grep -q "C_Login\|listening" "$err" && { echo "FAIL: veild went on to the token"; fail=$((fail+1)); } || pass=$((pass+1))
+check "--check-config on the shipped example (its token and PIN as flags): OK" 0 "configuration OK" -- \
+    "$VD" --config "$VEIL_SRCDIR/docs/veild.conf.example" --server-key "$TOK;object=gw" --module "$MOD" \
+    --pin-source "$RIGHT" --check-config
+veild_start example --config "$VEIL_SRCDIR/docs/veild.conf.example" --server-key "$TOK;object=gw" --module "$MOD" \
+    --pin-source "$RIGHT" --state-dir "$CC/example.state"
+curl -sf "$VEILD_URL/pki/public_key" >/dev/null && { echo "ok: the shipped example starts as it is"; pass=$((pass+1)); } \
+    || { echo "FAIL: the shipped example did not serve"; cat "$VEILD_LOG"; fail=$((fail+1)); }
+veild_stop || { echo "FAIL: veild (example) stop"; fail=$((fail+1)); }
+
 # Nothing secret on stdout or stderr of any command above.
 if grep -rqF "$(head -1 "$VEIL_TEST_PIN_FILE")" "$out" "$err"; then echo "FAIL: PIN printed"; fail=$((fail+1)); else pass=$((pass+1)); fi
 
