@@ -2202,9 +2202,9 @@ static void test_attestation_api_keys(void)
     uint8_t h[32];
     char lines[600] = "", dir[512], path[600], url[256], bearer[128], hx[65];
     char other[128], oper[128];
-    const char *extra[] = {TOKEN_KEY,    SIGNING_KEY, "--model",
-                           "echo=echo",  "--api-keys", path,
-                           "--operator-keys", "ops", NULL};
+    const char *extra[] = {TOKEN_KEY,         SIGNING_KEY,  "--model",
+                           "echo=echo",       "--api-keys", path,
+                           "--operator-keys", "ops",        NULL};
     const char *with_key[] = {bearer, NULL};
     const char *with_other[] = {other, NULL}, *with_oper[] = {oper, NULL};
     http_resp r;
@@ -2295,13 +2295,20 @@ static void test_attestation_api_keys(void)
 static void test_tpm_unavailable(void)
 {
     char exe[600], *text;
-    const char *argv[] = {exe,         "--port",
-                          "0",         "--server-key",
-                          server_ref,  "--pkcs11-module",
-                          module,      "--pin-source",
-                          pin_spec,    "--model",
-                          "echo=echo", "--tpm",
-                          "on",        "--tpm-tcti",
+    const char *argv[] = {exe,
+                          "--port",
+                          "0",
+                          "--server-key",
+                          server_ref,
+                          "--pkcs11-module",
+                          module,
+                          "--pin-source",
+                          pin_spec,
+                          "--model",
+                          "echo=echo",
+                          "--tpm",
+                          "on",
+                          "--tpm-tcti",
                           "device:/nonexistent/veil-test-tpm",
                           NULL};
     int status = -1;
@@ -2884,12 +2891,10 @@ static void test_token_failure_logged(void)
 
 static int setup(void)
 {
-    const char *label = tu_env("VEIL_TEST_SOFTHSM_TOKEN");
-    veil_engine_config ecfg;
     veil_keygen_params kp = {
         .type = VEIL_KEY_RSA, .bits = 2048, .label = "gw-server"};
     veil_key *ck = NULL;
-    char esc[192], *pem = NULL;
+    char *pem = NULL;
     char m_down[128], m_slow[160], m_500[160], m_404[160], m_nj[160],
         m_hello[160], m_mirror[160], m_hostile[160], m_dup[160];
 
@@ -2898,21 +2903,15 @@ static int setup(void)
     pin_file = tu_env("VEIL_TEST_PIN_FILE");
     tu_env("VEIL_TEST_DIR");
     snprintf(pin_spec, sizeof pin_spec, "file:%s", pin_file);
-    if (strncmp(label, "pkcs11:", 7) == 0)
-        snprintf(token_uri, sizeof token_uri, "%s", label);
-    else if (tu_uri_escape(label, esc, sizeof esc) == 0)
-        snprintf(token_uri, sizeof token_uri, "pkcs11:token=%s", esc);
+    if (tu_softhsm_uri(token_uri, sizeof token_uri) != 0)
+        goto fail;
     snprintf(server_ref, sizeof server_ref, "%s;object=gw-server", token_uri);
     snprintf(client_ref, sizeof client_ref, "%s;object=gw-client", token_uri);
     veil_memory_status_get(&mem);
 
-    memset(&ecfg, 0, sizeof ecfg);
-    if (veil_engine_new(&ecfg, &sw_e) != VEIL_OK)
+    if (veil_engine_new(NULL, &sw_e) != VEIL_OK)
         goto fail;
-    ecfg.pkcs11_module = module;
-    ecfg.pin.kind = VEIL_PIN_FILE;
-    ecfg.pin.where = pin_file;
-    if (veil_engine_new(&ecfg, &tok_e) != VEIL_OK ||
+    if (tu_softhsm_engine(&tok_e) != VEIL_OK ||
         veil_key_generate(tok_e, token_uri, &kp, &srv_key) != VEIL_OK)
         goto fail;
     kp.label = "gw-client";

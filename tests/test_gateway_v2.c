@@ -1139,28 +1139,21 @@ static int start_gateways(void)
 
 static int setup(void)
 {
-    const char *label = tu_env("VEIL_TEST_SOFTHSM_TOKEN");
-    veil_engine_config ecfg = {0};
     veil_keygen_params kp = {
         .type = VEIL_KEY_RSA, .bits = 2048, .label = "v2-server"};
     veil_keygen_params ep = {.type = VEIL_KEY_EC_P256, .label = "v2-signer"};
-    char esc[192], *pem = NULL;
+    char *pem = NULL;
 
     module = tu_env("VEIL_TEST_SOFTHSM_MODULE");
     pin_file = tu_env("VEIL_TEST_PIN_FILE");
     snprintf(pin_spec, sizeof pin_spec, "file:%s", pin_file);
-    if (strncmp(label, "pkcs11:", 7) == 0)
-        snprintf(token_uri, sizeof token_uri, "%s", label);
-    else if (tu_uri_escape(label, esc, sizeof esc) == 0)
-        snprintf(token_uri, sizeof token_uri, "pkcs11:token=%s", esc);
+    if (tu_softhsm_uri(token_uri, sizeof token_uri) != 0)
+        return -1;
     snprintf(server_ref, sizeof server_ref, "%s;object=v2-server", token_uri);
     snprintf(signer_ref, sizeof signer_ref, "%s;object=v2-signer", token_uri);
-    if (veil_engine_new(&ecfg, &sw_e) != VEIL_OK)
+    if (veil_engine_new(NULL, &sw_e) != VEIL_OK)
         return -1;
-    ecfg.pkcs11_module = module;
-    ecfg.pin.kind = VEIL_PIN_FILE;
-    ecfg.pin.where = pin_file;
-    if (veil_engine_new(&ecfg, &tok_e) != VEIL_OK ||
+    if (tu_softhsm_engine(&tok_e) != VEIL_OK ||
         veil_key_generate(tok_e, token_uri, &kp, &srv_key) != VEIL_OK ||
         veil_key_generate(tok_e, token_uri, &ep, &sign_key) != VEIL_OK ||
         veil_key_public_pem(sign_key, &pem) != VEIL_OK ||

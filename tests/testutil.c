@@ -701,6 +701,31 @@ X509 *tu_make_cert(EVP_PKEY *key, EVP_PKEY *signer, X509 *issuer,
     return x;
 }
 
+int tu_softhsm_uri(char *out, size_t out_size)
+{
+    const char *label = tu_env("VEIL_TEST_SOFTHSM_TOKEN");
+    char esc[192];
+    int n;
+
+    if (strncmp(label, "pkcs11:", 7) == 0)
+        n = snprintf(out, out_size, "%s", label);
+    else if (tu_uri_escape(label, esc, sizeof esc) == 0)
+        n = snprintf(out, out_size, "pkcs11:token=%s", esc);
+    else
+        return -1;
+    return n < 0 || (size_t)n >= out_size ? -1 : 0;
+}
+
+veil_rc tu_softhsm_engine(veil_engine **out)
+{
+    veil_engine_config cfg = {0};
+
+    cfg.pkcs11_module = tu_env("VEIL_TEST_SOFTHSM_MODULE");
+    cfg.pin.kind = VEIL_PIN_FILE;
+    cfg.pin.where = tu_env("VEIL_TEST_PIN_FILE");
+    return veil_engine_new(&cfg, out);
+}
+
 /* ---- the client ------------------------------------------------------- */
 
 void tu_client_config(veil_client_config *cfg, const char *url)

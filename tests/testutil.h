@@ -77,6 +77,14 @@ int tu_scratch_dir(const char *prefix, char *out, size_t size);
  * returns 0, or -1 when it does not fit. */
 int tu_uri_escape(const char *in, char *out, size_t out_size);
 
+/* The test SoftHSM2 token ($VEIL_TEST_SOFTHSM_TOKEN) as a PKCS#11 URI:
+ * the value when it is a URI already, else "pkcs11:token=<escaped
+ * label>".  0, or -1 when it does not fit. */
+int tu_softhsm_uri(char *out, size_t out_size);
+/* An engine for the test token: $VEIL_TEST_SOFTHSM_MODULE, logging in
+ * with the PIN in $VEIL_TEST_PIN_FILE. */
+veil_rc tu_softhsm_engine(veil_engine **out);
+
 /* A certificate for key, signed by signer: issuer NULL makes a self-signed
  * CA; otherwise a server certificate for IP 127.0.0.1 issued by issuer.
  * Valid from an hour ago for a day.  NULL on failure; X509_free it. */
