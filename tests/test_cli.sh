@@ -130,6 +130,26 @@ IN=/dev/null check "an empty prompt on stdin" 2 "prompt is empty" -- "$V" chat "
 check "attest without its subcommand" 2 "attest takes a subcommand: enroll" -- "$V" attest
 check "attest enroll --help" 0 "usage: veil attest enroll" -- "$V" attest enroll --help
 check "attest enroll without --out" 2 "needs --out FILE" -- "$V" attest enroll --url "$URL"
+# attest enroll: a golden file that is not one is refused before any
+# traffic (the URL points nowhere), naming the file or the PCR
+printf '{"sha256": {"0": "not hex"}}' >"$T/golden-bad-hex.json"
+printf '{"sha256": {"24": "%064d"}}' 0 >"$T/golden-bad-pcr.json"
+printf '{"sha1": {"0": "%064d"}}' 0 >"$T/golden-bad-bank.json"
+printf '{"sha256": {"0": "%064d"' 0 >"$T/golden-truncated.json"
+for g in bad-hex bad-pcr; do
+    check "attest enroll --golden golden-$g: refused before any traffic (exit 21)" 21 "golden file .*PCR" -- \
+        "$V" attest enroll --url http://127.0.0.1:1 --allow-http --allow-unverified-ek \
+        --golden "$T/golden-$g.json" --out "$T/never.trust"
+done
+for g in bad-bank truncated; do
+    check "attest enroll --golden golden-$g: refused before any traffic (exit 21)" 21 "is not \\{\"sha256\"" -- \
+        "$V" attest enroll --url http://127.0.0.1:1 --allow-http --allow-unverified-ek \
+        --golden "$T/golden-$g.json" --out "$T/never.trust"
+done
+check "attest enroll with a missing golden file (exit 21)" 21 "cannot be read" -- \
+    "$V" attest enroll --url http://127.0.0.1:1 --allow-http --allow-unverified-ek \
+    --golden "$T/no-such-golden.json" --out "$T/never.trust"
+[ ! -e "$T/never.trust" ] && ok "no trust file after a refused golden file" || bad "a trust file was written"
 check "verify --help" 0 "usage: veil verify" -- "$V" verify --help
 check "verify without --trust" 2 "verify needs --trust FILE" -- "$V" verify "$T/none.json"
 check "verify with a missing trust file: configuration error (exit 21)" 21 "trust file: cannot read" -- \
