@@ -392,6 +392,15 @@ curl -sf "$VEILD_URL/v1/attestation/report?nonce=$(openssl rand -hex 16)" >"$T/r
     && [ "$(field "$T/report-after.json" 'j["ak_handover"]["previous_aik_name"]')" = "$(field "$T/trust.json" 'j["aik_name"]')" ] \
     && ok "the next start keeps the rotated AK and still shows the hand-over" || bad "AK or hand-over lost after the next start" "$T/report-after.json"
 
+# A state_dir/tpm-ak that is not veild's (hand-edited, truncated): veild
+# does not start, names the file and says what to do; nothing replaces it.
+mkdir -p "$T/badak.state" && chmod 700 "$T/badak.state"
+printf 'veil-tpm-ak-v1\nunique=0123\n' >"$T/badak.state/tpm-ak"
+check "a truncated tpm-ak stops the start, naming the file (1)" 1 "badak.state/tpm-ak is not a veil AK file" -- \
+    timeout 120 "$B/veild" "${ATT_ARGS[@]}" --port 0 --state-dir "$T/badak.state"
+grep -qx 'unique=0123' "$T/badak.state/tpm-ak" && ok "the bad tpm-ak file was left as it was" \
+    || bad "the bad tpm-ak file was changed" "$T/badak.state/tpm-ak"
+
 grep -qF -- "$P1" "$LOG" && bad "plaintext in veild's log" "$LOG" || ok "no prompt in veild's log"
 grep -qF -- "$(cat "$T/srv.auth")" "$LOG" && bad "the key's auth value in veild's log" "$LOG" || ok "no auth value in veild's log"
 
