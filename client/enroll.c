@@ -655,54 +655,6 @@ static char *trust_text(const enroll *en)
     return text;
 }
 
-/* Writes text and a newline to path: a temporary file next to it, then
- * renamed over it (or, when overwriting is not allowed, linked: that
- * fails if the target appeared meanwhile), so a reader never sees half a
- * file.  0 on failure, with the step that failed and errno. */
-static int write_atomic(const char *path, const char *text, int overwrite,
-                        const char **step)
-{
-    size_t plen = strlen(path);
-    char *tmp = malloc(plen + 16);
-    int fd = -1, saved = 0;
-    *step = "out of memory";
-    if (tmp != NULL) {
-        snprintf(tmp, plen + 16, "%s.tmp.XXXXXX", path);
-        *step = "creating a temporary file";
-        fd = mkstemp(tmp);
-    }
-    if (fd >= 0) {
-        size_t len = strlen(text), off = 0;
-        *step = "writing";
-        while (off < len) {
-            ssize_t w = write(fd, text + off, len - off);
-            if (w < 0 && errno == EINTR)
-                continue;
-            if (w <= 0)
-                break;
-            off += (size_t)w;
-        }
-        if (off == len && write(fd, "\n", 1) == 1 && fchmod(fd, 0644) == 0 &&
-            fsync(fd) == 0) {
-            *step = overwrite ? "renaming" : "linking";
-            if (overwrite ? rename(tmp, path) == 0 : link(tmp, path) == 0) {
-                saved = 1;
-                if (!overwrite)
-                    unlink(tmp);
-            }
-        }
-    }
-    int e = errno;
-    if (fd >= 0) {
-        close(fd);
-        if (!saved)
-            unlink(tmp);
-    }
-    free(tmp);
-    errno = e;
-    return saved;
-}
-
 static veil_client_status write_trust(enroll *en, veil_client_error *err)
 {
     const char *path = en->opt->trust_file;
@@ -711,7 +663,7 @@ static veil_client_status write_trust(enroll *en, veil_client_error *err)
     if (text == NULL)
         return veil_cl_fail(err, VEIL_CLIENT_E_CONFIG, 0, VEIL_E_NOMEM,
                             "out of memory");
-    int saved = write_atomic(path, text, en->opt->overwrite, &step);
+    int saved = veil_cl_write_atomic(path, text, en->opt->overwrite, &step);
     int e = errno;
     free(text);
     if (!saved) {

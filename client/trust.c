@@ -60,6 +60,122 @@ out:
     return buf;
 }
 
+/* Writes text and a newline to path: a temporary file next to it, then
+ * renamed over it (or, when overwriting is not allowed, linked: that
+ * fails if the target appeared meanwhile), so a reader never sees half a
+ * file.  0 on failure, with the step that failed and errno. */
+int veil_cl_write_atomic(const char *path, const char *text, int overwrite,
+                         const char **step)
+{
+    size_t plen = strlen(path);
+    char *tmp = malloc(plen + 16);
+    int fd = -1, saved = 0;
+    *step = "out of memory";
+    if (tmp != NULL) {
+        snprintf(tmp, plen + 16, "%s.tmp.XXXXXX", path);
+        *step = "creating a temporary file";
+        fd = mkstemp(tmp);
+    }
+    if (fd >= 0) {
+        size_t len = strlen(text), off = 0;
+        *step = "writing";
+        while (off < len) {
+            ssize_t w = write(fd, text + off, len - off);
+            if (w < 0 && errno == EINTR)
+                continue;
+            if (w <= 0)
+                break;
+            off += (size_t)w;
+        }
+        if (off == len && write(fd, "\n", 1) == 1 && fchmod(fd, 0644) == 0 &&
+            fsync(fd) == 0) {
+            *step = overwrite ? "renaming" : "linking";
+            if (overwrite ? rename(tmp, path) == 0 : link(tmp, path) == 0) {
+                saved = 1;
+                if (!overwrite)
+                    unlink(tmp);
+            }
+        }
+    }
+    int e = errno;
+    if (fd >= 0) {
+        close(fd);
+        if (!saved)
+            unlink(tmp);
+    }
+    free(tmp);
+    errno = e;
+    return saved;
+}
+
+/* The member k of j replaced by the string v (added when absent). */
+static int json_set_str(cJSON *j, const char *k, const char *v)
+{
+    cJSON *s = cJSON_CreateString(v);
+    if (s == NULL)
+        return 0;
+    if (cJSON_GetObjectItemCaseSensitive(j, k))
+        return cJSON_ReplaceItemInObjectCaseSensitive(j, k, s);
+    if (!cJSON_AddItemToObject(j, k, s)) {
+        cJSON_Delete(s);
+        return 0;
+    }
+    return 1;
+}
+
+int veil_cl_trust_set_ak(const char *path, const char *ak_pub_b64,
+                         const uint8_t name[VEIL_CL_NAME_LEN],
+                         const uint8_t previous[VEIL_CL_NAME_LEN],
+                         long long now, char *why, size_t why_size)
+{
+    char hx[2 * VEIL_CL_NAME_LEN + 1], prev[2 * VEIL_CL_NAME_LEN + 1];
+    uint8_t on_disk[VEIL_CL_NAME_LEN];
+    const char *step;
+    size_t len = 0;
+    char *text = read_file(path, MAX_TRUST_FILE, &len, why, why_size), *out;
+    cJSON *j, *f;
+    int ok = 0;
+
+    if (text == NULL)
+        return 0;
+    j = cJSON_ParseWithLength(text, len);
+    free(text);
+    veil_hex(name, VEIL_CL_NAME_LEN, hx);
+    veil_hex(previous, VEIL_CL_NAME_LEN, prev);
+    /* The file may have changed since it was loaded: only the AK that
+     * handed over is replaced. */
+    if (!cJSON_IsObject(j) ||
+        !veil_cl_json_hex(j, "aik_name", on_disk, VEIL_CL_NAME_LEN) ||
+        !veil_cl_same(on_disk, previous, VEIL_CL_NAME_LEN)) {
+        snprintf(why, why_size,
+                 "%s changed meanwhile: its aik_name is no longer %s", path,
+                 prev);
+        goto out;
+    }
+    f = cJSON_CreateObject();
+    if (f == NULL || !cJSON_AddStringToObject(f, "previous_aik_name", prev) ||
+        !cJSON_AddNumberToObject(f, "at", (double)now) ||
+        !json_set_str(j, "aik_pubkey_b64", ak_pub_b64) ||
+        !json_set_str(j, "aik_name", hx)) {
+        cJSON_Delete(f);
+        snprintf(why, why_size, "out of memory");
+        goto out;
+    }
+    cJSON_DeleteItemFromObjectCaseSensitive(j, "ak_handover_followed");
+    cJSON_AddItemToObject(j, "ak_handover_followed", f);
+    if ((out = cJSON_Print(j)) == NULL) {
+        snprintf(why, why_size, "out of memory");
+        goto out;
+    }
+    ok = veil_cl_write_atomic(path, out, 1, &step);
+    if (!ok)
+        snprintf(why, why_size, "%s: %s: %s", path, step, strerror(errno));
+    free(out);
+out:
+    cJSON_Delete(j);
+    return ok;
+}
+
 void veil_trust_free(veil_trust *t)
 {
     if (t == NULL)

@@ -32,6 +32,24 @@ struct veil_trust {
  * to any other key of the enrolled gateway. */
 const uint8_t *veil_cl_trust_encryption_key(const veil_trust *t);
 
+/* Writes text and a newline to path (mode 0644): a temporary file next
+ * to it, then renamed over it (or, without overwrite, linked, which fails
+ * when the target appeared meanwhile), so a reader never sees half a
+ * file.  0 on failure, with the step that failed and errno. */
+int veil_cl_write_atomic(const char *path, const char *text, int overwrite,
+                         const char **step);
+
+/* Rewrites the trust file at path for a followed AK hand-over: its
+ * aik_pubkey_b64 and aik_name become the new AK's, and
+ * "ak_handover_followed" records the previous name and the time (now);
+ * every other member, the PCR policy included, is kept as it is.  Only
+ * when the file still names `previous`.  Atomic (veil_cl_write_atomic).
+ * 1, or 0 with why. */
+int veil_cl_trust_set_ak(const char *path, const char *ak_pub_b64,
+                         const uint8_t name[VEIL_CL_NAME_LEN],
+                         const uint8_t previous[VEIL_CL_NAME_LEN],
+                         long long now, char *why, size_t why_size);
+
 #pragma GCC visibility pop
 
 #endif /* VEIL_CLIENT_TRUST_H */

@@ -17,6 +17,10 @@
 #include "verify.h"
 
 #define EVIDENCE_FORMAT "veil-evidence-v1"
+/* What to do when the gateway's AK is not the enrolled one. */
+#define AK_ROTATED                                                             \
+    "if its operator rotated the AK, 'veil attest update --trust FILE' "       \
+    "follows the certified hand-over, else re-enrol"
 #define QUOTE_FORMAT "veil-tpm2-quote-v1"
 /* An evidence file holds two packages of up to a 10 MiB plaintext each,
  * in base64. */
@@ -134,8 +138,8 @@ quote_signer(veil_engine *e, const veil_trust *t, const veil_cl_quote *q,
         if (veil_tpm_check_certify(
                 e, enrolled, q->aikc_attest, q->aikc_attest_len, q->aikc_sig,
                 q->aikc_sig_len, qual, reported, VEIL_CL_AK_ATTRS) != VEIL_OK) {
-            veil_cl_check(ck, "attestation key certification", 0, "%s",
-                          veil_cl_why_last());
+            veil_cl_check(ck, "attestation key certification", 0,
+                          "%s; " AK_ROTATED, veil_cl_why_last());
             return NULL;
         }
         veil_cl_check(ck, "attestation key certification", 1,
@@ -145,9 +149,10 @@ quote_signer(veil_engine *e, const veil_trust *t, const veil_cl_quote *q,
         return reported;
     }
     if (!veil_cl_same(reported->name, t->ak_name, VEIL_CL_NAME_LEN)) {
-        veil_cl_check(ck, name, 0,
-                      "the quote's AK is not the enrolled one, and no "
-                      "certification by it (aik_certify) came with it");
+        veil_cl_check(
+            ck, name, 0,
+            "the quote's AK is not the enrolled one, and no "
+            "certification by it (aik_certify) came with it; " AK_ROTATED);
         return NULL;
     }
     veil_cl_check(ck, name, 1, "the enrolled AK");

@@ -57,6 +57,13 @@ void veil_ev_report_qualifying(const uint8_t *nonce, size_t nonce_len,
                encryption_key_sha256, 32, signing_key_sha256, 32, "", 0, out);
 }
 
+void veil_ev_handover_qualifying(const uint8_t *new_name, size_t len,
+                                 uint8_t out[32])
+{
+    hash_parts(VEIL_EV_AK_HANDOVER_LABEL, new_name, len, "", 0, "", 0, "", 0,
+               out);
+}
+
 size_t veil_ev_statement(const char *payload_id, const char *tier,
                          const uint8_t request_sha256[32],
                          const uint8_t response_sha256[32],

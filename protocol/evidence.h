@@ -25,6 +25,7 @@
 #define VEIL_EV_ANSWER_QUOTE_LABEL "veil-answer-quote-v1"
 #define VEIL_EV_REPORT_QUOTE_LABEL "veil-report-quote-v1"
 #define VEIL_EV_STATEMENT_HEAD "veil-response-signature-v1"
+#define VEIL_EV_AK_HANDOVER_LABEL "veil-ak-handover-v1"
 
 /* Report nonces: 16 to 64 bytes (32 to 128 hex digits). */
 #define VEIL_EV_NONCE_MIN 16
@@ -51,6 +52,13 @@ void veil_ev_report_qualifying(const uint8_t *nonce, size_t nonce_len,
                                const uint8_t encryption_key_sha256[32],
                                const uint8_t signing_key_sha256[32],
                                uint8_t out[32]);
+
+/* Qualifying data of the TPM2_Certify by which a previous long-term AK
+ * hands over to a new one (ak_handover in a report):
+ *   SHA-256( "veil-ak-handover-v1" 0x00 || name of the new AK )
+ * the name as its raw bytes (nameAlg || digest). */
+void veil_ev_handover_qualifying(const uint8_t *new_name, size_t len,
+                                 uint8_t out[32]);
 
 /* The statement an answer signature covers (ECDSA P-256, SHA-256, DER),
  * as text, each line ended by "\n":

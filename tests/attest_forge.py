@@ -35,6 +35,16 @@ veil's C code, and the forgeries the client must reject.
                               name is the report's AK and whose extraData is
                               SHA-256("veil-ak-handover-v1" 0x00 || that name);
                               prints "handover ok" or the first failure
+  proxy-handover UPSTREAM PORTFILE MODE [ARG]
+                              the same man in the middle, but the report's
+                              AK hand-over is forged (MODE): "none" drops it;
+                              "other-signer AKDIR" replaces the certification
+                              with a TPM2_Certify by another AK of the same TPM
+                              (AKDIR as for proxy); "other-new AKDIR" keeps the
+                              genuine hand-over but answers with a quote by
+                              that other AK (a hand-over for a different new
+                              AK); "replay REPORT" puts in the hand-over of an
+                              earlier REPORT (an older rotation)
   proxy-ekcert UPSTREAM PORTFILE CERT
                               the same man in the middle, but the report is
                               the gateway's own with its EK certificate
@@ -144,6 +154,29 @@ def forge_ak(ak_dir):
         rep["quote_b64"] = base64.b64encode(m).decode()
         rep["signature_b64"] = base64.b64encode(s).decode()
         rep["qualifying_data"] = qual.hex()
+        return rep
+    return forge
+
+
+def forge_handover(mode, arg):
+    """The report with its ak_handover forged (see proxy-handover)."""
+    if mode == "other-new":
+        return forge_ak(arg)
+
+    def forge(rep):
+        if mode == "none":
+            rep["ak_handover"] = None
+        elif mode == "replay":
+            rep["ak_handover"] = load(arg)["ak_handover"]
+        elif mode == "other-signer":
+            with tempfile.TemporaryDirectory() as d:
+                ak = os.path.join(arg, "ak.ctx")
+                subprocess.run(["tpm2_certify", "-Q", "-c", ak, "-C", ak,
+                                "-g", "sha256", "-o", d + "/a", "-s", d + "/s"],
+                               check=True)
+                a, s = open(d + "/a", "rb").read(), open(d + "/s", "rb").read()
+            rep["ak_handover"]["attest_b64"] = base64.b64encode(a).decode()
+            rep["ak_handover"]["signature_b64"] = base64.b64encode(s).decode()
         return rep
     return forge
 
@@ -312,6 +345,9 @@ def main(argv):
         return 0 if why is None else 1
     elif cmd == "proxy-tamper":
         cmd_proxy(argv[2], argv[3], lambda rep: rep, tamper_ciphertext)
+    elif cmd == "proxy-handover":
+        cmd_proxy(argv[2], argv[3],
+                  forge_handover(argv[4], argv[5] if len(argv) > 5 else None))
     elif cmd == "proxy-ekcert":
         cmd_proxy(argv[2], argv[3], forge_ek_cert(argv[4]))
     else:

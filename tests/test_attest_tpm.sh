@@ -372,7 +372,7 @@ check "maximum on a gateway without a TPM: 503 (exit 17)" 17 "no TPM attestation
 # one; the report carries that certification, which an independent reading
 # of the TPM structures accepts; the next start keeps the new AK.
 kill -TERM "$ATT_PID" && wait "$ATT_PID" || bad "veild (restarted) did not stop cleanly"
-veild_start att-rotated "${ATT_ARGS[@]}" --state-dir "$VEIL_TEST_DIR/veild-att.state" --tpm-ak-rotate on
+veild_start att-rotated "${ATT_ARGS[@]}" --state-dir "$VEIL_TEST_DIR/veild-att.state" --port "${URL##*:}" --tpm-ak-rotate on
 ATT_PID=$VEILD_PID
 grep -q "long-term AK was rotated" "$VEILD_LOG" && ok "veild logs the AK rotation" || bad "no rotation in the log" "$VEILD_LOG"
 curl -sf "$VEILD_URL/v1/attestation/report?nonce=$(openssl rand -hex 16)" >"$T/report-rotated.json" \
@@ -383,14 +383,80 @@ check "the hand-over: the enrolled AK certified the new one (checked from the TP
     "$PY" "$FORGE" handover "$T/report-rotated.json" "$T/trust.json"
 check "a hand-over checked against another gateway's trust file is refused" 1 "not the enrolled one" -- \
     "$PY" "$FORGE" handover "$T/report-rotated.json" "$T/trust2.json"
+# The client follows the hand-over (veil attest update), and only that:
+# a new AK without a hand-over, a hand-over signed by another key, and a
+# hand-over for another new AK are refused, the trust file unchanged.
+# PCR 10 was extended above, after trust.json was enrolled: this copy
+# takes the current value as its reference (as an operator would after a
+# planned change), so that only the AK differs.
+RURL=$VEILD_URL
+"$PY" -c 'import json,sys; t=json.load(open(sys.argv[1])); r=json.load(open(sys.argv[2])); t["pcr_values"]["sha256"]["10"]=r["pcr_values"]["sha256"]["10"]; json.dump(t, open(sys.argv[3],"w"), indent=2)' \
+    "$T/trust.json" "$T/report-rotated.json" "$T/trust-rot.json"
+cp "$T/trust-rot.json" "$T/trust-rot.orig"
+check "rejected: a maximum answer by the rotated AK before the trust file follows it (exit 19)" 19 \
+    "not the enrolled one.*veil attest update --trust FILE" -- \
+    "$V" chat "${C[@]}" -m echo --tier maximum --trust "$T/trust-rot.json" "before the update"
+# handover_through MODE ARG DESCRIPTION PATTERN TRUST: veil attest update
+# with $T/TRUST (its URL set to a proxy forging the report's hand-over):
+# refused (19), the file unchanged.
+handover_through() {
+    rm -f "$T/ho.port"
+    "$PY" "$FORGE" proxy-handover "$RURL" "$T/ho.port" "$1" "$2" >"$T/ho-$1.log" 2>&1 &
+    PROXY_PID=$!
+    for _ in $(seq 100); do [ -s "$T/ho.port" ] && break; sleep 0.05; done
+    [ -s "$T/ho.port" ] || hard "the hand-over proxy did not start: $(cat "$T/ho-$1.log")"
+    "$PY" -c 'import json,sys; t=json.load(open(sys.argv[1])); t["url"]=sys.argv[2]; json.dump(t, open(sys.argv[3],"w"))' \
+        "$T/$5" "http://127.0.0.1:$(cat "$T/ho.port")" "$T/ho-trust.json"
+    cp "$T/ho-trust.json" "$T/ho-trust.before"
+    check "$3" 19 "$4" -- "$V" attest update --allow-http --trust "$T/ho-trust.json"
+    cmp -s "$T/ho-trust.json" "$T/ho-trust.before" && ok "  the trust file is unchanged" \
+        || bad "the trust file changed after a refused hand-over" "$T/ho-trust.json"
+    kill -TERM "$PROXY_PID" 2>/dev/null; wait "$PROXY_PID" 2>/dev/null; PROXY_PID=""
+}
+handover_through none - "rejected: a new AK without a hand-over (exit 19)" \
+    "FAIL AK hand-over: .*no certified hand-over: re-enrol" trust.json
+handover_through other-signer "$T" "rejected: a hand-over certified by another AK of the same TPM (exit 19)" \
+    "FAIL AK hand-over: the certification of the new AK .* is refused: .*re-enrol" trust.json
+handover_through other-new "$T" "rejected: a genuine hand-over for a different new AK than the one quoting (exit 19)" \
+    "FAIL AK hand-over: the certification of the new AK .* is refused: .*qualifying data.*re-enrol" trust.json
+check "veil attest update follows the certified hand-over: UPDATED" 0 "verdict: UPDATED" -- \
+    "$V" attest update --allow-http --trust "$T/trust-rot.json"
+grep -q "^ok   AK hand-over: the enrolled AK" "$out" && grep -q "^ok   trust file: .*trust-rot.json updated" "$out" \
+    && ok "the update says which AK certified which, and that the file was updated" || bad "update output" "$out"
+[ "$(field "$T/trust-rot.json" 'j["aik_name"]')" = "$(field "$T/report-rotated.json" 'j["aik_name"]')" ] \
+    && [ "$(field "$T/trust-rot.json" 'j["ak_handover_followed"]["previous_aik_name"]')" = "$(field "$T/trust.json" 'j["aik_name"]')" ] \
+    && ok "the trust file now names the new AK and records the previous one" || bad "trust file after the update" "$T/trust-rot.json"
+[ "$(field "$T/trust-rot.json" 'json.dumps([j[k] for k in j if not k.startswith(("aik_", "ak_"))], sort_keys=True)')" \
+    = "$(field "$T/trust-rot.orig" 'json.dumps([j[k] for k in j if not k.startswith(("aik_", "ak_"))], sort_keys=True)')" ] \
+    && ok "everything else in the trust file is kept (policy, EK, keys, PCR values)" || bad "the update changed more than the AK" "$T/trust-rot.json"
+check "after the update: a maximum answer by the new AK verifies" 0 "" -- \
+    "$V" chat "${C[@]}" -m echo --tier maximum --trust "$T/trust-rot.json" "after the update"
+check "veil attest update again: CURRENT, nothing to follow" 0 "verdict: CURRENT" -- \
+    "$V" attest update --allow-http --trust "$T/trust-rot.json"
 kill -TERM "$ATT_PID" && wait "$ATT_PID" || bad "veild (rotated) did not stop cleanly"
-veild_start att-after "${ATT_ARGS[@]}" --state-dir "$VEIL_TEST_DIR/veild-att.state"
+veild_start att-after "${ATT_ARGS[@]}" --state-dir "$VEIL_TEST_DIR/veild-att.state" --port "${URL##*:}"
 ATT_PID=$VEILD_PID
 curl -sf "$VEILD_URL/v1/attestation/report?nonce=$(openssl rand -hex 16)" >"$T/report-after.json" \
     || bad "GET /v1/attestation/report after the next start"
 [ "$(field "$T/report-after.json" 'j["aik_name"]')" = "$(field "$T/report-rotated.json" 'j["aik_name"]')" ] \
     && [ "$(field "$T/report-after.json" 'j["ak_handover"]["previous_aik_name"]')" = "$(field "$T/trust.json" 'j["aik_name"]')" ] \
     && ok "the next start keeps the rotated AK and still shows the hand-over" || bad "AK or hand-over lost after the next start" "$T/report-after.json"
+
+# A second rotation: a client one rotation behind follows it; one two
+# rotations behind (the hand-over is from an AK it never enrolled) and a
+# replay of the first hand-over (for another new AK) are refused.
+kill -TERM "$ATT_PID" && wait "$ATT_PID" || bad "veild (after) did not stop cleanly"
+veild_start att-rotated2 "${ATT_ARGS[@]}" --state-dir "$VEIL_TEST_DIR/veild-att.state" --port "${URL##*:}" --tpm-ak-rotate on
+ATT_PID=$VEILD_PID RURL=$VEILD_URL
+check "rejected: a client two rotations behind (exit 19)" 19 \
+    "FAIL AK hand-over: it is from another AK than the enrolled .*rotated more than once.*re-enrol" -- \
+    "$V" attest update --allow-http --trust "$T/trust.json"
+handover_through replay "$T/report-rotated.json" "rejected: the first hand-over replayed after the second rotation (exit 19)" \
+    "FAIL AK hand-over: the certification of the new AK .* is refused: .*re-enrol" trust.json
+check "a client one rotation behind follows the second hand-over: UPDATED" 0 "verdict: UPDATED" -- \
+    "$V" attest update --allow-http --trust "$T/trust-rot.json"
+check "after the second update: a maximum answer verifies" 0 "" -- \
+    "$V" chat "${C[@]}" -m echo --tier maximum --trust "$T/trust-rot.json" "after the second rotation"
 
 # A state_dir/tpm-ak that is not veild's (hand-edited, truncated): veild
 # does not start, names the file and says what to do; nothing replaces it.

@@ -59,13 +59,16 @@ static const char usage_main[] =
     "  server-key     print the server's public key or its fingerprint\n"
     "  attest enroll  verify a gateway's TPM (EK certificate, credential\n"
     "                 activation, quote) and write a trust file\n"
+    "  attest update  follow the gateway's certified AK hand-over into a\n"
+    "                 trust file\n"
     "  verify         check saved evidence of an answer against a trust "
     "file\n"
     "\n"
     "Options of chat and server-key (embed and models take --url,\n"
     "--api-key-file, --allow-http, --ca-file, --timeout, --retries and -v;\n"
     "attest enroll takes --url, --api-key-file, --allow-http, --ca-file,\n"
-    "--timeout and -v; verify takes only -v):\n"
+    "--timeout and -v; attest update the same but --url; verify takes only\n"
+    "-v):\n"
     "  --url URL              server base URL (default: $VEIL_URL, else\n"
     "                         'url = URL' in ~/.config/veil/config; there is\n"
     "                         no other default: without one nothing is sent)\n"
@@ -212,6 +215,19 @@ static const char usage_enroll[] =
     "                         use), each printed; one of the two is needed\n"
     "  --pcrs SEL             PCRs the gateway must quote, e.g. sha256:0,7\n"
     "  --force                replace an existing trust file\n"
+    "Also --api-key-file, --allow-http, --ca-file, --timeout, -v: see\n"
+    "'veil --help'.\n";
+
+static const char usage_update[] =
+    "usage: veil attest update --trust FILE [OPTIONS]\n"
+    "Follows an attestation key rotation of the gateway enrolled in FILE:\n"
+    "fetches its report on a fresh nonce, checks the EK and keys are the\n"
+    "enrolled ones and, when its AK is new, that the enrolled AK certified\n"
+    "it (the report's ak_handover) and that it quotes the enrolled PCR\n"
+    "values; then rewrites FILE with the new AK, its policy kept. Prints\n"
+    "one line per check and 'verdict: UPDATED' or 'verdict: CURRENT'\n"
+    "(exit 0); a new AK without a valid hand-over: 'verdict: NOT UPDATED',\n"
+    "exit 19, FILE unchanged (re-enrol).\n"
     "Also --api-key-file, --allow-http, --ca-file, --timeout, -v: see\n"
     "'veil --help'.\n";
 
@@ -657,16 +673,17 @@ enum cmd {
     CMD_ENROLL,
     CMD_VERIFY,
     CMD_EMBED,
-    CMD_MODELS
+    CMD_MODELS,
+    CMD_UPDATE
 };
 
-static const char *const cmd_names[] = {"veil chat",          "veil server-key",
-                                        "veil attest enroll", "veil verify",
-                                        "veil embed",         "veil models"};
+static const char *const cmd_names[] = {
+    "veil chat",  "veil server-key", "veil attest enroll", "veil verify",
+    "veil embed", "veil models",     "veil attest update"};
 
 #define ON(c) (1u << (c))
 #define V2 (ON(CMD_CHAT) | ON(CMD_EMBED) | ON(CMD_MODELS))
-#define NET (V2 | ON(CMD_SERVER_KEY) | ON(CMD_ENROLL))
+#define NET (V2 | ON(CMD_SERVER_KEY) | ON(CMD_ENROLL) | ON(CMD_UPDATE))
 #define KEYS (ON(CMD_CHAT) | ON(CMD_SERVER_KEY))
 #define ALL (NET | ON(CMD_VERIFY))
 
@@ -674,7 +691,8 @@ static const char *const cmd_names[] = {"veil chat",          "veil server-key",
 static unsigned option_cmds(int c)
 {
     switch (c) {
-    case 'u': /* --url */
+    case 'u': /* --url (update: the trust file's) */
+        return NET & ~ON(CMD_UPDATE);
     case 'A': /* --api-key-file */
     case 'H': /* --allow-http */
     case 'C': /* --ca-file */
@@ -699,7 +717,7 @@ static unsigned option_cmds(int c)
     case 'f': /* --fingerprint */
         return ON(CMD_SERVER_KEY);
     case 'R': /* --trust */
-        return ON(CMD_CHAT) | ON(CMD_VERIFY);
+        return ON(CMD_CHAT) | ON(CMD_VERIFY) | ON(CMD_UPDATE);
     case 'E': /* --ek-ca */
     case 'U': /* --allow-unverified-ek */
     case 'z': /* --pcrs */
@@ -1093,7 +1111,8 @@ static int parse_opts(int argc, char **argv, enum cmd cmd, struct opts *o)
         o->url = got ? url : NULL;
     }
     /* Never echo a positional argument: it may be a prompt. */
-    if ((cmd == CMD_SERVER_KEY || cmd == CMD_ENROLL || cmd == CMD_MODELS) &&
+    if ((cmd == CMD_SERVER_KEY || cmd == CMD_ENROLL || cmd == CMD_MODELS ||
+         cmd == CMD_UPDATE) &&
         optind < argc) {
         fprintf(stderr, "veil: %s takes no arguments\n", cmd_names[cmd] + 5);
         return 0;
@@ -1115,6 +1134,10 @@ static int parse_opts(int argc, char **argv, enum cmd cmd, struct opts *o)
                     "certificate\n");
             return 0;
         }
+    }
+    if (cmd == CMD_UPDATE && !o->trust) {
+        fprintf(stderr, "veil: attest update needs --trust FILE\n");
+        return 0;
     }
     if (cmd == CMD_VERIFY) {
         if (!o->trust) {
@@ -1750,6 +1773,26 @@ static int cmd_enroll(const struct opts *o, veil_secbuf *api_key)
     return EXIT_OK;
 }
 
+static int cmd_update(const struct opts *o, veil_secbuf *api_key)
+{
+    veil_update_options uo = {0};
+    veil_client_error err = {0};
+    int updated = 0;
+
+    uo.trust_file = o->trust;
+    uo.api_key = api_key ? (const char *)veil_secbuf_data(api_key) : NULL;
+    uo.ca_file = o->ca_file;
+    uo.allow_http = o->allow_http;
+    uo.timeout_ms = o->timeout_ms;
+    uo.on_check = print_check;
+    if (veil_attest_update(&uo, &updated, &err) != VEIL_CLIENT_OK) {
+        print_verdict("NOT UPDATED", err.detail);
+        return client_fail(&err);
+    }
+    print_verdict(updated ? "UPDATED" : "CURRENT", NULL);
+    return EXIT_OK;
+}
+
 /* Reads a whole evidence file (NUL-terminated). */
 static char *read_evidence(const char *path, size_t *len, char *why,
                            size_t why_size)
@@ -1946,6 +1989,10 @@ static int run(enum cmd cmd, struct opts *o)
         code = cmd_enroll(o, api_key);
         goto out;
     }
+    if (cmd == CMD_UPDATE) {
+        code = cmd_update(o, api_key);
+        goto out;
+    }
     if ((code = open_engine(o, &pin, &password, &e)) != EXIT_OK)
         goto out;
 
@@ -2042,33 +2089,41 @@ int main(int argc, char **argv)
     for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++) {
         if (strcmp(argv[1], cmds[i].name) != 0)
             continue;
-        /* "attest" has one subcommand so far: "attest enroll". */
-        if (cmds[i].cmd == CMD_ENROLL) {
+        /* "attest" has two subcommands: "attest enroll", "attest update". */
+        enum cmd cmd = cmds[i].cmd;
+        const char *usage = cmds[i].usage;
+        if (cmd == CMD_ENROLL) {
             if (argc > 2 && (strcmp(argv[2], "--help") == 0 ||
                              strcmp(argv[2], "-h") == 0)) {
-                fputs(cmds[i].usage, stdout);
+                fputs(usage, stdout);
+                fputs(usage_update, stdout);
                 return EXIT_OK;
             }
-            if (argc < 3 || strcmp(argv[2], "enroll") != 0) {
-                fputs("veil: attest takes a subcommand: enroll\n", stderr);
-                fputs(cmds[i].usage, stderr);
+            if (argc > 2 && strcmp(argv[2], "update") == 0) {
+                cmd = CMD_UPDATE;
+                usage = usage_update;
+            } else if (argc < 3 || strcmp(argv[2], "enroll") != 0) {
+                fputs("veil: attest takes a subcommand: enroll or update\n",
+                      stderr);
+                fputs(usage, stderr);
+                fputs(usage_update, stderr);
                 return EXIT_USAGE;
             }
             argc--;
             argv++;
         }
-        int parsed = parse_opts(argc - 1, argv + 1, cmds[i].cmd, &o);
+        int parsed = parse_opts(argc - 1, argv + 1, cmd, &o);
         if (parsed <= 0) {
             /* -1: the message says what to do; no usage after it */
             if (parsed == 0)
-                fputs(cmds[i].usage, stderr);
+                fputs(usage, stderr);
             return EXIT_USAGE;
         }
         if (o.help) {
-            fputs(cmds[i].usage, stdout);
+            fputs(usage, stdout);
             return EXIT_OK;
         }
-        return run(cmds[i].cmd, &o);
+        return run(cmd, &o);
     }
     /* Echo it only when it looks like a command word, not like a prompt. */
     if (strlen(argv[1]) <= 20 &&

@@ -73,6 +73,34 @@ typedef struct veil_enroll_options {
 veil_client_status veil_attest_enroll(const veil_enroll_options *opt,
                                       veil_client_error *err);
 
+/* ---- following an AK rotation ----------------------------------------- */
+
+typedef struct veil_update_options {
+    const char *trust_file; /* read; rewritten when the AK was handed over */
+    /* HTTP, as in veil_client_config (the URL is the trust file's) */
+    const char *api_key;
+    const char *ca_file;
+    int allow_http;
+    unsigned timeout_ms;    /* default 60000 */
+    veil_engine *engine;    /* software operations; NULL: own engine */
+    veil_check_fn on_check; /* each check as it is made */
+    void *check_ctx;
+} veil_update_options;
+
+/* Fetches the enrolled gateway's report on a random nonce and checks that
+ * it is the enrolled TPM (EK) with the enrolled keys.  When its
+ * attestation key is the enrolled one, checks the quote and leaves the
+ * file as it is.  When it is another AK, accepts it only through the
+ * report's certified hand-over (ak_handover: a TPM2_Certify of the new AK,
+ * with the attributes of an AK, by the enrolled AK, qualifying data over
+ * the new AK's name) and a quote by the new AK over the nonce with the
+ * enrolled PCR values; then rewrites the trust file atomically with the
+ * new AK, every other member (the PCR policy included) kept, and sets
+ * *updated (may be NULL).  Any failed check: VEIL_CLIENT_E_SECURITY, the
+ * file unchanged, and err->detail says to re-enrol. */
+veil_client_status veil_attest_update(const veil_update_options *opt,
+                                      int *updated, veil_client_error *err);
+
 /* ---- trust files ------------------------------------------------------ */
 
 typedef struct veil_trust veil_trust;
