@@ -521,6 +521,30 @@ static int check_policy(enroll *en)
                          sel);
 }
 
+/* The report's TCG event log, when it has one: it replays to the quoted
+ * PCRs, and its events match the golden file's reference events. */
+static int check_event_log(enroll *en)
+{
+    uint8_t *log = NULL;
+    size_t len = 0;
+    char done[200], why[400];
+    const char *n = "event log";
+
+    if (!veil_cl_json_null(en->report, "event_log_b64") &&
+        !veil_cl_json_b64(en->report, "event_log_b64", &log, &len))
+        return veil_cl_check(&en->ck, n, 0, "event_log_b64 is not base64");
+    int ok = veil_cl_event_log_check(&en->policy, log, len, &en->sel,
+                                     (const uint8_t(*)[32])en->values, done,
+                                     sizeof done, why, sizeof why);
+    free(log);
+    if (!ok)
+        return veil_cl_check(&en->ck, n, 0, "%s", why);
+    return veil_cl_check(&en->ck, n, 1, "%s",
+                         done[0] ? done
+                                 : "none in the report: PCRs are checked by "
+                                   "value only");
+}
+
 static int check_report_quote(enroll *en)
 {
     veil_cl_quote q;
@@ -551,7 +575,7 @@ static int check_report_quote(enroll *en)
         goto out;
     en->sel = q.sel;
     memcpy(en->values, q.values, sizeof en->values);
-    ok = check_policy(en);
+    ok = check_policy(en) && check_event_log(en);
 out:
     veil_cl_quote_free(&q);
     return ok;
@@ -583,7 +607,8 @@ static int add_policy(cJSON *j, const veil_cl_pcr_policy *p)
     cJSON *o = cJSON_AddObjectToObject(j, "pcr_policy");
     char req[96];
 
-    if (!o || !cJSON_AddStringToObject(o, "kind", veil_cl_pcr_policy_name(p)))
+    if (!o || !cJSON_AddStringToObject(o, "kind", veil_cl_pcr_policy_name(p)) ||
+        !cJSON_AddNumberToObject(o, "reference_events", p->n_events))
         return 0;
     if (!p->has_required)
         return cJSON_AddNullToObject(o, "required") != NULL;
@@ -758,12 +783,16 @@ veil_client_status veil_attest_enroll(const veil_enroll_options *opt,
                                  sizeof why))
         return veil_cl_fail(err, st, 0, VEIL_E_ARG, "%s", why);
     /* Refused before any traffic; write_trust still refuses atomically. */
-    if (!opt->overwrite && lstat(opt->trust_file, &sb) == 0)
+    if (!opt->overwrite && lstat(opt->trust_file, &sb) == 0) {
+        veil_cl_pcr_policy_free(&en.policy);
         return veil_cl_fail(err, st, 0, VEIL_E_EXISTS,
                             "the trust file %s already exists",
                             opt->trust_file);
-    if ((en.url = veil_cl_url_dup(opt->url)) == NULL)
+    }
+    if ((en.url = veil_cl_url_dup(opt->url)) == NULL) {
+        veil_cl_pcr_policy_free(&en.policy);
         return veil_cl_fail(err, st, 0, VEIL_E_NOMEM, "out of memory");
+    }
     en.e = opt->engine;
     if (en.e == NULL && veil_engine_new(NULL, &en.e) != VEIL_OK) {
         en.e = NULL;
@@ -795,6 +824,7 @@ veil_client_status veil_attest_enroll(const veil_enroll_options *opt,
     }
     st = write_trust(&en, err);
 out:
+    veil_cl_pcr_policy_free(&en.policy);
     veil_tpm_pub_clear(&en.ek);
     veil_tpm_pub_clear(&en.ak);
     free(en.sign_spki);

@@ -103,6 +103,8 @@ unsigned gw_config_check_files(const gw_config *cfg, int with_secrets,
         bad(&c, "%s", err);
     if (cfg->tpm_certify_key)
         readable(&c, "tpm_certify_key", cfg->tpm_certify_key);
+    if (cfg->tpm_event_log)
+        readable(&c, "tpm_event_log", cfg->tpm_event_log);
     if (with_secrets) {
         pin_source(&c, "pin_source", cfg->pin_source);
         pin_source(&c, "tpm_certify_key_auth", cfg->tpm_certify_key_auth);

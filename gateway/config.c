@@ -509,6 +509,11 @@ static const svc_setting settings[] = {
      "make a new long-term attestation key at this start, certified by the "
      "one kept in state_dir (give it once, as a flag; reports carry the "
      "hand-over)"},
+    {"tpm_event_log", "FILE", &svc_str, OFF(tpm_event_log), 0, 0, NULL,
+     "the TCG event log reports carry (binary, crypto-agile), for per-event "
+     "reference values; unset: "
+     "/sys/kernel/security/tpm0/binary_bios_measurements with a hardware "
+     "TPM, none with a software TPM"},
     {"tpm_certify_key", "FILE", &svc_str, OFF(tpm_certify_key), 0, 0, NULL,
      "the server key as a TPM object (a TSS2 PRIVATE KEY PEM), so that quotes "
      "carry a TPM2_Certify of it; needs tpm = on"},

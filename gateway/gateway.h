@@ -136,6 +136,7 @@ typedef struct gw_config {
     char *tpm_pcrs;               /* "sha256:0,7,10", canonical form */
     int tpm_ak_per_request;       /* (0) */
     int tpm_ak_rotate;            /* a new long-term AK at this start (0) */
+    char *tpm_event_log;          /* NULL: the platform's (hardware TPM) */
     char *tpm_certify_key;        /* TSS2 PRIVATE KEY PEM of the server key */
     char *tpm_certify_key_auth;   /* its auth value's PIN source */
     /* protocol v2 (docs/PROTOCOL-V2.md) */
@@ -406,6 +407,9 @@ typedef struct gw_tpm_options {
      * Its public key must be the one in encryption_spki. */
     const char *tss2_key;
     const char *tss2_key_auth;
+    /* The TCG event log reports carry: a file read at start-up; NULL:
+     * the platform's securityfs log, with a hardware TPM only. */
+    const char *event_log;
     const uint8_t *encryption_spki; /* the gateway key's SPKI DER */
     size_t encryption_spki_len;
     veil_log_fn log;

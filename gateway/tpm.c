@@ -28,6 +28,7 @@
  */
 #include "config.h"
 
+#include <errno.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -423,17 +424,29 @@ out:
 
 /* ---- event log ----------------------------------------------------------- */
 
-/* The firmware's measurement log, when the kernel shows it to us.  It
- * belongs to the platform's TPM (tpm0), so a software TPM gets none: it
- * would describe PCRs the quote is not about. */
-static void event_log_read(gw_tpm *t)
+/* The event log named by tpm_event_log (path), which must be readable;
+ * without one, the firmware's measurement log when the kernel shows it to
+ * us.  That belongs to the platform's TPM (tpm0), so a software TPM gets
+ * none: it would describe PCRs the quote is not about.  0, or -1 with err
+ * (a named log that cannot be read). */
+static int event_log_read(gw_tpm *t, const char *path, char *err,
+                          size_t err_size)
 {
     FILE *f;
     uint8_t *buf = NULL;
     size_t len = 0, cap = 0, n;
 
-    if (t->software || !(f = fopen(EVENT_LOG_PATH, "rb")))
-        return;
+    if (path == NULL && t->software)
+        return 0;
+    if (!(f = fopen(path ? path : EVENT_LOG_PATH, "rb"))) {
+        if (path == NULL)
+            return 0;
+        gw_put_err(err, err_size, "TPM: tpm_event_log %s: %s", path,
+                   strerror(errno));
+        return -1;
+    }
+    if (path == NULL)
+        path = EVENT_LOG_PATH;
     /* securityfs reports size 0: read until the end. */
     for (;;) {
         if (len == cap) {
@@ -450,14 +463,18 @@ static void event_log_read(gw_tpm *t)
             break;
         len += n;
     }
-    if (ferror(f) || len == 0 || len >= EVENT_LOG_MAX)
+    int bad = ferror(f) || len == 0 || len >= EVENT_LOG_MAX;
+    if (bad)
         veil_logf(&t->log, VEIL_LOG_WARN,
-                  "TPM: %s: unreadable or too large; no event log",
-                  EVENT_LOG_PATH);
-    else
-        t->event_log_b64 = veil_b64_encode(buf, len);
+                  "TPM: %s: unreadable, empty or larger than %u MiB; no "
+                  "event log",
+                  path, EVENT_LOG_MAX >> 20);
+    else if ((t->event_log_b64 = veil_b64_encode(buf, len)) != NULL)
+        veil_logf(&t->log, VEIL_LOG_INFO,
+                  "TPM: reports carry the event log %s (%zu bytes)", path, len);
     fclose(f);
     free(buf);
+    return 0;
 }
 
 /* ---- the API ------------------------------------------------------------- */
@@ -584,7 +601,8 @@ gw_rc gw_tpm_open(const gw_tpm_options *opt, gw_tpm **out, char *err,
         goto fail;
     if (opt->tss2_key && key_load(t, opt, err, err_size) != 0)
         goto fail;
-    event_log_read(t);
+    if (event_log_read(t, opt->event_log, err, err_size) != 0)
+        goto fail;
     *out = t;
     return GW_OK;
 fail:

@@ -247,6 +247,7 @@ static gw_tpm *open_tpm(const gw_config *cfg, veil_key *server_key)
         .ak_rotate = cfg->tpm_ak_rotate,
         .tss2_key = cfg->tpm_certify_key,
         .tss2_key_auth = cfg->tpm_certify_key_auth,
+        .event_log = cfg->tpm_event_log,
         .encryption_spki = spki,
         .encryption_spki_len = spki_len,
         .log = log_stderr,

@@ -45,6 +45,16 @@ veil's C code, and the forgeries the client must reject.
                               that other AK (a hand-over for a different new
                               AK); "replay REPORT" puts in the hand-over of an
                               earlier REPORT (an older rotation)
+  eventlog OUT GOLDEN EVENT...
+                              a synthetic TCG event log (crypto-agile binary,
+                              SHA-1 and SHA-256 digests, as the TCG PC Client
+                              Platform Firmware Profile lays it out) of the
+                              EVENTs ("PCR:EV_TYPE:DATA", digests over DATA)
+                              after a StartupLocality event of locality 0, to
+                              OUT; the golden file with those events as
+                              reference events to GOLDEN; and prints one
+                              "PCR:sha256=HEX" line per event, for
+                              tpm2_pcrextend
   proxy-ekcert UPSTREAM PORTFILE CERT
                               the same man in the middle, but the report is
                               the gateway's own with its EK certificate
@@ -251,6 +261,35 @@ def cmd_handover(report_path, trust_path):
     return None
 
 
+EVENT_TYPES = {"EV_NO_ACTION": 3, "EV_SEPARATOR": 4, "EV_S_CRTM_VERSION": 8,
+               "EV_IPL": 0xd, "EV_EFI_ACTION": 0x80000007}
+
+
+def cmd_eventlog(out, golden, events):
+    le = lambda n, v: v.to_bytes(n, "little")
+    algs = [(0x0004, 20, hashlib.sha1), (0x000b, 32, hashlib.sha256)]
+    spec = (b"Spec ID Event03\0" + le(4, 0) + bytes([0, 2, 0, 2]) + le(4, len(algs))
+            + b"".join(le(2, a) + le(2, n) for a, n, _ in algs) + bytes([0]))
+    log = le(4, 0) + le(4, 3) + bytes(20) + le(4, len(spec)) + spec
+
+    def event2(pcr, etype, data, digests=True):
+        d = b"".join(le(2, a) + (h(data).digest() if digests else bytes(n))
+                     for a, n, h in algs)
+        return le(4, pcr) + le(4, etype) + le(4, len(algs)) + d + le(4, len(data)) + data
+    log += event2(0, 3, b"StartupLocality\0" + bytes([0]), digests=False)
+    ref = []
+    for ev in events:
+        pcr, etype, data = ev.split(":", 2)
+        data = data.encode()
+        log += event2(int(pcr), EVENT_TYPES[etype], data)
+        ref.append({"pcr": int(pcr), "type": etype,
+                    "sha256": hashlib.sha256(data).hexdigest()})
+        print(f"{pcr}:sha256={hashlib.sha256(data).hexdigest()}")
+    with open(out, "wb") as f:
+        f.write(log)
+    save({"events": ref}, golden)
+
+
 def tamper_ciphertext(body):
     """One base64 character of encrypted_payload.ciphertext changed."""
     pkg = json.loads(body)
@@ -348,6 +387,8 @@ def main(argv):
     elif cmd == "proxy-handover":
         cmd_proxy(argv[2], argv[3],
                   forge_handover(argv[4], argv[5] if len(argv) > 5 else None))
+    elif cmd == "eventlog":
+        cmd_eventlog(argv[2], argv[3], argv[4:])
     elif cmd == "proxy-ekcert":
         cmd_proxy(argv[2], argv[3], forge_ek_cert(argv[4]))
     else:

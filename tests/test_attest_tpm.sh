@@ -458,6 +458,55 @@ check "a client one rotation behind follows the second hand-over: UPDATED" 0 "ve
 check "after the second update: a maximum answer verifies" 0 "" -- \
     "$V" chat "${C[@]}" -m echo --tier maximum --trust "$T/trust-rot.json" "after the second rotation"
 
+# ------------------------------------------------------- the TCG event log
+# swtpm has no firmware, so the log is synthetic (tests/attest_forge.py
+# eventlog): its events are extended into the resettable PCRs 16 and 23,
+# which veild quotes; veild ships the file (tpm_event_log) in its reports.
+EL="$T/evlog"
+mkdir -p "$EL"
+"$PY" "$FORGE" eventlog "$EL/log.bin" "$EL/golden.json" \
+    "16:EV_S_CRTM_VERSION:veil test firmware 1.0" "16:EV_SEPARATOR:separator" \
+    "23:EV_IPL:vmlinuz root=/dev/vda ro" "23:EV_EFI_ACTION:veil test boot" >"$EL/extend.txt" \
+    || hard "attest_forge.py eventlog"
+tpm2_eventlog "$EL/log.bin" >"$EL/log.yaml" 2>&1 && ok "tpm2_eventlog reads the synthetic log (an independent parser)" \
+    || bad "tpm2_eventlog refuses the synthetic log" "$EL/log.yaml"
+(tpm2_pcrreset 16 && tpm2_pcrreset 23 && while read -r x; do tpm2_pcrextend "$x" || exit 1; done <"$EL/extend.txt") \
+    >"$EL/extend.log" 2>&1 || hard "tpm2_pcrreset/pcrextend: $(cat "$EL/extend.log")"
+EV_ARGS=(--server-key "$TTOK;object=att-server" --pkcs11-module "$TM" --pin-source "$PINSRC"
+    --signing-key "$STOK;object=att-signer?module-path=$SM" --tpm on --tpm-tcti "$TCTI"
+    --tpm-pcrs sha256:0,7,16,23 --model echo=echo,tiers=standard+maximum --rate 100 --burst 100)
+veild_start evlog "${EV_ARGS[@]}" --tpm-event-log "$EL/log.bin"
+EURL=$VEILD_URL
+grep -q "reports carry the event log $EL/log.bin" "$VEILD_LOG" && ok "veild says which event log its reports carry" \
+    || bad "no event log line in veild's log" "$VEILD_LOG"
+curl -sf "$EURL/v1/attestation/report?nonce=$(openssl rand -hex 16)" >"$EL/report.json" || bad "GET the report with an event log"
+[ "$(field "$EL/report.json" 'j["pcr_values"]["sha256"]["23"]')" = "$(sed -n '/^  sha256:/,$s/^ *23 *: 0x//p' "$EL/log.yaml")" ] \
+    && ok "the quoted PCR 23 is what tpm2_eventlog replays from the log" || bad "PCR 23 is not tpm2_eventlog's replay" "$EL/report.json" "$EL/log.yaml"
+check "enrolment with per-event reference values: the log replays and its events match: ENROLLED" 0 \
+    "ok   event log: 5 events; they replay to the quoted PCR 16,23; 4 reference event\(s\) match" -- \
+    "$V" attest enroll --golden "$EL/golden.json" --url "$EURL" --allow-http --ek-ca "$EKCA" --out "$EL/trust.json"
+[ "$(field "$EL/trust.json" 'j["pcr_policy"]["kind"] + " " + str(j["pcr_policy"]["reference_events"])')" = "golden 4" ] \
+    && ok "the trust file records the per-event policy" || bad "trust file pcr_policy with events" "$EL/trust.json"
+"$PY" -c 'import json,sys; g=json.load(open(sys.argv[1])); e=g["events"][3]; e["sha256"]=("0" if e["sha256"][0]!="0" else "1")+e["sha256"][1:]; json.dump(g, open(sys.argv[2],"w"))' \
+    "$EL/golden.json" "$EL/golden-bad.json"
+check "rejected: one event differs from its reference value, the event named (exit 19)" 19 \
+    "FAIL event log: event 5 of the log \(PCR 23, EV_EFI_ACTION, event 2 of that PCR\) has SHA-256 [0-9a-f]{64}, the reference event [0-9a-f]{64}" -- \
+    "$V" attest enroll --golden "$EL/golden-bad.json" --url "$EURL" --allow-http --ek-ca "$EKCA" --out "$EL/bad-trust.json"
+"$PY" -c 'import json,sys; g=json.load(open(sys.argv[1])); del g["events"][1]["sha256"]; g["events"].append({"pcr": 16}); json.dump(g, open(sys.argv[2],"w"))' \
+    "$EL/golden.json" "$EL/golden-more.json"
+check "rejected: a reference event the log does not have (exit 19)" 19 "FAIL event log: PCR 16: the log has 2 event\(s\), the reference more" -- \
+    "$V" attest enroll --golden "$EL/golden-more.json" --url "$EURL" --allow-http --ek-ca "$EKCA" --out "$EL/bad-trust.json"
+check "rejected: reference events without an event log in the report (exit 19)" 19 "FAIL event log: .*no event log" -- \
+    "$V" attest enroll --golden "$EL/golden.json" "${C[@]}" --ek-ca "$EKCA" --out "$EL/bad-trust.json"
+tpm2_pcrextend "23:sha256=$(printf 'measured but not logged' | sha256sum | cut -c1-64)" >"$EL/extend2.log" 2>&1 \
+    || hard "tpm2_pcrextend: $(cat "$EL/extend2.log")"
+check "rejected: an event log that does not replay to the quoted PCR values, the PCR named (exit 19)" 19 \
+    "FAIL event log: PCR 23: the event log replays to [0-9a-f]{64}, the quote says [0-9a-f]{64}" -- \
+    "$V" attest enroll --accept-current --url "$EURL" --allow-http --ek-ca "$EKCA" --out "$EL/bad-trust.json"
+[ ! -e "$EL/bad-trust.json" ] && ok "no trust file for a refused event log" || bad "a trust file was written for a refused event log"
+check "a tpm_event_log that cannot be read stops veild's start before it opens anything, naming the setting (exit 2)" 2 "tpm_event_log .*no-such-log: No such file" -- \
+    timeout 120 "$B/veild" "${EV_ARGS[@]}" --port 0 --state-dir "$EL/state" --tpm-event-log "$EL/no-such-log"
+
 # A state_dir/tpm-ak that is not veild's (hand-edited, truncated): veild
 # does not start, names the file and says what to do; nothing replaces it.
 mkdir -p "$T/badak.state" && chmod 700 "$T/badak.state"
