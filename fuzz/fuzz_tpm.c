@@ -16,6 +16,9 @@
  *      under that EK
  *   6  a PCR selection text for veil_pcr_sel_parse, printed back and
  *      parsed again
+ *   7  a TCG event log (protocol/eventlog.c), parsed and replayed; every
+ *      event it accepts lies inside the input (seed corpus/tpm/event-log:
+ *      tests/attest_forge.py eventlog, with the byte 7 in front)
  * The qualifying data, PCR selection and values are the ones the seeds
  * were made with (tpmsim.h). */
 #include "config.h"
@@ -23,6 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "eventlog.h"
 #include "evidence.h"
 #include "fuzz.h"
 #include "tpmsim.h"
@@ -156,6 +160,21 @@ static void pcr_sel(const uint8_t *d, size_t n)
         abort();
 }
 
+static void event_log(const uint8_t *d, size_t n)
+{
+    veil_evlog l;
+    uint8_t pcr[VEIL_EVLOG_PCRS][32];
+    int used[VEIL_EVLOG_PCRS];
+    if (veil_evlog_parse(d, n, &l) == VEIL_OK) {
+        for (size_t i = 0; i < l.n; i++)
+            if (l.ev[i].pcr >= VEIL_EVLOG_PCRS || l.ev[i].data_off > n ||
+                l.ev[i].data_len > n - l.ev[i].data_off)
+                abort();
+        veil_evlog_replay(&l, pcr, used);
+    }
+    veil_evlog_free(&l);
+}
+
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
     static const uint8_t warm[] = {0x5a};
@@ -171,7 +190,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         return 0;
     const uint8_t *d = data + 1;
     size_t n = size - 1;
-    switch (data[0] % 7) {
+    switch (data[0] % 8) {
     case 0:
         pub_parse(d, n);
         break;
@@ -190,8 +209,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     case 5:
         make_credential(d, n);
         break;
-    default:
+    case 6:
         pcr_sel(d, n);
+        break;
+    default:
+        event_log(d, n);
         break;
     }
     return 0;

@@ -36,6 +36,7 @@
 #include <openssl/x509.h>
 #include <tss2/tss2_mu.h>
 
+#include "eventlog.h"
 #include "package.h"
 #include "testutil.h"
 #include "util.h"
@@ -1545,6 +1546,131 @@ static void test_evidence(void)
     CU_ASSERT_PTR_NOT_NULL(strstr(err.detail, "not JSON"));
 }
 
+/* ---- the TCG event log parser (protocol/eventlog.c) --------------------- */
+
+static size_t le32(uint8_t *b, size_t o, uint32_t v)
+{
+    for (int i = 0; i < 4; i++)
+        b[o + (size_t)i] = (uint8_t)(v >> (8 * i));
+    return o + 4;
+}
+
+static size_t le16(uint8_t *b, size_t o, uint32_t v)
+{
+    b[o] = (uint8_t)v;
+    b[o + 1] = (uint8_t)(v >> 8);
+    return o + 2;
+}
+
+/* A crypto-agile log (Spec ID event listing SHA-1 and, unless sha1_only,
+ * SHA-256), then three events: PCR 16 "fw", PCR 23 "sep", PCR last
+ * "boot".  Returns its length. */
+static size_t evlog_build(uint8_t *b, int sha1_only, uint32_t last)
+{
+    static const char *data[] = {"fw", "sep", "boot"};
+    const uint32_t pcr[] = {16, 23, last}, type[] = {8, 4, 0x80000007u};
+    unsigned algs = sha1_only ? 1 : 2;
+    size_t o = 0;
+    o = le32(b, o, 0);
+    o = le32(b, o, 3); /* EV_NO_ACTION */
+    memset(b + o, 0, 20);
+    o += 20;
+    o = le32(b, o, 16 + 4 + 4 + 4 + 4 * algs + 1);
+    memcpy(b + o, "Spec ID Event03", 16);
+    o += 16;
+    o = le32(b, o, 0);
+    b[o++] = 0, b[o++] = 2, b[o++] = 0, b[o++] = 2;
+    o = le32(b, o, algs);
+    o = le16(b, o, 0x0004);
+    o = le16(b, o, 20);
+    if (!sha1_only) {
+        o = le16(b, o, 0x000b);
+        o = le16(b, o, 32);
+    }
+    b[o++] = 0;
+    for (int i = 0; i < 3; i++) {
+        o = le32(b, o, pcr[i]);
+        o = le32(b, o, type[i]);
+        o = le32(b, o, algs);
+        o = le16(b, o, 0x0004);
+        memset(b + o, 0x11, 20);
+        o += 20;
+        if (!sha1_only) {
+            o = le16(b, o, 0x000b);
+            EVP_Digest(data[i], strlen(data[i]), b + o, NULL, EVP_sha256(),
+                       NULL);
+            o += 32;
+        }
+        o = le32(b, o, (uint32_t)strlen(data[i]));
+        memcpy(b + o, data[i], strlen(data[i]));
+        o += strlen(data[i]);
+    }
+    return o;
+}
+
+/* 1 when every event of a parsed log lies inside its len bytes. */
+static int evlog_inside(const veil_evlog *l, size_t len)
+{
+    for (size_t i = 0; i < l->n; i++)
+        if (l->ev[i].pcr >= VEIL_EVLOG_PCRS || l->ev[i].data_off > len ||
+            l->ev[i].data_len > len - l->ev[i].data_off)
+            return 0;
+    return 1;
+}
+
+/* The parser takes a log as the gateway sends it: a good one replays; one
+ * cut anywhere, or with any byte changed, is refused or parsed inside its
+ * bounds (ASan watches); a SHA-1-only log, a log without SHA-256 and an
+ * event for PCR 24 are refused, saying so. */
+static void test_event_log(void)
+{
+    uint8_t b[512], pcr[VEIL_EVLOG_PCRS][32], want[32], buf[64];
+    int used[VEIL_EVLOG_PCRS];
+    veil_evlog l;
+    size_t len = evlog_build(b, 0, 23);
+
+    CU_ASSERT_EQUAL_FATAL(veil_evlog_parse(b, len, &l), VEIL_OK);
+    CU_ASSERT_EQUAL(l.n, 3);
+    CU_ASSERT_STRING_EQUAL(veil_evlog_type_name(l.ev[2].type), "EV_EFI_ACTION");
+    veil_evlog_replay(&l, pcr, used);
+    CU_ASSERT(used[16] && used[23] && !used[0] && !used[7]);
+    memset(buf, 0, 32);
+    EVP_Digest("fw", 2, buf + 32, NULL, EVP_sha256(), NULL);
+    EVP_Digest(buf, 64, want, NULL, EVP_sha256(), NULL);
+    CU_ASSERT_EQUAL(memcmp(pcr[16], want, 32), 0);
+    veil_evlog_free(&l);
+
+    for (size_t cut = 0; cut < len; cut++) {
+        veil_rc rc = veil_evlog_parse(b, cut, &l);
+        CU_ASSERT(rc != VEIL_OK || (l.n < 3 && evlog_inside(&l, cut)));
+        veil_evlog_free(&l);
+    }
+    for (size_t i = 0; i < len; i++) {
+        b[i] ^= 0xff;
+        if (veil_evlog_parse(b, len, &l) == VEIL_OK) {
+            CU_ASSERT(evlog_inside(&l, len));
+            veil_evlog_replay(&l, pcr, used);
+        }
+        veil_evlog_free(&l);
+        b[i] ^= 0xff;
+    }
+
+    len = evlog_build(b, 0, 24);
+    CU_ASSERT_EQUAL(veil_evlog_parse(b, len, &l), VEIL_E_ARG);
+    CU_ASSERT_PTR_NOT_NULL(strstr(veil_last_error()->message, "PCR 24"));
+    veil_evlog_free(&l);
+    len = evlog_build(b, 1, 23);
+    CU_ASSERT_EQUAL(veil_evlog_parse(b, len, &l), VEIL_E_ARG);
+    CU_ASSERT_PTR_NOT_NULL(
+        strstr(veil_last_error()->message, "no SHA-256 digests"));
+    veil_evlog_free(&l);
+    len = evlog_build(b, 0, 23);
+    b[4] = 1; /* the first event is no Spec ID event: a SHA-1 log */
+    CU_ASSERT_EQUAL(veil_evlog_parse(b, len, &l), VEIL_E_ARG);
+    CU_ASSERT_PTR_NOT_NULL(strstr(veil_last_error()->message, "SHA-1-only"));
+    veil_evlog_free(&l);
+}
+
 /* The mock's keys and objects are made with CUnit assertions, so this is
  * a test of its own; nothing after it can run without it. */
 static void test_mock(void)
@@ -1570,6 +1696,7 @@ int main(void)
         {"answers without one", test_answers_untrusted},
         {"trust file and configuration", test_trust_config},
         {"offline evidence", test_evidence},
+        {"event log parser", test_event_log},
     };
     int rc;
 
