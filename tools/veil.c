@@ -67,7 +67,7 @@ static const char usage_main[] =
     "Options of chat and server-key (embed and models take --url,\n"
     "--api-key-file, --allow-http, --ca-file, --timeout, --retries and -v;\n"
     "attest enroll takes --url, --api-key-file, --allow-http, --ca-file,\n"
-    "--timeout and -v; attest update the same but --url; verify takes only\n"
+    "--timeout and -v; attest update the same except --url; verify takes only\n"
     "-v):\n"
     "  --url URL              server base URL (default: $VEIL_URL, else\n"
     "                         'url = URL' in ~/.config/veil/config; there is\n"
