@@ -52,17 +52,17 @@
  * a step returns its outcome, with the reason in the caller's err buffer. */
 typedef enum gw_rc {
     GW_OK = 0,
-    GW_REFUSED,      /* 400: the request is wrong (the detail says how) */
-    GW_UNAUTHORIZED, /* 401: no API key, or an unknown one */
-    GW_FORBIDDEN,    /* 403: not allowed (a model on a tier) */
-    GW_NOT_FOUND,    /* 404 */
-    GW_REPLAY,       /* 409: a request package seen before */
-    GW_RATE_LIMITED, /* 429, with Retry-After */
-    GW_INTERNAL,     /* 500 */
-    GW_UPSTREAM,     /* 502: the inference backend failed */
-    GW_UNAVAILABLE,  /* 503: try again later (token, TPM, register full) */
-    GW_NOMEM,        /* 503: out of memory */
-    GW_TIMEOUT,      /* 504: the inference backend timed out */
+    GW_REFUSED,       /* 400: the request is wrong (the detail says how) */
+    GW_UNAUTHORIZED,  /* 401: no API key, or an unknown one */
+    GW_FORBIDDEN,     /* 403: not allowed (a model on a tier) */
+    GW_NOT_FOUND,     /* 404 */
+    GW_REPLAY,        /* 409: a request package seen before */
+    GW_RATE_LIMITED,  /* 429, with Retry-After */
+    GW_INTERNAL,      /* 500 */
+    GW_UPSTREAM,      /* 502: the inference backend failed */
+    GW_UNAVAILABLE,   /* 503: try again later (token, TPM, register full) */
+    GW_NOMEM,         /* 503: out of memory */
+    GW_TIMEOUT,       /* 504: the inference backend timed out */
     GW_UNDECRYPTABLE, /* 400: the one answer for every package that does
                          not open (VEIL_PKG_DECRYPT_DETAIL) */
     GW_MEDIA_TYPE,    /* 415: a body of another Content-Type */
@@ -90,7 +90,7 @@ const char *gw_rc_detail(gw_rc rc);
 
 typedef struct gw_model {
     char *id;                /* model ID as clients name it */
-    char *upstream;          /* base URL (".../v1") or "echo" */
+    char *upstream;          /* base URL (".../v1"), unix:PATH or "echo" */
     char *upstream_key_file; /* file holding the upstream's API key, or NULL */
     unsigned tiers;          /* GW_TIER_* allowed */
     char *cache_salt_field;  /* request field isolating the backend's prompt
@@ -104,13 +104,13 @@ typedef struct gw_config {
     char *tls_cert, *tls_key; /* PEM files; both or neither */
     char *server_key; /* PKCS#11 URI, or "dir:PATH" (software, trying out) */
     char *pkcs11_module;
-    char *pin_source;  /* "file:...", "env:..." */
-    char *api_keys;    /* file of "sha256:<hex> [name]" lines; NULL: no auth */
-    char *operator_keys; /* names in api_keys with operator rights: "a,b" */
-    double rate;       /* requests per second per API key (1) */
-    unsigned burst;    /* bucket size (2) */
-    size_t body_limit; /* bytes (16 MiB) */
-    unsigned workers;  /* threads (4) */
+    char *pin_source; /* "file:...", "env:..." */
+    char *api_keys;   /* file of "sha256:<hex> [name]" lines; NULL: no auth */
+    char *operator_keys;     /* names in api_keys with operator rights: "a,b" */
+    double rate;             /* requests per second per API key (1) */
+    unsigned burst;          /* bucket size (2) */
+    size_t body_limit;       /* bytes (16 MiB) */
+    unsigned workers;        /* threads (4) */
     unsigned header_timeout; /* seconds to a complete header block (5) */
     size_t body_min_rate;    /* bytes/s a body averages after 2 s (16 KiB) */
     unsigned body_timeout;   /* seconds a body may take at most (120) */
@@ -138,6 +138,8 @@ typedef struct gw_config {
     int tpm_ak_rotate;            /* a new long-term AK at this start (0) */
     char *tpm_certify_key;        /* TSS2 PRIVATE KEY PEM of the server key */
     char *tpm_certify_key_auth;   /* its auth value's PIN source */
+    int tpm_remote_https; /* maximum may use an https:// backend on another
+                             host (0: only echo, unix: and loopback) */
     /* protocol v2 (docs/PROTOCOL-V2.md) */
     int v2;              /* 1: /.well-known/ohttp-gateway is served (1) */
     unsigned kem_rotate; /* seconds between KEM keys (3600) */
@@ -380,6 +382,17 @@ int gw_upstream_alive(const gw_config *cfg, const gw_model *m,
                       const veil_logger *log);
 /* Releases the upstream connection pool (at shutdown). */
 void gw_upstream_cleanup(void);
+
+/* The backend statement of model m for a maximum answer
+ * (protocol/backend.h) into out (VEIL_BACKEND_STATEMENT_MAX bytes
+ * suffice): GW_OK when its backend is on this host (echo, unix:,
+ * loopback) or https:// elsewhere with tpm_remote_https on; else
+ * GW_FORBIDDEN with the client's detail in why (backend_stmt.c). */
+gw_rc gw_backend_statement(const gw_config *cfg, const gw_model *m, char *out,
+                           size_t size, char *why, size_t why_size);
+/* m's tiers as GET /v1/models shows them: without maximum when
+ * gw_backend_statement refuses it. */
+unsigned gw_model_tiers(const gw_config *cfg, const gw_model *m);
 
 /* ---- the TPM (tpm.c) -------------------------------------------------- */
 

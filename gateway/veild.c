@@ -14,6 +14,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "backend.h"
 #include "exitcode.h"
 #include "toolenv.h"
 #include "gateway.h"
@@ -419,6 +420,22 @@ static void log_started(const gw_deps *d, unsigned port)
     if (!d->tpm && any_model_on(cfg, VEIL_TIER_MAXIMUM))
         veil_logf(&logger, VEIL_LOG_INFO,
                   "tpm is off: maximum-tier requests answer 503");
+    for (size_t i = 0; d->tpm && i < cfg->n_models; i++) {
+        const gw_model *m = &cfg->models[i];
+        char stmt[VEIL_BACKEND_STATEMENT_MAX], why[512];
+
+        if (!(m->tiers & VEIL_TIER_MAXIMUM))
+            continue;
+        if (gw_backend_statement(cfg, m, stmt, sizeof stmt, why, sizeof why) !=
+            GW_OK)
+            veil_logf(&logger, VEIL_LOG_WARN, "%s: maximum requests answer 403",
+                      why);
+        else if (!veil_backend_on_host(veil_backend_classify(m->upstream)))
+            veil_logf(&logger, VEIL_LOG_WARN,
+                      "model '%s' on maximum: its backend is on another host "
+                      "(tpm_remote_https); its quotes say so",
+                      m->id);
+    }
     if (!cfg->tls_cert && !loopback(cfg->listen_addr))
         veil_logf(&logger, VEIL_LOG_WARN,
                   "plain http on %s: put TLS in front (tls_cert, "
