@@ -52,17 +52,17 @@
  * a step returns its outcome, with the reason in the caller's err buffer. */
 typedef enum gw_rc {
     GW_OK = 0,
-    GW_REFUSED,       /* 400: the request is wrong (the detail says how) */
-    GW_UNAUTHORIZED,  /* 401: no API key, or an unknown one */
-    GW_FORBIDDEN,     /* 403: not allowed (a model on a tier) */
-    GW_NOT_FOUND,     /* 404 */
-    GW_REPLAY,        /* 409: a request package seen before */
-    GW_RATE_LIMITED,  /* 429, with Retry-After */
-    GW_INTERNAL,      /* 500 */
-    GW_UPSTREAM,      /* 502: the inference backend failed */
-    GW_UNAVAILABLE,   /* 503: try again later (token, TPM, register full) */
-    GW_NOMEM,         /* 503: out of memory */
-    GW_TIMEOUT,       /* 504: the inference backend timed out */
+    GW_REFUSED,      /* 400: the request is wrong (the detail says how) */
+    GW_UNAUTHORIZED, /* 401: no API key, or an unknown one */
+    GW_FORBIDDEN,    /* 403: not allowed (a model on a tier) */
+    GW_NOT_FOUND,    /* 404 */
+    GW_REPLAY,       /* 409: a request package seen before */
+    GW_RATE_LIMITED, /* 429, with Retry-After */
+    GW_INTERNAL,     /* 500 */
+    GW_UPSTREAM,     /* 502: the inference backend failed */
+    GW_UNAVAILABLE,  /* 503: try again later (token, TPM, register full) */
+    GW_NOMEM,        /* 503: out of memory */
+    GW_TIMEOUT,      /* 504: the inference backend timed out */
     GW_UNDECRYPTABLE, /* 400: the one answer for every package that does
                          not open (VEIL_PKG_DECRYPT_DETAIL) */
     GW_MEDIA_TYPE,    /* 415: a body of another Content-Type */
@@ -104,13 +104,13 @@ typedef struct gw_config {
     char *tls_cert, *tls_key; /* PEM files; both or neither */
     char *server_key; /* PKCS#11 URI, or "dir:PATH" (software, trying out) */
     char *pkcs11_module;
-    char *pin_source; /* "file:...", "env:..." */
-    char *api_keys;   /* file of "sha256:<hex> [name]" lines; NULL: no auth */
-    char *operator_keys;     /* names in api_keys with operator rights: "a,b" */
-    double rate;             /* requests per second per API key (1) */
-    unsigned burst;          /* bucket size (2) */
-    size_t body_limit;       /* bytes (16 MiB) */
-    unsigned workers;        /* threads (4) */
+    char *pin_source;  /* "file:...", "env:..." */
+    char *api_keys;    /* file of "sha256:<hex> [name]" lines; NULL: no auth */
+    char *operator_keys; /* names in api_keys with operator rights: "a,b" */
+    double rate;       /* requests per second per API key (1) */
+    unsigned burst;    /* bucket size (2) */
+    size_t body_limit; /* bytes (16 MiB) */
+    unsigned workers;  /* threads (4) */
     unsigned header_timeout; /* seconds to a complete header block (5) */
     size_t body_min_rate;    /* bytes/s a body averages after 2 s (16 KiB) */
     unsigned body_timeout;   /* seconds a body may take at most (120) */

@@ -1,10 +1,10 @@
 /* veild's server: the route table over the HTTP layer (service/http.c),
  * admission (API key, rate limit), the small routes (public key, models,
  * health), start and stop.  The routes that do the work are modules of
- * their own: v1.c (the exchange), v2.c (Oblivious HTTP), attest_routes.c
- * (attestation, signatures), with keycache.c for the callers' keys; respond.c
- * is the one place a gw_rc becomes an HTTP status.  server.c points at the
- * route modules and they never call back into it (tests/check_includes.py). */
+ * their own: v1.c (the exchange), v2.c (Oblivious HTTP), attest_routes.c (attestation,
+ * signatures), with keycache.c for the callers' keys; respond.c is the one
+ * place a gw_rc becomes an HTTP status.  server.c points at the route
+ * modules and they never call back into it (tests/check_includes.py). */
 #include "config.h"
 
 #include <stdarg.h>

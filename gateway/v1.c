@@ -319,9 +319,10 @@ static gw_rc v1_sign(gw_server *s, svc_req *r, v1_x *x)
     gw_rc rc;
 
     SHA256((const uint8_t *)x->pkg, strlen(x->pkg), response_sha256);
-    rc = gw_answer_sign(
-        s, x->pid, x->pid_key, x->tier_name, x->request_sha256, response_sha256,
-        gw_req_live(s, r)->auth ? svc_client_id(r) : NULL, &x->sig);
+    rc = gw_answer_sign(s, x->pid, x->pid_key, x->tier_name, x->request_sha256,
+                        response_sha256,
+                        gw_req_live(s, r)->auth ? svc_client_id(r) : NULL,
+                        &x->sig);
     if (rc != GW_OK)
         snprintf(x->why, sizeof x->why, "the answer could not be signed");
     return rc;
