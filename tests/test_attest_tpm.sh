@@ -391,6 +391,9 @@ check "a chat through the Unix socket upstream (standard)" 0 "" -- \
     "$V" chat --url "$BURL" --allow-http -m local "through the socket"
 [ "$(cat "$out")" = "mock: through the socket" ] && ok "the backend on the Unix socket answered" || bad "socket answer" "$out" "$err"
 grep -q "model=local" "$T/mock.log" && ok "mock-upstream saw the request on its Unix socket" || bad "mock log" "$T/mock.log"
+curl -s "$BURL/healthz" >"$T/healthz.json" || bad "GET /healthz" "$T/healthz.json"
+[ "$(field "$T/healthz.json" 'j["upstreams"]["local"]')" = True ] \
+    && ok "/healthz probes the backend over its Unix socket" || bad "healthz of the socket model" "$T/healthz.json"
 curl -sf "$BURL/v1/models" >"$T/models.json" || bad "GET /v1/models"
 [ "$(field "$T/models.json" '[",".join(m["tiers"]) for m in j["data"] if m["id"] in ("local","far")]')" = "['standard,maximum', 'standard']" ] \
     && ok "GET /v1/models offers maximum for the socket model, not for the remote one" || bad "models tiers" "$T/models.json"
@@ -443,6 +446,8 @@ check "tpm_remote_https = on: the socket model still verifies" 0 "transport unix
 kill -TERM "$MOCK_PID" && wait "$MOCK_PID" || bad "mock-upstream did not stop cleanly"
 MOCK_PID=""
 [ ! -e "$SOCK" ] && ok "mock-upstream removed its socket" || bad "the socket is left behind"
+check "a Unix socket nobody listens on: 503 (exit 17), naming the model" 17 "inference backend unavailable: local" -- \
+    "$V" chat --url "$BURL" --allow-http -m local "nobody there"
 
 # ------------------------------------------------------ no TPM on the gateway
 
