@@ -279,13 +279,13 @@ static int check_quote(veil_engine *e, const veil_trust *t, const answer_in *a,
                   "signature, qualifying data (payload %s, this request, %s "
                   "keys, backend statement) and PCR digest",
                   a->payload_id, t ? "the enrolled" : "the server's");
-    char where[VEIL_BACKEND_STATEMENT_MAX + 256];
-    veil_backend_describe(&backend, where, sizeof where);
-    veil_cl_check(ck, "backend", 1, "%s", where);
     if ((t != NULL && !pcr_values_check(t, &q, ck)) ||
         (q.has_kc && !veil_cl_key_certify_check(e, signer, &q, enc, qual, ck)))
         goto out;
-    ok = 1;
+    /* where the plaintext went, once everything it rests on held */
+    char where[VEIL_BACKEND_STATEMENT_MAX + 256];
+    veil_backend_describe(&backend, where, sizeof where);
+    ok = veil_cl_check(ck, "backend", 1, "%s", where);
 out:
     veil_tpm_pub_clear(&enrolled);
     veil_tpm_pub_clear(&reported);
