@@ -14,6 +14,7 @@
 
 #include <openssl/crypto.h>
 
+#include "backend.h"
 #include "keys.h"
 #include "package.h"
 #include "tier.h"
@@ -36,7 +37,8 @@ typedef struct call {
     veil_cl_keyref *own;
     veil_cl_keyref *server;
     veil_chat_stats *stats;
-    char **evidence; /* opts->evidence */
+    char **evidence;   /* opts->evidence */
+    const char *model; /* the request's "model" (chat), or NULL */
 } call;
 
 /* Refuses an answer: the one security message, and what was wrong with it
@@ -142,6 +144,8 @@ static int answer_metadata(cJSON *tree, const char *payload_id)
     cJSON_DeleteItemFromObjectCaseSensitive(md, "payload_id");
     cJSON_DeleteItemFromObjectCaseSensitive(md, "is_encrypted");
     cJSON_DeleteItemFromObjectCaseSensitive(md, "encryption_algorithm");
+    /* only the client states what it verified (verify_answer) */
+    cJSON_DeleteItemFromObjectCaseSensitive(md, "attested_backend");
     return md != NULL &&
            cJSON_AddStringToObject(md, "payload_id", payload_id) &&
            cJSON_AddTrueToObject(md, "is_encrypted") &&
@@ -276,6 +280,26 @@ static void log_check(void *ctx, const char *check, int ok, const char *detail)
               ok ? "ok" : "FAIL", check, detail);
 }
 
+/* _metadata.attested_backend of an answer whose quote verified: the
+ * backend statement the quote covers, as members (docs/CLIENT.md).  0: no
+ * memory. */
+static int attested_backend(cJSON *md, const cJSON *tpm)
+{
+    const char *text = cJSON_GetStringValue(
+        cJSON_GetObjectItemCaseSensitive(tpm, "backend_statement"));
+    veil_backend_info b;
+    cJSON *o;
+    if (text == NULL || veil_backend_parse(text, strlen(text), &b) != VEIL_OK)
+        return 1; /* not reached: the quote check parsed it */
+    return (o = cJSON_AddObjectToObject(md, "attested_backend")) != NULL &&
+           cJSON_AddStringToObject(o, "model", b.model) &&
+           cJSON_AddStringToObject(o, "upstream", b.upstream) &&
+           cJSON_AddStringToObject(o, "transport",
+                                   veil_backend_transport(b.kind)) &&
+           cJSON_AddStringToObject(o, "location",
+                                   veil_backend_location(b.kind));
+}
+
 /* Verifies an opened answer a (veil_cl_verify_answer) when there is
  * something to verify: a trust file, the maximum tier, or evidence to
  * record.  A failure wipes and drops the answer. */
@@ -291,8 +315,13 @@ static veil_client_status verify_answer(call *k, veil_cl_answer *a_in,
     const cJSON *md = cJSON_GetObjectItemCaseSensitive(*response, "_metadata");
     veil_cl_answer a = *a_in;
     a.tpm_attestation = cJSON_GetObjectItemCaseSensitive(md, "tpm_attestation");
+    a.model = k->model;
     veil_client_status st = veil_cl_verify_answer(
         c->engine, c->trust, &a, log_check, k, k->evidence, err);
+    if (st == VEIL_CLIENT_OK && a.quote_checked &&
+        !attested_backend((cJSON *)md, a.tpm_attestation))
+        st = veil_cl_fail(err, VEIL_CLIENT_E_SECURITY, 200, VEIL_E_NOMEM,
+                          "out of memory");
     if (st != VEIL_CLIENT_OK) {
         veil_logf(&c->log, VEIL_LOG_DEBUG, "answer to %s refused: %s",
                   payload_id, err->detail);
@@ -568,6 +597,8 @@ veil_client_status veil_chat_create(veil_client *c, const cJSON *request,
     veil_client_error local; /* the retry logic reads the detail */
     if (err == NULL)
         err = &local;
+    k.model = cJSON_GetStringValue(
+        cJSON_GetObjectItemCaseSensitive(request, "model"));
     veil_client_status st = call_begin(&k, opts, url, response, err);
     if (st == VEIL_CLIENT_OK &&
         (st = call_plaintext(&k, request, &pt, err)) == VEIL_CLIENT_OK &&

@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "backend.h"
 #include "package.h"
 #include "tier.h"
 #include "verify.h"
@@ -39,6 +40,7 @@ typedef struct answer_in {
     int has_signing_key;
     uint8_t signing_key[32];   /* what the answer says signed it */
     const cJSON *tpm;          /* tpm_attestation, or NULL */
+    const char *model;         /* the model asked for, or NULL (evidence) */
     const uint8_t *server_sha; /* without a trust file: the key used */
     int allow_foreign;         /* without a trust file: see veil_cl_answer */
     int signature_checked;     /* verified before the answer was opened */
@@ -190,6 +192,33 @@ static int pcr_values_check(const veil_trust *t, const veil_cl_quote *q,
     return veil_cl_check(ck, "PCR values", 1, "as enrolled");
 }
 
+/* The backend statement of a quote (docs/ATTESTATION.md): present, in
+ * canonical form, its transport and location as its upstream says, and
+ * for the model the request named.  Its hash goes into *sha for the
+ * qualifying data; *b is what the "backend" check shows once the quote
+ * verified. */
+static int backend_statement(const cJSON *o, const answer_in *a,
+                             veil_backend_info *b, uint8_t sha[32],
+                             veil_cl_checker *ck)
+{
+    const char *name = "backend statement";
+    const char *text = veil_cl_json_str(o, "backend_statement");
+    if (text == NULL)
+        return veil_cl_check(ck, name, 0,
+                             "the quote does not state where the plaintext "
+                             "goes (no backend_statement): a gateway before "
+                             "the backend binding, or one that hides it");
+    if (veil_backend_parse(text, strlen(text), b) != VEIL_OK)
+        return veil_cl_check(ck, name, 0, "%s", veil_cl_why_last());
+    if (a->model != NULL && strcmp(a->model, b->model) != 0)
+        return veil_cl_check(ck, name, 0,
+                             "the statement is for model '%.200s', the "
+                             "request named '%.200s'",
+                             b->model, a->model);
+    veil_cl_sha256(text, strlen(text), sha);
+    return 1;
+}
+
 /* The quote of a maximum answer.  With a trust file: signed by the
  * enrolled AK (or a per-request AK it certified), qualifying data over
  * this request and the enrolled keys, PCRs as enrolled.  Without one:
@@ -220,12 +249,18 @@ static int check_quote(veil_engine *e, const veil_trust *t, const answer_in *a,
             : "from a TPM",
         q.has_aikc ? "per-request attestation key" : "long-term key");
 
-    uint8_t zero[32] = {0}, qual[32];
+    uint8_t zero[32] = {0}, qual[32], backend_sha[32];
     const uint8_t *enc = t ? t->enc_sha : a->server_sha;
     const uint8_t *sign = t                    ? t->sign_sha
                           : a->has_signing_key ? a->signing_key
                                                : zero;
-    veil_ev_answer_qualifying(a->payload_id, a->req_sha, enc, sign, qual);
+    veil_backend_info backend;
+    if (!backend_statement(o, a, &backend, backend_sha, ck)) {
+        veil_cl_quote_free(&q);
+        return 0;
+    }
+    veil_ev_answer_qualifying(a->payload_id, a->req_sha, enc, sign, backend_sha,
+                              qual);
 
     veil_tpm_pub enrolled = {0}, reported = {0};
     const veil_tpm_pub *signer =
@@ -236,17 +271,26 @@ static int check_quote(veil_engine *e, const veil_trust *t, const answer_in *a,
     if (veil_tpm_check_quote(e, signer, q.quote, q.quote_len, q.sig, q.sig_len,
                              qual, &q.sel,
                              (const uint8_t(*)[32])q.values) != VEIL_OK) {
-        veil_cl_check(ck, "quote", 0, "%s", veil_cl_why_last());
+        const char *failed = veil_cl_why_last();
+        veil_cl_check(ck, "quote", 0, "%s%s", failed,
+                      strstr(failed, "qualifying data")
+                          ? " (it covers the payload ID, this request, the "
+                            "keys and the backend statement: one of them is "
+                            "not what the TPM quoted)"
+                          : "");
         goto out;
     }
     veil_cl_check(ck, "quote", 1,
                   "signature, qualifying data (payload %s, this request, %s "
-                  "keys) and PCR digest",
+                  "keys, backend statement) and PCR digest",
                   a->payload_id, t ? "the enrolled" : "the server's");
     if ((t != NULL && !pcr_values_check(t, &q, ck)) ||
         (q.has_kc && !veil_cl_key_certify_check(e, signer, &q, enc, qual, ck)))
         goto out;
-    ok = 1;
+    /* where the plaintext went, once everything it rests on held */
+    char where[VEIL_BACKEND_STATEMENT_MAX + 256];
+    veil_backend_describe(&backend, where, sizeof where);
+    ok = veil_cl_check(ck, "backend", 1, "%s", where);
 out:
     veil_tpm_pub_clear(&enrolled);
     veil_tpm_pub_clear(&reported);
@@ -379,6 +423,7 @@ static answer_in answer_of(const veil_cl_answer *in)
         .payload_id = in->payload_id,
         .tier = in->tier,
         .tpm = in->tpm_attestation,
+        .model = in->model,
         .server_sha = in->server_key_sha256,
         .allow_foreign = in->allow_foreign,
         .signature_checked = in->signature_checked,

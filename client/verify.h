@@ -21,6 +21,8 @@ typedef struct veil_cl_answer {
     const veil_cl_http_response *response; /* body and signature headers */
     const uint8_t *server_key_sha256;      /* the key the request went to */
     const cJSON *tpm_attestation;          /* _metadata.tpm_attestation */
+    const char *model;     /* the model the request named (NULL: not known); a
+                              maximum answer's backend statement must name it */
     int allow_foreign;     /* maximum, no trust file: accept an attestation in
                               another format than veil's (unchecked) */
     int quote_checked;     /* out: a TPM quote was verified */

@@ -8,7 +8,7 @@
  *   model = ID=UPSTREAM[,tiers=standard+high][,key-file=FILE]
  *                      [,cache-salt=FIELD]
  *   [model ID]              a model section; its lines until the next
- *   upstream = URL|echo     section: upstream (required),
+ *   upstream = URL|unix:PATH|echo  section: upstream (required),
  *   upstream_key_file = F   upstream_key_file,
  *   tiers = standard,high   tiers (default: all three) and
  *   cache_salt_field = F    cache_salt_field
@@ -24,6 +24,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "backend.h"
 #include "evidence.h"
 #include "gateway.h"
 #include "settings.h"
@@ -106,7 +107,8 @@ static int model_check_id(const gw_config *cfg, const char *id, size_t len,
     return 0;
 }
 
-/* "echo", or http:// or https:// with a host; trailing '/' dropped. */
+/* "echo", unix:/PATH (a Unix socket: the server's base path is /v1), or
+ * http:// or https:// with a host; trailing '/' dropped. */
 static int model_set_upstream(gw_model *m, const char *v, size_t len, char *msg,
                               size_t msize)
 {
@@ -115,6 +117,21 @@ static int model_set_upstream(gw_model *m, const char *v, size_t len, char *msg,
 
     if (len == 4 && memcmp(v, "echo", 4) == 0)
         return svc_set_str(&m->upstream, v, len, msg, msize);
+    if (len >= 5 && memcmp(v, "unix:", 5) == 0) {
+        int ok =
+            len > 6 && v[5] == '/' && len - 5 <= VEIL_BACKEND_UNIX_PATH_MAX;
+
+        for (size_t i = 5; ok && i < len; i++)
+            ok = (unsigned char)v[i] > 0x20 && (unsigned char)v[i] < 0x7f;
+        if (ok)
+            return svc_set_str(&m->upstream, v, len, msg, msize);
+        svc_put_err(msg, msize,
+                    "'%s' is not a Unix socket upstream (unix: and an "
+                    "absolute path of at most %d characters, no spaces, "
+                    "such as unix:/run/llama.sock)",
+                    svc_shown(v, len, b, sizeof b), VEIL_BACKEND_UNIX_PATH_MAX);
+        return -1;
+    }
     if (len > 7 && strncmp(v, "http://", 7) == 0)
         skip = 7;
     else if (len > 8 && strncmp(v, "https://", 8) == 0)
@@ -128,8 +145,8 @@ static int model_set_upstream(gw_model *m, const char *v, size_t len, char *msg,
         return svc_set_str(&m->upstream, v, len, msg, msize);
     }
     svc_put_err(msg, msize,
-                "'%s' is not an upstream (echo, or an http:// or https:// base "
-                "URL such as http://127.0.0.1:8080/v1)",
+                "'%s' is not an upstream (echo, unix:/PATH, or an http:// or "
+                "https:// base URL such as http://127.0.0.1:8080/v1)",
                 svc_shown(v, len, b, sizeof b));
     return -1;
 }
@@ -521,6 +538,11 @@ static const svc_setting settings[] = {
      NULL,
      "where the auth value of tpm_certify_key comes from: file:PATH, "
      "env:NAME, prompt or none"},
+    {"tpm_remote_https", "off|on", &svc_bool, OFF(tpm_remote_https), 0, 0,
+     "off",
+     "let maximum use a model whose upstream is an https:// server on another "
+     "host (the quoted backend statement then says remote); off: only echo, "
+     "unix: sockets and loopback"},
     {"v2", "off|on", &svc_bool, OFF(v2), 0, 0, "on",
      "protocol v2 (Oblivious HTTP, docs/PROTOCOL-V2.md) at "
      "/.well-known/ohttp-gateway, beside v1"},
@@ -532,14 +554,16 @@ static const svc_setting settings[] = {
     {"model", "ID=UPSTREAM[,tiers=A+B][,key-file=FILE][,cache-salt=FIELD]",
      &k_model, 0, 0, 0,
      NULL,
-     "a model clients may name; UPSTREAM is echo or a base URL such as "
-     "http://127.0.0.1:8080/v1; repeatable (or a [model ID] section)"},
+     "a model clients may name; UPSTREAM is echo, unix:/PATH (a Unix socket) "
+     "or a base URL such as http://127.0.0.1:8080/v1; repeatable (or a "
+     "[model ID] section)"},
 };
 
 /* The lines of a [model ID] section. */
 static const svc_key section_keys[] = {
-    {"upstream", "URL|echo",
-     "base URL of an OpenAI-compatible server (.../v1), or echo; required"},
+    {"upstream", "URL|unix:PATH|echo",
+     "base URL of an OpenAI-compatible server (.../v1), unix:/PATH (its Unix "
+     "socket, base path /v1), or echo; required"},
     {"upstream_key_file", "FILE",
      "file holding the upstream's API key (sent as a Bearer token)"},
     {"tiers", "standard,high,maximum",

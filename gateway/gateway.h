@@ -90,7 +90,7 @@ const char *gw_rc_detail(gw_rc rc);
 
 typedef struct gw_model {
     char *id;                /* model ID as clients name it */
-    char *upstream;          /* base URL (".../v1") or "echo" */
+    char *upstream;          /* base URL (".../v1"), unix:PATH or "echo" */
     char *upstream_key_file; /* file holding the upstream's API key, or NULL */
     unsigned tiers;          /* GW_TIER_* allowed */
     char *cache_salt_field;  /* request field isolating the backend's prompt
@@ -139,6 +139,8 @@ typedef struct gw_config {
     char *tpm_event_log;          /* NULL: the platform's (hardware TPM) */
     char *tpm_certify_key;        /* TSS2 PRIVATE KEY PEM of the server key */
     char *tpm_certify_key_auth;   /* its auth value's PIN source */
+    int tpm_remote_https; /* maximum may use an https:// backend on another
+                             host (0: only echo, unix: and loopback) */
     /* protocol v2 (docs/PROTOCOL-V2.md) */
     int v2;              /* 1: /.well-known/ohttp-gateway is served (1) */
     unsigned kem_rotate; /* seconds between KEM keys (3600) */
@@ -381,6 +383,17 @@ int gw_upstream_alive(const gw_config *cfg, const gw_model *m,
                       const veil_logger *log);
 /* Releases the upstream connection pool (at shutdown). */
 void gw_upstream_cleanup(void);
+
+/* The backend statement of model m for a maximum answer
+ * (protocol/backend.h) into out (VEIL_BACKEND_STATEMENT_MAX bytes
+ * suffice): GW_OK when its backend is on this host (echo, unix:,
+ * loopback) or https:// elsewhere with tpm_remote_https on; else
+ * GW_FORBIDDEN with the client's detail in why (backend_stmt.c). */
+gw_rc gw_backend_statement(const gw_config *cfg, const gw_model *m, char *out,
+                           size_t size, char *why, size_t why_size);
+/* m's tiers as GET /v1/models shows them: without maximum when
+ * gw_backend_statement refuses it. */
+unsigned gw_model_tiers(const gw_config *cfg, const gw_model *m);
 
 /* ---- the TPM (tpm.c) -------------------------------------------------- */
 

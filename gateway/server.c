@@ -99,7 +99,7 @@ static void get_models(void *app, svc_req *r)
             break;
         }
         for (unsigned b = VEIL_TIER_STANDARD; b <= VEIL_TIER_MAXIMUM; b <<= 1)
-            if (m->tiers & b)
+            if (gw_model_tiers(cfg, m) & b)
                 cJSON_AddItemToArray(tiers,
                                      cJSON_CreateString(veil_tier_name(b)));
     }

@@ -1,5 +1,7 @@
 /* The real inference backend: an OpenAI-compatible server reached over
- * libcurl (POST <base>/chat/completions, /completions, /embeddings), its
+ * libcurl (POST <base>/chat/completions, /completions, /embeddings), over
+ * TCP or, for an upstream unix:/PATH, over that Unix socket (base
+ * http://localhost/v1: no TCP port at all), its
  * answers mapped to outcomes. The backend's answer is checked (one JSON object,
  * no key twice) and handed back as it came.
  *
@@ -45,11 +47,25 @@ static void wipe_free(void *p, size_t len)
     free(p);
 }
 
-/* base (".../v1", trailing '/' dropped) + path, malloc'd. */
+/* The base URL of a Unix socket upstream: requests go to its /v1. */
+#define UP_UNIX_BASE "http://localhost/v1"
+
+/* The socket path of an upstream "unix:/PATH", or NULL for a URL. */
+static const char *unix_path(const char *upstream)
+{
+    return strncmp(upstream, "unix:", 5) == 0 ? upstream + 5 : NULL;
+}
+
+/* base (".../v1", trailing '/' dropped; for unix:PATH, UP_UNIX_BASE) +
+ * path, malloc'd. */
 static char *make_url(const char *base, const char *path)
 {
-    size_t n = strlen(base), size;
+    size_t n, size;
     char *url;
+
+    if (unix_path(base))
+        base = UP_UNIX_BASE;
+    n = strlen(base);
 
     while (n > 0 && base[n - 1] == '/')
         n--;
@@ -126,11 +142,16 @@ void gw_upstream_cleanup(void)
         curl_global_cleanup();
 }
 
-/* Options every upstream exchange shares. */
-static void common_options(CURL *h, const char *url, long timeout_ms,
-                           long connect_ms, char *errbuf)
+/* Options every upstream exchange shares; upstream: the model's, for its
+ * Unix socket. */
+static void common_options(CURL *h, const char *upstream, const char *url,
+                           long timeout_ms, long connect_ms, char *errbuf)
 {
     curl_easy_setopt(h, CURLOPT_URL, url);
+    /* NULL for a URL upstream: a pooled handle forgets an earlier socket
+     * (curl_easy_reset clears it too; said here so it never depends on
+     * that) */
+    curl_easy_setopt(h, CURLOPT_UNIX_SOCKET_PATH, unix_path(upstream));
     curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http,https");
     curl_easy_setopt(h, CURLOPT_FOLLOWLOCATION, 0L);
     /* Straight to the backend: no proxy from the environment (http_proxy
@@ -607,7 +628,7 @@ gw_rc gw_http_call(const gw_config *cfg, const gw_model *m, const char *path,
         rc = GW_NOMEM;
         goto out;
     }
-    common_options(h, url, (long)cfg->upstream_timeout * 1000L,
+    common_options(h, m->upstream, url, (long)cfg->upstream_timeout * 1000L,
                    (long)cfg->connect_timeout * 1000L, errbuf);
     curl_easy_setopt(h, CURLOPT_HTTPHEADER, headers);
     curl_easy_setopt(h, CURLOPT_POST, 1L);
@@ -662,7 +683,8 @@ int gw_upstream_alive(const gw_config *cfg, const gw_model *m,
                 (long)cfg->connect_timeout * 1000L < UP_ALIVE_TIMEOUT_MS
             ? (long)cfg->connect_timeout * 1000L
             : UP_ALIVE_TIMEOUT_MS;
-    common_options(h, url, UP_ALIVE_TIMEOUT_MS, connect_ms, errbuf);
+    common_options(h, m->upstream, url, UP_ALIVE_TIMEOUT_MS, connect_ms,
+                   errbuf);
     curl_easy_setopt(h, CURLOPT_HTTPGET, 1L);
     curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_discard);
     curl_easy_perform(h);

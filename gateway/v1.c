@@ -2,7 +2,10 @@
  * as named steps that each return a gw_rc: read the headers, take the
  * caller's key, open the request package with the server key (inside the
  * token), check replay, model and tier, quote with the TPM (maximum), ask
- * the upstream, seal the answer to the caller's key, sign it.  Only the
+ * the upstream, seal the answer to the caller's key, sign it.  On maximum
+ * the quote also covers the backend statement (where the plaintext goes:
+ * backend_stmt.c), and a model whose backend is not on this host is
+ * refused unless tpm_remote_https allows it.  Only the
  * route handler at the end answers (gw_respond, or the sealed answer). */
 #include "config.h"
 
@@ -13,6 +16,7 @@
 
 #include <openssl/sha.h>
 
+#include "backend.h"
 #include "evidence.h"
 #include "routes.h"
 
@@ -32,6 +36,7 @@ typedef struct v1_x {
     gw_request *rq;
     const gw_model *m;
     cJSON *attestation;
+    char backend[VEIL_BACKEND_STATEMENT_MAX]; /* maximum: the statement */
     char salt[65];
     gw_upstream_result up;
     char *metadata, *pkg;
@@ -167,6 +172,9 @@ static gw_rc v1_model(gw_server *s, v1_x *x)
                  x->tier_name);
         return GW_UNAVAILABLE;
     }
+    if (x->tier == VEIL_TIER_MAXIMUM)
+        return gw_backend_statement(x->cfg, x->m, x->backend, sizeof x->backend,
+                                    x->why, sizeof x->why);
     return GW_OK;
 }
 
@@ -174,7 +182,7 @@ static gw_rc v1_model(gw_server *s, v1_x *x)
  * inference, and no answer ever leaves unattested. */
 static gw_rc v1_attest(gw_server *s, v1_x *x)
 {
-    uint8_t qualifying[32];
+    uint8_t qualifying[32], backend_sha256[32];
     char why[320];
 
     if (x->tier != VEIL_TIER_MAXIMUM)
@@ -183,10 +191,18 @@ static gw_rc v1_attest(gw_server *s, v1_x *x)
         snprintf(x->why, sizeof x->why, "no TPM attestation available");
         return GW_UNAVAILABLE;
     }
-    veil_ev_answer_qualifying(x->pid, x->request_sha256,
-                              s->d.encryption_key_sha256,
-                              s->d.signing_key_sha256, qualifying);
+    SHA256((const uint8_t *)x->backend, strlen(x->backend), backend_sha256);
+    veil_ev_answer_qualifying(
+        x->pid, x->request_sha256, s->d.encryption_key_sha256,
+        s->d.signing_key_sha256, backend_sha256, qualifying);
     x->attestation = gw_tpm_quote(s->d.tpm, qualifying, why, sizeof why);
+    if (x->attestation != NULL &&
+        !cJSON_AddStringToObject(x->attestation, "backend_statement",
+                                 x->backend)) {
+        cJSON_Delete(x->attestation);
+        x->attestation = NULL;
+        snprintf(why, sizeof why, "out of memory");
+    }
     if (x->attestation == NULL) {
         veil_logf(&s->log, VEIL_LOG_ERROR, "quote for %s failed: %s", x->pid,
                   why);

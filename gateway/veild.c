@@ -14,6 +14,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "backend.h"
 #include "exitcode.h"
 #include "toolenv.h"
 #include "gateway.h"
@@ -393,6 +394,40 @@ static void close_deps(gw_deps *d)
     veil_engine_free(d->engine);
 }
 
+/* What maximum does with each model's backend (backend_stmt.c): a
+ * model allowed on maximum whose backend is off this host is refused
+ * there, or (tpm_remote_https) stated as remote.  One line per such model
+ * to note(ctx, line). */
+static void backend_notes(const gw_config *cfg,
+                          void (*note)(void *ctx, const char *line), void *ctx)
+{
+    for (size_t i = 0; i < cfg->n_models; i++) {
+        const gw_model *m = &cfg->models[i];
+        char stmt[VEIL_BACKEND_STATEMENT_MAX], why[512], line[700];
+
+        if (!(m->tiers & VEIL_TIER_MAXIMUM))
+            continue;
+        if (gw_backend_statement(cfg, m, stmt, sizeof stmt, why, sizeof why) !=
+            GW_OK)
+            snprintf(line, sizeof line, "%s: maximum requests answer 403",
+                     why);
+        else if (!veil_backend_on_host(veil_backend_classify(m->upstream)))
+            snprintf(line, sizeof line,
+                     "model '%.200s' on maximum: its backend is on another "
+                     "host (tpm_remote_https); its quotes say so",
+                     m->id);
+        else
+            continue;
+        note(ctx, line);
+    }
+}
+
+static void log_note(void *ctx, const char *line)
+{
+    (void)ctx;
+    veil_logf(&logger, VEIL_LOG_WARN, "%s", line);
+}
+
 /* What the gateway runs with, once it listens. */
 static void log_started(const gw_deps *d, unsigned port)
 {
@@ -420,6 +455,8 @@ static void log_started(const gw_deps *d, unsigned port)
     if (!d->tpm && any_model_on(cfg, VEIL_TIER_MAXIMUM))
         veil_logf(&logger, VEIL_LOG_INFO,
                   "tpm is off: maximum-tier requests answer 503");
+    if (d->tpm)
+        backend_notes(cfg, log_note, NULL);
     if (!cfg->tls_cert && !loopback(cfg->listen_addr))
         veil_logf(&logger, VEIL_LOG_WARN,
                   "plain http on %s: put TLS in front (tls_cert, "
@@ -562,6 +599,8 @@ static int check_config(int argc, char **argv, gw_config *cfg)
            "opened)\n",
            cfg->n_models, cfg->api_keys ? ", API keys" : "",
            cfg->tls_cert ? ", TLS" : "");
+    if (cfg->tpm)
+        backend_notes(cfg, print_problem, "check: note: ");
     return 0;
 }
 

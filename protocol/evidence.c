@@ -14,10 +14,11 @@
 
 #define EV "evidence"
 
-/* SHA-256 over a label (with its NUL) and up to four more parts. */
+/* SHA-256 over a label (with its NUL) and up to five more parts. */
 static void hash_parts(const char *label, const void *a, size_t a_len,
                        const void *b, size_t b_len, const void *c, size_t c_len,
-                       const void *d, size_t d_len, uint8_t out[32])
+                       const void *d, size_t d_len, const void *e, size_t e_len,
+                       uint8_t out[32])
 {
     EVP_MD_CTX *ctx = EVP_MD_CTX_new();
     unsigned n = 32;
@@ -32,6 +33,7 @@ static void hash_parts(const char *label, const void *a, size_t a_len,
         EVP_DigestUpdate(ctx, b, b_len) != 1 ||
         EVP_DigestUpdate(ctx, c, c_len) != 1 ||
         EVP_DigestUpdate(ctx, d, d_len) != 1 ||
+        EVP_DigestUpdate(ctx, e, e_len) != 1 ||
         EVP_DigestFinal_ex(ctx, out, &n) != 1)
         memset(out, 0, 32);
     EVP_MD_CTX_free(ctx);
@@ -41,11 +43,12 @@ void veil_ev_answer_qualifying(const char *payload_id,
                                const uint8_t request_sha256[32],
                                const uint8_t encryption_key_sha256[32],
                                const uint8_t signing_key_sha256[32],
+                               const uint8_t backend_sha256[32],
                                uint8_t out[32])
 {
     hash_parts(VEIL_EV_ANSWER_QUOTE_LABEL, payload_id, strlen(payload_id),
                request_sha256, 32, encryption_key_sha256, 32,
-               signing_key_sha256, 32, out);
+               signing_key_sha256, 32, backend_sha256, 32, out);
 }
 
 void veil_ev_report_qualifying(const uint8_t *nonce, size_t nonce_len,
@@ -54,7 +57,8 @@ void veil_ev_report_qualifying(const uint8_t *nonce, size_t nonce_len,
                                uint8_t out[32])
 {
     hash_parts(VEIL_EV_REPORT_QUOTE_LABEL, nonce, nonce_len,
-               encryption_key_sha256, 32, signing_key_sha256, 32, "", 0, out);
+               encryption_key_sha256, 32, signing_key_sha256, 32, "", 0, "", 0,
+               out);
 }
 
 void veil_ev_handover_qualifying(const uint8_t *new_name, size_t len,

@@ -22,7 +22,7 @@
 /* ---- what is signed and quoted ---------------------------------------- */
 
 /* Domain labels: each is hashed with a trailing NUL byte. */
-#define VEIL_EV_ANSWER_QUOTE_LABEL "veil-answer-quote-v1"
+#define VEIL_EV_ANSWER_QUOTE_LABEL "veil-answer-quote-v2"
 #define VEIL_EV_REPORT_QUOTE_LABEL "veil-report-quote-v1"
 #define VEIL_EV_STATEMENT_HEAD "veil-response-signature-v1"
 #define VEIL_EV_AK_HANDOVER_LABEL "veil-ak-handover-v1"
@@ -32,17 +32,19 @@
 #define VEIL_EV_NONCE_MAX 64
 
 /* Qualifying data (TPM2_Quote extraData) of the quote in an answer:
- *   SHA-256( "veil-answer-quote-v1" 0x00 || payload_id (1 to 128 ASCII bytes)
+ *   SHA-256( "veil-answer-quote-v2" 0x00 || payload_id (1 to 128 ASCII bytes)
  *            || request_sha256 || encryption_key_sha256
- *            || signing_key_sha256 )
- * where request_sha256 is SHA-256 of the request body as sent, and the
- * key hashes are SHA-256 of each key's SubjectPublicKeyInfo DER, each as
- * its raw 32 bytes (never hex).  A
- * gateway without a signing key uses 32 zero bytes for its hash. */
+ *            || signing_key_sha256 || backend_sha256 )
+ * where request_sha256 is SHA-256 of the request body as sent, the key
+ * hashes are SHA-256 of each key's SubjectPublicKeyInfo DER, and
+ * backend_sha256 is SHA-256 of the backend statement (backend.h), each as
+ * its raw 32 bytes (never hex).  A gateway without a signing key uses 32
+ * zero bytes for its hash. */
 void veil_ev_answer_qualifying(const char *payload_id,
                                const uint8_t request_sha256[32],
                                const uint8_t encryption_key_sha256[32],
                                const uint8_t signing_key_sha256[32],
+                               const uint8_t backend_sha256[32],
                                uint8_t out[32]);
 
 /* Qualifying data of the quote in GET /v1/attestation/report:

@@ -16,6 +16,11 @@ veil's C code, and the forgeries the client must reject.
                               (signature_b64, or tpm.quote_b64 and
                               tpm.signature_b64 inside tpm_attestation)
   swap-sig A B OUT            A with B's answer signature and signed_at
+  set-backend EV KEY=VALUE... OUT
+                              lines of the quote's backend statement changed
+                              (e.g. upstream=https://10.1.2.3/v1: a remote
+                              backend claimed local, or a statement that is
+                              not the one the TPM quoted)
   proxy UPSTREAM PORTFILE AKDIR
                               an HTTP man in the middle: forwards everything
                               to UPSTREAM, but answers the attestation report
@@ -97,11 +102,14 @@ def statement(ev):
 
 def answer_qualifying(ev, enc_key_sha256):
     h = hashlib.sha256()
-    h.update(b"veil-answer-quote-v1\0")
+    h.update(b"veil-answer-quote-v2\0")
     h.update(ev["payload_id"].encode())
     h.update(hashlib.sha256(ev["request_package"].encode()).digest())
     h.update(bytes.fromhex(enc_key_sha256))
     h.update(bytes.fromhex(ev["signing_key_sha256"]))
+    # the backend statement, as the answer carries it (its exact bytes)
+    h.update(hashlib.sha256(
+        ev["tpm_attestation"]["backend_statement"].encode()).digest())
     return h.digest()
 
 
@@ -376,6 +384,15 @@ def main(argv):
         a, b = load(argv[2]), load(argv[3])
         a["signature_b64"], a["signed_at"] = b["signature_b64"], b["signed_at"]
         save(a, argv[4])
+    elif cmd == "set-backend":
+        ev = load(argv[2])
+        t = ev["tpm_attestation"]
+        lines = t["backend_statement"].split("\n")
+        for kv in argv[3:-1]:
+            k = kv.split("=", 1)[0]
+            lines = [kv if ln.startswith(k + "=") else ln for ln in lines]
+        t["backend_statement"] = "\n".join(lines)
+        save(ev, argv[-1])
     elif cmd == "proxy":
         cmd_proxy(argv[2], argv[3], forge_ak(argv[4]))
     elif cmd == "handover":

@@ -2,10 +2,12 @@
  * real model can run in CI here; this answers like an OpenAI-compatible
  * server, or fails on purpose.
  *
- *   mock-upstream --port-file FILE [--api-key-file FILE]
+ *   mock-upstream --port-file FILE [--api-key-file FILE] [--unix PATH]
  *
  * Listens on 127.0.0.1 on an ephemeral port and writes the port number and
  * a newline to FILE (atomically: FILE.tmp, then rename) once listening.
+ * With --unix PATH it listens on a Unix socket made at PATH instead (no
+ * TCP port; removed at the end) and writes 0 to FILE once listening.
  * Runs until SIGTERM or SIGINT, then exits 0.  Exit status 1: could not
  * start; 2: usage.
  *
@@ -90,7 +92,8 @@
     "false}}}"
 
 static const char usage_text[] =
-    "usage: mock-upstream --port-file FILE [--api-key-file FILE]\n";
+    "usage: mock-upstream --port-file FILE [--api-key-file FILE] "
+    "[--unix PATH]\n";
 
 typedef struct mock {
     stub_http http; /* the daemon (tests/stub_http.c) */
@@ -649,7 +652,7 @@ static int write_port_file(const char *path, unsigned port)
 
 int main(int argc, char **argv)
 {
-    const char *port_file = NULL, *key_file = NULL;
+    const char *port_file = NULL, *key_file = NULL, *unix_path = NULL;
     stub_config sc;
     pthread_condattr_t ca;
     sigset_t set;
@@ -663,6 +666,8 @@ int main(int argc, char **argv)
             slot = &port_file;
         else if (strcmp(argv[i], "--api-key-file") == 0)
             slot = &key_file;
+        else if (strcmp(argv[i], "--unix") == 0)
+            slot = &unix_path;
         else if (strcmp(argv[i], "--help") == 0) {
             fputs(usage_text, stdout);
             return 0;
@@ -715,6 +720,7 @@ int main(int argc, char **argv)
     sc.max_body = MOCK_MAX_BODY;
     sc.connection_timeout = 120;
     sc.who = "mock-upstream";
+    sc.unix_path = unix_path;
     if (stub_start(&s.http, &sc) != 0)
         goto out;
     if (write_port_file(port_file, s.http.port) != 0) {

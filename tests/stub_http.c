@@ -1,10 +1,13 @@
 /* See stub_http.h. */
 #include <arpa/inet.h>
+#include <errno.h>
 #include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
 
 #include "stub_http.h"
 
@@ -120,9 +123,11 @@ static void on_connection(void *cls, struct MHD_Connection *conn,
 int stub_start(stub_http *s, const stub_config *cfg)
 {
     struct sockaddr_in sa;
+    struct sockaddr_un su;
     const union MHD_DaemonInfo *info;
-    struct MHD_OptionItem opts[4];
+    struct MHD_OptionItem opts[6];
     size_t n = 0;
+    int fd = -1;
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD |
                      MHD_USE_THREAD_PER_CONNECTION | MHD_USE_AUTO;
     int tls = cfg->tls_cert && cfg->tls_key;
@@ -138,6 +143,28 @@ int stub_start(stub_http *s, const stub_config *cfg)
     sa.sin_family = AF_INET;
     sa.sin_port = 0;
     sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (cfg->unix_path) {
+        memset(&su, 0, sizeof su);
+        su.sun_family = AF_UNIX;
+        if (strlen(cfg->unix_path) >= sizeof su.sun_path ||
+            (fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0)) < 0) {
+            fprintf(stderr, "%s: cannot make a Unix socket at %s\n", cfg->who,
+                    cfg->unix_path);
+            return -1;
+        }
+        memcpy(su.sun_path, cfg->unix_path, strlen(cfg->unix_path));
+        if (bind(fd, (struct sockaddr *)&su, sizeof su) != 0 ||
+            listen(fd, 64) != 0) {
+            fprintf(stderr, "%s: cannot listen on %s: %s\n", cfg->who,
+                    cfg->unix_path, strerror(errno));
+            close(fd);
+            return -1;
+        }
+        opts[n++] = (struct MHD_OptionItem){MHD_OPTION_LISTEN_SOCKET, fd, NULL};
+    } else {
+        opts[n++] =
+            (struct MHD_OptionItem){MHD_OPTION_SOCK_ADDR, 0, (void *)&sa};
+    }
     /* a timeout and TLS, each when set */
     if (cfg->connection_timeout)
         opts[n++] = (struct MHD_OptionItem){MHD_OPTION_CONNECTION_TIMEOUT,
@@ -150,15 +177,20 @@ int stub_start(stub_http *s, const stub_config *cfg)
     }
     opts[n] = (struct MHD_OptionItem){MHD_OPTION_END, 0, NULL};
     s->d = MHD_start_daemon(flags | (tls ? MHD_USE_TLS : 0), 0, NULL, NULL,
-                            on_request, s, MHD_OPTION_SOCK_ADDR,
-                            (struct sockaddr *)&sa, MHD_OPTION_NOTIFY_COMPLETED,
+                            on_request, s, MHD_OPTION_NOTIFY_COMPLETED,
                             on_completed, s, MHD_OPTION_NOTIFY_CONNECTION,
                             on_connection, s, MHD_OPTION_ARRAY, opts,
                             MHD_OPTION_END);
     if (s->d == NULL) {
         fprintf(stderr, "%s: cannot start the HTTP daemon\n", cfg->who);
+        if (fd >= 0) {
+            close(fd);
+            unlink(cfg->unix_path);
+        }
         return -1;
     }
+    if (cfg->unix_path)
+        return 0; /* no port */
     info = MHD_get_daemon_info(s->d, MHD_DAEMON_INFO_BIND_PORT);
     if (info == NULL || info->port == 0) {
         fprintf(stderr, "%s: cannot read the bound port\n", cfg->who);
@@ -171,7 +203,10 @@ int stub_start(stub_http *s, const stub_config *cfg)
 
 void stub_stop(stub_http *s)
 {
-    if (s->d)
-        MHD_stop_daemon(s->d);
+    if (s->d) {
+        MHD_stop_daemon(s->d); /* closes the listening socket too */
+        if (s->cfg.unix_path)
+            unlink(s->cfg.unix_path);
+    }
     s->d = NULL;
 }

@@ -1,7 +1,8 @@
 /* The libmicrohttpd plumbing of the tests' stand-in HTTP servers: the
  * NOMYO protocol fixture (tests/fixture.c) and the stand-in inference
  * server (tests/mock-upstream.c).  One daemon on 127.0.0.1 (a port of the
- * kernel's choice, plain HTTP or TLS), a thread per connection, request
+ * kernel's choice, plain HTTP or TLS) or on a Unix socket, a thread per
+ * connection, request
  * bodies gathered up to a limit, connections counted, and the responses
  * they send.  Each server keeps only its routes and answers. */
 #ifndef VEIL_TEST_STUB_HTTP_H
@@ -31,11 +32,13 @@ typedef struct stub_config {
     const char *tls_cert, *tls_key; /* PEM, both or neither (plain HTTP) */
     unsigned connection_timeout;    /* seconds; 0: libmicrohttpd's */
     const char *who;                /* names the server in messages */
+    const char *unix_path;          /* listen on a Unix socket made at this path
+                                       (removed at stop) instead of 127.0.0.1 */
 } stub_config;
 
 typedef struct stub_http {
     struct MHD_Daemon *d;
-    unsigned short port;
+    unsigned short port; /* 0 on a Unix socket */
     stub_config cfg;
     atomic_ulong connections; /* opened since the start or the last reset */
 } stub_http;

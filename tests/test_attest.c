@@ -365,7 +365,29 @@ enum fault {
     F_PER_REQ_AK,   /* a per-request AK certified by the long-term one */
     F_UNCERT_AK,    /* a per-request AK, not certified */
     F_NO_QUOTE,     /* maximum without tpm_attestation */
+    /* the backend statement (the quote always covers what is sent, but
+     * for F_BACKEND_SWAP) */
+    F_NO_BACKEND,     /* no backend_statement (a gateway hiding it) */
+    F_BACKEND_CLAIM,  /* a remote https upstream claimed on this host */
+    F_BACKEND_SWAP,   /* another statement than the one quoted */
+    F_BACKEND_MODEL,  /* a statement for another model */
+    F_BACKEND_REMOTE, /* an honest remote https backend (accepted, shown) */
 };
+
+/* The backend statements of the mock, as docs/ATTESTATION.md spells
+ * them. */
+#define STMT_LOCAL                                                             \
+    "veil-backend-v1\nmodel=" MODEL "\nupstream=unix:/run/llama.sock\n"        \
+    "transport=unix\nlocation=this-host\n"
+#define STMT_REMOTE                                                            \
+    "veil-backend-v1\nmodel=" MODEL "\nupstream=https://10.1.2.3/v1\n"         \
+    "transport=https\nlocation=remote\n"
+#define STMT_CLAIM                                                             \
+    "veil-backend-v1\nmodel=" MODEL "\nupstream=https://10.1.2.3/v1\n"         \
+    "transport=loopback\nlocation=this-host\n"
+#define STMT_OTHER_MODEL                                                       \
+    "veil-backend-v1\nmodel=other/model\nupstream=unix:/run/llama.sock\n"      \
+    "transport=unix\nlocation=this-host\n"
 
 static struct mock {
     struct MHD_Daemon *d;
@@ -579,15 +601,20 @@ static enum MHD_Result handle_activate(struct MHD_Connection *c, const body *b)
 static cJSON *answer_quote(enum fault f, const char *pid,
                            const uint8_t req_sha[32])
 {
-    uint8_t qual[32], msg[160], values[3][32];
+    uint8_t qual[32], msg[192], values[3][32];
     char h[80], *a, *s;
-    memcpy(msg, "veil-answer-quote-v1", 21);
+    const char *stmt = f == F_BACKEND_CLAIM    ? STMT_CLAIM
+                       : f == F_BACKEND_MODEL  ? STMT_OTHER_MODEL
+                       : f == F_BACKEND_REMOTE ? STMT_REMOTE
+                                               : STMT_LOCAL;
+    memcpy(msg, "veil-answer-quote-v2", 21);
     memcpy(msg + 21,
            f == F_REPLAY ? "00000000-0000-4000-8000-000000000000" : pid, 36);
     memcpy(msg + 57, req_sha, 32);
     memcpy(msg + 89, M.enc_sha, 32);
     memcpy(msg + 121, M.sign_sha, 32);
-    sha256(msg, 153, qual);
+    sha256(stmt, strlen(stmt), msg + 153);
+    sha256(msg, 185, qual);
     memcpy(values, M.pcr, sizeof values);
     if (f == F_PCR)
         values[1][5] ^= 0x40;
@@ -606,6 +633,9 @@ static cJSON *answer_quote(enum fault f, const char *pid,
     hex(qual, 32, h);
     cJSON_AddStringToObject(o, "qualifying_data", h);
     cJSON_AddTrueToObject(o, "software_tpm");
+    if (f != F_NO_BACKEND)
+        cJSON_AddStringToObject(o, "backend_statement",
+                                f == F_BACKEND_SWAP ? STMT_REMOTE : stmt);
     if (f == F_PER_REQ_AK) {
         cJSON *ac = cJSON_AddObjectToObject(o, "aik_certify");
         sw_attest(&M.ak, qual, NULL, M.ak2.name, &a, &s);
@@ -1318,6 +1348,46 @@ static void test_answers_trusted(void)
     answer_fails(c, F_UNCERT_AK, "maximum", "attestation key");
     answer_fails(c, F_NO_QUOTE, "maximum", "TPM attestation");
     answer_fails(c, F_KEY_CERTIFY_BAD, "maximum", "key certification");
+
+    /* where the plaintext went: the verified statement is returned in
+     * _metadata.attested_backend; a hidden, lying, swapped or foreign
+     * statement is refused */
+    ans = NULL;
+    fault_set(F_NONE);
+    CU_ASSERT_EQUAL(ask(c, "maximum", NULL, &ans, &err), VEIL_CLIENT_OK);
+    {
+        const cJSON *b = cJSON_GetObjectItem(
+            cJSON_GetObjectItem(ans, "_metadata"), "attested_backend");
+        CU_ASSERT_STRING_EQUAL(tu_json_str(b, "model"), MODEL);
+        CU_ASSERT_STRING_EQUAL(tu_json_str(b, "upstream"),
+                               "unix:/run/llama.sock");
+        CU_ASSERT_STRING_EQUAL(tu_json_str(b, "transport"), "unix");
+        CU_ASSERT_STRING_EQUAL(tu_json_str(b, "location"), "this-host");
+    }
+    veil_chat_response_free(ans);
+    ans = NULL;
+    fault_set(F_BACKEND_REMOTE);
+    CU_ASSERT_EQUAL(ask(c, "maximum", NULL, &ans, &err), VEIL_CLIENT_OK);
+    {
+        const cJSON *b = cJSON_GetObjectItem(
+            cJSON_GetObjectItem(ans, "_metadata"), "attested_backend");
+        CU_ASSERT_STRING_EQUAL(tu_json_str(b, "transport"), "https");
+        CU_ASSERT_STRING_EQUAL(tu_json_str(b, "location"), "remote");
+    }
+    veil_chat_response_free(ans);
+    fault_set(F_NONE);
+    answer_fails(c, F_NO_BACKEND, "maximum",
+                 "backend statement: the quote does not state where the "
+                 "plaintext goes");
+    answer_fails(c, F_BACKEND_CLAIM, "maximum",
+                 "a remote backend claimed to be local");
+    answer_fails(c, F_BACKEND_SWAP, "maximum",
+                 "quote qualifying data does not match (it covers "
+                 "the payload ID, this request, the keys and the backend "
+                 "statement");
+    answer_fails(c, F_BACKEND_MODEL, "maximum",
+                 "the statement is for model 'other/model', the request "
+                 "named '" MODEL "'");
 
     /* another base URL for one request: not what the trust file covers */
     veil_request_opts o = {.base_url = "http://127.0.0.1:1"};

@@ -9,6 +9,11 @@
 #   TPM object, so reports carry its TPM2_Certify), answer-signing key
 #   ECDSA P-256 in the SoftHSM2 token, tpm = on.
 #
+#   The backend statement: a model on a Unix socket (tests/mock-upstream
+#   --unix) answers maximum with the statement in its quote, shown by the
+#   client; lying or swapped statements are refused; a model on another
+#   host gets maximum only over https with tpm_remote_https.
+#
 #   veil attest enroll -> trust file; veil chat --tier maximum --trust
 #   --evidence; veil verify; tpm2_checkquote on the answer's quote and
 #   `openssl dgst -verify` on its signature (independent verifiers, with
@@ -36,13 +41,17 @@ OTHERCA=${VEIL_TEST_OTHER_EK_CA:?}
 TCTI=${TPM2TOOLS_TCTI:?}
 pass=0 fail=0
 out="$T/out" err="$T/err"
-PROXY_PID=""
+PROXY_PID="" MOCK_PID=""
 . "$SRC/tests/env/veild.sh"
 . "$SRC/tests/env/check.sh"
 
 unset VEIL_URL VEIL_API_KEY VEIL_PKCS11_MODULE VEIL_PIN_SOURCE
 
 stop_all() {
+    if [ -n "$MOCK_PID" ]; then
+        kill -TERM "$MOCK_PID" 2>/dev/null
+        wait "$MOCK_PID" 2>/dev/null
+    fi
     if [ -n "$PROXY_PID" ]; then
         kill -TERM "$PROXY_PID" 2>/dev/null
         wait "$PROXY_PID" 2>/dev/null
@@ -358,6 +367,87 @@ check "per-request AKs: rejected: a flipped byte in the quote" 19 "verdict: INVA
     "$V" verify --trust "$T/trust2.json" "$T/forged.json"
 check "per-request AKs: evidence checked against another gateway's trust file: INVALID" 19 "verdict: INVALID" -- \
     "$V" verify --trust "$T/trust.json" "$T/ev3.json"
+
+# ------------------------------------------- where the plaintext goes
+# A model whose backend listens on a Unix socket (mock-upstream --unix: no
+# TCP port at all), one on another host over https, one over plain http.
+# maximum answers state the backend in the quote; the client shows it and
+# refuses a statement that lies or is not the quoted one; a backend off
+# the attested host gets no maximum unless tpm_remote_https allows https.
+SOCK="$T/llama.sock"
+rm -f "$SOCK" "$T/mock.port"
+"$B/tests/mock-upstream" --port-file "$T/mock.port" --unix "$SOCK" >"$T/mock.log" 2>&1 &
+MOCK_PID=$!
+for _ in $(seq 100); do [ -s "$T/mock.port" ] && break; sleep 0.05; done
+[ -S "$SOCK" ] || hard "mock-upstream did not listen on $SOCK: $(cat "$T/mock.log")"
+BK_ARGS=("${ATT_ARGS[@]}" --model "local=unix:$SOCK,tiers=standard+maximum"
+    --model "far=https://192.0.2.2:9/v1,tiers=standard+maximum"
+    --model "plainfar=http://192.0.2.2:9/v1,tiers=maximum")
+veild_start backend "${BK_ARGS[@]}"
+BK_PID=$VEILD_PID BURL=$VEILD_URL
+grep -q "model 'far' is not allowed on the maximum tier: its upstream is on another host.*maximum requests answer 403" "$VEILD_LOG" \
+    && ok "veild warns at start-up that a model's backend is off the attested host" || bad "no start-up warning about 'far'" "$VEILD_LOG"
+check "a chat through the Unix socket upstream (standard)" 0 "" -- \
+    "$V" chat --url "$BURL" --allow-http -m local "through the socket"
+[ "$(cat "$out")" = "mock: through the socket" ] && ok "the backend on the Unix socket answered" || bad "socket answer" "$out" "$err"
+grep -q "model=local" "$T/mock.log" && ok "mock-upstream saw the request on its Unix socket" || bad "mock log" "$T/mock.log"
+curl -s "$BURL/healthz" >"$T/healthz.json" || bad "GET /healthz" "$T/healthz.json"
+[ "$(field "$T/healthz.json" 'j["upstreams"]["local"]')" = True ] \
+    && ok "/healthz probes the backend over its Unix socket" || bad "healthz of the socket model" "$T/healthz.json"
+curl -sf "$BURL/v1/models" >"$T/models.json" || bad "GET /v1/models"
+[ "$(field "$T/models.json" '[",".join(m["tiers"]) for m in j["data"] if m["id"] in ("local","far")]')" = "['standard,maximum', 'standard']" ] \
+    && ok "GET /v1/models offers maximum for the socket model, not for the remote one" || bad "models tiers" "$T/models.json"
+check "enrolment of the gateway with the socket model" 0 "" -- \
+    "$V" attest enroll --accept-current --url "$BURL" --allow-http --ek-ca "$EKCA" --out "$T/trust-bk.json"
+check "maximum through the Unix socket: verified, and the client shows the attested backend" 0 \
+    "attested backend of model local: unix:$SOCK \(transport unix, this-host\)" -- \
+    "$V" chat --url "$BURL" --allow-http -m local --tier maximum --trust "$T/trust-bk.json" --evidence "$T/ev-bk.json" "maximum via socket"
+[ "$(cat "$out")" = "mock: maximum via socket" ] && ok "the maximum answer came from the socket backend" || bad "maximum socket answer" "$out" "$err"
+printf 'veil-backend-v1\nmodel=local\nupstream=unix:%s\ntransport=unix\nlocation=this-host\n' "$SOCK" >"$T/stmt-want"
+"$PY" -c 'import json,sys; sys.stdout.write(json.load(open(sys.argv[1]))["tpm_attestation"]["backend_statement"])' "$T/ev-bk.json" >"$T/stmt-got"
+cmp -s "$T/stmt-want" "$T/stmt-got" && ok "the answer's backend statement is the document's bytes" || bad "backend statement" "$T/stmt-got"
+check "veil verify shows the backend binding" 0 "^ok   backend: model local: unix:$SOCK, a Unix socket on the attested host" -- \
+    "$V" verify --trust "$T/trust-bk.json" "$T/ev-bk.json"
+mkdir -p "$T/cq-bk"
+if read -r QUAL PCRS < <("$PY" "$FORGE" checkquote "$T/ev-bk.json" "$T/trust-bk.json" "$T/cq-bk"); then
+    check "tpm2_checkquote accepts the quote over the statement's hash (formula rebuilt from the document)" 0 "" -- \
+        tpm2_checkquote -u "$T/cq-bk/ak.pub" -m "$T/cq-bk/quote.msg" -s "$T/cq-bk/quote.sig" \
+        -f "$T/cq-bk/pcrs.bin" -l "$PCRS" -g sha256 -q "$QUAL"
+else
+    bad "attest_forge.py checkquote on the socket answer" "$T/ev-bk.json"
+fi
+"$PY" "$FORGE" set-backend "$T/ev-bk.json" "upstream=https://10.1.2.3/v1" "transport=loopback" "$T/forged.json"
+check "rejected: a remote backend claimed local in the statement (exit 19)" 19 \
+    "verdict: INVALID \(backend statement: .*upstream 'https://10.1.2.3/v1', which is transport=https, location=remote \(a remote backend claimed to be local\)" -- \
+    "$V" verify --trust "$T/trust-bk.json" "$T/forged.json"
+"$PY" "$FORGE" set-backend "$T/ev-bk.json" "upstream=unix:/run/other.sock" "$T/forged.json"
+check "rejected: a valid statement that is not the quoted one (exit 19)" 19 \
+    "quote qualifying data does not match \(it covers the payload ID, this request, the keys and the backend statement" -- \
+    "$V" verify --trust "$T/trust-bk.json" "$T/forged.json"
+check "maximum for a model on another host: 403 (exit 13)" 13 "not allowed on the maximum tier: its upstream is on another host" -- \
+    "$V" chat --url "$BURL" --allow-http -m far --tier maximum --trust "$T/trust-bk.json" "to a remote backend"
+check "maximum for a model over plain http elsewhere: 403 (exit 13)" 13 "plain http on another host" -- \
+    "$V" chat --url "$BURL" --allow-http -m plainfar --tier maximum --trust "$T/trust-bk.json" "plain http"
+kill -TERM "$BK_PID" && wait "$BK_PID" || bad "veild (backend) did not stop cleanly"
+# tpm_remote_https = on (same state: same AK, same trust file): the https
+# model passes to its backend (none listens there: 503), plain http never.
+veild_start backend-remote "${BK_ARGS[@]}" --state-dir "$VEIL_TEST_DIR/veild-backend.state" --port "${BURL##*:}" \
+    --tpm-remote-https on
+BURL=$VEILD_URL
+grep -q "model 'far' on maximum: its backend is on another host (tpm_remote_https); its quotes say so" "$VEILD_LOG" \
+    && ok "with tpm_remote_https, veild says the remote model's quotes state it" || bad "no remote note" "$VEILD_LOG"
+check "tpm_remote_https = on: maximum for the https model goes to its backend (unreachable here: 503, exit 17)" 17 \
+    "inference backend unavailable: far" -- \
+    "$V" chat --url "$BURL" --allow-http -m far --tier maximum --trust "$T/trust-bk.json" "to a remote backend"
+check "tpm_remote_https = on: plain http elsewhere is still refused (exit 13)" 13 "plain http on another host" -- \
+    "$V" chat --url "$BURL" --allow-http -m plainfar --tier maximum --trust "$T/trust-bk.json" "plain http"
+check "tpm_remote_https = on: the socket model still verifies" 0 "transport unix, this-host" -- \
+    "$V" chat --url "$BURL" --allow-http -m local --tier maximum --trust "$T/trust-bk.json" "again via socket"
+kill -TERM "$MOCK_PID" && wait "$MOCK_PID" || bad "mock-upstream did not stop cleanly"
+MOCK_PID=""
+[ ! -e "$SOCK" ] && ok "mock-upstream removed its socket" || bad "the socket is left behind"
+check "a Unix socket nobody listens on: 503 (exit 17), naming the model" 17 "inference backend unavailable: local" -- \
+    "$V" chat --url "$BURL" --allow-http -m local "nobody there"
 
 # ------------------------------------------------------ no TPM on the gateway
 

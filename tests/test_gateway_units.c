@@ -17,6 +17,7 @@
 #include <CUnit/CUnit.h>
 #include <openssl/evp.h>
 
+#include "backend.h"
 #include "testutil.h"
 #include "gateway.h"
 
@@ -209,6 +210,7 @@ static void test_config_every_setting(void)
         "tpm_ak_per_request = yes\n"
         "tpm_certify_key = /etc/veil/server.tss2.pem\n"
         "tpm_certify_key_auth = file:/etc/veil/server.auth\n"
+        "tpm_remote_https = on\n"
         "model = a/b=echo\n"
         "model = c=https://llm.example:8443/v1/,tiers=high+maximum,"
         "key-file=/etc/veil/c.key\n";
@@ -246,6 +248,7 @@ static void test_config_every_setting(void)
     CU_ASSERT_STRING_EQUAL(cfg.tpm_certify_key, "/etc/veil/server.tss2.pem");
     CU_ASSERT_STRING_EQUAL(cfg.tpm_certify_key_auth,
                            "file:/etc/veil/server.auth");
+    CU_ASSERT_EQUAL(cfg.tpm_remote_https, 1);
     CU_ASSERT_EQUAL_FATAL(cfg.n_models, 2);
     CU_ASSERT_STRING_EQUAL(cfg.models[0].id, "a/b");
     CU_ASSERT_STRING_EQUAL(cfg.models[0].upstream, "echo");
@@ -397,8 +400,8 @@ static void test_config_file_errors(void)
                         "upstream_key_file, tiers, cache_salt_field)"));
     CU_ASSERT_TRUE(load_fails_with(
         "[model a]\nupstream = ftp://x\n",
-        "2: 'ftp://x' is not an upstream (echo, or an http:// or https:// "
-        "base URL such as http://127.0.0.1:8080/v1)"));
+        "2: 'ftp://x' is not an upstream (echo, unix:/PATH, or an http:// "
+        "or https:// base URL such as http://127.0.0.1:8080/v1)"));
     CU_ASSERT_TRUE(
         load_fails_with("[model a]\nupstream = echo\ntiers = standard,ultra\n",
                         "3: 'ultra' is not a tier (standard, high, maximum)"));
@@ -672,7 +675,9 @@ static void test_config_model_flag(void)
     CU_ASSERT_TRUE(
         set_ok(&cfg, "model", "m3=https://h/v1,key_file=k,tiers=maximum"));
     CU_ASSERT_TRUE(set_ok(&cfg, "model", "user@org/x.y_z+1=echo,tiers=high"));
-    CU_ASSERT_EQUAL_FATAL(cfg.n_models, 4);
+    CU_ASSERT_TRUE(set_ok(&cfg, "model", "u=unix:/run/llama.sock"));
+    CU_ASSERT_EQUAL_FATAL(cfg.n_models, 5);
+    CU_ASSERT_STRING_EQUAL(cfg.models[4].upstream, "unix:/run/llama.sock");
     CU_ASSERT_STRING_EQUAL(cfg.models[0].id, "Qwen/Qwen3-0.6B");
     CU_ASSERT_STRING_EQUAL(cfg.models[0].upstream, "echo");
     CU_ASSERT_EQUAL(cfg.models[0].tiers, GW_TIER_ALL);
@@ -689,7 +694,7 @@ static void test_config_model_flag(void)
     CU_ASSERT_EQUAL(gw_config_set(&cfg, "model", "m2=echo", NULL, 0), -1);
     CU_ASSERT_EQUAL(gw_config_set(&cfg, "model", "m5=echo,tiers=gold", NULL, 0),
                     -1);
-    CU_ASSERT_EQUAL(cfg.n_models, 4);
+    CU_ASSERT_EQUAL(cfg.n_models, 5);
     gw_config_free(&cfg);
 
     CU_ASSERT_TRUE(set_fails_with(
@@ -701,14 +706,28 @@ static void test_config_model_flag(void)
                        ". _ - : / @ +; at most 200)"));
     CU_ASSERT_TRUE(
         set_fails_with("model", "x=",
-                       "--model: '' is not an upstream (echo, or an http:// "
-                       "or https:// base URL such as "
+                       "--model: '' is not an upstream (echo, unix:/PATH, or "
+                       "an http:// or https:// base URL such as "
                        "http://127.0.0.1:8080/v1)"));
     CU_ASSERT_TRUE(set_fails_with("model", "x=ftp://h/v1", NULL));
     CU_ASSERT_TRUE(set_fails_with("model", "x=http://", NULL));
     CU_ASSERT_TRUE(set_fails_with("model", "x=http:///v1", NULL));
     CU_ASSERT_TRUE(set_fails_with("model", "x=http://h/ v1", NULL));
     CU_ASSERT_TRUE(set_fails_with("model", "x=ECHO", NULL));
+    /* a Unix socket: an absolute path that fits sockaddr_un */
+    CU_ASSERT_TRUE(set_fails_with(
+        "model", "x=unix:run/llama.sock",
+        "--model: 'unix:run/llama.sock' is not a Unix socket upstream (unix: "
+        "and an absolute path of at most 107 characters, no spaces, such as "
+        "unix:/run/llama.sock)"));
+    CU_ASSERT_TRUE(set_fails_with("model", "x=unix:", NULL));
+    CU_ASSERT_TRUE(set_fails_with("model", "x=unix:/", NULL));
+    {
+        char spec[160];
+
+        snprintf(spec, sizeof spec, "x=unix:/%0107d", 0);
+        CU_ASSERT_TRUE(set_fails_with("model", spec, NULL));
+    }
     CU_ASSERT_TRUE(set_fails_with(
         "model", "x=echo,tiers=",
         "--model: unknown model option 'tiers=' (tiers=A+B, key-file=FILE, "
@@ -931,6 +950,133 @@ static void test_config_attestation(void)
     CU_ASSERT_TRUE(check_says(&cfg, "signing_key: a PIN in the URI "
                                     "(pin-value) is refused; use pin_source"));
     gw_config_free(&cfg);
+}
+
+/* Where the plaintext goes: each upstream's place in the statement of a
+ * maximum answer, the refusal of one on another host unless
+ * tpm_remote_https allows https, and the statement parsed back as the
+ * client does (a remote backend claimed local is refused). */
+static void test_backend_statement(void)
+{
+    static const struct {
+        const char *upstream;
+        const char *stated; /* transport and location, or NULL: refused */
+        const char *stated_remote_on;
+    } cases[] = {
+        {"echo", "transport=echo\nlocation=this-host\n", NULL},
+        {"unix:/run/llama.sock", "transport=unix\nlocation=this-host\n", NULL},
+        {"http://127.0.0.1:8080/v1", "transport=loopback\nlocation=this-host\n",
+         NULL},
+        {"https://127.9.9.9/v1", "transport=loopback\nlocation=this-host\n",
+         NULL},
+        {"http://[::1]:8080/v1", "transport=loopback\nlocation=this-host\n",
+         NULL},
+        {"http://localhost:8080/v1", "transport=loopback\nlocation=this-host\n",
+         NULL},
+        {"https://llm.example/v1", NULL, "transport=https\nlocation=remote\n"},
+        {"https://10.0.0.5:8443/v1", NULL,
+         "transport=https\nlocation=remote\n"},
+        /* not loopback however it looks */
+        {"https://127.0.0.1.example/v1", NULL,
+         "transport=https\nlocation=remote\n"},
+        {"http://localhost.example/v1", NULL, NULL},
+        {"http://10.0.0.5:8080/v1", NULL, NULL},
+        {"http://[::ffff:127.0.0.1]/v1", NULL, NULL},
+        /* credentials cannot be stated */
+        {"https://u:p@127.0.0.1/v1", NULL, NULL},
+    };
+    gw_config cfg;
+    char stmt[VEIL_BACKEND_STATEMENT_MAX], why[512];
+
+    gw_config_init(&cfg);
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char spec[128];
+        gw_model *m;
+
+        snprintf(spec, sizeof spec, "m%zu=%s", i, cases[i].upstream);
+        CU_ASSERT_TRUE_FATAL(set_ok(&cfg, "model", spec));
+        m = &cfg.models[cfg.n_models - 1];
+        for (int remote_on = 0; remote_on < 2; remote_on++) {
+            const char *want = cases[i].stated ? cases[i].stated
+                               : remote_on     ? cases[i].stated_remote_on
+                                               : NULL;
+            char expect[512];
+            gw_rc rc;
+
+            cfg.tpm_remote_https = remote_on;
+            rc = gw_backend_statement(&cfg, m, stmt, sizeof stmt, why,
+                                      sizeof why);
+            if ((rc == GW_OK) != (want != NULL))
+                fprintf(stderr, "\n  %s (remote %d): %s\n", cases[i].upstream,
+                        remote_on, rc == GW_OK ? stmt : why);
+            CU_ASSERT_EQUAL(rc, want ? GW_OK : GW_FORBIDDEN);
+            CU_ASSERT_EQUAL(!!(gw_model_tiers(&cfg, m) & GW_TIER_MAXIMUM),
+                            want != NULL);
+            if (want == NULL) {
+                CU_ASSERT_PTR_NOT_NULL(strstr(why, "is not allowed on the "
+                                                   "maximum tier: its "
+                                                   "upstream"));
+                continue;
+            }
+            snprintf(expect, sizeof expect,
+                     "veil-backend-v1\nmodel=m%zu\nupstream=%s\n%s", i,
+                     cases[i].upstream, want);
+            CU_ASSERT_STRING_EQUAL(stmt, expect);
+            veil_backend_info b;
+            CU_ASSERT_EQUAL(veil_backend_parse(stmt, strlen(stmt), &b),
+                            VEIL_OK);
+            CU_ASSERT_STRING_EQUAL(b.upstream, cases[i].upstream);
+        }
+    }
+    cfg.tpm_remote_https = 0;
+    CU_ASSERT_EQUAL(gw_backend_statement(&cfg, &cfg.models[6], stmt,
+                                         sizeof stmt, why, sizeof why),
+                    GW_FORBIDDEN);
+    CU_ASSERT_STRING_EQUAL(
+        why, "model 'm6' is not allowed on the maximum tier: its upstream is "
+             "on another host, not on the attested host (maximum takes echo, "
+             "a unix: socket or a loopback upstream; tpm_remote_https = on "
+             "allows an https:// one)");
+    gw_config_free(&cfg);
+
+    /* hostile statements, as a client parses them */
+    static const struct {
+        const char *text, *says;
+    } bad[] = {
+        {"veil-backend-v1\nmodel=m\nupstream=https://10.0.0.5/v1\n"
+         "transport=loopback\nlocation=this-host\n",
+         "a remote backend claimed to be local"},
+        {"veil-backend-v1\nmodel=m\nupstream=https://10.0.0.5/v1\n"
+         "transport=https\nlocation=this-host\n",
+         "a remote backend claimed to be local"},
+        {"veil-backend-v1\nmodel=m\nupstream=unix:/s\ntransport=unix\n"
+         "location=remote\n",
+         "which is transport=unix, location=this-host"},
+        {"veil-backend-v1\nmodel=m\nupstream=http://10.0.0.5/v1\n"
+         "transport=http\nlocation=remote\n",
+         "plain http to another host"},
+        {"veil-backend-v1\nmodel=m\nupstream=unix:/s\nlocation=this-host\n"
+         "transport=unix\n",
+         "in that order"},
+        {"veil-backend-v1\nmodel=m\nupstream=unix:/s\ntransport=unix\n"
+         "location=this-host\nextra=1\n",
+         "in that order"},
+        {"veil-backend-v1\nmodel=m\nupstream=unix:/s\ntransport=unix\n"
+         "location=this-host",
+         "in that order"},
+        {"veil-backend-v2\n", "does not start with"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        veil_backend_info b;
+
+        CU_ASSERT_EQUAL(
+            veil_backend_parse(bad[i].text, strlen(bad[i].text), &b),
+            VEIL_E_VERIFY);
+        if (!strstr(veil_last_error()->message, bad[i].says))
+            fprintf(stderr, "\n  statement %zu: %s\n", i,
+                    veil_last_error()->message);
+        CU_ASSERT_PTR_NOT_NULL(strstr(veil_last_error()->message, bad[i].says));
+    }
 }
 
 static void test_config_example(void)
@@ -2057,6 +2203,7 @@ int main(void)
         {"model flag syntax", test_config_model_flag},
         {"check()", test_config_check},
         {"signatures and the TPM", test_config_attestation},
+        {"backend statement of maximum answers", test_backend_statement},
         {"docs/veild.conf.example", test_config_example},
         {"--help lists the table", test_config_help},
     };

@@ -158,6 +158,13 @@ grep -q "api_keys: .*no-such-keys" "$err" && pass=$((pass+1)) || { echo "FAIL: a
 check "a start stops at a missing backend key file, before the token (2)" 2 "upstream_key_file .*no-such.key" -- \
     timeout 120 "$VD" --config "$CC/key.conf" --server-key "$TOK;object=gw" --module "$MOD" --pin-source "$RIGHT" --state-dir "$CC/st"
 grep -q "C_Login\|listening" "$err" && { echo "FAIL: veild went on to the token"; fail=$((fail+1)); } || pass=$((pass+1))
+check "--check-config notes a maximum model whose backend is off the attested host (0)" 0 \
+    "check: note: model 'far' is not allowed on the maximum tier: its upstream is on another host.*maximum requests answer 403" -- \
+    "$VD" --server-key "$TOK;object=gw" --tpm on --model "far=https://10.1.2.3/v1" --model "sock=unix:/run/llama.sock" --check-config
+grep -q "model 'sock'" "$err" && { echo "FAIL: a note for the Unix socket model"; cat "$err"; fail=$((fail+1)); } || pass=$((pass+1))
+check "--check-config with tpm_remote_https: the remote model's quotes say so (0)" 0 \
+    "check: note: model 'far' on maximum: its backend is on another host \(tpm_remote_https\); its quotes say so" -- \
+    "$VD" --server-key "$TOK;object=gw" --tpm on --tpm-remote-https on --model "far=https://10.1.2.3/v1" --check-config
 check "--check-config on the shipped example (its token and PIN as flags): OK" 0 "configuration OK" -- \
     "$VD" --config "$VEIL_SRCDIR/docs/veild.conf.example" --server-key "$TOK;object=gw" --module "$MOD" \
     --pin-source "$RIGHT" --check-config

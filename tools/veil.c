@@ -1533,6 +1533,33 @@ static void say_stats(const veil_chat_stats *stats, const cJSON *resp)
     }
 }
 
+/* Where the gateway sent the prompt, as its verified TPM quote states
+ * (_metadata.attested_backend, set by the library only then). */
+static void say_backend(const cJSON *resp)
+{
+    const cJSON *b = cJSON_GetObjectItemCaseSensitive(
+        cJSON_GetObjectItemCaseSensitive(resp, "_metadata"),
+        "attested_backend");
+    const char *model =
+        cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(b, "model"));
+    const char *up =
+        cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(b, "upstream"));
+    const char *tr =
+        cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(b, "transport"));
+    const char *loc =
+        cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(b, "location"));
+    char line[4400];
+    if (!model || !up || !tr || !loc)
+        return;
+    snprintf(line, sizeof line,
+             "attested backend of model %s: %s (transport %s, %s)%s", model, up,
+             tr, loc,
+             strcmp(loc, "this-host") == 0
+                 ? ""
+                 : ": the prompt left the attested machine");
+    say("info", line);
+}
+
 static int cmd_chat(veil_client *c, const struct opts *o, veil_secbuf *prompt,
                     int spinner)
 {
@@ -1574,6 +1601,7 @@ static int cmd_chat(veil_client *c, const struct opts *o, veil_secbuf *prompt,
                  stats.payload_id, o->trust);
         say("info", line);
     }
+    say_backend(resp);
     /* The answer was verified and is printed either way; a lost evidence
      * file still makes the exit status say so. */
     if (o->evidence && !write_new_file(o->evidence, evidence)) {
