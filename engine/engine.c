@@ -180,8 +180,7 @@ static veil_rc provider_get(veil_engine *e, const char *where,
     return VEIL_OK;
 }
 
-void veil_engine_set_observer(veil_engine *e, veil_op_observer_fn fn,
-                              void *ctx)
+void veil_engine_set_observer(veil_engine *e, veil_op_observer_fn fn, void *ctx)
 {
     if (e) {
         e->observe = fn;
@@ -207,8 +206,8 @@ veil_rc veil_op_done(const veil_engine *e, const veil_provider *p,
 {
     if (e->observe) {
         double dt = mono_now() - t0;
-        e->observe(e->observe_ctx, p->ops->name, operation,
-                   dt > 0 ? dt : 0.0, rc);
+        e->observe(e->observe_ctx, p->ops->name, operation, dt > 0 ? dt : 0.0,
+                   rc);
     }
     return rc;
 }

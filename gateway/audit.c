@@ -30,8 +30,8 @@ struct gw_audit {
 /* path opened for appending (made 0600), or -1 with err. */
 static int open_log(const char *path, char *err, size_t err_size)
 {
-    int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOCTTY,
-                  0600);
+    int fd =
+        open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOCTTY, 0600);
     struct stat st;
 
     if (fd < 0) {
@@ -40,16 +40,15 @@ static int open_log(const char *path, char *err, size_t err_size)
         return -1;
     }
     if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-        gw_put_err(err, err_size, "audit_log: %s is not a regular file",
-                   path);
+        gw_put_err(err, err_size, "audit_log: %s is not a regular file", path);
         close(fd);
         return -1;
     }
     return fd;
 }
 
-gw_rc gw_audit_open(const char *path, int fsync_each, gw_audit **out,
-                    char *err, size_t err_size)
+gw_rc gw_audit_open(const char *path, int fsync_each, gw_audit **out, char *err,
+                    size_t err_size)
 {
     gw_audit *a = calloc(1, sizeof *a);
 

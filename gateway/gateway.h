@@ -356,6 +356,14 @@ typedef struct gw_upstream_result {
     size_t close, members;
 } gw_upstream_result;
 
+/* The token counts of an OpenAI-style answer's top-level "usage" object
+ * (prompt_tokens, completion_tokens: -1 each when absent, or not a whole
+ * number below 2^53), read without a tree and without touching the
+ * rest of the answer (scan.c).  0 when the answer is one JSON object with
+ * a "usage" object, else -1 (both -1). */
+int gw_usage_read(const char *body, size_t len, long long *prompt,
+                  long long *completion);
+
 /* What an inference request asks of the backend: the route, and so the
  * backend's path under the model's base URL (PROTOCOL-V2.md 5.3). */
 typedef enum gw_infer {
@@ -555,8 +563,7 @@ void gw_metrics_usage(gw_metrics *m, const char *key, const char *model,
  * "answer" or "report"), with the time taken. */
 void gw_metrics_upstream(gw_metrics *m, const char *model, gw_rc rc,
                          double seconds);
-void gw_metrics_quote(gw_metrics *m, const char *what, int ok,
-                      double seconds);
+void gw_metrics_quote(gw_metrics *m, const char *what, int ok, double seconds);
 /* The gauges read at a scrape. */
 typedef struct gw_metrics_now {
     unsigned slots_busy, slots_total, slots_waiting;
@@ -564,8 +571,7 @@ typedef struct gw_metrics_now {
 } gw_metrics_now;
 /* The exposition (text format 0.0.4), malloc'd, its length in *len;
  * NULL: no memory. */
-char *gw_metrics_render(gw_metrics *m, const gw_metrics_now *now,
-                        size_t *len);
+char *gw_metrics_render(gw_metrics *m, const gw_metrics_now *now, size_t *len);
 
 /* ---- the audit log (audit.c) ------------------------------------------ */
 
@@ -586,8 +592,8 @@ typedef struct gw_audit_line {
 } gw_audit_line;
 /* Opens (makes, 0600) path for appending; fsync_each: fdatasync after
  * every line.  GW_OK, or GW_REFUSED with err naming the file. */
-gw_rc gw_audit_open(const char *path, int fsync_each, gw_audit **out,
-                    char *err, size_t err_size);
+gw_rc gw_audit_open(const char *path, int fsync_each, gw_audit **out, char *err,
+                    size_t err_size);
 void gw_audit_free(gw_audit *a);
 /* Opens the path again (a SIGHUP, after a log rotation moved the file);
  * on failure the old file stays in use.  0, or -1 with err. */

@@ -26,9 +26,8 @@ static const double op_buckets[] = {0.0001, 0.00025, 0.0005, 0.001, 0.0025,
                                     0.005,  0.01,    0.025,  0.05,  0.1,
                                     0.25,   0.5,     1,      2.5,   5};
 /* Requests and backends: milliseconds to minutes. */
-static const double long_buckets[] = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
-                                      0.5,   1,    2.5,   5,    10,  30,
-                                      60,    120,  300};
+static const double long_buckets[] = {
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300};
 
 #define N(a) (sizeof(a) / sizeof((a)[0]))
 #define LABELS(...) ((const char *const[]){__VA_ARGS__, NULL})
@@ -80,14 +79,14 @@ gw_metrics *gw_metrics_new(void)
         r, SVC_COUNTER, "veild_usage_completion_tokens_total",
         "Completion tokens the backend reported, by API key name and model",
         LABELS("key", "model"), NULL, 0);
-    m->slots = svc_metrics_family(r, SVC_GAUGE, "veild_worker_slots",
-                                  "Worker slots (the workers setting)", NULL,
-                                  NULL, 0);
+    m->slots =
+        svc_metrics_family(r, SVC_GAUGE, "veild_worker_slots",
+                           "Worker slots (the workers setting)", NULL, NULL, 0);
     m->slots_busy = svc_metrics_family(r, SVC_GAUGE, "veild_worker_slots_busy",
                                        "Worker slots in use", NULL, NULL, 0);
-    m->slots_waiting = svc_metrics_family(
-        r, SVC_GAUGE, "veild_worker_slot_waiters",
-        "Requests waiting for a worker slot", NULL, NULL, 0);
+    m->slots_waiting =
+        svc_metrics_family(r, SVC_GAUGE, "veild_worker_slot_waiters",
+                           "Requests waiting for a worker slot", NULL, NULL, 0);
     m->replay_held = svc_metrics_family(
         r, SVC_GAUGE, "veild_replay_register_marks",
         "Marks held in the replay register (two per request; expired ones "
@@ -95,8 +94,8 @@ gw_metrics *gw_metrics_new(void)
         NULL, NULL, 0);
     m->replay_capacity = svc_metrics_family(
         r, SVC_GAUGE, "veild_replay_register_capacity",
-        "Marks the replay register holds at most (replay_capacity)", NULL,
-        NULL, 0);
+        "Marks the replay register holds at most (replay_capacity)", NULL, NULL,
+        0);
     m->dropped = svc_metrics_family(
         r, SVC_GAUGE, "veild_metrics_updates_dropped",
         "Metric updates dropped (no memory, or a family at its series cap)",
@@ -104,8 +103,8 @@ gw_metrics *gw_metrics_new(void)
     if (!m->requests || !m->request_seconds || !m->token_op_seconds ||
         !m->token_op_errors || !m->upstream_seconds || !m->quote_seconds ||
         !m->usage_requests || !m->usage_prompt || !m->usage_completion ||
-        !m->slots || !m->slots_busy || !m->slots_waiting ||
-        !m->replay_held || !m->replay_capacity || !m->dropped) {
+        !m->slots || !m->slots_busy || !m->slots_waiting || !m->replay_held ||
+        !m->replay_capacity || !m->dropped) {
         gw_metrics_free(m);
         return NULL;
     }
@@ -168,12 +167,14 @@ void gw_metrics_upstream(gw_metrics *m, const char *model, gw_rc rc,
                          double seconds)
 {
     static const char *const outcome[] = {
-        [GW_OK] = "ok",           [GW_REFUSED] = "refused",
-        [GW_UNAVAILABLE] = "unavailable", [GW_TIMEOUT] = "timeout",
+        [GW_OK] = "ok",
+        [GW_REFUSED] = "refused",
+        [GW_UNAVAILABLE] = "unavailable",
+        [GW_TIMEOUT] = "timeout",
         [GW_UPSTREAM] = "error",
     };
-    const char *o = (unsigned)rc < N(outcome) && outcome[rc] ? outcome[rc]
-                                                             : "internal";
+    const char *o =
+        (unsigned)rc < N(outcome) && outcome[rc] ? outcome[rc] : "internal";
     const char *const v[] = {model, o};
 
     if (m)

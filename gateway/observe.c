@@ -17,15 +17,12 @@
 #include "config.h"
 
 #include <errno.h>
-#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include <openssl/sha.h>
 
 #include "routes.h"
-
-#define USAGE_NUMBER_MAX 32
 
 static gw_req_rec *rec_of(svc_req *r)
 {
@@ -67,74 +64,6 @@ void gw_note_status(svc_req *r, int status)
         x->inner_status = status;
 }
 
-/* ---- the usage of an answer ---------------------------------------------- */
-
-typedef struct usage_scan {
-    const char *key;
-    veil_json_member m;
-    int found;
-} usage_scan;
-
-static int find_member(void *ctx, const char *text, const veil_json_member *m)
-{
-    usage_scan *u = ctx;
-
-    if (!u->found && veil_json_key_is(text, m, u->key)) {
-        u->m = *m;
-        u->found = 1;
-    }
-    return 0;
-}
-
-/* The whole number in text[m->value, m->value_end), or -1. */
-static long long whole_number(const char *text, const veil_json_member *m)
-{
-    char num[USAGE_NUMBER_MAX + 1], *end;
-    size_t n = m->value_end - m->value;
-
-    if (n == 0 || n > USAGE_NUMBER_MAX ||
-        !(text[m->value] >= '0' && text[m->value] <= '9'))
-        return -1;
-    memcpy(num, text + m->value, n);
-    num[n] = '\0';
-    double v = strtod(num, &end);
-    if (*end != '\0' || !(v >= 0) || v > 9007199254740992.0 || v != floor(v))
-        return -1;
-    return (long long)v;
-}
-
-/* The member named key of the object text[0, len), or found 0. */
-static usage_scan member_of(const char *text, size_t len, const char *key)
-{
-    usage_scan u = {.key = key};
-
-    if (veil_json_scan_object(text, len, find_member, &u, NULL, NULL, NULL) !=
-        VEIL_JSON_OK)
-        u.found = 0;
-    return u;
-}
-
-int gw_usage_read(const char *body, size_t len, long long *prompt,
-                  long long *completion)
-{
-    *prompt = *completion = -1;
-    if (body == NULL)
-        return -1;
-    usage_scan u = member_of(body, len, "usage");
-    if (!u.found || body[u.m.value] != '{')
-        return -1;
-    /* the usage object alone: counts, never content */
-    const char *o = body + u.m.value;
-    size_t olen = u.m.value_end - u.m.value;
-    usage_scan p = member_of(o, olen, "prompt_tokens");
-    usage_scan c = member_of(o, olen, "completion_tokens");
-    if (p.found)
-        *prompt = whole_number(o, &p.m);
-    if (c.found)
-        *completion = whole_number(o, &c.m);
-    return 0;
-}
-
 void gw_note_usage(svc_req *r, const gw_upstream_result *up)
 {
     gw_req_rec *x = rec_of(r);
@@ -151,8 +80,8 @@ gw_rc gw_upstream_timed(gw_server *s, const gw_config *cfg, const gw_model *m,
                         gw_upstream_result *out, char *err, size_t err_size)
 {
     double t0 = svc_now();
-    gw_rc rc = gw_upstream_call(cfg, m, route, request, len, rq, salt,
-                                &s->log, out, err, err_size);
+    gw_rc rc = gw_upstream_call(cfg, m, route, request, len, rq, salt, &s->log,
+                                out, err, err_size);
 
     gw_metrics_upstream(s->d.metrics, m ? m->id : "", rc, svc_now() - t0);
     return rc;

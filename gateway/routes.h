@@ -65,7 +65,7 @@ struct gw_server {
     char *enc_spki_b64, *sign_spki_b64; /* sign_spki_b64: NULL, no signer */
     char sign_key_header[72];           /* "sha256:<hex>" */
     uint8_t salt_secret[32];            /* cache_salt's key */
-    svc_http *metrics_http; /* the metrics listener, or NULL */
+    svc_http *metrics_http;             /* the metrics listener, or NULL */
     int has_salt_secret;                /* salt_secret is read */
 };
 
@@ -155,11 +155,6 @@ void gw_note_request(svc_req *r, const char *protocol, const char *key,
 void gw_note_model(svc_req *r, const gw_model *m);
 void gw_note_status(svc_req *r, int status);
 void gw_note_usage(svc_req *r, const gw_upstream_result *up);
-/* The token counts of an OpenAI-style answer's top-level "usage"
- * (prompt_tokens, completion_tokens; -1 each when absent or not a whole
- * number).  0 when the answer has a usage object, else -1. */
-int gw_usage_read(const char *body, size_t len, long long *prompt,
-                  long long *completion);
 /* gw_upstream_call, timed into the metrics (veild_upstream_*). */
 gw_rc gw_upstream_timed(gw_server *s, const gw_config *cfg, const gw_model *m,
                         gw_infer route, const char *request, size_t len,

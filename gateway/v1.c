@@ -209,10 +209,9 @@ static gw_rc v1_infer(gw_server *s, svc_req *r, v1_x *x)
         gw_cache_salt(s, svc_client_id(r), x->salt);
         salt = x->salt;
     }
-    return gw_upstream_timed(s, x->cfg, x->m, GW_INFER_CHAT,
-                             (const char *)veil_secbuf_data(x->pt),
-                             veil_secbuf_len(x->pt), x->rq, salt, &x->up,
-                             x->why, sizeof x->why);
+    return gw_upstream_timed(
+        s, x->cfg, x->m, GW_INFER_CHAT, (const char *)veil_secbuf_data(x->pt),
+        veil_secbuf_len(x->pt), x->rq, salt, &x->up, x->why, sizeof x->why);
 }
 
 /* The "_metadata" member veild adds to an answer, as text: ",\"_metadata\":
@@ -306,10 +305,9 @@ static gw_rc v1_sign(gw_server *s, svc_req *r, v1_x *x)
     gw_rc rc;
 
     SHA256((const uint8_t *)x->pkg, strlen(x->pkg), response_sha256);
-    rc = gw_answer_sign(s, x->pid, x->pid_key, x->tier_name, x->request_sha256,
-                        response_sha256,
-                        gw_req_live(s, r)->auth ? svc_client_id(r) : NULL,
-                        &x->sig);
+    rc = gw_answer_sign(
+        s, x->pid, x->pid_key, x->tier_name, x->request_sha256, response_sha256,
+        gw_req_live(s, r)->auth ? svc_client_id(r) : NULL, &x->sig);
     if (rc != GW_OK)
         snprintf(x->why, sizeof x->why, "the answer could not be signed");
     return rc;
@@ -368,10 +366,9 @@ void gw_v1_completion(void *app, svc_req *r)
         rc = v1_send(s, r, &x);
     /* for the metrics and the audit log: never the content */
     const gw_live *live = gw_req_live(s, r);
-    gw_note_request(r, "v1",
-                    live->auth ? gw_auth_name(live->auth, svc_client_id(r))
-                               : NULL,
-                    x.tier_name, x.pid_key[0] ? x.pid_key : NULL);
+    gw_note_request(
+        r, "v1", live->auth ? gw_auth_name(live->auth, svc_client_id(r)) : NULL,
+        x.tier_name, x.pid_key[0] ? x.pid_key : NULL);
     gw_note_model(r, x.m);
     gw_note_usage(r, &x.up);
     if (rc != GW_OK)

@@ -50,9 +50,9 @@ typedef struct v2_x {
     char retry[16]; /* retry-after, or "" */
     char rid[65];   /* the request identifier: hex SHA-256 of enc */
     gw_answer_sig sig;
-    int full; /* the replay register had no room */
-    int keyed;     /* the API key was taken (or none is needed) */
-    int inference; /* an inference route (v2_infer) */
+    int full;        /* the replay register had no room */
+    int keyed;       /* the API key was taken (or none is needed) */
+    int inference;   /* an inference route (v2_infer) */
     const char *key; /* its name (held by live->auth), or NULL */
     char why[512];
 } v2_x;
@@ -418,9 +418,8 @@ static gw_rc v2_signature(gw_server *s, v2_x *x)
     }
     memcpy(id, p->p + sizeof SIGNATURES - 1, n);
     id[n] = '\0';
-    gw_rc rc =
-        gw_signature_find(s, x->live->auth, id, x->id, &x->content, x->why,
-                          sizeof x->why);
+    gw_rc rc = gw_signature_find(s, x->live->auth, id, x->id, &x->content,
+                                 x->why, sizeof x->why);
     if (rc != GW_OK)
         return rc;
     x->content_len = strlen(x->content);

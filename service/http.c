@@ -544,7 +544,7 @@ void svc_request_done(svc_http *h, svc_req *r,
                       enum MHD_RequestTerminationCode toe)
 {
     svc_done d = {
-        .route = r->route == NULL ? NULL
+        .route = r->route == NULL     ? NULL
                  : r->route->log_path ? r->route->log_path
                                       : r->route->path,
         .method = r->method ? r->method : "GET",

@@ -82,8 +82,8 @@ void svc_metrics_free(svc_metrics *m)
 
 svc_family *svc_metrics_family(svc_metrics *m, svc_metric_type type,
                                const char *name, const char *help,
-                               const char *const *labels,
-                               const double *buckets, size_t n_buckets)
+                               const char *const *labels, const double *buckets,
+                               size_t n_buckets)
 {
     svc_family *f;
     size_t n = 0;
@@ -122,8 +122,7 @@ svc_family *svc_metrics_family(svc_metrics *m, svc_metric_type type,
     return f;
 }
 
-static unsigned long values_hash(const svc_family *f,
-                                 const char *const *values)
+static unsigned long values_hash(const svc_family *f, const char *const *values)
 {
     unsigned long h = 14695981039346656037ul; /* FNV-1a */
 
@@ -159,8 +158,8 @@ static series *series_of(svc_family *f, const char *const *values)
         goto drop;
     s->hash = h;
     for (size_t i = 0; i < f->n_labels; i++)
-        if ((s->values[i] =
-                 strdup(values && values[i] ? values[i] : "")) == NULL) {
+        if ((s->values[i] = strdup(values && values[i] ? values[i] : "")) ==
+            NULL) {
             series_free(s, i);
             goto drop;
         }
@@ -236,7 +235,8 @@ typedef struct out {
     int failed;
 } out;
 
-static void put(out *o, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void put(out *o, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
 
 static void put(out *o, const char *fmt, ...)
 {

@@ -42,8 +42,8 @@ void svc_metrics_free(svc_metrics *m);
  * memory, or bad arguments. */
 svc_family *svc_metrics_family(svc_metrics *m, svc_metric_type type,
                                const char *name, const char *help,
-                               const char *const *labels,
-                               const double *buckets, size_t n_buckets);
+                               const char *const *labels, const double *buckets,
+                               size_t n_buckets);
 
 /* Updates the series of the label values (one per label name, in order;
  * NULL counts as ""; copied).  A counter adds v (v >= 0), a gauge is set
