@@ -30,6 +30,7 @@
 #include <p11-kit/pkcs11.h>
 
 #include "bench.h"
+#include "gateway.h"
 
 #define TARGET 0.90 /* veil should reach 90% of the bare rate */
 
@@ -382,6 +383,54 @@ out:
     return ret;
 }
 
+/* ---- veild's metrics observer ------------------------------------------- */
+
+/* The same engine call with and without veild's observer
+ * (gw_metrics_engine_op: two clock reads and a histogram update under its
+ * family's mutex), on the cheapest operation, where the observer's share
+ * is largest: what GET /metrics costs a key operation. */
+typedef struct obs_ctx {
+    aes_ctx a;
+    gw_metrics *m;
+} obs_ctx;
+
+static int op_gcm_observed(void *arg)
+{
+    obs_ctx *c = arg;
+
+    veil_engine_set_observer(c->a.e, gw_metrics_engine_op, c->m);
+    return op_veil_gcm_seal(&c->a);
+}
+
+static int op_gcm_unobserved(void *arg)
+{
+    obs_ctx *c = arg;
+
+    veil_engine_set_observer(c->a.e, NULL, NULL);
+    return op_veil_gcm_seal(&c->a);
+}
+
+static int bench_observer(const bench_opts *o, veil_engine *e)
+{
+    obs_ctx c = {.m = NULL};
+    int ret = -1;
+
+    if (aes_ctx_init(&c.a, e, 1024, 0) != 0)
+        goto out;
+    if ((c.m = gw_metrics_new()) == NULL) {
+        fprintf(stderr, "veil-bench: out of memory\n");
+        goto out;
+    }
+    printf("# veild's metrics observer: the veil call with it / without it\n");
+    ret = measure(o, "observed aes256-gcm seal 1 KiB", "MB/s", 1024 / 1e6,
+                  op_gcm_observed, &c, op_gcm_unobserved, &c, NULL);
+out:
+    veil_engine_set_observer(e, NULL, NULL);
+    gw_metrics_free(c.m);
+    aes_ctx_free(&c.a);
+    return ret;
+}
+
 /* ---- PKCS#11 RSA -------------------------------------------------------- */
 
 /* The bare loop: C_DecryptInit + C_Decrypt into a k-byte buffer. */
@@ -605,7 +654,7 @@ static int run_software(const bench_opts *o, veil_engine *e)
     for (i = 0; i < n_aes(o); i++)
         if (bench_aes_software(o, e, AES_SIZES[i]) != 0)
             return -1;
-    return 0;
+    return bench_observer(o, e);
 }
 
 static void print_caps(const char *what, const veil_caps *caps)

@@ -74,7 +74,9 @@ veil_rc veil_ecdh_derive(veil_engine *e, const veil_key *priv,
                         priv->prov->caps.description[0]
                             ? priv->prov->caps.description
                             : who);
+    double t0 = veil_op_start(e);
     rc = priv->prov->ops->ecdh_derive(priv->prov, priv, peer, peer_len, z);
+    veil_op_done(e, priv->prov, "ecdh_derive", t0, rc);
     if (rc == VEIL_OK && veil_secbuf_len(*z) != VEIL_ECDH_P256_Z_LEN) {
         veil_secbuf_free(*z);
         *z = NULL;

@@ -180,6 +180,38 @@ static veil_rc provider_get(veil_engine *e, const char *where,
     return VEIL_OK;
 }
 
+void veil_engine_set_observer(veil_engine *e, veil_op_observer_fn fn, void *ctx)
+{
+    if (e) {
+        e->observe = fn;
+        e->observe_ctx = ctx;
+    }
+}
+
+static double mono_now(void)
+{
+    struct timespec t;
+
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
+}
+
+double veil_op_start(const veil_engine *e)
+{
+    return e->observe ? mono_now() : 0.0;
+}
+
+veil_rc veil_op_done(const veil_engine *e, const veil_provider *p,
+                     const char *operation, double t0, veil_rc rc)
+{
+    if (e->observe) {
+        double dt = mono_now() - t0;
+        e->observe(e->observe_ctx, p->ops->name, operation, dt > 0 ? dt : 0.0,
+                   rc);
+    }
+    return rc;
+}
+
 void veil_engine_test_set_extra_provider(veil_engine *e,
                                          const veil_provider_ops *ops)
 {
@@ -698,15 +730,18 @@ veil_rc veil_rsa_encrypt(veil_engine *e, const veil_key *pub,
     p = route(e, VEIL_ENGINE_PUBLIC_IN_TOKEN, pub, veil_oaep_cap(oaep),
               "RSA-OAEP encrypt");
     if (p) {
+        double t0 = veil_op_start(e);
         rc = p->ops->rsa_encrypt(p, pub, oaep, in, in_len, out, out_len);
         if (rc != VEIL_E_UNSUPPORTED)
-            return rc;
+            return veil_op_done(e, p, "rsa_encrypt", t0, rc);
         veil_log(e, VEIL_LOG_DEBUG, "RSA-OAEP encrypt: %s; using software",
                  veil_last_error()->message);
         veil_err_clear();
     }
     p = e->software;
-    return p->ops->rsa_encrypt(p, pub, oaep, in, in_len, out, out_len);
+    double t0 = veil_op_start(e);
+    rc = p->ops->rsa_encrypt(p, pub, oaep, in, in_len, out, out_len);
+    return veil_op_done(e, p, "rsa_encrypt", t0, rc);
 }
 
 static int rsa_ciphertext_in_range(const veil_key *k, const uint8_t *in,
@@ -750,8 +785,9 @@ veil_rc veil_rsa_decrypt(veil_engine *e, const veil_key *priv,
         return veil_err(VEIL_E_UNSUPPORTED, priv->prov->ops->name, NULL,
                         "cannot decrypt");
     /* Private-key operation: always the holder, never a fallback. */
-    return priv->prov->ops->rsa_decrypt(priv->prov, priv, oaep, in, in_len,
-                                        out);
+    double t0 = veil_op_start(e);
+    rc = priv->prov->ops->rsa_decrypt(priv->prov, priv, oaep, in, in_len, out);
+    return veil_op_done(e, priv->prov, "rsa_decrypt", t0, rc);
 }
 
 static veil_rc gcm_args(const uint8_t *key, size_t key_len, const uint8_t *iv,
@@ -790,18 +826,22 @@ static veil_rc aes_gcm(veil_engine *e, int enc, const uint8_t *key,
         return rc;
     p = route(e, VEIL_ENGINE_SYMMETRIC_IN_TOKEN, NULL, VEIL_CAP_AES_GCM,
               "AES-GCM");
+    const char *op = enc ? "aes_gcm_seal" : "aes_gcm_open";
     if (p) {
+        double t0 = veil_op_start(e);
         rc = p->ops->aes_gcm(p, enc, key, key_len, iv, iv_len, aad, aad_len, in,
                              len, out, tag);
         if (rc != VEIL_E_UNSUPPORTED)
-            return rc;
+            return veil_op_done(e, p, op, t0, rc);
         veil_log(e, VEIL_LOG_DEBUG, "AES-GCM: %s; computing in software",
                  veil_last_error()->message);
         veil_err_clear();
     }
     p = e->software;
-    return p->ops->aes_gcm(p, enc, key, key_len, iv, iv_len, aad, aad_len, in,
-                           len, out, tag);
+    double t0 = veil_op_start(e);
+    rc = p->ops->aes_gcm(p, enc, key, key_len, iv, iv_len, aad, aad_len, in,
+                         len, out, tag);
+    return veil_op_done(e, p, op, t0, rc);
 }
 
 veil_rc veil_aes_gcm_seal(veil_engine *e, const uint8_t *key, size_t key_len,
@@ -841,8 +881,9 @@ veil_rc veil_ecdsa_sign(veil_engine *e, const veil_key *priv,
     if (!priv->prov->ops->ecdsa_sign)
         return veil_err(VEIL_E_UNSUPPORTED, priv->prov->ops->name, NULL,
                         "cannot sign");
-    return priv->prov->ops->ecdsa_sign(priv->prov, priv, msg, len, sig,
-                                       sig_len);
+    double t0 = veil_op_start(e);
+    rc = priv->prov->ops->ecdsa_sign(priv->prov, priv, msg, len, sig, sig_len);
+    return veil_op_done(e, priv->prov, "ecdsa_sign", t0, rc);
 }
 
 veil_rc veil_ecdsa_verify(veil_engine *e, const veil_key *pub,
@@ -861,15 +902,18 @@ veil_rc veil_ecdsa_verify(veil_engine *e, const veil_key *pub,
     p = route(e, VEIL_ENGINE_PUBLIC_IN_TOKEN, pub, VEIL_CAP_ECDSA,
               "ECDSA verify");
     if (p) {
+        double t0 = veil_op_start(e);
         rc = p->ops->ecdsa_verify(p, pub, msg, len, sig, sig_len);
         if (rc != VEIL_E_UNSUPPORTED)
-            return rc;
+            return veil_op_done(e, p, "ecdsa_verify", t0, rc);
         veil_log(e, VEIL_LOG_DEBUG, "ECDSA verify: %s; using software",
                  veil_last_error()->message);
         veil_err_clear();
     }
     p = e->software;
-    return p->ops->ecdsa_verify(p, pub, msg, len, sig, sig_len);
+    double t0 = veil_op_start(e);
+    rc = p->ops->ecdsa_verify(p, pub, msg, len, sig, sig_len);
+    return veil_op_done(e, p, "ecdsa_verify", t0, rc);
 }
 
 veil_rc veil_hkdf_sha256(veil_engine *e, const uint8_t *salt, size_t salt_len,
@@ -891,8 +935,10 @@ veil_rc veil_hkdf_sha256(veil_engine *e, const uint8_t *salt, size_t salt_len,
               "HKDF-SHA256 (hkdf)");
     if (!p)
         p = e->software;
-    return p->ops->hkdf_sha256(p, salt, salt_len, ikm, ikm_len, info, info_len,
-                               out, out_len);
+    double t0 = veil_op_start(e);
+    veil_rc rc = p->ops->hkdf_sha256(p, salt, salt_len, ikm, ikm_len, info,
+                                     info_len, out, out_len);
+    return veil_op_done(e, p, "hkdf_sha256", t0, rc);
 }
 
 veil_rc veil_random(veil_engine *e, uint8_t *buf, size_t len)
@@ -908,5 +954,7 @@ veil_rc veil_random(veil_engine *e, uint8_t *buf, size_t len)
               "random");
     if (!p)
         p = e->software;
-    return p->ops->random(p, buf, len);
+    double t0 = veil_op_start(e);
+    veil_rc rc = p->ops->random(p, buf, len);
+    return veil_op_done(e, p, "random", t0, rc);
 }

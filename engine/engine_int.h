@@ -37,6 +37,8 @@ struct veil_engine {
     veil_provider *software;             /* always present */
     veil_provider *_Atomic default_prov; /* default token, once opened */
     const veil_provider_ops *extra_ops;  /* test hook: see engine_test_hooks */
+    veil_op_observer_fn observe;         /* veil_engine_set_observer */
+    void *observe_ctx;
 };
 
 struct veil_key {
@@ -97,6 +99,13 @@ void veil_ct_right_align(uint8_t *d, size_t n, size_t k);
 unsigned veil_oaep_cap(const veil_oaep *oaep);
 
 /* ---- helpers (engine.c) ----------------------------------------------- */
+
+/* The observer's clock around a provider call: start gives the time (0
+ * without an observer, and no clock is read), done reports the operation
+ * and returns rc. */
+double veil_op_start(const veil_engine *e);
+veil_rc veil_op_done(const veil_engine *e, const veil_provider *p,
+                     const char *operation, double t0, veil_rc rc);
 
 /* SPKI DER of an EVP_PKEY (malloc'd). */
 veil_rc veil_spki_der(EVP_PKEY *pkey, uint8_t **der, size_t *len);

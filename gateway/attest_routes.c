@@ -66,7 +66,10 @@ void gw_attest_report(void *app, svc_req *r)
         gw_respond(s, r, GW_INTERNAL, "out of memory");
         return;
     }
-    if (gw_tpm_report(s->d.tpm, qualifying, j, why, sizeof why) != 0) {
+    double t0 = svc_now();
+    int rep = gw_tpm_report(s->d.tpm, qualifying, j, why, sizeof why);
+    gw_metrics_quote(s->d.metrics, "report", rep == 0, svc_now() - t0);
+    if (rep != 0) {
         cJSON_Delete(j);
         veil_logf(&s->log, VEIL_LOG_ERROR, "attestation report failed: %s",
                   why);

@@ -551,6 +551,19 @@ static const svc_setting settings[] = {
     {"kem_grace", "SECONDS", &svc_uint, OFF(kem_grace), 0, 604800, "300",
      "how long a replaced KEM key still opens requests before it is "
      "destroyed; at most kem_rotate"},
+    {"metrics_listen", "ADDR", &svc_addr, OFF(metrics_listen), 0, 0, NULL,
+     "also serve GET /metrics, alone and without an API key, over plain HTTP "
+     "on this address (keep it private: loopback or an internal network); "
+     "unset: only operator keys get /metrics, on the main port"},
+    {"metrics_port", "PORT", &svc_port, OFF(metrics_port), 0, 65535, "9464",
+     "the port of metrics_listen; 0 takes any free port (logged)"},
+    {"audit_log", "FILE", &svc_str, OFF(audit_log), 0, 0, NULL,
+     "append one JSON line per inference request (time, API key name, "
+     "model, tier, status, token counts, payload ID hash; never content) "
+     "to FILE, made 0600; opened again on SIGHUP"},
+    {"audit_fsync", "off|on", &svc_bool, OFF(audit_fsync), 0, 0, "off",
+     "fdatasync the audit log after every line (on: no line lost to a "
+     "machine crash, at a disk flush per request)"},
     {"model", "ID=UPSTREAM[,tiers=A+B][,key-file=FILE][,cache-salt=FIELD]",
      &k_model, 0, 0, 0,
      NULL,

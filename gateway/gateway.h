@@ -27,6 +27,10 @@
  *               tpm_quote.c: PCRs, quotes, certification; tpm_int.h)
  *   signlog.c   answer signatures kept by payload ID for a retention period
  *   kemkeys.c   protocol v2's KEM keys: made, rotated, destroyed
+ *   metrics.c   the Prometheus metrics veild keeps (over service/metrics.c)
+ *   audit.c     the audit log: one JSON line per inference request
+ *   observe.c   what a request came to: metrics, usage, the audit line;
+ *               GET /metrics and its own listener (metrics_listen)
  *   rc.c        gw_rc_status: an outcome's HTTP status
  */
 #ifndef VEIL_GATEWAY_H
@@ -145,6 +149,11 @@ typedef struct gw_config {
     int v2;              /* 1: /.well-known/ohttp-gateway is served (1) */
     unsigned kem_rotate; /* seconds between KEM keys (3600) */
     unsigned kem_grace;  /* seconds a replaced KEM key still opens (300) */
+    /* metrics and usage (docs/GATEWAY.md, "Metrics and the audit log") */
+    char *metrics_listen;  /* a listener of GET /metrics only; NULL: none */
+    unsigned metrics_port; /* its port (9464; 0: any, logged) */
+    char *audit_log;       /* the audit log's path; NULL: none */
+    int audit_fsync;       /* 1: fdatasync after every line (0) */
     gw_model models[GW_MAX_MODELS];
     size_t n_models;
 } gw_config;
@@ -275,6 +284,8 @@ gw_strike gw_strikes_add(gw_strikes *s, const uint8_t a[32],
 /* Memory held (the mapping and the index), bytes: constant after
  * gw_strikes_open. */
 size_t gw_strikes_bytes(const gw_strikes *s);
+/* Marks held now (expired ones go at the next add) and the capacity. */
+void gw_strikes_usage(gw_strikes *s, unsigned *held, unsigned *capacity);
 
 /* ---- the state directory (strikes.c) ---------------------------------- */
 
@@ -347,6 +358,14 @@ typedef struct gw_upstream_result {
     veil_json_member metadata;
     size_t close, members;
 } gw_upstream_result;
+
+/* The token counts of an OpenAI-style answer's top-level "usage" object
+ * (prompt_tokens, completion_tokens: -1 each when absent, or not a whole
+ * number below 2^53), read without a tree and without touching the
+ * rest of the answer (scan.c).  0 when the answer is one JSON object with
+ * a "usage" object, else -1 (both -1). */
+int gw_usage_read(const char *body, size_t len, long long *prompt,
+                  long long *completion);
 
 /* What an inference request asks of the backend: the route, and so the
  * backend's path under the model's base URL (PROTOCOL-V2.md 5.3). */
@@ -534,6 +553,72 @@ gw_rc gw_kem_open_request(gw_kem *k, const uint8_t *in, size_t len,
 /* How many keys exist now (current and in grace): for the tests' log. */
 unsigned gw_kem_count(gw_kem *k);
 
+/* ---- metrics (metrics.c) ---------------------------------------------- */
+
+/* The families veild exposes at GET /metrics (docs/GATEWAY.md lists them
+ * with their labels).  Every label value comes from the configuration or
+ * from constants: route paths of the route table, model IDs, API key
+ * names of the api_keys file, provider and operation names.  Never a
+ * payload ID, an address or a key.  Every function accepts m NULL (no
+ * metrics: nothing done).  Thread-safe. */
+typedef struct gw_metrics gw_metrics;
+gw_metrics *gw_metrics_new(void);
+void gw_metrics_free(gw_metrics *m);
+/* The engine's observer (veil_engine_set_observer; ctx: a gw_metrics). */
+void gw_metrics_engine_op(void *ctx, const char *provider,
+                          const char *operation, double seconds, veil_rc rc);
+/* A request over: its route (a route-table path; NULL: none matched),
+ * method, status (0: none answered), tier and model (NULL: not known). */
+void gw_metrics_request(gw_metrics *m, const char *route, const char *method,
+                        int status, const char *tier, const char *model,
+                        double seconds);
+/* An inference request's usage, by API key name (NULL: no API keys) and
+ * model; tokens < 0: not reported by the backend. */
+void gw_metrics_usage(gw_metrics *m, const char *key, const char *model,
+                      long long prompt_tokens, long long completion_tokens);
+/* An upstream exchange of model (its outcome) and a TPM quote (what:
+ * "answer" or "report"), with the time taken. */
+void gw_metrics_upstream(gw_metrics *m, const char *model, gw_rc rc,
+                         double seconds);
+void gw_metrics_quote(gw_metrics *m, const char *what, int ok, double seconds);
+/* The gauges read at a scrape. */
+typedef struct gw_metrics_now {
+    unsigned slots_busy, slots_total, slots_waiting;
+    unsigned replay_held, replay_capacity;
+} gw_metrics_now;
+/* The exposition (text format 0.0.4), malloc'd, its length in *len;
+ * NULL: no memory. */
+char *gw_metrics_render(gw_metrics *m, const gw_metrics_now *now, size_t *len);
+
+/* ---- the audit log (audit.c) ------------------------------------------ */
+
+/* One line of JSON per finished inference request, appended (O_APPEND:
+ * lines of parallel requests never mix); no prompt, no answer, no key.
+ * Thread-safe. */
+typedef struct gw_audit gw_audit;
+typedef struct gw_audit_line {
+    const char *key;   /* the API key's name; NULL: none (JSON null) */
+    const char *model; /* NULL: none */
+    const char *tier;
+    const char *route;    /* the route-table path */
+    const char *protocol; /* "v1", "v2" */
+    int status;           /* what the client got; 0: no answer */
+    long long prompt_tokens, completion_tokens; /* < 0: null */
+    const char *payload_sha256; /* hex SHA-256 of the payload ID, or NULL */
+    double seconds;
+} gw_audit_line;
+/* Opens (makes, 0600) path for appending; fsync_each: fdatasync after
+ * every line.  GW_OK, or GW_REFUSED with err naming the file. */
+gw_rc gw_audit_open(const char *path, int fsync_each, gw_audit **out, char *err,
+                    size_t err_size);
+void gw_audit_free(gw_audit *a);
+/* Opens the path again (a SIGHUP, after a log rotation moved the file);
+ * on failure the old file stays in use.  0, or -1 with err. */
+int gw_audit_reopen(gw_audit *a, char *err, size_t err_size);
+/* Appends one line.  0, or -1 (errno: the write failed; the line is
+ * lost, and the caller logs it). */
+int gw_audit_write(gw_audit *a, const gw_audit_line *l);
+
 /* ---- the server (server.c over service/http.c) ------------------------ */
 
 typedef struct gw_server gw_server;
@@ -560,6 +645,8 @@ typedef struct gw_deps {
     uint8_t signing_key_sha256[32];
     gw_tpm *tpm; /* NULL: no TPM (maximum and the attestation routes: 503) */
     gw_kem *kem; /* NULL: protocol v2 is off */
+    gw_metrics *metrics; /* NULL: no metrics (GET /metrics answers 404) */
+    gw_audit *audit;     /* NULL: no audit log */
     veil_log_fn log;
     void *log_ctx;
     veil_log_level log_level;

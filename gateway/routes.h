@@ -65,6 +65,7 @@ struct gw_server {
     char *enc_spki_b64, *sign_spki_b64; /* sign_spki_b64: NULL, no signer */
     char sign_key_header[72];           /* "sha256:<hex>" */
     uint8_t salt_secret[32];            /* cache_salt's key */
+    svc_http *metrics_http;             /* the metrics listener, or NULL */
     int has_salt_secret;                /* salt_secret is read */
 };
 
@@ -123,6 +124,53 @@ gw_rc gw_answer_sign(gw_server *s, const char *id, const char *key,
 gw_rc gw_signature_find(gw_server *s, const gw_auth *auth, const char *id,
                         const uint8_t caller[32], char **body, char *why,
                         size_t why_size);
+
+/* ---- what a request came to (observe.c) ------------------------------- */
+
+/* A request's own state in the HTTP layer (svc_req_data, zeroed at its
+ * start): what the route modules note of an inference request for the
+ * completion hook, which counts it in the metrics and writes its audit
+ * line.  Never a prompt or an answer. */
+typedef struct gw_req_rec {
+    int noted;            /* an inference request whose API key was taken */
+    const char *protocol; /* "v1", "v2" */
+    const char *key;      /* the API key's name (held by the request's live
+                             auth); NULL: none, or no API keys */
+    const char *tier;     /* veil_tier_name's; NULL: not known */
+    const char *model;    /* the model's ID (held by the request's live
+                             cfg); NULL: not known */
+    int inner_status;     /* v2: the inner answer's status; 0: none */
+    int has_usage;
+    long long prompt_tokens, completion_tokens; /* -1: not reported */
+    char pid_sha256[65]; /* hex SHA-256 of the canonical payload ID */
+} gw_req_rec;
+
+/* Notes an inference request of protocol ("v1", "v2") once its API key is
+ * taken (key: its name, or NULL), with its tier (NULL: not yet known) and
+ * payload ID (canonical; NULL: none yet). */
+void gw_note_request(svc_req *r, const char *protocol, const char *key,
+                     const char *tier, const char *pid);
+/* The model, once known; the inner status (v2); the backend's answer,
+ * whose "usage" holds the token counts (read without the content). */
+void gw_note_model(svc_req *r, const gw_model *m);
+void gw_note_status(svc_req *r, int status);
+void gw_note_usage(svc_req *r, const gw_upstream_result *up);
+/* gw_upstream_call, timed into the metrics (veild_upstream_*). */
+gw_rc gw_upstream_timed(gw_server *s, const gw_config *cfg, const gw_model *m,
+                        gw_infer route, const char *request, size_t len,
+                        const gw_request *rq, const char *salt,
+                        gw_upstream_result *out, char *err, size_t err_size);
+
+/* The HTTP layer's completion hook (svc_http_config.done). */
+void gw_observe_done(void *app, svc_req *r, const svc_done *d);
+/* GET /metrics on the main port: for operator API keys only. */
+void gw_metrics_get(void *app, svc_req *r);
+/* The metrics listener (metrics_listen), started and stopped with the
+ * server: 0, or -1 with err. */
+int gw_observe_start(gw_server *s, char *err, size_t err_size);
+void gw_observe_stop(gw_server *s);
+/* A reload: the audit log opened again (logged when it fails). */
+void gw_observe_reload(gw_server *s);
 
 /* A route's tag (svc_route_tag): its API key travels inside the request
  * (protocol v2), so the admit hook checks none. */

@@ -1,12 +1,14 @@
 /* What the gateway forwards and what it takes back: the one scan of a
  * decrypted request (gw_request_scan, protocol/json_scan.h) that decides
  * what is forwarded, and the check of an answer (one JSON object, no key
- * twice, the place of its "_metadata").  Used by upstream.c, echo.c and
+ * twice, the place of its "_metadata") and the token counts of its
+ * "usage" (for the metrics and the audit log).  Used by upstream.c, echo.c and
  * upstream_http.c; it calls none of them.
  *
  * Requests and answers are plaintext here: nothing of either is logged. */
 #include "config.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,6 +16,75 @@
 #include "upstream_int.h"
 
 /* ---- the answer --------------------------------------------------------- */
+
+/* The longest number taken from "usage". */
+#define USAGE_NUMBER_MAX 32
+
+typedef struct usage_scan {
+    const char *key;
+    veil_json_member m;
+    int found;
+} usage_scan;
+
+static int find_member(void *ctx, const char *text, const veil_json_member *m)
+{
+    usage_scan *u = ctx;
+
+    if (!u->found && veil_json_key_is(text, m, u->key)) {
+        u->m = *m;
+        u->found = 1;
+    }
+    return 0;
+}
+
+/* The whole number in text[m->value, m->value_end), or -1. */
+static long long whole_number(const char *text, const veil_json_member *m)
+{
+    char num[USAGE_NUMBER_MAX + 1], *end;
+    size_t n = m->value_end - m->value;
+
+    if (n == 0 || n > USAGE_NUMBER_MAX ||
+        !(text[m->value] >= '0' && text[m->value] <= '9'))
+        return -1;
+    memcpy(num, text + m->value, n);
+    num[n] = '\0';
+    double v = strtod(num, &end);
+    if (*end != '\0' || !(v >= 0) || v >= 9007199254740992.0 || v != floor(v))
+        return -1;
+    return (long long)v;
+}
+
+/* The member named key of the object text[0, len), or found 0. */
+static usage_scan member_of(const char *text, size_t len, const char *key)
+{
+    usage_scan u = {.key = key};
+
+    if (veil_json_scan_object(text, len, find_member, &u, NULL, NULL, NULL) !=
+        VEIL_JSON_OK)
+        u.found = 0;
+    return u;
+}
+
+int gw_usage_read(const char *body, size_t len, long long *prompt,
+                  long long *completion)
+{
+    *prompt = *completion = -1;
+    if (body == NULL)
+        return -1;
+    usage_scan u = member_of(body, len, "usage");
+    if (!u.found || body[u.m.value] != '{')
+        return -1;
+    /* the usage object alone: counts, never content */
+    const char *o = body + u.m.value;
+    size_t olen = u.m.value_end - u.m.value;
+    usage_scan p = member_of(o, olen, "prompt_tokens");
+    usage_scan c = member_of(o, olen, "completion_tokens");
+    if (p.found)
+        *prompt = whole_number(o, &p.m);
+    if (c.found)
+        *completion = whole_number(o, &c.m);
+    return 0;
+}
 
 static int on_answer_member(void *ctx, const char *text,
                             const veil_json_member *m)

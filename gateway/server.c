@@ -244,6 +244,12 @@ static const svc_route routes[] = {
      .tail_ok = gw_payload_id_ok,
      .handle = gw_signature_get,
      .log_path = "/v1/signatures/ID"},
+    /* operator API keys only; metrics_listen serves it without (observe.c) */
+    {.path = "/metrics",
+     .method = "GET",
+     .admit = 1,
+     .body_max = SMALL_BODY_MAX,
+     .handle = gw_metrics_get},
 };
 
 /* ---- start and stop ---------------------------------------------------- */
@@ -312,6 +318,8 @@ static void http_config(gw_server *s, svc_http_config *h)
         .admit = admit,
         .app = s,
         .log = s->log,
+        .done = gw_observe_done,
+        .req_data_size = sizeof(gw_req_rec),
     };
 }
 
@@ -344,6 +352,7 @@ int gw_server_reload(gw_server *s, gw_live *next, char *err, size_t err_size)
                                              cfg->tls_key, err, err_size) != 0)
         return -1;
     gw_rate_set(s->d.rate, cfg->rate, cfg->burst);
+    gw_observe_reload(s);
     pthread_mutex_lock(&s->live_lock);
     gw_live *old = s->live;
     s->live = next;
@@ -393,7 +402,8 @@ gw_server *gw_server_start(const gw_deps *deps, char *err, size_t err_size)
     if (salt_secret(s, deps->cfg, err, err_size) != 0)
         goto fail;
     http_config(s, &hc);
-    if ((s->http = svc_http_start(&hc, err, err_size)) == NULL)
+    if ((s->http = svc_http_start(&hc, err, err_size)) == NULL ||
+        gw_observe_start(s, err, err_size) != 0)
         goto fail;
     return s;
 fail:
@@ -415,6 +425,7 @@ unsigned gw_server_stop(gw_server *s, unsigned grace_s)
 {
     if (s == NULL)
         return 0;
+    gw_observe_stop(s);
     unsigned cut = svc_http_stop(s->http, grace_s);
     svc_response_free(s->undecryptable);
     svc_response_free(s->ohttp_key);

@@ -399,6 +399,17 @@ size_t gw_strikes_bytes(const gw_strikes *s)
     return sizeof *s + s->map_size + ((size_t)s->mask + 1) * sizeof *s->index;
 }
 
+void gw_strikes_usage(gw_strikes *s, unsigned *held, unsigned *capacity)
+{
+    *held = *capacity = 0;
+    if (!s)
+        return;
+    pthread_mutex_lock(&s->mu);
+    *held = s->hd->count;
+    *capacity = s->hd->cap;
+    pthread_mutex_unlock(&s->mu);
+}
+
 /* ---- marks -------------------------------------------------------------- */
 
 static int digest(const gw_strikes *s, char tag, const uint8_t mark[32],

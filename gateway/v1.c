@@ -195,7 +195,10 @@ static gw_rc v1_attest(gw_server *s, v1_x *x)
     veil_ev_answer_qualifying(
         x->pid, x->request_sha256, s->d.encryption_key_sha256,
         s->d.signing_key_sha256, backend_sha256, qualifying);
+    double t0 = svc_now();
     x->attestation = gw_tpm_quote(s->d.tpm, qualifying, why, sizeof why);
+    gw_metrics_quote(s->d.metrics, "answer", x->attestation != NULL,
+                     svc_now() - t0);
     if (x->attestation != NULL &&
         !cJSON_AddStringToObject(x->attestation, "backend_statement",
                                  x->backend)) {
@@ -222,10 +225,9 @@ static gw_rc v1_infer(gw_server *s, svc_req *r, v1_x *x)
         gw_cache_salt(s, svc_client_id(r), x->salt);
         salt = x->salt;
     }
-    return gw_upstream_call(x->cfg, x->m, GW_INFER_CHAT,
-                            (const char *)veil_secbuf_data(x->pt),
-                            veil_secbuf_len(x->pt), x->rq, salt, &s->log,
-                            &x->up, x->why, sizeof x->why);
+    return gw_upstream_timed(
+        s, x->cfg, x->m, GW_INFER_CHAT, (const char *)veil_secbuf_data(x->pt),
+        veil_secbuf_len(x->pt), x->rq, salt, &x->up, x->why, sizeof x->why);
 }
 
 /* The "_metadata" member veild adds to an answer, as text: ",\"_metadata\":
@@ -319,10 +321,9 @@ static gw_rc v1_sign(gw_server *s, svc_req *r, v1_x *x)
     gw_rc rc;
 
     SHA256((const uint8_t *)x->pkg, strlen(x->pkg), response_sha256);
-    rc = gw_answer_sign(s, x->pid, x->pid_key, x->tier_name, x->request_sha256,
-                        response_sha256,
-                        gw_req_live(s, r)->auth ? svc_client_id(r) : NULL,
-                        &x->sig);
+    rc = gw_answer_sign(
+        s, x->pid, x->pid_key, x->tier_name, x->request_sha256, response_sha256,
+        gw_req_live(s, r)->auth ? svc_client_id(r) : NULL, &x->sig);
     if (rc != GW_OK)
         snprintf(x->why, sizeof x->why, "the answer could not be signed");
     return rc;
@@ -379,6 +380,13 @@ void gw_v1_completion(void *app, svc_req *r)
         (rc = v1_infer(s, r, &x)) == GW_OK && (rc = v1_seal(s, &x)) == GW_OK &&
         (rc = v1_sign(s, r, &x)) == GW_OK)
         rc = v1_send(s, r, &x);
+    /* for the metrics and the audit log: never the content */
+    const gw_live *live = gw_req_live(s, r);
+    gw_note_request(
+        r, "v1", live->auth ? gw_auth_name(live->auth, svc_client_id(r)) : NULL,
+        x.tier_name, x.pid_key[0] ? x.pid_key : NULL);
+    gw_note_model(r, x.m);
+    gw_note_usage(r, &x.up);
     if (rc != GW_OK)
         gw_respond(s, r, rc, "%s", x.why);
     v1_free(s, &x);

@@ -50,7 +50,10 @@ typedef struct v2_x {
     char retry[16]; /* retry-after, or "" */
     char rid[65];   /* the request identifier: hex SHA-256 of enc */
     gw_answer_sig sig;
-    int full; /* the replay register had no room */
+    int full;        /* the replay register had no room */
+    int keyed;       /* the API key was taken (or none is needed) */
+    int inference;   /* an inference route (v2_infer) */
+    const char *key; /* its name (held by live->auth), or NULL */
     char why[512];
 } v2_x;
 
@@ -254,6 +257,8 @@ static gw_rc v2_inner(gw_server *s, svc_req *r, v2_x *x)
                          : "missing API key (authorization: Bearer)");
             return rc;
         }
+        x->key = gw_auth_name(x->live->auth, x->id);
+        x->keyed = 1;
         if (gw_rate_take(s->d.rate, x->id, svc_now(), &retry) != GW_OK) {
             snprintf(x->retry, sizeof x->retry, "%u", retry);
             snprintf(x->why, sizeof x->why,
@@ -261,6 +266,7 @@ static gw_rc v2_inner(gw_server *s, svc_req *r, v2_x *x)
             return GW_RATE_LIMITED;
         }
     }
+    x->keyed = 1;
     x->tier = field_text(x->in, "x-security-tier", tier, sizeof tier) == 0
                   ? veil_tier_parse(tier)
                   : VEIL_TIER_STANDARD;
@@ -338,17 +344,18 @@ static gw_rc v2_infer(gw_server *s, v2_x *x)
 {
     const char *salt = NULL;
     veil_json_edit cut;
-    gw_rc rc = v2_model(s, x);
+    gw_rc rc;
 
-    if (rc != GW_OK)
+    x->inference = 1;
+    if ((rc = v2_model(s, x)) != GW_OK)
         return rc;
     if (x->m->cache_salt_field) {
         gw_cache_salt(s, x->id, x->salt);
         salt = x->salt;
     }
-    rc = gw_upstream_call(x->live->cfg, x->m, x->infer,
-                          (const char *)x->in->content.p, x->in->content.len,
-                          x->rq, salt, &s->log, &x->up, x->why, sizeof x->why);
+    rc = gw_upstream_timed(s, x->live->cfg, x->m, x->infer,
+                           (const char *)x->in->content.p, x->in->content.len,
+                           x->rq, salt, &x->up, x->why, sizeof x->why);
     if (rc != GW_OK)
         return rc;
     size_t n = x->up.has_metadata
@@ -411,9 +418,8 @@ static gw_rc v2_signature(gw_server *s, v2_x *x)
     }
     memcpy(id, p->p + sizeof SIGNATURES - 1, n);
     id[n] = '\0';
-    gw_rc rc =
-        gw_signature_find(s, x->live->auth, id, x->id, &x->content, x->why,
-                          sizeof x->why);
+    gw_rc rc = gw_signature_find(s, x->live->auth, id, x->id, &x->content,
+                                 x->why, sizeof x->why);
     if (rc != GW_OK)
         return rc;
     x->content_len = strlen(x->content);
@@ -564,6 +570,13 @@ void gw_v2_request(void *app, svc_req *r)
         rc = v2_route(s, &x);
     if (rc != GW_OK)
         v2_error(&x, rc);
+    /* for the metrics and the audit log: never the content */
+    if (x.keyed && x.inference) {
+        gw_note_request(r, "v2", x.key, x.tier_name, x.rid[0] ? x.rid : NULL);
+        gw_note_model(r, x.m);
+        gw_note_usage(r, &x.up);
+    }
+    gw_note_status(r, x.status);
     if (x.content == NULL)
         gw_respond(s, r, GW_NOMEM, "out of memory");
     else if (v2_send(s, r, &x) != GW_OK)

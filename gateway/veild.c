@@ -318,6 +318,12 @@ static int open_keys(gw_deps *d, const gw_config *cfg)
                   veil_last_error()->message);
         return veil_exit_for(veil_last_error());
     }
+    /* before any other thread: every key operation timed (GET /metrics) */
+    if ((d->metrics = gw_metrics_new()) == NULL) {
+        veil_logf(&logger, VEIL_LOG_ERROR, "out of memory");
+        return VEIL_EXIT_FAIL;
+    }
+    veil_engine_set_observer(d->engine, gw_metrics_engine_op, d->metrics);
     if ((d->server_key = open_server_key(d->engine, cfg, &code)) == NULL)
         return code;
     if (cfg->signing_key &&
@@ -353,6 +359,11 @@ static int open_state(gw_deps *d, const gw_config *cfg)
     if (cfg->api_keys &&
         (d->auth = gw_auth_load(cfg->api_keys, err, sizeof err)) == NULL) {
         veil_logf(&logger, VEIL_LOG_ERROR, "api_keys: %s", err);
+        return VEIL_EXIT_USAGE;
+    }
+    if (cfg->audit_log && gw_audit_open(cfg->audit_log, cfg->audit_fsync,
+                                        &d->audit, err, sizeof err) != GW_OK) {
+        veil_logf(&logger, VEIL_LOG_ERROR, "%s", err);
         return VEIL_EXIT_USAGE;
     }
     if (cfg->operator_keys && gw_auth_set_operators(d->auth, cfg->operator_keys,
@@ -392,6 +403,8 @@ static void close_deps(gw_deps *d)
     veil_key_free(d->signing_key);
     veil_key_free(d->server_key);
     veil_engine_free(d->engine);
+    gw_audit_free(d->audit);
+    gw_metrics_free(d->metrics); /* after the engine: its observer */
 }
 
 /* What maximum does with each model's backend (backend_stmt.c): a

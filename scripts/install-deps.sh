@@ -21,6 +21,7 @@ PACKAGES=(
     tpm2-abrmd libtss2-tcti-tabrmd0 dbus tpm2-tools opensc gnutls-bin
     python3-cryptography  # tests/nomyo_client.py, the NOMYO wire-format client
     openssl curl          # the tests' independent checks: openssl dgst, plain HTTP
+    python3-prometheus-client  # tests/metrics_check.py: GET /metrics parsed as Prometheus does
 
     # sanitizer runtime for the gcc builds: nothing extra; gcc's
     # libasan/libubsan come with gcc

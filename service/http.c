@@ -321,6 +321,16 @@ void *svc_app_ref(const svc_req *r)
     return r->app_ref;
 }
 
+void *svc_req_data(svc_req *r)
+{
+    return r->h && r->h->cfg.req_data_size ? r->data : NULL;
+}
+
+svc_req *svc_req_alloc(const svc_http *h)
+{
+    return calloc(1, sizeof(svc_req) + h->cfg.req_data_size);
+}
+
 /* ---- the route table --------------------------------------------------- */
 
 static const svc_route *route_of(const svc_http *h, const char *method,
@@ -533,6 +543,17 @@ static void outcome(svc_http *h, const svc_req *r,
 void svc_request_done(svc_http *h, svc_req *r,
                       enum MHD_RequestTerminationCode toe)
 {
+    svc_done d = {
+        .route = r->route == NULL     ? NULL
+                 : r->route->log_path ? r->route->log_path
+                                      : r->route->path,
+        .method = r->method ? r->method : "GET",
+        .status = r->answered ? r->status : 0,
+        .delivered = toe == MHD_REQUEST_TERMINATED_COMPLETED_OK && r->answered,
+        .admitted = r->admitted,
+        .seconds = ms_since(&r->t0) / 1e3,
+    };
+
     if (r->admitted) {
         char what[128];
         const char *path =
@@ -557,6 +578,8 @@ void svc_request_done(svc_http *h, svc_req *r,
     svc_drop_body(h, r);
     /* the next request on this connection: its header deadline */
     svc_set_phase(h, r->conn, P_HEAD);
+    if (h->cfg.done)
+        h->cfg.done(h->cfg.app, r, &d);
     if (r->app_ref && r->app_release)
         r->app_release(r->app_ref);
     free(r);
@@ -575,7 +598,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c,
 
     (void)version;
     if (r == NULL) {
-        if ((r = calloc(1, sizeof *r)) == NULL)
+        if ((r = svc_req_alloc(h)) == NULL)
             return MHD_NO;
         *con_cls = r;
         r->c = c;

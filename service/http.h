@@ -53,6 +53,16 @@ typedef struct svc_route {
     unsigned tag; /* the application's, for its admit hook (svc_route_tag) */
 } svc_route;
 
+/* What a request came to, for the application's completion hook. */
+typedef struct svc_done {
+    const char *route;  /* the route's log path; NULL: no route (404, 405) */
+    const char *method; /* "GET", "HEAD" or "POST" */
+    int status;         /* the status answered; 0: none */
+    int delivered;      /* the answer went out whole */
+    int admitted;       /* the route goes through admission */
+    double seconds;     /* from its request line to its end */
+} svc_done;
+
 typedef struct svc_http_config {
     const char *listen_addr;        /* an IPv4 or IPv6 address */
     unsigned port;                  /* 0: any free port (svc_http_port) */
@@ -75,6 +85,13 @@ typedef struct svc_http_config {
     svc_handler_fn *admit;
     void *app; /* given to admit and the handlers */
     veil_logger log;
+    /* Called once for every request (NULL: none), when it is over: after
+     * its log line, before its app ref is released (svc_app_ref is still
+     * good).  In the request's thread; it must not answer. */
+    void (*done)(void *app, svc_req *r, const svc_done *d);
+    /* Bytes of the application's own state per request (svc_req_data),
+     * zeroed when the request starts; 0: none. */
+    size_t req_data_size;
 } svc_http_config;
 
 /* Starts listening (the config is copied; routes and log are borrowed);
@@ -83,6 +100,10 @@ typedef struct svc_http_config {
 svc_http *svc_http_start(const svc_http_config *cfg, char *err,
                          size_t err_size);
 unsigned svc_http_port(const svc_http *h);
+/* The worker slots now: in use (*busy), how many there are (*total), and
+ * requests waiting for one (*waiting).  For metrics. */
+void svc_http_slots(svc_http *h, unsigned *busy, unsigned *total,
+                    unsigned *waiting);
 /* Reads the TLS certificate chain and key again (a reload): new
  * connections get them, open ones keep theirs.  0; or -1 with err naming
  * the file that is wrong (the running ones stay), also when h serves
@@ -163,6 +184,9 @@ void svc_set_log_id(svc_req *r, const char *id);
  * then; else 1).  svc_app_ref: it, or NULL. */
 int svc_set_app_ref(svc_req *r, void *ref, void (*release)(void *ref));
 void *svc_app_ref(const svc_req *r);
+/* The application's state of r (req_data_size bytes, zeroed at its
+ * start, suitably aligned); NULL when req_data_size is 0. */
+void *svc_req_data(svc_req *r);
 
 /* ---- answers (each queues one response, at most once) ------------------ */
 

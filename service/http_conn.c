@@ -107,6 +107,20 @@ int svc_take_slot(svc_http *h, svc_req *r)
     return r->has_slot;
 }
 
+void svc_http_slots(svc_http *h, unsigned *busy, unsigned *total,
+                    unsigned *waiting)
+{
+    unsigned n = 0;
+
+    pthread_mutex_lock(&h->slot_lock);
+    for (struct slot_waiter *w = h->wait_head; w; w = w->next)
+        n++;
+    *total = h->cfg.workers;
+    *busy = h->cfg.workers - h->slots_free;
+    *waiting = n;
+    pthread_mutex_unlock(&h->slot_lock);
+}
+
 /* Hands the slot to the first waiter, or frees it. */
 void svc_release_slot(svc_http *h, svc_req *r)
 {

@@ -106,7 +106,7 @@ static int query_args(char *q, char ***args, size_t *n)
 
 int svc_http_inject(svc_http *h, const svc_inject *in, svc_answer *out)
 {
-    svc_req *r = calloc(1, sizeof *r);
+    svc_req *r = svc_req_alloc(h);
     char *url = strdup(in->url), *q;
 
     memset(out, 0, sizeof *out);

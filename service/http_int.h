@@ -118,7 +118,12 @@ struct svc_req {
     struct timespec t0;
     char tail[SVC_ID_MAX + 1];   /* a prefix route's tail, once checked */
     char log_id[SVC_ID_MAX + 1]; /* svc_set_log_id */
+    /* the application's state (cfg.req_data_size bytes: svc_req_data) */
+    _Alignas(max_align_t) unsigned char data[];
 };
+/* A new request's state, zeroed (with the application's); NULL: no
+ * memory. */
+struct svc_req *svc_req_alloc(const svc_http *h);
 
 /* One answer as a handler gives it, before it goes to its connection or,
  * for an injected request, to its capture. */

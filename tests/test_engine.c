@@ -650,6 +650,74 @@ static void test_private_op_no_fallback(void)
     veil_engine_free(e);
 }
 
+/* The observer (veild's metrics) hears of every operation a provider ran,
+ * with the provider's name, the operation and the provider's result; not
+ * of one refused before any provider. */
+typedef struct obs_rec {
+    char seen[8][48];
+    veil_rc rc[8];
+    int n;
+    int bad_time;
+} obs_rec;
+
+static void obs_fn(void *ctx, const char *provider, const char *operation,
+                   double seconds, veil_rc rc)
+{
+    obs_rec *o = ctx;
+
+    if (!(seconds >= 0 && seconds < 60))
+        o->bad_time = 1;
+    if (o->n < 8) {
+        snprintf(o->seen[o->n], sizeof o->seen[0], "%s %s", provider,
+                 operation);
+        o->rc[o->n] = rc;
+    }
+    o->n++;
+}
+
+static void test_observer(void)
+{
+    static const uint8_t msg[] = "observed";
+    uint8_t ct[512], buf[16];
+    size_t ct_len = sizeof ct;
+    veil_secbuf *out = NULL;
+    veil_oaep bad_label = {VEIL_HASH_SHA256, NULL, 4};
+    obs_rec o = {.n = 0};
+    veil_engine *e;
+    veil_key *k = NULL;
+
+    mock_reset();
+    e = mock_engine(0, "mock:default");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(e);
+    CU_ASSERT_EQUAL_FATAL(veil_key_open(e, "mock:k1", &k), VEIL_OK);
+    veil_engine_set_observer(e, obs_fn, &o);
+    CU_ASSERT_EQUAL(veil_rsa_encrypt(e, k, NULL, msg, sizeof msg, ct, &ct_len),
+                    VEIL_OK);
+    CU_ASSERT_EQUAL(veil_rsa_decrypt(e, k, NULL, ct, ct_len, &out), VEIL_OK);
+    veil_secbuf_free(out);
+    mock.decrypt_rc = VEIL_E_TOKEN;
+    CU_ASSERT_EQUAL(veil_rsa_decrypt(e, k, NULL, ct, ct_len, &out),
+                    VEIL_E_TOKEN);
+    /* refused before the provider: not an operation of the token */
+    CU_ASSERT_EQUAL(veil_rsa_decrypt(e, k, &bad_label, ct, ct_len, &out),
+                    VEIL_E_ARG);
+    CU_ASSERT_EQUAL(veil_random(e, buf, sizeof buf), VEIL_OK);
+    CU_ASSERT_EQUAL_FATAL(o.n, 4);
+    CU_ASSERT_STRING_EQUAL(o.seen[0], "software rsa_encrypt");
+    CU_ASSERT_STRING_EQUAL(o.seen[1], "mock rsa_decrypt");
+    CU_ASSERT_EQUAL(o.rc[1], VEIL_OK);
+    CU_ASSERT_STRING_EQUAL(o.seen[2], "mock rsa_decrypt");
+    CU_ASSERT_EQUAL(o.rc[2], VEIL_E_TOKEN);
+    CU_ASSERT_STRING_EQUAL(o.seen[3], "software random");
+    CU_ASSERT_FALSE(o.bad_time);
+    /* removed: heard no more */
+    veil_engine_set_observer(e, NULL, NULL);
+    CU_ASSERT_EQUAL(veil_random(e, buf, sizeof buf), VEIL_OK);
+    CU_ASSERT_EQUAL(o.n, 4);
+    veil_key_free(k);
+    veil_engine_free(e);
+}
+
 /* ECDH is a private-key operation: the holder only, never software, and
  * the peer's point is checked before the holder sees it. */
 static void test_ecdh_dispatch(void)
@@ -2041,6 +2109,7 @@ int main(void)
         {"private op: key's provider, no fallback",
          test_private_op_no_fallback},
         {"ECDH: holder only, peer checked first", test_ecdh_dispatch},
+        {"the observer hears each provider call", test_observer},
         {"one instance per instance id", test_instance_reuse},
         {"failed open propagates and is retried", test_open_failure_and_retry},
         {"key_delete dispatch", test_key_delete_dispatch},

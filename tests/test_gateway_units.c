@@ -20,6 +20,7 @@
 #include "backend.h"
 #include "testutil.h"
 #include "gateway.h"
+#include "metrics.h"
 
 static char scratch[512]; /* a fresh directory for the files of this run */
 /* every name write_file is given, removed at the end */
@@ -211,6 +212,10 @@ static void test_config_every_setting(void)
         "tpm_certify_key = /etc/veil/server.tss2.pem\n"
         "tpm_certify_key_auth = file:/etc/veil/server.auth\n"
         "tpm_remote_https = on\n"
+        "metrics_listen = 127.0.0.2\n"
+        "metrics_port = 9100\n"
+        "audit_log = /var/log/veild/audit.log\n"
+        "audit_fsync = on\n"
         "model = a/b=echo\n"
         "model = c=https://llm.example:8443/v1/,tiers=high+maximum,"
         "key-file=/etc/veil/c.key\n";
@@ -249,6 +254,10 @@ static void test_config_every_setting(void)
     CU_ASSERT_STRING_EQUAL(cfg.tpm_certify_key_auth,
                            "file:/etc/veil/server.auth");
     CU_ASSERT_EQUAL(cfg.tpm_remote_https, 1);
+    CU_ASSERT_STRING_EQUAL(cfg.metrics_listen, "127.0.0.2");
+    CU_ASSERT_EQUAL(cfg.metrics_port, 9100);
+    CU_ASSERT_STRING_EQUAL(cfg.audit_log, "/var/log/veild/audit.log");
+    CU_ASSERT_EQUAL(cfg.audit_fsync, 1);
     CU_ASSERT_EQUAL_FATAL(cfg.n_models, 2);
     CU_ASSERT_STRING_EQUAL(cfg.models[0].id, "a/b");
     CU_ASSERT_STRING_EQUAL(cfg.models[0].upstream, "echo");
@@ -2188,6 +2197,133 @@ static void test_json_remove(void)
     }
 }
 
+/* ==== metrics and usage =================================================== */
+
+/* The usage of an answer: whole numbers of the top-level "usage" only;
+ * anything else is "not reported" (-1), never a guess. */
+static void test_usage_read(void)
+{
+    static const struct {
+        const char *body;
+        int rc;
+        long long prompt, completion;
+    } cases[] = {
+        {"{\"usage\":{\"prompt_tokens\":12,\"completion_tokens\":30,"
+         "\"total_tokens\":42}}",
+         0, 12, 30},
+        /* embeddings: no completion tokens */
+        {"{\"data\":[],\"usage\":{\"prompt_tokens\":5,\"total_tokens\":5}}", 0,
+         5, -1},
+        {"{\"usage\":{\"prompt_tokens\":1e3,\"completion_tokens\":2.0}}", 0,
+         1000, 2},
+        /* not whole, negative, too big, strings, null: not reported */
+        {"{\"usage\":{\"prompt_tokens\":1.5,\"completion_tokens\":-3}}", 0,
+         -1, -1},
+        {"{\"usage\":{\"prompt_tokens\":\"7\",\"completion_tokens\":null}}",
+         0, -1, -1},
+        {"{\"usage\":{\"prompt_tokens\":1e300,\"completion_tokens\":"
+         "9007199254740993}}",
+         0, -1, -1},
+        /* only the top level's usage counts */
+        {"{\"choices\":[{\"usage\":{\"prompt_tokens\":9}}]}", -1, -1, -1},
+        {"{\"x\":{\"usage\":{\"prompt_tokens\":9}},\"usage\":{}}", 0, -1,
+         -1},
+        {"{\"usage\":[1,2]}", -1, -1, -1},
+        /* a key twice, or not JSON: nothing read */
+        {"{\"usage\":{\"prompt_tokens\":1,\"prompt_tokens\":2}}", 0, -1, -1},
+        {"{\"usage\":{\"prompt_tokens\":1},\"usage\":{}}", -1, -1, -1},
+        {"not json", -1, -1, -1},
+    };
+
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        long long p = 7, c = 7;
+        int rc = gw_usage_read(cases[i].body, strlen(cases[i].body), &p, &c);
+        if (rc != cases[i].rc || p != cases[i].prompt ||
+            c != cases[i].completion)
+            fprintf(stderr, "\n  case %zu: rc %d, %lld, %lld\n", i, rc, p, c);
+        CU_ASSERT_EQUAL(rc, cases[i].rc);
+        CU_ASSERT_EQUAL(p, cases[i].prompt);
+        CU_ASSERT_EQUAL(c, cases[i].completion);
+    }
+    long long p, c;
+    CU_ASSERT_EQUAL(gw_usage_read(NULL, 0, &p, &c), -1);
+}
+
+/* The registry's text: labels escaped, histograms cumulative, counters
+ * that only go up, series bounded. */
+static void test_metrics_render(void)
+{
+    static const double buckets[] = {0.1, 1, 10};
+    svc_metrics *m = svc_metrics_new();
+    svc_family *c = svc_metrics_family(m, SVC_COUNTER, "t_total", "a counter",
+                                       (const char *const[]){"a", "b", NULL},
+                                       NULL, 0);
+    svc_family *h = svc_metrics_family(m, SVC_HISTOGRAM, "t_seconds", "times",
+                                       (const char *const[]){"op", NULL},
+                                       buckets, 3);
+    svc_family *g = svc_metrics_family(m, SVC_GAUGE, "t_gauge", "a gauge",
+                                       NULL, NULL, 0);
+    size_t len;
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(c);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(h);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(g);
+    /* buckets out of order, too many labels: refused */
+    CU_ASSERT_PTR_NULL(svc_metrics_family(m, SVC_HISTOGRAM, "x_seconds", "x",
+                                          NULL, (const double[]){2, 1}, 2));
+    CU_ASSERT_PTR_NULL(svc_metrics_family(
+        m, SVC_COUNTER, "y_total", "y",
+        (const char *const[]){"1", "2", "3", "4", "5", "6", "7", NULL}, NULL,
+        0));
+    svc_metric_add(c, (const char *const[]){"q\"uote", "back\\slash\nline"},
+                   2);
+    svc_metric_add(c, (const char *const[]){"q\"uote", "back\\slash\nline"},
+                   -5); /* a counter never goes down */
+    svc_metric_add(c, (const char *const[]){"x", NULL}, 1);
+    svc_metric_observe(h, (const char *const[]){"op1"}, 0.05);
+    svc_metric_observe(h, (const char *const[]){"op1"}, 0.5);
+    svc_metric_observe(h, (const char *const[]){"op1"}, 50);
+    svc_metric_set(g, NULL, 3);
+    svc_metric_set(g, NULL, 1.25);
+    svc_metric_add(g, NULL, 1); /* not a counter: ignored */
+    char *text = svc_metrics_render(m, &len);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(text);
+    CU_ASSERT_EQUAL(len, strlen(text));
+    static const char *const want[] = {
+        "# HELP t_total a counter\n# TYPE t_total counter\n",
+        "t_total{a=\"q\\\"uote\",b=\"back\\\\slash\\nline\"} 2\n",
+        "t_total{a=\"x\",b=\"\"} 1\n",
+        "# TYPE t_seconds histogram\n",
+        "t_seconds_bucket{op=\"op1\",le=\"0.1\"} 1\n",
+        "t_seconds_bucket{op=\"op1\",le=\"1\"} 2\n",
+        "t_seconds_bucket{op=\"op1\",le=\"10\"} 2\n",
+        "t_seconds_bucket{op=\"op1\",le=\"+Inf\"} 3\n",
+        "t_seconds_sum{op=\"op1\"} 50.55\n",
+        "t_seconds_count{op=\"op1\"} 3\n",
+        "# TYPE t_gauge gauge\nt_gauge 1.25\n",
+    };
+    for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
+        if (strstr(text, want[i]) == NULL)
+            fprintf(stderr, "\n  missing: %s", want[i]);
+        CU_ASSERT_PTR_NOT_NULL(strstr(text, want[i]));
+    }
+    free(text);
+    /* series past the cap are dropped and counted, never grown */
+    char v[32];
+    for (unsigned i = 0; i < SVC_SERIES_MAX + 10; i++) {
+        snprintf(v, sizeof v, "%u", i);
+        svc_metric_add(c, (const char *const[]){v, "n"}, 1);
+    }
+    CU_ASSERT_EQUAL(svc_metrics_dropped(m), 12); /* 2 series were there */
+    svc_metrics_free(m);
+    /* the gateway's families without a registry: nothing done */
+    gw_metrics_request(NULL, "/x", "GET", 200, NULL, NULL, 0.1);
+    gw_metrics_usage(NULL, "k", "m", 1, 2);
+    gw_metrics_engine_op(NULL, "software", "random", 0.1, VEIL_OK);
+    svc_metrics_free(NULL);
+    gw_metrics_free(NULL);
+}
+
 /* ==== main ================================================================ */
 
 int main(void)
@@ -2233,6 +2369,10 @@ int main(void)
         {"members, keys, string values", test_json_members},
         {"removing members, splicing", test_json_remove},
     };
+    static const tu_test metrics[] = {
+        {"usage read from an answer", test_usage_read},
+        {"the text format", test_metrics_render},
+    };
     static const tu_test rate[] = {
         {"burst, refusal, refill", test_rate_burst},
         {"keys apart", test_rate_keys_apart},
@@ -2251,6 +2391,7 @@ int main(void)
     TU_ADD_SUITE("rate limits", NULL, NULL, rate);
     TU_ADD_SUITE("signature store", NULL, NULL, signlog);
     TU_ADD_SUITE("JSON scanner", NULL, NULL, json);
+    TU_ADD_SUITE("metrics and usage", NULL, NULL, metrics);
     rc = tu_run_tests();
     for (size_t i = 0; i < sizeof scratch_files / sizeof scratch_files[0];
          i++) {

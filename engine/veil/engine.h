@@ -176,6 +176,22 @@ typedef struct veil_engine_config {
 veil_rc veil_engine_new(const veil_engine_config *cfg, veil_engine **out);
 void veil_engine_free(veil_engine *e);
 
+/* Called after each key operation the engine hands to a provider, with
+ * the provider's table name ("software", "pkcs11"), the operation
+ * ("rsa_decrypt", "rsa_encrypt", "ecdsa_sign", "ecdsa_verify",
+ * "aes_gcm_seal", "aes_gcm_open", "hkdf_sha256", "random",
+ * "ecdh_derive"), how long the provider took (seconds, monotonic clock)
+ * and its result.  It runs in the thread of the operation: it must be
+ * quick and thread-safe, and must not call the engine.  Refusals decided
+ * before a provider is called (bad arguments) are not reported. */
+typedef void (*veil_op_observer_fn)(void *ctx, const char *provider,
+                                    const char *operation, double seconds,
+                                    veil_rc rc);
+/* Sets the observer (fn NULL: none).  Set it before the engine is shared
+ * between threads; ctx must outlive the engine's use. */
+void veil_engine_set_observer(veil_engine *e, veil_op_observer_fn fn,
+                              void *ctx);
+
 /* ---- capabilities ----------------------------------------------------- */
 
 #define VEIL_CAP_RSA_GEN (1u << 0)
