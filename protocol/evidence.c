@@ -65,7 +65,7 @@ void veil_ev_handover_qualifying(const uint8_t *new_name, size_t len,
                                  uint8_t out[32])
 {
     hash_parts(VEIL_EV_AK_HANDOVER_LABEL, new_name, len, "", 0, "", 0, "", 0,
-               out);
+               "", 0, out);
 }
 
 size_t veil_ev_statement(const char *payload_id, const char *tier,
