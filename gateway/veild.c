@@ -321,6 +321,18 @@ static int open_keys(gw_deps *d, const gw_config *cfg)
     if (cfg->signing_key &&
         (d->signing_key = open_signing_key(d->engine, cfg, &code)) == NULL)
         return code;
+    if (cfg->server_key_next &&
+        gw_next_key_open(d->engine, cfg->server_key_next, d->server_key,
+                         &d->server_key_next, &code, err,
+                         sizeof err) != GW_OK) {
+        veil_logf(&logger, VEIL_LOG_ERROR, "%s", err);
+        return code;
+    }
+    if (d->server_key_next)
+        veil_logf(&logger, VEIL_LOG_INFO,
+                  "next server key: %s (opens requests too; served at "
+                  "/pki/next_public_key)",
+                  d->server_key_next->pin);
     if (veil_key_fingerprint(d->server_key, d->encryption_key_sha256) !=
             VEIL_OK ||
         (d->signing_key &&
@@ -388,6 +400,7 @@ static void close_deps(gw_deps *d)
     gw_tpm_free(d->tpm);
     gw_signlog_free(d->signlog);
     veil_key_free(d->signing_key);
+    gw_next_key_free(d->server_key_next);
     veil_key_free(d->server_key);
     veil_engine_free(d->engine);
 }
@@ -441,9 +454,10 @@ static void needs_restart(void *ctx, const char *name)
  * requests get; requests in flight keep theirs.  Anything that does not
  * load leaves the running configuration as it is (logged).  Settings
  * that need a restart keep their running values (logged). */
-static void reload(gw_server *server, const gw_config *running, int argc,
-                   char **argv)
+static void reload(gw_server *server, const gw_deps *d, int argc, char **argv)
 {
+    const gw_config *running = d->cfg;
+    int code;
     char err[512];
     gw_live *next = gw_live_new();
 
@@ -469,6 +483,11 @@ static void reload(gw_server *server, const gw_config *running, int argc,
             goto fail;
         }
     }
+    /* the next server key, opened again (on the token login veild has) */
+    if (next->cfg->server_key_next &&
+        gw_next_key_open(d->engine, next->cfg->server_key_next, d->server_key,
+                         &next->next, &code, err, sizeof err) != GW_OK)
+        goto fail;
     /* operator rights are named in the settings and given to the keys of
      * the file just read */
     if (next->cfg->operator_keys &&
@@ -487,6 +506,8 @@ static void reload(gw_server *server, const gw_config *running, int argc,
     if (next->auth)
         veil_logf(&logger, VEIL_LOG_INFO, "%zu API key(s) loaded",
                   gw_auth_count(next->auth));
+    veil_logf(&logger, VEIL_LOG_INFO, "next server key: %s",
+              next->next ? next->next->pin : "none");
     return;
 fail:
     veil_logf(&logger, VEIL_LOG_ERROR,
@@ -516,7 +537,7 @@ static int serve(gw_deps *d, svc_run *run, int argc, char **argv)
     }
     int sig;
     while ((sig = svc_run_wait(run)) == SIGHUP)
-        reload(server, cfg, argc, argv);
+        reload(server, d, argc, argv);
     gw_live *live = gw_server_live(server);
     unsigned grace = live ? live->cfg->shutdown_grace : cfg->shutdown_grace;
     gw_live_release(live);
