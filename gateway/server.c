@@ -297,6 +297,8 @@ static void http_config(gw_server *s, svc_http_config *h)
         .port = cfg->port,
         .tls_cert = cfg->tls_cert,
         .tls_key = cfg->tls_key,
+        .tls_module = cfg->pkcs11_module,
+        .tls_pin_source = cfg->pin_source,
         .body_limit = cfg->body_limit,
         .workers = cfg->workers,
         .header_timeout = cfg->header_timeout,
