@@ -238,7 +238,8 @@ static veil_client_status key_allowed(const veil_client *c, const char *url,
 {
     if (c->has_pin && CRYPTO_memcmp(k->fp, c->pin, 32) != 0)
         return veil_cl_fail(err, VEIL_CLIENT_E_SECURITY, 0, VEIL_E_VERIFY,
-                            "the server key %s does not match the pinned %s; "
+                            "the server key %s does not match the pinned %s "
+                            "(nor does a next key at /pki/next_public_key); "
                             "nothing was sent",
                             k->fp_text, c->pin_text);
     if (c->trust && !strcmp(url, veil_trust_url(c->trust)) &&
@@ -251,26 +252,25 @@ static veil_client_status key_allowed(const veil_client *c, const char *url,
     return VEIL_CLIENT_OK;
 }
 
-/* GETs url/pki/public_key into a new keyref, checked (steps 1 and 2). */
-static veil_client_status fetch_server_key(veil_client *c, const char *url,
-                                           veil_cl_keyref **out,
-                                           veil_client_error *err)
+/* GETs url + path (a PEM public key) into a new keyref, checked (step
+ * 1). */
+static veil_client_status get_key(veil_client *c, const char *url,
+                                  const char *path, veil_cl_keyref **out,
+                                  unsigned *bits, veil_client_error *err)
 {
-    char full[2048], shown[512];
+    char full[2048];
     veil_cl_http_response r;
     veil_key *key;
     veil_cl_keyref *k;
-    unsigned bits = 0;
     *out = NULL;
-    if (snprintf(full, sizeof full, "%s/pki/public_key", url) >=
-        (int)sizeof full)
+    if (snprintf(full, sizeof full, "%s%s", url, path) >= (int)sizeof full)
         return veil_cl_fail(err, VEIL_CLIENT_E_CONFIG, 0, VEIL_E_ARG,
                             "the base URL is too long");
     veil_client_status st = veil_cl_transport_send(c->tx, full, NULL, NULL, 0,
                                                    MAX_KEY_BODY, &r, err);
     if (st != VEIL_CLIENT_OK)
         return st;
-    st = r.status == 200 ? key_from_body(c, &r, &key, &bits, err)
+    st = r.status == 200 ? key_from_body(c, &r, &key, bits, err)
                          : veil_cl_http_fail(&r, err);
     free(r.body);
     if (st != VEIL_CLIENT_OK)
@@ -284,6 +284,52 @@ static veil_client_status fetch_server_key(veil_client *c, const char *url,
         return veil_cl_fail(err, VEIL_CLIENT_E_CONNECTION, 0, VEIL_E_NOMEM,
                             "out of memory");
     }
+    *out = k;
+    return VEIL_CLIENT_OK;
+}
+
+/* During a rotation a pin may name the gateway's next key: when
+ * /pki/next_public_key serves the pinned key, it replaces *k (the
+ * current key, which the pin refused) and 1 is returned; else 0 and *k
+ * stays. */
+static int pinned_next_key(veil_client *c, const char *url, veil_cl_keyref **k,
+                           unsigned *bits)
+{
+    veil_client_error ignored;
+    veil_cl_keyref *n = NULL;
+
+    if (!c->has_pin || get_key(c, url, "/pki/next_public_key", &n, bits,
+                               &ignored) != VEIL_CLIENT_OK)
+        return 0;
+    if (CRYPTO_memcmp(n->fp, c->pin, 32) != 0) {
+        veil_cl_keyref_put(n);
+        return 0;
+    }
+    veil_logf(&c->log, VEIL_LOG_INFO,
+              "the pinned key %s is the gateway's next key "
+              "(/pki/next_public_key, a rotation under way): sealing to it",
+              n->fp_text);
+    veil_cl_keyref_put(*k);
+    *k = n;
+    return 1;
+}
+
+/* GETs url/pki/public_key into a new keyref, checked (steps 1 and 2); a
+ * pin that names the gateway's next key takes that one. */
+static veil_client_status fetch_server_key(veil_client *c, const char *url,
+                                           veil_cl_keyref **out,
+                                           veil_client_error *err)
+{
+    char shown[512];
+    veil_cl_keyref *k;
+    unsigned bits = 0;
+    veil_client_status st = get_key(c, url, "/pki/public_key", &k, &bits, err);
+
+    *out = NULL;
+    if (st != VEIL_CLIENT_OK)
+        return st;
+    if (c->has_pin && CRYPTO_memcmp(k->fp, c->pin, 32) != 0)
+        pinned_next_key(c, url, &k, &bits);
     if ((st = key_allowed(c, url, k, err)) != VEIL_CLIENT_OK) {
         veil_cl_keyref_put(k);
         return st;

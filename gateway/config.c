@@ -280,6 +280,15 @@ static int check_keyref(const char *v, char *msg, size_t msize)
     return 0;
 }
 
+/* tls_key: a PEM file, or a private key in a token (a pkcs11: URI
+ * without a PIN in it). */
+static int check_tls_key(const char *v, char *msg, size_t msize)
+{
+    if (strncmp(v, "pkcs11:", 7) == 0)
+        return check_keyref(v, msg, msize);
+    return 0;
+}
+
 static int check_pin_source(const char *v, char *msg, size_t msize)
 {
     veil_pin_source ps;
@@ -321,6 +330,15 @@ static int apply_keyref(void *base, const svc_setting *s, const char *v,
                        msize);
 }
 
+static int apply_tls_key(void *base, const svc_setting *s, const char *v,
+                         char *msg, size_t msize)
+{
+    if (check_tls_key(v, msg, msize) != 0)
+        return -1;
+    return svc_set_str((char **)((char *)base + s->off), v, strlen(v), msg,
+                       msize);
+}
+
 static int apply_pin(void *base, const svc_setting *s, const char *v, char *msg,
                      size_t msize)
 {
@@ -350,6 +368,9 @@ static int apply_model(void *base, const svc_setting *s, const char *v,
 
 /* char *: "pkcs11:..." or "dir:PATH" */
 static const svc_kind k_keyref = {apply_keyref, svc_release_str,
+                                  sizeof(char *)};
+/* char *: a PEM file, or "pkcs11:..." */
+static const svc_kind k_tlskey = {apply_tls_key, svc_release_str,
                                   sizeof(char *)};
 /* char *: file:PATH, credential:NAME, env:NAME, prompt or none */
 static const svc_kind k_pin = {apply_pin, svc_release_str, sizeof(char *)};
@@ -432,11 +453,16 @@ static const svc_setting settings[] = {
      "write the bound port to FILE once listening"},
     {"tls_cert", "FILE", &svc_str, OFF(tls_cert), 0, 0, NULL,
      "TLS certificate chain (PEM); with tls_key.  Neither: plain HTTP"},
-    {"tls_key", "FILE", &svc_str, OFF(tls_key), 0, 0, NULL,
-     "TLS private key (PEM); with tls_cert"},
+    {"tls_key", "FILE|URI", &k_tlskey, OFF(tls_key), 0, 0, NULL,
+     "TLS private key: a PEM file, or a pkcs11: URI (the key stays in the "
+     "token; its PIN from pin_source); with tls_cert"},
     {"server_key", "REF", &k_keyref, OFF(server_key), 0, 0, NULL,
      "the server's RSA key: a pkcs11: URI, or dir:PATH (a software key, "
      "for trying out); required"},
+    {"server_key_next", "REF", &k_keyref, OFF(server_key_next), 0, 0, NULL,
+     "the next server key during a rotation: also opens requests and is "
+     "served at /pki/next_public_key so that clients can pin it ahead "
+     "(veil-keys rotate); a reload takes a change"},
     {"module", "MODULE", &svc_str, OFF(pkcs11_module), 0, 0, NULL,
      "PKCS#11 module: a path to a .so or a p11-kit module name (as in veil "
      "and veil-keys; env VEIL_PKCS11_MODULE); unset: module-path= or "
@@ -614,7 +640,7 @@ static const svc_table table = {
 static const char *const live_settings[] = {
     "tls_cert",    "tls_key",        "api_keys",         "rate",
     "burst",       "log_level",      "upstream_timeout", "connect_timeout",
-    "ipv6_prefix", "shutdown_grace",
+    "ipv6_prefix", "shutdown_grace", "server_key_next",
 };
 
 /* ---- public ------------------------------------------------------------ */
@@ -663,9 +689,25 @@ static int check_keys(const gw_config *cfg, char *err, size_t err_size)
         svc_put_err(err, err_size, "server_key: %s", msg);
         return -1;
     }
+    if (cfg->server_key_next &&
+        check_keyref(cfg->server_key_next, msg, sizeof msg) != 0) {
+        svc_put_err(err, err_size, "server_key_next: %s", msg);
+        return -1;
+    }
+    if (cfg->server_key_next &&
+        strcmp(cfg->server_key_next, cfg->server_key) == 0) {
+        svc_put_err(err, err_size,
+                    "server_key_next is the same as server_key: the next "
+                    "key is another key (veil-keys rotate makes one)");
+        return -1;
+    }
     if (cfg->pin_source &&
         check_pin_source(cfg->pin_source, msg, sizeof msg) != 0) {
         svc_put_err(err, err_size, "pin_source: %s", msg);
+        return -1;
+    }
+    if (cfg->tls_key && check_tls_key(cfg->tls_key, msg, sizeof msg) != 0) {
+        svc_put_err(err, err_size, "tls_key: %s", msg);
         return -1;
     }
     if (cfg->signing_key &&

@@ -105,8 +105,9 @@ typedef struct gw_config {
     char *listen_addr;        /* "127.0.0.1" */
     unsigned port;            /* 8443; 0: any free port (see port_file) */
     char *port_file;          /* write the bound port here (tests, scripts) */
-    char *tls_cert, *tls_key; /* PEM files; both or neither */
+    char *tls_cert, *tls_key; /* PEM files (the key: or a pkcs11: URI) */
     char *server_key; /* PKCS#11 URI, or "dir:PATH" (software, trying out) */
+    char *server_key_next; /* the next one during a rotation, or NULL */
     char *pkcs11_module;
     char *pin_source;  /* "file:...", "env:..." */
     char *api_keys;    /* file of "sha256:<hex> [name]" lines; NULL: no auth */
@@ -213,11 +214,13 @@ int gw_config_keep_fixed(const gw_config *now, gw_config *next,
  * it under a request in flight.  It owns cfg and auth (auth.c; NULL: no
  * API keys). */
 typedef struct gw_auth gw_auth;
+typedef struct gw_next_key gw_next_key;
 typedef struct gw_live {
     _Atomic unsigned refs;
     gw_config *cfg;
     gw_auth *auth;
-    int borrowed; /* cfg and auth are the caller's (gw_live_borrow) */
+    gw_next_key *next; /* server_key_next opened (nextkey.c); NULL: none */
+    int borrowed; /* cfg, auth and next are the caller's (gw_live_borrow) */
 } gw_live;
 /* One reference, its own cfg initialised (defaults) and no auth yet;
  * NULL: no memory. */
@@ -228,6 +231,28 @@ gw_live *gw_live_borrow(const gw_config *cfg, gw_auth *auth);
 gw_live *gw_live_ref(gw_live *l);
 /* The last release frees it (and cfg and auth, unless borrowed). */
 void gw_live_release(gw_live *l);
+
+/* ---- server-key rotation (nextkey.c, rotation.c) ---------------------- */
+
+/* The next server key (server_key_next), opened: during a rotation it
+ * opens the v1 requests sealed to it as the current key does, and GET
+ * /pki/next_public_key serves it, so that clients can pin it before the
+ * swap (docs/GATEWAY.md, "Rotating the server key"). */
+struct gw_next_key {
+    veil_key *key;
+    char *pem;          /* its SPKI PEM */
+    uint8_t sha256[32]; /* of its SPKI DER */
+    char pin[72];       /* "sha256:<hex>", as clients pin it */
+};
+/* Opens ref on e (the engine of the current key: the same token login)
+ * as the next server key: an RSA private key of 2048 bits or more, and
+ * not current itself.  GW_OK with *out; else the reason in err, which
+ * names server_key_next, and *exit_code (engine/exitcode.h: 3 not found,
+ * 4 PIN, 2 the wrong kind of key). */
+gw_rc gw_next_key_open(veil_engine *e, const char *ref,
+                       const veil_key *current, gw_next_key **out,
+                       int *exit_code, char *err, size_t err_size);
+void gw_next_key_free(gw_next_key *n);
 
 /* ---- API keys (auth.c) ------------------------------------------------ */
 
@@ -631,6 +656,7 @@ typedef struct gw_deps {
     const gw_config *cfg;
     veil_engine *engine;
     veil_key *server_key; /* RSA private key (token or software) */
+    gw_next_key *server_key_next; /* NULL: none (a reload may set one) */
     gw_auth *auth;        /* NULL: no authentication */
     gw_strikes *strikes;
     gw_rate *rate;

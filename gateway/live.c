@@ -48,6 +48,7 @@ void gw_live_release(gw_live *l)
     if (l == NULL || atomic_fetch_sub(&l->refs, 1) != 1)
         return;
     if (!l->borrowed) {
+        gw_next_key_free(l->next);
         gw_auth_free(l->auth);
         gw_config_free(l->cfg);
         free(l->cfg);

@@ -181,6 +181,9 @@ void gw_v1_completion(void *app, svc_req *r);
 void gw_attest_report(void *app, svc_req *r);
 void gw_attest_activate(void *app, svc_req *r);
 void gw_signature_get(void *app, svc_req *r);
+/* GET /pki/public_key and /pki/next_public_key (rotation.c) */
+void gw_pki_key(void *app, svc_req *r);
+void gw_pki_next_key(void *app, svc_req *r);
 /* protocol v2 (v2.c): GET and POST /.well-known/ohttp-gateway */
 void gw_v2_keys(void *app, svc_req *r);
 void gw_v2_request(void *app, svc_req *r);

@@ -1,10 +1,11 @@
 /* veild's server: the route table over the HTTP layer (service/http.c),
  * admission (API key, rate limit), the small routes (public key, models,
  * health), start and stop.  The routes that do the work are modules of
- * their own: v1.c (the exchange), v2.c (Oblivious HTTP), attest_routes.c (attestation,
- * signatures), with keycache.c for the callers' keys; respond.c is the one
- * place a gw_rc becomes an HTTP status.  server.c points at the route
- * modules and they never call back into it (tests/check_includes.py). */
+ * their own: v1.c (the exchange), v2.c (Oblivious HTTP), attest_routes.c
+ * (attestation, signatures), rotation.c (the server keys), with keycache.c for
+ * the callers' keys; respond.c is the one place a gw_rc becomes an HTTP status.
+ * server.c points at the route modules and they never call back into it
+ * (tests/check_includes.py). */
 #include "config.h"
 
 #include <stdarg.h>
@@ -58,12 +59,6 @@ static void admit(void *app, svc_req *r)
 }
 
 /* ---- the small routes ---------------------------------------------------- */
-
-static void get_key(void *app, svc_req *r)
-{
-    gw_server *s = app;
-    svc_text(r, 200, "text/plain; charset=utf-8", s->pem, strlen(s->pem));
-}
 
 /* GET /pki/signing_key: the answer-signing key (SPKI PEM), which signs
  * the v2 key configurations (docs/PROTOCOL-V2.md 4.3): what a client pins
@@ -193,7 +188,11 @@ static const svc_route routes[] = {
     {.path = "/pki/public_key",
      .method = "GET",
      .body_max = SMALL_BODY_MAX,
-     .handle = get_key},
+     .handle = gw_pki_key},
+    {.path = "/pki/next_public_key",
+     .method = "GET",
+     .body_max = SMALL_BODY_MAX,
+     .handle = gw_pki_next_key},
     {.path = "/pki/signing_key",
      .method = "GET",
      .body_max = SMALL_BODY_MAX,
@@ -304,6 +303,8 @@ static void http_config(gw_server *s, svc_http_config *h)
         .port = cfg->port,
         .tls_cert = cfg->tls_cert,
         .tls_key = cfg->tls_key,
+        .tls_module = cfg->pkcs11_module,
+        .tls_pin_source = cfg->pin_source,
         .body_limit = cfg->body_limit,
         .workers = cfg->workers,
         .header_timeout = cfg->header_timeout,
@@ -379,6 +380,8 @@ gw_server *gw_server_start(const gw_deps *deps, char *err, size_t err_size)
     }
     s->d = *deps;
     s->live = gw_live_borrow(deps->cfg, deps->auth);
+    if (s->live)
+        s->live->next = deps->server_key_next;
     s->log = (veil_logger){deps->log, deps->log_ctx, deps->log_level};
     pthread_mutex_init(&s->live_lock, NULL);
     pthread_mutex_init(&s->health_lock, NULL);

@@ -23,6 +23,8 @@
 /* One exchange, from the headers to the sealed answer. */
 typedef struct v1_x {
     const gw_config *cfg;      /* the request's (gw_req_live) */
+    const gw_next_key *next;   /* and its next server key, or NULL */
+    const uint8_t *enc_sha256; /* the server key that opened it (SPKI) */
     const char *pid;           /* X-Payload-ID as sent (checked) */
     char pid_key[PID_MAX + 1]; /* its canonical form */
     unsigned tier;             /* VEIL_TIER_* */
@@ -73,7 +75,19 @@ static gw_rc v1_headers(svc_req *r, v1_x *x)
     return GW_OK;
 }
 
-/* The caller's key, then the package opened inside the token. */
+/* 1 when the token failed (not the package) in the last open. */
+static int token_failed(veil_rc vr, const veil_pkg_meta *meta)
+{
+    return vr == VEIL_E_DECRYPT && meta->unwrap_rc != VEIL_OK &&
+           meta->unwrap_rc != VEIL_E_DECRYPT;
+}
+
+/* The caller's key, then the package opened inside the token: with the
+ * current server key, and during a rotation (server_key_next) with the
+ * next key when the current one does not open it.  A v1 package names no
+ * key, so a package sealed to neither costs two unwraps; whichever key
+ * fails and however, the next step runs the same way and the answer is
+ * the one prebuilt 400 (protocol/package.c: a failure tells nothing). */
 static gw_rc v1_open(gw_server *s, svc_req *r, v1_x *x)
 {
     gw_rc rc =
@@ -83,10 +97,15 @@ static gw_rc v1_open(gw_server *s, svc_req *r, v1_x *x)
         return rc;
     /* the exact bytes received: what the client hashes too */
     SHA256((const uint8_t *)x->body, x->len, x->request_sha256);
+    x->enc_sha256 = s->d.encryption_key_sha256;
     veil_rc vr = veil_pkg_open(s->d.engine, s->d.server_key, x->body, x->len,
                                &x->pt, &x->meta);
-    if (vr == VEIL_E_DECRYPT && x->meta.unwrap_rc != VEIL_OK &&
-        x->meta.unwrap_rc != VEIL_E_DECRYPT) {
+    if (vr == VEIL_E_DECRYPT && x->next && !token_failed(vr, &x->meta)) {
+        vr = veil_pkg_open(s->d.engine, x->next->key, x->body, x->len, &x->pt,
+                           &x->meta);
+        x->enc_sha256 = x->next->sha256;
+    }
+    if (token_failed(vr, &x->meta)) {
         /* The token failed, not the package: logged when it happens (not
          * only at the next /healthz), and no 400 that would send the
          * client to refetch a key that is fine. */
@@ -193,7 +212,7 @@ static gw_rc v1_attest(gw_server *s, v1_x *x)
     }
     SHA256((const uint8_t *)x->backend, strlen(x->backend), backend_sha256);
     veil_ev_answer_qualifying(
-        x->pid, x->request_sha256, s->d.encryption_key_sha256,
+        x->pid, x->request_sha256, x->enc_sha256,
         s->d.signing_key_sha256, backend_sha256, qualifying);
     double t0 = svc_now();
     x->attestation = gw_tpm_quote(s->d.tpm, qualifying, why, sizeof why);
@@ -371,7 +390,7 @@ static void v1_free(gw_server *s, v1_x *x)
 void gw_v1_completion(void *app, svc_req *r)
 {
     gw_server *s = app;
-    v1_x x = {.cfg = gw_req_live(s, r)->cfg};
+    v1_x x = {.cfg = gw_req_live(s, r)->cfg, .next = gw_req_live(s, r)->next};
     gw_rc rc;
 
     if ((rc = v1_headers(r, &x)) == GW_OK &&

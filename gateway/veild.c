@@ -14,6 +14,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <openssl/pem.h>
+#include <openssl/x509.h>
+
 #include "backend.h"
 #include "exitcode.h"
 #include "toolenv.h"
@@ -289,6 +292,65 @@ static int loopback(const char *addr)
            !strncmp(addr, "127.", 4);
 }
 
+/* 1 when the first certificate of the PEM file cert holds k's public
+ * key. */
+static int cert_holds_key(const char *cert, const veil_key *k)
+{
+    FILE *f = fopen(cert, "r");
+    X509 *x = f ? PEM_read_X509(f, NULL, NULL, NULL) : NULL;
+    unsigned char *der = NULL;
+    uint8_t *kder = NULL;
+    size_t klen = 0;
+    int len = x ? i2d_PUBKEY(X509_get0_pubkey(x), &der) : -1;
+    int same = len > 0 && veil_key_public_der(k, &kder, &klen) == VEIL_OK &&
+               klen == (size_t)len && memcmp(der, kder, klen) == 0;
+
+    if (f)
+        fclose(f);
+    X509_free(x);
+    OPENSSL_free(der);
+    free(kder);
+    return same;
+}
+
+/* A TLS key in a token (tls_key = pkcs11:...) is opened once through the
+ * engine before GnuTLS opens it for the handshakes: a wrong URI or PIN
+ * stops the start with the engine's exit code (3, 4) and message naming
+ * tls_key, and the engine's memory of rejected PINs keeps GnuTLS from
+ * ever being handed one.  0, or the exit code (logged). */
+static int open_tls_key(veil_engine *e, const gw_config *cfg)
+{
+    veil_key *k = NULL;
+    veil_key_info info;
+
+    if (!cfg->tls_key || strncmp(cfg->tls_key, "pkcs11:", 7) != 0)
+        return 0;
+    if (veil_key_open(e, cfg->tls_key, &k) != VEIL_OK) {
+        veil_logf(&logger, VEIL_LOG_ERROR, "tls_key %s: %s", cfg->tls_key,
+                  veil_last_error()->message);
+        return veil_exit_for(veil_last_error());
+    }
+    int usable = veil_key_get_info(k, &info) == VEIL_OK && info.has_private;
+    int matches = usable && cert_holds_key(cfg->tls_cert, k);
+    veil_key_free(k);
+    if (!usable) {
+        veil_logf(&logger, VEIL_LOG_ERROR,
+                  "tls_key %s: not a private key in the token", cfg->tls_key);
+        return VEIL_EXIT_USAGE;
+    }
+    if (!matches) {
+        veil_logf(&logger, VEIL_LOG_ERROR,
+                  "tls_key %s is not the key of the certificate in tls_cert "
+                  "%s (the first certificate of the file must be the "
+                  "server's)",
+                  cfg->tls_key, cfg->tls_cert);
+        return VEIL_EXIT_USAGE;
+    }
+    veil_logf(&logger, VEIL_LOG_INFO, "TLS key: in the token, %s %s",
+              info.type == VEIL_KEY_RSA ? "RSA" : "EC-P256", info.fingerprint);
+    return 0;
+}
+
 /* Opens the engine and the keys (server key, signing key and its store,
  * the TPM) into d.  0, or the exit code (logged; engine/exitcode.h: a
  * wrong PIN is 4, a token or key not found 3).  A PIN a token rejected
@@ -329,6 +391,18 @@ static int open_keys(gw_deps *d, const gw_config *cfg)
     if (cfg->signing_key &&
         (d->signing_key = open_signing_key(d->engine, cfg, &code)) == NULL)
         return code;
+    if (cfg->server_key_next &&
+        gw_next_key_open(d->engine, cfg->server_key_next, d->server_key,
+                         &d->server_key_next, &code, err,
+                         sizeof err) != GW_OK) {
+        veil_logf(&logger, VEIL_LOG_ERROR, "%s", err);
+        return code;
+    }
+    if (d->server_key_next)
+        veil_logf(&logger, VEIL_LOG_INFO,
+                  "next server key: %s (opens requests too; served at "
+                  "/pki/next_public_key)",
+                  d->server_key_next->pin);
     if (veil_key_fingerprint(d->server_key, d->encryption_key_sha256) !=
             VEIL_OK ||
         (d->signing_key &&
@@ -346,7 +420,7 @@ static int open_keys(gw_deps *d, const gw_config *cfg)
     }
     if (cfg->tpm && (d->tpm = open_tpm(cfg, d->server_key)) == NULL)
         return VEIL_EXIT_FAIL;
-    return 0;
+    return open_tls_key(d->engine, cfg);
 }
 
 /* Opens the API keys, the replay register and the rate limits into d.
@@ -401,6 +475,7 @@ static void close_deps(gw_deps *d)
     gw_tpm_free(d->tpm);
     gw_signlog_free(d->signlog);
     veil_key_free(d->signing_key);
+    gw_next_key_free(d->server_key_next);
     veil_key_free(d->server_key);
     veil_engine_free(d->engine);
     gw_audit_free(d->audit);
@@ -492,9 +567,10 @@ static void needs_restart(void *ctx, const char *name)
  * requests get; requests in flight keep theirs.  Anything that does not
  * load leaves the running configuration as it is (logged).  Settings
  * that need a restart keep their running values (logged). */
-static void reload(gw_server *server, const gw_config *running, int argc,
-                   char **argv)
+static void reload(gw_server *server, const gw_deps *d, int argc, char **argv)
 {
+    const gw_config *running = d->cfg;
+    int code;
     char err[512];
     gw_live *next = gw_live_new();
 
@@ -520,6 +596,11 @@ static void reload(gw_server *server, const gw_config *running, int argc,
             goto fail;
         }
     }
+    /* the next server key, opened again (on the token login veild has) */
+    if (next->cfg->server_key_next &&
+        gw_next_key_open(d->engine, next->cfg->server_key_next, d->server_key,
+                         &next->next, &code, err, sizeof err) != GW_OK)
+        goto fail;
     /* operator rights are named in the settings and given to the keys of
      * the file just read */
     if (next->cfg->operator_keys &&
@@ -538,6 +619,8 @@ static void reload(gw_server *server, const gw_config *running, int argc,
     if (next->auth)
         veil_logf(&logger, VEIL_LOG_INFO, "%zu API key(s) loaded",
                   gw_auth_count(next->auth));
+    veil_logf(&logger, VEIL_LOG_INFO, "next server key: %s",
+              next->next ? next->next->pin : "none");
     return;
 fail:
     veil_logf(&logger, VEIL_LOG_ERROR,
@@ -567,7 +650,7 @@ static int serve(gw_deps *d, svc_run *run, int argc, char **argv)
     }
     int sig;
     while ((sig = svc_run_wait(run)) == SIGHUP)
-        reload(server, cfg, argc, argv);
+        reload(server, d, argc, argv);
     gw_live *live = gw_server_live(server);
     unsigned grace = live ? live->cfg->shutdown_grace : cfg->shutdown_grace;
     gw_live_release(live);

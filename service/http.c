@@ -691,7 +691,7 @@ static int mhd_options(svc_http *h, struct sockaddr_storage *ss,
     if (cfg->tls_cert) {
         /* checked here, so that a wrong file is named before listening;
          * each handshake takes the current pair (svc_http_reload_tls) */
-        if ((h->tls = svc_tls_load(cfg->tls_cert, cfg->tls_key, err,
+        if ((h->tls = svc_tls_load(cfg->tls_cert, cfg->tls_key, cfg, err,
                                    err_size)) == NULL)
             return -1;
         *flags |= MHD_USE_TLS;

@@ -67,6 +67,12 @@ typedef struct svc_http_config {
     const char *listen_addr;        /* an IPv4 or IPv6 address */
     unsigned port;                  /* 0: any free port (svc_http_port) */
     const char *tls_cert, *tls_key; /* PEM files; both or neither */
+    /* A tls_key that is a pkcs11: URI: the key stays in the token and
+     * GnuTLS signs with it there (http_tls.c).  The module (a path to a
+     * .so; NULL or a p11-kit name: p11-kit's registered modules) and
+     * where its PIN comes from (engine's veil_pin_source syntax; NULL:
+     * none), as veild's module and pin_source. */
+    const char *tls_module, *tls_pin_source;
     size_t body_limit;
     unsigned workers;                 /* worker slots */
     unsigned header_timeout;          /* seconds to a complete header block */
@@ -111,7 +117,8 @@ void svc_http_slots(svc_http *h, unsigned *busy, unsigned *total,
 int svc_http_reload_tls(svc_http *h, const char *cert, const char *key,
                         char *err, size_t err_size);
 /* Reads and checks a TLS certificate chain and its key as a start would
- * (veild --check-config): 0, or -1 with err naming the file. */
+ * (veild --check-config): 0, or -1 with err naming the file.  A key in a
+ * token (a pkcs11: URI) is not opened here: only the chain is read. */
 int svc_http_check_tls(const char *cert, const char *key, char *err,
                        size_t err_size);
 /* Stops accepting, lets requests in flight finish (at most grace_s

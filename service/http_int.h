@@ -160,11 +160,12 @@ int svc_capture(svc_req *r, int status, const struct svc_reply *a);
 /* http_tls.c: the certificate and key (and the chain of replaced ones,
  * freed by svc_tls_free) */
 typedef struct svc_tls svc_tls;
-/* Reads and checks a PEM certificate chain and its unencrypted PEM key
- * (the key must be the first certificate's).  NULL with err naming the
- * setting and file that is wrong. */
-svc_tls *svc_tls_load(const char *cert, const char *key, char *err,
-                      size_t err_size);
+/* Reads and checks a PEM certificate chain and its key: an unencrypted
+ * PEM file, or a pkcs11: URI opened through GnuTLS with the module and
+ * PIN source of cfg (the key must be the first certificate's).  NULL with
+ * err naming the setting and file (or URI) that is wrong. */
+svc_tls *svc_tls_load(const char *cert, const char *key,
+                      const svc_http_config *cfg, char *err, size_t err_size);
 void svc_tls_free(svc_tls *t);
 /* The MHD_OPTION_HTTPS_CERT_CALLBACK function. */
 void *svc_tls_callback(void);

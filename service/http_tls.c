@@ -3,16 +3,29 @@
  * together, and handed to each handshake by MHD_OPTION_HTTPS_CERT_CALLBACK,
  * so that a reload (svc_http_reload_tls) swaps them for new connections
  * while the listening socket stays.  Connections already open keep the
- * certificate of their handshake. */
+ * certificate of their handshake.
+ *
+ * The key may stay in a PKCS#11 token (tls_key = pkcs11:...): GnuTLS
+ * opens it by its URI (gnutls_privkey_import_url) through the module
+ * given (or p11-kit's registered modules) and signs the handshakes there.
+ * GnuTLS opens its own session on the token; when the module is the one
+ * veild's engine already logged in to (same process, same module), the
+ * token's login is shared and the PIN callback is not even asked.  The
+ * PIN comes from the PIN source (never argv, never logged), read into a
+ * secret buffer for each request of GnuTLS and wiped; a PIN the token
+ * rejected is never offered again (the callback refuses a second
+ * attempt). */
 #include "config.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include <gnutls/abstract.h>
 #include <gnutls/gnutls.h>
+#include <gnutls/pkcs11.h>
 
 #include "http_int.h"
 
@@ -25,6 +38,7 @@ struct svc_tls {
     gnutls_pcert_st chain[CHAIN_MAX];
     unsigned n;
     gnutls_privkey_t key;
+    char *pin_source;      /* a token key's PIN source (pin_cb), or NULL */
     struct svc_tls *older; /* replaced ones, freed with the server */
 };
 
@@ -61,6 +75,7 @@ static void tls_free_one(svc_tls *t)
         gnutls_pcert_deinit(&t->chain[i]);
     if (t->key)
         gnutls_privkey_deinit(t->key);
+    free(t->pin_source);
     free(t);
 }
 
@@ -92,8 +107,93 @@ static int key_matches(gnutls_privkey_t key, gnutls_pubkey_t cert_pub)
     return same;
 }
 
-svc_tls *svc_tls_load(const char *cert_path, const char *key_path, char *err,
-                      size_t err_size)
+/* GnuTLS's PKCS#11 layer, once per process: the module given (a path),
+ * or p11-kit's registered modules.  0, or -1 with err. */
+static int p11_init(const char *module, char *err, size_t err_size)
+{
+    static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+    static int done, rc;
+
+    pthread_mutex_lock(&lock);
+    if (!done) {
+        int manual = module && strchr(module, '/');
+        rc = gnutls_pkcs11_init(
+            manual ? GNUTLS_PKCS11_FLAG_MANUAL : GNUTLS_PKCS11_FLAG_AUTO, NULL);
+        if (rc == 0 && manual)
+            rc = gnutls_pkcs11_add_provider(module, NULL);
+        done = 1;
+    }
+    pthread_mutex_unlock(&lock);
+    if (rc < 0)
+        snprintf(err, err_size,
+                 "tls_key: GnuTLS cannot load the PKCS#11 module %s (%s)",
+                 module && strchr(module, '/') ? module
+                                               : "(p11-kit's registered ones)",
+                 gnutls_strerror(rc));
+    return rc < 0 ? -1 : 0;
+}
+
+/* GnuTLS's PIN callback for a token key: the PIN from the PIN source,
+ * once (a rejected PIN is never offered again). */
+static int pin_cb(void *userdata, int attempt, const char *token_url,
+                  const char *token_label, unsigned int flags, char *pin,
+                  size_t pin_max)
+{
+    const char *spec = userdata;
+    veil_pin_source ps;
+    veil_secbuf *p = NULL;
+    int rc = -1;
+    (void)token_url;
+    (void)token_label;
+
+    if (attempt > 0 || (flags & GNUTLS_PIN_WRONG) || spec == NULL ||
+        veil_pin_source_parse(spec, &ps) != VEIL_OK)
+        return -1;
+    if (veil_pin_read(&ps, "PIN for the TLS key's token: ", &p) == VEIL_OK &&
+        veil_secbuf_len(p) < pin_max) {
+        memcpy(pin, veil_secbuf_data(p), veil_secbuf_len(p));
+        pin[veil_secbuf_len(p)] = '\0';
+        rc = 0;
+    }
+    veil_secbuf_free(p);
+    return rc;
+}
+
+/* The key of tls_key = pkcs11:... into t->key.  0, or -1 with err naming
+ * the setting and the URI (never the PIN). */
+static int key_from_token(svc_tls *t, const char *uri,
+                          const svc_http_config *cfg, char *err,
+                          size_t err_size)
+{
+    int rc;
+
+    if (p11_init(cfg ? cfg->tls_module : NULL, err, err_size) != 0)
+        return -1;
+    if (cfg && cfg->tls_pin_source &&
+        (t->pin_source = strdup(cfg->tls_pin_source)) == NULL) {
+        snprintf(err, err_size, "out of memory");
+        return -1;
+    }
+    if ((rc = gnutls_privkey_init(&t->key)) < 0) {
+        snprintf(err, err_size, "tls_key: %s", gnutls_strerror(rc));
+        return -1;
+    }
+    gnutls_privkey_set_pin_function(t->key, pin_cb, t->pin_source);
+    if ((rc = gnutls_privkey_import_url(t->key, uri, 0)) < 0) {
+        snprintf(err, err_size,
+                 "tls_key %s: GnuTLS cannot use this key in the token (%s)%s",
+                 uri, gnutls_strerror(rc),
+                 rc == GNUTLS_E_PKCS11_PIN_ERROR ||
+                         rc == GNUTLS_E_PKCS11_PIN_LOCKED
+                     ? "; the PIN comes from pin_source"
+                     : "");
+        return -1;
+    }
+    return 0;
+}
+
+svc_tls *svc_tls_load(const char *cert_path, const char *key_path,
+                      const svc_http_config *cfg, char *err, size_t err_size)
 {
     svc_tls *t = calloc(1, sizeof *t);
     size_t clen = 0, klen = 0;
@@ -104,9 +204,11 @@ svc_tls *svc_tls_load(const char *cert_path, const char *key_path, char *err,
         snprintf(err, err_size, "out of memory");
         return NULL;
     }
+    int in_token = strncmp(key_path, "pkcs11:", 7) == 0;
     if ((cert = read_file("tls_cert", cert_path, &clen, err, err_size)) ==
             NULL ||
-        (key = read_file("tls_key", key_path, &klen, err, err_size)) == NULL)
+        (!in_token &&
+         (key = read_file("tls_key", key_path, &klen, err, err_size)) == NULL))
         goto fail;
     gnutls_datum_t cd = {(unsigned char *)cert, (unsigned)clen};
     gnutls_datum_t kd = {(unsigned char *)key, (unsigned)klen};
@@ -122,9 +224,12 @@ svc_tls *svc_tls_load(const char *cert_path, const char *key_path, char *err,
                  CHAIN_MAX);
         goto fail;
     }
-    if ((rc = gnutls_privkey_init(&t->key)) < 0 ||
-        (rc = gnutls_privkey_import_x509_raw(t->key, &kd, GNUTLS_X509_FMT_PEM,
-                                             NULL, 0)) < 0) {
+    if (in_token) {
+        if (key_from_token(t, key_path, cfg, err, err_size) != 0)
+            goto fail;
+    } else if ((rc = gnutls_privkey_init(&t->key)) < 0 ||
+               (rc = gnutls_privkey_import_x509_raw(
+                    t->key, &kd, GNUTLS_X509_FMT_PEM, NULL, 0)) < 0) {
         snprintf(err, err_size,
                  "tls_key %s: not an unencrypted PEM private key (%s)",
                  key_path, gnutls_strerror(rc));
@@ -196,7 +301,7 @@ int svc_http_reload_tls(svc_http *h, const char *cert, const char *key,
         snprintf(err, err_size, "TLS is off: turning it on needs a restart");
         return -1;
     }
-    svc_tls *t = svc_tls_load(cert, key, err, err_size);
+    svc_tls *t = svc_tls_load(cert, key, &h->cfg, err, err_size);
     if (t == NULL)
         return -1;
     pthread_mutex_lock(&h->tls_lock);
@@ -209,9 +314,32 @@ int svc_http_reload_tls(svc_http *h, const char *cert, const char *key,
 int svc_http_check_tls(const char *cert, const char *key, char *err,
                        size_t err_size)
 {
-    svc_tls *t = svc_tls_load(cert, key, err, err_size);
+    svc_tls *t;
 
-    if (t == NULL)
+    if (strncmp(key, "pkcs11:", 7) == 0) { /* no token opened: the chain */
+        gnutls_pcert_st chain[CHAIN_MAX];
+        unsigned n = CHAIN_MAX;
+        size_t len = 0;
+        char *pem = read_file("tls_cert", cert, &len, err, err_size);
+        int rc;
+
+        if (pem == NULL)
+            return -1;
+        gnutls_datum_t cd = {(unsigned char *)pem, (unsigned)len};
+        rc = gnutls_pcert_list_import_x509_raw(chain, &n, &cd,
+                                               GNUTLS_X509_FMT_PEM, 0);
+        free(pem);
+        if (rc < 0 || n == 0) {
+            snprintf(err, err_size,
+                     "tls_cert %s: not a PEM certificate chain (%s)", cert,
+                     rc < 0 ? gnutls_strerror(rc) : "none found");
+            return -1;
+        }
+        for (unsigned i = 0; i < n; i++)
+            gnutls_pcert_deinit(&chain[i]);
+        return 0;
+    }
+    if ((t = svc_tls_load(cert, key, NULL, err, err_size)) == NULL)
         return -1;
     svc_tls_free(t);
     return 0;

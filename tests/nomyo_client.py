@@ -306,7 +306,11 @@ def post(http, body, headers):
 
 def run(opts):
     http = Http(opts.url, opts.ca_file, opts.timeout, opts.allow_http)
-    server_key = fetch_server_key(http)  # before every request, as Python
+    if opts.seal_to:  # a key of the test's choosing (key rotation tests)
+        with open(opts.seal_to, "rb") as f:
+            server_key = serialization.load_pem_public_key(f.read())
+    else:
+        server_key = fetch_server_key(http)  # before every request, as Python
     client_key = rsa.generate_private_key(public_exponent=65537,
                                           key_size=opts.bits)
     body, headers, payload_id = build_request(opts, server_key, client_key)
@@ -457,6 +461,9 @@ def main(argv):
     ap.add_argument("--send-twice", action="store_true",
                     help="post the identical package a second time "
                          "(replay); exit code is that of the second post")
+    ap.add_argument("--seal-to", metavar="PEM",
+                    help="seal to this RSA public key instead of the one "
+                         "GET /pki/public_key serves (key rotation tests)")
     ap.add_argument("--self-test", action="store_true",
                     help="seal and open packages locally, both variants")
     opts = ap.parse_args(argv)

@@ -23,6 +23,8 @@ static const char usage_main[] =
     "  test       check a key works: wrap in software, unwrap (or sign) with "
     "it\n"
     "  caps       what a token (or the software provider) can do\n"
+    "  rotate     make veild's next server key and print the rotation "
+    "steps\n"
     "\n"
     "Where the key lives (every command):\n"
     "  --token URI         a PKCS#11 token, e.g. 'pkcs11:token=veil'\n"
@@ -79,6 +81,18 @@ static const char usage_test[] =
     "with the private key where it lives; an EC key signs and the signature\n"
     "is verified in software. With -v the debug log says which mechanism\n"
     "the token used. Prints 'ok' and exits 0 when it works.\n";
+
+static const char usage_rotate[] =
+    "usage: veil-keys rotate --token URI --label LABEL [--key CURRENT]\n"
+    "                        [--bits 2048|3072|4096]\n"
+    "Makes the next server key of a veild (RSA, sensitive, not extractable)\n"
+    "in the token and prints the rotation: server_key_next = its URI and a\n"
+    "reload (veild then opens requests sealed to either key and serves the\n"
+    "next one at /pki/next_public_key), clients pin it ahead (veil chat\n"
+    "--server-key-pin takes the current or the next key), the swap\n"
+    "(server_key = the new key, server_key_next removed, a restart), and\n"
+    "the old key's deletion.  --key names the current server key, for the\n"
+    "last step.  Default: --bits 4096.\n";
 
 static const char usage_caps[] =
     "usage: veil-keys caps [--token URI]\n"
@@ -536,6 +550,75 @@ static int cmd_caps(veil_engine *e, const struct opts *o)
     return VEIL_EXIT_OK;
 }
 
+/* The steps of a rotation, once the next key is made (current: the
+ * current key's info, or NULL). */
+static void print_rotation(const veil_key_info *next,
+                           const veil_key_info *current)
+{
+    const char *old = current ? current->uri : "<the current server_key>";
+
+    printf("\nRotating veild's server key to %s:\n"
+           "\n"
+           "1. Add the next key to veild's settings and reload:\n"
+           "     server_key_next = %s\n"
+           "     systemctl reload veild   (or: kill -HUP <veild's pid>)\n"
+           "   veild logs \"next server key: %s\", opens requests sealed\n"
+           "   to either key, serves the new one at GET "
+           "/pki/next_public_key\n"
+           "   and names it in the X-Veil-Next-Key header of "
+           "/pki/public_key.\n"
+           "\n"
+           "2. Let clients pin ahead: veil chat --server-key-pin %s\n"
+           "   is accepted now (the next key) and after the swap (the "
+           "current).\n"
+           "\n"
+           "3. Swap, when the clients have moved (NOMYO clients fetch\n"
+           "   /pki/public_key for each session): set\n"
+           "     server_key = %s\n"
+           "   remove server_key_next, and restart veild (server_key needs\n"
+           "   a restart).  From then on requests sealed to the old key get\n"
+           "   the one 400 of an undecryptable package.\n"
+           "\n"
+           "4. Drop the old key:\n"
+           "     veil-keys delete --key '%s' --yes\n",
+           next->fingerprint, next->uri, next->fingerprint, next->fingerprint,
+           next->uri, old);
+}
+
+static int cmd_rotate(veil_engine *e, const struct opts *o)
+{
+    veil_keygen_params kp = {.type = VEIL_KEY_RSA, .bits = o->bits};
+    veil_key_info cur, info;
+    veil_key *k = NULL, *c = NULL;
+    veil_rc rc;
+
+    if (!o->token || !o->label || o->dir || o->type) {
+        fputs(usage_rotate, stderr);
+        return VEIL_EXIT_USAGE;
+    }
+    if (o->key && ((rc = veil_key_open(e, o->key, &c)) != VEIL_OK ||
+                   (rc = veil_key_get_info(c, &cur)) != VEIL_OK)) {
+        veil_key_free(c);
+        return fail(rc);
+    }
+    veil_key_free(c);
+    kp.label = o->label;
+    fprintf(stderr,
+            "veil-keys: generating the next server key, RSA-%u \"%s\" in "
+            "%s%s\n",
+            kp.bits, kp.label, o->token,
+            kp.bits >= 4096 ? " (this takes a while)" : "");
+    rc = veil_key_generate(e, o->token, &kp, &k);
+    if (rc == VEIL_OK)
+        rc = veil_key_get_info(k, &info);
+    veil_key_free(k);
+    if (rc != VEIL_OK)
+        return fail(rc);
+    print_info(&info);
+    print_rotation(&info, o->key ? &cur : NULL);
+    return VEIL_EXIT_OK;
+}
+
 int main(int argc, char **argv)
 {
     static const struct {
@@ -549,6 +632,7 @@ int main(int argc, char **argv)
         {"delete", cmd_delete, usage_delete},
         {"test", cmd_test, usage_test},
         {"caps", cmd_caps, usage_caps},
+        {"rotate", cmd_rotate, usage_rotate},
     };
     struct opts o = {0};
     veil_engine *e = NULL;
