@@ -370,7 +370,8 @@ gw_server *gw_server_start(const gw_deps *deps, char *err, size_t err_size)
     }
     s->d = *deps;
     s->live = gw_live_borrow(deps->cfg, deps->auth);
-    s->log = (veil_logger){deps->log, deps->log_ctx, deps->log_level};
+    s->log = (veil_logger){deps->log, deps->log_ctx, deps->log_level,
+                           deps->log_fields};
     pthread_mutex_init(&s->live_lock, NULL);
     pthread_mutex_init(&s->health_lock, NULL);
     pthread_mutex_init(&s->keys_lock, NULL);
