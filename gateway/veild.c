@@ -17,6 +17,7 @@
 #include "toolenv.h"
 #include "gateway.h"
 #include "log.h"
+#include "notify.h"
 #include "package.h"
 #include "run.h"
 
@@ -435,6 +436,7 @@ static void reload(gw_server *server, const gw_config *running, int argc,
     gw_live *next = gw_live_new();
 
     veil_logf(&logger, VEIL_LOG_INFO, "SIGHUP: reloading the configuration");
+    svc_notify_reloading();
     if (next == NULL) {
         snprintf(err, sizeof err, "out of memory");
         goto fail;
@@ -474,10 +476,13 @@ static void reload(gw_server *server, const gw_config *running, int argc,
     if (next->auth)
         veil_logf(&logger, VEIL_LOG_INFO, "%zu API key(s) loaded",
                   gw_auth_count(next->auth));
+    svc_notify_ready("serving; configuration reloaded");
     return;
 fail:
     veil_logf(&logger, VEIL_LOG_ERROR,
               "reload failed: %s; the running configuration stays", err);
+    svc_notify_ready("serving; the last reload failed (see the log), the "
+                     "running configuration stays");
     gw_live_release(next);
 }
 
@@ -501,6 +506,10 @@ static int serve(gw_deps *d, svc_run *run, int argc, char **argv)
         gw_server_stop(server, 0);
         return 1;
     }
+    char status[160];
+    snprintf(status, sizeof status, "serving on %s port %u",
+             cfg->tls_cert ? "https" : "http", port);
+    svc_notify_ready(status);
     int sig;
     while ((sig = svc_run_wait(run)) == SIGHUP)
         reload(server, cfg, argc, argv);
@@ -510,6 +519,7 @@ static int serve(gw_deps *d, svc_run *run, int argc, char **argv)
     veil_logf(&logger, VEIL_LOG_INFO,
               "%s: stopping (requests in flight get at most %u s)",
               svc_run_signal_name(sig), grace);
+    svc_notify_stopping();
     unsigned cut = gw_server_stop(server, grace);
     if (cut)
         veil_logf(&logger, VEIL_LOG_WARN, "%u request(s) cut off at shutdown",
@@ -557,6 +567,10 @@ static int help_or_version(int argc, char **argv)
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
             fputs(usage, stdout);
+            if (svc_notify_built())
+                fputs("Under systemd (Type=notify) veild reports READY=1, "
+                      "RELOADING=1 and STOPPING=1\n(sd_notify).\n\n",
+                      stdout);
             gw_config_help(stdout);
             veil_env_help(stdout, VEIL_TOOL_VEILD);
             return 1;
