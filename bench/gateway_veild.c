@@ -119,10 +119,10 @@ static void veild_log_summary(const veild_proc *v)
         return;
     while (fgets(line, sizeof line, f)) {
         /* "TIME veild: LEVEL: ..." (docs/GATEWAY.md, Logging) */
-        const char *v = strstr(line, "veild: ");
-        if (v &&
-            (!strncmp(v, "veild: warn:", 12) ||
-             !strncmp(v, "veild: error:", 13)) &&
+        const char *lv = strstr(line, "veild: ");
+        if (lv &&
+            (!strncmp(lv, "veild: warn:", 12) ||
+             !strncmp(lv, "veild: error:", 13)) &&
             !strstr(line, "authentication is off")) {
             if (!n++)
                 snprintf(first, sizeof first, "%s", line);
