@@ -118,8 +118,11 @@ static void veild_log_summary(const veild_proc *v)
     if (!f)
         return;
     while (fgets(line, sizeof line, f)) {
-        if ((!strncmp(line, "veild: warn:", 12) ||
-             !strncmp(line, "veild: error:", 13)) &&
+        /* "TIME veild: LEVEL: ..." (docs/GATEWAY.md, Logging) */
+        const char *lv = strstr(line, "veild: ");
+        if (lv &&
+            (!strncmp(lv, "veild: warn:", 12) ||
+             !strncmp(lv, "veild: error:", 13)) &&
             !strstr(line, "authentication is off")) {
             if (!n++)
                 snprintf(first, sizeof first, "%s", line);

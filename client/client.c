@@ -136,7 +136,8 @@ cfg_copy(veil_client *c, const veil_client_config *cfg, veil_client_error *err)
     c->cfg.trust_file = NULL; /* open_trust loads it into c->trust */
     if (c->cfg.retry_max_ms == 0)
         c->cfg.retry_max_ms = 60000;
-    c->log = (veil_logger){cfg->log, cfg->log_ctx, cfg->log_level};
+    c->log = (veil_logger){
+        .fn = cfg->log, .ctx = cfg->log_ctx, .level = cfg->log_level};
     return veil_cl_check_url(c, c->base_url, err);
 }
 

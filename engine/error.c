@@ -104,7 +104,8 @@ void veil_log(const veil_engine *e, veil_log_level level, const char *fmt, ...)
 
     if (!e)
         return;
-    veil_logger l = {e->cfg.log, e->cfg.log_ctx, e->cfg.log_level};
+    veil_logger l = {
+        .fn = e->cfg.log, .ctx = e->cfg.log_ctx, .level = e->cfg.log_level};
     va_start(ap, fmt);
     vsnprintf(line, sizeof line, fmt, ap);
     va_end(ap);

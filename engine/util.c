@@ -77,6 +77,24 @@ void veil_logf(const veil_logger *l, veil_log_level level, const char *fmt, ...)
     l->fn(l->ctx, level, line);
 }
 
+void veil_logf_fields(const veil_logger *l, veil_log_level level,
+                      const veil_log_field *fields, size_t n, const char *fmt,
+                      ...)
+{
+    char line[512];
+    va_list ap;
+
+    if (l == NULL || l->fn == NULL || level > l->level)
+        return;
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof line, fmt, ap);
+    va_end(ap);
+    if (l->fields)
+        l->fields(l->ctx, level, line, fields, n);
+    else
+        l->fn(l->ctx, level, line);
+}
+
 int veil_secret_path(const char *spec, char *out, size_t out_size,
                      const char **why)
 {

@@ -7,7 +7,8 @@
  *  - veil_wipe:   wipe memory that held a secret (OPENSSL_cleanse);
  *  - veil_hex*:   lower-case hex and its decoding;
  *  - veil_uuid4:  a random (version 4) UUID, as payload IDs use;
- *  - veil_logger: a log callback with its level filter (veil_logf);
+ *  - veil_logger: a log callback with its level filter (veil_logf), and
+ *                 the fields of a line for a structured one;
  *  - veil_secret_path: where a secret file named "credential:NAME" is.
  * Tier names and bits are in protocol/tier.h. */
 #ifndef VEIL_UTIL_H
@@ -36,6 +37,21 @@ int veil_hex_decode(const char *s, size_t n, uint8_t *out);
  * the engine's random source. */
 veil_rc veil_uuid4(veil_engine *e, char out[37]);
 
+/* One named value of a log line, for a destination that keeps them apart
+ * (veild's JSON lines): the line's text already says it in words.
+ * number: value is a decimal number (written without quotes). */
+typedef struct veil_log_field {
+    const char *name;
+    const char *value; /* NULL: the field is left out */
+    int number;
+} veil_log_field;
+
+/* A destination's way of taking a line with its fields (NULL: it takes
+ * the text alone, through fn). */
+typedef void (*veil_log_fields_fn)(void *ctx, veil_log_level level,
+                                   const char *line,
+                                   const veil_log_field *fields, size_t n);
+
 /* A log destination: the callback of veil/engine.h, its context and the
  * most verbose level it takes.  fn NULL: nothing is logged.  A line is
  * at most 511 bytes (longer ones are cut).  Never log a key, a PIN, a
@@ -44,10 +60,16 @@ typedef struct veil_logger {
     veil_log_fn fn;
     void *ctx;
     veil_log_level level;
+    veil_log_fields_fn fields; /* optional: veil_logf_fields */
 } veil_logger;
 
 void veil_logf(const veil_logger *l, veil_log_level level, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+/* The same line, with its fields given to l->fields when there is one
+ * (else only the text goes, to l->fn). */
+void veil_logf_fields(const veil_logger *l, veil_log_level level,
+                      const veil_log_field *fields, size_t n, const char *fmt,
+                      ...) __attribute__((format(printf, 5, 6)));
 
 /* The path of a file that holds a secret (PIN, API keys, the backend's
  * key): "credential:NAME" is NAME in systemd's $CREDENTIALS_DIRECTORY

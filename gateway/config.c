@@ -526,6 +526,9 @@ static const svc_setting settings[] = {
      "longest wait for an upstream connection"},
     {"log_level", "LEVEL", &svc_level, OFF(log_level), 0, 0, "info",
      "error, warn, info or debug"},
+    {"log_format", "FORMAT", &svc_format, OFF(log_format), 0, 0, "text",
+     "text (a line with an RFC 3339 time) or json (one object a line); "
+     "on the journal, lines also start with their priority (<3>...)"},
     {"signing_key", "REF", &k_keyref, OFF(signing_key), 0, 0, NULL,
      "ECDSA P-256 key that signs every answer: a pkcs11: URI, or dir:PATH; "
      "unset: answers are not signed"},
@@ -640,7 +643,7 @@ static const svc_table table = {
 static const char *const live_settings[] = {
     "tls_cert",    "tls_key",        "api_keys",         "rate",
     "burst",       "log_level",      "upstream_timeout", "connect_timeout",
-    "ipv6_prefix", "shutdown_grace", "server_key_next",
+    "ipv6_prefix", "shutdown_grace", "server_key_next", "log_format",
 };
 
 /* ---- public ------------------------------------------------------------ */
@@ -794,7 +797,7 @@ int gw_config_check(const gw_config *cfg, char *err, size_t err_size)
         svc_put_err(err, err_size, "no configuration");
         return -1;
     }
-    if (!cfg->listen_addr || !cfg->log_level) {
+    if (!cfg->listen_addr || !cfg->log_level || !cfg->log_format) {
         svc_put_err(err, err_size, "out of memory");
         return -1;
     }

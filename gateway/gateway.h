@@ -132,6 +132,7 @@ typedef struct gw_config {
     unsigned upstream_timeout; /* seconds (300) */
     unsigned connect_timeout;  /* seconds (10) */
     char *log_level;           /* error, warn, info, debug */
+    char *log_format;          /* text, json */
     /* answer signatures and attestation (docs/ATTESTATION.md) */
     char *signing_key; /* ECDSA P-256: PKCS#11 URI or "dir:PATH"; NULL: none */
     unsigned signature_retention; /* seconds (86400) */
@@ -186,8 +187,9 @@ int gw_config_check(const gw_config *cfg, char *err, size_t err_size);
 void gw_config_help(FILE *out);
 const gw_model *gw_config_model(const gw_config *cfg, const char *id);
 /* 1 when a reload (SIGHUP) changes setting `name` in a running veild:
- * tls_cert, tls_key, api_keys, rate, burst, log_level, upstream_timeout,
- * connect_timeout, ipv6_prefix, shutdown_grace and the models. */
+ * tls_cert, tls_key, api_keys, rate, burst, log_level, log_format,
+ * upstream_timeout, connect_timeout, ipv6_prefix, shutdown_grace and the
+ * models. */
 int gw_config_live(const char *name);
 
 /* Every file cfg names, checked at once (check.c): the API keys file (and
@@ -676,6 +678,7 @@ typedef struct gw_deps {
     veil_log_fn log;
     void *log_ctx;
     veil_log_level log_level;
+    veil_log_fields_fn log_fields; /* optional: lines with their fields */
     /* 1: no listener; requests come only through svc_http_inject on
      * gw_server_http (the fuzzing harness) */
     int no_listen;

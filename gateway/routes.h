@@ -184,6 +184,9 @@ void gw_signature_get(void *app, svc_req *r);
 /* GET /pki/public_key and /pki/next_public_key (rotation.c) */
 void gw_pki_key(void *app, svc_req *r);
 void gw_pki_next_key(void *app, svc_req *r);
+/* GET /healthz/ready (and /healthz), /healthz/live (health.c) */
+void gw_health_ready(void *app, svc_req *r);
+void gw_health_live(void *app, svc_req *r);
 /* protocol v2 (v2.c): GET and POST /.well-known/ohttp-gateway */
 void gw_v2_keys(void *app, svc_req *r);
 void gw_v2_request(void *app, svc_req *r);

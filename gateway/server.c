@@ -1,11 +1,11 @@
 /* veild's server: the route table over the HTTP layer (service/http.c),
- * admission (API key, rate limit), the small routes (public key, models,
- * health), start and stop.  The routes that do the work are modules of
- * their own: v1.c (the exchange), v2.c (Oblivious HTTP), attest_routes.c
- * (attestation, signatures), rotation.c (the server keys), with keycache.c for
- * the callers' keys; respond.c is the one place a gw_rc becomes an HTTP status.
- * server.c points at the route modules and they never call back into it
- * (tests/check_includes.py). */
+ * admission (API key, rate limit), the small routes (models), start and
+ * stop.  The routes that do the work are modules of their own: v1.c (the
+ * exchange), v2.c (Oblivious HTTP), attest_routes.c (attestation,
+ * signatures), rotation.c (the server keys), health.c (the health routes),
+ * with keycache.c for the callers' keys; respond.c is the one place a gw_rc
+ * becomes an HTTP status.  server.c points at the route modules and they
+ * never call back into it (tests/check_includes.py). */
 #include "config.h"
 
 #include <stdarg.h>
@@ -21,7 +21,6 @@
 /* Largest body of the routes other than the completion (the activation's
  * JSON is a few hundred bytes). */
 #define SMALL_BODY_MAX 4096
-#define HEALTH_CACHE_S 5
 
 /* ---- admission ------------------------------------------------------------
  */
@@ -105,77 +104,6 @@ static void get_models(void *app, svc_req *r)
     svc_json(r, 200, j);
 }
 
-/* The token answers when a fresh secret wrapped to the server key comes
- * back unwrapped inside it. */
-static int token_alive(gw_server *s, char *why, size_t why_size)
-{
-    uint8_t secret[32], ct[1024];
-    size_t ct_len = sizeof ct;
-    veil_secbuf *back = NULL;
-    veil_rc rc = veil_random(s->d.engine, secret, sizeof secret);
-    if (rc == VEIL_OK)
-        rc = veil_rsa_encrypt(s->d.engine, s->d.server_key, NULL, secret,
-                              sizeof secret, ct, &ct_len);
-    if (rc == VEIL_OK)
-        rc = veil_rsa_decrypt(s->d.engine, s->d.server_key, NULL, ct, ct_len,
-                              &back);
-    int ok = rc == VEIL_OK && veil_secbuf_len(back) == sizeof secret &&
-             memcmp(veil_secbuf_data(back), secret, sizeof secret) == 0;
-    if (!ok)
-        snprintf(why, why_size, "%s", veil_last_error()->message);
-    veil_secbuf_free(back);
-    veil_wipe(secret, sizeof secret);
-    return ok;
-}
-
-/* Probes the token and every upstream into s->health (health_lock
- * held). */
-static void health_probe(gw_server *s, time_t now)
-{
-    char why[320] = "";
-    cJSON *j = cJSON_CreateObject();
-    cJSON *tok = cJSON_AddObjectToObject(j, "token");
-    cJSON *ups = cJSON_AddObjectToObject(j, "upstreams");
-    int ok = token_alive(s, why, sizeof why);
-    if (!ok)
-        veil_logf(&s->log, VEIL_LOG_ERROR, "token check failed: %s", why);
-    cJSON_AddBoolToObject(tok, "ok", ok);
-    if (!ok)
-        cJSON_AddStringToObject(tok, "detail", why);
-    gw_live *live = gw_server_live(s);
-    for (size_t i = 0; i < live->cfg->n_models; i++) {
-        const gw_model *m = &live->cfg->models[i];
-        int up = gw_upstream_alive(live->cfg, m, &s->log);
-        cJSON_AddBoolToObject(ups, m->id, up);
-        ok &= up;
-    }
-    gw_live_release(live);
-    cJSON_AddStringToObject(j, "status", ok ? "ok" : "degraded");
-    free(s->health);
-    s->health = cJSON_PrintUnformatted(j);
-    cJSON_Delete(j);
-    s->health_ok = ok;
-    s->health_at = now;
-}
-
-static void get_health(void *app, svc_req *r)
-{
-    gw_server *s = app;
-    pthread_mutex_lock(&s->health_lock);
-    time_t now = time(NULL);
-    if (s->health == NULL || now - s->health_at >= HEALTH_CACHE_S)
-        health_probe(s, now);
-    char *body = s->health ? strdup(s->health) : NULL;
-    int ok = s->health_ok;
-    pthread_mutex_unlock(&s->health_lock);
-    if (body == NULL) {
-        gw_respond(s, r, GW_INTERNAL, "out of memory");
-        return;
-    }
-    svc_text(r, ok ? 200 : 503, "application/json", body, strlen(body));
-    free(body);
-}
-
 /* ---- the route table ------------------------------------------------------
  */
 
@@ -204,7 +132,15 @@ static const svc_route routes[] = {
     {.path = "/healthz",
      .method = "GET",
      .body_max = SMALL_BODY_MAX,
-     .handle = get_health},
+     .handle = gw_health_ready},
+    {.path = "/healthz/ready",
+     .method = "GET",
+     .body_max = SMALL_BODY_MAX,
+     .handle = gw_health_ready},
+    {.path = "/healthz/live",
+     .method = "GET",
+     .body_max = SMALL_BODY_MAX,
+     .handle = gw_health_live},
     {.path = "/v1/chat/secure_completion",
      .method = "POST",
      .admit = 1,
@@ -382,7 +318,8 @@ gw_server *gw_server_start(const gw_deps *deps, char *err, size_t err_size)
     s->live = gw_live_borrow(deps->cfg, deps->auth);
     if (s->live)
         s->live->next = deps->server_key_next;
-    s->log = (veil_logger){deps->log, deps->log_ctx, deps->log_level};
+    s->log = (veil_logger){deps->log, deps->log_ctx, deps->log_level,
+                           deps->log_fields};
     pthread_mutex_init(&s->live_lock, NULL);
     pthread_mutex_init(&s->health_lock, NULL);
     pthread_mutex_init(&s->keys_lock, NULL);

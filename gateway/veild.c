@@ -7,7 +7,6 @@
 #include <errno.h>
 #include <malloc.h>
 #include <signal.h>
-#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,6 +20,8 @@
 #include "exitcode.h"
 #include "toolenv.h"
 #include "gateway.h"
+#include "log.h"
+#include "notify.h"
 #include "package.h"
 #include "run.h"
 
@@ -51,29 +52,14 @@ static const char usage[] =
     "\n"
     "Every setting of the config file is also a flag (--NAME VALUE):\n";
 
-/* The level of the lines written (log_level: a reload may change it).
- * The parts of veild are given VEIL_LOG_DEBUG and everything is filtered
- * here. */
-static _Atomic int log_level = VEIL_LOG_INFO;
+/* Where the lines go: standard error, at log_level, in log_format (a
+ * reload may change both; service/log.h).  The parts of veild are given
+ * VEIL_LOG_DEBUG and everything is filtered there. */
+static svc_logsink sink;
 
-static void log_stderr(void *ctx, veil_log_level level, const char *line)
-{
-    static const char *const names[] = {"error", "warn", "info", "debug"};
-    (void)ctx;
-    if ((int)level <= atomic_load(&log_level))
-        fprintf(stderr, "veild: %s: %s\n", names[level], line);
-}
-
-/* veild's own lines (log_stderr filters them by log_level) */
-static const veil_logger logger = {log_stderr, NULL, VEIL_LOG_DEBUG};
-
-static void set_level(const char *s)
-{
-    static const char *const names[] = {"error", "warn", "info", "debug"};
-    for (int i = 0; i < 4; i++)
-        if (s && strcmp(s, names[i]) == 0)
-            atomic_store(&log_level, i);
-}
+/* veild's own lines */
+static const veil_logger logger = {svc_logsink_line, &sink, VEIL_LOG_DEBUG,
+                                   svc_logsink_fields};
 
 /* Reads the config file named by --config first, then applies every flag
  * in order, then checks the whole.  0, or -1 with the problem in err (the
@@ -254,7 +240,8 @@ static gw_tpm *open_tpm(const gw_config *cfg, veil_key *server_key)
         .event_log = cfg->tpm_event_log,
         .encryption_spki = spki,
         .encryption_spki_len = spki_len,
-        .log = log_stderr,
+        .log = svc_logsink_line,
+        .log_ctx = &sink,
         .log_level = VEIL_LOG_DEBUG,
     };
     gw_rc rc = gw_tpm_open(&opt, &t, err, sizeof err);
@@ -361,7 +348,8 @@ static int open_keys(gw_deps *d, const gw_config *cfg)
     int code = VEIL_EXIT_FAIL;
     veil_engine_config ec = {
         .pkcs11_module = cfg->pkcs11_module,
-        .log = log_stderr,
+        .log = svc_logsink_line,
+        .log_ctx = &sink,
         .log_level = VEIL_LOG_DEBUG,
         .pin_memory_dir = cfg->state_dir,
     };
@@ -575,6 +563,7 @@ static void reload(gw_server *server, const gw_deps *d, int argc, char **argv)
     gw_live *next = gw_live_new();
 
     veil_logf(&logger, VEIL_LOG_INFO, "SIGHUP: reloading the configuration");
+    svc_notify_reloading();
     if (next == NULL) {
         snprintf(err, sizeof err, "out of memory");
         goto fail;
@@ -609,7 +598,7 @@ static void reload(gw_server *server, const gw_deps *d, int argc, char **argv)
         goto fail;
     if (gw_server_reload(server, next, err, sizeof err) != 0)
         goto fail;
-    set_level(next->cfg->log_level);
+    svc_logsink_set(&sink, next->cfg->log_level, next->cfg->log_format);
     veil_logf(&logger, VEIL_LOG_INFO,
               "reloaded: %zu model(s), %s%s; requests in flight finish on "
               "the configuration they started with",
@@ -621,10 +610,13 @@ static void reload(gw_server *server, const gw_deps *d, int argc, char **argv)
                   gw_auth_count(next->auth));
     veil_logf(&logger, VEIL_LOG_INFO, "next server key: %s",
               next->next ? next->next->pin : "none");
+    svc_notify_ready("serving; configuration reloaded");
     return;
 fail:
     veil_logf(&logger, VEIL_LOG_ERROR,
               "reload failed: %s; the running configuration stays", err);
+    svc_notify_ready("serving; the last reload failed (see the log), the "
+                     "running configuration stays");
     gw_live_release(next);
 }
 
@@ -648,6 +640,10 @@ static int serve(gw_deps *d, svc_run *run, int argc, char **argv)
         gw_server_stop(server, 0);
         return 1;
     }
+    char status[160];
+    snprintf(status, sizeof status, "serving on %s port %u",
+             cfg->tls_cert ? "https" : "http", port);
+    svc_notify_ready(status);
     int sig;
     while ((sig = svc_run_wait(run)) == SIGHUP)
         reload(server, d, argc, argv);
@@ -657,6 +653,7 @@ static int serve(gw_deps *d, svc_run *run, int argc, char **argv)
     veil_logf(&logger, VEIL_LOG_INFO,
               "%s: stopping (requests in flight get at most %u s)",
               svc_run_signal_name(sig), grace);
+    svc_notify_stopping();
     unsigned cut = gw_server_stop(server, grace);
     if (cut)
         veil_logf(&logger, VEIL_LOG_WARN, "%u request(s) cut off at shutdown",
@@ -706,6 +703,10 @@ static int help_or_version(int argc, char **argv)
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
             fputs(usage, stdout);
+            if (svc_notify_built())
+                fputs("Under systemd (Type=notify) veild reports READY=1, "
+                      "RELOADING=1 and STOPPING=1\n(sd_notify).\n\n",
+                      stdout);
             gw_config_help(stdout);
             veil_env_help(stdout, VEIL_TOOL_VEILD);
             return 1;
@@ -724,6 +725,7 @@ int main(int argc, char **argv)
      * to the system when freed: otherwise glibc keeps them in one arena per
      * thread, and 64 concurrent 1 MiB requests held ~290 MiB (BENCHMARKS). */
     mallopt(M_MMAP_THRESHOLD, 128 * 1024);
+    svc_logsink_init(&sink, "veild", STDERR_FILENO);
     gw_config cfg;
     gw_config_init(&cfg);
     if (help_or_version(argc, argv)) {
@@ -751,7 +753,7 @@ int main(int argc, char **argv)
         gw_config_free(&cfg);
         return rc;
     }
-    set_level(cfg.log_level);
+    svc_logsink_set(&sink, cfg.log_level, cfg.log_format);
 
     /* before any thread: the stop signals go to svc_run_wait only */
     svc_run run;
@@ -763,8 +765,10 @@ int main(int argc, char **argv)
 
     gw_deps deps = {
         .cfg = &cfg,
-        .log = log_stderr,
+        .log = svc_logsink_line,
+        .log_ctx = &sink,
         .log_level = VEIL_LOG_DEBUG,
+        .log_fields = svc_logsink_fields,
     };
     rc = open_keys(&deps, &cfg);
     if (rc == 0)

@@ -1479,7 +1479,9 @@ static int oaep_probe(veil_provider *p, const veil_key *k, veil_hash hash,
         return OAEP_UNKNOWN;
     }
     atomic_store(&pk->oaep_mode[hash][with_label], mode);
-    veil_log(p->engine, VEIL_LOG_DEBUG,
+    /* the fallback at info: an auditor wants to know that the OAEP
+     * decoding of this key's requests runs on the host */
+    veil_log(p->engine, mode == OAEP_NATIVE ? VEIL_LOG_DEBUG : VEIL_LOG_INFO,
              "pkcs11: %s, key \"%s\": RSA-OAEP-%s%s %s", p->caps.description,
              k->label, hash == VEIL_HASH_SHA1 ? "SHA1" : "SHA256",
              with_label ? " with label" : "",

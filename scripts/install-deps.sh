@@ -13,6 +13,7 @@ PACKAGES=(
     autoconf automake libtool autoconf-archive pkg-config make gcc
     libssl-dev libp11-kit-dev p11-kit libcurl4-openssl-dev libcjson-dev
     libmicrohttpd-dev libgnutls28-dev libtss2-dev libcunit1-dev
+    libsystemd-dev        # veild's sd_notify (Type=notify; configure --without-systemd drops it)
 
     # tokens: test PKCS#11 tokens started by tests/env/with-tokens.sh
     # (SoftHSM2; tpm2-pkcs11 over swtpm behind tpm2-abrmd on a private dbus bus)

@@ -415,6 +415,26 @@ static int append(svc_req *r, const char *data, size_t n)
 
 /* ---- one request, read from a connection or injected ------------------- */
 
+/* A path a client chose, for the log: printable ASCII kept, anything
+ * else (a blank, a control character, a byte past ASCII) and '%' as %XX,
+ * cut at SVC_ID_MAX characters ("..." then). */
+static void log_url(char *out, size_t size, const char *url)
+{
+    size_t n = 0;
+
+    for (; *url && n + 4 < size; url++) {
+        unsigned char c = (unsigned char)*url;
+        if (c > 0x20 && c < 0x7f && c != '%')
+            out[n++] = (char)c;
+        else
+            n += (size_t)snprintf(out + n, size - n, "%%%02X", c);
+    }
+    if (*url && size >= 4)
+        memcpy(out + (n < size - 4 ? n : size - 4), "...", 4);
+    else
+        out[n] = '\0';
+}
+
 /* The first step of a request: its route, and either its answer (routes
  * not admitted, unknown paths) or its admission.  1 when the request goes
  * on (its body, then request_end, unless it is answered), 0 when its
@@ -431,6 +451,7 @@ int svc_request_head(svc_http *h, svc_req *r, const char *url,
                 : !strcmp(method, "HEAD") ? "HEAD"
                                           : "GET";
     if (r->route == NULL) {
+        log_url(r->log_url, sizeof r->log_url, url);
         r->limit = UNROUTED_BODY_MAX;
         if (bad_method)
             svc_fail(r, 405, "method not allowed");
@@ -538,6 +559,60 @@ static void outcome(svc_http *h, const svc_req *r,
         snprintf(out, size, "cut (%s; no answer)", why);
 }
 
+/* The client's address as text ("?" when unknown). */
+static void client_text(svc_req *r, char *out, size_t size)
+{
+    const struct sockaddr *sa = svc_client_addr(r);
+    const void *a = NULL;
+
+    if (sa && sa->sa_family == AF_INET)
+        a = &((const struct sockaddr_in *)(const void *)sa)->sin_addr;
+    else if (sa && sa->sa_family == AF_INET6)
+        a = &((const struct sockaddr_in6 *)(const void *)sa)->sin6_addr;
+    if (a == NULL || inet_ntop(sa->sa_family, a, out, (socklen_t)size) == NULL)
+        snprintf(out, size, "?");
+}
+
+/* The request's log line, with its fields: method, path, status (or how
+ * it was cut), the payload ID and the API key's name when known, the
+ * client's address on the refusals that are about the client (401, 413,
+ * 429), the time.  Admitted routes at info, the others at debug. */
+static void log_request(svc_http *h, svc_req *r,
+                        enum MHD_RequestTerminationCode toe)
+{
+    const veil_logger *l = &h->cfg.log;
+    veil_log_level level = r->admitted ? VEIL_LOG_INFO : VEIL_LOG_DEBUG;
+    char what[128], ms[32], status[8], client[INET6_ADDRSTRLEN] = "";
+    const char *path = r->route == NULL     ? r->log_url
+                       : r->route->log_path ? r->route->log_path
+                                            : r->route->path;
+    const char *id = r->log_id[0] ? r->log_id : NULL;
+
+    if (l->fn == NULL || level > l->level)
+        return;
+    outcome(h, r, toe, what, sizeof what);
+    int whole = toe == MHD_REQUEST_TERMINATED_COMPLETED_OK && r->answered;
+    snprintf(status, sizeof status, "%d", r->status);
+    snprintf(ms, sizeof ms, "%.1f", ms_since(&r->t0));
+    if (whole && (r->status == 401 || r->status == 413 || r->status == 429))
+        client_text(r, client, sizeof client);
+    const veil_log_field f[] = {
+        {"method", r->method, 0},
+        {"path", path, 0},
+        {"status", whole ? status : NULL, 1},
+        {"outcome", whole ? NULL : what, 0},
+        {"payload", id, 0},
+        {"key", r->key_name, 0},
+        {"client", client[0] ? client : NULL, 0},
+        {"ms", ms, 1},
+    };
+    veil_logf_fields(l, level, f, sizeof f / sizeof f[0],
+                     "%s %s %s%s%s%s%s%s%s %s ms", r->method, path, what,
+                     id ? " payload " : "", id ? id : "",
+                     r->key_name ? " key " : "", r->key_name ? r->key_name : "",
+                     client[0] ? " client " : "", client, ms);
+}
+
 /* The request is over (toe: how it ended): its log line, and its state
  * freed. */
 void svc_request_done(svc_http *h, svc_req *r,
@@ -554,26 +629,13 @@ void svc_request_done(svc_http *h, svc_req *r,
         .seconds = ms_since(&r->t0) / 1e3,
     };
 
+    log_request(h, r, toe);
     if (r->admitted) {
-        char what[128];
-        const char *path =
-            r->route->log_path ? r->route->log_path : r->route->path;
-        int id_ok = r->log_id[0] != '\0';
-
-        outcome(h, r, toe, what, sizeof what);
-        svc_log(h, VEIL_LOG_INFO, "%s %s %s%s%s%s%s %.1f ms", r->method, path,
-                what, id_ok ? " payload " : "", id_ok ? r->log_id : "",
-                r->key_name ? " key " : "", r->key_name ? r->key_name : "",
-                ms_since(&r->t0));
         svc_release_slot(h, r);
         pthread_mutex_lock(&h->lock);
         h->in_flight--;
         pthread_cond_broadcast(&h->idle);
         pthread_mutex_unlock(&h->lock);
-    } else {
-        svc_log(h, VEIL_LOG_DEBUG, "%s %d %.1f ms",
-                r->route == NULL ? "request" : "GET", r->status,
-                ms_since(&r->t0));
     }
     svc_drop_body(h, r);
     /* the next request on this connection: its header deadline */

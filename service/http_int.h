@@ -116,8 +116,9 @@ struct svc_req {
     size_t len, cap;
     uint8_t id[32]; /* whom the request counts for (the admit hook's) */
     struct timespec t0;
-    char tail[SVC_ID_MAX + 1];   /* a prefix route's tail, once checked */
-    char log_id[SVC_ID_MAX + 1]; /* svc_set_log_id */
+    char tail[SVC_ID_MAX + 1];    /* a prefix route's tail, once checked */
+    char log_id[SVC_ID_MAX + 1];  /* svc_set_log_id */
+    char log_url[SVC_ID_MAX + 4]; /* an unrouted path, for the log */
     /* the application's state (cfg.req_data_size bytes: svc_req_data) */
     _Alignas(max_align_t) unsigned char data[];
 };

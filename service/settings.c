@@ -10,6 +10,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "log.h"
 #include "settings.h"
 
 #define LINE_MAX_LEN 4096
@@ -223,6 +224,18 @@ static int apply_level(void *base, const svc_setting *s, const char *v,
     return -1;
 }
 
+static int apply_log_format(void *base, const svc_setting *s, const char *v,
+                            char *msg, size_t msize)
+{
+    char b[64];
+
+    if (svc_log_format_parse(v) >= 0)
+        return apply_str(base, s, v, msg, msize);
+    svc_put_err(msg, msize, "'%s' is not a log format (text, json)",
+                shown_str(v, b, sizeof b));
+    return -1;
+}
+
 static int apply_port(void *base, const svc_setting *s, const char *v,
                       char *msg, size_t msize)
 {
@@ -331,6 +344,7 @@ static int apply_bool(void *base, const svc_setting *s, const char *v,
 const svc_kind svc_str = {apply_str, svc_release_str, sizeof(char *)};
 const svc_kind svc_addr = {apply_addr, svc_release_str, sizeof(char *)};
 const svc_kind svc_level = {apply_level, svc_release_str, sizeof(char *)};
+const svc_kind svc_format = {apply_log_format, svc_release_str, sizeof(char *)};
 const svc_kind svc_port = {apply_port, NULL, sizeof(unsigned)};
 const svc_kind svc_uint = {apply_uint, NULL, sizeof(unsigned)};
 const svc_kind svc_rate = {apply_rate, NULL, sizeof(double)};

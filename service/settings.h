@@ -73,6 +73,8 @@ extern const svc_kind svc_uint;  /* unsigned: min..max */
 extern const svc_kind svc_rate;  /* double: > 0, at most 1e6 */
 extern const svc_kind svc_size;  /* size_t: bytes, min..max, K M G */
 extern const svc_kind svc_bool;  /* int: on/off, true/false, yes/no, 1/0 */
+/* char *: a log format, text or json (service/log.h) */
+extern const svc_kind svc_format;
 
 #define SVC_KIB 1024ul
 #define SVC_MIB (1024ul * 1024ul)

@@ -76,7 +76,7 @@ static int setup(void)
         .rate = gw_rate_new(1000, 1000, 64),
         .log_level = VEIL_LOG_ERROR,
     };
-    veil_logger quiet = {NULL, NULL, VEIL_LOG_ERROR};
+    veil_logger quiet = {.level = VEIL_LOG_ERROR};
     if (veil_engine_new(NULL, &T.d.engine) != VEIL_OK ||
         veil_key_open(T.d.engine, ref, &T.d.server_key) != VEIL_OK ||
         (T.d.kem = gw_kem_open(T.d.engine, ref, 3600, 600, &quiet, err,

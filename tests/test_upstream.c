@@ -825,7 +825,7 @@ static void test_log(void)
     gw_model m = make_model("mock-log", plain.base, NULL);
     gw_model dead = make_model("mock-log-dead", dead_base, NULL);
     log_capture c = {"", 0};
-    veil_logger warn = {capture, &c, VEIL_LOG_WARN};
+    veil_logger warn = {.fn = capture, .ctx = &c, .level = VEIL_LOG_WARN};
     char *req = chat_request("mock/status-500", "secret prompt", NULL);
     char why[320], detail[512];
     gw_upstream_result up;
