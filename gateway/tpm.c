@@ -543,6 +543,7 @@ gw_rc gw_tpm_open(const gw_tpm_options *opt, gw_tpm **out, char *err,
     t->key = ESYS_TR_NONE;
     t->log = (veil_logger){opt->log, opt->log_ctx, opt->log_level};
     t->ak_per_request = opt->ak_per_request;
+    t->test_delay_ms = opt->test_delay_ms;
     t->state_dir = opt->state_dir;
     if (pthread_mutex_init(&t->lock, NULL) != 0) {
         free(t);

@@ -427,6 +427,7 @@ gw_rc gw_tpm_activate(gw_tpm *t, const uint8_t *blob, size_t blob_len,
         return GW_REFUSED;
     }
     pthread_mutex_lock(&t->lock);
+    tpm_test_delay(t);
     ret = activate_locked(t, &id, &secret, out, out_len, err, err_size);
     pthread_mutex_unlock(&t->lock);
     return ret;

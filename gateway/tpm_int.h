@@ -46,6 +46,7 @@ struct gw_tpm {
     veil_logger log;
 
     int ak_per_request;
+    unsigned test_delay_ms; /* gw_tpm_options.test_delay_ms */
     veil_pcr_sel sel;
     char pcr_banks[96];
 
@@ -84,6 +85,8 @@ struct gw_tpm {
 void tpm_put_rc(char *err, size_t err_size, const char *what, TSS2_RC rc);
 /* A monotonic clock in milliseconds (for the debug log). */
 double tpm_now_ms(void);
+/* The test stand-in for a slow TPM: sleeps test_delay_ms (lock held). */
+void tpm_test_delay(const gw_tpm *t);
 /* Lower-case hex of in, malloc'd; NULL: no memory. */
 char *tpm_hex(const uint8_t *in, size_t len);
 /* One TPM2_GetCapability of one item into *data (Esys_Free it).  0, or

@@ -358,6 +358,7 @@ cJSON *gw_tpm_quote(gw_tpm *t, const uint8_t qualifying[32], char *err,
         return NULL;
     }
     pthread_mutex_lock(&t->lock);
+    tpm_test_delay(t);
     q = quote_locked(t, qualifying, err, err_size);
     pthread_mutex_unlock(&t->lock);
     return q;
@@ -399,6 +400,7 @@ int gw_tpm_report(gw_tpm *t, const uint8_t qualifying[32], cJSON *report,
         return -1;
     }
     pthread_mutex_lock(&t->lock);
+    tpm_test_delay(t);
     if (quote_pcrs(t, t->ak, qualifying, values, &quoted, &sig, err,
                    err_size) != 0 ||
         (t->key != ESYS_TR_NONE &&

@@ -37,6 +37,16 @@ double tpm_now_ms(void)
     return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
 }
 
+void tpm_test_delay(const gw_tpm *t)
+{
+    struct timespec ts = {.tv_sec = t->test_delay_ms / 1000,
+                          .tv_nsec =
+                              (long)(t->test_delay_ms % 1000) * 1000000L};
+
+    while (t->test_delay_ms && nanosleep(&ts, &ts) != 0)
+        ;
+}
+
 char *tpm_hex(const uint8_t *in, size_t len)
 {
     char *out = malloc(2 * len + 1);

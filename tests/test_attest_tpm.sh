@@ -367,6 +367,62 @@ veild_start notpm --server-key "$TTOK;object=att-server" \
 check "maximum on a gateway without a TPM: 503 (exit 17)" 17 "no TPM attestation available" -- \
     "$V" chat --url "$VEILD_URL" --allow-http -m echo --tier maximum "no TPM here"
 
+curl -s -D "$T/notpm.h" -o "$T/notpm.json" "$VEILD_URL/v1/attestation/report?nonce=$(openssl rand -hex 16)"
+grep -q '^HTTP/[0-9.]* 503' "$T/notpm.h" && grep -q 'no TPM attestation available' "$T/notpm.json" \
+    && ! grep -qi '^retry-after:' "$T/notpm.h" \
+    && ok "no TPM: the report's 503 is the permanent one (no Retry-After)" \
+    || bad "no TPM: report not a 503 without Retry-After" "$T/notpm.h" "$T/notpm.json"
+
+# ----------------------------------------- the TPM's own line (issue 16 item 4)
+# One worker slot, one TPM operation at once and one more that may wait;
+# the test stand-in tpm_test_delay makes every TPM operation take 6 s (a
+# slow hardware TPM).  Two maximum chats fill the TPM's line: more TPM
+# work is refused at once with 503 and Retry-After, and a standard chat
+# is answered while both maximum chats are still waiting for the TPM
+# (which they do without the one worker slot).  Then both maximum chats
+# get their attested answers.
+veild_start busy "${ATT_ARGS[@]}" --workers 1 --tpm-workers 1 --tpm-queue 1 \
+    --tpm-queue-wait 60 --tpm-test-delay 6000 --log-level debug
+BURL=$VEILD_URL BLOG=$VEILD_LOG
+grep -q 'tpm_test_delay = 6000: .*test stand-in' "$BLOG" \
+    && ok "veild warns that the test stand-in tpm_test_delay is set" \
+    || bad "no tpm_test_delay warning in veild's log" "$BLOG"
+# one answer key for every chat below, made now (a key made per chat
+# could take longer than the TPM's 6 s)
+check "a standard chat before the TPM is busy (it makes the answer key)" 0 "" -- \
+    "$V" chat --url "$BURL" --allow-http -m echo --key-dir "$T/busykey" --retries 0 "warm-up"
+MAXC=(chat --url "$BURL" --allow-http -m echo --tier maximum --allow-foreign-attestation --retries 0
+    --key-dir "$T/busykey")
+"$V" "${MAXC[@]}" "slow quote one" >"$T/max1.out" 2>"$T/max1.err" &
+M1=$!
+"$V" "${MAXC[@]}" "slow quote two" >"$T/max2.out" 2>"$T/max2.err" &
+M2=$!
+for ((i = 0; i < 600; i++)); do
+    grep -q 'waits for its turn at the TPM' "$BLOG" && break
+    sleep 0.1
+done
+grep -q 'waits for its turn at the TPM' "$BLOG" \
+    && ok "two maximum chats fill the TPM's line (one at the TPM, one waiting)" \
+    || bad "no request waited for the TPM" "$BLOG" "$T/max1.err" "$T/max2.err"
+curl -s -D "$T/busy.h" -o "$T/busy.json" "$BURL/v1/attestation/report?nonce=$(openssl rand -hex 16)"
+grep -q '^HTTP/[0-9.]* 503' "$T/busy.h" && grep -qi '^retry-after: [1-9]' "$T/busy.h" \
+    && grep -q 'the TPM is busy' "$T/busy.json" \
+    && ok "TPM line full: a report is refused at once, 503 with Retry-After" \
+    || bad "TPM line full: the report was not a 503 with Retry-After" "$T/busy.h" "$T/busy.json"
+check "TPM line full: a third maximum chat gets 503 'the TPM is busy' (exit 17)" 17 "the TPM is busy" -- \
+    "$V" "${MAXC[@]}" "one too many"
+check "TPM line full: a standard chat is still answered" 0 "standard while the TPM is busy" -- \
+    "$V" chat --url "$BURL" --allow-http -m echo --retries 0 --key-dir "$T/busykey" "standard while the TPM is busy"
+kill -0 "$M1" 2>/dev/null && kill -0 "$M2" 2>/dev/null \
+    && ok "the standard answer came while both maximum chats still waited for the TPM" \
+    || bad "a maximum chat was done before the standard answer (standard waited for the TPM)" "$T/max1.err" "$T/max2.err"
+st1=0 st2=0
+wait "$M1" || st1=$?
+wait "$M2" || st2=$?
+[ "$st1" -eq 0 ] && [ "$st2" -eq 0 ] && grep -q 'slow quote one' "$T/max1.out" && grep -q 'slow quote two' "$T/max2.out" \
+    && ok "both maximum chats in the TPM's line got their answers" \
+    || bad "a maximum chat in the TPM's line failed ($st1, $st2)" "$T/max1.out" "$T/max1.err" "$T/max2.out" "$T/max2.err"
+
 # ---------------------------------------- rotating the AK: a certified hand-over
 # tpm_ak_rotate at a start makes a new long-term AK, certified by the kept
 # one; the report carries that certification, which an independent reading
