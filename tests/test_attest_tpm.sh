@@ -315,15 +315,52 @@ kill -TERM "$PROXY_PID" 2>/dev/null; wait "$PROXY_PID" 2>/dev/null; PROXY_PID=""
 # The long-term AK is kept in state_dir (tpm-ak): veild restarted on the
 # same TPM and state answers with the same AK, and the trust file of the
 # enrolment above still verifies its answers.
+# The restart also migrates an older veild's tpm-ak (no auth= line): the
+# same AK gets an auth value.  It talks to the TPM through tpm2-tss's pcap
+# TCTI, which records every command and answer: the certified key's auth
+# value and the AK's cross in none (salted HMAC sessions, encrypted
+# parameters), while the AK's template (sent in the clear) shows the
+# recording holds the commands.
 kill -TERM "$ATT_PID" && wait "$ATT_PID" || bad "the first veild did not stop cleanly"
 grep -q "a new long-term AK, kept in" "$LOG" && ok "the first start made and kept a long-term AK" || bad "no AK kept" "$LOG"
-veild_start att-restarted "${ATT_ARGS[@]}" --state-dir "$VEIL_TEST_DIR/veild-att.state" --port "${URL##*:}"
+AKF="$VEIL_TEST_DIR/veild-att.state/tpm-ak"
+[ "$(stat -c %a "$AKF")" = 600 ] && grep -qE '^auth=[0-9a-f]{64}$' "$AKF" \
+    && ok "tpm-ak holds the AK's auth value, mode 0600" || bad "tpm-ak: no auth= line, or not 0600" "$AKF"
+sed -i '/^auth=/d' "$AKF" # as an older veild wrote it
+export TCTI_PCAP_FILE="$T/tpm.pcap"
+rm -f "$TCTI_PCAP_FILE"
+veild_start att-restarted "${ATT_ARGS[@]}" --state-dir "$VEIL_TEST_DIR/veild-att.state" --port "${URL##*:}" \
+    --tpm-tcti "pcap:$TCTI"
+unset TCTI_PCAP_FILE
 ATT_PID=$VEILD_PID LOG2=$VEILD_LOG
 check "after a restart: a maximum answer verifies against the same trust file" 0 "" -- \
     "$V" chat "${C[@]}" -m echo --tier maximum --trust "$T/trust.json" --evidence "$T/ev-restart.json" "after the restart"
 [ "$(field "$T/ev-restart.json" 'j["tpm_attestation"]["aik_name"]')" = "$(field "$T/trust.json" 'j["aik_name"]')" ] \
     && ok "the restarted veild quotes with the enrolled AK" || bad "another AK after the restart" "$T/ev-restart.json"
 grep -q "a new long-term AK" "$LOG2" && bad "the restart made a new AK" "$LOG2" || ok "the restart made no new AK"
+grep -q "tpm-ak had no auth value (an older veild's); the same AK has one now" "$LOG2" && grep -qE '^auth=[0-9a-f]{64}$' "$AKF" \
+    && ok "an older veild's tpm-ak: the same AK gets an auth value, written to the file" \
+    || bad "no migration of the AK file without auth" "$LOG2" "$AKF"
+curl -sf "${URL}/v1/attestation/report?nonce=$(openssl rand -hex 16)" >"$T/report-pcap.json" \
+    || bad "GET /v1/attestation/report (through the pcap TCTI)"
+check "no auth value crosses to the TPM in the clear; the recording holds the AK's template" 0 "^clear ok" -- \
+    "$PY" -c '
+import sys
+cap = open(sys.argv[1], "rb").read()
+kv = dict(l.strip().split("=", 1) for l in open(sys.argv[2]) if "=" in l)
+ak_auth = bytes.fromhex(kv["auth"])
+unique_x = bytes.fromhex(kv["unique"])[:32]
+key_auth = open(sys.argv[3], "rb").read()
+bad = []
+if len(cap) < 1000 or unique_x not in cap:
+    bad.append("the recording does not hold the AK template (%d bytes)" % len(cap))
+if ak_auth in cap:
+    bad.append("the AK auth value is in a command")
+if key_auth in cap:
+    bad.append("the tpm_certify_key auth value is in a command")
+print("; ".join(bad) if bad else "clear ok (%d bytes recorded)" % len(cap))
+sys.exit(1 if bad else 0)
+' "$T/tpm.pcap" "$AKF" "$T/srv.auth"
 
 # A PCR changed after enrolment: the live answer is refused, nothing printed.
 tpm2_pcrextend "10:sha256=$(printf 'veil test: boot changed' | sha256sum | cut -c1-64)" >"$T/extend.log" 2>&1 \
