@@ -9,7 +9,8 @@
  *
  * BUSY_STD standard clients send the same number of requests in rounds
  * that alternate two phases: with BUSY_MAX maximum clients sending all the
- * while (each at once again after an answer, 0.1 s after a 503), and
+ * while (each at once again after an answer, 1 s after a 503: the least
+ * Retry-After veild sends), and
  * without them.  ratio = standard req/s with / without (target >= 0.9).
  * The maximum clients' 200s and 503s are counted: 200s at about the TPM's
  * rate (1000 / BUSY_TPM_MS a second) and many 503s show it saturated.
@@ -31,7 +32,7 @@
 #define BUSY_MAX 12    /* maximum clients: more than the line holds (9) */
 #define BUSY_REQ_PER 4 /* standard requests per phase: 4 x --requests */
 #define BUSY_ROUNDS_MAX 5
-#define BUSY_PAUSE_S 0.1 /* a maximum client's pause after a 503 */
+#define BUSY_PAUSE_S 1.0 /* after a 503: the least Retry-After veild sends */
 #define TARGET_BUSY_RATIO 0.90
 
 /* The maximum clients. */
@@ -148,7 +149,7 @@ int bench_attest_busy(const gw *g, const target *tmpl, unsigned *seq)
            "(the defaults); %u standard clients,\n"
            "#   %u requests a phase, %u rounds alternating a phase with %u "
            "maximum clients sending all\n"
-           "#   the while (0.1 s pause after a 503) and one without; "
+           "#   the while (1 s pause after a 503) and one without; "
            "ratio = standard req/s with / without\n",
            (long)t.v.p.pid, t.v.url, BUSY_TPM_MS, BUSY_STD, n, rounds,
            BUSY_MAX);
@@ -186,13 +187,13 @@ int bench_attest_busy(const gw *g, const target *tmpl, unsigned *seq)
            rwo, ratio, etext,
            ratio < TARGET_BUSY_RATIO ? "BELOW ratio 0.9" : "ok (>= 0.9)",
            errs_total(&er) ? " ERRORS" : "");
-    printf("#   maximum clients during the phases with them (%.1f s): %u "
-           "answered 200 (%.1f/s; the TPM's\n"
-           "#   rate is %.1f/s), %u answered 503 + Retry-After (TPM busy), "
-           "%u other\n",
-           max_s, atomic_load(&m->ok),
-           max_s > 0 ? atomic_load(&m->ok) / max_s : 0, 1000.0 / BUSY_TPM_MS,
-           atomic_load(&m->busy), atomic_load(&m->other));
+    printf(
+        "#   maximum clients during the phases with them (%.1f s): %u "
+        "answered 200 (%.1f/s; the TPM's\n"
+        "#   rate is below %.1f/s), %u answered 503 + Retry-After (TPM busy), "
+        "%u other\n",
+        max_s, atomic_load(&m->ok), max_s > 0 ? atomic_load(&m->ok) / max_s : 0,
+        1000.0 / BUSY_TPM_MS, atomic_load(&m->busy), atomic_load(&m->other));
     errs_report(&er);
     fflush(stdout);
     ret = atomic_load(&m->other) ? -1 : 0;
