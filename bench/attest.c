@@ -486,6 +486,8 @@ out:
     }
     if (!failed)
         at_print_results(&g, conf);
+    if (!failed && bench_attest_busy(&g, &t_sw, &seq) != 0)
+        failed = 1;
     if (sign && veil_key_delete(g.e, sign) != VEIL_OK) {
         veil_fail("veil_key_delete(signing key)");
         failed = 1;

@@ -214,6 +214,8 @@ int seal_all(const gw *g, EVP_PKEY *to, item *items, unsigned n);
 int http_init(http *c, const char *url);
 void http_free(http *c);
 int http_get(http *c, const char *url);
+/* POSTs it (the headers of a NOMYO client); *status 0: no answer. */
+int http_post(const gw *g, http *c, const item *it, long *status, double *secs);
 double run_item(const gw *g, http *c, const item *it, int check, errs *er);
 int run_load(load *l, double *wall);
 
@@ -240,6 +242,10 @@ int op_tok_bare(void *arg);
 int gw_open(gw *g, const bench_opts *o, char *uri, size_t uri_size,
             const char *how);
 void gw_close(gw *g);
+
+/* attest_busy.c: standard req/s while maximum traffic saturates the TPM,
+ * against standard alone (a veild of its own, from tmpl's key). */
+int bench_attest_busy(const gw *g, const target *tmpl, unsigned *seq);
 
 /* gateway_timing.c */
 uint32_t xorshift(uint32_t *s);

@@ -386,7 +386,7 @@ static void remove_dir(gw *g)
 {
     static const char *const names[] = {"sw",           "token",    "memory",
                                         "memory-small", "attest-a", "attest-b",
-                                        "attest-c",     "attest-d"};
+                                        "attest-c",     "attest-d", "attest-e"};
     char path[PATH_MAX + 96];
 
     if (!g->have_dir)
@@ -397,8 +397,11 @@ static void remove_dir(gw *g)
                      pf ? "port" : "log");
             unlink(path);
         }
-        /* the state directory: its replay register */
+        /* the state directory: its replay register, the TPM's AK */
         snprintf(path, sizeof path, "%s/veild-%s.state/replay.db", g->dir,
+                 names[i]);
+        unlink(path);
+        snprintf(path, sizeof path, "%s/veild-%s.state/tpm-ak", g->dir,
                  names[i]);
         unlink(path);
         snprintf(path, sizeof path, "%s/veild-%s.state", g->dir, names[i]);

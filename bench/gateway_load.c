@@ -382,8 +382,7 @@ void http_free(http *c)
 /* POSTs one package with the headers a NOMYO client sends.  *status: the
  * HTTP status, or 0 when no answer came (c->err says why); *secs: the wall
  * time of the exchange. */
-static int http_post(const gw *g, http *c, const item *it, long *status,
-                     double *secs)
+int http_post(const gw *g, http *c, const item *it, long *status, double *secs)
 {
     struct curl_slist *h = NULL, *l;
     char pid_hdr[64], tier_hdr[64];

@@ -45,6 +45,9 @@ void gw_attest_report(void *app, svc_req *r)
     size_t n = hex ? strlen(hex) : 0;
     uint8_t nonce[VEIL_EV_NONCE_MAX], qualifying[32];
     char why[320];
+    unsigned retry = 0;
+    gw_tpm_turn turn;
+    gw_rc rc;
     cJSON *j;
 
     if (n % 2 || n < 2 * VEIL_EV_NONCE_MIN || n > 2 * VEIL_EV_NONCE_MAX ||
@@ -56,20 +59,24 @@ void gw_attest_report(void *app, svc_req *r)
                    2 * VEIL_EV_NONCE_MAX);
         return;
     }
-    if (s->d.tpm == NULL) {
-        gw_respond(s, r, GW_UNAVAILABLE, "no TPM attestation available");
-        return;
-    }
     veil_ev_report_qualifying(nonce, n / 2, s->d.encryption_key_sha256,
                               s->d.signing_key_sha256, qualifying);
     if ((j = report_head(s, hex)) == NULL) {
         gw_respond(s, r, GW_INTERNAL, "out of memory");
         return;
     }
+    /* without a TPM: the permanent 503, no Retry-After */
+    if ((rc = gw_tpm_turn_take(s, r, &turn, &retry, why, sizeof why)) !=
+        GW_OK) {
+        cJSON_Delete(j);
+        gw_respond_retry(s, r, rc, retry, "%s", why);
+        return;
+    }
     double t0 = svc_now();
-    int rep = gw_tpm_report(s->d.tpm, qualifying, j, why, sizeof why);
-    gw_metrics_quote(s->d.metrics, "report", rep == 0, svc_now() - t0);
-    if (rep != 0) {
+    int failed = gw_tpm_report(s->d.tpm, qualifying, j, why, sizeof why);
+    gw_metrics_quote(s->d.metrics, "report", failed == 0, svc_now() - t0);
+    gw_tpm_turn_give(s, r, &turn, why, sizeof why); /* it held no slot */
+    if (failed) {
         cJSON_Delete(j);
         veil_logf(&s->log, VEIL_LOG_ERROR, "attestation report failed: %s",
                   why);
@@ -100,7 +107,8 @@ static int b64_member(const cJSON *o, const char *name, uint8_t **out,
 /* TPM2_ActivateCredential of the credential in the body: the recovered
  * secret to *secret_len bytes of secret, or the reason in why. */
 static gw_rc activate(gw_server *s, svc_req *r, uint8_t secret[64],
-                      size_t *secret_len, char *why, size_t why_size)
+                      size_t *secret_len, unsigned *retry_s, char *why,
+                      size_t why_size)
 {
     size_t len;
     const char *body = svc_body(r, &len);
@@ -110,6 +118,7 @@ static gw_rc activate(gw_server *s, svc_req *r, uint8_t secret[64],
     char err[320];
     gw_rc rc = GW_OK;
     gw_rc t = GW_OK;
+    gw_tpm_turn turn = {0};
 
     if (!cJSON_IsObject(in) ||
         !b64_member(in, "credential_blob_b64", &blob, &blob_len) ||
@@ -118,9 +127,9 @@ static gw_rc activate(gw_server *s, svc_req *r, uint8_t secret[64],
                  "the body must be a JSON object with credential_blob_b64 "
                  "and encrypted_secret_b64 in standard base64");
         rc = GW_REFUSED;
-    } else if (s->d.tpm == NULL) {
-        snprintf(why, why_size, "no TPM attestation available");
-        rc = GW_UNAVAILABLE;
+    } else if ((rc = gw_tpm_turn_take(s, r, &turn, retry_s, why, why_size)) !=
+               GW_OK) {
+        /* busy (Retry-After), or no TPM (the permanent 503) */
     } else if ((t = gw_tpm_activate(s->d.tpm, blob, blob_len, enc, enc_len,
                                     secret, secret_len, err, sizeof err)) ==
                GW_REFUSED) {
@@ -133,6 +142,7 @@ static gw_rc activate(gw_server *s, svc_req *r, uint8_t secret[64],
                  err);
         rc = GW_UNAVAILABLE;
     }
+    gw_tpm_turn_give(s, r, &turn, err, sizeof err); /* it held no slot */
     free(blob);
     free(enc);
     cJSON_Delete(in);
@@ -147,11 +157,12 @@ void gw_attest_activate(void *app, svc_req *r)
     uint8_t secret[64];
     size_t secret_len = 0;
     char why[512], *b64 = NULL;
+    unsigned retry = 0;
     cJSON *j = NULL;
-    gw_rc rc = activate(s, r, secret, &secret_len, why, sizeof why);
+    gw_rc rc = activate(s, r, secret, &secret_len, &retry, why, sizeof why);
 
     if (rc != GW_OK) {
-        gw_respond(s, r, rc, "%s", why);
+        gw_respond_retry(s, r, rc, retry, "%s", why);
     } else if ((b64 = veil_b64_encode(secret, secret_len)) == NULL ||
                (j = cJSON_CreateObject()) == NULL ||
                !cJSON_AddStringToObject(j, "secret_b64", b64)) {

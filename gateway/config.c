@@ -572,6 +572,18 @@ static const svc_setting settings[] = {
      "let maximum use a model whose upstream is an https:// server on another "
      "host (the quoted backend statement then says remote); off: only echo, "
      "unix: sockets and loopback"},
+    {"tpm_workers", "N", &svc_uint, OFF(tpm_workers), 1, 16, "1",
+     "TPM operations (quotes, reports, activations) at once, apart from the "
+     "workers: a request waiting for the TPM holds no worker"},
+    {"tpm_queue", "N", &svc_uint, OFF(tpm_queue), 0, 1024, "8",
+     "requests that may wait for the TPM beyond tpm_workers; more answer 503 "
+     "with Retry-After at once"},
+    {"tpm_queue_wait", "SECONDS", &svc_uint, OFF(tpm_queue_wait), 1, 600, "10",
+     "longest a request waits for its turn at the TPM (then 503 with "
+     "Retry-After)"},
+    {"tpm_test_delay", "MS", &svc_uint, OFF(tpm_test_delay), 0, 60000, "0",
+     "TEST STAND-IN for a slow hardware TPM: every TPM operation takes this "
+     "many ms longer; 0 (never set it in production)"},
     {"v2", "off|on", &svc_bool, OFF(v2), 0, 0, "on",
      "protocol v2 (Oblivious HTTP, docs/PROTOCOL-V2.md) at "
      "/.well-known/ohttp-gateway, beside v1"},

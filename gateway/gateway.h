@@ -70,8 +70,10 @@ typedef enum gw_rc {
     GW_UNDECRYPTABLE, /* 400: the one answer for every package that does
                          not open (VEIL_PKG_DECRYPT_DETAIL) */
     GW_MEDIA_TYPE,    /* 415: a body of another Content-Type */
-    GW_OHTTP_KEY      /* 400: v2's one answer for every request that does not
+    GW_OHTTP_KEY,     /* 400: v2's one answer for every request that does not
                          open (RFC 9458 5.3's key-configuration problem) */
+    GW_BUSY           /* 503 with Retry-After: a line of limited work (the
+                         TPM's) is full, or its turn did not come in time */
 } gw_rc;
 
 /* The HTTP status of an outcome (200 for GW_OK, 500 for an unknown one)
@@ -147,6 +149,11 @@ typedef struct gw_config {
     char *tpm_certify_key_auth;   /* its auth value's PIN source */
     int tpm_remote_https; /* maximum may use an https:// backend on another
                              host (0: only echo, unix: and loopback) */
+    unsigned tpm_workers;         /* TPM operations at once (1) */
+    unsigned tpm_queue;           /* requests waiting for the TPM (8) */
+    unsigned tpm_queue_wait;      /* seconds one waits at most (10) */
+    unsigned tpm_test_delay;      /* test stand-in: ms added to each TPM
+                                     operation (0) */
     /* protocol v2 (docs/PROTOCOL-V2.md) */
     int v2;              /* 1: /.well-known/ohttp-gateway is served (1) */
     unsigned kem_rotate; /* seconds between KEM keys (3600) */
@@ -471,6 +478,10 @@ typedef struct gw_tpm_options {
     const char *event_log;
     const uint8_t *encryption_spki; /* the gateway key's SPKI DER */
     size_t encryption_spki_len;
+    /* A test stand-in for a slow hardware TPM: every quote, report and
+     * activation holds the TPM this many ms longer (0: never, as in
+     * production). */
+    unsigned test_delay_ms;
     veil_log_fn log;
     void *log_ctx;
     veil_log_level log_level;

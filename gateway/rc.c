@@ -26,6 +26,7 @@ static const struct {
     [GW_UNDECRYPTABLE] = {400, VEIL_PKG_DECRYPT_DETAIL},
     [GW_MEDIA_TYPE] = {415, "unsupported media type"},
     [GW_OHTTP_KEY] = {400, "key configuration problem"},
+    [GW_BUSY] = {503, "the TPM is busy; try again later"},
 };
 
 #define N_ANSWERS (sizeof answers / sizeof answers[0])

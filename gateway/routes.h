@@ -37,6 +37,40 @@ gw_rc gw_client_key(gw_keycache *kc, veil_engine *e, const char *h,
                     size_t why_size);
 void gw_ckey_release(gw_keycache *kc, gw_ckey *k);
 
+/* ---- the TPM's own line (tpmline.c) ----------------------------------- */
+
+typedef struct gw_tpm_line gw_tpm_line;
+/* At most workers TPM operations at once, queue more requests waiting,
+ * each at most wait_s seconds.  NULL: no memory. */
+gw_tpm_line *gw_tpm_line_new(unsigned workers, unsigned queue, unsigned wait_s);
+void gw_tpm_line_free(gw_tpm_line *l);
+
+/* Route hooks (svc_route.before_slot): a place in the TPM's line for the
+ * request, held until it is complete, or the 503 with Retry-After (GW_BUSY)
+ * when the line is full.  gw_tpm_place_maximum: only for a request whose
+ * X-Security-Tier is maximum.  Without a TPM: nothing (the handler answers
+ * the permanent 503). */
+void gw_tpm_place(void *app, svc_req *r);
+void gw_tpm_place_maximum(void *app, svc_req *r);
+
+/* One request's turn at the TPM. */
+typedef struct gw_tpm_turn {
+    int had_slot; /* gave its worker slot back: takes one again after */
+    int held;
+    double t0;
+} gw_tpm_turn;
+/* Gives the request's worker slot back and waits for its turn at the TPM
+ * (first come, first served, at most tpm_queue_wait).  GW_OK; GW_BUSY
+ * with *retry_s and why when no turn came in time; GW_UNAVAILABLE ("no
+ * TPM attestation available", no Retry-After) without a TPM. */
+gw_rc gw_tpm_turn_take(gw_server *s, svc_req *r, gw_tpm_turn *t,
+                       unsigned *retry_s, char *why, size_t why_size);
+/* Ends the turn (t may hold none) and takes a worker slot again when the
+ * request had one.  GW_OK, or GW_UNAVAILABLE with why when the server
+ * began to stop. */
+gw_rc gw_tpm_turn_give(gw_server *s, svc_req *r, gw_tpm_turn *t, char *why,
+                       size_t why_size);
+
 /* ---- the server ---------------------------------------------------------- */
 
 struct gw_server {
@@ -64,6 +98,7 @@ struct gw_server {
     char enc_hex[65], sign_hex[65];     /* SHA-256 of the SPKI DER */
     char *enc_spki_b64, *sign_spki_b64; /* sign_spki_b64: NULL, no signer */
     char sign_key_header[72];           /* "sha256:<hex>" */
+    gw_tpm_line *tpm_line;              /* NULL: no TPM */
     uint8_t salt_secret[32];            /* cache_salt's key */
     svc_http *metrics_http;             /* the metrics listener, or NULL */
     int has_salt_secret;                /* salt_secret is read */

@@ -110,8 +110,11 @@ static void get_models(void *app, svc_req *r)
 /* Each row carries its policy.  The public key, the models and the health
  * answer at once (no admission); everything else goes through the same
  * refusals as a completion, and takes a worker slot once its body is in,
- * but for the signature lookup, which is cheap and holds no body.  No HEAD
- * of the report: it would cost a TPM quote that nobody reads. */
+ * but for the signature lookup, which is cheap and holds no body, and the
+ * attestation routes, whose work is the TPM's: they take a place in the
+ * TPM's own line instead (tpmline.c), as a maximum completion does before
+ * its slot.  No HEAD of the report: it would cost a TPM quote that nobody
+ * reads. */
 static const svc_route routes[] = {
     {.path = "/pki/public_key",
      .method = "GET",
@@ -146,19 +149,20 @@ static const svc_route routes[] = {
      .admit = 1,
      .needs_slot = 1,
      .body_max = 0,
+     .before_slot = gw_tpm_place_maximum,
      .handle = gw_v1_completion},
     {.path = "/v1/attestation/report",
      .method = "GET",
      .admit = 1,
-     .needs_slot = 1,
      .no_head = 1,
      .body_max = SMALL_BODY_MAX,
+     .before_slot = gw_tpm_place,
      .handle = gw_attest_report},
     {.path = "/v1/attestation/activate",
      .method = "POST",
      .admit = 1,
-     .needs_slot = 1,
      .body_max = SMALL_BODY_MAX,
+     .before_slot = gw_tpm_place,
      .handle = gw_attest_activate},
     {.path = "/.well-known/ohttp-gateway",
      .method = "GET",
@@ -341,6 +345,12 @@ gw_server *gw_server_start(const gw_deps *deps, char *err, size_t err_size)
     }
     if (salt_secret(s, deps->cfg, err, err_size) != 0)
         goto fail;
+    if (deps->tpm && (s->tpm_line = gw_tpm_line_new(
+                          deps->cfg->tpm_workers, deps->cfg->tpm_queue,
+                          deps->cfg->tpm_queue_wait)) == NULL) {
+        snprintf(err, err_size, "out of memory");
+        goto fail;
+    }
     http_config(s, &hc);
     if ((s->http = svc_http_start(&hc, err, err_size)) == NULL ||
         gw_observe_start(s, err, err_size) != 0)
@@ -367,6 +377,7 @@ unsigned gw_server_stop(gw_server *s, unsigned grace_s)
         return 0;
     gw_observe_stop(s);
     unsigned cut = svc_http_stop(s->http, grace_s);
+    gw_tpm_line_free(s->tpm_line);
     svc_response_free(s->undecryptable);
     svc_response_free(s->ohttp_key);
     free(s->pem);

@@ -22,6 +22,12 @@
  *   - with tss2_key, the gateway's encryption key, loaded from its TSS2
  *     PRIVATE KEY blob under its persistent parent, certified per quote.
  *
+ * Every command that uses the AK or the certified key (and the AK's
+ * creation, which carries its auth value) runs in one of two salted HMAC
+ * sessions with encrypted parameters (tpm_sessions, tpm_util.c): no auth
+ * value crosses to the TPM.  The long-term AK's auth value is kept with
+ * its unique in state_dir/tpm-ak (tpm_akstore.c).
+ *
  * One ESYS context serves every thread, behind t->lock.  What never
  * changes after open (descriptions, public areas, the EK certificate) is
  * encoded once at open.
@@ -489,13 +495,30 @@ static int ak_state(gw_tpm *t, int rotate, char *err, size_t err_size)
     if (r < 0)
         return -1;
     if (r == 1) {
-        if (RAND_bytes(t->akstate.unique, TPM_AK_UNIQUE_LEN) != 1) {
+        if (RAND_bytes(t->akstate.unique, TPM_AK_UNIQUE_LEN) != 1 ||
+            RAND_bytes(t->akstate.auth, TPM_AK_AUTH_LEN) != 1) {
             gw_put_err(err, err_size, "TPM: no random bytes for the AK");
             return -1;
         }
+        t->akstate.has_auth = 1;
         veil_logf(&t->log, VEIL_LOG_INFO,
                   "TPM: a new long-term AK, kept in %s/tpm-ak", t->state_dir);
         return tpm_akstate_save(t->state_dir, &t->akstate, err, err_size);
+    }
+    if (!t->akstate.has_auth) {
+        /* an older veild's file: the same AK (the auth value is no part
+         * of its derivation), from now on with an auth value */
+        if (RAND_bytes(t->akstate.auth, TPM_AK_AUTH_LEN) != 1) {
+            gw_put_err(err, err_size, "TPM: no random bytes for the AK");
+            return -1;
+        }
+        t->akstate.has_auth = 1;
+        if (tpm_akstate_save(t->state_dir, &t->akstate, err, err_size) != 0)
+            return -1;
+        veil_logf(&t->log, VEIL_LOG_INFO,
+                  "TPM: %s/tpm-ak had no auth value (an older veild's); the "
+                  "same AK has one now, kept there (enrolments stay valid)",
+                  t->state_dir);
     }
     if (!rotate)
         return 0;
@@ -520,8 +543,9 @@ static int open_ak(gw_tpm *t, int rotate, char *err, size_t err_size)
 
     if (t->state_dir && ak_state(t, rotate, err, err_size) != 0)
         goto out;
-    if (tpm_ak_make(t, t->state_dir ? t->akstate.unique : NULL, &t->ak, &ak_pub,
-                    err, err_size) != 0)
+    if (tpm_ak_make(t, t->state_dir ? t->akstate.unique : NULL,
+                    t->state_dir ? t->akstate.auth : NULL, &t->ak, &ak_pub, err,
+                    err_size) != 0)
         goto out;
     veil_logf(&t->log, VEIL_LOG_DEBUG, "TPM: AK created in %.0f ms",
               tpm_now_ms() - t0);
@@ -558,9 +582,11 @@ gw_rc gw_tpm_open(const gw_tpm_options *opt, gw_tpm **out, char *err,
     }
     t->ak = ESYS_TR_NONE;
     t->key = ESYS_TR_NONE;
+    t->sess[0] = t->sess[1] = ESYS_TR_NONE;
     t->log = (veil_logger){
         .fn = opt->log, .ctx = opt->log_ctx, .level = opt->log_level};
     t->ak_per_request = opt->ak_per_request;
+    t->test_delay_ms = opt->test_delay_ms;
     t->state_dir = opt->state_dir;
     if (pthread_mutex_init(&t->lock, NULL) != 0) {
         free(t);
@@ -622,8 +648,12 @@ void gw_tpm_free(gw_tpm *t)
             Esys_TR_SetAuth(t->ctx, t->key, &none);
             Esys_FlushContext(t->ctx, t->key);
         }
-        if (t->ak != ESYS_TR_NONE)
+        if (t->ak != ESYS_TR_NONE) {
+            TPM2B_AUTH none = {0};
+            Esys_TR_SetAuth(t->ctx, t->ak, &none);
             Esys_FlushContext(t->ctx, t->ak);
+        }
+        tpm_sessions_drop(t);
         Esys_Finalize(&t->ctx);
     }
     if (t->tcti)

@@ -242,9 +242,12 @@ out:
 
 /* A restricted ECDSA P-256/SHA-256 signing primary in the endorsement
  * hierarchy; a random `unique` makes it a new key each time, a kept one
- * the same key again (tpm_akstore.c). */
-int tpm_ak_make(gw_tpm *t, const uint8_t *unique, ESYS_TR *ak,
-                TPM2B_PUBLIC **pub, char *err, size_t err_size)
+ * the same key again (tpm_akstore.c).  Its auth value is no part of the
+ * key's derivation or name: the same unique with another auth value is
+ * the same key (what lets an AK file of an older veild, without an auth
+ * value, keep its AK). */
+int tpm_ak_make(gw_tpm *t, const uint8_t *unique, const uint8_t *auth,
+                ESYS_TR *ak, TPM2B_PUBLIC **pub, char *err, size_t err_size)
 {
     TPM2B_PUBLIC tmpl = {
         .publicArea = {
@@ -264,29 +267,53 @@ int tpm_ak_make(gw_tpm *t, const uint8_t *unique, ESYS_TR *ak,
                 },
             .unique.ecc = {.x = {.size = 32}, .y = {.size = 32}},
         }};
-    TPM2B_SENSITIVE_CREATE sens = {0};
+    TPM2B_SENSITIVE_CREATE sens = {
+        .sensitive.userAuth = {.size = TPM_AK_AUTH_LEN}};
     TPM2B_DATA outside = {0};
     TPML_PCR_SELECTION no_pcrs = {0};
     TSS2_RC rc;
+    int ret = -1;
 
     *ak = ESYS_TR_NONE;
+    if (auth)
+        memcpy(sens.sensitive.userAuth.buffer, auth, TPM_AK_AUTH_LEN);
+    else if (RAND_bytes(sens.sensitive.userAuth.buffer, TPM_AK_AUTH_LEN) != 1) {
+        gw_put_err(err, err_size, "TPM: no random bytes for the AK");
+        return -1;
+    }
     if (unique) {
         memcpy(tmpl.publicArea.unique.ecc.x.buffer, unique, 32);
         memcpy(tmpl.publicArea.unique.ecc.y.buffer, unique + 32, 32);
     } else if (RAND_bytes(tmpl.publicArea.unique.ecc.x.buffer, 32) != 1 ||
                RAND_bytes(tmpl.publicArea.unique.ecc.y.buffer, 32) != 1) {
         gw_put_err(err, err_size, "TPM: no random bytes for the AK");
-        return -1;
+        goto out;
     }
-    rc = Esys_CreatePrimary(t->ctx, ESYS_TR_RH_ENDORSEMENT, ESYS_TR_PASSWORD,
+    /* the auth value goes in inSensitive, encrypted by the session */
+    if (tpm_sessions(t, err, err_size) != 0)
+        goto out;
+    rc = Esys_CreatePrimary(t->ctx, ESYS_TR_RH_ENDORSEMENT, t->sess[0],
                             ESYS_TR_NONE, ESYS_TR_NONE, &sens, &tmpl, &outside,
                             &no_pcrs, ak, pub, NULL, NULL, NULL);
     if (rc != TSS2_RC_SUCCESS) {
         *ak = ESYS_TR_NONE;
+        tpm_sessions_drop(t);
         tpm_put_rc(err, err_size, "creating an attestation key", rc);
-        return -1;
+        goto out;
     }
-    return 0;
+    rc = Esys_TR_SetAuth(t->ctx, *ak, &sens.sensitive.userAuth);
+    if (rc != TSS2_RC_SUCCESS) {
+        tpm_put_rc(err, err_size, "the attestation key's auth", rc);
+        Esys_FlushContext(t->ctx, *ak);
+        *ak = ESYS_TR_NONE;
+        Esys_Free(*pub);
+        *pub = NULL;
+        goto out;
+    }
+    ret = 0;
+out:
+    veil_wipe(&sens, sizeof sens);
+    return ret;
 }
 
 /* The name (nameAlg || H(TPMT_PUBLIC)) of a loaded object. */
@@ -339,6 +366,10 @@ static gw_rc activate_locked(gw_tpm *t, const TPM2B_ID_OBJECT *blob,
     TSS2_RC rc;
     gw_rc ret = GW_UNAVAILABLE;
 
+    /* started before the EK is loaded: a TPM without a resource manager
+     * holds three transient objects (AK, certified key, EK) */
+    if (tpm_sessions(t, err, err_size) != 0)
+        return GW_UNAVAILABLE;
     rc = Esys_ContextLoad(t->ctx, t->ek_saved, &ek);
     if (rc != TSS2_RC_SUCCESS) {
         ek = ESYS_TR_NONE;
@@ -361,9 +392,12 @@ static gw_rc activate_locked(gw_tpm *t, const TPM2B_ID_OBJECT *blob,
         tpm_put_rc(err, err_size, "PolicySecret", rc);
         goto out;
     }
-    rc = Esys_ActivateCredential(t->ctx, t->ak, ek, ESYS_TR_PASSWORD, session,
+    /* the AK in the salted session: the recovered secret comes back
+     * encrypted (TPMA_SESSION_ENCRYPT), the AK's auth never in the clear */
+    rc = Esys_ActivateCredential(t->ctx, t->ak, ek, t->sess[0], session,
                                  ESYS_TR_NONE, blob, secret, &cert_info);
     if (rc != TSS2_RC_SUCCESS) {
+        tpm_sessions_drop(t);
         if (refused_credential(rc)) {
             gw_put_err(err, err_size, "TPM: credential refused: %s",
                        Tss2_RC_Decode(rc));
@@ -427,6 +461,7 @@ gw_rc gw_tpm_activate(gw_tpm *t, const uint8_t *blob, size_t blob_len,
         return GW_REFUSED;
     }
     pthread_mutex_lock(&t->lock);
+    tpm_test_delay(t);
     ret = activate_locked(t, &id, &secret, out, out_len, err, err_size);
     pthread_mutex_unlock(&t->lock);
     return ret;

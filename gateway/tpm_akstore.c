@@ -4,12 +4,17 @@
  * from its endorsement seed, which never leaves it, and the template.  The
  * template's `unique` field is the only thing that differs between two
  * AKs, so keeping those 64 bytes keeps the AK: the same template in the
- * same TPM gives the same key, in any other TPM a different one.  They are
- * not secret (knowing them makes no key outside this TPM).
+ * same TPM gives the same key, in any other TPM a different one.  Knowing
+ * them makes no key outside this TPM, but lets whoever can talk to this
+ * TPM make the same AK again; so they are kept like the AK's auth value,
+ * which every use of the AK needs (docs/ATTESTATION.md, "the AK's auth
+ * value"): in this file, 0600, in veild's own state_dir.
  *
  * state_dir/tpm-ak holds them as text, one "name=value" a line:
  *   veil-tpm-ak-v1
  *   unique=<128 hex digits>
+ *   auth=<64 hex digits>  (absent in an older veild's file: the same AK
+ *                          gets one at the next start, and the file too)
  * and after a rotation (tpm_ak_rotate) also the hand-over, the previous
  * AK's TPM2_Certify of the new one:
  *   previous_unique=<128 hex>
@@ -67,13 +72,14 @@ void tpm_akstate_free(tpm_akstate *s)
     free(s->previous_name_hex);
     free(s->handover_attest_b64);
     free(s->handover_sig_b64);
-    memset(s, 0, sizeof *s);
+    veil_wipe(s, sizeof *s);
 }
 
 int tpm_akstate_load(const char *dir, tpm_akstate *s, char *err,
                      size_t err_size)
 {
-    char path[4096], line[LINE_MAX_LEN], *unique = NULL, *prev = NULL;
+    char path[4096], line[LINE_MAX_LEN], *unique = NULL, *prev = NULL,
+                                         *auth = NULL;
     int n = 0, ret = -1;
     FILE *f;
 
@@ -92,6 +98,7 @@ int tpm_akstate_load(const char *dir, tpm_akstate *s, char *err,
             continue;
         }
         if (take(line, "unique", &unique) < 0 ||
+            take(line, "auth", &auth) < 0 ||
             take(line, "previous_unique", &prev) < 0 ||
             take(line, "previous_aik_pubkey_b64", &s->previous_pub_b64) < 0 ||
             take(line, "previous_aik_name", &s->previous_name_hex) < 0 ||
@@ -108,6 +115,17 @@ int tpm_akstate_load(const char *dir, tpm_akstate *s, char *err,
                    path);
         goto out;
     }
+    if (auth) {
+        s->has_auth = strlen(auth) == 2 * TPM_AK_AUTH_LEN &&
+                      veil_hex_decode(auth, TPM_AK_AUTH_LEN, s->auth);
+        if (!s->has_auth) {
+            gw_put_err(err, err_size,
+                       "TPM: %s: auth= is not %d hex digits; move the file "
+                       "away to make a new AK (clients then enrol again)",
+                       path, 2 * TPM_AK_AUTH_LEN);
+            goto out;
+        }
+    }
     if (prev) {
         s->has_previous =
             strlen(prev) == 128 &&
@@ -122,6 +140,10 @@ int tpm_akstate_load(const char *dir, tpm_akstate *s, char *err,
     ret = 0;
 out:
     fclose(f);
+    veil_wipe(line, sizeof line);
+    if (auth)
+        veil_wipe(auth, strlen(auth));
+    free(auth);
     free(unique);
     free(prev);
     if (ret != 0)
@@ -133,7 +155,7 @@ int tpm_akstate_save(const char *dir, const tpm_akstate *s, char *err,
                      size_t err_size)
 {
     char path[4096], tmp[4200], hx[2 * TPM_AK_UNIQUE_LEN + 1],
-        phx[2 * TPM_AK_UNIQUE_LEN + 1];
+        phx[2 * TPM_AK_UNIQUE_LEN + 1], ahx[2 * TPM_AK_AUTH_LEN + 1];
     int fd, bad;
     FILE *f;
 
@@ -148,6 +170,11 @@ int tpm_akstate_save(const char *dir, const tpm_akstate *s, char *err,
     }
     veil_hex(s->unique, TPM_AK_UNIQUE_LEN, hx);
     fprintf(f, AK_HEAD "\nunique=%s\n", hx);
+    if (s->has_auth) {
+        veil_hex(s->auth, TPM_AK_AUTH_LEN, ahx);
+        fprintf(f, "auth=%s\n", ahx);
+        veil_wipe(ahx, sizeof ahx);
+    }
     if (s->has_previous) {
         veil_hex(s->previous_unique, TPM_AK_UNIQUE_LEN, phx);
         fprintf(f,
@@ -193,12 +220,17 @@ int tpm_ak_rotate(gw_tpm *t, tpm_akstate *s, char *err, size_t err_size)
 
     memcpy(next.previous_unique, s->unique, TPM_AK_UNIQUE_LEN);
     next.has_previous = 1;
-    if (RAND_bytes(next.unique, TPM_AK_UNIQUE_LEN) != 1) {
+    next.has_auth = 1;
+    if (RAND_bytes(next.unique, TPM_AK_UNIQUE_LEN) != 1 ||
+        RAND_bytes(next.auth, TPM_AK_AUTH_LEN) != 1) {
         gw_put_err(err, err_size, "TPM: no random bytes for the new AK");
+        tpm_akstate_free(&next);
         return -1;
     }
-    if (tpm_ak_make(t, s->unique, &old, &old_pub, err, err_size) != 0 ||
-        tpm_ak_make(t, next.unique, &fresh, &fresh_pub, err, err_size) != 0 ||
+    if (tpm_ak_make(t, s->unique, s->auth, &old, &old_pub, err, err_size) !=
+            0 ||
+        tpm_ak_make(t, next.unique, next.auth, &fresh, &fresh_pub, err,
+                    err_size) != 0 ||
         tpm_object_name(t, old, &old_name, err, err_size) != 0 ||
         tpm_object_name(t, fresh, &fresh_name, err, err_size) != 0)
         goto out;

@@ -28,10 +28,14 @@
 /* The template `unique` of the long-term AK (two 32-byte P-256
  * coordinates), and the hand-over from the previous AK (tpm_akstore.c). */
 #define TPM_AK_UNIQUE_LEN 64
+/* The AK's auth value: as long as its nameAlg's digest (SHA-256). */
+#define TPM_AK_AUTH_LEN 32
 /* Qualifying data of the hand-over: SHA-256(label 0x00 || new AK name). */
 #define TPM_AK_HANDOVER_LABEL "veil-ak-handover-v1"
 typedef struct tpm_akstate {
     uint8_t unique[TPM_AK_UNIQUE_LEN];
+    int has_auth; /* 0: a file of an older veild, without auth= */
+    uint8_t auth[TPM_AK_AUTH_LEN];
     int has_previous;
     uint8_t previous_unique[TPM_AK_UNIQUE_LEN];
     char *previous_pub_b64, *previous_name_hex;
@@ -46,6 +50,7 @@ struct gw_tpm {
     veil_logger log;
 
     int ak_per_request;
+    unsigned test_delay_ms; /* gw_tpm_options.test_delay_ms */
     veil_pcr_sel sel;
     char pcr_banks[96];
 
@@ -76,6 +81,12 @@ struct gw_tpm {
     char *key_pub_b64;
 
     char *event_log_b64; /* NULL: none readable */
+
+    /* Two salted HMAC sessions (tpmKey: the EK), kept across commands:
+     * [0] with parameter encryption both ways, for the handle whose auth
+     * or parameters are secret; [1] for a command's second handle.
+     * ESYS_TR_NONE: started at the next use (tpm_sessions). */
+    ESYS_TR sess[2];
 };
 
 /* ---- tpm.c -------------------------------------------------------------- */
@@ -84,12 +95,22 @@ struct gw_tpm {
 void tpm_put_rc(char *err, size_t err_size, const char *what, TSS2_RC rc);
 /* A monotonic clock in milliseconds (for the debug log). */
 double tpm_now_ms(void);
+/* The test stand-in for a slow TPM: sleeps test_delay_ms (lock held). */
+void tpm_test_delay(const gw_tpm *t);
 /* Lower-case hex of in, malloc'd; NULL: no memory. */
 char *tpm_hex(const uint8_t *in, size_t len);
 /* One TPM2_GetCapability of one item into *data (Esys_Free it).  0, or
  * -1 with "TPM: what: ..." in err. */
 int tpm_capability(gw_tpm *t, TPM2_CAP cap, UINT32 property, const char *what,
                    TPMS_CAPABILITY_DATA **data, char *err, size_t err_size);
+/* Starts t->sess[0] and [1] where they are not running: salted HMAC
+ * sessions (AES-128-CFB, SHA-256) whose salt is encrypted to the EK (its
+ * saved context loaded for that and flushed again), [0] with
+ * TPMA_SESSION_DECRYPT | ENCRYPT.  0, or -1 with err. */
+int tpm_sessions(gw_tpm *t, char *err, size_t err_size);
+/* Flushes the sessions (after a failed command: the next use starts new
+ * ones). */
+void tpm_sessions_drop(gw_tpm *t);
 /* Base64 of a marshaled TPM2B_PUBLIC, malloc'd; NULL on failure. */
 char *tpm_b64_public(const TPM2B_PUBLIC *pub);
 /* The public key of an RSA or ECC P-256 TPM object; NULL on failure. */
@@ -107,9 +128,12 @@ int tpm_ek_cert_read(gw_tpm *t, char *err, size_t err_size);
 void tpm_ek_cert_check(gw_tpm *t);
 /* An attestation key (restricted ECDSA P-256 signing primary in the
  * endorsement hierarchy) from the template's unique (the same unique, the
- * same key; NULL: random, a new key).  0, or -1 with err. */
-int tpm_ak_make(gw_tpm *t, const uint8_t *unique, ESYS_TR *ak,
-                TPM2B_PUBLIC **pub, char *err, size_t err_size);
+ * same key; NULL: random, a new key) with the auth value auth
+ * (TPM_AK_AUTH_LEN bytes; NULL: random, known only to the loaded object),
+ * made in the salted session t->sess[0] so that the auth value crosses to
+ * the TPM encrypted.  0, or -1 with err. */
+int tpm_ak_make(gw_tpm *t, const uint8_t *unique, const uint8_t *auth,
+                ESYS_TR *ak, TPM2B_PUBLIC **pub, char *err, size_t err_size);
 /* The name (nameAlg || H(TPMT_PUBLIC)) of a loaded object. */
 int tpm_object_name(gw_tpm *t, ESYS_TR obj, TPM2B_NAME **name, char *err,
                     size_t err_size);
@@ -118,7 +142,9 @@ int tpm_object_name(gw_tpm *t, ESYS_TR obj, TPM2B_NAME **name, char *err,
 
 /* Reads the selected PCRs into values (selection order).  0, or -1. */
 int tpm_pcr_read(gw_tpm *t, uint8_t (*values)[32], char *err, size_t err_size);
-/* TPM2_Certify of obj by signer.  0, or -1 with err. */
+/* TPM2_Certify of obj by signer, in the salted HMAC sessions (obj's in
+ * [0]: its auth value never crosses to the TPM, the qualifying data and
+ * the answer encrypted).  0, or -1 with err. */
 int tpm_certify(gw_tpm *t, ESYS_TR obj, ESYS_TR signer,
                 const uint8_t qualifying[32], TPM2B_ATTEST **info,
                 TPMT_SIGNATURE **sig, char *err, size_t err_size);

@@ -160,9 +160,12 @@ static int quote_pcrs(gw_tpm *t, ESYS_TR ak, const uint8_t qualifying[32],
         memset(&info, 0, sizeof info);
         if (tpm_pcr_read(t, values, err, err_size) != 0)
             return -1;
-        rc = Esys_Quote(t->ctx, ak, ESYS_TR_PASSWORD, ESYS_TR_NONE,
-                        ESYS_TR_NONE, &qd, &ecdsa_sha256, &sel, quoted, sig);
+        if (tpm_sessions(t, err, err_size) != 0)
+            return -1;
+        rc = Esys_Quote(t->ctx, ak, t->sess[0], ESYS_TR_NONE, ESYS_TR_NONE, &qd,
+                        &ecdsa_sha256, &sel, quoted, sig);
         if (rc != TSS2_RC_SUCCESS) {
+            tpm_sessions_drop(t);
             tpm_put_rc(err, err_size, "quote", rc);
             return -1;
         }
@@ -202,7 +205,7 @@ fail:
     return -1;
 }
 
-/* TPM2_Certify of `obj` by `signer` (both with password sessions). */
+/* TPM2_Certify of `obj` by `signer`, each in a salted HMAC session. */
 int tpm_certify(gw_tpm *t, ESYS_TR obj, ESYS_TR signer,
                 const uint8_t qualifying[32], TPM2B_ATTEST **info,
                 TPMT_SIGNATURE **sig, char *err, size_t err_size)
@@ -210,9 +213,12 @@ int tpm_certify(gw_tpm *t, ESYS_TR obj, ESYS_TR signer,
     TPM2B_DATA qd = qualifying_data(qualifying);
     TSS2_RC rc;
 
-    rc = Esys_Certify(t->ctx, obj, signer, ESYS_TR_PASSWORD, ESYS_TR_PASSWORD,
-                      ESYS_TR_NONE, &qd, &ecdsa_sha256, info, sig);
+    if (tpm_sessions(t, err, err_size) != 0)
+        return -1;
+    rc = Esys_Certify(t->ctx, obj, signer, t->sess[0], t->sess[1], ESYS_TR_NONE,
+                      &qd, &ecdsa_sha256, info, sig);
     if (rc != TSS2_RC_SUCCESS) {
+        tpm_sessions_drop(t);
         tpm_put_rc(err, err_size, "certify", rc);
         return -1;
     }
@@ -286,7 +292,8 @@ static cJSON *quote_locked(gw_tpm *t, const uint8_t qualifying[32], char *err,
     int ok = 0;
 
     if (t->ak_per_request) {
-        if (tpm_ak_make(t, NULL, &fresh, &fresh_pub, err, err_size) != 0 ||
+        if (tpm_ak_make(t, NULL, NULL, &fresh, &fresh_pub, err, err_size) !=
+                0 ||
             tpm_object_name(t, fresh, &fresh_name, err, err_size) != 0 ||
             tpm_certify(t, fresh, t->ak, qualifying, &ak_cert, &ak_sig, err,
                         err_size) != 0)
@@ -358,6 +365,7 @@ cJSON *gw_tpm_quote(gw_tpm *t, const uint8_t qualifying[32], char *err,
         return NULL;
     }
     pthread_mutex_lock(&t->lock);
+    tpm_test_delay(t);
     q = quote_locked(t, qualifying, err, err_size);
     pthread_mutex_unlock(&t->lock);
     return q;
@@ -399,6 +407,7 @@ int gw_tpm_report(gw_tpm *t, const uint8_t qualifying[32], cJSON *report,
         return -1;
     }
     pthread_mutex_lock(&t->lock);
+    tpm_test_delay(t);
     if (quote_pcrs(t, t->ak, qualifying, values, &quoted, &sig, err,
                    err_size) != 0 ||
         (t->key != ESYS_TR_NONE &&

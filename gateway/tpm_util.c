@@ -37,6 +37,16 @@ double tpm_now_ms(void)
     return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
 }
 
+void tpm_test_delay(const gw_tpm *t)
+{
+    struct timespec ts = {.tv_sec = t->test_delay_ms / 1000,
+                          .tv_nsec =
+                              (long)(t->test_delay_ms % 1000) * 1000000L};
+
+    while (t->test_delay_ms && nanosleep(&ts, &ts) != 0)
+        ;
+}
+
 char *tpm_hex(const uint8_t *in, size_t len)
 {
     char *out = malloc(2 * len + 1);
@@ -101,6 +111,58 @@ EVP_PKEY *tpm_pkey_from_public(const TPMT_PUBLIC *p)
     BN_free(n);
     BN_free(e);
     return pkey;
+}
+
+/* ---- salted HMAC sessions ----------------------------------------------- */
+
+int tpm_sessions(gw_tpm *t, char *err, size_t err_size)
+{
+    static const TPMT_SYM_DEF aes = {.algorithm = TPM2_ALG_AES,
+                                     .keyBits.aes = 128,
+                                     .mode.aes = TPM2_ALG_CFB};
+    ESYS_TR ek = ESYS_TR_NONE;
+    TSS2_RC rc = TSS2_RC_SUCCESS;
+
+    if (t->sess[0] != ESYS_TR_NONE && t->sess[1] != ESYS_TR_NONE)
+        return 0;
+    rc = Esys_ContextLoad(t->ctx, t->ek_saved, &ek);
+    if (rc != TSS2_RC_SUCCESS) {
+        tpm_put_rc(err, err_size, "loading the EK (session salt)", rc);
+        return -1;
+    }
+    for (int i = 0; i < 2 && rc == TSS2_RC_SUCCESS; i++) {
+        TPMA_SESSION attrs = TPMA_SESSION_CONTINUESESSION;
+
+        if (t->sess[i] != ESYS_TR_NONE)
+            continue;
+        if (i == 0)
+            attrs |= TPMA_SESSION_DECRYPT | TPMA_SESSION_ENCRYPT;
+        rc = Esys_StartAuthSession(
+            t->ctx, ek, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE,
+            NULL, TPM2_SE_HMAC, &aes, TPM2_ALG_SHA256, &t->sess[i]);
+        if (rc != TSS2_RC_SUCCESS) {
+            t->sess[i] = ESYS_TR_NONE;
+            tpm_put_rc(err, err_size, "starting a salted session", rc);
+        } else if ((rc = Esys_TRSess_SetAttributes(t->ctx, t->sess[i], attrs,
+                                                   0xff)) != TSS2_RC_SUCCESS) {
+            tpm_put_rc(err, err_size, "session attributes", rc);
+        }
+    }
+    Esys_FlushContext(t->ctx, ek);
+    if (rc != TSS2_RC_SUCCESS) {
+        tpm_sessions_drop(t);
+        return -1;
+    }
+    return 0;
+}
+
+void tpm_sessions_drop(gw_tpm *t)
+{
+    for (int i = 0; i < 2; i++)
+        if (t->sess[i] != ESYS_TR_NONE) {
+            Esys_FlushContext(t->ctx, t->sess[i]);
+            t->sess[i] = ESYS_TR_NONE;
+        }
 }
 
 /* One fixed property; 0 when the TPM does not report it. */

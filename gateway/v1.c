@@ -44,7 +44,8 @@ typedef struct v1_x {
     char *metadata, *pkg;
     veil_secbuf *answer;
     gw_answer_sig sig;
-    char why[512]; /* the detail of a failure */
+    char why[512];    /* the detail of a failure */
+    unsigned retry_s; /* its Retry-After (GW_BUSY) */
 } v1_x;
 
 /* X-Payload-ID, X-Security-Tier and a body. */
@@ -198,26 +199,31 @@ static gw_rc v1_model(gw_server *s, v1_x *x)
 }
 
 /* maximum: quoted before the backend runs, so a TPM that fails costs no
- * inference, and no answer ever leaves unattested. */
-static gw_rc v1_attest(gw_server *s, v1_x *x)
+ * inference, and no answer ever leaves unattested.  The quote waits for
+ * its turn in the TPM's own line, without a worker slot (tpmline.c). */
+static gw_rc v1_attest(gw_server *s, svc_req *r, v1_x *x)
 {
     uint8_t qualifying[32], backend_sha256[32];
     char why[320];
+    gw_tpm_turn turn;
+    gw_rc rc;
 
     if (x->tier != VEIL_TIER_MAXIMUM)
         return GW_OK;
-    if (s->d.tpm == NULL) {
-        snprintf(x->why, sizeof x->why, "no TPM attestation available");
-        return GW_UNAVAILABLE;
-    }
+    rc = gw_tpm_turn_take(s, r, &turn, &x->retry_s, x->why, sizeof x->why);
+    if (rc != GW_OK)
+        return rc;
     SHA256((const uint8_t *)x->backend, strlen(x->backend), backend_sha256);
-    veil_ev_answer_qualifying(
-        x->pid, x->request_sha256, x->enc_sha256,
-        s->d.signing_key_sha256, backend_sha256, qualifying);
+    veil_ev_answer_qualifying(x->pid, x->request_sha256, x->enc_sha256,
+                              s->d.signing_key_sha256, backend_sha256,
+                              qualifying);
     double t0 = svc_now();
     x->attestation = gw_tpm_quote(s->d.tpm, qualifying, why, sizeof why);
     gw_metrics_quote(s->d.metrics, "answer", x->attestation != NULL,
                      svc_now() - t0);
+    rc = gw_tpm_turn_give(s, r, &turn, x->why, sizeof x->why);
+    if (rc != GW_OK)
+        return rc;
     if (x->attestation != NULL &&
         !cJSON_AddStringToObject(x->attestation, "backend_statement",
                                  x->backend)) {
@@ -395,7 +401,8 @@ void gw_v1_completion(void *app, svc_req *r)
 
     if ((rc = v1_headers(r, &x)) == GW_OK &&
         (rc = v1_open(s, r, &x)) == GW_OK && (rc = v1_replay(s, &x)) == GW_OK &&
-        (rc = v1_model(s, &x)) == GW_OK && (rc = v1_attest(s, &x)) == GW_OK &&
+        (rc = v1_model(s, &x)) == GW_OK &&
+        (rc = v1_attest(s, r, &x)) == GW_OK &&
         (rc = v1_infer(s, r, &x)) == GW_OK && (rc = v1_seal(s, &x)) == GW_OK &&
         (rc = v1_sign(s, r, &x)) == GW_OK)
         rc = v1_send(s, r, &x);
@@ -407,6 +414,6 @@ void gw_v1_completion(void *app, svc_req *r)
     gw_note_model(r, x.m);
     gw_note_usage(r, &x.up);
     if (rc != GW_OK)
-        gw_respond(s, r, rc, "%s", x.why);
+        gw_respond_retry(s, r, rc, x.retry_s, "%s", x.why);
     v1_free(s, &x);
 }

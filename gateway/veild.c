@@ -240,6 +240,7 @@ static gw_tpm *open_tpm(const gw_config *cfg, veil_key *server_key)
         .event_log = cfg->tpm_event_log,
         .encryption_spki = spki,
         .encryption_spki_len = spki_len,
+        .test_delay_ms = cfg->tpm_test_delay,
         .log = svc_logsink_line,
         .log_ctx = &sink,
         .log_level = VEIL_LOG_DEBUG,
@@ -251,10 +252,20 @@ static gw_tpm *open_tpm(const gw_config *cfg, veil_key *server_key)
                   "tpm = on, but the TPM cannot be used: %s", err);
         return NULL;
     }
-    veil_logf(&logger, VEIL_LOG_INFO, "TPM: %s; quotes of %s%s%s",
+    veil_logf(&logger, VEIL_LOG_INFO,
+              "TPM: %s; quotes of %s%s%s; %u TPM operation%s at once, "
+              "%u more may wait (at most %u s each)",
               gw_tpm_describe(t), cfg->tpm_pcrs,
               cfg->tpm_ak_per_request ? ", a fresh AK per answer" : "",
-              cfg->tpm_certify_key ? ", the server key certified" : "");
+              cfg->tpm_certify_key ? ", the server key certified" : "",
+              cfg->tpm_workers, cfg->tpm_workers == 1 ? "" : "s",
+              cfg->tpm_queue, cfg->tpm_queue_wait);
+    if (cfg->tpm_test_delay)
+        veil_logf(&logger, VEIL_LOG_WARN,
+                  "tpm_test_delay = %u: every TPM operation takes %u ms "
+                  "longer (a test stand-in for a slow TPM; never in "
+                  "production)",
+                  cfg->tpm_test_delay, cfg->tpm_test_delay);
     if (gw_tpm_is_software(t))
         veil_logf(
             &logger, VEIL_LOG_WARN,

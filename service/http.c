@@ -331,6 +331,28 @@ svc_req *svc_req_alloc(const svc_http *h)
     return calloc(1, sizeof(svc_req) + h->cfg.req_data_size);
 }
 
+int svc_set_app_hold(svc_req *r, void *ref, void (*release)(void *ref))
+{
+    if (r->app_hold)
+        return 0;
+    r->app_hold = ref;
+    r->hold_release = release;
+    return 1;
+}
+
+int svc_slot_yield(svc_req *r)
+{
+    int had = r->has_slot;
+
+    svc_release_slot(r->h, r);
+    return had;
+}
+
+int svc_slot_retake(svc_req *r)
+{
+    return r->has_slot || svc_take_slot(r->h, r);
+}
+
 /* ---- the route table --------------------------------------------------- */
 
 static const svc_route *route_of(const svc_http *h, const char *method,
@@ -497,6 +519,14 @@ int svc_request_data(svc_http *h, svc_req *r, const char *upload, size_t n)
     return !(r->seen > r->limit && r->seen - r->limit > DISCARD_MAX);
 }
 
+/* The route's hook before the slot: 1 when it refused (answered). */
+static int before_slot(svc_http *h, svc_req *r)
+{
+    if (r->route->before_slot)
+        r->route->before_slot(h->cfg.app, r);
+    return r->answered;
+}
+
 /* The body is in: the refusals decided while it came, else a worker slot
  * (for the routes that need one) and the handler.  1 when answered. */
 int svc_request_end(svc_http *h, svc_req *r)
@@ -507,7 +537,7 @@ int svc_request_end(svc_http *h, svc_req *r)
                  r->limit);
     } else if (r->refused) {
         svc_fail(r, 503, "out of memory");
-    } else {
+    } else if (!before_slot(h, r)) {
         int slot = r->route->needs_slot;
         svc_set_phase(h, r->conn, slot ? P_WAIT : P_WORK);
         if (slot && !svc_take_slot(h, r)) {
@@ -642,6 +672,8 @@ void svc_request_done(svc_http *h, svc_req *r,
     svc_set_phase(h, r->conn, P_HEAD);
     if (h->cfg.done)
         h->cfg.done(h->cfg.app, r, &d);
+    if (r->app_hold && r->hold_release)
+        r->hold_release(r->app_hold);
     if (r->app_ref && r->app_release)
         r->app_release(r->app_ref);
     free(r);

@@ -51,6 +51,12 @@ typedef struct svc_route {
     svc_handler_fn *handle;
     const char *log_path; /* the path in the log line; NULL: path */
     unsigned tag; /* the application's, for its admit hook (svc_route_tag) */
+    /* Admitted routes: called once the body is in, before the worker slot
+     * is taken (NULL: none).  It may refuse by answering (then no slot is
+     * taken and the handler does not run), e.g. when a line of the
+     * application's own (the TPM's) is full, so that an excess request
+     * costs nothing. */
+    svc_handler_fn *before_slot;
 } svc_route;
 
 /* What a request came to, for the application's completion hook. */
@@ -194,6 +200,19 @@ void *svc_app_ref(const svc_req *r);
 /* The application's state of r (req_data_size bytes, zeroed at its
  * start, suitably aligned); NULL when req_data_size is 0. */
 void *svc_req_data(svc_req *r);
+/* A second such hold, for a place the request keeps in a line of the
+ * application's (released at completion, after the log line; set once:
+ * 0 when one is held already, else 1). */
+int svc_set_app_hold(svc_req *r, void *ref, void (*release)(void *ref));
+
+/* ---- the worker slot, from a handler ------------------------------------
+ * A handler that waits for something other than the CPU (the TPM, behind
+ * a line of its own) gives its worker slot back meanwhile, so that it
+ * delays nobody, and takes one again (first come, first served) when it
+ * goes on.  svc_slot_yield: 1 when it held one.  svc_slot_retake: 1, or
+ * 0 when the server began to stop (answer 503). */
+int svc_slot_yield(svc_req *r);
+int svc_slot_retake(svc_req *r);
 
 /* ---- answers (each queues one response, at most once) ------------------ */
 

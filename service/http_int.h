@@ -111,6 +111,8 @@ struct svc_req {
     const char *key_name; /* the API key's name, or NULL */
     void *app_ref;        /* svc_set_app_ref: released at completion */
     void (*app_release)(void *ref);
+    void *app_hold; /* svc_set_app_hold: released at completion */
+    void (*hold_release)(void *ref);
     int status;
     char *body;
     size_t len, cap;

@@ -324,15 +324,52 @@ kill -TERM "$PROXY_PID" 2>/dev/null; wait "$PROXY_PID" 2>/dev/null; PROXY_PID=""
 # The long-term AK is kept in state_dir (tpm-ak): veild restarted on the
 # same TPM and state answers with the same AK, and the trust file of the
 # enrolment above still verifies its answers.
+# The restart also migrates an older veild's tpm-ak (no auth= line): the
+# same AK gets an auth value.  It talks to the TPM through tpm2-tss's pcap
+# TCTI, which records every command and answer: the certified key's auth
+# value and the AK's cross in none (salted HMAC sessions, encrypted
+# parameters), while the AK's template (sent in the clear) shows the
+# recording holds the commands.
 kill -TERM "$ATT_PID" && wait "$ATT_PID" || bad "the first veild did not stop cleanly"
 grep -q "a new long-term AK, kept in" "$LOG" && ok "the first start made and kept a long-term AK" || bad "no AK kept" "$LOG"
-veild_start att-restarted "${ATT_ARGS[@]}" --state-dir "$VEIL_TEST_DIR/veild-att.state" --port "${URL##*:}"
+AKF="$VEIL_TEST_DIR/veild-att.state/tpm-ak"
+[ "$(stat -c %a "$AKF")" = 600 ] && grep -qE '^auth=[0-9a-f]{64}$' "$AKF" \
+    && ok "tpm-ak holds the AK's auth value, mode 0600" || bad "tpm-ak: no auth= line, or not 0600" "$AKF"
+sed -i '/^auth=/d' "$AKF" # as an older veild wrote it
+export TCTI_PCAP_FILE="$T/tpm.pcap"
+rm -f "$TCTI_PCAP_FILE"
+veild_start att-restarted "${ATT_ARGS[@]}" --state-dir "$VEIL_TEST_DIR/veild-att.state" --port "${URL##*:}" \
+    --tpm-tcti "pcap:$TCTI"
+unset TCTI_PCAP_FILE
 ATT_PID=$VEILD_PID LOG2=$VEILD_LOG
 check "after a restart: a maximum answer verifies against the same trust file" 0 "" -- \
     "$V" chat "${C[@]}" -m echo --tier maximum --trust "$T/trust.json" --evidence "$T/ev-restart.json" "after the restart"
 [ "$(field "$T/ev-restart.json" 'j["tpm_attestation"]["aik_name"]')" = "$(field "$T/trust.json" 'j["aik_name"]')" ] \
     && ok "the restarted veild quotes with the enrolled AK" || bad "another AK after the restart" "$T/ev-restart.json"
 grep -q "a new long-term AK" "$LOG2" && bad "the restart made a new AK" "$LOG2" || ok "the restart made no new AK"
+grep -q "tpm-ak had no auth value (an older veild's); the same AK has one now" "$LOG2" && grep -qE '^auth=[0-9a-f]{64}$' "$AKF" \
+    && ok "an older veild's tpm-ak: the same AK gets an auth value, written to the file" \
+    || bad "no migration of the AK file without auth" "$LOG2" "$AKF"
+curl -sf "${URL}/v1/attestation/report?nonce=$(openssl rand -hex 16)" >"$T/report-pcap.json" \
+    || bad "GET /v1/attestation/report (through the pcap TCTI)"
+check "no auth value crosses to the TPM in the clear; the recording holds the AK's template" 0 "^clear ok" -- \
+    "$PY" -c '
+import sys
+cap = open(sys.argv[1], "rb").read()
+kv = dict(l.strip().split("=", 1) for l in open(sys.argv[2]) if "=" in l)
+ak_auth = bytes.fromhex(kv["auth"])
+unique_x = bytes.fromhex(kv["unique"])[:32]
+key_auth = open(sys.argv[3], "rb").read()
+bad = []
+if len(cap) < 1000 or unique_x not in cap:
+    bad.append("the recording does not hold the AK template (%d bytes)" % len(cap))
+if ak_auth in cap:
+    bad.append("the AK auth value is in a command")
+if key_auth in cap:
+    bad.append("the tpm_certify_key auth value is in a command")
+print("; ".join(bad) if bad else "clear ok (%d bytes recorded)" % len(cap))
+sys.exit(1 if bad else 0)
+' "$T/tpm.pcap" "$AKF" "$T/srv.auth"
 
 # A PCR changed after enrolment: the live answer is refused, nothing printed.
 tpm2_pcrextend "10:sha256=$(printf 'veil test: boot changed' | sha256sum | cut -c1-64)" >"$T/extend.log" 2>&1 \
@@ -456,6 +493,62 @@ veild_start notpm --server-key "$TTOK;object=att-server" \
     --model echo=echo,tiers=standard+maximum --rate 100 --burst 100
 check "maximum on a gateway without a TPM: 503 (exit 17)" 17 "no TPM attestation available" -- \
     "$V" chat --url "$VEILD_URL" --allow-http -m echo --tier maximum "no TPM here"
+
+curl -s -D "$T/notpm.h" -o "$T/notpm.json" "$VEILD_URL/v1/attestation/report?nonce=$(openssl rand -hex 16)"
+grep -q '^HTTP/[0-9.]* 503' "$T/notpm.h" && grep -q 'no TPM attestation available' "$T/notpm.json" \
+    && ! grep -qi '^retry-after:' "$T/notpm.h" \
+    && ok "no TPM: the report's 503 is the permanent one (no Retry-After)" \
+    || bad "no TPM: report not a 503 without Retry-After" "$T/notpm.h" "$T/notpm.json"
+
+# ----------------------------------------- the TPM's own line (issue 16 item 4)
+# One worker slot, one TPM operation at once and one more that may wait;
+# the test stand-in tpm_test_delay makes every TPM operation take 6 s (a
+# slow hardware TPM).  Two maximum chats fill the TPM's line: more TPM
+# work is refused at once with 503 and Retry-After, and a standard chat
+# is answered while both maximum chats are still waiting for the TPM
+# (which they do without the one worker slot).  Then both maximum chats
+# get their attested answers.
+veild_start busy "${ATT_ARGS[@]}" --workers 1 --tpm-workers 1 --tpm-queue 1 \
+    --tpm-queue-wait 60 --tpm-test-delay 6000 --log-level debug
+BURL=$VEILD_URL BLOG=$VEILD_LOG
+grep -q 'tpm_test_delay = 6000: .*test stand-in' "$BLOG" \
+    && ok "veild warns that the test stand-in tpm_test_delay is set" \
+    || bad "no tpm_test_delay warning in veild's log" "$BLOG"
+# one answer key for every chat below, made now (a key made per chat
+# could take longer than the TPM's 6 s)
+check "a standard chat before the TPM is busy (it makes the answer key)" 0 "" -- \
+    "$V" chat --url "$BURL" --allow-http -m echo --key-dir "$T/busykey" --retries 0 "warm-up"
+MAXC=(chat --url "$BURL" --allow-http -m echo --tier maximum --allow-foreign-attestation --retries 0
+    --key-dir "$T/busykey")
+"$V" "${MAXC[@]}" "slow quote one" >"$T/max1.out" 2>"$T/max1.err" &
+M1=$!
+"$V" "${MAXC[@]}" "slow quote two" >"$T/max2.out" 2>"$T/max2.err" &
+M2=$!
+for ((i = 0; i < 600; i++)); do
+    grep -q 'waits for its turn at the TPM' "$BLOG" && break
+    sleep 0.1
+done
+grep -q 'waits for its turn at the TPM' "$BLOG" \
+    && ok "two maximum chats fill the TPM's line (one at the TPM, one waiting)" \
+    || bad "no request waited for the TPM" "$BLOG" "$T/max1.err" "$T/max2.err"
+curl -s -D "$T/busy.h" -o "$T/busy.json" "$BURL/v1/attestation/report?nonce=$(openssl rand -hex 16)"
+grep -q '^HTTP/[0-9.]* 503' "$T/busy.h" && grep -qi '^retry-after: [1-9]' "$T/busy.h" \
+    && grep -q 'the TPM is busy' "$T/busy.json" \
+    && ok "TPM line full: a report is refused at once, 503 with Retry-After" \
+    || bad "TPM line full: the report was not a 503 with Retry-After" "$T/busy.h" "$T/busy.json"
+check "TPM line full: a third maximum chat gets 503 'the TPM is busy' (exit 17)" 17 "the TPM is busy" -- \
+    "$V" "${MAXC[@]}" "one too many"
+check "TPM line full: a standard chat is still answered" 0 "standard while the TPM is busy" -- \
+    "$V" chat --url "$BURL" --allow-http -m echo --retries 0 --key-dir "$T/busykey" "standard while the TPM is busy"
+kill -0 "$M1" 2>/dev/null && kill -0 "$M2" 2>/dev/null \
+    && ok "the standard answer came while both maximum chats still waited for the TPM" \
+    || bad "a maximum chat was done before the standard answer (standard waited for the TPM)" "$T/max1.err" "$T/max2.err"
+st1=0 st2=0
+wait "$M1" || st1=$?
+wait "$M2" || st2=$?
+[ "$st1" -eq 0 ] && [ "$st2" -eq 0 ] && grep -q 'slow quote one' "$T/max1.out" && grep -q 'slow quote two' "$T/max2.out" \
+    && ok "both maximum chats in the TPM's line got their answers" \
+    || bad "a maximum chat in the TPM's line failed ($st1, $st2)" "$T/max1.out" "$T/max1.err" "$T/max2.out" "$T/max2.err"
 
 # ---------------------------------------- rotating the AK: a certified hand-over
 # tpm_ak_rotate at a start makes a new long-term AK, certified by the kept
