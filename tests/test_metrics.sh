@@ -47,19 +47,6 @@ command -v curl >/dev/null || hard "curl not found"
     hard "python3-prometheus-client is not installed (scripts/install-deps.sh)"
 mkdir -p "$T" "$XDG_CONFIG_HOME" || hard "cannot make $T"
 
-# wait_for FILE ERE [COUNT]: polls until FILE has at least COUNT (1) lines
-# matching ERE; 99 after 60 s (a hang, not a timing assertion).
-wait_for() {
-    local i n
-    for ((i = 0; i < 1200; i++)); do
-        n=$(grep -cE -- "$2" "$1" 2>/dev/null)
-        [ "${n:-0}" -ge "${3:-1}" ] && return 0
-        sleep 0.05
-    done
-    cat "$1"
-    hard "no /$2/ in $1"
-}
-
 # ------------------------------------------------------------------ setup
 
 "$K" generate --token "$TOK" --label metrics --bits 2048 --module "$MOD" \

@@ -53,19 +53,6 @@ done
 for c in curl python3 stat; do command -v $c >/dev/null || hard "$c not found"; done
 mkdir -p "$T" "$XDG_CONFIG_HOME" || hard "cannot make $T"
 
-# wait_for FILE ERE [COUNT]: polls until FILE has at least COUNT (1) lines
-# matching ERE; 99 after 60 s (a hang, not a timing assertion).
-wait_for() {
-    local i n
-    for ((i = 0; i < 1200; i++)); do
-        n=$(grep -cE -- "$2" "$1" 2>/dev/null)
-        [ "${n:-0}" -ge "${3:-1}" ] && return 0
-        sleep 0.05
-    done
-    cat "$1"
-    hard "no /$2/ in $1"
-}
-count() { grep -cE -- "$2" "$1" 2>/dev/null || true; }
 # stop_veild: SIGTERM to the last veild started; its exit status
 stop_veild() {
     local st=0

@@ -44,20 +44,6 @@ command -v openssl >/dev/null || hard "openssl not found"
 command -v curl >/dev/null || hard "curl not found"
 mkdir -p "$T" "$XDG_CONFIG_HOME" || hard "cannot make $T"
 
-# wait_for FILE ERE [COUNT]: polls until FILE has at least COUNT (1) lines
-# matching ERE; 99 after 60 s (a hang, not a timing assertion).
-wait_for() {
-    local i n
-    for ((i = 0; i < 1200; i++)); do
-        n=$(grep -cE -- "$2" "$1" 2>/dev/null)
-        [ "${n:-0}" -ge "${3:-1}" ] && return 0
-        sleep 0.05
-    done
-    cat "$1"
-    hard "no /$2/ in $1"
-}
-count() { grep -cE -- "$2" "$1" 2>/dev/null || true; }
-
 # hup: SIGHUP to veild, then waits for its reload to be over (one more
 # "reloaded" or "reload failed" line).
 hup() {

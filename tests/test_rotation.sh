@@ -41,18 +41,6 @@ command -v openssl >/dev/null || hard "openssl not found"
 python3 -c 'import cryptography' 2>/dev/null || hard "python3-cryptography not installed"
 mkdir -p "$T" "$XDG_CONFIG_HOME" || hard "cannot make $T"
 
-# wait_for FILE ERE [COUNT]: polls until FILE has COUNT (1) matching
-# lines; 99 after 60 s (a hang, not a timing assertion).
-wait_for() {
-    local i n
-    for ((i = 0; i < 1200; i++)); do
-        n=$(grep -cE -- "$2" "$1" 2>/dev/null)
-        [ "${n:-0}" -ge "${3:-1}" ] && return 0
-        sleep 0.05
-    done
-    cat "$1"
-    hard "no /$2/ in $1"
-}
 hup() {
     local n
     n=$(grep -cE "reloaded:|reload failed:" "$VEILD_LOG")

@@ -39,16 +39,6 @@ command -v openssl >/dev/null || hard "openssl not found"
 mkdir -p "$T" "$XDG_CONFIG_HOME" || hard "cannot make $T"
 PIN=(--pin-source "file:$VEIL_TEST_PIN_FILE")
 
-wait_for() {
-    local i n
-    for ((i = 0; i < 1200; i++)); do
-        n=$(grep -cE -- "$2" "$1" 2>/dev/null)
-        [ "${n:-0}" -ge "${3:-1}" ] && return 0
-        sleep 0.05
-    done
-    cat "$1"
-    hard "no /$2/ in $1"
-}
 served_cert() {
     openssl s_client -connect "127.0.0.1:$VEILD_PORT" -servername 127.0.0.1 </dev/null 2>/dev/null |
         openssl x509 -noout -fingerprint -sha256 2>/dev/null

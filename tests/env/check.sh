@@ -5,6 +5,10 @@
 #       runs the command with stdin $IN (default /dev/null), stdout in $out
 #       and stderr in $err; passes when the exit status is EXPECTED_EXIT and
 #       (when given) the ERE matches stdout or stderr.
+#   wait_for FILE ERE [COUNT]   polls until FILE has COUNT (1) lines
+#       matching ERE; exit 99 (printing FILE) after 60 s: a hang, not a
+#       timing assertion
+#   count FILE ERE           the number of lines of FILE matching ERE
 # The caller sets pass=0 fail=0 and out=... err=... first.
 
 hard() { echo "ERROR (setup): $*"; exit 99; }
@@ -33,3 +37,16 @@ check() {
     fi
     ok "$name"
 }
+
+wait_for() {
+    local i n
+    for ((i = 0; i < 1200; i++)); do
+        n=$(grep -cE -- "$2" "$1" 2>/dev/null)
+        [ "${n:-0}" -ge "${3:-1}" ] && return 0
+        sleep 0.05
+    done
+    cat "$1"
+    hard "no /$2/ in $1"
+}
+
+count() { grep -cE -- "$2" "$1" 2>/dev/null || true; }
