@@ -394,6 +394,13 @@ int veil_cl_retryable(long status)
            status == 504;
 }
 
+int veil_cl_retry_worth(long status, const veil_client_error *err)
+{
+    return veil_cl_retryable(status) &&
+           !(status == 503 && err != NULL &&
+             strstr(err->detail, "no TPM attestation available") != NULL);
+}
+
 /* Backoff before retry number `attempt` (1-based): Retry-After when the
  * server sent one, else base * 2^(attempt-1), with the upper half jittered;
  * both capped. */

@@ -84,6 +84,10 @@ veil_client_status veil_cl_check_url(const veil_client *c, const char *url,
  * jitter, reported to cfg.on_retry and counted in stats (may be NULL). */
 uint64_t veil_cl_now_ns(void);
 int veil_cl_retryable(long status);
+/* 1 when a failed request is worth another try: a retryable status
+ * (veil_cl_retryable), but not the 503 of a gateway that has no TPM at
+ * all ("no TPM attestation available"), which no retry changes. */
+int veil_cl_retry_worth(long status, const veil_client_error *err);
 void veil_cl_wait_retry(veil_client *c, unsigned attempt, long status,
                         long retry_after_ms, veil_chat_stats *stats);
 

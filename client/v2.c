@@ -842,7 +842,8 @@ veil_client_status veil_cl_v2_send(veil_client *c, const veil_cl_v2_call *k,
         }
         if (st == VEIL_CLIENT_OK || st == VEIL_CLIENT_E_SECURITY ||
             n >= c->cfg.max_retries ||
-            !(st == VEIL_CLIENT_E_CONNECTION || veil_cl_retryable(status)))
+            !(st == VEIL_CLIENT_E_CONNECTION ||
+              veil_cl_retry_worth(status, err)))
             break;
         veil_cl_wait_retry(c, ++n, status, retry_after_ms, k->stats);
         st = VEIL_CLIENT_OK;

@@ -193,6 +193,10 @@ int gw_config_check(const gw_config *cfg, char *err, size_t err_size);
 /* Prints the settings table (for --help). */
 void gw_config_help(FILE *out);
 const gw_model *gw_config_model(const gw_config *cfg, const char *id);
+/* The 403 detail of a tier that model m does not allow, naming the tiers
+ * it does: "model 'M' is not allowed on the T tier (its tiers: ...)". */
+void gw_model_tier_refusal(const gw_model *m, const char *tier, char *why,
+                           size_t why_size);
 /* 1 when a reload (SIGHUP) changes setting `name` in a running veild:
  * tls_cert, tls_key, api_keys, rate, burst, log_level, log_format,
  * upstream_timeout, connect_timeout, ipv6_prefix, shutdown_grace and the

@@ -177,9 +177,7 @@ static gw_rc v1_model(gw_server *s, v1_x *x)
         return GW_REFUSED;
     }
     if (!(x->m->tiers & x->tier)) {
-        snprintf(x->why, sizeof x->why,
-                 "model '%.200s' is not allowed on the %s tier", x->m->id,
-                 x->tier_name);
+        gw_model_tier_refusal(x->m, x->tier_name, x->why, sizeof x->why);
         return GW_FORBIDDEN;
     }
     /* maximum is high plus the TPM (PROTOCOL-NOMYO.md, tiers). */

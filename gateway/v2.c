@@ -302,9 +302,7 @@ static gw_rc v2_model(gw_server *s, v2_x *x)
         return GW_REFUSED;
     }
     if (!(x->m->tiers & x->tier)) {
-        snprintf(x->why, sizeof x->why,
-                 "model '%.200s' is not allowed on the %s tier", x->m->id,
-                 x->tier_name);
+        gw_model_tier_refusal(x->m, x->tier_name, x->why, sizeof x->why);
         return GW_FORBIDDEN;
     }
     if (x->tier == VEIL_TIER_MAXIMUM ||

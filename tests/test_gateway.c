@@ -1017,12 +1017,30 @@ static void test_models_and_tiers(void)
              &err);
     ASSERT_ERR_DETAIL(err, "model 'no/such-model' is not served here");
     ask_fail(c, "std-only", &high, VEIL_CLIENT_E_FORBIDDEN, 403, &err);
-    ASSERT_ERR_DETAIL(err, "model 'std-only' is not allowed on the high tier");
+    ASSERT_ERR_DETAIL(err, "model 'std-only' is not allowed on the high tier "
+                           "(its tiers: standard)");
     ask_fail(c, "std-only", &maximum, VEIL_CLIENT_E_FORBIDDEN, 403, &err);
     ASSERT_ERR_DETAIL(err,
                       "model 'std-only' is not allowed on the maximum tier");
     ask_fail(c, "echo", &maximum, VEIL_CLIENT_E_SERVICE_UNAVAILABLE, 503, &err);
     ASSERT_ERR_DETAIL(err, "no TPM attestation available");
+    /* ... a refusal no retry changes: sent once, even with retries on */
+    {
+        veil_client_config rcfg;
+        veil_client *rc;
+        veil_chat_stats stats = {0};
+        cJSON *resp = NULL;
+
+        cfg_for(&rcfg, &gw, url, sizeof url);
+        rcfg.max_retries = 3;
+        rcfg.retry_base_ms = 1;
+        rc = tu_client_new(&rcfg);
+        CU_ASSERT_EQUAL(chat(rc, "echo", PROMPT, &maximum, &resp, &stats, &err),
+                        VEIL_CLIENT_E_SERVICE_UNAVAILABLE);
+        CU_ASSERT_EQUAL(stats.attempts, 1);
+        veil_chat_response_free(resp);
+        veil_client_free(rc);
+    }
 
     /* std-only on standard works */
     {
