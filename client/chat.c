@@ -435,7 +435,8 @@ static veil_client_status exchange(call *k, veil_secbuf *pt, cJSON **response,
             return st;
         }
         if (attempt >= k->c->cfg.max_retries ||
-            !(st == VEIL_CLIENT_E_CONNECTION || veil_cl_retry_worth(status, err)))
+            !(st == VEIL_CLIENT_E_CONNECTION ||
+              veil_cl_retry_worth(status, err)))
             return st;
         veil_cl_wait_retry(k->c, ++attempt, status, r.retry_after_ms, k->stats);
     }
