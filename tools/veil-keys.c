@@ -12,6 +12,10 @@
 #include "toolenv.h"
 #include "veil/engine.h"
 
+/* The smallest RSA key veil and veild take (VEIL_PKG_MIN_RSA_BITS in
+ * protocol/package.h, which this tool does not link). */
+#define MIN_RSA_BITS 2048u
+
 static const char usage_main[] =
     "usage: veil-keys COMMAND [OPTIONS]\n"
     "\n"
@@ -488,6 +492,18 @@ static int cmd_test(veil_engine *e, const struct opts *o)
     rc = open_key(e, o, &k);
     if (rc == VEIL_OK)
         rc = veil_key_get_info(k, &info);
+    if (rc == VEIL_OK && info.type == VEIL_KEY_RSA &&
+        info.bits < MIN_RSA_BITS) {
+        /* veil and veild refuse such a key; a test that passed would
+         * mislead */
+        fprintf(stderr,
+                "veil-keys: RSA-%u key \"%s\" is too small: veil and veild "
+                "need an RSA key of at least %u bits (make one with "
+                "veil-keys generate --bits 2048|3072|4096)\n",
+                info.bits, info.label, MIN_RSA_BITS);
+        veil_key_free(k);
+        return VEIL_EXIT_USAGE;
+    }
     if (rc == VEIL_OK && info.type == VEIL_KEY_RSA) {
         rc = veil_random(e, secret, sizeof secret);
         if (rc == VEIL_OK)
