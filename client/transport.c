@@ -352,10 +352,13 @@ static veil_client_status transfer_fail(const veil_cl_transport *t, CURLcode cc,
                             "no answer within %u ms (%s)", t->timeout_ms, why);
     if (cc == CURLE_PEER_FAILED_VERIFICATION ||
         cc == CURLE_SSL_CACERT_BADFILE || cc == CURLE_SSL_ISSUER_ERROR)
-        return veil_cl_fail(err, VEIL_CLIENT_E_SECURITY, 0, VEIL_E_VERIFY,
-                            "the server's TLS certificate could not be "
-                            "verified: %s",
-                            why);
+        return veil_cl_fail(
+            err, VEIL_CLIENT_E_SECURITY, 0, VEIL_E_VERIFY,
+            "the server's TLS certificate could not be verified: %s (%s)", why,
+            t->ca_file ? "checked against the CA certificates of --ca-file"
+                       : "checked against the system's CAs; a gateway with a "
+                         "private or self-signed CA needs that CA's "
+                         "certificate in --ca-file FILE (ca_file)");
     return veil_cl_fail(err, VEIL_CLIENT_E_CONNECTION, 0, VEIL_E_IO, "%s", why);
 }
 

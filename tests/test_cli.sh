@@ -109,6 +109,7 @@ err_lacks "the value given to --server-key-pin is not echoed" "123456"
 [ "$(wc -l <"$err")" -eq 1 ] && ok "--server-key-pin: one line, no usage dump" || bad "--server-key-pin printed more than its message" "$err"
 # No default server: nothing is sent anywhere not named.
 check "chat without --url or VEIL_URL: nothing sent" 2 "no server: give --url URL, set VEIL_URL or put 'url = URL' in $T/xdg/veil/config \(there is no default; nothing was sent\)" -- "$V" chat -m x --key-dir "$T/fastkey" hello
+check "--url ending in /v1: drop it, nothing sent" 2 "the URL ends in /v1: give the gateway's base URL without it .*nothing was sent" -- "$V" chat --url http://127.0.0.1:9/v1/ --allow-http -m x --key-dir "$T/fastkey" hello
 check "server-key without --url or VEIL_URL" 2 "no server: give --url URL, set VEIL_URL" -- "$V" server-key
 mkdir -p "$T/xdg/veil"
 printf '# my gateway\n\nurl = %s\n' "$URL" >"$T/xdg/veil/config"
@@ -255,7 +256,7 @@ err_has "503: the server's detail" "fixture: status 503"
 check "429 with --retries 0 exits 15" 15 "RateLimitError" -- "$V" chat "${FAST[@]}" --retries 0 -m fixture/retry-after-1 hello
 check "a timeout exits 18" 18 "APIConnectionError" -- "$V" chat "${FAST[@]}" --retries 0 --timeout 0.3 -m fixture/slow-3000 hello
 check "a closed port exits 18" 18 "APIConnectionError" -- "$V" chat --url "https://127.0.0.1:1" --ca-file "$CA" --key-dir "$T/fastkey" --retries 0 -m test/echo hello
-check "a TLS certificate from an unknown CA is a SecurityError" 19 "SecurityError.*certificate" -- "$V" chat --url "$URL" --key-dir "$T/fastkey" --retries 0 -m test/echo hello
+check "a TLS certificate from an unknown CA is a SecurityError naming --ca-file" 19 "SecurityError.*certificate.*self-signed CA needs .*--ca-file FILE" -- "$V" chat --url "$URL" --key-dir "$T/fastkey" --retries 0 -m test/echo hello
 for mode in ciphertext tag wrapped-key missing-field bad-base64 not-json; do
     check "tampered answer ($mode) exits 19" 19 "SecurityError" -- "$V" chat "${FAST[@]}" -m "fixture/tamper-$mode" "tamper $mode"
     err_has "tamper $mode: the fixed security message" "$SECMSG"

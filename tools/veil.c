@@ -827,6 +827,21 @@ static int config_url(const char *path, char *url, size_t size)
 
 /* 1: parsed; 0: a bad command line, the command's usage follows the
  * message; -1: a bad command line whose message says what to do. */
+/* 1 when url's path ends in /v1 or /v1/ (before any ?query). */
+static int url_ends_v1(const char *url)
+{
+    const char *host = strstr(url, "://");
+    const char *path = strchr(host ? host + 3 : url, '/');
+    size_t n;
+
+    if (path == NULL)
+        return 0;
+    n = strcspn(path, "?#");
+    if (n > 0 && path[n - 1] == '/')
+        n--;
+    return n >= 3 && strncmp(path + n - 3, "/v1", 3) == 0;
+}
+
 static int parse_opts(int argc, char **argv, enum cmd cmd, struct opts *o)
 {
     static const struct option longopts[] = {
@@ -1111,6 +1126,14 @@ static int parse_opts(int argc, char **argv, enum cmd cmd, struct opts *o)
         if (got < 0)
             return -1;
         o->url = got ? url : NULL;
+    }
+    /* The OpenAI habit: a base URL ending in /v1.  veil adds the paths
+     * (/v1/chat/secure_completion, /.well-known/ohttp-gateway, ...). */
+    if (o->url && url_ends_v1(o->url)) {
+        fprintf(stderr,
+                "veil: the URL ends in /v1: give the gateway's base URL "
+                "without it (veil adds /v1/... itself); nothing was sent\n");
+        return -1;
     }
     /* Never echo a positional argument: it may be a prompt. */
     if ((cmd == CMD_SERVER_KEY || cmd == CMD_ENROLL || cmd == CMD_MODELS ||
