@@ -1492,6 +1492,47 @@ static int oaep_probe(veil_provider *p, const veil_key *k, veil_hash hash,
     return mode;
 }
 
+/* The labels of the token's private keys (at most 16, printable, quoted,
+ * comma-separated) into out, for a message when a URI matched none; "none"
+ * when there are none; never fails (out is then what could be read). */
+static void private_key_labels(veil_provider *p, CK_SESSION_HANDLE sh,
+                               char *out, size_t size)
+{
+    CK_OBJECT_CLASS cls = CKO_PRIVATE_KEY;
+    CK_ATTRIBUTE t = {CKA_CLASS, &cls, sizeof cls};
+    CK_OBJECT_HANDLE h[16];
+    CK_ULONG count = 0;
+    size_t n = 0;
+
+    snprintf(out, size, "none");
+    if (CALL(p, C_FindObjectsInit, sh, &t, 1) != CKR_OK)
+        return;
+    if (CALL(p, C_FindObjects, sh, h, 16, &count) != CKR_OK)
+        count = 0;
+    if (CALL(p, C_FindObjectsFinal, sh) != CKR_OK)
+        session_mark(p, sh, PK_OP_FIND);
+    for (CK_ULONG i = 0; i < count && n + 8 < size; i++) {
+        char label[65] = "";
+        CK_ATTRIBUTE a = {CKA_LABEL, label, sizeof label - 1};
+
+        if (CALL(p, C_GetAttributeValue, sh, h[i], &a, 1) != CKR_OK ||
+            a.ulValueLen >= sizeof label)
+            continue;
+        label[a.ulValueLen] = '\0';
+        for (char *c = label; *c; c++)
+            if (*c < 0x20 || *c > 0x7e || *c == '"')
+                *c = '?'; /* a token's bytes, not ours to print */
+        int w = snprintf(out + n, size - n, "%s\"%s\"", n ? ", " : "", label);
+        if (w < 0 || (size_t)w >= size - n) {
+            out[n] = '\0';
+            break;
+        }
+        n += (size_t)w;
+    }
+    if (count == 16 && n + 6 < size)
+        snprintf(out + n, size - n, ", ...");
+}
+
 static veil_rc build_private_template_search(veil_provider *p, P11KitUri *uri,
                                              const char *bare_label,
                                              veil_key *k, int probe)
@@ -1527,11 +1568,15 @@ static veil_rc build_private_template_search(veil_provider *p, P11KitUri *uri,
     if (rc != VEIL_OK)
         return rc;
     rc = find_objects(p, sh, t, nt, h, 2, &count);
-    if (rc == VEIL_OK && count == 0)
+    if (rc == VEIL_OK && count == 0) {
+        char labels[300];
+
+        private_key_labels(p, sh, labels, sizeof labels);
         rc = veil_err(VEIL_E_NOT_FOUND, PK, NULL,
-                      "no private key matching that URI in token \"%s\"",
-                      st_of(p)->token_label);
-    else if (rc == VEIL_OK && count > 1)
+                      "no private key matching that URI in token \"%s\" "
+                      "(its private keys: %s)",
+                      st_of(p)->token_label, labels);
+    } else if (rc == VEIL_OK && count > 1)
         rc = veil_err(VEIL_E_AMBIGUOUS, PK, NULL,
                       "more than one private key matches in token \"%s\"; "
                       "add id= to the URI",

@@ -207,7 +207,7 @@ err_lacks "the token PIN is not in the log" "$(head -1 "$VEIL_TEST_PIN_FILE")"
 err_lacks "the prompt is not in the log" "token round trip"
 check "a wrong token PIN: exit 4, as in veil-keys and veild" 4 "ConfigurationError.*CKR_PIN_INCORRECT" -- "$V" chat --url "$URL" --ca-file "$CA" -m test/echo \
     --token-key "$TOK;object=cli-client" --module "$MOD" --pin-source "file:$VEIL_TEST_WRONG_PIN_FILE" hello
-check "a token key that does not exist: exit 3, as in veil-keys and veild" 3 "ConfigurationError.*no private key matching" -- "$V" chat --url "$URL" --ca-file "$CA" -m test/echo \
+check "a token key that does not exist: exit 3, as in veil-keys and veild, listing the token's keys" 3 "ConfigurationError.*no private key matching.*its private keys: .*\"cli-client\"" -- "$V" chat --url "$URL" --ca-file "$CA" -m test/echo \
     --token-key "$TOK;object=nope" --module "$MOD" --pin-source "file:$VEIL_TEST_PIN_FILE" hello
 
 # ------------------------------------------------------------ key directory
