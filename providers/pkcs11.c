@@ -177,12 +177,12 @@ typedef struct pk_state {
     unsigned char *owns;    /* per all[i]: holds session objects */
     unsigned char *active;  /* per all[i]: pk_op that may still be active */
     size_t all_n, all_cap;
-    size_t parked;          /* sessions kept out of the pool (see retire) */
+    size_t parked; /* sessions kept out of the pool (see retire) */
     int logged_in;
     int lock_ready;
-    int cancel_ok;          /* Cryptoki >= 3.0: C_XxxInit(NULL) ends an op */
+    int cancel_ok;           /* Cryptoki >= 3.0: C_XxxInit(NULL) ends an op */
     atomic_int no_ec_import; /* the token refused an EC public key object */
-    unsigned quirks; /* QUIRK_* from the table below */
+    unsigned quirks;         /* QUIRK_* from the table below */
 } pk_state;
 
 /* Per-module quirks, found by the module's C_GetInfo manufacturer, kept
@@ -692,9 +692,9 @@ static void session_retire(veil_provider *p, CK_SESSION_HANDLE h, pk_op op,
         pthread_mutex_unlock(&s->pool_lock);
         return;
     }
-    if (!owns && CALL(p, C_OpenSession, s->slot,
-                      CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL,
-                      &fresh) == CKR_OK) {
+    if (!owns &&
+        CALL(p, C_OpenSession, s->slot, CKF_SERIAL_SESSION | CKF_RW_SESSION,
+             NULL, NULL, &fresh) == CKR_OK) {
         pthread_mutex_lock(&s->pool_lock);
         i = session_index(s, h);
         if (i < s->all_n) {
@@ -728,8 +728,7 @@ static void session_retire(veil_provider *p, CK_SESSION_HANDLE h, pk_op op,
 static void session_check(veil_provider *p, CK_SESSION_HANDLE sh, pk_op op,
                           CK_RV init_rv, CK_RV rv)
 {
-    if ((init_rv == CKR_OK && rv != CKR_OK) ||
-        init_rv == CKR_OPERATION_ACTIVE)
+    if ((init_rv == CKR_OK && rv != CKR_OK) || init_rv == CKR_OPERATION_ACTIVE)
         session_mark(p, sh, op);
 }
 
@@ -2183,8 +2182,7 @@ static veil_rc pk_ecdsa_verify(veil_provider *p, const veil_key *k,
         return veil_err_ossl(VEIL_E_CRYPTO, PK, "SHA-256");
     if (k->prov != p && atomic_load(&st_of(p)->no_ec_import))
         return veil_err(VEIL_E_UNSUPPORTED, PK, NULL,
-                        "%s cannot hold an EC public key",
-                        p->caps.description);
+                        "%s cannot hold an EC public key", p->caps.description);
     rc = session_get(p, &sh);
     if (rc != VEIL_OK)
         return rc;
@@ -2264,8 +2262,7 @@ static veil_rc pk_aes_gcm(veil_provider *p, int enc, const uint8_t *key,
         else if (rv == CKR_OK)
             rv = CALL(p, C_Decrypt, sh, ct, len + VEIL_GCM_TAG_LEN,
                       veil_secbuf_data(pt), &n);
-        session_check(p, sh, enc ? PK_OP_ENCRYPT : PK_OP_DECRYPT, init_rv,
-                      rv);
+        session_check(p, sh, enc ? PK_OP_ENCRYPT : PK_OP_DECRYPT, init_rv, rv);
         CALL(p, C_DestroyObject, sh, h);
     }
     session_put(p, sh);
