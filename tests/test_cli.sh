@@ -75,7 +75,7 @@ fixture_start auth --api-key-file "$T/api.key"
 AUTH_URL=$FIXTURE_URL AUTHLOG=$FIXTURE_LOG
 
 # A quick 2048-bit answer key for the checks that are not about keys.
-"$K" generate --dir "$T/fastkey" --bits 2048 >"$T/keygen.log" 2>&1 || {
+"$K" generate --key-dir "$T/fastkey" --bits 2048 >"$T/keygen.log" 2>&1 || {
     cat "$T/keygen.log"
     hard "veil-keys could not make a key directory"
 }

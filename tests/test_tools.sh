@@ -66,21 +66,21 @@ grep -q "chmod 600" "$err" && pass=$((pass+1)) || { echo "FAIL: chmod hint"; fai
 # Software keys in a NOMYO key directory.
 D="$VEIL_TEST_DIR/keys"
 export KEYPW=correct-horse
-check "generate into a key directory, encrypted" 0 "provider: +software" -- "$K" generate --dir "$D" --bits 2048 --password-source env:KEYPW
+check "generate into a key directory, encrypted" 0 "provider: +software" -- "$K" generate --key-dir "$D" --bits 2048 --password-source env:KEYPW
 [ "$(stat -c %a "$D/private_key.pem")" = 600 ] && [ "$(stat -c %a "$D/public_key.pem")" = 600 ] \
     && { echo "ok: key files are 0600"; pass=$((pass+1)); } || { echo "FAIL: modes"; fail=$((fail+1)); }
 head -1 "$D/private_key.pem" | grep -q "BEGIN ENCRYPTED PRIVATE KEY" \
     && { echo "ok: private key file is encrypted PKCS#8"; pass=$((pass+1)); } || { echo "FAIL: not encrypted"; fail=$((fail+1)); }
 check "key directory refuses overwrite" 6 "exists" -- "$K" generate --dir "$D" --bits 2048 --password-source env:KEYPW
-check "test the directory key" 0 "^ok: software RSA-2048" -- "$K" test --dir "$D" --password-source env:KEYPW
+check "test the directory key" 0 "^ok: software RSA-2048" -- "$K" test --key-dir "$D" --password-source env:KEYPW
 KEYPW=wrong check "wrong password" 4 "wrong password" -- "$K" test --dir "$D" --password-source env:KEYPW
 check "no password for an encrypted key" 4 "no password" -- env -u VEIL_PIN_SOURCE "$K" test --dir "$D"
 D1="$VEIL_TEST_DIR/keys-1024"
 mkdir -p "$D1" && openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:1024 -out "$D1/private_key.pem" 2>/dev/null &&
     openssl pkey -in "$D1/private_key.pem" -pubout -out "$D1/public_key.pem" 2>/dev/null && chmod 600 "$D1"/*.pem ||
     { echo "ERROR (setup): cannot make an RSA-1024 key"; exit 99; }
-check "test refuses an RSA key under 2048 bits, naming its size (2)" 2 "RSA-1024 key .* too small: .*at least 2048 bits" -- env -u VEIL_PIN_SOURCE "$K" test --dir "$D1"
-check "delete the directory key" 0 "deleted" -- "$K" delete --dir "$D" --yes --password-source env:KEYPW
+check "test refuses an RSA key under 2048 bits, naming its size (2)" 2 "RSA-1024 key .* too small: .*at least 2048 bits" -- env -u VEIL_PIN_SOURCE "$K" test --key-dir "$D1"
+check "delete the directory key (the older --dir still taken)" 0 "deleted" -- "$K" delete --dir "$D" --yes --password-source env:KEYPW
 [ ! -e "$D/private_key.pem" ] && pass=$((pass+1)) || { echo "FAIL: file left"; fail=$((fail+1)); }
 
 # ---- the same exit codes in veil-keys, veil and veild (veil-keys(1)); a

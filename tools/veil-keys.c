@@ -32,7 +32,7 @@ static const char usage_main[] =
     "\n"
     "Where the key lives (every command):\n"
     "  --token URI         a PKCS#11 token, e.g. 'pkcs11:token=veil'\n"
-    "  --dir DIR           a NOMYO key directory (private_key.pem, "
+    "  --key-dir DIR       a NOMYO key directory (private_key.pem, "
     "public_key.pem)\n"
     "  --module M          PKCS#11 module: a .so path or p11-kit name\n"
     "                      (default: $VEIL_PKCS11_MODULE, module-path= or\n"
@@ -53,7 +53,7 @@ static const char usage_main[] =
     "Flags are written with dashes; --pin_source works as --pin-source.\n";
 
 static const char usage_generate[] =
-    "usage: veil-keys generate (--token URI | --dir DIR) --label LABEL\n"
+    "usage: veil-keys generate (--token URI | --key-dir DIR) --label LABEL\n"
     "                          [--type rsa|ec] [--bits 2048|3072|4096]\n"
     "                          [--id HEX] [--session]\n"
     "                          [--password-source SPEC]\n"
@@ -64,22 +64,22 @@ static const char usage_generate[] =
     "files mode 0600. Defaults: --type rsa --bits 4096.\n";
 
 static const char usage_list[] =
-    "usage: veil-keys list (--token URI | --dir DIR) [--module M]\n"
+    "usage: veil-keys list (--token URI | --key-dir DIR) [--module M]\n"
     "Lists private keys: label, type and size, fingerprint and URI.\n";
 
 static const char usage_show[] =
-    "usage: veil-keys show (--key URI|LABEL | --dir DIR) [--pem | "
+    "usage: veil-keys show (--key URI|LABEL | --key-dir DIR) [--pem | "
     "--fingerprint]\n"
     "Prints the key's details, public key (PEM SPKI) and fingerprint;\n"
     "--pem or --fingerprint prints only that.\n";
 
 static const char usage_delete[] =
-    "usage: veil-keys delete (--key URI|LABEL | --dir DIR) --yes\n"
+    "usage: veil-keys delete (--key URI|LABEL | --key-dir DIR) --yes\n"
     "Destroys the key (both halves in a token; both files in a directory).\n"
     "Without --yes nothing is deleted.\n";
 
 static const char usage_test[] =
-    "usage: veil-keys test (--key URI|LABEL | --dir DIR) [-v]\n"
+    "usage: veil-keys test (--key URI|LABEL | --key-dir DIR) [-v]\n"
     "Checks that veil can use the key: an RSA key gets a random secret\n"
     "wrapped to its public half in software (RSA-OAEP-SHA256) and unwrapped\n"
     "with the private key where it lives; an EC key signs and the signature\n"
@@ -155,7 +155,8 @@ static int parse_opts(int argc, char **argv, struct opts *o)
 {
     static const struct option longopts[] = {
         {"token", required_argument, NULL, 't'},
-        {"dir", required_argument, NULL, 'd'},
+        {"key-dir", required_argument, NULL, 'd'},
+        {"dir", required_argument, NULL, 'd'}, /* the older name */
         {"key", required_argument, NULL, 'k'},
         {"module", required_argument, NULL, 'm'},
         {"pin-source", required_argument, NULL, 'P'},
