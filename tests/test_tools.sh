@@ -33,6 +33,16 @@ done
 check "unknown command" 2 "unknown command" -- "$K" frobnicate
 check "a PIN on the command line is refused" 2 "never taken on the command line" -- "$K" list --token "$TOK" --pin 1234
 check "caps of the token" 0 "rsa-x-509" -- "$K" caps --token "$TOK"
+# --json: what a script reads (parsed, not grepped)
+json_has() { # NAME PYTHON-EXPR-over-j: the output of the last check
+    if /usr/bin/python3 -c "import json,sys; j=json.load(open(sys.argv[1])); sys.exit(0 if ($2) else 1)" "$out" 2>>"$err"; then
+        echo "ok: $1"; pass=$((pass+1))
+    else
+        echo "FAIL: $1"; cat "$out" "$err"; fail=$((fail+1))
+    fi
+}
+check "caps --json" 0 "" -- "$K" caps --token "$TOK" --json
+json_has "caps --json lists the mechanisms" "'rsa-x-509 (raw)' in j['mechanisms'] and j['rsa_max_bits'] >= 2048"
 check "generate RSA-2048 in the token" 0 "sensitive: +yes" -- "$K" generate --token "$TOK" --label server --bits 2048
 grep -q "extractable:  no" "$out" && echo "ok: not extractable" && pass=$((pass+1)) || { echo "FAIL: extractable"; fail=$((fail+1)); }
 check "generate says it is working" 0 "generating RSA-3072" -- "$K" generate --token "$TOK" --label big --bits 3072
@@ -51,6 +61,14 @@ openssl pkey -pubin -in "$out" -outform DER 2>/dev/null | sha256sum | grep -q "$
 check "test an RSA token key" 0 "^ok: pkcs11 RSA-2048" -- "$K" test --key "$TOK;object=server"
 check "test says the raw path in -v" 0 "CKM_RSA_X_509" -- "$K" test --key "$TOK;object=server" -v
 check "test an EC token key" 0 "^ok: pkcs11 EC" -- "$K" test --key "$TOK;object=signer"
+check "list --json" 0 "" -- "$K" list --token "$TOK" --json
+json_has "list --json: every key, with its facts" "sorted(k['label'] for k in j['keys']) == ['big', 'server', 'signer'] and all(k['sensitive'] is True and k['extractable'] is False and k['fingerprint'].startswith('sha256:') for k in j['keys'])"
+check "show --json" 0 "" -- "$K" show --key "$TOK;object=server" --json
+json_has "show --json: the key, its fingerprint and PEM" "j['label'] == 'server' and j['type'] == 'rsa' and j['bits'] == 2048 and j['fingerprint'] == '$fp' and 'BEGIN PUBLIC KEY' in j['public_key_pem']"
+check "test --json" 0 "" -- "$K" test --key "$TOK;object=signer" --json
+json_has "test --json: ok" "j['ok'] is True and j['type'] == 'ec-p256'"
+check "an error with --json: exit 3, and JSON on stdout" 3 "" -- "$K" show --key "$TOK;object=nope" --json
+json_has "the error as JSON names the token's keys" "j['error']['exit_code'] == 3 and 'no private key matching' in j['error']['detail'] and '\"server\"' in j['error']['detail']"
 check "delete without --yes deletes nothing" 2 "add --yes" -- "$K" delete --key "$TOK;object=server"
 check "key still there" 0 "$fp" -- "$K" show --key "$TOK;object=server" --fingerprint
 check "delete --yes" 0 "deleted \"server\"" -- "$K" delete --key "$TOK;object=server" --yes

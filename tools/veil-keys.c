@@ -8,6 +8,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <cjson/cJSON.h>
+
 #include "exitcode.h"
 #include "toolenv.h"
 #include "veil/engine.h"
@@ -41,6 +43,9 @@ static const char usage_main[] =
     "  --pin-source SPEC   file:PATH, env:NAME or prompt (default:\n"
     "                      $VEIL_PIN_SOURCE, else prompt on a terminal)\n"
     "  -v, --verbose       debug log on stderr (never shows keys or PINs)\n"
+    "  --json              list, show, generate, test and caps print JSON on\n"
+    "                      stdout; an error is {\"error\": {\"exit_code\",\n"
+    "                      \"detail\"}} there too\n"
     "  --version           print the version\n"
     "\n"
     "Run 'veil-keys COMMAND --help' for a command's options.\n"
@@ -106,16 +111,67 @@ struct opts {
     const char *token, *dir, *key, *module, *pin_source, *password_source;
     const char *label, *type, *id_hex;
     unsigned bits;
-    int session, pem_only, fp_only, yes, verbose, help;
+    int session, pem_only, fp_only, yes, verbose, help, json;
 };
 
-/* The last error on stderr; its exit code (engine/exitcode.h). */
+/* --json: data and errors as JSON on stdout. */
+static int json_out;
+
+/* Prints j (owned) as one JSON document on stdout; 0 when it could not. */
+static int print_json(cJSON *j)
+{
+    char *text = j ? cJSON_Print(j) : NULL;
+    int ok = text != NULL;
+
+    if (ok)
+        printf("%s\n", text);
+    free(text);
+    cJSON_Delete(j);
+    return ok;
+}
+
+/* With --json: {"error": {"exit_code": N, "detail": "..."}} on stdout. */
+static void json_error(int code, const char *detail)
+{
+    cJSON *j = json_out ? cJSON_CreateObject() : NULL;
+    cJSON *e = j ? cJSON_AddObjectToObject(j, "error") : NULL;
+
+    if (e && cJSON_AddNumberToObject(e, "exit_code", code) &&
+        cJSON_AddStringToObject(e, "detail", detail))
+        print_json(j);
+    else
+        cJSON_Delete(j);
+}
+
+/* The last error on stderr (and with --json on stdout); its exit code
+ * (engine/exitcode.h). */
 static int fail(veil_rc rc)
 {
     veil_error e = *veil_last_error();
+    int code;
+
     fprintf(stderr, "veil-keys: %s\n", e.message);
     e.code = rc;
-    return veil_exit_for(&e);
+    code = veil_exit_for(&e);
+    json_error(code, e.message);
+    return code;
+}
+
+/* A command used wrongly: its usage on stderr, exit 2. */
+static int usage_fail(const char *usage)
+{
+    fputs(usage, stderr);
+    json_error(VEIL_EXIT_USAGE, "usage: see the command's --help");
+    return VEIL_EXIT_USAGE;
+}
+
+/* A message of this tool (not the engine's) on stderr, and as JSON; the
+ * exit code given. */
+static int tool_fail(int code, const char *msg)
+{
+    fprintf(stderr, "veil-keys: %s\n", msg);
+    json_error(code, msg);
+    return code;
 }
 
 static void log_stderr(void *ctx, veil_log_level level, const char *line)
@@ -170,6 +226,7 @@ static int parse_opts(int argc, char **argv, struct opts *o)
         {"fingerprint", no_argument, NULL, 'f'},
         {"yes", no_argument, NULL, 'y'},
         {"verbose", no_argument, NULL, 'v'},
+        {"json", no_argument, NULL, 'J'},
         {"help", no_argument, NULL, 'h'},
         {"pin", required_argument, NULL, 'X'},
         {NULL, 0, NULL, 0},
@@ -195,6 +252,9 @@ static int parse_opts(int argc, char **argv, struct opts *o)
             break;
         case 'd':
             o->dir = optarg;
+            break;
+        case 'J':
+            o->json = json_out = 1;
             break;
         case 'k':
             o->key = optarg;
@@ -305,11 +365,72 @@ static void print_info(const veil_key_info *i)
     printf("fingerprint:  %s\n", i->fingerprint);
 }
 
+/* A key's facts as `show` prints them, as a JSON object (NULL: no
+ * memory).  sensitive/extractable are null where they do not apply. */
+static cJSON *info_json(const veil_key_info *i)
+{
+    cJSON *j = cJSON_CreateObject();
+    int ok = j != NULL;
+
+    ok =
+        ok && cJSON_AddStringToObject(j, "label", i->label) &&
+        cJSON_AddStringToObject(j, "type",
+                                i->type == VEIL_KEY_RSA ? "rsa" : "ec-p256") &&
+        cJSON_AddNumberToObject(j, "bits", i->bits) &&
+        cJSON_AddStringToObject(j, "provider", i->provider) &&
+        (i->uri[0] ? cJSON_AddStringToObject(j, "uri", i->uri)
+                   : cJSON_AddNullToObject(j, "uri")) &&
+        (i->id_hex[0] ? cJSON_AddStringToObject(j, "id", i->id_hex)
+                      : cJSON_AddNullToObject(j, "id")) &&
+        (i->sensitive >= 0 ? cJSON_AddBoolToObject(j, "sensitive", i->sensitive)
+                           : cJSON_AddNullToObject(j, "sensitive")) &&
+        (i->extractable >= 0
+             ? cJSON_AddBoolToObject(j, "extractable", i->extractable)
+             : cJSON_AddNullToObject(j, "extractable")) &&
+        cJSON_AddBoolToObject(j, "persistent", i->persistent) &&
+        cJSON_AddStringToObject(j, "fingerprint", i->fingerprint);
+    if (!ok) {
+        cJSON_Delete(j);
+        return NULL;
+    }
+    return j;
+}
+
+/* A key as the command prints it: text, or with --json one object. */
+static int print_key(const veil_key_info *i, const char *pem)
+{
+    cJSON *j;
+
+    if (!json_out) {
+        print_info(i);
+        if (pem)
+            fputs(pem, stdout);
+        return 1;
+    }
+    j = info_json(i);
+    if (j && pem && !cJSON_AddStringToObject(j, "public_key_pem", pem)) {
+        cJSON_Delete(j);
+        j = NULL;
+    }
+    return print_json(j);
+}
+
 static int list_cb(void *ctx, const veil_key_info *i)
 {
-    unsigned *n = ctx;
+    struct list_ctx {
+        unsigned n;
+        cJSON *keys;
+    } *l = ctx;
+    cJSON *j;
 
-    if ((*n)++)
+    if (l->keys) {
+        if ((j = info_json(i)) == NULL)
+            return -1;
+        cJSON_AddItemToArray(l->keys, j);
+        l->n++;
+        return 0;
+    }
+    if (l->n++)
         printf("\n");
     print_info(i);
     return 0;
@@ -337,23 +458,21 @@ static int cmd_generate(veil_engine *e, const struct opts *o)
     veil_rc rc;
 
     if ((!o->token == !o->dir) || (o->token && !o->label)) {
-        fputs(usage_generate, stderr);
-        return VEIL_EXIT_USAGE;
+        return usage_fail(usage_generate);
     }
     kp.type = (!o->type || strcmp(o->type, "rsa") == 0) ? VEIL_KEY_RSA
               : strcmp(o->type, "ec") == 0              ? VEIL_KEY_EC_P256
                                                         : 0;
     if (!kp.type) {
-        fprintf(stderr, "veil-keys: --type is rsa or ec\n");
-        return VEIL_EXIT_USAGE;
+        return tool_fail(VEIL_EXIT_USAGE, "--type is rsa or ec");
     }
     kp.bits = kp.type == VEIL_KEY_RSA ? o->bits : 256;
     kp.label = o->label ? o->label : "veil";
     kp.session_only = o->session;
     if (o->id_hex) {
         if (!parse_hex(o->id_hex, id, sizeof id, &kp.id_len) || !kp.id_len) {
-            fprintf(stderr, "veil-keys: --id takes 1 to 64 bytes in hex\n");
-            return VEIL_EXIT_USAGE;
+            return tool_fail(VEIL_EXIT_USAGE,
+                             "--id takes 1 to 64 bytes in hex");
         }
         kp.id = id;
     }
@@ -388,10 +507,11 @@ static int cmd_generate(veil_engine *e, const struct opts *o)
             return fail(rc);
     }
     rc = veil_key_get_info(k, &info);
-    if (rc == VEIL_OK)
-        print_info(&info);
     veil_key_free(k);
-    return rc == VEIL_OK ? VEIL_EXIT_OK : fail(rc);
+    if (rc != VEIL_OK)
+        return fail(rc);
+    return print_key(&info, NULL) ? VEIL_EXIT_OK
+                                  : tool_fail(VEIL_EXIT_FAIL, "out of memory");
 }
 
 static int cmd_show(veil_engine *e, const struct opts *o)
@@ -402,48 +522,60 @@ static int cmd_show(veil_engine *e, const struct opts *o)
     veil_rc rc;
 
     if (!o->key == !o->dir) {
-        fputs(usage_show, stderr);
-        return VEIL_EXIT_USAGE;
+        return usage_fail(usage_show);
     }
     rc = open_key(e, o, &k);
     if (rc == VEIL_OK)
         rc = veil_key_get_info(k, &info);
     if (rc == VEIL_OK)
         rc = veil_key_public_pem(k, &pem);
-    if (rc == VEIL_OK) {
-        if (o->fp_only) {
-            printf("%s\n", info.fingerprint);
-        } else if (o->pem_only) {
-            fputs(pem, stdout);
-        } else {
-            print_info(&info);
-            fputs(pem, stdout);
-        }
-    }
-    free(pem);
     veil_key_free(k);
-    return rc == VEIL_OK ? VEIL_EXIT_OK : fail(rc);
+    if (rc != VEIL_OK) {
+        free(pem);
+        return fail(rc);
+    }
+    int ok = 1;
+    if (o->fp_only && !json_out)
+        printf("%s\n", info.fingerprint);
+    else if (o->pem_only && !json_out)
+        fputs(pem, stdout);
+    else
+        ok = print_key(&info, pem);
+    free(pem);
+    return ok ? VEIL_EXIT_OK : tool_fail(VEIL_EXIT_FAIL, "out of memory");
 }
 
 static int cmd_list(veil_engine *e, const struct opts *o)
 {
     char where[4200];
-    unsigned n = 0;
+    struct list_ctx {
+        unsigned n;
+        cJSON *keys;
+    } l = {0, NULL};
+    cJSON *j = NULL;
     veil_rc rc;
 
     if (!o->token == !o->dir) {
-        fputs(usage_list, stderr);
-        return VEIL_EXIT_USAGE;
+        return usage_fail(usage_list);
     }
     if (o->dir)
         snprintf(where, sizeof where, "dir:%s", o->dir);
     else
         snprintf(where, sizeof where, "%s", o->token);
-    rc = veil_key_list(e, where, list_cb, &n);
-    if (rc != VEIL_OK)
+    if (json_out && ((j = cJSON_CreateObject()) == NULL ||
+                     (l.keys = cJSON_AddArrayToObject(j, "keys")) == NULL)) {
+        cJSON_Delete(j);
+        return tool_fail(VEIL_EXIT_FAIL, "out of memory");
+    }
+    rc = veil_key_list(e, where, list_cb, &l);
+    if (rc != VEIL_OK) {
+        cJSON_Delete(j);
         return fail(rc);
-    if (n == 0)
+    }
+    if (l.n == 0)
         fprintf(stderr, "veil-keys: no keys\n");
+    if (j && !print_json(j))
+        return tool_fail(VEIL_EXIT_FAIL, "out of memory");
     return VEIL_EXIT_OK;
 }
 
@@ -454,8 +586,7 @@ static int cmd_delete(veil_engine *e, const struct opts *o)
     veil_rc rc;
 
     if (!o->key == !o->dir) {
-        fputs(usage_delete, stderr);
-        return VEIL_EXIT_USAGE;
+        return usage_fail(usage_delete);
     }
     rc = open_key(e, o, &k);
     if (rc != VEIL_OK)
@@ -487,8 +618,7 @@ static int cmd_test(veil_engine *e, const struct opts *o)
     veil_rc rc;
 
     if (!o->key == !o->dir) {
-        fputs(usage_test, stderr);
-        return VEIL_EXIT_USAGE;
+        return usage_fail(usage_test);
     }
     rc = open_key(e, o, &k);
     if (rc == VEIL_OK)
@@ -497,13 +627,15 @@ static int cmd_test(veil_engine *e, const struct opts *o)
         info.bits < MIN_RSA_BITS) {
         /* veil and veild refuse such a key; a test that passed would
          * mislead */
-        fprintf(stderr,
-                "veil-keys: RSA-%u key \"%s\" is too small: veil and veild "
-                "need an RSA key of at least %u bits (make one with "
-                "veil-keys generate --bits 2048|3072|4096)\n",
-                info.bits, info.label, MIN_RSA_BITS);
+        char msg[400];
+
+        snprintf(msg, sizeof msg,
+                 "RSA-%u key \"%s\" is too small: veil and veild need an RSA "
+                 "key of at least %u bits (make one with veil-keys generate "
+                 "--bits 2048|3072|4096)",
+                 info.bits, info.label, MIN_RSA_BITS);
         veil_key_free(k);
-        return VEIL_EXIT_USAGE;
+        return tool_fail(VEIL_EXIT_USAGE, msg);
     }
     if (rc == VEIL_OK && info.type == VEIL_KEY_RSA) {
         rc = veil_random(e, secret, sizeof secret);
@@ -526,10 +658,22 @@ static int cmd_test(veil_engine *e, const struct opts *o)
     veil_key_free(k);
     if (rc != VEIL_OK)
         return fail(rc);
+    const char *what = info.type == VEIL_KEY_RSA
+                           ? "unwrapped a secret wrapped in software"
+                           : "signed; signature verified";
+    if (json_out) {
+        cJSON *j = info_json(&info);
+        if (j && (!cJSON_AddBoolToObject(j, "ok", 1) ||
+                  !cJSON_AddStringToObject(j, "checked", what))) {
+            cJSON_Delete(j);
+            j = NULL;
+        }
+        return print_json(j) ? VEIL_EXIT_OK
+                             : tool_fail(VEIL_EXIT_FAIL, "out of memory");
+    }
     printf("ok: %s %s-%u key \"%s\" %s\n", info.provider,
            info.type == VEIL_KEY_RSA ? "RSA" : "EC", info.bits, info.label,
-           info.type == VEIL_KEY_RSA ? "unwrapped a secret wrapped in software"
-                                     : "signed; signature verified");
+           what);
     return VEIL_EXIT_OK;
 }
 
@@ -555,6 +699,28 @@ static int cmd_caps(veil_engine *e, const struct opts *o)
 
     if (rc != VEIL_OK)
         return fail(rc);
+    if (json_out) {
+        cJSON *j = cJSON_CreateObject(), *m;
+        int ok = j && cJSON_AddStringToObject(j, "provider", caps.provider) &&
+                 cJSON_AddStringToObject(j, "description", caps.description);
+        if (ok && caps.rsa_max_bits)
+            ok =
+                cJSON_AddNumberToObject(j, "rsa_min_bits", caps.rsa_min_bits) &&
+                cJSON_AddNumberToObject(j, "rsa_max_bits", caps.rsa_max_bits);
+        ok = ok && (m = cJSON_AddArrayToObject(j, "mechanisms")) != NULL;
+        for (size_t i = 0; ok && i < sizeof names / sizeof names[0]; i++)
+            if (caps.mechs & names[i].bit) {
+                cJSON *n = cJSON_CreateString(names[i].name);
+                ok = n != NULL;
+                cJSON_AddItemToArray(m, n);
+            }
+        if (!ok) {
+            cJSON_Delete(j);
+            j = NULL;
+        }
+        return print_json(j) ? VEIL_EXIT_OK
+                             : tool_fail(VEIL_EXIT_FAIL, "out of memory");
+    }
     printf("provider:     %s\n", caps.provider);
     printf("description:  %s\n", caps.description);
     if (caps.rsa_max_bits)
@@ -610,8 +776,7 @@ static int cmd_rotate(veil_engine *e, const struct opts *o)
     veil_rc rc;
 
     if (!o->token || !o->label || o->dir || o->type) {
-        fputs(usage_rotate, stderr);
-        return VEIL_EXIT_USAGE;
+        return usage_fail(usage_rotate);
     }
     if (o->key && ((rc = veil_key_open(e, o->key, &c)) != VEIL_OK ||
                    (rc = veil_key_get_info(c, &cur)) != VEIL_OK)) {
@@ -670,10 +835,8 @@ int main(int argc, char **argv)
     for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++) {
         if (strcmp(argv[1], cmds[i].name) != 0)
             continue;
-        if (!parse_opts(argc - 1, argv + 1, &o)) {
-            fputs(cmds[i].usage, stderr);
-            return VEIL_EXIT_USAGE;
-        }
+        if (!parse_opts(argc - 1, argv + 1, &o))
+            return usage_fail(cmds[i].usage);
         if (o.help) {
             fputs(cmds[i].usage, stdout);
             return VEIL_EXIT_OK;
