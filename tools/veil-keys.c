@@ -627,15 +627,15 @@ static int cmd_test(veil_engine *e, const struct opts *o)
         info.bits < MIN_RSA_BITS) {
         /* veil and veild refuse such a key; a test that passed would
          * mislead */
-        char msg[400];
+        char why[400];
 
-        snprintf(msg, sizeof msg,
+        snprintf(why, sizeof why,
                  "RSA-%u key \"%s\" is too small: veil and veild need an RSA "
                  "key of at least %u bits (make one with veil-keys generate "
                  "--bits 2048|3072|4096)",
                  info.bits, info.label, MIN_RSA_BITS);
         veil_key_free(k);
-        return tool_fail(VEIL_EXIT_USAGE, msg);
+        return tool_fail(VEIL_EXIT_USAGE, why);
     }
     if (rc == VEIL_OK && info.type == VEIL_KEY_RSA) {
         rc = veil_random(e, secret, sizeof secret);
