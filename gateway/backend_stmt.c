@@ -2,7 +2,8 @@
  * (docs/ATTESTATION.md, "The backend statement"): a model's backend is
  * stated in the quote only when it is on the attested host (echo, a Unix
  * socket, loopback), or an https:// server elsewhere with
- * tpm_remote_https = on.  The statement itself is protocol/backend.c. */
+ * tpm_remote_https = on.  The statement itself is protocol/backend.c.
+ * Also the 403 detail of a tier a model does not allow. */
 #include "config.h"
 
 #include <stdio.h>
@@ -51,4 +52,19 @@ unsigned gw_model_tiers(const gw_config *cfg, const gw_model *m)
             GW_OK)
         return m->tiers & ~(unsigned)VEIL_TIER_MAXIMUM;
     return m->tiers;
+}
+
+void gw_model_tier_refusal(const gw_model *m, const char *tier, char *why,
+                           size_t why_size)
+{
+    char tiers[64] = "";
+    size_t n = 0;
+
+    for (unsigned bit = 1; bit <= VEIL_TIER_MAXIMUM; bit <<= 1)
+        if (m->tiers & bit)
+            n += (size_t)snprintf(tiers + n, sizeof tiers - n, "%s%s",
+                                  n ? ", " : "", veil_tier_name(bit));
+    snprintf(why, why_size,
+             "model '%.200s' is not allowed on the %s tier (its tiers: %s)",
+             m->id, tier, tiers);
 }

@@ -893,18 +893,3 @@ const gw_model *gw_config_model(const gw_config *cfg, const char *id)
             return &cfg->models[i];
     return NULL;
 }
-
-void gw_model_tier_refusal(const gw_model *m, const char *tier, char *why,
-                           size_t why_size)
-{
-    char tiers[64] = "";
-    size_t n = 0;
-
-    for (unsigned bit = 1; bit <= VEIL_TIER_MAXIMUM; bit <<= 1)
-        if (m->tiers & bit)
-            n += (size_t)snprintf(tiers + n, sizeof tiers - n, "%s%s",
-                                  n ? ", " : "", veil_tier_name(bit));
-    snprintf(why, why_size,
-             "model '%.200s' is not allowed on the %s tier (its tiers: %s)",
-             m->id, tier, tiers);
-}

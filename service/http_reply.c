@@ -209,4 +209,3 @@ void svc_send_prebuilt(svc_req *r, int status, svc_response *p)
           &(struct svc_reply){
               .type = p->type, .body = p->body, .len = p->len, .pre = p});
 }
-
