@@ -502,6 +502,7 @@ static int v2_target(const gw *g, target *t, ecdh_side *e, const char *vname,
                      unsigned mock_port, unsigned *seq)
 {
     unsigned long long cap = 0;
+    double one = 0;
     int ret = -1, started = 0;
 
     for (unsigned i = 0; i < g->o->n_clients; i++)
@@ -535,6 +536,14 @@ static int v2_target(const gw *g, target *t, ecdh_side *e, const char *vname,
            g->o->requests, TARGET_V2_ADDED_MS);
     if (run_v2_latency(g, t, mock_port, seq) != 0)
         goto out;
+    /* the gateway path's floor: one ECDH with a key where veild keeps its
+     * KEM key, one thread, right after */
+    if (time_slice(e->lim.bare_op, e->lim.bare_ctx[0], g->o->seconds, &one) !=
+        0)
+        goto out;
+    printf("#   of that, the bare P-256 ECDH (%s), one thread: %.3f ms\n",
+           e->lim.name, one > 0 ? 1000.0 / one : 0);
+    fflush(stdout);
     ret = 0;
 out:
     if (started && veild_stop(&t->v) != 0)
