@@ -29,6 +29,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <cjson/cJSON.h>
 #include <curl/curl.h>
 
 #include "bench_gw.h"
@@ -76,6 +77,30 @@ int v2_mock_stop(const gw *g, tu_proc *mock)
     snprintf(path, sizeof path, "%s/mock-upstream.log", g->dir);
     unlink(path);
     return st == 0 ? 0 : -1;
+}
+
+/* mock-upstream's counts so far (GET /mock/stats): 0, or -1. */
+static int mock_stats(unsigned port, double *requests, double *connections)
+{
+    char url[96];
+    http c;
+    cJSON *j = NULL, *r, *n;
+    int ret = -1;
+
+    snprintf(url, sizeof url, "http://127.0.0.1:%u/mock/stats", port);
+    if (http_init(&c, url) != 0)
+        return -1;
+    if (http_get(&c, url) == 0 && (j = cJSON_Parse(c.buf)) &&
+        cJSON_IsNumber(r = cJSON_GetObjectItemCaseSensitive(j, "requests")) &&
+        cJSON_IsNumber(
+            n = cJSON_GetObjectItemCaseSensitive(j, "connections"))) {
+        *requests = r->valuedouble;
+        *connections = n->valuedouble;
+        ret = 0;
+    }
+    cJSON_Delete(j);
+    http_free(&c);
+    return ret;
 }
 
 /* The chat request's JSON for prompt `seq` (as v2_seal makes it). */
@@ -172,6 +197,7 @@ int run_v2_latency(const gw *g, target *t, unsigned mock_port, unsigned *seq)
     double *plain = xcalloc(n, sizeof *plain), *v2 = xcalloc(n, sizeof *v2);
     double *parts[3];
     double pp50, pp99, vp50, vp99, q50[3], q99[3], added;
+    double req0, conn0, req1, conn1;
     char url[160], name[64], etext[16];
     veil_ohttp_keyconfig cfg;
     lat_state s = {.g = g, .cfg = &cfg};
@@ -208,6 +234,8 @@ int run_v2_latency(const gw *g, target *t, unsigned mock_port, unsigned *seq)
                s.first);
         goto out;
     }
+    if (mock_stats(mock_port, &req0, &conn0) != 0)
+        goto out;
     for (unsigned i = 0; i < n; i++) {
         uint32_t sp = (*seq)++, sv = (*seq)++;
         double a = 0, b = 0, p[3];
@@ -228,6 +256,8 @@ int run_v2_latency(const gw *g, target *t, unsigned mock_port, unsigned *seq)
             parts[k][got] = p[k];
         got++;
     }
+    if (mock_stats(mock_port, &req1, &conn1) != 0)
+        goto out;
     if (got == 0) {
         printf("#   v2 latency, %s: no request succeeded: %s\n", t->name,
                s.first);
@@ -250,6 +280,9 @@ int run_v2_latency(const gw *g, target *t, unsigned mock_port, unsigned *seq)
            "#   the gateway path over the plain call (POST p50 - plain "
            "p50): %.3f\n",
            q50[0], q50[1], q99[1], q50[2], q50[1] - pp50);
+    printf("#   mock-upstream took %.0f requests on %.0f new connections "
+           "during the phase\n",
+           req1 - req0, conn1 - conn0);
     if (s.errors)
         printf("#   first error: %s\n", s.first);
     fflush(stdout);
