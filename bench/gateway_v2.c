@@ -22,7 +22,9 @@
  * counter over requests encapsulated before the phase (each a fresh
  * HPKE encapsulation of a Binary HTTP POST /v1/chat/completions to the
  * echo model); every SAMPLE_EVERY-th answer is opened and must be an inner
- * 200 that echoes its prompt.  No timed assertions.
+ * 200 that echoes its prompt.  Then, on the same veild, one client's added
+ * latency over a plain HTTP call to tests/mock-upstream
+ * (gateway_v2_latency.c).  No timed assertions.
  */
 #include <pthread.h>
 #include <stdatomic.h>
