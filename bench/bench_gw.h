@@ -15,6 +15,7 @@
 
 #include "bench.h"
 #include "harness.h"
+#include "ohttp.h"
 
 #define MODEL "bench-echo"
 #define ROUTE "/v1/chat/secure_completion"
@@ -250,6 +251,32 @@ int bench_attest_busy(const gw *g, const target *tmpl, unsigned *seq);
 /* gateway_timing.c */
 uint32_t xorshift(uint32_t *s);
 int run_timing(const gw *g, target *t, unsigned *seq);
+
+/* gateway_v2.c: protocol v2 requests (the key configuration at
+ * V2_PATH, one encapsulated chat request, its answer opened and checked to
+ * be an inner 200 holding its prompt). */
+#define V2_PATH "/.well-known/ohttp-gateway"
+typedef struct v2_item {
+    uint8_t *req;
+    size_t len;
+    veil_ohttp_ctx *ctx;
+    uint32_t seq;
+} v2_item;
+void v2_items_clear(v2_item *it, unsigned n);
+int v2_config(const target *t, veil_ohttp_keyconfig *cfg);
+int v2_seal(const gw *g, const veil_ohttp_keyconfig *cfg, const char *model,
+            v2_item *it);
+int v2_check(const gw *g, const http *c, const v2_item *it, char *why,
+             size_t size);
+
+/* gateway_v2_latency.c: one client, sequential: v2 through veild to
+ * tests/mock-upstream (model V2_LAT_MODEL) against a plain HTTP POST of
+ * the same chat straight to it. */
+#define V2_LAT_MODEL "bench-upstream"
+#define TARGET_V2_ADDED_MS 1.0
+int v2_mock_start(const gw *g, tu_proc *mock);
+int v2_mock_stop(const gw *g, tu_proc *mock);
+int run_v2_latency(const gw *g, target *t, unsigned mock_port, unsigned *seq);
 
 /* gateway_memory.c */
 int run_memory(const gw *g, target *t, unsigned *seq, int small_values);

@@ -22,7 +22,9 @@
  * counter over requests encapsulated before the phase (each a fresh
  * HPKE encapsulation of a Binary HTTP POST /v1/chat/completions to the
  * echo model); every SAMPLE_EVERY-th answer is opened and must be an inner
- * 200 that echoes its prompt.  No timed assertions.
+ * 200 that echoes its prompt.  Then, on the same veild, one client's added
+ * latency over a plain HTTP call to tests/mock-upstream
+ * (gateway_v2_latency.c).  No timed assertions.
  */
 #include <pthread.h>
 #include <stdatomic.h>
@@ -40,8 +42,6 @@
 #include "bhttp.h"
 #include "ohttp.h"
 #include "package.h"
-
-#define V2_PATH "/.well-known/ohttp-gateway"
 
 /* ---- the bare ECDH ------------------------------------------------------ */
 
@@ -197,14 +197,7 @@ static void ecdh_cleanup(const gw *g, ecdh_side *e)
 
 /* ---- requests ----------------------------------------------------------- */
 
-typedef struct v2_item {
-    uint8_t *req;
-    size_t len;
-    veil_ohttp_ctx *ctx;
-    uint32_t seq;
-} v2_item;
-
-static void v2_items_clear(v2_item *it, unsigned n)
+void v2_items_clear(v2_item *it, unsigned n)
 {
     for (unsigned i = 0; i < n; i++) {
         free(it[i].req);
@@ -214,7 +207,7 @@ static void v2_items_clear(v2_item *it, unsigned n)
 }
 
 /* The gateway's current key configuration. */
-static int v2_config(const target *t, veil_ohttp_keyconfig *cfg)
+int v2_config(const target *t, veil_ohttp_keyconfig *cfg)
 {
     char url[128];
     http c;
@@ -239,8 +232,9 @@ static int v2_config(const target *t, veil_ohttp_keyconfig *cfg)
     return ret;
 }
 
-/* An encapsulated chat request for the echo model, prompt `seq`'s. */
-static int v2_seal(const gw *g, const veil_ohttp_keyconfig *cfg, v2_item *it)
+/* An encapsulated chat request for `model`, prompt `seq`'s. */
+int v2_seal(const gw *g, const veil_ohttp_keyconfig *cfg, const char *model,
+            v2_item *it)
 {
     char prompt[SMALL_PROMPT + 1], body[SMALL_PROMPT + 128];
     veil_bhttp_field f = {VEIL_BSTR("content-type"),
@@ -258,9 +252,9 @@ static int v2_seal(const gw *g, const veil_ohttp_keyconfig *cfg, v2_item *it)
     fill_prompt(prompt, SMALL_PROMPT, g->salt, it->seq);
     prompt[SMALL_PROMPT] = '\0';
     n = snprintf(body, sizeof body,
-                 "{\"model\":\"" MODEL "\",\"messages\":[{\"role\":\"user\","
+                 "{\"model\":\"%s\",\"messages\":[{\"role\":\"user\","
                  "\"content\":\"%s\"}]}",
-                 prompt);
+                 model, prompt);
     m.content = (veil_bstr){(const uint8_t *)body, (size_t)n};
     if (veil_bhttp_encode(&m, 0, &plain) != VEIL_OK ||
         veil_ohttp_encap_request(g->e, cfg, alg, veil_secbuf_data(plain),
@@ -275,8 +269,8 @@ static int v2_seal(const gw *g, const veil_ohttp_keyconfig *cfg, v2_item *it)
 
 /* The answer opens with the item's context: an inner 200 echoing its
  * prompt.  0, or -1 with why. */
-static int v2_check(const gw *g, const http *c, const v2_item *it, char *why,
-                    size_t size)
+int v2_check(const gw *g, const http *c, const v2_item *it, char *why,
+             size_t size)
 {
     veil_secbuf *plain = NULL;
     veil_bhttp_msg *m = NULL;
@@ -444,7 +438,7 @@ static int v2_level(const gw *g, target *t, ecdh_side *e, unsigned nc,
             goto out;
         for (unsigned i = 0; i < k; i++) {
             items[i].seq = (*seq)++;
-            if (v2_seal(g, &cfg, &items[i]) != 0)
+            if (v2_seal(g, &cfg, MODEL, &items[i]) != 0)
                 goto out;
         }
         l.n = k;
@@ -507,9 +501,10 @@ static const char *kem_where(const char *log_path)
 
 /* v1's line, then v2's, at every level, on one veild. */
 static int v2_target(const gw *g, target *t, ecdh_side *e, const char *vname,
-                     unsigned *seq)
+                     unsigned mock_port, unsigned *seq)
 {
     unsigned long long cap = 0;
+    double one = 0;
     int ret = -1, started = 0;
 
     for (unsigned i = 0; i < g->o->n_clients; i++)
@@ -532,6 +527,25 @@ static int v2_target(const gw *g, target *t, ecdh_side *e, const char *vname,
             v2_level(g, t, e, g->o->clients[i], v1, seq) != 0)
             goto out;
     }
+    printf("# v2 latency: one client, sequential, %u requests each way, "
+           "interleaved: plain = POST /v1/chat/completions\n"
+           "#   straight to tests/mock-upstream; v2 = encapsulate + POST to "
+           "veild (model " V2_LAT_MODEL ", forwarded\n"
+           "#   to the same mock-upstream) + decapsulate\n"
+           "# latency lines: measurement, plain p50 ms, plain p99 ms, v2 p50 "
+           "ms, v2 p99 ms, added p50 ms,\n"
+           "#   v2/plain p50, errors, result (added p50 <= %.2f ms)\n",
+           g->o->requests, TARGET_V2_ADDED_MS);
+    if (run_v2_latency(g, t, mock_port, seq) != 0)
+        goto out;
+    /* the gateway path's floor: one ECDH with a key where veild keeps its
+     * KEM key, one thread, right after */
+    if (time_slice(e->lim.bare_op, e->lim.bare_ctx[0], g->o->seconds, &one) !=
+        0)
+        goto out;
+    printf("#   of that, the bare P-256 ECDH (%s), one thread: %.3f ms\n",
+           e->lim.name, one > 0 ? 1000.0 / one : 0);
+    fflush(stdout);
     ret = 0;
 out:
     if (started && veild_stop(&t->v) != 0)
@@ -545,6 +559,8 @@ int bench_gateway_v2_run(const bench_opts *o)
     sw_side sw;
     tok_side ts;
     target t_sw, t_tok;
+    tu_proc mock;
+    char mock_model[96];
     ecdh_side *e = xcalloc(1, sizeof *e);
     unsigned seq = 0;
     int failed = 1, have_sw = 0, have_tok = 0, st;
@@ -573,13 +589,22 @@ int bench_gateway_v2_run(const bench_opts *o)
            SMALL_PROMPT, o->bits, SAMPLE_EVERY);
     fflush(stdout);
 
+    memset(&mock, 0, sizeof mock);
+    if (v2_mock_start(&g, &mock) != 0)
+        goto out;
+    snprintf(mock_model, sizeof mock_model,
+             V2_LAT_MODEL "=http://127.0.0.1:%u/v1", mock.port);
+    printf("# latency backend: tests/mock-upstream pid %ld, port %u\n",
+           (long)mock.pid, mock.port);
     have_sw = 1;
     if (sw_setup(&g, &sw, &t_sw) != 0 || ecdh_setup(&g, e, NULL, NULL) != 0)
         goto out;
+    t_sw.extra[t_sw.nextra++] = "--model";
+    t_sw.extra[t_sw.nextra++] = mock_model;
     printf("# software: RSA-%u server key in a key directory; KEM limit = "
            "EVP_PKEY_derive P-256, one thread per core (%u)\n",
            o->bits, g.ncpu);
-    if (v2_target(&g, &t_sw, e, "sw", &seq) != 0)
+    if (v2_target(&g, &t_sw, e, "sw", mock.port, &seq) != 0)
         goto out;
     ecdh_cleanup(&g, e);
 
@@ -590,12 +615,14 @@ int bench_gateway_v2_run(const bench_opts *o)
         if (tok_setup(&g, &ts, &t_tok, uri) != 0 ||
             ecdh_setup(&g, e, &ts, uri) != 0)
             goto out;
+        t_tok.extra[t_tok.nextra++] = "--model";
+        t_tok.extra[t_tok.nextra++] = mock_model;
         printf("# token \"%s\" (module %s): RSA-%u server key; KEM limit = "
                "C_DeriveKey CKM_ECDH1_DERIVE + C_GetAttributeValue +\n"
                "#   C_DestroyObject on a P-256 derive key in the same token, "
                "one session per thread (%u)\n",
                o->token, o->module, o->bits, g.ncpu);
-        if (v2_target(&g, &t_tok, e, "token", &seq) != 0)
+        if (v2_target(&g, &t_tok, e, "token", mock.port, &seq) != 0)
             goto out;
     }
     failed = 0;
@@ -606,6 +633,8 @@ out:
         failed = 1;
     if (have_sw)
         sw_cleanup(&sw, &t_sw);
+    if (v2_mock_stop(&g, &mock) != 0)
+        failed = 1;
     gw_close(&g);
     return failed ? EXIT_FAIL : 0;
 }
