@@ -94,7 +94,7 @@ VEIL_PKCS11_MODULE="$VEIL_TEST_SOFTHSM_MODULE" VEIL_PIN_SOURCE="file:$VEIL_TEST_
 grep -qE '^client key: sha256:[0-9a-f]{64}$' "$W/token.out" && ok "token: fingerprint printed" || bad "token: fingerprint"
 
 run errors '^ok: Hello$'
-run errors "^model not allowed on this tier: model 'tier/high-only' is not allowed on the standard tier\$" tier/high-only
+run errors "^model not allowed on this tier: model 'tier/high-only' is not allowed on the standard tier \(its tiers: high\)\$" tier/high-only
 VEIL_URL="$AUTH_URL" run errors '^check the API key: missing API key \(Authorization: Bearer\)$'
 VEIL_SERVER_PIN="sha256:$(printf '0%.0s' $(seq 64))" run errors '^security: the server key sha256:[0-9a-f]{64} does not match'
 
