@@ -8,7 +8,13 @@
  * fuzz/corpus/attest were written by the test suite's real run on the test
  * TPM (tests/test_attest_tpm.sh; scripts/fuzz.sh --seed-attest copies them),
  * so a seed is a real enrolment or a real answer's evidence, signatures and
- * quotes included. */
+ * quotes included.
+ *
+ * Seeds go stale when the evidence format changes (the backend statement
+ * did that: old evidence stops at its check, before the quote): set-up
+ * therefore verifies fuzz/data/evidence.json, the seed
+ * evidence-maximum.json, and stops unless it passes every check, the
+ * quote's included. */
 #include "config.h"
 
 #include <stdlib.h>
@@ -25,6 +31,44 @@ static struct {
     char path[64];
 } A;
 
+/* on_check for the set-up's evidence: *ctx = 1 once the quote check
+ * passed. */
+static void seen(void *ctx, const char *check, int ok, const char *detail)
+{
+    int *quote = ctx;
+    (void)detail;
+    if (ok && strcmp(check, "quote") == 0)
+        *quote = 1;
+}
+
+/* fuzz/data/evidence.json verifies, its quote included, against the
+ * trust file: the seeds are evidence the current client accepts. */
+static void seeds_current(void)
+{
+    char path[4096], *text = NULL;
+    long len;
+    int quote = 0;
+    veil_client_error err;
+    FILE *f;
+    fuzz_data_path("evidence.json", path, sizeof path);
+    if ((f = fopen(path, "rb")) == NULL || fseek(f, 0, SEEK_END) != 0 ||
+        (len = ftell(f)) <= 0 || fseek(f, 0, SEEK_SET) != 0 ||
+        (text = malloc((size_t)len)) == NULL ||
+        fread(text, 1, (size_t)len, f) != (size_t)len)
+        fuzz_die("reading fuzz/data/evidence.json");
+    fclose(f);
+    veil_client_status st = veil_verify_evidence(
+        fuzz_engine(), A.trust, text, (size_t)len, seen, &quote, &err);
+    free(text);
+    if (st != VEIL_CLIENT_OK || !quote) {
+        fprintf(stderr, "fuzz_attest: %s\n",
+                st != VEIL_CLIENT_OK ? err.detail : "no quote was checked");
+        fuzz_die("fuzz/data/evidence.json does not verify against "
+                 "fuzz/data/trust.json: the seeds are stale, run "
+                 "scripts/fuzz.sh --seed-attest");
+    }
+}
+
 static void setup(void)
 {
     char path[4096];
@@ -34,6 +78,7 @@ static void setup(void)
         fprintf(stderr, "fuzz_attest: %s\n", err.detail);
         fuzz_die("fuzz/data/trust.json");
     }
+    seeds_current();
     if ((A.fd = memfd_create("veil-fuzz-trust", MFD_CLOEXEC)) < 0)
         fuzz_die("memfd_create");
     snprintf(A.path, sizeof A.path, "/proc/self/fd/%d", A.fd);

@@ -16,8 +16,9 @@
 #       are kept).
 #   scripts/fuzz.sh --seed-attest
 #       runs tests/test_attest_tpm.sh (real swtpm) in build-san/ and copies
-#       its trust files and evidence into fuzz/corpus/attest and
-#       fuzz/data/trust.json.
+#       its trust files and evidence into fuzz/corpus/attest, and its
+#       trust file and first maximum evidence into fuzz/data/trust.json and
+#       fuzz/data/evidence.json.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 B="$ROOT/build-fuzz"
@@ -34,6 +35,8 @@ build() {
 seed_attest() {
     local san="$ROOT/build-san" keep dir T u
     [ -x "$san/veil" ] || { echo "fuzz.sh: build build-san first (scripts/quickstart.sh test)" >&2; exit 2; }
+    # the test's backend (a check program, which plain make does not build)
+    (cd "$san" && make -s -j"$JOBS" tests/mock-upstream)
     keep=$(cd "$san" && VEIL_SRCDIR="$ROOT" VEIL_BUILDDIR="$san" VEIL_KEEP_TEST_DIR=1 \
         ASAN_OPTIONS=detect_leaks=0 "$ROOT/tests/env/with-tokens.sh" \
         "$ROOT/tests/test_attest_tpm.sh" 2>&1 | tee /dev/stderr |
@@ -46,7 +49,11 @@ seed_attest() {
     cp "$T/trust.json" "$ROOT/fuzz/data/trust.json"
     cp "$T/trust.json" "$dir/trust.json"
     cp "$T/trust2.json" "$dir/trust-ak-per-request.json"
+    # a trust file that followed an AK hand-over (veil attest update)
+    cp "$T/trust-rot.json" "$dir/trust-ak-handover.json"
     cp "$T/ev1.json" "$dir/evidence-maximum.json"
+    # fuzz_attest's set-up checks that this one verifies, quote included
+    cp "$T/ev1.json" "$ROOT/fuzz/data/evidence.json"
     cp "$T/ev2.json" "$dir/evidence-maximum-2.json"
     cp "$T/ev-std.json" "$dir/evidence-standard.json"
     # evidence from the test's other gateways, moved to the enrolled URL so
