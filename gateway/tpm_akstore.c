@@ -37,6 +37,7 @@
 
 #include <tss2/tss2_mu.h>
 
+#include "evidence.h"
 #include "package.h"
 #include "tpm_int.h"
 
@@ -194,18 +195,6 @@ int tpm_akstate_save(const char *dir, const tpm_akstate *s, char *err,
     return 0;
 }
 
-void tpm_handover_qualifying(const uint8_t *new_name, size_t len,
-                             uint8_t out[32])
-{
-    uint8_t msg[sizeof TPM_AK_HANDOVER_LABEL + sizeof(TPMU_NAME)];
-
-    if (len > sizeof(TPMU_NAME))
-        len = sizeof(TPMU_NAME);
-    memcpy(msg, TPM_AK_HANDOVER_LABEL, sizeof TPM_AK_HANDOVER_LABEL);
-    memcpy(msg + sizeof TPM_AK_HANDOVER_LABEL, new_name, len);
-    SHA256(msg, sizeof TPM_AK_HANDOVER_LABEL + len, out);
-}
-
 int tpm_ak_rotate(gw_tpm *t, tpm_akstate *s, char *err, size_t err_size)
 {
     ESYS_TR old = ESYS_TR_NONE, fresh = ESYS_TR_NONE;
@@ -234,7 +223,8 @@ int tpm_ak_rotate(gw_tpm *t, tpm_akstate *s, char *err, size_t err_size)
         tpm_object_name(t, old, &old_name, err, err_size) != 0 ||
         tpm_object_name(t, fresh, &fresh_name, err, err_size) != 0)
         goto out;
-    tpm_handover_qualifying(fresh_name->name, fresh_name->size, qual);
+    /* the qualifying data the client checks (protocol/evidence.c) */
+    veil_ev_handover_qualifying(fresh_name->name, fresh_name->size, qual);
     if (tpm_certify(t, fresh, old, qual, &info, &sig, err, err_size) != 0)
         goto out;
     if (Tss2_MU_TPMT_SIGNATURE_Marshal(sig, buf, sizeof buf, &off) !=

@@ -30,8 +30,6 @@
 #define TPM_AK_UNIQUE_LEN 64
 /* The AK's auth value: as long as its nameAlg's digest (SHA-256). */
 #define TPM_AK_AUTH_LEN 32
-/* Qualifying data of the hand-over: SHA-256(label 0x00 || new AK name). */
-#define TPM_AK_HANDOVER_LABEL "veil-ak-handover-v1"
 typedef struct tpm_akstate {
     uint8_t unique[TPM_AK_UNIQUE_LEN];
     int has_auth; /* 0: a file of an older veild, without auth= */
@@ -158,9 +156,6 @@ int tpm_akstate_load(const char *dir, tpm_akstate *s, char *err,
 int tpm_akstate_save(const char *dir, const tpm_akstate *s, char *err,
                      size_t err_size);
 void tpm_akstate_free(tpm_akstate *s);
-/* The hand-over's qualifying data for the new AK's name. */
-void tpm_handover_qualifying(const uint8_t *new_name, size_t len,
-                             uint8_t out[32]);
 /* A new long-term AK certified by the one of *s, written to t->state_dir;
  * *s becomes the new state.  0, or -1 with err (*s unchanged). */
 int tpm_ak_rotate(gw_tpm *t, tpm_akstate *s, char *err, size_t err_size);
