@@ -25,8 +25,6 @@
 #include "package.h"
 #include "trust.h"
 
-#define REPORT_FORMAT "veil-attestation-report-v1"
-#define NONCE_LEN 32
 #define SECRET_LEN 32
 /* What an endorsement key must be (TPM 2.0 Part 2, TPMA_OBJECT). */
 #define EK_ATTRS                                                               \
@@ -40,7 +38,7 @@ typedef struct enroll {
     char *url;
     veil_cl_checker ck;
     cJSON *report;
-    uint8_t nonce[NONCE_LEN];
+    uint8_t nonce[VEIL_CL_NONCE_LEN];
     veil_tpm_pub ek, ak;
     uint8_t enc_sha[32], sign_sha[32];
     uint8_t *sign_spki;
@@ -53,45 +51,13 @@ typedef struct enroll {
     uint8_t values[VEIL_EV_MAX_PCRS][32];
 } enroll;
 
-/* One HTTP exchange with the gateway; a non-200 answer is an error of its
- * class.  The Authorization line is wiped. */
+/* One HTTP exchange with the gateway (report.c). */
 static veil_client_status gw_http(enroll *en, const char *path,
                                   const char *body, veil_cl_http_response *r,
                                   veil_client_error *err)
 {
-    char url[2048];
-    const char *h[6];
-    int n = 0;
-    char *auth = NULL;
-    size_t auth_len = 0;
-    if (snprintf(url, sizeof url, "%s%s", en->url, path) >= (int)sizeof url)
-        return veil_cl_fail(err, VEIL_CLIENT_E_CONFIG, 0, VEIL_E_ARG,
-                            "the URL is too long");
-    h[n++] = "Accept: application/json";
-    if (body) {
-        h[n++] = "Content-Type: application/json";
-        h[n++] = "Expect:";
-    }
-    if (en->opt->api_key) {
-        auth_len = strlen(en->opt->api_key) + 32;
-        if ((auth = malloc(auth_len)) == NULL)
-            return veil_cl_fail(err, VEIL_CLIENT_E_CONNECTION, 0, VEIL_E_NOMEM,
-                                "out of memory");
-        snprintf(auth, auth_len, "Authorization: Bearer %s", en->opt->api_key);
-        h[n++] = auth;
-    }
-    h[n] = NULL;
-    veil_client_status st = veil_cl_transport_send(
-        en->tx, url, h, body, body ? strlen(body) : 0, 0, r, err);
-    if (auth)
-        veil_wipe(auth, auth_len);
-    free(auth);
-    if (st == VEIL_CLIENT_OK && r->status != 200) {
-        st = veil_cl_http_fail(r, err);
-        free(r->body);
-        r->body = NULL;
-    }
-    return st;
+    return veil_cl_gw_call(en->tx, en->url, en->opt->api_key, path, body, r,
+                           err);
 }
 
 /* The key the gateway serves at /pki/public_key, as its SPKI hash. */
@@ -704,49 +670,27 @@ static veil_client_status write_trust(enroll *en, veil_client_error *err)
     return VEIL_CLIENT_OK;
 }
 
-/* The report on a fresh nonce, its echo of that nonce, and the TPM's
- * description. */
+/* The report on a fresh nonce, its echo of that nonce (report.c), and the
+ * TPM's description. */
 static veil_client_status fetch_report(enroll *en, veil_client_error *err)
 {
-    char nonce_hex[2 * NONCE_LEN + 1], path[160];
-    veil_cl_http_response r;
-    const char *n = "attestation report";
-    if (veil_random(en->e, en->nonce, sizeof en->nonce) != VEIL_OK)
-        return veil_cl_fail(err, VEIL_CLIENT_E_CONFIG, 0, VEIL_E_CRYPTO,
-                            "no random nonce: %s", veil_cl_why_last());
-    veil_hex(en->nonce, sizeof en->nonce, nonce_hex);
-    snprintf(path, sizeof path, "/v1/attestation/report?nonce=%s", nonce_hex);
-    veil_client_status st = gw_http(en, path, NULL, &r, err);
-    if (st != VEIL_CLIENT_OK) {
-        veil_cl_check(&en->ck, n, 0, "GET /v1/attestation/report: %s",
-                      err ? err->detail : "failed");
+    veil_client_status st =
+        veil_cl_report_fetch(en->e, en->tx, en->url, en->opt->api_key, &en->ck,
+                             en->nonce, &en->report, err);
+    if (st != VEIL_CLIENT_OK)
         return st;
-    }
-    en->report = cJSON_ParseWithLength(r.body ? r.body : "", r.len);
-    free(r.body);
-    const char *format = veil_cl_json_str(en->report, "format");
-    const char *echo = veil_cl_json_str(en->report, "nonce");
-    if (format == NULL || strcmp(format, REPORT_FORMAT) != 0)
-        veil_cl_check(&en->ck, n, 0, "not a " REPORT_FORMAT " object");
-    else if (echo == NULL || strcasecmp(echo, nonce_hex) != 0)
-        veil_cl_check(&en->ck, n, 0, "it answers another nonce");
-    else {
-        const cJSON *tpm = cJSON_GetObjectItemCaseSensitive(en->report, "tpm");
-        const char *m = veil_cl_json_str(tpm, "manufacturer"),
-                   *v = veil_cl_json_str(tpm, "vendor"),
-                   *fw = veil_cl_json_str(tpm, "firmware");
-        int sw =
-            cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(tpm, "software_tpm"));
-        veil_cl_check(
-            &en->ck, n, 1, "TPM %s %s firmware %s%s", m ? m : "?", v ? v : "?",
-            fw ? fw : "?",
-            sw ? "; a SOFTWARE TPM: its evidence proves nothing about "
-                 "the machine"
-               : "");
-        return VEIL_CLIENT_OK;
-    }
-    return veil_cl_fail(err, VEIL_CLIENT_E_SECURITY, 200, VEIL_E_VERIFY, "%s",
-                        en->ck.failed);
+    const cJSON *tpm = cJSON_GetObjectItemCaseSensitive(en->report, "tpm");
+    const char *m = veil_cl_json_str(tpm, "manufacturer"),
+               *v = veil_cl_json_str(tpm, "vendor"),
+               *fw = veil_cl_json_str(tpm, "firmware");
+    int sw =
+        cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(tpm, "software_tpm"));
+    veil_cl_check(&en->ck, "attestation report", 1, "TPM %s %s firmware %s%s",
+                  m ? m : "?", v ? v : "?", fw ? fw : "?",
+                  sw ? "; a SOFTWARE TPM: its evidence proves nothing about "
+                       "the machine"
+                     : "");
+    return VEIL_CLIENT_OK;
 }
 
 veil_client_status veil_attest_enroll(const veil_enroll_options *opt,

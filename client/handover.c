@@ -12,13 +12,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 #include <time.h>
 
 #include "trust.h"
 
-#define REPORT_FORMAT "veil-attestation-report-v1"
-#define NONCE_LEN 32
 #define REENROL "re-enrol with 'veil attest enroll'"
 
 typedef struct follow {
@@ -28,75 +25,19 @@ typedef struct follow {
     veil_trust *t;
     veil_cl_checker ck;
     cJSON *report;
-    uint8_t nonce[NONCE_LEN];
+    uint8_t nonce[VEIL_CL_NONCE_LEN];
     veil_tpm_pub enrolled, fresh;
 } follow;
 
-/* GET path from the enrolled gateway; a non-200 answer is an error of its
- * class.  The Authorization line is wiped. */
-static veil_client_status gw_get(follow *f, const char *path,
-                                 veil_cl_http_response *r,
-                                 veil_client_error *err)
-{
-    char url[2048];
-    const char *h[3] = {"Accept: application/json", NULL, NULL};
-    char *auth = NULL;
-    size_t auth_len = 0;
-    if (snprintf(url, sizeof url, "%s%s", f->t->url, path) >= (int)sizeof url)
-        return veil_cl_fail(err, VEIL_CLIENT_E_CONFIG, 0, VEIL_E_ARG,
-                            "the URL is too long");
-    if (f->opt->api_key) {
-        auth_len = strlen(f->opt->api_key) + 32;
-        if ((auth = malloc(auth_len)) == NULL)
-            return veil_cl_fail(err, VEIL_CLIENT_E_CONNECTION, 0, VEIL_E_NOMEM,
-                                "out of memory");
-        snprintf(auth, auth_len, "Authorization: Bearer %s", f->opt->api_key);
-        h[1] = auth;
-    }
-    veil_client_status st =
-        veil_cl_transport_send(f->tx, url, h, NULL, 0, 0, r, err);
-    if (auth)
-        veil_wipe(auth, auth_len);
-    free(auth);
-    if (st == VEIL_CLIENT_OK && r->status != 200) {
-        st = veil_cl_http_fail(r, err);
-        free(r->body);
-        r->body = NULL;
-    }
-    return st;
-}
-
-/* The report on a fresh nonce, which it must echo. */
+/* The report on a fresh nonce, which it must echo (report.c). */
 static veil_client_status fetch_report(follow *f, veil_client_error *err)
 {
-    char nonce_hex[2 * NONCE_LEN + 1], path[160];
-    veil_cl_http_response r;
-    const char *n = "attestation report";
-    if (veil_random(f->e, f->nonce, sizeof f->nonce) != VEIL_OK)
-        return veil_cl_fail(err, VEIL_CLIENT_E_CONFIG, 0, VEIL_E_CRYPTO,
-                            "no random nonce: %s", veil_cl_why_last());
-    veil_hex(f->nonce, sizeof f->nonce, nonce_hex);
-    snprintf(path, sizeof path, "/v1/attestation/report?nonce=%s", nonce_hex);
-    veil_client_status st = gw_get(f, path, &r, err);
-    if (st != VEIL_CLIENT_OK) {
-        veil_cl_check(&f->ck, n, 0, "GET /v1/attestation/report: %s",
-                      err ? err->detail : "failed");
-        return st;
-    }
-    f->report = cJSON_ParseWithLength(r.body ? r.body : "", r.len);
-    free(r.body);
-    const char *format = veil_cl_json_str(f->report, "format");
-    const char *echo = veil_cl_json_str(f->report, "nonce");
-    if (format == NULL || strcmp(format, REPORT_FORMAT) != 0)
-        veil_cl_check(&f->ck, n, 0, "not a " REPORT_FORMAT " object");
-    else if (echo == NULL || strcasecmp(echo, nonce_hex) != 0)
-        veil_cl_check(&f->ck, n, 0, "it answers another nonce");
-    else {
-        veil_cl_check(&f->ck, n, 1, "on a fresh nonce");
-        return VEIL_CLIENT_OK;
-    }
-    return veil_cl_fail(err, VEIL_CLIENT_E_SECURITY, 200, VEIL_E_VERIFY, "%s",
-                        f->ck.failed);
+    veil_client_status st =
+        veil_cl_report_fetch(f->e, f->tx, f->t->url, f->opt->api_key, &f->ck,
+                             f->nonce, &f->report, err);
+    if (st == VEIL_CLIENT_OK)
+        veil_cl_check(&f->ck, "attestation report", 1, "on a fresh nonce");
+    return st;
 }
 
 /* 1 when member k of the report is base64 of exactly the n bytes at p. */

@@ -54,6 +54,29 @@ int veil_cl_check(veil_cl_checker *ck, const char *name, int ok,
 /* The reason a veil_* call (or veil_cl_tpm_pub) just gave. */
 const char *veil_cl_why_last(void);
 
+/* ---- the gateway's report (report.c) ------------------------------------ */
+
+#define VEIL_CL_NONCE_LEN 32
+
+/* One exchange with the gateway at base: GET path when body is NULL, else
+ * POST of the JSON body; api_key (or NULL) as a Bearer Authorization line,
+ * wiped afterwards.  A non-200 answer is an error of its class. */
+veil_client_status veil_cl_gw_call(veil_cl_transport *tx, const char *base,
+                                   const char *api_key, const char *path,
+                                   const char *body, veil_cl_http_response *r,
+                                   veil_client_error *err);
+
+/* GET /v1/attestation/report on a fresh random nonce (written to nonce),
+ * which the report must echo, in the format veil-attestation-report-v1.
+ * A failure is reported to ck as "attestation report"; on success nothing
+ * is reported (the caller says what it found).  *report: the parsed
+ * answer, also on a failed check (free it with cJSON_Delete). */
+veil_client_status veil_cl_report_fetch(veil_engine *e, veil_cl_transport *tx,
+                                        const char *base, const char *api_key,
+                                        veil_cl_checker *ck,
+                                        uint8_t nonce[VEIL_CL_NONCE_LEN],
+                                        cJSON **report, veil_client_error *err);
+
 /* ---- TPM objects ------------------------------------------------------- */
 
 /* A PCR selection and its values, as "pcr_banks" and "pcr_values" carry
