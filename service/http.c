@@ -269,7 +269,9 @@ int svc_request_head(svc_http *h, svc_req *r, const char *url,
     r->route = route_of(h, method, url, &bad_method);
     r->method = !strcmp(method, "POST")   ? "POST"
                 : !strcmp(method, "HEAD") ? "HEAD"
-                                          : "GET";
+                : !strcmp(method, "GET")  ? "GET"
+                                          : "OTHER";
+    log_url(r->log_method, sizeof r->log_method, method);
     if (r->route == NULL) {
         log_url(r->log_url, sizeof r->log_url, url);
         r->limit = UNROUTED_BODY_MAX;
@@ -388,9 +390,8 @@ static void outcome(svc_http *h, const svc_req *r,
 }
 
 /* The client's address as text ("?" when unknown). */
-static void client_text(svc_req *r, char *out, size_t size)
+void svc_addr_text(const struct sockaddr *sa, char *out, size_t size)
 {
-    const struct sockaddr *sa = svc_client_addr(r);
     const void *a = NULL;
 
     if (sa && sa->sa_family == AF_INET)
@@ -399,6 +400,11 @@ static void client_text(svc_req *r, char *out, size_t size)
         a = &((const struct sockaddr_in6 *)(const void *)sa)->sin6_addr;
     if (a == NULL || inet_ntop(sa->sa_family, a, out, (socklen_t)size) == NULL)
         snprintf(out, size, "?");
+}
+
+static void client_text(svc_req *r, char *out, size_t size)
+{
+    svc_addr_text(svc_client_addr(r), out, size);
 }
 
 /* The request's log line, with its fields: method, path, status (or how
@@ -425,7 +431,7 @@ static void log_request(svc_http *h, svc_req *r,
     if (whole && (r->status == 401 || r->status == 413 || r->status == 429))
         client_text(r, client, sizeof client);
     const veil_log_field f[] = {
-        {"method", r->method, 0},
+        {"method", r->log_method[0] ? r->log_method : r->method, 0},
         {"path", path, 0},
         {"status", whole ? status : NULL, 1},
         {"outcome", whole ? NULL : what, 0},
@@ -435,7 +441,8 @@ static void log_request(svc_http *h, svc_req *r,
         {"ms", ms, 1},
     };
     veil_logf_fields(l, level, f, sizeof f / sizeof f[0],
-                     "%s %s %s%s%s%s%s%s%s %s ms", r->method, path, what,
+                     "%s %s %s%s%s%s%s%s%s %s ms",
+                     r->log_method[0] ? r->log_method : r->method, path, what,
                      id ? " payload " : "", id ? id : "",
                      r->key_name ? " key " : "", r->key_name ? r->key_name : "",
                      client[0] ? " client " : "", client, ms);

@@ -62,7 +62,7 @@ typedef struct svc_route {
 /* What a request came to, for the application's completion hook. */
 typedef struct svc_done {
     const char *route;  /* the route's log path; NULL: no route (404, 405) */
-    const char *method; /* "GET", "HEAD" or "POST" */
+    const char *method; /* "GET", "HEAD", "POST", or "OTHER" (a 405) */
     int status;         /* the status answered; 0: none */
     int delivered;      /* the answer went out whole */
     int admitted;       /* the route goes through admission */

@@ -314,6 +314,9 @@ static void conn_started(svc_http *h, struct MHD_Connection *c,
     }
     k->fd = ci->connect_fd;
     k->h = h;
+    const union MHD_ConnectionInfo *ai =
+        MHD_get_connection_info(c, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+    svc_addr_text(ai ? ai->client_addr : NULL, k->addr, sizeof k->addr);
     k->phase = P_HEAD;
     k->since = svc_now();
     pthread_mutex_lock(&h->conn_lock);
@@ -424,7 +427,7 @@ static void cut_late(svc_http *h, double now)
             k->cut = why;
             shutdown(k->fd, SHUT_RDWR);
             svc_log(h, k->phase == P_HEAD ? VEIL_LOG_DEBUG : VEIL_LOG_INFO,
-                    "connection closed: %s", why);
+                    "connection closed: %s (client %s)", why, k->addr);
         }
     }
 }

@@ -46,6 +46,7 @@ typedef struct conn {
     size_t got;      /* body bytes read in P_BODY */
     int linger;      /* refused before its body: drain it after the close */
     const char *cut; /* why the server closed it, or NULL */
+    char addr[46];   /* the client's address, for the log */
 } conn;
 
 /* A refused connection being drained (a dup of its socket). */
@@ -96,13 +97,14 @@ struct svc_req {
     struct svc_req *bprev, *bnext; /* the list of bodies being read */
     int reading;                   /* in that list */
     const svc_route *route;        /* NULL: none (404, 405) */
-    const char *method;            /* for the log: "GET", "HEAD" or "POST" */
-    int admitted;       /* went through admission: counted in in_flight */
-    size_t limit;       /* largest body accepted */
-    size_t reserved;    /* of body_mem */
-    size_t answer_len;  /* the answer's size when it counts (svc_send) */
-    size_t answer_held; /* of body_mem, until the answer is sent */
-    conn *conn;         /* its connection (NULL: untracked) */
+    const char *method;  /* "GET", "HEAD", "POST" or "OTHER" (metrics) */
+    char log_method[24]; /* as on the request line, for the log */
+    int admitted;        /* went through admission: counted in in_flight */
+    size_t limit;        /* largest body accepted */
+    size_t reserved;     /* of body_mem */
+    size_t answer_len;   /* the answer's size when it counts (svc_send) */
+    size_t answer_held;  /* of body_mem, until the answer is sent */
+    conn *conn;          /* its connection (NULL: untracked) */
     int has_slot;
     int answered;         /* a response is queued */
     int queue_failed;     /* an answer could not be queued: close */
@@ -148,6 +150,9 @@ void svc_log(const svc_http *h, veil_log_level level, const char *fmt, ...)
  * handler once the body is in; done: the log line, r freed (toe: how the
  * request ended).  head and data: 1 when the request goes on, 0 when its
  * connection is to be closed; end: 1 when answered. */
+/* An IPv4 or IPv6 address as text ("?" when it is neither). */
+void svc_addr_text(const struct sockaddr *sa, char *out, size_t size);
+
 int svc_request_head(svc_http *h, svc_req *r, const char *url,
                      const char *method);
 int svc_request_data(svc_http *h, svc_req *r, const char *upload, size_t n);

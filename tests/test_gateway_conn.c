@@ -62,9 +62,9 @@ static proc upstream;
  * flags override earlier ones); a fresh log. */
 static int gw_start(proc *p, const char *name, const char *const *extra)
 {
-    const char *base[] = {"--server-key", key_ref, "--model", "echo=echo",
-                          "--rate",       "1000",  "--burst", "1000",
-                          NULL};
+    const char *base[] = {"--server-key", key_ref,  "--model",
+                          "echo=echo",    "--rate", "1000",
+                          "--burst",      "1000",   NULL};
 
     return gt_veild_start(p, name, base, extra, TU_LOG_FRESH);
 }
@@ -208,7 +208,8 @@ static int legit(const proc *g, const char *src, const char *prompt)
 }
 
 /* A GET: the status (0: closed without an answer). */
-static int get_status(const proc *g, const char *src, const char *path)
+static int req_status(const proc *g, const char *src, const char *method,
+                      const char *path)
 {
     char req[256];
     int fd = tu_tcp_connect(src, g->port, 0, SOCK_WAIT_S), st = 0;
@@ -216,8 +217,8 @@ static int get_status(const proc *g, const char *src, const char *path)
 
     if (fd < 0)
         return -1;
-    snprintf(req, sizeof req, "GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
-             path);
+    snprintf(req, sizeof req, "%s %s HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+             method, path);
     if (tu_send_all(fd, req, strlen(req)) == 0) {
         gt_read_answer(fd, &a);
         st = a.status;
@@ -227,14 +228,29 @@ static int get_status(const proc *g, const char *src, const char *path)
     return st;
 }
 
+static int get_status(const proc *g, const char *src, const char *path)
+{
+    return req_status(g, src, "GET", path);
+}
+
 /* ---- 3. slowloris: header deadline and per-address cap ------------------- */
 
 #define HALF_OPEN 8
 
 static void test_slowloris(void)
 {
-    const char *extra[] = {"--header-timeout", "3", "--connections-per-address",
-                           "8", NULL};
+    const char *extra[] = {"--header-timeout",
+                           "3",
+                           "--connections-per-address",
+                           "8",
+                           "--log-level",
+                           "debug",
+                           NULL};
+    /* the connections it closed, each with the client's address */
+    const char *closed_line[] = {"connection closed: header_timeout",
+                                 "(client 127.0.0.1)", NULL};
+    /* a method no route takes is logged as it came, not as GET */
+    const char *patch_line[] = {"PATCH /v1/models", NULL};
     static const char partial[] = "POST " COMPLETION " HTTP/1.1\r\n"
                                   "Host: 127.0.0.1\r\n";
     int fd[HALF_OPEN], closed = 0;
@@ -276,6 +292,7 @@ static void test_slowloris(void)
             }
     }
     CU_ASSERT_EQUAL(closed, HALF_OPEN);
+    CU_ASSERT_EQUAL(log_wait(&g, closed_line, HALF_OPEN), HALF_OPEN);
     for (int i = 0; i < HALF_OPEN; i++)
         if (fd[i] >= 0)
             close(fd[i]);
@@ -285,6 +302,8 @@ static void test_slowloris(void)
     while (get_status(&g, NULL, "/pki/public_key") != 200 && tu_now() < until)
         tu_sleep_ms(50);
     CU_ASSERT_TRUE(legit(&g, NULL, "after the slowloris"));
+    CU_ASSERT_EQUAL(req_status(&g, NULL, "PATCH", "/v1/models"), 405);
+    CU_ASSERT_EQUAL(log_wait(&g, patch_line, 1), 1);
     gt_stop_ok(&g);
 }
 
