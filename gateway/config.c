@@ -750,12 +750,15 @@ static int check_tpm(const gw_config *cfg, char *err, size_t err_size)
         svc_put_err(err, err_size, "tpm = on needs tpm_pcrs");
         return -1;
     }
-    /* Certification settings without the TPM would be ignored in silence:
-     * an operator who set them expects certified answers. */
-    if (cfg->tpm_certify_key && !cfg->tpm) {
+    /* TPM settings without the TPM would be ignored in silence: an
+     * operator who set them expects certified answers, a shipped log. */
+    const char *needs = cfg->tpm_certify_key ? "tpm_certify_key"
+                        : cfg->tpm_event_log ? "tpm_event_log"
+                                             : NULL;
+    if (needs && !cfg->tpm) {
         svc_put_err(err, err_size,
-                    "tpm_certify_key is set but tpm is off: set tpm = on, or "
-                    "drop tpm_certify_key");
+                    "%s is set but tpm is off: set tpm = on, or drop %s", needs,
+                    needs);
         return -1;
     }
     if (cfg->tpm_certify_key_auth && !cfg->tpm_certify_key) {

@@ -954,6 +954,13 @@ static void test_config_attestation(void)
     CU_ASSERT_TRUE(check_says(&cfg, "tpm = on needs tpm_pcrs"));
     cfg.tpm = 0;
     CU_ASSERT_TRUE(check_says(&cfg, NULL));
+    /* an event log to ship, but no TPM whose reports would carry it */
+    CU_ASSERT_TRUE(set_ok(&cfg, "tpm_event_log", "/sys/log.bin"));
+    CU_ASSERT_TRUE(check_says(&cfg, "tpm_event_log is set but tpm is off: "
+                                    "set tpm = on, or drop tpm_event_log"));
+    free(cfg.tpm_event_log);
+    cfg.tpm_event_log = NULL;
+    CU_ASSERT_TRUE(check_says(&cfg, NULL));
     free(cfg.signing_key);
     cfg.signing_key = strdup("pkcs11:object=g;pin-value=1");
     CU_ASSERT_TRUE(check_says(&cfg, "signing_key: a PIN in the URI "
