@@ -717,5 +717,9 @@ gw_live *gw_server_live(gw_server *s);
  * certificate or key that does not load, no memory), next untouched and
  * the running configuration kept. */
 int gw_server_reload(gw_server *s, gw_live *next, char *err, size_t err_size);
+/* At a SIGHUP, before the configuration is read: the files veild writes
+ * (the audit log) opened again, for a log rotation.  A failure is logged
+ * and the file open before is kept. */
+void gw_server_reopen_logs(gw_server *s);
 
 #endif /* VEIL_GATEWAY_H */

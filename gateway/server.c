@@ -282,6 +282,11 @@ static int salt_secret(gw_server *s, const gw_config *cfg, char *err,
     return 0;
 }
 
+void gw_server_reopen_logs(gw_server *s)
+{
+    gw_observe_reload(s);
+}
+
 int gw_server_reload(gw_server *s, gw_live *next, char *err, size_t err_size)
 {
     const gw_config *cfg = next->cfg;
@@ -293,7 +298,6 @@ int gw_server_reload(gw_server *s, gw_live *next, char *err, size_t err_size)
                                              cfg->tls_key, err, err_size) != 0)
         return -1;
     gw_rate_set(s->d.rate, cfg->rate, cfg->burst);
-    gw_observe_reload(s);
     pthread_mutex_lock(&s->live_lock);
     gw_live *old = s->live;
     s->live = next;

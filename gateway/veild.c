@@ -575,6 +575,10 @@ static void reload(gw_server *server, const gw_deps *d, int argc, char **argv)
 
     veil_logf(&logger, VEIL_LOG_INFO, "SIGHUP: reloading the configuration");
     svc_notify_reloading();
+    /* first, and whatever comes of the rest: a log rotation's SIGHUP must
+     * not leave the audit log in the moved file because an edit of the
+     * configuration does not load */
+    gw_server_reopen_logs(server);
     if (next == NULL) {
         snprintf(err, sizeof err, "out of memory");
         goto fail;

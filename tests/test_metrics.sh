@@ -211,6 +211,24 @@ wait_for "$AUDIT" '"key":"alice"'
     ok "after SIGHUP the audit log is opened again: the new line in a new file" ||
     bad "audit log after rotation" "$AUDIT" "$AUDIT.1"
 
+# A rotation while the configuration does not load (an API key file
+# broken by an edit): the reload fails, the running configuration stays,
+# and the audit log is opened again all the same.
+mv "$AUDIT" "$AUDIT.2" || hard "cannot move the audit log"
+cp "$T/api_keys" "$T/api_keys.good"
+echo "not a key line" >>"$T/api_keys"
+kill -HUP "$VEILD_PID" || hard "veild is gone"
+wait_for "$VEILD_LOG" "reload failed:"
+grep -q "reload failed: api_keys" "$VEILD_LOG" && ok "a broken API key file: the reload fails, naming it" ||
+    bad "no failed reload naming api_keys" "$VEILD_LOG"
+check "a chat after the failed reload, on the running configuration" 0 "" -- \
+    chat "$T/a.key" v1 mock-a "after the failed reload"
+wait_for "$AUDIT" '"key":"alice"'
+[ -f "$AUDIT" ] && [ "$(wc -l <"$AUDIT")" = 1 ] && [ "$(wc -l <"$AUDIT.2")" = 1 ] &&
+    ok "a failed reload still opens the audit log again: the new line in a new file" ||
+    bad "audit log after a rotation with a failed reload" "$AUDIT" "$AUDIT.2"
+cp "$T/api_keys.good" "$T/api_keys"
+
 # An audit log that cannot be opened stops the start (exit 2), naming it.
 check "veild --audit-log in a missing directory: exit 2, naming the file" 2 \
     "audit_log: cannot open $T/no/such/dir/audit.log" -- \
