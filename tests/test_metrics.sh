@@ -13,39 +13,12 @@
 #
 # Run through tests/env/with-tokens.sh.  Exit 0 pass, 1 fail, 99 setup
 # failure.
-set -u
-B=${VEIL_BUILDDIR:-.}
-V="$B/veil" K="$B/veil-keys" MOCK="$B/tests/mock-upstream"
-T="$VEIL_TEST_DIR/metrics"
-MOD="$VEIL_TEST_SOFTHSM_MODULE"
-TOK="pkcs11:token=$VEIL_TEST_SOFTHSM_TOKEN"
+. "${VEIL_SRCDIR:?}/tests/env/suite.sh" metrics curl
 CHECK="${VEIL_SRCDIR:?}/tests/metrics_check.py"
 # the Debian python, whose packages scripts/install-deps.sh installs
 PY=${VEIL_PYTHON:-/usr/bin/python3}
-pass=0 fail=0
-out="$T/out" err="$T/err"
-unset VEIL_URL VEIL_API_KEY VEIL_PKCS11_MODULE VEIL_PIN_SOURCE
-export XDG_CONFIG_HOME="$T/xdg"
-
-. "${VEIL_SRCDIR:?}/tests/env/check.sh"
-. "${VEIL_SRCDIR:?}/tests/env/veild.sh"
-
-MOCK_PID=""
-cleanup() {
-    veild_stop
-    [ -n "$MOCK_PID" ] && kill -TERM "$MOCK_PID" 2>/dev/null && wait "$MOCK_PID"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-for x in "$V" "$K" "$MOCK" "$B/veild"; do
-    [ -x "$x" ] || hard "$x is not built"
-done
-command -v curl >/dev/null || hard "curl not found"
 "$PY" -c "import prometheus_client" 2>/dev/null ||
     hard "python3-prometheus-client is not installed (scripts/install-deps.sh)"
-mkdir -p "$T" "$XDG_CONFIG_HOME" || hard "cannot make $T"
 
 # ------------------------------------------------------------------ setup
 
@@ -65,11 +38,7 @@ hash_of() { printf '%s' "$1" | sha256sum | cut -d' ' -f1; }
     printf 'vk-nobody\n' >"$T/n.key") ||
     hard "cannot write the API key files"
 
-rm -f "$T/mock.port"
-"$MOCK" --port-file "$T/mock.port" 2>"$T/mock.log" &
-MOCK_PID=$!
-wait_for "$T/mock.port" "^[0-9]+$"
-MOCK_URL="http://127.0.0.1:$(tr -dc 0-9 <"$T/mock.port")/v1"
+mock_start
 
 AUDIT="$T/audit.log"
 veild_start metrics --tls --server-key "$TOK;object=metrics" \

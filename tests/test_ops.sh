@@ -24,34 +24,7 @@
 # Run through tests/env/with-tokens.sh.  Exit 0 pass, 1 fail, 99 setup
 # failure, 77 when veil was built --without-systemd (then veild sends no
 # notification; everything else here still runs).
-set -u
-B=${VEIL_BUILDDIR:-.}
-V="$B/veil" K="$B/veil-keys"
-T="$VEIL_TEST_DIR/ops"
-MOD="$VEIL_TEST_SOFTHSM_MODULE"
-TOK="pkcs11:token=$VEIL_TEST_SOFTHSM_TOKEN"
-pass=0 fail=0
-out="$T/out" err="$T/err"
-unset VEIL_URL VEIL_API_KEY VEIL_PKCS11_MODULE VEIL_PIN_SOURCE NOTIFY_SOCKET JOURNAL_STREAM
-export XDG_CONFIG_HOME="$T/xdg"
-
-. "${VEIL_SRCDIR:?}/tests/env/check.sh"
-. "${VEIL_SRCDIR:?}/tests/env/veild.sh"
-
-LISTENER=""
-cleanup() {
-    veild_stop
-    [ -n "$LISTENER" ] && kill -TERM "$LISTENER" 2>/dev/null && wait "$LISTENER"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-for x in "$V" "$K" "$B/veild"; do
-    [ -x "$x" ] || hard "$x is not built"
-done
-for c in curl python3 stat; do command -v $c >/dev/null || hard "$c not found"; done
-mkdir -p "$T" "$XDG_CONFIG_HOME" || hard "cannot make $T"
+. "${VEIL_SRCDIR:?}/tests/env/suite.sh" ops curl python3 stat
 
 # stop_veild: SIGTERM to the last veild started; its exit status
 stop_veild() {
@@ -127,6 +100,7 @@ NOTIFY="$T/notify.sock" NLOG="$T/notify.log"
 rm -f "$NOTIFY" "$NLOG"
 python3 "$T/listen.py" "$NOTIFY" "$NLOG" &
 LISTENER=$!
+SUITE_PIDS+=("$LISTENER")
 for ((i = 0; i < 1200; i++)); do [ -S "$NOTIFY" ] && break; sleep 0.05; done
 [ -S "$NOTIFY" ] || hard "the notification socket was not made"
 

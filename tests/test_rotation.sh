@@ -15,31 +15,9 @@
 #
 # Run through tests/env/with-tokens.sh.  Exit 0 pass, 1 fail, 99 setup
 # failure.
-set -u
-B=${VEIL_BUILDDIR:-.}
-V="$B/veil" K="$B/veil-keys"
-T="$VEIL_TEST_DIR/rotation"
-MOD="$VEIL_TEST_SOFTHSM_MODULE"
-TOK="pkcs11:token=$VEIL_TEST_SOFTHSM_TOKEN"
+. "${VEIL_SRCDIR:?}/tests/env/suite.sh" rotation curl openssl
 NC="${VEIL_SRCDIR:?}/tests/nomyo_client.py"
-pass=0 fail=0
-out="$T/out" err="$T/err"
-unset VEIL_URL VEIL_API_KEY VEIL_PKCS11_MODULE VEIL_PIN_SOURCE
-export XDG_CONFIG_HOME="$T/xdg"
-
-. "${VEIL_SRCDIR:?}/tests/env/check.sh"
-. "${VEIL_SRCDIR:?}/tests/env/veild.sh"
-trap veild_stop EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-for x in "$V" "$K" "$B/veild"; do
-    [ -x "$x" ] || hard "$x is not built"
-done
-command -v curl >/dev/null || hard "curl not found"
-command -v openssl >/dev/null || hard "openssl not found"
 python3 -c 'import cryptography' 2>/dev/null || hard "python3-cryptography not installed"
-mkdir -p "$T" "$XDG_CONFIG_HOME" || hard "cannot make $T"
 
 hup() {
     local n

@@ -14,29 +14,8 @@
 #
 # Run through tests/env/with-tokens.sh.  Exit 0 pass, 1 fail, 99 setup
 # failure.
-set -u
-B=${VEIL_BUILDDIR:-.}
-V="$B/veil" K="$B/veil-keys"
-T="$VEIL_TEST_DIR/tlstoken"
-MOD="$VEIL_TEST_SOFTHSM_MODULE"
-TOK="pkcs11:token=$VEIL_TEST_SOFTHSM_TOKEN"
-pass=0 fail=0
-out="$T/out" err="$T/err"
-unset VEIL_URL VEIL_API_KEY VEIL_PKCS11_MODULE VEIL_PIN_SOURCE
-export XDG_CONFIG_HOME="$T/xdg"
-
-. "${VEIL_SRCDIR:?}/tests/env/check.sh"
-. "${VEIL_SRCDIR:?}/tests/env/veild.sh"
-trap veild_stop EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-for x in "$V" "$K" "$B/veild"; do
-    [ -x "$x" ] || hard "$x is not built"
-done
+. "${VEIL_SRCDIR:?}/tests/env/suite.sh" tlstoken openssl
 command -v certtool >/dev/null || hard "certtool not found (gnutls-bin)"
-command -v openssl >/dev/null || hard "openssl not found"
-mkdir -p "$T" "$XDG_CONFIG_HOME" || hard "cannot make $T"
 PIN=(--pin-source "file:$VEIL_TEST_PIN_FILE")
 
 served_cert() {
