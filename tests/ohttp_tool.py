@@ -4,11 +4,18 @@ written from the standards (RFC 9180 HPKE base mode with DHKEM(P-256,
 HKDF-SHA256), HKDF-SHA256 and AES-256-GCM; RFC 9458 Oblivious HTTP; RFC
 9292 known-length binary HTTP) and not from veil's C code.
 
-  ask URL TIER MODEL TEXT     one inner POST /v1/chat/completions to the
+  ask URL TIER MODEL TEXT [SIGNER_PEM]
+                              one inner POST /v1/chat/completions to the
                               gateway at URL, as a client; prints the outer
                               status and media type, then the inner status,
                               the inner header fields ("name: value") and
-                              the inner content, each on its own line
+                              the inner content, each on its own line; with
+                              the signing key's public PEM and a quote in
+                              the answer, then "qualifying data: HEX" as
+                              docs/ATTESTATION.md ("Over protocol v2")
+                              defines it, rebuilt here from what was sent,
+                              and "quoted extraData: HEX", read from the
+                              quote's TPMS_ATTEST
   standin UPSTREAM PORTFILE SIGNERDIR MODE
                               a stand-in gateway (a mock: what a real veild
                               never does) holding the gateway's signing key
@@ -255,15 +262,18 @@ def fetch(url, data=None, ctype=None):
         return e.code, e.headers, e.read()
 
 
-def ask(url, method, path, pairs, content):
+def ask(url, method, path, pairs, content, sent=None):
     """One inner request to the gateway at url: (outer status, outer media
-    type, inner status, inner fields, inner content)."""
+    type, inner status, inner fields, inner content); sent (a dict), when
+    given, gets the request's enc and the gateway's pkR."""
     st, _, keys = fetch(url + WELL_KNOWN)
     if st != 200:
         raise RuntimeError("GET %s: %d" % (WELL_KNOWN, st))
     key_id, pkr = first_config(keys)
     body, ctx = encap_request(key_id, pkr,
                               bhttp_request(method, path, pairs, content))
+    if sent is not None:
+        sent.update(enc=ctx.enc, pkr=pkr)
     st, hdrs, res = fetch(url + WELL_KNOWN, body, "message/ohttp-req")
     ctype = hdrs.get("Content-Type", "")
     if st != 200:
@@ -272,19 +282,36 @@ def ask(url, method, path, pairs, content):
     return st, ctype, status, rpairs, rcontent
 
 
-def cmd_ask(url, tier, model, text):
+def cmd_ask(url, tier, model, text, signer_pem=None):
     req = json.dumps({"model": model,
                       "messages": [{"role": "user", "content": text}]}).encode()
     pairs = [(b"content-type", b"application/json")]
     if tier != "-":
         pairs.append((b"x-security-tier", tier.encode()))
+    sent = {}
     st, ctype, status, rpairs, content = ask(url, b"POST", b"/v1/chat/completions",
-                                             pairs, req)
+                                             pairs, req, sent)
     print("outer %d %s" % (st, ctype))
     print("inner %s" % status)
     for k, v in rpairs:
         print("%s: %s" % (k.decode(), v.decode()))
     print(content.decode(errors="replace"))
+    if signer_pem and status == 200:
+        q = json.loads(content)["_metadata"]["tpm_attestation"]
+        with open(signer_pem, "rb") as f:
+            spki = serialization.load_pem_public_key(f.read()).public_bytes(
+                serialization.Encoding.DER,
+                serialization.PublicFormat.SubjectPublicKeyInfo)
+        rid = h(sent["enc"]).hex().encode()
+        qual = h(b"veil-answer-quote-v2\0" + rid + h(req) + h(sent["pkr"]) +
+                 h(spki) + h(q["backend_statement"].encode()))
+        print("qualifying data: %s" % qual.hex())
+        # what the TPM signed: TPMS_ATTEST's extraData (after magic, type
+        # and the qualifiedSigner TPM2B_NAME)
+        att = base64.b64decode(q["quote_b64"])
+        i = 8 + struct.unpack(">H", att[6:8])[0]
+        n = struct.unpack(">H", att[i:i + 2])[0]
+        print("quoted extraData: %s" % att[i + 2:i + 2 + n].hex())
 
 # ---- the stand-in gateway --------------------------------------------------
 
@@ -387,7 +414,7 @@ def cmd_standin(upstream, port_file, signer_dir, mode):
 
 
 def main(argv):
-    if len(argv) == 6 and argv[1] == "ask":
+    if len(argv) in (6, 7) and argv[1] == "ask":
         cmd_ask(*argv[2:])
     elif len(argv) == 6 and argv[1] == "standin":
         cmd_standin(*argv[2:])

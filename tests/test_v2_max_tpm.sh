@@ -129,10 +129,17 @@ check "a model without maximum: 403 (exit 13)" 13 "model 'plain' is not allowed 
     || bad "the model's 403 over v2" "$T/ask403.txt"
 check "a model whose backend is off the attested host: 403 (exit 13)" 13 "its upstream is on another host" -- \
     "$V" chat "${C[@]}" -m far --protocol v2 --tier maximum --trust "$T/trust.json" "far away"
-"$PY" "$TOOL" ask "$URL" maximum echo "asked from python" >"$T/ask200.txt" 2>&1
+"$PY" "$TOOL" ask "$URL" maximum echo "asked from python" "$T/signer/public_key.pem" >"$T/ask200.txt" 2>&1
 sed -n 2p "$T/ask200.txt" | grep -qx "inner 200" && grep -q '"tpm_attestation":{"is_available":true' "$T/ask200.txt" \
     && ok "an OHTTP client from the RFCs gets the quote in _metadata.tpm_attestation" \
     || bad "maximum answer read by ohttp_tool.py" "$T/ask200.txt"
+# The quote's qualifying data is the document's formula: rebuilt in Python
+# from the request identifier, the JSON sent, the KEM key, the signing key
+# and the backend statement, it is the extraData the TPM quoted.
+QD=$(sed -n 's/^qualifying data: //p' "$T/ask200.txt")
+[ -n "$QD" ] && [ "$QD" = "$(sed -n 's/^quoted extraData: //p' "$T/ask200.txt")" ] \
+    && ok "the qualifying data rebuilt from docs/ATTESTATION.md equals the quote's" \
+    || bad "qualifying data differs from the document's formula" "$T/ask200.txt"
 
 # ---------------------------- the stand-in gateway: evidence it cannot forge
 # standin MODE: starts the stand-in (a mock) relaying to the real veild;
