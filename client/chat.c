@@ -525,16 +525,13 @@ static veil_client_status call_keys(call *k, veil_client_error *err)
 
 /* Step 4: the protocol (auto asks the gateway).  Evidence is v1's (its
  * format holds v1 packages): auto takes v1 for it and v2 refuses it.  The
- * maximum tier (a TPM quote in the answer) is v1's too for now: auto
- * takes v1 for it. */
+ * maximum tier goes either way: its quote is verified the same. */
 static veil_client_status call_protocol(call *k, int *v2,
                                         veil_client_error *err)
 {
     veil_client *c = k->c;
-    int maximum = k->tier && !strcmp(k->tier, "maximum");
     *v2 = 0;
-    if ((k->evidence || maximum) &&
-        c->cfg.protocol == VEIL_CLIENT_PROTOCOL_AUTO)
+    if (k->evidence && c->cfg.protocol == VEIL_CLIENT_PROTOCOL_AUTO)
         return VEIL_CLIENT_OK;
     if (k->evidence && c->cfg.protocol == VEIL_CLIENT_PROTOCOL_V2)
         return veil_cl_fail(err, VEIL_CLIENT_E_CONFIG, 0, VEIL_E_ARG,
@@ -548,11 +545,17 @@ static veil_client_status call_protocol(call *k, int *v2,
 }
 
 /* One inner request over v2 with the call's tier and API key; body: the
- * serialised request (NUL-terminated, not counted), or NULL. */
+ * serialised request (NUL-terminated, not counted), or NULL.  The answer
+ * to a request with a body (an inference) is verified as v1's
+ * (verify_answer; its signature checked already, in v2.c): on maximum
+ * its TPM quote, whose qualifying data binds the request identifier, this
+ * inner request's content, the KEM key it was encapsulated to and the
+ * backend statement (docs/ATTESTATION.md), with the same trust file. */
 static veil_client_status call_v2(call *k, const char *method, const char *path,
                                   veil_secbuf *body, cJSON **response,
                                   veil_client_error *err)
 {
+    veil_cl_v2_seen seen;
     veil_cl_v2_call v = {
         .url = k->url,
         .method = method,
@@ -562,8 +565,24 @@ static veil_client_status call_v2(call *k, const char *method, const char *path,
         .body = body ? veil_secbuf_data(body) : NULL,
         .body_len = body ? veil_secbuf_len(body) - 1 : 0,
         .stats = k->stats,
+        .seen = body ? &seen : NULL,
     };
-    return veil_cl_v2_send(k->c, &v, response, err);
+    veil_client_status st = veil_cl_v2_send(k->c, &v, response, err);
+    if (st != VEIL_CLIENT_OK || body == NULL)
+        return st;
+    veil_cl_answer a = {
+        .url = k->url,
+        .payload_id = seen.request_id,
+        .tier = k->tier ? k->tier : "standard",
+        .request = (const char *)v.body,
+        .request_len = v.body_len,
+        .response = &seen.headers,
+        .server_key_sha256 = seen.key_sha256,
+        .kem_key = 1,
+        .allow_foreign = k->c->cfg.allow_foreign_attestation,
+        .signature_checked = 1,
+    };
+    return verify_answer(k, &a, seen.request_id, response, err);
 }
 
 /* The start of every call: err and stats cleared, response checked,
@@ -656,6 +675,8 @@ static veil_client_status v2_only(veil_client *c, const char *path,
     veil_client_error local;
     if (err == NULL)
         err = &local;
+    k.model = cJSON_GetStringValue(
+        cJSON_GetObjectItemCaseSensitive(request, "model"));
     veil_client_status st = call_begin(&k, opts, url, response, err);
     if (st == VEIL_CLIENT_OK && c->cfg.protocol == VEIL_CLIENT_PROTOCOL_V1)
         st = veil_cl_fail(err, VEIL_CLIENT_E_CONFIG, 0, VEIL_E_ARG,

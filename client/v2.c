@@ -645,24 +645,35 @@ static veil_client_status post_once(veil_client *c, const veil_cl_v2_call *k,
 }
 
 /* An inner 200 as the caller's tree: a JSON object, no member twice at
- * its top level or in _metadata, with _metadata as the client knows it. */
+ * its top level, in _metadata or in _metadata.tpm_attestation, a
+ * payload ID there (maximum) this request's, with _metadata as the client
+ * knows it (attested_backend only once the caller verified a quote). */
 static veil_client_status answer_tree(veil_client *c, const inner *in,
                                       cJSON **out, veil_client_error *err)
 {
     cJSON *j = cJSON_ParseWithLength(in->body, in->len), *md;
+    const cJSON *id;
     const char *why = NULL;
     *out = NULL;
     md = cJSON_GetObjectItemCaseSensitive(j, "_metadata");
     if (!cJSON_IsObject(j) || (md != NULL && !cJSON_IsObject(md)))
         why = "its content is not a JSON object";
-    else if (veil_cl_json_dup_key(j) || veil_cl_json_dup_key(md))
+    else if (veil_cl_json_dup_key(j) || veil_cl_json_dup_key(md) ||
+             veil_cl_json_dup_key(
+                 cJSON_GetObjectItemCaseSensitive(md, "tpm_attestation")))
         why = "the answer has a member twice";
+    else if ((id = cJSON_GetObjectItemCaseSensitive(md, "payload_id")) &&
+             (!cJSON_IsString(id) ||
+              strcmp(id->valuestring, in->request_id) != 0))
+        why = "the answer is for another request than this one (a replayed "
+              "answer?)";
     if (why == NULL && md == NULL &&
         (md = cJSON_AddObjectToObject(j, "_metadata")) == NULL)
         why = "out of memory";
     if (why == NULL) {
         static const char *const mine[] = {
-            "protocol", "request_id", "is_encrypted", "encryption_algorithm"};
+            "protocol", "request_id", "is_encrypted", "encryption_algorithm",
+            "attested_backend"};
         for (size_t i = 0; i < sizeof mine / sizeof mine[0]; i++)
             cJSON_DeleteItemFromObjectCaseSensitive(md, mine[i]);
         if (!cJSON_AddStringToObject(md, "protocol", "v2") ||
@@ -739,6 +750,26 @@ static veil_client_status answer_signature(veil_client *c,
                         "%s (%s)", VEIL_CLIENT_SECURITY_MESSAGE, why);
 }
 
+/* What the caller's verifier needs of an answer taken (veil_cl_v2_seen). */
+static void seen_fill(veil_cl_v2_seen *s, const veil_ohttp_ctx *ctx,
+                      const inner *in)
+{
+    size_t pk_len = 0;
+    const uint8_t *pk = veil_ohttp_ctx_pk(ctx, &pk_len);
+    memset(s, 0, sizeof *s);
+    memcpy(s->request_id, in->request_id, sizeof s->request_id);
+    SHA256(pk, pk_len, s->key_sha256);
+    s->headers.status = in->status;
+    s->headers.retry_after_ms = -1;
+    snprintf(s->headers.veil_signature, sizeof s->headers.veil_signature, "%s",
+             in->sig);
+    snprintf(s->headers.veil_signed_at, sizeof s->headers.veil_signed_at, "%s",
+             in->signed_at);
+    snprintf(s->headers.veil_signing_key, sizeof s->headers.veil_signing_key,
+             "%s", in->signing_key);
+    s->headers.veil_headers_bad = in->sig_bad;
+}
+
 /* One attempt's outcome: *status the status that decides a retry (the
  * inner one once the answer opened; 0 a network failure), *uniform the
  * uniform 400, *retry_after_ms what the server asked. */
@@ -777,6 +808,8 @@ static veil_client_status attempt(veil_client *c, const veil_cl_v2_call *k,
             else if (k->body == NULL ||
                      (st = answer_signature(c, k, &in, err)) == VEIL_CLIENT_OK)
                 st = answer_tree(c, &in, response, err);
+            if (st == VEIL_CLIENT_OK && k->seen)
+                seen_fill(k->seen, ctx, &in);
         }
         if (k->stats) {
             k->stats->decrypt_ns += veil_cl_now_ns() - t;

@@ -20,6 +20,16 @@
 veil_client_status veil_cl_v2_pick(veil_client *c, const char *url, int *v2,
                                    veil_client_error *err);
 
+/* What a verifier of an answer needs beyond its content (verify.c, as
+ * chat.c calls it): filled when veil_cl_v2_send succeeds. */
+typedef struct veil_cl_v2_seen {
+    char request_id[65];    /* hex SHA-256 of enc: the answer's payload ID */
+    uint8_t key_sha256[32]; /* SHA-256 of the KEM public key (pkR) */
+    /* the inner answer's x-veil-signature, -signed-at, -signing-key, as
+     * veil_cl_verify_answer reads them (only those members are set) */
+    veil_cl_http_response headers;
+} veil_cl_v2_seen;
+
 /* One inner request. */
 typedef struct veil_cl_v2_call {
     const char *url;     /* base URL, no trailing slash */
@@ -30,6 +40,7 @@ typedef struct veil_cl_v2_call {
     const uint8_t *body; /* JSON (secret), or NULL */
     size_t body_len;
     veil_chat_stats *stats; /* may be NULL */
+    veil_cl_v2_seen *seen;  /* out, may be NULL */
 } veil_cl_v2_call;
 
 /* Sends the call (encapsulated afresh for each attempt), with the
@@ -38,7 +49,8 @@ typedef struct veil_cl_v2_call {
  * with "_metadata" (protocol, request_id, is_encrypted,
  * encryption_algorithm) set by the client.  The answer to a request with a
  * body must carry a valid answer signature (section 8) under the signing
- * key its key configurations are checked under, or it is refused.  An
+ * key its key configurations are checked under, or it is refused; its
+ * TPM quote (maximum) is the caller's to verify, with k->seen.  An
  * inner error status is mapped as v1 maps an outer one (error.c). */
 veil_client_status veil_cl_v2_send(veil_client *c, const veil_cl_v2_call *k,
                                    cJSON **response, veil_client_error *err);

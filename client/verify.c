@@ -42,6 +42,7 @@ typedef struct answer_in {
     const cJSON *tpm;          /* tpm_attestation, or NULL */
     const char *model;         /* the model asked for, or NULL (evidence) */
     const uint8_t *server_sha; /* without a trust file: the key used */
+    int kem_key;               /* v2: server_sha is the KEM key, always */
     int allow_foreign;         /* without a trust file: see veil_cl_answer */
     int signature_checked;     /* verified before the answer was opened */
 } answer_in;
@@ -223,7 +224,9 @@ static int backend_statement(const cJSON *o, const answer_in *a,
  * enrolled AK (or a per-request AK it certified), qualifying data over
  * this request and the enrolled keys, PCRs as enrolled.  Without one:
  * signed by the AK the answer names, over this request and the key it
- * was sealed to; whether that AK is a TPM's is not known. */
+ * was sealed to; whether that AK is a TPM's is not known.  Over protocol
+ * v2 the encryption key is the KEM key the request went to, with or
+ * without a trust file (PROTOCOL-V2.md 8). */
 static int check_quote(veil_engine *e, const veil_trust *t, const answer_in *a,
                        veil_cl_checker *ck)
 {
@@ -250,7 +253,7 @@ static int check_quote(veil_engine *e, const veil_trust *t, const answer_in *a,
         q.has_aikc ? "per-request attestation key" : "long-term key");
 
     uint8_t zero[32] = {0}, qual[32], backend_sha[32];
-    const uint8_t *enc = t ? t->enc_sha : a->server_sha;
+    const uint8_t *enc = t && !a->kem_key ? t->enc_sha : a->server_sha;
     const uint8_t *sign = t                    ? t->sign_sha
                           : a->has_signing_key ? a->signing_key
                                                : zero;
@@ -281,9 +284,13 @@ static int check_quote(veil_engine *e, const veil_trust *t, const answer_in *a,
         goto out;
     }
     veil_cl_check(ck, "quote", 1,
-                  "signature, qualifying data (payload %s, this request, %s "
-                  "keys, backend statement) and PCR digest",
-                  a->payload_id, t ? "the enrolled" : "the server's");
+                  "signature, qualifying data (payload %s, this request, %s, "
+                  "backend statement) and PCR digest",
+                  a->payload_id,
+                  a->kem_key ? (t ? "the KEM key and the enrolled signing key"
+                                  : "the KEM key and the signing key")
+                  : t        ? "the enrolled keys"
+                             : "the server's keys");
     if ((t != NULL && !pcr_values_check(t, &q, ck)) ||
         (q.has_kc && !veil_cl_key_certify_check(e, signer, &q, enc, qual, ck)))
         goto out;
@@ -425,6 +432,7 @@ static answer_in answer_of(const veil_cl_answer *in)
         .tpm = in->tpm_attestation,
         .model = in->model,
         .server_sha = in->server_key_sha256,
+        .kem_key = in->kem_key,
         .allow_foreign = in->allow_foreign,
         .signature_checked = in->signature_checked,
     };

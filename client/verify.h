@@ -20,7 +20,10 @@ typedef struct veil_cl_answer {
     size_t request_len;
     const veil_cl_http_response *response; /* body and signature headers */
     const uint8_t *server_key_sha256;      /* the key the request went to */
-    const cJSON *tpm_attestation;          /* _metadata.tpm_attestation */
+    int kem_key; /* protocol v2: server_key_sha256 is the SHA-256 of the KEM
+                    public key, which the quote binds with a trust file too
+                    (in place of the enrolled encryption key) */
+    const cJSON *tpm_attestation; /* _metadata.tpm_attestation */
     const char *model;     /* the model the request named (NULL: not known); a
                               maximum answer's backend statement must name it */
     int allow_foreign;     /* maximum, no trust file: accept an attestation in

@@ -515,10 +515,11 @@ const char *gw_tpm_describe(const gw_tpm *t);
  *   aik_name, quote_b64, signature_b64, qualifying_data, software_tpm,
  *   and, when ak_per_request, aik_certify {attest_b64, signature_b64}
  *   (the per-request AK certified by the long-term AK, same qualifying
- *   data); when an encryption key object was given, key_certify likewise.
+ *   data); when an encryption key object was given and certify_key,
+ *   key_certify likewise (else null: v2's requests do not go to that key).
  * Thread-safe (one TPM context behind a lock).  NULL with err. */
-cJSON *gw_tpm_quote(gw_tpm *t, const uint8_t qualifying[32], char *err,
-                    size_t err_size);
+cJSON *gw_tpm_quote(gw_tpm *t, const uint8_t qualifying[32], int certify_key,
+                    char *err, size_t err_size);
 
 /* Adds the report fields to `report` (docs/ATTESTATION.md): tpm {...},
  * ek_pubkey_b64, ek_spki_b64, ek_cert_b64 (or null), aik_pubkey_b64,

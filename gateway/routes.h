@@ -71,6 +71,58 @@ gw_rc gw_tpm_turn_take(gw_server *s, svc_req *r, gw_tpm_turn *t,
 gw_rc gw_tpm_turn_give(gw_server *s, svc_req *r, gw_tpm_turn *t, char *why,
                        size_t why_size);
 
+/* A place in the TPM's line for a request already in its handler (v2's
+ * maximum tier, known only once the request is open), held until it is
+ * complete: GW_OK, or GW_BUSY with *retry_s and why when the line is
+ * full.  Without a TPM: GW_OK, nothing held (gw_tpm_turn_take answers). */
+gw_rc gw_tpm_place_take(gw_server *s, svc_req *r, unsigned *retry_s, char *why,
+                        size_t why_size);
+
+/* ---- the high and maximum tiers (maximum.c) ---------------------------- */
+
+/* The high tier's condition (maximum's too): the gateway's memory locked,
+ * undumpable, and the plaintext's buffer locked.  GW_OK, or GW_UNAVAILABLE
+ * with why. */
+gw_rc gw_tier_memory(gw_server *s, unsigned tier, const veil_secbuf *plain,
+                     char *why, size_t why_size);
+
+/* What a maximum answer's quote binds (docs/ATTESTATION.md): the
+ * qualifying data's payload ID, request hash and encryption key hash,
+ * and the backend statement.  v1: the X-Payload-ID, the package's hash,
+ * the server key's SPKI hash; v2: the request identifier (hex SHA-256 of
+ * enc), the inner content's hash, the hash of the KEM public key. */
+typedef struct gw_max_binding {
+    const char *id;
+    const uint8_t *request_sha256; /* 32 bytes each */
+    const uint8_t *key_sha256;
+    const char *backend;
+    int certify_key; /* key_certify of the server key (tpm_certify_key) */
+} gw_max_binding;
+
+/* The quote of a maximum answer, taken before the backend runs: a turn in
+ * the TPM's own line (the worker slot given back while waiting), the
+ * quote, the backend statement added.  GW_OK with *attestation (the
+ * caller's), or: GW_BUSY with *retry_s (no turn in time), GW_UNAVAILABLE
+ * ("no TPM attestation available" without a TPM; a quote that failed,
+ * logged), with why. */
+gw_rc gw_max_quote(gw_server *s, svc_req *r, const gw_max_binding *b,
+                   cJSON **attestation, unsigned *retry_s, char *why,
+                   size_t why_size);
+
+/* The "_metadata" member veild adds to an answer, as text: ",\"_metadata\":
+ * {...}" (the comma when the answer keeps other members).  *attestation
+ * (the TPM's quote object, or NULL) goes in as tpm_attestation and is then
+ * owned here (*attestation set to NULL).  malloc'd; NULL: no memory. */
+char *gw_metadata_member(gw_server *s, const char *payload_id, const char *tier,
+                         cJSON **attestation, int comma);
+
+/* The edits that make the answer sent from the backend's: its own
+ * "_metadata" removed (whatever it holds: only veild's reaches the
+ * client), and metadata (gw_metadata_member's, or NULL: none) spliced in
+ * before the closing brace.  Returns how many (at most 2). */
+size_t gw_answer_edits(const gw_upstream_result *up, const char *metadata,
+                       veil_json_edit edits[2]);
+
 /* ---- the server ---------------------------------------------------------- */
 
 struct gw_server {

@@ -278,8 +278,8 @@ static int add_quote_fields(gw_tpm *t, cJSON *obj, const uint8_t (*values)[32],
 /* ---- the API ------------------------------------------------------------- */
 
 /* The quote object; called with the lock held. */
-static cJSON *quote_locked(gw_tpm *t, const uint8_t qualifying[32], char *err,
-                           size_t err_size)
+static cJSON *quote_locked(gw_tpm *t, const uint8_t qualifying[32],
+                           int certify_key, char *err, size_t err_size)
 {
     ESYS_TR signer = t->ak, fresh = ESYS_TR_NONE;
     TPM2B_PUBLIC *fresh_pub = NULL;
@@ -307,7 +307,7 @@ static cJSON *quote_locked(gw_tpm *t, const uint8_t qualifying[32], char *err,
     if (quote_pcrs(t, signer, qualifying, values, &quoted, &sig, err,
                    err_size) != 0)
         goto out;
-    if (t->key != ESYS_TR_NONE &&
+    if (certify_key && t->key != ESYS_TR_NONE &&
         tpm_certify(t, t->key, signer, qualifying, &key_cert, &key_sig, err,
                     err_size) != 0)
         goto out;
@@ -355,8 +355,8 @@ out:
     return q;
 }
 
-cJSON *gw_tpm_quote(gw_tpm *t, const uint8_t qualifying[32], char *err,
-                    size_t err_size)
+cJSON *gw_tpm_quote(gw_tpm *t, const uint8_t qualifying[32], int certify_key,
+                    char *err, size_t err_size)
 {
     cJSON *q;
 
@@ -366,7 +366,7 @@ cJSON *gw_tpm_quote(gw_tpm *t, const uint8_t qualifying[32], char *err,
     }
     pthread_mutex_lock(&t->lock);
     tpm_test_delay(t);
-    q = quote_locked(t, qualifying, err, err_size);
+    q = quote_locked(t, qualifying, certify_key, err, err_size);
     pthread_mutex_unlock(&t->lock);
     return q;
 }

@@ -8,7 +8,11 @@
  *    slot (gw_tpm_place*, the routes' before_slot hook).  At most
  *    tpm_workers + tpm_queue requests hold one; one more is answered 503
  *    with Retry-After at once, having cost nothing (no unwrap in the
- *    token, no slot).  Held until the request is complete;
+ *    token, no slot).  Protocol v2 carries its tier inside the request:
+ *    its place is taken once the request is open and its checks passed,
+ *    before any backend work (gw_tpm_place_take), and a full line is an
+ *    inner 503 with an inner retry-after.  Held until the request is
+ *    complete;
  *  - a turn: taken by a holder of a place when it reaches its TPM work
  *    (gw_tpm_turn_take).  At most tpm_workers at once, first come, first
  *    served, each waiting at most tpm_queue_wait seconds (then 503 with
@@ -95,30 +99,43 @@ static void leave(void *ref)
     pthread_mutex_unlock(&l->lock);
 }
 
-/* A place for r, held until it is complete, or the 503 with Retry-After. */
-static void place(gw_server *s, svc_req *r)
+gw_rc gw_tpm_place_take(gw_server *s, svc_req *r, unsigned *retry_s, char *why,
+                        size_t why_size)
 {
     gw_tpm_line *l = s->tpm_line;
-    unsigned retry = 0, held = 0;
+    unsigned held = 0;
 
-    if (l == NULL) /* no TPM: the handler answers, without Retry-After */
-        return;
+    *retry_s = 0;
+    if (l == NULL) /* no TPM: the turn answers, without Retry-After */
+        return GW_OK;
     pthread_mutex_lock(&l->lock);
     if (l->places < l->workers + l->queue)
         l->places++;
     else {
         held = l->places;
-        retry = retry_after(l);
+        *retry_s = retry_after(l);
     }
     pthread_mutex_unlock(&l->lock);
-    if (retry) {
-        gw_respond_retry(s, r, GW_BUSY, retry,
-                         "the TPM is busy (%u requests are at it or waiting "
-                         "for it); retry in %u s",
-                         held, retry);
-        return;
+    if (*retry_s) {
+        snprintf(why, why_size,
+                 "the TPM is busy (%u requests are at it or waiting for it); "
+                 "retry in %u s",
+                 held, *retry_s);
+        return GW_BUSY;
     }
-    svc_set_app_hold(r, l, leave);
+    if (!svc_set_app_hold(r, l, leave))
+        leave(l); /* it holds one already */
+    return GW_OK;
+}
+
+/* A place for r, held until it is complete, or the 503 with Retry-After. */
+static void place(gw_server *s, svc_req *r)
+{
+    unsigned retry;
+    char why[160];
+
+    if (gw_tpm_place_take(s, r, &retry, why, sizeof why) != GW_OK)
+        gw_respond_retry(s, r, GW_BUSY, retry, "%s", why);
 }
 
 void gw_tpm_place(void *app, svc_req *r)

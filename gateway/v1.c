@@ -17,7 +17,6 @@
 #include <openssl/sha.h>
 
 #include "backend.h"
-#include "evidence.h"
 #include "routes.h"
 
 /* One exchange, from the headers to the sealed answer. */
@@ -180,16 +179,9 @@ static gw_rc v1_model(gw_server *s, v1_x *x)
         gw_model_tier_refusal(x->m, x->tier_name, x->why, sizeof x->why);
         return GW_FORBIDDEN;
     }
-    /* maximum is high plus the TPM (PROTOCOL-NOMYO.md, tiers). */
-    if (x->tier >= VEIL_TIER_HIGH &&
-        !(s->mem.locking && s->mem.core_dumps_off && s->mem.dontdump &&
-          veil_secbuf_locked(x->pt))) {
-        snprintf(x->why, sizeof x->why,
-                 "the %s tier needs locked, unswappable, undumpable "
-                 "memory, which is not in force on this gateway",
-                 x->tier_name);
-        return GW_UNAVAILABLE;
-    }
+    gw_rc rc = gw_tier_memory(s, x->tier, x->pt, x->why, sizeof x->why);
+    if (rc != GW_OK)
+        return rc;
     if (x->tier == VEIL_TIER_MAXIMUM)
         return gw_backend_statement(x->cfg, x->m, x->backend, sizeof x->backend,
                                     x->why, sizeof x->why);
@@ -198,45 +190,19 @@ static gw_rc v1_model(gw_server *s, v1_x *x)
 
 /* maximum: quoted before the backend runs, so a TPM that fails costs no
  * inference, and no answer ever leaves unattested.  The quote waits for
- * its turn in the TPM's own line, without a worker slot (tpmline.c). */
+ * its turn in the TPM's own line, without a worker slot (maximum.c). */
 static gw_rc v1_attest(gw_server *s, svc_req *r, v1_x *x)
 {
-    uint8_t qualifying[32], backend_sha256[32];
-    char why[320];
-    gw_tpm_turn turn;
-    gw_rc rc;
+    gw_max_binding b = {.id = x->pid,
+                        .request_sha256 = x->request_sha256,
+                        .key_sha256 = x->enc_sha256,
+                        .backend = x->backend,
+                        .certify_key = 1};
 
     if (x->tier != VEIL_TIER_MAXIMUM)
         return GW_OK;
-    rc = gw_tpm_turn_take(s, r, &turn, &x->retry_s, x->why, sizeof x->why);
-    if (rc != GW_OK)
-        return rc;
-    SHA256((const uint8_t *)x->backend, strlen(x->backend), backend_sha256);
-    veil_ev_answer_qualifying(x->pid, x->request_sha256, x->enc_sha256,
-                              s->d.signing_key_sha256, backend_sha256,
-                              qualifying);
-    double t0 = svc_now();
-    x->attestation = gw_tpm_quote(s->d.tpm, qualifying, why, sizeof why);
-    gw_metrics_quote(s->d.metrics, "answer", x->attestation != NULL,
-                     svc_now() - t0);
-    rc = gw_tpm_turn_give(s, r, &turn, x->why, sizeof x->why);
-    if (rc != GW_OK)
-        return rc;
-    if (x->attestation != NULL &&
-        !cJSON_AddStringToObject(x->attestation, "backend_statement",
-                                 x->backend)) {
-        cJSON_Delete(x->attestation);
-        x->attestation = NULL;
-        snprintf(why, sizeof why, "out of memory");
-    }
-    if (x->attestation == NULL) {
-        veil_logf(&s->log, VEIL_LOG_ERROR, "quote for %s failed: %s", x->pid,
-                  why);
-        snprintf(x->why, sizeof x->why,
-                 "no TPM attestation for this answer: %s", why);
-        return GW_UNAVAILABLE;
-    }
-    return GW_OK;
+    return gw_max_quote(s, r, &b, &x->attestation, &x->retry_s, x->why,
+                        sizeof x->why);
 }
 
 /* The inference: the plaintext to the model's upstream (or echo). */
@@ -253,59 +219,16 @@ static gw_rc v1_infer(gw_server *s, svc_req *r, v1_x *x)
         veil_secbuf_len(x->pt), x->rq, salt, &x->up, x->why, sizeof x->why);
 }
 
-/* The "_metadata" member veild adds to an answer, as text: ",\"_metadata\":
- * {...}" (the comma when the answer keeps other members).  *attestation
- * (the TPM's quote object, or NULL) goes in as tpm_attestation and is then
- * owned here (*attestation set to NULL).  malloc'd; NULL: no memory. */
-static char *metadata_member(gw_server *s, const char *payload_id,
-                             const char *tier, cJSON **attestation, int comma)
-{
-    cJSON *md = cJSON_CreateObject(), *mp = cJSON_CreateObject();
-    char *text = NULL, *out = NULL;
-    size_t size;
-
-    if (md && mp && cJSON_AddStringToObject(mp, "platform", "linux") &&
-        cJSON_AddBoolToObject(mp, "memory_locking", s->mem.locking) &&
-        cJSON_AddBoolToObject(mp, "secure_zeroing", s->mem.zeroing) &&
-        cJSON_AddBoolToObject(mp, "core_dump_prevention",
-                              s->mem.core_dumps_off) &&
-        cJSON_AddItemToObject(md, "memory_protection", mp)) {
-        mp = NULL;
-        if (cJSON_AddStringToObject(md, "payload_id", payload_id) &&
-            cJSON_AddStringToObject(md, "security_tier", tier) &&
-            cJSON_AddStringToObject(md, "response_status", "success") &&
-            (*attestation == NULL ||
-             cJSON_AddItemToObject(md, "tpm_attestation", *attestation))) {
-            *attestation = NULL;
-            text = cJSON_PrintUnformatted(md);
-        }
-    }
-    cJSON_Delete(mp);
-    cJSON_Delete(md);
-    if (text == NULL)
-        return NULL;
-    size = strlen(text) + sizeof ",\"_metadata\":";
-    if ((out = malloc(size)) != NULL)
-        snprintf(out, size, "%s\"_metadata\":%s", comma ? "," : "", text);
-    free(text);
-    return out;
-}
-
 /* The answer to seal: the backend's text byte for byte, without its own
- * "_metadata" (whatever it holds: only veild's reaches the client), with
- * veild's spliced in before the closing brace.  A secret buffer, or NULL
- * (no memory). */
+ * "_metadata", with veild's spliced in before the closing brace
+ * (gw_answer_edits).  A secret buffer, or NULL (no memory). */
 static veil_secbuf *answer_text(const gw_upstream_result *up,
                                 const char *metadata)
 {
     veil_json_edit edits[2];
-    size_t n = 0, len;
+    size_t n = gw_answer_edits(up, metadata, edits), len;
     veil_secbuf *out = NULL;
 
-    if (up->has_metadata)
-        n = veil_json_remove_members(up->body, up->len, &up->metadata, 1,
-                                     edits);
-    edits[n++] = (veil_json_edit){up->close, 0, metadata, strlen(metadata)};
     len = veil_json_spliced_len(up->len, edits, n);
     if (len == (size_t)-1 || veil_secbuf_new(len, &out) != VEIL_OK)
         return NULL;
@@ -317,8 +240,9 @@ static veil_secbuf *answer_text(const gw_upstream_result *up,
 /* The answer with veild's _metadata, sealed to the caller's key. */
 static gw_rc v1_seal(gw_server *s, v1_x *x)
 {
-    x->metadata = metadata_member(s, x->pid, x->tier_name, &x->attestation,
-                                  x->up.members > (size_t)x->up.has_metadata);
+    x->metadata =
+        gw_metadata_member(s, x->pid, x->tier_name, &x->attestation,
+                           x->up.members > (size_t)x->up.has_metadata);
     x->answer = x->metadata ? answer_text(&x->up, x->metadata) : NULL;
     if (x->answer == NULL) {
         snprintf(x->why, sizeof x->why, "out of memory");

@@ -8,7 +8,11 @@
  * the encapsulated response.  The inner routes (v2_routes): POST
  * /v1/chat/completions, /v1/completions and /v1/embeddings (the checks of
  * v1: API key, rate, model, tier, request scan, then gw_upstream_call at
- * the same path) and GET /v1/models. */
+ * the same path) and GET /v1/models.  On the maximum tier, as v1
+ * (maximum.c): a place in the TPM's line once the request is open, the
+ * quote before the backend runs, bound to the request identifier, the
+ * inner content, the KEM key and the backend statement, and veild's
+ * "_metadata" with the quote spliced into the answer. */
 #include "config.h"
 
 #include <stdio.h>
@@ -19,6 +23,7 @@
 
 #include <openssl/sha.h>
 
+#include "backend.h"
 #include "bhttp.h"
 #include "ohttp.h"
 #include "routes.h"
@@ -28,6 +33,7 @@
 
 /* One exchange: the request opened, then the inner answer. */
 typedef struct v2_x {
+    svc_req *r;
     const gw_live *live; /* the request's configuration (gw_req_live) */
     const char *body;
     size_t len;
@@ -39,7 +45,10 @@ typedef struct v2_x {
     const char *tier_name;
     gw_request *rq;
     const gw_model *m;
-    gw_infer infer; /* the inference route */
+    gw_infer infer;                           /* the inference route */
+    char backend[VEIL_BACKEND_STATEMENT_MAX]; /* maximum: the statement */
+    cJSON *attestation;                       /* maximum: the quote */
+    char *metadata; /* maximum: veild's "_metadata" member */
     char salt[65];
     gw_upstream_result up;
     /* the inner answer */
@@ -279,8 +288,8 @@ static gw_rc v2_inner(gw_server *s, svc_req *r, v2_x *x)
     return GW_OK;
 }
 
-/* The model named in the request, served here on this tier.  The maximum
- * tier's TPM quote is not carried in v2 yet: it is refused. */
+/* The model named in the request, served here on this tier (on maximum,
+ * with its backend statement). */
 static gw_rc v2_model(gw_server *s, v2_x *x)
 {
     const veil_bstr *c = &x->in->content;
@@ -305,16 +314,47 @@ static gw_rc v2_model(gw_server *s, v2_x *x)
         gw_model_tier_refusal(x->m, x->tier_name, x->why, sizeof x->why);
         return GW_FORBIDDEN;
     }
-    if (x->tier == VEIL_TIER_MAXIMUM ||
-        (x->tier == VEIL_TIER_HIGH &&
-         !(s->mem.locking && s->mem.core_dumps_off && s->mem.dontdump &&
-           veil_secbuf_locked(x->req)))) {
-        snprintf(x->why, sizeof x->why,
-                 "the %s tier is not offered over protocol v2 here",
-                 x->tier_name);
-        return GW_UNAVAILABLE;
-    }
+    gw_rc rc = gw_tier_memory(s, x->tier, x->req, x->why, sizeof x->why);
+    if (rc != GW_OK)
+        return rc;
+    if (x->tier == VEIL_TIER_MAXIMUM)
+        return gw_backend_statement(x->live->cfg, x->m, x->backend,
+                                    sizeof x->backend, x->why, sizeof x->why);
     return GW_OK;
+}
+
+/* maximum (as v1_attest): a place in the TPM's line, now that the tier is
+ * known, then the quote, before the backend runs.  Its qualifying data
+ * (docs/ATTESTATION.md) binds the request identifier, the inner content,
+ * the KEM public key the request was encapsulated to and the backend
+ * statement; the server key's certification is v1's (its requests go to
+ * that key), not sent here.  A full line or a late turn: an inner 503
+ * with an inner retry-after. */
+static gw_rc v2_attest(gw_server *s, v2_x *x)
+{
+    uint8_t req_sha256[32], key_sha256[32];
+    size_t pk_len = 0;
+    const uint8_t *pk = veil_ohttp_ctx_pk(x->ctx, &pk_len);
+    gw_max_binding b = {.id = x->rid,
+                        .request_sha256 = req_sha256,
+                        .key_sha256 = key_sha256,
+                        .backend = x->backend,
+                        .certify_key = 0};
+    unsigned retry = 0;
+    gw_rc rc;
+
+    if (x->tier != VEIL_TIER_MAXIMUM)
+        return GW_OK;
+    rc = gw_tpm_place_take(s, x->r, &retry, x->why, sizeof x->why);
+    if (rc == GW_OK) {
+        SHA256(x->in->content.p, x->in->content.len, req_sha256);
+        SHA256(pk, pk_len, key_sha256);
+        rc = gw_max_quote(s, x->r, &b, &x->attestation, &retry, x->why,
+                          sizeof x->why);
+    }
+    if (rc == GW_BUSY)
+        snprintf(x->retry, sizeof x->retry, "%u", retry);
+    return rc;
 }
 
 /* The answer's signature (PROTOCOL-V2.md 8): the statement of v1 with the
@@ -336,16 +376,16 @@ static gw_rc v2_sign(gw_server *s, v2_x *x)
 }
 
 /* POST /v1/chat/completions, /v1/completions, /v1/embeddings: the
- * backend's answer at the same path, without its own "_metadata", as the
- * inner content. */
+ * backend's answer at the same path, without its own "_metadata" (on
+ * maximum with veild's, the quote inside), as the inner content. */
 static gw_rc v2_infer(gw_server *s, v2_x *x)
 {
     const char *salt = NULL;
-    veil_json_edit cut;
+    veil_json_edit edits[2];
     gw_rc rc;
 
     x->inference = 1;
-    if ((rc = v2_model(s, x)) != GW_OK)
+    if ((rc = v2_model(s, x)) != GW_OK || (rc = v2_attest(s, x)) != GW_OK)
         return rc;
     if (x->m->cache_salt_field) {
         gw_cache_salt(s, x->id, x->salt);
@@ -356,14 +396,16 @@ static gw_rc v2_infer(gw_server *s, v2_x *x)
                            x->rq, salt, &x->up, x->why, sizeof x->why);
     if (rc != GW_OK)
         return rc;
-    size_t n = x->up.has_metadata
-                   ? veil_json_remove_members(x->up.body, x->up.len,
-                                              &x->up.metadata, 1, &cut)
-                   : 0;
-    size_t len = veil_json_spliced_len(x->up.len, &cut, n);
+    if (x->tier == VEIL_TIER_MAXIMUM &&
+        (x->metadata = gw_metadata_member(
+             s, x->rid, x->tier_name, &x->attestation,
+             x->up.members > (size_t)x->up.has_metadata)) == NULL)
+        return GW_NOMEM;
+    size_t n = gw_answer_edits(&x->up, x->metadata, edits);
+    size_t len = veil_json_spliced_len(x->up.len, edits, n);
     if (len == (size_t)-1 || (x->content = malloc(len + 1)) == NULL)
         return GW_NOMEM;
-    veil_json_splice(x->up.body, x->up.len, &cut, n, x->content);
+    veil_json_splice(x->up.body, x->up.len, edits, n, x->content);
     x->content_len = len;
     x->status = 200;
     x->type = "application/json";
@@ -380,7 +422,7 @@ static gw_rc v2_models(gw_server *s, v2_x *x)
     for (size_t i = 0; data && i < x->live->cfg->n_models; i++) {
         const gw_model *m = &x->live->cfg->models[i];
         cJSON *o = NULL;
-        if ((m->tiers & x->tier) &&
+        if ((gw_model_tiers(x->live->cfg, m) & x->tier) &&
             (!(o = cJSON_CreateObject()) || !cJSON_AddItemToArray(data, o) ||
              !cJSON_AddStringToObject(o, "id", m->id) ||
              !cJSON_AddStringToObject(o, "object", "model") ||
@@ -484,7 +526,7 @@ static void v2_error(v2_x *x, gw_rc rc)
     x->content_len = x->content ? strlen(x->content) : 0;
     x->status = gw_rc_status(rc);
     x->type = "application/json";
-    if (rc != GW_RATE_LIMITED)
+    if (rc != GW_RATE_LIMITED && rc != GW_BUSY)
         x->retry[0] = '\0';
 }
 
@@ -536,6 +578,8 @@ static gw_rc v2_send(gw_server *s, svc_req *r, v2_x *x)
 static void v2_free(v2_x *x)
 {
     free(x->sig.sig_b64);
+    cJSON_Delete(x->attestation);
+    free(x->metadata);
     if (x->content) {
         veil_wipe(x->content, x->content_len);
         free(x->content);
@@ -554,7 +598,7 @@ static void v2_free(v2_x *x)
 void gw_v2_request(void *app, svc_req *r)
 {
     gw_server *s = app;
-    v2_x x = {.live = gw_req_live(s, r)};
+    v2_x x = {.r = r, .live = gw_req_live(s, r)};
     gw_rc rc = v2_open(s, r, &x);
 
     if (rc != GW_OK) { /* in clear: the uniform 400, or 404, 415, 503 */

@@ -24,6 +24,8 @@ struct veil_ohttp_ctx {
     veil_hpke_suite suite;
     uint8_t enc[VEIL_HPKE_ENC_MAX];
     size_t enc_len;
+    uint8_t pk[VEIL_HPKE_ENC_MAX]; /* the recipient's public key (pkR) */
+    size_t pk_len;
 };
 
 static uint16_t get16(const uint8_t *p)
@@ -311,6 +313,8 @@ veil_rc veil_ohttp_encap_request(veil_engine *e, const veil_ohttp_keyconfig *c,
         return veil_err(VEIL_E_NOMEM, OH, NULL, "out of memory");
     }
     x->suite = s;
+    memcpy(x->pk, c->pk, c->pk_len);
+    x->pk_len = c->pk_len;
     x->enc_len = sizeof x->enc;
     rc = veil_hpke_setup_base_s(e, &s, c->pk, c->pk_len, info, info_len, eph,
                                 x->enc, &x->enc_len, &x->hpke);
@@ -366,6 +370,8 @@ veil_rc veil_ohttp_decap_request(veil_engine *e, const veil_ohttp_keyconfig *c,
     if (!x)
         return veil_err(VEIL_E_NOMEM, OH, NULL, "out of memory");
     x->suite = h.suite;
+    memcpy(x->pk, c->pk, c->pk_len);
+    x->pk_len = c->pk_len;
     x->enc_len = nenc;
     memcpy(x->enc, in + VEIL_OHTTP_HDR_LEN, nenc);
     rc = veil_hpke_setup_base_r(e, &h.suite, skR, x->enc, nenc, info,
@@ -515,6 +521,13 @@ const uint8_t *veil_ohttp_ctx_enc(const veil_ohttp_ctx *ctx, size_t *len)
     if (len)
         *len = ctx->enc_len;
     return ctx->enc;
+}
+
+const uint8_t *veil_ohttp_ctx_pk(const veil_ohttp_ctx *ctx, size_t *len)
+{
+    if (len)
+        *len = ctx ? ctx->pk_len : 0;
+    return ctx ? ctx->pk : NULL;
 }
 
 void veil_ohttp_ctx_free(veil_ohttp_ctx *ctx)

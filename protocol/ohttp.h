@@ -112,6 +112,10 @@ veil_rc veil_ohttp_encap_response(veil_engine *e, const veil_ohttp_ctx *ctx,
 
 /* The request's enc (for the replay register), Nenc bytes. */
 const uint8_t *veil_ohttp_ctx_enc(const veil_ohttp_ctx *ctx, size_t *len);
+/* The public key the request was encapsulated to (pkR, as its key
+ * configuration carries it: Npk bytes), which a maximum answer's quote
+ * binds (docs/ATTESTATION.md). */
+const uint8_t *veil_ohttp_ctx_pk(const veil_ohttp_ctx *ctx, size_t *len);
 void veil_ohttp_ctx_free(veil_ohttp_ctx *ctx);
 
 #pragma GCC visibility pop

@@ -698,6 +698,7 @@ static enum MHD_Result si_answer(stand_in *s, struct MHD_Connection *conn,
     uint8_t *out = NULL;
     size_t enc_len = 0, sig_len = sizeof sig, out_len = 0;
     char rid[65], st[VEIL_EV_STATEMENT_MAX], at[24], fp_text[80], *b64 = NULL;
+    char tier[16] = "standard";
     static const char answer[] = STAND_IN_ANSWER;
     static const char other[] = "{\"other\":true}";
     long long now = (long long)time(NULL);
@@ -710,8 +711,14 @@ static enum MHD_Result si_answer(stand_in *s, struct MHD_Connection *conn,
                           VEIL_BHTTP_REQUEST, NULL, &in) != VEIL_OK)
         goto out;
     const uint8_t *enc = veil_ohttp_ctx_enc(ctx, &enc_len);
+    const veil_bhttp_field *tf =
+        veil_bhttp_field_get(&in->headers, "x-security-tier");
     SHA256(enc, enc_len, h);
     veil_hex(h, 32, rid);
+    if (tf && tf->value.len < sizeof tier) { /* signed for the tier asked */
+        memcpy(tier, tf->value.p, tf->value.len);
+        tier[tf->value.len] = '\0';
+    }
     SHA256(in->content.p, in->content.len, req_sha);
     if (s->post == POST_MISSIGNED)
         SHA256((const uint8_t *)other, sizeof other - 1, resp_sha);
@@ -721,8 +728,8 @@ static enum MHD_Result si_answer(stand_in *s, struct MHD_Connection *conn,
     memcpy(fp_text, "sha256:", 7);
     veil_hex(fp, 32, fp_text + 7);
     snprintf(at, sizeof at, "%lld", now);
-    size_t n = veil_ev_statement(rid, "standard", req_sha, resp_sha, fp, now,
-                                 st, sizeof st);
+    size_t n =
+        veil_ev_statement(rid, tier, req_sha, resp_sha, fp, now, st, sizeof st);
     if (n == 0 ||
         veil_ecdsa_sign(sw_e, s->signer, (const uint8_t *)st, n, sig,
                         &sig_len) != VEIL_OK ||
@@ -938,6 +945,39 @@ static void test_answer_signatures(void)
     si.post = POST_UNIFORM;
 }
 
+/* A maximum answer, signed right, but without the TPM quote the tier asks
+ * for (a v2 client that took it would be downgraded to high unnoticed):
+ * refused, as v1 refuses it; the same answer on high is taken. */
+static void test_maximum_without_quote(void)
+{
+    static const char *const tiers[] = {"maximum", "high"};
+    char url[64];
+    stand_in_url(url, sizeof url);
+    si.not_after = (long long)time(NULL) + 3600;
+    si.bad_signature = 0;
+    si.post = POST_SIGNED;
+    for (size_t i = 0; i < 2; i++) {
+        veil_client *c = client_for(url, VEIL_CLIENT_PROTOCOL_V2);
+        veil_request_opts opts = {.security_tier = tiers[i]};
+        cJSON *req = chat_request(), *resp = NULL;
+        veil_client_error err;
+        veil_client_status st =
+            veil_chat_create(c, req, &opts, &resp, NULL, &err);
+        if (i == 0) {
+            CU_ASSERT_EQUAL(st, VEIL_CLIENT_E_SECURITY);
+            CU_ASSERT_PTR_NULL(resp);
+            CU_ASSERT(strstr(err.detail, "carries no TPM attestation") != NULL);
+        } else {
+            CU_ASSERT_EQUAL(st, VEIL_CLIENT_OK);
+            CU_ASSERT_STRING_EQUAL(veil_chat_content(resp), "stand-in");
+        }
+        veil_chat_response_free(resp);
+        veil_chat_response_free(req);
+        veil_client_free(c);
+    }
+    si.post = POST_UNIFORM;
+}
+
 /* A 503 to the key fetch is retried as a request is (explicit v2; under
  * auto it is not taken for "no v2" either). */
 static void test_keys_503_retried(void)
@@ -1100,6 +1140,7 @@ int main(void)
         {"stand-in: a bad signature", test_bad_signature},
         {"stand-in: the uniform 400 twice", test_uniform_twice},
         {"stand-in: answer signatures", test_answer_signatures},
+        {"stand-in: maximum without a quote", test_maximum_without_quote},
         {"stand-in: a 503 to the key fetch", test_keys_503_retried},
         {"gateways exit cleanly", test_exit},
     };

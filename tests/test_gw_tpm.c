@@ -611,7 +611,7 @@ static void test_quote(void)
 
     random_qualifying(q);
     t0 = now_ms();
-    obj = gw_tpm_quote(tpm, q, err, sizeof err);
+    obj = gw_tpm_quote(tpm, q, 1, err, sizeof err);
     printf("\n  quote: %.0f ms\n", now_ms() - t0);
     CU_ASSERT_PTR_NOT_NULL_FATAL(obj);
     CU_ASSERT_TRUE(cJSON_IsTrue(cJSON_GetObjectItem(obj, "is_available")));
@@ -649,7 +649,7 @@ static void *quote_loop(void *arg)
     for (int i = 0; i < 4; i++) {
         cJSON *obj;
         q[0] = (uint8_t)i;
-        obj = gw_tpm_quote(tpm, q, err, sizeof err);
+        obj = gw_tpm_quote(tpm, q, 1, err, sizeof err);
         if (obj)
             qt->ok++;
         cJSON_Delete(obj);
@@ -690,9 +690,9 @@ static void test_per_request_ak(void)
     CU_ASSERT_TRUE(quote_ok(r, q));
 
     t0 = now_ms();
-    a = gw_tpm_quote(t2, q, err, sizeof err);
+    a = gw_tpm_quote(t2, q, 1, err, sizeof err);
     printf("  quote with a fresh AK, certified: %.0f ms\n", now_ms() - t0);
-    b = gw_tpm_quote(t2, q, err, sizeof err);
+    b = gw_tpm_quote(t2, q, 1, err, sizeof err);
     CU_ASSERT_FATAL(a && b);
     CU_ASSERT_STRING_EQUAL(tu_json_str(a, "pcr_banks"), ALL_PCRS);
     CU_ASSERT_EQUAL(cJSON_GetArraySize(cJSON_GetObjectItem(
@@ -924,7 +924,7 @@ static void test_key_certify(void)
 
     random_qualifying(q);
     t0 = now_ms();
-    obj = gw_tpm_quote(t3, q, err, sizeof err);
+    obj = gw_tpm_quote(t3, q, 1, err, sizeof err);
     printf("\n  quote with a fresh AK and the key certified: %.0f ms\n",
            now_ms() - t0);
     CU_ASSERT_PTR_NOT_NULL_FATAL(obj);
@@ -951,6 +951,13 @@ static void test_key_certify(void)
     CU_ASSERT_FATAL(public_of(r, "aik_pubkey_b64", &ak) == 0);
     CU_ASSERT_TRUE(
         certify_ok(cJSON_GetObjectItem(r, "key_certify"), &ak, q, &key));
+    /* a quote for protocol v2 (certify_key 0): the request did not go to
+     * that key, so no certification of it */
+    cJSON_Delete(obj);
+    obj = gw_tpm_quote(t3, q, 0, err, sizeof err);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(obj);
+    CU_ASSERT_TRUE(cJSON_IsNull(cJSON_GetObjectItem(obj, "key_certify")));
+    CU_ASSERT_EQUAL(checkquote(obj, "aik_pubkey_b64", q), 0);
     gw_tpm_free(t3);
 
     /* another key's SPKI: refused at open */

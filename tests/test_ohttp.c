@@ -353,6 +353,17 @@ static void test_p256_round_trip(void)
         VEIL_OK);
     CU_ASSERT(secbuf_is(got, (const uint8_t *)msg, sizeof msg));
     veil_secbuf_free(got);
+    /* both sides name the key the request went to (a maximum answer's
+     * quote binds it) */
+    {
+        size_t pk1 = 0, pk2 = 0;
+        const uint8_t *p1 = veil_ohttp_ctx_pk(c1, &pk1),
+                      *p2 = veil_ohttp_ctx_pk(g1, &pk2);
+        CU_ASSERT(pk1 == cfg.pk_len && pk2 == cfg.pk_len &&
+                  memcmp(p1, cfg.pk, pk1) == 0 && memcmp(p2, cfg.pk, pk2) == 0);
+        CU_ASSERT_PTR_NULL(veil_ohttp_ctx_pk(NULL, &pk1));
+        CU_ASSERT_EQUAL(pk1, 0);
+    }
     /* a replay of request 1 decapsulates again (refusing it is the replay
      * register's job) but its answer is bound to request 1's context */
     CU_ASSERT_EQUAL_FATAL(

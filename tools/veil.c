@@ -115,8 +115,7 @@ static const char usage_chat[] =
     "  --protocol P           v2 (Oblivious HTTP to the gateway's signed key\n"
     "                         configuration), v1 (NOMYO), or auto (default:\n"
     "                         v2 when the gateway offers a signed key\n"
-    "                         configuration, else v1; v1 with --evidence\n"
-    "                         or --tier maximum)\n"
+    "                         configuration, else v1; v1 with --evidence)\n"
     "  --signing-key-pin sha256:HEX  v2: the gateway's signing key, which "
     "must\n"
     "                         sign its key configurations and answers\n"
@@ -1623,7 +1622,8 @@ static int cmd_chat(veil_client *c, const struct opts *o, veil_secbuf *prompt,
     if (o->trust && o->verbose) {
         char line[4200];
         snprintf(line, sizeof line, "answer %s verified against %s",
-                 stats.payload_id, o->trust);
+                 stats.protocol == 2 ? stats.request_id : stats.payload_id,
+                 o->trust);
         say("info", line);
     }
     say_backend(resp);
