@@ -306,6 +306,10 @@ static const svc_setting settings[] = {
     {"kem_grace", "SECONDS", &svc_uint, OFF(kem_grace), 0, 604800, "300",
      "how long a replaced KEM key still opens requests before it is "
      "destroyed; at most kem_rotate"},
+    {"kem_keys", "auto|software|tpm", &svc_str, OFF(kem_keys), 0, 0, "auto",
+     "where v2's KEM keys are made: auto (the server key's token if it can "
+     "derive, else software), software, or tpm (TPM objects certified by the "
+     "attestation key, GET /v2/keys/certify; needs tpm = on)"},
     {"metrics_listen", "ADDR", &svc_addr, OFF(metrics_listen), 0, 0, NULL,
      "also serve GET /metrics, alone and without an API key, over plain HTTP "
      "on this address (keep it private: loopback or an internal network); "
@@ -451,6 +455,14 @@ static int check_tpm(const gw_config *cfg, char *err, size_t err_size)
                     "drop tpm_certify_key");
         return -1;
     }
+    if (strcmp(cfg->kem_keys, "auto") != 0 &&
+        strcmp(cfg->kem_keys, "software") != 0 &&
+        (strcmp(cfg->kem_keys, "tpm") != 0 || !cfg->tpm)) {
+        svc_put_err(err, err_size, "kem_keys: %s",
+                    strcmp(cfg->kem_keys, "tpm") ? "auto, software or tpm"
+                                                 : "tpm needs tpm = on");
+        return -1;
+    }
     if (cfg->tpm_certify_key_auth && !cfg->tpm_certify_key) {
         svc_put_err(err, err_size,
                     "tpm_certify_key_auth is set but tpm_certify_key is not");
@@ -470,7 +482,8 @@ int gw_config_check(const gw_config *cfg, char *err, size_t err_size)
         svc_put_err(err, err_size, "no configuration");
         return -1;
     }
-    if (!cfg->listen_addr || !cfg->log_level || !cfg->log_format) {
+    if (!cfg->listen_addr || !cfg->log_level || !cfg->log_format ||
+        !cfg->kem_keys) {
         svc_put_err(err, err_size, "out of memory");
         return -1;
     }
