@@ -17,7 +17,7 @@ void gw_v2_certify(void *app, svc_req *r)
 {
     gw_server *s = app;
     const char *q = svc_query(r, "key_id");
-    char *end = "", *json = NULL;
+    char *end = NULL, *json = NULL;
     unsigned long id = 256;
 
     if (q && q[0] >= '0' && q[0] <= '9' && strlen(q) <= 3)
