@@ -22,6 +22,7 @@
 #include "evidence.h"
 #include "package.h"
 #include "v2.h"
+#include "v2_cert.h"
 
 /* The key configurations and a signing key are small. */
 #define KEYS_MAX_BODY (64u * 1024u)
@@ -852,6 +853,11 @@ veil_client_status veil_cl_v2_send(veil_client *c, const veil_cl_v2_call *k,
             st = VEIL_CLIENT_OK;
             continue;
         }
+        /* maximum: the KEM key must be certified by the enrolled AK */
+        if (k->tier && strcmp(k->tier, "maximum") == 0 &&
+            (st = veil_cl_v2_kem_check(c, k->url, &kc.kc, err)) !=
+                VEIL_CLIENT_OK)
+            break;
         st = attempt(c, k, &kc, req, response, &status, &uniform,
                      &retry_after_ms, err);
         if (uniform && refetched) {

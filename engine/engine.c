@@ -22,6 +22,7 @@
 #include <openssl/x509.h>
 
 #include "engine_int.h"
+#include "tpm2_hook.h"
 
 static char *dup_or_null(const char *s)
 {
@@ -110,8 +111,8 @@ static veil_rc provider_get(veil_engine *e, const char *where,
     if (!ops)
         return veil_err(
             VEIL_E_ARG, "engine", NULL,
-            "no provider for \"%.64s\" (expected software, dir:PATH "
-            "or a pkcs11: URI)",
+            "no provider for \"%.64s\" (expected software, dir:PATH, "
+            "a pkcs11: URI or tpm2:)",
             where);
     rc = check_ops(ops);
     if (rc != VEIL_OK)
@@ -219,6 +220,12 @@ void veil_engine_test_set_extra_provider(veil_engine *e,
 }
 
 /* ---- engine ----------------------------------------------------------- */
+
+void veil_engine_tpm2_lend(veil_engine *e, void *esys, pthread_mutex_t *lock)
+{
+    e->tpm2_esys = esys;
+    e->tpm2_lock = esys ? lock : NULL;
+}
 
 veil_rc veil_engine_new(const veil_engine_config *cfg, veil_engine **out)
 {

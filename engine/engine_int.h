@@ -39,6 +39,8 @@ struct veil_engine {
     const veil_provider_ops *extra_ops;  /* test hook: see engine_test_hooks */
     veil_op_observer_fn observe;         /* veil_engine_set_observer */
     void *observe_ctx;
+    void *tpm2_esys;            /* lent ESYS context (tpm2_hook.h) or NULL */
+    pthread_mutex_t *tpm2_lock; /* the lock that guards it */
 };
 
 struct veil_key {

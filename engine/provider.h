@@ -101,6 +101,7 @@ extern const veil_provider_ops *const veil_provider_registry[];
 /* Built-in providers. */
 extern const veil_provider_ops veil_provider_software;
 extern const veil_provider_ops veil_provider_pkcs11;
+extern const veil_provider_ops veil_provider_tpm2;
 
 #pragma GCC visibility pop
 

@@ -56,17 +56,17 @@
  * a step returns its outcome, with the reason in the caller's err buffer. */
 typedef enum gw_rc {
     GW_OK = 0,
-    GW_REFUSED,      /* 400: the request is wrong (the detail says how) */
-    GW_UNAUTHORIZED, /* 401: no API key, or an unknown one */
-    GW_FORBIDDEN,    /* 403: not allowed (a model on a tier) */
-    GW_NOT_FOUND,    /* 404 */
-    GW_REPLAY,       /* 409: a request package seen before */
-    GW_RATE_LIMITED, /* 429, with Retry-After */
-    GW_INTERNAL,     /* 500 */
-    GW_UPSTREAM,     /* 502: the inference backend failed */
-    GW_UNAVAILABLE,  /* 503: try again later (token, TPM, register full) */
-    GW_NOMEM,        /* 503: out of memory */
-    GW_TIMEOUT,      /* 504: the inference backend timed out */
+    GW_REFUSED,       /* 400: the request is wrong (the detail says how) */
+    GW_UNAUTHORIZED,  /* 401: no API key, or an unknown one */
+    GW_FORBIDDEN,     /* 403: not allowed (a model on a tier) */
+    GW_NOT_FOUND,     /* 404 */
+    GW_REPLAY,        /* 409: a request package seen before */
+    GW_RATE_LIMITED,  /* 429, with Retry-After */
+    GW_INTERNAL,      /* 500 */
+    GW_UPSTREAM,      /* 502: the inference backend failed */
+    GW_UNAVAILABLE,   /* 503: try again later (token, TPM, register full) */
+    GW_NOMEM,         /* 503: out of memory */
+    GW_TIMEOUT,       /* 504: the inference backend timed out */
     GW_UNDECRYPTABLE, /* 400: the one answer for every package that does
                          not open (VEIL_PKG_DECRYPT_DETAIL) */
     GW_MEDIA_TYPE,    /* 415: a body of another Content-Type */
@@ -111,13 +111,13 @@ typedef struct gw_config {
     char *server_key; /* PKCS#11 URI, or "dir:PATH" (software, trying out) */
     char *server_key_next; /* the next one during a rotation, or NULL */
     char *pkcs11_module;
-    char *pin_source;  /* "file:...", "env:..." */
-    char *api_keys;    /* file of "sha256:<hex> [name]" lines; NULL: no auth */
-    char *operator_keys; /* names in api_keys with operator rights: "a,b" */
-    double rate;       /* requests per second per API key (1) */
-    unsigned burst;    /* bucket size (2) */
-    size_t body_limit; /* bytes (16 MiB) */
-    unsigned workers;  /* threads (4) */
+    char *pin_source; /* "file:...", "env:..." */
+    char *api_keys;   /* file of "sha256:<hex> [name]" lines; NULL: no auth */
+    char *operator_keys;     /* names in api_keys with operator rights: "a,b" */
+    double rate;             /* requests per second per API key (1) */
+    unsigned burst;          /* bucket size (2) */
+    size_t body_limit;       /* bytes (16 MiB) */
+    unsigned workers;        /* threads (4) */
     unsigned header_timeout; /* seconds to a complete header block (5) */
     size_t body_min_rate;    /* bytes/s a body averages after 2 s (16 KiB) */
     unsigned body_timeout;   /* seconds a body may take at most (120) */
@@ -147,17 +147,18 @@ typedef struct gw_config {
     char *tpm_event_log;          /* NULL: the platform's (hardware TPM) */
     char *tpm_certify_key;        /* TSS2 PRIVATE KEY PEM of the server key */
     char *tpm_certify_key_auth;   /* its auth value's PIN source */
-    int tpm_remote_https; /* maximum may use an https:// backend on another
-                             host (0: only echo, unix: and loopback) */
-    unsigned tpm_workers;         /* TPM operations at once (1) */
-    unsigned tpm_queue;           /* requests waiting for the TPM (8) */
-    unsigned tpm_queue_wait;      /* seconds one waits at most (10) */
-    unsigned tpm_test_delay;      /* test stand-in: ms added to each TPM
-                                     operation (0) */
+    int tpm_remote_https;    /* maximum may use an https:// backend on another
+                                host (0: only echo, unix: and loopback) */
+    unsigned tpm_workers;    /* TPM operations at once (1) */
+    unsigned tpm_queue;      /* requests waiting for the TPM (8) */
+    unsigned tpm_queue_wait; /* seconds one waits at most (10) */
+    unsigned tpm_test_delay; /* test stand-in: ms added to each TPM
+                                operation (0) */
     /* protocol v2 (docs/PROTOCOL-V2.md) */
     int v2;              /* 1: /.well-known/ohttp-gateway is served (1) */
     unsigned kem_rotate; /* seconds between KEM keys (3600) */
     unsigned kem_grace;  /* seconds a replaced KEM key still opens (300) */
+    char *kem_keys;      /* where KEM keys are made: auto, software, tpm */
     /* metrics and usage (docs/GATEWAY.md, "Metrics and the audit log") */
     char *metrics_listen;  /* a listener of GET /metrics only; NULL: none */
     unsigned metrics_port; /* its port (9464; 0: any, logged) */
@@ -262,9 +263,9 @@ struct gw_next_key {
  * not current itself.  GW_OK with *out; else the reason in err, which
  * names server_key_next, and *exit_code (engine/exitcode.h: 3 not found,
  * 4 PIN, 2 the wrong kind of key). */
-gw_rc gw_next_key_open(veil_engine *e, const char *ref,
-                       const veil_key *current, gw_next_key **out,
-                       int *exit_code, char *err, size_t err_size);
+gw_rc gw_next_key_open(veil_engine *e, const char *ref, const veil_key *current,
+                       gw_next_key **out, int *exit_code, char *err,
+                       size_t err_size);
 void gw_next_key_free(gw_next_key *n);
 
 /* ---- API keys (auth.c) ------------------------------------------------ */
@@ -540,6 +541,21 @@ gw_rc gw_tpm_activate(gw_tpm *t, const uint8_t *blob, size_t blob_len,
                       uint8_t out[64], size_t *out_len, char *err,
                       size_t err_size);
 
+/* (tpm_kem.c) Lends t's ESYS context and lock to e's tpm2 provider, so
+ * that KEM keys made with "tpm2:" are objects of this connection
+ * (engine/tpm2_hook.h); t NULL withdraws it (before gw_tpm_free, with no
+ * tpm2 key left).  Single-threaded: at start and at exit. */
+void gw_tpm_lend(gw_tpm *t, veil_engine *e);
+/* TPM2_Certify of the KEM key `kem` (made with "tpm2:" in the lent
+ * context) by the long-term AK, qualifying data
+ * veil_ev_kem_certify_qualifying(key_id, pk): the JSON of
+ * docs/PROTOCOL-V2.md 4.4 (key_id, certify_info_b64, signature_b64,
+ * public_b64, ak_name_hex; malloc'd) in *json.  GW_OK, GW_NOMEM, or
+ * GW_INTERNAL with err. */
+gw_rc gw_tpm_certify_kem(gw_tpm *t, const veil_key *kem, uint8_t key_id,
+                         const uint8_t *pk, size_t pk_len, char **json,
+                         char *err, size_t err_size);
+
 /* ---- answer signatures kept by payload ID (signlog.c) ----------------- */
 
 typedef struct gw_signlog gw_signlog;
@@ -570,14 +586,25 @@ struct veil_ohttp_ctx;
 
 /* Makes the first key where the server key lives (`where`: its reference)
  * when that provider has VEIL_CAP_ECDH, in software otherwise (the log
- * says which), as a session object where the token allows it.  NULL with
- * err. */
+ * says which), as a session object where the token allows it; `where`
+ * "software": in software.  NULL with err. */
 gw_kem *gw_kem_open(veil_engine *e, const char *where, unsigned rotate_s,
                     unsigned grace_s, const veil_logger *log, char *err,
                     size_t err_size);
+/* The same with every key a TPM object (the engine's tpm2 provider in the
+ * context t lent it, gw_tpm_lend), certified by t's long-term AK when it
+ * is made (gw_kem_certify) and flushed at destruction (kem_keys = tpm). */
+gw_kem *gw_kem_open_tpm(veil_engine *e, gw_tpm *t, unsigned rotate_s,
+                        unsigned grace_s, const veil_logger *log, char *err,
+                        size_t err_size);
+/* GET /v2/keys/certify?key_id=N: the certification of KEM key N (current
+ * or in grace) made with it, a malloc'd JSON copy in *json.  GW_OK;
+ * GW_NOT_FOUND for a key ID that names no key; GW_UNAVAILABLE when the
+ * keys are not TPM objects (kem_keys is not tpm); GW_NOMEM. */
+gw_rc gw_kem_certify(gw_kem *k, unsigned key_id, char **json);
 /* Stops the thread and destroys every key. */
 void gw_kem_free(gw_kem *k);
-/* "token" or "software": where the keys are made. */
+/* "token", "software" or "tpm": where the keys are made. */
 const char *gw_kem_where(const gw_kem *k);
 /* The application/ohttp-keys body (the current key; malloc'd) and when
  * the current key stops being listed (*rotate_at) and stops opening
@@ -673,9 +700,9 @@ typedef struct gw_deps {
      * which starts as this and auth, borrowed */
     const gw_config *cfg;
     veil_engine *engine;
-    veil_key *server_key; /* RSA private key (token or software) */
+    veil_key *server_key;         /* RSA private key (token or software) */
     gw_next_key *server_key_next; /* NULL: none (a reload may set one) */
-    gw_auth *auth;        /* NULL: no authentication */
+    gw_auth *auth;                /* NULL: no authentication */
     gw_strikes *strikes;
     gw_rate *rate;
     /* Answer signatures: the ECDSA P-256 private key (NULL: answers are

@@ -7,7 +7,10 @@
  * forward secrecy must not wait for traffic.  Requests open under a read
  * lock (many at once); rotation makes the new key outside the lock and
  * swaps under the write lock, so no key is destroyed while a request uses
- * it.  Knows nothing of HTTP. */
+ * it.  With kem_keys = tpm the keys are TPM objects (the tpm2 provider in
+ * the TPM module's connection), each certified by the long-term AK when
+ * it is made, the certification kept with it (GET /v2/keys/certify), and
+ * flushed from the TPM at destruction.  Knows nothing of HTTP. */
 #include "config.h"
 
 #include <errno.h>
@@ -29,12 +32,14 @@ typedef struct kem_key {
     veil_hpke_key *hpk; /* HPKE's view of it (borrows key) */
     veil_ohttp_keyconfig cfg;
     time_t made, retired; /* retired: 0 while current */
+    char *certify;        /* the TPM's certification (JSON), or NULL */
 } kem_key;
 
 struct gw_kem {
     veil_engine *e;
-    char *where; /* the token's reference, or "software" */
+    char *where; /* the token's reference, "software" or "tpm2:" */
     int in_token;
+    gw_tpm *tpm; /* the keys are its TPM's objects; NULL: they are not */
     unsigned rotate_s, grace_s;
     veil_logger log;
     pthread_rwlock_t lock; /* the slots */
@@ -61,8 +66,10 @@ static void key_destroy(gw_kem *k, kem_key *kk)
                   "v2: KEM key %u could not be destroyed: %s",
                   (unsigned)kk->cfg.key_id, veil_last_error()->message);
     else
-        veil_logf(&k->log, VEIL_LOG_INFO, "v2: KEM key %u destroyed",
-                  (unsigned)kk->cfg.key_id);
+        veil_logf(&k->log, VEIL_LOG_INFO, "v2: KEM key %u destroyed%s",
+                  (unsigned)kk->cfg.key_id,
+                  k->tpm ? " (flushed from the TPM)" : "");
+    free(kk->certify);
     free(kk);
 }
 
@@ -94,6 +101,12 @@ static kem_key *key_make(gw_kem *k, uint8_t key_id, char *err, size_t err_size)
         veil_hpke_key_public(kk->hpk, kk->cfg.pk, &pk_len) != VEIL_OK) {
         snprintf(err, err_size, "v2: a KEM key could not be made: %s",
                  veil_last_error()->message);
+        key_destroy(k, kk);
+        return NULL;
+    }
+    if (k->tpm &&
+        gw_tpm_certify_kem(k->tpm, kk->key, key_id, kk->cfg.pk, pk_len,
+                           &kk->certify, err, err_size) != GW_OK) {
         key_destroy(k, kk);
         return NULL;
     }
@@ -176,16 +189,17 @@ static void *kem_thread(void *arg)
     return NULL;
 }
 
-/* Where the keys are made: the server key's token when it derives. */
+/* Where the keys are made: the TPM (k->tpm set), or the server key's
+ * token when it derives, or software. */
 static int kem_place(gw_kem *k, const char *where, char *err, size_t err_size)
 {
     veil_caps caps;
-    int token = where && strncmp(where, "pkcs11:", 7) == 0 &&
+    int token = !k->tpm && where && strncmp(where, "pkcs11:", 7) == 0 &&
                 veil_engine_caps(k->e, where, &caps) == VEIL_OK &&
                 (caps.mechs & VEIL_CAP_ECDH);
 
     k->in_token = token;
-    k->where = strdup(token ? where : "software");
+    k->where = strdup(k->tpm ? "tpm2:" : token ? where : "software");
     if (k->where == NULL) {
         snprintf(err, err_size, "out of memory");
         return -1;
@@ -193,14 +207,17 @@ static int kem_place(gw_kem *k, const char *where, char *err, size_t err_size)
     veil_logf(&k->log, VEIL_LOG_INFO,
               "v2: KEM keys (P-256) are made %s, replaced every %u s, "
               "destroyed %u s later",
-              token ? "in the server key's token" : "in software", k->rotate_s,
-              k->grace_s);
+              k->tpm  ? "in the TPM (transient objects, each certified by "
+                        "the attestation key)"
+              : token ? "in the server key's token"
+                      : "in software",
+              k->rotate_s, k->grace_s);
     return 0;
 }
 
-gw_kem *gw_kem_open(veil_engine *e, const char *where, unsigned rotate_s,
-                    unsigned grace_s, const veil_logger *log, char *err,
-                    size_t err_size)
+static gw_kem *kem_open(veil_engine *e, gw_tpm *t, const char *where,
+                        unsigned rotate_s, unsigned grace_s,
+                        const veil_logger *log, char *err, size_t err_size)
 {
     gw_kem *k = calloc(1, sizeof *k);
     uint8_t id0;
@@ -210,6 +227,7 @@ gw_kem *gw_kem_open(veil_engine *e, const char *where, unsigned rotate_s,
         return NULL;
     }
     k->e = e;
+    k->tpm = t;
     k->rotate_s = rotate_s;
     k->grace_s = grace_s;
     k->log = *log;
@@ -237,6 +255,20 @@ fail:
     return NULL;
 }
 
+gw_kem *gw_kem_open(veil_engine *e, const char *where, unsigned rotate_s,
+                    unsigned grace_s, const veil_logger *log, char *err,
+                    size_t err_size)
+{
+    return kem_open(e, NULL, where, rotate_s, grace_s, log, err, err_size);
+}
+
+gw_kem *gw_kem_open_tpm(veil_engine *e, gw_tpm *t, unsigned rotate_s,
+                        unsigned grace_s, const veil_logger *log, char *err,
+                        size_t err_size)
+{
+    return kem_open(e, t, NULL, rotate_s, grace_s, log, err, err_size);
+}
+
 void gw_kem_free(gw_kem *k)
 {
     if (k == NULL)
@@ -259,7 +291,7 @@ void gw_kem_free(gw_kem *k)
 
 const char *gw_kem_where(const gw_kem *k)
 {
-    return k->in_token ? "token" : "software";
+    return k->tpm ? "tpm" : k->in_token ? "token" : "software";
 }
 
 gw_rc gw_kem_keys(gw_kem *k, uint8_t **body, size_t *len, time_t *rotate_at,
@@ -282,6 +314,25 @@ static const kem_key *key_find(const gw_kem *k, uint8_t key_id, time_t now)
         now < k->prev->retired + (time_t)k->grace_s)
         return k->prev;
     return NULL;
+}
+
+gw_rc gw_kem_certify(gw_kem *k, unsigned key_id, char **json)
+{
+    const kem_key *kk;
+
+    *json = NULL;
+    if (k->tpm == NULL)
+        return GW_UNAVAILABLE;
+    if (key_id > 255)
+        return GW_NOT_FOUND;
+    pthread_rwlock_rdlock(&k->lock);
+    kk = key_find(k, (uint8_t)key_id, time(NULL));
+    if (kk)
+        *json = strdup(kk->certify);
+    pthread_rwlock_unlock(&k->lock);
+    if (kk == NULL)
+        return GW_NOT_FOUND;
+    return *json ? GW_OK : GW_NOMEM;
 }
 
 gw_rc gw_kem_open_request(gw_kem *k, const uint8_t *in, size_t len,

@@ -277,6 +277,8 @@ void gw_health_live(void *app, svc_req *r);
 /* protocol v2 (v2.c): GET and POST /.well-known/ohttp-gateway */
 void gw_v2_keys(void *app, svc_req *r);
 void gw_v2_request(void *app, svc_req *r);
+/* GET /v2/keys/certify?key_id=N (v2_certify.c) */
+void gw_v2_certify(void *app, svc_req *r);
 
 #pragma GCC visibility pop
 

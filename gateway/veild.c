@@ -455,9 +455,19 @@ static int open_state(gw_deps *d, const gw_config *cfg)
         veil_logf(&logger, VEIL_LOG_ERROR, "out of memory");
         return -1;
     }
-    if (cfg->v2 && (d->kem = gw_kem_open(d->engine, cfg->server_key,
-                                         cfg->kem_rotate, cfg->kem_grace,
-                                         &logger, err, sizeof err)) == NULL) {
+    if (cfg->v2 && strcmp(cfg->kem_keys, "tpm") == 0)
+        gw_tpm_lend(d->tpm, d->engine); /* tpm = on (gw_config_check) */
+    if (cfg->v2 &&
+        (d->kem =
+             strcmp(cfg->kem_keys, "tpm") == 0
+                 ? gw_kem_open_tpm(d->engine, d->tpm, cfg->kem_rotate,
+                                   cfg->kem_grace, &logger, err, sizeof err)
+                 : gw_kem_open(d->engine,
+                               strcmp(cfg->kem_keys, "software") == 0
+                                   ? "software"
+                                   : cfg->server_key,
+                               cfg->kem_rotate, cfg->kem_grace, &logger, err,
+                               sizeof err)) == NULL) {
         veil_logf(&logger, VEIL_LOG_ERROR, "%s", err);
         return -1;
     }
@@ -471,6 +481,8 @@ static void close_deps(gw_deps *d)
     gw_rate_free(d->rate);
     gw_strikes_free(d->strikes);
     gw_auth_free(d->auth);
+    if (d->tpm) /* the KEM keys are gone: the TPM connection goes too */
+        gw_tpm_lend(NULL, d->engine);
     gw_tpm_free(d->tpm);
     gw_signlog_free(d->signlog);
     veil_key_free(d->signing_key);
@@ -496,8 +508,7 @@ static void backend_notes(const gw_config *cfg,
             continue;
         if (gw_backend_statement(cfg, m, stmt, sizeof stmt, why, sizeof why) !=
             GW_OK)
-            snprintf(line, sizeof line, "%s: maximum requests answer 403",
-                     why);
+            snprintf(line, sizeof line, "%s: maximum requests answer 403", why);
         else if (!veil_backend_on_host(veil_backend_classify(m->upstream)))
             snprintf(line, sizeof line,
                      "model '%.200s' on maximum: its backend is on another "

@@ -68,6 +68,13 @@ void veil_ev_handover_qualifying(const uint8_t *new_name, size_t len,
                "", 0, out);
 }
 
+void veil_ev_kem_certify_qualifying(uint8_t key_id, const uint8_t *pk,
+                                    size_t pk_len, uint8_t out[32])
+{
+    hash_parts(VEIL_EV_KEM_CERTIFY_LABEL, &key_id, 1, pk, pk_len, "", 0, "", 0,
+               "", 0, out);
+}
+
 size_t veil_ev_statement(const char *payload_id, const char *tier,
                          const uint8_t request_sha256[32],
                          const uint8_t response_sha256[32],

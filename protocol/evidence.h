@@ -26,6 +26,7 @@
 #define VEIL_EV_REPORT_QUOTE_LABEL "veil-report-quote-v1"
 #define VEIL_EV_STATEMENT_HEAD "veil-response-signature-v1"
 #define VEIL_EV_AK_HANDOVER_LABEL "veil-ak-handover-v1"
+#define VEIL_EV_KEM_CERTIFY_LABEL "veil-kem-certify-v1"
 
 /* Report nonces: 16 to 64 bytes (32 to 128 hex digits). */
 #define VEIL_EV_NONCE_MIN 16
@@ -61,6 +62,13 @@ void veil_ev_report_qualifying(const uint8_t *nonce, size_t nonce_len,
  * the name as its raw bytes (nameAlg || digest). */
 void veil_ev_handover_qualifying(const uint8_t *new_name, size_t len,
                                  uint8_t out[32]);
+
+/* Qualifying data of the TPM2_Certify of a protocol v2 KEM key by the
+ * long-term AK (GET /v2/keys/certify, docs/PROTOCOL-V2.md 4.4):
+ *   SHA-256( "veil-kem-certify-v1" 0x00 || key_id (1 byte) || pk )
+ * pk the key configuration's public key (65 bytes, uncompressed P-256). */
+void veil_ev_kem_certify_qualifying(uint8_t key_id, const uint8_t *pk,
+                                    size_t pk_len, uint8_t out[32]);
 
 /* The statement an answer signature covers (ECDSA P-256, SHA-256, DER),
  * as text, each line ended by "\n":

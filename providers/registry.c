@@ -7,5 +7,6 @@
 const veil_provider_ops *const veil_provider_registry[] = {
     &veil_provider_software,
     &veil_provider_pkcs11,
+    &veil_provider_tpm2,
     NULL,
 };

@@ -842,6 +842,14 @@ static void test_config_check(void)
                               "is replaced"));
     CU_ASSERT_TRUE(set_ok(&cfg, "kem_grace", "10"));
     CU_ASSERT_TRUE(check_says(&cfg, NULL));
+    /* where the KEM keys are made: tpm needs the TPM */
+    CU_ASSERT_STRING_EQUAL(cfg.kem_keys, "auto");
+    CU_ASSERT_TRUE(set_ok(&cfg, "kem_keys", "tpm"));
+    CU_ASSERT_TRUE(check_says(&cfg, "kem_keys: tpm needs tpm = on"));
+    CU_ASSERT_TRUE(set_ok(&cfg, "kem_keys", "token"));
+    CU_ASSERT_TRUE(check_says(&cfg, "kem_keys: auto, software or tpm"));
+    CU_ASSERT_TRUE(set_ok(&cfg, "kem_keys", "software"));
+    CU_ASSERT_TRUE(check_says(&cfg, NULL));
     CU_ASSERT_TRUE(set_ok(&cfg, "v2", "off"));
     CU_ASSERT_EQUAL(cfg.v2, 0);
 

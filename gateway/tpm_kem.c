@@ -1,0 +1,104 @@
+/* The gateway's TPM and protocol v2's KEM keys (docs/PROTOCOL-V2.md 4.4):
+ * the TPM module lends its ESYS context and lock to the engine's tpm2
+ * provider (engine/tpm2_hook.h), so that the KEM keys made with `tpm2:`
+ * are objects of this very connection, and the long-term AK certifies
+ * each with TPM2_Certify (tpm_certify, tpm_quote.c), once, when the key is
+ * made.  Uses tpm.c's session helpers; nothing calls back into kemkeys.c.
+ */
+#include "config.h"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include <cjson/cJSON.h>
+#include <tss2/tss2_esys.h>
+#include <tss2/tss2_mu.h>
+
+#include "evidence.h"
+#include "package.h"
+#include "tpm2_hook.h"
+#include "tpm_int.h"
+
+void gw_tpm_lend(gw_tpm *t, veil_engine *e)
+{
+    if (t)
+        veil_engine_tpm2_lend(e, t->ctx, &t->lock);
+    else
+        veil_engine_tpm2_lend(e, NULL, NULL);
+}
+
+/* obj[key] = base64 of in; 0 or -1. */
+static int put_b64(cJSON *obj, const char *key, const uint8_t *in, size_t len)
+{
+    char *s = veil_b64_encode(in, len);
+    int ok = s && cJSON_AddStringToObject(obj, key, s);
+
+    free(s);
+    return ok ? 0 : -1;
+}
+
+/* The JSON of section 4.4 from a certification (t->lock held: ak_name). */
+static char *certify_json(gw_tpm *t, uint8_t key_id, const TPM2B_ATTEST *info,
+                          const TPMT_SIGNATURE *sig, const TPM2B_PUBLIC *pub)
+{
+    uint8_t buf[sizeof(TPMT_SIGNATURE)];
+    size_t off = 0;
+    char *pub_b64 = tpm_b64_public(pub), *out = NULL;
+    cJSON *o = cJSON_CreateObject();
+
+    if (o && pub_b64 &&
+        Tss2_MU_TPMT_SIGNATURE_Marshal(sig, buf, sizeof buf, &off) ==
+            TSS2_RC_SUCCESS &&
+        cJSON_AddNumberToObject(o, "key_id", key_id) &&
+        put_b64(o, "certify_info_b64", info->attestationData, info->size) ==
+            0 &&
+        put_b64(o, "signature_b64", buf, off) == 0 &&
+        cJSON_AddStringToObject(o, "public_b64", pub_b64) &&
+        cJSON_AddStringToObject(o, "ak_name_hex", t->ak_name_hex))
+        out = cJSON_PrintUnformatted(o);
+    cJSON_Delete(o);
+    free(pub_b64);
+    return out;
+}
+
+gw_rc gw_tpm_certify_kem(gw_tpm *t, const veil_key *kem, uint8_t key_id,
+                         const uint8_t *pk, size_t pk_len, char **json,
+                         char *err, size_t err_size)
+{
+    TPM2B_ATTEST *info = NULL;
+    TPMT_SIGNATURE *sig = NULL;
+    TPM2B_PUBLIC *pub = NULL;
+    uint8_t qualifying[32];
+    gw_rc grc = GW_INTERNAL;
+    uint32_t obj;
+    TSS2_RC rc;
+
+    *json = NULL;
+    veil_ev_kem_certify_qualifying(key_id, pk, pk_len, qualifying);
+    pthread_mutex_lock(&t->lock);
+    if (veil_tpm2_key_object(kem, t->ctx, &obj) != VEIL_OK) {
+        gw_put_err(err, err_size,
+                   "TPM: the KEM key is not an object of veild's TPM "
+                   "connection");
+        goto out;
+    }
+    rc = Esys_ReadPublic(t->ctx, obj, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE,
+                         &pub, NULL, NULL);
+    if (rc != TSS2_RC_SUCCESS) {
+        tpm_put_rc(err, err_size, "ReadPublic (KEM key)", rc);
+        goto out;
+    }
+    if (tpm_certify(t, obj, t->ak, qualifying, &info, &sig, err, err_size) != 0)
+        goto out;
+    *json = certify_json(t, key_id, info, sig, pub);
+    grc = *json ? GW_OK : GW_NOMEM;
+    if (!*json)
+        gw_put_err(err, err_size, "out of memory");
+out:
+    pthread_mutex_unlock(&t->lock);
+    Esys_Free(info);
+    Esys_Free(sig);
+    Esys_Free(pub);
+    return grc;
+}
