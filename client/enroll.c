@@ -631,8 +631,11 @@ static char *trust_text(const enroll *en)
              cJSON_AddItemToObject(j, "pcr_values", pcrs);
         if (ok)
             pcrs = NULL;
+        const char *kem = veil_cl_json_str(rep, "kem_keys");
         ok = ok && add_policy(j, &en->policy) &&
-             cJSON_AddBoolToObject(j, "software_tpm", cJSON_IsTrue(sw));
+             cJSON_AddBoolToObject(j, "software_tpm", cJSON_IsTrue(sw)) &&
+             (kem ? cJSON_AddStringToObject(j, "kem_keys", kem)
+                  : cJSON_AddNullToObject(j, "kem_keys"));
     }
     if (ok)
         ok = (text = cJSON_Print(j)) != NULL;

@@ -302,6 +302,9 @@ static int trust_parse(const cJSON *j, veil_trust *t, char *why,
         VEIL_CL_REFUSE("\"signing_key_sha256\" is not 64 hex digits");
     if (!veil_cl_pcrs_parse(j, &t->sel, t->golden, why, why_size))
         return 0;
+    /* optional (files enrolled before v2's TPM KEM keys have none) */
+    const char *kem = veil_cl_json_str(j, "kem_keys");
+    t->kem_tpm = kem && strcmp(kem, "tpm") == 0;
     return 1;
 }
 

@@ -18,6 +18,7 @@ struct veil_trust {
     char *url; /* no trailing slash */
     long long enrolled_at;
     int ek_verified, software_tpm, has_ek_cert;
+    int kem_tpm; /* enrolled with v2 KEM keys in the TPM ("kem_keys") */
     uint8_t ek_cert_sha256[32];
     uint8_t *ek_pub, *ak_pub, *sign_spki; /* as in the file, checked */
     size_t ek_pub_len, ak_pub_len, sign_spki_len;

@@ -117,7 +117,11 @@ veil_client_status veil_cl_v2_kem_check(veil_client *c, const char *url,
     veil_client_status st;
     cJSON *o;
 
-    if (c->trust == NULL || strcmp(url, veil_trust_url(c->trust)) != 0)
+    /* required where enrolment found the KEM keys in the TPM; elsewhere
+     * the key rests on the configuration's signature and the quote's
+     * binding (docs/PROTOCOL-V2.md 4.4) */
+    if (c->trust == NULL || strcmp(url, veil_trust_url(c->trust)) != 0 ||
+        !c->trust->kem_tpm)
         return VEIL_CLIENT_OK;
     snprintf(full, sizeof full, "%s/v2/keys/certify?key_id=%u", url,
              (unsigned)kc->key_id);
@@ -128,9 +132,12 @@ veil_client_status veil_cl_v2_kem_check(veil_client *c, const char *url,
     if (r.status != 200) {
         veil_cl_error_detail(r.body, r.len, detail, sizeof detail);
         free(r.body);
-        snprintf(full, sizeof full,
-                 "the gateway offers no TPM certification of it (HTTP %ld%s%s)",
-                 r.status, detail[0] ? ": " : "", detail);
+        snprintf(
+            full, sizeof full,
+            "the gateway offers no TPM certification of it (HTTP %ld%s%s), "
+            "though it was enrolled with its KEM keys in the TPM "
+            "(re-enrol with 'veil attest enroll' if that changed)",
+            r.status, detail[0] ? ": " : "", detail);
         return refuse_status(err, (int)r.status, kc->key_id, "certification",
                              full);
     }

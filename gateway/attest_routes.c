@@ -29,7 +29,13 @@ static cJSON *report_head(gw_server *s, const char *hex)
               ? cJSON_AddStringToObject(j, "signing_key_spki_b64",
                                         s->sign_spki_b64)
               : cJSON_AddNullToObject(j, "signing_key_spki_b64")) ||
-        !cJSON_AddStringToObject(j, "signing_key_sha256", s->sign_hex)) {
+        !cJSON_AddStringToObject(j, "signing_key_sha256", s->sign_hex) ||
+        /* where protocol v2's KEM keys are made ("tpm": certified by the
+         * AK, GET /v2/keys/certify); null: v2 is off.  A verifier records
+         * it at enrolment (docs/ATTESTATION.md). */
+        !(s->d.kem ? cJSON_AddStringToObject(j, "kem_keys",
+                                             gw_kem_where(s->d.kem))
+                   : cJSON_AddNullToObject(j, "kem_keys"))) {
         cJSON_Delete(j);
         return NULL;
     }

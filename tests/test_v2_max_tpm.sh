@@ -87,6 +87,11 @@ C=(--url "$URL" --allow-http)
 
 check "enrolment: ENROLLED" 0 "" -- \
     "$V" attest enroll --accept-current "${C[@]}" --ek-ca "$EKCA" --out "$T/trust.json"
+# KEM keys in SoftHSM2 (kem_keys = auto): the trust file says so, and
+# maximum over v2 rests on the configuration's signature and the quote
+"$PY" -c 'import json,sys; sys.exit(json.load(open(sys.argv[1])).get("kem_keys") != "token")' "$T/trust.json" &&
+    ok 'the trust file records where the KEM keys are ("kem_keys": "token")' ||
+    bad "kem_keys in the trust file" "$T/trust.json"
 
 # --------------------------------------------------- verified over v2
 

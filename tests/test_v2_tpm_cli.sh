@@ -77,6 +77,9 @@ check "veil chat --protocol v2 to a KEM key in the TPM" 0 "" -- \
 
 check "enrolment: ENROLLED" 0 "" -- \
     "$V" attest enroll --accept-current "${C[@]}" --ek-ca "$EKCA" --out "$T/trust.json"
+"$PY" -c 'import json,sys; sys.exit(json.load(open(sys.argv[1])).get("kem_keys") != "tpm")' "$T/trust.json" &&
+    ok 'the trust file records the KEM keys in the TPM ("kem_keys": "tpm"): maximum over v2 then requires their certification' ||
+    bad "kem_keys in the trust file" "$T/trust.json"
 
 # proxy MODE: the stand-in in front of veild; PURL its URL.
 proxy() {
@@ -116,7 +119,8 @@ forged attrs "a public area changed (restricted set)" "the KEM key's public area
 forged keyid "a certification announced for another key ID" "certification: it is for another key ID"
 forged none "no certification (404)" "certification: the gateway offers no TPM certification"
 
-# A real gateway whose KEM keys are in software: refused the same way.
+# A real gateway whose KEM keys are in software, under a trust file
+# enrolled with them in the TPM: refused the same way.
 veild_start v2sw "${GW_ARGS[@]}" --kem-keys software
 SWURL=$VEILD_URL
 "$PY" -c 'import json,sys; t=json.load(open(sys.argv[1])); t["url"]=sys.argv[2]; json.dump(t, open(sys.argv[3],"w"))' \
