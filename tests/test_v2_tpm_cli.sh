@@ -74,6 +74,12 @@ grep -q 'v2: KEM keys (P-256) are made in the TPM' "$LOG" \
 check "veil chat --protocol v2 to a KEM key in the TPM" 0 "" -- \
     "$V" chat "${C[@]}" -m echo --protocol v2 "a prompt sealed to the TPM"
 [ "$(cat "$out")" = "a prompt sealed to the TPM" ] && ok "the v2 answer is printed" || bad "v2 answer text" "$out" "$err"
+# the other inner routes open with a TPM KEM key alike
+check "veil embed (v2) to a KEM key in the TPM" 0 "" -- \
+    "$V" embed "${C[@]}" -m echo "embed me in the TPM"
+grep -qE '^\[' "$out" && ok "an embedding is printed" || bad "embedding output" "$out" "$err"
+check "veil models --protocol v2 to a KEM key in the TPM: echo listed" 0 "^echo" -- \
+    "$V" models "${C[@]}" --protocol v2
 
 check "enrolment: ENROLLED" 0 "" -- \
     "$V" attest enroll --accept-current "${C[@]}" --ek-ca "$EKCA" --out "$T/trust.json"
