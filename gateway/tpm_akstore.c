@@ -35,7 +35,6 @@
 #include <openssl/rand.h>
 #include <openssl/sha.h>
 
-#include <tss2/tss2_mu.h>
 
 #include "evidence.h"
 #include "package.h"
@@ -203,8 +202,7 @@ int tpm_ak_rotate(gw_tpm *t, tpm_akstate *s, char *err, size_t err_size)
     TPM2B_ATTEST *info = NULL;
     TPMT_SIGNATURE *sig = NULL;
     tpm_akstate next = {0};
-    uint8_t qual[32], buf[sizeof(TPMT_SIGNATURE)];
-    size_t off = 0;
+    uint8_t qual[32];
     int ret = -1;
 
     memcpy(next.previous_unique, s->unique, TPM_AK_UNIQUE_LEN);
@@ -227,13 +225,11 @@ int tpm_ak_rotate(gw_tpm *t, tpm_akstate *s, char *err, size_t err_size)
     veil_ev_handover_qualifying(fresh_name->name, fresh_name->size, qual);
     if (tpm_certify(t, fresh, old, qual, &info, &sig, err, err_size) != 0)
         goto out;
-    if (Tss2_MU_TPMT_SIGNATURE_Marshal(sig, buf, sizeof buf, &off) !=
-            TSS2_RC_SUCCESS ||
-        !(next.previous_pub_b64 = tpm_b64_public(old_pub)) ||
+    if (!(next.previous_pub_b64 = tpm_b64_public(old_pub)) ||
         !(next.previous_name_hex = tpm_hex(old_name->name, old_name->size)) ||
         !(next.handover_attest_b64 =
               veil_b64_encode(info->attestationData, info->size)) ||
-        !(next.handover_sig_b64 = veil_b64_encode(buf, off))) {
+        !(next.handover_sig_b64 = tpm_b64_signature(sig))) {
         gw_put_err(err, err_size, "TPM: out of memory");
         goto out;
     }

@@ -111,6 +111,8 @@ int tpm_sessions(gw_tpm *t, char *err, size_t err_size);
 void tpm_sessions_drop(gw_tpm *t);
 /* Base64 of a marshaled TPM2B_PUBLIC, malloc'd; NULL on failure. */
 char *tpm_b64_public(const TPM2B_PUBLIC *pub);
+/* Base64 of a marshaled TPMT_SIGNATURE, malloc'd; NULL on failure. */
+char *tpm_b64_signature(const TPMT_SIGNATURE *sig);
 /* The public key of an RSA or ECC P-256 TPM object; NULL on failure. */
 EVP_PKEY *tpm_pkey_from_public(const TPMT_PUBLIC *p);
 

@@ -13,7 +13,6 @@
 
 #include <cjson/cJSON.h>
 #include <tss2/tss2_esys.h>
-#include <tss2/tss2_mu.h>
 
 #include "evidence.h"
 #include "package.h"
@@ -28,37 +27,26 @@ void gw_tpm_lend(gw_tpm *t, veil_engine *e)
         veil_engine_tpm2_lend(e, NULL, NULL);
 }
 
-/* obj[key] = base64 of in; 0 or -1. */
-static int put_b64(cJSON *obj, const char *key, const uint8_t *in, size_t len)
-{
-    char *s = veil_b64_encode(in, len);
-    int ok = s && cJSON_AddStringToObject(obj, key, s);
-
-    free(s);
-    return ok ? 0 : -1;
-}
-
 /* The JSON of section 4.4 from a certification (t->lock held: ak_name). */
 static char *certify_json(gw_tpm *t, uint8_t key_id, const TPM2B_ATTEST *info,
                           const TPMT_SIGNATURE *sig, const TPM2B_PUBLIC *pub)
 {
-    uint8_t buf[sizeof(TPMT_SIGNATURE)];
-    size_t off = 0;
-    char *pub_b64 = tpm_b64_public(pub), *out = NULL;
+    char *pub_b64 = tpm_b64_public(pub), *sig_b64 = tpm_b64_signature(sig),
+         *info_b64 = veil_b64_encode(info->attestationData, info->size),
+         *out = NULL;
     cJSON *o = cJSON_CreateObject();
 
-    if (o && pub_b64 &&
-        Tss2_MU_TPMT_SIGNATURE_Marshal(sig, buf, sizeof buf, &off) ==
-            TSS2_RC_SUCCESS &&
+    if (o && pub_b64 && sig_b64 && info_b64 &&
         cJSON_AddNumberToObject(o, "key_id", key_id) &&
-        put_b64(o, "certify_info_b64", info->attestationData, info->size) ==
-            0 &&
-        put_b64(o, "signature_b64", buf, off) == 0 &&
+        cJSON_AddStringToObject(o, "certify_info_b64", info_b64) &&
+        cJSON_AddStringToObject(o, "signature_b64", sig_b64) &&
         cJSON_AddStringToObject(o, "public_b64", pub_b64) &&
         cJSON_AddStringToObject(o, "ak_name_hex", t->ak_name_hex))
         out = cJSON_PrintUnformatted(o);
     cJSON_Delete(o);
     free(pub_b64);
+    free(sig_b64);
+    free(info_b64);
     return out;
 }
 

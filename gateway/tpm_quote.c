@@ -42,6 +42,16 @@ static int add_hex(cJSON *obj, const char *key, const uint8_t *in, size_t len)
     return add_encoded(obj, key, in, len, tpm_hex);
 }
 
+/* obj[key] = base64 of the marshaled signature; 0, or -1. */
+static int add_signature(cJSON *obj, const char *key, const TPMT_SIGNATURE *sig)
+{
+    char *s = tpm_b64_signature(sig);
+    int rc = s && cJSON_AddStringToObject(obj, key, s) ? 0 : -1;
+
+    free(s);
+    return rc;
+}
+
 /* obj[key] = s, or null when s is NULL. */
 static int add_str_or_null(cJSON *obj, const char *key, const char *s)
 {
@@ -230,16 +240,12 @@ static int add_attestation(cJSON *obj, const char *key,
                            const TPM2B_ATTEST *info, const TPMT_SIGNATURE *sig,
                            const char *pub_b64)
 {
-    uint8_t buf[sizeof(TPMT_SIGNATURE)];
-    size_t off = 0;
     cJSON *a = cJSON_CreateObject();
 
     if (!a || !cJSON_AddItemToObject(obj, key, a))
         return cJSON_Delete(a), -1;
-    if (Tss2_MU_TPMT_SIGNATURE_Marshal(sig, buf, sizeof buf, &off) !=
-            TSS2_RC_SUCCESS ||
-        add_b64(a, "attest_b64", info->attestationData, info->size) != 0 ||
-        add_b64(a, "signature_b64", buf, off) != 0 ||
+    if (add_b64(a, "attest_b64", info->attestationData, info->size) != 0 ||
+        add_signature(a, "signature_b64", sig) != 0 ||
         (pub_b64 && !cJSON_AddStringToObject(a, "pubkey_b64", pub_b64)))
         return -1;
     return 0;
@@ -252,8 +258,6 @@ static int add_quote_fields(gw_tpm *t, cJSON *obj, const uint8_t (*values)[32],
                             const TPMT_SIGNATURE *sig,
                             const uint8_t qualifying[32])
 {
-    uint8_t buf[sizeof(TPMT_SIGNATURE)];
-    size_t off = 0;
     cJSON *banks, *bank;
     char idx[4];
 
@@ -266,10 +270,8 @@ static int add_quote_fields(gw_tpm *t, cJSON *obj, const uint8_t (*values)[32],
         if (add_hex(bank, idx, values[i], 32) != 0)
             return -1;
     }
-    if (Tss2_MU_TPMT_SIGNATURE_Marshal(sig, buf, sizeof buf, &off) !=
-            TSS2_RC_SUCCESS ||
-        add_b64(obj, "quote_b64", quoted->attestationData, quoted->size) ||
-        add_b64(obj, "signature_b64", buf, off) ||
+    if (add_b64(obj, "quote_b64", quoted->attestationData, quoted->size) ||
+        add_signature(obj, "signature_b64", sig) ||
         add_hex(obj, "qualifying_data", qualifying, 32))
         return -1;
     return 0;

@@ -67,6 +67,17 @@ char *tpm_b64_public(const TPM2B_PUBLIC *pub)
     return veil_b64_encode(buf, off);
 }
 
+char *tpm_b64_signature(const TPMT_SIGNATURE *sig)
+{
+    uint8_t buf[sizeof(TPMT_SIGNATURE)];
+    size_t off = 0;
+
+    if (Tss2_MU_TPMT_SIGNATURE_Marshal(sig, buf, sizeof buf, &off) !=
+        TSS2_RC_SUCCESS)
+        return NULL;
+    return veil_b64_encode(buf, off);
+}
+
 /* The public key of an RSA or ECC P-256 TPM object as an EVP_PKEY. */
 EVP_PKEY *tpm_pkey_from_public(const TPMT_PUBLIC *p)
 {
