@@ -109,6 +109,10 @@ double veil_op_start(const veil_engine *e);
 veil_rc veil_op_done(const veil_engine *e, const veil_provider *p,
                      const char *operation, double t0, veil_rc rc);
 
+/* A new HKDF context with SHA-256 set, from one fetched once per process
+ * (ecdh.c); NULL when OpenSSL has no HKDF.  EVP_KDF_CTX_free it. */
+EVP_KDF_CTX *veil_hkdf_sha256_ctx(void);
+
 /* SPKI DER of an EVP_PKEY (malloc'd). */
 veil_rc veil_spki_der(EVP_PKEY *pkey, uint8_t **der, size_t *len);
 /* Common key_info fields from the key itself. */

@@ -515,13 +515,11 @@ static veil_rc sw_hkdf(veil_provider *p, const uint8_t *salt, size_t salt_len,
                        const uint8_t *ikm, size_t ikm_len, const uint8_t *info,
                        size_t info_len, uint8_t *out, size_t out_len)
 {
-    EVP_KDF *kdf = EVP_KDF_fetch(NULL, "HKDF", NULL);
-    EVP_KDF_CTX *ctx = kdf ? EVP_KDF_CTX_new(kdf) : NULL;
-    OSSL_PARAM params[5], *q = params;
+    EVP_KDF_CTX *ctx = veil_hkdf_sha256_ctx();
+    OSSL_PARAM params[4], *q = params;
     static const uint8_t empty[1];
     int ok;
 
-    *q++ = OSSL_PARAM_construct_utf8_string(OSSL_KDF_PARAM_DIGEST, "SHA256", 0);
     *q++ = OSSL_PARAM_construct_octet_string(
         OSSL_KDF_PARAM_KEY, (void *)(ikm_len ? ikm : empty), ikm_len);
     *q++ = OSSL_PARAM_construct_octet_string(
@@ -531,14 +529,17 @@ static veil_rc sw_hkdf(veil_provider *p, const uint8_t *salt, size_t salt_len,
     *q = OSSL_PARAM_construct_end();
     ok = ctx && EVP_KDF_derive(ctx, out, out_len, params) > 0;
     EVP_KDF_CTX_free(ctx);
-    EVP_KDF_free(kdf);
     if (!ok)
         return veil_err_ossl(VEIL_E_CRYPTO, SW, "HKDF failed");
     return VEIL_OK;
 }
 
-/* ECDH: OpenSSL's EVP_PKEY_derive with the key pair and the peer's point
- * (checked by the engine; OpenSSL validates it again). */
+/* ECDH: OpenSSL's EVP_PKEY_derive with the key pair and the peer's point.
+ * The engine has validated the point in full (on the curve, which for
+ * P-256's cofactor 1 is all of SP 800-56A's check), so OpenSSL's own check
+ * at set_peer, which adds a second scalar multiplication (n * Q) and
+ * doubles the cost, is not asked for.  Decoding the point below still
+ * refuses one off the curve. */
 static veil_rc sw_ecdh_derive(veil_provider *p, const veil_key *k,
                               const uint8_t *peer, size_t peer_len,
                               veil_secbuf **z)
@@ -559,7 +560,7 @@ static veil_rc sw_ecdh_derive(veil_provider *p, const veil_key *k,
     if (rc == VEIL_OK) {
         ctx = EVP_PKEY_CTX_new_from_pkey(NULL, k->pub, NULL);
         if (!ctx || EVP_PKEY_derive_init(ctx) <= 0 ||
-            EVP_PKEY_derive_set_peer_ex(ctx, pk, 1) <= 0 ||
+            EVP_PKEY_derive_set_peer_ex(ctx, pk, 0) <= 0 ||
             EVP_PKEY_derive(ctx, veil_secbuf_data(out), &len) <= 0 ||
             len != VEIL_ECDH_P256_Z_LEN)
             rc = veil_err_ossl(VEIL_E_CRYPTO, SW, "ECDH derive failed");

@@ -399,6 +399,22 @@ static void test_ecdh(void)
                         VEIL_E_UNSUPPORTED);
         CU_ASSERT_PTR_NULL(z1);
     }
+    /* the software provider leaves the point's check to the engine (it
+     * no longer asks OpenSSL for a second one): a point off the curve,
+     * (0, 0), and coordinates not below p are refused all the same */
+    for (int i = 0; i < 3; i++) {
+        uint8_t bad[65];
+        veil_secbuf *z = NULL;
+
+        memcpy(bad, tok_pt, sizeof bad);
+        if (i == 0)
+            bad[64] ^= 1;
+        else
+            memset(bad + 1, i == 1 ? 0x00 : 0xff, 64);
+        CU_ASSERT_EQUAL(veil_ecdh_derive(sw, peer, bad, sizeof bad, &z),
+                        VEIL_E_ARG);
+        CU_ASSERT_PTR_NULL(z);
+    }
     veil_secbuf_free(z1);
     veil_secbuf_free(z2);
     veil_key_free(peer);
