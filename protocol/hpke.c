@@ -167,8 +167,10 @@ static veil_rc labeled_expand(veil_engine *e, const suite_id *sid,
 
 struct veil_hpke_key {
     uint16_t kem;
-    const veil_key *engine_key; /* P-256 held by a provider; borrowed */
-    EVP_PKEY *pkey;             /* software key pair */
+    const veil_key *engine_key;     /* P-256 held by a provider; borrowed */
+    EVP_PKEY *pkey;                 /* software key pair */
+    uint8_t pub[VEIL_HPKE_ENC_MAX]; /* SerializePublicKey, made once */
+    size_t pub_len;
 };
 
 static veil_rc key_new(uint16_t kem, veil_hpke_key **out)
@@ -183,6 +185,31 @@ static veil_rc key_new(uint16_t kem, veil_hpke_key **out)
     return VEIL_OK;
 }
 
+static EVP_PKEY *pub_of(const veil_hpke_key *k)
+{
+    return k->engine_key ? k->engine_key->pub : k->pkey;
+}
+
+/* SerializePublicKey into k->pub, once, when the key is made: the
+ * gateway's recipient key is asked for it on every request. */
+static veil_rc key_ready(veil_hpke_key *k)
+{
+    size_t n = veil_hpke_nenc(k->kem), got = n;
+    int ok;
+
+    if (k->kem == VEIL_HPKE_KEM_X25519)
+        ok = EVP_PKEY_get_raw_public_key(pub_of(k), k->pub, &got) && got == n;
+    else
+        ok = EVP_PKEY_get_octet_string_param(pub_of(k),
+                                             OSSL_PKEY_PARAM_ENCODED_PUBLIC_KEY,
+                                             k->pub, sizeof k->pub, &got) &&
+             got == n && k->pub[0] == 0x04;
+    if (!ok)
+        return veil_err_ossl(VEIL_E_CRYPTO, HP, "SerializePublicKey");
+    k->pub_len = n;
+    return VEIL_OK;
+}
+
 veil_rc veil_hpke_key_from_engine(const veil_key *k, veil_hpke_key **out)
 {
     veil_rc rc;
@@ -194,8 +221,13 @@ veil_rc veil_hpke_key_from_engine(const veil_key *k, veil_hpke_key **out)
         return veil_err(VEIL_E_KEY, HP, NULL,
                         "an HPKE P-256 key must be a private EC P-256 key");
     rc = key_new(VEIL_HPKE_KEM_P256, out);
-    if (rc == VEIL_OK)
+    if (rc == VEIL_OK) {
         (*out)->engine_key = k;
+        if ((rc = key_ready(*out)) != VEIL_OK) {
+            veil_hpke_key_free(*out);
+            *out = NULL;
+        }
+    }
     return rc;
 }
 
@@ -276,6 +308,8 @@ veil_rc veil_hpke_key_from_private(uint16_t kem, const uint8_t *sk,
     else if (!(k->pkey =
                    EVP_PKEY_new_raw_private_key(EVP_PKEY_X25519, NULL, sk, 32)))
         rc = veil_err_ossl(VEIL_E_CRYPTO, HP, "X25519 private key");
+    if (rc == VEIL_OK)
+        rc = key_ready(k);
     if (rc != VEIL_OK) {
         veil_hpke_key_free(k);
         return rc;
@@ -343,6 +377,10 @@ veil_rc veil_hpke_key_generate(uint16_t kem, veil_hpke_key **out)
         veil_hpke_key_free(k);
         return veil_err_ossl(VEIL_E_CRYPTO, HP, "HPKE key generation");
     }
+    if ((rc = key_ready(k)) != VEIL_OK) {
+        veil_hpke_key_free(k);
+        return rc;
+    }
     *out = k;
     return VEIL_OK;
 }
@@ -352,35 +390,15 @@ uint16_t veil_hpke_key_kem(const veil_hpke_key *k)
     return k ? k->kem : 0;
 }
 
-static EVP_PKEY *pub_of(const veil_hpke_key *k)
-{
-    return k->engine_key ? k->engine_key->pub : k->pkey;
-}
-
 veil_rc veil_hpke_key_public(const veil_hpke_key *k, uint8_t *pk, size_t *len)
 {
-    size_t n;
-    int ok;
-
     if (!k || !pk || !len)
         return veil_err(VEIL_E_ARG, HP, NULL, "SerializePublicKey: argument");
-    n = veil_hpke_nenc(k->kem);
-    if (*len < n)
+    if (*len < k->pub_len)
         return veil_err(VEIL_E_BUFFER, HP, NULL, "public key needs %zu bytes",
-                        n);
-    if (k->kem == VEIL_HPKE_KEM_X25519) {
-        size_t got = n;
-        ok = EVP_PKEY_get_raw_public_key(pub_of(k), pk, &got) && got == n;
-    } else {
-        size_t got = 0;
-        ok = EVP_PKEY_get_octet_string_param(pub_of(k),
-                                             OSSL_PKEY_PARAM_ENCODED_PUBLIC_KEY,
-                                             pk, *len, &got) &&
-             got == n && pk[0] == 0x04;
-    }
-    if (!ok)
-        return veil_err_ossl(VEIL_E_CRYPTO, HP, "SerializePublicKey");
-    *len = n;
+                        k->pub_len);
+    memcpy(pk, k->pub, k->pub_len);
+    *len = k->pub_len;
     return VEIL_OK;
 }
 
