@@ -72,7 +72,8 @@ typedef struct bench_opts {
     char veild_buf[PATH_MAX];
     /* attest (attest.c): the gateway fields above apply too */
     int run_attest;   /* ENGINE was "attest" */
-    int protocol_v2;  /* gateway --protocol v2 */
+    int protocol_v2;  /* gateway --protocol v2 or v2-only */
+    int v2_only;      /* gateway --protocol v2-only: no v1 phase */
     const char *tcti; /* veild --tpm-tcti: --tcti, else $TPM2TOOLS_TCTI */
 } bench_opts;
 

@@ -112,6 +112,8 @@ static const char *const TAIL =
     "                     (software and token KEM key), and one client's\n"
     "                     added p50 over a plain POST to tests/mock-upstream\n"
     "                     (built next to --veild); no timing, memory [v1]\n"
+    "                     v2-only: the v2 load lines alone (no v1 phase, no\n"
+    "                     latency lines), e.g. to profile veild under v2\n"
     "attest (--rounds: interleaved rounds [20]; --veild, --bits [4096] and\n"
     "--workers as for gateway; the signing key goes in --module/--token):\n"
     "  --requests N       requests per configuration and round [50]\n"
@@ -446,9 +448,11 @@ static int set_tcti(bench_opts *o, given *g, const char *s)
 static int set_protocol(bench_opts *o, given *g, const char *s)
 {
     (void)g;
-    if (strcmp(s, "v1") != 0 && strcmp(s, "v2") != 0)
+    if (strcmp(s, "v1") != 0 && strcmp(s, "v2") != 0 &&
+        strcmp(s, "v2-only") != 0)
         return -1;
-    o->protocol_v2 = strcmp(s, "v2") == 0;
+    o->protocol_v2 = strcmp(s, "v1") != 0;
+    o->v2_only = strcmp(s, "v2-only") == 0;
     return 0;
 }
 
@@ -501,7 +505,7 @@ static const bench_opt OPTIONS[] = {
      "--clients wants up to 8 comma-separated integers in [1, 512], not: ",
      C_GATEWAY, GW_SCOPE},
     {"protocol", 1, set_protocol, NO_STORE,
-     "--protocol wants v1 or v2, not: ", C_GATEWAY, GW_SCOPE},
+     "--protocol wants v1, v2 or v2-only, not: ", C_GATEWAY, GW_SCOPE},
     {"timing", 1, set_timing, NO_STORE,
      "--timing wants an integer in [0, 100000], not: ", C_GATEWAY, GW_SCOPE},
     {"memory-waves", 1, set_waves, NO_STORE,
