@@ -24,6 +24,7 @@
 #include "pcrpolicy.h"
 #include "package.h"
 #include "trust.h"
+#include "v2_cert.h"
 
 #define SECRET_LEN 32
 /* What an endorsement key must be (TPM 2.0 Part 2, TPMA_OBJECT). */
@@ -649,6 +650,13 @@ static char *trust_text(const enroll *en)
     return text;
 }
 
+/* 1 when the report says the v2 KEM keys are TPM objects. */
+static int kem_in_tpm(const enroll *en)
+{
+    const char *kem = veil_cl_json_str(en->report, "kem_keys");
+    return kem != NULL && strcmp(kem, "tpm") == 0;
+}
+
 static veil_client_status write_trust(enroll *en, veil_client_error *err)
 {
     const char *path = en->opt->trust_file;
@@ -769,6 +777,12 @@ veil_client_status veil_attest_enroll(const veil_enroll_options *opt,
         veil_cl_fail(err, st, 200, VEIL_E_VERIFY, "%s", en.ck.failed);
         goto out;
     }
+    /* the v2 KEM keys in the TPM: each certified by this AK (v2_cert.c) */
+    if (kem_in_tpm(&en) &&
+        (st = veil_cl_kem_enrol_check(en.e, en.tx, en.url, &en.ak, en.sign_spki,
+                                      en.sign_spki_len, en.sign_sha, &en.ck,
+                                      err)) != VEIL_CLIENT_OK)
+        goto out;
     st = write_trust(&en, err);
 out:
     veil_cl_pcr_policy_free(&en.policy);

@@ -30,7 +30,6 @@
 /* auto: a gateway that answered no signed configuration is asked again
  * after this long. */
 #define NO_V2_RECHECK_S 300
-#define STATEMENT_MAX 256
 #define V2_ALGORITHM "OHTTP DHKEM(P-256, HKDF-SHA256), HKDF-SHA256, AES-256-GCM"
 
 /* ---- the per-URL state (c->lock held) -------------------------------------
@@ -206,16 +205,6 @@ static veil_client_status signer_get(veil_client *c, const char *url, signer *s,
 /* ---- the key configurations ------------------------------------------------
  */
 
-/* A Unix time in decimal (1 to 18 digits, nothing else): 1, else 0. */
-static int parse_time(const char *s, long long *out)
-{
-    size_t n = strlen(s);
-    if (n == 0 || n > 18 || strspn(s, "0123456789") != n)
-        return 0;
-    *out = strtoll(s, NULL, 10);
-    return 1;
-}
-
 /* Cache-Control's max-age in seconds, or -1. */
 static long long max_age(const char *cc)
 {
@@ -229,7 +218,7 @@ static long long max_age(const char *cc)
             return -1;
         memcpy(d, p + 8, n);
         d[n] = '\0';
-        return parse_time(d, &v) ? v : -1;
+        return veil_cl_unix_time(d, &v) ? v : -1;
     }
     return -1;
 }
@@ -248,25 +237,17 @@ static int looks_v2(const veil_cl_http_response *r)
 }
 
 /* keys_check, step 1: the statement of section 4.3 verified under the
- * signing key; *not_after receives its not_after. */
+ * signing key (v2_cert.c); *not_after receives its not_after. */
 static veil_client_status statement_check(veil_client *c, const char *url,
                                           const veil_cl_http_response *r,
                                           long long *not_after,
                                           veil_client_error *err)
 {
-    long long at;
-    uint8_t named[32], h[32], *sig = NULL;
-    size_t sig_len = 0;
-    char hex[65], st[STATEMENT_MAX];
-    const char *sk = r->veil_signing_key;
+    uint8_t named[32];
     signer s;
-    veil_key *key = NULL;
     veil_client_status rc;
 
-    if (r->keys_headers_bad || r->keys_signature[0] == '\0' ||
-        !parse_time(r->keys_signed_at, &at) ||
-        !parse_time(r->keys_expires, not_after) || strlen(sk) != 71 ||
-        strncmp(sk, "sha256:", 7) != 0 || !veil_hex_decode(sk + 7, 32, named))
+    if (veil_cl_keys_headers(r, not_after, named) != VEIL_CL_KEYS_OK)
         return veil_cl_fail(err, VEIL_CLIENT_E_SECURITY, 200, VEIL_E_VERIFY,
                             "the key configuration's signature headers "
                             "(X-Veil-Keys-Signature, -Signed-At, -Expires, "
@@ -274,38 +255,29 @@ static veil_client_status statement_check(veil_client *c, const char *url,
                             "malformed; nothing was sent");
     if ((rc = signer_get(c, url, &s, err)) != VEIL_CLIENT_OK)
         return rc;
-    if (CRYPTO_memcmp(named, s.fp, 32) != 0)
+    switch (veil_cl_keys_signed(c->engine, r, s.spki, s.len, s.fp, named,
+                                *not_after)) {
+    case VEIL_CL_KEYS_OK:
+        return VEIL_CLIENT_OK;
+    case VEIL_CL_KEYS_SIGNER:
         return veil_cl_fail(err, VEIL_CLIENT_E_SECURITY, 200, VEIL_E_VERIFY,
                             "the key configuration is signed by %.71s, not by "
                             "the gateway's signing key %s; nothing was sent",
-                            sk, s.fp_text);
-    SHA256((const uint8_t *)r->body, r->len, h);
-    veil_hex(h, 32, hex);
-    int n = snprintf(st, sizeof st,
-                     "veil-ohttp-keys-v1\nkeys_sha256=%s\nsigned_at=%s\n"
-                     "not_after=%s\n",
-                     hex, r->keys_signed_at, r->keys_expires);
-    int ok = n > 0 && (size_t)n < sizeof st &&
-             veil_b64_decode(r->keys_signature, strlen(r->keys_signature), &sig,
-                             &sig_len) == VEIL_OK &&
-             veil_key_from_public(c->engine, s.spki, s.len, &key) == VEIL_OK &&
-             veil_ecdsa_verify(c->engine, key, (const uint8_t *)st, (size_t)n,
-                               sig, sig_len) == VEIL_OK;
-    veil_key_free(key);
-    free(sig);
-    if (!ok)
+                            r->veil_signing_key, s.fp_text);
+    case VEIL_CL_KEYS_EXPIRED: {
+        long long now = (long long)time(NULL);
+        return veil_cl_fail(err, VEIL_CLIENT_E_SECURITY, 200, VEIL_E_VERIFY,
+                            "the key configuration expired (its signed "
+                            "not_after %lld is %lld s ago); nothing was sent",
+                            *not_after, now - *not_after);
+    }
+    default:
         return veil_cl_fail(err, VEIL_CLIENT_E_SECURITY, 200, VEIL_E_VERIFY,
                             "the key configuration's signature does not "
                             "verify under the signing key %s; nothing was "
                             "sent",
                             s.fp_text);
-    long long now = (long long)time(NULL);
-    if (now >= *not_after)
-        return veil_cl_fail(err, VEIL_CLIENT_E_SECURITY, 200, VEIL_E_VERIFY,
-                            "the key configuration expired (its signed "
-                            "not_after %lld is %lld s ago); nothing was sent",
-                            *not_after, now - *not_after);
-    return VEIL_CLIENT_OK;
+    }
 }
 
 /* Step 2: the first configuration of DHKEM(P-256), HKDF-SHA256 and
@@ -724,7 +696,7 @@ static veil_client_status answer_signature(veil_client *c,
     else if (strcmp(in->signing_key, s.fp_text) != 0)
         why = "the answer is signed by another key than the gateway's "
               "signing key";
-    else if (!parse_time(in->signed_at, &at) ||
+    else if (!veil_cl_unix_time(in->signed_at, &at) ||
              (n = veil_ev_statement(in->request_id,
                                     k->tier ? k->tier : "standard", req_sha,
                                     resp_sha, s.fp, at, st, sizeof st)) == 0)

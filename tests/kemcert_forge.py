@@ -12,6 +12,8 @@ MODE:
           certified name no longer matches it)
   keyid   the certification of the key ID plus one announced
   none    404, as a gateway without TPM KEM keys answers
+  keysig  one byte of X-Veil-Keys-Signature flipped on
+          GET /.well-known/ohttp-gateway (the certifications untouched)
   pass    nothing changed (the relay itself)
 It writes its port to PORT_FILE once it listens, and counts the POSTs it
 relays in PORT_FILE.posts (what reached the gateway).
@@ -67,6 +69,7 @@ def main(argv):
                 with open(port_file + ".posts", "w") as f:
                     f.write(str(posts[0]))
             certify = method == "GET" and self.path.startswith("/v2/keys/certify")
+            keys = method == "GET" and self.path.startswith("/.well-known/")
             if certify and mode == "none":
                 status, headers, data = 404, {}, b'{"error":"stand-in: none"}'
             else:
@@ -86,6 +89,9 @@ def main(argv):
             for k, v in headers.items():
                 if k.lower() not in ("content-length", "connection",
                                      "transfer-encoding", "date", "server"):
+                    if (mode == "keysig" and keys
+                            and k.lower() == "x-veil-keys-signature"):
+                        v = flip_b64(v)
                     self.send_header(k, v)
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()

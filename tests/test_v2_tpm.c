@@ -12,6 +12,8 @@
  *     decrypt, fixedTPM, fixedParent, not restricted, whose point is the
  *     key configuration's; an unknown ID is 404, a bad one 400; a gateway
  *     whose KEM keys are not TPM objects answers 404 saying so;
+ *   - the client's own chain check (client/v2_cert.c) holds on it, and
+ *     names the check that fails for another key ID or point;
  *   - rotation: the replaced key opens during its grace, then is flushed
  *     from the TPM (logged), its recording gets the uniform 400 byte for
  *     byte, and its certification is gone (404).
@@ -36,6 +38,7 @@
 #include "ohttp.h"
 #include "package.h"
 #include "testutil.h"
+#include "v2_cert.h"
 
 #define WK "/.well-known/ohttp-gateway"
 #define UNIFORM                                                                \
@@ -372,6 +375,59 @@ static void test_certify(void)
     veil_tpm_pub_clear(&ak);
 }
 
+/* The client's chain check (client/v2_cert.c, as enrolment and the
+ * maximum tier run it) on the same real certification: it holds for the
+ * configuration, and names the check that fails for another key ID,
+ * another point, or a configuration whose key is no 65-byte point (refused
+ * before the point is read). */
+static void test_certify_client(void)
+{
+    veil_ohttp_keyconfig cfg, other;
+    veil_tpm_pub ak = {0};
+    veil_cl_kem_why w;
+    char path[64], ak_name[80] = "", *body;
+    long st = 0;
+    cJSON *c;
+
+    CU_ASSERT_EQUAL_FATAL(fetch_config(&gw, &cfg), 0);
+    CU_ASSERT_EQUAL_FATAL(report_ak(&gw, &ak, ak_name), 0);
+    snprintf(path, sizeof path, "/v2/keys/certify?key_id=%u",
+             (unsigned)cfg.key_id);
+    c = get_json(&gw, path, &st);
+    CU_ASSERT_FATAL(st == 200 && c != NULL);
+    body = cJSON_PrintUnformatted(c);
+    cJSON_Delete(c);
+    CU_ASSERT_FATAL(body != NULL);
+    CU_ASSERT_EQUAL(veil_cl_kem_cert_check(sw_e, &ak, "the AK", body,
+                                           strlen(body), &cfg, &w),
+                    1);
+    other = cfg;
+    other.key_id = (uint8_t)(cfg.key_id + 1);
+    CU_ASSERT_EQUAL(veil_cl_kem_cert_check(sw_e, &ak, "the AK", body,
+                                           strlen(body), &other, &w),
+                    0);
+    CU_ASSERT_STRING_EQUAL(w.what, "certification");
+    CU_ASSERT_STRING_EQUAL(w.why, "it is for another key ID");
+    other = cfg;
+    other.pk[64] ^= 1;
+    CU_ASSERT_EQUAL(veil_cl_kem_cert_check(sw_e, &ak, "the AK", body,
+                                           strlen(body), &other, &w),
+                    0);
+    CU_ASSERT_STRING_EQUAL(w.what, "the KEM key's public area");
+    CU_ASSERT(strstr(w.why, "its point is not") != NULL);
+    other = cfg;
+    other.pk_len = 32;
+    CU_ASSERT_EQUAL(veil_cl_kem_cert_check(sw_e, &ak, "the AK", body,
+                                           strlen(body), &other, &w),
+                    0);
+    CU_ASSERT(strstr(w.why, "not a 65-byte P-256 point") != NULL);
+    CU_ASSERT_EQUAL(
+        veil_cl_kem_cert_check(sw_e, &ak, "the AK", "[]", 2, &cfg, &w), 0);
+    CU_ASSERT_STRING_EQUAL(w.why, "the answer is not a JSON object");
+    free(body);
+    veil_tpm_pub_clear(&ak);
+}
+
 /* kem_keys = software on a gateway with a TPM: nothing to certify (the
  * permanent 404, saying why). */
 static void test_not_tpm(void)
@@ -484,6 +540,7 @@ int main(void)
     static const tu_test cases[] = {
         {"a request opens with the KEM key in the TPM", test_round_trip},
         {"GET /v2/keys/certify: TPM2_Certify by the AK verifies", test_certify},
+        {"the client's chain check on it", test_certify_client},
         {"KEM keys in software: certify is 404", test_not_tpm},
         {"rotation: grace, then flushed from the TPM", test_rotation},
         {"veild exits cleanly", test_exit},

@@ -137,5 +137,47 @@ check "rejected: a gateway whose KEM keys are in software (SecurityError, exit 1
 
 grep -qF "a prompt sealed to the TPM" "$LOG" && bad "plaintext in veild's log" "$LOG" || ok "no prompt in veild's log"
 
+# Enrolment checks the chain itself (issue 14): the key configurations
+# signed by the reported signing key, and each KEM key certified by the AK
+# being enrolled.  A genuine one reports the check.
+check "enrolment checks each KEM key's certification by the AK" 0 \
+    "^ok   KEM keys: checked 1 KEM key certification\(s\)" -- \
+    "$V" attest enroll --accept-current "${C[@]}" --ek-ca "$EKCA" --out "$T/trust2.json"
+grep -qE "^ok   KEM key [0-9]+: a TPM object certified by the AK being enrolled" "$out" &&
+    grep -q "^verdict: ENROLLED" "$out" &&
+    ok "enrolment: one line per KEM key, then ENROLLED" || bad "enrolment KEM key lines" "$out" "$err"
+
+# Through the stand-in: relayed untouched, enrolment succeeds; that trust
+# file is then the one a forged enrolment (--force) must leave as it is.
+proxy pass
+check "enrolment through the stand-in, nothing changed: ENROLLED" 0 "^verdict: ENROLLED" -- \
+    "$V" attest enroll --accept-current --url "$PURL" --allow-http --ek-ca "$EKCA" --out "$T/relay-trust.json"
+cp "$T/relay-trust.json" "$T/relay-trust.before" || hard "cannot copy the trust file"
+enrol_forged() {
+    proxy "$1"
+    check "enrolment refused: $2 (exit 19, no trust file)" 19 \
+        "^verdict: NOT ENROLLED \($3" -- \
+        "$V" attest enroll --accept-current --url "$PURL" --allow-http --ek-ca "$EKCA" \
+        --out "$T/relay-trust.json" --force
+    grep -qE "^FAIL $3" "$out" && ok "$2: the FAIL line names it" || bad "$2: no FAIL line" "$out" "$err"
+    cmp -s "$T/relay-trust.json" "$T/relay-trust.before" &&
+        ok "$2: the previous trust file is byte-identical" || bad "$2: the trust file changed" "$T/relay-trust.json"
+}
+enrol_forged sig "a flipped byte in the AK's signature" "KEM key [0-9]+: TPM2_Certify by the AK being enrolled: "
+enrol_forged attrs "a public area changed (restricted set)" "KEM key [0-9]+: the KEM key's public area: "
+enrol_forged keyid "a certification announced for another key ID" "KEM key [0-9]+: certification: it is for another key ID"
+enrol_forged none "no certification (404)" "KEM key [0-9]+: certification: the gateway offers no TPM certification of it \(HTTP 404"
+enrol_forged keysig "a flipped byte in the key configurations' signature" "KEM keys: the key configurations' signature does not verify"
+check "enrolment refused with no previous file: none written" 19 "^verdict: NOT ENROLLED" -- \
+    "$V" attest enroll --accept-current --url "$PURL" --allow-http --ek-ca "$EKCA" --out "$T/new-trust.json"
+[ -e "$T/new-trust.json" ] && bad "a refused enrolment wrote a trust file" "$T/new-trust.json" ||
+    ok "a refused enrolment writes no trust file"
+# KEM keys in software (kem_keys = software): enrolment has no KEM key
+# certification to check, and says nothing of one.
+check "enrolment, KEM keys in software: ENROLLED" 0 "^verdict: ENROLLED" -- \
+    "$V" attest enroll --accept-current --url "$SWURL" --allow-http --ek-ca "$EKCA" --out "$T/sw-enrolled.json"
+grep -q "KEM key" "$out" && bad "KEM key lines for software KEM keys" "$out" ||
+    ok "enrolment, KEM keys in software: no KEM key check"
+
 echo "test_v2_tpm_cli: $pass passed, $fail failed"
 [ "$fail" -eq 0 ]
