@@ -626,9 +626,13 @@ svc_http *svc_http_start(const svc_http_config *cfg, char *err, size_t err_size)
     svc_http *h = http_new(cfg);
     struct sockaddr_storage ss;
     struct MHD_OptionItem opts[16];
+    /* poll(), not select(): select() cannot watch a descriptor numbered
+     * FD_SETSIZE (1024) or above, and veild's are once it has many
+     * connections or files open (with select, MHD then refuses to start
+     * or drops the connection) */
     unsigned flags = MHD_USE_THREAD_PER_CONNECTION |
-                     MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ITC |
-                     MHD_USE_ERROR_LOG;
+                     MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_POLL |
+                     MHD_USE_ITC | MHD_USE_ERROR_LOG;
 
     if (h == NULL) {
         snprintf(err, err_size, "out of memory");

@@ -18,7 +18,9 @@
 #    for systemd, as $NOTIFY_SOCKET);
 #  - /healthz/live, /healthz/ready: a backend down is shown in the body and
 #    the node stays ready (200); the key gone from the token makes it not
-#    ready (503), while live stays 200.
+#    ready (503), while live stays 200;
+#  - started with 1100 descriptors already open (so its sockets are
+#    numbered above select()'s FD_SETSIZE), veild serves and stops cleanly.
 # No timing: every wait polls for what the logs or answers say.
 #
 # Run through tests/env/with-tokens.sh.  Exit 0 pass, 1 fail, 99 setup
@@ -269,7 +271,44 @@ curl -s -o /dev/null -w '%{http_code}' "$VEILD_URL/healthz/live" >"$T/code"
     bad "/healthz/live with the token down" "$T/code"
 stop_veild && ok "veild stopped cleanly (exit 0)" || bad "veild's exit status" "$LOG4"
 
-# ------------------------------------------------------ 5. no secrets
+# -------------------------------------- 5. descriptors above FD_SETSIZE
+
+# A service manager may hand veild open descriptors, and a busy veild has
+# many connections and files: with 1100 descriptors already open, its
+# listener and connections are numbered above select()'s limit of 1024.
+# veild still starts, and answers over plain HTTP and v2's key route.
+python3 - "$VEIL_BUILDDIR/veild" --port 0 --port-file "$T/fds.port" \
+    --state-dir "$T/fds.state" "${VD[@]}" \
+    >"$T/fds.log" 2>&1 </dev/null <<'PY' &
+import os, resource, sys
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+if hard != resource.RLIM_INFINITY and hard < 2048:
+    sys.exit(77)
+resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 2048), hard))
+for _ in range(1100):
+    os.set_inheritable(os.open("/dev/null", os.O_RDONLY), True)
+os.execv(sys.argv[1], sys.argv[1:])
+PY
+FDS_PID=$!
+VEILD_PIDS+=("$FDS_PID")
+for ((i = 0; i < 300; i++)); do
+    [ -s "$T/fds.port" ] || ! kill -0 "$FDS_PID" 2>/dev/null && break
+    sleep 0.1
+done
+if [ -s "$T/fds.port" ]; then
+    FDS_URL="http://127.0.0.1:$(tr -dc '0-9' <"$T/fds.port")"
+    a=$(curl -s -o /dev/null -w '%{http_code}' "$FDS_URL/healthz/live")
+    b=$(curl -s -o "$out" -w '%{http_code}' "$FDS_URL/.well-known/ohttp-gateway")
+    [ "$a" = 200 ] && [ "$b" = 200 ] && [ -s "$out" ] &&
+        ok "with 1100 descriptors open veild serves (/healthz/live, the v2 keys: 200)" ||
+        bad "veild with 1100 descriptors open answered $a and $b" "$T/fds.log"
+    kill -TERM "$FDS_PID" && wait "$FDS_PID" && ok "and stops cleanly (exit 0)" ||
+        bad "veild with many descriptors: exit status" "$T/fds.log"
+else
+    bad "veild with 1100 descriptors open did not start" "$T/fds.log"
+fi
+
+# ------------------------------------------------------ 6. no secrets
 
 PIN=$(head -1 "$VEIL_TEST_PIN_FILE")
 for f in "$LOG1" "$LOG2" "$LOG3" "$LOG4"; do
