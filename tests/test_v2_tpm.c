@@ -329,6 +329,20 @@ static void test_round_trip(void)
     veil_ohttp_ctx_free(ctx);
 }
 
+/* The gateway's key configuration, its AK (from the report) and the
+ * certification of that configuration's key (GET /v2/keys/certify). */
+static cJSON *config_and_cert(veil_ohttp_keyconfig *cfg, veil_tpm_pub *ak,
+                              char ak_name[80], long *st)
+{
+    char path[64];
+
+    CU_ASSERT_EQUAL_FATAL(fetch_config(&gw, cfg), 0);
+    CU_ASSERT_EQUAL_FATAL(report_ak(&gw, ak, ak_name), 0);
+    snprintf(path, sizeof path, "/v2/keys/certify?key_id=%u",
+             (unsigned)cfg->key_id);
+    return get_json(&gw, path, st);
+}
+
 static void test_certify(void)
 {
     veil_ohttp_keyconfig cfg;
@@ -337,11 +351,7 @@ static void test_certify(void)
     long st = 0;
     cJSON *c;
 
-    CU_ASSERT_EQUAL_FATAL(fetch_config(&gw, &cfg), 0);
-    CU_ASSERT_EQUAL_FATAL(report_ak(&gw, &ak, ak_name), 0);
-    snprintf(path, sizeof path, "/v2/keys/certify?key_id=%u",
-             (unsigned)cfg.key_id);
-    c = get_json(&gw, path, &st);
+    c = config_and_cert(&cfg, &ak, ak_name, &st);
     CU_ASSERT_EQUAL(st, 200);
     CU_ASSERT_FATAL(c != NULL);
     CU_ASSERT_EQUAL(cJSON_GetNumberValue(cJSON_GetObjectItem(c, "key_id")),
@@ -385,15 +395,11 @@ static void test_certify_client(void)
     veil_ohttp_keyconfig cfg, other;
     veil_tpm_pub ak = {0};
     veil_cl_kem_why w;
-    char path[64], ak_name[80] = "", *body;
+    char ak_name[80] = "", *body;
     long st = 0;
     cJSON *c;
 
-    CU_ASSERT_EQUAL_FATAL(fetch_config(&gw, &cfg), 0);
-    CU_ASSERT_EQUAL_FATAL(report_ak(&gw, &ak, ak_name), 0);
-    snprintf(path, sizeof path, "/v2/keys/certify?key_id=%u",
-             (unsigned)cfg.key_id);
-    c = get_json(&gw, path, &st);
+    c = config_and_cert(&cfg, &ak, ak_name, &st);
     CU_ASSERT_FATAL(st == 200 && c != NULL);
     body = cJSON_PrintUnformatted(c);
     cJSON_Delete(c);
