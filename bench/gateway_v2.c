@@ -84,9 +84,11 @@ static int op_ecdh_tok(void *arg)
     CK_ULONG len = 32;
     CK_BBOOL f = CK_FALSE, t = CK_TRUE;
     CK_ATTRIBUTE tmpl[] = {
-        {CKA_CLASS, &cls, sizeof cls},     {CKA_KEY_TYPE, &kt, sizeof kt},
-        {CKA_VALUE_LEN, &len, sizeof len}, {CKA_TOKEN, &f, sizeof f},
-        {CKA_SENSITIVE, &f, sizeof f},     {CKA_EXTRACTABLE, &t, sizeof t}};
+        /* the PKCS#11 provider's template */
+        {CKA_CLASS, &cls, sizeof cls},    {CKA_KEY_TYPE, &kt, sizeof kt},
+        {CKA_TOKEN, &f, sizeof f},        {CKA_PRIVATE, &t, sizeof t},
+        {CKA_SENSITIVE, &f, sizeof f},    {CKA_EXTRACTABLE, &t, sizeof t},
+        {CKA_VALUE_LEN, &len, sizeof len}};
     CK_ATTRIBUTE val = {CKA_VALUE, c->out, sizeof c->out};
     CK_OBJECT_HANDLE s = CK_INVALID_HANDLE;
     CK_RV rv = c->b.f->C_DeriveKey(c->b.s, &c->m, c->h, tmpl,
