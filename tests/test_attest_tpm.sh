@@ -248,6 +248,7 @@ if (cd "$T" && tpm2_createek -Q -c ek.ctx -G rsa -u ek.pub \
         --ek-ca "$EKCA" --out "$T/mitm-trust.json" \
         && grep -h 'FAIL' "$out" "$err" | sed 's/^/    /'
     [ ! -e "$T/mitm-trust.json" ] && ok "no trust file for the substituted AK" || bad "trust file written for a substituted AK"
+    kill -TERM "$PROXY_PID" 2>/dev/null; wait "$PROXY_PID" 2>/dev/null; PROXY_PID=""
 else
     bad "tpm2_createek/createak for the substituted AK" "$T/ak.log"
 fi
