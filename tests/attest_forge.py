@@ -70,14 +70,13 @@ veil's C code, and the forgeries the client must reject.
 import base64
 import copy
 import hashlib
-import http.server
 import json
 import os
 import subprocess
 import sys
 import tempfile
-import urllib.error
-import urllib.request
+
+import forge_relay
 
 
 def load(path):
@@ -308,49 +307,17 @@ def tamper_ciphertext(body):
 
 
 def cmd_proxy(upstream, port_file, forge_report, forge_answer=None):
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
+    def answer(method, path, forward):
+        status, headers, data = forward()
+        if method == "GET" and path.startswith("/v1/attestation/report") \
+                and status == 200:
+            data = json.dumps(forge_report(json.loads(data))).encode()
+        if forge_answer and method == "POST" and status == 200 \
+                and path.startswith("/v1/chat/secure_completion"):
+            data = forge_answer(data)
+        return status, headers, data
 
-        def relay(self, method):
-            n = int(self.headers.get("Content-Length") or 0)
-            body = self.rfile.read(n) if n else None
-            req = urllib.request.Request(upstream + self.path, data=body,
-                                         method=method)
-            for k, v in self.headers.items():
-                if k.lower() not in ("host", "content-length", "connection"):
-                    req.add_header(k, v)
-            try:
-                r = urllib.request.urlopen(req, timeout=60)
-                status, headers, data = r.status, r.headers, r.read()
-            except urllib.error.HTTPError as e:
-                status, headers, data = e.code, e.headers, e.read()
-            if method == "GET" and self.path.startswith("/v1/attestation/report") \
-                    and status == 200:
-                data = json.dumps(forge_report(json.loads(data))).encode()
-            if forge_answer and method == "POST" and status == 200 \
-                    and self.path.startswith("/v1/chat/secure_completion"):
-                data = forge_answer(data)
-            self.send_response(status)
-            for k, v in headers.items():
-                if k.lower() not in ("content-length", "connection",
-                                     "transfer-encoding", "date", "server"):
-                    self.send_header(k, v)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def do_GET(self):
-            self.relay("GET")
-
-        def do_POST(self):
-            self.relay("POST")
-
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    with open(port_file + ".tmp", "w") as f:
-        f.write(str(srv.server_address[1]))
-    os.rename(port_file + ".tmp", port_file)
-    srv.serve_forever()
+    forge_relay.serve(upstream, port_file, answer)
 
 
 def main(argv):

@@ -19,13 +19,11 @@ It writes its port to PORT_FILE once it listens, and counts the POSTs it
 relays in PORT_FILE.posts (what reached the gateway).
 """
 import base64
-import http.server
 import json
-import os
 import struct
 import sys
-import urllib.error
-import urllib.request
+
+import forge_relay
 
 
 def flip_b64(text, at=None):
@@ -57,57 +55,24 @@ def main(argv):
     upstream, port_file, mode = argv[1], argv[2], argv[3]
     posts = [0]
 
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
+    def answer(method, path, forward):
+        if method == "POST":
+            posts[0] += 1
+            with open(port_file + ".posts", "w") as f:
+                f.write(str(posts[0]))
+        certify = method == "GET" and path.startswith("/v2/keys/certify")
+        if certify and mode == "none":
+            return 404, {}, b'{"error":"stand-in: none"}'
+        status, headers, data = forward()
+        if certify and status == 200:
+            data = json.dumps(forge(mode, json.loads(data))).encode()
+        if mode == "keysig" and method == "GET" and path.startswith(
+                "/.well-known/"):
+            headers = {k: flip_b64(v) if k.lower() == "x-veil-keys-signature"
+                       else v for k, v in headers.items()}
+        return status, headers, data
 
-        def relay(self, method):
-            n = int(self.headers.get("Content-Length") or 0)
-            body = self.rfile.read(n) if n else None
-            if method == "POST":
-                posts[0] += 1
-                with open(port_file + ".posts", "w") as f:
-                    f.write(str(posts[0]))
-            certify = method == "GET" and self.path.startswith("/v2/keys/certify")
-            keys = method == "GET" and self.path.startswith("/.well-known/")
-            if certify and mode == "none":
-                status, headers, data = 404, {}, b'{"error":"stand-in: none"}'
-            else:
-                req = urllib.request.Request(upstream + self.path, data=body,
-                                             method=method)
-                for k, v in self.headers.items():
-                    if k.lower() not in ("host", "content-length", "connection"):
-                        req.add_header(k, v)
-                try:
-                    r = urllib.request.urlopen(req, timeout=60)
-                    status, headers, data = r.status, r.headers, r.read()
-                except urllib.error.HTTPError as e:
-                    status, headers, data = e.code, e.headers, e.read()
-                if certify and status == 200:
-                    data = json.dumps(forge(mode, json.loads(data))).encode()
-            self.send_response(status)
-            for k, v in headers.items():
-                if k.lower() not in ("content-length", "connection",
-                                     "transfer-encoding", "date", "server"):
-                    if (mode == "keysig" and keys
-                            and k.lower() == "x-veil-keys-signature"):
-                        v = flip_b64(v)
-                    self.send_header(k, v)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def do_GET(self):
-            self.relay("GET")
-
-        def do_POST(self):
-            self.relay("POST")
-
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    with open(port_file + ".tmp", "w") as f:
-        f.write(str(srv.server_address[1]))
-    os.rename(port_file + ".tmp", port_file)
-    srv.serve_forever()
+    forge_relay.serve(upstream, port_file, answer)
 
 
 if __name__ == "__main__":

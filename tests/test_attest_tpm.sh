@@ -23,58 +23,10 @@
 #
 # Run through tests/env/with-tokens.sh ("tpm" in the name starts the TPM).
 # Exit 0 pass, 1 fail, 99 setup failure.
-set -u
-B=${VEIL_BUILDDIR:-.}
-SRC=${VEIL_SRCDIR:?}
-V="$B/veil"
-K="$B/veil-keys"
-PY=${VEIL_PYTHON:-/usr/bin/python3}
+. "${VEIL_SRCDIR:?}/tests/env/tpm_suite.sh" attest \
+    tpm2_checkquote tpm2_createek tpm2_createak tpm2_quote tpm2_pcrextend tpm2_ptool openssl curl
 FORGE="$SRC/tests/attest_forge.py"
-T="$VEIL_TEST_DIR/attest"
-TM="${VEIL_TEST_TPM_MODULE:?the TPM token is not set up (run through tests/env/with-tokens.sh)}"
-SM="${VEIL_TEST_SOFTHSM_MODULE:?}"
-TTOK="pkcs11:token=${VEIL_TEST_TPM_TOKEN:?}"
-STOK="pkcs11:token=${VEIL_TEST_SOFTHSM_TOKEN:?}"
-PINSRC="file:$VEIL_TEST_PIN_FILE"
-EKCA=${VEIL_TEST_EK_CA:?}
-OTHERCA=${VEIL_TEST_OTHER_EK_CA:?}
-TCTI=${TPM2TOOLS_TCTI:?}
-pass=0 fail=0
-out="$T/out" err="$T/err"
-PROXY_PID="" MOCK_PID=""
-. "$SRC/tests/env/veild.sh"
-. "$SRC/tests/env/check.sh"
-
-unset VEIL_URL VEIL_API_KEY VEIL_PKCS11_MODULE VEIL_PIN_SOURCE
-
-stop_all() {
-    if [ -n "$MOCK_PID" ]; then
-        kill -TERM "$MOCK_PID" 2>/dev/null
-        wait "$MOCK_PID" 2>/dev/null
-    fi
-    if [ -n "$PROXY_PID" ]; then
-        kill -TERM "$PROXY_PID" 2>/dev/null
-        wait "$PROXY_PID" 2>/dev/null
-    fi
-    veild_stop
-}
-trap stop_all EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-for x in "$V" "$K" "$B/veild"; do
-    [ -x "$x" ] || hard "$x is not built"
-done
-for x in tpm2_checkquote tpm2_createek tpm2_createak tpm2_quote tpm2_pcrextend tpm2_ptool openssl curl; do
-    command -v "$x" >/dev/null || hard "$x not found (run scripts/install-deps.sh)"
-done
-mkdir -p "$T" || hard "cannot make $T"
-
-# field FILE PYTHON-EXPR: prints the value of an expression over the JSON
-# in FILE (bound to `j`).
-field() {
-    "$PY" -c 'import json,sys; j=json.load(open(sys.argv[1])); print(eval(sys.argv[2]))' "$1" "$2"
-}
+stop_at_exit MOCK_PID PROXY_PID
 
 # ------------------------------------------------------------------ setup
 
@@ -296,6 +248,7 @@ if (cd "$T" && tpm2_createek -Q -c ek.ctx -G rsa -u ek.pub \
         --ek-ca "$EKCA" --out "$T/mitm-trust.json" \
         && grep -h 'FAIL' "$out" "$err" | sed 's/^/    /'
     [ ! -e "$T/mitm-trust.json" ] && ok "no trust file for the substituted AK" || bad "trust file written for a substituted AK"
+    kill -TERM "$PROXY_PID" 2>/dev/null; wait "$PROXY_PID" 2>/dev/null; PROXY_PID=""
 else
     bad "tpm2_createek/createak for the substituted AK" "$T/ak.log"
 fi

@@ -12,56 +12,9 @@
 #
 # Run through tests/env/with-tokens.sh.  Exit 0 pass, 1 fail, 99 setup
 # failure.
-set -u
-B=${VEIL_BUILDDIR:-.}
-SRC=${VEIL_SRCDIR:?}
-V="$B/veil"
-K="$B/veil-keys"
-PY=${VEIL_PYTHON:-/usr/bin/python3}
-NC="$SRC/tests/nomyo_client.py"
-T="$VEIL_TEST_DIR/compat"
-MOD="$VEIL_TEST_SOFTHSM_MODULE"
-PINSRC="file:$VEIL_TEST_PIN_FILE"
-STOK="pkcs11:token=$VEIL_TEST_SOFTHSM_TOKEN"
-CTOK="pkcs11:token=$VEIL_TEST_SOFTHSM_TOKEN2"
-pass=0 fail=0
-out="$T/out" err="$T/err"
-. "$SRC/tests/env/veild.sh"
-
-unset VEIL_URL VEIL_API_KEY VEIL_PKCS11_MODULE VEIL_PIN_SOURCE
-
-. "${VEIL_SRCDIR:?}/tests/env/check.sh"
-
-stopped=0
-finish() { [ "$stopped" = 1 ] || veild_stop; }
-trap finish EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-for x in "$V" "$K" "$B/veild"; do
-    [ -x "$x" ] || hard "$x is not built"
-done
-[ -f "$NC" ] || hard "$NC is missing"
-"$PY" -c 'import cryptography' 2>/dev/null || hard "$PY lacks the cryptography package (Debian: python3-cryptography)"
-command -v curl >/dev/null || hard "curl not found"
-mkdir -p "$T" || hard "cannot make $T"
-
-# answer_is NAME PYTHON-EXPR: the expression is true of the answer JSON on
-# the last stdout (as `a`) and the last stderr's lines (as `err`, a list);
-# `sent` is the X-Payload-ID the client printed (the first one).
-answer_is() {
-    if "$PY" - "$out" "$err" "$2" <<'EOF'; then ok "$1"; else bad "$1: not ($2)" "$out" "$err"; fi
-import json, sys
-a = json.load(open(sys.argv[1]))
-err = open(sys.argv[2]).read().splitlines()
-ids = [l.split(": ", 2)[2] for l in err if l.startswith("nomyo_client: X-Payload-ID: ")]
-sent = ids[0] if ids else None
-smd = [json.loads(l.split(": ", 2)[2]) for l in err if l.startswith("nomyo_client: server _metadata: ")]
-server_md = smd[0] if smd else None
-md = a.get("_metadata", {})
-sys.exit(0 if eval(sys.argv[3]) else 1)
-EOF
-}
+. "${VEIL_SRCDIR:?}/tests/env/suite.sh" compat curl
+nomyo_setup
+STOK=$TOK CTOK="pkcs11:token=$VEIL_TEST_SOFTHSM_TOKEN2"
 
 # nomyo VARIANT [options...]: the NOMYO client against the main gateway.
 nomyo() {
@@ -222,7 +175,6 @@ done
 [ "$leaked" = 0 ] && ok "no prompt or answer text in veild's logs" || bad "plaintext in veild's log" "$LOG" "$ALOG"
 grep -q "POST /v1/chat/secure_completion 409" "$LOG" && ok "veild logged the refused replay as 409" || bad "no 409 in the log" "$LOG"
 
-stopped=1
 if veild_stop; then ok "both gateways stopped cleanly on SIGTERM (exit 0)"; else bad "a gateway did not exit 0 on SIGTERM" "$LOG" "$ALOG"; fi
 grep -q "stopped" "$LOG" && ok "veild logged its clean stop" || bad "no clean stop in the log" "$LOG"
 

@@ -10,50 +10,9 @@
 #
 # Run through tests/env/with-tokens.sh.  Exit 0 pass, 1 fail, 99 setup
 # failure.
-set -u
-B=${VEIL_BUILDDIR:-.}
-SRC=${VEIL_SRCDIR:?}
-V="$B/veil"
-K="$B/veil-keys"
-PY=${VEIL_PYTHON:-/usr/bin/python3}
-NC="$SRC/tests/nomyo_client.py"
-T="$VEIL_TEST_DIR/gw-tpm"
-TM="${VEIL_TEST_TPM_MODULE:?the TPM token is not set up (run through tests/env/with-tokens.sh)}"
-TTOK="pkcs11:token=${VEIL_TEST_TPM_TOKEN:?}"
-PINSRC="file:$VEIL_TEST_PIN_FILE"
+. "${VEIL_SRCDIR:?}/tests/env/tpm_suite.sh" gw-tpm
+nomyo_setup
 BITS=3072
-pass=0 fail=0
-out="$T/out" err="$T/err"
-. "$SRC/tests/env/veild.sh"
-
-unset VEIL_URL VEIL_API_KEY VEIL_PKCS11_MODULE VEIL_PIN_SOURCE
-
-. "${VEIL_SRCDIR:?}/tests/env/check.sh"
-
-trap veild_stop EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-for x in "$V" "$K" "$B/veild"; do
-    [ -x "$x" ] || hard "$x is not built"
-done
-[ -f "$NC" ] || hard "$NC is missing"
-"$PY" -c 'import cryptography' 2>/dev/null || hard "$PY lacks the cryptography package (Debian: python3-cryptography)"
-mkdir -p "$T" || hard "cannot make $T"
-
-# answer_is NAME PYTHON-EXPR: true of the answer JSON on the last stdout
-# (`a`, its _metadata `md`); `sent` is the X-Payload-ID the client sent.
-answer_is() {
-    if "$PY" - "$out" "$err" "$2" <<'EOF'; then ok "$1"; else bad "$1: not ($2)" "$out" "$err"; fi
-import json, sys
-a = json.load(open(sys.argv[1]))
-err = open(sys.argv[2]).read().splitlines()
-ids = [l.split(": ", 2)[2] for l in err if l.startswith("nomyo_client: X-Payload-ID: ")]
-sent = ids[0] if ids else None
-md = a.get("_metadata", {})
-sys.exit(0 if eval(sys.argv[3]) else 1)
-EOF
-}
 
 # ------------------------------------------------------------------ setup
 

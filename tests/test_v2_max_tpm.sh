@@ -22,49 +22,10 @@
 #
 # Run through tests/env/with-tokens.sh ("tpm" in the name starts the TPM).
 # Exit 0 pass, 1 fail, 99 setup failure.
-set -u
-B=${VEIL_BUILDDIR:-.}
-SRC=${VEIL_SRCDIR:?}
-V="$B/veil"
-K="$B/veil-keys"
-PY=${VEIL_PYTHON:-/usr/bin/python3}
+. "${VEIL_SRCDIR:?}/tests/env/tpm_suite.sh" v2max openssl
 TOOL="$SRC/tests/ohttp_tool.py"
-T="$VEIL_TEST_DIR/v2max"
-SM="${VEIL_TEST_SOFTHSM_MODULE:?}"
-STOK="pkcs11:token=${VEIL_TEST_SOFTHSM_TOKEN:?}"
-PINSRC="file:$VEIL_TEST_PIN_FILE"
-EKCA=${VEIL_TEST_EK_CA:?}
-TCTI=${TPM2TOOLS_TCTI:?the TPM is not set up (run through tests/env/with-tokens.sh)}
-pass=0 fail=0
-out="$T/out" err="$T/err"
-SI_PID=""
-. "$SRC/tests/env/veild.sh"
-. "$SRC/tests/env/check.sh"
-
-unset VEIL_URL VEIL_API_KEY VEIL_PKCS11_MODULE VEIL_PIN_SOURCE
-
-stop_all() {
-    if [ -n "$SI_PID" ]; then
-        kill -TERM "$SI_PID" 2>/dev/null
-        wait "$SI_PID" 2>/dev/null
-    fi
-    veild_stop
-}
-trap stop_all EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-for x in "$V" "$K" "$B/veild"; do
-    [ -x "$x" ] || hard "$x is not built"
-done
-command -v openssl >/dev/null || hard "openssl not found (run scripts/install-deps.sh)"
+stop_at_exit SI_PID
 mkdir -p "$T/signer" || hard "cannot make $T"
-
-# field FILE PYTHON-EXPR: the value of an expression over the JSON in FILE
-# (bound to `j`).
-field() {
-    "$PY" -c 'import json,sys; j=json.load(open(sys.argv[1])); print(eval(sys.argv[2]))' "$1" "$2"
-}
 
 # ------------------------------------------------------------------ setup
 

@@ -17,39 +17,9 @@
 #   real veild whose KEM keys are in software is refused the same way.
 #
 # Exit 0 pass, 1 fail, 99 setup failure.
-set -u
-B=${VEIL_BUILDDIR:-.}
-SRC=${VEIL_SRCDIR:?}
-V="$B/veil"
-K="$B/veil-keys"
-PY=${VEIL_PYTHON:-/usr/bin/python3}
+. "${VEIL_SRCDIR:?}/tests/env/tpm_suite.sh" v2tpm
 FORGE="$SRC/tests/kemcert_forge.py"
-T="$VEIL_TEST_DIR/v2tpm"
-EKCA=${VEIL_TEST_EK_CA:?}
-TCTI=${TPM2TOOLS_TCTI:?}
-pass=0 fail=0
-out="$T/out" err="$T/err"
-PROXY_PID=""
-. "$SRC/tests/env/veild.sh"
-. "$SRC/tests/env/check.sh"
-
-unset VEIL_URL VEIL_API_KEY VEIL_PKCS11_MODULE VEIL_PIN_SOURCE
-
-stop_all() {
-    if [ -n "$PROXY_PID" ]; then
-        kill -TERM "$PROXY_PID" 2>/dev/null
-        wait "$PROXY_PID" 2>/dev/null
-    fi
-    veild_stop
-}
-trap stop_all EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-for x in "$V" "$K" "$B/veild"; do
-    [ -x "$x" ] || hard "$x is not built"
-done
-mkdir -p "$T" || hard "cannot make $T"
+stop_at_exit PROXY_PID
 
 "$K" generate --key-dir "$T/server" --bits 2048 >"$T/keygen.log" 2>&1 \
     || { cat "$T/keygen.log"; hard "veil-keys could not make the server key"; }
