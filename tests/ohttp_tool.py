@@ -71,7 +71,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 KEM, KDF, AEAD = 0x0010, 0x0001, 0x0002
 X25519, AES128 = 0x0020, 0x0001
-NK, NN, NH, NPK = 32, 12, 32, 65
+NN, NH, NPK = 12, 32, 65
 NPKS = {KEM: 65, X25519: 32}  # Npk = Nenc (RFC 9180 7.1)
 NKS = {AEAD: 32, AES128: 16}
 WELL_KNOWN = "/.well-known/ohttp-gateway"
@@ -106,10 +106,6 @@ def kem_suite(kem):
 
 def hpke_suite(kem, aead):
     return b"HPKE" + struct.pack(">HHH", kem, KDF, aead)
-
-
-KEM_SUITE = kem_suite(KEM)
-HPKE_SUITE = hpke_suite(KEM, AEAD)
 
 
 def point(pub):
