@@ -310,6 +310,11 @@ static const svc_setting settings[] = {
      "where v2's KEM keys are made: auto (the server key's token if it can "
      "derive, else software), software, or tpm (TPM objects certified by the "
      "attestation key, GET /v2/keys/certify; needs tpm = on)"},
+    {"kem_x25519", "off|on", &svc_bool, OFF(kem_x25519), 0, 0, "off",
+     "also offer a DHKEM(X25519) key configuration beside each P-256 one, "
+     "for OHTTP clients that speak only X25519; its keys are made in "
+     "software, so veild refuses on unless the KEM keys are in software "
+     "(kem_keys = software, or auto with the server key not in a token)"},
     {"metrics_listen", "ADDR", &svc_addr, OFF(metrics_listen), 0, 0, NULL,
      "also serve GET /metrics, alone and without an API key, over plain HTTP "
      "on this address (keep it private: loopback or an internal network); "
@@ -464,6 +469,20 @@ static int check_tpm(const gw_config *cfg, char *err, size_t err_size)
         svc_put_err(err, err_size, "kem_keys: %s",
                     strcmp(cfg->kem_keys, "tpm") ? "auto, software or tpm"
                                                  : "tpm needs tpm = on");
+        return -1;
+    }
+    if (cfg->kem_x25519 && strcmp(cfg->kem_keys, "tpm") == 0) {
+        svc_put_err(err, err_size,
+                    "kem_x25519 = on needs the KEM keys in software, and "
+                    "kem_keys = tpm keeps them in the TPM: an X25519 key "
+                    "would be a software key beside them; set "
+                    "kem_x25519 = off, or kem_keys = software");
+        return -1;
+    }
+    if (cfg->kem_x25519 && !cfg->v2) {
+        svc_put_err(err, err_size,
+                    "kem_x25519 is on but v2 is off: set v2 = on, or drop "
+                    "kem_x25519");
         return -1;
     }
     if (cfg->tpm_certify_key_auth && !cfg->tpm_certify_key) {

@@ -159,6 +159,7 @@ typedef struct gw_config {
     unsigned kem_rotate; /* seconds between KEM keys (3600) */
     unsigned kem_grace;  /* seconds a replaced KEM key still opens (300) */
     char *kem_keys;      /* where KEM keys are made: auto, software, tpm */
+    int kem_x25519;      /* 1: each KEM key has an X25519 companion (0) */
     /* metrics and usage (docs/GATEWAY.md, "Metrics and the audit log") */
     char *metrics_listen;  /* a listener of GET /metrics only; NULL: none */
     unsigned metrics_port; /* its port (9464; 0: any, logged) */
@@ -580,17 +581,24 @@ char *gw_signlog_get(gw_signlog *l, const char *payload_id, const uint8_t *who,
 /* The set of KEM keys (DHKEM(P-256), docs/PROTOCOL-V2.md 4.2): the
  * current one, listed, and the one it replaced, accepted for the grace
  * period and then destroyed in its provider.  A thread of its own rotates
- * and destroys on time, whether requests come or not.  Thread-safe. */
+ * and destroys on time, whether requests come or not.  With x25519 each
+ * has a DHKEM(X25519) companion made in software (kem_x25519 = on), its
+ * key ID the P-256 key's ^ 0x80, listed after it, opening requests and
+ * destroyed on the same schedule.  Thread-safe. */
 typedef struct gw_kem gw_kem;
 struct veil_ohttp_ctx;
 
 /* Makes the first key where the server key lives (`where`: its reference)
  * when that provider has VEIL_CAP_ECDH, in software otherwise (the log
  * says which), as a session object where the token allows it; `where`
- * "software": in software.  NULL with err. */
-gw_kem *gw_kem_open(veil_engine *e, const char *where, unsigned rotate_s,
-                    unsigned grace_s, const veil_logger *log, char *err,
-                    size_t err_size);
+ * "software": in software.  x25519: companions too, refused (NULL with
+ * err) when the keys would be in a token.  NULL with err. */
+gw_kem *gw_kem_open(veil_engine *e, const char *where, int x25519,
+                    unsigned rotate_s, unsigned grace_s, const veil_logger *log,
+                    char *err, size_t err_size);
+/* 1 when gw_kem_open would make the keys in the token of `where` (a
+ * PKCS#11 reference whose token derives, VEIL_CAP_ECDH). */
+int gw_kem_token_derives(veil_engine *e, const char *where);
 /* The same with every key a TPM object (the engine's tpm2 provider in the
  * context t lent it, gw_tpm_lend), certified by t's long-term AK when it
  * is made (gw_kem_certify) and flushed at destruction (kem_keys = tpm). */
@@ -606,7 +614,8 @@ gw_rc gw_kem_certify(gw_kem *k, unsigned key_id, char **json);
 void gw_kem_free(gw_kem *k);
 /* "token", "software" or "tpm": where the keys are made. */
 const char *gw_kem_where(const gw_kem *k);
-/* The application/ohttp-keys body (the current key; malloc'd) and when
+/* The application/ohttp-keys body (the current key, then its X25519
+ * companion if any; malloc'd) and when
  * the current key stops being listed (*rotate_at) and stops opening
  * (*not_after).  GW_OK or GW_NOMEM. */
 gw_rc gw_kem_keys(gw_kem *k, uint8_t **body, size_t *len, time_t *rotate_at,

@@ -10,7 +10,12 @@
  * it.  With kem_keys = tpm the keys are TPM objects (the tpm2 provider in
  * the TPM module's connection), each certified by the long-term AK when
  * it is made, the certification kept with it (GET /v2/keys/certify), and
- * flushed from the TPM at destruction.  Knows nothing of HTTP. */
+ * flushed from the TPM at destruction.  With kem_x25519 = on (software
+ * keys only), each P-256 key has an X25519 companion made in software
+ * with it, listed after it, and destroyed with it: one schedule for
+ * both.  Its key ID is the P-256 key's with the top bit flipped, so that
+ * the four keys alive at once (two of each KEM) never share an ID.  Knows
+ * nothing of HTTP. */
 #include "config.h"
 
 #include <errno.h>
@@ -24,21 +29,26 @@
 #include "ohttp.h"
 
 #define LABEL_MAX 32
-#define RETRY_S 10 /* after a failed rotation */
+#define RETRY_S 10    /* after a failed rotation */
+#define X_ID_BIT 0x80 /* a companion's key ID: its P-256 key's ^ this */
 
 /* One KEM key and its key configuration. */
 typedef struct kem_key {
-    veil_key *key;      /* the P-256 private key in its provider */
-    veil_hpke_key *hpk; /* HPKE's view of it (borrows key) */
+    veil_key *key;      /* the P-256 private key in its provider; NULL for
+                           an X25519 companion */
+    veil_hpke_key *hpk; /* HPKE's view of it (borrows key); a companion's
+                           own software key */
     veil_ohttp_keyconfig cfg;
-    time_t made, retired; /* retired: 0 while current */
-    char *certify;        /* the TPM's certification (JSON), or NULL */
+    time_t made, retired;   /* retired: 0 while current */
+    char *certify;          /* the TPM's certification (JSON), or NULL */
+    struct kem_key *x25519; /* the companion (kem_x25519 = on), or NULL */
 } kem_key;
 
 struct gw_kem {
     veil_engine *e;
     char *where; /* the token's reference, "software" or "tpm2:" */
     int in_token;
+    int x25519;  /* each key has an X25519 companion */
     gw_tpm *tpm; /* the keys are its TPM's objects; NULL: they are not */
     unsigned rotate_s, grace_s;
     veil_logger log;
@@ -60,6 +70,7 @@ static void key_destroy(gw_kem *k, kem_key *kk)
 {
     if (kk == NULL)
         return;
+    key_destroy(k, kk->x25519);
     veil_hpke_key_free(kk->hpk);
     if (kk->key && veil_key_delete(k->e, kk->key) != VEIL_OK)
         veil_logf(&k->log, VEIL_LOG_ERROR,
@@ -73,7 +84,41 @@ static void key_destroy(gw_kem *k, kem_key *kk)
     free(kk);
 }
 
-/* A new key with this key ID, in the provider of the set. */
+static void config_fill(veil_ohttp_keyconfig *cfg, uint8_t key_id, uint16_t kem,
+                        size_t pk_len)
+{
+    cfg->key_id = key_id;
+    cfg->kem = kem;
+    cfg->pk_len = pk_len;
+    memcpy(cfg->algs, suites, sizeof suites);
+    cfg->n_algs = sizeof suites / sizeof suites[0];
+}
+
+/* The X25519 companion of P-256 key key_id, in software. */
+static kem_key *x25519_make(uint8_t key_id, char *err, size_t err_size)
+{
+    kem_key *kx = calloc(1, sizeof *kx);
+    size_t pk_len = sizeof kx->cfg.pk;
+
+    if (kx == NULL) {
+        snprintf(err, err_size, "out of memory");
+        return NULL;
+    }
+    if (veil_hpke_key_generate(VEIL_HPKE_KEM_X25519, &kx->hpk) != VEIL_OK ||
+        veil_hpke_key_public(kx->hpk, kx->cfg.pk, &pk_len) != VEIL_OK) {
+        snprintf(err, err_size, "v2: an X25519 KEM key could not be made: %s",
+                 veil_last_error()->message);
+        veil_hpke_key_free(kx->hpk);
+        free(kx);
+        return NULL;
+    }
+    config_fill(&kx->cfg, (uint8_t)(key_id ^ X_ID_BIT), VEIL_HPKE_KEM_X25519,
+                pk_len);
+    return kx;
+}
+
+/* A new key with this key ID, in the provider of the set, and its
+ * companion when the set has them. */
 static kem_key *key_make(gw_kem *k, uint8_t key_id, char *err, size_t err_size)
 {
     char label[LABEL_MAX];
@@ -110,11 +155,12 @@ static kem_key *key_make(gw_kem *k, uint8_t key_id, char *err, size_t err_size)
         key_destroy(k, kk);
         return NULL;
     }
-    kk->cfg.key_id = key_id;
-    kk->cfg.kem = VEIL_HPKE_KEM_P256;
-    kk->cfg.pk_len = pk_len;
-    memcpy(kk->cfg.algs, suites, sizeof suites);
-    kk->cfg.n_algs = sizeof suites / sizeof suites[0];
+    config_fill(&kk->cfg, key_id, VEIL_HPKE_KEM_P256, pk_len);
+    if (k->x25519 &&
+        (kk->x25519 = x25519_make(key_id, err, err_size)) == NULL) {
+        key_destroy(k, kk);
+        return NULL;
+    }
     kk->made = time(NULL);
     return kk;
 }
@@ -152,8 +198,9 @@ static void kem_step(gw_kem *k, time_t now)
     }
     pthread_rwlock_unlock(&k->lock);
     if (fresh)
-        veil_logf(&k->log, VEIL_LOG_INFO, "v2: KEM key %u replaces key %u",
-                  (unsigned)fresh->cfg.key_id, (unsigned)(next_id - 1));
+        veil_logf(&k->log, VEIL_LOG_INFO, "v2: KEM key %u replaces key %u%s",
+                  (unsigned)fresh->cfg.key_id, (unsigned)(next_id - 1),
+                  fresh->x25519 ? " (and its X25519 companion)" : "");
     key_destroy(k, old);
 }
 
@@ -189,24 +236,36 @@ static void *kem_thread(void *arg)
     return NULL;
 }
 
+int gw_kem_token_derives(veil_engine *e, const char *where)
+{
+    veil_caps caps;
+
+    return where && strncmp(where, "pkcs11:", 7) == 0 &&
+           veil_engine_caps(e, where, &caps) == VEIL_OK &&
+           (caps.mechs & VEIL_CAP_ECDH);
+}
+
 /* Where the keys are made: the TPM (k->tpm set), or the server key's
  * token when it derives, or software. */
 static int kem_place(gw_kem *k, const char *where, char *err, size_t err_size)
 {
-    veil_caps caps;
-    int token = !k->tpm && where && strncmp(where, "pkcs11:", 7) == 0 &&
-                veil_engine_caps(k->e, where, &caps) == VEIL_OK &&
-                (caps.mechs & VEIL_CAP_ECDH);
+    int token = !k->tpm && gw_kem_token_derives(k->e, where);
 
     k->in_token = token;
+    if (k->x25519 && (token || k->tpm)) { /* veild.c refuses it first */
+        snprintf(err, err_size,
+                 "kem_x25519 = on needs the KEM keys in software");
+        return -1;
+    }
     k->where = strdup(k->tpm ? "tpm2:" : token ? where : "software");
     if (k->where == NULL) {
         snprintf(err, err_size, "out of memory");
         return -1;
     }
     veil_logf(&k->log, VEIL_LOG_INFO,
-              "v2: KEM keys (P-256) are made %s, replaced every %u s, "
+              "v2: KEM keys (P-256%s) are made %s, replaced every %u s, "
               "destroyed %u s later",
+              k->x25519 ? ", each with an X25519 companion" : "",
               k->tpm  ? "in the TPM (transient objects, each certified by "
                         "the attestation key)"
               : token ? "in the server key's token"
@@ -216,7 +275,7 @@ static int kem_place(gw_kem *k, const char *where, char *err, size_t err_size)
 }
 
 static gw_kem *kem_open(veil_engine *e, gw_tpm *t, const char *where,
-                        unsigned rotate_s, unsigned grace_s,
+                        int x25519, unsigned rotate_s, unsigned grace_s,
                         const veil_logger *log, char *err, size_t err_size)
 {
     gw_kem *k = calloc(1, sizeof *k);
@@ -228,6 +287,7 @@ static gw_kem *kem_open(veil_engine *e, gw_tpm *t, const char *where,
     }
     k->e = e;
     k->tpm = t;
+    k->x25519 = x25519;
     k->rotate_s = rotate_s;
     k->grace_s = grace_s;
     k->log = *log;
@@ -255,18 +315,19 @@ fail:
     return NULL;
 }
 
-gw_kem *gw_kem_open(veil_engine *e, const char *where, unsigned rotate_s,
-                    unsigned grace_s, const veil_logger *log, char *err,
-                    size_t err_size)
+gw_kem *gw_kem_open(veil_engine *e, const char *where, int x25519,
+                    unsigned rotate_s, unsigned grace_s, const veil_logger *log,
+                    char *err, size_t err_size)
 {
-    return kem_open(e, NULL, where, rotate_s, grace_s, log, err, err_size);
+    return kem_open(e, NULL, where, x25519, rotate_s, grace_s, log, err,
+                    err_size);
 }
 
 gw_kem *gw_kem_open_tpm(veil_engine *e, gw_tpm *t, unsigned rotate_s,
                         unsigned grace_s, const veil_logger *log, char *err,
                         size_t err_size)
 {
-    return kem_open(e, t, NULL, rotate_s, grace_s, log, err, err_size);
+    return kem_open(e, t, NULL, 0, rotate_s, grace_s, log, err, err_size);
 }
 
 void gw_kem_free(gw_kem *k)
@@ -297,23 +358,38 @@ const char *gw_kem_where(const gw_kem *k)
 gw_rc gw_kem_keys(gw_kem *k, uint8_t **body, size_t *len, time_t *rotate_at,
                   time_t *not_after)
 {
+    veil_ohttp_keyconfig cfgs[2];
+
     pthread_rwlock_rdlock(&k->lock);
-    veil_rc rc = veil_ohttp_keys_encode(&k->cur->cfg, 1, body, len);
+    cfgs[0] = k->cur->cfg; /* P-256 first */
+    if (k->cur->x25519)
+        cfgs[1] = k->cur->x25519->cfg;
+    veil_rc rc =
+        veil_ohttp_keys_encode(cfgs, k->cur->x25519 ? 2 : 1, body, len);
     *rotate_at = k->cur->made + (time_t)k->rotate_s;
     *not_after = *rotate_at + (time_t)k->grace_s;
     pthread_rwlock_unlock(&k->lock);
     return rc == VEIL_OK ? GW_OK : GW_NOMEM;
 }
 
+/* The key with this ID in slot kk or its companion. */
+static const kem_key *key_or_companion(const kem_key *kk, uint8_t key_id)
+{
+    if (kk->cfg.key_id == key_id)
+        return kk;
+    if (kk->x25519 && kk->x25519->cfg.key_id == key_id)
+        return kk->x25519;
+    return NULL;
+}
+
 /* The key with this ID, current or in grace (read lock held). */
 static const kem_key *key_find(const gw_kem *k, uint8_t key_id, time_t now)
 {
-    if (k->cur->cfg.key_id == key_id)
-        return k->cur;
-    if (k->prev && k->prev->cfg.key_id == key_id &&
-        now < k->prev->retired + (time_t)k->grace_s)
-        return k->prev;
-    return NULL;
+    const kem_key *kk = key_or_companion(k->cur, key_id);
+
+    if (kk == NULL && k->prev && now < k->prev->retired + (time_t)k->grace_s)
+        kk = key_or_companion(k->prev, key_id);
+    return kk;
 }
 
 gw_rc gw_kem_certify(gw_kem *k, unsigned key_id, char **json)

@@ -455,6 +455,15 @@ static int open_state(gw_deps *d, const gw_config *cfg)
         veil_logf(&logger, VEIL_LOG_ERROR, "out of memory");
         return -1;
     }
+    if (cfg->v2 && cfg->kem_x25519 && strcmp(cfg->kem_keys, "auto") == 0 &&
+        gw_kem_token_derives(d->engine, cfg->server_key)) {
+        veil_logf(&logger, VEIL_LOG_ERROR,
+                  "kem_x25519 = on needs the KEM keys in software, and with "
+                  "kem_keys = auto they are made in the server key's token: "
+                  "an X25519 key would be a software key beside them; set "
+                  "kem_x25519 = off, or kem_keys = software");
+        return VEIL_EXIT_USAGE;
+    }
     if (cfg->v2 && strcmp(cfg->kem_keys, "tpm") == 0)
         gw_tpm_lend(d->tpm, d->engine); /* tpm = on (gw_config_check) */
     if (cfg->v2 &&
@@ -466,8 +475,8 @@ static int open_state(gw_deps *d, const gw_config *cfg)
                                strcmp(cfg->kem_keys, "software") == 0
                                    ? "software"
                                    : cfg->server_key,
-                               cfg->kem_rotate, cfg->kem_grace, &logger, err,
-                               sizeof err)) == NULL) {
+                               cfg->kem_x25519, cfg->kem_rotate, cfg->kem_grace,
+                               &logger, err, sizeof err)) == NULL) {
         veil_logf(&logger, VEIL_LOG_ERROR, "%s", err);
         return -1;
     }

@@ -1,8 +1,9 @@
 #!/usr/bin/python3
-"""Test tool for tests/test_v2_max_tpm.sh: protocol v2 (docs/PROTOCOL-V2.md)
-written from the standards (RFC 9180 HPKE base mode with DHKEM(P-256,
-HKDF-SHA256), HKDF-SHA256 and AES-256-GCM; RFC 9458 Oblivious HTTP; RFC
-9292 known-length binary HTTP) and not from veil's C code.
+"""Test tool for tests/test_v2_max_tpm.sh and tests/test_v2_x25519.sh:
+protocol v2 (docs/PROTOCOL-V2.md) written from the standards (RFC 9180
+HPKE base mode with DHKEM(P-256, HKDF-SHA256) or DHKEM(X25519,
+HKDF-SHA256), HKDF-SHA256, AES-256-GCM or AES-128-GCM; RFC 9458 Oblivious
+HTTP; RFC 9292 known-length binary HTTP) and not from veil's C code.
 
   ask URL TIER MODEL TEXT [SIGNER_PEM]
                               one inner POST /v1/chat/completions to the
@@ -16,6 +17,24 @@ HKDF-SHA256), HKDF-SHA256 and AES-256-GCM; RFC 9458 Oblivious HTTP; RFC
                               defines it, rebuilt here from what was sent,
                               and "quoted extraData: HEX", read from the
                               quote's TPMS_ATTEST
+  keys URL                    the gateway's key configurations, one line
+                              each ("config KEY_ID KEM PK_LEN KDF/AEAD..."
+                              in hex), then "signature ok" when
+                              X-Veil-Keys-Signature verifies over the
+                              statement of PROTOCOL-V2.md 4.3 under the key
+                              of GET /pki/signing_key, whose SHA-256 is the
+                              X-Veil-Signing-Key header ("signature BAD"
+                              otherwise)
+  x25519 URL MODEL TEXT SAVE [tamper|record]
+                              as ask (tier "-"), with the gateway's X25519
+                              configuration and AES-128-GCM (RFC 9458's
+                              example suite); the encapsulated request is
+                              written to SAVE; "tamper" changes one byte of
+                              enc before sending; "record" only writes it
+  post URL FILE               POSTs FILE as message/ohttp-req; prints the
+                              outer status and media type, then the body
+                              (its length only when encapsulated: an outer
+                              200 means the gateway opened the request)
   standin UPSTREAM PORTFILE SIGNERDIR MODE
                               a stand-in gateway (a mock: what a real veild
                               never does) holding the gateway's signing key
@@ -46,11 +65,15 @@ import urllib.error
 import urllib.request
 
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, x25519
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 KEM, KDF, AEAD = 0x0010, 0x0001, 0x0002
-NK, NN, NH, NPK = 32, 12, 32, 65
+X25519, AES128 = 0x0020, 0x0001
+NN, NH, NPK = 12, 32, 65
+NPKS = {KEM: 65, X25519: 32}  # Npk = Nenc (RFC 9180 7.1)
+NKS = {AEAD: 32, AES128: 16}
 WELL_KNOWN = "/.well-known/ohttp-gateway"
 
 # ---- HKDF and HPKE (RFC 5869, RFC 9180) ------------------------------------
@@ -77,8 +100,12 @@ def labeled_expand(suite, prk, label, info, n):
     return expand(prk, struct.pack(">H", n) + b"HPKE-v1" + suite + label + info, n)
 
 
-KEM_SUITE = b"KEM" + struct.pack(">H", KEM)
-HPKE_SUITE = b"HPKE" + struct.pack(">HHH", KEM, KDF, AEAD)
+def kem_suite(kem):
+    return b"KEM" + struct.pack(">H", kem)
+
+
+def hpke_suite(kem, aead):
+    return b"HPKE" + struct.pack(">HHH", kem, KDF, aead)
 
 
 def point(pub):
@@ -86,30 +113,42 @@ def point(pub):
                             serialization.PublicFormat.UncompressedPoint)
 
 
-def kem_shared(dh, enc, pkr):
-    prk = labeled_extract(KEM_SUITE, b"", b"eae_prk", dh)
-    return labeled_expand(KEM_SUITE, prk, b"shared_secret", enc + pkr, 32)
+def kem_shared(dh, enc, pkr, kem=KEM):
+    prk = labeled_extract(kem_suite(kem), b"", b"eae_prk", dh)
+    return labeled_expand(kem_suite(kem), prk, b"shared_secret", enc + pkr, 32)
 
 
 class Context:
     """An HPKE base-mode context: seal/open with sequence 0 (one message
     each way, as OHTTP uses it) and export."""
 
-    def __init__(self, shared, info, enc):
-        s = HPKE_SUITE
+    def __init__(self, shared, info, enc, kem=KEM, aead=AEAD):
+        s = self.suite = hpke_suite(kem, aead)
+        self.nk = NKS[aead]
         ctx = b"\0" + labeled_extract(s, b"", b"psk_id_hash", b"") + \
             labeled_extract(s, b"", b"info_hash", info)
         secret = labeled_extract(s, shared, b"secret", b"")
-        self.key = labeled_expand(s, secret, b"key", ctx, NK)
+        self.key = labeled_expand(s, secret, b"key", ctx, self.nk)
         self.nonce = labeled_expand(s, secret, b"base_nonce", ctx, NN)
         self.exporter = labeled_expand(s, secret, b"exp", ctx, NH)
         self.enc = enc
 
     def export(self, label, n):
-        return labeled_expand(HPKE_SUITE, self.exporter, b"sec", label, n)
+        return labeled_expand(self.suite, self.exporter, b"sec", label, n)
 
 
-def setup_s(pkr):
+def raw(pub):
+    return pub.public_bytes(serialization.Encoding.Raw,
+                            serialization.PublicFormat.Raw)
+
+
+def setup_s(pkr, kem=KEM, aead=AEAD):
+    if kem == X25519:  # DHKEM(X25519): enc and pkR are the raw 32 bytes
+        ske = x25519.X25519PrivateKey.generate()
+        enc = raw(ske.public_key())
+        dh = ske.exchange(x25519.X25519PublicKey.from_public_bytes(pkr))
+        return enc, lambda info: Context(kem_shared(dh, enc, pkr, kem), info,
+                                         enc, kem, aead)
     ske = ec.generate_private_key(ec.SECP256R1())
     enc = point(ske.public_key())
     peer = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), pkr)
@@ -140,13 +179,35 @@ def first_config(body):
     raise ValueError("no P-256 key configuration")
 
 
+def configs(body):
+    """Every configuration of an application/ohttp-keys body: (key_id,
+    kem, pk, [(kdf, aead)...]); a malformed one raises."""
+    out = []
+    while body:
+        n = struct.unpack(">H", body[:2])[0]
+        c, body = body[2:2 + n], body[2 + n:]
+        if len(c) != n:
+            raise ValueError("a configuration runs past the end")
+        kem = struct.unpack(">H", c[1:3])[0]
+        npk = NPKS.get(kem)
+        if npk is None:
+            raise ValueError("unknown KEM 0x%04x" % kem)
+        m = struct.unpack(">H", c[3 + npk:5 + npk])[0]
+        algs = c[5 + npk:5 + npk + m]
+        if len(algs) != m or 5 + npk + m != n or m % 4:
+            raise ValueError("a malformed configuration")
+        out.append((c[0], kem, c[3:3 + npk],
+                    [struct.unpack(">HH", algs[i:i + 4]) for i in range(0, m, 4)]))
+    return out
+
+
 def req_info(hdr):
     return b"message/bhttp request\0" + hdr
 
 
-def encap_request(key_id, pkr, msg):
-    hdr = struct.pack(">BHHH", key_id, KEM, KDF, AEAD)
-    enc, make = setup_s(pkr)
+def encap_request(key_id, pkr, msg, kem=KEM, aead=AEAD):
+    hdr = struct.pack(">BHHH", key_id, kem, KDF, aead)
+    enc, make = setup_s(pkr, kem, aead)
     ctx = make(req_info(hdr))
     return hdr + enc + AESGCM(ctx.key).encrypt(ctx.nonce, msg, b""), ctx
 
@@ -160,20 +221,22 @@ def decap_request(key_id, skr, body):
 
 
 def response_keys(ctx, nonce):
-    secret = ctx.export(b"message/bhttp response", NK)
+    # RFC 9458 4.4: secret and response_nonce of max(Nn, Nk) bytes
+    secret = ctx.export(b"message/bhttp response", max(NN, ctx.nk))
     prk = extract(ctx.enc + nonce, secret)
-    return expand(prk, b"key", NK), expand(prk, b"nonce", NN)
+    return expand(prk, b"key", ctx.nk), expand(prk, b"nonce", NN)
 
 
 def encap_response(ctx, msg):
-    nonce = os.urandom(NK)
+    nonce = os.urandom(max(NN, ctx.nk))
     key, iv = response_keys(ctx, nonce)
     return nonce + AESGCM(key).encrypt(iv, msg, b"")
 
 
 def decap_response(ctx, body):
-    key, iv = response_keys(ctx, body[:NK])
-    return AESGCM(key).decrypt(iv, body[NK:], b"")
+    n = max(NN, ctx.nk)
+    key, iv = response_keys(ctx, body[:n])
+    return AESGCM(key).decrypt(iv, body[n:], b"")
 
 # ---- known-length binary HTTP (RFC 9292) -----------------------------------
 
@@ -413,9 +476,82 @@ def cmd_standin(upstream, port_file, signer_dir, mode):
     srv.serve_forever()
 
 
+def cmd_keys(url):
+    st, hdrs, keys = fetch(url + WELL_KNOWN)
+    if st != 200:
+        raise RuntimeError("GET %s: %d" % (WELL_KNOWN, st))
+    for key_id, kem, pk, algs in configs(keys):
+        print("config %d %04x %d %s" % (key_id, kem, len(pk),
+                                       " ".join("%04x/%04x" % a for a in algs)))
+    st, _, pem = fetch(url + "/pki/signing_key")
+    signer = serialization.load_pem_public_key(pem)
+    spki = signer.public_bytes(serialization.Encoding.DER,
+                               serialization.PublicFormat.SubjectPublicKeyInfo)
+    text = ("veil-ohttp-keys-v1\nkeys_sha256=%s\nsigned_at=%s\nnot_after=%s\n"
+            % (h(keys).hex(), hdrs.get("X-Veil-Keys-Signed-At"),
+               hdrs.get("X-Veil-Keys-Expires"))).encode()
+    sig = base64.b64decode(hdrs.get("X-Veil-Keys-Signature", ""))
+    if len(sig) == 64:  # r || s
+        sig = encode_dss_signature(int.from_bytes(sig[:32], "big"),
+                                   int.from_bytes(sig[32:], "big"))
+    good = hdrs.get("X-Veil-Signing-Key") == "sha256:" + h(spki).hex()
+    try:
+        signer.verify(sig, text, ec.ECDSA(hashes.SHA256()))
+    except Exception:
+        good = False
+    print("signature %s" % ("ok" if good else "BAD"))
+
+
+def cmd_x25519(url, model, text, save, mode="send"):
+    st, _, keys = fetch(url + WELL_KNOWN)
+    if st != 200:
+        raise RuntimeError("GET %s: %d" % (WELL_KNOWN, st))
+    cf = [c for c in configs(keys) if c[1] == X25519 and (KDF, AES128) in c[3]]
+    if not cf:
+        raise RuntimeError("no X25519 configuration with AES-128-GCM")
+    req = json.dumps({"model": model,
+                      "messages": [{"role": "user", "content": text}]}).encode()
+    msg = bhttp_request(b"POST", b"/v1/chat/completions",
+                        [(b"content-type", b"application/json")], req)
+    body, ctx = encap_request(cf[0][0], cf[0][2], msg, X25519, AES128)
+    if mode == "tamper":  # one byte of enc
+        body = body[:7] + bytes([body[7] ^ 1]) + body[8:]
+    with open(save, "wb") as f:
+        f.write(body)
+    if mode == "record":
+        print("recorded for key %d" % cf[0][0])
+        return
+    st, hdrs, res = fetch(url + WELL_KNOWN, body, "message/ohttp-req")
+    print("outer %d %s" % (st, hdrs.get("Content-Type", "")))
+    if st != 200:
+        print(res.decode(errors="replace"))
+        return
+    status, rpairs, content = read_response(decap_response(ctx, res))
+    print("inner %s" % status)
+    for k, v in rpairs:
+        print("%s: %s" % (k.decode(), v.decode()))
+    print(content.decode(errors="replace"))
+
+
+def cmd_post(url, path):
+    with open(path, "rb") as f:
+        body = f.read()
+    st, hdrs, res = fetch(url + WELL_KNOWN, body, "message/ohttp-req")
+    ctype = hdrs.get("Content-Type", "")
+    print("outer %d %s" % (st, ctype))
+    print("(%d bytes encapsulated)" % len(res) if ctype == "message/ohttp-res"
+          else res.decode(errors="replace"))
+
+
 def main(argv):
     if len(argv) in (6, 7) and argv[1] == "ask":
         cmd_ask(*argv[2:])
+    elif len(argv) == 3 and argv[1] == "keys":
+        cmd_keys(argv[2])
+    elif len(argv) in (6, 7) and argv[1] == "x25519":
+        cmd_x25519(*argv[2:])
+    elif len(argv) == 4 and argv[1] == "post":
+        cmd_post(*argv[2:])
     elif len(argv) == 6 and argv[1] == "standin":
         cmd_standin(*argv[2:])
     else:

@@ -79,7 +79,7 @@ static int setup(void)
     veil_logger quiet = {.level = VEIL_LOG_ERROR};
     if (veil_engine_new(NULL, &T.d.engine) != VEIL_OK ||
         veil_key_open(T.d.engine, ref, &T.d.server_key) != VEIL_OK ||
-        (T.d.kem = gw_kem_open(T.d.engine, ref, 3600, 600, &quiet, err,
+        (T.d.kem = gw_kem_open(T.d.engine, ref, 0, 3600, 600, &quiet, err,
                                sizeof err)) == NULL ||
         veil_key_fingerprint(T.d.server_key, T.d.encryption_key_sha256) !=
             VEIL_OK ||
