@@ -463,9 +463,14 @@ static veil_rc dh_soft(uint16_t kem, EVP_PKEY *sk, const uint8_t *peer,
     else
         rc = veil_secbuf_new(32, &out);
     if (rc == VEIL_OK) {
+        /* A P-256 point was checked on the curve as it was decoded above
+         * (OpenSSL refuses one that is not), which for cofactor 1 is the
+         * full validation; OpenSSL's check at set_peer would add a second
+         * scalar multiplication (n * Q), so it is asked for X25519 only. */
         ctx = EVP_PKEY_CTX_new_from_pkey(NULL, sk, NULL);
         if (!ctx || EVP_PKEY_derive_init(ctx) <= 0 ||
-            EVP_PKEY_derive_set_peer_ex(ctx, pk, 1) <= 0 ||
+            EVP_PKEY_derive_set_peer_ex(ctx, pk, kem == VEIL_HPKE_KEM_X25519) <=
+                0 ||
             EVP_PKEY_derive(ctx, veil_secbuf_data(out), &len) <= 0 || len != 32)
             rc = veil_err(VEIL_E_ARG, HP, NULL, "HPKE: DH failed");
     }
