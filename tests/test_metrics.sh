@@ -15,8 +15,6 @@
 # failure.
 . "${VEIL_SRCDIR:?}/tests/env/suite.sh" metrics curl
 CHECK="${VEIL_SRCDIR:?}/tests/metrics_check.py"
-# the Debian python, whose packages scripts/install-deps.sh installs
-PY=${VEIL_PYTHON:-/usr/bin/python3}
 "$PY" -c "import prometheus_client" 2>/dev/null ||
     hard "python3-prometheus-client is not installed (scripts/install-deps.sh)"
 

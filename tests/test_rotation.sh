@@ -16,8 +16,7 @@
 # Run through tests/env/with-tokens.sh.  Exit 0 pass, 1 fail, 99 setup
 # failure.
 . "${VEIL_SRCDIR:?}/tests/env/suite.sh" rotation curl openssl
-NC="${VEIL_SRCDIR:?}/tests/nomyo_client.py"
-python3 -c 'import cryptography' 2>/dev/null || hard "python3-cryptography not installed"
+nomyo_setup
 
 hup() {
     local n
@@ -70,7 +69,7 @@ VD=(--server-key "$TOK;object=rot-a" --pkcs11-module "$MOD" "${PIN[@]}" --model 
     --rate 1000 --burst 1000)
 veild_start rot --tls --config "$T/veild.conf" "${VD[@]}"
 CA=$VEILD_CA URL=$VEILD_URL
-nomyo() { python3 "$NC" --url "$URL" --ca-file "$CA" --bits 2048 -m echo "$@"; }
+nomyo() { "$PY" "$NC" --url "$URL" --ca-file "$CA" --bits 2048 -m echo "$@"; }
 get() { curl -sS --cacert "$CA" -D "$T/headers" -o "$out" -w '%{http_code}' "$URL$1"; }
 
 [ "$(get /pki/next_public_key)" = 404 ] && grep -q "server_key_next is not set" "$out" &&
