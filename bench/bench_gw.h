@@ -228,6 +228,16 @@ int veild_check_key(const target *t);
 int proc_mem(pid_t pid, unsigned long *rss, unsigned long *hwm);
 int proc_cpu(pid_t pid, double *secs);
 double self_cpu(void);
+/* CPU over load phases: veild's (from /proc) and this process's (the
+ * load generator's threads), summed with the phases' wall time. */
+typedef struct phase_cpu {
+    double veild, own, wall; /* the sums */
+    double v0, c0;           /* at the current phase's start (v0 < 0: none) */
+} phase_cpu;
+void phase_cpu_start(phase_cpu *m, pid_t veild);
+void phase_cpu_stop(phase_cpu *m, pid_t veild, double wall);
+/* How busy the cores were over the phases, percent of ncpu. */
+double phase_cpu_busy(const phase_cpu *m, unsigned ncpu);
 int sw_setup(const gw *g, sw_side *sw, target *t);
 void sw_cleanup(sw_side *sw, target *t);
 int tok_setup(const gw *g, tok_side *ts, target *t, const char *uri);

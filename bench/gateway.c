@@ -155,8 +155,8 @@ int run_level(const gw *g, target *t, unsigned nclients, unsigned *seq,
     double *all = xcalloc((size_t)n * o->rounds, sizeof *all);
     unsigned *done = xcalloc(nclients, sizeof *done), dmin, dmax;
     double rates[MAX_ROUNDS], limits[MAX_ROUNDS], wall, rate, limit, ratio;
-    double p50, p99, tail, mean, bare_cpu[MAX_ROUNDS], v0, v1, c0;
-    double veild_cpu = 0, own_cpu = 0, walls = 0;
+    double p50, p99, tail, mean, bare_cpu[MAX_ROUNDS];
+    phase_cpu pc = {0};
     char name[64], etext[96], result[64];
     int target_level = nclients >= TARGET_CLIENTS, ret = -1;
     client_set cs;
@@ -169,15 +169,10 @@ int run_level(const gw *g, target *t, unsigned nclients, unsigned *seq,
     for (r = 0; r < o->rounds; r++) {
         if (clients_seal(g, t, &cs, n, seq) != 0)
             goto out;
-        if (proc_cpu(t->v.p.pid, &v0) != 0)
-            v0 = -1;
-        c0 = self_cpu();
+        phase_cpu_start(&pc, t->v.p.pid);
         if (clients_run(g, &cs, n, done, &er, &wall) != 0)
             goto out;
-        own_cpu += self_cpu() - c0;
-        if (v0 >= 0 && proc_cpu(t->v.p.pid, &v1) == 0)
-            veild_cpu += v1 - v0;
-        walls += wall;
+        phase_cpu_stop(&pc, t->v.p.pid, wall);
         clients_clear(&cs, n);
         rates[r] = (double)n / wall;
         memcpy(all + (size_t)r * n, cs.lat, n * sizeof *cs.lat);
@@ -225,14 +220,13 @@ int run_level(const gw *g, target *t, unsigned nclients, unsigned *seq,
     }
     {
         double total = (double)n * o->rounds;
-        double vreq = veild_cpu / total * 1e3, creq = own_cpu / total * 1e3;
+        double vreq = pc.veild / total * 1e3, creq = pc.own / total * 1e3;
         double bop = median(bare_cpu, o->rounds) * 1e3;
 
         printf("#   cpu/request: veild %.2f ms + clients %.2f ms; bare op "
                "%.2f ms (cpu ratio %.3f); cores busy %.0f%%; mean %.2f ms",
                vreq, creq, bop, vreq + creq > 0 ? bop / (vreq + creq) : 0,
-               walls > 0 ? (veild_cpu + own_cpu) / (walls * g->ncpu) * 100 : 0,
-               mean);
+               phase_cpu_busy(&pc, g->ncpu), mean);
         if (nclients > 1)
             printf("; requests per client %u..%u", dmin, dmax);
         printf("\n");

@@ -423,8 +423,8 @@ static int v2_level(const gw *g, target *t, ecdh_side *e, unsigned nc,
     v2_item *items = xcalloc(n > nc ? n : nc, sizeof *items);
     double *all = xcalloc((size_t)n * o->rounds, sizeof *all);
     double rates[MAX_ROUNDS], limits[MAX_ROUNDS], cpu[MAX_ROUNDS], wall;
-    double p50, p99, rate, limit, v0, v1, c0;
-    double veild_cpu = 0, own_cpu = 0, walls = 0;
+    double p50, p99, rate, limit;
+    phase_cpu pc = {0};
     http *cl = xcalloc(nc, sizeof *cl);
     veil_ohttp_keyconfig cfg;
     char url[128], name[64], etext[16], v1text[32];
@@ -450,17 +450,11 @@ static int v2_level(const gw *g, target *t, ecdh_side *e, unsigned nc,
         }
         l.n = k;
         l.lat = r == 0 ? xcalloc(k, sizeof *l.lat) : all + (size_t)(r - 1) * n;
-        if (proc_cpu(t->v.p.pid, &v0) != 0)
-            v0 = -1;
-        c0 = self_cpu();
+        phase_cpu_start(&pc, t->v.p.pid);
         if (v2_run(&l, nc, &wall) != 0)
             goto out;
-        if (r > 0) {
-            own_cpu += self_cpu() - c0;
-            if (v0 >= 0 && proc_cpu(t->v.p.pid, &v1) == 0)
-                veild_cpu += v1 - v0;
-            walls += wall;
-        }
+        if (r > 0) /* round 0 warms the connections up */
+            phase_cpu_stop(&pc, t->v.p.pid, wall);
         if (r == 0)
             free(l.lat);
         v2_items_clear(items, k);
@@ -484,19 +478,18 @@ static int v2_level(const gw *g, target *t, ecdh_side *e, unsigned nc,
            limit > 0 ? rate / limit : 0, v1text, p50, p99, etext);
     /* CPU per request, as the v1 line's: veild's, and this process's
      * during the load phases (encapsulation was before), against one bare
-     * derive's.  "veild / bare" is how many derives' worth of CPU a v2
-     * request costs veild alone. */
+     * derive's.  "veild alone" is the bare derive's CPU over veild's: the
+     * ratio veild would reach with the load generator on another machine. */
     {
         double total = (double)n * o->rounds;
-        double vreq = veild_cpu / total * 1e3, creq = own_cpu / total * 1e3;
+        double vreq = pc.veild / total * 1e3, creq = pc.own / total * 1e3;
         double bop = median(cpu, o->rounds) * 1e3;
 
         printf("#   cpu/request: veild %.3f ms + clients %.3f ms; bare derive "
                "%.3f ms (cpu ratio %.3f; veild alone %.3f); cores busy "
                "%.0f%%\n",
                vreq, creq, bop, vreq + creq > 0 ? bop / (vreq + creq) : 0,
-               vreq > 0 ? bop / vreq : 0,
-               walls > 0 ? (veild_cpu + own_cpu) / (walls * g->ncpu) * 100 : 0);
+               vreq > 0 ? bop / vreq : 0, phase_cpu_busy(&pc, g->ncpu));
     }
     errs_report(&er);
     fflush(stdout);

@@ -238,6 +238,28 @@ double self_cpu(void)
            (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec / 1e6;
 }
 
+void phase_cpu_start(phase_cpu *m, pid_t veild)
+{
+    if (proc_cpu(veild, &m->v0) != 0)
+        m->v0 = -1;
+    m->c0 = self_cpu();
+}
+
+void phase_cpu_stop(phase_cpu *m, pid_t veild, double wall)
+{
+    double v1;
+
+    m->own += self_cpu() - m->c0;
+    if (m->v0 >= 0 && proc_cpu(veild, &v1) == 0)
+        m->veild += v1 - m->v0;
+    m->wall += wall;
+}
+
+double phase_cpu_busy(const phase_cpu *m, unsigned ncpu)
+{
+    return m->wall > 0 ? (m->veild + m->own) / (m->wall * ncpu) * 100 : 0;
+}
+
 /* ---- keys --------------------------------------------------------------- */
 
 static EVP_PKEY *read_pem_key(const char *path, int priv)
