@@ -35,7 +35,6 @@
 #include <openssl/rand.h>
 #include <openssl/sha.h>
 
-
 #include "evidence.h"
 #include "package.h"
 #include "tpm_int.h"
