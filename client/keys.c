@@ -380,3 +380,28 @@ veil_client_status veil_cl_server_key(veil_client *c, const char *url,
     *out = k;
     return VEIL_CLIENT_OK;
 }
+
+/* ---- protocol v2's per-URL state (c->lock held) ------------------------ */
+
+/* The slot of url, made (a free one, else the last evicted) when `make`;
+ * NULL when absent or out of memory. */
+veil_cl_v2_slot *veil_cl_v2_slot_find(veil_client *c, const char *url, int make)
+{
+    veil_cl_v2_slot *free_slot = NULL;
+    for (int i = 0; i < VEIL_CL_SERVER_CACHE; i++) {
+        if (c->v2[i].url && !strcmp(c->v2[i].url, url))
+            return &c->v2[i];
+        if (c->v2[i].url == NULL && free_slot == NULL)
+            free_slot = &c->v2[i];
+    }
+    if (!make)
+        return NULL;
+    if (free_slot == NULL) {
+        free_slot = &c->v2[VEIL_CL_SERVER_CACHE - 1];
+        free(free_slot->url);
+    }
+    memset(free_slot, 0, sizeof *free_slot);
+    if ((free_slot->url = strdup(url)) == NULL)
+        return NULL;
+    return free_slot;
+}

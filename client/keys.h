@@ -44,6 +44,13 @@ typedef struct veil_cl_v2_slot {
     veil_ohttp_alg alg;
     time_t until;
     unsigned long gen; /* counts the fetches of this URL */
+    /* maximum: the KEM key last found certified by the enrolled AK
+     * (v2_cert.c), its key ID and point, trusted until cert_until (the
+     * configuration's own lifetime when it was checked) */
+    uint8_t cert_pk[VEIL_HPKE_ENC_MAX];
+    size_t cert_pk_len; /* 0: none */
+    uint8_t cert_key_id;
+    time_t cert_until;
 } veil_cl_v2_slot;
 
 struct veil_client {
@@ -114,6 +121,12 @@ veil_client_status veil_cl_server_key(veil_client *c, const char *url,
                                       const veil_cl_keyref *stale,
                                       veil_cl_keyref **out,
                                       veil_client_error *err);
+
+/* Protocol v2's state of url (v2.c, v2_cert.c; c->lock held): its slot,
+ * made (a free one, else the last one evicted) when `make`; NULL when
+ * absent or out of memory. */
+veil_cl_v2_slot *veil_cl_v2_slot_find(veil_client *c, const char *url,
+                                      int make);
 
 #pragma GCC visibility pop
 

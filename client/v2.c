@@ -32,32 +32,6 @@
 #define NO_V2_RECHECK_S 300
 #define V2_ALGORITHM "OHTTP DHKEM(P-256, HKDF-SHA256), HKDF-SHA256, AES-256-GCM"
 
-/* ---- the per-URL state (c->lock held) -------------------------------------
- */
-
-/* The slot of url, made (a free one, else the last evicted) when `make`;
- * NULL when absent or out of memory. */
-static veil_cl_v2_slot *slot_find(veil_client *c, const char *url, int make)
-{
-    veil_cl_v2_slot *free_slot = NULL;
-    for (int i = 0; i < VEIL_CL_SERVER_CACHE; i++) {
-        if (c->v2[i].url && !strcmp(c->v2[i].url, url))
-            return &c->v2[i];
-        if (c->v2[i].url == NULL && free_slot == NULL)
-            free_slot = &c->v2[i];
-    }
-    if (!make)
-        return NULL;
-    if (free_slot == NULL) {
-        free_slot = &c->v2[VEIL_CL_SERVER_CACHE - 1];
-        free(free_slot->url);
-    }
-    memset(free_slot, 0, sizeof *free_slot);
-    if ((free_slot->url = strdup(url)) == NULL)
-        return NULL;
-    return free_slot;
-}
-
 /* ---- the signing key -------------------------------------------------------
  */
 
@@ -170,7 +144,7 @@ static veil_client_status signer_get(veil_client *c, const char *url, signer *s,
         return VEIL_CLIENT_OK;
     }
     pthread_mutex_lock(&c->lock);
-    veil_cl_v2_slot *sl = slot_find(c, url, 0);
+    veil_cl_v2_slot *sl = veil_cl_v2_slot_find(c, url, 0);
     if (sl && sl->sign_spki_len) {
         memcpy(s->spki, sl->sign_spki, sl->sign_spki_len);
         s->len = sl->sign_spki_len;
@@ -187,7 +161,7 @@ static veil_client_status signer_get(veil_client *c, const char *url, signer *s,
     /* first contact: the first key seen is kept (another thread's, if it
      * was quicker) */
     pthread_mutex_lock(&c->lock);
-    sl = slot_find(c, url, 1);
+    sl = veil_cl_v2_slot_find(c, url, 1);
     if (sl && sl->sign_spki_len == 0) {
         memcpy(sl->sign_spki, s->spki, s->len);
         sl->sign_spki_len = s->len;
@@ -380,7 +354,7 @@ static veil_client_status keys_get(veil_client *c, const char *url, int probing,
 {
     time_t now = time(NULL);
     pthread_mutex_lock(&c->lock);
-    veil_cl_v2_slot *sl = slot_find(c, url, 0);
+    veil_cl_v2_slot *sl = veil_cl_v2_slot_find(c, url, 0);
     int cached =
         sl && now < sl->until &&
         ((sl->state == 1 && sl->gen != stale) || (sl->state == 2 && probing));
@@ -396,7 +370,7 @@ static veil_client_status keys_get(veil_client *c, const char *url, int probing,
     if (st != VEIL_CLIENT_OK && got.state != 2)
         return st;
     pthread_mutex_lock(&c->lock);
-    if ((sl = slot_find(c, url, 1)) != NULL) {
+    if ((sl = veil_cl_v2_slot_find(c, url, 1)) != NULL) {
         sl->state = got.state;
         sl->kc = got.kc;
         sl->alg = got.alg;

@@ -204,6 +204,46 @@ static veil_client_status cert_fetch(veil_engine *e, veil_cl_transport *tx,
     return VEIL_CLIENT_OK;
 }
 
+/* ---- the certification, remembered ---------------------------------------
+ * A KEM key found certified by the enrolled AK stays certified while its
+ * key configuration holds (the slot's `until` when it was checked): one
+ * GET /v2/keys/certify per key configuration, not one per request.  The
+ * key ID and the point must both be the checked ones. */
+
+static int cert_same(const veil_cl_v2_slot *sl, const veil_ohttp_keyconfig *kc)
+{
+    return sl->cert_pk_len != 0 && sl->cert_pk_len == kc->pk_len &&
+           sl->cert_key_id == kc->key_id &&
+           memcmp(sl->cert_pk, kc->pk, kc->pk_len) == 0;
+}
+
+static int cert_known(veil_client *c, const char *url,
+                      const veil_ohttp_keyconfig *kc)
+{
+    pthread_mutex_lock(&c->lock);
+    veil_cl_v2_slot *sl = veil_cl_v2_slot_find(c, url, 0);
+    int known = sl && cert_same(sl, kc) && time(NULL) < sl->cert_until;
+    pthread_mutex_unlock(&c->lock);
+    return known;
+}
+
+static void cert_remember(veil_client *c, const char *url,
+                          const veil_ohttp_keyconfig *kc)
+{
+    pthread_mutex_lock(&c->lock);
+    veil_cl_v2_slot *sl = veil_cl_v2_slot_find(c, url, 0);
+    /* only while the slot still holds this configuration */
+    if (sl && sl->state == 1 && sl->kc.key_id == kc->key_id &&
+        sl->kc.pk_len == kc->pk_len && kc->pk_len <= sizeof sl->cert_pk &&
+        memcmp(sl->kc.pk, kc->pk, kc->pk_len) == 0) {
+        memcpy(sl->cert_pk, kc->pk, kc->pk_len);
+        sl->cert_pk_len = kc->pk_len;
+        sl->cert_key_id = kc->key_id;
+        sl->cert_until = sl->until;
+    }
+    pthread_mutex_unlock(&c->lock);
+}
+
 veil_client_status veil_cl_v2_kem_check(veil_client *c, const char *url,
                                         const veil_ohttp_keyconfig *kc,
                                         veil_client_error *err)
@@ -220,6 +260,8 @@ veil_client_status veil_cl_v2_kem_check(veil_client *c, const char *url,
      * binding (docs/PROTOCOL-V2.md 4.4) */
     if (t == NULL || strcmp(url, veil_trust_url(t)) != 0 || !t->kem_tpm)
         return VEIL_CLIENT_OK;
+    if (cert_known(c, url, kc))
+        return VEIL_CLIENT_OK;
     if (!veil_cl_tpm_pub(c->engine, t->ak_pub, t->ak_pub_len, &ak))
         why_set(&w, "the enrolled AK", veil_cl_why_last());
     else
@@ -229,6 +271,7 @@ veil_client_status veil_cl_v2_kem_check(veil_client *c, const char *url,
     if (st != VEIL_CLIENT_OK)
         return st;
     if (w.what[0] == '\0') {
+        cert_remember(c, url, kc);
         veil_logf(&c->log, VEIL_LOG_INFO,
                   "v2: KEM key %u is a TPM object certified by the enrolled "
                   "AK (ECC P-256, decrypt, fixedTPM, fixedParent, not "

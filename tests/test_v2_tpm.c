@@ -17,6 +17,9 @@
  *   - rotation: the replaced key opens during its grace, then is flushed
  *     from the TPM (logged), its recording gets the uniform 400 byte for
  *     byte, and its certification is gone (404).
+ *   - libveil on maximum, enrolled (veil_attest_enroll) with the KEM keys
+ *     in the TPM: three requests fetch the key's certification once, and
+ *     the key after a rotation is fetched once more.
  * No timed assertions: the rotation case waits for the gateway's clock. */
 #include <stdio.h>
 #include <stdlib.h>
@@ -39,6 +42,8 @@
 #include "package.h"
 #include "testutil.h"
 #include "v2_cert.h"
+#include "veil/attest.h"
+#include "veil/client.h"
 
 #define WK "/.well-known/ohttp-gateway"
 #define UNIFORM                                                                \
@@ -197,9 +202,12 @@ static int log_has(const tu_proc *p, const char *text)
     return yes;
 }
 
-/* A veild with tpm = on; kem_keys = tpm unless sw. */
-static int start(tu_proc *g, const char *name, int sw, const char *rotate,
-                 const char *grace)
+/* A veild with tpm = on; kem_keys = tpm unless sw; answers signed with
+ * the key at `signing` (a dir: reference) and every request logged,
+ * unless signing is NULL. */
+static int start_signed(tu_proc *g, const char *name, int sw,
+                        const char *rotate, const char *grace,
+                        const char *signing)
 {
     char state[700];
     const char *base[] = {"--state-dir", state,    "--replay-capacity",
@@ -219,10 +227,22 @@ static int start(tu_proc *g, const char *name, int sw, const char *rotate,
                            rotate,
                            "--kem-grace",
                            grace,
+                           signing ? "--signing-key" : NULL,
+                           signing,
+                           /* with signing only: unadmitted GETs such as
+                            * /v2/keys/certify are logged at debug */
+                           "--log-level",
+                           "debug",
                            NULL};
 
     snprintf(state, sizeof state, "%s/%s.state", tu_env("VEIL_TEST_DIR"), name);
     return gt_veild_start(g, name, base, extra, TU_LOG_FRESH);
+}
+
+static int start(tu_proc *g, const char *name, int sw, const char *rotate,
+                 const char *grace)
+{
+    return start_signed(g, name, sw, rotate, grace, NULL);
 }
 
 /* ---- the certification --------------------------------------------------- */
@@ -513,6 +533,99 @@ static void test_rotation(void)
     veil_ohttp_ctx_free(c2);
 }
 
+/* How many times p's log shows the line "GET /v2/keys/certify 200". */
+static int certify_gets(const tu_proc *p)
+{
+    char *log = tu_read_file(p->log, NULL);
+    int n = 0;
+
+    for (const char *at = log; at && (at = strstr(at, "GET /v2/keys/certify 200"));
+         at++)
+        n++;
+    free(log);
+    return n;
+}
+
+static int chat_max(veil_client *c)
+{
+    cJSON *req = cJSON_Parse(CHAT_ECHO), *ans = NULL;
+    veil_client_error err;
+    veil_client_status st = veil_chat_create(c, req, NULL, &ans, NULL, &err);
+
+    if (st != VEIL_CLIENT_OK)
+        fprintf(stderr, "maximum over v2: %s\n", err.detail);
+    cJSON_Delete(req);
+    veil_chat_response_free(ans);
+    return st == VEIL_CLIENT_OK ? 0 : -1;
+}
+
+/* libveil on maximum over v2, enrolled with the KEM keys in the TPM: the
+ * certification of a KEM key is fetched and checked once per key, not
+ * once per request; the key that replaces it after a rotation is checked
+ * before its first request (docs/CLIENT.md, "One request over v2"). */
+static void test_certify_once_per_key(void)
+{
+    char dir[512], sign_ref[600], url[64], trust[600], line[80];
+    veil_keygen_params kp = {.type = VEIL_KEY_EC_P256};
+    veil_enroll_options eo = {0};
+    veil_client_config cfg;
+    veil_client_error err;
+    veil_ohttp_keyconfig a, b;
+    veil_client *c;
+    veil_key *k = NULL;
+    tu_proc g;
+    int at_enrol, i;
+
+    CU_ASSERT_FATAL(tu_scratch_dir("v2tpm-signer", dir, sizeof dir) == 0 &&
+                    veil_key_generate(sw_e, "software", &kp, &k) == VEIL_OK &&
+                    veil_key_save(sw_e, k, dir, NULL) == VEIL_OK);
+    veil_key_free(k);
+    snprintf(sign_ref, sizeof sign_ref, "dir:%s", dir);
+    CU_ASSERT_EQUAL_FATAL(
+        start_signed(&g, "v2tpm-max", 0, "12", "2", sign_ref), 0);
+    snprintf(url, sizeof url, "http://127.0.0.1:%u", g.port);
+    snprintf(trust, sizeof trust, "%s/v2tpm-max.trust.json",
+             tu_env("VEIL_TEST_DIR"));
+    unlink(trust);
+    eo.url = url;
+    eo.ek_ca_file = tu_env("VEIL_TEST_EK_CA");
+    eo.accept_current = 1;
+    eo.trust_file = trust;
+    eo.allow_http = 1;
+    eo.engine = sw_e;
+    if (veil_attest_enroll(&eo, &err) != VEIL_CLIENT_OK)
+        fprintf(stderr, "enrolment: %s\n", err.detail);
+    CU_ASSERT_EQUAL_FATAL(fetch_config(&g, &a), 0);
+    at_enrol = certify_gets(&g); /* enrolment checks every listed key */
+    CU_ASSERT(at_enrol >= 1);
+
+    tu_client_config(&cfg, url);
+    cfg.security_tier = "maximum";
+    cfg.trust_file = trust;
+    cfg.protocol = VEIL_CLIENT_PROTOCOL_V2;
+    c = tu_client_new(&cfg);
+    CU_ASSERT_EQUAL(chat_max(c), 0);
+    CU_ASSERT_EQUAL(chat_max(c), 0);
+    CU_ASSERT_EQUAL(chat_max(c), 0);
+    CU_ASSERT_EQUAL(certify_gets(&g), at_enrol + 1);
+    CU_ASSERT_EQUAL_FATAL(fetch_config(&g, &b), 0);
+    CU_ASSERT_EQUAL_FATAL(b.key_id, a.key_id); /* no rotation in between */
+
+    /* the first key retired and destroyed: the client's configuration
+     * expired with it, and the next key is checked once */
+    snprintf(line, sizeof line,
+             "v2: KEM key %u destroyed (flushed from the TPM)",
+             (unsigned)a.key_id);
+    for (i = 0; i < 300 && !log_has(&g, line); i++)
+        usleep(100000); /* rotation at 12 s, grace 2 s */
+    CU_ASSERT_FATAL(log_has(&g, line));
+    CU_ASSERT_EQUAL(chat_max(c), 0);
+    CU_ASSERT_EQUAL(chat_max(c), 0);
+    CU_ASSERT_EQUAL(certify_gets(&g), at_enrol + 2);
+    veil_client_free(c);
+    gt_stop_ok(&g);
+}
+
 static int setup(void)
 {
     char dir[512];
@@ -549,6 +662,8 @@ int main(void)
         {"the client's chain check on it", test_certify_client},
         {"KEM keys in software: certify is 404", test_not_tpm},
         {"rotation: grace, then flushed from the TPM", test_rotation},
+        {"maximum client: one certification fetch per KEM key",
+         test_certify_once_per_key},
         {"veild exits cleanly", test_exit},
     };
 
