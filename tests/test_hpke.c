@@ -10,7 +10,12 @@
  *     by tests/env/with-tokens.sh), its DH through CKM_ECDH1_DERIVE.
  * The counts per recipient are printed and checked: a suite that silently
  * ran nothing would fail.  Hostile input: tampered enc and ciphertexts,
- * wrong sizes, a low-order X25519 point. */
+ * wrong sizes, a low-order X25519 point.
+ *
+ * Published ECDH vectors beside them: NIST CAVS's KAS ECC validity test
+ * (P-256, Z only; tests/data/nist) through veil_ecdh_derive in software
+ * and in SoftHSM2, and Wycheproof's X25519 vectors through HPKE's
+ * recipient set-up (a zero DH output refused, RFC 9180 7.1.4). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,6 +32,10 @@
 #include "engine_int.h"
 #include "hpke.h"
 #include "testutil.h"
+
+/* Key numbers (scratch k<N>, token "hpke-<N>") of the CAVS vectors. */
+#define CAVS_KEY0 100
+#define KEY_MAX (CAVS_KEY0 + 40)
 
 static veil_engine *sw_e, *tok_e;
 static cJSON *vectors;
@@ -530,6 +539,222 @@ static void test_token_signing_key_cannot_derive(void)
     veil_key_delete(tok_e, k);
 }
 
+/* ---- ECDH against published vectors -------------------------------------- */
+
+/* One vector of NIST CAVS's KAS ECC validity test (ECC static unified, Z
+ * only, responder), P-256 section: tests/data/nist (SOURCES.md there). */
+typedef struct cavs_vec {
+    int count, code; /* the Result's code: 0 and 13 pass, others fail */
+    uint8_t d[32], peer[65], z[32];
+} cavs_vec;
+
+static int hex_into(const char *h, uint8_t *out, size_t len)
+{
+    size_t n = 0;
+    uint8_t *b = tu_hex(h, &n);
+    int ok = b && n == len;
+
+    if (ok)
+        memcpy(out, b, len);
+    free(b);
+    return ok;
+}
+
+/* The vectors of the file, in order; *n their number. */
+static cavs_vec *cavs_read(const char *path, int *n)
+{
+    char *text = tu_read_file(path, NULL), *save = NULL, *line;
+    cavs_vec *v = NULL, cur = {0};
+    int have = 0, ok = 1;
+
+    *n = 0;
+    for (line = text ? strtok_r(text, "\n", &save) : NULL; line && ok;
+         line = strtok_r(NULL, "\n", &save)) {
+        char *eq = strstr(line, " = ");
+        if (eq == NULL)
+            continue;
+        *eq = '\0';
+        const char *val = eq + 3;
+        if (strcmp(line, "COUNT") == 0) {
+            memset(&cur, 0, sizeof cur);
+            cur.count = (int)strtol(val, NULL, 10);
+            cur.peer[0] = 0x04;
+        } else if (strcmp(line, "dsIUT") == 0) {
+            ok = hex_into(val, cur.d, 32);
+        } else if (strcmp(line, "QsCAVSx") == 0) {
+            ok = hex_into(val, cur.peer + 1, 32);
+        } else if (strcmp(line, "QsCAVSy") == 0) {
+            ok = hex_into(val, cur.peer + 33, 32);
+        } else if (strcmp(line, "Z") == 0) {
+            ok = hex_into(val, cur.z, 32);
+        } else if (strcmp(line, "Result") == 0) {
+            const char *paren = strchr(val, '(');
+            cavs_vec *grown = realloc(v, (size_t)(have + 1) * sizeof *v);
+            ok = paren != NULL && grown != NULL;
+            if (ok) {
+                v = grown;
+                cur.code = (int)strtol(paren + 1, NULL, 10);
+                v[have++] = cur;
+            }
+        }
+    }
+    free(text);
+    if (!ok) {
+        free(v);
+        return NULL;
+    }
+    *n = have;
+    return v;
+}
+
+/* One vector through veil_ecdh_derive with dsIUT held by e (software key
+ * directory or SoftHSM2): 1 when the outcome is the vector's. */
+static int cavs_check(veil_engine *e, const veil_key *k, const cavs_vec *v,
+                      int *counted)
+{
+    veil_secbuf *z = NULL;
+    veil_rc rc = veil_ecdh_derive(e, k, v->peer, sizeof v->peer, &z);
+    int ok;
+
+    switch (v->code) {
+    case 0:  /* correct */
+    case 13: /* correct, Z with a leading zero nibble: still 32 bytes */
+        ok = rc == VEIL_OK && veil_secbuf_len(z) == 32 &&
+             memcmp(veil_secbuf_data(z), v->z, 32) == 0;
+        break;
+    case 1: /* the peer's X changed: off the curve, refused */
+    case 2: /* the peer's Y changed */
+        ok = rc == VEIL_E_ARG;
+        break;
+    case 8: /* Z changed: ours is the right one, so it differs */
+        ok = rc == VEIL_OK && memcmp(veil_secbuf_data(z), v->z, 32) != 0;
+        break;
+    default: /* 5, 6, 7: the IUT's own key pair was damaged; veil's key is
+              * made from dsIUT alone, so there is nothing to check */
+        veil_secbuf_free(z);
+        return 1;
+    }
+    (*counted)++;
+    if (!ok)
+        fprintf(stderr, "CAVS COUNT %d (code %d): %s\n", v->count, v->code,
+                rc == VEIL_OK ? "wrong Z" : veil_last_error()->message);
+    veil_secbuf_free(z);
+    return ok;
+}
+
+/* NIST CAVS KAS ECC (P-256, Z only): every vector's dsIUT as the private
+ * key, in the software provider and in SoftHSM2, QsCAVS as the peer; the
+ * correct ones give Z byte for byte (two with a leading zero nibble),
+ * the four whose peer point is off the curve are refused, and a changed
+ * Z is not reproduced. */
+static void test_nist_cavs_ecdh(void)
+{
+    char path[1024];
+    const char *src = getenv("VEIL_SRCDIR");
+    int n = 0, sw_n = 0, tok_n = 0, sw_ok = 0, tok_ok = 0;
+    cavs_vec *v;
+
+    snprintf(path, sizeof path,
+             "%s/tests/data/nist/"
+             "KASValidityTest_ECCStaticUnified_NOKC_ZZOnly_resp_P256.fax",
+             src && *src ? src : ".");
+    v = cavs_read(path, &n);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(v);
+    CU_ASSERT_EQUAL(n, 30);
+    for (int i = 0; i < n; i++) {
+        veil_hpke_key *hk = NULL;
+        uint8_t pk[65];
+        size_t pk_len = sizeof pk;
+        veil_key *k;
+
+        CU_ASSERT_EQUAL_FATAL(veil_hpke_key_from_private(VEIL_HPKE_KEM_P256,
+                                                         v[i].d, 32, &hk),
+                              VEIL_OK);
+        CU_ASSERT_EQUAL(veil_hpke_key_public(hk, pk, &pk_len), VEIL_OK);
+        k = software_key(hk, CAVS_KEY0 + i);
+        CU_ASSERT_PTR_NOT_NULL(k);
+        if (k)
+            sw_ok += cavs_check(sw_e, k, &v[i], &sw_n);
+        veil_key_free(k);
+        k = token_key(hk, pk, CAVS_KEY0 + i);
+        CU_ASSERT_PTR_NOT_NULL(k);
+        if (k) {
+            tok_ok += cavs_check(tok_e, k, &v[i], &tok_n);
+            CU_ASSERT_EQUAL(veil_key_delete(tok_e, k), VEIL_OK);
+        }
+        veil_hpke_key_free(hk);
+    }
+    OPENSSL_cleanse(v, (size_t)n * sizeof *v);
+    free(v);
+    printf("\n  NIST CAVS KAS ECC P-256: %d vectors; checked %d in software "
+           "(%d as expected), %d in SoftHSM2 (%d)\n",
+           n, sw_n, sw_ok - (n - sw_n), tok_n, tok_ok - (n - tok_n));
+    /* 16 + 2 correct, 4 off the curve, 2 with Z changed */
+    CU_ASSERT_EQUAL(sw_n, 24);
+    CU_ASSERT_EQUAL(tok_n, 24);
+    CU_ASSERT_EQUAL(sw_ok, n);
+    CU_ASSERT_EQUAL(tok_ok, n);
+}
+
+/* Wycheproof's X25519 vectors (as Cloudflare CIRCL ships them,
+ * tests/data/wycheproof/SOURCES.md) through HPKE's recipient set-up with
+ * the vector's private key and its public key as enc: RFC 9180 7.1.4
+ * makes a zero DH output an error (28 of them, low-order points), and
+ * every other one opens a context (twist points and non-canonical u
+ * included: RFC 7748 takes any 32 bytes). */
+static void test_wycheproof_x25519(void)
+{
+    static const veil_hpke_suite s = {VEIL_HPKE_KEM_X25519,
+                                      VEIL_HPKE_KDF_SHA256,
+                                      VEIL_HPKE_AEAD_AES128GCM};
+    char path[1024];
+    cJSON *all, *tc;
+    int zero = 0, opened = 0, wrong = 0;
+
+    snprintf(path, sizeof path, "%s/x25519_circl_kat.json", tu_vectors_dir());
+    all = tu_json_file(path);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(all);
+    cJSON_ArrayForEach(tc, all)
+    {
+        size_t sk_len = 0, pk_len = 0, z_len = 0, acc = 0;
+        uint8_t *sk = hex_field(tc, "private", &sk_len);
+        uint8_t *pk = hex_field(tc, "public", &pk_len);
+        uint8_t *z = hex_field(tc, "shared", &z_len);
+        veil_hpke_key *hk = NULL;
+        veil_hpke_ctx *ctx = NULL;
+        veil_rc rc;
+
+        CU_ASSERT_FATAL(sk && pk && z && sk_len == 32 && pk_len == 32);
+        for (size_t i = 0; i < z_len; i++)
+            acc |= z[i];
+        CU_ASSERT_EQUAL_FATAL(
+            veil_hpke_key_from_private(VEIL_HPKE_KEM_X25519, sk, 32, &hk),
+            VEIL_OK);
+        rc = veil_hpke_setup_base_r(sw_e, &s, hk, pk, 32, NULL, 0, &ctx);
+        if (acc == 0 ? rc == VEIL_OK : rc != VEIL_OK) {
+            wrong++;
+            fprintf(stderr, "Wycheproof X25519 tcId %d: %s\n",
+                    field_int(tc, "tcId"),
+                    rc == VEIL_OK ? "a zero DH output was accepted"
+                                  : veil_last_error()->message);
+        }
+        zero += acc == 0 && rc != VEIL_OK;
+        opened += acc != 0 && rc == VEIL_OK;
+        veil_hpke_ctx_free(ctx);
+        veil_hpke_key_free(hk);
+        OPENSSL_cleanse(sk, sk_len);
+        free(sk);
+        free(pk);
+        free(z);
+    }
+    cJSON_Delete(all);
+    printf("\n  Wycheproof X25519: %d zero outputs refused, %d opened\n", zero,
+           opened);
+    CU_ASSERT_EQUAL(wrong, 0);
+    CU_ASSERT_EQUAL(zero, 28);
+    CU_ASSERT_EQUAL(opened, 59);
+}
+
 /* ---- set-up ------------------------------------------------------------- */
 
 static int suite_init(void)
@@ -570,7 +795,7 @@ static int suite_clean(void)
     veil_engine_free(tok_e);
     veil_engine_free(sw_e);
     cJSON_Delete(vectors);
-    for (int n = 1; scratch[0] && n <= 64; n++) {
+    for (int n = 1; scratch[0] && n <= KEY_MAX; n++) {
         for (size_t i = 0; i < 2; i++) {
             snprintf(path, sizeof path, "%s/k%d/%s", scratch, n, files[i]);
             unlink(path);
@@ -592,6 +817,9 @@ int main(void)
         {"bad keys and suites", test_bad_keys},
         {"a token signing key cannot derive",
          test_token_signing_key_cannot_derive},
+        {"NIST CAVS KAS ECC P-256: software and SoftHSM2",
+         test_nist_cavs_ecdh},
+        {"Wycheproof X25519: zero outputs refused", test_wycheproof_x25519},
     };
 
     TU_ADD_SUITE("hpke", suite_init, suite_clean, tests);
