@@ -683,6 +683,8 @@ static veil_client_status v2_only(veil_client *c, const char *path,
                           "%s needs protocol v2 (the client is set to v1, "
                           "which carries chat completions only)",
                           path);
+    if (st == VEIL_CLIENT_OK)
+        st = veil_cl_v2_pin_gap(c, k.url, err);
     if (st == VEIL_CLIENT_OK && k.evidence)
         st = veil_cl_fail(err, VEIL_CLIENT_E_CONFIG, 0, VEIL_E_ARG,
                           "evidence is recorded for protocol v1 answers only");

@@ -382,14 +382,45 @@ static veil_client_status keys_get(veil_client *c, const char *url, int probing,
     return st;
 }
 
+/* v1's server-key pin names the gateway the user trusts; v2 does not use
+ * that key, so over v2 the pin would go unchecked unless v2 has an anchor
+ * of its own: a signing-key pin, or a trust file enrolled for url. */
+static int pin_gap(const veil_client *c, const char *url)
+{
+    return c->has_pin && !c->has_sign_pin &&
+           !(c->trust && strcmp(url, veil_trust_url(c->trust)) == 0);
+}
+
+veil_client_status veil_cl_v2_pin_gap(veil_client *c, const char *url,
+                                      veil_client_error *err)
+{
+    if (!pin_gap(c, url))
+        return VEIL_CLIENT_OK;
+    return veil_cl_fail(
+        err, VEIL_CLIENT_E_CONFIG, 0, VEIL_E_ARG,
+        "the server key pin is protocol v1's (the gateway's RSA key), which "
+        "protocol v2 does not use, so over v2 it could not be checked: also "
+        "pin v2's signing key (signing_key_pin; veil: --signing-key-pin, "
+        "the SHA-256 of the key at GET /pki/signing_key), give a trust file "
+        "from 'veil attest enroll', or use protocol v1; nothing was sent");
+}
+
 veil_client_status veil_cl_v2_pick(veil_client *c, const char *url, int *v2,
                                    veil_client_error *err)
 {
     veil_cl_v2_slot sl;
     veil_client_status st;
     *v2 = c->cfg.protocol == VEIL_CLIENT_PROTOCOL_V2;
+    if (c->cfg.protocol == VEIL_CLIENT_PROTOCOL_V2)
+        return veil_cl_v2_pin_gap(c, url, err);
     if (c->cfg.protocol != VEIL_CLIENT_PROTOCOL_AUTO)
         return VEIL_CLIENT_OK;
+    if (pin_gap(c, url)) { /* auto: v1, where the pin is checked */
+        veil_logf(&c->log, VEIL_LOG_INFO,
+                  "the server key is pinned and v2's signing key is not: "
+                  "using protocol v1, where the pin is checked");
+        return VEIL_CLIENT_OK;
+    }
     if ((st = keys_get(c, url, 1, 0, &sl, err)) != VEIL_CLIENT_OK)
         return st;
     *v2 = sl.state == 1;

@@ -16,9 +16,17 @@
  * the gateway's GET /.well-known/ohttp-gateway (a verified, signed
  * configuration: v2; a 404 or an unsigned one: v1).  *v2 receives 1 or
  * 0.  A configuration that is signed but fails its checks (pin,
- * signature, expiry) is an error, also under auto. */
+ * signature, expiry) is an error, also under auto.  A server-key pin
+ * (v1's key) without an anchor for v2 (a signing-key pin, or a trust
+ * file for url) makes auto take v1 and v2 a VEIL_CLIENT_E_CONFIG
+ * (veil_cl_v2_pin_gap): the pin is never left unchecked. */
 veil_client_status veil_cl_v2_pick(veil_client *c, const char *url, int *v2,
                                    veil_client_error *err);
+
+/* VEIL_CLIENT_E_CONFIG, nothing sent, when c pins v1's server key and has
+ * no anchor for v2's (see above): for the calls that need v2. */
+veil_client_status veil_cl_v2_pin_gap(veil_client *c, const char *url,
+                                      veil_client_error *err);
 
 /* What a verifier of an answer needs beyond its content (verify.c, as
  * chat.c calls it): filled when veil_cl_v2_send succeeds. */

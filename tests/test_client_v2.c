@@ -524,6 +524,91 @@ static void test_wrong_signing_pin(void)
     }
 }
 
+/* A server-key pin (v1's RSA key) is never left unchecked by v2, which
+ * does not use that key: auto takes v1, where a wrong pin is a
+ * SecurityError; v2, and under auto the calls that need v2, are a
+ * configuration error with nothing sent; with v2's signing key pinned too
+ * (or a trust file) v2 goes ahead.  The same from `veil chat`. */
+static void test_server_pin_not_skipped(void)
+{
+    veil_client_config cfg;
+    veil_client_error err;
+    veil_chat_stats stats;
+    char fp[72], *pem = NULL;
+    cJSON *req, *resp = NULL;
+    int ok;
+    veil_client *c = client_for(url_tok, VEIL_CLIENT_PROTOCOL_V1);
+
+    CU_ASSERT_EQUAL_FATAL(veil_client_server_key(c, &pem, fp, &err),
+                          VEIL_CLIENT_OK);
+    free(pem);
+    veil_client_free(c);
+
+    tu_client_config(&cfg, url_tok);
+    cfg.protocol = VEIL_CLIENT_PROTOCOL_AUTO;
+    cfg.server_key_pin = fp;
+    c = tu_client_new(&cfg);
+    CU_ASSERT_EQUAL(chat(c, &stats, &err, &ok), VEIL_CLIENT_OK);
+    CU_ASSERT(ok);
+    CU_ASSERT_EQUAL(stats.protocol, 1); /* where the pin is checked */
+    req = cJSON_CreateObject();
+    cJSON_AddStringToObject(req, "model", "echo");
+    cJSON_AddStringToObject(req, "input", PROMPT);
+    CU_ASSERT_EQUAL(veil_embeddings_create(c, req, NULL, &resp, NULL, &err),
+                    VEIL_CLIENT_E_CONFIG);
+    CU_ASSERT(strstr(err.detail, "signing_key_pin") != NULL);
+    CU_ASSERT_PTR_NULL(resp);
+    veil_client_free(c);
+
+    cfg.server_key_pin = "sha256:"
+                         "00112233445566778899aabbccddeeff"
+                         "00112233445566778899aabbccddeeff";
+    c = tu_client_new(&cfg);
+    CU_ASSERT_EQUAL(chat(c, &stats, &err, &ok), VEIL_CLIENT_E_SECURITY);
+    CU_ASSERT_EQUAL(stats.attempts, 0);
+    veil_client_free(c);
+
+    cfg.protocol = VEIL_CLIENT_PROTOCOL_V2;
+    cfg.server_key_pin = fp;
+    c = tu_client_new(&cfg);
+    CU_ASSERT_EQUAL(chat(c, &stats, &err, &ok), VEIL_CLIENT_E_CONFIG);
+    CU_ASSERT(strstr(err.detail, "could not be checked") != NULL);
+    CU_ASSERT_EQUAL(stats.attempts, 0);
+    veil_client_free(c);
+
+    cfg.signing_key_pin = signer_fp; /* v2 anchored: it goes */
+    c = tu_client_new(&cfg);
+    CU_ASSERT_EQUAL(chat(c, &stats, &err, &ok), VEIL_CLIENT_OK);
+    CU_ASSERT(ok);
+    CU_ASSERT_EQUAL(stats.protocol, 2);
+    CU_ASSERT_EQUAL(veil_embeddings_create(c, req, NULL, &resp, NULL, &err),
+                    VEIL_CLIENT_OK);
+    veil_chat_response_free(resp);
+    veil_client_free(c);
+    cJSON_Delete(req);
+    {
+        const char *a[] = {"chat", "--url", url_tok, "--allow-http", "-m",
+                           "echo", "--json", "--server-key-pin", fp, PROMPT,
+                           NULL};
+        const char *b[] = {"chat", "--url",  url_tok, "--allow-http",
+                           "-m",   "echo",   "--protocol", "v2",
+                           "--server-key-pin", fp,       PROMPT, NULL};
+        char *out = NULL, *e = NULL;
+        CU_ASSERT_EQUAL(run_veil(a, &out, &e), 0);
+        /* a v1 answer: a payload ID, no v2 request identifier */
+        CU_ASSERT(out && strstr(out, "\"payload_id\"") != NULL &&
+                  strstr(out, "\"request_id\"") == NULL);
+        free(out);
+        free(e);
+        out = e = NULL;
+        CU_ASSERT_NOT_EQUAL(run_veil(b, &out, &e), 0);
+        CU_ASSERT(e && strstr(e, "could not be checked") != NULL);
+        CU_ASSERT(out && out[0] == '\0');
+        free(out);
+        free(e);
+    }
+}
+
 /* The gateway restarted (new KEM keys) while the client holds its key
  * configuration: the uniform 400, one refetch, one retry, success. */
 static void test_refetch_after_restart(void)
@@ -1134,6 +1219,8 @@ int main(void)
         {"embeddings and completions over v2", test_embed},
         {"API key, 401 and 429 inside", test_api_key_inner},
         {"a wrong signing key pin", test_wrong_signing_pin},
+        {"a server key pin is never skipped by v2",
+         test_server_pin_not_skipped},
         {"uniform 400 after a restart: refetch, retry",
          test_refetch_after_restart},
         {"stand-in: an expired statement", test_expired_statement},
