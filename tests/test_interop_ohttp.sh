@@ -16,20 +16,24 @@
 # by veild's echo model), models, embeddings (veild's echo vector), and a
 # backend's answer (tests/mock-upstream) in inner 200s whose answer
 # signatures node:crypto verifies; AES-256-GCM and AES-128-GCM;
-# known-length requests by bhttp-js, indeterminate-length and zero-padded
-# ones by ohttp.mjs; an unknown model, bad JSON, a model the tier does not
+# known-length requests by bhttp-js (as they are, zero-padded, and
+# without their empty trailing sections), indeterminate-length and
+# zero-padded ones by ohttp.mjs; an unknown model, bad JSON, a model the tier does not
 # allow and an unknown route as inner 4xx in an outer 200; one byte of
-# enc or of the ciphertext changed and a replay get the uniform 400 byte
-# for byte.  With the KEM key in SoftHSM2, then in software with
-# kem_x25519 = on (X25519 with both AEADs).
+# enc or of the ciphertext changed, an unknown key ID, an AEAD not offered,
+# a short body and a replay get the uniform 400 byte for byte.  With the KEM key in SoftHSM2, then in software with
+# kem_x25519 = on (X25519 with both AEADs; an all-zero enc, RFC 9180
+# 7.1.4's zero Diffie-Hellman, the uniform 400).
 #
 # Direction B, veil's client -> tests/interop/gateway.mjs, an OHTTP
 # gateway on the same packages (node:http, the echo answers, signed key
 # configurations and answers, P-384 and X25519 configurations listed
-# before the P-256 one): `veil chat --protocol v2` (a known- and an
-# indeterminate-length padded answer), `veil models`, `veil embed`; an
+# before the P-256 one): `veil chat --protocol v2` (a known-length answer,
+# an indeterminate-length padded one, one after a 103 informational
+# response, a truncated one), `veil models`, `veil embed`; an
 # unsigned and a mis-signed answer refused (SecurityError, exit 19); an
-# unknown model an APIError 404; a wrong --signing-key-pin refused with
+# unknown model an APIError 404; an inner 429 with an inner retry-after
+# retried; a wrong --signing-key-pin refused with
 # nothing posted; a rotated key: one uniform 400, refetch, answer.
 #
 # Needs node and npm (scripts/install-deps.sh) and the npm registry for
@@ -133,6 +137,12 @@ has "signature ok" && ok "its signature (tier high in the statement) verifies" |
 send "GET /v1/models, zero-padded request" "$URL" --framing padded GET /v1/models
 inner 200 "padded request (RFC 9292 3.8): the model list, high-only left out on standard" \
     '{m["id"] for m in c["data"]} == {"echo", "mock/hello"}'
+send "chat, known-length request zero-padded" "$URL" --framing known-padded POST /v1/chat/completions "$(chat echo)"
+inner 200 "known-length padded request (RFC 9292 3.8): echoed" "$ECHOED"
+send "chat, known-length request truncated" "$URL" --framing known-truncated POST /v1/chat/completions "$(chat echo)"
+inner 200 "known-length request without its empty trailer section (RFC 9292 3.8): echoed" "$ECHOED"
+send "GET /v1/models, truncated" "$URL" --framing known-truncated GET /v1/models
+inner 200 "GET without its empty content and trailer sections: the model list" '"echo" in [m["id"] for m in c["data"]]'
 send "embeddings" "$URL" POST /v1/embeddings '{"model":"echo","input":"embed me"}'
 inner 200 "embeddings: veild's echo vector" "$EMBED"
 has "signature ok" && ok "the embeddings answer signature verifies" || bad "the embeddings signature" "$out"
@@ -150,6 +160,12 @@ check "one byte of enc changed" 0 "" -- "${CL[@]}" send "$URL" --tamper enc POST
 uniform "enc changed: the uniform 400, byte for byte"
 check "one byte of the ciphertext changed" 0 "" -- "${CL[@]}" send "$URL" --tamper ct POST /v1/chat/completions "$(chat echo)"
 uniform "ciphertext changed: the uniform 400, byte for byte"
+check "another key ID" 0 "" -- "${CL[@]}" send "$URL" --tamper keyid POST /v1/chat/completions "$(chat echo)"
+uniform "an unknown key ID: the uniform 400, byte for byte"
+check "an AEAD the configuration does not offer" 0 "" -- "${CL[@]}" send "$URL" --tamper aead POST /v1/chat/completions "$(chat echo)"
+uniform "ChaCha20Poly1305 (not offered): the uniform 400, byte for byte"
+check "a body cut inside enc" 0 "" -- "${CL[@]}" send "$URL" --tamper short POST /v1/chat/completions "$(chat echo)"
+uniform "a short body: the uniform 400, byte for byte"
 send "a request recorded" "$URL" --save "$T/sent.req" POST /v1/chat/completions "$(chat echo)"
 inner 200 "the recorded request opens once" "$ECHOED"
 check "its replay" 0 "" -- "${CL[@]}" post "$URL" "$T/sent.req"
@@ -179,6 +195,8 @@ send "X25519, an unknown model" "$URL" --kem x25519 --aead 128 POST /v1/chat/com
 inner 400 "X25519: an unknown model is an inner 400" '"not served here" in c["detail"]'
 check "X25519, one byte of enc changed" 0 "" -- "${CL[@]}" send "$URL" --kem x25519 --tamper enc POST /v1/chat/completions "$(chat echo)"
 uniform "X25519 enc changed: the uniform 400"
+check "X25519, enc a low-order point (all zero)" 0 "" -- "${CL[@]}" send "$URL" --kem x25519 --tamper zero-enc POST /v1/chat/completions "$(chat echo)"
+uniform "X25519 enc all zero (RFC 9180 7.1.4's zero DH): the uniform 400"
 send "X25519, recorded" "$URL" --kem x25519 --aead 128 --save "$T/x.req" POST /v1/chat/completions "$(chat echo)"
 inner 200 "the recorded X25519 request opens once" "$ECHOED"
 check "X25519, its replay" 0 "" -- "${CL[@]}" post "$URL" "$T/x.req"
@@ -204,6 +222,16 @@ grep -q "answer signature verified" "$err" && ok "veil verified gateway.mjs's an
 check "an indeterminate-length, padded answer" 0 "" -- "$V" chat "${VC[@]}" -m echo-indeterminate "$PROMPT"
 [ "$(cat "$out")" = "$PROMPT" ] && ok "veil reads an indeterminate-length, zero-padded answer (RFC 9292 3.2, 3.8)" ||
     bad "the indeterminate-length answer" "$out" "$err"
+check "a known-length answer after a 103 informational response" 0 "" -- "$V" chat "${VC[@]}" -m echo-informational "$PROMPT"
+[ "$(cat "$out")" = "$PROMPT" ] && ok "veil reads a padded answer after an informational response (RFC 9292 3.5.1)" ||
+    bad "the answer after a 103" "$out" "$err"
+check "a truncated known-length answer" 0 "" -- "$V" chat "${VC[@]}" -m echo-truncated "$PROMPT"
+[ "$(cat "$out")" = "$PROMPT" ] && ok "veil reads a known-length answer without its empty trailer section (RFC 9292 3.8)" ||
+    bad "the truncated answer" "$out" "$err"
+check "an inner 429 with an inner retry-after" 0 "" -- "$V" chat "${VC[@]}" -v -m busy-once "$PROMPT"
+[ "$(cat "$out")" = "$PROMPT" ] && grep -q "2 attempt(s)" "$err" &&
+    ok "veil honours gateway.mjs's inner 429 and retry-after, and the second attempt answers" ||
+    bad "the retry after an inner 429" "$out" "$err"
 check "veil models --protocol v2" 0 "" -- "$V" models "${VC[@]}"
 grep -qx echo "$out" && grep -qx echo-indeterminate "$out" && ok "veil models lists gateway.mjs's models" ||
     bad "veil models" "$out" "$err"

@@ -18,10 +18,16 @@
 //       PROTOCOL-V2.md 8, verified with node:crypto); then "content TEXT"
 //       (the inner content, or the outer body when it did not open).
 //     --kem p256|x25519   (p256)      --aead 256|128   (256)
-//     --framing known|indeterminate|padded   (known: bhttp-js's encoder)
+//     --framing known|known-padded|known-truncated|indeterminate|padded
+//                         known*: bhttp-js's encoder, then zero padding or
+//                         the empty trailing sections left out (RFC 9292
+//                         3.8); indeterminate, padded: ohttp.mjs's
 //     --tier TIER         an x-security-tier field
 //     --save FILE         write the encapsulated request to FILE
-//     --tamper enc|ct     change one byte of enc or of the ciphertext
+//     --tamper enc|ct|keyid|aead|short|zero-enc   one byte of enc or of
+//                         the ciphertext changed, another key ID, an AEAD
+//                         not offered (0x0003), the body cut inside enc, enc
+//                         all zero bytes (a low-order X25519 point)
 //     --out FILE          the inner content into FILE instead of stdout
 //   node client.mjs post URL FILE
 //       POSTs a saved encapsulated request again (a replay): "outer STATUS
@@ -93,10 +99,19 @@ async function innerRequest(opt, authority, method, path, json) {
   const fields = [];
   if (json !== undefined) fields.push(["content-type", "application/json"]);
   if (opt.tier) fields.push(["x-security-tier", opt.tier]);
-  if (opt.framing === "known") {
+  if (opt.framing.startsWith("known")) {
     const init = { method, headers: Object.fromEntries(fields) };
     if (json !== undefined) init.body = content;
-    return new o.BHttpEncoder().encodeRequest(new Request(`https://${authority}${path}`, init));
+    const b = await new o.BHttpEncoder().encodeRequest(new Request(`https://${authority}${path}`, init));
+    if (opt.framing === "known-padded") return o.concat(b, new Uint8Array(23));
+    if (opt.framing === "known-truncated") {
+      // RFC 9292 3.8: the empty trailer section left out, and the content
+      // too when it is empty (bhttp-js writes each as a zero length last)
+      if (b[b.length - 1] !== 0) throw new Error("bhttp-js wrote trailers");
+      const cut = content.length === 0 && b[b.length - 2] === 0 ? 2 : 1;
+      return b.subarray(0, b.length - cut);
+    }
+    return b;
   }
   // content in two chunks (or none), zero padding when asked
   const cut = content.length >> 1;
@@ -126,13 +141,18 @@ async function cmdSend(base, args) {
   const request = await innerRequest(opt, new URL(base).host, method, path, json);
   const { body, ctx } = await o.encapRequest(cfg, o.KDF_SHA256, aeadId, request);
   const nenc = ctx.enc.length;
+  let sent = body;
   if (opt.tamper === "enc") body[7 + (nenc >> 1)] ^= 0x01;
   if (opt.tamper === "ct") body[body.length - 1] ^= 0x80;
-  if (opt.save) writeFileSync(opt.save, body);
+  if (opt.tamper === "keyid") body[0] ^= 0x40;
+  if (opt.tamper === "aead") body[6] = 0x03; // ChaCha20Poly1305: not offered
+  if (opt.tamper === "zero-enc") body.fill(0, 7, 7 + nenc); // RFC 9180 7.1.4: X25519 all-zero DH
+  if (opt.tamper === "short") sent = body.subarray(0, 7 + (nenc >> 1));
+  if (opt.save) writeFileSync(opt.save, sent);
   const r = await fetch(base + WELL_KNOWN, {
     method: "POST",
     headers: { "content-type": o.MEDIA_REQ, accept: o.MEDIA_RES },
-    body,
+    body: sent,
   });
   const res = new Uint8Array(await r.arrayBuffer());
   console.log(`outer ${r.status} ${r.headers.get("content-type")}`);

@@ -19,8 +19,12 @@
 // signed (PROTOCOL-V2.md 8).  Models: "echo" (known-length answer by
 // bhttp-js), "echo-indeterminate" (an indeterminate-length, zero-padded
 // answer, RFC 9292 3.2 and 3.8, by ohttp.mjs, read back by bhttp-js),
+// "echo-informational" (a known-length answer after a 103 informational
+// response, zero-padded, section 3.5.1), "echo-truncated" (known-length,
+// its empty trailer section left out, section 3.8),
 // "echo-unsigned" (no answer signature), "echo-badsig" (a signature over
-// another answer); another model is an inner 404.  A request that does
+// another answer), "busy-once" (the first request an inner 429 with an
+// inner retry-after of 1 s, then as echo); another model is an inner 404.  A request that does
 // not open gets the uniform 400 of PROTOCOL-V2.md 7.  --stale-once: the
 // first POST finds the key rotated (a new P-256 key, ID 8): its request
 // gets the uniform 400, as after a gateway's rotation.
@@ -43,6 +47,8 @@ const signerName = "sha256:" + o.hex(o.sha256(signerSpki));
 const ALGS = [[o.KDF_SHA256, o.AEAD_AES128GCM], [o.KDF_SHA256, o.AEAD_AES256GCM]];
 const UNIFORM = JSON.stringify({ type: o.PROBLEM_KEY, title: "key configuration problem" });
 const te = new TextEncoder();
+const MODELS = ["echo", "echo-indeterminate", "echo-informational", "echo-truncated", "echo-unsigned", "echo-badsig", "busy-once"];
+let busyOnce = true;
 
 let keys = [await o.gatewayKey(7, o.KEM_P256), await o.gatewayKey(0x87, o.KEM_X25519)];
 
@@ -94,7 +100,7 @@ function embedding(text) {
 // The inner answer to an inner request: {status, json, model}.
 function answer(method, path, json) {
   if (method === "GET" && path === "/v1/models")
-    return { status: 200, json: { object: "list", data: ["echo", "echo-indeterminate", "echo-unsigned", "echo-badsig"].map((id) => ({ id, object: "model", owned_by: "interop" })) }, signed: false };
+    return { status: 200, json: { object: "list", data: MODELS.map((id) => ({ id, object: "model", owned_by: "interop" })) }, signed: false };
   if (method !== "POST" || (path !== "/v1/chat/completions" && path !== "/v1/embeddings"))
     return { status: 404, json: { detail: `no route ${method} ${path}` } };
   let req;
@@ -104,8 +110,12 @@ function answer(method, path, json) {
     return { status: 400, json: { detail: "not JSON" } };
   }
   const model = req.model;
-  if (!["echo", "echo-indeterminate", "echo-unsigned", "echo-badsig"].includes(model))
+  if (!MODELS.includes(model))
     return { status: 404, json: { detail: `model '${model}' is not served here` } };
+  if (model === "busy-once" && busyOnce) {
+    busyOnce = false;
+    return { status: 429, model, json: { detail: "busy, retry in 1 s" }, retryAfter: "1" };
+  }
   const now = Math.floor(Date.now() / 1000);
   if (path === "/v1/embeddings") {
     const inputs = Array.isArray(req.input) ? req.input : [req.input];
@@ -138,6 +148,7 @@ async function inner(plain, enc) {
   const a = answer(req.method, path, Buffer.from(content).toString("utf8"));
   const body = te.encode(JSON.stringify(a.json));
   const fields = [["content-type", "application/json"]];
+  if (a.retryAfter) fields.push(["retry-after", a.retryAfter]);
   if (a.signed && a.model !== "echo-unsigned") {
     const at = Math.floor(Date.now() / 1000);
     const tier = req.headers.get("x-security-tier") || "standard";
@@ -148,6 +159,15 @@ async function inner(plain, enc) {
     fields.push(["x-veil-signing-key", signerName]);
   }
   log(`${req.method} ${path}${a.model ? " model " + a.model : ""}: inner ${a.status}`);
+  if (a.model === "echo-informational" || a.model === "echo-truncated") {
+    const bytes = a.model === "echo-truncated"
+      ? o.knownResponse({ status: a.status, fields, content: body, truncate: true })
+      : o.knownResponse({ info: [[103, [["link", "</style.css>; rel=preload"]]]], status: a.status, fields, content: body, pad: 17 });
+    const back = new o.BHttpDecoder().decodeResponse(bytes);
+    if (back.status !== a.status || Buffer.compare(Buffer.from(await back.arrayBuffer()), Buffer.from(body)))
+      throw new Error("bhttp-js does not read the known-length answer back");
+    return bytes;
+  }
   if (a.model === "echo-indeterminate") {
     const half = body.length >> 1;
     const bytes = o.indeterminateResponse({ status: a.status, fields, chunks: [body.subarray(0, half), body.subarray(half)], pad: 29 });

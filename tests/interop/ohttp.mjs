@@ -249,6 +249,26 @@ export function indeterminateResponse({ status, fields, chunks, pad = 0 }) {
   );
 }
 
+function fieldsKnown(fields) {
+  const f = concat(...fields.map(([n, v]) => concat(vbytes(n), vbytes(v))));
+  return concat(vli(f.length), f);
+}
+
+// Framing 1 (RFC 9292 sections 3.1, 3.5.1): a known-length response after
+// the informational responses `info` ([[status, fields]]), no trailers,
+// `pad` zero bytes; with `truncate`, the empty trailer section left out
+// (section 3.8).
+export function knownResponse({ info = [], status, fields, content, truncate = false, pad = 0 }) {
+  return concat(
+    vli(1),
+    ...info.map(([st, f]) => concat(vli(st), fieldsKnown(f))),
+    vli(status), fieldsKnown(fields),
+    vbytes(content),
+    truncate ? new Uint8Array(0) : vli(0),
+    new Uint8Array(pad),
+  );
+}
+
 // ---- veil's signed statements (docs/PROTOCOL-V2.md 4.3, 8) -----------------
 
 export function keysStatement(body, signedAt, notAfter) {
