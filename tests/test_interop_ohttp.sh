@@ -55,16 +55,16 @@ for x in "$NODE" npm; do
 done
 IN_DIR="$SRC/tests/interop" D="$B/tests/interop-node"
 if ! cmp -s "$IN_DIR/package-lock.json" "$D/installed.lock" 2>/dev/null; then
-    rm -rf "$D" && mkdir -p "$D" && cp "$IN_DIR/package.json" "$IN_DIR/package-lock.json" "$D/" ||
+    rm -rf "$D" && mkdir -p "$D" && install -m 0644 "$IN_DIR/package.json" "$IN_DIR/package-lock.json" "$D/" ||
         hard "cannot make $D"
     if ! (cd "$D" && npm ci --no-audit --no-fund) >"$T/npm.log" 2>&1; then
         sed 's/^/    /' "$T/npm.log"
         echo "FAIL: npm ci could not install the pinned packages of tests/interop/package-lock.json into $D (is the npm registry reachable?)"
         exit 1
     fi
-    cp "$IN_DIR/package-lock.json" "$D/installed.lock" || hard "cannot write $D/installed.lock"
+    install -m 0644 "$IN_DIR/package-lock.json" "$D/installed.lock" || hard "cannot write $D/installed.lock"
 fi
-cp "$IN_DIR/ohttp.mjs" "$IN_DIR/client.mjs" "$IN_DIR/gateway.mjs" "$D/" || hard "cannot copy the .mjs files"
+install -m 0644 "$IN_DIR/ohttp.mjs" "$IN_DIR/client.mjs" "$IN_DIR/gateway.mjs" "$D/" || hard "cannot copy the .mjs files"
 (cd "$D" && "$NODE" -e 'for (const p of ["@hpke/core", "@hpke/dhkem-x25519", "bhttp-js"])
     process.stdout.write(p + "@" + JSON.parse(require("fs").readFileSync(`node_modules/${p}/package.json`)).version + " ")') \
     >"$T/versions" 2>&1 || hard "the installed packages cannot be read"
