@@ -17,8 +17,8 @@
 # backend's answer (tests/mock-upstream) in inner 200s whose answer
 # signatures node:crypto verifies; AES-256-GCM and AES-128-GCM;
 # known-length requests by bhttp-js (as they are, zero-padded, and
-# without their empty trailing sections), indeterminate-length and
-# zero-padded ones by ohttp.mjs; an unknown model, bad JSON, a model the tier does not
+# without their empty trailing sections), indeterminate-length ones
+# (as they are, zero-padded, truncated) by ohttp.mjs; an unknown model, bad JSON, a model the tier does not
 # allow and an unknown route as inner 4xx in an outer 200; one byte of
 # enc or of the ciphertext changed, an unknown key ID, an AEAD not offered,
 # a short body and a replay get the uniform 400 byte for byte.  With the KEM key in SoftHSM2, then in software with
@@ -30,7 +30,7 @@
 # configurations and answers, P-384 and X25519 configurations listed
 # before the P-256 one): `veil chat --protocol v2` (a known-length answer,
 # an indeterminate-length padded one, one after a 103 informational
-# response, a truncated one), `veil models`, `veil embed`; an
+# response, a truncated known- and indeterminate-length one), `veil models`, `veil embed`; an
 # unsigned and a mis-signed answer refused (SecurityError, exit 19); an
 # unknown model an APIError 404; an inner 429 with an inner retry-after
 # retried; a wrong --signing-key-pin refused with
@@ -134,6 +134,10 @@ inner 200 "indeterminate-length request (RFC 9292 3.2): echoed" "$ECHOED"
 send "chat through a backend (tests/mock-upstream)" "$URL" --tier high POST /v1/chat/completions "$(chat mock/hello)"
 inner 200 "the backend's answer, inner 200, tier high" 'c["choices"][0]["message"]["content"] == "mock: " + p'
 has "signature ok" && ok "its signature (tier high in the statement) verifies" || bad "the tier-high signature" "$out"
+send "chat, indeterminate-length request truncated" "$URL" --framing indeterminate-truncated POST /v1/chat/completions "$(chat echo)"
+inner 200 "indeterminate-length request without its trailer terminator (RFC 9292 3.8): echoed" "$ECHOED"
+send "GET, indeterminate-length, truncated" "$URL" --framing indeterminate-truncated GET /v1/models
+inner 200 "indeterminate-length GET without content and trailer terminators: the model list" '"echo" in [m["id"] for m in c["data"]]'
 send "GET /v1/models, zero-padded request" "$URL" --framing padded GET /v1/models
 inner 200 "padded request (RFC 9292 3.8): the model list, high-only left out on standard" \
     '{m["id"] for m in c["data"]} == {"echo", "mock/hello"}'
@@ -232,6 +236,9 @@ check "an inner 429 with an inner retry-after" 0 "" -- "$V" chat "${VC[@]}" -v -
 [ "$(cat "$out")" = "$PROMPT" ] && grep -q "2 attempt(s)" "$err" &&
     ok "veil honours gateway.mjs's inner 429 and retry-after, and the second attempt answers" ||
     bad "the retry after an inner 429" "$out" "$err"
+check "a truncated indeterminate-length answer" 0 "" -- "$V" chat "${VC[@]}" -m echo-ind-truncated "$PROMPT"
+[ "$(cat "$out")" = "$PROMPT" ] && ok "veil reads an indeterminate-length answer without its trailer terminator (RFC 9292 3.8)" ||
+    bad "the truncated indeterminate-length answer" "$out" "$err"
 check "veil models --protocol v2" 0 "" -- "$V" models "${VC[@]}"
 grep -qx echo "$out" && grep -qx echo-indeterminate "$out" && ok "veil models lists gateway.mjs's models" ||
     bad "veil models" "$out" "$err"

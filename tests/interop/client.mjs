@@ -18,10 +18,11 @@
 //       PROTOCOL-V2.md 8, verified with node:crypto); then "content TEXT"
 //       (the inner content, or the outer body when it did not open).
 //     --kem p256|x25519   (p256)      --aead 256|128   (256)
-//     --framing known|known-padded|known-truncated|indeterminate|padded
+//     --framing known|known-padded|known-truncated|indeterminate|
+//               indeterminate-truncated|padded
 //                         known*: bhttp-js's encoder, then zero padding or
 //                         the empty trailing sections left out (RFC 9292
-//                         3.8); indeterminate, padded: ohttp.mjs's
+//                         3.8); indeterminate*, padded: ohttp.mjs's
 //     --tier TIER         an x-security-tier field
 //     --save FILE         write the encapsulated request to FILE
 //     --tamper enc|ct|keyid|aead|short|zero-enc   one byte of enc or of
@@ -115,11 +116,16 @@ async function innerRequest(opt, authority, method, path, json) {
   }
   // content in two chunks (or none), zero padding when asked
   const cut = content.length >> 1;
-  const bytes = o.indeterminateRequest({
+  let bytes = o.indeterminateRequest({
     method, scheme: "https", authority, path, fields,
     chunks: [content.subarray(0, cut), content.subarray(cut)],
     pad: opt.framing === "padded" ? 37 : 0,
   });
+  if (opt.framing === "indeterminate-truncated") {
+    // RFC 9292 3.2 and 3.8: the empty trailer section's terminator left
+    // out, and the content's too when there is none
+    bytes = bytes.subarray(0, bytes.length - (content.length ? 1 : 2));
+  }
   // bhttp-js must read what ohttp.mjs wrote as the same request
   const back = new o.BHttpDecoder().decodeRequest(bytes);
   const backBody = new Uint8Array(await back.arrayBuffer());

@@ -21,7 +21,8 @@
 // answer, RFC 9292 3.2 and 3.8, by ohttp.mjs, read back by bhttp-js),
 // "echo-informational" (a known-length answer after a 103 informational
 // response, zero-padded, section 3.5.1), "echo-truncated" (known-length,
-// its empty trailer section left out, section 3.8),
+// its empty trailer section left out, section 3.8), "echo-ind-truncated"
+// (indeterminate-length, the empty trailer section's terminator left out),
 // "echo-unsigned" (no answer signature), "echo-badsig" (a signature over
 // another answer), "busy-once" (the first request an inner 429 with an
 // inner retry-after of 1 s, then as echo); another model is an inner 404.  A request that does
@@ -47,7 +48,7 @@ const signerName = "sha256:" + o.hex(o.sha256(signerSpki));
 const ALGS = [[o.KDF_SHA256, o.AEAD_AES128GCM], [o.KDF_SHA256, o.AEAD_AES256GCM]];
 const UNIFORM = JSON.stringify({ type: o.PROBLEM_KEY, title: "key configuration problem" });
 const te = new TextEncoder();
-const MODELS = ["echo", "echo-indeterminate", "echo-informational", "echo-truncated", "echo-unsigned", "echo-badsig", "busy-once"];
+const MODELS = ["echo", "echo-indeterminate", "echo-informational", "echo-truncated", "echo-ind-truncated", "echo-unsigned", "echo-badsig", "busy-once"];
 let busyOnce = true;
 
 let keys = [await o.gatewayKey(7, o.KEM_P256), await o.gatewayKey(0x87, o.KEM_X25519)];
@@ -168,9 +169,12 @@ async function inner(plain, enc) {
       throw new Error("bhttp-js does not read the known-length answer back");
     return bytes;
   }
-  if (a.model === "echo-indeterminate") {
+  if (a.model === "echo-indeterminate" || a.model === "echo-ind-truncated") {
     const half = body.length >> 1;
-    const bytes = o.indeterminateResponse({ status: a.status, fields, chunks: [body.subarray(0, half), body.subarray(half)], pad: 29 });
+    let bytes = o.indeterminateResponse({ status: a.status, fields, chunks: [body.subarray(0, half), body.subarray(half)], pad: 29 });
+    // RFC 9292 3.8: no padding, and the empty trailer section's terminator
+    // left out
+    if (a.model === "echo-ind-truncated") bytes = bytes.subarray(0, bytes.length - 30);
     const back = new o.BHttpDecoder().decodeResponse(bytes);
     if (back.status !== a.status || Buffer.compare(Buffer.from(await back.arrayBuffer()), Buffer.from(body)))
       throw new Error("bhttp-js does not read the indeterminate-length answer back");
