@@ -223,6 +223,10 @@ grep -q "v2 key configuration of .*: key ID 7," "$err" &&
     ok "veil skipped the P-384 and X25519 configurations and took P-256 key 7 (AES-256-GCM, listed second)" ||
     bad "the configuration veil took" "$err"
 grep -q "answer signature verified" "$err" && ok "veil verified gateway.mjs's answer signature" || bad "the answer signature" "$err"
+grep -qF "POST /v1/chat/completions model echo: inner 200, authority \"${GW#http://}\"" "$T/gw.log" &&
+    ! grep -q "empty authority" "$T/gw.log" &&
+    ok "veil's inner request names the gateway's authority, which bhttp-js needs (RFC 9292 3.3, RFC 9113 8.3.1)" ||
+    bad "the authority of veil's inner request" "$T/gw.log"
 check "an indeterminate-length, padded answer" 0 "" -- "$V" chat "${VC[@]}" -m echo-indeterminate "$PROMPT"
 [ "$(cat "$out")" = "$PROMPT" ] && ok "veil reads an indeterminate-length, zero-padded answer (RFC 9292 3.2, 3.8)" ||
     bad "the indeterminate-length answer" "$out" "$err"
@@ -267,6 +271,7 @@ check "a key rotated under the client: refetch and retry" 0 "refetching its key 
     bad "the retry after rotation" "$out" "$err" "$T/gw2.log"
 
 grep -q "^gateway.mjs: error" "$T/gw.log" "$T/gw2.log" && bad "gateway.mjs had errors" "$T/gw.log" "$T/gw2.log"
+grep -q "empty authority" "$T/gw.log" "$T/gw2.log" && bad "an inner request without authority" "$T/gw.log" "$T/gw2.log"
 
 echo "test_interop_ohttp: $pass passed, $fail failed"
 [ "$fail" -eq 0 ]

@@ -31,7 +31,8 @@
 // gets the uniform 400, as after a gateway's rotation.
 //
 // One line per event on stderr ("key configurations served", "POST ...:
-// inner STATUS ...", "uniform 400: WHY"), never a prompt or an answer.
+// inner STATUS, authority "..."", "uniform 400: WHY"), never a prompt or
+// an answer.
 import { createServer } from "node:http";
 import { generateKeyPairSync, sign } from "node:crypto";
 import { writeFileSync } from "node:fs";
@@ -67,11 +68,11 @@ function keysBody() {
   ]);
 }
 
-// RFC 9292 3.3's request control data, read here because bhttp-js turns
-// an empty authority (allowed: RFC 9292 section 5's own example has one,
-// and veil's client sends one) into "https://" + "" + path, a URL whose
-// host is the path's first segment.
-function controlPath(b) {
+// RFC 9292 3.3's request control data: {authority, path}.  Read here
+// because bhttp-js turns an empty authority (RFC 9292 section 5's example
+// has one, with a host field) without a host field into "https://" + "" +
+// path, a URL whose host is the path's first segment.
+function controlData(b) {
   let p = 0;
   const v = () => {
     const len = 1 << (b[p] >> 6);
@@ -87,8 +88,9 @@ function controlPath(b) {
     p += n;
     return out;
   };
-  s(); s(); s(); // method, scheme, authority
-  return s();
+  s(); s(); // method, scheme
+  const authority = s();
+  return { authority, path: s() };
 }
 
 function embedding(text) {
@@ -141,10 +143,10 @@ async function inner(plain, enc) {
   const req = new o.BHttpDecoder().decodeRequest(plain);
   const content = new Uint8Array(await req.arrayBuffer());
   let path = new URL(req.url).pathname;
-  const ctlPath = controlPath(plain);
-  if (ctlPath !== path) {
-    log(`bhttp-js read the path as ${path} (empty authority): using ${ctlPath} from the control data`);
-    path = ctlPath;
+  const ctl = controlData(plain);
+  if (ctl.path !== path) {
+    log(`bhttp-js read the path as ${path} (empty authority, no host field): using ${ctl.path} from the control data`);
+    path = ctl.path;
   }
   const a = answer(req.method, path, Buffer.from(content).toString("utf8"));
   const body = te.encode(JSON.stringify(a.json));
@@ -159,7 +161,7 @@ async function inner(plain, enc) {
     fields.push(["x-veil-signed-at", String(at)]);
     fields.push(["x-veil-signing-key", signerName]);
   }
-  log(`${req.method} ${path}${a.model ? " model " + a.model : ""}: inner ${a.status}`);
+  log(`${req.method} ${path}${a.model ? " model " + a.model : ""}: inner ${a.status}, authority "${ctl.authority}"`);
   if (a.model === "echo-informational" || a.model === "echo-truncated") {
     const bytes = a.model === "echo-truncated"
       ? o.knownResponse({ status: a.status, fields, content: body, truncate: true })
