@@ -19,7 +19,9 @@
 # known-length requests by bhttp-js (as they are, zero-padded, and
 # without their empty trailing sections), indeterminate-length ones
 # (as they are, zero-padded, truncated) by ohttp.mjs; an unknown model, bad JSON, a model the tier does not
-# allow and an unknown route as inner 4xx in an outer 200; one byte of
+# allow, an unknown route, a field value with outer white space and an
+# upper-case field name (RFC 9113 8.2.1) as inner 4xx in an outer 200, a
+# connection field accepted (RFC 9292 3.6); one byte of
 # enc or of the ciphertext changed, an unknown key ID, an AEAD not offered,
 # a short body and a replay get the uniform 400 byte for byte.  With the KEM key in SoftHSM2, then in software with
 # kem_x25519 = on (X25519 with both AEADs; an all-zero enc, RFC 9180
@@ -28,9 +30,11 @@
 # Direction B, veil's client -> tests/interop/gateway.mjs, an OHTTP
 # gateway on the same packages (node:http, the echo answers, signed key
 # configurations and answers, P-384 and X25519 configurations listed
-# before the P-256 one): `veil chat --protocol v2` (a known-length answer,
-# an indeterminate-length padded one, one after a 103 informational
-# response, a truncated known- and indeterminate-length one), `veil models`, `veil embed`; an
+# before the P-256 one, whose first suite is HKDF-SHA384): `veil chat
+# --protocol v2` (a known-length answer, an indeterminate-length padded
+# one, one after a 103 informational response, a truncated known- and
+# indeterminate-length one; the inner request names the gateway's
+# authority), `veil models`, `veil embed`; an
 # unsigned and a mis-signed answer refused (SecurityError, exit 19); an
 # unknown model an APIError 404; an inner 429 with an inner retry-after
 # retried; a wrong --signing-key-pin refused with
@@ -157,6 +161,12 @@ send "bad JSON" "$URL" POST /v1/chat/completions '{"model":'
 inner 400 "bad JSON: an inner 400" '"not a JSON object" in c["detail"]'
 send "a model the tier does not allow" "$URL" POST /v1/chat/completions "$(chat high-only)"
 inner 403 "high-only on standard: an inner 403" '"detail" in c'
+send "a connection field" "$URL" --framing indeterminate --field "connection:keep-alive" POST /v1/chat/completions "$(chat echo)"
+inner 200 "a connection field does not make the request invalid (RFC 9292 3.6): echoed" "$ECHOED"
+send "a field value with outer white space" "$URL" --framing indeterminate --field "x-note: padded" POST /v1/chat/completions "$(chat echo)"
+inner 400 "a field value HTTP/2 calls malformed (RFC 9292 3.6, RFC 9113 8.2.1): an inner 400" '"field value" in c["detail"]'
+send "an upper-case field name" "$URL" --framing indeterminate --field "X-Note:v" POST /v1/chat/completions "$(chat echo)"
+inner 400 "an upper-case field name: an inner 400" '"field name" in c["detail"]'
 send "an unknown route" "$URL" POST /v1/nowhere '{}'
 inner 404 "an unknown route: an inner 404"
 
@@ -220,7 +230,7 @@ VC=(--url "$GW" --allow-http --protocol v2)
 IN=/dev/null check "veil chat --protocol v2 to gateway.mjs" 0 "" -- "$V" chat "${VC[@]}" -m echo -v "$PROMPT"
 [ "$(cat "$out")" = "$PROMPT" ] && ok "veil chat prints the prompt echoed by gateway.mjs" || bad "veil chat's answer" "$out" "$err"
 grep -q "v2 key configuration of .*: key ID 7," "$err" &&
-    ok "veil skipped the P-384 and X25519 configurations and took P-256 key 7 (AES-256-GCM, listed second)" ||
+    ok "veil skipped the P-384 and X25519 configurations and took P-256 key 7 (HKDF-SHA256 + AES-256-GCM, listed third)" ||
     bad "the configuration veil took" "$err"
 grep -q "answer signature verified" "$err" && ok "veil verified gateway.mjs's answer signature" || bad "the answer signature" "$err"
 grep -qF "POST /v1/chat/completions model echo: inner 200, authority \"${GW#http://}\"" "$T/gw.log" &&

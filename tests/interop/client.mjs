@@ -24,6 +24,7 @@
 //                         the empty trailing sections left out (RFC 9292
 //                         3.8); indeterminate*, padded: ohttp.mjs's
 //     --tier TIER         an x-security-tier field
+//     --field NAME:VALUE  one more field
 //     --save FILE         write the encapsulated request to FILE
 //     --tamper enc|ct|keyid|aead|short|zero-enc   one byte of enc or of
 //                         the ciphertext changed, another key ID, an AEAD
@@ -100,6 +101,7 @@ async function innerRequest(opt, authority, method, path, json) {
   const fields = [];
   if (json !== undefined) fields.push(["content-type", "application/json"]);
   if (opt.tier) fields.push(["x-security-tier", opt.tier]);
+  if (opt.field) fields.push([opt.field.slice(0, opt.field.indexOf(":")), opt.field.slice(opt.field.indexOf(":") + 1)]);
   if (opt.framing.startsWith("known")) {
     const init = { method, headers: Object.fromEntries(fields) };
     if (json !== undefined) init.body = content;

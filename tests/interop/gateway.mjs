@@ -11,7 +11,8 @@
 // DHKEM(P-256) key (ID 7), and lists three key configurations: first one
 // of DHKEM(P-384) (0x0011, which veil does not know and must skip by its
 // length), then one of DHKEM(X25519) (ID 0x87), then the P-256 one with
-// AES-128-GCM before AES-256-GCM; signed as PROTOCOL-V2.md 4.3 says
+// HKDF-SHA384 + AES-256-GCM, then AES-128-GCM, then AES-256-GCM (with
+// HKDF-SHA256); signed as PROTOCOL-V2.md 4.3 says
 // (X-Veil-Keys-*), its signing key at GET /pki/signing_key.  Inner routes:
 // POST /v1/chat/completions (the last user message echoed),
 // POST /v1/embeddings (veild's echo embedding: 16 numbers from the
@@ -47,6 +48,9 @@ const signerSpki = signer.publicKey.export({ type: "spki", format: "der" });
 const signerPem = signer.publicKey.export({ type: "spki", format: "pem" });
 const signerName = "sha256:" + o.hex(o.sha256(signerSpki));
 const ALGS = [[o.KDF_SHA256, o.AEAD_AES128GCM], [o.KDF_SHA256, o.AEAD_AES256GCM]];
+// what the P-256 configuration lists: first HKDF-SHA384 (0x0002, which
+// veil does not take) with AES-256-GCM, then ALGS
+const LISTED = [[0x0002, o.AEAD_AES256GCM], ...ALGS];
 const UNIFORM = JSON.stringify({ type: o.PROBLEM_KEY, title: "key configuration problem" });
 const te = new TextEncoder();
 const MODELS = ["echo", "echo-indeterminate", "echo-informational", "echo-truncated", "echo-ind-truncated", "echo-unsigned", "echo-badsig", "busy-once"];
@@ -64,7 +68,7 @@ function keysBody() {
   return o.encodeKeys([
     p384,
     o.encodeKeyConfig(x25519.keyId, x25519.kemId, x25519.pk, ALGS),
-    o.encodeKeyConfig(p256.keyId, p256.kemId, p256.pk, ALGS),
+    o.encodeKeyConfig(p256.keyId, p256.kemId, p256.pk, LISTED),
   ]);
 }
 
