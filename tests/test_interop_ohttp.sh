@@ -25,7 +25,9 @@
 # enc or of the ciphertext changed, an unknown key ID, an AEAD not offered,
 # a short body and a replay get the uniform 400 byte for byte.  With the KEM key in SoftHSM2, then in software with
 # kem_x25519 = on (X25519 with both AEADs; an all-zero enc, RFC 9180
-# 7.1.4's zero Diffie-Hellman, the uniform 400).
+# 7.1.4's zero Diffie-Hellman, the uniform 400).  With API keys: the key
+# in an inner authorization field gets the echo, another key or none an
+# inner 401.
 #
 # Direction B, veil's client -> tests/interop/gateway.mjs, an OHTTP
 # gateway on the same packages (node:http, the echo answers, signed key
@@ -215,6 +217,21 @@ send "X25519, recorded" "$URL" --kem x25519 --aead 128 --save "$T/x.req" POST /v
 inner 200 "the recorded X25519 request opens once" "$ECHOED"
 check "X25519, its replay" 0 "" -- "${CL[@]}" post "$URL" "$T/x.req"
 uniform "the X25519 replay: the uniform 400"
+veild_stop || bad "veild did not stop cleanly" "$VEILD_LOG"
+
+# ------------------------------------- A: API keys, in the inner request
+
+key="vk-interop-$(od -An -tx1 -N12 /dev/urandom | tr -d ' \n')"
+(umask 077 && printf '%s\n' "$key" >"$T/a.key" && printf 'vk-wrong\n' >"$T/wrong.key" &&
+    printf 'sha256:%s interop\n' "$(printf '%s' "$key" | sha256sum | cut -d' ' -f1)" >"$T/api_keys") ||
+    hard "cannot write the API key files"
+veild_start interop-auth "${SK[@]}" --model echo=echo --kem-keys software --api-keys "$T/api_keys"
+send "with the API key" "$VEILD_URL" --api-key-file "$T/a.key" POST /v1/chat/completions "$(chat echo)"
+inner 200 "an inner authorization field with the API key: echoed" "$ECHOED"
+send "with another key" "$VEILD_URL" --api-key-file "$T/wrong.key" POST /v1/chat/completions "$(chat echo)"
+inner 401 "another key: an inner 401 in an outer 200" '"detail" in c'
+send "without a key" "$VEILD_URL" POST /v1/chat/completions "$(chat echo)"
+inner 401 "no key: an inner 401"
 veild_stop || bad "veild did not stop cleanly" "$VEILD_LOG"
 
 # ------------------------- B: veil's client -> a third-party-based gateway

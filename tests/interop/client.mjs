@@ -25,6 +25,7 @@
 //                         3.8); indeterminate*, padded: ohttp.mjs's
 //     --tier TIER         an x-security-tier field
 //     --field NAME:VALUE  one more field
+//     --api-key-file FILE an authorization field: Bearer and FILE's key
 //     --save FILE         write the encapsulated request to FILE
 //     --tamper enc|ct|keyid|aead|short|zero-enc   one byte of enc or of
 //                         the ciphertext changed, another key ID, an AEAD
@@ -101,6 +102,8 @@ async function innerRequest(opt, authority, method, path, json) {
   const fields = [];
   if (json !== undefined) fields.push(["content-type", "application/json"]);
   if (opt.tier) fields.push(["x-security-tier", opt.tier]);
+  if (opt["api-key-file"])
+    fields.push(["authorization", "Bearer " + readFileSync(opt["api-key-file"], "utf8").trim()]);
   if (opt.field) fields.push([opt.field.slice(0, opt.field.indexOf(":")), opt.field.slice(opt.field.indexOf(":") + 1)]);
   if (opt.framing.startsWith("known")) {
     const init = { method, headers: Object.fromEntries(fields) };
