@@ -13,38 +13,39 @@
 # Direction A, tests/interop/client.mjs -> a real veild (server and
 # signing keys in the SoftHSM2 token): the key configuration parsed and
 # its signature verified with node:crypto; chat (a non-ASCII prompt echoed
-# by veild's echo model), models, embeddings (veild's echo vector), and a
+# by veild's echo model), models, embeddings (veild's echo vector) and a
 # backend's answer (tests/mock-upstream) in inner 200s whose answer
 # signatures node:crypto verifies; AES-256-GCM and AES-128-GCM;
-# known-length requests by bhttp-js (as they are, zero-padded, and
-# without their empty trailing sections), indeterminate-length ones
-# (as they are, zero-padded, truncated) by ohttp.mjs; an unknown model, bad JSON, a model the tier does not
-# allow, an unknown route, a field value with outer white space and an
-# upper-case field name (RFC 9113 8.2.1) as inner 4xx in an outer 200, a
-# connection field accepted (RFC 9292 3.6); one byte of
-# enc or of the ciphertext changed, an unknown key ID, an AEAD not offered,
-# a short body and a replay get the uniform 400 byte for byte.  With the KEM key in SoftHSM2, then in software with
-# kem_x25519 = on (X25519 with both AEADs; an all-zero enc, RFC 9180
-# 7.1.4's zero Diffie-Hellman, the uniform 400).  With API keys: the key
-# in an inner authorization field gets the echo, another key or none an
-# inner 401.
+# known-length requests by bhttp-js (as they are, zero-padded, without
+# their empty trailing sections), indeterminate-length ones by ohttp.mjs
+# (as they are, zero-padded, truncated); a connection field accepted (RFC
+# 9292 3.6); an unknown model, bad JSON, a model the tier does not allow,
+# an unknown route, a field value with outer white space and an
+# upper-case field name (RFC 9113 8.2.1) as inner 4xx in an outer 200;
+# one byte of enc or of the ciphertext changed, an unknown key ID, an AEAD
+# not offered, a short body and a replay get the uniform 400 byte for
+# byte.  With the KEM key in SoftHSM2, then in software with kem_x25519 =
+# on (X25519 with both AEADs; an all-zero enc, RFC 9180 7.1.4's zero
+# Diffie-Hellman, the uniform 400).  With API keys: the key in an inner
+# authorization field gets the echo, another key or none an inner 401.
 #
 # Direction B, veil's client -> tests/interop/gateway.mjs, an OHTTP
 # gateway on the same packages (node:http, the echo answers, signed key
-# configurations and answers, P-384 and X25519 configurations listed
+# configurations and answers; P-384 and X25519 configurations listed
 # before the P-256 one, whose first suite is HKDF-SHA384): `veil chat
 # --protocol v2` (a known-length answer, an indeterminate-length padded
 # one, one after a 103 informational response, a truncated known- and
 # indeterminate-length one; the inner request names the gateway's
-# authority), `veil models`, `veil embed`; an
-# unsigned and a mis-signed answer refused (SecurityError, exit 19); an
-# unknown model an APIError 404; an inner 429 with an inner retry-after
-# retried; a wrong --signing-key-pin refused with
-# nothing posted; a rotated key: one uniform 400, refetch, answer.
+# authority), `veil models`, `veil embed`; an unsigned and a mis-signed
+# answer refused (SecurityError, exit 19); an unknown model an APIError
+# 404; an inner 429 with an inner retry-after retried; a wrong
+# --signing-key-pin refused with nothing posted; a rotated key: one
+# uniform 400, refetch, answer.
 #
-# Needs node and npm (scripts/install-deps.sh) and the npm registry for
-# the first run: without them the test fails, saying so.  Run through
-# tests/env/with-tokens.sh.  Exit 0 pass, 1 fail, 99 setup failure.
+# Needs node and npm (scripts/install-deps.sh; VEIL_NODE names another
+# node) and the npm registry for the first run: without them the test
+# fails, saying so.  Run through tests/env/with-tokens.sh.  Exit 0 pass, 1
+# fail, 99 setup failure.
 . "${VEIL_SRCDIR:?}/tests/env/suite.sh" interop_ohttp curl
 NODE=${VEIL_NODE:-node}
 PIN=(--pin-source "file:$VEIL_TEST_PIN_FILE")
