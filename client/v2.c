@@ -430,6 +430,21 @@ veil_client_status veil_cl_v2_pick(veil_client *c, const char *url, int *v2,
 /* ---- one exchange ----------------------------------------------------------
  */
 
+/* The host and port of the base URL: the inner request's authority.  RFC
+ * 9292 3.3 applies HTTP/2's rules (RFC 9113 8.3.1): an https request with
+ * neither an authority nor a host field is malformed. */
+static veil_bstr url_authority(const char *url)
+{
+    const char *p = strstr(url, "://"), *at;
+    p = p ? p + 3 : url;
+    size_t n = strcspn(p, "/?#");
+    while ((at = memchr(p, '@', n)) != NULL) { /* no user information */
+        n -= (size_t)(at + 1 - p);
+        p = at + 1;
+    }
+    return (veil_bstr){(const uint8_t *)p, n};
+}
+
 /* The inner request as known-length binary HTTP (secret). */
 static veil_client_status inner_encode(const veil_cl_v2_call *k,
                                        veil_secbuf **out,
@@ -458,7 +473,7 @@ static veil_client_status inner_encode(const veil_cl_v2_call *k,
         .is_request = 1,
         .method = {(const uint8_t *)k->method, strlen(k->method)},
         .scheme = VEIL_BSTR("https"),
-        .authority = {(const uint8_t *)"", 0},
+        .authority = url_authority(k->url),
         .path = {(const uint8_t *)k->path, strlen(k->path)},
         .headers = {f, n},
         .content = {k->body, k->body ? k->body_len : 0},

@@ -31,6 +31,12 @@ PACKAGES=(
     # clang 14 and its compiler-rt, which holds libFuzzer and clang's sanitizers
     clang libclang-rt-14-dev
 )
+# tests/test_interop_ohttp.sh: Node.js and npm run third-party HPKE and
+# Binary HTTP implementations (npm packages, tests/interop/) against veil.
+# Debian's nodejs and npm only when node or npm is missing: a machine with
+# Node.js from elsewhere keeps it.
+command -v node >/dev/null 2>&1 || PACKAGES+=(nodejs)
+command -v npm >/dev/null 2>&1 || PACKAGES+=(npm)
 if [ "${1:-}" = --packaging ]; then
     # debian/: dpkg-buildpackage (dpkg-dev), dh, fakeroot, and lintian
     PACKAGES+=(dpkg-dev debhelper fakeroot lintian git)
