@@ -190,9 +190,10 @@ static const char usage_models[] =
     "gateway's public GET /v1/models.\n";
 
 static const char usage_enroll[] =
-    "usage: veil attest enroll --url URL --out FILE [--ek-ca FILE]\n"
-    "                          --golden FILE | --accept-current [--pcrs SEL]\n"
-    "                          [--allow-unverified-ek] [--force] [OPTIONS]\n"
+    "usage: veil attest enroll --url URL --out FILE\n"
+    "                          (--ek-ca FILE | --allow-unverified-ek)\n"
+    "                          (--golden FILE | --accept-current)\n"
+    "                          [--pcrs SEL] [--force] [OPTIONS]\n"
     "Fetches the gateway's attestation report on a fresh nonce and checks\n"
     "it: the EK certificate against --ek-ca, that the certificate holds the\n"
     "reported EK, the attestation key's attributes, credential activation\n"
