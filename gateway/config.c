@@ -280,7 +280,7 @@ static const svc_setting settings[] = {
     {"tpm_certify_key_auth", "SOURCE", &k_pin, OFF(tpm_certify_key_auth), 0, 0,
      NULL,
      "where the auth value of tpm_certify_key comes from: file:PATH, "
-     "env:NAME, prompt or none"},
+     "credential:NAME, env:NAME, prompt or none"},
     {"tpm_remote_https", "off|on", &svc_bool, OFF(tpm_remote_https), 0, 0,
      "off",
      "let maximum use a model whose upstream is an https:// server on another "

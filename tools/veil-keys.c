@@ -58,7 +58,7 @@ static const char usage_main[] =
     "Flags are written with dashes; --pin_source works as --pin-source.\n";
 
 static const char usage_generate[] =
-    "usage: veil-keys generate (--token URI | --key-dir DIR) --label LABEL\n"
+    "usage: veil-keys generate (--token URI --label LABEL | --key-dir DIR)\n"
     "                          [--type rsa|ec] [--bits 2048|3072|4096]\n"
     "                          [--id HEX] [--session]\n"
     "                          [--password-source SPEC]\n"
