@@ -145,7 +145,7 @@ static void setup(void)
         .auth = gw_auth_load(keys, err, sizeof err),
         .strikes =
             gw_strikes_open(state, H.cfg.replay_window, H.cfg.replay_capacity,
-                            H.cfg.replay_sync, err, sizeof err),
+                            H.cfg.replay_sync, NULL, err, sizeof err),
         .rate = gw_rate_new(H.cfg.rate, H.cfg.burst, 1024),
         .signlog = gw_signlog_new(60, 4096),
         .log_level = VEIL_LOG_ERROR,

@@ -88,7 +88,7 @@ unsigned gw_config_check_files(const gw_config *cfg, int with_secrets,
         else if (cfg->operator_keys &&
                  gw_auth_set_operators(a, cfg->operator_keys, err,
                                        sizeof err) != 0)
-            bad(&c, "operator_keys: %s", err);
+            bad(&c, "%s", err); /* it names operator_keys */
         gw_auth_free(a);
     }
     for (size_t i = 0; i < cfg->n_models; i++)

@@ -452,6 +452,12 @@ static int check_tpm(const gw_config *cfg, char *err, size_t err_size)
         svc_put_err(err, err_size, "tpm = on needs tpm_pcrs");
         return -1;
     }
+    if (cfg->operator_keys && !cfg->api_keys) {
+        svc_put_err(err, err_size,
+                    "operator_keys names keys of the api_keys file, and "
+                    "api_keys is not set");
+        return -1;
+    }
     /* TPM settings without the TPM would be ignored in silence: an
      * operator who set them expects certified answers, a shipped log. */
     const char *needs = cfg->tpm_certify_key ? "tpm_certify_key"

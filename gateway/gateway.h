@@ -302,10 +302,13 @@ typedef struct gw_strikes gw_strikes;
  * written back every sync_s seconds (1 or more).  capacity: marks held
  * (two per package), 2 to 2^24; it must match a file made before.  All
  * memory is allocated here.  NULL with err on bad arguments, no memory, or
- * a file that is damaged, of another capacity, or in use. */
+ * a file that is damaged, of another capacity or version, not ours, or in
+ * use; *conflict (may be NULL) is then 1 for a file that conflicts with
+ * the settings (damaged, another capacity or version, not ours: a restart
+ * would not cure it), else 0. */
 gw_strikes *gw_strikes_open(const char *dir, unsigned window_s,
-                            unsigned capacity, unsigned sync_s, char *err,
-                            size_t err_size);
+                            unsigned capacity, unsigned sync_s, int *conflict,
+                            char *err, size_t err_size);
 /* The same in memory only (forgotten at exit): for tests. */
 gw_strikes *gw_strikes_new(unsigned window_s, unsigned capacity);
 /* Frees it; a file register is written back first. */

@@ -187,7 +187,8 @@ static void *sync_thread(void *arg)
     return NULL;
 }
 
-/* Checks the header of an existing file against what is configured. */
+/* Checks the header of an existing file against what is configured: 0,
+ * or -2 (err set) when it conflicts, which no restart would cure. */
 static int head_check(const head *h, size_t size, uint32_t cap,
                       const char *path, char *err, size_t err_size)
 {
@@ -197,7 +198,7 @@ static int head_check(const head *h, size_t size, uint32_t cap,
                    "%s is not a replay register of this version; move it "
                    "away only if no request it remembers may come again",
                    path);
-        return -1;
+        return -2;
     }
     if (h->cap != cap) {
         gw_put_err(err, err_size,
@@ -205,14 +206,14 @@ static int head_check(const head *h, size_t size, uint32_t cap,
                    "replay_capacity = %u (or move the file away once its "
                    "marks are past the window)",
                    path, h->cap, cap, h->cap);
-        return -1;
+        return -2;
     }
     if (size != file_size(cap) || h->head >= cap || h->count > cap) {
         gw_put_err(err, err_size,
                    "%s is damaged (size or positions do not fit); move it "
                    "away only if no request it remembers may come again",
                    path);
-        return -1;
+        return -2;
     }
     return 0;
 }
@@ -249,7 +250,7 @@ static int open_file(gw_strikes *s, const char *dir, uint32_t cap, char *err,
         st.st_uid != geteuid() || (st.st_mode & 077) != 0) {
         gw_put_err(err, err_size,
                    "%s must be a regular file of ours, mode 0600", path);
-        return -1;
+        return -2;
     }
     if (!made && (size_t)st.st_size == 0)
         made = 1; /* made, but not sized, before a crash */
@@ -264,7 +265,7 @@ static int open_file(gw_strikes *s, const char *dir, uint32_t cap, char *err,
         if (pread(s->fd, &h, sizeof h, 0) != (ssize_t)sizeof h)
             memset(&h, 0, sizeof h);
         head_check(&h, (size_t)st.st_size, cap, path, err, err_size);
-        return -1; /* whatever the header says: mapped, it would not fit */
+        return -2; /* whatever the header says: mapped, it would not fit */
     }
     s->map =
         mmap(NULL, s->map_size, PROT_READ | PROT_WRITE, MAP_SHARED, s->fd, 0);
@@ -302,11 +303,15 @@ static int open_file(gw_strikes *s, const char *dir, uint32_t cap, char *err,
 }
 
 gw_strikes *gw_strikes_open(const char *dir, unsigned window_s,
-                            unsigned capacity, unsigned sync_s, char *err,
-                            size_t err_size)
+                            unsigned capacity, unsigned sync_s, int *conflict,
+                            char *err, size_t err_size)
 {
     gw_strikes *s;
     size_t slots;
+    int rc;
+
+    if (conflict)
+        *conflict = 0;
 
     if (capacity < 2 || capacity > CAPACITY_MAX || (dir && sync_s == 0)) {
         gw_put_err(err, err_size, "replay register: bad sizes");
@@ -330,8 +335,11 @@ gw_strikes *gw_strikes_open(const char *dir, unsigned window_s,
         goto fail;
     }
     if (dir) {
-        if (open_file(s, dir, capacity, err, err_size) != 0)
+        if ((rc = open_file(s, dir, capacity, err, err_size)) != 0) {
+            if (conflict)
+                *conflict = rc == -2;
             goto fail;
+        }
         index_rebuild(s);
         if (pthread_create(&s->th, NULL, sync_thread, s) != 0) {
             gw_put_err(err, err_size, "cannot start the sync thread");
@@ -363,7 +371,7 @@ fail:
 
 gw_strikes *gw_strikes_new(unsigned window_s, unsigned capacity)
 {
-    return gw_strikes_open(NULL, window_s, capacity, 0, NULL, 0);
+    return gw_strikes_open(NULL, window_s, capacity, 0, NULL, NULL, 0);
 }
 
 void gw_strikes_free(gw_strikes *s)

@@ -424,11 +424,13 @@ static int open_keys(gw_deps *d, const gw_config *cfg)
 }
 
 /* Opens the API keys, the replay register and the rate limits into d.
- * 0, or an exit code (logged): VEIL_EXIT_USAGE for an API keys file that
- * cannot be used (configuration: a restart would not help). */
+ * 0, or an exit code (logged): VEIL_EXIT_USAGE for what a restart would
+ * not cure (an API keys file that cannot be used, operator_keys naming no
+ * key of it, a replay register that conflicts with the settings). */
 static int open_state(gw_deps *d, const gw_config *cfg)
 {
     char err[512];
+    int conflict = 0;
 
     if (cfg->api_keys &&
         (d->auth = gw_auth_load(cfg->api_keys, err, sizeof err)) == NULL) {
@@ -443,14 +445,14 @@ static int open_state(gw_deps *d, const gw_config *cfg)
     if (cfg->operator_keys && gw_auth_set_operators(d->auth, cfg->operator_keys,
                                                     err, sizeof err) != 0) {
         veil_logf(&logger, VEIL_LOG_ERROR, "%s", err);
-        return -1;
+        return VEIL_EXIT_USAGE;
     }
     if (gw_state_dir(cfg->state_dir, err, sizeof err) != 0 ||
         (d->strikes = gw_strikes_open(cfg->state_dir, cfg->replay_window,
                                       cfg->replay_capacity, cfg->replay_sync,
-                                      err, sizeof err)) == NULL) {
+                                      &conflict, err, sizeof err)) == NULL) {
         veil_logf(&logger, VEIL_LOG_ERROR, "replay register: %s", err);
-        return -1;
+        return conflict ? VEIL_EXIT_USAGE : -1;
     }
     if ((d->rate = gw_rate_new(cfg->rate, cfg->burst, 65536)) == NULL) {
         veil_logf(&logger, VEIL_LOG_ERROR, "out of memory");

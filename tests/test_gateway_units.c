@@ -1927,6 +1927,7 @@ static void test_strikes_file(void)
     char dir[700], db[800], err[512];
     uint8_t a[32], b[32], c[32];
     gw_strikes *s, *s2;
+    int conflict = -1;
     FILE *f;
 
     memset(a, 1, sizeof a);
@@ -1935,16 +1936,17 @@ static void test_strikes_file(void)
     snprintf(dir, sizeof dir, "%s/state", scratch);
     snprintf(db, sizeof db, "%s/replay.db", dir);
     CU_ASSERT_EQUAL_FATAL(gw_state_dir(dir, err, sizeof err), 0);
-    s = gw_strikes_open(dir, 600, 1024, 1, err, sizeof err);
+    s = gw_strikes_open(dir, 600, 1024, 1, NULL, err, sizeof err);
     CU_ASSERT_PTR_NOT_NULL_FATAL(s);
     CU_ASSERT_EQUAL(gw_strikes_add(s, a, b, 1000), GW_STRIKE_NEW);
     /* one opener at a time */
-    s2 = gw_strikes_open(dir, 600, 1024, 1, err, sizeof err);
+    s2 = gw_strikes_open(dir, 600, 1024, 1, &conflict, err, sizeof err);
     CU_ASSERT_PTR_NULL(s2);
     CU_ASSERT_PTR_NOT_NULL(strstr(err, "in use by another veild"));
+    CU_ASSERT_EQUAL(conflict, 0); /* a restart may cure it */
     gw_strikes_free(s);
 
-    s = gw_strikes_open(dir, 600, 1024, 1, err, sizeof err);
+    s = gw_strikes_open(dir, 600, 1024, 1, NULL, err, sizeof err);
     CU_ASSERT_PTR_NOT_NULL_FATAL(s);
     CU_ASSERT_EQUAL(gw_strikes_add(s, c, b, 1001), GW_STRIKE_SEEN);
     CU_ASSERT_EQUAL(gw_strikes_add(s, a, c, 1002), GW_STRIKE_SEEN);
@@ -1952,18 +1954,20 @@ static void test_strikes_file(void)
     CU_ASSERT_EQUAL(gw_strikes_add(s, a, b, 1601), GW_STRIKE_NEW);
     gw_strikes_free(s);
 
-    s = gw_strikes_open(dir, 600, 2048, 1, err, sizeof err);
+    s = gw_strikes_open(dir, 600, 2048, 1, &conflict, err, sizeof err);
     CU_ASSERT_PTR_NULL(s);
     CU_ASSERT_PTR_NOT_NULL(strstr(err, "set replay_capacity = 1024"));
+    CU_ASSERT_EQUAL(conflict, 1); /* veild: exit 2, not restarted */
     f = fopen(db, "r+b");
     CU_ASSERT_PTR_NOT_NULL_FATAL(f);
     fputs("garbage!", f);
     fclose(f);
-    s = gw_strikes_open(dir, 600, 1024, 1, err, sizeof err);
+    s = gw_strikes_open(dir, 600, 1024, 1, &conflict, err, sizeof err);
     CU_ASSERT_PTR_NULL(s);
     CU_ASSERT_PTR_NOT_NULL(strstr(err, "is not a replay register"));
+    CU_ASSERT_EQUAL(conflict, 1);
     CU_ASSERT_EQUAL(truncate(db, 100), 0);
-    s = gw_strikes_open(dir, 600, 1024, 1, err, sizeof err);
+    s = gw_strikes_open(dir, 600, 1024, 1, NULL, err, sizeof err);
     CU_ASSERT_PTR_NULL(s);
     unlink(db);
 

@@ -308,6 +308,36 @@ else
     bad "veild with 1100 descriptors open did not start" "$T/fds.log"
 fi
 
+# ---------------------------- 5b. what a restart would not cure: exit 2
+
+# The shipped unit restarts veild on exit 1 (a port in use, a TPM not
+# ready) and never on 2 (the configuration is wrong): a setting that can
+# never work must be a 2, or systemd restarts it every 5 s for ever.
+VD_OPS=(--server-key "$TOK;object=ops" --module "$MOD" --pin-source "file:$VEIL_TEST_PIN_FILE"
+    --model echo=echo --port 0)
+check "operator_keys without api_keys: --check-config refuses it (exit 2)" 2 \
+    "operator_keys names keys of the api_keys file, and api_keys is not set" -- \
+    "$VEIL_BUILDDIR/veild" "${VD_OPS[@]}" --operator-keys alice --check-config
+check "operator_keys without api_keys: veild does not start (exit 2)" 2 \
+    "operator_keys names keys of the api_keys file" -- \
+    "$VEIL_BUILDDIR/veild" "${VD_OPS[@]}" --operator-keys alice --state-dir "$T/op.state"
+check "operator_keys naming no key of the file: --check-config, said once (exit 2)" 2 \
+    "check: operator_keys: 'nobody' names no key of the api_keys file" -- \
+    "$VEIL_BUILDDIR/veild" "${VD_OPS[@]}" --api-keys "$T/api_keys" --operator-keys nobody --check-config
+grep -q "operator_keys: operator_keys" "$err" && bad "the message repeats its prefix" "$err" ||
+    ok "the message names operator_keys once"
+check "operator_keys naming no key of the file: veild does not start (exit 2)" 2 \
+    "'nobody' names no key" -- \
+    "$VEIL_BUILDDIR/veild" "${VD_OPS[@]}" --api-keys "$T/api_keys" --operator-keys nobody \
+    --state-dir "$T/op.state"
+veild_start cap "${VD[@]}" --state-dir "$T/cap.state" --replay-capacity 1024
+kill -TERM "$VEILD_PID" && wait "$VEILD_PID" || bad "veild (replay_capacity 1024) did not stop cleanly" "$VEILD_LOG"
+check "a replay register of another capacity: exit 2, naming the capacity to set" 2 \
+    "holds 1024 marks, replay_capacity says 2048: set replay_capacity = 1024" -- \
+    "$VEIL_BUILDDIR/veild" "${VD[@]}" --port 0 --state-dir "$T/cap.state" --replay-capacity 2048
+check "with the capacity set back, it starts (--check-config)" 0 "" -- \
+    "$VEIL_BUILDDIR/veild" "${VD[@]}" --port 0 --state-dir "$T/cap.state" --replay-capacity 1024 --check-config
+
 # ------------------------------------------------------ 6. no secrets
 
 PIN=$(head -1 "$VEIL_TEST_PIN_FILE")
