@@ -1,7 +1,9 @@
-/* veild: the veil gateway.  Publishes the server's public key, opens each
- * NOMYO v1 request inside the token that holds the private key, forwards
- * the plaintext to an OpenAI-compatible inference server, and seals the
- * answer to the caller's key.  See docs/GATEWAY.md and veild(8). */
+/* veild: the veil gateway.  Publishes the server's public key and its
+ * protocol v2 key configurations, opens each NOMYO v1 request (or
+ * Oblivious HTTP request) inside the token that holds the private key,
+ * forwards the plaintext to an OpenAI-compatible inference server, and
+ * seals the answer to the caller's key (or the request's HPKE context).
+ * See docs/GATEWAY.md, docs/PROTOCOL-V2.md and veild(8). */
 #include "config.h"
 
 #include <errno.h>

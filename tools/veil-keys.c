@@ -478,8 +478,9 @@ static int cmd_generate(veil_engine *e, const struct opts *o)
     }
     kp.progress = tty ? spinner : NULL;
     kp.progress_ctx = &frame;
-    fprintf(stderr, "veil-keys: generating %s-%u key \"%s\" in %s%s\n",
-            kp.type == VEIL_KEY_RSA ? "RSA" : "EC-P", kp.bits, kp.label,
+    fprintf(stderr, "veil-keys: generating %s%.0u key \"%s\" in %s%s\n",
+            kp.type == VEIL_KEY_RSA ? "RSA-" : "EC-P256",
+            kp.type == VEIL_KEY_RSA ? kp.bits : 0, kp.label,
             o->token ? o->token : "software",
             kp.type == VEIL_KEY_RSA && kp.bits >= 4096 ? " (this takes a while)"
                                                        : "");

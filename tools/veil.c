@@ -1,7 +1,9 @@
-/* veil: end-to-end encrypted chat with a NOMYO v1 server from the command
- * line.  The answer key may live in a PKCS#11 token.  No API key, PIN,
- * prompt or answer is ever put in a log line or an error message; prompts
- * and answers are held in memory that is wiped before it is released. */
+/* veil: end-to-end encrypted chat (and embeddings and models) with a veil
+ * gateway over protocol v2 (Oblivious HTTP) or with a NOMYO v1 server, from
+ * the command line.  Over v1 the answer key may live in a PKCS#11 token.  No
+ * API key, PIN, prompt or answer is ever put in a log line or an error message;
+ * prompts and answers are held in memory that is wiped before it is released.
+ */
 #include "config.h"
 
 #include <errno.h>
