@@ -482,16 +482,17 @@ typedef struct inner {
     int sig_bad;
 } inner;
 
-/* The first field named so into out; a second one, or one too long,
- * sets *bad. */
+/* The first field named so (in any case) into out; a second one, or one
+ * too long, sets *bad. */
 static void field_copy(const veil_bhttp_msg *m, const char *name, char *out,
                        size_t size, int *bad)
 {
     size_t n = 0;
     for (size_t i = 0; i < m->headers.n; i++) {
         const veil_bhttp_field *f = &m->headers.fields[i];
-        if (f->name.len != strlen(name) || memcmp(f->name.p, name, f->name.len))
-            continue;
+        if (f->name.len != strlen(name) ||
+            strncasecmp((const char *)f->name.p, name, f->name.len))
+            continue; /* names are case-insensitive (RFC 9110 5.1) */
         if (n++ || f->value.len >= size) {
             *bad = 1;
             continue;

@@ -10,6 +10,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "bhttp.h"
 #include "engine_int.h"
@@ -42,14 +43,16 @@ static int is_tchar(uint8_t c)
            (c >= 'A' && c <= 'Z') || (c && strchr("!#$%&'*+-.^_`|~", c));
 }
 
-/* A field name an HTTP/2 message may carry: tchars, no upper case
- * (RFC 9113 8.2.1); pseudo-fields (':') are not tchars and are refused. */
+/* A field name: a token (RFC 9292 3.6 holds names to RFC 9110 5.1, and
+ * only values to HTTP/2's 8.2.1), so upper case is valid; names compare
+ * case-insensitively (veil_bhttp_field_get).  Pseudo-fields (':') are not
+ * tchars and are refused: veil defines none beyond the control data. */
 static int name_ok(veil_bstr s)
 {
     if (s.len == 0)
         return 0;
     for (size_t i = 0; i < s.len; i++)
-        if (!is_tchar(s.p[i]) || (s.p[i] >= 'A' && s.p[i] <= 'Z'))
+        if (!is_tchar(s.p[i]))
             return 0;
     return 1;
 }
@@ -214,8 +217,8 @@ static veil_rc section(dec *d, veil_bhttp_field **fields, veil_bhttp_section *s,
             break;
         if (!name_ok(f.name)) {
             d->pos = at;
-            rc = bad(d, "field name (empty, upper case, pseudo-field or a "
-                        "character HTTP does not allow)");
+            rc = bad(d, "field name (empty, pseudo-field or a character "
+                        "HTTP does not allow)");
             break;
         }
         if (!value_ok(f.value)) {
@@ -427,7 +430,7 @@ const veil_bhttp_field *veil_bhttp_field_get(const veil_bhttp_section *s,
 
     for (size_t i = 0; s && i < s->n; i++)
         if (s->fields[i].name.len == n &&
-            memcmp(s->fields[i].name.p, name, n) == 0)
+            strncasecmp((const char *)s->fields[i].name.p, name, n) == 0)
             return &s->fields[i];
     return NULL;
 }
@@ -453,8 +456,8 @@ static veil_rc section_check(const veil_bhttp_section *s, const char *what)
             (s->fields[i].value.len && !s->fields[i].value.p))
             return veil_err(VEIL_E_ARG, BH, NULL,
                             "%s: field %zu is not a valid HTTP field (names "
-                            "are lower-case tokens; values have no NUL, CR, "
-                            "LF or outer white space)",
+                            "are tokens; values have no NUL, CR, LF or outer "
+                            "white space)",
                             what, i);
     return VEIL_OK;
 }

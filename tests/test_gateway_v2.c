@@ -799,6 +799,116 @@ static void test_errors_encrypted(void)
     }
 }
 
+/* ---- inner requests as other implementations write them ----------------- */
+
+/* A binary HTTP message put together byte by byte (no veil encoder), so
+ * that a case can use what RFC 9292 allows a sender to vary: framing,
+ * upper-case names, chunks, padding. */
+typedef struct raw {
+    uint8_t b[4096];
+    size_t n;
+} raw;
+
+static void raw_int(raw *r, uint64_t v)
+{
+    if (v < 64) {
+        r->b[r->n++] = (uint8_t)v;
+    } else {
+        r->b[r->n++] = (uint8_t)(0x40 | v >> 8);
+        r->b[r->n++] = (uint8_t)v;
+    }
+}
+
+static void raw_str(raw *r, const char *s)
+{
+    raw_int(r, strlen(s));
+    memcpy(r->b + r->n, s, strlen(s));
+    r->n += strlen(s);
+}
+
+/* Framing, then method, scheme, authority and path. */
+static void raw_request(raw *r, unsigned framing, const char *method,
+                        const char *authority, const char *path)
+{
+    r->n = 0;
+    raw_int(r, framing);
+    raw_str(r, method);
+    raw_str(r, "https");
+    raw_str(r, authority);
+    raw_str(r, path);
+}
+
+/* A known-length field section of NULL-terminated name, value pairs. */
+static void raw_section(raw *r, const char *const *nv)
+{
+    size_t len = 0;
+
+    for (size_t i = 0; nv[i]; i += 2)
+        len += 2 + strlen(nv[i]) + strlen(nv[i + 1]);
+    raw_int(r, len);
+    for (size_t i = 0; nv[i]; i += 2) {
+        raw_str(r, nv[i]);
+        raw_str(r, nv[i + 1]);
+    }
+}
+
+/* One exchange of plaintext bytes as they are: the inner status and the
+ * content in *out; -1 when the outer answer is not an opened 200. */
+static int exchange_raw(const tu_proc *p, const raw *plain, char **out)
+{
+    veil_ohttp_keyconfig cfg;
+    veil_ohttp_ctx *ctx = NULL;
+    veil_ohttp_alg alg = {VEIL_HPKE_KDF_SHA256, VEIL_HPKE_AEAD_AES256GCM};
+    uint8_t *req = NULL;
+    size_t len = 0;
+    resp r = {0};
+    int status = -1;
+
+    *out = NULL;
+    if (fetch_config(p, &cfg) == 0 &&
+        veil_ohttp_encap_request(sw_e, &cfg, alg, plain->b, plain->n, NULL,
+                                 &req, &len, &ctx) == VEIL_OK &&
+        http(p, req, len, VEIL_OHTTP_MEDIA_REQ, &r) == 0 && r.status == 200)
+        status = open_answer(ctx, &r, out);
+    resp_free(&r);
+    free(req);
+    veil_ohttp_ctx_free(ctx);
+    return status;
+}
+
+/* RFC 9292 3.6 (field names are tokens, RFC 9110 5.1, in any case): a
+ * client that writes "Content-Type" and "X-Security-Tier" is served as
+ * one that writes them in lower case, and an "Expect: 100-continue" in
+ * upper case is still refused as RFC 9458 5.1 requires. */
+static void test_inner_field_case(void)
+{
+    static const char *const hdr[] = {"Content-Type", "application/json",
+                                      "X-Security-Tier", "standard", NULL};
+    static const char *const bad_tier[] = {"X-Security-Tier", "golden", NULL};
+    static const char *const expect[] = {"Expect", "100-continue", NULL};
+    raw q;
+    char *content = NULL;
+
+    raw_request(&q, 0, "POST", "", "/v1/chat/completions");
+    raw_section(&q, hdr);
+    raw_str(&q, CHAT_ECHO);
+    CU_ASSERT_EQUAL(exchange_raw(&gw_sw, &q, &content), 200);
+    CU_ASSERT(content && strstr(content, PROMPT));
+    if (!content || !strstr(content, PROMPT))
+        fprintf(stderr, "upper-case names: %s\n", content ? content : "-");
+    free(content);
+    raw_request(&q, 0, "GET", "", "/v1/models");
+    raw_section(&q, bad_tier);
+    CU_ASSERT_EQUAL(exchange_raw(&gw_sw, &q, &content), 400);
+    CU_ASSERT(content && strstr(content, "x-security-tier must be"));
+    free(content);
+    raw_request(&q, 0, "GET", "", "/v1/models");
+    raw_section(&q, expect);
+    CU_ASSERT_EQUAL(exchange_raw(&gw_sw, &q, &content), 400);
+    CU_ASSERT(content && strstr(content, "expect is not taken"));
+    free(content);
+}
+
 /* A replay, and any byte of the key ID, enc or ciphertext changed: the
  * same 400, byte for byte; an answer opens only with its own context. */
 static void test_uniform_and_replay(void)
@@ -1202,6 +1312,8 @@ int main(void)
         {"a signature only for its API key or an operator",
          test_signature_owner},
         {"errors travel encrypted", test_errors_encrypted},
+        {"inner field names in upper case (RFC 9292 3.6)",
+         test_inner_field_case},
         {"one answer for tampering and replays", test_uniform_and_replay},
         {"API key and rate limit inside", test_api_key_inside},
         {"rotation: grace, then destroyed (forward secrecy)", test_rotation},
