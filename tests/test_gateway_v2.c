@@ -909,6 +909,87 @@ static void test_inner_field_case(void)
     free(content);
 }
 
+/* RFC 9292 3.2 and 3.8 as veild takes them: an indeterminate-length
+ * request (framing 2) in chunks with zero padding, a known-length one
+ * truncated after its header section and padded, an empty authority, all
+ * served; a content-length that disagrees with the content is a
+ * malformed request (RFC 9113 8.1.1, RFC 9110 8.6): an inner 400, and
+ * one that agrees is served. */
+static void test_inner_framings(void)
+{
+    static const char *const ct[] = {"content-type", "application/json",
+                                     NULL};
+    static const char *const cl_bad[] = {"content-type", "application/json",
+                                         "Content-Length", "5", NULL};
+    static const char *const cl_two[] = {"content-length", "7", "content-length",
+                                         "9", NULL};
+    static const char *const none[] = {NULL};
+    static const size_t cuts[] = {10, 25, sizeof CHAT_ECHO - 1};
+    char cl_ok_len[16];
+    const char *cl_ok[] = {"content-length", cl_ok_len, NULL};
+    raw q;
+    char *content = NULL;
+
+    /* indeterminate length: headers up to a zero, chunks, a zero, empty
+     * trailers, then padding */
+    raw_request(&q, 2, "POST", "", "/v1/chat/completions");
+    raw_str(&q, "content-type");
+    raw_str(&q, "application/json");
+    raw_int(&q, 0);
+    for (size_t i = 0, at = 0; i < 3; at = cuts[i++]) {
+        raw_int(&q, cuts[i] - at);
+        memcpy(q.b + q.n, CHAT_ECHO + at, cuts[i] - at);
+        q.n += cuts[i] - at;
+    }
+    raw_int(&q, 0);
+    raw_int(&q, 0);
+    memset(q.b + q.n, 0, 7);
+    q.n += 7;
+    CU_ASSERT_EQUAL(exchange_raw(&gw_sw, &q, &content), 200);
+    CU_ASSERT(content && strstr(content, PROMPT));
+    free(content);
+    /* indeterminate length truncated after its header section, padded */
+    raw_request(&q, 2, "GET", "gateway.test", "/v1/models");
+    raw_int(&q, 0);
+    memset(q.b + q.n, 0, 3);
+    q.n += 3;
+    CU_ASSERT_EQUAL(exchange_raw(&gw_sw, &q, &content), 200);
+    CU_ASSERT(content && strstr(content, "\"echo\""));
+    free(content);
+    /* known length truncated after the control data, then padded */
+    raw_request(&q, 0, "GET", "", "/v1/models");
+    memset(q.b + q.n, 0, 16);
+    q.n += 16;
+    CU_ASSERT_EQUAL(exchange_raw(&gw_sw, &q, &content), 200);
+    free(content);
+    raw_request(&q, 0, "GET", "", "/v1/models");
+    raw_section(&q, none);
+    CU_ASSERT_EQUAL(exchange_raw(&gw_sw, &q, &content), 200);
+    free(content);
+    /* content-length against the content */
+    raw_request(&q, 0, "POST", "", "/v1/chat/completions");
+    raw_section(&q, cl_bad);
+    raw_str(&q, CHAT_ECHO);
+    CU_ASSERT_EQUAL(exchange_raw(&gw_sw, &q, &content), 400);
+    CU_ASSERT(content && strstr(content, "content-length"));
+    free(content);
+    raw_request(&q, 0, "GET", "", "/v1/models");
+    raw_section(&q, cl_two);
+    CU_ASSERT_EQUAL(exchange_raw(&gw_sw, &q, &content), 400);
+    free(content);
+    snprintf(cl_ok_len, sizeof cl_ok_len, "%zu", sizeof CHAT_ECHO - 1);
+    raw_request(&q, 0, "POST", "", "/v1/chat/completions");
+    raw_section(&q, ct);
+    raw_str(&q, CHAT_ECHO);
+    CU_ASSERT_EQUAL(exchange_raw(&gw_sw, &q, &content), 200);
+    free(content);
+    raw_request(&q, 0, "POST", "", "/v1/chat/completions");
+    raw_section(&q, cl_ok);
+    raw_str(&q, CHAT_ECHO);
+    CU_ASSERT_EQUAL(exchange_raw(&gw_sw, &q, &content), 200);
+    free(content);
+}
+
 /* A replay, and any byte of the key ID, enc or ciphertext changed: the
  * same 400, byte for byte; an answer opens only with its own context. */
 static void test_uniform_and_replay(void)
@@ -1314,6 +1395,8 @@ int main(void)
         {"errors travel encrypted", test_errors_encrypted},
         {"inner field names in upper case (RFC 9292 3.6)",
          test_inner_field_case},
+        {"inner framings, truncation, padding, content-length",
+         test_inner_framings},
         {"one answer for tampering and replays", test_uniform_and_replay},
         {"API key and rate limit inside", test_api_key_inside},
         {"rotation: grace, then destroyed (forward secrecy)", test_rotation},
