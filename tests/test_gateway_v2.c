@@ -78,7 +78,9 @@ static size_t on_data(char *d, size_t size, size_t n, void *ctx)
     return size * n;
 }
 
-/* body NULL: GET. */
+/* body NULL: GET, or `outer_method` (HEAD without a body) when it is set. */
+static const char *outer_method;
+
 static int http(const tu_proc *p, const uint8_t *body, size_t len,
                 const char *type, resp *r)
 {
@@ -99,6 +101,10 @@ static int http(const tu_proc *p, const uint8_t *body, size_t len,
     curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, on_data);
     curl_easy_setopt(c, CURLOPT_HEADERDATA, &h);
     curl_easy_setopt(c, CURLOPT_TIMEOUT, 60L);
+    if (outer_method && strcmp(outer_method, "HEAD") == 0)
+        curl_easy_setopt(c, CURLOPT_NOBODY, 1L);
+    else if (outer_method)
+        curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, outer_method);
     if (body) {
         snprintf(ct, sizeof ct, "Content-Type: %s", type);
         hdrs = curl_slist_append(hdrs, ct);
@@ -990,6 +996,33 @@ static void test_inner_framings(void)
     free(content);
 }
 
+/* RFC 9540's resource as HTTP serves it: HEAD is the GET's head
+ * (application/ohttp-keys, no body), and another method is a 405 that
+ * names the methods the resource has (RFC 9110 15.5.6: "The origin server
+ * MUST generate an Allow header field in a 405 response"). */
+static void test_well_known_methods(void)
+{
+    char v[256];
+    resp r;
+
+    outer_method = "HEAD";
+    CU_ASSERT_EQUAL_FATAL(http(&gw_sw, NULL, 0, NULL, &r), 0);
+    CU_ASSERT_EQUAL(r.status, 200);
+    CU_ASSERT_STRING_EQUAL(head_value(&r, "Content-Type", v, sizeof v),
+                           VEIL_OHTTP_MEDIA_KEYS);
+    CU_ASSERT_EQUAL(r.len, 0);
+    resp_free(&r);
+    for (int i = 0; i < 2; i++) {
+        outer_method = i ? "DELETE" : "PUT";
+        CU_ASSERT_EQUAL_FATAL(http(&gw_sw, NULL, 0, NULL, &r), 0);
+        CU_ASSERT_EQUAL(r.status, 405);
+        CU_ASSERT_STRING_EQUAL(head_value(&r, "Allow", v, sizeof v),
+                               "GET, HEAD, POST");
+        resp_free(&r);
+    }
+    outer_method = NULL;
+}
+
 /* A replay, and any byte of the key ID, enc or ciphertext changed: the
  * same 400, byte for byte; an answer opens only with its own context. */
 static void test_uniform_and_replay(void)
@@ -1397,6 +1430,8 @@ int main(void)
          test_inner_field_case},
         {"inner framings, truncation, padding, content-length",
          test_inner_framings},
+        {"the well-known resource: HEAD, and Allow on a 405",
+         test_well_known_methods},
         {"one answer for tampering and replays", test_uniform_and_replay},
         {"API key and rate limit inside", test_api_key_inside},
         {"rotation: grace, then destroyed (forward secrecy)", test_rotation},
