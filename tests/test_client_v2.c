@@ -48,7 +48,7 @@
     "e"
 #define UNIFORM                                                                \
     "{\"type\":\"https://iana.org/assignments/http-problem-types#ohttp-key\"," \
-    "\"title\":\"key configuration problem\"}"
+    "\"title\":\"Oblivious HTTP key configuration not acceptable\"}"
 
 static const char *module, *pin_file;
 static char pin_spec[600], token_uri[256], server_ref[700], signer_ref[700];

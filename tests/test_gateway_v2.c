@@ -45,7 +45,7 @@
     "e"
 #define UNIFORM                                                                \
     "{\"type\":\"https://iana.org/assignments/http-problem-types#ohttp-key\"," \
-    "\"title\":\"key configuration problem\"}"
+    "\"title\":\"Oblivious HTTP key configuration not acceptable\"}"
 
 static const char *module, *pin_file;
 static char pin_spec[600], token_uri[256], server_ref[700], signer_ref[700];
@@ -927,8 +927,8 @@ static void test_inner_framings(void)
                                      NULL};
     static const char *const cl_bad[] = {"content-type", "application/json",
                                          "Content-Length", "5", NULL};
-    static const char *const cl_two[] = {"content-length", "7", "content-length",
-                                         "9", NULL};
+    static const char *const cl_two[] = {"content-length", "7",
+                                         "content-length", "9", NULL};
     static const char *const none[] = {NULL};
     static const size_t cuts[] = {10, 25, sizeof CHAT_ECHO - 1};
     char cl_ok_len[16];
