@@ -561,6 +561,75 @@ static void test_bhttp_field_case(void)
     veil_bhttp_msg_free(m);
 }
 
+/* RFC 9458 3.1 and 3.2 from a hostile gateway: a configuration whose
+ * suites are not whole (a length not a multiple of 4), none at all, or
+ * followed by bytes its length prefix covers is an encoding error that
+ * discards the whole list; one whose KEM or whose every suite veil does not
+ * know is skipped; many configurations of other KEMs cost nothing; more
+ * than 64 usable ones are refused. */
+static void test_keys_hostile(void)
+{
+    /* X25519, the RFC 9458 appendix A key, then the suites */
+    static const char pk[] =
+        "31e1f05a740102115220e9af918f738674aec95f54db6e04eb705aae8e798155";
+    veil_ohttp_keyconfig *list = NULL;
+    uint8_t *b, *big;
+    size_t len, n = 0;
+    char hex[512];
+    static const struct {
+        const char *suites; /* length prefix and suites, hex */
+        veil_rc want;
+        size_t n;
+    } one[] = {
+        {"000400010001", VEIL_OK, 1},
+        {"000600010001ffff", VEIL_E_ARG, 0},   /* 6: not whole suites */
+        {"0000", VEIL_E_ARG, 0},               /* zero suites */
+        {"00040001000100", VEIL_E_ARG, 0},     /* a trailing byte */
+        {"000800010003ffff0003", VEIL_E_UNSUPPORTED, 0}, /* none known */
+        {"00040001ffff", VEIL_E_UNSUPPORTED, 0}, /* export-only */
+    };
+
+    for (size_t i = 0; i < sizeof one / sizeof *one; i++) {
+        size_t cl = 3 + 32 + strlen(one[i].suites) / 2;
+        snprintf(hex, sizeof hex, "%04zx010020%s%s", cl, pk, one[i].suites);
+        b = hx(hex, &len);
+        veil_rc rc = veil_ohttp_keys_decode(b, len, &list, &n);
+        CU_ASSERT_EQUAL(rc, one[i].want);
+        CU_ASSERT_EQUAL(rc == VEIL_OK ? n : 0, one[i].n);
+        if (rc != one[i].want)
+            fprintf(stderr, "key list case %zu: %s\n", i, veil_rc_name(rc));
+        free(list);
+        list = NULL;
+        free(b);
+    }
+    /* 5000 configurations of an unknown KEM (each 7 bytes), then a usable
+     * one: it is found */
+    snprintf(hex, sizeof hex, "%04x010020%s000400010001", 3 + 32 + 6, pk);
+    b = hx(hex, &len);
+    big = malloc(5000 * 7 + len);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(big);
+    for (size_t i = 0; i < 5000; i++)
+        memcpy(big + 7 * i, "\x00\x05\x01\x99\x99\x00\x00", 7);
+    memcpy(big + 5000 * 7, b, len);
+    CU_ASSERT_EQUAL(veil_ohttp_keys_decode(big, 5000 * 7 + len, &list, &n),
+                    VEIL_OK);
+    CU_ASSERT_EQUAL(n, 1);
+    free(list);
+    list = NULL;
+    /* 64 usable configurations are taken, 65 are refused */
+    for (size_t i = 0; i < 65; i++)
+        memcpy(big + i * len, b, len);
+    CU_ASSERT_EQUAL(veil_ohttp_keys_decode(big, 64 * len, &list, &n), VEIL_OK);
+    CU_ASSERT_EQUAL(n, 64);
+    free(list);
+    list = NULL;
+    CU_ASSERT_EQUAL(veil_ohttp_keys_decode(big, 65 * len, &list, &n),
+                    VEIL_E_ARG);
+    CU_ASSERT_PTR_NULL(list);
+    free(big);
+    free(b);
+}
+
 /* Every byte of an encapsulated request and response changed, every
  * truncation: a clear error, never plaintext, never a crash. */
 static void test_ohttp_hostile(void)
@@ -692,6 +761,7 @@ int main(void)
         {"binary HTTP: upper-case field names (RFC 9292 3.6)",
          test_bhttp_field_case},
         {"Oblivious HTTP: hostile input", test_ohttp_hostile},
+        {"key configurations from a hostile gateway", test_keys_hostile},
     };
 
     TU_ADD_SUITE("ohttp", suite_init, suite_clean, tests);
