@@ -676,7 +676,15 @@ typedef struct stand_in {
     veil_ohttp_keyconfig kc;
     /* what a POST gets: the uniform 400, or an inner 200 chat answer
      * unsigned, signed over another answer, or signed right */
-    enum { POST_UNIFORM, POST_UNSIGNED, POST_MISSIGNED, POST_SIGNED } post;
+    enum {
+        POST_UNIFORM,
+        POST_UNSIGNED,
+        POST_MISSIGNED,
+        POST_SIGNED,
+        POST_OTHER_IMPL /* signed right, written as RFC 9292 lets another
+                           gateway write it: a 103 first, field names in
+                           mixed case, zero padding */
+    } post;
     atomic_int gets, posts;
     atomic_int gets_503; /* this many GETs of the keys answer 503 first */
 } stand_in;
@@ -735,19 +743,36 @@ static enum MHD_Result si_answer(stand_in *s, struct MHD_Connection *conn,
                         &sig_len) != VEIL_OK ||
         (b64 = veil_b64_encode(sig, sig_len)) == NULL)
         goto out;
+    int other_impl = s->post == POST_OTHER_IMPL;
     veil_bhttp_field f[4] = {
         {VEIL_BSTR("content-type"), VEIL_BSTR("application/json")},
         {VEIL_BSTR("x-veil-signature"), {(const uint8_t *)b64, strlen(b64)}},
         {VEIL_BSTR("x-veil-signed-at"), {(const uint8_t *)at, strlen(at)}},
         {VEIL_BSTR("x-veil-signing-key"),
          {(const uint8_t *)fp_text, strlen(fp_text)}}};
+    if (other_impl) {
+        f[0].name = VEIL_BSTR("Content-Type");
+        f[1].name = VEIL_BSTR("X-Veil-Signature");
+        f[2].name = VEIL_BSTR("X-VEIL-SIGNED-AT");
+        f[3].name = VEIL_BSTR("X-Veil-Signing-Key");
+    }
+    veil_bhttp_field link = {VEIL_BSTR("Link"),
+                             VEIL_BSTR("</style.css>; rel=preload")};
+    veil_bhttp_info early = {103, {&link, 1}};
     veil_bhttp_msg m = {.status = 200,
+                        .info = other_impl ? &early : NULL,
+                        .n_info = other_impl ? 1 : 0,
                         .headers = {f, s->post == POST_UNSIGNED ? 1 : 4},
                         .content = VEIL_BSTR(answer)};
+    uint8_t padded[4096] = {0}; /* the message, then zeros */
+    size_t plain_len = 0;
     if (veil_bhttp_encode(&m, 0, &plain) != VEIL_OK ||
-        veil_ohttp_encap_response(sw_e, ctx, veil_secbuf_data(plain),
-                                  veil_secbuf_len(plain), NULL, &out,
-                                  &out_len) != VEIL_OK)
+        (plain_len = veil_secbuf_len(plain)) + 32 > sizeof padded)
+        goto out;
+    memcpy(padded, veil_secbuf_data(plain), plain_len);
+    if (veil_ohttp_encap_response(sw_e, ctx, padded,
+                                  plain_len + (other_impl ? 32 : 0), NULL,
+                                  &out, &out_len) != VEIL_OK)
         goto out;
     ret = stub_send(conn, 200, (const char *)out, out_len, VEIL_OHTTP_MEDIA_RES,
                     NULL);
@@ -908,7 +933,9 @@ static void test_uniform_twice(void)
 }
 
 /* Answers signed right, unsigned, and signed over another answer: only
- * the first is taken. */
+ * the first is taken, also when a gateway of another implementation
+ * writes it with a 103 before it, field names in mixed case (RFC 9292
+ * 3.6, RFC 9110 5.1) and zero padding (RFC 9292 3.8). */
 static void test_answer_signatures(void)
 {
     static const struct {
@@ -917,6 +944,7 @@ static void test_answer_signatures(void)
         const char *why;
     } cases[] = {
         {POST_SIGNED, VEIL_CLIENT_OK, NULL},
+        {POST_OTHER_IMPL, VEIL_CLIENT_OK, NULL},
         {POST_UNSIGNED, VEIL_CLIENT_E_SECURITY, "carries no signature"},
         {POST_MISSIGNED, VEIL_CLIENT_E_SECURITY, "does not verify"},
     };
