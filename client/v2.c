@@ -585,9 +585,14 @@ static veil_client_status post_once(veil_client *c, const veil_cl_v2_call *k,
                                     veil_cl_http_response *r, inner *in,
                                     veil_client_error *err)
 {
-    static const char *const lines[] = {"Content-Type: " VEIL_OHTTP_MEDIA_REQ,
-                                        "Accept: " VEIL_OHTTP_MEDIA_RES,
-                                        "Expect:", NULL};
+    /* RFC 9458 5: the POST needs only its content type; any other field
+     * must be one the relay removes, and 6.1: nothing identifying.  So no
+     * User-Agent (it names veil's version, a partition of the clients a
+     * relay forwards to the gateway) and no Accept, both of which curl
+     * would send; "Name:" removes a field curl adds. */
+    static const char *const lines[] = {
+        "Content-Type: " VEIL_OHTTP_MEDIA_REQ,
+        "Accept:", "User-Agent:", "Expect:", NULL};
     uint8_t *body = NULL, h[32];
     size_t len = 0, enc_len = 0;
     char full[2048];

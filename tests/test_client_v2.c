@@ -22,6 +22,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -686,6 +687,9 @@ typedef struct stand_in {
                            mixed case, zero padding */
     } post;
     atomic_int gets, posts;
+    /* the outer POST's header fields other than Host, Content-Type and
+     * Content-Length (RFC 9458 5: all a relay needs), comma-separated */
+    char post_extra[256];
     atomic_int gets_503; /* this many GETs of the keys answer 503 first */
 } stand_in;
 
@@ -786,6 +790,19 @@ out:
     return ret;
 }
 
+static enum MHD_Result si_extra(void *cls, enum MHD_ValueKind kind,
+                                const char *key, const char *value)
+{
+    char *out = cls;
+    size_t n = strlen(out);
+    (void)kind;
+    (void)value;
+    if (strcasecmp(key, "Host") && strcasecmp(key, "Content-Type") &&
+        strcasecmp(key, "Content-Length") && n < 200)
+        snprintf(out + n, 256 - n, "%s%s", n ? "," : "", key);
+    return MHD_YES;
+}
+
 static enum MHD_Result si_handle(void *ctx, struct MHD_Connection *conn,
                                  const char *url, const char *method,
                                  stub_body *body)
@@ -799,6 +816,9 @@ static enum MHD_Result si_handle(void *ctx, struct MHD_Connection *conn,
                          "application/json", NULL);
     if (!strcmp(method, "POST")) {
         atomic_fetch_add(&s->posts, 1);
+        s->post_extra[0] = '\0';
+        MHD_get_connection_values(conn, MHD_HEADER_KIND, si_extra,
+                                  s->post_extra);
         if (s->post != POST_UNIFORM)
             return si_answer(s, conn, body);
         return stub_send(conn, 400, UNIFORM, strlen(UNIFORM),
@@ -932,7 +952,8 @@ static void test_uniform_twice(void)
     veil_client_free(c);
 }
 
-/* Answers signed right, unsigned, and signed over another answer: only
+/* The outer POST carries only what RFC 9458 5 says a relay needs.
+ * Answers signed right, unsigned, and signed over another answer: only
  * the first is taken, also when a gateway of another implementation
  * writes it with a 103 before it, field names in mixed case (RFC 9292
  * 3.6, RFC 9110 5.1) and zero padding (RFC 9292 3.8). */
@@ -966,6 +987,12 @@ static void test_answer_signatures(void)
         } else {
             CU_ASSERT_STRING_EQUAL(veil_chat_content(resp), "stand-in");
         }
+        /* what a relay sees: nothing but Host, Content-Type and
+         * Content-Length (RFC 9458 5, 6.1: no User-Agent naming veil's
+         * version, no Accept) */
+        CU_ASSERT_STRING_EQUAL(si.post_extra, "");
+        if (si.post_extra[0])
+            fprintf(stderr, "outer POST also carries: %s\n", si.post_extra);
         veil_chat_response_free(resp);
         veil_chat_response_free(req);
         veil_client_free(c);
