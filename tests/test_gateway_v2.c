@@ -80,6 +80,7 @@ static size_t on_data(char *d, size_t size, size_t n, void *ctx)
 
 /* body NULL: GET, or `outer_method` (HEAD without a body) when it is set. */
 static const char *outer_method;
+static const char *url_tail = ""; /* after the well-known path */
 
 static int http(const tu_proc *p, const uint8_t *body, size_t len,
                 const char *type, resp *r)
@@ -94,7 +95,8 @@ static int http(const tu_proc *p, const uint8_t *body, size_t len,
     CURLcode rc;
 
     memset(r, 0, sizeof *r);
-    snprintf(url, sizeof url, "http://127.0.0.1:%u" WK, p->port);
+    snprintf(url, sizeof url, "http://127.0.0.1:%u" WK "%s", p->port,
+             url_tail);
     curl_easy_setopt(c, CURLOPT_URL, url);
     curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_data);
     curl_easy_setopt(c, CURLOPT_WRITEDATA, &b);
@@ -997,7 +999,8 @@ static void test_inner_framings(void)
 }
 
 /* RFC 9540's resource as HTTP serves it: HEAD is the GET's head
- * (application/ohttp-keys, no body), and another method is a 405 that
+ * (application/ohttp-keys, no body), a query string changes nothing, a
+ * trailing slash is another path, and another method is a 405 that
  * names the methods the resource has (RFC 9110 15.5.6: "The origin server
  * MUST generate an Allow header field in a 405 response"). */
 static void test_well_known_methods(void)
@@ -1021,6 +1024,19 @@ static void test_well_known_methods(void)
         resp_free(&r);
     }
     outer_method = NULL;
+    /* a query string is the same resource (the keys); a trailing slash
+     * is another one (404) */
+    url_tail = "?v=1";
+    CU_ASSERT_EQUAL_FATAL(http(&gw_sw, NULL, 0, NULL, &r), 0);
+    CU_ASSERT_EQUAL(r.status, 200);
+    CU_ASSERT_STRING_EQUAL(head_value(&r, "Content-Type", v, sizeof v),
+                           VEIL_OHTTP_MEDIA_KEYS);
+    resp_free(&r);
+    url_tail = "/";
+    CU_ASSERT_EQUAL_FATAL(http(&gw_sw, NULL, 0, NULL, &r), 0);
+    CU_ASSERT_EQUAL(r.status, 404);
+    resp_free(&r);
+    url_tail = "";
 }
 
 /* A replay, and any byte of the key ID, enc or ciphertext changed: the
