@@ -682,9 +682,12 @@ typedef struct stand_in {
         POST_UNSIGNED,
         POST_MISSIGNED,
         POST_SIGNED,
-        POST_OTHER_IMPL /* signed right, written as RFC 9292 lets another
-                           gateway write it: a 103 first, field names in
-                           mixed case, zero padding */
+        POST_OTHER_IMPL, /* signed right, written as RFC 9292 lets another
+                            gateway write it: a 103 first, field names in
+                            mixed case, zero padding */
+        POST_NOT_RES,    /* a 200 of application/json */
+        POST_SHORT,      /* a 200 message/ohttp-res shorter than its nonce */
+        POST_REDIRECT    /* a 307 to another gateway */
     } post;
     atomic_int gets, posts;
     /* the outer POST's header fields other than Host, Content-Type and
@@ -819,6 +822,23 @@ static enum MHD_Result si_handle(void *ctx, struct MHD_Connection *conn,
         s->post_extra[0] = '\0';
         MHD_get_connection_values(conn, MHD_HEADER_KIND, si_extra,
                                   s->post_extra);
+        if (s->post == POST_NOT_RES)
+            return stub_send(conn, 200, STAND_IN_ANSWER,
+                             sizeof STAND_IN_ANSWER - 1, "application/json",
+                             NULL);
+        if (s->post == POST_SHORT)
+            return stub_send(conn, 200, "0123456789abcdef", 16,
+                             VEIL_OHTTP_MEDIA_RES, NULL);
+        if (s->post == POST_REDIRECT) {
+            struct MHD_Response *to = MHD_create_response_from_buffer(
+                0, (void *)"", MHD_RESPMEM_PERSISTENT);
+            MHD_add_response_header(
+                to, "Location",
+                "http://127.0.0.1:9/.well-known/ohttp-gateway");
+            enum MHD_Result ret = MHD_queue_response(conn, 307, to);
+            MHD_destroy_response(to);
+            return ret;
+        }
         if (s->post != POST_UNIFORM)
             return si_answer(s, conn, body);
         return stub_send(conn, 400, UNIFORM, strlen(UNIFORM),
@@ -993,6 +1013,48 @@ static void test_answer_signatures(void)
         CU_ASSERT_STRING_EQUAL(si.post_extra, "");
         if (si.post_extra[0])
             fprintf(stderr, "outer POST also carries: %s\n", si.post_extra);
+        veil_chat_response_free(resp);
+        veil_chat_response_free(req);
+        veil_client_free(c);
+    }
+    si.post = POST_UNIFORM;
+}
+
+/* A gateway (or a relay before it) that answers the POST with what is not
+ * an Encapsulated Response: a 200 of another media type and one shorter
+ * than the response nonce (RFC 9458 4.4: max(Nn, Nk) = 32 bytes here) are
+ * the security error, with nothing taken; a redirect is not followed (the
+ * request is not sent elsewhere) and is an error. */
+static void test_not_encapsulated(void)
+{
+    static const struct {
+        int post;
+        veil_client_status st;
+    } cases[] = {
+        {POST_NOT_RES, VEIL_CLIENT_E_SECURITY},
+        {POST_SHORT, VEIL_CLIENT_E_SECURITY},
+        {POST_REDIRECT, -1 /* any error but OK */},
+    };
+    char url[64];
+    stand_in_url(url, sizeof url);
+    si.not_after = (long long)time(NULL) + 3600;
+    si.bad_signature = 0;
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        veil_client *c = client_for(url, VEIL_CLIENT_PROTOCOL_V2);
+        cJSON *req = chat_request(), *resp = NULL;
+        veil_client_error err;
+        si.post = cases[i].post;
+        atomic_store(&si.posts, 0);
+        veil_client_status st =
+            veil_chat_create(c, req, NULL, &resp, NULL, &err);
+        if ((int)cases[i].st >= 0)
+            CU_ASSERT_EQUAL(st, cases[i].st)
+        else
+            CU_ASSERT_NOT_EQUAL(st, VEIL_CLIENT_OK);
+        CU_ASSERT_PTR_NULL(resp);
+        if (cases[i].st == VEIL_CLIENT_E_SECURITY)
+            CU_ASSERT(strstr(err.detail, VEIL_CLIENT_SECURITY_MESSAGE) != NULL);
+        CU_ASSERT_EQUAL(atomic_load(&si.posts), 1);
         veil_chat_response_free(resp);
         veil_chat_response_free(req);
         veil_client_free(c);
@@ -1195,6 +1257,7 @@ int main(void)
         {"stand-in: a bad signature", test_bad_signature},
         {"stand-in: the uniform 400 twice", test_uniform_twice},
         {"stand-in: answer signatures", test_answer_signatures},
+        {"stand-in: answers that are not encapsulated", test_not_encapsulated},
         {"stand-in: maximum without a quote", test_maximum_without_quote},
         {"stand-in: a 503 to the key fetch", test_keys_503_retried},
         {"gateways exit cleanly", test_exit},
