@@ -102,6 +102,28 @@ static int visible_ok(veil_bstr s, int may_be_empty)
     return 1;
 }
 
+static int bstr_eq_nocase(veil_bstr s, const char *t)
+{
+    size_t n = strlen(t);
+    return s.len == n && strncasecmp((const char *)s.p, t, n) == 0;
+}
+
+/* RFC 9292 3.3 holds the control data to RFC 9113 8.3.1: for an "http" or
+ * "https" target, an authority without the deprecated userinfo ("@") and
+ * a path that is an absolute path ("/...") or, for OPTIONS only, "*".
+ * Other schemes: what visible_ok checks. */
+static int target_ok(veil_bstr method, veil_bstr scheme, veil_bstr authority,
+                     veil_bstr path)
+{
+    if (!bstr_eq_nocase(scheme, "https") && !bstr_eq_nocase(scheme, "http"))
+        return 1;
+    if (authority.len && memchr(authority.p, '@', authority.len))
+        return 0;
+    if (path.len == 1 && path.p[0] == '*')
+        return method.len == 7 && memcmp(method.p, "OPTIONS", 7) == 0;
+    return path.len && path.p[0] == '/';
+}
+
 /* ---- 2. decoder ------------------------------------------------------- */
 
 typedef struct msg_box {
@@ -319,6 +341,10 @@ static veil_rc request_control(dec *d, veil_bhttp_msg *m)
         rc = lstring(d, 8192, &m->path, "path");
     if (rc == VEIL_OK && !visible_ok(m->path, 0))
         rc = bad(d, "path");
+    if (rc == VEIL_OK &&
+        !target_ok(m->method, m->scheme, m->authority, m->path))
+        rc = bad(d, "request target (an http(s) authority with userinfo, or "
+                    "a path that is not /... or OPTIONS *)");
     return rc;
 }
 
@@ -485,7 +511,8 @@ static veil_rc encode_check(const veil_bhttp_msg *m)
         if (!m->method.p || !method_ok(m->method) || !m->scheme.p ||
             !scheme_ok(m->scheme) || (m->authority.len && !m->authority.p) ||
             !visible_ok(m->authority, 1) || !m->path.p ||
-            !visible_ok(m->path, 0))
+            !visible_ok(m->path, 0) ||
+            !target_ok(m->method, m->scheme, m->authority, m->path))
             return veil_err(VEIL_E_ARG, BH, NULL,
                             "request control data invalid (method, scheme, "
                             "authority or path)");
