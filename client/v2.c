@@ -502,16 +502,17 @@ typedef struct inner {
     int sig_bad;
 } inner;
 
-/* The first field named so into out; a second one, or one too long,
- * sets *bad. */
+/* The first field named so (in any case) into out; a second one, or one
+ * too long, sets *bad. */
 static void field_copy(const veil_bhttp_msg *m, const char *name, char *out,
                        size_t size, int *bad)
 {
     size_t n = 0;
     for (size_t i = 0; i < m->headers.n; i++) {
         const veil_bhttp_field *f = &m->headers.fields[i];
-        if (f->name.len != strlen(name) || memcmp(f->name.p, name, f->name.len))
-            continue;
+        if (f->name.len != strlen(name) ||
+            strncasecmp((const char *)f->name.p, name, f->name.len))
+            continue; /* names are case-insensitive (RFC 9110 5.1) */
         if (n++ || f->value.len >= size) {
             *bad = 1;
             continue;
@@ -604,9 +605,14 @@ static veil_client_status post_once(veil_client *c, const veil_cl_v2_call *k,
                                     veil_cl_http_response *r, inner *in,
                                     veil_client_error *err)
 {
-    static const char *const lines[] = {"Content-Type: " VEIL_OHTTP_MEDIA_REQ,
-                                        "Accept: " VEIL_OHTTP_MEDIA_RES,
-                                        "Expect:", NULL};
+    /* RFC 9458 5: the POST needs only its content type; any other field
+     * must be one the relay removes, and 6.1: nothing identifying.  So no
+     * User-Agent (it names veil's version, a partition of the clients a
+     * relay forwards to the gateway) and no Accept, both of which curl
+     * would send; "Name:" removes a field curl adds. */
+    static const char *const lines[] = {
+        "Content-Type: " VEIL_OHTTP_MEDIA_REQ,
+        "Accept:", "User-Agent:", "Expect:", NULL};
     uint8_t *body = NULL, h[32];
     size_t len = 0, enc_len = 0;
     char full[2048];

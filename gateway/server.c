@@ -315,10 +315,11 @@ gw_server *gw_server_start(const gw_deps *deps, char *err, size_t err_size)
     static const char undecryptable[] =
         "{\"detail\":\"" VEIL_PKG_DECRYPT_DETAIL "\"}";
     /* PROTOCOL-V2.md 7: RFC 9458 5.3's problem for every request that does
-     * not open */
-    static const char ohttp_key[] = "{\"type\":\"" VEIL_OHTTP_PROBLEM_KEY
-                                    "\",\"title\":\"key configuration "
-                                    "problem\"}";
+     * not open, with the title its type is registered under (RFC 9458 9.5;
+     * RFC 9457 3.1.3: the same title for every occurrence) */
+    static const char ohttp_key[] =
+        "{\"type\":\"" VEIL_OHTTP_PROBLEM_KEY
+        "\",\"title\":\"" VEIL_OHTTP_PROBLEM_KEY_TITLE "\"}";
     gw_server *s = calloc(1, sizeof *s);
     svc_http_config hc;
 

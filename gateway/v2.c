@@ -231,6 +231,32 @@ static int bstr_is(veil_bstr b, const char *s)
     return b.len == strlen(s) && memcmp(b.p, s, b.len) == 0;
 }
 
+/* RFC 9113 8.1.1, whose rules RFC 9292 messages are built by: a request
+ * is malformed when a content-length field does not equal the length of
+ * its content (and RFC 9110 8.6: a value that is not one decimal number
+ * is invalid).  veild forwards only the content, with its own framing, but
+ * a gateway must not act on a malformed request.  1 when one disagrees. */
+static int length_disagrees(const veil_bhttp_msg *m)
+{
+    for (size_t i = 0; i < m->headers.n; i++) {
+        const veil_bhttp_field *f = &m->headers.fields[i];
+        unsigned long long v = 0;
+        size_t k;
+
+        if (f->name.len != 14 ||
+            strncasecmp((const char *)f->name.p, "content-length", 14) != 0)
+            continue;
+        for (k = 0; k < f->value.len && k < 19; k++) {
+            if (f->value.p[k] < '0' || f->value.p[k] > '9')
+                return 1;
+            v = v * 10 + (unsigned)(f->value.p[k] - '0');
+        }
+        if (k == 0 || k != f->value.len || v != m->content.len)
+            return 1;
+    }
+    return 0;
+}
+
 /* The binary HTTP request, its API key and rate, and its tier. */
 static gw_rc v2_inner(gw_server *s, svc_req *r, v2_x *x)
 {
@@ -251,6 +277,12 @@ static gw_rc v2_inner(gw_server *s, svc_req *r, v2_x *x)
     }
     if (veil_bhttp_field_get(&x->in->headers, "expect")) {
         snprintf(x->why, sizeof x->why, "expect is not taken (RFC 9458 5.1)");
+        return GW_REFUSED;
+    }
+    if (length_disagrees(x->in)) {
+        snprintf(x->why, sizeof x->why,
+                 "the inner content-length is not the length of the content "
+                 "(RFC 9113 8.1.1)");
         return GW_REFUSED;
     }
     memcpy(x->id, svc_client_id(r), sizeof x->id); /* the address's */

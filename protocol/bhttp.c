@@ -10,6 +10,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "bhttp.h"
 #include "engine_int.h"
@@ -42,14 +43,16 @@ static int is_tchar(uint8_t c)
            (c >= 'A' && c <= 'Z') || (c && strchr("!#$%&'*+-.^_`|~", c));
 }
 
-/* A field name an HTTP/2 message may carry: tchars, no upper case
- * (RFC 9113 8.2.1); pseudo-fields (':') are not tchars and are refused. */
+/* A field name: a token (RFC 9292 3.6 holds names to RFC 9110 5.1, and
+ * only values to HTTP/2's 8.2.1), so upper case is valid; names compare
+ * case-insensitively (veil_bhttp_field_get).  Pseudo-fields (':') are not
+ * tchars and are refused: veil defines none beyond the control data. */
 static int name_ok(veil_bstr s)
 {
     if (s.len == 0)
         return 0;
     for (size_t i = 0; i < s.len; i++)
-        if (!is_tchar(s.p[i]) || (s.p[i] >= 'A' && s.p[i] <= 'Z'))
+        if (!is_tchar(s.p[i]))
             return 0;
     return 1;
 }
@@ -97,6 +100,28 @@ static int visible_ok(veil_bstr s, int may_be_empty)
         if (s.p[i] <= 0x20 || s.p[i] >= 0x7f)
             return 0;
     return 1;
+}
+
+static int bstr_eq_nocase(veil_bstr s, const char *t)
+{
+    size_t n = strlen(t);
+    return s.len == n && strncasecmp((const char *)s.p, t, n) == 0;
+}
+
+/* RFC 9292 3.3 holds the control data to RFC 9113 8.3.1: for an "http" or
+ * "https" target, an authority without the deprecated userinfo ("@") and
+ * a path that is an absolute path ("/...") or, for OPTIONS only, "*".
+ * Other schemes: what visible_ok checks. */
+static int target_ok(veil_bstr method, veil_bstr scheme, veil_bstr authority,
+                     veil_bstr path)
+{
+    if (!bstr_eq_nocase(scheme, "https") && !bstr_eq_nocase(scheme, "http"))
+        return 1;
+    if (authority.len && memchr(authority.p, '@', authority.len))
+        return 0;
+    if (path.len == 1 && path.p[0] == '*')
+        return method.len == 7 && memcmp(method.p, "OPTIONS", 7) == 0;
+    return path.len && path.p[0] == '/';
 }
 
 /* ---- 2. decoder ------------------------------------------------------- */
@@ -214,8 +239,8 @@ static veil_rc section(dec *d, veil_bhttp_field **fields, veil_bhttp_section *s,
             break;
         if (!name_ok(f.name)) {
             d->pos = at;
-            rc = bad(d, "field name (empty, upper case, pseudo-field or a "
-                        "character HTTP does not allow)");
+            rc = bad(d, "field name (empty, pseudo-field or a character "
+                        "HTTP does not allow)");
             break;
         }
         if (!value_ok(f.value)) {
@@ -316,6 +341,10 @@ static veil_rc request_control(dec *d, veil_bhttp_msg *m)
         rc = lstring(d, 8192, &m->path, "path");
     if (rc == VEIL_OK && !visible_ok(m->path, 0))
         rc = bad(d, "path");
+    if (rc == VEIL_OK &&
+        !target_ok(m->method, m->scheme, m->authority, m->path))
+        rc = bad(d, "request target (an http(s) authority with userinfo, or "
+                    "a path that is not /... or OPTIONS *)");
     return rc;
 }
 
@@ -427,7 +456,7 @@ const veil_bhttp_field *veil_bhttp_field_get(const veil_bhttp_section *s,
 
     for (size_t i = 0; s && i < s->n; i++)
         if (s->fields[i].name.len == n &&
-            memcmp(s->fields[i].name.p, name, n) == 0)
+            strncasecmp((const char *)s->fields[i].name.p, name, n) == 0)
             return &s->fields[i];
     return NULL;
 }
@@ -453,8 +482,8 @@ static veil_rc section_check(const veil_bhttp_section *s, const char *what)
             (s->fields[i].value.len && !s->fields[i].value.p))
             return veil_err(VEIL_E_ARG, BH, NULL,
                             "%s: field %zu is not a valid HTTP field (names "
-                            "are lower-case tokens; values have no NUL, CR, "
-                            "LF or outer white space)",
+                            "are tokens; values have no NUL, CR, LF or outer "
+                            "white space)",
                             what, i);
     return VEIL_OK;
 }
@@ -482,7 +511,8 @@ static veil_rc encode_check(const veil_bhttp_msg *m)
         if (!m->method.p || !method_ok(m->method) || !m->scheme.p ||
             !scheme_ok(m->scheme) || (m->authority.len && !m->authority.p) ||
             !visible_ok(m->authority, 1) || !m->path.p ||
-            !visible_ok(m->path, 0))
+            !visible_ok(m->path, 0) ||
+            !target_ok(m->method, m->scheme, m->authority, m->path))
             return veil_err(VEIL_E_ARG, BH, NULL,
                             "request control data invalid (method, scheme, "
                             "authority or path)");

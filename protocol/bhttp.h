@@ -4,8 +4,9 @@
  * informational (1xx) responses, trailers, truncation and padding.
  *
  * Decoding is strict (every peer may be hostile): a varint, a length or a
- * count that runs past the input or past the limits, a field name or value
- * an HTTP/2 message could not carry (RFC 9292 3.6: RFC 9113 8.2.1), a
+ * count that runs past the input or past the limits, a field name that is
+ * not a token (RFC 9292 3.6: RFC 9110 5.1; upper case is valid), a field
+ * value an HTTP/2 message could not carry (RFC 9113 8.2.1), a
  * pseudo-field, a status out of range, non-zero padding or a cut inside a
  * section is VEIL_E_ARG with a message naming the part and its offset
  * (never its bytes: they may be a prompt or an API key).
@@ -94,7 +95,8 @@ veil_rc veil_bhttp_decode(const uint8_t *in, size_t len, veil_bhttp_kind kind,
                           const veil_bhttp_limits *lim, veil_bhttp_msg **out);
 void veil_bhttp_msg_free(veil_bhttp_msg *m);
 
-/* The first field of a section with this (lower-case) name, or NULL. */
+/* The first field of a section with this name, compared without regard
+ * to case (RFC 9110 5.1), or NULL. */
 const veil_bhttp_field *veil_bhttp_field_get(const veil_bhttp_section *s,
                                              const char *name);
 

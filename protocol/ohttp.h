@@ -28,6 +28,9 @@
 /* RFC 9458 5.3: the problem type for key-configuration problems. */
 #define VEIL_OHTTP_PROBLEM_KEY                                                 \
     "https://iana.org/assignments/http-problem-types#ohttp-key"
+/* Its title in the HTTP Problem Types registry (RFC 9458 9.5). */
+#define VEIL_OHTTP_PROBLEM_KEY_TITLE                                           \
+    "Oblivious HTTP key configuration not acceptable"
 
 #define VEIL_OHTTP_HDR_LEN 7  /* key_id(1) kem(2) kdf(2) aead(2) */
 #define VEIL_OHTTP_MAX_ALGS 8 /* symmetric suites per key configuration */

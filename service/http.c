@@ -153,14 +153,41 @@ int svc_slot_retake(svc_req *r)
 
 /* ---- the route table --------------------------------------------------- */
 
+static int path_is(const svc_route *rt, const char *url)
+{
+    return rt->prefix ? strncmp(url, rt->path, strlen(rt->path)) == 0
+                      : strcmp(url, rt->path) == 0;
+}
+
+/* The methods url is served with, for a 405's Allow (RFC 9110 10.2.1):
+ * each route's, and HEAD beside a GET that takes it; "" when none. */
+static void allow_of(const svc_http *h, const char *url, char *out, size_t size)
+{
+    static const char *const order[] = {"GET", "HEAD", "POST"};
+    size_t n = 0;
+
+    out[0] = '\0';
+    for (size_t m = 0; m < sizeof order / sizeof order[0]; m++) {
+        int has = 0;
+        for (size_t i = 0; i < h->cfg.n_routes && !has; i++) {
+            const svc_route *rt = &h->cfg.routes[i];
+            has = path_is(rt, url) &&
+                  (strcmp(rt->method, order[m]) == 0 ||
+                   (m == 1 && strcmp(rt->method, "GET") == 0 && !rt->no_head));
+        }
+        if (has)
+            n += (size_t)snprintf(out + n, n < size ? size - n : 0, "%s%s",
+                                  n ? ", " : "", order[m]);
+    }
+}
+
 static const svc_route *route_of(const svc_http *h, const char *method,
                                  const char *url, int *bad_method)
 {
     *bad_method = 0;
     for (size_t i = 0; i < h->cfg.n_routes; i++) {
         const svc_route *rt = &h->cfg.routes[i];
-        if (rt->prefix ? strncmp(url, rt->path, strlen(rt->path)) != 0
-                       : strcmp(url, rt->path) != 0)
+        if (!path_is(rt, url))
             continue;
         /* HEAD for the cheap GETs only: a HEAD of a costly one (a TPM
          * quote) would cost what nobody reads. */
@@ -275,9 +302,11 @@ int svc_request_head(svc_http *h, svc_req *r, const char *url,
     if (r->route == NULL) {
         log_url(r->log_url, sizeof r->log_url, url);
         r->limit = UNROUTED_BODY_MAX;
-        if (bad_method)
-            svc_fail(r, 405, "method not allowed");
-        else
+        if (bad_method) {
+            char allow[32];
+            allow_of(h, url, allow, sizeof allow);
+            svc_fail_allow(r, allow);
+        } else
             svc_fail(r, 404, "not found");
         return r->answered;
     }

@@ -165,6 +165,9 @@ void svc_request_done(svc_http *h, svc_req *r,
 const char *svc_inject_header(svc_req *r, const char *name);
 const char *svc_inject_query(svc_req *r, const char *name);
 int svc_capture(svc_req *r, int status, const struct svc_reply *a);
+/* The 405 of a path served with other methods: {"detail": "method not
+ * allowed"} and the Allow header RFC 9110 15.5.6 requires ("GET, HEAD"). */
+void svc_fail_allow(svc_req *r, const char *allow);
 /* http_tls.c: the certificate and key (and the chain of replaced ones,
  * freed by svc_tls_free) */
 typedef struct svc_tls svc_tls;

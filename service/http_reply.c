@@ -84,12 +84,15 @@ static int queue(svc_req *r, int status, const struct svc_reply *a)
     return rc;
 }
 
-/* A {"detail": "..."} answer with Retry-After (retry_s not 0). */
-static void detail(svc_req *r, int status, unsigned retry_s, const char *text)
+/* A {"detail": "..."} answer with Retry-After (retry_s not 0), or with
+ * the one header `extra` (a name, value pair) when it is not NULL. */
+static void detail_with(svc_req *r, int status, unsigned retry_s,
+                        const char *const *extra, const char *text)
 {
     cJSON *j = cJSON_CreateObject();
     char *body = NULL, v[16];
     const char *retry[] = {MHD_HTTP_HEADER_RETRY_AFTER, v, NULL};
+    const char *const *headers = retry_s ? retry : extra;
 
     if (j && cJSON_AddStringToObject(j, "detail", text))
         body = cJSON_PrintUnformatted(j);
@@ -99,8 +102,19 @@ static void detail(svc_req *r, int status, unsigned retry_s, const char *text)
           &(struct svc_reply){.type = "application/json",
                               .body = body ? body : "{}",
                               .len = body ? strlen(body) : 2,
-                              .headers = retry_s ? retry : NULL});
+                              .headers = headers});
     free(body);
+}
+
+static void detail(svc_req *r, int status, unsigned retry_s, const char *text)
+{
+    detail_with(r, status, retry_s, NULL, text);
+}
+
+void svc_fail_allow(svc_req *r, const char *allow)
+{
+    const char *const h[] = {MHD_HTTP_HEADER_ALLOW, allow, NULL};
+    detail_with(r, 405, 0, h, "method not allowed");
 }
 
 static void fail_v(svc_req *r, int status, unsigned retry_s, const char *fmt,

@@ -22,6 +22,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -48,7 +49,7 @@
     "e"
 #define UNIFORM                                                                \
     "{\"type\":\"https://iana.org/assignments/http-problem-types#ohttp-key\"," \
-    "\"title\":\"key configuration problem\"}"
+    "\"title\":\"Oblivious HTTP key configuration not acceptable\"}"
 
 static const char *module, *pin_file;
 static char pin_spec[600], token_uri[256], server_ref[700], signer_ref[700];
@@ -761,8 +762,22 @@ typedef struct stand_in {
     veil_ohttp_keyconfig kc;
     /* what a POST gets: the uniform 400, or an inner 200 chat answer
      * unsigned, signed over another answer, or signed right */
-    enum { POST_UNIFORM, POST_UNSIGNED, POST_MISSIGNED, POST_SIGNED } post;
+    enum {
+        POST_UNIFORM,
+        POST_UNSIGNED,
+        POST_MISSIGNED,
+        POST_SIGNED,
+        POST_OTHER_IMPL, /* signed right, written as RFC 9292 lets another
+                            gateway write it: a 103 first, field names in
+                            mixed case, zero padding */
+        POST_NOT_RES,    /* a 200 of application/json */
+        POST_SHORT,      /* a 200 message/ohttp-res shorter than its nonce */
+        POST_REDIRECT    /* a 307 to another gateway */
+    } post;
     atomic_int gets, posts;
+    /* the outer POST's header fields other than Host, Content-Type and
+     * Content-Length (RFC 9458 5: all a relay needs), comma-separated */
+    char post_extra[256];
     atomic_int gets_503; /* this many GETs of the keys answer 503 first */
 } stand_in;
 
@@ -820,19 +835,36 @@ static enum MHD_Result si_answer(stand_in *s, struct MHD_Connection *conn,
                         &sig_len) != VEIL_OK ||
         (b64 = veil_b64_encode(sig, sig_len)) == NULL)
         goto out;
+    int other_impl = s->post == POST_OTHER_IMPL;
     veil_bhttp_field f[4] = {
         {VEIL_BSTR("content-type"), VEIL_BSTR("application/json")},
         {VEIL_BSTR("x-veil-signature"), {(const uint8_t *)b64, strlen(b64)}},
         {VEIL_BSTR("x-veil-signed-at"), {(const uint8_t *)at, strlen(at)}},
         {VEIL_BSTR("x-veil-signing-key"),
          {(const uint8_t *)fp_text, strlen(fp_text)}}};
+    if (other_impl) {
+        f[0].name = VEIL_BSTR("Content-Type");
+        f[1].name = VEIL_BSTR("X-Veil-Signature");
+        f[2].name = VEIL_BSTR("X-VEIL-SIGNED-AT");
+        f[3].name = VEIL_BSTR("X-Veil-Signing-Key");
+    }
+    veil_bhttp_field link = {VEIL_BSTR("Link"),
+                             VEIL_BSTR("</style.css>; rel=preload")};
+    veil_bhttp_info early = {103, {&link, 1}};
     veil_bhttp_msg m = {.status = 200,
+                        .info = other_impl ? &early : NULL,
+                        .n_info = other_impl ? 1 : 0,
                         .headers = {f, s->post == POST_UNSIGNED ? 1 : 4},
                         .content = VEIL_BSTR(answer)};
+    uint8_t padded[4096] = {0}; /* the message, then zeros */
+    size_t plain_len = 0;
     if (veil_bhttp_encode(&m, 0, &plain) != VEIL_OK ||
-        veil_ohttp_encap_response(sw_e, ctx, veil_secbuf_data(plain),
-                                  veil_secbuf_len(plain), NULL, &out,
-                                  &out_len) != VEIL_OK)
+        (plain_len = veil_secbuf_len(plain)) + 32 > sizeof padded)
+        goto out;
+    memcpy(padded, veil_secbuf_data(plain), plain_len);
+    if (veil_ohttp_encap_response(sw_e, ctx, padded,
+                                  plain_len + (other_impl ? 32 : 0), NULL,
+                                  &out, &out_len) != VEIL_OK)
         goto out;
     ret = stub_send(conn, 200, (const char *)out, out_len, VEIL_OHTTP_MEDIA_RES,
                     NULL);
@@ -844,6 +876,19 @@ out:
     veil_secbuf_free(req);
     veil_ohttp_ctx_free(ctx);
     return ret;
+}
+
+static enum MHD_Result si_extra(void *cls, enum MHD_ValueKind kind,
+                                const char *key, const char *value)
+{
+    char *out = cls;
+    size_t n = strlen(out);
+    (void)kind;
+    (void)value;
+    if (strcasecmp(key, "Host") && strcasecmp(key, "Content-Type") &&
+        strcasecmp(key, "Content-Length") && n < 200)
+        snprintf(out + n, 256 - n, "%s%s", n ? "," : "", key);
+    return MHD_YES;
 }
 
 static enum MHD_Result si_handle(void *ctx, struct MHD_Connection *conn,
@@ -859,6 +904,26 @@ static enum MHD_Result si_handle(void *ctx, struct MHD_Connection *conn,
                          "application/json", NULL);
     if (!strcmp(method, "POST")) {
         atomic_fetch_add(&s->posts, 1);
+        s->post_extra[0] = '\0';
+        MHD_get_connection_values(conn, MHD_HEADER_KIND, si_extra,
+                                  s->post_extra);
+        if (s->post == POST_NOT_RES)
+            return stub_send(conn, 200, STAND_IN_ANSWER,
+                             sizeof STAND_IN_ANSWER - 1, "application/json",
+                             NULL);
+        if (s->post == POST_SHORT)
+            return stub_send(conn, 200, "0123456789abcdef", 16,
+                             VEIL_OHTTP_MEDIA_RES, NULL);
+        if (s->post == POST_REDIRECT) {
+            struct MHD_Response *to = MHD_create_response_from_buffer(
+                0, (void *)"", MHD_RESPMEM_PERSISTENT);
+            MHD_add_response_header(
+                to, "Location",
+                "http://127.0.0.1:9/.well-known/ohttp-gateway");
+            enum MHD_Result ret = MHD_queue_response(conn, 307, to);
+            MHD_destroy_response(to);
+            return ret;
+        }
         if (s->post != POST_UNIFORM)
             return si_answer(s, conn, body);
         return stub_send(conn, 400, UNIFORM, strlen(UNIFORM),
@@ -992,8 +1057,11 @@ static void test_uniform_twice(void)
     veil_client_free(c);
 }
 
-/* Answers signed right, unsigned, and signed over another answer: only
- * the first is taken. */
+/* The outer POST carries only what RFC 9458 5 says a relay needs.
+ * Answers signed right, unsigned, and signed over another answer: only
+ * the first is taken, also when a gateway of another implementation
+ * writes it with a 103 before it, field names in mixed case (RFC 9292
+ * 3.6, RFC 9110 5.1) and zero padding (RFC 9292 3.8). */
 static void test_answer_signatures(void)
 {
     static const struct {
@@ -1002,6 +1070,7 @@ static void test_answer_signatures(void)
         const char *why;
     } cases[] = {
         {POST_SIGNED, VEIL_CLIENT_OK, NULL},
+        {POST_OTHER_IMPL, VEIL_CLIENT_OK, NULL},
         {POST_UNSIGNED, VEIL_CLIENT_E_SECURITY, "carries no signature"},
         {POST_MISSIGNED, VEIL_CLIENT_E_SECURITY, "does not verify"},
     };
@@ -1023,6 +1092,54 @@ static void test_answer_signatures(void)
         } else {
             CU_ASSERT_STRING_EQUAL(veil_chat_content(resp), "stand-in");
         }
+        /* what a relay sees: nothing but Host, Content-Type and
+         * Content-Length (RFC 9458 5, 6.1: no User-Agent naming veil's
+         * version, no Accept) */
+        CU_ASSERT_STRING_EQUAL(si.post_extra, "");
+        if (si.post_extra[0])
+            fprintf(stderr, "outer POST also carries: %s\n", si.post_extra);
+        veil_chat_response_free(resp);
+        veil_chat_response_free(req);
+        veil_client_free(c);
+    }
+    si.post = POST_UNIFORM;
+}
+
+/* A gateway (or a relay before it) that answers the POST with what is not
+ * an Encapsulated Response: a 200 of another media type and one shorter
+ * than the response nonce (RFC 9458 4.4: max(Nn, Nk) = 32 bytes here) are
+ * the security error, with nothing taken; a redirect is not followed (the
+ * request is not sent elsewhere) and is an error. */
+static void test_not_encapsulated(void)
+{
+    static const struct {
+        int post;
+        veil_client_status st;
+    } cases[] = {
+        {POST_NOT_RES, VEIL_CLIENT_E_SECURITY},
+        {POST_SHORT, VEIL_CLIENT_E_SECURITY},
+        {POST_REDIRECT, -1 /* any error but OK */},
+    };
+    char url[64];
+    stand_in_url(url, sizeof url);
+    si.not_after = (long long)time(NULL) + 3600;
+    si.bad_signature = 0;
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        veil_client *c = client_for(url, VEIL_CLIENT_PROTOCOL_V2);
+        cJSON *req = chat_request(), *resp = NULL;
+        veil_client_error err;
+        si.post = cases[i].post;
+        atomic_store(&si.posts, 0);
+        veil_client_status st =
+            veil_chat_create(c, req, NULL, &resp, NULL, &err);
+        if ((int)cases[i].st >= 0)
+            CU_ASSERT_EQUAL(st, cases[i].st)
+        else
+            CU_ASSERT_NOT_EQUAL(st, VEIL_CLIENT_OK);
+        CU_ASSERT_PTR_NULL(resp);
+        if (cases[i].st == VEIL_CLIENT_E_SECURITY)
+            CU_ASSERT(strstr(err.detail, VEIL_CLIENT_SECURITY_MESSAGE) != NULL);
+        CU_ASSERT_EQUAL(atomic_load(&si.posts), 1);
         veil_chat_response_free(resp);
         veil_chat_response_free(req);
         veil_client_free(c);
@@ -1227,6 +1344,7 @@ int main(void)
         {"stand-in: a bad signature", test_bad_signature},
         {"stand-in: the uniform 400 twice", test_uniform_twice},
         {"stand-in: answer signatures", test_answer_signatures},
+        {"stand-in: answers that are not encapsulated", test_not_encapsulated},
         {"stand-in: maximum without a quote", test_maximum_without_quote},
         {"stand-in: a 503 to the key fetch", test_keys_503_retried},
         {"gateways exit cleanly", test_exit},

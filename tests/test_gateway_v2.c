@@ -45,7 +45,7 @@
     "e"
 #define UNIFORM                                                                \
     "{\"type\":\"https://iana.org/assignments/http-problem-types#ohttp-key\"," \
-    "\"title\":\"key configuration problem\"}"
+    "\"title\":\"Oblivious HTTP key configuration not acceptable\"}"
 
 static const char *module, *pin_file;
 static char pin_spec[600], token_uri[256], server_ref[700], signer_ref[700];
@@ -78,7 +78,10 @@ static size_t on_data(char *d, size_t size, size_t n, void *ctx)
     return size * n;
 }
 
-/* body NULL: GET. */
+/* body NULL: GET, or `outer_method` (HEAD without a body) when it is set. */
+static const char *outer_method;
+static const char *url_tail = ""; /* after the well-known path */
+
 static int http(const tu_proc *p, const uint8_t *body, size_t len,
                 const char *type, resp *r)
 {
@@ -92,13 +95,18 @@ static int http(const tu_proc *p, const uint8_t *body, size_t len,
     CURLcode rc;
 
     memset(r, 0, sizeof *r);
-    snprintf(url, sizeof url, "http://127.0.0.1:%u" WK, p->port);
+    snprintf(url, sizeof url, "http://127.0.0.1:%u" WK "%s", p->port,
+             url_tail);
     curl_easy_setopt(c, CURLOPT_URL, url);
     curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_data);
     curl_easy_setopt(c, CURLOPT_WRITEDATA, &b);
     curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, on_data);
     curl_easy_setopt(c, CURLOPT_HEADERDATA, &h);
     curl_easy_setopt(c, CURLOPT_TIMEOUT, 60L);
+    if (outer_method && strcmp(outer_method, "HEAD") == 0)
+        curl_easy_setopt(c, CURLOPT_NOBODY, 1L);
+    else if (outer_method)
+        curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, outer_method);
     if (body) {
         snprintf(ct, sizeof ct, "Content-Type: %s", type);
         hdrs = curl_slist_append(hdrs, ct);
@@ -799,6 +807,238 @@ static void test_errors_encrypted(void)
     }
 }
 
+/* ---- inner requests as other implementations write them ----------------- */
+
+/* A binary HTTP message put together byte by byte (no veil encoder), so
+ * that a case can use what RFC 9292 allows a sender to vary: framing,
+ * upper-case names, chunks, padding. */
+typedef struct raw {
+    uint8_t b[4096];
+    size_t n;
+} raw;
+
+static void raw_int(raw *r, uint64_t v)
+{
+    if (v < 64) {
+        r->b[r->n++] = (uint8_t)v;
+    } else {
+        r->b[r->n++] = (uint8_t)(0x40 | v >> 8);
+        r->b[r->n++] = (uint8_t)v;
+    }
+}
+
+static void raw_str(raw *r, const char *s)
+{
+    raw_int(r, strlen(s));
+    memcpy(r->b + r->n, s, strlen(s));
+    r->n += strlen(s);
+}
+
+/* Framing, then method, scheme, authority and path. */
+static void raw_request(raw *r, unsigned framing, const char *method,
+                        const char *authority, const char *path)
+{
+    r->n = 0;
+    raw_int(r, framing);
+    raw_str(r, method);
+    raw_str(r, "https");
+    raw_str(r, authority);
+    raw_str(r, path);
+}
+
+/* A known-length field section of NULL-terminated name, value pairs. */
+static void raw_section(raw *r, const char *const *nv)
+{
+    size_t len = 0;
+
+    for (size_t i = 0; nv[i]; i += 2)
+        len += 2 + strlen(nv[i]) + strlen(nv[i + 1]);
+    raw_int(r, len);
+    for (size_t i = 0; nv[i]; i += 2) {
+        raw_str(r, nv[i]);
+        raw_str(r, nv[i + 1]);
+    }
+}
+
+/* One exchange of plaintext bytes as they are: the inner status and the
+ * content in *out; -1 when the outer answer is not an opened 200. */
+static int exchange_raw(const tu_proc *p, const raw *plain, char **out)
+{
+    veil_ohttp_keyconfig cfg;
+    veil_ohttp_ctx *ctx = NULL;
+    veil_ohttp_alg alg = {VEIL_HPKE_KDF_SHA256, VEIL_HPKE_AEAD_AES256GCM};
+    uint8_t *req = NULL;
+    size_t len = 0;
+    resp r = {0};
+    int status = -1;
+
+    *out = NULL;
+    if (fetch_config(p, &cfg) == 0 &&
+        veil_ohttp_encap_request(sw_e, &cfg, alg, plain->b, plain->n, NULL,
+                                 &req, &len, &ctx) == VEIL_OK &&
+        http(p, req, len, VEIL_OHTTP_MEDIA_REQ, &r) == 0 && r.status == 200)
+        status = open_answer(ctx, &r, out);
+    resp_free(&r);
+    free(req);
+    veil_ohttp_ctx_free(ctx);
+    return status;
+}
+
+/* RFC 9292 3.6 (field names are tokens, RFC 9110 5.1, in any case): a
+ * client that writes "Content-Type" and "X-Security-Tier" is served as
+ * one that writes them in lower case, and an "Expect: 100-continue" in
+ * upper case is still refused as RFC 9458 5.1 requires. */
+static void test_inner_field_case(void)
+{
+    static const char *const hdr[] = {"Content-Type", "application/json",
+                                      "X-Security-Tier", "standard", NULL};
+    static const char *const bad_tier[] = {"X-Security-Tier", "golden", NULL};
+    static const char *const expect[] = {"Expect", "100-continue", NULL};
+    raw q;
+    char *content = NULL;
+
+    raw_request(&q, 0, "POST", "", "/v1/chat/completions");
+    raw_section(&q, hdr);
+    raw_str(&q, CHAT_ECHO);
+    CU_ASSERT_EQUAL(exchange_raw(&gw_sw, &q, &content), 200);
+    CU_ASSERT(content && strstr(content, PROMPT));
+    if (!content || !strstr(content, PROMPT))
+        fprintf(stderr, "upper-case names: %s\n", content ? content : "-");
+    free(content);
+    raw_request(&q, 0, "GET", "", "/v1/models");
+    raw_section(&q, bad_tier);
+    CU_ASSERT_EQUAL(exchange_raw(&gw_sw, &q, &content), 400);
+    CU_ASSERT(content && strstr(content, "x-security-tier must be"));
+    free(content);
+    raw_request(&q, 0, "GET", "", "/v1/models");
+    raw_section(&q, expect);
+    CU_ASSERT_EQUAL(exchange_raw(&gw_sw, &q, &content), 400);
+    CU_ASSERT(content && strstr(content, "expect is not taken"));
+    free(content);
+}
+
+/* RFC 9292 3.2 and 3.8 as veild takes them: an indeterminate-length
+ * request (framing 2) in chunks with zero padding, a known-length one
+ * truncated after its header section and padded, an empty authority, all
+ * served; a content-length that disagrees with the content is a
+ * malformed request (RFC 9113 8.1.1, RFC 9110 8.6): an inner 400, and
+ * one that agrees is served. */
+static void test_inner_framings(void)
+{
+    static const char *const ct[] = {"content-type", "application/json",
+                                     NULL};
+    static const char *const cl_bad[] = {"content-type", "application/json",
+                                         "Content-Length", "5", NULL};
+    static const char *const cl_two[] = {"content-length", "7",
+                                         "content-length", "9", NULL};
+    static const char *const none[] = {NULL};
+    static const size_t cuts[] = {10, 25, sizeof CHAT_ECHO - 1};
+    char cl_ok_len[16];
+    const char *cl_ok[] = {"content-length", cl_ok_len, NULL};
+    raw q;
+    char *content = NULL;
+
+    /* indeterminate length: headers up to a zero, chunks, a zero, empty
+     * trailers, then padding */
+    raw_request(&q, 2, "POST", "", "/v1/chat/completions");
+    raw_str(&q, "content-type");
+    raw_str(&q, "application/json");
+    raw_int(&q, 0);
+    for (size_t i = 0, at = 0; i < 3; at = cuts[i++]) {
+        raw_int(&q, cuts[i] - at);
+        memcpy(q.b + q.n, CHAT_ECHO + at, cuts[i] - at);
+        q.n += cuts[i] - at;
+    }
+    raw_int(&q, 0);
+    raw_int(&q, 0);
+    memset(q.b + q.n, 0, 7);
+    q.n += 7;
+    CU_ASSERT_EQUAL(exchange_raw(&gw_sw, &q, &content), 200);
+    CU_ASSERT(content && strstr(content, PROMPT));
+    free(content);
+    /* indeterminate length truncated after its header section, padded */
+    raw_request(&q, 2, "GET", "gateway.test", "/v1/models");
+    raw_int(&q, 0);
+    memset(q.b + q.n, 0, 3);
+    q.n += 3;
+    CU_ASSERT_EQUAL(exchange_raw(&gw_sw, &q, &content), 200);
+    CU_ASSERT(content && strstr(content, "\"echo\""));
+    free(content);
+    /* known length truncated after the control data, then padded */
+    raw_request(&q, 0, "GET", "", "/v1/models");
+    memset(q.b + q.n, 0, 16);
+    q.n += 16;
+    CU_ASSERT_EQUAL(exchange_raw(&gw_sw, &q, &content), 200);
+    free(content);
+    raw_request(&q, 0, "GET", "", "/v1/models");
+    raw_section(&q, none);
+    CU_ASSERT_EQUAL(exchange_raw(&gw_sw, &q, &content), 200);
+    free(content);
+    /* content-length against the content */
+    raw_request(&q, 0, "POST", "", "/v1/chat/completions");
+    raw_section(&q, cl_bad);
+    raw_str(&q, CHAT_ECHO);
+    CU_ASSERT_EQUAL(exchange_raw(&gw_sw, &q, &content), 400);
+    CU_ASSERT(content && strstr(content, "content-length"));
+    free(content);
+    raw_request(&q, 0, "GET", "", "/v1/models");
+    raw_section(&q, cl_two);
+    CU_ASSERT_EQUAL(exchange_raw(&gw_sw, &q, &content), 400);
+    free(content);
+    snprintf(cl_ok_len, sizeof cl_ok_len, "%zu", sizeof CHAT_ECHO - 1);
+    raw_request(&q, 0, "POST", "", "/v1/chat/completions");
+    raw_section(&q, ct);
+    raw_str(&q, CHAT_ECHO);
+    CU_ASSERT_EQUAL(exchange_raw(&gw_sw, &q, &content), 200);
+    free(content);
+    raw_request(&q, 0, "POST", "", "/v1/chat/completions");
+    raw_section(&q, cl_ok);
+    raw_str(&q, CHAT_ECHO);
+    CU_ASSERT_EQUAL(exchange_raw(&gw_sw, &q, &content), 200);
+    free(content);
+}
+
+/* RFC 9540's resource as HTTP serves it: HEAD is the GET's head
+ * (application/ohttp-keys, no body), a query string changes nothing, a
+ * trailing slash is another path, and another method is a 405 that
+ * names the methods the resource has (RFC 9110 15.5.6: "The origin server
+ * MUST generate an Allow header field in a 405 response"). */
+static void test_well_known_methods(void)
+{
+    char v[256];
+    resp r;
+
+    outer_method = "HEAD";
+    CU_ASSERT_EQUAL_FATAL(http(&gw_sw, NULL, 0, NULL, &r), 0);
+    CU_ASSERT_EQUAL(r.status, 200);
+    CU_ASSERT_STRING_EQUAL(head_value(&r, "Content-Type", v, sizeof v),
+                           VEIL_OHTTP_MEDIA_KEYS);
+    CU_ASSERT_EQUAL(r.len, 0);
+    resp_free(&r);
+    for (int i = 0; i < 2; i++) {
+        outer_method = i ? "DELETE" : "PUT";
+        CU_ASSERT_EQUAL_FATAL(http(&gw_sw, NULL, 0, NULL, &r), 0);
+        CU_ASSERT_EQUAL(r.status, 405);
+        CU_ASSERT_STRING_EQUAL(head_value(&r, "Allow", v, sizeof v),
+                               "GET, HEAD, POST");
+        resp_free(&r);
+    }
+    outer_method = NULL;
+    /* a query string is the same resource (the keys); a trailing slash
+     * is another one (404) */
+    url_tail = "?v=1";
+    CU_ASSERT_EQUAL_FATAL(http(&gw_sw, NULL, 0, NULL, &r), 0);
+    CU_ASSERT_EQUAL(r.status, 200);
+    CU_ASSERT_STRING_EQUAL(head_value(&r, "Content-Type", v, sizeof v),
+                           VEIL_OHTTP_MEDIA_KEYS);
+    resp_free(&r);
+    url_tail = "/";
+    CU_ASSERT_EQUAL_FATAL(http(&gw_sw, NULL, 0, NULL, &r), 0);
+    CU_ASSERT_EQUAL(r.status, 404);
+    resp_free(&r);
+    url_tail = "";
+}
+
 /* A replay, and any byte of the key ID, enc or ciphertext changed: the
  * same 400, byte for byte; an answer opens only with its own context. */
 static void test_uniform_and_replay(void)
@@ -1202,6 +1442,12 @@ int main(void)
         {"a signature only for its API key or an operator",
          test_signature_owner},
         {"errors travel encrypted", test_errors_encrypted},
+        {"inner field names in upper case (RFC 9292 3.6)",
+         test_inner_field_case},
+        {"inner framings, truncation, padding, content-length",
+         test_inner_framings},
+        {"the well-known resource: HEAD, and Allow on a 405",
+         test_well_known_methods},
         {"one answer for tampering and replays", test_uniform_and_replay},
         {"API key and rate limit inside", test_api_key_inside},
         {"rotation: grace, then destroyed (forward secrecy)", test_rotation},

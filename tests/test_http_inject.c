@@ -156,7 +156,7 @@ static void test_same_answers(void)
          {"Content-Type", "message/ohttp-req", NULL},
          40,
          400,
-         "key configuration problem"},
+         "Oblivious HTTP key configuration not acceptable"},
         {"DELETE", "/v1/models", {NULL}, 0, 405, "method not allowed"},
         {"POST",
          "/v1/chat/secure_completion",

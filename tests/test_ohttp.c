@@ -441,8 +441,10 @@ static void test_bhttp_hostile(void)
         {"0003474554", VEIL_BHTTP_REQUEST, "control data cut"},
         {"000347455405687474707300012f05", VEIL_BHTTP_REQUEST,
          "header length past the end"},
-        {"000347455405687474707300012f0400015800", VEIL_BHTTP_REQUEST,
-         "field name with upper case (X)"},
+        {"000347455405687474707300012f04000178", VEIL_BHTTP_REQUEST,
+         "field name of zero bytes"},
+        {"000347455405687474707300012f0401220178", VEIL_BHTTP_REQUEST,
+         "field name with a character outside tchar (\")"},
         {"000347455405687474707300012f06053a70617468", VEIL_BHTTP_REQUEST,
          "pseudo-field :path"},
         {"000347455405687474707300012f030178010a", VEIL_BHTTP_REQUEST,
@@ -461,6 +463,12 @@ static void test_bhttp_hostile(void)
         {"00034745540568747470730001202f", VEIL_BHTTP_REQUEST,
          "space in the path"},
         {"0000", VEIL_BHTTP_REQUEST, "empty method"},
+        {"0003474554056874747073097573657240686f7374012f", VEIL_BHTTP_REQUEST,
+         "userinfo in an https authority (RFC 9113 8.3.1)"},
+        {"000347455405687474707300027631", VEIL_BHTTP_REQUEST,
+         "an https path not starting with / (RFC 9113 8.3.1)"},
+        {"000347455405687474707300012a", VEIL_BHTTP_REQUEST,
+         "path * on GET (only OPTIONS takes it)"},
         {"0163", VEIL_BHTTP_RESPONSE, "status 99"},
         {"014258", VEIL_BHTTP_RESPONSE, "status 600"},
         {"014066", VEIL_BHTTP_RESPONSE, "informational only"},
@@ -526,6 +534,106 @@ static void test_bhttp_hostile(void)
     bhttp_mutations(req_il, VEIL_BHTTP_REQUEST);
     bhttp_mutations(res_il, VEIL_BHTTP_RESPONSE);
     bhttp_mutations(res_chunked, VEIL_BHTTP_RESPONSE);
+}
+
+/* RFC 9292 3.6: a field name is valid when its bytes are those RFC 9110
+ * 5.1 permits (a token), upper case included (only field values are held
+ * to HTTP/2's 8.2.1); names are case-insensitive (RFC 9110 5.1), so
+ * veil_bhttp_field_get finds "Content-Type" as "content-type".  Such a
+ * message encodes back byte for byte. */
+static void test_bhttp_field_case(void)
+{
+    static const uint8_t msg[] = {
+        0x00, 0x04, 'P', 'O', 'S', 'T', 0x05, 'h', 't', 't', 'p', 's', 0x00,
+        0x01, '/', 0x18, 0x0c, 'C', 'o', 'n', 't', 'e', 'n', 't', '-', 'T',
+        'y', 'p', 'e', 0x0a, 't', 'e', 'x', 't', '/', 'p', 'l', 'a', 'i', 'n',
+        0x02, 'h', 'i'};
+    veil_bhttp_msg *m = NULL;
+    const veil_bhttp_field *f;
+    veil_secbuf *enc = NULL;
+
+    CU_ASSERT_EQUAL_FATAL(
+        veil_bhttp_decode(msg, sizeof msg, VEIL_BHTTP_REQUEST, NULL, &m),
+        VEIL_OK);
+    CU_ASSERT_EQUAL(m->headers.n, 1);
+    f = veil_bhttp_field_get(&m->headers, "content-type");
+    CU_ASSERT(f && bstr_is(f->value, "text/plain"));
+    CU_ASSERT(f && bstr_is(f->name, "Content-Type"));
+    CU_ASSERT_PTR_NULL(veil_bhttp_field_get(&m->headers, "content-typ"));
+    CU_ASSERT(bstr_is(m->content, "hi"));
+    CU_ASSERT_EQUAL(veil_bhttp_encode(m, VEIL_BHTTP_TRUNCATE, &enc), VEIL_OK);
+    CU_ASSERT(secbuf_is(enc, msg, sizeof msg));
+    veil_secbuf_free(enc);
+    veil_bhttp_msg_free(m);
+}
+
+/* RFC 9458 3.1 and 3.2 from a hostile gateway: a configuration whose
+ * suites are not whole (a length not a multiple of 4), none at all, or
+ * followed by bytes its length prefix covers is an encoding error that
+ * discards the whole list; one whose KEM or whose every suite veil does not
+ * know is skipped; many configurations of other KEMs cost nothing; more
+ * than 64 usable ones are refused. */
+static void test_keys_hostile(void)
+{
+    /* X25519, the RFC 9458 appendix A key, then the suites */
+    static const char pk[] =
+        "31e1f05a740102115220e9af918f738674aec95f54db6e04eb705aae8e798155";
+    veil_ohttp_keyconfig *list = NULL;
+    uint8_t *b, *big;
+    size_t len, n = 0;
+    char hex[512];
+    static const struct {
+        const char *suites; /* length prefix and suites, hex */
+        veil_rc want;
+        size_t n;
+    } one[] = {
+        {"000400010001", VEIL_OK, 1},
+        {"000600010001ffff", VEIL_E_ARG, 0},   /* 6: not whole suites */
+        {"0000", VEIL_E_ARG, 0},               /* zero suites */
+        {"00040001000100", VEIL_E_ARG, 0},     /* a trailing byte */
+        {"000800010003ffff0003", VEIL_E_UNSUPPORTED, 0}, /* none known */
+        {"00040001ffff", VEIL_E_UNSUPPORTED, 0}, /* export-only */
+    };
+
+    for (size_t i = 0; i < sizeof one / sizeof *one; i++) {
+        size_t cl = 3 + 32 + strlen(one[i].suites) / 2;
+        snprintf(hex, sizeof hex, "%04zx010020%s%s", cl, pk, one[i].suites);
+        b = hx(hex, &len);
+        veil_rc rc = veil_ohttp_keys_decode(b, len, &list, &n);
+        CU_ASSERT_EQUAL(rc, one[i].want);
+        CU_ASSERT_EQUAL(rc == VEIL_OK ? n : 0, one[i].n);
+        if (rc != one[i].want)
+            fprintf(stderr, "key list case %zu: %s\n", i, veil_rc_name(rc));
+        free(list);
+        list = NULL;
+        free(b);
+    }
+    /* 5000 configurations of an unknown KEM (each 7 bytes), then a usable
+     * one: it is found */
+    snprintf(hex, sizeof hex, "%04x010020%s000400010001", 3 + 32 + 6, pk);
+    b = hx(hex, &len);
+    big = malloc(5000 * 7 + len);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(big);
+    for (size_t i = 0; i < 5000; i++)
+        memcpy(big + 7 * i, "\x00\x05\x01\x99\x99\x00\x00", 7);
+    memcpy(big + 5000 * 7, b, len);
+    CU_ASSERT_EQUAL(veil_ohttp_keys_decode(big, 5000 * 7 + len, &list, &n),
+                    VEIL_OK);
+    CU_ASSERT_EQUAL(n, 1);
+    free(list);
+    list = NULL;
+    /* 64 usable configurations are taken, 65 are refused */
+    for (size_t i = 0; i < 65; i++)
+        memcpy(big + i * len, b, len);
+    CU_ASSERT_EQUAL(veil_ohttp_keys_decode(big, 64 * len, &list, &n), VEIL_OK);
+    CU_ASSERT_EQUAL(n, 64);
+    free(list);
+    list = NULL;
+    CU_ASSERT_EQUAL(veil_ohttp_keys_decode(big, 65 * len, &list, &n),
+                    VEIL_E_ARG);
+    CU_ASSERT_PTR_NULL(list);
+    free(big);
+    free(b);
 }
 
 /* Every byte of an encapsulated request and response changed, every
@@ -656,7 +764,10 @@ int main(void)
         {"P-256 / AES-256-GCM round trip, replay bound to its context",
          test_p256_round_trip},
         {"binary HTTP: hostile input", test_bhttp_hostile},
+        {"binary HTTP: upper-case field names (RFC 9292 3.6)",
+         test_bhttp_field_case},
         {"Oblivious HTTP: hostile input", test_ohttp_hostile},
+        {"key configurations from a hostile gateway", test_keys_hostile},
     };
 
     TU_ADD_SUITE("ohttp", suite_init, suite_clean, tests);

@@ -48,7 +48,7 @@
 #define WK "/.well-known/ohttp-gateway"
 #define UNIFORM                                                                \
     "{\"type\":\"https://iana.org/assignments/http-problem-types#ohttp-key\"," \
-    "\"title\":\"key configuration problem\"}"
+    "\"title\":\"Oblivious HTTP key configuration not acceptable\"}"
 #define CHAT_ECHO                                                              \
     "{\"model\":\"echo\",\"messages\":[{\"role\":\"user\",\"content\":"        \
     "\"a prompt to a key in the TPM\"}]}"

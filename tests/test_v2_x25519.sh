@@ -24,7 +24,7 @@ PY=${VEIL_PYTHON:-/usr/bin/python3}
 "$PY" -c 'from cryptography.hazmat.primitives.asymmetric import x25519' 2>/dev/null ||
     hard "python3-cryptography (with X25519) not installed"
 PIN=(--pin-source "file:$VEIL_TEST_PIN_FILE")
-UNIFORM='{"type":"https://iana.org/assignments/http-problem-types#ohttp-key","title":"key configuration problem"}'
+UNIFORM='{"type":"https://iana.org/assignments/http-problem-types#ohttp-key","title":"Oblivious HTTP key configuration not acceptable"}'
 
 "$K" generate --token "$TOK" --label x25519-server --bits 2048 --module "$MOD" "${PIN[@]}" \
     >"$T/keygen.log" 2>&1 || { cat "$T/keygen.log"; hard "veil-keys could not make the server key"; }
