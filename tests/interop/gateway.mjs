@@ -51,7 +51,7 @@ const ALGS = [[o.KDF_SHA256, o.AEAD_AES128GCM], [o.KDF_SHA256, o.AEAD_AES256GCM]
 // what the P-256 configuration lists: first HKDF-SHA384 (0x0002, which
 // veil does not take) with AES-256-GCM, then ALGS
 const LISTED = [[0x0002, o.AEAD_AES256GCM], ...ALGS];
-const UNIFORM = JSON.stringify({ type: o.PROBLEM_KEY, title: "key configuration problem" });
+const UNIFORM = JSON.stringify({ type: o.PROBLEM_KEY, title: "Oblivious HTTP key configuration not acceptable" });
 const te = new TextEncoder();
 const MODELS = ["echo", "echo-indeterminate", "echo-informational", "echo-truncated", "echo-ind-truncated", "echo-unsigned", "echo-badsig", "busy-once"];
 let busyOnce = true;
