@@ -30,6 +30,7 @@ PACKAGES=(
     # fuzzing (configure CC=clang --enable-fuzzing; fuzz/, scripts/fuzz.sh):
     # clang 14 and its compiler-rt, which holds libFuzzer and clang's sanitizers
     clang libclang-rt-14-dev
+    clang-format          # tests/check_style.sh: the C formatting check (.clang-format)
 )
 # tests/test_interop_ohttp.sh: Node.js and npm run third-party HPKE and
 # Binary HTTP implementations (npm packages, tests/interop/) against veil.
