@@ -474,9 +474,14 @@ static veil_rc dh_soft(uint16_t kem, EVP_PKEY *sk, const uint8_t *peer,
             EVP_PKEY_derive(ctx, veil_secbuf_data(out), &len) <= 0 || len != 32)
             rc = veil_err(VEIL_E_ARG, HP, NULL, "HPKE: DH failed");
     }
-    for (size_t i = 0; rc == VEIL_OK && i < 32; i++)
+    /* RFC 9180 7.1.4: an all-zero DH output is an error for X25519 (a
+     * low-order point).  A P-256 Z is the x-coordinate of a point the
+     * curve check above accepted, and x = 0 is such a point's (SP 800-56A
+     * 5.7.1.2 refuses only the point at infinity). */
+    for (size_t i = 0; rc == VEIL_OK && kem == VEIL_HPKE_KEM_X25519 && i < 32;
+         i++)
         acc |= veil_secbuf_data(out)[i];
-    if (rc == VEIL_OK && !acc)
+    if (rc == VEIL_OK && kem == VEIL_HPKE_KEM_X25519 && !acc)
         rc = veil_err(VEIL_E_ARG, HP, NULL, "HPKE: DH output is zero");
     ERR_clear_error();
     EVP_PKEY_CTX_free(ctx);

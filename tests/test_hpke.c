@@ -755,6 +755,63 @@ static void test_wycheproof_x25519(void)
     CU_ASSERT_EQUAL(opened, 59);
 }
 
+/* Wycheproof ecdh_secp256r1_ecpoint_test tcId 3 ("shared secret has
+ * x-coordinate that satisfies x**2 = 0", result valid): a point on the
+ * curve whose shared secret with the key is all zeros.  RFC 9180 7.1.4
+ * refuses a zero DH output for X25519 only; for P-256 it is a valid Z
+ * (SP 800-56A refuses only the point at infinity), in HPKE's software DH,
+ * the software provider and SoftHSM2 alike. */
+static void test_p256_zero_x(void)
+{
+    static const char *sk_hex =
+        "0a0d622a47e48f6bc1038ace438c6f528aa00ad2bd1da5f13ee46bf5f633d71a";
+    static const char *pk_hex =
+        "0458fd4168a87795603e2b04390285bdca6e57de6027fe211dd9d25e2212d29e"
+        "62080d36bd224d7405509295eed02a17150e03b314f96da37445b0d1d29377d12c";
+    static const veil_hpke_suite s = {VEIL_HPKE_KEM_P256, VEIL_HPKE_KDF_SHA256,
+                                      VEIL_HPKE_AEAD_AES256GCM};
+    static const uint8_t zero[32] = {0};
+    size_t sk_len = 0, peer_len = 0, pk_len = 65;
+    uint8_t *sk = tu_hex(sk_hex, &sk_len), *peer = tu_hex(pk_hex, &peer_len);
+    uint8_t pk[65];
+    veil_hpke_key *hk = NULL;
+    veil_hpke_ctx *ctx = NULL;
+    veil_secbuf *z = NULL;
+    veil_key *k;
+
+    CU_ASSERT_FATAL(sk && peer && sk_len == 32 && peer_len == 65);
+    CU_ASSERT_EQUAL_FATAL(
+        veil_hpke_key_from_private(VEIL_HPKE_KEM_P256, sk, 32, &hk), VEIL_OK);
+    CU_ASSERT_EQUAL(veil_hpke_key_public(hk, pk, &pk_len), VEIL_OK);
+    /* HPKE's own (software) DH */
+    CU_ASSERT_EQUAL(veil_hpke_setup_base_r(sw_e, &s, hk, peer, 65, NULL, 0,
+                                           &ctx),
+                    VEIL_OK);
+    veil_hpke_ctx_free(ctx);
+    /* the engine, software provider and SoftHSM2 */
+    k = software_key(hk, CAVS_KEY0 + 35);
+    CU_ASSERT_PTR_NOT_NULL(k);
+    if (k) {
+        CU_ASSERT_EQUAL(veil_ecdh_derive(sw_e, k, peer, 65, &z), VEIL_OK);
+        CU_ASSERT(z && memcmp(veil_secbuf_data(z), zero, 32) == 0);
+        veil_secbuf_free(z);
+        z = NULL;
+    }
+    veil_key_free(k);
+    k = token_key(hk, pk, CAVS_KEY0 + 35);
+    CU_ASSERT_PTR_NOT_NULL(k);
+    if (k) {
+        CU_ASSERT_EQUAL(veil_ecdh_derive(tok_e, k, peer, 65, &z), VEIL_OK);
+        CU_ASSERT(z && memcmp(veil_secbuf_data(z), zero, 32) == 0);
+        veil_secbuf_free(z);
+        CU_ASSERT_EQUAL(veil_key_delete(tok_e, k), VEIL_OK);
+    }
+    veil_hpke_key_free(hk);
+    OPENSSL_cleanse(sk, sk_len);
+    free(sk);
+    free(peer);
+}
+
 /* ---- set-up ------------------------------------------------------------- */
 
 static int suite_init(void)
@@ -820,6 +877,7 @@ int main(void)
         {"NIST CAVS KAS ECC P-256: software and SoftHSM2",
          test_nist_cavs_ecdh},
         {"Wycheproof X25519: zero outputs refused", test_wycheproof_x25519},
+        {"P-256: a zero x-coordinate is a valid Z", test_p256_zero_x},
     };
 
     TU_ADD_SUITE("hpke", suite_init, suite_clean, tests);
