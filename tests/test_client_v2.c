@@ -1057,6 +1057,22 @@ static void test_uniform_twice(void)
     veil_client_free(c);
 }
 
+/* One chat over v2 from a fresh client to the stand-in, which answers the
+ * POST as `post`: the status, and the answer in *resp (NULL on error). */
+static veil_client_status stand_in_chat(int post, cJSON **resp,
+                                        veil_client_error *err)
+{
+    char url[64];
+    stand_in_url(url, sizeof url);
+    veil_client *c = client_for(url, VEIL_CLIENT_PROTOCOL_V2);
+    cJSON *req = chat_request();
+    si.post = post;
+    veil_client_status st = veil_chat_create(c, req, NULL, resp, NULL, err);
+    veil_chat_response_free(req);
+    veil_client_free(c);
+    return st;
+}
+
 /* The outer POST carries only what RFC 9458 5 says a relay needs.
  * Answers signed right, unsigned, and signed over another answer: only
  * the first is taken, also when a gateway of another implementation
@@ -1074,16 +1090,12 @@ static void test_answer_signatures(void)
         {POST_UNSIGNED, VEIL_CLIENT_E_SECURITY, "carries no signature"},
         {POST_MISSIGNED, VEIL_CLIENT_E_SECURITY, "does not verify"},
     };
-    char url[64];
-    stand_in_url(url, sizeof url);
     si.not_after = (long long)time(NULL) + 3600;
     si.bad_signature = 0;
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        veil_client *c = client_for(url, VEIL_CLIENT_PROTOCOL_V2);
-        cJSON *req = chat_request(), *resp = NULL;
+        cJSON *resp = NULL;
         veil_client_error err;
-        si.post = cases[i].post;
-        CU_ASSERT_EQUAL(veil_chat_create(c, req, NULL, &resp, NULL, &err),
+        CU_ASSERT_EQUAL(stand_in_chat(cases[i].post, &resp, &err),
                         cases[i].st);
         if (cases[i].why) {
             CU_ASSERT_PTR_NULL(resp);
@@ -1099,8 +1111,6 @@ static void test_answer_signatures(void)
         if (si.post_extra[0])
             fprintf(stderr, "outer POST also carries: %s\n", si.post_extra);
         veil_chat_response_free(resp);
-        veil_chat_response_free(req);
-        veil_client_free(c);
     }
     si.post = POST_UNIFORM;
 }
@@ -1120,18 +1130,13 @@ static void test_not_encapsulated(void)
         {POST_SHORT, VEIL_CLIENT_E_SECURITY},
         {POST_REDIRECT, -1 /* any error but OK */},
     };
-    char url[64];
-    stand_in_url(url, sizeof url);
     si.not_after = (long long)time(NULL) + 3600;
     si.bad_signature = 0;
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        veil_client *c = client_for(url, VEIL_CLIENT_PROTOCOL_V2);
-        cJSON *req = chat_request(), *resp = NULL;
+        cJSON *resp = NULL;
         veil_client_error err;
-        si.post = cases[i].post;
         atomic_store(&si.posts, 0);
-        veil_client_status st =
-            veil_chat_create(c, req, NULL, &resp, NULL, &err);
+        veil_client_status st = stand_in_chat(cases[i].post, &resp, &err);
         if ((int)cases[i].st >= 0)
             CU_ASSERT_EQUAL(st, cases[i].st)
         else
@@ -1141,8 +1146,6 @@ static void test_not_encapsulated(void)
             CU_ASSERT(strstr(err.detail, VEIL_CLIENT_SECURITY_MESSAGE) != NULL);
         CU_ASSERT_EQUAL(atomic_load(&si.posts), 1);
         veil_chat_response_free(resp);
-        veil_chat_response_free(req);
-        veil_client_free(c);
     }
     si.post = POST_UNIFORM;
 }

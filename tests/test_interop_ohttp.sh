@@ -109,10 +109,8 @@ EMBED='(lambda h: c["data"][0]["embedding"] == [((h[2*i] << 8 | h[2*i+1]) - 3276
 
 # --------------------------------------------------------------- the keys
 
-"$K" generate --token "$TOK" --label interop-server --bits 2048 --module "$MOD" "${PIN[@]}" \
-    >"$T/keygen.log" 2>&1 || { cat "$T/keygen.log"; hard "veil-keys could not make the server key"; }
-"$K" generate --token "$TOK" --label interop-signer --type ec --module "$MOD" "${PIN[@]}" \
-    >>"$T/keygen.log" 2>&1 || { cat "$T/keygen.log"; hard "veil-keys could not make the signing key"; }
+token_key interop-server --bits 2048
+token_key interop-signer --type ec
 SK=(--server-key "$TOK;object=interop-server" --signing-key "$TOK;object=interop-signer"
     --pkcs11-module "$MOD" "${PIN[@]}" --rate 1000 --burst 1000)
 mock_start

@@ -20,13 +20,8 @@ CHECK="${VEIL_SRCDIR:?}/tests/metrics_check.py"
 
 # ------------------------------------------------------------------ setup
 
-"$K" generate --token "$TOK" --label metrics --bits 2048 --module "$MOD" \
-    --pin-source "file:$VEIL_TEST_PIN_FILE" >"$T/keygen.log" 2>&1 &&
-    "$K" generate --token "$TOK" --label metrics-signer --type ec --module "$MOD" \
-        --pin-source "file:$VEIL_TEST_PIN_FILE" >>"$T/keygen.log" 2>&1 || {
-    cat "$T/keygen.log"
-    hard "veil-keys could not make the keys"
-}
+token_key metrics --bits 2048
+token_key metrics-signer --type ec
 rnd() { od -An -tx1 -N12 /dev/urandom | tr -d ' \n'; }
 key_a="vk-a-$(rnd)" key_b="vk-b-$(rnd)" key_o="vk-o-$(rnd)"
 hash_of() { printf '%s' "$1" | sha256sum | cut -d' ' -f1; }

@@ -26,10 +26,8 @@ PY=${VEIL_PYTHON:-/usr/bin/python3}
 PIN=(--pin-source "file:$VEIL_TEST_PIN_FILE")
 UNIFORM='{"type":"https://iana.org/assignments/http-problem-types#ohttp-key","title":"Oblivious HTTP key configuration not acceptable"}'
 
-"$K" generate --token "$TOK" --label x25519-server --bits 2048 --module "$MOD" "${PIN[@]}" \
-    >"$T/keygen.log" 2>&1 || { cat "$T/keygen.log"; hard "veil-keys could not make the server key"; }
-"$K" generate --token "$TOK" --label x25519-signer --type ec --module "$MOD" "${PIN[@]}" \
-    >>"$T/keygen.log" 2>&1 || { cat "$T/keygen.log"; hard "veil-keys could not make the signing key"; }
+token_key x25519-server --bits 2048
+token_key x25519-signer --type ec
 SK=(--server-key "$TOK;object=x25519-server" --signing-key "$TOK;object=x25519-signer"
     --pkcs11-module "$MOD" "${PIN[@]}" --model echo=echo --rate 1000 --burst 1000)
 

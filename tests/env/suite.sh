@@ -29,6 +29,11 @@
 #   nomyo_setup
 #       for the tests that run tests/nomyo_client.py: sets NC (its path);
 #       exits 99 when it is missing or PY lacks the cryptography package.
+#   token_key LABEL [ARG...]
+#       makes the key LABEL in the test token (veil-keys generate --token
+#       TOK --module MOD --pin-source PINSRC ARG..., e.g. --bits 2048 or
+#       --type ec; its output appended to T/keygen.log); exits 99 when
+#       that fails.
 #   answer_is NAME PYTHON-EXPR
 #       counts a pass when the expression is true of the answer JSON on the
 #       last stdout (as `a`, its _metadata as `md`) and the last stderr's
@@ -96,6 +101,13 @@ stop_at_exit() {
         printf -v "$v" ''
         SUITE_PID_VARS+=("$v")
     done
+}
+
+token_key() {
+    local label=$1
+    shift
+    "$K" generate --token "$TOK" --label "$label" --module "$MOD" --pin-source "$PINSRC" "$@" \
+        >>"$T/keygen.log" 2>&1 || { cat "$T/keygen.log"; hard "veil-keys could not make the key $label"; }
 }
 
 field() {
