@@ -257,6 +257,27 @@ static int length_disagrees(const veil_bhttp_msg *m)
     return 0;
 }
 
+/* The first of the fields veild acts on that appears more than once in
+ * the header section (any case), or NULL.  Each is a singleton (RFC 9110
+ * 5.3: a sender must not repeat it); taking the first of two would be a
+ * guess at what a hostile or confused client meant. */
+static const char *singleton_twice(const veil_bhttp_msg *m)
+{
+    static const char *const single[] = {"authorization", "x-security-tier",
+                                         "content-type", "content-length"};
+
+    for (size_t k = 0; k < sizeof single / sizeof single[0]; k++) {
+        size_t n = strlen(single[k]), seen = 0;
+        for (size_t i = 0; i < m->headers.n; i++)
+            seen += m->headers.fields[i].name.len == n &&
+                    strncasecmp((const char *)m->headers.fields[i].name.p,
+                                single[k], n) == 0;
+        if (seen > 1)
+            return single[k];
+    }
+    return NULL;
+}
+
 /* The binary HTTP request, its API key and rate, and its tier. */
 static gw_rc v2_inner(gw_server *s, svc_req *r, v2_x *x)
 {
@@ -277,6 +298,13 @@ static gw_rc v2_inner(gw_server *s, svc_req *r, v2_x *x)
     }
     if (veil_bhttp_field_get(&x->in->headers, "expect")) {
         snprintf(x->why, sizeof x->why, "expect is not taken (RFC 9458 5.1)");
+        return GW_REFUSED;
+    }
+    const char *twice = singleton_twice(x->in);
+    if (twice) {
+        snprintf(x->why, sizeof x->why,
+                 "the inner request has %s more than once (RFC 9110 5.3)",
+                 twice);
         return GW_REFUSED;
     }
     if (length_disagrees(x->in)) {

@@ -922,7 +922,9 @@ static void test_inner_field_case(void)
  * truncated after its header section and padded, an empty authority, all
  * served; a content-length that disagrees with the content is a
  * malformed request (RFC 9113 8.1.1, RFC 9110 8.6): an inner 400, and
- * one that agrees is served. */
+ * one that agrees is served; a singleton field veild acts on
+ * (authorization, x-security-tier, content-type) given twice is an inner
+ * 400 too, never a guess at which one was meant. */
 static void test_inner_framings(void)
 {
     static const char *const ct[] = {"content-type", "application/json",
@@ -932,6 +934,12 @@ static void test_inner_framings(void)
     static const char *const cl_two[] = {"content-length", "7",
                                          "content-length", "9", NULL};
     static const char *const none[] = {NULL};
+    static const char *const twice[][7] = {
+        {"x-security-tier", "standard", "X-Security-Tier", "maximum", NULL},
+        {"authorization", "Bearer a", "authorization", "Bearer b", NULL},
+        {"content-type", "application/json", "Content-Type", "text/plain",
+         NULL},
+        {NULL}};
     static const size_t cuts[] = {10, 25, sizeof CHAT_ECHO - 1};
     char cl_ok_len[16];
     const char *cl_ok[] = {"content-length", cl_ok_len, NULL};
@@ -985,6 +993,15 @@ static void test_inner_framings(void)
     raw_section(&q, cl_two);
     CU_ASSERT_EQUAL(exchange_raw(&gw_sw, &q, &content), 400);
     free(content);
+    /* a field veild acts on, twice (in any case): refused, not guessed */
+    for (size_t i = 0; twice[i][0]; i++) {
+        raw_request(&q, 0, "POST", "", "/v1/chat/completions");
+        raw_section(&q, twice[i]);
+        raw_str(&q, CHAT_ECHO);
+        CU_ASSERT_EQUAL(exchange_raw(&gw_sw, &q, &content), 400);
+        CU_ASSERT(content && strstr(content, "more than once"));
+        free(content);
+    }
     snprintf(cl_ok_len, sizeof cl_ok_len, "%zu", sizeof CHAT_ECHO - 1);
     raw_request(&q, 0, "POST", "", "/v1/chat/completions");
     raw_section(&q, ct);
