@@ -72,8 +72,9 @@ typedef enum gw_rc {
     GW_MEDIA_TYPE,    /* 415: a body of another Content-Type */
     GW_OHTTP_KEY,     /* 400: v2's one answer for every request that does not
                          open (RFC 9458 5.3's key-configuration problem) */
-    GW_BUSY           /* 503 with Retry-After: a line of limited work (the
+    GW_BUSY,          /* 503 with Retry-After: a line of limited work (the
                          TPM's) is full, or its turn did not come in time */
+    GW_METHOD         /* 405: a route that takes another method (with Allow) */
 } gw_rc;
 
 /* The HTTP status of an outcome (200 for GW_OK, 500 for an unknown one)

@@ -27,6 +27,7 @@ static const struct {
     [GW_MEDIA_TYPE] = {415, "unsupported media type"},
     [GW_OHTTP_KEY] = {400, "key configuration problem"},
     [GW_BUSY] = {503, "the TPM is busy; try again later"},
+    [GW_METHOD] = {405, "method not allowed"},
 };
 
 #define N_ANSWERS (sizeof answers / sizeof answers[0])

@@ -57,6 +57,7 @@ typedef struct v2_x {
     char *content; /* malloc'd; wiped (it may hold the model's answer) */
     size_t content_len;
     char retry[16]; /* retry-after, or "" */
+    const char *allow; /* a 405's allow (the route's method), or NULL */
     char rid[65];   /* the request identifier: hex SHA-256 of enc */
     gw_answer_sig sig;
     int full;        /* the replay register had no room */
@@ -554,10 +555,16 @@ static gw_rc v2_route(gw_server *s, v2_x *x)
                        ? m->path.len > n && memcmp(m->path.p, r->path, n) == 0
                        : bstr_is(m->path, r->path);
 
-        if (bstr_is(m->method, r->method) && path) {
+        if (path && bstr_is(m->method, r->method)) {
             x->infer = r->infer;
             return r->handle(s, x);
         }
+        if (path) /* each path has one method */
+            x->allow = r->method;
+    }
+    if (x->allow) { /* RFC 9110 15.5.6: a 405 names what the route takes */
+        snprintf(x->why, sizeof x->why, "this route takes %s", x->allow);
+        return GW_METHOD;
     }
     snprintf(x->why, sizeof x->why, "no such route in protocol v2");
     return GW_NOT_FOUND;
@@ -588,13 +595,15 @@ static void v2_error(v2_x *x, gw_rc rc)
     x->type = "application/json";
     if (rc != GW_RATE_LIMITED && rc != GW_BUSY)
         x->retry[0] = '\0';
+    if (rc != GW_METHOD)
+        x->allow = NULL;
 }
 
 /* The inner answer as binary HTTP, encapsulated to the request's context
  * (RFC 9458 4.4), sent with 200 whatever the inner status. */
 static gw_rc v2_send(gw_server *s, svc_req *r, v2_x *x)
 {
-    veil_bhttp_field f[5] = {{VEIL_BSTR("content-type"),
+    veil_bhttp_field f[6] = {{VEIL_BSTR("content-type"),
                               {(const uint8_t *)x->type, strlen(x->type)}}};
     size_t n = 1;
     veil_bhttp_msg m = {
@@ -608,6 +617,10 @@ static gw_rc v2_send(gw_server *s, svc_req *r, v2_x *x)
         f[n++] =
             (veil_bhttp_field){VEIL_BSTR("retry-after"),
                                {(const uint8_t *)x->retry, strlen(x->retry)}};
+    if (x->allow)
+        f[n++] = (veil_bhttp_field){VEIL_BSTR("allow"),
+                                    {(const uint8_t *)x->allow,
+                                     strlen(x->allow)}};
     if (x->sig.sig_b64 && x->status == 200) {
         f[n++] = (veil_bhttp_field){
             VEIL_BSTR("x-veil-signature"),

@@ -225,6 +225,8 @@ static uint8_t *encap(const veil_ohttp_keyconfig *cfg, const char *method,
 static int retry_after; /* of the last answer opened: its length, or -1 */
 /* of the last answer opened: its signature headers ("" when absent) */
 static char sig_b64[200], sig_at[32], sig_key[100];
+/* of the last answer opened: its allow field ("" when absent) */
+static char last_allow[32];
 /* of the last exchange: its request identifier, hex SHA-256 of enc */
 static char last_rid[65];
 
@@ -264,6 +266,7 @@ static int open_answer(veil_ohttp_ctx *ctx, const resp *r, char **content)
         field_copy(m, "x-veil-signature", sig_b64, sizeof sig_b64);
         field_copy(m, "x-veil-signed-at", sig_at, sizeof sig_at);
         field_copy(m, "x-veil-signing-key", sig_key, sizeof sig_key);
+        field_copy(m, "allow", last_allow, sizeof last_allow);
     }
     veil_bhttp_msg_free(m);
     veil_secbuf_free(plain);
@@ -778,7 +781,8 @@ static void test_signature_owner(void)
     gt_stop_ok(&g);
 }
 
-/* Errors after decapsulation travel encrypted, with their status. */
+/* Errors after decapsulation travel encrypted, with their status; a known
+ * path with another method is a 405 whose allow field names the method. */
 static void test_errors_encrypted(void)
 {
     static const struct {
@@ -790,7 +794,10 @@ static void test_errors_encrypted(void)
          400, "is not served here"},
         {"POST", "/v1/chat/completions", "{\"model\":", 400, ""},
         {"GET", "/v1/nothing", NULL, 404, "no such route"},
-        {"DELETE", "/v1/models", NULL, 404, "no such route"},
+        {"DELETE", "/v1/nowhere", NULL, 404, "no such route"},
+        /* a route with another method: 405 naming it (RFC 9110 15.5.6) */
+        {"DELETE", "/v1/models", NULL, 405, "this route takes GET"},
+        {"GET", "/v1/chat/completions", NULL, 405, "this route takes POST"},
     };
 
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
@@ -803,6 +810,12 @@ static void test_errors_encrypted(void)
         if (status != cases[i].status)
             fprintf(stderr, "case %zu: %d %s\n", i, status,
                     content ? content : "(none)");
+        /* its allow field: the route's method, on a 405 only */
+        CU_ASSERT_STRING_EQUAL(last_allow, status == 405
+                                               ? (cases[i].method[0] == 'D'
+                                                      ? "GET"
+                                                      : "POST")
+                                               : "");
         free(content);
     }
 }
