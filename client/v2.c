@@ -201,11 +201,8 @@ static long long max_age(const char *cc)
  * application/ohttp-keys with at least one signature header), else 0. */
 static int looks_v2(const veil_cl_http_response *r)
 {
-    static const char type[] = VEIL_OHTTP_MEDIA_KEYS;
-    const char *ct = r->content_type;
-    return r->status == 200 && !strncasecmp(ct, type, sizeof type - 1) &&
-           (ct[sizeof type - 1] == '\0' || ct[sizeof type - 1] == ';' ||
-            ct[sizeof type - 1] == ' ') &&
+    return r->status == 200 &&
+           veil_ohttp_media_is(r->content_type, VEIL_OHTTP_MEDIA_KEYS) &&
            (r->keys_signature[0] || r->keys_expires[0] ||
             r->keys_signed_at[0] || r->veil_signing_key[0]);
 }
@@ -537,12 +534,11 @@ static veil_client_status inner_open(veil_client *c, veil_ohttp_ctx *ctx,
                                      const veil_cl_http_response *r, inner *in,
                                      veil_client_error *err)
 {
-    static const char type[] = VEIL_OHTTP_MEDIA_RES;
     veil_secbuf *plain = NULL;
     veil_bhttp_msg *m = NULL;
     const char *why = NULL;
     veil_rc rc = VEIL_E_DECRYPT;
-    if (strncasecmp(r->content_type, type, sizeof type - 1) != 0)
+    if (!veil_ohttp_media_is(r->content_type, VEIL_OHTTP_MEDIA_RES))
         why = "the answer is not " VEIL_OHTTP_MEDIA_RES;
     else if ((rc = veil_ohttp_decap_response(c->engine, ctx,
                                              (const uint8_t *)r->body, r->len,

@@ -171,14 +171,12 @@ static gw_strike v2_replay(gw_server *s, const v2_x *x)
 static gw_rc v2_open(gw_server *s, svc_req *r, v2_x *x)
 {
     const char *ct = svc_header(r, "Content-Type");
-    size_t n = strlen(VEIL_OHTTP_MEDIA_REQ);
 
     if (s->d.kem == NULL) {
         snprintf(x->why, sizeof x->why, "protocol v2 is off");
         return GW_NOT_FOUND;
     }
-    if (ct == NULL || strncasecmp(ct, VEIL_OHTTP_MEDIA_REQ, n) != 0 ||
-        (ct[n] != '\0' && ct[n] != ';' && ct[n] != ' ')) {
+    if (!veil_ohttp_media_is(ct, VEIL_OHTTP_MEDIA_REQ)) {
         snprintf(x->why, sizeof x->why,
                  "the body must be " VEIL_OHTTP_MEDIA_REQ);
         return GW_MEDIA_TYPE;

@@ -9,6 +9,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "engine_int.h"
 #include "ohttp.h"
@@ -38,6 +39,24 @@ static uint8_t *put16(uint8_t *q, uint16_t v)
     q[0] = (uint8_t)(v >> 8);
     q[1] = (uint8_t)v;
     return q + 2;
+}
+
+/* ---- media types --------------------------------------------------------- */
+
+int veil_ohttp_media_is(const char *ct, const char *type)
+{
+    size_t n = type ? strlen(type) : 0;
+
+    if (ct == NULL || n == 0)
+        return 0;
+    while (*ct == ' ' || *ct == '\t') /* a field value's leading OWS */
+        ct++;
+    if (strncasecmp(ct, type, n) != 0)
+        return 0;
+    ct += n;
+    while (*ct == ' ' || *ct == '\t') /* OWS before ';' (parameters) */
+        ct++;
+    return *ct == '\0' || *ct == ';';
 }
 
 /* ---- key configurations ----------------------------------------------- */

@@ -25,6 +25,12 @@
 #define VEIL_OHTTP_MEDIA_RES "message/ohttp-res"
 #define VEIL_OHTTP_MEDIA_KEYS "application/ohttp-keys"
 #define VEIL_OHTTP_WELL_KNOWN "/.well-known/ohttp-gateway" /* RFC 9540 */
+/* 1 when a Content-Type field value names the media type `type` (RFC
+ * 9110 8.3.1: type and subtype compared without regard to case, then
+ * nothing, or optional white space and ';' parameters, which are not
+ * looked at); 0 otherwise, NULL included. */
+int veil_ohttp_media_is(const char *content_type, const char *type);
+
 /* RFC 9458 5.3: the problem type for key-configuration problems. */
 #define VEIL_OHTTP_PROBLEM_KEY                                                 \
     "https://iana.org/assignments/http-problem-types#ohttp-key"

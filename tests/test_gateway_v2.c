@@ -1110,9 +1110,19 @@ static void test_uniform_and_replay(void)
     CU_ASSERT_EQUAL_FATAL(http(&gw_tok, req, len, VEIL_OHTTP_MEDIA_REQ, &r), 0);
     expect_uniform(&r);
     resp_free(&r);
-    /* another media type: 415 in clear */
+    /* another media type: 415 in clear; so is a longer subtype */
     CU_ASSERT_EQUAL_FATAL(http(&gw_tok, req2, len2, "application/json", &r), 0);
     CU_ASSERT_EQUAL(r.status, 415);
+    resp_free(&r);
+    CU_ASSERT_EQUAL_FATAL(
+        http(&gw_tok, req2, len2, "message/ohttp-requests", &r), 0);
+    CU_ASSERT_EQUAL(r.status, 415);
+    resp_free(&r);
+    /* the type in another case, parameters after white space (RFC 9110
+     * 8.3.1): taken */
+    CU_ASSERT_EQUAL_FATAL(
+        http(&gw_tok, req2, len2, "Message/OHTTP-Req\t; q=1", &r), 0);
+    CU_ASSERT_EQUAL(r.status, 200);
     resp_free(&r);
     free(req);
     free(req2);

@@ -753,6 +753,29 @@ static int suite_clean(void)
     return 0;
 }
 
+/* Content-Type as RFC 9110 8.3.1 writes it: the type in any case,
+ * parameters after optional white space; another type, a longer subtype
+ * or nothing is not it. */
+static void test_media_type(void)
+{
+    static const char *const yes[] = {
+        "message/ohttp-req", "Message/OHTTP-Req", "message/ohttp-req;a=b",
+        "message/ohttp-req ; a=b", "message/ohttp-req\t;a=b",
+        " message/ohttp-req", "message/ohttp-req  "};
+    static const char *const no[] = {"message/ohttp-reqx",
+                                     "message/ohttp-res",
+                                     "message/ohttp-req x",
+                                     "message/ohttp",
+                                     "",
+                                     "application/json; message/ohttp-req"};
+
+    for (size_t i = 0; i < sizeof yes / sizeof yes[0]; i++)
+        CU_ASSERT_EQUAL(veil_ohttp_media_is(yes[i], VEIL_OHTTP_MEDIA_REQ), 1);
+    for (size_t i = 0; i < sizeof no / sizeof no[0]; i++)
+        CU_ASSERT_EQUAL(veil_ohttp_media_is(no[i], VEIL_OHTTP_MEDIA_REQ), 0);
+    CU_ASSERT_EQUAL(veil_ohttp_media_is(NULL, VEIL_OHTTP_MEDIA_REQ), 0);
+}
+
 int main(void)
 {
     static const tu_test tests[] = {
@@ -768,6 +791,7 @@ int main(void)
          test_bhttp_field_case},
         {"Oblivious HTTP: hostile input", test_ohttp_hostile},
         {"key configurations from a hostile gateway", test_keys_hostile},
+        {"media types (RFC 9110 8.3.1)", test_media_type},
     };
 
     TU_ADD_SUITE("ohttp", suite_init, suite_clean, tests);
