@@ -103,7 +103,10 @@ typedef struct veil_client_config {
     unsigned retry_max_ms;     /* cap for backoff and Retry-After; 60000 */
     const char *security_tier; /* "standard", "high", "maximum" or NULL */
     /* SPKI SHA-256 of the expected server key: "sha256:<64 hex>" (or the
-     * bare hex).  A different key is a security error; nothing is sent. */
+     * bare hex).  A different key is a security error; nothing is sent.
+     * It is protocol v1's key: without signing_key_pin or a trust file
+     * for the URL, auto takes v1, and protocol v2 (or a call that needs
+     * it) is VEIL_CLIENT_E_CONFIG with nothing sent (docs/CLIENT.md). */
     const char *server_key_pin;
     veil_client_tag_mode tag_mode; /* for requests; answers: either */
 
