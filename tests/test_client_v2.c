@@ -779,6 +779,7 @@ typedef struct stand_in {
      * Content-Length (RFC 9458 5: all a relay needs), comma-separated */
     char post_extra[256];
     atomic_int gets_503; /* this many GETs of the keys answer 503 first */
+    char authority[128]; /* the last inner request's authority */
 } stand_in;
 
 static stand_in si;
@@ -810,6 +811,8 @@ static enum MHD_Result si_answer(stand_in *s, struct MHD_Connection *conn,
         veil_bhttp_decode(veil_secbuf_data(req), veil_secbuf_len(req),
                           VEIL_BHTTP_REQUEST, NULL, &in) != VEIL_OK)
         goto out;
+    snprintf(s->authority, sizeof s->authority, "%.*s",
+             (int)in->authority.len, (const char *)in->authority.p);
     const uint8_t *enc = veil_ohttp_ctx_enc(ctx, &enc_len);
     const veil_bhttp_field *tf =
         veil_bhttp_field_get(&in->headers, "x-security-tier");
@@ -891,15 +894,23 @@ static enum MHD_Result si_extra(void *cls, enum MHD_ValueKind kind,
     return MHD_YES;
 }
 
+/* 1 when url is path, or path under a prefix (a base URL with a path) */
+static int si_path(const char *url, const char *path)
+{
+    size_t n = strlen(url), m = strlen(path);
+    return n >= m && !strcmp(url + n - m, path) &&
+           (n == m || !strncmp(url, "/prefix/", 8));
+}
+
 static enum MHD_Result si_handle(void *ctx, struct MHD_Connection *conn,
                                  const char *url, const char *method,
                                  stub_body *body)
 {
     stand_in *s = ctx;
-    if (!strcmp(url, "/pki/signing_key"))
+    if (si_path(url, "/pki/signing_key"))
         return stub_send(conn, 200, s->signer_pem, strlen(s->signer_pem),
                          "text/plain", NULL);
-    if (strcmp(url, "/.well-known/ohttp-gateway") != 0)
+    if (!si_path(url, "/.well-known/ohttp-gateway"))
         return stub_send(conn, 404, "{\"detail\":\"no\"}", 15,
                          "application/json", NULL);
     if (!strcmp(method, "POST")) {
@@ -1111,6 +1122,41 @@ static void test_answer_signatures(void)
         if (si.post_extra[0])
             fprintf(stderr, "outer POST also carries: %s\n", si.post_extra);
         veil_chat_response_free(resp);
+    }
+    si.post = POST_UNIFORM;
+}
+
+/* The inner request's authority (RFC 9292 3.3, RFC 9113 8.3.1) is the
+ * host and port of the base URL: not its path (a gateway under a path
+ * prefix), and never its user information, which is a secret. */
+static void test_inner_authority(void)
+{
+    char url[128], hostport[64];
+    static const char *const forms[][2] = {{"http://", ""},
+                                           {"http://", "/prefix"},
+                                           {"http://user:s3cret@", ""},
+                                           {"http://", "/prefix/"}};
+    snprintf(hostport, sizeof hostport, "127.0.0.1:%u", si.http.port);
+    si.not_after = (long long)time(NULL) + 3600;
+    si.bad_signature = 0;
+    si.post = POST_SIGNED;
+    for (size_t i = 0; i < sizeof forms / sizeof forms[0]; i++) {
+        cJSON *req = chat_request(), *resp = NULL;
+        veil_client_error err;
+        snprintf(url, sizeof url, "%s%s%s", forms[i][0], hostport,
+                 forms[i][1]);
+        si.authority[0] = '\0';
+        veil_client *c = client_for(url, VEIL_CLIENT_PROTOCOL_V2);
+        CU_ASSERT_EQUAL(veil_chat_create(c, req, NULL, &resp, NULL, &err),
+                        VEIL_CLIENT_OK);
+        CU_ASSERT_STRING_EQUAL(si.authority, hostport);
+        CU_ASSERT(strstr(si.authority, "s3cret") == NULL &&
+                  strstr(si.authority, "user") == NULL);
+        if (strcmp(si.authority, hostport))
+            fprintf(stderr, "%s: authority \"%s\"\n", url, si.authority);
+        veil_chat_response_free(resp);
+        veil_chat_response_free(req);
+        veil_client_free(c);
     }
     si.post = POST_UNIFORM;
 }
@@ -1348,6 +1394,7 @@ int main(void)
         {"stand-in: the uniform 400 twice", test_uniform_twice},
         {"stand-in: answer signatures", test_answer_signatures},
         {"stand-in: answers that are not encapsulated", test_not_encapsulated},
+        {"stand-in: the inner authority", test_inner_authority},
         {"stand-in: maximum without a quote", test_maximum_without_quote},
         {"stand-in: a 503 to the key fetch", test_keys_503_retried},
         {"gateways exit cleanly", test_exit},
