@@ -218,7 +218,9 @@ static int head_check(const head *h, size_t size, uint32_t cap,
     return 0;
 }
 
-/* Opens or makes dir/replay.db and maps it.  0, or -1 with err. */
+/* Opens or makes dir/replay.db and maps it.  0, or with err: -2 when the
+ * file conflicts with the settings (not a regular file of ours, another
+ * version or capacity, damaged), which no restart cures; else -1. */
 static int open_file(gw_strikes *s, const char *dir, uint32_t cap, char *err,
                      size_t err_size)
 {
@@ -236,6 +238,13 @@ static int open_file(gw_strikes *s, const char *dir, uint32_t cap, char *err,
         s->fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW,
                      0600);
         made = s->fd >= 0;
+    }
+    if (s->fd < 0 && (errno == ELOOP || errno == EISDIR)) {
+        /* a symbolic link (O_NOFOLLOW) or a directory: not ours, as
+         * below, and no restart would change it */
+        gw_put_err(err, err_size,
+                   "%s must be a regular file of ours, mode 0600", path);
+        return -2;
     }
     if (s->fd < 0) {
         gw_put_err(err, err_size, "cannot open %s: %s", path, strerror(errno));

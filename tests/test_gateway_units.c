@@ -1970,6 +1970,21 @@ static void test_strikes_file(void)
     s = gw_strikes_open(dir, 600, 1024, 1, NULL, err, sizeof err);
     CU_ASSERT_PTR_NULL(s);
     unlink(db);
+    /* a replay.db that is not a regular file of ours (a directory, a
+     * symbolic link) conflicts as a file of the wrong mode does: no
+     * restart cures it (veild: exit 2) */
+    CU_ASSERT_EQUAL_FATAL(mkdir(db, 0700), 0);
+    s = gw_strikes_open(dir, 600, 1024, 1, &conflict, err, sizeof err);
+    CU_ASSERT_PTR_NULL(s);
+    CU_ASSERT_EQUAL(conflict, 1);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err, "must be a regular file of ours"));
+    rmdir(db);
+    CU_ASSERT_EQUAL_FATAL(symlink("/dev/null", db), 0);
+    s = gw_strikes_open(dir, 600, 1024, 1, &conflict, err, sizeof err);
+    CU_ASSERT_PTR_NULL(s);
+    CU_ASSERT_EQUAL(conflict, 1);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err, "must be a regular file of ours"));
+    unlink(db);
 
     /* a directory others may write is refused */
     CU_ASSERT_EQUAL(chmod(dir, 0770), 0);
