@@ -187,6 +187,19 @@ static void *sync_thread(void *arg)
     return NULL;
 }
 
+/* 1 when the file's first HEAD_SIZE bytes are there and all zero: a
+ * register whose making a crash cut short. */
+static int head_blank(int fd)
+{
+    uint8_t h[HEAD_SIZE], acc = 0;
+
+    if (pread(fd, h, sizeof h, 0) != (ssize_t)sizeof h)
+        return 0;
+    for (size_t i = 0; i < sizeof h; i++)
+        acc |= h[i];
+    return acc == 0;
+}
+
 /* Checks the header of an existing file against what is configured: 0,
  * or -2 (err set) when it conflicts, which no restart would cure. */
 static int head_check(const head *h, size_t size, uint32_t cap,
@@ -263,6 +276,10 @@ static int open_file(gw_strikes *s, const char *dir, uint32_t cap, char *err,
     }
     if (!made && (size_t)st.st_size == 0)
         made = 1; /* made, but not sized, before a crash */
+    else if (!made && head_blank(s->fd))
+        made = 1; /* sized, but its header not yet written, before a crash:
+                     nothing was ever remembered in it (made is on disk
+                     only with its header, before the first mark) */
     s->map_size = file_size(cap);
     if (made && ftruncate(s->fd, (off_t)s->map_size) != 0) {
         gw_put_err(err, err_size, "cannot size %s: %s", path, strerror(errno));

@@ -1985,6 +1985,23 @@ static void test_strikes_file(void)
     CU_ASSERT_EQUAL(conflict, 1);
     CU_ASSERT_PTR_NOT_NULL(strstr(err, "must be a regular file of ours"));
     unlink(db);
+    /* sized but never given its header (a crash while it was made): all
+     * zeros, nothing was remembered in it, so it is made anew */
+    f = fopen(db, "wb");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(f);
+    for (int i = 0; i < 8192; i++)
+        fputc(0, f);
+    fclose(f);
+    CU_ASSERT_EQUAL(chmod(db, 0600), 0);
+    s = gw_strikes_open(dir, 600, 1024, 1, &conflict, err, sizeof err);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(s);
+    CU_ASSERT_EQUAL(gw_strikes_add(s, a, b, 1000), GW_STRIKE_NEW);
+    gw_strikes_free(s);
+    s = gw_strikes_open(dir, 600, 1024, 1, &conflict, err, sizeof err);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(s);
+    CU_ASSERT_EQUAL(gw_strikes_add(s, a, b, 1001), GW_STRIKE_SEEN);
+    gw_strikes_free(s);
+    unlink(db);
 
     /* a directory others may write is refused */
     CU_ASSERT_EQUAL(chmod(dir, 0770), 0);
