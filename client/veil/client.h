@@ -155,7 +155,9 @@ typedef struct veil_client_config {
      * hex>" (or the bare hex), which must sign its key configurations.
      * NULL: the trust file's signing key when there is one, else the key
      * the gateway names at first contact (GET /pki/signing_key), kept
-     * for the client's life.  A configuration signed by another key, or
+     * while the client remembers the gateway (its 8 most recent base
+     * URLs; the oldest is then forgotten, and its next contact is a
+     * first contact again).  A configuration signed by another key, or
      * expired, is VEIL_CLIENT_E_SECURITY and nothing is sent. */
     const char *signing_key_pin;
 } veil_client_config;
