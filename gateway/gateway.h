@@ -633,8 +633,6 @@ gw_rc gw_kem_keys(gw_kem *k, uint8_t **body, size_t *len, time_t *rotate_at,
 gw_rc gw_kem_open_request(gw_kem *k, const uint8_t *in, size_t len,
                           veil_secbuf **req, struct veil_ohttp_ctx **ctx,
                           char *err, size_t err_size);
-/* How many keys exist now (current and in grace): for the tests' log. */
-unsigned gw_kem_count(gw_kem *k);
 
 /* ---- metrics (metrics.c) ---------------------------------------------- */
 

@@ -445,11 +445,3 @@ gw_rc gw_kem_open_request(gw_kem *k, const uint8_t *in, size_t len,
         return GW_UNAVAILABLE;
     }
 }
-
-unsigned gw_kem_count(gw_kem *k)
-{
-    pthread_rwlock_rdlock(&k->lock);
-    unsigned n = 1 + (k->prev != NULL);
-    pthread_rwlock_unlock(&k->lock);
-    return n;
-}

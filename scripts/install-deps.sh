@@ -10,7 +10,7 @@ PACKAGES=(
     # build: toolchain, autotools and the libraries veil links against
     # (OpenSSL, p11-kit, libcurl, cJSON, libmicrohttpd and its GnuTLS,
     # tpm2-tss, CUnit for tests)
-    autoconf automake libtool autoconf-archive pkg-config make gcc
+    autoconf automake libtool pkg-config make gcc
     libssl-dev libp11-kit-dev p11-kit libcurl4-openssl-dev libcjson-dev
     libmicrohttpd-dev libgnutls28-dev libtss2-dev libcunit1-dev
     libsystemd-dev        # veild's sd_notify (Type=notify; configure --without-systemd drops it)
