@@ -237,23 +237,20 @@ static int bstr_is(veil_bstr b, const char *s)
  * a gateway must not act on a malformed request.  1 when one disagrees. */
 static int length_disagrees(const veil_bhttp_msg *m)
 {
-    for (size_t i = 0; i < m->headers.n; i++) {
-        const veil_bhttp_field *f = &m->headers.fields[i];
-        unsigned long long v = 0;
-        size_t k;
+    /* one at most: singleton_twice refused a second */
+    const veil_bhttp_field *f =
+        veil_bhttp_field_get(&m->headers, "content-length");
+    unsigned long long v = 0;
+    size_t k;
 
-        if (f->name.len != 14 ||
-            strncasecmp((const char *)f->name.p, "content-length", 14) != 0)
-            continue;
-        for (k = 0; k < f->value.len && k < 19; k++) {
-            if (f->value.p[k] < '0' || f->value.p[k] > '9')
-                return 1;
-            v = v * 10 + (unsigned)(f->value.p[k] - '0');
-        }
-        if (k == 0 || k != f->value.len || v != m->content.len)
+    if (f == NULL)
+        return 0;
+    for (k = 0; k < f->value.len && k < 19; k++) {
+        if (f->value.p[k] < '0' || f->value.p[k] > '9')
             return 1;
+        v = v * 10 + (unsigned)(f->value.p[k] - '0');
     }
-    return 0;
+    return k == 0 || k != f->value.len || v != m->content.len;
 }
 
 /* The first of the fields veild acts on that appears more than once in
@@ -265,15 +262,9 @@ static const char *singleton_twice(const veil_bhttp_msg *m)
     static const char *const single[] = {"authorization", "x-security-tier",
                                          "content-type", "content-length"};
 
-    for (size_t k = 0; k < sizeof single / sizeof single[0]; k++) {
-        size_t n = strlen(single[k]), seen = 0;
-        for (size_t i = 0; i < m->headers.n; i++)
-            seen += m->headers.fields[i].name.len == n &&
-                    strncasecmp((const char *)m->headers.fields[i].name.p,
-                                single[k], n) == 0;
-        if (seen > 1)
+    for (size_t k = 0; k < sizeof single / sizeof single[0]; k++)
+        if (veil_bhttp_field_count(&m->headers, single[k]) > 1)
             return single[k];
-    }
     return NULL;
 }
 

@@ -449,6 +449,16 @@ veil_rc veil_bhttp_decode(const uint8_t *in, size_t len, veil_bhttp_kind kind,
     return VEIL_OK;
 }
 
+size_t veil_bhttp_field_count(const veil_bhttp_section *s, const char *name)
+{
+    size_t n = name ? strlen(name) : 0, seen = 0;
+
+    for (size_t i = 0; s && i < s->n; i++)
+        seen += s->fields[i].name.len == n &&
+                strncasecmp((const char *)s->fields[i].name.p, name, n) == 0;
+    return seen;
+}
+
 const veil_bhttp_field *veil_bhttp_field_get(const veil_bhttp_section *s,
                                              const char *name)
 {

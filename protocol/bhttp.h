@@ -99,6 +99,8 @@ void veil_bhttp_msg_free(veil_bhttp_msg *m);
  * to case (RFC 9110 5.1), or NULL. */
 const veil_bhttp_field *veil_bhttp_field_get(const veil_bhttp_section *s,
                                              const char *name);
+/* How many fields of a section have this name (compared as above). */
+size_t veil_bhttp_field_count(const veil_bhttp_section *s, const char *name);
 
 #pragma GCC visibility pop
 
