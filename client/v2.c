@@ -504,19 +504,15 @@ typedef struct inner {
 static void field_copy(const veil_bhttp_msg *m, const char *name, char *out,
                        size_t size, int *bad)
 {
-    size_t n = 0;
-    for (size_t i = 0; i < m->headers.n; i++) {
-        const veil_bhttp_field *f = &m->headers.fields[i];
-        if (f->name.len != strlen(name) ||
-            strncasecmp((const char *)f->name.p, name, f->name.len))
-            continue; /* names are case-insensitive (RFC 9110 5.1) */
-        if (n++ || f->value.len >= size) {
-            *bad = 1;
-            continue;
-        }
-        memcpy(out, f->value.p, f->value.len);
-        out[f->value.len] = '\0';
+    const veil_bhttp_field *f = veil_bhttp_field_get(&m->headers, name);
+    if (f == NULL)
+        return;
+    if (veil_bhttp_field_count(&m->headers, name) > 1 || f->value.len >= size) {
+        *bad = 1;
+        return;
     }
+    memcpy(out, f->value.p, f->value.len);
+    out[f->value.len] = '\0';
 }
 
 static void inner_free(inner *in)
