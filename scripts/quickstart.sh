@@ -42,23 +42,30 @@ demo() {
     exec "$ROOT/tests/env/with-tokens.sh" "$ROOT/scripts/demo.sh" "$ROOT/build"
 }
 
+# show_failed DIR: the end of the log of every test in DIR that failed, so
+# that a CI log shows why (automake's .trs says ":test-result: FAIL").
+show_failed() {
+    local trs
+    for trs in "$1"/*.trs; do
+        grep -qE '^:test-result: (FAIL|ERROR|XPASS)' "$trs" 2>/dev/null || continue
+        printf '\n---- %s (last 120 lines)\n' "${trs%.trs}.log"
+        tail -n 120 "${trs%.trs}.log"
+    done
+}
+
 run_tests() {
     bootstrap
     step "build with AddressSanitizer + UndefinedBehaviorSanitizer"
     build_in "$ROOT/build-san" --enable-sanitizers
     step "make check (sanitizers on)"
     if ! (cd "$ROOT/build-san" && make -s check -j"$JOBS"); then
-        for log in "$ROOT"/build-san/tests/*.log; do
-            grep -qE '^(FAIL|ERROR)' "${log%.log}.trs" 2>/dev/null && { echo "---- $log"; tail -60 "$log"; }
-        done
+        show_failed "$ROOT/build-san/tests"
         exit 1
     fi
     step "fuzzing build (clang, libFuzzer, ASan + UBSan): each harness over its seeds, then 60 s"
     build_in "$ROOT/build-fuzz" CC=clang --enable-fuzzing
     if ! (cd "$ROOT/build-fuzz" && make -s check -j"$JOBS"); then
-        for log in "$ROOT"/build-fuzz/fuzz/*.log; do
-            grep -qE '^(FAIL|ERROR)' "${log%.log}.trs" 2>/dev/null && { echo "---- $log"; tail -60 "$log"; }
-        done
+        show_failed "$ROOT/build-fuzz/fuzz"
         exit 1
     fi
     step "make distcheck"
