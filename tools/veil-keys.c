@@ -10,6 +10,7 @@
 
 #include <cjson/cJSON.h>
 
+#include "cmdtable.h"
 #include "exitcode.h"
 #include "toolenv.h"
 #include "veil/engine.h"
@@ -802,54 +803,51 @@ static int cmd_rotate(veil_engine *e, const struct opts *o)
     return VEIL_EXIT_OK;
 }
 
+/* help adds the environment it reads (asked for only) */
+static void help_more(FILE *f, int asked)
+{
+    if (asked)
+        veil_env_help(f, VEIL_TOOL_KEYS);
+}
+
 int main(int argc, char **argv)
 {
-    static const struct {
-        const char *name;
-        int (*fn)(veil_engine *, const struct opts *);
-        const char *usage;
-    } cmds[] = {
-        {"generate", cmd_generate, usage_generate},
-        {"list", cmd_list, usage_list},
-        {"show", cmd_show, usage_show},
-        {"delete", cmd_delete, usage_delete},
-        {"test", cmd_test, usage_test},
-        {"caps", cmd_caps, usage_caps},
-        {"rotate", cmd_rotate, usage_rotate},
+    enum { GENERATE, LIST, SHOW, DELETE, TEST, CAPS, ROTATE };
+    static int (*const run[])(veil_engine *, const struct opts *) = {
+        [GENERATE] = cmd_generate, [LIST] = cmd_list, [SHOW] = cmd_show,
+        [DELETE] = cmd_delete,     [TEST] = cmd_test, [CAPS] = cmd_caps,
+        [ROTATE] = cmd_rotate,
     };
+    static const veil_cmd cmds[] = {
+        {"generate", GENERATE, usage_generate},
+        {"list", LIST, usage_list},
+        {"show", SHOW, usage_show},
+        {"delete", DELETE, usage_delete},
+        {"test", TEST, usage_test},
+        {"caps", CAPS, usage_caps},
+        {"rotate", ROTATE, usage_rotate},
+    };
+    static const veil_cmdtable table = {
+        "veil-keys", usage_main, cmds, sizeof cmds / sizeof cmds[0],
+        help_more,   0};
     struct opts o = {0};
     veil_engine *e = NULL;
-    int code = VEIL_EXIT_USAGE;
+    int code;
     veil_rc rc;
+    const veil_cmd *c = veil_cmdtable_find(&table, argc, argv, &code);
 
-    if (argc < 2 || strcmp(argv[1], "--help") == 0 ||
-        strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "help") == 0) {
-        fputs(usage_main, argc < 2 ? stderr : stdout);
-        if (argc >= 2)
-            veil_env_help(stdout, VEIL_TOOL_KEYS);
-        return argc < 2 ? VEIL_EXIT_USAGE : VEIL_EXIT_OK;
-    }
-    if (strcmp(argv[1], "--version") == 0) {
-        printf("veil-keys %s\n", PACKAGE_VERSION);
+    if (c == NULL)
+        return code;
+    if (!parse_opts(argc - 1, argv + 1, &o))
+        return usage_fail(c->usage);
+    if (o.help) {
+        fputs(c->usage, stdout);
         return VEIL_EXIT_OK;
     }
-    for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++) {
-        if (strcmp(argv[1], cmds[i].name) != 0)
-            continue;
-        if (!parse_opts(argc - 1, argv + 1, &o))
-            return usage_fail(cmds[i].usage);
-        if (o.help) {
-            fputs(cmds[i].usage, stdout);
-            return VEIL_EXIT_OK;
-        }
-        rc = engine_for(&o, &e);
-        if (rc != VEIL_OK)
-            return fail(rc);
-        code = cmds[i].fn(e, &o);
-        veil_engine_free(e);
-        return code;
-    }
-    fprintf(stderr, "veil-keys: unknown command '%s'\n\n%s", argv[1],
-            usage_main);
-    return VEIL_EXIT_USAGE;
+    rc = engine_for(&o, &e);
+    if (rc != VEIL_OK)
+        return fail(rc);
+    code = run[c->id](e, &o);
+    veil_engine_free(e);
+    return code;
 }

@@ -25,6 +25,7 @@
 #include "veil/client.h"
 #include "veil/attest.h"
 
+#include "cmdtable.h"
 #include "exitcode.h"
 #include "json_scan.h" /* veil_utf8_seq */
 #include "tier.h"
@@ -2100,13 +2101,41 @@ out:
     return code;
 }
 
+/* help adds the exit codes and the environment veil reads (to stderr too,
+ * with no command) */
+static void help_more(FILE *f, int asked)
+{
+    (void)asked;
+    fputs("Exit codes (0 to 5 the same in veil-keys and veild): 0 "
+          "success,\n1 other error, 2 usage, 3 token or key not found, "
+          "4 PIN wrong, locked,\nmissing or unreadable, 5 module or "
+          "token failure; else 10 + the error class:\n",
+          f);
+    for (int s = VEIL_CLIENT_E_INVALID_REQUEST; s <= VEIL_CLIENT_E_CONFIG;
+         s++) {
+        static const char *const why[] = {
+            "",
+            "400, or refused before sending",
+            "401: missing or wrong API key",
+            "403: model not allowed on this tier",
+            "404, or another status",
+            "429",
+            "500",
+            "503",
+            "network failure or timeout",
+            "bad or unverified answer, key pin, TLS, http",
+            "the client was disposed",
+            "bad configuration, key or file",
+        };
+        fprintf(f, "  %d %-25s %s\n", EXIT_CLASS_BASE + s,
+                veil_client_status_name((veil_client_status)s), why[s]);
+    }
+    veil_env_help(f, VEIL_TOOL_VEIL);
+}
+
 int main(int argc, char **argv)
 {
-    static const struct {
-        const char *name;
-        enum cmd cmd;
-        const char *usage;
-    } cmds[] = {
+    static const veil_cmd cmds[] = {
         {"chat", CMD_CHAT, usage_chat},
         {"server-key", CMD_SERVER_KEY, usage_server_key},
         {"attest", CMD_ENROLL, usage_enroll},
@@ -2114,88 +2143,49 @@ int main(int argc, char **argv)
         {"embed", CMD_EMBED, usage_embed},
         {"models", CMD_MODELS, usage_models},
     };
+    /* an unknown command is echoed only when it looks like a command
+     * word, not like a prompt */
+    static const veil_cmdtable table = {
+        "veil", usage_main, cmds, sizeof cmds / sizeof cmds[0], help_more, 1};
     struct opts o = {0};
+    int code;
+    const veil_cmd *c = veil_cmdtable_find(&table, argc, argv, &code);
 
-    if (argc < 2 || strcmp(argv[1], "--help") == 0 ||
-        strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "help") == 0) {
-        FILE *f = argc < 2 ? stderr : stdout;
-        fputs(usage_main, f);
-        fputs("Exit codes (0 to 5 the same in veil-keys and veild): 0 "
-              "success,\n1 other error, 2 usage, 3 token or key not found, "
-              "4 PIN wrong, locked,\nmissing or unreadable, 5 module or "
-              "token failure; else 10 + the error class:\n",
-              f);
-        for (int s = VEIL_CLIENT_E_INVALID_REQUEST; s <= VEIL_CLIENT_E_CONFIG;
-             s++) {
-            static const char *const why[] = {
-                "",
-                "400, or refused before sending",
-                "401: missing or wrong API key",
-                "403: model not allowed on this tier",
-                "404, or another status",
-                "429",
-                "500",
-                "503",
-                "network failure or timeout",
-                "bad or unverified answer, key pin, TLS, http",
-                "the client was disposed",
-                "bad configuration, key or file",
-            };
-            fprintf(f, "  %d %-25s %s\n", EXIT_CLASS_BASE + s,
-                    veil_client_status_name((veil_client_status)s), why[s]);
-        }
-        veil_env_help(f, VEIL_TOOL_VEIL);
-        return argc < 2 ? EXIT_USAGE : EXIT_OK;
-    }
-    if (strcmp(argv[1], "--version") == 0) {
-        printf("veil %s\n", PACKAGE_VERSION);
-        return EXIT_OK;
-    }
-    for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++) {
-        if (strcmp(argv[1], cmds[i].name) != 0)
-            continue;
-        /* "attest" has two subcommands: "attest enroll", "attest update". */
-        enum cmd cmd = cmds[i].cmd;
-        const char *usage = cmds[i].usage;
-        if (cmd == CMD_ENROLL) {
-            if (argc > 2 && (strcmp(argv[2], "--help") == 0 ||
-                             strcmp(argv[2], "-h") == 0)) {
-                fputs(usage, stdout);
-                fputs(usage_update, stdout);
-                return EXIT_OK;
-            }
-            if (argc > 2 && strcmp(argv[2], "update") == 0) {
-                cmd = CMD_UPDATE;
-                usage = usage_update;
-            } else if (argc < 3 || strcmp(argv[2], "enroll") != 0) {
-                fputs("veil: attest takes a subcommand: enroll or update\n",
-                      stderr);
-                fputs(usage, stderr);
-                fputs(usage_update, stderr);
-                return EXIT_USAGE;
-            }
-            argc--;
-            argv++;
-        }
-        int parsed = parse_opts(argc - 1, argv + 1, cmd, &o);
-        if (parsed <= 0) {
-            /* -1: the message says what to do; no usage after it */
-            if (parsed == 0)
-                fputs(usage, stderr);
-            return EXIT_USAGE;
-        }
-        if (o.help) {
+    if (c == NULL)
+        return code;
+    /* "attest" has two subcommands: "attest enroll", "attest update". */
+    enum cmd cmd = (enum cmd)c->id;
+    const char *usage = c->usage;
+    if (cmd == CMD_ENROLL) {
+        if (argc > 2 &&
+            (strcmp(argv[2], "--help") == 0 || strcmp(argv[2], "-h") == 0)) {
             fputs(usage, stdout);
+            fputs(usage_update, stdout);
             return EXIT_OK;
         }
-        return run(cmd, &o);
+        if (argc > 2 && strcmp(argv[2], "update") == 0) {
+            cmd = CMD_UPDATE;
+            usage = usage_update;
+        } else if (argc < 3 || strcmp(argv[2], "enroll") != 0) {
+            fputs("veil: attest takes a subcommand: enroll or update\n",
+                  stderr);
+            fputs(usage, stderr);
+            fputs(usage_update, stderr);
+            return EXIT_USAGE;
+        }
+        argc--;
+        argv++;
     }
-    /* Echo it only when it looks like a command word, not like a prompt. */
-    if (strlen(argv[1]) <= 20 &&
-        strspn(argv[1], "abcdefghijklmnopqrstuvwxyz-") == strlen(argv[1]))
-        fprintf(stderr, "veil: unknown command '%s'\n\n%s", argv[1],
-                usage_main);
-    else
-        fprintf(stderr, "veil: unknown command\n\n%s", usage_main);
-    return EXIT_USAGE;
+    int parsed = parse_opts(argc - 1, argv + 1, cmd, &o);
+    if (parsed <= 0) {
+        /* -1: the message says what to do; no usage after it */
+        if (parsed == 0)
+            fputs(usage, stderr);
+        return EXIT_USAGE;
+    }
+    if (o.help) {
+        fputs(usage, stdout);
+        return EXIT_OK;
+    }
+    return run(cmd, &o);
 }
