@@ -13,8 +13,8 @@
 # rotation and grace the X25519 key is destroyed with its P-256 key and a
 # request recorded under it gets the uniform 400.  Refused at start:
 # kem_x25519 = on with the KEM keys in the token (kem_keys = auto and the
-# server key in SoftHSM2), with kem_keys = tpm, and with v2 = off.  No
-# timed assertions: every wait polls veild's log.
+# server key in SoftHSM2), with kem_keys = tpm, and with v2 = off, each
+# said on one line of stderr.  No timed assertions: every wait polls veild's log.
 #
 # Run through tests/env/with-tokens.sh.  Exit 0 pass, 1 fail, 99 setup
 # failure.
@@ -34,14 +34,21 @@ SK=(--server-key "$TOK;object=x25519-server" --signing-key "$TOK;object=x25519-s
 # ------------------------------------------------------- refused at start
 
 VS=("$B/veild" "${SK[@]}" --port 0 --state-dir "$T/start.state")
+said_once() { # one line of the last stderr names kem_x25519: the refusal
+    [ "$(count "$err" kem_x25519)" = 1 ] &&
+        ok "$1: the refusal is said once" || bad "$1: the refusal is not said exactly once" "$err"
+}
 check "kem_x25519 = on with the KEM keys in the server key's token is refused (2)" 2 \
     "kem_x25519 = on needs the KEM keys in software, and with kem_keys = auto they are made in the server key's token" -- \
     "${VS[@]}" --kem-x25519 on
+said_once "with the KEM keys in the server key's token"
 check "kem_x25519 = on with kem_keys = tpm is refused (2)" 2 \
     "kem_x25519 = on needs the KEM keys in software, and kem_keys = tpm keeps them in the TPM" -- \
     "${VS[@]}" --kem-x25519 on --kem-keys tpm --tpm on --tpm-pcrs sha256:0
+said_once "with kem_keys = tpm"
 check "kem_x25519 = on with v2 = off is refused (2)" 2 "kem_x25519 is on but v2 is off" -- \
     "${VS[@]}" --kem-x25519 on --v2 off
+said_once "with v2 = off"
 
 # ------------------------------------------------------------ the default
 
