@@ -43,11 +43,12 @@ static int is_tchar(uint8_t c)
            (c >= 'A' && c <= 'Z') || (c && strchr("!#$%&'*+-.^_`|~", c));
 }
 
-/* A field name: a token (RFC 9292 3.6 holds names to RFC 9110 5.1, and
- * only values to HTTP/2's 8.2.1), so upper case is valid; names compare
- * case-insensitively (veil_bhttp_field_get).  Pseudo-fields (':') are not
- * tchars and are refused: veil defines none beyond the control data. */
-static int name_ok(veil_bstr s)
+/* A token (RFC 9110 5.6.2): a method (9.1), or a field name: RFC 9292
+ * 3.6 holds names to RFC 9110 5.1, and only values to HTTP/2's 8.2.1, so
+ * upper case is valid; names compare case-insensitively
+ * (veil_bhttp_field_get).  Pseudo-fields (':') are not tchars and are
+ * refused: veil defines none beyond the control data. */
+static int token_ok(veil_bstr s)
 {
     if (s.len == 0)
         return 0;
@@ -65,16 +66,6 @@ static int value_ok(veil_bstr s)
             return 0;
     return s.len == 0 || (s.p[0] != ' ' && s.p[0] != '\t' &&
                           s.p[s.len - 1] != ' ' && s.p[s.len - 1] != '\t');
-}
-
-static int method_ok(veil_bstr s)
-{
-    if (s.len == 0)
-        return 0;
-    for (size_t i = 0; i < s.len; i++)
-        if (!is_tchar(s.p[i]))
-            return 0;
-    return 1;
 }
 
 /* RFC 3986 scheme: ALPHA *( ALPHA / DIGIT / "+" / "-" / "." ). */
@@ -237,7 +228,7 @@ static veil_rc section(dec *d, veil_bhttp_field **fields, veil_bhttp_section *s,
         }
         if (rc != VEIL_OK)
             break;
-        if (!name_ok(f.name)) {
+        if (!token_ok(f.name)) {
             d->pos = at;
             rc = bad(d, "field name (empty, pseudo-field or a character "
                         "HTTP does not allow)");
@@ -327,7 +318,7 @@ static veil_rc request_control(dec *d, veil_bhttp_msg *m)
 {
     veil_rc rc = lstring(d, 64, &m->method, "method");
 
-    if (rc == VEIL_OK && !method_ok(m->method))
+    if (rc == VEIL_OK && !token_ok(m->method))
         rc = bad(d, "method");
     if (rc == VEIL_OK)
         rc = lstring(d, 64, &m->scheme, "scheme");
@@ -488,7 +479,7 @@ static veil_rc section_check(const veil_bhttp_section *s, const char *what)
     if (s->n && !s->fields)
         return veil_err(VEIL_E_ARG, BH, NULL, "%s: no fields", what);
     for (size_t i = 0; i < s->n; i++)
-        if (!name_ok(s->fields[i].name) || !value_ok(s->fields[i].value) ||
+        if (!token_ok(s->fields[i].name) || !value_ok(s->fields[i].value) ||
             (s->fields[i].value.len && !s->fields[i].value.p))
             return veil_err(VEIL_E_ARG, BH, NULL,
                             "%s: field %zu is not a valid HTTP field (names "
@@ -518,7 +509,7 @@ static veil_rc encode_check(const veil_bhttp_msg *m)
     veil_rc rc = VEIL_OK;
 
     if (m->is_request) {
-        if (!m->method.p || !method_ok(m->method) || !m->scheme.p ||
+        if (!m->method.p || !token_ok(m->method) || !m->scheme.p ||
             !scheme_ok(m->scheme) || (m->authority.len && !m->authority.p) ||
             !visible_ok(m->authority, 1) || !m->path.p ||
             !visible_ok(m->path, 0) ||
