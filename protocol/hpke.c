@@ -106,6 +106,21 @@ static suite_id hpke_suite(const veil_hpke_suite *h)
 
 static const uint8_t version_label[7] = {'H', 'P', 'K', 'E', '-', 'v', '1'};
 
+/* Writes "HPKE-v1" || suite_id || label || data at q; returns the end. */
+static uint8_t *put_labeled(uint8_t *q, const suite_id *sid, const char *label,
+                            size_t ll, const uint8_t *data, size_t data_len)
+{
+    memcpy(q, version_label, sizeof version_label);
+    q += sizeof version_label;
+    memcpy(q, sid->b, sid->n);
+    q += sid->n;
+    memcpy(q, label, ll);
+    q += ll;
+    if (data_len)
+        memcpy(q, data, data_len);
+    return q + data_len;
+}
+
 /* LabeledExtract(salt, label, ikm) = Extract(salt, "HPKE-v1" || suite_id
  * || label || ikm).  ikm may be a secret: the joined copy is wiped. */
 static veil_rc labeled_extract(veil_engine *e, const suite_id *sid,
@@ -114,19 +129,12 @@ static veil_rc labeled_extract(veil_engine *e, const suite_id *sid,
                                size_t ikm_len, uint8_t prk[NH])
 {
     size_t ll = strlen(label), n = sizeof version_label + sid->n + ll + ikm_len;
-    uint8_t *buf = malloc(n), *q = buf;
+    uint8_t *buf = malloc(n);
     veil_rc rc;
 
     if (!buf)
         return veil_err(VEIL_E_NOMEM, HP, NULL, "out of memory");
-    memcpy(q, version_label, sizeof version_label);
-    q += sizeof version_label;
-    memcpy(q, sid->b, sid->n);
-    q += sid->n;
-    memcpy(q, label, ll);
-    q += ll;
-    if (ikm_len)
-        memcpy(q, ikm, ikm_len);
+    put_labeled(buf, sid, label, ll, ikm, ikm_len);
     rc = veil_hkdf_sha256_extract(e, salt, salt_len, buf, n, prk);
     veil_wipe(buf, n);
     free(buf);
@@ -150,15 +158,7 @@ static veil_rc labeled_expand(veil_engine *e, const suite_id *sid,
         return veil_err(VEIL_E_ARG, HP, NULL, "HPKE: expand input too long");
     *q++ = (uint8_t)(len >> 8);
     *q++ = (uint8_t)len;
-    memcpy(q, version_label, sizeof version_label);
-    q += sizeof version_label;
-    memcpy(q, sid->b, sid->n);
-    q += sid->n;
-    memcpy(q, label, ll);
-    q += ll;
-    if (info_len)
-        memcpy(q, info, info_len);
-    q += info_len;
+    q = put_labeled(q, sid, label, ll, info, info_len);
     return veil_hkdf_sha256_expand(e, prk, NH, buf, (size_t)(q - buf), out,
                                    len);
 }
