@@ -64,35 +64,41 @@ veil_rc veil_uuid4(veil_engine *e, char out[37])
     return VEIL_OK;
 }
 
-void veil_logf(const veil_logger *l, veil_log_level level, const char *fmt, ...)
+/* Formats one line and hands it to the logger, with its fields when the
+ * logger takes them (fields NULL: a plain line). */
+static void vlog(const veil_logger *l, veil_log_level level,
+                 const veil_log_field *fields, size_t n, const char *fmt,
+                 va_list ap)
 {
     char line[512];
-    va_list ap;
 
     if (l == NULL || l->fn == NULL || level > l->level)
         return;
-    va_start(ap, fmt);
     vsnprintf(line, sizeof line, fmt, ap);
+    if (fields && l->fields)
+        l->fields(l->ctx, level, line, fields, n);
+    else
+        l->fn(l->ctx, level, line);
+}
+
+void veil_logf(const veil_logger *l, veil_log_level level, const char *fmt, ...)
+{
+    va_list ap;
+
+    va_start(ap, fmt);
+    vlog(l, level, NULL, 0, fmt, ap);
     va_end(ap);
-    l->fn(l->ctx, level, line);
 }
 
 void veil_logf_fields(const veil_logger *l, veil_log_level level,
                       const veil_log_field *fields, size_t n, const char *fmt,
                       ...)
 {
-    char line[512];
     va_list ap;
 
-    if (l == NULL || l->fn == NULL || level > l->level)
-        return;
     va_start(ap, fmt);
-    vsnprintf(line, sizeof line, fmt, ap);
+    vlog(l, level, fields, n, fmt, ap);
     va_end(ap);
-    if (l->fields)
-        l->fields(l->ctx, level, line, fields, n);
-    else
-        l->fn(l->ctx, level, line);
 }
 
 int veil_secret_path(const char *spec, char *out, size_t out_size,
