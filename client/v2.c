@@ -294,8 +294,9 @@ static veil_client_status keys_fetch(veil_client *c, const char *url,
 
     veil_cl_redact_url(url, shown, sizeof shown);
     snprintf(full, sizeof full, "%s" VEIL_OHTTP_WELL_KNOWN, url);
-    if ((st = veil_cl_transport_send(c->tx, full, NULL, NULL, 0, KEYS_MAX_BODY,
-                                     &r, err)) != VEIL_CLIENT_OK)
+    if ((st = veil_cl_transport_send(c->tx, full, veil_cl_v2_keys_lines, NULL,
+                                     0, KEYS_MAX_BODY, &r, err)) !=
+        VEIL_CLIENT_OK)
         return st;
     if (!looks_v2(&r)) {
         char detail[512];

@@ -35,6 +35,9 @@ static const uint8_t p256_spki_prefix[26] = {
     0xce, 0x3d, 0x02, 0x01, 0x06, 0x08, 0x2a, 0x86, 0x48,
     0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00};
 
+const char *const veil_cl_v2_keys_lines[] = {
+    "Accept: " VEIL_OHTTP_MEDIA_KEYS, NULL};
+
 /* ---- the signed statement (section 4.3) ---------------------------------
  */
 
@@ -312,7 +315,8 @@ static veil_client_status enrol_keys(veil_engine *e, veil_cl_transport *tx,
     int ok = 0;
     snprintf(full, sizeof full, "%s" VEIL_OHTTP_WELL_KNOWN, url);
     veil_client_status st =
-        veil_cl_transport_send(tx, full, NULL, NULL, 0, KEYS_MAX_BODY, &r, err);
+        veil_cl_transport_send(tx, full, veil_cl_v2_keys_lines, NULL, 0,
+                               KEYS_MAX_BODY, &r, err);
     if (st != VEIL_CLIENT_OK) {
         veil_cl_check(ck, name, 0, "GET " VEIL_OHTTP_WELL_KNOWN ": %s",
                       err ? err->detail : "failed");

@@ -15,6 +15,13 @@
 
 #pragma GCC visibility push(hidden)
 
+/* ---- the outer requests --------------------------------------------------
+ */
+
+/* The header lines of a GET of the key configurations: RFC 9540 5's
+ * Accept of application/ohttp-keys (NULL-terminated). */
+extern const char *const veil_cl_v2_keys_lines[];
+
 /* ---- the signed statement (section 4.3) ---------------------------------
  */
 

@@ -781,6 +781,7 @@ typedef struct stand_in {
     char post_extra[256];
     atomic_int gets_503; /* this many GETs of the keys answer 503 first */
     char authority[128]; /* the last inner request's authority */
+    char get_accept[128]; /* the last GET of the keys' Accept ("-": none) */
 } stand_in;
 
 static stand_in si;
@@ -942,6 +943,9 @@ static enum MHD_Result si_handle(void *ctx, struct MHD_Connection *conn,
                          "application/problem+json", NULL);
     }
     atomic_fetch_add(&s->gets, 1);
+    const char *accept =
+        MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Accept");
+    snprintf(s->get_accept, sizeof s->get_accept, "%s", accept ? accept : "-");
     if (atomic_load(&s->gets_503) > 0) {
         atomic_fetch_sub(&s->gets_503, 1);
         return stub_send(conn, 503, "{\"detail\":\"restarting\"}", 24,
@@ -1124,6 +1128,24 @@ static void test_answer_signatures(void)
             fprintf(stderr, "outer POST also carries: %s\n", si.post_extra);
         veil_chat_response_free(resp);
     }
+    si.post = POST_UNIFORM;
+}
+
+/* The GET of the key configurations asks for application/ohttp-keys in
+ * its Accept, as RFC 9540 5 says a client does (curl alone would send
+ * "Accept: * / *"). */
+static void test_keys_get_accept(void)
+{
+    cJSON *resp = NULL;
+    veil_client_error err;
+    si.not_after = (long long)time(NULL) + 3600;
+    si.bad_signature = 0;
+    si.get_accept[0] = '\0';
+    CU_ASSERT_EQUAL(stand_in_chat(POST_SIGNED, &resp, &err), VEIL_CLIENT_OK);
+    CU_ASSERT_STRING_EQUAL(si.get_accept, VEIL_OHTTP_MEDIA_KEYS);
+    if (strcmp(si.get_accept, VEIL_OHTTP_MEDIA_KEYS))
+        fprintf(stderr, "GET of the keys: Accept \"%s\"\n", si.get_accept);
+    veil_chat_response_free(resp);
     si.post = POST_UNIFORM;
 }
 
@@ -1396,6 +1418,7 @@ int main(void)
         {"stand-in: answer signatures", test_answer_signatures},
         {"stand-in: answers that are not encapsulated", test_not_encapsulated},
         {"stand-in: the inner authority", test_inner_authority},
+        {"stand-in: the key GET's Accept", test_keys_get_accept},
         {"stand-in: maximum without a quote", test_maximum_without_quote},
         {"stand-in: a 503 to the key fetch", test_keys_503_retried},
         {"gateways exit cleanly", test_exit},
