@@ -93,7 +93,7 @@ static veil_client_status signer_fetch(veil_client *c, const char *url,
 {
     char full[2048], shown[512];
     veil_cl_http_response r;
-    snprintf(full, sizeof full, "%s/pki/signing_key", url);
+    veil_cl_v2_outer_url(url, "/pki/signing_key", full, sizeof full);
     veil_client_status st = veil_cl_transport_send(c->tx, full, NULL, NULL, 0,
                                                    SIGNER_MAX_BODY, &r, err);
     if (st != VEIL_CLIENT_OK)
@@ -293,7 +293,7 @@ static veil_client_status keys_fetch(veil_client *c, const char *url,
     veil_client_status st;
 
     veil_cl_redact_url(url, shown, sizeof shown);
-    snprintf(full, sizeof full, "%s" VEIL_OHTTP_WELL_KNOWN, url);
+    veil_cl_v2_outer_url(url, VEIL_OHTTP_WELL_KNOWN, full, sizeof full);
     if ((st = veil_cl_transport_send(c->tx, full, veil_cl_v2_keys_lines, NULL,
                                      0, KEYS_MAX_BODY, &r, err)) !=
         VEIL_CLIENT_OK)
@@ -621,7 +621,7 @@ static veil_client_status post_once(veil_client *c, const veil_cl_v2_call *k,
     SHA256(enc, enc_len, h);
     veil_hex(h, 32, in->request_id);
     uint64_t t1 = veil_cl_now_ns();
-    snprintf(full, sizeof full, "%s" VEIL_OHTTP_WELL_KNOWN, k->url);
+    veil_cl_v2_outer_url(k->url, VEIL_OHTTP_WELL_KNOWN, full, sizeof full);
     veil_logf(&c->log, VEIL_LOG_DEBUG,
               "v2 %s %s: request %.16s... to key ID %u (%zu bytes)", k->method,
               k->path, in->request_id, (unsigned)kc->kc.key_id, len);

@@ -38,6 +38,17 @@ static const uint8_t p256_spki_prefix[26] = {
 const char *const veil_cl_v2_keys_lines[] = {
     "Accept: " VEIL_OHTTP_MEDIA_KEYS, NULL};
 
+void veil_cl_v2_outer_url(const char *base, const char *path, char *out,
+                          size_t size)
+{
+    const char *p = strstr(base, "://"), *at;
+    size_t head = p ? (size_t)(p + 3 - base) : 0;
+    size_t n = strcspn(base + head, "/?#"), skip = 0;
+    while ((at = memchr(base + head + skip, '@', n - skip)) != NULL)
+        skip = (size_t)(at + 1 - (base + head));
+    snprintf(out, size, "%.*s%s%s", (int)head, base, base + head + skip, path);
+}
+
 /* ---- the signed statement (section 4.3) ---------------------------------
  */
 
@@ -185,8 +196,10 @@ static veil_client_status cert_fetch(veil_engine *e, veil_cl_transport *tx,
 {
     char full[2048], detail[256];
     veil_cl_http_response r;
-    snprintf(full, sizeof full, "%s/v2/keys/certify?key_id=%u", url,
+    char path[40];
+    snprintf(path, sizeof path, "/v2/keys/certify?key_id=%u",
              (unsigned)kc->key_id);
+    veil_cl_v2_outer_url(url, path, full, sizeof full);
     veil_client_status st =
         veil_cl_transport_send(tx, full, NULL, NULL, 0, CERT_MAX_BODY, &r, err);
     if (st != VEIL_CLIENT_OK)
@@ -313,7 +326,7 @@ static veil_client_status enrol_keys(veil_engine *e, veil_cl_transport *tx,
     long long not_after = 0;
     veil_cl_keys_rc rc = VEIL_CL_KEYS_OK;
     int ok = 0;
-    snprintf(full, sizeof full, "%s" VEIL_OHTTP_WELL_KNOWN, url);
+    veil_cl_v2_outer_url(url, VEIL_OHTTP_WELL_KNOWN, full, sizeof full);
     veil_client_status st =
         veil_cl_transport_send(tx, full, veil_cl_v2_keys_lines, NULL, 0,
                                KEYS_MAX_BODY, &r, err);

@@ -22,6 +22,13 @@
  * Accept of application/ohttp-keys (NULL-terminated). */
 extern const char *const veil_cl_v2_keys_lines[];
 
+/* The URL of an outer request of protocol v2 into out: the base URL
+ * without its user information (user:password@, which curl would send as
+ * HTTP Basic credentials: RFC 9458 6.1 allows nothing identifying on what
+ * a relay forwards), then path. */
+void veil_cl_v2_outer_url(const char *base, const char *path, char *out,
+                          size_t size);
+
 /* ---- the signed statement (section 4.3) ---------------------------------
  */
 

@@ -782,6 +782,8 @@ typedef struct stand_in {
     atomic_int gets_503; /* this many GETs of the keys answer 503 first */
     char authority[128]; /* the last inner request's authority */
     char get_accept[128]; /* the last GET of the keys' Accept ("-": none) */
+    atomic_int authorized; /* requests with Authorization in the outer
+                              header section */
 } stand_in;
 
 static stand_in si;
@@ -909,6 +911,8 @@ static enum MHD_Result si_handle(void *ctx, struct MHD_Connection *conn,
                                  stub_body *body)
 {
     stand_in *s = ctx;
+    if (MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Authorization"))
+        atomic_fetch_add(&s->authorized, 1);
     if (si_path(url, "/pki/signing_key"))
         return stub_send(conn, 200, s->signer_pem, strlen(s->signer_pem),
                          "text/plain", NULL);
@@ -1151,7 +1155,11 @@ static void test_keys_get_accept(void)
 
 /* The inner request's authority (RFC 9292 3.3, RFC 9113 8.3.1) is the
  * host and port of the base URL: not its path (a gateway under a path
- * prefix), and never its user information, which is a secret. */
+ * prefix), and never its user information, which is a secret.  Nor does
+ * the user information go on the outer requests (the GETs of the signing
+ * key and of the key configurations, the POST) as HTTP Basic
+ * credentials, which curl would send: RFC 9458 6.1, nothing identifying
+ * on the request a relay forwards. */
 static void test_inner_authority(void)
 {
     char url[128], hostport[64];
@@ -1169,6 +1177,9 @@ static void test_inner_authority(void)
         snprintf(url, sizeof url, "%s%s%s", forms[i][0], hostport,
                  forms[i][1]);
         si.authority[0] = '\0';
+        atomic_store(&si.authorized, 0);
+        atomic_store(&si.gets, 0);
+        atomic_store(&si.posts, 0);
         veil_client *c = client_for(url, VEIL_CLIENT_PROTOCOL_V2);
         CU_ASSERT_EQUAL(veil_chat_create(c, req, NULL, &resp, NULL, &err),
                         VEIL_CLIENT_OK);
@@ -1177,6 +1188,11 @@ static void test_inner_authority(void)
                   strstr(si.authority, "user") == NULL);
         if (strcmp(si.authority, hostport))
             fprintf(stderr, "%s: authority \"%s\"\n", url, si.authority);
+        CU_ASSERT(atomic_load(&si.gets) >= 1 && atomic_load(&si.posts) >= 1);
+        CU_ASSERT_EQUAL(atomic_load(&si.authorized), 0);
+        if (atomic_load(&si.authorized))
+            fprintf(stderr, "%s: %d outer requests with Authorization\n", url,
+                    atomic_load(&si.authorized));
         veil_chat_response_free(resp);
         veil_chat_response_free(req);
         veil_client_free(c);
