@@ -23,6 +23,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -1308,6 +1311,148 @@ static void test_keys_503_retried(void)
     si.post = POST_UNIFORM;
 }
 
+/* ---- a relay that sends interim answers (mock) ---------------------------
+ *
+ * Between the client and a real veild: each request read whole, passed on
+ * on a connection of its own (Connection: close) and veild's answer sent
+ * back after two interim ones, an unsolicited 100 Continue and a 103 Early
+ * Hints carrying fields the final answer must not be mixed with (RFC 9110
+ * 15.2: a client must be able to parse and ignore them).  libmicrohttpd
+ * sends no 1xx of its own choosing, hence this raw one. */
+
+#define INTERIM                                                                \
+    "HTTP/1.1 100 Continue\r\n\r\n"                                            \
+    "HTTP/1.1 103 Early Hints\r\nLink: </hint>; rel=preload\r\n"              \
+    "Content-Type: text/plain\r\nRetry-After: 3600\r\n"                       \
+    "X-Veil-Keys-Expires: 1\r\n\r\n"
+
+typedef struct interim_relay {
+    int fd;
+    unsigned short port, upstream;
+    pthread_t th;
+    atomic_int gets, posts; /* answered after the interim ones */
+} interim_relay;
+
+static int io_all(int fd, const char *p, size_t n)
+{
+    while (n > 0) {
+        ssize_t w = write(fd, p, n);
+        if (w <= 0)
+            return -1;
+        p += w;
+        n -= (size_t)w;
+    }
+    return 0;
+}
+
+/* One request from c, its answer from upstream (malloc'd into *out). */
+static int ir_pass(interim_relay *ir, int c, char **out, size_t *out_len,
+                   int *is_post)
+{
+    static char req[1 << 20];
+    size_t len = 0, want = 0;
+    char *end = NULL;
+    while (end == NULL || len < want) {
+        ssize_t n = read(c, req + len, sizeof req - 1 - len);
+        if (n <= 0)
+            return -1;
+        len += (size_t)n;
+        req[len] = '\0';
+        if (end == NULL && (end = strstr(req, "\r\n\r\n")) != NULL) {
+            const char *cl = strcasestr(req, "\r\nContent-Length:");
+            want = (size_t)(end + 4 - req);
+            if (cl && cl < end)
+                want += strtoul(cl + 17, NULL, 10);
+        }
+    }
+    *is_post = strncmp(req, "POST ", 5) == 0;
+    int u = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET,
+                            .sin_port = htons(ir->upstream),
+                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    const char *line_end = strstr(req, "\r\n") + 2;
+    if (u < 0 || connect(u, (struct sockaddr *)&a, sizeof a) != 0 ||
+        io_all(u, req, (size_t)(line_end - req)) != 0 ||
+        io_all(u, "Connection: close\r\n", 19) != 0 ||
+        io_all(u, line_end, len - (size_t)(line_end - req)) != 0) {
+        if (u >= 0)
+            close(u);
+        return -1;
+    }
+    size_t cap = 1 << 16;
+    *out = malloc(cap);
+    *out_len = 0;
+    for (ssize_t n; *out && (n = read(u, *out + *out_len, cap - *out_len)) > 0;)
+        if ((*out_len += (size_t)n) == cap)
+            *out = realloc(*out, cap *= 2);
+    close(u);
+    return *out && *out_len > 0 ? 0 : -1;
+}
+
+static void *ir_run(void *arg)
+{
+    interim_relay *ir = arg;
+    for (int c; (c = accept(ir->fd, NULL, NULL)) >= 0; close(c)) {
+        char *answer = NULL;
+        size_t n = 0;
+        int is_post = 0;
+        if (ir_pass(ir, c, &answer, &n, &is_post) == 0 &&
+            io_all(c, INTERIM, sizeof INTERIM - 1) == 0 &&
+            io_all(c, answer, n) == 0)
+            atomic_fetch_add(is_post ? &ir->posts : &ir->gets, 1);
+        free(answer);
+    }
+    return NULL;
+}
+
+static int ir_start(interim_relay *ir, unsigned short upstream)
+{
+    struct sockaddr_in a = {.sin_family = AF_INET,
+                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t al = sizeof a;
+    ir->upstream = upstream;
+    if ((ir->fd = socket(AF_INET, SOCK_STREAM, 0)) < 0 ||
+        bind(ir->fd, (struct sockaddr *)&a, sizeof a) != 0 ||
+        listen(ir->fd, 8) != 0 ||
+        getsockname(ir->fd, (struct sockaddr *)&a, &al) != 0)
+        return -1;
+    ir->port = ntohs(a.sin_port);
+    return pthread_create(&ir->th, NULL, ir_run, ir);
+}
+
+static void ir_stop(interim_relay *ir)
+{
+    shutdown(ir->fd, SHUT_RDWR); /* accept() returns */
+    pthread_join(ir->th, NULL);
+    close(ir->fd);
+}
+
+/* A 100 and a 103 before the final answer, on the GETs and on the outer
+ * POST (RFC 9458 5.1 keeps 1xx out of the encapsulation, not off the
+ * outer exchange; a relay or a gateway may send them): a chat over v2
+ * through them to a real veild succeeds, and the 1xx's fields (a
+ * Content-Type, a Retry-After, a signature header) are not read as the
+ * final answer's. */
+static void test_interim_answers(void)
+{
+    interim_relay ir = {.fd = -1};
+    char url[64];
+    veil_chat_stats stats;
+    veil_client_error err;
+    int ok = 0;
+    CU_ASSERT_FATAL(ir_start(&ir, gw_sw.port) == 0);
+    snprintf(url, sizeof url, "http://127.0.0.1:%u", ir.port);
+    veil_client *c = client_for(url, VEIL_CLIENT_PROTOCOL_V2);
+    CU_ASSERT_EQUAL(chat(c, &stats, &err, &ok), VEIL_CLIENT_OK);
+    CU_ASSERT(ok);
+    CU_ASSERT_EQUAL(stats.protocol, 2);
+    CU_ASSERT_EQUAL(stats.attempts, 1);
+    veil_client_free(c);
+    ir_stop(&ir);
+    CU_ASSERT(atomic_load(&ir.gets) >= 2); /* signing key, keys */
+    CU_ASSERT_EQUAL(atomic_load(&ir.posts), 1);
+}
+
 /* ---- setup --------------------------------------------------------------- */
 
 static int start_gateways(void)
@@ -1437,6 +1582,7 @@ int main(void)
         {"stand-in: the key GET's Accept", test_keys_get_accept},
         {"stand-in: maximum without a quote", test_maximum_without_quote},
         {"stand-in: a 503 to the key fetch", test_keys_503_retried},
+        {"interim 1xx answers before the final one", test_interim_answers},
         {"gateways exit cleanly", test_exit},
     };
     int rc;
