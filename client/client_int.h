@@ -95,6 +95,10 @@ typedef struct veil_cl_http_response {
     char cache_control[128];  /* Cache-Control */
     char content_type[96];    /* Content-Type */
     int keys_headers_bad;
+    /* A transfer that failed without sending a byte of the request (no
+     * connection made, say): 1, a sign the server cannot have acted on
+     * it (RFC 9458 6.5); else 0. */
+    int unsent;
 } veil_cl_http_response;
 
 /* Bodies of answers other than 200 are kept up to this size (the rest is

@@ -391,9 +391,12 @@ veil_client_status veil_cl_transport_send(veil_cl_transport *t, const char *url,
     if (cc == CURLE_OK) {
         curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &resp->status);
     } else {
+        long sent = 0;
+        curl_easy_getinfo(h, CURLINFO_REQUEST_SIZE, &sent);
         free(resp->body);
         memset(resp, 0, sizeof *resp);
         resp->retry_after_ms = -1;
+        resp->unsent = sent == 0;
         st = transfer_fail(t, cc, errbuf, &s, err);
     }
     curl_easy_setopt(h, CURLOPT_HTTPHEADER, NULL);

@@ -763,8 +763,10 @@ static void seen_fill(veil_cl_v2_seen *s, const veil_ohttp_ctx *ctx,
 }
 
 /* One attempt's outcome: *status the status that decides a retry (the
- * inner one once the answer opened; 0 a network failure), *uniform the
- * uniform 400, *retry_after_ms what the server asked. */
+ * inner one once the answer opened; 0 a network failure before a byte of
+ * the POST was sent, -1 one after: RFC 9458 6.5, no retry without a sign
+ * the request was not processed, and a lost connection is none), *uniform
+ * the uniform 400, *retry_after_ms what the server asked. */
 static veil_client_status attempt(veil_client *c, const veil_cl_v2_call *k,
                                   const veil_cl_v2_slot *kc, veil_secbuf *req,
                                   cJSON **response, long *status, int *uniform,
@@ -774,7 +776,7 @@ static veil_client_status attempt(veil_client *c, const veil_cl_v2_call *k,
     veil_cl_http_response r;
     inner in = {0};
     veil_client_status st = post_once(c, k, kc, req, &ctx, &r, &in, err);
-    *status = st == VEIL_CLIENT_OK ? r.status : 0;
+    *status = st == VEIL_CLIENT_OK ? r.status : r.unsent ? 0 : -1;
     *uniform = 0;
     *retry_after_ms = r.retry_after_ms;
     if (st == VEIL_CLIENT_OK && r.status != 200) {
@@ -872,7 +874,7 @@ veil_client_status veil_cl_v2_send(veil_client *c, const veil_cl_v2_call *k,
         }
         if (st == VEIL_CLIENT_OK || st == VEIL_CLIENT_E_SECURITY ||
             n >= c->cfg.max_retries ||
-            !(st == VEIL_CLIENT_E_CONNECTION ||
+            !((st == VEIL_CLIENT_E_CONNECTION && status == 0) ||
               veil_cl_retry_worth(status, err)))
             break;
         veil_cl_wait_retry(c, ++n, status, retry_after_ms, k->stats);

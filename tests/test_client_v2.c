@@ -776,7 +776,8 @@ typedef struct stand_in {
                             mixed case, zero padding */
         POST_NOT_RES,    /* a 200 of application/json */
         POST_SHORT,      /* a 200 message/ohttp-res shorter than its nonce */
-        POST_REDIRECT    /* a 307 to another gateway */
+        POST_REDIRECT,   /* a 307 to another gateway */
+        POST_DROP        /* the connection closed, no answer */
     } post;
     atomic_int gets, posts;
     /* the outer POST's header fields other than Host, Content-Type and
@@ -934,6 +935,8 @@ static enum MHD_Result si_handle(void *ctx, struct MHD_Connection *conn,
         if (s->post == POST_SHORT)
             return stub_send(conn, 200, "0123456789abcdef", 16,
                              VEIL_OHTTP_MEDIA_RES, NULL);
+        if (s->post == POST_DROP)
+            return MHD_NO; /* libmicrohttpd closes the connection */
         if (s->post == POST_REDIRECT) {
             struct MHD_Response *to = MHD_create_response_from_buffer(
                 0, (void *)"", MHD_RESPMEM_PERSISTENT);
@@ -1311,6 +1314,31 @@ static void test_keys_503_retried(void)
     si.post = POST_UNIFORM;
 }
 
+/* A POST that reached the gateway and got no answer (the connection
+ * closed) is not sent again, sealed afresh or not: RFC 9458 6.5, a client
+ * MUST NOT retry a failed request without a positive signal that it was
+ * not processed, and a connection failure is no such signal.  The user
+ * gets the connection error at once; the key GET before it is still
+ * retried (test_keys_503_retried). */
+static void test_no_retry_after_drop(void)
+{
+    char url[64];
+    veil_chat_stats stats;
+    veil_client_error err;
+    int ok;
+    stand_in_url(url, sizeof url);
+    si.not_after = (long long)time(NULL) + 3600;
+    si.bad_signature = 0;
+    si.post = POST_DROP;
+    atomic_store(&si.posts, 0);
+    veil_client *c = client_for(url, VEIL_CLIENT_PROTOCOL_V2);
+    CU_ASSERT_EQUAL(chat(c, &stats, &err, &ok), VEIL_CLIENT_E_CONNECTION);
+    CU_ASSERT_EQUAL(atomic_load(&si.posts), 1);
+    CU_ASSERT_EQUAL(stats.attempts, 1);
+    veil_client_free(c);
+    si.post = POST_UNIFORM;
+}
+
 /* ---- a relay that sends interim answers (mock) ---------------------------
  *
  * Between the client and a real veild: each request read whole, passed on
@@ -1583,6 +1611,8 @@ int main(void)
         {"stand-in: maximum without a quote", test_maximum_without_quote},
         {"stand-in: a 503 to the key fetch", test_keys_503_retried},
         {"interim 1xx answers before the final one", test_interim_answers},
+        {"stand-in: no retry of a POST that got no answer",
+         test_no_retry_after_drop},
         {"gateways exit cleanly", test_exit},
     };
     int rc;
