@@ -35,8 +35,8 @@ static const uint8_t p256_spki_prefix[26] = {
     0xce, 0x3d, 0x02, 0x01, 0x06, 0x08, 0x2a, 0x86, 0x48,
     0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00};
 
-const char *const veil_cl_v2_keys_lines[] = {
-    "Accept: " VEIL_OHTTP_MEDIA_KEYS, NULL};
+const char *const veil_cl_v2_keys_lines[] = {"Accept: " VEIL_OHTTP_MEDIA_KEYS,
+                                             NULL};
 
 void veil_cl_v2_outer_url(const char *base, const char *path, char *out,
                           size_t size)
@@ -327,9 +327,8 @@ static veil_client_status enrol_keys(veil_engine *e, veil_cl_transport *tx,
     veil_cl_keys_rc rc = VEIL_CL_KEYS_OK;
     int ok = 0;
     veil_cl_v2_outer_url(url, VEIL_OHTTP_WELL_KNOWN, full, sizeof full);
-    veil_client_status st =
-        veil_cl_transport_send(tx, full, veil_cl_v2_keys_lines, NULL, 0,
-                               KEYS_MAX_BODY, &r, err);
+    veil_client_status st = veil_cl_transport_send(
+        tx, full, veil_cl_v2_keys_lines, NULL, 0, KEYS_MAX_BODY, &r, err);
     if (st != VEIL_CLIENT_OK) {
         veil_cl_check(ck, name, 0, "GET " VEIL_OHTTP_WELL_KNOWN ": %s",
                       err ? err->detail : "failed");
