@@ -93,6 +93,7 @@ typedef struct veil_cl_http_response {
     char keys_signed_at[24];  /* X-Veil-Keys-Signed-At */
     char keys_expires[24];    /* X-Veil-Keys-Expires */
     char cache_control[128];  /* Cache-Control */
+    char age[24];             /* Age (RFC 9111 5.1) */
     char content_type[96];    /* Content-Type */
     int keys_headers_bad;
     /* A transfer that failed without sending a byte of the request (no

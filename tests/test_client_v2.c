@@ -788,6 +788,8 @@ typedef struct stand_in {
     char get_accept[128]; /* the last GET of the keys' Accept ("-": none) */
     atomic_int authorized; /* requests with Authorization in the outer
                               header section */
+    const char *keys_cache; /* the keys' Cache-Control and Age, or NULL */
+    const char *keys_age;
 } stand_in;
 
 static stand_in si;
@@ -989,6 +991,10 @@ static enum MHD_Result si_handle(void *ctx, struct MHD_Connection *conn,
     snprintf(st, sizeof st, "%lld", s->not_after);
     MHD_add_response_header(r, "X-Veil-Keys-Expires", st);
     MHD_add_response_header(r, "X-Veil-Signing-Key", fp);
+    if (s->keys_cache)
+        MHD_add_response_header(r, "Cache-Control", s->keys_cache);
+    if (s->keys_age)
+        MHD_add_response_header(r, "Age", s->keys_age);
     enum MHD_Result ret = MHD_queue_response(conn, 200, r);
     MHD_destroy_response(r);
     free(b64);
@@ -1314,6 +1320,47 @@ static void test_keys_503_retried(void)
     si.post = POST_UNIFORM;
 }
 
+/* The key configurations are kept while they are fresh (RFC 9111 4.2):
+ * for max-age less the Age a cache on the way says they have spent there
+ * (4.2.3), and never past the signed not_after.  Two chats from one client
+ * fetch them once when fresh for an hour, and twice when they come from a
+ * cache with max-age=600 and Age: 600 (stale on arrival), or max-age=0. */
+static void test_keys_freshness(void)
+{
+    static const struct {
+        const char *cache, *age;
+        int gets;
+    } cases[] = {{"max-age=3600", NULL, 1},
+                 {"max-age=600", "600", 2},
+                 {"public, max-age=600", "900", 2},
+                 {"max-age=600", "10", 1},
+                 {"max-age=0", NULL, 2}};
+    char url[64];
+    stand_in_url(url, sizeof url);
+    si.not_after = (long long)time(NULL) + 3600;
+    si.bad_signature = 0;
+    si.post = POST_SIGNED;
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        veil_chat_stats stats;
+        veil_client_error err;
+        int ok;
+        si.keys_cache = cases[i].cache;
+        si.keys_age = cases[i].age;
+        atomic_store(&si.gets, 0);
+        veil_client *c = client_for(url, VEIL_CLIENT_PROTOCOL_V2);
+        CU_ASSERT_EQUAL(chat(c, &stats, &err, &ok), VEIL_CLIENT_OK);
+        CU_ASSERT_EQUAL(chat(c, &stats, &err, &ok), VEIL_CLIENT_OK);
+        CU_ASSERT_EQUAL(atomic_load(&si.gets), cases[i].gets);
+        if (atomic_load(&si.gets) != cases[i].gets)
+            fprintf(stderr, "Cache-Control %s, Age %s: %d GETs\n",
+                    cases[i].cache, cases[i].age ? cases[i].age : "-",
+                    atomic_load(&si.gets));
+        veil_client_free(c);
+    }
+    si.keys_cache = si.keys_age = NULL;
+    si.post = POST_UNIFORM;
+}
+
 /* A POST that reached the gateway and got no answer (the connection
  * closed) is not sent again, sealed afresh or not: RFC 9458 6.5, a client
  * MUST NOT retry a failed request without a positive signal that it was
@@ -1613,6 +1660,7 @@ int main(void)
         {"interim 1xx answers before the final one", test_interim_answers},
         {"stand-in: no retry of a POST that got no answer",
          test_no_retry_after_drop},
+        {"stand-in: the key configurations' freshness", test_keys_freshness},
         {"gateways exit cleanly", test_exit},
     };
     int rc;
