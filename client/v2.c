@@ -179,37 +179,6 @@ static veil_client_status signer_get(veil_client *c, const char *url, signer *s,
 /* ---- the key configurations ------------------------------------------------
  */
 
-/* Cache-Control's max-age in seconds, or -1. */
-static long long max_age(const char *cc)
-{
-    for (const char *p = cc; (p = strcasestr(p, "max-age=")) != NULL; p++) {
-        if (p != cc && p[-1] != ' ' && p[-1] != ',')
-            continue;
-        long long v;
-        char d[20];
-        size_t n = strspn(p + 8, "0123456789");
-        if (n == 0 || n >= sizeof d)
-            return -1;
-        memcpy(d, p + 8, n);
-        d[n] = '\0';
-        return veil_cl_unix_time(d, &v) ? v : -1;
-    }
-    return -1;
-}
-
-/* How long the answer r stays fresh from now (RFC 9111 4.2): its max-age
- * less the Age a cache on the way gave it (4.2.3; an Age that is not a
- * number counts as 0), at least 0; -1 without max-age. */
-static long long fresh_for(const veil_cl_http_response *r)
-{
-    long long life = max_age(r->cache_control), spent = 0;
-    if (life < 0)
-        return -1;
-    if (!veil_cl_unix_time(r->age, &spent))
-        spent = 0;
-    return life > spent ? life - spent : 0;
-}
-
 /* The answer to a GET as a v2 gateway's: 1 when it is one (a 200 of
  * application/ohttp-keys with at least one signature header), else 0. */
 static int looks_v2(const veil_cl_http_response *r)
@@ -346,7 +315,7 @@ static veil_client_status keys_fetch(veil_client *c, const char *url,
         time_t now = time(NULL);
         sl->state = 1;
         sl->until = (time_t)not_after;
-        if ((age = fresh_for(&r)) >= 0 && now + age < sl->until)
+        if ((age = veil_cl_keys_fresh_for(&r)) >= 0 && now + age < sl->until)
             sl->until = now + (time_t)age;
         veil_logf(&c->log, VEIL_LOG_DEBUG,
                   "v2 key configuration of %s: key ID %u, valid for %lld s",

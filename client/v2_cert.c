@@ -49,6 +49,34 @@ void veil_cl_v2_outer_url(const char *base, const char *path, char *out,
     snprintf(out, size, "%.*s%s%s", (int)head, base, base + head + skip, path);
 }
 
+/* Cache-Control's max-age in seconds, or -1. */
+static long long max_age(const char *cc)
+{
+    for (const char *p = cc; (p = strcasestr(p, "max-age=")) != NULL; p++) {
+        if (p != cc && p[-1] != ' ' && p[-1] != ',')
+            continue;
+        long long v;
+        char d[20];
+        size_t n = strspn(p + 8, "0123456789");
+        if (n == 0 || n >= sizeof d)
+            return -1;
+        memcpy(d, p + 8, n);
+        d[n] = '\0';
+        return veil_cl_unix_time(d, &v) ? v : -1;
+    }
+    return -1;
+}
+
+long long veil_cl_keys_fresh_for(const veil_cl_http_response *r)
+{
+    long long life = max_age(r->cache_control), spent = 0;
+    if (life < 0)
+        return -1;
+    if (!veil_cl_unix_time(r->age, &spent))
+        spent = 0;
+    return life > spent ? life - spent : 0;
+}
+
 /* ---- the signed statement (section 4.3) ---------------------------------
  */
 

@@ -29,6 +29,12 @@ extern const char *const veil_cl_v2_keys_lines[];
 void veil_cl_v2_outer_url(const char *base, const char *path, char *out,
                           size_t size);
 
+/* How long the answer r (a GET of the key configurations) stays fresh
+ * from now (RFC 9111 4.2): its Cache-Control max-age less the Age a cache
+ * on the way gave it (4.2.3; an Age that is not a number counts as 0), at
+ * least 0; -1 without max-age. */
+long long veil_cl_keys_fresh_for(const veil_cl_http_response *r);
+
 /* ---- the signed statement (section 4.3) ---------------------------------
  */
 
