@@ -94,6 +94,7 @@ typedef struct veil_cl_http_response {
     char keys_expires[24];    /* X-Veil-Keys-Expires */
     char cache_control[128];  /* Cache-Control */
     char age[24];             /* Age (RFC 9111 5.1) */
+    char location[512];       /* Location (a redirect's) */
     char content_type[96];    /* Content-Type */
     int keys_headers_bad;
     /* A transfer that failed without sending a byte of the request (no

@@ -184,6 +184,8 @@ static size_t on_header(char *data, size_t size, size_t n, void *ctx)
         {"cache-control:", offsetof(veil_cl_http_response, cache_control),
          sizeof r->cache_control, 1},
         {"age:", offsetof(veil_cl_http_response, age), sizeof r->age, 1},
+        {"location:", offsetof(veil_cl_http_response, location),
+         sizeof r->location, 1},
         {"content-type:", offsetof(veil_cl_http_response, content_type),
          sizeof r->content_type, 1},
     };
@@ -195,7 +197,7 @@ static size_t on_header(char *data, size_t size, size_t n, void *ctx)
         r->veil_headers_bad = 0;
         r->keys_signature[0] = r->keys_signed_at[0] = '\0';
         r->keys_expires[0] = r->cache_control[0] = r->content_type[0] = '\0';
-        r->age[0] = '\0';
+        r->age[0] = r->location[0] = '\0';
         r->keys_headers_bad = 0;
         r->retry_after_ms = -1;
         return len;

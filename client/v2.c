@@ -269,15 +269,13 @@ static veil_client_status keys_fetch(veil_client *c, const char *url,
                                      int probing, veil_cl_v2_slot *sl,
                                      veil_client_error *err)
 {
-    char full[2048], shown[512];
+    char shown[512];
     veil_cl_http_response r;
     long long not_after = 0, age;
     veil_client_status st;
 
     veil_cl_redact_url(url, shown, sizeof shown);
-    veil_cl_v2_outer_url(url, VEIL_OHTTP_WELL_KNOWN, full, sizeof full);
-    if ((st = veil_cl_transport_send(c->tx, full, veil_cl_v2_keys_lines, NULL,
-                                     0, KEYS_MAX_BODY, &r, err)) !=
+    if ((st = veil_cl_v2_keys_get(c->tx, url, KEYS_MAX_BODY, &r, err)) !=
         VEIL_CLIENT_OK)
         return st;
     if (!looks_v2(&r)) {

@@ -788,6 +788,9 @@ typedef struct stand_in {
     char get_accept[128]; /* the last GET of the keys' Accept ("-": none) */
     atomic_int authorized; /* requests with Authorization in the outer
                               header section */
+    const char *keys_moved; /* a GET of the keys at the root is answered
+                               307 to this, or NULL */
+    char post_url[128];     /* the last POST's path */
     const char *keys_cache; /* the keys' Cache-Control and Age, or NULL */
     const char *keys_age;
 } stand_in;
@@ -927,6 +930,7 @@ static enum MHD_Result si_handle(void *ctx, struct MHD_Connection *conn,
                          "application/json", NULL);
     if (!strcmp(method, "POST")) {
         atomic_fetch_add(&s->posts, 1);
+        snprintf(s->post_url, sizeof s->post_url, "%s", url);
         s->post_extra[0] = '\0';
         MHD_get_connection_values(conn, MHD_HEADER_KIND, si_extra,
                                   s->post_extra);
@@ -955,6 +959,14 @@ static enum MHD_Result si_handle(void *ctx, struct MHD_Connection *conn,
                          "application/problem+json", NULL);
     }
     atomic_fetch_add(&s->gets, 1);
+    if (s->keys_moved && !strcmp(url, "/.well-known/ohttp-gateway")) {
+        struct MHD_Response *to = MHD_create_response_from_buffer(
+            0, (void *)"", MHD_RESPMEM_PERSISTENT);
+        MHD_add_response_header(to, "Location", s->keys_moved);
+        enum MHD_Result ret = MHD_queue_response(conn, 307, to);
+        MHD_destroy_response(to);
+        return ret;
+    }
     const char *accept =
         MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Accept");
     snprintf(s->get_accept, sizeof s->get_accept, "%s", accept ? accept : "-");
@@ -1320,6 +1332,59 @@ static void test_keys_503_retried(void)
     si.post = POST_UNIFORM;
 }
 
+/* RFC 9540 4: a gateway may answer the GET of its key configurations
+ * with a redirect.  The client follows it (a relative and an absolute
+ * Location; at most 4 hops, never from https to http), still asking for
+ * application/ohttp-keys and without the URL's user information, and
+ * then posts to the well-known resource, never the redirected URI (which
+ * the same section forbids telling the relay: it could single the client
+ * out).  A redirect to a path that redirects again for ever is the error
+ * of its status after the fifth GET, and nothing is posted. */
+static void test_keys_redirect(void)
+{
+    char url[96], abs[128];
+    const char *const moved[] = {"/prefix/.well-known/ohttp-gateway",
+                                        abs};
+    snprintf(abs, sizeof abs,
+             "http://127.0.0.1:%u/prefix/.well-known/ohttp-gateway",
+             si.http.port);
+    snprintf(url, sizeof url, "http://user:s3cret@127.0.0.1:%u", si.http.port);
+    si.not_after = (long long)time(NULL) + 3600;
+    si.bad_signature = 0;
+    for (size_t i = 0; i < 3; i++) {
+        cJSON *req = chat_request(), *resp = NULL;
+        veil_client_error err;
+        si.post = POST_SIGNED;
+        si.keys_moved = i < 2 ? moved[i] : "/.well-known/ohttp-gateway";
+        si.post_url[0] = si.get_accept[0] = '\0';
+        atomic_store(&si.gets, 0);
+        atomic_store(&si.posts, 0);
+        atomic_store(&si.authorized, 0);
+        veil_client *c = client_for(url, VEIL_CLIENT_PROTOCOL_V2);
+        veil_client_status st =
+            veil_chat_create(c, req, NULL, &resp, NULL, &err);
+        if (i < 2) {
+            CU_ASSERT_EQUAL(st, VEIL_CLIENT_OK);
+            CU_ASSERT_EQUAL(atomic_load(&si.gets), 2);
+            CU_ASSERT_STRING_EQUAL(si.get_accept, VEIL_OHTTP_MEDIA_KEYS);
+            CU_ASSERT_STRING_EQUAL(si.post_url, "/.well-known/ohttp-gateway");
+            CU_ASSERT_EQUAL(atomic_load(&si.authorized), 0);
+        } else {
+            CU_ASSERT_NOT_EQUAL(st, VEIL_CLIENT_OK);
+            CU_ASSERT_EQUAL(err.http_status, 307);
+            CU_ASSERT_EQUAL(atomic_load(&si.gets), 5);
+            CU_ASSERT_EQUAL(atomic_load(&si.posts), 0);
+        }
+        if (st != VEIL_CLIENT_OK && i < 2)
+            fprintf(stderr, "redirect to %s: %s\n", si.keys_moved, err.detail);
+        veil_chat_response_free(resp);
+        veil_chat_response_free(req);
+        veil_client_free(c);
+    }
+    si.keys_moved = NULL;
+    si.post = POST_UNIFORM;
+}
+
 /* The key configurations are kept while they are fresh (RFC 9111 4.2):
  * for max-age less the Age a cache on the way says they have spent there
  * (4.2.3), and never past the signed not_after.  Two chats from one client
@@ -1661,6 +1726,7 @@ int main(void)
         {"stand-in: no retry of a POST that got no answer",
          test_no_retry_after_drop},
         {"stand-in: the key configurations' freshness", test_keys_freshness},
+        {"stand-in: the key GET redirected", test_keys_redirect},
         {"gateways exit cleanly", test_exit},
     };
     int rc;
