@@ -93,8 +93,14 @@ typedef struct veil_cl_http_response {
     char keys_signed_at[24];  /* X-Veil-Keys-Signed-At */
     char keys_expires[24];    /* X-Veil-Keys-Expires */
     char cache_control[128];  /* Cache-Control */
+    char age[24];             /* Age (RFC 9111 5.1) */
+    char location[512];       /* Location (a redirect's) */
     char content_type[96];    /* Content-Type */
     int keys_headers_bad;
+    /* A transfer that failed without sending a byte of the request (no
+     * connection made, say): 1, a sign the server cannot have acted on
+     * it (RFC 9458 6.5); else 0. */
+    int unsent;
 } veil_cl_http_response;
 
 /* Bodies of answers other than 200 are kept up to this size (the rest is

@@ -183,6 +183,9 @@ static size_t on_header(char *data, size_t size, size_t n, void *ctx)
          sizeof r->keys_expires, 1},
         {"cache-control:", offsetof(veil_cl_http_response, cache_control),
          sizeof r->cache_control, 1},
+        {"age:", offsetof(veil_cl_http_response, age), sizeof r->age, 1},
+        {"location:", offsetof(veil_cl_http_response, location),
+         sizeof r->location, 1},
         {"content-type:", offsetof(veil_cl_http_response, content_type),
          sizeof r->content_type, 1},
     };
@@ -194,6 +197,7 @@ static size_t on_header(char *data, size_t size, size_t n, void *ctx)
         r->veil_headers_bad = 0;
         r->keys_signature[0] = r->keys_signed_at[0] = '\0';
         r->keys_expires[0] = r->cache_control[0] = r->content_type[0] = '\0';
+        r->age[0] = r->location[0] = '\0';
         r->keys_headers_bad = 0;
         r->retry_after_ms = -1;
         return len;
@@ -391,9 +395,12 @@ veil_client_status veil_cl_transport_send(veil_cl_transport *t, const char *url,
     if (cc == CURLE_OK) {
         curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &resp->status);
     } else {
+        long sent = 0;
+        curl_easy_getinfo(h, CURLINFO_REQUEST_SIZE, &sent);
         free(resp->body);
         memset(resp, 0, sizeof *resp);
         resp->retry_after_ms = -1;
+        resp->unsent = sent == 0;
         st = transfer_fail(t, cc, errbuf, &s, err);
     }
     curl_easy_setopt(h, CURLOPT_HTTPHEADER, NULL);

@@ -93,7 +93,7 @@ static veil_client_status signer_fetch(veil_client *c, const char *url,
 {
     char full[2048], shown[512];
     veil_cl_http_response r;
-    snprintf(full, sizeof full, "%s/pki/signing_key", url);
+    veil_cl_v2_outer_url(url, "/pki/signing_key", full, sizeof full);
     veil_client_status st = veil_cl_transport_send(c->tx, full, NULL, NULL, 0,
                                                    SIGNER_MAX_BODY, &r, err);
     if (st != VEIL_CLIENT_OK)
@@ -178,24 +178,6 @@ static veil_client_status signer_get(veil_client *c, const char *url, signer *s,
 
 /* ---- the key configurations ------------------------------------------------
  */
-
-/* Cache-Control's max-age in seconds, or -1. */
-static long long max_age(const char *cc)
-{
-    for (const char *p = cc; (p = strcasestr(p, "max-age=")) != NULL; p++) {
-        if (p != cc && p[-1] != ' ' && p[-1] != ',')
-            continue;
-        long long v;
-        char d[20];
-        size_t n = strspn(p + 8, "0123456789");
-        if (n == 0 || n >= sizeof d)
-            return -1;
-        memcpy(d, p + 8, n);
-        d[n] = '\0';
-        return veil_cl_unix_time(d, &v) ? v : -1;
-    }
-    return -1;
-}
 
 /* The answer to a GET as a v2 gateway's: 1 when it is one (a 200 of
  * application/ohttp-keys with at least one signature header), else 0. */
@@ -287,15 +269,14 @@ static veil_client_status keys_fetch(veil_client *c, const char *url,
                                      int probing, veil_cl_v2_slot *sl,
                                      veil_client_error *err)
 {
-    char full[2048], shown[512];
+    char shown[512];
     veil_cl_http_response r;
     long long not_after = 0, age;
     veil_client_status st;
 
     veil_cl_redact_url(url, shown, sizeof shown);
-    snprintf(full, sizeof full, "%s" VEIL_OHTTP_WELL_KNOWN, url);
-    if ((st = veil_cl_transport_send(c->tx, full, NULL, NULL, 0, KEYS_MAX_BODY,
-                                     &r, err)) != VEIL_CLIENT_OK)
+    if ((st = veil_cl_v2_keys_get(c->tx, url, KEYS_MAX_BODY, &r, err)) !=
+        VEIL_CLIENT_OK)
         return st;
     if (!looks_v2(&r)) {
         char detail[512];
@@ -332,7 +313,7 @@ static veil_client_status keys_fetch(veil_client *c, const char *url,
         time_t now = time(NULL);
         sl->state = 1;
         sl->until = (time_t)not_after;
-        if ((age = max_age(r.cache_control)) >= 0 && now + age < sl->until)
+        if ((age = veil_cl_keys_fresh_for(&r)) >= 0 && now + age < sl->until)
             sl->until = now + (time_t)age;
         veil_logf(&c->log, VEIL_LOG_DEBUG,
                   "v2 key configuration of %s: key ID %u, valid for %lld s",
@@ -620,7 +601,7 @@ static veil_client_status post_once(veil_client *c, const veil_cl_v2_call *k,
     SHA256(enc, enc_len, h);
     veil_hex(h, 32, in->request_id);
     uint64_t t1 = veil_cl_now_ns();
-    snprintf(full, sizeof full, "%s" VEIL_OHTTP_WELL_KNOWN, k->url);
+    veil_cl_v2_outer_url(k->url, VEIL_OHTTP_WELL_KNOWN, full, sizeof full);
     veil_logf(&c->log, VEIL_LOG_DEBUG,
               "v2 %s %s: request %.16s... to key ID %u (%zu bytes)", k->method,
               k->path, in->request_id, (unsigned)kc->kc.key_id, len);
@@ -762,8 +743,10 @@ static void seen_fill(veil_cl_v2_seen *s, const veil_ohttp_ctx *ctx,
 }
 
 /* One attempt's outcome: *status the status that decides a retry (the
- * inner one once the answer opened; 0 a network failure), *uniform the
- * uniform 400, *retry_after_ms what the server asked. */
+ * inner one once the answer opened; 0 a network failure before a byte of
+ * the POST was sent, -1 one after: RFC 9458 6.5, no retry without a sign
+ * the request was not processed, and a lost connection is none), *uniform
+ * the uniform 400, *retry_after_ms what the server asked. */
 static veil_client_status attempt(veil_client *c, const veil_cl_v2_call *k,
                                   const veil_cl_v2_slot *kc, veil_secbuf *req,
                                   cJSON **response, long *status, int *uniform,
@@ -773,7 +756,7 @@ static veil_client_status attempt(veil_client *c, const veil_cl_v2_call *k,
     veil_cl_http_response r;
     inner in = {0};
     veil_client_status st = post_once(c, k, kc, req, &ctx, &r, &in, err);
-    *status = st == VEIL_CLIENT_OK ? r.status : 0;
+    *status = st == VEIL_CLIENT_OK ? r.status : r.unsent ? 0 : -1;
     *uniform = 0;
     *retry_after_ms = r.retry_after_ms;
     if (st == VEIL_CLIENT_OK && r.status != 200) {
@@ -871,7 +854,7 @@ veil_client_status veil_cl_v2_send(veil_client *c, const veil_cl_v2_call *k,
         }
         if (st == VEIL_CLIENT_OK || st == VEIL_CLIENT_E_SECURITY ||
             n >= c->cfg.max_retries ||
-            !(st == VEIL_CLIENT_E_CONNECTION ||
+            !((st == VEIL_CLIENT_E_CONNECTION && status == 0) ||
               veil_cl_retry_worth(status, err)))
             break;
         veil_cl_wait_retry(c, ++n, status, retry_after_ms, k->stats);

@@ -15,6 +15,8 @@
 #include <string.h>
 #include <time.h>
 
+#include <curl/curl.h>
+
 #include "evidence.h"
 #include "keys.h"
 #include "package.h"
@@ -34,6 +36,93 @@ static const uint8_t p256_spki_prefix[26] = {
     0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48,
     0xce, 0x3d, 0x02, 0x01, 0x06, 0x08, 0x2a, 0x86, 0x48,
     0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00};
+
+const char *const veil_cl_v2_keys_lines[] = {"Accept: " VEIL_OHTTP_MEDIA_KEYS,
+                                             NULL};
+
+void veil_cl_v2_outer_url(const char *base, const char *path, char *out,
+                          size_t size)
+{
+    const char *p = strstr(base, "://"), *at;
+    size_t head = p ? (size_t)(p + 3 - base) : 0;
+    size_t n = strcspn(base + head, "/?#"), skip = 0;
+    while ((at = memchr(base + head + skip, '@', n - skip)) != NULL)
+        skip = (size_t)(at + 1 - (base + head));
+    snprintf(out, size, "%.*s%s%s", (int)head, base, base + head + skip, path);
+}
+
+#define KEYS_REDIRECTS_MAX 4
+
+/* The next URL of the redirect r answered to `from` into out (user
+ * information dropped): 1, or 0 when it cannot be followed. */
+static int redirect_next(const char *from, const veil_cl_http_response *r,
+                         char *out, size_t size)
+{
+    CURLU *u = curl_url();
+    char *next = NULL, *scheme = NULL;
+    int ok = u && r->location[0] && !r->keys_headers_bad &&
+             curl_url_set(u, CURLUPART_URL, from, 0) == CURLUE_OK &&
+             curl_url_set(u, CURLUPART_URL, r->location, 0) == CURLUE_OK &&
+             curl_url_get(u, CURLUPART_URL, &next, 0) == CURLUE_OK &&
+             curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) == CURLUE_OK &&
+             (!strcmp(scheme, "https") ||
+              (!strcmp(scheme, "http") && !strncmp(from, "http://", 7)));
+    if (ok)
+        veil_cl_v2_outer_url(next, "", out, size);
+    curl_free(next);
+    curl_free(scheme);
+    curl_url_cleanup(u);
+    return ok;
+}
+
+veil_client_status veil_cl_v2_keys_get(veil_cl_transport *tx, const char *base,
+                                       size_t max_body,
+                                       veil_cl_http_response *r,
+                                       veil_client_error *err)
+{
+    char url[2048], next[2048];
+    veil_cl_v2_outer_url(base, VEIL_OHTTP_WELL_KNOWN, url, sizeof url);
+    for (unsigned hop = 0;; hop++) {
+        veil_client_status st = veil_cl_transport_send(
+            tx, url, veil_cl_v2_keys_lines, NULL, 0, max_body, r, err);
+        long s = r->status;
+        if (st != VEIL_CLIENT_OK ||
+            !(s == 301 || s == 302 || s == 303 || s == 307 || s == 308) ||
+            hop == KEYS_REDIRECTS_MAX ||
+            !redirect_next(url, r, next, sizeof next))
+            return st;
+        free(r->body);
+        memcpy(url, next, sizeof url);
+    }
+}
+
+/* Cache-Control's max-age in seconds, or -1. */
+static long long max_age(const char *cc)
+{
+    for (const char *p = cc; (p = strcasestr(p, "max-age=")) != NULL; p++) {
+        if (p != cc && p[-1] != ' ' && p[-1] != ',')
+            continue;
+        long long v;
+        char d[20];
+        size_t n = strspn(p + 8, "0123456789");
+        if (n == 0 || n >= sizeof d)
+            return -1;
+        memcpy(d, p + 8, n);
+        d[n] = '\0';
+        return veil_cl_unix_time(d, &v) ? v : -1;
+    }
+    return -1;
+}
+
+long long veil_cl_keys_fresh_for(const veil_cl_http_response *r)
+{
+    long long life = max_age(r->cache_control), spent = 0;
+    if (life < 0)
+        return -1;
+    if (!veil_cl_unix_time(r->age, &spent))
+        spent = 0;
+    return life > spent ? life - spent : 0;
+}
 
 /* ---- the signed statement (section 4.3) ---------------------------------
  */
@@ -182,8 +271,10 @@ static veil_client_status cert_fetch(veil_engine *e, veil_cl_transport *tx,
 {
     char full[2048], detail[256];
     veil_cl_http_response r;
-    snprintf(full, sizeof full, "%s/v2/keys/certify?key_id=%u", url,
+    char path[40];
+    snprintf(path, sizeof path, "/v2/keys/certify?key_id=%u",
              (unsigned)kc->key_id);
+    veil_cl_v2_outer_url(url, path, full, sizeof full);
     veil_client_status st =
         veil_cl_transport_send(tx, full, NULL, NULL, 0, CERT_MAX_BODY, &r, err);
     if (st != VEIL_CLIENT_OK)
@@ -304,15 +395,14 @@ static veil_client_status enrol_keys(veil_engine *e, veil_cl_transport *tx,
                                      veil_client_error *err)
 {
     const char *name = "KEM keys";
-    char full[2048], hx[65];
+    char hx[65];
     veil_cl_http_response r;
     uint8_t named[32];
     long long not_after = 0;
     veil_cl_keys_rc rc = VEIL_CL_KEYS_OK;
     int ok = 0;
-    snprintf(full, sizeof full, "%s" VEIL_OHTTP_WELL_KNOWN, url);
     veil_client_status st =
-        veil_cl_transport_send(tx, full, NULL, NULL, 0, KEYS_MAX_BODY, &r, err);
+        veil_cl_v2_keys_get(tx, url, KEYS_MAX_BODY, &r, err);
     if (st != VEIL_CLIENT_OK) {
         veil_cl_check(ck, name, 0, "GET " VEIL_OHTTP_WELL_KNOWN ": %s",
                       err ? err->detail : "failed");

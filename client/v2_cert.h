@@ -15,6 +15,38 @@
 
 #pragma GCC visibility push(hidden)
 
+/* ---- the outer requests --------------------------------------------------
+ */
+
+/* The header lines of a GET of the key configurations: RFC 9540 5's
+ * Accept of application/ohttp-keys (NULL-terminated). */
+extern const char *const veil_cl_v2_keys_lines[];
+
+/* The URL of an outer request of protocol v2 into out: the base URL
+ * without its user information (user:password@, which curl would send as
+ * HTTP Basic credentials: RFC 9458 6.1 allows nothing identifying on what
+ * a relay forwards), then path. */
+void veil_cl_v2_outer_url(const char *base, const char *path, char *out,
+                          size_t size);
+
+/* GET base's key configurations (at most max_body) into r: to
+ * /.well-known/ohttp-gateway with veil_cl_v2_keys_lines, following up to
+ * 4 redirects (301, 302, 303, 307, 308), as RFC 9540 4 lets a gateway
+ * send; never from https to http, and each URL without user
+ * information.  r is the final answer: a redirect that cannot be followed
+ * (no usable Location, another scheme, a fifth) is left in r, as its
+ * status, for the caller to refuse as it refuses any other. */
+veil_client_status veil_cl_v2_keys_get(veil_cl_transport *tx, const char *base,
+                                       size_t max_body,
+                                       veil_cl_http_response *r,
+                                       veil_client_error *err);
+
+/* How long the answer r (a GET of the key configurations) stays fresh
+ * from now (RFC 9111 4.2): its Cache-Control max-age less the Age a cache
+ * on the way gave it (4.2.3; an Age that is not a number counts as 0), at
+ * least 0; -1 without max-age. */
+long long veil_cl_keys_fresh_for(const veil_cl_http_response *r);
+
 /* ---- the signed statement (section 4.3) ---------------------------------
  */
 

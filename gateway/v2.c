@@ -130,7 +130,16 @@ void gw_v2_keys(void *app, svc_req *r)
         gw_respond(s, r, rc, "%s", s->d.kem ? "" : "protocol v2 is off");
         return;
     }
-    const char *headers[] = {"X-Veil-Keys-Signature",
+    /* fresh until the next rotation, when a new key is listed (RFC 9111
+     * 5.2.2.1): a client, or a shared proxy that gives every client the
+     * same keys (RFC 9540 7.1), keeps them that long */
+    char cache[32];
+    time_t now = time(NULL);
+    snprintf(cache, sizeof cache, "max-age=%lld",
+             rotate_at > now ? (long long)(rotate_at - now) : 0LL);
+    const char *headers[] = {"Cache-Control",
+                             cache,
+                             "X-Veil-Keys-Signature",
                              sig,
                              "X-Veil-Keys-Signed-At",
                              at,
@@ -139,8 +148,10 @@ void gw_v2_keys(void *app, svc_req *r)
                              "X-Veil-Signing-Key",
                              s->sign_key_header,
                              NULL};
-    if (svc_send(r, 200, VEIL_OHTTP_MEDIA_KEYS, (char *)body, len,
-                 sig ? headers : NULL) == -2)
+    if (sig == NULL) /* no signing key: Cache-Control alone */
+        headers[2] = NULL;
+    if (svc_send(r, 200, VEIL_OHTTP_MEDIA_KEYS, (char *)body, len, headers) ==
+        -2)
         gw_respond(s, r, GW_INTERNAL, "the keys could not be signed");
     free(sig);
 }

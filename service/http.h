@@ -229,9 +229,10 @@ void svc_text(svc_req *r, int status, const char *type, const char *body,
               size_t len);
 /* body (malloc'd; owned from here, freed once sent) with Content-Type
  * type, Cache-Control: no-store and the extra headers (name, value pairs,
- * NULL-terminated; may be NULL); its size counts in body_memory until it
- * is sent.  0, or -1 (body freed, nothing queued) when the response could
- * not be made, -2 when a header could not be added. */
+ * NULL-terminated; may be NULL; a Cache-Control among them replaces
+ * no-store); its size counts in body_memory until it is sent.  0, or -1 (body
+ * freed, nothing queued) when the response could not be made, -2 when a header
+ * could not be added. */
 int svc_send(svc_req *r, int status, const char *type, char *body, size_t len,
              const char *const *headers);
 /* A response made once and sent as often as needed (Cache-Control:

@@ -41,9 +41,10 @@ int svc_capture(svc_req *r, int status, const struct svc_reply *a)
     svc_answer *o = r->out;
     size_t n = 0, at = 0;
 
-    /* Content-Type, Cache-Control, then the handler's */
-    const char *fixed[] = {"Content-Type", a->type, "Cache-Control", "no-store",
-                           NULL};
+    /* Content-Type, Cache-Control, then the handler's (but a
+     * Cache-Control, which took the place of no-store) */
+    const char *fixed[] = {"Content-Type", a->type, "Cache-Control",
+                           svc_reply_cache(a), NULL};
     const char *const *lists[] = {fixed, a->headers};
     for (size_t l = 0; l < 2; l++)
         for (size_t i = 0; lists[l] && lists[l][i]; i += 2)
@@ -52,9 +53,10 @@ int svc_capture(svc_req *r, int status, const struct svc_reply *a)
         (o->body = malloc(a->len + 1)) != NULL) {
         for (size_t l = 0; l < 2; l++)
             for (size_t i = 0; lists[l] && lists[l][i]; i += 2)
-                at +=
-                    (size_t)snprintf(o->headers + at, n + 1 - at, "%s: %s\r\n",
-                                     lists[l][i], lists[l][i + 1]);
+                if (l == 0 || strcasecmp(lists[l][i], "Cache-Control") != 0)
+                    at += (size_t)snprintf(o->headers + at, n + 1 - at,
+                                           "%s: %s\r\n", lists[l][i],
+                                           lists[l][i + 1]);
         if (a->len)
             memcpy(o->body, a->body, a->len);
         o->body[a->len] = '\0';

@@ -141,6 +141,10 @@ struct svc_reply {
     const struct svc_response *pre; /* svc_send_prebuilt's, kept */
 };
 
+/* a's Cache-Control: the one among its headers (any case), else
+ * "no-store". */
+const char *svc_reply_cache(const struct svc_reply *a);
+
 void svc_log(const svc_http *h, veil_log_level level, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 

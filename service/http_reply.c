@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "http_int.h"
 
@@ -24,6 +25,14 @@ static int header_ok(const char *name, const char *value)
            !strpbrk(value, "\r\n");
 }
 
+const char *svc_reply_cache(const struct svc_reply *a)
+{
+    for (size_t i = 0; a->headers && a->headers[i]; i += 2)
+        if (strcasecmp(a->headers[i], MHD_HTTP_HEADER_CACHE_CONTROL) == 0)
+            return a->headers[i + 1];
+    return "no-store";
+}
+
 /* The answer a as a libmicrohttpd response (a->owned given over): 0,
  * -1 when it could not be made, -2 when MHD refused a header. */
 static int mhd_response(const struct svc_reply *a, struct MHD_Response **out)
@@ -39,10 +48,12 @@ static int mhd_response(const struct svc_reply *a, struct MHD_Response **out)
         return -1;
     }
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, a->type);
-    MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL,
+                            svc_reply_cache(a));
     for (size_t i = 0; a->headers && a->headers[i]; i += 2)
-        if (MHD_add_response_header(resp, a->headers[i], a->headers[i + 1]) !=
-            MHD_YES) {
+        if (strcasecmp(a->headers[i], MHD_HTTP_HEADER_CACHE_CONTROL) != 0 &&
+            MHD_add_response_header(resp, a->headers[i], a->headers[i + 1]) !=
+                MHD_YES) {
             MHD_destroy_response(resp);
             return -2;
         }

@@ -23,6 +23,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -773,7 +776,8 @@ typedef struct stand_in {
                             mixed case, zero padding */
         POST_NOT_RES,    /* a 200 of application/json */
         POST_SHORT,      /* a 200 message/ohttp-res shorter than its nonce */
-        POST_REDIRECT    /* a 307 to another gateway */
+        POST_REDIRECT,   /* a 307 to another gateway */
+        POST_DROP        /* the connection closed, no answer */
     } post;
     atomic_int gets, posts;
     /* the outer POST's header fields other than Host, Content-Type and
@@ -781,6 +785,14 @@ typedef struct stand_in {
     char post_extra[256];
     atomic_int gets_503; /* this many GETs of the keys answer 503 first */
     char authority[128]; /* the last inner request's authority */
+    char get_accept[128]; /* the last GET of the keys' Accept ("-": none) */
+    atomic_int authorized; /* requests with Authorization in the outer
+                              header section */
+    const char *keys_moved; /* a GET of the keys at the root is answered
+                               307 to this, or NULL */
+    char post_url[128];     /* the last POST's path */
+    const char *keys_cache; /* the keys' Cache-Control and Age, or NULL */
+    const char *keys_age;
 } stand_in;
 
 static stand_in si;
@@ -908,6 +920,8 @@ static enum MHD_Result si_handle(void *ctx, struct MHD_Connection *conn,
                                  stub_body *body)
 {
     stand_in *s = ctx;
+    if (MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Authorization"))
+        atomic_fetch_add(&s->authorized, 1);
     if (si_path(url, "/pki/signing_key"))
         return stub_send(conn, 200, s->signer_pem, strlen(s->signer_pem),
                          "text/plain", NULL);
@@ -916,6 +930,7 @@ static enum MHD_Result si_handle(void *ctx, struct MHD_Connection *conn,
                          "application/json", NULL);
     if (!strcmp(method, "POST")) {
         atomic_fetch_add(&s->posts, 1);
+        snprintf(s->post_url, sizeof s->post_url, "%s", url);
         s->post_extra[0] = '\0';
         MHD_get_connection_values(conn, MHD_HEADER_KIND, si_extra,
                                   s->post_extra);
@@ -926,6 +941,8 @@ static enum MHD_Result si_handle(void *ctx, struct MHD_Connection *conn,
         if (s->post == POST_SHORT)
             return stub_send(conn, 200, "0123456789abcdef", 16,
                              VEIL_OHTTP_MEDIA_RES, NULL);
+        if (s->post == POST_DROP)
+            return MHD_NO; /* libmicrohttpd closes the connection */
         if (s->post == POST_REDIRECT) {
             struct MHD_Response *to = MHD_create_response_from_buffer(
                 0, (void *)"", MHD_RESPMEM_PERSISTENT);
@@ -942,6 +959,17 @@ static enum MHD_Result si_handle(void *ctx, struct MHD_Connection *conn,
                          "application/problem+json", NULL);
     }
     atomic_fetch_add(&s->gets, 1);
+    if (s->keys_moved && !strcmp(url, "/.well-known/ohttp-gateway")) {
+        struct MHD_Response *to = MHD_create_response_from_buffer(
+            0, (void *)"", MHD_RESPMEM_PERSISTENT);
+        MHD_add_response_header(to, "Location", s->keys_moved);
+        enum MHD_Result ret = MHD_queue_response(conn, 307, to);
+        MHD_destroy_response(to);
+        return ret;
+    }
+    const char *accept =
+        MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Accept");
+    snprintf(s->get_accept, sizeof s->get_accept, "%s", accept ? accept : "-");
     if (atomic_load(&s->gets_503) > 0) {
         atomic_fetch_sub(&s->gets_503, 1);
         return stub_send(conn, 503, "{\"detail\":\"restarting\"}", 24,
@@ -975,6 +1003,10 @@ static enum MHD_Result si_handle(void *ctx, struct MHD_Connection *conn,
     snprintf(st, sizeof st, "%lld", s->not_after);
     MHD_add_response_header(r, "X-Veil-Keys-Expires", st);
     MHD_add_response_header(r, "X-Veil-Signing-Key", fp);
+    if (s->keys_cache)
+        MHD_add_response_header(r, "Cache-Control", s->keys_cache);
+    if (s->keys_age)
+        MHD_add_response_header(r, "Age", s->keys_age);
     enum MHD_Result ret = MHD_queue_response(conn, 200, r);
     MHD_destroy_response(r);
     free(b64);
@@ -1127,9 +1159,31 @@ static void test_answer_signatures(void)
     si.post = POST_UNIFORM;
 }
 
+/* The GET of the key configurations asks for application/ohttp-keys in
+ * its Accept, as RFC 9540 5 says a client does (curl alone would send
+ * "Accept: * / *"). */
+static void test_keys_get_accept(void)
+{
+    cJSON *resp = NULL;
+    veil_client_error err;
+    si.not_after = (long long)time(NULL) + 3600;
+    si.bad_signature = 0;
+    si.get_accept[0] = '\0';
+    CU_ASSERT_EQUAL(stand_in_chat(POST_SIGNED, &resp, &err), VEIL_CLIENT_OK);
+    CU_ASSERT_STRING_EQUAL(si.get_accept, VEIL_OHTTP_MEDIA_KEYS);
+    if (strcmp(si.get_accept, VEIL_OHTTP_MEDIA_KEYS))
+        fprintf(stderr, "GET of the keys: Accept \"%s\"\n", si.get_accept);
+    veil_chat_response_free(resp);
+    si.post = POST_UNIFORM;
+}
+
 /* The inner request's authority (RFC 9292 3.3, RFC 9113 8.3.1) is the
  * host and port of the base URL: not its path (a gateway under a path
- * prefix), and never its user information, which is a secret. */
+ * prefix), and never its user information, which is a secret.  Nor does
+ * the user information go on the outer requests (the GETs of the signing
+ * key and of the key configurations, the POST) as HTTP Basic
+ * credentials, which curl would send: RFC 9458 6.1, nothing identifying
+ * on the request a relay forwards. */
 static void test_inner_authority(void)
 {
     char url[128], hostport[64];
@@ -1147,6 +1201,9 @@ static void test_inner_authority(void)
         snprintf(url, sizeof url, "%s%s%s", forms[i][0], hostport,
                  forms[i][1]);
         si.authority[0] = '\0';
+        atomic_store(&si.authorized, 0);
+        atomic_store(&si.gets, 0);
+        atomic_store(&si.posts, 0);
         veil_client *c = client_for(url, VEIL_CLIENT_PROTOCOL_V2);
         CU_ASSERT_EQUAL(veil_chat_create(c, req, NULL, &resp, NULL, &err),
                         VEIL_CLIENT_OK);
@@ -1155,6 +1212,11 @@ static void test_inner_authority(void)
                   strstr(si.authority, "user") == NULL);
         if (strcmp(si.authority, hostport))
             fprintf(stderr, "%s: authority \"%s\"\n", url, si.authority);
+        CU_ASSERT(atomic_load(&si.gets) >= 1 && atomic_load(&si.posts) >= 1);
+        CU_ASSERT_EQUAL(atomic_load(&si.authorized), 0);
+        if (atomic_load(&si.authorized))
+            fprintf(stderr, "%s: %d outer requests with Authorization\n", url,
+                    atomic_load(&si.authorized));
         veil_chat_response_free(resp);
         veil_chat_response_free(req);
         veil_client_free(c);
@@ -1268,6 +1330,267 @@ static void test_keys_503_retried(void)
         veil_client_free(c);
     }
     si.post = POST_UNIFORM;
+}
+
+/* RFC 9540 4: a gateway may answer the GET of its key configurations
+ * with a redirect.  The client follows it (a relative and an absolute
+ * Location; at most 4 hops, never from https to http), still asking for
+ * application/ohttp-keys and without the URL's user information, and
+ * then posts to the well-known resource, never the redirected URI (which
+ * the same section forbids telling the relay: it could single the client
+ * out).  A redirect to a path that redirects again for ever is the error
+ * of its status after the fifth GET, and nothing is posted. */
+static void test_keys_redirect(void)
+{
+    char url[96], abs[128];
+    const char *const moved[] = {"/prefix/.well-known/ohttp-gateway",
+                                        abs};
+    snprintf(abs, sizeof abs,
+             "http://127.0.0.1:%u/prefix/.well-known/ohttp-gateway",
+             si.http.port);
+    snprintf(url, sizeof url, "http://user:s3cret@127.0.0.1:%u", si.http.port);
+    si.not_after = (long long)time(NULL) + 3600;
+    si.bad_signature = 0;
+    for (size_t i = 0; i < 3; i++) {
+        cJSON *req = chat_request(), *resp = NULL;
+        veil_client_error err;
+        si.post = POST_SIGNED;
+        si.keys_moved = i < 2 ? moved[i] : "/.well-known/ohttp-gateway";
+        si.post_url[0] = si.get_accept[0] = '\0';
+        atomic_store(&si.gets, 0);
+        atomic_store(&si.posts, 0);
+        atomic_store(&si.authorized, 0);
+        veil_client *c = client_for(url, VEIL_CLIENT_PROTOCOL_V2);
+        veil_client_status st =
+            veil_chat_create(c, req, NULL, &resp, NULL, &err);
+        if (i < 2) {
+            CU_ASSERT_EQUAL(st, VEIL_CLIENT_OK);
+            CU_ASSERT_EQUAL(atomic_load(&si.gets), 2);
+            CU_ASSERT_STRING_EQUAL(si.get_accept, VEIL_OHTTP_MEDIA_KEYS);
+            CU_ASSERT_STRING_EQUAL(si.post_url, "/.well-known/ohttp-gateway");
+            CU_ASSERT_EQUAL(atomic_load(&si.authorized), 0);
+        } else {
+            CU_ASSERT_NOT_EQUAL(st, VEIL_CLIENT_OK);
+            CU_ASSERT_EQUAL(err.http_status, 307);
+            CU_ASSERT_EQUAL(atomic_load(&si.gets), 5);
+            CU_ASSERT_EQUAL(atomic_load(&si.posts), 0);
+        }
+        if (st != VEIL_CLIENT_OK && i < 2)
+            fprintf(stderr, "redirect to %s: %s\n", si.keys_moved, err.detail);
+        veil_chat_response_free(resp);
+        veil_chat_response_free(req);
+        veil_client_free(c);
+    }
+    si.keys_moved = NULL;
+    si.post = POST_UNIFORM;
+}
+
+/* The key configurations are kept while they are fresh (RFC 9111 4.2):
+ * for max-age less the Age a cache on the way says they have spent there
+ * (4.2.3), and never past the signed not_after.  Two chats from one client
+ * fetch them once when fresh for an hour, and twice when they come from a
+ * cache with max-age=600 and Age: 600 (stale on arrival), or max-age=0. */
+static void test_keys_freshness(void)
+{
+    static const struct {
+        const char *cache, *age;
+        int gets;
+    } cases[] = {{"max-age=3600", NULL, 1},
+                 {"max-age=600", "600", 2},
+                 {"public, max-age=600", "900", 2},
+                 {"max-age=600", "10", 1},
+                 {"max-age=0", NULL, 2}};
+    char url[64];
+    stand_in_url(url, sizeof url);
+    si.not_after = (long long)time(NULL) + 3600;
+    si.bad_signature = 0;
+    si.post = POST_SIGNED;
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        veil_chat_stats stats;
+        veil_client_error err;
+        int ok;
+        si.keys_cache = cases[i].cache;
+        si.keys_age = cases[i].age;
+        atomic_store(&si.gets, 0);
+        veil_client *c = client_for(url, VEIL_CLIENT_PROTOCOL_V2);
+        CU_ASSERT_EQUAL(chat(c, &stats, &err, &ok), VEIL_CLIENT_OK);
+        CU_ASSERT_EQUAL(chat(c, &stats, &err, &ok), VEIL_CLIENT_OK);
+        CU_ASSERT_EQUAL(atomic_load(&si.gets), cases[i].gets);
+        if (atomic_load(&si.gets) != cases[i].gets)
+            fprintf(stderr, "Cache-Control %s, Age %s: %d GETs\n",
+                    cases[i].cache, cases[i].age ? cases[i].age : "-",
+                    atomic_load(&si.gets));
+        veil_client_free(c);
+    }
+    si.keys_cache = si.keys_age = NULL;
+    si.post = POST_UNIFORM;
+}
+
+/* A POST that reached the gateway and got no answer (the connection
+ * closed) is not sent again, sealed afresh or not: RFC 9458 6.5, a client
+ * MUST NOT retry a failed request without a positive signal that it was
+ * not processed, and a connection failure is no such signal.  The user
+ * gets the connection error at once; the key GET before it is still
+ * retried (test_keys_503_retried). */
+static void test_no_retry_after_drop(void)
+{
+    char url[64];
+    veil_chat_stats stats;
+    veil_client_error err;
+    int ok;
+    stand_in_url(url, sizeof url);
+    si.not_after = (long long)time(NULL) + 3600;
+    si.bad_signature = 0;
+    si.post = POST_DROP;
+    atomic_store(&si.posts, 0);
+    veil_client *c = client_for(url, VEIL_CLIENT_PROTOCOL_V2);
+    CU_ASSERT_EQUAL(chat(c, &stats, &err, &ok), VEIL_CLIENT_E_CONNECTION);
+    CU_ASSERT_EQUAL(atomic_load(&si.posts), 1);
+    CU_ASSERT_EQUAL(stats.attempts, 1);
+    veil_client_free(c);
+    si.post = POST_UNIFORM;
+}
+
+/* ---- a relay that sends interim answers (mock) ---------------------------
+ *
+ * Between the client and a real veild: each request read whole, passed on
+ * on a connection of its own (Connection: close) and veild's answer sent
+ * back after two interim ones, an unsolicited 100 Continue and a 103 Early
+ * Hints carrying fields the final answer must not be mixed with (RFC 9110
+ * 15.2: a client must be able to parse and ignore them).  libmicrohttpd
+ * sends no 1xx of its own choosing, hence this raw one. */
+
+#define INTERIM                                                                \
+    "HTTP/1.1 100 Continue\r\n\r\n"                                            \
+    "HTTP/1.1 103 Early Hints\r\nLink: </hint>; rel=preload\r\n"              \
+    "Content-Type: text/plain\r\nRetry-After: 3600\r\n"                       \
+    "X-Veil-Keys-Expires: 1\r\n\r\n"
+
+typedef struct interim_relay {
+    int fd;
+    unsigned short port, upstream;
+    pthread_t th;
+    atomic_int gets, posts; /* answered after the interim ones */
+} interim_relay;
+
+static int io_all(int fd, const char *p, size_t n)
+{
+    while (n > 0) {
+        ssize_t w = write(fd, p, n);
+        if (w <= 0)
+            return -1;
+        p += w;
+        n -= (size_t)w;
+    }
+    return 0;
+}
+
+/* One request from c, its answer from upstream (malloc'd into *out). */
+static int ir_pass(interim_relay *ir, int c, char **out, size_t *out_len,
+                   int *is_post)
+{
+    static char req[1 << 20];
+    size_t len = 0, want = 0;
+    char *end = NULL;
+    while (end == NULL || len < want) {
+        ssize_t n = read(c, req + len, sizeof req - 1 - len);
+        if (n <= 0)
+            return -1;
+        len += (size_t)n;
+        req[len] = '\0';
+        if (end == NULL && (end = strstr(req, "\r\n\r\n")) != NULL) {
+            const char *cl = strcasestr(req, "\r\nContent-Length:");
+            want = (size_t)(end + 4 - req);
+            if (cl && cl < end)
+                want += strtoul(cl + 17, NULL, 10);
+        }
+    }
+    *is_post = strncmp(req, "POST ", 5) == 0;
+    int u = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET,
+                            .sin_port = htons(ir->upstream),
+                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    const char *line_end = strstr(req, "\r\n") + 2;
+    if (u < 0 || connect(u, (struct sockaddr *)&a, sizeof a) != 0 ||
+        io_all(u, req, (size_t)(line_end - req)) != 0 ||
+        io_all(u, "Connection: close\r\n", 19) != 0 ||
+        io_all(u, line_end, len - (size_t)(line_end - req)) != 0) {
+        if (u >= 0)
+            close(u);
+        return -1;
+    }
+    size_t cap = 1 << 16;
+    *out = malloc(cap);
+    *out_len = 0;
+    for (ssize_t n; *out && (n = read(u, *out + *out_len, cap - *out_len)) > 0;)
+        if ((*out_len += (size_t)n) == cap)
+            *out = realloc(*out, cap *= 2);
+    close(u);
+    return *out && *out_len > 0 ? 0 : -1;
+}
+
+static void *ir_run(void *arg)
+{
+    interim_relay *ir = arg;
+    for (int c; (c = accept(ir->fd, NULL, NULL)) >= 0; close(c)) {
+        char *answer = NULL;
+        size_t n = 0;
+        int is_post = 0;
+        if (ir_pass(ir, c, &answer, &n, &is_post) == 0 &&
+            io_all(c, INTERIM, sizeof INTERIM - 1) == 0 &&
+            io_all(c, answer, n) == 0)
+            atomic_fetch_add(is_post ? &ir->posts : &ir->gets, 1);
+        free(answer);
+    }
+    return NULL;
+}
+
+static int ir_start(interim_relay *ir, unsigned short upstream)
+{
+    struct sockaddr_in a = {.sin_family = AF_INET,
+                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t al = sizeof a;
+    ir->upstream = upstream;
+    if ((ir->fd = socket(AF_INET, SOCK_STREAM, 0)) < 0 ||
+        bind(ir->fd, (struct sockaddr *)&a, sizeof a) != 0 ||
+        listen(ir->fd, 8) != 0 ||
+        getsockname(ir->fd, (struct sockaddr *)&a, &al) != 0)
+        return -1;
+    ir->port = ntohs(a.sin_port);
+    return pthread_create(&ir->th, NULL, ir_run, ir);
+}
+
+static void ir_stop(interim_relay *ir)
+{
+    shutdown(ir->fd, SHUT_RDWR); /* accept() returns */
+    pthread_join(ir->th, NULL);
+    close(ir->fd);
+}
+
+/* A 100 and a 103 before the final answer, on the GETs and on the outer
+ * POST (RFC 9458 5.1 keeps 1xx out of the encapsulation, not off the
+ * outer exchange; a relay or a gateway may send them): a chat over v2
+ * through them to a real veild succeeds, and the 1xx's fields (a
+ * Content-Type, a Retry-After, a signature header) are not read as the
+ * final answer's. */
+static void test_interim_answers(void)
+{
+    interim_relay ir = {.fd = -1};
+    char url[64];
+    veil_chat_stats stats;
+    veil_client_error err;
+    int ok = 0;
+    CU_ASSERT_FATAL(ir_start(&ir, gw_sw.port) == 0);
+    snprintf(url, sizeof url, "http://127.0.0.1:%u", ir.port);
+    veil_client *c = client_for(url, VEIL_CLIENT_PROTOCOL_V2);
+    CU_ASSERT_EQUAL(chat(c, &stats, &err, &ok), VEIL_CLIENT_OK);
+    CU_ASSERT(ok);
+    CU_ASSERT_EQUAL(stats.protocol, 2);
+    CU_ASSERT_EQUAL(stats.attempts, 1);
+    veil_client_free(c);
+    ir_stop(&ir);
+    CU_ASSERT(atomic_load(&ir.gets) >= 2); /* signing key, keys */
+    CU_ASSERT_EQUAL(atomic_load(&ir.posts), 1);
 }
 
 /* ---- setup --------------------------------------------------------------- */
@@ -1396,8 +1719,14 @@ int main(void)
         {"stand-in: answer signatures", test_answer_signatures},
         {"stand-in: answers that are not encapsulated", test_not_encapsulated},
         {"stand-in: the inner authority", test_inner_authority},
+        {"stand-in: the key GET's Accept", test_keys_get_accept},
         {"stand-in: maximum without a quote", test_maximum_without_quote},
         {"stand-in: a 503 to the key fetch", test_keys_503_retried},
+        {"interim 1xx answers before the final one", test_interim_answers},
+        {"stand-in: no retry of a POST that got no answer",
+         test_no_retry_after_drop},
+        {"stand-in: the key configurations' freshness", test_keys_freshness},
+        {"stand-in: the key GET redirected", test_keys_redirect},
         {"gateways exit cleanly", test_exit},
     };
     int rc;

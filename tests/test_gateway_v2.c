@@ -367,6 +367,22 @@ static void test_key_config(void)
     head_value(&r, "X-Veil-Signing-Key", key, sizeof key);
     CU_ASSERT(strtoll(until, NULL, 10) > strtoll(at, NULL, 10));
     CU_ASSERT(strtoll(at, NULL, 10) > 0);
+    /* fresh until the next rotation (default 3600 s), so that a client or
+     * a shared proxy keeps it that long (RFC 9111 5.2.2.1); not no-store,
+     * which would have every RFC 9111 client fetch it before each request */
+    {
+        char cc[64], *end = NULL;
+        long long age = -1;
+        head_value(&r, "Cache-Control", cc, sizeof cc);
+        if (!strncmp(cc, "max-age=", 8))
+            age = strtoll(cc + 8, &end, 10);
+        CU_ASSERT(end != NULL && *end == '\0' && end != cc + 8);
+        CU_ASSERT(age >= 0 && age <= 3600);
+        CU_ASSERT(age <= strtoll(until, NULL, 10) - strtoll(at, NULL, 10));
+        CU_ASSERT(strcasestr(r.head, "no-store") == NULL);
+        if (end == NULL || *end)
+            fprintf(stderr, "keys: Cache-Control \"%s\"\n", cc);
+    }
     SHA256((const uint8_t *)r.body, r.len, h);
     veil_hex(h, 32, hex);
     snprintf(st, sizeof st,
