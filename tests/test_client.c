@@ -2002,6 +2002,42 @@ static void test_interim_retry_after(void)
     fx_raw_stop(raw);
 }
 
+/* A hostile server's endless trailer section (chunked, after the body):
+ * libcurl keeps every trailer line it is given, without the bound it
+ * puts on a header section, so the client stops reading after 512 KiB of
+ * header and trailer fields (1.2 GB in 10 s before). */
+static void test_endless_trailers(void)
+{
+    static const char reply[] =
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+        "Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+        "2\r\n{}\r\n0\r\n";
+    char line[1024];
+    veil_client_config cfg;
+    veil_client *c;
+    veil_client_error err;
+    fx_raw *raw = NULL;
+    char *pem = NULL;
+
+    memset(line, 'a', sizeof line);
+    memcpy(line, "X-Trailer: ", 11);
+    memcpy(line + sizeof line - 3, "\r\n", 3); /* with its NUL */
+    CU_ASSERT_EQUAL_FATAL(veil_key_public_pem(server_key, &pem), VEIL_OK);
+    CU_ASSERT_EQUAL_FATAL(
+        fx_raw_start_endless(pem, reply, line, 16u << 20, &raw), 0);
+    free(pem);
+    veil_client_config_init(&cfg);
+    cfg.base_url = fx_raw_url(raw);
+    cfg.allow_http = 1;
+    cfg.key_bits = 2048;
+    cfg.max_retries = 0;
+    c = tu_client_new(&cfg);
+    ask_fail(c, MODEL, NULL, VEIL_CLIENT_E_CONNECTION, &err);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err.detail, "header and trailer fields"));
+    veil_client_free(c);
+    fx_raw_stop(raw);
+}
+
 /* The key changes under a pin: the refetch after the server's "could not
  * be decrypted" finds a key the pin refuses, and says so. */
 static void test_pin_on_refetch(void)
@@ -2156,6 +2192,7 @@ int main(void)
         {"a dead connection: no resend", test_no_resend},
         {"maximum: foreign attestation", test_maximum_foreign},
         {"Retry-After of a 1xx", test_interim_retry_after},
+        {"endless trailers", test_endless_trailers},
         {"pin checked on refetch", test_pin_on_refetch},
         {"URL password redacted", test_url_password_redacted},
     };
