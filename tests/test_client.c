@@ -2038,6 +2038,47 @@ static void test_endless_trailers(void)
     fx_raw_stop(raw);
 }
 
+/* Enrolment against a hostile gateway: an attestation report (unchecked
+ * until its quote verifies) of 9 Mi JSON values cost the client about
+ * 1.5 GB of cJSON nodes; a report has about 40, and the client refuses
+ * one of more than 4096 before it parses it. */
+static void test_report_bounded(void)
+{
+    static const char head[] = "HTTP/1.1 200 OK\r\n"
+                               "Content-Type: application/json\r\n"
+                               "Content-Length: %zu\r\n"
+                               "Connection: close\r\n\r\n";
+    const size_t values = 100000;
+    size_t body_len = sizeof "{\"format\":[0]}" - 1 + 2 * (values - 1);
+    char *reply = malloc(sizeof head + 32 + body_len), *p;
+    veil_enroll_options o = {0};
+    veil_client_error err;
+    fx_raw *raw = NULL;
+    char *pem = NULL, dir[4096], out[4200];
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(reply);
+    CU_ASSERT_EQUAL_FATAL(tu_scratch_dir("report", dir, sizeof dir), 0);
+    p = reply + sprintf(reply, head, body_len);
+    p += sprintf(p, "{\"format\":[");
+    for (size_t i = 1; i < values; i++, p += 2)
+        memcpy(p, "0,", 2);
+    strcpy(p, "0]}");
+    CU_ASSERT_EQUAL_FATAL(veil_key_public_pem(server_key, &pem), VEIL_OK);
+    CU_ASSERT_EQUAL_FATAL(fx_raw_start(pem, reply, &raw), 0);
+    free(pem);
+    free(reply);
+    snprintf(out, sizeof out, "%s/trust.json", dir);
+    o.url = fx_raw_url(raw);
+    o.allow_unverified_ek = 1;
+    o.accept_current = 1;
+    o.trust_file = out;
+    o.allow_http = 1;
+    CU_ASSERT_EQUAL(veil_attest_enroll(&o, &err), VEIL_CLIENT_E_SECURITY);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err.detail, "more than 4096 JSON values"));
+    CU_ASSERT_EQUAL(access(out, F_OK), -1); /* no trust file written */
+    fx_raw_stop(raw);
+}
+
 /* The key changes under a pin: the refetch after the server's "could not
  * be decrypted" finds a key the pin refuses, and says so. */
 static void test_pin_on_refetch(void)
@@ -2193,6 +2234,7 @@ int main(void)
         {"maximum: foreign attestation", test_maximum_foreign},
         {"Retry-After of a 1xx", test_interim_retry_after},
         {"endless trailers", test_endless_trailers},
+        {"attestation report bounded", test_report_bounded},
         {"pin checked on refetch", test_pin_on_refetch},
         {"URL password redacted", test_url_password_redacted},
     };
