@@ -41,13 +41,26 @@ typedef struct call {
     const char *model; /* the request's "model" (chat), or NULL */
 } call;
 
+/* The debug log line of a refused answer.  why may quote the answer (a
+ * member name the server sent twice): one line, its control characters
+ * made spaces, as in an error detail. */
+static void log_refusal(call *k, const char *payload_id, const char *why)
+{
+    char line[320];
+    snprintf(line, sizeof line, "%s", why);
+    for (char *p = line; *p; p++)
+        if ((unsigned char)*p < 0x20 || *p == 0x7f)
+            *p = ' ';
+    veil_logf(&k->c->log, VEIL_LOG_DEBUG, "answer to %s refused: %s",
+              payload_id, line);
+}
+
 /* Refuses an answer: the one security message, and what was wrong with it
  * in the log (debug) and after the message. */
 static veil_client_status refuse(call *k, const char *payload_id, veil_rc rc,
                                  const char *why, veil_client_error *err)
 {
-    veil_logf(&k->c->log, VEIL_LOG_DEBUG, "answer to %s refused: %s",
-              payload_id, why);
+    log_refusal(k, payload_id, why);
     return veil_cl_fail(err, VEIL_CLIENT_E_SECURITY, 200, rc, "%s (%s)",
                         VEIL_CLIENT_SECURITY_MESSAGE, why);
 }
@@ -58,8 +71,7 @@ static veil_client_status refuse_quietly(call *k, const char *payload_id,
                                          veil_rc rc, const char *why,
                                          veil_client_error *err)
 {
-    veil_logf(&k->c->log, VEIL_LOG_DEBUG, "answer to %s refused: %s",
-              payload_id, why);
+    log_refusal(k, payload_id, why);
     return veil_cl_fail(err, VEIL_CLIENT_E_SECURITY, 200, rc, "%s",
                         VEIL_CLIENT_SECURITY_MESSAGE);
 }

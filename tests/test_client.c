@@ -2079,6 +2079,44 @@ static void test_report_bounded(void)
     fx_raw_stop(raw);
 }
 
+/* Each log line the client writes, checked for control characters. */
+static void control_free_log(void *ctx, veil_log_level level,
+                             const char *line)
+{
+    int *controls = ctx;
+
+    (void)level;
+    for (const char *p = line; *p; p++)
+        if ((unsigned char)*p < 0x20 || *p == 0x7f)
+            (*controls)++;
+}
+
+/* A hostile server's member name, twice (the answer is refused), with a
+ * line break and an escape sequence in it: the debug log line that says
+ * why holds neither (it forged a second log line before). */
+static void test_refusal_log_clean(void)
+{
+    veil_client_config cfg;
+    veil_client *c;
+    veil_client_error err;
+    int controls = 0;
+
+    reset();
+    cfg_for(&cfg, fx);
+    cfg.max_retries = 0;
+    cfg.log = control_free_log;
+    cfg.log_ctx = &controls;
+    cfg.log_level = VEIL_LOG_DEBUG;
+    c = tu_client_new(&cfg);
+    push_plaintext(HOSTILE_HEAD ",\"x\\ninfo: forged\\u001b[2J\":1,"
+                                "\"x\\ninfo: forged\\u001b[2J\":2}");
+    ask_fail(c, MODEL, NULL, VEIL_CLIENT_E_SECURITY, &err);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err.detail, "twice"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(err.detail, "forged"));
+    CU_ASSERT_EQUAL(controls, 0);
+    veil_client_free(c);
+}
+
 /* The key changes under a pin: the refetch after the server's "could not
  * be decrypted" finds a key the pin refuses, and says so. */
 static void test_pin_on_refetch(void)
@@ -2235,6 +2273,7 @@ int main(void)
         {"Retry-After of a 1xx", test_interim_retry_after},
         {"endless trailers", test_endless_trailers},
         {"attestation report bounded", test_report_bounded},
+        {"refusal log lines clean", test_refusal_log_clean},
         {"pin checked on refetch", test_pin_on_refetch},
         {"URL password redacted", test_url_password_redacted},
     };
