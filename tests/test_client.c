@@ -2050,7 +2050,8 @@ static void test_report_bounded(void)
                                "Connection: close\r\n\r\n";
     const size_t values = 100000;
     size_t body_len = sizeof "{\"format\":[0]}" - 1 + 2 * (values - 1);
-    char *reply = malloc(sizeof head + 32 + body_len), *p;
+    size_t size = sizeof head + 32 + body_len;
+    char *reply = malloc(size), *p;
     veil_enroll_options o = {0};
     veil_client_error err;
     fx_raw *raw = NULL;
@@ -2058,11 +2059,11 @@ static void test_report_bounded(void)
 
     CU_ASSERT_PTR_NOT_NULL_FATAL(reply);
     CU_ASSERT_EQUAL_FATAL(tu_scratch_dir("report", dir, sizeof dir), 0);
-    p = reply + sprintf(reply, head, body_len);
-    p += sprintf(p, "{\"format\":[");
+    p = reply + snprintf(reply, size, head, body_len);
+    p += snprintf(p, size - (size_t)(p - reply), "{\"format\":[");
     for (size_t i = 1; i < values; i++, p += 2)
         memcpy(p, "0,", 2);
-    strcpy(p, "0]}");
+    memcpy(p, "0]}", 4); /* with its NUL */
     CU_ASSERT_EQUAL_FATAL(veil_key_public_pem(server_key, &pem), VEIL_OK);
     CU_ASSERT_EQUAL_FATAL(fx_raw_start(pem, reply, &raw), 0);
     free(pem);
