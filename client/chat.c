@@ -7,6 +7,7 @@
  * (client_int.h); nothing calls back into it (docs/ARCHITECTURE.md). */
 #include "config.h"
 
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -41,16 +42,23 @@ typedef struct call {
     const char *model; /* the request's "model" (chat), or NULL */
 } call;
 
+/* fmt into out through veil_cl_vline: one line, no control characters. */
+static void clean_line(char *out, size_t size, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void clean_line(char *out, size_t size, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    veil_cl_vline(out, size, fmt, ap);
+    va_end(ap);
+}
+
 /* The debug log line of a refused answer.  why may quote the answer (a
- * member name the server sent twice): one line, its control characters
- * made spaces, as in an error detail. */
+ * member name the server sent twice): cleaned as an error detail is. */
 static void log_refusal(call *k, const char *payload_id, const char *why)
 {
     char line[320];
-    snprintf(line, sizeof line, "%s", why);
-    for (char *p = line; *p; p++)
-        if ((unsigned char)*p < 0x20 || *p == 0x7f)
-            *p = ' ';
+    clean_line(line, sizeof line, "%s", why);
     veil_logf(&k->c->log, VEIL_LOG_DEBUG, "answer to %s refused: %s",
               payload_id, line);
 }

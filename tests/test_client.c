@@ -2118,6 +2118,33 @@ static void test_refusal_log_clean(void)
     veil_client_free(c);
 }
 
+/* An error detail quoting the server holds no C1 control (U+0080 to
+ * U+009F: CSI is U+009B, which terminals act on as ESC [), neither
+ * UTF-8-encoded nor as a raw byte: the library's error details are for
+ * callers that print them as they are. */
+static void test_detail_c1_controls(void)
+{
+    veil_client_config cfg;
+    veil_client *c;
+    veil_client_error err;
+
+    reset();
+    cfg_for(&cfg, fx);
+    cfg.max_retries = 0;
+    c = tu_client_new(&cfg);
+    CU_ASSERT_EQUAL(fx_push_status(fx, 403,
+                                   "a\xc2\x9b"
+                                   "2Jb\x9b"
+                                   "2Jc \xc3\xa9t\xc3\xa9"),
+                    0);
+    ask_fail(c, MODEL, NULL, VEIL_CLIENT_E_FORBIDDEN, &err);
+    CU_ASSERT_PTR_NULL(strchr(err.detail, '\x9b'));
+    CU_ASSERT_PTR_NULL(strchr(err.detail, '\xc2'));
+    CU_ASSERT_PTR_NOT_NULL(strstr(err.detail, "2Jb"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(err.detail, "2Jc \xc3\xa9t\xc3\xa9"));
+    veil_client_free(c);
+}
+
 /* The key changes under a pin: the refetch after the server's "could not
  * be decrypted" finds a key the pin refuses, and says so. */
 static void test_pin_on_refetch(void)
@@ -2275,6 +2302,7 @@ int main(void)
         {"endless trailers", test_endless_trailers},
         {"attestation report bounded", test_report_bounded},
         {"refusal log lines clean", test_refusal_log_clean},
+        {"C1 controls in an error detail", test_detail_c1_controls},
         {"pin checked on refetch", test_pin_on_refetch},
         {"URL password redacted", test_url_password_redacted},
     };

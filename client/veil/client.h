@@ -60,7 +60,9 @@ typedef struct veil_client_error {
     veil_client_status status;
     int http_status;  /* the server's status; 0 when none was received */
     veil_rc rc;       /* the engine's code behind a local failure, or 0 */
-    char detail[512]; /* the server's "detail", or what went wrong here */
+    char detail[512]; /* the server's "detail", or what went wrong here:
+                         one line, no control characters (C0, DEL, C1),
+                         UTF-8 */
 } veil_client_error;
 
 /* ---- configuration ---------------------------------------------------- */
