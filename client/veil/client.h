@@ -99,7 +99,7 @@ typedef struct veil_client_config {
     const char *api_key;       /* NULL: no Authorization header; copied */
     int allow_http;            /* permit http:// (warns); default 0 */
     const char *ca_file;       /* PEM CA bundle for https; NULL: system CAs */
-    unsigned timeout_ms;       /* per attempt; default 60000 */
+    unsigned timeout_ms;       /* per HTTP exchange; default 60000 */
     unsigned max_retries;      /* default 2 */
     unsigned retry_base_ms;    /* first backoff; default 1000, then doubles */
     unsigned retry_max_ms;     /* cap for backoff and Retry-After; 60000 */
