@@ -7,6 +7,7 @@
  * (client_int.h); nothing calls back into it (docs/ARCHITECTURE.md). */
 #include "config.h"
 
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -41,13 +42,33 @@ typedef struct call {
     const char *model; /* the request's "model" (chat), or NULL */
 } call;
 
+/* fmt into out through veil_cl_vline: one line, no control characters. */
+static void clean_line(char *out, size_t size, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void clean_line(char *out, size_t size, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    veil_cl_vline(out, size, fmt, ap);
+    va_end(ap);
+}
+
+/* The debug log line of a refused answer.  why may quote the answer (a
+ * member name the server sent twice): cleaned as an error detail is. */
+static void log_refusal(call *k, const char *payload_id, const char *why)
+{
+    char line[320];
+    clean_line(line, sizeof line, "%s", why);
+    veil_logf(&k->c->log, VEIL_LOG_DEBUG, "answer to %s refused: %s",
+              payload_id, line);
+}
+
 /* Refuses an answer: the one security message, and what was wrong with it
  * in the log (debug) and after the message. */
 static veil_client_status refuse(call *k, const char *payload_id, veil_rc rc,
                                  const char *why, veil_client_error *err)
 {
-    veil_logf(&k->c->log, VEIL_LOG_DEBUG, "answer to %s refused: %s",
-              payload_id, why);
+    log_refusal(k, payload_id, why);
     return veil_cl_fail(err, VEIL_CLIENT_E_SECURITY, 200, rc, "%s (%s)",
                         VEIL_CLIENT_SECURITY_MESSAGE, why);
 }
@@ -58,8 +79,7 @@ static veil_client_status refuse_quietly(call *k, const char *payload_id,
                                          veil_rc rc, const char *why,
                                          veil_client_error *err)
 {
-    veil_logf(&k->c->log, VEIL_LOG_DEBUG, "answer to %s refused: %s",
-              payload_id, why);
+    log_refusal(k, payload_id, why);
     return veil_cl_fail(err, VEIL_CLIENT_E_SECURITY, 200, rc, "%s",
                         VEIL_CLIENT_SECURITY_MESSAGE);
 }

@@ -20,14 +20,15 @@
 /* ---- errors (error.c) ------------------------------------------------- */
 
 /* Fills err (when not NULL) and returns its status.  The detail is one
- * line; control characters are replaced. */
+ * line; control characters are replaced (veil_cl_vline). */
 veil_client_status veil_cl_fail(veil_client_error *err,
                                 veil_client_status status, int http_status,
                                 veil_rc rc, const char *fmt, ...)
     __attribute__((format(printf, 5, 6)));
 
-/* fmt formatted into out as one line: control characters become
- * spaces (for error details and check reports). */
+/* fmt formatted into out as one line: control characters (C0, DEL and
+ * C1) become spaces, bytes that are not UTF-8 '?' (for error details and
+ * check reports). */
 void veil_cl_vline(char *out, size_t size, const char *fmt, va_list ap);
 
 /* The engine's last error as a client failure: "what: <message>". */

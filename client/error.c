@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "client_int.h"
+#include "json_scan.h"
 
 const char *veil_client_status_name(veil_client_status s)
 {
@@ -45,9 +46,23 @@ const char *veil_client_status_name(veil_client_status s)
 void veil_cl_vline(char *out, size_t size, const char *fmt, va_list ap)
 {
     vsnprintf(out, size, fmt, ap);
-    for (char *p = out; *p; p++)
-        if ((unsigned char)*p < 0x20 || *p == 0x7f)
-            *p = ' ';
+    /* C0 controls and DEL become spaces; so do C1 controls (U+0080 to
+     * U+009F, UTF-8 C2 80 to C2 9F: U+009B is CSI), and a byte that is
+     * not UTF-8 becomes '?' (a raw 0x9B is CSI to an 8-bit terminal). */
+    size_t n = strlen(out);
+    for (size_t i = 0; i < n;) {
+        unsigned char *p = (unsigned char *)out + i;
+        size_t len = p[0] < 0x80 ? 1 : veil_utf8_seq(p, n - i);
+        if (len == 0) {
+            p[0] = '?';
+            len = 1;
+        } else if (p[0] < 0x20 || p[0] == 0x7f) {
+            p[0] = ' ';
+        } else if (len == 2 && p[0] == 0xc2 && p[1] <= 0x9f) {
+            p[0] = p[1] = ' ';
+        }
+        i += len;
+    }
 }
 
 veil_client_status veil_cl_fail(veil_client_error *err,

@@ -12,6 +12,11 @@
 #include "tpmobj.h"
 
 #define REPORT_FORMAT "veil-attestation-report-v1"
+/* A report has about 40 JSON values, an activation answer one: what a
+ * gateway answers is parsed only when it is this small (it is checked
+ * only after parsing). */
+#define GW_MAX_VALUES 4096
+#define GW_MAX_DEPTH 16
 
 veil_client_status veil_cl_gw_call(veil_cl_transport *tx, const char *base,
                                    const char *api_key, const char *path,
@@ -45,8 +50,17 @@ veil_client_status veil_cl_gw_call(veil_cl_transport *tx, const char *base,
     if (auth)
         veil_wipe(auth, auth_len);
     free(auth);
-    if (st == VEIL_CLIENT_OK && r->status != 200) {
+    if (st != VEIL_CLIENT_OK)
+        return st;
+    if (r->status != 200)
         st = veil_cl_http_fail(r, err);
+    else if (r->body &&
+             !veil_cl_json_small(r->body, r->len, GW_MAX_VALUES, GW_MAX_DEPTH))
+        st = veil_cl_fail(err, VEIL_CLIENT_E_SECURITY, 200, VEIL_E_VERIFY,
+                          "the answer has more than %u JSON values or nests "
+                          "deeper than %u; refused unparsed",
+                          GW_MAX_VALUES, GW_MAX_DEPTH);
+    if (st != VEIL_CLIENT_OK) {
         free(r->body);
         r->body = NULL;
     }

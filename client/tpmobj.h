@@ -60,7 +60,9 @@ const char *veil_cl_why_last(void);
 
 /* One exchange with the gateway at base: GET path when body is NULL, else
  * POST of the JSON body; api_key (or NULL) as a Bearer Authorization line,
- * wiped afterwards.  A non-200 answer is an error of its class. */
+ * wiped afterwards.  A non-200 answer is an error of its class; a 200
+ * whose body has more than 4096 JSON values (or nests deeper than 16) is
+ * refused unparsed (VEIL_CLIENT_E_SECURITY). */
 veil_client_status veil_cl_gw_call(veil_cl_transport *tx, const char *base,
                                    const char *api_key, const char *path,
                                    const char *body, veil_cl_http_response *r,

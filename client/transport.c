@@ -16,6 +16,10 @@
 #define POOL_MAX 8
 /* Largest answer read: a 10 MiB plaintext in base64 plus the wrapping. */
 #define MAX_RESPONSE (20u * 1024u * 1024u)
+/* Largest header and trailer fields of one exchange, interim responses
+ * included.  libcurl refuses a header section above 300 KiB, but keeps
+ * every line of a chunked answer's trailer section, however many. */
+#define MAX_FIELDS (512u * 1024u)
 
 struct veil_cl_transport {
     char *ca_file;
@@ -95,6 +99,8 @@ typedef struct sink {
     size_t max;  /* the largest 200 body */
     size_t seen; /* body bytes received, kept or not */
     int too_big;
+    size_t fields_seen; /* header and trailer bytes received */
+    int fields_too_big;
 } sink;
 
 static size_t on_body(char *data, size_t size, size_t n, void *ctx)
@@ -189,6 +195,10 @@ static size_t on_header(char *data, size_t size, size_t n, void *ctx)
         {"content-type:", offsetof(veil_cl_http_response, content_type),
          sizeof r->content_type, 1},
     };
+    if ((s->fields_seen += len) > MAX_FIELDS) {
+        s->fields_too_big = 1;
+        return 0; /* aborts the transfer */
+    }
     /* A status line starts a new response (an interim 1xx one, say): only
      * the final response's headers count. */
     if (len > 5 && strncmp(data, "HTTP/", 5) == 0) {
@@ -340,6 +350,11 @@ static veil_client_status transfer_fail(const veil_cl_transport *t, CURLcode cc,
                                         veil_client_error *err)
 {
     const char *why = errbuf[0] ? errbuf : curl_easy_strerror(cc);
+    if (s->fields_too_big)
+        return veil_cl_fail(err, VEIL_CLIENT_E_CONNECTION, 0, VEIL_E_IO,
+                            "the answer's header and trailer fields are "
+                            "larger than %u KiB",
+                            MAX_FIELDS >> 10);
     if (s->too_big && s->max < MAX_RESPONSE)
         return veil_cl_fail(err, VEIL_CLIENT_E_CONNECTION, 0, VEIL_E_IO,
                             "the answer is larger than %zu KiB", s->max >> 10);

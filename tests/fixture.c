@@ -1245,6 +1245,8 @@ struct fx_raw {
     pthread_t thread;
     char url[64];
     char *pem, *reply;
+    char *repeat; /* sent after reply, again and again (NULL: not) */
+    size_t repeat_limit;
     pthread_mutex_t lock;
     unsigned requests;
     int stopping;
@@ -1292,8 +1294,12 @@ static void raw_serve(fx_raw *r, int c)
                  strlen(r->pem));
         if (tu_send_all(c, head, strlen(head)) == 0)
             tu_send_all(c, r->pem, strlen(r->pem));
-    } else {
-        tu_send_all(c, r->reply, strlen(r->reply));
+    } else if (tu_send_all(c, r->reply, strlen(r->reply)) == 0 && r->repeat) {
+        /* until the client hangs up (or the limit, should it not) */
+        for (size_t sent = 0; sent < r->repeat_limit &&
+                              tu_send_all(c, r->repeat, strlen(r->repeat)) == 0;
+             sent += strlen(r->repeat))
+            ;
     }
     pthread_mutex_lock(&r->lock);
     r->requests++;
@@ -1326,6 +1332,12 @@ static void *raw_main(void *arg)
 
 int fx_raw_start(const char *key_pem, const char *post_reply, fx_raw **out)
 {
+    return fx_raw_start_endless(key_pem, post_reply, NULL, 0, out);
+}
+
+int fx_raw_start_endless(const char *key_pem, const char *post_reply,
+                         const char *repeat, size_t limit, fx_raw **out)
+{
     fx_raw *r = calloc(1, sizeof *r);
     struct sockaddr_in sa;
     socklen_t sl = sizeof sa;
@@ -1337,10 +1349,12 @@ int fx_raw_start(const char *key_pem, const char *post_reply, fx_raw **out)
     pthread_mutex_init(&r->lock, NULL);
     r->pem = strdup(key_pem);
     r->reply = strdup(post_reply);
+    r->repeat = repeat ? strdup(repeat) : NULL;
+    r->repeat_limit = limit;
     memset(&sa, 0, sizeof sa);
     sa.sin_family = AF_INET;
     sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (r->pem == NULL || r->reply == NULL ||
+    if (r->pem == NULL || r->reply == NULL || (repeat && r->repeat == NULL) ||
         (r->fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0)) < 0 ||
         bind(r->fd, (struct sockaddr *)&sa, sizeof sa) != 0 ||
         listen(r->fd, 8) != 0 ||
@@ -1351,6 +1365,7 @@ int fx_raw_start(const char *key_pem, const char *post_reply, fx_raw **out)
             close(r->fd);
         free(r->pem);
         free(r->reply);
+        free(r->repeat);
         pthread_mutex_destroy(&r->lock);
         free(r);
         return -1;
@@ -1388,6 +1403,7 @@ void fx_raw_stop(fx_raw *r)
     close(r->fd);
     free(r->pem);
     free(r->reply);
+    free(r->repeat);
     pthread_mutex_destroy(&r->lock);
     free(r);
 }

@@ -134,6 +134,11 @@ int fx_set_api_key(fx_server *s, const char *api_key);
  * written to the socket byte for byte, then closes the connection. */
 typedef struct fx_raw fx_raw;
 int fx_raw_start(const char *key_pem, const char *post_reply, fx_raw **out);
+/* The same, with `repeat` sent after post_reply again and again until the
+ * client hangs up or `limit` bytes of it went: an endless answer (of
+ * trailer fields, say). */
+int fx_raw_start_endless(const char *key_pem, const char *post_reply,
+                         const char *repeat, size_t limit, fx_raw **out);
 const char *fx_raw_url(const fx_raw *r);
 /* Requests answered so far. */
 unsigned fx_raw_requests(fx_raw *r);

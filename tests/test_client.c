@@ -2002,6 +2002,149 @@ static void test_interim_retry_after(void)
     fx_raw_stop(raw);
 }
 
+/* A hostile server's endless trailer section (chunked, after the body):
+ * libcurl keeps every trailer line it is given, without the bound it
+ * puts on a header section, so the client stops reading after 512 KiB of
+ * header and trailer fields (1.2 GB in 10 s before). */
+static void test_endless_trailers(void)
+{
+    static const char reply[] =
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+        "Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+        "2\r\n{}\r\n0\r\n";
+    char line[1024];
+    veil_client_config cfg;
+    veil_client *c;
+    veil_client_error err;
+    fx_raw *raw = NULL;
+    char *pem = NULL;
+
+    memset(line, 'a', sizeof line);
+    memcpy(line, "X-Trailer: ", 11);
+    memcpy(line + sizeof line - 3, "\r\n", 3); /* with its NUL */
+    CU_ASSERT_EQUAL_FATAL(veil_key_public_pem(server_key, &pem), VEIL_OK);
+    CU_ASSERT_EQUAL_FATAL(
+        fx_raw_start_endless(pem, reply, line, 16u << 20, &raw), 0);
+    free(pem);
+    veil_client_config_init(&cfg);
+    cfg.base_url = fx_raw_url(raw);
+    cfg.allow_http = 1;
+    cfg.key_bits = 2048;
+    cfg.max_retries = 0;
+    c = tu_client_new(&cfg);
+    ask_fail(c, MODEL, NULL, VEIL_CLIENT_E_CONNECTION, &err);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err.detail, "header and trailer fields"));
+    veil_client_free(c);
+    fx_raw_stop(raw);
+}
+
+/* Enrolment against a hostile gateway: an attestation report (unchecked
+ * until its quote verifies) of 9 Mi JSON values cost the client about
+ * 1.5 GB of cJSON nodes; a report has about 40, and the client refuses
+ * one of more than 4096 before it parses it. */
+static void test_report_bounded(void)
+{
+    static const char head[] = "HTTP/1.1 200 OK\r\n"
+                               "Content-Type: application/json\r\n"
+                               "Content-Length: %zu\r\n"
+                               "Connection: close\r\n\r\n";
+    const size_t values = 100000;
+    size_t body_len = sizeof "{\"format\":[0]}" - 1 + 2 * (values - 1);
+    size_t size = sizeof head + 32 + body_len;
+    char *reply = malloc(size), *p;
+    veil_enroll_options o = {0};
+    veil_client_error err;
+    fx_raw *raw = NULL;
+    char *pem = NULL, dir[4096], out[4200];
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(reply);
+    CU_ASSERT_EQUAL_FATAL(tu_scratch_dir("report", dir, sizeof dir), 0);
+    p = reply + snprintf(reply, size, head, body_len);
+    p += snprintf(p, size - (size_t)(p - reply), "{\"format\":[");
+    for (size_t i = 1; i < values; i++, p += 2)
+        memcpy(p, "0,", 2);
+    memcpy(p, "0]}", 4); /* with its NUL */
+    CU_ASSERT_EQUAL_FATAL(veil_key_public_pem(server_key, &pem), VEIL_OK);
+    CU_ASSERT_EQUAL_FATAL(fx_raw_start(pem, reply, &raw), 0);
+    free(pem);
+    free(reply);
+    snprintf(out, sizeof out, "%s/trust.json", dir);
+    o.url = fx_raw_url(raw);
+    o.allow_unverified_ek = 1;
+    o.accept_current = 1;
+    o.trust_file = out;
+    o.allow_http = 1;
+    CU_ASSERT_EQUAL(veil_attest_enroll(&o, &err), VEIL_CLIENT_E_SECURITY);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err.detail, "more than 4096 JSON values"));
+    CU_ASSERT_EQUAL(access(out, F_OK), -1); /* no trust file written */
+    fx_raw_stop(raw);
+}
+
+/* Each log line the client writes, checked for control characters. */
+static void control_free_log(void *ctx, veil_log_level level,
+                             const char *line)
+{
+    int *controls = ctx;
+
+    (void)level;
+    for (const char *p = line; *p; p++)
+        if ((unsigned char)*p < 0x20 || *p == 0x7f)
+            (*controls)++;
+}
+
+/* A hostile server's member name, twice (the answer is refused), with a
+ * line break and an escape sequence in it: the debug log line that says
+ * why holds neither (it forged a second log line before). */
+static void test_refusal_log_clean(void)
+{
+    veil_client_config cfg;
+    veil_client *c;
+    veil_client_error err;
+    int controls = 0;
+
+    reset();
+    cfg_for(&cfg, fx);
+    cfg.max_retries = 0;
+    cfg.log = control_free_log;
+    cfg.log_ctx = &controls;
+    cfg.log_level = VEIL_LOG_DEBUG;
+    c = tu_client_new(&cfg);
+    push_plaintext(HOSTILE_HEAD ",\"x\\ninfo: forged\\u001b[2J\":1,"
+                                "\"x\\ninfo: forged\\u001b[2J\":2}");
+    ask_fail(c, MODEL, NULL, VEIL_CLIENT_E_SECURITY, &err);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err.detail, "twice"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(err.detail, "forged"));
+    CU_ASSERT_EQUAL(controls, 0);
+    veil_client_free(c);
+}
+
+/* An error detail quoting the server holds no C1 control (U+0080 to
+ * U+009F: CSI is U+009B, which terminals act on as ESC [), neither
+ * UTF-8-encoded nor as a raw byte: the library's error details are for
+ * callers that print them as they are. */
+static void test_detail_c1_controls(void)
+{
+    veil_client_config cfg;
+    veil_client *c;
+    veil_client_error err;
+
+    reset();
+    cfg_for(&cfg, fx);
+    cfg.max_retries = 0;
+    c = tu_client_new(&cfg);
+    CU_ASSERT_EQUAL(fx_push_status(fx, 403,
+                                   "a\xc2\x9b"
+                                   "2Jb\x9b"
+                                   "2Jc \xc3\xa9t\xc3\xa9"),
+                    0);
+    ask_fail(c, MODEL, NULL, VEIL_CLIENT_E_FORBIDDEN, &err);
+    CU_ASSERT_PTR_NULL(strchr(err.detail, '\x9b'));
+    CU_ASSERT_PTR_NULL(strchr(err.detail, '\xc2'));
+    CU_ASSERT_PTR_NOT_NULL(strstr(err.detail, "2Jb"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(err.detail, "2Jc \xc3\xa9t\xc3\xa9"));
+    veil_client_free(c);
+}
+
 /* The key changes under a pin: the refetch after the server's "could not
  * be decrypted" finds a key the pin refuses, and says so. */
 static void test_pin_on_refetch(void)
@@ -2156,6 +2299,10 @@ int main(void)
         {"a dead connection: no resend", test_no_resend},
         {"maximum: foreign attestation", test_maximum_foreign},
         {"Retry-After of a 1xx", test_interim_retry_after},
+        {"endless trailers", test_endless_trailers},
+        {"attestation report bounded", test_report_bounded},
+        {"refusal log lines clean", test_refusal_log_clean},
+        {"C1 controls in an error detail", test_detail_c1_controls},
         {"pin checked on refetch", test_pin_on_refetch},
         {"URL password redacted", test_url_password_redacted},
     };

@@ -60,7 +60,9 @@ typedef struct veil_client_error {
     veil_client_status status;
     int http_status;  /* the server's status; 0 when none was received */
     veil_rc rc;       /* the engine's code behind a local failure, or 0 */
-    char detail[512]; /* the server's "detail", or what went wrong here */
+    char detail[512]; /* the server's "detail", or what went wrong here:
+                         one line, no control characters (C0, DEL, C1),
+                         UTF-8 */
 } veil_client_error;
 
 /* ---- configuration ---------------------------------------------------- */
@@ -97,7 +99,7 @@ typedef struct veil_client_config {
     const char *api_key;       /* NULL: no Authorization header; copied */
     int allow_http;            /* permit http:// (warns); default 0 */
     const char *ca_file;       /* PEM CA bundle for https; NULL: system CAs */
-    unsigned timeout_ms;       /* per attempt; default 60000 */
+    unsigned timeout_ms;       /* per HTTP exchange; default 60000 */
     unsigned max_retries;      /* default 2 */
     unsigned retry_base_ms;    /* first backoff; default 1000, then doubles */
     unsigned retry_max_ms;     /* cap for backoff and Retry-After; 60000 */
