@@ -89,7 +89,12 @@ typedef struct veil_cl_http_response {
     int veil_headers_bad;
     /* The key-configuration headers of protocol v2 (PROTOCOL-V2.md 4.3)
      * and the media type, trimmed; "" when absent.  keys_headers_bad: one
-     * came twice or was too long. */
+     * of the three X-Veil-Keys-* came twice or was too long.  The other
+     * fields are not signed: Cache-Control lines (a list, RFC 9110 5.3)
+     * are joined with ", ", and a list too long for the buffer is dropped
+     * whole (no max-age then); Age, Location or Content-Type twice, or too
+     * long, is "" (fields_dropped marks it, so a third copy is not taken
+     * either). */
     char keys_signature[128]; /* X-Veil-Keys-Signature */
     char keys_signed_at[24];  /* X-Veil-Keys-Signed-At */
     char keys_expires[24];    /* X-Veil-Keys-Expires */
@@ -98,6 +103,7 @@ typedef struct veil_cl_http_response {
     char location[512];       /* Location (a redirect's) */
     char content_type[96];    /* Content-Type */
     int keys_headers_bad;
+    unsigned fields_dropped; /* bit i: on_header's field i was dropped */
     /* A transfer that failed without sending a byte of the request (no
      * connection made, say): 1, a sign the server cannot have acted on
      * it (RFC 9458 6.5); else 0. */

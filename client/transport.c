@@ -140,12 +140,23 @@ static size_t on_body(char *data, size_t size, size_t n, void *ctx)
     return len;
 }
 
-/* Copies a header's value (trimmed) into out; a value that does not fit,
- * or a second copy of the header, marks the answer's headers bad: a
- * verifier must not pick one of two signatures. */
-static void keep_value(int *bad, const char *v, size_t len, char *out,
+/* How on_header keeps a field's value. */
+enum keep {
+    KEEP_SIGNED, /* a second copy or an overlong value marks the answer's
+                  * headers bad: a verifier must not pick one of two
+                  * signatures */
+    KEEP_LIST,   /* lines joined with ", " (RFC 9110 5.3); too long: dropped */
+    KEEP_ONE,    /* a second copy or an overlong value: dropped */
+};
+
+/* Copies a header's value (trimmed) into out, as the field's kind says;
+ * *bad is the flag KEEP_SIGNED sets, *dropped this field's bit. */
+static void keep_value(enum keep kind, int *bad, unsigned *dropped,
+                       unsigned bit, const char *v, size_t len, char *out,
                        size_t size)
 {
+    size_t have = strlen(out);
+
     while (len > 0 && (*v == ' ' || *v == '\t')) {
         v++;
         len--;
@@ -153,12 +164,28 @@ static void keep_value(int *bad, const char *v, size_t len, char *out,
     while (len > 0 && (v[len - 1] == '\r' || v[len - 1] == '\n' ||
                        v[len - 1] == ' ' || v[len - 1] == '\t'))
         len--;
-    if (out[0] != '\0' || len >= size) {
+    if (*dropped & bit)
+        return;
+    if (kind == KEEP_LIST && have > 0 && len > 0) {
+        if (have + 2 + len < size) {
+            memcpy(out + have, ", ", 2);
+            memcpy(out + have + 2, v, len);
+            out[have + 2 + len] = '\0';
+            return;
+        }
+    } else if (have == 0 && len < size) {
+        memcpy(out, v, len);
+        out[len] = '\0';
+        return;
+    } else if (kind == KEEP_LIST && len == 0) {
+        return; /* an empty line adds nothing to a list */
+    }
+    if (kind == KEEP_SIGNED) {
         *bad = 1;
         return;
     }
-    memcpy(out, v, len);
-    out[len] = '\0';
+    *dropped |= bit;
+    out[0] = '\0';
 }
 
 static size_t on_header(char *data, size_t size, size_t n, void *ctx)
@@ -171,29 +198,31 @@ static size_t on_header(char *data, size_t size, size_t n, void *ctx)
         const char *name;
         size_t off, size;
         int keys; /* its doubles mark keys_headers_bad */
+        enum keep kind;
     } veil[] = {
         {"x-veil-signature:", offsetof(veil_cl_http_response, veil_signature),
-         sizeof r->veil_signature, 0},
+         sizeof r->veil_signature, 0, KEEP_SIGNED},
         {"x-veil-signed-at:", offsetof(veil_cl_http_response, veil_signed_at),
-         sizeof r->veil_signed_at, 0},
+         sizeof r->veil_signed_at, 0, KEEP_SIGNED},
         {"x-veil-signing-key:",
          offsetof(veil_cl_http_response, veil_signing_key),
-         sizeof r->veil_signing_key, 0},
+         sizeof r->veil_signing_key, 0, KEEP_SIGNED},
         {"x-veil-keys-signature:",
          offsetof(veil_cl_http_response, keys_signature),
-         sizeof r->keys_signature, 1},
+         sizeof r->keys_signature, 1, KEEP_SIGNED},
         {"x-veil-keys-signed-at:",
          offsetof(veil_cl_http_response, keys_signed_at),
-         sizeof r->keys_signed_at, 1},
+         sizeof r->keys_signed_at, 1, KEEP_SIGNED},
         {"x-veil-keys-expires:", offsetof(veil_cl_http_response, keys_expires),
-         sizeof r->keys_expires, 1},
+         sizeof r->keys_expires, 1, KEEP_SIGNED},
         {"cache-control:", offsetof(veil_cl_http_response, cache_control),
-         sizeof r->cache_control, 1},
-        {"age:", offsetof(veil_cl_http_response, age), sizeof r->age, 1},
+         sizeof r->cache_control, 1, KEEP_LIST},
+        {"age:", offsetof(veil_cl_http_response, age), sizeof r->age, 1,
+         KEEP_ONE},
         {"location:", offsetof(veil_cl_http_response, location),
-         sizeof r->location, 1},
+         sizeof r->location, 1, KEEP_ONE},
         {"content-type:", offsetof(veil_cl_http_response, content_type),
-         sizeof r->content_type, 1},
+         sizeof r->content_type, 1, KEEP_ONE},
     };
     if ((s->fields_seen += len) > MAX_FIELDS) {
         s->fields_too_big = 1;
@@ -209,6 +238,7 @@ static size_t on_header(char *data, size_t size, size_t n, void *ctx)
         r->keys_expires[0] = r->cache_control[0] = r->content_type[0] = '\0';
         r->age[0] = r->location[0] = '\0';
         r->keys_headers_bad = 0;
+        r->fields_dropped = 0;
         r->retry_after_ms = -1;
         return len;
     }
@@ -223,9 +253,11 @@ static size_t on_header(char *data, size_t size, size_t n, void *ctx)
     for (size_t i = 0; i < sizeof veil / sizeof veil[0]; i++) {
         size_t nl = strlen(veil[i].name);
         if (len >= nl && strncasecmp(data, veil[i].name, nl) == 0)
-            keep_value(
-                veil[i].keys ? &r->keys_headers_bad : &r->veil_headers_bad,
-                data + nl, len - nl, (char *)r + veil[i].off, veil[i].size);
+            keep_value(veil[i].kind,
+                       veil[i].keys ? &r->keys_headers_bad
+                                    : &r->veil_headers_bad,
+                       &r->fields_dropped, 1u << i, data + nl, len - nl,
+                       (char *)r + veil[i].off, veil[i].size);
     }
     return len;
 }
