@@ -239,6 +239,24 @@ static veil_rc pk_fail(veil_provider *p, CK_RV rv, const char *fmt, ...)
     return veil_err(rc_of(rv), prov, ckr_name(rv, buf, sizeof buf), "%s", what);
 }
 
+/* A token's answer that cannot be true (a length past the buffer, a
+ * value that is no key): VEIL_E_TOKEN, naming the token, no CKR (the
+ * token said CKR_OK). */
+static veil_rc pk_bad(veil_provider *p, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+static veil_rc pk_bad(veil_provider *p, const char *fmt, ...)
+{
+    char what[200], prov[48];
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(what, sizeof what, fmt, ap);
+    va_end(ap);
+    snprintf(prov, sizeof prov, "pkcs11 (%s)",
+             p && st_of(p)->token_label[0] ? st_of(p)->token_label : "module");
+    return veil_err(VEIL_E_TOKEN, prov, NULL, "%s", what);
+}
+
 /* ---- 2. modules ------------------------------------------------------- */
 
 struct pk_module {
@@ -1821,6 +1839,21 @@ static CK_RV decrypt_once(veil_provider *p, CK_MECHANISM *m,
     return rv;
 }
 
+/* A token that says it wrote more than the buffer it was given holds
+ * (CK_UNAVAILABLE_INFORMATION too): nothing of it is used. */
+static veil_rc token_len_lie(veil_provider *p, veil_secbuf *buf, CK_ULONG n,
+                             size_t size)
+{
+    veil_secbuf_free(buf);
+    if (n == CK_UNAVAILABLE_INFORMATION)
+        return pk_bad(p, "token returned CKR_OK but no output length "
+                         "(CK_UNAVAILABLE_INFORMATION) for an RSA decryption");
+    return pk_bad(p,
+                  "token returned %lu bytes of RSA decryption output for a "
+                  "%zu-byte buffer",
+                  (unsigned long)n, size);
+}
+
 static veil_rc pk_rsa_decrypt(veil_provider *p, const veil_key *k,
                               const veil_oaep *oaep, const uint8_t *in,
                               size_t in_len, veil_secbuf **out)
@@ -1850,6 +1883,8 @@ static veil_rc pk_rsa_decrypt(veil_provider *p, const veil_key *k,
     if (mode == OAEP_NATIVE) {
         rv = decrypt_once(p, &m_oaep, pk->priv, in, in_len,
                           veil_secbuf_data(buf), &n, &init_rv);
+        if (rv == CKR_OK && n > kbytes)
+            return token_len_lie(p, buf, n, kbytes);
         if (rv == CKR_OK) {
             veil_secbuf_truncate(buf, n);
             *out = buf;
@@ -1864,7 +1899,9 @@ static veil_rc pk_rsa_decrypt(veil_provider *p, const veil_key *k,
         }
         rv = decrypt_once(p, &m_raw, pk->priv, in, in_len,
                           veil_secbuf_data(buf), &n, &init_rv);
-        if (rv == CKR_OK && n <= kbytes) {
+        if (rv == CKR_OK && n > kbytes)
+            return token_len_lie(p, buf, n, kbytes);
+        if (rv == CKR_OK) {
             /* Tokens may strip leading zeros: realign without a branch
              * on n (veil_ct_right_align says why). */
             veil_ct_right_align(veil_secbuf_data(buf), n, kbytes);
