@@ -1938,10 +1938,11 @@ static veil_rc pk_ecdsa_sign(veil_provider *p, const veil_key *k,
     CK_ULONG rs_len = sizeof rs;
     CK_SESSION_HANDLE sh;
     ECDSA_SIG *es;
+    EVP_PKEY_CTX *vc;
     unsigned char *q = sig;
     CK_RV rv, init_rv;
     veil_rc rc;
-    int n;
+    int n, ok;
 
     if (!EVP_Digest(msg, len, digest, NULL, EVP_sha256(), NULL))
         return veil_err_ossl(VEIL_E_CRYPTO, PK, "SHA-256");
@@ -1969,6 +1970,17 @@ static veil_rc pk_ecdsa_sign(veil_provider *p, const veil_key *k,
     ECDSA_SIG_free(es);
     if (n <= 0 || (size_t)n > *sig_len)
         return veil_err(VEIL_E_BUFFER, PK, NULL, "signature buffer too small");
+    /* The token's signature is checked with the key's public half before
+     * anyone sees it: a wrong one (all zeros, a bit off) is not handed
+     * out as veil's. */
+    vc = EVP_PKEY_CTX_new_from_pkey(NULL, k->pub, NULL);
+    ok = vc && EVP_PKEY_verify_init(vc) > 0 &&
+         EVP_PKEY_verify(vc, sig, (size_t)n, digest, sizeof digest) == 1;
+    EVP_PKEY_CTX_free(vc);
+    ERR_clear_error();
+    if (!ok)
+        return pk_bad(p, "the token's ECDSA signature does not verify with "
+                         "the key's public half");
     *sig_len = (size_t)n;
     return VEIL_OK;
 }
