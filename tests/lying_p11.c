@@ -155,6 +155,10 @@ static int replacement(CK_ATTRIBUTE_TYPE t, const CK_BYTE *real_v,
 {
     static const CK_BYTE p384[] = {0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22};
 
+    if (lie("attr_zero")) {
+        *out_len = 0;
+        return 1;
+    }
     if (t == CKA_MODULUS && lie("modulus_512") && real_len >= 64) {
         memcpy(out, real_v, 64);
         *out_len = 64;
@@ -229,8 +233,6 @@ static CK_RV lie_GetAttributeValue(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o,
             t[i].ulValueLen = (CK_ULONG)1 << 42;
         else if (lie("attr_unavail") && !t[i].pValue)
             t[i].ulValueLen = CK_UNAVAILABLE_INFORMATION;
-        else if (lie("attr_zero"))
-            t[i].ulValueLen = 0;
         else if (lie("attr_grow") && t[i].pValue)
             t[i].ulValueLen += 64;
         else if (target == CKA_VALUE && lie("value_short") && t[i].pValue)

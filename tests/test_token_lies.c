@@ -307,46 +307,54 @@ static void open_refused(const char *label, const char *l, const char *attr,
     veil_engine_free(e);
 }
 
+/* A length no value can have is the token's fault (VEIL_E_TOKEN); a value
+ * that is no usable key is the key's (VEIL_E_KEY). */
+typedef struct attr_case {
+    const char *lie, *attr;
+    veil_rc code;
+    const char *text;
+} attr_case;
+
 static void test_rsa_public(void)
 {
-    static const struct {
-        const char *lie, *attr, *text;
-    } cases[] = {
-        {"attr_huge", "modulus", "attribute"},
-        {"attr_unavail", "modulus", "attribute"},
-        {"attr_zero", "modulus", "RSA"},
-        {"attr_grow", "modulus", "attribute"},
-        {"attr_huge", "public_exponent", "attribute"},
-        {"attr_zero", "public_exponent", "RSA"},
-        {"attr_grow", "public_exponent", "attribute"},
-        {"modulus_512", "modulus", "512-bit"},
-        {"exponent_1", "public_exponent", "exponent"},
-        {"exponent_even", "public_exponent", "exponent"},
+    static const attr_case cases[] = {
+        {"attr_huge", "modulus", VEIL_E_TOKEN,
+         "CKA_MODULUS is 4398046511104 bytes long"},
+        {"attr_unavail", "modulus", VEIL_E_TOKEN, "cannot read CKA_MODULUS"},
+        {"attr_zero", "modulus", VEIL_E_KEY, "0-bit modulus"},
+        {"attr_grow", "modulus", VEIL_E_TOKEN,
+         "320 bytes of CKA_MODULUS into a 256-byte buffer"},
+        {"attr_huge", "public_exponent", VEIL_E_TOKEN,
+         "CKA_PUBLIC_EXPONENT is"},
+        {"attr_zero", "public_exponent", VEIL_E_KEY, "public exponent"},
+        {"attr_grow", "public_exponent", VEIL_E_TOKEN,
+         "of CKA_PUBLIC_EXPONENT into"},
+        {"modulus_512", "modulus", VEIL_E_KEY, "512-bit modulus"},
+        {"exponent_1", "public_exponent", VEIL_E_KEY, "public exponent"},
+        {"exponent_even", "public_exponent", VEIL_E_KEY, "public exponent"},
     };
 
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
-        open_refused("lie-rsa", cases[i].lie, cases[i].attr, VEIL_E_KEY,
+        open_refused("lie-rsa", cases[i].lie, cases[i].attr, cases[i].code,
                      cases[i].text);
 }
 
 static void test_ec_public(void)
 {
-    static const struct {
-        const char *lie, *attr, *text;
-    } cases[] = {
-        {"attr_huge", "ec_point", "attribute"},
-        {"attr_zero", "ec_point", "EC point"},
-        {"attr_grow", "ec_point", "attribute"},
-        {"ec_point_bitstring", "ec_point", "EC point"},
-        {"ec_point_off_curve", "ec_point", "EC public key"},
-        {"attr_huge", "ec_params", "attribute"},
-        {"attr_zero", "ec_params", "P-256"},
-        {"attr_grow", "ec_params", "attribute"},
-        {"ec_params_p384", "ec_params", "P-256"},
+    static const attr_case cases[] = {
+        {"attr_huge", "ec_point", VEIL_E_TOKEN, "CKA_EC_POINT is"},
+        {"attr_zero", "ec_point", VEIL_E_KEY, "EC point"},
+        {"attr_grow", "ec_point", VEIL_E_TOKEN, "of CKA_EC_POINT into"},
+        {"ec_point_bitstring", "ec_point", VEIL_E_KEY, "EC point"},
+        {"ec_point_off_curve", "ec_point", VEIL_E_KEY, "EC public key"},
+        {"attr_huge", "ec_params", VEIL_E_TOKEN, "CKA_EC_PARAMS is"},
+        {"attr_zero", "ec_params", VEIL_E_KEY, "P-256"},
+        {"attr_grow", "ec_params", VEIL_E_TOKEN, "of CKA_EC_PARAMS into"},
+        {"ec_params_p384", "ec_params", VEIL_E_KEY, "P-256"},
     };
 
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
-        open_refused("lie-ec", cases[i].lie, cases[i].attr, VEIL_E_KEY,
+        open_refused("lie-ec", cases[i].lie, cases[i].attr, cases[i].code,
                      cases[i].text);
 }
 
@@ -410,7 +418,9 @@ static void test_find(void)
     lie("find_overcount", NULL);
     said(veil_key_open(e, "lie-rsa", &k), VEIL_E_TOKEN, "objects");
     CU_ASSERT_PTR_NULL(k);
-    said(veil_key_open(e, "no-such-key", &k), VEIL_E_TOKEN, "objects");
+    /* the list of the token's keys in the message is left out */
+    said(veil_key_open(e, "no-such-key", &k), VEIL_E_NOT_FOUND,
+         "its private keys: none");
     CU_ASSERT_PTR_NULL(k);
     /* the same key twice: ambiguous, refused */
     lie("find_dup", NULL);
