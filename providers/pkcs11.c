@@ -1204,26 +1204,66 @@ typedef struct pk_key {
     atomic_int oaep_mode[2][2];
 } pk_key;
 
+/* An attribute's name for messages ("attribute 0x..." for others). */
+static const char *attr_name(CK_ATTRIBUTE_TYPE t, char *buf, size_t size)
+{
+    switch (t) {
+    case CKA_LABEL:
+        return "CKA_LABEL";
+    case CKA_ID:
+        return "CKA_ID";
+    case CKA_MODULUS:
+        return "CKA_MODULUS";
+    case CKA_PUBLIC_EXPONENT:
+        return "CKA_PUBLIC_EXPONENT";
+    case CKA_EC_PARAMS:
+        return "CKA_EC_PARAMS";
+    case CKA_EC_POINT:
+        return "CKA_EC_POINT";
+    default:
+        snprintf(buf, size, "attribute 0x%lx", (unsigned long)t);
+        return buf;
+    }
+}
+
+/* The longest attribute value veil reads from a token (labels, ids,
+ * moduli of up to 16384 bits, EC parameters and points): a token that says
+ * more is not believed. */
+#define PK_ATTR_MAX 4096
+
 static veil_rc get_attr(veil_provider *p, CK_SESSION_HANDLE sh,
                         CK_OBJECT_HANDLE o, CK_ATTRIBUTE_TYPE t, uint8_t **val,
                         size_t *len)
 {
     CK_ATTRIBUTE a = {t, NULL, 0};
+    CK_ULONG size;
     CK_RV rv;
+    char buf[24];
 
     *val = NULL;
     *len = 0;
     rv = CALL(p, C_GetAttributeValue, sh, o, &a, 1);
     if (rv != CKR_OK || a.ulValueLen == CK_UNAVAILABLE_INFORMATION)
         return pk_fail(p, rv == CKR_OK ? CKR_ATTRIBUTE_TYPE_INVALID : rv,
-                       "cannot read attribute 0x%lx", (unsigned long)t);
-    a.pValue = malloc(a.ulValueLen ? a.ulValueLen : 1);
+                       "cannot read %s", attr_name(t, buf, sizeof buf));
+    if (a.ulValueLen > PK_ATTR_MAX)
+        return pk_bad(p, "token says %s is %lu bytes long (veil reads at most %d)",
+                      attr_name(t, buf, sizeof buf),
+                      (unsigned long)a.ulValueLen, PK_ATTR_MAX);
+    size = a.ulValueLen;
+    a.pValue = malloc(size ? size : 1);
     if (!a.pValue)
         return veil_err(VEIL_E_NOMEM, PK, NULL, "out of memory");
     rv = CALL(p, C_GetAttributeValue, sh, o, &a, 1);
+    if (rv == CKR_OK && a.ulValueLen > size) {
+        free(a.pValue);
+        return pk_bad(p, "token returned %lu bytes of %s into a %lu-byte buffer",
+                      (unsigned long)a.ulValueLen,
+                      attr_name(t, buf, sizeof buf), (unsigned long)size);
+    }
     if (rv != CKR_OK) {
         free(a.pValue);
-        return pk_fail(p, rv, "cannot read attribute 0x%lx", (unsigned long)t);
+        return pk_fail(p, rv, "cannot read %s", attr_name(t, buf, sizeof buf));
     }
     *val = a.pValue;
     *len = a.ulValueLen;
@@ -1261,6 +1301,12 @@ static veil_rc find_objects(veil_provider *p, CK_SESSION_HANDLE sh,
     }
     if (rv != CKR_OK)
         return pk_fail(p, rv, "object search failed");
+    if (*count > max) {
+        CK_ULONG said = *count;
+        *count = 0;
+        return pk_bad(p, "token returned %lu objects for a search of at most %lu",
+                      (unsigned long)said, (unsigned long)max);
+    }
     return VEIL_OK;
 }
 
@@ -1524,7 +1570,7 @@ static void private_key_labels(veil_provider *p, CK_SESSION_HANDLE sh,
     snprintf(out, size, "none");
     if (CALL(p, C_FindObjectsInit, sh, &t, 1) != CKR_OK)
         return;
-    if (CALL(p, C_FindObjects, sh, h, 16, &count) != CKR_OK)
+    if (CALL(p, C_FindObjects, sh, h, 16, &count) != CKR_OK || count > 16)
         count = 0;
     if (CALL(p, C_FindObjectsFinal, sh) != CKR_OK)
         session_mark(p, sh, PK_OP_FIND);
@@ -2016,6 +2062,7 @@ static veil_rc pk_ecdh_derive(veil_provider *p, const veil_key *k,
     CK_SESSION_HANDLE sh;
     veil_secbuf *out = NULL;
     CK_ATTRIBUTE val = {CKA_VALUE, NULL, 0};
+    CK_ULONG z_len = VEIL_ECDH_P256_Z_LEN; /* what the token said, if not */
     CK_RV rv;
     veil_rc rc;
 
@@ -2033,8 +2080,10 @@ static veil_rc pk_ecdh_derive(veil_provider *p, const veil_key *k,
         val.pValue = veil_secbuf_data(out);
         val.ulValueLen = VEIL_ECDH_P256_Z_LEN;
         rv = CALL(p, C_GetAttributeValue, sh, obj, &val, 1);
-        if (rv == CKR_OK && val.ulValueLen != VEIL_ECDH_P256_Z_LEN)
+        if (rv == CKR_OK && val.ulValueLen != VEIL_ECDH_P256_Z_LEN) {
+            z_len = val.ulValueLen;
             rv = CKR_ATTRIBUTE_VALUE_INVALID;
+        }
         if (CALL(p, C_DestroyObject, sh, obj) != CKR_OK)
             veil_log(p->engine, VEIL_LOG_WARN,
                      "pkcs11: %s: a derived ECDH secret could not be "
@@ -2049,6 +2098,14 @@ static veil_rc pk_ecdh_derive(veil_provider *p, const veil_key *k,
                  "pkcs11: %s lists CKM_ECDH1_DERIVE but refuses it; ECDH "
                  "is no longer offered for this token",
                  p->caps.description);
+    }
+    if (z_len != VEIL_ECDH_P256_Z_LEN) {
+        veil_secbuf_free(out);
+        if (z_len == CK_UNAVAILABLE_INFORMATION)
+            return pk_bad(p, "token returned CKR_OK but no length for the "
+                             "derived ECDH secret");
+        return pk_bad(p, "token returned a %lu-byte ECDH secret (P-256: %d)",
+                      (unsigned long)z_len, VEIL_ECDH_P256_Z_LEN);
     }
     if (rv != CKR_OK) {
         veil_secbuf_free(out);
