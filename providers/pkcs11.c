@@ -1337,6 +1337,39 @@ static veil_rc pkey_from_rsa(const uint8_t *n, size_t nl, const uint8_t *e,
               : veil_err_ossl(VEIL_E_KEY, PK, "token RSA public key unusable");
 }
 
+/* What a token says an RSA public key is, before it is believed: a
+ * modulus of at least 1024 bits (veil makes 2048 and more; 1024 is for
+ * conformance vectors) and odd; an exponent odd, at least 3 and below
+ * the modulus.  A 512-bit modulus or e = 1 would make every ciphertext
+ * to the key readable. */
+static veil_rc rsa_public_sane(veil_provider *p, const char *label,
+                               const uint8_t *n, size_t nl, const uint8_t *e,
+                               size_t el)
+{
+    BIGNUM *bn = BN_bin2bn(n, (int)nl, NULL), *be = BN_bin2bn(e, (int)el, NULL);
+    int bits = bn ? BN_num_bits(bn) : 0;
+    veil_rc rc = VEIL_OK;
+
+    if (!bn || !be)
+        rc = veil_err(VEIL_E_NOMEM, PK, NULL, "out of memory");
+    else if (bits < 1024 || !BN_is_odd(bn))
+        rc = veil_err(VEIL_E_KEY, PK, NULL,
+                      "token RSA key \"%s\" has a%s %d-bit modulus (veil "
+                      "takes odd moduli of 1024 bits and more)",
+                      label, BN_is_odd(bn) ? "" : "n even", bits);
+    else if (!BN_is_odd(be) || BN_cmp(be, BN_value_one()) <= 0 ||
+             BN_cmp(be, bn) >= 0)
+        rc = veil_err(VEIL_E_KEY, PK, NULL,
+                      "token RSA key \"%s\" has an unusable public exponent "
+                      "(%d bits, %s)",
+                      label, BN_num_bits(be),
+                      BN_is_odd(be) ? "1 or not below the modulus" : "even");
+    BN_free(bn);
+    BN_free(be);
+    (void)p;
+    return rc;
+}
+
 /* CKA_EC_POINT is a DER OCTET STRING around the point (some tokens give
  * the bare point); returns the bare point. */
 static int ec_point_unwrap(const uint8_t *v, size_t len, const uint8_t **pt,
@@ -1441,6 +1474,8 @@ static veil_rc load_key(veil_provider *p, CK_SESSION_HANDLE sh,
             if (rc == VEIL_OK)
                 rc = get_attr(p, sh, pk->pub, CKA_PUBLIC_EXPONENT, &v2, &l2);
         }
+        if (rc == VEIL_OK)
+            rc = rsa_public_sane(p, k->label, v1, l1, v2, l2);
         if (rc == VEIL_OK)
             rc = pkey_from_rsa(v1, l1, v2, l2, &k->pub);
     } else if (kt == CKK_EC) {
