@@ -871,18 +871,34 @@ static veil_rc pk_login(veil_provider *p, P11KitUri *uri)
     return VEIL_OK;
 }
 
+/* The most slots or mechanisms veil reads from a module's list. */
+#define PK_LIST_MAX 4096
+
 /* Narrows the capabilities to the token's mechanism list. */
 static void pk_read_mechs(veil_provider *p)
 {
     pk_state *s = st_of(p);
     CK_MECHANISM_TYPE *list = NULL;
-    CK_ULONG n = 0;
+    CK_ULONG n = 0, n2;
     unsigned caps = 0;
 
-    if (CALL(p, C_GetMechanismList, s->slot, NULL, &n) == CKR_OK && n > 0 &&
-        (list = calloc(n, sizeof *list)) != NULL &&
-        CALL(p, C_GetMechanismList, s->slot, list, &n) == CKR_OK) {
-        for (CK_ULONG i = 0; i < n; i++) {
+    /* A list longer than was allocated (n2 > n) is not read: the token
+     * then offers nothing but what needs no mechanism. */
+    if (CALL(p, C_GetMechanismList, s->slot, NULL, &n) != CKR_OK ||
+        n > PK_LIST_MAX)
+        n = 0;
+    if (n > 0 && (list = calloc(n, sizeof *list)) != NULL) {
+        n2 = n;
+        if (CALL(p, C_GetMechanismList, s->slot, list, &n2) != CKR_OK ||
+            n2 > n) {
+            veil_log(p->engine, VEIL_LOG_WARN,
+                     "pkcs11: %s: the mechanism list could not be read "
+                     "(%lu entries said for a list of %lu); no mechanism "
+                     "is used",
+                     s->mod->name, (unsigned long)n2, (unsigned long)n);
+            n2 = 0;
+        }
+        for (CK_ULONG i = 0; i < n2; i++) {
             CK_MECHANISM_INFO mi = {0};
             CALL(p, C_GetMechanismInfo, s->slot, list[i], &mi);
             switch (list[i]) {
@@ -935,11 +951,21 @@ static veil_rc pk_find_slot(veil_provider *p, P11KitUri *turi)
     CK_RV rv;
 
     rv = CALL(p, C_GetSlotList, CK_TRUE, NULL, &n);
+    if (rv == CKR_OK && n > PK_LIST_MAX)
+        return pk_bad(NULL, "%s says it has %lu slots (veil reads at most %d)",
+                      s->mod->name, (unsigned long)n, PK_LIST_MAX);
     if (rv == CKR_OK && n > 0) {
+        CK_ULONG size = n;
         slots = calloc(n, sizeof *slots);
         if (!slots)
             return veil_err(VEIL_E_NOMEM, PK, NULL, "out of memory");
         rv = CALL(p, C_GetSlotList, CK_TRUE, slots, &n);
+        if (rv == CKR_OK && n > size) {
+            free(slots);
+            return pk_bad(NULL,
+                          "%s returned %lu slots into a list of %lu",
+                          s->mod->name, (unsigned long)n, (unsigned long)size);
+        }
     }
     if (rv != CKR_OK) {
         free(slots);
@@ -1060,7 +1086,8 @@ static veil_rc search_modules(veil_provider *p, CK_FUNCTION_LIST **all,
         CK_ULONG n = sizeof slots / sizeof slots[0];
         int hit = 0, tokens = 0;
 
-        if (all[i]->C_GetSlotList(CK_TRUE, slots, &n) != CKR_OK)
+        if (all[i]->C_GetSlotList(CK_TRUE, slots, &n) != CKR_OK ||
+            n > sizeof slots / sizeof slots[0])
             n = 0;
         append(seen, sizeof seen, seen[0] ? "; " : "");
         append(seen, sizeof seen, mname ? mname : "?");

@@ -446,6 +446,7 @@ static void test_lists(void)
     lie("mechlist_grow", NULL);
     e = engine();
     CU_ASSERT_EQUAL(veil_engine_caps(e, NULL, &caps), VEIL_OK);
+    CU_ASSERT_EQUAL(caps.mechs & (VEIL_CAP_ECDSA | VEIL_CAP_RSA_RAW), 0);
     veil_engine_free(e);
 
     lie("slotlist_grow", NULL);
