@@ -407,6 +407,16 @@ static void trim(char *dst, const CK_UTF8CHAR *src, size_t n)
         dst[--n] = '\0';
 }
 
+/* trim() for a token's text that is shown (messages, logs, prompts):
+ * control bytes become '?', a token's bytes are not ours to print. */
+static void trim_shown(char *dst, const CK_UTF8CHAR *src, size_t n)
+{
+    trim(dst, src, n);
+    for (char *c = dst; *c; c++)
+        if ((unsigned char)*c < 0x20 || *c == 0x7f)
+            *c = '?';
+}
+
 /* RFC 7512 puts module-name and module-path in the query ("?module-name=
  * softhsm2"); p11-kit drops them in silence from the path, where they would
  * be ignored.  The name of the first found there, or NULL. */
@@ -976,7 +986,7 @@ static veil_rc pk_find_slot(veil_provider *p, P11KitUri *turi)
         char label[33];
         if (CALL(p, C_GetTokenInfo, slots[i], &ti) != CKR_OK)
             continue;
-        trim(label, ti.label, 32);
+        trim_shown(label, ti.label, 32);
         if (!(ti.flags & CKF_TOKEN_INITIALIZED))
             continue;
         if (strlen(seen) + strlen(label) + 4 < sizeof seen)
@@ -999,7 +1009,7 @@ static veil_rc pk_find_slot(veil_provider *p, P11KitUri *turi)
         return veil_err(VEIL_E_NOT_FOUND, PK, NULL,
                         "no token matching the URI in %s (tokens: %s)",
                         s->mod->name, seen[0] ? seen : "none");
-    trim(s->token_label, s->token.label, 32);
+    trim_shown(s->token_label, s->token.label, 32);
     trim(s->token_serial, s->token.serialNumber, 16);
     return VEIL_OK;
 }
@@ -1013,7 +1023,7 @@ static void pk_read_quirks(veil_provider *p)
     if (CALL(p, C_GetInfo, &info) != CKR_OK)
         return;
     s->cancel_ok = info.cryptokiVersion.major >= 3;
-    trim(manuf, info.manufacturerID, 32);
+    trim_shown(manuf, info.manufacturerID, 32);
     for (size_t i = 0; i < sizeof quirk_table / sizeof quirk_table[0]; i++)
         if (strcmp(manuf, quirk_table[i].manufacturer) == 0) {
             s->quirks |= quirk_table[i].quirks;
@@ -1099,7 +1109,7 @@ static veil_rc search_modules(veil_provider *p, CK_FUNCTION_LIST **all,
             if (all[i]->C_GetTokenInfo(slots[j], &ti) != CKR_OK ||
                 !(ti.flags & CKF_TOKEN_INITIALIZED))
                 continue;
-            trim(label, ti.label, 32);
+            trim_shown(label, ti.label, 32);
             append(seen, sizeof seen, tokens++ ? ", \"" : " \"");
             append(seen, sizeof seen, label);
             append(seen, sizeof seen, "\"");
@@ -1180,8 +1190,8 @@ static veil_rc pk_open(veil_provider *p, const char *where)
     rc = pk_find_slot(p, turi ? turi : uri);
     if (rc != VEIL_OK)
         goto out;
-    trim(manuf, s->token.manufacturerID, 32);
-    trim(model, s->token.model, 16);
+    trim_shown(manuf, s->token.manufacturerID, 32);
+    trim_shown(model, s->token.model, 16);
     snprintf(p->caps.description, sizeof p->caps.description,
              "token \"%s\" (%s %s, %.40s)", s->token_label, manuf, model,
              s->mod->name);
