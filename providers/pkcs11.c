@@ -1444,14 +1444,17 @@ static veil_rc pkey_from_ec(const uint8_t *point, size_t len, EVP_PKEY **out)
 }
 
 /* The public-key object paired with a private key (same CKA_ID, else the
- * same label). */
+ * same label); *n: how many there are (0, 1, or 2 for two or more, when
+ * none is chosen). */
 static CK_OBJECT_HANDLE find_pub(veil_provider *p, CK_SESSION_HANDLE sh,
-                                 const veil_key *k)
+                                 const veil_key *k, CK_ULONG *n_out)
 {
     CK_OBJECT_CLASS cls = CKO_PUBLIC_KEY;
     CK_ATTRIBUTE t[2] = {{CKA_CLASS, &cls, sizeof cls}};
     CK_OBJECT_HANDLE h[2];
-    CK_ULONG n = 0;
+    CK_ULONG n = 0, *nn = n_out ? n_out : &n;
+
+    *nn = 0;
 
     if (k->id_len) {
         t[1] = (CK_ATTRIBUTE){CKA_ID, (void *)k->id, k->id_len};
@@ -1460,7 +1463,9 @@ static CK_OBJECT_HANDLE find_pub(veil_provider *p, CK_SESSION_HANDLE sh,
     } else {
         return CK_INVALID_HANDLE;
     }
-    if (find_objects(p, sh, t, 2, h, 2, &n) != VEIL_OK || n != 1) {
+    if (find_objects(p, sh, t, 2, h, 2, nn) != VEIL_OK || *nn != 1) {
+        if (*nn != 2)
+            *nn = 0;
         veil_err_clear();
         return CK_INVALID_HANDLE;
     }
@@ -1476,6 +1481,7 @@ static veil_rc load_key(veil_provider *p, CK_SESSION_HANDLE sh,
     CK_ATTRIBUTE a = {CKA_KEY_TYPE, &kt, sizeof kt};
     uint8_t *v1 = NULL, *v2 = NULL;
     size_t l1, l2;
+    CK_ULONG npub = 0;
     CK_RV rv;
     veil_rc rc;
 
@@ -1495,7 +1501,7 @@ static veil_rc load_key(veil_provider *p, CK_SESSION_HANDLE sh,
     veil_err_clear();
     k->has_private = 1;
     k->persistent = get_bool(p, sh, priv, CKA_TOKEN) == 1;
-    pk->pub = find_pub(p, sh, k);
+    pk->pub = find_pub(p, sh, k, &npub);
     if (kt == CKK_RSA) {
         k->type = VEIL_KEY_RSA;
         /* The modulus and exponent are public even on sensitive keys; fall
@@ -1519,6 +1525,11 @@ static veil_rc load_key(veil_provider *p, CK_SESSION_HANDLE sh,
         const uint8_t *pt = NULL;
         size_t pt_len = 0;
         k->type = VEIL_KEY_EC_P256;
+        if (npub > 1)
+            return veil_err(VEIL_E_AMBIGUOUS, PK, NULL,
+                            "EC key \"%s\" has more than one public-key "
+                            "object with the same id; veil does not choose",
+                            k->label);
         if (pk->pub == CK_INVALID_HANDLE)
             return veil_err(VEIL_E_KEY, PK, NULL,
                             "EC key \"%s\" has no public-key object with the "

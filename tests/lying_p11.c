@@ -33,6 +33,7 @@
  *   value_long           ECDH CKA_VALUE: 48 bytes claimed into 32
  *   find_overcount       C_FindObjects: 4 more handles claimed than asked
  *   find_dup             C_FindObjects: the first handle twice
+ *   find_dup_public      the same, in searches for public keys only
  *   mechlist_grow        C_GetMechanismList: 8 more claimed in the 2nd call
  *   slotlist_grow        C_GetSlotList: 8 more claimed in the 2nd call
  *   refuse_ecdsa         C_SignInit(CKM_ECDSA): CKR_MECHANISM_INVALID
@@ -245,6 +246,19 @@ static CK_RV lie_GetAttributeValue(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o,
 
 /* ---- object search, lists, token info ---------------------------------- */
 
+static int finding_public; /* the last C_FindObjectsInit asked for them */
+
+static CK_RV lie_FindObjectsInit(CK_SESSION_HANDLE s, CK_ATTRIBUTE_PTR t,
+                                 CK_ULONG n)
+{
+    finding_public = 0;
+    for (CK_ULONG i = 0; i < n; i++)
+        if (t[i].type == CKA_CLASS && t[i].ulValueLen == sizeof(CK_ULONG) &&
+            *(CK_ULONG *)t[i].pValue == CKO_PUBLIC_KEY)
+            finding_public = 1;
+    return real->C_FindObjectsInit(s, t, n);
+}
+
 static CK_RV lie_FindObjects(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE_PTR h,
                              CK_ULONG max, CK_ULONG_PTR count)
 {
@@ -254,7 +268,8 @@ static CK_RV lie_FindObjects(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE_PTR h,
         return rv;
     if (lie("find_overcount") && *count > 0)
         *count = max + 4; /* claimed only: nothing written past max */
-    else if (lie("find_dup") && *count == 1 && max >= 2) {
+    else if ((lie("find_dup") || (lie("find_dup_public") && finding_public)) &&
+             *count == 1 && max >= 2) {
         h[1] = h[0];
         *count = 2;
     }
@@ -332,6 +347,7 @@ CK_RV C_GetFunctionList(CK_FUNCTION_LIST_PTR_PTR list)
         table.C_DeriveKey = lie_DeriveKey;
         table.C_GenerateRandom = lie_GenerateRandom;
         table.C_GetAttributeValue = lie_GetAttributeValue;
+        table.C_FindObjectsInit = lie_FindObjectsInit;
         table.C_FindObjects = lie_FindObjects;
         table.C_GetMechanismList = lie_GetMechanismList;
         table.C_GetSlotList = lie_GetSlotList;

@@ -427,8 +427,15 @@ static void test_find(void)
     said(veil_key_open(e, "lie-rsa", &k), VEIL_E_AMBIGUOUS,
          "more than one private key");
     CU_ASSERT_PTR_NULL(k);
+    /* two public halves for one EC key: refused, not one picked */
+    lie("find_dup_public", NULL);
+    said(veil_key_open(e, "lie-ec", &k), VEIL_E_AMBIGUOUS,
+         "more than one public-key object");
+    CU_ASSERT_PTR_NULL(k);
     truth();
     k = open_key(e, "lie-rsa");
+    veil_key_free(k);
+    k = open_key(e, "lie-ec");
     veil_key_free(k);
     veil_engine_free(e);
 }
