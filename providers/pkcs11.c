@@ -972,8 +972,7 @@ static veil_rc pk_find_slot(veil_provider *p, P11KitUri *turi)
         rv = CALL(p, C_GetSlotList, CK_TRUE, slots, &n);
         if (rv == CKR_OK && n > size) {
             free(slots);
-            return pk_bad(NULL,
-                          "%s returned %lu slots into a list of %lu",
+            return pk_bad(NULL, "%s returned %lu slots into a list of %lu",
                           s->mod->name, (unsigned long)n, (unsigned long)size);
         }
     }
@@ -1284,7 +1283,8 @@ static veil_rc get_attr(veil_provider *p, CK_SESSION_HANDLE sh,
         return pk_fail(p, rv == CKR_OK ? CKR_ATTRIBUTE_TYPE_INVALID : rv,
                        "cannot read %s", attr_name(t, buf, sizeof buf));
     if (a.ulValueLen > PK_ATTR_MAX)
-        return pk_bad(p, "token says %s is %lu bytes long (veil reads at most %d)",
+        return pk_bad(p,
+                      "token says %s is %lu bytes long (veil reads at most %d)",
                       attr_name(t, buf, sizeof buf),
                       (unsigned long)a.ulValueLen, PK_ATTR_MAX);
     size = a.ulValueLen;
@@ -1294,7 +1294,8 @@ static veil_rc get_attr(veil_provider *p, CK_SESSION_HANDLE sh,
     rv = CALL(p, C_GetAttributeValue, sh, o, &a, 1);
     if (rv == CKR_OK && a.ulValueLen > size) {
         free(a.pValue);
-        return pk_bad(p, "token returned %lu bytes of %s into a %lu-byte buffer",
+        return pk_bad(p,
+                      "token returned %lu bytes of %s into a %lu-byte buffer",
                       (unsigned long)a.ulValueLen,
                       attr_name(t, buf, sizeof buf), (unsigned long)size);
     }
@@ -1341,7 +1342,8 @@ static veil_rc find_objects(veil_provider *p, CK_SESSION_HANDLE sh,
     if (*count > max) {
         CK_ULONG said = *count;
         *count = 0;
-        return pk_bad(p, "token returned %lu objects for a search of at most %lu",
+        return pk_bad(p,
+                      "token returned %lu objects for a search of at most %lu",
                       (unsigned long)said, (unsigned long)max);
     }
     return VEIL_OK;

@@ -156,11 +156,11 @@ static void peer_point(uint8_t pt[65])
 static int setup(void)
 {
     const char *b = getenv("VEIL_BUILDDIR");
-    veil_keygen_params rsa = {.type = VEIL_KEY_RSA, .bits = 2048,
-                              .label = "lie-rsa"};
+    veil_keygen_params rsa = {
+        .type = VEIL_KEY_RSA, .bits = 2048, .label = "lie-rsa"};
     veil_keygen_params ec = {.type = VEIL_KEY_EC_P256, .label = "lie-ec"};
-    veil_keygen_params kem = {.type = VEIL_KEY_EC_P256, .label = "lie-kem",
-                              .derive = 1};
+    veil_keygen_params kem = {
+        .type = VEIL_KEY_EC_P256, .label = "lie-kem", .derive = 1};
     veil_engine *e;
     veil_key *k = NULL;
 
@@ -289,7 +289,8 @@ static void test_sign(void)
     veil_engine_free(e);
 }
 
-/* ---- public keys read from the token -------------------------------------- */
+/* ---- public keys read from the token --------------------------------------
+ */
 
 static void open_refused(const char *label, const char *l, const char *attr,
                          veil_rc code, const char *text)
@@ -358,7 +359,8 @@ static void test_ec_public(void)
                      cases[i].text);
 }
 
-/* ---- ECDH ------------------------------------------------------------------ */
+/* ---- ECDH ------------------------------------------------------------------
+ */
 
 static void derive_ok(veil_engine *e, veil_key *k, const uint8_t pt[65])
 {
@@ -395,8 +397,7 @@ static void test_ecdh(void)
         CU_ASSERT_PTR_NOT_NULL_FATAL(k);
         derive_ok(e, k, pt);
         lie(cases[i].lie, cases[i].attr);
-        said(veil_ecdh_derive(e, k, pt, 65, &z), cases[i].code,
-             cases[i].text);
+        said(veil_ecdh_derive(e, k, pt, 65, &z), cases[i].code, cases[i].text);
         CU_ASSERT_PTR_NULL(z);
         veil_secbuf_free(z);
         truth();
