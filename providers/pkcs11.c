@@ -239,6 +239,24 @@ static veil_rc pk_fail(veil_provider *p, CK_RV rv, const char *fmt, ...)
     return veil_err(rc_of(rv), prov, ckr_name(rv, buf, sizeof buf), "%s", what);
 }
 
+/* A token's answer that cannot be true (a length past the buffer, a
+ * value that is no key): VEIL_E_TOKEN, naming the token, no CKR (the
+ * token said CKR_OK). */
+static veil_rc pk_bad(veil_provider *p, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+static veil_rc pk_bad(veil_provider *p, const char *fmt, ...)
+{
+    char what[200], prov[48];
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(what, sizeof what, fmt, ap);
+    va_end(ap);
+    snprintf(prov, sizeof prov, "pkcs11 (%s)",
+             p && st_of(p)->token_label[0] ? st_of(p)->token_label : "module");
+    return veil_err(VEIL_E_TOKEN, prov, NULL, "%s", what);
+}
+
 /* ---- 2. modules ------------------------------------------------------- */
 
 struct pk_module {
@@ -387,6 +405,16 @@ static void trim(char *dst, const CK_UTF8CHAR *src, size_t n)
     dst[n] = '\0';
     while (n > 0 && dst[n - 1] == ' ')
         dst[--n] = '\0';
+}
+
+/* trim() for a token's text that is shown (messages, logs, prompts):
+ * control bytes become '?', a token's bytes are not ours to print. */
+static void trim_shown(char *dst, const CK_UTF8CHAR *src, size_t n)
+{
+    trim(dst, src, n);
+    for (char *c = dst; *c; c++)
+        if ((unsigned char)*c < 0x20 || *c == 0x7f)
+            *c = '?';
 }
 
 /* RFC 7512 puts module-name and module-path in the query ("?module-name=
@@ -853,18 +881,34 @@ static veil_rc pk_login(veil_provider *p, P11KitUri *uri)
     return VEIL_OK;
 }
 
+/* The most slots or mechanisms veil reads from a module's list. */
+#define PK_LIST_MAX 4096
+
 /* Narrows the capabilities to the token's mechanism list. */
 static void pk_read_mechs(veil_provider *p)
 {
     pk_state *s = st_of(p);
     CK_MECHANISM_TYPE *list = NULL;
-    CK_ULONG n = 0;
+    CK_ULONG n = 0, n2;
     unsigned caps = 0;
 
-    if (CALL(p, C_GetMechanismList, s->slot, NULL, &n) == CKR_OK && n > 0 &&
-        (list = calloc(n, sizeof *list)) != NULL &&
-        CALL(p, C_GetMechanismList, s->slot, list, &n) == CKR_OK) {
-        for (CK_ULONG i = 0; i < n; i++) {
+    /* A list longer than was allocated (n2 > n) is not read: the token
+     * then offers nothing but what needs no mechanism. */
+    if (CALL(p, C_GetMechanismList, s->slot, NULL, &n) != CKR_OK ||
+        n > PK_LIST_MAX)
+        n = 0;
+    if (n > 0 && (list = calloc(n, sizeof *list)) != NULL) {
+        n2 = n;
+        if (CALL(p, C_GetMechanismList, s->slot, list, &n2) != CKR_OK ||
+            n2 > n) {
+            veil_log(p->engine, VEIL_LOG_WARN,
+                     "pkcs11: %s: the mechanism list could not be read "
+                     "(%lu entries said for a list of %lu); no mechanism "
+                     "is used",
+                     s->mod->name, (unsigned long)n2, (unsigned long)n);
+            n2 = 0;
+        }
+        for (CK_ULONG i = 0; i < n2; i++) {
             CK_MECHANISM_INFO mi = {0};
             CALL(p, C_GetMechanismInfo, s->slot, list[i], &mi);
             switch (list[i]) {
@@ -917,11 +961,20 @@ static veil_rc pk_find_slot(veil_provider *p, P11KitUri *turi)
     CK_RV rv;
 
     rv = CALL(p, C_GetSlotList, CK_TRUE, NULL, &n);
+    if (rv == CKR_OK && n > PK_LIST_MAX)
+        return pk_bad(NULL, "%s says it has %lu slots (veil reads at most %d)",
+                      s->mod->name, (unsigned long)n, PK_LIST_MAX);
     if (rv == CKR_OK && n > 0) {
+        CK_ULONG size = n;
         slots = calloc(n, sizeof *slots);
         if (!slots)
             return veil_err(VEIL_E_NOMEM, PK, NULL, "out of memory");
         rv = CALL(p, C_GetSlotList, CK_TRUE, slots, &n);
+        if (rv == CKR_OK && n > size) {
+            free(slots);
+            return pk_bad(NULL, "%s returned %lu slots into a list of %lu",
+                          s->mod->name, (unsigned long)n, (unsigned long)size);
+        }
     }
     if (rv != CKR_OK) {
         free(slots);
@@ -932,7 +985,7 @@ static veil_rc pk_find_slot(veil_provider *p, P11KitUri *turi)
         char label[33];
         if (CALL(p, C_GetTokenInfo, slots[i], &ti) != CKR_OK)
             continue;
-        trim(label, ti.label, 32);
+        trim_shown(label, ti.label, 32);
         if (!(ti.flags & CKF_TOKEN_INITIALIZED))
             continue;
         if (strlen(seen) + strlen(label) + 4 < sizeof seen)
@@ -955,7 +1008,7 @@ static veil_rc pk_find_slot(veil_provider *p, P11KitUri *turi)
         return veil_err(VEIL_E_NOT_FOUND, PK, NULL,
                         "no token matching the URI in %s (tokens: %s)",
                         s->mod->name, seen[0] ? seen : "none");
-    trim(s->token_label, s->token.label, 32);
+    trim_shown(s->token_label, s->token.label, 32);
     trim(s->token_serial, s->token.serialNumber, 16);
     return VEIL_OK;
 }
@@ -969,7 +1022,7 @@ static void pk_read_quirks(veil_provider *p)
     if (CALL(p, C_GetInfo, &info) != CKR_OK)
         return;
     s->cancel_ok = info.cryptokiVersion.major >= 3;
-    trim(manuf, info.manufacturerID, 32);
+    trim_shown(manuf, info.manufacturerID, 32);
     for (size_t i = 0; i < sizeof quirk_table / sizeof quirk_table[0]; i++)
         if (strcmp(manuf, quirk_table[i].manufacturer) == 0) {
             s->quirks |= quirk_table[i].quirks;
@@ -1042,7 +1095,8 @@ static veil_rc search_modules(veil_provider *p, CK_FUNCTION_LIST **all,
         CK_ULONG n = sizeof slots / sizeof slots[0];
         int hit = 0, tokens = 0;
 
-        if (all[i]->C_GetSlotList(CK_TRUE, slots, &n) != CKR_OK)
+        if (all[i]->C_GetSlotList(CK_TRUE, slots, &n) != CKR_OK ||
+            n > sizeof slots / sizeof slots[0])
             n = 0;
         append(seen, sizeof seen, seen[0] ? "; " : "");
         append(seen, sizeof seen, mname ? mname : "?");
@@ -1054,7 +1108,7 @@ static veil_rc search_modules(veil_provider *p, CK_FUNCTION_LIST **all,
             if (all[i]->C_GetTokenInfo(slots[j], &ti) != CKR_OK ||
                 !(ti.flags & CKF_TOKEN_INITIALIZED))
                 continue;
-            trim(label, ti.label, 32);
+            trim_shown(label, ti.label, 32);
             append(seen, sizeof seen, tokens++ ? ", \"" : " \"");
             append(seen, sizeof seen, label);
             append(seen, sizeof seen, "\"");
@@ -1135,8 +1189,8 @@ static veil_rc pk_open(veil_provider *p, const char *where)
     rc = pk_find_slot(p, turi ? turi : uri);
     if (rc != VEIL_OK)
         goto out;
-    trim(manuf, s->token.manufacturerID, 32);
-    trim(model, s->token.model, 16);
+    trim_shown(manuf, s->token.manufacturerID, 32);
+    trim_shown(model, s->token.model, 16);
     snprintf(p->caps.description, sizeof p->caps.description,
              "token \"%s\" (%s %s, %.40s)", s->token_label, manuf, model,
              s->mod->name);
@@ -1186,26 +1240,68 @@ typedef struct pk_key {
     atomic_int oaep_mode[2][2];
 } pk_key;
 
+/* An attribute's name for messages ("attribute 0x..." for others). */
+static const char *attr_name(CK_ATTRIBUTE_TYPE t, char *buf, size_t size)
+{
+    switch (t) {
+    case CKA_LABEL:
+        return "CKA_LABEL";
+    case CKA_ID:
+        return "CKA_ID";
+    case CKA_MODULUS:
+        return "CKA_MODULUS";
+    case CKA_PUBLIC_EXPONENT:
+        return "CKA_PUBLIC_EXPONENT";
+    case CKA_EC_PARAMS:
+        return "CKA_EC_PARAMS";
+    case CKA_EC_POINT:
+        return "CKA_EC_POINT";
+    default:
+        snprintf(buf, size, "attribute 0x%lx", (unsigned long)t);
+        return buf;
+    }
+}
+
+/* The longest attribute value veil reads from a token (labels, ids,
+ * moduli of up to 16384 bits, EC parameters and points): a token that says
+ * more is not believed. */
+#define PK_ATTR_MAX 4096
+
 static veil_rc get_attr(veil_provider *p, CK_SESSION_HANDLE sh,
                         CK_OBJECT_HANDLE o, CK_ATTRIBUTE_TYPE t, uint8_t **val,
                         size_t *len)
 {
     CK_ATTRIBUTE a = {t, NULL, 0};
+    CK_ULONG size;
     CK_RV rv;
+    char buf[24];
 
     *val = NULL;
     *len = 0;
     rv = CALL(p, C_GetAttributeValue, sh, o, &a, 1);
     if (rv != CKR_OK || a.ulValueLen == CK_UNAVAILABLE_INFORMATION)
         return pk_fail(p, rv == CKR_OK ? CKR_ATTRIBUTE_TYPE_INVALID : rv,
-                       "cannot read attribute 0x%lx", (unsigned long)t);
-    a.pValue = malloc(a.ulValueLen ? a.ulValueLen : 1);
+                       "cannot read %s", attr_name(t, buf, sizeof buf));
+    if (a.ulValueLen > PK_ATTR_MAX)
+        return pk_bad(p,
+                      "token says %s is %lu bytes long (veil reads at most %d)",
+                      attr_name(t, buf, sizeof buf),
+                      (unsigned long)a.ulValueLen, PK_ATTR_MAX);
+    size = a.ulValueLen;
+    a.pValue = malloc(size ? size : 1);
     if (!a.pValue)
         return veil_err(VEIL_E_NOMEM, PK, NULL, "out of memory");
     rv = CALL(p, C_GetAttributeValue, sh, o, &a, 1);
+    if (rv == CKR_OK && a.ulValueLen > size) {
+        free(a.pValue);
+        return pk_bad(p,
+                      "token returned %lu bytes of %s into a %lu-byte buffer",
+                      (unsigned long)a.ulValueLen,
+                      attr_name(t, buf, sizeof buf), (unsigned long)size);
+    }
     if (rv != CKR_OK) {
         free(a.pValue);
-        return pk_fail(p, rv, "cannot read attribute 0x%lx", (unsigned long)t);
+        return pk_fail(p, rv, "cannot read %s", attr_name(t, buf, sizeof buf));
     }
     *val = a.pValue;
     *len = a.ulValueLen;
@@ -1243,6 +1339,13 @@ static veil_rc find_objects(veil_provider *p, CK_SESSION_HANDLE sh,
     }
     if (rv != CKR_OK)
         return pk_fail(p, rv, "object search failed");
+    if (*count > max) {
+        CK_ULONG said = *count;
+        *count = 0;
+        return pk_bad(p,
+                      "token returned %lu objects for a search of at most %lu",
+                      (unsigned long)said, (unsigned long)max);
+    }
     return VEIL_OK;
 }
 
@@ -1271,6 +1374,39 @@ static veil_rc pkey_from_rsa(const uint8_t *n, size_t nl, const uint8_t *e,
     EVP_PKEY_CTX_free(ctx);
     return ok ? VEIL_OK
               : veil_err_ossl(VEIL_E_KEY, PK, "token RSA public key unusable");
+}
+
+/* What a token says an RSA public key is, before it is believed: a
+ * modulus of at least 1024 bits (veil makes 2048 and more; 1024 is for
+ * conformance vectors) and odd; an exponent odd, at least 3 and below
+ * the modulus.  A 512-bit modulus or e = 1 would make every ciphertext
+ * to the key readable. */
+static veil_rc rsa_public_sane(veil_provider *p, const char *label,
+                               const uint8_t *n, size_t nl, const uint8_t *e,
+                               size_t el)
+{
+    BIGNUM *bn = BN_bin2bn(n, (int)nl, NULL), *be = BN_bin2bn(e, (int)el, NULL);
+    int bits = bn ? BN_num_bits(bn) : 0;
+    veil_rc rc = VEIL_OK;
+
+    if (!bn || !be)
+        rc = veil_err(VEIL_E_NOMEM, PK, NULL, "out of memory");
+    else if (bits < 1024 || !BN_is_odd(bn))
+        rc = veil_err(VEIL_E_KEY, PK, NULL,
+                      "token RSA key \"%s\" has a%s %d-bit modulus (veil "
+                      "takes odd moduli of 1024 bits and more)",
+                      label, BN_is_odd(bn) ? "" : "n even", bits);
+    else if (!BN_is_odd(be) || BN_cmp(be, BN_value_one()) <= 0 ||
+             BN_cmp(be, bn) >= 0)
+        rc = veil_err(VEIL_E_KEY, PK, NULL,
+                      "token RSA key \"%s\" has an unusable public exponent "
+                      "(%d bits, %s)",
+                      label, BN_num_bits(be),
+                      BN_is_odd(be) ? "1 or not below the modulus" : "even");
+    BN_free(bn);
+    BN_free(be);
+    (void)p;
+    return rc;
 }
 
 /* CKA_EC_POINT is a DER OCTET STRING around the point (some tokens give
@@ -1310,14 +1446,17 @@ static veil_rc pkey_from_ec(const uint8_t *point, size_t len, EVP_PKEY **out)
 }
 
 /* The public-key object paired with a private key (same CKA_ID, else the
- * same label). */
+ * same label); *n: how many there are (0, 1, or 2 for two or more, when
+ * none is chosen). */
 static CK_OBJECT_HANDLE find_pub(veil_provider *p, CK_SESSION_HANDLE sh,
-                                 const veil_key *k)
+                                 const veil_key *k, CK_ULONG *n_out)
 {
     CK_OBJECT_CLASS cls = CKO_PUBLIC_KEY;
     CK_ATTRIBUTE t[2] = {{CKA_CLASS, &cls, sizeof cls}};
     CK_OBJECT_HANDLE h[2];
-    CK_ULONG n = 0;
+    CK_ULONG n = 0, *nn = n_out ? n_out : &n;
+
+    *nn = 0;
 
     if (k->id_len) {
         t[1] = (CK_ATTRIBUTE){CKA_ID, (void *)k->id, k->id_len};
@@ -1326,7 +1465,9 @@ static CK_OBJECT_HANDLE find_pub(veil_provider *p, CK_SESSION_HANDLE sh,
     } else {
         return CK_INVALID_HANDLE;
     }
-    if (find_objects(p, sh, t, 2, h, 2, &n) != VEIL_OK || n != 1) {
+    if (find_objects(p, sh, t, 2, h, 2, nn) != VEIL_OK || *nn != 1) {
+        if (*nn != 2)
+            *nn = 0;
         veil_err_clear();
         return CK_INVALID_HANDLE;
     }
@@ -1342,6 +1483,7 @@ static veil_rc load_key(veil_provider *p, CK_SESSION_HANDLE sh,
     CK_ATTRIBUTE a = {CKA_KEY_TYPE, &kt, sizeof kt};
     uint8_t *v1 = NULL, *v2 = NULL;
     size_t l1, l2;
+    CK_ULONG npub = 0;
     CK_RV rv;
     veil_rc rc;
 
@@ -1361,7 +1503,7 @@ static veil_rc load_key(veil_provider *p, CK_SESSION_HANDLE sh,
     veil_err_clear();
     k->has_private = 1;
     k->persistent = get_bool(p, sh, priv, CKA_TOKEN) == 1;
-    pk->pub = find_pub(p, sh, k);
+    pk->pub = find_pub(p, sh, k, &npub);
     if (kt == CKK_RSA) {
         k->type = VEIL_KEY_RSA;
         /* The modulus and exponent are public even on sensitive keys; fall
@@ -1378,11 +1520,18 @@ static veil_rc load_key(veil_provider *p, CK_SESSION_HANDLE sh,
                 rc = get_attr(p, sh, pk->pub, CKA_PUBLIC_EXPONENT, &v2, &l2);
         }
         if (rc == VEIL_OK)
+            rc = rsa_public_sane(p, k->label, v1, l1, v2, l2);
+        if (rc == VEIL_OK)
             rc = pkey_from_rsa(v1, l1, v2, l2, &k->pub);
     } else if (kt == CKK_EC) {
         const uint8_t *pt = NULL;
         size_t pt_len = 0;
         k->type = VEIL_KEY_EC_P256;
+        if (npub > 1)
+            return veil_err(VEIL_E_AMBIGUOUS, PK, NULL,
+                            "EC key \"%s\" has more than one public-key "
+                            "object with the same id; veil does not choose",
+                            k->label);
         if (pk->pub == CK_INVALID_HANDLE)
             return veil_err(VEIL_E_KEY, PK, NULL,
                             "EC key \"%s\" has no public-key object with the "
@@ -1506,7 +1655,7 @@ static void private_key_labels(veil_provider *p, CK_SESSION_HANDLE sh,
     snprintf(out, size, "none");
     if (CALL(p, C_FindObjectsInit, sh, &t, 1) != CKR_OK)
         return;
-    if (CALL(p, C_FindObjects, sh, h, 16, &count) != CKR_OK)
+    if (CALL(p, C_FindObjects, sh, h, 16, &count) != CKR_OK || count > 16)
         count = 0;
     if (CALL(p, C_FindObjectsFinal, sh) != CKR_OK)
         session_mark(p, sh, PK_OP_FIND);
@@ -1821,6 +1970,21 @@ static CK_RV decrypt_once(veil_provider *p, CK_MECHANISM *m,
     return rv;
 }
 
+/* A token that says it wrote more than the buffer it was given holds
+ * (CK_UNAVAILABLE_INFORMATION too): nothing of it is used. */
+static veil_rc token_len_lie(veil_provider *p, veil_secbuf *buf, CK_ULONG n,
+                             size_t size)
+{
+    veil_secbuf_free(buf);
+    if (n == CK_UNAVAILABLE_INFORMATION)
+        return pk_bad(p, "token returned CKR_OK but no output length "
+                         "(CK_UNAVAILABLE_INFORMATION) for an RSA decryption");
+    return pk_bad(p,
+                  "token returned %lu bytes of RSA decryption output for a "
+                  "%zu-byte buffer",
+                  (unsigned long)n, size);
+}
+
 static veil_rc pk_rsa_decrypt(veil_provider *p, const veil_key *k,
                               const veil_oaep *oaep, const uint8_t *in,
                               size_t in_len, veil_secbuf **out)
@@ -1850,6 +2014,8 @@ static veil_rc pk_rsa_decrypt(veil_provider *p, const veil_key *k,
     if (mode == OAEP_NATIVE) {
         rv = decrypt_once(p, &m_oaep, pk->priv, in, in_len,
                           veil_secbuf_data(buf), &n, &init_rv);
+        if (rv == CKR_OK && n > kbytes)
+            return token_len_lie(p, buf, n, kbytes);
         if (rv == CKR_OK) {
             veil_secbuf_truncate(buf, n);
             *out = buf;
@@ -1864,7 +2030,9 @@ static veil_rc pk_rsa_decrypt(veil_provider *p, const veil_key *k,
         }
         rv = decrypt_once(p, &m_raw, pk->priv, in, in_len,
                           veil_secbuf_data(buf), &n, &init_rv);
-        if (rv == CKR_OK && n <= kbytes) {
+        if (rv == CKR_OK && n > kbytes)
+            return token_len_lie(p, buf, n, kbytes);
+        if (rv == CKR_OK) {
             /* Tokens may strip leading zeros: realign without a branch
              * on n (veil_ct_right_align says why). */
             veil_ct_right_align(veil_secbuf_data(buf), n, kbytes);
@@ -1901,10 +2069,11 @@ static veil_rc pk_ecdsa_sign(veil_provider *p, const veil_key *k,
     CK_ULONG rs_len = sizeof rs;
     CK_SESSION_HANDLE sh;
     ECDSA_SIG *es;
+    EVP_PKEY_CTX *vc;
     unsigned char *q = sig;
     CK_RV rv, init_rv;
     veil_rc rc;
-    int n;
+    int n, ok;
 
     if (!EVP_Digest(msg, len, digest, NULL, EVP_sha256(), NULL))
         return veil_err_ossl(VEIL_E_CRYPTO, PK, "SHA-256");
@@ -1932,6 +2101,17 @@ static veil_rc pk_ecdsa_sign(veil_provider *p, const veil_key *k,
     ECDSA_SIG_free(es);
     if (n <= 0 || (size_t)n > *sig_len)
         return veil_err(VEIL_E_BUFFER, PK, NULL, "signature buffer too small");
+    /* The token's signature is checked with the key's public half before
+     * anyone sees it: a wrong one (all zeros, a bit off) is not handed
+     * out as veil's. */
+    vc = EVP_PKEY_CTX_new_from_pkey(NULL, k->pub, NULL);
+    ok = vc && EVP_PKEY_verify_init(vc) > 0 &&
+         EVP_PKEY_verify(vc, sig, (size_t)n, digest, sizeof digest) == 1;
+    EVP_PKEY_CTX_free(vc);
+    ERR_clear_error();
+    if (!ok)
+        return pk_bad(p, "the token's ECDSA signature does not verify with "
+                         "the key's public half");
     *sig_len = (size_t)n;
     return VEIL_OK;
 }
@@ -1967,6 +2147,7 @@ static veil_rc pk_ecdh_derive(veil_provider *p, const veil_key *k,
     CK_SESSION_HANDLE sh;
     veil_secbuf *out = NULL;
     CK_ATTRIBUTE val = {CKA_VALUE, NULL, 0};
+    CK_ULONG z_len = VEIL_ECDH_P256_Z_LEN; /* what the token said, if not */
     CK_RV rv;
     veil_rc rc;
 
@@ -1984,8 +2165,10 @@ static veil_rc pk_ecdh_derive(veil_provider *p, const veil_key *k,
         val.pValue = veil_secbuf_data(out);
         val.ulValueLen = VEIL_ECDH_P256_Z_LEN;
         rv = CALL(p, C_GetAttributeValue, sh, obj, &val, 1);
-        if (rv == CKR_OK && val.ulValueLen != VEIL_ECDH_P256_Z_LEN)
+        if (rv == CKR_OK && val.ulValueLen != VEIL_ECDH_P256_Z_LEN) {
+            z_len = val.ulValueLen;
             rv = CKR_ATTRIBUTE_VALUE_INVALID;
+        }
         if (CALL(p, C_DestroyObject, sh, obj) != CKR_OK)
             veil_log(p->engine, VEIL_LOG_WARN,
                      "pkcs11: %s: a derived ECDH secret could not be "
@@ -2000,6 +2183,14 @@ static veil_rc pk_ecdh_derive(veil_provider *p, const veil_key *k,
                  "pkcs11: %s lists CKM_ECDH1_DERIVE but refuses it; ECDH "
                  "is no longer offered for this token",
                  p->caps.description);
+    }
+    if (z_len != VEIL_ECDH_P256_Z_LEN) {
+        veil_secbuf_free(out);
+        if (z_len == CK_UNAVAILABLE_INFORMATION)
+            return pk_bad(p, "token returned CKR_OK but no length for the "
+                             "derived ECDH secret");
+        return pk_bad(p, "token returned a %lu-byte ECDH secret (P-256: %d)",
+                      (unsigned long)z_len, VEIL_ECDH_P256_Z_LEN);
     }
     if (rv != CKR_OK) {
         veil_secbuf_free(out);
