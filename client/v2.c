@@ -799,12 +799,21 @@ static veil_client_status attempt(veil_client *c, const veil_cl_v2_call *k,
     return st;
 }
 
+/* The same key: ID, KEM and public key. */
+static int same_config(const veil_ohttp_keyconfig *a,
+                       const veil_ohttp_keyconfig *b)
+{
+    return a->key_id == b->key_id && a->kem == b->kem &&
+           a->pk_len == b->pk_len && memcmp(a->pk, b->pk, a->pk_len) == 0;
+}
+
 veil_client_status veil_cl_v2_send(veil_client *c, const veil_cl_v2_call *k,
                                    cJSON **response, veil_client_error *err)
 {
     veil_secbuf *req = NULL;
     unsigned long stale = 0;
     int refetched = 0;
+    veil_ohttp_keyconfig refused = {0}; /* what the uniform 400 answered */
     veil_client_status st = inner_encode(k, &req, err);
     *response = NULL;
     for (unsigned n = 0; st == VEIL_CLIENT_OK;) {
@@ -825,6 +834,20 @@ veil_client_status veil_cl_v2_send(veil_client *c, const veil_cl_v2_call *k,
             veil_cl_wait_retry(c, ++n, fs, -1, k->stats);
             st = VEIL_CLIENT_OK;
             continue;
+        }
+        /* The gateway still publishes the configuration it could not
+         * open a request for: the 400 was no stale key, so nothing says
+         * the request was not processed (a relay may have passed it on
+         * and answered 400 itself); RFC 9458 6.5: not sent again. */
+        if (refetched && same_config(&refused, &kc.kc)) {
+            st = veil_cl_fail(err, VEIL_CLIENT_E_SECURITY, 400, VEIL_E_DECRYPT,
+                              "the gateway could not open the request, yet "
+                              "still publishes the key configuration it was "
+                              "sealed to; not sent again, as it may have "
+                              "been processed (uniform 400 from a tampering "
+                              "or replaying relay, or a gateway that cannot "
+                              "open what it publishes)");
+            break;
         }
         /* maximum: the KEM key must be certified by the enrolled AK */
         if (k->tier && strcmp(k->tier, "maximum") == 0 &&
@@ -848,6 +871,7 @@ veil_client_status veil_cl_v2_send(veil_client *c, const veil_cl_v2_call *k,
                       "the gateway could not open the request; refetching "
                       "its key configuration and sending once more");
             refetched = 1;
+            refused = kc.kc;
             stale = kc.gen;
             st = VEIL_CLIENT_OK;
             continue;

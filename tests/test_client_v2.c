@@ -794,6 +794,7 @@ typedef struct stand_in {
     const char *keys_cache; /* the keys' Cache-Control and Age, or NULL */
     const char *keys_cache2; /* a second Cache-Control line, or NULL */
     const char *keys_age;
+    int rotate_keys; /* each GET answers a new key ID (a rotation) */
 } stand_in;
 
 static stand_in si;
@@ -980,6 +981,14 @@ static enum MHD_Result si_handle(void *ctx, struct MHD_Connection *conn,
     size_t sig_len = sizeof sig;
     char hex[65], st[256], *b64, fp[80];
     long long now = (long long)time(NULL);
+    if (s->rotate_keys) {
+        s->kc.key_id = (uint8_t)(7 + atomic_load(&s->gets));
+        free(s->keys);
+        s->keys = NULL;
+        if (veil_ohttp_keys_encode(&s->kc, 1, &s->keys, &s->keys_len) !=
+            VEIL_OK)
+            return MHD_NO;
+    }
     SHA256(s->keys, s->keys_len, h);
     veil_hex(h, 32, hex);
     int n = snprintf(st, sizeof st,
@@ -1081,8 +1090,43 @@ static void test_bad_signature(void)
     veil_client_free(c);
 }
 
-/* The uniform 400 twice: one refetch, one retry, then a security error. */
+/* The uniform 400 twice: one refetch (a new key ID: the gateway rotated),
+ * one retry, then a security error. */
 static void test_uniform_twice(void)
+{
+    char url[64];
+    veil_chat_stats stats;
+    veil_client_error err;
+    int ok;
+    stand_in_url(url, sizeof url);
+    si.not_after = (long long)time(NULL) + 3600;
+    si.bad_signature = 0;
+    si.post = POST_UNIFORM;
+    si.rotate_keys = 1;
+    atomic_store(&si.posts, 0);
+    atomic_store(&si.gets, 0);
+    veil_client *c = client_for(url, VEIL_CLIENT_PROTOCOL_V2);
+    CU_ASSERT_EQUAL(chat(c, &stats, &err, &ok), VEIL_CLIENT_E_SECURITY);
+    CU_ASSERT(strstr(err.detail, "could not open the request twice") != NULL);
+    CU_ASSERT_EQUAL(err.http_status, 400);
+    CU_ASSERT_EQUAL(atomic_load(&si.posts), 2);
+    CU_ASSERT_EQUAL(atomic_load(&si.gets), 2);
+    CU_ASSERT_EQUAL(stats.attempts, 2);
+    veil_client_free(c);
+    si.rotate_keys = 0;
+    si.kc.key_id = 7;
+    free(si.keys);
+    si.keys = NULL;
+    CU_ASSERT_EQUAL(veil_ohttp_keys_encode(&si.kc, 1, &si.keys, &si.keys_len),
+                    VEIL_OK);
+}
+
+/* The uniform 400, and the refetched configuration is the one the request
+ * was sealed to: the 400 was no stale key (a relay may have passed the
+ * request on and answered 400 itself, or replayed it to get the gateway's
+ * replay refusal), so nothing says the request was not processed.  RFC
+ * 9458 6.5: not sent again; one POST, a security error saying why. */
+static void test_uniform_same_key(void)
 {
     char url[64];
     veil_chat_stats stats;
@@ -1096,11 +1140,12 @@ static void test_uniform_twice(void)
     atomic_store(&si.gets, 0);
     veil_client *c = client_for(url, VEIL_CLIENT_PROTOCOL_V2);
     CU_ASSERT_EQUAL(chat(c, &stats, &err, &ok), VEIL_CLIENT_E_SECURITY);
-    CU_ASSERT(strstr(err.detail, "could not open the request twice") != NULL);
+    CU_ASSERT(strstr(err.detail, "still publishes the key configuration") !=
+              NULL);
+    CU_ASSERT(strstr(err.detail, "not sent again") != NULL);
     CU_ASSERT_EQUAL(err.http_status, 400);
-    CU_ASSERT_EQUAL(atomic_load(&si.posts), 2);
+    CU_ASSERT_EQUAL(atomic_load(&si.posts), 1);
     CU_ASSERT_EQUAL(atomic_load(&si.gets), 2);
-    CU_ASSERT_EQUAL(stats.attempts, 2);
     veil_client_free(c);
 }
 
@@ -1724,6 +1769,8 @@ int main(void)
         {"stand-in: an expired statement", test_expired_statement},
         {"stand-in: a bad signature", test_bad_signature},
         {"stand-in: the uniform 400 twice", test_uniform_twice},
+        {"stand-in: the uniform 400, the same key: not sent again",
+         test_uniform_same_key},
         {"stand-in: answer signatures", test_answer_signatures},
         {"stand-in: answers that are not encapsulated", test_not_encapsulated},
         {"stand-in: the inner authority", test_inner_authority},
