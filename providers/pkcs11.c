@@ -223,20 +223,35 @@ static CK_RV pk_done(veil_provider *p, const char *fn, CK_RV rv)
             st_of(p)->f->fn ? st_of(p)->f->fn(__VA_ARGS__)                     \
                             : CKR_FUNCTION_NOT_SUPPORTED)
 
+/* Records an error of the token: code, "pkcs11 (token)", CKR name or
+ * NULL. */
+static veil_rc pk_verr(veil_provider *p, veil_rc code, const char *ckr,
+                       const char *fmt, va_list ap)
+    __attribute__((format(printf, 4, 0)));
+static veil_rc pk_verr(veil_provider *p, veil_rc code, const char *ckr,
+                       const char *fmt, va_list ap)
+{
+    char what[200], prov[48];
+
+    vsnprintf(what, sizeof what, fmt, ap);
+    snprintf(prov, sizeof prov, "pkcs11 (%s)",
+             p && st_of(p)->token_label[0] ? st_of(p)->token_label : "module");
+    return veil_err(code, prov, ckr, "%s", what);
+}
+
 /* Records a PKCS#11 failure: code, "pkcs11 (token)", CKR name. */
 static veil_rc pk_fail(veil_provider *p, CK_RV rv, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 static veil_rc pk_fail(veil_provider *p, CK_RV rv, const char *fmt, ...)
 {
-    char what[200], buf[24], prov[48];
+    char buf[24];
     va_list ap;
+    veil_rc rc;
 
     va_start(ap, fmt);
-    vsnprintf(what, sizeof what, fmt, ap);
+    rc = pk_verr(p, rc_of(rv), ckr_name(rv, buf, sizeof buf), fmt, ap);
     va_end(ap);
-    snprintf(prov, sizeof prov, "pkcs11 (%s)",
-             p && st_of(p)->token_label[0] ? st_of(p)->token_label : "module");
-    return veil_err(rc_of(rv), prov, ckr_name(rv, buf, sizeof buf), "%s", what);
+    return rc;
 }
 
 /* A token's answer that cannot be true (a length past the buffer, a
@@ -246,15 +261,13 @@ static veil_rc pk_bad(veil_provider *p, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 static veil_rc pk_bad(veil_provider *p, const char *fmt, ...)
 {
-    char what[200], prov[48];
     va_list ap;
+    veil_rc rc;
 
     va_start(ap, fmt);
-    vsnprintf(what, sizeof what, fmt, ap);
+    rc = pk_verr(p, VEIL_E_TOKEN, NULL, fmt, ap);
     va_end(ap);
-    snprintf(prov, sizeof prov, "pkcs11 (%s)",
-             p && st_of(p)->token_label[0] ? st_of(p)->token_label : "module");
-    return veil_err(VEIL_E_TOKEN, prov, NULL, "%s", what);
+    return rc;
 }
 
 /* ---- 2. modules ------------------------------------------------------- */
