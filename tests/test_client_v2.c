@@ -1054,6 +1054,18 @@ static void stand_in_url(char *out, size_t size)
     snprintf(out, size, "http://127.0.0.1:%u", si.http.port);
 }
 
+/* The stand-in as most cases want it: a statement valid for an hour,
+ * signed right, `post` the POSTs' answer, nothing counted yet; its URL. */
+static void si_ready(char *url, size_t size, int post)
+{
+    stand_in_url(url, size);
+    si.not_after = (long long)time(NULL) + 3600;
+    si.bad_signature = 0;
+    si.post = post;
+    atomic_store(&si.posts, 0);
+    atomic_store(&si.gets, 0);
+}
+
 /* A statement whose not_after has passed: refused, nothing posted. */
 static void test_expired_statement(void)
 {
@@ -1098,13 +1110,8 @@ static void test_uniform_twice(void)
     veil_chat_stats stats;
     veil_client_error err;
     int ok;
-    stand_in_url(url, sizeof url);
-    si.not_after = (long long)time(NULL) + 3600;
-    si.bad_signature = 0;
-    si.post = POST_UNIFORM;
+    si_ready(url, sizeof url, POST_UNIFORM);
     si.rotate_keys = 1;
-    atomic_store(&si.posts, 0);
-    atomic_store(&si.gets, 0);
     veil_client *c = client_for(url, VEIL_CLIENT_PROTOCOL_V2);
     CU_ASSERT_EQUAL(chat(c, &stats, &err, &ok), VEIL_CLIENT_E_SECURITY);
     CU_ASSERT(strstr(err.detail, "could not open the request twice") != NULL);
@@ -1132,12 +1139,7 @@ static void test_uniform_same_key(void)
     veil_chat_stats stats;
     veil_client_error err;
     int ok;
-    stand_in_url(url, sizeof url);
-    si.not_after = (long long)time(NULL) + 3600;
-    si.bad_signature = 0;
-    si.post = POST_UNIFORM;
-    atomic_store(&si.posts, 0);
-    atomic_store(&si.gets, 0);
+    si_ready(url, sizeof url, POST_UNIFORM);
     veil_client *c = client_for(url, VEIL_CLIENT_PROTOCOL_V2);
     CU_ASSERT_EQUAL(chat(c, &stats, &err, &ok), VEIL_CLIENT_E_SECURITY);
     CU_ASSERT(strstr(err.detail, "still publishes the key configuration") !=
@@ -1314,10 +1316,7 @@ static void test_maximum_without_quote(void)
 {
     static const char *const tiers[] = {"maximum", "high"};
     char url[64];
-    stand_in_url(url, sizeof url);
-    si.not_after = (long long)time(NULL) + 3600;
-    si.bad_signature = 0;
-    si.post = POST_SIGNED;
+    si_ready(url, sizeof url, POST_SIGNED);
     for (size_t i = 0; i < 2; i++) {
         veil_client *c = client_for(url, VEIL_CLIENT_PROTOCOL_V2);
         veil_request_opts opts = {.security_tier = tiers[i]};
@@ -1347,10 +1346,7 @@ static void test_keys_503_retried(void)
     static const veil_client_protocol protos[] = {VEIL_CLIENT_PROTOCOL_V2,
                                                   VEIL_CLIENT_PROTOCOL_AUTO};
     char url[64];
-    stand_in_url(url, sizeof url);
-    si.not_after = (long long)time(NULL) + 3600;
-    si.bad_signature = 0;
-    si.post = POST_SIGNED;
+    si_ready(url, sizeof url, POST_SIGNED);
     for (size_t i = 0; i < 2; i++) {
         veil_client_config cfg;
         veil_chat_stats stats;
@@ -1453,10 +1449,7 @@ static void test_keys_freshness(void)
                  {"max-age=3600", "no-transform", NULL, 1},
                  {"public", "max-age=0", NULL, 2}};
     char url[64];
-    stand_in_url(url, sizeof url);
-    si.not_after = (long long)time(NULL) + 3600;
-    si.bad_signature = 0;
-    si.post = POST_SIGNED;
+    si_ready(url, sizeof url, POST_SIGNED);
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         veil_chat_stats stats;
         veil_client_error err;
@@ -1491,11 +1484,7 @@ static void test_no_retry_after_drop(void)
     veil_chat_stats stats;
     veil_client_error err;
     int ok;
-    stand_in_url(url, sizeof url);
-    si.not_after = (long long)time(NULL) + 3600;
-    si.bad_signature = 0;
-    si.post = POST_DROP;
-    atomic_store(&si.posts, 0);
+    si_ready(url, sizeof url, POST_DROP);
     veil_client *c = client_for(url, VEIL_CLIENT_PROTOCOL_V2);
     CU_ASSERT_EQUAL(chat(c, &stats, &err, &ok), VEIL_CLIENT_E_CONNECTION);
     CU_ASSERT_EQUAL(atomic_load(&si.posts), 1);
