@@ -26,7 +26,10 @@
  * session: the bus is not protected, docs/ATTESTATION.md).
  *
  * ecdh_derive is TPM2_ECDH_ZGen: Z is the x-coordinate of the answer, the
- * TPM's answer is wiped.  key_delete (and key_release) is TPM2_FlushContext:
+ * TPM's answer is wiped.  What the TPM answers is checked before it is
+ * used (a made key's public area, the ZGen point: veil_tpm2_check_public,
+ * veil_tpm2_z; docs/PROVIDERS.md, "What veil checks of the TPM's
+ * answers").  key_delete (and key_release) is TPM2_FlushContext:
  * the key is gone from the TPM, which is what forward secrecy asks of a
  * rotated KEM key.  The keys cannot be opened by reference or listed: they
  * live as long as their handle.

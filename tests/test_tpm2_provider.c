@@ -5,7 +5,8 @@
  * deleted (or released) key is gone from the TPM; the references, key
  * kinds and operations it does not offer are refused by name; a lent ESYS
  * context (veild's TPM module's hook, engine/tpm2_hook.h) is used, and
- * after it is withdrawn the provider says so. */
+ * after it is withdrawn the provider says so.  The checks of the TPM's
+ * answers refuse what a lying TPM could say (hand-made ESAPI structs). */
 #include <pthread.h>
 #include <stdint.h>
 #include <string.h>
