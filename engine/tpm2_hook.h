@@ -15,6 +15,8 @@
 #include <pthread.h>
 #include <stdint.h>
 
+#include <openssl/evp.h>
+
 #include "veil/engine.h"
 
 #pragma GCC visibility push(hidden)
@@ -27,6 +29,18 @@ void veil_engine_tpm2_lend(veil_engine *e, void *esys, pthread_mutex_t *lock);
  * already destroyed).  The caller holds the lock to use it. */
 veil_rc veil_tpm2_key_object(const veil_key *k, const void *esys,
                              uint32_t *esys_tr);
+
+/* The checks of the TPM's answers in providers/tpm2.c, apart for the
+ * unit tests (tests/test_tpm2_provider.c).  The public area of a key the
+ * TPM made: an ECC P-256 key with the attributes asked for and a point on
+ * the curve (32-byte coordinates), its public key in *pkey; else
+ * VEIL_E_PROVIDER. */
+struct TPM2B_PUBLIC;
+veil_rc veil_tpm2_check_public(const struct TPM2B_PUBLIC *pub, EVP_PKEY **pkey);
+/* Z from TPM2_ECDH_ZGen's answer: its x-coordinate, when the answer is a
+ * P-256 point with 32-byte coordinates; else VEIL_E_PROVIDER. */
+struct TPM2B_ECC_POINT;
+veil_rc veil_tpm2_z(const struct TPM2B_ECC_POINT *out, veil_secbuf **z);
 
 #pragma GCC visibility pop
 

@@ -408,8 +408,8 @@ static int key_load(gw_tpm *t, const gw_tpm_options *opt, char *err,
     /* One certification now: a wrong auth value shows at start-up, not as
      * an authorization failure (and a step towards dictionary-attack
      * lockout) in every answer. */
-    if (tpm_certify(t, t->key, t->ak, zero, &info, &sig, msg, sizeof msg) !=
-        0) {
+    if (tpm_certify(t, t->key, t->ak, t->ak_key, zero, &info, &sig, msg,
+                    sizeof msg) != 0) {
         gw_put_err(err, err_size, "%s (of tss2_key; is its auth right?)", msg);
         goto out;
     }
@@ -551,6 +551,11 @@ static int open_ak(gw_tpm *t, int rotate, char *err, size_t err_size)
               tpm_now_ms() - t0);
     if (tpm_object_name(t, t->ak, &name, err, err_size) != 0)
         goto out;
+    /* tpm_ak_make checked the public area: NULL is no memory */
+    if (!(t->ak_key = tpm_pkey_from_public(&ak_pub->publicArea))) {
+        gw_put_err(err, err_size, "TPM: out of memory");
+        goto out;
+    }
     if (!(t->ak_pub_b64 = tpm_b64_public(ak_pub)) ||
         !(t->ak_name_hex = tpm_hex(name->name, name->size))) {
         gw_put_err(err, err_size, "TPM: out of memory");
@@ -662,6 +667,7 @@ void gw_tpm_free(gw_tpm *t)
     free(t->ek_pub_b64);
     free(t->ek_spki_b64);
     free(t->ek_cert_b64);
+    EVP_PKEY_free(t->ak_key);
     free(t->ak_pub_b64);
     free(t->ak_name_hex);
     free(t->key_pub_b64);

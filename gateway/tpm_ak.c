@@ -74,8 +74,17 @@ int tpm_ek_make(gw_tpm *t, char *err, size_t err_size)
     }
     veil_logf(&t->log, VEIL_LOG_DEBUG, "TPM: EK created in %.0f ms",
               tpm_now_ms() - t0);
-    pkey = tpm_pkey_from_public(&pub->publicArea);
-    if (!pkey || (spki_len = i2d_PUBKEY(pkey, &spki)) <= 0 ||
+    /* the key asked for: RSA 2048 (tpm_pkey_from_public checks the
+     * modulus and the exponent); its salts protect the sessions */
+    if (pub->publicArea.type != TPM2_ALG_RSA ||
+        pub->publicArea.parameters.rsaDetail.keyBits != 2048 ||
+        !(pkey = tpm_pkey_from_public(&pub->publicArea))) {
+        gw_put_err(err, err_size,
+                   "TPM: the EK's public area is not the RSA 2048 key of "
+                   "the default template");
+        goto out;
+    }
+    if ((spki_len = i2d_PUBKEY(pkey, &spki)) <= 0 ||
         !(t->ek_pub_b64 = tpm_b64_public(pub)) ||
         !(t->ek_spki_b64 = veil_b64_encode(spki, (size_t)spki_len))) {
         gw_put_err(err, err_size, "TPM: EK public key: encoding failed");
@@ -271,6 +280,7 @@ int tpm_ak_make(gw_tpm *t, const uint8_t *unique, const uint8_t *auth,
         .sensitive.userAuth = {.size = TPM_AK_AUTH_LEN}};
     TPM2B_DATA outside = {0};
     TPML_PCR_SELECTION no_pcrs = {0};
+    EVP_PKEY *check = NULL;
     TSS2_RC rc;
     int ret = -1;
 
@@ -301,16 +311,27 @@ int tpm_ak_make(gw_tpm *t, const uint8_t *unique, const uint8_t *auth,
         tpm_put_rc(err, err_size, "creating an attestation key", rc);
         goto out;
     }
-    rc = Esys_TR_SetAuth(t->ctx, *ak, &sens.sensitive.userAuth);
-    if (rc != TSS2_RC_SUCCESS) {
+    /* the key asked for: ECC P-256 with a point on the curve, the type
+     * read before the union (tpm_pkey_from_public) */
+    if ((*pub)->publicArea.type == TPM2_ALG_ECC &&
+        (check = tpm_pkey_from_public(&(*pub)->publicArea)) != NULL)
+        ret = 0;
+    EVP_PKEY_free(check);
+    if (ret != 0)
+        gw_put_err(err, err_size,
+                   "TPM: the attestation key's public area is not an ECC "
+                   "P-256 key");
+    else if ((rc = Esys_TR_SetAuth(t->ctx, *ak, &sens.sensitive.userAuth)) !=
+             TSS2_RC_SUCCESS) {
         tpm_put_rc(err, err_size, "the attestation key's auth", rc);
+        ret = -1;
+    }
+    if (ret != 0) {
         Esys_FlushContext(t->ctx, *ak);
         *ak = ESYS_TR_NONE;
         Esys_Free(*pub);
         *pub = NULL;
-        goto out;
     }
-    ret = 0;
 out:
     veil_wipe(&sens, sizeof sens);
     return ret;

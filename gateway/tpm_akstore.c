@@ -200,6 +200,7 @@ int tpm_ak_rotate(gw_tpm *t, tpm_akstate *s, char *err, size_t err_size)
     TPM2B_NAME *old_name = NULL, *fresh_name = NULL;
     TPM2B_ATTEST *info = NULL;
     TPMT_SIGNATURE *sig = NULL;
+    EVP_PKEY *old_key = NULL;
     tpm_akstate next = {0};
     uint8_t qual[32];
     int ret = -1;
@@ -222,7 +223,12 @@ int tpm_ak_rotate(gw_tpm *t, tpm_akstate *s, char *err, size_t err_size)
         goto out;
     /* the qualifying data the client checks (protocol/evidence.c) */
     veil_ev_handover_qualifying(fresh_name->name, fresh_name->size, qual);
-    if (tpm_certify(t, fresh, old, qual, &info, &sig, err, err_size) != 0)
+    if (!(old_key = tpm_pkey_from_public(&old_pub->publicArea))) {
+        gw_put_err(err, err_size, "TPM: out of memory");
+        goto out;
+    }
+    if (tpm_certify(t, fresh, old, old_key, qual, &info, &sig, err, err_size) !=
+        0)
         goto out;
     if (!(next.previous_pub_b64 = tpm_b64_public(old_pub)) ||
         !(next.previous_name_hex = tpm_hex(old_name->name, old_name->size)) ||
@@ -244,6 +250,7 @@ out:
         Esys_FlushContext(t->ctx, old);
     if (fresh != ESYS_TR_NONE)
         Esys_FlushContext(t->ctx, fresh);
+    EVP_PKEY_free(old_key);
     Esys_Free(old_pub);
     Esys_Free(fresh_pub);
     Esys_Free(old_name);

@@ -71,6 +71,7 @@ struct gw_tpm {
     const char *state_dir;
     tpm_akstate akstate;
     ESYS_TR ak;
+    EVP_PKEY *ak_key; /* its public key, to check what it signs */
     char *ak_pub_b64;
     char *ak_name_hex;
 
@@ -113,8 +114,20 @@ void tpm_sessions_drop(gw_tpm *t);
 char *tpm_b64_public(const TPM2B_PUBLIC *pub);
 /* Base64 of a marshaled TPMT_SIGNATURE, malloc'd; NULL on failure. */
 char *tpm_b64_signature(const TPMT_SIGNATURE *sig);
-/* The public key of an RSA or ECC P-256 TPM object; NULL on failure. */
+/* The public key of an RSA or ECC P-256 TPM object; NULL on failure and
+ * for what a TPM does not make: an RSA modulus not of keyBits (2048 or
+ * more) bits or even, an exponent even or 1, ECC coordinates not of 32
+ * bytes or a point off the curve. */
 EVP_PKEY *tpm_pkey_from_public(const TPMT_PUBLIC *p);
+/* Checks what the TPM signed before it goes out as veil's evidence: sig
+ * is ECDSA-SHA256 by `signer` over info, which is a TPMS_ATTEST the TPM
+ * made (magic) of `type`, with extraData `qualifying`, and for a
+ * certification (name not NULL) of the object of that name.  *out: info
+ * unmarshaled.  0, or -1 with err. */
+int tpm_attest_check(EVP_PKEY *signer, const TPM2B_ATTEST *info,
+                     const TPMT_SIGNATURE *sig, TPM2_ST type,
+                     const uint8_t qualifying[32], const TPM2B_NAME *name,
+                     TPMS_ATTEST *out, char *err, size_t err_size);
 
 /* ---- tpm_ak.c ----------------------------------------------------------- */
 
@@ -144,8 +157,9 @@ int tpm_object_name(gw_tpm *t, ESYS_TR obj, TPM2B_NAME **name, char *err,
 int tpm_pcr_read(gw_tpm *t, uint8_t (*values)[32], char *err, size_t err_size);
 /* TPM2_Certify of obj by signer, in the salted HMAC sessions (obj's in
  * [0]: its auth value never crosses to the TPM, the qualifying data and
- * the answer encrypted).  0, or -1 with err. */
-int tpm_certify(gw_tpm *t, ESYS_TR obj, ESYS_TR signer,
+ * the answer encrypted), checked with tpm_attest_check (signer_key: the
+ * signer's public key).  0, or -1 with err. */
+int tpm_certify(gw_tpm *t, ESYS_TR obj, ESYS_TR signer, EVP_PKEY *signer_key,
                 const uint8_t qualifying[32], TPM2B_ATTEST **info,
                 TPMT_SIGNATURE **sig, char *err, size_t err_size);
 

@@ -10,6 +10,7 @@
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include <cjson/cJSON.h>
 #include <tss2/tss2_esys.h>
@@ -77,7 +78,19 @@ gw_rc gw_tpm_certify_kem(gw_tpm *t, const veil_key *kem, uint8_t key_id,
         tpm_put_rc(err, err_size, "ReadPublic (KEM key)", rc);
         goto out;
     }
-    if (tpm_certify(t, obj, t->ak, qualifying, &info, &sig, err, err_size) != 0)
+    /* the public area published must be the KEM key's (pk: 0x04 || x || y) */
+    if (pub->publicArea.type != TPM2_ALG_ECC || pk_len != 65 ||
+        pub->publicArea.unique.ecc.x.size != 32 ||
+        pub->publicArea.unique.ecc.y.size != 32 ||
+        memcmp(pub->publicArea.unique.ecc.x.buffer, pk + 1, 32) != 0 ||
+        memcmp(pub->publicArea.unique.ecc.y.buffer, pk + 33, 32) != 0) {
+        gw_put_err(err, err_size,
+                   "TPM: ReadPublic (KEM key): not the public key of the KEM "
+                   "key");
+        goto out;
+    }
+    if (tpm_certify(t, obj, t->ak, t->ak_key, qualifying, &info, &sig, err,
+                    err_size) != 0)
         goto out;
     *json = certify_json(t, key_id, info, sig, pub);
     grc = *json ? GW_OK : GW_NOMEM;

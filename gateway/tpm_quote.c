@@ -150,9 +150,10 @@ int tpm_pcr_read(gw_tpm *t, uint8_t (*values)[32], char *err, size_t err_size)
  * PCR can be extended between the read and the quote; the values are then
  * read and quoted once more, and a second mismatch is an error (a verifier
  * would refuse the evidence). */
-static int quote_pcrs(gw_tpm *t, ESYS_TR ak, const uint8_t qualifying[32],
-                      uint8_t (*values)[32], TPM2B_ATTEST **quoted,
-                      TPMT_SIGNATURE **sig, char *err, size_t err_size)
+static int quote_pcrs(gw_tpm *t, ESYS_TR ak, EVP_PKEY *ak_key,
+                      const uint8_t qualifying[32], uint8_t (*values)[32],
+                      TPM2B_ATTEST **quoted, TPMT_SIGNATURE **sig, char *err,
+                      size_t err_size)
 {
     TPM2B_DATA qd = qualifying_data(qualifying);
     TPML_PCR_SELECTION sel;
@@ -160,7 +161,6 @@ static int quote_pcrs(gw_tpm *t, ESYS_TR ak, const uint8_t qualifying[32],
     selection_of(&t->sel, &sel);
     for (int attempt = 0; attempt < 2; attempt++) {
         TPMS_ATTEST info;
-        size_t off = 0;
         uint8_t digest[32];
         unsigned dlen = 0;
         EVP_MD_CTX *md;
@@ -179,11 +179,12 @@ static int quote_pcrs(gw_tpm *t, ESYS_TR ak, const uint8_t qualifying[32],
             tpm_put_rc(err, err_size, "quote", rc);
             return -1;
         }
-        rc = Tss2_MU_TPMS_ATTEST_Unmarshal((*quoted)->attestationData,
-                                           (*quoted)->size, &off, &info);
+        /* the signature, the statement and the qualifying data first */
+        if (tpm_attest_check(ak_key, *quoted, *sig, TPM2_ST_ATTEST_QUOTE,
+                             qualifying, NULL, &info, err, err_size) != 0)
+            goto fail;
         md = EVP_MD_CTX_new();
-        if (rc != TSS2_RC_SUCCESS || !md ||
-            EVP_DigestInit_ex(md, EVP_sha256(), NULL) != 1 ||
+        if (!md || EVP_DigestInit_ex(md, EVP_sha256(), NULL) != 1 ||
             EVP_DigestUpdate(md, values, 32u * t->sel.n) != 1 ||
             EVP_DigestFinal_ex(md, digest, &dlen) != 1) {
             EVP_MD_CTX_free(md);
@@ -191,8 +192,7 @@ static int quote_pcrs(gw_tpm *t, ESYS_TR ak, const uint8_t qualifying[32],
             goto fail;
         }
         EVP_MD_CTX_free(md);
-        same = info.type == TPM2_ST_ATTEST_QUOTE &&
-               info.attested.quote.pcrDigest.size == 32 &&
+        same = info.attested.quote.pcrDigest.size == 32 &&
                memcmp(info.attested.quote.pcrDigest.buffer, digest, 32) == 0;
         if (same)
             return 0;
@@ -216,23 +216,42 @@ fail:
 }
 
 /* TPM2_Certify of `obj` by `signer`, each in a salted HMAC session. */
-int tpm_certify(gw_tpm *t, ESYS_TR obj, ESYS_TR signer,
+int tpm_certify(gw_tpm *t, ESYS_TR obj, ESYS_TR signer, EVP_PKEY *signer_key,
                 const uint8_t qualifying[32], TPM2B_ATTEST **info,
                 TPMT_SIGNATURE **sig, char *err, size_t err_size)
 {
     TPM2B_DATA qd = qualifying_data(qualifying);
+    TPM2B_NAME *name = NULL;
+    TPMS_ATTEST a;
     TSS2_RC rc;
+    int ret;
 
+    *info = NULL;
+    *sig = NULL;
     if (tpm_sessions(t, err, err_size) != 0)
         return -1;
     rc = Esys_Certify(t->ctx, obj, signer, t->sess[0], t->sess[1], ESYS_TR_NONE,
                       &qd, &ecdsa_sha256, info, sig);
     if (rc != TSS2_RC_SUCCESS) {
+        *info = NULL;
+        *sig = NULL;
         tpm_sessions_drop(t);
         tpm_put_rc(err, err_size, "certify", rc);
         return -1;
     }
-    return 0;
+    /* the object's name as ESYS knows it (no TPM command) */
+    ret = tpm_object_name(t, obj, &name, err, err_size);
+    if (ret == 0)
+        ret = tpm_attest_check(signer_key, *info, *sig, TPM2_ST_ATTEST_CERTIFY,
+                               qualifying, name, &a, err, err_size);
+    Esys_Free(name);
+    if (ret != 0) {
+        Esys_Free(*info);
+        Esys_Free(*sig);
+        *info = NULL;
+        *sig = NULL;
+    }
+    return ret;
 }
 
 /* obj[key] = {"attest_b64", "signature_b64"} (+ "pubkey_b64" when given). */
@@ -284,6 +303,7 @@ static cJSON *quote_locked(gw_tpm *t, const uint8_t qualifying[32],
                            int certify_key, char *err, size_t err_size)
 {
     ESYS_TR signer = t->ak, fresh = ESYS_TR_NONE;
+    EVP_PKEY *signer_key = t->ak_key, *fresh_key = NULL;
     TPM2B_PUBLIC *fresh_pub = NULL;
     TPM2B_NAME *fresh_name = NULL;
     TPM2B_ATTEST *quoted = NULL, *ak_cert = NULL, *key_cert = NULL;
@@ -297,21 +317,25 @@ static cJSON *quote_locked(gw_tpm *t, const uint8_t qualifying[32],
         if (tpm_ak_make(t, NULL, NULL, &fresh, &fresh_pub, err, err_size) !=
                 0 ||
             tpm_object_name(t, fresh, &fresh_name, err, err_size) != 0 ||
-            tpm_certify(t, fresh, t->ak, qualifying, &ak_cert, &ak_sig, err,
-                        err_size) != 0)
+            tpm_certify(t, fresh, t->ak, t->ak_key, qualifying, &ak_cert,
+                        &ak_sig, err, err_size) != 0)
             goto out;
+        /* tpm_ak_make checked the public area: NULL is no memory */
+        if (!(fresh_key = tpm_pkey_from_public(&fresh_pub->publicArea)))
+            goto nomem;
         signer = fresh;
+        signer_key = fresh_key;
         fresh_pub_b64 = tpm_b64_public(fresh_pub);
         fresh_name_hex = tpm_hex(fresh_name->name, fresh_name->size);
         if (!fresh_pub_b64 || !fresh_name_hex)
             goto nomem;
     }
-    if (quote_pcrs(t, signer, qualifying, values, &quoted, &sig, err,
-                   err_size) != 0)
+    if (quote_pcrs(t, signer, signer_key, qualifying, values, &quoted, &sig,
+                   err, err_size) != 0)
         goto out;
     if (certify_key && t->key != ESYS_TR_NONE &&
-        tpm_certify(t, t->key, signer, qualifying, &key_cert, &key_sig, err,
-                    err_size) != 0)
+        tpm_certify(t, t->key, signer, signer_key, qualifying, &key_cert,
+                    &key_sig, err, err_size) != 0)
         goto out;
 
     if (!(q = cJSON_CreateObject()) ||
@@ -340,6 +364,7 @@ nomem:
 out:
     if (fresh != ESYS_TR_NONE)
         Esys_FlushContext(t->ctx, fresh);
+    EVP_PKEY_free(fresh_key);
     Esys_Free(fresh_pub);
     Esys_Free(fresh_name);
     Esys_Free(quoted);
@@ -410,11 +435,11 @@ int gw_tpm_report(gw_tpm *t, const uint8_t qualifying[32], cJSON *report,
     }
     pthread_mutex_lock(&t->lock);
     tpm_test_delay(t);
-    if (quote_pcrs(t, t->ak, qualifying, values, &quoted, &sig, err,
+    if (quote_pcrs(t, t->ak, t->ak_key, qualifying, values, &quoted, &sig, err,
                    err_size) != 0 ||
         (t->key != ESYS_TR_NONE &&
-         tpm_certify(t, t->key, t->ak, qualifying, &key_cert, &key_sig, err,
-                     err_size) != 0)) {
+         tpm_certify(t, t->key, t->ak, t->ak_key, qualifying, &key_cert,
+                     &key_sig, err, err_size) != 0)) {
         pthread_mutex_unlock(&t->lock);
         goto out;
     }

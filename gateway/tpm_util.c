@@ -11,6 +11,8 @@
 
 #include <openssl/bn.h>
 #include <openssl/core_names.h>
+#include <openssl/ecdsa.h>
+#include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/param_build.h>
 
@@ -92,8 +94,16 @@ EVP_PKEY *tpm_pkey_from_public(const TPMT_PUBLIC *p)
     if (!bld)
         return NULL;
     if (p->type == TPM2_ALG_RSA) {
+        const TPM2B_PUBLIC_KEY_RSA *m = &p->unique.rsa;
         uint32_t exp = p->parameters.rsaDetail.exponent;
 
+        /* as a TPM makes it: keyBits (2048 or more) long, odd; the
+         * exponent 0 (65537) or odd and above 1 */
+        if (p->parameters.rsaDetail.keyBits < 2048 ||
+            m->size * 8u != p->parameters.rsaDetail.keyBits ||
+            !(m->buffer[0] & 0x80) || !(m->buffer[m->size - 1] & 1) ||
+            (exp != 0 && (exp < 3 || !(exp & 1))))
+            goto done;
         n = BN_bin2bn(p->unique.rsa.buffer, p->unique.rsa.size, NULL);
         e = BN_new();
         ok = n && e && BN_set_word(e, exp ? exp : 65537) &&
@@ -116,12 +126,94 @@ EVP_PKEY *tpm_pkey_from_public(const TPMT_PUBLIC *p)
         EVP_PKEY_fromdata_init(pctx) == 1 &&
         EVP_PKEY_fromdata(pctx, &pkey, EVP_PKEY_PUBLIC_KEY, params) != 1)
         pkey = NULL;
+    if (pkey && p->type == TPM2_ALG_ECC) {
+        /* import may or may not test the point: test it */
+        EVP_PKEY_CTX *c = EVP_PKEY_CTX_new_from_pkey(NULL, pkey, NULL);
+
+        if (!c || EVP_PKEY_public_check_quick(c) != 1) {
+            EVP_PKEY_free(pkey);
+            pkey = NULL;
+        }
+        EVP_PKEY_CTX_free(c);
+    }
+done:
+    ERR_clear_error();
     OSSL_PARAM_free(params);
     OSSL_PARAM_BLD_free(bld);
     EVP_PKEY_CTX_free(pctx);
     BN_free(n);
     BN_free(e);
     return pkey;
+}
+
+/* ---- what the TPM signed ------------------------------------------------- */
+
+/* 1 when sig is an ECDSA-SHA256 signature by key over SHA-256(msg). */
+static int ecdsa_ok(EVP_PKEY *key, const TPMT_SIGNATURE *sig,
+                    const uint8_t *msg, size_t len)
+{
+    const TPMS_SIGNATURE_ECC *e = &sig->signature.ecdsa;
+    ECDSA_SIG *es = NULL;
+    BIGNUM *r = NULL, *s = NULL;
+    unsigned char *der = NULL;
+    EVP_MD_CTX *md = NULL;
+    int der_len, ok = 0;
+
+    /* the algorithm first: it says which member of the union is there */
+    if (sig->sigAlg != TPM2_ALG_ECDSA || e->hash != TPM2_ALG_SHA256 ||
+        e->signatureR.size == 0 || e->signatureR.size > 32 ||
+        e->signatureS.size == 0 || e->signatureS.size > 32)
+        return 0;
+    if (!(es = ECDSA_SIG_new()) ||
+        !(r = BN_bin2bn(e->signatureR.buffer, e->signatureR.size, NULL)) ||
+        !(s = BN_bin2bn(e->signatureS.buffer, e->signatureS.size, NULL)) ||
+        !ECDSA_SIG_set0(es, r, s)) {
+        BN_free(r);
+        BN_free(s);
+        goto out;
+    }
+    if ((der_len = i2d_ECDSA_SIG(es, &der)) > 0 && (md = EVP_MD_CTX_new()) &&
+        EVP_DigestVerifyInit_ex(md, NULL, "SHA256", NULL, NULL, key, NULL) == 1)
+        ok = EVP_DigestVerify(md, der, (size_t)der_len, msg, len) == 1;
+out:
+    ECDSA_SIG_free(es);
+    OPENSSL_free(der);
+    EVP_MD_CTX_free(md);
+    ERR_clear_error();
+    return ok;
+}
+
+int tpm_attest_check(EVP_PKEY *signer, const TPM2B_ATTEST *info,
+                     const TPMT_SIGNATURE *sig, TPM2_ST type,
+                     const uint8_t qualifying[32], const TPM2B_NAME *name,
+                     TPMS_ATTEST *out, char *err, size_t err_size)
+{
+    const char *what = type == TPM2_ST_ATTEST_QUOTE ? "quote" : "certify";
+    size_t off = 0;
+
+    memset(out, 0, sizeof *out);
+    if (!signer || !ecdsa_ok(signer, sig, info->attestationData, info->size)) {
+        gw_put_err(err, err_size,
+                   "TPM: %s: the TPM's signature does not verify with the "
+                   "attestation key",
+                   what);
+        return -1;
+    }
+    if (Tss2_MU_TPMS_ATTEST_Unmarshal(info->attestationData, info->size, &off,
+                                      out) != TSS2_RC_SUCCESS ||
+        off != info->size || out->magic != TPM2_GENERATED_VALUE ||
+        out->type != type || out->extraData.size != 32 ||
+        memcmp(out->extraData.buffer, qualifying, 32) != 0 ||
+        (name && (out->attested.certify.name.size != name->size ||
+                  memcmp(out->attested.certify.name.name, name->name,
+                         name->size) != 0))) {
+        gw_put_err(err, err_size,
+                   "TPM: %s: the TPM signed another statement than asked "
+                   "for (type, qualifying data or name)",
+                   what);
+        return -1;
+    }
+    return 0;
 }
 
 /* ---- salted HMAC sessions ----------------------------------------------- */

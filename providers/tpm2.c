@@ -26,7 +26,10 @@
  * session: the bus is not protected, docs/ATTESTATION.md).
  *
  * ecdh_derive is TPM2_ECDH_ZGen: Z is the x-coordinate of the answer, the
- * TPM's answer is wiped.  key_delete (and key_release) is TPM2_FlushContext:
+ * TPM's answer is wiped.  What the TPM answers is checked before it is
+ * used (a made key's public area, the ZGen point: veil_tpm2_check_public,
+ * veil_tpm2_z; docs/PROVIDERS.md, "What veil checks of the TPM's
+ * answers").  key_delete (and key_release) is TPM2_FlushContext:
  * the key is gone from the TPM, which is what forward secrecy asks of a
  * rotated KEM key.  The keys cannot be opened by reference or listed: they
  * live as long as their handle.
@@ -42,6 +45,7 @@
 #include <string.h>
 
 #include <openssl/core_names.h>
+#include <openssl/err.h>
 #include <openssl/param_build.h>
 #include <openssl/rand.h>
 
@@ -194,19 +198,22 @@ static ESYS_CONTEXT *t2_enter(veil_provider *p, pthread_mutex_t **lock)
     return e->tpm2_esys;
 }
 
-/* The public key of a P-256 point as an EVP_PKEY; NULL on failure. */
+/* The public key of a P-256 point a TPM returned, as an EVP_PKEY; NULL
+ * unless both coordinates are 32 bytes (a TPM pads them to the curve's
+ * size) and the point is on P-256. */
 static EVP_PKEY *t2_pkey(const TPMS_ECC_POINT *q)
 {
     uint8_t point[1 + 2 * COORD] = {0x04};
     OSSL_PARAM_BLD *bld = OSSL_PARAM_BLD_new();
     OSSL_PARAM *params = NULL;
     EVP_PKEY_CTX *pctx = EVP_PKEY_CTX_new_from_name(NULL, "EC", NULL);
+    EVP_PKEY_CTX *cctx = NULL;
     EVP_PKEY *pkey = NULL;
 
-    if (q->x.size > COORD || q->y.size > COORD || !bld || !pctx)
+    if (q->x.size != COORD || q->y.size != COORD || !bld || !pctx)
         goto done;
-    memcpy(point + 1 + COORD - q->x.size, q->x.buffer, q->x.size);
-    memcpy(point + 1 + 2 * COORD - q->y.size, q->y.buffer, q->y.size);
+    memcpy(point + 1, q->x.buffer, COORD);
+    memcpy(point + 1 + COORD, q->y.buffer, COORD);
     if (OSSL_PARAM_BLD_push_utf8_string(bld, OSSL_PKEY_PARAM_GROUP_NAME,
                                         "prime256v1", 0) &&
         OSSL_PARAM_BLD_push_octet_string(bld, OSSL_PKEY_PARAM_PUB_KEY, point,
@@ -215,10 +222,18 @@ static EVP_PKEY *t2_pkey(const TPMS_ECC_POINT *q)
         EVP_PKEY_fromdata_init(pctx) == 1 &&
         EVP_PKEY_fromdata(pctx, &pkey, EVP_PKEY_PUBLIC_KEY, params) != 1)
         pkey = NULL;
+    /* import may or may not test the point: test it */
+    if (pkey && (!(cctx = EVP_PKEY_CTX_new_from_pkey(NULL, pkey, NULL)) ||
+                 EVP_PKEY_public_check_quick(cctx) != 1)) {
+        EVP_PKEY_free(pkey);
+        pkey = NULL;
+    }
 done:
+    EVP_PKEY_CTX_free(cctx);
     OSSL_PARAM_free(params);
     OSSL_PARAM_BLD_free(bld);
     EVP_PKEY_CTX_free(pctx);
+    ERR_clear_error();
     return pkey;
 }
 
@@ -325,6 +340,25 @@ done:
     return vrc;
 }
 
+veil_rc veil_tpm2_check_public(const TPM2B_PUBLIC *pub, EVP_PKEY **pkey)
+{
+    const TPMT_PUBLIC *a = &pub->publicArea;
+
+    *pkey = NULL;
+    /* the type first: it says which member of the unions is there */
+    if (a->type != TPM2_ALG_ECC ||
+        a->parameters.eccDetail.curveID != TPM2_ECC_NIST_P256 ||
+        a->objectAttributes != kem_template.publicArea.objectAttributes)
+        return veil_err(VEIL_E_PROVIDER, T2, NULL,
+                        "the TPM made another key than asked for (type "
+                        "0x%04x, attributes 0x%08x), not a P-256 ECDH key",
+                        (unsigned)a->type, (unsigned)a->objectAttributes);
+    if ((*pkey = t2_pkey(&a->unique.ecc)) == NULL)
+        return veil_err(VEIL_E_PROVIDER, T2, NULL,
+                        "the TPM's public key is not a P-256 point");
+    return VEIL_OK;
+}
+
 static veil_rc t2_generate(veil_provider *p, const veil_keygen_params *kp,
                            veil_key *k)
 {
@@ -347,11 +381,10 @@ static veil_rc t2_generate(veil_provider *p, const veil_keygen_params *kp,
     pthread_mutex_unlock(lock);
     if (rc != VEIL_OK)
         return rc;
-    k->pub = t2_pkey(&pub->publicArea.unique.ecc);
+    rc = veil_tpm2_check_public(pub, &k->pub);
     Esys_Free(pub);
-    if (k->pub == NULL)
-        return veil_err(VEIL_E_PROVIDER, T2, NULL,
-                        "the TPM's public key is not a P-256 point");
+    if (rc != VEIL_OK)
+        return rc; /* key_release flushes the object */
     k->type = VEIL_KEY_EC_P256;
     k->bits = 256;
     k->has_private = 1;
@@ -414,6 +447,26 @@ static veil_rc t2_key_info(veil_provider *p, const veil_key *k,
     return VEIL_OK;
 }
 
+veil_rc veil_tpm2_z(const TPM2B_ECC_POINT *out, veil_secbuf **z)
+{
+    EVP_PKEY *check;
+    veil_rc vrc;
+
+    *z = NULL;
+    /* The answer is the point d*Q: 32-byte coordinates on P-256.  A short
+     * x would make a Z of mostly zeros that anyone can guess. */
+    if ((check = t2_pkey(&out->point)) == NULL)
+        return veil_err(VEIL_E_PROVIDER, T2, NULL,
+                        "ECDH_ZGen: the TPM's answer is not a P-256 point "
+                        "(coordinates of %u and %u bytes)",
+                        (unsigned)out->point.x.size,
+                        (unsigned)out->point.y.size);
+    EVP_PKEY_free(check);
+    if ((vrc = veil_secbuf_new(COORD, z)) == VEIL_OK)
+        memcpy(veil_secbuf_data(*z), out->point.x.buffer, COORD);
+    return vrc;
+}
+
 static veil_rc t2_ecdh_derive(veil_provider *p, const veil_key *k,
                               const uint8_t *peer, size_t peer_len,
                               veil_secbuf **z)
@@ -446,15 +499,7 @@ static veil_rc t2_ecdh_derive(veil_provider *p, const veil_key *k,
     pthread_mutex_unlock(lock);
     if (rc != TSS2_RC_SUCCESS)
         return tss_err(VEIL_E_PROVIDER, "ECDH_ZGen", rc);
-    if (out->point.x.size > COORD) {
-        vrc = veil_err(VEIL_E_PROVIDER, T2, NULL, "ECDH_ZGen: a long answer");
-    } else if ((vrc = veil_secbuf_new(COORD, z)) == VEIL_OK) {
-        uint8_t *d = veil_secbuf_data(*z);
-        size_t n = out->point.x.size;
-
-        memset(d, 0, COORD - n);
-        memcpy(d + COORD - n, out->point.x.buffer, n);
-    }
+    vrc = veil_tpm2_z(out, z);
     veil_wipe(out, sizeof *out);
     Esys_Free(out);
     return vrc;

@@ -31,6 +31,7 @@
 #include "gateway.h"
 #include "package.h"
 #include "testutil.h"
+#include "tpm_int.h"
 
 /* Under ASan: full unwinding through libraries built without frame
  * pointers, so leak reports point at the right library. */
@@ -1013,6 +1014,195 @@ static void test_key_certify(void)
     cJSON_Delete(r);
 }
 
+/* ---- a lying TPM: the checks of its answers, with hand-made ESAPI
+ * structs (a real swtpm gives none of these) ---------------------------- */
+
+static EVP_PKEY *p256_key(TPMS_ECC_POINT *q)
+{
+    EVP_PKEY *k = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256");
+    uint8_t pt[65];
+    size_t n = 0;
+
+    CU_ASSERT_FATAL(k != NULL);
+    CU_ASSERT_FATAL(EVP_PKEY_get_octet_string_param(k, OSSL_PKEY_PARAM_PUB_KEY,
+                                                    pt, sizeof pt, &n) == 1 &&
+                    n == 65);
+    if (q) {
+        q->x.size = q->y.size = 32;
+        memcpy(q->x.buffer, pt + 1, 32);
+        memcpy(q->y.buffer, pt + 33, 32);
+    }
+    return k;
+}
+
+/* tpm_pkey_from_public refuses what no TPM makes. */
+static void test_lying_public(void)
+{
+    TPMT_PUBLIC rsa = {.type = TPM2_ALG_RSA}, ecc = {.type = TPM2_ALG_ECC}, b;
+    EVP_PKEY *k, *sw;
+
+    rsa.parameters.rsaDetail.keyBits = 2048;
+    rsa.unique.rsa.size = 256;
+    CU_ASSERT_FATAL(RAND_bytes(rsa.unique.rsa.buffer, 256) == 1);
+    rsa.unique.rsa.buffer[0] |= 0x80;
+    rsa.unique.rsa.buffer[255] |= 1;
+    CU_ASSERT((k = tpm_pkey_from_public(&rsa)) != NULL);
+    EVP_PKEY_free(k);
+    b = rsa; /* a tiny modulus, as the TPM says */
+    b.parameters.rsaDetail.keyBits = 512;
+    b.unique.rsa.size = 64;
+    CU_ASSERT(tpm_pkey_from_public(&b) == NULL);
+    b = rsa; /* shorter than keyBits */
+    b.unique.rsa.size = 128;
+    CU_ASSERT(tpm_pkey_from_public(&b) == NULL);
+    b = rsa; /* even */
+    b.unique.rsa.buffer[255] &= 0xfe;
+    CU_ASSERT(tpm_pkey_from_public(&b) == NULL);
+    b = rsa; /* leading zero bits */
+    b.unique.rsa.buffer[0] = 0x01;
+    CU_ASSERT(tpm_pkey_from_public(&b) == NULL);
+    b = rsa;
+    b.parameters.rsaDetail.exponent = 1;
+    CU_ASSERT(tpm_pkey_from_public(&b) == NULL);
+    b.parameters.rsaDetail.exponent = 65536;
+    CU_ASSERT(tpm_pkey_from_public(&b) == NULL);
+    b.parameters.rsaDetail.exponent = 3;
+    CU_ASSERT((k = tpm_pkey_from_public(&b)) != NULL);
+    EVP_PKEY_free(k);
+
+    ecc.parameters.eccDetail.curveID = TPM2_ECC_NIST_P256;
+    sw = p256_key(&ecc.unique.ecc);
+    CU_ASSERT((k = tpm_pkey_from_public(&ecc)) != NULL);
+    CU_ASSERT(k && EVP_PKEY_eq(k, sw) == 1);
+    EVP_PKEY_free(k);
+    b = ecc;
+    b.parameters.eccDetail.curveID = TPM2_ECC_NIST_P384;
+    CU_ASSERT(tpm_pkey_from_public(&b) == NULL);
+    b = ecc;
+    b.unique.ecc.x.size = 31;
+    CU_ASSERT(tpm_pkey_from_public(&b) == NULL);
+    b = ecc; /* off the curve */
+    b.unique.ecc.y.buffer[31] ^= 1;
+    CU_ASSERT(tpm_pkey_from_public(&b) == NULL);
+    b = ecc; /* an ECC point read as an RSA modulus: the type decides */
+    b.type = TPM2_ALG_KEYEDHASH;
+    CU_ASSERT(tpm_pkey_from_public(&b) == NULL);
+    EVP_PKEY_free(sw);
+}
+
+/* An ECDSA-SHA256 TPMT_SIGNATURE by key over msg. */
+static void sign_bytes(EVP_PKEY *key, const uint8_t *msg, size_t len,
+                       TPMT_SIGNATURE *sig)
+{
+    uint8_t der[80];
+    const unsigned char *p = der;
+    size_t der_len = sizeof der;
+    EVP_MD_CTX *md = EVP_MD_CTX_new();
+    ECDSA_SIG *es;
+    const BIGNUM *r, *s;
+
+    CU_ASSERT_FATAL(
+        md &&
+        EVP_DigestSignInit_ex(md, NULL, "SHA256", NULL, NULL, key, NULL) == 1 &&
+        EVP_DigestSign(md, der, &der_len, msg, len) == 1);
+    EVP_MD_CTX_free(md);
+    CU_ASSERT_FATAL((es = d2i_ECDSA_SIG(NULL, &p, (long)der_len)) != NULL);
+    ECDSA_SIG_get0(es, &r, &s);
+    memset(sig, 0, sizeof *sig);
+    sig->sigAlg = TPM2_ALG_ECDSA;
+    sig->signature.ecdsa.hash = TPM2_ALG_SHA256;
+    sig->signature.ecdsa.signatureR.size = 32;
+    sig->signature.ecdsa.signatureS.size = 32;
+    BN_bn2binpad(r, sig->signature.ecdsa.signatureR.buffer, 32);
+    BN_bn2binpad(s, sig->signature.ecdsa.signatureS.buffer, 32);
+    ECDSA_SIG_free(es);
+}
+
+/* A TPMS_ATTEST marshaled into *info and signed by key into *sig. */
+static void make_attest(EVP_PKEY *key, const TPMS_ATTEST *a, TPM2B_ATTEST *info,
+                        TPMT_SIGNATURE *sig)
+{
+    size_t off = 0;
+
+    CU_ASSERT_FATAL(Tss2_MU_TPMS_ATTEST_Marshal(a, info->attestationData,
+                                                sizeof info->attestationData,
+                                                &off) == TSS2_RC_SUCCESS);
+    info->size = (uint16_t)off;
+    sign_bytes(key, info->attestationData, off, sig);
+}
+
+/* tpm_attest_check: a certification or quote goes out only when the
+ * attestation key signed it and it says what was asked. */
+static void test_lying_attest(void)
+{
+    EVP_PKEY *ak = p256_key(NULL), *other = p256_key(NULL);
+    uint8_t qual[32];
+    TPMS_ATTEST a = {0}, got, b;
+    TPM2B_ATTEST info, bad_info;
+    TPMT_SIGNATURE sig, bad_sig;
+    TPM2B_NAME name = {.size = 34}, other_name;
+    char err[256];
+
+    CU_ASSERT_FATAL(RAND_bytes(qual, 32) == 1 &&
+                    RAND_bytes(name.name, 34) == 1);
+    a.magic = TPM2_GENERATED_VALUE;
+    a.type = TPM2_ST_ATTEST_CERTIFY;
+    a.extraData.size = 32;
+    memcpy(a.extraData.buffer, qual, 32);
+    a.attested.certify.name = name;
+    make_attest(ak, &a, &info, &sig);
+    CU_ASSERT(tpm_attest_check(ak, &info, &sig, TPM2_ST_ATTEST_CERTIFY, qual,
+                               &name, &got, err, sizeof err) == 0);
+
+    /* the signature */
+    CU_ASSERT(tpm_attest_check(other, &info, &sig, TPM2_ST_ATTEST_CERTIFY, qual,
+                               &name, &got, err, sizeof err) == -1);
+    CU_ASSERT(strstr(err, "does not verify") != NULL);
+    bad_info = info;
+    bad_info.attestationData[bad_info.size - 1] ^= 1;
+    CU_ASSERT(tpm_attest_check(ak, &bad_info, &sig, TPM2_ST_ATTEST_CERTIFY,
+                               qual, &name, &got, err, sizeof err) == -1);
+    bad_sig = sig; /* another algorithm: the union holds no ECDSA r, s */
+    bad_sig.sigAlg = TPM2_ALG_RSASSA;
+    CU_ASSERT(tpm_attest_check(ak, &info, &bad_sig, TPM2_ST_ATTEST_CERTIFY,
+                               qual, &name, &got, err, sizeof err) == -1);
+    bad_sig = sig;
+    bad_sig.signature.ecdsa.signatureR.size = 0;
+    CU_ASSERT(tpm_attest_check(ak, &info, &bad_sig, TPM2_ST_ATTEST_CERTIFY,
+                               qual, &name, &got, err, sizeof err) == -1);
+    bad_sig = sig;
+    bad_sig.signature.ecdsa.hash = TPM2_ALG_SHA1;
+    CU_ASSERT(tpm_attest_check(ak, &info, &bad_sig, TPM2_ST_ATTEST_CERTIFY,
+                               qual, &name, &got, err, sizeof err) == -1);
+
+    /* signed, but not what was asked */
+    CU_ASSERT(tpm_attest_check(ak, &info, &sig, TPM2_ST_ATTEST_QUOTE, qual,
+                               NULL, &got, err, sizeof err) == -1);
+    CU_ASSERT(strstr(err, "another statement") != NULL);
+    other_name = name;
+    other_name.name[33] ^= 1;
+    CU_ASSERT(tpm_attest_check(ak, &info, &sig, TPM2_ST_ATTEST_CERTIFY, qual,
+                               &other_name, &got, err, sizeof err) == -1);
+    qual[0] ^= 1;
+    CU_ASSERT(tpm_attest_check(ak, &info, &sig, TPM2_ST_ATTEST_CERTIFY, qual,
+                               &name, &got, err, sizeof err) == -1);
+    qual[0] ^= 1;
+    b = a; /* not made by a TPM */
+    b.magic = 0;
+    make_attest(ak, &b, &bad_info, &bad_sig);
+    CU_ASSERT(tpm_attest_check(ak, &bad_info, &bad_sig, TPM2_ST_ATTEST_CERTIFY,
+                               qual, &name, &got, err, sizeof err) == -1);
+    /* signed, with bytes after the structure */
+    bad_info = info;
+    bad_info.attestationData[bad_info.size++] = 0;
+    sign_bytes(ak, bad_info.attestationData, bad_info.size, &bad_sig);
+    CU_ASSERT(tpm_attest_check(ak, &bad_info, &bad_sig, TPM2_ST_ATTEST_CERTIFY,
+                               qual, &name, &got, err, sizeof err) == -1);
+    CU_ASSERT(strstr(err, "another statement") != NULL);
+    EVP_PKEY_free(ak);
+    EVP_PKEY_free(other);
+}
+
 /* ---- main ---------------------------------------------------------------- */
 
 int main(void)
@@ -1026,6 +1216,8 @@ int main(void)
         {"a fresh AK per request, certified", test_per_request_ak},
         {"credential activation", test_activate},
         {"the encryption key certified (tss2_key)", test_key_certify},
+        {"lying TPM (hand-made structs): public areas", test_lying_public},
+        {"lying TPM (hand-made structs): attestations", test_lying_attest},
     };
 
     TU_ADD_SUITE("gateway TPM (swtpm)", suite_init, suite_cleanup, tests);

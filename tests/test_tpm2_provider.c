@@ -5,7 +5,8 @@
  * deleted (or released) key is gone from the TPM; the references, key
  * kinds and operations it does not offer are refused by name; a lent ESYS
  * context (veild's TPM module's hook, engine/tpm2_hook.h) is used, and
- * after it is withdrawn the provider says so. */
+ * after it is withdrawn the provider says so.  The checks of the TPM's
+ * answers refuse what a lying TPM could say (hand-made ESAPI structs). */
 #include <pthread.h>
 #include <stdint.h>
 #include <string.h>
@@ -218,6 +219,89 @@ static void test_bad_peer(void)
     CU_ASSERT(veil_key_delete(eng, k) == VEIL_OK);
 }
 
+/* ---- a lying TPM: the checks of its answers, with hand-made ESAPI
+ * structs (a real swtpm gives none of these) ---------------------------- */
+
+/* A valid P-256 point (a software key's) into q. */
+static void good_point(TPMS_ECC_POINT *q, veil_key **sw)
+{
+    veil_keygen_params kp = {.type = VEIL_KEY_EC_P256, .derive = 1};
+    uint8_t pt[65];
+
+    CU_ASSERT_FATAL(veil_key_generate(eng, "software", &kp, sw) == VEIL_OK);
+    point_of(*sw, pt);
+    q->x.size = q->y.size = 32;
+    memcpy(q->x.buffer, pt + 1, 32);
+    memcpy(q->y.buffer, pt + 33, 32);
+}
+
+static void test_lying_public_area(void)
+{
+    TPM2B_PUBLIC pub = {0}, bad;
+    EVP_PKEY *pk = NULL;
+    veil_key *sw = NULL;
+
+    pub.publicArea.type = TPM2_ALG_ECC;
+    pub.publicArea.nameAlg = TPM2_ALG_SHA256;
+    pub.publicArea.objectAttributes =
+        TPMA_OBJECT_DECRYPT | TPMA_OBJECT_FIXEDTPM | TPMA_OBJECT_FIXEDPARENT |
+        TPMA_OBJECT_SENSITIVEDATAORIGIN | TPMA_OBJECT_USERWITHAUTH;
+    pub.publicArea.parameters.eccDetail.curveID = TPM2_ECC_NIST_P256;
+    good_point(&pub.publicArea.unique.ecc, &sw);
+    CU_ASSERT(veil_tpm2_check_public(&pub, &pk) == VEIL_OK && pk != NULL);
+    CU_ASSERT(EVP_PKEY_eq(pk, sw->pub) == 1);
+    EVP_PKEY_free(pk);
+
+    bad = pub; /* an RSA key: the union holds no ECC point */
+    bad.publicArea.type = TPM2_ALG_RSA;
+    CU_ASSERT(veil_tpm2_check_public(&bad, &pk) == VEIL_E_PROVIDER);
+    CU_ASSERT(pk == NULL);
+    CU_ASSERT(strstr(veil_last_error()->message, "another key") != NULL);
+    bad = pub; /* another curve */
+    bad.publicArea.parameters.eccDetail.curveID = TPM2_ECC_BN_P256;
+    CU_ASSERT(veil_tpm2_check_public(&bad, &pk) == VEIL_E_PROVIDER);
+    bad = pub; /* a key that may leave the TPM */
+    bad.publicArea.objectAttributes &= ~TPMA_OBJECT_FIXEDTPM;
+    CU_ASSERT(veil_tpm2_check_public(&bad, &pk) == VEIL_E_PROVIDER);
+    bad = pub; /* a short coordinate */
+    bad.publicArea.unique.ecc.x.size = 31;
+    CU_ASSERT(veil_tpm2_check_public(&bad, &pk) == VEIL_E_PROVIDER);
+    CU_ASSERT(strstr(veil_last_error()->message, "not a P-256 point") != NULL);
+    bad = pub; /* off the curve */
+    bad.publicArea.unique.ecc.y.buffer[31] ^= 1;
+    CU_ASSERT(veil_tpm2_check_public(&bad, &pk) == VEIL_E_PROVIDER);
+    CU_ASSERT(pk == NULL);
+    veil_key_free(sw);
+}
+
+static void test_lying_zgen(void)
+{
+    TPM2B_ECC_POINT out = {0}, bad;
+    veil_secbuf *z = NULL;
+    veil_key *sw = NULL;
+
+    good_point(&out.point, &sw);
+    CU_ASSERT_FATAL(veil_tpm2_z(&out, &z) == VEIL_OK);
+    CU_ASSERT(veil_secbuf_len(z) == 32 &&
+              memcmp(veil_secbuf_data(z), out.point.x.buffer, 32) == 0);
+    veil_secbuf_free(z);
+
+    bad = out; /* empty x: Z would be 32 zero bytes */
+    bad.point.x.size = 0;
+    CU_ASSERT(veil_tpm2_z(&bad, &z) == VEIL_E_PROVIDER && z == NULL);
+    CU_ASSERT(strstr(veil_last_error()->message, "not a P-256 point") != NULL);
+    bad = out; /* x of 31 bytes */
+    bad.point.x.size = 31;
+    CU_ASSERT(veil_tpm2_z(&bad, &z) == VEIL_E_PROVIDER && z == NULL);
+    bad = out; /* no y */
+    bad.point.y.size = 0;
+    CU_ASSERT(veil_tpm2_z(&bad, &z) == VEIL_E_PROVIDER && z == NULL);
+    bad = out; /* off the curve */
+    bad.point.x.buffer[0] ^= 0x80;
+    CU_ASSERT(veil_tpm2_z(&bad, &z) == VEIL_E_PROVIDER && z == NULL);
+    veil_key_free(sw);
+}
+
 int main(void)
 {
     static const tu_test tests[] = {
@@ -225,6 +309,8 @@ int main(void)
         {"refusals named", test_refusals},
         {"lent context; deleted key gone from the TPM", test_lent_context},
         {"bad peer point refused on the host", test_bad_peer},
+        {"lying TPM (hand-made structs): public area", test_lying_public_area},
+        {"lying TPM (hand-made structs): ZGen answer", test_lying_zgen},
     };
 
     TU_ADD_SUITE("tpm2 provider", suite_init, suite_clean, tests);
