@@ -1204,9 +1204,10 @@ static veil_rc pk_open(veil_provider *p, const char *where)
         goto out;
     trim_shown(manuf, s->token.manufacturerID, 32);
     trim_shown(model, s->token.model, 16);
+    /* Each part bounded so that the whole fits (at most 118 bytes). */
     snprintf(p->caps.description, sizeof p->caps.description,
-             "token \"%s\" (%s %s, %.40s)", s->token_label, manuf, model,
-             s->mod->name);
+             "token \"%.32s\" (%.24s %.16s, %.32s)", s->token_label, manuf,
+             model, s->mod->name);
     pk_read_mechs(p);
     pk_read_quirks(p);
     rc = pk_login(p, turi ? turi : uri);
