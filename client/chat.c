@@ -493,6 +493,11 @@ static veil_client_status call_resolve(call *k, const veil_request_opts *opts,
     for (size_t n = strlen(url); n > 0 && url[n - 1] == '/';)
         url[--n] = '\0';
     k->url = url;
+    if (c->relay_url && strcmp(url, c->base_url) != 0)
+        return veil_cl_fail(err, VEIL_CLIENT_E_CONFIG, 0, VEIL_E_ARG,
+                            "the client posts through a relay, which "
+                            "forwards to its own gateway: a request to "
+                            "another base URL is refused; nothing was sent");
     if (c->trust && strcmp(url, veil_trust_url(c->trust)) != 0) {
         char a[512], b[512];
         veil_cl_redact_url(veil_trust_url(c->trust), a, sizeof a);
