@@ -561,7 +561,8 @@ static veil_client_status call_protocol(call *k, int *v2,
     if (k->evidence && c->cfg.protocol == VEIL_CLIENT_PROTOCOL_V2)
         return veil_cl_fail(err, VEIL_CLIENT_E_CONFIG, 0, VEIL_E_ARG,
                             "evidence is recorded for protocol v1 answers "
-                            "only: use protocol v1 or auto");
+                            "only: use protocol v1 or auto, without a "
+                            "relay");
     uint64_t t = veil_cl_now_ns();
     veil_client_status st = veil_cl_v2_pick(c, k->url, v2, err);
     if (k->stats)
