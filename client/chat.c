@@ -493,6 +493,11 @@ static veil_client_status call_resolve(call *k, const veil_request_opts *opts,
     for (size_t n = strlen(url); n > 0 && url[n - 1] == '/';)
         url[--n] = '\0';
     k->url = url;
+    if (c->relay_url && strcmp(url, c->base_url) != 0)
+        return veil_cl_fail(err, VEIL_CLIENT_E_CONFIG, 0, VEIL_E_ARG,
+                            "the client posts through a relay, which "
+                            "forwards to its own gateway: a request to "
+                            "another base URL is refused; nothing was sent");
     if (c->trust && strcmp(url, veil_trust_url(c->trust)) != 0) {
         char a[512], b[512];
         veil_cl_redact_url(veil_trust_url(c->trust), a, sizeof a);
@@ -556,7 +561,8 @@ static veil_client_status call_protocol(call *k, int *v2,
     if (k->evidence && c->cfg.protocol == VEIL_CLIENT_PROTOCOL_V2)
         return veil_cl_fail(err, VEIL_CLIENT_E_CONFIG, 0, VEIL_E_ARG,
                             "evidence is recorded for protocol v1 answers "
-                            "only: use protocol v1 or auto");
+                            "only: use protocol v1 or auto, without a "
+                            "relay");
     uint64_t t = veil_cl_now_ns();
     veil_client_status st = veil_cl_v2_pick(c, k->url, v2, err);
     if (k->stats)

@@ -96,6 +96,11 @@ static veil_client_status cfg_check(const veil_client_config *cfg,
         return veil_cl_fail(err, VEIL_CLIENT_E_CONFIG, 0, VEIL_E_ARG,
                             "unknown protocol %d (v1, v2 or auto)",
                             (int)cfg->protocol);
+    if (cfg->relay_url && cfg->protocol == VEIL_CLIENT_PROTOCOL_V1)
+        return veil_cl_fail(err, VEIL_CLIENT_E_CONFIG, 0, VEIL_E_ARG,
+                            "a relay carries protocol v2 only: with a relay "
+                            "URL (veil: --relay) use protocol v2 or auto, "
+                            "not v1; nothing was sent");
     /* No default server: a prompt goes only where the caller says. */
     if (cfg->base_url == NULL || cfg->base_url[0] == '\0')
         return veil_cl_fail(err, VEIL_CLIENT_E_CONFIG, 0, VEIL_E_ARG,
@@ -117,7 +122,8 @@ cfg_copy(veil_client *c, const veil_client_config *cfg, veil_client_error *err)
         !dup_str(cfg->key_ref, &c->key_ref) ||
         !dup_str(cfg->pkcs11_module, &c->module) ||
         !dup_str(cfg->pin.where, &c->pin_where) ||
-        !dup_str(cfg->key_password.where, &c->pw_where))
+        !dup_str(cfg->key_password.where, &c->pw_where) ||
+        !dup_str(cfg->relay_url, &c->relay_url))
         return veil_cl_fail(err, VEIL_CLIENT_E_CONFIG, 0, VEIL_E_NOMEM,
                             "out of memory");
     /* Strip trailing slashes: paths are appended. */
@@ -130,6 +136,10 @@ cfg_copy(veil_client *c, const veil_client_config *cfg, veil_client_error *err)
     c->cfg.pkcs11_module = c->module;
     c->cfg.pin.where = c->pin_where;
     c->cfg.key_password.where = c->pw_where;
+    c->cfg.relay_url = c->relay_url;
+    /* a relay makes v2 necessary: auto never takes v1 around it */
+    if (c->relay_url && c->cfg.protocol == VEIL_CLIENT_PROTOCOL_AUTO)
+        c->cfg.protocol = VEIL_CLIENT_PROTOCOL_V2;
     c->cfg.api_key = NULL;
     c->cfg.server_key_pin = NULL;
     c->cfg.signing_key_pin = NULL;
@@ -138,7 +148,22 @@ cfg_copy(veil_client *c, const veil_client_config *cfg, veil_client_error *err)
         c->cfg.retry_max_ms = 60000;
     c->log = (veil_logger){
         .fn = cfg->log, .ctx = cfg->log_ctx, .level = cfg->log_level};
-    return veil_cl_check_url(c, c->base_url, err);
+    veil_client_status st = veil_cl_check_url(c, c->base_url, err);
+    if (st != VEIL_CLIENT_OK || c->relay_url == NULL)
+        return st;
+    /* the relay: https, or http under the base URL's rule */
+    char shown[512];
+    veil_cl_redact_url(c->relay_url, shown, sizeof shown);
+    if (!url_ok(c->relay_url, c->cfg.allow_http))
+        return veil_cl_fail(err, VEIL_CLIENT_E_CONFIG, 0, VEIL_E_ARG,
+                            "the relay URL must start with https://%s (%s); "
+                            "nothing was sent",
+                            strncmp(c->relay_url, "http://", 7)
+                                ? ""
+                                : " (http only where plain http is allowed, "
+                                  "for local development)",
+                            shown);
+    return VEIL_CLIENT_OK;
 }
 
 /* Step 3: the server key pin and the API key (into secret memory). */
@@ -265,7 +290,7 @@ veil_client_status veil_client_new(const veil_client_config *cfg,
         (st = cfg_secrets(c, cfg, err)) != VEIL_CLIENT_OK ||
         (st = open_trust(c, cfg->trust_file, err)) != VEIL_CLIENT_OK ||
         (st = open_engine(c, cfg, err)) != VEIL_CLIENT_OK ||
-        (key_now(cfg) &&
+        (key_now(&c->cfg) &&
          (st = veil_cl_load_key(c, &c->own, err)) != VEIL_CLIENT_OK)) {
         veil_client_free(c);
         return st;
@@ -277,6 +302,14 @@ veil_client_status veil_client_new(const veil_client_config *cfg,
                   "plain http to %s: the API key and the request metadata "
                   "travel unprotected; use it for local development only",
                   shown);
+    }
+    if (c->relay_url) {
+        char shown[512];
+        int http = !strncmp(c->relay_url, "http://", 7);
+        veil_cl_redact_url(c->relay_url, shown, sizeof shown);
+        veil_logf(&c->log, http ? VEIL_LOG_WARN : VEIL_LOG_INFO,
+                  "protocol v2 through the relay %s%s", shown,
+                  http ? " over plain http: local development only" : "");
     }
     *out = c;
     return VEIL_CLIENT_OK;
@@ -318,6 +351,7 @@ void veil_client_free(veil_client *c)
     free(c->module);
     free(c->pin_where);
     free(c->pw_where);
+    free(c->relay_url);
     veil_trust_free(c->trust);
     free(c);
 }

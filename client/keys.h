@@ -56,6 +56,7 @@ typedef struct veil_cl_v2_slot {
 struct veil_client {
     veil_client_config cfg; /* strings below replace the borrowed ones */
     char *base_url, *ca_file, *tier, *key_ref, *module, *pin_where, *pw_where;
+    char *relay_url;      /* cfg.relay_url, or NULL */
     veil_secbuf *api_key; /* NUL-terminated, or NULL */
     uint8_t pin[32];
     char pin_text[72]; /* "sha256:<hex>" as configured */

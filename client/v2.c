@@ -601,7 +601,7 @@ static veil_client_status post_once(veil_client *c, const veil_cl_v2_call *k,
     SHA256(enc, enc_len, h);
     veil_hex(h, 32, in->request_id);
     uint64_t t1 = veil_cl_now_ns();
-    veil_cl_v2_outer_url(k->url, VEIL_OHTTP_WELL_KNOWN, full, sizeof full);
+    veil_cl_v2_post_url(c, k->url, full, sizeof full);
     veil_logf(&c->log, VEIL_LOG_DEBUG,
               "v2 %s %s: request %.16s... to key ID %u (%zu bytes)", k->method,
               k->path, in->request_id, (unsigned)kc->kc.key_id, len);

@@ -51,6 +51,15 @@ void veil_cl_v2_outer_url(const char *base, const char *path, char *out,
     snprintf(out, size, "%.*s%s%s", (int)head, base, base + head + skip, path);
 }
 
+void veil_cl_v2_post_url(const veil_client *c, const char *base, char *out,
+                         size_t size)
+{
+    if (c->relay_url)
+        veil_cl_v2_outer_url(c->relay_url, "", out, size);
+    else
+        veil_cl_v2_outer_url(base, VEIL_OHTTP_WELL_KNOWN, out, size);
+}
+
 #define KEYS_REDIRECTS_MAX 4
 
 /* The next URL of the redirect r answered to `from` into out (user

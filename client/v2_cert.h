@@ -29,6 +29,13 @@ extern const char *const veil_cl_v2_keys_lines[];
 void veil_cl_v2_outer_url(const char *base, const char *path, char *out,
                           size_t size);
 
+/* Where the encapsulated requests for the gateway at base are posted,
+ * into out: the relay as configured (cfg.relay_url, nothing appended),
+ * else base's /.well-known/ohttp-gateway; user information dropped as
+ * above. */
+void veil_cl_v2_post_url(const veil_client *c, const char *base, char *out,
+                         size_t size);
+
 /* GET base's key configurations (at most max_body) into r: to
  * /.well-known/ohttp-gateway with veil_cl_v2_keys_lines, following up to
  * 4 redirects (301, 302, 303, 307, 308), as RFC 9540 4 lets a gateway

@@ -23,6 +23,7 @@ typedef enum veil_env_id {
     VEIL_ENV_API_KEY,
     VEIL_ENV_MODULE,
     VEIL_ENV_PIN_SOURCE,
+    VEIL_ENV_RELAY,
     VEIL_ENV_COUNT
 } veil_env_id;
 
@@ -44,6 +45,8 @@ static const veil_env_var veil_env_vars[VEIL_ENV_COUNT] = {
     [VEIL_ENV_PIN_SOURCE] = {"VEIL_PIN_SOURCE", "--pin-source", VEIL_TOOL_ALL,
                              "where the token PIN comes from: file:PATH, "
                              "credential:NAME, env:NAME, prompt"},
+    [VEIL_ENV_RELAY] = {"VEIL_RELAY", "--relay", VEIL_TOOL_VEIL,
+                        "an Oblivious HTTP relay for protocol v2"},
 };
 /* clang-format on */
 

@@ -23,7 +23,7 @@ out="$T/out" err="$T/err"
 . "${VEIL_SRCDIR:?}/tests/env/fixture.sh"
 
 # Nothing from the caller's environment may change what veil does.
-unset VEIL_URL VEIL_API_KEY VEIL_PKCS11_MODULE VEIL_PIN_SOURCE
+unset VEIL_URL VEIL_API_KEY VEIL_PKCS11_MODULE VEIL_PIN_SOURCE VEIL_RELAY
 # nor the caller's ~/.config/veil/config: an empty one of our own
 export XDG_CONFIG_HOME="$T/xdg"
 

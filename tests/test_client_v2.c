@@ -31,6 +31,7 @@
 #include <unistd.h>
 
 #include <CUnit/CUnit.h>
+#include <curl/curl.h>
 #include <openssl/sha.h>
 
 #include "gwtest.h"
@@ -1635,6 +1636,258 @@ static void test_interim_answers(void)
     CU_ASSERT_EQUAL(atomic_load(&ir.posts), 1);
 }
 
+/* ---- through an Oblivious HTTP relay ----------------------------------------
+ *
+ * A relay stand-in (RFC 9458 2: an Oblivious Relay Resource) on a port of
+ * its own at an arbitrary path, /relay/gw1: each POST body passed to the
+ * real veild's /.well-known/ohttp-gateway (libcurl), its answer returned
+ * with the same status and Content-Type.  Anything else is a 404. */
+
+typedef struct relay_in {
+    stub_http http;
+    unsigned short upstream;
+    atomic_int posts, others, authorized;
+    char extra[256]; /* the last POST's fields beyond Host, Content-* */
+    char path[128];  /* the last POST's path */
+} relay_in;
+
+static relay_in rl;
+
+typedef struct rl_buf {
+    char *p;
+    size_t len;
+} rl_buf;
+
+static size_t rl_write(char *p, size_t size, size_t n, void *ctx)
+{
+    rl_buf *b = ctx;
+    char *q = realloc(b->p, b->len + size * n + 1);
+    if (q == NULL)
+        return 0;
+    memcpy(q + b->len, p, size * n);
+    b->p = q;
+    b->len += size * n;
+    return size * n;
+}
+
+static enum MHD_Result rl_handle(void *ctx, struct MHD_Connection *conn,
+                                 const char *url, const char *method,
+                                 stub_body *body)
+{
+    relay_in *r = ctx;
+    char to[128];
+    rl_buf got = {0};
+    long status = 0;
+    char *ct = NULL, ct_copy[128] = "";
+    enum MHD_Result ret = MHD_NO;
+    if (MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Authorization"))
+        atomic_fetch_add(&r->authorized, 1);
+    if (strcmp(method, "POST") != 0 || strcmp(url, "/relay/gw1") != 0) {
+        atomic_fetch_add(&r->others, 1);
+        return stub_send(conn, 404, "{\"detail\":\"no\"}", 15,
+                         "application/json", NULL);
+    }
+    atomic_fetch_add(&r->posts, 1);
+    snprintf(r->path, sizeof r->path, "%s", url);
+    r->extra[0] = '\0';
+    MHD_get_connection_values(conn, MHD_HEADER_KIND, si_extra, r->extra);
+    snprintf(to, sizeof to, "http://127.0.0.1:%u/.well-known/ohttp-gateway",
+             r->upstream);
+    CURL *h = curl_easy_init();
+    struct curl_slist *lines =
+        curl_slist_append(NULL, "Content-Type: " VEIL_OHTTP_MEDIA_REQ);
+    if (h && lines) {
+        curl_easy_setopt(h, CURLOPT_URL, to);
+        curl_easy_setopt(h, CURLOPT_HTTPHEADER, lines);
+        curl_easy_setopt(h, CURLOPT_POSTFIELDS, body->data ? body->data : "");
+        curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE, (long)body->len);
+        curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, rl_write);
+        curl_easy_setopt(h, CURLOPT_WRITEDATA, &got);
+        if (curl_easy_perform(h) == CURLE_OK &&
+            curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status) ==
+                CURLE_OK &&
+            curl_easy_getinfo(h, CURLINFO_CONTENT_TYPE, &ct) == CURLE_OK) {
+            snprintf(ct_copy, sizeof ct_copy, "%s", ct ? ct : "");
+            ret = stub_send(conn, (unsigned)status, got.p ? got.p : "",
+                            got.len, ct_copy[0] ? ct_copy : NULL, NULL);
+        }
+    }
+    curl_slist_free_all(lines);
+    curl_easy_cleanup(h);
+    free(got.p);
+    return ret;
+}
+
+/* The relay stand-in ready (counts cleared), in front of upstream; its
+ * resource's URL (with user information, which must not reach it). */
+static void rl_ready(unsigned short upstream, char *url, size_t size)
+{
+    rl.upstream = upstream;
+    atomic_store(&rl.posts, 0);
+    atomic_store(&rl.others, 0);
+    atomic_store(&rl.authorized, 0);
+    rl.path[0] = '\0';
+    snprintf(url, size, "http://someone:secret@127.0.0.1:%u/relay/gw1",
+             rl.http.port);
+}
+
+static veil_client *client_relay(const char *url, veil_client_protocol proto,
+                                 const char *relay)
+{
+    veil_client_config cfg;
+    tu_client_config(&cfg, url);
+    cfg.protocol = proto;
+    cfg.retry_base_ms = 20;
+    cfg.log = dbg_log;
+    cfg.log_level = VEIL_LOG_DEBUG;
+    cfg.relay_url = relay;
+    return tu_client_new(&cfg);
+}
+
+/* A chat over v2 (and under auto) through the relay: the key configuration
+ * and the signing key from the gateway, the one POST of each chat to the
+ * relay's resource as given, without the relay URL's user information
+ * and with no field but Host, Content-Type and Content-Length. */
+static void test_relay_chat(void)
+{
+    char relay[128];
+    veil_chat_stats stats;
+    veil_client_error err;
+    static const veil_client_protocol protos[] = {VEIL_CLIENT_PROTOCOL_V2,
+                                                  VEIL_CLIENT_PROTOCOL_AUTO};
+    for (size_t i = 0; i < 2; i++) {
+        int ok = 0;
+        rl_ready(gw_sw.port, relay, sizeof relay);
+        veil_client *c = client_relay(url_sw, protos[i], relay);
+        CU_ASSERT_FATAL(c != NULL);
+        CU_ASSERT_EQUAL(chat(c, &stats, &err, &ok), VEIL_CLIENT_OK);
+        CU_ASSERT(ok);
+        CU_ASSERT_EQUAL(stats.protocol, 2);
+        CU_ASSERT_EQUAL(stats.attempts, 1); /* the one POST ... */
+        CU_ASSERT_EQUAL(atomic_load(&rl.posts), 1); /* ... went to the relay */
+        CU_ASSERT_EQUAL(atomic_load(&rl.others), 0); /* no GET there */
+        CU_ASSERT_STRING_EQUAL(rl.path, "/relay/gw1");
+        CU_ASSERT_STRING_EQUAL(rl.extra, "");
+        CU_ASSERT_EQUAL(atomic_load(&rl.authorized), 0);
+        veil_client_free(c);
+    }
+}
+
+/* A gateway that does not offer v2 (here the relay stand-in's own root,
+ * which answers 404): under auto with a relay an error, never a v1
+ * request to the gateway around the relay; nothing posted. */
+static void test_relay_no_v2(void)
+{
+    char relay[128], base[64];
+    veil_chat_stats stats;
+    veil_client_error err;
+    int ok;
+    rl_ready(gw_sw.port, relay, sizeof relay);
+    snprintf(base, sizeof base, "http://127.0.0.1:%u", rl.http.port);
+    veil_client *c = client_relay(base, VEIL_CLIENT_PROTOCOL_AUTO, relay);
+    CU_ASSERT_FATAL(c != NULL);
+    CU_ASSERT_EQUAL(chat(c, &stats, &err, &ok), VEIL_CLIENT_E_API);
+    CU_ASSERT_EQUAL(err.http_status, 404);
+    CU_ASSERT(strstr(err.detail, "does not speak protocol v2") != NULL);
+    CU_ASSERT_EQUAL(stats.protocol, 0);
+    CU_ASSERT_EQUAL(atomic_load(&rl.posts), 0);
+    CU_ASSERT_EQUAL(atomic_load(&rl.others), 1); /* the key GET, only */
+    veil_client_free(c);
+}
+
+/* Settings refused before anything is sent: a relay with protocol v1, a
+ * relay URL of another scheme, plain http without allow_http, and a
+ * per-request base URL other than the client's. */
+static void test_relay_refused(void)
+{
+    char relay[128];
+    veil_client_config cfg;
+    veil_client *c = NULL;
+    veil_client_error err;
+    veil_chat_stats stats;
+    int ok;
+    rl_ready(gw_sw.port, relay, sizeof relay);
+    tu_client_config(&cfg, url_sw);
+    cfg.relay_url = relay;
+    cfg.protocol = VEIL_CLIENT_PROTOCOL_V1;
+    CU_ASSERT_EQUAL(veil_client_new(&cfg, &c, &err), VEIL_CLIENT_E_CONFIG);
+    CU_ASSERT(c == NULL);
+    CU_ASSERT(strstr(err.detail, "protocol v2 only") != NULL);
+
+    cfg.protocol = VEIL_CLIENT_PROTOCOL_V2;
+    cfg.relay_url = "ftp://127.0.0.1/relay/gw1";
+    CU_ASSERT_EQUAL(veil_client_new(&cfg, &c, &err), VEIL_CLIENT_E_CONFIG);
+    CU_ASSERT(c == NULL);
+    CU_ASSERT(strstr(err.detail, "relay URL must start with https://") !=
+              NULL);
+
+    cfg.base_url = "https://127.0.0.1:1";
+    cfg.allow_http = 0;
+    cfg.relay_url = relay; /* http */
+    CU_ASSERT_EQUAL(veil_client_new(&cfg, &c, &err), VEIL_CLIENT_E_CONFIG);
+    CU_ASSERT(c == NULL);
+    CU_ASSERT(strstr(err.detail, "relay URL") != NULL);
+    CU_ASSERT(strstr(err.detail, "secret") == NULL); /* redacted */
+
+    c = client_relay(url_sw, VEIL_CLIENT_PROTOCOL_V2, relay);
+    CU_ASSERT_FATAL(c != NULL);
+    {
+        veil_request_opts o = {.base_url = url_tok};
+        cJSON *req = chat_request(), *resp = NULL;
+        CU_ASSERT_EQUAL(veil_chat_create(c, req, &o, &resp, &stats, &err),
+                        VEIL_CLIENT_E_CONFIG);
+        CU_ASSERT(resp == NULL);
+        veil_chat_response_free(req);
+    }
+    /* the client's own base URL goes through */
+    CU_ASSERT_EQUAL(chat(c, &stats, &err, &ok), VEIL_CLIENT_OK);
+    veil_client_free(c);
+    CU_ASSERT_EQUAL(atomic_load(&rl.posts), 1);
+    CU_ASSERT_EQUAL(atomic_load(&rl.others), 0);
+}
+
+/* veil chat and veil models --relay, and $VEIL_RELAY; --protocol v1 with
+ * a relay is exit 21 with nothing posted. */
+static void test_relay_cli(void)
+{
+    char relay[128];
+    char *out = NULL, *e = NULL;
+    rl_ready(gw_sw.port, relay, sizeof relay);
+    const char *a1[] = {"chat",    "--url", url_sw, "--allow-http", "--relay",
+                        relay,     "-m",    "echo", PROMPT,         NULL};
+    const char *a2[] = {"models", "--url", url_sw, "--allow-http",
+                        "--relay", relay,  NULL};
+    const char *a3[] = {"chat",    "--url", url_sw, "--allow-http",
+                        "--relay", relay,   "--protocol", "v1",
+                        "-m",      "echo",  PROMPT,  NULL};
+    const char *a4[] = {"chat", "--url", url_sw, "--allow-http", "-m",
+                        "echo", PROMPT,  NULL};
+    CU_ASSERT_EQUAL(run_veil(a1, &out, &e), 0);
+    CU_ASSERT(out && !strcmp(out, PROMPT "\n"));
+    free(out);
+    free(e);
+    CU_ASSERT_EQUAL(atomic_load(&rl.posts), 1);
+    CU_ASSERT_EQUAL(run_veil(a2, &out, &e), 0);
+    CU_ASSERT(out && strstr(out, "echo") != NULL);
+    free(out);
+    free(e);
+    CU_ASSERT_EQUAL(atomic_load(&rl.posts), 2);
+    CU_ASSERT_EQUAL(run_veil(a3, &out, &e), 21);
+    CU_ASSERT(e && strstr(e, "protocol v2 only") != NULL);
+    free(out);
+    free(e);
+    CU_ASSERT_EQUAL(atomic_load(&rl.posts), 2);
+    setenv("VEIL_RELAY", relay, 1);
+    CU_ASSERT_EQUAL(run_veil(a4, &out, &e), 0);
+    unsetenv("VEIL_RELAY");
+    CU_ASSERT(out && !strcmp(out, PROMPT "\n"));
+    free(out);
+    free(e);
+    CU_ASSERT_EQUAL(atomic_load(&rl.posts), 3);
+    CU_ASSERT_EQUAL(atomic_load(&rl.others), 0);
+    CU_ASSERT_EQUAL(atomic_load(&rl.authorized), 0);
+}
+
 /* ---- setup --------------------------------------------------------------- */
 
 static int start_gateways(void)
@@ -1684,6 +1937,12 @@ static int start_gateways(void)
         return -1;
     url_of(&gw_tok, url_tok, sizeof url_tok);
     url_of(&gw_sw, url_sw, sizeof url_sw);
+    stub_config rc = {.handle = rl_handle,
+                      .ctx = &rl,
+                      .max_body = 1 << 20,
+                      .who = "relay stand-in"};
+    if (stub_start(&rl.http, &rc) != 0)
+        return -1;
     return stand_in_start();
 }
 
@@ -1717,6 +1976,7 @@ static int setup(void)
 static void teardown(void)
 {
     stub_stop(&si.http);
+    stub_stop(&rl.http);
     veil_key_free(si.signer);
     veil_hpke_key_free(si.kem);
     free(si.signer_pem);
@@ -1771,11 +2031,16 @@ int main(void)
          test_no_retry_after_drop},
         {"stand-in: the key configurations' freshness", test_keys_freshness},
         {"stand-in: the key GET redirected", test_keys_redirect},
+        {"through a relay: chat over v2 and auto", test_relay_chat},
+        {"through a relay: a gateway without v2", test_relay_no_v2},
+        {"through a relay: settings refused", test_relay_refused},
+        {"through a relay: veil --relay and VEIL_RELAY", test_relay_cli},
         {"gateways exit cleanly", test_exit},
     };
     int rc;
 
     signal(SIGPIPE, SIG_IGN);
+    unsetenv("VEIL_RELAY"); /* test_relay_cli sets it where it means to */
     if (setup() != 0) {
         teardown();
         return 1;

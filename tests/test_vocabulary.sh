@@ -20,7 +20,7 @@ RIGHT="file:$VEIL_TEST_PIN_FILE"
 NOPIN="file:$VEIL_TEST_DIR/no-such.pin"
 pass=0 fail=0
 out="$T/out" err="$T/err"
-unset VEIL_URL VEIL_API_KEY VEIL_PKCS11_MODULE VEIL_PIN_SOURCE
+unset VEIL_URL VEIL_API_KEY VEIL_PKCS11_MODULE VEIL_PIN_SOURCE VEIL_RELAY
 
 . "${VEIL_SRCDIR:?}/tests/env/check.sh"
 . "${VEIL_SRCDIR:?}/tests/env/veild.sh"
@@ -132,6 +132,7 @@ V="$B/veil"
 check "veil --help" 0 "" -- "$V" --help
 out_has "veil --help lists VEIL_URL" "^  VEIL_URL .*--url"
 out_has "veil --help lists VEIL_PIN_SOURCE" "^  VEIL_PIN_SOURCE .*--pin-source"
+out_has "veil --help lists VEIL_RELAY" "^  VEIL_RELAY .*--relay"
 check "veil takes --server_key_pin as --server-key-pin (and says what it wants)" 2 "^veil: --server-key-pin takes" -- \
     "$V" chat --url http://127.0.0.1:1 --server_key_pin nonsense -m m hello
 check "veil server-key takes --allow_http and VEIL_URL (a connection error, 18)" 18 "APIConnectionError" -- \

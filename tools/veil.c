@@ -105,7 +105,7 @@ static const char usage_chat[] =
     "usage: veil chat -m MODEL [--system TEXT] [--tier standard|high|maximum]\n"
     "                 [--token-key URI | --key-dir DIR]\n"
     "                 [--server-key-pin sha256:HEX] [--protocol v1|v2|auto]\n"
-    "                 [--signing-key-pin sha256:HEX]\n"
+    "                 [--signing-key-pin sha256:HEX] [--relay URL]\n"
     "                 [--temperature X] [--max-tokens N] [--json] [OPTIONS]\n"
     "                 [PROMPT | -]\n"
     "Sends PROMPT as a user message and prints the answer's content. With "
@@ -127,6 +127,15 @@ static const char usage_chat[] =
     "                         sign its key configurations and answers\n"
     "                         (default: the --trust file's, else the key it\n"
     "                         names at first contact)\n"
+    "  --relay URL            v2 through an Oblivious HTTP relay (RFC 9458):\n"
+    "                         the sealed requests are posted to URL as given\n"
+    "                         (the relay resource, e.g.\n"
+    "                         https://relay.example/ohttp/gw1), the key\n"
+    "                         configuration still fetched from --url\n"
+    "                         (default: $VEIL_RELAY). https only (http with\n"
+    "                         --allow-http); implies v2: --protocol v1 is\n"
+    "                         refused (exit 21), and auto never falls back\n"
+    "                         to v1\n"
     "  --token-key URI        v1: the answer key is in a PKCS#11 token:\n"
     "                         'pkcs11:token=...;object=...' (RSA, 2048+ bits)\n"
     "  --key-dir DIR          v1: the answer key is in a NOMYO key directory;\n"
@@ -183,21 +192,24 @@ static const char usage_server_key[] =
 
 static const char usage_embed[] =
     "usage: veil embed -m MODEL [--tier TIER] [--protocol v2|auto]\n"
-    "                  [--signing-key-pin sha256:HEX] [--json] [OPTIONS]\n"
-    "                  [TEXT | -]\n"
+    "                  [--signing-key-pin sha256:HEX] [--relay URL]\n"
+    "                  [--json] [OPTIONS] [TEXT | -]\n"
     "Sends TEXT (or stdin, as for chat) to POST /v1/embeddings over protocol\n"
     "v2 and prints its embedding as a JSON array of numbers on one line. A\n"
     "gateway without v2 is an error (exit 14).\n"
     "  -m, --model MODEL      embedding model ID (required)\n"
     "  --json                 print the whole answer JSON, with _metadata\n"
-    "Also --tier, --protocol, --signing-key-pin: see 'veil chat --help'.\n";
+    "Also --tier, --protocol, --signing-key-pin, --relay: see 'veil chat\n"
+    "--help'.\n";
 
 static const char usage_models[] =
     "usage: veil models [--tier TIER] [--protocol v1|v2|auto]\n"
-    "                   [--signing-key-pin sha256:HEX] [--json] [OPTIONS]\n"
+    "                   [--signing-key-pin sha256:HEX] [--relay URL]\n"
+    "                   [--json] [OPTIONS]\n"
     "Prints the IDs of the models the gateway serves (on TIER, over v2), one\n"
     "a line; --json prints the whole list. Over v1 the list is the\n"
-    "gateway's public GET /v1/models.\n";
+    "gateway's public GET /v1/models. Also --tier, --protocol,\n"
+    "--signing-key-pin, --relay: see 'veil chat --help'.\n";
 
 static const char usage_enroll[] =
     "usage: veil attest enroll --url URL --out FILE\n"
@@ -259,6 +271,7 @@ static const char usage_verify[] =
 
 struct opts {
     const char *url, *api_key_file, *ca_file, *module, *pin_source;
+    const char *relay; /* --relay, else $VEIL_RELAY: v2's relay */
     const char *password_source, *model, *system, *tier, *token_key, *key_dir;
     const char *trust, *evidence, *ek_ca, *out_file, *evidence_in;
     char pin[72];     /* normalised "sha256:<64 lowercase hex>", or "" */
@@ -717,6 +730,7 @@ static unsigned option_cmds(int c)
         return KEYS | ON(CMD_EMBED) | ON(CMD_MODELS);
     case 'y': /* --protocol */
     case 'k': /* --signing-key-pin */
+    case 'L': /* --relay */
     case 'T': /* --tier */
     case 'j': /* --json */
         return V2;
@@ -896,6 +910,7 @@ static int parse_opts(int argc, char **argv, enum cmd cmd, struct opts *o)
         {"allow-small-exponent", no_argument, NULL, 'e'},
         {"protocol", required_argument, NULL, 'y'},
         {"signing-key-pin", required_argument, NULL, 'k'},
+        {"relay", required_argument, NULL, 'L'},
         {NULL, 0, NULL, 0},
     };
     /* the same flags with underscores too (engine/toolenv.h) */
@@ -913,6 +928,9 @@ static int parse_opts(int argc, char **argv, enum cmd cmd, struct opts *o)
         return -1;
     }
     o->url = veil_env(VEIL_ENV_URL);
+    o->relay = cmd == CMD_CHAT || cmd == CMD_EMBED || cmd == CMD_MODELS
+                   ? veil_env(VEIL_ENV_RELAY)
+                   : NULL;
     o->module = veil_env(VEIL_ENV_MODULE);
     o->pin_source = veil_env(VEIL_ENV_PIN_SOURCE);
     o->timeout_ms = 60000;
@@ -947,6 +965,9 @@ static int parse_opts(int argc, char **argv, enum cmd cmd, struct opts *o)
         case 'u':
             o->url = optarg;
             o->url_given = 1;
+            break;
+        case 'L':
+            o->relay = optarg;
             break;
         case 'R':
             o->trust = optarg;
@@ -2015,6 +2036,7 @@ static void client_config(enum cmd cmd, const struct opts *o,
     cfg->protocol =
         cmd == CMD_SERVER_KEY ? VEIL_CLIENT_PROTOCOL_V1 : o->protocol;
     cfg->signing_key_pin = o->signing_pin[0] ? o->signing_pin : NULL;
+    cfg->relay_url = cmd == CMD_SERVER_KEY ? NULL : o->relay;
 }
 
 static int run(enum cmd cmd, struct opts *o)

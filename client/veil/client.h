@@ -162,6 +162,19 @@ typedef struct veil_client_config {
      * first contact again).  A configuration signed by another key, or
      * expired, is VEIL_CLIENT_E_SECURITY and nothing is sent. */
     const char *signing_key_pin;
+    /* Appended in libveil 1 after its first packages (0.1.0).  v2 through
+     * an Oblivious HTTP relay (RFC 9458 2: an Oblivious Relay Resource,
+     * e.g. "https://relay.example/ohttp/gw1"): the encapsulated requests
+     * are posted to this URL exactly as given (nothing appended; user
+     * information dropped), while the key configurations, the signing key
+     * and the KEM key certifications are still fetched from base_url.
+     * https, or http when allow_http; else VEIL_CLIENT_E_CONFIG.  It makes
+     * v2 necessary: with protocol v1 it is VEIL_CLIENT_E_CONFIG, auto
+     * means v2 (a gateway without v2 is then an error, never a v1 request
+     * around the relay), and a per-request base_url other than the
+     * client's is VEIL_CLIENT_E_CONFIG (a relay forwards to one gateway).
+     * NULL (the default): posted to the gateway itself. */
+    const char *relay_url;
 } veil_client_config;
 
 /* Fills cfg with the defaults above.  Always start from this. */
