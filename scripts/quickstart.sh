@@ -92,7 +92,7 @@ packages() {
     lintian --fail-on error "$ROOT"/build-deb/*.changes
     step "packages in $ROOT/build-deb/"
     ls -1 "$ROOT"/build-deb/*.deb
-    echo "install them with: apt install $ROOT/build-deb/veild_${version}_*.deb $ROOT/build-deb/veil_${version}_*.deb $ROOT/build-deb/libveil1_${version}_*.deb"
+    echo "install them with: apt install $ROOT/build-deb/veild_${version}_*.deb $ROOT/build-deb/veil_${version}_*.deb $ROOT/build-deb/libveil3_${version}_*.deb"
 }
 
 case "${1:-}" in

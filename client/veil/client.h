@@ -162,7 +162,8 @@ typedef struct veil_client_config {
      * first contact again).  A configuration signed by another key, or
      * expired, is VEIL_CLIENT_E_SECURITY and nothing is sent. */
     const char *signing_key_pin;
-    /* Appended in libveil 1 after its first packages (0.1.0).  v2 through
+    /* Appended in libveil 3 (version-info 3:0:0: a binary built against an
+     * older veil_client_config must be rebuilt).  v2 through
      * an Oblivious HTTP relay (RFC 9458 2: an Oblivious Relay Resource,
      * e.g. "https://relay.example/ohttp/gw1"): the encapsulated requests
      * are posted to this URL exactly as given (nothing appended; user
