@@ -435,6 +435,11 @@ int veil_cl_retry_worth(long status, const veil_client_error *err)
              strstr(err->detail, "no TPM attestation available") != NULL);
 }
 
+int veil_cl_v2_retry_worth(long status, const veil_client_error *err)
+{
+    return (status == 429 || status == 503) && veil_cl_retry_worth(status, err);
+}
+
 /* Backoff before retry number `attempt` (1-based): Retry-After when the
  * server sent one, else base * 2^(attempt-1), with the upper half jittered;
  * both capped. */

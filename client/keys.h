@@ -96,6 +96,10 @@ int veil_cl_retryable(long status);
  * (veil_cl_retryable), but not the 503 of a gateway that has no TPM at
  * all ("no TPM attestation available"), which no retry changes. */
 int veil_cl_retry_worth(long status, const veil_client_error *err);
+/* The same for a v2 POST that got an answer: only 429 and 503, which say
+ * the request was not processed (RFC 9458 6.5 allows no retry without
+ * such a signal); a 500, 502 or 504 may come after the backend ran. */
+int veil_cl_v2_retry_worth(long status, const veil_client_error *err);
 void veil_cl_wait_retry(veil_client *c, unsigned attempt, long status,
                         long retry_after_ms, veil_chat_stats *stats);
 

@@ -796,6 +796,8 @@ typedef struct stand_in {
     const char *keys_cache2; /* a second Cache-Control line, or NULL */
     const char *keys_age;
     int rotate_keys; /* each GET answers a new key ID (a rotation) */
+    int inner_status; /* POST_SIGNED: an inner answer of this status
+                         (unsigned, a JSON detail) instead of the 200 */
 } stand_in;
 
 static stand_in si;
@@ -875,6 +877,11 @@ static enum MHD_Result si_answer(stand_in *s, struct MHD_Connection *conn,
                         .n_info = other_impl ? 1 : 0,
                         .headers = {f, s->post == POST_UNSIGNED ? 1 : 4},
                         .content = VEIL_BSTR(answer)};
+    if (s->inner_status) {
+        m.status = s->inner_status;
+        m.headers.n = 1;
+        m.content = VEIL_BSTR("{\"detail\":\"from the backend\"}");
+    }
     uint8_t padded[4096] = {0}; /* the message, then zeros */
     size_t plain_len = 0;
     if (veil_bhttp_encode(&m, 0, &plain) != VEIL_OK ||
@@ -1473,6 +1480,35 @@ static void test_keys_freshness(void)
     si.post = POST_UNIFORM;
 }
 
+/* An inner 5xx over v2: the gateway opened the request and may have
+ * passed it to the backend, so only the statuses that say it was not
+ * processed are retried (RFC 9458 6.5): 429 and 503 are, 500, 502 and
+ * 504 are not (one POST, the error of that status). */
+static void test_inner_5xx_retries(void)
+{
+    static const struct {
+        int status, posts;
+    } cases[] = {{500, 1}, {502, 1}, {504, 1}, {503, 3}, {429, 3}};
+    char url[64];
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        veil_chat_stats stats;
+        veil_client_error err;
+        int ok;
+        si_ready(url, sizeof url, POST_SIGNED);
+        si.inner_status = cases[i].status;
+        veil_client *c = client_for(url, VEIL_CLIENT_PROTOCOL_V2);
+        CU_ASSERT_NOT_EQUAL(chat(c, &stats, &err, &ok), VEIL_CLIENT_OK);
+        CU_ASSERT_EQUAL(err.http_status, cases[i].status);
+        CU_ASSERT_EQUAL(atomic_load(&si.posts), cases[i].posts);
+        if (atomic_load(&si.posts) != cases[i].posts)
+            fprintf(stderr, "inner %d: %d POSTs\n", cases[i].status,
+                    atomic_load(&si.posts));
+        veil_client_free(c);
+    }
+    si.inner_status = 0;
+    si.post = POST_UNIFORM;
+}
+
 /* A POST that reached the gateway and got no answer (the connection
  * closed) is not sent again, sealed afresh or not: RFC 9458 6.5, a client
  * MUST NOT retry a failed request without a positive signal that it was
@@ -2020,6 +2056,8 @@ int main(void)
         {"stand-in: the uniform 400 twice", test_uniform_twice},
         {"stand-in: the uniform 400, the same key: not sent again",
          test_uniform_same_key},
+        {"stand-in: inner 500/502/504 not retried, 429/503 retried",
+         test_inner_5xx_retries},
         {"stand-in: answer signatures", test_answer_signatures},
         {"stand-in: answers that are not encapsulated", test_not_encapsulated},
         {"stand-in: the inner authority", test_inner_authority},
