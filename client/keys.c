@@ -266,8 +266,18 @@ static veil_client_status get_key(veil_client *c, const char *url,
     if (snprintf(full, sizeof full, "%s%s", url, path) >= (int)sizeof full)
         return veil_cl_fail(err, VEIL_CLIENT_E_CONFIG, 0, VEIL_E_ARG,
                             "the base URL is too long");
-    veil_client_status st = veil_cl_transport_send(c->tx, full, NULL, NULL, 0,
-                                                   MAX_KEY_BODY, &r, err);
+    /* a GET: a network failure, 429 or 5xx is retried as a request is */
+    veil_client_status st;
+    for (unsigned n = 0;; free(r.body)) {
+        st = veil_cl_transport_send(c->tx, full, NULL, NULL, 0, MAX_KEY_BODY,
+                                    &r, err);
+        long s = st == VEIL_CLIENT_OK ? r.status : 0;
+        if ((st == VEIL_CLIENT_OK && !veil_cl_retryable(s)) ||
+            (st != VEIL_CLIENT_OK && st != VEIL_CLIENT_E_CONNECTION) ||
+            n >= c->cfg.max_retries)
+            break;
+        veil_cl_wait_retry(c, ++n, s, s ? r.retry_after_ms : -1, NULL);
+    }
     if (st != VEIL_CLIENT_OK)
         return st;
     st = r.status == 200 ? key_from_body(c, &r, &key, bits, err)

@@ -399,7 +399,12 @@ veil_client_status veil_cl_v2_pick(veil_client *c, const char *url, int *v2,
                   "using protocol v1, where the pin is checked");
         return VEIL_CLIENT_OK;
     }
-    if ((st = keys_get(c, url, 1, 0, &sl, err)) != VEIL_CLIENT_OK)
+    /* a network failure of this GET is retried as a request is */
+    for (unsigned n = 0;
+         (st = keys_get(c, url, 1, 0, &sl, err)) == VEIL_CLIENT_E_CONNECTION &&
+         n < c->cfg.max_retries;)
+        veil_cl_wait_retry(c, ++n, 0, -1, NULL);
+    if (st != VEIL_CLIENT_OK)
         return st;
     *v2 = sl.state == 1;
     return VEIL_CLIENT_OK;

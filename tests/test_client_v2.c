@@ -1480,6 +1480,52 @@ static void test_keys_freshness(void)
     si.post = POST_UNIFORM;
 }
 
+static void count_any_retry(void *ctx, unsigned attempt, int http_status,
+                            unsigned delay_ms)
+{
+    (void)attempt;
+    (void)http_status;
+    (void)delay_ms;
+    ++*(int *)ctx;
+}
+
+/* A gateway that cannot be reached (nothing listens on the port): the
+ * GET that comes first is retried as a request is, for auto's choice of
+ * protocol and for v1's server key alike (a GET carries no request),
+ * before the ConnectionError. */
+static void test_key_get_retried_refused(void)
+{
+    static const veil_client_protocol protos[] = {VEIL_CLIENT_PROTOCOL_AUTO,
+                                                  VEIL_CLIENT_PROTOCOL_V1};
+    struct sockaddr_in a = {.sin_family = AF_INET,
+                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t alen = sizeof a;
+    char url[64];
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    CU_ASSERT_FATAL(fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof a) == 0 &&
+                    getsockname(fd, (struct sockaddr *)&a, &alen) == 0);
+    close(fd); /* the port is now closed: connections are refused */
+    snprintf(url, sizeof url, "http://127.0.0.1:%u", ntohs(a.sin_port));
+    for (size_t i = 0; i < 2; i++) {
+        veil_client_config cfg;
+        veil_chat_stats stats;
+        veil_client_error err;
+        int ok, seen = 0;
+        tu_client_config(&cfg, url);
+        cfg.protocol = protos[i];
+        cfg.max_retries = 2;
+        cfg.retry_base_ms = 10;
+        cfg.on_retry = count_any_retry;
+        cfg.retry_ctx = &seen;
+        veil_client *c = tu_client_new(&cfg);
+        CU_ASSERT_EQUAL(chat(c, &stats, &err, &ok), VEIL_CLIENT_E_CONNECTION);
+        CU_ASSERT_EQUAL(seen, 2);
+        if (seen != 2)
+            fprintf(stderr, "protocol %d: %d retries\n", (int)protos[i], seen);
+        veil_client_free(c);
+    }
+}
+
 /* An inner 5xx over v2: the gateway opened the request and may have
  * passed it to the backend, so only the statuses that say it was not
  * processed are retried (RFC 9458 6.5): 429 and 503 are, 500, 502 and
@@ -2058,6 +2104,8 @@ int main(void)
          test_uniform_same_key},
         {"stand-in: inner 500/502/504 not retried, 429/503 retried",
          test_inner_5xx_retries},
+        {"unreachable gateway: the first GET retried (auto, v1)",
+         test_key_get_retried_refused},
         {"stand-in: answer signatures", test_answer_signatures},
         {"stand-in: answers that are not encapsulated", test_not_encapsulated},
         {"stand-in: the inner authority", test_inner_authority},
