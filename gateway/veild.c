@@ -52,8 +52,7 @@ static const char usage[] =
     "SIGHUP reloads the config file, flags, API keys, models and TLS\n"
     "certificate (settings that need a restart are logged and kept);\n"
     "SIGTERM and SIGINT stop gracefully.\n"
-    "\n"
-    "Every setting of the config file is also a flag (--NAME VALUE):\n";
+    "\n";
 
 /* Where the lines go: standard error, at log_level, in log_format (a
  * reload may change both; service/log.h).  The parts of veild are given
