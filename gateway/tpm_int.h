@@ -119,6 +119,10 @@ char *tpm_b64_signature(const TPMT_SIGNATURE *sig);
  * more) bits or even, an exponent even or 1, ECC coordinates not of 32
  * bytes or a point off the curve. */
 EVP_PKEY *tpm_pkey_from_public(const TPMT_PUBLIC *p);
+/* 1 when a quote's PCR selection a is the one asked for, b: the same
+ * banks, sizes and bits (a lying TPM could quote others). */
+int tpm_pcr_selection_same(const TPML_PCR_SELECTION *a,
+                           const TPML_PCR_SELECTION *b);
 /* Checks what the TPM signed before it goes out as veil's evidence: sig
  * is ECDSA-SHA256 by `signer` over info, which is a TPMS_ATTEST the TPM
  * made (magic) of `type`, with extraData `qualifying`, and for a

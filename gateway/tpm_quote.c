@@ -192,6 +192,11 @@ static int quote_pcrs(gw_tpm *t, ESYS_TR ak, EVP_PKEY *ak_key,
             goto fail;
         }
         EVP_MD_CTX_free(md);
+        if (!tpm_pcr_selection_same(&info.attested.quote.pcrSelect, &sel)) {
+            gw_put_err(err, err_size,
+                       "TPM: the quote covers other PCRs than asked for");
+            goto fail;
+        }
         same = info.attested.quote.pcrDigest.size == 32 &&
                memcmp(info.attested.quote.pcrDigest.buffer, digest, 32) == 0;
         if (same)

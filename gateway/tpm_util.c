@@ -216,6 +216,23 @@ int tpm_attest_check(EVP_PKEY *signer, const TPM2B_ATTEST *info,
     return 0;
 }
 
+/* The quote's PCR selection is the one asked for (bank, size, bits). */
+int tpm_pcr_selection_same(const TPML_PCR_SELECTION *a,
+                           const TPML_PCR_SELECTION *b)
+{
+    if (a->count != b->count || a->count > TPM2_NUM_PCR_BANKS)
+        return 0;
+    for (UINT32 i = 0; i < a->count; i++) {
+        const TPMS_PCR_SELECTION *x = &a->pcrSelections[i],
+                                 *y = &b->pcrSelections[i];
+        if (x->hash != y->hash || x->sizeofSelect != y->sizeofSelect ||
+            x->sizeofSelect > sizeof x->pcrSelect ||
+            memcmp(x->pcrSelect, y->pcrSelect, x->sizeofSelect) != 0)
+            return 0;
+    }
+    return 1;
+}
+
 /* ---- salted HMAC sessions ----------------------------------------------- */
 
 int tpm_sessions(gw_tpm *t, char *err, size_t err_size)

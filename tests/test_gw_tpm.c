@@ -1203,6 +1203,35 @@ static void test_lying_attest(void)
     EVP_PKEY_free(other);
 }
 
+/* tpm_pcr_selection_same: a quote goes out only over the PCRs asked for
+ * (sha256:0,7,10 here); another bank, other bits, another size or a
+ * second bank is refused. */
+static void test_lying_selection(void)
+{
+    TPML_PCR_SELECTION asked = {
+        .count = 1,
+        .pcrSelections = {{.hash = TPM2_ALG_SHA256,
+                           .sizeofSelect = 3,
+                           .pcrSelect = {0x81, 0x04, 0x00}}}};
+    TPML_PCR_SELECTION got = asked;
+
+    CU_ASSERT(tpm_pcr_selection_same(&got, &asked));
+    got.pcrSelections[0].hash = TPM2_ALG_SHA1;
+    CU_ASSERT(!tpm_pcr_selection_same(&got, &asked));
+    got = asked;
+    got.pcrSelections[0].pcrSelect[2] = 0x01; /* PCR 16 too */
+    CU_ASSERT(!tpm_pcr_selection_same(&got, &asked));
+    got = asked;
+    got.pcrSelections[0].sizeofSelect = 4;
+    CU_ASSERT(!tpm_pcr_selection_same(&got, &asked));
+    got = asked;
+    got.count = 2;
+    got.pcrSelections[1] = asked.pcrSelections[0];
+    CU_ASSERT(!tpm_pcr_selection_same(&got, &asked));
+    got.count = TPM2_NUM_PCR_BANKS + 1; /* a count past the array */
+    CU_ASSERT(!tpm_pcr_selection_same(&got, &asked));
+}
+
 /* ---- main ---------------------------------------------------------------- */
 
 int main(void)
@@ -1218,6 +1247,8 @@ int main(void)
         {"the encryption key certified (tss2_key)", test_key_certify},
         {"lying TPM (hand-made structs): public areas", test_lying_public},
         {"lying TPM (hand-made structs): attestations", test_lying_attest},
+        {"lying TPM (hand-made structs): quoted PCR selection",
+         test_lying_selection},
     };
 
     TU_ADD_SUITE("gateway TPM (swtpm)", suite_init, suite_cleanup, tests);
