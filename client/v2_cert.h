@@ -25,16 +25,19 @@ extern const char *const veil_cl_v2_keys_lines[];
 /* The URL of an outer request of protocol v2 into out: the base URL
  * without its user information (user:password@, which curl would send as
  * HTTP Basic credentials: RFC 9458 6.1 allows nothing identifying on what
- * a relay forwards), then path. */
-void veil_cl_v2_outer_url(const char *base, const char *path, char *out,
-                          size_t size);
+ * a relay forwards), then path.  A URL that does not fit in out is
+ * VEIL_CLIENT_E_CONFIG (err may be NULL), never one cut short. */
+veil_client_status veil_cl_v2_outer_url(const char *base, const char *path,
+                                        char *out, size_t size,
+                                        veil_client_error *err);
 
 /* Where the encapsulated requests for the gateway at base are posted,
  * into out: the relay as configured (cfg.relay_url, nothing appended),
- * else base's /.well-known/ohttp-gateway; user information dropped as
- * above. */
-void veil_cl_v2_post_url(const veil_client *c, const char *base, char *out,
-                         size_t size);
+ * else base's /.well-known/ohttp-gateway; user information dropped and
+ * length checked as above. */
+veil_client_status veil_cl_v2_post_url(const veil_client *c, const char *base,
+                                       char *out, size_t size,
+                                       veil_client_error *err);
 
 /* GET base's key configurations (at most max_body) into r: to
  * /.well-known/ohttp-gateway with veil_cl_v2_keys_lines, following up to
