@@ -139,8 +139,12 @@ long long veil_cl_keys_fresh_for(const veil_cl_http_response *r)
     long long life = max_age(r->cache_control), spent = 0;
     if (life < 0)
         return -1;
+    /* RFC 9111 5.1: an Age too large to represent counts as a very large
+     * one (all of max-age spent); one that is not a number as none */
     if (!veil_cl_unix_time(r->age, &spent))
-        spent = 0;
+        spent = r->age[0] && strspn(r->age, "0123456789") == strlen(r->age)
+                    ? life
+                    : 0;
     return life > spent ? life - spent : 0;
 }
 

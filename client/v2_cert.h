@@ -53,8 +53,9 @@ veil_client_status veil_cl_v2_keys_get(veil_cl_transport *tx, const char *base,
 
 /* How long the answer r (a GET of the key configurations) stays fresh
  * from now (RFC 9111 4.2): its Cache-Control max-age less the Age a cache
- * on the way gave it (4.2.3; an Age that is not a number counts as 0), at
- * least 0; -1 without max-age. */
+ * on the way gave it (4.2.3; an Age that is not a number counts as 0, one
+ * of more digits than fit as all of max-age, 5.1), at least 0; -1 without
+ * max-age. */
 long long veil_cl_keys_fresh_for(const veil_cl_http_response *r);
 
 /* ---- the signed statement (section 4.3) ---------------------------------

@@ -1453,6 +1453,9 @@ static void test_keys_freshness(void)
                  {"max-age=600", NULL, "600", 2},
                  {"public, max-age=600", NULL, "900", 2},
                  {"max-age=600", NULL, "10", 1},
+                 /* RFC 9111 5.1: an Age too large to represent is a very
+                  * large one, not none */
+                 {"max-age=600", NULL, "99999999999999999999", 2},
                  {"max-age=0", NULL, NULL, 2},
                  {"max-age=3600", "no-transform", NULL, 1},
                  {"public", "max-age=0", NULL, 2}};
