@@ -1932,8 +1932,9 @@ static void test_relay_refused(void)
 }
 
 /* A relay or base URL too long for the client's URL buffer (2047 bytes
- * with the path): refused with nothing sent, never cut short and used
- * (a cut relay URL names another resource, a cut base URL another path). */
+ * with the path): refused with nothing sent, never cut short and used (a
+ * cut relay URL names another resource).  A base URL that long was
+ * already refused before any request; it stays so. */
 static void test_url_too_long(void)
 {
     char relay[2300], base[2300];
