@@ -93,10 +93,12 @@ static veil_client_status signer_fetch(veil_client *c, const char *url,
 {
     char full[2048], shown[512];
     veil_cl_http_response r;
-    veil_cl_v2_outer_url(url, "/pki/signing_key", full, sizeof full);
-    veil_client_status st = veil_cl_transport_send(c->tx, full, NULL, NULL, 0,
-                                                   SIGNER_MAX_BODY, &r, err);
-    if (st != VEIL_CLIENT_OK)
+    veil_client_status st =
+        veil_cl_v2_outer_url(url, "/pki/signing_key", full, sizeof full, err);
+    if (st != VEIL_CLIENT_OK ||
+        (st = veil_cl_transport_send(c->tx, full, NULL, NULL, 0,
+                                     SIGNER_MAX_BODY, &r, err)) !=
+            VEIL_CLIENT_OK)
         return st;
     if (r.status == 200)
         st = signer_from_body(c, &r, s, err);
@@ -595,6 +597,10 @@ static veil_client_status post_once(veil_client *c, const veil_cl_v2_call *k,
     size_t len = 0, enc_len = 0;
     char full[2048];
     memset(r, 0, sizeof *r);
+    veil_client_status st = veil_cl_v2_post_url(c, k->url, full, sizeof full,
+                                                err); /* before sealing */
+    if (st != VEIL_CLIENT_OK)
+        return st;
     uint64_t t0 = veil_cl_now_ns();
     veil_rc rc = veil_ohttp_encap_request(
         c->engine, &kc->kc, kc->alg, veil_secbuf_data(req),
@@ -606,12 +612,11 @@ static veil_client_status post_once(veil_client *c, const veil_cl_v2_call *k,
     SHA256(enc, enc_len, h);
     veil_hex(h, 32, in->request_id);
     uint64_t t1 = veil_cl_now_ns();
-    veil_cl_v2_post_url(c, k->url, full, sizeof full);
     veil_logf(&c->log, VEIL_LOG_DEBUG,
               "v2 %s %s: request %.16s... to key ID %u (%zu bytes)", k->method,
               k->path, in->request_id, (unsigned)kc->kc.key_id, len);
-    veil_client_status st = veil_cl_transport_send(
-        c->tx, full, lines, (const char *)body, len, 0, r, err);
+    st = veil_cl_transport_send(c->tx, full, lines, (const char *)body, len, 0,
+                                r, err);
     free(body);
     if (k->stats) {
         k->stats->encrypt_ns += t1 - t0;

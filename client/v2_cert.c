@@ -40,24 +40,32 @@ static const uint8_t p256_spki_prefix[26] = {
 const char *const veil_cl_v2_keys_lines[] = {"Accept: " VEIL_OHTTP_MEDIA_KEYS,
                                              NULL};
 
-void veil_cl_v2_outer_url(const char *base, const char *path, char *out,
-                          size_t size)
+veil_client_status veil_cl_v2_outer_url(const char *base, const char *path,
+                                        char *out, size_t size,
+                                        veil_client_error *err)
 {
     const char *p = strstr(base, "://"), *at;
     size_t head = p ? (size_t)(p + 3 - base) : 0;
     size_t n = strcspn(base + head, "/?#"), skip = 0;
     while ((at = memchr(base + head + skip, '@', n - skip)) != NULL)
         skip = (size_t)(at + 1 - (base + head));
-    snprintf(out, size, "%.*s%s%s", (int)head, base, base + head + skip, path);
+    int len = snprintf(out, size, "%.*s%s%s", (int)head, base,
+                       base + head + skip, path);
+    if (len < 0 || (size_t)len >= size)
+        return veil_cl_fail(err, VEIL_CLIENT_E_CONFIG, 0, VEIL_E_ARG,
+                            "the URL is too long: a base or relay URL with "
+                            "its path must fit in %zu bytes; nothing was sent",
+                            size - 1);
+    return VEIL_CLIENT_OK;
 }
 
-void veil_cl_v2_post_url(const veil_client *c, const char *base, char *out,
-                         size_t size)
+veil_client_status veil_cl_v2_post_url(const veil_client *c, const char *base,
+                                       char *out, size_t size,
+                                       veil_client_error *err)
 {
     if (c->relay_url)
-        veil_cl_v2_outer_url(c->relay_url, "", out, size);
-    else
-        veil_cl_v2_outer_url(base, VEIL_OHTTP_WELL_KNOWN, out, size);
+        return veil_cl_v2_outer_url(c->relay_url, "", out, size, err);
+    return veil_cl_v2_outer_url(base, VEIL_OHTTP_WELL_KNOWN, out, size, err);
 }
 
 #define KEYS_REDIRECTS_MAX 4
@@ -76,8 +84,8 @@ static int redirect_next(const char *from, const veil_cl_http_response *r,
              curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) == CURLUE_OK &&
              (!strcmp(scheme, "https") ||
               (!strcmp(scheme, "http") && !strncmp(from, "http://", 7)));
-    if (ok)
-        veil_cl_v2_outer_url(next, "", out, size);
+    ok =
+        ok && veil_cl_v2_outer_url(next, "", out, size, NULL) == VEIL_CLIENT_OK;
     curl_free(next);
     curl_free(scheme);
     curl_url_cleanup(u);
@@ -90,10 +98,13 @@ veil_client_status veil_cl_v2_keys_get(veil_cl_transport *tx, const char *base,
                                        veil_client_error *err)
 {
     char url[2048], next[2048];
-    veil_cl_v2_outer_url(base, VEIL_OHTTP_WELL_KNOWN, url, sizeof url);
+    veil_client_status st =
+        veil_cl_v2_outer_url(base, VEIL_OHTTP_WELL_KNOWN, url, sizeof url, err);
+    if (st != VEIL_CLIENT_OK)
+        return st;
     for (unsigned hop = 0;; hop++) {
-        veil_client_status st = veil_cl_transport_send(
-            tx, url, veil_cl_v2_keys_lines, NULL, 0, max_body, r, err);
+        st = veil_cl_transport_send(tx, url, veil_cl_v2_keys_lines, NULL, 0,
+                                    max_body, r, err);
         long s = r->status;
         if (st != VEIL_CLIENT_OK ||
             !(s == 301 || s == 302 || s == 303 || s == 307 || s == 308) ||
@@ -128,8 +139,12 @@ long long veil_cl_keys_fresh_for(const veil_cl_http_response *r)
     long long life = max_age(r->cache_control), spent = 0;
     if (life < 0)
         return -1;
+    /* RFC 9111 5.1: an Age too large to represent counts as a very large
+     * one (all of max-age spent); one that is not a number as none */
     if (!veil_cl_unix_time(r->age, &spent))
-        spent = 0;
+        spent = r->age[0] && strspn(r->age, "0123456789") == strlen(r->age)
+                    ? life
+                    : 0;
     return life > spent ? life - spent : 0;
 }
 
@@ -283,9 +298,11 @@ static veil_client_status cert_fetch(veil_engine *e, veil_cl_transport *tx,
     char path[40];
     snprintf(path, sizeof path, "/v2/keys/certify?key_id=%u",
              (unsigned)kc->key_id);
-    veil_cl_v2_outer_url(url, path, full, sizeof full);
     veil_client_status st =
-        veil_cl_transport_send(tx, full, NULL, NULL, 0, CERT_MAX_BODY, &r, err);
+        veil_cl_v2_outer_url(url, path, full, sizeof full, err);
+    if (st == VEIL_CLIENT_OK)
+        st = veil_cl_transport_send(tx, full, NULL, NULL, 0, CERT_MAX_BODY, &r,
+                                    err);
     if (st != VEIL_CLIENT_OK)
         return st;
     *status = r.status;

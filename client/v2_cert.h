@@ -25,16 +25,19 @@ extern const char *const veil_cl_v2_keys_lines[];
 /* The URL of an outer request of protocol v2 into out: the base URL
  * without its user information (user:password@, which curl would send as
  * HTTP Basic credentials: RFC 9458 6.1 allows nothing identifying on what
- * a relay forwards), then path. */
-void veil_cl_v2_outer_url(const char *base, const char *path, char *out,
-                          size_t size);
+ * a relay forwards), then path.  A URL that does not fit in out is
+ * VEIL_CLIENT_E_CONFIG (err may be NULL), never one cut short. */
+veil_client_status veil_cl_v2_outer_url(const char *base, const char *path,
+                                        char *out, size_t size,
+                                        veil_client_error *err);
 
 /* Where the encapsulated requests for the gateway at base are posted,
  * into out: the relay as configured (cfg.relay_url, nothing appended),
- * else base's /.well-known/ohttp-gateway; user information dropped as
- * above. */
-void veil_cl_v2_post_url(const veil_client *c, const char *base, char *out,
-                         size_t size);
+ * else base's /.well-known/ohttp-gateway; user information dropped and
+ * length checked as above. */
+veil_client_status veil_cl_v2_post_url(const veil_client *c, const char *base,
+                                       char *out, size_t size,
+                                       veil_client_error *err);
 
 /* GET base's key configurations (at most max_body) into r: to
  * /.well-known/ohttp-gateway with veil_cl_v2_keys_lines, following up to
@@ -50,8 +53,9 @@ veil_client_status veil_cl_v2_keys_get(veil_cl_transport *tx, const char *base,
 
 /* How long the answer r (a GET of the key configurations) stays fresh
  * from now (RFC 9111 4.2): its Cache-Control max-age less the Age a cache
- * on the way gave it (4.2.3; an Age that is not a number counts as 0), at
- * least 0; -1 without max-age. */
+ * on the way gave it (4.2.3; an Age that is not a number counts as 0, one
+ * of more digits than fit as all of max-age, 5.1), at least 0; -1 without
+ * max-age. */
 long long veil_cl_keys_fresh_for(const veil_cl_http_response *r);
 
 /* ---- the signed statement (section 4.3) ---------------------------------

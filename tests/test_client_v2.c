@@ -1453,6 +1453,9 @@ static void test_keys_freshness(void)
                  {"max-age=600", NULL, "600", 2},
                  {"public, max-age=600", NULL, "900", 2},
                  {"max-age=600", NULL, "10", 1},
+                 /* RFC 9111 5.1: an Age too large to represent is a very
+                  * large one, not none */
+                 {"max-age=600", NULL, "99999999999999999999", 2},
                  {"max-age=0", NULL, NULL, 2},
                  {"max-age=3600", "no-transform", NULL, 1},
                  {"public", "max-age=0", NULL, 2}};
@@ -1928,6 +1931,39 @@ static void test_relay_refused(void)
     CU_ASSERT_EQUAL(atomic_load(&rl.others), 0);
 }
 
+/* A relay or base URL too long for the client's URL buffer (2047 bytes
+ * with the path): refused with nothing sent, never cut short and used (a
+ * cut relay URL names another resource).  A base URL that long was
+ * already refused before any request; it stays so. */
+static void test_url_too_long(void)
+{
+    char relay[2300], base[2300];
+    veil_client_error err;
+    veil_chat_stats stats;
+    int ok = 0, n;
+    rl_ready(gw_sw.port, relay, sizeof relay);
+    n = snprintf(relay, sizeof relay, "http://127.0.0.1:%u/relay/gw1?pad=",
+                 rl.http.port);
+    memset(relay + n, 'a', 2100);
+    relay[n + 2100] = '\0';
+    veil_client *c = client_relay(url_sw, VEIL_CLIENT_PROTOCOL_V2, relay);
+    CU_ASSERT_FATAL(c != NULL);
+    CU_ASSERT_EQUAL(chat(c, &stats, &err, &ok), VEIL_CLIENT_E_CONFIG);
+    CU_ASSERT(strstr(err.detail, "too long") != NULL);
+    CU_ASSERT_EQUAL(atomic_load(&rl.posts), 0);
+    veil_client_free(c);
+
+    n = snprintf(base, sizeof base, "http://127.0.0.1:%u/", rl.http.port);
+    memset(base + n, 'b', 2100);
+    base[n + 2100] = '\0';
+    c = client_relay(base, VEIL_CLIENT_PROTOCOL_V2, NULL);
+    CU_ASSERT_FATAL(c != NULL);
+    CU_ASSERT_EQUAL(chat(c, &stats, &err, &ok), VEIL_CLIENT_E_CONFIG);
+    CU_ASSERT(strstr(err.detail, "too long") != NULL);
+    CU_ASSERT_EQUAL(atomic_load(&rl.others), 0); /* no GET of a cut URL */
+    veil_client_free(c);
+}
+
 /* veil chat and veil models --relay, and $VEIL_RELAY; --protocol v1 with
  * a relay is exit 21 with nothing posted. */
 static void test_relay_cli(void)
@@ -2121,6 +2157,8 @@ int main(void)
         {"through a relay: a gateway without v2", test_relay_no_v2},
         {"through a relay: settings refused", test_relay_refused},
         {"through a relay: veil --relay and VEIL_RELAY", test_relay_cli},
+        {"a relay or base URL too long: refused, not cut",
+         test_url_too_long},
         {"gateways exit cleanly", test_exit},
     };
     int rc;
