@@ -104,6 +104,7 @@ typedef struct veil_cl_http_response {
     char content_type[96];    /* Content-Type */
     int keys_headers_bad;
     unsigned fields_dropped; /* bit i: on_header's field i was dropped */
+    int age_dropped;         /* an Age twice or too long: read as all spent */
     /* A transfer that failed without sending a byte of the request (no
      * connection made, say): 1, a sign the server cannot have acted on
      * it (RFC 9458 6.5); else 0. */

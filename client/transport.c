@@ -239,6 +239,7 @@ static size_t on_header(char *data, size_t size, size_t n, void *ctx)
         r->age[0] = r->location[0] = '\0';
         r->keys_headers_bad = 0;
         r->fields_dropped = 0;
+        r->age_dropped = 0;
         r->retry_after_ms = -1;
         return len;
     }
@@ -258,6 +259,9 @@ static size_t on_header(char *data, size_t size, size_t n, void *ctx)
                                     : &r->veil_headers_bad,
                        &r->fields_dropped, 1u << i, data + nl, len - nl,
                        (char *)r + veil[i].off, veil[i].size);
+        if (veil[i].off == offsetof(veil_cl_http_response, age) &&
+            (r->fields_dropped & (1u << i)))
+            r->age_dropped = 1;
     }
     return len;
 }

@@ -141,7 +141,9 @@ long long veil_cl_keys_fresh_for(const veil_cl_http_response *r)
         return -1;
     /* RFC 9111 5.1: an Age too large to represent counts as a very large
      * one (all of max-age spent); one that is not a number as none */
-    if (!veil_cl_unix_time(r->age, &spent))
+    if (r->age_dropped) /* twice, or too long to keep: read as very large */
+        spent = life;
+    else if (!veil_cl_unix_time(r->age, &spent))
         spent = r->age[0] && strspn(r->age, "0123456789") == strlen(r->age)
                     ? life
                     : 0;

@@ -1456,6 +1456,8 @@ static void test_keys_freshness(void)
                  /* RFC 9111 5.1: an Age too large to represent is a very
                   * large one, not none */
                  {"max-age=600", NULL, "99999999999999999999", 2},
+                 /* too long to keep (30 digits): the same */
+                 {"max-age=600", NULL, "999999999999999999999999999999", 2},
                  {"max-age=0", NULL, NULL, 2},
                  {"max-age=3600", "no-transform", NULL, 1},
                  {"public", "max-age=0", NULL, 2}};
