@@ -2172,8 +2172,17 @@ int main(int argc, char **argv)
         "veil", usage_main, cmds, sizeof cmds / sizeof cmds[0], help_more, 1};
     struct opts o = {0};
     int code;
-    const veil_cmd *c = veil_cmdtable_find(&table, argc, argv, &code);
+    const veil_cmd *c;
 
+    /* Before anything secret is read (a PIN, key password, API key, the
+     * prompt, the answer): no core file, and no ptrace or /proc/PID/mem
+     * from other processes of the user, as in veild. */
+    if (veil_disable_core_dumps() != VEIL_OK)
+        fprintf(stderr,
+                "veil: warning: core dumps could not be turned off: "
+                "%s\n",
+                veil_last_error()->message);
+    c = veil_cmdtable_find(&table, argc, argv, &code);
     if (c == NULL)
         return code;
     /* "attest" has two subcommands: "attest enroll", "attest update". */
