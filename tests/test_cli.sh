@@ -279,11 +279,16 @@ check "a missing API key file" 21 "cannot read the API key file" -- "$V" chat --
 # prompt read from stdin, and a PROMPT argument is wiped once read.
 printf 'stdin secret prompt\n' >"$T/secret.txt"
 mark=$(lines "$AUTHLOG")
-"$V" chat --url "$AUTH_URL" --ca-file "$CA" --key-dir "$T/fastkey" --api-key-file "$T/api.key" \
-    -m fixture/slow-1500 - <"$T/secret.txt" >"$T/ps1.out" 2>"$T/ps1.err" &
+# (started with core files allowed, to see veil turn them off)
+(
+    ulimit -S -c unlimited 2>/dev/null || ulimit -S -c "$(ulimit -H -c)"
+    exec "$V" chat --url "$AUTH_URL" --ca-file "$CA" --key-dir "$T/fastkey" --api-key-file "$T/api.key" \
+        -m fixture/slow-1500 - <"$T/secret.txt" >"$T/ps1.out" 2>"$T/ps1.err"
+) &
 p1=$!
+core_before=$(ulimit -H -c)
 "$V" chat --url "$AUTH_URL" --ca-file "$CA" --key-dir "$T/fastkey" --api-key-file "$T/api.key" \
-    -m fixture/slow-1500 "argv secret prompt" >"$T/ps2.out" 2>"$T/ps2.err" </dev/null &
+    -m fixture/slow-1500 --system "argv secret system" "argv secret prompt" >"$T/ps2.out" 2>"$T/ps2.err" </dev/null &
 p2=$!
 for ((i = 0; i < 200; i++)); do
     [ "$(new_in "$AUTHLOG" "$mark" 'POST')" -ge 2 ] && break
@@ -298,7 +303,22 @@ cat "/proc/$p1/cmdline" "/proc/$p2/cmdline" 2>/dev/null | tr '\0' ' ' >>"$T/ps.t
 grep -q "veil" "$T/ps.txt" && ok "both requests were in flight (seen in ps)" || bad "ps did not see veil" "$T/ps.txt"
 grep -qF "$API_KEY" "$T/ps.txt" && bad "the API key is in the process list" "$T/ps.txt" || ok "the API key is not in the process list"
 grep -qF "stdin secret" "$T/ps.txt" && bad "the stdin prompt is in the process list" "$T/ps.txt" || ok "a prompt read from stdin is not in the process list"
-grep -qF "argv secret" "$T/ps.txt" && bad "the PROMPT argument stays in the process list" "$T/ps.txt" || ok "a PROMPT argument is wiped from the process list once read"
+grep -qF "argv secret prompt" "$T/ps.txt" && bad "the PROMPT argument stays in the process list" "$T/ps.txt" || ok "a PROMPT argument is wiped from the process list once read"
+grep -qF "argv secret system" "$T/ps.txt" && bad "the --system text stays in the process list" "$T/ps.txt" || ok "a --system text is wiped from the process list once read"
+# Core dumps off while it holds the API key, the prompt and its key:
+# RLIMIT_CORE 0 (soft and hard) whatever it started with, and not
+# dumpable, which makes its /proc/PID files root's (seen only when this
+# test does not run as root).
+core=$(awk '/^Max core file size/ {print $5 " " $6}' "/proc/$p1/limits" 2>/dev/null)
+[ "$core_before" = 0 ] && echo "note: the hard core file size limit here is 0 already"
+[ "$core" = "0 0" ] && ok "veil in flight: core file size limit 0 (started with ${core_before:-?})" \
+    || bad "veil in flight: core file size limit is '$core', not '0 0'" "/proc/$p1/limits"
+if [ "$(id -u)" -ne 0 ]; then
+    [ "$(stat -c %u "/proc/$p1")" = 0 ] && ok "veil in flight is not dumpable (/proc/PID is root's)" \
+        || bad "veil in flight is dumpable: /proc/$p1 is $(stat -c %U "/proc/$p1")'s"
+else
+    echo "note: running as root: PR_SET_DUMPABLE is not visible in /proc here (test_secmem checks it)"
+fi
 wait "$p1"; r1=$?
 wait "$p2"; r2=$?
 [ "$r1" -eq 0 ] && [ "$(cat "$T/ps1.out")" = "stdin secret prompt" ] && [ "$r2" -eq 0 ] && [ "$(cat "$T/ps2.out")" = "argv secret prompt" ] \

@@ -8,6 +8,7 @@
  * and slow.  Run it through tests/env/with-tokens.sh (make check does).
  */
 #include <arpa/inet.h>
+#include <malloc.h>
 #include <netinet/in.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -1825,6 +1826,72 @@ static char *zeros_array(size_t n, const char *before, const char *after)
     return s;
 }
 
+/* cJSON blocks freed by the test's thread, scanned for a marker first:
+ * the fixture, in its own threads, is not looked at. */
+#define WIPE_MARKER "wipe-marker-7f3c9a"
+static pthread_t scan_thread;
+static atomic_int scan_found, scan_frees;
+
+static void scanning_free(void *p)
+{
+    static const char m[] = WIPE_MARKER;
+    if (p != NULL && pthread_equal(pthread_self(), scan_thread)) {
+        const char *b = p;
+        size_t n = malloc_usable_size(p);
+        atomic_fetch_add(&scan_frees, 1);
+        for (size_t i = 0; i + sizeof m - 1 <= n; i++)
+            if (memcmp(b + i, m, sizeof m - 1) == 0) {
+                atomic_fetch_add(&scan_found, 1);
+                break;
+            }
+    }
+    free(p);
+}
+
+/* The prompt and the answer (the fixture echoes the prompt) in cJSON's
+ * heap blocks, the request tree, the opened answer and the tree parsed
+ * from it, are wiped before they are freed: veil_chat_response_free on
+ * the request and the answer, and what the library frees inside. */
+static void test_json_wiped(void)
+{
+    cJSON_Hooks hooks = {malloc, scanning_free};
+    const char *prompt = "a secret prompt " WIPE_MARKER;
+    veil_client_config cfg;
+    veil_client *c;
+
+    reset();
+    cfg_for(&cfg, fx);
+    c = tu_client_new(&cfg);
+    scan_thread = pthread_self();
+    atomic_store(&scan_found, 0);
+    atomic_store(&scan_frees, 0);
+    cJSON_InitHooks(&hooks);
+    ask(c, prompt); /* request built, sealed, answered, opened, freed */
+    cJSON_InitHooks(NULL);
+    CU_ASSERT_TRUE(atomic_load(&scan_frees) > 0); /* the hook ran */
+    CU_ASSERT_EQUAL(atomic_load(&scan_found), 0);
+    if (atomic_load(&scan_found) != 0)
+        fprintf(stderr, "  %d freed cJSON block(s) held the prompt or answer\n",
+                atomic_load(&scan_found));
+
+    /* an answer refused after it opened: its tree is wiped too */
+    atomic_store(&scan_found, 0);
+    cJSON_InitHooks(&hooks);
+    {
+        cJSON *resp = NULL;
+        veil_client_error err;
+        veil_request_opts o = {.security_tier = "maximum"};
+        /* the fixture's answer carries no veil quote: refused once open */
+        veil_client_status st = chat(c, MODEL, prompt, &o, &resp, NULL, &err);
+        CU_ASSERT_EQUAL(st, VEIL_CLIENT_E_SECURITY);
+        CU_ASSERT_PTR_NULL(resp);
+        veil_chat_response_free(resp);
+    }
+    cJSON_InitHooks(NULL);
+    CU_ASSERT_EQUAL(atomic_load(&scan_found), 0);
+    veil_client_free(c);
+}
+
 /* Nothing a server sends before its answer is authenticated may cost
  * much more memory than its size: a 2 MiB array of a million values (a
  * cJSON node each, 64 MiB) as an answer and as an error detail. */
@@ -2296,6 +2363,7 @@ int main(void)
         {"unencrypted package fields", test_outer_fields},
         {"degenerate server keys", test_server_key_checks},
         {"bounded parsing before authentication", test_parse_bounds},
+        {"prompt and answer wiped from cJSON's heap", test_json_wiped},
         {"a dead connection: no resend", test_no_resend},
         {"maximum: foreign attestation", test_maximum_foreign},
         {"Retry-After of a 1xx", test_interim_retry_after},

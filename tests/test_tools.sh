@@ -93,6 +93,64 @@ check "key directory refuses overwrite" 6 "exists" -- "$K" generate --dir "$D" -
 check "test the directory key" 0 "^ok: software RSA-2048" -- "$K" test --key-dir "$D" --password-source env:KEYPW
 KEYPW=wrong check "wrong password" 4 "wrong password" -- "$K" test --dir "$D" --password-source env:KEYPW
 check "no password for an encrypted key" 4 "no password" -- env -u VEIL_PIN_SOURCE "$K" test --dir "$D"
+# Core dumps off while a password is being typed: veil-keys on a terminal
+# (a pty), seen from outside at its prompt; RLIMIT_CORE 0 whatever it
+# started with, and not dumpable (its /proc/PID root's: seen only when
+# this test does not run as root).
+/usr/bin/python3 - "$K" "$VEIL_TEST_DIR/keys-pty" >"$out" 2>"$err" <<'EOF'
+import os, pty, resource, signal, sys, termios, time
+signal.alarm(600)  # a watchdog, should veil-keys never end
+soft, hard = resource.getrlimit(resource.RLIMIT_CORE)
+resource.setrlimit(resource.RLIMIT_CORE, (hard, hard))
+pid, fd = pty.fork()
+if pid == 0:
+    os.execv(sys.argv[1], [sys.argv[1], "generate", "--key-dir", sys.argv[2],
+                           "--bits", "2048", "--password-source", "prompt"])
+core, owner, seen = "?", "-", b""
+while True:  # each "...password: " prompt answered (new, then read back)
+    try:
+        chunk = os.read(fd, 1024)
+    except OSError:
+        chunk = b""
+    if not chunk:
+        break
+    seen += chunk
+    if not seen.endswith(b"password: "):
+        continue
+    seen = b""
+    if core == "?":  # at the first prompt, as it waits for the password
+        with open("/proc/%d/limits" % pid) as f:
+            for line in f:
+                if line.startswith("Max core file size"):
+                    core = " ".join(line.split()[4:6])
+        if os.getuid() != 0:
+            owner = str(os.stat("/proc/%d" % pid).st_uid)
+    # the prompt comes before echo goes off, which flushes the input:
+    # typed once echo is off
+    for _ in range(1200):
+        if not termios.tcgetattr(fd)[3] & termios.ECHO:
+            break
+        time.sleep(0.05)
+    os.write(fd, b"pty-password\n")
+_, status = os.waitpid(pid, 0)
+print("started with: %s" % ("0" if hard == 0 else "nonzero"))
+print("core: %s" % core)
+print("owner: %s" % owner)
+print("exit: %d" % os.waitstatus_to_exitcode(status))
+EOF
+if grep -qx "core: 0 0" "$out" && grep -qx "exit: 0" "$out"; then
+    echo "ok: veil-keys at its password prompt: core file size limit 0"; pass=$((pass+1))
+else
+    echo "FAIL: veil-keys at its password prompt: core limit"; cat "$out" "$err"; fail=$((fail+1))
+fi
+grep -qx "started with: 0" "$out" && echo "note: the hard core file size limit here is 0 already"
+if grep -qx "owner: -" "$out"; then
+    echo "note: running as root: PR_SET_DUMPABLE is not visible in /proc here (test_secmem checks it)"
+elif grep -qx "owner: 0" "$out"; then
+    echo "ok: veil-keys at its password prompt is not dumpable"; pass=$((pass+1))
+else
+    echo "FAIL: veil-keys at its password prompt is dumpable"; cat "$out"; fail=$((fail+1))
+fi
 D1="$VEIL_TEST_DIR/keys-1024"
 mkdir -p "$D1" && openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:1024 -out "$D1/private_key.pem" 2>/dev/null &&
     openssl pkey -in "$D1/private_key.pem" -pubout -out "$D1/public_key.pem" 2>/dev/null && chmod 600 "$D1"/*.pem ||

@@ -836,8 +836,15 @@ int main(int argc, char **argv)
     veil_engine *e = NULL;
     int code;
     veil_rc rc;
-    const veil_cmd *c = veil_cmdtable_find(&table, argc, argv, &code);
+    const veil_cmd *c;
 
+    /* Before a PIN or key password is read: no core file, and no ptrace
+     * or /proc/PID/mem from other processes of the user, as in veild. */
+    if (veil_disable_core_dumps() != VEIL_OK)
+        fprintf(stderr,
+                "veil-keys: warning: core dumps could not be turned off: %s\n",
+                veil_last_error()->message);
+    c = veil_cmdtable_find(&table, argc, argv, &code);
     if (c == NULL)
         return code;
     if (!parse_opts(argc - 1, argv + 1, &o))

@@ -1478,12 +1478,12 @@ static size_t json_formatted_size(const cJSON *it, size_t depth)
 
 /* Prints a JSON tree and a newline through a secret buffer (cJSON_Print
  * would leave copies behind in freed memory): indented, or compact when
- * that would be large; invalid UTF-8 in it replaced.  1 on success, 0
- * when writing failed (errno set), -1 when it is larger than
- * MAX_JSON_OUT even compact (or memory ran out). */
-static int print_json(cJSON *j)
+ * asked or when indented would be large; invalid UTF-8 in it replaced.
+ * 1 on success, 0 when writing failed (errno set), -1 when it is larger
+ * than MAX_JSON_OUT even compact (or memory ran out). */
+static int print_json_as(cJSON *j, int compact)
 {
-    int formatted = json_formatted_size(j, 0) <= MAX_JSON_FORMATTED;
+    int formatted = !compact && json_formatted_size(j, 0) <= MAX_JSON_FORMATTED;
     size_t cap = 65536;
 
     if (!json_fix_utf8(j))
@@ -1505,6 +1505,11 @@ static int print_json(cJSON *j)
         veil_secbuf_free(b);
         cap *= 2;
     }
+}
+
+static int print_json(cJSON *j)
+{
+    return print_json_as(j, 0);
 }
 
 /* s and a newline (for a PEM: a newline only when it lacks one). */
@@ -1707,15 +1712,13 @@ static int print_embeddings(const cJSON *resp)
 
     cJSON_ArrayForEach(d, data)
     {
-        const cJSON *emb = cJSON_GetObjectItemCaseSensitive(d, "embedding");
-        char *text;
+        cJSON *emb = cJSON_GetObjectItemCaseSensitive(d, "embedding");
         if (!cJSON_IsArray(emb) && !cJSON_IsString(emb))
             continue;
-        text = cJSON_IsString(emb) ? NULL : cJSON_PrintUnformatted(emb);
-        if (cJSON_IsArray(emb) && text == NULL)
-            return -1;
-        ok = print_text(text ? text : emb->valuestring, 0);
-        free(text);
+        /* compact, through a secret buffer: an embedding is the answer
+         * (cJSON_PrintUnformatted would leave copies in freed memory) */
+        ok = cJSON_IsString(emb) ? print_text(emb->valuestring, 0)
+                                 : print_json_as(emb, 1);
         n++;
         if (ok <= 0)
             return ok;
@@ -2045,7 +2048,7 @@ static int run(enum cmd cmd, struct opts *o)
     veil_client_config cfg;
     veil_client_error err = {0};
     veil_pin_source pin = {0}, password = {0};
-    veil_secbuf *prompt = NULL, *api_key = NULL;
+    veil_secbuf *prompt = NULL, *api_key = NULL, *sysmsg = NULL;
     veil_engine *e = NULL;
     veil_client *c = NULL;
     veil_trust *trust = NULL;
@@ -2056,6 +2059,17 @@ static int run(enum cmd cmd, struct opts *o)
     if ((cmd == CMD_CHAT || cmd == CMD_EMBED) &&
         (code = read_prompt(o, &prompt)) != EXIT_OK)
         return code;
+    /* --system TEXT is part of the prompt: copied, and wiped from argv
+     * (out of /proc/PID/cmdline) as PROMPT is */
+    if (o->system) {
+        size_t len = strlen(o->system);
+        if ((sysmsg = secstr(o->system, len)) == NULL) {
+            code = local_fail(VEIL_CLIENT_E_CONFIG, "out of memory");
+            goto out;
+        }
+        veil_wipe((char *)o->system, len);
+        o->system = (const char *)veil_secbuf_data(sysmsg);
+    }
     if (cmd == CMD_CHAT && o->evidence && access(o->evidence, F_OK) == 0) {
         char msg[4200];
         snprintf(msg, sizeof msg,
@@ -2121,6 +2135,7 @@ out:
     veil_engine_free(e);
     veil_secbuf_free(api_key);
     veil_secbuf_free(prompt);
+    veil_secbuf_free(sysmsg);
     veil_trust_free(trust);
     return code;
 }
@@ -2173,8 +2188,17 @@ int main(int argc, char **argv)
         "veil", usage_main, cmds, sizeof cmds / sizeof cmds[0], help_more, 1};
     struct opts o = {0};
     int code;
-    const veil_cmd *c = veil_cmdtable_find(&table, argc, argv, &code);
+    const veil_cmd *c;
 
+    /* Before anything secret is read (a PIN, key password, API key, the
+     * prompt, the answer): no core file, and no ptrace or /proc/PID/mem
+     * from other processes of the user, as in veild. */
+    if (veil_disable_core_dumps() != VEIL_OK)
+        fprintf(stderr,
+                "veil: warning: core dumps could not be turned off: "
+                "%s\n",
+                veil_last_error()->message);
+    c = veil_cmdtable_find(&table, argc, argv, &code);
     if (c == NULL)
         return code;
     /* "attest" has two subcommands: "attest enroll", "attest update". */
