@@ -8,7 +8,6 @@
  * and slow.  Run it through tests/env/with-tokens.sh (make check does).
  */
 #include <arpa/inet.h>
-#include <malloc.h>
 #include <netinet/in.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -1826,27 +1825,7 @@ static char *zeros_array(size_t n, const char *before, const char *after)
     return s;
 }
 
-/* cJSON blocks freed by the test's thread, scanned for a marker first:
- * the fixture, in its own threads, is not looked at. */
 #define WIPE_MARKER "wipe-marker-7f3c9a"
-static pthread_t scan_thread;
-static atomic_int scan_found, scan_frees;
-
-static void scanning_free(void *p)
-{
-    static const char m[] = WIPE_MARKER;
-    if (p != NULL && pthread_equal(pthread_self(), scan_thread)) {
-        const char *b = p;
-        size_t n = malloc_usable_size(p);
-        atomic_fetch_add(&scan_frees, 1);
-        for (size_t i = 0; i + sizeof m - 1 <= n; i++)
-            if (memcmp(b + i, m, sizeof m - 1) == 0) {
-                atomic_fetch_add(&scan_found, 1);
-                break;
-            }
-    }
-    free(p);
-}
 
 /* The prompt and the answer (the fixture echoes the prompt) in cJSON's
  * heap blocks, the request tree, the opened answer and the tree parsed
@@ -1854,29 +1833,25 @@ static void scanning_free(void *p)
  * the request and the answer, and what the library frees inside. */
 static void test_json_wiped(void)
 {
-    cJSON_Hooks hooks = {malloc, scanning_free};
     const char *prompt = "a secret prompt " WIPE_MARKER;
+    int frees = 0, found;
     veil_client_config cfg;
     veil_client *c;
 
     reset();
     cfg_for(&cfg, fx);
     c = tu_client_new(&cfg);
-    scan_thread = pthread_self();
-    atomic_store(&scan_found, 0);
-    atomic_store(&scan_frees, 0);
-    cJSON_InitHooks(&hooks);
+    tu_wipe_scan_begin(WIPE_MARKER);
     ask(c, prompt); /* request built, sealed, answered, opened, freed */
-    cJSON_InitHooks(NULL);
-    CU_ASSERT_TRUE(atomic_load(&scan_frees) > 0); /* the hook ran */
-    CU_ASSERT_EQUAL(atomic_load(&scan_found), 0);
-    if (atomic_load(&scan_found) != 0)
+    found = tu_wipe_scan_end(&frees);
+    CU_ASSERT_TRUE(frees > 0); /* the hook ran */
+    CU_ASSERT_EQUAL(found, 0);
+    if (found != 0)
         fprintf(stderr, "  %d freed cJSON block(s) held the prompt or answer\n",
-                atomic_load(&scan_found));
+                found);
 
     /* an answer refused after it opened: its tree is wiped too */
-    atomic_store(&scan_found, 0);
-    cJSON_InitHooks(&hooks);
+    tu_wipe_scan_begin(WIPE_MARKER);
     {
         cJSON *resp = NULL;
         veil_client_error err;
@@ -1887,8 +1862,7 @@ static void test_json_wiped(void)
         CU_ASSERT_PTR_NULL(resp);
         veil_chat_response_free(resp);
     }
-    cJSON_InitHooks(NULL);
-    CU_ASSERT_EQUAL(atomic_load(&scan_found), 0);
+    CU_ASSERT_EQUAL(tu_wipe_scan_end(NULL), 0);
     veil_client_free(c);
 }
 

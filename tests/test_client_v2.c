@@ -15,7 +15,6 @@
  * No timed assertions.  Needs VEIL_BUILDDIR and the SoftHSM2 token of
  * tests/env/with-tokens.sh. */
 #include <fcntl.h>
-#include <malloc.h>
 #include <math.h>
 #include <pthread.h>
 #include <signal.h>
@@ -203,51 +202,27 @@ static void test_chat_v2_software(void)
     chat_v2_ok(url_sw, VEIL_CLIENT_PROTOCOL_V2);
 }
 
-/* cJSON blocks freed by the test's thread, scanned for a marker first
- * (a gateway in this process runs in threads of its own). */
 #define WIPE_MARKER "wipe-marker-v2-51e0"
-static pthread_t scan_thread;
-static atomic_int scan_found, scan_frees;
-
-static void scanning_free(void *p)
-{
-    static const char m[] = WIPE_MARKER;
-    if (p != NULL && pthread_equal(pthread_self(), scan_thread)) {
-        const char *b = p;
-        size_t n = malloc_usable_size(p);
-        atomic_fetch_add(&scan_frees, 1);
-        for (size_t i = 0; i + sizeof m - 1 <= n; i++)
-            if (memcmp(b + i, m, sizeof m - 1) == 0) {
-                atomic_fetch_add(&scan_found, 1);
-                break;
-            }
-    }
-    free(p);
-}
 
 /* Over v2 the prompt and the answer (echoed) are wiped from cJSON's heap:
  * the request tree, the inner answer's tree, freed by the library and by
  * veil_chat_response_free. */
 static void test_json_wiped_v2(void)
 {
-    cJSON_Hooks hooks = {malloc, scanning_free};
     veil_client *c = client_for(url_sw, VEIL_CLIENT_PROTOCOL_V2);
     cJSON *req = veil_chat_request_new("echo"), *resp = NULL;
     veil_client_error err;
     CU_ASSERT_FATAL(
         veil_chat_request_add_message(req, "user", "secret " WIPE_MARKER));
-    scan_thread = pthread_self();
-    atomic_store(&scan_found, 0);
-    atomic_store(&scan_frees, 0);
-    cJSON_InitHooks(&hooks);
+    int frees = 0;
+    tu_wipe_scan_begin(WIPE_MARKER);
     CU_ASSERT_EQUAL(veil_chat_create(c, req, NULL, &resp, NULL, &err),
                     VEIL_CLIENT_OK);
     CU_ASSERT_STRING_EQUAL(veil_chat_content(resp), "secret " WIPE_MARKER);
     veil_chat_response_free(resp);
     veil_chat_response_free(req);
-    cJSON_InitHooks(NULL);
-    CU_ASSERT_TRUE(atomic_load(&scan_frees) > 0);
-    CU_ASSERT_EQUAL(atomic_load(&scan_found), 0);
+    CU_ASSERT_EQUAL(tu_wipe_scan_end(&frees), 0);
+    CU_ASSERT_TRUE(frees > 0);
     veil_client_free(c);
 }
 

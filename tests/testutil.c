@@ -4,6 +4,9 @@
 
 #include <errno.h>
 #include <limits.h>
+#include <malloc.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -734,6 +737,43 @@ void tu_client_config(veil_client_config *cfg, const char *url)
     cfg->base_url = url;
     cfg->allow_http = 1;
     cfg->key_bits = 2048;
+}
+
+static pthread_t scan_thread;
+static const char *scan_marker;
+static atomic_int scan_found, scan_frees;
+
+static void scanning_free(void *p)
+{
+    if (p != NULL && pthread_equal(pthread_self(), scan_thread)) {
+        const char *b = p;
+        size_t n = malloc_usable_size(p), m = strlen(scan_marker);
+        atomic_fetch_add(&scan_frees, 1);
+        for (size_t i = 0; i + m <= n; i++)
+            if (memcmp(b + i, scan_marker, m) == 0) {
+                atomic_fetch_add(&scan_found, 1);
+                break;
+            }
+    }
+    free(p);
+}
+
+void tu_wipe_scan_begin(const char *marker)
+{
+    cJSON_Hooks hooks = {malloc, scanning_free};
+    scan_thread = pthread_self();
+    scan_marker = marker;
+    atomic_store(&scan_found, 0);
+    atomic_store(&scan_frees, 0);
+    cJSON_InitHooks(&hooks);
+}
+
+int tu_wipe_scan_end(int *frees)
+{
+    cJSON_InitHooks(NULL);
+    if (frees)
+        *frees = atomic_load(&scan_frees);
+    return atomic_load(&scan_found);
 }
 
 veil_client *tu_client_new(const veil_client_config *cfg)

@@ -107,6 +107,15 @@ void tu_client_config(veil_client_config *cfg, const char *url);
  * detail. */
 veil_client *tu_client_new(const veil_client_config *cfg);
 
+/* A wipe check of cJSON's heap: from tu_wipe_scan_begin(marker), every
+ * block cJSON frees in the calling thread is counted and searched for
+ * marker before it is freed (other threads, an in-process server's, are
+ * not looked at).  tu_wipe_scan_end() puts cJSON's own hooks back and
+ * returns how many freed blocks still held marker; *frees (may be NULL)
+ * how many were searched. */
+void tu_wipe_scan_begin(const char *marker);
+int tu_wipe_scan_end(int *frees);
+
 /* ---- PKCS#11 -------------------------------------------------------- */
 
 typedef struct tu_p11 {
