@@ -83,7 +83,10 @@ static void dbg_log(void *ctx, veil_log_level level, const char *line)
         fprintf(stderr, "log: %s\n", line);
 }
 
-static veil_client *client_for(const char *url, veil_client_protocol proto)
+/* A client of url over proto, quick retries (each one told to on_retry
+ * with seen, when not NULL), its log at debug level. */
+static veil_client *client_counting(const char *url, veil_client_protocol proto,
+                                    veil_client_retry_fn on_retry, int *seen)
 {
     veil_client_config cfg;
     tu_client_config(&cfg, url);
@@ -91,7 +94,14 @@ static veil_client *client_for(const char *url, veil_client_protocol proto)
     cfg.retry_base_ms = 20;
     cfg.log = dbg_log;
     cfg.log_level = VEIL_LOG_DEBUG;
+    cfg.on_retry = on_retry;
+    cfg.retry_ctx = seen;
     return tu_client_new(&cfg);
+}
+
+static veil_client *client_for(const char *url, veil_client_protocol proto)
+{
+    return client_counting(url, proto, NULL, NULL);
 }
 
 static cJSON *chat_request(void)
@@ -1380,16 +1390,10 @@ static void test_keys_503_retried(void)
     char url[64];
     si_ready(url, sizeof url, POST_SIGNED);
     for (size_t i = 0; i < 2; i++) {
-        veil_client_config cfg;
         veil_chat_stats stats;
         veil_client_error err;
         int ok, seen = 0;
-        tu_client_config(&cfg, url);
-        cfg.protocol = protos[i];
-        cfg.retry_base_ms = 20;
-        cfg.on_retry = count_503;
-        cfg.retry_ctx = &seen;
-        veil_client *c = tu_client_new(&cfg);
+        veil_client *c = client_counting(url, protos[i], count_503, &seen);
         atomic_store(&si.gets_503, 1);
         veil_client_status st = chat(c, &stats, &err, &ok);
         if (protos[i] == VEIL_CLIENT_PROTOCOL_V2) {
@@ -1536,17 +1540,11 @@ static void test_key_get_retried_refused(void)
     close(fd); /* the port is now closed: connections are refused */
     snprintf(url, sizeof url, "http://127.0.0.1:%u", ntohs(a.sin_port));
     for (size_t i = 0; i < 2; i++) {
-        veil_client_config cfg;
         veil_chat_stats stats;
         veil_client_error err;
-        int ok, seen = 0;
-        tu_client_config(&cfg, url);
-        cfg.protocol = protos[i];
-        cfg.max_retries = 2;
-        cfg.retry_base_ms = 10;
-        cfg.on_retry = count_any_retry;
-        cfg.retry_ctx = &seen;
-        veil_client *c = tu_client_new(&cfg);
+        int ok, seen = 0; /* the default max_retries: 2 */
+        veil_client *c =
+            client_counting(url, protos[i], count_any_retry, &seen);
         CU_ASSERT_EQUAL(chat(c, &stats, &err, &ok), VEIL_CLIENT_E_CONNECTION);
         CU_ASSERT_EQUAL(seen, 2);
         if (seen != 2)
