@@ -66,6 +66,17 @@ static void cfg_for(veil_client_config *cfg, const fx_server *s)
     cfg->retry_base_ms = 20;
 }
 
+/* A fresh fixture and a client of it that does not retry. */
+static veil_client *client_once(void)
+{
+    veil_client_config cfg;
+
+    reset();
+    cfg_for(&cfg, fx);
+    cfg.max_retries = 0;
+    return tu_client_new(&cfg);
+}
+
 /* A request with a system and a user message (NULL when out of memory;
  * no CUnit here: threads use it). */
 static cJSON *make_request(const char *model, const char *prompt)
@@ -514,15 +525,11 @@ static void test_error_statuses(void)
         {418, VEIL_CLIENT_E_API},
         {502, VEIL_CLIENT_E_API},
     };
-    veil_client_config cfg;
     veil_client *c;
     veil_client_error err;
     char detail[64];
 
-    reset();
-    cfg_for(&cfg, fx);
-    cfg.max_retries = 0;
-    c = tu_client_new(&cfg);
+    c = client_once();
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         snprintf(detail, sizeof detail, "scripted failure %d", cases[i].status);
         CU_ASSERT_EQUAL(fx_push_status(fx, cases[i].status, detail), 0);
@@ -1551,15 +1558,11 @@ static void test_duplicate_members(void)
         HOSTILE_HEAD ",\"_metadata\":{\"tpm_attestation\":{\"is_available\":"
                      "true,\"format\":\"a\",\"format\":\"b\"}}}",
     };
-    veil_client_config cfg;
     veil_client *c;
     veil_client_error err;
     cJSON *resp = NULL;
 
-    reset();
-    cfg_for(&cfg, fx);
-    cfg.max_retries = 0;
-    c = tu_client_new(&cfg);
+    c = client_once();
     for (size_t i = 0; i < sizeof answers / sizeof answers[0]; i++) {
         push_plaintext(answers[i]);
         ask_fail(c, MODEL, NULL, VEIL_CLIENT_E_SECURITY, &err);
@@ -1591,15 +1594,11 @@ static void test_duplicate_members(void)
  * lives on, it still opens, but it is for another payload ID. */
 static void test_replayed_answer(void)
 {
-    veil_client_config cfg;
     veil_client *c;
     veil_client_error err;
     fx_reply r;
 
-    reset();
-    cfg_for(&cfg, fx);
-    cfg.max_retries = 0;
-    c = tu_client_new(&cfg);
+    c = client_once();
     ask(c, PROMPT);
     fx_reply_init(&r);
     r.replay = 1;
@@ -2165,14 +2164,10 @@ static void test_refusal_log_clean(void)
  * callers that print them as they are. */
 static void test_detail_c1_controls(void)
 {
-    veil_client_config cfg;
     veil_client *c;
     veil_client_error err;
 
-    reset();
-    cfg_for(&cfg, fx);
-    cfg.max_retries = 0;
-    c = tu_client_new(&cfg);
+    c = client_once();
     CU_ASSERT_EQUAL(fx_push_status(fx, 403,
                                    "a\xc2\x9b"
                                    "2Jb\x9b"
